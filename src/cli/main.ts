@@ -1,0 +1,2 @@
+// vmseal command line (placeholder until the CLI lands).
+console.log('vmseal');

@@ -1,0 +1,2 @@
+// Public surface of src/disk (filled in by its owner).
+export {};

@@ -1,0 +1,27 @@
+/**
+ * The root of vmseal's error types. Every layer has its own subclass (XtsError, VmdkFormatError,
+ * KeySafeError, KmipError, …), each with a stable `code` that callers can branch on. Messages name
+ * the argument, field, file or offset that was wrong and never contain key material.
+ */
+export class VmsealError extends Error {
+  readonly code: string;
+
+  constructor(code: string, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+    this.name = new.target.name;
+  }
+}
+
+/** Describe a received value for an error message without echoing its contents (which may be secret). */
+export function describeValue(value: unknown): string {
+  if (value === null) return 'null';
+  if (value === undefined) return 'undefined';
+  if (typeof value === 'number' || typeof value === 'bigint' || typeof value === 'boolean') {
+    return `${String(value)} of type ${typeof value}`;
+  }
+  if (typeof value === 'string') return `a string of length ${value.length}`;
+  if (ArrayBuffer.isView(value)) return `${value.constructor.name} of length ${value.byteLength}`;
+  if (Array.isArray(value)) return `an array of length ${value.length}`;
+  return `a value of type ${typeof value}`;
+}

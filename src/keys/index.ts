@@ -1,0 +1,2 @@
+// Public surface of src/keys (filled in by its owner).
+export {};

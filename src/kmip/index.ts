@@ -1,0 +1,2 @@
+// Public surface of src/kmip (filled in by its owner).
+export {};

@@ -1,0 +1,2 @@
+// Public surface of src/pipeline (filled in by its owner).
+export {};

@@ -1,0 +1,2 @@
+// Public surface of src/vmdk (filled in by its owner).
+export {};

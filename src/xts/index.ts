@@ -1,0 +1,2 @@
+// Public surface of src/xts (filled in by its owner).
+export {};

@@ -1,0 +1,25 @@
+import { defineConfig } from 'tsup';
+
+// The library ships ESM and CJS with types for each; the CLI is ESM only.
+// `shims` gives the CJS build an import.meta.url so the native loader can find the package root.
+export default defineConfig([
+  {
+    entry: { index: 'src/index.ts' },
+    format: ['esm', 'cjs'],
+    dts: true,
+    sourcemap: true,
+    clean: true,
+    shims: true,
+    target: 'node20',
+    platform: 'node',
+  },
+  {
+    entry: { 'cli/main': 'src/cli/main.ts' },
+    format: ['esm'],
+    sourcemap: true,
+    clean: false,
+    shims: true,
+    target: 'node20',
+    platform: 'node',
+  },
+]);
