@@ -1,2 +1,16 @@
-// Public surface of src/disk (filled in by its owner).
-export {};
+// Public surface of src/disk: encrypted disks (random access) and the encryption lines of the format.
+export { DiskError, type DiskErrorCode } from './errors.js';
+export { EncryptedDisk } from './encrypted-disk.js';
+export {
+  openDisk,
+  createEncryptedDisk,
+  readEncryptionParams,
+  type OpenDiskOptions,
+  type CreateEncryptedDiskOptions,
+} from './open.js';
+export {
+  FORMAT_VERSION,
+  type CipherName,
+  type DataUnitSize,
+  type EncryptionParams,
+} from './params.js';

@@ -1,0 +1,697 @@
+// N-API glue for vmseal's AES-XTS core: argument checking, cipher handles, the async batch API on
+// the addon's own thread pool, and the feature report. Policy (defaults, the VMSEAL_XTS_IMPL
+// override, friendly errors) lives in TypeScript (src/xts/); this file still checks every argument
+// itself, because the .node file can be loaded and called directly.
+//
+// JS surface (all functions; `cipher` is an opaque handle object made by createCipher):
+//   createCipher(key: Uint8Array, impl?: string) -> cipher
+//   encrypt / decrypt(cipher, data, unitSize, firstUnit: number | bigint, out) -> undefined
+//   encryptAsync / decryptAsync(cipher, data, unitSize, firstUnit, out, threads?) -> Promise<undefined>
+//   encryptUnit / decryptUnit(cipher, data, tweak: Uint8Array(16), out) -> undefined
+//   dispose(cipher) -> undefined              (idempotent; wipes the key schedule unless async work
+//                                             still holds the engine, which then wipes it when done)
+//   cipherInfo(cipher) -> { implementation, keyBits, disposed }
+//   info() -> { best, available: string[], implementations: string[], cpu: {flag: boolean}, threads }
+//   setThreads(n) / getThreads()
+//   constants: KEY_BYTES_128, KEY_BYTES_256, MIN_UNIT_SIZE, MAX_UNIT_SIZE, MAX_THREADS
+//
+// Errors are JS TypeError / RangeError / Error objects with a string `code` property and a message
+// of the shape "Expected <what> for <argument> but received <description>"; descriptions never echo
+// buffer contents.
+#include <napi.h>
+
+#include <algorithm>
+#include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "thread_pool.h"
+#include "xts_engine.h"
+
+namespace vmseal {
+namespace {
+
+constexpr size_t kKeyBytes128 = 32;
+constexpr size_t kKeyBytes256 = 64;
+constexpr size_t kMinUnitSize = 16;
+constexpr size_t kMaxUnitSize = 1 << 20;  // 1 MiB: far above any disk sector or grain
+constexpr uint32_t kMaxThreads = 256;
+// Async batches are not split into chunks smaller than this: below it the hand-off to a pool
+// thread (~ microseconds) costs more than the AES work it spreads.
+constexpr size_t kMinChunkBytes = 64 * 1024;
+
+// Distinguishes our cipher handles from any other object (napi_type_tag_object, N-API 8).
+constexpr napi_type_tag kCipherTag = {0x766d7365616c5854ULL, 0x5343697068657231ULL};
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+enum class ErrorKind { kType, kRange, kPlain };
+
+[[noreturn]] void Throw(Napi::Env env, ErrorKind kind, const char* code, const std::string& message) {
+  Napi::Error error = kind == ErrorKind::kType    ? Napi::TypeError::New(env, message)
+                      : kind == ErrorKind::kRange ? Napi::RangeError::New(env, message)
+                                                  : Napi::Error::New(env, message);
+  error.Set("code", Napi::String::New(env, code));
+  throw error;
+}
+
+const char* TypedArrayName(napi_typedarray_type type) {
+  switch (type) {
+    case napi_int8_array: return "Int8Array";
+    case napi_uint8_array: return "Uint8Array";
+    case napi_uint8_clamped_array: return "Uint8ClampedArray";
+    case napi_int16_array: return "Int16Array";
+    case napi_uint16_array: return "Uint16Array";
+    case napi_int32_array: return "Int32Array";
+    case napi_uint32_array: return "Uint32Array";
+    case napi_float32_array: return "Float32Array";
+    case napi_float64_array: return "Float64Array";
+    case napi_bigint64_array: return "BigInt64Array";
+    case napi_biguint64_array: return "BigUint64Array";
+    default: return "TypedArray";
+  }
+}
+
+// Mirrors describeValue() in src/errors.ts without running user code (no getters, no toString()).
+std::string Describe(Napi::Value value) {
+  napi_env env = value.Env();
+  switch (value.Type()) {
+    case napi_undefined: return "undefined";
+    case napi_null: return "null";
+    case napi_boolean: return value.As<Napi::Boolean>().Value() ? "true of type boolean" : "false of type boolean";
+    case napi_number:
+    case napi_bigint: {
+      napi_value str;
+      if (napi_coerce_to_string(env, value, &str) != napi_ok) return "a number";
+      return Napi::String(env, str).Utf8Value() + (value.IsNumber() ? " of type number" : " of type bigint");
+    }
+    case napi_string: {
+      size_t len = 0;
+      napi_get_value_string_utf16(env, value, nullptr, 0, &len);
+      return "a string of length " + std::to_string(len);
+    }
+    case napi_object: {
+      if (value.IsTypedArray()) {
+        Napi::TypedArray array = value.As<Napi::TypedArray>();
+        return std::string(TypedArrayName(array.TypedArrayType())) + " of length " + std::to_string(array.ByteLength());
+      }
+      if (value.IsDataView()) return "DataView of length " + std::to_string(value.As<Napi::DataView>().ByteLength());
+      if (value.IsArray()) return "an array of length " + std::to_string(value.As<Napi::Array>().Length());
+      return "a value of type object";
+    }
+    case napi_function: return "a value of type function";
+    case napi_symbol: return "a value of type symbol";
+    default: return "a value of type object";
+  }
+}
+
+std::string Expected(const std::string& what, const std::string& argument, Napi::Value received) {
+  return "Expected " + what + " for " + argument + " but received " + Describe(received);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-environment state
+
+struct AddonData {
+  std::shared_ptr<ThreadPool> pool;
+  explicit AddonData(size_t threads) : pool(std::make_shared<ThreadPool>(threads)) {}
+};
+
+AddonData& Data(Napi::Env env) { return *env.GetInstanceData<AddonData>(); }
+
+size_t DefaultThreads() {
+  unsigned n = std::thread::hardware_concurrency();
+  return n == 0 ? 1 : std::min<size_t>(n, kMaxThreads);
+}
+
+// The object behind a cipher handle. `engine` is shared with async jobs so that dispose() or GC
+// while a job runs cannot free the key schedule under it; the engine wipes itself when the last
+// owner lets go.
+struct CipherHandle {
+  std::shared_ptr<const XtsEngine> engine;
+  XtsImpl impl;
+  unsigned keyBits;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Argument readers: each throws a JS error naming the argument.
+
+struct Bytes {
+  uint8_t* data;
+  size_t length;
+};
+
+Bytes GetBytes(Napi::Value value, const char* argument) {
+  if (!value.IsTypedArray() || value.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
+    Throw(value.Env(), ErrorKind::kType, "ERR_INVALID_ARG_TYPE", Expected("a Uint8Array", argument, value));
+  }
+  Napi::Uint8Array array = value.As<Napi::Uint8Array>();
+  return {array.Data(), array.ByteLength()};
+}
+
+CipherHandle* GetCipher(Napi::Value value) {
+  Napi::Env env = value.Env();
+  void* raw = nullptr;
+  if (!value.IsObject() || !value.As<Napi::Object>().CheckTypeTag(&kCipherTag) ||
+      napi_unwrap(env, value, &raw) != napi_ok || raw == nullptr) {
+    Throw(env, ErrorKind::kType, "ERR_INVALID_ARG_TYPE", Expected("a cipher handle made by createCipher", "cipher", value));
+  }
+  CipherHandle* cipher = static_cast<CipherHandle*>(raw);
+  if (!cipher->engine) {
+    Throw(env, ErrorKind::kType, "ERR_XTS_DISPOSED", "The XTS cipher has been disposed; create a new one");
+  }
+  return cipher;
+}
+
+size_t GetUnitSize(Napi::Value value) {
+  static const std::string what =
+      "an integer from " + std::to_string(kMinUnitSize) + " to " + std::to_string(kMaxUnitSize);
+  if (!value.IsNumber()) Throw(value.Env(), ErrorKind::kType, "ERR_INVALID_ARG_TYPE", Expected(what, "unitSize", value));
+  double d = value.As<Napi::Number>().DoubleValue();
+  if (!(d >= kMinUnitSize && d <= kMaxUnitSize) || d != std::floor(d)) {
+    Throw(value.Env(), ErrorKind::kRange, "ERR_XTS_UNIT_SIZE", Expected(what, "unitSize", value));
+  }
+  return static_cast<size_t>(d);
+}
+
+uint64_t GetUnitNumber(Napi::Value value) {
+  static const char* what = "a safe integer >= 0 or a bigint from 0 to 2^64-1";
+  Napi::Env env = value.Env();
+  if (value.IsNumber()) {
+    double d = value.As<Napi::Number>().DoubleValue();
+    if (!(d >= 0 && d <= 9007199254740991.0) || d != std::floor(d)) {
+      Throw(env, ErrorKind::kRange, "ERR_XTS_UNIT_NUMBER", Expected(what, "firstUnit", value));
+    }
+    return static_cast<uint64_t>(d);
+  }
+  if (value.IsBigInt()) {
+    size_t words = 0;
+    if (napi_get_value_bigint_words(env, value, nullptr, &words, nullptr) != napi_ok) {
+      Throw(env, ErrorKind::kType, "ERR_INVALID_ARG_TYPE", Expected(what, "firstUnit", value));
+    }
+    int sign = 0;
+    uint64_t word = 0;
+    size_t count = 1;
+    if (words > 1 || napi_get_value_bigint_words(env, value, &sign, &count, &word) != napi_ok ||
+        (sign != 0 && word != 0)) {
+      Throw(env, ErrorKind::kRange, "ERR_XTS_UNIT_NUMBER", Expected(what, "firstUnit", value));
+    }
+    return count == 0 ? 0 : word;
+  }
+  Throw(env, ErrorKind::kType, "ERR_INVALID_ARG_TYPE", Expected(what, "firstUnit", value));
+}
+
+uint32_t GetThreadCount(Napi::Value value, const char* argument) {
+  static const std::string what = "an integer from 1 to " + std::to_string(kMaxThreads);
+  if (!value.IsNumber()) Throw(value.Env(), ErrorKind::kType, "ERR_INVALID_ARG_TYPE", Expected(what, argument, value));
+  double d = value.As<Napi::Number>().DoubleValue();
+  if (!(d >= 1 && d <= kMaxThreads) || d != std::floor(d)) {
+    Throw(value.Env(), ErrorKind::kRange, "ERR_OUT_OF_RANGE", Expected(what, argument, value));
+  }
+  return static_cast<uint32_t>(d);
+}
+
+bool Overlap(const uint8_t* a, const uint8_t* b, size_t length) {
+  auto x = reinterpret_cast<uintptr_t>(a), y = reinterpret_cast<uintptr_t>(b);
+  return length > 0 && x != y && x < y + length && y < x + length;
+}
+
+// A checked batch request: data split into `count` units of `unitSize` starting at `firstUnit`.
+struct Batch {
+  CipherHandle* cipher;
+  Bytes in, out;
+  size_t unitSize, count;
+  uint64_t firstUnit;
+};
+
+Batch GetBatch(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Batch b{};
+  b.cipher = GetCipher(info[0]);
+  b.in = GetBytes(info[1], "data");
+  b.unitSize = GetUnitSize(info[2]);
+  b.firstUnit = GetUnitNumber(info[3]);
+  b.out = GetBytes(info[4], "out");
+  if (b.in.length % b.unitSize != 0) {
+    Throw(env, ErrorKind::kRange, "ERR_XTS_LENGTH",
+          Expected("a length that is a multiple of unitSize (" + std::to_string(b.unitSize) + ")", "data", info[1]));
+  }
+  if (b.out.length < b.in.length) {
+    Throw(env, ErrorKind::kRange, "ERR_XTS_OUT_TOO_SMALL",
+          Expected("a Uint8Array of at least " + std::to_string(b.in.length) + " bytes", "out", info[4]));
+  }
+  if (Overlap(b.in.data, b.out.data, b.in.length)) {
+    Throw(env, ErrorKind::kRange, "ERR_XTS_OVERLAP",
+          Expected("the same memory as data (in place) or memory that does not overlap it", "out", info[4]));
+  }
+  b.count = b.in.length / b.unitSize;
+  if (b.count > 0 && b.firstUnit > UINT64_MAX - (b.count - 1)) {
+    Throw(env, ErrorKind::kRange, "ERR_XTS_UNIT_NUMBER",
+          Expected("a unit number of at most " + std::to_string(UINT64_MAX - (b.count - 1)) + " (data holds " +
+                       std::to_string(b.count) + " units)",
+                   "firstUnit", info[3]));
+  }
+  return b;
+}
+
+// Every JS entry point goes through Entry<F>: it turns anything C++ throws into a pending JS
+// exception. Not node-addon-api's own wrapper, because that rethrows a C++ exception (and so
+// calls std::terminate) when napi_throw fails, which happens while a worker thread is being
+// terminated; here such a failure is ignored, as there is no JS left to throw to.
+void ThrowQuietly(napi_env env, napi_value error) {
+  bool pending = false;
+  if (error != nullptr && napi_is_exception_pending(env, &pending) == napi_ok && !pending) napi_throw(env, error);
+}
+
+void ThrowQuietly(napi_env env, const char* code, const char* message) {
+  bool pending = false;
+  if (napi_is_exception_pending(env, &pending) == napi_ok && !pending) napi_throw_error(env, code, message);
+}
+
+using EntryFn = Napi::Value (*)(const Napi::CallbackInfo&);
+
+template <EntryFn F>
+napi_value Entry(napi_env env, napi_callback_info cbinfo) {
+  try {
+    Napi::CallbackInfo info(env, cbinfo);
+    return F(info);
+  } catch (const Napi::Error& e) {
+    ThrowQuietly(env, e.IsEmpty() ? nullptr : static_cast<napi_value>(e.Value()));
+  } catch (const std::bad_alloc&) {
+    ThrowQuietly(env, "ERR_XTS_NATIVE", "Out of memory in the native XTS addon");
+  } catch (const std::exception& e) {
+    ThrowQuietly(env, "ERR_XTS_NATIVE", e.what());
+  } catch (...) {
+    ThrowQuietly(env, "ERR_XTS_NATIVE", "Unexpected failure in the native XTS addon");
+  }
+  return nullptr;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cipher handles
+
+void FinalizeCipher(napi_env, void* data, void*) {
+  // GC of the handle: drop our share of the engine (the engine's destructor wipes the schedule).
+  delete static_cast<CipherHandle*>(data);
+}
+
+Napi::Value CreateCipher(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Value keyValue = info[0];
+  Bytes key = GetBytes(keyValue, "key");
+  if (key.length != kKeyBytes128 && key.length != kKeyBytes256) {
+    Throw(env, ErrorKind::kRange, "ERR_XTS_KEY_LENGTH",
+          Expected("a key of 32 bytes (XTS-AES-128) or 64 bytes (XTS-AES-256)", "key", keyValue));
+  }
+  // Key1 == Key2 makes XTS degenerate (IEEE 1619-2018 forbids it). Compare without early exit.
+  const size_t half = key.length / 2;
+  uint8_t diff = 0;
+  for (size_t i = 0; i < half; i++) diff |= key.data[i] ^ key.data[half + i];
+  if (diff == 0) {
+    Throw(env, ErrorKind::kRange, "ERR_XTS_WEAK_KEY",
+          "Expected a key whose two halves differ for key but received one with equal halves");
+  }
+
+  XtsImpl impl = BestXtsImpl();
+  Napi::Value implValue = info[1];
+  if (!implValue.IsUndefined()) {
+    static const char* what = "one of \"vaes-avx512\", \"vaes-avx2\", \"aesni\", \"portable\"";
+    if (!implValue.IsString()) Throw(env, ErrorKind::kType, "ERR_INVALID_ARG_TYPE", Expected(what, "implementation", implValue));
+    char name[32];
+    size_t len = 0;
+    napi_get_value_string_utf8(env, implValue, name, sizeof name, &len);
+    if (len >= sizeof name - 1 || !ParseXtsImpl(std::string(name, len), &impl)) {
+      Throw(env, ErrorKind::kType, "ERR_INVALID_ARG_VALUE", Expected(what, "implementation", implValue));
+    }
+    if (!XtsImplAvailable(impl)) {
+      std::string available;
+      for (XtsImpl a : AvailableXtsImpls()) available += std::string(available.empty() ? "" : ", ") + XtsImplName(a);
+      Throw(env, ErrorKind::kPlain, "ERR_XTS_IMPL_UNAVAILABLE",
+            std::string("The XTS implementation \"") + XtsImplName(impl) +
+                "\" is not available on this CPU/OS (available: " + available + ")");
+    }
+  }
+
+  std::unique_ptr<XtsEngine> engine = CreateXtsEngine(impl, key.data, key.length);
+  if (!engine) Throw(env, ErrorKind::kPlain, "ERR_XTS_NATIVE", "The native XTS engine could not be created");
+  auto handle = std::make_unique<CipherHandle>();
+  handle->engine = std::shared_ptr<const XtsEngine>(std::move(engine));
+  handle->impl = impl;
+  handle->keyBits = key.length == kKeyBytes128 ? 128 : 256;
+
+  Napi::Object object = Napi::Object::New(env);
+  object.TypeTag(&kCipherTag);
+  napi_status status = napi_wrap(env, object, handle.get(), FinalizeCipher, nullptr, nullptr);
+  if (status != napi_ok) Throw(env, ErrorKind::kPlain, "ERR_XTS_NATIVE", "Could not wrap the native XTS cipher");
+  handle.release();  // owned by the JS object now
+  return object;
+}
+
+Napi::Value Dispose(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  void* raw = nullptr;
+  if (!info[0].IsObject() || !info[0].As<Napi::Object>().CheckTypeTag(&kCipherTag) ||
+      napi_unwrap(env, info[0], &raw) != napi_ok || raw == nullptr) {
+    Throw(env, ErrorKind::kType, "ERR_INVALID_ARG_TYPE", Expected("a cipher handle made by createCipher", "cipher", info[0]));
+  }
+  static_cast<CipherHandle*>(raw)->engine.reset();
+  return env.Undefined();
+}
+
+Napi::Value CipherInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  void* raw = nullptr;
+  if (!info[0].IsObject() || !info[0].As<Napi::Object>().CheckTypeTag(&kCipherTag) ||
+      napi_unwrap(env, info[0], &raw) != napi_ok || raw == nullptr) {
+    Throw(env, ErrorKind::kType, "ERR_INVALID_ARG_TYPE", Expected("a cipher handle made by createCipher", "cipher", info[0]));
+  }
+  CipherHandle* cipher = static_cast<CipherHandle*>(raw);
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("implementation", XtsImplName(cipher->impl));
+  result.Set("keyBits", cipher->keyBits);
+  result.Set("disposed", !cipher->engine);
+  return result;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sync calls
+
+Napi::Value RunBatch(const Napi::CallbackInfo& info, bool encrypt) {
+  Batch b = GetBatch(info);
+  if (b.count > 0) {
+    if (encrypt) b.cipher->engine->EncryptUnits(b.in.data, b.out.data, b.unitSize, b.count, b.firstUnit);
+    else b.cipher->engine->DecryptUnits(b.in.data, b.out.data, b.unitSize, b.count, b.firstUnit);
+  }
+  return info.Env().Undefined();
+}
+
+Napi::Value RunUnit(const Napi::CallbackInfo& info, bool encrypt) {
+  Napi::Env env = info.Env();
+  CipherHandle* cipher = GetCipher(info[0]);
+  Bytes in = GetBytes(info[1], "data");
+  Bytes tweak = GetBytes(info[2], "tweak");
+  Bytes out = GetBytes(info[3], "out");
+  if (in.length < kMinUnitSize || in.length > kMaxUnitSize) {
+    Throw(env, ErrorKind::kRange, "ERR_XTS_UNIT_SIZE",
+          Expected("a data unit of " + std::to_string(kMinUnitSize) + " to " + std::to_string(kMaxUnitSize) + " bytes",
+                   "data", info[1]));
+  }
+  if (tweak.length != 16) {
+    Throw(env, ErrorKind::kRange, "ERR_XTS_TWEAK_LENGTH", Expected("a Uint8Array of 16 bytes", "tweak", info[2]));
+  }
+  if (out.length < in.length) {
+    Throw(env, ErrorKind::kRange, "ERR_XTS_OUT_TOO_SMALL",
+          Expected("a Uint8Array of at least " + std::to_string(in.length) + " bytes", "out", info[3]));
+  }
+  if (Overlap(in.data, out.data, in.length)) {
+    Throw(env, ErrorKind::kRange, "ERR_XTS_OVERLAP",
+          Expected("the same memory as data (in place) or memory that does not overlap it", "out", info[3]));
+  }
+  // The tweak may alias data or out: copy it first.
+  uint8_t t[16];
+  std::memcpy(t, tweak.data, 16);
+  if (encrypt) cipher->engine->EncryptWithTweak(in.data, out.data, in.length, t);
+  else cipher->engine->DecryptWithTweak(in.data, out.data, in.length, t);
+  return env.Undefined();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Async batches
+//
+// One AsyncJob per call: the batch is split into chunks of whole units, one pool task each. The
+// last task to finish signals the JS thread through a thread-safe function (TSFN), which settles
+// the promise and drops the references that pinned `data` and `out`.
+//
+// Environment teardown (worker terminated, process exiting) while tasks are in flight: Node
+// finalizes the TSFN; our finalizer marks the job cancelled and waits for running tasks, so no
+// task touches the buffers or the TSFN after that. Tasks that had not started skip their work.
+
+struct AsyncJob {
+  std::shared_ptr<const XtsEngine> engine;
+  const uint8_t* in = nullptr;
+  uint8_t* out = nullptr;
+  size_t unitSize = 0;
+  uint64_t firstUnit = 0;
+  bool encrypt = true;
+
+  // JS-thread-only.
+  napi_env env = nullptr;
+  napi_deferred deferred = nullptr;
+  napi_ref dataRef = nullptr;
+  napi_ref outRef = nullptr;
+  napi_threadsafe_function tsfn = nullptr;
+
+  // Shared with the pool threads.
+  std::mutex mu;
+  std::condition_variable cv;
+  size_t remaining = 0;   // tasks not yet finished or skipped
+  size_t running = 0;     // tasks inside the engine right now
+  bool cancelled = false; // the TSFN is finalized: do not touch it or the buffers
+  bool skipped = false;   // some task did not run (pool shut down)
+
+  void DropReferences(napi_env e) {
+    if (dataRef) napi_delete_reference(e, dataRef);
+    if (outRef) napi_delete_reference(e, outRef);
+    dataRef = outRef = nullptr;
+  }
+};
+
+// Runs on the JS thread when the last task is done (env == nullptr: the environment is going away).
+void SettleJob(napi_env env, napi_value, void* context, void*) {
+  AsyncJob* job = static_cast<AsyncJob*>(context);
+  if (env == nullptr || job->deferred == nullptr) return;
+  napi_deferred deferred = job->deferred;
+  job->deferred = nullptr;
+  job->DropReferences(env);
+  job->engine.reset();
+  if (job->skipped) {
+    napi_value message, code, error;
+    napi_create_string_utf8(env, "The XTS thread pool was shut down before the work ran", NAPI_AUTO_LENGTH, &message);
+    napi_create_string_utf8(env, "ERR_XTS_CANCELLED", NAPI_AUTO_LENGTH, &code);
+    napi_create_error(env, code, message, &error);
+    napi_reject_deferred(env, deferred, error);
+  } else {
+    napi_value undefined;
+    napi_get_undefined(env, &undefined);
+    napi_resolve_deferred(env, deferred, undefined);
+  }
+}
+
+// TSFN finalizer: runs on the JS thread after the TSFN is released, or at environment teardown.
+void FinalizeJob(napi_env env, void* data, void*) {
+  auto* owner = static_cast<std::shared_ptr<AsyncJob>*>(data);
+  AsyncJob* job = owner->get();
+  {
+    std::unique_lock<std::mutex> lock(job->mu);
+    job->cancelled = true;
+    job->cv.wait(lock, [&] { return job->running == 0; });
+  }
+  job->DropReferences(env);
+  delete owner;
+}
+
+void RunChunk(const std::shared_ptr<AsyncJob>& job, size_t firstIndex, size_t units, bool poolCancelled) {
+  bool run;
+  {
+    std::lock_guard<std::mutex> lock(job->mu);
+    run = !poolCancelled && !job->cancelled;
+    if (run) job->running++;
+  }
+  if (run) {
+    const size_t offset = firstIndex * job->unitSize;
+    if (job->encrypt) {
+      job->engine->EncryptUnits(job->in + offset, job->out + offset, job->unitSize, units, job->firstUnit + firstIndex);
+    } else {
+      job->engine->DecryptUnits(job->in + offset, job->out + offset, job->unitSize, units, job->firstUnit + firstIndex);
+    }
+  }
+  std::lock_guard<std::mutex> lock(job->mu);
+  if (run) job->running--;
+  else job->skipped = true;
+  if (--job->remaining == 0 && !job->cancelled) {
+    // Still under the lock: FinalizeJob cannot complete (and Node cannot free the TSFN) meanwhile.
+    napi_call_threadsafe_function(job->tsfn, nullptr, napi_tsfn_nonblocking);
+    napi_release_threadsafe_function(job->tsfn, napi_tsfn_release);
+  }
+  job->cv.notify_all();
+}
+
+Napi::Value RunBatchAsync(const Napi::CallbackInfo& info, bool encrypt) {
+  Napi::Env env = info.Env();
+  Batch b = GetBatch(info);
+  AddonData& addon = Data(env);
+  size_t threads = info[5].IsUndefined() ? addon.pool->size() : GetThreadCount(info[5], "threads");
+
+  napi_deferred deferred;
+  napi_value promise;
+  NAPI_THROW_IF_FAILED(env, napi_create_promise(env, &deferred, &promise), Napi::Value());
+  if (b.count == 0) {
+    napi_resolve_deferred(env, deferred, env.Undefined());
+    return Napi::Value(env, promise);
+  }
+
+  auto job = std::make_shared<AsyncJob>();
+  job->engine = b.cipher->engine;
+  job->in = b.in.data;
+  job->out = b.out.data;
+  job->unitSize = b.unitSize;
+  job->firstUnit = b.firstUnit;
+  job->encrypt = encrypt;
+  job->env = env;
+  job->deferred = deferred;
+  // Pin both buffers (a typed array keeps its ArrayBuffer alive) until the job settles.
+  if (napi_create_reference(env, info[1], 1, &job->dataRef) != napi_ok ||
+      napi_create_reference(env, info[4], 1, &job->outRef) != napi_ok) {
+    job->DropReferences(env);
+    Throw(env, ErrorKind::kPlain, "ERR_XTS_NATIVE", "Could not pin the buffers of async XTS work");
+  }
+
+  const size_t bytes = b.count * b.unitSize;
+  size_t chunks = std::min<size_t>({threads, b.count, std::max<size_t>(1, bytes / kMinChunkBytes)});
+  job->remaining = chunks;
+
+  auto* owner = new std::shared_ptr<AsyncJob>(job);
+  napi_value name = Napi::String::New(env, "vmseal.xts");
+  napi_status status = napi_create_threadsafe_function(env, nullptr, nullptr, name, 0, 1, owner, FinalizeJob,
+                                                       job.get(), SettleJob, &job->tsfn);
+  if (status != napi_ok) {
+    job->DropReferences(env);
+    delete owner;
+    job->deferred = nullptr;
+    napi_value error = Napi::Error::New(env, "Could not create the completion callback for async XTS work").Value();
+    napi_reject_deferred(env, deferred, error);
+    return Napi::Value(env, promise);
+  }
+
+  std::vector<ThreadPool::Task> tasks;
+  tasks.reserve(chunks);
+  const size_t base = b.count / chunks, extra = b.count % chunks;
+  size_t index = 0;
+  for (size_t c = 0; c < chunks; c++) {
+    size_t units = base + (c < extra ? 1 : 0);
+    tasks.emplace_back([job, index, units](bool cancelled) { RunChunk(job, index, units, cancelled); });
+    index += units;
+  }
+  if (!addon.pool->Submit(std::move(tasks))) {
+    // The environment is shutting down: settle now as cancelled.
+    std::lock_guard<std::mutex> lock(job->mu);
+    job->skipped = true;
+    job->remaining = 0;
+    napi_call_threadsafe_function(job->tsfn, nullptr, napi_tsfn_nonblocking);
+    napi_release_threadsafe_function(job->tsfn, napi_tsfn_release);
+  }
+  return Napi::Value(env, promise);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Feature report and pool size
+
+Napi::Value Info(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("best", XtsImplName(BestXtsImpl()));
+  std::vector<XtsImpl> available = AvailableXtsImpls();
+  Napi::Array list = Napi::Array::New(env, available.size());
+  for (size_t i = 0; i < available.size(); i++) list.Set(static_cast<uint32_t>(i), XtsImplName(available[i]));
+  result.Set("available", list);
+  Napi::Array all = Napi::Array::New(env, 4);
+  const XtsImpl known[] = {XtsImpl::kVaesAvx512, XtsImpl::kVaesAvx2, XtsImpl::kAesni, XtsImpl::kPortable};
+  for (uint32_t i = 0; i < 4; i++) all.Set(i, XtsImplName(known[i]));
+  result.Set("implementations", all);
+  const CpuFeatures& f = GetCpuFeatures();
+  Napi::Object cpu = Napi::Object::New(env);
+  cpu.Set("aes", f.aes);
+  cpu.Set("pclmulqdq", f.pclmulqdq);
+  cpu.Set("sse41", f.sse41);
+  cpu.Set("avx", f.avx);
+  cpu.Set("avx2", f.avx2);
+  cpu.Set("vaes", f.vaes);
+  cpu.Set("vpclmulqdq", f.vpclmulqdq);
+  cpu.Set("avx512f", f.avx512f);
+  cpu.Set("avx512vl", f.avx512vl);
+  cpu.Set("avx512bw", f.avx512bw);
+  cpu.Set("osAvx", f.osAvx);
+  cpu.Set("osAvx512", f.osAvx512);
+  result.Set("cpu", cpu);
+  result.Set("threads", static_cast<double>(Data(env).pool->size()));
+  return result;
+}
+
+Napi::Value SetThreads(const Napi::CallbackInfo& info) {
+  Data(info.Env()).pool->Resize(GetThreadCount(info[0], "threads"));
+  return info.Env().Undefined();
+}
+
+Napi::Value GetThreads(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), static_cast<double>(Data(info.Env()).pool->size()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Module
+
+// The hook owns its own reference to the pool: Node may delete the instance data first.
+void ShutdownPool(void* arg) {
+  auto* pool = static_cast<std::shared_ptr<ThreadPool>*>(arg);
+  (*pool)->Shutdown();
+  delete pool;
+}
+
+template <Napi::Value (*F)(const Napi::CallbackInfo&, bool), bool Encrypt>
+Napi::Value Directional(const Napi::CallbackInfo& info) {
+  return F(info, Encrypt);
+}
+
+void Export(napi_env env, napi_value exports, const char* name, napi_callback cb) {
+  napi_value fn;
+  NAPI_THROW_IF_FAILED_VOID(env, napi_create_function(env, name, NAPI_AUTO_LENGTH, cb, nullptr, &fn));
+  NAPI_THROW_IF_FAILED_VOID(env, napi_set_named_property(env, exports, name, fn));
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  // Instance data (deleted by Node when this environment goes away) and a cleanup hook that joins
+  // the pool's threads before the environment's memory is torn down.
+  auto* data = new AddonData(DefaultThreads());
+  env.SetInstanceData<AddonData>(data);
+  napi_add_env_cleanup_hook(env, ShutdownPool, new std::shared_ptr<ThreadPool>(data->pool));
+
+  Export(env, exports, "createCipher", Entry<CreateCipher>);
+  Export(env, exports, "dispose", Entry<Dispose>);
+  Export(env, exports, "cipherInfo", Entry<CipherInfo>);
+  Export(env, exports, "encrypt", Entry<Directional<RunBatch, true>>);
+  Export(env, exports, "decrypt", Entry<Directional<RunBatch, false>>);
+  Export(env, exports, "encryptAsync", Entry<Directional<RunBatchAsync, true>>);
+  Export(env, exports, "decryptAsync", Entry<Directional<RunBatchAsync, false>>);
+  Export(env, exports, "encryptUnit", Entry<Directional<RunUnit, true>>);
+  Export(env, exports, "decryptUnit", Entry<Directional<RunUnit, false>>);
+  Export(env, exports, "info", Entry<Info>);
+  Export(env, exports, "setThreads", Entry<SetThreads>);
+  Export(env, exports, "getThreads", Entry<GetThreads>);
+  exports.Set("KEY_BYTES_128", static_cast<double>(kKeyBytes128));
+  exports.Set("KEY_BYTES_256", static_cast<double>(kKeyBytes256));
+  exports.Set("MIN_UNIT_SIZE", static_cast<double>(kMinUnitSize));
+  exports.Set("MAX_UNIT_SIZE", static_cast<double>(kMaxUnitSize));
+  exports.Set("MAX_THREADS", static_cast<double>(kMaxThreads));
+  return exports;
+}
+
+}  // namespace
+}  // namespace vmseal
+
+// The module entry point (also per environment: main thread and each worker), guarded like Entry.
+NAPI_MODULE_INIT() {
+  try {
+    return vmseal::Init(Napi::Env(env), Napi::Object(env, exports));
+  } catch (const Napi::Error& e) {
+    vmseal::ThrowQuietly(env, e.IsEmpty() ? nullptr : static_cast<napi_value>(e.Value()));
+  } catch (const std::exception& e) {
+    vmseal::ThrowQuietly(env, "ERR_XTS_NATIVE", e.what());
+  }
+  return nullptr;
+}

@@ -1,0 +1,401 @@
+// XTS-AES with VAES + VPCLMULQDQ on 512-bit registers (AVX-512 F/VL/BW).
+//
+// Algorithm (IEEE 1619): per data unit, T0 = AES-Enc(Key2, unit number as 128-bit LE); block j
+// uses T_j = T0 * x^j in GF(2^128) mod x^128 + x^7 + x^2 + x + 1, and C_j = AES(Key1, P_j ^ T_j)
+// ^ T_j. A unit whose length is not a multiple of 16 ends with ciphertext stealing (§5.3).
+//
+// Register plan (32 zmm). A zmm holds 4 blocks, one per 128-bit lane; vaesenc/vaesdec apply one
+// AES round to each lane.
+//   k[0..NR]   zmm, the Key1 round keys broadcast to all four lanes, loaded once per call and
+//              kept in registers for all units of the call (11 or 15 registers)
+//   t0..t3     tweaks of the 16 blocks in flight: lane l of t_i is T_{16n + 4i + l}
+//   x0..x3     the 16 blocks being encrypted
+//   nt0..nt3   the next iteration's tweaks, t_i * x^16, computed during this iteration's rounds
+//   poly       0x87 in every qword, for the carry-less reductions
+// That is 11/15 + 13 registers, under the 32 available, so the loop touches memory only for data.
+//
+// Why. The AES units accept one new 512-bit vaesenc per cycle (Intel) but each has a latency of
+// several cycles: 4 independent zmm (16 blocks) per iteration keep them busy. Multiplying a tweak
+// by x^16 is a 2-byte shift of each 128-bit lane (vpslldq) XOR the 16 bits that left the top
+// multiplied by 0x87 (vpsrldq + one vpclmulqdq): 4 instructions per 4 tweaks, no serial chain
+// between blocks, and none of them on port 0, the only port that executes vaesenc on zmm
+// (bit shifts like vpsllq zmm would compete with the AES rounds there: measured ~8% slower).
+// XORs are folded: round 0 computes P ^ T ^ k0 in one vpternlogd, and the last round is
+// vaesenclast(x, k_last ^ T), which also applies the output tweak.
+// The first 16 tweaks of a unit come from T0 with variable shifts (vpsllvq/vpsrlvq by 0..7 per
+// lane) plus a clmul fold, then a 1-byte shift for x^8..x^15, so there is no serial x, x^2, x^3
+// chain at the start of a unit.
+// Initial tweaks of 16 units are encrypted together under Key2 (4 zmm), instead of one serial AES
+// per unit: at 512-byte units that per-unit latency would otherwise cost ~10%.
+// Leftover blocks (< 16) go through one pass of four masked zmm (AVX-512BW byte masks), and the
+// stolen-ciphertext pair is done with xmm AES after the loop, so the main loop has no length tests.
+// All ymm/zmm code is VEX/EVEX encoded; the compiler emits vzeroupper on return.
+#include "xts_internal.h"
+
+#if VMSEAL_X86_64
+// GCC 12's AVX-512 headers self-initialise their "undefined" vectors (__m512i __Y = __Y), which
+// -Wuninitialized reports wherever such an intrinsic is inlined (GCC PR 105593, fixed in 12.3/13).
+// The pragma covers the header text included below and this file's code.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+#endif
+
+namespace vmseal {
+namespace internal {
+
+#if VMSEAL_X86_64
+
+#define VMSEAL_AVX512 \
+  VMSEAL_TARGET("aes,sse4.1,avx,avx2,vaes,vpclmulqdq,avx512f,avx512vl,avx512bw")
+
+namespace {
+
+// Round keys for one XTS key, each 16-byte round key repeated four times (one zmm row).
+struct WideSchedule {
+  alignas(64) uint8_t enc1[15 * 64];
+  alignas(64) uint8_t dec1[15 * 64];
+  alignas(64) uint8_t enc2[15 * 64];
+  int rounds;
+};
+
+VMSEAL_AVX512 VMSEAL_INLINE __m128i Key128(const uint8_t* sched, int r) {
+  return _mm_load_si128(reinterpret_cast<const __m128i*>(sched + 64 * r));
+}
+VMSEAL_AVX512 VMSEAL_INLINE __m512i Key512(const uint8_t* sched, int r) {
+  return _mm512_load_si512(reinterpret_cast<const void*>(sched + 64 * r));
+}
+
+template <bool ENC>
+VMSEAL_AVX512 VMSEAL_INLINE __m512i Round(__m512i x, __m512i k) {
+  return ENC ? _mm512_aesenc_epi128(x, k) : _mm512_aesdec_epi128(x, k);
+}
+template <bool ENC>
+VMSEAL_AVX512 VMSEAL_INLINE __m512i LastRound(__m512i x, __m512i k) {
+  return ENC ? _mm512_aesenclast_epi128(x, k) : _mm512_aesdeclast_epi128(x, k);
+}
+
+// Multiply every lane by x^(8 * BYTES), BYTES <= 7. A shift by whole bytes is a vpslldq of the
+// 128-bit lane; the BYTES bytes that leave the top, times 0x87 (vpclmulqdq, at most 63 bits), are
+// folded back into the low qword. All three instructions run on the shuffle/clmul port, not on
+// port 0 where vaesenc zmm executes, so the AES rounds are not slowed down.
+template <int BYTES>
+VMSEAL_AVX512 VMSEAL_INLINE __m512i MulXBytes(__m512i t, __m512i poly) {
+  return _mm512_xor_si512(_mm512_bslli_epi128(t, BYTES),
+                          _mm512_clmulepi64_epi128(_mm512_bsrli_epi128(t, 16 - BYTES), poly, 0x00));
+}
+
+// T0 * x^(4i + l) in lane l of out[i]: out[0] and out[1] with per-lane bit shifts by 0..7
+// (vpsllvq/vpsrlvq, plus the same clmul fold), out[2] and out[3] as out[0] * x^8, out[1] * x^8.
+VMSEAL_AVX512 VMSEAL_INLINE void FirstTweaks(__m128i t, __m512i poly, __m512i out[4]) {
+  const __m512i b = _mm512_broadcast_i32x4(t);
+  VMSEAL_UNROLL
+  for (int i = 0; i < 2; ++i) {
+    const long long s = 4 * i;
+    const __m512i cnt = _mm512_set_epi64(s + 3, s + 3, s + 2, s + 2, s + 1, s + 1, s, s);
+    const __m512i rcnt =
+        _mm512_set_epi64(61 - s, 61 - s, 62 - s, 62 - s, 63 - s, 63 - s, 64 - s, 64 - s);
+    const __m512i lo = _mm512_sllv_epi64(b, cnt);   // [lo << k, hi << k]
+    const __m512i hi = _mm512_srlv_epi64(b, rcnt);  // [lo >> (64-k), hi >> (64-k)]; 0 for k = 0
+    out[i] = _mm512_ternarylogic_epi32(lo, _mm512_bslli_epi128(hi, 8),
+                                       _mm512_clmulepi64_epi128(hi, poly, 0x01), 0x96);
+  }
+  out[2] = MulXBytes<1>(out[0], poly);
+  out[3] = MulXBytes<1>(out[1], poly);
+}
+
+VMSEAL_AVX512 VMSEAL_INLINE __m128i MulX(__m128i t) {
+  const __m128i carryMask = _mm_set_epi32(0, 1, 0, 0x87);
+  const __m128i signs = _mm_shuffle_epi32(_mm_srai_epi32(t, 31), 0x13);
+  return _mm_xor_si128(_mm_slli_epi64(t, 1), _mm_and_si128(signs, carryMask));
+}
+
+template <int NR, bool ENC>
+VMSEAL_AVX512 VMSEAL_INLINE __m128i Block(const uint8_t* sched, __m128i x) {
+  x = _mm_xor_si128(x, Key128(sched, 0));
+  VMSEAL_UNROLL
+  for (int r = 1; r < NR; ++r) {
+    x = ENC ? _mm_aesenc_si128(x, Key128(sched, r)) : _mm_aesdec_si128(x, Key128(sched, r));
+  }
+  return ENC ? _mm_aesenclast_si128(x, Key128(sched, NR))
+             : _mm_aesdeclast_si128(x, Key128(sched, NR));
+}
+
+// Ciphertext stealing for the last full block at in/out (tweak t) and the `tail` bytes after it
+// (tweak t * x). Decryption uses the two tweaks in the opposite order (IEEE 1619 §5.4.2).
+template <int NR, bool ENC>
+VMSEAL_AVX512 void StealTail(const uint8_t* sched, const uint8_t* in, uint8_t* out, size_t tail,
+                             __m128i t) {
+  const __m128i tNext = MulX(t);
+  const __m128i tFirst = ENC ? t : tNext;
+  const __m128i tSecond = ENC ? tNext : t;
+  const __m128i y = _mm_xor_si128(
+      Block<NR, ENC>(sched, _mm_xor_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in)),
+                                          tFirst)),
+      tFirst);
+  // out tail = first `tail` bytes of y; the block to process again = in tail || rest of y.
+  const __mmask16 m = static_cast<__mmask16>((1u << tail) - 1);
+  const __m128i partIn = _mm_maskz_loadu_epi8(m, in + 16);
+  _mm_mask_storeu_epi8(out + 16, m, y);
+  const __m128i z = _mm_mask_blend_epi8(m, y, partIn);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(out),
+                   _mm_xor_si128(Block<NR, ENC>(sched, _mm_xor_si128(z, tSecond)), tSecond));
+}
+
+// The end of a unit that is not a whole number of 16-block groups: `left` (0..15) blocks with the
+// tweaks in t[0..3], then ciphertext stealing if `tail` != 0. Kept out of line (and reloading the
+// keys) so the main loop's register allocation is not burdened by this rare path.
+template <int NR, bool ENC>
+VMSEAL_AVX512 __attribute__((noinline)) void TailBlocks(const uint8_t* sched, const uint8_t* in,
+                                                        uint8_t* out, size_t left, size_t tail,
+                                                        const __m512i t[4]) {
+  if (left != 0) {
+    // 1..15 blocks: four masked registers, lanes past the end are zero and never stored.
+    __m512i x[4];
+    __mmask64 m[4];
+    const __m512i k0 = Key512(sched, 0);
+    VMSEAL_UNROLL
+    for (int i = 0; i < 4; ++i) {
+      const size_t have = left > 4u * i ? left - 4u * i : 0;
+      m[i] = have >= 4 ? ~0ull : (1ull << (16 * have)) - 1;
+      x[i] = _mm512_ternarylogic_epi32(_mm512_maskz_loadu_epi8(m[i], in + 64 * i), t[i], k0, 0x96);
+    }
+    VMSEAL_UNROLL
+    for (int r = 1; r < NR; ++r) {
+      const __m512i k = Key512(sched, r);
+      VMSEAL_UNROLL
+      for (int i = 0; i < 4; ++i) x[i] = Round<ENC>(x[i], k);
+    }
+    const __m512i kl = Key512(sched, NR);
+    VMSEAL_UNROLL
+    for (int i = 0; i < 4; ++i) {
+      x[i] = LastRound<ENC>(x[i], _mm512_xor_si512(kl, t[i]));
+      _mm512_mask_storeu_epi8(out + 64 * i, m[i], x[i]);
+    }
+    in += 16 * left;
+    out += 16 * left;
+  }
+  if (tail != 0) {
+    // The tweak of the block after the last one processed: lane (left % 4) of t[left / 4].
+    alignas(64) __m128i tws[16];
+    VMSEAL_UNROLL
+    for (int i = 0; i < 4; ++i) _mm512_store_si512(reinterpret_cast<void*>(tws + 4 * i), t[i]);
+    StealTail<NR, ENC>(sched, in, out, tail, tws[left]);
+  }
+}
+
+// Per-unit tweak registers, prepared for a group of up to 16 units before any of them is
+// processed, in "last-key form": tk_i = t_i ^ k_last (see the header comment).
+struct UnitTweakRegs {
+  __m512i tk[4];
+};
+
+// The XTS loop over `count` units of one group; tw[u] holds unit u's first 16 tweaks.
+template <int NR, bool ENC>
+VMSEAL_AVX512 VMSEAL_INLINE void UnitsWithTweaks(const uint8_t* sched, const UnitTweakRegs* tw,
+                                                 const uint8_t* in, uint8_t* out, size_t unitSize,
+                                                 size_t count) {
+  __m512i k[NR];  // rounds 1..NR-1 (k[0] unused)
+  VMSEAL_UNROLL
+  for (int r = 1; r < NR; ++r) k[r] = Key512(sched, r);
+  const __m512i kl = Key512(sched, NR);
+  // Round 0 computes P ^ T ^ k0 = P ^ tk ^ (k0 ^ k_last).
+  const __m512i k0l = _mm512_xor_si512(Key512(sched, 0), kl);
+  const __m512i poly = _mm512_set1_epi64(0x87);
+  // tk * x^16 = t * x^16 ^ k_last * x^16, so the next tk is MulX16(tk) ^ c with c below.
+  const __m512i c = _mm512_xor_si512(MulXBytes<2>(kl, poly), kl);
+  const size_t tail = unitSize % 16;
+  const size_t bulkBlocks = unitSize / 16 - (tail != 0 ? 1 : 0);
+
+  for (size_t u = 0; u < count; ++u) {
+    __m512i tk[4];
+    VMSEAL_UNROLL
+    for (int i = 0; i < 4; ++i) tk[i] = tw[u].tk[i];
+    size_t left = bulkBlocks;
+    while (left >= 16) {
+      __m512i x[4], nt[4];
+      VMSEAL_UNROLL
+      for (int i = 0; i < 4; ++i) {
+        x[i] = _mm512_ternarylogic_epi32(_mm512_loadu_si512(in + 64 * i), tk[i], k0l, 0x96);
+      }
+      VMSEAL_UNROLL
+      for (int r = 1; r < NR; ++r) {
+        VMSEAL_UNROLL
+        for (int i = 0; i < 4; ++i) x[i] = Round<ENC>(x[i], k[r]);
+        if (r >= 2 && r < 6) {
+          const __m512i m = tk[r - 2];
+          nt[r - 2] = _mm512_ternarylogic_epi32(
+              _mm512_bslli_epi128(m, 2),
+              _mm512_clmulepi64_epi128(_mm512_bsrli_epi128(m, 14), poly, 0x00), c, 0x96);
+        }
+      }
+      VMSEAL_UNROLL
+      for (int i = 0; i < 4; ++i) {
+        _mm512_storeu_si512(out + 64 * i, LastRound<ENC>(x[i], tk[i]));
+        tk[i] = nt[i];
+      }
+      in += 256;
+      out += 256;
+      left -= 16;
+    }
+    if (left != 0 || tail != 0) {
+      __m512i t[4];
+      VMSEAL_UNROLL
+      for (int i = 0; i < 4; ++i) t[i] = _mm512_xor_si512(tk[i], kl);
+      TailBlocks<NR, ENC>(sched, in, out, left, tail, t);
+      in += 16 * left + (tail != 0 ? 16 + tail : 0);
+      out += 16 * left + (tail != 0 ? 16 + tail : 0);
+    }
+  }
+}
+
+// Encrypt the initial tweaks of units first..first+15 under Key2 (4 zmm in flight).
+template <int NR>
+VMSEAL_AVX512 VMSEAL_INLINE void UnitTweaks16(const uint8_t* k2, uint64_t first,
+                                              __m128i out[16]) {
+  __m512i x[4];
+  const __m512i base = _mm512_maskz_set1_epi64(0x55, static_cast<long long>(first));
+  const __m512i k0 = Key512(k2, 0);
+  VMSEAL_UNROLL
+  for (int i = 0; i < 4; ++i) {
+    // Lane l gets first + 4i + l in its low qword (wraps harmlessly past the last real unit).
+    const __m512i inc = _mm512_set_epi64(0, 4 * i + 3, 0, 4 * i + 2, 0, 4 * i + 1, 0, 4 * i);
+    x[i] = _mm512_xor_si512(_mm512_add_epi64(base, inc), k0);
+  }
+  VMSEAL_UNROLL
+  for (int r = 1; r < NR; ++r) {
+    const __m512i k = Key512(k2, r);
+    VMSEAL_UNROLL
+    for (int i = 0; i < 4; ++i) x[i] = _mm512_aesenc_epi128(x[i], k);
+  }
+  const __m512i kl = Key512(k2, NR);
+  VMSEAL_UNROLL
+  for (int i = 0; i < 4; ++i) {
+    _mm512_store_si512(reinterpret_cast<void*>(out + 4 * i), _mm512_aesenclast_epi128(x[i], kl));
+  }
+}
+
+// Expand n encrypted initial tweaks into each unit's 16 first tweaks, in last-key form.
+template <int NR>
+VMSEAL_AVX512 VMSEAL_INLINE void PrepareTweaks(const uint8_t* sched, const __m128i* t0, size_t n,
+                                               UnitTweakRegs* tw) {
+  const __m512i poly = _mm512_set1_epi64(0x87);
+  const __m512i kl = Key512(sched, NR);
+  for (size_t u = 0; u < n; ++u) {
+    __m512i t[4];
+    FirstTweaks(_mm_load_si128(t0 + u), poly, t);
+    VMSEAL_UNROLL
+    for (int i = 0; i < 4; ++i) tw[u].tk[i] = _mm512_xor_si512(t[i], kl);
+  }
+}
+
+VMSEAL_AVX512 VMSEAL_INLINE void WipeTweaks(void* p, size_t n) {
+  std::memset(p, 0, n);
+  __asm__ __volatile__("" : : "r"(p) : "memory");  // keep the stores
+}
+
+template <int NR, bool ENC>
+VMSEAL_AVX512 void Units(const WideSchedule& ks, const uint8_t* in, uint8_t* out, size_t unitSize,
+                         size_t count, uint64_t first) {
+  const uint8_t* sched = ENC ? ks.enc1 : ks.dec1;
+  alignas(64) __m128i t0[16];
+  alignas(64) UnitTweakRegs tw[16];
+  const size_t groups = count < 16 ? count : 16;
+  while (count > 0) {
+    const size_t n = count < 16 ? count : 16;
+    UnitTweaks16<NR>(ks.enc2, first, t0);
+    PrepareTweaks<NR>(sched, t0, n, tw);
+    UnitsWithTweaks<NR, ENC>(sched, tw, in, out, unitSize, n);
+    in += n * unitSize;
+    out += n * unitSize;
+    first += n;
+    count -= n;
+  }
+  WipeTweaks(t0, sizeof(t0));
+  WipeTweaks(tw, groups * sizeof(UnitTweakRegs));
+}
+
+template <int NR, bool ENC>
+VMSEAL_AVX512 void WithTweak(const WideSchedule& ks, const uint8_t* in, uint8_t* out, size_t len,
+                             const uint8_t tweak[16]) {
+  const uint8_t* sched = ENC ? ks.enc1 : ks.dec1;
+  alignas(64) __m128i t0[1];
+  alignas(64) UnitTweakRegs tw[1];
+  t0[0] = Block<NR, true>(ks.enc2, _mm_loadu_si128(reinterpret_cast<const __m128i*>(tweak)));
+  PrepareTweaks<NR>(sched, t0, 1, tw);
+  UnitsWithTweaks<NR, ENC>(sched, tw, in, out, len, 1);
+  WipeTweaks(t0, sizeof(t0));
+  WipeTweaks(tw, sizeof(tw));
+}
+
+class VaesAvx512XtsEngine final : public XtsEngine {
+ public:
+  VaesAvx512XtsEngine(const uint8_t* key, size_t keyLen) {
+    AesniKeySchedule narrow;
+    AesniExpandXtsKey(key, keyLen, &narrow);
+    for (int r = 0; r < 15; ++r) {
+      for (int lane = 0; lane < 4; ++lane) {
+        std::memcpy(ks_.enc1 + 64 * r + 16 * lane, narrow.enc1 + 16 * r, 16);
+        std::memcpy(ks_.dec1 + 64 * r + 16 * lane, narrow.dec1 + 16 * r, 16);
+        std::memcpy(ks_.enc2 + 64 * r + 16 * lane, narrow.enc2 + 16 * r, 16);
+      }
+    }
+    ks_.rounds = narrow.rounds;
+    SecureWipe(&narrow, sizeof(narrow));
+  }
+  ~VaesAvx512XtsEngine() override { SecureWipe(&ks_, sizeof(ks_)); }
+  XtsImpl impl() const override { return XtsImpl::kVaesAvx512; }
+
+  void EncryptUnits(const uint8_t* in, uint8_t* out, size_t unitSize, size_t count,
+                    uint64_t firstUnit) const override {
+    if (ks_.rounds == 14) {
+      Units<14, true>(ks_, in, out, unitSize, count, firstUnit);
+    } else {
+      Units<10, true>(ks_, in, out, unitSize, count, firstUnit);
+    }
+  }
+  void DecryptUnits(const uint8_t* in, uint8_t* out, size_t unitSize, size_t count,
+                    uint64_t firstUnit) const override {
+    if (ks_.rounds == 14) {
+      Units<14, false>(ks_, in, out, unitSize, count, firstUnit);
+    } else {
+      Units<10, false>(ks_, in, out, unitSize, count, firstUnit);
+    }
+  }
+  void EncryptWithTweak(const uint8_t* in, uint8_t* out, size_t len,
+                        const uint8_t tweak[16]) const override {
+    if (ks_.rounds == 14) {
+      WithTweak<14, true>(ks_, in, out, len, tweak);
+    } else {
+      WithTweak<10, true>(ks_, in, out, len, tweak);
+    }
+  }
+  void DecryptWithTweak(const uint8_t* in, uint8_t* out, size_t len,
+                        const uint8_t tweak[16]) const override {
+    if (ks_.rounds == 14) {
+      WithTweak<14, false>(ks_, in, out, len, tweak);
+    } else {
+      WithTweak<10, false>(ks_, in, out, len, tweak);
+    }
+  }
+
+ private:
+  WideSchedule ks_;
+};
+
+}  // namespace
+
+std::unique_ptr<XtsEngine> CreateVaesAvx512XtsEngine(const uint8_t* key, size_t keyLen) {
+  return std::unique_ptr<XtsEngine>(new VaesAvx512XtsEngine(key, keyLen));
+}
+
+#else  // !VMSEAL_X86_64
+
+std::unique_ptr<XtsEngine> CreateVaesAvx512XtsEngine(const uint8_t*, size_t) { return nullptr; }
+
+#endif
+
+}  // namespace internal
+}  // namespace vmseal

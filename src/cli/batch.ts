@@ -1,0 +1,176 @@
+/**
+ * The disk-image conversion script: `vmseal convert` over many images. Finds the images (a
+ * directory or a list file), names their outputs, runs one conversion per image in order with an
+ * injectable per-image function, keeps going past a failure, and records per image: ok or failed
+ * with the reason, bytes, seconds.
+ */
+import { open, readdir, readFile, stat } from 'node:fs/promises';
+import { basename, extname, join, resolve } from 'node:path';
+import { classify, CliError, reasonOf } from './errors.js';
+import { ExitCode, type ExitCodeValue } from './exit-codes.js';
+import type { Subformat } from './parse.js';
+
+export interface BatchItem {
+  input: string;
+  output: string;
+}
+
+export interface BatchItemResult {
+  input: string;
+  output: string;
+  ok: boolean;
+  /** Bytes of virtual disk converted (0 when it failed before starting). */
+  bytes: number;
+  seconds: number;
+  /** Set when it failed: the error's stable code, the one-clause reason and the exit code it maps to. */
+  error?: { code: string; reason: string; exitCode: ExitCodeValue };
+}
+
+export interface BatchOutcome {
+  results: BatchItemResult[];
+  /** True when an AbortSignal stopped the batch; the images after the current one were not run. */
+  interrupted: boolean;
+}
+
+export type ConvertOne = (item: BatchItem, signal: AbortSignal | undefined) => Promise<{ bytes: number }>;
+
+/** Image file names a directory scan picks up. */
+const IMAGE_EXTENSIONS = new Set(['.vmdk', '.img', '.raw']);
+const DESCRIPTOR_MAGIC = '# Disk DescriptorFile';
+/** Text descriptors are small; a bigger file is an extent or an image, not a descriptor. */
+const DESCRIPTOR_MAX_BYTES = 64 * 1024;
+
+/**
+ * Run `convertOne` over every item in order. A failure is recorded and the next item runs; an
+ * abort stops the batch (the running item cleans up after itself) and marks it interrupted.
+ */
+export async function runBatch(
+  items: readonly BatchItem[],
+  convertOne: ConvertOne,
+  opts: {
+    signal?: AbortSignal;
+    onStart?: (item: BatchItem, index: number, count: number) => void;
+    onDone?: (result: BatchItemResult, index: number, count: number) => void;
+  } = {},
+): Promise<BatchOutcome> {
+  const results: BatchItemResult[] = [];
+  for (const [index, item] of items.entries()) {
+    if (opts.signal?.aborted) return { results, interrupted: true };
+    opts.onStart?.(item, index, items.length);
+    const started = performance.now();
+    let result: BatchItemResult;
+    try {
+      const { bytes } = await convertOne(item, opts.signal);
+      result = { input: item.input, output: item.output, ok: true, bytes, seconds: (performance.now() - started) / 1000 };
+    } catch (err) {
+      const { exitCode } = classify(err);
+      const code = typeof (err as { code?: unknown })?.code === 'string' ? (err as { code: string }).code : 'ERR_UNEXPECTED';
+      result = {
+        input: item.input,
+        output: item.output,
+        ok: false,
+        bytes: 0,
+        seconds: (performance.now() - started) / 1000,
+        error: { code, reason: reasonOf(err), exitCode },
+      };
+      if (exitCode === ExitCode.INTERRUPTED || opts.signal?.aborted) {
+        results.push(result);
+        opts.onDone?.(result, index, items.length);
+        return { results, interrupted: true };
+      }
+    }
+    results.push(result);
+    opts.onDone?.(result, index, items.length);
+  }
+  return { results, interrupted: false };
+}
+
+/** The exit code of a whole batch: 0 if all succeeded, 130 if interrupted, else 1. */
+export function batchExitCode(outcome: BatchOutcome): ExitCodeValue {
+  if (outcome.interrupted) return ExitCode.INTERRUPTED;
+  return outcome.results.every((r) => r.ok) ? ExitCode.OK : ExitCode.FAILURE;
+}
+
+async function isTextDescriptor(path: string): Promise<boolean> {
+  const fh = await open(path, 'r');
+  try {
+    const head = Buffer.alloc(DESCRIPTOR_MAGIC.length);
+    const { bytesRead } = await fh.read(head, 0, head.length, 0);
+    return head.subarray(0, bytesRead).toString('latin1') === DESCRIPTOR_MAGIC;
+  } finally {
+    await fh.close();
+  }
+}
+
+/** File names a text descriptor names as its extents (`RW 2048 FLAT "x-flat.vmdk" 0`). */
+export function extentFileNames(descriptorText: string): string[] {
+  const names: string[] = [];
+  for (const line of descriptorText.split(/\r?\n/)) {
+    const m = /^\s*(?:RW|RDONLY|NOACCESS)\s+\d+\s+[A-Z]+\s+"([^"]*)"/.exec(line);
+    if (m && m[1]) names.push(m[1]);
+  }
+  return names;
+}
+
+/**
+ * The disk images in a directory (not recursive), sorted by name: files ending .vmdk, .img or
+ * .raw, minus the extent files that a text descriptor in the same directory names (a
+ * monolithicFlat disk is `x.vmdk` + `x-flat.vmdk`: one image, not two), minus hidden files
+ * (vmseal's own temporary outputs start with a dot).
+ */
+export async function listImagesInDirectory(dir: string): Promise<string[]> {
+  const entries = await readdir(dir, { withFileTypes: true });
+  const candidates = entries
+    .filter((e) => e.isFile() && !e.name.startsWith('.') && IMAGE_EXTENSIONS.has(extname(e.name).toLowerCase()))
+    .map((e) => e.name)
+    .sort();
+  const extents = new Set<string>();
+  for (const name of candidates) {
+    const path = join(dir, name);
+    if (extname(name).toLowerCase() !== '.vmdk') continue;
+    const st = await stat(path);
+    if (st.size > DESCRIPTOR_MAX_BYTES || !(await isTextDescriptor(path))) continue;
+    for (const extent of extentFileNames(await readFile(path, 'utf8'))) extents.add(basename(extent));
+  }
+  return candidates.filter((n) => !extents.has(n)).map((n) => join(dir, n));
+}
+
+/**
+ * A list file: one image path per line; blank lines and lines starting with `#` are skipped;
+ * leading/trailing white space is trimmed; relative paths are relative to the current directory.
+ */
+export async function readImageList(listFile: string): Promise<string[]> {
+  const text = await readFile(listFile, 'utf8');
+  return text
+    .split(/\r?\n/)
+    .map((l) => l.trim())
+    .filter((l) => l.length > 0 && !l.startsWith('#'))
+    .map((l) => resolve(l));
+}
+
+/** The output file name for an image: its stem plus .img for raw output, .vmdk otherwise. */
+export function outputNameFor(input: string, subformat: Subformat): string {
+  const name = basename(input);
+  const ext = extname(name);
+  const stem = ext ? name.slice(0, -ext.length) : name;
+  return `${stem}${subformat === 'raw' ? '.img' : '.vmdk'}`;
+}
+
+/** Pair every input with its output in `outDir`; two inputs that would share an output name are an error. */
+export function planBatch(inputs: readonly string[], outDir: string, subformat: Subformat): BatchItem[] {
+  const seen = new Map<string, string>();
+  const items: BatchItem[] = [];
+  for (const input of inputs) {
+    const output = join(outDir, outputNameFor(input, subformat));
+    const previous = seen.get(output);
+    if (previous !== undefined) {
+      throw new CliError('ERR_CLI_BATCH_COLLISION', `${input} and ${previous} would both be written to ${output}`, {
+        exitCode: ExitCode.USAGE,
+        hint: 'Rename one of them or convert them in separate runs',
+      });
+    }
+    seen.set(output, input);
+    items.push({ input, output });
+  }
+  return items;
+}

@@ -1,0 +1,152 @@
+/**
+ * `vmseal convert IN OUT` for one image, and the batch form (the disk-image conversion script):
+ * `vmseal convert DIR OUTDIR --subformat S …` or `vmseal convert --list FILE OUTDIR --subformat S …`.
+ */
+import { mkdir, stat } from 'node:fs/promises';
+import { readEncryptionParams } from '../../disk/index.js';
+import type { LockerSpec } from '../../keys/index.js';
+import { convertDisk, type JobResult } from '../../pipeline/index.js';
+import { batchExitCode, listImagesInDirectory, planBatch, readImageList, runBatch, type BatchItem, type BatchItemResult } from '../batch.js';
+import type { Ctx } from '../context.js';
+import { CliError, usageError } from '../errors.js';
+import { ExitCode } from '../exit-codes.js';
+import { throughputText, withHooks } from '../jobs.js';
+import { KeySession, withKeys, type KeyCliOptions } from '../key-session.js';
+import { formatBytes, formatDuration, type CipherName, type Subformat, type UnitSize } from '../parse.js';
+import { requireFreeOutput, requireInputFile } from './common.js';
+import { checkEncryptedSubformat, jobTuning } from './encrypt.js';
+
+export interface ConvertCliOptions extends KeyCliOptions {
+  subformat?: Subformat;
+  list?: string;
+  encrypt?: boolean;
+  decrypt?: boolean;
+  cipher: CipherName;
+  unitSize: UnitSize;
+  force?: boolean;
+  chunkSize?: number;
+  threads?: number;
+}
+
+async function isDirectory(path: string): Promise<boolean> {
+  return stat(path).then(
+    (s) => s.isDirectory(),
+    () => false,
+  );
+}
+
+async function isEncrypted(path: string): Promise<boolean> {
+  // A raw image or an unreadable file is "not encrypted" here; the conversion itself reports why it fails.
+  return (await readEncryptionParams(path).catch(() => null)) !== null;
+}
+
+/** Convert one image; shared by the single and the batch forms. */
+async function convertOne(
+  ctx: Ctx,
+  keys: KeySession,
+  item: BatchItem,
+  opts: ConvertCliOptions,
+  newLockers: () => Promise<LockerSpec[]>,
+  label: string,
+): Promise<JobResult> {
+  const encryptedInput = await isEncrypted(item.input);
+  const unlock = encryptedInput ? await keys.unlockOptions(item.input, { usePassphrase: keys.passphraseGiven && !opts.encrypt }) : undefined;
+  const encrypt = opts.encrypt ? { lockers: await newLockers(), cipher: opts.cipher, unitSize: opts.unitSize, cache: keys.cache } : undefined;
+  return withHooks(ctx, label, (hooks) =>
+    convertDisk(item.input, item.output, {
+      ...jobTuning(opts),
+      signal: hooks.signal,
+      onProgress: hooks.onProgress,
+      ...(opts.subformat !== undefined ? { subformat: opts.subformat } : {}),
+      ...(unlock ? { keys: unlock } : {}),
+      ...(encrypt ? { encrypt } : {}),
+      ...(opts.decrypt ? { decrypt: true } : {}),
+    }),
+  );
+}
+
+export async function convertCommand(ctx: Ctx, first: string | undefined, second: string | undefined, opts: ConvertCliOptions): Promise<void> {
+  if (opts.encrypt && opts.decrypt) throw usageError('--encrypt and --decrypt contradict each other', 'Give one of them');
+  if (opts.encrypt) checkEncryptedSubformat(opts.subformat);
+  if (opts.list !== undefined) {
+    if (first === undefined || second !== undefined) throw usageError('with --list, give only the output directory: `vmseal convert --list FILE OUTDIR`');
+    return convertBatch(ctx, undefined, opts.list, first, opts);
+  }
+  if (first === undefined || second === undefined) throw usageError('convert needs IN and OUT', 'Run `vmseal convert IN OUT --subformat S`, or `vmseal convert --list FILE OUTDIR --subformat S`');
+  if (await isDirectory(first)) return convertBatch(ctx, first, undefined, second, opts);
+
+  ctx.doing = `cannot convert ${first}`;
+  await requireInputFile(first);
+  await requireFreeOutput(second, opts.force);
+  const result = await withKeys(ctx, opts, (keys) => convertOne(ctx, keys, { input: first, output: second }, opts, () => keys.newLockers(), 'convert'));
+  ctx.output.result({ ok: true, command: 'convert', ...result });
+  ctx.output.line(`Converted ${first} -> ${result.output} (${result.subformat}${result.encrypted ? ', encrypted' : ''})`);
+  ctx.output.line(`  ${throughputText(result.bytesProcessed, result.seconds)}`);
+}
+
+async function convertBatch(ctx: Ctx, dir: string | undefined, listFile: string | undefined, outDir: string, opts: ConvertCliOptions): Promise<void> {
+  const source = dir ?? listFile!;
+  ctx.doing = `cannot convert the images of ${source}`;
+  if (opts.subformat === undefined) throw usageError('a batch conversion needs --subformat', 'Add --subformat monolithicSparse (or another; see --help)');
+  if (listFile !== undefined) await requireInputFile(listFile, 'the list file');
+  const inputs = dir !== undefined ? await listImagesInDirectory(dir) : await readImageList(listFile!);
+  if (inputs.length === 0) {
+    throw new CliError('ERR_CLI_NO_IMAGES', `${source} names no disk images`, { exitCode: ExitCode.FAILURE, hint: dir !== undefined ? 'A directory batch takes the .vmdk, .img and .raw files in it' : 'Write one image path per line' });
+  }
+  if ((await stat(outDir).catch(() => undefined))?.isFile()) throw usageError(`the output ${outDir} is a file, not a directory`, 'Give a directory for the outputs of a batch');
+  await mkdir(outDir, { recursive: true });
+  const items = planBatch(inputs, outDir, opts.subformat);
+
+  const outcome = await withKeys(ctx, opts, async (keys) => {
+    // One KEK and one recovery passphrase for the whole batch (each image still gets its own DEK):
+    // asked for once, made once, before the first image.
+    let lockers: LockerSpec[] | undefined;
+    const newLockers = async (): Promise<LockerSpec[]> => {
+      if (!lockers) {
+        const provider = await keys.newKeyProvider();
+        const keyId = keys.options.keyId ?? (await provider.createKey({ name: `vmseal-batch-${new Date().toISOString()}` })).keyId;
+        lockers = [{ kind: 'provider', provider, keyId }];
+        if (keys.options.recoveryPassphrase) lockers.push(await keys.recoveryLocker());
+      }
+      return lockers;
+    };
+    if (opts.encrypt) await newLockers();
+    return runBatch(items, (item) => convertOne(ctx, keys, item, opts, newLockers, `[${items.indexOf(item) + 1}/${items.length}]`).then((r) => ({ bytes: r.bytesProcessed })), {
+      signal: ctx.signal,
+      onDone: (r, i, n) => ctx.output.line(summaryLine(r, i, n)),
+    });
+  });
+
+  const failed = outcome.results.filter((r) => !r.ok).length;
+  const converted = outcome.results.length - failed;
+  const notRun = items.length - outcome.results.length;
+  const totalBytes = outcome.results.reduce((s, r) => s + r.bytes, 0);
+  const totalSeconds = outcome.results.reduce((s, r) => s + r.seconds, 0);
+  ctx.exitCode = batchExitCode(outcome);
+  ctx.output.result({
+    ok: ctx.exitCode === ExitCode.OK,
+    command: 'convert',
+    batch: true,
+    subformat: opts.subformat,
+    images: items.length,
+    converted,
+    failed,
+    notRun,
+    interrupted: outcome.interrupted,
+    bytes: totalBytes,
+    seconds: totalSeconds,
+    results: outcome.results,
+  });
+  ctx.output.line(
+    `${converted} of ${items.length} image${items.length === 1 ? '' : 's'} converted, ${failed} failed${notRun > 0 ? `, ${notRun} not run (interrupted)` : ''}; ${formatBytes(totalBytes)} in ${formatDuration(totalSeconds)}`,
+  );
+  if (failed > 0 || outcome.interrupted) {
+    ctx.output.error(`vmseal: convert: ${failed} of ${items.length} images failed${outcome.interrupted ? ' and the batch was interrupted' : ''}. See the summary above; fix them and run the batch again (add --force to replace outputs already written).`);
+  }
+}
+
+function summaryLine(r: BatchItemResult, index: number, count: number): string {
+  const tag = `[${index + 1}/${count}]`;
+  if (r.ok) return `${tag} ok      ${r.input} -> ${r.output}  ${formatBytes(r.bytes)}  ${formatDuration(r.seconds)}`;
+  return `${tag} FAILED  ${r.input}: ${r.error?.reason ?? 'unknown error'} (${r.error?.code ?? '?'})  ${formatDuration(r.seconds)}`;
+}

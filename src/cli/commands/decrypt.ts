@@ -1,0 +1,48 @@
+/**
+ * `vmseal decrypt IN OUT [--subformat S | --raw]`.
+ */
+import { decryptDisk } from '../../pipeline/index.js';
+import type { Ctx } from '../context.js';
+import { usageError } from '../errors.js';
+import { throughputText, withHooks } from '../jobs.js';
+import { withKeys, type KeyCliOptions } from '../key-session.js';
+import type { Subformat } from '../parse.js';
+import { requireFreeOutput, requireInputFile } from './common.js';
+import { jobTuning } from './encrypt.js';
+
+export interface DecryptCliOptions extends KeyCliOptions {
+  subformat?: Subformat;
+  raw?: boolean;
+  force?: boolean;
+  chunkSize?: number;
+  threads?: number;
+}
+
+export function plainSubformat(opts: { subformat?: Subformat; raw?: boolean }): Subformat | undefined {
+  if (opts.raw && opts.subformat !== undefined && opts.subformat !== 'raw') {
+    throw usageError(`--raw and --subformat ${opts.subformat} contradict each other`, 'Give one of them');
+  }
+  return opts.raw ? 'raw' : opts.subformat;
+}
+
+export async function decryptCommand(ctx: Ctx, input: string, output: string, opts: DecryptCliOptions): Promise<void> {
+  ctx.doing = `cannot decrypt ${input}`;
+  const subformat = plainSubformat(opts);
+  await requireInputFile(input);
+  await requireFreeOutput(output, opts.force);
+  const result = await withKeys(ctx, opts, async (keys) => {
+    const unlock = await keys.unlockOptions(input);
+    return withHooks(ctx, 'decrypt', (hooks) =>
+      decryptDisk(input, output, {
+        ...jobTuning(opts),
+        signal: hooks.signal,
+        onProgress: hooks.onProgress,
+        keys: unlock,
+        ...(subformat !== undefined ? { subformat } : {}),
+      }),
+    );
+  });
+  ctx.output.result({ ok: true, command: 'decrypt', ...result });
+  ctx.output.line(`Decrypted ${input} -> ${result.output} (${result.subformat})`);
+  ctx.output.line(`  ${throughputText(result.bytesProcessed, result.seconds)}`);
+}

@@ -1,0 +1,73 @@
+/**
+ * `vmseal encrypt IN OUT` and `vmseal encrypt IN --in-place`.
+ */
+import { encryptDisk, encryptInPlace, type JobResult } from '../../pipeline/index.js';
+import type { Ctx } from '../context.js';
+import { usageError } from '../errors.js';
+import { throughputText, withHooks } from '../jobs.js';
+import { withKeys, type KeyCliOptions } from '../key-session.js';
+import type { CipherName, Subformat, UnitSize } from '../parse.js';
+import { lockersOf, lockerJson, lockerText, requireFreeOutput, requireInputFile } from './common.js';
+
+export interface EncryptCliOptions extends KeyCliOptions {
+  subformat?: Subformat;
+  cipher: CipherName;
+  unitSize: UnitSize;
+  inPlace?: boolean;
+  force?: boolean;
+  chunkSize?: number;
+  threads?: number;
+}
+
+/** Refuse encrypted output formats that cannot be encrypted (before any key is made). */
+export function checkEncryptedSubformat(subformat: Subformat | undefined): void {
+  if (subformat === 'raw') {
+    throw usageError('an encrypted disk cannot be written as raw (the encryption parameters live in the VMDK descriptor)', 'Use --subformat monolithicFlat: its extent is a raw image of aes-xts-plain64 ciphertext');
+  }
+  if (subformat === 'streamOptimized') {
+    throw usageError('an encrypted disk cannot be written as streamOptimized (compressing ciphertext gains nothing; vSphere refuses to export encrypted disks too)', 'Use monolithicSparse or monolithicFlat, or decrypt first');
+  }
+}
+
+export function jobTuning(opts: { chunkSize?: number; threads?: number; force?: boolean }): { chunkSize?: number; threads?: number; force?: boolean } {
+  return {
+    ...(opts.chunkSize !== undefined ? { chunkSize: opts.chunkSize } : {}),
+    ...(opts.threads !== undefined ? { threads: opts.threads } : {}),
+    ...(opts.force !== undefined ? { force: opts.force } : {}),
+  };
+}
+
+export async function encryptCommand(ctx: Ctx, input: string, output: string | undefined, opts: EncryptCliOptions): Promise<void> {
+  ctx.doing = `cannot encrypt ${input}`;
+  if (opts.inPlace) {
+    if (output !== undefined) throw usageError('--in-place encrypts IN itself: give no OUT', 'Drop OUT, or drop --in-place to write a new image');
+    if (opts.subformat !== undefined) throw usageError('--in-place keeps the subformat: --subformat cannot be given with it');
+  } else if (output === undefined) {
+    throw usageError('encrypt needs OUT (or --in-place)', 'Run `vmseal encrypt IN OUT`, or `vmseal encrypt IN --in-place`');
+  }
+  checkEncryptedSubformat(opts.subformat);
+  await requireInputFile(input);
+  if (output !== undefined) await requireFreeOutput(output, opts.force);
+
+  if (opts.inPlace) ctx.interruptNote = `run \`vmseal resume ${input}\` (or this command again) to finish`;
+  let newHome: string | undefined;
+  const result: JobResult = await withKeys(ctx, opts, async (keys) => {
+    const lockers = await keys.newLockers();
+    newHome = keys.newKeystoreHome;
+    return withHooks(ctx, 'encrypt', (hooks) => {
+      const common = { ...jobTuning(opts), signal: hooks.signal, onProgress: hooks.onProgress, lockers, cipher: opts.cipher, unitSize: opts.unitSize, cache: keys.cache };
+      return output === undefined
+        ? encryptInPlace(input, common)
+        : encryptDisk(input, output, { ...common, ...(opts.subformat !== undefined ? { subformat: opts.subformat } : {}) });
+    });
+  });
+
+  const lockers = await lockersOf(result.output);
+  ctx.output.result({ ok: true, command: 'encrypt', ...result, cipher: opts.cipher, unitSize: opts.unitSize, lockers: lockers.map(lockerJson) });
+  ctx.output.line(`Encrypted ${input}${output !== undefined ? ` -> ${result.output}` : ' in place'} (${result.subformat}, ${opts.cipher}, ${opts.unitSize}-byte units)`);
+  for (const l of lockers) ctx.output.line(`  locked by ${lockerText(l)}`);
+  ctx.output.line(`  ${throughputText(result.bytesProcessed, result.seconds)}`);
+  if (newHome !== undefined) {
+    ctx.output.note(`vmseal: created a new local keystore in ${newHome} for the disk's key. Back it up (\`vmseal keys backup FILE\`): without it, the disk opens only with a recovery passphrase.`);
+  }
+}

@@ -1,0 +1,52 @@
+/**
+ * `vmseal verify DISK [--against PLAIN]`: read everything, check the metadata, compare hashes.
+ * A mismatch is not an exception: the report is printed and the exit code is 6.
+ */
+import { readEncryptionParams } from '../../disk/index.js';
+import { verifyDisk } from '../../pipeline/index.js';
+import type { Ctx } from '../context.js';
+import { ExitCode } from '../exit-codes.js';
+import { throughputText, withHooks } from '../jobs.js';
+import { withKeys, type KeyCliOptions } from '../key-session.js';
+import { requireInputFile } from './common.js';
+
+export interface VerifyCliOptions extends KeyCliOptions {
+  against?: string;
+}
+
+export async function verifyCommand(ctx: Ctx, disk: string, opts: VerifyCliOptions): Promise<void> {
+  ctx.doing = `cannot verify ${disk}`;
+  await requireInputFile(disk, 'the disk');
+  if (opts.against !== undefined) await requireInputFile(opts.against, 'the plain image');
+  const started = performance.now();
+  const result = await withKeys(ctx, opts, async (keys) => {
+    const encrypted = (await readEncryptionParams(disk).catch(() => null)) !== null;
+    const againstEncrypted = opts.against !== undefined && (await readEncryptionParams(opts.against).catch(() => null)) !== null;
+    return withHooks(ctx, 'verify', async (hooks) =>
+      verifyDisk(disk, {
+        signal: hooks.signal,
+        onProgress: hooks.onProgress,
+        ...(encrypted ? { keys: await keys.unlockOptions(disk) } : {}),
+        ...(opts.against !== undefined ? { against: opts.against } : {}),
+        ...(againstEncrypted ? { againstKeys: await keys.unlockOptions(opts.against) } : {}),
+      }),
+    );
+  });
+  const seconds = (performance.now() - started) / 1000;
+  if (!result.ok) ctx.exitCode = ExitCode.MISMATCH;
+  ctx.output.result({ command: 'verify', ...result, seconds });
+  ctx.output.line(`${result.ok ? 'OK' : 'MISMATCH'}  ${disk}${result.encrypted ? ' (encrypted)' : ''}`);
+  ctx.output.line(`  sha256 ${result.sha256}`);
+  if (result.againstSha256 !== undefined) ctx.output.line(`  sha256 ${result.againstSha256} of ${opts.against}`);
+  for (const p of result.problems) ctx.output.line(`  problem: ${p}`);
+  ctx.output.line(`  read ${throughputText(result.bytesRead, seconds)}`);
+  if (!result.ok) {
+    const why =
+      result.firstMismatch !== undefined
+        ? `its content differs from ${opts.against} at byte ${result.firstMismatch}`
+        : result.problems.length > 0
+          ? result.problems.join('; ')
+          : 'the check failed';
+    ctx.output.error(`vmseal: verify ${disk}: ${why}. The disk is damaged or not the image you meant; restore it from a backup.`);
+  }
+}

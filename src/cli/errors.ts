@@ -1,0 +1,181 @@
+/**
+ * The CLI's error type and the one place that turns any error into an exit code and a one-line
+ * message of the shape
+ *
+ *     vmseal: <what failed>: <why>. <what to do>
+ *
+ * Expected errors (every VmsealError, Node's file-system errors) never print a stack trace; only an
+ * unexpected error (a bug) does, and only with VMSEAL_DEBUG=1.
+ */
+import { VmsealError } from '../errors.js';
+import { ExitCode, type ExitCodeValue } from './exit-codes.js';
+
+/** An error found by the CLI itself (bad option value, missing file, passphrase on argv, …). */
+export class CliError extends VmsealError {
+  readonly exitCode: ExitCodeValue;
+  readonly hint: string | undefined;
+
+  constructor(
+    code: string,
+    message: string,
+    options: { exitCode?: ExitCodeValue; hint?: string; cause?: unknown } = {},
+  ) {
+    super(code, message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.exitCode = options.exitCode ?? ExitCode.FAILURE;
+    this.hint = options.hint;
+  }
+}
+
+/** A usage error: exit code 2. */
+export function usageError(message: string, hint?: string): CliError {
+  return new CliError('ERR_CLI_USAGE', message, { exitCode: ExitCode.USAGE, hint: hint ?? 'Run `vmseal --help` for usage' });
+}
+
+export interface Classified {
+  exitCode: ExitCodeValue;
+  /** What to do about it, one sentence without the final period; undefined if nothing useful. */
+  hint: string | undefined;
+  /** True for errors vmseal did not expect (bugs): they may print a stack trace under VMSEAL_DEBUG. */
+  unexpected: boolean;
+}
+
+const KMS_HINT =
+  'Check --kms, the certificates (--kms-ca/--kms-cert/--kms-key) and that the key server is running; a disk with a recovery passphrase can be unlocked without it (--passphrase-file)';
+const KEY_HINT =
+  "Give the key provider that holds the disk's key (`vmseal info DISK` lists its lockers), or its recovery passphrase";
+const FORMAT_HINT = 'Check that the input is the disk image you meant (`vmseal info` shows what vmseal sees)';
+const USAGE_HINT = 'Run `vmseal --help` for usage';
+
+/** Exit code and hint for each stable error code of the layers below (docs/cli.md lists them). */
+const BY_CODE: Record<string, { exitCode: ExitCodeValue; hint?: string }> = {
+  // interrupted
+  ERR_ABORTED: { exitCode: ExitCode.INTERRUPTED },
+  // another process has the disk or the keystore
+  ERR_DISK_BUSY: { exitCode: ExitCode.BUSY, hint: 'Wait for the other vmseal process to finish; a lock left by a process that died is taken over automatically' },
+  ERR_KEYSTORE_LOCKED: { exitCode: ExitCode.BUSY, hint: 'Another vmseal process is using the local keystore; retry when it is done' },
+  // key server
+  ERR_KMS_UNAVAILABLE: { exitCode: ExitCode.KMS_UNAVAILABLE, hint: KMS_HINT },
+  ERR_KMIP_CONNECT: { exitCode: ExitCode.KMS_UNAVAILABLE, hint: KMS_HINT },
+  ERR_KMIP_TLS: { exitCode: ExitCode.KMS_UNAVAILABLE, hint: 'Check the certificates: --kms-ca must sign the server\'s certificate and the server must accept --kms-cert/--kms-key' },
+  ERR_KMIP_TIMEOUT: { exitCode: ExitCode.KMS_UNAVAILABLE, hint: KMS_HINT },
+  ERR_KMIP_CLOSED: { exitCode: ExitCode.KMS_UNAVAILABLE, hint: KMS_HINT },
+  ERR_KMIP_TTLV: { exitCode: ExitCode.KMS_UNAVAILABLE, hint: 'Check that --kms names a KMIP server (port 5696 by default)' },
+  ERR_KMIP_PROTOCOL: { exitCode: ExitCode.KMS_UNAVAILABLE, hint: 'Check that --kms names a KMIP server (port 5696 by default)' },
+  ERR_KMIP_OPERATION_FAILED: { exitCode: ExitCode.FAILURE, hint: 'The key server refused the request; check its log and that this client certificate may use the key' },
+  ERR_KMIP_KEY: { exitCode: ExitCode.FAILURE, hint: 'The key server returned a key vmseal cannot use (an AES-256 symmetric key is needed)' },
+  // keys
+  ERR_WRONG_KEY: { exitCode: ExitCode.KEY, hint: 'Check the passphrase or key provider; `vmseal info DISK` lists the lockers that can open the disk' },
+  ERR_NO_KEY: { exitCode: ExitCode.KEY, hint: KEY_HINT },
+  ERR_DISK_LOCKED: { exitCode: ExitCode.KEY, hint: "Make the disk's key provider reachable (see `vmseal info DISK`), or unlock it with its recovery passphrase (--passphrase-file F)" },
+  ERR_UNSUPPORTED_LOCKER: { exitCode: ExitCode.KEY, hint: KEY_HINT },
+  ERR_KEY_PROVIDER: { exitCode: ExitCode.FAILURE, hint: 'The key provider returned a key vmseal cannot use' },
+  ERR_KEYSTORE_PASSPHRASE: { exitCode: ExitCode.KEY, hint: 'Check the keystore passphrase (--home-passphrase-file or VMSEAL_HOME_PASSPHRASE)' },
+  ERR_KEYSTORE_MASTER_KEY: { exitCode: ExitCode.KEY, hint: "Check the keystore's master key file in VMSEAL_HOME (mode 0600), or restore the keystore from a backup" },
+  ERR_KEYSTORE_NO_SUCH_KEY: { exitCode: ExitCode.KEY, hint: 'Check the key id (`vmseal keys list`) and VMSEAL_HOME; restore the keystore from its backup if the key was lost' },
+  ERR_KEYSTORE_KEY_DESTROYED: { exitCode: ExitCode.KEY, hint: 'The key was destroyed; only a recovery passphrase locker (or a keystore backup) can open disks locked by it' },
+  ERR_KEYSTORE_MISSING: { exitCode: ExitCode.FAILURE, hint: 'Run `vmseal keys init` (or point --home / VMSEAL_HOME at your keystore)' },
+  ERR_KEYSTORE_CORRUPT: { exitCode: ExitCode.FORMAT, hint: 'Restore the keystore from a backup (`vmseal keys restore`)' },
+  ERR_KEYSTORE_MODE: { exitCode: ExitCode.USAGE, hint: 'Give a keystore passphrase only for a passphrase-protected keystore' },
+  ERR_KEYSTORE_CONFLICT: { exitCode: ExitCode.FAILURE, hint: 'The backup holds a different key under an id that exists here; restore into a fresh --home' },
+  ERR_KEYSTORE_IO: { exitCode: ExitCode.FAILURE, hint: 'Check the permissions of VMSEAL_HOME' },
+  // integrity
+  ERR_BINDING: { exitCode: ExitCode.MISMATCH, hint: "The disk's encryption parameters were changed or swapped; restore the disk or its descriptor from a backup" },
+  // formats
+  ERR_DISK_ENCRYPTED: { exitCode: ExitCode.FORMAT, hint: 'The disk is already encrypted: use `vmseal decrypt`, `convert` or `rekey`' },
+  ERR_NOT_ENCRYPTED: { exitCode: ExitCode.FORMAT, hint: 'The disk is not encrypted: use `vmseal encrypt` or `convert`' },
+  ERR_ENCRYPTION_METADATA: { exitCode: ExitCode.FORMAT, hint: "The disk's encryption lines are damaged or from a newer vmseal; restore the descriptor from a backup" },
+  ERR_KEYSAFE: { exitCode: ExitCode.FORMAT, hint: "The disk's KeySafe is damaged; restore the descriptor from a backup" },
+  ERR_VMDK_FORMAT: { exitCode: ExitCode.FORMAT, hint: FORMAT_HINT },
+  ERR_VMDK_TRUNCATED: { exitCode: ExitCode.FORMAT, hint: 'The image is truncated (an interrupted copy?); copy it again' },
+  ERR_VMDK_CORRUPT: { exitCode: ExitCode.FORMAT, hint: 'The image is damaged; run `qemu-img check` or restore it from a backup' },
+  ERR_VMDK_LIMIT: { exitCode: ExitCode.FORMAT, hint: FORMAT_HINT },
+  ERR_VMDK_ENCODING: { exitCode: ExitCode.FORMAT, hint: 'Save the descriptor as UTF-8' },
+  ERR_VMDK_UNSUPPORTED: { exitCode: ExitCode.FORMAT, hint: 'Convert the image with `qemu-img convert -O vmdk` or to raw first' },
+  ERR_VMDK_EXTENT_FILE: { exitCode: ExitCode.FORMAT, hint: "Keep the descriptor and its extent files together in one folder" },
+  // usage
+  ERR_ARGUMENT: { exitCode: ExitCode.USAGE, hint: USAGE_HINT },
+  ERR_INVALID_ARGUMENT: { exitCode: ExitCode.USAGE, hint: USAGE_HINT },
+  ERR_VMDK_ARGUMENT: { exitCode: ExitCode.USAGE, hint: USAGE_HINT },
+  ERR_SAME_FILE: { exitCode: ExitCode.USAGE, hint: 'Give an output path other than the input (or use --in-place)' },
+  ERR_UNSUPPORTED_OUTPUT: { exitCode: ExitCode.USAGE, hint: 'Write an encrypted disk as monolithicSparse or monolithicFlat, or add --decrypt for a plain copy' },
+  // plain failures with something to do
+  ERR_OUTPUT_EXISTS: { exitCode: ExitCode.FAILURE, hint: 'Choose another output name, or add --force to replace it' },
+  ERR_VMDK_EXISTS: { exitCode: ExitCode.FAILURE, hint: 'Choose another output name, or add --force to replace it' },
+  ERR_NO_SPACE: { exitCode: ExitCode.FAILURE, hint: "Free space on the output's file system, write the output elsewhere, or use --in-place" },
+  ERR_INTERRUPTED_JOB: { exitCode: ExitCode.FAILURE, hint: 'Run `vmseal resume DISK` to finish the interrupted job first' },
+  ERR_JOURNAL: { exitCode: ExitCode.FAILURE, hint: 'The job journal beside the disk is damaged or belongs to another disk; keep a copy of both and report it' },
+  ERR_READ_ONLY: { exitCode: ExitCode.FAILURE, hint: 'Check the file permissions' },
+  ERR_VMDK_READ_ONLY: { exitCode: ExitCode.FAILURE, hint: 'Check the file permissions' },
+  ERR_VMDK_IO: { exitCode: ExitCode.FAILURE, hint: 'Check the path and its permissions' },
+};
+
+// Node's system-error codes that an ordinary user mistake or environment produces.
+const SYSTEM_HINTS: Record<string, string> = {
+  ENOENT: 'Check the path',
+  EACCES: 'Check the file permissions',
+  EPERM: 'Check the file permissions',
+  EISDIR: 'Give a file, not a directory',
+  ENOTDIR: 'Check the path',
+  ENOSPC: 'Free some space on the output\'s file system or write the output elsewhere',
+  EROFS: 'Write the output to a writable file system',
+  EEXIST: 'Choose another output name, or add --force to replace it',
+  EMFILE: 'Raise the open-file limit (ulimit -n)',
+  ECONNREFUSED: 'Check that the key server is running and --kms names it',
+  ETIMEDOUT: 'Check the network path to the key server',
+  EIO: 'The storage reported an I/O error; check the device',
+};
+
+function isAbortError(err: unknown): boolean {
+  return err instanceof Error && (err.name === 'AbortError' || (err as { code?: unknown }).code === 'ABORT_ERR');
+}
+
+/** Map any thrown value to an exit code and a hint. */
+export function classify(err: unknown): Classified {
+  if (err instanceof CliError) return { exitCode: err.exitCode, hint: err.hint, unexpected: false };
+  if (isAbortError(err)) return { exitCode: ExitCode.INTERRUPTED, hint: undefined, unexpected: false };
+  if (err instanceof VmsealError) {
+    const known = BY_CODE[err.code];
+    if (known) return { exitCode: known.exitCode, hint: known.hint, unexpected: false };
+    // A code added later by a layer: classify by its family so that it still lands sensibly.
+    if (/^ERR_KMIP_|^ERR_KMS_/.test(err.code)) return { exitCode: ExitCode.KMS_UNAVAILABLE, hint: KMS_HINT, unexpected: false };
+    if (/^ERR_VMDK_/.test(err.code)) return { exitCode: ExitCode.FORMAT, hint: FORMAT_HINT, unexpected: false };
+    if (/ARG/.test(err.code)) return { exitCode: ExitCode.USAGE, hint: USAGE_HINT, unexpected: false };
+    return { exitCode: ExitCode.FAILURE, hint: undefined, unexpected: false };
+  }
+  const sysCode = err instanceof Error ? (err as NodeJS.ErrnoException).code : undefined;
+  if (typeof sysCode === 'string' && sysCode in SYSTEM_HINTS) {
+    const exitCode = /^(ECONNREFUSED|ETIMEDOUT)$/.test(sysCode) ? ExitCode.KMS_UNAVAILABLE : ExitCode.FAILURE;
+    return { exitCode, hint: SYSTEM_HINTS[sysCode], unexpected: false };
+  }
+  return { exitCode: ExitCode.INTERNAL, hint: 'This is a bug in vmseal: please report it (VMSEAL_DEBUG=1 prints the stack trace)', unexpected: true };
+}
+
+/** One sentence: no trailing period, newlines folded (a message must stay on one line). */
+function sentence(text: string): string {
+  return text.replace(/\s*[:;,]?\s*[\r\n]+\s*/g, '; ').trim().replace(/[.\s]+$/, '');
+}
+
+/** Why an error happened, as a clause (its message, without Node's "ENOENT: " prefix noise). */
+export function reasonOf(err: unknown): string {
+  if (err instanceof Error) {
+    const sys = err as NodeJS.ErrnoException;
+    if (typeof sys.code === 'string' && typeof sys.syscall === 'string') {
+      // "ENOENT: no such file or directory, open '/x'" → "no such file or directory: /x"
+      const m = /^[A-Z0-9_]+: (.*?), \w+(?: '(.*)')?$/.exec(sys.message);
+      if (m) return m[2] ? `${m[1]}: ${m[2]}` : (m[1] ?? sys.message);
+    }
+    return sentence(err.message || err.name);
+  }
+  return sentence(String(err));
+}
+
+/**
+ * The one-line message for an error: "vmseal: <what failed>: <why>. <what to do>."
+ * `what` names the operation and its operand (e.g. "cannot encrypt disk.img").
+ */
+export function formatError(what: string, err: unknown): string {
+  const { hint } = classify(err);
+  const why = sentence(reasonOf(err));
+  const tail = hint ? ` ${sentence(hint)}.` : '';
+  return `vmseal: ${sentence(what)}: ${why}.${tail}`;
+}

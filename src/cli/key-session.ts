@@ -1,0 +1,267 @@
+/**
+ * Turns the key options of a command line into key providers, new lockers and unlock options:
+ *
+ *   local keystore  --home DIR | VMSEAL_HOME | ~/.vmseal  (+ --home-passphrase-file | VMSEAL_HOME_PASSPHRASE)
+ *   KMIP            --kms host:port,… --kms-ca F --kms-cert F --kms-key F [--kms-id ID] [--kms-timeout MS]
+ *                   (or VMSEAL_KMS, VMSEAL_KMS_CA, VMSEAL_KMS_CERT, VMSEAL_KMS_KEY, VMSEAL_KMS_ID)
+ *   passphrase      --passphrase-file F | --passphrase-env NAME | VMSEAL_PASSPHRASE | prompt
+ *
+ * Unlocking needs no provider choice: a disk's lockers name their providers. The local provider
+ * is offered for lockers of its id; every other provider id in the disk becomes a KMIP provider of
+ * that id on the --kms servers (so --kms-id is only needed to create keys under another name).
+ * One session holds one KeyCache, so a KEK fetched once is not fetched again within a command.
+ */
+import { readFile, stat } from 'node:fs/promises';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import { describeKeySafe, KeyCache, LocalKeyProvider, type KeyProvider, type LockerSpec, type UnlockOptions } from '../keys/index.js';
+import { KmipKeyProvider } from '../kmip/index.js';
+import { readEncryptionParams } from '../disk/index.js';
+import { CliError, usageError } from './errors.js';
+import { ExitCode } from './exit-codes.js';
+import type { Ctx } from './context.js';
+import { parseEndpoints, type Endpoint, type KeyProviderKind } from './parse.js';
+import { hasExplicitPassphrase, readPassphrase, readPassphraseFile } from './passphrase.js';
+
+export const DEFAULT_KMS_ID = 'kmip';
+export const HOME_PASSPHRASE_ENV = 'VMSEAL_HOME_PASSPHRASE';
+/** A recovery passphrase guards the whole disk when the KMS is gone: refuse trivially short ones. */
+export const MIN_RECOVERY_PASSPHRASE = 8;
+
+export interface KeyCliOptions {
+  home?: string;
+  homePassphraseFile?: string;
+  kms?: string;
+  kmsCa?: string;
+  kmsCert?: string;
+  kmsKey?: string;
+  kmsId?: string;
+  kmsTimeout?: number;
+  passphraseFile?: string;
+  passphraseEnv?: string;
+  keyProvider?: KeyProviderKind;
+  keyId?: string;
+  recoveryPassphrase?: boolean;
+}
+
+/** The keystore folder: --home, else VMSEAL_HOME, else ~/.vmseal (always explicit, never left to a default elsewhere). */
+export function resolveHome(home: string | undefined, env: NodeJS.ProcessEnv): string {
+  if (home !== undefined) return home;
+  const fromEnv = env.VMSEAL_HOME;
+  return fromEnv !== undefined && fromEnv.length > 0 ? fromEnv : join(homedir(), '.vmseal');
+}
+
+/** Key options with the environment variables filled in where the option was not given. */
+export function withEnvDefaults(opts: KeyCliOptions, env: NodeJS.ProcessEnv): KeyCliOptions {
+  const pick = (v: string | undefined, name: string): string | undefined => v ?? (env[name] !== undefined && env[name] !== '' ? env[name] : undefined);
+  const merged: KeyCliOptions = { ...opts, home: resolveHome(opts.home, env) };
+  const kms = pick(opts.kms, 'VMSEAL_KMS');
+  const kmsCa = pick(opts.kmsCa, 'VMSEAL_KMS_CA');
+  const kmsCert = pick(opts.kmsCert, 'VMSEAL_KMS_CERT');
+  const kmsKey = pick(opts.kmsKey, 'VMSEAL_KMS_KEY');
+  const kmsId = pick(opts.kmsId, 'VMSEAL_KMS_ID');
+  if (kms !== undefined) merged.kms = kms;
+  if (kmsCa !== undefined) merged.kmsCa = kmsCa;
+  if (kmsCert !== undefined) merged.kmsCert = kmsCert;
+  if (kmsKey !== undefined) merged.kmsKey = kmsKey;
+  if (kmsId !== undefined) merged.kmsId = kmsId;
+  return merged;
+}
+
+interface KmsConfig {
+  endpoints: Endpoint[];
+  ca: Buffer;
+  cert: Buffer;
+  key: Buffer;
+  timeoutMs: number;
+}
+
+async function readPem(path: string, option: string): Promise<Buffer> {
+  try {
+    return await readFile(path);
+  } catch (err) {
+    throw new CliError('ERR_CLI_KMS_FILE', `cannot read ${option} ${path} (${(err as NodeJS.ErrnoException).code ?? 'error'})`, {
+      exitCode: ExitCode.USAGE,
+      hint: `Check the path given to ${option}`,
+    });
+  }
+}
+
+export class KeySession {
+  readonly cache = new KeyCache();
+  private readonly ctx: Ctx;
+  private readonly opts: KeyCliOptions;
+  /** The unlock passphrase, read once per command (a batch must not prompt per image). */
+  private unlockPassphrase: Promise<string> | undefined;
+  private localProvider: LocalKeyProvider | undefined;
+  private readonly kmipProviders = new Map<string, KmipKeyProvider>();
+  private kmsConfig: Promise<KmsConfig> | undefined;
+
+  constructor(ctx: Ctx, opts: KeyCliOptions) {
+    this.ctx = ctx;
+    this.opts = withEnvDefaults(opts, ctx.env);
+  }
+
+  get options(): Readonly<KeyCliOptions> {
+    return this.opts;
+  }
+
+  /** Whether a recovery passphrase was given or asked for (--recovery-passphrase, a file, a variable). */
+  get passphraseGiven(): boolean {
+    return this.opts.recoveryPassphrase === true || hasExplicitPassphrase(this.opts, this.ctx.env);
+  }
+
+  /** Whether KMIP servers were configured (by option or environment). */
+  get kmsConfigured(): boolean {
+    return this.opts.kms !== undefined;
+  }
+
+  /** The provider kind for new keys: --key-provider, else kmip when --kms is configured, else local. */
+  get newKeyKind(): KeyProviderKind {
+    return this.opts.keyProvider ?? (this.kmsConfigured ? 'kmip' : 'local');
+  }
+
+  async local(): Promise<LocalKeyProvider> {
+    if (!this.localProvider) {
+      const passphrase = await this.homePassphrase();
+      this.localProvider = new LocalKeyProvider({
+        home: resolveHome(this.opts.home, this.ctx.env),
+        ...(passphrase !== undefined ? { passphrase } : {}),
+      });
+    }
+    return this.localProvider;
+  }
+
+  private async homePassphrase(): Promise<string | undefined> {
+    if (this.opts.homePassphraseFile !== undefined) return readPassphraseFile(this.opts.homePassphraseFile);
+    const fromEnv = this.ctx.env[HOME_PASSPHRASE_ENV];
+    return fromEnv !== undefined && fromEnv.length > 0 ? fromEnv : undefined;
+  }
+
+  private loadKmsConfig(): Promise<KmsConfig> {
+    this.kmsConfig ??= (async () => {
+      const o = this.opts;
+      const missing = [
+        o.kms === undefined ? '--kms' : '',
+        o.kmsCa === undefined ? '--kms-ca' : '',
+        o.kmsCert === undefined ? '--kms-cert' : '',
+        o.kmsKey === undefined ? '--kms-key' : '',
+      ].filter(Boolean);
+      if (missing.length > 0) {
+        throw usageError(`the KMIP key provider needs ${missing.join(', ')}`, 'Give --kms host:port with --kms-ca, --kms-cert and --kms-key (or VMSEAL_KMS, VMSEAL_KMS_CA, VMSEAL_KMS_CERT, VMSEAL_KMS_KEY)');
+      }
+      return {
+        endpoints: parseEndpoints(o.kms!),
+        ca: await readPem(o.kmsCa!, '--kms-ca'),
+        cert: await readPem(o.kmsCert!, '--kms-cert'),
+        key: await readPem(o.kmsKey!, '--kms-key'),
+        timeoutMs: o.kmsTimeout ?? 10_000,
+      };
+    })();
+    return this.kmsConfig;
+  }
+
+  /** The KMIP provider named `id` on the configured servers. */
+  async kmip(id: string = this.opts.kmsId ?? DEFAULT_KMS_ID): Promise<KmipKeyProvider> {
+    let p = this.kmipProviders.get(id);
+    if (!p) {
+      const c = await this.loadKmsConfig();
+      p = new KmipKeyProvider({ id, endpoints: c.endpoints, ca: c.ca, cert: c.cert, key: c.key, timeoutMs: c.timeoutMs });
+      this.kmipProviders.set(id, p);
+    }
+    return p;
+  }
+
+  /** The provider new keys go to (local keystore or KMIP). */
+  async newKeyProvider(): Promise<KeyProvider> {
+    return this.newKeyKind === 'kmip' ? this.kmip() : this.local();
+  }
+
+  /** Set when this command used the local keystore for new keys and it did not exist before. */
+  newKeystoreHome: string | undefined;
+
+  /** A locker under a new KEK of the chosen provider (or the existing --key-id). */
+  async providerLocker(): Promise<LockerSpec> {
+    const provider = await this.newKeyProvider();
+    if (provider instanceof LocalKeyProvider) {
+      const existed = await stat(provider.keystorePath).then(() => true, () => false);
+      if (!existed) this.newKeystoreHome = provider.home;
+    }
+    return { kind: 'provider', provider, ...(this.opts.keyId !== undefined ? { keyId: this.opts.keyId } : {}) };
+  }
+
+  /** A passphrase locker with a new recovery passphrase (prompted twice on a terminal). */
+  async recoveryLocker(purpose = 'new recovery passphrase'): Promise<LockerSpec> {
+    const passphrase = await readPassphrase({
+      purpose,
+      confirm: true,
+      minLength: MIN_RECOVERY_PASSPHRASE,
+      signal: this.ctx.signal,
+      env: this.ctx.env,
+      io: this.ctx.io,
+      ...(this.opts.passphraseFile !== undefined ? { passphraseFile: this.opts.passphraseFile } : {}),
+      ...(this.opts.passphraseEnv !== undefined ? { passphraseEnv: this.opts.passphraseEnv } : {}),
+    });
+    return { kind: 'passphrase', passphrase };
+  }
+
+  /** Lockers for a new DEK: a provider locker, plus a recovery passphrase if asked. */
+  async newLockers(): Promise<LockerSpec[]> {
+    const lockers = [await this.providerLocker()];
+    if (this.opts.recoveryPassphrase) lockers.push(await this.recoveryLocker());
+    return lockers;
+  }
+
+  /**
+   * How to unlock `disk`: the providers its lockers name (local, and KMIP ones if --kms is given),
+   * the recovery passphrase if one was given explicitly (file or variable) or --recovery-passphrase
+   * asks for it (then a prompt is allowed), and the session's cache.
+   */
+  async unlockOptions(disk?: string, opts: { usePassphrase?: boolean } = {}): Promise<UnlockOptions> {
+    const providers: KeyProvider[] = [];
+    const ids = new Set<string>();
+    if (disk !== undefined) {
+      const params = await readEncryptionParams(disk).catch(() => null);
+      if (params) {
+        for (const l of describeKeySafe(params.keySafe)) if (l.kind === 'provider' && l.providerId !== undefined) ids.add(l.providerId);
+      }
+    }
+    const local = await this.local();
+    providers.push(local);
+    if (this.kmsConfigured) {
+      if (this.opts.kmsId !== undefined) ids.add(this.opts.kmsId);
+      for (const id of ids) if (id !== local.id) providers.push(await this.kmip(id));
+      if (ids.size === 0) providers.push(await this.kmip());
+    }
+    const usePassphrase = opts.usePassphrase ?? this.passphraseGiven;
+    const unlock: UnlockOptions = { providers, cache: this.cache };
+    if (usePassphrase) {
+      unlock.passphrase = await (this.unlockPassphrase ??= readPassphrase({
+        purpose: `recovery passphrase${disk ? ` of ${disk}` : ''}`,
+        signal: this.ctx.signal,
+        env: this.ctx.env,
+        io: this.ctx.io,
+        ...(this.opts.passphraseFile !== undefined ? { passphraseFile: this.opts.passphraseFile } : {}),
+        ...(this.opts.passphraseEnv !== undefined ? { passphraseEnv: this.opts.passphraseEnv } : {}),
+      }));
+    }
+    return unlock;
+  }
+
+  /** Close KMIP connections and wipe cached KEKs. */
+  async close(): Promise<void> {
+    this.cache.clear();
+    await Promise.all([...this.kmipProviders.values()].map((p) => p.close().catch(() => undefined)));
+    await (this.localProvider as { close?: () => Promise<void> } | undefined)?.close?.().catch(() => undefined);
+  }
+}
+
+/** Run `fn` with a key session that is closed afterwards whatever happens. */
+export async function withKeys<T>(ctx: Ctx, opts: KeyCliOptions, fn: (keys: KeySession) => Promise<T>): Promise<T> {
+  const session = new KeySession(ctx, opts);
+  try {
+    return await fn(session);
+  } finally {
+    await session.close();
+  }
+}

@@ -1,0 +1,154 @@
+/**
+ * What a command prints. Three modes:
+ *   human  — lines for people on stdout, a progress bar on stderr when stderr is a terminal;
+ *   json   — exactly one JSON object per command on stdout (also on failure), nothing else there;
+ *   quiet  — nothing but the one-line error on stderr.
+ * Errors always go to stderr as one line, in every mode.
+ */
+import { SingleBar } from 'cli-progress';
+import { formatBytes, formatDuration, formatRate } from './parse.js';
+
+export interface OutputOptions {
+  json?: boolean;
+  quiet?: boolean;
+  /** Force the progress bar on or off; default: on when stderr is a TTY (and not json/quiet). */
+  progress?: boolean;
+}
+
+export interface Streams {
+  stdout: NodeJS.WritableStream & { isTTY?: boolean };
+  stderr: NodeJS.WritableStream & { isTTY?: boolean };
+}
+
+/** A progress update as the pipeline reports it. */
+export interface ProgressUpdate {
+  bytesDone: number;
+  bytesTotal: number;
+  /** Bytes per second, if the reporter knows it. */
+  rate?: number;
+  /** Seconds left, if known. */
+  etaSeconds?: number;
+}
+
+export interface ProgressReporter {
+  update(p: ProgressUpdate): void;
+  stop(): void;
+}
+
+const NO_PROGRESS: ProgressReporter = { update() {}, stop() {} };
+
+export class Output {
+  readonly json: boolean;
+  readonly quiet: boolean;
+  private readonly showProgress: boolean;
+  private readonly streams: Streams;
+  private activeBar: SingleBar | undefined;
+  private jsonWritten = false;
+
+  constructor(opts: OutputOptions = {}, streams: Streams = { stdout: process.stdout, stderr: process.stderr }) {
+    this.json = opts.json === true;
+    this.quiet = opts.quiet === true;
+    this.streams = streams;
+    this.showProgress = opts.progress ?? (!this.json && !this.quiet && streams.stderr.isTTY === true);
+  }
+
+  /** A line for humans (suppressed by --json and --quiet). */
+  line(text = ''): void {
+    if (this.json || this.quiet) return;
+    this.clearBar();
+    this.streams.stdout.write(`${text}\n`);
+  }
+
+  /** A note for humans on stderr (where temp files went, what is happening); not in --quiet. */
+  note(text: string): void {
+    if (this.quiet) return;
+    this.clearBar();
+    this.streams.stderr.write(`${text}\n`);
+  }
+
+  /** Aligned "key: value" lines, like `qemu-img info`. */
+  table(rows: ReadonlyArray<readonly [string, string]>): void {
+    const width = Math.max(0, ...rows.map(([k]) => k.length));
+    for (const [k, v] of rows) this.line(`${`${k}:`.padEnd(width + 2)}${v}`);
+  }
+
+  /** The one JSON object of this command (only in --json mode; written at most once). */
+  result(obj: Record<string, unknown>): void {
+    if (!this.json || this.jsonWritten) return;
+    this.jsonWritten = true;
+    this.streams.stdout.write(`${JSON.stringify(obj, jsonReplacer)}\n`);
+  }
+
+  get resultWritten(): boolean {
+    return this.jsonWritten;
+  }
+
+  /** The one-line error, on stderr in every mode. */
+  error(line: string): void {
+    this.clearBar();
+    this.streams.stderr.write(`${line}\n`);
+  }
+
+  /** A progress bar for one job (or a no-op when bars are off). */
+  progress(label: string): ProgressReporter {
+    if (!this.showProgress) return NO_PROGRESS;
+    const bar = new SingleBar(
+      {
+        stream: this.streams.stderr as NodeJS.WritableStream as never,
+        format: `${label.padEnd(8)} [{bar}] {percentage}% | {done} / {total} | {rate} | ETA {etaText}`,
+        barCompleteChar: '#',
+        barIncompleteChar: '-',
+        hideCursor: true,
+        clearOnComplete: true,
+        stopOnComplete: false,
+        etaBuffer: 20,
+        fps: 10,
+        noTTYOutput: false,
+      },
+    );
+    let started = false;
+    const start = Date.now();
+    this.activeBar = bar;
+    return {
+      update: (p: ProgressUpdate) => {
+        const elapsed = (Date.now() - start) / 1000;
+        const rate = p.rate ?? (elapsed > 0 ? p.bytesDone / elapsed : 0);
+        const eta = p.etaSeconds ?? (rate > 0 ? (p.bytesTotal - p.bytesDone) / rate : Number.NaN);
+        const payload = {
+          done: formatBytes(p.bytesDone),
+          total: formatBytes(p.bytesTotal),
+          rate: rate > 0 ? formatRate(rate, 1) : '-',
+          etaText: formatDuration(eta),
+        };
+        const total = Math.max(1, p.bytesTotal);
+        if (!started) {
+          bar.start(total, Math.min(p.bytesDone, total), payload);
+          started = true;
+        } else {
+          bar.setTotal(total);
+          bar.update(Math.min(p.bytesDone, total), payload);
+        }
+      },
+      stop: () => {
+        if (started) bar.stop();
+        if (this.activeBar === bar) this.activeBar = undefined;
+      },
+    };
+  }
+
+  private clearBar(): void {
+    if (this.activeBar) {
+      // Stop the bar before printing so that the text does not interleave with the bar's line.
+      this.activeBar.stop();
+      this.activeBar = undefined;
+    }
+  }
+}
+
+/** JSON for machines: bigint as number when safe (sizes), Buffers never (they could be keys). */
+function jsonReplacer(this: Record<string, unknown>, key: string, value: unknown): unknown {
+  // `this[key]` is the value before toJSON (a Buffer's toJSON would already have turned it into bytes).
+  if (this[key] instanceof Uint8Array) return undefined;
+  if (typeof value === 'bigint') return Number.isSafeInteger(Number(value)) ? Number(value) : value.toString();
+  return value;
+}

@@ -1,0 +1,228 @@
+/**
+ * Where passphrases come from: a file (--passphrase-file), an environment variable
+ * (--passphrase-env NAME, or VMSEAL_PASSPHRASE), or a prompt on the terminal with echo off —
+ * never from argv, which leaks into shell history and `ps` for every user on the machine.
+ */
+import { readFile, stat } from 'node:fs/promises';
+import { CliError, usageError } from './errors.js';
+import { ExitCode } from './exit-codes.js';
+
+export const DEFAULT_PASSPHRASE_ENV = 'VMSEAL_PASSPHRASE';
+/** A passphrase file larger than this is not a passphrase file (a misnamed disk image, say). */
+const MAX_PASSPHRASE_FILE_BYTES = 4096;
+/** The same bound on what the prompt accepts. */
+const MAX_PASSPHRASE_CHARS = 1024;
+
+export interface PassphraseSourceOptions {
+  passphraseFile?: string | undefined;
+  passphraseEnv?: string | undefined;
+}
+
+export interface PromptIO {
+  input: NodeJS.ReadableStream & { isTTY?: boolean; setRawMode?: (raw: boolean) => unknown };
+  output: NodeJS.WritableStream;
+}
+
+export type PassphraseSource =
+  | { kind: 'file'; path: string }
+  | { kind: 'env'; name: string }
+  | { kind: 'prompt' }
+  | { kind: 'none' };
+
+/**
+ * Decide where a passphrase would come from, without reading it: the explicit file, the explicit
+ * variable, VMSEAL_PASSPHRASE if set, a prompt if stdin is a terminal, else none.
+ */
+export function passphraseSource(
+  opts: PassphraseSourceOptions,
+  env: NodeJS.ProcessEnv = process.env,
+  stdinIsTTY: boolean = process.stdin.isTTY === true,
+): PassphraseSource {
+  if (opts.passphraseFile !== undefined && opts.passphraseEnv !== undefined) {
+    throw usageError('--passphrase-file and --passphrase-env were both given', 'Give only one passphrase source');
+  }
+  if (opts.passphraseFile !== undefined) return { kind: 'file', path: opts.passphraseFile };
+  if (opts.passphraseEnv !== undefined) return { kind: 'env', name: opts.passphraseEnv };
+  if (env[DEFAULT_PASSPHRASE_ENV] !== undefined) return { kind: 'env', name: DEFAULT_PASSPHRASE_ENV };
+  if (stdinIsTTY) return { kind: 'prompt' };
+  return { kind: 'none' };
+}
+
+/** Whether a passphrase was given non-interactively (a file or a variable). */
+export function hasExplicitPassphrase(opts: PassphraseSourceOptions, env: NodeJS.ProcessEnv = process.env): boolean {
+  return opts.passphraseFile !== undefined || opts.passphraseEnv !== undefined || env[DEFAULT_PASSPHRASE_ENV] !== undefined;
+}
+
+/** Read a passphrase file: its content without one trailing newline (LF or CRLF), as UTF-8. */
+export async function readPassphraseFile(path: string): Promise<string> {
+  let size: number;
+  try {
+    const st = await stat(path);
+    if (!st.isFile()) throw new CliError('ERR_CLI_PASSPHRASE_FILE', `--passphrase-file ${path} is not a regular file`, { exitCode: ExitCode.USAGE, hint: 'Give a file that holds only the passphrase' });
+    size = st.size;
+  } catch (err) {
+    if (err instanceof CliError) throw err;
+    throw new CliError('ERR_CLI_PASSPHRASE_FILE', `cannot read --passphrase-file ${path} (${(err as NodeJS.ErrnoException).code ?? 'error'})`, {
+      exitCode: ExitCode.USAGE,
+      hint: 'Check the path and its permissions',
+    });
+  }
+  if (size > MAX_PASSPHRASE_FILE_BYTES) {
+    throw new CliError('ERR_CLI_PASSPHRASE_FILE', `--passphrase-file ${path} is ${size} bytes, more than a passphrase (at most ${MAX_PASSPHRASE_FILE_BYTES})`, {
+      exitCode: ExitCode.USAGE,
+      hint: 'Give a file that holds only the passphrase',
+    });
+  }
+  const text = (await readFile(path)).toString('utf8').replace(/\r?\n$/, '');
+  if (text.length === 0) {
+    throw new CliError('ERR_CLI_PASSPHRASE_FILE', `--passphrase-file ${path} is empty`, { exitCode: ExitCode.USAGE, hint: 'Write the passphrase into the file' });
+  }
+  return text;
+}
+
+export function readPassphraseEnv(name: string, env: NodeJS.ProcessEnv = process.env): string {
+  const value = env[name];
+  if (value === undefined || value.length === 0) {
+    throw usageError(`the environment variable ${name} is ${value === undefined ? 'not set' : 'empty'}`, `Set ${name} to the passphrase, or give --passphrase-file`);
+  }
+  return value;
+}
+
+/**
+ * Read one line from a terminal with echo off. Backspace edits, Ctrl-C rejects with an AbortError,
+ * Ctrl-D on an empty line rejects. Works on any stream pair so that it can be tested without a TTY.
+ */
+export function promptHidden(prompt: string, io: PromptIO, signal?: AbortSignal): Promise<string> {
+  const { input, output } = io;
+  return new Promise<string>((resolve, reject) => {
+    let value = '';
+    const wasRaw = (input as { isRaw?: boolean }).isRaw === true;
+    const cleanup = (): void => {
+      input.removeListener('data', onData);
+      signal?.removeEventListener('abort', onAbort);
+      if (input.setRawMode) input.setRawMode(wasRaw);
+      input.pause();
+      output.write('\n');
+    };
+    const fail = (err: Error): void => {
+      value = '';
+      cleanup();
+      reject(err);
+    };
+    const onAbort = (): void => fail(abortError());
+    const onData = (chunk: Buffer | string): void => {
+      const text = typeof chunk === 'string' ? chunk : chunk.toString('utf8');
+      for (const ch of text) {
+        if (ch === '\r' || ch === '\n') {
+          const result = value;
+          value = '';
+          cleanup();
+          resolve(result);
+          return;
+        }
+        if (ch === '\u0003') return fail(abortError());
+        if (ch === '\u0004') {
+          if (value.length === 0) return fail(new CliError('ERR_CLI_PASSPHRASE', 'no passphrase entered (end of input)', { exitCode: ExitCode.USAGE }));
+          continue;
+        }
+        if (ch === '\u007f' || ch === '\b') {
+          value = value.slice(0, -1);
+          continue;
+        }
+        if (ch < ' ') continue;
+        if (value.length >= MAX_PASSPHRASE_CHARS) {
+          return fail(new CliError('ERR_CLI_PASSPHRASE', `the passphrase is longer than ${MAX_PASSPHRASE_CHARS} characters`, { exitCode: ExitCode.USAGE }));
+        }
+        value += ch;
+      }
+    };
+    if (signal?.aborted) return reject(abortError());
+    signal?.addEventListener('abort', onAbort, { once: true });
+    output.write(prompt);
+    if (input.setRawMode) input.setRawMode(true);
+    input.on('data', onData);
+    input.resume();
+  });
+}
+
+function abortError(): Error {
+  const err = new Error('interrupted at the passphrase prompt');
+  err.name = 'AbortError';
+  return err;
+}
+
+export interface ReadPassphraseOptions extends PassphraseSourceOptions {
+  /** What the passphrase is for, in the prompt: "recovery passphrase for disk.vmdk". */
+  purpose: string;
+  /** A new passphrase: prompt twice and compare. */
+  confirm?: boolean;
+  /** Refuse shorter new passphrases (a recovery passphrase guards the whole disk). */
+  minLength?: number;
+  signal?: AbortSignal;
+  env?: NodeJS.ProcessEnv;
+  io?: PromptIO;
+}
+
+/** Read a passphrase from the configured source; throws a usage error when none is available. */
+export async function readPassphrase(opts: ReadPassphraseOptions): Promise<string> {
+  const env = opts.env ?? process.env;
+  const io: PromptIO = opts.io ?? { input: process.stdin, output: process.stderr };
+  const source = passphraseSource(opts, env, io.input.isTTY === true);
+  let value: string;
+  switch (source.kind) {
+    case 'file':
+      value = await readPassphraseFile(source.path);
+      break;
+    case 'env':
+      value = readPassphraseEnv(source.name, env);
+      break;
+    case 'prompt': {
+      value = await promptHidden(`Enter the ${opts.purpose}: `, io, opts.signal);
+      if (opts.confirm) {
+        const again = await promptHidden(`Repeat the ${opts.purpose}: `, io, opts.signal);
+        if (again !== value) throw new CliError('ERR_CLI_PASSPHRASE', 'the two passphrases differ', { exitCode: ExitCode.USAGE, hint: 'Run the command again and type the same passphrase twice' });
+      }
+      if (value.length === 0) throw new CliError('ERR_CLI_PASSPHRASE', 'the passphrase is empty', { exitCode: ExitCode.USAGE, hint: 'Type a passphrase' });
+      break;
+    }
+    case 'none':
+      throw usageError(
+        `a ${opts.purpose} is needed but none was given and stdin is not a terminal to prompt on`,
+        `Give --passphrase-file F or --passphrase-env NAME, or set ${DEFAULT_PASSPHRASE_ENV}`,
+      );
+  }
+  if (opts.minLength !== undefined && [...value].length < opts.minLength) {
+    throw new CliError('ERR_CLI_PASSPHRASE', `the ${opts.purpose} is shorter than ${opts.minLength} characters`, {
+      exitCode: ExitCode.USAGE,
+      hint: `Choose a passphrase of at least ${opts.minLength} characters`,
+    });
+  }
+  return value;
+}
+
+// Options that look like someone is handing vmseal a secret on the command line. The value is
+// never echoed: the message names only the option.
+const SECRET_OPTION = /^--?(?:[a-z-]*-)?(?:pass|passphrase|password|passwd|pin|secret|key-?material)(?:=|$)/i;
+const ALLOWED = /^--(?:passphrase-file|passphrase-env|recovery-passphrase|add-recovery-passphrase|remove-recovery-passphrase|use-recovery-passphrase|home-passphrase-file|home-passphrase-env)$/;
+
+/**
+ * Refuse argv that carries a passphrase: `--passphrase X`, `--password=X`, `--recovery-passphrase=X`.
+ * Runs before commander so that commander's own "unknown option '--passphrase=secret'" never
+ * prints the secret.
+ */
+export function rejectSecretsOnArgv(argv: readonly string[]): void {
+  for (const arg of argv) {
+    if (arg === '--') break;
+    if (!arg.startsWith('-')) continue;
+    const eq = arg.indexOf('=');
+    const name = eq === -1 ? arg : arg.slice(0, eq);
+    if (ALLOWED.test(name) && eq === -1) continue;
+    if (ALLOWED.test(name) && /^--(?:passphrase-file|passphrase-env|home-passphrase-file|home-passphrase-env)$/.test(name)) continue;
+    if (SECRET_OPTION.test(name) || (eq !== -1 && ALLOWED.test(name))) {
+      throw usageError(
+        `${name} cannot carry a passphrase: vmseal never takes passphrases from the command line (they leak into shell history and the process list)`,
+        `Use --passphrase-file F, --passphrase-env NAME, the ${DEFAULT_PASSPHRASE_ENV} environment variable, or the prompt`,
+      );
+    }
+  }
+}

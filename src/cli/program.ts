@@ -1,0 +1,298 @@
+/**
+ * The command tree: every command, option and help text of `vmseal`. The actions live in
+ * ./commands/; this file only declares the grammar (docs/cli.md describes the same in prose).
+ */
+import { Command, Option } from 'commander';
+import type { Ctx } from './context.js';
+import { usageError } from './errors.js';
+import type { Streams } from './output.js';
+import { CIPHERS, parseCipher, parseInteger, parseKeyProvider, parseSize, parseSubformat, parseUnitSize, SUBFORMATS } from './parse.js';
+import { encryptCommand } from './commands/encrypt.js';
+import { decryptCommand } from './commands/decrypt.js';
+import { convertCommand } from './commands/convert.js';
+import { rekeyCommand } from './commands/rekey.js';
+import { infoCommand } from './commands/info.js';
+import { verifyCommand } from './commands/verify.js';
+import { resumeCommand } from './commands/resume.js';
+import { keysBackup, keysCreate, keysInit, keysList, keysRestore } from './commands/keys.js';
+import { demoCommand } from './commands/demo.js';
+
+const VERSION = '0.1.0';
+
+const EXIT_CODES_HELP = `
+Exit codes:
+  0    success
+  1    the operation failed (I/O, no space, output exists, a batch image failed)
+  2    usage error (bad command line)
+  3    no key opens the disk (wrong passphrase or key, disk locked)
+  4    the key server (KMS) is unavailable
+  5    not a valid or supported image, or encrypted where plain was expected (or the reverse)
+  6    verification found a mismatch
+  7    another vmseal process is working on the disk
+  70   internal error (a bug)
+  130  interrupted (Ctrl-C); half-written output was removed
+
+Environment: VMSEAL_HOME (local keystore folder), VMSEAL_PASSPHRASE (recovery passphrase),
+VMSEAL_HOME_PASSPHRASE (keystore passphrase), VMSEAL_KMS, VMSEAL_KMS_CA, VMSEAL_KMS_CERT,
+VMSEAL_KMS_KEY, VMSEAL_KMS_ID (KMIP server), VMSEAL_DEBUG=1 (stack traces of internal errors).
+Passphrases are never taken from the command line. Full guide: docs/cli.md.`;
+
+/** Options that choose and reach key providers; `create` adds the ones that make new lockers. */
+function addKeyOptions(cmd: Command, create: boolean): Command {
+  cmd
+    .addOption(new Option('--home <dir>', 'local keystore folder (env: VMSEAL_HOME; default: ~/.vmseal)'))
+    .addOption(new Option('--home-passphrase-file <file>', 'file holding the local keystore\'s passphrase, if it has one (env: VMSEAL_HOME_PASSPHRASE holds the passphrase itself)'))
+    .addOption(new Option('--kms <host:port,...>', 'KMIP server(s) of one cluster, tried in order (env: VMSEAL_KMS)'))
+    .addOption(new Option('--kms-ca <file>', 'PEM CA certificate that signed the KMIP servers\' certificates (env: VMSEAL_KMS_CA)'))
+    .addOption(new Option('--kms-cert <file>', 'PEM client certificate for the KMIP server (env: VMSEAL_KMS_CERT)'))
+    .addOption(new Option('--kms-key <file>', 'PEM private key of the client certificate (env: VMSEAL_KMS_KEY)'))
+    .addOption(new Option('--kms-id <id>', 'name of the KMIP key provider recorded in the disk (default: kmip; when unlocking, the names in the disk are used) (env: VMSEAL_KMS_ID)'))
+    .addOption(new Option('--kms-timeout <ms>', 'per-server timeout in milliseconds').default(10_000).argParser((v) => parseInteger(v, '--kms-timeout', { min: 1, max: 3_600_000 })))
+    .addOption(new Option('--passphrase-file <file>', 'file holding the recovery passphrase'))
+    .addOption(new Option('--passphrase-env <name>', 'environment variable holding the recovery passphrase (default: VMSEAL_PASSPHRASE)'));
+  if (create) {
+    cmd
+      .addOption(new Option('--key-provider <kind>', 'where the new key-encryption key lives: local or kmip (default: kmip if --kms is given, else local)').argParser(parseKeyProvider))
+      .addOption(new Option('--key-id <id>', 'use this existing key of the provider instead of creating a new one'));
+  }
+  return cmd;
+}
+
+function addJobOptions(cmd: Command): Command {
+  return cmd
+    .addOption(new Option('--force', 'replace an existing output'))
+    .addOption(new Option('--chunk-size <size>', 'bytes per read/encrypt/write step (a multiple of 4K)').argParser(parseChunkSize).hideHelp())
+    .addOption(new Option('--threads <n>', 'encryption threads').argParser((v) => parseInteger(v, '--threads', { min: 1, max: 256 })).hideHelp());
+}
+
+function addEncryptionParams(cmd: Command): Command {
+  return cmd
+    .addOption(new Option('--cipher <cipher>', `data cipher: ${CIPHERS.join(' or ')}`).default('aes-256-xts').argParser(parseCipher))
+    .addOption(new Option('--unit-size <bytes>', 'XTS data-unit size: 512 or 4096').default(512).argParser(parseUnitSize));
+}
+
+function parseChunkSize(v: string): number {
+  const n = parseSize(v, '--chunk-size', { min: 4096, max: 256 * 1024 * 1024 });
+  if (n % 4096 !== 0) throw usageError(`--chunk-size ${JSON.stringify(v)} is not a multiple of 4 KiB`, 'e.g. --chunk-size 8M');
+  return n;
+}
+
+const subformatOption = (what: string): Option =>
+  new Option('--subformat <name>', `${what}: ${SUBFORMATS.join(', ')}`).argParser((v) => parseSubformat(v));
+
+export function buildProgram(ctx: Ctx, streams: Streams): Command {
+  const program = new Command('vmseal');
+  program
+    .description('Encrypt virtual machine disks (VMDK and raw images) the way vSphere VM Encryption does.')
+    .version(VERSION, '-V, --version')
+    .option('--json', 'machine output: one JSON object per command on stdout')
+    .option('-q, --quiet', 'print nothing but errors')
+    .option('--no-progress', 'no progress bar (it is only shown when stderr is a terminal anyway)')
+    .showSuggestionAfterError(true)
+    .configureOutput({
+      writeOut: (s) => void streams.stdout.write(s),
+      // Commander's own error lines are replaced by vmseal's one-line errors (see app.ts).
+      writeErr: (s) => {
+        if (!/^error:/i.test(s)) streams.stderr.write(s);
+      },
+      outputError: () => {},
+    })
+    .exitOverride()
+    .addHelpText('after', EXIT_CODES_HELP);
+
+  const encrypt = program
+    .command('encrypt')
+    .summary('encrypt a plain disk image into an encrypted VMDK')
+    .description(
+      'Encrypt IN (a VMDK of any supported subformat, or a raw image) into the encrypted VMDK OUT with a new\n' +
+        'per-disk key (DEK), locked by a key-encryption key of the local keystore or a KMIP server, and optionally\n' +
+        'by a recovery passphrase. IN is never modified; OUT appears only when complete.\n' +
+        'With --in-place, IN itself is encrypted (journaled: an interruption is finished by `vmseal resume IN`).',
+    )
+    .argument('<IN>', 'plain disk image')
+    .argument('[OUT]', 'encrypted VMDK to write (omit with --in-place)')
+    .addOption(subformatOption('output subformat (default: the input\'s; raw input → monolithicFlat)'))
+    .option('--recovery-passphrase', 'also lock the disk with a recovery passphrase (from --passphrase-file, --passphrase-env, VMSEAL_PASSPHRASE or a prompt)')
+    .option('--in-place', 'encrypt IN in place instead of writing OUT (for images too big to copy)');
+  addEncryptionParams(encrypt);
+  addKeyOptions(encrypt, true);
+  addJobOptions(encrypt);
+  encrypt.addHelpText('after', `
+Examples:
+  vmseal encrypt disk.vmdk disk-enc.vmdk
+  vmseal encrypt disk.img disk-enc.vmdk --subformat monolithicSparse --recovery-passphrase --passphrase-file pw.txt
+  vmseal encrypt disk.vmdk disk-enc.vmdk --kms kms1:5696,kms2:5696 --kms-ca ca.pem --kms-cert me.pem --kms-key me.key
+  vmseal encrypt big.vmdk --in-place`);
+  encrypt.action((input: string, output: string | undefined, opts) => encryptCommand(ctx, input, output, opts));
+
+  const decrypt = program
+    .command('decrypt')
+    .summary('decrypt an encrypted VMDK into a plain VMDK or raw image')
+    .description(
+      'Decrypt the encrypted VMDK IN into the plain image OUT. The key comes from the provider named in the disk\n' +
+        '(local keystore, or KMIP with --kms …) or from its recovery passphrase (--passphrase-file, --passphrase-env,\n' +
+        'VMSEAL_PASSPHRASE, or --recovery-passphrase to be prompted).',
+    )
+    .argument('<IN>', 'encrypted VMDK')
+    .argument('<OUT>', 'plain image to write')
+    .addOption(subformatOption('output subformat (default: the input\'s)'))
+    .option('--raw', 'write a raw image (same as --subformat raw)')
+    .option('--recovery-passphrase', 'unlock with the recovery passphrase (prompted for on a terminal if no file or variable gives it)');
+  addKeyOptions(decrypt, false);
+  addJobOptions(decrypt);
+  decrypt.addHelpText('after', `
+Examples:
+  vmseal decrypt disk-enc.vmdk disk.vmdk
+  vmseal decrypt disk-enc.vmdk disk.img --raw
+  VMSEAL_PASSPHRASE=… vmseal decrypt disk-enc.vmdk disk.img --raw     (KMS gone: use the recovery passphrase)`);
+  decrypt.action((input: string, output: string, opts) => decryptCommand(ctx, input, output, opts));
+
+  const convert = program
+    .command('convert')
+    .summary('convert images between subformats, optionally encrypting or decrypting; also in batches')
+    .description(
+      'Convert IN to OUT in another subformat. An encrypted input stays encrypted with the same key unless\n' +
+        '--decrypt; --encrypt encrypts the output with a new key.\n' +
+        'Batch: IN may be a directory (its .vmdk, .img and .raw images) or --list FILE may name the images (one\n' +
+        'path per line, # comments); OUT is then a directory. Each image is converted in turn; a failure is reported\n' +
+        'and the next image runs; the summary lists every image (ok or failed and why, bytes, time) and the exit\n' +
+        'code is 1 if any failed.',
+    )
+    .argument('[IN]', 'image, or directory of images (omit with --list)')
+    .argument('[OUT]', 'output image, or output directory for a batch')
+    .addOption(subformatOption('output subformat (required for a batch; default for one image: the input\'s)'))
+    .option('--list <file>', 'convert the images listed in FILE into the directory OUT')
+    .option('--encrypt', 'encrypt the output with a new key (key options as for `encrypt`)')
+    .option('--decrypt', 'write plain output from an encrypted input')
+    .option('--recovery-passphrase', 'with --encrypt: also lock with a recovery passphrase; otherwise: unlock with it');
+  addEncryptionParams(convert);
+  addKeyOptions(convert, true);
+  addJobOptions(convert);
+  convert.addHelpText('after', `
+Examples:
+  vmseal convert disk.img disk.vmdk --subformat monolithicSparse
+  vmseal convert disk.vmdk disk-enc.vmdk --subformat monolithicFlat --encrypt
+  vmseal convert images/ out/ --subformat monolithicSparse --encrypt --passphrase-file pw.txt --recovery-passphrase
+  vmseal convert --list todo.txt out/ --subformat raw --decrypt`);
+  convert.action((a: string | undefined, b: string | undefined, opts) => convertCommand(ctx, a, b, opts));
+
+  const rekey = program
+    .command('rekey')
+    .summary('change the key-encryption key (--shallow) or the disk key itself (--deep)')
+    .description(
+      '--shallow: re-lock the disk\'s key (DEK) with a new key-encryption key, or add/remove the recovery passphrase;\n' +
+        'only the descriptor changes, atomically. Without --new-key/--key-provider/--key-id and without passphrase\n' +
+        'options, a new key is made in the provider the disk uses now.\n' +
+        '--deep: a new DEK; all data is re-encrypted (a new image renamed over DISK, or --in-place, journaled).',
+    )
+    .argument('<DISK>', 'encrypted VMDK')
+    .option('--shallow', 'new key-encryption key (or passphrase change); data untouched')
+    .option('--deep', 'new disk key; all data re-encrypted')
+    .option('--new-key', 'lock with a new key-encryption key (shallow)')
+    .option('--add-recovery-passphrase', 'add a recovery passphrase locker (the new passphrase from --passphrase-file/--passphrase-env/VMSEAL_PASSPHRASE or a prompt)')
+    .option('--remove-recovery-passphrase', 'remove the recovery passphrase locker(s)')
+    .option('--in-place', 'deep rekey in place (journaled, resumable) instead of writing a new image')
+    .addOption(new Option('--cipher <cipher>', `deep: new data cipher: ${CIPHERS.join(' or ')} (default: unchanged)`).argParser(parseCipher))
+    .addOption(new Option('--unit-size <bytes>', 'deep: new data-unit size, 512 or 4096 (default: unchanged)').argParser(parseUnitSize));
+  addKeyOptions(rekey, true);
+  addJobOptions(rekey);
+  rekey.addHelpText('after', `
+Examples:
+  vmseal rekey disk-enc.vmdk --shallow
+  vmseal rekey disk-enc.vmdk --shallow --key-provider kmip --kms kms1:5696 --kms-ca ca.pem --kms-cert me.pem --kms-key me.key
+  vmseal rekey disk-enc.vmdk --shallow --add-recovery-passphrase --passphrase-file pw.txt
+  vmseal rekey disk-enc.vmdk --deep`);
+  rekey.action((disk: string, opts) => rekeyCommand(ctx, disk, opts));
+
+  const info = program
+    .command('info')
+    .summary('show what a disk image is (like qemu-img info) and whether it can be unlocked now')
+    .argument('<DISK>', 'disk image')
+    .option('--recovery-passphrase', 'check whether the recovery passphrase unlocks the disk');
+  addKeyOptions(info, false);
+  info.action((disk: string, opts) => infoCommand(ctx, disk, opts));
+
+  const verify = program
+    .command('verify')
+    .summary('read a whole disk, check its metadata, and compare with a plain image')
+    .description('Read every byte of DISK (decrypting it if encrypted), check its metadata and print its SHA-256;\nwith --against, compare its content with the plain image PLAIN. Exit code 6 on any mismatch.')
+    .argument('<DISK>', 'disk image')
+    .option('--against <plain>', 'plain image (VMDK or raw) whose content DISK must equal')
+    .option('--recovery-passphrase', 'unlock with the recovery passphrase');
+  addKeyOptions(verify, false);
+  verify.action((disk: string, opts) => verifyCommand(ctx, disk, opts));
+
+  const resume = program
+    .command('resume')
+    .summary('finish an interrupted --in-place encrypt or deep rekey')
+    .argument('<DISK>', 'disk whose in-place job was interrupted')
+    .option('--recovery-passphrase', 'unlock with the recovery passphrase');
+  addKeyOptions(resume, false);
+  resume.action((disk: string, opts) => resumeCommand(ctx, disk, opts));
+
+  const keys = program
+    .command('keys')
+    .summary('manage the local keystore (the embedded key provider)')
+    .description(
+      'The local key provider keeps key-encryption keys in a keystore folder: --home, VMSEAL_HOME, or ~/.vmseal.\n' +
+        'Back it up: a disk locked only by a local key cannot be opened without it.',
+    );
+  const homeOption = (): Option => new Option('--home <dir>', 'keystore folder (env: VMSEAL_HOME; default: ~/.vmseal)');
+  const homePass = (): Option => new Option('--home-passphrase-file <file>', 'file holding the keystore passphrase');
+  keys
+    .command('init')
+    .description('create a new, empty keystore (protected by a master key file, or a passphrase with --with-passphrase)')
+    .addOption(homeOption())
+    .addOption(homePass())
+    .option('--with-passphrase', 'protect the keystore with a passphrase (from --home-passphrase-file, VMSEAL_HOME_PASSPHRASE or a prompt) instead of a key file')
+    .action((opts) => keysInit(ctx, opts));
+  keys
+    .command('list')
+    .description('list the keys of the keystore (ids, names, creation dates; never key material)')
+    .addOption(homeOption())
+    .addOption(homePass())
+    .action((opts) => keysList(ctx, opts));
+  keys
+    .command('create')
+    .description('create a new key-encryption key in the keystore')
+    .addOption(homeOption())
+    .addOption(homePass())
+    .option('--name <name>', 'a name for the key')
+    .action((opts) => keysCreate(ctx, opts));
+  keys
+    .command('backup')
+    .description('write an encrypted backup of the keystore to FILE (backup passphrase from --passphrase-file, --passphrase-env, VMSEAL_PASSPHRASE or a prompt)')
+    .argument('<FILE>', 'backup file to write')
+    .addOption(homeOption())
+    .addOption(homePass())
+    .option('--passphrase-file <file>', 'file holding the backup passphrase')
+    .option('--passphrase-env <name>', 'environment variable holding the backup passphrase')
+    .option('--force', 'replace an existing FILE')
+    .action((file: string, opts) => keysBackup(ctx, file, opts));
+  keys
+    .command('restore')
+    .description('restore the keys of a backup FILE into the keystore (keys already there are kept)')
+    .argument('<FILE>', 'backup file')
+    .addOption(homeOption())
+    .addOption(homePass())
+    .option('--passphrase-file <file>', 'file holding the backup passphrase')
+    .option('--passphrase-env <name>', 'environment variable holding the backup passphrase')
+    .action((file: string, opts) => keysRestore(ctx, file, opts));
+
+  program
+    .command('demo')
+    .summary('run the main job on a sample disk: make, encrypt, inspect, decrypt, verify')
+    .description(
+      'Make a sample disk with realistic content (partition table, text and binary files, free space), encrypt it\n' +
+        'with the local key provider, show `info`, decrypt it and check the round trip by hash, with throughput.\n' +
+        'Keys go to VMSEAL_HOME (or --home) if set, initialised if needed; otherwise to a temporary keystore that is\n' +
+        'deleted with the demo\'s files. Everything happens in a temporary folder, removed at the end unless --keep.',
+    )
+    .addOption(new Option('--size <size>', 'virtual size of the sample disk').default(128 * 1024 * 1024, '128M').argParser((v) => parseSize(v, '--size', { min: 16 * 1024 * 1024, max: 64 * 1024 ** 3 })))
+    .addOption(subformatOption('encrypted subformat: monolithicSparse or monolithicFlat').default('monolithicSparse'))
+    .option('--keep <dir>', 'keep the demo\'s files in DIR (created; must be empty)')
+    .addOption(new Option('--home <dir>', 'keystore folder to use (default: VMSEAL_HOME if set, else a temporary one)'))
+    .action((opts) => demoCommand(ctx, opts));
+
+  return program;
+}

@@ -1,0 +1,196 @@
+/**
+ * EncryptedDisk: a VirtualDisk whose reads decrypt and whose writes encrypt, at any offset and
+ * length, over an inner VMDK disk that holds ciphertext.
+ *
+ * Rules that keep the on-disk data well formed (docs/format-disk.md):
+ * - Data unit i (unitSize bytes at virtual offset i·unitSize) is XTS-encrypted with tweak i.
+ * - Ranges the inner disk does not back with data (unallocated or zeroed sparse grains, ZERO
+ *   extents) read as plaintext zeros; they are never "decrypted".
+ * - A write never leaves a grain half plaintext-zero and half ciphertext: a write that touches an
+ *   unallocated grain writes the whole grain (encrypted zeros around the data).
+ * - A write covering part of a data unit reads, decrypts, patches and re-encrypts that unit.
+ */
+import { DiskError } from './errors.js';
+import type { DataCipher } from './cipher.js';
+import type { ByteRange, DescriptorView, InnerDisk } from './inner.js';
+import type { EncryptionParams } from './params.js';
+import { describeValue } from '../errors.js';
+
+export class EncryptedDisk {
+  readonly encrypted = true as const;
+  readonly path: string;
+  /** The encryption lines of the descriptor (the KeySafe is wrapped: no key material). */
+  readonly encryption: Readonly<EncryptionParams>;
+  /** @internal the disk holding ciphertext (src/pipeline writes whole grains to it directly). */
+  readonly innerDisk: InnerDisk;
+  /** @internal the data cipher (src/pipeline encrypts on the thread pool with it). */
+  readonly dataCipher: DataCipher;
+  #closed = false;
+  #writes: Promise<unknown> = Promise.resolve();
+
+  constructor(path: string, inner: InnerDisk, encryption: EncryptionParams, cipher: DataCipher) {
+    this.path = path;
+    this.innerDisk = inner;
+    this.encryption = Object.freeze({ ...encryption });
+    this.dataCipher = cipher;
+  }
+
+  get capacity(): number {
+    return this.innerDisk.capacity;
+  }
+  get format(): 'vmdk' | 'raw' {
+    return this.innerDisk.format;
+  }
+  get subformat(): string {
+    return this.innerDisk.subformat;
+  }
+  get readOnly(): boolean {
+    return this.innerDisk.readOnly;
+  }
+  get grainSize(): number | undefined {
+    return this.innerDisk.grainSize;
+  }
+  get descriptor(): DescriptorView | undefined {
+    return this.innerDisk.descriptor;
+  }
+  get unitSize(): number {
+    return this.encryption.unitSize;
+  }
+
+  files(): string[] {
+    return this.innerDisk.files();
+  }
+
+  /** Bytes the disk's files use on the file system. */
+  allocatedBytes(): Promise<number> {
+    return this.innerDisk.allocatedBytes();
+  }
+
+  allocatedRanges(start?: number, end?: number): AsyncIterable<ByteRange> {
+    return this.innerDisk.allocatedRanges(start, end);
+  }
+
+  async read(position: number, length: number): Promise<Buffer> {
+    this.#checkRange('read', position, length);
+    const out = Buffer.alloc(length);
+    await this.#readPlain(position, out);
+    return out;
+  }
+
+  async readInto(position: number, target: Uint8Array): Promise<void> {
+    if (!ArrayBuffer.isView(target)) throw new DiskError('ERR_ARGUMENT', `Expected a Uint8Array for target but received ${describeValue(target)}`);
+    this.#checkRange('read', position, target.byteLength);
+    await this.#readPlain(position, target);
+  }
+
+  async write(position: number, data: Uint8Array): Promise<void> {
+    if (!ArrayBuffer.isView(data)) throw new DiskError('ERR_ARGUMENT', `Expected a Uint8Array for data but received ${describeValue(data)}`);
+    this.#checkRange('write', position, data.byteLength);
+    if (this.readOnly) throw new DiskError('ERR_READ_ONLY', `cannot write to ${this.path}: it was opened read-only`);
+    if (data.byteLength === 0) return;
+    // Writes are serialized: a read-modify-write of a shared unit or grain must not interleave.
+    const run = this.#writes.then(() => this.#writePlain(position, data));
+    this.#writes = run.catch(() => undefined);
+    return run;
+  }
+
+  async flush(): Promise<void> {
+    this.#checkOpen();
+    await this.#writes;
+    await this.innerDisk.flush();
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    await this.#writes;
+    this.#closed = true;
+    try {
+      await this.innerDisk.close();
+    } finally {
+      this.dataCipher.dispose();
+    }
+  }
+
+  /** @internal Decrypt `buf` (read raw from the inner disk at `start`, unit-aligned) where the inner disk has data. */
+  async decryptAllocated(buf: Uint8Array, start: number): Promise<void> {
+    const u = this.unitSize;
+    const end = start + buf.byteLength;
+    for await (const r of this.innerDisk.allocatedRanges(start, end)) {
+      // Ranges are whole grains or extents; round out to units defensively (a unit is never split in files vmseal writes).
+      const s = Math.max(start, Math.floor(r.offset / u) * u);
+      const e = Math.min(end, Math.ceil((r.offset + r.length) / u) * u);
+      if (e <= s) continue;
+      await this.dataCipher.decrypt(buf.subarray(s - start, e - start), s / u);
+    }
+  }
+
+  async #readPlain(position: number, target: Uint8Array): Promise<void> {
+    this.#checkOpen();
+    const length = target.byteLength;
+    if (length === 0) return;
+    const u = this.unitSize;
+    const start = Math.floor(position / u) * u;
+    const end = Math.ceil((position + length) / u) * u;
+    const aligned = start === position && end === position + length;
+    const buf = aligned ? target : Buffer.allocUnsafe(end - start);
+    await this.innerDisk.readInto(start, buf);
+    await this.decryptAllocated(buf, start);
+    if (!aligned) Buffer.from(target.buffer, target.byteOffset, length).set(buf.subarray(position - start, position - start + length));
+  }
+
+  async #isAllocated(start: number, end: number): Promise<boolean> {
+    for await (const r of this.innerDisk.allocatedRanges(start, end)) {
+      if (r.length > 0) return true;
+    }
+    return false;
+  }
+
+  async #writePlain(position: number, data: Uint8Array): Promise<void> {
+    this.#checkOpen();
+    const u = this.unitSize;
+    const capacity = this.capacity;
+    let start = Math.floor(position / u) * u;
+    let end = Math.ceil((position + data.byteLength) / u) * u;
+    const g = this.grainSize;
+    if (g) {
+      // Only the first and last grain can be partly covered; widen to a whole grain where it has no data yet.
+      const firstGrain = Math.floor(start / g) * g;
+      if (firstGrain < start && !(await this.#isAllocated(firstGrain, Math.min(firstGrain + g, capacity)))) start = firstGrain;
+      const lastGrainEnd = Math.min(Math.ceil(end / g) * g, capacity);
+      if (lastGrainEnd > end && !(await this.#isAllocated(lastGrainEnd - g, lastGrainEnd))) end = lastGrainEnd;
+    }
+    let buf: Buffer;
+    if (start === position && end === position + data.byteLength) {
+      buf = Buffer.from(data); // a copy: the caller's buffer is not encrypted in place
+    } else {
+      // Read back only what the write does not cover: the head and the tail (partial units, or
+      // the rest of a widened grain, which reads as zeros).
+      buf = Buffer.allocUnsafe(end - start);
+      const dataEnd = position + data.byteLength;
+      const headEnd = Math.min(end, Math.ceil(position / u) * u);
+      if (position > start) await this.#readPlain(start, buf.subarray(0, headEnd - start));
+      const tailStart = Math.max(headEnd, Math.floor(dataEnd / u) * u);
+      if (dataEnd < end) await this.#readPlain(tailStart, buf.subarray(tailStart - start));
+      buf.set(data, position - start);
+    }
+    await this.dataCipher.encrypt(buf, start / u);
+    await this.innerDisk.write(start, buf);
+  }
+
+  #checkOpen(): void {
+    if (this.#closed) throw new DiskError('ERR_CLOSED', `${this.path} was closed`);
+  }
+
+  #checkRange(op: string, position: number, length: number): void {
+    this.#checkOpen();
+    if (!Number.isSafeInteger(position) || position < 0) {
+      throw new DiskError('ERR_ARGUMENT', `Expected a non-negative integer for position but received ${describeValue(position)}`);
+    }
+    if (!Number.isSafeInteger(length) || length < 0) {
+      throw new DiskError('ERR_ARGUMENT', `Expected a non-negative integer for length but received ${describeValue(length)}`);
+    }
+    if (position + length > this.capacity) {
+      throw new DiskError('ERR_ARGUMENT', `cannot ${op} ${length} bytes at ${position} of ${this.path}: past its capacity of ${this.capacity} bytes`);
+    }
+  }
+}

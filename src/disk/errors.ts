@@ -1,0 +1,25 @@
+import { VmsealError } from '../errors.js';
+
+/**
+ * Stable codes of the encrypted-disk layer. Errors of the layers below (ERR_VMDK_*, and the key
+ * layer's ERR_WRONG_KEY / ERR_DISK_LOCKED / ERR_BINDING / ERR_KEYSAFE / ERR_KMS_UNAVAILABLE) pass
+ * through unchanged.
+ */
+export type DiskErrorCode =
+  | 'ERR_DISK_ENCRYPTED' // an encrypted disk used as plain (no keys given), or encrypting an encrypted disk
+  | 'ERR_NOT_ENCRYPTED' // keys given for, or decrypt/rekey asked of, a plain disk
+  | 'ERR_ENCRYPTION_METADATA' // encryption lines missing, malformed, of an unknown version, or unsafe
+  | 'ERR_INTERRUPTED_JOB' // an in-place job on this disk did not finish: resume it first
+  | 'ERR_ARGUMENT' // a bad argument to an API call
+  | 'ERR_READ_ONLY' // a write to a disk opened read-only
+  | 'ERR_UNSUPPORTED_OUTPUT' // an encrypted disk asked in a subformat that cannot carry it (raw, streamOptimized)
+  | 'ERR_CLOSED'; // the disk was closed
+
+/** The one error class of src/disk. */
+export class DiskError extends VmsealError {
+  declare readonly code: DiskErrorCode;
+
+  constructor(code: DiskErrorCode, message: string, options?: { cause?: unknown }) {
+    super(code, message, options);
+  }
+}

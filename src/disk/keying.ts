@@ -1,0 +1,94 @@
+/**
+ * The encryption state of a disk made from, and checked against, its DEK: the glue between the
+ * descriptor lines (params.ts) and the key layer (KeySafe, binding).
+ */
+import { randomBytes } from 'node:crypto';
+import { sealDek, unlockKeySafe, type LockerSpec, type UnlockOptions } from '../keys/envelope.js';
+import { computeAuthenticator, verifyAuthenticator, type BindingParams } from '../keys/binding.js';
+import { diskCipherOf, generateDek } from '../keys/dek.js';
+import type { KeyCache } from '../keys/cache.js';
+import { DiskError } from './errors.js';
+import {
+  FORMAT_VERSION,
+  KEY_BYTES,
+  unsafeValueReason,
+  type CipherName,
+  type DataUnitSize,
+  type EncryptionParams,
+} from './params.js';
+
+export type { LockerSpec, UnlockOptions, KeyCache };
+
+/** Re-sealing draws fresh IVs and salts; the chance that one seal is unusable is ~1e-3, so 64 tries never fail in practice. */
+const MAX_TRIES = 64;
+
+export function bindingOf(p: Pick<EncryptionParams, 'formatVersion' | 'cipher' | 'unitSize' | 'diskId'>, capacity: number): BindingParams {
+  return {
+    cipher: p.cipher,
+    dataUnitSize: p.unitSize,
+    capacity,
+    diskId: p.diskId,
+    extra: { formatVersion: String(p.formatVersion) },
+  };
+}
+
+export { generateDek };
+
+/**
+ * Seal `dek` under `lockers` and bind it to a fresh disk identity. The KeySafe is re-sealed (fresh
+ * IVs) until its text is safe in a descriptor (no `CID`, … by chance), the disk id re-drawn until
+ * the authenticator is.
+ */
+export async function makeEncryptionParams(
+  dek: Buffer,
+  opts: { cipher: CipherName; unitSize: DataUnitSize; capacity: number; lockers: LockerSpec[]; cache?: KeyCache },
+): Promise<EncryptionParams> {
+  let keySafe: string | undefined;
+  for (let i = 0; i < MAX_TRIES && keySafe === undefined; i++) {
+    const text = await sealDek(dek, { cipher: opts.cipher, lockers: opts.lockers, ...(opts.cache ? { cache: opts.cache } : {}) });
+    if (unsafeValueReason(text) === null) keySafe = text;
+  }
+  if (keySafe === undefined) {
+    throw new DiskError('ERR_ENCRYPTION_METADATA', `the KeySafe cannot be written into a descriptor (too long for ${opts.lockers.length} lockers, or unsafe text after ${MAX_TRIES} seals)`);
+  }
+  return rebind(dek, { formatVersion: FORMAT_VERSION, cipher: opts.cipher, unitSize: opts.unitSize, keySafe }, opts.capacity);
+}
+
+/** Same DEK and KeySafe, a new disk identity and authenticator (a copy of an encrypted disk is a new disk). */
+export function rebind(
+  dek: Buffer,
+  p: Pick<EncryptionParams, 'formatVersion' | 'cipher' | 'unitSize' | 'keySafe'>,
+  capacity: number,
+): EncryptionParams {
+  for (let i = 0; i < MAX_TRIES; i++) {
+    const diskId = randomBytes(16).toString('hex');
+    const authenticator = computeAuthenticator(dek, bindingOf({ ...p, diskId }, capacity));
+    if (unsafeValueReason(authenticator) === null) return { ...p, diskId, authenticator };
+  }
+  throw new DiskError('ERR_ENCRYPTION_METADATA', 'could not make a descriptor-safe authenticator');
+}
+
+/**
+ * Unlock the KeySafe of `params` and check the authenticator against the DEK, the parameters and
+ * `capacity` — before any data is decrypted. Returns the DEK (the caller wipes it).
+ * Errors: the key layer's ERR_WRONG_KEY / ERR_DISK_LOCKED / ERR_NO_KEY / ERR_KEYSAFE, ERR_BINDING
+ * (a parameter, the capacity or the KeySafe was changed or swapped), ERR_ENCRYPTION_METADATA.
+ */
+export async function unlockDek(params: EncryptionParams, capacity: number, keys: UnlockOptions, where: string): Promise<Buffer> {
+  const unlocked = await unlockKeySafe(params.keySafe, keys);
+  const key = unlocked.key;
+  try {
+    const cipher = diskCipherOf(unlocked.cipher);
+    if (cipher !== params.cipher || key.length !== KEY_BYTES[params.cipher]) {
+      throw new DiskError(
+        'ERR_ENCRYPTION_METADATA',
+        `the KeySafe of ${where} holds a ${unlocked.cipher} key of ${key.length} bytes, but encryption.cipher says ${params.cipher}`,
+      );
+    }
+    verifyAuthenticator(key, bindingOf(params, capacity), params.authenticator);
+    return key;
+  } catch (err) {
+    key.fill(0);
+    throw err;
+  }
+}

@@ -1,0 +1,229 @@
+/**
+ * Opening and creating disks with encryption in mind: `openDisk` gives a plain VirtualDisk for a
+ * plain disk and a decrypting EncryptedDisk for an encrypted one; `createEncryptedDisk` makes a new
+ * encrypted disk under a fresh DEK.
+ */
+import { openDisk as openVmdk, createDisk as createVmdk } from '../vmdk/index.js';
+import type { VirtualDisk, CreateDiskOptions, CreateSubformat } from '../vmdk/index.js';
+import { existsSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { describeValue } from '../errors.js';
+import { createDataCipher, type DataCipherOptions } from './cipher.js';
+import { EncryptedDisk } from './encrypted-disk.js';
+import { DiskError } from './errors.js';
+import type { InnerDisk } from './inner.js';
+import { generateDek, makeEncryptionParams, unlockDek, type KeyCache, type LockerSpec, type UnlockOptions } from './keying.js';
+import {
+  CIPHERS,
+  UNIT_SIZES,
+  encryptionLines,
+  parseEncryption,
+  type CipherName,
+  type DataUnitSize,
+  type EncryptionParams,
+  type ParsedEncryption,
+} from './params.js';
+
+/** The journal an in-place job keeps beside a disk (src/pipeline); while it exists the disk is mid-job. */
+export const JOURNAL_SUFFIX = '.vmseal-journal';
+
+/** Refuse a disk whose in-place job (encrypt, rekey) did not finish: its data or descriptor is half converted. */
+export function assertNoJournal(path: string): void {
+  if (existsSync(resolve(path) + JOURNAL_SUFFIX)) {
+    throw new DiskError(
+      'ERR_INTERRUPTED_JOB',
+      `${path} is in the middle of an interrupted in-place job (journal ${resolve(path) + JOURNAL_SUFFIX}); finish it first (vmseal resume, or run the same command again)`,
+    );
+  }
+}
+
+export interface OpenDiskOptions {
+  /** Open for reading only (default: false). */
+  readOnly?: boolean;
+  /** How to unlock an encrypted disk. Required for one, refused for a plain one. */
+  keys?: UnlockOptions;
+  /** Native XTS threads per call (default: the pool size). */
+  threads?: number;
+}
+
+/** Subformats that cannot hold an encrypted disk: no descriptor (raw) or compressed grains (streamOptimized). */
+export const UNENCRYPTABLE_SUBFORMATS = new Set(['raw', 'streamOptimized']);
+
+/** The encryption state recorded in a disk's descriptor (null: plain). Reads no keys. */
+export function encryptionOf(disk: { descriptor: { entries(): Iterable<readonly [string, string]> } | undefined; path: string }): ParsedEncryption | null {
+  if (!disk.descriptor) return null;
+  return parseEncryption(disk.descriptor.entries(), disk.path);
+}
+
+/** Read the encryption lines of a disk without opening it for data (no keys needed); null for a plain disk. */
+export async function readEncryptionParams(path: string): Promise<EncryptionParams | null> {
+  const disk = await openVmdk(path, { readOnly: true, allowEncrypted: true });
+  try {
+    return encryptionOf(disk)?.params ?? null;
+  } finally {
+    await disk.close();
+  }
+}
+
+/** @internal Wrap an already opened inner disk (holding ciphertext) after unlocking and checking its authenticator. */
+export async function unlockInner(
+  inner: InnerDisk,
+  params: EncryptionParams,
+  keys: UnlockOptions,
+  opts: DataCipherOptions = {},
+): Promise<EncryptedDisk> {
+  if (inner.capacity % params.unitSize !== 0) {
+    throw new DiskError('ERR_ENCRYPTION_METADATA', `the capacity of ${inner.path} (${inner.capacity} bytes) is not a multiple of its ${params.unitSize}-byte data unit`);
+  }
+  const key = await unlockDek(params, inner.capacity, keys, inner.path);
+  try {
+    return new EncryptedDisk(inner.path, inner, params, createDataCipher(params.cipher, key, params.unitSize, opts));
+  } finally {
+    key.fill(0);
+  }
+}
+
+/**
+ * Open a disk (any VMDK subformat vmseal reads, or a raw image). A plain disk opens as the VMDK
+ * layer's VirtualDisk; an encrypted one as an EncryptedDisk whose reads decrypt and writes encrypt —
+ * after its KeySafe is unlocked and its authenticator checked, before any data is decrypted.
+ *
+ * Errors: ERR_DISK_ENCRYPTED (encrypted, no `keys`), ERR_NOT_ENCRYPTED (plain, `keys` given),
+ * ERR_INTERRUPTED_JOB (an in-place job did not finish), ERR_ENCRYPTION_METADATA, the key layer's
+ * ERR_WRONG_KEY / ERR_DISK_LOCKED / ERR_NO_KEY / ERR_BINDING, the VMDK layer's ERR_VMDK_*.
+ */
+export async function openDisk(path: string, options: OpenDiskOptions = {}): Promise<VirtualDisk | EncryptedDisk> {
+  if (typeof path !== 'string' || path.length === 0) throw new DiskError('ERR_ARGUMENT', `Expected a file path for path but received ${describeValue(path)}`);
+  if (options === null || typeof options !== 'object') throw new DiskError('ERR_ARGUMENT', `Expected an options object but received ${describeValue(options)}`);
+  const { readOnly = false, keys } = options;
+  if (keys !== undefined && (keys === null || typeof keys !== 'object')) {
+    throw new DiskError('ERR_ARGUMENT', `Expected an object { passphrase?, providers?, cache? } for keys but received ${describeValue(keys)}`);
+  }
+  assertNoJournal(path);
+  const inner = await openVmdk(path, { readOnly, allowEncrypted: true });
+  try {
+    const enc = encryptionOf(inner);
+    if (!enc) {
+      if (keys !== undefined) {
+        throw new DiskError('ERR_NOT_ENCRYPTED', `${path} is not encrypted; open it without keys`);
+      }
+      return inner;
+    }
+    if (enc.job !== undefined) {
+      throw new DiskError(
+        'ERR_INTERRUPTED_JOB',
+        `${path} is in the middle of an interrupted ${enc.job} job; finish it first (vmseal resume, or run the same command again)`,
+      );
+    }
+    if (keys === undefined) {
+      throw new DiskError('ERR_DISK_ENCRYPTED', `${path} is encrypted (${enc.params.cipher}); give keys (a key provider or passphrase) to open it`);
+    }
+    return await unlockInner(inner, enc.params, keys, options.threads ? { threads: options.threads } : {});
+  } catch (err) {
+    await inner.close().catch(() => undefined);
+    throw err;
+  }
+}
+
+export interface CreateEncryptedDiskOptions {
+  /** Virtual size in bytes (a multiple of unitSize). */
+  capacity: number;
+  /** Default 'monolithicSparse'. raw and streamOptimized are refused (ERR_UNSUPPORTED_OUTPUT). */
+  subformat?: CreateSubformat;
+  adapterType?: CreateDiskOptions['adapterType'];
+  hwVersion?: number | string;
+  /** Grain size in bytes for sparse subformats (the VMDK layer's default otherwise). */
+  grainSize?: number;
+  /** Default 'aes-256-xts'. */
+  cipher?: CipherName;
+  /** Default 512. */
+  unitSize?: DataUnitSize;
+  /** Who can unlock the new DEK: provider KEKs and/or passphrases (at least one). */
+  lockers: LockerSpec[];
+  cache?: KeyCache;
+  threads?: number;
+  /**
+   * Flat subformats: write encrypted zeros over the whole capacity so that the new disk reads as
+   * zeros (default: true; time proportional to the capacity). src/pipeline passes false because it
+   * writes every byte itself.
+   */
+  fillFlat?: boolean;
+  /** Called with bytes done while filling a flat disk. */
+  onFill?: (bytesDone: number, bytesTotal: number) => void;
+}
+
+const FILL_CHUNK = 8 << 20;
+
+/** Write encrypted zeros over [0, capacity) of a flat disk (a fresh flat file holds plaintext zeros, which do not decrypt to zeros). */
+async function fillEncryptedZeros(disk: EncryptedDisk, onFill?: (done: number, total: number) => void): Promise<void> {
+  const buf = Buffer.allocUnsafeSlow(Math.min(FILL_CHUNK, disk.capacity));
+  for (let off = 0; off < disk.capacity; off += buf.length) {
+    const n = Math.min(buf.length, disk.capacity - off);
+    const view = buf.subarray(0, n);
+    view.fill(0);
+    await disk.dataCipher.encrypt(view, off / disk.unitSize);
+    await disk.innerDisk.write(off, view);
+    onFill?.(off + n, disk.capacity);
+  }
+  await disk.innerDisk.flush();
+}
+
+export function checkEncryptionChoice(cipher: unknown, unitSize: unknown): { cipher: CipherName; unitSize: DataUnitSize } {
+  if (!(CIPHERS as readonly unknown[]).includes(cipher)) {
+    throw new DiskError('ERR_ARGUMENT', `Expected ${CIPHERS.map((c) => `'${c}'`).join(' or ')} for cipher but received ${typeof cipher === 'string' && cipher.length < 40 ? `'${cipher}'` : describeValue(cipher)}`);
+  }
+  if (!(UNIT_SIZES as readonly unknown[]).includes(unitSize)) {
+    throw new DiskError('ERR_ARGUMENT', `Expected ${UNIT_SIZES.join(' or ')} for unitSize but received ${describeValue(unitSize)}`);
+  }
+  return { cipher: cipher as CipherName, unitSize: unitSize as DataUnitSize };
+}
+
+export function checkLockers(lockers: unknown): LockerSpec[] {
+  if (!Array.isArray(lockers) || lockers.length === 0) {
+    throw new DiskError('ERR_ARGUMENT', `Expected a non-empty array of lockers ({ kind: 'provider', provider } or { kind: 'passphrase', passphrase }) but received ${describeValue(lockers)}`);
+  }
+  return lockers as LockerSpec[];
+}
+
+/** Create a new, empty encrypted disk (reads as zeros) under a fresh DEK sealed by `lockers`. */
+export async function createEncryptedDisk(path: string, options: CreateEncryptedDiskOptions): Promise<EncryptedDisk> {
+  if (typeof path !== 'string' || path.length === 0) throw new DiskError('ERR_ARGUMENT', `Expected a file path for path but received ${describeValue(path)}`);
+  if (options === null || typeof options !== 'object') throw new DiskError('ERR_ARGUMENT', `Expected an options object but received ${describeValue(options)}`);
+  const subformat = options.subformat ?? 'monolithicSparse';
+  if (UNENCRYPTABLE_SUBFORMATS.has(subformat)) {
+    throw new DiskError(
+      'ERR_UNSUPPORTED_OUTPUT',
+      `an encrypted disk cannot be written as ${subformat}: ${subformat === 'raw' ? 'a raw image has no descriptor to carry the key' : 'compressing ciphertext is pointless and vSphere refuses it too'}; choose a flat or sparse VMDK subformat`,
+    );
+  }
+  const { cipher, unitSize } = checkEncryptionChoice(options.cipher ?? 'aes-256-xts', options.unitSize ?? 512);
+  const lockers = checkLockers(options.lockers);
+  const capacity = options.capacity;
+  if (!Number.isSafeInteger(capacity) || capacity <= 0 || capacity % unitSize !== 0) {
+    throw new DiskError('ERR_ARGUMENT', `Expected a positive multiple of ${unitSize} for capacity but received ${describeValue(capacity)}`);
+  }
+  const dek = generateDek(cipher);
+  try {
+    const params = await makeEncryptionParams(dek, { cipher, unitSize, capacity, lockers, ...(options.cache ? { cache: options.cache } : {}) });
+    const inner = await createVmdk(path, {
+      capacity,
+      subformat,
+      ...(options.adapterType !== undefined ? { adapterType: options.adapterType } : {}),
+      ...(options.hwVersion !== undefined ? { hwVersion: options.hwVersion } : {}),
+      ...(options.grainSize !== undefined ? { grainSize: options.grainSize } : {}),
+      descriptorLines: encryptionLines(params),
+    });
+    let disk: EncryptedDisk | undefined;
+    try {
+      disk = new EncryptedDisk(inner.path, inner, params, createDataCipher(cipher, dek, unitSize, options.threads ? { threads: options.threads } : {}));
+      if (inner.grainSize === undefined && options.fillFlat !== false) await fillEncryptedZeros(disk, options.onFill);
+      return disk;
+    } catch (err) {
+      if (disk) await disk.close().catch(() => undefined);
+      else await inner.close().catch(() => undefined);
+      throw err;
+    }
+  } finally {
+    dek.fill(0);
+  }
+}

@@ -1,0 +1,183 @@
+/**
+ * The encryption lines of an encrypted VMDK descriptor (docs/format-disk.md is the specification).
+ *
+ * They stand right after `createType`, in this order, values always double-quoted:
+ *
+ *     encryption.format = "vmseal/1"
+ *     encryption.cipher = "aes-256-xts"            | "aes-128-xts"
+ *     encryption.dataUnitSize = "512"              | "4096"
+ *     encryption.diskId = "<32 lowercase hex>"     16 random bytes naming this disk
+ *     encryption.authenticator = "<keys layer>"    binds the lines above + capacity to the DEK
+ *     encryption.keySafe = "vmware:key/list/(…)"   the DEK, wrapped once per locker
+ *     encryption.job = "<operation>"               only while an in-place job runs (see src/pipeline)
+ *
+ * Every value is printable ASCII without `"`, `=` and the substrings `CID`, `parentFileNameHint`
+ * and `createType` (qemu finds header fields by substring search anywhere in the text).
+ */
+import { DiskError } from './errors.js';
+
+export type CipherName = 'aes-256-xts' | 'aes-128-xts';
+export type DataUnitSize = 512 | 4096;
+
+export const FORMAT_VERSION = 1;
+export const FORMAT_TAG = `vmseal/${FORMAT_VERSION}`;
+export const CIPHERS: readonly CipherName[] = ['aes-256-xts', 'aes-128-xts'];
+export const UNIT_SIZES: readonly DataUnitSize[] = [512, 4096];
+/** Key length in bytes of each cipher's DEK (Key1 ‖ Key2). */
+export const KEY_BYTES: Record<CipherName, number> = { 'aes-256-xts': 64, 'aes-128-xts': 32 };
+/** The longest value vmseal writes or accepts (qemu and libvmdk were probed with 4 KiB values). */
+export const MAX_VALUE_LENGTH = 4096;
+
+export const LINE = {
+  format: 'encryption.format',
+  cipher: 'encryption.cipher',
+  unitSize: 'encryption.dataUnitSize',
+  diskId: 'encryption.diskId',
+  authenticator: 'encryption.authenticator',
+  keySafe: 'encryption.keySafe',
+  job: 'encryption.job',
+} as const;
+
+const KNOWN_KEYS = new Set<string>(Object.values(LINE));
+
+/** The parsed encryption lines of a disk. */
+export interface EncryptionParams {
+  formatVersion: number;
+  cipher: CipherName;
+  unitSize: DataUnitSize;
+  diskId: string;
+  authenticator: string;
+  keySafe: string;
+}
+
+/** What the authenticator binds (with the DEK): everything about the data layout and identity. */
+export interface BoundParams {
+  formatVersion: number;
+  cipher: CipherName;
+  unitSize: DataUnitSize;
+  capacity: number;
+  diskId: string;
+}
+
+/** True when a descriptor key belongs to disk encryption (ours, VMware's or a future version's). */
+export function isEncryptionKey(key: string): boolean {
+  const k = key.toLowerCase();
+  return k.startsWith('encryption.') || k.startsWith('ddb.encryption.');
+}
+
+const FORBIDDEN_SUBSTRINGS = ['CID', 'parentFileNameHint', 'createType'];
+
+/** Why `value` cannot stand in a descriptor line, or null when it can. */
+export function unsafeValueReason(value: string): string | null {
+  if (value.length === 0) return 'it is empty';
+  if (value.length > MAX_VALUE_LENGTH) return `it is ${value.length} characters long (at most ${MAX_VALUE_LENGTH})`;
+  for (let i = 0; i < value.length; i++) {
+    const c = value.charCodeAt(i);
+    if (c < 0x21 || c > 0x7e) return `it contains the character code ${c} at index ${i} (printable ASCII only)`;
+    if (c === 0x22) return `it contains '"' at index ${i}`;
+    if (c === 0x3d) return `it contains '=' at index ${i}`;
+  }
+  for (const s of FORBIDDEN_SUBSTRINGS) {
+    if (value.includes(s)) return `it contains the substring "${s}", which qemu mistakes for a header field`;
+  }
+  return null;
+}
+
+export function assertSafeValue(key: string, value: string): void {
+  const why = unsafeValueReason(value);
+  if (why) throw new DiskError('ERR_ENCRYPTION_METADATA', `descriptor value of ${key} cannot be written: ${why}`);
+}
+
+export function newDiskId(random: (n: number) => Buffer): string {
+  return random(16).toString('hex');
+}
+
+/** The lines to place right after createType, in their fixed order. */
+export function encryptionLines(p: EncryptionParams, job?: string): [string, string][] {
+  const lines: [string, string][] = [
+    [LINE.format, `vmseal/${p.formatVersion}`],
+    [LINE.cipher, p.cipher],
+    [LINE.unitSize, String(p.unitSize)],
+    [LINE.diskId, p.diskId],
+    [LINE.authenticator, p.authenticator],
+    [LINE.keySafe, p.keySafe],
+  ];
+  if (job !== undefined) lines.push([LINE.job, job]);
+  for (const [k, v] of lines) assertSafeValue(k, v);
+  return lines;
+}
+
+export function boundParams(p: EncryptionParams, capacity: number): BoundParams {
+  return { formatVersion: p.formatVersion, cipher: p.cipher, unitSize: p.unitSize, capacity, diskId: p.diskId };
+}
+
+/** The encryption state found in a descriptor's entries. */
+export interface ParsedEncryption {
+  params: EncryptionParams;
+  /** The in-place job that was running when the disk was last written, if it did not finish. */
+  job: string | undefined;
+}
+
+/**
+ * Read the encryption lines from a descriptor's key/value entries. Returns null when the descriptor
+ * has no encryption key at all (a plain disk); throws ERR_ENCRYPTION_METADATA when it has some but
+ * they do not make a disk vmseal can open (missing, malformed, unknown version, another product's).
+ */
+export function parseEncryption(entries: Iterable<readonly [string, string]>, where: string): ParsedEncryption | null {
+  const found = new Map<string, string>();
+  for (const [key, value] of entries) {
+    if (!isEncryptionKey(key)) continue;
+    if (found.has(key)) throw meta(where, `the line ${key} appears twice`);
+    found.set(key, value);
+  }
+  if (found.size === 0) return null;
+
+  const format = found.get(LINE.format);
+  if (format === undefined) {
+    const vmware = found.has('encryption.data') || found.has('encryption.keySafe');
+    throw meta(
+      where,
+      vmware
+        ? 'it is encrypted, but not by vmseal (no encryption.format line; VMware vSphere/Workstation encryption keeps the keys in the .vmx and is not supported)'
+        : `it has encryption lines (${[...found.keys()].join(', ')}) but no encryption.format line`,
+    );
+  }
+  const m = /^vmseal\/([1-9][0-9]{0,5})$/.exec(format);
+  if (!m) throw meta(where, `encryption.format is not of the form "vmseal/<version>"`);
+  const formatVersion = Number(m[1]);
+  if (formatVersion !== FORMAT_VERSION) {
+    throw meta(where, `encryption.format version ${formatVersion} is not supported (this vmseal reads version ${FORMAT_VERSION})`);
+  }
+  for (const key of found.keys()) {
+    if (!KNOWN_KEYS.has(key)) throw meta(where, `unknown encryption line ${key} for format version ${formatVersion}`);
+  }
+  const need = (key: string): string => {
+    const v = found.get(key);
+    if (v === undefined) throw meta(where, `the line ${key} is missing`);
+    const why = unsafeValueReason(v);
+    if (why) throw meta(where, `the value of ${key} is invalid: ${why}`);
+    return v;
+  };
+  const cipher = need(LINE.cipher);
+  if (!(CIPHERS as readonly string[]).includes(cipher)) {
+    throw meta(where, `${LINE.cipher} must be one of ${CIPHERS.join(', ')}`);
+  }
+  const unitText = need(LINE.unitSize);
+  const unitSize = Number(unitText);
+  if (!/^[0-9]+$/.test(unitText) || !(UNIT_SIZES as readonly number[]).includes(unitSize)) {
+    throw meta(where, `${LINE.unitSize} must be one of ${UNIT_SIZES.join(', ')}`);
+  }
+  const diskId = need(LINE.diskId);
+  if (!/^[0-9a-f]{32}$/.test(diskId)) throw meta(where, `${LINE.diskId} must be 32 lowercase hexadecimal digits`);
+  const authenticator = need(LINE.authenticator);
+  const keySafe = need(LINE.keySafe);
+  const job = found.has(LINE.job) ? need(LINE.job) : undefined;
+  return {
+    params: { formatVersion, cipher: cipher as CipherName, unitSize: unitSize as DataUnitSize, diskId, authenticator, keySafe },
+    job,
+  };
+}
+
+function meta(where: string, why: string): DiskError {
+  return new DiskError('ERR_ENCRYPTION_METADATA', `cannot read the encryption lines of ${where}: ${why}`);
+}

@@ -1,0 +1,87 @@
+import { open, rename, link, unlink, chmod } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { dirname } from 'node:path';
+
+/**
+ * Crash-safe file replacement: write a temp file beside the target (same directory, so rename is atomic),
+ * fsync it, rename it over the target, fsync the directory. A crash at any point leaves either the old
+ * file or the new one, never a mix; a leftover temp file (`<name>.tmp-<pid>-<random>`) is never read.
+ */
+export function tempName(file: string): string {
+  return `${file}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`;
+}
+
+async function writeTemp(file: string, data: Uint8Array, mode: number): Promise<string> {
+  const tmp = tempName(file);
+  const fh = await open(tmp, 'wx', mode);
+  try {
+    await fh.writeFile(data);
+    await fh.chmod(mode); // the umask may have narrowed or (rarely) the FS widened it: set it exactly
+    await fh.sync();
+  } catch (err) {
+    await fh.close().catch(() => undefined);
+    await unlink(tmp).catch(() => undefined);
+    throw err;
+  }
+  await fh.close();
+  return tmp;
+}
+
+/** fsync a directory so that a rename/link in it is durable. Best effort where directories cannot be opened. */
+export async function fsyncDir(dir: string): Promise<void> {
+  let fh;
+  try {
+    fh = await open(dir, 'r');
+    await fh.sync();
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== 'EISDIR' && code !== 'EPERM' && code !== 'EINVAL' && code !== 'EACCES') throw err;
+  } finally {
+    await fh?.close();
+  }
+}
+
+/** Atomically replace (or create) `file` with `data`, mode `mode`. */
+export async function writeFileAtomic(file: string, data: Uint8Array, mode = 0o600): Promise<void> {
+  const tmp = await writeTemp(file, data, mode);
+  try {
+    await rename(tmp, file);
+  } catch (err) {
+    await unlink(tmp).catch(() => undefined);
+    throw err;
+  }
+  await fsyncDir(dirname(file));
+}
+
+/**
+ * Atomically create `file` with `data` unless it already exists (then returns false and changes nothing):
+ * the complete temp file is hard-linked to the final name, which fails with EEXIST if it exists.
+ */
+export async function createFileAtomic(file: string, data: Uint8Array, mode = 0o600): Promise<boolean> {
+  const tmp = await writeTemp(file, data, mode);
+  try {
+    await link(tmp, file);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EEXIST') return false;
+    if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EOPNOTSUPP' && code !== 'ENOSYS') throw err;
+    // No hard links on this file system: fall back to an exclusive create of the final name. A crash
+    // in the middle can leave a short file, which the reader refuses (it never overwrites it).
+    await writeExclusive(file, data, mode);
+  } finally {
+    await unlink(tmp).catch(() => undefined);
+  }
+  await chmod(file, mode);
+  await fsyncDir(dirname(file));
+  return true;
+}
+
+async function writeExclusive(file: string, data: Uint8Array, mode: number): Promise<void> {
+  const fh = await open(file, 'wx', mode);
+  try {
+    await fh.writeFile(data);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}

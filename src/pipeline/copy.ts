@@ -1,0 +1,230 @@
+/**
+ * The copy job behind encrypt, decrypt, convert and deep rekey (copy mode): read the input's
+ * data-backed ranges in chunks, decrypt (encrypted input), encrypt (encrypted output), write in
+ * order into a new disk staged beside the output, commit it atomically.
+ */
+import { basename, dirname, resolve } from 'node:path';
+import { createDisk as createVmdk, openDisk as openVmdk, ADAPTER_TYPES, type VirtualDisk, type CreateDiskOptions } from '../vmdk/index.js';
+import { createDataCipher, type DataCipher } from '../disk/cipher.js';
+import type { EncryptedDisk } from '../disk/encrypted-disk.js';
+import { DiskError } from '../disk/errors.js';
+import { generateDek, makeEncryptionParams } from '../disk/keying.js';
+import { UNENCRYPTABLE_SUBFORMATS, checkEncryptionChoice, checkLockers } from '../disk/open.js';
+import { LINE, encryptionLines, type EncryptionParams } from '../disk/params.js';
+import { runChunks, type Piece } from './engine.js';
+import { PipelineError, throwIfAborted } from './errors.js';
+import { acquireLocks, releaseLocks } from './lock.js';
+import { checkJobOptions, checkPath, type EncryptSpec, type JobOptions, type JobResult, type OutputOptions, type OutputSubformat, type UnlockOptions } from './options.js';
+import { alignedRanges, chunked, lcm, nonZeroRuns, totalLength, type Span } from './plan.js';
+import { ProgressTracker } from './progress.js';
+import { openSource } from './source.js';
+import { ensureSpace } from './space.js';
+import { StagedOutput, cleanStaleStages, pathExists } from './staging.js';
+
+export interface CopySpec {
+  operation: 'encrypt' | 'decrypt' | 'convert' | 'rekey-deep';
+  input: string;
+  output: string;
+  opts: JobOptions & OutputOptions;
+  keys?: UnlockOptions;
+  /** Encrypt the output under a new DEK. */
+  encrypt?: EncryptSpec;
+  /** Write a plain output from an encrypted input. */
+  decrypt?: boolean;
+  /** The input must be encrypted (decrypt, rekey) / must be plain (encrypt). */
+  requireInput?: 'encrypted' | 'plain';
+  /** The output replaces the input (deep rekey in copy mode). */
+  replaceInput?: boolean;
+}
+
+const FLAT_ZERO_GRANULARITY = 64 * 1024;
+const VMFS_ALIASES = new Set(['vmfsThin', 'vmfsPreallocated', 'vmfsEagerZeroedThick']);
+
+function defaultSubformat(input: string, encrypting: boolean): OutputSubformat {
+  if (VMFS_ALIASES.has(input)) return 'vmfs';
+  if (input === 'raw' && encrypting) return 'monolithicFlat';
+  return input as OutputSubformat;
+}
+
+function inherited(stored: VirtualDisk, opts: OutputOptions, sparseOut: boolean): Pick<CreateDiskOptions, 'adapterType' | 'hwVersion' | 'grainSize'> {
+  const d = stored.descriptor;
+  const out: Pick<CreateDiskOptions, 'adapterType' | 'hwVersion' | 'grainSize'> = {};
+  const adapter = opts.adapterType ?? d?.get('ddb.adapterType');
+  if (adapter !== undefined && (ADAPTER_TYPES as readonly string[]).includes(adapter)) out.adapterType = adapter as CreateDiskOptions['adapterType'];
+  else if (opts.adapterType !== undefined) out.adapterType = opts.adapterType; // let the VMDK layer report the bad value
+  const hw = opts.hwVersion ?? d?.get('ddb.virtualHWVersion');
+  if (hw !== undefined && (opts.hwVersion !== undefined || /^[1-9][0-9]{0,2}$/.test(String(hw)))) out.hwVersion = hw;
+  const g = opts.grainSize ?? (sparseOut ? stored.grainSize : undefined);
+  if (g !== undefined && (opts.grainSize !== undefined || (g >= 4096 && g <= 1 << 20))) out.grainSize = g;
+  return out;
+}
+
+async function existingFiles(path: string): Promise<string[]> {
+  if (!(await pathExists(path))) return [];
+  try {
+    const d = await openVmdk(path, { readOnly: true, allowEncrypted: true });
+    try {
+      return d.files();
+    } finally {
+      await d.close();
+    }
+  } catch {
+    return [path];
+  }
+}
+
+/** Set (or with undefined, remove) the encryption.job line of a disk, durably. */
+export async function markDescriptor(path: string, job: string | undefined): Promise<void> {
+  const d = await openVmdk(path, { allowEncrypted: true });
+  try {
+    await d.updateDescriptor((desc) => {
+      if (job === undefined) desc.delete(LINE.job);
+      else desc.set(LINE.job, job, { after: LINE.keySafe });
+    });
+  } finally {
+    await d.close();
+  }
+}
+
+export async function runCopy(spec: CopySpec): Promise<JobResult> {
+  const { chunkSize: requestedChunk, depth } = checkJobOptions(spec.opts);
+  const opts = spec.opts;
+  const input = resolve(checkPath(spec.input, 'input'));
+  const output = resolve(checkPath(spec.output, 'output'));
+  if (input === output && !spec.replaceInput) throw new PipelineError('ERR_SAME_FILE', `the output ${output} is the input; write to another file`);
+  if (spec.encrypt) {
+    checkEncryptionChoice(spec.encrypt.cipher ?? 'aes-256-xts', spec.encrypt.unitSize ?? 512);
+    checkLockers(spec.encrypt.lockers);
+  }
+  const what = `${spec.operation} of ${input}`;
+  throwIfAborted(opts.signal, what);
+  const started = performance.now();
+  const locks = await acquireLocks(spec.replaceInput ? [input] : [input, output], spec.operation);
+  try {
+    // A commit of an earlier run on this name that was killed half way is finished first.
+    await cleanStaleStages(dirname(output), basename(output));
+    const source = await openSource(input, {
+      ...(spec.keys ? { keys: spec.keys } : {}),
+      encrypted: spec.requireInput === 'plain' ? 'refuse' : 'decrypt',
+      plain: spec.requireInput === 'encrypted' ? 'refuse' : 'read',
+      ...(opts.threads ? { threads: opts.threads } : {}),
+    });
+    let stage: StagedOutput | undefined;
+    let out: VirtualDisk | undefined;
+    let ownCipher: DataCipher | undefined;
+    try {
+      const capacity = source.disk.capacity;
+      const encrypting = spec.encrypt !== undefined || (source.encryption !== null && !spec.decrypt);
+      const subformat = opts.subformat ?? defaultSubformat(source.stored.subformat, encrypting);
+      if (encrypting && UNENCRYPTABLE_SUBFORMATS.has(subformat)) {
+        throw new PipelineError(
+          'ERR_UNSUPPORTED_OUTPUT',
+          subformat === 'raw'
+            ? `an encrypted disk cannot be written as a raw image (no descriptor to carry its key); choose a VMDK subformat such as monolithicFlat, or decrypt`
+            : `an encrypted disk cannot be written as streamOptimized (compressing ciphertext is pointless, and vSphere refuses it too); choose another subformat, or decrypt`,
+        );
+      }
+      const sourceFiles = source.stored.files().map((f) => resolve(f));
+      if (!spec.replaceInput && sourceFiles.includes(output)) throw new PipelineError('ERR_SAME_FILE', `the output ${output} is a file of the input`);
+      stage = await StagedOutput.prepare(output, { force: opts.force === true || spec.replaceInput === true });
+
+      // The output's encryption: a new DEK, the input's own (copy of an encrypted disk), or none.
+      let outParams: EncryptionParams | null = null;
+      let outCipher: DataCipher | null = null;
+      if (spec.encrypt) {
+        const { cipher, unitSize } = checkEncryptionChoice(spec.encrypt.cipher ?? 'aes-256-xts', spec.encrypt.unitSize ?? 512);
+        if (capacity % unitSize !== 0) throw new DiskError('ERR_ARGUMENT', `the capacity of ${input} (${capacity} bytes) is not a multiple of the ${unitSize}-byte data unit`);
+        const dek = generateDek(cipher);
+        try {
+          outParams = await makeEncryptionParams(dek, { cipher, unitSize, capacity, lockers: spec.encrypt.lockers, ...(spec.encrypt.cache ? { cache: spec.encrypt.cache } : {}) });
+          ownCipher = outCipher = createDataCipher(cipher, dek, unitSize, opts.threads ? { threads: opts.threads } : {});
+        } finally {
+          dek.fill(0);
+        }
+      } else if (source.encryption && !spec.decrypt) {
+        outParams = source.encryption;
+        outCipher = (source.disk as EncryptedDisk).dataCipher;
+      }
+      const sparseOut = /sparse|streamOptimized/i.test(subformat);
+      out = await createVmdk(stage.stagePath, {
+        capacity,
+        subformat,
+        ...inherited(source.stored, opts, sparseOut),
+        descriptorLines: outParams ? encryptionLines(outParams) : [],
+      });
+      await stage.checkTargets({ force: opts.force === true || spec.replaceInput === true, protect: spec.replaceInput ? [] : sourceFiles });
+
+      // What to process: everything for a flat encrypted output (holes become encrypted zeros),
+      // else the input's data-backed ranges, rounded out to the output grain and the data units.
+      const outGrain = out.grainSize;
+      const fullCopy = outParams !== null && outGrain === undefined;
+      const align = lcm(lcm(outParams?.unitSize ?? 512, source.encryption?.unitSize ?? 512), outGrain ?? 512);
+      const chunkSize = Math.ceil(requestedChunk / align) * align;
+      const ranges = (): AsyncIterable<Span> =>
+        fullCopy ? alignedRanges([{ offset: 0, length: capacity }], align, capacity) : alignedRanges(source.disk.allocatedRanges(), align, capacity);
+      const total = await totalLength(ranges());
+      await ensureSpace(stage.dir, total, `the output ${output}`);
+
+      const progress = new ProgressTracker(spec.operation === 'rekey-deep' ? 'rekey-deep' : spec.operation, 'copy', total, opts.onProgress);
+      const granularity = outGrain ?? FLAT_ZERO_GRANULARITY;
+      const unit = outParams?.unitSize ?? 512;
+      const disk = source.disk;
+      const target = out;
+      await runChunks({
+        chunks: chunked(ranges(), chunkSize),
+        chunkSize,
+        depth,
+        ...(opts.signal ? { signal: opts.signal } : {}),
+        what,
+        read: (chunk, buf) => disk.readInto(chunk.offset, buf),
+        async transform(chunk, buf) {
+          // All-zero grains are left out of sparse and plain outputs: they read as zeros anyway.
+          const pieces: Piece[] = fullCopy
+            ? [{ offset: chunk.offset, data: buf }]
+            : nonZeroRuns(buf, chunk.offset, granularity).map((r) => ({ offset: r.offset, data: buf.subarray(r.offset - chunk.offset, r.offset - chunk.offset + r.length) }));
+          if (outCipher) for (const p of pieces) await outCipher.encrypt(p.data, p.offset / unit);
+          return pieces;
+        },
+        write: (offset, data) => target.write(offset, data),
+        done: (chunk) => progress.add(chunk.length),
+      });
+      progress.finish();
+      throwIfAborted(opts.signal, what);
+      await out.flush();
+      const closing = out;
+      out = undefined;
+      await closing.close();
+
+      const replacing = await existingFiles(output);
+      const multiFile = replacing.length > 1;
+      await source.close();
+      await stage.commit({
+        replacing,
+        deleteFirst: !spec.replaceInput,
+        // Renaming several files over the input is not atomic: mark the old descriptor first so that a
+        // crash half way shows an interrupted job (rolled forward by resume), never old metadata over new data.
+        ...(spec.replaceInput && multiFile ? { beforeRenames: () => markDescriptor(input, 'rekey-deep-commit') } : {}),
+      });
+      return {
+        operation: spec.operation,
+        input,
+        output,
+        subformat,
+        virtualSize: capacity,
+        bytesProcessed: progress.bytesDone,
+        seconds: (performance.now() - started) / 1000,
+        encrypted: outParams !== null,
+        ...(outParams ? { diskId: outParams.diskId } : {}),
+      };
+    } catch (err) {
+      if (out) await out.close().catch(() => undefined);
+      if (stage) await stage.discard().catch(() => undefined);
+      throw err;
+    } finally {
+      ownCipher?.dispose();
+      await source.close().catch(() => undefined);
+    }
+  } finally {
+    await releaseLocks(locks);
+  }
+}

@@ -1,0 +1,79 @@
+/**
+ * Writing a whole descriptor in a way a journal can repeat: a text descriptor is replaced
+ * atomically (temp file, fsync, rename, fsync of the folder); an embedded one (monolithicSparse)
+ * is rewritten in place, NUL-padded to its area, fsynced. The embedded rewrite is not atomic by
+ * itself: every job that does it records the bytes in its journal first and repeats the write on
+ * resume, so a torn write is always overwritten by a whole one.
+ */
+import { open, readdir, rename, unlink } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { basename, dirname, join } from 'node:path';
+import { fsyncDir } from './staging.js';
+import { PipelineError } from './errors.js';
+
+export type DescriptorLocation = { kind: 'text'; path: string } | { kind: 'embedded'; path: string; offset: number; size: number };
+
+const SPARSE_MAGIC = Buffer.from('KDMV', 'latin1');
+
+/** Where the descriptor of the disk at `path` lives (sparse header: descriptorOffset @28, descriptorSize @36, u64 sectors). */
+export async function locateDescriptor(path: string): Promise<DescriptorLocation> {
+  const fh = await open(path, 'r');
+  try {
+    const head = Buffer.alloc(512);
+    const { bytesRead } = await fh.read(head, 0, 512, 0);
+    if (bytesRead >= 64 && head.subarray(0, 4).equals(SPARSE_MAGIC)) {
+      const offset = Number(head.readBigUInt64LE(28)) * 512;
+      const size = Number(head.readBigUInt64LE(36)) * 512;
+      if (size === 0 || !Number.isSafeInteger(offset) || !Number.isSafeInteger(size) || size > 1 << 20) {
+        throw new PipelineError('ERR_ARGUMENT', `${path} has no usable embedded descriptor area`);
+      }
+      return { kind: 'embedded', path, offset, size };
+    }
+    return { kind: 'text', path };
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Remove temporary descriptor files (`<name>.<12 hex>.tmp`) a killed writer left beside `path`. */
+export async function removeStaleDescriptorTemps(path: string): Promise<void> {
+  const dir = dirname(path);
+  const name = basename(path);
+  const pattern = new RegExp(`^${name.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\.[0-9a-f]{12}\\.tmp$`);
+  for (const f of await readdir(dir).catch(() => [] as string[])) {
+    if (pattern.test(f)) await unlink(join(dir, f)).catch(() => undefined);
+  }
+}
+
+export async function writeDescriptor(loc: DescriptorLocation, bytes: Uint8Array): Promise<void> {
+  if (loc.kind === 'text') {
+    const tmp = `${loc.path}.${randomBytes(6).toString('hex')}.tmp`;
+    try {
+      const fh = await open(tmp, 'wx');
+      try {
+        await fh.writeFile(bytes);
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      await rename(tmp, loc.path);
+    } catch (err) {
+      await unlink(tmp).catch(() => undefined);
+      throw err;
+    }
+    await fsyncDir(dirname(loc.path));
+    return;
+  }
+  if (bytes.length >= loc.size) {
+    throw new PipelineError('ERR_ARGUMENT', `the new descriptor of ${loc.path} (${bytes.length} bytes) does not fit its ${loc.size}-byte embedded area`);
+  }
+  const buf = Buffer.alloc(loc.size);
+  buf.set(bytes);
+  const fh = await open(loc.path, 'r+');
+  try {
+    await fh.write(buf, 0, buf.length, loc.offset);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}

@@ -1,0 +1,35 @@
+import { VmsealError } from '../errors.js';
+
+/**
+ * Stable codes of the streaming engine. Errors of the layers below (ERR_VMDK_*, src/disk's
+ * ERR_DISK_ENCRYPTED / ERR_NOT_ENCRYPTED / ERR_ENCRYPTION_METADATA / ERR_INTERRUPTED_JOB, the key
+ * layer's ERR_WRONG_KEY / ERR_DISK_LOCKED / ERR_BINDING …) pass through unchanged.
+ */
+export type PipelineErrorCode =
+  | 'ERR_OUTPUT_EXISTS' // the output exists and force was not given
+  | 'ERR_SAME_FILE' // the output is the input (or one of its files)
+  | 'ERR_NO_SPACE' // the destination file system cannot hold the estimated output
+  | 'ERR_DISK_BUSY' // another process holds the disk's .lck
+  | 'ERR_ABORTED' // the AbortSignal fired; temporary files were removed
+  | 'ERR_UNSUPPORTED_OUTPUT' // an encrypted output asked as raw or streamOptimized
+  | 'ERR_JOURNAL' // an in-place journal is unreadable or belongs to another job or disk
+  | 'ERR_ARGUMENT'; // a bad option
+
+/** The one error class of src/pipeline. */
+export class PipelineError extends VmsealError {
+  declare readonly code: PipelineErrorCode;
+
+  constructor(code: PipelineErrorCode, message: string, options?: { cause?: unknown }) {
+    super(code, message, options);
+  }
+}
+
+export function abortError(signal: AbortSignal | undefined, what: string): PipelineError {
+  const reason = signal?.reason;
+  const why = reason instanceof Error && reason.name !== 'AbortError' ? `: ${reason.message}` : '';
+  return new PipelineError('ERR_ABORTED', `${what} was cancelled${why}`, { cause: reason });
+}
+
+export function throwIfAborted(signal: AbortSignal | undefined, what: string): void {
+  if (signal?.aborted) throw abortError(signal, what);
+}

@@ -1,0 +1,463 @@
+/**
+ * In-place jobs: encryption in place and deep rekey in place (every data-backed byte rewritten
+ * where it is), journaled so that a crash at any point is finished by running the same call again
+ * or resumeDisk(); and shallow rekey (only the KeySafe changes).
+ *
+ * Order of a journaled job (see journal.ts for the per-chunk protocol):
+ *   1. the journal is created with everything needed to finish: the new encryption lines (KeySafe
+ *      wrapped), the old KeySafe for a rekey, and the whole descriptor during and after the job;
+ *   2. the descriptor "during" is written: it carries `encryption.job`, so no tool opens the half
+ *      converted disk as plain (the VMDK layer refuses encryption lines) or as finished
+ *      (src/disk refuses ERR_INTERRUPTED_JOB);
+ *   3. chunks are rewritten in order, each one journaled;
+ *   4. the descriptor "after" is written, then the journal is wiped and removed.
+ * Resume repeats step 2 if no chunk was recorded yet, continues step 3 from the journal's state,
+ * and repeats step 4: every step is idempotent.
+ */
+import { basename, dirname, resolve } from 'node:path';
+import { openDisk as openVmdk, Descriptor } from '../vmdk/index.js';
+import { createDataCipher, type DataCipher } from '../disk/cipher.js';
+import { DiskError } from '../disk/errors.js';
+import { generateDek, makeEncryptionParams, unlockDek } from '../disk/keying.js';
+import { UNENCRYPTABLE_SUBFORMATS, checkEncryptionChoice, checkLockers, encryptionOf } from '../disk/open.js';
+import { LINE, encryptionLines, unsafeValueReason, type CipherName, type DataUnitSize, type EncryptionParams } from '../disk/params.js';
+import { rewrapKeySafe, sealDek, type LockerInfo } from '../keys/envelope.js';
+import { describeValue } from '../errors.js';
+import { locateDescriptor, removeStaleDescriptorTemps, writeDescriptor } from './descriptor-io.js';
+import { PipelineError, abortError } from './errors.js';
+import { ChunkStatus, Journal, hashCopy, type InPlaceOperation, type JournalHeader } from './journal.js';
+import { acquireLock } from './lock.js';
+import { checkJobOptions, checkPath, type EncryptSpec, type JobOptions, type JobResult, type KeyCache, type LockerSpec, type UnlockOptions } from './options.js';
+import { alignedRanges, chunked, lcm, totalLength } from './plan.js';
+import { ProgressTracker } from './progress.js';
+import { cleanStaleStages } from './staging.js';
+import { runCopy } from './copy.js';
+
+/** Set the encryption lines (in their order, right after createType) and the job line on a descriptor. */
+function withLines(base: Descriptor, params: EncryptionParams | null, job: string | undefined): Descriptor {
+  const d = base.clone();
+  if (params) {
+    let after: string | undefined;
+    for (const [k, v] of encryptionLines(params)) {
+      d.set(k, v, after ? { after } : {});
+      after = k;
+    }
+  }
+  if (job !== undefined) d.set(LINE.job, job, { after: LINE.keySafe });
+  else d.delete(LINE.job);
+  return d;
+}
+
+/** Unlock options implied by the lockers of a new KeySafe (its providers and passphrase), merged with `keys`. */
+function keysFromLockers(lockers: LockerSpec[] | undefined, keys: UnlockOptions | undefined, cache: KeyCache | undefined): UnlockOptions {
+  const providers = [...(Array.isArray(keys?.providers) ? keys.providers : keys?.providers ? Object.values(keys.providers) : [])];
+  let passphrase = keys?.passphrase;
+  for (const l of lockers ?? []) {
+    if (l.kind === 'provider' && !providers.includes(l.provider)) providers.push(l.provider);
+    if (l.kind === 'passphrase' && passphrase === undefined) passphrase = l.passphrase;
+  }
+  const c = keys?.cache ?? cache;
+  return { ...(providers.length ? { providers } : {}), ...(passphrase !== undefined ? { passphrase } : {}), ...(c ? { cache: c } : {}) };
+}
+
+function b64(d: Descriptor): string {
+  return d.toBuffer().toString('base64');
+}
+
+interface InPlaceStart {
+  operation: InPlaceOperation;
+  path: string;
+  opts: JobOptions;
+  keys: UnlockOptions;
+  encrypt?: EncryptSpec;
+}
+
+/** Begin a journaled job: checks, new DEK, journal, descriptor "during". Returns the journal (the caller runs it). */
+async function startInPlace(s: InPlaceStart, chunkSize: number): Promise<Journal> {
+  const stored = await openVmdk(s.path, { allowEncrypted: true });
+  let header: JournalHeader;
+  try {
+    if (stored.format === 'raw' || UNENCRYPTABLE_SUBFORMATS.has(stored.subformat) || !stored.descriptor) {
+      throw new PipelineError('ERR_UNSUPPORTED_OUTPUT', `${s.path} is ${stored.subformat === 'raw' ? 'a raw image, which has no descriptor to carry a key' : `${stored.subformat}, which cannot hold an encrypted disk`}; encrypt it into a new VMDK instead`);
+    }
+    const enc = encryptionOf(stored);
+    if (enc?.job !== undefined) throw new DiskError('ERR_INTERRUPTED_JOB', `${s.path} has an unfinished ${enc.job} job but no journal; it cannot be resumed safely`);
+    if (s.operation === 'encrypt-in-place' && enc) throw new DiskError('ERR_DISK_ENCRYPTED', `${s.path} is already encrypted; use rekey to change its keys`);
+    if (s.operation === 'rekey-deep-in-place' && !enc) throw new DiskError('ERR_NOT_ENCRYPTED', `${s.path} is not encrypted; encrypt it first`);
+    const capacity = stored.capacity;
+    const from = enc?.params ?? null;
+    if (from) (await unlockDek(from, capacity, s.keys, s.path)).fill(0); // the keys open it, the authenticator holds
+    const spec = s.encrypt!;
+    const { cipher, unitSize } = checkEncryptionChoice(spec.cipher ?? from?.cipher ?? 'aes-256-xts', spec.unitSize ?? from?.unitSize ?? 512);
+    if (capacity % unitSize !== 0) throw new DiskError('ERR_ARGUMENT', `the capacity of ${s.path} (${capacity} bytes) is not a multiple of the ${unitSize}-byte data unit`);
+    const dek = generateDek(cipher);
+    let to: EncryptionParams;
+    try {
+      to = await makeEncryptionParams(dek, { cipher, unitSize, capacity, lockers: checkLockers(spec.lockers), ...(spec.cache ? { cache: spec.cache } : {}) });
+    } finally {
+      dek.fill(0);
+    }
+    const base = stored.descriptor as Descriptor;
+    const during = s.operation === 'encrypt-in-place' ? withLines(base, to, s.operation) : withLines(base, null, s.operation);
+    const final = withLines(base, to, undefined);
+    header = {
+      version: 1,
+      operation: s.operation,
+      disk: basename(s.path),
+      capacity,
+      chunkSize,
+      align: lcm(lcm(unitSize, from?.unitSize ?? 512), 4096),
+      from,
+      to,
+      started: new Date().toISOString(),
+      descriptor: { during: b64(during), final: b64(final) },
+    };
+  } finally {
+    await stored.close();
+  }
+  const journal = await Journal.create(s.path, header);
+  try {
+    await writeDescriptor(await locateDescriptor(s.path), Buffer.from(header.descriptor.during, 'base64'));
+  } catch (err) {
+    await journal.close();
+    throw err;
+  }
+  return journal;
+}
+
+/** Run (or continue) a journaled job to its end. */
+interface JournalKeys {
+  /** Unlocks the KeySafe before the job (rekey). */
+  from: UnlockOptions;
+  /** Unlocks the KeySafe after the job. */
+  to: UnlockOptions;
+}
+
+async function runJournal(path: string, journal: Journal, keys: JournalKeys, opts: JobOptions, resumed: boolean): Promise<JobResult> {
+  const h = journal.header;
+  if (h.disk !== basename(path)) throw new PipelineError('ERR_JOURNAL', `the journal ${journal.path} belongs to ${h.disk}, not ${basename(path)}`);
+  const started = performance.now();
+  await removeStaleDescriptorTemps(path);
+  const loc = await locateDescriptor(path);
+  if (h.operation === 'rekey-shallow') {
+    await writeDescriptor(loc, Buffer.from(h.descriptor.final, 'base64'));
+    await journal.finish();
+    return result(h, path, 0, started, resumed);
+  }
+  // Before the first chunk, the "during" descriptor may be missing or torn: write it (again).
+  if (journal.state === null) await writeDescriptor(loc, Buffer.from(h.descriptor.during, 'base64'));
+  const stored = await openVmdk(path, { allowEncrypted: true });
+  let oldCipher: DataCipher | undefined;
+  let newCipher: DataCipher | undefined;
+  try {
+    if (stored.capacity !== h.capacity) throw new PipelineError('ERR_JOURNAL', `the journal ${journal.path} was made for a capacity of ${h.capacity} bytes, the disk has ${stored.capacity}`);
+    const to = h.to as EncryptionParams;
+    const newDek = await unlockDek(to, h.capacity, keys.to, `${path} (new key in its journal)`);
+    try {
+      newCipher = createDataCipher(to.cipher as CipherName, newDek, to.unitSize as DataUnitSize, opts.threads ? { threads: opts.threads } : {});
+    } finally {
+      newDek.fill(0);
+    }
+    if (h.from) {
+      const from = h.from as EncryptionParams;
+      const oldDek = await unlockDek(from, h.capacity, keys.from, `${path} (old key in its journal)`);
+      try {
+        oldCipher = createDataCipher(from.cipher as CipherName, oldDek, from.unitSize as DataUnitSize, opts.threads ? { threads: opts.threads } : {});
+      } finally {
+        oldDek.fill(0);
+      }
+    }
+    const plan = () => chunked(alignedRanges(stored.allocatedRanges(), h.align, h.capacity), h.chunkSize);
+    const total = await totalLength(plan());
+    const progress = new ProgressTracker(h.operation === 'encrypt-in-place' ? 'encrypt' : 'rekey-deep', 'copy', total, opts.onProgress);
+    const state = journal.state;
+    const transform = async (buf: Buffer, offset: number): Promise<void> => {
+      if (oldCipher) await oldCipher.decrypt(buf, offset / oldCipher.unitSize);
+      await newCipher!.encrypt(buf, offset / newCipher!.unitSize);
+    };
+    let k = -1;
+    for await (const chunk of plan()) {
+      k++;
+      if (state && (k < state.chunk || (k === state.chunk && state.status === ChunkStatus.DONE))) {
+        progress.add(chunk.length);
+        continue;
+      }
+      if (opts.signal?.aborted) {
+        throw abortError(opts.signal, `${h.operation} of ${path} (stopped at a chunk boundary; run the same command again or resume to finish it)`);
+      }
+      let original: Buffer;
+      if (state && k === state.chunk && state.status === ChunkStatus.IN_PROGRESS && journal.state === state) {
+        if (state.offset !== chunk.offset || state.length !== chunk.length) {
+          throw new PipelineError('ERR_JOURNAL', `the journal ${journal.path} names chunk ${k} at ${state.offset}+${state.length}, but the disk's chunk ${k} is ${chunk.offset}+${chunk.length}`);
+        }
+        original = await journal.readCopy(); // the disk's bytes may be half rewritten: start from the saved copy
+      } else {
+        original = Buffer.allocUnsafe(chunk.length);
+        await stored.readInto(chunk.offset, original);
+        await journal.saveCopy(original);
+        await journal.record(k, ChunkStatus.IN_PROGRESS, chunk.offset, chunk.length, hashCopy(original));
+      }
+      await transform(original, chunk.offset);
+      await stored.write(chunk.offset, original);
+      await stored.flush();
+      await journal.record(k, ChunkStatus.DONE, chunk.offset, chunk.length, journal.state!.copyHash);
+      progress.add(chunk.length);
+    }
+    progress.finish();
+    await stored.close();
+    await writeDescriptor(loc, Buffer.from(h.descriptor.final, 'base64'));
+    await journal.finish();
+    return result(h, path, total, started, resumed, stored.subformat);
+  } finally {
+    oldCipher?.dispose();
+    newCipher?.dispose();
+    await stored.close().catch(() => undefined);
+    await journal.close();
+  }
+}
+
+function result(h: JournalHeader, path: string, bytes: number, started: number, resumed: boolean, subformat = ''): JobResult {
+  return {
+    operation: h.operation === 'encrypt-in-place' ? 'encrypt' : h.operation === 'rekey-shallow' ? 'rekey-shallow' : 'rekey-deep',
+    input: path,
+    output: path,
+    subformat,
+    virtualSize: h.capacity,
+    bytesProcessed: bytes,
+    seconds: (performance.now() - started) / 1000,
+    encrypted: true,
+    diskId: h.to.diskId,
+    ...(resumed ? { resumed: true } : {}),
+  };
+}
+
+async function withDiskLock<T>(path: string, operation: string, fn: () => Promise<T>): Promise<T> {
+  const lock = await acquireLock(path, operation);
+  try {
+    return await fn();
+  } finally {
+    await lock.release();
+  }
+}
+
+export type EncryptInPlaceOptions = JobOptions & EncryptSpec & { keys?: UnlockOptions };
+
+/**
+ * Encrypt a plain VMDK where it is (no second copy): journaled, resumable. Run the same call again
+ * after a crash (or resumeDisk) and it finishes; the journal `<disk>.vmseal-journal` holds one
+ * chunk's original bytes at a time. raw images and streamOptimized disks are refused.
+ */
+export async function encryptInPlace(path: string, options: EncryptInPlaceOptions): Promise<JobResult> {
+  const p = resolve(checkPath(path, 'path'));
+  const { chunkSize } = checkJobOptions(options);
+  const { lockers, cipher, unitSize, cache, keys, ...opts } = options;
+  checkLockers(lockers);
+  const unlock = keysFromLockers(lockers, keys, cache);
+  const both = { from: unlock, to: unlock };
+  return withDiskLock(p, 'encrypt-in-place', async () => {
+    const existing = await Journal.open(p);
+    if (existing) return runJournal(p, existing, both, opts, true);
+    const journal = await startInPlace(
+      { operation: 'encrypt-in-place', path: p, opts, keys: unlock, encrypt: { lockers, ...(cipher ? { cipher } : {}), ...(unitSize ? { unitSize } : {}), ...(cache ? { cache } : {}) } },
+      chunkSize,
+    );
+    return runJournal(p, journal, both, opts, false);
+  });
+}
+
+export interface DeepRekeyOptions extends JobOptions {
+  /** Unlocks the current DEK. */
+  keys: UnlockOptions;
+  /** Lockers of the new DEK (default: the same provider keys as the current fqid lockers; passphrase lockers need `lockers`). */
+  lockers?: LockerSpec[];
+  /** Default: unchanged. */
+  cipher?: CipherName;
+  /** Default: unchanged. */
+  unitSize?: DataUnitSize;
+  /** Rewrite the data where it is, journaled (default: false: a new image under a temporary name replaces the disk atomically). */
+  inPlace?: boolean;
+  cache?: KeyCache;
+}
+
+/**
+ * Deep rekey: a new DEK, every data-backed byte re-encrypted. Copy mode (default) needs room for a
+ * second image and replaces the disk atomically; in place it is journaled and resumable (run the
+ * same call again, or resumeDisk, after a crash).
+ */
+export async function deepRekey(path: string, options: DeepRekeyOptions): Promise<JobResult> {
+  const p = resolve(checkPath(path, 'path'));
+  const { chunkSize } = checkJobOptions(options);
+  const { keys, lockers: given, cipher, unitSize, inPlace, cache, ...opts } = options;
+  if (keys === null || typeof keys !== 'object') throw new PipelineError('ERR_ARGUMENT', `Expected keys ({ passphrase?, providers?, cache? }) but received ${describeValue(keys)}`);
+  if (inPlace) {
+    // A re-run after a crash continues the journal (whatever lockers are given now).
+    const existing = await Journal.open(p);
+    if (existing) {
+      await existing.close();
+      const done = await resumeDisk(p, { ...opts, keys, newKeys: keysFromLockers(given, { ...keys, passphrase: undefined }, cache) });
+      if (done) return done;
+    }
+  }
+  const lockers = given ?? (await sameProviderLockers(p, keys));
+  const newKeys = keysFromLockers(lockers, { ...keys, passphrase: undefined }, cache);
+  const encrypt: EncryptSpec = { lockers, ...(cipher ? { cipher } : {}), ...(unitSize ? { unitSize } : {}), ...(cache ? { cache } : {}) };
+  if (!inPlace) {
+    return runCopy({ operation: 'rekey-deep', input: p, output: p, opts: { ...opts, force: true }, keys, encrypt, requireInput: 'encrypted', replaceInput: true });
+  }
+  return withDiskLock(p, 'rekey-deep-in-place', async () => {
+    const journal = await startInPlace({ operation: 'rekey-deep-in-place', path: p, opts, keys, encrypt }, chunkSize);
+    return runJournal(p, journal, { from: keys, to: newKeys }, opts, false);
+  });
+}
+
+/** Lockers for a new DEK under the same provider KEKs as the disk's current fqid lockers. */
+async function sameProviderLockers(path: string, keys: UnlockOptions): Promise<LockerSpec[]> {
+  const { readEncryptionParams } = await import('../disk/open.js');
+  const { describeKeySafe } = await import('../keys/envelope.js');
+  const params = await readEncryptionParams(path);
+  if (!params) throw new DiskError('ERR_NOT_ENCRYPTED', `${path} is not encrypted`);
+  const providers = Array.isArray(keys.providers) ? keys.providers : keys.providers ? Object.values(keys.providers) : [];
+  const out: LockerSpec[] = [];
+  for (const l of describeKeySafe(params.keySafe)) {
+    if (l.kind !== 'provider') continue;
+    const provider = providers.find((p) => p.id === l.providerId);
+    if (provider) out.push({ kind: 'provider', provider, keyId: l.keyId! });
+  }
+  if (out.length === 0) {
+    throw new PipelineError('ERR_ARGUMENT', `give lockers for the new key of ${path}: none of its provider lockers has a provider in keys.providers (passphrase lockers cannot be re-made without the passphrase as a locker)`);
+  }
+  return out;
+}
+
+export interface ShallowRekeyOptions {
+  /** Unlocks the current KeySafe. */
+  keys: UnlockOptions;
+  /** Replace every locker with these. */
+  lockers?: LockerSpec[];
+  /** Add these lockers (e.g. a recovery passphrase, a new KEK). */
+  addLockers?: LockerSpec[];
+  /** Drop lockers: LockerInfo.index values (see inspectDisk), or a predicate. */
+  removeLockers?: number[] | ((locker: LockerInfo) => boolean);
+  cache?: KeyCache;
+}
+
+/**
+ * Shallow rekey: the same DEK under other lockers (a new KEK or provider, a recovery passphrase
+ * added or removed). Only the KeySafe line changes; data is untouched. The descriptor is replaced
+ * atomically (text) or journaled (embedded in a monolithicSparse file).
+ */
+export async function shallowRekey(path: string, options: ShallowRekeyOptions): Promise<JobResult> {
+  const p = resolve(checkPath(path, 'path'));
+  if (options === null || typeof options !== 'object') throw new PipelineError('ERR_ARGUMENT', `Expected an options object but received ${describeValue(options)}`);
+  const { keys, lockers, addLockers, removeLockers, cache } = options;
+  if (keys === null || typeof keys !== 'object') throw new PipelineError('ERR_ARGUMENT', `Expected keys ({ passphrase?, providers?, cache? }) but received ${describeValue(keys)}`);
+  if (lockers === undefined && addLockers === undefined && removeLockers === undefined) {
+    throw new PipelineError('ERR_ARGUMENT', 'give lockers (replace all), addLockers or removeLockers');
+  }
+  if (lockers !== undefined) checkLockers(lockers);
+  const started = performance.now();
+  return withDiskLock(p, 'rekey-shallow', async () => {
+    const pending = await Journal.open(p);
+    if (pending) {
+      await pending.close();
+      throw new DiskError('ERR_INTERRUPTED_JOB', `${p} has an unfinished ${pending.header.operation} job; resume it first`);
+    }
+    const stored = await openVmdk(p, { readOnly: true, allowEncrypted: true });
+    let header: JournalHeader;
+    try {
+      const enc = encryptionOf(stored);
+      if (!enc) throw new DiskError('ERR_NOT_ENCRYPTED', `${p} is not encrypted`);
+      if (enc.job !== undefined) throw new DiskError('ERR_INTERRUPTED_JOB', `${p} has an unfinished ${enc.job} job; resume it first`);
+      const params = enc.params;
+      const dek = await unlockDek(params, stored.capacity, keys, p);
+      let keySafe: string | undefined;
+      try {
+        for (let i = 0; i < 64 && keySafe === undefined; i++) {
+          let text: string;
+          if (lockers !== undefined) {
+            text = await sealDek(dek, { cipher: params.cipher, lockers, ...(cache ?? keys.cache ? { cache: cache ?? keys.cache } : {}) });
+          } else {
+            const remove =
+              typeof removeLockers === 'function' ? removeLockers : Array.isArray(removeLockers) ? (l: LockerInfo) => removeLockers.includes(l.index) : undefined;
+            text = await rewrapKeySafe(params.keySafe, { unlock: keys, ...(addLockers ? { add: addLockers } : {}), ...(remove ? { remove } : {}), ...(cache ? { cache } : {}) });
+          }
+          if (unsafeValueReason(text) === null) keySafe = text;
+        }
+      } finally {
+        dek.fill(0);
+      }
+      if (keySafe === undefined) throw new DiskError('ERR_ENCRYPTION_METADATA', `the new KeySafe of ${p} cannot be written into its descriptor`);
+      const to: EncryptionParams = { ...params, keySafe };
+      const base = stored.descriptor as Descriptor;
+      const final = withLines(base, to, undefined);
+      header = {
+        version: 1,
+        operation: 'rekey-shallow',
+        disk: basename(p),
+        capacity: stored.capacity,
+        chunkSize: 4096,
+        align: 4096,
+        from: params,
+        to,
+        started: new Date().toISOString(),
+        descriptor: { during: b64(base), final: b64(final) },
+      };
+    } finally {
+      await stored.close();
+    }
+    const loc = await locateDescriptor(p);
+    if (loc.kind === 'text') {
+      await writeDescriptor(loc, Buffer.from(header.descriptor.final, 'base64')); // atomic by rename
+      return result(header, p, 0, started, false);
+    }
+    const journal = await Journal.create(p, header);
+    return runJournal(p, journal, { from: keys, to: keys }, {}, false);
+  });
+}
+
+export interface ResumeOptions extends JobOptions {
+  /** Unlocks the keys named in the journal (the old one of a rekey, and the new one unless newKeys is given). */
+  keys?: UnlockOptions;
+  /** Unlocks the new key of an interrupted deep rekey when `keys` cannot (e.g. another passphrase). */
+  newKeys?: UnlockOptions;
+  cache?: KeyCache;
+}
+
+/**
+ * Finish whatever was interrupted on `path`: an in-place job (journal), a commit of a new image
+ * (staging folder with commit.json), or a deep rekey's replacement. Returns null when nothing was
+ * pending.
+ */
+export async function resumeDisk(path: string, options: ResumeOptions = {}): Promise<JobResult | null> {
+  const p = resolve(checkPath(path, 'path'));
+  const { keys = {}, newKeys, cache, ...opts } = options;
+  const unlock: UnlockOptions = { ...keys, ...(keys.cache ?? cache ? { cache: keys.cache ?? cache } : {}) };
+  const unlockNew: UnlockOptions = newKeys ? { ...newKeys, ...(newKeys.cache ?? unlock.cache ? { cache: newKeys.cache ?? unlock.cache } : {}) } : unlock;
+  return withDiskLock(p, 'resume', async () => {
+    const journal = await Journal.open(p);
+    if (journal) return runJournal(p, journal, { from: unlock, to: unlockNew }, opts, true);
+    const rolled = await cleanStaleStages(dirname(p), basename(p));
+    // A deep rekey whose commit never started left its marker on the old descriptor: the old disk is intact.
+    const stored = await openVmdk(p, { readOnly: true, allowEncrypted: true }).catch(() => undefined);
+    if (stored) {
+      const job = (() => {
+        try {
+          return encryptionOf(stored)?.job;
+        } catch {
+          return undefined;
+        }
+      })();
+      await stored.close();
+      if (job === 'rekey-deep-commit') {
+        const { markDescriptor } = await import('./copy.js');
+        await markDescriptor(p, undefined);
+        return null;
+      }
+      if (job !== undefined) throw new DiskError('ERR_INTERRUPTED_JOB', `${p} is marked as in an unfinished ${job} job, but its journal ${p}.vmseal-journal is missing`);
+    }
+    if (rolled.length) return null;
+    return null;
+  });
+}
+
+export type { InPlaceOperation };

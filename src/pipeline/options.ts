@@ -1,0 +1,94 @@
+/** Options shared by every job, and their checks. */
+import { describeValue } from '../errors.js';
+import type { KeyCache, LockerSpec, UnlockOptions } from '../disk/keying.js';
+import type { CipherName, DataUnitSize } from '../disk/params.js';
+import type { CreateDiskOptions, CreateSubformat } from '../vmdk/index.js';
+import { PipelineError } from './errors.js';
+import type { ProgressListener } from './progress.js';
+
+export type OutputSubformat = CreateSubformat;
+
+export interface JobOptions {
+  /** Cancel the job: it stops with ERR_ABORTED and leaves nothing behind (temporary files removed). */
+  signal?: AbortSignal;
+  /** Progress events, at most ~10 per second plus one at the end of each phase. */
+  onProgress?: ProgressListener;
+  /** Replace an existing output (default: false → ERR_OUTPUT_EXISTS). */
+  force?: boolean;
+  /** Bytes read, transformed and written per step (default: 8 MiB; rounded up to the grain/unit alignment). */
+  chunkSize?: number;
+  /** Chunks in flight between the stages (default: 4). Memory ≈ depth × chunkSize. */
+  depth?: number;
+  /** Native XTS threads per call (default: the pool size). */
+  threads?: number;
+}
+
+/** How a NEW DEK is made and locked. */
+export interface EncryptSpec {
+  /** Who can unlock it (at least one): provider KEKs and/or passphrases. */
+  lockers: LockerSpec[];
+  /** Default 'aes-256-xts'. */
+  cipher?: CipherName;
+  /** Default 512. */
+  unitSize?: DataUnitSize;
+  cache?: KeyCache;
+}
+
+export interface OutputOptions {
+  /** Default: the input's subformat (a raw input gives monolithicFlat when encrypting). */
+  subformat?: OutputSubformat;
+  /** Default: the input's ddb.adapterType, else the VMDK layer's default. */
+  adapterType?: CreateDiskOptions['adapterType'];
+  /** Default: the input's ddb.virtualHWVersion, else the VMDK layer's default. */
+  hwVersion?: number | string;
+  /** Grain size in bytes of a sparse output (default: the input's, else 64 KiB). */
+  grainSize?: number;
+}
+
+export interface JobResult {
+  operation: 'encrypt' | 'decrypt' | 'convert' | 'rekey-shallow' | 'rekey-deep';
+  input: string;
+  /** The final path (for an in-place job or a rekey: the disk itself). */
+  output: string;
+  /** Of the output ('raw' for a raw image). */
+  subformat: string;
+  virtualSize: number;
+  /** Bytes of the virtual disk read and written. */
+  bytesProcessed: number;
+  seconds: number;
+  /** Whether the output is encrypted. */
+  encrypted: boolean;
+  /** The output's disk id, when encrypted. */
+  diskId?: string;
+  /** True when an interrupted in-place job was finished by this call. */
+  resumed?: boolean;
+}
+
+export type { KeyCache, LockerSpec, UnlockOptions };
+
+export const DEFAULT_CHUNK = 8 << 20;
+export const MAX_CHUNK = 256 << 20;
+
+export function checkJobOptions(o: JobOptions | undefined): Required<Pick<JobOptions, 'chunkSize' | 'depth'>> {
+  if (o === undefined || o === null || typeof o !== 'object') throw new PipelineError('ERR_ARGUMENT', `Expected an options object but received ${describeValue(o)}`);
+  const chunkSize = o.chunkSize ?? DEFAULT_CHUNK;
+  if (!Number.isSafeInteger(chunkSize) || chunkSize < 4096 || chunkSize > MAX_CHUNK || chunkSize % 4096 !== 0) {
+    throw new PipelineError('ERR_ARGUMENT', `Expected a multiple of 4096 from 4096 to ${MAX_CHUNK} for chunkSize but received ${describeValue(o.chunkSize)}`);
+  }
+  const depth = o.depth ?? 4;
+  if (!Number.isSafeInteger(depth) || depth < 1 || depth > 64) {
+    throw new PipelineError('ERR_ARGUMENT', `Expected an integer from 1 to 64 for depth but received ${describeValue(o.depth)}`);
+  }
+  if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) {
+    throw new PipelineError('ERR_ARGUMENT', `Expected an AbortSignal for signal but received ${describeValue(o.signal)}`);
+  }
+  if (o.onProgress !== undefined && typeof o.onProgress !== 'function') {
+    throw new PipelineError('ERR_ARGUMENT', `Expected a function for onProgress but received ${describeValue(o.onProgress)}`);
+  }
+  return { chunkSize, depth };
+}
+
+export function checkPath(p: unknown, name: string): string {
+  if (typeof p !== 'string' || p.length === 0 || p.includes('\0')) throw new PipelineError('ERR_ARGUMENT', `Expected a file path for ${name} but received ${describeValue(p)}`);
+  return p;
+}

@@ -1,0 +1,58 @@
+/**
+ * Opening the input of a job: plain (any VMDK subformat or raw) or encrypted (then decrypted
+ * through an EncryptedDisk). The source is always opened read-only: jobs never modify their input.
+ */
+import { openDisk as openVmdk, type VirtualDisk } from '../vmdk/index.js';
+import { DiskError } from '../disk/errors.js';
+import { EncryptedDisk } from '../disk/encrypted-disk.js';
+import { assertNoJournal, encryptionOf, unlockInner } from '../disk/open.js';
+import type { UnlockOptions } from '../disk/keying.js';
+import type { EncryptionParams } from '../disk/params.js';
+
+export interface Source {
+  /** Reads give plaintext (decrypted when the input is encrypted). */
+  disk: VirtualDisk | EncryptedDisk;
+  /** The input's own encryption (null: plain). */
+  encryption: EncryptionParams | null;
+  /** The disk holding the input's stored bytes (ciphertext for an encrypted input). */
+  stored: VirtualDisk;
+  close(): Promise<void>;
+}
+
+export interface OpenSourceOptions {
+  keys?: UnlockOptions;
+  /** What to do with an encrypted input: decrypt it (needs keys), or refuse it. */
+  encrypted: 'decrypt' | 'refuse';
+  /** What to do with a plain input: read it, or refuse it (ERR_NOT_ENCRYPTED). */
+  plain: 'read' | 'refuse';
+  threads?: number;
+  /** Let an input with an unfinished in-place job through (resume uses this). */
+  allowJob?: boolean;
+  readOnly?: boolean;
+}
+
+export async function openSource(path: string, opts: OpenSourceOptions): Promise<Source> {
+  if (!opts.allowJob) assertNoJournal(path);
+  const stored = await openVmdk(path, { readOnly: opts.readOnly ?? true, allowEncrypted: true });
+  try {
+    const enc = encryptionOf(stored);
+    if (enc?.job !== undefined && !opts.allowJob) {
+      throw new DiskError('ERR_INTERRUPTED_JOB', `${path} is in the middle of an interrupted ${enc.job} job; finish it first (vmseal resume, or run the same command again)`);
+    }
+    if (!enc) {
+      if (opts.plain === 'refuse') throw new DiskError('ERR_NOT_ENCRYPTED', `${path} is not encrypted`);
+      return { disk: stored, encryption: null, stored, close: () => stored.close() };
+    }
+    if (opts.encrypted === 'refuse') {
+      throw new DiskError('ERR_DISK_ENCRYPTED', `${path} is already encrypted (${enc.params.cipher}); use rekey to change its keys, or convert to copy it`);
+    }
+    if (!opts.keys) {
+      throw new DiskError('ERR_DISK_ENCRYPTED', `${path} is encrypted (${enc.params.cipher}); give keys (a key provider or passphrase) to read it`);
+    }
+    const disk = await unlockInner(stored, enc.params, opts.keys, opts.threads ? { threads: opts.threads } : {});
+    return { disk, encryption: enc.params, stored, close: () => disk.close() };
+  } catch (err) {
+    await stored.close().catch(() => undefined);
+    throw err;
+  }
+}

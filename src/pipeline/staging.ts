@@ -1,0 +1,207 @@
+/**
+ * Atomic output. A new image is written into a staging folder inside the destination folder:
+ *
+ *     <dir>/.<name>.vmseal-tmp-<pid>-<random>/
+ *         owner.json       {"pid":…, "host":…, "started":…}         who is writing here
+ *         <name>           the descriptor (or the only file of a monolithic disk / raw image)
+ *         <name-extents>   extent files, with the names the descriptor gives them
+ *         commit.json      {"descriptor":"<name>","files":[…],"remove":[…]}   only once the commit starts
+ *
+ * Extent files keep their final names (the descriptor refers to them by name), so the commit is
+ * renames only: every file is fsynced, commit.json is written and fsynced (from here on the commit
+ * always completes), the extent files are renamed into <dir>, the descriptor last, <dir> is
+ * fsynced, files of a replaced disk that the new one does not reuse are removed, and the staging
+ * folder goes. Until the descriptor's rename nothing exists under the final name.
+ *
+ * A staging folder left by a killed process (dead pid) is handled by the next job on the same
+ * name (and by resumeDisk): without commit.json it is simply removed; with one, the commit is
+ * rolled forward (the staged files are complete and fsynced), so a crash during a commit never
+ * leaves a mix of old and new files.
+ */
+import { mkdir, open, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
+import { hostname } from 'node:os';
+import { randomBytes } from 'node:crypto';
+import { PipelineError } from './errors.js';
+
+const STAGE_INFIX = '.vmseal-tmp-';
+const OWNER = 'owner.json';
+const COMMIT = 'commit.json';
+
+export async function pathExists(path: string): Promise<boolean> {
+  try {
+    await stat(path);
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw err;
+  }
+}
+
+export async function fsyncPath(path: string): Promise<void> {
+  const fh = await open(path, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** fsync a directory so that renames and creations in it are durable (a no-op where the OS refuses). */
+export async function fsyncDir(dir: string): Promise<void> {
+  try {
+    await fsyncPath(dir);
+  } catch {
+    // Some file systems refuse fsync on a directory; nothing more can be done there.
+  }
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Remove staging folders of `name` in `dir` left by processes that died (rolling back a half commit). */
+export async function cleanStaleStages(dir: string, name: string): Promise<string[]> {
+  const prefix = `.${name}${STAGE_INFIX}`;
+  const removed: string[] = [];
+  let entries: string[];
+  try {
+    entries = await readdir(dir);
+  } catch {
+    return removed;
+  }
+  for (const entry of entries) {
+    if (!entry.startsWith(prefix)) continue;
+    const stageDir = join(dir, entry);
+    let owner: { pid?: number; host?: string } = {};
+    try {
+      owner = JSON.parse(await readFile(join(stageDir, OWNER), 'utf8'));
+    } catch {
+      const m = /-(\d+)-[0-9a-f]+$/.exec(entry);
+      owner = m ? { pid: Number(m[1]), host: hostname() } : {};
+    }
+    if (owner.host !== hostname() || owner.pid === undefined || pidAlive(owner.pid)) continue;
+    let commit: CommitRecord | undefined;
+    try {
+      commit = JSON.parse(await readFile(join(stageDir, COMMIT), 'utf8')) as CommitRecord;
+    } catch {
+      commit = undefined; // no commit had started: nothing outside the staging folder
+    }
+    if (commit) await finishCommit(dir, stageDir, commit);
+    await rm(stageDir, { recursive: true, force: true });
+    removed.push(stageDir);
+  }
+  return removed;
+}
+
+interface CommitRecord {
+  descriptor: string;
+  files: string[];
+  remove: string[];
+}
+
+/** Steps after commit.json: renames (descriptor last), fsync of the folder, removal of replaced files. Idempotent. */
+async function finishCommit(dir: string, stageDir: string, commit: CommitRecord): Promise<void> {
+  const ordered = [...commit.files.filter((f) => f !== commit.descriptor), commit.descriptor];
+  for (const f of ordered) {
+    if (f.includes('/') || f.includes('\\') || f === '..') continue; // never trust a name to leave the folder
+    if (await pathExists(join(stageDir, f))) await rename(join(stageDir, f), join(dir, f));
+  }
+  await fsyncDir(dir);
+  for (const old of commit.remove) {
+    if (old.includes('/') || commit.files.includes(old)) continue;
+    await unlink(join(dir, old)).catch(() => undefined);
+  }
+}
+
+export class StagedOutput {
+  readonly finalPath: string;
+  readonly dir: string;
+  readonly name: string;
+  readonly stageDir: string;
+  /** Where the job creates the disk: the same name, inside the staging folder. */
+  readonly stagePath: string;
+  #done = false;
+
+  private constructor(finalPath: string, stageDir: string) {
+    this.finalPath = finalPath;
+    this.dir = dirname(finalPath);
+    this.name = basename(finalPath);
+    this.stageDir = stageDir;
+    this.stagePath = join(stageDir, this.name);
+  }
+
+  /** Check the final name is free (unless force), clean stale stages of it, make the staging folder. */
+  static async prepare(output: string, opts: { force?: boolean } = {}): Promise<StagedOutput> {
+    const finalPath = resolve(output);
+    const dir = dirname(finalPath);
+    const name = basename(finalPath);
+    if (!(await pathExists(dir))) throw new PipelineError('ERR_ARGUMENT', `cannot write ${finalPath}: the folder ${dir} does not exist`);
+    await cleanStaleStages(dir, name);
+    if (!opts.force && (await pathExists(finalPath))) {
+      throw new PipelineError('ERR_OUTPUT_EXISTS', `${finalPath} exists; give another output name or force to replace it`);
+    }
+    const stageDir = join(dir, `.${name}${STAGE_INFIX}${process.pid}-${randomBytes(4).toString('hex')}`);
+    await mkdir(stageDir, { mode: 0o700 });
+    await writeFile(join(stageDir, OWNER), JSON.stringify({ pid: process.pid, host: hostname(), started: new Date().toISOString() }) + '\n');
+    return new StagedOutput(finalPath, stageDir);
+  }
+
+  /** Files of the staged disk (names only). */
+  async files(): Promise<string[]> {
+    return (await readdir(this.stageDir)).filter((f) => f !== OWNER && f !== COMMIT);
+  }
+
+  /**
+   * Refuse final names that exist (unless force) or that are files of the source (`protect`).
+   * Call once the staged disk's files exist.
+   */
+  async checkTargets(opts: { force?: boolean; protect?: string[] } = {}): Promise<void> {
+    const protect = new Set((opts.protect ?? []).map((p) => resolve(p)));
+    for (const f of await this.files()) {
+      const target = join(this.dir, f);
+      if (protect.has(target)) throw new PipelineError('ERR_SAME_FILE', `the output file ${target} would replace a file of the input`);
+      if (!opts.force && (await pathExists(target))) {
+        throw new PipelineError('ERR_OUTPUT_EXISTS', `${target} exists (a file the output needs); give another output name or force to replace it`);
+      }
+    }
+  }
+
+  /**
+   * Make the staged disk the final one. `replacing`: the files of the disk now under the final name
+   * (force, or a rekey that replaces its input). With `deleteFirst` (force over an unrelated disk)
+   * the old descriptor is deleted before any rename, so a crash never shows an old descriptor over
+   * new extents; without it (rekey) the caller has marked the old descriptor beforehand.
+   */
+  async commit(opts: { replacing?: string[]; deleteFirst?: boolean; beforeRenames?: () => Promise<void> } = {}): Promise<void> {
+    const files = await this.files();
+    if (!files.includes(this.name)) throw new PipelineError('ERR_ARGUMENT', `internal: staged output ${this.stagePath} is missing`);
+    for (const f of files) await fsyncPath(join(this.stageDir, f));
+    const remove = (opts.replacing ?? [])
+      .map((p) => resolve(p))
+      .filter((p) => dirname(p) === this.dir)
+      .map((p) => basename(p))
+      .filter((n) => !files.includes(n));
+    const record: CommitRecord = { descriptor: this.name, files, remove };
+    await writeFile(join(this.stageDir, COMMIT), JSON.stringify(record) + '\n', { flush: true });
+    await fsyncDir(this.stageDir);
+    // From here on the commit must complete (or be rolled forward later): never discard the stage.
+    this.#done = true;
+    await opts.beforeRenames?.();
+    if (opts.deleteFirst) await unlink(this.finalPath).catch((err) => (err.code === 'ENOENT' ? undefined : Promise.reject(err)));
+    await finishCommit(this.dir, this.stageDir, record);
+    await rm(this.stageDir, { recursive: true, force: true });
+  }
+
+  /** Remove the staging folder and everything in it (after a failure or cancellation). */
+  async discard(): Promise<void> {
+    if (this.#done) return;
+    this.#done = true;
+    await rm(this.stageDir, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,290 @@
+import { randomBytes } from 'node:crypto';
+import { basename, dirname, extname, join, resolve } from 'node:path';
+import { Descriptor, MAX_DESCRIPTOR_BYTES } from './descriptor.js';
+import { type VirtualDisk, VmdkDisk } from './disk.js';
+import { VmdkFormatError } from './errors.js';
+import { HostFile } from './file.js';
+import { openDisk } from './open.js';
+import {
+  FLAG_NEWLINE_TEST,
+  FLAG_RGD,
+  MAX_GD_ENTRIES,
+  MAX_SPARSE_FILE_SECTORS,
+  SECTOR,
+  type SparseHeader,
+  gdEntryCount,
+  gtSectors,
+  serializeSparseHeader,
+} from './sparse-header.js';
+import { StreamWriterExtent } from './stream-writer.js';
+
+export type CreateSubformat = 'raw' | 'monolithicSparse' | 'monolithicFlat' | 'twoGbMaxExtentSparse' | 'twoGbMaxExtentFlat' | 'streamOptimized' | 'vmfs';
+export const CREATE_SUBFORMATS: readonly CreateSubformat[] = ['raw', 'monolithicSparse', 'monolithicFlat', 'twoGbMaxExtentSparse', 'twoGbMaxExtentFlat', 'streamOptimized', 'vmfs'];
+export const ADAPTER_TYPES = ['ide', 'buslogic', 'lsilogic', 'legacyESX'] as const;
+
+export interface CreateDiskOptions {
+  /** Virtual size in bytes, a positive multiple of 512. */
+  capacity: number;
+  /** (default: `'monolithicSparse'`) */
+  subformat?: CreateSubformat;
+  /** ddb.adapterType (default: `'ide'`); also picks the geometry (ide: 16 heads, others 255). */
+  adapterType?: (typeof ADAPTER_TYPES)[number];
+  /** ddb.virtualHWVersion (default: `4`, like qemu-img). */
+  hwVersion?: number | string;
+  /** Grain size in bytes for sparse subformats: a power of two from 4096 to 1 MiB (default: `65536`). */
+  grainSize?: number;
+  /** Extra descriptor lines placed right after createType (ddb.* keys go into the disk database). */
+  descriptorLines?: Array<[key: string, value: string]>;
+  /** Largest extent of the twoGbMaxExtent* subformats in bytes: a multiple of 512 (flat) or of the grain size (sparse) (default: 2 GiB). */
+  maxExtentSize?: number;
+  /** Replace existing files instead of failing with ERR_VMDK_EXISTS (default: `false`). */
+  overwrite?: boolean;
+}
+
+const DEFAULT_GRAIN = 65536;
+const TWO_GIB = 2 ** 31;
+/** Sectors reserved for an embedded descriptor, like qemu (10 KiB); more when the initial text needs it. */
+const DEFAULT_DESCRIPTOR_SECTORS = 20;
+
+function arg(message: string): VmdkFormatError {
+  return new VmdkFormatError('ERR_VMDK_ARGUMENT', message);
+}
+
+function describe(v: unknown): string {
+  if (typeof v === 'number' || typeof v === 'boolean') return `${String(v)} of type ${typeof v}`;
+  if (typeof v === 'string') return `a string of length ${v.length}`;
+  return v === null ? 'null' : `a value of type ${typeof v}`;
+}
+
+/**
+ * Create a new disk and return it open for writing. Sparse subformats start with every grain
+ * unallocated; flat ones are host-sparse files of the full size. A streamOptimized disk is write-once:
+ * write it front to back, then close() finishes the stream (see docs/vmdk.md).
+ */
+export async function createDisk(path: string, options: CreateDiskOptions): Promise<VirtualDisk> {
+  if (typeof path !== 'string' || path === '' || path.includes('\0')) throw arg(`Expected a file path for path but received ${describe(path)}`);
+  if (options === null || typeof options !== 'object') throw arg(`Expected an object for options but received ${describe(options)}`);
+  const { capacity } = options;
+  const subformat = options.subformat ?? 'monolithicSparse';
+  if (typeof capacity !== 'number' || !Number.isSafeInteger(capacity) || capacity <= 0 || capacity % SECTOR !== 0) {
+    throw arg(`Expected a positive multiple of 512 for options.capacity but received ${describe(capacity)}`);
+  }
+  if (!CREATE_SUBFORMATS.includes(subformat)) throw arg(`Expected one of ${CREATE_SUBFORMATS.join(', ')} for options.subformat but received ${describe(subformat)}`);
+  const adapterType = options.adapterType ?? 'ide';
+  if (!(ADAPTER_TYPES as readonly string[]).includes(adapterType)) throw arg(`Expected one of ${ADAPTER_TYPES.join(', ')} for options.adapterType but received ${describe(adapterType)}`);
+  const hw = String(options.hwVersion ?? 4);
+  if (!/^[1-9][0-9]{0,2}$/.test(hw)) throw arg(`Expected an integer from 1 to 999 for options.hwVersion but received ${describe(options.hwVersion)}`);
+  const grainBytes = options.grainSize ?? DEFAULT_GRAIN;
+  if (typeof grainBytes !== 'number' || !Number.isInteger(grainBytes) || grainBytes < 4096 || grainBytes > 1 << 20 || (grainBytes & (grainBytes - 1)) !== 0) {
+    throw arg(`Expected a power of two from 4096 to 1048576 for options.grainSize but received ${describe(options.grainSize)}`);
+  }
+  const maxExtent = options.maxExtentSize ?? TWO_GIB;
+  const extentUnit = subformat === 'twoGbMaxExtentSparse' ? grainBytes : SECTOR;
+  if (typeof maxExtent !== 'number' || !Number.isSafeInteger(maxExtent) || maxExtent <= 0 || maxExtent % extentUnit !== 0) {
+    throw arg(`Expected a positive multiple of ${extentUnit} for options.maxExtentSize but received ${describe(options.maxExtentSize)}`);
+  }
+  const lines = options.descriptorLines ?? [];
+  if (!Array.isArray(lines) || lines.some((l) => !Array.isArray(l) || l.length !== 2 || typeof l[0] !== 'string' || typeof l[1] !== 'string')) {
+    throw arg('Expected an array of [key, value] string pairs for options.descriptorLines');
+  }
+  const overwrite = options.overwrite ?? false;
+  const abs = resolve(path);
+
+  if (subformat === 'raw') {
+    const f = await HostFile.create(abs, overwrite);
+    try {
+      await f.truncate(capacity);
+    } finally {
+      await f.close();
+    }
+    return openDisk(abs, { format: 'raw' });
+  }
+
+  const sectors = capacity / SECTOR;
+  const grainSectors = grainBytes / SECTOR;
+  const dir = dirname(abs);
+  const stem = basename(abs, extname(abs));
+  const descriptor = buildDescriptor(subformat, sectors, adapterType, hw, lines);
+  const extentLine = (access: string, n: number, type: string, file: string, offset?: number) => `${access} ${n} ${type} "${file}"${offset === undefined ? '' : ` ${offset}`}`;
+
+  switch (subformat) {
+    case 'monolithicFlat':
+    case 'vmfs': {
+      const name = `${stem}-flat.vmdk`;
+      // qemu accepts an offset on FLAT lines only; VMware writes VMFS lines without one.
+      const d = descriptor([subformat === 'vmfs' ? extentLine('RW', sectors, 'VMFS', name) : extentLine('RW', sectors, 'FLAT', name, 0)]);
+      await createFlatFile(join(dir, name), capacity, overwrite);
+      await writeTextDescriptor(abs, d, overwrite);
+      break;
+    }
+    case 'twoGbMaxExtentFlat': {
+      const parts = split(capacity, maxExtent);
+      const names = parts.map((_, i) => `${stem}-f${String(i + 1).padStart(3, '0')}.vmdk`);
+      const d = descriptor(parts.map((bytes, i) => extentLine('RW', bytes / SECTOR, 'FLAT', names[i], 0)));
+      for (let i = 0; i < parts.length; i++) await createFlatFile(join(dir, names[i]), parts[i], overwrite);
+      await writeTextDescriptor(abs, d, overwrite);
+      break;
+    }
+    case 'twoGbMaxExtentSparse': {
+      const parts = split(capacity, maxExtent);
+      const names = parts.map((_, i) => `${stem}-s${String(i + 1).padStart(3, '0')}.vmdk`);
+      const d = descriptor(parts.map((bytes, i) => extentLine('RW', bytes / SECTOR, 'SPARSE', names[i])));
+      for (let i = 0; i < parts.length; i++) await createSparseFile(join(dir, names[i]), parts[i] / SECTOR, grainSectors, undefined, overwrite);
+      await writeTextDescriptor(abs, d, overwrite);
+      break;
+    }
+    case 'monolithicSparse': {
+      const d = descriptor([extentLine('RW', sectors, 'SPARSE', basename(abs))]);
+      await createSparseFile(abs, sectors, grainSectors, d, overwrite);
+      break;
+    }
+    case 'streamOptimized': {
+      const d = descriptor([extentLine('RW', sectors, 'SPARSE', basename(abs))]);
+      checkSparseCapacity(sectors, grainSectors, 0);
+      const text = Buffer.from(d.toString(), 'utf8');
+      const descSectors = embeddedDescriptorSectors(text.length);
+      const file = await HostFile.create(abs, overwrite);
+      try {
+        const ext = await StreamWriterExtent.create(file, sectors, grainSectors, text, descSectors);
+        return new VmdkDisk({
+          path: abs,
+          format: 'vmdk',
+          subformat,
+          descriptor: d,
+          descriptorStore: { kind: 'embedded', host: ext },
+          readOnly: false,
+          extents: [ext],
+          hostFiles: [file],
+        });
+      } catch (err) {
+        await file.close();
+        throw err;
+      }
+    }
+  }
+  return openDisk(abs, { allowEncrypted: true });
+}
+
+function split(capacity: number, max: number): number[] {
+  const parts: number[] = [];
+  for (let left = capacity; left > 0; left -= max) parts.push(Math.min(max, left));
+  if (parts.length > 9999) throw arg(`capacity ${capacity} would need ${parts.length} extent files (at most 9999)`);
+  return parts;
+}
+
+/** Build a descriptor in qemu-img's layout; the caller supplies the extent lines. */
+function buildDescriptor(subformat: string, sectors: number, adapterType: string, hw: string, extra: Array<[string, string]>) {
+  return (extentLines: string[]): Descriptor => {
+    const heads = adapterType === 'ide' ? 16 : 255;
+    const cylinders = Math.floor(sectors / (heads * 63));
+    const cid = randomBytes(4).toString('hex');
+    const uuid = [...randomBytes(16)].map((b) => b.toString(16).padStart(2, '0')).join(' ');
+    const text = [
+      '# Disk DescriptorFile',
+      'version=1',
+      `CID=${cid}`,
+      'parentCID=ffffffff',
+      `createType="${subformat}"`,
+      '',
+      '# Extent description',
+      ...extentLines,
+      '',
+      '# The Disk Data Base',
+      '#DDB',
+      '',
+      `ddb.virtualHWVersion = "${hw}"`,
+      `ddb.geometry.cylinders = "${cylinders}"`,
+      `ddb.geometry.heads = "${heads}"`,
+      'ddb.geometry.sectors = "63"',
+      `ddb.adapterType = "${adapterType}"`,
+      'ddb.toolsVersion = "2147483647"',
+      `ddb.uuid = "${uuid}"`,
+      '',
+    ].join('\n');
+    const d = Descriptor.parse(text);
+    for (const [key, value] of extra) {
+      if (d.has(key)) throw arg(`options.descriptorLines sets "${key}", which vmseal writes itself`);
+      d.set(key, value);
+    }
+    if (d.toBuffer().length > MAX_DESCRIPTOR_BYTES) throw new VmdkFormatError('ERR_VMDK_LIMIT', `descriptor would exceed ${MAX_DESCRIPTOR_BYTES} bytes`);
+    return d;
+  };
+}
+
+/** Sectors for an embedded descriptor: qemu's 20, or twice the initial text so later edits fit. */
+function embeddedDescriptorSectors(textBytes: number): number {
+  return Math.max(DEFAULT_DESCRIPTOR_SECTORS, Math.ceil((2 * textBytes) / SECTOR));
+}
+
+function checkSparseCapacity(sectors: number, grainSectors: number, overhead: number): void {
+  const gd = gdEntryCount({ capacity: sectors, grainSize: grainSectors, numGTEsPerGT: 512 });
+  if (gd > MAX_GD_ENTRIES || overhead + sectors > MAX_SPARSE_FILE_SECTORS) {
+    throw arg(`capacity of ${sectors} sectors is too large for one sparse extent (32-bit sector numbers: under 2 TiB including metadata)`);
+  }
+}
+
+async function createFlatFile(path: string, bytes: number, overwrite: boolean): Promise<void> {
+  const f = await HostFile.create(path, overwrite);
+  try {
+    await f.truncate(bytes);
+  } finally {
+    await f.close();
+  }
+}
+
+async function writeTextDescriptor(path: string, d: Descriptor, overwrite: boolean): Promise<void> {
+  const f = await HostFile.create(path, overwrite);
+  try {
+    await f.writeAt(d.toBuffer(), 0);
+  } finally {
+    await f.close();
+  }
+}
+
+/**
+ * A hosted sparse extent in qemu-img's layout: header, [descriptor], RGD, RGTs, GD, GTs (all tables
+ * preallocated, zero), first grain at the next grain boundary. The tables are holes until written.
+ */
+async function createSparseFile(path: string, sectors: number, grainSectors: number, d: Descriptor | undefined, overwrite: boolean): Promise<void> {
+  const text = d ? Buffer.from(d.toString(), 'utf8') : undefined;
+  const descSectors = text ? embeddedDescriptorSectors(text.length) : 0;
+  const gdEntries = gdEntryCount({ capacity: sectors, grainSize: grainSectors, numGTEsPerGT: 512 });
+  const gdSec = Math.ceil((gdEntries * 4) / SECTOR);
+  const gtSec = gtSectors({ numGTEsPerGT: 512 });
+  const rgd = 1 + descSectors;
+  const gd = rgd + gdSec + gdEntries * gtSec;
+  const end = gd + gdSec + gdEntries * gtSec;
+  const overHead = Math.ceil(end / grainSectors) * grainSectors;
+  checkSparseCapacity(sectors, grainSectors, overHead);
+  const header: SparseHeader = {
+    version: 1,
+    flags: FLAG_NEWLINE_TEST | FLAG_RGD,
+    capacity: sectors,
+    grainSize: grainSectors,
+    descriptorOffset: text ? 1 : 0,
+    descriptorSize: descSectors,
+    numGTEsPerGT: 512,
+    rgdOffset: rgd,
+    gdOffset: gd,
+    overHead,
+    uncleanShutdown: 0,
+    compressAlgorithm: 0,
+  };
+  const dirBytes = (first: number) => {
+    const b = Buffer.alloc(gdSec * SECTOR);
+    for (let i = 0; i < gdEntries; i++) b.writeUInt32LE(first + gdSec + i * gtSec, i * 4);
+    return b;
+  };
+  const f = await HostFile.create(path, overwrite);
+  try {
+    const head = Buffer.alloc((1 + descSectors) * SECTOR);
+    serializeSparseHeader(header).copy(head, 0);
+    if (text) head.set(text, SECTOR);
+    await f.writeAt(head, 0);
+    await f.writeAt(dirBytes(rgd), rgd * SECTOR);
+    await f.writeAt(dirBytes(gd), gd * SECTOR);
+    await f.truncate(overHead * SECTOR);
+  } finally {
+    await f.close();
+  }
+}

@@ -1,0 +1,328 @@
+import { randomBytes } from 'node:crypto';
+import { open, rename, unlink } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { Descriptor, MAX_DESCRIPTOR_BYTES } from './descriptor.js';
+import { VmdkFormatError, ioError } from './errors.js';
+import type { Extent } from './extent.js';
+import { type HostFile, Mutex } from './file.js';
+
+export interface AllocatedRange {
+  /** Byte offset in the virtual disk. */
+  offset: number;
+  /** Length in bytes. */
+  length: number;
+}
+
+/** The part of a disk that can rewrite an embedded descriptor in place. */
+export interface EmbeddedDescriptorHost {
+  readonly descriptorArea: { offset: number; size: number } | undefined;
+  writeDescriptorArea(bytes: Uint8Array): Promise<void>;
+}
+
+/** Largest read() (one Buffer) accepted; readInto() has no limit since the caller owns the memory. */
+export const MAX_READ_BYTES = 256 << 20;
+
+/**
+ * A virtual disk: bytes 0..capacity of the guest's view, whatever extents and files hold them.
+ * Implemented by VmdkDisk for both VMDK (any supported subformat) and raw images.
+ */
+export interface VirtualDisk {
+  readonly path: string;
+  readonly capacity: number;
+  readonly format: 'vmdk' | 'raw';
+  readonly subformat: string;
+  readonly descriptor: Descriptor | undefined;
+  readonly readOnly: boolean;
+  readonly grainSize: number | undefined;
+  read(position: number, length: number): Promise<Buffer>;
+  readInto(position: number, target: Uint8Array): Promise<void>;
+  write(position: number, data: Uint8Array): Promise<void>;
+  allocatedRanges(start?: number, end?: number): AsyncIterable<AllocatedRange>;
+  allocatedBytes(): Promise<number>;
+  files(): string[];
+  updateDescriptor(edit: (d: Descriptor) => unknown): Promise<void>;
+  flush(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface VmdkDiskInit {
+  path: string;
+  format: 'vmdk' | 'raw';
+  subformat: string;
+  descriptor: Descriptor | undefined;
+  /** How the descriptor is stored: a text file (at `path`), embedded in a sparse extent, or nowhere (raw, bare extent). */
+  descriptorStore: { kind: 'text' } | { kind: 'embedded'; host: EmbeddedDescriptorHost } | { kind: 'none'; why: string };
+  readOnly: boolean;
+  extents: Extent[];
+  hostFiles: HostFile[];
+}
+
+function checkInteger(value: unknown, name: string): asserts value is number {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) {
+    throw new VmdkFormatError('ERR_VMDK_ARGUMENT', `Expected a non-negative safe integer for ${name} but received ${describe(value)}`);
+  }
+}
+
+function describe(v: unknown): string {
+  if (typeof v === 'number' || typeof v === 'bigint' || typeof v === 'boolean') return `${String(v)} of type ${typeof v}`;
+  if (v === null) return 'null';
+  if (ArrayBuffer.isView(v)) return `${v.constructor.name} of length ${v.byteLength}`;
+  return `a value of type ${typeof v}`;
+}
+
+export class VmdkDisk implements VirtualDisk {
+  readonly path: string;
+  readonly capacity: number;
+  readonly format: 'vmdk' | 'raw';
+  readonly subformat: string;
+  readonly readOnly: boolean;
+  readonly grainSize: number | undefined;
+  #descriptor: Descriptor | undefined;
+  readonly #store: VmdkDiskInit['descriptorStore'];
+  readonly #extents: Extent[];
+  readonly #starts: number[];
+  readonly #hostFiles: HostFile[];
+  readonly #descriptorMutex = new Mutex();
+  #closed = false;
+
+  constructor(init: VmdkDiskInit) {
+    this.path = init.path;
+    this.format = init.format;
+    this.subformat = init.subformat;
+    this.#descriptor = init.descriptor;
+    this.#store = init.descriptorStore;
+    this.readOnly = init.readOnly;
+    this.#extents = init.extents;
+    this.#hostFiles = init.hostFiles;
+    this.#starts = [];
+    let at = 0;
+    for (const e of init.extents) {
+      this.#starts.push(at);
+      at += e.size;
+    }
+    this.capacity = at;
+    this.grainSize = init.extents.find((e) => e.grainBytes !== undefined)?.grainBytes;
+  }
+
+  get descriptor(): Descriptor | undefined {
+    return this.#descriptor;
+  }
+
+  #checkOpen(): void {
+    if (this.#closed) throw new VmdkFormatError('ERR_VMDK_CLOSED', 'disk is closed', { file: this.path });
+  }
+
+  #checkRange(position: number, length: number, what: string): void {
+    checkInteger(position, 'position');
+    if (position + length > this.capacity) {
+      throw new VmdkFormatError('ERR_VMDK_RANGE', `${what} of ${length} bytes at position ${position} goes past the capacity of ${this.capacity} bytes`, { file: this.path });
+    }
+  }
+
+  /** Index of the extent holding byte `position` (position < capacity). */
+  #extentAt(position: number): number {
+    let lo = 0;
+    let hi = this.#starts.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >>> 1;
+      if (this.#starts[mid] <= position) lo = mid;
+      else hi = mid - 1;
+    }
+    // Skip zero-size extents.
+    while (lo < this.#extents.length - 1 && this.#starts[lo] + this.#extents[lo].size <= position) lo++;
+    return lo;
+  }
+
+  async read(position: number, length: number): Promise<Buffer> {
+    checkInteger(length, 'length');
+    if (length > MAX_READ_BYTES) {
+      throw new VmdkFormatError('ERR_VMDK_ARGUMENT', `Expected a length of at most ${MAX_READ_BYTES} bytes for read() but received ${length} (use readInto with your own buffer)`);
+    }
+    const buf = Buffer.allocUnsafe(length);
+    await this.readInto(position, buf);
+    return buf;
+  }
+
+  async readInto(position: number, target: Uint8Array): Promise<void> {
+    this.#checkOpen();
+    if (!(target instanceof Uint8Array)) throw new VmdkFormatError('ERR_VMDK_ARGUMENT', `Expected a Uint8Array for target but received ${describe(target)}`);
+    this.#checkRange(position, target.length, 'read');
+    if (target.length === 0) return;
+    const jobs: Array<Promise<void>> = [];
+    let i = this.#extentAt(position);
+    let pos = position;
+    let t = 0;
+    while (t < target.length) {
+      const ext = this.#extents[i];
+      const inExt = pos - this.#starts[i];
+      const len = Math.min(ext.size - inExt, target.length - t);
+      if (len > 0) jobs.push(ext.readInto(inExt, target.subarray(t, t + len)));
+      pos += len;
+      t += len;
+      i++;
+    }
+    await Promise.all(jobs);
+  }
+
+  async write(position: number, data: Uint8Array): Promise<void> {
+    this.#checkOpen();
+    if (!(data instanceof Uint8Array)) throw new VmdkFormatError('ERR_VMDK_ARGUMENT', `Expected a Uint8Array for data but received ${describe(data)}`);
+    if (this.readOnly) throw new VmdkFormatError('ERR_VMDK_READ_ONLY', 'cannot write: the disk was opened read-only', { file: this.path });
+    this.#checkRange(position, data.length, 'write');
+    if (data.length === 0) return;
+    const jobs: Array<Promise<void>> = [];
+    let i = this.#extentAt(position);
+    let pos = position;
+    let t = 0;
+    while (t < data.length) {
+      const ext = this.#extents[i];
+      const inExt = pos - this.#starts[i];
+      const len = Math.min(ext.size - inExt, data.length - t);
+      if (len > 0) jobs.push(ext.write(inExt, data.subarray(t, t + len)));
+      pos += len;
+      t += len;
+      i++;
+    }
+    await Promise.all(jobs);
+  }
+
+  async *allocatedRanges(start = 0, end = this.capacity): AsyncIterable<AllocatedRange> {
+    this.#checkOpen();
+    checkInteger(start, 'start');
+    checkInteger(end, 'end');
+    if (end > this.capacity || start > end) {
+      throw new VmdkFormatError('ERR_VMDK_RANGE', `allocatedRanges(${start}, ${end}) is not inside 0..${this.capacity}`, { file: this.path });
+    }
+    if (start === end) return;
+    let runStart = -1;
+    let runEnd = -1;
+    for (let i = this.#extentAt(start); i < this.#extents.length && this.#starts[i] < end; i++) {
+      const base = this.#starts[i];
+      const ext = this.#extents[i];
+      const a = Math.max(start, base) - base;
+      const b = Math.min(end, base + ext.size) - base;
+      if (b <= a) continue;
+      for await (const r of ext.allocated(a, b)) {
+        const s = base + r.start;
+        const e = base + r.end;
+        if (s === runEnd) runEnd = e;
+        else {
+          if (runEnd > runStart) yield { offset: runStart, length: runEnd - runStart };
+          runStart = s;
+          runEnd = e;
+        }
+      }
+    }
+    if (runEnd > runStart) yield { offset: runStart, length: runEnd - runStart };
+  }
+
+  async allocatedBytes(): Promise<number> {
+    this.#checkOpen();
+    let total = 0;
+    for (const f of this.#hostFiles) total += await f.allocatedBytes();
+    if (this.#store.kind === 'text') {
+      try {
+        const fh = await open(this.path, 'r');
+        try {
+          total += (await fh.stat()).blocks * 512;
+        } finally {
+          await fh.close();
+        }
+      } catch (err) {
+        throw ioError(err, 'stat', this.path);
+      }
+    }
+    return total;
+  }
+
+  files(): string[] {
+    const out = [this.path];
+    for (const f of this.#hostFiles) if (!out.includes(f.path)) out.push(f.path);
+    return out;
+  }
+
+  /**
+   * Edit the descriptor and store it durably. `edit` receives a copy; it must not change the extent
+   * lines or createType. A text descriptor is replaced atomically (temp file, fsync, rename, fsync of the
+   * folder); an embedded one is rewritten in place and must fit its area (ERR_VMDK_DESCRIPTOR_FULL).
+   */
+  async updateDescriptor(edit: (d: Descriptor) => unknown): Promise<void> {
+    this.#checkOpen();
+    if (typeof edit !== 'function') throw new VmdkFormatError('ERR_VMDK_ARGUMENT', `Expected a function for edit but received ${describe(edit)}`);
+    const store = this.#store;
+    if (store.kind === 'none' || !this.#descriptor) {
+      throw new VmdkFormatError('ERR_VMDK_DESCRIPTOR_FULL', `cannot update the descriptor: ${store.kind === 'none' ? store.why : 'no descriptor'}`, { file: this.path });
+    }
+    if (this.readOnly) throw new VmdkFormatError('ERR_VMDK_READ_ONLY', 'cannot update the descriptor: the disk was opened read-only', { file: this.path });
+    await this.#descriptorMutex.run(async () => {
+      const before = this.#descriptor!;
+      const copy = before.clone();
+      await edit(copy);
+      if (copy.extentText() !== before.extentText() || copy.createType !== before.createType) {
+        throw new VmdkFormatError('ERR_VMDK_ARGUMENT', 'updateDescriptor must not change the extent lines or createType', { file: this.path });
+      }
+      const bytes = copy.toBuffer();
+      if (bytes.length > MAX_DESCRIPTOR_BYTES) {
+        throw new VmdkFormatError('ERR_VMDK_LIMIT', `descriptor would be ${bytes.length} bytes, beyond the limit of ${MAX_DESCRIPTOR_BYTES}`, { file: this.path });
+      }
+      if (store.kind === 'text') await replaceFileDurably(this.path, bytes);
+      else {
+        const area = store.host.descriptorArea!;
+        // Keep at least one NUL so readers that look for the terminator find it.
+        if (bytes.length >= area.size) {
+          throw new VmdkFormatError('ERR_VMDK_DESCRIPTOR_FULL', `descriptor of ${bytes.length} bytes no longer fits the ${area.size}-byte embedded descriptor area`, { file: this.path, offset: area.offset });
+        }
+        await store.host.writeDescriptorArea(bytes);
+      }
+      this.#descriptor = Descriptor.parse(bytes, { file: this.path });
+    });
+  }
+
+  async flush(): Promise<void> {
+    this.#checkOpen();
+    await Promise.all(this.#extents.map((e) => e.flush()));
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    let first: unknown;
+    for (const e of this.#extents) {
+      try {
+        await e.close();
+      } catch (err) {
+        first ??= err;
+      }
+    }
+    for (const f of this.#hostFiles) await f.close();
+    if (first) throw first;
+  }
+}
+
+/** Write `bytes` to a temp file beside `path`, fsync it, rename it over `path`, fsync the folder. */
+export async function replaceFileDurably(path: string, bytes: Uint8Array): Promise<void> {
+  const tmp = `${path}.${randomBytes(6).toString('hex')}.tmp`;
+  try {
+    const fh = await open(tmp, 'wx');
+    try {
+      await fh.writeFile(bytes);
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await rename(tmp, path);
+  } catch (err) {
+    await unlink(tmp).catch(() => {});
+    throw ioError(err, 'replace the descriptor file', path);
+  }
+  try {
+    const dir = await open(dirname(path), 'r');
+    try {
+      await dir.sync();
+    } finally {
+      await dir.close();
+    }
+  } catch {
+    // Some filesystems refuse fsync on a directory; the rename itself already happened.
+  }
+}

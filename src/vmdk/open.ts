@@ -1,0 +1,280 @@
+import { realpath } from 'node:fs/promises';
+import { isAbsolute, relative, resolve, dirname, extname, sep } from 'node:path';
+import { Descriptor, MAX_DESCRIPTOR_BYTES } from './descriptor.js';
+import { type VirtualDisk, VmdkDisk, type VmdkDiskInit } from './disk.js';
+import { VmdkFormatError } from './errors.js';
+import { type Extent, FlatExtent, ZeroExtent } from './extent.js';
+import { HostFile } from './file.js';
+import { COWD_MAGIC, SECTOR, SESPARSE_MAGIC, SPARSE_MAGIC } from './sparse-header.js';
+import { SparseExtent } from './sparse-extent.js';
+
+export interface OpenDiskOptions {
+  /** Open without write access; writes and descriptor updates are refused (default: `false`). */
+  readOnly?: boolean;
+  /** Open a disk that carries encryption lines as a plain disk, giving raw ciphertext access (default: `false`). */
+  allowEncrypted?: boolean;
+  /** Skip detection: `'vmdk'` or `'raw'` (default: by extension and content, see docs/vmdk.md). */
+  format?: 'vmdk' | 'raw';
+}
+
+/** createType values vmseal reads and writes, mapped to the extent types they may contain. */
+export const SUPPORTED_SUBFORMATS = ['monolithicSparse', 'monolithicFlat', 'twoGbMaxExtentSparse', 'twoGbMaxExtentFlat', 'streamOptimized', 'vmfs'] as const;
+/** VMFS flat variants (thin/thick only differ in how ESX allocates the file): read and written like vmfs. */
+const VMFS_FLAT_ALIASES = new Set(['vmfsThin', 'vmfsPreallocated', 'vmfsEagerZeroedThick']);
+const RAW_EXTENSIONS = new Set(['.raw', '.img']);
+const NO_PARENT = 'ffffffff';
+
+/**
+ * Open a VMDK (any supported subformat) or a raw image.
+ * Detection: `options.format` if given; else `.raw`/`.img` files are raw without looking inside (so guest
+ * data that looks like a VMDK header can never change how a raw image is read); else a file starting
+ * with "KDMV" is a sparse VMDK with an embedded descriptor, a small UTF-8 text file that starts like a
+ * descriptor is a text descriptor; any other `.vmdk` is refused (ERR_VMDK_FORMAT) and anything else is raw.
+ */
+export async function openDisk(path: string, options: OpenDiskOptions = {}): Promise<VirtualDisk> {
+  if (typeof path !== 'string' || path === '' || path.includes('\0')) {
+    throw new VmdkFormatError('ERR_VMDK_ARGUMENT', `Expected a file path for path but received ${typeof path === 'string' ? `a string of length ${path.length}` : typeof path}`);
+  }
+  if (options === null || typeof options !== 'object') throw new VmdkFormatError('ERR_VMDK_ARGUMENT', `Expected an object for options but received ${typeof options}`);
+  const readOnly = options.readOnly ?? false;
+  const allowEncrypted = options.allowEncrypted ?? false;
+  if (typeof readOnly !== 'boolean') throw new VmdkFormatError('ERR_VMDK_ARGUMENT', `Expected a boolean for options.readOnly but received ${typeof readOnly}`);
+  if (typeof allowEncrypted !== 'boolean') throw new VmdkFormatError('ERR_VMDK_ARGUMENT', `Expected a boolean for options.allowEncrypted but received ${typeof allowEncrypted}`);
+  if (options.format !== undefined && options.format !== 'vmdk' && options.format !== 'raw') {
+    throw new VmdkFormatError('ERR_VMDK_ARGUMENT', `Expected 'vmdk' or 'raw' for options.format but received ${typeof options.format === "string" ? JSON.stringify((options.format as string).slice(0, 32)) : typeof options.format}`);
+  }
+  const abs = resolve(path);
+  const main = await HostFile.open(abs, !readOnly);
+  const opened: HostFile[] = [main];
+  try {
+    const ext = extname(abs).toLowerCase();
+    const format = options.format ?? (RAW_EXTENSIONS.has(ext) ? 'raw' : undefined);
+    if (format === 'raw') return openRaw(main, readOnly);
+    const head = Buffer.alloc(Math.min(SECTOR, main.size));
+    await main.readExact(head, 0, 'the first sector');
+    const magic = head.length >= 4 ? head.readUInt32LE(0) : -1;
+    if (magic === SPARSE_MAGIC || magic === COWD_MAGIC || magic === SESPARSE_MAGIC) {
+      return await openEmbedded(main, opened, readOnly, allowEncrypted);
+    }
+    if (looksLikeDescriptor(head)) return await openText(main, opened, readOnly, allowEncrypted);
+    if (format === 'vmdk' || ext === '.vmdk') {
+      throw new VmdkFormatError('ERR_VMDK_FORMAT', 'wrong magic: neither a sparse extent header ("KDMV") nor a text descriptor ("# Disk DescriptorFile")', { file: abs, offset: 0 });
+    }
+    return openRaw(main, readOnly);
+  } catch (err) {
+    for (const f of opened) await f.close();
+    throw err;
+  }
+}
+
+function openRaw(file: HostFile, readOnly: boolean): VirtualDisk {
+  return new VmdkDisk({
+    path: file.path,
+    format: 'raw',
+    subformat: 'raw',
+    descriptor: undefined,
+    descriptorStore: { kind: 'none', why: 'raw images have no descriptor' },
+    readOnly,
+    extents: [new FlatExtent(file, 0, file.size, !readOnly)],
+    hostFiles: [file],
+  });
+}
+
+/** A text descriptor starts with a comment or `version=` (after an optional BOM), and has no NUL in its first sector. */
+function looksLikeDescriptor(head: Buffer): boolean {
+  let text = head.toString('latin1');
+  if (text.startsWith('\xEF\xBB\xBF')) text = text.slice(3);
+  const nul = text.indexOf('\0');
+  if (nul >= 0 && /[^\0]/.test(text.slice(nul))) return false;
+  return /^\s*(#\s*Disk DescriptorFile|version\s*=)/i.test(text);
+}
+
+async function openText(main: HostFile, opened: HostFile[], readOnly: boolean, allowEncrypted: boolean): Promise<VirtualDisk> {
+  if (main.size > MAX_DESCRIPTOR_BYTES) {
+    throw new VmdkFormatError('ERR_VMDK_LIMIT', `text descriptor is ${main.size} bytes, beyond the limit of ${MAX_DESCRIPTOR_BYTES}`, { file: main.path });
+  }
+  const bytes = Buffer.alloc(main.size);
+  await main.readExact(bytes, 0, 'the descriptor');
+  const descriptor = Descriptor.parse(bytes, { file: main.path });
+  checkDescriptor(descriptor, main.path, allowEncrypted);
+  // The descriptor file itself holds no data: keep it closed while the disk is open.
+  opened.splice(opened.indexOf(main), 1);
+  await main.close();
+  const { extents, hostFiles } = await openExtents(descriptor, main.path, readOnly, opened, undefined);
+  return new VmdkDisk({
+    path: main.path,
+    format: 'vmdk',
+    subformat: normalSubformat(descriptor.createType),
+    descriptor,
+    descriptorStore: { kind: 'text' },
+    readOnly,
+    extents,
+    hostFiles,
+  });
+}
+
+async function openEmbedded(main: HostFile, opened: HostFile[], readOnly: boolean, allowEncrypted: boolean): Promise<VirtualDisk> {
+  const sparse = await SparseExtent.open(main, { writable: !readOnly, whyReadOnly: 'the disk was opened read-only' });
+  const area = sparse.descriptorArea;
+  let descriptor: Descriptor | undefined;
+  if (area) {
+    const bytes = Buffer.alloc(area.size);
+    await main.readExact(bytes, area.offset, 'the embedded descriptor');
+    if (bytes[0] !== 0) descriptor = Descriptor.parse(bytes, { file: main.path });
+  }
+  let store: VmdkDiskInit['descriptorStore'];
+  if (descriptor) {
+    checkDescriptor(descriptor, main.path, allowEncrypted);
+    const lines = descriptor.extents;
+    if (lines.length !== 1 || lines[0].type !== 'SPARSE') {
+      throw new VmdkFormatError('ERR_VMDK_UNSUPPORTED', 'an embedded descriptor must describe exactly one SPARSE extent (the file itself)', { file: main.path, line: lines[0]?.line });
+    }
+    store = { kind: 'embedded', host: sparse };
+  } else {
+    // A bare sparse extent (e.g. one file of a twoGbMaxExtentSparse disk): describe it in memory.
+    descriptor = Descriptor.parse(
+      `# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicSparse"\n\n# Extent description\nRW ${sparse.header.capacity} SPARSE "${main.path.split(sep).pop()!.replace(/"/g, '')}"\n`,
+      { file: main.path },
+    );
+    store = { kind: 'none', why: 'this sparse extent has no embedded descriptor (open the disk through its descriptor file)' };
+  }
+  const line = descriptor.extents[0];
+  if (line.sectors !== sparse.header.capacity) {
+    throw new VmdkFormatError('ERR_VMDK_CORRUPT', `capacity disagrees: the extent line says ${line.sectors} sectors, the sparse header ${sparse.header.capacity}`, { file: main.path, line: line.line });
+  }
+  if (line.access !== 'RW') sparse.refuseWrites(`the extent on line ${line.line} is ${line.access}`);
+  return new VmdkDisk({
+    path: main.path,
+    format: 'vmdk',
+    subformat: normalSubformat(descriptor.createType),
+    descriptor,
+    descriptorStore: store,
+    readOnly,
+    extents: [sparse],
+    hostFiles: [main],
+  });
+}
+
+function normalSubformat(createType: string): string {
+  return createType;
+}
+
+/** Checks common to every descriptor before any extent is opened. */
+function checkDescriptor(d: Descriptor, file: string, allowEncrypted: boolean): void {
+  const type = d.createType;
+  if (!(SUPPORTED_SUBFORMATS as readonly string[]).includes(type) && !VMFS_FLAT_ALIASES.has(type)) {
+    throw new VmdkFormatError('ERR_VMDK_UNSUPPORTED', `unsupported subformat "${type.slice(0, 40)}" (supported: ${SUPPORTED_SUBFORMATS.join(', ')}; vmfsSparse and seSparse are refused)`, { file });
+  }
+  const parent = d.get('parentCID');
+  if ((parent !== undefined && parent.toLowerCase() !== NO_PARENT) || d.has('parentFileNameHint')) {
+    throw new VmdkFormatError('ERR_VMDK_UNSUPPORTED', 'unsupported: delta disks (with a parent) cannot be read on their own', { file });
+  }
+  if (d.isEncrypted() && !allowEncrypted) {
+    throw new VmdkFormatError('ERR_DISK_ENCRYPTED', `${file} is encrypted; open it with keys`, { file });
+  }
+}
+
+/** Resolve an extent file name; refuse absolute names and names that leave the descriptor's folder. */
+export function resolveExtentPath(descriptorFile: string, name: string, line: number): string {
+  const where = { file: descriptorFile, line };
+  if (name === '' || name.includes('\0')) throw new VmdkFormatError('ERR_VMDK_FORMAT', 'extent file name is empty', where);
+  if (isAbsolute(name) || /^[A-Za-z]:/.test(name) || name.startsWith('\\')) {
+    throw new VmdkFormatError('ERR_VMDK_EXTENT_FILE', `extent file name ${JSON.stringify(name.slice(0, 80))} is absolute; only names inside the disk's folder are accepted`, where);
+  }
+  const dir = dirname(descriptorFile);
+  const full = resolve(dir, name);
+  const rel = relative(dir, full);
+  if (rel === '' || rel.startsWith('..') || isAbsolute(rel)) {
+    throw new VmdkFormatError('ERR_VMDK_EXTENT_FILE', `extent file name ${JSON.stringify(name.slice(0, 80))} leaves the disk's folder`, where);
+  }
+  return full;
+}
+
+/** A symbolic link may not lead an extent out of the disk's folder either. */
+async function checkRealPath(descriptorFile: string, full: string, name: string, where: { file: string; line: number }): Promise<void> {
+  let real: string;
+  let realDir: string;
+  try {
+    [real, realDir] = await Promise.all([realpath(full), realpath(dirname(descriptorFile))]);
+  } catch {
+    return; // missing: HostFile.open reports it
+  }
+  const rel = relative(realDir, real);
+  if (rel === '' || rel.startsWith('..') || isAbsolute(rel)) {
+    throw new VmdkFormatError('ERR_VMDK_EXTENT_FILE', `extent file ${JSON.stringify(name.slice(0, 80))} is a link that leaves the disk's folder`, where);
+  }
+}
+
+async function openExtents(
+  d: Descriptor,
+  descriptorFile: string,
+  readOnly: boolean,
+  opened: HostFile[],
+  _embedded: SparseExtent | undefined,
+): Promise<{ extents: Extent[]; hostFiles: HostFile[] }> {
+  const extents: Extent[] = [];
+  const byPath = new Map<string, { file: HostFile; sparse: boolean }>();
+  const subformat = d.createType;
+  for (const line of d.extents) {
+    const where = { file: descriptorFile, line: line.line };
+    const size = line.sectors * SECTOR;
+    if (line.access === 'NOACCESS') throw new VmdkFormatError('ERR_VMDK_UNSUPPORTED', 'NOACCESS extents are not supported', where);
+    const writable = !readOnly && line.access === 'RW';
+    const why = readOnly ? 'the disk was opened read-only' : `the extent on line ${line.line} is ${line.access}`;
+    switch (line.type) {
+      case 'ZERO':
+        extents.push(new ZeroExtent(size));
+        continue;
+      case 'FLAT':
+      case 'VMFS':
+      case 'SPARSE':
+        break;
+      case 'VMFSSPARSE':
+        throw new VmdkFormatError('ERR_VMDK_UNSUPPORTED', 'unsupported subformat: VMFSSPARSE (vmfsSparse) extents are not supported', where);
+      case 'SESPARSE':
+        throw new VmdkFormatError('ERR_VMDK_UNSUPPORTED', 'unsupported subformat: SESPARSE (seSparse) extents are not supported', where);
+      default:
+        throw new VmdkFormatError('ERR_VMDK_UNSUPPORTED', `unsupported extent type ${line.type.slice(0, 20)}`, where);
+    }
+    if (line.file === undefined) throw new VmdkFormatError('ERR_VMDK_FORMAT', `${line.type} extent has no file name`, where);
+    if ((line.type === 'SPARSE') !== subformat.toLowerCase().includes('sparse') && subformat !== 'streamOptimized') {
+      throw new VmdkFormatError('ERR_VMDK_FORMAT', `${line.type} extent in a ${subformat} disk`, where);
+    }
+    const full = resolveExtentPath(descriptorFile, line.file, line.line);
+    await checkRealPath(descriptorFile, full, line.file, where);
+    if (full === descriptorFile) throw new VmdkFormatError('ERR_VMDK_EXTENT_FILE', 'an extent of a text descriptor cannot be the descriptor file itself', where);
+    const sparse = line.type === 'SPARSE';
+    let entry = byPath.get(full);
+    if (entry && (sparse || entry.sparse)) {
+      throw new VmdkFormatError('ERR_VMDK_CORRUPT', `extent file ${line.file} is used by two extents, one of them sparse`, where);
+    }
+    if (!entry) {
+      let file: HostFile;
+      try {
+        file = await HostFile.open(full, writable);
+      } catch (err) {
+        if (err instanceof VmdkFormatError && err.code === 'ERR_VMDK_EXTENT_FILE') {
+          throw new VmdkFormatError('ERR_VMDK_EXTENT_FILE', `extent file ${JSON.stringify(line.file.slice(0, 80))} is missing or not a file (${full})`, { ...where, cause: err });
+        }
+        throw err;
+      }
+      opened.push(file);
+      entry = { file, sparse };
+      byPath.set(full, entry);
+    }
+    if (sparse) {
+      const ext = await SparseExtent.open(entry.file, { writable: writable && entry.file.writable, whyReadOnly: why });
+      if (ext.header.capacity !== line.sectors) {
+        throw new VmdkFormatError('ERR_VMDK_CORRUPT', `capacity disagrees: the extent line says ${line.sectors} sectors, the sparse header of ${line.file} ${ext.header.capacity}`, where);
+      }
+      extents.push(ext);
+    } else {
+      const base = line.offset * SECTOR;
+      if (base + size > entry.file.size) {
+        throw new VmdkFormatError('ERR_VMDK_TRUNCATED', `flat extent file ${line.file} has ${entry.file.size} bytes, the extent needs ${base + size}`, where);
+      }
+      extents.push(new FlatExtent(entry.file, base, size, writable && entry.file.writable, line.type as 'FLAT' | 'VMFS', why));
+    }
+  }
+  return { extents, hostFiles: [...byPath.values()].map((e) => e.file) };
+}

@@ -1,0 +1,610 @@
+import { promisify } from 'node:util';
+import { inflate as inflateCb } from 'node:zlib';
+import { VmdkFormatError } from './errors.js';
+import { type ByteRange, type Extent, readOnlyError } from './extent.js';
+import { type HostFile, Mutex } from './file.js';
+import {
+  FLAG_COMPRESSED,
+  FLAG_RGD,
+  FLAG_ZEROED_GTE,
+  MAX_SPARSE_FILE_SECTORS,
+  SECTOR,
+  type SparseHeader,
+  gdEntryCount,
+  gtSectors,
+  parseSparseHeader,
+} from './sparse-header.js';
+
+const inflate = promisify(inflateCb) as (buf: Uint8Array, opts: object) => Promise<Buffer>;
+
+/** Grain tables kept in memory at most (bytes); more are re-read from the file when needed. */
+export const GT_CACHE_BYTES = 16 << 20;
+/** Largest compressed grain accepted (zlib's worst case for a 1 MiB grain is far below this). */
+const MAX_COMPRESSED_SLACK = 4096;
+/** Metadata is read in runs of at most this many bytes. */
+const META_READ_BYTES = 1 << 20;
+
+export interface SparseOpenOptions {
+  writable: boolean;
+  /** Why writes are refused when `writable` is false (for the error message). */
+  whyReadOnly: string;
+}
+
+interface Interval {
+  start: number;
+  end: number;
+  what: string;
+}
+
+/** A Uint32Array that grows by doubling (grain start sectors collected while validating). */
+class U32List {
+  data = new Uint32Array(1024);
+  length = 0;
+  push(v: number): void {
+    if (this.length === this.data.length) {
+      const next = new Uint32Array(this.data.length * 2);
+      next.set(this.data);
+      this.data = next;
+    }
+    this.data[this.length++] = v;
+  }
+  sorted(): Uint32Array {
+    return this.data.subarray(0, this.length).sort();
+  }
+}
+
+/**
+ * A hosted sparse extent (KDMV): grain directory → grain tables → grains. Also reads streamOptimized
+ * extents (compressed grains). Writes allocate grains at the end of the file; GD, redundant GD, GTs and
+ * redundant GTs are updated together (data first, then tables), under a mutex so allocations never race.
+ */
+export class SparseExtent implements Extent {
+  readonly kind = 'SPARSE';
+  readonly file: HostFile;
+  readonly header: SparseHeader;
+  readonly size: number;
+  readonly grainBytes: number;
+  writable: boolean;
+  readonly compressed: boolean;
+  #whyReadOnly: string;
+  readonly #zeroedGte: boolean;
+  readonly #gteCount: number;
+  readonly #gtBytes: number;
+  readonly #gd: Uint32Array;
+  readonly #rgd: Uint32Array | undefined;
+  readonly #cache = new Map<number, Uint32Array>();
+  readonly #loading = new Map<number, Promise<Uint32Array>>();
+  readonly #pinned = new Set<number>();
+  readonly #cacheLimit: number;
+  readonly #mutex = new Mutex();
+  #zeros: Buffer | undefined;
+  #nextFree: number;
+  #lastGrain: { index: number; data: Buffer } | undefined;
+
+  private constructor(file: HostFile, header: SparseHeader, gd: Uint32Array, rgd: Uint32Array | undefined, nextFree: number, opts: SparseOpenOptions) {
+    this.file = file;
+    this.header = header;
+    this.size = header.capacity * SECTOR;
+    this.grainBytes = header.grainSize * SECTOR;
+    this.compressed = (header.flags & FLAG_COMPRESSED) !== 0;
+    this.writable = opts.writable && !this.compressed;
+    this.#whyReadOnly = this.compressed ? 'a streamOptimized (compressed) extent is written only when it is created, in order' : opts.whyReadOnly;
+    this.#zeroedGte = (header.flags & FLAG_ZEROED_GTE) !== 0;
+    this.#gteCount = header.numGTEsPerGT;
+    this.#gtBytes = header.numGTEsPerGT * 4;
+    this.#gd = gd;
+    this.#rgd = rgd;
+    this.#nextFree = nextFree;
+    this.#cacheLimit = Math.max(4, Math.floor(GT_CACHE_BYTES / this.#gtBytes));
+  }
+
+  /** Refuse data writes from now on (an RDONLY extent line); descriptor rewrites stay possible. */
+  refuseWrites(why: string): void {
+    if (this.writable) {
+      this.writable = false;
+      this.#whyReadOnly = why;
+    }
+  }
+
+  /** Where the embedded descriptor lives (bytes), if the extent has one. */
+  get descriptorArea(): { offset: number; size: number } | undefined {
+    const h = this.header;
+    return h.descriptorSize > 0 ? { offset: h.descriptorOffset * SECTOR, size: h.descriptorSize * SECTOR } : undefined;
+  }
+
+  /**
+   * Open and validate: header (and footer for GD_AT_END), GD/RGD, every grain table and every grain
+   * pointer. Memory: the GD, up to GT_CACHE_BYTES of GTs, and while validating 4 bytes per allocated grain.
+   */
+  static async open(file: HostFile, opts: SparseOpenOptions): Promise<SparseExtent> {
+    const path = file.path;
+    if (file.size < SECTOR) throw new VmdkFormatError('ERR_VMDK_TRUNCATED', `file is ${file.size} bytes, shorter than a sparse header`, { file: path, offset: 0 });
+    const hbuf = Buffer.alloc(SECTOR);
+    await file.readExact(hbuf, 0, 'the sparse header');
+    let header = parseSparseHeader(hbuf, path, 0);
+    if (header.gdOffset === -1) {
+      // streamOptimized: the real header is the footer, one sector before the end-of-stream marker.
+      const fileSectors = Math.floor(file.size / SECTOR);
+      if (fileSectors < 3) throw new VmdkFormatError('ERR_VMDK_TRUNCATED', 'file too short for a footer (gdOffset says the grain directory is at the end)', { file: path, offset: file.size });
+      const footerAt = (fileSectors - 2) * SECTOR;
+      const fbuf = Buffer.alloc(SECTOR);
+      await file.readExact(fbuf, footerAt, 'the footer');
+      let footer: SparseHeader;
+      try {
+        footer = parseSparseHeader(fbuf, path, footerAt);
+      } catch (err) {
+        if (err instanceof VmdkFormatError && err.code === 'ERR_VMDK_FORMAT') {
+          throw new VmdkFormatError('ERR_VMDK_CORRUPT', 'invalid footer: no "KDMV" header one sector before the end-of-stream marker (file truncated?)', { file: path, offset: footerAt });
+        }
+        throw err;
+      }
+      if (footer.gdOffset === -1) throw new VmdkFormatError('ERR_VMDK_CORRUPT', 'footer has no grain directory offset', { file: path, offset: footerAt + 56 });
+      if (footer.capacity !== header.capacity || footer.grainSize !== header.grainSize || footer.numGTEsPerGT !== header.numGTEsPerGT) {
+        throw new VmdkFormatError('ERR_VMDK_CORRUPT', 'footer disagrees with the header on capacity, grain size or table size', { file: path, offset: footerAt });
+      }
+      header = { ...header, gdOffset: footer.gdOffset, rgdOffset: footer.rgdOffset, flags: footer.flags };
+    }
+    const fileSectors = Math.ceil(file.size / SECTOR);
+    const gdEntries = gdEntryCount(header);
+    const gdBytes = gdEntries * 4;
+    const gdSec = Math.ceil(gdBytes / SECTOR);
+    const gtSec = gtSectors(header);
+    const meta: Interval[] = [{ start: 0, end: 1, what: 'the header' }];
+    if (header.descriptorSize > 0) meta.push({ start: header.descriptorOffset, end: header.descriptorOffset + header.descriptorSize, what: 'the embedded descriptor' });
+
+    const readTable = async (sector: number, what: string, fieldOffset: number): Promise<Uint32Array> => {
+      const at = sector * SECTOR;
+      if (at + gdBytes > file.size) {
+        throw new VmdkFormatError('ERR_VMDK_CORRUPT', `${what} (${gdBytes} bytes at sector ${sector}) extends past the end of the file (${file.size} bytes)`, { file: path, offset: fieldOffset });
+      }
+      const buf = Buffer.alloc(gdBytes);
+      await file.readExact(buf, at, what);
+      meta.push({ start: sector, end: sector + gdSec, what });
+      return u32View(buf);
+    };
+    const gd = await readTable(header.gdOffset, 'the grain directory', 56);
+    let rgd: Uint32Array | undefined;
+    if ((header.flags & FLAG_RGD) && header.rgdOffset !== 0) rgd = await readTable(header.rgdOffset, 'the redundant grain directory', 48);
+
+    // Grain tables: inside the file, and nowhere shared with other metadata.
+    const gts: Array<{ index: number; sector: number }> = [];
+    const gtBytes = header.numGTEsPerGT * 4;
+    const checkTables = (dir: Uint32Array, name: string) => {
+      for (let i = 0; i < dir.length; i++) {
+        const s = dir[i];
+        if (s === 0) continue;
+        if (s * SECTOR + gtBytes > file.size) {
+          throw new VmdkFormatError('ERR_VMDK_CORRUPT', `${name} table ${i} at sector ${s} extends past the end of the file`, { file: path, offset: (name === 'grain' ? header.gdOffset : header.rgdOffset) * SECTOR + i * 4 });
+        }
+        meta.push({ start: s, end: s + gtSec, what: `${name} table ${i}` });
+      }
+    };
+    checkTables(gd, 'grain');
+    if (rgd) checkTables(rgd, 'redundant grain');
+    meta.sort((a, b) => a.start - b.start);
+    for (let i = 1; i < meta.length; i++) {
+      if (meta[i].start < meta[i - 1].end) {
+        throw new VmdkFormatError('ERR_VMDK_CORRUPT', `${meta[i].what} (sector ${meta[i].start}) overlaps ${meta[i - 1].what} (sectors ${meta[i - 1].start}-${meta[i - 1].end - 1})`, { file: path, offset: meta[i].start * SECTOR });
+      }
+    }
+    for (let i = 0; i < gd.length; i++) if (gd[i] !== 0) gts.push({ index: i, sector: gd[i] });
+
+    const ext = new SparseExtent(file, header, gd, rgd, 0, opts);
+    // Read every GT (in sector order, contiguous ones together) and collect the grain pointers.
+    const compressed = ext.compressed;
+    const grainSec = header.grainSize;
+    const zeroed = ext.#zeroedGte;
+    const maxGrains = Math.floor(file.size / (compressed ? SECTOR : grainSec * SECTOR)) + 1;
+    const grains = new U32List();
+    gts.sort((a, b) => a.sector - b.sector);
+    for (let i = 0; i < gts.length; ) {
+      let j = i + 1;
+      while (j < gts.length && gts[j].sector === gts[j - 1].sector + gtSec && (j - i + 1) * gtSec * SECTOR <= META_READ_BYTES) j++;
+      const run = Buffer.alloc((gts[j - 1].sector - gts[i].sector) * SECTOR + gtBytes);
+      await file.readExact(run, gts[i].sector * SECTOR, 'a grain table');
+      for (let k = i; k < j; k++) {
+        const off = (gts[k].sector - gts[i].sector) * SECTOR;
+        const table = new Uint32Array(gtBytes / 4);
+        new Uint8Array(table.buffer).set(run.subarray(off, off + gtBytes));
+        if (!LITTLE_ENDIAN) swap32(table);
+        const firstGrain = gts[k].index * header.numGTEsPerGT;
+        for (let e = 0; e < table.length; e++) {
+          const s = table[e];
+          if (s === 0 || (s === 1 && zeroed)) continue;
+          const entryOffset = gts[k].sector * SECTOR + e * 4;
+          if ((firstGrain + e) * grainSec >= header.capacity) {
+            throw new VmdkFormatError('ERR_VMDK_CORRUPT', `grain table ${gts[k].index} has an entry for grain ${firstGrain + e}, beyond the capacity`, { file: path, offset: entryOffset });
+          }
+          if (s >= fileSectors) {
+            throw new VmdkFormatError('ERR_VMDK_CORRUPT', `grain ${firstGrain + e} points to sector ${s}, past the end of the file (${file.size} bytes)`, { file: path, offset: entryOffset });
+          }
+          if (!compressed && s * SECTOR + grainSec * SECTOR > file.size) {
+            throw new VmdkFormatError('ERR_VMDK_TRUNCATED', `file ends inside grain ${firstGrain + e} (sector ${s}; file has ${file.size} bytes)`, { file: path, offset: entryOffset });
+          }
+          if (grains.length >= maxGrains) {
+            throw new VmdkFormatError('ERR_VMDK_CORRUPT', 'grain tables point to more grains than the file can hold (grains claimed twice)', { file: path, offset: entryOffset });
+          }
+          grains.push(s);
+        }
+        ext.#remember(gts[k].index, table);
+      }
+      i = j;
+    }
+    // Grains must not overlap each other or any metadata.
+    const sorted = grains.sorted();
+    const step = compressed ? 1 : grainSec;
+    let m = 0;
+    for (let i = 0; i < sorted.length; i++) {
+      const s = sorted[i];
+      if (i > 0 && s < sorted[i - 1] + step) {
+        throw new VmdkFormatError('ERR_VMDK_CORRUPT', `grain at sector ${s} is claimed twice (or overlaps the grain at sector ${sorted[i - 1]})`, { file: path, offset: s * SECTOR });
+      }
+      while (m < meta.length && meta[m].end <= s) m++;
+      if (m < meta.length && meta[m].start < s + step) {
+        throw new VmdkFormatError('ERR_VMDK_CORRUPT', `a grain at sector ${s} points into ${meta[m].what}`, { file: path, offset: s * SECTOR });
+      }
+    }
+    let nextFree = Math.max(fileSectors, header.overHead);
+    if (meta.length) nextFree = Math.max(nextFree, meta[meta.length - 1].end);
+    ext.#nextFree = nextFree;
+    return ext;
+  }
+
+  #remember(index: number, table: Uint32Array): void {
+    this.#cache.delete(index);
+    this.#cache.set(index, table);
+    if (this.#cache.size > this.#cacheLimit) {
+      for (const key of this.#cache.keys()) {
+        if (this.#cache.size <= this.#cacheLimit) break;
+        if (!this.#pinned.has(key) && key !== index) this.#cache.delete(key);
+      }
+    }
+  }
+
+  /** The grain table `index` (undefined when its GD entry is 0). */
+  async #table(index: number): Promise<Uint32Array | undefined> {
+    const sector = this.#gd[index];
+    if (sector === 0) return undefined;
+    const hit = this.#cache.get(index);
+    if (hit) {
+      this.#cache.delete(index);
+      this.#cache.set(index, hit);
+      return hit;
+    }
+    let pending = this.#loading.get(index);
+    if (!pending) {
+      pending = (async () => {
+        const buf = Buffer.alloc(this.#gtBytes);
+        await this.file.readExact(buf, sector * SECTOR, `grain table ${index}`);
+        const t = u32View(buf);
+        this.#remember(index, t);
+        return t;
+      })().finally(() => this.#loading.delete(index));
+      this.#loading.set(index, pending);
+    }
+    return pending;
+  }
+
+  async readInto(offset: number, target: Uint8Array): Promise<void> {
+    if (this.compressed) return this.#readCompressed(offset, target);
+    const gb = this.grainBytes;
+    const n = this.#gteCount;
+    const reads: Array<Promise<void>> = [];
+    let pos = offset;
+    let t = 0;
+    // Runs of grains that are contiguous in the file become one read.
+    let runFile = -1;
+    let runT = 0;
+    let runLen = 0;
+    const flushRun = () => {
+      if (runLen > 0) {
+        const fileOff = runFile;
+        const sub = target.subarray(runT, runT + runLen);
+        reads.push(
+          quiet(
+            this.file.readAt(sub, fileOff).then((got) => {
+              if (got !== sub.length) {
+                throw new VmdkFormatError('ERR_VMDK_TRUNCATED', `file ends inside a grain (read ${sub.length} bytes at offset ${fileOff}, got ${got})`, { file: this.file.path, offset: fileOff + got });
+              }
+            }),
+          ),
+        );
+      }
+      runLen = 0;
+    };
+    while (t < target.length) {
+      const grain = Math.floor(pos / gb);
+      const gti = Math.floor(grain / n);
+      const table = await this.#table(gti);
+      const tableEnd = (gti + 1) * n;
+      for (let g = grain; g < tableEnd && t < target.length; g++) {
+        const inGrain = pos - g * gb;
+        const len = Math.min(gb - inGrain, target.length - t);
+        const s = table ? table[g - gti * n] : 0;
+        if (s === 0 || (s === 1 && this.#zeroedGte)) {
+          flushRun();
+          target.fill(0, t, t + len);
+        } else {
+          const fileOff = s * SECTOR + inGrain;
+          if (runLen > 0 && runFile + runLen === fileOff) runLen += len;
+          else {
+            flushRun();
+            runFile = fileOff;
+            runT = t;
+            runLen = len;
+          }
+        }
+        pos += len;
+        t += len;
+      }
+    }
+    flushRun();
+    await Promise.all(reads);
+  }
+
+  async #readCompressed(offset: number, target: Uint8Array): Promise<void> {
+    const gb = this.grainBytes;
+    const jobs: Array<Promise<void>> = [];
+    let pos = offset;
+    let t = 0;
+    while (t < target.length) {
+      const g = Math.floor(pos / gb);
+      const inGrain = pos - g * gb;
+      const len = Math.min(gb - inGrain, target.length - t);
+      const gti = Math.floor(g / this.#gteCount);
+      const table = await this.#table(gti);
+      const s = table ? table[g - gti * this.#gteCount] : 0;
+      if (s === 0 || (s === 1 && this.#zeroedGte)) target.fill(0, t, t + len);
+      else {
+        // Grains inflate in parallel on the libuv pool; at most 64 at a time per call.
+        const at = t;
+        jobs.push(quiet(this.#inflateGrain(g, s).then((data) => target.set(data.subarray(inGrain, inGrain + len), at))));
+        if (jobs.length >= 64) await Promise.all(jobs.splice(0));
+      }
+      pos += len;
+      t += len;
+    }
+    await Promise.all(jobs);
+  }
+
+  /** Read and inflate the compressed grain `g` stored at sector `s` (u64 lba, u32 size, zlib stream). */
+  async #inflateGrain(g: number, s: number): Promise<Buffer> {
+    if (this.#lastGrain?.index === g) return this.#lastGrain.data;
+    const path = this.file.path;
+    const at = s * SECTOR;
+    const first = Buffer.alloc(Math.min(this.grainBytes + SECTOR, Math.max(0, this.file.size - at)));
+    const got = await this.file.readAt(first, at);
+    if (got < 12) throw new VmdkFormatError('ERR_VMDK_TRUNCATED', `file ends inside the marker of grain ${g}`, { file: path, offset: at });
+    const lba = first.readBigUInt64LE(0);
+    const size = first.readUInt32LE(8);
+    if (lba !== BigInt(g) * BigInt(this.header.grainSize)) {
+      throw new VmdkFormatError('ERR_VMDK_CORRUPT', `compressed grain at sector ${s} is marked for sector ${lba}, expected ${g * this.header.grainSize}`, { file: path, offset: at });
+    }
+    if (size === 0 || size > this.grainBytes + MAX_COMPRESSED_SLACK) {
+      throw new VmdkFormatError('ERR_VMDK_CORRUPT', `compressed grain ${g} claims ${size} bytes (bound ${this.grainBytes + MAX_COMPRESSED_SLACK})`, { file: path, offset: at + 8 });
+    }
+    let zdata: Buffer;
+    if (12 + size <= got) zdata = first.subarray(12, 12 + size);
+    else {
+      if (at + 12 + size > this.file.size) {
+        throw new VmdkFormatError('ERR_VMDK_TRUNCATED', `file ends inside compressed grain ${g} (${size} bytes at offset ${at + 12})`, { file: path, offset: at + 12 });
+      }
+      zdata = Buffer.alloc(size);
+      await this.file.readExact(zdata, at + 12, `compressed grain ${g}`);
+    }
+    let data: Buffer;
+    try {
+      data = await inflate(zdata, { maxOutputLength: this.grainBytes });
+    } catch (err) {
+      throw new VmdkFormatError('ERR_VMDK_CORRUPT', `compressed grain ${g} does not inflate (${(err as Error).message})`, { file: path, offset: at + 12, cause: err });
+    }
+    const expected = Math.min(this.grainBytes, this.size - g * this.grainBytes);
+    if (data.length < expected) {
+      throw new VmdkFormatError('ERR_VMDK_CORRUPT', `compressed grain ${g} inflates to ${data.length} bytes, expected ${this.grainBytes}`, { file: path, offset: at + 12 });
+    }
+    if (data.length < this.grainBytes) {
+      const full = Buffer.alloc(this.grainBytes);
+      data.copy(full);
+      data = full;
+    }
+    this.#lastGrain = { index: g, data };
+    return data;
+  }
+
+  async *allocated(start: number, end: number): AsyncIterable<ByteRange> {
+    const gb = this.grainBytes;
+    const n = this.#gteCount;
+    let g = Math.floor(start / gb);
+    const gEnd = Math.ceil(end / gb);
+    let runStart = -1;
+    let runEnd = -1;
+    while (g < gEnd) {
+      const gti = Math.floor(g / n);
+      const tableEnd = Math.min((gti + 1) * n, gEnd);
+      const table = await this.#table(gti);
+      if (table) {
+        for (; g < tableEnd; g++) {
+          const s = table[g - gti * n];
+          if (s === 0 || (s === 1 && this.#zeroedGte)) continue;
+          const a = Math.max(start, g * gb);
+          const b = Math.min(end, (g + 1) * gb);
+          if (a === runEnd) runEnd = b;
+          else {
+            if (runEnd > runStart) yield { start: runStart, end: runEnd };
+            runStart = a;
+            runEnd = b;
+          }
+        }
+      }
+      g = tableEnd;
+    }
+    if (runEnd > runStart) yield { start: runStart, end: runEnd };
+  }
+
+  async write(offset: number, data: Uint8Array): Promise<void> {
+    if (!this.writable) throw readOnlyError(this.#whyReadOnly, this.file.path);
+    await this.#mutex.run(() => this.#write(offset, data));
+  }
+
+  async #write(offset: number, data: Uint8Array): Promise<void> {
+    const gb = this.grainBytes;
+    const n = this.#gteCount;
+    const firstGrain = Math.floor(offset / gb);
+    const lastGrain = Math.floor((offset + data.length - 1) / gb);
+    // Make sure every grain table touched exists (allocate missing ones) and stays cached during the write.
+    const tables = new Map<number, Uint32Array>();
+    try {
+      for (let gti = Math.floor(firstGrain / n); gti <= Math.floor(lastGrain / n); gti++) {
+        this.#pinned.add(gti);
+        tables.set(gti, (await this.#table(gti)) ?? (await this.#allocateTable(gti)));
+      }
+      // Plan the data writes: runs of file-contiguous pieces, each one gathered write.
+      const runs: Array<{ at: number; bufs: Uint8Array[]; len: number }> = [];
+      const updates: Array<{ gti: number; e: number; sector: number }> = [];
+      const push = (at: number, bufs: Uint8Array[], len: number) => {
+        const last = runs[runs.length - 1];
+        if (last && last.at + last.len === at && last.bufs.length + bufs.length <= 1000) {
+          last.bufs.push(...bufs);
+          last.len += len;
+        } else runs.push({ at, bufs: [...bufs], len });
+      };
+      let pos = offset;
+      let t = 0;
+      for (let g = firstGrain; g <= lastGrain; g++) {
+        const gti = Math.floor(g / n);
+        const e = g - gti * n;
+        const table = tables.get(gti)!;
+        const inGrain = pos - g * gb;
+        const len = Math.min(gb - inGrain, data.length - t);
+        const piece = data.subarray(t, t + len);
+        const s = table[e];
+        if (s === 0 || (s === 1 && this.#zeroedGte)) {
+          const sector = this.#nextFree;
+          if (sector + this.header.grainSize > MAX_SPARSE_FILE_SECTORS) {
+            throw new VmdkFormatError('ERR_VMDK_LIMIT', 'sparse extent file would grow past 2 TiB (32-bit sector numbers)', { file: this.file.path });
+          }
+          this.#nextFree += this.header.grainSize;
+          const bufs: Uint8Array[] = [];
+          if (inGrain > 0) bufs.push(this.#zeroBuf(inGrain));
+          bufs.push(piece);
+          if (inGrain + len < gb) bufs.push(this.#zeroBuf(gb - inGrain - len));
+          push(sector * SECTOR, bufs, gb);
+          updates.push({ gti, e, sector });
+        } else {
+          push(s * SECTOR + inGrain, [piece], len);
+        }
+        pos += len;
+        t += len;
+      }
+      await Promise.all(runs.map((r) => (r.bufs.length === 1 ? this.file.writeAt(r.bufs[0], r.at) : this.file.writevAt(r.bufs, r.at))));
+      if (updates.length === 0) return;
+      // Then the tables: each touched range of a GT (and its redundant copy) in one write.
+      const ranges = new Map<number, { lo: number; hi: number }>();
+      for (const u of updates) {
+        tables.get(u.gti)![u.e] = u.sector;
+        const r = ranges.get(u.gti);
+        if (!r) ranges.set(u.gti, { lo: u.e, hi: u.e });
+        else {
+          r.lo = Math.min(r.lo, u.e);
+          r.hi = Math.max(r.hi, u.e);
+        }
+      }
+      const writes: Array<Promise<void>> = [];
+      for (const [gti, { lo, hi }] of ranges) {
+        const bytes = leBytes(tables.get(gti)!.subarray(lo, hi + 1));
+        writes.push(this.file.writeAt(bytes, this.#gd[gti] * SECTOR + lo * 4));
+        const r = this.#rgd?.[gti];
+        if (r) writes.push(this.file.writeAt(bytes, r * SECTOR + lo * 4));
+      }
+      await Promise.all(writes);
+    } finally {
+      for (const gti of tables.keys()) this.#pinned.delete(gti);
+      this.#pinned.clear();
+    }
+  }
+
+  /** A grain table for a GD entry that is 0: zeroed GT (+ redundant GT) at the end, then GD (+ RGD) entries. */
+  async #allocateTable(gti: number): Promise<Uint32Array> {
+    const sec = gtSectors(this.header);
+    const zero = Buffer.alloc(sec * SECTOR);
+    const gtSector = this.#nextFree;
+    const rgtSector = this.#rgd ? gtSector + sec : 0;
+    this.#nextFree += this.#rgd ? 2 * sec : sec;
+    if (this.#nextFree > MAX_SPARSE_FILE_SECTORS) {
+      throw new VmdkFormatError('ERR_VMDK_LIMIT', 'sparse extent file would grow past 2 TiB (32-bit sector numbers)', { file: this.file.path });
+    }
+    await this.file.writeAt(zero, gtSector * SECTOR);
+    if (this.#rgd) await this.file.writeAt(zero, rgtSector * SECTOR);
+    const entry = Buffer.alloc(4);
+    entry.writeUInt32LE(gtSector);
+    await this.file.writeAt(entry, this.header.gdOffset * SECTOR + gti * 4);
+    if (this.#rgd) {
+      const r = Buffer.alloc(4);
+      r.writeUInt32LE(rgtSector);
+      await this.file.writeAt(r, this.header.rgdOffset * SECTOR + gti * 4);
+      this.#rgd[gti] = rgtSector;
+    }
+    this.#gd[gti] = gtSector;
+    const table = new Uint32Array(this.#gteCount);
+    this.#remember(gti, table);
+    return table;
+  }
+
+  #zeroBuf(len: number): Uint8Array {
+    if (!this.#zeros) this.#zeros = Buffer.alloc(this.grainBytes);
+    return this.#zeros.subarray(0, len);
+  }
+
+  /** Rewrite the embedded descriptor area (NUL-padded) and make it durable. */
+  async writeDescriptorArea(bytes: Uint8Array): Promise<void> {
+    const area = this.descriptorArea!;
+    const buf = Buffer.alloc(area.size);
+    buf.set(bytes);
+    await this.#mutex.run(async () => {
+      await this.file.writeAt(buf, area.offset);
+      await this.file.sync();
+    });
+  }
+
+  async flush(): Promise<void> {
+    if (this.writable) await this.#mutex.run(() => this.file.sync());
+  }
+
+  async close(): Promise<void> {
+    await this.#mutex.run(async () => {});
+  }
+}
+
+/**
+ * Mark a promise as handled now (it is awaited later with Promise.all): a read that fails while the
+ * caller is still awaiting table loads must not become an unhandled rejection.
+ */
+function quiet<T>(p: Promise<T>): Promise<T> {
+  p.catch(() => {});
+  return p;
+}
+
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+function swap32(a: Uint32Array): void {
+  for (let i = 0; i < a.length; i++) {
+    const v = a[i];
+    a[i] = ((v & 0xff) << 24) | ((v & 0xff00) << 8) | ((v >>> 8) & 0xff00) | (v >>> 24);
+    a[i] >>>= 0;
+  }
+}
+
+/** Little-endian u32 array from bytes (copies, so the result is aligned). */
+function u32View(buf: Buffer): Uint32Array {
+  const out = new Uint32Array(buf.length >>> 2);
+  new Uint8Array(out.buffer).set(buf.subarray(0, out.length * 4));
+  if (!LITTLE_ENDIAN) swap32(out);
+  return out;
+}
+
+/** Little-endian bytes of u32 entries. */
+function leBytes(a: Uint32Array): Buffer {
+  const out = Buffer.alloc(a.length * 4);
+  for (let i = 0; i < a.length; i++) out.writeUInt32LE(a[i], i * 4);
+  return out;
+}

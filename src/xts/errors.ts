@@ -1,0 +1,57 @@
+import { VmsealError, describeValue } from '../errors.js';
+
+/**
+ * Errors of the XTS layer. Bad arguments throw real `TypeError`s and `RangeError`s (as Node's own
+ * APIs do) that carry a stable `code`; failures that are not about an argument (the native addon
+ * cannot be loaded, a forced implementation the CPU lacks) throw `XtsError`. All three are
+ * recognised by `err instanceof XtsError`.
+ *
+ * Codes: ERR_INVALID_ARG_TYPE, ERR_INVALID_ARG_VALUE, ERR_OUT_OF_RANGE, ERR_XTS_KEY_LENGTH,
+ * ERR_XTS_WEAK_KEY, ERR_XTS_UNIT_SIZE, ERR_XTS_LENGTH, ERR_XTS_OUT_TOO_SMALL, ERR_XTS_OVERLAP,
+ * ERR_XTS_UNIT_NUMBER, ERR_XTS_TWEAK_LENGTH, ERR_XTS_DISPOSED (TypeError/RangeError);
+ * ERR_XTS_IMPL_UNAVAILABLE, ERR_NATIVE_NOT_FOUND, ERR_XTS_CANCELLED, ERR_XTS_NATIVE (XtsError).
+ */
+const XTS_ERROR = Symbol.for('vmseal.XtsError');
+
+function brand(error: Error): void {
+  Object.defineProperty(error, XTS_ERROR, { value: true });
+}
+
+export class XtsError extends VmsealError {
+  constructor(code: string, message: string, options?: { cause?: unknown }) {
+    super(code, message, options);
+    brand(this);
+  }
+
+  /** True for XtsError, XtsTypeError and XtsRangeError alike. */
+  static override [Symbol.hasInstance](value: unknown): boolean {
+    return typeof value === 'object' && value !== null && (value as Record<symbol, unknown>)[XTS_ERROR] === true;
+  }
+}
+
+/** A bad argument type (or a disposed cipher): a TypeError with a `code`. */
+export class XtsTypeError extends TypeError {
+  readonly code: string;
+  constructor(code: string, message: string) {
+    super(message);
+    this.code = code;
+    this.name = 'XtsTypeError';
+    brand(this);
+  }
+}
+
+/** A value of the right type outside its allowed range: a RangeError with a `code`. */
+export class XtsRangeError extends RangeError {
+  readonly code: string;
+  constructor(code: string, message: string) {
+    super(message);
+    this.code = code;
+    this.name = 'XtsRangeError';
+    brand(this);
+  }
+}
+
+/** The one message shape of the layer: "Expected <what> for <argument> but received <value>". */
+export function expected(what: string, argument: string, value: unknown): string {
+  return `Expected ${what} for ${argument} but received ${describeValue(value)}`;
+}

@@ -1,0 +1,123 @@
+// In-process runs of the command line (argument parsing, usage errors, --json, keys): fast checks
+// of the grammar; the end-to-end file runs the real binary.
+import { Writable } from 'node:stream';
+import { PassThrough } from 'node:stream';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { run } from '../../src/cli/app.js';
+
+let dir: string;
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'vmseal-cli-app-'));
+});
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+async function cli(argv: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+  let stdout = '';
+  let stderr = '';
+  const sink = (f: (s: string) => void) => new Writable({ write(c, _e, cb) { f(String(c)); cb(); } });
+  const code = await run(argv, {
+    env,
+    streams: { stdout: sink((s) => (stdout += s)), stderr: sink((s) => (stderr += s)) },
+    io: { input: new PassThrough(), output: sink(() => undefined) },
+    signal: new AbortController().signal,
+  });
+  return { code, stdout, stderr };
+}
+
+describe('command line grammar', () => {
+  it('prints help with the exit codes, and per-command help with examples', async () => {
+    const r = await cli(['--help']);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain('Exit codes:');
+    for (const c of ['encrypt', 'decrypt', 'convert', 'rekey', 'info', 'verify', 'resume', 'keys', 'demo']) expect(r.stdout).toContain(c);
+    const e = await cli(['encrypt', '--help']);
+    expect(e.code).toBe(0);
+    expect(e.stdout).toContain('Examples:');
+    expect(e.stdout).toContain('--kms <host:port,...>');
+    expect(e.stdout).not.toContain('--chunk-size');
+  });
+  it('turns commander errors into one vmseal line with exit code 2', async () => {
+    for (const argv of [['frobnicate'], ['encrypt'], ['encrypt', 'a', 'b', '--bogus'], ['decrypt', 'a'], ['encrypt', 'a', 'b', 'c']]) {
+      const r = await cli(argv);
+      expect(r.code, argv.join(' ')).toBe(2);
+      expect(r.stderr.trim().split('\n'), argv.join(' ')).toHaveLength(1);
+      expect(r.stderr).toMatch(/^vmseal: .*\. Run `vmseal.* --help` for usage\.\n$/);
+      expect(r.stderr).not.toContain('\n  at ');
+      expect(r.stdout).toBe('');
+    }
+  });
+  it('without a command, prints the help and exits 2', async () => {
+    const r = await cli([]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('Usage: vmseal');
+    const k = await cli(['keys', 'lst']);
+    expect(k.stderr).toBe("vmseal: keys lst: unknown command 'lst' (did you mean list?). Run `vmseal keys --help` for usage.\n");
+  });
+  it('validates option values before doing anything', async () => {
+    const r = await cli(['encrypt', 'a.img', 'b.vmdk', '--cipher', 'des']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toBe('vmseal: encrypt: --cipher "des" is not supported. Use aes-256-xts or aes-128-xts.\n');
+  });
+  it('--json anywhere on the line gives one JSON object, also for errors', async () => {
+    const r = await cli(['encrypt', 'a.img', 'b.vmdk', '--subformat', 'qcow9', '--json']);
+    expect(r.code).toBe(2);
+    const j = JSON.parse(r.stdout);
+    expect(j).toEqual({ ok: false, command: 'encrypt', error: { code: 'ERR_CLI_USAGE', message: '--subformat "qcow9" is not a known subformat', exitCode: 2 } });
+    const r2 = await cli(['--json', 'encrypt', join(dir, 'missing.img'), join(dir, 'o.vmdk')]);
+    expect(r2.code).toBe(1);
+    expect(JSON.parse(r2.stdout).error.code).toBe('ERR_CLI_INPUT');
+  });
+  it('refuses passphrases on argv before parsing, without echoing them', async () => {
+    const r = await cli(['decrypt', 'a', 'b', '--passphrase=swordfish123']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).not.toContain('swordfish');
+    expect(r.stderr).toContain('never takes passphrases from the command line');
+  });
+  it('checks contradictory options', async () => {
+    expect((await cli(['rekey', 'd.vmdk'])).stderr).toContain('rekey needs --shallow or --deep');
+    expect((await cli(['rekey', 'd.vmdk', '--shallow', '--deep'])).code).toBe(2);
+    expect((await cli(['rekey', 'd.vmdk', '--shallow', '--in-place'])).stderr).toContain('belong to a deep rekey');
+    expect((await cli(['decrypt', 'a', 'b', '--raw', '--subformat', 'monolithicFlat'])).stderr).toContain('contradict');
+    expect((await cli(['convert', 'a', 'b', '--encrypt', '--decrypt'])).stderr).toContain('contradict');
+    expect((await cli(['encrypt', 'a', 'b', '--in-place'])).stderr).toContain('give no OUT');
+    expect((await cli(['convert', '--list', 'l', 'a', 'b'])).code).toBe(2);
+  });
+});
+
+describe('keys commands in-process', () => {
+  it('init, create, list, backup and restore a keystore', async () => {
+    const home = join(dir, 'home');
+    const init = await cli(['keys', 'init', '--home', home, '--json']);
+    expect(init.code).toBe(0);
+    expect(JSON.parse(init.stdout)).toMatchObject({ ok: true, command: 'keys init', created: true, protection: 'keyfile' });
+    const again = await cli(['keys', 'init', '--home', home]);
+    expect(again.stdout).toContain('already exists');
+    const created = JSON.parse((await cli(['keys', 'create', '--home', home, '--name', 'first', '--json'])).stdout);
+    expect(created).toMatchObject({ ok: true, providerId: 'local' });
+    const list = await cli(['keys', 'list', '--home', home]);
+    expect(list.stdout).toContain(created.keyId);
+    expect(list.stdout).toContain('first');
+    const backup = join(dir, 'backup.json');
+    const b = await cli(['keys', 'backup', backup, '--home', home, '--passphrase-env', 'BK'], { BK: 'backup passphrase' });
+    expect(b.code, b.stderr).toBe(0);
+    const again2 = await cli(['keys', 'backup', backup, '--home', home, '--passphrase-env', 'BK'], { BK: 'backup passphrase' });
+    expect(again2.code).toBe(1);
+    expect(again2.stderr).toContain('--force');
+    const r = await cli(['keys', 'restore', backup, '--home', join(dir, 'home2'), '--json'], { VMSEAL_PASSPHRASE: 'backup passphrase' });
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({ added: 1, unchanged: 0 });
+    const wrong = await cli(['keys', 'restore', backup, '--home', join(dir, 'home2')], { VMSEAL_PASSPHRASE: 'wrong passphrase' });
+    expect(wrong.code).toBe(3);
+    expect(wrong.stderr.trim().split('\n')).toHaveLength(1);
+  });
+  it('list of a missing keystore says to run keys init', async () => {
+    const r = await cli(['keys', 'list', '--home', join(dir, 'nothing')]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('vmseal keys init');
+  });
+});

@@ -1,0 +1,137 @@
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { execFileSync } from 'node:child_process';
+import { readFileSync, writeFileSync, readdirSync, existsSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { encryptDisk, encryptInPlace, deepRekey, shallowRekey, resumeDisk } from '../../src/pipeline/index.js';
+import { openDisk, readEncryptionParams } from '../../src/disk/index.js';
+import { describeKeySafe } from '../../src/keys/envelope.js';
+import { MemoryKeyProvider, patternBytes, phraseLocker, providerLocker, sha256, tempDir } from '../disk/helpers.js';
+
+const MiB = 1 << 20;
+const CAPACITY = 4 * MiB;
+let tmp: ReturnType<typeof tempDir>;
+let image: Buffer;
+let plainRaw: string;
+
+beforeAll(() => {
+  tmp = tempDir('vmseal-rekey-');
+  image = Buffer.alloc(CAPACITY);
+  patternBytes(700_000, 11).copy(image, 0);
+  patternBytes(300_000, 12).copy(image, 3 * MiB);
+  plainRaw = join(tmp.dir, 'plain.raw');
+  writeFileSync(plainRaw, image);
+});
+afterAll(() => tmp.cleanup());
+
+async function plaintextHash(path: string, keys: object): Promise<string> {
+  const d = await openDisk(path, { keys, readOnly: true });
+  try {
+    return sha256(await d.read(0, d.capacity));
+  } finally {
+    await d.close();
+  }
+}
+
+function qemuSource(dir: string, subformat: string): string {
+  mkdirSync(dir, { recursive: true });
+  const p = join(dir, 'disk.vmdk');
+  execFileSync('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'vmdk', '-o', `subformat=${subformat}`, plainRaw, p]);
+  return p;
+}
+
+const leftovers = (dir: string) => readdirSync(dir).filter((f) => /vmseal-(tmp|journal)|\.lck$|\.tmp$/.test(f));
+
+describe('in-place encryption', () => {
+  for (const subformat of ['monolithicSparse', 'monolithicFlat', 'twoGbMaxExtentSparse'] as const) {
+    it(`${subformat}: encrypts where it is; the same data decrypts; no journal left`, async () => {
+      const dir = join(tmp.dir, `inplace-${subformat}`);
+      const disk = qemuSource(dir, subformat);
+      const r = await encryptInPlace(disk, { lockers: [phraseLocker('pw')], chunkSize: 256 * 1024 });
+      expect(r).toMatchObject({ operation: 'encrypt', encrypted: true, output: disk });
+      expect(await plaintextHash(disk, { passphrase: 'pw' })).toBe(sha256(image));
+      expect(leftovers(dir)).toEqual([]);
+      const info = JSON.parse(execFileSync('qemu-img', ['info', '--output=json', disk], { encoding: 'utf8' }));
+      expect(info['virtual-size']).toBe(CAPACITY);
+      // Running it again on the now encrypted disk is refused (nothing pending).
+      await expect(encryptInPlace(disk, { lockers: [phraseLocker('pw')] })).rejects.toMatchObject({ code: 'ERR_DISK_ENCRYPTED' });
+      expect(await resumeDisk(disk, { keys: { passphrase: 'pw' } })).toBeNull();
+    });
+  }
+
+  it('refuses raw images', async () => {
+    await expect(encryptInPlace(plainRaw, { lockers: [phraseLocker('pw')] })).rejects.toMatchObject({ code: 'ERR_UNSUPPORTED_OUTPUT' });
+  });
+});
+
+describe('deep rekey', () => {
+  for (const inPlace of [false, true]) {
+    for (const subformat of ['monolithicSparse', 'twoGbMaxExtentFlat'] as const) {
+      it(`${inPlace ? 'in place' : 'by copy'}, ${subformat}: new DEK, new disk id, same plaintext; the old key no longer opens it`, async () => {
+        const dir = join(tmp.dir, `deep-${inPlace}-${subformat}`);
+        mkdirSync(dir, { recursive: true });
+        const disk = join(dir, 'enc.vmdk');
+        await encryptDisk(plainRaw, disk, { subformat, lockers: [phraseLocker('old')] });
+        const before = await readEncryptionParams(disk);
+        const r = await deepRekey(disk, { keys: { passphrase: 'old' }, lockers: [phraseLocker('new')], inPlace, unitSize: 4096, chunkSize: 512 * 1024 });
+        expect(r).toMatchObject({ operation: 'rekey-deep', encrypted: true });
+        const after = await readEncryptionParams(disk);
+        expect(after!.diskId).not.toBe(before!.diskId);
+        expect(after!.unitSize).toBe(4096);
+        expect(await plaintextHash(disk, { passphrase: 'new' })).toBe(sha256(image));
+        await expect(openDisk(disk, { keys: { passphrase: 'old' } })).rejects.toMatchObject({ code: 'ERR_WRONG_KEY' });
+        expect(leftovers(dir)).toEqual([]);
+      });
+    }
+  }
+
+  it('by default re-locks under the same provider keys', async () => {
+    const kms = new MemoryKeyProvider();
+    const disk = join(tmp.dir, 'deep-default.vmdk');
+    await encryptDisk(plainRaw, disk, { subformat: 'monolithicSparse', lockers: [providerLocker(kms)] });
+    const keyId = describeKeySafe((await readEncryptionParams(disk))!.keySafe)[0].keyId;
+    await deepRekey(disk, { keys: { providers: [kms] } });
+    const lockers = describeKeySafe((await readEncryptionParams(disk))!.keySafe);
+    expect(lockers.map((l) => l.keyId)).toEqual([keyId]);
+    expect(await plaintextHash(disk, { providers: [kms] })).toBe(sha256(image));
+  });
+});
+
+describe('shallow rekey', () => {
+  for (const subformat of ['monolithicFlat', 'monolithicSparse'] as const) {
+    it(`${subformat}: add a recovery passphrase, move to a new KEK, remove the passphrase — data bytes untouched`, async () => {
+      const kms = new MemoryKeyProvider();
+      const dir = join(tmp.dir, `shallow-${subformat}`);
+      mkdirSync(dir, { recursive: true });
+      const disk = join(dir, 'enc.vmdk');
+      await encryptDisk(plainRaw, disk, { subformat, lockers: [providerLocker(kms)] });
+      const dataFile = subformat === 'monolithicFlat' ? join(dir, 'enc-flat.vmdk') : disk;
+      const dataHash = () => {
+        const b = readFileSync(dataFile);
+        return sha256(subformat === 'monolithicFlat' ? b : b.subarray(64 * 1024)); // sparse: past the header and descriptor
+      };
+      const h0 = dataHash();
+      const p0 = await readEncryptionParams(disk);
+
+      await shallowRekey(disk, { keys: { providers: [kms] }, addLockers: [phraseLocker('recovery')] });
+      const p1 = await readEncryptionParams(disk);
+      expect(describeKeySafe(p1!.keySafe).map((l) => l.kind)).toEqual(['provider', 'passphrase']);
+      expect(p1!.diskId).toBe(p0!.diskId);
+      expect(await plaintextHash(disk, { passphrase: 'recovery' })).toBe(sha256(image));
+
+      const kms2 = new MemoryKeyProvider('kms2');
+      await shallowRekey(disk, { keys: { passphrase: 'recovery' }, removeLockers: (l) => l.kind === 'provider', addLockers: [providerLocker(kms2)] });
+      kms.down = true;
+      expect(await plaintextHash(disk, { providers: [kms2] })).toBe(sha256(image));
+
+      await shallowRekey(disk, { keys: { providers: [kms2] }, removeLockers: (l) => l.kind === 'passphrase' });
+      await expect(openDisk(disk, { keys: { passphrase: 'recovery' } })).rejects.toMatchObject({ code: expect.stringMatching(/ERR_(NO_KEY|WRONG_KEY)/) });
+      expect(dataHash()).toBe(h0);
+      expect(leftovers(dir)).toEqual([]);
+    });
+  }
+
+  it('a plain disk is refused', async () => {
+    await expect(shallowRekey(plainRaw, { keys: { passphrase: 'x' }, addLockers: [phraseLocker('y')] })).rejects.toMatchObject({ code: 'ERR_NOT_ENCRYPTED' });
+    expect(existsSync(plainRaw + '.lck')).toBe(false);
+  });
+});

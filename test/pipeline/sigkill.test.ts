@@ -1,0 +1,104 @@
+// Kill an in-place job with SIGKILL at many points of its protocol; running the same call again must
+// finish it with the right data every time.
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { spawnSync, execFileSync } from 'node:child_process';
+import { copyFileSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { build } from 'esbuild';
+import { encryptDisk } from '../../src/pipeline/index.js';
+import { openDisk } from '../../src/disk/index.js';
+import { patternBytes, phraseLocker, sha256, tempDir } from '../disk/helpers.js';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = join(here, '..', '..');
+const MiB = 1 << 20;
+const CHUNK = 64 * 1024;
+let tmp: ReturnType<typeof tempDir>;
+let child: string;
+let image: Buffer;
+
+beforeAll(async () => {
+  tmp = tempDir('vmseal-kill-');
+  // Bundled inside the package (node_modules/.cache) so that the native addon is found from it.
+  const outdir = join(root, 'node_modules', '.cache', 'vmseal-test');
+  mkdirSync(outdir, { recursive: true });
+  child = join(outdir, `inplace-child-${process.pid}.mjs`);
+  await build({ entryPoints: [join(here, 'fixtures', 'inplace-child.ts')], bundle: true, platform: 'node', format: 'esm', target: 'node20', outfile: child, logLevel: 'silent' });
+  image = Buffer.alloc(2 * MiB);
+  patternBytes(900_000, 21).copy(image, 0);
+  patternBytes(200_000, 22).copy(image, 1536 * 1024);
+  writeFileSync(join(tmp.dir, 'plain.raw'), image);
+});
+afterAll(() => tmp.cleanup());
+
+function run(op: string, disk: string, killAt?: number) {
+  const r = spawnSync(process.execPath, [child, op, disk, String(CHUNK)], {
+    env: { ...process.env, ...(killAt ? { KILL_AT: String(killAt) } : {}) },
+    encoding: 'utf8',
+  });
+  return { signal: r.signal, status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+async function plainHash(disk: string, passphrase: string): Promise<string> {
+  const d = await openDisk(disk, { keys: { passphrase }, readOnly: true });
+  try {
+    return sha256(await d.read(0, d.capacity));
+  } finally {
+    await d.close();
+  }
+}
+
+/** Kill points spread over the whole run: the first calls, the last ones, and random ones between. */
+function killPoints(total: number, n: number, seed: number): number[] {
+  const pts = new Set<number>([1, 2, 3, total - 2, total - 1, total]);
+  let x = seed;
+  while (pts.size < n) {
+    x = (x * 1103515245 + 12345) % 2 ** 31;
+    pts.add(1 + (x % total));
+  }
+  return [...pts].filter((p) => p >= 1 && p <= total).sort((a, b) => a - b);
+}
+
+const scenarios = [
+  { op: 'encrypt', subformat: 'monolithicSparse', passphrase: 'pw' },
+  { op: 'rekey', subformat: 'monolithicFlat', passphrase: 'new' },
+] as const;
+
+describe('SIGKILL at any point of an in-place job, then the same call again', () => {
+  for (const s of scenarios) {
+    it(`${s.op} in place (${s.subformat})`, async () => {
+      const dir = join(tmp.dir, s.op);
+      mkdirSync(dir);
+      const original = join(dir, 'original.vmdk');
+      if (s.op === 'encrypt') {
+        execFileSync('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'vmdk', '-o', `subformat=${s.subformat}`, join(tmp.dir, 'plain.raw'), original]);
+      } else {
+        await encryptDisk(join(tmp.dir, 'plain.raw'), original, { subformat: s.subformat, lockers: [phraseLocker('old')] });
+      }
+      const copyDisk = (to: string): string => {
+        const sub = join(dir, to);
+        mkdirSync(sub);
+        for (const f of readdirSync(dir)) if (f.startsWith('original')) copyFileSync(join(dir, f), join(sub, f));
+        return join(sub, 'original.vmdk');
+      };
+      // A run without a kill counts the I/O calls of the whole job.
+      const dry = copyDisk('dry');
+      const full = run(s.op, dry);
+      expect(full.status, full.stderr).toBe(0);
+      const total = Number(/events=(\d+)/.exec(full.stdout)![1]);
+      expect(total).toBeGreaterThan(20);
+      expect(await plainHash(dry, s.passphrase)).toBe(sha256(image));
+
+      for (const point of killPoints(total, 12, s.op.length * 7919)) {
+        const disk = copyDisk(`kill-${point}`);
+        const killed = run(s.op, disk, point);
+        expect(killed.signal, `kill at ${point}: ${killed.stderr}`).toBe('SIGKILL');
+        const again = run(s.op, disk);
+        expect(again.status, `re-run after kill at ${point}: ${again.stderr}`).toBe(0);
+        expect(await plainHash(disk, s.passphrase), `data after kill at ${point}`).toBe(sha256(image));
+        expect(readdirSync(dirname(disk)).filter((f) => /journal|\.tmp$|\.lck$/.test(f)), `leftovers after kill at ${point}`).toEqual([]);
+      }
+    });
+  }
+});
