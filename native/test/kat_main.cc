@@ -163,6 +163,41 @@ void TestRandom(unsigned seed, int iterations) {
   }
 }
 
+// Misaligned buffers (every offset 0..15 for input and output) and count == 0 (a no-op).
+void TestAlignmentAndEmpty() {
+  std::mt19937_64 rng(99);
+  uint8_t key[64];
+  for (auto& b : key) b = static_cast<uint8_t>(rng());
+  for (XtsImpl impl : Impls()) {
+    auto e = vmseal::CreateXtsEngine(impl, key, 64);
+    const char* name = vmseal::XtsImplName(impl);
+    for (size_t unit : {16, 40, 512, 4096 + 5}) {
+      const size_t count = unit > 1000 ? 2 : 5;
+      std::vector<uint8_t> pt(unit * count), ref(unit * count);
+      for (auto& b : pt) b = static_cast<uint8_t>(rng());
+      e->EncryptUnits(pt.data(), ref.data(), unit, count, 77);
+      for (size_t inOff = 0; inOff < 16; inOff += (impl == XtsImpl::kPortable ? 5 : 1)) {
+        const size_t outOff = (inOff * 7) % 16;
+        std::vector<uint8_t> inBuf(pt.size() + 16), outBuf(pt.size() + 16);
+        std::memcpy(inBuf.data() + inOff, pt.data(), pt.size());
+        e->EncryptUnits(inBuf.data() + inOff, outBuf.data() + outOff, unit, count, 77);
+        CHECK(std::memcmp(outBuf.data() + outOff, ref.data(), ref.size()) == 0,
+              "%s misaligned encrypt in+%zu out+%zu unit=%zu", name, inOff, outOff, unit);
+        e->DecryptUnits(outBuf.data() + outOff, inBuf.data() + inOff, unit, count, 77);
+        CHECK(std::memcmp(inBuf.data() + inOff, pt.data(), pt.size()) == 0,
+              "%s misaligned decrypt in+%zu out+%zu unit=%zu", name, inOff, outOff, unit);
+      }
+    }
+    uint8_t guard[32];
+    std::memset(guard, 0xC3, sizeof(guard));
+    e->EncryptUnits(guard, guard, 16, 0, 5);
+    e->DecryptUnits(guard, guard, 512, 0, 5);
+    bool untouched = true;
+    for (uint8_t b : guard) untouched = untouched && b == 0xC3;
+    CHECK(untouched, "%s count=0 wrote output", name);
+  }
+}
+
 void TestDispatch() {
   XtsImpl p;
   CHECK(vmseal::ParseXtsImpl("portable", &p) && p == XtsImpl::kPortable, "parse portable");
@@ -289,6 +324,7 @@ int main(int argc, char** argv) {
   int iterations = argc > 1 ? std::atoi(argv[1]) : 300;
   TestDispatch();
   TestVectors();
+  TestAlignmentAndEmpty();
   TestRandom(12345, iterations);
   TestRandom(static_cast<unsigned>(std::random_device{}()), iterations / 3 + 1);
   if (g_failures != 0) {

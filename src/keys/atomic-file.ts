@@ -67,7 +67,12 @@ export async function createFileAtomic(file: string, data: Uint8Array, mode = 0o
     if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EOPNOTSUPP' && code !== 'ENOSYS') throw err;
     // No hard links on this file system: fall back to an exclusive create of the final name. A crash
     // in the middle can leave a short file, which the reader refuses (it never overwrites it).
-    await writeExclusive(file, data, mode);
+    try {
+      await writeExclusive(file, data, mode);
+    } catch (err2) {
+      if ((err2 as NodeJS.ErrnoException).code === 'EEXIST') return false;
+      throw err2;
+    }
   } finally {
     await unlink(tmp).catch(() => undefined);
   }

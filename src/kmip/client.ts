@@ -68,6 +68,11 @@ export interface KmipClientOptions {
   readonly protocolVersion?: ProtocolVersion | string;
   /** Most connections kept open per node (default: 2). */
   readonly maxConnectionsPerNode?: number;
+  /**
+   * A pooled connection idle for longer than this is not reused but closed and replaced
+   * (default: 60 000). Guards against connections a firewall or NAT has silently forgotten.
+   */
+  readonly idleTimeoutMs?: number;
   /** Largest response accepted, in bytes (default: 1 MiB). */
   readonly maxMessageSize?: number;
 }
@@ -109,6 +114,7 @@ export class KmipClient {
   private readonly credential: Credential | undefined;
   private readonly maxConnectionsPerNode: number;
   private readonly maxMessageSize: number;
+  private readonly idleTimeoutMs: number;
   private preferred = 0;
   private closed = false;
   private counters = { connectionsOpened: 0, requestsAnswered: 0, staleRetries: 0 };
@@ -119,7 +125,8 @@ export class KmipClient {
     this.timeoutMs = o.timeoutMs;
     this.maxConnectionsPerNode = o.maxConnectionsPerNode;
     this.maxMessageSize = o.maxMessageSize;
-    this.tlsIdentity = { ca: o.ca, cert: o.cert, key: o.key };
+    this.idleTimeoutMs = o.idleTimeoutMs;
+    this.tlsIdentity = { secureContext: o.secureContext };
     this.credential = o.username === undefined ? undefined : { username: o.username, ...(o.password !== undefined && { password: o.password }) };
     this.nodes = o.endpoints.map((endpoint) => ({ endpoint, label: `${endpoint.host}:${endpoint.port}`, idle: [], all: new Set(), count: 0, waiters: [] }));
   }
@@ -252,6 +259,8 @@ export class KmipClient {
         const stale = reused && conn.failedBeforeAnswer && err instanceof KmipError && err.code === 'ERR_KMIP_CLOSED';
         if (stale && attempt === 0 && !this.closed) {
           this.counters.staleRetries++;
+          // The other idle connections of this node are likely dropped too: retry on a fresh one.
+          this.discardIdle(node);
           continue;
         }
         throw err;
@@ -264,7 +273,8 @@ export class KmipClient {
       if (this.closed) throw new KmipError('ERR_KMIP_CLOSED', 'KmipClient was closed');
       const conn = node.idle.pop();
       if (conn) {
-        if (conn.isOpen) return conn;
+        if (conn.isOpen && Date.now() - conn.lastUsed <= this.idleTimeoutMs) return conn;
+        conn.close();
         node.all.delete(conn);
         node.count--;
         continue;
@@ -326,6 +336,14 @@ export class KmipClient {
     const waiter = node.waiters.shift();
     if (waiter) waiter(conn);
     else node.idle.push(conn);
+  }
+
+  private discardIdle(node: Node): void {
+    for (const conn of node.idle.splice(0)) {
+      conn.close();
+      node.all.delete(conn);
+      node.count--;
+    }
   }
 
   /** Let one waiter retry (a slot was freed). */

@@ -14,8 +14,10 @@ import { KmipError, type KmipErrorCode } from './errors.js';
 import { Tag } from './tags.js';
 import { TTLV_HEADER_LENGTH, messageLengthFromHeader } from './ttlv.js';
 
+/** Either a prepared secure context (ca + client identity), or the PEMs themselves. */
 export interface TlsIdentity {
-  readonly ca: string | Buffer | ReadonlyArray<string | Buffer>;
+  readonly secureContext?: tls.SecureContext;
+  readonly ca?: string | Buffer | ReadonlyArray<string | Buffer>;
   readonly cert?: string | Buffer;
   readonly key?: string | Buffer;
 }
@@ -63,6 +65,8 @@ export class KmipConnection {
    * the signature of a server that dropped an idle connection, and the request may be resent.
    */
   failedBeforeAnswer = false;
+  /** When the last request completed (or the connection opened), ms since the epoch. */
+  lastUsed = Date.now();
 
   private constructor(socket: tls.TLSSocket, endpoint: string, maxMessageSize: number) {
     this.socket = socket;
@@ -88,7 +92,8 @@ export class KmipConnection {
       const socket = tls.connect({
         host: opts.host,
         port: opts.port,
-        ca: opts.ca as string | Buffer | Array<string | Buffer>,
+        ...(opts.secureContext !== undefined && { secureContext: opts.secureContext }),
+        ...(opts.ca !== undefined && { ca: opts.ca as string | Buffer | Array<string | Buffer> }),
         ...(opts.cert !== undefined && { cert: opts.cert }),
         ...(opts.key !== undefined && { key: opts.key }),
         minVersion: 'TLSv1.2',
@@ -187,6 +192,7 @@ export class KmipConnection {
     clearTimeout(p.timer);
     this.pending = undefined;
     this.completed++;
+    this.lastUsed = Date.now();
     this.socket.unref();
     p.resolve(frame);
   }

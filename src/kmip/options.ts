@@ -2,6 +2,7 @@
  * Validation of KmipClient / KmipKeyProvider options. Messages follow one shape:
  * "Expected <what> for <option> but received <description>", never echoing secrets.
  */
+import tls from 'node:tls';
 import { describeValue } from '../errors.js';
 import type { KmipClientOptions, KmipEndpoint } from './client.js';
 import { KmipError } from './errors.js';
@@ -11,6 +12,7 @@ export const DEFAULT_TIMEOUT_MS = 10_000;
 export const DEFAULT_PROTOCOL_VERSION: ProtocolVersion = { major: 1, minor: 2 };
 export const DEFAULT_MAX_CONNECTIONS_PER_NODE = 2;
 export const DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024;
+export const DEFAULT_IDLE_TIMEOUT_MS = 60_000;
 
 /** Protocol versions vmseal can encode requests for. */
 export const SUPPORTED_VERSIONS: readonly ProtocolVersion[] = [
@@ -73,6 +75,19 @@ function checkEndpoints(v: unknown): KmipEndpoint[] {
   });
 }
 
+/**
+ * Load ca/cert/key into one TLS secure context, once: a PEM that does not parse or a key that does
+ * not match its certificate fails here, at construction, instead of on every connect.
+ */
+function loadSecureContext(ca: string | Buffer | Array<string | Buffer>, cert: string | Buffer, key: string | Buffer): tls.SecureContext {
+  try {
+    return tls.createSecureContext({ ca, cert, key, minVersion: 'TLSv1.2' });
+  } catch (err) {
+    // OpenSSL's reason (e.g. "PEM routines::no start line", "key values mismatch") never contains key bytes.
+    throw new KmipError('ERR_INVALID_ARGUMENT', `Could not load the TLS identity from ca, cert and key: ${(err as Error).message}`, { cause: err });
+  }
+}
+
 export interface ValidatedClientOptions {
   endpoints: KmipEndpoint[];
   ca: string | Buffer | Array<string | Buffer>;
@@ -84,6 +99,8 @@ export interface ValidatedClientOptions {
   protocolVersion: ProtocolVersion;
   maxConnectionsPerNode: number;
   maxMessageSize: number;
+  idleTimeoutMs: number;
+  secureContext: tls.SecureContext;
 }
 
 export function validateClientOptions(options: KmipClientOptions): ValidatedClientOptions {
@@ -115,5 +132,7 @@ export function validateClientOptions(options: KmipClientOptions): ValidatedClie
     protocolVersion: parseProtocolVersion(options.protocolVersion),
     maxConnectionsPerNode,
     maxMessageSize,
+    idleTimeoutMs: checkTimeout('idleTimeoutMs', options.idleTimeoutMs, DEFAULT_IDLE_TIMEOUT_MS),
+    secureContext: loadSecureContext(ca, cert, key),
   };
 }

@@ -231,6 +231,43 @@ function result(h: JournalHeader, path: string, bytes: number, started: number, 
   };
 }
 
+/**
+ * True when the disk is already in the state a job would leave it in: encrypted, no job pending,
+ * unlockable with `to` (and, for a rekey, no longer with `from`). A re-run of a job that completed
+ * just before a crash then returns at once instead of failing or doing the work twice.
+ */
+async function finishedEarlier(path: string, to: UnlockOptions, from?: UnlockOptions): Promise<EncryptionParams | null> {
+  const stored = await openVmdk(path, { readOnly: true, allowEncrypted: true });
+  try {
+    const enc = encryptionOf(stored);
+    if (!enc || enc.job !== undefined) return null;
+    const opens = async (keys: UnlockOptions): Promise<boolean> => {
+      try {
+        (await unlockDek(enc.params, stored.capacity, keys, path)).fill(0);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    if (from && (await opens(from))) return null;
+    return (await opens(to)) ? enc.params : null;
+  } catch {
+    return null;
+  } finally {
+    await stored.close();
+  }
+}
+
+function alreadyDone(operation: JobResult['operation'], path: string, params: EncryptionParams, capacity: number): JobResult {
+  return { operation, input: path, output: path, subformat: '', virtualSize: capacity, bytesProcessed: 0, seconds: 0, encrypted: true, diskId: params.diskId, resumed: true };
+}
+
+async function capacityOf(path: string): Promise<number> {
+  const d = await openVmdk(path, { readOnly: true, allowEncrypted: true });
+  await d.close();
+  return d.capacity;
+}
+
 async function withDiskLock<T>(path: string, operation: string, fn: () => Promise<T>): Promise<T> {
   const lock = await acquireLock(path, operation);
   try {
@@ -257,6 +294,8 @@ export async function encryptInPlace(path: string, options: EncryptInPlaceOption
   return withDiskLock(p, 'encrypt-in-place', async () => {
     const existing = await Journal.open(p);
     if (existing) return runJournal(p, existing, both, opts, true);
+    const done = await finishedEarlier(p, unlock);
+    if (done) return alreadyDone('encrypt', p, done, await capacityOf(p));
     const journal = await startInPlace(
       { operation: 'encrypt-in-place', path: p, opts, keys: unlock, encrypt: { lockers, ...(cipher ? { cipher } : {}), ...(unitSize ? { unitSize } : {}), ...(cache ? { cache } : {}) } },
       chunkSize,
@@ -301,6 +340,9 @@ export async function deepRekey(path: string, options: DeepRekeyOptions): Promis
   const lockers = given ?? (await sameProviderLockers(p, keys));
   const newKeys = keysFromLockers(lockers, { ...keys, passphrase: undefined }, cache);
   const encrypt: EncryptSpec = { lockers, ...(cipher ? { cipher } : {}), ...(unitSize ? { unitSize } : {}), ...(cache ? { cache } : {}) };
+  // Checked under the lock (which also clears a stale lock of a killed run).
+  const done = await withDiskLock(p, 'rekey-deep', () => finishedEarlier(p, newKeys, keys));
+  if (done) return alreadyDone('rekey-deep', p, done, await capacityOf(p));
   if (!inPlace) {
     return runCopy({ operation: 'rekey-deep', input: p, output: p, opts: { ...opts, force: true }, keys, encrypt, requireInput: 'encrypted', replaceInput: true });
   }

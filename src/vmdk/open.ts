@@ -100,11 +100,11 @@ async function openText(main: HostFile, opened: HostFile[], readOnly: boolean, a
   // The descriptor file itself holds no data: keep it closed while the disk is open.
   opened.splice(opened.indexOf(main), 1);
   await main.close();
-  const { extents, hostFiles } = await openExtents(descriptor, main.path, readOnly, opened, undefined);
+  const { extents, hostFiles } = await openExtents(descriptor, main.path, readOnly, opened);
   return new VmdkDisk({
     path: main.path,
     format: 'vmdk',
-    subformat: normalSubformat(descriptor.createType),
+    subformat: descriptor.createType,
     descriptor,
     descriptorStore: { kind: 'text' },
     readOnly,
@@ -146,17 +146,13 @@ async function openEmbedded(main: HostFile, opened: HostFile[], readOnly: boolea
   return new VmdkDisk({
     path: main.path,
     format: 'vmdk',
-    subformat: normalSubformat(descriptor.createType),
+    subformat: descriptor.createType,
     descriptor,
     descriptorStore: store,
     readOnly,
     extents: [sparse],
     hostFiles: [main],
   });
-}
-
-function normalSubformat(createType: string): string {
-  return createType;
 }
 
 /** Checks common to every descriptor before any extent is opened. */
@@ -210,7 +206,6 @@ async function openExtents(
   descriptorFile: string,
   readOnly: boolean,
   opened: HostFile[],
-  _embedded: SparseExtent | undefined,
 ): Promise<{ extents: Extent[]; hostFiles: HostFile[] }> {
   const extents: Extent[] = [];
   const byPath = new Map<string, { file: HostFile; sparse: boolean }>();

@@ -10,6 +10,7 @@ import {
   MARKER_FOOTER,
   MARKER_GD,
   MARKER_GT,
+  MAX_SPARSE_FILE_SECTORS,
   SECTOR,
   type SparseHeader,
   gdEntryCount,
@@ -180,6 +181,9 @@ export class StreamWriterExtent implements Extent {
       }
       const z = compressed[i];
       const sectors = Math.ceil((12 + z.length) / SECTOR);
+      if (this.#writePos + sectors + gtSectors(this.header) + 1 > MAX_SPARSE_FILE_SECTORS) {
+        throw new VmdkFormatError('ERR_VMDK_LIMIT', 'streamOptimized file would grow past 2 TiB (32-bit sector numbers)', { file: this.file.path });
+      }
       const head = Buffer.alloc(12);
       head.writeBigUInt64LE(BigInt(g) * BigInt(this.header.grainSize), 0);
       head.writeUInt32LE(z.length, 8);

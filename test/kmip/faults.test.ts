@@ -304,6 +304,23 @@ describe('framing and connection handling', () => {
     }
   });
 
+  it('a connection idle for longer than idleTimeoutMs is replaced rather than reused', async () => {
+    const kms = await fakeKms((req, socket) => socket.write(responseBytes(operationOf(req), ResultStatus.Success, (w) => w.textString(Tag.UniqueIdentifier, 'x'))));
+    const c = client([kms.port], { idleTimeoutMs: 50 });
+    try {
+      await c.activate('x');
+      await c.activate('x');
+      expect(kms.connections).toBe(1);
+      await new Promise((r) => setTimeout(r, 120));
+      await c.activate('x');
+      expect(kms.connections).toBe(2);
+      expect(c.stats.connectionsOpened).toBe(2);
+    } finally {
+      await c.close();
+      await kms.close();
+    }
+  });
+
   it('unsolicited bytes on an idle connection drop it; the next request reconnects', async () => {
     const kms = await fakeKms((req, socket) => {
       socket.write(responseBytes(operationOf(req), ResultStatus.Success, (w) => w.textString(Tag.UniqueIdentifier, 'x')));

@@ -6,6 +6,8 @@ import { KmipConnection } from '../../src/kmip/connection.js';
 import { encodeRequest, queryPayload } from '../../src/kmip/messages.js';
 import { Operation } from '../../src/kmip/tags.js';
 import { startTcpProxy } from './tcp-proxy.js';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
 
 let kms: PyKmip;
 const providers: KmipKeyProvider[] = [];
@@ -212,6 +214,12 @@ describe('identities and TLS', () => {
     expect(() => new KmipKeyProvider({ ...kms.providerOptions(), protocolVersion: '3.0' })).toThrow(/for protocolVersion/);
     expect(() => new KmipKeyProvider({ ...kms.providerOptions(), id: 'a/b' })).toThrow(/for id/);
     expect(() => new KmipKeyProvider({ ...kms.providerOptions(), timeoutMs: 0 })).toThrow(/for timeoutMs but received 0 of type number/);
+    // PEM-looking but broken, and a key that does not belong to the certificate: refused at construction
+    expect(() => new KmipKeyProvider({ ...kms.providerOptions(), cert: '-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n' })).toThrow(
+      expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT', message: expect.stringMatching(/^Could not load the TLS identity from ca, cert and key: /) }),
+    );
+    const serverKey = readFileSync(path.join(kms.dir, 'certs', 'server.key'), 'utf8');
+    expect(() => new KmipKeyProvider({ ...kms.providerOptions(), key: serverKey })).toThrow(/Could not load the TLS identity .*mismatch/);
   });
 });
 
