@@ -1,12 +1,11 @@
 // Constant-time bitsliced AES; see aes_portable.h for the layout.
 //
 // Why this shape: a table S-box leaks key bits through the cache, so SubBytes is arithmetic.
-// In bit-plane form one bitwise instruction acts on the same bit of all 64 bytes of four blocks,
-// so a GF(2^8) multiplication is 64 ANDs and ~80 XORs for 64 bytes. The inverse x^254 uses the
-// chain x^2, x^3, x^12, x^15, x^240, x^252, x^254: 4 multiplications + 7 squarings (squaring is
-// linear in GF(2), so it is only a reduction). ShiftRows rotates each row's bits inside a 16-bit
-// lane of every plane; MixColumns rotates inside 4-bit nibbles (one column) and applies xtime
-// by renaming planes.
+// In bit-plane form one bitwise instruction acts on the same bit of all 64 bytes of four blocks.
+// The S-box inverts in the tower field GF((2^4)^2) (about 200 bitwise operations for 64 bytes),
+// with the basis changes folded into the affine maps. ShiftRows rotates each row's bits inside a
+// 16-bit lane of every plane; MixColumns rotates inside 4-bit nibbles (one column) and applies
+// xtime by renaming planes.
 #include "aes_portable.h"
 
 #include <cstring>
@@ -59,66 +58,127 @@ void FromPlanes(const Planes in, uint8_t out[64]) {
   }
 }
 
-// Reduce a product of degree <= 14 modulo the AES polynomial x^8 + x^4 + x^3 + x + 1.
-inline void Reduce(uint64_t c[15], Planes out) {
-  for (int k = 14; k >= 8; --k) {
-    c[k - 8] ^= c[k];
-    c[k - 7] ^= c[k];
-    c[k - 5] ^= c[k];
-    c[k - 4] ^= c[k];
-  }
-  for (int j = 0; j < 8; ++j) out[j] = c[j];
+// ---- SubBytes through the tower field GF((2^4)^2) --------------------------------------------
+//
+// Inverting in GF(2^8) directly costs ~4 multiplications of 8-bit polynomials; in the isomorphic
+// tower GF(16)[y]/(y^2 + y + lambda) an inverse needs five GF(16) multiplications (16 ANDs and
+// 15 XORs each on bit planes) plus linear maps. The change of basis into the tower is merged with
+// the inverse affine map (InvSubBytes), and the way back with the affine map (SubBytes).
+// Matrices and lambda = z^3 come from native/test/gen_tower_maps.py, which checks the
+// isomorphism; the known-answer tests check the S-box end to end.
+// A tower element ah*y + al has al in planes 0..3 and ah in planes 4..7;
+// GF(16) = GF(2)[z]/(z^4 + z + 1) with bit i = coefficient of z^i.
+
+constexpr uint64_t kOnes = ~0ull;
+
+inline void Mul16(const uint64_t a[4], const uint64_t b[4], uint64_t out[4]) {
+  const uint64_t c0 = a[0] & b[0];
+  const uint64_t c1 = (a[0] & b[1]) ^ (a[1] & b[0]);
+  const uint64_t c2 = (a[0] & b[2]) ^ (a[1] & b[1]) ^ (a[2] & b[0]);
+  const uint64_t c3 = (a[0] & b[3]) ^ (a[1] & b[2]) ^ (a[2] & b[1]) ^ (a[3] & b[0]);
+  const uint64_t c4 = (a[1] & b[3]) ^ (a[2] & b[2]) ^ (a[3] & b[1]);
+  const uint64_t c5 = (a[2] & b[3]) ^ (a[3] & b[2]);
+  const uint64_t c6 = a[3] & b[3];
+  // z^4 = z + 1, z^5 = z^2 + z, z^6 = z^3 + z^2
+  out[0] = c0 ^ c4;
+  out[1] = c1 ^ c4 ^ c5;
+  out[2] = c2 ^ c5 ^ c6;
+  out[3] = c3 ^ c6;
 }
 
-void GfMul(const Planes a, const Planes b, Planes out) {
-  uint64_t c[15] = {0};
-  for (int i = 0; i < 8; ++i) {
-    for (int j = 0; j < 8; ++j) c[i + j] ^= a[i] & b[j];
-  }
-  Reduce(c, out);
+// a^2 = a0 + a1 z^2 + a2 z^4 + a3 z^6 reduced (squaring is linear over GF(2)).
+inline void Square16(const uint64_t a[4], uint64_t out[4]) {
+  out[0] = a[0] ^ a[2];
+  out[1] = a[2];
+  out[2] = a[1] ^ a[3];
+  out[3] = a[3];
 }
 
-void GfSquare(const Planes a, Planes out) {
-  uint64_t c[15] = {0};
-  for (int i = 0; i < 8; ++i) c[2 * i] = a[i];
-  Reduce(c, out);
+// Inverse in the tower (0 maps to 0): for a = ah*y + al,
+//   d = lambda*ah^2 + ah*al + al^2,  a^-1 = (ah*y + (ah + al)) * d^-1,  d^-1 = d^14 in GF(16).
+void TowerInvert(const uint64_t in[8], uint64_t out[8]) {
+  const uint64_t* al = in;
+  const uint64_t* ah = in + 4;
+  uint64_t p[4], sq[4], d[4];
+  Mul16(ah, al, p);
+  Square16(al, sq);
+  // lambda * ah^2, lambda = z^3
+  d[0] = ah[2] ^ p[0] ^ sq[0];
+  d[1] = ah[1] ^ ah[2] ^ ah[3] ^ p[1] ^ sq[1];
+  d[2] = ah[1] ^ p[2] ^ sq[2];
+  d[3] = ah[0] ^ ah[2] ^ ah[3] ^ p[3] ^ sq[3];
+  uint64_t d2[4], d4[4], d8[4], d6[4], di[4];
+  Square16(d, d2);
+  Square16(d2, d4);
+  Square16(d4, d8);
+  Mul16(d2, d4, d6);
+  Mul16(d6, d8, di);
+  uint64_t sum[4];
+  for (int i = 0; i < 4; ++i) sum[i] = ah[i] ^ al[i];
+  Mul16(sum, di, out);
+  Mul16(ah, di, out + 4);
 }
 
-// a^254 = a^-1 in GF(2^8) (and 0 for 0).
-void GfInvert(const Planes a, Planes out) {
-  Planes x2, x3, x12, x15, x240, x252, t;
-  GfSquare(a, x2);
-  GfMul(x2, a, x3);
-  GfSquare(x3, t);
-  GfSquare(t, x12);
-  GfMul(x12, x3, x15);
-  GfSquare(x15, t);
-  GfSquare(t, x240);
-  GfSquare(x240, t);
-  GfSquare(t, x240);  // x15^16 = x240
-  GfMul(x240, x12, x252);
-  GfMul(x252, x2, out);
+// AES basis -> tower basis.
+inline void ToTower(const uint64_t in[8], uint64_t out[8]) {
+  out[0] = in[0] ^ in[5] ^ in[7];
+  out[1] = in[2];
+  out[2] = in[2] ^ in[3] ^ in[4] ^ in[5] ^ in[6] ^ in[7];
+  out[3] = in[3] ^ in[4];
+  out[4] = in[4] ^ in[5] ^ in[6];
+  out[5] = in[1] ^ in[4] ^ in[6] ^ in[7];
+  out[6] = in[2] ^ in[3] ^ in[5] ^ in[7];
+  out[7] = in[5] ^ in[7];
 }
 
-inline uint64_t ConstPlane(unsigned c, int j) { return 0 - static_cast<uint64_t>((c >> j) & 1); }
+// Tower basis -> AES basis, then the S-box affine map (x -> L(x) ^ 0x63).
+inline void FromTowerAffine(const uint64_t in[8], uint64_t out[8]) {
+  out[0] = in[0] ^ in[2] ^ in[6] ^ kOnes;
+  out[1] = in[0] ^ in[1] ^ in[2] ^ in[3] ^ in[4] ^ in[5] ^ kOnes;
+  out[2] = in[0] ^ in[3] ^ in[5] ^ in[6];
+  out[3] = in[0] ^ in[2] ^ in[5];
+  out[4] = in[0] ^ in[1] ^ in[3] ^ in[4] ^ in[5];
+  out[5] = in[1] ^ in[2] ^ in[3] ^ in[5] ^ in[6] ^ in[7] ^ kOnes;
+  out[6] = in[4] ^ in[6] ^ in[7] ^ kOnes;
+  out[7] = in[1] ^ in[2];
+}
+
+// The inverse affine map (x -> L^-1(x ^ 0x63)), then AES basis -> tower basis.
+inline void InvAffineToTower(const uint64_t in[8], uint64_t out[8]) {
+  out[0] = in[1] ^ in[5] ^ in[6] ^ kOnes;
+  out[1] = in[1] ^ in[4] ^ in[7] ^ kOnes;
+  out[2] = in[1] ^ in[4] ^ kOnes;
+  out[3] = in[0] ^ in[1] ^ in[2] ^ in[3] ^ in[5] ^ in[6];
+  out[4] = in[0] ^ in[1] ^ in[2] ^ in[4] ^ in[5] ^ in[6] ^ in[7];
+  out[5] = in[3] ^ in[4] ^ in[5] ^ in[6];
+  out[6] = in[0] ^ in[4] ^ in[5] ^ in[6] ^ kOnes;
+  out[7] = in[1] ^ in[2] ^ in[6] ^ in[7];
+}
+
+// Tower basis -> AES basis.
+inline void FromTower(const uint64_t in[8], uint64_t out[8]) {
+  out[0] = in[0] ^ in[7];
+  out[1] = in[4] ^ in[5] ^ in[7];
+  out[2] = in[1];
+  out[3] = in[1] ^ in[6] ^ in[7];
+  out[4] = in[1] ^ in[3] ^ in[6] ^ in[7];
+  out[5] = in[2] ^ in[4] ^ in[6];
+  out[6] = in[1] ^ in[2] ^ in[3] ^ in[7];
+  out[7] = in[2] ^ in[4] ^ in[6] ^ in[7];
+}
 
 void SubBytes(Planes s) {
-  Planes inv;
-  GfInvert(s, inv);
-  // s = b ^ rotl(b,1) ^ rotl(b,2) ^ rotl(b,3) ^ rotl(b,4) ^ 0x63; rotl(b,k) has b_{j-k} in plane j.
-  for (int j = 0; j < 8; ++j) {
-    s[j] = inv[j] ^ inv[(j + 7) & 7] ^ inv[(j + 6) & 7] ^ inv[(j + 5) & 7] ^ inv[(j + 4) & 7] ^
-           ConstPlane(0x63, j);
-  }
+  uint64_t t[8], inv[8];
+  ToTower(s, t);
+  TowerInvert(t, inv);
+  FromTowerAffine(inv, s);
 }
 
 void InvSubBytes(Planes s) {
-  // Inverse affine map: rotl(s,1) ^ rotl(s,3) ^ rotl(s,6) ^ 0x05, then invert.
-  Planes b;
-  for (int j = 0; j < 8; ++j) {
-    b[j] = s[(j + 7) & 7] ^ s[(j + 5) & 7] ^ s[(j + 2) & 7] ^ ConstPlane(0x05, j);
-  }
-  GfInvert(b, s);
+  uint64_t t[8], inv[8];
+  InvAffineToTower(s, t);
+  TowerInvert(t, inv);
+  FromTower(inv, s);
 }
 
 // Per-16-bit-lane masks: row r of every column is bits r, r+4, r+8, r+12.

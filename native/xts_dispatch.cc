@@ -71,11 +71,13 @@ std::unique_ptr<XtsEngine> CreateXtsEngine(XtsImpl impl, const uint8_t* key, siz
 
 void SecureWipe(void* p, size_t n) {
   if (p == nullptr || n == 0) return;
-  volatile uint8_t* v = static_cast<volatile uint8_t*>(p);
-  for (size_t i = 0; i < n; ++i) v[i] = 0;
 #if defined(__GNUC__) || defined(__clang__)
+  std::memset(p, 0, n);
   // Tell the compiler the zeroed memory is observed, so the stores cannot be dropped as dead.
   __asm__ __volatile__("" : : "r"(p) : "memory");
+#else
+  volatile uint8_t* v = static_cast<volatile uint8_t*>(p);
+  for (size_t i = 0; i < n; ++i) v[i] = 0;
 #endif
 }
 

@@ -23,6 +23,7 @@
 #if defined(__GNUC__) || defined(__clang__)
 #define VMSEAL_TARGET(isa) __attribute__((target(isa)))
 #define VMSEAL_INLINE inline __attribute__((always_inline))
+#define VMSEAL_NOINLINE __attribute__((noinline))
 #define VMSEAL_PRAGMA(x) _Pragma(#x)
 #if defined(__clang__)
 #define VMSEAL_UNROLL VMSEAL_PRAGMA(unroll)
@@ -32,6 +33,7 @@
 #else
 #define VMSEAL_TARGET(isa)
 #define VMSEAL_INLINE __forceinline
+#define VMSEAL_NOINLINE __declspec(noinline)
 #define VMSEAL_UNROLL
 #endif
 
@@ -59,6 +61,17 @@ struct AesniKeySchedule {
 };
 // Requires AES-NI; keyLen is 32 or 64. The caller wipes *out when done.
 void AesniExpandXtsKey(const uint8_t* key, size_t keyLen, AesniKeySchedule* out);
+
+// Zero a (stack) buffer that held tweak or key material, as one memset the compiler must keep;
+// cheaper than SecureWipe's byte loop in per-call paths.
+inline void WipeBuffer(void* p, size_t n) {
+#if defined(__GNUC__) || defined(__clang__)
+  std::memset(p, 0, n);
+  __asm__ __volatile__("" : : "r"(p) : "memory");
+#else
+  SecureWipe(p, n);
+#endif
+}
 
 // The 16-byte tweak block of data unit n: n as a 128-bit little-endian integer.
 inline void UnitTweakBytes(uint64_t n, uint8_t out[16]) {

@@ -11,13 +11,14 @@
 //            partly in registers and partly on the stack (the compiler decides), which is cheap:
 //            each tweak is read twice per 16 blocks, as a folded memory operand
 //   keys     Key1 round keys broadcast to both lanes, read from the engine (L1) each round
-// vaesenc on ymm issues up to two per cycle with a latency of ~3-4 cycles, so 8 independent
-// registers are needed to keep the AES units busy; fewer (4) measured clearly slower.
+// vaesenc on ymm issues up to two per cycle with a latency of ~3-4 cycles, so 6-8 independent
+// registers are needed to keep the AES units busy.
 //
 // Tweaks for the next 16 blocks are t_i * x^16: a 2-byte shift of each 128-bit lane (vpslldq) XOR
 // the 16 bits that left the top multiplied by 0x87 (vpsrldq + one vpclmulqdq) — no serial chain
 // from block to block. The first 16 tweaks of a unit come from T0 with variable shifts
-// (vpsllvq/vpsrlvq by 0..7) and a clmul fold, then a 1-byte shift for x^8..x^15.
+// (vpsllvq/vpsrlvq by 0..7) and a clmul fold, then a 1-byte shift for x^8..x^15; they are
+// prepared for a group of 8 units before the group is encrypted, so a unit's start does not wait.
 // The last round is vaesenclast(x, k_last ^ T), which also applies the output tweak. Initial
 // tweaks of 8 units are encrypted together under Key2 (4 ymm in flight). Leftover blocks (< 16)
 // and ciphertext stealing run in a separate out-of-line function so the main loop stays lean.
@@ -121,7 +122,7 @@ VMSEAL_AVX2 VMSEAL_INLINE __m128i XtsBlock(const uint8_t* sched, __m128i in, __m
 // tweaks in t[0..7], then ciphertext stealing if `tail` != 0 (IEEE 1619 §5.3; decryption uses the
 // two last tweaks in the opposite order). Rare, so it favours simplicity over speed.
 template <int NR, bool ENC>
-VMSEAL_AVX2 __attribute__((noinline)) void TailBlocks(const uint8_t* sched, const uint8_t* in,
+VMSEAL_AVX2 VMSEAL_NOINLINE void TailBlocks(const uint8_t* sched, const uint8_t* in,
                                                       uint8_t* out, size_t left, size_t tail,
                                                       const __m256i t[8]) {
   alignas(32) __m128i tws[16];
@@ -229,11 +230,6 @@ VMSEAL_AVX2 VMSEAL_INLINE void PrepareTweaks(const __m128i* t0, size_t n, UnitTw
   for (size_t u = 0; u < n; ++u) FirstTweaks(_mm_load_si128(t0 + u), poly, tw[u].t);
 }
 
-VMSEAL_AVX2 VMSEAL_INLINE void WipeTweaks(void* p, size_t n) {
-  std::memset(p, 0, n);
-  __asm__ __volatile__("" : : "r"(p) : "memory");  // keep the stores
-}
-
 template <int NR, bool ENC>
 VMSEAL_AVX2 void Units(const WideSchedule& ks, const uint8_t* in, uint8_t* out, size_t unitSize,
                        size_t count, uint64_t first) {
@@ -251,8 +247,8 @@ VMSEAL_AVX2 void Units(const WideSchedule& ks, const uint8_t* in, uint8_t* out, 
     first += n;
     count -= n;
   }
-  WipeTweaks(t0, sizeof(t0));
-  WipeTweaks(tw, used * sizeof(UnitTweakRegs));
+  WipeBuffer(t0, sizeof(t0));
+  WipeBuffer(tw, used * sizeof(UnitTweakRegs));
 }
 
 template <int NR, bool ENC>
@@ -263,8 +259,8 @@ VMSEAL_AVX2 void WithTweak(const WideSchedule& ks, const uint8_t* in, uint8_t* o
   t0[0] = Block<NR, true>(ks.enc2, _mm_loadu_si128(reinterpret_cast<const __m128i*>(tweak)));
   PrepareTweaks(t0, 1, tw);
   UnitsWithTweaks<NR, ENC>(ENC ? ks.enc1 : ks.dec1, tw, in, out, len, 1);
-  WipeTweaks(t0, sizeof(t0));
-  WipeTweaks(tw, sizeof(tw));
+  WipeBuffer(t0, sizeof(t0));
+  WipeBuffer(tw, sizeof(tw));
 }
 
 class VaesAvx2XtsEngine final : public XtsEngine {

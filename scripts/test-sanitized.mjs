@@ -19,7 +19,15 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const buildDir = join(root, 'build-sanitize');
 const outDir = join(buildDir, 'Release');
 const addon = join(outDir, 'vmseal_xts.node');
-const testFiles = ['test/xts/kat.test.ts', 'test/xts/bad-input.test.ts', 'test/xts/native-bad-input.test.ts'];
+// Known answers and bad input (the brief), plus the async/dispose/thread-exit tests, where memory
+// errors would hide.
+const testFiles = [
+  'test/xts/kat.test.ts',
+  'test/xts/bad-input.test.ts',
+  'test/xts/native-bad-input.test.ts',
+  'test/xts/api.test.ts',
+  'test/xts/package.test.ts',
+];
 const cxx = process.env.CXX || 'g++';
 
 function run(cmd, args, env = process.env) {
@@ -85,4 +93,4 @@ console.log(`[test-sanitized] LD_PRELOAD=${env.LD_PRELOAD}`);
 console.log(`[test-sanitized] ASAN_OPTIONS=${env.ASAN_OPTIONS} UBSAN_OPTIONS=${env.UBSAN_OPTIONS}`);
 const vitest = join(root, 'node_modules', 'vitest', 'vitest.mjs');
 run(process.execPath, [vitest, 'run', ...testFiles], env);
-console.log('\n[test-sanitized] OK: the sanitizer build passed the known-answer and bad-input tests');
+console.log('\n[test-sanitized] OK: the sanitizer build passed the known-answer, bad-input, API and thread/exit tests');

@@ -39,8 +39,7 @@ export interface Classified {
   unexpected: boolean;
 }
 
-const KMS_HINT =
-  'Check --kms, the certificates (--kms-ca/--kms-cert/--kms-key) and that the key server is running; a disk with a recovery passphrase can be unlocked without it (--passphrase-file)';
+const KMS_HINT = 'Check --kms, the certificates (--kms-ca/--kms-cert/--kms-key) and that the key server is running';
 const KEY_HINT =
   "Give the key provider that holds the disk's key (`vmseal info DISK` lists its lockers), or its recovery passphrase";
 const FORMAT_HINT = 'Check that the input is the disk image you meant (`vmseal info` shows what vmseal sees)';
@@ -51,7 +50,7 @@ const BY_CODE: Record<string, { exitCode: ExitCodeValue; hint?: string }> = {
   // interrupted
   ERR_ABORTED: { exitCode: ExitCode.INTERRUPTED },
   // another process has the disk or the keystore
-  ERR_DISK_BUSY: { exitCode: ExitCode.BUSY, hint: 'Wait for the other vmseal process to finish; a lock left by a process that died is taken over automatically' },
+  ERR_DISK_BUSY: { exitCode: ExitCode.BUSY, hint: 'Retry when the other process is done (a lock left by a vmseal process that died is taken over automatically)' },
   ERR_KEYSTORE_LOCKED: { exitCode: ExitCode.BUSY, hint: 'Another vmseal process is using the local keystore; retry when it is done' },
   // key server
   ERR_KMS_UNAVAILABLE: { exitCode: ExitCode.KMS_UNAVAILABLE, hint: KMS_HINT },

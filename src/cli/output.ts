@@ -95,7 +95,7 @@ export class Output {
     const bar = new SingleBar(
       {
         stream: this.streams.stderr as NodeJS.WritableStream as never,
-        format: `${label.padEnd(8)} [{bar}] {percentage}% | {done} / {total} | {rate} | ETA {etaText}`,
+        format: `${label.padEnd(8)} [{bar}] {percentage}% | {doneText} / {totalText} | {rateText} | ETA {etaText}`,
         barCompleteChar: '#',
         barIncompleteChar: '-',
         hideCursor: true,
@@ -115,9 +115,9 @@ export class Output {
         const rate = p.rate ?? (elapsed > 0 ? p.bytesDone / elapsed : 0);
         const eta = p.etaSeconds ?? (rate > 0 ? (p.bytesTotal - p.bytesDone) / rate : Number.NaN);
         const payload = {
-          done: formatBytes(p.bytesDone),
-          total: formatBytes(p.bytesTotal),
-          rate: rate > 0 ? formatRate(rate, 1) : '-',
+          doneText: formatBytes(p.bytesDone),
+          totalText: formatBytes(p.bytesTotal),
+          rateText: rate > 0 ? formatRate(rate, 1) : '-',
           etaText: formatDuration(eta),
         };
         const total = Math.max(1, p.bytesTotal);

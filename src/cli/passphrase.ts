@@ -138,8 +138,9 @@ export function promptHidden(prompt: string, io: PromptIO, signal?: AbortSignal)
     };
     if (signal?.aborted) return reject(abortError());
     signal?.addEventListener('abort', onAbort, { once: true });
-    output.write(prompt);
+    // Echo off before the prompt appears: whatever is typed (or pasted) after it is never shown.
     if (input.setRawMode) input.setRawMode(true);
+    output.write(prompt);
     input.on('data', onData);
     input.resume();
   });

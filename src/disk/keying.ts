@@ -3,10 +3,18 @@
  * descriptor lines (params.ts) and the key layer (KeySafe, binding).
  */
 import { randomBytes } from 'node:crypto';
-import { sealDek, unlockKeySafe, type LockerSpec, type UnlockOptions } from '../keys/envelope.js';
-import { computeAuthenticator, verifyAuthenticator, type BindingParams } from '../keys/binding.js';
-import { diskCipherOf, generateDek } from '../keys/dek.js';
-import type { KeyCache } from '../keys/cache.js';
+import {
+  computeAuthenticator,
+  diskCipherOf,
+  generateDek,
+  sealDek,
+  unlockKeySafe,
+  verifyAuthenticator,
+  type BindingParams,
+  type KeyCache,
+  type LockerSpec,
+  type UnlockOptions,
+} from '../keys/index.js';
 import { DiskError } from './errors.js';
 import {
   FORMAT_VERSION,

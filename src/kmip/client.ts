@@ -269,6 +269,7 @@ export class KmipClient {
   }
 
   private async acquire(node: Node): Promise<KmipConnection> {
+    this.sweepIdle(node);
     for (;;) {
       if (this.closed) throw new KmipError('ERR_KMIP_CLOSED', 'KmipClient was closed');
       const conn = node.idle.pop();
@@ -336,6 +337,19 @@ export class KmipClient {
     const waiter = node.waiters.shift();
     if (waiter) waiter(conn);
     else node.idle.push(conn);
+  }
+
+  /** Close idle connections that are closed or idle for too long (the pool is LIFO: old ones sink). */
+  private sweepIdle(node: Node): void {
+    const now = Date.now();
+    for (let i = node.idle.length - 1; i >= 0; i--) {
+      const conn = node.idle[i]!;
+      if (conn.isOpen && now - conn.lastUsed <= this.idleTimeoutMs) continue;
+      node.idle.splice(i, 1);
+      conn.close();
+      node.all.delete(conn);
+      node.count--;
+    }
   }
 
   private discardIdle(node: Node): void {

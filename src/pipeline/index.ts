@@ -13,3 +13,4 @@ export {
   type ShallowRekeyOptions,
   type ResumeOptions,
 } from './inplace.js';
+export { inspectDisk, verifyDisk, type DiskInfo, type VerifyOptions, type VerifyResult } from './inspect.js';

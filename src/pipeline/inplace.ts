@@ -21,7 +21,7 @@ import { DiskError } from '../disk/errors.js';
 import { generateDek, makeEncryptionParams, unlockDek } from '../disk/keying.js';
 import { UNENCRYPTABLE_SUBFORMATS, checkEncryptionChoice, checkLockers, encryptionOf } from '../disk/open.js';
 import { LINE, encryptionLines, unsafeValueReason, type CipherName, type DataUnitSize, type EncryptionParams } from '../disk/params.js';
-import { rewrapKeySafe, sealDek, type LockerInfo } from '../keys/envelope.js';
+import { rewrapKeySafe, sealDek, type LockerInfo } from '../keys/index.js';
 import { describeValue } from '../errors.js';
 import { locateDescriptor, removeStaleDescriptorTemps, writeDescriptor } from './descriptor-io.js';
 import { PipelineError, abortError } from './errors.js';
@@ -355,7 +355,7 @@ export async function deepRekey(path: string, options: DeepRekeyOptions): Promis
 /** Lockers for a new DEK under the same provider KEKs as the disk's current fqid lockers. */
 async function sameProviderLockers(path: string, keys: UnlockOptions): Promise<LockerSpec[]> {
   const { readEncryptionParams } = await import('../disk/open.js');
-  const { describeKeySafe } = await import('../keys/envelope.js');
+  const { describeKeySafe } = await import('../keys/index.js');
   const params = await readEncryptionParams(path);
   if (!params) throw new DiskError('ERR_NOT_ENCRYPTED', `${path} is not encrypted`);
   const providers = Array.isArray(keys.providers) ? keys.providers : keys.providers ? Object.values(keys.providers) : [];

@@ -138,6 +138,17 @@ export function checkOut(out: unknown, data: Uint8Array, argument: string): Uint
   return o;
 }
 
+/**
+ * Async work reads and writes the memory while JS runs on: a resizable ArrayBuffer (or growable
+ * SharedArrayBuffer) could be shrunk under it, so those are refused there.
+ */
+function checkFixedLength(view: Uint8Array, argument: string): void {
+  const buffer = view.buffer as { resizable?: boolean; growable?: boolean };
+  if (buffer.resizable === true || buffer.growable === true) {
+    throw new XtsTypeError('ERR_INVALID_ARG_VALUE', `Expected a Uint8Array over a fixed-length buffer for ${argument} but received a resizable ${describeValue(view)}`);
+  }
+}
+
 export interface CheckedBatch {
   unitSize: number;
   firstUnit: number | bigint;
@@ -165,6 +176,10 @@ export function checkBatch(data: unknown, options: unknown, allowThreads: boolea
   }
   const out = opts.out === undefined ? undefined : checkOut(opts.out, d, 'options.out');
   let threads: number | undefined;
-  if (allowThreads && opts.threads !== undefined) threads = checkThreads(opts.threads, 'options.threads');
+  if (allowThreads) {
+    if (opts.threads !== undefined) threads = checkThreads(opts.threads, 'options.threads');
+    checkFixedLength(d, 'data');
+    if (out !== undefined) checkFixedLength(out, 'options.out');
+  }
   return { unitSize, firstUnit, out, threads };
 }

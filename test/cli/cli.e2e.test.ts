@@ -1,7 +1,9 @@
 // End-to-end tests of the `vmseal` command, run as a user would: `node bin/vmseal.js …` in a child
 // process (against the built dist/, or VMSEAL_CLI_ENTRY in development), on images made by
 // qemu-img, with a temporary VMSEAL_HOME, the local key provider and a real PyKMIP server.
-import { mkdir, mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { copyFile, mkdir, mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -34,6 +36,9 @@ async function encryptedHash(disk: string, e: NodeJS.ProcessEnv = env, extra: st
 }
 
 beforeAll(async () => {
+  if (!process.env.VMSEAL_CLI_ENTRY && !existsSync(fileURLToPath(new URL('../../dist/cli/main.js', import.meta.url)))) {
+    throw new Error('dist/cli/main.js is missing: these tests run the built CLI; run `npm run build` first');
+  }
   dir = await mkdtemp(join(tmpdir(), 'vmseal-cli-e2e-'));
   home = join(dir, 'home');
   env = cleanEnv({ VMSEAL_HOME: home });
@@ -104,6 +109,20 @@ describe.each(['raw', 'monolithicSparse', 'monolithicFlat'])('local key provider
   });
 });
 
+describe('in place', () => {
+  it('encrypt --in-place, then resume finds nothing left to do, and the data is intact', async () => {
+    const work = join(dir, 'inplace');
+    await mkdir(work);
+    const disk = join(work, 'disk.vmdk');
+    await copyFile(sources.monolithicSparse!, disk);
+    const e = json(ok(await vmseal(['encrypt', disk, '--in-place', '--json'], env)));
+    expect(e).toMatchObject({ ok: true, encrypted: true, output: disk });
+    expect(json(ok(await vmseal(['resume', disk, '--json'], env)))).toMatchObject({ ok: true, resumed: false });
+    expect(await encryptedHash(disk)).toBe(expected);
+    expect((await readdir(work)).sort()).toEqual(['disk.vmdk']);
+  });
+});
+
 describe('recovery passphrase and error paths (local provider)', () => {
   let work: string;
   let enc: string;
@@ -162,6 +181,30 @@ describe('recovery passphrase and error paths (local provider)', () => {
     expectOneLineError(r2);
   });
 
+  it('verify against a different image: exit 6, one line naming the difference', async () => {
+    const other = join(work, 'other.img');
+    await writeSampleDisk(other, SIZE, 8);
+    const r = await vmseal(['verify', enc, '--against', other, '--json'], env);
+    expect(r.code).toBe(6);
+    const j = json(r);
+    expect(j).toMatchObject({ ok: false, command: 'verify', sha256: expected });
+    expect(typeof j.firstMismatch).toBe('number');
+    expect(expectOneLineError(r)).toMatch(/^vmseal: verify .*differs/);
+  });
+
+  it('a disk in use (its .lck held, as by a running VM): exit 7, nothing changed', async () => {
+    const before = json(ok(await vmseal(['info', enc, '--json'], env)));
+    await mkdir(`${enc}.lck`);
+    try {
+      const r = await vmseal(['rekey', enc, '--shallow'], env);
+      expect(r.code).toBe(7);
+      expect(expectOneLineError(r)).toContain('.lck');
+    } finally {
+      await rm(`${enc}.lck`, { recursive: true });
+    }
+    expect(json(ok(await vmseal(['info', enc, '--json'], env))).encryption.lockers).toEqual(before.encryption.lockers);
+  });
+
   it('passphrases are not accepted on argv, and are never echoed', async () => {
     for (const args of [
       ['encrypt', sources.raw!, join(work, 'p.vmdk'), '--passphrase', 'hunter2hunter2'],
@@ -186,7 +229,7 @@ describe('recovery passphrase and error paths (local provider)', () => {
     expect(r.unanswered).toEqual([]);
     expect(r.code, r.transcript).toBe(0);
     expect(r.transcript).not.toContain(typed);
-    expect(r.transcript).toMatch(/encrypt +\[[#-]+\] +\d+%/);
+    expect(r.transcript).toMatch(/encrypt +\[[#-]+\] +\d+% \| [\d.]+ [KMG]?i?B \/ 24.0 MiB \|/);
     expect(r.transcript).toContain('locked by recovery passphrase');
     const noKeys = cleanEnv({ VMSEAL_HOME: join(work, 'empty-home') });
     const d = await vmsealOnTty(['decrypt', out, join(work, 'tty.img'), '--raw', '--recovery-passphrase'], noKeys, [['Enter the recovery passphrase', `${typed}\r`]]);

@@ -3,7 +3,7 @@ import { readFileSync, writeFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { createEncryptedDisk, openDisk, EncryptedDisk, readEncryptionParams } from '../../src/disk/index.js';
 import { openDisk as openVmdk, createDisk } from '../../src/vmdk/index.js';
-import { unlockKeySafe } from '../../src/keys/envelope.js';
+import { unlockKeySafe } from '../../src/keys/index.js';
 import { MemoryKeyProvider, patternBytes, phraseLocker, providerLocker, tempDir, xtsReference } from './helpers.js';
 
 const MiB = 1 << 20;

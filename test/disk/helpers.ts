@@ -4,7 +4,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createCipheriv, createDecipheriv, randomBytes, createHash } from 'node:crypto';
-import type { KeyProvider, KeyRef } from '../../src/keys/provider.js';
+import type { KeyProvider, KeyRef } from '../../src/keys/index.js';
 
 export function tempDir(prefix = 'vmseal-test-'): { dir: string; cleanup: () => void } {
   const dir = mkdtempSync(join(tmpdir(), prefix));

@@ -335,6 +335,8 @@ export async function startPyKmip(options: StartPyKmipOptions = {}): Promise<PyK
       }
       const pgid = child.pid!;
       liveGroups.add(pgid);
+      // A forgotten stop() must not keep the test process alive: the exit hook kills the group.
+      child.unref();
       node.child = child;
       let exitedEarly = false;
       node.exited = new Promise<void>((resolve) => {
@@ -386,7 +388,20 @@ export async function startPyKmip(options: StartPyKmipOptions = {}): Promise<PyK
 
     // One after the other: two nodes starting together race to create the database schema
     // ("table keys already exists") and one of them dies.
-    for (let i = 0; i < nodes.length; i++) await launch(i);
+    // A free port found by binding port 0 can be taken by someone else before PyKMIP binds it:
+    // on a failed first start, try again on another port.
+    for (let i = 0; i < nodes.length; i++) {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          await launch(i);
+          break;
+        } catch (err) {
+          if (attempt >= 3) throw err;
+          nodes[i]!.port = await freePort();
+          writeConf(nodes[i]!, { certDir, policyDir, dbPath });
+        }
+      }
+    }
 
     let stopped = false;
     const kms: PyKmip = {

@@ -2,6 +2,7 @@
 // answer must end in a typed error, never a hang or a crash.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import tls from 'node:tls';
+import fc from 'fast-check';
 import { mkdtempSync, rmSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -266,6 +267,42 @@ describe('bad answers become typed errors', () => {
 });
 
 describe('framing and connection handling', () => {
+  it('fuzz: whatever bytes a server sends before closing, the client ends with a typed error (fast-check, fixed seed)', async () => {
+    let next: Buffer = Buffer.alloc(0);
+    const kms = await fakeKms((_req, socket) => socket.end(next));
+    const c = client([kms.port], { timeoutMs: 2000 });
+    const header = fc.constantFrom('42007b01', '42007b02', '42007801', '00000000');
+    const bytes = fc.oneof(
+      fc.uint8Array({ maxLength: 64 }).map((u) => Buffer.from(u)),
+      fc.tuple(header, fc.nat({ max: 96 }), fc.uint8Array({ maxLength: 96 })).map(([h, len, body]) =>
+        Buffer.concat([Buffer.from(h, 'hex'), Buffer.from([0, 0, 0, len]), Buffer.from(body)]),
+      ),
+      // a real response with one byte changed
+      fc.tuple(fc.nat({ max: sampleGetResponse.length - 1 }), fc.integer({ min: 0, max: 255 })).map(([at, v]) => {
+        const b = Buffer.from(sampleGetResponse);
+        b[at] = v;
+        return b;
+      }),
+    );
+    try {
+      await fc.assert(
+        fc.asyncProperty(bytes, async (answer) => {
+          next = answer;
+          try {
+            await c.getSymmetricKey('1');
+          } catch (err) {
+            expect(err).toBeInstanceOf(KmipError);
+            expect(['ERR_KMS_UNAVAILABLE', 'ERR_KMIP_PROTOCOL', 'ERR_KMIP_KEY', 'ERR_KMIP_OPERATION_FAILED']).toContain((err as KmipError).code);
+          }
+        }),
+        { seed: 2024, numRuns: 60 },
+      );
+    } finally {
+      await c.close();
+      await kms.close();
+    }
+  });
+
   it('parses a response however it is split across TCP segments (every split offset)', async () => {
     let split = 1;
     const kms = await fakeKms((_req, socket) => {
@@ -369,6 +406,24 @@ describe('framing and connection handling', () => {
       await c.close();
       await broken.close();
       await good.close();
+    }
+  });
+
+  it('many concurrent requests to a hanging node, with a pool of one connection, all end with typed errors', async () => {
+    const kms = await fakeKms(() => undefined);
+    const c = client([kms.port], { timeoutMs: 200, maxConnectionsPerNode: 1 });
+    try {
+      const results = await Promise.allSettled(Array.from({ length: 5 }, () => c.query()));
+      for (const r of results) {
+        expect(r.status).toBe('rejected');
+        const err = (r as PromiseRejectedResult).reason as KmipError;
+        expect(err).toBeInstanceOf(KmipError);
+        expect(err.code).toBe('ERR_KMS_UNAVAILABLE');
+        expect(err.failures![0]!.code).toBe('ERR_KMIP_TIMEOUT');
+      }
+    } finally {
+      await c.close();
+      await kms.close();
     }
   });
 

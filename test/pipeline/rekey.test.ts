@@ -4,7 +4,7 @@ import { readFileSync, writeFileSync, readdirSync, existsSync, mkdirSync } from 
 import { join } from 'node:path';
 import { encryptDisk, encryptInPlace, deepRekey, shallowRekey, resumeDisk } from '../../src/pipeline/index.js';
 import { openDisk, readEncryptionParams } from '../../src/disk/index.js';
-import { describeKeySafe } from '../../src/keys/envelope.js';
+import { describeKeySafe } from '../../src/keys/index.js';
 import { MemoryKeyProvider, patternBytes, phraseLocker, providerLocker, sha256, tempDir } from '../disk/helpers.js';
 
 const MiB = 1 << 20;

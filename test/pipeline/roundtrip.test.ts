@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { encryptDisk, decryptDisk, convertDisk } from '../../src/pipeline/index.js';
 import { openDisk, readEncryptionParams } from '../../src/disk/index.js';
 import { createDisk } from '../../src/vmdk/index.js';
-import { unlockKeySafe } from '../../src/keys/envelope.js';
+import { unlockKeySafe } from '../../src/keys/index.js';
 import { MemoryKeyProvider, patternBytes, phraseLocker, providerLocker, sha256, tempDir, xtsReference } from '../disk/helpers.js';
 
 const MiB = 1 << 20;

@@ -2,7 +2,7 @@
 // finish it with the right data every time.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawnSync, execFileSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
@@ -64,6 +64,40 @@ const scenarios = [
   { op: 'encrypt', subformat: 'monolithicSparse', passphrase: 'pw' },
   { op: 'rekey', subformat: 'monolithicFlat', passphrase: 'new' },
 ] as const;
+
+describe('SIGKILL at any point of a copy job: nothing under the final name until it is complete', () => {
+  it('encrypt raw → twoGbMaxExtentFlat', async () => {
+    const dir = join(tmp.dir, 'copy');
+    mkdirSync(dir);
+    const input = (sub: string): string => {
+      mkdirSync(join(dir, sub));
+      copyFileSync(join(tmp.dir, 'plain.raw'), join(dir, sub, 'in.raw'));
+      return join(dir, sub, 'in.raw');
+    };
+    const full = run('copy', input('dry'));
+    expect(full.status, full.stderr).toBe(0);
+    const total = Number(/events=(\d+)/.exec(full.stdout)![1]);
+    for (const point of killPoints(total, 10, 4242)) {
+      const src = input(`kill-${point}`);
+      const out = join(dirname(src), 'in.enc.vmdk');
+      const killed = run('copy', src, point);
+      expect(killed.signal, `kill at ${point}: ${killed.stderr}`).toBe('SIGKILL');
+      const { existsSync } = await import('node:fs');
+      if (existsSync(out)) {
+        // The descriptor is renamed last: if it is there, the output is whole.
+        expect(await plainHash(out, 'pw'), `output after kill at ${point}`).toBe(sha256(image));
+      } else {
+        // The same call again: it either writes the output, or finds that the killed run's commit had
+        // started and rolls it forward (then the output exists, complete, and the call says so).
+        const again = run('copy', src);
+        if (again.status !== 0) expect(again.stderr, `re-run after kill at ${point}`).toContain('ERR_OUTPUT_EXISTS');
+        expect(await plainHash(out, 'pw')).toBe(sha256(image));
+      }
+      expect(sha256(readFileSync(src)), 'the input is never modified').toBe(sha256(image));
+      expect(readdirSync(dirname(src)).sort(), `files after kill at ${point}`).toEqual(expect.arrayContaining(['in.raw', 'in.enc.vmdk', 'in.enc-f001.vmdk']));
+    }
+  });
+});
 
 describe('SIGKILL at any point of an in-place job, then the same call again', () => {
   for (const s of scenarios) {

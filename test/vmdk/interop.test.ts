@@ -132,6 +132,25 @@ describe('disks qemu writes read byte-identically in vmseal', () => {
     });
   });
 
+  it('a CRLF descriptor with comments and unknown keys: qemu and vmseal read the same data; a bare qemu extent opens alone', async () => {
+    const path = join(dir, 'crlf.vmdk');
+    run('qemu-img', ['create', '-q', '-f', 'vmdk', '-o', 'subformat=twoGbMaxExtentSparse', path, '3M']);
+    run('qemu-io', ['-f', 'vmdk', '-c', 'write -P 0x21 70001 9999', path]);
+    const text = readFileSync(path, 'utf8').replace(/\0+$/, '');
+    const edited = text.replace('createType="twoGbMaxExtentSparse"', 'createType="twoGbMaxExtentSparse"\nencryption.note = "kept"\n# a section comment').split('\n').join('\r\n');
+    writeFileSync(path, edited);
+    const expected = qemuRaw(path);
+    const disk = await openDisk(path, { allowEncrypted: true, readOnly: true });
+    expect(disk.descriptor!.crlf).toBe(true);
+    expect(disk.descriptor!.toString()).toBe(edited);
+    expect((await disk.read(0, disk.capacity)).equals(expected)).toBe(true);
+    await disk.close();
+    // qemu leaves an empty descriptor area in split extents: the extent opens as a disk of its own.
+    const part = await openDisk(path.replace('.vmdk', '-s001.vmdk'), { readOnly: true });
+    expect((await part.read(0, part.capacity)).equals(expected)).toBe(true);
+    await part.close();
+  });
+
   it('qemu-img convert from raw into every subformat', async () => {
     const src = join(dir, 'conv-src.raw');
     const data = patternData(3 * MiB + 512 * 7, 99);

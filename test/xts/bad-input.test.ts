@@ -209,6 +209,24 @@ describe('batch calls', () => {
     expectError(await rejected(() => cipher.decryptAsync(data, { unitSize: 512, threads: threads as number })), kind, code, message);
   });
 
+  it('async refuses resizable buffers (they could shrink under the pool threads)', async () => {
+    const resizable = new Uint8Array(new (ArrayBuffer as unknown as new (n: number, o: object) => ArrayBuffer)(1024, { maxByteLength: 4096 }));
+    expectError(
+      await rejected(() => cipher.encryptAsync(resizable, { unitSize: 512 })),
+      'type',
+      'ERR_INVALID_ARG_VALUE',
+      'Expected a Uint8Array over a fixed-length buffer for data but received a resizable Uint8Array of length 1024',
+    );
+    expectError(
+      await rejected(() => cipher.decryptAsync(new Uint8Array(1024), { unitSize: 512, out: resizable })),
+      'type',
+      'ERR_INVALID_ARG_VALUE',
+      'Expected a Uint8Array over a fixed-length buffer for options.out but received a resizable Uint8Array of length 1024',
+    );
+    // The sync calls finish before JS can resize anything.
+    expect(cipher.encrypt(resizable, { unitSize: 512, out: resizable })).toBe(resizable);
+  });
+
   it('accepts an empty batch', async () => {
     expect(cipher.encrypt(new Uint8Array(0), { unitSize: 512 })).toHaveLength(0);
     expect(await cipher.decryptAsync(new Uint8Array(0), { unitSize: 512, firstUnit: 2n ** 64n - 1n })).toHaveLength(0);

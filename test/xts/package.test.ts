@@ -44,6 +44,11 @@ const probe = (load: string): string => `
 `;
 
 describe.skipIf(!hasDist)(`the built package (${dist})`, () => {
+  it('is a current build (run `npm run build` if this fails)', () => {
+    const r = runNode(['-e', `const vm = require(${JSON.stringify(join(dist, 'index.cjs'))}); console.log(typeof vm.XtsCipher, typeof vm.xtsInfo)`]);
+    expect(r.stdout.trim(), `${dist} does not export XtsCipher/xtsInfo: stale build? stderr: ${r.stderr}`).toBe('function function');
+  });
+
   it('loads through the ESM entry point in a child process', () => {
     const script = `import { createRequire } from 'node:module'; const require = createRequire(import.meta.url);
       const vm = await import(${JSON.stringify(new URL(`file://${join(dist, 'index.js')}`).href)}); ${probe('')}`;

@@ -42,11 +42,15 @@ export async function verifyCommand(ctx: Ctx, disk: string, opts: VerifyCliOptio
   ctx.output.line(`  read ${throughputText(result.bytesRead, seconds)}`);
   if (!result.ok) {
     const why =
-      result.firstMismatch !== undefined
-        ? `its content differs from ${opts.against} at byte ${result.firstMismatch}`
-        : result.problems.length > 0
-          ? result.problems.join('; ')
+      result.problems.length > 0
+        ? result.problems.join('; ')
+        : result.firstMismatch !== undefined
+          ? `its content differs from ${opts.against} first at byte ${result.firstMismatch}`
           : 'the check failed';
-    ctx.output.error(`vmseal: verify ${disk}: ${why}. The disk is damaged or not the image you meant; restore it from a backup.`);
+    const todo =
+      opts.against !== undefined
+        ? `Check that ${opts.against} is the image ${disk} was made from; if it is, ${disk} is damaged: restore it from a backup`
+        : 'The disk is damaged; restore it from a backup';
+    ctx.output.error(`vmseal: verify ${disk}: ${why}. ${todo}.`);
   }
 }
