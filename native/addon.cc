@@ -473,7 +473,8 @@ void SettleJob(napi_env env, napi_value, void* context, void*) {
   job->engine.reset();
   if (job->skipped) {
     napi_value message, code, error;
-    napi_create_string_utf8(env, "The XTS thread pool was shut down before the work ran", NAPI_AUTO_LENGTH, &message);
+    napi_create_string_utf8(env, "The XTS thread pool did not run the work (it was shut down, or no thread could start)",
+                            NAPI_AUTO_LENGTH, &message);
     napi_create_string_utf8(env, "ERR_XTS_CANCELLED", NAPI_AUTO_LENGTH, &code);
     napi_create_error(env, code, message, &error);
     napi_reject_deferred(env, deferred, error);
@@ -579,8 +580,14 @@ Napi::Value RunBatchAsync(const Napi::CallbackInfo& info, bool encrypt) {
     tasks.emplace_back([job, index, units](bool cancelled) { RunChunk(job, index, units, cancelled); });
     index += units;
   }
-  if (!addon.pool->Submit(std::move(tasks))) {
-    // The environment is shutting down: settle now as cancelled.
+  bool queued = false;
+  try {
+    queued = addon.pool->Submit(std::move(tasks));
+  } catch (const std::exception&) {
+    queued = false;  // no worker thread could be started: settle as cancelled rather than hang
+  }
+  if (!queued) {
+    // The environment is shutting down (or no thread could start): settle now as cancelled.
     std::lock_guard<std::mutex> lock(job->mu);
     job->skipped = true;
     job->remaining = 0;

@@ -34,13 +34,13 @@ bool XtsImplAvailable(XtsImpl impl) {
     case XtsImpl::kPortable:
       return true;
     case XtsImpl::kAesni:
-      return VMSEAL_X86_64 && f.aes && f.sse41;
+      return VMSEAL_X86_64 && f.aes && f.pclmulqdq && f.sse41;
     case XtsImpl::kVaesAvx2:
-      return VMSEAL_X86_64 && f.aes && f.sse41 && f.avx && f.avx2 && f.vaes && f.vpclmulqdq &&
-             f.osAvx;
+      return VMSEAL_X86_64 && f.aes && f.pclmulqdq && f.sse41 && f.avx && f.avx2 && f.vaes &&
+             f.vpclmulqdq && f.osAvx;
     case XtsImpl::kVaesAvx512:
-      return VMSEAL_X86_64 && f.aes && f.sse41 && f.avx && f.avx2 && f.vaes && f.vpclmulqdq &&
-             f.avx512f && f.avx512vl && f.avx512bw && f.osAvx && f.osAvx512;
+      return VMSEAL_X86_64 && f.aes && f.pclmulqdq && f.sse41 && f.avx && f.avx2 && f.vaes &&
+             f.vpclmulqdq && f.avx512f && f.avx512vl && f.avx512bw && f.osAvx && f.osAvx512;
   }
   return false;
 }

@@ -17,8 +17,9 @@
 // Tweaks for the next 16 blocks are t_i * x^16: a 2-byte shift of each 128-bit lane (vpslldq) XOR
 // the 16 bits that left the top multiplied by 0x87 (vpsrldq + one vpclmulqdq) — no serial chain
 // from block to block. The first 16 tweaks of a unit come from T0 with variable shifts
-// (vpsllvq/vpsrlvq by 0..7) and a clmul fold, then a 1-byte shift for x^8..x^15; they are
-// prepared for a group of 8 units before the group is encrypted, so a unit's start does not wait.
+// (vpsllvq/vpsrlvq by 0..7) and a clmul fold, then a 1-byte shift for x^8..x^15. Unit setup is
+// software-pipelined: the next 8 units' initial tweaks are encrypted together under Key2, and
+// each is expanded while the unit before it is encrypted, so a unit's start never waits.
 // The last round is vaesenclast(x, k_last ^ T), which also applies the output tweak. Initial
 // tweaks of 8 units are encrypted together under Key2 (4 ymm in flight). Leftover blocks (< 16)
 // and ciphertext stealing run in a separate out-of-line function so the main loop stays lean.
@@ -153,16 +154,20 @@ VMSEAL_AVX2 VMSEAL_NOINLINE void TailBlocks(const uint8_t* sched, const uint8_t*
   }
 }
 
-// The first 16 tweaks of one unit, prepared for a group of units before any is processed, so
-// the start of a unit does not wait for a chain of tweak arithmetic.
+// The first 16 tweaks of one unit, prepared before the unit is processed, so the start of a
+// unit does not wait for a chain of tweak arithmetic.
 struct UnitTweakRegs {
   __m256i t[8];
 };
 
+// The XTS loop over `count` units of one group; tw[u] holds unit u's first 16 tweaks. After unit
+// u it prepares unit u of the next group (nextT0 -> nextTw, u < nextCount), overlapping that work
+// with the next unit's AES rounds.
 template <int NR, bool ENC>
 VMSEAL_AVX2 VMSEAL_INLINE void UnitsWithTweaks(const uint8_t* sched, const UnitTweakRegs* tw,
                                                const uint8_t* in, uint8_t* out, size_t unitSize,
-                                               size_t count) {
+                                               size_t count, const __m128i* nextT0,
+                                               size_t nextCount, UnitTweakRegs* nextTw) {
   const __m256i poly = _mm256_set1_epi64x(0x87);
   const size_t tail = unitSize % 16;
   const size_t bulkBlocks = unitSize / 16 - (tail != 0 ? 1 : 0);
@@ -175,7 +180,9 @@ VMSEAL_AVX2 VMSEAL_INLINE void UnitsWithTweaks(const uint8_t* sched, const UnitT
       __m256i x[8];
       const __m256i k0 = Key256(sched, 0);
       VMSEAL_UNROLL
-      for (int i = 0; i < 8; ++i) x[i] = _mm256_xor_si256(_mm256_xor_si256(LoadU(in + 32 * i), t[i]), k0);
+      for (int i = 0; i < 8; ++i) {
+        x[i] = _mm256_xor_si256(_mm256_xor_si256(LoadU(in + 32 * i), t[i]), k0);
+      }
       VMSEAL_UNROLL
       for (int r = 1; r < NR; ++r) {
         const __m256i k = Key256(sched, r);
@@ -197,6 +204,7 @@ VMSEAL_AVX2 VMSEAL_INLINE void UnitsWithTweaks(const uint8_t* sched, const UnitT
       in += 16 * left + (tail != 0 ? 16 + tail : 0);
       out += 16 * left + (tail != 0 ? 16 + tail : 0);
     }
+    if (u < nextCount) FirstTweaks(_mm_load_si128(nextT0 + u), poly, nextTw[u].t);
   }
 }
 
@@ -225,41 +233,45 @@ VMSEAL_AVX2 VMSEAL_INLINE void UnitTweaks8(const uint8_t* k2, uint64_t first, __
   }
 }
 
-VMSEAL_AVX2 VMSEAL_INLINE void PrepareTweaks(const __m128i* t0, size_t n, UnitTweakRegs* tw) {
-  const __m256i poly = _mm256_set1_epi64x(0x87);
-  for (size_t u = 0; u < n; ++u) FirstTweaks(_mm_load_si128(t0 + u), poly, tw[u].t);
-}
-
 template <int NR, bool ENC>
 VMSEAL_AVX2 void Units(const WideSchedule& ks, const uint8_t* in, uint8_t* out, size_t unitSize,
                        size_t count, uint64_t first) {
   const uint8_t* sched = ENC ? ks.enc1 : ks.dec1;
+  const __m256i poly = _mm256_set1_epi64x(0x87);
   alignas(32) __m128i t0[8];
-  alignas(32) UnitTweakRegs tw[8];
-  const size_t used = count < 8 ? count : 8;
+  alignas(32) UnitTweakRegs twA[8], twB[8];
+  UnitTweakRegs* cur = twA;
+  UnitTweakRegs* next = twB;
+  const size_t firstGroup = count < 8 ? count : 8;
+  UnitTweaks8<NR>(ks.enc2, first, t0);
+  for (size_t u = 0; u < firstGroup; ++u) FirstTweaks(_mm_load_si128(t0 + u), poly, cur[u].t);
   while (count > 0) {
     const size_t n = count < 8 ? count : 8;
-    UnitTweaks8<NR>(ks.enc2, first, t0);
-    PrepareTweaks(t0, n, tw);
-    UnitsWithTweaks<NR, ENC>(sched, tw, in, out, unitSize, n);
+    const size_t rest = count - n;
+    const size_t nextN = rest < 8 ? rest : 8;
+    if (nextN != 0) UnitTweaks8<NR>(ks.enc2, first + n, t0);
+    UnitsWithTweaks<NR, ENC>(sched, cur, in, out, unitSize, n, t0, nextN, next);
     in += n * unitSize;
     out += n * unitSize;
     first += n;
-    count -= n;
+    count = rest;
+    UnitTweakRegs* done = cur;
+    cur = next;
+    next = done;
   }
   WipeBuffer(t0, sizeof(t0));
-  WipeBuffer(tw, used * sizeof(UnitTweakRegs));
+  WipeBuffer(twA, firstGroup * sizeof(UnitTweakRegs));
+  WipeBuffer(twB, firstGroup * sizeof(UnitTweakRegs));
 }
 
 template <int NR, bool ENC>
 VMSEAL_AVX2 void WithTweak(const WideSchedule& ks, const uint8_t* in, uint8_t* out, size_t len,
                            const uint8_t tweak[16]) {
-  alignas(32) __m128i t0[1];
   alignas(32) UnitTweakRegs tw[1];
-  t0[0] = Block<NR, true>(ks.enc2, _mm_loadu_si128(reinterpret_cast<const __m128i*>(tweak)));
-  PrepareTweaks(t0, 1, tw);
-  UnitsWithTweaks<NR, ENC>(ENC ? ks.enc1 : ks.dec1, tw, in, out, len, 1);
-  WipeBuffer(t0, sizeof(t0));
+  const __m128i t0 =
+      Block<NR, true>(ks.enc2, _mm_loadu_si128(reinterpret_cast<const __m128i*>(tweak)));
+  FirstTweaks(t0, _mm256_set1_epi64x(0x87), tw[0].t);
+  UnitsWithTweaks<NR, ENC>(ENC ? ks.enc1 : ks.dec1, tw, in, out, len, 1, nullptr, 0, nullptr);
   WipeBuffer(tw, sizeof(tw));
 }
 

@@ -19,12 +19,13 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const buildDir = join(root, 'build-sanitize');
 const outDir = join(buildDir, 'Release');
 const addon = join(outDir, 'vmseal_xts.node');
-// Known answers and bad input (the brief), plus the async/dispose/thread-exit tests, where memory
-// errors would hide.
+// Known answers and bad input, plus the differential tests (every unit size: ciphertext stealing
+// at every tail length) and the async/dispose/thread-exit tests, where memory errors would hide.
 const testFiles = [
   'test/xts/kat.test.ts',
   'test/xts/bad-input.test.ts',
   'test/xts/native-bad-input.test.ts',
+  'test/xts/differential.test.ts',
   'test/xts/api.test.ts',
   'test/xts/package.test.ts',
 ];
@@ -93,4 +94,4 @@ console.log(`[test-sanitized] LD_PRELOAD=${env.LD_PRELOAD}`);
 console.log(`[test-sanitized] ASAN_OPTIONS=${env.ASAN_OPTIONS} UBSAN_OPTIONS=${env.UBSAN_OPTIONS}`);
 const vitest = join(root, 'node_modules', 'vitest', 'vitest.mjs');
 run(process.execPath, [vitest, 'run', ...testFiles], env);
-console.log('\n[test-sanitized] OK: the sanitizer build passed the known-answer, bad-input, API and thread/exit tests');
+console.log('\n[test-sanitized] OK: the sanitizer build passed the known-answer, bad-input, differential, API and thread/exit tests');

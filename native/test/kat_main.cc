@@ -43,7 +43,8 @@ void UnitTweak(uint64_t n, uint8_t t[16]) {
 }
 
 // OpenSSL reference: one unit with a 16-byte tweak.
-void OsslXts(bool enc, const uint8_t* key, size_t keyLen, const uint8_t tweak[16], const uint8_t* in,
+void OsslXts(bool enc, const uint8_t* key, size_t keyLen, const uint8_t tweak[16],
+             const uint8_t* in,
              uint8_t* out, size_t len) {
   EVP_CIPHER_CTX* ctx = EVP_CIPHER_CTX_new();
   const EVP_CIPHER* c = keyLen == 64 ? EVP_aes_256_xts() : EVP_aes_128_xts();
@@ -104,7 +105,9 @@ void TestRandom(unsigned seed, int iterations) {
     for (auto& b : key) b = static_cast<uint8_t>(rng());
     size_t unitSize;
     switch (rng() % 3) {
-      case 0: unitSize = specialSizes[rng() % (sizeof(specialSizes) / sizeof(specialSizes[0]))]; break;
+      case 0:
+        unitSize = specialSizes[rng() % (sizeof(specialSizes) / sizeof(specialSizes[0]))];
+        break;
       case 1: unitSize = 16 + rng() % 600; break;
       default: unitSize = 16 + rng() % 9000; break;
     }
@@ -220,7 +223,8 @@ void TestDispatch() {
   for (uint8_t b : w) zero = zero && b == 0;
   CHECK(zero, "SecureWipe");
   const auto& f = vmseal::GetCpuFeatures();
-  std::printf("cpu: aes=%d pclmul=%d sse41=%d avx=%d avx2=%d vaes=%d vpclmulqdq=%d avx512f=%d vl=%d "
+  std::printf("cpu: aes=%d pclmul=%d sse41=%d avx=%d avx2=%d vaes=%d vpclmulqdq=%d avx512f=%d "
+              "vl=%d "
               "bw=%d osAvx=%d osAvx512=%d\n",
               f.aes, f.pclmulqdq, f.sse41, f.avx, f.avx2, f.vaes, f.vpclmulqdq, f.avx512f,
               f.avx512vl, f.avx512bw, f.osAvx, f.osAvx512);

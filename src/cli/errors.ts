@@ -49,6 +49,9 @@ const USAGE_HINT = 'Run `vmseal --help` for usage';
 const BY_CODE: Record<string, { exitCode: ExitCodeValue; hint?: string }> = {
   // interrupted
   ERR_ABORTED: { exitCode: ExitCode.INTERRUPTED },
+  ERR_XTS_CANCELLED: { exitCode: ExitCode.INTERRUPTED },
+  // installation: the message says how to build the native addon
+  ERR_NATIVE_NOT_FOUND: { exitCode: ExitCode.INTERNAL },
   // another process has the disk or the keystore
   ERR_DISK_BUSY: { exitCode: ExitCode.BUSY, hint: 'Retry when the other process is done (a lock left by a vmseal process that died is taken over automatically)' },
   ERR_KEYSTORE_LOCKED: { exitCode: ExitCode.BUSY, hint: 'Another vmseal process is using the local keystore; retry when it is done' },
@@ -74,7 +77,7 @@ const BY_CODE: Record<string, { exitCode: ExitCodeValue; hint?: string }> = {
   ERR_KEYSTORE_KEY_DESTROYED: { exitCode: ExitCode.KEY, hint: 'The key was destroyed; only a recovery passphrase locker (or a keystore backup) can open disks locked by it' },
   ERR_KEYSTORE_MISSING: { exitCode: ExitCode.FAILURE, hint: 'Run `vmseal keys init` (or point --home / VMSEAL_HOME at your keystore)' },
   ERR_KEYSTORE_CORRUPT: { exitCode: ExitCode.FORMAT, hint: 'Restore the keystore from a backup (`vmseal keys restore`)' },
-  ERR_KEYSTORE_MODE: { exitCode: ExitCode.USAGE, hint: 'Give a keystore passphrase only for a passphrase-protected keystore' },
+  ERR_KEYSTORE_MODE: { exitCode: ExitCode.KEY, hint: 'A passphrase-protected keystore needs its passphrase (--home-passphrase-file F or VMSEAL_HOME_PASSPHRASE); a keystore with a master key file takes none' },
   ERR_KEYSTORE_CONFLICT: { exitCode: ExitCode.FAILURE, hint: 'The backup holds a different key under an id that exists here; restore into a fresh --home' },
   ERR_KEYSTORE_IO: { exitCode: ExitCode.FAILURE, hint: 'Check the permissions of VMSEAL_HOME' },
   // integrity

@@ -76,15 +76,34 @@ interface KmsConfig {
   timeoutMs: number;
 }
 
+/** PEM files are small; anything bigger is not the certificate or key meant. */
+const MAX_PEM_BYTES = 1024 * 1024;
+
 async function readPem(path: string, option: string): Promise<Buffer> {
+  let pem: Buffer;
   try {
-    return await readFile(path);
+    const st = await stat(path);
+    if (!st.isFile() || st.size > MAX_PEM_BYTES) {
+      throw new CliError('ERR_CLI_KMS_FILE', `${option} ${path} is not a PEM file (${st.isFile() ? `${st.size} bytes` : 'not a regular file'})`, {
+        exitCode: ExitCode.USAGE,
+        hint: `Give ${option} the PEM file (text starting with -----BEGIN)`,
+      });
+    }
+    pem = await readFile(path);
   } catch (err) {
+    if (err instanceof CliError) throw err;
     throw new CliError('ERR_CLI_KMS_FILE', `cannot read ${option} ${path} (${(err as NodeJS.ErrnoException).code ?? 'error'})`, {
       exitCode: ExitCode.USAGE,
       hint: `Check the path given to ${option}`,
     });
   }
+  if (!pem.includes('-----BEGIN ')) {
+    throw new CliError('ERR_CLI_KMS_FILE', `${option} ${path} is not a PEM file (no -----BEGIN line)`, {
+      exitCode: ExitCode.USAGE,
+      hint: `Give ${option} the PEM file (convert DER with \`openssl x509 -inform der -in F -out F.pem\`)`,
+    });
+  }
+  return pem;
 }
 
 export class KeySession {
@@ -177,6 +196,9 @@ export class KeySession {
     return this.newKeyKind === 'kmip' ? this.kmip() : this.local();
   }
 
+  /** Provider ids named by a disk that no configured provider serves (KMIP ids without --kms). */
+  readonly unreachableProviders = new Set<string>();
+
   /** Set when this command used the local keystore for new keys and it did not exist before. */
   newKeystoreHome: string | undefined;
 
@@ -228,6 +250,7 @@ export class KeySession {
     }
     const local = await this.local();
     providers.push(local);
+    if (!this.kmsConfigured) for (const id of ids) if (id !== local.id) this.unreachableProviders.add(id);
     if (this.kmsConfigured) {
       if (this.opts.kmsId !== undefined) ids.add(this.opts.kmsId);
       for (const id of ids) if (id !== local.id) providers.push(await this.kmip(id));
@@ -261,6 +284,18 @@ export async function withKeys<T>(ctx: Ctx, opts: KeyCliOptions, fn: (keys: KeyS
   const session = new KeySession(ctx, opts);
   try {
     return await fn(session);
+  } catch (err) {
+    // "Locked" because no KMS was configured at all is a different fix than a KMS that is down.
+    const code = (err as { code?: unknown })?.code;
+    if ((code === 'ERR_DISK_LOCKED' || code === 'ERR_NO_KEY') && session.unreachableProviders.size > 0) {
+      const ids = [...session.unreachableProviders].join(', ');
+      throw new CliError(code, (err as Error).message, {
+        exitCode: ExitCode.KEY,
+        hint: `The disk's key is held by the KMIP provider ${ids}: give --kms host:port with --kms-ca, --kms-cert and --kms-key (or VMSEAL_KMS, …), or the disk's recovery passphrase`,
+        cause: err,
+      });
+    }
+    throw err;
   } finally {
     await session.close();
   }

@@ -42,7 +42,8 @@ export class Output {
   readonly quiet: boolean;
   private readonly showProgress: boolean;
   private readonly streams: Streams;
-  private activeBar: SingleBar | undefined;
+  /** Stops the bar being drawn, if one is (printing text must not interleave with it). */
+  private stopActiveBar: (() => void) | undefined;
   private jsonWritten = false;
 
   constructor(opts: OutputOptions = {}, streams: Streams = { stdout: process.stdout, stderr: process.stderr }) {
@@ -108,7 +109,12 @@ export class Output {
     );
     let started = false;
     const start = Date.now();
-    this.activeBar = bar;
+    const stop = (): void => {
+      if (started) bar.stop();
+      started = false;
+      if (this.stopActiveBar === stop) this.stopActiveBar = undefined;
+    };
+    this.stopActiveBar = stop;
     return {
       update: (p: ProgressUpdate) => {
         const elapsed = (Date.now() - start) / 1000;
@@ -129,19 +135,12 @@ export class Output {
           bar.update(Math.min(p.bytesDone, total), payload);
         }
       },
-      stop: () => {
-        if (started) bar.stop();
-        if (this.activeBar === bar) this.activeBar = undefined;
-      },
+      stop,
     };
   }
 
   private clearBar(): void {
-    if (this.activeBar) {
-      // Stop the bar before printing so that the text does not interleave with the bar's line.
-      this.activeBar.stop();
-      this.activeBar = undefined;
-    }
+    this.stopActiveBar?.();
   }
 }
 

@@ -201,15 +201,17 @@ export async function readPassphrase(opts: ReadPassphraseOptions): Promise<strin
   return value;
 }
 
-// Options that look like someone is handing vmseal a secret on the command line. The value is
-// never echoed: the message names only the option.
-const SECRET_OPTION = /^--?(?:[a-z-]*-)?(?:pass|passphrase|password|passwd|pin|secret|key-?material)(?:=|$)/i;
-const ALLOWED = /^--(?:passphrase-file|passphrase-env|recovery-passphrase|add-recovery-passphrase|remove-recovery-passphrase|use-recovery-passphrase|home-passphrase-file|home-passphrase-env)$/;
+// Flags that name a passphrase but take no value, and options whose value is a file or a variable
+// name (never the secret itself). Any other option that looks like it carries a secret is refused,
+// and so is a value glued to one of the flags (`--recovery-passphrase=…`).
+const PASSPHRASE_FLAGS = new Set(['--recovery-passphrase', '--add-recovery-passphrase', '--remove-recovery-passphrase', '--with-passphrase']);
+const PASSPHRASE_SOURCES = new Set(['--passphrase-file', '--passphrase-env', '--home-passphrase-file']);
+const SECRET_LIKE = /pass|secret|^--?pin$|key-?material/i;
 
 /**
  * Refuse argv that carries a passphrase: `--passphrase X`, `--password=X`, `--recovery-passphrase=X`.
  * Runs before commander so that commander's own "unknown option '--passphrase=secret'" never
- * prints the secret.
+ * prints the secret. The message names only the option, never the value.
  */
 export function rejectSecretsOnArgv(argv: readonly string[]): void {
   for (const arg of argv) {
@@ -217,9 +219,9 @@ export function rejectSecretsOnArgv(argv: readonly string[]): void {
     if (!arg.startsWith('-')) continue;
     const eq = arg.indexOf('=');
     const name = eq === -1 ? arg : arg.slice(0, eq);
-    if (ALLOWED.test(name) && eq === -1) continue;
-    if (ALLOWED.test(name) && /^--(?:passphrase-file|passphrase-env|home-passphrase-file|home-passphrase-env)$/.test(name)) continue;
-    if (SECRET_OPTION.test(name) || (eq !== -1 && ALLOWED.test(name))) {
+    if (PASSPHRASE_SOURCES.has(name)) continue;
+    if (PASSPHRASE_FLAGS.has(name) && eq === -1) continue;
+    if (PASSPHRASE_FLAGS.has(name) || SECRET_LIKE.test(name)) {
       throw usageError(
         `${name} cannot carry a passphrase: vmseal never takes passphrases from the command line (they leak into shell history and the process list)`,
         `Use --passphrase-file F, --passphrase-env NAME, the ${DEFAULT_PASSPHRASE_ENV} environment variable, or the prompt`,

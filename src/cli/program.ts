@@ -58,9 +58,9 @@ function addKeyOptions(cmd: Command, create: boolean): Command {
   return cmd;
 }
 
-function addJobOptions(cmd: Command): Command {
+function addJobOptions(cmd: Command, withForce = true): Command {
+  if (withForce) cmd.addOption(new Option('--force', 'replace an existing output'));
   return cmd
-    .addOption(new Option('--force', 'replace an existing output'))
     .addOption(new Option('--chunk-size <size>', 'bytes per read/encrypt/write step (a multiple of 4K)').argParser(parseChunkSize).hideHelp())
     .addOption(new Option('--threads <n>', 'encryption threads').argParser((v) => parseInteger(v, '--threads', { min: 1, max: 256 })).hideHelp());
 }
@@ -104,14 +104,12 @@ export function buildProgram(ctx: Ctx, streams: Streams): Command {
     .command('encrypt')
     .summary('encrypt a plain disk image into an encrypted VMDK')
     .description(
-      'Encrypt IN (a VMDK of any supported subformat, or a raw image) into the encrypted VMDK OUT with a new\n' +
-        'per-disk key (DEK), locked by a key-encryption key of the local keystore or a KMIP server, and optionally\n' +
-        'by a recovery passphrase. IN is never modified; OUT appears only when complete.\n' +
+      'Encrypt IN (a VMDK of any supported subformat, or a raw image) into the encrypted VMDK OUT with a new per-disk key (DEK), locked by a key-encryption key of the local keystore or a KMIP server, and optionally by a recovery passphrase. IN is never modified; OUT appears only when complete.\n\n' +
         'With --in-place, IN itself is encrypted (journaled: an interruption is finished by `vmseal resume IN`).',
     )
     .argument('<IN>', 'plain disk image')
     .argument('[OUT]', 'encrypted VMDK to write (omit with --in-place)')
-    .addOption(subformatOption('output subformat (default: the input\'s; raw input → monolithicFlat)'))
+    .addOption(subformatOption('output subformat (default: the input\'s; raw → monolithicFlat, streamOptimized → monolithicSparse)'))
     .option('--recovery-passphrase', 'also lock the disk with a recovery passphrase (from --passphrase-file, --passphrase-env, VMSEAL_PASSPHRASE or a prompt)')
     .option('--in-place', 'encrypt IN in place instead of writing OUT (for images too big to copy)');
   addEncryptionParams(encrypt);
@@ -129,9 +127,7 @@ Examples:
     .command('decrypt')
     .summary('decrypt an encrypted VMDK into a plain VMDK or raw image')
     .description(
-      'Decrypt the encrypted VMDK IN into the plain image OUT. The key comes from the provider named in the disk\n' +
-        '(local keystore, or KMIP with --kms …) or from its recovery passphrase (--passphrase-file, --passphrase-env,\n' +
-        'VMSEAL_PASSPHRASE, or --recovery-passphrase to be prompted).',
+      'Decrypt the encrypted VMDK IN into the plain image OUT. The key comes from the provider named in the disk (the local keystore, or KMIP with --kms …) or from its recovery passphrase (--passphrase-file, --passphrase-env, VMSEAL_PASSPHRASE, or --recovery-passphrase to be prompted).',
     )
     .argument('<IN>', 'encrypted VMDK')
     .argument('<OUT>', 'plain image to write')
@@ -151,12 +147,8 @@ Examples:
     .command('convert')
     .summary('convert images between subformats, optionally encrypting or decrypting; also in batches')
     .description(
-      'Convert IN to OUT in another subformat. An encrypted input stays encrypted with the same key unless\n' +
-        '--decrypt; --encrypt encrypts the output with a new key.\n' +
-        'Batch: IN may be a directory (its .vmdk, .img and .raw images) or --list FILE may name the images (one\n' +
-        'path per line, # comments); OUT is then a directory. Each image is converted in turn; a failure is reported\n' +
-        'and the next image runs; the summary lists every image (ok or failed and why, bytes, time) and the exit\n' +
-        'code is 1 if any failed.',
+      'Convert IN to OUT in another subformat. An encrypted input stays encrypted with the same key unless --decrypt; --encrypt encrypts the output with a new key.\n\n' +
+        'Batch: IN may be a directory (its .vmdk, .img and .raw images), or --list FILE names the images (one path per line, # comments); OUT is then a directory. Each image is converted in turn; a failure is reported and the next image runs; the summary lists every image (ok or failed and why, bytes, time) and the exit code is 1 if any failed.',
     )
     .argument('[IN]', 'image, or directory of images (omit with --list)')
     .argument('[OUT]', 'output image, or output directory for a batch')
@@ -180,10 +172,8 @@ Examples:
     .command('rekey')
     .summary('change the key-encryption key (--shallow) or the disk key itself (--deep)')
     .description(
-      '--shallow: re-lock the disk\'s key (DEK) with a new key-encryption key, or add/remove the recovery passphrase;\n' +
-        'only the descriptor changes, atomically. Without --new-key/--key-provider/--key-id and without passphrase\n' +
-        'options, a new key is made in the provider the disk uses now.\n' +
-        '--deep: a new DEK; all data is re-encrypted (a new image renamed over DISK, or --in-place, journaled).',
+      '--shallow: re-lock the disk\'s key (DEK) with a new key-encryption key, or add/remove the recovery passphrase; only the descriptor changes, atomically. Without --new-key, --key-provider, --key-id and the passphrase options, a new key is made in the provider the disk uses now.\n\n' +
+        '--deep: a new DEK; all data is re-encrypted (a new image renamed over DISK, or --in-place, journaled). A recovery passphrase is kept only if it is given.',
     )
     .argument('<DISK>', 'encrypted VMDK')
     .option('--shallow', 'new key-encryption key (or passphrase change); data untouched')
@@ -194,8 +184,9 @@ Examples:
     .option('--in-place', 'deep rekey in place (journaled, resumable) instead of writing a new image')
     .addOption(new Option('--cipher <cipher>', `deep: new data cipher: ${CIPHERS.join(' or ')} (default: unchanged)`).argParser(parseCipher))
     .addOption(new Option('--unit-size <bytes>', 'deep: new data-unit size, 512 or 4096 (default: unchanged)').argParser(parseUnitSize));
+  rekey.option('--recovery-passphrase', 'unlock with the recovery passphrase (and keep it through --deep); prompted for on a terminal if no file or variable gives it');
   addKeyOptions(rekey, true);
-  addJobOptions(rekey);
+  addJobOptions(rekey, false);
   rekey.addHelpText('after', `
 Examples:
   vmseal rekey disk-enc.vmdk --shallow
@@ -215,7 +206,7 @@ Examples:
   const verify = program
     .command('verify')
     .summary('read a whole disk, check its metadata, and compare with a plain image')
-    .description('Read every byte of DISK (decrypting it if encrypted), check its metadata and print its SHA-256;\nwith --against, compare its content with the plain image PLAIN. Exit code 6 on any mismatch.')
+    .description('Read every byte of DISK (decrypting it if encrypted), check its metadata and print its SHA-256; with --against, compare its content with the plain image PLAIN. Exit code 6 on any mismatch.')
     .argument('<DISK>', 'disk image')
     .option('--against <plain>', 'plain image (VMDK or raw) whose content DISK must equal')
     .option('--recovery-passphrase', 'unlock with the recovery passphrase');
@@ -234,8 +225,7 @@ Examples:
     .command('keys')
     .summary('manage the local keystore (the embedded key provider)')
     .description(
-      'The local key provider keeps key-encryption keys in a keystore folder: --home, VMSEAL_HOME, or ~/.vmseal.\n' +
-        'Back it up: a disk locked only by a local key cannot be opened without it.',
+      'The local key provider keeps key-encryption keys in a keystore folder: --home, VMSEAL_HOME, or ~/.vmseal. Back it up: a disk locked only by a local key cannot be opened without it.',
     );
   const homeOption = (): Option => new Option('--home <dir>', 'keystore folder (env: VMSEAL_HOME; default: ~/.vmseal)');
   const homePass = (): Option => new Option('--home-passphrase-file <file>', 'file holding the keystore passphrase');
@@ -283,10 +273,8 @@ Examples:
     .command('demo')
     .summary('run the main job on a sample disk: make, encrypt, inspect, decrypt, verify')
     .description(
-      'Make a sample disk with realistic content (partition table, text and binary files, free space), encrypt it\n' +
-        'with the local key provider, show `info`, decrypt it and check the round trip by hash, with throughput.\n' +
-        'Keys go to VMSEAL_HOME (or --home) if set, initialised if needed; otherwise to a temporary keystore that is\n' +
-        'deleted with the demo\'s files. Everything happens in a temporary folder, removed at the end unless --keep.',
+      'Make a sample disk with realistic content (partition table, text and binary files, free space), encrypt it with the local key provider, show `info`, decrypt it and check the round trip by hash, with throughput.\n\n' +
+        'Keys go to VMSEAL_HOME (or --home) if set, initialised if needed; otherwise to a temporary keystore that is deleted with the demo\'s files. Everything happens in a temporary folder, removed at the end unless --keep.',
     )
     .addOption(new Option('--size <size>', 'virtual size of the sample disk').default(128 * 1024 * 1024, '128M').argParser((v) => parseSize(v, '--size', { min: 16 * 1024 * 1024, max: 64 * 1024 ** 3 })))
     .addOption(subformatOption('encrypted subformat: monolithicSparse or monolithicFlat').default('monolithicSparse'))

@@ -15,6 +15,7 @@ import type { DataCipher } from './cipher.js';
 import type { ByteRange, DescriptorView, InnerDisk } from './inner.js';
 import type { EncryptionParams } from './params.js';
 import { describeValue } from '../errors.js';
+import { MAX_READ_BYTES } from '../vmdk/index.js';
 
 export class EncryptedDisk {
   readonly encrypted = true as const;
@@ -72,6 +73,9 @@ export class EncryptedDisk {
 
   async read(position: number, length: number): Promise<Buffer> {
     this.#checkRange('read', position, length);
+    if (length > MAX_READ_BYTES) {
+      throw new DiskError('ERR_ARGUMENT', `Expected a length of at most ${MAX_READ_BYTES} bytes for read() but received ${length}; use readInto() with your own buffer for more`);
+    }
     const out = Buffer.alloc(length);
     await this.#readPlain(position, out);
     return out;
@@ -156,8 +160,9 @@ export class EncryptedDisk {
       // Only the first and last grain can be partly covered; widen to a whole grain where it has no data yet.
       const firstGrain = Math.floor(start / g) * g;
       if (firstGrain < start && !(await this.#isAllocated(firstGrain, Math.min(firstGrain + g, capacity)))) start = firstGrain;
-      const lastGrainEnd = Math.min(Math.ceil(end / g) * g, capacity);
-      if (lastGrainEnd > end && !(await this.#isAllocated(lastGrainEnd - g, lastGrainEnd))) end = lastGrainEnd;
+      const lastGrainStart = Math.floor((end - 1) / g) * g;
+      const lastGrainEnd = Math.min(lastGrainStart + g, capacity);
+      if (lastGrainEnd > end && !(await this.#isAllocated(lastGrainStart, lastGrainEnd))) end = lastGrainEnd;
     }
     let buf: Buffer;
     if (start === position && end === position + data.byteLength) {

@@ -43,6 +43,7 @@ const VMFS_ALIASES = new Set(['vmfsThin', 'vmfsPreallocated', 'vmfsEagerZeroedTh
 function defaultSubformat(input: string, encrypting: boolean): OutputSubformat {
   if (VMFS_ALIASES.has(input)) return 'vmfs';
   if (input === 'raw' && encrypting) return 'monolithicFlat';
+  if (input === 'streamOptimized' && encrypting) return 'monolithicSparse';
   return input as OutputSubformat;
 }
 

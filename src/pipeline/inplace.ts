@@ -19,9 +19,9 @@ import { openDisk as openVmdk, Descriptor } from '../vmdk/index.js';
 import { createDataCipher, type DataCipher } from '../disk/cipher.js';
 import { DiskError } from '../disk/errors.js';
 import { generateDek, makeEncryptionParams, unlockDek } from '../disk/keying.js';
-import { UNENCRYPTABLE_SUBFORMATS, checkEncryptionChoice, checkLockers, encryptionOf } from '../disk/open.js';
+import { UNENCRYPTABLE_SUBFORMATS, checkEncryptionChoice, checkLockers, encryptionOf, readEncryptionParams } from '../disk/open.js';
 import { LINE, encryptionLines, unsafeValueReason, type CipherName, type DataUnitSize, type EncryptionParams } from '../disk/params.js';
-import { rewrapKeySafe, sealDek, type LockerInfo } from '../keys/index.js';
+import { describeKeySafe, rewrapKeySafe, sealDek, type LockerInfo } from '../keys/index.js';
 import { describeValue } from '../errors.js';
 import { locateDescriptor, removeStaleDescriptorTemps, writeDescriptor } from './descriptor-io.js';
 import { PipelineError, abortError } from './errors.js';
@@ -31,7 +31,7 @@ import { checkJobOptions, checkPath, type EncryptSpec, type JobOptions, type Job
 import { alignedRanges, chunked, lcm, totalLength } from './plan.js';
 import { ProgressTracker } from './progress.js';
 import { cleanStaleStages } from './staging.js';
-import { runCopy } from './copy.js';
+import { markDescriptor, runCopy } from './copy.js';
 
 /** Set the encryption lines (in their order, right after createType) and the job line on a descriptor. */
 function withLines(base: Descriptor, params: EncryptionParams | null, job: string | undefined): Descriptor {
@@ -354,8 +354,6 @@ export async function deepRekey(path: string, options: DeepRekeyOptions): Promis
 
 /** Lockers for a new DEK under the same provider KEKs as the disk's current fqid lockers. */
 async function sameProviderLockers(path: string, keys: UnlockOptions): Promise<LockerSpec[]> {
-  const { readEncryptionParams } = await import('../disk/open.js');
-  const { describeKeySafe } = await import('../keys/index.js');
   const params = await readEncryptionParams(path);
   if (!params) throw new DiskError('ERR_NOT_ENCRYPTED', `${path} is not encrypted`);
   const providers = Array.isArray(keys.providers) ? keys.providers : keys.providers ? Object.values(keys.providers) : [];
@@ -491,7 +489,6 @@ export async function resumeDisk(path: string, options: ResumeOptions = {}): Pro
       })();
       await stored.close();
       if (job === 'rekey-deep-commit') {
-        const { markDescriptor } = await import('./copy.js');
         await markDescriptor(p, undefined);
         return null;
       }

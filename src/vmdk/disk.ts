@@ -83,6 +83,8 @@ export class VmdkDisk implements VirtualDisk {
   readonly #starts: number[];
   readonly #hostFiles: HostFile[];
   readonly #descriptorMutex = new Mutex();
+  /** Reads and writes in flight: close() waits for them before it closes the files. */
+  readonly #inFlight = new Set<Promise<unknown>>();
   #closed = false;
 
   constructor(init: VmdkDiskInit) {
@@ -161,7 +163,16 @@ export class VmdkDisk implements VirtualDisk {
       t += len;
       i++;
     }
-    await Promise.all(jobs);
+    await this.#track(Promise.all(jobs));
+  }
+
+  async #track<T>(p: Promise<T>): Promise<T> {
+    this.#inFlight.add(p);
+    try {
+      return await p;
+    } finally {
+      this.#inFlight.delete(p);
+    }
   }
 
   async write(position: number, data: Uint8Array): Promise<void> {
@@ -183,7 +194,7 @@ export class VmdkDisk implements VirtualDisk {
       t += len;
       i++;
     }
-    await Promise.all(jobs);
+    await this.#track(Promise.all(jobs));
   }
 
   async *allocatedRanges(start = 0, end = this.capacity): AsyncIterable<AllocatedRange> {
@@ -286,6 +297,7 @@ export class VmdkDisk implements VirtualDisk {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    await Promise.allSettled([...this.#inFlight]);
     let first: unknown;
     for (const e of this.#extents) {
       try {

@@ -17,11 +17,13 @@ export interface OpenDiskOptions {
   format?: 'vmdk' | 'raw';
 }
 
-/** createType values vmseal reads and writes, mapped to the extent types they may contain. */
+/** createType values vmseal reads and writes (plus the VMFS flat aliases below, read only). */
 export const SUPPORTED_SUBFORMATS = ['monolithicSparse', 'monolithicFlat', 'twoGbMaxExtentSparse', 'twoGbMaxExtentFlat', 'streamOptimized', 'vmfs'] as const;
 /** VMFS flat variants (thin/thick only differ in how ESX allocates the file): read and written like vmfs. */
 const VMFS_FLAT_ALIASES = new Set(['vmfsThin', 'vmfsPreallocated', 'vmfsEagerZeroedThick']);
 const RAW_EXTENSIONS = new Set(['.raw', '.img']);
+/** Most extent lines a descriptor may have (a twoGbMaxExtent disk of ~20 TiB). */
+export const MAX_EXTENTS = 9999;
 const NO_PARENT = 'ffffffff';
 
 /**
@@ -41,7 +43,7 @@ export async function openDisk(path: string, options: OpenDiskOptions = {}): Pro
   if (typeof readOnly !== 'boolean') throw new VmdkFormatError('ERR_VMDK_ARGUMENT', `Expected a boolean for options.readOnly but received ${typeof readOnly}`);
   if (typeof allowEncrypted !== 'boolean') throw new VmdkFormatError('ERR_VMDK_ARGUMENT', `Expected a boolean for options.allowEncrypted but received ${typeof allowEncrypted}`);
   if (options.format !== undefined && options.format !== 'vmdk' && options.format !== 'raw') {
-    throw new VmdkFormatError('ERR_VMDK_ARGUMENT', `Expected 'vmdk' or 'raw' for options.format but received ${typeof options.format === "string" ? JSON.stringify((options.format as string).slice(0, 32)) : typeof options.format}`);
+    throw new VmdkFormatError('ERR_VMDK_ARGUMENT', `Expected 'vmdk' or 'raw' for options.format but received ${typeof options.format === 'string' ? JSON.stringify((options.format as string).slice(0, 32)) : typeof options.format}`);
   }
   const abs = resolve(path);
   const main = await HostFile.open(abs, !readOnly);
@@ -133,7 +135,7 @@ async function openEmbedded(main: HostFile, opened: HostFile[], readOnly: boolea
   } else {
     // A bare sparse extent (e.g. one file of a twoGbMaxExtentSparse disk): describe it in memory.
     descriptor = Descriptor.parse(
-      `# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicSparse"\n\n# Extent description\nRW ${sparse.header.capacity} SPARSE "${main.path.split(sep).pop()!.replace(/"/g, '')}"\n`,
+      `# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicSparse"\n\n# Extent description\nRW ${sparse.header.capacity} SPARSE "${main.path.split(sep).pop()!.replace(/["\r\n\0]/g, '_')}"\n`,
       { file: main.path },
     );
     store = { kind: 'none', why: 'this sparse extent has no embedded descriptor (open the disk through its descriptor file)' };
@@ -170,6 +172,12 @@ function checkDescriptor(d: Descriptor, file: string, allowEncrypted: boolean): 
   }
 }
 
+/** Whether `full` is not strictly inside `dir`. */
+function leaves(dir: string, full: string): boolean {
+  const rel = relative(dir, full);
+  return rel === '' || rel === '..' || rel.startsWith(`..${sep}`) || isAbsolute(rel);
+}
+
 /** Resolve an extent file name; refuse absolute names and names that leave the descriptor's folder. */
 export function resolveExtentPath(descriptorFile: string, name: string, line: number): string {
   const where = { file: descriptorFile, line };
@@ -179,8 +187,7 @@ export function resolveExtentPath(descriptorFile: string, name: string, line: nu
   }
   const dir = dirname(descriptorFile);
   const full = resolve(dir, name);
-  const rel = relative(dir, full);
-  if (rel === '' || rel.startsWith('..') || isAbsolute(rel)) {
+  if (leaves(dir, full)) {
     throw new VmdkFormatError('ERR_VMDK_EXTENT_FILE', `extent file name ${JSON.stringify(name.slice(0, 80))} leaves the disk's folder`, where);
   }
   return full;
@@ -195,8 +202,7 @@ async function checkRealPath(descriptorFile: string, full: string, name: string,
   } catch {
     return; // missing: HostFile.open reports it
   }
-  const rel = relative(realDir, real);
-  if (rel === '' || rel.startsWith('..') || isAbsolute(rel)) {
+  if (leaves(realDir, real)) {
     throw new VmdkFormatError('ERR_VMDK_EXTENT_FILE', `extent file ${JSON.stringify(name.slice(0, 80))} is a link that leaves the disk's folder`, where);
   }
 }
@@ -207,6 +213,9 @@ async function openExtents(
   readOnly: boolean,
   opened: HostFile[],
 ): Promise<{ extents: Extent[]; hostFiles: HostFile[] }> {
+  if (d.extents.length > MAX_EXTENTS) {
+    throw new VmdkFormatError('ERR_VMDK_LIMIT', `descriptor has ${d.extents.length} extent lines, more than the limit of ${MAX_EXTENTS}`, { file: descriptorFile });
+  }
   const extents: Extent[] = [];
   const byPath = new Map<string, { file: HostFile; sparse: boolean }>();
   const subformat = d.createType;

@@ -19,6 +19,8 @@ const inflate = promisify(inflateCb) as (buf: Uint8Array, opts: object) => Promi
 
 /** Grain tables kept in memory at most (bytes); more are re-read from the file when needed. */
 export const GT_CACHE_BYTES = 16 << 20;
+/** The bound in force for extents opened from now on (tests lower it to exercise eviction). */
+export const gtCacheSettings = { bytes: GT_CACHE_BYTES };
 /** Largest compressed grain accepted (zlib's worst case for a 1 MiB grain is far below this). */
 const MAX_COMPRESSED_SLACK = 4096;
 /** Metadata is read in runs of at most this many bytes. */
@@ -95,7 +97,7 @@ export class SparseExtent implements Extent {
     this.#gd = gd;
     this.#rgd = rgd;
     this.#nextFree = nextFree;
-    this.#cacheLimit = Math.max(4, Math.floor(GT_CACHE_BYTES / this.#gtBytes));
+    this.#cacheLimit = Math.max(4, Math.floor(gtCacheSettings.bytes / this.#gtBytes));
   }
 
   /** Refuse data writes from now on (an RDONLY extent line); descriptor rewrites stay possible. */
@@ -170,6 +172,13 @@ export class SparseExtent implements Extent {
     const gts: Array<{ index: number; sector: number }> = [];
     const gtBytes = header.numGTEsPerGT * 4;
     const checkTables = (dir: Uint32Array, name: string) => {
+      // Distinct tables inside the file: no more of them than the file can hold (checked before
+      // anything per table is allocated, so a small crafted file cannot make this step expensive).
+      let count = 0;
+      for (let i = 0; i < dir.length; i++) if (dir[i] !== 0) count++;
+      if (count > Math.floor(file.size / (gtSec * SECTOR))) {
+        throw new VmdkFormatError('ERR_VMDK_CORRUPT', `${name} directory lists ${count} tables, more than the file can hold (tables claimed twice)`, { file: path, offset: (name === 'grain' ? header.gdOffset : header.rgdOffset) * SECTOR });
+      }
       for (let i = 0; i < dir.length; i++) {
         const s = dir[i];
         if (s === 0) continue;

@@ -12,9 +12,13 @@ import { VmsealError, describeValue } from '../errors.js';
  * ERR_XTS_IMPL_UNAVAILABLE, ERR_NATIVE_NOT_FOUND, ERR_XTS_CANCELLED, ERR_XTS_NATIVE (XtsError).
  */
 const XTS_ERROR = Symbol.for('vmseal.XtsError');
+// Marks every vmseal error, including the TypeError/RangeError ones that cannot inherit from
+// VmsealError, so that VmsealError can recognise them too if it adopts the same Symbol.hasInstance.
+const VMSEAL_ERROR = Symbol.for('vmseal.VmsealError');
 
 function brand(error: Error): void {
   Object.defineProperty(error, XTS_ERROR, { value: true });
+  Object.defineProperty(error, VMSEAL_ERROR, { value: true });
 }
 
 export class XtsError extends VmsealError {

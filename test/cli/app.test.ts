@@ -115,6 +115,19 @@ describe('keys commands in-process', () => {
     expect(wrong.code).toBe(3);
     expect(wrong.stderr.trim().split('\n')).toHaveLength(1);
   });
+  it('a passphrase-protected keystore needs its passphrase', async () => {
+    const home = join(dir, 'home-pw');
+    const init = await cli(['keys', 'init', '--home', home, '--with-passphrase', '--json'], { VMSEAL_HOME_PASSPHRASE: 'keystore passphrase' });
+    expect(init.code, init.stderr).toBe(0);
+    expect(JSON.parse(init.stdout)).toMatchObject({ created: true, protection: 'passphrase' });
+    const without = await cli(['keys', 'list', '--home', home]);
+    expect(without.code, without.stderr).toBe(3);
+    expect(without.stderr).toMatch(/^vmseal: cannot list the local keys: .*VMSEAL_HOME_PASSPHRASE.*\.\n$/);
+    const withIt = await cli(['keys', 'list', '--home', home], { VMSEAL_HOME_PASSPHRASE: 'keystore passphrase' });
+    expect(withIt.code, withIt.stderr).toBe(0);
+    const noSource = await cli(['keys', 'init', '--home', join(dir, 'home-pw2'), '--with-passphrase']);
+    expect(noSource.code).toBe(2);
+  });
   it('list of a missing keystore says to run keys init', async () => {
     const r = await cli(['keys', 'list', '--home', join(dir, 'nothing')]);
     expect(r.code).toBe(1);

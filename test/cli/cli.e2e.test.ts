@@ -39,6 +39,10 @@ beforeAll(async () => {
   if (!process.env.VMSEAL_CLI_ENTRY && !existsSync(fileURLToPath(new URL('../../dist/cli/main.js', import.meta.url)))) {
     throw new Error('dist/cli/main.js is missing: these tests run the built CLI; run `npm run build` first');
   }
+  const version = await vmseal(['--version'], cleanEnv());
+  if (version.code !== 0 || !/^\d+\.\d+\.\d+/.test(version.stdout)) {
+    throw new Error(`bin/vmseal.js does not run the current CLI (--version printed ${JSON.stringify(version.stdout + version.stderr)}): run \`npm run build\` first`);
+  }
   dir = await mkdtemp(join(tmpdir(), 'vmseal-cli-e2e-'));
   home = join(dir, 'home');
   env = cleanEnv({ VMSEAL_HOME: home });
@@ -120,6 +124,24 @@ describe('in place', () => {
     expect(json(ok(await vmseal(['resume', disk, '--json'], env)))).toMatchObject({ ok: true, resumed: false });
     expect(await encryptedHash(disk)).toBe(expected);
     expect((await readdir(work)).sort()).toEqual(['disk.vmdk']);
+  });
+});
+
+describe('streamOptimized', () => {
+  it('an encrypted copy of a streamOptimized image becomes monolithicSparse; decrypting back to streamOptimized works', async () => {
+    const work = join(dir, 'stream');
+    await mkdir(work);
+    const so = join(work, 'so.vmdk');
+    await qemuImg(['convert', '-O', 'vmdk', '-o', 'subformat=streamOptimized', sources.raw!, so]);
+    const r = ok(await vmseal(['encrypt', so, join(work, 'enc.vmdk'), '--json'], env));
+    expect(json(r)).toMatchObject({ ok: true, subformat: 'monolithicSparse', encrypted: true });
+    expect(r.stderr).toContain('writing monolithicSparse');
+    expect(await encryptedHash(join(work, 'enc.vmdk'))).toBe(expected);
+    const refused = await vmseal(['convert', join(work, 'enc.vmdk'), join(work, 'x.vmdk'), '--subformat', 'streamOptimized'], env);
+    expect(refused.code).toBe(2);
+    expectOneLineError(refused);
+    ok(await vmseal(['decrypt', join(work, 'enc.vmdk'), join(work, 'plain-so.vmdk'), '--subformat', 'streamOptimized'], env));
+    expect(await qemuContentHash(join(work, 'plain-so.vmdk'), join(work, 'check.raw'))).toBe(expected);
   });
 });
 
@@ -258,6 +280,13 @@ describe('recovery passphrase and error paths (local provider)', () => {
     const r4 = await vmseal(['encrypt', sources.raw!, join(work, 'u.vmdk'), '--subformat', 'streamOptimized'], env);
     expect(r4.code).toBe(2);
     expect(expectOneLineError(r4)).toContain('streamOptimized');
+    const r5 = await vmseal(['encrypt', sources.raw!, join(work, 'u.vmdk'), '--kms', '127.0.0.1:1', '--kms-ca', pwFile, '--kms-cert', pwFile, '--kms-key', pwFile], env);
+    expect(r5.code).toBe(2);
+    expect(expectOneLineError(r5)).toContain(`--kms-ca ${pwFile} is not a PEM file`);
+    expect(r5.stderr).not.toContain(PASSPHRASE);
+    const r6 = await vmseal(['encrypt', sources.raw!, join(work, 'u.vmdk'), '--key-provider', 'kmip'], env);
+    expect(r6.code).toBe(2);
+    expect(expectOneLineError(r6)).toContain('the KMIP key provider needs --kms, --kms-ca, --kms-cert, --kms-key');
     const help = ok(await vmseal(['encrypt', '--help'], env));
     expect(help.stdout).toContain('--recovery-passphrase');
     expect(ok(await vmseal(['--help'], env)).stdout).toContain('Exit codes:');
@@ -405,6 +434,11 @@ describe('KMIP key provider (a real PyKMIP server)', () => {
     expect(noKms.code).toBe(4);
     expect(expectOneLineError(noKms)).toContain('key server');
     await expect(stat(join(work, 'new.vmdk'))).rejects.toThrow();
+
+    const noKmsConfigured = cleanEnv({ VMSEAL_HOME: join(work, 'home') });
+    const unconfigured = await vmseal(['decrypt', enc, join(work, 'locked.img'), '--raw'], noKmsConfigured);
+    expect(unconfigured.code).toBe(3);
+    expect(expectOneLineError(unconfigured)).toContain('held by the KMIP provider pykmip: give --kms');
 
     const rescued = join(work, 'rescued.img');
     ok(await vmseal(['decrypt', enc, rescued, '--raw', '--kms-timeout', '2000'], { ...down, VMSEAL_PASSPHRASE: PASSPHRASE }));

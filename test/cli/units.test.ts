@@ -14,6 +14,7 @@ import { passphraseSource, promptHidden, readPassphrase, rejectSecretsOnArgv } f
 import { batchExitCode, extentFileNames, listImagesInDirectory, outputNameFor, planBatch, readImageList, runBatch } from '../../src/cli/batch.js';
 import { sha256File, writeSampleDisk } from '../../src/cli/sample-disk.js';
 import { Output } from '../../src/cli/output.js';
+import { resolveHome, withEnvDefaults } from '../../src/cli/key-session.js';
 
 let dir: string;
 beforeAll(async () => {
@@ -309,5 +310,16 @@ describe('output modes', () => {
     bar.update({ bytesDone: 5, bytesTotal: 10 });
     bar.stop();
     expect(err.text()).toBe('');
+  });
+});
+
+describe('key options from the environment', () => {
+  it('options win over variables; variables fill the gaps; the home is always explicit', () => {
+    expect(resolveHome('/a', { VMSEAL_HOME: '/b' })).toBe('/a');
+    expect(resolveHome(undefined, { VMSEAL_HOME: '/b' })).toBe('/b');
+    expect(resolveHome(undefined, {})).toMatch(/\.vmseal$/);
+    const o = withEnvDefaults({ kms: 'k1:1' }, { VMSEAL_KMS: 'k2:2', VMSEAL_KMS_CA: 'ca.pem', VMSEAL_KMS_ID: 'prod', VMSEAL_KMS_CERT: '' });
+    expect(o).toMatchObject({ kms: 'k1:1', kmsCa: 'ca.pem', kmsId: 'prod' });
+    expect(o.kmsCert).toBeUndefined();
   });
 });

@@ -1,5 +1,5 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { encryptDisk, decryptDisk, convertDisk } from '../../src/pipeline/index.js';
@@ -57,6 +57,10 @@ describe('encrypt → decrypt round trips', () => {
           const info = JSON.parse(qemuImg(['info', '--output=json', enc]));
           expect(info.format).toBe('vmdk');
           expect(info['virtual-size']).toBe(CAPACITY);
+          if (subformat.includes('Sparse')) qemuImg(['check', '-q', enc]); // throws on a non-zero exit
+          // libvmdk's vmdkinfo too, where it is installed.
+          const vmdkinfo = spawnSync('vmdkinfo', [enc], { encoding: 'utf8' });
+          if (vmdkinfo.status !== null && !vmdkinfo.error) expect(vmdkinfo.stdout).toContain(`(${CAPACITY} bytes)`);
           // Nothing but the output's files and no temporary leftovers.
           expect(readdirSync(dir).filter((f) => f.includes('vmseal-tmp') || f.endsWith('.lck'))).toEqual([]);
           const params = await readEncryptionParams(enc);
@@ -116,6 +120,16 @@ describe('convert', () => {
     qemuImg(['convert', '-q', '-O', 'raw', so, out]);
     expect(sha256(readFileSync(out))).toBe(sha256(plainImage));
     expect(readdirSync(tmp.dir).filter((f) => f.includes('vmseal-tmp'))).toEqual([]);
+  });
+
+  it('a streamOptimized input encrypts to monolithicSparse by default', async () => {
+    const so = join(tmp.dir, 'in-so.vmdk');
+    qemuImg(['convert', '-q', '-f', 'raw', '-O', 'vmdk', '-o', 'subformat=streamOptimized', plainRaw, so]);
+    const enc = join(tmp.dir, 'so-enc.vmdk');
+    expect((await encryptDisk(so, enc, { lockers: [phraseLocker('pw')] })).subformat).toBe('monolithicSparse');
+    const d = await openDisk(enc, { keys: { passphrase: 'pw' }, readOnly: true });
+    expect(sha256(await d.read(0, CAPACITY))).toBe(sha256(plainImage));
+    await d.close();
   });
 
   it('encrypted as plain and plain as encrypted are refused', async () => {

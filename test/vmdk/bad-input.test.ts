@@ -260,6 +260,12 @@ describe('descriptors and extent files', () => {
     await expectError(openDisk(gbk), 'ERR_VMDK_ENCODING', { file: gbk, line: 6 });
   });
 
+  it('too many extent lines', async () => {
+    const path = fresh();
+    writeFileSync(path, textDescriptor(Array.from({ length: 10000 }, () => 'RW 1 ZERO')));
+    await expectError(openDisk(path), 'ERR_VMDK_LIMIT', { file: path });
+  });
+
   it('a missing extent file', async () => {
     const path = fresh();
     writeFileSync(path, textDescriptor(['RW 2048 FLAT "nowhere-flat.vmdk" 0']));

@@ -3,6 +3,7 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { readdirSync, readFileSync, writeFileSync, openSync, writeSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { createDisk, openDisk, VmdkFormatError, type VirtualDisk } from '../../src/vmdk/index.js';
+import { GT_CACHE_BYTES, gtCacheSettings } from '../../src/vmdk/sparse-extent.js';
 import { MiB, patternData, qemuInfo, run, tempDir, tryRun, vmdkinfoSize } from './helpers.js';
 
 let dir: string;
@@ -166,6 +167,61 @@ describe('reads and writes', () => {
       expect(readFileSync(join(dir, 'model.raw')).equals(model)).toBe(true);
     });
   }
+
+  it('grain tables evicted from a small cache are re-read correctly, under concurrent reads and writes', async () => {
+    gtCacheSettings.bytes = 4 * 2048; // 4 tables of 512 entries
+    try {
+      const p = fresh();
+      const capacity = 40 * MiB; // 4 KiB grains: 20 tables of 2 MiB each
+      const model = Buffer.alloc(capacity);
+      const d = await createDisk(p, { capacity, subformat: 'monolithicSparse', grainSize: 4096 });
+      const rand = rng(7);
+      for (let round = 0; round < 30; round++) {
+        const ops: Array<Promise<unknown>> = [];
+        const used: Array<[number, number]> = [];
+        for (let k = 0; k < 5; k++) {
+          const len = 1 + rand(20_000);
+          const at = rand(capacity - len);
+          if (used.some(([a, b]) => at < b && a < at + len)) continue;
+          used.push([at, at + len]);
+          const data = patternData(len, round * 7 + k + 1);
+          data.copy(model, at);
+          ops.push(d.write(at, data));
+        }
+        for (let k = 0; k < 3; k++) {
+          const at = rand(capacity - 9000);
+          if (used.some(([a, b]) => at < b && a < at + 9000)) continue;
+          const expected = Buffer.from(model.subarray(at, at + 9000));
+          ops.push(d.read(at, 9000).then((got) => expect(got.equals(expected)).toBe(true)));
+        }
+        await Promise.all(ops);
+      }
+      expect((await d.read(0, capacity)).equals(model)).toBe(true);
+      await d.close();
+      const back = await openDisk(p, { readOnly: true });
+      expect((await back.read(0, capacity)).equals(model)).toBe(true);
+      await back.close();
+      expect(tryRun('qemu-img', ['check', p]).status).toBe(0);
+      run('qemu-img', ['convert', '-O', 'raw', p, join(dir, 'evict.raw')]);
+      expect(readFileSync(join(dir, 'evict.raw')).equals(model)).toBe(true);
+    } finally {
+      gtCacheSettings.bytes = GT_CACHE_BYTES;
+    }
+  });
+
+  it('close() waits for reads and writes still in flight', async () => {
+    for (const sub of ['monolithicFlat', 'monolithicSparse'] as const) {
+      const p = fresh();
+      const d = await createDisk(p, { capacity: 4 * MiB, subformat: sub });
+      const data = patternData(4 * MiB, 31);
+      const writes = [0, 1, 2, 3].map((k) => d.write(k * MiB, data.subarray(k * MiB, (k + 1) * MiB)));
+      await d.close();
+      await Promise.all(writes);
+      const r = await openDisk(p, { readOnly: true });
+      expect((await r.read(0, 4 * MiB)).equals(data)).toBe(true);
+      await r.close();
+    }
+  });
 
   it('a partial-grain write to an unallocated grain zero-fills the rest of the grain; allocatedRanges is exact and coalesced', async () => {
     const p = fresh();
@@ -347,6 +403,25 @@ describe('descriptor updates and the encryption hook', () => {
         await again.close();
       }
     }
+  });
+
+  it('a streamOptimized disk being created can have its descriptor updated before and after its data', async () => {
+    const p = fresh();
+    const d = await createDisk(p, { capacity: MiB, subformat: 'streamOptimized', descriptorLines: [['encryption.a', '1']] });
+    await d.updateDescriptor((x) => x.set('encryption.b', '2'));
+    const data = patternData(MiB, 21);
+    await d.write(0, data);
+    await d.updateDescriptor((x) => x.set('encryption.a', '3'));
+    await d.close();
+    const r = await openDisk(p, { allowEncrypted: true, readOnly: true });
+    expect(r.descriptor!.entries().filter(([k]) => k.startsWith('encryption.'))).toEqual([
+      ['encryption.a', '3'],
+      ['encryption.b', '2'],
+    ]);
+    expect((await r.read(0, MiB)).equals(data)).toBe(true);
+    await r.close();
+    run('qemu-img', ['convert', '-O', 'raw', p, join(dir, 'so-upd.raw')]);
+    expect(readFileSync(join(dir, 'so-upd.raw')).equals(data)).toBe(true);
   });
 
   it('raw images have no descriptor to update; allocatedBytes counts host blocks', async () => {

@@ -14,7 +14,7 @@ import { throughputText, withHooks } from '../jobs.js';
 import { KeySession, withKeys, type KeyCliOptions } from '../key-session.js';
 import { formatBytes, formatDuration, type CipherName, type Subformat, type UnitSize } from '../parse.js';
 import { requireFreeOutput, requireInputFile } from './common.js';
-import { checkEncryptedSubformat, jobTuning } from './encrypt.js';
+import { checkEncryptedSubformat, encryptedOutputSubformat, jobTuning } from './encrypt.js';
 
 export interface ConvertCliOptions extends KeyCliOptions {
   subformat?: Subformat;
@@ -78,7 +78,9 @@ export async function convertCommand(ctx: Ctx, first: string | undefined, second
   ctx.doing = `cannot convert ${first}`;
   await requireInputFile(first);
   await requireFreeOutput(second, opts.force);
-  const result = await withKeys(ctx, opts, (keys) => convertOne(ctx, keys, { input: first, output: second }, opts, () => keys.newLockers(), 'convert'));
+  const subformat = opts.encrypt ? await encryptedOutputSubformat(ctx, first, opts.subformat) : opts.subformat;
+  const one = { ...opts, ...(subformat !== undefined ? { subformat } : {}) };
+  const result = await withKeys(ctx, opts, (keys) => convertOne(ctx, keys, { input: first, output: second }, one, () => keys.newLockers(), 'convert'));
   ctx.output.result({ ok: true, command: 'convert', ...result });
   ctx.output.line(`Converted ${first} -> ${result.output} (${result.subformat}${result.encrypted ? ', encrypted' : ''})`);
   ctx.output.line(`  ${throughputText(result.bytesProcessed, result.seconds)}`);

@@ -1,7 +1,7 @@
 /**
  * `vmseal encrypt IN OUT` and `vmseal encrypt IN --in-place`.
  */
-import { encryptDisk, encryptInPlace, type JobResult } from '../../pipeline/index.js';
+import { encryptDisk, encryptInPlace, inspectDisk, type JobResult } from '../../pipeline/index.js';
 import type { Ctx } from '../context.js';
 import { usageError } from '../errors.js';
 import { throughputText, withHooks } from '../jobs.js';
@@ -29,6 +29,18 @@ export function checkEncryptedSubformat(subformat: Subformat | undefined): void 
   }
 }
 
+/**
+ * The subformat of an encrypted output when none was asked for: the input's, except that a
+ * streamOptimized input (which an encrypted disk cannot be) becomes monolithicSparse.
+ */
+export async function encryptedOutputSubformat(ctx: Ctx, input: string, asked: Subformat | undefined): Promise<Subformat | undefined> {
+  if (asked !== undefined) return asked;
+  const info = await inspectDisk(input).catch(() => undefined);
+  if (info?.subformat !== 'streamOptimized') return undefined;
+  ctx.output.note(`vmseal: ${input} is streamOptimized, which an encrypted disk cannot be: writing monolithicSparse (choose with --subformat).`);
+  return 'monolithicSparse';
+}
+
 export function jobTuning(opts: { chunkSize?: number; threads?: number; force?: boolean }): { chunkSize?: number; threads?: number; force?: boolean } {
   return {
     ...(opts.chunkSize !== undefined ? { chunkSize: opts.chunkSize } : {}),
@@ -48,6 +60,7 @@ export async function encryptCommand(ctx: Ctx, input: string, output: string | u
   checkEncryptedSubformat(opts.subformat);
   await requireInputFile(input);
   if (output !== undefined) await requireFreeOutput(output, opts.force);
+  const subformat = output !== undefined ? await encryptedOutputSubformat(ctx, input, opts.subformat) : undefined;
 
   if (opts.inPlace) ctx.interruptNote = `run \`vmseal resume ${input}\` (or this command again) to finish`;
   let newHome: string | undefined;
@@ -58,7 +71,7 @@ export async function encryptCommand(ctx: Ctx, input: string, output: string | u
       const common = { ...jobTuning(opts), signal: hooks.signal, onProgress: hooks.onProgress, lockers, cipher: opts.cipher, unitSize: opts.unitSize, cache: keys.cache };
       return output === undefined
         ? encryptInPlace(input, common)
-        : encryptDisk(input, output, { ...common, ...(opts.subformat !== undefined ? { subformat: opts.subformat } : {}) });
+        : encryptDisk(input, output, { ...common, ...(subformat !== undefined ? { subformat } : {}) });
     });
   });
 

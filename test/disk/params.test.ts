@@ -1,0 +1,67 @@
+import { describe, it, expect } from 'vitest';
+import { parseEncryption, unsafeValueReason, encryptionLines, LINE } from '../../src/disk/params.js';
+
+const good: Array<[string, string]> = [
+  ['version', '1'],
+  ['createType', 'monolithicFlat'],
+  [LINE.format, 'vmseal/1'],
+  [LINE.cipher, 'aes-256-xts'],
+  [LINE.unitSize, '512'],
+  [LINE.diskId, '0123456789abcdef0123456789abcdef'],
+  [LINE.authenticator, 'v1.abc'],
+  [LINE.keySafe, 'vmware:key/list/(x)'],
+  ['ddb.adapterType', 'ide'],
+];
+
+describe('descriptor value rules', () => {
+  it.each([
+    ['', 'empty'],
+    ['a"b', `'"'`],
+    ['a=b', `'='`],
+    ['xxCIDxx', '"CID"'],
+    ['parentFileNameHint', '"CID"'.replace('CID', 'parentFileNameHint')],
+    ['createType', '"createType"'],
+    ['tab\there', 'character code 9'],
+    ['é', 'character code 233'],
+    ['x'.repeat(4097), '4097 characters'],
+  ])('refuses %j', (value, why) => {
+    expect(unsafeValueReason(value)).toContain(why);
+  });
+  it('accepts KeySafe-like text', () => {
+    expect(unsafeValueReason('vmware:key/list/(pair/(fqid/%3cVMWARE%2dNULL%3e/local/k1,HMAC%2dSHA%2d256,abc%2b%3d))')).toBeNull();
+    expect(unsafeValueReason('cid-lowercase-is-fine')).toBeNull();
+  });
+  it('encryptionLines refuses to write an unsafe value', () => {
+    expect(() =>
+      encryptionLines({ formatVersion: 1, cipher: 'aes-256-xts', unitSize: 512, diskId: '0'.repeat(32), authenticator: 'v1.xCIDx', keySafe: 'k' }),
+    ).toThrow(expect.objectContaining({ code: 'ERR_ENCRYPTION_METADATA' }));
+  });
+});
+
+describe('parseEncryption', () => {
+  it('a descriptor without encryption lines is plain', () => {
+    expect(parseEncryption([['createType', 'monolithicFlat'], ['ddb.uuid', 'x']], 'd')).toBeNull();
+  });
+  it('reads the lines', () => {
+    expect(parseEncryption(good, 'd')).toEqual({
+      params: { formatVersion: 1, cipher: 'aes-256-xts', unitSize: 512, diskId: '0123456789abcdef0123456789abcdef', authenticator: 'v1.abc', keySafe: 'vmware:key/list/(x)' },
+      job: undefined,
+    });
+    expect(parseEncryption([...good, [LINE.job, 'encrypt-in-place']], 'd')!.job).toBe('encrypt-in-place');
+  });
+  const bad: Array<[string, Array<[string, string]>, string]> = [
+    ['VMware encryption', [['encryption.keySafe', 'vmware:key/x'], ['encryption.data', 'abc']], 'not by vmseal'],
+    ['a ddb.encryption key alone', [['ddb.encryption.foo', 'x']], 'no encryption.format'],
+    ['an unknown key', [...good, ['encryption.extra', 'x']], 'unknown encryption line'],
+    ['a duplicate', [...good, [LINE.cipher, 'aes-256-xts']], 'appears twice'],
+    ['a future version', good.map(([k, v]) => [k, k === LINE.format ? 'vmseal/2' : v] as [string, string]), 'version 2 is not supported'],
+    ['a bad cipher', good.map(([k, v]) => [k, k === LINE.cipher ? 'aes-256-cbc' : v] as [string, string]), 'must be one of'],
+    ['a bad unit size', good.map(([k, v]) => [k, k === LINE.unitSize ? '1024' : v] as [string, string]), 'must be one of'],
+    ['a bad disk id', good.map(([k, v]) => [k, k === LINE.diskId ? 'XYZ' : v] as [string, string]), '32 lowercase hexadecimal'],
+    ['a missing KeySafe', good.filter(([k]) => k !== LINE.keySafe), 'encryption.keySafe is missing'],
+    ['an unsafe value', good.map(([k, v]) => [k, k === LINE.keySafe ? 'a=b' : v] as [string, string]), "contains '='"],
+  ];
+  it.each(bad)('refuses %s', (_what, entries, message) => {
+    expect(() => parseEncryption(entries, 'disk.vmdk')).toThrow(expect.objectContaining({ code: 'ERR_ENCRYPTION_METADATA', message: expect.stringContaining(message) }));
+  });
+});
