@@ -1,9 +1,10 @@
 // Constant-time bitsliced AES; see aes_portable.h for the layout.
 //
 // Why this shape: a table S-box leaks key bits through the cache, so SubBytes is arithmetic.
-// In bit-plane form one bitwise instruction acts on the same bit of all 64 bytes of four blocks.
-// The S-box inverts in the tower field GF((2^4)^2) (about 200 bitwise operations for 64 bytes),
-// with the basis changes folded into the affine maps. ShiftRows rotates each row's bits inside a
+// In bit-plane form one bitwise instruction acts on the same bit of every byte of the batch (64
+// bytes per 64-bit lane, two lanes with vector types). The S-box inverts in the tower field
+// GF((2^4)^2) (about 200 bitwise operations per batch), with the basis changes folded into the
+// affine maps. ShiftRows rotates each row's bits inside a
 // 16-bit lane of every plane; MixColumns rotates inside 4-bit nibbles (one column) and applies
 // xtime by renaming planes.
 #include "aes_portable.h"

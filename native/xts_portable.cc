@@ -1,9 +1,9 @@
 // Portable XTS-AES engine on top of the constant-time bitsliced AES in aes_portable.cc.
 //
-// The bitsliced core always works on four blocks, so full blocks are processed four at a time
-// (the tweaks for those blocks are computed first with a branch-free multiply by x), and the data
-// unit's initial tweak, the last block before ciphertext stealing and the stolen block each use
-// one four-block call. Runs on every architecture; x86 CPUs with AES-NI use the other engines.
+// The bitsliced core always works on a batch of 8 blocks (4 without GCC/Clang vector types), so
+// full blocks are processed a batch at a time (the tweaks for those blocks are computed first with
+// a branch-free multiply by x), and the data unit's initial tweak, the last block before
+// ciphertext stealing and the stolen block each use one batch call. Runs on every architecture; x86 CPUs with AES-NI use the other engines.
 #include <cstring>
 
 #include "aes_portable.h"
@@ -89,14 +89,14 @@ class PortableXtsEngine final : public XtsEngine {
 
   // One block through Key1 (direction per `encrypt`), XORed with `t` before and after.
   void OneBlock(const uint8_t* in, uint8_t* out, const Tweak& t, bool encrypt) const {
-    uint8_t buf[64] = {0};
+    uint8_t buf[kAesPortableBatchBytes] = {0};
     uint8_t tb[16];
     StoreTweak(t, tb);
     Xor16(buf, in, tb);
     if (encrypt) {
-      AesPortableEncrypt4(key1_, buf);
+      AesPortableEncryptBatch(key1_, buf);
     } else {
-      AesPortableDecrypt4(key1_, buf);
+      AesPortableDecryptBatch(key1_, buf);
     }
     Xor16(out, buf, tb);
     SecureWipe(buf, sizeof(buf));
@@ -104,9 +104,9 @@ class PortableXtsEngine final : public XtsEngine {
 
   void Unit(const uint8_t* in, uint8_t* out, size_t len, const uint8_t tweakIn[16],
             bool encrypt) const {
-    uint8_t buf[64] = {0};
+    uint8_t buf[kAesPortableBatchBytes] = {0};
     std::memcpy(buf, tweakIn, 16);
-    AesPortableEncrypt4(key2_, buf);
+    AesPortableEncryptBatch(key2_, buf);
     Tweak t = LoadTweak(buf);
 
     const size_t fullBlocks = len / 16;
@@ -114,18 +114,18 @@ class PortableXtsEngine final : public XtsEngine {
     // With stealing, the last full block is handled together with the partial one.
     const size_t bulk = tail != 0 ? fullBlocks - 1 : fullBlocks;
     size_t b = 0;
-    uint8_t tws[64];
+    uint8_t tws[kAesPortableBatchBytes];
     while (b < bulk) {
-      const size_t n = bulk - b < 4 ? bulk - b : 4;
+      const size_t n = bulk - b < kAesPortableBatchBlocks ? bulk - b : kAesPortableBatchBlocks;
       for (size_t i = 0; i < n; ++i) {
         StoreTweak(t, tws + 16 * i);
         t = MulX(t);
         Xor16(buf + 16 * i, in + 16 * (b + i), tws + 16 * i);
       }
       if (encrypt) {
-        AesPortableEncrypt4(key1_, buf);
+        AesPortableEncryptBatch(key1_, buf);
       } else {
-        AesPortableDecrypt4(key1_, buf);
+        AesPortableDecryptBatch(key1_, buf);
       }
       for (size_t i = 0; i < n; ++i) Xor16(out + 16 * (b + i), buf + 16 * i, tws + 16 * i);
       b += n;

@@ -3,6 +3,8 @@
  * KeySafeError, KmipError, …), each with a stable `code` that callers can branch on. Messages name
  * the argument, field, file or offset that was wrong and never contain key material.
  */
+const VMSEAL_ERROR_MARK = Symbol.for('vmseal.VmsealError');
+
 export class VmsealError extends Error {
   readonly code: string;
 
@@ -11,8 +13,18 @@ export class VmsealError extends Error {
     this.code = code;
     this.name = new.target.name;
   }
-}
 
+  /**
+   * Errors that must extend TypeError/RangeError (argument errors of the XTS layer) cannot extend
+   * VmsealError too; they carry this mark instead, so `instanceof VmsealError` holds for every error
+   * vmseal throws.
+   */
+  static override [Symbol.hasInstance](value: unknown): boolean {
+    if (typeof value !== 'object' || value === null) return false;
+    if (Function.prototype[Symbol.hasInstance].call(this, value)) return true;
+    return this === VmsealError && (value as Record<symbol, unknown>)[VMSEAL_ERROR_MARK] === true;
+  }
+}
 /** Describe a received value for an error message without echoing its contents (which may be secret). */
 export function describeValue(value: unknown): string {
   if (value === null) return 'null';

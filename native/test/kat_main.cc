@@ -15,6 +15,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "../xts_engine.h"
@@ -201,6 +202,32 @@ void TestAlignmentAndEmpty() {
   }
 }
 
+// One engine used from several threads at once gives the same bytes as one thread.
+void TestThreads() {
+  uint8_t key[64];
+  for (int i = 0; i < 64; ++i) key[i] = static_cast<uint8_t>(i * 13 + 5);
+  for (XtsImpl impl : Impls()) {
+    if (impl == XtsImpl::kPortable) continue;  // slow, and it has no shared state either
+    auto e = vmseal::CreateXtsEngine(impl, key, 64);
+    const size_t unit = 512, count = 2048;
+    std::vector<uint8_t> pt(unit * count), one(pt.size()), many(pt.size());
+    for (size_t i = 0; i < pt.size(); ++i) pt[i] = static_cast<uint8_t>(i * 31 + (i >> 9));
+    e->EncryptUnits(pt.data(), one.data(), unit, count, 1000);
+    std::vector<std::thread> threads;
+    const size_t parts = 4, per = count / parts;
+    for (size_t p = 0; p < parts; ++p) {
+      threads.emplace_back([&, p] {
+        for (int rep = 0; rep < 20; ++rep) {
+          e->EncryptUnits(pt.data() + p * per * unit, many.data() + p * per * unit, unit, per,
+                          1000 + p * per);
+        }
+      });
+    }
+    for (auto& t : threads) t.join();
+    CHECK(one == many, "%s multi-threaded result differs", vmseal::XtsImplName(impl));
+  }
+}
+
 void TestDispatch() {
   XtsImpl p;
   CHECK(vmseal::ParseXtsImpl("portable", &p) && p == XtsImpl::kPortable, "parse portable");
@@ -329,6 +356,7 @@ int main(int argc, char** argv) {
   TestDispatch();
   TestVectors();
   TestAlignmentAndEmpty();
+  TestThreads();
   TestRandom(12345, iterations);
   TestRandom(static_cast<unsigned>(std::random_device{}()), iterations / 3 + 1);
   if (g_failures != 0) {

@@ -98,7 +98,13 @@ export function buildProgram(ctx: Ctx, streams: Streams): Command {
       outputError: () => {},
     })
     .exitOverride()
-    .addHelpText('after', EXIT_CODES_HELP);
+    .addHelpText('after', EXIT_CODES_HELP)
+    // The command as commander parsed it (app.ts guessed it from argv before parsing).
+    .hook('preAction', (_program, action) => {
+      const parent = action.parent;
+      ctx.command = parent && parent !== program ? `${parent.name()} ${action.name()}` : action.name();
+      ctx.doing = ctx.command;
+    });
 
   const encrypt = program
     .command('encrypt')

@@ -144,8 +144,9 @@ async function runJournal(path: string, journal: Journal, keys: JournalKeys, opt
     await journal.finish();
     return result(h, path, 0, started, resumed);
   }
-  // Before the first chunk, the "during" descriptor may be missing or torn: write it (again).
-  if (journal.state === null) await writeDescriptor(loc, Buffer.from(h.descriptor.during, 'base64'));
+  // On resume the descriptor may be torn (a crash while an embedded one was rewritten, "during" or
+  // "final"): write "during" whole again before opening the disk; "final" follows at the end.
+  if (resumed || journal.state === null) await writeDescriptor(loc, Buffer.from(h.descriptor.during, 'base64'));
   const stored = await openVmdk(path, { allowEncrypted: true });
   let oldCipher: DataCipher | undefined;
   let newCipher: DataCipher | undefined;

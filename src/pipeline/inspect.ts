@@ -168,8 +168,13 @@ export async function verifyDisk(path: string, options: VerifyOptions = {}): Pro
       result.againstSha256 = hashB.digest('hex');
     } else {
       const progress = new ProgressTracker('verify', 'verify', capacity, options.onProgress);
+      const unit = source.encryption?.unitSize;
       let pos = 0;
       for await (const r of disk.allocatedRanges()) {
+        // Every data-backed range of an encrypted disk holds whole data units (whole grains or extents).
+        if (unit && (r.offset % unit !== 0 || (r.length % unit !== 0 && r.offset + r.length !== capacity))) {
+          problems.push(`data-backed range ${r.offset}+${r.length} does not hold whole ${unit}-byte data units`);
+        }
         hashZeros(hash, r.offset - pos);
         progress.add(r.offset - pos);
         for (let off = r.offset; off < r.offset + r.length; off += chunkSize) {

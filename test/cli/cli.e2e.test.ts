@@ -162,7 +162,8 @@ describe('recovery passphrase and error paths (local provider)', () => {
     const out = join(work, 'recovered.img');
     ok(await vmseal(['decrypt', enc, out, '--raw'], { ...noKeys, VMSEAL_PASSPHRASE: PASSPHRASE }));
     expect(await sha256File(out)).toBe(expected);
-    ok(await vmseal(['decrypt', enc, out, '--raw', '--force', '--passphrase-env', 'MY_PW'], { ...noKeys, MY_PW: PASSPHRASE }));
+    const quiet = ok(await vmseal(['decrypt', enc, out, '--raw', '--force', '--quiet', '--passphrase-env', 'MY_PW'], { ...noKeys, MY_PW: PASSPHRASE }));
+    expect(quiet.stdout + quiet.stderr).toBe('');
     const info = json(ok(await vmseal(['info', enc, '--json'], noKeys)));
     expect(info.encryption.unlockable).toBe(false);
   });

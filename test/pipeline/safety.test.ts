@@ -23,7 +23,6 @@ beforeAll(() => {
 });
 afterAll(() => tmp.cleanup());
 
-const junk = (dir: string) => readdirSync(dir).filter((f) => /vmseal-tmp|\.lck$|journal|\.tmp$/.test(f));
 
 describe('cancellation', () => {
   it('an AbortSignal stops a job with ERR_ABORTED and leaves nothing behind', async () => {

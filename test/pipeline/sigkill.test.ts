@@ -2,7 +2,7 @@
 // finish it with the right data every time.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawnSync, execFileSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
@@ -30,7 +30,10 @@ beforeAll(async () => {
   patternBytes(200_000, 22).copy(image, 1536 * 1024);
   writeFileSync(join(tmp.dir, 'plain.raw'), image);
 });
-afterAll(() => tmp.cleanup());
+afterAll(() => {
+  tmp.cleanup();
+  rmSync(child, { force: true });
+});
 
 function run(op: string, disk: string, killAt?: number) {
   const r = spawnSync(process.execPath, [child, op, disk, String(CHUNK)], {

@@ -138,6 +138,23 @@ describe('the native addon in threads and at exit', () => {
     expect(drain.status).toBe(0);
   });
 
+  it('keeps the key schedule alive for async work when the cipher handle is garbage-collected', () => {
+    const r = runNode([
+      '--expose-gc',
+      '-e',
+      `${load}
+      const key = Buffer.alloc(64).fill(4, 32), data = Buffer.alloc(32 << 20, 9), sync = Buffer.alloc(data.length), out = Buffer.alloc(data.length);
+      let c = addon.createCipher(key);
+      addon.encrypt(c, data, 4096, 0, sync);
+      const p = addon.encryptAsync(c, data, 4096, 0, out, 2);
+      c = null;
+      for (let i = 0; i < 5; i++) gc();
+      p.then(() => { gc(); console.log(out.equals(sync)); });`,
+    ]);
+    expect(r.stderr).toBe('');
+    expect(r.stdout.trim()).toBe('true');
+  });
+
   it('loads twice in one process through different paths (two instances)', () => {
     const dir = mkdtempSync(join(tmpdir(), 'vmseal-addon-'));
     try {

@@ -54,7 +54,7 @@ async function prepareDir(keep: string | undefined): Promise<string> {
 }
 
 export async function demoCommand(ctx: Ctx, opts: DemoCliOptions): Promise<void> {
-  ctx.doing = 'the demo failed';
+  ctx.doing = 'cannot run the demo';
   if (opts.subformat !== 'monolithicSparse' && opts.subformat !== 'monolithicFlat') {
     throw usageError(`the demo encrypts to monolithicSparse or monolithicFlat, not ${opts.subformat}`);
   }
