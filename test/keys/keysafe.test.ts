@@ -5,6 +5,7 @@ import { encodeField, decodeField } from '../../src/keys/escape.js';
 import { parseDict, serializeDict, parseKeyDict, serializeKeyDict } from '../../src/keys/dict.js';
 import { makeList, makePair, makeFqidLocator, makePhraseLocator } from '../../src/keys/keysafe.js';
 import { vectors, esc } from './helpers.js';
+import { fuzzParams } from '../helpers/fuzz.js';
 
 const B64_176 = Buffer.alloc(176, 1).toString('base64'); // IV 16 + 128 + HMAC-SHA-256 32
 const LOCKED = esc(B64_176);
@@ -203,7 +204,7 @@ describe('property tests', () => {
         // accepted only if it is exactly the canonical encoding of what it decodes to
         if (d !== undefined) expect(d.toString('base64')).toBe(s);
       }),
-      { numRuns: 2000 },
+      fuzzParams(102, 2000),
     );
   });
 
@@ -267,7 +268,7 @@ describe('property tests', () => {
         expect(parsed.toString()).toBe(text);
         expect(JSON.stringify(strip(parsed.root))).toBe(JSON.stringify(strip(root)));
       }),
-      { numRuns: 300 },
+      fuzzParams(103, 300),
     );
   });
 
@@ -285,7 +286,7 @@ describe('property tests', () => {
           expect(e).toBeInstanceOf(KeySafeError);
         }
       }),
-      { numRuns: 2000 },
+      fuzzParams(104, 2000),
     );
   });
 
@@ -301,7 +302,7 @@ describe('property tests', () => {
           expect(e).toBeInstanceOf(KeySafeError);
         }
       }),
-      { numRuns: 2000 },
+      fuzzParams(105, 2000),
     );
   });
 });

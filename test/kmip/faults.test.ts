@@ -11,6 +11,7 @@ import { KmipClient, KmipError, KmipKeyProvider } from '../../src/kmip/index.js'
 import { TtlvWriter, decodeTtlv, type TtlvItem } from '../../src/kmip/ttlv.js';
 import { requireChild } from '../../src/kmip/messages.js';
 import { KeyFormatType, ObjectType, Operation, ResultReason, ResultStatus, Tag } from '../../src/kmip/tags.js';
+import { fuzzParams } from '../helpers/fuzz.js';
 
 let dir: string;
 let pki: TestPki;
@@ -295,7 +296,7 @@ describe('framing and connection handling', () => {
             expect(['ERR_KMS_UNAVAILABLE', 'ERR_KMIP_PROTOCOL', 'ERR_KMIP_KEY', 'ERR_KMIP_OPERATION_FAILED']).toContain((err as KmipError).code);
           }
         }),
-        { seed: 2024, numRuns: 60 },
+        fuzzParams(2024, 60),
       );
     } finally {
       await c.close();

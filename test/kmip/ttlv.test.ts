@@ -4,6 +4,7 @@ import { readFileSync } from 'node:fs';
 import { TtlvWriter, decodeTtlv, encodeTtlv, messageLengthFromHeader, type TtlvItem } from '../../src/kmip/ttlv.js';
 import { KmipError } from '../../src/kmip/errors.js';
 import { Tag } from '../../src/kmip/tags.js';
+import { fuzzParams } from '../helpers/fuzz.js';
 
 interface Sample {
   id: string;
@@ -199,7 +200,7 @@ describe('TTLV fuzzing (fast-check, fixed seed)', () => {
           if (!isTtlvError(err)) throw err;
         }
       }),
-      { seed: 4242, numRuns: 2000 },
+      fuzzParams(4242, 2000),
     );
   });
 
@@ -222,7 +223,7 @@ describe('TTLV fuzzing (fast-check, fixed seed)', () => {
           }
         },
       ),
-      { seed: 1717, numRuns: 3000 },
+      fuzzParams(1717, 3000),
     );
   });
 
@@ -252,7 +253,7 @@ describe('TTLV fuzzing (fast-check, fixed seed)', () => {
         expect(bytes.length % 8).toBe(0);
         expect(decodeTtlv(bytes, { maxDepth: 64 })).toEqual(item);
       }),
-      { seed: 99, numRuns: 500 },
+      fuzzParams(99, 500),
     );
   });
 });
