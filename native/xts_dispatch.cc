@@ -49,7 +49,9 @@ std::vector<XtsImpl> AvailableXtsImpls() {
   std::vector<XtsImpl> out;
   static const XtsImpl kFastestFirst[] = {XtsImpl::kVaesAvx512, XtsImpl::kVaesAvx2,
                                           XtsImpl::kAesni, XtsImpl::kPortable};
-  for (XtsImpl impl : kFastestFirst) {
+  static const XtsImpl kYmmFirst[] = {XtsImpl::kVaesAvx2, XtsImpl::kVaesAvx512, XtsImpl::kAesni,
+                                      XtsImpl::kPortable};
+  for (XtsImpl impl : GetCpuFeatures().preferYmm ? kYmmFirst : kFastestFirst) {
     if (XtsImplAvailable(impl)) out.push_back(impl);
   }
   return out;

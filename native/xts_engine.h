@@ -45,12 +45,16 @@ struct CpuFeatures {
   bool vaes = false, vpclmulqdq = false, avx512f = false, avx512vl = false, avx512bw = false;
   bool osAvx = false;     // XCR0 has XMM|YMM state enabled
   bool osAvx512 = false;  // XCR0 has opmask|ZMM_Hi256|Hi16_ZMM state enabled
+  // Intel Ice Lake / Tiger Lake: 512-bit instructions lower the clock there, so the 256-bit VAES
+  // kernel is ranked first (the Linux kernel's zmm exclusion list makes the same call).
+  bool preferYmm = false;
 };
 
 // Read once (CPUID + XGETBV); all-false on non-x86 builds.
 const CpuFeatures& GetCpuFeatures();
 
-// Implementations this CPU and OS can run, fastest first. Always contains kPortable.
+// Implementations this CPU and OS can run, fastest first (vaes-avx2 before vaes-avx512 when
+// preferYmm). Always contains kPortable.
 std::vector<XtsImpl> AvailableXtsImpls();
 bool XtsImplAvailable(XtsImpl impl);
 // The fastest available one.

@@ -252,9 +252,9 @@ void TestDispatch() {
   const auto& f = vmseal::GetCpuFeatures();
   std::printf("cpu: aes=%d pclmul=%d sse41=%d avx=%d avx2=%d vaes=%d vpclmulqdq=%d avx512f=%d "
               "vl=%d "
-              "bw=%d osAvx=%d osAvx512=%d\n",
+              "bw=%d osAvx=%d osAvx512=%d preferYmm=%d\n",
               f.aes, f.pclmulqdq, f.sse41, f.avx, f.avx2, f.vaes, f.vpclmulqdq, f.avx512f,
-              f.avx512vl, f.avx512bw, f.osAvx, f.osAvx512);
+              f.avx512vl, f.avx512bw, f.osAvx, f.osAvx512, f.preferYmm);
   std::printf("available:");
   for (XtsImpl impl : Impls()) std::printf(" %s", vmseal::XtsImplName(impl));
   std::printf("\n");

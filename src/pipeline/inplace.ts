@@ -31,6 +31,7 @@ import { checkJobOptions, checkPath, type EncryptSpec, type JobOptions, type Job
 import { alignedRanges, chunked, lcm, totalLength } from './plan.js';
 import { ProgressTracker } from './progress.js';
 import { cleanStaleStages } from './staging.js';
+import { ensureSpace } from './space.js';
 import { markDescriptor, runCopy } from './copy.js';
 
 /** Set the encryption lines (in their order, right after createType) and the job line on a descriptor. */
@@ -115,6 +116,7 @@ async function startInPlace(s: InPlaceStart, chunkSize: number): Promise<Journal
   } finally {
     await stored.close();
   }
+  await ensureSpace(dirname(s.path), chunkSize + (128 << 10), `the journal of ${s.path}`);
   const journal = await Journal.create(s.path, header);
   try {
     await writeDescriptor(await locateDescriptor(s.path), Buffer.from(header.descriptor.during, 'base64'));

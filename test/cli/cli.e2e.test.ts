@@ -83,9 +83,9 @@ describe.each(['raw', 'monolithicSparse', 'monolithicFlat'])('local key provider
     expect(info.encryption.lockers[0]).toMatchObject({ providerId: 'local', keyId: firstKey });
     expect(await qemuVirtualSize(enc)).toBe(info.virtualSize);
 
-    const human = ok(await vmseal(['info', enc], env)).stdout;
-    expect(human).toMatch(/^encrypted: +yes$/m);
-    expect(human).toMatch(/^unlockable now: +yes$/m);
+    const infoText = ok(await vmseal(['info', enc], env)).stdout;
+    expect(infoText).toMatch(/^encrypted: +yes$/m);
+    expect(infoText).toMatch(/^unlockable now: +yes$/m);
 
     const v = json(ok(await vmseal(['verify', enc, '--against', sources[kind]!, '--json'], env)));
     expect(v).toMatchObject({ ok: true, encrypted: true, sha256: expected, againstSha256: expected });
@@ -103,7 +103,9 @@ describe.each(['raw', 'monolithicSparse', 'monolithicFlat'])('local key provider
     expect(await qemuVirtualSize(enc)).toBe(SIZE);
 
     const outRaw = join(work, 'out.img');
-    ok(await vmseal(['decrypt', enc, outRaw, '--raw'], env));
+    const human = ok(await vmseal(['decrypt', enc, outRaw, '--raw'], env));
+    expect(human.stdout).toMatch(/^Decrypted .* \(raw\)\n/);
+    expect(human.stderr).toBe(''); // no progress bar: stderr is not a terminal
     expect(await sha256File(outRaw)).toBe(expected);
     const outVmdk = join(work, 'out.vmdk');
     const dj = json(ok(await vmseal(['decrypt', enc, outVmdk, '--json'], env)));
