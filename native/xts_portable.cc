@@ -3,7 +3,8 @@
 // The bitsliced core always works on a batch of 8 blocks (4 without GCC/Clang vector types), so
 // full blocks are processed a batch at a time (the tweaks for those blocks are computed first with
 // a branch-free multiply by x), and the data unit's initial tweak, the last block before
-// ciphertext stealing and the stolen block each use one batch call. Runs on every architecture; x86 CPUs with AES-NI use the other engines.
+// ciphertext stealing and the stolen block each use one batch call. Runs on every architecture;
+// x86 CPUs with AES-NI use the other engines.
 #include <cstring>
 
 #include "aes_portable.h"

@@ -317,7 +317,7 @@ void Bench(double seconds, const std::vector<std::string>& only) {
           e->DecryptUnits(buf.data(), buf.data(), unit, count, first);
           first += count;
         });
-        std::printf("%-12s %4zu %6zu %9.2f %9.2f\n", vmseal::XtsImplName(impl), keyLen * 4, unit,
+        std::printf("%-12s %4zu %6zu %9.3f %9.3f\n", vmseal::XtsImplName(impl), keyLen * 4, unit,
                     enc, dec);
       }
       // OpenSSL EVP, one re-keyed-IV update per unit (what encrypting many sectors costs) and
@@ -336,7 +336,7 @@ void Bench(double seconds, const std::vector<std::string>& only) {
                            static_cast<int>(unit));
         }
       });
-      std::printf("%-12s %4zu %6zu %9.2f\n", "openssl-evp", keyLen * 4, unit, ossl);
+      std::printf("%-12s %4zu %6zu %9.3f\n", "openssl-evp", keyLen * 4, unit, ossl);
       EVP_CIPHER_CTX_free(ctx);
     }
   }

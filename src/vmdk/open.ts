@@ -60,7 +60,7 @@ export async function openDisk(path: string, options: OpenDiskOptions = {}): Pro
     }
     if (looksLikeDescriptor(head)) return await openText(main, opened, readOnly, allowEncrypted);
     if (format === 'vmdk' || ext === '.vmdk') {
-      throw new VmdkFormatError('ERR_VMDK_FORMAT', 'wrong magic: neither a sparse extent header ("KDMV") nor a text descriptor ("# Disk DescriptorFile")', { file: abs, offset: 0 });
+      throw new VmdkFormatError('ERR_VMDK_FORMAT', `wrong magic: neither a sparse extent header ("KDMV") nor a text descriptor ("# Disk DescriptorFile") in a file of ${main.size} bytes`, { file: abs, offset: 0 });
     }
     return openRaw(main, readOnly);
   } catch (err) {
