@@ -59,6 +59,21 @@ describe('in-place encryption', () => {
     });
   }
 
+  it('cancelled half way: ERR_ABORTED, the disk is refused as mid-job, resumeDisk finishes it', async () => {
+    const dir = join(tmp.dir, 'inplace-abort');
+    const disk = qemuSource(dir, 'monolithicFlat');
+    const ac = new AbortController();
+    // The first progress event comes after the first chunk is done: abort there.
+    const job = encryptInPlace(disk, { lockers: [phraseLocker('pw')], chunkSize: 64 * 1024, signal: ac.signal, onProgress: () => ac.abort() });
+    await expect(job).rejects.toMatchObject({ code: 'ERR_ABORTED' });
+    expect(existsSync(disk + '.vmseal-journal')).toBe(true);
+    await expect(openDisk(disk, { keys: { passphrase: 'pw' } })).rejects.toMatchObject({ code: 'ERR_INTERRUPTED_JOB' });
+    const r = await resumeDisk(disk, { keys: { passphrase: 'pw' } });
+    expect(r).toMatchObject({ resumed: true, encrypted: true });
+    expect(await plaintextHash(disk, { passphrase: 'pw' })).toBe(sha256(image));
+    expect(leftovers(dir)).toEqual([]);
+  });
+
   it('refuses raw images', async () => {
     await expect(encryptInPlace(plainRaw, { lockers: [phraseLocker('pw')] })).rejects.toMatchObject({ code: 'ERR_UNSUPPORTED_OUTPUT' });
   });
