@@ -19,6 +19,7 @@ import { DiskError } from './errors.js';
 import {
   FORMAT_VERSION,
   KEY_BYTES,
+  MAX_VALUE_LENGTH,
   unsafeValueReason,
   type CipherName,
   type DataUnitSize,
@@ -27,7 +28,7 @@ import {
 
 export type { LockerSpec, UnlockOptions, KeyCache };
 
-/** Re-sealing draws fresh IVs and salts; the chance that one seal is unusable is ~1e-3, so 64 tries never fail in practice. */
+/** Re-sealing draws fresh IVs and salts; one seal is unusable with a chance below 1% (a "CID" somewhere in ~1000 characters), so 64 tries never fail in practice. */
 const MAX_TRIES = 64;
 
 export function bindingOf(p: Pick<EncryptionParams, 'formatVersion' | 'cipher' | 'unitSize' | 'diskId'>, capacity: number): BindingParams {
@@ -54,6 +55,9 @@ export async function makeEncryptionParams(
   let keySafe: string | undefined;
   for (let i = 0; i < MAX_TRIES && keySafe === undefined; i++) {
     const text = await sealDek(dek, { cipher: opts.cipher, lockers: opts.lockers, ...(opts.cache ? { cache: opts.cache } : {}) });
+    if (text.length > MAX_VALUE_LENGTH) {
+      throw new DiskError('ERR_ENCRYPTION_METADATA', `the KeySafe of ${opts.lockers.length} lockers is ${text.length} characters, more than a descriptor value may hold (${MAX_VALUE_LENGTH}); use fewer lockers`);
+    }
     if (unsafeValueReason(text) === null) keySafe = text;
   }
   if (keySafe === undefined) {

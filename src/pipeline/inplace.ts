@@ -20,7 +20,7 @@ import { createDataCipher, type DataCipher } from '../disk/cipher.js';
 import { DiskError } from '../disk/errors.js';
 import { generateDek, makeEncryptionParams, unlockDek } from '../disk/keying.js';
 import { UNENCRYPTABLE_SUBFORMATS, checkEncryptionChoice, checkLockers, encryptionOf, readEncryptionParams } from '../disk/open.js';
-import { LINE, encryptionLines, unsafeValueReason, type CipherName, type DataUnitSize, type EncryptionParams } from '../disk/params.js';
+import { LINE, MAX_VALUE_LENGTH, encryptionLines, unsafeValueReason, type CipherName, type DataUnitSize, type EncryptionParams } from '../disk/params.js';
 import { describeKeySafe, rewrapKeySafe, sealDek, type LockerInfo } from '../keys/index.js';
 import { describeValue } from '../errors.js';
 import { locateDescriptor, removeStaleDescriptorTemps, writeDescriptor } from './descriptor-io.js';
@@ -423,6 +423,9 @@ export async function shallowRekey(path: string, options: ShallowRekeyOptions): 
             const remove =
               typeof removeLockers === 'function' ? removeLockers : Array.isArray(removeLockers) ? (l: LockerInfo) => removeLockers.includes(l.index) : undefined;
             text = await rewrapKeySafe(params.keySafe, { unlock: keys, ...(addLockers ? { add: addLockers } : {}), ...(remove ? { remove } : {}), ...(cache ? { cache } : {}) });
+          }
+          if (text.length > MAX_VALUE_LENGTH) {
+            throw new DiskError('ERR_ENCRYPTION_METADATA', `the new KeySafe of ${p} is ${text.length} characters, more than a descriptor value may hold (${MAX_VALUE_LENGTH}); use fewer lockers`);
           }
           if (unsafeValueReason(text) === null) keySafe = text;
         }

@@ -132,11 +132,7 @@ export class Journal {
       throw new PipelineError('ERR_JOURNAL', `${path} exists: an in-place job on ${diskPath} did not finish; resume it first`);
     }
     // Written under a temporary name and renamed: a crash never leaves a half-written journal.
-    // Temporary journals of killed processes are removed first.
-    const prefix = `${basename(path)}.`;
-    for (const f of await readdir(dirname(path)).catch(() => [] as string[])) {
-      if (f.startsWith(prefix) && /^\d+\.tmp$/.test(f.slice(prefix.length))) await unlink(join(dirname(path), f)).catch(() => undefined);
-    }
+    await removeDeadTemps(path);
     const tmp = `${path}.${process.pid}.tmp`;
     const w = await open(tmp, 'w', 0o600);
     try {
@@ -154,6 +150,7 @@ export class Journal {
   /** Open an existing journal; null when there is none. */
   static async open(diskPath: string): Promise<Journal | null> {
     const path = journalPathOf(diskPath);
+    await removeDeadTemps(path);
     let fh: FileHandle;
     try {
       fh = await open(path, 'r+');
@@ -253,6 +250,24 @@ export class Journal {
 }
 
 export { sha256 as hashCopy };
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Remove `<journal>.<pid>.tmp` files of processes that died while creating a journal. */
+async function removeDeadTemps(path: string): Promise<void> {
+  const prefix = `${basename(path)}.`;
+  for (const f of await readdir(dirname(path)).catch(() => [] as string[])) {
+    const m = f.startsWith(prefix) ? /^(\d+)\.tmp$/.exec(f.slice(prefix.length)) : null;
+    if (m && !pidAlive(Number(m[1]))) await unlink(join(dirname(path), f)).catch(() => undefined);
+  }
+}
 
 function parseSlot(area: Buffer, at: number): JournalState | null {
   const buf = area.subarray(at, at + SLOT_SIZE);

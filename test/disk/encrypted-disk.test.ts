@@ -99,6 +99,14 @@ describe('EncryptedDisk random access', () => {
     await p.close();
   });
 
+  it('refuses a KeySafe too long for a descriptor value, at once', async () => {
+    const lockers = Array.from({ length: 12 }, (_, i) => phraseLocker(`pw${i}`));
+    await expect(createEncryptedDisk(join(tmp.dir, 'many.vmdk'), { capacity: MiB, lockers })).rejects.toMatchObject({
+      code: 'ERR_ENCRYPTION_METADATA',
+      message: expect.stringContaining('use fewer lockers'),
+    });
+  });
+
   it('refuses raw and streamOptimized for an encrypted disk', async () => {
     for (const subformat of ['raw', 'streamOptimized'] as const) {
       await expect(createEncryptedDisk(join(tmp.dir, `x-${subformat}.vmdk`), { capacity: MiB, subformat, lockers: [phraseLocker('pw')] })).rejects.toMatchObject({

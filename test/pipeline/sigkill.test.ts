@@ -102,6 +102,32 @@ describe('SIGKILL at any point of a copy job: nothing under the final name until
   });
 });
 
+describe('SIGKILL at any point of a shallow rekey (embedded descriptor), then resume', () => {
+  it('the disk opens with exactly one of the old and the new passphrase, data intact', async () => {
+    const dir = join(tmp.dir, 'shallow');
+    mkdirSync(dir);
+    const prepare = async (sub: string): Promise<string> => {
+      mkdirSync(join(dir, sub));
+      const p = join(dir, sub, 'disk.vmdk');
+      await encryptDisk(join(tmp.dir, 'plain.raw'), p, { subformat: 'monolithicSparse', lockers: [phraseLocker('old')] });
+      return p;
+    };
+    const full = run('shallow', await prepare('dry'));
+    expect(full.status, full.stderr).toBe(0);
+    const total = Number(/events=(\d+)/.exec(full.stdout)![1]);
+    for (const point of killPoints(total, Math.min(8, total), 777)) {
+      const disk = await prepare(`kill-${point}`);
+      expect(run('shallow', disk, point).signal).toBe('SIGKILL');
+      const resumed = run('resume', disk);
+      expect(resumed.status, `resume after kill at ${point}: ${resumed.stderr}`).toBe(0);
+      const opens = async (pw: string) => plainHash(disk, pw).then((h) => h === sha256(image), () => false);
+      const [withOld, withNew] = [await opens('old'), await opens('new')];
+      expect(withOld !== withNew, `after kill at ${point}: old opens ${withOld}, new opens ${withNew}`).toBe(true);
+      expect(readdirSync(dirname(disk)).filter((f) => /journal|\.tmp$|\.lck$/.test(f))).toEqual([]);
+    }
+  });
+});
+
 describe('SIGKILL at any point of an in-place job, then the same call again', () => {
   for (const s of scenarios) {
     it(`${s.op} in place (${s.subformat})`, async () => {
