@@ -2,7 +2,7 @@
  * EncryptedDisk: a VirtualDisk whose reads decrypt and whose writes encrypt, at any offset and
  * length, over an inner VMDK disk that holds ciphertext.
  *
- * Rules that keep the on-disk data well formed (docs/format-disk.md):
+ * Rules that keep the on-disk data well formed (docs/format.md):
  * - Data unit i (unitSize bytes at virtual offset i·unitSize) is XTS-encrypted with tweak i.
  * - Ranges the inner disk does not back with data (unallocated or zeroed sparse grains, ZERO
  *   extents) read as plaintext zeros; they are never "decrypted".

@@ -1,5 +1,5 @@
 /**
- * The encryption lines of an encrypted VMDK descriptor (docs/format-disk.md is the specification).
+ * The encryption lines of an encrypted VMDK descriptor (docs/format.md is the specification).
  *
  * They stand right after `createType`, in this order, values always double-quoted:
  *
