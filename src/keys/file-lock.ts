@@ -1,5 +1,6 @@
 import { open, readFile, unlink } from 'node:fs/promises';
 import { KeyError } from './errors.js';
+import { pidAlive } from '../util/process.js';
 
 /**
  * An advisory lock between processes (and between instances in one process) that share a keystore: the
@@ -9,15 +10,6 @@ import { KeyError } from './errors.js';
  */
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 export async function withFileLock<T>(lockFile: string, timeoutMs: number, fn: () => Promise<T>): Promise<T> {
@@ -40,7 +32,7 @@ export async function withFileLock<T>(lockFile: string, timeoutMs: number, fn: (
     const content = await readFile(lockFile, 'utf8').catch(() => '');
     const pid = Number(/^(\d+) /.exec(content)?.[1]);
     holder = Number.isInteger(pid) && pid > 0 ? `pid ${pid}` : 'unknown';
-    if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && !processAlive(pid)) {
+    if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && !pidAlive(pid)) {
       // The holder died without unlocking: remove its lock (only if it is still that same lock).
       const again = await readFile(lockFile, 'utf8').catch(() => '');
       if (again === content) await unlink(lockFile).catch(() => undefined);
