@@ -82,13 +82,22 @@ function openRaw(file: HostFile, readOnly: boolean): VirtualDisk {
   });
 }
 
-/** A text descriptor starts with a comment or `version=` (after an optional BOM), and has no NUL in its first sector. */
+/**
+ * A text descriptor starts with a comment or `version=` (after an optional BOM). Its text ends at the
+ * first NUL (as in Descriptor.parse); what follows in the first sector must be NUL padding or stale
+ * text, never binary data (control bytes other than TAB/LF/CR).
+ *
+ * Stale text is normal: when qemu writes a new CID it rewrites the descriptor in place, NUL-terminated,
+ * without clearing the rest, and its CID has no leading zeros ("%x"). A new CID two or more digits
+ * shorter than the old one leaves the old text's last bytes after the NUL, e.g. `...2147483647"\n\0\n\0\0`
+ * (the CID is random: a few qemu writes in a thousand leave such a tail).
+ */
 function looksLikeDescriptor(head: Buffer): boolean {
   let text = head.toString('latin1');
   if (text.startsWith('\xEF\xBB\xBF')) text = text.slice(3);
   const nul = text.indexOf('\0');
-  if (nul >= 0 && /[^\0]/.test(text.slice(nul))) return false;
-  return /^\s*(#\s*Disk DescriptorFile|version\s*=)/i.test(text);
+  if (nul >= 0 && /[\x01-\x08\x0B\x0C\x0E-\x1F]/.test(text.slice(nul))) return false;
+  return /^\s*(#\s*Disk DescriptorFile|version\s*=)/i.test(nul >= 0 ? text.slice(0, nul) : text);
 }
 
 async function openText(main: HostFile, opened: HostFile[], readOnly: boolean, allowEncrypted: boolean): Promise<VirtualDisk> {

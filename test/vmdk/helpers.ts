@@ -34,7 +34,12 @@ export function run(cmd: string, args: string[]): string {
 
 export function tryRun(cmd: string, args: string[]): { status: number | null; stdout: string; stderr: string; signal: NodeJS.Signals | null } {
   const r = spawnSync(cmd, args, { encoding: 'utf8' });
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr, signal: r.signal };
+  // Never an empty failure message: a spawn error (EAGAIN/ENOMEM on a loaded machine) or a signal leaves
+  // no output of the tool itself, so say what happened instead.
+  let stderr = r.stderr ?? '';
+  if (r.error) stderr += `\n${cmd}: could not run: ${r.error.message}`;
+  if (r.signal) stderr += `\n${cmd}: killed by ${r.signal}`;
+  return { status: r.status, stdout: r.stdout ?? '', stderr, signal: r.signal };
 }
 
 export function qemuInfo(path: string): { 'virtual-size': number; format: string; 'format-specific'?: { data?: { 'create-type'?: string } } } {
