@@ -5,10 +5,9 @@
  * itself: every job that does it records the bytes in its journal first and repeats the write on
  * resume, so a torn write is always overwritten by a whole one.
  */
-import { open, readdir, rename, unlink } from 'node:fs/promises';
-import { randomBytes } from 'node:crypto';
-import { basename, dirname, join } from 'node:path';
-import { fsyncDir } from './staging.js';
+import { open, readdir, unlink } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { isTempNameOf, writeFileAtomic } from '../util/atomic-file.js';
 import { PipelineError } from './errors.js';
 
 export type DescriptorLocation = { kind: 'text'; path: string } | { kind: 'embedded'; path: string; offset: number; size: number };
@@ -35,33 +34,17 @@ export async function locateDescriptor(path: string): Promise<DescriptorLocation
   }
 }
 
-/** Remove temporary descriptor files (`<name>.<12 hex>.tmp`) a killed writer left beside `path`. */
+/** Remove temporary descriptor files (see util/atomic-file tempName) a killed writer left beside `path`. */
 export async function removeStaleDescriptorTemps(path: string): Promise<void> {
   const dir = dirname(path);
-  const name = basename(path);
-  const pattern = new RegExp(`^${name.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\.[0-9a-f]{12}\\.tmp$`);
   for (const f of await readdir(dir).catch(() => [] as string[])) {
-    if (pattern.test(f)) await unlink(join(dir, f)).catch(() => undefined);
+    if (isTempNameOf(path, f)) await unlink(join(dir, f)).catch(() => undefined);
   }
 }
 
 export async function writeDescriptor(loc: DescriptorLocation, bytes: Uint8Array): Promise<void> {
   if (loc.kind === 'text') {
-    const tmp = `${loc.path}.${randomBytes(6).toString('hex')}.tmp`;
-    try {
-      const fh = await open(tmp, 'wx');
-      try {
-        await fh.writeFile(bytes);
-        await fh.sync();
-      } finally {
-        await fh.close();
-      }
-      await rename(tmp, loc.path);
-    } catch (err) {
-      await unlink(tmp).catch(() => undefined);
-      throw err;
-    }
-    await fsyncDir(dirname(loc.path));
+    await writeFileAtomic(loc.path, bytes, 'keep');
     return;
   }
   if (bytes.length >= loc.size) {

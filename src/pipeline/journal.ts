@@ -30,6 +30,7 @@ import { PipelineError } from './errors.js';
 import { fsyncDir, pathExists } from './staging.js';
 
 import { JOURNAL_SUFFIX } from '../disk/open.js';
+import { pidAlive } from '../util/process.js';
 export { JOURNAL_SUFFIX };
 const MAGIC = Buffer.from('VMSJRNL1', 'ascii');
 const STATE_MAGIC = Buffer.from('VMSJSTAT', 'ascii');
@@ -250,15 +251,6 @@ export class Journal {
 }
 
 export { sha256 as hashCopy };
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 /** Remove `<journal>.<pid>.tmp` files of processes that died while creating a journal. */
 async function removeDeadTemps(path: string): Promise<void> {

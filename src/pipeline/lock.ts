@@ -12,6 +12,7 @@ import { basename, dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { PipelineError } from './errors.js';
+import { pidAlive } from '../util/process.js';
 
 export interface DiskLock {
   readonly path: string;
@@ -31,15 +32,6 @@ const EMPTY_LOCK_GRACE_MS = 10_000;
 
 export function lockPathOf(diskPath: string): string {
   return `${diskPath}.lck`;
-}
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 async function readRecord(path: string): Promise<LockRecord | 'directory' | 'gone' | 'unreadable'> {

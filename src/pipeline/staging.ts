@@ -23,6 +23,8 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { PipelineError } from './errors.js';
+import { pidAlive } from '../util/process.js';
+import { fsyncDir } from '../util/atomic-file.js';
 
 const STAGE_INFIX = '.vmseal-tmp-';
 const OWNER = 'owner.json';
@@ -47,23 +49,8 @@ export async function fsyncPath(path: string): Promise<void> {
   }
 }
 
-/** fsync a directory so that renames and creations in it are durable (a no-op where the OS refuses). */
-export async function fsyncDir(dir: string): Promise<void> {
-  try {
-    await fsyncPath(dir);
-  } catch {
-    // Some file systems refuse fsync on a directory; nothing more can be done there.
-  }
-}
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
+// fsync of a folder (so renames in it are durable) is the util layer's; re-exported for the pipeline.
+export { fsyncDir };
 
 /** Remove staging folders of `name` in `dir` left by processes that died (rolling back a half commit). */
 export async function cleanStaleStages(dir: string, name: string): Promise<string[]> {

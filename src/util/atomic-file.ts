@@ -1,6 +1,6 @@
-import { open, rename, link, unlink, chmod } from 'node:fs/promises';
+import { open, rename, link, unlink, chmod, stat } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
-import { dirname } from 'node:path';
+import { basename, dirname } from 'node:path';
 
 /**
  * Crash-safe file replacement: write a temp file beside the target (same directory, so rename is atomic),
@@ -9,6 +9,12 @@ import { dirname } from 'node:path';
  */
 export function tempName(file: string): string {
   return `${file}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`;
+}
+
+/** True if `name` (a bare file name in the same folder) is a temp file made by tempName(`file`). */
+export function isTempNameOf(file: string, name: string): boolean {
+  const prefix = `${basename(file)}.tmp-`;
+  return name.startsWith(prefix) && /^\d+-[0-9a-f]{12}$/.test(name.slice(prefix.length));
 }
 
 async function writeTemp(file: string, data: Uint8Array, mode: number): Promise<string> {
@@ -41,9 +47,13 @@ export async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
-/** Atomically replace (or create) `file` with `data`, mode `mode`. */
-export async function writeFileAtomic(file: string, data: Uint8Array, mode = 0o600): Promise<void> {
-  const tmp = await writeTemp(file, data, mode);
+/**
+ * Atomically replace (or create) `file` with `data`. `mode` is the new file's mode, or 'keep' to keep
+ * the mode of the file being replaced (a VMDK descriptor keeps the permissions its owner gave it).
+ */
+export async function writeFileAtomic(file: string, data: Uint8Array, mode: number | 'keep' = 0o600): Promise<void> {
+  const exact = mode === 'keep' ? (await stat(file)).mode & 0o7777 : mode;
+  const tmp = await writeTemp(file, data, exact);
   try {
     await rename(tmp, file);
   } catch (err) {

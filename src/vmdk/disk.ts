@@ -1,6 +1,5 @@
-import { randomBytes } from 'node:crypto';
-import { open, rename, unlink } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { open } from 'node:fs/promises';
+import { writeFileAtomic } from '../util/atomic-file.js';
 import { Descriptor, MAX_DESCRIPTOR_BYTES } from './descriptor.js';
 import { VmdkFormatError, ioError } from './errors.js';
 import type { Extent } from './extent.js';
@@ -276,8 +275,11 @@ export class VmdkDisk implements VirtualDisk {
       if (bytes.length > MAX_DESCRIPTOR_BYTES) {
         throw new VmdkFormatError('ERR_VMDK_LIMIT', `descriptor would be ${bytes.length} bytes, beyond the limit of ${MAX_DESCRIPTOR_BYTES}`, { file: this.path });
       }
-      if (store.kind === 'text') await replaceFileDurably(this.path, bytes);
-      else {
+      if (store.kind === 'text') {
+        await writeFileAtomic(this.path, bytes, 'keep').catch((err: unknown) => {
+          throw ioError(err, 'replace the descriptor file', this.path);
+        });
+      } else {
         const area = store.host.descriptorArea!;
         // Keep at least one NUL so readers that look for the terminator find it.
         if (bytes.length >= area.size) {
@@ -308,33 +310,5 @@ export class VmdkDisk implements VirtualDisk {
     }
     for (const f of this.#hostFiles) await f.close();
     if (first) throw first;
-  }
-}
-
-/** Write `bytes` to a temp file beside `path`, fsync it, rename it over `path`, fsync the folder. */
-export async function replaceFileDurably(path: string, bytes: Uint8Array): Promise<void> {
-  const tmp = `${path}.${randomBytes(6).toString('hex')}.tmp`;
-  try {
-    const fh = await open(tmp, 'wx');
-    try {
-      await fh.writeFile(bytes);
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await rename(tmp, path);
-  } catch (err) {
-    await unlink(tmp).catch(() => {});
-    throw ioError(err, 'replace the descriptor file', path);
-  }
-  try {
-    const dir = await open(dirname(path), 'r');
-    try {
-      await dir.sync();
-    } finally {
-      await dir.close();
-    }
-  } catch {
-    // Some filesystems refuse fsync on a directory; the rename itself already happened.
   }
 }
