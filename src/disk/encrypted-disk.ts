@@ -12,7 +12,7 @@
  */
 import { DiskError } from './errors.js';
 import type { DataCipher } from './cipher.js';
-import type { ByteRange, DescriptorView, InnerDisk } from './inner.js';
+import type { AllocatedRange as ByteRange, Descriptor, VirtualDisk } from '../vmdk/index.js';
 import type { EncryptionParams } from './params.js';
 import { describeValue } from '../errors.js';
 import { MAX_READ_BYTES } from '../vmdk/index.js';
@@ -23,13 +23,13 @@ export class EncryptedDisk {
   /** The encryption lines of the descriptor (the KeySafe is wrapped: no key material). */
   readonly encryption: Readonly<EncryptionParams>;
   /** @internal the disk holding ciphertext (src/pipeline writes whole grains to it directly). */
-  readonly innerDisk: InnerDisk;
+  readonly innerDisk: VirtualDisk;
   /** @internal the data cipher (src/pipeline encrypts on the thread pool with it). */
   readonly dataCipher: DataCipher;
   #closed = false;
   #writes: Promise<unknown> = Promise.resolve();
 
-  constructor(path: string, inner: InnerDisk, encryption: EncryptionParams, cipher: DataCipher) {
+  constructor(path: string, inner: VirtualDisk, encryption: EncryptionParams, cipher: DataCipher) {
     this.path = path;
     this.innerDisk = inner;
     this.encryption = Object.freeze({ ...encryption });
@@ -51,7 +51,7 @@ export class EncryptedDisk {
   get grainSize(): number | undefined {
     return this.innerDisk.grainSize;
   }
-  get descriptor(): DescriptorView | undefined {
+  get descriptor(): Descriptor | undefined {
     return this.innerDisk.descriptor;
   }
   get unitSize(): number {

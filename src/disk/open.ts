@@ -11,7 +11,6 @@ import { describeValue } from '../errors.js';
 import { createDataCipher, type DataCipherOptions } from './cipher.js';
 import { EncryptedDisk } from './encrypted-disk.js';
 import { DiskError } from './errors.js';
-import type { InnerDisk } from './inner.js';
 import { generateDek, makeEncryptionParams, unlockDek, type KeyCache, type LockerSpec, type UnlockOptions } from './keying.js';
 import {
   CIPHERS,
@@ -67,7 +66,7 @@ export async function readEncryptionParams(path: string): Promise<EncryptionPara
 
 /** @internal Wrap an already opened inner disk (holding ciphertext) after unlocking and checking its authenticator. */
 export async function unlockInner(
-  inner: InnerDisk,
+  inner: VirtualDisk,
   params: EncryptionParams,
   keys: UnlockOptions,
   opts: DataCipherOptions = {},
