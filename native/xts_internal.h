@@ -79,5 +79,80 @@ inline void UnitTweakBytes(uint64_t n, uint8_t out[16]) {
   std::memset(out + 8, 0, 8);
 }
 
+// Round keys of one XTS key for the VAES engines: each 16-byte row of an AesniKeySchedule repeated
+// kLanes times, so that one aligned load gives the round key in every 128-bit lane (2: ymm, 4: zmm).
+template <int kLanes>
+struct WideSchedule {
+  alignas(64) uint8_t enc1[15 * 16 * kLanes];
+  alignas(64) uint8_t dec1[15 * 16 * kLanes];
+  alignas(64) uint8_t enc2[15 * 16 * kLanes];
+  int rounds;
+};
+
+// The XtsEngine of a VAES kernel family. It expands the key once with AES-NI, widens it to kLanes,
+// wipes it on destruction, and picks the kernels' instantiation for the round count, so each ISA
+// file holds only its kernels. Kernels provides, for NR in {10, 14}:
+//   template <int NR, bool ENC> static void Units(const WideSchedule<kLanes>&, const uint8_t* in,
+//       uint8_t* out, size_t unitSize, size_t count, uint64_t firstUnit);
+//   template <int NR, bool ENC> static void WithTweak(const WideSchedule<kLanes>&, const uint8_t* in,
+//       uint8_t* out, size_t len, const uint8_t tweak[16]);
+template <int kLanes, XtsImpl kImpl, class Kernels>
+class WideXtsEngine final : public XtsEngine {
+ public:
+  WideXtsEngine(const uint8_t* key, size_t keyLen) {
+    AesniKeySchedule narrow;
+    AesniExpandXtsKey(key, keyLen, &narrow);
+    for (int r = 0; r < 15; ++r) {
+      for (int lane = 0; lane < kLanes; ++lane) {
+        std::memcpy(ks_.enc1 + 16 * kLanes * r + 16 * lane, narrow.enc1 + 16 * r, 16);
+        std::memcpy(ks_.dec1 + 16 * kLanes * r + 16 * lane, narrow.dec1 + 16 * r, 16);
+        std::memcpy(ks_.enc2 + 16 * kLanes * r + 16 * lane, narrow.enc2 + 16 * r, 16);
+      }
+    }
+    ks_.rounds = narrow.rounds;
+    SecureWipe(&narrow, sizeof(narrow));
+  }
+  ~WideXtsEngine() override { SecureWipe(&ks_, sizeof(ks_)); }
+  XtsImpl impl() const override { return kImpl; }
+
+  void EncryptUnits(const uint8_t* in, uint8_t* out, size_t unitSize, size_t count,
+                    uint64_t firstUnit) const override {
+    RunUnits<true>(in, out, unitSize, count, firstUnit);
+  }
+  void DecryptUnits(const uint8_t* in, uint8_t* out, size_t unitSize, size_t count,
+                    uint64_t firstUnit) const override {
+    RunUnits<false>(in, out, unitSize, count, firstUnit);
+  }
+  void EncryptWithTweak(const uint8_t* in, uint8_t* out, size_t len,
+                        const uint8_t tweak[16]) const override {
+    RunWithTweak<true>(in, out, len, tweak);
+  }
+  void DecryptWithTweak(const uint8_t* in, uint8_t* out, size_t len,
+                        const uint8_t tweak[16]) const override {
+    RunWithTweak<false>(in, out, len, tweak);
+  }
+
+ private:
+  template <bool ENC>
+  void RunUnits(const uint8_t* in, uint8_t* out, size_t unitSize, size_t count,
+                uint64_t firstUnit) const {
+    if (ks_.rounds == 14) {
+      Kernels::template Units<14, ENC>(ks_, in, out, unitSize, count, firstUnit);
+    } else {
+      Kernels::template Units<10, ENC>(ks_, in, out, unitSize, count, firstUnit);
+    }
+  }
+  template <bool ENC>
+  void RunWithTweak(const uint8_t* in, uint8_t* out, size_t len, const uint8_t tweak[16]) const {
+    if (ks_.rounds == 14) {
+      Kernels::template WithTweak<14, ENC>(ks_, in, out, len, tweak);
+    } else {
+      Kernels::template WithTweak<10, ENC>(ks_, in, out, len, tweak);
+    }
+  }
+
+  WideSchedule<kLanes> ks_;
+};
+
 }  // namespace internal
 }  // namespace vmseal

@@ -64,13 +64,8 @@ namespace internal {
 
 namespace {
 
-// Round keys for one XTS key, each 16-byte round key repeated four times (one zmm row).
-struct WideSchedule {
-  alignas(64) uint8_t enc1[15 * 64];
-  alignas(64) uint8_t dec1[15 * 64];
-  alignas(64) uint8_t enc2[15 * 64];
-  int rounds;
-};
+// Round keys repeated in each lane (xts_internal.h).
+using WideSchedule = internal::WideSchedule<4>;
 
 VMSEAL_AVX512 VMSEAL_INLINE __m128i Key128(const uint8_t* sched, int r) {
   return _mm_load_si128(reinterpret_cast<const __m128i*>(sched + 64 * r));
@@ -350,65 +345,25 @@ VMSEAL_AVX512 void WithTweak(const WideSchedule& ks, const uint8_t* in, uint8_t*
   WipeBuffer(tw, sizeof(tw));
 }
 
-class VaesAvx512XtsEngine final : public XtsEngine {
- public:
-  VaesAvx512XtsEngine(const uint8_t* key, size_t keyLen) {
-    AesniKeySchedule narrow;
-    AesniExpandXtsKey(key, keyLen, &narrow);
-    for (int r = 0; r < 15; ++r) {
-      for (int lane = 0; lane < 4; ++lane) {
-        std::memcpy(ks_.enc1 + 64 * r + 16 * lane, narrow.enc1 + 16 * r, 16);
-        std::memcpy(ks_.dec1 + 64 * r + 16 * lane, narrow.dec1 + 16 * r, 16);
-        std::memcpy(ks_.enc2 + 64 * r + 16 * lane, narrow.enc2 + 16 * r, 16);
-      }
-    }
-    ks_.rounds = narrow.rounds;
-    SecureWipe(&narrow, sizeof(narrow));
+// The kernels above, in the shape WideXtsEngine (xts_internal.h) calls them.
+struct VaesAvx512Kernels {
+  template <int NR, bool ENC>
+  static void Units(const WideSchedule& ks, const uint8_t* in, uint8_t* out, size_t unitSize,
+                    size_t count, uint64_t firstUnit) {
+    internal::Units<NR, ENC>(ks, in, out, unitSize, count, firstUnit);
   }
-  ~VaesAvx512XtsEngine() override { SecureWipe(&ks_, sizeof(ks_)); }
-  XtsImpl impl() const override { return XtsImpl::kVaesAvx512; }
-
-  void EncryptUnits(const uint8_t* in, uint8_t* out, size_t unitSize, size_t count,
-                    uint64_t firstUnit) const override {
-    if (ks_.rounds == 14) {
-      Units<14, true>(ks_, in, out, unitSize, count, firstUnit);
-    } else {
-      Units<10, true>(ks_, in, out, unitSize, count, firstUnit);
-    }
+  template <int NR, bool ENC>
+  static void WithTweak(const WideSchedule& ks, const uint8_t* in, uint8_t* out, size_t len,
+                        const uint8_t tweak[16]) {
+    internal::WithTweak<NR, ENC>(ks, in, out, len, tweak);
   }
-  void DecryptUnits(const uint8_t* in, uint8_t* out, size_t unitSize, size_t count,
-                    uint64_t firstUnit) const override {
-    if (ks_.rounds == 14) {
-      Units<14, false>(ks_, in, out, unitSize, count, firstUnit);
-    } else {
-      Units<10, false>(ks_, in, out, unitSize, count, firstUnit);
-    }
-  }
-  void EncryptWithTweak(const uint8_t* in, uint8_t* out, size_t len,
-                        const uint8_t tweak[16]) const override {
-    if (ks_.rounds == 14) {
-      WithTweak<14, true>(ks_, in, out, len, tweak);
-    } else {
-      WithTweak<10, true>(ks_, in, out, len, tweak);
-    }
-  }
-  void DecryptWithTweak(const uint8_t* in, uint8_t* out, size_t len,
-                        const uint8_t tweak[16]) const override {
-    if (ks_.rounds == 14) {
-      WithTweak<14, false>(ks_, in, out, len, tweak);
-    } else {
-      WithTweak<10, false>(ks_, in, out, len, tweak);
-    }
-  }
-
- private:
-  WideSchedule ks_;
 };
 
 }  // namespace
 
 std::unique_ptr<XtsEngine> CreateVaesAvx512XtsEngine(const uint8_t* key, size_t keyLen) {
-  return std::unique_ptr<XtsEngine>(new VaesAvx512XtsEngine(key, keyLen));
+  return std::unique_ptr<XtsEngine>(
+      new WideXtsEngine<4, XtsImpl::kVaesAvx512, VaesAvx512Kernels>(key, keyLen));
 }
 
 #else  // !VMSEAL_X86_64
