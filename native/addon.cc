@@ -156,14 +156,21 @@ Bytes GetBytes(Napi::Value value, const char* argument) {
   return {array.Data(), array.ByteLength()};
 }
 
-CipherHandle* GetCipher(Napi::Value value) {
+// The cipher handle behind `value` (type-tagged, so a foreign object is refused), disposed or not.
+CipherHandle* UnwrapCipher(Napi::Value value) {
   Napi::Env env = value.Env();
   void* raw = nullptr;
   if (!value.IsObject() || !value.As<Napi::Object>().CheckTypeTag(&kCipherTag) ||
       napi_unwrap(env, value, &raw) != napi_ok || raw == nullptr) {
     Throw(env, ErrorKind::kType, "ERR_INVALID_ARG_TYPE", Expected("a cipher handle made by createCipher", "cipher", value));
   }
-  CipherHandle* cipher = static_cast<CipherHandle*>(raw);
+  return static_cast<CipherHandle*>(raw);
+}
+
+// A cipher handle that can still encrypt: refuses a disposed one.
+CipherHandle* GetCipher(Napi::Value value) {
+  Napi::Env env = value.Env();
+  CipherHandle* cipher = UnwrapCipher(value);
   if (!cipher->engine) {
     Throw(env, ErrorKind::kType, "ERR_XTS_DISPOSED", "The XTS cipher has been disposed; create a new one");
   }
@@ -356,23 +363,13 @@ Napi::Value CreateCipher(const Napi::CallbackInfo& info) {
 
 Napi::Value Dispose(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  void* raw = nullptr;
-  if (!info[0].IsObject() || !info[0].As<Napi::Object>().CheckTypeTag(&kCipherTag) ||
-      napi_unwrap(env, info[0], &raw) != napi_ok || raw == nullptr) {
-    Throw(env, ErrorKind::kType, "ERR_INVALID_ARG_TYPE", Expected("a cipher handle made by createCipher", "cipher", info[0]));
-  }
-  static_cast<CipherHandle*>(raw)->engine.reset();
+  UnwrapCipher(info[0])->engine.reset();
   return env.Undefined();
 }
 
 Napi::Value CipherInfo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  void* raw = nullptr;
-  if (!info[0].IsObject() || !info[0].As<Napi::Object>().CheckTypeTag(&kCipherTag) ||
-      napi_unwrap(env, info[0], &raw) != napi_ok || raw == nullptr) {
-    Throw(env, ErrorKind::kType, "ERR_INVALID_ARG_TYPE", Expected("a cipher handle made by createCipher", "cipher", info[0]));
-  }
-  CipherHandle* cipher = static_cast<CipherHandle*>(raw);
+  CipherHandle* cipher = UnwrapCipher(info[0]);
   Napi::Object result = Napi::Object::New(env);
   result.Set("implementation", XtsImplName(cipher->impl));
   result.Set("keyBits", cipher->keyBits);
