@@ -8,6 +8,7 @@
 import { open, readdir, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { isTempNameOf, writeFileAtomic } from '../util/atomic-file.js';
+import { writeFully } from '../util/file-io.js';
 import { PipelineError } from './errors.js';
 
 export type DescriptorLocation = { kind: 'text'; path: string } | { kind: 'embedded'; path: string; offset: number; size: number };
@@ -54,7 +55,7 @@ export async function writeDescriptor(loc: DescriptorLocation, bytes: Uint8Array
   buf.set(bytes);
   const fh = await open(loc.path, 'r+');
   try {
-    await fh.write(buf, 0, buf.length, loc.offset);
+    await writeFully(fh, buf, loc.offset);
     await fh.sync();
   } finally {
     await fh.close();

@@ -14,7 +14,8 @@
  * Resume repeats step 2 if no chunk was recorded yet, continues step 3 from the journal's state,
  * and repeats step 4: every step is idempotent.
  */
-import { basename, dirname, resolve } from 'node:path';
+import { stat } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
 import { openDisk as openVmdk, Descriptor } from '../vmdk/index.js';
 import { createDataCipher, type DataCipher } from '../disk/cipher.js';
 import { DiskError } from '../disk/errors.js';
@@ -25,7 +26,7 @@ import { describeKeySafe, rewrapKeySafe, sealDek, type LockerInfo } from '../key
 import { describeValue } from '../errors.js';
 import { locateDescriptor, removeStaleDescriptorTemps, writeDescriptor } from './descriptor-io.js';
 import { PipelineError, abortError } from './errors.js';
-import { ChunkStatus, Journal, hashCopy, type InPlaceOperation, type JournalHeader } from './journal.js';
+import { ChunkStatus, Journal, hashCopy, journalPathOf, type InPlaceOperation, type JournalHeader } from './journal.js';
 import { acquireLock } from './lock.js';
 import { checkJobOptions, checkPath, type EncryptSpec, type JobOptions, type JobResult, type KeyCache, type LockerSpec, type UnlockOptions } from './options.js';
 import { alignedRanges, chunked, lcm, totalLength } from './plan.js';
@@ -116,7 +117,11 @@ async function startInPlace(s: InPlaceStart, chunkSize: number): Promise<Journal
   } finally {
     await stored.close();
   }
-  await ensureSpace(dirname(s.path), chunkSize + (128 << 10), `the journal of ${s.path}`);
+  // The journal needs a chunk's copy; a flat extent that is a sparse file also allocates its holes as
+  // the job writes ciphertext over them (encrypted zeros are not zeros). Both are checked up front so
+  // that a job does not run out of space half way on a file system that could never hold it.
+  const holes = await flatExtentHoles(s.path, header.descriptor.final);
+  await ensureSpace(dirname(s.path), chunkSize + (128 << 10) + holes, holes > 0 ? `the journal of ${s.path} and the ${holes} bytes of holes in its flat extents that the job fills` : `the journal of ${s.path}`);
   const journal = await Journal.create(s.path, header);
   try {
     await writeDescriptor(await locateDescriptor(s.path), Buffer.from(header.descriptor.during, 'base64'));
@@ -211,6 +216,8 @@ async function runJournal(path: string, journal: Journal, keys: JournalKeys, opt
     await writeDescriptor(loc, Buffer.from(h.descriptor.final, 'base64'));
     await journal.finish();
     return result(h, path, total, started, resumed, stored.subformat);
+  } catch (err) {
+    throw outOfSpaceIsResumable(err, h.operation, path);
   } finally {
     oldCipher?.dispose();
     newCipher?.dispose();
@@ -506,3 +513,49 @@ export async function resumeDisk(path: string, options: ResumeOptions = {}): Pro
 }
 
 export type { InPlaceOperation };
+
+/** Bytes of holes in the FLAT extent files of the disk whose descriptor (base64) is `descriptorB64`. */
+async function flatExtentHoles(path: string, descriptorB64: string): Promise<number> {
+  let d: Descriptor;
+  try {
+    d = Descriptor.parse(Buffer.from(descriptorB64, 'base64'), { file: path });
+  } catch {
+    return 0;
+  }
+  let holes = 0;
+  for (const e of d.extents) {
+    if ((e.type !== 'FLAT' && e.type !== 'VMFS') || e.file === undefined) continue;
+    const st = await stat(join(dirname(path), e.file)).catch(() => undefined);
+    if (!st) continue;
+    const needed = e.offset * 512 + e.sectors * 512;
+    // blocks counts 512-byte units actually allocated; what is not allocated up to the extent's end is a hole.
+    holes += Math.max(0, needed - Number(st.blocks) * 512);
+  }
+  return holes;
+}
+
+const OUT_OF_SPACE = new Set(['ENOSPC', 'EFBIG', 'EDQUOT']);
+
+/** The errno code of err or of any error in its cause chain. */
+function errnoOf(err: unknown): string | undefined {
+  for (let e = err as { code?: unknown; cause?: unknown } | undefined, depth = 0; e && depth < 5; e = e.cause as typeof e, depth++) {
+    if (typeof e.code === 'string' && OUT_OF_SPACE.has(e.code)) return e.code;
+  }
+  return undefined;
+}
+
+/**
+ * A journaled job that runs out of space (or into a file-size limit) midway has left the disk partly
+ * transformed; the journal finishes it. Say so, and how, instead of a bare ENOSPC.
+ */
+function outOfSpaceIsResumable(err: unknown, operation: InPlaceOperation, path: string): unknown {
+  const code = errnoOf(err);
+  if (!code) return err;
+  const why = code === 'EFBIG' ? 'a file-size limit (ulimit -f) was reached' : code === 'EDQUOT' ? 'the disk quota is exhausted' : 'the file system is full';
+  return new PipelineError(
+    'ERR_NO_SPACE',
+    `${operation} of ${path} stopped because ${why} (${code}). The disk is now partly done and its journal ${journalPathOf(path)} holds what is needed to finish it: ` +
+      `free space (or raise the limit), then run the same command again or \`vmseal resume ${path}\`. Do not use the disk until then.`,
+    { cause: err },
+  );
+}

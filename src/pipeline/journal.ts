@@ -31,6 +31,7 @@ import { fsyncDir, pathExists } from './staging.js';
 
 import { JOURNAL_SUFFIX } from '../disk/open.js';
 import { pidAlive } from '../util/process.js';
+import { readFully, writeFully } from '../util/file-io.js';
 export { JOURNAL_SUFFIX };
 const MAGIC = Buffer.from('VMSJRNL1', 'ascii');
 const STATE_MAGIC = Buffer.from('VMSJSTAT', 'ascii');
@@ -137,7 +138,7 @@ export class Journal {
     const tmp = `${path}.${process.pid}.tmp`;
     const w = await open(tmp, 'w', 0o600);
     try {
-      await w.write(area, 0, area.length, 0);
+      await writeFully(w, area, 0);
       await w.sync();
     } finally {
       await w.close();
@@ -161,7 +162,7 @@ export class Journal {
     }
     try {
       const area = Buffer.alloc(COPY_AREA);
-      const { bytesRead } = await fh.read(area, 0, COPY_AREA, 0);
+      const bytesRead = await readFully(fh, area, 0);
       const bad = (why: string): PipelineError =>
         new PipelineError('ERR_JOURNAL', `the journal ${path} is unreadable (${why}); the in-place job on ${diskPath} cannot be resumed safely`);
       if (bytesRead < 12 || !area.subarray(0, 8).equals(MAGIC)) throw bad('wrong magic or truncated');
@@ -198,7 +199,7 @@ export class Journal {
 
   /** Step 1: keep chunk's original bytes. */
   async saveCopy(data: Uint8Array): Promise<void> {
-    await this.#fh.write(data, 0, data.byteLength, COPY_AREA);
+    await writeFully(this.#fh, data, COPY_AREA);
     await this.#fh.sync();
   }
 
@@ -208,7 +209,7 @@ export class Journal {
     if (!s || s.status !== ChunkStatus.IN_PROGRESS) throw new PipelineError('ERR_JOURNAL', `internal: no chunk in progress in ${this.path}`);
     if (s.length > this.header.chunkSize) throw new PipelineError('ERR_JOURNAL', `the journal ${this.path} names a chunk longer than its chunk size`);
     const buf = Buffer.alloc(s.length);
-    const { bytesRead } = await this.#fh.read(buf, 0, s.length, COPY_AREA);
+    const bytesRead = await readFully(this.#fh, buf, COPY_AREA);
     if (bytesRead !== s.length || !sha256(buf).equals(s.copyHash)) {
       throw new PipelineError('ERR_JOURNAL', `the saved copy of chunk ${s.chunk} in ${this.path} does not match its checksum`);
     }
@@ -228,7 +229,7 @@ export class Journal {
     buf.writeUInt32LE(length, 32);
     copyHash.copy(buf, 36);
     sha256(buf.subarray(0, 68)).copy(buf, 68);
-    await this.#fh.write(buf, 0, SLOT_SIZE, slot);
+    await writeFully(this.#fh, buf, slot);
     await this.#fh.sync();
     this.#slot = slot;
     this.#state = { seq, chunk, status, offset, length, copyHash };
@@ -242,7 +243,7 @@ export class Journal {
   async finish(): Promise<void> {
     const zero = Buffer.alloc(Math.min(this.header.chunkSize, 1 << 20));
     for (let off = 0; off < this.header.chunkSize; off += zero.length) {
-      await this.#fh.write(zero, 0, Math.min(zero.length, this.header.chunkSize - off), COPY_AREA + off);
+      await writeFully(this.#fh, zero.subarray(0, Math.min(zero.length, this.header.chunkSize - off)), COPY_AREA + off);
     }
     await this.#fh.close();
     await unlink(this.path);
