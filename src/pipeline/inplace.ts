@@ -24,7 +24,7 @@ import { UNENCRYPTABLE_SUBFORMATS, checkEncryptionChoice, checkLockers, encrypti
 import { LINE, MAX_VALUE_LENGTH, encryptionLines, unsafeValueReason, type CipherName, type DataUnitSize, type EncryptionParams } from '../disk/params.js';
 import { describeKeySafe, rewrapKeySafe, sealDek, type LockerInfo } from '../keys/index.js';
 import { describeValue } from '../errors.js';
-import { locateDescriptor, removeStaleDescriptorTemps, writeDescriptor } from './descriptor-io.js';
+import { locateDescriptor, readDescriptorBytes, removeStaleDescriptorTemps, writeDescriptor, type DescriptorLocation } from './descriptor-io.js';
 import { PipelineError, abortError } from './errors.js';
 import { ChunkStatus, Journal, hashCopy, journalPathOf, type InPlaceOperation, type JournalHeader } from './journal.js';
 import { acquireLock } from './lock.js';
@@ -78,6 +78,7 @@ interface InPlaceStart {
 async function startInPlace(s: InPlaceStart, chunkSize: number): Promise<Journal> {
   const stored = await openVmdk(s.path, { allowEncrypted: true });
   let header: JournalHeader;
+  let journalDek: Buffer | undefined;
   try {
     if (stored.format === 'raw' || UNENCRYPTABLE_SUBFORMATS.has(stored.subformat) || !stored.descriptor) {
       throw new PipelineError('ERR_UNSUPPORTED_OUTPUT', `${s.path} is ${stored.subformat === 'raw' ? 'a raw image, which has no descriptor to carry a key' : `${stored.subformat}, which cannot hold an encrypted disk`}; encrypt it into a new VMDK instead`);
@@ -96,6 +97,7 @@ async function startInPlace(s: InPlaceStart, chunkSize: number): Promise<Journal
     let to: EncryptionParams;
     try {
       to = await makeEncryptionParams(dek, { cipher, unitSize, capacity, lockers: checkLockers(spec.lockers), ...(spec.cache ? { cache: spec.cache } : {}) });
+      journalDek = Buffer.from(dek); // keys the journal's MAC; wiped once the journal is made
     } finally {
       dek.fill(0);
     }
@@ -103,7 +105,7 @@ async function startInPlace(s: InPlaceStart, chunkSize: number): Promise<Journal
     const during = s.operation === 'encrypt-in-place' ? withLines(base, to, s.operation) : withLines(base, null, s.operation);
     const final = withLines(base, to, undefined);
     header = {
-      version: 1,
+      version: 2,
       operation: s.operation,
       disk: basename(s.path),
       capacity,
@@ -114,6 +116,9 @@ async function startInPlace(s: InPlaceStart, chunkSize: number): Promise<Journal
       started: new Date().toISOString(),
       descriptor: { during: b64(during), final: b64(final) },
     };
+  } catch (err) {
+    journalDek?.fill(0);
+    throw err;
   } finally {
     await stored.close();
   }
@@ -121,8 +126,13 @@ async function startInPlace(s: InPlaceStart, chunkSize: number): Promise<Journal
   // the job writes ciphertext over them (encrypted zeros are not zeros). Both are checked up front so
   // that a job does not run out of space half way on a file system that could never hold it.
   const holes = await flatExtentHoles(s.path, header.descriptor.final);
-  await ensureSpace(dirname(s.path), chunkSize + (128 << 10) + holes, holes > 0 ? `the journal of ${s.path} and the ${holes} bytes of holes in its flat extents that the job fills` : `the journal of ${s.path}`);
-  const journal = await Journal.create(s.path, header);
+  let journal: Journal;
+  try {
+    await ensureSpace(dirname(s.path), chunkSize + (128 << 10) + holes, holes > 0 ? `the journal of ${s.path} and the ${holes} bytes of holes in its flat extents that the job fills` : `the journal of ${s.path}`);
+    journal = await Journal.create(s.path, header, journalDek!);
+  } finally {
+    journalDek!.fill(0);
+  }
   try {
     await writeDescriptor(await locateDescriptor(s.path), Buffer.from(header.descriptor.during, 'base64'));
   } catch (err) {
@@ -146,6 +156,7 @@ async function runJournal(path: string, journal: Journal, keys: JournalKeys, opt
   const started = performance.now();
   await removeStaleDescriptorTemps(path);
   const loc = await locateDescriptor(path);
+  await trustJournal(path, journal, loc, keys, opts);
   if (h.operation === 'rekey-shallow') {
     await writeDescriptor(loc, Buffer.from(h.descriptor.final, 'base64'));
     await journal.finish();
@@ -414,6 +425,7 @@ export async function shallowRekey(path: string, options: ShallowRekeyOptions): 
     }
     const stored = await openVmdk(p, { readOnly: true, allowEncrypted: true });
     let header: JournalHeader;
+    let journalDek: Buffer | undefined;
     try {
       const enc = encryptionOf(stored);
       if (!enc) throw new DiskError('ERR_NOT_ENCRYPTED', `${p} is not encrypted`);
@@ -421,6 +433,7 @@ export async function shallowRekey(path: string, options: ShallowRekeyOptions): 
       const params = enc.params;
       const dek = await unlockDek(params, stored.capacity, keys, p);
       let keySafe: string | undefined;
+      journalDek = Buffer.from(dek); // a shallow rekey keeps the DEK: it keys the journal's MAC
       try {
         for (let i = 0; i < 64 && keySafe === undefined; i++) {
           let text: string;
@@ -444,7 +457,7 @@ export async function shallowRekey(path: string, options: ShallowRekeyOptions): 
       const base = stored.descriptor as Descriptor;
       const final = withLines(base, to, undefined);
       header = {
-        version: 1,
+        version: 2,
         operation: 'rekey-shallow',
         disk: basename(p),
         capacity: stored.capacity,
@@ -455,15 +468,23 @@ export async function shallowRekey(path: string, options: ShallowRekeyOptions): 
         started: new Date().toISOString(),
         descriptor: { during: b64(base), final: b64(final) },
       };
+    } catch (err) {
+      journalDek?.fill(0);
+      throw err;
     } finally {
       await stored.close();
     }
-    const loc = await locateDescriptor(p);
-    if (loc.kind === 'text') {
-      await writeDescriptor(loc, Buffer.from(header.descriptor.final, 'base64')); // atomic by rename
-      return result(header, p, 0, started, false);
+    let journal: Journal;
+    try {
+      const loc = await locateDescriptor(p);
+      if (loc.kind === 'text') {
+        await writeDescriptor(loc, Buffer.from(header.descriptor.final, 'base64')); // atomic by rename
+        return result(header, p, 0, started, false);
+      }
+      journal = await Journal.create(p, header, journalDek!);
+    } finally {
+      journalDek!.fill(0);
     }
-    const journal = await Journal.create(p, header);
     return runJournal(p, journal, { from: keys, to: keys }, {}, false);
   });
 }
@@ -558,4 +579,40 @@ function outOfSpaceIsResumable(err: unknown, operation: InPlaceOperation, path: 
       `free space (or raise the limit), then run the same command again or \`vmseal resume ${path}\`. Do not use the disk until then.`,
     { cause: err },
   );
+}
+
+/**
+ * Nothing in a journal is acted on before it is trusted. Version 2: its MACs are checked with the key
+ * derived from the DEK of its target lines, unlocked with the caller's keys (a shallow rekey's DEK is
+ * unchanged, so its old lines serve too). Version 1 has only checksums, which anyone who can write the
+ * folder can recompute: it is trusted only when the disk's current descriptor is one of the two the
+ * journal would write (so resuming it cannot change what the descriptor says), or when the caller says
+ * so with trustV1Journal.
+ */
+async function trustJournal(path: string, journal: Journal, loc: DescriptorLocation, keys: JournalKeys, opts: JobOptions): Promise<void> {
+  const h = journal.header;
+  if (journal.version === 1) {
+    if (opts.trustV1Journal) return;
+    const current = await readDescriptorBytes(loc).catch(() => undefined);
+    const matches = current !== undefined && (current.equals(Buffer.from(h.descriptor.during, 'base64')) || current.equals(Buffer.from(h.descriptor.final, 'base64')));
+    if (matches) return;
+    throw new PipelineError(
+      'ERR_JOURNAL',
+      `the journal ${journal.path} is version 1 (checksummed, not authenticated) and the descriptor of ${path} is not the one it was written with; ` +
+        'it could have been forged by anyone who can write the folder. If you know that this journal is the one vmseal left, run the command again with --trust-v1-journal.',
+    );
+  }
+  if (journal.authenticated) return;
+  let dek: Buffer | undefined;
+  try {
+    dek = await unlockDek(h.to as EncryptionParams, h.capacity, keys.to, `${path} (the key in its journal)`);
+  } catch (err) {
+    if (h.operation !== 'rekey-shallow' || !h.from) throw err;
+    dek = await unlockDek(h.from as EncryptionParams, h.capacity, keys.from, `${path} (the key in its journal)`);
+  }
+  try {
+    journal.authenticate(dek);
+  } finally {
+    dek.fill(0);
+  }
 }
