@@ -18,6 +18,7 @@ import { stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { openDisk as openVmdk, Descriptor } from '../vmdk/index.js';
 import { createDataCipher, type DataCipher } from '../disk/cipher.js';
+import { allocateCipherBuffer } from '../xts/index.js';
 import { DiskError } from '../disk/errors.js';
 import { generateDek, makeEncryptionParams, unlockDek } from '../disk/keying.js';
 import { UNENCRYPTABLE_SUBFORMATS, checkEncryptionChoice, checkLockers, encryptionOf, readEncryptionParams } from '../disk/open.js';
@@ -211,7 +212,7 @@ async function runJournal(path: string, journal: Journal, keys: JournalKeys, opt
         }
         original = await journal.readCopy(); // the disk's bytes may be half rewritten: start from the saved copy
       } else {
-        original = Buffer.allocUnsafe(chunk.length);
+        original = allocateCipherBuffer(chunk.length); // native-owned: encrypted in place, no copies
         await stored.readInto(chunk.offset, original);
         await journal.saveCopy(original);
         await journal.record(k, ChunkStatus.IN_PROGRESS, chunk.offset, chunk.length, hashCopy(original));
