@@ -117,15 +117,19 @@ function providerError(err: unknown, providerId: string, action: string): Vmseal
   });
 }
 
-/** Fetch a KEK: cache first, then the provider (storing it in the cache). */
+/**
+ * Fetch a KEK: this provider instance's cache entry first, then the provider (storing it in the cache
+ * for this instance only). Without a provider instance the cache is not consulted: a cached KEK is
+ * only ever handed back to the instance (and so the credentials) that fetched it.
+ */
 async function fetchKek(provider: KeyProvider | undefined, providerId: string, keyId: string, cache: KeyCache | undefined): Promise<{ kek: Buffer; fromCache: boolean }> {
-  const cached = cache?.get(providerId, keyId);
-  if (cached) return { kek: cached, fromCache: true };
   if (!provider) {
-    throw new KeyError('ERR_DISK_LOCKED', `no key provider '${providerId}' was given and key '${keyId}' is not cached`, { providerId, keyId });
+    throw new KeyError('ERR_DISK_LOCKED', `no key provider '${providerId}' was given for key '${keyId}'`, { providerId, keyId });
   }
+  const cached = cache?.get(provider, keyId);
+  if (cached) return { kek: cached, fromCache: true };
   const kek = checkKek(await provider.getKey(keyId), providerId, keyId);
-  cache?.set(providerId, keyId, kek);
+  cache?.set(provider, keyId, kek);
   return { kek, fromCache: false };
 }
 
@@ -335,7 +339,9 @@ export async function unlockKeySafe(text: string, options: UnlockOptions = {}): 
         const l = pair.locker as Extract<KeyLocator, { type: 'fqid' }>;
         const providerId = l.keyServerId.value!;
         const keyId = l.keyId.value!;
-        const kek = cache.get(providerId, keyId);
+        const provider = providers.get(providerId);
+        if (!provider) continue; // entries belong to provider instances: none given, nothing to look up
+        const kek = cache.get(provider, keyId);
         if (!kek) continue;
         triedFromCache.add(index);
         const dict = openPair(pair, kek);
