@@ -4,7 +4,7 @@ import { KeyError, invalidArgument, type UnlockAttempt } from './errors.js';
 import { DICT_CIPHER_KEY_BYTES, describeCipher, dictCipherName, type DiskCipher } from './dek.js';
 import { parseKeyDict, serializeKeyDict } from './dict.js';
 import { checkKdf, deriveKek, kdfSummary, KDF_LIMITS, PHRASE_DEFAULTS, type Pass2KeyName, type PassphraseKdfChoice, type PhraseKdf } from './kdf.js';
-import { KeySafe, KEYSAFE_LIMITS, makeFqidLocator, makeList, makePair, makePhraseLocator, type KeyLocator, type MacName, type PairLocator } from './keysafe.js';
+import { ETM_MAC_NAME, KeySafe, KEYSAFE_LIMITS, makeFqidLocator, makeList, makePair, makePhraseLocator, type KeyLocator, type MacName, type PairLocator } from './keysafe.js';
 import { lockDict, unlockDict } from './locked-data.js';
 import type { KeyCache } from './cache.js';
 import type { KeyProvider } from './provider.js';
@@ -189,7 +189,8 @@ async function lockWithSpec(dict: Buffer, spec: LockerSpec, cache: KeyCache | un
       }
     }
     try {
-      return makePair(makeFqidLocator(providerId, keyId), 'HMAC-SHA-256', lockDict(kek, 'HMAC-SHA-256', dict));
+      // vmseal's own provider lockers: encrypt-then-MAC (old HMAC-SHA-256 ones are still read).
+      return makePair(makeFqidLocator(providerId, keyId), ETM_MAC_NAME, lockDict(kek, ETM_MAC_NAME, dict));
     } finally {
       kek.fill(0);
     }

@@ -53,9 +53,9 @@ describe('sealDek / unlockKeySafe', () => {
     const text = await sealDek(dek, { cipher: 'aes-256-xts', lockers: [{ kind: 'provider', provider: p }] });
     expect(p.creates).toBe(1);
     const keyId = [...p.keys.keys()][0]!;
-    expect(text).toMatch(new RegExp(`^vmware:key/list/\\(pair/\\(fqid/<VMWARE-NULL>/kms1/${esc(keyId)},HMAC%2dSHA%2d256,[A-Za-z0-9%]+\\)\\)$`));
+    expect(text).toMatch(new RegExp(`^vmware:key/list/\\(pair/\\(fqid/<VMWARE-NULL>/kms1/${esc(keyId)},VMSEAL%2dETM%2dHMAC%2dSHA%2d256,[A-Za-z0-9%]+\\)\\)$`));
     const lockedB64 = decodeURIComponent(/,([A-Za-z0-9%]+)\)\)$/.exec(text)![1]!);
-    // IV 16 + CBC(PKCS#7 of a 124-byte dict = 128) + HMAC-SHA-256 32
+    // IV 16 + CBC(PKCS#7 of a 124-byte dict = 128) + HMAC-SHA-256 32 (encrypt-then-MAC)
     expect(Buffer.from(lockedB64, 'base64').length).toBe(16 + 128 + 32);
     const r = await unlockKeySafe(text, { providers: [p] });
     expect(r).toMatchObject({ type: 'key', cipher: 'XTS-AES-256', unlockedBy: { kind: 'provider', providerId: 'kms1', keyId, fromCache: false, index: 0 } });
@@ -71,7 +71,7 @@ describe('sealDek / unlockKeySafe', () => {
     const dek = generateDek('aes-128-xts');
     const text = await sealDek(dek, { cipher: 'aes-128-xts', lockers: [{ kind: 'provider', provider: p, keyId: ref.keyId }] });
     expect(p.creates).toBe(1);
-    expect(describeKeySafe(text)).toEqual([{ index: 0, kind: 'provider', lockerType: 'fqid', providerId: 'fake', keyId: ref.keyId, mac: 'HMAC-SHA-256' }]);
+    expect(describeKeySafe(text)).toEqual([{ index: 0, kind: 'provider', lockerType: 'fqid', providerId: 'fake', keyId: ref.keyId, mac: 'VMSEAL-ETM-HMAC-SHA-256' }]);
     const r = await unlockKeySafe(text, { providers: [p] });
     expect(r.cipher).toBe('XTS-AES-128');
     expect(r.key.equals(dek)).toBe(true);
