@@ -14,7 +14,7 @@ import { LINE, encryptionLines, type EncryptionParams } from '../disk/params.js'
 import { runChunks, type Piece } from './engine.js';
 import { PipelineError, throwIfAborted } from './errors.js';
 import { acquireLocks, releaseLocks } from './lock.js';
-import { checkJobOptions, checkPath, type EncryptSpec, type JobOptions, type JobResult, type OutputOptions, type OutputSubformat, type UnlockOptions } from './options.js';
+import { checkJobOptions, checkOutputMode, checkPath, type EncryptSpec, type JobOptions, type JobResult, type OutputOptions, type OutputSubformat, type UnlockOptions } from './options.js';
 import { alignedRanges, chunked, lcm, nonZeroRuns, totalLength, type Span } from './plan.js';
 import { ProgressTracker } from './progress.js';
 import { openSource } from './source.js';
@@ -92,6 +92,8 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
   const opts = spec.opts;
   const input = resolve(checkPath(spec.input, 'input'));
   const output = resolve(checkPath(spec.output, 'output'));
+  // A decrypted output holds the plaintext: private to its owner unless the caller says otherwise.
+  const outMode = checkOutputMode(opts.mode) ?? (spec.decrypt ? 0o600 : undefined);
   if (input === output && !spec.replaceInput) throw new PipelineError('ERR_SAME_FILE', `the output ${output} is the input; write to another file`);
   if (spec.encrypt) {
     checkEncryptionChoice(spec.encrypt.cipher ?? 'aes-256-xts', spec.encrypt.unitSize ?? 512);
@@ -200,6 +202,7 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
       const multiFile = replacing.length > 1;
       await source.close();
       await stage.commit({
+        ...(outMode !== undefined ? { mode: outMode } : {}),
         replacing,
         deleteFirst: !spec.replaceInput,
         // Renaming several files over the input is not atomic: mark the old descriptor first so that a
