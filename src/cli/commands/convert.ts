@@ -13,7 +13,7 @@ import { ExitCode } from '../exit-codes.js';
 import { throughputText, withHooks } from '../jobs.js';
 import { KeySession, withKeys, type KeyCliOptions } from '../key-session.js';
 import { formatBytes, formatDuration, type CipherName, type Subformat, type UnitSize } from '../parse.js';
-import { requireFreeOutput, requireInputFile } from './common.js';
+import { requireFreeOutput, requireInputFile, requireWholeSectors } from './common.js';
 import { checkEncryptedSubformat, encryptedOutputSubformat, jobTuning } from './encrypt.js';
 
 export interface ConvertCliOptions extends KeyCliOptions {
@@ -77,6 +77,7 @@ export async function convertCommand(ctx: Ctx, first: string | undefined, second
 
   ctx.doing = `cannot convert ${first}`;
   await requireInputFile(first);
+  await requireWholeSectors(first);
   await requireFreeOutput(second, opts.force);
   const subformat = opts.encrypt ? await encryptedOutputSubformat(ctx, first, opts.subformat) : opts.subformat;
   const one = { ...opts, ...(subformat !== undefined ? { subformat } : {}) };
