@@ -121,6 +121,8 @@ const BY_COMMAND: Record<string, Record<string, string>> = {
     encrypt: "Free space on the output's file system, write the output elsewhere, or use --in-place",
     rekey: "Free space on the disk's file system, or use --in-place",
   },
+  ERR_OUTPUT_EXISTS: { convert: 'Choose another output name, add --force to replace it, or --skip-existing to keep it' },
+  ERR_VMDK_EXISTS: { convert: 'Choose another output name, add --force to replace it, or --skip-existing to keep it' },
   ERR_DISK_ENCRYPTED: {
     encrypt: 'The disk is already encrypted: use `vmseal rekey` to change its keys, or `vmseal convert` to copy it',
     convert: 'The disk is already encrypted: drop --encrypt to copy it with its key, or use `vmseal rekey` to change its keys',
@@ -131,7 +133,17 @@ const BY_COMMAND: Record<string, Record<string, string>> = {
  * Codes whose messages from the layers below end with their own advice ("…; use rekey to change its
  * keys"): the CLI's hint replaces that advice, so that the line does not say it twice in two wordings.
  */
-const LAYER_ADVICE = new Set(['ERR_DISK_ENCRYPTED', 'ERR_NOT_ENCRYPTED']);
+const LAYER_ADVICE = new Set(['ERR_DISK_ENCRYPTED', 'ERR_NOT_ENCRYPTED', 'ERR_OUTPUT_EXISTS', 'ERR_VMDK_EXISTS']);
+
+/**
+ * Why an error happened, in the CLI's words: the layer's own advice (which names library options,
+ * e.g. "force") is dropped when the CLI has a hint of its own for it.
+ */
+export function cliReason(err: unknown, command?: string): string {
+  const why = sentence(reasonOf(err));
+  const { hint } = classify(err, command);
+  return hint !== undefined && err instanceof VmsealError && LAYER_ADVICE.has(err.code) ? why.replace(/;\s.*$/, '') : why;
+}
 
 // Node's system-error codes that an ordinary user mistake or environment produces.
 const SYSTEM_HINTS: Record<string, string> = {
@@ -200,8 +212,7 @@ export function reasonOf(err: unknown): string {
  */
 export function formatError(what: string, err: unknown, command?: string): string {
   const { hint } = classify(err, command);
-  let why = sentence(reasonOf(err));
-  if (hint !== undefined && err instanceof VmsealError && LAYER_ADVICE.has(err.code)) why = why.replace(/;\s.*$/, '');
+  const why = cliReason(err, command);
   const tail = hint ? ` ${sentence(hint)}.` : '';
   return `vmseal: ${sentence(what)}: ${why}.${tail}`;
 }

@@ -163,7 +163,8 @@ Examples:
     .option('--list <file>', 'convert the images listed in FILE into the directory OUT')
     .option('--encrypt', 'encrypt the output with a new key (key options as for `encrypt`)')
     .option('--decrypt', 'write plain output from an encrypted input')
-    .option('--recovery-passphrase', 'with --encrypt: also lock with a recovery passphrase; otherwise: unlock with it');
+    .option('--recovery-passphrase', 'with --encrypt: also lock with a recovery passphrase; otherwise: unlock with it')
+    .option('--skip-existing', 'keep outputs that already exist and convert only the others (to re-run a batch)');
   addEncryptionParams(convert);
   addKeyOptions(convert, true);
   addJobOptions(convert);

@@ -194,3 +194,34 @@ describe('input problems get clear words and the right exit code', () => {
     expect(r.stderr).not.toMatch(/^vmseal: /m);
   });
 });
+
+describe('re-running a batch', () => {
+  it('existing outputs: the hint says --force or --skip-existing, and --skip-existing converts only the rest', async () => {
+    const { mkdir, writeFile, rm: remove } = await import('node:fs/promises');
+    const src = join(dir, 'batch-src');
+    const out = join(dir, 'batch-out');
+    await mkdir(src);
+    await writeFile(join(src, 'a.img'), Buffer.alloc(64 * 1024, 1));
+    await writeFile(join(src, 'b.img'), Buffer.alloc(64 * 1024, 2));
+    const first = await cli(['convert', src, out, '--subformat', 'monolithicSparse']);
+    expect(first.code, first.stdout + first.stderr).toBe(0);
+    const again = await cli(['convert', src, out, '--subformat', 'monolithicSparse']);
+    expect(again.code).toBe(1);
+    const text = again.stdout + again.stderr;
+    expect(text).toContain('--skip-existing');
+    expect(text).toContain('--force');
+    expect(text).not.toMatch(/(?<!-)\bforce to\b/);
+    await remove(join(out, 'b.vmdk'));
+    const skip = await cli(['convert', src, out, '--subformat', 'monolithicSparse', '--skip-existing', '--json']);
+    expect(skip.code, skip.stderr).toBe(0);
+    const j = JSON.parse(skip.stdout);
+    expect(j).toMatchObject({ ok: true, converted: 1, skipped: 1, failed: 0 });
+    const contradicts = await cli(['convert', src, out, '--subformat', 'monolithicSparse', '--skip-existing', '--force']);
+    expect(contradicts.code).toBe(2);
+    // One image: the existing-output hint names --force once, never the library's bare "force".
+    const single = await cli(['convert', join(src, 'a.img'), join(out, 'a.vmdk')]);
+    expect(single.code).toBe(1);
+    expect(single.stderr).not.toMatch(/(?<!-)\bforce to\b/);
+    expect(single.stderr.match(/--force/g)).toHaveLength(1);
+  });
+});
