@@ -201,6 +201,21 @@ describe('recovery passphrase and error paths (local provider)', () => {
     expect(await encryptedHash(enc, env, ['--passphrase-file', pwFile])).toBe(expected);
   });
 
+  it('a 2 TiB monolithicSparse (as qemu-img makes it) is refused as an input limit, naming the subformat to use', async () => {
+    const big = join(work, 'big-2t.vmdk');
+    await qemuImg(['create', '-f', 'vmdk', '-o', 'subformat=monolithicSparse', big, '2T']);
+    try {
+      const r = await vmseal(['encrypt', big, join(work, 'big-enc.vmdk')], env);
+      expect(r.code).toBe(5);
+      const line = expectOneLineError(r);
+      expect(line).toContain('too large for one sparse extent');
+      expect(line).toContain('--subformat twoGbMaxExtentSparse');
+      expect(line).not.toContain('vmseal --help');
+    } finally {
+      await rm(big, { force: true });
+    }
+  });
+
   it('missing input: exit 1 and one line', async () => {
     const r = await vmseal(['encrypt', join(work, 'nope.vmdk'), join(work, 'out.vmdk')], env);
     expect(r.code).toBe(1);
