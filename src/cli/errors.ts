@@ -46,7 +46,7 @@ const FORMAT_HINT = 'Check that the input is the disk image you meant (`vmseal i
 const USAGE_HINT = 'Run `vmseal --help` for usage';
 
 /** Exit code and hint for each stable error code of the layers below (docs/cli.md lists them). */
-const BY_CODE: Record<string, { exitCode: ExitCodeValue; hint?: string }> = {
+export const BY_CODE: Readonly<Record<string, { exitCode: ExitCodeValue; hint?: string }>> = {
   // interrupted
   ERR_ABORTED: { exitCode: ExitCode.INTERRUPTED },
   ERR_XTS_CANCELLED: { exitCode: ExitCode.INTERRUPTED },
@@ -99,10 +99,10 @@ const BY_CODE: Record<string, { exitCode: ExitCodeValue; hint?: string }> = {
   ERR_INVALID_ARGUMENT: { exitCode: ExitCode.USAGE, hint: USAGE_HINT },
   ERR_VMDK_ARGUMENT: { exitCode: ExitCode.USAGE, hint: USAGE_HINT },
   ERR_SAME_FILE: { exitCode: ExitCode.USAGE, hint: 'Give an output path other than the input' },
-  ERR_UNSUPPORTED_OUTPUT: { exitCode: ExitCode.USAGE, hint: 'Write an encrypted disk as monolithicSparse or monolithicFlat, or add --decrypt for a plain copy' },
+  ERR_UNSUPPORTED_OUTPUT: { exitCode: ExitCode.USAGE, hint: 'Write an encrypted disk as monolithicSparse, monolithicFlat or a twoGbMaxExtent subformat (not raw or streamOptimized)' },
   // plain failures with something to do
-  ERR_OUTPUT_EXISTS: { exitCode: ExitCode.FAILURE, hint: 'Choose another output name, or add --force to replace it' },
-  ERR_VMDK_EXISTS: { exitCode: ExitCode.FAILURE, hint: 'Choose another output name, or add --force to replace it' },
+  ERR_OUTPUT_EXISTS: { exitCode: ExitCode.FAILURE, hint: 'Choose another output name, or remove the existing file' },
+  ERR_VMDK_EXISTS: { exitCode: ExitCode.FAILURE, hint: 'Choose another output name, or remove the existing file' },
   ERR_NO_SPACE: { exitCode: ExitCode.FAILURE, hint: "Free space on the output's file system, or write the output elsewhere" },
   ERR_INTERRUPTED_JOB: { exitCode: ExitCode.FAILURE, hint: 'Run `vmseal resume DISK` to finish the interrupted job first' },
   ERR_JOURNAL: { exitCode: ExitCode.FAILURE, hint: 'The job journal beside the disk is damaged or belongs to another disk; keep a copy of both and report it' },
@@ -110,6 +110,9 @@ const BY_CODE: Record<string, { exitCode: ExitCodeValue; hint?: string }> = {
   ERR_VMDK_READ_ONLY: { exitCode: ExitCode.FAILURE, hint: 'Check the file permissions' },
   ERR_VMDK_IO: { exitCode: ExitCode.FAILURE, hint: 'Check the path and its permissions' },
 };
+
+const EXISTS_FORCE_HINT = 'Choose another output name, or add --force to replace it';
+const EXISTS_CONVERT_HINT = 'Choose another output name, add --force to replace it, or --skip-existing to keep it';
 
 /**
  * Hints that depend on the command: a hint may only name options of the command that printed it
@@ -121,8 +124,11 @@ const BY_COMMAND: Record<string, Record<string, string>> = {
     encrypt: "Free space on the output's file system, write the output elsewhere, or use --in-place",
     rekey: "Free space on the disk's file system, or use --in-place",
   },
-  ERR_OUTPUT_EXISTS: { convert: 'Choose another output name, add --force to replace it, or --skip-existing to keep it' },
-  ERR_VMDK_EXISTS: { convert: 'Choose another output name, add --force to replace it, or --skip-existing to keep it' },
+  ERR_OUTPUT_EXISTS: { encrypt: EXISTS_FORCE_HINT, decrypt: EXISTS_FORCE_HINT, convert: EXISTS_CONVERT_HINT },
+  ERR_VMDK_EXISTS: { encrypt: EXISTS_FORCE_HINT, decrypt: EXISTS_FORCE_HINT, convert: EXISTS_CONVERT_HINT },
+  ERR_UNSUPPORTED_OUTPUT: {
+    convert: 'Write an encrypted disk as monolithicSparse, monolithicFlat or a twoGbMaxExtent subformat, or add --decrypt for a plain copy',
+  },
   ERR_DISK_ENCRYPTED: {
     encrypt: 'The disk is already encrypted: use `vmseal rekey` to change its keys, or `vmseal convert` to copy it',
     convert: 'The disk is already encrypted: drop --encrypt to copy it with its key, or use `vmseal rekey` to change its keys',

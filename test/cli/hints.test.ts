@@ -141,3 +141,20 @@ describe('hints name options that exist', () => {
     }
   });
 });
+
+describe('the hints of the error table', () => {
+  it('name only options of each disk command that can print them', async () => {
+    const { VmsealError } = await import('../../src/errors.js');
+    const { BY_CODE, classify } = await import('../../src/cli/errors.js');
+    const root = program();
+    const bad: string[] = [];
+    for (const command of ['encrypt', 'decrypt', 'convert', 'rekey', 'info', 'verify', 'resume']) {
+      const valid = optionsOf(findCommand(root, [command])!);
+      for (const code of Object.keys(BY_CODE)) {
+        const { hint } = classify(new VmsealError(code, 'x'), command);
+        for (const o of optionsNamed(hint ?? '')) if (!valid.has(o)) bad.push(`${command} ${code}: ${o}`);
+      }
+    }
+    expect(bad).toEqual([]);
+  });
+});

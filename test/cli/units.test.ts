@@ -102,9 +102,11 @@ describe('error lines and exit codes', () => {
   });
   it('formats one line: what failed, why, what to do', () => {
     const err = new VmsealError('ERR_OUTPUT_EXISTS', 'the output out.vmdk exists.');
-    expect(formatError('cannot encrypt in.img', err)).toBe(
+    // The hint depends on the command: only commands with --force suggest it.
+    expect(formatError('cannot encrypt in.img', err, 'encrypt')).toBe(
       'vmseal: cannot encrypt in.img: the output out.vmdk exists. Choose another output name, or add --force to replace it.',
     );
+    expect(formatError('cannot rekey d.vmdk', err, 'rekey')).not.toContain('--force');
     const multi = new VmsealError('ERR_KMS_UNAVAILABLE', 'no node answered:\n  a:1 refused\n  b:2 timed out');
     const line = formatError('cannot encrypt in.img', multi);
     expect(line.split('\n')).toHaveLength(1);
