@@ -6,7 +6,7 @@ import { Command, Option } from 'commander';
 import type { Ctx } from './context.js';
 import { usageError } from './errors.js';
 import type { Streams } from './output.js';
-import { CIPHERS, ENCRYPTED_SUBFORMATS, parseCipher, parseInteger, parseKeyProvider, parseSize, parseSubformat, parseUnitSize, SUBFORMATS } from './parse.js';
+import { CIPHERS, ENCRYPTED_SUBFORMATS, parseCipher, parseInteger, parseKeyProvider, parseMode, parseSize, parseSubformat, parseUnitSize, SUBFORMATS } from './parse.js';
 import { encryptCommand } from './commands/encrypt.js';
 import { decryptCommand } from './commands/decrypt.js';
 import { convertCommand } from './commands/convert.js';
@@ -141,13 +141,15 @@ Examples:
     .argument('<OUT>', 'plain image to write')
     .addOption(subformatOption('output subformat (default: the input\'s)'))
     .option('--raw', 'write a raw image (same as --subformat raw)')
-    .option('--recovery-passphrase', 'unlock with the recovery passphrase (prompted for on a terminal if no file or variable gives it)');
+    .option('--recovery-passphrase', 'unlock with the recovery passphrase (prompted for on a terminal if no file or variable gives it)')
+    .addOption(new Option('--mode <octal>', 'permissions of the output files (default: 0600, since they hold the plaintext)').argParser((v) => parseMode(v)));
   addKeyOptions(decrypt, false);
   addJobOptions(decrypt);
   decrypt.addHelpText('after', `
 Examples:
   vmseal decrypt disk-enc.vmdk disk.vmdk
   vmseal decrypt disk-enc.vmdk disk.img --raw
+  vmseal decrypt disk-enc.vmdk disk.vmdk --mode 0640                  (group may read the plain output)
   VMSEAL_PASSPHRASE=… vmseal decrypt disk-enc.vmdk disk.img --raw     (KMS gone: use the recovery passphrase)`);
   decrypt.action((input: string, output: string, opts) => decryptCommand(ctx, input, output, opts));
 

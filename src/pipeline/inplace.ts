@@ -29,6 +29,7 @@ import { locateDescriptor, readDescriptorBytes, removeStaleDescriptorTemps, writ
 import { PipelineError, abortError } from './errors.js';
 import { ChunkStatus, Journal, hashCopy, journalPathOf, type InPlaceOperation, type JournalHeader } from './journal.js';
 import { acquireLock } from './lock.js';
+import { realDiskPath } from './paths.js';
 import { checkJobOptions, checkPath, type EncryptSpec, type JobOptions, type JobResult, type KeyCache, type LockerSpec, type UnlockOptions } from './options.js';
 import { alignedRanges, chunked, lcm, totalLength } from './plan.js';
 import { ProgressTracker } from './progress.js';
@@ -307,7 +308,7 @@ export type EncryptInPlaceOptions = JobOptions & EncryptSpec & { keys?: UnlockOp
  * chunk's original bytes at a time. raw images and streamOptimized disks are refused.
  */
 export async function encryptInPlace(path: string, options: EncryptInPlaceOptions): Promise<JobResult> {
-  const p = resolve(checkPath(path, 'path'));
+  const p = await realDiskPath(checkPath(path, 'path'));
   const { chunkSize } = checkJobOptions(options);
   const { lockers, cipher, unitSize, cache, keys, ...opts } = options;
   checkLockers(lockers);
@@ -346,7 +347,7 @@ export interface DeepRekeyOptions extends JobOptions {
  * same call again, or resumeDisk, after a crash).
  */
 export async function deepRekey(path: string, options: DeepRekeyOptions): Promise<JobResult> {
-  const p = resolve(checkPath(path, 'path'));
+  const p = await realDiskPath(checkPath(path, 'path'));
   const { chunkSize } = checkJobOptions(options);
   const { keys, lockers: given, cipher, unitSize, inPlace, cache, ...opts } = options;
   if (keys === null || typeof keys !== 'object') throw new PipelineError('ERR_ARGUMENT', `Expected keys ({ passphrase?, providers?, cache? }) but received ${describeValue(keys)}`);
@@ -409,7 +410,7 @@ export interface ShallowRekeyOptions {
  * atomically (text) or journaled (embedded in a monolithicSparse file).
  */
 export async function shallowRekey(path: string, options: ShallowRekeyOptions): Promise<JobResult> {
-  const p = resolve(checkPath(path, 'path'));
+  const p = await realDiskPath(checkPath(path, 'path'));
   if (options === null || typeof options !== 'object') throw new PipelineError('ERR_ARGUMENT', `Expected an options object but received ${describeValue(options)}`);
   const { keys, lockers, addLockers, removeLockers, cache } = options;
   if (keys === null || typeof keys !== 'object') throw new PipelineError('ERR_ARGUMENT', `Expected keys ({ passphrase?, providers?, cache? }) but received ${describeValue(keys)}`);
@@ -504,7 +505,7 @@ export interface ResumeOptions extends JobOptions {
  * pending.
  */
 export async function resumeDisk(path: string, options: ResumeOptions = {}): Promise<JobResult | null> {
-  const p = resolve(checkPath(path, 'path'));
+  const p = await realDiskPath(checkPath(path, 'path'));
   const { keys = {}, newKeys, cache, ...opts } = options;
   const unlock: UnlockOptions = { ...keys, ...(keys.cache ?? cache ? { cache: keys.cache ?? cache } : {}) };
   const unlockNew: UnlockOptions = newKeys ? { ...newKeys, ...(newKeys.cache ?? unlock.cache ? { cache: newKeys.cache ?? unlock.cache } : {}) } : unlock;
