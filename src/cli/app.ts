@@ -72,11 +72,11 @@ function report(ctx: Ctx, err: unknown): ExitCodeValue {
     const unknownCommand = err.code === 'commander.unknownCommand';
     return report(ctx, new CliError('ERR_CLI_USAGE', message, { exitCode: ExitCode.USAGE, hint: helpHint(ctx, unknownCommand) }));
   }
-  const { exitCode, unexpected } = classify(err);
+  const { exitCode, unexpected } = classify(err, ctx.command);
   const interrupted = exitCode === ExitCode.INTERRUPTED;
   const line = interrupted
     ? `vmseal: ${ctx.doing.replace(/^cannot /, '')}: interrupted; ${ctx.interruptNote ?? 'nothing was left behind'}.`
-    : formatError(ctx.doing, err);
+    : formatError(ctx.doing, err, ctx.command);
   ctx.output.error(line);
   if (unexpected && ctx.env.VMSEAL_DEBUG) ctx.output.error(String((err as Error)?.stack ?? err));
   ctx.output.result({

@@ -6,7 +6,7 @@
  */
 import { open, readdir, readFile, stat } from 'node:fs/promises';
 import { basename, extname, join, resolve } from 'node:path';
-import { classify, CliError, reasonOf } from './errors.js';
+import { classify, CliError, cliReason } from './errors.js';
 import { ExitCode, type ExitCodeValue } from './exit-codes.js';
 import type { Subformat } from './parse.js';
 
@@ -22,6 +22,8 @@ export interface BatchItemResult {
   /** Bytes of virtual disk converted (0 when it failed before starting). */
   bytes: number;
   seconds: number;
+  /** True when its output existed and --skip-existing kept it (ok, nothing converted). */
+  skipped?: boolean;
   /** Set when it failed: the error's stable code, the one-clause reason and the exit code it maps to. */
   error?: { code: string; reason: string; exitCode: ExitCodeValue };
 }
@@ -32,7 +34,7 @@ export interface BatchOutcome {
   interrupted: boolean;
 }
 
-export type ConvertOne = (item: BatchItem, signal: AbortSignal | undefined) => Promise<{ bytes: number }>;
+export type ConvertOne = (item: BatchItem, signal: AbortSignal | undefined) => Promise<{ bytes: number; skipped?: boolean }>;
 
 /** Image file names a directory scan picks up. */
 const IMAGE_EXTENSIONS = new Set(['.vmdk', '.img', '.raw']);
@@ -60,10 +62,10 @@ export async function runBatch(
     const started = performance.now();
     let result: BatchItemResult;
     try {
-      const { bytes } = await convertOne(item, opts.signal);
-      result = { input: item.input, output: item.output, ok: true, bytes, seconds: (performance.now() - started) / 1000 };
+      const { bytes, skipped } = await convertOne(item, opts.signal);
+      result = { input: item.input, output: item.output, ok: true, bytes, seconds: (performance.now() - started) / 1000, ...(skipped ? { skipped: true } : {}) };
     } catch (err) {
-      const { exitCode } = classify(err);
+      const { exitCode, hint } = classify(err, 'convert');
       const code = typeof (err as { code?: unknown })?.code === 'string' ? (err as { code: string }).code : 'ERR_UNEXPECTED';
       result = {
         input: item.input,
@@ -71,7 +73,8 @@ export async function runBatch(
         ok: false,
         bytes: 0,
         seconds: (performance.now() - started) / 1000,
-        error: { code, reason: reasonOf(err), exitCode },
+        // The per-image line has no room for the generic hint, but an existing output's hint is what to do next.
+        error: { code, reason: /EXISTS$/.test(code) && hint !== undefined ? `${cliReason(err, 'convert')} (${hint.charAt(0).toLowerCase()}${hint.slice(1)})` : cliReason(err, 'convert'), exitCode },
       };
       if (exitCode === ExitCode.INTERRUPTED || opts.signal?.aborted) {
         results.push(result);

@@ -46,7 +46,7 @@ const FORMAT_HINT = 'Check that the input is the disk image you meant (`vmseal i
 const USAGE_HINT = 'Run `vmseal --help` for usage';
 
 /** Exit code and hint for each stable error code of the layers below (docs/cli.md lists them). */
-const BY_CODE: Record<string, { exitCode: ExitCodeValue; hint?: string }> = {
+export const BY_CODE: Readonly<Record<string, { exitCode: ExitCodeValue; hint?: string }>> = {
   // interrupted
   ERR_ABORTED: { exitCode: ExitCode.INTERRUPTED },
   ERR_XTS_CANCELLED: { exitCode: ExitCode.INTERRUPTED },
@@ -99,18 +99,58 @@ const BY_CODE: Record<string, { exitCode: ExitCodeValue; hint?: string }> = {
   ERR_ARGUMENT: { exitCode: ExitCode.USAGE, hint: USAGE_HINT },
   ERR_INVALID_ARGUMENT: { exitCode: ExitCode.USAGE, hint: USAGE_HINT },
   ERR_VMDK_ARGUMENT: { exitCode: ExitCode.USAGE, hint: USAGE_HINT },
-  ERR_SAME_FILE: { exitCode: ExitCode.USAGE, hint: 'Give an output path other than the input (or use --in-place)' },
-  ERR_UNSUPPORTED_OUTPUT: { exitCode: ExitCode.USAGE, hint: 'Write an encrypted disk as monolithicSparse or monolithicFlat, or add --decrypt for a plain copy' },
+  ERR_SAME_FILE: { exitCode: ExitCode.USAGE, hint: 'Give an output path other than the input' },
+  ERR_UNSUPPORTED_OUTPUT: { exitCode: ExitCode.USAGE, hint: 'Write an encrypted disk as monolithicSparse, monolithicFlat or a twoGbMaxExtent subformat (not raw or streamOptimized)' },
   // plain failures with something to do
-  ERR_OUTPUT_EXISTS: { exitCode: ExitCode.FAILURE, hint: 'Choose another output name, or add --force to replace it' },
-  ERR_VMDK_EXISTS: { exitCode: ExitCode.FAILURE, hint: 'Choose another output name, or add --force to replace it' },
-  ERR_NO_SPACE: { exitCode: ExitCode.FAILURE, hint: "Free space on the output's file system, write the output elsewhere, or use --in-place" },
+  ERR_OUTPUT_EXISTS: { exitCode: ExitCode.FAILURE, hint: 'Choose another output name, or remove the existing file' },
+  ERR_VMDK_EXISTS: { exitCode: ExitCode.FAILURE, hint: 'Choose another output name, or remove the existing file' },
+  ERR_NO_SPACE: { exitCode: ExitCode.FAILURE, hint: "Free space on the output's file system, or write the output elsewhere" },
   ERR_INTERRUPTED_JOB: { exitCode: ExitCode.FAILURE, hint: 'Run `vmseal resume DISK` to finish the interrupted job first' },
   ERR_JOURNAL: { exitCode: ExitCode.FAILURE, hint: 'The job journal beside the disk is damaged or belongs to another disk; keep a copy of both and report it' },
   ERR_READ_ONLY: { exitCode: ExitCode.FAILURE, hint: 'Check the file permissions' },
   ERR_VMDK_READ_ONLY: { exitCode: ExitCode.FAILURE, hint: 'Check the file permissions' },
   ERR_VMDK_IO: { exitCode: ExitCode.FAILURE, hint: 'Check the path and its permissions' },
 };
+
+const EXISTS_FORCE_HINT = 'Choose another output name, or add --force to replace it';
+const EXISTS_CONVERT_HINT = 'Choose another output name, add --force to replace it, or --skip-existing to keep it';
+
+/**
+ * Hints that depend on the command: a hint may only name options of the command that printed it
+ * (`decrypt` has no --in-place, `rekey` no OUT), so the general hint above is replaced here.
+ */
+const BY_COMMAND: Record<string, Record<string, string>> = {
+  ERR_SAME_FILE: { encrypt: 'Give an output path other than the input, or use --in-place' },
+  ERR_NO_SPACE: {
+    encrypt: "Free space on the output's file system, write the output elsewhere, or use --in-place",
+    rekey: "Free space on the disk's file system, or use --in-place",
+  },
+  ERR_OUTPUT_EXISTS: { encrypt: EXISTS_FORCE_HINT, decrypt: EXISTS_FORCE_HINT, convert: EXISTS_CONVERT_HINT },
+  ERR_VMDK_EXISTS: { encrypt: EXISTS_FORCE_HINT, decrypt: EXISTS_FORCE_HINT, convert: EXISTS_CONVERT_HINT },
+  ERR_UNSUPPORTED_OUTPUT: {
+    convert: 'Write an encrypted disk as monolithicSparse, monolithicFlat or a twoGbMaxExtent subformat, or add --decrypt for a plain copy',
+  },
+  ERR_DISK_ENCRYPTED: {
+    encrypt: 'The disk is already encrypted: use `vmseal rekey` to change its keys, or `vmseal convert` to copy it',
+    convert: 'The disk is already encrypted: drop --encrypt to copy it with its key, or use `vmseal rekey` to change its keys',
+  },
+};
+
+/**
+ * Codes whose messages from the layers below end with their own advice ("…; use rekey to change its
+ * keys"): the CLI's hint replaces that advice, so that the line does not say it twice in two wordings.
+ */
+const LAYER_ADVICE = new Set(['ERR_DISK_ENCRYPTED', 'ERR_NOT_ENCRYPTED', 'ERR_OUTPUT_EXISTS', 'ERR_VMDK_EXISTS']);
+
+/**
+ * Why an error happened, in the CLI's words: the layer's own advice (which names library options,
+ * e.g. "force") is dropped when the CLI has a hint of its own for it.
+ */
+export function cliReason(err: unknown, command?: string): string {
+  const why = sentence(reasonOf(err));
+  const { hint } = classify(err, command);
+  return hint !== undefined && err instanceof VmsealError && LAYER_ADVICE.has(err.code) ? why.replace(/;\s.*$/, '') : why;
+}
 
 // Node's system-error codes that an ordinary user mistake or environment produces.
 const SYSTEM_HINTS: Record<string, string> = {
@@ -132,13 +172,14 @@ function isAbortError(err: unknown): boolean {
   return err instanceof Error && (err.name === 'AbortError' || (err as { code?: unknown }).code === 'ABORT_ERR');
 }
 
-/** Map any thrown value to an exit code and a hint. */
-export function classify(err: unknown): Classified {
+/** Map any thrown value to an exit code and a hint (for `command`, e.g. "decrypt", if given). */
+export function classify(err: unknown, command?: string): Classified {
   if (err instanceof CliError) return { exitCode: err.exitCode, hint: err.hint, unexpected: false };
   if (isAbortError(err)) return { exitCode: ExitCode.INTERRUPTED, hint: undefined, unexpected: false };
   if (err instanceof VmsealError) {
     const known = BY_CODE[err.code];
-    if (known) return { exitCode: known.exitCode, hint: known.hint, unexpected: false };
+    const forCommand = command !== undefined ? BY_COMMAND[err.code]?.[command] : undefined;
+    if (known) return { exitCode: known.exitCode, hint: forCommand ?? known.hint, unexpected: false };
     // A code added later by a layer: classify by its family so that it still lands sensibly.
     if (/^ERR_KMIP_|^ERR_KMS_/.test(err.code)) return { exitCode: ExitCode.KMS_UNAVAILABLE, hint: KMS_HINT, unexpected: false };
     if (/^ERR_VMDK_/.test(err.code)) return { exitCode: ExitCode.FORMAT, hint: FORMAT_HINT, unexpected: false };
@@ -176,9 +217,9 @@ export function reasonOf(err: unknown): string {
  * The one-line message for an error: "vmseal: <what failed>: <why>. <what to do>."
  * `what` names the operation and its operand (e.g. "cannot encrypt disk.img").
  */
-export function formatError(what: string, err: unknown): string {
-  const { hint } = classify(err);
-  const why = sentence(reasonOf(err));
+export function formatError(what: string, err: unknown, command?: string): string {
+  const { hint } = classify(err, command);
+  const why = cliReason(err, command);
   const tail = hint ? ` ${sentence(hint)}.` : '';
   return `vmseal: ${sentence(what)}: ${why}.${tail}`;
 }

@@ -3,6 +3,8 @@
  * progress events, and the human summary line of a finished job.
  */
 import type { Ctx } from './context.js';
+import { CliError } from './errors.js';
+import { ExitCode } from './exit-codes.js';
 import { formatBytes, formatDuration, formatRate } from './parse.js';
 
 export interface JobProgressEvent {
@@ -42,9 +44,30 @@ export async function withHooks<T>(ctx: Ctx, label: string, run: (hooks: JobHook
   const hooks = jobHooks(ctx, label);
   try {
     return await run(hooks);
+  } catch (err) {
+    throw outputLimitError(ctx, err);
   } finally {
     hooks.done();
   }
+}
+
+// The VMDK writer refuses a sparse extent of 2 TiB or more with ERR_VMDK_ARGUMENT (an argument of
+// createDisk). For a user it is a limit of the input's subformat (qemu-img makes such images),
+// not a mistake on the command line: exit 5 with the subformat that holds the disk.
+const SPARSE_EXTENT_LIMIT = /too large for one sparse extent/;
+
+/** The writer's "too large for one sparse extent" as an input limit (ERR_VMDK_LIMIT, exit 5); other errors unchanged. */
+export function outputLimitError(ctx: Pick<Ctx, 'command'>, err: unknown): unknown {
+  const e = err as { code?: unknown; message?: unknown };
+  if (e?.code !== 'ERR_VMDK_ARGUMENT' || typeof e.message !== 'string' || !SPARSE_EXTENT_LIMIT.test(e.message)) return err;
+  const hasSubformat = ctx.command === 'encrypt' || ctx.command === 'decrypt' || ctx.command === 'convert';
+  return new CliError('ERR_VMDK_LIMIT', `${e.message}; the disk is too large for the monolithicSparse subformat`, {
+    exitCode: ExitCode.FORMAT,
+    hint: hasSubformat
+      ? 'Write it with --subformat twoGbMaxExtentSparse (one sparse extent per 2 GiB) or monolithicFlat'
+      : 'Convert it first with `vmseal convert DISK OUT --subformat twoGbMaxExtentSparse` (one sparse extent per 2 GiB)',
+    cause: err,
+  });
 }
 
 /** "1.00 GiB in 2.31 s (465 MB/s)" */

@@ -14,7 +14,7 @@
 import { readFile, stat } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { describeKeySafe, KeyCache, LocalKeyProvider, type KeyProvider, type LockerSpec, type UnlockOptions } from '../keys/index.js';
+import { describeKeySafe, unlockKeySafe, KeyCache, LocalKeyProvider, type KeyProvider, type LockerSpec, type UnlockOptions } from '../keys/index.js';
 import { KmipKeyProvider } from '../kmip/index.js';
 import { readEncryptionParams } from '../disk/index.js';
 import { CliError, usageError } from './errors.js';
@@ -267,8 +267,41 @@ export class KeySession {
         ...(this.opts.passphraseFile !== undefined ? { passphraseFile: this.opts.passphraseFile } : {}),
         ...(this.opts.passphraseEnv !== undefined ? { passphraseEnv: this.opts.passphraseEnv } : {}),
       }));
+      if (disk !== undefined) await this.checkPassphrase(disk, unlock.passphrase);
     }
     return unlock;
+  }
+
+  /** Disks whose recovery passphrase was already checked in this session (a batch checks each once). */
+  private readonly passphraseChecked = new Set<string>();
+
+  /**
+   * Check that the passphrase the user gave opens `disk` by itself. The unlock tries every means and
+   * takes the first that works, so a wrong passphrase would be silently outvoted by the keystore and
+   * a recovery drill (`vmseal verify DISK --passphrase-file F`) would pass with the wrong passphrase.
+   */
+  private async checkPassphrase(disk: string, passphrase: string | Uint8Array | undefined): Promise<void> {
+    if (passphrase === undefined || this.passphraseChecked.has(disk)) return;
+    const params = await readEncryptionParams(disk).catch(() => null);
+    if (!params) return; // not an encrypted disk: the command reports that itself
+    if (!describeKeySafe(params.keySafe).some((l) => l.kind === 'passphrase')) {
+      throw new CliError('ERR_WRONG_KEY', `${disk} has no recovery passphrase locker, so the given recovery passphrase cannot open it`, {
+        exitCode: ExitCode.KEY,
+        hint: 'Drop the passphrase options (and VMSEAL_PASSPHRASE) to use its key provider, or add a recovery passphrase with `vmseal rekey DISK --shallow --add-recovery-passphrase`',
+      });
+    }
+    try {
+      const opened = await unlockKeySafe(params.keySafe, { passphrase });
+      opened.key.fill(0);
+    } catch (err) {
+      if ((err as { code?: unknown })?.code !== 'ERR_WRONG_KEY') throw err;
+      throw new CliError('ERR_WRONG_KEY', `the given recovery passphrase does not open ${disk}`, {
+        exitCode: ExitCode.KEY,
+        hint: 'Check the passphrase in --passphrase-file, --passphrase-env or VMSEAL_PASSPHRASE (`vmseal info DISK` lists the lockers)',
+        cause: err,
+      });
+    }
+    this.passphraseChecked.add(disk);
   }
 
   /** Close KMIP connections and wipe cached KEKs. */

@@ -6,7 +6,7 @@
  * Errors always go to stderr as one line, in every mode.
  */
 import { SingleBar } from 'cli-progress';
-import { formatBytes, formatDuration, formatRate } from './parse.js';
+import { formatBytes, formatRate } from './parse.js';
 
 export interface OutputOptions {
   json?: boolean;
@@ -60,11 +60,14 @@ export class Output {
     this.streams.stdout.write(`${text}\n`);
   }
 
-  /** A note for humans on stderr (where temp files went, what is happening); not in --quiet. */
+  /**
+   * A note for humans on stderr (where temp files went, what is happening); not in --quiet. Never
+   * with the "vmseal: " prefix: that marks an error line, and scripts and people grep for it.
+   */
   note(text: string): void {
     if (this.quiet) return;
     this.clearBar();
-    this.streams.stderr.write(`${text}\n`);
+    this.streams.stderr.write(`${text.replace(/^vmseal: /, '')}\n`);
   }
 
   /** Aligned "key: value" lines, like `qemu-img info`. */
@@ -93,10 +96,12 @@ export class Output {
   /** A progress bar for one job (or a no-op when bars are off). */
   progress(label: string): ProgressReporter {
     if (!this.showProgress) return NO_PROGRESS;
+    const { format, barsize } = progressLayout(label, (this.streams.stderr as { columns?: number }).columns);
     const bar = new SingleBar(
       {
         stream: this.streams.stderr as NodeJS.WritableStream as never,
-        format: `${label.padEnd(8)} [{bar}] {percentage}% | {doneText} / {totalText} | {rateText} | ETA {etaText}`,
+        format,
+        barsize,
         barCompleteChar: '#',
         barIncompleteChar: '-',
         hideCursor: true,
@@ -124,7 +129,7 @@ export class Output {
           doneText: formatBytes(p.bytesDone),
           totalText: formatBytes(p.bytesTotal),
           rateText: rate > 0 ? formatRate(rate, 1) : '-',
-          etaText: formatDuration(eta),
+          etaText: etaText(eta),
         };
         const total = Math.max(1, p.bytesTotal);
         if (!started) {
@@ -142,6 +147,40 @@ export class Output {
   private clearBar(): void {
     this.stopActiveBar?.();
   }
+}
+
+/** A short ETA for the bar: "42s", "12m05s", "4h43m" (at most 7 characters below 1000 hours). */
+export function etaText(seconds: number): string {
+  if (!Number.isFinite(seconds) || seconds < 0) return '-';
+  const s = Math.round(seconds);
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s`;
+  return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
+}
+
+// The widest text each field of the bar can take (sizes below 1 PiB, rates below 10 GB/s).
+const FIELD_WIDTH = { percentage: 3, doneText: 9, totalText: 9, rateText: 9, etaText: 7 } as const;
+const MAX_BAR = 40;
+const MIN_BAR = 3;
+
+/**
+ * The bar's format and width for a terminal of `columns`: the numbers (size, rate, ETA) are what a
+ * user reads, so a narrow terminal shortens the bar, then the separators, then drops the bar —
+ * never the numbers (cli-progress cuts whatever passes the terminal's width).
+ */
+export function progressLayout(label: string, columns: number | undefined): { format: string; barsize: number } {
+  const width = (columns !== undefined && columns > 0 ? columns : 80) - 1; // the last column would wrap on some terminals
+  const fixed = (format: string): number =>
+    Object.entries(FIELD_WIDTH).reduce((n, [k, w]) => n.replace(`{${k}}`, 'x'.repeat(w)), format.replace('{bar}', '')).length;
+  const layouts = [
+    `${label.padEnd(8)} [{bar}] {percentage}% | {doneText} / {totalText} | {rateText} | ETA {etaText}`,
+    `${label} [{bar}] {percentage}% {doneText}/{totalText} {rateText} ETA {etaText}`,
+  ];
+  for (const format of layouts) {
+    const barsize = Math.min(MAX_BAR, width - fixed(format));
+    if (barsize >= MIN_BAR) return { format, barsize };
+  }
+  return { format: `${label} {percentage}% {doneText}/{totalText} {rateText} ETA {etaText}`, barsize: 0 };
 }
 
 /** JSON for machines: bigint as number when safe (sizes), Buffers never (they could be keys). */

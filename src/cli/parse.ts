@@ -16,6 +16,12 @@ export const SUBFORMATS = [
 ] as const;
 export type Subformat = (typeof SUBFORMATS)[number];
 
+/**
+ * The subformats an encrypted disk can be written as: raw has no descriptor to carry the key, and
+ * streamOptimized compression gains nothing on ciphertext (checkEncryptedSubformat refuses both).
+ */
+export const ENCRYPTED_SUBFORMATS: readonly Subformat[] = SUBFORMATS.filter((s) => s !== 'raw' && s !== 'streamOptimized');
+
 export const CIPHERS = ['aes-256-xts', 'aes-128-xts'] as const;
 export type CipherName = (typeof CIPHERS)[number];
 

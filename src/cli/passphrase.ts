@@ -162,7 +162,17 @@ export interface ReadPassphraseOptions extends PassphraseSourceOptions {
   signal?: AbortSignal;
   env?: NodeJS.ProcessEnv;
   io?: PromptIO;
+  /**
+   * What to do when no source is available and there is no terminal. The default names the
+   * recovery/backup passphrase sources; a command that reads its passphrase elsewhere (keys init
+   * reads the keystore passphrase from --home-passphrase-file) must name its own, or the user is
+   * sent to options the command refuses.
+   */
+  noSourceHint?: string;
 }
+
+/** The hint for a passphrase read through --passphrase-file / --passphrase-env / VMSEAL_PASSPHRASE. */
+export const PASSPHRASE_SOURCES_HINT = `Give --passphrase-file F or --passphrase-env NAME, or set ${DEFAULT_PASSPHRASE_ENV}`;
 
 /** Read a passphrase from the configured source; throws a usage error when none is available. */
 export async function readPassphrase(opts: ReadPassphraseOptions): Promise<string> {
@@ -189,7 +199,7 @@ export async function readPassphrase(opts: ReadPassphraseOptions): Promise<strin
     case 'none':
       throw usageError(
         `a ${opts.purpose} is needed but none was given and stdin is not a terminal to prompt on`,
-        `Give --passphrase-file F or --passphrase-env NAME, or set ${DEFAULT_PASSPHRASE_ENV}`,
+        opts.noSourceHint ?? PASSPHRASE_SOURCES_HINT,
       );
   }
   if (opts.minLength !== undefined && [...value].length < opts.minLength) {

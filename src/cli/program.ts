@@ -6,7 +6,7 @@ import { Command, Option } from 'commander';
 import type { Ctx } from './context.js';
 import { usageError } from './errors.js';
 import type { Streams } from './output.js';
-import { CIPHERS, parseCipher, parseInteger, parseKeyProvider, parseMode, parseSize, parseSubformat, parseUnitSize, SUBFORMATS } from './parse.js';
+import { CIPHERS, ENCRYPTED_SUBFORMATS, parseCipher, parseInteger, parseKeyProvider, parseMode, parseSize, parseSubformat, parseUnitSize, SUBFORMATS } from './parse.js';
 import { encryptCommand } from './commands/encrypt.js';
 import { decryptCommand } from './commands/decrypt.js';
 import { convertCommand } from './commands/convert.js';
@@ -77,8 +77,9 @@ function parseChunkSize(v: string): number {
   return n;
 }
 
-const subformatOption = (what: string): Option =>
-  new Option('--subformat <name>', `${what}: ${SUBFORMATS.join(', ')}`).argParser((v) => parseSubformat(v));
+// `choices` lists only what the command accepts: help must not offer a value the command refuses.
+const subformatOption = (what: string, choices: readonly string[] = SUBFORMATS): Option =>
+  new Option('--subformat <name>', `${what}: ${choices.join(', ')}`).argParser((v) => parseSubformat(v));
 
 export function buildProgram(ctx: Ctx, streams: Streams): Command {
   const program = new Command('vmseal');
@@ -115,7 +116,7 @@ export function buildProgram(ctx: Ctx, streams: Streams): Command {
     )
     .argument('<IN>', 'plain disk image')
     .argument('[OUT]', 'encrypted VMDK to write (omit with --in-place)')
-    .addOption(subformatOption('output subformat (default: the input\'s; raw → monolithicFlat, streamOptimized → monolithicSparse)'))
+    .addOption(subformatOption('output subformat (default: the input\'s; raw → monolithicFlat, streamOptimized → monolithicSparse)', ENCRYPTED_SUBFORMATS))
     .option('--recovery-passphrase', 'also lock the disk with a recovery passphrase (from --passphrase-file, --passphrase-env, VMSEAL_PASSPHRASE or a prompt)')
     .option('--in-place', 'encrypt IN in place instead of writing OUT (for images too big to copy)')
     .option('--trust-v1-journal', 'resume from a version-1 journal (checksummed, not authenticated) although the disk\'s descriptor differs from it; only for a journal you know vmseal left');
@@ -165,7 +166,8 @@ Examples:
     .option('--list <file>', 'convert the images listed in FILE into the directory OUT')
     .option('--encrypt', 'encrypt the output with a new key (key options as for `encrypt`)')
     .option('--decrypt', 'write plain output from an encrypted input')
-    .option('--recovery-passphrase', 'with --encrypt: also lock with a recovery passphrase; otherwise: unlock with it');
+    .option('--recovery-passphrase', 'with --encrypt: also lock with a recovery passphrase; otherwise: unlock with it')
+    .option('--skip-existing', 'keep outputs that already exist and convert only the others (to re-run a batch)');
   addEncryptionParams(convert);
   addKeyOptions(convert, true);
   addJobOptions(convert);
@@ -288,7 +290,7 @@ Examples:
         'Keys go to VMSEAL_HOME (or --home) if set, initialised if needed; otherwise to a temporary keystore that is deleted with the demo\'s files. Everything happens in a temporary folder, removed at the end unless --keep.',
     )
     .addOption(new Option('--size <size>', 'virtual size of the sample disk').default(128 * 1024 * 1024, '128M').argParser((v) => parseSize(v, '--size', { min: 16 * 1024 * 1024, max: 64 * 1024 ** 3 })))
-    .addOption(subformatOption('encrypted subformat: monolithicSparse or monolithicFlat').default('monolithicSparse'))
+    .addOption(subformatOption('encrypted subformat', ['monolithicSparse', 'monolithicFlat']).default('monolithicSparse'))
     .option('--keep <dir>', 'keep the demo\'s files in DIR (created; must be empty)')
     .addOption(new Option('--home <dir>', 'keystore folder to use (default: VMSEAL_HOME if set, else a temporary one)'))
     .action((opts) => demoCommand(ctx, opts));

@@ -162,3 +162,94 @@ describe('keys commands in-process', () => {
     expect(r.stderr).toContain('vmseal keys init');
   });
 });
+
+describe('input problems get clear words and the right exit code', () => {
+  const home = (): string => join(dir, 'input-home');
+  it('an empty raw image and one that is not whole sectors: exit 5, naming the file and the problem', async () => {
+    const { writeFile } = await import('node:fs/promises');
+    const empty = join(dir, 'empty.img');
+    const odd = join(dir, 'odd.img');
+    await writeFile(empty, '');
+    await writeFile(odd, Buffer.alloc(1000, 1));
+    for (const argv of [['encrypt', empty, join(dir, 'e.vmdk')], ['convert', empty, join(dir, 'e2.vmdk')]]) {
+      const r = await cli([...argv, '--home', home()]);
+      expect(r.code, r.stderr).toBe(5);
+      expect(r.stderr).toContain(`${empty} is empty`);
+      expect(r.stderr).not.toContain('options.capacity');
+    }
+    const r = await cli(['encrypt', odd, join(dir, 'o.vmdk'), '--home', home()]);
+    expect(r.code, r.stderr).toBe(5);
+    expect(r.stderr).toMatch(/odd\.img is 1000 bytes, not a multiple of 512/);
+  });
+  it('a missing output folder is reported as a missing folder', async () => {
+    const { writeFile } = await import('node:fs/promises');
+    const src = join(dir, 'ok.img');
+    await writeFile(src, Buffer.alloc(64 * 1024));
+    const out = join(dir, 'no-such-dir', 'x.vmdk');
+    const r = await cli(['encrypt', src, out, '--home', home()]);
+    expect(r.code, r.stderr).toBe(1);
+    expect(r.stderr).toContain(`the output folder ${join(dir, 'no-such-dir')} does not exist`);
+    expect(r.stderr).not.toMatch(/\.lck|\.tmp/);
+  });
+  it('an already encrypted input gets one hint; decrypting a disk onto itself does not offer --in-place', async () => {
+    const { writeFile } = await import('node:fs/promises');
+    const src = join(dir, 'plain.img');
+    await writeFile(src, Buffer.alloc(64 * 1024, 7));
+    const enc = join(dir, 'once.vmdk');
+    const e = await cli(['encrypt', src, enc, '--home', home()]);
+    expect(e.code, e.stderr).toBe(0);
+    const again = await cli(['encrypt', enc, join(dir, 'twice.vmdk'), '--home', home()]);
+    expect(again.code).toBe(5);
+    expect(again.stderr.match(/\buse\b/g) ?? [], again.stderr).toHaveLength(1);
+    const self = await cli(['decrypt', enc, enc, '--force', '--home', home()]);
+    expect(self.code).toBe(2);
+    expect(self.stderr).not.toContain('--in-place');
+  });
+  it('encrypt --help offers only the subformats it can write', async () => {
+    const r = await cli(['encrypt', '--help']);
+    // The help text wraps: fold it, then take the list after the description's last ": ".
+    const text = r.stdout.slice(r.stdout.indexOf('--subformat'), r.stdout.indexOf('--recovery-passphrase')).replace(/\s+/g, ' ').trim();
+    const choices = text.slice(text.lastIndexOf(': ') + 2).split(/,\s*/);
+    expect(choices).toContain('monolithicSparse');
+    expect(choices).not.toContain('raw');
+    expect(choices).not.toContain('streamOptimized');
+  });
+  it('notes are not printed with the error prefix', async () => {
+    const src = join(dir, 'plain.img');
+    const r = await cli(['encrypt', src, join(dir, 'newhome.vmdk'), '--home', join(dir, 'fresh-home')]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toContain('created a new local keystore');
+    expect(r.stderr).not.toMatch(/^vmseal: /m);
+  });
+});
+
+describe('re-running a batch', () => {
+  it('existing outputs: the hint says --force or --skip-existing, and --skip-existing converts only the rest', async () => {
+    const { mkdir, writeFile, rm: remove } = await import('node:fs/promises');
+    const src = join(dir, 'batch-src');
+    const out = join(dir, 'batch-out');
+    await mkdir(src);
+    await writeFile(join(src, 'a.img'), Buffer.alloc(64 * 1024, 1));
+    await writeFile(join(src, 'b.img'), Buffer.alloc(64 * 1024, 2));
+    const first = await cli(['convert', src, out, '--subformat', 'monolithicSparse']);
+    expect(first.code, first.stdout + first.stderr).toBe(0);
+    const again = await cli(['convert', src, out, '--subformat', 'monolithicSparse']);
+    expect(again.code).toBe(1);
+    const text = again.stdout + again.stderr;
+    expect(text).toContain('--skip-existing');
+    expect(text).toContain('--force');
+    expect(text).not.toMatch(/(?<!-)\bforce to\b/);
+    await remove(join(out, 'b.vmdk'));
+    const skip = await cli(['convert', src, out, '--subformat', 'monolithicSparse', '--skip-existing', '--json']);
+    expect(skip.code, skip.stderr).toBe(0);
+    const j = JSON.parse(skip.stdout);
+    expect(j).toMatchObject({ ok: true, converted: 1, skipped: 1, failed: 0 });
+    const contradicts = await cli(['convert', src, out, '--subformat', 'monolithicSparse', '--skip-existing', '--force']);
+    expect(contradicts.code).toBe(2);
+    // One image: the existing-output hint names --force once, never the library's bare "force".
+    const single = await cli(['convert', join(src, 'a.img'), join(out, 'a.vmdk')]);
+    expect(single.code).toBe(1);
+    expect(single.stderr).not.toMatch(/(?<!-)\bforce to\b/);
+    expect(single.stderr.match(/--force/g)).toHaveLength(1);
+  });
+});

@@ -180,6 +180,42 @@ describe('recovery passphrase and error paths (local provider)', () => {
     await expect(stat(join(work, 'x.img'))).rejects.toThrow();
   });
 
+  it('a wrong recovery passphrase fails loudly even when the keystore opens the disk (the recovery drill)', async () => {
+    const wrongFile = join(work, 'wrong-pw.txt');
+    await writeFile(wrongFile, 'not the passphrase\n', { mode: 0o600 });
+    const r = await vmseal(['verify', enc, '--passphrase-file', wrongFile], env);
+    expect(r.code).toBe(3);
+    const line = expectOneLineError(r);
+    expect(line).toMatch(/the given recovery passphrase does not open .*enc\.vmdk/);
+    expect(line).not.toContain('not the passphrase');
+    const j = json(await vmseal(['decrypt', enc, join(work, 'y.img'), '--raw', '--json'], { ...env, VMSEAL_PASSPHRASE: 'not the passphrase' }));
+    expect(j.error.code).toBe('ERR_WRONG_KEY');
+    await expect(stat(join(work, 'y.img'))).rejects.toThrow();
+    // A disk without a recovery passphrase cannot be opened by one either: say so instead of passing the drill.
+    const plainKeyed = join(work, 'no-phrase.vmdk');
+    ok(await vmseal(['encrypt', sources.raw!, plainKeyed], env));
+    const none = await vmseal(['verify', plainKeyed, '--passphrase-file', pwFile], env);
+    expect(none.code).toBe(3);
+    expect(expectOneLineError(none)).toMatch(/no recovery passphrase/);
+    // The right passphrase still passes with the keystore present.
+    expect(await encryptedHash(enc, env, ['--passphrase-file', pwFile])).toBe(expected);
+  });
+
+  it('a 2 TiB monolithicSparse (as qemu-img makes it) is refused as an input limit, naming the subformat to use', async () => {
+    const big = join(work, 'big-2t.vmdk');
+    await qemuImg(['create', '-f', 'vmdk', '-o', 'subformat=monolithicSparse', big, '2T']);
+    try {
+      const r = await vmseal(['encrypt', big, join(work, 'big-enc.vmdk')], env);
+      expect(r.code).toBe(5);
+      const line = expectOneLineError(r);
+      expect(line).toContain('too large for one sparse extent');
+      expect(line).toContain('--subformat twoGbMaxExtentSparse');
+      expect(line).not.toContain('vmseal --help');
+    } finally {
+      await rm(big, { force: true });
+    }
+  });
+
   it('missing input: exit 1 and one line', async () => {
     const r = await vmseal(['encrypt', join(work, 'nope.vmdk'), join(work, 'out.vmdk')], env);
     expect(r.code).toBe(1);

@@ -13,7 +13,7 @@ import { parseCipher, parseEndpoints, parseInteger, parseSize, parseSubformat, p
 import { passphraseSource, promptHidden, readPassphrase, rejectSecretsOnArgv } from '../../src/cli/passphrase.js';
 import { batchExitCode, extentFileNames, listImagesInDirectory, outputNameFor, planBatch, readImageList, runBatch } from '../../src/cli/batch.js';
 import { sha256File, writeSampleDisk } from '../../src/cli/sample-disk.js';
-import { Output } from '../../src/cli/output.js';
+import { Output, progressLayout } from '../../src/cli/output.js';
 import { resolveHome, withEnvDefaults } from '../../src/cli/key-session.js';
 
 let dir: string;
@@ -102,9 +102,11 @@ describe('error lines and exit codes', () => {
   });
   it('formats one line: what failed, why, what to do', () => {
     const err = new VmsealError('ERR_OUTPUT_EXISTS', 'the output out.vmdk exists.');
-    expect(formatError('cannot encrypt in.img', err)).toBe(
+    // The hint depends on the command: only commands with --force suggest it.
+    expect(formatError('cannot encrypt in.img', err, 'encrypt')).toBe(
       'vmseal: cannot encrypt in.img: the output out.vmdk exists. Choose another output name, or add --force to replace it.',
     );
+    expect(formatError('cannot rekey d.vmdk', err, 'rekey')).not.toContain('--force');
     const multi = new VmsealError('ERR_KMS_UNAVAILABLE', 'no node answered:\n  a:1 refused\n  b:2 timed out');
     const line = formatError('cannot encrypt in.img', multi);
     expect(line.split('\n')).toHaveLength(1);
@@ -310,6 +312,48 @@ describe('output modes', () => {
     bar.update({ bytesDone: 5, bytesTotal: 10 });
     bar.stop();
     expect(err.text()).toBe('');
+  });
+  it('keeps size, rate and ETA on a 60-column terminal by shortening the bar', () => {
+    for (const columns of [60, 80, 200]) {
+      const { format, barsize } = progressLayout('encrypt', columns);
+      // The widest values the fields can take (sizes below 1 PiB, a 2 TiB disk at a slow rate).
+      const line = format
+        .replace('{bar}', '#'.repeat(barsize))
+        .replace('{percentage}', '100')
+        .replace('{doneText}', '99.99 GiB')
+        .replace('{totalText}', '99.99 TiB')
+        .replace('{rateText}', '9999 MB/s')
+        .replace('{etaText}', '999h59m');
+      expect(line.length, `${columns}: ${line}`).toBeLessThan(columns);
+      expect(line).toContain('99.99 GiB');
+      expect(line).toContain('9999 MB/s');
+      expect(line).toContain('999h59m');
+    }
+    expect(progressLayout('encrypt', 200).barsize).toBe(40);
+    // Drawn by cli-progress on a 60-column terminal: nothing of the text is cut off.
+    let drawn = '';
+    const tty = Object.assign(new Writable({ write(c, _e, cb) { drawn += String(c); cb(); } }), {
+      isTTY: true,
+      columns: 60,
+      cursorTo: () => true,
+      clearLine: () => true,
+      moveCursor: () => true,
+    });
+    const o = new Output({ progress: true }, { stdout: sink().stream, stderr: tty });
+    const bar = o.progress('encrypt');
+    bar.update({ bytesDone: 3 * 1024 ** 3, bytesTotal: 2 * 1024 ** 4, rate: 123.4e6, etaSeconds: 17_000 });
+    bar.stop();
+    expect(drawn).toContain('3.00 GiB');
+    expect(drawn).toContain('2.00 TiB');
+    expect(drawn).toContain('123 MB/s');
+    expect(drawn).toContain('[');
+    expect(drawn).toMatch(/ETA 4h43m/);
+  });
+  it('notes never carry the error prefix', () => {
+    const err = sink();
+    const o = new Output({}, { stdout: sink().stream, stderr: err.stream });
+    o.note('vmseal: created a keystore');
+    expect(err.text()).toBe('created a keystore\n');
   });
 });
 

@@ -2,6 +2,8 @@
  * Small checks and texts shared by the commands.
  */
 import { access, stat } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
+import { inspectDisk } from '../../pipeline/index.js';
 import { describeKeySafe, type LockerInfo } from '../../keys/index.js';
 import { readEncryptionParams } from '../../disk/index.js';
 import { CliError } from '../errors.js';
@@ -23,8 +25,45 @@ export async function requireInputFile(path: string, what = 'the input'): Promis
   if (!isFile) throw new CliError('ERR_CLI_INPUT', `${what} ${path} is not a file`, { exitCode: ExitCode.FAILURE, hint: 'Give a disk image file (a VMDK descriptor or a raw image)' });
 }
 
-/** OUT must not exist unless --force (checked early, so that no key is created for nothing). */
+/**
+ * A raw image is whole 512-byte sectors, at least one. Checked here because the layers below see
+ * only a capacity ("Expected a positive multiple of 512 for options.capacity") and not the file the
+ * user named. Exit 5: the input is not a valid disk image, like any other format problem.
+ */
+export async function requireWholeSectors(path: string): Promise<void> {
+  const size = (await stat(path)).size;
+  if (size === 0) {
+    throw new CliError('ERR_CLI_INPUT_SIZE', `the input ${path} is empty (0 bytes): a disk image holds at least one 512-byte sector`, {
+      exitCode: ExitCode.FORMAT,
+      hint: 'Check that it is the disk image you meant (an interrupted copy?)',
+    });
+  }
+  if (size % SECTOR === 0) return;
+  // Only a raw image must be whole sectors: a VMDK descriptor is a small text file of any length.
+  const info = await inspectDisk(path).catch(() => undefined);
+  if (info?.subformat !== 'raw') return;
+  throw new CliError('ERR_CLI_INPUT_SIZE', `the raw image ${path} is ${size} bytes, not a multiple of ${SECTOR} (a disk is whole ${SECTOR}-byte sectors)`, {
+    exitCode: ExitCode.FORMAT,
+    hint: `Check that it is the disk image you meant; if it is, pad it to whole sectors with \`truncate -s %${SECTOR} FILE\``,
+  });
+}
+
+const SECTOR = 512;
+
+/**
+ * OUT must not exist unless --force (checked early, so that no key is created for nothing), and its
+ * folder must exist: otherwise the first file the job creates is its lock or temp file, and the
+ * error would name that file instead of the missing folder.
+ */
 export async function requireFreeOutput(path: string, force: boolean | undefined): Promise<void> {
+  const folder = dirname(resolve(path));
+  const folderStat = await stat(folder).catch(() => undefined);
+  if (!folderStat?.isDirectory()) {
+    throw new CliError('ERR_CLI_OUTPUT_DIR', `the output folder ${folder} ${folderStat ? 'is not a folder' : 'does not exist'}`, {
+      exitCode: ExitCode.FAILURE,
+      hint: 'Create the folder first, or check the output path',
+    });
+  }
   if (force) return;
   const exists = await stat(path).then(
     () => true,

@@ -13,7 +13,7 @@ import { ExitCode } from '../exit-codes.js';
 import { throughputText, withHooks } from '../jobs.js';
 import { KeySession, withKeys, type KeyCliOptions } from '../key-session.js';
 import { formatBytes, formatDuration, type CipherName, type Subformat, type UnitSize } from '../parse.js';
-import { requireFreeOutput, requireInputFile } from './common.js';
+import { requireFreeOutput, requireInputFile, requireWholeSectors } from './common.js';
 import { checkEncryptedSubformat, encryptedOutputSubformat, jobTuning } from './encrypt.js';
 
 export interface ConvertCliOptions extends KeyCliOptions {
@@ -24,6 +24,7 @@ export interface ConvertCliOptions extends KeyCliOptions {
   cipher: CipherName;
   unitSize: UnitSize;
   force?: boolean;
+  skipExisting?: boolean;
   chunkSize?: number;
   threads?: number;
 }
@@ -31,6 +32,13 @@ export interface ConvertCliOptions extends KeyCliOptions {
 async function isDirectory(path: string): Promise<boolean> {
   return stat(path).then(
     (s) => s.isDirectory(),
+    () => false,
+  );
+}
+
+async function exists(path: string): Promise<boolean> {
+  return stat(path).then(
+    () => true,
     () => false,
   );
 }
@@ -48,7 +56,15 @@ async function convertOne(
   opts: ConvertCliOptions,
   newLockers: () => Promise<LockerSpec[]>,
   label: string,
-): Promise<JobResult> {
+): Promise<JobResult | { skipped: true }> {
+  // Checked here, before keys are asked for, so that a re-run batch says what to do per image.
+  if (!opts.force && (await exists(item.output))) {
+    if (opts.skipExisting) return { skipped: true };
+    throw new CliError('ERR_OUTPUT_EXISTS', `the output ${item.output} already exists`, {
+      exitCode: ExitCode.FAILURE,
+      hint: 'Choose another output name, add --force to replace it, or --skip-existing to keep it',
+    });
+  }
   const encryptedInput = await isEncrypted(item.input);
   const unlock = encryptedInput ? await keys.unlockOptions(item.input, { usePassphrase: keys.passphraseGiven && !opts.encrypt }) : undefined;
   const encrypt = opts.encrypt ? { lockers: await newLockers(), cipher: opts.cipher, unitSize: opts.unitSize, cache: keys.cache } : undefined;
@@ -67,6 +83,7 @@ async function convertOne(
 
 export async function convertCommand(ctx: Ctx, first: string | undefined, second: string | undefined, opts: ConvertCliOptions): Promise<void> {
   if (opts.encrypt && opts.decrypt) throw usageError('--encrypt and --decrypt contradict each other', 'Give one of them');
+  if (opts.force && opts.skipExisting) throw usageError('--force and --skip-existing contradict each other', 'Give --force to replace existing outputs, or --skip-existing to keep them');
   if (opts.encrypt) checkEncryptedSubformat(opts.subformat);
   if (opts.list !== undefined) {
     if (first === undefined || second !== undefined) throw usageError('with --list, give only the output directory: `vmseal convert --list FILE OUTDIR`');
@@ -77,10 +94,16 @@ export async function convertCommand(ctx: Ctx, first: string | undefined, second
 
   ctx.doing = `cannot convert ${first}`;
   await requireInputFile(first);
+  await requireWholeSectors(first);
+  if (opts.skipExisting && (await exists(second))) {
+    ctx.output.result({ ok: true, command: 'convert', input: first, output: second, skipped: true });
+    ctx.output.line(`Skipped ${first}: ${second} already exists (--skip-existing)`);
+    return;
+  }
   await requireFreeOutput(second, opts.force);
   const subformat = opts.encrypt ? await encryptedOutputSubformat(ctx, first, opts.subformat) : opts.subformat;
   const one = { ...opts, ...(subformat !== undefined ? { subformat } : {}) };
-  const result = await withKeys(ctx, opts, (keys) => convertOne(ctx, keys, { input: first, output: second }, one, () => keys.newLockers(), 'convert'));
+  const result = (await withKeys(ctx, opts, (keys) => convertOne(ctx, keys, { input: first, output: second }, one, () => keys.newLockers(), 'convert'))) as JobResult;
   ctx.output.result({ ok: true, command: 'convert', ...result });
   ctx.output.line(`Converted ${first} -> ${result.output} (${result.subformat}${result.encrypted ? ', encrypted' : ''})`);
   ctx.output.line(`  ${throughputText(result.bytesProcessed, result.seconds)}`);
@@ -113,14 +136,15 @@ async function convertBatch(ctx: Ctx, dir: string | undefined, listFile: string 
       return lockers;
     };
     if (opts.encrypt) await newLockers();
-    return runBatch(items, (item) => convertOne(ctx, keys, item, opts, newLockers, `[${items.indexOf(item) + 1}/${items.length}]`).then((r) => ({ bytes: r.bytesProcessed })), {
+    return runBatch(items, (item) => convertOne(ctx, keys, item, opts, newLockers, `[${items.indexOf(item) + 1}/${items.length}]`).then((r) => ('skipped' in r ? { bytes: 0, skipped: true } : { bytes: r.bytesProcessed })), {
       signal: ctx.signal,
       onDone: (r, i, n) => ctx.output.line(summaryLine(r, i, n)),
     });
   });
 
   const failed = outcome.results.filter((r) => !r.ok).length;
-  const converted = outcome.results.length - failed;
+  const skipped = outcome.results.filter((r) => r.skipped === true).length;
+  const converted = outcome.results.length - failed - skipped;
   const notRun = items.length - outcome.results.length;
   const totalBytes = outcome.results.reduce((s, r) => s + r.bytes, 0);
   const totalSeconds = outcome.results.reduce((s, r) => s + r.seconds, 0);
@@ -132,6 +156,7 @@ async function convertBatch(ctx: Ctx, dir: string | undefined, listFile: string 
     subformat: opts.subformat,
     images: items.length,
     converted,
+    skipped,
     failed,
     notRun,
     interrupted: outcome.interrupted,
@@ -140,15 +165,16 @@ async function convertBatch(ctx: Ctx, dir: string | undefined, listFile: string 
     results: outcome.results,
   });
   ctx.output.line(
-    `${converted} of ${items.length} image${items.length === 1 ? '' : 's'} converted, ${failed} failed${notRun > 0 ? `, ${notRun} not run (interrupted)` : ''}; ${formatBytes(totalBytes)} in ${formatDuration(totalSeconds)}`,
+    `${converted} of ${items.length} image${items.length === 1 ? '' : 's'} converted${skipped > 0 ? `, ${skipped} skipped (existing)` : ''}, ${failed} failed${notRun > 0 ? `, ${notRun} not run (interrupted)` : ''}; ${formatBytes(totalBytes)} in ${formatDuration(totalSeconds)}`,
   );
   if (failed > 0 || outcome.interrupted) {
-    ctx.output.error(`vmseal: convert: ${failed} of ${items.length} images failed${outcome.interrupted ? ' and the batch was interrupted' : ''}. See the summary above; fix them and run the batch again (add --force to replace outputs already written).`);
+    ctx.output.error(`vmseal: convert: ${failed} of ${items.length} images failed${outcome.interrupted ? ' and the batch was interrupted' : ''}. See the summary above; fix them and run the batch again (add --skip-existing to keep the outputs already written, or --force to replace them).`);
   }
 }
 
 function summaryLine(r: BatchItemResult, index: number, count: number): string {
   const tag = `[${index + 1}/${count}]`;
+  if (r.skipped) return `${tag} skipped ${r.input}: ${r.output} exists (--skip-existing)`;
   if (r.ok) return `${tag} ok      ${r.input} -> ${r.output}  ${formatBytes(r.bytes)}  ${formatDuration(r.seconds)}`;
   return `${tag} FAILED  ${r.input}: ${r.error?.reason ?? 'unknown error'} (${r.error?.code ?? '?'})  ${formatDuration(r.seconds)}`;
 }

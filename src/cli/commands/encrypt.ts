@@ -7,7 +7,7 @@ import { usageError } from '../errors.js';
 import { throughputText, withHooks } from '../jobs.js';
 import { withKeys, type KeyCliOptions } from '../key-session.js';
 import type { CipherName, Subformat, UnitSize } from '../parse.js';
-import { lockersOf, lockerJson, lockerText, requireFreeOutput, requireInputFile } from './common.js';
+import { lockersOf, lockerJson, lockerText, requireFreeOutput, requireInputFile, requireWholeSectors } from './common.js';
 
 export interface EncryptCliOptions extends KeyCliOptions {
   trustV1Journal?: boolean;
@@ -38,7 +38,7 @@ export async function encryptedOutputSubformat(ctx: Ctx, input: string, asked: S
   if (asked !== undefined) return asked;
   const info = await inspectDisk(input).catch(() => undefined);
   if (info?.subformat !== 'streamOptimized') return undefined;
-  ctx.output.note(`vmseal: ${input} is streamOptimized, which an encrypted disk cannot be: writing monolithicSparse (choose with --subformat).`);
+  ctx.output.note(`Note: ${input} is streamOptimized, which an encrypted disk cannot be: writing monolithicSparse (choose with --subformat).`);
   return 'monolithicSparse';
 }
 
@@ -66,6 +66,7 @@ export async function encryptCommand(ctx: Ctx, input: string, output: string | u
   }
   checkEncryptedSubformat(opts.subformat);
   await requireInputFile(input);
+  await requireWholeSectors(input);
   if (output !== undefined) await requireFreeOutput(output, opts.force);
   const subformat = output !== undefined ? await encryptedOutputSubformat(ctx, input, opts.subformat) : undefined;
 
@@ -88,6 +89,6 @@ export async function encryptCommand(ctx: Ctx, input: string, output: string | u
   for (const l of lockers) ctx.output.line(`  locked by ${lockerText(l)}`);
   ctx.output.line(`  ${throughputText(result.bytesProcessed, result.seconds)}`);
   if (newHome !== undefined) {
-    ctx.output.note(`vmseal: created a new local keystore in ${newHome} for the disk's key. Back it up (\`vmseal keys backup FILE\`): without it, the disk opens only with a recovery passphrase.`);
+    ctx.output.note(`Note: created a new local keystore in ${newHome} for the disk's key. Back it up (\`vmseal keys backup FILE\`): without it, the disk opens only with a recovery passphrase.`);
   }
 }

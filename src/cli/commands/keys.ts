@@ -2,12 +2,13 @@
  * `vmseal keys init|list|create|backup|restore`: the local keystore (the embedded key provider).
  */
 import { stat } from 'node:fs/promises';
-import { LocalKeyProvider } from '../../keys/index.js';
+import { resolve } from 'node:path';
+import { KeyError, LocalKeyProvider } from '../../keys/index.js';
 import type { Ctx } from '../context.js';
 import { CliError } from '../errors.js';
 import { ExitCode } from '../exit-codes.js';
 import { HOME_PASSPHRASE_ENV, resolveHome } from '../key-session.js';
-import { readPassphrase, readPassphraseFile } from '../passphrase.js';
+import { DEFAULT_PASSPHRASE_ENV, readPassphrase, readPassphraseFile } from '../passphrase.js';
 import { requireFreeOutput, requireInputFile } from './common.js';
 
 export interface KeysCliOptions {
@@ -54,7 +55,16 @@ export async function keysInit(ctx: Ctx, opts: KeysCliOptions): Promise<void> {
     passphrase =
       opts.homePassphraseFile !== undefined || ctx.env[HOME_PASSPHRASE_ENV] !== undefined
         ? await homePassphrase(ctx, opts)
-        : await readPassphrase({ purpose: 'new keystore passphrase', confirm: true, minLength: 8, signal: ctx.signal, env: {}, io: ctx.io });
+        : await readPassphrase({
+            purpose: 'new keystore passphrase',
+            confirm: true,
+            minLength: 8,
+            signal: ctx.signal,
+            // Only the prompt: --passphrase-file and VMSEAL_PASSPHRASE are the recovery/backup passphrase, never the keystore's.
+            env: {},
+            io: ctx.io,
+            noSourceHint: `Give --home-passphrase-file F, or set ${HOME_PASSPHRASE_ENV}`,
+          });
   }
   const provider = await openProvider(ctx, opts, passphrase);
   const existed = await exists(provider.keystorePath);
@@ -119,7 +129,18 @@ export async function keysRestore(ctx: Ctx, file: string, opts: KeysCliOptions):
   await requireInputFile(file, 'the backup file');
   const passphrase = await backupPassphrase(ctx, opts, false);
   const provider = await openProvider(ctx, opts);
-  const { added, unchanged } = await withProvider(provider, (p) => p.restore(file, passphrase));
+  const { added, unchanged } = await withProvider(provider, (p) => p.restore(file, passphrase)).catch((err: unknown) => {
+    // The key layer says "wrong passphrase" with one code for the keystore and the backup; the
+    // generic hint names the keystore passphrase, which is the wrong thing to change here.
+    if (err instanceof KeyError && err.code === 'ERR_KEYSTORE_PASSPHRASE' && err.file !== undefined && resolve(err.file) === resolve(file)) {
+      throw new CliError('ERR_KEYSTORE_PASSPHRASE', err.message, {
+        exitCode: ExitCode.KEY,
+        hint: `Check the backup passphrase (--passphrase-file F, --passphrase-env NAME or ${DEFAULT_PASSPHRASE_ENV}): it is the one given to \`vmseal keys backup\``,
+        cause: err,
+      });
+    }
+    throw err;
+  });
   ctx.output.result({ ok: true, command: 'keys restore', home: provider.home, file, added, unchanged });
   ctx.output.line(`Restored ${added} key${added === 1 ? '' : 's'} into ${provider.home} (${unchanged} already there)`);
 }
