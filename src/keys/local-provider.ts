@@ -3,7 +3,7 @@ import { mkdir, readFile, stat } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { describeValue } from '../errors.js';
-import { KeyError, invalidArgument, type KeyErrorCode } from './errors.js';
+import { KeyError, invalidArgument } from './errors.js';
 import { createFileAtomic, writeFileAtomic } from '../util/atomic-file.js';
 import { withFileLock } from './file-lock.js';
 import { decodeBase64String } from './base64.js';
