@@ -117,7 +117,8 @@ export function buildProgram(ctx: Ctx, streams: Streams): Command {
     .argument('[OUT]', 'encrypted VMDK to write (omit with --in-place)')
     .addOption(subformatOption('output subformat (default: the input\'s; raw → monolithicFlat, streamOptimized → monolithicSparse)'))
     .option('--recovery-passphrase', 'also lock the disk with a recovery passphrase (from --passphrase-file, --passphrase-env, VMSEAL_PASSPHRASE or a prompt)')
-    .option('--in-place', 'encrypt IN in place instead of writing OUT (for images too big to copy)');
+    .option('--in-place', 'encrypt IN in place instead of writing OUT (for images too big to copy)')
+    .option('--trust-v1-journal', 'resume from a version-1 journal (checksummed, not authenticated) although the disk\'s descriptor differs from it; only for a journal you know vmseal left');
   addEncryptionParams(encrypt);
   addKeyOptions(encrypt, true);
   addJobOptions(encrypt);
@@ -188,6 +189,7 @@ Examples:
     .option('--add-recovery-passphrase', 'add a recovery passphrase locker (the new passphrase from --passphrase-file/--passphrase-env/VMSEAL_PASSPHRASE or a prompt)')
     .option('--remove-recovery-passphrase', 'remove the recovery passphrase locker(s)')
     .option('--in-place', 'deep rekey in place (journaled, resumable) instead of writing a new image')
+    .option('--trust-v1-journal', 'resume from a version-1 journal (checksummed, not authenticated) although the disk\'s descriptor differs from it; only for a journal you know vmseal left')
     .addOption(new Option('--cipher <cipher>', `deep: new data cipher: ${CIPHERS.join(' or ')} (default: unchanged)`).argParser(parseCipher))
     .addOption(new Option('--unit-size <bytes>', 'deep: new data-unit size, 512 or 4096 (default: unchanged)').argParser(parseUnitSize));
   rekey.option('--recovery-passphrase', 'unlock with the recovery passphrase (and keep it through --deep); prompted for on a terminal if no file or variable gives it');
@@ -223,6 +225,7 @@ Examples:
     .command('resume')
     .summary('finish an interrupted --in-place encrypt or deep rekey')
     .argument('<DISK>', 'disk whose in-place job was interrupted')
+    .option('--trust-v1-journal', 'resume from a version-1 journal (checksummed, not authenticated) although the disk\'s descriptor differs from it; only for a journal you know vmseal left')
     .option('--recovery-passphrase', 'unlock with the recovery passphrase');
   addKeyOptions(resume, false);
   resume.action((disk: string, opts) => resumeCommand(ctx, disk, opts));

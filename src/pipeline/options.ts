@@ -21,6 +21,11 @@ export interface JobOptions {
   depth?: number;
   /** Native XTS threads per call (default: the pool size). */
   threads?: number;
+  /**
+   * Resume an in-place job from a version-1 journal (checksummed, not authenticated) even though the
+   * disk's descriptor is not one the journal would write. Only for a journal you know vmseal left.
+   */
+  trustV1Journal?: boolean;
 }
 
 /** How a NEW DEK is made and locked. */
