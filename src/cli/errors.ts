@@ -135,6 +135,8 @@ const BY_CODE: Record<ErrorCode, { exitCode: ExitCodeValue; hint?: string }> = {
   ERR_XTS_UNIT_NUMBER: { exitCode: ExitCode.FAILURE },
   ERR_XTS_TWEAK_LENGTH: { exitCode: ExitCode.FAILURE },
   ERR_XTS_DISPOSED: { exitCode: ExitCode.FAILURE },
+  ERR_XTS_DETACHED: { exitCode: ExitCode.FAILURE },
+  ERR_XTS_RESIZED: { exitCode: ExitCode.FAILURE },
   ERR_XTS_IMPL_UNAVAILABLE: { exitCode: ExitCode.FAILURE, hint: 'Unset VMSEAL_XTS_IMPL or name an implementation this CPU supports' },
   ERR_XTS_NATIVE: { exitCode: ExitCode.FAILURE },
   ERR_CLOSED: { exitCode: ExitCode.FAILURE },

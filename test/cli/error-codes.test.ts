@@ -1,14 +1,32 @@
 // Every error code a layer declares has an exit code (the CLI's table is typed against the union of
 // the layers' code types, so that part is checked by tsc) and a row in docs/errors.md that gives the
 // same exit code. A new code thus cannot ship undocumented.
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { classify, exitCodeOf, LAYER_ERROR_CODES } from '../../src/cli/errors.js';
 import { ExitCode } from '../../src/cli/exit-codes.js';
 import { VmsealError } from '../../src/errors.js';
 
-const docs = readFileSync(join(import.meta.dirname, '..', '..', 'docs', 'errors.md'), 'utf8');
+const root = join(import.meta.dirname, '..', '..');
+const docs = readFileSync(join(root, 'docs', 'errors.md'), 'utf8');
+
+/** Every 'ERR_…' literal in the layers' sources and the native addon (the XTS codes are plain strings). */
+function codesInSources(): string[] {
+  const files = ['xts', 'kmip', 'keys', 'vmdk', 'disk', 'pipeline', 'util'].flatMap((layer) =>
+    readdirSync(join(root, 'src', layer), { recursive: true, encoding: 'utf8' })
+      .filter((f) => f.endsWith('.ts'))
+      .map((f) => join(root, 'src', layer, f)),
+  );
+  files.push(
+    ...readdirSync(join(root, 'native'))
+      .filter((f) => f.endsWith('.cc'))
+      .map((f) => join(root, 'native', f)),
+  );
+  const codes = new Set<string>();
+  for (const file of files) for (const m of readFileSync(file, 'utf8').matchAll(/['"`](ERR_[A-Z0-9_]+)['"`]/g)) codes.add(m[1]!);
+  return [...codes].sort();
+}
 
 /** The exit code docs/errors.md gives a code: its row is "| `CODE` | N | …". */
 function documentedExitCode(code: string): number | undefined {
@@ -22,6 +40,10 @@ describe('error codes', () => {
     for (const code of ['ERR_INVALID_ARG_TYPE', 'ERR_KMS_UNAVAILABLE', 'ERR_WRONG_KEY', 'ERR_VMDK_FORMAT', 'ERR_CLOSED', 'ERR_JOURNAL'] as const) {
       expect(LAYER_ERROR_CODES).toContain(code);
     }
+  });
+
+  it('includes every code the layers and the native addon throw, typed or not', () => {
+    expect(codesInSources().filter((c) => !(LAYER_ERROR_CODES as string[]).includes(c))).toEqual([]);
   });
 
   it.each(LAYER_ERROR_CODES)('%s is in docs/errors.md with its exit code', (code) => {
