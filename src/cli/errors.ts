@@ -8,7 +8,16 @@
  * unexpected error (a bug) does, and only with VMSEAL_DEBUG=1.
  */
 import { VmsealError } from '../errors.js';
+import type { DiskErrorCode } from '../disk/index.js';
+import type { KeyErrorCode } from '../keys/index.js';
+import type { KmipErrorCode } from '../kmip/index.js';
+import type { PipelineErrorCode } from '../pipeline/index.js';
+import type { VmdkErrorCode } from '../vmdk/index.js';
+import type { XtsErrorCode } from '../xts/index.js';
 import { ExitCode, type ExitCodeValue } from './exit-codes.js';
+
+/** Every stable error code of the layers below the CLI (CliError codes carry their own exit code). */
+export type ErrorCode = XtsErrorCode | KmipErrorCode | KeyErrorCode | VmdkErrorCode | DiskErrorCode | PipelineErrorCode;
 
 /** An error found by the CLI itself (bad option value, missing file, passphrase on argv, …). */
 export class CliError extends VmsealError {
@@ -45,8 +54,11 @@ const KEY_HINT =
 const FORMAT_HINT = 'Check that the input is the disk image you meant (`vmseal info` shows what vmseal sees)';
 const USAGE_HINT = 'Run `vmseal --help` for usage';
 
-/** Exit code and hint for each stable error code of the layers below (docs/cli.md lists them). */
-export const BY_CODE: Readonly<Record<string, { exitCode: ExitCodeValue; hint?: string }>> = {
+/**
+ * Exit code and hint for each stable error code of the layers below (docs/errors.md lists them).
+ * Typed against the union of every layer's codes: a new code does not compile until it has a row.
+ */
+export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint?: string }>> = {
   // interrupted
   ERR_ABORTED: { exitCode: ExitCode.INTERRUPTED },
   ERR_XTS_CANCELLED: { exitCode: ExitCode.INTERRUPTED },
@@ -110,6 +122,29 @@ export const BY_CODE: Readonly<Record<string, { exitCode: ExitCodeValue; hint?: 
   ERR_READ_ONLY: { exitCode: ExitCode.FAILURE, hint: 'Check the file permissions' },
   ERR_VMDK_READ_ONLY: { exitCode: ExitCode.FAILURE, hint: 'Check the file permissions' },
   ERR_VMDK_IO: { exitCode: ExitCode.FAILURE, hint: 'Check the path and its permissions' },
+  // Misuse of an API that the CLI's own checks rule out (it reaching a user is a bug in the CLI).
+  // Exit codes as the by-family fallback below gave them before this table covered every code.
+  ERR_INVALID_ARG_TYPE: { exitCode: ExitCode.USAGE, hint: USAGE_HINT },
+  ERR_INVALID_ARG_VALUE: { exitCode: ExitCode.USAGE, hint: USAGE_HINT },
+  ERR_OUT_OF_RANGE: { exitCode: ExitCode.FAILURE },
+  ERR_XTS_KEY_LENGTH: { exitCode: ExitCode.FAILURE },
+  ERR_XTS_WEAK_KEY: { exitCode: ExitCode.FAILURE },
+  ERR_XTS_UNIT_SIZE: { exitCode: ExitCode.FAILURE },
+  ERR_XTS_LENGTH: { exitCode: ExitCode.FAILURE },
+  ERR_XTS_OUT_TOO_SMALL: { exitCode: ExitCode.FAILURE },
+  ERR_XTS_OVERLAP: { exitCode: ExitCode.FAILURE },
+  ERR_XTS_UNIT_NUMBER: { exitCode: ExitCode.FAILURE },
+  ERR_XTS_TWEAK_LENGTH: { exitCode: ExitCode.FAILURE },
+  ERR_XTS_DISPOSED: { exitCode: ExitCode.FAILURE },
+  ERR_XTS_DETACHED: { exitCode: ExitCode.FAILURE },
+  ERR_XTS_RESIZED: { exitCode: ExitCode.FAILURE },
+  ERR_XTS_IMPL_UNAVAILABLE: { exitCode: ExitCode.FAILURE, hint: 'Unset VMSEAL_XTS_IMPL or name an implementation this CPU supports' },
+  ERR_XTS_NATIVE: { exitCode: ExitCode.FAILURE },
+  ERR_CLOSED: { exitCode: ExitCode.FAILURE },
+  ERR_VMDK_RANGE: { exitCode: ExitCode.FORMAT, hint: FORMAT_HINT },
+  ERR_VMDK_DESCRIPTOR_FULL: { exitCode: ExitCode.FORMAT, hint: FORMAT_HINT },
+  ERR_VMDK_WRITE_ORDER: { exitCode: ExitCode.FORMAT, hint: FORMAT_HINT },
+  ERR_VMDK_CLOSED: { exitCode: ExitCode.FORMAT, hint: FORMAT_HINT },
 };
 
 const EXISTS_FORCE_HINT = 'Choose another output name, or add --force to replace it';
@@ -152,6 +187,14 @@ export function cliReason(err: unknown, command?: string): string {
   return hint !== undefined && err instanceof VmsealError && LAYER_ADVICE.has(err.code) ? why.replace(/;\s.*$/, '') : why;
 }
 
+/** Every error code of the layers below, in the order of the table above (for tests and docs). */
+export const LAYER_ERROR_CODES = Object.keys(BY_CODE) as ErrorCode[];
+
+/** The exit code the CLI gives a layer's error code. */
+export function exitCodeOf(code: ErrorCode): ExitCodeValue {
+  return BY_CODE[code].exitCode;
+}
+
 // Node's system-error codes that an ordinary user mistake or environment produces.
 const SYSTEM_HINTS: Record<string, string> = {
   ENOENT: 'Check the path',
@@ -177,7 +220,7 @@ export function classify(err: unknown, command?: string): Classified {
   if (err instanceof CliError) return { exitCode: err.exitCode, hint: err.hint, unexpected: false };
   if (isAbortError(err)) return { exitCode: ExitCode.INTERRUPTED, hint: undefined, unexpected: false };
   if (err instanceof VmsealError) {
-    const known = BY_CODE[err.code];
+    const known = Object.hasOwn(BY_CODE, err.code) ? BY_CODE[err.code as ErrorCode] : undefined;
     const forCommand = command !== undefined ? BY_COMMAND[err.code]?.[command] : undefined;
     if (known) return { exitCode: known.exitCode, hint: forCommand ?? known.hint, unexpected: false };
     // A code added later by a layer: classify by its family so that it still lands sensibly.

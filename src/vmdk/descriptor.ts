@@ -52,8 +52,8 @@ export interface DescriptorSetOptions {
   after?: string;
 }
 
-const KEY_RE = /^[A-Za-z_][A-Za-z0-9_.\-]*$/;
-const KV_RE = /^(\s*)([A-Za-z_][A-Za-z0-9_.\-]*)(\s*=\s*)(.*?)(\s*)$/;
+const KEY_RE = /^[A-Za-z_][A-Za-z0-9_.-]*$/;
+const KV_RE = /^(\s*)([A-Za-z_][A-Za-z0-9_.-]*)(\s*=\s*)(.*?)(\s*)$/;
 const EXTENT_RE = /^\s*(RW|RDONLY|NOACCESS)\s+(\d+)\s+([A-Za-z]+)(?:\s+"([^"]*)")?(?:\s+(\d+))?\s*$/;
 const EXTENT_START_RE = /^\s*(RW|RDONLY|NOACCESS)\s/;
 /** Header keys a VMDK descriptor defines; new (unknown) keys inserted after createType go after any run of non-standard keys. */

@@ -115,7 +115,7 @@ async function openssl(args: string[], cwd: string): Promise<void> {
     await execFileP('openssl', args, { cwd, timeout: 30_000 });
   } catch (err) {
     const e = err as { stderr?: string; message: string };
-    throw new Error(`openssl ${args[0]} failed: ${e.stderr ?? e.message}`);
+    throw new Error(`openssl ${args[0]} failed: ${e.stderr ?? e.message}`, { cause: err });
   }
 }
 
