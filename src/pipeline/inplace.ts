@@ -15,7 +15,7 @@
  * and repeats step 4: every step is idempotent.
  */
 import { stat } from 'node:fs/promises';
-import { basename, dirname, join, resolve } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { openDisk as openVmdk, Descriptor } from '../vmdk/index.js';
 import { createDataCipher, type DataCipher } from '../disk/cipher.js';
 import { allocateCipherBuffer } from '../xts/index.js';
