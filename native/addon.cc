@@ -31,6 +31,7 @@
 #include <thread>
 #include <vector>
 
+#include "fs_lock.h"
 #include "thread_pool.h"
 #include "xts_engine.h"
 
@@ -682,6 +683,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("MIN_UNIT_SIZE", static_cast<double>(kMinUnitSize));
   exports.Set("MAX_UNIT_SIZE", static_cast<double>(kMaxUnitSize));
   exports.Set("MAX_THREADS", static_cast<double>(kMaxThreads));
+  InitFileLocks(env, exports);
   return exports;
 }
 
