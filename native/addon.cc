@@ -8,6 +8,7 @@
 //   encrypt / decrypt(cipher, data, unitSize, firstUnit: number | bigint, out) -> undefined
 //   encryptAsync / decryptAsync(cipher, data, unitSize, firstUnit, out, threads?) -> Promise<undefined>
 //   encryptUnit / decryptUnit(cipher, data, tweak: Uint8Array(16), out) -> undefined
+//   allocateBuffer(size) -> Buffer             (zero-filled, native-owned: see "Native-owned memory")
 //   dispose(cipher) -> undefined              (idempotent; wipes the key schedule unless async work
 //                                             still holds the engine, which then wipes it when done)
 //   cipherInfo(cipher) -> { implementation, keyBits, disposed }
@@ -28,7 +29,9 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <new>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "fs_lock.h"
@@ -46,6 +49,10 @@ constexpr uint32_t kMaxThreads = 256;
 // Async batches are not split into chunks smaller than this: below it the hand-off to a pool
 // thread (~ microseconds) costs more than the AES work it spreads.
 constexpr size_t kMinChunkBytes = 64 * 1024;
+// allocateBuffer() sizes: up to 2 GiB, far above any pipeline chunk.
+constexpr size_t kMaxBufferBytes = size_t{1} << 31;
+// Blocks start on a cache line: the vector kernels load 64 bytes at a time.
+constexpr size_t kBlockAlign = 64;
 
 // Distinguishes our cipher handles from any other object (napi_type_tag_object, N-API 8).
 constexpr napi_type_tag kCipherTag = {0x766d7365616c5854ULL, 0x5343697068657231ULL};
@@ -142,19 +149,134 @@ struct CipherHandle {
 };
 
 // ---------------------------------------------------------------------------------------------
-// Argument readers: each throws a JS error naming the argument.
+// Native-owned memory
+//
+// Pool threads must never hold pointers into memory JavaScript can take away: an ArrayBuffer can be
+// detached (structuredClone/postMessage transfer, ArrayBuffer.prototype.transfer) or a resizable
+// one shrunk while the work runs, and Node-API can pin a backing store against neither. So async
+// work only touches Blocks: memory this addon allocated and frees when its last owner lets go
+// (the JS buffer's finalizer, a job still running). allocateBuffer() hands a Block to JS as an
+// external Buffer, which Node will not transfer or detach; the async calls recognise those by the
+// address of their memory and work on them in place. Any other buffer is copied into a Block
+// before the pool starts and copied back on the JS thread when it is done.
 
 struct Bytes {
   uint8_t* data;
   size_t length;
+  const uint8_t* base;  // start of the ArrayBuffer's memory: how native-owned buffers are recognised
 };
 
-Bytes GetBytes(Napi::Value value, const char* argument) {
-  if (!value.IsTypedArray() || value.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
-    Throw(value.Env(), ErrorKind::kType, "ERR_INVALID_ARG_TYPE", Expected("a Uint8Array", argument, value));
+struct Block {
+  explicit Block(size_t n)
+      : data(static_cast<uint8_t*>(::operator new(std::max<size_t>(n, 1), std::align_val_t(kBlockAlign)))), size(n) {}
+  ~Block() { ::operator delete(data, std::align_val_t(kBlockAlign)); }
+  Block(const Block&) = delete;
+  Block& operator=(const Block&) = delete;
+  uint8_t* const data;
+  const size_t size;
+};
+
+// The Blocks that back live JS buffers, by address. One table for the process (a buffer belongs to
+// one environment, but lookups need no per-environment state); never destroyed, because a
+// finalizer may still run while the process exits.
+struct BlockRegistry {
+  std::mutex mu;
+  std::unordered_map<const uint8_t*, std::weak_ptr<Block>> blocks;
+};
+
+BlockRegistry& Registry() {
+  static BlockRegistry* registry = new BlockRegistry();
+  return *registry;
+}
+
+// The Block that `bytes` lies in if its ArrayBuffer is one allocateBuffer() made, else null.
+std::shared_ptr<Block> OwningBlock(const Bytes& bytes, size_t length) {
+  if (bytes.base == nullptr) return nullptr;
+  std::shared_ptr<Block> block;
+  {
+    BlockRegistry& registry = Registry();
+    std::lock_guard<std::mutex> lock(registry.mu);
+    auto it = registry.blocks.find(bytes.base);
+    if (it != registry.blocks.end()) block = it->second.lock();
   }
-  Napi::Uint8Array array = value.As<Napi::Uint8Array>();
-  return {array.Data(), array.ByteLength()};
+  // The view must lie inside the Block (it always does for an undetachable, fixed-size buffer;
+  // checked so that a mistake here degrades to the copying path, not to a wild write).
+  if (block && (bytes.data < block->data || length > block->size ||
+                static_cast<size_t>(bytes.data - block->data) > block->size - length)) {
+    return nullptr;
+  }
+  return block;
+}
+
+// The external buffer's finalizer: forget the address first, then drop the buffer's share (the
+// memory lives on while a job still holds the Block).
+void FinalizeBlock(napi_env, void*, void* hint) {
+  auto* owner = static_cast<std::shared_ptr<Block>*>(hint);
+  {
+    BlockRegistry& registry = Registry();
+    std::lock_guard<std::mutex> lock(registry.mu);
+    registry.blocks.erase((*owner)->data);
+  }
+  delete owner;
+}
+
+Napi::Value AllocateBuffer(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Value value = info[0];
+  static const std::string what = "an integer from 0 to " + std::to_string(kMaxBufferBytes);
+  if (!value.IsNumber()) Throw(env, ErrorKind::kType, "ERR_INVALID_ARG_TYPE", Expected(what, "size", value));
+  double d = value.As<Napi::Number>().DoubleValue();
+  if (!(d >= 0 && d <= static_cast<double>(kMaxBufferBytes)) || d != std::floor(d)) {
+    Throw(env, ErrorKind::kRange, "ERR_OUT_OF_RANGE", Expected(what, "size", value));
+  }
+  const size_t size = static_cast<size_t>(d);
+  auto block = std::make_shared<Block>(size);
+  // Zero-filled: the caller must never see what the heap held before (key schedules included).
+  std::memset(block->data, 0, size);
+  auto owner = std::make_unique<std::shared_ptr<Block>>(block);
+  {
+    BlockRegistry& registry = Registry();
+    std::lock_guard<std::mutex> lock(registry.mu);
+    registry.blocks[block->data] = block;
+  }
+  napi_value result;
+  if (napi_create_external_buffer(env, size, block->data, FinalizeBlock, owner.get(), &result) != napi_ok) {
+    BlockRegistry& registry = Registry();
+    std::lock_guard<std::mutex> lock(registry.mu);
+    registry.blocks.erase(block->data);
+    Throw(env, ErrorKind::kPlain, "ERR_XTS_NATIVE", "Could not create a native-owned buffer");
+  }
+  owner.release();  // the buffer's finalizer deletes it
+  return Napi::Value(env, result);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Argument readers: each throws a JS error naming the argument.
+
+// A Uint8Array argument. A detached one is refused by name: its length reads as 0 and its data as
+// null, which would otherwise pass as an empty batch (or, for `out`, fail with a puzzling size).
+Bytes GetBytes(Napi::Value value, const char* argument) {
+  napi_env env = value.Env();
+  if (!value.IsTypedArray() || value.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
+    Throw(env, ErrorKind::kType, "ERR_INVALID_ARG_TYPE", Expected("a Uint8Array", argument, value));
+  }
+  size_t length = 0, offset = 0, bufferLength = 0;
+  void* data = nullptr;
+  void* base = nullptr;
+  napi_value buffer = nullptr;
+  bool detached = false;
+  if (napi_get_typedarray_info(env, value, nullptr, &length, &data, &buffer, &offset) != napi_ok ||
+      napi_is_detached_arraybuffer(env, buffer, &detached) != napi_ok) {
+    Throw(env, ErrorKind::kPlain, "ERR_XTS_NATIVE", std::string("Could not read the Uint8Array ") + argument);
+  }
+  if (detached) {
+    Throw(env, ErrorKind::kType, "ERR_XTS_DETACHED",
+          Expected("a Uint8Array whose ArrayBuffer is not detached", argument, value));
+  }
+  if (napi_get_arraybuffer_info(env, buffer, &base, &bufferLength) != napi_ok) {
+    Throw(env, ErrorKind::kPlain, "ERR_XTS_NATIVE", std::string("Could not read the ArrayBuffer of ") + argument);
+  }
+  return {static_cast<uint8_t*>(data), length, static_cast<const uint8_t*>(base)};
 }
 
 // The cipher handle behind `value` (type-tagged, so a foreign object is refused), disposed or not.
@@ -424,20 +546,30 @@ Napi::Value RunUnit(const Napi::CallbackInfo& info, bool encrypt) {
 // Async batches
 //
 // One AsyncJob per call: the batch is split into chunks of whole units, one pool task each. The
-// last task to finish signals the JS thread through a thread-safe function (TSFN), which settles
-// the promise and drops the references that pinned `data` and `out`.
+// last task to finish signals the JS thread through a thread-safe function (TSFN), which copies
+// the result back if need be, settles the promise and drops the references to `data` and `out`.
+//
+// The pool reads and writes Blocks only (see "Native-owned memory"): `data` and `out` in place
+// when allocateBuffer() made them, else copies. A copied-out result is written to `out` on the JS
+// thread at completion, after checking that `out` is still attached and still large enough (the
+// caller may have transferred or shrunk it meanwhile); if not, the promise rejects and nothing is
+// written.
 //
 // Environment teardown (worker terminated, process exiting) while tasks are in flight: Node
 // finalizes the TSFN; our finalizer marks the job cancelled and waits for running tasks, so no
-// task touches the buffers or the TSFN after that. Tasks that had not started skip their work.
+// task touches the TSFN after that. Tasks that had not started skip their work. The Blocks live
+// until the job itself is gone, whatever order Node finalizes things in.
 
 struct AsyncJob {
   std::shared_ptr<const XtsEngine> engine;
-  const uint8_t* in = nullptr;
-  uint8_t* out = nullptr;
+  std::shared_ptr<Block> inBlock, outBlock;  // keep the memory the tasks use alive
+  const uint8_t* in = nullptr;               // inside inBlock
+  uint8_t* out = nullptr;                    // inside outBlock
+  size_t bytes = 0;
   size_t unitSize = 0;
   uint64_t firstUnit = 0;
   bool encrypt = true;
+  bool copyBack = false;  // `out` is not native-owned: copy outBlock into it at completion
 
   // JS-thread-only.
   napi_env env = nullptr;
@@ -451,7 +583,7 @@ struct AsyncJob {
   std::condition_variable cv;
   size_t remaining = 0;   // tasks not yet finished or skipped
   size_t running = 0;     // tasks inside the engine right now
-  bool cancelled = false; // the TSFN is finalized: do not touch it or the buffers
+  bool cancelled = false; // the TSFN is finalized: do not touch it
   bool skipped = false;   // some task did not run (pool shut down)
 
   void DropReferences(napi_env e) {
@@ -461,21 +593,61 @@ struct AsyncJob {
   }
 };
 
+void RejectWithCode(napi_env env, napi_deferred deferred, const char* code, const std::string& text) {
+  napi_value message, codeValue, error;
+  napi_create_string_utf8(env, text.c_str(), text.size(), &message);
+  napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &codeValue);
+  napi_create_error(env, codeValue, message, &error);
+  napi_reject_deferred(env, deferred, error);
+}
+
+// Copies a finished result into the caller's `out`; returns the error code if `out` can no longer
+// take it (then nothing is written). Runs on the JS thread, so `out` cannot change meanwhile.
+const char* CopyBack(napi_env env, AsyncJob* job, std::string* message) {
+  napi_value out = nullptr, buffer = nullptr;
+  size_t length = 0;
+  void* data = nullptr;
+  bool detached = false;
+  if (napi_get_reference_value(env, job->outRef, &out) != napi_ok || out == nullptr ||
+      napi_get_typedarray_info(env, out, nullptr, &length, &data, &buffer, nullptr) != napi_ok ||
+      napi_is_detached_arraybuffer(env, buffer, &detached) != napi_ok) {
+    *message = "Could not read the output Uint8Array of async XTS work";
+    return "ERR_XTS_NATIVE";
+  }
+  if (detached) {
+    *message = "The ArrayBuffer of out was detached (transferred) while async XTS work ran; nothing was written";
+    return "ERR_XTS_DETACHED";
+  }
+  if (length < job->bytes || data == nullptr) {
+    *message = "out shrank to " + std::to_string(length) + " bytes while async XTS work ran (it needs " +
+               std::to_string(job->bytes) + "); nothing was written";
+    return "ERR_XTS_RESIZED";
+  }
+  std::memcpy(data, job->out, job->bytes);
+  return nullptr;
+}
+
 // Runs on the JS thread when the last task is done (env == nullptr: the environment is going away).
 void SettleJob(napi_env env, napi_value, void* context, void*) {
   AsyncJob* job = static_cast<AsyncJob*>(context);
   if (env == nullptr || job->deferred == nullptr) return;
   napi_deferred deferred = job->deferred;
   job->deferred = nullptr;
+  std::string message;
+  const char* failure = nullptr;
+  if (job->skipped) {
+    failure = "ERR_XTS_CANCELLED";
+    message = "The XTS thread pool did not run the work (it was shut down, or no thread could start)";
+  } else if (job->copyBack) {
+    failure = CopyBack(env, job, &message);
+  }
+  // Every task has finished: the memory can go now rather than when Node finalizes the TSFN.
   job->DropReferences(env);
   job->engine.reset();
-  if (job->skipped) {
-    napi_value message, code, error;
-    napi_create_string_utf8(env, "The XTS thread pool did not run the work (it was shut down, or no thread could start)",
-                            NAPI_AUTO_LENGTH, &message);
-    napi_create_string_utf8(env, "ERR_XTS_CANCELLED", NAPI_AUTO_LENGTH, &code);
-    napi_create_error(env, code, message, &error);
-    napi_reject_deferred(env, deferred, error);
+  job->inBlock.reset();
+  job->outBlock.reset();
+  if (failure != nullptr) {
+    RejectWithCode(env, deferred, failure, message);
   } else {
     napi_value undefined;
     napi_get_undefined(env, &undefined);
@@ -522,6 +694,29 @@ void RunChunk(const std::shared_ptr<AsyncJob>& job, size_t firstIndex, size_t un
   job->cv.notify_all();
 }
 
+// Points the job at native-owned memory for `data` and `out`: in place where allocateBuffer() made
+// them, else a copy of `data` (taken now, on the JS thread) and a scratch Block for the result.
+void PlaceBuffers(AsyncJob& job, const Batch& b) {
+  const size_t bytes = job.bytes;
+  job.inBlock = OwningBlock(b.in, bytes);
+  if (job.inBlock) {
+    job.in = b.in.data;
+  } else {
+    job.inBlock = std::make_shared<Block>(bytes);
+    std::memcpy(job.inBlock->data, b.in.data, bytes);
+    job.in = job.inBlock->data;
+  }
+  job.outBlock = OwningBlock(b.out, bytes);
+  if (job.outBlock) {
+    job.out = b.out.data;
+  } else {
+    // In place on a copy: the copy of `data` takes the result too.
+    job.outBlock = b.in.data == b.out.data ? job.inBlock : std::make_shared<Block>(bytes);
+    job.out = b.in.data == b.out.data ? const_cast<uint8_t*>(job.in) : job.outBlock->data;
+    job.copyBack = true;
+  }
+}
+
 Napi::Value RunBatchAsync(const Napi::CallbackInfo& info, bool encrypt) {
   Napi::Env env = info.Env();
   Batch b = GetBatch(info);
@@ -530,29 +725,33 @@ Napi::Value RunBatchAsync(const Napi::CallbackInfo& info, bool encrypt) {
 
   napi_deferred deferred;
   napi_value promise;
-  NAPI_THROW_IF_FAILED(env, napi_create_promise(env, &deferred, &promise), Napi::Value());
   if (b.count == 0) {
+    NAPI_THROW_IF_FAILED(env, napi_create_promise(env, &deferred, &promise), Napi::Value());
     napi_resolve_deferred(env, deferred, env.Undefined());
     return Napi::Value(env, promise);
   }
 
   auto job = std::make_shared<AsyncJob>();
   job->engine = b.cipher->engine;
-  job->in = b.in.data;
-  job->out = b.out.data;
+  job->bytes = b.count * b.unitSize;
   job->unitSize = b.unitSize;
   job->firstUnit = b.firstUnit;
   job->encrypt = encrypt;
   job->env = env;
+  PlaceBuffers(*job, b);  // may throw (out of memory) before anything else is set up
+  NAPI_THROW_IF_FAILED(env, napi_create_promise(env, &deferred, &promise), Napi::Value());
   job->deferred = deferred;
-  // Pin both buffers (a typed array keeps its ArrayBuffer alive) until the job settles.
+  // Keep both buffers alive until the job settles: `out` is written at completion when copied,
+  // and a native-owned buffer need not be collected early.
   if (napi_create_reference(env, info[1], 1, &job->dataRef) != napi_ok ||
       napi_create_reference(env, info[4], 1, &job->outRef) != napi_ok) {
     job->DropReferences(env);
-    Throw(env, ErrorKind::kPlain, "ERR_XTS_NATIVE", "Could not pin the buffers of async XTS work");
+    job->deferred = nullptr;
+    RejectWithCode(env, deferred, "ERR_XTS_NATIVE", "Could not keep the buffers of async XTS work alive");
+    return Napi::Value(env, promise);
   }
 
-  const size_t bytes = b.count * b.unitSize;
+  const size_t bytes = job->bytes;
   size_t chunks = std::min<size_t>({threads, b.count, std::max<size_t>(1, bytes / kMinChunkBytes)});
   job->remaining = chunks;
 
@@ -675,6 +874,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   Export(env, exports, "decryptAsync", Entry<Directional<RunBatchAsync, false>>);
   Export(env, exports, "encryptUnit", Entry<Directional<RunUnit, true>>);
   Export(env, exports, "decryptUnit", Entry<Directional<RunUnit, false>>);
+  Export(env, exports, "allocateBuffer", Entry<AllocateBuffer>);
   Export(env, exports, "info", Entry<Info>);
   Export(env, exports, "setThreads", Entry<SetThreads>);
   Export(env, exports, "getThreads", Entry<GetThreads>);

@@ -73,6 +73,7 @@ const BY_CODE: Record<string, { exitCode: ExitCodeValue; hint?: string }> = {
   ERR_KEY_PROVIDER: { exitCode: ExitCode.FAILURE, hint: 'The key provider returned a key vmseal cannot use' },
   ERR_KEYSTORE_PASSPHRASE: { exitCode: ExitCode.KEY, hint: 'Check the keystore passphrase (--home-passphrase-file or VMSEAL_HOME_PASSPHRASE)' },
   ERR_KEYSTORE_MASTER_KEY: { exitCode: ExitCode.KEY, hint: "Check the keystore's master key file in VMSEAL_HOME (mode 0600), or restore the keystore from a backup" },
+  ERR_KEYSTORE_PERMISSIONS: { exitCode: ExitCode.KEY, hint: 'Run the chmod command in the message: the keystore folder must be 0700 and its files 0600' },
   ERR_KEYSTORE_NO_SUCH_KEY: { exitCode: ExitCode.KEY, hint: 'Check the key id (`vmseal keys list`) and VMSEAL_HOME; restore the keystore from its backup if the key was lost' },
   ERR_KEYSTORE_KEY_DESTROYED: { exitCode: ExitCode.KEY, hint: 'The key was destroyed; only a recovery passphrase locker (or a keystore backup) can open disks locked by it' },
   ERR_KEYSTORE_MISSING: { exitCode: ExitCode.FAILURE, hint: 'Run `vmseal keys init` (or point --home / VMSEAL_HOME at your keystore)' },

@@ -164,3 +164,15 @@ export function parseInteger(value: string, option: string, bounds: { min: numbe
   }
   return n;
 }
+
+/**
+ * --mode: permission bits as an octal string of 1 to 4 digits ("640", "0640"), at most 0777.
+ * Only octal digits: "0o640", symbolic modes and decimal-looking values outside 0-7 are refused.
+ */
+export function parseMode(value: string, option = '--mode'): number {
+  const n = /^[0-7]{1,4}$/.test(value) ? Number.parseInt(value, 8) : Number.NaN;
+  if (!(n >= 0 && n <= 0o777)) {
+    throw usageError(`${option} ${quoteForMessage(value)} is not an octal file mode`, `Give ${option} octal permission bits from 0000 to 0777, e.g. 0600 or 0640`);
+  }
+  return n;
+}

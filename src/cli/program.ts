@@ -6,7 +6,7 @@ import { Command, Option } from 'commander';
 import type { Ctx } from './context.js';
 import { usageError } from './errors.js';
 import type { Streams } from './output.js';
-import { CIPHERS, parseCipher, parseInteger, parseKeyProvider, parseSize, parseSubformat, parseUnitSize, SUBFORMATS } from './parse.js';
+import { CIPHERS, parseCipher, parseInteger, parseKeyProvider, parseMode, parseSize, parseSubformat, parseUnitSize, SUBFORMATS } from './parse.js';
 import { encryptCommand } from './commands/encrypt.js';
 import { decryptCommand } from './commands/decrypt.js';
 import { convertCommand } from './commands/convert.js';
@@ -117,7 +117,8 @@ export function buildProgram(ctx: Ctx, streams: Streams): Command {
     .argument('[OUT]', 'encrypted VMDK to write (omit with --in-place)')
     .addOption(subformatOption('output subformat (default: the input\'s; raw → monolithicFlat, streamOptimized → monolithicSparse)'))
     .option('--recovery-passphrase', 'also lock the disk with a recovery passphrase (from --passphrase-file, --passphrase-env, VMSEAL_PASSPHRASE or a prompt)')
-    .option('--in-place', 'encrypt IN in place instead of writing OUT (for images too big to copy)');
+    .option('--in-place', 'encrypt IN in place instead of writing OUT (for images too big to copy)')
+    .option('--trust-v1-journal', 'resume from a version-1 journal (checksummed, not authenticated) although the disk\'s descriptor differs from it; only for a journal you know vmseal left');
   addEncryptionParams(encrypt);
   addKeyOptions(encrypt, true);
   addJobOptions(encrypt);
@@ -139,13 +140,15 @@ Examples:
     .argument('<OUT>', 'plain image to write')
     .addOption(subformatOption('output subformat (default: the input\'s)'))
     .option('--raw', 'write a raw image (same as --subformat raw)')
-    .option('--recovery-passphrase', 'unlock with the recovery passphrase (prompted for on a terminal if no file or variable gives it)');
+    .option('--recovery-passphrase', 'unlock with the recovery passphrase (prompted for on a terminal if no file or variable gives it)')
+    .addOption(new Option('--mode <octal>', 'permissions of the output files (default: 0600, since they hold the plaintext)').argParser((v) => parseMode(v)));
   addKeyOptions(decrypt, false);
   addJobOptions(decrypt);
   decrypt.addHelpText('after', `
 Examples:
   vmseal decrypt disk-enc.vmdk disk.vmdk
   vmseal decrypt disk-enc.vmdk disk.img --raw
+  vmseal decrypt disk-enc.vmdk disk.vmdk --mode 0640                  (group may read the plain output)
   VMSEAL_PASSPHRASE=… vmseal decrypt disk-enc.vmdk disk.img --raw     (KMS gone: use the recovery passphrase)`);
   decrypt.action((input: string, output: string, opts) => decryptCommand(ctx, input, output, opts));
 
@@ -188,6 +191,7 @@ Examples:
     .option('--add-recovery-passphrase', 'add a recovery passphrase locker (the new passphrase from --passphrase-file/--passphrase-env/VMSEAL_PASSPHRASE or a prompt)')
     .option('--remove-recovery-passphrase', 'remove the recovery passphrase locker(s)')
     .option('--in-place', 'deep rekey in place (journaled, resumable) instead of writing a new image')
+    .option('--trust-v1-journal', 'resume from a version-1 journal (checksummed, not authenticated) although the disk\'s descriptor differs from it; only for a journal you know vmseal left')
     .addOption(new Option('--cipher <cipher>', `deep: new data cipher: ${CIPHERS.join(' or ')} (default: unchanged)`).argParser(parseCipher))
     .addOption(new Option('--unit-size <bytes>', 'deep: new data-unit size, 512 or 4096 (default: unchanged)').argParser(parseUnitSize));
   rekey.option('--recovery-passphrase', 'unlock with the recovery passphrase (and keep it through --deep); prompted for on a terminal if no file or variable gives it');
@@ -223,6 +227,7 @@ Examples:
     .command('resume')
     .summary('finish an interrupted --in-place encrypt or deep rekey')
     .argument('<DISK>', 'disk whose in-place job was interrupted')
+    .option('--trust-v1-journal', 'resume from a version-1 journal (checksummed, not authenticated) although the disk\'s descriptor differs from it; only for a journal you know vmseal left')
     .option('--recovery-passphrase', 'unlock with the recovery passphrase');
   addKeyOptions(resume, false);
   resume.action((disk: string, opts) => resumeCommand(ctx, disk, opts));

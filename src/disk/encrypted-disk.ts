@@ -104,6 +104,11 @@ export class EncryptedDisk {
     await this.innerDisk.flush();
   }
 
+  /** `await using disk = await openDisk(…)` closes the disk at the end of the block. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
   async close(): Promise<void> {
     if (this.#closed) return;
     await this.#writes;

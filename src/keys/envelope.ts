@@ -4,7 +4,7 @@ import { KeyError, invalidArgument, type UnlockAttempt } from './errors.js';
 import { DICT_CIPHER_KEY_BYTES, describeCipher, dictCipherName, type DiskCipher } from './dek.js';
 import { parseKeyDict, serializeKeyDict } from './dict.js';
 import { checkKdf, deriveKek, kdfSummary, KDF_LIMITS, PHRASE_DEFAULTS, type Pass2KeyName, type PassphraseKdfChoice, type PhraseKdf } from './kdf.js';
-import { KeySafe, KEYSAFE_LIMITS, makeFqidLocator, makeList, makePair, makePhraseLocator, type KeyLocator, type MacName, type PairLocator } from './keysafe.js';
+import { ETM_MAC_NAME, KeySafe, KEYSAFE_LIMITS, makeFqidLocator, makeList, makePair, makePhraseLocator, type KeyLocator, type MacName, type PairLocator } from './keysafe.js';
 import { lockDict, unlockDict } from './locked-data.js';
 import type { KeyCache } from './cache.js';
 import type { KeyProvider } from './provider.js';
@@ -117,15 +117,19 @@ function providerError(err: unknown, providerId: string, action: string): Vmseal
   });
 }
 
-/** Fetch a KEK: cache first, then the provider (storing it in the cache). */
+/**
+ * Fetch a KEK: this provider instance's cache entry first, then the provider (storing it in the cache
+ * for this instance only). Without a provider instance the cache is not consulted: a cached KEK is
+ * only ever handed back to the instance (and so the credentials) that fetched it.
+ */
 async function fetchKek(provider: KeyProvider | undefined, providerId: string, keyId: string, cache: KeyCache | undefined): Promise<{ kek: Buffer; fromCache: boolean }> {
-  const cached = cache?.get(providerId, keyId);
-  if (cached) return { kek: cached, fromCache: true };
   if (!provider) {
-    throw new KeyError('ERR_DISK_LOCKED', `no key provider '${providerId}' was given and key '${keyId}' is not cached`, { providerId, keyId });
+    throw new KeyError('ERR_DISK_LOCKED', `no key provider '${providerId}' was given for key '${keyId}'`, { providerId, keyId });
   }
+  const cached = cache?.get(provider, keyId);
+  if (cached) return { kek: cached, fromCache: true };
   const kek = checkKek(await provider.getKey(keyId), providerId, keyId);
-  cache?.set(providerId, keyId, kek);
+  cache?.set(provider, keyId, kek);
   return { kek, fromCache: false };
 }
 
@@ -185,7 +189,8 @@ async function lockWithSpec(dict: Buffer, spec: LockerSpec, cache: KeyCache | un
       }
     }
     try {
-      return makePair(makeFqidLocator(providerId, keyId), 'HMAC-SHA-256', lockDict(kek, 'HMAC-SHA-256', dict));
+      // vmseal's own provider lockers: encrypt-then-MAC (old HMAC-SHA-256 ones are still read).
+      return makePair(makeFqidLocator(providerId, keyId), ETM_MAC_NAME, lockDict(kek, ETM_MAC_NAME, dict));
     } finally {
       kek.fill(0);
     }
@@ -335,7 +340,9 @@ export async function unlockKeySafe(text: string, options: UnlockOptions = {}): 
         const l = pair.locker as Extract<KeyLocator, { type: 'fqid' }>;
         const providerId = l.keyServerId.value!;
         const keyId = l.keyId.value!;
-        const kek = cache.get(providerId, keyId);
+        const provider = providers.get(providerId);
+        if (!provider) continue; // entries belong to provider instances: none given, nothing to look up
+        const kek = cache.get(provider, keyId);
         if (!kek) continue;
         triedFromCache.add(index);
         const dict = openPair(pair, kek);

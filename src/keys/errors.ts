@@ -15,6 +15,8 @@ import { VmsealError } from '../errors.js';
  * - ERR_KEYSTORE_MISSING    the local keystore does not exist (run init / create a key first)
  * - ERR_KEYSTORE_CORRUPT    the local keystore (or a backup) is not a well-formed vmseal keystore file
  * - ERR_KEYSTORE_MASTER_KEY the master key file is missing, malformed, unsafe (mode) or does not open the keystore
+ * - ERR_KEYSTORE_PERMISSIONS keystore.json or the keystore folder is accessible to group or others; the
+ *                           message gives the chmod command that fixes it
  * - ERR_KEYSTORE_PASSPHRASE a keystore or backup passphrase is missing or wrong
  * - ERR_KEYSTORE_MODE       keystore protected by a key file but a passphrase was given, or the other way round
  * - ERR_KEYSTORE_NO_SUCH_KEY the keystore holds no key with that id
@@ -35,6 +37,7 @@ export type KeyErrorCode =
   | 'ERR_KEYSTORE_MISSING'
   | 'ERR_KEYSTORE_CORRUPT'
   | 'ERR_KEYSTORE_MASTER_KEY'
+  | 'ERR_KEYSTORE_PERMISSIONS'
   | 'ERR_KEYSTORE_PASSPHRASE'
   | 'ERR_KEYSTORE_MODE'
   | 'ERR_KEYSTORE_NO_SUCH_KEY'

@@ -3,7 +3,7 @@ export { KeyError, KeySafeError } from './errors.js';
 export type { KeyErrorCode, KeySafeReason, UnlockAttempt } from './errors.js';
 export { generateDek, wipe, dekLength, dictCipherName, diskCipherOf, DICT_CIPHER_KEY_BYTES } from './dek.js';
 export type { DiskCipher } from './dek.js';
-export { KeySafe, KEYSAFE_LIMITS, MAC_BYTES } from './keysafe.js';
+export { KeySafe, KEYSAFE_LIMITS, MAC_BYTES, ETM_MAC_NAME } from './keysafe.js';
 export type {
   KeyLocator,
   NullLocator,

@@ -19,12 +19,19 @@ import { parsePass2KeyDict, serializePass2KeyDict, type PhraseKdf } from './kdf.
  * characters (or the end). Each node keeps the exact spelling of its type name and fields, so
  * `KeySafe.parse(s).toString() === s` for every accepted `s`.
  *
- * Inside a pair the parser also checks what unlocking needs: the MAC name (HMAC-SHA-1 or HMAC-SHA-256),
+ * Inside a pair the parser also checks what unlocking needs: the MAC name (HMAC-SHA-1, HMAC-SHA-256 or VMSEAL-ETM-HMAC-SHA-256),
  * canonical base64 locked data of a possible length (IV 16 ‖ whole AES blocks ‖ MAC), a phrase locker's
  * pass2key dict (KDF, cipher, salt, bounded costs), an fqid locker's provider and key ids.
  */
-export type MacName = 'HMAC-SHA-1' | 'HMAC-SHA-256';
-export const MAC_BYTES: Readonly<Record<MacName, number>> = Object.freeze({ 'HMAC-SHA-1': 20, 'HMAC-SHA-256': 32 });
+/**
+ * MAC names of a pair. HMAC-SHA-1 and HMAC-SHA-256 are VMware's (MAC over the plaintext);
+ * VMSEAL-ETM-HMAC-SHA-256 is vmseal's encrypt-then-MAC construction with HKDF-derived keys, which it
+ * writes for its provider lockers (see locked-data.ts and docs/format.md). The names are matched
+ * exactly, so the name alone says how the locked data is built.
+ */
+export const ETM_MAC_NAME = 'VMSEAL-ETM-HMAC-SHA-256';
+export type MacName = 'HMAC-SHA-1' | 'HMAC-SHA-256' | typeof ETM_MAC_NAME;
+export const MAC_BYTES: Readonly<Record<MacName, number>> = Object.freeze({ 'HMAC-SHA-1': 20, 'HMAC-SHA-256': 32, [ETM_MAC_NAME]: 32 });
 
 export const KEYSAFE_LIMITS = Object.freeze({
   /** Characters of a KeySafe string. */
@@ -169,8 +176,8 @@ class Parser {
         if (!LOCKER_TYPES.has(locker.type)) this.fail('locker', `a pair's locker cannot be a ${locker.type}`, lockerAt);
         this.expect(',', "after a pair's locker");
         const { field: mac, at: macAt } = this.readField('the MAC name');
-        if (mac.value !== 'HMAC-SHA-1' && mac.value !== 'HMAC-SHA-256') {
-          this.fail('mac', 'unknown MAC name (expected HMAC-SHA-1 or HMAC-SHA-256)', macAt);
+        if (mac.value !== 'HMAC-SHA-1' && mac.value !== 'HMAC-SHA-256' && mac.value !== ETM_MAC_NAME) {
+          this.fail('mac', `unknown MAC name (expected HMAC-SHA-1, HMAC-SHA-256 or ${ETM_MAC_NAME})`, macAt);
         }
         const macName: MacName = mac.value;
         this.expect(',', "after a pair's MAC name");

@@ -1,5 +1,5 @@
 import { createCipheriv, createDecipheriv, randomBytes, randomUUID, scrypt as scryptCb, timingSafeEqual } from 'node:crypto';
-import { mkdir, readFile, stat } from 'node:fs/promises';
+import { mkdir, open, readFile, stat } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { describeValue } from '../errors.js';
@@ -107,6 +107,30 @@ function gcmOpen(key: Buffer, sealed: Buffer, aad: string): Buffer | undefined {
   } finally {
     out.fill(0);
   }
+}
+
+/**
+ * Quote a path for a POSIX shell, so the chmod command in a permission error can be pasted as is:
+ * plain paths stay bare, anything else goes in single quotes (a quote inside becomes '\'').
+ */
+function shellQuote(path: string): string {
+  return /^[A-Za-z0-9_./:@%+=,-]+$/.test(path) ? path : `'${path.replace(/'/g, `'\\''`)}'`;
+}
+
+/**
+ * The keystore's files and folder must be private to their owner: keystore.json holds the
+ * wrapped KEKs (and, in passphrase mode, the scrypt salt that an offline guesser needs), and a folder
+ * others can write lets them replace the keystore, the master key or the lock. Any group/other
+ * permission bit is refused, with the exact command that fixes it. Not checked on Windows, where
+ * the mode bits do not describe the ACL.
+ */
+function checkPrivate(mode: number, path: string, what: string, want: 0o600 | 0o700, code: KeyErrorCode): void {
+  if (process.platform === 'win32' || (mode & 0o077) === 0) return;
+  throw new KeyError(
+    code,
+    `the ${what} is accessible to group or others (mode ${(mode & 0o777).toString(8)}); run: chmod ${want.toString(8)} ${shellQuote(path)}`,
+    { file: path },
+  );
 }
 
 function scryptKey(pass: Uint8Array, salt: Buffer, cost: { n: number; r: number; p: number }): Promise<Buffer> {
@@ -366,6 +390,20 @@ export class LocalKeyProvider implements KeyProvider {
     } catch (err) {
       throw ioError(err, 'create the keystore directory', this.home);
     }
+    // mkdir leaves an existing folder as it is: check it before anything is created in it.
+    await this.checkHome();
+  }
+
+  /** Refuse a keystore folder that group or others can access; an absent one is left to the caller. */
+  private async checkHome(): Promise<void> {
+    let st;
+    try {
+      st = await stat(this.home);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw ioError(err, 'read the keystore directory', this.home);
+    }
+    checkPrivate(st.mode, this.home, 'keystore folder', 0o700, 'ERR_KEYSTORE_PERMISSIONS');
   }
 
   private async createStore(): Promise<Store> {
@@ -420,13 +458,8 @@ export class LocalKeyProvider implements KeyProvider {
       }
       throw ioError(err, 'read the master key file', file);
     }
-    if (process.platform !== 'win32' && (st.mode & 0o077) !== 0) {
-      throw new KeyError(
-        'ERR_KEYSTORE_MASTER_KEY',
-        `the master key file is accessible to group or others (mode ${(st.mode & 0o777).toString(8)}); run chmod 600 on it`,
-        { file },
-      );
-    }
+    // ERR_KEYSTORE_MASTER_KEY (not ERR_KEYSTORE_PERMISSIONS): the code this check has always had.
+    checkPrivate(st.mode, file, 'master key file', 0o600, 'ERR_KEYSTORE_MASTER_KEY');
     if (st.size > 1024) throw new KeyError('ERR_KEYSTORE_MASTER_KEY', `the master key file is ${st.size} bytes; expected a vmseal master key`, { file });
     let raw: Buffer;
     try {
@@ -485,11 +518,19 @@ export class LocalKeyProvider implements KeyProvider {
   private async readStore(required: boolean): Promise<Store | undefined>;
   private async readStore(required: boolean): Promise<Store | undefined> {
     const file = this.keystorePath;
+    await this.checkHome();
     let raw: Buffer;
     try {
-      const st = await stat(file);
-      if (st.size > MAX_STORE_BYTES) throw new KeyError('ERR_KEYSTORE_CORRUPT', `the keystore is ${st.size} bytes; at most ${MAX_STORE_BYTES} are accepted`, { file });
-      raw = await readFile(file);
+      // Mode and size are taken from the open handle, so they describe the very file that is read.
+      const fh = await open(file, 'r');
+      try {
+        const st = await fh.stat();
+        checkPrivate(st.mode, file, 'keystore file', 0o600, 'ERR_KEYSTORE_PERMISSIONS');
+        if (st.size > MAX_STORE_BYTES) throw new KeyError('ERR_KEYSTORE_CORRUPT', `the keystore is ${st.size} bytes; at most ${MAX_STORE_BYTES} are accepted`, { file });
+        raw = await fh.readFile();
+      } finally {
+        await fh.close();
+      }
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
         if (!required) return undefined;

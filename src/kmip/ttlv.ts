@@ -13,7 +13,8 @@
  * structure's length slot when the structure opens and fills it in when it closes. The reader
  * (decodeTtlv) is bounded: a maximum message size, a maximum nesting depth, a maximum item count,
  * every length checked against what remains of the enclosing structure, exact lengths for fixed-size
- * types, zero padding, valid UTF-8, Booleans 0 or 1. Byte String values are `subarray`s of the input.
+ * types, Big Integers of at most MAX_BIG_INTEGER_BYTES (decoded in linear time), zero padding,
+ * valid UTF-8, Booleans 0 or 1. Byte String values are `subarray`s of the input.
  */
 import { KmipError } from './errors.js';
 import { ItemType, tagName } from './tags.js';
@@ -182,7 +183,12 @@ export class TtlvWriter {
   /** Big Integer: two's complement, big-endian, sign-extended to a multiple of 8 bytes. */
   bigInteger(tag: number, value: bigint): this {
     let bytes = 8;
-    while (BigInt.asIntN(bytes * 8, value) !== value) bytes += 8;
+    while (BigInt.asIntN(bytes * 8, value) !== value) {
+      bytes += 8;
+      if (bytes > MAX_BIG_INTEGER_BYTES) {
+        throw new KmipError('ERR_INVALID_ARGUMENT', `Expected a Big Integer of at most ${MAX_BIG_INTEGER_BYTES} bytes for ${tagName(tag)}`);
+      }
+    }
     this.header(tag, ItemType.BigInteger, bytes);
     this.ensure(bytes);
     let v = BigInt.asUintN(bytes * 8, value);
@@ -275,7 +281,26 @@ export const DEFAULT_TTLV_LIMITS: Required<TtlvLimits> = {
   maxItems: 10_000,
 };
 
+/**
+ * Largest Big Integer value accepted, in bytes (4096 bits). KMIP uses Big Integers for RSA/DH
+ * parameters, the largest of which (an 8192-bit modulus would be 1024 bytes) vmseal never asks
+ * for; vmseal itself only fetches AES keys. The cap keeps a hostile server from making the client
+ * build an arbitrarily large bigint; the writer refuses the same size so both sides agree.
+ */
+export const MAX_BIG_INTEGER_BYTES = 512;
+
 const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+/**
+ * A Big Integer's value: big-endian two's complement. Converted in one linear step through a hex
+ * string (BigInt parses hex in linear time) instead of shifting in one byte at a time, which copies
+ * the growing bigint on every byte and is quadratic in the length. A set top bit means negative:
+ * subtract 2^(8·length).
+ */
+function bigIntegerValue(bytes: Buffer): bigint {
+  const unsigned = BigInt('0x' + bytes.toString('hex'));
+  return (bytes[0]! & 0x80) !== 0 ? unsigned - (1n << BigInt(bytes.length * 8)) : unsigned;
+}
 
 function ttlvError(offset: number, message: string): KmipError {
   return new KmipError('ERR_KMIP_TTLV', `Invalid TTLV at offset ${offset}: ${message}`);
@@ -320,6 +345,9 @@ export function decodeTtlv(data: Uint8Array, limits: TtlvLimits = {}): TtlvItem 
     if (type === 'BigInteger' && (length === 0 || length % 8 !== 0)) {
       throw ttlvError(offset, `BigInteger ${where} length must be a positive multiple of 8 but is ${length}`);
     }
+    if (type === 'BigInteger' && length > MAX_BIG_INTEGER_BYTES) {
+      throw ttlvError(offset, `BigInteger ${where} declares ${length} bytes, more than the maximum of ${MAX_BIG_INTEGER_BYTES}`);
+    }
     if (type === 'Structure' && length % 8 !== 0) {
       throw ttlvError(offset, `Structure ${where} length must be a multiple of 8 but is ${length}`);
     }
@@ -353,11 +381,8 @@ export function decodeTtlv(data: Uint8Array, limits: TtlvLimits = {}): TtlvItem 
         if (v > 1n) throw ttlvError(start, `Boolean ${where} must be 0 or 1 but is ${v}`);
         return { item: { tag, type, value: v === 1n }, next: end };
       }
-      case 'BigInteger': {
-        let v = 0n;
-        for (let i = 0; i < length; i++) v = (v << 8n) | BigInt(buf[start + i]!);
-        return { item: { tag, type, value: BigInt.asIntN(length * 8, v) }, next: end };
-      }
+      case 'BigInteger':
+        return { item: { tag, type, value: bigIntegerValue(buf.subarray(start, start + length)) }, next: end };
       case 'TextString': {
         let text: string;
         try {

@@ -14,7 +14,8 @@ import { LINE, encryptionLines, type EncryptionParams } from '../disk/params.js'
 import { runChunks, type Piece } from './engine.js';
 import { PipelineError, throwIfAborted } from './errors.js';
 import { acquireLocks, releaseLocks } from './lock.js';
-import { checkJobOptions, checkPath, type EncryptSpec, type JobOptions, type JobResult, type OutputOptions, type OutputSubformat, type UnlockOptions } from './options.js';
+import { checkOutputName, realDiskPath } from './paths.js';
+import { checkJobOptions, checkOutputMode, checkPath, type EncryptSpec, type JobOptions, type JobResult, type OutputOptions, type OutputSubformat, type UnlockOptions } from './options.js';
 import { alignedRanges, chunked, lcm, nonZeroRuns, totalLength, type Span } from './plan.js';
 import { ProgressTracker } from './progress.js';
 import { openSource } from './source.js';
@@ -90,8 +91,11 @@ export async function markDescriptor(path: string, job: string | undefined): Pro
 export async function runCopy(spec: CopySpec): Promise<JobResult> {
   const { chunkSize: requestedChunk, depth } = checkJobOptions(spec.opts);
   const opts = spec.opts;
-  const input = resolve(checkPath(spec.input, 'input'));
-  const output = resolve(checkPath(spec.output, 'output'));
+  const input = spec.replaceInput ? await realDiskPath(checkPath(spec.input, 'input')) : resolve(checkPath(spec.input, 'input'));
+  const output = spec.replaceInput ? input : resolve(checkPath(spec.output, 'output'));
+  if (!spec.replaceInput) await checkOutputName(output);
+  // A decrypted output holds the plaintext: private to its owner unless the caller says otherwise.
+  const outMode = checkOutputMode(opts.mode) ?? (spec.decrypt ? 0o600 : undefined);
   if (input === output && !spec.replaceInput) throw new PipelineError('ERR_SAME_FILE', `the output ${output} is the input; write to another file`);
   if (spec.encrypt) {
     checkEncryptionChoice(spec.encrypt.cipher ?? 'aes-256-xts', spec.encrypt.unitSize ?? 512);
@@ -205,6 +209,7 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
       const multiFile = replacing.length > 1;
       await source.close();
       await stage.commit({
+        ...(outMode !== undefined ? { mode: outMode } : {}),
         replacing,
         deleteFirst: !spec.replaceInput,
         // Renaming several files over the input is not atomic: mark the old descriptor first so that a

@@ -8,6 +8,7 @@
 import { open, readdir, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { isTempNameOf, writeFileAtomic } from '../util/atomic-file.js';
+import { readFully, writeFully } from '../util/file-io.js';
 import { PipelineError } from './errors.js';
 
 export type DescriptorLocation = { kind: 'text'; path: string } | { kind: 'embedded'; path: string; offset: number; size: number };
@@ -34,6 +35,21 @@ export async function locateDescriptor(path: string): Promise<DescriptorLocation
   }
 }
 
+/** The descriptor's bytes as they are now (an embedded one ends at its first NUL, as the VMDK layer reads it). */
+export async function readDescriptorBytes(loc: DescriptorLocation): Promise<Buffer> {
+  const fh = await open(loc.path, 'r');
+  try {
+    if (loc.kind === 'text') return await fh.readFile();
+    const area = Buffer.alloc(loc.size);
+    const n = await readFully(fh, area, loc.offset);
+    const text = area.subarray(0, n);
+    const nul = text.indexOf(0);
+    return Buffer.from(nul < 0 ? text : text.subarray(0, nul));
+  } finally {
+    await fh.close();
+  }
+}
+
 /** Remove temporary descriptor files (see util/atomic-file tempName) a killed writer left beside `path`. */
 export async function removeStaleDescriptorTemps(path: string): Promise<void> {
   const dir = dirname(path);
@@ -54,7 +70,7 @@ export async function writeDescriptor(loc: DescriptorLocation, bytes: Uint8Array
   buf.set(bytes);
   const fh = await open(loc.path, 'r+');
   try {
-    await fh.write(buf, 0, buf.length, loc.offset);
+    await writeFully(fh, buf, loc.offset);
     await fh.sync();
   } finally {
     await fh.close();

@@ -4,6 +4,7 @@
  * write of the current one; writes happen strictly in order. Memory is depth × chunkSize whatever
  * the image size: chunk buffers are recycled.
  */
+import { allocateCipherBuffer } from '../xts/index.js';
 import { throwIfAborted } from './errors.js';
 import type { Span } from './plan.js';
 
@@ -53,7 +54,8 @@ export async function runChunks(job: ChunkJob): Promise<void> {
   try {
     for await (const chunk of job.chunks) {
       throwIfAborted(job.signal, job.what);
-      const buffer = pool.pop() ?? Buffer.allocUnsafeSlow(job.chunkSize);
+      // Native-owned: the async cipher works on it in place (no copy in and out of native memory).
+      const buffer = pool.pop() ?? allocateCipherBuffer(job.chunkSize);
       const view = buffer.subarray(0, chunk.length);
       const result = (async () => {
         await job.read(chunk, view);

@@ -24,10 +24,17 @@ export class PipelineError extends VmsealError {
   }
 }
 
+/**
+ * The error of a cancelled job. Its `name` is 'AbortError', as for every cancelled operation in Node
+ * and the web platform (code that checks `err.name === 'AbortError'` works unchanged); its `code`
+ * stays ERR_ABORTED, and it is still a PipelineError and a VmsealError.
+ */
 export function abortError(signal: AbortSignal | undefined, what: string): PipelineError {
   const reason = signal?.reason;
   const why = reason instanceof Error && reason.name !== 'AbortError' ? `: ${reason.message}` : '';
-  return new PipelineError('ERR_ABORTED', `${what} was cancelled${why}`, { cause: reason });
+  const err = new PipelineError('ERR_ABORTED', `${what} was cancelled${why}`, { cause: reason });
+  Object.defineProperty(err, 'name', { value: 'AbortError', enumerable: false, configurable: true, writable: true });
+  return err;
 }
 
 export function throwIfAborted(signal: AbortSignal | undefined, what: string): void {

@@ -14,19 +14,22 @@
  * Resume repeats step 2 if no chunk was recorded yet, continues step 3 from the journal's state,
  * and repeats step 4: every step is idempotent.
  */
-import { basename, dirname, resolve } from 'node:path';
+import { stat } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
 import { openDisk as openVmdk, Descriptor } from '../vmdk/index.js';
 import { createDataCipher, type DataCipher } from '../disk/cipher.js';
+import { allocateCipherBuffer } from '../xts/index.js';
 import { DiskError } from '../disk/errors.js';
 import { generateDek, makeEncryptionParams, unlockDek } from '../disk/keying.js';
 import { UNENCRYPTABLE_SUBFORMATS, checkEncryptionChoice, checkLockers, encryptionOf, readEncryptionParams } from '../disk/open.js';
 import { LINE, MAX_VALUE_LENGTH, encryptionLines, unsafeValueReason, type CipherName, type DataUnitSize, type EncryptionParams } from '../disk/params.js';
 import { describeKeySafe, rewrapKeySafe, sealDek, type LockerInfo } from '../keys/index.js';
 import { describeValue } from '../errors.js';
-import { locateDescriptor, removeStaleDescriptorTemps, writeDescriptor } from './descriptor-io.js';
+import { locateDescriptor, readDescriptorBytes, removeStaleDescriptorTemps, writeDescriptor, type DescriptorLocation } from './descriptor-io.js';
 import { PipelineError, abortError } from './errors.js';
-import { ChunkStatus, Journal, hashCopy, type InPlaceOperation, type JournalHeader } from './journal.js';
+import { ChunkStatus, Journal, hashCopy, journalPathOf, type InPlaceOperation, type JournalHeader } from './journal.js';
 import { acquireLock } from './lock.js';
+import { realDiskPath } from './paths.js';
 import { checkJobOptions, checkPath, type EncryptSpec, type JobOptions, type JobResult, type KeyCache, type LockerSpec, type UnlockOptions } from './options.js';
 import { alignedRanges, chunked, lcm, totalLength } from './plan.js';
 import { ProgressTracker } from './progress.js';
@@ -77,6 +80,7 @@ interface InPlaceStart {
 async function startInPlace(s: InPlaceStart, chunkSize: number): Promise<Journal> {
   const stored = await openVmdk(s.path, { allowEncrypted: true });
   let header: JournalHeader;
+  let journalDek: Buffer | undefined;
   try {
     if (stored.format === 'raw' || UNENCRYPTABLE_SUBFORMATS.has(stored.subformat) || !stored.descriptor) {
       throw new PipelineError('ERR_UNSUPPORTED_OUTPUT', `${s.path} is ${stored.subformat === 'raw' ? 'a raw image, which has no descriptor to carry a key' : `${stored.subformat}, which cannot hold an encrypted disk`}; encrypt it into a new VMDK instead`);
@@ -95,6 +99,7 @@ async function startInPlace(s: InPlaceStart, chunkSize: number): Promise<Journal
     let to: EncryptionParams;
     try {
       to = await makeEncryptionParams(dek, { cipher, unitSize, capacity, lockers: checkLockers(spec.lockers), ...(spec.cache ? { cache: spec.cache } : {}) });
+      journalDek = Buffer.from(dek); // keys the journal's MAC; wiped once the journal is made
     } finally {
       dek.fill(0);
     }
@@ -102,7 +107,7 @@ async function startInPlace(s: InPlaceStart, chunkSize: number): Promise<Journal
     const during = s.operation === 'encrypt-in-place' ? withLines(base, to, s.operation) : withLines(base, null, s.operation);
     const final = withLines(base, to, undefined);
     header = {
-      version: 1,
+      version: 2,
       operation: s.operation,
       disk: basename(s.path),
       capacity,
@@ -113,11 +118,23 @@ async function startInPlace(s: InPlaceStart, chunkSize: number): Promise<Journal
       started: new Date().toISOString(),
       descriptor: { during: b64(during), final: b64(final) },
     };
+  } catch (err) {
+    journalDek?.fill(0);
+    throw err;
   } finally {
     await stored.close();
   }
-  await ensureSpace(dirname(s.path), chunkSize + (128 << 10), `the journal of ${s.path}`);
-  const journal = await Journal.create(s.path, header);
+  // The journal needs a chunk's copy; a flat extent that is a sparse file also allocates its holes as
+  // the job writes ciphertext over them (encrypted zeros are not zeros). Both are checked up front so
+  // that a job does not run out of space half way on a file system that could never hold it.
+  const holes = await flatExtentHoles(s.path, header.descriptor.final);
+  let journal: Journal;
+  try {
+    await ensureSpace(dirname(s.path), chunkSize + (128 << 10) + holes, holes > 0 ? `the journal of ${s.path} and the ${holes} bytes of holes in its flat extents that the job fills` : `the journal of ${s.path}`);
+    journal = await Journal.create(s.path, header, journalDek!);
+  } finally {
+    journalDek!.fill(0);
+  }
   try {
     await writeDescriptor(await locateDescriptor(s.path), Buffer.from(header.descriptor.during, 'base64'));
   } catch (err) {
@@ -141,6 +158,7 @@ async function runJournal(path: string, journal: Journal, keys: JournalKeys, opt
   const started = performance.now();
   await removeStaleDescriptorTemps(path);
   const loc = await locateDescriptor(path);
+  await trustJournal(path, journal, loc, keys, opts);
   if (h.operation === 'rekey-shallow') {
     await writeDescriptor(loc, Buffer.from(h.descriptor.final, 'base64'));
     await journal.finish();
@@ -195,7 +213,7 @@ async function runJournal(path: string, journal: Journal, keys: JournalKeys, opt
         }
         original = await journal.readCopy(); // the disk's bytes may be half rewritten: start from the saved copy
       } else {
-        original = Buffer.allocUnsafe(chunk.length);
+        original = allocateCipherBuffer(chunk.length); // native-owned: encrypted in place, no copies
         await stored.readInto(chunk.offset, original);
         await journal.saveCopy(original);
         await journal.record(k, ChunkStatus.IN_PROGRESS, chunk.offset, chunk.length, hashCopy(original));
@@ -211,6 +229,8 @@ async function runJournal(path: string, journal: Journal, keys: JournalKeys, opt
     await writeDescriptor(loc, Buffer.from(h.descriptor.final, 'base64'));
     await journal.finish();
     return result(h, path, total, started, resumed, stored.subformat);
+  } catch (err) {
+    throw outOfSpaceIsResumable(err, h.operation, path);
   } finally {
     oldCipher?.dispose();
     newCipher?.dispose();
@@ -288,7 +308,7 @@ export type EncryptInPlaceOptions = JobOptions & EncryptSpec & { keys?: UnlockOp
  * chunk's original bytes at a time. raw images and streamOptimized disks are refused.
  */
 export async function encryptInPlace(path: string, options: EncryptInPlaceOptions): Promise<JobResult> {
-  const p = resolve(checkPath(path, 'path'));
+  const p = await realDiskPath(checkPath(path, 'path'));
   const { chunkSize } = checkJobOptions(options);
   const { lockers, cipher, unitSize, cache, keys, ...opts } = options;
   checkLockers(lockers);
@@ -327,7 +347,7 @@ export interface DeepRekeyOptions extends JobOptions {
  * same call again, or resumeDisk, after a crash).
  */
 export async function deepRekey(path: string, options: DeepRekeyOptions): Promise<JobResult> {
-  const p = resolve(checkPath(path, 'path'));
+  const p = await realDiskPath(checkPath(path, 'path'));
   const { chunkSize } = checkJobOptions(options);
   const { keys, lockers: given, cipher, unitSize, inPlace, cache, ...opts } = options;
   if (keys === null || typeof keys !== 'object') throw new PipelineError('ERR_ARGUMENT', `Expected keys ({ passphrase?, providers?, cache? }) but received ${describeValue(keys)}`);
@@ -390,7 +410,7 @@ export interface ShallowRekeyOptions {
  * atomically (text) or journaled (embedded in a monolithicSparse file).
  */
 export async function shallowRekey(path: string, options: ShallowRekeyOptions): Promise<JobResult> {
-  const p = resolve(checkPath(path, 'path'));
+  const p = await realDiskPath(checkPath(path, 'path'));
   if (options === null || typeof options !== 'object') throw new PipelineError('ERR_ARGUMENT', `Expected an options object but received ${describeValue(options)}`);
   const { keys, lockers, addLockers, removeLockers, cache } = options;
   if (keys === null || typeof keys !== 'object') throw new PipelineError('ERR_ARGUMENT', `Expected keys ({ passphrase?, providers?, cache? }) but received ${describeValue(keys)}`);
@@ -407,6 +427,7 @@ export async function shallowRekey(path: string, options: ShallowRekeyOptions): 
     }
     const stored = await openVmdk(p, { readOnly: true, allowEncrypted: true });
     let header: JournalHeader;
+    let journalDek: Buffer | undefined;
     try {
       const enc = encryptionOf(stored);
       if (!enc) throw new DiskError('ERR_NOT_ENCRYPTED', `${p} is not encrypted`);
@@ -414,6 +435,7 @@ export async function shallowRekey(path: string, options: ShallowRekeyOptions): 
       const params = enc.params;
       const dek = await unlockDek(params, stored.capacity, keys, p);
       let keySafe: string | undefined;
+      journalDek = Buffer.from(dek); // a shallow rekey keeps the DEK: it keys the journal's MAC
       try {
         for (let i = 0; i < 64 && keySafe === undefined; i++) {
           let text: string;
@@ -437,7 +459,7 @@ export async function shallowRekey(path: string, options: ShallowRekeyOptions): 
       const base = stored.descriptor as Descriptor;
       const final = withLines(base, to, undefined);
       header = {
-        version: 1,
+        version: 2,
         operation: 'rekey-shallow',
         disk: basename(p),
         capacity: stored.capacity,
@@ -448,15 +470,23 @@ export async function shallowRekey(path: string, options: ShallowRekeyOptions): 
         started: new Date().toISOString(),
         descriptor: { during: b64(base), final: b64(final) },
       };
+    } catch (err) {
+      journalDek?.fill(0);
+      throw err;
     } finally {
       await stored.close();
     }
-    const loc = await locateDescriptor(p);
-    if (loc.kind === 'text') {
-      await writeDescriptor(loc, Buffer.from(header.descriptor.final, 'base64')); // atomic by rename
-      return result(header, p, 0, started, false);
+    let journal: Journal;
+    try {
+      const loc = await locateDescriptor(p);
+      if (loc.kind === 'text') {
+        await writeDescriptor(loc, Buffer.from(header.descriptor.final, 'base64')); // atomic by rename
+        return result(header, p, 0, started, false);
+      }
+      journal = await Journal.create(p, header, journalDek!);
+    } finally {
+      journalDek!.fill(0);
     }
-    const journal = await Journal.create(p, header);
     return runJournal(p, journal, { from: keys, to: keys }, {}, false);
   });
 }
@@ -475,7 +505,7 @@ export interface ResumeOptions extends JobOptions {
  * pending.
  */
 export async function resumeDisk(path: string, options: ResumeOptions = {}): Promise<JobResult | null> {
-  const p = resolve(checkPath(path, 'path'));
+  const p = await realDiskPath(checkPath(path, 'path'));
   const { keys = {}, newKeys, cache, ...opts } = options;
   const unlock: UnlockOptions = { ...keys, ...(keys.cache ?? cache ? { cache: keys.cache ?? cache } : {}) };
   const unlockNew: UnlockOptions = newKeys ? { ...newKeys, ...(newKeys.cache ?? unlock.cache ? { cache: newKeys.cache ?? unlock.cache } : {}) } : unlock;
@@ -506,3 +536,85 @@ export async function resumeDisk(path: string, options: ResumeOptions = {}): Pro
 }
 
 export type { InPlaceOperation };
+
+/** Bytes of holes in the FLAT extent files of the disk whose descriptor (base64) is `descriptorB64`. */
+async function flatExtentHoles(path: string, descriptorB64: string): Promise<number> {
+  let d: Descriptor;
+  try {
+    d = Descriptor.parse(Buffer.from(descriptorB64, 'base64'), { file: path });
+  } catch {
+    return 0;
+  }
+  let holes = 0;
+  for (const e of d.extents) {
+    if ((e.type !== 'FLAT' && e.type !== 'VMFS') || e.file === undefined) continue;
+    const st = await stat(join(dirname(path), e.file)).catch(() => undefined);
+    if (!st) continue;
+    const needed = e.offset * 512 + e.sectors * 512;
+    // blocks counts 512-byte units actually allocated; what is not allocated up to the extent's end is a hole.
+    holes += Math.max(0, needed - Number(st.blocks) * 512);
+  }
+  return holes;
+}
+
+const OUT_OF_SPACE = new Set(['ENOSPC', 'EFBIG', 'EDQUOT']);
+
+/** The errno code of err or of any error in its cause chain. */
+function errnoOf(err: unknown): string | undefined {
+  for (let e = err as { code?: unknown; cause?: unknown } | undefined, depth = 0; e && depth < 5; e = e.cause as typeof e, depth++) {
+    if (typeof e.code === 'string' && OUT_OF_SPACE.has(e.code)) return e.code;
+  }
+  return undefined;
+}
+
+/**
+ * A journaled job that runs out of space (or into a file-size limit) midway has left the disk partly
+ * transformed; the journal finishes it. Say so, and how, instead of a bare ENOSPC.
+ */
+function outOfSpaceIsResumable(err: unknown, operation: InPlaceOperation, path: string): unknown {
+  const code = errnoOf(err);
+  if (!code) return err;
+  const why = code === 'EFBIG' ? 'a file-size limit (ulimit -f) was reached' : code === 'EDQUOT' ? 'the disk quota is exhausted' : 'the file system is full';
+  return new PipelineError(
+    'ERR_NO_SPACE',
+    `${operation} of ${path} stopped because ${why} (${code}). The disk is now partly done and its journal ${journalPathOf(path)} holds what is needed to finish it: ` +
+      `free space (or raise the limit), then run the same command again or \`vmseal resume ${path}\`. Do not use the disk until then.`,
+    { cause: err },
+  );
+}
+
+/**
+ * Nothing in a journal is acted on before it is trusted. Version 2: its MACs are checked with the key
+ * derived from the DEK of its target lines, unlocked with the caller's keys (a shallow rekey's DEK is
+ * unchanged, so its old lines serve too). Version 1 has only checksums, which anyone who can write the
+ * folder can recompute: it is trusted only when the disk's current descriptor is one of the two the
+ * journal would write (so resuming it cannot change what the descriptor says), or when the caller says
+ * so with trustV1Journal.
+ */
+async function trustJournal(path: string, journal: Journal, loc: DescriptorLocation, keys: JournalKeys, opts: JobOptions): Promise<void> {
+  const h = journal.header;
+  if (journal.version === 1) {
+    if (opts.trustV1Journal) return;
+    const current = await readDescriptorBytes(loc).catch(() => undefined);
+    const matches = current !== undefined && (current.equals(Buffer.from(h.descriptor.during, 'base64')) || current.equals(Buffer.from(h.descriptor.final, 'base64')));
+    if (matches) return;
+    throw new PipelineError(
+      'ERR_JOURNAL',
+      `the journal ${journal.path} is version 1 (checksummed, not authenticated) and the descriptor of ${path} is not the one it was written with; ` +
+        'it could have been forged by anyone who can write the folder. If you know that this journal is the one vmseal left, run the command again with --trust-v1-journal.',
+    );
+  }
+  if (journal.authenticated) return;
+  let dek: Buffer | undefined;
+  try {
+    dek = await unlockDek(h.to as EncryptionParams, h.capacity, keys.to, `${path} (the key in its journal)`);
+  } catch (err) {
+    if (h.operation !== 'rekey-shallow' || !h.from) throw err;
+    dek = await unlockDek(h.from as EncryptionParams, h.capacity, keys.from, `${path} (the key in its journal)`);
+  }
+  try {
+    journal.authenticate(dek);
+  } finally {
+    dek.fill(0);
+  }
+}

@@ -4,9 +4,9 @@
  *
  * Layout (all integers little-endian):
  *
- *   0        header area, 64 KiB:  "VMSJRNL1" | u32 n | n bytes of UTF-8 JSON (JournalHeader) | SHA-256 of the JSON
+ *   0        header area, 64 KiB:  "VMSJRNL2" | u32 n | n bytes of UTF-8 JSON (JournalHeader) | 32 B MAC of the JSON
  *   65536    state slot A, 512 B:  "VMSJSTAT" | u64 seq | u32 chunk | u32 status | u64 offset | u32 length
- *                                  | 32 B SHA-256 of the chunk copy | 32 B SHA-256 of the bytes before it
+ *                                  | 32 B SHA-256 of the chunk copy | 32 B MAC of the 68 bytes before it
  *   66048    state slot B, 512 B:  same; the valid slot with the higher seq is the current state
  *   69632    copy area: the ORIGINAL bytes of the chunk being rewritten (≤ chunkSize)
  *
@@ -19,20 +19,33 @@
  * (the disk's bytes may be half written), write, mark done, continue. A torn state write fails its
  * hash and the other slot (one step older) is used, which is safe because every step is idempotent.
  *
+ * Authentication (version 2, "VMSJRNL2"): MAC = HMAC-SHA-256 keyed with
+ * HKDF-SHA-256(DEK of the journal's target encryption lines `to`, salt empty, info "vmseal journal v2", 32 B).
+ * Anyone who can write the disk's folder can write a journal, and `resume` (often run as root) acts on
+ * it — rewrites descriptors, writes chunks: a journal whose header or state fails its MAC is refused.
+ * The key exists only for whoever can unlock the DEK, which resume needs anyway. A shallow rekey keeps
+ * the DEK, so its journal is authenticated by either KeySafe.
+ * Version 1 ("VMSJRNL1", SHA-256 in place of the MAC) is read for compatibility and trusted only when
+ * its descriptor equals the disk's current one (see inplace.ts), or with `trustV1Journal`.
+ * Every extent named by the journal's descriptors must be a plain file name in the disk's folder.
+ *
  * What the journal holds: the copy area has the chunk's original bytes — plaintext only for an
  * encryption in place (whose source was plaintext anyway), ciphertext under the old key for a
  * rekey. Keys appear only wrapped: the header holds KeySafe strings, never raw keys.
  */
 import { open, readdir, rename, unlink, type FileHandle } from 'node:fs/promises';
-import { createHash } from 'node:crypto';
+import { createHash, createHmac, hkdfSync, timingSafeEqual } from 'node:crypto';
 import { basename, dirname, join } from 'node:path';
 import { PipelineError } from './errors.js';
 import { fsyncDir, pathExists } from './staging.js';
 
 import { JOURNAL_SUFFIX } from '../disk/open.js';
 import { pidAlive } from '../util/process.js';
+import { readFully, writeFully } from '../util/file-io.js';
 export { JOURNAL_SUFFIX };
-const MAGIC = Buffer.from('VMSJRNL1', 'ascii');
+const MAGIC_V1 = Buffer.from('VMSJRNL1', 'ascii');
+const MAGIC_V2 = Buffer.from('VMSJRNL2', 'ascii');
+const HKDF_INFO = 'vmseal journal v2';
 const STATE_MAGIC = Buffer.from('VMSJSTAT', 'ascii');
 const HEADER_AREA = 65536;
 const SLOT_SIZE = 512;
@@ -58,7 +71,7 @@ export interface JournalParams {
 }
 
 export interface JournalHeader {
-  version: 1;
+  version: 1 | 2;
   operation: InPlaceOperation;
   /** Base name of the disk's descriptor (a journal beside another disk is refused). */
   disk: string;
@@ -93,23 +106,86 @@ export function journalPathOf(diskPath: string): string {
 
 const sha256 = (b: Uint8Array): Buffer => createHash('sha256').update(b).digest();
 
+/** The journal's MAC key, derived from the DEK of its target lines (never stored). */
+export function journalMacKey(dek: Uint8Array): Buffer {
+  return Buffer.from(hkdfSync('sha256', dek, Buffer.alloc(0), HKDF_INFO, 32));
+}
+
+/** Version 2: HMAC-SHA-256 with the journal key; version 1: plain SHA-256 (no key). */
+function seal(key: Buffer | null, data: Uint8Array): Buffer {
+  return key ? createHmac('sha256', key).update(data).digest() : sha256(data);
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && timingSafeEqual(a, b);
+}
+
+/** A name an extent line may carry in a journal: a plain file name in the disk's own folder. */
+export function isPlainFileName(name: string): boolean {
+  return name.length > 0 && name !== '.' && name !== '..' && !/[/\\\0]/.test(name);
+}
+
 export class Journal {
   readonly path: string;
   readonly header: JournalHeader;
   #fh: FileHandle;
   #state: JournalState | null;
   #slot: number;
+  /** Version 2: the MAC key once authenticate() succeeded (or create() made it); null for version 1. */
+  #key: Buffer | null;
+  #authenticated: boolean;
+  /** The bytes the MACs cover, kept from open() until authenticate(). */
+  #raw: { json: Buffer; mac: Buffer; area: Buffer } | null;
 
-  private constructor(path: string, fh: FileHandle, header: JournalHeader, state: JournalState | null, slot: number) {
+  private constructor(path: string, fh: FileHandle, header: JournalHeader, init: { state: JournalState | null; slot: number; key: Buffer | null; authenticated: boolean; raw?: { json: Buffer; mac: Buffer; area: Buffer } }) {
     this.path = path;
     this.#fh = fh;
     this.header = header;
-    this.#state = state;
-    this.#slot = slot;
+    this.#state = init.state;
+    this.#slot = init.slot;
+    this.#key = init.key;
+    this.#authenticated = init.authenticated;
+    this.#raw = init.raw ?? null;
+  }
+
+  /** The journal's format version: 2 is authenticated with the DEK, 1 only checksummed. */
+  get version(): 1 | 2 {
+    return this.header.version;
+  }
+
+  /** True once the header and state are verified (version 2), or always for version 1 (checksums only). */
+  get authenticated(): boolean {
+    return this.#authenticated;
   }
 
   get state(): JournalState | null {
+    if (!this.#authenticated) throw new PipelineError('ERR_JOURNAL', `internal: the state of ${this.path} was read before the journal was authenticated`);
     return this.#state;
+  }
+
+  /**
+   * Version 2: check the header's and the state slots' MACs with the key derived from `dek` (the DEK
+   * of the header's `to` lines, unlocked by the caller). A journal that fails is refused: it was
+   * changed by someone without the key, or it belongs to another disk.
+   */
+  authenticate(dek: Uint8Array): void {
+    if (this.#authenticated) return;
+    const raw = this.#raw!;
+    const key = journalMacKey(dek);
+    if (!sameBytes(seal(key, raw.json), raw.mac)) {
+      key.fill(0);
+      throw new PipelineError(
+        'ERR_JOURNAL',
+        `the journal ${this.path} fails its authentication: it was changed, or it was not written for this disk's key; refusing to act on it. ` +
+          'If no job was interrupted on this disk, move the journal away and check the disk with `vmseal verify`.',
+      );
+    }
+    const { state, slot } = chooseState(raw.area, key);
+    this.#key = key;
+    this.#state = state;
+    this.#slot = slot;
+    this.#authenticated = true;
+    this.#raw = null;
   }
 
   static async exists(diskPath: string): Promise<boolean> {
@@ -117,18 +193,21 @@ export class Journal {
   }
 
   /** Create a new journal (refuses to replace one: an unfinished job must be resumed first). */
-  static async create(diskPath: string, header: JournalHeader): Promise<Journal> {
+  static async create(diskPath: string, header: JournalHeader, dek: Uint8Array): Promise<Journal> {
     const path = journalPathOf(diskPath);
+    if (header.version !== 2) throw new PipelineError('ERR_JOURNAL', `internal: new journals are version 2, not ${String(header.version)}`);
+    checkExtentNames(header, path);
+    const key = journalMacKey(dek);
     const json = Buffer.from(JSON.stringify(header), 'utf8');
-    if (MAGIC.length + 4 + json.length + 32 > HEADER_AREA) {
+    if (MAGIC_V2.length + 4 + json.length + 32 > HEADER_AREA) {
       throw new PipelineError('ERR_JOURNAL', `the journal header for ${diskPath} is too large (${json.length} bytes of JSON)`);
     }
     if (header.chunkSize > MAX_CHUNK) throw new PipelineError('ERR_ARGUMENT', `chunkSize ${header.chunkSize} is larger than ${MAX_CHUNK} for an in-place job`);
     const area = Buffer.alloc(COPY_AREA);
-    MAGIC.copy(area, 0);
+    MAGIC_V2.copy(area, 0);
     area.writeUInt32LE(json.length, 8);
     json.copy(area, 12);
-    sha256(json).copy(area, 12 + json.length);
+    seal(key, json).copy(area, 12 + json.length);
     if (await pathExists(path)) {
       throw new PipelineError('ERR_JOURNAL', `${path} exists: an in-place job on ${diskPath} did not finish; resume it first`);
     }
@@ -137,7 +216,7 @@ export class Journal {
     const tmp = `${path}.${process.pid}.tmp`;
     const w = await open(tmp, 'w', 0o600);
     try {
-      await w.write(area, 0, area.length, 0);
+      await writeFully(w, area, 0);
       await w.sync();
     } finally {
       await w.close();
@@ -145,7 +224,7 @@ export class Journal {
     await rename(tmp, path);
     const fh = await open(path, 'r+');
     await fsyncDir(dirname(path));
-    return new Journal(path, fh, header, null, SLOT_B);
+    return new Journal(path, fh, header, { state: null, slot: SLOT_B, key, authenticated: true });
   }
 
   /** Open an existing journal; null when there is none. */
@@ -161,35 +240,32 @@ export class Journal {
     }
     try {
       const area = Buffer.alloc(COPY_AREA);
-      const { bytesRead } = await fh.read(area, 0, COPY_AREA, 0);
+      const bytesRead = await readFully(fh, area, 0);
       const bad = (why: string): PipelineError =>
         new PipelineError('ERR_JOURNAL', `the journal ${path} is unreadable (${why}); the in-place job on ${diskPath} cannot be resumed safely`);
-      if (bytesRead < 12 || !area.subarray(0, 8).equals(MAGIC)) throw bad('wrong magic or truncated');
+      const magic = area.subarray(0, 8);
+      const version = magic.equals(MAGIC_V2) ? 2 : magic.equals(MAGIC_V1) ? 1 : 0;
+      if (bytesRead < 12 || version === 0) throw bad('wrong magic or truncated');
       const n = area.readUInt32LE(8);
       if (n > HEADER_AREA - 12 - 32) throw bad('header length out of range');
-      const json = area.subarray(12, 12 + n);
-      if (!sha256(json).equals(area.subarray(12 + n, 12 + n + 32))) throw bad('header checksum mismatch');
+      const json = Buffer.from(area.subarray(12, 12 + n));
+      const mac = Buffer.from(area.subarray(12 + n, 12 + n + 32));
+      if (version === 1 && !sha256(json).equals(mac)) throw bad('header checksum mismatch');
       let header: JournalHeader;
       try {
         header = JSON.parse(json.toString('utf8')) as JournalHeader;
       } catch {
         throw bad('header is not JSON');
       }
-      if (header.version !== 1 || !Number.isSafeInteger(header.chunkSize) || header.chunkSize <= 0 || header.chunkSize > MAX_CHUNK) {
+      if (header === null || typeof header !== 'object' || header.version !== version || !Number.isSafeInteger(header.chunkSize) || header.chunkSize <= 0 || header.chunkSize > MAX_CHUNK) {
         throw bad('unknown version or chunk size');
       }
-      const a = parseSlot(area, SLOT_A);
-      const b = parseSlot(area, SLOT_B);
-      let state: JournalState | null = null;
-      let slot = SLOT_B;
-      if (a && (!b || a.seq > b.seq)) {
-        state = a;
-        slot = SLOT_A;
-      } else if (b) {
-        state = b;
-        slot = SLOT_B;
+      checkExtentNames(header, path);
+      if (version === 1) {
+        const { state, slot } = chooseState(area, null);
+        return new Journal(path, fh, header, { state, slot, key: null, authenticated: true });
       }
-      return new Journal(path, fh, header, state, slot);
+      return new Journal(path, fh, header, { state: null, slot: SLOT_B, key: null, authenticated: false, raw: { json, mac, area } });
     } catch (err) {
       await fh.close();
       throw err;
@@ -198,7 +274,7 @@ export class Journal {
 
   /** Step 1: keep chunk's original bytes. */
   async saveCopy(data: Uint8Array): Promise<void> {
-    await this.#fh.write(data, 0, data.byteLength, COPY_AREA);
+    await writeFully(this.#fh, data, COPY_AREA);
     await this.#fh.sync();
   }
 
@@ -208,7 +284,7 @@ export class Journal {
     if (!s || s.status !== ChunkStatus.IN_PROGRESS) throw new PipelineError('ERR_JOURNAL', `internal: no chunk in progress in ${this.path}`);
     if (s.length > this.header.chunkSize) throw new PipelineError('ERR_JOURNAL', `the journal ${this.path} names a chunk longer than its chunk size`);
     const buf = Buffer.alloc(s.length);
-    const { bytesRead } = await this.#fh.read(buf, 0, s.length, COPY_AREA);
+    const bytesRead = await readFully(this.#fh, buf, COPY_AREA);
     if (bytesRead !== s.length || !sha256(buf).equals(s.copyHash)) {
       throw new PipelineError('ERR_JOURNAL', `the saved copy of chunk ${s.chunk} in ${this.path} does not match its checksum`);
     }
@@ -217,6 +293,7 @@ export class Journal {
 
   /** Steps 2 and 4: record a chunk's state durably. */
   async record(chunk: number, status: ChunkStatus, offset: number, length: number, copyHash: Buffer): Promise<void> {
+    if (!this.#authenticated) throw new PipelineError('ERR_JOURNAL', `internal: ${this.path} written before it was authenticated`);
     const seq = (this.#state?.seq ?? 0) + 1;
     const slot = this.#slot === SLOT_A ? SLOT_B : SLOT_A;
     const buf = Buffer.alloc(SLOT_SIZE);
@@ -227,14 +304,15 @@ export class Journal {
     buf.writeBigUInt64LE(BigInt(offset), 24);
     buf.writeUInt32LE(length, 32);
     copyHash.copy(buf, 36);
-    sha256(buf.subarray(0, 68)).copy(buf, 68);
-    await this.#fh.write(buf, 0, SLOT_SIZE, slot);
+    seal(this.#key, buf.subarray(0, 68)).copy(buf, 68);
+    await writeFully(this.#fh, buf, slot);
     await this.#fh.sync();
     this.#slot = slot;
     this.#state = { seq, chunk, status, offset, length, copyHash };
   }
 
   async close(): Promise<void> {
+    this.#key?.fill(0);
     await this.#fh.close().catch(() => undefined);
   }
 
@@ -242,7 +320,7 @@ export class Journal {
   async finish(): Promise<void> {
     const zero = Buffer.alloc(Math.min(this.header.chunkSize, 1 << 20));
     for (let off = 0; off < this.header.chunkSize; off += zero.length) {
-      await this.#fh.write(zero, 0, Math.min(zero.length, this.header.chunkSize - off), COPY_AREA + off);
+      await writeFully(this.#fh, zero.subarray(0, Math.min(zero.length, this.header.chunkSize - off)), COPY_AREA + off);
     }
     await this.#fh.close();
     await unlink(this.path);
@@ -261,10 +339,35 @@ async function removeDeadTemps(path: string): Promise<void> {
   }
 }
 
-function parseSlot(area: Buffer, at: number): JournalState | null {
+/** The valid slot with the higher sequence number (a torn or forged slot fails its MAC and is skipped). */
+function chooseState(area: Buffer, key: Buffer | null): { state: JournalState | null; slot: number } {
+  const a = parseSlot(area, SLOT_A, key);
+  const b = parseSlot(area, SLOT_B, key);
+  if (a && (!b || a.seq > b.seq)) return { state: a, slot: SLOT_A };
+  if (b) return { state: b, slot: SLOT_B };
+  return { state: null, slot: SLOT_B };
+}
+
+/** Resume rewrites the descriptors a journal holds: their extents must stay files of the disk's own folder. */
+function checkExtentNames(header: JournalHeader, path: string): void {
+  const d = header.descriptor;
+  if (!d || typeof d.during !== 'string' || typeof d.final !== 'string') {
+    throw new PipelineError('ERR_JOURNAL', `the journal ${path} has no descriptors; it cannot be resumed safely`);
+  }
+  for (const b64 of [d.during, d.final]) {
+    const text = Buffer.from(b64, 'base64').toString('latin1');
+    for (const m of text.matchAll(/^\s*(?:RW|RDONLY|NOACCESS)\s+\d+\s+\w+\s+"([^"]*)"/gm)) {
+      if (!isPlainFileName(m[1])) {
+        throw new PipelineError('ERR_JOURNAL', `the journal ${path} names the extent file ${JSON.stringify(m[1])}, which is not a plain file name in the disk's folder; refusing to resume from it`);
+      }
+    }
+  }
+}
+
+function parseSlot(area: Buffer, at: number, key: Buffer | null): JournalState | null {
   const buf = area.subarray(at, at + SLOT_SIZE);
   if (buf.length < SLOT_SIZE || !buf.subarray(0, 8).equals(STATE_MAGIC)) return null;
-  if (!sha256(buf.subarray(0, 68)).equals(buf.subarray(68, 100))) return null;
+  if (!sameBytes(seal(key, buf.subarray(0, 68)), buf.subarray(68, 100))) return null;
   const status = buf.readUInt32LE(20) as ChunkStatus;
   if (status !== ChunkStatus.IN_PROGRESS && status !== ChunkStatus.DONE) return null;
   return {

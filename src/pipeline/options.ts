@@ -21,6 +21,11 @@ export interface JobOptions {
   depth?: number;
   /** Native XTS threads per call (default: the pool size). */
   threads?: number;
+  /**
+   * Resume an in-place job from a version-1 journal (checksummed, not authenticated) even though the
+   * disk's descriptor is not one the journal would write. Only for a journal you know vmseal left.
+   */
+  trustV1Journal?: boolean;
 }
 
 /** How a NEW DEK is made and locked. */
@@ -43,6 +48,12 @@ export interface OutputOptions {
   hwVersion?: number | string;
   /** Grain size in bytes of a sparse output (default: the input's, else 64 KiB). */
   grainSize?: number;
+  /**
+   * Permission bits (0 to 0o777) of every file of the output, set before the output appears under
+   * its final name, whatever the umask. Default: 0o600 for a decrypted (plain) output of an
+   * encrypted input, since it holds the plaintext; otherwise the umask decides.
+   */
+  mode?: number;
 }
 
 export interface JobResult {
@@ -91,4 +102,13 @@ export function checkJobOptions(o: JobOptions | undefined): Required<Pick<JobOpt
 export function checkPath(p: unknown, name: string): string {
   if (typeof p !== 'string' || p.length === 0 || p.includes('\0')) throw new PipelineError('ERR_ARGUMENT', `Expected a file path for ${name} but received ${describeValue(p)}`);
   return p;
+}
+
+/** The output mode option: an integer of permission bits only (no setuid/setgid/sticky, no type bits). */
+export function checkOutputMode(mode: unknown): number | undefined {
+  if (mode === undefined) return undefined;
+  if (typeof mode !== 'number' || !Number.isInteger(mode) || mode < 0 || mode > 0o777) {
+    throw new PipelineError('ERR_ARGUMENT', `Expected permission bits from 0 to 0o777 for mode but received ${describeValue(mode)}`);
+  }
+  return mode;
 }

@@ -18,7 +18,7 @@
  * rolled forward (the staged files are complete and fsynced), so a crash during a commit never
  * leaves a mix of old and new files.
  */
-import { mkdir, open, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, open, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
@@ -164,11 +164,16 @@ export class StagedOutput {
    * (force, or a rekey that replaces its input). With `deleteFirst` (force over an unrelated disk)
    * the old descriptor is deleted before any rename, so a crash never shows an old descriptor over
    * new extents; without it (rekey) the caller has marked the old descriptor beforehand.
+   * `mode`: permission bits given to every staged file before anything is renamed (chmod, so the
+   * umask does not apply). Until then the files are only reachable through the 0700 staging folder.
    */
-  async commit(opts: { replacing?: string[]; deleteFirst?: boolean; beforeRenames?: () => Promise<void> } = {}): Promise<void> {
+  async commit(opts: { replacing?: string[]; deleteFirst?: boolean; beforeRenames?: () => Promise<void>; mode?: number } = {}): Promise<void> {
     const files = await this.files();
     if (!files.includes(this.name)) throw new PipelineError('ERR_ARGUMENT', `internal: staged output ${this.stagePath} is missing`);
-    for (const f of files) await fsyncPath(join(this.stageDir, f));
+    for (const f of files) {
+      if (opts.mode !== undefined) await chmod(join(this.stageDir, f), opts.mode);
+      await fsyncPath(join(this.stageDir, f));
+    }
     const remove = (opts.replacing ?? [])
       .map((p) => resolve(p))
       .filter((p) => dirname(p) === this.dir)

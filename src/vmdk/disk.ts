@@ -26,6 +26,8 @@ export const MAX_READ_BYTES = 256 << 20;
  * Implemented by VmdkDisk for both VMDK (any supported subformat) and raw images.
  */
 export interface VirtualDisk {
+  /** Discriminant against src/disk's EncryptedDisk: a VirtualDisk gives its stored bytes as they are. */
+  readonly encrypted: false;
   readonly path: string;
   readonly capacity: number;
   readonly format: 'vmdk' | 'raw';
@@ -42,6 +44,8 @@ export interface VirtualDisk {
   updateDescriptor(edit: (d: Descriptor) => unknown): Promise<void>;
   flush(): Promise<void>;
   close(): Promise<void>;
+  /** `await using disk = await openDisk(…)` closes the disk at the end of the block. */
+  [Symbol.asyncDispose](): Promise<void>;
 }
 
 export interface VmdkDiskInit {
@@ -70,6 +74,7 @@ function describe(v: unknown): string {
 }
 
 export class VmdkDisk implements VirtualDisk {
+  readonly encrypted = false as const;
   readonly path: string;
   readonly capacity: number;
   readonly format: 'vmdk' | 'raw';
@@ -294,6 +299,10 @@ export class VmdkDisk implements VirtualDisk {
   async flush(): Promise<void> {
     this.#checkOpen();
     await Promise.all(this.#extents.map((e) => e.flush()));
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
   }
 
   async close(): Promise<void> {

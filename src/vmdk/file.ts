@@ -1,5 +1,6 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { VmdkFormatError, ioError } from './errors.js';
+import { writeFully } from '../util/file-io.js';
 
 /**
  * One open host file with positional I/O that loops over short reads/writes (one syscall per call in
@@ -79,11 +80,7 @@ export class HostFile {
 
   async writeAt(data: Uint8Array, pos: number): Promise<void> {
     try {
-      let done = 0;
-      while (done < data.length) {
-        const { bytesWritten } = await this.#fh.write(data, done, data.length - done, pos + done);
-        done += bytesWritten;
-      }
+      await writeFully(this.#fh, data, pos);
     } catch (err) {
       throw ioError(err, `write ${data.length} bytes at offset ${pos}`, this.path);
     }

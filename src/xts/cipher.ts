@@ -43,6 +43,24 @@ function allocOut(length: number): Uint8Array {
 }
 
 /**
+ * A zero-filled Buffer of `size` bytes (0 … 2 GiB) over memory the native addon owns. Node will
+ * not transfer it (structuredClone/postMessage copy it instead, or throw) nor detach it, so
+ * encryptAsync/decryptAsync work on it in place. Any other buffer given to the async calls is
+ * copied into native memory first and the result copied back when the work is done: a caller's
+ * ArrayBuffer can be transferred or shrunk while the pool runs, and the pool must never write
+ * memory JavaScript has taken away. Allocate long-lived I/O buffers (pipeline chunks) here to keep
+ * the async path free of copies.
+ */
+export function allocateCipherBuffer(size: number): Buffer {
+  if (typeof size !== 'number') throw new XtsTypeError('ERR_INVALID_ARG_TYPE', expected('an integer from 0 to 2147483648', 'size', size));
+  try {
+    return loadNative().allocateBuffer(size);
+  } catch (err) {
+    throw adopt(err);
+  }
+}
+
+/**
  * XTS-AES-128 / XTS-AES-256 (IEEE 1619, dm-crypt `aes-xts-plain64`) over a native key schedule.
  * Data unit n is encrypted with tweak n (128-bit little-endian); units whose length is not a
  * multiple of 16 use ciphertext stealing.
@@ -85,12 +103,17 @@ export class XtsCipher implements Disposable {
     return this.#batch(false, data, options);
   }
 
-  /** Encrypt on the addon's thread pool; resolves to `out` (or a new buffer). */
+  /**
+   * Encrypt on the addon's thread pool; resolves to `out` (or a new native-owned buffer). Buffers
+   * from allocateCipherBuffer are used in place; others are copied (see allocateCipherBuffer). If
+   * `out` is transferred or shrunk before the work completes, rejects with ERR_XTS_DETACHED or
+   * ERR_XTS_RESIZED and writes nothing.
+   */
   encryptAsync(data: Uint8Array, options: XtsAsyncBatchOptions): Promise<Uint8Array> {
     return this.#batchAsync(true, data, options);
   }
 
-  /** Decrypt on the addon's thread pool; resolves to `out` (or a new buffer). */
+  /** Decrypt on the addon's thread pool; see encryptAsync for buffers and errors. */
   decryptAsync(data: Uint8Array, options: XtsAsyncBatchOptions): Promise<Uint8Array> {
     return this.#batchAsync(false, data, options);
   }
@@ -147,7 +170,8 @@ export class XtsCipher implements Disposable {
     try {
       const handle = this.#live();
       const checked = checkBatch(data, options, true);
-      out = checked.out ?? allocOut(data.byteLength);
+      // A native-owned result buffer: the pool writes it in place, no copy back.
+      out = checked.out ?? this.#native.allocateBuffer(data.byteLength);
       const run = encrypt ? this.#native.encryptAsync : this.#native.decryptAsync;
       pending = run(handle, data, checked.unitSize, checked.firstUnit, out, checked.threads);
     } catch (err) {

@@ -8,8 +8,10 @@ import { VmsealError, describeValue } from '../errors.js';
  *
  * Codes: ERR_INVALID_ARG_TYPE, ERR_INVALID_ARG_VALUE, ERR_OUT_OF_RANGE, ERR_XTS_KEY_LENGTH,
  * ERR_XTS_WEAK_KEY, ERR_XTS_UNIT_SIZE, ERR_XTS_LENGTH, ERR_XTS_OUT_TOO_SMALL, ERR_XTS_OVERLAP,
- * ERR_XTS_UNIT_NUMBER, ERR_XTS_TWEAK_LENGTH, ERR_XTS_DISPOSED (TypeError/RangeError);
- * ERR_XTS_IMPL_UNAVAILABLE, ERR_NATIVE_NOT_FOUND, ERR_XTS_CANCELLED, ERR_XTS_NATIVE (XtsError).
+ * ERR_XTS_UNIT_NUMBER, ERR_XTS_TWEAK_LENGTH, ERR_XTS_DISPOSED, ERR_XTS_DETACHED (a detached
+ * buffer passed in) (TypeError/RangeError); ERR_XTS_IMPL_UNAVAILABLE, ERR_NATIVE_NOT_FOUND,
+ * ERR_XTS_CANCELLED, ERR_XTS_NATIVE, ERR_XTS_DETACHED / ERR_XTS_RESIZED (an async call's `out` was
+ * transferred / shrunk before the result could be written) (XtsError).
  */
 const XTS_ERROR = Symbol.for('vmseal.XtsError');
 // Marks every vmseal error, including the TypeError/RangeError ones that cannot inherit from

@@ -1,5 +1,5 @@
 // Public surface of the XTS layer (re-exported from the package root).
-export { XtsCipher, type XtsCipherOptions, type XtsBatchOptions, type XtsAsyncBatchOptions } from './cipher.js';
+export { XtsCipher, allocateCipherBuffer, type XtsCipherOptions, type XtsBatchOptions, type XtsAsyncBatchOptions } from './cipher.js';
 export { xtsInfo, setXtsThreads, getXtsThreads, type XtsInfo } from './info.js';
 export { XtsError, XtsTypeError, XtsRangeError } from './errors.js';
 export {

@@ -23,6 +23,8 @@ export interface NativeXts {
   decryptAsync(cipher: NativeCipherHandle, data: Uint8Array, unitSize: number, firstUnit: number | bigint, out: Uint8Array, threads?: number): Promise<void>;
   encryptUnit(cipher: NativeCipherHandle, data: Uint8Array, tweak: Uint8Array, out: Uint8Array): void;
   decryptUnit(cipher: NativeCipherHandle, data: Uint8Array, tweak: Uint8Array, out: Uint8Array): void;
+  /** A zero-filled Buffer over memory the addon owns; Node will not transfer or detach it. */
+  allocateBuffer(size: number): Buffer;
   info(): { best: string; available: string[]; implementations: string[]; cpu: Record<string, boolean>; threads: number };
   setThreads(threads: number): void;
   getThreads(): number;

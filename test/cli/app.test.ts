@@ -89,6 +89,34 @@ describe('command line grammar', () => {
   });
 });
 
+describe('decrypt --mode', () => {
+  it('writes 0600 by default and the octal --mode when given; refuses a mode that is not octal', async () => {
+    const { encryptDisk } = await import('../../src/pipeline/index.js');
+    const { statSync, writeFileSync } = await import('node:fs');
+    const old = process.umask(0o022);
+    try {
+      const raw = join(dir, 'mode-plain.raw');
+      writeFileSync(raw, Buffer.alloc(1 << 20, 7));
+      const enc = join(dir, 'mode-enc.vmdk');
+      await encryptDisk(raw, enc, { lockers: [{ kind: 'passphrase', passphrase: 'pw', rounds: 1000 }] });
+      const env = { VMSEAL_PASSPHRASE: 'pw' };
+      const plain = await cli(['decrypt', enc, join(dir, 'mode-default.raw'), '--raw'], env);
+      expect(plain.code, plain.stderr).toBe(0);
+      expect(statSync(join(dir, 'mode-default.raw')).mode & 0o777).toBe(0o600);
+      const shared = await cli(['decrypt', enc, join(dir, 'mode-0640.raw'), '--raw', '--mode', '0640'], env);
+      expect(shared.code, shared.stderr).toBe(0);
+      expect(statSync(join(dir, 'mode-0640.raw')).mode & 0o777).toBe(0o640);
+      for (const bad of ['999', '0o640', 'rw-r-----', '', '01000', '-640', '64 0']) {
+        const r = await cli(['decrypt', enc, join(dir, 'mode-bad.raw'), '--raw', '--mode', bad], env);
+        expect(r.code, bad).toBe(2);
+        expect(r.stderr).toContain('--mode');
+      }
+    } finally {
+      process.umask(old);
+    }
+  });
+});
+
 describe('keys commands in-process', () => {
   it('init, create, list, backup and restore a keystore', async () => {
     const home = join(dir, 'home');

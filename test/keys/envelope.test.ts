@@ -12,6 +12,7 @@ import {
   type LockerSpec,
 } from '../../src/keys/index.js';
 import { FakeProvider, codeOf, esc } from './helpers.js';
+import { VmsealError } from '../../src/errors.js';
 
 // Low KDF costs, explicitly (the defaults are tested in defaults.test.ts).
 const fastPass = (passphrase: string, kdf: 'pbkdf2-sha256' | 'scrypt' | 'workstation' = 'pbkdf2-sha256'): LockerSpec => ({
@@ -52,9 +53,9 @@ describe('sealDek / unlockKeySafe', () => {
     const text = await sealDek(dek, { cipher: 'aes-256-xts', lockers: [{ kind: 'provider', provider: p }] });
     expect(p.creates).toBe(1);
     const keyId = [...p.keys.keys()][0]!;
-    expect(text).toMatch(new RegExp(`^vmware:key/list/\\(pair/\\(fqid/<VMWARE-NULL>/kms1/${esc(keyId)},HMAC%2dSHA%2d256,[A-Za-z0-9%]+\\)\\)$`));
+    expect(text).toMatch(new RegExp(`^vmware:key/list/\\(pair/\\(fqid/<VMWARE-NULL>/kms1/${esc(keyId)},VMSEAL%2dETM%2dHMAC%2dSHA%2d256,[A-Za-z0-9%]+\\)\\)$`));
     const lockedB64 = decodeURIComponent(/,([A-Za-z0-9%]+)\)\)$/.exec(text)![1]!);
-    // IV 16 + CBC(PKCS#7 of a 124-byte dict = 128) + HMAC-SHA-256 32
+    // IV 16 + CBC(PKCS#7 of a 124-byte dict = 128) + HMAC-SHA-256 32 (encrypt-then-MAC)
     expect(Buffer.from(lockedB64, 'base64').length).toBe(16 + 128 + 32);
     const r = await unlockKeySafe(text, { providers: [p] });
     expect(r).toMatchObject({ type: 'key', cipher: 'XTS-AES-256', unlockedBy: { kind: 'provider', providerId: 'kms1', keyId, fromCache: false, index: 0 } });
@@ -70,7 +71,7 @@ describe('sealDek / unlockKeySafe', () => {
     const dek = generateDek('aes-128-xts');
     const text = await sealDek(dek, { cipher: 'aes-128-xts', lockers: [{ kind: 'provider', provider: p, keyId: ref.keyId }] });
     expect(p.creates).toBe(1);
-    expect(describeKeySafe(text)).toEqual([{ index: 0, kind: 'provider', lockerType: 'fqid', providerId: 'fake', keyId: ref.keyId, mac: 'HMAC-SHA-256' }]);
+    expect(describeKeySafe(text)).toEqual([{ index: 0, kind: 'provider', lockerType: 'fqid', providerId: 'fake', keyId: ref.keyId, mac: 'VMSEAL-ETM-HMAC-SHA-256' }]);
     const r = await unlockKeySafe(text, { providers: [p] });
     expect(r.cipher).toBe('XTS-AES-128');
     expect(r.key.equals(dek)).toBe(true);
@@ -266,9 +267,9 @@ describe('KeyCache with unlocking (the host memory)', () => {
     const r = await unlockKeySafe(text, { providers: [p], cache });
     expect(r.key.equals(dek)).toBe(true);
     expect(r.unlockedBy).toMatchObject({ kind: 'provider', fromCache: true });
-    // the cache alone is enough
-    expect((await unlockKeySafe(text, { cache })).key.equals(dek)).toBe(true);
     expect(p.gets).toBe(1); // only the fetch right after creation
+    // the cache alone is not enough: a KEK is only handed to the provider instance that fetched it
+    expect(await codeOf(() => unlockKeySafe(text, { cache }))).toBe('ERR_DISK_LOCKED');
 
     // creating a new KEK needs the provider
     const err = (await sealDek(generateDek(), { cipher: 'aes-256-xts', lockers: [{ kind: 'provider', provider: p }], cache }).catch((e) => e)) as Error & {
@@ -289,31 +290,70 @@ describe('KeyCache with unlocking (the host memory)', () => {
     const back = await unlockKeySafe(text, { providers: [p], cache });
     expect(back.key.equals(dek)).toBe(true);
     expect(back.unlockedBy).toMatchObject({ fromCache: false });
-    expect(cache.has('kms', keyId)).toBe(true);
+    expect(cache.has(p, keyId)).toBe(true);
+  });
+
+  it('a KEK cached by one provider instance is never returned to another, even with the same provider id and key id', async () => {
+    // Two tenants of one process, each with its own provider instance (own credentials) for the same KMS.
+    const tenantA = new FakeProvider('kms');
+    const tenantB = new FakeProvider('kms');
+    const dek = generateDek();
+    const cache = new KeyCache();
+    const text = await sealDek(dek, { cipher: 'aes-256-xts', lockers: [{ kind: 'provider', provider: tenantA }], cache });
+    const keyId = [...tenantA.keys.keys()][0]!;
+    // B's credentials do not grant this key: the KMS refuses it.
+    tenantB.getKey = async (id: string) => {
+      tenantB.gets++;
+      throw new VmsealError('ERR_KMIP_OPERATION_FAILED', `permission denied for ${id}`);
+    };
+    expect(cache.has(tenantA, keyId)).toBe(true);
+    expect(cache.has(tenantB, keyId)).toBe(false);
+    expect(cache.get(tenantB, keyId)).toBeUndefined();
+
+    const denied = (await unlockKeySafe(text, { providers: [tenantB], cache }).catch((e) => e)) as KeyError;
+    expect(denied.code).toBe('ERR_DISK_LOCKED');
+    expect(denied.attempts).toEqual([expect.objectContaining({ providerId: 'kms', keyId, code: 'ERR_KMIP_OPERATION_FAILED' })]);
+    expect(tenantB.gets).toBe(1); // B's own provider was asked, and its answer stands
+    expect(await codeOf(() => unlockKeySafe(text, { providers: { kms: tenantB }, cache }))).toBe('ERR_DISK_LOCKED');
+    // Wrapping a new DEK under the existing key id through B does not borrow A's cached KEK either.
+    expect(await codeOf(() => sealDek(generateDek(), { cipher: 'aes-256-xts', lockers: [{ kind: 'provider', provider: tenantB, keyId }], cache }))).toBe('ERR_KMIP_OPERATION_FAILED');
+
+    // A still unlocks from the cache, with its KMS down.
+    tenantA.up = false;
+    const a = await unlockKeySafe(text, { providers: [tenantA], cache });
+    expect(a.key.equals(dek)).toBe(true);
+    expect(a.unlockedBy).toMatchObject({ fromCache: true });
+    expect(cache.list()).toEqual([{ providerId: 'kms', keyId }]);
+    expect(cache.delete(tenantB, keyId)).toBe(false);
+    expect(cache.delete(tenantA, keyId)).toBe(true);
   });
 
   it('get returns copies; clear wipes; TTL expires entries', async () => {
     const cache = new KeyCache({ ttlMs: 30 });
     const kek = Buffer.alloc(32, 5);
-    cache.set('p', 'k', kek);
+    const p = new FakeProvider('p');
+    cache.set(p, 'k', kek);
     kek.fill(0); // the caller's buffer is its own
-    const a = cache.get('p', 'k')!;
+    const a = cache.get(p, 'k')!;
     expect(a.equals(Buffer.alloc(32, 5))).toBe(true);
     a.fill(9);
-    expect(cache.get('p', 'k')!.equals(Buffer.alloc(32, 5))).toBe(true);
-    expect(cache.delete('p', 'k')).toBe(true);
-    expect(cache.get('p', 'k')).toBeUndefined();
-    cache.set('p', 'k', Buffer.alloc(32, 5));
+    expect(cache.get(p, 'k')!.equals(Buffer.alloc(32, 5))).toBe(true);
+    expect(cache.delete(p, 'k')).toBe(true);
+    expect(cache.get(p, 'k')).toBeUndefined();
+    cache.set(p, 'k', Buffer.alloc(32, 5));
     await new Promise((r) => setTimeout(r, 80));
-    expect(cache.get('p', 'k')).toBeUndefined();
+    expect(cache.get(p, 'k')).toBeUndefined();
     expect(cache.size).toBe(0);
     expect(() => new KeyCache({ ttlMs: -1 })).toThrowError(/ttlMs/);
-    expect(() => cache.set('', 'k', Buffer.alloc(32))).toThrowError(/providerId/);
+    expect(() => cache.set(p, '', Buffer.alloc(32))).toThrowError(/keyId/);
+    // a provider id string is not a provider: the cache cannot be read by name
+    expect(() => cache.set('p' as unknown as FakeProvider, 'k', Buffer.alloc(32))).toThrowError(/KeyProvider/);
+    expect(() => cache.get('p' as unknown as FakeProvider, 'k')).toThrowError(/KeyProvider/);
   });
 
   it('clear() wipes the stored buffers', () => {
     const cache = new KeyCache();
-    cache.set('p', 'k', Buffer.alloc(32, 1));
+    cache.set(new FakeProvider('p'), 'k', Buffer.alloc(32, 1));
     const internal = (cache as unknown as { entries: Map<string, { kek: Buffer }> }).entries.values().next().value!.kek;
     cache.clear();
     expect(internal.every((b) => b === 0)).toBe(true);
@@ -323,8 +363,9 @@ describe('KeyCache with unlocking (the host memory)', () => {
     const { wipeAllCaches } = await import('../../src/keys/cache.js');
     const a = new KeyCache();
     const b = new KeyCache({ ttlMs: 60_000 });
-    a.set('p', 'k', Buffer.alloc(32, 1));
-    b.set('p', 'k', Buffer.alloc(32, 2));
+    const p = new FakeProvider('p');
+    a.set(p, 'k', Buffer.alloc(32, 1));
+    b.set(p, 'k', Buffer.alloc(32, 2));
     const bufs = [a, b].map((c) => (c as unknown as { entries: Map<string, { kek: Buffer }> }).entries.values().next().value!.kek);
     expect(process.listeners('exit')).toContain(wipeAllCaches);
     wipeAllCaches();

@@ -1,5 +1,5 @@
 import { describe, it, expect, beforeEach, afterEach } from 'vitest';
-import { mkdtempSync, rmSync, statSync, readFileSync, writeFileSync, readdirSync, chmodSync, existsSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, rmSync, statSync, readFileSync, writeFileSync, readdirSync, chmodSync, existsSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createCipheriv, randomBytes } from 'node:crypto';
@@ -84,6 +84,58 @@ describe('LocalKeyProvider (key file mode)', () => {
     expect((await p.list())[0]).toMatchObject({ keyId: ref.keyId, state: 'destroyed', destroyed: expect.any(String) });
     expect(JSON.parse(readFileSync(p.keystorePath, 'utf8')).keys[0].wrapped).toBeUndefined();
     expect(await codeOf(() => p.getKey('no-such-key'))).toBe('ERR_KEYSTORE_NO_SUCH_KEY');
+  });
+
+  it('refuses a keystore.json or keystore folder that group or others can read or write, naming the exact chmod', async () => {
+    const dir = join(home, "it's here"); // a quote in the path: the chmod command must stay copy-pasteable
+    const p = new LocalKeyProvider({ home: dir });
+    const ref = await p.createKey();
+    await p.close();
+    const quoted = (f: string) => `'${f.replace(/'/g, `'\\''`)}'`;
+
+    for (const bad of [0o644, 0o640, 0o604, 0o620, 0o602]) {
+      chmodSync(p.keystorePath, bad);
+      const err = (await new LocalKeyProvider({ home: dir }).getKey(ref.keyId).catch((e) => e)) as KeyError;
+      expect(err).toBeInstanceOf(KeyError);
+      expect(err.code).toBe('ERR_KEYSTORE_PERMISSIONS');
+      expect(err.file).toBe(p.keystorePath);
+      expect(err.message).toBe(`the keystore file is accessible to group or others (mode ${bad.toString(8)}); run: chmod 600 ${quoted(p.keystorePath)}`);
+      expect(await codeOf(() => new LocalKeyProvider({ home: dir }).list())).toBe('ERR_KEYSTORE_PERMISSIONS');
+    }
+    chmodSync(p.keystorePath, 0o600);
+
+    for (const bad of [0o755, 0o750, 0o705, 0o770, 0o707, 0o711]) {
+      chmodSync(dir, bad);
+      const err = (await new LocalKeyProvider({ home: dir }).getKey(ref.keyId).catch((e) => e)) as KeyError;
+      expect(err.code).toBe('ERR_KEYSTORE_PERMISSIONS');
+      expect(err.file).toBe(dir);
+      expect(err.message).toBe(`the keystore folder is accessible to group or others (mode ${bad.toString(8)}); run: chmod 700 ${quoted(dir)}`);
+      expect(await codeOf(() => new LocalKeyProvider({ home: dir }).createKey())).toBe('ERR_KEYSTORE_PERMISSIONS');
+      expect(await codeOf(() => new LocalKeyProvider({ home: dir }).init())).toBe('ERR_KEYSTORE_PERMISSIONS');
+    }
+    chmodSync(dir, 0o700);
+
+    chmodSync(p.masterKeyPath, 0o640);
+    const master = (await new LocalKeyProvider({ home: dir }).getKey(ref.keyId).catch((e) => e)) as KeyError;
+    expect(master.code).toBe('ERR_KEYSTORE_MASTER_KEY');
+    expect(master.message).toBe(`the master key file is accessible to group or others (mode 640); run: chmod 600 ${quoted(p.masterKeyPath)}`);
+    chmodSync(p.masterKeyPath, 0o600);
+
+    // stricter than required is fine
+    chmodSync(p.keystorePath, 0o400);
+    chmodSync(dir, 0o700);
+    expect((await new LocalKeyProvider({ home: dir }).getKey(ref.keyId)).length).toBe(32);
+    chmodSync(p.keystorePath, 0o600);
+  });
+
+  it('refuses an existing keystore folder that others can enter before creating anything in it', async () => {
+    const dir = join(home, 'open');
+    mkdirSync(dir, { mode: 0o755 });
+    chmodSync(dir, 0o755);
+    const err = (await new LocalKeyProvider({ home: dir }).createKey().catch((e) => e)) as KeyError;
+    expect(err.code).toBe('ERR_KEYSTORE_PERMISSIONS');
+    expect(err.message).toBe(`the keystore folder is accessible to group or others (mode 755); run: chmod 700 ${dir}`);
+    expect(readdirSync(dir)).toEqual([]);
   });
 
   it('reports a missing keystore, a missing, unsafe or wrong master key, a corrupt keystore', async () => {

@@ -250,6 +250,30 @@ describe('bad answers become typed errors', () => {
     }
   });
 
+  it('a response carrying a 256 KiB Big Integer → ERR_KMIP_TTLV, not a stall past the request timeout', async () => {
+    // The writer refuses such a value, so the payload carries a 256 KiB Byte String under an
+    // extension tag whose type byte is then patched to Big Integer (0x04); 262 144 is a multiple
+    // of 8, so the item is otherwise well-formed.
+    const hugeTag = 0x540001;
+    const message = responseBytes(Operation.Query, ResultStatus.Success, (w) => w.byteString(hugeTag, Buffer.alloc(256 * 1024, 0x7f)));
+    const at = message.indexOf(Buffer.from('5400010800040000', 'hex'));
+    expect(at).toBeGreaterThan(0);
+    message[at + 3] = 0x04;
+    const kms = await fakeKms((_req, socket) => socket.write(message));
+    const timeoutMs = 5000;
+    const c = client([kms.port], { timeoutMs });
+    try {
+      const started = Date.now();
+      const err = await failure(c.query());
+      expect(err.code).toBe('ERR_KMS_UNAVAILABLE');
+      expect(err.failures![0]).toMatchObject({ code: 'ERR_KMIP_TTLV', message: expect.stringMatching(/declares 262144 bytes, more than the maximum of 512/) });
+      expect(Date.now() - started).toBeLessThan(timeoutMs);
+    } finally {
+      await c.close();
+      await kms.close();
+    }
+  }, 20_000);
+
   it('a TCP listener that never starts TLS → ERR_KMIP_TIMEOUT during the handshake', async () => {
     const kms = await fakeKms(() => undefined);
     const net = await import('node:net');

@@ -163,6 +163,32 @@ describe('bounded TTLV decoder: one failing input per guard', () => {
     expect(ttlvErr(() => decodeTtlv(hex('420004 04 00000004 00000001 00000000'))).message).toMatch(/BigInteger .* positive multiple of 8/);
     expect(ttlvErr(() => decodeTtlv(hex('420001 01 00000004 00000000 00000000'))).message).toMatch(/Structure .* multiple of 8/);
   });
+  it('refuses a Big Integer longer than 512 bytes (a 256 KiB one from a hostile server) without decoding it', () => {
+    const huge = Buffer.alloc(8 + 256 * 1024, 0x5a);
+    huge.writeUIntBE(0x420004, 0, 3);
+    huge[3] = 0x04;
+    huge.writeUInt32BE(256 * 1024, 4);
+    expect(ttlvErr(() => decodeTtlv(huge)).message).toMatch(/^Invalid TTLV at offset 0: BigInteger .*\(tag 0x420004\) declares 262144 bytes, more than the maximum of 512$/);
+    // 520 bytes: one step past the cap
+    const over = Buffer.alloc(8 + 520);
+    over.writeUIntBE(0x420004, 0, 3);
+    over[3] = 0x04;
+    over.writeUInt32BE(520, 4);
+    expect(ttlvErr(() => decodeTtlv(over)).message).toMatch(/declares 520 bytes, more than the maximum of 512/);
+    expect(() => new TtlvWriter().bigInteger(0x420004, 1n << 4096n)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT' }));
+  });
+  it('decodes Big Integers up to the 512-byte cap, two\'s complement, both signs', () => {
+    for (const value of [0n, 1n, -1n, 255n, -256n, (1n << 63n) - 1n, -(1n << 63n), 1n << 63n, (1n << 4095n) - 1n, -(1n << 4095n), -(1n << 4000n) + 12345n]) {
+      const bytes = new TtlvWriter().bigInteger(0x420004, value).finish();
+      expect(decodeTtlv(bytes)).toEqual({ tag: 0x420004, type: 'BigInteger', value });
+    }
+    // all-ones of the maximum length is -1; a lone top bit is the most negative value
+    const minusOne = Buffer.concat([hex('420004 04 00000200'), Buffer.alloc(512, 0xff)]);
+    expect(decodeTtlv(minusOne)).toMatchObject({ value: -1n });
+    const mostNegative = Buffer.concat([hex('420004 04 00000200'), Buffer.alloc(512)]);
+    mostNegative[8] = 0x80;
+    expect(decodeTtlv(mostNegative)).toMatchObject({ value: -(1n << 4095n) });
+  });
   it('enforces the maximum message size', () => {
     expect(ttlvErr(() => decodeTtlv(hex(int), { maxMessageSize: 8 })).message).toMatch(/16 bytes exceeds the maximum of 8/);
   });

@@ -1,6 +1,6 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { readFileSync, writeFileSync, readdirSync } from 'node:fs';
+import { readFileSync, writeFileSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { encryptDisk, decryptDisk, convertDisk } from '../../src/pipeline/index.js';
 import { openDisk, readEncryptionParams } from '../../src/disk/index.js';
@@ -170,5 +170,44 @@ describe('convert', () => {
     expect(sha256(await d.read(0, CAPACITY))).toBe(sha256(plainImage));
     await d.close();
     await (await createDisk(join(tmp.dir, 'unused.vmdk'), { capacity: MiB })).close();
+  });
+});
+
+describe('decrypted outputs are private (they hold plaintext)', () => {
+  const modeOf = (f: string) => statSync(f).mode & 0o777;
+  let enc: string;
+  let oldUmask: number;
+  beforeAll(async () => {
+    // A permissive umask, as on most systems: without an explicit mode the files would be 0644.
+    oldUmask = process.umask(0o022);
+    enc = join(tmp.dir, 'private-enc.vmdk');
+    await encryptDisk(plainRaw, enc, { subformat: 'twoGbMaxExtentSparse', lockers: [phraseLocker('pw')] });
+  });
+  afterAll(() => {
+    process.umask(oldUmask);
+  });
+
+  it('decrypt writes every output file 0600 regardless of umask 022', async () => {
+    const dir = join(tmp.dir, 'private-default');
+    execFileSync('mkdir', ['-p', dir]);
+    await decryptDisk(enc, join(dir, 'dec.vmdk'), { keys: { passphrase: 'pw' } });
+    const files = readdirSync(dir);
+    expect(files.length).toBeGreaterThan(1); // descriptor and extents
+    for (const f of files) expect(modeOf(join(dir, f)), f).toBe(0o600);
+    await decryptDisk(enc, join(dir, 'dec.raw'), { keys: { passphrase: 'pw' }, subformat: 'raw' });
+    expect(modeOf(join(dir, 'dec.raw'))).toBe(0o600);
+    await convertDisk(enc, join(dir, 'conv.raw'), { keys: { passphrase: 'pw' }, subformat: 'raw', decrypt: true });
+    expect(modeOf(join(dir, 'conv.raw'))).toBe(0o600);
+  });
+
+  it('mode gives other permissions (0640), and a bad mode is refused before anything is written', async () => {
+    const dir = join(tmp.dir, 'private-mode');
+    execFileSync('mkdir', ['-p', dir]);
+    await decryptDisk(enc, join(dir, 'dec.vmdk'), { keys: { passphrase: 'pw' }, mode: 0o640 });
+    for (const f of readdirSync(dir)) expect(modeOf(join(dir, f)), f).toBe(0o640);
+    for (const mode of [-1, 0o1000, 1.5, '0640' as unknown as number]) {
+      await expect(decryptDisk(enc, join(dir, 'bad.raw'), { keys: { passphrase: 'pw' }, subformat: 'raw', mode })).rejects.toMatchObject({ code: 'ERR_ARGUMENT' });
+    }
+    expect(readdirSync(dir).filter((f) => f.startsWith('bad') || f.includes('vmseal-tmp'))).toEqual([]);
   });
 });

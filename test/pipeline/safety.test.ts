@@ -43,7 +43,7 @@ describe('cancellation', () => {
     });
     // The first progress event may come only after 100 ms: abort on a timer too.
     setTimeout(() => ac.abort(), 20);
-    await expect(job).rejects.toMatchObject({ code: 'ERR_ABORTED' });
+    await expect(job).rejects.toMatchObject({ code: 'ERR_ABORTED', name: 'AbortError' });
     expect(readdirSync(dir)).toEqual([]);
   });
 
@@ -51,7 +51,7 @@ describe('cancellation', () => {
     const ac = new AbortController();
     ac.abort();
     const out = join(tmp.dir, 'never.vmdk');
-    await expect(encryptDisk(plainRaw, out, { lockers: [phraseLocker('pw')], signal: ac.signal })).rejects.toMatchObject({ code: 'ERR_ABORTED' });
+    await expect(encryptDisk(plainRaw, out, { lockers: [phraseLocker('pw')], signal: ac.signal })).rejects.toMatchObject({ code: 'ERR_ABORTED', name: 'AbortError' });
     expect(existsSync(out)).toBe(false);
   });
 });

@@ -1,5 +1,6 @@
 /**
- * `vmseal decrypt IN OUT [--subformat S | --raw]`.
+ * `vmseal decrypt IN OUT [--subformat S | --raw] [--mode OCTAL]`. The output holds the plaintext:
+ * its files are 0600 unless --mode says otherwise.
  */
 import { decryptDisk } from '../../pipeline/index.js';
 import type { Ctx } from '../context.js';
@@ -16,6 +17,8 @@ export interface DecryptCliOptions extends KeyCliOptions {
   force?: boolean;
   chunkSize?: number;
   threads?: number;
+  /** --mode, already parsed from octal by the option's parser. */
+  mode?: number;
 }
 
 export function plainSubformat(opts: { subformat?: Subformat; raw?: boolean }): Subformat | undefined {
@@ -39,6 +42,7 @@ export async function decryptCommand(ctx: Ctx, input: string, output: string, op
         onProgress: hooks.onProgress,
         keys: unlock,
         ...(subformat !== undefined ? { subformat } : {}),
+        ...(opts.mode !== undefined ? { mode: opts.mode } : {}),
       }),
     );
   });

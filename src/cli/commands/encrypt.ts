@@ -10,6 +10,7 @@ import type { CipherName, Subformat, UnitSize } from '../parse.js';
 import { lockersOf, lockerJson, lockerText, requireFreeOutput, requireInputFile } from './common.js';
 
 export interface EncryptCliOptions extends KeyCliOptions {
+  trustV1Journal?: boolean;
   subformat?: Subformat;
   cipher: CipherName;
   unitSize: UnitSize;
@@ -41,8 +42,14 @@ export async function encryptedOutputSubformat(ctx: Ctx, input: string, asked: S
   return 'monolithicSparse';
 }
 
-export function jobTuning(opts: { chunkSize?: number; threads?: number; force?: boolean }): { chunkSize?: number; threads?: number; force?: boolean } {
+export function jobTuning(opts: { chunkSize?: number; threads?: number; force?: boolean; trustV1Journal?: boolean }): {
+  chunkSize?: number;
+  threads?: number;
+  force?: boolean;
+  trustV1Journal?: boolean;
+} {
   return {
+    ...(opts.trustV1Journal ? { trustV1Journal: true } : {}),
     ...(opts.chunkSize !== undefined ? { chunkSize: opts.chunkSize } : {}),
     ...(opts.threads !== undefined ? { threads: opts.threads } : {}),
     ...(opts.force !== undefined ? { force: opts.force } : {}),

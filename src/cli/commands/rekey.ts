@@ -14,6 +14,7 @@ import { lockerJson, lockersOf, lockerText, requireInputFile } from './common.js
 import { jobTuning } from './encrypt.js';
 
 export interface RekeyCliOptions extends KeyCliOptions {
+  trustV1Journal?: boolean;
   shallow?: boolean;
   deep?: boolean;
   newKey?: boolean;

@@ -1,0 +1,68 @@
+/**
+ * Which files a job works on. A disk given through a symbolic link is worked on where it really is:
+ * its descriptor's real path is the one locked, journaled and rewritten (a rename over the link would
+ * replace the link and leave the real descriptor saying "plain" over an extent that is now ciphertext).
+ * Extent names are relative to the folder of the path the user gave (as qemu resolves them); when the
+ * real descriptor's folder holds different files under the same names, the disk is ambiguous and
+ * refused. An output name that is a dangling symbolic link is refused: writing through a planted link
+ * is an attack.
+ */
+import { lstat, readlink, realpath, readFile, stat } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
+import { Descriptor } from '../vmdk/index.js';
+import { PipelineError } from './errors.js';
+
+/** The real path of an existing disk's descriptor (or raw image), checked for ambiguous extents. */
+export async function realDiskPath(given: string): Promise<string> {
+  const abs = resolve(given);
+  let real: string;
+  try {
+    real = await realpath(abs);
+  } catch {
+    return abs; // missing: the job's own open reports it with its usual message
+  }
+  if (real !== abs && dirname(real) !== dirname(abs)) await checkExtentsAgree(abs, real);
+  return real;
+}
+
+async function checkExtentsAgree(given: string, real: string): Promise<void> {
+  const head = await readFile(real).catch(() => undefined);
+  // Only a text descriptor names files; sparse and raw files stand alone.
+  if (!head || head.length > 1 << 20 || head.subarray(0, 4).toString('latin1') === 'KDMV') return;
+  let d: Descriptor;
+  try {
+    d = Descriptor.parse(head, { file: real });
+  } catch {
+    return;
+  }
+  for (const e of d.extents) {
+    if (e.file === undefined) continue;
+    const viaGiven = join(dirname(given), e.file);
+    const viaReal = join(dirname(real), e.file);
+    const [a, b] = await Promise.all([stat(viaGiven).catch(() => undefined), stat(viaReal).catch(() => undefined)]);
+    if (a && b && (a.dev !== b.dev || a.ino !== b.ino)) {
+      throw new PipelineError(
+        'ERR_ARGUMENT',
+        `${given} is a link to ${real}, and the extent ${e.file} names two different files: ${viaGiven} (beside the link, where qemu looks) and ${viaReal} (beside the descriptor). ` +
+          'Give the real descriptor path, or remove one of the two files.',
+      );
+    }
+  }
+}
+
+/** Refuse an output name that is a symbolic link to nothing. */
+export async function checkOutputName(output: string): Promise<void> {
+  const st = await lstat(output).catch(() => undefined);
+  if (!st?.isSymbolicLink()) return;
+  const target = await readlink(output).catch(() => '?');
+  const exists = await stat(output).then(
+    () => true,
+    () => false,
+  );
+  if (!exists) {
+    throw new PipelineError(
+      'ERR_ARGUMENT',
+      `the output ${output} is a symbolic link to ${target}, which does not exist; vmseal does not write through a dangling link (it could have been planted to redirect the output). Remove the link or give another name.`,
+    );
+  }
+}

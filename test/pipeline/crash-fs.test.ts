@@ -1,0 +1,177 @@
+// Simulated power loss: the fault-injecting file layer (test/helpers/crash-fs.ts) drops, at a crash
+// point, every write not covered by a completed fsync of its file and every rename or create not
+// followed by an fsync of its folder. Unlike SIGKILL (which keeps the page cache), this fails a job
+// that forgets an fsync. The in-place jobs, the commit of a new image and the journal run through it
+// at many points; the same call afterwards must finish with the right data.
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { spawnSync, execFileSync } from 'node:child_process';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { build } from 'esbuild';
+import { encryptDisk } from '../../src/pipeline/index.js';
+import { openDisk } from '../../src/disk/index.js';
+import { patternBytes, phraseLocker, sha256, tempDir } from '../disk/helpers.js';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = join(here, '..', '..');
+const MiB = 1 << 20;
+const CHUNK = 128 * 1024;
+let tmp: ReturnType<typeof tempDir>;
+let child: string;
+let image: Buffer;
+
+beforeAll(async () => {
+  tmp = tempDir('vmseal-crashfs-');
+  const outdir = join(root, 'node_modules', '.cache', 'vmseal-test');
+  mkdirSync(outdir, { recursive: true });
+  child = join(outdir, `crash-child-${process.pid}.mjs`);
+  await build({ entryPoints: [join(here, 'fixtures', 'crash-child.ts')], bundle: true, platform: 'node', format: 'esm', target: 'node20', outfile: child, logLevel: 'silent' });
+  image = Buffer.alloc(1 * MiB);
+  patternBytes(500_000, 51).copy(image, 0);
+  patternBytes(100_000, 52).copy(image, 768 * 1024);
+  writeFileSync(join(tmp.dir, 'plain.raw'), image);
+});
+afterAll(() => {
+  tmp.cleanup();
+  rmSync(child, { force: true });
+});
+
+// Each scenario runs twice: un-synced writes all lost, and only the last one of each file kept.
+const KEEP = ['none', 'last'] as const;
+let keep: (typeof KEEP)[number] = 'none';
+
+function run(op: string, disk: string, crashAt = 0, env: Record<string, string> = {}) {
+  const r = spawnSync(process.execPath, [child, op, disk, String(CHUNK)], {
+    env: { ...process.env, CRASH_ROOT: dirname(disk), CRASH_AT: String(crashAt), CRASH_KEEP: keep, ...env },
+    encoding: 'utf8',
+  });
+  return { signal: r.signal, status: r.status, stdout: r.stdout, stderr: r.stderr, events: Number(/events=(\d+)/.exec(r.stdout)?.[1] ?? 0) };
+}
+
+async function plainHash(disk: string, passphrase: string): Promise<string> {
+  const d = await openDisk(disk, { keys: { passphrase }, readOnly: true });
+  try {
+    return sha256(await d.read(0, d.capacity));
+  } finally {
+    await d.close();
+  }
+}
+
+/** Crash points over the whole run: the first calls, the last ones, and spread between. */
+function points(total: number, n: number): number[] {
+  const pts = new Set<number>([1, 2, 3, total - 1, total]);
+  for (let i = 1; pts.size < Math.min(n, total); i++) pts.add(Math.max(1, Math.round((i * total) / (n - 4))));
+  return [...pts].filter((p) => p >= 1 && p <= total).sort((a, b) => a - b);
+}
+
+describe('the fault-injecting file layer', () => {
+  it('keeps exactly what fsync of files and folders made durable', () => {
+    const dir = join(tmp.dir, 'selftest');
+    mkdirSync(dir);
+    const selftest = (crashAt: number) => spawnSync(process.execPath, [child, 'selftest', dir, '0'], { env: { ...process.env, CRASH_ROOT: dir, CRASH_AT: String(crashAt) }, encoding: 'utf8' });
+    const dry = selftest(0);
+    expect(dry.status, dry.stderr).toBe(0);
+    const events = Number(/events=(\d+)/.exec(dry.stdout)![1]);
+    rmSync(dir, { recursive: true });
+    mkdirSync(dir);
+    const crashed = selftest(events); // the last call: the write of e
+    expect(crashed.signal, crashed.stderr).toBe('SIGKILL');
+    const files = Object.fromEntries(readdirSync(dir).sort().map((f) => [f, readFileSync(join(dir, f), 'utf8')]));
+    expect(files).toEqual({ a: '', b: 'B', d: 'D', x: 'X1' });
+  });
+});
+
+const inPlace = [
+  { op: 'encrypt', subformat: 'monolithicSparse', passphrase: 'pw' },
+  { op: 'rekey', subformat: 'monolithicFlat', passphrase: 'new' },
+  { op: 'encrypt', subformat: 'monolithicFlat', passphrase: 'pw' },
+] as const;
+
+describe('power loss at any point of an in-place job, then the same call again', () => {
+  for (const s of inPlace) for (const k of KEEP) {
+    it(`${s.op} in place (${s.subformat}), un-synced writes kept: ${k}`, async () => {
+      keep = k;
+      const dir = join(tmp.dir, `${s.op}-${s.subformat}-${k}`);
+      mkdirSync(dir);
+      const original = join(dir, 'original.vmdk');
+      if (s.op === 'encrypt') {
+        execFileSync('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'vmdk', '-o', `subformat=${s.subformat}`, join(tmp.dir, 'plain.raw'), original]);
+      } else {
+        await encryptDisk(join(tmp.dir, 'plain.raw'), original, { subformat: s.subformat, lockers: [phraseLocker('old')] });
+      }
+      const copyDisk = (to: string): string => {
+        const sub = join(dir, to);
+        mkdirSync(sub);
+        for (const f of readdirSync(dir)) if (f.startsWith('original')) copyFileSync(join(dir, f), join(sub, f));
+        return join(sub, 'original.vmdk');
+      };
+      const dry = run(s.op, copyDisk('dry'));
+      expect(dry.status, dry.stderr).toBe(0);
+      expect(dry.events).toBeGreaterThan(10);
+      for (const point of points(dry.events, 14)) {
+        const disk = copyDisk(`crash-${point}`);
+        const crashed = run(s.op, disk, point);
+        expect(crashed.signal, `crash at ${point}: ${crashed.stderr}`).toBe('SIGKILL');
+        const again = run(s.op, disk);
+        expect(again.status, `re-run after a crash at ${point}: ${again.stderr}`).toBe(0);
+        expect(await plainHash(disk, s.passphrase), `data after a crash at ${point}`).toBe(sha256(image));
+        expect(readdirSync(dirname(disk)).filter((f) => /journal|\.tmp/.test(f)), `leftovers after a crash at ${point}`).toEqual([]);
+      }
+    });
+  }
+});
+
+describe('power loss at any point of a copy job and its commit', () => {
+  for (const k of KEEP) it(`encrypt raw → twoGbMaxExtentFlat: the output is whole or absent, and the same call finishes it (kept: ${k})`, async () => {
+    keep = k;
+    const dir = join(tmp.dir, `copy-${k}`);
+    mkdirSync(dir);
+    const input = (sub: string): string => {
+      mkdirSync(join(dir, sub));
+      copyFileSync(join(tmp.dir, 'plain.raw'), join(dir, sub, 'in.raw'));
+      return join(dir, sub, 'in.raw');
+    };
+    const dry = run('copy', input('dry'));
+    expect(dry.status, dry.stderr).toBe(0);
+    for (const point of points(dry.events, 14)) {
+      const src = input(`crash-${point}`);
+      const out = join(dirname(src), 'in.enc.vmdk');
+      const crashed = run('copy', src, point);
+      expect(crashed.signal, `crash at ${point}: ${crashed.stderr}`).toBe('SIGKILL');
+      if (existsSync(out)) {
+        expect(await plainHash(out, 'pw'), `output present after a crash at ${point}`).toBe(sha256(image));
+      } else {
+        const again = run('copy', src);
+        if (again.status !== 0) expect(again.stderr, `re-run after a crash at ${point}`).toContain('ERR_OUTPUT_EXISTS');
+        expect(await plainHash(out, 'pw'), `output after re-run, crash at ${point}`).toBe(sha256(image));
+      }
+      expect(sha256(readFileSync(src)), 'the input is never modified').toBe(sha256(image));
+    }
+  });
+});
+
+describe('power loss at any point of a shallow rekey (embedded descriptor), then resume', () => {
+  for (const k of KEEP) it(`the disk opens with exactly one of the old and the new passphrase, data intact (kept: ${k})`, async () => {
+    keep = k;
+    const dir = join(tmp.dir, `shallow-${k}`);
+    mkdirSync(dir);
+    const prepare = async (sub: string): Promise<string> => {
+      mkdirSync(join(dir, sub));
+      const p = join(dir, sub, 'disk.vmdk');
+      await encryptDisk(join(tmp.dir, 'plain.raw'), p, { subformat: 'monolithicSparse', lockers: [phraseLocker('old')] });
+      return p;
+    };
+    const dry = run('shallow', await prepare('dry'));
+    expect(dry.status, dry.stderr).toBe(0);
+    for (const point of points(dry.events, 10)) {
+      const disk = await prepare(`crash-${point}`);
+      expect(run('shallow', disk, point).signal).toBe('SIGKILL');
+      const resumed = run('resume', disk);
+      expect(resumed.status, `resume after a crash at ${point}: ${resumed.stderr}`).toBe(0);
+      const opens = async (pw: string) => plainHash(disk, pw).then((h) => h === sha256(image), () => false);
+      const [withOld, withNew] = [await opens('old'), await opens('new')];
+      expect(withOld !== withNew, `after a crash at ${point}: old opens ${withOld}, new opens ${withNew}`).toBe(true);
+    }
+  });
+});

@@ -1,0 +1,75 @@
+// Disks given through symbolic links are worked on where they really are; ambiguous extents and
+// dangling output links are refused.
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { execFileSync } from 'node:child_process';
+import { existsSync, lstatSync, mkdirSync, readFileSync, symlinkSync, writeFileSync, copyFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { encryptDisk, encryptInPlace } from '../../src/pipeline/index.js';
+import { openDisk } from '../../src/disk/index.js';
+import { patternBytes, phraseLocker, sha256, tempDir } from '../disk/helpers.js';
+
+let tmp: ReturnType<typeof tempDir>;
+let image: Buffer;
+beforeAll(() => {
+  tmp = tempDir('vmseal-paths-');
+  image = patternBytes(1 << 20, 61);
+  writeFileSync(join(tmp.dir, 'plain.raw'), image);
+});
+afterAll(() => tmp.cleanup());
+
+function flatDisk(dir: string): string {
+  mkdirSync(dir, { recursive: true });
+  const d = join(dir, 'd.vmdk');
+  execFileSync('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'vmdk', '-o', 'subformat=monolithicFlat', join(tmp.dir, 'plain.raw'), d]);
+  return d;
+}
+
+async function plainHash(disk: string): Promise<string> {
+  const d = await openDisk(disk, { keys: { passphrase: 'pw' }, readOnly: true });
+  try {
+    return sha256(await d.read(0, d.capacity));
+  } finally {
+    await d.close();
+  }
+}
+
+describe('in-place jobs through a symbolic link', () => {
+  it('encrypt the real descriptor and leave the link a link', async () => {
+    const real = flatDisk(join(tmp.dir, 'same'));
+    const link = join(tmp.dir, 'same', 'link.vmdk');
+    symlinkSync('d.vmdk', link);
+    await encryptInPlace(link, { lockers: [phraseLocker('pw')], chunkSize: 1 << 20 });
+    expect(lstatSync(link).isSymbolicLink(), 'the link is still a link').toBe(true);
+    expect(readFileSync(real, 'utf8')).toContain('encryption.keySafe');
+    expect(await plainHash(real)).toBe(sha256(image));
+    expect(await plainHash(link)).toBe(sha256(image));
+  });
+
+  it('refuse a link whose extent names a different file beside the link than beside the descriptor', async () => {
+    const real = flatDisk(join(tmp.dir, 'real'));
+    const other = join(tmp.dir, 'other');
+    mkdirSync(other);
+    const link = join(other, 'd.vmdk');
+    symlinkSync(real, link);
+    copyFileSync(join(tmp.dir, 'real', 'd-flat.vmdk'), join(other, 'd-flat.vmdk')); // a second, different file under the extent's name
+    const before = readFileSync(real);
+    await expect(encryptInPlace(link, { lockers: [phraseLocker('pw')] })).rejects.toMatchObject({ code: 'ERR_ARGUMENT', message: expect.stringMatching(/two different files/) });
+    expect(readFileSync(real).equals(before)).toBe(true);
+  });
+});
+
+describe('outputs', () => {
+  it('a dangling symbolic link as output is refused and nothing is written through it', async () => {
+    const dir = join(tmp.dir, 'dangling');
+    mkdirSync(dir);
+    const target = join(dir, 'elsewhere', 'planted.vmdk');
+    const out = join(dir, 'out.vmdk');
+    symlinkSync(target, out);
+    await expect(encryptDisk(join(tmp.dir, 'plain.raw'), out, { lockers: [phraseLocker('pw')], subformat: 'monolithicSparse' })).rejects.toMatchObject({
+      code: 'ERR_ARGUMENT',
+      message: expect.stringMatching(/dangling link/),
+    });
+    expect(existsSync(target)).toBe(false);
+    expect(lstatSync(out).isSymbolicLink()).toBe(true);
+  });
+});
