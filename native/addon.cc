@@ -34,6 +34,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "fs_lock.h"
 #include "thread_pool.h"
 #include "xts_engine.h"
 
@@ -882,6 +883,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("MIN_UNIT_SIZE", static_cast<double>(kMinUnitSize));
   exports.Set("MAX_UNIT_SIZE", static_cast<double>(kMaxUnitSize));
   exports.Set("MAX_THREADS", static_cast<double>(kMaxThreads));
+  InitFileLocks(env, exports);
   return exports;
 }
 

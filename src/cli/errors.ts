@@ -65,7 +65,7 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
   // installation: the message says how to build the native addon
   ERR_NATIVE_NOT_FOUND: { exitCode: ExitCode.INTERNAL },
   // another process has the disk or the keystore
-  ERR_DISK_BUSY: { exitCode: ExitCode.BUSY, hint: 'Retry when the other process is done (a lock left by a vmseal process that died is taken over automatically)' },
+  ERR_DISK_BUSY: { exitCode: ExitCode.BUSY, hint: 'Retry when the other process (vmseal, qemu or a VM) is done; a process that died holds no lock' },
   ERR_KEYSTORE_LOCKED: { exitCode: ExitCode.BUSY, hint: 'Another vmseal process is using the local keystore; retry when it is done' },
   // key server
   ERR_KMS_UNAVAILABLE: { exitCode: ExitCode.KMS_UNAVAILABLE, hint: KMS_HINT },

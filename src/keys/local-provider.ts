@@ -16,7 +16,7 @@ import type { KeyProvider, KeyRef } from './provider.js';
  *   keystore.json   the keystore (mode 0600): KEKs, each AES-256-GCM-encrypted under the master key
  *   master.key      the master key (mode 0600), "vmseal-master-key-v1 <base64 of 32 bytes>\n" —
  *                   absent when the keystore is protected by a passphrase instead
- *   keystore.lock   exists while a process modifies the keystore
+ *   keystore.json.vmseal-lock   OFD-locked (src/util/lock.ts) while a process modifies the keystore
  *
  * keystore.json (version 1):
  *   { "format": "vmseal-keystore", "version": 1, "providerId": "local",
@@ -201,7 +201,9 @@ export class LocalKeyProvider implements KeyProvider {
     this.home = resolve(home);
     this.keystorePath = join(this.home, 'keystore.json');
     this.masterKeyPath = join(this.home, 'master.key');
-    this.lockPath = join(this.home, 'keystore.lock');
+    // The record file of the keystore's OFD lock (src/util/lock.ts); home may not exist yet, so the
+    // real path is not resolved here.
+    this.lockPath = `${this.keystorePath}.vmseal-lock`;
   }
 
   /** Create the keystore (and master key file) if absent; otherwise open it and check the master key. */

@@ -104,7 +104,12 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
   const what = `${spec.operation} of ${input}`;
   throwIfAborted(opts.signal, what);
   const started = performance.now();
-  const locks = await acquireLocks(spec.replaceInput ? [input] : [input, output], spec.operation);
+  // The input is only read (other readers may share it); the output, or an input replaced by the
+  // job's result, is written and locked exclusively.
+  const locks = await acquireLocks(
+    spec.replaceInput ? [{ path: input, mode: 'exclusive' }] : [{ path: input, mode: 'shared' }, { path: output, mode: 'exclusive' }],
+    spec.operation,
+  );
   try {
     // A commit of an earlier run on this name that was killed half way is finished first.
     await cleanStaleStages(dirname(output), basename(output));

@@ -1,8 +1,10 @@
 import { createRequire } from 'node:module';
-import { existsSync, readFileSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { XtsError } from './errors.js';
+import { findPackageRoot } from '../util/package-root.js';
+
+export { findPackageRoot };
 import { XTS_KEY_BYTES_128, XTS_KEY_BYTES_256, XTS_MAX_THREADS, XTS_MAX_UNIT_SIZE, XTS_MIN_UNIT_SIZE } from './constants.js';
 
 /** An opaque cipher handle made by the addon's createCipher (owns the native key schedule). */
@@ -35,27 +37,6 @@ export interface NativeXts {
 
 const requireFromHere = createRequire(import.meta.url);
 let cached: NativeXts | undefined;
-
-/**
- * The directory of the package.json named "vmseal" at or above this module: src/xts/ under
- * vitest, dist/ in the built package (ESM, and CJS where tsup's shim provides import.meta.url).
- */
-export function findPackageRoot(from: string = dirname(fileURLToPath(import.meta.url))): string | undefined {
-  let dir = resolve(from);
-  for (;;) {
-    const manifest = join(dir, 'package.json');
-    if (existsSync(manifest)) {
-      try {
-        if ((JSON.parse(readFileSync(manifest, 'utf8')) as { name?: unknown }).name === 'vmseal') return dir;
-      } catch {
-        // an unreadable or foreign package.json on the way up: keep walking
-      }
-    }
-    const parent = dirname(dir);
-    if (parent === dir) return undefined;
-    dir = parent;
-  }
-}
 
 function describePlatform(): string {
   return `platform ${process.platform}, arch ${process.arch}, Node ${process.versions.node} (ABI ${process.versions.modules}, N-API ${process.versions.napi})`;

@@ -103,14 +103,16 @@ function installCrashFs(rootDir: string, crashAt: number, keep: KeepPolicy): Cra
   const origOpen = fsp.open;
   fsp.open = (async (path: Parameters<typeof fsp.open>[0], flags?: string | number, mode?: number) => {
     const p = String(path);
-    const writes = typeof flags === 'string' ? /[wa+]/.test(flags) : typeof flags === 'number' ? (flags & 3) !== 0 : false;
-    if (under(p) && writes) touchDir(dirname(resolve(p)));
+    // Every open (reads too) first snapshots the folder, so a file that existed before is known
+    // with its content; only a file this open creates starts with nothing durable.
+    if (under(p)) touchDir(dirname(resolve(p)));
+    const existed = under(p) && existsSync(p);
     const fh = await origOpen(path, flags as string, mode);
     if (under(p)) {
       const st = fstatSync(fh.fd);
       if (st.isFile()) {
         tracked.add(fh);
-        if (!data.has(st.ino)) data.set(st.ino, { content: Buffer.alloc(0), mode: st.mode & 0o7777 }); // created now: nothing durable yet
+        if (!data.has(st.ino)) data.set(st.ino, { content: existed ? readFileSync(fdPath(fh.fd)) : Buffer.alloc(0), mode: st.mode & 0o7777 });
       }
       if (st.isDirectory()) tracked.add(fh);
     }

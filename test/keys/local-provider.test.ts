@@ -1,10 +1,11 @@
 import { describe, it, expect, beforeEach, afterEach } from 'vitest';
 import { mkdtempSync, mkdirSync, rmSync, statSync, readFileSync, writeFileSync, readdirSync, chmodSync, existsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createCipheriv, randomBytes } from 'node:crypto';
 import { LocalKeyProvider, LOCAL_PROVIDER_DEFAULTS, KeyError, sealDek, unlockKeySafe, generateDek } from '../../src/keys/index.js';
 import { codeOf } from './helpers.js';
+import { acquireFileLock } from '../../src/util/lock.js';
 
 // Low scrypt cost, explicitly; the default cost is asserted separately.
 const FAST = { n: 1024, r: 8, p: 1 };
@@ -201,16 +202,22 @@ describe('LocalKeyProvider (key file mode)', () => {
     expect(readdirSync(home).filter((f) => f.includes('.tmp-') && !f.includes('99999'))).toEqual([]);
   });
 
-  it('a stale lock of a dead process is taken over; a live one times out with ERR_KEYSTORE_LOCKED', async () => {
+  it('a lock record naming any pid decides nothing; a live holder times out with ERR_KEYSTORE_LOCKED', async () => {
     const p = new LocalKeyProvider({ home, lockTimeoutMs: 200 });
     await p.init();
     writeFileSync(p.lockPath, '2147483646 2020-01-01T00:00:00.000Z\n');
-    await p.createKey(); // pid 2147483646 does not exist
-    writeFileSync(p.lockPath, `${process.ppid} ${new Date().toISOString()}\n`); // alive: our parent
-    const e = (await p.createKey().catch((x) => x)) as KeyError;
-    expect(e.code).toBe('ERR_KEYSTORE_LOCKED');
-    expect(e.message).toContain(`pid ${process.ppid}`);
-    rmSync(p.lockPath);
+    await p.createKey(); // a record of a pid that does not exist
+    writeFileSync(p.lockPath, JSON.stringify({ pid: process.ppid, host: hostname(), operation: 'x', started: 'then', tool: 'vmseal' }));
+    await p.createKey(); // a record of a live, unrelated pid: not a lock
+    const held = await acquireFileLock(p.lockPath, { mode: 'exclusive', record: { operation: 'test hold' } });
+    try {
+      const e = (await p.createKey().catch((x) => x)) as KeyError;
+      expect(e.code).toBe('ERR_KEYSTORE_LOCKED');
+      expect(e.message).toContain(`pid ${process.pid}`);
+    } finally {
+      held.release();
+    }
+    expect(existsSync(p.lockPath)).toBe(false);
   });
 
   it('concurrent writers do not lose keys', async () => {

@@ -71,7 +71,7 @@ describe('progress', () => {
 });
 
 describe('locks', () => {
-  it('a disk locked by a live process is refused; a stale lock (dead pid) is taken over', async () => {
+  it('a disk locked by a live holder is refused; an old .lck file or a record naming a dead pid is not a lock', async () => {
     const disk = join(tmp.dir, 'locked.vmdk');
     await encryptDisk(plainRaw, disk, { subformat: 'monolithicSparse', lockers: [phraseLocker('pw')] });
     const held = await acquireLock(disk, 'test');
@@ -80,14 +80,16 @@ describe('locks', () => {
       message: expect.stringContaining(`pid ${process.pid}`),
     });
     await held.release();
-    expect(existsSync(disk + '.lck')).toBe(false);
-    // A lock left by a process that no longer exists.
+    expect(existsSync(disk + '.vmseal-lock')).toBe(false);
+    // Files left by a process that no longer exists decide nothing.
     const dead = spawn(process.execPath, ['-e', '0']);
     await new Promise((r) => dead.on('exit', r));
-    writeFileSync(disk + '.lck', JSON.stringify({ pid: dead.pid, host: hostname(), operation: 'encrypt', started: new Date().toISOString(), tool: 'vmseal' }));
+    const record = JSON.stringify({ pid: dead.pid, host: hostname(), operation: 'encrypt', started: new Date().toISOString(), tool: 'vmseal' });
+    writeFileSync(disk + '.lck', record);
+    writeFileSync(disk + '.vmseal-lock', record);
     await decryptDisk(disk, join(tmp.dir, 'locked.raw'), { keys: { passphrase: 'pw' }, subformat: 'raw' });
     expect(sha256(readFileSync(join(tmp.dir, 'locked.raw')))).toBe(sha256(image));
-    expect(existsSync(disk + '.lck')).toBe(false);
+    expect(existsSync(disk + '.vmseal-lock')).toBe(false);
   });
 
   it('a VMware lock folder is honoured', async () => {
