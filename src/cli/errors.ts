@@ -14,10 +14,11 @@ import type { KmipErrorCode } from '../kmip/index.js';
 import type { PipelineErrorCode } from '../pipeline/index.js';
 import type { VmdkErrorCode } from '../vmdk/index.js';
 import type { XtsErrorCode } from '../xts/index.js';
+import type { UtilErrorCode } from '../util/lock.js';
 import { ExitCode, type ExitCodeValue } from './exit-codes.js';
 
 /** Every stable error code of the layers below the CLI (CliError codes carry their own exit code). */
-export type ErrorCode = XtsErrorCode | KmipErrorCode | KeyErrorCode | VmdkErrorCode | DiskErrorCode | PipelineErrorCode;
+export type ErrorCode = UtilErrorCode | XtsErrorCode | KmipErrorCode | KeyErrorCode | VmdkErrorCode | DiskErrorCode | PipelineErrorCode;
 
 /** An error found by the CLI itself (bad option value, missing file, passphrase on argv, …). */
 export class CliError extends VmsealError {
@@ -65,6 +66,10 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
   // installation: the message says how to build the native addon
   ERR_NATIVE_NOT_FOUND: { exitCode: ExitCode.INTERNAL },
   // another process has the disk or the keystore
+  ERR_LOCK_BUSY: { exitCode: ExitCode.BUSY, hint: 'Retry when the other process is done; a process that died holds no lock' },
+  ERR_QEMU_LOCKED: { exitCode: ExitCode.BUSY, hint: 'The image is open in qemu (qemu-img, qemu-nbd or a running VM): stop it first' },
+  ERR_LOCK_IO: { exitCode: ExitCode.FAILURE },
+  ERR_LOCK_UNSUPPORTED: { exitCode: ExitCode.FAILURE },
   ERR_DISK_BUSY: { exitCode: ExitCode.BUSY, hint: 'Retry when the other process (vmseal, qemu or a VM) is done; a process that died holds no lock' },
   ERR_KEYSTORE_LOCKED: { exitCode: ExitCode.BUSY, hint: 'Another vmseal process is using the local keystore; retry when it is done' },
   // key server
