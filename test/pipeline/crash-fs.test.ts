@@ -7,14 +7,10 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawnSync, execFileSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join, dirname } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { build } from 'esbuild';
 import { encryptDisk } from '../../src/pipeline/index.js';
-import { openDisk } from '../../src/disk/index.js';
 import { patternBytes, phraseLocker, sha256, tempDir } from '../disk/helpers.js';
+import { bundleFixture, plainHash } from './helpers.js';
 
-const here = dirname(fileURLToPath(import.meta.url));
-const root = join(here, '..', '..');
 const MiB = 1 << 20;
 const CHUNK = 128 * 1024;
 let tmp: ReturnType<typeof tempDir>;
@@ -23,10 +19,7 @@ let image: Buffer;
 
 beforeAll(async () => {
   tmp = tempDir('vmseal-crashfs-');
-  const outdir = join(root, 'node_modules', '.cache', 'vmseal-test');
-  mkdirSync(outdir, { recursive: true });
-  child = join(outdir, `crash-child-${process.pid}.mjs`);
-  await build({ entryPoints: [join(here, 'fixtures', 'crash-child.ts')], bundle: true, platform: 'node', format: 'esm', target: 'node20', outfile: child, logLevel: 'silent' });
+  child = await bundleFixture('crash-child');
   image = Buffer.alloc(1 * MiB);
   patternBytes(500_000, 51).copy(image, 0);
   patternBytes(100_000, 52).copy(image, 768 * 1024);
@@ -49,14 +42,6 @@ function run(op: string, disk: string, crashAt = 0, env: Record<string, string> 
   return { signal: r.signal, status: r.status, stdout: r.stdout, stderr: r.stderr, events: Number(/events=(\d+)/.exec(r.stdout)?.[1] ?? 0) };
 }
 
-async function plainHash(disk: string, passphrase: string): Promise<string> {
-  const d = await openDisk(disk, { keys: { passphrase }, readOnly: true });
-  try {
-    return sha256(await d.read(0, d.capacity));
-  } finally {
-    await d.close();
-  }
-}
 
 /** Crash points over the whole run: the first calls, the last ones, and spread between. */
 function points(total: number, n: number): number[] {

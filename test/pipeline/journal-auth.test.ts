@@ -5,15 +5,11 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawnSync, execFileSync } from 'node:child_process';
 import { copyFileSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync, existsSync, appendFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
-import { join, dirname } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { build } from 'esbuild';
-import { openDisk } from '../../src/disk/index.js';
+import { join } from 'node:path';
 import { resumeDisk } from '../../src/pipeline/index.js';
 import { patternBytes, sha256, tempDir } from '../disk/helpers.js';
+import { bundleFixture, plainHash } from './helpers.js';
 
-const here = dirname(fileURLToPath(import.meta.url));
-const root = join(here, '..', '..');
 const KiB = 1024;
 const CHUNK = 64 * KiB;
 const HEADER_AREA = 65536;
@@ -23,10 +19,7 @@ let image: Buffer;
 
 beforeAll(async () => {
   tmp = tempDir('vmseal-jauth-');
-  const outdir = join(root, 'node_modules', '.cache', 'vmseal-test');
-  mkdirSync(outdir, { recursive: true });
-  child = join(outdir, `journal-auth-child-${process.pid}.mjs`);
-  await build({ entryPoints: [join(here, 'fixtures', 'inplace-child.ts')], bundle: true, platform: 'node', format: 'esm', target: 'node20', outfile: child, logLevel: 'silent' });
+  child = await bundleFixture('inplace-child');
   image = patternBytes(1024 * KiB, 41);
   writeFileSync(join(tmp.dir, 'plain.raw'), image);
   mkdirSync(join(tmp.dir, 'orig'));
@@ -49,14 +42,6 @@ function interrupted(name: string): string {
   return disk;
 }
 
-async function plainHash(disk: string): Promise<string> {
-  const d = await openDisk(disk, { keys: { passphrase: 'pw' }, readOnly: true });
-  try {
-    return sha256(await d.read(0, d.capacity));
-  } finally {
-    await d.close();
-  }
-}
 
 interface Parsed {
   buf: Buffer;
@@ -89,7 +74,7 @@ describe('journal authentication (version 2)', () => {
     const disk = interrupted('ok');
     expect(readFileSync(`${disk}.vmseal-journal`).subarray(0, 8).toString('ascii')).toBe('VMSJRNL2');
     await resumeDisk(disk, { keys: { passphrase: 'pw' } });
-    expect(await plainHash(disk)).toBe(sha256(image));
+    expect(await plainHash(disk, 'pw')).toBe(sha256(image));
   });
 
   it('a journal whose header was changed is refused before anything is written', async () => {
@@ -132,7 +117,7 @@ describe('version-1 journals', () => {
     const p = readJournal(disk);
     writeV1(disk, p, p.header);
     await resumeDisk(disk, { keys: { passphrase: 'pw' } });
-    expect(await plainHash(disk)).toBe(sha256(image));
+    expect(await plainHash(disk, 'pw')).toBe(sha256(image));
   });
 
   it('are refused, naming --trust-v1-journal, when the descriptor differs; accepted with trustV1Journal', async () => {
@@ -144,6 +129,6 @@ describe('version-1 journals', () => {
     expect(err?.code).toBe('ERR_JOURNAL');
     expect(err?.message).toContain('--trust-v1-journal');
     await resumeDisk(disk, { keys: { passphrase: 'pw' }, trustV1Journal: true });
-    expect(await plainHash(disk)).toBe(sha256(image));
+    expect(await plainHash(disk, 'pw')).toBe(sha256(image));
   });
 });

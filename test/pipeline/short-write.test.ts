@@ -7,14 +7,10 @@ import { spawnSync, execFileSync } from 'node:child_process';
 import { copyFileSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { build } from 'esbuild';
-import { openDisk } from '../../src/disk/index.js';
 import { encryptInPlace } from '../../src/pipeline/index.js';
 import { patternBytes, phraseLocker, sha256, tempDir } from '../disk/helpers.js';
+import { bundleFixture, plainHash } from './helpers.js';
 
-const here = dirname(fileURLToPath(import.meta.url));
-const root = join(here, '..', '..');
 const KiB = 1024;
 // One chunk covers the whole 512 KiB disk, so the journal's copy area (at 68 KiB) reaches past every
 // offset the disk itself is written at: a limit of 560 KiB cuts the chunk copy short and nothing else.
@@ -27,10 +23,7 @@ let image: Buffer;
 
 beforeAll(async () => {
   tmp = tempDir('vmseal-short-');
-  const outdir = join(root, 'node_modules', '.cache', 'vmseal-test');
-  mkdirSync(outdir, { recursive: true });
-  child = join(outdir, `short-write-child-${process.pid}.mjs`);
-  await build({ entryPoints: [join(here, 'fixtures', 'inplace-child.ts')], bundle: true, platform: 'node', format: 'esm', target: 'node20', outfile: child, logLevel: 'silent' });
+  child = await bundleFixture('inplace-child');
   image = patternBytes(DISK, 31);
   writeFileSync(join(tmp.dir, 'plain.raw'), image);
   mkdirSync(join(tmp.dir, 'orig'));
@@ -57,14 +50,6 @@ function run(disk: string, opts: { limitKiB?: number; killAt?: number } = {}) {
   return { status: r.status, signal: r.signal, stdout: r.stdout, stderr: r.stderr };
 }
 
-async function plainHash(disk: string): Promise<string> {
-  const d = await openDisk(disk, { keys: { passphrase: 'pw' }, readOnly: true });
-  try {
-    return sha256(await d.read(0, d.capacity));
-  } finally {
-    await d.close();
-  }
-}
 
 describe('in-place encryption under a file-size limit', () => {
   it('fails at the short chunk copy instead of going on, and the same call without the limit finishes', async () => {
@@ -77,7 +62,7 @@ describe('in-place encryption under a file-size limit', () => {
     expect(limited.stderr).toContain(`vmseal resume ${disk}`);
     const again = run(disk);
     expect(again.status, again.stderr).toBe(0);
-    expect(await plainHash(disk)).toBe(sha256(image));
+    expect(await plainHash(disk, 'pw')).toBe(sha256(image));
     expect(readdirSync(dirname(disk)).filter((f) => /journal|\.tmp/.test(f))).toEqual([]);
   });
 
@@ -91,7 +76,7 @@ describe('in-place encryption under a file-size limit', () => {
       run(disk, { limitKiB: LIMIT_KIB, killAt: point });
       const again = run(disk);
       expect(again.status, `re-run after a limited run killed at ${point}: ${again.stderr}`).toBe(0);
-      expect(await plainHash(disk), `data after kill at ${point}`).toBe(sha256(image));
+      expect(await plainHash(disk, 'pw'), `data after kill at ${point}`).toBe(sha256(image));
     }
   });
 });

@@ -4,14 +4,10 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawnSync, execFileSync } from 'node:child_process';
 import { closeSync, copyFileSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { join, dirname } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { build } from 'esbuild';
 import { encryptDisk } from '../../src/pipeline/index.js';
-import { openDisk } from '../../src/disk/index.js';
 import { patternBytes, phraseLocker, sha256, tempDir } from '../disk/helpers.js';
+import { bundleFixture, plainHash } from './helpers.js';
 
-const here = dirname(fileURLToPath(import.meta.url));
-const root = join(here, '..', '..');
 const MiB = 1 << 20;
 const CHUNK = 64 * 1024;
 let tmp: ReturnType<typeof tempDir>;
@@ -21,10 +17,7 @@ let image: Buffer;
 beforeAll(async () => {
   tmp = tempDir('vmseal-kill-');
   // Bundled inside the package (node_modules/.cache) so that the native addon is found from it.
-  const outdir = join(root, 'node_modules', '.cache', 'vmseal-test');
-  mkdirSync(outdir, { recursive: true });
-  child = join(outdir, `inplace-child-${process.pid}.mjs`);
-  await build({ entryPoints: [join(here, 'fixtures', 'inplace-child.ts')], bundle: true, platform: 'node', format: 'esm', target: 'node20', outfile: child, logLevel: 'silent' });
+  child = await bundleFixture('inplace-child');
   image = Buffer.alloc(2 * MiB);
   patternBytes(900_000, 21).copy(image, 0);
   patternBytes(200_000, 22).copy(image, 1536 * 1024);
@@ -43,14 +36,6 @@ function run(op: string, disk: string, killAt?: number) {
   return { signal: r.signal, status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
-async function plainHash(disk: string, passphrase: string): Promise<string> {
-  const d = await openDisk(disk, { keys: { passphrase }, readOnly: true });
-  try {
-    return sha256(await d.read(0, d.capacity));
-  } finally {
-    await d.close();
-  }
-}
 
 /** Kill points spread over the whole run: the first calls, the last ones, and random ones between. */
 function killPoints(total: number, n: number, seed: number): number[] {
