@@ -347,3 +347,56 @@ function tempDirFor(): string {
 async function extraDisk(): Promise<{ path: string }> {
   return { path: plainRaw(`${tmp.dir}/h${extraCount}`, 'one', Buffer.alloc(MiB)) };
 }
+
+describe('bounded memory', () => {
+  it('a client that never reads its replies stalls only itself, and close() does not wait for it', async () => {
+    const dir = tempDirFor();
+    const disk = plainRaw(dir, 'm', random(4 * MiB));
+    const { host: h2, socket: s2 } = await startHost(dir, [{ path: disk, name: 'm', shared: 4 }]);
+    let closed = false;
+    try {
+      const bad = await RawClient.connect(s2);
+      clients.push(bad);
+      await bad.go('m');
+      bad.socket.pause(); // never reads again
+      for (let i = 0; i < 300; i++) bad.send(CMD.READ, 0, MiB);
+      const good = await RawClient.connect(s2);
+      clients.push(good);
+      await good.go('m', { structured: true });
+      for (let i = 0; i < 20; i++) {
+        const r = await good.request(CMD.READ, i * 65536, 2 * MiB);
+        expect(r.error).toBe(0);
+        expect(r.data.length).toBe(2 * MiB);
+      }
+      await h2.close();
+      closed = true;
+    } finally {
+      if (!closed) await h2.close();
+    }
+  });
+
+  it('serves requests larger than a tiny payload budget, one at a time', async () => {
+    const dir = tempDirFor();
+    const content = random(8 * MiB);
+    const disk = plainRaw(dir, 't', content);
+    const { host: h2, socket: s2 } = await startHost(dir, [{ path: disk, name: 't', shared: 4 }], { payloadBudget: 64 * 1024 });
+    try {
+      const c = await RawClient.connect(s2);
+      clients.push(c);
+      await c.go('t', { structured: true });
+      const cookies = [0, 1, 2, 3, 4, 5, 6, 7].map((i) => c.send(CMD.READ, i * MiB, MiB));
+      // Rewrites what is there: the concurrent read of that range sees the same bytes either way.
+      const w = c.send(CMD.WRITE, 7 * MiB, MiB, 0, content.subarray(7 * MiB, 8 * MiB));
+      const replies = [];
+      for (let i = 0; i < 9; i++) replies.push(await c.reply());
+      for (const r of replies) {
+        expect(r.error).toBe(0);
+        if (r.cookie === w) continue;
+        const i = cookies.indexOf(r.cookie);
+        expect(r.data.equals(content.subarray(i * MiB, (i + 1) * MiB))).toBe(true);
+      }
+    } finally {
+      await h2.close();
+    }
+  });
+});
