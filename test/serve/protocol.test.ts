@@ -348,6 +348,44 @@ async function extraDisk(): Promise<{ path: string }> {
   return { path: plainRaw(`${tmp.dir}/h${extraCount}`, 'one', Buffer.alloc(MiB)) };
 }
 
+describe('stream handling', () => {
+  it('negotiates and serves when every byte arrives in its own packet', async () => {
+    const c = await client();
+    c.socket.setNoDelay(true);
+    const greeting = await c.read(18);
+    expect(greeting.subarray(0, 8).toString()).toBe('NBDMAGIC');
+    const opt = Buffer.alloc(16);
+    opt.write('IHAVEOPT', 0, 'ascii');
+    opt.writeUInt32BE(OPT.GO, 8);
+    const data = RawClient.nameData('flat');
+    opt.writeUInt32BE(data.length, 12);
+    const req = Buffer.alloc(28);
+    req.writeUInt32BE(0x25609513, 0);
+    req.writeUInt16BE(CMD.READ, 6);
+    req.writeBigUInt64BE(77n, 8);
+    req.writeBigUInt64BE(BigInt(MiB), 16);
+    req.writeUInt32BE(512, 24);
+    const bytes = Buffer.concat([Buffer.from([0, 0, 0, 3]), opt, data, req]);
+    for (const b of bytes) {
+      c.write(Buffer.from([b]));
+      await new Promise((r) => setImmediate(r));
+    }
+    const replies = await c.optionReplies();
+    expect(replies[replies.length - 1].type).toBe(REP_ACK);
+    const r = await c.reply(512);
+    expect(r.cookie).toBe(77n);
+    expect(r.data.equals(flatContent.subarray(MiB, MiB + 512))).toBe(true);
+  });
+
+  it('keeps serving with 500 idle connections open', async () => {
+    const idle = await Promise.all(Array.from({ length: 500 }, () => client()));
+    expect(idle).toHaveLength(500);
+    const c = await client();
+    await c.go('ro');
+    expect((await c.request(CMD.READ, 0, 4096)).data.equals(plainContent.subarray(0, 4096))).toBe(true);
+  });
+});
+
 describe('bounded memory', () => {
   it('a client that never reads its replies stalls only itself, and close() does not wait for it', async () => {
     const dir = tempDirFor();
