@@ -209,7 +209,29 @@ export async function serve(options: ServeOptions): Promise<NbdHost> {
   }
 
   const exports = new Map<string, Export>();
-  const server = createServer();
+  const connections = new Set<Connection>();
+  /** Every accepted socket, also after its Connection ended (a client may keep a half-closed socket open). */
+  const sockets = new Set<Socket>();
+  let nextId = 1;
+  const host: ConnectionHost = {
+    findExport(name) {
+      if (name === '' && exports.size === 1) return [...exports.values()][0];
+      return exports.get(name);
+    },
+    exportList: () => [...exports.values()],
+    noList: options.noList === true,
+    budget,
+    log,
+  };
+  // Handle connections from the moment the server listens (its socket's mode is set just after).
+  const server = createServer((socket: Socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+    const c = new Connection(socket, host, nextId++);
+    log(`connection ${c.id} (${c.peer}) opened`);
+    connections.add(c);
+    void c.done.finally(() => connections.delete(c));
+  });
   let socketPath: string | undefined;
   try {
     for (const d of options.disks) {
@@ -228,28 +250,10 @@ export async function serve(options: ServeOptions): Promise<NbdHost> {
     }
   } catch (err) {
     server.close();
+    for (const s of sockets) s.destroy();
     for (const e of exports.values()) await e.close().catch(() => undefined);
     throw err;
   }
-
-  const connections = new Set<Connection>();
-  let nextId = 1;
-  const host: ConnectionHost = {
-    findExport(name) {
-      if (name === '' && exports.size === 1) return [...exports.values()][0];
-      return exports.get(name);
-    },
-    exportList: () => [...exports.values()],
-    noList: options.noList === true,
-    budget,
-    log,
-  };
-  server.on('connection', (socket: Socket) => {
-    const c = new Connection(socket, host, nextId++);
-    log(`connection ${c.id} (${c.peer}) opened`);
-    connections.add(c);
-    void c.done.finally(() => connections.delete(c));
-  });
 
   const addr = server.address();
   const address: ServeAddress =
@@ -267,6 +271,8 @@ export async function serve(options: ServeOptions): Promise<NbdHost> {
         const stopped = new Promise<void>((done) => server.close(() => done()));
         for (const c of connections) c.stop();
         await Promise.allSettled([...connections].map((c) => c.done));
+        // Replies are answered or given up by now; a client that keeps its socket open is cut off.
+        for (const s of sockets) s.destroy();
         await stopped;
         if (socketPath !== undefined) await rm(socketPath, { force: true });
         const failures: unknown[] = [];

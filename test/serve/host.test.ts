@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { serve, ServeError, defaultExportName, exportUri } from '../../src/index.js';
 import { tempDir } from '../disk/helpers.js';
 import { encryptedDisk, KEYS, plainRaw, run, unixUri } from './helpers.js';
+import { RawClient } from './nbd-client.js';
 
 const MiB = 1 << 20;
 let tmp: ReturnType<typeof tempDir>;
@@ -110,6 +111,21 @@ describe('serve()', () => {
     } finally {
       await host.close();
     }
+  });
+
+  it('close() returns while clients keep their connections open, idle or mid-negotiation', async () => {
+    const dir = sub('open');
+    const disk = plainRaw(dir, 'o', Buffer.alloc(MiB));
+    const socket = join(dir, 's.sock');
+    const host = await serve({ disks: [{ path: disk, name: 'o', shared: 4 }], listen: { socket } });
+    const idle = await RawClient.connect(socket, { allowHalfOpen: true }); // greeted, never answers
+    const negotiating = await RawClient.connect(socket, { allowHalfOpen: true });
+    await negotiating.handshake();
+    const serving = await RawClient.connect(socket, { allowHalfOpen: true });
+    await serving.go('o');
+    // None of them closes its side: close() must not wait for them.
+    await host.close();
+    for (const c of [idle, negotiating, serving]) expect(await c.closedByServer()).toBe(true);
   });
 
   it('names exports and URIs', () => {

@@ -57,13 +57,15 @@ export class RawClient {
       this.#closed = true;
       this.#wake?.();
     };
+    socket.on('end', end);
     socket.on('close', end);
     socket.on('error', end);
   }
 
-  static connect(path: string): Promise<RawClient> {
+  /** `allowHalfOpen`: keep our side open after the server's FIN (a client that never closes). */
+  static connect(path: string, opts: { allowHalfOpen?: boolean } = {}): Promise<RawClient> {
     return new Promise((resolve, reject) => {
-      const s = createConnection(path);
+      const s = createConnection({ path, allowHalfOpen: opts.allowHalfOpen === true });
       s.once('connect', () => resolve(new RawClient(s)));
       s.once('error', reject);
     });
