@@ -248,6 +248,8 @@ export async function serve(options: ServeOptions): Promise<NbdHost> {
     } else {
       await listenOn(server, listen);
     }
+    // After listening, an accept error (EMFILE …) must not crash the process: log it, keep serving.
+    server.on('error', (err: NodeJS.ErrnoException) => log(`server error: ${err.code ?? err.message}`));
   } catch (err) {
     server.close();
     for (const s of sockets) s.destroy();
