@@ -9,32 +9,18 @@ import type { Socket } from 'node:net';
 import type { PayloadBudget } from './budget.js';
 import {
   WireError,
-  decodeInfoRequest,
-  decodeMetaContextRequest,
-  decodeOptionHeader,
   decodeRequest,
   encodeBlockStatus,
-  encodeExportNameReply,
   encodeGreeting,
-  encodeInfoBlockSize,
-  encodeInfoExport,
-  encodeInfoString,
-  encodeMetaContext,
   encodeOffsetDataHeader,
-  encodeOptionError,
-  encodeOptionReply,
-  encodeServerEntry,
   encodeSimpleReply,
   encodeStructuredError,
   type Request,
 } from './codec.js';
 import type { Export } from './export.js';
 import {
-  BASE_ALLOCATION,
   BASE_ALLOCATION_ID,
   Cmd,
-  Info,
-  MAX_OPTION_BYTES,
   MAX_PAYLOAD,
   NBD_CMD_FLAG_FAST_ZERO,
   NBD_CMD_FLAG_FUA,
@@ -42,12 +28,10 @@ import {
   NBD_FLAG_C_FIXED_NEWSTYLE,
   NBD_FLAG_C_NO_ZEROES,
   NbdErrno,
-  OPTION_HEADER_BYTES,
-  Opt,
   REQUEST_BYTES,
-  Rep,
 } from './protocol.js';
 import { EndOfStream, SocketReader } from './reader.js';
+import { Negotiation } from './negotiate.js';
 
 /** What a connection needs from its host. */
 export interface ConnectionHost {
@@ -79,7 +63,6 @@ export class Connection {
   readonly #socket: Socket;
   readonly #reader: SocketReader;
   readonly #host: ConnectionHost;
-  #noZeroes = false;
   #structured = false;
   /** base:allocation selected by SET_META_CONTEXT, for that export name. */
   #metaExport: string | undefined;
@@ -122,9 +105,16 @@ export class Connection {
         reason = `unknown client flags 0x${clientFlags.toString(16)}`;
         return;
       }
-      this.#noZeroes = (clientFlags & NBD_FLAG_C_NO_ZEROES) !== 0;
-      const exp = await this.#negotiate();
+      const negotiation = new Negotiation(
+        { read: (n) => this.#reader.read(n), discard: (n) => this.#reader.discard(n), send: (bufs) => this.#send(bufs) },
+        this.#host,
+        (clientFlags & NBD_FLAG_C_NO_ZEROES) !== 0,
+      );
+      const exp = await negotiation.run();
       if (!exp) return;
+      this.#structured = negotiation.structured;
+      this.#metaExport = negotiation.metaExport;
+      this.#strictBlocks = negotiation.strictBlocks;
       this.#export = exp;
       this.#host.log(`connection ${this.id} (${this.peer}): serving export ${exp.name}`);
       reason = await this.#transmit();
@@ -149,137 +139,6 @@ export class Connection {
       this.#socket.write(bufs[bufs.length - 1], () => resolve());
       this.#socket.uncork();
     });
-  }
-
-  // ---- option haggling -------------------------------------------------------------------------
-
-  /** Options until GO or EXPORT_NAME picks an export (returned), or the client leaves (undefined). */
-  async #negotiate(): Promise<Export | undefined> {
-    for (;;) {
-      const { option, length } = decodeOptionHeader(await this.#reader.read(OPTION_HEADER_BYTES));
-      if (length > MAX_OPTION_BYTES) {
-        if (option === Opt.EXPORT_NAME) throw new WireError(`NBD_OPT_EXPORT_NAME of ${length} bytes`);
-        await this.#reader.discard(length);
-        await this.#optReply(option, Rep.ERR_TOO_BIG, `option data of ${length} bytes is beyond the limit of ${MAX_OPTION_BYTES}`);
-        continue;
-      }
-      const data = await this.#reader.read(length);
-      switch (option) {
-        case Opt.EXPORT_NAME: {
-          // No error reply exists for this option: an unknown or busy export closes the connection.
-          const exp = this.#host.findExport(data.toString('utf8'));
-          if (!exp || !exp.attachClient()) return undefined;
-          await this.#send([encodeExportNameReply(exp.size, exp.transmissionFlags, this.#noZeroes)]);
-          return exp;
-        }
-        case Opt.ABORT:
-          await this.#send([encodeOptionReply(option, Rep.ACK)]);
-          return undefined;
-        case Opt.LIST:
-          await this.#list(option, data);
-          break;
-        case Opt.INFO:
-        case Opt.GO: {
-          const exp = await this.#infoOrGo(option, data);
-          if (exp) return exp;
-          break;
-        }
-        case Opt.STRUCTURED_REPLY:
-          if (length !== 0) await this.#optReply(option, Rep.ERR_INVALID, 'NBD_OPT_STRUCTURED_REPLY takes no data');
-          else {
-            this.#structured = true;
-            await this.#send([encodeOptionReply(option, Rep.ACK)]);
-          }
-          break;
-        case Opt.LIST_META_CONTEXT:
-        case Opt.SET_META_CONTEXT:
-          await this.#metaContext(option, data);
-          break;
-        case Opt.STARTTLS:
-          await this.#optReply(option, Rep.ERR_UNSUP, 'TLS is not supported by this server yet');
-          break;
-        default:
-          await this.#optReply(option, Rep.ERR_UNSUP, `option ${option} is not supported`);
-      }
-    }
-  }
-
-  #optReply(option: number, type: Rep, message: string): Promise<void> {
-    return this.#send([encodeOptionError(option, type, message)]);
-  }
-
-  /** The export a name asks for, or an ERR_UNKNOWN reply that names no other export under --no-list. */
-  async #lookup(option: number, name: string): Promise<Export | undefined> {
-    const exp = this.#host.findExport(name);
-    if (!exp) {
-      const known = this.#host.noList
-        ? ''
-        : ` (exports: ${this.#host
-            .exportList()
-            .map((e) => e.name)
-            .join(', ')})`;
-      await this.#optReply(option, Rep.ERR_UNKNOWN, `no export named '${name}'${known}`);
-    }
-    return exp;
-  }
-
-  async #list(option: number, data: Buffer): Promise<void> {
-    if (data.length !== 0) return this.#optReply(option, Rep.ERR_INVALID, 'NBD_OPT_LIST takes no data');
-    if (this.#host.noList) return this.#optReply(option, Rep.ERR_POLICY, 'listing exports is disabled on this server');
-    const replies = this.#host.exportList().map((e) => encodeOptionReply(option, Rep.SERVER, encodeServerEntry(e.name, e.description)));
-    await this.#send([...replies, encodeOptionReply(option, Rep.ACK)]);
-  }
-
-  async #infoOrGo(option: number, data: Buffer): Promise<Export | undefined> {
-    let req;
-    try {
-      req = decodeInfoRequest(data);
-    } catch (err) {
-      if (!(err instanceof WireError)) throw err;
-      await this.#optReply(option, Rep.ERR_INVALID, err.message);
-      return undefined;
-    }
-    const exp = await this.#lookup(option, req.name);
-    if (!exp) return undefined;
-    if (option === Opt.GO && !exp.attachClient()) {
-      await this.#optReply(option, Rep.ERR_POLICY, `export ${exp.name} already has ${exp.shared} client(s), its limit (--shared)`);
-      return undefined;
-    }
-    const replies = [encodeOptionReply(option, Rep.INFO, encodeInfoExport(exp.size, exp.transmissionFlags))];
-    const asked = new Set(req.infos);
-    if (asked.has(Info.NAME)) replies.push(encodeOptionReply(option, Rep.INFO, encodeInfoString(Info.NAME, exp.name)));
-    if (asked.has(Info.DESCRIPTION)) replies.push(encodeOptionReply(option, Rep.INFO, encodeInfoString(Info.DESCRIPTION, exp.description)));
-    if (asked.has(Info.BLOCK_SIZE)) replies.push(encodeOptionReply(option, Rep.INFO, encodeInfoBlockSize(exp.blockSizes)));
-    replies.push(encodeOptionReply(option, Rep.ACK));
-    await this.#send(replies);
-    if (option !== Opt.GO) return undefined;
-    this.#strictBlocks = asked.has(Info.BLOCK_SIZE);
-    // A meta context chosen for another export does not carry over.
-    if (this.#metaExport !== undefined && this.#metaExport !== req.name) this.#metaExport = undefined;
-    return exp;
-  }
-
-  async #metaContext(option: number, data: Buffer): Promise<void> {
-    if (option === Opt.SET_META_CONTEXT && !this.#structured) {
-      return this.#optReply(option, Rep.ERR_INVALID, 'NBD_OPT_SET_META_CONTEXT needs NBD_OPT_STRUCTURED_REPLY first');
-    }
-    let req;
-    try {
-      req = decodeMetaContextRequest(data);
-    } catch (err) {
-      if (!(err instanceof WireError)) throw err;
-      return this.#optReply(option, Rep.ERR_INVALID, err.message);
-    }
-    if (!(await this.#lookup(option, req.name))) return;
-    const replies: Buffer[] = [];
-    // LIST with no query, or a query of the whole "base:" namespace, lists every context we have.
-    const match = option === Opt.LIST_META_CONTEXT ? (q: string) => q === BASE_ALLOCATION || q === 'base:' : (q: string) => q === BASE_ALLOCATION;
-    const selected = option === Opt.LIST_META_CONTEXT && req.queries.length === 0 ? true : req.queries.some(match);
-    if (selected)
-      replies.push(encodeOptionReply(option, Rep.META_CONTEXT, encodeMetaContext(option === Opt.SET_META_CONTEXT ? BASE_ALLOCATION_ID : 0, BASE_ALLOCATION)));
-    if (option === Opt.SET_META_CONTEXT) this.#metaExport = selected ? req.name : undefined;
-    replies.push(encodeOptionReply(option, Rep.ACK));
-    await this.#send(replies);
   }
 
   // ---- transmission ----------------------------------------------------------------------------
