@@ -41,6 +41,8 @@ export interface ConnectionHost {
   /** --no-list: NBD_OPT_LIST is refused and unknown names learn nothing of the others. */
   readonly noList: boolean;
   readonly budget: PayloadBudget;
+  /** A connection that has not picked an export after this long is closed (it holds a socket for nothing). */
+  readonly handshakeTimeoutMs: number;
   log(line: string): void;
 }
 
@@ -98,6 +100,12 @@ export class Connection {
 
   async #run(): Promise<void> {
     let reason = 'client disconnected';
+    let timedOut = false;
+    const handshakeTimer = setTimeout(() => {
+      timedOut = true;
+      this.#reader.end();
+    }, this.#host.handshakeTimeoutMs);
+    handshakeTimer.unref();
     try {
       this.#socket.write(encodeGreeting());
       const clientFlags = (await this.#reader.read(4)).readUInt32BE(0);
@@ -111,6 +119,7 @@ export class Connection {
         (clientFlags & NBD_FLAG_C_NO_ZEROES) !== 0,
       );
       const exp = await negotiation.run();
+      clearTimeout(handshakeTimer);
       if (!exp) return;
       this.#structured = negotiation.structured;
       this.#metaExport = negotiation.metaExport;
@@ -119,9 +128,11 @@ export class Connection {
       this.#host.log(`connection ${this.id} (${this.peer}): serving export ${exp.name}`);
       reason = await this.#transmit();
     } catch (err) {
-      if (err instanceof WireError) reason = `protocol error: ${err.message}`;
+      if (timedOut) reason = `no export chosen within ${this.#host.handshakeTimeoutMs} ms`;
+      else if (err instanceof WireError) reason = `protocol error: ${err.message}`;
       else if (!(err instanceof EndOfStream)) reason = `error: ${(err as Error).message}`;
     } finally {
+      clearTimeout(handshakeTimer);
       await Promise.allSettled([...this.#inFlight]);
       if (this.#export) this.#export.detachClient();
       this.#socket.end();

@@ -46,6 +46,8 @@ export interface ServeOptions {
   insecurePlaintext?: boolean;
   /** Bytes of request and reply payloads held at once over all connections (default: 64 MiB). */
   payloadBudget?: number;
+  /** A client that has not chosen an export (GO or EXPORT_NAME) within this many ms is disconnected (default: 30000). */
+  handshakeTimeoutMs?: number;
   /** One line per connection and per error (never key material). */
   log?: (line: string) => void;
 }
@@ -62,6 +64,8 @@ export interface NbdHost {
 }
 
 export const DEFAULT_PAYLOAD_BUDGET = 64 * 1024 * 1024;
+/** Longer than any real client needs to negotiate (qemu-nbd allows 10 s), short enough to shed idle sockets. */
+const DEFAULT_HANDSHAKE_TIMEOUT_MS = 30_000;
 const DEFAULT_SHARED_READ_ONLY = 16;
 
 /** Default export name: the file name without `.vmdk`. */
@@ -193,6 +197,8 @@ export async function serve(options: ServeOptions): Promise<NbdHost> {
   }
   const listenArg = checkListen(options.listen, options.insecurePlaintext === true);
   const budget = new PayloadBudget(options.payloadBudget === undefined ? DEFAULT_PAYLOAD_BUDGET : checkCount(options.payloadBudget, 'payloadBudget'));
+  const handshakeTimeoutMs =
+    options.handshakeTimeoutMs === undefined ? DEFAULT_HANDSHAKE_TIMEOUT_MS : checkCount(options.handshakeTimeoutMs, 'handshakeTimeoutMs');
   const log = options.log ?? (() => undefined);
   const names = new Map<string, string>();
   for (const d of options.disks) {
@@ -221,6 +227,7 @@ export async function serve(options: ServeOptions): Promise<NbdHost> {
     exportList: () => [...exports.values()],
     noList: options.noList === true,
     budget,
+    handshakeTimeoutMs,
     log,
   };
   // Handle connections from the moment the server listens (its socket's mode is set just after).

@@ -128,6 +128,28 @@ describe('serve()', () => {
     for (const c of [idle, negotiating, serving]) expect(await c.closedByServer()).toBe(true);
   });
 
+  it('disconnects a client that does not choose an export in time, not one that did', async () => {
+    const dir = sub('timeout');
+    const disk = plainRaw(dir, 'h', Buffer.alloc(MiB, 9));
+    const socket = join(dir, 's.sock');
+    const lines: string[] = [];
+    const host = await serve({ disks: [{ path: disk, name: 'h', shared: 2 }], listen: { socket }, handshakeTimeoutMs: 200, log: (l) => lines.push(l) });
+    try {
+      const serving = await RawClient.connect(socket);
+      await serving.go('h');
+      const idle = await RawClient.connect(socket, { allowHalfOpen: true });
+      await idle.handshake();
+      expect(await idle.closedByServer()).toBe(true);
+      expect(lines.some((l) => /closed: no export chosen within 200 ms/.test(l))).toBe(true);
+      // Past the same delay, the client that chose an export is still served.
+      const r = await serving.request(0, 0, 512);
+      expect(r.data.equals(Buffer.alloc(512, 9))).toBe(true);
+      serving.close();
+    } finally {
+      await host.close();
+    }
+  });
+
   it('names exports and URIs', () => {
     expect(defaultExportName('/x/vm1.vmdk')).toBe('vm1');
     expect(defaultExportName('/x/disk.img')).toBe('disk.img');
