@@ -13,6 +13,8 @@ import {
   encodeBlockStatus,
   encodeGreeting,
   encodeOffsetDataHeader,
+  encodeOffsetHole,
+  encodeStructuredDone,
   encodeSimpleReply,
   encodeStructuredError,
   type Request,
@@ -50,6 +52,27 @@ export interface ConnectionHost {
 interface Ticket {
   held: number;
   queued: boolean;
+}
+
+/** Holes smaller than this are sent as data: a chunk header costs more than a few zeros. */
+const MIN_HOLE_CHUNK = 4096;
+
+/** A structured read reply in chunks: OFFSET_DATA for data, OFFSET_HOLE for holes, then a final NONE. */
+function readChunks(req: Request, data: Buffer, holes: ReadonlyArray<{ offset: number; length: number }>): Buffer[] {
+  const out: Buffer[] = [];
+  let at = req.offset;
+  const dataUpTo = (end: number): void => {
+    if (end <= at) return;
+    out.push(encodeOffsetDataHeader(req.cookie, at, end - at, false), data.subarray(at - req.offset, end - req.offset));
+  };
+  for (const h of holes) {
+    dataUpTo(h.offset);
+    out.push(encodeOffsetHole(req.cookie, h.offset, h.length));
+    at = h.offset + h.length;
+  }
+  dataUpTo(req.offset + req.length);
+  out.push(encodeStructuredDone(req.cookie));
+  return out;
 }
 
 /** Requests in flight per connection before it stops reading more. */
@@ -264,12 +287,13 @@ export class Connection {
     try {
       switch (req.type) {
         case Cmd.READ: {
+          // Holes first, data second: a write landing in between shows as the read having come first.
+          const holes = this.#structured ? await exp.holes(req.offset, req.length, MIN_HOLE_CHUNK) : [];
           const data = Buffer.allocUnsafe(req.length);
           await exp.read(req.offset, data);
-          return this.#queueReply(
-            this.#structured ? [encodeOffsetDataHeader(req.cookie, req.offset, data.length), data] : [encodeSimpleReply(req.cookie, 0), data],
-            ticket,
-          );
+          if (!this.#structured) return this.#queueReply([encodeSimpleReply(req.cookie, 0), data], ticket);
+          if (holes.length === 0) return this.#queueReply([encodeOffsetDataHeader(req.cookie, req.offset, data.length), data], ticket);
+          return this.#queueReply(readChunks(req, data, holes), ticket);
         }
         case Cmd.WRITE:
           await exp.write(req.offset, payload!, fua);

@@ -33,6 +33,8 @@ let socket: string;
 const clients: RawClient[] = [];
 const flatContent = random(4 * MiB);
 const plainContent = random(MiB);
+/** What the sparse export holds at 2 MiB (one 64 KiB grain); the rest of it is holes. */
+const sparseHead = random(64 * 1024);
 
 async function client(): Promise<RawClient> {
   const c = await RawClient.connect(socket);
@@ -47,7 +49,7 @@ beforeAll(async () => {
     subformat: 'monolithicSparse',
     capacity: 8 * MiB,
     unitSize: 4096,
-    content: random(64 * 1024),
+    content: sparseHead,
     at: 2 * MiB,
   });
   const ro = plainRaw(tmp.dir, 'ro', plainContent);
@@ -231,6 +233,11 @@ describe('transmission', () => {
     // Zeroing data reads back zeros.
     expect((await c.request(CMD.WRITE_ZEROES, 2 * MiB, 8192)).error).toBe(0);
     expect((await c.request(CMD.READ, 2 * MiB, 8192)).data.equals(Buffer.alloc(8192))).toBe(true);
+    // A structured read of data and holes: the holes come as OFFSET_HOLE chunks, the whole reads right.
+    const mixed = await c.request(CMD.READ, 2 * MiB - 65536, 4 * 65536);
+    expect(mixed.error).toBe(0);
+    expect(mixed.holes.length).toBeGreaterThan(0);
+    expect(mixed.data.equals(Buffer.concat([Buffer.alloc(65536), Buffer.alloc(8192), sparseHead.subarray(8192, 65536), Buffer.alloc(2 * 65536)]))).toBe(true);
     // The client asked for block sizes: it must obey the 4096-byte minimum.
     expect((await c.request(CMD.READ, 512, 4096)).error).toBe(EINVAL);
   });
