@@ -258,6 +258,7 @@ describe('transmission', () => {
     expect((await c.request(CMD.WRITE, 0, 512, 0, random(512))).error).toBe(EPERM);
     expect((await c.request(CMD.WRITE_ZEROES, 0, 512)).error).toBe(EPERM);
     expect((await c.request(CMD.TRIM, 0, 512)).error).toBe(EPERM);
+    expect((await c.request(CMD.FLUSH, 0, 0)).error).toBe(0);
     expect((await c.request(CMD.READ, 0, 512)).data.equals(plainContent.subarray(0, 512))).toBe(true);
   });
 
