@@ -152,6 +152,7 @@ export class Connection {
       reason = await this.#transmit();
     } catch (err) {
       if (timedOut) reason = `no export chosen within ${this.#host.handshakeTimeoutMs} ms`;
+      else if (this.#stopping) reason = 'server stopping';
       else if (err instanceof WireError) reason = `protocol error: ${err.message}`;
       else if (!(err instanceof EndOfStream)) reason = `error: ${(err as Error).message}`;
     } finally {
@@ -191,7 +192,7 @@ export class Connection {
       try {
         req = decodeRequest(await this.#reader.read(REQUEST_BYTES));
       } catch (err) {
-        if (err instanceof EndOfStream) return 'client disconnected';
+        if (err instanceof EndOfStream) return this.#stopping ? 'server stopping' : 'client disconnected';
         throw err;
       }
       if (req.type === Cmd.DISC) {
@@ -229,8 +230,25 @@ export class Connection {
     }
   }
 
+  /**
+   * Take `bytes` of the budget, or throw EndOfStream when the connection is stopped while waiting
+   * (the budget may be held by a client that never reads, which only stopping releases). A grant
+   * that comes after the stop is given back at once.
+   */
   async #acquire(bytes: number): Promise<void> {
-    await this.#host.budget.acquire(bytes);
+    let got = false;
+    let abandoned = false;
+    const granted = this.#host.budget.acquire(bytes).then(() => {
+      got = true;
+      if (abandoned) this.#host.budget.release(bytes);
+    });
+    await Promise.race([granted, this.#stopped]);
+    if (this.#stopping) {
+      // Give the grant back now if it came, or as soon as it comes.
+      if (got) this.#host.budget.release(bytes);
+      else abandoned = true;
+      throw new EndOfStream();
+    }
     this.#held += bytes;
   }
 

@@ -445,6 +445,29 @@ describe('bounded memory', () => {
     }
   });
 
+  it('close() returns while one client pins the budget and another waits for it', async () => {
+    const dir = tempDirFor();
+    const disk = plainRaw(dir, 'p', random(4 * MiB));
+    const { host: h2, socket: s2 } = await startHost(dir, [{ path: disk, name: 'p', shared: 4 }], { payloadBudget: MiB });
+    let closed = false;
+    try {
+      const pinning = await RawClient.connect(s2);
+      clients.push(pinning);
+      await pinning.go('p');
+      pinning.socket.pause();
+      for (let i = 0; i < 8; i++) pinning.send(CMD.READ, 0, MiB);
+      const waiting = await RawClient.connect(s2);
+      clients.push(waiting);
+      await waiting.go('p');
+      waiting.send(CMD.WRITE, 0, MiB, 0, random(MiB));
+      await h2.close();
+      closed = true;
+      expect(h2.exports()[0].clients).toBe(0);
+    } finally {
+      if (!closed) await h2.close();
+    }
+  });
+
   it('serves requests larger than a tiny payload budget, one at a time', async () => {
     const dir = tempDirFor();
     const content = random(8 * MiB);
