@@ -126,7 +126,9 @@ export class Connection {
     let timedOut = false;
     const handshakeTimer = setTimeout(() => {
       timedOut = true;
+      // Nothing is in flight before an export is chosen: drop the socket (also if our replies are stuck in it).
       this.#reader.end();
+      this.#socket.destroy();
     }, this.#host.handshakeTimeoutMs);
     handshakeTimer.unref();
     try {
@@ -166,14 +168,19 @@ export class Connection {
     }
   }
 
+  /**
+   * Write `bufs` in one go; resolves once they reached the kernel, or when the connection is stopped
+   * (a client that does not read would otherwise keep a negotiation or a shutdown waiting forever).
+   */
   #send(bufs: Buffer[]): Promise<void> {
-    return new Promise((resolve) => {
+    const written = new Promise<void>((resolve) => {
       if (this.#socket.destroyed) return resolve();
       this.#socket.cork();
       for (let i = 0; i < bufs.length - 1; i++) this.#socket.write(bufs[i]);
       this.#socket.write(bufs[bufs.length - 1], () => resolve());
       this.#socket.uncork();
     });
+    return Promise.race([written, this.#stopped]);
   }
 
   // ---- transmission ----------------------------------------------------------------------------

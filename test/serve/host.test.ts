@@ -123,9 +123,19 @@ describe('serve()', () => {
     await negotiating.handshake();
     const serving = await RawClient.connect(socket, { allowHalfOpen: true });
     await serving.go('o');
+    // A client that floods options without reading the replies (the server's writes block).
+    const flooding = await RawClient.connect(socket, { allowHalfOpen: true });
+    await flooding.handshake();
+    flooding.socket.pause();
+    const list = Buffer.alloc(16);
+    list.write('IHAVEOPT', 0, 'ascii');
+    list.writeUInt32BE(3, 8);
+    for (let i = 0; i < 20000; i++) flooding.write(list);
+    await new Promise((r) => setTimeout(r, 50)); // let the server fill its side (not an assertion)
     // None of them closes its side: close() must not wait for them.
     await host.close();
     for (const c of [idle, negotiating, serving]) expect(await c.closedByServer()).toBe(true);
+    flooding.close();
   });
 
   it('disconnects a client that does not choose an export in time, not one that did', async () => {
