@@ -197,7 +197,7 @@ export class Export {
     if (fua) await this.flush();
   }
 
-  /** Sync every file after the writes queued so far (fdatasync through the VMDK layer). */
+  /** Sync every file after the writes queued so far (fsync of each file, through the VMDK layer). */
   async flush(): Promise<void> {
     await this.#writes;
     await this.disk.flush();
