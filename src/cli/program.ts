@@ -28,7 +28,7 @@ Exit codes:
   4    the key server (KMS) is unavailable
   5    not a valid or supported image, or encrypted where plain was expected (or the reverse)
   6    verification found a mismatch
-  7    another vmseal process is working on the disk
+  7    another vmseal process, or qemu (a VM, qemu-img, qemu-nbd), is using the disk or a file of the output
   70   internal error (a bug)
   130  interrupted (Ctrl-C); half-written output was removed
 
