@@ -141,7 +141,7 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
   const names = new NameReservations();
   try {
     // A commit of an earlier run on this name that was killed half way is finished first.
-    await cleanStaleStages(dirname(output), basename(output));
+    await cleanStaleStages(dirname(output), basename(output), names);
     const source = await openSource(input, {
       ...formatOption(opts.format),
       ...(spec.keys ? { keys: spec.keys } : {}),

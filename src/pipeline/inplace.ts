@@ -28,7 +28,7 @@ import { describeValue } from '../errors.js';
 import { locateDescriptor, readDescriptorBytes, removeStaleDescriptorTemps, writeDescriptor, type DescriptorLocation } from './descriptor-io.js';
 import { PipelineError, abortError } from './errors.js';
 import { ChunkStatus, Journal, hashCopy, journalPathOf, type InPlaceOperation, type JournalHeader } from './journal.js';
-import { acquireLock } from './lock.js';
+import { acquireLock, NameReservations } from './lock.js';
 import { realDiskPath } from './paths.js';
 import { checkJobOptions, checkPath, type EncryptSpec, type JobOptions, type JobResult, type KeyCache, type LockerSpec, type UnlockOptions } from './options.js';
 import { alignedRanges, chunked, lcm, totalLength } from './plan.js';
@@ -291,12 +291,34 @@ async function capacityOf(path: string): Promise<number> {
   return d.capacity;
 }
 
-async function withDiskLock<T>(path: string, operation: string, fn: () => Promise<T>): Promise<T> {
+/**
+ * Run `fn` holding the disk's lock and the names of every file it rewrites (descriptor, extents,
+ * journal) exclusively, so that no other job writes, replaces or reads one of them meanwhile
+ * (e.g. a job whose output is named like this disk's flat extent).
+ */
+async function withDiskLock<T>(path: string, operation: string, fn: (names: NameReservations) => Promise<T>): Promise<T> {
   const lock = await acquireLock(path, operation);
+  const names = new NameReservations();
   try {
-    return await fn();
+    await names.reserve([...(await filesOf(path)), journalPathOf(path)], 'exclusive');
+    return await fn(names);
   } finally {
+    names.close();
     await lock.release();
+  }
+}
+
+/** The files of a disk (just the path when it cannot be opened: the job reports why). */
+async function filesOf(path: string): Promise<string[]> {
+  try {
+    const d = await openVmdk(path, { readOnly: true, allowEncrypted: true });
+    try {
+      return d.files();
+    } finally {
+      await d.close();
+    }
+  } catch {
+    return [path];
   }
 }
 
@@ -509,10 +531,10 @@ export async function resumeDisk(path: string, options: ResumeOptions = {}): Pro
   const { keys = {}, newKeys, cache, ...opts } = options;
   const unlock: UnlockOptions = { ...keys, ...(keys.cache ?? cache ? { cache: keys.cache ?? cache } : {}) };
   const unlockNew: UnlockOptions = newKeys ? { ...newKeys, ...(newKeys.cache ?? unlock.cache ? { cache: newKeys.cache ?? unlock.cache } : {}) } : unlock;
-  return withDiskLock(p, 'resume', async () => {
+  return withDiskLock(p, 'resume', async (names) => {
     const journal = await Journal.open(p);
     if (journal) return runJournal(p, journal, { from: unlock, to: unlockNew }, opts, true);
-    const rolled = await cleanStaleStages(dirname(p), basename(p));
+    const rolled = await cleanStaleStages(dirname(p), basename(p), names);
     // A deep rekey whose commit never started left its marker on the old descriptor: the old disk is intact.
     const stored = await openVmdk(p, { readOnly: true, allowEncrypted: true }).catch(() => undefined);
     if (stored) {

@@ -60,7 +60,7 @@ export { fsyncDir };
  * A folder is a dead job's when its name can be reserved; the files a roll-forward renames into
  * place are reserved too, so it never replaces a file another job holds.
  */
-export async function cleanStaleStages(dir: string, name: string): Promise<string[]> {
+export async function cleanStaleStages(dir: string, name: string, held?: NameReservations): Promise<string[]> {
   const prefix = `.${name}${STAGE_INFIX}`;
   const removed: string[] = [];
   let entries: string[];
@@ -71,7 +71,8 @@ export async function cleanStaleStages(dir: string, name: string): Promise<strin
   }
   const stale = entries.filter((e) => e.startsWith(prefix));
   if (stale.length === 0) return removed;
-  const names = new NameReservations();
+  // The caller's reservations when it has some (its own names never conflict with themselves).
+  const names = held ?? new NameReservations();
   try {
     for (const entry of stale) {
       const stageDir = join(dir, entry);
@@ -94,7 +95,7 @@ export async function cleanStaleStages(dir: string, name: string): Promise<strin
       removed.push(stageDir);
     }
   } finally {
-    names.close();
+    if (!held) names.close();
   }
   return removed;
 }
@@ -153,7 +154,7 @@ export class StagedOutput {
     const dir = dirname(finalPath);
     const name = basename(finalPath);
     if (!(await pathExists(dir))) throw new PipelineError('ERR_ARGUMENT', `cannot write ${finalPath}: the folder ${dir} does not exist`);
-    await cleanStaleStages(dir, name);
+    await cleanStaleStages(dir, name, opts.names);
     if (!opts.force && (await pathExists(finalPath))) {
       throw new PipelineError('ERR_OUTPUT_EXISTS', `${finalPath} exists; give another output name or force to replace it`);
     }

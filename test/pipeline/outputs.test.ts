@@ -1,10 +1,12 @@
 // Every file a job writes or replaces is reserved by name, checked and committed as one; staging
 // folders and journal temps of dead jobs are told apart by the kernel lock, not by a pid.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import { encryptDisk, convertDisk, verifyDisk } from '../../src/pipeline/index.js';
+import { encryptDisk, encryptInPlace, convertDisk, verifyDisk } from '../../src/pipeline/index.js';
+import { createDisk } from '../../src/vmdk/index.js';
 import { NameReservations } from '../../src/pipeline/lock.js';
 import { cleanStaleStages } from '../../src/pipeline/staging.js';
 import { Journal } from '../../src/pipeline/journal.js';
@@ -90,6 +92,37 @@ describe('outputs that share a file name', () => {
     const dir = folder('tidy');
     await encryptDisk(input, join(dir, 't.vmdk'), { subformat: 'monolithicFlat', lockers: [phraseLocker('pw')] });
     expect(readdirSync(dir).sort()).toEqual(['t-flat.vmdk', 't.vmdk']);
+  });
+});
+
+describe('in-place jobs hold the names of every file they rewrite', () => {
+  it('a forced encrypt to the name of the flat extent of a disk being encrypted in place is refused (ERR_DISK_BUSY)', async () => {
+    const dir = folder('in-place');
+    const disk = join(dir, 'w.vmdk');
+    const made = await createDisk(disk, { capacity: 8 * MiB, subformat: 'monolithicFlat' });
+    await made.write(0, patternBytes(8 * MiB, 3));
+    await made.close();
+    const cli = join(import.meta.dirname, '..', '..', 'bin', 'vmseal.js');
+    let other: ReturnType<typeof spawnSync> | undefined;
+    await encryptInPlace(disk, {
+      lockers: [phraseLocker('pw')],
+      chunkSize: MiB,
+      onProgress: () => {
+        // Synchronous: the in-place job is stopped, with all its locks held, while the other job runs.
+        other ??= spawnSync(process.execPath, [cli, '--json', 'convert', input, join(dir, 'w-flat.vmdk'), '--subformat', 'monolithicSparse', '--force'], {
+          encoding: 'utf8',
+          env: { ...process.env, VMSEAL_HOME: join(dir, 'home') },
+        });
+      },
+    });
+    expect(other).toBeDefined();
+    expect(other!.status).toBe(7);
+    expect(JSON.parse(String(other!.stdout)).error).toMatchObject({ code: 'ERR_DISK_BUSY', message: expect.stringContaining('w-flat.vmdk') });
+    // The in-place job finished on its own files: the disk decrypts to what it held.
+    const expected = join(tmp.dir, 'in-place-expected.raw');
+    writeFileSync(expected, patternBytes(8 * MiB, 3));
+    const v = await verifyDisk(disk, { keys, against: expected });
+    expect(v.ok).toBe(true);
   });
 });
 
