@@ -121,6 +121,9 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
   const input = spec.replaceInput ? await realDiskPath(checkPath(spec.input, 'input')) : resolve(checkPath(spec.input, 'input'));
   const output = spec.replaceInput ? input : resolve(checkPath(spec.output, 'output'));
   if (!spec.replaceInput) await checkOutputName(output);
+  // Checked before any lock: the first file a job creates is a lock file beside the output, and its
+  // error would name that file instead of the missing folder.
+  if (!(await pathExists(dirname(output)))) throw new PipelineError('ERR_ARGUMENT', `cannot write ${output}: the folder ${dirname(output)} does not exist`);
   // A decrypted output holds the plaintext: private to its owner unless the caller says otherwise.
   const outMode = checkOutputMode(opts.mode) ?? (spec.decrypt ? 0o600 : undefined);
   if (input === output && !spec.replaceInput) throw new PipelineError('ERR_SAME_FILE', `the output ${output} is the input; write to another file`);

@@ -88,6 +88,14 @@ describe('outputs that share a file name', () => {
     expect(readdirSync(dir)).toEqual(['z-flat.vmdk']);
   });
 
+  it('a missing output folder is named as such, not as a lock file', async () => {
+    const out = join(tmp.dir, 'no-such-folder', 'o.vmdk');
+    await expect(convertDisk(input, out, { subformat: 'monolithicSparse' })).rejects.toMatchObject({
+      code: 'ERR_ARGUMENT',
+      message: `cannot write ${out}: the folder ${join(tmp.dir, 'no-such-folder')} does not exist`,
+    });
+  });
+
   it('the lock file of the folder is gone once the last job ends', async () => {
     const dir = folder('tidy');
     await encryptDisk(input, join(dir, 't.vmdk'), { subformat: 'monolithicFlat', lockers: [phraseLocker('pw')] });
