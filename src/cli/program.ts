@@ -201,6 +201,7 @@ Examples:
     .option('--add-recovery-passphrase', 'add a recovery passphrase locker (the new passphrase from --passphrase-file/--passphrase-env/VMSEAL_PASSPHRASE or a prompt)')
     .option('--remove-recovery-passphrase', 'remove the recovery passphrase locker(s)')
     .option('--in-place', 'deep rekey in place (journaled, resumable) instead of writing a new image')
+    .addOption(formatOption('what DISK'))
     .option('--trust-v1-journal', 'resume from a version-1 journal (checksummed, not authenticated) although the disk\'s descriptor differs from it; only for a journal you know vmseal left')
     .addOption(new Option('--cipher <cipher>', `deep: new data cipher: ${CIPHERS.join(' or ')} (default: unchanged)`).argParser(parseCipher))
     .addOption(new Option('--unit-size <bytes>', 'deep: new data-unit size, 512 or 4096 (default: unchanged)').argParser(parseUnitSize));
@@ -240,6 +241,7 @@ Examples:
     .command('resume')
     .summary('finish an interrupted --in-place encrypt or deep rekey')
     .argument('<DISK>', 'disk whose in-place job was interrupted')
+    .addOption(formatOption('what DISK'))
     .option('--trust-v1-journal', 'resume from a version-1 journal (checksummed, not authenticated) although the disk\'s descriptor differs from it; only for a journal you know vmseal left')
     .option('--recovery-passphrase', 'unlock with the recovery passphrase');
   addKeyOptions(resume, false);

@@ -48,6 +48,26 @@ describe('output kind', () => {
     expect(readFileSync(back).equals(readFileSync(input))).toBe(true);
   });
 
+  it('in-place jobs, rekeys and resume take --format vmdk for a VMDK named .img', async () => {
+    const disk = join(tmp.dir, 'inplace.img');
+    const c = await vmseal(['convert', input, disk, '--subformat', 'monolithicFlat'], env);
+    expect(c.code, c.stderr).toBe(0);
+    for (const args of [
+      ['encrypt', disk, '--in-place', '--format', 'vmdk'],
+      ['rekey', disk, '--shallow', '--format', 'vmdk'],
+      ['rekey', disk, '--deep', '--in-place', '--format', 'vmdk'],
+      ['rekey', disk, '--deep', '--format', 'vmdk'],
+      ['resume', disk, '--format', 'vmdk'],
+    ]) {
+      const r = await vmseal(args, env);
+      expect(r.code, `${args.join(' ')}: ${r.stderr}`).toBe(0);
+    }
+    const v = await vmseal(['verify', disk, '--format', 'vmdk', '--against', input], env);
+    expect(v.stdout).toMatch(/^OK .*\(encrypted\)/);
+    expect(v.code).toBe(0);
+    expect((await vmseal(['encrypt', input, '--in-place', '--format', 'raw'], env)).code).toBe(2);
+  });
+
   it('a raw output named .vmdk is refused with exit 2 and the reason, before anything is written', async () => {
     const enc = join(tmp.dir, 'for-raw.vmdk');
     expect((await vmseal(['encrypt', input, enc], env)).code).toBe(0);

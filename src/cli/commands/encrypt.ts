@@ -62,12 +62,7 @@ export async function encryptCommand(ctx: Ctx, input: string, output: string | u
   if (opts.inPlace) {
     if (output !== undefined) throw usageError('--in-place encrypts IN itself: give no OUT', 'Drop OUT, or drop --in-place to write a new image');
     if (opts.subformat !== undefined) throw usageError('--in-place keeps the subformat: --subformat cannot be given with it');
-    // In-place jobs (and the resume and rekey that follow them) read a disk by its name and content;
-    // they do not take --format yet, so refuse it rather than ignore it.
     if (opts.format === 'raw') throw usageError('a raw image cannot be encrypted in place (it has no descriptor to carry the key)', 'Drop --in-place and give OUT: `vmseal encrypt IN OUT --format raw`');
-    if (opts.format === 'vmdk' && /\.(img|raw)$/i.test(input)) {
-      throw usageError(`--in-place does not take --format: ${input} would be read as a raw image by its name`, 'Rename the descriptor to end in .vmdk first, or drop --in-place and give OUT');
-    }
   } else if (output === undefined) {
     throw usageError('encrypt needs OUT (or --in-place)', 'Run `vmseal encrypt IN OUT`, or `vmseal encrypt IN --in-place`');
   }
