@@ -184,7 +184,7 @@ const BY_COMMAND: Record<string, Record<string, string>> = {
  * Codes whose messages from the layers below end with their own advice ("…; use rekey to change its
  * keys"): the CLI's hint replaces that advice, so that the line does not say it twice in two wordings.
  */
-const LAYER_ADVICE = new Set(['ERR_DISK_ENCRYPTED', 'ERR_NOT_ENCRYPTED', 'ERR_OUTPUT_EXISTS', 'ERR_VMDK_EXISTS']);
+const LAYER_ADVICE = new Set(['ERR_DISK_ENCRYPTED', 'ERR_NOT_ENCRYPTED', 'ERR_OUTPUT_EXISTS', 'ERR_VMDK_EXISTS', 'ERR_WRONG_DATA']);
 
 /**
  * Why an error happened, in the CLI's words: the layer's own advice (which names library options,

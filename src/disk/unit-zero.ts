@@ -73,7 +73,7 @@ export async function checkDataCheck(inner: VirtualDisk, params: EncryptionParam
 function wrongData(path: string, why: string): DiskError {
   return new DiskError(
     'ERR_WRONG_DATA',
-    `${path} does not belong to the data it sits on: ${why}. Its descriptor was rolled back (an old copy after a deep rekey), taken from another disk, ` +
-      'or a write of unit 0 was torn. Put back the descriptor that belongs to this data; only if you are sure this descriptor is the right one, reseal the check (vmseal repair --reseal-data-check)',
+    `${path} does not belong to the data it sits on: ${why}, so its descriptor was rolled back (an old copy after a deep rekey), taken from another disk, ` +
+      'or a write of unit 0 was torn; put back the descriptor that belongs to this data, or only if you are sure this one is right, reseal the check with the keys (resealDataCheck)',
   );
 }
