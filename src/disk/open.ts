@@ -9,7 +9,7 @@ import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { describeValue } from '../errors.js';
 import { createDataCipher, type DataCipherOptions } from './cipher.js';
-import { DataCheckKey, formatDataCheck } from './data-check.js';
+import { DataCheckKey, dataCheckOf, parseDataCheck } from './data-check.js';
 import { EncryptedDisk, type DataCheckState } from './encrypted-disk.js';
 import { DiskError } from './errors.js';
 import { generateDek, makeEncryptionParams, unlockDek, type KeyCache, type LockerSpec, type UnlockOptions } from './keying.js';
@@ -217,9 +217,8 @@ export async function createEncryptedDisk(path: string, options: CreateEncrypted
   try {
     const made = await makeEncryptionParams(dek, { cipher, unitSize, capacity, lockers, ...(options.cache ? { cache: options.cache } : {}) });
     // The new disk reads as zeros: unit 0's plaintext is zeros.
-    const checkKey = new DataCheckKey(dek);
-    const zeroValue = checkKey.value(made.diskId, unitSize, Buffer.alloc(unitSize));
-    const params = { ...made, dataCheck: formatDataCheck({ committed: zeroValue, pending: null }) };
+    const zeroCheck = dataCheckOf(dek, made.diskId, unitSize, Buffer.alloc(unitSize));
+    const params = { ...made, dataCheck: zeroCheck };
     const inner = await createVmdk(path, {
       capacity,
       subformat,
@@ -244,10 +243,10 @@ export async function createEncryptedDisk(path: string, options: CreateEncrypted
         }
       } catch (err) {
         data.dispose();
-        checkKey.dispose();
         throw err;
       }
-      disk = new EncryptedDisk(inner.path, inner, params, data, { key: checkKey, current: zeroValue, commitPending: false });
+      const current = parseDataCheck(zeroCheck)!.committed;
+      disk = new EncryptedDisk(inner.path, inner, params, data, { key: new DataCheckKey(dek), current, commitPending: false });
       if (inner.grainSize === undefined && options.fillFlat !== false) await fillEncryptedZeros(disk, options.onFill);
       return disk;
     } catch (err) {
