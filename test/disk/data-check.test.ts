@@ -1,13 +1,13 @@
 // The data check (format version 2): a descriptor that does not belong to its data is refused
 // (ERR_WRONG_DATA) before anything is read; the unit-0 update protocol survives a crash at any step.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createEncryptedDisk, openDisk, readEncryptionParams, resealDataCheck, EncryptedDisk } from '../../src/disk/index.js';
 import { bindingOf } from '../../src/disk/keying.js';
 import { computeAuthenticator, unlockKeySafe } from '../../src/keys/index.js';
 import { createDisk, openDisk as openVmdk } from '../../src/vmdk/index.js';
-import { deepRekey, encryptInPlace, decryptDisk, convertDisk } from '../../src/pipeline/index.js';
+import { deepRekey, encryptDisk, encryptInPlace, decryptDisk, convertDisk } from '../../src/pipeline/index.js';
 import { patternBytes, phraseLocker, tempDir } from './helpers.js';
 
 const MiB = 1 << 20;
@@ -191,6 +191,31 @@ describe('format version 1 and jobs', () => {
     expect((await d.read(0, 512)).equals(Buffer.alloc(512))).toBe(true);
     expect((await d.read(MiB, 4096)).equals(patternBytes(4096, 12))).toBe(true);
     await d.close();
+  });
+
+  it('an encrypted sparse copy of an image whose first grain is zeros still backs unit 0 (and opens)', async () => {
+    const raw = join(tmp.dir, 'zero-head.raw');
+    const image = Buffer.alloc(2 * MiB);
+    patternBytes(4096, 14).copy(image, MiB);
+    writeFileSync(raw, image);
+    const out = join(tmp.dir, 'zero-head.vmdk');
+    await encryptDisk(raw, out, { lockers: [phraseLocker('pw')], subformat: 'monolithicSparse' });
+    const stored = await openVmdk(out, { readOnly: true, allowEncrypted: true });
+    const ranges = [];
+    for await (const r of stored.allocatedRanges(0, 4096)) ranges.push(r);
+    await stored.close();
+    expect(ranges.length).toBeGreaterThan(0);
+    expect((await readHead(out, 4096)).equals(Buffer.alloc(4096))).toBe(true);
+  });
+
+  it('an in-place deep rekey refuses a descriptor that does not belong to the data, and leaves it as it was', async () => {
+    const path = await flatDisk('rekey-wrong', patternBytes(512, 15));
+    const text = readFileSync(path, 'utf8');
+    const wrong = withCheck(text, `${'0'.repeat(64)}.${NONE}`);
+    writeFileSync(path, wrong);
+    await expect(deepRekey(path, { keys, lockers: [phraseLocker('pw')], inPlace: true })).rejects.toMatchObject({ code: 'ERR_WRONG_DATA' });
+    expect(readFileSync(path, 'utf8')).toBe(wrong);
+    expect(existsSync(`${path}.vmseal-journal`)).toBe(false);
   });
 
   it('copy jobs write a data check for their output; in-place deep rekey too; decrypt drops it', async () => {
