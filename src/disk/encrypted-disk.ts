@@ -25,8 +25,8 @@ import { MAX_READ_BYTES } from '../vmdk/index.js';
 /** @internal The data check of an open version-2 disk. */
 export interface DataCheckState {
   key: DataCheckKey;
-  /** The value that matches unit 0 as it is on disk now. */
-  current: string;
+  /** The value that matches unit 0 as it is on disk now; undefined after a unit-0 write failed (read it again). */
+  current: string | undefined;
   /** The descriptor's committed slot is not `current` yet, or a stale pending slot is to be cleared. */
   commitPending: boolean;
 }
@@ -155,11 +155,23 @@ export class EncryptedDisk {
     if (!check?.commitPending || this.readOnly) return;
     const run = this.#writes.then(async () => {
       if (!check.commitPending) return;
+      if (check.current === undefined) {
+        // A failed write left unit 0 uncertain: commit what it holds now, once that is durable.
+        check.current = await this.#unitZeroValue(check);
+        await this.innerDisk.flush();
+      }
       await this.#storeCheck(check.current, null);
       check.commitPending = false;
     });
     this.#writes = run.catch(() => undefined);
     await run;
+  }
+
+  /** The data check of unit 0 as the inner disk holds it now. */
+  async #unitZeroValue(check: DataCheckState): Promise<string> {
+    const unit0 = Buffer.alloc(this.unitSize);
+    await this.#readPlain(0, unit0);
+    return check.key.value(this.encryption.diskId, this.unitSize, unit0);
   }
 
   async #storeCheck(committed: string, pending: string | null): Promise<void> {
@@ -236,6 +248,7 @@ export class EncryptedDisk {
     const check = this.#check;
     let next: string | undefined;
     if (check && start === 0) {
+      check.current ??= await this.#unitZeroValue(check);
       const value = check.key.value(this.encryption.diskId, u, buf.subarray(0, u));
       if (value !== check.current) {
         // (1) The old value stays committed until unit 0 is durable: a crash at any point leaves a
@@ -245,11 +258,21 @@ export class EncryptedDisk {
       }
     }
     await this.dataCipher.encrypt(buf, start / u);
-    await this.innerDisk.write(start, buf);
     if (check && next !== undefined) {
-      await this.innerDisk.flush(); // (2) unit 0 durable before anything else is written
+      try {
+        await this.innerDisk.write(start, buf);
+        await this.innerDisk.flush(); // (2) unit 0 durable before anything else is written
+      } catch (err) {
+        // Unit 0 may now be old, new or torn: the next write or commit reads it again, so the
+        // descriptor never commits a value unit 0 does not hold.
+        check.current = undefined;
+        check.commitPending = true;
+        throw err;
+      }
       check.current = next;
       check.commitPending = true; // (3) on flush() or close()
+    } else {
+      await this.innerDisk.write(start, buf);
     }
   }
 

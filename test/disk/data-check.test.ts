@@ -133,6 +133,29 @@ describe('the unit-0 update protocol', () => {
     expect(checkOf(readFileSync(crashed, 'utf8'))).toBe(`${pending.slice(65)}.${NONE}`);
   });
 
+  it('after a unit-0 write whose sync failed, the next one commits what unit 0 really holds before its pending value', async () => {
+    const path = await flatDisk('eio', patternBytes(512, 16));
+    const d = (await openDisk(path, { keys })) as EncryptedDisk;
+    const inner = d.innerDisk as { flush: () => Promise<void>; write: (p: number, b: Uint8Array) => Promise<void> };
+    const realFlush = inner.flush.bind(inner);
+    const realWrite = inner.write.bind(inner);
+    inner.flush = async () => {
+      inner.flush = realFlush;
+      throw new Error('EIO on sync');
+    };
+    await expect(d.write(0, patternBytes(512, 17))).rejects.toThrow('EIO on sync'); // the data reached the file, unsynced
+    inner.write = async () => {
+      throw new Error('simulated crash');
+    };
+    await expect(d.write(0, patternBytes(512, 18))).rejects.toThrow('simulated crash');
+    // The files as a crash now would leave them (the page cache kept): unit 0 holds the first write.
+    const r = await openDisk(path, { keys, readOnly: true });
+    expect((await r.read(0, 512)).equals(patternBytes(512, 17))).toBe(true);
+    await r.close();
+    inner.write = realWrite;
+    await d.close();
+  });
+
   it('neither value matching is refused; resealDataCheck (with the keys) repairs it', async () => {
     const path = await flatDisk('neither', patternBytes(512, 9));
     const text = readFileSync(path, 'utf8');
