@@ -7,7 +7,7 @@ import { createEncryptedDisk, openDisk, readEncryptionParams, resealDataCheck, E
 import { bindingOf } from '../../src/disk/keying.js';
 import { computeAuthenticator, unlockKeySafe } from '../../src/keys/index.js';
 import { createDisk, openDisk as openVmdk } from '../../src/vmdk/index.js';
-import { deepRekey, encryptDisk, encryptInPlace, decryptDisk, convertDisk } from '../../src/pipeline/index.js';
+import { deepRekey, encryptDisk, encryptInPlace, decryptDisk, convertDisk, shallowRekey } from '../../src/pipeline/index.js';
 import { patternBytes, phraseLocker, tempDir } from './helpers.js';
 
 const MiB = 1 << 20;
@@ -249,8 +249,11 @@ describe('format version 1 and jobs', () => {
     await deepRekey(conv, { keys, lockers: [phraseLocker('pw')], inPlace: true });
     expect((await readEncryptionParams(conv))!.dataCheck).not.toBe((await readEncryptionParams(src))!.dataCheck);
     expect((await readHead(conv, 8192)).equals(patternBytes(8192, 13))).toBe(true);
+    const before = (await readEncryptionParams(conv))!.dataCheck;
+    await shallowRekey(conv, { keys, lockers: [phraseLocker('pw2')] });
+    expect((await readEncryptionParams(conv))!.dataCheck).toBe(before); // same DEK: same check
     const plainOut = join(tmp.dir, 'jobs-plain.vmdk');
-    await decryptDisk(conv, plainOut, { keys });
+    await decryptDisk(conv, plainOut, { keys: { passphrase: 'pw2' } });
     expect(await readEncryptionParams(plainOut)).toBeNull();
   });
 });
