@@ -7,6 +7,7 @@ import { createEncryptedDisk, openDisk, readEncryptionParams, resealDataCheck, E
 import { bindingOf } from '../../src/disk/keying.js';
 import { computeAuthenticator, unlockKeySafe } from '../../src/keys/index.js';
 import { createDisk, openDisk as openVmdk } from '../../src/vmdk/index.js';
+import { HostFile } from '../../src/vmdk/file.js';
 import { deepRekey, encryptDisk, encryptInPlace, decryptDisk, convertDisk, shallowRekey } from '../../src/pipeline/index.js';
 import { patternBytes, phraseLocker, tempDir } from './helpers.js';
 
@@ -180,6 +181,33 @@ describe('the unit-0 update protocol', () => {
     expect(area(after).length).toBe(area(before).length);
     expect(area(after).replace(/dataCheck = "[^"]*"/, '')).toBe(area(before).replace(/dataCheck = "[^"]*"/, ''));
     expect((await readHead(path, 1024)).equals(patternBytes(1024, 10))).toBe(true);
+  });
+});
+
+describe('an embedded descriptor changes one sector per update', () => {
+  it('each data-check update of a monolithicSparse disk writes one 512-byte sector of the descriptor area', async () => {
+    const path = join(tmp.dir, 'one-sector.vmdk');
+    await (await createEncryptedDisk(path, { capacity: MiB, lockers: [phraseLocker('pw')] })).close();
+    const head = readFileSync(path).subarray(0, 64);
+    const areaStart = Number(head.readBigUInt64LE(28)) * 512;
+    const areaEnd = areaStart + Number(head.readBigUInt64LE(36)) * 512;
+    const d = await openDisk(path, { keys });
+    const writes: Array<[number, number]> = [];
+    const real = HostFile.prototype.writeAt;
+    HostFile.prototype.writeAt = function (data: Uint8Array, pos: number) {
+      if (this.path === path && pos < areaEnd && pos + data.byteLength > areaStart) writes.push([pos, data.byteLength]);
+      return real.call(this, data, pos);
+    };
+    try {
+      await d.write(0, patternBytes(512, 19)); // step 1: pending
+      await d.close(); // step 3: committed
+    } finally {
+      HostFile.prototype.writeAt = real;
+    }
+    expect(writes).toEqual([
+      [areaStart, 512],
+      [areaStart, 512],
+    ]);
   });
 });
 
