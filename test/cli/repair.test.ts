@@ -2,11 +2,12 @@
 // exit code 6 (it used to decrypt garbage with exit 0), and `vmseal repair --reseal-data-check`
 // is the way out of a torn unit-0 write.
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, realpath, rm, writeFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { acquireLock } from '../../src/pipeline/lock.js';
 import { cleanEnv, expectOneLineError, json, vmseal, type CliResult } from './run-cli.js';
 
 let dir: string;
@@ -66,6 +67,14 @@ describe('the data check on the command line', () => {
     const noKeys = await vmseal(['repair', '--reseal-data-check', enc], cleanEnv({ VMSEAL_HOME: join(dir, 'empty-home') }));
     expect(noKeys.code).not.toBe(0);
     expect(await readFile(enc, 'utf8')).not.toBe(text);
+
+    // Not while another process holds the disk (exit 7, like any job).
+    const held = await acquireLock(await realpath(enc), 'test');
+    try {
+      expect((await vmseal(['repair', '--reseal-data-check', enc], env)).code).toBe(7);
+    } finally {
+      await held.release();
+    }
 
     const r = json(ok(await vmseal(['repair', '--reseal-data-check', enc, '--json'], env)));
     expect(r).toMatchObject({ ok: true, command: 'repair', previousFormatVersion: 2 });
