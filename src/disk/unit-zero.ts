@@ -3,7 +3,7 @@
  * it against the descriptor on open, and making sure a sparse disk backs it with data.
  */
 import type { VirtualDisk } from '../vmdk/index.js';
-import type { DataCipher } from './cipher.js';
+import { createDataCipher, type DataCipher } from './cipher.js';
 import { DataCheckKey, parseDataCheck } from './data-check.js';
 import type { DataCheckState } from './encrypted-disk.js';
 import { DiskError } from './errors.js';
@@ -67,6 +67,17 @@ export async function checkDataCheck(inner: VirtualDisk, params: EncryptionParam
   } catch (err) {
     key.dispose();
     throw err;
+  }
+}
+
+/** Check the data check of a version-2 disk with its DEK, without opening it for data (`vmseal info`). The caller wipes `dek`. */
+export async function assertDataCheck(inner: VirtualDisk, params: EncryptionParams, dek: Uint8Array): Promise<void> {
+  if (params.formatVersion < 2) return;
+  const cipher = createDataCipher(params.cipher, dek, params.unitSize);
+  try {
+    (await checkDataCheck(inner, params, dek, cipher)).key.dispose();
+  } finally {
+    cipher.dispose();
   }
 }
 

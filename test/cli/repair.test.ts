@@ -50,6 +50,8 @@ describe('the data check on the command line', () => {
     const v = await vmseal(['verify', enc], env);
     expect(v.code).toBe(6);
     expect(expectOneLineError(v)).toContain('does not belong to the data');
+    const info = json(ok(await vmseal(['info', enc, '--json'], env)));
+    expect(info.encryption).toMatchObject({ unlockable: false, unlockError: { code: 'ERR_WRONG_DATA' } });
     const d = await vmseal(['decrypt', enc, join(dir, 'rollback-out.img'), '--raw', '--json'], env);
     expect(d.code).toBe(6);
     expect(existsSync(join(dir, 'rollback-out.img'))).toBe(false);
