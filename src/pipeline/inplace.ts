@@ -93,6 +93,9 @@ async function startInPlace(s: InPlaceStart, chunkSize: number): Promise<Journal
     if (s.operation === 'rekey-deep-in-place' && !enc) throw new DiskError('ERR_NOT_ENCRYPTED', `${s.path} is not encrypted; encrypt it first`);
     const capacity = stored.capacity;
     const from = enc?.params ?? null;
+    const spec = s.encrypt!;
+    const { cipher, unitSize } = checkEncryptionChoice(spec.cipher ?? from?.cipher ?? 'aes-256-xts', spec.unitSize ?? from?.unitSize ?? 512);
+    if (capacity % unitSize !== 0) throw new DiskError('ERR_ARGUMENT', `the capacity of ${s.path} (${capacity} bytes) is not a multiple of the ${unitSize}-byte data unit`);
     let fromCipher: DataCipher | undefined;
     if (from) {
       const oldDek = await unlockDek(from, capacity, s.keys, s.path); // the keys open it, the authenticator holds
@@ -107,9 +110,6 @@ async function startInPlace(s: InPlaceStart, chunkSize: number): Promise<Journal
         oldDek.fill(0);
       }
     }
-    const spec = s.encrypt!;
-    const { cipher, unitSize } = checkEncryptionChoice(spec.cipher ?? from?.cipher ?? 'aes-256-xts', spec.unitSize ?? from?.unitSize ?? 512);
-    if (capacity % unitSize !== 0) throw new DiskError('ERR_ARGUMENT', `the capacity of ${s.path} (${capacity} bytes) is not a multiple of the ${unitSize}-byte data unit`);
     let unit0: Buffer;
     try {
       unit0 = await unitZeroForJob(stored, fromCipher, unitSize);
