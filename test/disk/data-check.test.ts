@@ -223,6 +223,12 @@ describe('format version 1 and jobs', () => {
       .replace(params.authenticator, authenticator);
     writeFileSync(path, v1);
     expect((await readHead(path)).equals(patternBytes(512, 11))).toBe(true);
+    // A convert keeps the DEK and the authenticator, which binds version 1: the copy stays version 1.
+    const copy = join(tmp.dir, 'v1-copy.vmdk');
+    await convertDisk(path, copy, { keys, subformat: 'monolithicSparse' });
+    expect(await readEncryptionParams(copy)).toMatchObject({ formatVersion: 1, authenticator });
+    expect((await readEncryptionParams(copy))!.dataCheck).toBeUndefined();
+    expect((await readHead(copy)).equals(patternBytes(512, 11))).toBe(true);
     const r = await resealDataCheck(path, { keys });
     expect(r.previousFormatVersion).toBe(1);
     expect((await readEncryptionParams(path))!.formatVersion).toBe(2);
