@@ -92,6 +92,10 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
   ERR_KEYSTORE_MASTER_KEY: { exitCode: ExitCode.KEY, hint: "Check the keystore's master key file in VMSEAL_HOME (mode 0600), or restore the keystore from a backup" },
   ERR_KEYSTORE_PERMISSIONS: { exitCode: ExitCode.KEY, hint: 'Run the chmod command in the message: the keystore folder must be 0700 and its files 0600' },
   ERR_KEYSTORE_NO_SUCH_KEY: { exitCode: ExitCode.KEY, hint: 'Check the key id (`vmseal keys list`) and VMSEAL_HOME; restore the keystore from its backup if the key was lost' },
+  ERR_KEY_RETIRED: {
+    exitCode: ExitCode.KEY,
+    hint: 'A deep rekey retired this key: open the current disk instead; to restore an old backup of it on purpose, add --allow-retired-key',
+  },
   ERR_KEYSTORE_KEY_DESTROYED: { exitCode: ExitCode.KEY, hint: 'The key was destroyed; only a recovery passphrase locker (or a keystore backup) can open disks locked by it' },
   ERR_KEYSTORE_MISSING: { exitCode: ExitCode.FAILURE, hint: 'Run `vmseal keys init` (or point --home / VMSEAL_HOME at your keystore)' },
   ERR_KEYSTORE_CORRUPT: { exitCode: ExitCode.FORMAT, hint: 'Restore the keystore from a backup (`vmseal keys restore`)' },

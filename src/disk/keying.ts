@@ -52,9 +52,12 @@ export async function makeEncryptionParams(
   dek: Buffer,
   opts: { cipher: CipherName; unitSize: DataUnitSize; capacity: number; lockers: LockerSpec[]; cache?: KeyCache },
 ): Promise<EncryptionParams> {
+  // The disk identity first (the authenticator does not cover the KeySafe), so that a KEK made while
+  // sealing is recorded as this disk's own, which lets a later deep rekey retire it.
+  const identity = rebind(dek, { formatVersion: FORMAT_VERSION, cipher: opts.cipher, unitSize: opts.unitSize, keySafe: '' }, opts.capacity);
   let keySafe: string | undefined;
   for (let i = 0; i < MAX_TRIES && keySafe === undefined; i++) {
-    const text = await sealDek(dek, { cipher: opts.cipher, lockers: opts.lockers, ...(opts.cache ? { cache: opts.cache } : {}) });
+    const text = await sealDek(dek, { cipher: opts.cipher, lockers: opts.lockers, diskId: identity.diskId, ...(opts.cache ? { cache: opts.cache } : {}) });
     if (text.length > MAX_VALUE_LENGTH) {
       throw new DiskError('ERR_ENCRYPTION_METADATA', `the KeySafe of ${opts.lockers.length} lockers is ${text.length} characters, more than a descriptor value may hold (${MAX_VALUE_LENGTH}); use fewer lockers`);
     }
@@ -63,7 +66,7 @@ export async function makeEncryptionParams(
   if (keySafe === undefined) {
     throw new DiskError('ERR_ENCRYPTION_METADATA', `the KeySafe cannot be written into a descriptor (too long for ${opts.lockers.length} lockers, or unsafe text after ${MAX_TRIES} seals)`);
   }
-  return rebind(dek, { formatVersion: FORMAT_VERSION, cipher: opts.cipher, unitSize: opts.unitSize, keySafe }, opts.capacity);
+  return { ...identity, keySafe };
 }
 
 /** Same DEK and KeySafe, a new disk identity and authenticator (a copy of an encrypted disk is a new disk). */

@@ -7,7 +7,7 @@ import { KeyError, invalidArgument, type KeyErrorCode } from './errors.js';
 import { createFileAtomic, writeFileAtomic } from '../util/atomic-file.js';
 import { withFileLock } from './file-lock.js';
 import { decodeBase64String } from './base64.js';
-import type { KeyProvider, KeyRef } from './provider.js';
+import type { CreateKeyOptions, KeyProvider, KeyRef } from './provider.js';
 
 /**
  * The embedded local key provider (vmseal's counterpart of vSphere's Native Key Provider).
@@ -18,14 +18,22 @@ import type { KeyProvider, KeyRef } from './provider.js';
  *                   absent when the keystore is protected by a passphrase instead
  *   keystore.json.vmseal-lock   OFD-locked (src/util/lock.ts) while a process modifies the keystore
  *
- * keystore.json (version 1):
- *   { "format": "vmseal-keystore", "version": 1, "providerId": "local",
+ * keystore.json (version 2; version 1 is the same without "diskId" and the "retired" state, and is
+ * still read — a keystore is written as version 2 only once it holds a key that needs it, so that
+ * an older vmseal keeps reading a keystore that has no such key):
+ *   { "format": "vmseal-keystore", "version": 2, "providerId": "local",
  *     "master": { "source": "keyfile" }
  *             | { "source": "passphrase", "kdf": "scrypt", "n": N, "r": r, "p": p, "salt": base64 },
  *     "check": base64(IV 12 ‖ AES-256-GCM(master, "vmseal keystore check") ‖ tag 16),   AAD "vmseal keystore v1 check"
  *     "keys": [ { "id": uuid, "name": string|null, "created": ISO time, "state": "active",
+ *                 "diskId"?: the disk the key was created for alone (absent: a shared key),
  *                 "wrapped": base64(IV 12 ‖ AES-256-GCM(master, KEK 32) ‖ tag 16) }        AAD "vmseal keystore v1 key <id>"
- *             | { "id", "name", "created", "state": "destroyed", "destroyed": ISO time } ] }
+ *             | { "id", "name", "created", "diskId"?, "state": "retired", "retired": ISO time, "wrapped" }
+ *             | { "id", "name", "created", "diskId"?, "state": "destroyed", "destroyed": ISO time } ] }
+ *
+ * A retired key (a deep rekey replaced it) keeps its material, so that an old backup of the disk can
+ * still be restored, but getKey refuses it (ERR_KEY_RETIRED) unless the provider was made with
+ * allowRetired: an old copy of a descriptor must not silently open.
  *
  * The AAD binds each wrapped KEK to its id, so swapping two entries' `wrapped` is detected. Every write
  * is atomic (temp file, fsync, rename, fsync directory) under the lock file.
@@ -41,13 +49,18 @@ export interface LocalKeyProviderOptions {
   scrypt?: { n: number; r: number; p: number };
   /** How long to wait for another process's keystore lock (default: 10000 ms). */
   lockTimeoutMs?: number;
+  /** Hand out retired keys too (to open an old backup of a disk after a deep rekey; default: false). */
+  allowRetired?: boolean;
 }
 
 export interface LocalKeyInfo {
   keyId: string;
   name: string | null;
   created: string;
-  state: 'active' | 'destroyed';
+  state: 'active' | 'retired' | 'destroyed';
+  /** The disk the key was created for alone; absent for a shared key (a batch's, a `keys create` one). */
+  diskId?: string;
+  retired?: string;
   destroyed?: string;
 }
 
@@ -66,7 +79,7 @@ interface MasterSpec {
 
 interface Store {
   format: 'vmseal-keystore';
-  version: 1;
+  version: 1 | 2;
   providerId: string;
   master: MasterSpec;
   check: string;
@@ -176,6 +189,7 @@ export class LocalKeyProvider implements KeyProvider {
   private passphrase: Buffer | undefined;
   private readonly usesPassphrase: boolean;
   private master: Buffer | undefined;
+  readonly allowRetired: boolean;
 
   constructor(options: LocalKeyProviderOptions = {}) {
     if (options === null || typeof options !== 'object') throw invalidArgument(`Expected an options object but received ${describeValue(options)}`);
@@ -197,6 +211,10 @@ export class LocalKeyProvider implements KeyProvider {
     const t = options.lockTimeoutMs ?? LOCAL_PROVIDER_DEFAULTS.lockTimeoutMs;
     if (!Number.isInteger(t) || t < 0) throw invalidArgument(`Expected a non-negative integer for lockTimeoutMs but received ${describeValue(t)}`);
     this.lockTimeoutMs = t;
+    if (options.allowRetired !== undefined && typeof options.allowRetired !== 'boolean') {
+      throw invalidArgument(`Expected a boolean for allowRetired but received ${describeValue(options.allowRetired)}`);
+    }
+    this.allowRetired = options.allowRetired === true;
     this.id = id;
     this.home = resolve(home);
     this.keystorePath = join(this.home, 'keystore.json');
@@ -228,16 +246,28 @@ export class LocalKeyProvider implements KeyProvider {
   /** The keys in the keystore (no key material). ERR_KEYSTORE_MISSING if there is no keystore. */
   async list(): Promise<LocalKeyInfo[]> {
     const store = await this.openStore();
-    return store.keys.map(({ keyId, name, created, state, destroyed }) => ({ keyId, name, created, state, ...(destroyed ? { destroyed } : {}) }));
+    return store.keys.map(({ keyId, name, created, state, diskId, retired, destroyed }) => ({
+      keyId,
+      name,
+      created,
+      state,
+      ...(diskId !== undefined ? { diskId } : {}),
+      ...(retired ? { retired } : {}),
+      ...(destroyed ? { destroyed } : {}),
+    }));
   }
 
-  /** Make a new random AES-256 KEK, stored wrapped in the keystore (created first if absent). */
-  async createKey(opts: { name?: string } = {}): Promise<KeyRef> {
+  /**
+   * Make a new random AES-256 KEK, stored wrapped in the keystore (created first if absent). `diskId`
+   * records that the key is made for that disk alone, so that a deep rekey of the disk may retire it.
+   */
+  async createKey(opts: CreateKeyOptions = {}): Promise<KeyRef> {
     if (opts === null || typeof opts !== 'object') throw invalidArgument(`Expected an options object but received ${describeValue(opts)}`);
     const name = opts.name ?? null;
     if (name !== null && (typeof name !== 'string' || name.length > 256)) {
       throw invalidArgument(`Expected a string of at most 256 characters for name but received ${describeValue(name)}`);
     }
+    const diskId = opts.diskId === undefined ? undefined : checkDiskId(opts.diskId);
     await this.init();
     const keyId = randomUUID();
     const kek = randomBytes(32);
@@ -248,6 +278,7 @@ export class LocalKeyProvider implements KeyProvider {
           name,
           created: new Date().toISOString(),
           state: 'active',
+          ...(diskId !== undefined ? { diskId } : {}),
           wrapped: gcmSeal(master, kek, `vmseal keystore v1 key ${keyId}`).toString('base64'),
         });
       });
@@ -257,11 +288,41 @@ export class LocalKeyProvider implements KeyProvider {
     return { providerId: this.id, keyId };
   }
 
-  /** The 32-byte KEK `keyId` (the caller wipes it). */
+  /** The 32-byte KEK `keyId` (the caller wipes it). A retired key: ERR_KEY_RETIRED unless allowRetired. */
   async getKey(keyId: string): Promise<Buffer> {
     checkKeyId(keyId);
     const store = await this.openStore();
+    const e = findEntry(store, keyId, this.keystorePath);
+    if (e.state === 'retired' && !this.allowRetired) {
+      throw new KeyError(
+        'ERR_KEY_RETIRED',
+        `key '${keyId}' of the local keystore was retired on ${e.retired} (a deep rekey gave its disk a new key): this is an old copy of the disk or of its descriptor`,
+        { keyId, providerId: this.id, file: this.keystorePath },
+      );
+    }
     return this.unwrap(store, keyId, this.master!);
+  }
+
+  /** The disk `keyId` was created for alone, or undefined for a shared key. */
+  async keyOwner(keyId: string): Promise<string | undefined> {
+    checkKeyId(keyId);
+    const store = await this.openStore();
+    return findEntry(store, keyId, this.keystorePath).diskId;
+  }
+
+  /**
+   * Take a KEK out of normal use: its material stays (an old backup of the disk can still be opened
+   * with allowRetired) but getKey refuses it. Retiring a retired key does nothing.
+   */
+  async retireKey(keyId: string): Promise<void> {
+    checkKeyId(keyId);
+    await this.modify(async (store) => {
+      const e = findEntry(store, keyId, this.keystorePath);
+      if (e.state === 'destroyed') throw new KeyError('ERR_KEYSTORE_KEY_DESTROYED', `key '${keyId}' was destroyed`, { keyId, providerId: this.id, file: this.keystorePath });
+      if (e.state === 'retired') return;
+      e.state = 'retired';
+      e.retired = new Date().toISOString();
+    });
   }
 
   /** Destroy a KEK: its wrapped material is removed from the keystore; the entry remains as a tombstone. */
@@ -273,6 +334,7 @@ export class LocalKeyProvider implements KeyProvider {
       e.state = 'destroyed';
       e.destroyed = new Date().toISOString();
       delete e.wrapped;
+      delete e.retired;
     });
   }
 
@@ -344,7 +406,7 @@ export class LocalKeyProvider implements KeyProvider {
         unchanged = 0;
         for (const b of entries) {
           const e = store.keys.find((k) => k.keyId === b.keyId);
-          if (e && e.state === 'active') {
+          if (e && e.state !== 'destroyed') {
             const cur = this.unwrap(store, b.keyId, master);
             const same = timingSafeEqual(cur, b.kek);
             cur.fill(0);
@@ -548,6 +610,8 @@ export class LocalKeyProvider implements KeyProvider {
   }
 
   private async writeStore(store: Store): Promise<void> {
+    // Version 2 only when a key needs it: a version-1 keystore stays readable by an older vmseal.
+    store.version = store.keys.some((k) => k.diskId !== undefined || k.state === 'retired') ? 2 : 1;
     try {
       await writeFileAtomic(this.keystorePath, Buffer.from(JSON.stringify(store, null, 2) + '\n', 'utf8'), 0o600);
     } catch (err) {
@@ -578,6 +642,14 @@ export class LocalKeyProvider implements KeyProvider {
     }
     return kek;
   }
+}
+
+/** A disk id as the disk layer writes it (hex), or any short token a library caller chooses. */
+const DISK_ID = /^[A-Za-z0-9._-]{1,64}$/;
+
+function checkDiskId(diskId: unknown): string {
+  if (typeof diskId !== 'string' || !DISK_ID.test(diskId)) throw invalidArgument(`Expected 1..64 characters [A-Za-z0-9._-] for diskId but received ${describeValue(diskId)}`);
+  return diskId;
 }
 
 function checkKeyId(keyId: unknown): void {
@@ -627,7 +699,7 @@ function validateStore(raw: Buffer, file: string): Store {
   }
   if (doc === null || typeof doc !== 'object' || Array.isArray(doc)) bad('top-level object');
   if (doc.format !== 'vmseal-keystore') bad('"format"');
-  if (doc.version !== 1) bad('"version" (this vmseal reads version 1)');
+  if (doc.version !== 1 && doc.version !== 2) bad('"version" (this vmseal reads versions 1 and 2)');
   if (typeof doc.providerId !== 'string') bad('"providerId"');
   const m = doc.master;
   if (m === null || typeof m !== 'object') bad('"master"');
@@ -650,8 +722,10 @@ function validateStore(raw: Buffer, file: string): Store {
     ids.add(k.keyId);
     if (k.name !== null && typeof k.name !== 'string') f('name');
     if (typeof k.created !== 'string' || !ISO.test(k.created)) f('created');
-    if (k.state === 'active') {
+    if (k.diskId !== undefined && (doc.version < 2 || !DISK_ID.test(k.diskId))) f('diskId');
+    if (k.state === 'active' || (k.state === 'retired' && doc.version >= 2)) {
       if (!B64(k.wrapped, GCM_IV + 32 + GCM_TAG, GCM_IV + 32 + GCM_TAG)) f('wrapped');
+      if (k.state === 'retired' && (typeof k.retired !== 'string' || !ISO.test(k.retired))) f('retired');
     } else if (k.state === 'destroyed') {
       if (k.wrapped !== undefined) f('wrapped');
       if (typeof k.destroyed !== 'string' || !ISO.test(k.destroyed)) f('destroyed');
