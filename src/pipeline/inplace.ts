@@ -36,6 +36,7 @@ import { ProgressTracker } from './progress.js';
 import { cleanStaleStages } from './staging.js';
 import { ensureSpace } from './space.js';
 import { markDescriptor, runCopy } from './copy.js';
+import { retireReplacedKeys } from './retire.js';
 
 /** Set the encryption lines (in their order, right after createType) and the job line on a descriptor. */
 function withLines(base: Descriptor, params: EncryptionParams | null, job: string | undefined): Descriptor {
@@ -330,8 +331,18 @@ export async function encryptInPlace(path: string, options: EncryptInPlaceOption
 export interface DeepRekeyOptions extends JobOptions {
   /** Unlocks the current DEK. */
   keys: UnlockOptions;
-  /** Lockers of the new DEK (default: the same provider keys as the current fqid lockers; passphrase lockers need `lockers`). */
+  /**
+   * Lockers of the new DEK (default: a new KEK from each provider of the current fqid lockers, made for
+   * this disk; passphrase lockers need `lockers`).
+   */
   lockers?: LockerSpec[];
+  /**
+   * Afterwards, retire the old KEKs that were made for this disk alone and no longer lock it, so an
+   * old copy of the disk does not open (default: true). Shared KEKs stay active. See `keyRotation`.
+   */
+  retireOldKeys?: boolean;
+  /** Destroy those old KEKs instead of retiring them (default: false). Old backups then need `keys restore`. */
+  destroyOldKeys?: boolean;
   /** Default: unchanged. */
   cipher?: CipherName;
   /** Default: unchanged. */
@@ -349,42 +360,54 @@ export interface DeepRekeyOptions extends JobOptions {
 export async function deepRekey(path: string, options: DeepRekeyOptions): Promise<JobResult> {
   const p = await realDiskPath(checkPath(path, 'path'));
   const { chunkSize } = checkJobOptions(options);
-  const { keys, lockers: given, cipher, unitSize, inPlace, cache, ...opts } = options;
+  const { keys, lockers: given, cipher, unitSize, inPlace, cache, retireOldKeys, destroyOldKeys, ...opts } = options;
   if (keys === null || typeof keys !== 'object') throw new PipelineError('ERR_ARGUMENT', `Expected keys ({ passphrase?, providers?, cache? }) but received ${describeValue(keys)}`);
+  // The old encryption, for retiring its KEKs once the new DEK is in place.
+  const rotate = async (from: EncryptionParams | null, done: JobResult, providers: UnlockOptions['providers']): Promise<JobResult> => {
+    if (retireOldKeys === false || !from) return done;
+    const to = await readEncryptionParams(p);
+    if (!to || to.diskId === from.diskId) return done;
+    const list = Array.isArray(providers) ? providers : providers ? Object.values(providers) : [];
+    return { ...done, keyRotation: await retireReplacedKeys(from, to, list, { destroy: destroyOldKeys === true }) };
+  };
   if (inPlace) {
     // A re-run after a crash continues the journal (whatever lockers are given now).
     const existing = await Journal.open(p);
     if (existing) {
+      const from = existing.header.from as EncryptionParams | null;
       await existing.close();
-      const done = await resumeDisk(p, { ...opts, keys, newKeys: keysFromLockers(given, { ...keys, passphrase: undefined }, cache) });
-      if (done) return done;
+      const newKeys = keysFromLockers(given, { ...keys, passphrase: undefined }, cache);
+      const done = await resumeDisk(p, { ...opts, keys, newKeys });
+      if (done) return rotate(from, done, newKeys.providers);
     }
   }
-  const lockers = given ?? (await sameProviderLockers(p, keys));
+  const from = await readEncryptionParams(p);
+  const lockers = given ?? newProviderLockers(p, from, keys);
   const newKeys = keysFromLockers(lockers, { ...keys, passphrase: undefined }, cache);
   const encrypt: EncryptSpec = { lockers, ...(cipher ? { cipher } : {}), ...(unitSize ? { unitSize } : {}), ...(cache ? { cache } : {}) };
   // Checked under the lock (which also clears a stale lock of a killed run).
   const done = await withDiskLock(p, 'rekey-deep', () => finishedEarlier(p, newKeys, keys));
   if (done) return alreadyDone('rekey-deep', p, done, await capacityOf(p));
   if (!inPlace) {
-    return runCopy({ operation: 'rekey-deep', input: p, output: p, opts: { ...opts, force: true }, keys, encrypt, requireInput: 'encrypted', replaceInput: true });
+    const copied = await runCopy({ operation: 'rekey-deep', input: p, output: p, opts: { ...opts, force: true }, keys, encrypt, requireInput: 'encrypted', replaceInput: true });
+    return rotate(from, copied, newKeys.providers);
   }
-  return withDiskLock(p, 'rekey-deep-in-place', async () => {
+  const rewritten = await withDiskLock(p, 'rekey-deep-in-place', async () => {
     const journal = await startInPlace({ operation: 'rekey-deep-in-place', path: p, opts, keys, encrypt }, chunkSize);
     return runJournal(p, journal, { from: keys, to: newKeys }, opts, false);
   });
+  return rotate(from, rewritten, newKeys.providers);
 }
 
-/** Lockers for a new DEK under the same provider KEKs as the disk's current fqid lockers. */
-async function sameProviderLockers(path: string, keys: UnlockOptions): Promise<LockerSpec[]> {
-  const params = await readEncryptionParams(path);
+/** Lockers for a new DEK: a new KEK (made for this disk) from each provider of the disk's current fqid lockers. */
+function newProviderLockers(path: string, params: EncryptionParams | null, keys: UnlockOptions): LockerSpec[] {
   if (!params) throw new DiskError('ERR_NOT_ENCRYPTED', `${path} is not encrypted`);
   const providers = Array.isArray(keys.providers) ? keys.providers : keys.providers ? Object.values(keys.providers) : [];
   const out: LockerSpec[] = [];
   for (const l of describeKeySafe(params.keySafe)) {
     if (l.kind !== 'provider') continue;
     const provider = providers.find((p) => p.id === l.providerId);
-    if (provider) out.push({ kind: 'provider', provider, keyId: l.keyId! });
+    if (provider && !out.some((o) => o.kind === 'provider' && o.provider === provider)) out.push({ kind: 'provider', provider });
   }
   if (out.length === 0) {
     throw new PipelineError('ERR_ARGUMENT', `give lockers for the new key of ${path}: none of its provider lockers has a provider in keys.providers (passphrase lockers cannot be re-made without the passphrase as a locker)`);
@@ -440,11 +463,11 @@ export async function shallowRekey(path: string, options: ShallowRekeyOptions): 
         for (let i = 0; i < 64 && keySafe === undefined; i++) {
           let text: string;
           if (lockers !== undefined) {
-            text = await sealDek(dek, { cipher: params.cipher, lockers, ...(cache ?? keys.cache ? { cache: cache ?? keys.cache } : {}) });
+            text = await sealDek(dek, { cipher: params.cipher, lockers, diskId: params.diskId, ...(cache ?? keys.cache ? { cache: cache ?? keys.cache } : {}) });
           } else {
             const remove =
               typeof removeLockers === 'function' ? removeLockers : Array.isArray(removeLockers) ? (l: LockerInfo) => removeLockers.includes(l.index) : undefined;
-            text = await rewrapKeySafe(params.keySafe, { unlock: keys, ...(addLockers ? { add: addLockers } : {}), ...(remove ? { remove } : {}), ...(cache ? { cache } : {}) });
+            text = await rewrapKeySafe(params.keySafe, { unlock: keys, diskId: params.diskId, ...(addLockers ? { add: addLockers } : {}), ...(remove ? { remove } : {}), ...(cache ? { cache } : {}) });
           }
           if (text.length > MAX_VALUE_LENGTH) {
             throw new DiskError('ERR_ENCRYPTION_METADATA', `the new KeySafe of ${p} is ${text.length} characters, more than a descriptor value may hold (${MAX_VALUE_LENGTH}); use fewer lockers`);

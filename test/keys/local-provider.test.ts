@@ -163,7 +163,7 @@ describe('LocalKeyProvider (key file mode)', () => {
     expect((await new LocalKeyProvider({ home }).getKey(ref.keyId)).length).toBe(32);
 
     const good = readFileSync(p.keystorePath, 'utf8');
-    for (const bad of ['{', '[]', good.replace('"vmseal-keystore"', '"x"'), good.replace('"version": 1', '"version": 2'), good.replace(/"wrapped": "[^"]+"/, '"wrapped": "AAAA"')]) {
+    for (const bad of ['{', '[]', good.replace('"vmseal-keystore"', '"x"'), good.replace('"version": 1', '"version": 3'), good.replace(/"wrapped": "[^"]+"/, '"wrapped": "AAAA"')]) {
       writeFileSync(p.keystorePath, bad);
       expect(await codeOf(() => new LocalKeyProvider({ home }).getKey(ref.keyId))).toBe('ERR_KEYSTORE_CORRUPT');
     }
@@ -347,5 +347,35 @@ describe('LocalKeyProvider backup and restore', () => {
     expect(e.code).toBe('ERR_KEYSTORE_CONFLICT');
     expect(e.keyId).toBe(ref.keyId);
     expect(readFileSync(q.keystorePath).equals(before)).toBe(true);
+  });
+});
+
+describe('retired keys and the disk a key was made for', () => {
+  it('records diskId, retires, refuses retired keys unless allowed, and writes keystore version 2 only when needed', async () => {
+    const home = mkdtempSync(join(tmpdir(), 'vmseal-retire-'));
+    try {
+      const p = new LocalKeyProvider({ home });
+      const shared = await p.createKey();
+      expect(JSON.parse(readFileSync(p.keystorePath, 'utf8')).version).toBe(1);
+      const own = await p.createKey({ diskId: 'ab'.repeat(16) });
+      expect(JSON.parse(readFileSync(p.keystorePath, 'utf8')).version).toBe(2);
+      expect(await p.keyOwner(own.keyId)).toBe('ab'.repeat(16));
+      expect(await p.keyOwner(shared.keyId)).toBeUndefined();
+      const kek = await p.getKey(own.keyId);
+      await p.retireKey(own.keyId);
+      await p.retireKey(own.keyId); // idempotent
+      const err = await p.getKey(own.keyId).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(err).toMatchObject({ code: 'ERR_KEY_RETIRED', keyId: own.keyId, providerId: 'local' });
+      expect((await new LocalKeyProvider({ home, allowRetired: true }).getKey(own.keyId)).equals(kek)).toBe(true);
+      expect((await p.list()).find((k) => k.keyId === own.keyId)).toMatchObject({ state: 'retired', diskId: 'ab'.repeat(16) });
+      await p.destroyKey(own.keyId);
+      expect((await p.list()).find((k) => k.keyId === own.keyId)).toMatchObject({ state: 'destroyed' });
+      await expect(p.createKey({ diskId: 'a b' })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
+    } finally {
+      rmSync(home, { recursive: true, force: true });
+    }
   });
 });
