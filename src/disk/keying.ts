@@ -13,6 +13,7 @@ import {
   type BindingParams,
   type KeyCache,
   type LockerSpec,
+  type SealOptions,
   type UnlockOptions,
 } from '../keys/index.js';
 import { DiskError } from './errors.js';
@@ -50,14 +51,20 @@ export { generateDek };
  */
 export async function makeEncryptionParams(
   dek: Buffer,
-  opts: { cipher: CipherName; unitSize: DataUnitSize; capacity: number; lockers: LockerSpec[]; cache?: KeyCache },
+  opts: { cipher: CipherName; unitSize: DataUnitSize; capacity: number; lockers: LockerSpec[]; cache?: KeyCache; onKeyCreated?: SealOptions['onKeyCreated'] },
 ): Promise<EncryptionParams> {
   // The disk identity first (the authenticator does not cover the KeySafe), so that a KEK made while
   // sealing is recorded as this disk's own, which lets a later deep rekey retire it.
   const identity = rebind(dek, { formatVersion: FORMAT_VERSION, cipher: opts.cipher, unitSize: opts.unitSize, keySafe: '' }, opts.capacity);
   let keySafe: string | undefined;
   for (let i = 0; i < MAX_TRIES && keySafe === undefined; i++) {
-    const text = await sealDek(dek, { cipher: opts.cipher, lockers: opts.lockers, diskId: identity.diskId, ...(opts.cache ? { cache: opts.cache } : {}) });
+    const text = await sealDek(dek, {
+      cipher: opts.cipher,
+      lockers: opts.lockers,
+      diskId: identity.diskId,
+      ...(opts.cache ? { cache: opts.cache } : {}),
+      ...(opts.onKeyCreated ? { onKeyCreated: opts.onKeyCreated } : {}),
+    });
     if (text.length > MAX_VALUE_LENGTH) {
       throw new DiskError('ERR_ENCRYPTION_METADATA', `the KeySafe of ${opts.lockers.length} lockers is ${text.length} characters, more than a descriptor value may hold (${MAX_VALUE_LENGTH}); use fewer lockers`);
     }

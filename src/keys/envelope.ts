@@ -7,7 +7,7 @@ import { checkKdf, deriveKek, kdfSummary, KDF_LIMITS, PHRASE_DEFAULTS, type Pass
 import { ETM_MAC_NAME, KeySafe, KEYSAFE_LIMITS, makeFqidLocator, makeList, makePair, makePhraseLocator, type KeyLocator, type MacName, type PairLocator } from './keysafe.js';
 import { lockDict, unlockDict } from './locked-data.js';
 import type { KeyCache } from './cache.js';
-import type { KeyProvider } from './provider.js';
+import type { KeyProvider, KeyRef } from './provider.js';
 
 /**
  * The envelope: a DEK (as VMware's key dict `type=key:cipher=…:key=…`) locked by one or more lockers in a
@@ -43,6 +43,11 @@ export interface SealOptions {
   cache?: KeyCache;
   /** The disk the DEK belongs to: new KEKs are created for it alone (recorded with the key, see KeyProvider). */
   diskId?: string;
+  /**
+   * Called as soon as a provider has created a new KEK, before it is used, so that a job can list the
+   * keys it made and remove them if it does not complete. If it throws, the seal fails.
+   */
+  onKeyCreated?: (ref: KeyRef) => void | Promise<void>;
 }
 
 export type ProviderSet = KeyProvider[] | Record<string, KeyProvider>;
@@ -154,7 +159,13 @@ function newPhraseKdf(spec: Extract<LockerSpec, { kind: 'passphrase' }>): { kdf:
 }
 
 /** Lock an already built key dict under one new locker. */
-async function lockWithSpec(dict: Buffer, spec: LockerSpec, cache: KeyCache | undefined, diskId: string | undefined): Promise<PairLocator> {
+async function lockWithSpec(
+  dict: Buffer,
+  spec: LockerSpec,
+  cache: KeyCache | undefined,
+  diskId: string | undefined,
+  onKeyCreated?: (ref: KeyRef) => void | Promise<void>,
+): Promise<PairLocator> {
   if (spec === null || typeof spec !== 'object') throw invalidArgument(`Expected a locker spec object but received ${describeValue(spec)}`);
   if (spec.kind === 'provider') {
     const provider = spec.provider;
@@ -177,6 +188,7 @@ async function lockWithSpec(dict: Buffer, spec: LockerSpec, cache: KeyCache | un
         });
       }
       keyId = ref.keyId;
+      await onKeyCreated?.({ providerId, keyId });
       try {
         kek = (await fetchKek(provider, providerId, keyId, cache)).kek;
       } catch (err) {
@@ -232,7 +244,7 @@ export async function sealDek(dek: Buffer, options: SealOptions): Promise<string
   const dict = serializeKeyDict(cipher, dek);
   try {
     const pairs: PairLocator[] = [];
-    for (const spec of lockers) pairs.push(await lockWithSpec(dict, spec, options.cache, options.diskId));
+    for (const spec of lockers) pairs.push(await lockWithSpec(dict, spec, options.cache, options.diskId, options.onKeyCreated));
     return KeySafe.from(makeList(pairs)).toString();
   } finally {
     dict.fill(0);

@@ -339,6 +339,18 @@ export class LocalKeyProvider implements KeyProvider {
   }
 
   /**
+   * Delete a key that never locked anything (made by a job that did not complete): the entry goes
+   * without a tombstone, so `keys list` does not fill up with keys of interrupted jobs. A key already
+   * gone is not an error.
+   */
+  async discardKey(keyId: string): Promise<void> {
+    checkKeyId(keyId);
+    await this.modify(async (store) => {
+      store.keys = store.keys.filter((k) => k.keyId !== keyId);
+    });
+  }
+
+  /**
    * Write every active KEK to `file` (mode 0600, atomically), encrypted under `passphrase` with scrypt and
    * AES-256-GCM. Returns the number of keys written.
    */

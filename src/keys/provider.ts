@@ -37,6 +37,11 @@ export interface KeyProvider {
    * KMIP: Revoke). Optional: a provider without it never has keys retired by a rekey.
    */
   retireKey?(keyId: string): Promise<void>;
+  /**
+   * Remove a key that never locked anything (made by a job that did not complete). Optional: without
+   * it, destroyKey is used (KMIP: Revoke then Destroy). The local keystore deletes the entry outright.
+   */
+  discardKey?(keyId: string): Promise<void>;
   /** The disk a key was created for alone (CreateKeyOptions.diskId), or undefined for a shared key. */
   keyOwner?(keyId: string): Promise<string | undefined>;
   /** Release connections and other resources. */

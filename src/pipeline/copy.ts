@@ -21,6 +21,7 @@ import { ProgressTracker } from './progress.js';
 import { openSource } from './source.js';
 import { ensureSpace } from './space.js';
 import { StagedOutput, cleanStaleStages, pathExists } from './staging.js';
+import { jobProviders } from './job-keys.js';
 
 export interface CopySpec {
   operation: 'encrypt' | 'decrypt' | 'convert' | 'rekey-deep';
@@ -111,8 +112,10 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
     spec.operation,
   );
   try {
-    // A commit of an earlier run on this name that was killed half way is finished first.
-    await cleanStaleStages(dirname(output), basename(output));
+    // A commit of an earlier run on this name that was killed half way is finished first; the keys
+    // of one killed before its commit are removed.
+    const providers = jobProviders(spec.keys, spec.encrypt?.lockers);
+    await cleanStaleStages(dirname(output), basename(output), providers);
     const source = await openSource(input, {
       ...(spec.keys ? { keys: spec.keys } : {}),
       encrypted: spec.requireInput === 'plain' ? 'refuse' : 'decrypt',
@@ -136,7 +139,8 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
       }
       const sourceFiles = source.stored.files().map((f) => resolve(f));
       if (!spec.replaceInput && sourceFiles.includes(output)) throw new PipelineError('ERR_SAME_FILE', `the output ${output} is a file of the input`);
-      stage = await StagedOutput.prepare(output, { force: opts.force === true || spec.replaceInput === true });
+      stage = await StagedOutput.prepare(output, { force: opts.force === true || spec.replaceInput === true, providers });
+      const staged = stage;
 
       // The output's encryption: a new DEK, the input's own (copy of an encrypted disk), or none.
       let outParams: EncryptionParams | null = null;
@@ -146,7 +150,15 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
         if (capacity % unitSize !== 0) throw new DiskError('ERR_ARGUMENT', `the capacity of ${input} (${capacity} bytes) is not a multiple of the ${unitSize}-byte data unit`);
         const dek = generateDek(cipher);
         try {
-          outParams = await makeEncryptionParams(dek, { cipher, unitSize, capacity, lockers: spec.encrypt.lockers, ...(spec.encrypt.cache ? { cache: spec.encrypt.cache } : {}) });
+          outParams = await makeEncryptionParams(dek, {
+            cipher,
+            unitSize,
+            capacity,
+            lockers: spec.encrypt.lockers,
+            ...(spec.encrypt.cache ? { cache: spec.encrypt.cache } : {}),
+            // Listed before use, so that an abort or a crash does not leave a key that locks nothing.
+            onKeyCreated: (ref) => staged.recordKey(ref),
+          });
           ownCipher = outCipher = createDataCipher(cipher, dek, unitSize, opts.threads ? { threads: opts.threads } : {});
         } finally {
           dek.fill(0);
@@ -229,7 +241,7 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
       };
     } catch (err) {
       if (out) await out.close().catch(() => undefined);
-      if (stage) await stage.discard().catch(() => undefined);
+      if (stage) await stage.discard(providers).catch(() => undefined);
       throw err;
     } finally {
       ownCipher?.dispose();

@@ -31,13 +31,19 @@ export interface RetireOptions {
 function providerKeys(keySafe: string): KeyRef[] {
   const seen = new Map<string, KeyRef>();
   for (const l of describeKeySafe(keySafe)) {
-    if (l.kind === 'provider' && l.providerId !== undefined && l.keyId !== undefined) seen.set(`${l.providerId}\0${l.keyId}`, { providerId: l.providerId, keyId: l.keyId });
+    if (l.kind === 'provider' && l.providerId !== undefined && l.keyId !== undefined)
+      seen.set(`${l.providerId}\0${l.keyId}`, { providerId: l.providerId, keyId: l.keyId });
   }
   return [...seen.values()];
 }
 
 /** Retire the KEKs of `from` (the disk before a deep rekey) that `to` no longer uses and that were made for it alone. */
-export async function retireReplacedKeys(from: EncryptionParams, to: EncryptionParams, providers: readonly KeyProvider[], options: RetireOptions = {}): Promise<KeyRotation> {
+export async function retireReplacedKeys(
+  from: EncryptionParams,
+  to: EncryptionParams,
+  providers: readonly KeyProvider[],
+  options: RetireOptions = {},
+): Promise<KeyRotation> {
   const out: KeyRotation = { retired: [], destroyed: [], kept: [] };
   const still = new Set(providerKeys(to.keySafe).map((k) => `${k.providerId}\0${k.keyId}`));
   for (const ref of providerKeys(from.keySafe)) {

@@ -2,13 +2,13 @@
 // passphrase given anew or kept on purpose, and the old KEKs made for this disk alone retired, so
 // that an old copy of the descriptor no longer opens. Run as a user would (the built CLI), with the
 // local keystore and a real PyKMIP server.
-import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startPyKmip, type PyKmip } from '../helpers/pykmip.js';
 import { KmipKeyProvider } from '../../src/kmip/index.js';
-import { cleanEnv, expectOneLineError, json, qemuImg, vmseal, type CliResult } from './run-cli.js';
+import { cleanEnv, expectOneLineError, json, qemuImg, vmseal, vmsealChild, type CliResult } from './run-cli.js';
 
 const MiB = 1024 * 1024;
 let dir: string;
@@ -177,5 +177,36 @@ describe('deep rekey with the KMIP key provider (a real PyKMIP server)', () => {
     const r = json(ok(await vmseal(['rekey', disk, '--deep', '--in-place', '--destroy-old-keys', '--json'], kenv)));
     expect(r.keyRotation.destroyed).toEqual([{ providerId: 'kmip', keyId: oldKey }]);
     await expect(provider.getState(oldKey)).rejects.toMatchObject({ resultReason: 'ItemNotFound' });
+  });
+});
+
+describe('an interrupted encrypt', () => {
+  it('Ctrl-C after the new key was made: exit 130, and the keystore holds no new key', async () => {
+    const env = cleanEnv({ VMSEAL_HOME: join(dir, 'home-sigint') });
+    const big = join(dir, 'big.img');
+    await qemuImg(['create', '-f', 'raw', big, '256M']);
+    await writeFile(big, Buffer.alloc(MiB, 0x33), { flag: 'r+' });
+    const outDir = join(dir, 'sigint');
+    await mkdir(outDir);
+    const child = vmsealChild(['encrypt', big, join(outDir, 'big.vmdk'), '--subformat', 'monolithicFlat', '--chunk-size', '4K', '--threads', '1'], env);
+    let stderr = '';
+    child.stderr.on('data', (d) => (stderr += String(d)));
+    const exited = new Promise<number | null>((res) => child.on('close', (code) => res(code)));
+    // The disk's files are created in the staging folder after its key: wait for them, then interrupt.
+    const started = async (): Promise<boolean> => {
+      for (const stage of await readdir(outDir)) {
+        const files = await readdir(join(outDir, stage)).catch(() => [] as string[]);
+        if (files.some((f) => f.startsWith('big'))) return true;
+      }
+      return false;
+    };
+    for (let i = 0; i < 1000 && !(await started()); i++) await new Promise((r) => setTimeout(r, 10));
+    child.kill('SIGINT');
+    expect(await exited).toBe(130);
+    expect(stderr).toContain('nothing was left behind');
+    expect(await readdir(outDir)).toEqual([]);
+    const listed = json(ok(await vmseal(['keys', 'list', '--json'], env)));
+    expect(listed.keys).toEqual([]);
+    await rm(big);
   });
 });

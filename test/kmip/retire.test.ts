@@ -2,7 +2,12 @@
 // "retire", and the State check that getKey makes because Get still returns a revoked key.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startPyKmip, type PyKmip } from '../helpers/pykmip.js';
+import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { KmipError, KmipKeyProvider } from '../../src/kmip/index.js';
+import type { CreateKeyOptions, KeyRef } from '../../src/keys/index.js';
+import { encryptDisk } from '../../src/pipeline/index.js';
+import { tempDir } from '../disk/helpers.js';
 
 let kms: PyKmip;
 const providers: KmipKeyProvider[] = [];
@@ -57,5 +62,39 @@ describe('KMIP key retirement', () => {
     await p.retireKey(ref.keyId);
     await p.destroyKey(ref.keyId);
     await expect(restoring.getKey(ref.keyId)).rejects.toMatchObject({ code: 'ERR_KMIP_OPERATION_FAILED', resultReason: 'ItemNotFound' });
+  });
+});
+
+describe('a KMIP key made by a job that does not complete', () => {
+  it('is revoked and destroyed when the job is aborted', async () => {
+    const tmp = tempDir('vmseal-kmip-abort-');
+    try {
+      const made: KeyRef[] = [];
+      const ac = new AbortController();
+      class Hooked extends KmipKeyProvider {
+        override async createKey(opts?: CreateKeyOptions): Promise<KeyRef> {
+          const ref = await super.createKey(opts);
+          made.push(ref);
+          ac.abort();
+          return ref;
+        }
+      }
+      const p = new Hooked({ ...kms.providerOptions('pykmip-test'), timeoutMs: 5000 });
+      providers.push(p);
+      const plain = join(tmp.dir, 'plain.raw');
+      writeFileSync(plain, Buffer.alloc(1 << 20, 7));
+      const out = join(tmp.dir, 'out');
+      mkdirSync(out);
+      await expect(
+        encryptDisk(plain, join(out, 'enc.vmdk'), { subformat: 'monolithicFlat', lockers: [{ kind: 'provider', provider: p }], signal: ac.signal }),
+      ).rejects.toMatchObject({
+        code: 'ERR_ABORTED',
+      });
+      expect(made).toHaveLength(1);
+      await expect(p.getState(made[0]!.keyId)).rejects.toMatchObject({ resultReason: 'ItemNotFound' });
+      expect(readdirSync(out)).toEqual([]);
+    } finally {
+      tmp.cleanup();
+    }
   });
 });
