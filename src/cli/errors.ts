@@ -127,6 +127,10 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
   ERR_VMDK_EXISTS: { exitCode: ExitCode.FAILURE, hint: 'Choose another output name, or remove the existing file' },
   ERR_NO_SPACE: { exitCode: ExitCode.FAILURE, hint: "Free space on the output's file system, or write the output elsewhere" },
   ERR_INTERRUPTED_JOB: { exitCode: ExitCode.FAILURE, hint: 'Run `vmseal resume DISK` to finish the interrupted job first' },
+  ERR_JOURNAL_MISMATCH: {
+    exitCode: ExitCode.USAGE,
+    hint: 'Finish the interrupted job as it was started with `vmseal resume DISK`, then change its lockers with `vmseal rekey DISK --shallow`',
+  },
   ERR_JOURNAL: { exitCode: ExitCode.FAILURE, hint: 'The job journal beside the disk is damaged or belongs to another disk; keep a copy of both and report it' },
   ERR_READ_ONLY: { exitCode: ExitCode.FAILURE, hint: 'Check the file permissions' },
   ERR_VMDK_READ_ONLY: { exitCode: ExitCode.FAILURE, hint: 'Check the file permissions' },

@@ -37,6 +37,7 @@ import { cleanStaleStages } from './staging.js';
 import { ensureSpace } from './space.js';
 import { markDescriptor, runCopy } from './copy.js';
 import { retireReplacedKeys } from './retire.js';
+import { journalDifferences } from './journal-match.js';
 
 /** Set the encryption lines (in their order, right after createType) and the job line on a descriptor. */
 function withLines(base: Descriptor, params: EncryptionParams | null, job: string | undefined): Descriptor {
@@ -317,7 +318,10 @@ export async function encryptInPlace(path: string, options: EncryptInPlaceOption
   const both = { from: unlock, to: unlock };
   return withDiskLock(p, 'encrypt-in-place', async () => {
     const existing = await Journal.open(p);
-    if (existing) return runJournal(p, existing, both, opts, true);
+    if (existing) {
+      await refuseOtherLockers(p, existing, { lockers, ...(cipher ? { cipher } : {}), ...(unitSize ? { unitSize } : {}) });
+      return runJournal(p, existing, both, opts, true);
+    }
     const done = await finishedEarlier(p, unlock);
     if (done) return alreadyDone('encrypt', p, done, await capacityOf(p));
     const journal = await startInPlace(
@@ -375,6 +379,7 @@ export async function deepRekey(path: string, options: DeepRekeyOptions): Promis
     const existing = await Journal.open(p);
     if (existing) {
       const from = existing.header.from as EncryptionParams | null;
+      if (given !== undefined) await refuseOtherLockers(p, existing, { lockers: given, ...(cipher ? { cipher } : {}), ...(unitSize ? { unitSize } : {}) });
       await existing.close();
       const newKeys = keysFromLockers(given, { ...keys, passphrase: undefined }, cache);
       const done = await resumeDisk(p, { ...opts, keys, newKeys });
@@ -397,6 +402,20 @@ export async function deepRekey(path: string, options: DeepRekeyOptions): Promis
     return runJournal(p, journal, { from: keys, to: newKeys }, opts, false);
   });
   return rotate(from, rewritten, newKeys.providers);
+}
+
+/**
+ * A re-run of an interrupted job finishes it with the journal's new KeySafe: refuse (and close the
+ * journal) when the run asks for something else, naming each difference.
+ */
+async function refuseOtherLockers(path: string, journal: Journal, spec: Pick<EncryptSpec, 'lockers' | 'cipher' | 'unitSize'>): Promise<void> {
+  const diffs = await journalDifferences(journal.header.to, spec);
+  if (diffs.length === 0) return;
+  await journal.close();
+  throw new PipelineError(
+    'ERR_JOURNAL_MISMATCH',
+    `${path} has an interrupted ${journal.header.operation} job whose journal already fixed the new key's lockers, and this run asks for other ones: ${diffs.join('; ')}`,
+  );
 }
 
 /** Lockers for a new DEK: a new KEK (made for this disk) from each provider of the disk's current fqid lockers. */
