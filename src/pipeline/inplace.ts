@@ -38,6 +38,7 @@ import { ensureSpace } from './space.js';
 import { markDescriptor, runCopy } from './copy.js';
 import { retireReplacedKeys } from './retire.js';
 import { journalDifferences } from './journal-match.js';
+import { jobProviders } from './job-keys.js';
 
 /** Set the encryption lines (in their order, right after createType) and the job line on a descriptor. */
 function withLines(base: Descriptor, params: EncryptionParams | null, job: string | undefined): Descriptor {
@@ -366,24 +367,17 @@ export async function deepRekey(path: string, options: DeepRekeyOptions): Promis
   const { chunkSize } = checkJobOptions(options);
   const { keys, lockers: given, cipher, unitSize, inPlace, cache, retireOldKeys, destroyOldKeys, ...opts } = options;
   if (keys === null || typeof keys !== 'object') throw new PipelineError('ERR_ARGUMENT', `Expected keys ({ passphrase?, providers?, cache? }) but received ${describeValue(keys)}`);
-  // The old encryption, for retiring its KEKs once the new DEK is in place.
-  const rotate = async (from: EncryptionParams | null, done: JobResult, providers: UnlockOptions['providers']): Promise<JobResult> => {
-    if (retireOldKeys === false || !from) return done;
-    const to = await readEncryptionParams(p);
-    if (!to || to.diskId === from.diskId) return done;
-    const list = Array.isArray(providers) ? providers : providers ? Object.values(providers) : [];
-    return { ...done, keyRotation: await retireReplacedKeys(from, to, list, { destroy: destroyOldKeys === true }) };
-  };
+  const retire = { ...(retireOldKeys !== undefined ? { retireOldKeys } : {}), ...(destroyOldKeys !== undefined ? { destroyOldKeys } : {}) };
+  const rotate = (from: EncryptionParams | null, done: JobResult, providers: UnlockOptions['providers']): Promise<JobResult> => withRotation(p, from, done, providers, retire);
   if (inPlace) {
-    // A re-run after a crash continues the journal (whatever lockers are given now).
+    // A re-run after a crash continues the journal (with the lockers it fixed: others are refused).
     const existing = await Journal.open(p);
     if (existing) {
-      const from = existing.header.from as EncryptionParams | null;
       if (given !== undefined) await refuseOtherLockers(p, existing, { lockers: given, ...(cipher ? { cipher } : {}), ...(unitSize ? { unitSize } : {}) });
       await existing.close();
       const newKeys = keysFromLockers(given, { ...keys, passphrase: undefined }, cache);
-      const done = await resumeDisk(p, { ...opts, keys, newKeys });
-      if (done) return rotate(from, done, newKeys.providers);
+      const done = await resumeDisk(p, { ...opts, ...retire, keys, newKeys });
+      if (done) return done;
     }
   }
   const from = await readEncryptionParams(p);
@@ -402,6 +396,25 @@ export async function deepRekey(path: string, options: DeepRekeyOptions): Promis
     return runJournal(p, journal, { from: keys, to: newKeys }, opts, false);
   });
   return rotate(from, rewritten, newKeys.providers);
+}
+
+/**
+ * After a deep rekey: retire the old KEKs made for this disk alone (see retire.ts) and report it in
+ * the result. `from` is the encryption before the rekey (from the disk, or from an interrupted job's
+ * journal).
+ */
+async function withRotation(
+  path: string,
+  from: EncryptionParams | null,
+  done: JobResult,
+  providers: UnlockOptions['providers'],
+  opts: { retireOldKeys?: boolean; destroyOldKeys?: boolean },
+): Promise<JobResult> {
+  if (opts.retireOldKeys === false || !from) return done;
+  const to = await readEncryptionParams(path);
+  if (!to || to.diskId === from.diskId) return done;
+  const list = Array.isArray(providers) ? providers : providers ? Object.values(providers) : [];
+  return { ...done, keyRotation: await retireReplacedKeys(from, to, list, { destroy: opts.destroyOldKeys === true }) };
 }
 
 /**
@@ -539,6 +552,10 @@ export interface ResumeOptions extends JobOptions {
   /** Unlocks the new key of an interrupted deep rekey when `keys` cannot (e.g. another passphrase). */
   newKeys?: UnlockOptions;
   cache?: KeyCache;
+  /** A finished deep rekey retires the old KEKs made for the disk alone, as deepRekey does (default: true). */
+  retireOldKeys?: boolean;
+  /** …or destroys them (default: false). */
+  destroyOldKeys?: boolean;
 }
 
 /**
@@ -548,12 +565,17 @@ export interface ResumeOptions extends JobOptions {
  */
 export async function resumeDisk(path: string, options: ResumeOptions = {}): Promise<JobResult | null> {
   const p = await realDiskPath(checkPath(path, 'path'));
-  const { keys = {}, newKeys, cache, ...opts } = options;
+  const { keys = {}, newKeys, cache, retireOldKeys, destroyOldKeys, ...opts } = options;
   const unlock: UnlockOptions = { ...keys, ...(keys.cache ?? cache ? { cache: keys.cache ?? cache } : {}) };
   const unlockNew: UnlockOptions = newKeys ? { ...newKeys, ...(newKeys.cache ?? unlock.cache ? { cache: newKeys.cache ?? unlock.cache } : {}) } : unlock;
   return withDiskLock(p, 'resume', async () => {
     const journal = await Journal.open(p);
-    if (journal) return runJournal(p, journal, { from: unlock, to: unlockNew }, opts, true);
+    if (journal) {
+      const from = journal.header.operation === 'rekey-deep-in-place' ? (journal.header.from as EncryptionParams | null) : null;
+      const done = await runJournal(p, journal, { from: unlock, to: unlockNew }, opts, true);
+      const providers = jobProviders(unlock, []).concat(jobProviders(unlockNew, []));
+      return withRotation(p, from, done, providers, { ...(retireOldKeys !== undefined ? { retireOldKeys } : {}), ...(destroyOldKeys !== undefined ? { destroyOldKeys } : {}) });
+    }
     const rolled = await cleanStaleStages(dirname(p), basename(p));
     // A deep rekey whose commit never started left its marker on the old descriptor: the old disk is intact.
     const stored = await openVmdk(p, { readOnly: true, allowEncrypted: true }).catch(() => undefined);

@@ -145,6 +145,26 @@ describe('deep rekey', () => {
   });
 });
 
+describe('deep rekey interrupted, then resumed', () => {
+  it('resumeDisk finishes it and retires the old KEK made for the disk', async () => {
+    const dir = join(tmp.dir, 'deep-resume-retire');
+    mkdirSync(dir);
+    const local = new LocalKeyProvider({ home: join(dir, 'home') });
+    const disk = join(dir, 'enc.vmdk');
+    await encryptDisk(plainRaw, disk, { subformat: 'monolithicFlat', lockers: [{ kind: 'provider', provider: local }] });
+    const old = describeKeySafe((await readEncryptionParams(disk))!.keySafe)[0]!.keyId!;
+    const ac = new AbortController();
+    await expect(deepRekey(disk, { keys: { providers: [local] }, inPlace: true, chunkSize: 64 * 1024, signal: ac.signal, onProgress: () => ac.abort() })).rejects.toMatchObject({
+      code: 'ERR_ABORTED',
+    });
+    expect((await local.list()).find((k) => k.keyId === old)!.state).toBe('active');
+    const r = await resumeDisk(disk, { keys: { providers: [local] } });
+    expect(r!.keyRotation!.retired).toEqual([{ providerId: 'local', keyId: old }]);
+    expect(await plaintextHash(disk, { providers: [local] })).toBe(sha256(image));
+    await expect(local.getKey(old)).rejects.toMatchObject({ code: 'ERR_KEY_RETIRED' });
+  });
+});
+
 describe('shallow rekey', () => {
   for (const subformat of ['monolithicFlat', 'monolithicSparse'] as const) {
     it(`${subformat}: add a recovery passphrase, move to a new KEK, remove the passphrase — data bytes untouched`, async () => {
