@@ -133,7 +133,7 @@ export async function rekeyCommand(ctx: Ctx, disk: string, opts: RekeyCliOptions
 }
 
 /** What happened to the old key-encryption keys of a deep rekey: retired ones on stdout, kept ones as notes. */
-function reportRotation(ctx: Ctx, result: JobResult): void {
+export function reportRotation(ctx: Ctx, result: JobResult): void {
   const r = result.keyRotation;
   if (!r) return;
   for (const k of r.retired) ctx.output.line(`  retired old key ${k.keyId} of provider ${k.providerId} (an old copy of the disk no longer opens; --allow-retired-key to restore an old backup)`);
