@@ -11,7 +11,7 @@ import { tempDir } from '../disk/helpers.js';
 
 let kms: PyKmip;
 const providers: KmipKeyProvider[] = [];
-function provider(extra: { allowRetired?: boolean } = {}): KmipKeyProvider {
+function provider(extra: { allowRetired?: boolean; protocolVersion?: string } = {}): KmipKeyProvider {
   const p = new KmipKeyProvider({ ...kms.providerOptions('pykmip-test'), timeoutMs: 5000, ...extra });
   providers.push(p);
   return p;
@@ -38,6 +38,14 @@ describe('KMIP key retirement', () => {
     expect(await p.keyOwner(shared.keyId)).toBeUndefined();
     const named = await p.createKey({ name: 'batch-2026', diskId: DISK });
     expect(await p.keyOwner(named.keyId)).toBeUndefined();
+  });
+
+  it('keyOwner and the State check work over KMIP 2.0 too (Attributes structure, Attribute References)', async () => {
+    const p = provider({ protocolVersion: '2.0' });
+    const own = await p.createKey({ diskId: DISK });
+    expect(await p.keyOwner(own.keyId)).toBe(DISK);
+    await p.retireKey(own.keyId);
+    await expect(p.getKey(own.keyId)).rejects.toMatchObject({ code: 'ERR_KEY_RETIRED' });
   });
 
   it('a retired (revoked) key is still served by Get, but getKey refuses it unless allowRetired', async () => {
