@@ -129,7 +129,7 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
   ERR_INTERRUPTED_JOB: { exitCode: ExitCode.FAILURE, hint: 'Run `vmseal resume DISK` to finish the interrupted job first' },
   ERR_JOURNAL_MISMATCH: {
     exitCode: ExitCode.USAGE,
-    hint: 'Finish the interrupted job as it was started with `vmseal resume DISK`, then change its lockers with `vmseal rekey DISK --shallow`',
+    hint: 'Finish the interrupted job as it was started with `vmseal resume DISK`, then change its lockers with a shallow rekey (see `vmseal rekey --help`)',
   },
   ERR_JOURNAL: { exitCode: ExitCode.FAILURE, hint: 'The job journal beside the disk is damaged or belongs to another disk; keep a copy of both and report it' },
   ERR_READ_ONLY: { exitCode: ExitCode.FAILURE, hint: 'Check the file permissions' },
