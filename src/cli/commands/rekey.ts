@@ -73,6 +73,13 @@ export async function rekeyCommand(ctx: Ctx, disk: string, opts: RekeyCliOptions
   if (opts.deep && opts.inPlace) ctx.interruptNote = `run \`vmseal resume ${disk}\` (or this command again) to finish`;
   const before = await lockersOf(disk);
   const hadPhrase = before.some((l) => l.kind === 'passphrase');
+  // Checked before any key is fetched or made: a deep rekey never keeps or drops a passphrase silently.
+  if (opts.deep && hadPhrase && !newPhraseGiven && !opts.keepRecoveryPassphrase && !opts.removeRecoveryPassphrase && !opts.addRecoveryPassphrase) {
+    throw usageError(
+      `${disk} has a recovery passphrase, and a deep rekey rotates it with the disk key`,
+      'Give the new one with --new-passphrase-file F or --new-passphrase-env NAME, or keep the old one with --keep-recovery-passphrase (or drop it with --remove-recovery-passphrase)',
+    );
+  }
   if (opts.removeRecoveryPassphrase && !hadPhrase) {
     throw new CliError('ERR_CLI_NO_PASSPHRASE_LOCKER', `${disk} has no recovery passphrase to remove`, { exitCode: ExitCode.FAILURE, hint: '`vmseal info DISK` lists its lockers' });
   }
@@ -183,11 +190,5 @@ async function deepRekeyPassphrase(
     return { kind: 'passphrase', passphrase: oldPassphrase };
   }
   if (opts.addRecoveryPassphrase) return keys.recoveryLocker();
-  if (hadPhrase && !opts.removeRecoveryPassphrase) {
-    throw usageError(
-      `${disk} has a recovery passphrase, and a deep rekey rotates it with the disk key`,
-      'Give the new one with --new-passphrase-file F or --new-passphrase-env NAME, or keep the old one with --keep-recovery-passphrase (or drop it with --remove-recovery-passphrase)',
-    );
-  }
   return undefined;
 }
