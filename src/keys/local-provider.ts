@@ -221,7 +221,7 @@ export class LocalKeyProvider implements KeyProvider {
   }
 
   /**
-   * Write every active KEK to `file` (mode 0600, atomically), encrypted under `passphrase` with scrypt and
+   * Write every KEK that is not destroyed (active and retired ones) to `file` (mode 0600, atomically), encrypted under `passphrase` with scrypt and
    * AES-256-GCM. Returns the number of keys written.
    */
   async backup(file: string, passphrase: string | Uint8Array): Promise<{ keys: number }> {
@@ -231,8 +231,16 @@ export class LocalKeyProvider implements KeyProvider {
     try {
       const store = await this.openStore();
       for (const e of store.keys) {
-        if (e.state !== 'active') continue;
-        entries.push({ keyId: e.keyId, name: e.name, created: e.created, kek: this.unwrap(store, e.keyId, this.master!) });
+        if (e.state === 'destroyed') continue;
+        entries.push({
+          keyId: e.keyId,
+          name: e.name,
+          created: e.created,
+          state: e.state,
+          ...(e.retired !== undefined ? { retired: e.retired } : {}),
+          ...(e.diskId !== undefined ? { diskId: e.diskId } : {}),
+          kek: this.unwrap(store, e.keyId, this.master!),
+        });
       }
       await writeBackup(resolve(file), entries, pass, this.cost, this.id);
     } finally {
@@ -245,7 +253,7 @@ export class LocalKeyProvider implements KeyProvider {
   /**
    * Add the keys of a backup file to this keystore (created if absent). A key already present with the
    * same material is left as is; one present with different material is ERR_KEYSTORE_CONFLICT (nothing is
-   * written); a destroyed key comes back active.
+   * written); a destroyed key comes back, in the state the backup recorded (active, or retired).
    */
   async restore(file: string, passphrase: string | Uint8Array): Promise<{ added: number; unchanged: number }> {
     if (typeof file !== 'string' || file === '') throw invalidArgument(`Expected a file path for file but received ${describeValue(file)}`);
@@ -279,13 +287,14 @@ export class LocalKeyProvider implements KeyProvider {
             unchanged++;
             continue;
           }
+          // A destroyed or missing key comes back in the state the backup recorded (a retired key stays retired).
           const wrapped = gcmSeal(master, b.kek, `vmseal keystore v1 key ${b.keyId}`).toString('base64');
+          const back = { state: b.state, ...(b.retired !== undefined ? { retired: b.retired } : {}), ...(b.diskId !== undefined ? { diskId: b.diskId } : {}), wrapped };
           if (e) {
-            e.state = 'active';
-            e.wrapped = wrapped;
             delete e.destroyed;
+            Object.assign(e, back);
           } else {
-            store.keys.push({ keyId: b.keyId, name: b.name, created: b.created, state: 'active', wrapped });
+            store.keys.push({ keyId: b.keyId, name: b.name, created: b.created, ...back });
           }
           added++;
         }

@@ -379,3 +379,34 @@ describe('retired keys and the disk a key was made for', () => {
     }
   });
 });
+
+describe('backups of retired keys', () => {
+  it('carry retired keys and disk ids (version 2) and restore them retired; a keystore without either still writes version 1', async () => {
+    const root = mkdtempSync(join(tmpdir(), 'vmseal-backup-v2-'));
+    try {
+      const scrypt = { n: 16, r: 1, p: 1 };
+      const a = new LocalKeyProvider({ home: join(root, 'a'), scrypt });
+      const shared = await a.createKey();
+      await a.backup(join(root, 'v1.json'), 'backup passphrase');
+      expect(JSON.parse(readFileSync(join(root, 'v1.json'), 'utf8')).version).toBe(1);
+
+      const own = await a.createKey({ diskId: 'cd'.repeat(16) });
+      await a.retireKey(own.keyId);
+      const kek = await new LocalKeyProvider({ home: join(root, 'a'), allowRetired: true }).getKey(own.keyId);
+      expect(await a.backup(join(root, 'v2.json'), 'backup passphrase')).toEqual({ keys: 2 });
+      expect(JSON.parse(readFileSync(join(root, 'v2.json'), 'utf8')).version).toBe(2);
+
+      const b = new LocalKeyProvider({ home: join(root, 'b'), scrypt });
+      expect(await b.restore(join(root, 'v2.json'), 'backup passphrase')).toEqual({ added: 2, unchanged: 0 });
+      expect((await b.list()).find((k) => k.keyId === own.keyId)).toMatchObject({ state: 'retired', diskId: 'cd'.repeat(16) });
+      await expect(b.getKey(own.keyId)).rejects.toMatchObject({ code: 'ERR_KEY_RETIRED' });
+      expect((await new LocalKeyProvider({ home: join(root, 'b'), allowRetired: true }).getKey(own.keyId)).equals(kek)).toBe(true);
+      expect(await b.getKey(shared.keyId)).toHaveLength(32);
+      // The version-1 backup still restores.
+      const c = new LocalKeyProvider({ home: join(root, 'c'), scrypt });
+      expect(await c.restore(join(root, 'v1.json'), 'backup passphrase')).toEqual({ added: 1, unchanged: 0 });
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+});
