@@ -12,6 +12,7 @@ import {
   verifyAuthenticator,
   type BindingParams,
   type KeyCache,
+  type KeyRef,
   type LockerSpec,
   type SealOptions,
   type UnlockOptions,
@@ -57,14 +58,21 @@ export async function makeEncryptionParams(
   // sealing is recorded as this disk's own, which lets a later deep rekey retire it.
   const identity = rebind(dek, { formatVersion: FORMAT_VERSION, cipher: opts.cipher, unitSize: opts.unitSize, keySafe: '' }, opts.capacity);
   let keySafe: string | undefined;
+  let lockers = opts.lockers;
   for (let i = 0; i < MAX_TRIES && keySafe === undefined; i++) {
+    const created: KeyRef[] = [];
     const text = await sealDek(dek, {
       cipher: opts.cipher,
-      lockers: opts.lockers,
+      lockers,
       diskId: identity.diskId,
       ...(opts.cache ? { cache: opts.cache } : {}),
-      ...(opts.onKeyCreated ? { onKeyCreated: opts.onKeyCreated } : {}),
+      onKeyCreated: async (ref) => {
+        created.push(ref);
+        await opts.onKeyCreated?.(ref);
+      },
     });
+    // A re-seal (unsafe text) reuses the KEKs this seal made instead of making new ones each time.
+    lockers = reuseCreatedKeys(lockers, created);
     if (text.length > MAX_VALUE_LENGTH) {
       throw new DiskError('ERR_ENCRYPTION_METADATA', `the KeySafe of ${opts.lockers.length} lockers is ${text.length} characters, more than a descriptor value may hold (${MAX_VALUE_LENGTH}); use fewer lockers`);
     }
@@ -74,6 +82,12 @@ export async function makeEncryptionParams(
     throw new DiskError('ERR_ENCRYPTION_METADATA', `the KeySafe cannot be written into a descriptor (too long for ${opts.lockers.length} lockers, or unsafe text after ${MAX_TRIES} seals)`);
   }
   return { ...identity, keySafe };
+}
+
+/** The lockers with each "new KEK" provider locker bound to the key a seal made for it (sealDek creates them in order). */
+export function reuseCreatedKeys(lockers: LockerSpec[], created: readonly KeyRef[]): LockerSpec[] {
+  let next = 0;
+  return lockers.map((l) => (l.kind === 'provider' && l.keyId === undefined && next < created.length ? { ...l, keyId: created[next++]!.keyId } : l));
 }
 
 /** Same DEK and KeySafe, a new disk identity and authenticator (a copy of an encrypted disk is a new disk). */

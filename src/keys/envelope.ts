@@ -471,6 +471,8 @@ export interface RewrapOptions {
   cache?: KeyCache;
   /** The disk the DEK belongs to: new KEKs are created for it alone (see SealOptions.diskId). */
   diskId?: string;
+  /** Called as soon as a provider has created a new KEK (see SealOptions.onKeyCreated). */
+  onKeyCreated?: (ref: KeyRef) => void | Promise<void>;
 }
 
 /**
@@ -496,7 +498,7 @@ export async function rewrapKeySafe(text: string, options: RewrapOptions): Promi
     const items: readonly KeyLocator[] = ks.root.type === 'list' ? ks.root.items : [ks.root];
     const kept = items.filter((item, index) => item.type !== 'pair' || !remove?.(describePair(index, item)));
     const added: PairLocator[] = [];
-    for (const spec of add) added.push(await lockWithSpec(dict, spec, options.cache ?? options.unlock.cache, options.diskId));
+    for (const spec of add) added.push(await lockWithSpec(dict, spec, options.cache ?? options.unlock.cache, options.diskId, options.onKeyCreated));
     const all = [...kept, ...added];
     if (!all.some((i) => i.type === 'pair')) throw invalidArgument('the rewrap would leave the KeySafe with no locker');
     return KeySafe.from(makeList(all)).toString();

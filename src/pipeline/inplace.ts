@@ -20,10 +20,10 @@ import { openDisk as openVmdk, Descriptor } from '../vmdk/index.js';
 import { createDataCipher, type DataCipher } from '../disk/cipher.js';
 import { allocateCipherBuffer } from '../xts/index.js';
 import { DiskError } from '../disk/errors.js';
-import { generateDek, makeEncryptionParams, unlockDek } from '../disk/keying.js';
+import { generateDek, makeEncryptionParams, reuseCreatedKeys, unlockDek } from '../disk/keying.js';
 import { UNENCRYPTABLE_SUBFORMATS, checkEncryptionChoice, checkLockers, encryptionOf, readEncryptionParams } from '../disk/open.js';
 import { LINE, MAX_VALUE_LENGTH, encryptionLines, unsafeValueReason, type CipherName, type DataUnitSize, type EncryptionParams } from '../disk/params.js';
-import { describeKeySafe, rewrapKeySafe, sealDek, type LockerInfo } from '../keys/index.js';
+import { describeKeySafe, rewrapKeySafe, sealDek, type KeyRef, type LockerInfo } from '../keys/index.js';
 import { describeValue } from '../errors.js';
 import { locateDescriptor, readDescriptorBytes, removeStaleDescriptorTemps, writeDescriptor, type DescriptorLocation } from './descriptor-io.js';
 import { PipelineError, abortError } from './errors.js';
@@ -492,14 +492,21 @@ export async function shallowRekey(path: string, options: ShallowRekeyOptions): 
       let keySafe: string | undefined;
       journalDek = Buffer.from(dek); // a shallow rekey keeps the DEK: it keys the journal's MAC
       try {
+        // A re-seal (unsafe text) reuses the KEKs the previous try made instead of making new ones.
+        let replaceWith = lockers;
+        let add = addLockers;
         for (let i = 0; i < 64 && keySafe === undefined; i++) {
           let text: string;
-          if (lockers !== undefined) {
-            text = await sealDek(dek, { cipher: params.cipher, lockers, diskId: params.diskId, ...(cache ?? keys.cache ? { cache: cache ?? keys.cache } : {}) });
+          const created: KeyRef[] = [];
+          const onKeyCreated = (ref: KeyRef): void => void created.push(ref);
+          if (replaceWith !== undefined) {
+            text = await sealDek(dek, { cipher: params.cipher, lockers: replaceWith, diskId: params.diskId, onKeyCreated, ...(cache ?? keys.cache ? { cache: cache ?? keys.cache } : {}) });
+            replaceWith = reuseCreatedKeys(replaceWith, created);
           } else {
             const remove =
               typeof removeLockers === 'function' ? removeLockers : Array.isArray(removeLockers) ? (l: LockerInfo) => removeLockers.includes(l.index) : undefined;
-            text = await rewrapKeySafe(params.keySafe, { unlock: keys, diskId: params.diskId, ...(addLockers ? { add: addLockers } : {}), ...(remove ? { remove } : {}), ...(cache ? { cache } : {}) });
+            text = await rewrapKeySafe(params.keySafe, { unlock: keys, diskId: params.diskId, onKeyCreated, ...(add ? { add } : {}), ...(remove ? { remove } : {}), ...(cache ? { cache } : {}) });
+            if (add) add = reuseCreatedKeys(add, created);
           }
           if (text.length > MAX_VALUE_LENGTH) {
             throw new DiskError('ERR_ENCRYPTION_METADATA', `the new KeySafe of ${p} is ${text.length} characters, more than a descriptor value may hold (${MAX_VALUE_LENGTH}); use fewer lockers`);

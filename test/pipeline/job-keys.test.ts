@@ -5,8 +5,9 @@ import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { LocalKeyProvider, type CreateKeyOptions, type KeyRef } from '../../src/keys/index.js';
-import { encryptDisk } from '../../src/pipeline/index.js';
+import { randomBytes } from 'node:crypto';
+import { LocalKeyProvider, type CreateKeyOptions, type KeyProvider, type KeyRef } from '../../src/keys/index.js';
+import { encryptDisk, shallowRekey } from '../../src/pipeline/index.js';
 import { patternBytes, phraseLocker, tempDir } from '../disk/helpers.js';
 
 const MiB = 1024 * 1024;
@@ -81,5 +82,53 @@ describe('keys made by a job that does not complete', () => {
     expect(keys).toHaveLength(1); // the new disk's own key
     expect(readdirSync(dir).sort()).toEqual(['out-flat.vmdk', 'out.vmdk']);
     expect(r.encrypted).toBe(true);
+  });
+});
+
+/** A provider whose key ids contain "CID": a KeySafe naming one can never stand in a descriptor. */
+class CidKeys implements KeyProvider {
+  readonly id = 'cidkms';
+  readonly keys = new Map<string, Buffer>();
+  created = 0;
+  async createKey(): Promise<KeyRef> {
+    const keyId = `CID-${++this.created}`;
+    this.keys.set(keyId, randomBytes(32));
+    return { providerId: this.id, keyId };
+  }
+  async getKey(keyId: string): Promise<Buffer> {
+    const k = this.keys.get(keyId);
+    if (!k) throw new Error(`no key ${keyId}`);
+    return Buffer.from(k);
+  }
+  async destroyKey(keyId: string): Promise<void> {
+    this.keys.delete(keyId);
+  }
+}
+
+describe('re-sealing a KeySafe whose text cannot stand in a descriptor', () => {
+  it('reuses the KEK it made instead of making one per try, and the failed job removes it', async () => {
+    const dir = join(tmp.dir, 'reseal');
+    mkdirSync(dir);
+    const kms = new CidKeys();
+    await expect(
+      encryptDisk(plainRaw, join(dir, 'out.vmdk'), { subformat: 'monolithicFlat', lockers: [{ kind: 'provider', provider: kms }] }),
+    ).rejects.toMatchObject({
+      code: 'ERR_ENCRYPTION_METADATA',
+    });
+    expect(kms.created).toBe(1);
+    expect(kms.keys.size).toBe(0);
+    expect(readdirSync(dir)).toEqual([]);
+  });
+
+  it('a shallow rekey makes one new KEK however often it re-seals', async () => {
+    const dir = join(tmp.dir, 'reseal-shallow');
+    mkdirSync(dir);
+    const disk = join(dir, 'enc.vmdk');
+    await encryptDisk(plainRaw, disk, { subformat: 'monolithicFlat', lockers: [phraseLocker('pw')] });
+    const kms = new CidKeys();
+    await expect(shallowRekey(disk, { keys: { passphrase: 'pw' }, addLockers: [{ kind: 'provider', provider: kms }] })).rejects.toMatchObject({
+      code: 'ERR_ENCRYPTION_METADATA',
+    });
+    expect(kms.created).toBe(1);
   });
 });
