@@ -38,7 +38,7 @@ import { ensureSpace } from './space.js';
 import { markDescriptor, runCopy } from './copy.js';
 import { retireReplacedKeys } from './retire.js';
 import { journalDifferences } from './journal-match.js';
-import { jobProviders } from './job-keys.js';
+import { discardJobKeys, jobProviders } from './job-keys.js';
 
 /** Set the encryption lines (in their order, right after createType) and the job line on a descriptor. */
 function withLines(base: Descriptor, params: EncryptionParams | null, job: string | undefined): Descriptor {
@@ -483,6 +483,7 @@ export async function shallowRekey(path: string, options: ShallowRekeyOptions): 
     const stored = await openVmdk(p, { readOnly: true, allowEncrypted: true });
     let header: JournalHeader;
     let journalDek: Buffer | undefined;
+    const madeKeys: KeyRef[] = [];
     try {
       const enc = encryptionOf(stored);
       if (!enc) throw new DiskError('ERR_NOT_ENCRYPTED', `${p} is not encrypted`);
@@ -498,7 +499,10 @@ export async function shallowRekey(path: string, options: ShallowRekeyOptions): 
         for (let i = 0; i < 64 && keySafe === undefined; i++) {
           let text: string;
           const created: KeyRef[] = [];
-          const onKeyCreated = (ref: KeyRef): void => void created.push(ref);
+          const onKeyCreated = (ref: KeyRef): void => {
+            created.push(ref);
+            madeKeys.push(ref);
+          };
           if (replaceWith !== undefined) {
             text = await sealDek(dek, { cipher: params.cipher, lockers: replaceWith, diskId: params.diskId, onKeyCreated, ...(cache ?? keys.cache ? { cache: cache ?? keys.cache } : {}) });
             replaceWith = reuseCreatedKeys(replaceWith, created);
@@ -534,6 +538,8 @@ export async function shallowRekey(path: string, options: ShallowRekeyOptions): 
       };
     } catch (err) {
       journalDek?.fill(0);
+      // Nothing was written: the KEKs made for the new lockers lock nothing.
+      await discardJobKeys(madeKeys, jobProviders(keys, [...(lockers ?? []), ...(addLockers ?? [])]));
       throw err;
     } finally {
       await stored.close();

@@ -120,7 +120,7 @@ describe('re-sealing a KeySafe whose text cannot stand in a descriptor', () => {
     expect(readdirSync(dir)).toEqual([]);
   });
 
-  it('a shallow rekey makes one new KEK however often it re-seals', async () => {
+  it('a shallow rekey makes one new KEK however often it re-seals, and removes it when it fails', async () => {
     const dir = join(tmp.dir, 'reseal-shallow');
     mkdirSync(dir);
     const disk = join(dir, 'enc.vmdk');
@@ -130,5 +130,6 @@ describe('re-sealing a KeySafe whose text cannot stand in a descriptor', () => {
       code: 'ERR_ENCRYPTION_METADATA',
     });
     expect(kms.created).toBe(1);
+    expect(kms.keys.size).toBe(0);
   });
 });
