@@ -368,7 +368,8 @@ export async function deepRekey(path: string, options: DeepRekeyOptions): Promis
   const { keys, lockers: given, cipher, unitSize, inPlace, cache, retireOldKeys, destroyOldKeys, ...opts } = options;
   if (keys === null || typeof keys !== 'object') throw new PipelineError('ERR_ARGUMENT', `Expected keys ({ passphrase?, providers?, cache? }) but received ${describeValue(keys)}`);
   const retire = { ...(retireOldKeys !== undefined ? { retireOldKeys } : {}), ...(destroyOldKeys !== undefined ? { destroyOldKeys } : {}) };
-  const rotate = (from: EncryptionParams | null, done: JobResult, providers: UnlockOptions['providers']): Promise<JobResult> => withRotation(p, from, done, providers, retire);
+  const rotate = (from: EncryptionParams | null, done: JobResult, providers: UnlockOptions['providers']): Promise<JobResult> =>
+    withRotation(p, from, done, providers, { ...retire, cache: cache ?? keys.cache });
   if (inPlace) {
     // A re-run after a crash continues the journal (with the lockers it fixed: others are refused).
     const existing = await Journal.open(p);
@@ -408,13 +409,13 @@ async function withRotation(
   from: EncryptionParams | null,
   done: JobResult,
   providers: UnlockOptions['providers'],
-  opts: { retireOldKeys?: boolean; destroyOldKeys?: boolean },
+  opts: { retireOldKeys?: boolean; destroyOldKeys?: boolean; cache?: KeyCache | undefined },
 ): Promise<JobResult> {
   if (opts.retireOldKeys === false || !from) return done;
   const to = await readEncryptionParams(path);
   if (!to || to.diskId === from.diskId) return done;
   const list = Array.isArray(providers) ? providers : providers ? Object.values(providers) : [];
-  return { ...done, keyRotation: await retireReplacedKeys(from, to, list, { destroy: opts.destroyOldKeys === true }) };
+  return { ...done, keyRotation: await retireReplacedKeys(from, to, list, { destroy: opts.destroyOldKeys === true, ...(opts.cache ? { cache: opts.cache } : {}) }) };
 }
 
 /**
@@ -587,7 +588,11 @@ export async function resumeDisk(path: string, options: ResumeOptions = {}): Pro
       const from = journal.header.operation === 'rekey-deep-in-place' ? (journal.header.from as EncryptionParams | null) : null;
       const done = await runJournal(p, journal, { from: unlock, to: unlockNew }, opts, true);
       const providers = jobProviders(unlock, []).concat(jobProviders(unlockNew, []));
-      return withRotation(p, from, done, providers, { ...(retireOldKeys !== undefined ? { retireOldKeys } : {}), ...(destroyOldKeys !== undefined ? { destroyOldKeys } : {}) });
+      return withRotation(p, from, done, providers, {
+        ...(retireOldKeys !== undefined ? { retireOldKeys } : {}),
+        ...(destroyOldKeys !== undefined ? { destroyOldKeys } : {}),
+        cache: unlock.cache,
+      });
     }
     const rolled = await cleanStaleStages(dirname(p), basename(p));
     // A deep rekey whose commit never started left its marker on the old descriptor: the old disk is intact.

@@ -8,7 +8,7 @@
  * lock other disks and stays active, reported as kept with the reason. A failure to retire (KMS down)
  * does not undo a finished rekey: the key is reported as kept, with the error.
  */
-import { describeKeySafe, type KeyProvider, type KeyRef } from '../keys/index.js';
+import { describeKeySafe, type KeyCache, type KeyProvider, type KeyRef } from '../keys/index.js';
 import type { EncryptionParams } from '../disk/params.js';
 
 export type KeptReason = 'still-used' | 'shared' | 'no-provider' | 'unsupported' | 'failed';
@@ -25,6 +25,8 @@ export interface KeyRotation {
 export interface RetireOptions {
   /** Destroy instead of retire (KMIP: Revoke then Destroy); old backups then need `keys restore`. */
   destroy?: boolean;
+  /** Forget retired keys here too: a cached KEK is used without asking its provider, State check included. */
+  cache?: KeyCache;
 }
 
 /** The provider keys of a KeySafe, each once. */
@@ -74,6 +76,7 @@ export async function retireReplacedKeys(
         await provider.retireKey(ref.keyId);
         out.retired.push(ref);
       }
+      options.cache?.delete(provider, ref.keyId);
     } catch (err) {
       keep('failed', `could not be ${options.destroy ? 'destroyed' : 'retired'}: ${err instanceof Error ? err.message : String(err)}`);
     }

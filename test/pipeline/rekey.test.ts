@@ -4,7 +4,7 @@ import { readFileSync, writeFileSync, readdirSync, existsSync, mkdirSync } from 
 import { join } from 'node:path';
 import { encryptDisk, encryptInPlace, deepRekey, shallowRekey, resumeDisk } from '../../src/pipeline/index.js';
 import { openDisk, readEncryptionParams } from '../../src/disk/index.js';
-import { describeKeySafe, LocalKeyProvider, unlockKeySafe } from '../../src/keys/index.js';
+import { describeKeySafe, KeyCache, LocalKeyProvider, unlockKeySafe } from '../../src/keys/index.js';
 import { MemoryKeyProvider, patternBytes, phraseLocker, providerLocker, sha256, tempDir } from '../disk/helpers.js';
 
 const MiB = 1 << 20;
@@ -124,8 +124,11 @@ describe('deep rekey', () => {
     const own = describeKeySafe(before.keySafe)[0]!.keyId!;
     expect(await local.keyOwner(own)).toBe(before.diskId);
     expect(await local.keyOwner(shared.keyId)).toBeUndefined();
-    const r = await deepRekey(disk, { keys: { providers: [local] } });
+    const cache = new KeyCache();
+    const r = await deepRekey(disk, { keys: { providers: [local], cache } });
     expect(r.keyRotation!.retired).toEqual([{ providerId: 'local', keyId: own }]);
+    // A cached KEK is used without asking the provider: the retired one (cached by the unlock) is forgotten.
+    expect(cache.has(local, own)).toBe(false);
     expect(r.keyRotation!.kept).toMatchObject([{ keyId: shared.keyId, reason: 'shared' }]);
     const after = (await readEncryptionParams(disk))!;
     // One new KEK for the provider, made for the new disk id.
