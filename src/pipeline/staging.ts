@@ -14,19 +14,22 @@
  * fsynced, files of a replaced disk that the new one does not reuse are removed, and the staging
  * folder goes. Until the descriptor's rename nothing exists under the final name.
  *
- * A staging folder left by a killed process (dead pid) is handled by the next job on the same
- * name (and by resumeDisk): without commit.json it is removed, after the keys listed in keys.json
- * are removed from their providers (a list whose provider this job cannot reach is kept, with the
- * folder, for a later job that can); with commit.json, the commit is rolled forward (the staged
+ * The job holds the staging folder's NAME reserved (src/util/name-lock.ts: a kernel lock that ends
+ * with the process) from before mkdir until the folder is gone. A staging folder whose name can be
+ * reserved is therefore a dead job's, whatever its pid says (a zombie or a recycled pid cannot keep
+ * it alive, and a live job in this very process still holds it). The next job on the same name
+ * (and resumeDisk) handles it: without commit.json it is removed, after the keys listed in
+ * keys.json are removed from their providers (a list whose provider this job cannot reach is kept,
+ * with the folder, for a later job that can); with one, the commit is rolled forward (the staged
  * files are complete and fsynced, and the keys lock the new disk), so a crash during a commit never
- * leaves a mix of old and new files.
+ * leaves a mix of old and new files. owner.json only tells a human who was writing.
  */
 import { chmod, mkdir, open, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { PipelineError } from './errors.js';
-import { pidAlive } from '../util/process.js';
+import { NameReservations } from './lock.js';
 import { fsyncDir } from '../util/atomic-file.js';
 import type { KeyProvider, KeyRef } from '../keys/index.js';
 import { discardJobKeys } from './job-keys.js';
@@ -58,6 +61,13 @@ async function writeKeyList(stageDir: string, keys: readonly KeyRef[]): Promise<
   await fsyncDir(stageDir);
 }
 
+/** Remove every entry of a folder except `keep`. */
+async function removeAllBut(folder: string, keep: readonly string[]): Promise<void> {
+  for (const entry of await readdir(folder).catch(() => [] as string[])) {
+    if (!keep.includes(entry)) await rm(join(folder, entry), { recursive: true, force: true });
+  }
+}
+
 export async function pathExists(path: string): Promise<boolean> {
   try {
     await stat(path);
@@ -81,11 +91,13 @@ export async function fsyncPath(path: string): Promise<void> {
 export { fsyncDir };
 
 /**
- * Remove staging folders of `name` in `dir` left by processes that died (rolling forward a half
- * commit). The keys a dead job created are removed through `providers`; a folder whose keys cannot
- * all be removed keeps its key list (and only that) for a later job.
+ * Remove staging folders of `name` in `dir` left by jobs that died (rolling a half commit forward).
+ * A folder is a dead job's when its name can be reserved; the files a roll-forward renames into
+ * place are reserved too, so it never replaces a file another job holds. The keys a dead job created
+ * are removed through `providers`; a folder whose keys cannot all be removed keeps its key list (and
+ * only that) for a later job.
  */
-export async function cleanStaleStages(dir: string, name: string, providers: readonly KeyProvider[] = []): Promise<string[]> {
+export async function cleanStaleStages(dir: string, name: string, held?: NameReservations, providers: readonly KeyProvider[] = []): Promise<string[]> {
   const prefix = `.${name}${STAGE_INFIX}`;
   const removed: string[] = [];
   let entries: string[];
@@ -94,43 +106,48 @@ export async function cleanStaleStages(dir: string, name: string, providers: rea
   } catch {
     return removed;
   }
-  for (const entry of entries) {
-    if (!entry.startsWith(prefix)) continue;
-    const stageDir = join(dir, entry);
-    let owner: { pid?: number; host?: string } = {};
-    try {
-      owner = JSON.parse(await readFile(join(stageDir, OWNER), 'utf8'));
-    } catch {
-      const m = /-(\d+)-[0-9a-f]+$/.exec(entry);
-      owner = m ? { pid: Number(m[1]), host: hostname() } : {};
-    }
-    if (owner.host !== hostname() || owner.pid === undefined || pidAlive(owner.pid)) continue;
-    let commit: CommitRecord | undefined;
-    try {
-      commit = JSON.parse(await readFile(join(stageDir, COMMIT), 'utf8')) as CommitRecord;
-    } catch {
-      commit = undefined; // no commit had started: nothing outside the staging folder
-    }
-    if (commit) await finishCommit(dir, stageDir, commit);
-    else {
-      const left = await discardJobKeys(await readKeyList(stageDir), providers);
-      if (left.length > 0) {
-        await writeKeyList(stageDir, left);
-        await removeAllBut(stageDir, [OWNER, KEYS]);
-        continue;
+  const stale = entries.filter((e) => e.startsWith(prefix));
+  if (stale.length === 0) return removed;
+  // The caller's reservations when it has some (its own names never conflict with themselves).
+  const names = held ?? new NameReservations();
+  try {
+    for (const entry of stale) {
+      const stageDir = join(dir, entry);
+      if (!names.tryReserveExclusive(stageDir)) continue; // its job is alive
+      let commit: CommitRecord | undefined;
+      try {
+        commit = JSON.parse(await readFile(join(stageDir, COMMIT), 'utf8')) as CommitRecord;
+      } catch {
+        commit = undefined; // no commit had started: nothing outside the staging folder
       }
+      if (commit) {
+        await names.reserve(
+          plainNames(commit.files).map((f) => join(dir, f)),
+          'exclusive',
+        );
+        await finishCommit(dir, stageDir, commit);
+      } else {
+        const left = await discardJobKeys(await readKeyList(stageDir), providers);
+        if (left.length > 0) {
+          await writeKeyList(stageDir, left);
+          await removeAllBut(stageDir, [OWNER, KEYS]);
+          names.release(stageDir);
+          continue;
+        }
+      }
+      await rm(stageDir, { recursive: true, force: true });
+      names.release(stageDir);
+      removed.push(stageDir);
     }
-    await rm(stageDir, { recursive: true, force: true });
-    removed.push(stageDir);
+  } finally {
+    if (!held) names.close();
   }
   return removed;
 }
 
-/** Remove every entry of a folder except `keep`. */
-async function removeAllBut(folder: string, keep: readonly string[]): Promise<void> {
-  for (const entry of await readdir(folder).catch(() => [] as string[])) {
-    if (!keep.includes(entry)) await rm(join(folder, entry), { recursive: true, force: true });
-  }
+/** Names that stay in the folder (a commit record is never trusted to name a path elsewhere). */
+function plainNames(files: string[]): string[] {
+  return files.filter((f) => typeof f === 'string' && f !== '' && !f.includes('/') && !f.includes('\\') && f !== '..' && f !== '.');
 }
 
 interface CommitRecord {
@@ -162,7 +179,10 @@ export class StagedOutput {
   readonly stagePath: string;
   #done = false;
 
-  private constructor(finalPath: string, stageDir: string) {
+  readonly #names: NameReservations;
+
+  private constructor(finalPath: string, stageDir: string, names: NameReservations) {
+    this.#names = names;
     this.finalPath = finalPath;
     this.dir = dirname(finalPath);
     this.name = basename(finalPath);
@@ -171,22 +191,30 @@ export class StagedOutput {
   }
 
   /**
-   * Check the final name is free (unless force), clean stale stages of it (removing the keys dead jobs
-   * made, through `providers`), make the staging folder.
+   * Check the final name is free (unless force), clean stale stages of it, make the staging folder
+   * with its name reserved in `names` (the job's reservations) until commit or discard.
    */
-  static async prepare(output: string, opts: { force?: boolean; providers?: readonly KeyProvider[] } = {}): Promise<StagedOutput> {
+  static async prepare(output: string, opts: { force?: boolean; names: NameReservations; providers?: readonly KeyProvider[] }): Promise<StagedOutput> {
     const finalPath = resolve(output);
     const dir = dirname(finalPath);
     const name = basename(finalPath);
     if (!(await pathExists(dir))) throw new PipelineError('ERR_ARGUMENT', `cannot write ${finalPath}: the folder ${dir} does not exist`);
-    await cleanStaleStages(dir, name, opts.providers);
+    await cleanStaleStages(dir, name, opts.names, opts.providers);
     if (!opts.force && (await pathExists(finalPath))) {
       throw new PipelineError('ERR_OUTPUT_EXISTS', `${finalPath} exists; give another output name or force to replace it`);
     }
     const stageDir = join(dir, `.${name}${STAGE_INFIX}${process.pid}-${randomBytes(4).toString('hex')}`);
-    await mkdir(stageDir, { mode: 0o700 });
-    await writeFile(join(stageDir, OWNER), JSON.stringify({ pid: process.pid, host: hostname(), started: new Date().toISOString() }) + '\n');
-    return new StagedOutput(finalPath, stageDir);
+    // Reserved before it exists: a cleaner never sees this folder without its owner's lock.
+    await opts.names.reserve([stageDir], 'exclusive');
+    try {
+      await mkdir(stageDir, { mode: 0o700 });
+      await writeFile(join(stageDir, OWNER), JSON.stringify({ pid: process.pid, host: hostname(), started: new Date().toISOString() }) + '\n');
+    } catch (err) {
+      await rm(stageDir, { recursive: true, force: true });
+      opts.names.release(stageDir);
+      throw err;
+    }
+    return new StagedOutput(finalPath, stageDir, opts.names);
   }
 
   /** Files of the staged disk (names only). */
@@ -199,19 +227,17 @@ export class StagedOutput {
     await writeKeyList(this.stageDir, [...(await readKeyList(this.stageDir)), { providerId: ref.providerId, keyId: ref.keyId }]);
   }
 
-  /** Whether the commit has started (from then on the job's keys lock the new disk). */
-  get committing(): boolean {
-    return this.#done;
-  }
-
   /**
    * Refuse final names that exist (unless force) or that are files of the source (`protect`).
    * Call once the staged disk's files exist.
    */
-  async checkTargets(opts: { force?: boolean; protect?: string[] } = {}): Promise<void> {
+  async checkTargets(opts: { force?: boolean; protect?: string[]; planned?: string[] } = {}): Promise<void> {
     const protect = new Set((opts.protect ?? []).map((p) => resolve(p)));
+    const planned = opts.planned && new Set(opts.planned.map((p) => resolve(p)));
     for (const f of await this.files()) {
       const target = join(this.dir, f);
+      // Only names reserved beforehand may be committed: anything else could be another job's file.
+      if (planned && !planned.has(target)) throw new PipelineError('ERR_ARGUMENT', `internal: the staged output has a file ${f} that was not reserved`);
       if (protect.has(target)) throw new PipelineError('ERR_SAME_FILE', `the output file ${target} would replace a file of the input`);
       if (!opts.force && (await pathExists(target))) {
         throw new PipelineError('ERR_OUTPUT_EXISTS', `${target} exists (a file the output needs); give another output name or force to replace it`);
@@ -248,6 +274,7 @@ export class StagedOutput {
     if (opts.deleteFirst) await unlink(this.finalPath).catch((err) => (err.code === 'ENOENT' ? undefined : Promise.reject(err)));
     await finishCommit(this.dir, this.stageDir, record);
     await rm(this.stageDir, { recursive: true, force: true });
+    this.#names.release(this.stageDir);
   }
 
   /**
@@ -262,8 +289,9 @@ export class StagedOutput {
     if (left.length > 0) {
       await writeKeyList(this.stageDir, left);
       await removeAllBut(this.stageDir, [OWNER, KEYS]);
-      return;
+    } else {
+      await rm(this.stageDir, { recursive: true, force: true });
     }
-    await rm(this.stageDir, { recursive: true, force: true });
+    this.#names.release(this.stageDir);
   }
 }

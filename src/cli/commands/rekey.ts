@@ -11,7 +11,7 @@ import { throughputText, withHooks } from '../jobs.js';
 import { MIN_RECOVERY_PASSPHRASE, withKeys, type KeyCliOptions, type KeySession } from '../key-session.js';
 import { readPassphrase } from '../passphrase.js';
 import type { CipherName, UnitSize } from '../parse.js';
-import { lockerJson, lockersOf, lockerText, requireInputFile } from './common.js';
+import { formatOpts, lockerJson, lockersOf, lockerText, requireInputFile } from './common.js';
 import { jobTuning } from './encrypt.js';
 
 export interface RekeyCliOptions extends KeyCliOptions {
@@ -28,6 +28,7 @@ export interface RekeyCliOptions extends KeyCliOptions {
   inPlace?: boolean;
   cipher?: CipherName;
   unitSize?: UnitSize;
+  format?: 'vmdk' | 'raw';
   force?: boolean;
   chunkSize?: number;
   threads?: number;
@@ -71,7 +72,7 @@ export async function rekeyCommand(ctx: Ctx, disk: string, opts: RekeyCliOptions
   }
   await requireInputFile(disk, 'the disk');
   if (opts.deep && opts.inPlace) ctx.interruptNote = `run \`vmseal resume ${disk}\` (or this command again) to finish`;
-  const before = await lockersOf(disk);
+  const before = await lockersOf(disk, opts.format);
   const hadPhrase = before.some((l) => l.kind === 'passphrase');
   // Checked before any key is fetched or made: a deep rekey never keeps or drops a passphrase silently.
   if (opts.deep && hadPhrase && !newPhraseGiven && !opts.keepRecoveryPassphrase && !opts.removeRecoveryPassphrase && !opts.addRecoveryPassphrase) {
@@ -88,7 +89,7 @@ export async function rekeyCommand(ctx: Ctx, disk: string, opts: RekeyCliOptions
     if (opts.shallow) {
       const changeKek = opts.newKey === true || opts.keyProvider !== undefined || opts.keyId !== undefined || (!opts.addRecoveryPassphrase && !opts.removeRecoveryPassphrase);
       // A passphrase source gives the NEW passphrase when adding one; otherwise it may unlock the disk.
-      const unlock = await keys.unlockOptions(disk, { usePassphrase: !opts.addRecoveryPassphrase && keys.passphraseGiven });
+      const unlock = await keys.unlockOptions(disk, { usePassphrase: !opts.addRecoveryPassphrase && keys.passphraseGiven, ...formatOpts(opts.format) });
       const addLockers: LockerSpec[] = [];
       const removeLockers: number[] = [];
       if (changeKek) {
@@ -98,13 +99,13 @@ export async function rekeyCommand(ctx: Ctx, disk: string, opts: RekeyCliOptions
       }
       if (opts.removeRecoveryPassphrase) for (const l of before) if (l.kind === 'passphrase') removeLockers.push(l.index);
       if (opts.addRecoveryPassphrase) addLockers.push(await keys.recoveryLocker());
-      return shallowRekey(disk, { keys: unlock, addLockers, removeLockers, cache: keys.cache });
+      return shallowRekey(disk, { keys: unlock, addLockers, removeLockers, cache: keys.cache, ...formatOpts(opts.format) });
     }
 
     // Deep: a new DEK, and every locker rotated with it — an old copy of the descriptor must not open
     // with what still opens the disk. New KEKs come from each provider the disk uses (made for this
     // disk, so that the next deep rekey may retire them), unless --key-provider/--key-id choose one.
-    const unlock = await keys.unlockOptions(disk);
+    const unlock = await keys.unlockOptions(disk, formatOpts(opts.format));
     const lockers: LockerSpec[] = [];
     if (opts.keyProvider !== undefined || opts.keyId !== undefined) {
       lockers.push(await keys.providerLocker());
@@ -118,6 +119,7 @@ export async function rekeyCommand(ctx: Ctx, disk: string, opts: RekeyCliOptions
     return withHooks(ctx, 'rekey', (hooks) =>
       deepRekey(disk, {
         ...jobTuning(opts),
+        ...formatOpts(opts.format),
         signal: hooks.signal,
         onProgress: hooks.onProgress,
         keys: unlock,
@@ -131,7 +133,7 @@ export async function rekeyCommand(ctx: Ctx, disk: string, opts: RekeyCliOptions
     );
   });
 
-  const after = await lockersOf(disk);
+  const after = await lockersOf(disk, opts.format);
   ctx.output.result({ ok: true, command: 'rekey', mode: opts.shallow ? 'shallow' : 'deep', ...result, lockers: after.map(lockerJson) });
   ctx.output.line(`Rekeyed ${disk} (${opts.shallow ? 'shallow: new lockers, same disk key' : 'deep: new disk key, data re-encrypted'})`);
   for (const l of after) ctx.output.line(`  locked by ${lockerText(l)}`);
