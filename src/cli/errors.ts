@@ -15,10 +15,11 @@ import type { PipelineErrorCode } from '../pipeline/index.js';
 import type { VmdkErrorCode } from '../vmdk/index.js';
 import type { XtsErrorCode } from '../xts/index.js';
 import type { UtilErrorCode } from '../util/lock.js';
+import type { ServeErrorCode } from '../serve/index.js';
 import { ExitCode, type ExitCodeValue } from './exit-codes.js';
 
 /** Every stable error code of the layers below the CLI (CliError codes carry their own exit code). */
-export type ErrorCode = UtilErrorCode | XtsErrorCode | KmipErrorCode | KeyErrorCode | VmdkErrorCode | DiskErrorCode | PipelineErrorCode;
+export type ErrorCode = UtilErrorCode | XtsErrorCode | KmipErrorCode | KeyErrorCode | VmdkErrorCode | DiskErrorCode | PipelineErrorCode | ServeErrorCode;
 
 /** An error found by the CLI itself (bad option value, missing file, passphrase on argv, …). */
 export class CliError extends VmsealError {
@@ -118,6 +119,13 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
   ERR_VMDK_ARGUMENT: { exitCode: ExitCode.USAGE, hint: USAGE_HINT },
   ERR_SAME_FILE: { exitCode: ExitCode.USAGE, hint: 'Give an output path other than the input' },
   ERR_UNSUPPORTED_OUTPUT: { exitCode: ExitCode.USAGE, hint: 'Write an encrypted disk as monolithicSparse, monolithicFlat or a twoGbMaxExtent subformat (not raw or streamOptimized)' },
+  // the NBD server
+  ERR_SERVE_LISTEN: { exitCode: ExitCode.FAILURE, hint: 'Choose another --socket path or --listen port, or stop the server that uses it' },
+  ERR_SERVE_EXPORT: { exitCode: ExitCode.USAGE, hint: 'Give each disk its own export name (--export NAME=DISK)' },
+  ERR_SERVE_INSECURE: {
+    exitCode: ExitCode.USAGE,
+    hint: 'Listen on a loopback address or a Unix socket (and tunnel it), or add --insecure-plaintext if every host on that network may read the disks',
+  },
   // plain failures with something to do
   ERR_OUTPUT_EXISTS: { exitCode: ExitCode.FAILURE, hint: 'Choose another output name, or remove the existing file' },
   ERR_VMDK_EXISTS: { exitCode: ExitCode.FAILURE, hint: 'Choose another output name, or remove the existing file' },

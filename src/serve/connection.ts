@@ -1,0 +1,406 @@
+/**
+ * One client connection: the fixed-newstyle handshake, option haggling, then the transmission
+ * phase. Requests are read one after the other and served concurrently (replies may leave out of
+ * order, as NBD allows); every request gets a reply — an error reply for anything malformed, out of
+ * range or unsupported — and only a broken stream (wrong magic, bad client flags) ends the
+ * connection. Payload memory is taken from the host's PayloadBudget before it is read or allocated.
+ */
+import type { Socket } from 'node:net';
+import type { PayloadBudget } from './budget.js';
+import {
+  WireError,
+  decodeInfoRequest,
+  decodeMetaContextRequest,
+  decodeOptionHeader,
+  decodeRequest,
+  encodeBlockStatus,
+  encodeExportNameReply,
+  encodeGreeting,
+  encodeInfoBlockSize,
+  encodeInfoExport,
+  encodeInfoString,
+  encodeMetaContext,
+  encodeOffsetDataHeader,
+  encodeOptionError,
+  encodeOptionReply,
+  encodeServerEntry,
+  encodeSimpleReply,
+  encodeStructuredError,
+  type Request,
+} from './codec.js';
+import type { Export } from './export.js';
+import {
+  BASE_ALLOCATION,
+  BASE_ALLOCATION_ID,
+  Cmd,
+  Info,
+  MAX_OPTION_BYTES,
+  MAX_PAYLOAD,
+  NBD_CMD_FLAG_FAST_ZERO,
+  NBD_CMD_FLAG_FUA,
+  NBD_CMD_FLAG_REQ_ONE,
+  NBD_FLAG_C_FIXED_NEWSTYLE,
+  NBD_FLAG_C_NO_ZEROES,
+  NbdErrno,
+  OPTION_HEADER_BYTES,
+  Opt,
+  REQUEST_BYTES,
+  Rep,
+} from './protocol.js';
+import { EndOfStream, SocketReader } from './reader.js';
+
+/** What a connection needs from its host. */
+export interface ConnectionHost {
+  /** The export of that name ('' is the default export when there is exactly one). */
+  findExport(name: string): Export | undefined;
+  exportList(): Export[];
+  /** --no-list: NBD_OPT_LIST is refused and unknown names learn nothing of the others. */
+  readonly noList: boolean;
+  readonly budget: PayloadBudget;
+  log(line: string): void;
+}
+
+/** Requests in flight per connection before it stops reading more. */
+const MAX_IN_FLIGHT = 64;
+/** Payload bytes one connection may hold before it stops reading more (one request may exceed it). */
+const CONNECTION_BYTES = 16 * 1024 * 1024;
+
+export class Connection {
+  readonly id: number;
+  readonly peer: string;
+  /** Settles when the connection is over (its in-flight requests answered or dropped). */
+  readonly done: Promise<void>;
+  readonly #socket: Socket;
+  readonly #reader: SocketReader;
+  readonly #host: ConnectionHost;
+  #noZeroes = false;
+  #structured = false;
+  /** base:allocation selected by SET_META_CONTEXT, for that export name. */
+  #metaExport: string | undefined;
+  #export: Export | undefined;
+  /** The client asked for NBD_INFO_BLOCK_SIZE in GO, so it promised to obey the minimum. */
+  #strictBlocks = false;
+  readonly #inFlight = new Set<Promise<void>>();
+  #held = 0;
+
+  constructor(socket: Socket, host: ConnectionHost, id: number) {
+    this.id = id;
+    this.#socket = socket;
+    this.#host = host;
+    this.peer = socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'unix socket';
+    socket.setNoDelay?.(true);
+    this.#reader = new SocketReader(socket);
+    this.done = this.#run();
+  }
+
+  /** Stop reading requests; the ones in flight are still answered, then the socket closes. */
+  stop(): void {
+    this.#reader.end();
+  }
+
+  async #run(): Promise<void> {
+    let reason = 'client disconnected';
+    try {
+      this.#socket.write(encodeGreeting());
+      const clientFlags = (await this.#reader.read(4)).readUInt32BE(0);
+      if ((clientFlags & ~(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES)) !== 0) {
+        reason = `unknown client flags 0x${clientFlags.toString(16)}`;
+        return;
+      }
+      this.#noZeroes = (clientFlags & NBD_FLAG_C_NO_ZEROES) !== 0;
+      const exp = await this.#negotiate();
+      if (!exp) return;
+      this.#export = exp;
+      this.#host.log(`connection ${this.id} (${this.peer}): serving export ${exp.name}`);
+      reason = await this.#transmit();
+    } catch (err) {
+      if (err instanceof WireError) reason = `protocol error: ${err.message}`;
+      else if (!(err instanceof EndOfStream)) reason = `error: ${(err as Error).message}`;
+    } finally {
+      await Promise.allSettled([...this.#inFlight]);
+      if (this.#export) this.#export.detachClient();
+      this.#socket.end();
+      this.#socket.destroySoon?.();
+      this.#host.log(`connection ${this.id} (${this.peer}) closed: ${reason}`);
+    }
+  }
+
+  #send(bufs: Buffer[]): Promise<void> {
+    return new Promise((resolve) => {
+      if (this.#socket.destroyed) return resolve();
+      this.#socket.cork();
+      for (let i = 0; i < bufs.length - 1; i++) this.#socket.write(bufs[i]);
+      this.#socket.write(bufs[bufs.length - 1], () => resolve());
+      this.#socket.uncork();
+    });
+  }
+
+  // ---- option haggling -------------------------------------------------------------------------
+
+  /** Options until GO or EXPORT_NAME picks an export (returned), or the client leaves (undefined). */
+  async #negotiate(): Promise<Export | undefined> {
+    for (;;) {
+      const { option, length } = decodeOptionHeader(await this.#reader.read(OPTION_HEADER_BYTES));
+      if (length > MAX_OPTION_BYTES) {
+        if (option === Opt.EXPORT_NAME) throw new WireError(`NBD_OPT_EXPORT_NAME of ${length} bytes`);
+        await this.#reader.discard(length);
+        await this.#optReply(option, Rep.ERR_TOO_BIG, `option data of ${length} bytes is beyond the limit of ${MAX_OPTION_BYTES}`);
+        continue;
+      }
+      const data = await this.#reader.read(length);
+      switch (option) {
+        case Opt.EXPORT_NAME: {
+          // No error reply exists for this option: an unknown or busy export closes the connection.
+          const exp = this.#host.findExport(data.toString('utf8'));
+          if (!exp || !exp.attachClient()) return undefined;
+          await this.#send([encodeExportNameReply(exp.size, exp.transmissionFlags, this.#noZeroes)]);
+          return exp;
+        }
+        case Opt.ABORT:
+          await this.#send([encodeOptionReply(option, Rep.ACK)]);
+          return undefined;
+        case Opt.LIST:
+          await this.#list(option, data);
+          break;
+        case Opt.INFO:
+        case Opt.GO: {
+          const exp = await this.#infoOrGo(option, data);
+          if (exp) return exp;
+          break;
+        }
+        case Opt.STRUCTURED_REPLY:
+          if (length !== 0) await this.#optReply(option, Rep.ERR_INVALID, 'NBD_OPT_STRUCTURED_REPLY takes no data');
+          else {
+            this.#structured = true;
+            await this.#send([encodeOptionReply(option, Rep.ACK)]);
+          }
+          break;
+        case Opt.LIST_META_CONTEXT:
+        case Opt.SET_META_CONTEXT:
+          await this.#metaContext(option, data);
+          break;
+        case Opt.STARTTLS:
+          await this.#optReply(option, Rep.ERR_UNSUP, 'TLS is not supported by this server yet');
+          break;
+        default:
+          await this.#optReply(option, Rep.ERR_UNSUP, `option ${option} is not supported`);
+      }
+    }
+  }
+
+  #optReply(option: number, type: Rep, message: string): Promise<void> {
+    return this.#send([encodeOptionError(option, type, message)]);
+  }
+
+  /** The export a name asks for, or an ERR_UNKNOWN reply that names no other export under --no-list. */
+  async #lookup(option: number, name: string): Promise<Export | undefined> {
+    const exp = this.#host.findExport(name);
+    if (!exp) {
+      const known = this.#host.noList
+        ? ''
+        : ` (exports: ${this.#host
+            .exportList()
+            .map((e) => e.name)
+            .join(', ')})`;
+      await this.#optReply(option, Rep.ERR_UNKNOWN, `no export named '${name}'${known}`);
+    }
+    return exp;
+  }
+
+  async #list(option: number, data: Buffer): Promise<void> {
+    if (data.length !== 0) return this.#optReply(option, Rep.ERR_INVALID, 'NBD_OPT_LIST takes no data');
+    if (this.#host.noList) return this.#optReply(option, Rep.ERR_POLICY, 'listing exports is disabled on this server');
+    const replies = this.#host.exportList().map((e) => encodeOptionReply(option, Rep.SERVER, encodeServerEntry(e.name, e.description)));
+    await this.#send([...replies, encodeOptionReply(option, Rep.ACK)]);
+  }
+
+  async #infoOrGo(option: number, data: Buffer): Promise<Export | undefined> {
+    let req;
+    try {
+      req = decodeInfoRequest(data);
+    } catch (err) {
+      if (!(err instanceof WireError)) throw err;
+      await this.#optReply(option, Rep.ERR_INVALID, err.message);
+      return undefined;
+    }
+    const exp = await this.#lookup(option, req.name);
+    if (!exp) return undefined;
+    if (option === Opt.GO && !exp.attachClient()) {
+      await this.#optReply(option, Rep.ERR_POLICY, `export ${exp.name} already has ${exp.shared} client(s), its limit (--shared)`);
+      return undefined;
+    }
+    const replies = [encodeOptionReply(option, Rep.INFO, encodeInfoExport(exp.size, exp.transmissionFlags))];
+    const asked = new Set(req.infos);
+    if (asked.has(Info.NAME)) replies.push(encodeOptionReply(option, Rep.INFO, encodeInfoString(Info.NAME, exp.name)));
+    if (asked.has(Info.DESCRIPTION)) replies.push(encodeOptionReply(option, Rep.INFO, encodeInfoString(Info.DESCRIPTION, exp.description)));
+    if (asked.has(Info.BLOCK_SIZE)) replies.push(encodeOptionReply(option, Rep.INFO, encodeInfoBlockSize(exp.blockSizes)));
+    replies.push(encodeOptionReply(option, Rep.ACK));
+    await this.#send(replies);
+    if (option !== Opt.GO) return undefined;
+    this.#strictBlocks = asked.has(Info.BLOCK_SIZE);
+    // A meta context chosen for another export does not carry over.
+    if (this.#metaExport !== undefined && this.#metaExport !== req.name) this.#metaExport = undefined;
+    return exp;
+  }
+
+  async #metaContext(option: number, data: Buffer): Promise<void> {
+    if (option === Opt.SET_META_CONTEXT && !this.#structured) {
+      return this.#optReply(option, Rep.ERR_INVALID, 'NBD_OPT_SET_META_CONTEXT needs NBD_OPT_STRUCTURED_REPLY first');
+    }
+    let req;
+    try {
+      req = decodeMetaContextRequest(data);
+    } catch (err) {
+      if (!(err instanceof WireError)) throw err;
+      return this.#optReply(option, Rep.ERR_INVALID, err.message);
+    }
+    if (!(await this.#lookup(option, req.name))) return;
+    const replies: Buffer[] = [];
+    // LIST with no query, or a query of the whole "base:" namespace, lists every context we have.
+    const match = option === Opt.LIST_META_CONTEXT ? (q: string) => q === BASE_ALLOCATION || q === 'base:' : (q: string) => q === BASE_ALLOCATION;
+    const selected = option === Opt.LIST_META_CONTEXT && req.queries.length === 0 ? true : req.queries.some(match);
+    if (selected)
+      replies.push(encodeOptionReply(option, Rep.META_CONTEXT, encodeMetaContext(option === Opt.SET_META_CONTEXT ? BASE_ALLOCATION_ID : 0, BASE_ALLOCATION)));
+    if (option === Opt.SET_META_CONTEXT) this.#metaExport = selected ? req.name : undefined;
+    replies.push(encodeOptionReply(option, Rep.ACK));
+    await this.#send(replies);
+  }
+
+  // ---- transmission ----------------------------------------------------------------------------
+
+  /** Serve requests until DISC or the end of the stream; returns why it ended. */
+  async #transmit(): Promise<string> {
+    const exp = this.#export!;
+    for (;;) {
+      // Backpressure: a client that does not read its replies stops being read from.
+      while (this.#inFlight.size >= MAX_IN_FLIGHT || (this.#held >= CONNECTION_BYTES && this.#inFlight.size > 0)) {
+        await Promise.race(this.#inFlight);
+      }
+      let req: Request;
+      try {
+        req = decodeRequest(await this.#reader.read(REQUEST_BYTES));
+      } catch (err) {
+        if (err instanceof EndOfStream) return 'client disconnected';
+        throw err;
+      }
+      if (req.type === Cmd.DISC) {
+        await Promise.allSettled([...this.#inFlight]);
+        return 'client sent NBD_CMD_DISC';
+      }
+      let payload: Buffer | undefined;
+      let held = 0;
+      if (req.type === Cmd.WRITE) {
+        if (req.length > MAX_PAYLOAD) {
+          // The data must still be consumed to stay in step with the stream.
+          await this.#reader.discard(req.length);
+          this.#track(this.#replyError(req, NbdErrno.EOVERFLOW, `a write of ${req.length} bytes is beyond the maximum of ${MAX_PAYLOAD}`));
+          continue;
+        }
+        held = req.length;
+        await this.#acquire(held);
+        payload = await this.#reader.read(req.length);
+      } else if (req.type === Cmd.READ && req.length <= MAX_PAYLOAD && this.#check(exp, req) === undefined) {
+        held = req.length;
+        await this.#acquire(held);
+      }
+      this.#track(this.#serve(exp, req, payload).finally(() => this.#release(held)));
+    }
+  }
+
+  async #acquire(bytes: number): Promise<void> {
+    await this.#host.budget.acquire(bytes);
+    this.#held += bytes;
+  }
+
+  #release(bytes: number): void {
+    this.#held -= bytes;
+    this.#host.budget.release(bytes);
+  }
+
+  #track(p: Promise<void>): void {
+    const tracked = p.catch(() => undefined);
+    this.#inFlight.add(tracked);
+    void tracked.finally(() => this.#inFlight.delete(tracked));
+  }
+
+  /** The NBD error a request gets before any I/O, with a message; undefined when it may run. */
+  #check(exp: Export, req: Request): [NbdErrno, string] | undefined {
+    const { type, offset, length } = req;
+    const writes = type === Cmd.WRITE || type === Cmd.TRIM || type === Cmd.WRITE_ZEROES;
+    switch (type) {
+      case Cmd.READ:
+      case Cmd.WRITE:
+      case Cmd.TRIM:
+      case Cmd.WRITE_ZEROES:
+      case Cmd.BLOCK_STATUS:
+        break;
+      case Cmd.FLUSH:
+        return undefined;
+      default:
+        return [NbdErrno.EINVAL, `command ${type} is not supported`];
+    }
+    if (writes && exp.readOnly) return [NbdErrno.EPERM, `export ${exp.name} is read-only`];
+    if (type === Cmd.READ && length > MAX_PAYLOAD) return [NbdErrno.EOVERFLOW, `a read of ${length} bytes is beyond the maximum of ${MAX_PAYLOAD}`];
+    if (type === Cmd.BLOCK_STATUS) {
+      if (!this.#structured || this.#metaExport === undefined)
+        return [NbdErrno.EINVAL, 'NBD_CMD_BLOCK_STATUS needs structured replies and the base:allocation meta context'];
+      if (length === 0) return [NbdErrno.EINVAL, 'NBD_CMD_BLOCK_STATUS of 0 bytes'];
+    }
+    if (offset + length > exp.size) {
+      const errno = type === Cmd.WRITE || type === Cmd.WRITE_ZEROES ? NbdErrno.ENOSPC : NbdErrno.EINVAL;
+      return [errno, `${length} bytes at offset ${offset} go past the end of the export (${exp.size} bytes)`];
+    }
+    const min = exp.blockSizes.minimum;
+    if (this.#strictBlocks && (offset % min !== 0 || length % min !== 0)) {
+      return [NbdErrno.EINVAL, `${length} bytes at offset ${offset} are not aligned to the minimum block size ${min} the client agreed to`];
+    }
+    return undefined;
+  }
+
+  async #serve(exp: Export, req: Request, payload: Buffer | undefined): Promise<void> {
+    const refused = this.#check(exp, req);
+    if (refused) return this.#replyError(req, refused[0], refused[1]);
+    const fua = (req.flags & NBD_CMD_FLAG_FUA) !== 0;
+    try {
+      switch (req.type) {
+        case Cmd.READ: {
+          const data = Buffer.allocUnsafe(req.length);
+          await exp.read(req.offset, data);
+          return this.#send(this.#structured ? [encodeOffsetDataHeader(req.cookie, req.offset, data.length), data] : [encodeSimpleReply(req.cookie, 0), data]);
+        }
+        case Cmd.WRITE:
+          await exp.write(req.offset, payload!, fua);
+          break;
+        case Cmd.FLUSH:
+          await exp.flush();
+          break;
+        case Cmd.TRIM:
+          await exp.trim(fua);
+          break;
+        case Cmd.WRITE_ZEROES: {
+          const fast = (req.flags & NBD_CMD_FLAG_FAST_ZERO) !== 0;
+          if ((await exp.zero(req.offset, req.length, { fua, fast })) === 'slow') {
+            return this.#replyError(req, NbdErrno.ENOTSUP, 'zeroing this range means writing it (flat or encrypted data): no fast zero');
+          }
+          break;
+        }
+        case Cmd.BLOCK_STATUS: {
+          const extents = await exp.extents(req.offset, req.length, (req.flags & NBD_CMD_FLAG_REQ_ONE) !== 0);
+          return this.#send([encodeBlockStatus(req.cookie, BASE_ALLOCATION_ID, extents)]);
+        }
+      }
+      await this.#send([encodeSimpleReply(req.cookie, 0)]);
+    } catch (err) {
+      const code = (err as { code?: string; cause?: { code?: string } }).cause?.code ?? (err as { code?: string }).code;
+      const errno = code === 'ENOSPC' ? NbdErrno.ENOSPC : NbdErrno.EIO;
+      this.#host.log(
+        `connection ${this.id} (${this.peer}): ${Cmd[req.type] ?? req.type} of ${req.length} bytes at ${req.offset} failed: ${(err as Error).message}`,
+      );
+      await this.#replyError(req, errno, (err as Error).message);
+    }
+  }
+
+  #replyError(req: Request, errno: NbdErrno, message: string): Promise<void> {
+    return this.#send([this.#structured ? encodeStructuredError(req.cookie, errno, message) : encodeSimpleReply(req.cookie, errno)]);
+  }
+}
