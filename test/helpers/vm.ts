@@ -21,7 +21,7 @@
  * The host then reads the result with debugfs (e2fsprogs) from a raw copy of the disk: no mount.
  * See ../shared/reference/nbd.md, "Booting a real VM from an export".
  */
-import { execFile, spawn } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { accessSync, constants, existsSync, readdirSync } from 'node:fs';
 import { chmod, copyFile, mkdir, mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
@@ -185,6 +185,16 @@ export interface VmRun {
   timedOut: boolean;
 }
 
+// qemu processes still running: killed by killRunningVms() (a test's afterAll) or, at the latest,
+// when the test process exits, so that a failed or interrupted test leaves no VM behind.
+const running = new Set<ChildProcess>();
+process.on('exit', () => killRunningVms());
+
+/** SIGKILL every VM bootFromNbd started that has not exited yet. */
+export function killRunningVms(): void {
+  for (const child of running) child.kill('SIGKILL');
+}
+
 /**
  * Boot the guest with `uri` (an NBD URI qemu understands: nbd://…, nbd+unix:///NAME?socket=…) as
  * its virtio root disk and wait until qemu exits, killing it after `timeoutMs`.
@@ -201,6 +211,7 @@ export function bootFromNbd(tools: VmTools, accel: Accel, uri: string, timeoutMs
   ];
   return new Promise((resolve, reject) => {
     const child = spawn(tools.qemu, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    running.add(child);
     let out = '';
     const keep = (d: Buffer) => {
       out += String(d);
@@ -215,10 +226,12 @@ export function bootFromNbd(tools: VmTools, accel: Accel, uri: string, timeoutMs
     }, timeoutMs);
     child.on('error', (e) => {
       clearTimeout(timer);
+      running.delete(child);
       reject(e);
     });
     child.on('close', (code, signal) => {
       clearTimeout(timer);
+      running.delete(child);
       resolve({ code, signal, console: out, timedOut });
     });
   });
