@@ -143,7 +143,10 @@ export interface GuestImage {
 
 // busybox sh. Every command by full path: the image has no /bin/sh or links. The guest sees its
 // disk as it is served, so this text is also a plaintext marker that must not appear in ciphertext.
+// `set -e`: the marker is printed only if every step worked; otherwise init dies, the kernel panics
+// and qemu exits without it.
 const INIT = `#!/bin/busybox sh
+set -e
 bb=/bin/busybox
 $bb mount -t proc proc /proc
 $bb mount -o remount,rw /
@@ -161,7 +164,8 @@ $bb poweroff -f
 export async function makeGuestImage(tools: VmTools, path: string, sizeMiB = 128): Promise<GuestImage> {
   const root = await mkdtemp(join(dirname(path), 'guest-root-'));
   try {
-    for (const d of ['bin', 'proc', 'sys', 'dev']) await mkdir(join(root, d));
+    // Mount points: Debian's initramfs moves its /dev, /run, /sys and /proc onto them.
+    for (const d of ['bin', 'proc', 'sys', 'dev', 'run']) await mkdir(join(root, d));
     await copyFile(tools.busybox, join(root, 'bin', 'busybox'));
     await chmod(join(root, 'bin', 'busybox'), 0o755);
     await writeFile(join(root, 'init'), INIT, { mode: 0o755 });
