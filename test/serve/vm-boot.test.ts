@@ -5,9 +5,9 @@
 // disk decrypted on the host, and the guest's files checked with debugfs and `e2fsck -fn`.
 //
 // Everything is real: the built CLI (dist/), the local key provider in a temp VMSEAL_HOME, a Unix
-// socket in a 0700 temp folder. It takes ~15 s under TCG on an idle machine; the timeouts allow for a
-// loaded CI machine. It is skipped only where no accelerator works at all (neither /dev/kvm nor TCG);
-// missing packages fail it (see findVmTools).
+// socket in a 0700 temp folder. Each boot takes ~15-20 s under TCG on an idle machine (~50 s measured
+// on a loaded 2-core one); the timeouts allow for a loaded CI machine. It is skipped only where no
+// accelerator works at all (neither /dev/kvm nor TCG); missing packages fail it (see findVmTools).
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -50,7 +50,7 @@ try {
 const accel: Accel | null = tools ? await probeAccel(tools.qemu) : 'tcg';
 if (accel === null) console.warn('vm-boot: skipped: qemu-system-x86_64 starts neither with KVM (/dev/kvm) nor with TCG here');
 
-/** The server waits this long for `vmseal: serving NAME on URI` on its stderr. */
+/** The test waits this long for `vmseal: serving NAME on URI` on its stderr. */
 const READY_TIMEOUT_MS = 60_000;
 
 /** Start `vmseal serve` and resolve with the URI it announces once it accepts connections. */
@@ -58,7 +58,10 @@ function startServe(args: string[], env: NodeJS.ProcessEnv): Promise<{ child: Ch
   return new Promise((resolve, reject) => {
     const child = vmsealChild(['serve', ...args], env);
     let stderr = '';
+    let ready = false;
     const fail = (why: string) => {
+      if (ready) return;
+      ready = true;
       clearTimeout(timer);
       child.kill('SIGKILL');
       reject(new Error(`vmseal serve ${why}\nstderr: ${stderr}`));
@@ -67,12 +70,14 @@ function startServe(args: string[], env: NodeJS.ProcessEnv): Promise<{ child: Ch
     child.stdout!.resume();
     child.stderr!.on('data', (d) => {
       stderr += String(d);
-      const m = /^vmseal: serving (\S+) on (\S+)$/m.exec(stderr);
+      const m = ready ? null : /^vmseal: serving (\S+) on (\S+)$/m.exec(stderr);
       if (m) {
+        ready = true;
         clearTimeout(timer);
         resolve({ child, uri: m[2]!, stderr: () => stderr });
       }
     });
+    // After "ready", an exit is the test's business (it stops the server and checks the code).
     child.on('exit', (code, signal) => fail(`exited (${code ?? signal}) before it was ready`));
   });
 }
