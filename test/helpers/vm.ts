@@ -23,7 +23,7 @@
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { accessSync, constants, existsSync, readdirSync } from 'node:fs';
+import { accessSync, constants, existsSync, readdirSync, readFileSync } from 'node:fs';
 import { chmod, copyFile, mkdir, mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
@@ -49,7 +49,7 @@ const WHICH_PACKAGE: Record<keyof VmTools, string> = {
   qemu: 'qemu-system-x86',
   kernel: 'linux-image-amd64',
   initrd: 'linux-image-amd64 (its initramfs-tools hook makes /boot/initrd.img-*)',
-  busybox: 'busybox-static',
+  busybox: 'busybox-static (a statically linked /bin/busybox)',
   mkfs: 'e2fsprogs',
   debugfs: 'e2fsprogs',
   e2fsck: 'e2fsprogs',
@@ -60,7 +60,7 @@ function firstExisting(paths: string[]): string | undefined {
 }
 
 /** The newest /boot/vmlinuz-VERSION that has a readable /boot/initrd.img-VERSION beside it. */
-function kernelPair(): { kernel?: string; initrd?: string } {
+function kernelPair(): { kernel?: string; initrd?: string; unreadable?: string } {
   let names: string[] = [];
   try {
     names = readdirSync('/boot');
@@ -71,19 +71,36 @@ function kernelPair(): { kernel?: string; initrd?: string } {
     .filter((n) => n.startsWith('vmlinuz-'))
     .map((n) => n.slice('vmlinuz-'.length))
     .sort((a, b) => b.localeCompare(a, 'en', { numeric: true }));
+  let unreadable: string | undefined;
   for (const v of versions) {
     const kernel = `/boot/vmlinuz-${v}`;
     const initrd = `/boot/initrd.img-${v}`;
+    if (!existsSync(initrd)) continue;
     try {
       // Some distributions make kernels 0600: a test run by a user then cannot boot them.
       accessSync(kernel, constants.R_OK);
       accessSync(initrd, constants.R_OK);
       return { kernel, initrd };
     } catch {
-      // try an older version
+      unreadable ??= kernel;
     }
   }
-  return versions.length ? { kernel: `/boot/vmlinuz-${versions[0]}` } : {};
+  return { unreadable };
+}
+
+/**
+ * Is this a statically linked ELF executable (no PT_INTERP program header)? Debian's `busybox`
+ * package installs a dynamic /bin/busybox, which cannot run in a guest without a libc.
+ */
+function isStaticElf(path: string): boolean {
+  const elf = readFileSync(path);
+  // ELF64 little-endian header: e_phoff at 0x20, e_phentsize at 0x36, e_phnum at 0x38.
+  if (elf.readUInt32BE(0) !== 0x7f454c46 || elf[4] !== 2 || elf[5] !== 1) return false;
+  const phoff = Number(elf.readBigUInt64LE(0x20));
+  const phentsize = elf.readUInt16LE(0x36);
+  const phnum = elf.readUInt16LE(0x38);
+  for (let i = 0; i < phnum; i++) if (elf.readUInt32LE(phoff + i * phentsize) === 3 /* PT_INTERP */) return false;
+  return true;
 }
 
 /**
@@ -91,7 +108,7 @@ function kernelPair(): { kernel?: string; initrd?: string } {
  * is a set-up mistake (.ci/run installs them), not a reason to skip.
  */
 export function findVmTools(): VmTools {
-  const { kernel, initrd } = kernelPair();
+  const { kernel, initrd, unreadable } = kernelPair();
   const found: Partial<VmTools> = {
     qemu: firstExisting(['/usr/bin/qemu-system-x86_64', '/usr/local/bin/qemu-system-x86_64']),
     kernel,
@@ -102,6 +119,9 @@ export function findVmTools(): VmTools {
     debugfs: firstExisting(['/usr/sbin/debugfs', '/sbin/debugfs']),
     e2fsck: firstExisting(['/usr/sbin/e2fsck', '/sbin/e2fsck']),
   };
+  if (found.busybox && !isStaticElf(found.busybox)) found.busybox = undefined;
+  if (unreadable)
+    throw new Error(`booting a VM needs to read ${unreadable} and its initrd, which this user cannot: run the tests as a user who can, or make them readable`);
   const missing = (Object.keys(WHICH_PACKAGE) as (keyof VmTools)[]).filter((k) => !found[k]);
   if (missing.length) {
     const pkgs = [...new Set(missing.map((k) => WHICH_PACKAGE[k]))];
