@@ -60,6 +60,12 @@ export interface ConnectionHost {
   log(line: string): void;
 }
 
+/** A request's share of the payload budget, released once (when its reply left, or if it never got one). */
+interface Ticket {
+  held: number;
+  queued: boolean;
+}
+
 /** Requests in flight per connection before it stops reading more. */
 const MAX_IN_FLIGHT = 64;
 /** Payload bytes one connection may hold before it stops reading more (one request may exceed it). */
@@ -80,8 +86,15 @@ export class Connection {
   #export: Export | undefined;
   /** The client asked for NBD_INFO_BLOCK_SIZE in GO, so it promised to obey the minimum. */
   #strictBlocks = false;
+  /** Requests being served (until their reply is queued on the socket). */
   readonly #inFlight = new Set<Promise<void>>();
+  /** Replies queued on the socket and not yet handed to the kernel. */
+  readonly #sending = new Set<Promise<void>>();
+  /** Payload bytes of the budget this connection holds. */
   #held = 0;
+  #stopping = false;
+  #wakeStop: (() => void) | undefined;
+  readonly #stopped = new Promise<void>((resolve) => (this.#wakeStop = resolve));
 
   constructor(socket: Socket, host: ConnectionHost, id: number) {
     this.id = id;
@@ -95,6 +108,8 @@ export class Connection {
 
   /** Stop reading requests; the ones in flight are still answered, then the socket closes. */
   stop(): void {
+    this.#stopping = true;
+    this.#wakeStop?.();
     this.#reader.end();
   }
 
@@ -120,7 +135,8 @@ export class Connection {
       await Promise.allSettled([...this.#inFlight]);
       if (this.#export) this.#export.detachClient();
       this.#socket.end();
-      this.#socket.destroySoon?.();
+      // Shutting down: a client that does not read its replies is not waited for.
+      if (this.#stopping && this.#sending.size > 0) this.#socket.destroy();
       this.#host.log(`connection ${this.id} (${this.peer}) closed: ${reason}`);
     }
   }
@@ -273,8 +289,10 @@ export class Connection {
     const exp = this.#export!;
     for (;;) {
       // Backpressure: a client that does not read its replies stops being read from.
-      while (this.#inFlight.size >= MAX_IN_FLIGHT || (this.#held >= CONNECTION_BYTES && this.#inFlight.size > 0)) {
-        await Promise.race(this.#inFlight);
+      for (;;) {
+        const busy = this.#inFlight.size + this.#sending.size;
+        if (this.#stopping || (busy < MAX_IN_FLIGHT && (this.#held < CONNECTION_BYTES || busy === 0))) break;
+        await Promise.race([...this.#inFlight, ...this.#sending, this.#stopped]);
       }
       let req: Request;
       try {
@@ -293,7 +311,7 @@ export class Connection {
         if (req.length > MAX_PAYLOAD) {
           // The data must still be consumed to stay in step with the stream.
           await this.#reader.discard(req.length);
-          this.#track(this.#replyError(req, NbdErrno.EOVERFLOW, `a write of ${req.length} bytes is beyond the maximum of ${MAX_PAYLOAD}`));
+          this.#replyError(req, NbdErrno.EOVERFLOW, `a write of ${req.length} bytes is beyond the maximum of ${MAX_PAYLOAD}`);
           continue;
         }
         held = req.length;
@@ -303,7 +321,12 @@ export class Connection {
         held = req.length;
         await this.#acquire(held);
       }
-      this.#track(this.#serve(exp, req, payload).finally(() => this.#release(held)));
+      const ticket = { held, queued: false };
+      this.#track(
+        this.#serve(exp, req, payload, ticket).finally(() => {
+          if (!ticket.queued) this.#release(held);
+        }),
+      );
     }
   }
 
@@ -357,16 +380,20 @@ export class Connection {
     return undefined;
   }
 
-  async #serve(exp: Export, req: Request, payload: Buffer | undefined): Promise<void> {
+  /** Serve one request and queue its reply; the payload budget of `ticket` is released once the reply left. */
+  async #serve(exp: Export, req: Request, payload: Buffer | undefined, ticket: Ticket): Promise<void> {
     const refused = this.#check(exp, req);
-    if (refused) return this.#replyError(req, refused[0], refused[1]);
+    if (refused) return this.#replyError(req, refused[0], refused[1], ticket);
     const fua = (req.flags & NBD_CMD_FLAG_FUA) !== 0;
     try {
       switch (req.type) {
         case Cmd.READ: {
           const data = Buffer.allocUnsafe(req.length);
           await exp.read(req.offset, data);
-          return this.#send(this.#structured ? [encodeOffsetDataHeader(req.cookie, req.offset, data.length), data] : [encodeSimpleReply(req.cookie, 0), data]);
+          return this.#queueReply(
+            this.#structured ? [encodeOffsetDataHeader(req.cookie, req.offset, data.length), data] : [encodeSimpleReply(req.cookie, 0), data],
+            ticket,
+          );
         }
         case Cmd.WRITE:
           await exp.write(req.offset, payload!, fua);
@@ -380,27 +407,37 @@ export class Connection {
         case Cmd.WRITE_ZEROES: {
           const fast = (req.flags & NBD_CMD_FLAG_FAST_ZERO) !== 0;
           if ((await exp.zero(req.offset, req.length, { fua, fast })) === 'slow') {
-            return this.#replyError(req, NbdErrno.ENOTSUP, 'zeroing this range means writing it (flat or encrypted data): no fast zero');
+            return this.#replyError(req, NbdErrno.ENOTSUP, 'zeroing this range means writing it (flat or encrypted data): no fast zero', ticket);
           }
           break;
         }
         case Cmd.BLOCK_STATUS: {
           const extents = await exp.extents(req.offset, req.length, (req.flags & NBD_CMD_FLAG_REQ_ONE) !== 0);
-          return this.#send([encodeBlockStatus(req.cookie, BASE_ALLOCATION_ID, extents)]);
+          return this.#queueReply([encodeBlockStatus(req.cookie, BASE_ALLOCATION_ID, extents)], ticket);
         }
       }
-      await this.#send([encodeSimpleReply(req.cookie, 0)]);
+      this.#queueReply([encodeSimpleReply(req.cookie, 0)], ticket);
     } catch (err) {
       const code = (err as { code?: string; cause?: { code?: string } }).cause?.code ?? (err as { code?: string }).code;
       const errno = code === 'ENOSPC' ? NbdErrno.ENOSPC : NbdErrno.EIO;
       this.#host.log(
         `connection ${this.id} (${this.peer}): ${Cmd[req.type] ?? req.type} of ${req.length} bytes at ${req.offset} failed: ${(err as Error).message}`,
       );
-      await this.#replyError(req, errno, (err as Error).message);
+      this.#replyError(req, errno, (err as Error).message, ticket);
     }
   }
 
-  #replyError(req: Request, errno: NbdErrno, message: string): Promise<void> {
-    return this.#send([this.#structured ? encodeStructuredError(req.cookie, errno, message) : encodeSimpleReply(req.cookie, errno)]);
+  #replyError(req: Request, errno: NbdErrno, message: string, ticket: Ticket = { held: 0, queued: false }): void {
+    this.#queueReply([this.#structured ? encodeStructuredError(req.cookie, errno, message) : encodeSimpleReply(req.cookie, errno)], ticket);
+  }
+
+  /** Queue a reply without waiting for the client to read it; its budget is released when it left. */
+  #queueReply(bufs: Buffer[], ticket: Ticket): void {
+    ticket.queued = true;
+    const sent = this.#send(bufs).finally(() => {
+      this.#sending.delete(sent);
+      this.#release(ticket.held);
+    });
+    this.#sending.add(sent);
   }
 }
