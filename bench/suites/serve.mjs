@@ -12,7 +12,8 @@
 //   random reads and writes (256 MiB in flight from the clients), against the 256 MiB target.
 // With two or more cores the server is pinned to CPU 0 and every client to CPU 1 (taskset), and the
 // CPU use of both is reported (server: utime+stime of /proc/PID/stat over the wall time).
-// Images live in tmpfs (/dev/shm) when it has room; clients connect over TCP to 127.0.0.1.
+// Images live in tmpfs (/dev/shm) when it has room; clients connect over TCP to 127.0.0.1, or over
+// Unix sockets with VMSEAL_BENCH_NBD=unix (vmseal serve's default transport, and a local VM's).
 //
 // Without a `vmseal serve` command in this build (dist/), the suite measures qemu-nbd alone and
 // reports no ratios. Needs: qemu-utils (qemu-img, qemu-nbd), libnbd-bin (nbdcopy, nbdinfo), fio,
@@ -38,6 +39,7 @@ const RAND_SECONDS = quick ? 3 : 10;
 const RSS_SECONDS = quick ? 3 : 10;
 const RSS_TARGET_MIB = 256;
 const CLK_TCK = 100; // Linux USER_HZ: /proc/PID/stat counts CPU time in 1/100 s on every architecture
+const UNIX = process.env.VMSEAL_BENCH_NBD === 'unix';
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 function need(cmd, args, what) {
@@ -120,14 +122,15 @@ function rssMiB(pid) {
  * file (a pipe nobody reads while a synchronous client runs could fill and stall it).
  */
 async function startServer(kind, files, dir) {
-  const port = await freePort();
-  const uri = `nbd://127.0.0.1:${port}/bench`;
+  const port = UNIX ? 0 : await freePort();
+  const socket = join(dir, `${kind}.sock`);
+  const uri = UNIX ? `nbd+unix:///bench?socket=${socket}` : `nbd://127.0.0.1:${port}/bench`;
   const log = join(dir, `${kind}.log`);
   const out = openSync(log, 'w');
   let argv;
   let env = process.env;
   // -t: keep serving after a client leaves; -e 16: up to 16 connections (the RSS test), as --shared 16.
-  const qemuCommon = ['-t', '-e', '16', '-x', 'bench', '-b', '127.0.0.1', '-p', String(port)];
+  const qemuCommon = ['-t', '-e', '16', '-x', 'bench', ...(UNIX ? ['-k', socket] : ['-b', '127.0.0.1', '-p', String(port)])];
   if (kind === 'plain') argv = ['qemu-nbd', '-f', 'raw', ...qemuCommon, files.plain];
   else if (kind === 'luks')
     argv = [
@@ -139,7 +142,17 @@ async function startServer(kind, files, dir) {
       ...qemuCommon,
     ];
   else {
-    argv = [process.execPath, BIN, 'serve', files.vmdk, '--listen', `127.0.0.1:${port}`, '--name', 'bench', '--shared', '16'];
+    argv = [
+      process.execPath,
+      BIN,
+      'serve',
+      files.vmdk,
+      ...(UNIX ? ['--socket', socket] : ['--listen', `127.0.0.1:${port}`]),
+      '--name',
+      'bench',
+      '--shared',
+      '16',
+    ];
     env = vmsealEnv(files.home);
   }
   const child = spawn(onServerCpu(argv)[0], onServerCpu(argv).slice(1), { stdio: ['ignore', out, out], env });
@@ -335,8 +348,8 @@ async function main() {
     }
 
     notes.push(
-      `${SIZE / MiB} MiB of random data in ${base === '/dev/shm' ? 'tmpfs (/dev/shm)' : `${base} (tmpfs had too little room)`}; every server on TCP 127.0.0.1, one server running at a time; round 1 checks each export reads back what was written.`,
-      `vmseal: \`vmseal serve DISK --listen 127.0.0.1:PORT --shared 16\` on an encrypted monolithicFlat made by \`vmseal encrypt\` (aes-256-xts, 512-byte data units, local key provider).`,
+      `${SIZE / MiB} MiB of random data in ${base === '/dev/shm' ? 'tmpfs (/dev/shm)' : `${base} (tmpfs had too little room)`}; every server on ${UNIX ? 'a Unix socket (VMSEAL_BENCH_NBD=unix)' : 'TCP 127.0.0.1'}, one server running at a time; round 1 checks each export reads back what was written.`,
+      `vmseal: \`vmseal serve DISK ${UNIX ? '--socket PATH' : '--listen 127.0.0.1:PORT'} --shared 16\` on an encrypted monolithicFlat made by \`vmseal encrypt\` (aes-256-xts, 512-byte data units, local key provider).`,
       `qemu-nbd: \`qemu-nbd -t -e 16\` (default cache=writeback, aio=threads) on the raw file, and on a LUKS image (\`qemu-img create -f luks -o cipher-alg=aes-256,cipher-mode=xts,ivgen-alg=plain64,preallocation=full\`) opened with \`--image-opts driver=luks\`.`,
       `Sequential: \`nbdcopy --connections=1 --requests=16 --request-size=1048576\`, file → export with --flush and export → null:, best of ${ROUNDS}. Random: fio (${versions.fio}) --ioengine=nbd, 4 KiB, iodepth 16, one connection, ${RAND_SECONDS} s after a 1 s ramp, best of ${ROUNDS}. Memory: peak RSS (VmHWM) after ${RSS_SECONDS} s of fio randrw, 1 MiB requests, 16 connections × iodepth 16.`,
       pinned
