@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ChildProcess } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cleanEnv, json, vmseal, vmsealChild, type CliResult } from '../cli/run-cli.js';
+import { cleanEnv, json, qemuImg, vmseal, vmsealChild, type CliResult } from '../cli/run-cli.js';
 import {
   bootFromNbd,
   consoleTail,
@@ -163,7 +163,11 @@ describe.skipIf(accel === null)('a qemu VM boots from an encrypted disk served b
       const stopped = await exitOf(server, 60_000);
       expect(stopped, `server stderr:\n${served.stderr()}`).toEqual({ code: 0, signal: null });
 
-      // 5. Decrypted on the host, the file system is clean and holds what the guest wrote.
+      // 5. The disk is sound after the guest's writes (for a sparse disk: the grains it allocated),
+      // to vmseal (metadata and every byte read) and to qemu-img; decrypted on the host, its file
+      // system is clean and holds what the guest wrote.
+      expect(json(ok(await vmseal(['verify', enc, '--json'], env)))).toMatchObject({ ok: true, encrypted: true });
+      if (subformat === 'monolithicSparse') expect(await qemuImg(['check', enc])).toMatch(/No errors/);
       const out = join(work, 'decrypted.raw');
       ok(await vmseal(['decrypt', enc, out, '--raw'], env));
       const fsck = await e2fsckReadOnly(tools, out);
