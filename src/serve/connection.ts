@@ -316,7 +316,13 @@ export class Connection {
         }
         held = req.length;
         await this.#acquire(held);
-        payload = await this.#reader.read(req.length);
+        try {
+          payload = await this.#reader.read(req.length);
+        } catch (err) {
+          // A payload cut short by the client: its share of the budget must not leak.
+          this.#release(held);
+          throw err;
+        }
       } else if (req.type === Cmd.READ && req.length <= MAX_PAYLOAD && this.#check(exp, req) === undefined) {
         held = req.length;
         await this.#acquire(held);

@@ -30,10 +30,15 @@ afterAll(() => {
 });
 
 /** Start `vmseal serve …` and wait for its ready line(s). */
-async function startServe(args: string[], readyLines = 1): Promise<{ child: Served; stderr: () => string; exit: Promise<number | null> }> {
+async function startServe(
+  args: string[],
+  readyLines = 1,
+): Promise<{ child: Served; stderr: () => string; stdout: () => string; exit: Promise<number | null> }> {
   const child = vmsealChild(['serve', ...args], env);
   children.push(child);
   let err = '';
+  let out = '';
+  child.stdout.on('data', (d) => (out += String(d)));
   const exit = new Promise<number | null>((done) => child.on('close', (code) => done(code)));
   await new Promise<void>((ready, fail) => {
     child.stderr.on('data', (d) => {
@@ -42,7 +47,7 @@ async function startServe(args: string[], readyLines = 1): Promise<{ child: Serv
     });
     void exit.then((code) => fail(new Error(`vmseal serve exited with ${code}: ${err}`)));
   });
-  return { child, stderr: () => err, exit };
+  return { child, stderr: () => err, stdout: () => out, exit };
 }
 
 function freePort(): Promise<number> {
@@ -103,6 +108,31 @@ describe('vmseal serve', () => {
     expect(await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', `nbd://127.0.0.1:${port}/alpha`, a])).toMatch(/identical/);
     s.child.kill('SIGINT');
     expect(await s.exit).toBe(0);
+  });
+
+  it('names the export with --name, and exits 3 without starting when the disk does not unlock', async () => {
+    const dir = join(tmp.dir, 'name');
+    await run('mkdir', ['-p', dir]);
+    const disk = await encryptedDisk(dir, 'vm2', { subformat: 'monolithicFlat', capacity: MiB });
+    const socket = join(dir, 'nbd.sock');
+    const wrongPw = join(dir, 'wrong');
+    writeFileSync(wrongPw, 'not-the-passphrase\n', { mode: 0o600 });
+    const wrong = await vmseal(['serve', disk, '--socket', socket, '--name', 'boot', '--passphrase-file', wrongPw], env);
+    expect(wrong.code).toBe(3);
+    expect(wrong.stderr).not.toMatch(/serving/);
+    expect(existsSync(socket)).toBe(false);
+    const s = await startServe([disk, '--socket', socket, '--name', 'boot', '--passphrase-file', pwFile, '--json']);
+    expect(s.stderr()).toContain(`vmseal: serving boot on nbd+unix:///boot?socket=${socket}`);
+    expect(await run('nbdinfo', ['--size', `nbd+unix:///boot?socket=${socket}`])).toBe(`${MiB}\n`);
+    s.child.kill('SIGTERM');
+    expect(await s.exit).toBe(0);
+    const result = JSON.parse(s.stdout());
+    expect(result).toMatchObject({
+      ok: true,
+      command: 'serve',
+      address: { transport: 'unix', path: socket },
+      exports: [{ name: 'boot', encrypted: true, size: MiB }],
+    });
   });
 
   it('refuses a non-loopback --listen without --insecure-plaintext, a --name for two disks and two exports of one name', async () => {

@@ -413,6 +413,30 @@ describe('bounded memory', () => {
     }
   });
 
+  it('a write cut short does not keep its share of the budget', async () => {
+    const dir = tempDirFor();
+    const disk = plainRaw(dir, 'c', Buffer.alloc(MiB));
+    const { host: h2, socket: s2 } = await startHost(dir, [{ path: disk, name: 'c', shared: 8 }], { payloadBudget: 65536 });
+    try {
+      for (let i = 0; i < 3; i++) {
+        const cut = await RawClient.connect(s2);
+        clients.push(cut);
+        await cut.go('c');
+        cut.send(CMD.WRITE, 0, 65536, 0, Buffer.alloc(1000));
+        cut.socket.end();
+        await cut.closedByServer();
+      }
+      const c = await RawClient.connect(s2);
+      clients.push(c);
+      await c.go('c');
+      const data = random(65536);
+      expect((await c.request(CMD.WRITE, 0, 65536, 0, data)).error).toBe(0);
+      expect((await c.request(CMD.READ, 0, 65536)).data.equals(data)).toBe(true);
+    } finally {
+      await h2.close();
+    }
+  });
+
   it('serves requests larger than a tiny payload budget, one at a time', async () => {
     const dir = tempDirFor();
     const content = random(8 * MiB);
