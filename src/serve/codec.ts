@@ -240,12 +240,21 @@ export function encodeChunkHeader(cookie: Buffer, flags: number, type: ReplyType
   return b;
 }
 
-/** Header and offset of a final NBD_REPLY_TYPE_OFFSET_DATA chunk; the `length` data bytes follow. */
-export function encodeOffsetDataHeader(cookie: Buffer, offset: number, length: number): Buffer {
-  const h = encodeChunkHeader(cookie, NBD_REPLY_FLAG_DONE, ReplyType.OFFSET_DATA, 8 + length);
+/** Header and offset of an NBD_REPLY_TYPE_OFFSET_DATA chunk (final unless `done` is false); the `length` data bytes follow. */
+export function encodeOffsetDataHeader(cookie: Buffer, offset: number, length: number, done = true): Buffer {
+  const h = encodeChunkHeader(cookie, done ? NBD_REPLY_FLAG_DONE : 0, ReplyType.OFFSET_DATA, 8 + length);
   const o = Buffer.alloc(8);
   o.writeBigUInt64BE(BigInt(offset), 0);
   return Buffer.concat([h, o]);
+}
+
+/** A non-final NBD_REPLY_TYPE_OFFSET_HOLE chunk: `length` bytes at `offset` read as zeros. */
+export function encodeOffsetHole(cookie: Buffer, offset: number, length: number): Buffer {
+  const h = encodeChunkHeader(cookie, 0, ReplyType.OFFSET_HOLE, 12);
+  const p = Buffer.alloc(12);
+  p.writeBigUInt64BE(BigInt(offset), 0);
+  p.writeUInt32BE(length, 8);
+  return Buffer.concat([h, p]);
 }
 
 /** A final NBD_REPLY_TYPE_ERROR chunk: errno and a message for humans. */

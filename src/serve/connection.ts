@@ -9,32 +9,20 @@ import type { Socket } from 'node:net';
 import type { PayloadBudget } from './budget.js';
 import {
   WireError,
-  decodeInfoRequest,
-  decodeMetaContextRequest,
-  decodeOptionHeader,
   decodeRequest,
   encodeBlockStatus,
-  encodeExportNameReply,
   encodeGreeting,
-  encodeInfoBlockSize,
-  encodeInfoExport,
-  encodeInfoString,
-  encodeMetaContext,
   encodeOffsetDataHeader,
-  encodeOptionError,
-  encodeOptionReply,
-  encodeServerEntry,
+  encodeOffsetHole,
+  encodeStructuredDone,
   encodeSimpleReply,
   encodeStructuredError,
   type Request,
 } from './codec.js';
 import type { Export } from './export.js';
 import {
-  BASE_ALLOCATION,
   BASE_ALLOCATION_ID,
   Cmd,
-  Info,
-  MAX_OPTION_BYTES,
   MAX_PAYLOAD,
   NBD_CMD_FLAG_FAST_ZERO,
   NBD_CMD_FLAG_FUA,
@@ -42,12 +30,10 @@ import {
   NBD_FLAG_C_FIXED_NEWSTYLE,
   NBD_FLAG_C_NO_ZEROES,
   NbdErrno,
-  OPTION_HEADER_BYTES,
-  Opt,
   REQUEST_BYTES,
-  Rep,
 } from './protocol.js';
 import { EndOfStream, SocketReader } from './reader.js';
+import { Negotiation } from './negotiate.js';
 
 /** What a connection needs from its host. */
 export interface ConnectionHost {
@@ -57,6 +43,8 @@ export interface ConnectionHost {
   /** --no-list: NBD_OPT_LIST is refused and unknown names learn nothing of the others. */
   readonly noList: boolean;
   readonly budget: PayloadBudget;
+  /** A connection that has not picked an export after this long is closed (it holds a socket for nothing). */
+  readonly handshakeTimeoutMs: number;
   log(line: string): void;
 }
 
@@ -64,6 +52,27 @@ export interface ConnectionHost {
 interface Ticket {
   held: number;
   queued: boolean;
+}
+
+/** Holes smaller than this are sent as data: a chunk header costs more than a few zeros. */
+const MIN_HOLE_CHUNK = 4096;
+
+/** A structured read reply in chunks: OFFSET_DATA for data, OFFSET_HOLE for holes, then a final NONE. */
+function readChunks(req: Request, data: Buffer, holes: ReadonlyArray<{ offset: number; length: number }>): Buffer[] {
+  const out: Buffer[] = [];
+  let at = req.offset;
+  const dataUpTo = (end: number): void => {
+    if (end <= at) return;
+    out.push(encodeOffsetDataHeader(req.cookie, at, end - at, false), data.subarray(at - req.offset, end - req.offset));
+  };
+  for (const h of holes) {
+    dataUpTo(h.offset);
+    out.push(encodeOffsetHole(req.cookie, h.offset, h.length));
+    at = h.offset + h.length;
+  }
+  dataUpTo(req.offset + req.length);
+  out.push(encodeStructuredDone(req.cookie));
+  return out;
 }
 
 /** Requests in flight per connection before it stops reading more. */
@@ -79,7 +88,6 @@ export class Connection {
   readonly #socket: Socket;
   readonly #reader: SocketReader;
   readonly #host: ConnectionHost;
-  #noZeroes = false;
   #structured = false;
   /** base:allocation selected by SET_META_CONTEXT, for that export name. */
   #metaExport: string | undefined;
@@ -115,6 +123,14 @@ export class Connection {
 
   async #run(): Promise<void> {
     let reason = 'client disconnected';
+    let timedOut = false;
+    const handshakeTimer = setTimeout(() => {
+      timedOut = true;
+      // Nothing is in flight before an export is chosen: drop the socket (also if our replies are stuck in it).
+      this.#reader.end();
+      this.#socket.destroy();
+    }, this.#host.handshakeTimeoutMs);
+    handshakeTimer.unref();
     try {
       this.#socket.write(encodeGreeting());
       const clientFlags = (await this.#reader.read(4)).readUInt32BE(0);
@@ -122,16 +138,27 @@ export class Connection {
         reason = `unknown client flags 0x${clientFlags.toString(16)}`;
         return;
       }
-      this.#noZeroes = (clientFlags & NBD_FLAG_C_NO_ZEROES) !== 0;
-      const exp = await this.#negotiate();
+      const negotiation = new Negotiation(
+        { read: (n) => this.#reader.read(n), discard: (n) => this.#reader.discard(n), send: (bufs) => this.#send(bufs) },
+        this.#host,
+        (clientFlags & NBD_FLAG_C_NO_ZEROES) !== 0,
+      );
+      const exp = await negotiation.run();
+      clearTimeout(handshakeTimer);
       if (!exp) return;
+      this.#structured = negotiation.structured;
+      this.#metaExport = negotiation.metaExport;
+      this.#strictBlocks = negotiation.strictBlocks;
       this.#export = exp;
       this.#host.log(`connection ${this.id} (${this.peer}): serving export ${exp.name}`);
       reason = await this.#transmit();
     } catch (err) {
-      if (err instanceof WireError) reason = `protocol error: ${err.message}`;
+      if (timedOut) reason = `no export chosen within ${this.#host.handshakeTimeoutMs} ms`;
+      else if (this.#stopping) reason = 'server stopping';
+      else if (err instanceof WireError) reason = `protocol error: ${err.message}`;
       else if (!(err instanceof EndOfStream)) reason = `error: ${(err as Error).message}`;
     } finally {
+      clearTimeout(handshakeTimer);
       await Promise.allSettled([...this.#inFlight]);
       if (this.#export) this.#export.detachClient();
       this.#socket.end();
@@ -141,145 +168,19 @@ export class Connection {
     }
   }
 
+  /**
+   * Write `bufs` in one go; resolves once they reached the kernel, or when the connection is stopped
+   * (a client that does not read would otherwise keep a negotiation or a shutdown waiting forever).
+   */
   #send(bufs: Buffer[]): Promise<void> {
-    return new Promise((resolve) => {
+    const written = new Promise<void>((resolve) => {
       if (this.#socket.destroyed) return resolve();
       this.#socket.cork();
       for (let i = 0; i < bufs.length - 1; i++) this.#socket.write(bufs[i]);
       this.#socket.write(bufs[bufs.length - 1], () => resolve());
       this.#socket.uncork();
     });
-  }
-
-  // ---- option haggling -------------------------------------------------------------------------
-
-  /** Options until GO or EXPORT_NAME picks an export (returned), or the client leaves (undefined). */
-  async #negotiate(): Promise<Export | undefined> {
-    for (;;) {
-      const { option, length } = decodeOptionHeader(await this.#reader.read(OPTION_HEADER_BYTES));
-      if (length > MAX_OPTION_BYTES) {
-        if (option === Opt.EXPORT_NAME) throw new WireError(`NBD_OPT_EXPORT_NAME of ${length} bytes`);
-        await this.#reader.discard(length);
-        await this.#optReply(option, Rep.ERR_TOO_BIG, `option data of ${length} bytes is beyond the limit of ${MAX_OPTION_BYTES}`);
-        continue;
-      }
-      const data = await this.#reader.read(length);
-      switch (option) {
-        case Opt.EXPORT_NAME: {
-          // No error reply exists for this option: an unknown or busy export closes the connection.
-          const exp = this.#host.findExport(data.toString('utf8'));
-          if (!exp || !exp.attachClient()) return undefined;
-          await this.#send([encodeExportNameReply(exp.size, exp.transmissionFlags, this.#noZeroes)]);
-          return exp;
-        }
-        case Opt.ABORT:
-          await this.#send([encodeOptionReply(option, Rep.ACK)]);
-          return undefined;
-        case Opt.LIST:
-          await this.#list(option, data);
-          break;
-        case Opt.INFO:
-        case Opt.GO: {
-          const exp = await this.#infoOrGo(option, data);
-          if (exp) return exp;
-          break;
-        }
-        case Opt.STRUCTURED_REPLY:
-          if (length !== 0) await this.#optReply(option, Rep.ERR_INVALID, 'NBD_OPT_STRUCTURED_REPLY takes no data');
-          else {
-            this.#structured = true;
-            await this.#send([encodeOptionReply(option, Rep.ACK)]);
-          }
-          break;
-        case Opt.LIST_META_CONTEXT:
-        case Opt.SET_META_CONTEXT:
-          await this.#metaContext(option, data);
-          break;
-        case Opt.STARTTLS:
-          await this.#optReply(option, Rep.ERR_UNSUP, 'TLS is not supported by this server yet');
-          break;
-        default:
-          await this.#optReply(option, Rep.ERR_UNSUP, `option ${option} is not supported`);
-      }
-    }
-  }
-
-  #optReply(option: number, type: Rep, message: string): Promise<void> {
-    return this.#send([encodeOptionError(option, type, message)]);
-  }
-
-  /** The export a name asks for, or an ERR_UNKNOWN reply that names no other export under --no-list. */
-  async #lookup(option: number, name: string): Promise<Export | undefined> {
-    const exp = this.#host.findExport(name);
-    if (!exp) {
-      const known = this.#host.noList
-        ? ''
-        : ` (exports: ${this.#host
-            .exportList()
-            .map((e) => e.name)
-            .join(', ')})`;
-      await this.#optReply(option, Rep.ERR_UNKNOWN, `no export named '${name}'${known}`);
-    }
-    return exp;
-  }
-
-  async #list(option: number, data: Buffer): Promise<void> {
-    if (data.length !== 0) return this.#optReply(option, Rep.ERR_INVALID, 'NBD_OPT_LIST takes no data');
-    if (this.#host.noList) return this.#optReply(option, Rep.ERR_POLICY, 'listing exports is disabled on this server');
-    const replies = this.#host.exportList().map((e) => encodeOptionReply(option, Rep.SERVER, encodeServerEntry(e.name, e.description)));
-    await this.#send([...replies, encodeOptionReply(option, Rep.ACK)]);
-  }
-
-  async #infoOrGo(option: number, data: Buffer): Promise<Export | undefined> {
-    let req;
-    try {
-      req = decodeInfoRequest(data);
-    } catch (err) {
-      if (!(err instanceof WireError)) throw err;
-      await this.#optReply(option, Rep.ERR_INVALID, err.message);
-      return undefined;
-    }
-    const exp = await this.#lookup(option, req.name);
-    if (!exp) return undefined;
-    if (option === Opt.GO && !exp.attachClient()) {
-      await this.#optReply(option, Rep.ERR_POLICY, `export ${exp.name} already has ${exp.shared} client(s), its limit (--shared)`);
-      return undefined;
-    }
-    const replies = [encodeOptionReply(option, Rep.INFO, encodeInfoExport(exp.size, exp.transmissionFlags))];
-    const asked = new Set(req.infos);
-    if (asked.has(Info.NAME)) replies.push(encodeOptionReply(option, Rep.INFO, encodeInfoString(Info.NAME, exp.name)));
-    if (asked.has(Info.DESCRIPTION)) replies.push(encodeOptionReply(option, Rep.INFO, encodeInfoString(Info.DESCRIPTION, exp.description)));
-    if (asked.has(Info.BLOCK_SIZE)) replies.push(encodeOptionReply(option, Rep.INFO, encodeInfoBlockSize(exp.blockSizes)));
-    replies.push(encodeOptionReply(option, Rep.ACK));
-    await this.#send(replies);
-    if (option !== Opt.GO) return undefined;
-    this.#strictBlocks = asked.has(Info.BLOCK_SIZE);
-    // A meta context chosen for another export does not carry over.
-    if (this.#metaExport !== undefined && this.#metaExport !== req.name) this.#metaExport = undefined;
-    return exp;
-  }
-
-  async #metaContext(option: number, data: Buffer): Promise<void> {
-    if (option === Opt.SET_META_CONTEXT && !this.#structured) {
-      return this.#optReply(option, Rep.ERR_INVALID, 'NBD_OPT_SET_META_CONTEXT needs NBD_OPT_STRUCTURED_REPLY first');
-    }
-    let req;
-    try {
-      req = decodeMetaContextRequest(data);
-    } catch (err) {
-      if (!(err instanceof WireError)) throw err;
-      return this.#optReply(option, Rep.ERR_INVALID, err.message);
-    }
-    if (!(await this.#lookup(option, req.name))) return;
-    const replies: Buffer[] = [];
-    // LIST with no query, or a query of the whole "base:" namespace, lists every context we have.
-    const match = option === Opt.LIST_META_CONTEXT ? (q: string) => q === BASE_ALLOCATION || q === 'base:' : (q: string) => q === BASE_ALLOCATION;
-    const selected = option === Opt.LIST_META_CONTEXT && req.queries.length === 0 ? true : req.queries.some(match);
-    if (selected)
-      replies.push(encodeOptionReply(option, Rep.META_CONTEXT, encodeMetaContext(option === Opt.SET_META_CONTEXT ? BASE_ALLOCATION_ID : 0, BASE_ALLOCATION)));
-    if (option === Opt.SET_META_CONTEXT) this.#metaExport = selected ? req.name : undefined;
-    replies.push(encodeOptionReply(option, Rep.ACK));
-    await this.#send(replies);
+    return Promise.race([written, this.#stopped]);
   }
 
   // ---- transmission ----------------------------------------------------------------------------
@@ -298,7 +199,7 @@ export class Connection {
       try {
         req = decodeRequest(await this.#reader.read(REQUEST_BYTES));
       } catch (err) {
-        if (err instanceof EndOfStream) return 'client disconnected';
+        if (err instanceof EndOfStream) return this.#stopping ? 'server stopping' : 'client disconnected';
         throw err;
       }
       if (req.type === Cmd.DISC) {
@@ -336,8 +237,25 @@ export class Connection {
     }
   }
 
+  /**
+   * Take `bytes` of the budget, or throw EndOfStream when the connection is stopped while waiting
+   * (the budget may be held by a client that never reads, which only stopping releases). A grant
+   * that comes after the stop is given back at once.
+   */
   async #acquire(bytes: number): Promise<void> {
-    await this.#host.budget.acquire(bytes);
+    let got = false;
+    let abandoned = false;
+    const granted = this.#host.budget.acquire(bytes).then(() => {
+      got = true;
+      if (abandoned) this.#host.budget.release(bytes);
+    });
+    await Promise.race([granted, this.#stopped]);
+    if (this.#stopping) {
+      // Give the grant back now if it came, or as soon as it comes.
+      if (got) this.#host.budget.release(bytes);
+      else abandoned = true;
+      throw new EndOfStream();
+    }
     this.#held += bytes;
   }
 
@@ -394,12 +312,13 @@ export class Connection {
     try {
       switch (req.type) {
         case Cmd.READ: {
+          // Holes first, data second: a write landing in between shows as the read having come first.
+          const holes = this.#structured ? await exp.holes(req.offset, req.length, MIN_HOLE_CHUNK) : [];
           const data = Buffer.allocUnsafe(req.length);
           await exp.read(req.offset, data);
-          return this.#queueReply(
-            this.#structured ? [encodeOffsetDataHeader(req.cookie, req.offset, data.length), data] : [encodeSimpleReply(req.cookie, 0), data],
-            ticket,
-          );
+          if (!this.#structured) return this.#queueReply([encodeSimpleReply(req.cookie, 0), data], ticket);
+          if (holes.length === 0) return this.#queueReply([encodeOffsetDataHeader(req.cookie, req.offset, data.length), data], ticket);
+          return this.#queueReply(readChunks(req, data, holes), ticket);
         }
         case Cmd.WRITE:
           await exp.write(req.offset, payload!, fua);

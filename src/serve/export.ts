@@ -133,6 +133,27 @@ export class Export {
     this.#bytesRead += target.length;
   }
 
+  /**
+   * Holes of a sparse disk inside [offset, offset+length) of at least `minimum` bytes (none for a
+   * flat disk): a structured read reply sends them as OFFSET_HOLE chunks instead of zeros.
+   */
+  async holes(offset: number, length: number, minimum: number): Promise<Array<{ offset: number; length: number }>> {
+    if (!this.sparse || length === 0) return [];
+    const out: Array<{ offset: number; length: number }> = [];
+    const end = offset + length;
+    let at = offset;
+    const hole = (s: number, e: number): void => {
+      if (e - s >= minimum) out.push({ offset: s, length: e - s });
+    };
+    for await (const r of this.disk.allocatedRanges(offset, end)) {
+      const s = Math.max(r.offset, offset);
+      if (s > at) hole(at, s);
+      at = Math.max(at, Math.min(r.offset + r.length, end));
+    }
+    if (at < end) hole(at, end);
+    return out;
+  }
+
   /** Write, and with `fua` sync before returning. Returns once the data is in the file (page cache at least). */
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
     await this.#queue(() => this.disk.write(offset, data));
@@ -176,7 +197,7 @@ export class Export {
     if (fua) await this.flush();
   }
 
-  /** Sync every file after the writes queued so far (fdatasync through the VMDK layer). */
+  /** Sync every file after the writes queued so far (fsync of each file, through the VMDK layer). */
   async flush(): Promise<void> {
     await this.#writes;
     await this.disk.flush();

@@ -46,6 +46,8 @@ export interface ServeOptions {
   insecurePlaintext?: boolean;
   /** Bytes of request and reply payloads held at once over all connections (default: 64 MiB). */
   payloadBudget?: number;
+  /** A client that has not chosen an export (GO or EXPORT_NAME) within this many ms is disconnected (default: 30000). */
+  handshakeTimeoutMs?: number;
   /** One line per connection and per error (never key material). */
   log?: (line: string) => void;
 }
@@ -62,6 +64,8 @@ export interface NbdHost {
 }
 
 export const DEFAULT_PAYLOAD_BUDGET = 64 * 1024 * 1024;
+/** Longer than any real client needs to negotiate (qemu-nbd allows 10 s), short enough to shed idle sockets. */
+const DEFAULT_HANDSHAKE_TIMEOUT_MS = 30_000;
 const DEFAULT_SHARED_READ_ONLY = 16;
 
 /** Default export name: the file name without `.vmdk`. */
@@ -193,6 +197,8 @@ export async function serve(options: ServeOptions): Promise<NbdHost> {
   }
   const listenArg = checkListen(options.listen, options.insecurePlaintext === true);
   const budget = new PayloadBudget(options.payloadBudget === undefined ? DEFAULT_PAYLOAD_BUDGET : checkCount(options.payloadBudget, 'payloadBudget'));
+  const handshakeTimeoutMs =
+    options.handshakeTimeoutMs === undefined ? DEFAULT_HANDSHAKE_TIMEOUT_MS : checkCount(options.handshakeTimeoutMs, 'handshakeTimeoutMs');
   const log = options.log ?? (() => undefined);
   const names = new Map<string, string>();
   for (const d of options.disks) {
@@ -209,7 +215,30 @@ export async function serve(options: ServeOptions): Promise<NbdHost> {
   }
 
   const exports = new Map<string, Export>();
-  const server = createServer();
+  const connections = new Set<Connection>();
+  /** Every accepted socket, also after its Connection ended (a client may keep a half-closed socket open). */
+  const sockets = new Set<Socket>();
+  let nextId = 1;
+  const host: ConnectionHost = {
+    findExport(name) {
+      if (name === '' && exports.size === 1) return [...exports.values()][0];
+      return exports.get(name);
+    },
+    exportList: () => [...exports.values()],
+    noList: options.noList === true,
+    budget,
+    handshakeTimeoutMs,
+    log,
+  };
+  // Handle connections from the moment the server listens (its socket's mode is set just after).
+  const server = createServer((socket: Socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+    const c = new Connection(socket, host, nextId++);
+    log(`connection ${c.id} (${c.peer}) opened`);
+    connections.add(c);
+    void c.done.finally(() => connections.delete(c));
+  });
   let socketPath: string | undefined;
   try {
     for (const d of options.disks) {
@@ -226,30 +255,14 @@ export async function serve(options: ServeOptions): Promise<NbdHost> {
     } else {
       await listenOn(server, listen);
     }
+    // After listening, an accept error (EMFILE …) must not crash the process: log it, keep serving.
+    server.on('error', (err: NodeJS.ErrnoException) => log(`server error: ${err.code ?? err.message}`));
   } catch (err) {
     server.close();
+    for (const s of sockets) s.destroy();
     for (const e of exports.values()) await e.close().catch(() => undefined);
     throw err;
   }
-
-  const connections = new Set<Connection>();
-  let nextId = 1;
-  const host: ConnectionHost = {
-    findExport(name) {
-      if (name === '' && exports.size === 1) return [...exports.values()][0];
-      return exports.get(name);
-    },
-    exportList: () => [...exports.values()],
-    noList: options.noList === true,
-    budget,
-    log,
-  };
-  server.on('connection', (socket: Socket) => {
-    const c = new Connection(socket, host, nextId++);
-    log(`connection ${c.id} (${c.peer}) opened`);
-    connections.add(c);
-    void c.done.finally(() => connections.delete(c));
-  });
 
   const addr = server.address();
   const address: ServeAddress =
@@ -267,6 +280,8 @@ export async function serve(options: ServeOptions): Promise<NbdHost> {
         const stopped = new Promise<void>((done) => server.close(() => done()));
         for (const c of connections) c.stop();
         await Promise.allSettled([...connections].map((c) => c.done));
+        // Replies are answered or given up by now; a client that keeps its socket open is cut off.
+        for (const s of sockets) s.destroy();
         await stopped;
         if (socketPath !== undefined) await rm(socketPath, { force: true });
         const failures: unknown[] = [];

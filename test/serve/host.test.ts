@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { serve, ServeError, defaultExportName, exportUri } from '../../src/index.js';
 import { tempDir } from '../disk/helpers.js';
 import { encryptedDisk, KEYS, plainRaw, run, unixUri } from './helpers.js';
+import { RawClient } from './nbd-client.js';
 
 const MiB = 1 << 20;
 let tmp: ReturnType<typeof tempDir>;
@@ -107,6 +108,53 @@ describe('serve()', () => {
       // …and while it is served, nobody else can take it.
       await expect(serve({ disks: [{ path: good }], listen: { socket: join(dir, 't.sock') }, keys: KEYS })).rejects.toMatchObject({ code: 'ERR_DISK_BUSY' });
       expect(await run('nbdinfo', ['--size', unixUri(socket, 'good')])).toBe(`${MiB}\n`);
+    } finally {
+      await host.close();
+    }
+  });
+
+  it('close() returns while clients keep their connections open, idle or mid-negotiation', async () => {
+    const dir = sub('open');
+    const disk = plainRaw(dir, 'o', Buffer.alloc(MiB));
+    const socket = join(dir, 's.sock');
+    const host = await serve({ disks: [{ path: disk, name: 'o', shared: 4 }], listen: { socket } });
+    const idle = await RawClient.connect(socket, { allowHalfOpen: true }); // greeted, never answers
+    const negotiating = await RawClient.connect(socket, { allowHalfOpen: true });
+    await negotiating.handshake();
+    const serving = await RawClient.connect(socket, { allowHalfOpen: true });
+    await serving.go('o');
+    // A client that floods options without reading the replies (the server's writes block).
+    const flooding = await RawClient.connect(socket, { allowHalfOpen: true });
+    await flooding.handshake();
+    flooding.socket.pause();
+    const list = Buffer.alloc(16);
+    list.write('IHAVEOPT', 0, 'ascii');
+    list.writeUInt32BE(3, 8);
+    for (let i = 0; i < 20000; i++) flooding.write(list);
+    await new Promise((r) => setTimeout(r, 50)); // let the server fill its side (not an assertion)
+    // None of them closes its side: close() must not wait for them.
+    await host.close();
+    for (const c of [idle, negotiating, serving]) expect(await c.closedByServer()).toBe(true);
+    flooding.close();
+  });
+
+  it('disconnects a client that does not choose an export in time, not one that did', async () => {
+    const dir = sub('timeout');
+    const disk = plainRaw(dir, 'h', Buffer.alloc(MiB, 9));
+    const socket = join(dir, 's.sock');
+    const lines: string[] = [];
+    const host = await serve({ disks: [{ path: disk, name: 'h', shared: 2 }], listen: { socket }, handshakeTimeoutMs: 200, log: (l) => lines.push(l) });
+    try {
+      const serving = await RawClient.connect(socket);
+      await serving.go('h');
+      const idle = await RawClient.connect(socket, { allowHalfOpen: true });
+      await idle.handshake();
+      expect(await idle.closedByServer()).toBe(true);
+      expect(lines.some((l) => /closed: no export chosen within 200 ms/.test(l))).toBe(true);
+      // Past the same delay, the client that chose an export is still served.
+      const r = await serving.request(0, 0, 512);
+      expect(r.data.equals(Buffer.alloc(512, 9))).toBe(true);
+      serving.close();
     } finally {
       await host.close();
     }

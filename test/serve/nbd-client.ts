@@ -37,6 +37,8 @@ export interface Reply {
   extents: Array<[number, number]>;
   /** Structured error message, if any. */
   message: string;
+  /** OFFSET_HOLE chunks of a structured READ: [offset inside the read, length]. */
+  holes: Array<[number, number]>;
   structured: boolean;
 }
 
@@ -57,13 +59,15 @@ export class RawClient {
       this.#closed = true;
       this.#wake?.();
     };
+    socket.on('end', end);
     socket.on('close', end);
     socket.on('error', end);
   }
 
-  static connect(path: string): Promise<RawClient> {
+  /** `allowHalfOpen`: keep our side open after the server's FIN (a client that never closes). */
+  static connect(path: string, opts: { allowHalfOpen?: boolean } = {}): Promise<RawClient> {
     return new Promise((resolve, reject) => {
-      const s = createConnection(path);
+      const s = createConnection({ path, allowHalfOpen: opts.allowHalfOpen === true });
       s.once('connect', () => resolve(new RawClient(s)));
       s.once('error', reject);
     });
@@ -186,6 +190,8 @@ export class RawClient {
   }
 
   #cookie = 1n;
+  /** Offset and length of each READ in flight, to place its structured chunks. */
+  readonly #reads = new Map<bigint, { offset: number; length: number }>();
 
   /** Send one request (with `data` for WRITE) and return its cookie. */
   send(type: number, offset: number, length: number, flags = 0, data?: Buffer, magic = 0x25609513): bigint {
@@ -198,6 +204,7 @@ export class RawClient {
     h.writeBigUInt64BE(BigInt(offset), 16);
     h.writeUInt32BE(length, 24);
     this.write(data ? Buffer.concat([h, data]) : h);
+    if (type === CMD.READ) this.#reads.set(cookie, { offset, length });
     return cookie;
   }
 
@@ -212,10 +219,10 @@ export class RawClient {
       const error = rest.readUInt32BE(0);
       const cookie = rest.readBigUInt64BE(4);
       const data = error === 0 && readLength > 0 ? await this.read(readLength) : Buffer.alloc(0);
-      return { cookie, error, data, extents: [], message: '', structured: false };
+      return { cookie, error, data, extents: [], message: '', holes: [], structured: false };
     }
     if (magic !== 0x668e33ef) throw new Error(`bad reply magic 0x${magic.toString(16)}`);
-    const out: Reply & { cookie: bigint } = { cookie: 0n, error: 0, data: Buffer.alloc(0), extents: [], message: '', structured: true };
+    const out: Reply & { cookie: bigint } = { cookie: 0n, error: 0, data: Buffer.alloc(0), extents: [], message: '', holes: [], structured: true };
     let first = true;
     for (;;) {
       const h = first ? Buffer.concat([Buffer.from([0x66, 0x8e, 0x33, 0xef]), await this.read(16)]) : await this.read(20);
@@ -224,14 +231,23 @@ export class RawClient {
       const type = h.readUInt16BE(6);
       out.cookie = h.readBigUInt64BE(8);
       const payload = await this.read(h.readUInt32BE(16));
-      if (type === 1) out.data = Buffer.concat([out.data, payload.subarray(8)]);
-      else if (type === 5) {
+      if (type === 1 || type === 2) {
+        // Place OFFSET_DATA (and zeros of OFFSET_HOLE) at their offset inside the read.
+        const read = this.#reads.get(out.cookie)!;
+        if (out.data.length !== read.length) out.data = Buffer.alloc(read.length);
+        const at = Number(payload.readBigUInt64BE(0)) - read.offset;
+        if (type === 1) payload.subarray(8).copy(out.data, at);
+        else out.holes.push([at, payload.readUInt32BE(8)]);
+      } else if (type === 5) {
         for (let i = 4; i < payload.length; i += 8) out.extents.push([payload.readUInt32BE(i), payload.readUInt32BE(i + 4)]);
       } else if (type >= 0x8000) {
         out.error = payload.readUInt32BE(0);
         out.message = payload.subarray(6, 6 + payload.readUInt16BE(4)).toString('utf8');
       }
-      if (flags & 1) return out;
+      if (flags & 1) {
+        this.#reads.delete(out.cookie);
+        return out;
+      }
     }
   }
 

@@ -33,6 +33,8 @@ let socket: string;
 const clients: RawClient[] = [];
 const flatContent = random(4 * MiB);
 const plainContent = random(MiB);
+/** What the sparse export holds at 2 MiB (one 64 KiB grain); the rest of it is holes. */
+const sparseHead = random(64 * 1024);
 
 async function client(): Promise<RawClient> {
   const c = await RawClient.connect(socket);
@@ -47,7 +49,7 @@ beforeAll(async () => {
     subformat: 'monolithicSparse',
     capacity: 8 * MiB,
     unitSize: 4096,
-    content: random(64 * 1024),
+    content: sparseHead,
     at: 2 * MiB,
   });
   const ro = plainRaw(tmp.dir, 'ro', plainContent);
@@ -231,6 +233,11 @@ describe('transmission', () => {
     // Zeroing data reads back zeros.
     expect((await c.request(CMD.WRITE_ZEROES, 2 * MiB, 8192)).error).toBe(0);
     expect((await c.request(CMD.READ, 2 * MiB, 8192)).data.equals(Buffer.alloc(8192))).toBe(true);
+    // A structured read of data and holes: the holes come as OFFSET_HOLE chunks, the whole reads right.
+    const mixed = await c.request(CMD.READ, 2 * MiB - 65536, 4 * 65536);
+    expect(mixed.error).toBe(0);
+    expect(mixed.holes.length).toBeGreaterThan(0);
+    expect(mixed.data.equals(Buffer.concat([Buffer.alloc(65536), Buffer.alloc(8192), sparseHead.subarray(8192, 65536), Buffer.alloc(2 * 65536)]))).toBe(true);
     // The client asked for block sizes: it must obey the 4096-byte minimum.
     expect((await c.request(CMD.READ, 512, 4096)).error).toBe(EINVAL);
   });
@@ -251,6 +258,7 @@ describe('transmission', () => {
     expect((await c.request(CMD.WRITE, 0, 512, 0, random(512))).error).toBe(EPERM);
     expect((await c.request(CMD.WRITE_ZEROES, 0, 512)).error).toBe(EPERM);
     expect((await c.request(CMD.TRIM, 0, 512)).error).toBe(EPERM);
+    expect((await c.request(CMD.FLUSH, 0, 0)).error).toBe(0);
     expect((await c.request(CMD.READ, 0, 512)).data.equals(plainContent.subarray(0, 512))).toBe(true);
   });
 
@@ -434,6 +442,29 @@ describe('bounded memory', () => {
       expect((await c.request(CMD.READ, 0, 65536)).data.equals(data)).toBe(true);
     } finally {
       await h2.close();
+    }
+  });
+
+  it('close() returns while one client pins the budget and another waits for it', async () => {
+    const dir = tempDirFor();
+    const disk = plainRaw(dir, 'p', random(4 * MiB));
+    const { host: h2, socket: s2 } = await startHost(dir, [{ path: disk, name: 'p', shared: 4 }], { payloadBudget: MiB });
+    let closed = false;
+    try {
+      const pinning = await RawClient.connect(s2);
+      clients.push(pinning);
+      await pinning.go('p');
+      pinning.socket.pause();
+      for (let i = 0; i < 8; i++) pinning.send(CMD.READ, 0, MiB);
+      const waiting = await RawClient.connect(s2);
+      clients.push(waiting);
+      await waiting.go('p');
+      waiting.send(CMD.WRITE, 0, MiB, 0, random(MiB));
+      await h2.close();
+      closed = true;
+      expect(h2.exports()[0].clients).toBe(0);
+    } finally {
+      if (!closed) await h2.close();
     }
   });
 
