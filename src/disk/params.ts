@@ -3,7 +3,8 @@
  *
  * They stand right after `createType`, in this order, values always double-quoted:
  *
- *     encryption.format = "vmseal/1"
+ *     encryption.format = "vmseal/2"              (or "vmseal/1": no data check)
+ *     encryption.dataCheck = "<hex>.<hex|--…>"     version 2 only: ties the descriptor to its data (data-check.ts)
  *     encryption.cipher = "aes-256-xts"            | "aes-128-xts"
  *     encryption.dataUnitSize = "512"              | "4096"
  *     encryption.diskId = "<32 lowercase hex>"     16 random bytes naming this disk
@@ -14,12 +15,15 @@
  * Every value is printable ASCII without `"`, `=` and the substrings `CID`, `parentFileNameHint`
  * and `createType` (qemu finds header fields by substring search anywhere in the text).
  */
+import { parseDataCheck } from './data-check.js';
 import { DiskError } from './errors.js';
 
 export type CipherName = 'aes-256-xts' | 'aes-128-xts';
 export type DataUnitSize = 512 | 4096;
 
-export const FORMAT_VERSION = 1;
+/** The version vmseal writes; version 1 (no data check) is still read. */
+export const FORMAT_VERSION = 2;
+const READ_VERSIONS: readonly number[] = [1, 2];
 export const FORMAT_TAG = `vmseal/${FORMAT_VERSION}`;
 export const CIPHERS: readonly CipherName[] = ['aes-256-xts', 'aes-128-xts'];
 export const UNIT_SIZES: readonly DataUnitSize[] = [512, 4096];
@@ -30,6 +34,7 @@ export const MAX_VALUE_LENGTH = 4096;
 
 export const LINE = {
   format: 'encryption.format',
+  dataCheck: 'encryption.dataCheck',
   cipher: 'encryption.cipher',
   unitSize: 'encryption.dataUnitSize',
   diskId: 'encryption.diskId',
@@ -48,6 +53,8 @@ export interface EncryptionParams {
   diskId: string;
   authenticator: string;
   keySafe: string;
+  /** Version 2: the data check line's value (data-check.ts); absent in version 1. */
+  dataCheck?: string;
 }
 
 /** What the authenticator binds (with the DEK): everything about the data layout and identity. */
@@ -94,14 +101,19 @@ export function newDiskId(random: (n: number) => Buffer): string {
 
 /** The lines to place right after createType, in their fixed order. */
 export function encryptionLines(p: EncryptionParams, job?: string): [string, string][] {
-  const lines: [string, string][] = [
-    [LINE.format, `vmseal/${p.formatVersion}`],
+  const lines: [string, string][] = [[LINE.format, `vmseal/${p.formatVersion}`]];
+  if (p.formatVersion >= 2) {
+    // Second, so that it sits in the first sector of an embedded descriptor (a one-sector update).
+    if (p.dataCheck === undefined) throw new DiskError('ERR_ENCRYPTION_METADATA', `format version ${p.formatVersion} needs a data check, and none was computed`);
+    lines.push([LINE.dataCheck, p.dataCheck]);
+  }
+  lines.push(
     [LINE.cipher, p.cipher],
     [LINE.unitSize, String(p.unitSize)],
     [LINE.diskId, p.diskId],
     [LINE.authenticator, p.authenticator],
     [LINE.keySafe, p.keySafe],
-  ];
+  );
   if (job !== undefined) lines.push([LINE.job, job]);
   for (const [k, v] of lines) assertSafeValue(k, v);
   return lines;
@@ -145,11 +157,11 @@ export function parseEncryption(entries: Iterable<readonly [string, string]>, wh
   const m = /^vmseal\/([1-9][0-9]{0,5})$/.exec(format);
   if (!m) throw meta(where, `encryption.format is not of the form "vmseal/<version>"`);
   const formatVersion = Number(m[1]);
-  if (formatVersion !== FORMAT_VERSION) {
-    throw meta(where, `encryption.format version ${formatVersion} is not supported (this vmseal reads version ${FORMAT_VERSION})`);
+  if (!READ_VERSIONS.includes(formatVersion)) {
+    throw meta(where, `encryption.format version ${formatVersion} is not supported (this vmseal reads versions ${READ_VERSIONS.join(' and ')})`);
   }
   for (const key of found.keys()) {
-    if (!KNOWN_KEYS.has(key)) throw meta(where, `unknown encryption line ${key} for format version ${formatVersion}`);
+    if (!KNOWN_KEYS.has(key) || (key === LINE.dataCheck && formatVersion < 2)) throw meta(where, `unknown encryption line ${key} for format version ${formatVersion}`);
   }
   const need = (key: string): string => {
     const v = found.get(key);
@@ -172,8 +184,12 @@ export function parseEncryption(entries: Iterable<readonly [string, string]>, wh
   const authenticator = need(LINE.authenticator);
   const keySafe = need(LINE.keySafe);
   const job = found.has(LINE.job) ? need(LINE.job) : undefined;
+  const dataCheck = formatVersion >= 2 ? need(LINE.dataCheck) : undefined;
+  if (dataCheck !== undefined && parseDataCheck(dataCheck) === null) {
+    throw meta(where, `${LINE.dataCheck} must be 64 lowercase hexadecimal digits, a '.', and 64 more (or 64 '-')`);
+  }
   return {
-    params: { formatVersion, cipher: cipher as CipherName, unitSize: unitSize as DataUnitSize, diskId, authenticator, keySafe },
+    params: { formatVersion, cipher: cipher as CipherName, unitSize: unitSize as DataUnitSize, diskId, authenticator, keySafe, ...(dataCheck !== undefined ? { dataCheck } : {}) },
     job,
   };
 }

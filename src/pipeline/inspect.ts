@@ -5,6 +5,7 @@ import { openDisk as openVmdk } from '../vmdk/index.js';
 import { describeKeySafe, type LockerInfo } from '../keys/index.js';
 import { encryptionOf } from '../disk/open.js';
 import { unlockDek, type UnlockOptions } from '../disk/keying.js';
+import { assertDataCheck } from '../disk/unit-zero.js';
 import type { CipherName, DataUnitSize } from '../disk/params.js';
 import { describeValue, VmsealError } from '../errors.js';
 import { PipelineError, throwIfAborted } from './errors.js';
@@ -75,7 +76,12 @@ export async function inspectDisk(path: string, options: { keys?: UnlockOptions;
       info.encryption = { formatVersion: e.formatVersion, cipher: e.cipher, unitSize: e.unitSize, diskId: e.diskId, lockers: describeKeySafe(e.keySafe), unlockable: null };
       if (options.keys) {
         try {
-          (await unlockDek(e, stored.capacity, options.keys, p)).fill(0);
+          const dek = await unlockDek(e, stored.capacity, options.keys, p);
+          try {
+            await assertDataCheck(stored, e, dek); // a key that opens a descriptor put on other data does not open the disk
+          } finally {
+            dek.fill(0);
+          }
           info.encryption.unlockable = true;
         } catch (err) {
           if (!(err instanceof VmsealError)) throw err;
