@@ -1,4 +1,4 @@
-import { VmsealError } from '../errors.js';
+import { VmsealError, type ArgumentErrorCode } from '../errors.js';
 
 /**
  * Stable codes of the encrypted-disk layer. Errors of the layers below (ERR_VMDK_*, and the key
@@ -10,10 +10,10 @@ export type DiskErrorCode =
   | 'ERR_NOT_ENCRYPTED' // keys given for, or decrypt/rekey asked of, a plain disk
   | 'ERR_ENCRYPTION_METADATA' // encryption lines missing, malformed, of an unknown version, or unsafe
   | 'ERR_INTERRUPTED_JOB' // an in-place job on this disk did not finish: resume it first
-  | 'ERR_ARGUMENT' // a bad argument to an API call
   | 'ERR_READ_ONLY' // a write to a disk opened read-only
   | 'ERR_UNSUPPORTED_OUTPUT' // an encrypted disk asked in a subformat that cannot carry it (raw, streamOptimized)
-  | 'ERR_CLOSED'; // the disk was closed
+  | 'ERR_CLOSED' // the disk was closed
+  | ArgumentErrorCode; // ERR_INVALID_ARGUMENT: a bad argument to an API call
 
 /** The one error class of src/disk. */
 export class DiskError extends VmsealError {

@@ -7,7 +7,7 @@ import { openDisk as openVmdk, createDisk as createVmdk } from '../vmdk/index.js
 import type { VirtualDisk, CreateDiskOptions, CreateSubformat } from '../vmdk/index.js';
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { describeValue } from '../errors.js';
+import { expected, expectedOneOf } from '../errors.js';
 import { createDataCipher, type DataCipherOptions } from './cipher.js';
 import { EncryptedDisk } from './encrypted-disk.js';
 import { DiskError } from './errors.js';
@@ -92,11 +92,11 @@ export async function unlockInner(
  * ERR_WRONG_KEY / ERR_DISK_LOCKED / ERR_NO_KEY / ERR_BINDING, the VMDK layer's ERR_VMDK_*.
  */
 export async function openDisk(path: string, options: OpenDiskOptions = {}): Promise<VirtualDisk | EncryptedDisk> {
-  if (typeof path !== 'string' || path.length === 0) throw new DiskError('ERR_ARGUMENT', `Expected a file path for path but received ${describeValue(path)}`);
-  if (options === null || typeof options !== 'object') throw new DiskError('ERR_ARGUMENT', `Expected an options object but received ${describeValue(options)}`);
+  if (typeof path !== 'string' || path.length === 0) throw new DiskError('ERR_INVALID_ARGUMENT', expected('a file path', 'path', path));
+  if (options === null || typeof options !== 'object') throw new DiskError('ERR_INVALID_ARGUMENT', expected('an object', 'options', options));
   const { readOnly = false, keys } = options;
   if (keys !== undefined && (keys === null || typeof keys !== 'object')) {
-    throw new DiskError('ERR_ARGUMENT', `Expected an object { passphrase?, providers?, cache? } for keys but received ${describeValue(keys)}`);
+    throw new DiskError('ERR_INVALID_ARGUMENT', expected('an object { passphrase?, providers?, cache? }', 'keys', keys));
   }
   assertNoJournal(path);
   const inner = await openVmdk(path, { readOnly, allowEncrypted: true });
@@ -169,25 +169,25 @@ async function fillEncryptedZeros(disk: EncryptedDisk, onFill?: (done: number, t
 
 export function checkEncryptionChoice(cipher: unknown, unitSize: unknown): { cipher: CipherName; unitSize: DataUnitSize } {
   if (!(CIPHERS as readonly unknown[]).includes(cipher)) {
-    throw new DiskError('ERR_ARGUMENT', `Expected ${CIPHERS.map((c) => `'${c}'`).join(' or ')} for cipher but received ${typeof cipher === 'string' && cipher.length < 40 ? `'${cipher}'` : describeValue(cipher)}`);
+    throw new DiskError('ERR_INVALID_ARGUMENT', expectedOneOf(CIPHERS, 'cipher', cipher));
   }
   if (!(UNIT_SIZES as readonly unknown[]).includes(unitSize)) {
-    throw new DiskError('ERR_ARGUMENT', `Expected ${UNIT_SIZES.join(' or ')} for unitSize but received ${describeValue(unitSize)}`);
+    throw new DiskError('ERR_INVALID_ARGUMENT', expectedOneOf(UNIT_SIZES, 'unitSize', unitSize));
   }
   return { cipher: cipher as CipherName, unitSize: unitSize as DataUnitSize };
 }
 
 export function checkLockers(lockers: unknown): LockerSpec[] {
   if (!Array.isArray(lockers) || lockers.length === 0) {
-    throw new DiskError('ERR_ARGUMENT', `Expected a non-empty array of lockers ({ kind: 'provider', provider } or { kind: 'passphrase', passphrase }) but received ${describeValue(lockers)}`);
+    throw new DiskError('ERR_INVALID_ARGUMENT', expected("a non-empty array of { kind: 'provider', provider } or { kind: 'passphrase', passphrase }", 'lockers', lockers));
   }
   return lockers as LockerSpec[];
 }
 
 /** Create a new, empty encrypted disk (reads as zeros) under a fresh DEK sealed by `lockers`. */
 export async function createEncryptedDisk(path: string, options: CreateEncryptedDiskOptions): Promise<EncryptedDisk> {
-  if (typeof path !== 'string' || path.length === 0) throw new DiskError('ERR_ARGUMENT', `Expected a file path for path but received ${describeValue(path)}`);
-  if (options === null || typeof options !== 'object') throw new DiskError('ERR_ARGUMENT', `Expected an options object but received ${describeValue(options)}`);
+  if (typeof path !== 'string' || path.length === 0) throw new DiskError('ERR_INVALID_ARGUMENT', expected('a file path', 'path', path));
+  if (options === null || typeof options !== 'object') throw new DiskError('ERR_INVALID_ARGUMENT', expected('an object', 'options', options));
   const subformat = options.subformat ?? 'monolithicSparse';
   if (UNENCRYPTABLE_SUBFORMATS.has(subformat)) {
     throw new DiskError(
@@ -199,7 +199,7 @@ export async function createEncryptedDisk(path: string, options: CreateEncrypted
   const lockers = checkLockers(options.lockers);
   const capacity = options.capacity;
   if (!Number.isSafeInteger(capacity) || capacity <= 0 || capacity % unitSize !== 0) {
-    throw new DiskError('ERR_ARGUMENT', `Expected a positive multiple of ${unitSize} for capacity but received ${describeValue(capacity)}`);
+    throw new DiskError('ERR_INVALID_ARGUMENT', expected(`a positive multiple of ${unitSize}`, 'capacity', capacity));
   }
   const dek = generateDek(cipher);
   try {

@@ -143,7 +143,7 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
       let outCipher: DataCipher | null = null;
       if (spec.encrypt) {
         const { cipher, unitSize } = checkEncryptionChoice(spec.encrypt.cipher ?? 'aes-256-xts', spec.encrypt.unitSize ?? 512);
-        if (capacity % unitSize !== 0) throw new DiskError('ERR_ARGUMENT', `the capacity of ${input} (${capacity} bytes) is not a multiple of the ${unitSize}-byte data unit`);
+        if (capacity % unitSize !== 0) throw new DiskError('ERR_INVALID_ARGUMENT', `the capacity of ${input} (${capacity} bytes) is not a multiple of the ${unitSize}-byte data unit`);
         const dek = generateDek(cipher);
         try {
           outParams = await makeEncryptionParams(dek, { cipher, unitSize, capacity, lockers: spec.encrypt.lockers, ...(spec.encrypt.cache ? { cache: spec.encrypt.cache } : {}) });

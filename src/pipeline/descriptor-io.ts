@@ -25,7 +25,7 @@ export async function locateDescriptor(path: string): Promise<DescriptorLocation
       const offset = Number(head.readBigUInt64LE(28)) * 512;
       const size = Number(head.readBigUInt64LE(36)) * 512;
       if (size === 0 || !Number.isSafeInteger(offset) || !Number.isSafeInteger(size) || size > 1 << 20) {
-        throw new PipelineError('ERR_ARGUMENT', `${path} has no usable embedded descriptor area`);
+        throw new PipelineError('ERR_INVALID_ARGUMENT', `${path} has no usable embedded descriptor area`);
       }
       return { kind: 'embedded', path, offset, size };
     }
@@ -64,7 +64,7 @@ export async function writeDescriptor(loc: DescriptorLocation, bytes: Uint8Array
     return;
   }
   if (bytes.length >= loc.size) {
-    throw new PipelineError('ERR_ARGUMENT', `the new descriptor of ${loc.path} (${bytes.length} bytes) does not fit its ${loc.size}-byte embedded area`);
+    throw new PipelineError('ERR_INVALID_ARGUMENT', `the new descriptor of ${loc.path} (${bytes.length} bytes) does not fit its ${loc.size}-byte embedded area`);
   }
   const buf = Buffer.alloc(loc.size);
   buf.set(bytes);

@@ -24,7 +24,7 @@ import { generateDek, makeEncryptionParams, unlockDek } from '../disk/keying.js'
 import { UNENCRYPTABLE_SUBFORMATS, checkEncryptionChoice, checkLockers, encryptionOf, readEncryptionParams } from '../disk/open.js';
 import { LINE, MAX_VALUE_LENGTH, encryptionLines, unsafeValueReason, type CipherName, type DataUnitSize, type EncryptionParams } from '../disk/params.js';
 import { describeKeySafe, rewrapKeySafe, sealDek, type LockerInfo } from '../keys/index.js';
-import { describeValue } from '../errors.js';
+import { expected } from '../errors.js';
 import { locateDescriptor, readDescriptorBytes, removeStaleDescriptorTemps, writeDescriptor, type DescriptorLocation } from './descriptor-io.js';
 import { PipelineError, abortError } from './errors.js';
 import { ChunkStatus, Journal, hashCopy, journalPathOf, type InPlaceOperation, type JournalHeader } from './journal.js';
@@ -94,7 +94,7 @@ async function startInPlace(s: InPlaceStart, chunkSize: number): Promise<Journal
     if (from) (await unlockDek(from, capacity, s.keys, s.path)).fill(0); // the keys open it, the authenticator holds
     const spec = s.encrypt!;
     const { cipher, unitSize } = checkEncryptionChoice(spec.cipher ?? from?.cipher ?? 'aes-256-xts', spec.unitSize ?? from?.unitSize ?? 512);
-    if (capacity % unitSize !== 0) throw new DiskError('ERR_ARGUMENT', `the capacity of ${s.path} (${capacity} bytes) is not a multiple of the ${unitSize}-byte data unit`);
+    if (capacity % unitSize !== 0) throw new DiskError('ERR_INVALID_ARGUMENT', `the capacity of ${s.path} (${capacity} bytes) is not a multiple of the ${unitSize}-byte data unit`);
     const dek = generateDek(cipher);
     let to: EncryptionParams;
     try {
@@ -350,7 +350,7 @@ export async function deepRekey(path: string, options: DeepRekeyOptions): Promis
   const p = await realDiskPath(checkPath(path, 'path'));
   const { chunkSize } = checkJobOptions(options);
   const { keys, lockers: given, cipher, unitSize, inPlace, cache, ...opts } = options;
-  if (keys === null || typeof keys !== 'object') throw new PipelineError('ERR_ARGUMENT', `Expected keys ({ passphrase?, providers?, cache? }) but received ${describeValue(keys)}`);
+  if (keys === null || typeof keys !== 'object') throw new PipelineError('ERR_INVALID_ARGUMENT', expected('an object { passphrase?, providers?, cache? }', 'keys', keys));
   if (inPlace) {
     // A re-run after a crash continues the journal (whatever lockers are given now).
     const existing = await Journal.open(p);
@@ -387,7 +387,7 @@ async function sameProviderLockers(path: string, keys: UnlockOptions): Promise<L
     if (provider) out.push({ kind: 'provider', provider, keyId: l.keyId! });
   }
   if (out.length === 0) {
-    throw new PipelineError('ERR_ARGUMENT', `give lockers for the new key of ${path}: none of its provider lockers has a provider in keys.providers (passphrase lockers cannot be re-made without the passphrase as a locker)`);
+    throw new PipelineError('ERR_INVALID_ARGUMENT', `give lockers for the new key of ${path}: none of its provider lockers has a provider in keys.providers (passphrase lockers cannot be re-made without the passphrase as a locker)`);
   }
   return out;
 }
@@ -411,11 +411,11 @@ export interface ShallowRekeyOptions {
  */
 export async function shallowRekey(path: string, options: ShallowRekeyOptions): Promise<JobResult> {
   const p = await realDiskPath(checkPath(path, 'path'));
-  if (options === null || typeof options !== 'object') throw new PipelineError('ERR_ARGUMENT', `Expected an options object but received ${describeValue(options)}`);
+  if (options === null || typeof options !== 'object') throw new PipelineError('ERR_INVALID_ARGUMENT', expected('an object', 'options', options));
   const { keys, lockers, addLockers, removeLockers, cache } = options;
-  if (keys === null || typeof keys !== 'object') throw new PipelineError('ERR_ARGUMENT', `Expected keys ({ passphrase?, providers?, cache? }) but received ${describeValue(keys)}`);
+  if (keys === null || typeof keys !== 'object') throw new PipelineError('ERR_INVALID_ARGUMENT', expected('an object { passphrase?, providers?, cache? }', 'keys', keys));
   if (lockers === undefined && addLockers === undefined && removeLockers === undefined) {
-    throw new PipelineError('ERR_ARGUMENT', 'give lockers (replace all), addLockers or removeLockers');
+    throw new PipelineError('ERR_INVALID_ARGUMENT', 'give lockers (replace all), addLockers or removeLockers');
   }
   if (lockers !== undefined) checkLockers(lockers);
   const started = performance.now();

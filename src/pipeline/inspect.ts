@@ -6,7 +6,7 @@ import { describeKeySafe, type LockerInfo } from '../keys/index.js';
 import { encryptionOf } from '../disk/open.js';
 import { unlockDek, type UnlockOptions } from '../disk/keying.js';
 import type { CipherName, DataUnitSize } from '../disk/params.js';
-import { describeValue, VmsealError } from '../errors.js';
+import { VmsealError, expected } from '../errors.js';
 import { PipelineError, throwIfAborted } from './errors.js';
 import { Journal } from './journal.js';
 import { checkJobOptions, checkPath, type JobOptions } from './options.js';
@@ -46,7 +46,7 @@ export interface DiskInfo {
  */
 export async function inspectDisk(path: string, options: { keys?: UnlockOptions } = {}): Promise<DiskInfo> {
   const p = resolve(checkPath(path, 'path'));
-  if (options === null || typeof options !== 'object') throw new PipelineError('ERR_ARGUMENT', `Expected an options object but received ${describeValue(options)}`);
+  if (options === null || typeof options !== 'object') throw new PipelineError('ERR_INVALID_ARGUMENT', expected('an object', 'options', options));
   const journal = await Journal.open(p).catch((err) => {
     if (err instanceof PipelineError) return { header: { operation: 'unknown (unreadable journal)' }, close: async () => undefined, path: `${p}.vmseal-journal` };
     throw err;

@@ -1,5 +1,5 @@
 /** Options shared by every job, and their checks. */
-import { describeValue } from '../errors.js';
+import { expected } from '../errors.js';
 import type { KeyCache, LockerSpec, UnlockOptions } from '../disk/keying.js';
 import type { CipherName, DataUnitSize } from '../disk/params.js';
 import type { CreateDiskOptions, CreateSubformat } from '../vmdk/index.js';
@@ -81,26 +81,26 @@ export const DEFAULT_CHUNK = 8 << 20;
 export const MAX_CHUNK = 256 << 20;
 
 export function checkJobOptions(o: JobOptions | undefined): Required<Pick<JobOptions, 'chunkSize' | 'depth'>> {
-  if (o === undefined || o === null || typeof o !== 'object') throw new PipelineError('ERR_ARGUMENT', `Expected an options object but received ${describeValue(o)}`);
+  if (o === undefined || o === null || typeof o !== 'object') throw new PipelineError('ERR_INVALID_ARGUMENT', expected('an object', 'options', o));
   const chunkSize = o.chunkSize ?? DEFAULT_CHUNK;
   if (!Number.isSafeInteger(chunkSize) || chunkSize < 4096 || chunkSize > MAX_CHUNK || chunkSize % 4096 !== 0) {
-    throw new PipelineError('ERR_ARGUMENT', `Expected a multiple of 4096 from 4096 to ${MAX_CHUNK} for chunkSize but received ${describeValue(o.chunkSize)}`);
+    throw new PipelineError('ERR_INVALID_ARGUMENT', expected(`a multiple of 4096 from 4096 to ${MAX_CHUNK}`, 'chunkSize', o.chunkSize));
   }
   const depth = o.depth ?? 4;
   if (!Number.isSafeInteger(depth) || depth < 1 || depth > 64) {
-    throw new PipelineError('ERR_ARGUMENT', `Expected an integer from 1 to 64 for depth but received ${describeValue(o.depth)}`);
+    throw new PipelineError('ERR_INVALID_ARGUMENT', expected('an integer from 1 to 64', 'depth', o.depth));
   }
   if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) {
-    throw new PipelineError('ERR_ARGUMENT', `Expected an AbortSignal for signal but received ${describeValue(o.signal)}`);
+    throw new PipelineError('ERR_INVALID_ARGUMENT', expected('an AbortSignal', 'signal', o.signal));
   }
   if (o.onProgress !== undefined && typeof o.onProgress !== 'function') {
-    throw new PipelineError('ERR_ARGUMENT', `Expected a function for onProgress but received ${describeValue(o.onProgress)}`);
+    throw new PipelineError('ERR_INVALID_ARGUMENT', expected('a function', 'onProgress', o.onProgress));
   }
   return { chunkSize, depth };
 }
 
 export function checkPath(p: unknown, name: string): string {
-  if (typeof p !== 'string' || p.length === 0 || p.includes('\0')) throw new PipelineError('ERR_ARGUMENT', `Expected a file path for ${name} but received ${describeValue(p)}`);
+  if (typeof p !== 'string' || p.length === 0 || p.includes('\0')) throw new PipelineError('ERR_INVALID_ARGUMENT', expected('a file path', name, p));
   return p;
 }
 
@@ -108,7 +108,7 @@ export function checkPath(p: unknown, name: string): string {
 export function checkOutputMode(mode: unknown): number | undefined {
   if (mode === undefined) return undefined;
   if (typeof mode !== 'number' || !Number.isInteger(mode) || mode < 0 || mode > 0o777) {
-    throw new PipelineError('ERR_ARGUMENT', `Expected permission bits from 0 to 0o777 for mode but received ${describeValue(mode)}`);
+    throw new PipelineError('ERR_INVALID_ARGUMENT', expected('permission bits from 0 to 0o777', 'mode', mode));
   }
   return mode;
 }

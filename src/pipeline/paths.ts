@@ -42,7 +42,7 @@ async function checkExtentsAgree(given: string, real: string): Promise<void> {
     const [a, b] = await Promise.all([stat(viaGiven).catch(() => undefined), stat(viaReal).catch(() => undefined)]);
     if (a && b && (a.dev !== b.dev || a.ino !== b.ino)) {
       throw new PipelineError(
-        'ERR_ARGUMENT',
+        'ERR_INVALID_ARGUMENT',
         `${given} is a link to ${real}, and the extent ${e.file} names two different files: ${viaGiven} (beside the link, where qemu looks) and ${viaReal} (beside the descriptor). ` +
           'Give the real descriptor path, or remove one of the two files.',
       );
@@ -61,7 +61,7 @@ export async function checkOutputName(output: string): Promise<void> {
   );
   if (!exists) {
     throw new PipelineError(
-      'ERR_ARGUMENT',
+      'ERR_INVALID_ARGUMENT',
       `the output ${output} is a symbolic link to ${target}, which does not exist; vmseal does not write through a dangling link (it could have been planted to redirect the output). Remove the link or give another name.`,
     );
   }

@@ -128,7 +128,7 @@ export class StagedOutput {
     const finalPath = resolve(output);
     const dir = dirname(finalPath);
     const name = basename(finalPath);
-    if (!(await pathExists(dir))) throw new PipelineError('ERR_ARGUMENT', `cannot write ${finalPath}: the folder ${dir} does not exist`);
+    if (!(await pathExists(dir))) throw new PipelineError('ERR_INVALID_ARGUMENT', `cannot write ${finalPath}: the folder ${dir} does not exist`);
     await cleanStaleStages(dir, name);
     if (!opts.force && (await pathExists(finalPath))) {
       throw new PipelineError('ERR_OUTPUT_EXISTS', `${finalPath} exists; give another output name or force to replace it`);
@@ -169,7 +169,7 @@ export class StagedOutput {
    */
   async commit(opts: { replacing?: string[]; deleteFirst?: boolean; beforeRenames?: () => Promise<void>; mode?: number } = {}): Promise<void> {
     const files = await this.files();
-    if (!files.includes(this.name)) throw new PipelineError('ERR_ARGUMENT', `internal: staged output ${this.stagePath} is missing`);
+    if (!files.includes(this.name)) throw new PipelineError('ERR_INVALID_ARGUMENT', `internal: staged output ${this.stagePath} is missing`);
     for (const f of files) {
       if (opts.mode !== undefined) await chmod(join(this.stageDir, f), opts.mode);
       await fsyncPath(join(this.stageDir, f));
