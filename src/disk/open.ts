@@ -7,14 +7,17 @@ import { openDisk as openVmdk, createDisk as createVmdk } from '../vmdk/index.js
 import type { VirtualDisk, CreateDiskOptions, CreateSubformat } from '../vmdk/index.js';
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { expected, expectedOneOf } from '../errors.js';
+import { expected } from '../errors.js';
 import { createDataCipher, type DataCipherOptions } from './cipher.js';
 import { EncryptedDisk } from './encrypted-disk.js';
 import { DiskError } from './errors.js';
 import { generateDek, makeEncryptionParams, unlockDek, type KeyCache, type LockerSpec, type UnlockOptions } from './keying.js';
 import {
-  CIPHERS,
-  UNIT_SIZES,
+  DEFAULT_CIPHER,
+  DEFAULT_ENCRYPTED_SUBFORMAT,
+  DEFAULT_UNIT_SIZE,
+  UNENCRYPTABLE_SUBFORMATS,
+  checkEncryptionChoice,
   encryptionLines,
   parseEncryption,
   type CipherName,
@@ -44,9 +47,6 @@ export interface OpenDiskOptions {
   /** Native XTS threads per call (default: the pool size). */
   threads?: number;
 }
-
-/** Subformats that cannot hold an encrypted disk: no descriptor (raw) or compressed grains (streamOptimized). */
-export const UNENCRYPTABLE_SUBFORMATS = new Set(['raw', 'streamOptimized']);
 
 /** The encryption state recorded in a disk's descriptor (null: plain). Reads no keys. */
 export function encryptionOf(disk: { descriptor: { entries(): Iterable<readonly [string, string]> } | undefined; path: string }): ParsedEncryption | null {
@@ -167,16 +167,6 @@ async function fillEncryptedZeros(disk: EncryptedDisk, onFill?: (done: number, t
   await disk.innerDisk.flush();
 }
 
-export function checkEncryptionChoice(cipher: unknown, unitSize: unknown): { cipher: CipherName; unitSize: DataUnitSize } {
-  if (!(CIPHERS as readonly unknown[]).includes(cipher)) {
-    throw new DiskError('ERR_INVALID_ARGUMENT', expectedOneOf(CIPHERS, 'cipher', cipher));
-  }
-  if (!(UNIT_SIZES as readonly unknown[]).includes(unitSize)) {
-    throw new DiskError('ERR_INVALID_ARGUMENT', expectedOneOf(UNIT_SIZES, 'unitSize', unitSize));
-  }
-  return { cipher: cipher as CipherName, unitSize: unitSize as DataUnitSize };
-}
-
 export function checkLockers(lockers: unknown): LockerSpec[] {
   if (!Array.isArray(lockers) || lockers.length === 0) {
     throw new DiskError('ERR_INVALID_ARGUMENT', expected("a non-empty array of { kind: 'provider', provider } or { kind: 'passphrase', passphrase }", 'lockers', lockers));
@@ -188,14 +178,12 @@ export function checkLockers(lockers: unknown): LockerSpec[] {
 export async function createEncryptedDisk(path: string, options: CreateEncryptedDiskOptions): Promise<EncryptedDisk> {
   if (typeof path !== 'string' || path.length === 0) throw new DiskError('ERR_INVALID_ARGUMENT', expected('a file path', 'path', path));
   if (options === null || typeof options !== 'object') throw new DiskError('ERR_INVALID_ARGUMENT', expected('an object', 'options', options));
-  const subformat = options.subformat ?? 'monolithicSparse';
-  if (UNENCRYPTABLE_SUBFORMATS.has(subformat)) {
-    throw new DiskError(
-      'ERR_UNSUPPORTED_OUTPUT',
-      `an encrypted disk cannot be written as ${subformat}: ${subformat === 'raw' ? 'a raw image has no descriptor to carry the key' : 'compressing ciphertext is pointless and vSphere refuses it too'}; choose a flat or sparse VMDK subformat`,
-    );
+  const subformat = options.subformat ?? DEFAULT_ENCRYPTED_SUBFORMAT;
+  const unencryptable = UNENCRYPTABLE_SUBFORMATS.get(subformat);
+  if (unencryptable !== undefined) {
+    throw new DiskError('ERR_UNSUPPORTED_OUTPUT', `an encrypted disk cannot be written as ${subformat}: ${unencryptable}; choose a flat or sparse VMDK subformat`);
   }
-  const { cipher, unitSize } = checkEncryptionChoice(options.cipher ?? 'aes-256-xts', options.unitSize ?? 512);
+  const { cipher, unitSize } = checkEncryptionChoice(options.cipher ?? DEFAULT_CIPHER, options.unitSize ?? DEFAULT_UNIT_SIZE);
   const lockers = checkLockers(options.lockers);
   const capacity = options.capacity;
   if (!Number.isSafeInteger(capacity) || capacity <= 0 || capacity % unitSize !== 0) {

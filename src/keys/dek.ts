@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { expectedOneOf } from '../errors.js';
+import { XTS_KEY_BYTES_128, XTS_KEY_BYTES_256 } from '../xts/constants.js';
 import { invalidArgument } from './errors.js';
 
 /** vmseal's names of the data ciphers (the disk layers use these). */
@@ -23,12 +24,12 @@ const DISK_TO_DICT: Readonly<Record<DiskCipher, string>> = { 'aes-256-xts': 'XTS
 
 /** DEK length in bytes for a disk cipher. */
 export function dekLength(cipher: DiskCipher): number {
-  return cipher === 'aes-256-xts' ? 64 : 32;
+  return cipher === 'aes-256-xts' ? XTS_KEY_BYTES_256 : XTS_KEY_BYTES_128;
 }
 
 /** Accept a vmseal disk cipher name and return it, or throw ERR_INVALID_ARGUMENT. */
 export function checkDiskCipher(cipher: unknown, argName = 'cipher'): DiskCipher {
-  if (cipher === 'aes-256-xts' || cipher === 'aes-128-xts') return cipher;
+  if ((DISK_CIPHERS as readonly unknown[]).includes(cipher)) return cipher as DiskCipher;
   throw invalidArgument(expectedOneOf(DISK_CIPHERS, argName, cipher));
 }
 

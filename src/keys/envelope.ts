@@ -91,7 +91,7 @@ function passBytes(p: unknown, name: string): Buffer {
 }
 
 function dictCipherOf(cipher: unknown): string {
-  if (cipher === 'aes-256-xts' || cipher === 'aes-128-xts') return dictCipherName(cipher);
+  if ((DISK_CIPHERS as readonly unknown[]).includes(cipher)) return dictCipherName(cipher as DiskCipher);
   if (typeof cipher === 'string' && DICT_CIPHER_KEY_BYTES[cipher] !== undefined) return cipher;
   throw invalidArgument(
     expectedOneOf([...DISK_CIPHERS, ...Object.keys(DICT_CIPHER_KEY_BYTES)], 'cipher', cipher),

@@ -9,8 +9,17 @@ import { createDataCipher, type DataCipher } from '../disk/cipher.js';
 import type { EncryptedDisk } from '../disk/encrypted-disk.js';
 import { DiskError } from '../disk/errors.js';
 import { generateDek, makeEncryptionParams } from '../disk/keying.js';
-import { UNENCRYPTABLE_SUBFORMATS, checkEncryptionChoice, checkLockers } from '../disk/open.js';
-import { LINE, encryptionLines, type EncryptionParams } from '../disk/params.js';
+import { checkLockers } from '../disk/open.js';
+import {
+  DEFAULT_CIPHER,
+  DEFAULT_UNIT_SIZE,
+  LINE,
+  UNENCRYPTABLE_SUBFORMATS,
+  checkEncryptionChoice,
+  encryptedSubformatFor,
+  encryptionLines,
+  type EncryptionParams,
+} from '../disk/params.js';
 import { runChunks, type Piece } from './engine.js';
 import { PipelineError, throwIfAborted } from './errors.js';
 import { acquireLocks, releaseLocks } from './lock.js';
@@ -43,9 +52,7 @@ const VMFS_ALIASES = new Set(['vmfsThin', 'vmfsPreallocated', 'vmfsEagerZeroedTh
 
 function defaultSubformat(input: string, encrypting: boolean): OutputSubformat {
   if (VMFS_ALIASES.has(input)) return 'vmfs';
-  if (input === 'raw' && encrypting) return 'monolithicFlat';
-  if (input === 'streamOptimized' && encrypting) return 'monolithicSparse';
-  return input as OutputSubformat;
+  return (encrypting ? encryptedSubformatFor(input) : input) as OutputSubformat;
 }
 
 function inherited(stored: VirtualDisk, opts: OutputOptions, sparseOut: boolean): Pick<CreateDiskOptions, 'adapterType' | 'hwVersion' | 'grainSize'> {
@@ -98,7 +105,7 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
   const outMode = checkOutputMode(opts.mode) ?? (spec.decrypt ? 0o600 : undefined);
   if (input === output && !spec.replaceInput) throw new PipelineError('ERR_SAME_FILE', `the output ${output} is the input; write to another file`);
   if (spec.encrypt) {
-    checkEncryptionChoice(spec.encrypt.cipher ?? 'aes-256-xts', spec.encrypt.unitSize ?? 512);
+    checkEncryptionChoice(spec.encrypt.cipher ?? DEFAULT_CIPHER, spec.encrypt.unitSize ?? DEFAULT_UNIT_SIZE);
     checkLockers(spec.encrypt.lockers);
   }
   const what = `${spec.operation} of ${input}`;
@@ -142,7 +149,7 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
       let outParams: EncryptionParams | null = null;
       let outCipher: DataCipher | null = null;
       if (spec.encrypt) {
-        const { cipher, unitSize } = checkEncryptionChoice(spec.encrypt.cipher ?? 'aes-256-xts', spec.encrypt.unitSize ?? 512);
+        const { cipher, unitSize } = checkEncryptionChoice(spec.encrypt.cipher ?? DEFAULT_CIPHER, spec.encrypt.unitSize ?? DEFAULT_UNIT_SIZE);
         if (capacity % unitSize !== 0) throw new DiskError('ERR_INVALID_ARGUMENT', `the capacity of ${input} (${capacity} bytes) is not a multiple of the ${unitSize}-byte data unit`);
         const dek = generateDek(cipher);
         try {

@@ -21,8 +21,20 @@ import { createDataCipher, type DataCipher } from '../disk/cipher.js';
 import { allocateCipherBuffer } from '../xts/index.js';
 import { DiskError } from '../disk/errors.js';
 import { generateDek, makeEncryptionParams, unlockDek } from '../disk/keying.js';
-import { UNENCRYPTABLE_SUBFORMATS, checkEncryptionChoice, checkLockers, encryptionOf, readEncryptionParams } from '../disk/open.js';
-import { LINE, MAX_VALUE_LENGTH, encryptionLines, unsafeValueReason, type CipherName, type DataUnitSize, type EncryptionParams } from '../disk/params.js';
+import { checkLockers, encryptionOf, readEncryptionParams } from '../disk/open.js';
+import {
+  DEFAULT_CIPHER,
+  DEFAULT_UNIT_SIZE,
+  LINE,
+  MAX_VALUE_LENGTH,
+  UNENCRYPTABLE_SUBFORMATS,
+  checkEncryptionChoice,
+  encryptionLines,
+  unsafeValueReason,
+  type CipherName,
+  type DataUnitSize,
+  type EncryptionParams,
+} from '../disk/params.js';
 import { describeKeySafe, rewrapKeySafe, sealDek, type LockerInfo } from '../keys/index.js';
 import { expected } from '../errors.js';
 import { locateDescriptor, readDescriptorBytes, removeStaleDescriptorTemps, writeDescriptor, type DescriptorLocation } from './descriptor-io.js';
@@ -93,7 +105,7 @@ async function startInPlace(s: InPlaceStart, chunkSize: number): Promise<Journal
     const from = enc?.params ?? null;
     if (from) (await unlockDek(from, capacity, s.keys, s.path)).fill(0); // the keys open it, the authenticator holds
     const spec = s.encrypt!;
-    const { cipher, unitSize } = checkEncryptionChoice(spec.cipher ?? from?.cipher ?? 'aes-256-xts', spec.unitSize ?? from?.unitSize ?? 512);
+    const { cipher, unitSize } = checkEncryptionChoice(spec.cipher ?? from?.cipher ?? DEFAULT_CIPHER, spec.unitSize ?? from?.unitSize ?? DEFAULT_UNIT_SIZE);
     if (capacity % unitSize !== 0) throw new DiskError('ERR_INVALID_ARGUMENT', `the capacity of ${s.path} (${capacity} bytes) is not a multiple of the ${unitSize}-byte data unit`);
     const dek = generateDek(cipher);
     let to: EncryptionParams;

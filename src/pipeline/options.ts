@@ -1,7 +1,7 @@
 /** Options shared by every job, and their checks. */
 import { expected } from '../errors.js';
 import type { KeyCache, LockerSpec, UnlockOptions } from '../disk/keying.js';
-import type { CipherName, DataUnitSize } from '../disk/params.js';
+import { MAX_UNIT_SIZE, type CipherName, type DataUnitSize } from '../disk/params.js';
 import type { CreateDiskOptions, CreateSubformat } from '../vmdk/index.js';
 import { PipelineError } from './errors.js';
 import type { ProgressListener } from './progress.js';
@@ -79,12 +79,14 @@ export type { KeyCache, LockerSpec, UnlockOptions };
 
 export const DEFAULT_CHUNK = 8 << 20;
 export const MAX_CHUNK = 256 << 20;
+/** Chunks are whole data units for every unit size a disk may have. */
+export const CHUNK_ALIGN = MAX_UNIT_SIZE;
 
 export function checkJobOptions(o: JobOptions | undefined): Required<Pick<JobOptions, 'chunkSize' | 'depth'>> {
   if (o === undefined || o === null || typeof o !== 'object') throw new PipelineError('ERR_INVALID_ARGUMENT', expected('an object', 'options', o));
   const chunkSize = o.chunkSize ?? DEFAULT_CHUNK;
-  if (!Number.isSafeInteger(chunkSize) || chunkSize < 4096 || chunkSize > MAX_CHUNK || chunkSize % 4096 !== 0) {
-    throw new PipelineError('ERR_INVALID_ARGUMENT', expected(`a multiple of 4096 from 4096 to ${MAX_CHUNK}`, 'chunkSize', o.chunkSize));
+  if (!Number.isSafeInteger(chunkSize) || chunkSize < CHUNK_ALIGN || chunkSize > MAX_CHUNK || chunkSize % CHUNK_ALIGN !== 0) {
+    throw new PipelineError('ERR_INVALID_ARGUMENT', expected(`a multiple of ${CHUNK_ALIGN} from ${CHUNK_ALIGN} to ${MAX_CHUNK}`, 'chunkSize', o.chunkSize));
   }
   const depth = o.depth ?? 4;
   if (!Number.isSafeInteger(depth) || depth < 1 || depth > 64) {
