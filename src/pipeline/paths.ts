@@ -10,6 +10,7 @@
 import { lstat, readlink, realpath, readFile, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { Descriptor } from '../vmdk/index.js';
+import { isSparseExtent } from '../vmdk/sparse-header.js';
 import { PipelineError } from './errors.js';
 
 /** The real path of an existing disk's descriptor (or raw image), checked for ambiguous extents. */
@@ -28,7 +29,7 @@ export async function realDiskPath(given: string): Promise<string> {
 async function checkExtentsAgree(given: string, real: string): Promise<void> {
   const head = await readFile(real).catch(() => undefined);
   // Only a text descriptor names files; sparse and raw files stand alone.
-  if (!head || head.length > 1 << 20 || head.subarray(0, 4).toString('latin1') === 'KDMV') return;
+  if (!head || head.length > 1 << 20 || isSparseExtent(head)) return;
   let d: Descriptor;
   try {
     d = Descriptor.parse(head, { file: real });
