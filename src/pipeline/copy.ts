@@ -5,12 +5,14 @@
  */
 import { basename, dirname, resolve } from 'node:path';
 import { createDisk as createVmdk, openDisk as openVmdk, ADAPTER_TYPES, type VirtualDisk, type CreateDiskOptions } from '../vmdk/index.js';
-import { createDataCipher, type DataCipher } from '../disk/cipher.js';
-import type { EncryptedDisk } from '../disk/encrypted-disk.js';
-import { DiskError } from '../disk/errors.js';
-import { generateDek, makeEncryptionParams } from '../disk/keying.js';
-import { checkLockers } from '../disk/open.js';
 import {
+  createDataCipher,
+  type DataCipher,
+  type EncryptedDisk,
+  DiskError,
+  generateDek,
+  makeEncryptionParams,
+  checkLockers,
   DEFAULT_CIPHER,
   DEFAULT_UNIT_SIZE,
   LINE,
@@ -19,7 +21,7 @@ import {
   encryptedSubformatFor,
   encryptionLines,
   type EncryptionParams,
-} from '../disk/params.js';
+} from '../disk/for-pipeline.js';
 import { runChunks, type Piece } from './engine.js';
 import { PipelineError, throwIfAborted } from './errors.js';
 import { acquireLocks, releaseLocks } from './lock.js';

@@ -17,12 +17,16 @@
 import { stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { openDisk as openVmdk, Descriptor } from '../vmdk/index.js';
-import { createDataCipher, type DataCipher } from '../disk/cipher.js';
-import { allocateCipherBuffer } from '../xts/index.js';
-import { DiskError } from '../disk/errors.js';
-import { generateDek, makeEncryptionParams, unlockDek } from '../disk/keying.js';
-import { checkLockers, encryptionOf, readEncryptionParams } from '../disk/open.js';
 import {
+  createDataCipher,
+  type DataCipher,
+  DiskError,
+  generateDek,
+  makeEncryptionParams,
+  unlockDek,
+  checkLockers,
+  encryptionOf,
+  readEncryptionParams,
   DEFAULT_CIPHER,
   DEFAULT_UNIT_SIZE,
   LINE,
@@ -34,7 +38,8 @@ import {
   type CipherName,
   type DataUnitSize,
   type EncryptionParams,
-} from '../disk/params.js';
+} from '../disk/for-pipeline.js';
+import { allocateCipherBuffer } from '../xts/index.js';
 import { describeKeySafe, rewrapKeySafe, sealDek, type LockerInfo } from '../keys/index.js';
 import { expected } from '../errors.js';
 import { locateDescriptor, readDescriptorBytes, removeStaleDescriptorTemps, writeDescriptor, type DescriptorLocation } from './descriptor-io.js';

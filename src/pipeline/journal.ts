@@ -39,7 +39,7 @@ import { basename, dirname, join } from 'node:path';
 import { PipelineError } from './errors.js';
 import { fsyncDir, pathExists } from './staging.js';
 
-import { JOURNAL_SUFFIX } from '../disk/open.js';
+import { JOURNAL_SUFFIX } from '../disk/for-pipeline.js';
 import { pidAlive } from '../util/process.js';
 import { readFully, writeFully } from '../util/file-io.js';
 export { JOURNAL_SUFFIX };

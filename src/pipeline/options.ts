@@ -1,7 +1,6 @@
 /** Options shared by every job, and their checks. */
 import { expected } from '../errors.js';
-import type { KeyCache, LockerSpec, UnlockOptions } from '../disk/keying.js';
-import { MAX_UNIT_SIZE, type CipherName, type DataUnitSize } from '../disk/params.js';
+import { type KeyCache, type LockerSpec, type UnlockOptions, MAX_UNIT_SIZE, type CipherName, type DataUnitSize } from '../disk/for-pipeline.js';
 import type { CreateDiskOptions, CreateSubformat } from '../vmdk/index.js';
 import { PipelineError } from './errors.js';
 import type { ProgressListener } from './progress.js';
