@@ -61,6 +61,12 @@ describe('every layer above xts throws ERR_INVALID_ARGUMENT from its own class',
       VmdkFormatError,
       'Expected a positive multiple of 512 for options.capacity but received 1000 of type number',
     ],
+    [
+      'vmdk createDisk subformat',
+      () => createDisk(join(dir, 'b2.vmdk'), { capacity: 1 << 20, subformat: 'qcow2' as never }),
+      VmdkFormatError,
+      "Expected one of 'raw', 'monolithicSparse', 'monolithicFlat', 'twoGbMaxExtentSparse', 'twoGbMaxExtentFlat', 'streamOptimized', 'vmfs' for options.subformat but received 'qcow2'",
+    ],
     ['disk openDisk', () => openDisk(join(dir, 'c.vmdk'), null as never), DiskError, 'Expected an object for options but received null'],
     [
       'disk createEncryptedDisk',

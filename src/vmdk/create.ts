@@ -17,7 +17,7 @@ import {
   serializeSparseHeader,
 } from './sparse-header.js';
 import { StreamWriterExtent } from './stream-writer.js';
-import { expected } from '../errors.js';
+import { expected, expectedOneOf } from '../errors.js';
 
 export type CreateSubformat = 'raw' | 'monolithicSparse' | 'monolithicFlat' | 'twoGbMaxExtentSparse' | 'twoGbMaxExtentFlat' | 'streamOptimized' | 'vmfs';
 export const CREATE_SUBFORMATS: readonly CreateSubformat[] = ['raw', 'monolithicSparse', 'monolithicFlat', 'twoGbMaxExtentSparse', 'twoGbMaxExtentFlat', 'streamOptimized', 'vmfs'];
@@ -64,9 +64,9 @@ export async function createDisk(path: string, options: CreateDiskOptions): Prom
   if (typeof capacity !== 'number' || !Number.isSafeInteger(capacity) || capacity <= 0 || capacity % SECTOR !== 0) {
     throw arg(expected('a positive multiple of 512', 'options.capacity', capacity));
   }
-  if (!CREATE_SUBFORMATS.includes(subformat)) throw arg(expected(`one of ${CREATE_SUBFORMATS.join(', ')}`, 'options.subformat', subformat));
+  if (!CREATE_SUBFORMATS.includes(subformat)) throw arg(expectedOneOf(CREATE_SUBFORMATS, 'options.subformat', subformat));
   const adapterType = options.adapterType ?? 'ide';
-  if (!(ADAPTER_TYPES as readonly string[]).includes(adapterType)) throw arg(expected(`one of ${ADAPTER_TYPES.join(', ')}`, 'options.adapterType', adapterType));
+  if (!(ADAPTER_TYPES as readonly string[]).includes(adapterType)) throw arg(expectedOneOf(ADAPTER_TYPES, 'options.adapterType', adapterType));
   const hw = String(options.hwVersion ?? 4);
   if (!/^[1-9][0-9]{0,2}$/.test(hw)) throw arg(expected('an integer from 1 to 999', 'options.hwVersion', options.hwVersion));
   const grainBytes = options.grainSize ?? DEFAULT_GRAIN;
