@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BY_CODE } from '../src/cli/errors.js';
 import { createEncryptedDisk, DiskError, openDisk } from '../src/disk/index.js';
 import { describeChoice, expected, expectedOneOf, VmsealError } from '../src/errors.js';
-import { KeyCache, KeyError, sealDek } from '../src/keys/index.js';
+import { KeyCache, KeyError, LocalKeyProvider, sealDek } from '../src/keys/index.js';
 import { KmipError, KmipKeyProvider } from '../src/kmip/index.js';
 import { encryptDisk, PipelineError } from '../src/pipeline/index.js';
 import { createDisk, openDisk as openPlainDisk, VmdkFormatError } from '../src/vmdk/index.js';
@@ -81,6 +81,7 @@ describe('every layer above xts throws ERR_INVALID_ARGUMENT from its own class',
       `Expected a multiple of 4096 from 4096 to ${256 << 20} for chunkSize but received 1000 of type number`,
     ],
     ['keys sealDek', () => sealDek(Buffer.alloc(64), null as never), KeyError, 'Expected an object for options but received null'],
+    ['keys LocalKeyProvider', () => new LocalKeyProvider(null as never), KeyError, 'Expected an object for options but received null'],
     ['keys KeyCache', () => new KeyCache({ ttlMs: -1 }), KeyError, 'Expected a positive number of milliseconds for ttlMs but received -1 of type number'],
     [
       'kmip KmipKeyProvider',

@@ -2,7 +2,7 @@ import { createCipheriv, createDecipheriv, randomBytes, randomUUID, scrypt as sc
 import { mkdir, open, readFile, stat } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { describeValue } from '../errors.js';
+import { expected } from '../errors.js';
 import { KeyError, invalidArgument, type KeyErrorCode } from './errors.js';
 import { createFileAtomic, writeFileAtomic } from '../util/atomic-file.js';
 import { withFileLock } from './file-lock.js';
@@ -155,7 +155,7 @@ function checkScryptCost(s: unknown, name: string): { n: number; r: number; p: n
     (c.p as number) >= 1 &&
     (c.p as number) <= 16 &&
     128 * (c.n as number) * (c.r as number) <= 512 * 2 ** 20;
-  if (!ok) throw invalidArgument(`Expected { n: power of two 2..2^20, r: 1..32, p: 1..16 } for ${name} but received ${describeValue(s)}`);
+  if (!ok) throw invalidArgument(expected('{ n: power of two 2..2^20, r: 1..32, p: 1..16 }', name, s));
   return { n: c!.n as number, r: c!.r as number, p: c!.p as number };
 }
 
@@ -178,24 +178,24 @@ export class LocalKeyProvider implements KeyProvider {
   private master: Buffer | undefined;
 
   constructor(options: LocalKeyProviderOptions = {}) {
-    if (options === null || typeof options !== 'object') throw invalidArgument(`Expected an options object but received ${describeValue(options)}`);
+    if (options === null || typeof options !== 'object') throw invalidArgument(expected('an object', 'options', options));
     const home = options.home ?? process.env.VMSEAL_HOME ?? join(homedir(), '.vmseal');
-    if (typeof home !== 'string' || home === '') throw invalidArgument(`Expected a non-empty path for home but received ${describeValue(home)}`);
+    if (typeof home !== 'string' || home === '') throw invalidArgument(expected('a non-empty path', 'home', home));
     const id = options.id ?? LOCAL_PROVIDER_DEFAULTS.id;
     if (typeof id !== 'string' || !/^[A-Za-z0-9._-]{1,64}$/.test(id)) {
-      throw invalidArgument(`Expected 1..64 characters [A-Za-z0-9._-] for id but received ${describeValue(id)}`);
+      throw invalidArgument(expected('1..64 characters [A-Za-z0-9._-]', 'id', id));
     }
     if (options.passphrase !== undefined) {
       const p = options.passphrase;
       if (!((typeof p === 'string' || p instanceof Uint8Array) && p.length > 0)) {
-        throw invalidArgument(`Expected a non-empty string or Buffer for passphrase but received ${describeValue(p)}`);
+        throw invalidArgument(expected('a non-empty string or Buffer', 'passphrase', p));
       }
       this.passphrase = typeof p === 'string' ? Buffer.from(p, 'utf8') : Buffer.from(p);
     }
     this.usesPassphrase = this.passphrase !== undefined;
     this.cost = options.scrypt === undefined ? { ...LOCAL_PROVIDER_DEFAULTS.scrypt } : checkScryptCost(options.scrypt, 'scrypt');
     const t = options.lockTimeoutMs ?? LOCAL_PROVIDER_DEFAULTS.lockTimeoutMs;
-    if (!Number.isInteger(t) || t < 0) throw invalidArgument(`Expected a non-negative integer for lockTimeoutMs but received ${describeValue(t)}`);
+    if (!Number.isInteger(t) || t < 0) throw invalidArgument(expected('a non-negative integer', 'lockTimeoutMs', t));
     this.lockTimeoutMs = t;
     this.id = id;
     this.home = resolve(home);
@@ -233,10 +233,10 @@ export class LocalKeyProvider implements KeyProvider {
 
   /** Make a new random AES-256 KEK, stored wrapped in the keystore (created first if absent). */
   async createKey(opts: { name?: string } = {}): Promise<KeyRef> {
-    if (opts === null || typeof opts !== 'object') throw invalidArgument(`Expected an options object but received ${describeValue(opts)}`);
+    if (opts === null || typeof opts !== 'object') throw invalidArgument(expected('an object', 'options', opts));
     const name = opts.name ?? null;
     if (name !== null && (typeof name !== 'string' || name.length > 256)) {
-      throw invalidArgument(`Expected a string of at most 256 characters for name but received ${describeValue(name)}`);
+      throw invalidArgument(expected('a string of at most 256 characters', 'name', name));
     }
     await this.init();
     const keyId = randomUUID();
@@ -281,7 +281,7 @@ export class LocalKeyProvider implements KeyProvider {
    * AES-256-GCM. Returns the number of keys written.
    */
   async backup(file: string, passphrase: string | Uint8Array): Promise<{ keys: number }> {
-    if (typeof file !== 'string' || file === '') throw invalidArgument(`Expected a file path for file but received ${describeValue(file)}`);
+    if (typeof file !== 'string' || file === '') throw invalidArgument(expected('a file path', 'file', file));
     const pass = passBytes(passphrase);
     const store = await this.openStore();
     const parts: Buffer[] = [];
@@ -326,7 +326,7 @@ export class LocalKeyProvider implements KeyProvider {
    * written); a destroyed key comes back active.
    */
   async restore(file: string, passphrase: string | Uint8Array): Promise<{ added: number; unchanged: number }> {
-    if (typeof file !== 'string' || file === '') throw invalidArgument(`Expected a file path for file but received ${describeValue(file)}`);
+    if (typeof file !== 'string' || file === '') throw invalidArgument(expected('a file path', 'file', file));
     const path = resolve(file);
     const pass = passBytes(passphrase);
     let entries: Array<{ keyId: string; name: string | null; created: string; kek: Buffer }>;
@@ -582,14 +582,14 @@ export class LocalKeyProvider implements KeyProvider {
 
 function checkKeyId(keyId: unknown): void {
   if (typeof keyId !== 'string' || keyId.length === 0 || keyId.length > 256) {
-    throw invalidArgument(`Expected a key id string for keyId but received ${describeValue(keyId)}`);
+    throw invalidArgument(expected('a key id string', 'keyId', keyId));
   }
 }
 
 function passBytes(p: unknown): Buffer {
   if (typeof p === 'string' && p.length > 0) return Buffer.from(p, 'utf8');
   if (p instanceof Uint8Array && p.length > 0) return Buffer.from(p);
-  throw invalidArgument(`Expected a non-empty string or Buffer for passphrase but received ${describeValue(p)}`);
+  throw invalidArgument(expected('a non-empty string or Buffer', 'passphrase', p));
 }
 
 function findEntry(store: Store, keyId: string, file: string): KeyEntry {
