@@ -239,11 +239,12 @@ export class KeySession {
    * the recovery passphrase if one was given explicitly (file or variable) or --recovery-passphrase
    * asks for it (then a prompt is allowed), and the session's cache.
    */
-  async unlockOptions(disk?: string, opts: { usePassphrase?: boolean } = {}): Promise<UnlockOptions> {
+  async unlockOptions(disk?: string, opts: { usePassphrase?: boolean; format?: 'vmdk' | 'raw' } = {}): Promise<UnlockOptions> {
     const providers: KeyProvider[] = [];
     const ids = new Set<string>();
+    const format = opts.format ? { format: opts.format } : {};
     if (disk !== undefined) {
-      const params = await readEncryptionParams(disk).catch(() => null);
+      const params = await readEncryptionParams(disk, format).catch(() => null);
       if (params) {
         for (const l of describeKeySafe(params.keySafe)) if (l.kind === 'provider' && l.providerId !== undefined) ids.add(l.providerId);
       }
@@ -267,7 +268,7 @@ export class KeySession {
         ...(this.opts.passphraseFile !== undefined ? { passphraseFile: this.opts.passphraseFile } : {}),
         ...(this.opts.passphraseEnv !== undefined ? { passphraseEnv: this.opts.passphraseEnv } : {}),
       }));
-      if (disk !== undefined) await this.checkPassphrase(disk, unlock.passphrase);
+      if (disk !== undefined) await this.checkPassphrase(disk, unlock.passphrase, format);
     }
     return unlock;
   }
@@ -280,9 +281,9 @@ export class KeySession {
    * takes the first that works, so a wrong passphrase would be silently outvoted by the keystore and
    * a recovery drill (`vmseal verify DISK --passphrase-file F`) would pass with the wrong passphrase.
    */
-  private async checkPassphrase(disk: string, passphrase: string | Uint8Array | undefined): Promise<void> {
+  private async checkPassphrase(disk: string, passphrase: string | Uint8Array | undefined, format: { format?: 'vmdk' | 'raw' }): Promise<void> {
     if (passphrase === undefined || this.passphraseChecked.has(disk)) return;
-    const params = await readEncryptionParams(disk).catch(() => null);
+    const params = await readEncryptionParams(disk, format).catch(() => null);
     if (!params) return; // not an encrypted disk: the command reports that itself
     if (!describeKeySafe(params.keySafe).some((l) => l.kind === 'passphrase')) {
       throw new CliError('ERR_WRONG_KEY', `${disk} has no recovery passphrase locker, so the given recovery passphrase cannot open it`, {

@@ -45,6 +45,15 @@ export function parseSubformat(value: string, option = '--subformat'): Subformat
   return found;
 }
 
+/** What a file is, said instead of guessed: `--format raw|vmdk`. */
+export type DiskFormat = 'vmdk' | 'raw';
+
+export function parseFormat(value: string, option = '--format'): DiskFormat {
+  const v = value.trim().toLowerCase();
+  if (v === 'vmdk' || v === 'raw') return v;
+  throw usageError(`${option} ${quoteForMessage(value)} is not a disk format`, `Use ${option} vmdk or ${option} raw`);
+}
+
 export function parseCipher(value: string): CipherName {
   const found = CIPHERS.find((c) => c === value.trim().toLowerCase());
   if (!found) throw usageError(`--cipher ${quoteForMessage(value)} is not supported`, `Use ${CIPHERS.join(' or ')}`);

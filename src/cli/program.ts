@@ -8,7 +8,7 @@ import { usageError } from './errors.js';
 import type { Streams } from './output.js';
 import { DEFAULT_CIPHER, DEFAULT_UNIT_SIZE } from '../disk/params.js';
 import { CHUNK_ALIGN, MAX_CHUNK } from '../pipeline/options.js';
-import { CIPHERS, ENCRYPTED_SUBFORMATS, parseCipher, parseInteger, parseKeyProvider, parseMode, parseSize, parseSubformat, parseUnitSize, SUBFORMATS, UNIT_SIZES } from './parse.js';
+import { CIPHERS, ENCRYPTED_SUBFORMATS, parseCipher, parseFormat, parseInteger, parseKeyProvider, parseMode, parseSize, parseSubformat, parseUnitSize, SUBFORMATS, UNIT_SIZES } from './parse.js';
 import { encryptCommand } from './commands/encrypt.js';
 import { decryptCommand } from './commands/decrypt.js';
 import { convertCommand } from './commands/convert.js';
@@ -30,7 +30,7 @@ Exit codes:
   4    the key server (KMS) is unavailable
   5    not a valid or supported image, or encrypted where plain was expected (or the reverse)
   6    verification found a mismatch
-  7    another vmseal process is working on the disk
+  7    another vmseal process, or qemu (a VM, qemu-img, qemu-nbd), is using the disk or a file of the output
   70   internal error (a bug)
   130  interrupted (Ctrl-C); half-written output was removed
 
@@ -83,6 +83,11 @@ function parseChunkSize(v: string): number {
 const subformatOption = (what: string, choices: readonly string[] = SUBFORMATS): Option =>
   new Option('--subformat <name>', `${what}: ${choices.join(', ')}`).argParser((v) => parseSubformat(v));
 
+// Says what a file read is instead of guessing it from its name and content (which the guest of a
+// raw image writes): every command that reads a disk takes it.
+const formatOption = (what: string, flag = '--format'): Option =>
+  new Option(`${flag} <kind>`, `${what} is: vmdk or raw (default: .raw/.img are raw, otherwise detected from the content)`).argParser((v) => parseFormat(v, flag));
+
 export function buildProgram(ctx: Ctx, streams: Streams): Command {
   const program = new Command('vmseal');
   program
@@ -121,6 +126,7 @@ export function buildProgram(ctx: Ctx, streams: Streams): Command {
     .addOption(subformatOption('output subformat (default: the input\'s; raw → monolithicFlat, streamOptimized → monolithicSparse)', ENCRYPTED_SUBFORMATS))
     .option('--recovery-passphrase', 'also lock the disk with a recovery passphrase (from --passphrase-file, --passphrase-env, VMSEAL_PASSPHRASE or a prompt)')
     .option('--in-place', 'encrypt IN in place instead of writing OUT (for images too big to copy)')
+    .addOption(formatOption('what IN'))
     .option('--trust-v1-journal', 'resume from a version-1 journal (checksummed, not authenticated) although the disk\'s descriptor differs from it; only for a journal you know vmseal left');
   addEncryptionParams(encrypt);
   addKeyOptions(encrypt, true);
@@ -142,7 +148,8 @@ Examples:
     .argument('<IN>', 'encrypted VMDK')
     .argument('<OUT>', 'plain image to write')
     .addOption(subformatOption('output subformat (default: the input\'s)'))
-    .option('--raw', 'write a raw image (same as --subformat raw)')
+    .option('--raw', 'write a raw image (same as --subformat raw); its name must not end in .vmdk')
+    .addOption(formatOption('what IN'))
     .option('--recovery-passphrase', 'unlock with the recovery passphrase (prompted for on a terminal if no file or variable gives it)')
     .addOption(new Option('--mode <octal>', 'permissions of the output files (default: 0600, since they hold the plaintext)').argParser((v) => parseMode(v)));
   addKeyOptions(decrypt, false);
@@ -166,6 +173,7 @@ Examples:
     .argument('[OUT]', 'output image, or output directory for a batch')
     .addOption(subformatOption('output subformat (required for a batch; default for one image: the input\'s)'))
     .option('--list <file>', 'convert the images listed in FILE into the directory OUT')
+    .addOption(formatOption('what IN (every input of a batch)'))
     .option('--encrypt', 'encrypt the output with a new key (key options as for `encrypt`)')
     .option('--decrypt', 'write plain output from an encrypted input')
     .option('--recovery-passphrase', 'with --encrypt: also lock with a recovery passphrase; otherwise: unlock with it')
@@ -195,6 +203,7 @@ Examples:
     .option('--add-recovery-passphrase', 'add a recovery passphrase locker (the new passphrase from --passphrase-file/--passphrase-env/VMSEAL_PASSPHRASE or a prompt)')
     .option('--remove-recovery-passphrase', 'remove the recovery passphrase locker(s)')
     .option('--in-place', 'deep rekey in place (journaled, resumable) instead of writing a new image')
+    .addOption(formatOption('what DISK'))
     .option('--trust-v1-journal', 'resume from a version-1 journal (checksummed, not authenticated) although the disk\'s descriptor differs from it; only for a journal you know vmseal left')
     .addOption(new Option('--cipher <cipher>', `deep: new data cipher: ${CIPHERS.join(' or ')} (default: unchanged)`).argParser(parseCipher))
     .addOption(new Option('--unit-size <bytes>', `deep: new data-unit size, ${UNIT_SIZES.join(' or ')} (default: unchanged)`).argParser(parseUnitSize));
@@ -213,6 +222,7 @@ Examples:
     .command('info')
     .summary('show what a disk image is (like qemu-img info) and whether it can be unlocked now')
     .argument('<DISK>', 'disk image')
+    .addOption(formatOption('what DISK'))
     .option('--recovery-passphrase', 'check whether the recovery passphrase unlocks the disk');
   addKeyOptions(info, false);
   info.action((disk: string, opts) => infoCommand(ctx, disk, opts));
@@ -223,6 +233,8 @@ Examples:
     .description('Read every byte of DISK (decrypting it if encrypted), check its metadata and print its SHA-256; with --against, compare its content with the plain image PLAIN. Exit code 6 on any mismatch.')
     .argument('<DISK>', 'disk image')
     .option('--against <plain>', 'plain image (VMDK or raw) whose content DISK must equal')
+    .addOption(formatOption('what DISK'))
+    .addOption(formatOption('what PLAIN', '--against-format'))
     .option('--recovery-passphrase', 'unlock with the recovery passphrase');
   addKeyOptions(verify, false);
   verify.action((disk: string, opts) => verifyCommand(ctx, disk, opts));
@@ -231,6 +243,7 @@ Examples:
     .command('resume')
     .summary('finish an interrupted --in-place encrypt or deep rekey')
     .argument('<DISK>', 'disk whose in-place job was interrupted')
+    .addOption(formatOption('what DISK'))
     .option('--trust-v1-journal', 'resume from a version-1 journal (checksummed, not authenticated) although the disk\'s descriptor differs from it; only for a journal you know vmseal left')
     .option('--recovery-passphrase', 'unlock with the recovery passphrase');
   addKeyOptions(resume, false);

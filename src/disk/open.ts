@@ -55,8 +55,8 @@ export function encryptionOf(disk: { descriptor: { entries(): Iterable<readonly 
 }
 
 /** Read the encryption lines of a disk without opening it for data (no keys needed); null for a plain disk. */
-export async function readEncryptionParams(path: string): Promise<EncryptionParams | null> {
-  const disk = await openVmdk(path, { readOnly: true, allowEncrypted: true });
+export async function readEncryptionParams(path: string, options: { format?: 'vmdk' | 'raw' } = {}): Promise<EncryptionParams | null> {
+  const disk = await openVmdk(path, { readOnly: true, allowEncrypted: true, ...(options.format ? { format: options.format } : {}) });
   try {
     return encryptionOf(disk)?.params ?? null;
   } finally {

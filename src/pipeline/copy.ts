@@ -3,8 +3,8 @@
  * data-backed ranges in chunks, decrypt (encrypted input), encrypt (encrypted output), write in
  * order into a new disk staged beside the output, commit it atomically.
  */
-import { basename, dirname, resolve } from 'node:path';
-import { createDisk as createVmdk, openDisk as openVmdk, ADAPTER_TYPES, type VirtualDisk, type CreateDiskOptions } from '../vmdk/index.js';
+import { basename, dirname, extname, resolve } from 'node:path';
+import { createDisk as createVmdk, openDisk as openVmdk, plannedDiskFiles, ADAPTER_TYPES, type VirtualDisk, type CreateDiskOptions } from '../vmdk/index.js';
 import {
   createDataCipher,
   type DataCipher,
@@ -24,9 +24,20 @@ import {
 } from '../disk/for-pipeline.js';
 import { runChunks, type Piece } from './engine.js';
 import { PipelineError, throwIfAborted } from './errors.js';
-import { acquireLocks, releaseLocks } from './lock.js';
+import { acquireLocks, releaseLocks, NameReservations } from './lock.js';
 import { checkOutputName, realDiskPath } from './paths.js';
-import { checkJobOptions, checkOutputMode, checkPath, type EncryptSpec, type JobOptions, type JobResult, type OutputOptions, type OutputSubformat, type UnlockOptions } from './options.js';
+import {
+  checkJobOptions,
+  checkOutputMode,
+  checkPath,
+  formatOption,
+  type EncryptSpec,
+  type JobOptions,
+  type JobResult,
+  type OutputOptions,
+  type OutputSubformat,
+  type UnlockOptions,
+} from './options.js';
 import { alignedRanges, chunked, lcm, nonZeroRuns, totalLength, type Span } from './plan.js';
 import { ProgressTracker } from './progress.js';
 import { openSource } from './source.js';
@@ -50,6 +61,7 @@ export interface CopySpec {
 }
 
 const FLAT_ZERO_GRANULARITY = 64 * 1024;
+const RAW_NAMES = /\.(img|raw)$/i;
 const VMFS_ALIASES = new Set(['vmfsThin', 'vmfsPreallocated', 'vmfsEagerZeroedThick']);
 
 function defaultSubformat(input: string, encrypting: boolean): OutputSubformat {
@@ -70,10 +82,10 @@ function inherited(stored: VirtualDisk, opts: OutputOptions, sparseOut: boolean)
   return out;
 }
 
-async function existingFiles(path: string): Promise<string[]> {
+async function existingFiles(path: string, format?: 'vmdk' | 'raw'): Promise<string[]> {
   if (!(await pathExists(path))) return [];
   try {
-    const d = await openVmdk(path, { readOnly: true, allowEncrypted: true });
+    const d = await openVmdk(path, { readOnly: true, allowEncrypted: true, ...formatOption(format) });
     try {
       return d.files();
     } finally {
@@ -84,9 +96,24 @@ async function existingFiles(path: string): Promise<string[]> {
   }
 }
 
+/**
+ * A raw output named `.vmdk` is refused: reading it back, vmseal (and qemu, and anyone) would have to
+ * guess its format from its first bytes, which the guest wrote — a guest that writes a VMDK header
+ * there would make the image read as another disk (qemu's format-probing bug class). The opposite
+ * (a VMDK named .img or .raw) is fine: its kind is said by the subformat, and readers say --format vmdk.
+ */
+export function checkOutputKind(output: string, subformat: string): void {
+  if (subformat === 'raw' && extname(output).toLowerCase() === '.vmdk') {
+    throw new PipelineError(
+      'ERR_INVALID_ARGUMENT',
+      `the raw output ${output} is named .vmdk: reading it back would mean guessing its format from guest-written content (a guest could make it read as another disk); name a raw image .img or .raw, or choose a VMDK subformat`,
+    );
+  }
+}
+
 /** Set (or with undefined, remove) the encryption.job line of a disk, durably. */
 export async function markDescriptor(path: string, job: string | undefined): Promise<void> {
-  const d = await openVmdk(path, { allowEncrypted: true });
+  const d = await openVmdk(path, { allowEncrypted: true, format: 'vmdk' });
   try {
     await d.updateDescriptor((desc) => {
       if (job === undefined) desc.delete(LINE.job);
@@ -103,6 +130,9 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
   const input = spec.replaceInput ? await realDiskPath(checkPath(spec.input, 'input')) : resolve(checkPath(spec.input, 'input'));
   const output = spec.replaceInput ? input : resolve(checkPath(spec.output, 'output'));
   if (!spec.replaceInput) await checkOutputName(output);
+  // Checked before any lock: the first file a job creates is a lock file beside the output, and its
+  // error would name that file instead of the missing folder.
+  if (!(await pathExists(dirname(output)))) throw new PipelineError('ERR_INVALID_ARGUMENT', `cannot write ${output}: the folder ${dirname(output)} does not exist`);
   // A decrypted output holds the plaintext: private to its owner unless the caller says otherwise.
   const outMode = checkOutputMode(opts.mode) ?? (spec.decrypt ? 0o600 : undefined);
   if (input === output && !spec.replaceInput) throw new PipelineError('ERR_SAME_FILE', `the output ${output} is the input; write to another file`);
@@ -119,10 +149,13 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
     spec.replaceInput ? [{ path: input, mode: 'exclusive' }] : [{ path: input, mode: 'shared' }, { path: output, mode: 'exclusive' }],
     spec.operation,
   );
+  // Every other file the job reads or writes is held by name (one lock file per folder).
+  const names = new NameReservations();
   try {
     // A commit of an earlier run on this name that was killed half way is finished first.
-    await cleanStaleStages(dirname(output), basename(output));
+    await cleanStaleStages(dirname(output), basename(output), names);
     const source = await openSource(input, {
+      ...formatOption(opts.format),
       ...(spec.keys ? { keys: spec.keys } : {}),
       encrypted: spec.requireInput === 'plain' ? 'refuse' : 'decrypt',
       plain: spec.requireInput === 'encrypted' ? 'refuse' : 'read',
@@ -131,6 +164,7 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
     let stage: StagedOutput | undefined;
     let out: VirtualDisk | undefined;
     let ownCipher: DataCipher | undefined;
+    const notes: string[] = [];
     try {
       const capacity = source.disk.capacity;
       const encrypting = spec.encrypt !== undefined || (source.encryption !== null && !spec.decrypt);
@@ -143,9 +177,30 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
             : `an encrypted disk cannot be written as streamOptimized (compressing ciphertext is pointless, and vSphere refuses it too); choose another subformat, or decrypt`,
         );
       }
+      checkOutputKind(output, subformat);
       const sourceFiles = source.stored.files().map((f) => resolve(f));
       if (!spec.replaceInput && sourceFiles.includes(output)) throw new PipelineError('ERR_SAME_FILE', `the output ${output} is a file of the input`);
-      stage = await StagedOutput.prepare(output, { force: opts.force === true || spec.replaceInput === true });
+      const force = opts.force === true || spec.replaceInput === true;
+      // The whole set of files first: the new disk's (descriptor and every extent), and those of a
+      // disk it replaces. All are reserved and checked before anything is created, so a --force
+      // replaces all of them or none, and no other job can be writing (or reading) one of them.
+      const planned = plannedDiskFiles(output, { capacity, subformat });
+      const replacing = force ? await existingFiles(output, spec.replaceInput ? opts.format : undefined) : [];
+      if (!spec.replaceInput) {
+        const clash = planned.find((f) => sourceFiles.includes(f));
+        if (clash) throw new PipelineError('ERR_SAME_FILE', `the output file ${clash} would replace a file of the input`);
+        await names.reserve(sourceFiles, 'shared');
+      }
+      await names.reserve([...planned, ...replacing.filter((f) => dirname(f) === dirname(output))], 'exclusive');
+      if (!force) {
+        for (const f of planned) {
+          if (await pathExists(f))
+            throw new PipelineError('ERR_OUTPUT_EXISTS', `${f} exists (a file the output needs); give another output name or force to replace it`);
+        }
+      }
+      if (subformat !== 'raw' && RAW_NAMES.test(output))
+        notes.push(`${output} is a VMDK (${subformat}) although its name ends like a raw image; commands that read it need --format vmdk`);
+      stage = await StagedOutput.prepare(output, { force, names });
 
       // The output's encryption: a new DEK, the input's own (copy of an encrypted disk), or none.
       let outParams: EncryptionParams | null = null;
@@ -171,7 +226,7 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
         ...inherited(source.stored, opts, sparseOut),
         descriptorLines: outParams ? encryptionLines(outParams) : [],
       });
-      await stage.checkTargets({ force: opts.force === true || spec.replaceInput === true, protect: spec.replaceInput ? [] : sourceFiles });
+      await stage.checkTargets({ force, protect: spec.replaceInput ? [] : sourceFiles, planned });
 
       // What to process: everything for a flat encrypted output (holes become encrypted zeros),
       // else the input's data-backed ranges, rounded out to the output grain and the data units.
@@ -214,7 +269,6 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
       out = undefined;
       await closing.close();
 
-      const replacing = await existingFiles(output);
       const multiFile = replacing.length > 1;
       await source.close();
       await stage.commit({
@@ -235,6 +289,7 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
         seconds: (performance.now() - started) / 1000,
         encrypted: outParams !== null,
         ...(outParams ? { diskId: outParams.diskId } : {}),
+        ...(notes.length > 0 ? { notes } : {}),
       };
     } catch (err) {
       if (out) await out.close().catch(() => undefined);
@@ -245,6 +300,7 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
       await source.close().catch(() => undefined);
     }
   } finally {
+    names.close();
     await releaseLocks(locks);
   }
 }

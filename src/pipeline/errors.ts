@@ -9,7 +9,8 @@ export type PipelineErrorCode =
   | 'ERR_OUTPUT_EXISTS' // the output exists and force was not given
   | 'ERR_SAME_FILE' // the output is the input (or one of its files)
   | 'ERR_NO_SPACE' // the destination file system cannot hold the estimated output
-  | 'ERR_DISK_BUSY' // another process (vmseal, qemu, a VMware VM) holds the disk's lock
+  | 'ERR_DISK_BUSY' // another process (vmseal, a VMware VM) holds the disk's lock, or a name its output needs
+  | 'ERR_QEMU_LOCKED' // qemu (qemu-img, qemu-io, qemu-nbd, a running VM) holds the disk with conflicting permissions
   | 'ERR_ABORTED' // the AbortSignal fired; temporary files were removed
   | 'ERR_UNSUPPORTED_OUTPUT' // an encrypted output asked as raw or streamOptimized
   | 'ERR_JOURNAL' // an in-place journal is unreadable or belongs to another job or disk

@@ -45,9 +45,9 @@ import { expected } from '../errors.js';
 import { locateDescriptor, readDescriptorBytes, removeStaleDescriptorTemps, writeDescriptor, type DescriptorLocation } from './descriptor-io.js';
 import { PipelineError, abortError } from './errors.js';
 import { ChunkStatus, Journal, hashCopy, journalPathOf, type InPlaceOperation, type JournalHeader } from './journal.js';
-import { acquireLock } from './lock.js';
+import { acquireLock, NameReservations } from './lock.js';
 import { realDiskPath } from './paths.js';
-import { checkJobOptions, checkPath, type EncryptSpec, type JobOptions, type JobResult, type KeyCache, type LockerSpec, type UnlockOptions } from './options.js';
+import { checkFormat, checkJobOptions, checkPath, formatOption, type DiskFormat, type EncryptSpec, type JobOptions, type JobResult, type KeyCache, type LockerSpec, type UnlockOptions } from './options.js';
 import { alignedRanges, chunked, lcm, totalLength } from './plan.js';
 import { ProgressTracker } from './progress.js';
 import { cleanStaleStages } from './staging.js';
@@ -95,7 +95,7 @@ interface InPlaceStart {
 
 /** Begin a journaled job: checks, new DEK, journal, descriptor "during". Returns the journal (the caller runs it). */
 async function startInPlace(s: InPlaceStart, chunkSize: number): Promise<Journal> {
-  const stored = await openVmdk(s.path, { allowEncrypted: true });
+  const stored = await openVmdk(s.path, { allowEncrypted: true, ...formatOption(s.opts.format) });
   let header: JournalHeader;
   let journalDek: Buffer | undefined;
   try {
@@ -184,7 +184,7 @@ async function runJournal(path: string, journal: Journal, keys: JournalKeys, opt
   // On resume the descriptor may be torn (a crash while an embedded one was rewritten, "during" or
   // "final"): write "during" whole again before opening the disk; "final" follows at the end.
   if (resumed || journal.state === null) await writeDescriptor(loc, Buffer.from(h.descriptor.during, 'base64'));
-  const stored = await openVmdk(path, { allowEncrypted: true });
+  const stored = await openVmdk(path, { allowEncrypted: true, ...formatOption(opts.format) });
   let oldCipher: DataCipher | undefined;
   let newCipher: DataCipher | undefined;
   try {
@@ -276,8 +276,8 @@ function result(h: JournalHeader, path: string, bytes: number, started: number, 
  * unlockable with `to` (and, for a rekey, no longer with `from`). A re-run of a job that completed
  * just before a crash then returns at once instead of failing or doing the work twice.
  */
-async function finishedEarlier(path: string, to: UnlockOptions, from?: UnlockOptions): Promise<EncryptionParams | null> {
-  const stored = await openVmdk(path, { readOnly: true, allowEncrypted: true });
+async function finishedEarlier(path: string, format: DiskFormat | undefined, to: UnlockOptions, from?: UnlockOptions): Promise<EncryptionParams | null> {
+  const stored = await openVmdk(path, { readOnly: true, allowEncrypted: true, ...formatOption(format) });
   try {
     const enc = encryptionOf(stored);
     if (!enc || enc.job !== undefined) return null;
@@ -302,18 +302,40 @@ function alreadyDone(operation: JobResult['operation'], path: string, params: En
   return { operation, input: path, output: path, subformat: '', virtualSize: capacity, bytesProcessed: 0, seconds: 0, encrypted: true, diskId: params.diskId, resumed: true };
 }
 
-async function capacityOf(path: string): Promise<number> {
-  const d = await openVmdk(path, { readOnly: true, allowEncrypted: true });
+async function capacityOf(path: string, format: DiskFormat | undefined): Promise<number> {
+  const d = await openVmdk(path, { readOnly: true, allowEncrypted: true, ...formatOption(format) });
   await d.close();
   return d.capacity;
 }
 
-async function withDiskLock<T>(path: string, operation: string, fn: () => Promise<T>): Promise<T> {
+/**
+ * Run `fn` holding the disk's lock and the names of every file it rewrites (descriptor, extents,
+ * journal) exclusively, so that no other job writes, replaces or reads one of them meanwhile
+ * (e.g. a job whose output is named like this disk's flat extent).
+ */
+async function withDiskLock<T>(path: string, operation: string, format: DiskFormat | undefined, fn: (names: NameReservations) => Promise<T>): Promise<T> {
   const lock = await acquireLock(path, operation);
+  const names = new NameReservations();
   try {
-    return await fn();
+    await names.reserve([...(await filesOf(path, format)), journalPathOf(path)], 'exclusive');
+    return await fn(names);
   } finally {
+    names.close();
     await lock.release();
+  }
+}
+
+/** The files of a disk (just the path when it cannot be opened: the job reports why). */
+async function filesOf(path: string, format: DiskFormat | undefined): Promise<string[]> {
+  try {
+    const d = await openVmdk(path, { readOnly: true, allowEncrypted: true, ...formatOption(format) });
+    try {
+      return d.files();
+    } finally {
+      await d.close();
+    }
+  } catch {
+    return [path];
   }
 }
 
@@ -331,11 +353,11 @@ export async function encryptInPlace(path: string, options: EncryptInPlaceOption
   checkLockers(lockers);
   const unlock = keysFromLockers(lockers, keys, cache);
   const both = { from: unlock, to: unlock };
-  return withDiskLock(p, 'encrypt-in-place', async () => {
+  return withDiskLock(p, 'encrypt-in-place', opts.format, async () => {
     const existing = await Journal.open(p);
     if (existing) return runJournal(p, existing, both, opts, true);
-    const done = await finishedEarlier(p, unlock);
-    if (done) return alreadyDone('encrypt', p, done, await capacityOf(p));
+    const done = await finishedEarlier(p, opts.format, unlock);
+    if (done) return alreadyDone('encrypt', p, done, await capacityOf(p, opts.format));
     const journal = await startInPlace(
       { operation: 'encrypt-in-place', path: p, opts, keys: unlock, encrypt: { lockers, ...(cipher ? { cipher } : {}), ...(unitSize ? { unitSize } : {}), ...(cache ? { cache } : {}) } },
       chunkSize,
@@ -377,24 +399,24 @@ export async function deepRekey(path: string, options: DeepRekeyOptions): Promis
       if (done) return done;
     }
   }
-  const lockers = given ?? (await sameProviderLockers(p, keys));
+  const lockers = given ?? (await sameProviderLockers(p, keys, opts.format));
   const newKeys = keysFromLockers(lockers, { ...keys, passphrase: undefined }, cache);
   const encrypt: EncryptSpec = { lockers, ...(cipher ? { cipher } : {}), ...(unitSize ? { unitSize } : {}), ...(cache ? { cache } : {}) };
   // Checked under the lock (which also clears a stale lock of a killed run).
-  const done = await withDiskLock(p, 'rekey-deep', () => finishedEarlier(p, newKeys, keys));
-  if (done) return alreadyDone('rekey-deep', p, done, await capacityOf(p));
+  const done = await withDiskLock(p, 'rekey-deep', opts.format, () => finishedEarlier(p, opts.format, newKeys, keys));
+  if (done) return alreadyDone('rekey-deep', p, done, await capacityOf(p, opts.format));
   if (!inPlace) {
     return runCopy({ operation: 'rekey-deep', input: p, output: p, opts: { ...opts, force: true }, keys, encrypt, requireInput: 'encrypted', replaceInput: true });
   }
-  return withDiskLock(p, 'rekey-deep-in-place', async () => {
+  return withDiskLock(p, 'rekey-deep-in-place', opts.format, async () => {
     const journal = await startInPlace({ operation: 'rekey-deep-in-place', path: p, opts, keys, encrypt }, chunkSize);
     return runJournal(p, journal, { from: keys, to: newKeys }, opts, false);
   });
 }
 
 /** Lockers for a new DEK under the same provider KEKs as the disk's current fqid lockers. */
-async function sameProviderLockers(path: string, keys: UnlockOptions): Promise<LockerSpec[]> {
-  const params = await readEncryptionParams(path);
+async function sameProviderLockers(path: string, keys: UnlockOptions, format: DiskFormat | undefined): Promise<LockerSpec[]> {
+  const params = await readEncryptionParams(path, formatOption(format));
   if (!params) throw new DiskError('ERR_NOT_ENCRYPTED', `${path} is not encrypted`);
   const providers = Array.isArray(keys.providers) ? keys.providers : keys.providers ? Object.values(keys.providers) : [];
   const out: LockerSpec[] = [];
@@ -419,6 +441,8 @@ export interface ShallowRekeyOptions {
   /** Drop lockers: LockerInfo.index values (see inspectDisk), or a predicate. */
   removeLockers?: number[] | ((locker: LockerInfo) => boolean);
   cache?: KeyCache;
+  /** What the disk file is (default: detected; see JobOptions.format). */
+  format?: DiskFormat;
 }
 
 /**
@@ -430,19 +454,20 @@ export async function shallowRekey(path: string, options: ShallowRekeyOptions): 
   const p = await realDiskPath(checkPath(path, 'path'));
   if (options === null || typeof options !== 'object') throw new PipelineError('ERR_INVALID_ARGUMENT', expected('an object', 'options', options));
   const { keys, lockers, addLockers, removeLockers, cache } = options;
+  const format = checkFormat(options.format, 'format');
   if (keys === null || typeof keys !== 'object') throw new PipelineError('ERR_INVALID_ARGUMENT', expected('an object { passphrase?, providers?, cache? }', 'keys', keys));
   if (lockers === undefined && addLockers === undefined && removeLockers === undefined) {
     throw new PipelineError('ERR_INVALID_ARGUMENT', 'give lockers (replace all), addLockers or removeLockers');
   }
   if (lockers !== undefined) checkLockers(lockers);
   const started = performance.now();
-  return withDiskLock(p, 'rekey-shallow', async () => {
+  return withDiskLock(p, 'rekey-shallow', format, async () => {
     const pending = await Journal.open(p);
     if (pending) {
       await pending.close();
       throw new DiskError('ERR_INTERRUPTED_JOB', `${p} has an unfinished ${pending.header.operation} job; resume it first`);
     }
-    const stored = await openVmdk(p, { readOnly: true, allowEncrypted: true });
+    const stored = await openVmdk(p, { readOnly: true, allowEncrypted: true, ...formatOption(format) });
     let header: JournalHeader;
     let journalDek: Buffer | undefined;
     try {
@@ -526,12 +551,12 @@ export async function resumeDisk(path: string, options: ResumeOptions = {}): Pro
   const { keys = {}, newKeys, cache, ...opts } = options;
   const unlock: UnlockOptions = { ...keys, ...(keys.cache ?? cache ? { cache: keys.cache ?? cache } : {}) };
   const unlockNew: UnlockOptions = newKeys ? { ...newKeys, ...(newKeys.cache ?? unlock.cache ? { cache: newKeys.cache ?? unlock.cache } : {}) } : unlock;
-  return withDiskLock(p, 'resume', async () => {
+  return withDiskLock(p, 'resume', opts.format, async (names) => {
     const journal = await Journal.open(p);
     if (journal) return runJournal(p, journal, { from: unlock, to: unlockNew }, opts, true);
-    const rolled = await cleanStaleStages(dirname(p), basename(p));
+    const rolled = await cleanStaleStages(dirname(p), basename(p), names);
     // A deep rekey whose commit never started left its marker on the old descriptor: the old disk is intact.
-    const stored = await openVmdk(p, { readOnly: true, allowEncrypted: true }).catch(() => undefined);
+    const stored = await openVmdk(p, { readOnly: true, allowEncrypted: true, ...formatOption(opts.format) }).catch(() => undefined);
     if (stored) {
       const job = (() => {
         try {

@@ -7,7 +7,7 @@ import { encryptionOf, unlockDek, type UnlockOptions, type CipherName, type Data
 import { VmsealError, expected } from '../errors.js';
 import { PipelineError, throwIfAborted } from './errors.js';
 import { Journal } from './journal.js';
-import { checkJobOptions, checkPath, type JobOptions } from './options.js';
+import { checkFormat, checkJobOptions, checkPath, formatOption, type DiskFormat, type JobOptions } from './options.js';
 import { ProgressTracker } from './progress.js';
 import { openSource, type Source } from './source.js';
 
@@ -42,15 +42,16 @@ export interface DiskInfo {
  * Describe a disk: format, subformat, sizes, files and — for an encrypted disk — cipher, unit size,
  * lockers and, when `keys` are given, whether they unlock it now. Reads no data and never decrypts.
  */
-export async function inspectDisk(path: string, options: { keys?: UnlockOptions } = {}): Promise<DiskInfo> {
+export async function inspectDisk(path: string, options: { keys?: UnlockOptions; format?: DiskFormat } = {}): Promise<DiskInfo> {
   const p = resolve(checkPath(path, 'path'));
   if (options === null || typeof options !== 'object') throw new PipelineError('ERR_INVALID_ARGUMENT', expected('an object', 'options', options));
+  const format = checkFormat(options.format, 'format');
   const journal = await Journal.open(p).catch((err) => {
     if (err instanceof PipelineError) return { header: { operation: 'unknown (unreadable journal)' }, close: async () => undefined, path: `${p}.vmseal-journal` };
     throw err;
   });
   if (journal) await journal.close();
-  const stored = await openVmdk(p, { readOnly: true, allowEncrypted: true });
+  const stored = await openVmdk(p, { readOnly: true, allowEncrypted: true, ...formatOption(format) });
   try {
     let allocatedSize = 0;
     for await (const r of stored.allocatedRanges()) allocatedSize += r.length;
@@ -94,6 +95,8 @@ export interface VerifyOptions extends JobOptions {
   /** A plain (or encrypted, with againstKeys) image whose content must be identical. */
   against?: string;
   againstKeys?: UnlockOptions;
+  /** What `against` is (default: detected; see JobOptions.format, which says what `path` is). */
+  againstFormat?: DiskFormat;
 }
 
 export interface VerifyResult {
@@ -128,7 +131,8 @@ export async function verifyDisk(path: string, options: VerifyOptions = {}): Pro
   const { chunkSize } = checkJobOptions(options);
   const p = resolve(checkPath(path, 'path'));
   const what = `verify of ${p}`;
-  const source = await openSource(p, { ...(options.keys ? { keys: options.keys } : {}), encrypted: 'decrypt', plain: 'read' });
+  const againstFormat = checkFormat(options.againstFormat, 'againstFormat');
+  const source = await openSource(p, { ...formatOption(options.format), ...(options.keys ? { keys: options.keys } : {}), encrypted: 'decrypt', plain: 'read' });
   let other: Source | undefined;
   try {
     const disk = source.disk;
@@ -140,7 +144,12 @@ export async function verifyDisk(path: string, options: VerifyOptions = {}): Pro
     const result: VerifyResult = { ok: true, path: p, encrypted: source.encryption !== null, virtualSize: capacity, bytesRead: 0, sha256: '', problems };
     if (options.against !== undefined) {
       const a = resolve(checkPath(options.against, 'against'));
-      other = await openSource(a, { ...(options.againstKeys ? { keys: options.againstKeys } : {}), encrypted: 'decrypt', plain: 'read' });
+      other = await openSource(a, {
+        ...formatOption(againstFormat),
+        ...(options.againstKeys ? { keys: options.againstKeys } : {}),
+        encrypted: 'decrypt',
+        plain: 'read',
+      });
       if (other.disk.capacity !== capacity) problems.push(`virtual sizes differ: ${capacity} bytes here, ${other.disk.capacity} in ${a}`);
       const hashB = createHash('sha256');
       const bufB = Buffer.allocUnsafeSlow(chunkSize);

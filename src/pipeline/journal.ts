@@ -40,7 +40,7 @@ import { PipelineError } from './errors.js';
 import { fsyncDir, pathExists } from './staging.js';
 
 import { JOURNAL_SUFFIX } from '../disk/for-pipeline.js';
-import { pidAlive } from '../util/process.js';
+import { NameReservations } from './lock.js';
 import { readFully, writeFully } from '../util/file-io.js';
 export { JOURNAL_SUFFIX };
 const MAGIC_V1 = Buffer.from('VMSJRNL1', 'ascii');
@@ -214,14 +214,21 @@ export class Journal {
     // Written under a temporary name and renamed: a crash never leaves a half-written journal.
     await removeDeadTemps(path);
     const tmp = `${path}.${process.pid}.tmp`;
-    const w = await open(tmp, 'w', 0o600);
+    // The temp name is reserved while it exists: a cleaner removes only temps nobody holds.
+    const names = new NameReservations();
     try {
-      await writeFully(w, area, 0);
-      await w.sync();
+      await names.reserve([tmp], 'exclusive');
+      const w = await open(tmp, 'w', 0o600);
+      try {
+        await writeFully(w, area, 0);
+        await w.sync();
+      } finally {
+        await w.close();
+      }
+      await rename(tmp, path);
     } finally {
-      await w.close();
+      names.close();
     }
-    await rename(tmp, path);
     const fh = await open(path, 'r+');
     await fsyncDir(dirname(path));
     return new Journal(path, fh, header, { state: null, slot: SLOT_B, key, authenticated: true });
@@ -330,12 +337,27 @@ export class Journal {
 
 export { sha256 as hashCopy };
 
-/** Remove `<journal>.<pid>.tmp` files of processes that died while creating a journal. */
+/**
+ * Remove `<journal>.<pid>.tmp` files of jobs that died while creating a journal: a temp whose name
+ * can be reserved has no live writer (its writer holds the name from before creating it until the
+ * rename), whatever its pid says.
+ */
 async function removeDeadTemps(path: string): Promise<void> {
   const prefix = `${basename(path)}.`;
-  for (const f of await readdir(dirname(path)).catch(() => [] as string[])) {
-    const m = f.startsWith(prefix) ? /^(\d+)\.tmp$/.exec(f.slice(prefix.length)) : null;
-    if (m && !pidAlive(Number(m[1]))) await unlink(join(dirname(path), f)).catch(() => undefined);
+  const temps = (await readdir(dirname(path)).catch(() => [] as string[])).filter((f) => f.startsWith(prefix) && /^\d+\.tmp$/.test(f.slice(prefix.length)));
+  if (temps.length === 0) return;
+  const names = new NameReservations();
+  try {
+    for (const f of temps) {
+      const tmp = join(dirname(path), f);
+      if (!names.tryReserveExclusive(tmp)) continue;
+      await unlink(tmp).catch(() => undefined);
+      names.release(tmp);
+    }
+  } catch {
+    // a folder we cannot lock in (read-only): leave the temps; they are only litter
+  } finally {
+    names.close();
   }
 }
 

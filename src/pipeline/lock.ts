@@ -8,11 +8,18 @@
  *    descriptor, or a raw image), held for the job's life: a VM or qemu-img/qemu-io using the disk
  *    and a vmseal job refuse each other.
  *  - VMware's `<disk>.lck` FOLDER (a running VM on a VMware host) is honoured: the job is refused.
+ *  - the NAME of every file a job reads (shared) or writes, replaces or removes (exclusive),
+ *    reserved through one `.vmseal-lock` file per folder (src/util/name-lock.ts; NameReservations
+ *    below): two jobs whose outputs share a file name (x.vmdk flat writes x-flat.vmdk; another job
+ *    writes x-flat.vmdk) refuse each other, and a commit never renames over a file another job
+ *    holds. One descriptor per folder, whatever the number of extents.
  */
 import { stat } from 'node:fs/promises';
+import { basename, dirname, resolve } from 'node:path';
 import { PipelineError } from './errors.js';
 import { acquireFileLock, FileLockError, lockRecordPathFor, type FileLockHandle } from '../util/lock.js';
 import { acquireQemuLock, QemuLockConflict, type QemuLockHandle } from '../util/qemu-lock.js';
+import { FolderNameLocks, type NameLockMode } from '../util/name-lock.js';
 
 export type LockMode = 'shared' | 'exclusive';
 
@@ -28,7 +35,7 @@ export function vmwareLockPathOf(diskPath: string): string {
   return `${diskPath}.lck`;
 }
 
-/** Take the lock of `diskPath` for `operation`, or throw ERR_DISK_BUSY naming the holder. */
+/** Take the lock of `diskPath` for `operation`, or throw ERR_DISK_BUSY naming the holder (ERR_QEMU_LOCKED for qemu). */
 export async function acquireLock(diskPath: string, operation: string, mode: LockMode = 'exclusive'): Promise<DiskLock> {
   const vmware = vmwareLockPathOf(diskPath);
   if (await stat(vmware).then((s) => s.isDirectory(), () => false)) {
@@ -50,7 +57,7 @@ export async function acquireLock(diskPath: string, operation: string, mode: Loc
   } catch (err) {
     own.release();
     if (err instanceof QemuLockConflict) {
-      throw new PipelineError('ERR_DISK_BUSY', `${diskPath} is in use: ${err.message}`, { cause: err });
+      throw new PipelineError('ERR_QEMU_LOCKED', `${diskPath} is in use: ${err.message}`, { cause: err });
     }
     throw err;
   }
@@ -97,4 +104,57 @@ export async function acquireLocks(requests: Array<string | LockRequest>, operat
 
 export async function releaseLocks(locks: DiskLock[]): Promise<void> {
   for (const l of [...locks].reverse()) await l.release();
+}
+
+/**
+ * The file names a job holds, in as many folders as its files live in (one open lock file per
+ * folder). Reservations are all-or-none per call; close() drops them all.
+ */
+export class NameReservations {
+  readonly #folders = new Map<string, FolderNameLocks>();
+
+  #folderOf(path: string): FolderNameLocks {
+    const dir = dirname(resolve(path));
+    let f = this.#folders.get(dir);
+    if (!f) {
+      f = FolderNameLocks.open(dir);
+      this.#folders.set(dir, f);
+    }
+    return f;
+  }
+
+  /** Reserve the names of `paths` (absolute or relative files); ERR_DISK_BUSY when another job holds one. */
+  async reserve(paths: string[], mode: NameLockMode): Promise<void> {
+    const byFolder = new Map<FolderNameLocks, string[]>();
+    for (const p of paths) {
+      const f = this.#folderOf(p);
+      byFolder.set(f, [...(byFolder.get(f) ?? []), basename(resolve(p))]);
+    }
+    const done: Array<[FolderNameLocks, Map<string, NameLockMode>]> = [];
+    try {
+      for (const [f, names] of byFolder) {
+        done.push([f, new Map(f.held)]);
+        await f.take(names.map((name) => ({ name, mode })));
+      }
+    } catch (err) {
+      // All or none: drop what this call added in the folders already done.
+      for (const [f, before] of done) for (const name of f.held.keys()) if (!before.has(name)) f.release(name);
+      if (err instanceof FileLockError && err.code === 'ERR_LOCK_BUSY') throw new PipelineError('ERR_DISK_BUSY', err.message, { cause: err });
+      throw err;
+    }
+  }
+
+  /** Reserve one name exclusively unless someone holds it (then false): a dead owner holds nothing. */
+  tryReserveExclusive(path: string): boolean {
+    return this.#folderOf(path).tryTakeExclusive(basename(resolve(path)));
+  }
+
+  release(path: string): void {
+    this.#folders.get(dirname(resolve(path)))?.release(basename(resolve(path)));
+  }
+
+  close(): void {
+    for (const f of this.#folders.values()) f.close();
+    this.#folders.clear();
+  }
 }

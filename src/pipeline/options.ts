@@ -1,5 +1,5 @@
 /** Options shared by every job, and their checks. */
-import { expected } from '../errors.js';
+import { expected, expectedOneOf } from '../errors.js';
 import { type KeyCache, type LockerSpec, type UnlockOptions, MAX_UNIT_SIZE, type CipherName, type DataUnitSize } from '../disk/for-pipeline.js';
 import type { CreateDiskOptions, CreateSubformat } from '../vmdk/index.js';
 import { PipelineError } from './errors.js';
@@ -25,7 +25,15 @@ export interface JobOptions {
    * disk's descriptor is not one the journal would write. Only for a journal you know vmseal left.
    */
   trustV1Journal?: boolean;
+  /**
+   * What the input file is: 'vmdk' or 'raw'. Default: detected (`.raw`/`.img` are raw; otherwise a
+   * sparse header or a text descriptor makes a VMDK). Say it for a VMDK named `.img` or a raw image
+   * named otherwise: detection from content would trust what a guest may have written.
+   */
+  format?: DiskFormat;
 }
+
+export type DiskFormat = 'vmdk' | 'raw';
 
 /** How a NEW DEK is made and locked. */
 export interface EncryptSpec {
@@ -72,6 +80,8 @@ export interface JobResult {
   diskId?: string;
   /** True when an interrupted in-place job was finished by this call. */
   resumed?: boolean;
+  /** Things the caller should tell the user (e.g. a VMDK output named like a raw image). */
+  notes?: string[];
 }
 
 export type { KeyCache, LockerSpec, UnlockOptions };
@@ -97,6 +107,7 @@ export function checkJobOptions(o: JobOptions | undefined): Required<Pick<JobOpt
   if (o.onProgress !== undefined && typeof o.onProgress !== 'function') {
     throw new PipelineError('ERR_INVALID_ARGUMENT', expected('a function', 'onProgress', o.onProgress));
   }
+  checkFormat(o.format, 'format');
   return { chunkSize, depth };
 }
 
@@ -112,4 +123,15 @@ export function checkOutputMode(mode: unknown): number | undefined {
     throw new PipelineError('ERR_INVALID_ARGUMENT', expected('permission bits from 0 to 0o777', 'mode', mode));
   }
   return mode;
+}
+
+/** A format option: 'vmdk', 'raw' or not given. */
+export function checkFormat(format: unknown, name: string): DiskFormat | undefined {
+  if (format === undefined || format === 'vmdk' || format === 'raw') return format;
+  throw new PipelineError('ERR_INVALID_ARGUMENT', expectedOneOf(['vmdk', 'raw'], name, format));
+}
+
+/** The VMDK layer's open option for a format (nothing: detect). */
+export function formatOption(format: DiskFormat | undefined): { format?: DiskFormat } {
+  return format === undefined ? {} : { format };
 }

@@ -25,11 +25,13 @@ export interface OpenSourceOptions {
   /** Let an input with an unfinished in-place job through (resume uses this). */
   allowJob?: boolean;
   readOnly?: boolean;
+  /** What the file is (default: detected; see JobOptions.format). */
+  format?: 'vmdk' | 'raw';
 }
 
 export async function openSource(path: string, opts: OpenSourceOptions): Promise<Source> {
   if (!opts.allowJob) assertNoJournal(path);
-  const stored = await openVmdk(path, { readOnly: opts.readOnly ?? true, allowEncrypted: true });
+  const stored = await openVmdk(path, { readOnly: opts.readOnly ?? true, allowEncrypted: true, ...(opts.format ? { format: opts.format } : {}) });
   try {
     const enc = encryptionOf(stored);
     if (enc?.job !== undefined && !opts.allowJob) {

@@ -13,17 +13,20 @@
  * fsynced, files of a replaced disk that the new one does not reuse are removed, and the staging
  * folder goes. Until the descriptor's rename nothing exists under the final name.
  *
- * A staging folder left by a killed process (dead pid) is handled by the next job on the same
- * name (and by resumeDisk): without commit.json it is simply removed; with one, the commit is
+ * The job holds the staging folder's NAME reserved (src/util/name-lock.ts: a kernel lock that ends
+ * with the process) from before mkdir until the folder is gone. A staging folder whose name can be
+ * reserved is therefore a dead job's, whatever its pid says (a zombie or a recycled pid cannot keep
+ * it alive, and a live job in this very process still holds it). The next job on the same name
+ * (and resumeDisk) handles it: without commit.json it is simply removed; with one, the commit is
  * rolled forward (the staged files are complete and fsynced), so a crash during a commit never
- * leaves a mix of old and new files.
+ * leaves a mix of old and new files. owner.json only tells a human who was writing.
  */
 import { chmod, mkdir, open, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { PipelineError } from './errors.js';
-import { pidAlive } from '../util/process.js';
+import { NameReservations } from './lock.js';
 import { fsyncDir } from '../util/atomic-file.js';
 
 const STAGE_INFIX = '.vmseal-tmp-';
@@ -52,8 +55,12 @@ export async function fsyncPath(path: string): Promise<void> {
 // fsync of a folder (so renames in it are durable) is the util layer's; re-exported for the pipeline.
 export { fsyncDir };
 
-/** Remove staging folders of `name` in `dir` left by processes that died (rolling back a half commit). */
-export async function cleanStaleStages(dir: string, name: string): Promise<string[]> {
+/**
+ * Remove staging folders of `name` in `dir` left by jobs that died (rolling a half commit forward).
+ * A folder is a dead job's when its name can be reserved; the files a roll-forward renames into
+ * place are reserved too, so it never replaces a file another job holds.
+ */
+export async function cleanStaleStages(dir: string, name: string, held?: NameReservations): Promise<string[]> {
   const prefix = `.${name}${STAGE_INFIX}`;
   const removed: string[] = [];
   let entries: string[];
@@ -62,28 +69,40 @@ export async function cleanStaleStages(dir: string, name: string): Promise<strin
   } catch {
     return removed;
   }
-  for (const entry of entries) {
-    if (!entry.startsWith(prefix)) continue;
-    const stageDir = join(dir, entry);
-    let owner: { pid?: number; host?: string } = {};
-    try {
-      owner = JSON.parse(await readFile(join(stageDir, OWNER), 'utf8'));
-    } catch {
-      const m = /-(\d+)-[0-9a-f]+$/.exec(entry);
-      owner = m ? { pid: Number(m[1]), host: hostname() } : {};
+  const stale = entries.filter((e) => e.startsWith(prefix));
+  if (stale.length === 0) return removed;
+  // The caller's reservations when it has some (its own names never conflict with themselves).
+  const names = held ?? new NameReservations();
+  try {
+    for (const entry of stale) {
+      const stageDir = join(dir, entry);
+      if (!names.tryReserveExclusive(stageDir)) continue; // its job is alive
+      let commit: CommitRecord | undefined;
+      try {
+        commit = JSON.parse(await readFile(join(stageDir, COMMIT), 'utf8')) as CommitRecord;
+      } catch {
+        commit = undefined; // no commit had started: nothing outside the staging folder
+      }
+      if (commit) {
+        await names.reserve(
+          plainNames(commit.files).map((f) => join(dir, f)),
+          'exclusive',
+        );
+        await finishCommit(dir, stageDir, commit);
+      }
+      await rm(stageDir, { recursive: true, force: true });
+      names.release(stageDir);
+      removed.push(stageDir);
     }
-    if (owner.host !== hostname() || owner.pid === undefined || pidAlive(owner.pid)) continue;
-    let commit: CommitRecord | undefined;
-    try {
-      commit = JSON.parse(await readFile(join(stageDir, COMMIT), 'utf8')) as CommitRecord;
-    } catch {
-      commit = undefined; // no commit had started: nothing outside the staging folder
-    }
-    if (commit) await finishCommit(dir, stageDir, commit);
-    await rm(stageDir, { recursive: true, force: true });
-    removed.push(stageDir);
+  } finally {
+    if (!held) names.close();
   }
   return removed;
+}
+
+/** Names that stay in the folder (a commit record is never trusted to name a path elsewhere). */
+function plainNames(files: string[]): string[] {
+  return files.filter((f) => typeof f === 'string' && f !== '' && !f.includes('/') && !f.includes('\\') && f !== '..' && f !== '.');
 }
 
 interface CommitRecord {
@@ -115,7 +134,10 @@ export class StagedOutput {
   readonly stagePath: string;
   #done = false;
 
-  private constructor(finalPath: string, stageDir: string) {
+  readonly #names: NameReservations;
+
+  private constructor(finalPath: string, stageDir: string, names: NameReservations) {
+    this.#names = names;
     this.finalPath = finalPath;
     this.dir = dirname(finalPath);
     this.name = basename(finalPath);
@@ -123,20 +145,31 @@ export class StagedOutput {
     this.stagePath = join(stageDir, this.name);
   }
 
-  /** Check the final name is free (unless force), clean stale stages of it, make the staging folder. */
-  static async prepare(output: string, opts: { force?: boolean } = {}): Promise<StagedOutput> {
+  /**
+   * Check the final name is free (unless force), clean stale stages of it, make the staging folder
+   * with its name reserved in `names` (the job's reservations) until commit or discard.
+   */
+  static async prepare(output: string, opts: { force?: boolean; names: NameReservations }): Promise<StagedOutput> {
     const finalPath = resolve(output);
     const dir = dirname(finalPath);
     const name = basename(finalPath);
     if (!(await pathExists(dir))) throw new PipelineError('ERR_INVALID_ARGUMENT', `cannot write ${finalPath}: the folder ${dir} does not exist`);
-    await cleanStaleStages(dir, name);
+    await cleanStaleStages(dir, name, opts.names);
     if (!opts.force && (await pathExists(finalPath))) {
       throw new PipelineError('ERR_OUTPUT_EXISTS', `${finalPath} exists; give another output name or force to replace it`);
     }
     const stageDir = join(dir, `.${name}${STAGE_INFIX}${process.pid}-${randomBytes(4).toString('hex')}`);
-    await mkdir(stageDir, { mode: 0o700 });
-    await writeFile(join(stageDir, OWNER), JSON.stringify({ pid: process.pid, host: hostname(), started: new Date().toISOString() }) + '\n');
-    return new StagedOutput(finalPath, stageDir);
+    // Reserved before it exists: a cleaner never sees this folder without its owner's lock.
+    await opts.names.reserve([stageDir], 'exclusive');
+    try {
+      await mkdir(stageDir, { mode: 0o700 });
+      await writeFile(join(stageDir, OWNER), JSON.stringify({ pid: process.pid, host: hostname(), started: new Date().toISOString() }) + '\n');
+    } catch (err) {
+      await rm(stageDir, { recursive: true, force: true });
+      opts.names.release(stageDir);
+      throw err;
+    }
+    return new StagedOutput(finalPath, stageDir, opts.names);
   }
 
   /** Files of the staged disk (names only). */
@@ -148,10 +181,13 @@ export class StagedOutput {
    * Refuse final names that exist (unless force) or that are files of the source (`protect`).
    * Call once the staged disk's files exist.
    */
-  async checkTargets(opts: { force?: boolean; protect?: string[] } = {}): Promise<void> {
+  async checkTargets(opts: { force?: boolean; protect?: string[]; planned?: string[] } = {}): Promise<void> {
     const protect = new Set((opts.protect ?? []).map((p) => resolve(p)));
+    const planned = opts.planned && new Set(opts.planned.map((p) => resolve(p)));
     for (const f of await this.files()) {
       const target = join(this.dir, f);
+      // Only names reserved beforehand may be committed: anything else could be another job's file.
+      if (planned && !planned.has(target)) throw new PipelineError('ERR_INVALID_ARGUMENT', `internal: the staged output has a file ${f} that was not reserved`);
       if (protect.has(target)) throw new PipelineError('ERR_SAME_FILE', `the output file ${target} would replace a file of the input`);
       if (!opts.force && (await pathExists(target))) {
         throw new PipelineError('ERR_OUTPUT_EXISTS', `${target} exists (a file the output needs); give another output name or force to replace it`);
@@ -188,6 +224,7 @@ export class StagedOutput {
     if (opts.deleteFirst) await unlink(this.finalPath).catch((err) => (err.code === 'ENOENT' ? undefined : Promise.reject(err)));
     await finishCommit(this.dir, this.stageDir, record);
     await rm(this.stageDir, { recursive: true, force: true });
+    this.#names.release(this.stageDir);
   }
 
   /** Remove the staging folder and everything in it (after a failure or cancellation). */
@@ -195,5 +232,6 @@ export class StagedOutput {
     if (this.#done) return;
     this.#done = true;
     await rm(this.stageDir, { recursive: true, force: true });
+    this.#names.release(this.stageDir);
   }
 }

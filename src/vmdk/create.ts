@@ -105,7 +105,7 @@ export async function createDisk(path: string, options: CreateDiskOptions): Prom
   switch (subformat) {
     case 'monolithicFlat':
     case 'vmfs': {
-      const name = `${stem}-flat.vmdk`;
+      const name = extentFileNames(stem, subformat, [capacity])[0];
       // qemu accepts an offset on FLAT lines only; VMware writes VMFS lines without one.
       const d = descriptor([subformat === 'vmfs' ? extentLine('RW', sectors, 'VMFS', name) : extentLine('RW', sectors, 'FLAT', name, 0)]);
       await createFlatFile(join(dir, name), capacity, overwrite);
@@ -114,7 +114,7 @@ export async function createDisk(path: string, options: CreateDiskOptions): Prom
     }
     case 'twoGbMaxExtentFlat': {
       const parts = split(capacity, maxExtent);
-      const names = parts.map((_, i) => `${stem}-f${String(i + 1).padStart(3, '0')}.vmdk`);
+      const names = extentFileNames(stem, subformat, parts);
       const d = descriptor(parts.map((bytes, i) => extentLine('RW', bytes / SECTOR, 'FLAT', names[i], 0)));
       for (let i = 0; i < parts.length; i++) await createFlatFile(join(dir, names[i]), parts[i], overwrite);
       await writeTextDescriptor(abs, d, overwrite);
@@ -122,7 +122,7 @@ export async function createDisk(path: string, options: CreateDiskOptions): Prom
     }
     case 'twoGbMaxExtentSparse': {
       const parts = split(capacity, maxExtent);
-      const names = parts.map((_, i) => `${stem}-s${String(i + 1).padStart(3, '0')}.vmdk`);
+      const names = extentFileNames(stem, subformat, parts);
       const d = descriptor(parts.map((bytes, i) => extentLine('RW', bytes / SECTOR, 'SPARSE', names[i])));
       for (let i = 0; i < parts.length; i++) await createSparseFile(join(dir, names[i]), parts[i] / SECTOR, grainSectors, undefined, overwrite);
       await writeTextDescriptor(abs, d, overwrite);
@@ -157,7 +157,36 @@ export async function createDisk(path: string, options: CreateDiskOptions): Prom
       }
     }
   }
-  return openDisk(abs, { allowEncrypted: true });
+  // The kind comes from the subformat, never from the name: a VMDK named `.img` is still a VMDK.
+  return openDisk(abs, { allowEncrypted: true, format: 'vmdk' });
+}
+
+/** Extent file names (besides the descriptor) of a new disk whose descriptor is `<stem>.<ext>`. */
+function extentFileNames(stem: string, subformat: CreateSubformat, parts: number[]): string[] {
+  switch (subformat) {
+    case 'monolithicFlat':
+    case 'vmfs':
+      return [`${stem}-flat.vmdk`];
+    case 'twoGbMaxExtentFlat':
+      return parts.map((_, i) => `${stem}-f${String(i + 1).padStart(3, '0')}.vmdk`);
+    case 'twoGbMaxExtentSparse':
+      return parts.map((_, i) => `${stem}-s${String(i + 1).padStart(3, '0')}.vmdk`);
+    default:
+      return [];
+  }
+}
+
+/**
+ * The files createDisk will make for these options, as absolute paths, the descriptor (or only
+ * file) first: a job reserves and checks every one of them before creating any.
+ */
+export function plannedDiskFiles(path: string, options: Pick<CreateDiskOptions, 'capacity' | 'subformat' | 'maxExtentSize'>): string[] {
+  const abs = resolve(path);
+  const subformat = options.subformat ?? 'monolithicSparse';
+  const twoGb = subformat === 'twoGbMaxExtentFlat' || subformat === 'twoGbMaxExtentSparse';
+  const parts = twoGb ? split(options.capacity, options.maxExtentSize ?? TWO_GIB) : [options.capacity];
+  const dir = dirname(abs);
+  return [abs, ...extentFileNames(basename(abs, extname(abs)), subformat, parts).map((n) => join(dir, n))];
 }
 
 function split(capacity: number, max: number): number[] {

@@ -3,4 +3,4 @@ export { VmdkFormatError, type VmdkErrorCode, type VmdkErrorLocation } from './e
 export { Descriptor, MAX_DESCRIPTOR_BYTES, type ExtentLine, type ExtentAccess, type DescriptorSetOptions } from './descriptor.js';
 export { type VirtualDisk, type AllocatedRange, MAX_READ_BYTES } from './disk.js';
 export { openDisk, SUPPORTED_SUBFORMATS, MAX_EXTENTS, type OpenDiskOptions } from './open.js';
-export { createDisk, CREATE_SUBFORMATS, ADAPTER_TYPES, type CreateDiskOptions, type CreateSubformat } from './create.js';
+export { createDisk, plannedDiskFiles, CREATE_SUBFORMATS, ADAPTER_TYPES, type CreateDiskOptions, type CreateSubformat } from './create.js';

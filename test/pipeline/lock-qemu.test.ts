@@ -66,12 +66,12 @@ describe.skipIf(!hasQemu)('disk locks and qemu', () => {
     expect(qemuWrite(disk).status).toBe(0);
   });
 
-  it('qemu-io writing a disk makes vmseal refuse it (exclusive and shared) with ERR_DISK_BUSY', async () => {
+  it('qemu-io writing a disk makes vmseal refuse it (exclusive and shared) with ERR_QEMU_LOCKED', async () => {
     const disk = newDisk();
     const qemu = await openQemuIo(disk);
     try {
-      await expect(acquireLock(disk, 'encrypt', 'exclusive')).rejects.toMatchObject({ code: 'ERR_DISK_BUSY', message: expect.stringContaining('qemu') });
-      await expect(acquireLock(disk, 'decrypt', 'shared')).rejects.toMatchObject({ code: 'ERR_DISK_BUSY' });
+      await expect(acquireLock(disk, 'encrypt', 'exclusive')).rejects.toMatchObject({ code: 'ERR_QEMU_LOCKED', message: expect.stringContaining('qemu') });
+      await expect(acquireLock(disk, 'decrypt', 'shared')).rejects.toMatchObject({ code: 'ERR_QEMU_LOCKED' });
     } finally {
       await closeQemuIo(qemu);
     }

@@ -2,11 +2,13 @@
  * Small checks and texts shared by the commands.
  */
 import { access, stat } from 'node:fs/promises';
-import { dirname, resolve } from 'node:path';
+import { dirname, extname, resolve } from 'node:path';
 import { inspectDisk } from '../../pipeline/index.js';
 import { describeKeySafe, type LockerInfo } from '../../keys/index.js';
 import { readEncryptionParams } from '../../disk/index.js';
-import { CliError } from '../errors.js';
+import { CliError, usageError } from '../errors.js';
+import type { Ctx } from '../context.js';
+import type { DiskFormat } from '../parse.js';
 import { ExitCode } from '../exit-codes.js';
 
 /** IN must exist and be a readable file (checked before keys are made or passphrases asked). */
@@ -30,7 +32,7 @@ export async function requireInputFile(path: string, what = 'the input'): Promis
  * only a capacity ("Expected a positive multiple of 512 for options.capacity") and not the file the
  * user named. Exit 5: the input is not a valid disk image, like any other format problem.
  */
-export async function requireWholeSectors(path: string): Promise<void> {
+export async function requireWholeSectors(path: string, format?: DiskFormat): Promise<void> {
   const size = (await stat(path)).size;
   if (size === 0) {
     throw new CliError('ERR_CLI_INPUT_SIZE', `the input ${path} is empty (0 bytes): a disk image holds at least one 512-byte sector`, {
@@ -40,7 +42,7 @@ export async function requireWholeSectors(path: string): Promise<void> {
   }
   if (size % SECTOR === 0) return;
   // Only a raw image must be whole sectors: a VMDK descriptor is a small text file of any length.
-  const info = await inspectDisk(path).catch(() => undefined);
+  const info = await inspectDisk(path, format ? { format } : {}).catch(() => undefined);
   if (info?.subformat !== 'raw') return;
   throw new CliError('ERR_CLI_INPUT_SIZE', `the raw image ${path} is ${size} bytes, not a multiple of ${SECTOR} (a disk is whole ${SECTOR}-byte sectors)`, {
     exitCode: ExitCode.FORMAT,
@@ -74,9 +76,31 @@ export async function requireFreeOutput(path: string, force: boolean | undefined
   }
 }
 
+/**
+ * A raw output must not be named .vmdk (checked before keys are asked for; the pipeline checks it
+ * too): reading it back would mean guessing its format from what the guest wrote in it.
+ */
+export function requireRawOutputName(output: string, subformat: string | undefined): void {
+  if (subformat !== 'raw' || extname(output).toLowerCase() !== '.vmdk') return;
+  throw usageError(
+    `the raw output ${output} is named .vmdk: reading it back would mean guessing its format from guest-written content (a guest could make it read as another disk)`,
+    'Name a raw image .img or .raw, or choose a VMDK --subformat',
+  );
+}
+
+/** The `--format` of a command as job options (nothing: detect). */
+export function formatOpts(format: DiskFormat | undefined): { format?: DiskFormat } {
+  return format === undefined ? {} : { format };
+}
+
+/** Print the notes a job returned (e.g. a VMDK output named like a raw image). */
+export function printNotes(ctx: Ctx, notes: readonly string[] | undefined): void {
+  for (const n of notes ?? []) ctx.output.note(`Note: ${n}.`);
+}
+
 /** The lockers of an encrypted disk (empty for a plain disk). */
-export async function lockersOf(path: string): Promise<LockerInfo[]> {
-  const params = await readEncryptionParams(path);
+export async function lockersOf(path: string, format?: DiskFormat): Promise<LockerInfo[]> {
+  const params = await readEncryptionParams(path, formatOpts(format));
   return params ? describeKeySafe(params.keySafe) : [];
 }
 

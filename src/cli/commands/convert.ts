@@ -12,13 +12,14 @@ import { CliError, usageError } from '../errors.js';
 import { ExitCode } from '../exit-codes.js';
 import { throughputText, withHooks } from '../jobs.js';
 import { KeySession, withKeys, type KeyCliOptions } from '../key-session.js';
-import { formatBytes, formatDuration, type CipherName, type Subformat, type UnitSize } from '../parse.js';
-import { requireFreeOutput, requireInputFile, requireWholeSectors } from './common.js';
+import { formatBytes, formatDuration, type CipherName, type DiskFormat, type Subformat, type UnitSize } from '../parse.js';
+import { formatOpts, printNotes, requireFreeOutput, requireInputFile, requireRawOutputName, requireWholeSectors } from './common.js';
 import { checkEncryptedSubformat, encryptedOutputSubformat, jobTuning } from './encrypt.js';
 
 export interface ConvertCliOptions extends KeyCliOptions {
   subformat?: Subformat;
   list?: string;
+  format?: DiskFormat;
   encrypt?: boolean;
   decrypt?: boolean;
   cipher: CipherName;
@@ -43,9 +44,9 @@ async function exists(path: string): Promise<boolean> {
   );
 }
 
-async function isEncrypted(path: string): Promise<boolean> {
+async function isEncrypted(path: string, format: DiskFormat | undefined): Promise<boolean> {
   // A raw image or an unreadable file is "not encrypted" here; the conversion itself reports why it fails.
-  return (await readEncryptionParams(path).catch(() => null)) !== null;
+  return (await readEncryptionParams(path, formatOpts(format)).catch(() => null)) !== null;
 }
 
 /** Convert one image; shared by the single and the batch forms. */
@@ -65,12 +66,13 @@ async function convertOne(
       hint: 'Choose another output name, add --force to replace it, or --skip-existing to keep it',
     });
   }
-  const encryptedInput = await isEncrypted(item.input);
-  const unlock = encryptedInput ? await keys.unlockOptions(item.input, { usePassphrase: keys.passphraseGiven && !opts.encrypt }) : undefined;
+  const encryptedInput = await isEncrypted(item.input, opts.format);
+  const unlock = encryptedInput ? await keys.unlockOptions(item.input, { usePassphrase: keys.passphraseGiven && !opts.encrypt, ...formatOpts(opts.format) }) : undefined;
   const encrypt = opts.encrypt ? { lockers: await newLockers(), cipher: opts.cipher, unitSize: opts.unitSize, cache: keys.cache } : undefined;
   return withHooks(ctx, label, (hooks) =>
     convertDisk(item.input, item.output, {
       ...jobTuning(opts),
+      ...formatOpts(opts.format),
       signal: hooks.signal,
       onProgress: hooks.onProgress,
       ...(opts.subformat !== undefined ? { subformat: opts.subformat } : {}),
@@ -93,20 +95,22 @@ export async function convertCommand(ctx: Ctx, first: string | undefined, second
   if (await isDirectory(first)) return convertBatch(ctx, first, undefined, second, opts);
 
   ctx.doing = `cannot convert ${first}`;
+  requireRawOutputName(second, opts.subformat);
   await requireInputFile(first);
-  await requireWholeSectors(first);
+  await requireWholeSectors(first, opts.format);
   if (opts.skipExisting && (await exists(second))) {
     ctx.output.result({ ok: true, command: 'convert', input: first, output: second, skipped: true });
     ctx.output.line(`Skipped ${first}: ${second} already exists (--skip-existing)`);
     return;
   }
   await requireFreeOutput(second, opts.force);
-  const subformat = opts.encrypt ? await encryptedOutputSubformat(ctx, first, opts.subformat) : opts.subformat;
+  const subformat = opts.encrypt ? await encryptedOutputSubformat(ctx, first, opts.subformat, opts.format) : opts.subformat;
   const one = { ...opts, ...(subformat !== undefined ? { subformat } : {}) };
   const result = (await withKeys(ctx, opts, (keys) => convertOne(ctx, keys, { input: first, output: second }, one, () => keys.newLockers(), 'convert'))) as JobResult;
   ctx.output.result({ ok: true, command: 'convert', ...result });
   ctx.output.line(`Converted ${first} -> ${result.output} (${result.subformat}${result.encrypted ? ', encrypted' : ''})`);
   ctx.output.line(`  ${throughputText(result.bytesProcessed, result.seconds)}`);
+  printNotes(ctx, result.notes);
 }
 
 async function convertBatch(ctx: Ctx, dir: string | undefined, listFile: string | undefined, outDir: string, opts: ConvertCliOptions): Promise<void> {

@@ -7,13 +7,14 @@ import type { Ctx } from '../context.js';
 import { usageError } from '../errors.js';
 import { throughputText, withHooks } from '../jobs.js';
 import { withKeys, type KeyCliOptions } from '../key-session.js';
-import type { Subformat } from '../parse.js';
-import { requireFreeOutput, requireInputFile } from './common.js';
+import type { DiskFormat, Subformat } from '../parse.js';
+import { formatOpts, printNotes, requireFreeOutput, requireInputFile, requireRawOutputName } from './common.js';
 import { jobTuning } from './encrypt.js';
 
 export interface DecryptCliOptions extends KeyCliOptions {
   subformat?: Subformat;
   raw?: boolean;
+  format?: DiskFormat;
   force?: boolean;
   chunkSize?: number;
   threads?: number;
@@ -31,13 +32,15 @@ export function plainSubformat(opts: { subformat?: Subformat; raw?: boolean }): 
 export async function decryptCommand(ctx: Ctx, input: string, output: string, opts: DecryptCliOptions): Promise<void> {
   ctx.doing = `cannot decrypt ${input}`;
   const subformat = plainSubformat(opts);
+  requireRawOutputName(output, subformat);
   await requireInputFile(input);
   await requireFreeOutput(output, opts.force);
   const result = await withKeys(ctx, opts, async (keys) => {
-    const unlock = await keys.unlockOptions(input);
+    const unlock = await keys.unlockOptions(input, formatOpts(opts.format));
     return withHooks(ctx, 'decrypt', (hooks) =>
       decryptDisk(input, output, {
         ...jobTuning(opts),
+        ...formatOpts(opts.format),
         signal: hooks.signal,
         onProgress: hooks.onProgress,
         keys: unlock,
@@ -49,4 +52,5 @@ export async function decryptCommand(ctx: Ctx, input: string, output: string, op
   ctx.output.result({ ok: true, command: 'decrypt', ...result });
   ctx.output.line(`Decrypted ${input} -> ${result.output} (${result.subformat})`);
   ctx.output.line(`  ${throughputText(result.bytesProcessed, result.seconds)}`);
+  printNotes(ctx, result.notes);
 }

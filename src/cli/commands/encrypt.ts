@@ -7,12 +7,13 @@ import type { Ctx } from '../context.js';
 import { usageError } from '../errors.js';
 import { throughputText, withHooks } from '../jobs.js';
 import { withKeys, type KeyCliOptions } from '../key-session.js';
-import type { CipherName, Subformat, UnitSize } from '../parse.js';
-import { lockersOf, lockerJson, lockerText, requireFreeOutput, requireInputFile, requireWholeSectors } from './common.js';
+import type { CipherName, DiskFormat, Subformat, UnitSize } from '../parse.js';
+import { formatOpts, lockersOf, lockerJson, lockerText, printNotes, requireFreeOutput, requireInputFile, requireWholeSectors } from './common.js';
 
 export interface EncryptCliOptions extends KeyCliOptions {
   trustV1Journal?: boolean;
   subformat?: Subformat;
+  format?: DiskFormat;
   cipher: CipherName;
   unitSize: UnitSize;
   inPlace?: boolean;
@@ -37,9 +38,9 @@ export function checkEncryptedSubformat(subformat: Subformat | undefined): void 
  * The subformat of an encrypted output when none was asked for: the input's, except that a
  * streamOptimized input (which an encrypted disk cannot be) becomes monolithicSparse.
  */
-export async function encryptedOutputSubformat(ctx: Ctx, input: string, asked: Subformat | undefined): Promise<Subformat | undefined> {
+export async function encryptedOutputSubformat(ctx: Ctx, input: string, asked: Subformat | undefined, format?: DiskFormat): Promise<Subformat | undefined> {
   if (asked !== undefined) return asked;
-  const info = await inspectDisk(input).catch(() => undefined);
+  const info = await inspectDisk(input, formatOpts(format)).catch(() => undefined);
   // A raw input is left to the pipeline, which quietly writes monolithicFlat (the same bytes, encrypted).
   if (info === undefined || info.format === 'raw' || canEncryptSubformat(info.subformat)) return undefined;
   const replacement = encryptedSubformatFor(info.subformat) as Subformat;
@@ -66,14 +67,15 @@ export async function encryptCommand(ctx: Ctx, input: string, output: string | u
   if (opts.inPlace) {
     if (output !== undefined) throw usageError('--in-place encrypts IN itself: give no OUT', 'Drop OUT, or drop --in-place to write a new image');
     if (opts.subformat !== undefined) throw usageError('--in-place keeps the subformat: --subformat cannot be given with it');
+    if (opts.format === 'raw') throw usageError('a raw image cannot be encrypted in place (it has no descriptor to carry the key)', 'Drop --in-place and give OUT: `vmseal encrypt IN OUT --format raw`');
   } else if (output === undefined) {
     throw usageError('encrypt needs OUT (or --in-place)', 'Run `vmseal encrypt IN OUT`, or `vmseal encrypt IN --in-place`');
   }
   checkEncryptedSubformat(opts.subformat);
   await requireInputFile(input);
-  await requireWholeSectors(input);
+  await requireWholeSectors(input, opts.format);
   if (output !== undefined) await requireFreeOutput(output, opts.force);
-  const subformat = output !== undefined ? await encryptedOutputSubformat(ctx, input, opts.subformat) : undefined;
+  const subformat = output !== undefined ? await encryptedOutputSubformat(ctx, input, opts.subformat, opts.format) : undefined;
 
   if (opts.inPlace) ctx.interruptNote = `run \`vmseal resume ${input}\` (or this command again) to finish`;
   let newHome: string | undefined;
@@ -81,18 +83,20 @@ export async function encryptCommand(ctx: Ctx, input: string, output: string | u
     const lockers = await keys.newLockers();
     newHome = keys.newKeystoreHome;
     return withHooks(ctx, 'encrypt', (hooks) => {
-      const common = { ...jobTuning(opts), signal: hooks.signal, onProgress: hooks.onProgress, lockers, cipher: opts.cipher, unitSize: opts.unitSize, cache: keys.cache };
+      const common = { ...jobTuning(opts), ...formatOpts(opts.format), signal: hooks.signal, onProgress: hooks.onProgress, lockers, cipher: opts.cipher, unitSize: opts.unitSize, cache: keys.cache };
       return output === undefined
         ? encryptInPlace(input, common)
         : encryptDisk(input, output, { ...common, ...(subformat !== undefined ? { subformat } : {}) });
     });
   });
 
-  const lockers = await lockersOf(result.output);
+  // The output of a job is a VMDK whatever its name (an encrypted disk always is).
+  const lockers = await lockersOf(result.output, 'vmdk');
   ctx.output.result({ ok: true, command: 'encrypt', ...result, cipher: opts.cipher, unitSize: opts.unitSize, lockers: lockers.map(lockerJson) });
   ctx.output.line(`Encrypted ${input}${output !== undefined ? ` -> ${result.output}` : ' in place'} (${result.subformat}, ${opts.cipher}, ${opts.unitSize}-byte units)`);
   for (const l of lockers) ctx.output.line(`  locked by ${lockerText(l)}`);
   ctx.output.line(`  ${throughputText(result.bytesProcessed, result.seconds)}`);
+  printNotes(ctx, result.notes);
   if (newHome !== undefined) {
     ctx.output.note(`Note: created a new local keystore in ${newHome} for the disk's key. Back it up (\`vmseal keys backup FILE\`): without it, the disk opens only with a recovery passphrase.`);
   }

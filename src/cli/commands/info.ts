@@ -6,14 +6,15 @@ import { readEncryptionParams } from '../../disk/index.js';
 import { inspectDisk, type DiskInfo } from '../../pipeline/index.js';
 import type { Ctx } from '../context.js';
 import { withKeys, type KeyCliOptions } from '../key-session.js';
-import { formatBytes } from '../parse.js';
-import { lockerText, requireInputFile } from './common.js';
+import { formatBytes, type DiskFormat } from '../parse.js';
+import { formatOpts, lockerText, requireInputFile } from './common.js';
 
-export async function infoCommand(ctx: Ctx, disk: string, opts: KeyCliOptions): Promise<void> {
+export async function infoCommand(ctx: Ctx, disk: string, opts: KeyCliOptions & { format?: DiskFormat }): Promise<void> {
   ctx.doing = `cannot inspect ${disk}`;
   await requireInputFile(disk, 'the disk');
-  const encrypted = (await readEncryptionParams(disk).catch(() => null)) !== null;
-  const info = await withKeys(ctx, opts, async (keys) => inspectDisk(disk, encrypted ? { keys: await keys.unlockOptions(disk) } : {}));
+  const format = formatOpts(opts.format);
+  const encrypted = (await readEncryptionParams(disk, format).catch(() => null)) !== null;
+  const info = await withKeys(ctx, opts, async (keys) => inspectDisk(disk, { ...format, ...(encrypted ? { keys: await keys.unlockOptions(disk, format) } : {}) }));
   ctx.output.result({ ok: true, command: 'info', ...info });
   ctx.output.table(infoRows(info, disk));
 }

@@ -10,7 +10,7 @@ import { ExitCode } from '../exit-codes.js';
 import { throughputText, withHooks } from '../jobs.js';
 import { withKeys, type KeyCliOptions, type KeySession } from '../key-session.js';
 import type { CipherName, UnitSize } from '../parse.js';
-import { lockerJson, lockersOf, lockerText, requireInputFile } from './common.js';
+import { formatOpts, lockerJson, lockersOf, lockerText, requireInputFile } from './common.js';
 import { jobTuning } from './encrypt.js';
 
 export interface RekeyCliOptions extends KeyCliOptions {
@@ -23,6 +23,7 @@ export interface RekeyCliOptions extends KeyCliOptions {
   inPlace?: boolean;
   cipher?: CipherName;
   unitSize?: UnitSize;
+  format?: 'vmdk' | 'raw';
   force?: boolean;
   chunkSize?: number;
   threads?: number;
@@ -52,7 +53,7 @@ export async function rekeyCommand(ctx: Ctx, disk: string, opts: RekeyCliOptions
   }
   await requireInputFile(disk, 'the disk');
   if (opts.deep && opts.inPlace) ctx.interruptNote = `run \`vmseal resume ${disk}\` (or this command again) to finish`;
-  const before = await lockersOf(disk);
+  const before = await lockersOf(disk, opts.format);
   const hadPhrase = before.some((l) => l.kind === 'passphrase');
   if (opts.removeRecoveryPassphrase && !hadPhrase) {
     throw new CliError('ERR_CLI_NO_PASSPHRASE_LOCKER', `${disk} has no recovery passphrase to remove`, { exitCode: ExitCode.FAILURE, hint: '`vmseal info DISK` lists its lockers' });
@@ -62,7 +63,7 @@ export async function rekeyCommand(ctx: Ctx, disk: string, opts: RekeyCliOptions
     if (opts.shallow) {
       const changeKek = opts.newKey === true || opts.keyProvider !== undefined || opts.keyId !== undefined || (!opts.addRecoveryPassphrase && !opts.removeRecoveryPassphrase);
       // A passphrase source gives the NEW passphrase when adding one; otherwise it may unlock the disk.
-      const unlock = await keys.unlockOptions(disk, { usePassphrase: !opts.addRecoveryPassphrase && keys.passphraseGiven });
+      const unlock = await keys.unlockOptions(disk, { usePassphrase: !opts.addRecoveryPassphrase && keys.passphraseGiven, ...formatOpts(opts.format) });
       const addLockers: LockerSpec[] = [];
       const removeLockers: number[] = [];
       if (changeKek) {
@@ -72,12 +73,12 @@ export async function rekeyCommand(ctx: Ctx, disk: string, opts: RekeyCliOptions
       }
       if (opts.removeRecoveryPassphrase) for (const l of before) if (l.kind === 'passphrase') removeLockers.push(l.index);
       if (opts.addRecoveryPassphrase) addLockers.push(await keys.recoveryLocker());
-      return shallowRekey(disk, { keys: unlock, addLockers, removeLockers, cache: keys.cache });
+      return shallowRekey(disk, { keys: unlock, addLockers, removeLockers, cache: keys.cache, ...formatOpts(opts.format) });
     }
 
     // Deep: a new DEK. Provider lockers are carried over (same KEKs) unless a new KEK is asked for;
     // a recovery passphrase can only be carried over by someone who knows it.
-    const unlock = await keys.unlockOptions(disk);
+    const unlock = await keys.unlockOptions(disk, formatOpts(opts.format));
     const keepPhrase = hadPhrase && !opts.removeRecoveryPassphrase;
     if (keepPhrase && !keys.passphraseGiven) {
       throw usageError(
@@ -101,6 +102,7 @@ export async function rekeyCommand(ctx: Ctx, disk: string, opts: RekeyCliOptions
     return withHooks(ctx, 'rekey', (hooks) =>
       deepRekey(disk, {
         ...jobTuning(opts),
+        ...formatOpts(opts.format),
         signal: hooks.signal,
         onProgress: hooks.onProgress,
         keys: unlock,
@@ -113,7 +115,7 @@ export async function rekeyCommand(ctx: Ctx, disk: string, opts: RekeyCliOptions
     );
   });
 
-  const after = await lockersOf(disk);
+  const after = await lockersOf(disk, opts.format);
   ctx.output.result({ ok: true, command: 'rekey', mode: opts.shallow ? 'shallow' : 'deep', ...result, lockers: after.map(lockerJson) });
   ctx.output.line(`Rekeyed ${disk} (${opts.shallow ? 'shallow: new lockers, same disk key' : 'deep: new disk key, data re-encrypted'})`);
   for (const l of after) ctx.output.line(`  locked by ${lockerText(l)}`);

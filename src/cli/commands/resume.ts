@@ -5,14 +5,14 @@ import { resumeDisk } from '../../pipeline/index.js';
 import type { Ctx } from '../context.js';
 import { throughputText, withHooks } from '../jobs.js';
 import { withKeys, type KeyCliOptions } from '../key-session.js';
-import { requireInputFile } from './common.js';
+import { formatOpts, requireInputFile } from './common.js';
 
-export async function resumeCommand(ctx: Ctx, disk: string, opts: KeyCliOptions & { trustV1Journal?: boolean }): Promise<void> {
+export async function resumeCommand(ctx: Ctx, disk: string, opts: KeyCliOptions & { trustV1Journal?: boolean; format?: 'vmdk' | 'raw' }): Promise<void> {
   ctx.doing = `cannot resume the job on ${disk}`;
   await requireInputFile(disk, 'the disk');
   const result = await withKeys(ctx, opts, async (keys) => {
-    const unlock = await keys.unlockOptions(disk);
-    return withHooks(ctx, 'resume', (hooks) => resumeDisk(disk, { signal: hooks.signal, onProgress: hooks.onProgress, keys: unlock, cache: keys.cache, ...(opts.trustV1Journal ? { trustV1Journal: true } : {}) }));
+    const unlock = await keys.unlockOptions(disk, formatOpts(opts.format));
+    return withHooks(ctx, 'resume', (hooks) => resumeDisk(disk, { ...formatOpts(opts.format), signal: hooks.signal, onProgress: hooks.onProgress, keys: unlock, cache: keys.cache, ...(opts.trustV1Journal ? { trustV1Journal: true } : {}) }));
   });
   if (result === null) {
     ctx.output.result({ ok: true, command: 'resume', resumed: false, path: disk });

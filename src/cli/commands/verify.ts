@@ -8,10 +8,13 @@ import type { Ctx } from '../context.js';
 import { ExitCode } from '../exit-codes.js';
 import { throughputText, withHooks } from '../jobs.js';
 import { withKeys, type KeyCliOptions } from '../key-session.js';
-import { requireInputFile } from './common.js';
+import type { DiskFormat } from '../parse.js';
+import { formatOpts, requireInputFile } from './common.js';
 
 export interface VerifyCliOptions extends KeyCliOptions {
   against?: string;
+  format?: DiskFormat;
+  againstFormat?: DiskFormat;
 }
 
 export async function verifyCommand(ctx: Ctx, disk: string, opts: VerifyCliOptions): Promise<void> {
@@ -20,15 +23,19 @@ export async function verifyCommand(ctx: Ctx, disk: string, opts: VerifyCliOptio
   if (opts.against !== undefined) await requireInputFile(opts.against, 'the plain image');
   const started = performance.now();
   const result = await withKeys(ctx, opts, async (keys) => {
-    const encrypted = (await readEncryptionParams(disk).catch(() => null)) !== null;
-    const againstEncrypted = opts.against !== undefined && (await readEncryptionParams(opts.against).catch(() => null)) !== null;
+    const format = formatOpts(opts.format);
+    const againstFormat = formatOpts(opts.againstFormat);
+    const encrypted = (await readEncryptionParams(disk, format).catch(() => null)) !== null;
+    const againstEncrypted = opts.against !== undefined && (await readEncryptionParams(opts.against, againstFormat).catch(() => null)) !== null;
     return withHooks(ctx, 'verify', async (hooks) =>
       verifyDisk(disk, {
         signal: hooks.signal,
         onProgress: hooks.onProgress,
-        ...(encrypted ? { keys: await keys.unlockOptions(disk) } : {}),
+        ...format,
+        ...(opts.againstFormat !== undefined ? { againstFormat: opts.againstFormat } : {}),
+        ...(encrypted ? { keys: await keys.unlockOptions(disk, format) } : {}),
         ...(opts.against !== undefined ? { against: opts.against } : {}),
-        ...(againstEncrypted ? { againstKeys: await keys.unlockOptions(opts.against) } : {}),
+        ...(againstEncrypted ? { againstKeys: await keys.unlockOptions(opts.against, againstFormat) } : {}),
       }),
     );
   });
