@@ -100,6 +100,10 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
   ERR_KEYSTORE_IO: { exitCode: ExitCode.FAILURE, hint: 'Check the permissions of VMSEAL_HOME' },
   // integrity
   ERR_BINDING: { exitCode: ExitCode.MISMATCH, hint: "The disk's encryption parameters were changed or swapped; restore the disk or its descriptor from a backup" },
+  ERR_WRONG_DATA: {
+    exitCode: ExitCode.MISMATCH,
+    hint: 'Put back the descriptor that belongs to this data (or restore the disk from a backup); only after a crash during a write, with a descriptor you know is this disk\'s, run `vmseal repair --reseal-data-check DISK`',
+  },
   // formats
   ERR_DISK_ENCRYPTED: { exitCode: ExitCode.FORMAT, hint: 'The disk is already encrypted: use `vmseal decrypt`, `convert` or `rekey`' },
   ERR_NOT_ENCRYPTED: { exitCode: ExitCode.FORMAT, hint: 'The disk is not encrypted: use `vmseal encrypt` or `convert`' },
@@ -178,7 +182,7 @@ const BY_COMMAND: Record<string, Record<string, string>> = {
  * Codes whose messages from the layers below end with their own advice ("…; use rekey to change its
  * keys"): the CLI's hint replaces that advice, so that the line does not say it twice in two wordings.
  */
-const LAYER_ADVICE = new Set(['ERR_DISK_ENCRYPTED', 'ERR_NOT_ENCRYPTED', 'ERR_OUTPUT_EXISTS', 'ERR_VMDK_EXISTS']);
+const LAYER_ADVICE = new Set(['ERR_DISK_ENCRYPTED', 'ERR_NOT_ENCRYPTED', 'ERR_OUTPUT_EXISTS', 'ERR_VMDK_EXISTS', 'ERR_WRONG_DATA']);
 
 /**
  * Why an error happened, in the CLI's words: the layer's own advice (which names library options,

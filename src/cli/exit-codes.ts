@@ -15,7 +15,7 @@ export const ExitCode = {
   KMS_UNAVAILABLE: 4,
   /** An input is not a valid or supported disk image, or is encrypted where plain was expected (or the reverse). */
   FORMAT: 5,
-  /** `verify` found data or metadata that does not match. */
+  /** `verify` found data or metadata that does not match; a descriptor does not belong to its data (ERR_BINDING, ERR_WRONG_DATA). */
   MISMATCH: 6,
   /** Another vmseal process is working on the same disk (its lock file is held). */
   BUSY: 7,

@@ -16,6 +16,7 @@ import { rekeyCommand } from './commands/rekey.js';
 import { infoCommand } from './commands/info.js';
 import { verifyCommand } from './commands/verify.js';
 import { resumeCommand } from './commands/resume.js';
+import { repairCommand } from './commands/repair.js';
 import { keysBackup, keysCreate, keysInit, keysList, keysRestore } from './commands/keys.js';
 import { demoCommand } from './commands/demo.js';
 
@@ -248,6 +249,20 @@ Examples:
     .option('--recovery-passphrase', 'unlock with the recovery passphrase');
   addKeyOptions(resume, false);
   resume.action((disk: string, opts) => resumeCommand(ctx, disk, opts));
+
+  const repair = program
+    .command('repair')
+    .summary('repair the metadata of an encrypted disk (--reseal-data-check)')
+    .description(
+      'Recompute the data check of DISK from its data, with its keys, and write it. The way out when a crash tore a write of unit 0 ' +
+        '(open then fails with exit code 6, ERR_WRONG_DATA); also gives a format-version-1 disk a data check. It trusts the data: ' +
+        'never run it on a descriptor that may have been rolled back or taken from another disk.',
+    )
+    .argument('<DISK>', 'encrypted disk')
+    .option('--reseal-data-check', 'recompute and write the data check (encryption.dataCheck)')
+    .option('--recovery-passphrase', 'unlock with the recovery passphrase');
+  addKeyOptions(repair, false);
+  repair.action((disk: string, opts) => repairCommand(ctx, disk, opts));
 
   const keys = program
     .command('keys')

@@ -9,13 +9,27 @@
  * - A write never leaves a grain half plaintext-zero and half ciphertext: a write that touches an
  *   unallocated grain writes the whole grain (encrypted zeros around the data).
  * - A write covering part of a data unit reads, decrypts, patches and re-encrypts that unit.
+ * - Format version 2: a write that changes the plaintext of unit 0 updates the data check first
+ *   (docs/format.md, "The data check"): (1) pending = the new value, durably; (2) unit 0 written and
+ *   synced; (3) committed = the new value, lazily on flush() or close(). Writes are serialized, so
+ *   there is never more than one pending value.
  */
 import { DiskError } from './errors.js';
 import type { DataCipher } from './cipher.js';
+import { formatDataCheck, type DataCheckKey } from './data-check.js';
 import type { AllocatedRange as ByteRange, Descriptor, VirtualDisk } from '../vmdk/index.js';
-import type { EncryptionParams } from './params.js';
+import { LINE, type EncryptionParams } from './params.js';
 import { expected } from '../errors.js';
 import { MAX_READ_BYTES } from '../vmdk/index.js';
+
+/** @internal The data check of an open version-2 disk. */
+export interface DataCheckState {
+  key: DataCheckKey;
+  /** The value that matches unit 0 as it is on disk now; undefined after a unit-0 write failed (read it again). */
+  current: string | undefined;
+  /** The descriptor's committed slot is not `current` yet, or a stale pending slot is to be cleared. */
+  commitPending: boolean;
+}
 
 export class EncryptedDisk {
   readonly encrypted = true as const;
@@ -28,12 +42,19 @@ export class EncryptedDisk {
   readonly dataCipher: DataCipher;
   #closed = false;
   #writes: Promise<unknown> = Promise.resolve();
+  #check: DataCheckState | undefined;
 
-  constructor(path: string, inner: VirtualDisk, encryption: EncryptionParams, cipher: DataCipher) {
+  constructor(path: string, inner: VirtualDisk, encryption: EncryptionParams, cipher: DataCipher, check?: DataCheckState) {
     this.path = path;
     this.innerDisk = inner;
     this.encryption = Object.freeze({ ...encryption });
     this.dataCipher = cipher;
+    this.#check = check;
+  }
+
+  /** @internal The data check of this disk's key and id for a plaintext of unit 0 (undefined: format version 1). */
+  dataCheckValue(unit0: Uint8Array): string | undefined {
+    return this.#check ? formatDataCheck({ committed: this.#check.key.value(this.encryption.diskId, this.unitSize, unit0), pending: null }) : undefined;
   }
 
   get capacity(): number {
@@ -102,6 +123,7 @@ export class EncryptedDisk {
     this.#checkOpen();
     await this.#writes;
     await this.innerDisk.flush();
+    await this.#commitCheck();
   }
 
   /** `await using disk = await openDisk(…)` closes the disk at the end of the block. */
@@ -112,12 +134,52 @@ export class EncryptedDisk {
   async close(): Promise<void> {
     if (this.#closed) return;
     await this.#writes;
+    let commitError: unknown;
+    await this.#commitCheck().catch((err: unknown) => {
+      commitError = err;
+    });
     this.#closed = true;
     try {
       await this.innerDisk.close();
     } finally {
       this.dataCipher.dispose();
+      this.#check?.key.dispose();
     }
+    // Not fatal to the data (the pending slot matches unit 0), but the caller should know.
+    if (commitError !== undefined) throw commitError;
+  }
+
+  /** Step 3 of the update protocol: committed = the value unit 0 matches now, no pending value. */
+  async #commitCheck(): Promise<void> {
+    const check = this.#check;
+    if (!check?.commitPending || this.readOnly) return;
+    const run = this.#writes.then(async () => {
+      if (!check.commitPending) return;
+      if (check.current === undefined) {
+        // A failed write left unit 0 uncertain: commit what it holds now, once that is durable.
+        check.current = await this.#unitZeroValue(check);
+        await this.innerDisk.flush();
+      }
+      await this.#storeCheck(check.current, null);
+      check.commitPending = false;
+    });
+    this.#writes = run.catch(() => undefined);
+    await run;
+  }
+
+  /** The data check of unit 0 as the inner disk holds it now. */
+  async #unitZeroValue(check: DataCheckState): Promise<string> {
+    const unit0 = Buffer.alloc(this.unitSize);
+    await this.#readPlain(0, unit0);
+    return check.key.value(this.encryption.diskId, this.unitSize, unit0);
+  }
+
+  async #storeCheck(committed: string, pending: string | null): Promise<void> {
+    const value = formatDataCheck({ committed, pending });
+    // Same length every time: an embedded descriptor changes in the one sector holding the line.
+    await this.innerDisk.updateDescriptor((d) => {
+      d.set(LINE.dataCheck, value);
+    });
   }
 
   /** @internal Decrypt `buf` (read raw from the inner disk at `start`, unit-aligned) where the inner disk has data. */
@@ -183,8 +245,35 @@ export class EncryptedDisk {
       if (dataEnd < end) await this.#readPlain(tailStart, buf.subarray(tailStart - start));
       buf.set(data, position - start);
     }
+    const check = this.#check;
+    let next: string | undefined;
+    if (check && start === 0) {
+      check.current ??= await this.#unitZeroValue(check);
+      const value = check.key.value(this.encryption.diskId, u, buf.subarray(0, u));
+      if (value !== check.current) {
+        // (1) The old value stays committed until unit 0 is durable: a crash at any point leaves a
+        // descriptor whose committed or pending slot matches unit 0.
+        await this.#storeCheck(check.current, value);
+        next = value;
+      }
+    }
     await this.dataCipher.encrypt(buf, start / u);
-    await this.innerDisk.write(start, buf);
+    if (check && next !== undefined) {
+      try {
+        await this.innerDisk.write(start, buf);
+        await this.innerDisk.flush(); // (2) unit 0 durable before anything else is written
+      } catch (err) {
+        // Unit 0 may now be old, new or torn: the next write or commit reads it again, so the
+        // descriptor never commits a value unit 0 does not hold.
+        check.current = undefined;
+        check.commitPending = true;
+        throw err;
+      }
+      check.current = next;
+      check.commitPending = true; // (3) on flush() or close()
+    } else {
+      await this.innerDisk.write(start, buf);
+    }
   }
 
   #checkOpen(): void {

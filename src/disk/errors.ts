@@ -10,6 +10,7 @@ export type DiskErrorCode =
   | 'ERR_NOT_ENCRYPTED' // keys given for, or decrypt/rekey asked of, a plain disk
   | 'ERR_ENCRYPTION_METADATA' // encryption lines missing, malformed, of an unknown version, or unsafe
   | 'ERR_INTERRUPTED_JOB' // an in-place job on this disk did not finish: resume it first
+  | 'ERR_WRONG_DATA' // the data check does not match unit 0: the descriptor does not belong to this data (rolled back, copied, torn write)
   | 'ERR_READ_ONLY' // a write to a disk opened read-only
   | 'ERR_UNSUPPORTED_OUTPUT' // an encrypted disk asked in a subformat that cannot carry it (raw, streamOptimized)
   | 'ERR_CLOSED' // the disk was closed

@@ -6,6 +6,7 @@
  * exported here can change without a public API change; what is in ./index.ts cannot.
  */
 export { createDataCipher, type DataCipher } from './cipher.js';
+export { dataCheckOf } from './data-check.js';
 export { EncryptedDisk } from './encrypted-disk.js';
 export { DiskError } from './errors.js';
 export { generateDek, makeEncryptionParams, unlockDek, type KeyCache, type LockerSpec, type UnlockOptions } from './keying.js';
@@ -25,3 +26,4 @@ export {
   type DataUnitSize,
   type EncryptionParams,
 } from './params.js';
+export { assertDataCheck, backUnitZero, checkDataCheck, unitZeroBacked } from './unit-zero.js';

@@ -8,6 +8,7 @@ export {
   type OpenDiskOptions,
   type CreateEncryptedDiskOptions,
 } from './open.js';
+export { resealDataCheck, type ResealDataCheckOptions, type ResealDataCheckResult } from './repair.js';
 export {
   FORMAT_VERSION,
   type CipherName,

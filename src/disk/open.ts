@@ -9,9 +9,11 @@ import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { expected } from '../errors.js';
 import { createDataCipher, type DataCipherOptions } from './cipher.js';
-import { EncryptedDisk } from './encrypted-disk.js';
+import { DataCheckKey, dataCheckOf, parseDataCheck } from './data-check.js';
+import { EncryptedDisk, type DataCheckState } from './encrypted-disk.js';
 import { DiskError } from './errors.js';
 import { generateDek, makeEncryptionParams, unlockDek, type KeyCache, type LockerSpec, type UnlockOptions } from './keying.js';
+import { backUnitZero, checkDataCheck } from './unit-zero.js';
 import {
   DEFAULT_CIPHER,
   DEFAULT_ENCRYPTED_SUBFORMAT,
@@ -64,7 +66,10 @@ export async function readEncryptionParams(path: string, options: { format?: 'vm
   }
 }
 
-/** @internal Wrap an already opened inner disk (holding ciphertext) after unlocking and checking its authenticator. */
+/**
+ * @internal Wrap an already opened inner disk (holding ciphertext) after unlocking and checking its
+ * authenticator and (format version 2) its data check.
+ */
 export async function unlockInner(
   inner: VirtualDisk,
   params: EncryptionParams,
@@ -75,8 +80,15 @@ export async function unlockInner(
     throw new DiskError('ERR_ENCRYPTION_METADATA', `the capacity of ${inner.path} (${inner.capacity} bytes) is not a multiple of its ${params.unitSize}-byte data unit`);
   }
   const key = await unlockDek(params, inner.capacity, keys, inner.path);
+  let cipher: ReturnType<typeof createDataCipher> | undefined;
   try {
-    return new EncryptedDisk(inner.path, inner, params, createDataCipher(params.cipher, key, params.unitSize, opts));
+    cipher = createDataCipher(params.cipher, key, params.unitSize, opts);
+    // Version 1 has no data check: only a KEK rotation keeps an old descriptor from opening new data.
+    const check: DataCheckState | undefined = params.formatVersion >= 2 ? await checkDataCheck(inner, params, key, cipher) : undefined;
+    return new EncryptedDisk(inner.path, inner, params, cipher, check);
+  } catch (err) {
+    cipher?.dispose();
+    throw err;
   } finally {
     key.fill(0);
   }
@@ -191,7 +203,10 @@ export async function createEncryptedDisk(path: string, options: CreateEncrypted
   }
   const dek = generateDek(cipher);
   try {
-    const params = await makeEncryptionParams(dek, { cipher, unitSize, capacity, lockers, ...(options.cache ? { cache: options.cache } : {}) });
+    const made = await makeEncryptionParams(dek, { cipher, unitSize, capacity, lockers, ...(options.cache ? { cache: options.cache } : {}) });
+    // The new disk reads as zeros: unit 0's plaintext is zeros.
+    const zeroCheck = dataCheckOf(dek, made.diskId, unitSize, Buffer.alloc(unitSize));
+    const params = { ...made, dataCheck: zeroCheck };
     const inner = await createVmdk(path, {
       capacity,
       subformat,
@@ -202,7 +217,24 @@ export async function createEncryptedDisk(path: string, options: CreateEncrypted
     });
     let disk: EncryptedDisk | undefined;
     try {
-      disk = new EncryptedDisk(inner.path, inner, params, createDataCipher(cipher, dek, unitSize, options.threads ? { threads: options.threads } : {}));
+      const data = createDataCipher(cipher, dek, unitSize, options.threads ? { threads: options.threads } : {});
+      try {
+        // Unit 0 holds ciphertext of zeros from the start: a sparse disk's grain 0 is allocated now
+        // (and never given back: a hole would read as zeros under any key); a flat one's first unit is
+        // written before any fill.
+        if (inner.grainSize !== undefined) await backUnitZero(inner, data);
+        else {
+          const unit0 = Buffer.alloc(unitSize);
+          await data.encrypt(unit0, 0);
+          await inner.write(0, unit0);
+          await inner.flush();
+        }
+      } catch (err) {
+        data.dispose();
+        throw err;
+      }
+      const current = parseDataCheck(zeroCheck)!.committed;
+      disk = new EncryptedDisk(inner.path, inner, params, data, { key: new DataCheckKey(dek), current, commitPending: false });
       if (inner.grainSize === undefined && options.fillFlat !== false) await fillEncryptedZeros(disk, options.onFill);
       return disk;
     } catch (err) {

@@ -3,7 +3,8 @@
  *
  * They stand right after `createType`, in this order, values always double-quoted:
  *
- *     encryption.format = "vmseal/1"
+ *     encryption.format = "vmseal/2"              (or "vmseal/1": no data check)
+ *     encryption.dataCheck = "<hex>.<hex|--…>"     version 2 only: ties the descriptor to its data (data-check.ts)
  *     encryption.cipher = "aes-256-xts"            | "aes-128-xts"
  *     encryption.dataUnitSize = "512"              | "4096"
  *     encryption.diskId = "<32 lowercase hex>"     16 random bytes naming this disk
@@ -23,12 +24,15 @@
 import { expectedOneOf } from '../errors.js';
 import { DISK_CIPHERS, dekLength, type DiskCipher } from '../keys/dek.js';
 import { CREATE_SUBFORMATS, type CreateSubformat } from '../vmdk/index.js';
+import { parseDataCheck } from './data-check.js';
 import { DiskError } from './errors.js';
 
 export type CipherName = DiskCipher;
 export type DataUnitSize = 512 | 4096;
 
-export const FORMAT_VERSION = 1;
+/** The version vmseal writes; version 1 (no data check) is still read. */
+export const FORMAT_VERSION = 2;
+const READ_VERSIONS: readonly number[] = [1, 2];
 export const FORMAT_TAG = `vmseal/${FORMAT_VERSION}`;
 export const CIPHERS: readonly CipherName[] = DISK_CIPHERS;
 /** 512 matches the sector (what dm-crypt and vSphere use); 4096 matches 4Kn drives and is faster. */
@@ -91,6 +95,7 @@ export const MAX_VALUE_LENGTH = 4096;
 
 export const LINE = {
   format: 'encryption.format',
+  dataCheck: 'encryption.dataCheck',
   cipher: 'encryption.cipher',
   unitSize: 'encryption.dataUnitSize',
   diskId: 'encryption.diskId',
@@ -109,6 +114,8 @@ export interface EncryptionParams {
   diskId: string;
   authenticator: string;
   keySafe: string;
+  /** Version 2: the data check line's value (data-check.ts); absent in version 1. */
+  dataCheck?: string;
 }
 
 /** What the authenticator binds (with the DEK): everything about the data layout and identity. */
@@ -155,14 +162,19 @@ export function newDiskId(random: (n: number) => Buffer): string {
 
 /** The lines to place right after createType, in their fixed order. */
 export function encryptionLines(p: EncryptionParams, job?: string): [string, string][] {
-  const lines: [string, string][] = [
-    [LINE.format, `vmseal/${p.formatVersion}`],
+  const lines: [string, string][] = [[LINE.format, `vmseal/${p.formatVersion}`]];
+  if (p.formatVersion >= 2) {
+    // Second, so that it sits in the first sector of an embedded descriptor (a one-sector update).
+    if (p.dataCheck === undefined) throw new DiskError('ERR_ENCRYPTION_METADATA', `format version ${p.formatVersion} needs a data check, and none was computed`);
+    lines.push([LINE.dataCheck, p.dataCheck]);
+  }
+  lines.push(
     [LINE.cipher, p.cipher],
     [LINE.unitSize, String(p.unitSize)],
     [LINE.diskId, p.diskId],
     [LINE.authenticator, p.authenticator],
     [LINE.keySafe, p.keySafe],
-  ];
+  );
   if (job !== undefined) lines.push([LINE.job, job]);
   for (const [k, v] of lines) assertSafeValue(k, v);
   return lines;
@@ -206,11 +218,11 @@ export function parseEncryption(entries: Iterable<readonly [string, string]>, wh
   const m = /^vmseal\/([1-9][0-9]{0,5})$/.exec(format);
   if (!m) throw meta(where, `encryption.format is not of the form "vmseal/<version>"`);
   const formatVersion = Number(m[1]);
-  if (formatVersion !== FORMAT_VERSION) {
-    throw meta(where, `encryption.format version ${formatVersion} is not supported (this vmseal reads version ${FORMAT_VERSION})`);
+  if (!READ_VERSIONS.includes(formatVersion)) {
+    throw meta(where, `encryption.format version ${formatVersion} is not supported (this vmseal reads versions ${READ_VERSIONS.join(' and ')})`);
   }
   for (const key of found.keys()) {
-    if (!KNOWN_KEYS.has(key)) throw meta(where, `unknown encryption line ${key} for format version ${formatVersion}`);
+    if (!KNOWN_KEYS.has(key) || (key === LINE.dataCheck && formatVersion < 2)) throw meta(where, `unknown encryption line ${key} for format version ${formatVersion}`);
   }
   const need = (key: string): string => {
     const v = found.get(key);
@@ -233,8 +245,12 @@ export function parseEncryption(entries: Iterable<readonly [string, string]>, wh
   const authenticator = need(LINE.authenticator);
   const keySafe = need(LINE.keySafe);
   const job = found.has(LINE.job) ? need(LINE.job) : undefined;
+  const dataCheck = formatVersion >= 2 ? need(LINE.dataCheck) : undefined;
+  if (dataCheck !== undefined && parseDataCheck(dataCheck) === null) {
+    throw meta(where, `${LINE.dataCheck} must be 64 lowercase hexadecimal digits, a '.', and 64 more (or 64 '-')`);
+  }
   return {
-    params: { formatVersion, cipher: cipher as CipherName, unitSize: unitSize as DataUnitSize, diskId, authenticator, keySafe },
+    params: { formatVersion, cipher: cipher as CipherName, unitSize: unitSize as DataUnitSize, diskId, authenticator, keySafe, ...(dataCheck !== undefined ? { dataCheck } : {}) },
     job,
   };
 }

@@ -21,6 +21,8 @@ import {
   encryptedSubformatFor,
   encryptionLines,
   type EncryptionParams,
+  dataCheckOf,
+  backUnitZero,
 } from '../disk/for-pipeline.js';
 import { runChunks, type Piece } from './engine.js';
 import { PipelineError, throwIfAborted } from './errors.js';
@@ -94,6 +96,12 @@ async function existingFiles(path: string, format?: 'vmdk' | 'raw'): Promise<str
   } catch {
     return [path];
   }
+}
+
+async function unitZeroOf(disk: { readInto(position: number, target: Uint8Array): Promise<void> }, unitSize: number): Promise<Buffer> {
+  const buf = Buffer.alloc(unitSize);
+  await disk.readInto(0, buf);
+  return buf;
 }
 
 /**
@@ -210,14 +218,20 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
         if (capacity % unitSize !== 0) throw new DiskError('ERR_INVALID_ARGUMENT', `the capacity of ${input} (${capacity} bytes) is not a multiple of the ${unitSize}-byte data unit`);
         const dek = generateDek(cipher);
         try {
-          outParams = await makeEncryptionParams(dek, { cipher, unitSize, capacity, lockers: spec.encrypt.lockers, ...(spec.encrypt.cache ? { cache: spec.encrypt.cache } : {}) });
+          const made = await makeEncryptionParams(dek, { cipher, unitSize, capacity, lockers: spec.encrypt.lockers, ...(spec.encrypt.cache ? { cache: spec.encrypt.cache } : {}) });
+          // The output's data check covers the plaintext of its unit 0, which is the input's.
+          outParams = { ...made, dataCheck: dataCheckOf(dek, made.diskId, unitSize, await unitZeroOf(source.disk, unitSize)) };
           ownCipher = outCipher = createDataCipher(cipher, dek, unitSize, opts.threads ? { threads: opts.threads } : {});
         } finally {
           dek.fill(0);
         }
       } else if (source.encryption && !spec.decrypt) {
-        outParams = source.encryption;
-        outCipher = (source.disk as EncryptedDisk).dataCipher;
+        const encrypted = source.disk as EncryptedDisk;
+        // Same DEK and disk id: a version-2 check is recomputed (it leaves out a pending value); a
+        // version-1 disk stays version 1 (its authenticator binds the version).
+        const check = encrypted.dataCheckValue(await unitZeroOf(encrypted, source.encryption.unitSize));
+        outParams = { ...source.encryption, ...(check !== undefined ? { dataCheck: check } : {}) };
+        outCipher = encrypted.dataCipher;
       }
       const sparseOut = /sparse|streamOptimized/i.test(subformat);
       out = await createVmdk(stage.stagePath, {
@@ -264,6 +278,8 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
       });
       progress.finish();
       throwIfAborted(opts.signal, what);
+      // A sparse output never leaves unit 0 a hole (a hole reads as zeros under any key): the data check needs its ciphertext.
+      if (outCipher && outParams?.dataCheck !== undefined) await backUnitZero(out, outCipher);
       await out.flush();
       const closing = out;
       out = undefined;

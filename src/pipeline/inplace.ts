@@ -16,7 +16,7 @@
  */
 import { stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { openDisk as openVmdk, Descriptor } from '../vmdk/index.js';
+import { openDisk as openVmdk, Descriptor, type VirtualDisk } from '../vmdk/index.js';
 import {
   createDataCipher,
   type DataCipher,
@@ -38,6 +38,9 @@ import {
   type CipherName,
   type DataUnitSize,
   type EncryptionParams,
+  dataCheckOf,
+  checkDataCheck,
+  unitZeroBacked,
 } from '../disk/for-pipeline.js';
 import { allocateCipherBuffer } from '../xts/index.js';
 import { describeKeySafe, rewrapKeySafe, sealDek, type LockerInfo } from '../keys/index.js';
@@ -108,14 +111,35 @@ async function startInPlace(s: InPlaceStart, chunkSize: number): Promise<Journal
     if (s.operation === 'rekey-deep-in-place' && !enc) throw new DiskError('ERR_NOT_ENCRYPTED', `${s.path} is not encrypted; encrypt it first`);
     const capacity = stored.capacity;
     const from = enc?.params ?? null;
-    if (from) (await unlockDek(from, capacity, s.keys, s.path)).fill(0); // the keys open it, the authenticator holds
     const spec = s.encrypt!;
     const { cipher, unitSize } = checkEncryptionChoice(spec.cipher ?? from?.cipher ?? DEFAULT_CIPHER, spec.unitSize ?? from?.unitSize ?? DEFAULT_UNIT_SIZE);
     if (capacity % unitSize !== 0) throw new DiskError('ERR_INVALID_ARGUMENT', `the capacity of ${s.path} (${capacity} bytes) is not a multiple of the ${unitSize}-byte data unit`);
+    let fromCipher: DataCipher | undefined;
+    if (from) {
+      const oldDek = await unlockDek(from, capacity, s.keys, s.path); // the keys open it, the authenticator holds
+      try {
+        fromCipher = createDataCipher(from.cipher, oldDek, from.unitSize);
+        // A descriptor that does not belong to this data is refused, not rekeyed into one that does.
+        if (from.formatVersion >= 2) (await checkDataCheck(stored, from, oldDek, fromCipher)).key.dispose();
+      } catch (err) {
+        fromCipher?.dispose();
+        throw err;
+      } finally {
+        oldDek.fill(0);
+      }
+    }
+    let unit0: Buffer;
+    try {
+      unit0 = await unitZeroForJob(stored, fromCipher, unitSize);
+    } finally {
+      fromCipher?.dispose();
+    }
     const dek = generateDek(cipher);
     let to: EncryptionParams;
     try {
-      to = await makeEncryptionParams(dek, { cipher, unitSize, capacity, lockers: checkLockers(spec.lockers), ...(spec.cache ? { cache: spec.cache } : {}) });
+      const made = await makeEncryptionParams(dek, { cipher, unitSize, capacity, lockers: checkLockers(spec.lockers), ...(spec.cache ? { cache: spec.cache } : {}) });
+      // The job rewrites ciphertext, not plaintext: the final lines' data check is known now.
+      to = { ...made, dataCheck: dataCheckOf(dek, made.diskId, unitSize, unit0) };
       journalDek = Buffer.from(dek); // keys the journal's MAC; wiped once the journal is made
     } finally {
       dek.fill(0);
@@ -159,6 +183,27 @@ async function startInPlace(s: InPlaceStart, chunkSize: number): Promise<Journal
     throw err;
   }
   return journal;
+}
+
+/**
+ * The plaintext of unit 0 (`length` bytes) of a disk an in-place job is about to start on, decrypted
+ * with `cipher` if it is encrypted. A sparse disk whose unit 0 is a hole gets a grain of zeros (as
+ * ciphertext under the old key, if any) first — before the journal, so the job's chunk plan includes
+ * it and the job encrypts it: an encrypted disk's unit 0 is never a hole.
+ */
+async function unitZeroForJob(stored: VirtualDisk, cipher: DataCipher | undefined, length: number): Promise<Buffer> {
+  const span = Math.max(length, cipher?.unitSize ?? 0);
+  if (stored.grainSize !== undefined && !(await unitZeroBacked(stored, span))) {
+    const zeros = Buffer.alloc(Math.min(stored.grainSize, stored.capacity));
+    if (cipher) await cipher.encrypt(zeros, 0);
+    await stored.write(0, zeros); // same content as the hole: zeros
+    await stored.flush();
+    return Buffer.alloc(length);
+  }
+  const buf = Buffer.alloc(span);
+  await stored.readInto(0, buf);
+  if (cipher) await cipher.decrypt(buf, 0);
+  return buf.subarray(0, length);
 }
 
 /** Run (or continue) a journaled job to its end. */

@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto';
 import { resolve } from 'node:path';
 import { openDisk as openVmdk } from '../vmdk/index.js';
 import { describeKeySafe, type LockerInfo } from '../keys/index.js';
-import { encryptionOf, unlockDek, type UnlockOptions, type CipherName, type DataUnitSize } from '../disk/for-pipeline.js';
+import { assertDataCheck, encryptionOf, unlockDek, type UnlockOptions, type CipherName, type DataUnitSize } from '../disk/for-pipeline.js';
 import { VmsealError, expected } from '../errors.js';
 import { PipelineError, throwIfAborted } from './errors.js';
 import { Journal } from './journal.js';
@@ -72,7 +72,12 @@ export async function inspectDisk(path: string, options: { keys?: UnlockOptions;
       info.encryption = { formatVersion: e.formatVersion, cipher: e.cipher, unitSize: e.unitSize, diskId: e.diskId, lockers: describeKeySafe(e.keySafe), unlockable: null };
       if (options.keys) {
         try {
-          (await unlockDek(e, stored.capacity, options.keys, p)).fill(0);
+          const dek = await unlockDek(e, stored.capacity, options.keys, p);
+          try {
+            await assertDataCheck(stored, e, dek); // a key that opens a descriptor put on other data does not open the disk
+          } finally {
+            dek.fill(0);
+          }
           info.encryption.unlockable = true;
         } catch (err) {
           if (!(err instanceof VmsealError)) throw err;

@@ -68,6 +68,8 @@ export interface JournalParams {
   diskId: string;
   authenticator: string;
   keySafe: string;
+  /** Format version 2: the data check line (the final one, for `to`). */
+  dataCheck?: string;
 }
 
 export interface JournalHeader {

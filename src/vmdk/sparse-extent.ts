@@ -564,13 +564,31 @@ export class SparseExtent implements Extent {
     return this.#zeros.subarray(0, len);
   }
 
-  /** Rewrite the embedded descriptor area (NUL-padded) and make it durable. */
+  /**
+   * Rewrite the embedded descriptor area (NUL-padded) and make it durable. Only the sectors whose
+   * bytes change are written: an edit that keeps the text's length (src/disk's fixed-width data
+   * check) is then a write of the one sector holding it, which a crash cannot leave half old, half new.
+   */
   async writeDescriptorArea(bytes: Uint8Array): Promise<void> {
     const area = this.descriptorArea!;
     const buf = Buffer.alloc(area.size);
     buf.set(bytes);
     await this.#mutex.run(async () => {
-      await this.file.writeAt(buf, area.offset);
+      const old = Buffer.alloc(area.size);
+      const got = await this.file.readAt(old, area.offset);
+      const writes: Array<Promise<void>> = [];
+      for (let s = 0; s < area.size; ) {
+        if (s + SECTOR <= got && buf.subarray(s, s + SECTOR).equals(old.subarray(s, s + SECTOR))) {
+          s += SECTOR;
+          continue;
+        }
+        // A run of changed sectors is one write.
+        let e = s + SECTOR;
+        while (e < area.size && !(e + SECTOR <= got && buf.subarray(e, e + SECTOR).equals(old.subarray(e, e + SECTOR)))) e += SECTOR;
+        writes.push(this.file.writeAt(buf.subarray(s, e), area.offset + s));
+        s = e;
+      }
+      await Promise.all(writes);
       await this.file.sync();
     });
   }

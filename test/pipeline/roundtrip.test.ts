@@ -64,7 +64,7 @@ describe('encrypt → decrypt round trips', () => {
           // Nothing but the output's files and no temporary leftovers.
           expect(readdirSync(dir).filter((f) => f.includes('vmseal-tmp') || f.endsWith('.lck'))).toEqual([]);
           const params = await readEncryptionParams(enc);
-          expect(params).toMatchObject({ cipher, unitSize, formatVersion: 1 });
+          expect(params).toMatchObject({ cipher, unitSize, formatVersion: 2, dataCheck: expect.stringMatching(/^[0-9a-f]{64}\.-{64}$/) });
           const out = join(dir, 'dec.raw');
           await decryptDisk(enc, out, { keys: { passphrase: 'pw' }, subformat: 'raw' });
           expect(sha256(readFileSync(out))).toBe(sha256(plainImage));

@@ -1,0 +1,77 @@
+// The unit-0 update protocol under simulated power loss (test/helpers/crash-fs.ts): at every
+// durability-relevant call of three unit-0 writes, un-synced writes are lost (or only the last of
+// each file kept); the disk must then open — one of the data check's slots matches unit 0 — and
+// unit 0 must hold one of the values written, whole.
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { spawnSync } from 'node:child_process';
+import { cpSync, mkdirSync, rmSync } from 'node:fs';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { build } from 'esbuild';
+import { createEncryptedDisk, openDisk } from '../../src/disk/index.js';
+import { phraseLocker, tempDir } from './helpers.js';
+
+const here = dirname(fileURLToPath(import.meta.url));
+let tmp: ReturnType<typeof tempDir>;
+let child: string;
+
+beforeAll(async () => {
+  tmp = tempDir('vmseal-unit0-crash-');
+  // Bundled inside the package (the addon is found from the package root above the script).
+  const cache = join(here, '..', '..', 'node_modules', '.cache', 'vmseal-test');
+  mkdirSync(cache, { recursive: true });
+  child = join(cache, `unit0-child-${process.pid}-${Math.random().toString(36).slice(2, 8)}.mjs`);
+  await build({
+    entryPoints: [join(here, 'fixtures', 'unit0-child.ts')],
+    bundle: true,
+    platform: 'node',
+    format: 'esm',
+    target: 'node20',
+    outfile: child,
+    logLevel: 'silent',
+  });
+});
+afterAll(() => {
+  tmp.cleanup();
+  rmSync(child, { force: true });
+});
+
+function run(folder: string, disk: string, crashAt: number, keep: string) {
+  const r = spawnSync(process.execPath, [child, disk], {
+    env: { ...process.env, CRASH_ROOT: folder, CRASH_AT: String(crashAt), CRASH_KEEP: keep },
+    encoding: 'utf8',
+  });
+  return { signal: r.signal, status: r.status, stderr: r.stderr, events: Number(/events=(\d+)/.exec(r.stdout)?.[1] ?? 0) };
+}
+
+describe.each(['monolithicSparse', 'monolithicFlat'] as const)('%s: a power loss during unit-0 writes', (subformat) => {
+  it.each(['none', 'last'])('leaves a disk that opens with a whole unit 0 (un-synced writes kept: %s)', async (keep) => {
+    const pristine = join(tmp.dir, `${subformat}-${keep}-pristine`);
+    mkdirSync(pristine);
+    const name = 'd.vmdk';
+    const d = await createEncryptedDisk(join(pristine, name), { capacity: 1 << 20, subformat, lockers: [phraseLocker('pw')] });
+    await d.write(0, Buffer.alloc(4096, 0xaa));
+    await d.close();
+
+    const full = join(tmp.dir, `${subformat}-${keep}-full`);
+    cpSync(pristine, full, { recursive: true });
+    const total = run(full, join(full, name), 0, keep);
+    expect(total.status, total.stderr).toBe(0);
+    expect(total.events).toBeGreaterThan(4);
+
+    for (let at = 1; at <= total.events; at++) {
+      const folder = join(tmp.dir, `${subformat}-${keep}-${at}`);
+      cpSync(pristine, folder, { recursive: true });
+      const r = run(folder, join(folder, name), at, keep);
+      expect(r.signal, `crash point ${at}: ${r.stderr}`).toBe('SIGKILL');
+      const disk = await openDisk(join(folder, name), { keys: { passphrase: 'pw' }, readOnly: true }).catch((err: unknown) => {
+        throw new Error(`crash point ${at} of ${total.events}: ${String(err)}`);
+      });
+      const unit0 = await disk.read(0, 4096);
+      await disk.close();
+      expect([0xaa, 0xbb, 0xcc, 0xdd], `crash point ${at}`).toContain(unit0[0]);
+      expect(unit0.equals(Buffer.alloc(4096, unit0[0])), `crash point ${at}: unit 0 is whole`).toBe(true);
+      rmSync(folder, { recursive: true, force: true });
+    }
+  });
+});
