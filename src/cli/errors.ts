@@ -92,6 +92,10 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
   ERR_KEYSTORE_MASTER_KEY: { exitCode: ExitCode.KEY, hint: "Check the keystore's master key file in VMSEAL_HOME (mode 0600), or restore the keystore from a backup" },
   ERR_KEYSTORE_PERMISSIONS: { exitCode: ExitCode.KEY, hint: 'Run the chmod command in the message: the keystore folder must be 0700 and its files 0600' },
   ERR_KEYSTORE_NO_SUCH_KEY: { exitCode: ExitCode.KEY, hint: 'Check the key id (`vmseal keys list`) and VMSEAL_HOME; restore the keystore from its backup if the key was lost' },
+  ERR_KEY_RETIRED: {
+    exitCode: ExitCode.KEY,
+    hint: 'A deep rekey retired this key: open the current disk instead; to restore an old backup of it on purpose, add --allow-retired-key',
+  },
   ERR_KEYSTORE_KEY_DESTROYED: { exitCode: ExitCode.KEY, hint: 'The key was destroyed; only a recovery passphrase locker (or a keystore backup) can open disks locked by it' },
   ERR_KEYSTORE_MISSING: { exitCode: ExitCode.FAILURE, hint: 'Run `vmseal keys init` (or point --home / VMSEAL_HOME at your keystore)' },
   ERR_KEYSTORE_CORRUPT: { exitCode: ExitCode.FORMAT, hint: 'Restore the keystore from a backup (`vmseal keys restore`)' },
@@ -125,6 +129,10 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
   ERR_VMDK_EXISTS: { exitCode: ExitCode.FAILURE, hint: 'Choose another output name, or remove the existing file' },
   ERR_NO_SPACE: { exitCode: ExitCode.FAILURE, hint: "Free space on the output's file system, or write the output elsewhere" },
   ERR_INTERRUPTED_JOB: { exitCode: ExitCode.FAILURE, hint: 'Run `vmseal resume DISK` to finish the interrupted job first' },
+  ERR_JOURNAL_MISMATCH: {
+    exitCode: ExitCode.USAGE,
+    hint: 'Finish the interrupted job as it was started with `vmseal resume DISK`, then change its lockers with a shallow rekey (see `vmseal rekey --help`)',
+  },
   ERR_JOURNAL: { exitCode: ExitCode.FAILURE, hint: 'The job journal beside the disk is damaged or belongs to another disk; keep a copy of both and report it' },
   ERR_READ_ONLY: { exitCode: ExitCode.FAILURE, hint: 'Check the file permissions' },
   ERR_VMDK_READ_ONLY: { exitCode: ExitCode.FAILURE, hint: 'Check the file permissions' },

@@ -42,6 +42,8 @@ export interface KeyCliOptions {
   keyProvider?: KeyProviderKind;
   keyId?: string;
   recoveryPassphrase?: boolean;
+  /** Accept retired key-encryption keys (to restore an old backup after a deep rekey). */
+  allowRetiredKey?: boolean;
 }
 
 /** The keystore folder: --home, else VMSEAL_HOME, else ~/.vmseal (always explicit, never left to a default elsewhere). */
@@ -146,6 +148,7 @@ export class KeySession {
       this.localProvider = new LocalKeyProvider({
         home: resolveHome(this.opts.home, this.ctx.env),
         ...(passphrase !== undefined ? { passphrase } : {}),
+        ...(this.opts.allowRetiredKey ? { allowRetired: true } : {}),
       });
     }
     return this.localProvider;
@@ -185,7 +188,7 @@ export class KeySession {
     let p = this.kmipProviders.get(id);
     if (!p) {
       const c = await this.loadKmsConfig();
-      p = new KmipKeyProvider({ id, endpoints: c.endpoints, ca: c.ca, cert: c.cert, key: c.key, timeoutMs: c.timeoutMs });
+      p = new KmipKeyProvider({ id, endpoints: c.endpoints, ca: c.ca, cert: c.cert, key: c.key, timeoutMs: c.timeoutMs, ...(this.opts.allowRetiredKey ? { allowRetired: true } : {}) });
       this.kmipProviders.set(id, p);
     }
     return p;

@@ -54,28 +54,28 @@ export function hasExplicitPassphrase(opts: PassphraseSourceOptions, env: NodeJS
 }
 
 /** Read a passphrase file: its content without one trailing newline (LF or CRLF), as UTF-8. */
-export async function readPassphraseFile(path: string): Promise<string> {
+export async function readPassphraseFile(path: string, option = '--passphrase-file'): Promise<string> {
   let size: number;
   try {
     const st = await stat(path);
-    if (!st.isFile()) throw new CliError('ERR_CLI_PASSPHRASE_FILE', `--passphrase-file ${path} is not a regular file`, { exitCode: ExitCode.USAGE, hint: 'Give a file that holds only the passphrase' });
+    if (!st.isFile()) throw new CliError('ERR_CLI_PASSPHRASE_FILE', `${option} ${path} is not a regular file`, { exitCode: ExitCode.USAGE, hint: 'Give a file that holds only the passphrase' });
     size = st.size;
   } catch (err) {
     if (err instanceof CliError) throw err;
-    throw new CliError('ERR_CLI_PASSPHRASE_FILE', `cannot read --passphrase-file ${path} (${(err as NodeJS.ErrnoException).code ?? 'error'})`, {
+    throw new CliError('ERR_CLI_PASSPHRASE_FILE', `cannot read ${option} ${path} (${(err as NodeJS.ErrnoException).code ?? 'error'})`, {
       exitCode: ExitCode.USAGE,
       hint: 'Check the path and its permissions',
     });
   }
   if (size > MAX_PASSPHRASE_FILE_BYTES) {
-    throw new CliError('ERR_CLI_PASSPHRASE_FILE', `--passphrase-file ${path} is ${size} bytes, more than a passphrase (at most ${MAX_PASSPHRASE_FILE_BYTES})`, {
+    throw new CliError('ERR_CLI_PASSPHRASE_FILE', `${option} ${path} is ${size} bytes, more than a passphrase (at most ${MAX_PASSPHRASE_FILE_BYTES})`, {
       exitCode: ExitCode.USAGE,
       hint: 'Give a file that holds only the passphrase',
     });
   }
   const text = (await readFile(path)).toString('utf8').replace(/\r?\n$/, '');
   if (text.length === 0) {
-    throw new CliError('ERR_CLI_PASSPHRASE_FILE', `--passphrase-file ${path} is empty`, { exitCode: ExitCode.USAGE, hint: 'Write the passphrase into the file' });
+    throw new CliError('ERR_CLI_PASSPHRASE_FILE', `${option} ${path} is empty`, { exitCode: ExitCode.USAGE, hint: 'Write the passphrase into the file' });
   }
   return text;
 }
@@ -157,6 +157,8 @@ export interface ReadPassphraseOptions extends PassphraseSourceOptions {
   purpose: string;
   /** A new passphrase: prompt twice and compare. */
   confirm?: boolean;
+  /** The option named in messages about the passphrase file (default: --passphrase-file). */
+  fileOption?: string;
   /** Refuse shorter new passphrases (a recovery passphrase guards the whole disk). */
   minLength?: number;
   signal?: AbortSignal;
@@ -182,7 +184,7 @@ export async function readPassphrase(opts: ReadPassphraseOptions): Promise<strin
   let value: string;
   switch (source.kind) {
     case 'file':
-      value = await readPassphraseFile(source.path);
+      value = await readPassphraseFile(source.path, opts.fileOption);
       break;
     case 'env':
       value = readPassphraseEnv(source.name, env);
@@ -214,8 +216,8 @@ export async function readPassphrase(opts: ReadPassphraseOptions): Promise<strin
 // Flags that name a passphrase but take no value, and options whose value is a file or a variable
 // name (never the secret itself). Any other option that looks like it carries a secret is refused,
 // and so is a value glued to one of the flags (`--recovery-passphrase=…`).
-const PASSPHRASE_FLAGS = new Set(['--recovery-passphrase', '--add-recovery-passphrase', '--remove-recovery-passphrase', '--with-passphrase']);
-const PASSPHRASE_SOURCES = new Set(['--passphrase-file', '--passphrase-env', '--home-passphrase-file']);
+const PASSPHRASE_FLAGS = new Set(['--recovery-passphrase', '--add-recovery-passphrase', '--remove-recovery-passphrase', '--keep-recovery-passphrase', '--with-passphrase']);
+const PASSPHRASE_SOURCES = new Set(['--passphrase-file', '--passphrase-env', '--home-passphrase-file', '--new-passphrase-file', '--new-passphrase-env']);
 const SECRET_LIKE = /pass|secret|^--?pin$|key-?material/i;
 
 /**

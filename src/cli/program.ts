@@ -52,7 +52,8 @@ function addKeyOptions(cmd: Command, create: boolean): Command {
     .addOption(new Option('--kms-id <id>', 'name of the KMIP key provider recorded in the disk (default: kmip; when unlocking, the names in the disk are used) (env: VMSEAL_KMS_ID)'))
     .addOption(new Option('--kms-timeout <ms>', 'per-server timeout in milliseconds').default(10_000).argParser((v) => parseInteger(v, '--kms-timeout', { min: 1, max: 3_600_000 })))
     .addOption(new Option('--passphrase-file <file>', 'file holding the recovery passphrase'))
-    .addOption(new Option('--passphrase-env <name>', 'environment variable holding the recovery passphrase (default: VMSEAL_PASSPHRASE)'));
+    .addOption(new Option('--passphrase-env <name>', 'environment variable holding the recovery passphrase (default: VMSEAL_PASSPHRASE)'))
+    .addOption(new Option('--allow-retired-key', 'accept a key-encryption key that a deep rekey retired (to restore an old backup of a disk)'));
   if (create) {
     cmd
       .addOption(new Option('--key-provider <kind>', 'where the new key-encryption key lives: local or kmip (default: kmip if --kms is given, else local)').argParser(parseKeyProvider))
@@ -195,7 +196,7 @@ Examples:
     .summary('change the key-encryption key (--shallow) or the disk key itself (--deep)')
     .description(
       '--shallow: re-lock the disk\'s key (DEK) with a new key-encryption key, or add/remove the recovery passphrase; only the descriptor changes, atomically. Without --new-key, --key-provider, --key-id and the passphrase options, a new key is made in the provider the disk uses now.\n\n' +
-        '--deep: a new DEK; all data is re-encrypted (a new image renamed over DISK, or --in-place, journaled). A recovery passphrase is kept only if it is given.',
+        '--deep: a new DEK; all data is re-encrypted (a new image renamed over DISK, or --in-place, journaled). Every locker is rotated: a new key-encryption key from each provider the disk uses (or the one --key-provider/--key-id names), and a new recovery passphrase (--new-passphrase-file/--new-passphrase-env) unless --keep-recovery-passphrase. Old key-encryption keys made for this disk alone are then retired (--destroy-old-keys: destroyed); shared ones stay active.',
     )
     .argument('<DISK>', 'encrypted VMDK')
     .option('--shallow', 'new key-encryption key (or passphrase change); data untouched')
@@ -203,6 +204,10 @@ Examples:
     .option('--new-key', 'lock with a new key-encryption key (shallow)')
     .option('--add-recovery-passphrase', 'add a recovery passphrase locker (the new passphrase from --passphrase-file/--passphrase-env/VMSEAL_PASSPHRASE or a prompt)')
     .option('--remove-recovery-passphrase', 'remove the recovery passphrase locker(s)')
+    .option('--new-passphrase-file <file>', 'deep: file holding the NEW recovery passphrase (the old one, if needed to unlock, stays in --passphrase-file)')
+    .option('--new-passphrase-env <name>', 'deep: environment variable holding the NEW recovery passphrase')
+    .option('--keep-recovery-passphrase', 'deep: lock the new disk key with the old recovery passphrase (given with --passphrase-file/--passphrase-env); a leaked passphrase then still opens it')
+    .option('--destroy-old-keys', 'deep: destroy the old key-encryption keys made for this disk instead of retiring them (old backups then need `vmseal keys restore`)')
     .option('--in-place', 'deep rekey in place (journaled, resumable) instead of writing a new image')
     .addOption(formatOption('what DISK'))
     .option('--trust-v1-journal', 'resume from a version-1 journal (checksummed, not authenticated) although the disk\'s descriptor differs from it; only for a journal you know vmseal left')
@@ -216,7 +221,8 @@ Examples:
   vmseal rekey disk-enc.vmdk --shallow
   vmseal rekey disk-enc.vmdk --shallow --key-provider kmip --kms kms1:5696 --kms-ca ca.pem --kms-cert me.pem --kms-key me.key
   vmseal rekey disk-enc.vmdk --shallow --add-recovery-passphrase --passphrase-file pw.txt
-  vmseal rekey disk-enc.vmdk --deep`);
+  vmseal rekey disk-enc.vmdk --deep
+  vmseal rekey disk-enc.vmdk --deep --passphrase-file old-pw.txt --new-passphrase-file new-pw.txt`);
   rekey.action((disk: string, opts) => rekeyCommand(ctx, disk, opts));
 
   const info = program

@@ -9,7 +9,7 @@ export { createDataCipher, type DataCipher } from './cipher.js';
 export { dataCheckOf } from './data-check.js';
 export { EncryptedDisk } from './encrypted-disk.js';
 export { DiskError } from './errors.js';
-export { generateDek, makeEncryptionParams, unlockDek, type KeyCache, type LockerSpec, type UnlockOptions } from './keying.js';
+export { generateDek, makeEncryptionParams, reuseCreatedKeys, unlockDek, type KeyCache, type LockerSpec, type UnlockOptions } from './keying.js';
 export { JOURNAL_SUFFIX, assertNoJournal, checkLockers, encryptionOf, readEncryptionParams, unlockInner } from './open.js';
 export {
   DEFAULT_CIPHER,

@@ -12,7 +12,9 @@ import {
   verifyAuthenticator,
   type BindingParams,
   type KeyCache,
+  type KeyRef,
   type LockerSpec,
+  type SealOptions,
   type UnlockOptions,
 } from '../keys/index.js';
 import { DiskError } from './errors.js';
@@ -50,11 +52,27 @@ export { generateDek };
  */
 export async function makeEncryptionParams(
   dek: Buffer,
-  opts: { cipher: CipherName; unitSize: DataUnitSize; capacity: number; lockers: LockerSpec[]; cache?: KeyCache },
+  opts: { cipher: CipherName; unitSize: DataUnitSize; capacity: number; lockers: LockerSpec[]; cache?: KeyCache; onKeyCreated?: SealOptions['onKeyCreated'] },
 ): Promise<EncryptionParams> {
+  // The disk identity first (the authenticator does not cover the KeySafe), so that a KEK made while
+  // sealing is recorded as this disk's own, which lets a later deep rekey retire it.
+  const identity = rebind(dek, { formatVersion: FORMAT_VERSION, cipher: opts.cipher, unitSize: opts.unitSize, keySafe: '' }, opts.capacity);
   let keySafe: string | undefined;
+  let lockers = opts.lockers;
   for (let i = 0; i < MAX_TRIES && keySafe === undefined; i++) {
-    const text = await sealDek(dek, { cipher: opts.cipher, lockers: opts.lockers, ...(opts.cache ? { cache: opts.cache } : {}) });
+    const created: KeyRef[] = [];
+    const text = await sealDek(dek, {
+      cipher: opts.cipher,
+      lockers,
+      diskId: identity.diskId,
+      ...(opts.cache ? { cache: opts.cache } : {}),
+      onKeyCreated: async (ref) => {
+        created.push(ref);
+        await opts.onKeyCreated?.(ref);
+      },
+    });
+    // A re-seal (unsafe text) reuses the KEKs this seal made instead of making new ones each time.
+    lockers = reuseCreatedKeys(lockers, created);
     if (text.length > MAX_VALUE_LENGTH) {
       throw new DiskError('ERR_ENCRYPTION_METADATA', `the KeySafe of ${opts.lockers.length} lockers is ${text.length} characters, more than a descriptor value may hold (${MAX_VALUE_LENGTH}); use fewer lockers`);
     }
@@ -63,7 +81,13 @@ export async function makeEncryptionParams(
   if (keySafe === undefined) {
     throw new DiskError('ERR_ENCRYPTION_METADATA', `the KeySafe cannot be written into a descriptor (too long for ${opts.lockers.length} lockers, or unsafe text after ${MAX_TRIES} seals)`);
   }
-  return rebind(dek, { formatVersion: FORMAT_VERSION, cipher: opts.cipher, unitSize: opts.unitSize, keySafe }, opts.capacity);
+  return { ...identity, keySafe };
+}
+
+/** The lockers with each "new KEK" provider locker bound to the key a seal made for it (sealDek creates them in order). */
+export function reuseCreatedKeys(lockers: LockerSpec[], created: readonly KeyRef[]): LockerSpec[] {
+  let next = 0;
+  return lockers.map((l) => (l.kind === 'provider' && l.keyId === undefined && next < created.length ? { ...l, keyId: created[next++]!.keyId } : l));
 }
 
 /** Same DEK and KeySafe, a new disk identity and authenticator (a copy of an encrypted disk is a new disk). */

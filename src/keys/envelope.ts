@@ -7,7 +7,7 @@ import { checkKdf, deriveKek, kdfSummary, KDF_LIMITS, PHRASE_DEFAULTS, type Pass
 import { ETM_MAC_NAME, KeySafe, KEYSAFE_LIMITS, makeFqidLocator, makeList, makePair, makePhraseLocator, type KeyLocator, type MacName, type PairLocator } from './keysafe.js';
 import { lockDict, unlockDict } from './locked-data.js';
 import type { KeyCache } from './cache.js';
-import type { KeyProvider } from './provider.js';
+import type { KeyProvider, KeyRef } from './provider.js';
 
 /**
  * The envelope: a DEK (as VMware's key dict `type=key:cipher=…:key=…`) locked by one or more lockers in a
@@ -41,6 +41,13 @@ export interface SealOptions {
   lockers: LockerSpec[];
   /** KEKs fetched or created for provider lockers are stored here. */
   cache?: KeyCache;
+  /** The disk the DEK belongs to: new KEKs are created for it alone (recorded with the key, see KeyProvider). */
+  diskId?: string;
+  /**
+   * Called as soon as a provider has created a new KEK, before it is used, so that a job can list the
+   * keys it made and remove them if it does not complete. If it throws, the seal fails.
+   */
+  onKeyCreated?: (ref: KeyRef) => void | Promise<void>;
 }
 
 export type ProviderSet = KeyProvider[] | Record<string, KeyProvider>;
@@ -152,7 +159,13 @@ function newPhraseKdf(spec: Extract<LockerSpec, { kind: 'passphrase' }>): { kdf:
 }
 
 /** Lock an already built key dict under one new locker. */
-async function lockWithSpec(dict: Buffer, spec: LockerSpec, cache: KeyCache | undefined): Promise<PairLocator> {
+async function lockWithSpec(
+  dict: Buffer,
+  spec: LockerSpec,
+  cache: KeyCache | undefined,
+  diskId: string | undefined,
+  onKeyCreated?: (ref: KeyRef) => void | Promise<void>,
+): Promise<PairLocator> {
   if (spec === null || typeof spec !== 'object') throw invalidArgument(expected('an object', 'a locker spec', spec));
   if (spec.kind === 'provider') {
     const provider = spec.provider;
@@ -165,7 +178,7 @@ async function lockWithSpec(dict: Buffer, spec: LockerSpec, cache: KeyCache | un
     if (keyId === undefined) {
       let ref;
       try {
-        ref = await provider.createKey(spec.name === undefined ? {} : { name: spec.name });
+        ref = await provider.createKey({ ...(spec.name !== undefined ? { name: spec.name } : {}), ...(diskId !== undefined ? { diskId } : {}) });
       } catch (err) {
         throw providerError(err, providerId, 'create a new key');
       }
@@ -175,6 +188,7 @@ async function lockWithSpec(dict: Buffer, spec: LockerSpec, cache: KeyCache | un
         });
       }
       keyId = ref.keyId;
+      await onKeyCreated?.({ providerId, keyId });
       try {
         kek = (await fetchKek(provider, providerId, keyId, cache)).kek;
       } catch (err) {
@@ -230,7 +244,7 @@ export async function sealDek(dek: Buffer, options: SealOptions): Promise<string
   const dict = serializeKeyDict(cipher, dek);
   try {
     const pairs: PairLocator[] = [];
-    for (const spec of lockers) pairs.push(await lockWithSpec(dict, spec, options.cache));
+    for (const spec of lockers) pairs.push(await lockWithSpec(dict, spec, options.cache, options.diskId, options.onKeyCreated));
     return KeySafe.from(makeList(pairs)).toString();
   } finally {
     dict.fill(0);
@@ -414,6 +428,17 @@ function unlockFailure(pairs: Array<{ index: number; pair: PairLocator }>, attem
     const what = wrong.some((a) => a.kind === 'passphrase') ? 'wrong passphrase' : 'wrong key';
     return new KeyError('ERR_WRONG_KEY', `${what}, or the locked data was modified (${summary})`, { attempts });
   }
+  // A retired KEK means an old copy of the disk (or of its descriptor): say so rather than "locked",
+  // which would send the user looking for a KMS outage.
+  const retired = attempts.filter((a) => a.code === 'ERR_KEY_RETIRED');
+  if (retired.length > 0) {
+    const first = retired[0]!;
+    return new KeyError('ERR_KEY_RETIRED', `the disk's key-encryption key was retired by a deep rekey, so this is an old copy of the disk or of its descriptor (${summary})`, {
+      providerId: first.providerId!,
+      keyId: first.keyId!,
+      attempts,
+    });
+  }
   const locked = attempts.filter((a) => a.kind === 'provider');
   if (locked.length > 0) {
     const first = locked[0]!;
@@ -444,6 +469,10 @@ export interface RewrapOptions {
   remove?: (locker: LockerInfo) => boolean;
   /** Cache for KEKs of the new provider lockers (default: unlock.cache). */
   cache?: KeyCache;
+  /** The disk the DEK belongs to: new KEKs are created for it alone (see SealOptions.diskId). */
+  diskId?: string;
+  /** Called as soon as a provider has created a new KEK (see SealOptions.onKeyCreated). */
+  onKeyCreated?: (ref: KeyRef) => void | Promise<void>;
 }
 
 /**
@@ -469,7 +498,7 @@ export async function rewrapKeySafe(text: string, options: RewrapOptions): Promi
     const items: readonly KeyLocator[] = ks.root.type === 'list' ? ks.root.items : [ks.root];
     const kept = items.filter((item, index) => item.type !== 'pair' || !remove?.(describePair(index, item)));
     const added: PairLocator[] = [];
-    for (const spec of add) added.push(await lockWithSpec(dict, spec, options.cache ?? options.unlock.cache));
+    for (const spec of add) added.push(await lockWithSpec(dict, spec, options.cache ?? options.unlock.cache, options.diskId, options.onKeyCreated));
     const all = [...kept, ...added];
     if (!all.some((i) => i.type === 'pair')) throw invalidArgument('the rewrap would leave the KeySafe with no locker');
     return KeySafe.from(makeList(all)).toString();

@@ -21,6 +21,8 @@ import { VmsealError } from '../errors.js';
  * - ERR_KEYSTORE_MODE       keystore protected by a key file but a passphrase was given, or the other way round
  * - ERR_KEYSTORE_NO_SUCH_KEY the keystore holds no key with that id
  * - ERR_KEYSTORE_KEY_DESTROYED the key was destroyed
+ * - ERR_KEY_RETIRED         the key was retired (a deep rekey replaced it): the disk or descriptor is an
+ *                           old copy; opened only when retired keys are allowed (restoring a backup)
  * - ERR_KEYSTORE_CONFLICT   a restore would replace a key with different key material under the same id
  * - ERR_KEYSTORE_LOCKED     another process held the keystore lock for longer than the lock timeout
  * - ERR_KEYSTORE_IO         the operating system refused a file operation on the keystore
@@ -42,6 +44,7 @@ export type KeyErrorCode =
   | 'ERR_KEYSTORE_MODE'
   | 'ERR_KEYSTORE_NO_SUCH_KEY'
   | 'ERR_KEYSTORE_KEY_DESTROYED'
+  | 'ERR_KEY_RETIRED'
   | 'ERR_KEYSTORE_CONFLICT'
   | 'ERR_KEYSTORE_LOCKED'
   | 'ERR_KEYSTORE_IO';

@@ -26,4 +26,4 @@ export { KeyCache } from './cache.js';
 export type { KeyCacheOptions } from './cache.js';
 export { LocalKeyProvider, LOCAL_PROVIDER_DEFAULTS } from './local-provider.js';
 export type { LocalKeyProviderOptions, LocalKeyInfo } from './local-provider.js';
-export type { KeyProvider, KeyRef } from './provider.js';
+export type { CreateKeyOptions, KeyProvider, KeyRef } from './provider.js';

@@ -1,34 +1,29 @@
-import { createCipheriv, createDecipheriv, randomBytes, randomUUID, scrypt as scryptCb, timingSafeEqual } from 'node:crypto';
-import { mkdir, open, readFile, stat } from 'node:fs/promises';
+import { randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
+import { mkdir, stat } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { expected } from '../errors.js';
-import { KeyError, invalidArgument, type KeyErrorCode } from './errors.js';
-import { createFileAtomic, writeFileAtomic } from '../util/atomic-file.js';
+import { KeyError, invalidArgument } from './errors.js';
+import { createFileAtomic } from '../util/atomic-file.js';
 import { withFileLock } from './file-lock.js';
 import { decodeBase64String } from './base64.js';
-import type { KeyProvider, KeyRef } from './provider.js';
+import type { CreateKeyOptions, KeyProvider, KeyRef } from './provider.js';
+import { checkScryptCost, gcmOpen, gcmSeal, scryptKey, type ScryptCost } from './keystore-sealing.js';
+import { DISK_ID, MASTER_PREFIX, checkPrivate, ioError, readMasterKeyFile, readStoreFile, writeStoreFile, type KeyEntry, type LocalKeyInfo, type MasterSpec, type Store } from './keystore-file.js';
+import { readBackup, writeBackup, type BackupEntry } from './keystore-backup.js';
+
+export type { LocalKeyInfo } from './keystore-file.js';
 
 /**
- * The embedded local key provider (vmseal's counterpart of vSphere's Native Key Provider).
+ * The embedded local key provider (vmseal's counterpart of vSphere's Native Key Provider): KEKs in a
+ * keystore folder, wrapped under a master key from a key file or a passphrase. The modules under it:
+ * keystore-file.ts (the files, their format and permission checks), keystore-sealing.ts (GCM and
+ * scrypt), keystore-backup.ts (the backup file). This one holds the master key and the operations.
  *
- * Files in the home directory ($VMSEAL_HOME, default ~/.vmseal; created mode 0700):
- *   keystore.json   the keystore (mode 0600): KEKs, each AES-256-GCM-encrypted under the master key
- *   master.key      the master key (mode 0600), "vmseal-master-key-v1 <base64 of 32 bytes>\n" —
- *                   absent when the keystore is protected by a passphrase instead
- *   keystore.json.vmseal-lock   OFD-locked (src/util/lock.ts) while a process modifies the keystore
- *
- * keystore.json (version 1):
- *   { "format": "vmseal-keystore", "version": 1, "providerId": "local",
- *     "master": { "source": "keyfile" }
- *             | { "source": "passphrase", "kdf": "scrypt", "n": N, "r": r, "p": p, "salt": base64 },
- *     "check": base64(IV 12 ‖ AES-256-GCM(master, "vmseal keystore check") ‖ tag 16),   AAD "vmseal keystore v1 check"
- *     "keys": [ { "id": uuid, "name": string|null, "created": ISO time, "state": "active",
- *                 "wrapped": base64(IV 12 ‖ AES-256-GCM(master, KEK 32) ‖ tag 16) }        AAD "vmseal keystore v1 key <id>"
- *             | { "id", "name", "created", "state": "destroyed", "destroyed": ISO time } ] }
- *
- * The AAD binds each wrapped KEK to its id, so swapping two entries' `wrapped` is detected. Every write
- * is atomic (temp file, fsync, rename, fsync directory) under the lock file.
+ * Every change is a read-modify-write of keystore.json under the keystore's OFD lock, written
+ * atomically. A retired key (a deep rekey replaced it) keeps its material, so that an old backup of
+ * the disk can still be restored, but getKey refuses it (ERR_KEY_RETIRED) unless the provider was
+ * made with allowRetired: an old copy of a descriptor must not silently open.
  */
 export interface LocalKeyProviderOptions {
   /** Directory of the keystore (default: $VMSEAL_HOME, else ~/.vmseal). */
@@ -41,36 +36,8 @@ export interface LocalKeyProviderOptions {
   scrypt?: { n: number; r: number; p: number };
   /** How long to wait for another process's keystore lock (default: 10000 ms). */
   lockTimeoutMs?: number;
-}
-
-export interface LocalKeyInfo {
-  keyId: string;
-  name: string | null;
-  created: string;
-  state: 'active' | 'destroyed';
-  destroyed?: string;
-}
-
-interface KeyEntry extends LocalKeyInfo {
-  wrapped?: string;
-}
-
-interface MasterSpec {
-  source: 'keyfile' | 'passphrase';
-  kdf?: 'scrypt';
-  n?: number;
-  r?: number;
-  p?: number;
-  salt?: string;
-}
-
-interface Store {
-  format: 'vmseal-keystore';
-  version: 1;
-  providerId: string;
-  master: MasterSpec;
-  check: string;
-  keys: KeyEntry[];
+  /** Hand out retired keys too (to open an old backup of a disk after a deep rekey; default: false). */
+  allowRetired?: boolean;
 }
 
 export const LOCAL_PROVIDER_DEFAULTS = Object.freeze({
@@ -79,91 +46,7 @@ export const LOCAL_PROVIDER_DEFAULTS = Object.freeze({
   lockTimeoutMs: 10_000,
 });
 
-const MAX_STORE_BYTES = 16 * 2 ** 20;
-const MASTER_PREFIX = 'vmseal-master-key-v1 ';
 const CHECK_TEXT = Buffer.from('vmseal keystore check', 'ascii');
-const GCM_IV = 12;
-const GCM_TAG = 16;
-
-function gcmSeal(key: Buffer, plain: Uint8Array, aad: string): Buffer {
-  const iv = randomBytes(GCM_IV);
-  const c = createCipheriv('aes-256-gcm', key, iv);
-  c.setAAD(Buffer.from(aad, 'utf8'));
-  const body = Buffer.concat([c.update(plain), c.final()]);
-  return Buffer.concat([iv, body, c.getAuthTag()]);
-}
-
-/** Open GCM-sealed bytes; undefined if the key is wrong or the data was modified. */
-function gcmOpen(key: Buffer, sealed: Buffer, aad: string): Buffer | undefined {
-  if (sealed.length < GCM_IV + GCM_TAG) return undefined;
-  const d = createDecipheriv('aes-256-gcm', key, sealed.subarray(0, GCM_IV));
-  d.setAAD(Buffer.from(aad, 'utf8'));
-  d.setAuthTag(sealed.subarray(sealed.length - GCM_TAG));
-  const out = d.update(sealed.subarray(GCM_IV, sealed.length - GCM_TAG));
-  try {
-    return Buffer.concat([out, d.final()]);
-  } catch {
-    return undefined;
-  } finally {
-    out.fill(0);
-  }
-}
-
-/**
- * Quote a path for a POSIX shell, so the chmod command in a permission error can be pasted as is:
- * plain paths stay bare, anything else goes in single quotes (a quote inside becomes '\'').
- */
-function shellQuote(path: string): string {
-  return /^[A-Za-z0-9_./:@%+=,-]+$/.test(path) ? path : `'${path.replace(/'/g, `'\\''`)}'`;
-}
-
-/**
- * The keystore's files and folder must be private to their owner: keystore.json holds the
- * wrapped KEKs (and, in passphrase mode, the scrypt salt that an offline guesser needs), and a folder
- * others can write lets them replace the keystore, the master key or the lock. Any group/other
- * permission bit is refused, with the exact command that fixes it. Not checked on Windows, where
- * the mode bits do not describe the ACL.
- */
-function checkPrivate(mode: number, path: string, what: string, want: 0o600 | 0o700, code: KeyErrorCode): void {
-  if (process.platform === 'win32' || (mode & 0o077) === 0) return;
-  throw new KeyError(
-    code,
-    `the ${what} is accessible to group or others (mode ${(mode & 0o777).toString(8)}); run: chmod ${want.toString(8)} ${shellQuote(path)}`,
-    { file: path },
-  );
-}
-
-function scryptKey(pass: Uint8Array, salt: Buffer, cost: { n: number; r: number; p: number }): Promise<Buffer> {
-  return new Promise((res, rej) =>
-    scryptCb(pass, salt, 32, { N: cost.n, r: cost.r, p: cost.p, maxmem: 128 * cost.n * cost.r + 128 * cost.r * cost.p + 2 ** 20 }, (e, k) => (e ? rej(e) : res(k))),
-  );
-}
-
-function checkScryptCost(s: unknown, name: string): { n: number; r: number; p: number } {
-  const c = s as { n?: unknown; r?: unknown; p?: unknown } | null;
-  const ok =
-    c !== null &&
-    typeof c === 'object' &&
-    Number.isInteger(c.n) &&
-    (c.n as number) >= 2 &&
-    (c.n as number) <= 2 ** 20 &&
-    ((c.n as number) & ((c.n as number) - 1)) === 0 &&
-    Number.isInteger(c.r) &&
-    (c.r as number) >= 1 &&
-    (c.r as number) <= 32 &&
-    Number.isInteger(c.p) &&
-    (c.p as number) >= 1 &&
-    (c.p as number) <= 16 &&
-    128 * (c.n as number) * (c.r as number) <= 512 * 2 ** 20;
-  if (!ok) throw invalidArgument(expected('{ n: power of two 2..2^20, r: 1..32, p: 1..16 }', name, s));
-  return { n: c!.n as number, r: c!.r as number, p: c!.p as number };
-}
-
-function ioError(err: unknown, action: string, file: string): KeyError {
-  if (err instanceof KeyError) return err;
-  const code = (err as NodeJS.ErrnoException | undefined)?.code;
-  return new KeyError('ERR_KEYSTORE_IO', `cannot ${action}: ${code ?? String(err)}`, { file, cause: err });
-}
 
 export class LocalKeyProvider implements KeyProvider {
   readonly id: string;
@@ -171,11 +54,12 @@ export class LocalKeyProvider implements KeyProvider {
   readonly keystorePath: string;
   readonly masterKeyPath: string;
   readonly lockPath: string;
-  private readonly cost: { n: number; r: number; p: number };
+  private readonly cost: ScryptCost;
   private readonly lockTimeoutMs: number;
   private passphrase: Buffer | undefined;
   private readonly usesPassphrase: boolean;
   private master: Buffer | undefined;
+  readonly allowRetired: boolean;
 
   constructor(options: LocalKeyProviderOptions = {}) {
     if (options === null || typeof options !== 'object') throw invalidArgument(expected('an object', 'options', options));
@@ -197,6 +81,10 @@ export class LocalKeyProvider implements KeyProvider {
     const t = options.lockTimeoutMs ?? LOCAL_PROVIDER_DEFAULTS.lockTimeoutMs;
     if (!Number.isInteger(t) || t < 0) throw invalidArgument(expected('a non-negative integer', 'lockTimeoutMs', t));
     this.lockTimeoutMs = t;
+    if (options.allowRetired !== undefined && typeof options.allowRetired !== 'boolean') {
+      throw invalidArgument(expected('a boolean', 'allowRetired', options.allowRetired));
+    }
+    this.allowRetired = options.allowRetired === true;
     this.id = id;
     this.home = resolve(home);
     this.keystorePath = join(this.home, 'keystore.json');
@@ -228,16 +116,28 @@ export class LocalKeyProvider implements KeyProvider {
   /** The keys in the keystore (no key material). ERR_KEYSTORE_MISSING if there is no keystore. */
   async list(): Promise<LocalKeyInfo[]> {
     const store = await this.openStore();
-    return store.keys.map(({ keyId, name, created, state, destroyed }) => ({ keyId, name, created, state, ...(destroyed ? { destroyed } : {}) }));
+    return store.keys.map(({ keyId, name, created, state, diskId, retired, destroyed }) => ({
+      keyId,
+      name,
+      created,
+      state,
+      ...(diskId !== undefined ? { diskId } : {}),
+      ...(retired ? { retired } : {}),
+      ...(destroyed ? { destroyed } : {}),
+    }));
   }
 
-  /** Make a new random AES-256 KEK, stored wrapped in the keystore (created first if absent). */
-  async createKey(opts: { name?: string } = {}): Promise<KeyRef> {
+  /**
+   * Make a new random AES-256 KEK, stored wrapped in the keystore (created first if absent). `diskId`
+   * records that the key is made for that disk alone, so that a deep rekey of the disk may retire it.
+   */
+  async createKey(opts: CreateKeyOptions = {}): Promise<KeyRef> {
     if (opts === null || typeof opts !== 'object') throw invalidArgument(expected('an object', 'options', opts));
     const name = opts.name ?? null;
     if (name !== null && (typeof name !== 'string' || name.length > 256)) {
       throw invalidArgument(expected('a string of at most 256 characters', 'name', name));
     }
+    const diskId = opts.diskId === undefined ? undefined : checkDiskId(opts.diskId);
     await this.init();
     const keyId = randomUUID();
     const kek = randomBytes(32);
@@ -248,6 +148,7 @@ export class LocalKeyProvider implements KeyProvider {
           name,
           created: new Date().toISOString(),
           state: 'active',
+          ...(diskId !== undefined ? { diskId } : {}),
           wrapped: gcmSeal(master, kek, `vmseal keystore v1 key ${keyId}`).toString('base64'),
         });
       });
@@ -257,11 +158,41 @@ export class LocalKeyProvider implements KeyProvider {
     return { providerId: this.id, keyId };
   }
 
-  /** The 32-byte KEK `keyId` (the caller wipes it). */
+  /** The 32-byte KEK `keyId` (the caller wipes it). A retired key: ERR_KEY_RETIRED unless allowRetired. */
   async getKey(keyId: string): Promise<Buffer> {
     checkKeyId(keyId);
     const store = await this.openStore();
+    const e = findEntry(store, keyId, this.keystorePath);
+    if (e.state === 'retired' && !this.allowRetired) {
+      throw new KeyError(
+        'ERR_KEY_RETIRED',
+        `key '${keyId}' of the local keystore was retired on ${e.retired} (a deep rekey gave its disk a new key): this is an old copy of the disk or of its descriptor`,
+        { keyId, providerId: this.id, file: this.keystorePath },
+      );
+    }
     return this.unwrap(store, keyId, this.master!);
+  }
+
+  /** The disk `keyId` was created for alone, or undefined for a shared key. */
+  async keyOwner(keyId: string): Promise<string | undefined> {
+    checkKeyId(keyId);
+    const store = await this.openStore();
+    return findEntry(store, keyId, this.keystorePath).diskId;
+  }
+
+  /**
+   * Take a KEK out of normal use: its material stays (an old backup of the disk can still be opened
+   * with allowRetired) but getKey refuses it. Retiring a retired key does nothing.
+   */
+  async retireKey(keyId: string): Promise<void> {
+    checkKeyId(keyId);
+    await this.modify(async (store) => {
+      const e = findEntry(store, keyId, this.keystorePath);
+      if (e.state === 'destroyed') throw new KeyError('ERR_KEYSTORE_KEY_DESTROYED', `key '${keyId}' was destroyed`, { keyId, providerId: this.id, file: this.keystorePath });
+      if (e.state === 'retired') return;
+      e.state = 'retired';
+      e.retired = new Date().toISOString();
+    });
   }
 
   /** Destroy a KEK: its wrapped material is removed from the keystore; the entry remains as a tombstone. */
@@ -273,63 +204,62 @@ export class LocalKeyProvider implements KeyProvider {
       e.state = 'destroyed';
       e.destroyed = new Date().toISOString();
       delete e.wrapped;
+      delete e.retired;
     });
   }
 
   /**
-   * Write every active KEK to `file` (mode 0600, atomically), encrypted under `passphrase` with scrypt and
+   * Delete a key that never locked anything (made by a job that did not complete): the entry goes
+   * without a tombstone, so `keys list` does not fill up with keys of interrupted jobs. A key already
+   * gone is not an error.
+   */
+  async discardKey(keyId: string): Promise<void> {
+    checkKeyId(keyId);
+    await this.modify(async (store) => {
+      store.keys = store.keys.filter((k) => k.keyId !== keyId);
+    });
+  }
+
+  /**
+   * Write every KEK that is not destroyed (active and retired ones) to `file` (mode 0600, atomically), encrypted under `passphrase` with scrypt and
    * AES-256-GCM. Returns the number of keys written.
    */
   async backup(file: string, passphrase: string | Uint8Array): Promise<{ keys: number }> {
     if (typeof file !== 'string' || file === '') throw invalidArgument(expected('a file path', 'file', file));
     const pass = passBytes(passphrase);
-    const store = await this.openStore();
-    const parts: Buffer[] = [];
-    let count = 0;
+    const entries: BackupEntry[] = [];
     try {
+      const store = await this.openStore();
       for (const e of store.keys) {
-        if (e.state !== 'active') continue;
-        const kek = this.unwrap(store, e.keyId, this.master!);
-        parts.push(lenPrefixed(e.keyId), lenPrefixed(e.name ?? ''), Buffer.from([e.name === null ? 0 : 1]), lenPrefixed(e.created), kek);
-        count++;
-      }
-      const plain = Buffer.concat(parts);
-      const salt = randomBytes(16);
-      const key = await scryptKey(pass, salt, this.cost);
-      try {
-        const data = gcmSeal(key, plain, 'vmseal keystore backup v1');
-        const doc = {
-          format: 'vmseal-keystore-backup',
-          version: 1,
-          providerId: this.id,
-          created: new Date().toISOString(),
-          kdf: { name: 'scrypt', n: this.cost.n, r: this.cost.r, p: this.cost.p, salt: salt.toString('base64') },
-          data: data.toString('base64'),
-        };
-        await writeFileAtomic(resolve(file), Buffer.from(JSON.stringify(doc, null, 2) + '\n'), 0o600).catch((err) => {
-          throw ioError(err, 'write the backup file', resolve(file));
+        if (e.state === 'destroyed') continue;
+        entries.push({
+          keyId: e.keyId,
+          name: e.name,
+          created: e.created,
+          state: e.state,
+          ...(e.retired !== undefined ? { retired: e.retired } : {}),
+          ...(e.diskId !== undefined ? { diskId: e.diskId } : {}),
+          kek: this.unwrap(store, e.keyId, this.master!),
         });
-      } finally {
-        key.fill(0);
-        plain.fill(0);
       }
+      await writeBackup(resolve(file), entries, pass, this.cost, this.id);
     } finally {
-      for (const p of parts) p.fill(0);
+      for (const e of entries) e.kek.fill(0);
       pass.fill(0);
     }
-    return { keys: count };
+    return { keys: entries.length };
   }
 
   /**
    * Add the keys of a backup file to this keystore (created if absent). A key already present with the
    * same material is left as is; one present with different material is ERR_KEYSTORE_CONFLICT (nothing is
-   * written); a destroyed key comes back active.
+   * written); a destroyed key comes back, in the state the backup recorded (active, or retired).
    */
   async restore(file: string, passphrase: string | Uint8Array): Promise<{ added: number; unchanged: number }> {
     if (typeof file !== 'string' || file === '') throw invalidArgument(expected('a file path', 'file', file));
     const path = resolve(file);
     const pass = passBytes(passphrase);
-    let entries: Array<{ keyId: string; name: string | null; created: string; kek: Buffer }>;
+    let entries: BackupEntry[];
     try {
       entries = await readBackup(path, pass);
     } finally {
@@ -344,7 +274,7 @@ export class LocalKeyProvider implements KeyProvider {
         unchanged = 0;
         for (const b of entries) {
           const e = store.keys.find((k) => k.keyId === b.keyId);
-          if (e && e.state === 'active') {
+          if (e && e.state !== 'destroyed') {
             const cur = this.unwrap(store, b.keyId, master);
             const same = timingSafeEqual(cur, b.kek);
             cur.fill(0);
@@ -357,13 +287,14 @@ export class LocalKeyProvider implements KeyProvider {
             unchanged++;
             continue;
           }
+          // A destroyed or missing key comes back in the state the backup recorded (a retired key stays retired).
           const wrapped = gcmSeal(master, b.kek, `vmseal keystore v1 key ${b.keyId}`).toString('base64');
+          const back = { state: b.state, ...(b.retired !== undefined ? { retired: b.retired } : {}), ...(b.diskId !== undefined ? { diskId: b.diskId } : {}), wrapped };
           if (e) {
-            e.state = 'active';
-            e.wrapped = wrapped;
             delete e.destroyed;
+            Object.assign(e, back);
           } else {
-            store.keys.push({ keyId: b.keyId, name: b.name, created: b.created, state: 'active', wrapped });
+            store.keys.push({ keyId: b.keyId, name: b.name, created: b.created, ...back });
           }
           added++;
         }
@@ -426,7 +357,7 @@ export class LocalKeyProvider implements KeyProvider {
         fresh.fill(0);
         text.fill(0);
       }
-      master = await this.readMasterKeyFile();
+      master = await readMasterKeyFile(this.masterKeyPath);
       spec = { source: 'keyfile' };
     }
     this.setMaster(master);
@@ -445,37 +376,6 @@ export class LocalKeyProvider implements KeyProvider {
     this.master = master;
     this.passphrase?.fill(0);
     this.passphrase = undefined;
-  }
-
-  private async readMasterKeyFile(): Promise<Buffer> {
-    const file = this.masterKeyPath;
-    let st;
-    try {
-      st = await stat(file);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-        throw new KeyError('ERR_KEYSTORE_MASTER_KEY', 'the master key file is missing (restore it, or restore the keys from a backup into a new keystore)', { file });
-      }
-      throw ioError(err, 'read the master key file', file);
-    }
-    // ERR_KEYSTORE_MASTER_KEY (not ERR_KEYSTORE_PERMISSIONS): the code this check has always had.
-    checkPrivate(st.mode, file, 'master key file', 0o600, 'ERR_KEYSTORE_MASTER_KEY');
-    if (st.size > 1024) throw new KeyError('ERR_KEYSTORE_MASTER_KEY', `the master key file is ${st.size} bytes; expected a vmseal master key`, { file });
-    let raw: Buffer;
-    try {
-      raw = await readFile(file);
-    } catch (err) {
-      throw ioError(err, 'read the master key file', file);
-    }
-    try {
-      const text = raw.toString('latin1');
-      const m = /^vmseal-master-key-v1 ([A-Za-z0-9+/]{43}=)\n?$/.exec(text);
-      const key = m ? decodeBase64String(m[1]!) : undefined;
-      if (!key || key.length !== 32) throw new KeyError('ERR_KEYSTORE_MASTER_KEY', 'the master key file is not a vmseal master key', { file });
-      return key;
-    } finally {
-      raw.fill(0);
-    }
   }
 
   /** Derive or read the master key for a store and check it against the store's check value. */
@@ -503,7 +403,7 @@ export class LocalKeyProvider implements KeyProvider {
         throw new KeyError('ERR_KEYSTORE_PASSPHRASE', 'wrong passphrase for the keystore', { file: this.keystorePath });
       }
     } else {
-      master = await this.readMasterKeyFile();
+      master = await readMasterKeyFile(this.masterKeyPath);
       if (!checkOpens(master, store)) {
         master.fill(0);
         throw new KeyError('ERR_KEYSTORE_MASTER_KEY', 'the master key file does not open this keystore', { file: this.masterKeyPath });
@@ -517,28 +417,10 @@ export class LocalKeyProvider implements KeyProvider {
   private async readStore(required: true): Promise<Store>;
   private async readStore(required: boolean): Promise<Store | undefined>;
   private async readStore(required: boolean): Promise<Store | undefined> {
-    const file = this.keystorePath;
     await this.checkHome();
-    let raw: Buffer;
-    try {
-      // Mode and size are taken from the open handle, so they describe the very file that is read.
-      const fh = await open(file, 'r');
-      try {
-        const st = await fh.stat();
-        checkPrivate(st.mode, file, 'keystore file', 0o600, 'ERR_KEYSTORE_PERMISSIONS');
-        if (st.size > MAX_STORE_BYTES) throw new KeyError('ERR_KEYSTORE_CORRUPT', `the keystore is ${st.size} bytes; at most ${MAX_STORE_BYTES} are accepted`, { file });
-        raw = await fh.readFile();
-      } finally {
-        await fh.close();
-      }
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-        if (!required) return undefined;
-        throw new KeyError('ERR_KEYSTORE_MISSING', 'there is no keystore (create a key or run init first)', { file });
-      }
-      throw ioError(err, 'read the keystore', file);
-    }
-    return validateStore(raw, file);
+    const store = await readStoreFile(this.keystorePath);
+    if (store === undefined && required) throw new KeyError('ERR_KEYSTORE_MISSING', 'there is no keystore (create a key or run init first)', { file: this.keystorePath });
+    return store;
   }
 
   private async openStore(): Promise<Store> {
@@ -548,11 +430,7 @@ export class LocalKeyProvider implements KeyProvider {
   }
 
   private async writeStore(store: Store): Promise<void> {
-    try {
-      await writeFileAtomic(this.keystorePath, Buffer.from(JSON.stringify(store, null, 2) + '\n', 'utf8'), 0o600);
-    } catch (err) {
-      throw ioError(err, 'write the keystore', this.keystorePath);
-    }
+    await writeStoreFile(this.keystorePath, store);
   }
 
   /** Read-modify-write under the lock file. */
@@ -580,6 +458,11 @@ export class LocalKeyProvider implements KeyProvider {
   }
 }
 
+function checkDiskId(diskId: unknown): string {
+  if (typeof diskId !== 'string' || !DISK_ID.test(diskId)) throw invalidArgument(expected('1..64 characters [A-Za-z0-9._-]', 'diskId', diskId));
+  return diskId;
+}
+
 function checkKeyId(keyId: unknown): void {
   if (typeof keyId !== 'string' || keyId.length === 0 || keyId.length > 256) {
     throw invalidArgument(expected('a key id string', 'keyId', keyId));
@@ -605,121 +488,3 @@ function checkOpens(master: Buffer, store: Store): boolean {
   return ok;
 }
 
-function lenPrefixed(s: string): Buffer {
-  const b = Buffer.from(s, 'utf8');
-  const len = Buffer.alloc(2);
-  len.writeUInt16BE(b.length);
-  return Buffer.concat([len, b]);
-}
-
-const ISO = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$/;
-const B64 = (v: unknown, min: number, max: number) => typeof v === 'string' && ((b) => b !== undefined && b.length >= min && b.length <= max)(decodeBase64String(v));
-
-function validateStore(raw: Buffer, file: string): Store {
-  const bad = (field: string): never => {
-    throw new KeyError('ERR_KEYSTORE_CORRUPT', `the keystore is not a valid vmseal keystore: bad or missing ${field}`, { file });
-  };
-  let doc: any; // eslint-disable-line @typescript-eslint/no-explicit-any
-  try {
-    doc = JSON.parse(raw.toString('utf8'));
-  } catch {
-    throw new KeyError('ERR_KEYSTORE_CORRUPT', 'the keystore is not valid JSON', { file });
-  }
-  if (doc === null || typeof doc !== 'object' || Array.isArray(doc)) bad('top-level object');
-  if (doc.format !== 'vmseal-keystore') bad('"format"');
-  if (doc.version !== 1) bad('"version" (this vmseal reads version 1)');
-  if (typeof doc.providerId !== 'string') bad('"providerId"');
-  const m = doc.master;
-  if (m === null || typeof m !== 'object') bad('"master"');
-  if (m.source === 'passphrase') {
-    if (m.kdf !== 'scrypt') bad('"master.kdf"');
-    try {
-      checkScryptCost({ n: m.n, r: m.r, p: m.p }, 'master');
-    } catch {
-      bad('"master.n/r/p"');
-    }
-    if (!B64(m.salt, 8, 64)) bad('"master.salt"');
-  } else if (m.source !== 'keyfile') bad('"master.source"');
-  if (!B64(doc.check, GCM_IV + GCM_TAG + 1, 256)) bad('"check"');
-  if (!Array.isArray(doc.keys)) bad('"keys"');
-  const ids = new Set<string>();
-  doc.keys.forEach((k: any, i: number) => { // eslint-disable-line @typescript-eslint/no-explicit-any
-    const f = (name: string) => bad(`"keys[${i}].${name}"`);
-    if (k === null || typeof k !== 'object') bad(`"keys[${i}]"`);
-    if (typeof k.keyId !== 'string' || k.keyId.length === 0 || k.keyId.length > 256 || ids.has(k.keyId)) f('keyId');
-    ids.add(k.keyId);
-    if (k.name !== null && typeof k.name !== 'string') f('name');
-    if (typeof k.created !== 'string' || !ISO.test(k.created)) f('created');
-    if (k.state === 'active') {
-      if (!B64(k.wrapped, GCM_IV + 32 + GCM_TAG, GCM_IV + 32 + GCM_TAG)) f('wrapped');
-    } else if (k.state === 'destroyed') {
-      if (k.wrapped !== undefined) f('wrapped');
-      if (typeof k.destroyed !== 'string' || !ISO.test(k.destroyed)) f('destroyed');
-    } else f('state');
-  });
-  return doc as Store;
-}
-
-async function readBackup(path: string, pass: Buffer): Promise<Array<{ keyId: string; name: string | null; created: string; kek: Buffer }>> {
-  const corrupt = (what: string) => new KeyError('ERR_KEYSTORE_CORRUPT', `not a valid vmseal keystore backup: ${what}`, { file: path });
-  let raw: Buffer;
-  try {
-    const st = await stat(path);
-    if (st.size > MAX_STORE_BYTES) throw corrupt(`${st.size} bytes is too large`);
-    raw = await readFile(path);
-  } catch (err) {
-    throw ioError(err, 'read the backup file', path);
-  }
-  let doc: any; // eslint-disable-line @typescript-eslint/no-explicit-any
-  try {
-    doc = JSON.parse(raw.toString('utf8'));
-  } catch {
-    throw corrupt('not JSON');
-  }
-  if (doc === null || typeof doc !== 'object' || doc.format !== 'vmseal-keystore-backup' || doc.version !== 1) throw corrupt('bad "format" or "version"');
-  const k = doc.kdf;
-  if (k === null || typeof k !== 'object' || k.name !== 'scrypt' || !B64(k.salt, 8, 64)) throw corrupt('bad "kdf"');
-  let cost;
-  try {
-    cost = checkScryptCost({ n: k.n, r: k.r, p: k.p }, 'kdf');
-  } catch {
-    throw corrupt('bad "kdf" cost');
-  }
-  if (typeof doc.data !== 'string') throw corrupt('bad "data"');
-  const data = decodeBase64String(doc.data);
-  if (!data) throw corrupt('bad "data"');
-  const key = await scryptKey(pass, decodeBase64String(k.salt)!, cost);
-  const plain = gcmOpen(key, data, 'vmseal keystore backup v1');
-  key.fill(0);
-  if (!plain) throw new KeyError('ERR_KEYSTORE_PASSPHRASE', 'wrong passphrase for the backup file (or the file was modified)', { file: path });
-  // Binary layout (all strings UTF-8, u16be length-prefixed): keyId, name, hasName (1 byte), created, KEK (32)
-  const out: Array<{ keyId: string; name: string | null; created: string; kek: Buffer }> = [];
-  try {
-    let o = 0;
-    const str = () => {
-      if (o + 2 > plain.length) throw corrupt('truncated key list');
-      const n = plain.readUInt16BE(o);
-      if (o + 2 + n > plain.length) throw corrupt('truncated key list');
-      const s = plain.toString('utf8', o + 2, o + 2 + n);
-      o += 2 + n;
-      return s;
-    };
-    while (o < plain.length) {
-      const keyId = str();
-      const name = str();
-      if (o + 1 > plain.length) throw corrupt('truncated key list');
-      const hasName = plain[o++] === 1;
-      const created = str();
-      if (o + 32 > plain.length) throw corrupt('truncated key list');
-      if (keyId.length === 0 || keyId.length > 256 || !ISO.test(created)) throw corrupt('bad key entry');
-      out.push({ keyId, name: hasName ? name : null, created, kek: Buffer.from(plain.subarray(o, o + 32)) });
-      o += 32;
-    }
-  } catch (err) {
-    for (const e of out) e.kek.fill(0);
-    throw err;
-  } finally {
-    plain.fill(0);
-  }
-  return out;
-}

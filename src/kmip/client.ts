@@ -27,6 +27,7 @@ import {
   parseDiscoverVersions,
   parseGetSymmetricKey,
   parseLocate,
+  parseNames,
   parseQuery,
   parseResponse,
   parseState,
@@ -174,6 +175,11 @@ export class KmipClient {
   /** Get Attributes (State). */
   async getState(uniqueIdentifier: string): Promise<KeyState> {
     return this.send(Operation.GetAttributes, getAttributesPayload(uniqueIdentifier, [Tag.State], this.protocolVersion), parseState);
+  }
+
+  /** Get Attributes (Name): every Name of the object. */
+  async getNames(uniqueIdentifier: string): Promise<string[]> {
+    return this.send(Operation.GetAttributes, getAttributesPayload(uniqueIdentifier, [Tag.Name], this.protocolVersion), parseNames);
   }
 
   /** Revoke with reason Cessation Of Operation (the default) or another Revocation Reason Code. */

@@ -12,6 +12,8 @@ import { VmsealError } from '../errors.js';
  * - ERR_KMIP_TLS               the TLS handshake failed (unknown CA, no/unaccepted client certificate, name mismatch)
  * - ERR_KMIP_TIMEOUT           a node did not connect or answer within the timeout
  * - ERR_KMIP_CLOSED            the connection closed before the answer was complete (or the client was closed)
+ * - ERR_KEY_RETIRED            the key is not Active (revoked by a deep rekey, compromised, …) and retired keys
+ *                              were not allowed: KMIP Get still returns a revoked key, so vmseal checks State itself
  * - ERR_KMS_UNAVAILABLE        no node of the cluster answered; `failures` names each node and its reason
  */
 export type KmipErrorCode =
@@ -24,6 +26,7 @@ export type KmipErrorCode =
   | 'ERR_KMIP_TLS'
   | 'ERR_KMIP_TIMEOUT'
   | 'ERR_KMIP_CLOSED'
+  | 'ERR_KEY_RETIRED'
   | 'ERR_KMS_UNAVAILABLE';
 
 /** One node's reason for failing, as recorded in an ERR_KMS_UNAVAILABLE error. */

@@ -393,6 +393,23 @@ export function parseState(payload: TtlvItem): KeyState {
   return name as KeyState;
 }
 
+/**
+ * Every Name Value of a Get Attributes response (a key may carry several Names). 1.x: the values of
+ * the Attributes named "Name"; 2.0: the Name items of the Attributes structure.
+ */
+export function parseNames(payload: TtlvItem): string[] {
+  const v2 = findChild(payload, Tag.Attributes, 'Structure');
+  const names = v2 !== undefined ? v2.value.filter((i) => i.tag === Tag.Name) : findChildren(payload, Tag.Attribute, 'Structure')
+    .filter((a) => findChild(a, Tag.AttributeName, 'TextString')?.value === 'Name')
+    .map((a) => a.value.find((c) => c.tag === Tag.AttributeValue))
+    .filter((v): v is TtlvItem => v !== undefined);
+  return names.flatMap((n) => {
+    if (n.type !== 'Structure') throw protocolError(`Name attribute must be a Structure but is a ${n.type}`);
+    const value = findChild(n, Tag.NameValue, 'TextString');
+    return value === undefined ? [] : [value.value];
+  });
+}
+
 export interface QueryResult {
   readonly operations: string[];
   readonly objectTypes: string[];

@@ -45,6 +45,7 @@ import { ProgressTracker } from './progress.js';
 import { openSource } from './source.js';
 import { ensureSpace } from './space.js';
 import { StagedOutput, cleanStaleStages, pathExists } from './staging.js';
+import { jobProviders } from './job-keys.js';
 
 export interface CopySpec {
   operation: 'encrypt' | 'decrypt' | 'convert' | 'rekey-deep';
@@ -160,8 +161,10 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
   // Every other file the job reads or writes is held by name (one lock file per folder).
   const names = new NameReservations();
   try {
-    // A commit of an earlier run on this name that was killed half way is finished first.
-    await cleanStaleStages(dirname(output), basename(output), names);
+    // A commit of an earlier run on this name that was killed half way is finished first; the keys
+    // of one killed before its commit are removed.
+    const providers = jobProviders(spec.keys, spec.encrypt?.lockers);
+    await cleanStaleStages(dirname(output), basename(output), names, providers);
     const source = await openSource(input, {
       ...formatOption(opts.format),
       ...(spec.keys ? { keys: spec.keys } : {}),
@@ -208,7 +211,8 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
       }
       if (subformat !== 'raw' && RAW_NAMES.test(output))
         notes.push(`${output} is a VMDK (${subformat}) although its name ends like a raw image; commands that read it need --format vmdk`);
-      stage = await StagedOutput.prepare(output, { force, names });
+      stage = await StagedOutput.prepare(output, { force, names, providers });
+      const staged = stage;
 
       // The output's encryption: a new DEK, the input's own (copy of an encrypted disk), or none.
       let outParams: EncryptionParams | null = null;
@@ -218,7 +222,15 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
         if (capacity % unitSize !== 0) throw new DiskError('ERR_INVALID_ARGUMENT', `the capacity of ${input} (${capacity} bytes) is not a multiple of the ${unitSize}-byte data unit`);
         const dek = generateDek(cipher);
         try {
-          const made = await makeEncryptionParams(dek, { cipher, unitSize, capacity, lockers: spec.encrypt.lockers, ...(spec.encrypt.cache ? { cache: spec.encrypt.cache } : {}) });
+          const made = await makeEncryptionParams(dek, {
+            cipher,
+            unitSize,
+            capacity,
+            lockers: spec.encrypt.lockers,
+            ...(spec.encrypt.cache ? { cache: spec.encrypt.cache } : {}),
+            // Listed before use, so that an abort or a crash does not leave a key that locks nothing.
+            onKeyCreated: (ref) => staged.recordKey(ref),
+          });
           // The output's data check covers the plaintext of its unit 0, which is the input's.
           outParams = { ...made, dataCheck: dataCheckOf(dek, made.diskId, unitSize, await unitZeroOf(source.disk, unitSize)) };
           ownCipher = outCipher = createDataCipher(cipher, dek, unitSize, opts.threads ? { threads: opts.threads } : {});
@@ -309,7 +321,7 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
       };
     } catch (err) {
       if (out) await out.close().catch(() => undefined);
-      if (stage) await stage.discard().catch(() => undefined);
+      if (stage) await stage.discard(providers).catch(() => undefined);
       throw err;
     } finally {
       ownCipher?.dispose();

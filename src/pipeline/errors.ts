@@ -14,6 +14,7 @@ export type PipelineErrorCode =
   | 'ERR_ABORTED' // the AbortSignal fired; temporary files were removed
   | 'ERR_UNSUPPORTED_OUTPUT' // an encrypted output asked as raw or streamOptimized
   | 'ERR_JOURNAL' // an in-place journal is unreadable or belongs to another job or disk
+  | 'ERR_JOURNAL_MISMATCH' // a re-run of an interrupted in-place job asks for other lockers (or cipher, unit size) than its journal
   | ArgumentErrorCode; // ERR_INVALID_ARGUMENT: a bad option
 
 /** The one error class of src/pipeline. */

@@ -13,4 +13,5 @@ export {
   type ShallowRekeyOptions,
   type ResumeOptions,
 } from './inplace.js';
+export type { KeyRotation, KeptReason } from './retire.js';
 export { inspectDisk, verifyDisk, type DiskInfo, type VerifyOptions, type VerifyResult } from './inspect.js';

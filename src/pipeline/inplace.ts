@@ -23,6 +23,7 @@ import {
   DiskError,
   generateDek,
   makeEncryptionParams,
+  reuseCreatedKeys,
   unlockDek,
   checkLockers,
   encryptionOf,
@@ -43,7 +44,7 @@ import {
   unitZeroBacked,
 } from '../disk/for-pipeline.js';
 import { allocateCipherBuffer } from '../xts/index.js';
-import { describeKeySafe, rewrapKeySafe, sealDek, type LockerInfo } from '../keys/index.js';
+import { describeKeySafe, rewrapKeySafe, sealDek, type KeyRef, type LockerInfo } from '../keys/index.js';
 import { expected } from '../errors.js';
 import { locateDescriptor, readDescriptorBytes, removeStaleDescriptorTemps, writeDescriptor, type DescriptorLocation } from './descriptor-io.js';
 import { PipelineError, abortError } from './errors.js';
@@ -56,6 +57,9 @@ import { ProgressTracker } from './progress.js';
 import { cleanStaleStages } from './staging.js';
 import { ensureSpace } from './space.js';
 import { markDescriptor, runCopy } from './copy.js';
+import { retireReplacedKeys } from './retire.js';
+import { journalDifferences } from './journal-match.js';
+import { discardJobKeys, jobProviders } from './job-keys.js';
 
 /** Set the encryption lines (in their order, right after createType) and the job line on a descriptor. */
 function withLines(base: Descriptor, params: EncryptionParams | null, job: string | undefined): Descriptor {
@@ -400,7 +404,10 @@ export async function encryptInPlace(path: string, options: EncryptInPlaceOption
   const both = { from: unlock, to: unlock };
   return withDiskLock(p, 'encrypt-in-place', opts.format, async () => {
     const existing = await Journal.open(p);
-    if (existing) return runJournal(p, existing, both, opts, true);
+    if (existing) {
+      await refuseOtherLockers(p, existing, { lockers, ...(cipher ? { cipher } : {}), ...(unitSize ? { unitSize } : {}) });
+      return runJournal(p, existing, both, opts, true);
+    }
     const done = await finishedEarlier(p, opts.format, unlock);
     if (done) return alreadyDone('encrypt', p, done, await capacityOf(p, opts.format));
     const journal = await startInPlace(
@@ -414,8 +421,18 @@ export async function encryptInPlace(path: string, options: EncryptInPlaceOption
 export interface DeepRekeyOptions extends JobOptions {
   /** Unlocks the current DEK. */
   keys: UnlockOptions;
-  /** Lockers of the new DEK (default: the same provider keys as the current fqid lockers; passphrase lockers need `lockers`). */
+  /**
+   * Lockers of the new DEK (default: a new KEK from each provider of the current fqid lockers, made for
+   * this disk; passphrase lockers need `lockers`).
+   */
   lockers?: LockerSpec[];
+  /**
+   * Afterwards, retire the old KEKs that were made for this disk alone and no longer lock it, so an
+   * old copy of the disk does not open (default: true). Shared KEKs stay active. See `keyRotation`.
+   */
+  retireOldKeys?: boolean;
+  /** Destroy those old KEKs instead of retiring them (default: false). Old backups then need `keys restore`. */
+  destroyOldKeys?: boolean;
   /** Default: unchanged. */
   cipher?: CipherName;
   /** Default: unchanged. */
@@ -433,42 +450,82 @@ export interface DeepRekeyOptions extends JobOptions {
 export async function deepRekey(path: string, options: DeepRekeyOptions): Promise<JobResult> {
   const p = await realDiskPath(checkPath(path, 'path'));
   const { chunkSize } = checkJobOptions(options);
-  const { keys, lockers: given, cipher, unitSize, inPlace, cache, ...opts } = options;
+  const { keys, lockers: given, cipher, unitSize, inPlace, cache, retireOldKeys, destroyOldKeys, ...opts } = options;
   if (keys === null || typeof keys !== 'object') throw new PipelineError('ERR_INVALID_ARGUMENT', expected('an object { passphrase?, providers?, cache? }', 'keys', keys));
+  const retire = { ...(retireOldKeys !== undefined ? { retireOldKeys } : {}), ...(destroyOldKeys !== undefined ? { destroyOldKeys } : {}) };
+  const rotate = (from: EncryptionParams | null, done: JobResult, providers: UnlockOptions['providers']): Promise<JobResult> =>
+    withRotation(p, from, done, providers, { ...retire, cache: cache ?? keys.cache, format: opts.format });
   if (inPlace) {
-    // A re-run after a crash continues the journal (whatever lockers are given now).
+    // A re-run after a crash continues the journal (with the lockers it fixed: others are refused).
     const existing = await Journal.open(p);
     if (existing) {
+      if (given !== undefined) await refuseOtherLockers(p, existing, { lockers: given, ...(cipher ? { cipher } : {}), ...(unitSize ? { unitSize } : {}) });
       await existing.close();
-      const done = await resumeDisk(p, { ...opts, keys, newKeys: keysFromLockers(given, { ...keys, passphrase: undefined }, cache) });
+      const newKeys = keysFromLockers(given, { ...keys, passphrase: undefined }, cache);
+      const done = await resumeDisk(p, { ...opts, ...retire, keys, newKeys });
       if (done) return done;
     }
   }
-  const lockers = given ?? (await sameProviderLockers(p, keys, opts.format));
+  const from = await readEncryptionParams(p, formatOption(opts.format));
+  const lockers = given ?? newProviderLockers(p, from, keys);
   const newKeys = keysFromLockers(lockers, { ...keys, passphrase: undefined }, cache);
   const encrypt: EncryptSpec = { lockers, ...(cipher ? { cipher } : {}), ...(unitSize ? { unitSize } : {}), ...(cache ? { cache } : {}) };
   // Checked under the lock (which also clears a stale lock of a killed run).
   const done = await withDiskLock(p, 'rekey-deep', opts.format, () => finishedEarlier(p, opts.format, newKeys, keys));
   if (done) return alreadyDone('rekey-deep', p, done, await capacityOf(p, opts.format));
   if (!inPlace) {
-    return runCopy({ operation: 'rekey-deep', input: p, output: p, opts: { ...opts, force: true }, keys, encrypt, requireInput: 'encrypted', replaceInput: true });
+    const copied = await runCopy({ operation: 'rekey-deep', input: p, output: p, opts: { ...opts, force: true }, keys, encrypt, requireInput: 'encrypted', replaceInput: true });
+    return rotate(from, copied, newKeys.providers);
   }
-  return withDiskLock(p, 'rekey-deep-in-place', opts.format, async () => {
+  const rewritten = await withDiskLock(p, 'rekey-deep-in-place', opts.format, async () => {
     const journal = await startInPlace({ operation: 'rekey-deep-in-place', path: p, opts, keys, encrypt }, chunkSize);
     return runJournal(p, journal, { from: keys, to: newKeys }, opts, false);
   });
+  return rotate(from, rewritten, newKeys.providers);
 }
 
-/** Lockers for a new DEK under the same provider KEKs as the disk's current fqid lockers. */
-async function sameProviderLockers(path: string, keys: UnlockOptions, format: DiskFormat | undefined): Promise<LockerSpec[]> {
-  const params = await readEncryptionParams(path, formatOption(format));
+/**
+ * After a deep rekey: retire the old KEKs made for this disk alone (see retire.ts) and report it in
+ * the result. `from` is the encryption before the rekey (from the disk, or from an interrupted job's
+ * journal).
+ */
+async function withRotation(
+  path: string,
+  from: EncryptionParams | null,
+  done: JobResult,
+  providers: UnlockOptions['providers'],
+  opts: { retireOldKeys?: boolean; destroyOldKeys?: boolean; cache?: KeyCache | undefined; format?: DiskFormat | undefined },
+): Promise<JobResult> {
+  if (opts.retireOldKeys === false || !from) return done;
+  const to = await readEncryptionParams(path, formatOption(opts.format));
+  if (!to || to.diskId === from.diskId) return done;
+  const list = Array.isArray(providers) ? providers : providers ? Object.values(providers) : [];
+  return { ...done, keyRotation: await retireReplacedKeys(from, to, list, { destroy: opts.destroyOldKeys === true, ...(opts.cache ? { cache: opts.cache } : {}) }) };
+}
+
+/**
+ * A re-run of an interrupted job finishes it with the journal's new KeySafe: refuse (and close the
+ * journal) when the run asks for something else, naming each difference.
+ */
+async function refuseOtherLockers(path: string, journal: Journal, spec: Pick<EncryptSpec, 'lockers' | 'cipher' | 'unitSize'>): Promise<void> {
+  const diffs = await journalDifferences(journal.header.to, spec);
+  if (diffs.length === 0) return;
+  await journal.close();
+  throw new PipelineError(
+    'ERR_JOURNAL_MISMATCH',
+    `${path} has an interrupted ${journal.header.operation} job whose journal already fixed the new key's lockers, and this run asks for other ones: ${diffs.join('; ')}`,
+  );
+}
+
+/** Lockers for a new DEK: a new KEK (made for this disk) from each provider of the disk's current fqid lockers. */
+function newProviderLockers(path: string, params: EncryptionParams | null, keys: UnlockOptions): LockerSpec[] {
   if (!params) throw new DiskError('ERR_NOT_ENCRYPTED', `${path} is not encrypted`);
   const providers = Array.isArray(keys.providers) ? keys.providers : keys.providers ? Object.values(keys.providers) : [];
   const out: LockerSpec[] = [];
   for (const l of describeKeySafe(params.keySafe)) {
     if (l.kind !== 'provider') continue;
     const provider = providers.find((p) => p.id === l.providerId);
-    if (provider) out.push({ kind: 'provider', provider, keyId: l.keyId! });
+    if (provider && !out.some((o) => o.kind === 'provider' && o.provider === provider)) out.push({ kind: 'provider', provider });
   }
   if (out.length === 0) {
     throw new PipelineError('ERR_INVALID_ARGUMENT', `give lockers for the new key of ${path}: none of its provider lockers has a provider in keys.providers (passphrase lockers cannot be re-made without the passphrase as a locker)`);
@@ -515,6 +572,7 @@ export async function shallowRekey(path: string, options: ShallowRekeyOptions): 
     const stored = await openVmdk(p, { readOnly: true, allowEncrypted: true, ...formatOption(format) });
     let header: JournalHeader;
     let journalDek: Buffer | undefined;
+    const madeKeys: KeyRef[] = [];
     try {
       const enc = encryptionOf(stored);
       if (!enc) throw new DiskError('ERR_NOT_ENCRYPTED', `${p} is not encrypted`);
@@ -524,14 +582,24 @@ export async function shallowRekey(path: string, options: ShallowRekeyOptions): 
       let keySafe: string | undefined;
       journalDek = Buffer.from(dek); // a shallow rekey keeps the DEK: it keys the journal's MAC
       try {
+        // A re-seal (unsafe text) reuses the KEKs the previous try made instead of making new ones.
+        let replaceWith = lockers;
+        let add = addLockers;
         for (let i = 0; i < 64 && keySafe === undefined; i++) {
           let text: string;
-          if (lockers !== undefined) {
-            text = await sealDek(dek, { cipher: params.cipher, lockers, ...(cache ?? keys.cache ? { cache: cache ?? keys.cache } : {}) });
+          const created: KeyRef[] = [];
+          const onKeyCreated = (ref: KeyRef): void => {
+            created.push(ref);
+            madeKeys.push(ref);
+          };
+          if (replaceWith !== undefined) {
+            text = await sealDek(dek, { cipher: params.cipher, lockers: replaceWith, diskId: params.diskId, onKeyCreated, ...(cache ?? keys.cache ? { cache: cache ?? keys.cache } : {}) });
+            replaceWith = reuseCreatedKeys(replaceWith, created);
           } else {
             const remove =
               typeof removeLockers === 'function' ? removeLockers : Array.isArray(removeLockers) ? (l: LockerInfo) => removeLockers.includes(l.index) : undefined;
-            text = await rewrapKeySafe(params.keySafe, { unlock: keys, ...(addLockers ? { add: addLockers } : {}), ...(remove ? { remove } : {}), ...(cache ? { cache } : {}) });
+            text = await rewrapKeySafe(params.keySafe, { unlock: keys, diskId: params.diskId, onKeyCreated, ...(add ? { add } : {}), ...(remove ? { remove } : {}), ...(cache ? { cache } : {}) });
+            if (add) add = reuseCreatedKeys(add, created);
           }
           if (text.length > MAX_VALUE_LENGTH) {
             throw new DiskError('ERR_ENCRYPTION_METADATA', `the new KeySafe of ${p} is ${text.length} characters, more than a descriptor value may hold (${MAX_VALUE_LENGTH}); use fewer lockers`);
@@ -559,6 +627,8 @@ export async function shallowRekey(path: string, options: ShallowRekeyOptions): 
       };
     } catch (err) {
       journalDek?.fill(0);
+      // Nothing was written: the KEKs made for the new lockers lock nothing.
+      await discardJobKeys(madeKeys, jobProviders(keys, [...(lockers ?? []), ...(addLockers ?? [])]));
       throw err;
     } finally {
       await stored.close();
@@ -584,6 +654,10 @@ export interface ResumeOptions extends JobOptions {
   /** Unlocks the new key of an interrupted deep rekey when `keys` cannot (e.g. another passphrase). */
   newKeys?: UnlockOptions;
   cache?: KeyCache;
+  /** A finished deep rekey retires the old KEKs made for the disk alone, as deepRekey does (default: true). */
+  retireOldKeys?: boolean;
+  /** …or destroys them (default: false). */
+  destroyOldKeys?: boolean;
 }
 
 /**
@@ -593,12 +667,22 @@ export interface ResumeOptions extends JobOptions {
  */
 export async function resumeDisk(path: string, options: ResumeOptions = {}): Promise<JobResult | null> {
   const p = await realDiskPath(checkPath(path, 'path'));
-  const { keys = {}, newKeys, cache, ...opts } = options;
+  const { keys = {}, newKeys, cache, retireOldKeys, destroyOldKeys, ...opts } = options;
   const unlock: UnlockOptions = { ...keys, ...(keys.cache ?? cache ? { cache: keys.cache ?? cache } : {}) };
   const unlockNew: UnlockOptions = newKeys ? { ...newKeys, ...(newKeys.cache ?? unlock.cache ? { cache: newKeys.cache ?? unlock.cache } : {}) } : unlock;
   return withDiskLock(p, 'resume', opts.format, async (names) => {
     const journal = await Journal.open(p);
-    if (journal) return runJournal(p, journal, { from: unlock, to: unlockNew }, opts, true);
+    if (journal) {
+      const from = journal.header.operation === 'rekey-deep-in-place' ? (journal.header.from as EncryptionParams | null) : null;
+      const done = await runJournal(p, journal, { from: unlock, to: unlockNew }, opts, true);
+      const providers = jobProviders(unlock, []).concat(jobProviders(unlockNew, []));
+      return withRotation(p, from, done, providers, {
+        ...(retireOldKeys !== undefined ? { retireOldKeys } : {}),
+        ...(destroyOldKeys !== undefined ? { destroyOldKeys } : {}),
+        cache: unlock.cache,
+        format: opts.format,
+      });
+    }
     const rolled = await cleanStaleStages(dirname(p), basename(p), names);
     // A deep rekey whose commit never started left its marker on the old descriptor: the old disk is intact.
     const stored = await openVmdk(p, { readOnly: true, allowEncrypted: true, ...formatOption(opts.format) }).catch(() => undefined);

@@ -4,6 +4,7 @@ import { type KeyCache, type LockerSpec, type UnlockOptions, MAX_UNIT_SIZE, type
 import type { CreateDiskOptions, CreateSubformat } from '../vmdk/index.js';
 import { PipelineError } from './errors.js';
 import type { ProgressListener } from './progress.js';
+import type { KeyRotation } from './retire.js';
 
 export type OutputSubformat = CreateSubformat;
 
@@ -80,6 +81,8 @@ export interface JobResult {
   diskId?: string;
   /** True when an interrupted in-place job was finished by this call. */
   resumed?: boolean;
+  /** Deep rekey: which old key-encryption keys were retired or destroyed, and which were kept and why. */
+  keyRotation?: KeyRotation;
   /** Things the caller should tell the user (e.g. a VMDK output named like a raw image). */
   notes?: string[];
 }

@@ -6,6 +6,7 @@
  *         <name>           the descriptor (or the only file of a monolithic disk / raw image)
  *         <name-extents>   extent files, with the names the descriptor gives them
  *         commit.json      {"descriptor":"<name>","files":[…],"remove":[…]}   only once the commit starts
+ *         keys.json        [{"providerId":…,"keyId":…}, …]   new KEKs the job made (job-keys.ts)
  *
  * Extent files keep their final names (the descriptor refers to them by name), so the commit is
  * renames only: every file is fsynced, commit.json is written and fsynced (from here on the commit
@@ -17,8 +18,10 @@
  * with the process) from before mkdir until the folder is gone. A staging folder whose name can be
  * reserved is therefore a dead job's, whatever its pid says (a zombie or a recycled pid cannot keep
  * it alive, and a live job in this very process still holds it). The next job on the same name
- * (and resumeDisk) handles it: without commit.json it is simply removed; with one, the commit is
- * rolled forward (the staged files are complete and fsynced), so a crash during a commit never
+ * (and resumeDisk) handles it: without commit.json it is removed, after the keys listed in
+ * keys.json are removed from their providers (a list whose provider this job cannot reach is kept,
+ * with the folder, for a later job that can); with one, the commit is rolled forward (the staged
+ * files are complete and fsynced, and the keys lock the new disk), so a crash during a commit never
  * leaves a mix of old and new files. owner.json only tells a human who was writing.
  */
 import { chmod, mkdir, open, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
@@ -28,10 +31,42 @@ import { randomBytes } from 'node:crypto';
 import { PipelineError } from './errors.js';
 import { NameReservations } from './lock.js';
 import { fsyncDir } from '../util/atomic-file.js';
+import type { KeyProvider, KeyRef } from '../keys/index.js';
+import { discardJobKeys } from './job-keys.js';
 
 const STAGE_INFIX = '.vmseal-tmp-';
 const OWNER = 'owner.json';
 const COMMIT = 'commit.json';
+const KEYS = 'keys.json';
+
+/** The keys listed in a staging folder (none if the list is absent or unreadable). */
+async function readKeyList(stageDir: string): Promise<KeyRef[]> {
+  try {
+    const list = JSON.parse(await readFile(join(stageDir, KEYS), 'utf8')) as unknown;
+    if (!Array.isArray(list)) return [];
+    return list.filter((k): k is KeyRef => k !== null && typeof k === 'object' && typeof k.providerId === 'string' && typeof k.keyId === 'string');
+  } catch {
+    return [];
+  }
+}
+
+/** Replace the key list durably (an empty list removes the file). */
+async function writeKeyList(stageDir: string, keys: readonly KeyRef[]): Promise<void> {
+  const file = join(stageDir, KEYS);
+  if (keys.length === 0) {
+    await unlink(file).catch(() => undefined);
+    return;
+  }
+  await writeFile(file, JSON.stringify(keys) + '\n', { flush: true });
+  await fsyncDir(stageDir);
+}
+
+/** Remove every entry of a folder except `keep`. */
+async function removeAllBut(folder: string, keep: readonly string[]): Promise<void> {
+  for (const entry of await readdir(folder).catch(() => [] as string[])) {
+    if (!keep.includes(entry)) await rm(join(folder, entry), { recursive: true, force: true });
+  }
+}
 
 export async function pathExists(path: string): Promise<boolean> {
   try {
@@ -58,9 +93,11 @@ export { fsyncDir };
 /**
  * Remove staging folders of `name` in `dir` left by jobs that died (rolling a half commit forward).
  * A folder is a dead job's when its name can be reserved; the files a roll-forward renames into
- * place are reserved too, so it never replaces a file another job holds.
+ * place are reserved too, so it never replaces a file another job holds. The keys a dead job created
+ * are removed through `providers`; a folder whose keys cannot all be removed keeps its key list (and
+ * only that) for a later job.
  */
-export async function cleanStaleStages(dir: string, name: string, held?: NameReservations): Promise<string[]> {
+export async function cleanStaleStages(dir: string, name: string, held?: NameReservations, providers: readonly KeyProvider[] = []): Promise<string[]> {
   const prefix = `.${name}${STAGE_INFIX}`;
   const removed: string[] = [];
   let entries: string[];
@@ -89,6 +126,14 @@ export async function cleanStaleStages(dir: string, name: string, held?: NameRes
           'exclusive',
         );
         await finishCommit(dir, stageDir, commit);
+      } else {
+        const left = await discardJobKeys(await readKeyList(stageDir), providers);
+        if (left.length > 0) {
+          await writeKeyList(stageDir, left);
+          await removeAllBut(stageDir, [OWNER, KEYS]);
+          names.release(stageDir);
+          continue;
+        }
       }
       await rm(stageDir, { recursive: true, force: true });
       names.release(stageDir);
@@ -149,12 +194,12 @@ export class StagedOutput {
    * Check the final name is free (unless force), clean stale stages of it, make the staging folder
    * with its name reserved in `names` (the job's reservations) until commit or discard.
    */
-  static async prepare(output: string, opts: { force?: boolean; names: NameReservations }): Promise<StagedOutput> {
+  static async prepare(output: string, opts: { force?: boolean; names: NameReservations; providers?: readonly KeyProvider[] }): Promise<StagedOutput> {
     const finalPath = resolve(output);
     const dir = dirname(finalPath);
     const name = basename(finalPath);
     if (!(await pathExists(dir))) throw new PipelineError('ERR_INVALID_ARGUMENT', `cannot write ${finalPath}: the folder ${dir} does not exist`);
-    await cleanStaleStages(dir, name, opts.names);
+    await cleanStaleStages(dir, name, opts.names, opts.providers);
     if (!opts.force && (await pathExists(finalPath))) {
       throw new PipelineError('ERR_OUTPUT_EXISTS', `${finalPath} exists; give another output name or force to replace it`);
     }
@@ -174,7 +219,12 @@ export class StagedOutput {
 
   /** Files of the staged disk (names only). */
   async files(): Promise<string[]> {
-    return (await readdir(this.stageDir)).filter((f) => f !== OWNER && f !== COMMIT);
+    return (await readdir(this.stageDir)).filter((f) => f !== OWNER && f !== COMMIT && f !== KEYS);
+  }
+
+  /** List a key the job just created, durably, before it is used (job-keys.ts). */
+  async recordKey(ref: KeyRef): Promise<void> {
+    await writeKeyList(this.stageDir, [...(await readKeyList(this.stageDir)), { providerId: ref.providerId, keyId: ref.keyId }]);
   }
 
   /**
@@ -227,11 +277,21 @@ export class StagedOutput {
     this.#names.release(this.stageDir);
   }
 
-  /** Remove the staging folder and everything in it (after a failure or cancellation). */
-  async discard(): Promise<void> {
+  /**
+   * Remove the staging folder and everything in it (after a failure or cancellation), and the keys the
+   * job created (through `providers`). Keys that cannot be removed stay listed in the folder, which is
+   * then kept with nothing else in it, for the next job on this name to remove.
+   */
+  async discard(providers: readonly KeyProvider[] = []): Promise<void> {
     if (this.#done) return;
     this.#done = true;
-    await rm(this.stageDir, { recursive: true, force: true });
+    const left = await discardJobKeys(await readKeyList(this.stageDir), providers);
+    if (left.length > 0) {
+      await writeKeyList(this.stageDir, left);
+      await removeAllBut(this.stageDir, [OWNER, KEYS]);
+    } else {
+      await rm(this.stageDir, { recursive: true, force: true });
+    }
     this.#names.release(this.stageDir);
   }
 }

@@ -451,11 +451,11 @@ describe('KMIP key provider (a real PyKMIP server)', () => {
     expect(s.lockers.some((l: { kind: string }) => l.kind === 'passphrase')).toBe(true);
     expect(await encryptedHash(enc, kenv)).toBe(expected);
 
-    // A deep rekey keeps the recovery passphrase only if it is given.
+    // A deep rekey keeps the recovery passphrase only if asked to, and then needs it.
     const refused = await vmseal(['rekey', enc, '--deep'], kenv);
     expect(refused.code).toBe(2);
     expect(expectOneLineError(refused)).toContain('recovery passphrase');
-    json(ok(await vmseal(['rekey', enc, '--deep', '--passphrase-file', pwFile, '--json'], kenv)));
+    json(ok(await vmseal(['rekey', enc, '--deep', '--passphrase-file', pwFile, '--keep-recovery-passphrase', '--json'], kenv)));
     expect(await encryptedHash(enc, kenv)).toBe(expected);
 
     const out = join(work, 'out.img');

@@ -9,8 +9,12 @@ import {
   KeySafe,
   KeyCache,
   KeyError,
+  LocalKeyProvider,
   type LockerSpec,
 } from '../../src/keys/index.js';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { FakeProvider, codeOf, esc } from './helpers.js';
 import { VmsealError } from '../../src/errors.js';
 
@@ -371,5 +375,22 @@ describe('KeyCache with unlocking (the host memory)', () => {
     wipeAllCaches();
     expect(bufs.every((buf) => buf.every((x) => x === 0))).toBe(true);
     expect(a.size + b.size).toBe(0);
+  });
+});
+
+describe('a retired provider key', () => {
+  it('fails the unlock with ERR_KEY_RETIRED, not "locked"', async () => {
+    const home = mkdtempSync(join(tmpdir(), 'vmseal-retired-'));
+    try {
+      const local = new LocalKeyProvider({ home });
+      const dek = generateDek('aes-256-xts');
+      const text = await sealDek(dek, { cipher: 'aes-256-xts', lockers: [{ kind: 'provider', provider: local }], diskId: 'disk-1' });
+      const keyId = describeKeySafe(text)[0]!.keyId!;
+      expect(await local.keyOwner(keyId)).toBe('disk-1');
+      await local.retireKey(keyId);
+      await expect(unlockKeySafe(text, { providers: [local] })).rejects.toMatchObject({ code: 'ERR_KEY_RETIRED', keyId, providerId: 'local' });
+    } finally {
+      rmSync(home, { recursive: true, force: true });
+    }
   });
 });

@@ -163,7 +163,7 @@ describe('LocalKeyProvider (key file mode)', () => {
     expect((await new LocalKeyProvider({ home }).getKey(ref.keyId)).length).toBe(32);
 
     const good = readFileSync(p.keystorePath, 'utf8');
-    for (const bad of ['{', '[]', good.replace('"vmseal-keystore"', '"x"'), good.replace('"version": 1', '"version": 2'), good.replace(/"wrapped": "[^"]+"/, '"wrapped": "AAAA"')]) {
+    for (const bad of ['{', '[]', good.replace('"vmseal-keystore"', '"x"'), good.replace('"version": 1', '"version": 3'), good.replace(/"wrapped": "[^"]+"/, '"wrapped": "AAAA"')]) {
       writeFileSync(p.keystorePath, bad);
       expect(await codeOf(() => new LocalKeyProvider({ home }).getKey(ref.keyId))).toBe('ERR_KEYSTORE_CORRUPT');
     }
@@ -347,5 +347,66 @@ describe('LocalKeyProvider backup and restore', () => {
     expect(e.code).toBe('ERR_KEYSTORE_CONFLICT');
     expect(e.keyId).toBe(ref.keyId);
     expect(readFileSync(q.keystorePath).equals(before)).toBe(true);
+  });
+});
+
+describe('retired keys and the disk a key was made for', () => {
+  it('records diskId, retires, refuses retired keys unless allowed, and writes keystore version 2 only when needed', async () => {
+    const home = mkdtempSync(join(tmpdir(), 'vmseal-retire-'));
+    try {
+      const p = new LocalKeyProvider({ home });
+      const shared = await p.createKey();
+      expect(JSON.parse(readFileSync(p.keystorePath, 'utf8')).version).toBe(1);
+      const own = await p.createKey({ diskId: 'ab'.repeat(16) });
+      expect(JSON.parse(readFileSync(p.keystorePath, 'utf8')).version).toBe(2);
+      expect(await p.keyOwner(own.keyId)).toBe('ab'.repeat(16));
+      expect(await p.keyOwner(shared.keyId)).toBeUndefined();
+      const kek = await p.getKey(own.keyId);
+      await p.retireKey(own.keyId);
+      await p.retireKey(own.keyId); // idempotent
+      const err = await p.getKey(own.keyId).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(err).toMatchObject({ code: 'ERR_KEY_RETIRED', keyId: own.keyId, providerId: 'local' });
+      expect((await new LocalKeyProvider({ home, allowRetired: true }).getKey(own.keyId)).equals(kek)).toBe(true);
+      expect((await p.list()).find((k) => k.keyId === own.keyId)).toMatchObject({ state: 'retired', diskId: 'ab'.repeat(16) });
+      await p.destroyKey(own.keyId);
+      expect((await p.list()).find((k) => k.keyId === own.keyId)).toMatchObject({ state: 'destroyed' });
+      await expect(p.createKey({ diskId: 'a b' })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
+    } finally {
+      rmSync(home, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('backups of retired keys', () => {
+  it('carry retired keys and disk ids (version 2) and restore them retired; a keystore without either still writes version 1', async () => {
+    const root = mkdtempSync(join(tmpdir(), 'vmseal-backup-v2-'));
+    try {
+      const scrypt = { n: 16, r: 1, p: 1 };
+      const a = new LocalKeyProvider({ home: join(root, 'a'), scrypt });
+      const shared = await a.createKey();
+      await a.backup(join(root, 'v1.json'), 'backup passphrase');
+      expect(JSON.parse(readFileSync(join(root, 'v1.json'), 'utf8')).version).toBe(1);
+
+      const own = await a.createKey({ diskId: 'cd'.repeat(16) });
+      await a.retireKey(own.keyId);
+      const kek = await new LocalKeyProvider({ home: join(root, 'a'), allowRetired: true }).getKey(own.keyId);
+      expect(await a.backup(join(root, 'v2.json'), 'backup passphrase')).toEqual({ keys: 2 });
+      expect(JSON.parse(readFileSync(join(root, 'v2.json'), 'utf8')).version).toBe(2);
+
+      const b = new LocalKeyProvider({ home: join(root, 'b'), scrypt });
+      expect(await b.restore(join(root, 'v2.json'), 'backup passphrase')).toEqual({ added: 2, unchanged: 0 });
+      expect((await b.list()).find((k) => k.keyId === own.keyId)).toMatchObject({ state: 'retired', diskId: 'cd'.repeat(16) });
+      await expect(b.getKey(own.keyId)).rejects.toMatchObject({ code: 'ERR_KEY_RETIRED' });
+      expect((await new LocalKeyProvider({ home: join(root, 'b'), allowRetired: true }).getKey(own.keyId)).equals(kek)).toBe(true);
+      expect(await b.getKey(shared.keyId)).toHaveLength(32);
+      // The version-1 backup still restores.
+      const c = new LocalKeyProvider({ home: join(root, 'c'), scrypt });
+      expect(await c.restore(join(root, 'v1.json'), 'backup passphrase')).toEqual({ added: 1, unchanged: 0 });
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
   });
 });

@@ -51,7 +51,7 @@ describe('two-node cluster', () => {
     }
     expect(err).toBeInstanceOf(KmipError);
     expect(err!.code).toBe('ERR_KMS_UNAVAILABLE');
-    expect(err!.operation).toBe('Get');
+    expect(err!.operation).toBe('GetAttributes'); // getKey's first request: the State check
     expect(err!.failures!.map((f) => f.endpoint).sort()).toEqual([label(0), label(1)].sort());
     for (const f of err!.failures!) expect(f.code).toBe('ERR_KMIP_CONNECT');
     expect(err!.message).toContain(label(0));

@@ -73,20 +73,23 @@ describe('KMIP operations against PyKMIP', () => {
     const p = provider();
     const ref = await p.createKey();
     await p.destroyKey(ref.keyId);
-    const err = await rejection(p.getKey(ref.keyId));
+    // getKey asks for the State first: that is what fails.
+    expect(await rejection(p.getKey(ref.keyId))).toMatchObject({ code: 'ERR_KMIP_OPERATION_FAILED', operation: 'GetAttributes', resultReason: 'ItemNotFound' });
+    const err = await rejection(p.client.getSymmetricKey(ref.keyId));
     expect(err).toMatchObject({ code: 'ERR_KMIP_OPERATION_FAILED', operation: 'Get', resultStatus: 'OperationFailed', resultReason: 'ItemNotFound' });
     expect(err.resultMessage).toContain(ref.keyId);
     expect(err.message).toMatch(/^KMIP Get failed on 127\.0\.0\.1:\d+: OperationFailed\/ItemNotFound: /);
     expect(await p.locate('never-made')).toEqual([]);
   });
 
-  it('Revoke alone deactivates (Get still returns the material); destroyKey of an unknown id fails clearly', async () => {
+  it('Revoke alone deactivates (Get still returns the material, getKey refuses it); destroyKey of an unknown id fails clearly', async () => {
     const p = provider();
     const ref = await p.createKey();
     const before = await p.getKey(ref.keyId);
     await p.client.revoke(ref.keyId);
     expect(await p.getState(ref.keyId)).toBe('Deactivated');
-    expect((await p.getKey(ref.keyId)).equals(before)).toBe(true);
+    expect((await p.client.getSymmetricKey(ref.keyId)).material.equals(before)).toBe(true);
+    await expect(p.getKey(ref.keyId)).rejects.toMatchObject({ code: 'ERR_KEY_RETIRED' });
     await p.destroyKey(ref.keyId); // Revoke of a deactivated key fails, Destroy still runs
     await expect(p.getState(ref.keyId)).rejects.toMatchObject({ code: 'ERR_KMIP_OPERATION_FAILED', resultReason: 'ItemNotFound' });
     await expect(p.destroyKey('999999')).rejects.toMatchObject({ code: 'ERR_KMIP_OPERATION_FAILED', resultReason: 'ItemNotFound' });
@@ -224,7 +227,7 @@ describe('identities and TLS', () => {
 });
 
 describe('connections', () => {
-  it('100 Gets use one TLS connection (counted by the client and by a TCP proxy in front)', async () => {
+  it('100 getKeys (State check + Get each) use one TLS connection (counted by the client and by a TCP proxy in front)', async () => {
     const proxy = await startTcpProxy(kms.endpoints[0]!);
     try {
       const p = provider({ endpoints: [{ host: '127.0.0.1', port: proxy.port }] });
@@ -236,7 +239,7 @@ describe('connections', () => {
       }
       expect(proxy.accepted).toBe(1);
       expect(p.stats.connectionsOpened).toBe(1);
-      expect(p.stats.requestsAnswered).toBe(102);
+      expect(p.stats.requestsAnswered).toBe(202); // Create, Activate, then Get Attributes + Get per getKey
       await p.destroyKey(ref.keyId);
       await p.close();
       await expect(p.getKey(ref.keyId)).rejects.toMatchObject({ code: 'ERR_KMIP_CLOSED' });

@@ -4,7 +4,7 @@ import { readFileSync, writeFileSync, readdirSync, existsSync, mkdirSync } from 
 import { join } from 'node:path';
 import { encryptDisk, encryptInPlace, deepRekey, shallowRekey, resumeDisk } from '../../src/pipeline/index.js';
 import { openDisk, readEncryptionParams } from '../../src/disk/index.js';
-import { describeKeySafe } from '../../src/keys/index.js';
+import { describeKeySafe, KeyCache, LocalKeyProvider, unlockKeySafe } from '../../src/keys/index.js';
 import { MemoryKeyProvider, patternBytes, phraseLocker, providerLocker, sha256, tempDir } from '../disk/helpers.js';
 
 const MiB = 1 << 20;
@@ -100,15 +100,71 @@ describe('deep rekey', () => {
     }
   }
 
-  it('by default re-locks under the same provider keys', async () => {
+  it('by default re-locks under a new key of each provider; a provider that cannot tell key owners keeps the old one', async () => {
     const kms = new MemoryKeyProvider();
     const disk = join(tmp.dir, 'deep-default.vmdk');
     await encryptDisk(plainRaw, disk, { subformat: 'monolithicSparse', lockers: [providerLocker(kms)] });
-    const keyId = describeKeySafe((await readEncryptionParams(disk))!.keySafe)[0].keyId;
-    await deepRekey(disk, { keys: { providers: [kms] } });
+    const keyId = describeKeySafe((await readEncryptionParams(disk))!.keySafe)[0].keyId!;
+    const r = await deepRekey(disk, { keys: { providers: [kms] } });
     const lockers = describeKeySafe((await readEncryptionParams(disk))!.keySafe);
-    expect(lockers.map((l) => l.keyId)).toEqual([keyId]);
+    expect(lockers).toHaveLength(1);
+    expect(lockers[0]!.providerId).toBe(kms.id);
+    expect(lockers[0]!.keyId).not.toBe(keyId);
+    expect(r.keyRotation).toMatchObject({ retired: [], destroyed: [], kept: [{ providerId: kms.id, keyId, reason: 'unsupported' }] });
     expect(await plaintextHash(disk, { providers: [kms] })).toBe(sha256(image));
+  });
+
+  it('retires the old local KEK made for the disk, and only that one', async () => {
+    const home = join(tmp.dir, 'retire-home');
+    const local = new LocalKeyProvider({ home, scrypt: { n: 16, r: 1, p: 1 } });
+    const shared = await local.createKey({ name: 'shared' });
+    const disk = join(tmp.dir, 'deep-retire.vmdk');
+    await encryptDisk(plainRaw, disk, { subformat: 'monolithicSparse', lockers: [{ kind: 'provider', provider: local }, { kind: 'provider', provider: local, keyId: shared.keyId }] });
+    const before = (await readEncryptionParams(disk))!;
+    const own = describeKeySafe(before.keySafe)[0]!.keyId!;
+    expect(await local.keyOwner(own)).toBe(before.diskId);
+    expect(await local.keyOwner(shared.keyId)).toBeUndefined();
+    const cache = new KeyCache();
+    const r = await deepRekey(disk, { keys: { providers: [local], cache } });
+    expect(r.keyRotation!.retired).toEqual([{ providerId: 'local', keyId: own }]);
+    // A cached KEK is used without asking the provider: the retired one (cached by the unlock) is forgotten.
+    expect(cache.has(local, own)).toBe(false);
+    expect(r.keyRotation!.kept).toMatchObject([{ keyId: shared.keyId, reason: 'shared' }]);
+    const after = (await readEncryptionParams(disk))!;
+    // One new KEK for the provider, made for the new disk id.
+    const next = describeKeySafe(after.keySafe).map((l) => l.keyId!);
+    expect(next).toHaveLength(1);
+    expect(await local.keyOwner(next[0]!)).toBe(after.diskId);
+    const states = Object.fromEntries((await local.list()).map((k) => [k.keyId, k.state]));
+    expect(states).toMatchObject({ [own]: 'retired', [shared.keyId]: 'active', [next[0]!]: 'active' });
+    await expect(local.getKey(own)).rejects.toMatchObject({ code: 'ERR_KEY_RETIRED' });
+    expect(await new LocalKeyProvider({ home, allowRetired: true }).getKey(own)).toHaveLength(32);
+    // The descriptor of before, put back: its own key is retired, but the shared key still opens it
+    // (which is why the CLI says so in a note).
+    const opened = await unlockKeySafe(before.keySafe, { providers: [local] });
+    opened.key.fill(0);
+    expect(opened.unlockedBy).toMatchObject({ keyId: shared.keyId });
+    expect(opened.unlockedBy.kind === 'provider' && opened.unlockedBy.keyId).not.toBe(own);
+  });
+});
+
+describe('deep rekey interrupted, then resumed', () => {
+  it('resumeDisk finishes it and retires the old KEK made for the disk', async () => {
+    const dir = join(tmp.dir, 'deep-resume-retire');
+    mkdirSync(dir);
+    const local = new LocalKeyProvider({ home: join(dir, 'home') });
+    const disk = join(dir, 'enc.vmdk');
+    await encryptDisk(plainRaw, disk, { subformat: 'monolithicFlat', lockers: [{ kind: 'provider', provider: local }] });
+    const old = describeKeySafe((await readEncryptionParams(disk))!.keySafe)[0]!.keyId!;
+    const ac = new AbortController();
+    await expect(deepRekey(disk, { keys: { providers: [local] }, inPlace: true, chunkSize: 64 * 1024, signal: ac.signal, onProgress: () => ac.abort() })).rejects.toMatchObject({
+      code: 'ERR_ABORTED',
+    });
+    expect((await local.list()).find((k) => k.keyId === old)!.state).toBe('active');
+    const r = await resumeDisk(disk, { keys: { providers: [local] } });
+    expect(r!.keyRotation!.retired).toEqual([{ providerId: 'local', keyId: old }]);
+    expect(await plaintextHash(disk, { providers: [local] })).toBe(sha256(image));
+    await expect(local.getKey(old)).rejects.toMatchObject({ code: 'ERR_KEY_RETIRED' });
   });
 });
 

@@ -6,6 +6,7 @@ import type { Ctx } from '../context.js';
 import { throughputText, withHooks } from '../jobs.js';
 import { withKeys, type KeyCliOptions } from '../key-session.js';
 import { formatOpts, requireInputFile } from './common.js';
+import { reportRotation } from './rekey.js';
 
 export async function resumeCommand(ctx: Ctx, disk: string, opts: KeyCliOptions & { trustV1Journal?: boolean; format?: 'vmdk' | 'raw' }): Promise<void> {
   ctx.doing = `cannot resume the job on ${disk}`;
@@ -22,4 +23,5 @@ export async function resumeCommand(ctx: Ctx, disk: string, opts: KeyCliOptions 
   ctx.output.result({ ok: true, command: 'resume', ...result, resumed: true });
   ctx.output.line(`Finished the interrupted ${result.operation} of ${disk}`);
   ctx.output.line(`  ${throughputText(result.bytesProcessed, result.seconds)}`);
+  reportRotation(ctx, result);
 }
