@@ -15,10 +15,11 @@ import type { PipelineErrorCode } from '../pipeline/index.js';
 import type { VmdkErrorCode } from '../vmdk/index.js';
 import type { XtsErrorCode } from '../xts/index.js';
 import type { UtilErrorCode } from '../util/lock.js';
+import type { ServeErrorCode } from '../serve/index.js';
 import { ExitCode, type ExitCodeValue } from './exit-codes.js';
 
 /** Every stable error code of the layers below the CLI (CliError codes carry their own exit code). */
-export type ErrorCode = UtilErrorCode | XtsErrorCode | KmipErrorCode | KeyErrorCode | VmdkErrorCode | DiskErrorCode | PipelineErrorCode;
+export type ErrorCode = UtilErrorCode | XtsErrorCode | KmipErrorCode | KeyErrorCode | VmdkErrorCode | DiskErrorCode | PipelineErrorCode | ServeErrorCode;
 
 /** An error found by the CLI itself (bad option value, missing file, passphrase on argv, …). */
 export class CliError extends VmsealError {
@@ -124,6 +125,10 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
   ERR_INVALID_ARGUMENT: { exitCode: ExitCode.USAGE, hint: USAGE_HINT },
   ERR_SAME_FILE: { exitCode: ExitCode.USAGE, hint: 'Give an output path other than the input' },
   ERR_UNSUPPORTED_OUTPUT: { exitCode: ExitCode.USAGE, hint: 'Write an encrypted disk as monolithicSparse, monolithicFlat or a twoGbMaxExtent subformat (not raw or streamOptimized)' },
+  // the NBD server
+  ERR_SERVE_LISTEN: { exitCode: ExitCode.FAILURE, hint: 'Choose another socket path or port, or stop the server that uses it' },
+  ERR_SERVE_EXPORT: { exitCode: ExitCode.USAGE, hint: 'Give each disk its own export name' },
+  ERR_SERVE_INSECURE: { exitCode: ExitCode.USAGE, hint: 'Listen on a loopback address or a Unix socket, and tunnel it to the hosts that need it' },
   // plain failures with something to do
   ERR_OUTPUT_EXISTS: { exitCode: ExitCode.FAILURE, hint: 'Choose another output name, or remove the existing file' },
   ERR_VMDK_EXISTS: { exitCode: ExitCode.FAILURE, hint: 'Choose another output name, or remove the existing file' },
@@ -179,6 +184,11 @@ const BY_COMMAND: Record<string, Record<string, string>> = {
   ERR_VMDK_EXISTS: { encrypt: EXISTS_FORCE_HINT, decrypt: EXISTS_FORCE_HINT, convert: EXISTS_CONVERT_HINT },
   ERR_UNSUPPORTED_OUTPUT: {
     convert: 'Write an encrypted disk as monolithicSparse, monolithicFlat or a twoGbMaxExtent subformat, or add --decrypt for a plain copy',
+  },
+  ERR_SERVE_LISTEN: { serve: 'Choose another --socket path or --listen port, or stop the server that uses it' },
+  ERR_SERVE_EXPORT: { serve: 'Give each disk its own export name with --export NAME=DISK' },
+  ERR_SERVE_INSECURE: {
+    serve: 'Listen on a loopback address or a Unix socket (and tunnel it), or add --insecure-plaintext if every host on that network may read the disks',
   },
   ERR_DISK_ENCRYPTED: {
     encrypt: 'The disk is already encrypted: use `vmseal rekey` to change its keys, or `vmseal convert` to copy it',

@@ -19,6 +19,7 @@ import { resumeCommand } from './commands/resume.js';
 import { repairCommand } from './commands/repair.js';
 import { keysBackup, keysCreate, keysInit, keysList, keysRestore } from './commands/keys.js';
 import { demoCommand } from './commands/demo.js';
+import { collectExport, serveCommand } from './commands/serve.js';
 
 const VERSION = '0.1.0';
 
@@ -269,6 +270,30 @@ Examples:
     .option('--recovery-passphrase', 'unlock with the recovery passphrase');
   addKeyOptions(repair, false);
   repair.action((disk: string, opts) => repairCommand(ctx, disk, opts));
+
+  const serveCmd = program
+    .command('serve')
+    .summary('serve disks (encrypted or plain) over NBD to virtual machines and other clients')
+    .description(
+      'Serve each DISK as an NBD export until Ctrl-C or SIGTERM: encrypted disks are unlocked with the options of decrypt and served decrypted. By default on a private Unix socket; TCP only with --listen. A writable export holds the disk\'s exclusive lock, so no vmseal job or qemu process opens it meanwhile. The plaintext goes to whoever can connect: TLS is not implemented yet, so a --listen address that is not loopback is refused unless --insecure-plaintext.',
+    )
+    .argument('[DISK...]', 'disks to serve (export name: the file name without .vmdk)')
+    .option('--socket <path>', 'Unix socket to listen on (default: $XDG_RUNTIME_DIR/vmseal/nbd.sock)')
+    .option('--listen <host:port>', 'TCP address to listen on instead (NBD\'s port is 10809; 0 picks a free port)')
+    .option('--name <name>', 'export name of the one DISK')
+    .addOption(new Option('--export <name=disk>', 'serve DISK as export NAME (repeatable)').argParser(collectExport))
+    .option('--read-only', 'serve read-only (shared lock: other readers may open the disks)')
+    .addOption(new Option('--shared <n>', 'connections per export (default: 1 writable, 16 read-only)').argParser((v) => parseInteger(v, '--shared', { min: 1, max: 1024 })))
+    .option('--no-list', 'refuse NBD_OPT_LIST, and name no other export to a client asking for a wrong one')
+    .option('--insecure-plaintext', 'allow --listen on an address that is not loopback, without TLS')
+    .option('--recovery-passphrase', 'unlock with the recovery passphrase');
+  addKeyOptions(serveCmd, false);
+  serveCmd.addHelpText('after', `
+Examples:
+  vmseal serve disk-enc.vmdk --socket /run/vm1/nbd.sock
+  qemu-system-x86_64 ... -drive file=nbd+unix:///disk-enc?socket=/run/vm1/nbd.sock,format=raw,if=virtio
+  vmseal serve --export web=web.vmdk --export db=db.vmdk --listen 127.0.0.1:10809`);
+  serveCmd.action((disks: string[], opts) => serveCommand(ctx, disks, opts));
 
   const keys = program
     .command('keys')

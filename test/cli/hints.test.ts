@@ -148,7 +148,7 @@ describe('the hints of the error table', () => {
     const { BY_CODE, classify } = await import('../../src/cli/errors.js');
     const root = program();
     const bad: string[] = [];
-    for (const command of ['encrypt', 'decrypt', 'convert', 'rekey', 'info', 'verify', 'resume']) {
+    for (const command of ['encrypt', 'decrypt', 'convert', 'rekey', 'info', 'verify', 'resume', 'serve']) {
       const valid = optionsOf(findCommand(root, [command])!);
       for (const code of Object.keys(BY_CODE)) {
         const { hint } = classify(new VmsealError(code, 'x'), command);

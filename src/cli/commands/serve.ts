@@ -1,0 +1,101 @@
+/**
+ * `vmseal serve DISK… [--socket PATH | --listen HOST:PORT] [--name N] [--export N=DISK…] [--read-only]
+ * [--shared N] [--no-list] [--insecure-plaintext]` and the unlock options of decrypt: serve disks over
+ * NBD in the foreground until SIGINT/SIGTERM, then flush every export, release the locks and exit 0.
+ */
+import { serve, type NbdHost, type ServeDisk, type ServeListen } from '../../serve/index.js';
+import type { Ctx } from '../context.js';
+import { usageError } from '../errors.js';
+import { withKeys, type KeyCliOptions } from '../key-session.js';
+import { requireInputFile } from './common.js';
+
+export interface ServeCliOptions extends KeyCliOptions {
+  socket?: string;
+  listen?: string;
+  name?: string;
+  export?: string[];
+  readOnly?: boolean;
+  shared?: number;
+  /** Commander's --no-list: false when given. */
+  list?: boolean;
+  insecurePlaintext?: boolean;
+}
+
+/** NBD's registered port, used when --listen gives none. */
+export const NBD_PORT = 10809;
+
+/** HOST:PORT, [IPv6]:PORT or HOST (port 10809; 0 picks a free one). */
+export function parseListen(value: string): { host: string; port: number } {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9._-]+))(?::(\d{1,5}))?$/.exec(value);
+  const port = m?.[3] === undefined ? NBD_PORT : Number(m[3]);
+  if (!m || port > 65535) {
+    throw usageError(`--listen ${JSON.stringify(value)} is not HOST:PORT`, 'Give e.g. --listen 127.0.0.1:10809 (IPv6 in brackets: [::1]:10809)');
+  }
+  return { host: (m[1] ?? m[2])!, port };
+}
+
+/** `--export NAME=DISK` (repeatable), collected by commander. */
+export function collectExport(value: string, previous: string[] = []): string[] {
+  return [...previous, value];
+}
+
+/** The disks to serve, from DISK arguments, --name and --export. */
+export function serveDisks(disks: readonly string[], opts: Pick<ServeCliOptions, 'name' | 'export'>): ServeDisk[] {
+  const out: ServeDisk[] = [];
+  if (opts.name !== undefined && (disks.length !== 1 || (opts.export ?? []).length > 0)) {
+    throw usageError('--name names the one DISK served', 'With several disks, name each with --export NAME=DISK');
+  }
+  for (const path of disks) out.push({ path, ...(opts.name !== undefined ? { name: opts.name } : {}) });
+  for (const e of opts.export ?? []) {
+    const eq = e.indexOf('=');
+    if (eq <= 0 || eq === e.length - 1) throw usageError(`--export ${JSON.stringify(e)} is not NAME=DISK`, 'Give e.g. --export web=web-enc.vmdk');
+    out.push({ name: e.slice(0, eq), path: e.slice(eq + 1) });
+  }
+  if (out.length === 0) throw usageError('no disk to serve', 'Give DISK arguments or --export NAME=DISK');
+  return out;
+}
+
+function listenOf(opts: ServeCliOptions): ServeListen | undefined {
+  if (opts.socket !== undefined && opts.listen !== undefined) throw usageError('--socket and --listen contradict each other', 'Give one of them');
+  if (opts.socket !== undefined) return { socket: opts.socket };
+  if (opts.listen !== undefined) return parseListen(opts.listen);
+  return undefined;
+}
+
+function untilAborted(signal: AbortSignal): Promise<void> {
+  if (signal.aborted) return Promise.resolve();
+  return new Promise((done) => signal.addEventListener('abort', () => done(), { once: true }));
+}
+
+export async function serveCommand(ctx: Ctx, disks: string[], opts: ServeCliOptions): Promise<void> {
+  ctx.doing = 'cannot serve';
+  const specs = serveDisks(disks, opts);
+  const listen = listenOf(opts);
+  for (const d of specs) await requireInputFile(d.path, 'the disk');
+  const log = (line: string): void => {
+    if (!ctx.output.quiet) ctx.output.error(`vmseal: ${line}`);
+  };
+  await withKeys(ctx, opts, async (keys) => {
+    const host: NbdHost = await serve({
+      disks: specs,
+      ...(listen ? { listen } : {}),
+      keys: (path) => keys.unlockOptions(path),
+      readOnly: opts.readOnly === true,
+      ...(opts.shared !== undefined ? { shared: opts.shared } : {}),
+      noList: opts.list === false,
+      insecurePlaintext: opts.insecurePlaintext === true,
+      log,
+    });
+    ctx.doing = 'serving failed';
+    try {
+      // The line tests and scripts wait for: the server accepts clients from here on.
+      for (const e of host.exports()) ctx.output.error(`vmseal: serving ${e.name} on ${host.uri(e.name)}`);
+      await untilAborted(ctx.signal);
+      log('stopping: flushing every export and releasing the locks');
+    } finally {
+      await host.close();
+    }
+    const served = host.exports();
+    ctx.output.result({ ok: true, command: 'serve', address: host.address(), exports: served });
+  });
+}

@@ -1,0 +1,43 @@
+/**
+ * The global payload budget: bytes of request and reply payloads held in memory at once, over all
+ * connections. A connection acquires a request's payload size before it reads a WRITE's data or
+ * reads a READ's data from the disk, and releases it when the reply has left for the kernel. While
+ * the budget is spent, connections stop reading their sockets (the kernel's TCP/Unix-socket flow
+ * control then slows the clients down), so memory stays bounded however many clients push.
+ */
+export class PayloadBudget {
+  readonly limit: number;
+  #used = 0;
+  readonly #waiters: Array<{ bytes: number; grant: () => void }> = [];
+
+  constructor(limit: number) {
+    this.limit = limit;
+  }
+
+  get used(): number {
+    return this.#used;
+  }
+
+  /** Wait until `bytes` fit (a request larger than the whole budget waits for an empty budget). */
+  acquire(bytes: number): Promise<void> {
+    if (this.#waiters.length === 0 && this.#fits(bytes)) {
+      this.#used += bytes;
+      return Promise.resolve();
+    }
+    // First come, first served: a large request is not starved by a stream of small ones.
+    return new Promise((resolve) => this.#waiters.push({ bytes, grant: resolve }));
+  }
+
+  release(bytes: number): void {
+    this.#used -= bytes;
+    while (this.#waiters.length > 0 && this.#fits(this.#waiters[0].bytes)) {
+      const w = this.#waiters.shift()!;
+      this.#used += w.bytes;
+      w.grant();
+    }
+  }
+
+  #fits(bytes: number): boolean {
+    return this.#used === 0 || this.#used + bytes <= this.limit;
+  }
+}

@@ -1,0 +1,368 @@
+/**
+ * One client connection: the fixed-newstyle handshake, option haggling, then the transmission
+ * phase. Requests are read one after the other and served concurrently (replies may leave out of
+ * order, as NBD allows); every request gets a reply — an error reply for anything malformed, out of
+ * range or unsupported — and only a broken stream (wrong magic, bad client flags) ends the
+ * connection. Payload memory is taken from the host's PayloadBudget before it is read or allocated.
+ */
+import type { Socket } from 'node:net';
+import type { PayloadBudget } from './budget.js';
+import {
+  WireError,
+  decodeRequest,
+  encodeBlockStatus,
+  encodeGreeting,
+  encodeOffsetDataHeader,
+  encodeOffsetHole,
+  encodeStructuredDone,
+  encodeSimpleReply,
+  encodeStructuredError,
+  type Request,
+} from './codec.js';
+import type { Export } from './export.js';
+import {
+  BASE_ALLOCATION_ID,
+  Cmd,
+  MAX_PAYLOAD,
+  NBD_CMD_FLAG_FAST_ZERO,
+  NBD_CMD_FLAG_FUA,
+  NBD_CMD_FLAG_REQ_ONE,
+  NBD_FLAG_C_FIXED_NEWSTYLE,
+  NBD_FLAG_C_NO_ZEROES,
+  NbdErrno,
+  REQUEST_BYTES,
+} from './protocol.js';
+import { EndOfStream, SocketReader } from './reader.js';
+import { Negotiation } from './negotiate.js';
+
+/** What a connection needs from its host. */
+export interface ConnectionHost {
+  /** The export of that name ('' is the default export when there is exactly one). */
+  findExport(name: string): Export | undefined;
+  exportList(): Export[];
+  /** --no-list: NBD_OPT_LIST is refused and unknown names learn nothing of the others. */
+  readonly noList: boolean;
+  readonly budget: PayloadBudget;
+  /** A connection that has not picked an export after this long is closed (it holds a socket for nothing). */
+  readonly handshakeTimeoutMs: number;
+  log(line: string): void;
+}
+
+/** A request's share of the payload budget, released once (when its reply left, or if it never got one). */
+interface Ticket {
+  held: number;
+  queued: boolean;
+}
+
+/** Holes smaller than this are sent as data: a chunk header costs more than a few zeros. */
+const MIN_HOLE_CHUNK = 4096;
+
+/** A structured read reply in chunks: OFFSET_DATA for data, OFFSET_HOLE for holes, then a final NONE. */
+function readChunks(req: Request, data: Buffer, holes: ReadonlyArray<{ offset: number; length: number }>): Buffer[] {
+  const out: Buffer[] = [];
+  let at = req.offset;
+  const dataUpTo = (end: number): void => {
+    if (end <= at) return;
+    out.push(encodeOffsetDataHeader(req.cookie, at, end - at, false), data.subarray(at - req.offset, end - req.offset));
+  };
+  for (const h of holes) {
+    dataUpTo(h.offset);
+    out.push(encodeOffsetHole(req.cookie, h.offset, h.length));
+    at = h.offset + h.length;
+  }
+  dataUpTo(req.offset + req.length);
+  out.push(encodeStructuredDone(req.cookie));
+  return out;
+}
+
+/** Requests in flight per connection before it stops reading more. */
+const MAX_IN_FLIGHT = 64;
+/** Payload bytes one connection may hold before it stops reading more (one request may exceed it). */
+const CONNECTION_BYTES = 16 * 1024 * 1024;
+
+export class Connection {
+  readonly id: number;
+  readonly peer: string;
+  /** Settles when the connection is over (its in-flight requests answered or dropped). */
+  readonly done: Promise<void>;
+  readonly #socket: Socket;
+  readonly #reader: SocketReader;
+  readonly #host: ConnectionHost;
+  #structured = false;
+  /** base:allocation selected by SET_META_CONTEXT, for that export name. */
+  #metaExport: string | undefined;
+  #export: Export | undefined;
+  /** The client asked for NBD_INFO_BLOCK_SIZE in GO, so it promised to obey the minimum. */
+  #strictBlocks = false;
+  /** Requests being served (until their reply is queued on the socket). */
+  readonly #inFlight = new Set<Promise<void>>();
+  /** Replies queued on the socket and not yet handed to the kernel. */
+  readonly #sending = new Set<Promise<void>>();
+  /** Payload bytes of the budget this connection holds. */
+  #held = 0;
+  #stopping = false;
+  #wakeStop: (() => void) | undefined;
+  readonly #stopped = new Promise<void>((resolve) => (this.#wakeStop = resolve));
+
+  constructor(socket: Socket, host: ConnectionHost, id: number) {
+    this.id = id;
+    this.#socket = socket;
+    this.#host = host;
+    this.peer = socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'unix socket';
+    socket.setNoDelay?.(true);
+    this.#reader = new SocketReader(socket);
+    this.done = this.#run();
+  }
+
+  /** Stop reading requests; the ones in flight are still answered, then the socket closes. */
+  stop(): void {
+    this.#stopping = true;
+    this.#wakeStop?.();
+    this.#reader.end();
+  }
+
+  async #run(): Promise<void> {
+    let reason = 'client disconnected';
+    let timedOut = false;
+    const handshakeTimer = setTimeout(() => {
+      timedOut = true;
+      // Nothing is in flight before an export is chosen: drop the socket (also if our replies are stuck in it).
+      this.#reader.end();
+      this.#socket.destroy();
+    }, this.#host.handshakeTimeoutMs);
+    handshakeTimer.unref();
+    try {
+      this.#socket.write(encodeGreeting());
+      const clientFlags = (await this.#reader.read(4)).readUInt32BE(0);
+      if ((clientFlags & ~(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES)) !== 0) {
+        reason = `unknown client flags 0x${clientFlags.toString(16)}`;
+        return;
+      }
+      const negotiation = new Negotiation(
+        { read: (n) => this.#reader.read(n), discard: (n) => this.#reader.discard(n), send: (bufs) => this.#send(bufs) },
+        this.#host,
+        (clientFlags & NBD_FLAG_C_NO_ZEROES) !== 0,
+      );
+      const exp = await negotiation.run();
+      clearTimeout(handshakeTimer);
+      if (!exp) return;
+      this.#structured = negotiation.structured;
+      this.#metaExport = negotiation.metaExport;
+      this.#strictBlocks = negotiation.strictBlocks;
+      this.#export = exp;
+      this.#host.log(`connection ${this.id} (${this.peer}): serving export ${exp.name}`);
+      reason = await this.#transmit();
+    } catch (err) {
+      if (timedOut) reason = `no export chosen within ${this.#host.handshakeTimeoutMs} ms`;
+      else if (this.#stopping) reason = 'server stopping';
+      else if (err instanceof WireError) reason = `protocol error: ${err.message}`;
+      else if (!(err instanceof EndOfStream)) reason = `error: ${(err as Error).message}`;
+    } finally {
+      clearTimeout(handshakeTimer);
+      await Promise.allSettled([...this.#inFlight]);
+      if (this.#export) this.#export.detachClient();
+      this.#socket.end();
+      // Shutting down: a client that does not read its replies is not waited for.
+      if (this.#stopping && this.#sending.size > 0) this.#socket.destroy();
+      this.#host.log(`connection ${this.id} (${this.peer}) closed: ${reason}`);
+    }
+  }
+
+  /**
+   * Write `bufs` in one go; resolves once they reached the kernel, or when the connection is stopped
+   * (a client that does not read would otherwise keep a negotiation or a shutdown waiting forever).
+   */
+  #send(bufs: Buffer[]): Promise<void> {
+    const written = new Promise<void>((resolve) => {
+      if (this.#socket.destroyed) return resolve();
+      this.#socket.cork();
+      for (let i = 0; i < bufs.length - 1; i++) this.#socket.write(bufs[i]);
+      this.#socket.write(bufs[bufs.length - 1], () => resolve());
+      this.#socket.uncork();
+    });
+    return Promise.race([written, this.#stopped]);
+  }
+
+  // ---- transmission ----------------------------------------------------------------------------
+
+  /** Serve requests until DISC or the end of the stream; returns why it ended. */
+  async #transmit(): Promise<string> {
+    const exp = this.#export!;
+    for (;;) {
+      // Backpressure: a client that does not read its replies stops being read from.
+      for (;;) {
+        const busy = this.#inFlight.size + this.#sending.size;
+        if (this.#stopping || (busy < MAX_IN_FLIGHT && (this.#held < CONNECTION_BYTES || busy === 0))) break;
+        await Promise.race([...this.#inFlight, ...this.#sending, this.#stopped]);
+      }
+      let req: Request;
+      try {
+        req = decodeRequest(await this.#reader.read(REQUEST_BYTES));
+      } catch (err) {
+        if (err instanceof EndOfStream) return this.#stopping ? 'server stopping' : 'client disconnected';
+        throw err;
+      }
+      if (req.type === Cmd.DISC) {
+        await Promise.allSettled([...this.#inFlight]);
+        return 'client sent NBD_CMD_DISC';
+      }
+      let payload: Buffer | undefined;
+      let held = 0;
+      if (req.type === Cmd.WRITE) {
+        if (req.length > MAX_PAYLOAD) {
+          // The data must still be consumed to stay in step with the stream.
+          await this.#reader.discard(req.length);
+          this.#replyError(req, NbdErrno.EOVERFLOW, `a write of ${req.length} bytes is beyond the maximum of ${MAX_PAYLOAD}`);
+          continue;
+        }
+        held = req.length;
+        await this.#acquire(held);
+        try {
+          payload = await this.#reader.read(req.length);
+        } catch (err) {
+          // A payload cut short by the client: its share of the budget must not leak.
+          this.#release(held);
+          throw err;
+        }
+      } else if (req.type === Cmd.READ && req.length <= MAX_PAYLOAD && this.#check(exp, req) === undefined) {
+        held = req.length;
+        await this.#acquire(held);
+      }
+      const ticket = { held, queued: false };
+      this.#track(
+        this.#serve(exp, req, payload, ticket).finally(() => {
+          if (!ticket.queued) this.#release(held);
+        }),
+      );
+    }
+  }
+
+  /**
+   * Take `bytes` of the budget, or throw EndOfStream when the connection is stopped while waiting
+   * (the budget may be held by a client that never reads, which only stopping releases). A grant
+   * that comes after the stop is given back at once.
+   */
+  async #acquire(bytes: number): Promise<void> {
+    let got = false;
+    let abandoned = false;
+    const granted = this.#host.budget.acquire(bytes).then(() => {
+      got = true;
+      if (abandoned) this.#host.budget.release(bytes);
+    });
+    await Promise.race([granted, this.#stopped]);
+    if (this.#stopping) {
+      // Give the grant back now if it came, or as soon as it comes.
+      if (got) this.#host.budget.release(bytes);
+      else abandoned = true;
+      throw new EndOfStream();
+    }
+    this.#held += bytes;
+  }
+
+  #release(bytes: number): void {
+    this.#held -= bytes;
+    this.#host.budget.release(bytes);
+  }
+
+  #track(p: Promise<void>): void {
+    const tracked = p.catch(() => undefined);
+    this.#inFlight.add(tracked);
+    void tracked.finally(() => this.#inFlight.delete(tracked));
+  }
+
+  /** The NBD error a request gets before any I/O, with a message; undefined when it may run. */
+  #check(exp: Export, req: Request): [NbdErrno, string] | undefined {
+    const { type, offset, length } = req;
+    const writes = type === Cmd.WRITE || type === Cmd.TRIM || type === Cmd.WRITE_ZEROES;
+    switch (type) {
+      case Cmd.READ:
+      case Cmd.WRITE:
+      case Cmd.TRIM:
+      case Cmd.WRITE_ZEROES:
+      case Cmd.BLOCK_STATUS:
+        break;
+      case Cmd.FLUSH:
+        return undefined;
+      default:
+        return [NbdErrno.EINVAL, `command ${type} is not supported`];
+    }
+    if (writes && exp.readOnly) return [NbdErrno.EPERM, `export ${exp.name} is read-only`];
+    if (type === Cmd.READ && length > MAX_PAYLOAD) return [NbdErrno.EOVERFLOW, `a read of ${length} bytes is beyond the maximum of ${MAX_PAYLOAD}`];
+    if (type === Cmd.BLOCK_STATUS) {
+      if (!this.#structured || this.#metaExport === undefined)
+        return [NbdErrno.EINVAL, 'NBD_CMD_BLOCK_STATUS needs structured replies and the base:allocation meta context'];
+      if (length === 0) return [NbdErrno.EINVAL, 'NBD_CMD_BLOCK_STATUS of 0 bytes'];
+    }
+    if (offset + length > exp.size) {
+      const errno = type === Cmd.WRITE || type === Cmd.WRITE_ZEROES ? NbdErrno.ENOSPC : NbdErrno.EINVAL;
+      return [errno, `${length} bytes at offset ${offset} go past the end of the export (${exp.size} bytes)`];
+    }
+    const min = exp.blockSizes.minimum;
+    if (this.#strictBlocks && (offset % min !== 0 || length % min !== 0)) {
+      return [NbdErrno.EINVAL, `${length} bytes at offset ${offset} are not aligned to the minimum block size ${min} the client agreed to`];
+    }
+    return undefined;
+  }
+
+  /** Serve one request and queue its reply; the payload budget of `ticket` is released once the reply left. */
+  async #serve(exp: Export, req: Request, payload: Buffer | undefined, ticket: Ticket): Promise<void> {
+    const refused = this.#check(exp, req);
+    if (refused) return this.#replyError(req, refused[0], refused[1], ticket);
+    const fua = (req.flags & NBD_CMD_FLAG_FUA) !== 0;
+    try {
+      switch (req.type) {
+        case Cmd.READ: {
+          // Holes first, data second: a write landing in between shows as the read having come first.
+          const holes = this.#structured ? await exp.holes(req.offset, req.length, MIN_HOLE_CHUNK) : [];
+          const data = Buffer.allocUnsafe(req.length);
+          await exp.read(req.offset, data);
+          if (!this.#structured) return this.#queueReply([encodeSimpleReply(req.cookie, 0), data], ticket);
+          if (holes.length === 0) return this.#queueReply([encodeOffsetDataHeader(req.cookie, req.offset, data.length), data], ticket);
+          return this.#queueReply(readChunks(req, data, holes), ticket);
+        }
+        case Cmd.WRITE:
+          await exp.write(req.offset, payload!, fua);
+          break;
+        case Cmd.FLUSH:
+          await exp.flush();
+          break;
+        case Cmd.TRIM:
+          await exp.trim(fua);
+          break;
+        case Cmd.WRITE_ZEROES: {
+          const fast = (req.flags & NBD_CMD_FLAG_FAST_ZERO) !== 0;
+          if ((await exp.zero(req.offset, req.length, { fua, fast })) === 'slow') {
+            return this.#replyError(req, NbdErrno.ENOTSUP, 'zeroing this range means writing it (flat or encrypted data): no fast zero', ticket);
+          }
+          break;
+        }
+        case Cmd.BLOCK_STATUS: {
+          const extents = await exp.extents(req.offset, req.length, (req.flags & NBD_CMD_FLAG_REQ_ONE) !== 0);
+          return this.#queueReply([encodeBlockStatus(req.cookie, BASE_ALLOCATION_ID, extents)], ticket);
+        }
+      }
+      this.#queueReply([encodeSimpleReply(req.cookie, 0)], ticket);
+    } catch (err) {
+      const code = (err as { code?: string; cause?: { code?: string } }).cause?.code ?? (err as { code?: string }).code;
+      const errno = code === 'ENOSPC' ? NbdErrno.ENOSPC : NbdErrno.EIO;
+      this.#host.log(
+        `connection ${this.id} (${this.peer}): ${Cmd[req.type] ?? req.type} of ${req.length} bytes at ${req.offset} failed: ${(err as Error).message}`,
+      );
+      this.#replyError(req, errno, (err as Error).message, ticket);
+    }
+  }
+
+  #replyError(req: Request, errno: NbdErrno, message: string, ticket: Ticket = { held: 0, queued: false }): void {
+    this.#queueReply([this.#structured ? encodeStructuredError(req.cookie, errno, message) : encodeSimpleReply(req.cookie, errno)], ticket);
+  }
+
+  /** Queue a reply without waiting for the client to read it; its budget is released when it left. */
+  #queueReply(bufs: Buffer[], ticket: Ticket): void {
+    ticket.queued = true;
+    const sent = this.#send(bufs).finally(() => {
+      this.#sending.delete(sent);
+      this.#release(ticket.held);
+    });
+    this.#sending.add(sent);
+  }
+}

@@ -1,0 +1,20 @@
+import { VmsealError, type ArgumentErrorCode } from '../errors.js';
+
+/**
+ * Stable codes of the NBD server. Errors of the layers below (opening, unlocking and locking a
+ * disk: ERR_VMDK_*, ERR_WRONG_KEY, ERR_DISK_BUSY …) pass through unchanged.
+ */
+export type ServeErrorCode =
+  | 'ERR_SERVE_LISTEN' // the socket or TCP address cannot be listened on (in use, folder missing, permissions)
+  | 'ERR_SERVE_EXPORT' // an export name is empty, too long, or given twice
+  | 'ERR_SERVE_INSECURE' // a TCP address that is not loopback, without TLS and without insecurePlaintext
+  | ArgumentErrorCode; // ERR_INVALID_ARGUMENT: a bad option of serve()
+
+/** The one error class of src/serve. */
+export class ServeError extends VmsealError {
+  declare readonly code: ServeErrorCode;
+
+  constructor(code: ServeErrorCode, message: string, options?: { cause?: unknown }) {
+    super(code, message, options);
+  }
+}

@@ -1,0 +1,260 @@
+/**
+ * One served disk: the five operations an NBD connection needs (read, write, zero, flush, extents)
+ * over an opened disk (plain VirtualDisk or decrypting EncryptedDisk), with the rules that keep an
+ * encrypted disk well formed, and the disk's lock. It knows nothing of the wire (connection.ts does).
+ *
+ * Writes (WRITE, WRITE_ZEROES) run one at a time per export, whatever connection sent them: a write
+ * that covers part of a data unit or grain is a read-modify-write in src/disk, and two of those on
+ * one unit must not interleave. Reads run concurrently. A FLUSH waits for the writes queued before
+ * it and then syncs every file of the disk; since every connection shares this one disk object, a
+ * flush on any connection covers the replied writes of all of them (NBD_FLAG_CAN_MULTI_CONN).
+ */
+import type { EncryptedDisk } from '../disk/index.js';
+import type { VirtualDisk } from '../vmdk/index.js';
+import type { DiskLock } from '../pipeline/lock.js';
+import type { BlockSizes, Extent } from './codec.js';
+import {
+  MAX_PAYLOAD,
+  NBD_FLAG_CAN_MULTI_CONN,
+  NBD_FLAG_HAS_FLAGS,
+  NBD_FLAG_READ_ONLY,
+  NBD_FLAG_SEND_FAST_ZERO,
+  NBD_FLAG_SEND_FLUSH,
+  NBD_FLAG_SEND_FUA,
+  NBD_FLAG_SEND_TRIM,
+  NBD_FLAG_SEND_WRITE_ZEROES,
+  NBD_STATE_HOLE,
+  NBD_STATE_ZERO,
+  PREFERRED_BLOCK,
+} from './protocol.js';
+
+export type ServedDisk = VirtualDisk | EncryptedDisk;
+
+/** What `exports()` reports for each export (no key material). */
+export interface ExportInfo {
+  name: string;
+  path: string;
+  /** Virtual size in bytes. */
+  size: number;
+  encrypted: boolean;
+  readOnly: boolean;
+  /** Sparse subformat: holes are reported by BLOCK_STATUS and zeroing them is free. */
+  sparse: boolean;
+  /** Connections in the transmission phase now. */
+  clients: number;
+  /** Most connections allowed at once. */
+  shared: number;
+  bytesRead: number;
+  bytesWritten: number;
+}
+
+/** Zeros written per step of WRITE_ZEROES (the payload limit bounds the memory of one request). */
+const ZERO_STEP = 1 << 20;
+/** At most this many extents in one BLOCK_STATUS reply (the client asks again for the rest). */
+const MAX_EXTENTS = 1024;
+
+export class Export {
+  readonly name: string;
+  readonly description: string;
+  readonly disk: ServedDisk;
+  readonly readOnly: boolean;
+  readonly shared: number;
+  readonly #lock: DiskLock | undefined;
+  #clients = 0;
+  #bytesRead = 0;
+  #bytesWritten = 0;
+  /** Tail of the per-export write queue. */
+  #writes: Promise<unknown> = Promise.resolve();
+  #closed = false;
+
+  constructor(name: string, disk: ServedDisk, options: { readOnly: boolean; shared: number; lock?: DiskLock; description?: string }) {
+    this.name = name;
+    this.disk = disk;
+    this.readOnly = options.readOnly;
+    this.shared = options.shared;
+    this.#lock = options.lock;
+    this.description = options.description ?? `${disk.encrypted ? 'encrypted ' : ''}${disk.subformat} disk ${disk.path}`;
+  }
+
+  get size(): number {
+    return this.disk.capacity;
+  }
+
+  get sparse(): boolean {
+    return this.disk.grainSize !== undefined;
+  }
+
+  /** The smallest request the disk serves without read-modify-write: its data unit (1 for a plain disk). */
+  get blockSizes(): BlockSizes {
+    const minimum = this.disk.encrypted ? this.disk.unitSize : 1;
+    return { minimum, preferred: Math.max(minimum, PREFERRED_BLOCK), maximum: MAX_PAYLOAD };
+  }
+
+  /**
+   * Transmission flags. CAN_MULTI_CONN only when more than one connection is allowed: with
+   * `shared` 1, a client that opened extra connections because of it would be refused.
+   */
+  get transmissionFlags(): number {
+    let f = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA;
+    if (this.readOnly) f |= NBD_FLAG_READ_ONLY;
+    else f |= NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_FAST_ZERO;
+    if (this.shared > 1) f |= NBD_FLAG_CAN_MULTI_CONN;
+    return f;
+  }
+
+  info(): ExportInfo {
+    return {
+      name: this.name,
+      path: this.disk.path,
+      size: this.size,
+      encrypted: this.disk.encrypted,
+      readOnly: this.readOnly,
+      sparse: this.sparse,
+      clients: this.#clients,
+      shared: this.shared,
+      bytesRead: this.#bytesRead,
+      bytesWritten: this.#bytesWritten,
+    };
+  }
+
+  /** Count a connection entering transmission; false when `shared` connections are there already. */
+  attachClient(): boolean {
+    if (this.#closed || this.#clients >= this.shared) return false;
+    this.#clients++;
+    return true;
+  }
+
+  detachClient(): void {
+    this.#clients--;
+  }
+
+  async read(offset: number, target: Buffer): Promise<void> {
+    await this.disk.readInto(offset, target);
+    this.#bytesRead += target.length;
+  }
+
+  /**
+   * Holes of a sparse disk inside [offset, offset+length) of at least `minimum` bytes (none for a
+   * flat disk): a structured read reply sends them as OFFSET_HOLE chunks instead of zeros.
+   */
+  async holes(offset: number, length: number, minimum: number): Promise<Array<{ offset: number; length: number }>> {
+    if (!this.sparse || length === 0) return [];
+    const out: Array<{ offset: number; length: number }> = [];
+    const end = offset + length;
+    let at = offset;
+    const hole = (s: number, e: number): void => {
+      if (e - s >= minimum) out.push({ offset: s, length: e - s });
+    };
+    for await (const r of this.disk.allocatedRanges(offset, end)) {
+      const s = Math.max(r.offset, offset);
+      if (s > at) hole(at, s);
+      at = Math.max(at, Math.min(r.offset + r.length, end));
+    }
+    if (at < end) hole(at, end);
+    return out;
+  }
+
+  /** Write, and with `fua` sync before returning. Returns once the data is in the file (page cache at least). */
+  async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
+    await this.#queue(() => this.disk.write(offset, data));
+    this.#bytesWritten += data.length;
+    if (fua) await this.flush();
+  }
+
+  /**
+   * Make [offset, offset+length) read as zeros. On a sparse disk the parts without data already do
+   * and are left alone (no grain is allocated for them); everywhere else zeros are written — on an
+   * encrypted disk as ciphertext of zeros, since plaintext zeros in the file would decrypt to noise.
+   * With `fast`, nothing is written: 'slow' tells the client that zeroing would mean writing.
+   */
+  async zero(offset: number, length: number, opts: { fua: boolean; fast: boolean }): Promise<'done' | 'slow'> {
+    // Inside the write queue: a write queued before this one may allocate a grain in the range.
+    const result = await this.#queue(async () => {
+      const ranges = await this.#dataRanges(offset, length);
+      if (ranges.length === 0) return 'done' as const;
+      if (opts.fast) return 'slow' as const;
+      const zeros = Buffer.alloc(Math.min(ZERO_STEP, length));
+      for (const r of ranges) {
+        for (let at = r.offset; at < r.offset + r.length; at += zeros.length) {
+          const n = Math.min(zeros.length, r.offset + r.length - at);
+          await this.disk.write(at, zeros.subarray(0, n));
+        }
+      }
+      this.#bytesWritten += length;
+      return 'done' as const;
+    });
+    if (result === 'done' && opts.fua) await this.flush();
+    return result;
+  }
+
+  /**
+   * TRIM is advisory and this server keeps every byte: deallocating a grain of an encrypted sparse
+   * disk would need the zeroed-grain entry (and never unit 0's grain, which the data check needs),
+   * and a flat file cannot drop ciphertext without it reading back as noise. So a trimmed range
+   * keeps its data, which the specification allows.
+   */
+  async trim(fua: boolean): Promise<void> {
+    if (fua) await this.flush();
+  }
+
+  /** Sync every file after the writes queued so far (fsync of each file, through the VMDK layer). */
+  async flush(): Promise<void> {
+    await this.#writes;
+    await this.disk.flush();
+  }
+
+  /** base:allocation extents from `offset`: holes of sparse disks are HOLE|ZERO, the rest data. */
+  async extents(offset: number, length: number, one: boolean): Promise<Extent[]> {
+    const end = offset + length;
+    if (!this.sparse) return [{ length, flags: 0 }];
+    const out: Extent[] = [];
+    let at = offset;
+    const limit = one ? 1 : MAX_EXTENTS;
+    for await (const r of this.disk.allocatedRanges(offset, end)) {
+      const s = Math.max(r.offset, offset);
+      const e = Math.min(r.offset + r.length, end);
+      if (s > at) out.push({ length: s - at, flags: NBD_STATE_HOLE | NBD_STATE_ZERO });
+      if (out.length >= limit) return out;
+      if (e > s) out.push({ length: e - s, flags: 0 });
+      at = Math.max(at, e);
+      if (out.length >= limit) return out;
+    }
+    if (at < end) out.push({ length: end - at, flags: NBD_STATE_HOLE | NBD_STATE_ZERO });
+    return out;
+  }
+
+  /** Flush (writable exports), close the disk and release its lock. Safe to call twice. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    try {
+      if (!this.readOnly) await this.flush();
+    } finally {
+      try {
+        await this.disk.close();
+      } finally {
+        await this.#lock?.release();
+      }
+    }
+  }
+
+  /** The parts of a range that hold data (all of it on a flat or raw disk). */
+  async #dataRanges(offset: number, length: number): Promise<Array<{ offset: number; length: number }>> {
+    if (length === 0) return [];
+    if (!this.sparse) return [{ offset, length }];
+    const out: Array<{ offset: number; length: number }> = [];
+    const end = offset + length;
+    for await (const r of this.disk.allocatedRanges(offset, end)) {
+      const s = Math.max(r.offset, offset);
+      const e = Math.min(r.offset + r.length, end);
+      if (e > s) out.push({ offset: s, length: e - s });
+    }
+    return out;
+  }
+
+  #queue<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.#writes.then(fn);
+    this.#writes = run.catch(() => undefined);
+    return run;
+  }
+}

@@ -1,0 +1,15 @@
+// Public surface of src/serve: the NBD server (host role) over src/disk's disks.
+export { ServeError, type ServeErrorCode } from './errors.js';
+export {
+  serve,
+  exportUri,
+  defaultExportName,
+  defaultSocketPath,
+  DEFAULT_PAYLOAD_BUDGET,
+  type NbdHost,
+  type ServeAddress,
+  type ServeDisk,
+  type ServeListen,
+  type ServeOptions,
+} from './host.js';
+export type { ExportInfo } from './export.js';
