@@ -10,6 +10,7 @@
 import { lstat, readlink, realpath, readFile, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { Descriptor } from '../vmdk/index.js';
+import { isSparseExtent } from '../vmdk/sparse-header.js';
 import { PipelineError } from './errors.js';
 
 /** The real path of an existing disk's descriptor (or raw image), checked for ambiguous extents. */
@@ -28,7 +29,7 @@ export async function realDiskPath(given: string): Promise<string> {
 async function checkExtentsAgree(given: string, real: string): Promise<void> {
   const head = await readFile(real).catch(() => undefined);
   // Only a text descriptor names files; sparse and raw files stand alone.
-  if (!head || head.length > 1 << 20 || head.subarray(0, 4).toString('latin1') === 'KDMV') return;
+  if (!head || head.length > 1 << 20 || isSparseExtent(head)) return;
   let d: Descriptor;
   try {
     d = Descriptor.parse(head, { file: real });
@@ -42,7 +43,7 @@ async function checkExtentsAgree(given: string, real: string): Promise<void> {
     const [a, b] = await Promise.all([stat(viaGiven).catch(() => undefined), stat(viaReal).catch(() => undefined)]);
     if (a && b && (a.dev !== b.dev || a.ino !== b.ino)) {
       throw new PipelineError(
-        'ERR_ARGUMENT',
+        'ERR_INVALID_ARGUMENT',
         `${given} is a link to ${real}, and the extent ${e.file} names two different files: ${viaGiven} (beside the link, where qemu looks) and ${viaReal} (beside the descriptor). ` +
           'Give the real descriptor path, or remove one of the two files.',
       );
@@ -61,7 +62,7 @@ export async function checkOutputName(output: string): Promise<void> {
   );
   if (!exists) {
     throw new PipelineError(
-      'ERR_ARGUMENT',
+      'ERR_INVALID_ARGUMENT',
       `the output ${output} is a symbolic link to ${target}, which does not exist; vmseal does not write through a dangling link (it could have been planted to redirect the output). Remove the link or give another name.`,
     );
   }

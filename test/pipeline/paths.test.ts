@@ -45,7 +45,7 @@ describe('in-place jobs through a symbolic link', () => {
     symlinkSync(real, link);
     copyFileSync(join(tmp.dir, 'real', 'd-flat.vmdk'), join(other, 'd-flat.vmdk')); // a second, different file under the extent's name
     const before = readFileSync(real);
-    await expect(encryptInPlace(link, { lockers: [phraseLocker('pw')] })).rejects.toMatchObject({ code: 'ERR_ARGUMENT', message: expect.stringMatching(/two different files/) });
+    await expect(encryptInPlace(link, { lockers: [phraseLocker('pw')] })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT', message: expect.stringMatching(/two different files/) });
     expect(readFileSync(real).equals(before)).toBe(true);
   });
 });
@@ -58,7 +58,7 @@ describe('outputs', () => {
     const out = join(dir, 'out.vmdk');
     symlinkSync(target, out);
     await expect(encryptDisk(join(tmp.dir, 'plain.raw'), out, { lockers: [phraseLocker('pw')], subformat: 'monolithicSparse' })).rejects.toMatchObject({
-      code: 'ERR_ARGUMENT',
+      code: 'ERR_INVALID_ARGUMENT',
       message: expect.stringMatching(/dangling link/),
     });
     expect(existsSync(target)).toBe(false);
