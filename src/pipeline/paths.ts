@@ -7,7 +7,7 @@
  * refused. An output name that is a dangling symbolic link is refused: writing through a planted link
  * is an attack.
  */
-import { lstat, readlink, realpath, readFile, stat } from 'node:fs/promises';
+import { lstat, open, readlink, realpath, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { Descriptor } from '../vmdk/index.js';
 import { isSparseExtent } from '../vmdk/sparse-header.js';
@@ -26,10 +26,35 @@ export async function realDiskPath(given: string): Promise<string> {
   return real;
 }
 
+/** A text descriptor is at most this long; anything longer is an image, never read whole. */
+const MAX_TEXT_DESCRIPTOR = 1 << 20;
+
+/** Up to `limit` bytes from the start of `path`, or undefined if it cannot be read. */
+async function readHead(path: string, limit: number): Promise<Buffer | undefined> {
+  const fh = await open(path, 'r').catch(() => undefined);
+  if (!fh) return undefined;
+  try {
+    const buf = Buffer.alloc(limit);
+    let filled = 0;
+    while (filled < limit) {
+      const { bytesRead } = await fh.read(buf, filled, limit - filled, filled);
+      if (bytesRead === 0) break;
+      filled += bytesRead;
+    }
+    return buf.subarray(0, filled);
+  } catch {
+    return undefined;
+  } finally {
+    await fh.close();
+  }
+}
+
 async function checkExtentsAgree(given: string, real: string): Promise<void> {
-  const head = await readFile(real).catch(() => undefined);
+  // One byte past the limit tells a descriptor of exactly the limit from a larger file, which is
+  // an image (raw or sparse): reading it whole would cost its size in memory.
+  const head = await readHead(real, MAX_TEXT_DESCRIPTOR + 1);
   // Only a text descriptor names files; sparse and raw files stand alone.
-  if (!head || head.length > 1 << 20 || isSparseExtent(head)) return;
+  if (!head || head.length > MAX_TEXT_DESCRIPTOR || isSparseExtent(head)) return;
   let d: Descriptor;
   try {
     d = Descriptor.parse(head, { file: real });
