@@ -37,3 +37,35 @@ export function describeValue(value: unknown): string {
   if (Array.isArray(value)) return `an array of length ${value.length}`;
   return `a value of type ${typeof value}`;
 }
+
+/**
+ * The one code for a bad argument to an API call of any layer above xts. Each layer still throws
+ * its own class (DiskError, PipelineError, VmdkFormatError, KeyError, KmipError) so `instanceof`
+ * tells which layer refused, but the code is the same everywhere: callers (and the CLI's exit-code
+ * table) test one code, not one per layer. The XTS layer keeps Node's own codes
+ * (ERR_INVALID_ARG_TYPE, ERR_INVALID_ARG_VALUE, ERR_OUT_OF_RANGE) on its TypeError/RangeError,
+ * because its native addon throws them too and it mirrors Node's crypto API (see docs/errors.md).
+ */
+export type ArgumentErrorCode = 'ERR_INVALID_ARGUMENT';
+
+/** The one message shape of an argument error: "Expected <what> for <argument> but received <value>". */
+export function expected(what: string, argument: string, value: unknown): string {
+  return `Expected ${what} for ${argument} but received ${describeValue(value)}`;
+}
+
+/**
+ * The same shape for an argument that takes one of a few names (cipher, subformat, format): a short
+ * ASCII name is quoted back (names are not secret, and "received 'aes-256-cbc'" says more than "a
+ * string of length 11"); anything else is described without its contents.
+ */
+export function expectedOneOf(choices: readonly (string | number)[], argument: string, value: unknown): string {
+  const list = choices.map((c) => (typeof c === 'string' ? `'${c}'` : String(c)));
+  const what = list.length <= 2 ? list.join(' or ') : `one of ${list.join(', ')}`;
+  return `Expected ${what} for ${argument} but received ${describeChoice(value)}`;
+}
+
+/** A received name, quoted when it is a short ASCII word, else described by describeValue. */
+export function describeChoice(value: unknown): string {
+  if (typeof value === 'string' && /^[A-Za-z0-9._-]{1,32}$/.test(value)) return `'${value}'`;
+  return describeValue(value);
+}

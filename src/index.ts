@@ -1,5 +1,5 @@
 // The package root: every public name of every layer.
-export { VmsealError } from './errors.js';
+export { VmsealError, type ArgumentErrorCode } from './errors.js';
 export * from './xts/index.js';
 export * from './vmdk/index.js';
 export * from './keys/index.js';

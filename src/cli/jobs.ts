@@ -51,7 +51,7 @@ export async function withHooks<T>(ctx: Ctx, label: string, run: (hooks: JobHook
   }
 }
 
-// The VMDK writer refuses a sparse extent of 2 TiB or more with ERR_VMDK_ARGUMENT (an argument of
+// The VMDK writer refuses a sparse extent of 2 TiB or more with ERR_INVALID_ARGUMENT (an argument of
 // createDisk). For a user it is a limit of the input's subformat (qemu-img makes such images),
 // not a mistake on the command line: exit 5 with the subformat that holds the disk.
 const SPARSE_EXTENT_LIMIT = /too large for one sparse extent/;
@@ -59,7 +59,7 @@ const SPARSE_EXTENT_LIMIT = /too large for one sparse extent/;
 /** The writer's "too large for one sparse extent" as an input limit (ERR_VMDK_LIMIT, exit 5); other errors unchanged. */
 export function outputLimitError(ctx: Pick<Ctx, 'command'>, err: unknown): unknown {
   const e = err as { code?: unknown; message?: unknown };
-  if (e?.code !== 'ERR_VMDK_ARGUMENT' || typeof e.message !== 'string' || !SPARSE_EXTENT_LIMIT.test(e.message)) return err;
+  if (e?.code !== 'ERR_INVALID_ARGUMENT' || typeof e.message !== 'string' || !SPARSE_EXTENT_LIMIT.test(e.message)) return err;
   const hasSubformat = ctx.command === 'encrypt' || ctx.command === 'decrypt' || ctx.command === 'convert';
   return new CliError('ERR_VMDK_LIMIT', `${e.message}; the disk is too large for the monolithicSparse subformat`, {
     exitCode: ExitCode.FORMAT,

@@ -3,6 +3,7 @@
  * names the option, what it received and what it expects. None echoes a value that could be secret
  * (no option here carries a secret: passphrases never come from argv).
  */
+import { CIPHERS, UNIT_SIZES, canEncryptSubformat, type CipherName, type DataUnitSize } from '../disk/params.js';
 import { usageError } from './errors.js';
 
 /** The output formats the CLI accepts for --subformat (VMDK createTypes plus raw). */
@@ -20,13 +21,11 @@ export type Subformat = (typeof SUBFORMATS)[number];
  * The subformats an encrypted disk can be written as: raw has no descriptor to carry the key, and
  * streamOptimized compression gains nothing on ciphertext (checkEncryptedSubformat refuses both).
  */
-export const ENCRYPTED_SUBFORMATS: readonly Subformat[] = SUBFORMATS.filter((s) => s !== 'raw' && s !== 'streamOptimized');
+export const ENCRYPTED_SUBFORMATS: readonly Subformat[] = SUBFORMATS.filter(canEncryptSubformat);
 
-export const CIPHERS = ['aes-256-xts', 'aes-128-xts'] as const;
-export type CipherName = (typeof CIPHERS)[number];
-
-export const UNIT_SIZES = [512, 4096] as const;
-export type UnitSize = (typeof UNIT_SIZES)[number];
+// The ciphers and data-unit sizes are the disk layer's (src/disk/params.ts owns them).
+export { CIPHERS, UNIT_SIZES, type CipherName };
+export type UnitSize = DataUnitSize;
 
 export const KEY_PROVIDERS = ['local', 'kmip'] as const;
 export type KeyProviderKind = (typeof KEY_PROVIDERS)[number];
@@ -64,7 +63,7 @@ export function parseCipher(value: string): CipherName {
 export function parseUnitSize(value: string): UnitSize {
   const n = Number(value.trim());
   const found = UNIT_SIZES.find((u) => u === n);
-  if (found === undefined) throw usageError(`--unit-size ${quoteForMessage(value)} is not supported`, 'Use 512 or 4096 (bytes)');
+  if (found === undefined) throw usageError(`--unit-size ${quoteForMessage(value)} is not supported`, `Use ${UNIT_SIZES.join(' or ')} (bytes)`);
   return found;
 }
 

@@ -6,7 +6,9 @@ import { Command, Option } from 'commander';
 import type { Ctx } from './context.js';
 import { usageError } from './errors.js';
 import type { Streams } from './output.js';
-import { CIPHERS, ENCRYPTED_SUBFORMATS, parseCipher, parseFormat, parseInteger, parseKeyProvider, parseMode, parseSize, parseSubformat, parseUnitSize, SUBFORMATS } from './parse.js';
+import { DEFAULT_CIPHER, DEFAULT_UNIT_SIZE } from '../disk/params.js';
+import { CHUNK_ALIGN, MAX_CHUNK } from '../pipeline/options.js';
+import { CIPHERS, ENCRYPTED_SUBFORMATS, parseCipher, parseFormat, parseInteger, parseKeyProvider, parseMode, parseSize, parseSubformat, parseUnitSize, SUBFORMATS, UNIT_SIZES } from './parse.js';
 import { encryptCommand } from './commands/encrypt.js';
 import { decryptCommand } from './commands/decrypt.js';
 import { convertCommand } from './commands/convert.js';
@@ -70,13 +72,13 @@ function addJobOptions(cmd: Command, withForce = true): Command {
 
 function addEncryptionParams(cmd: Command): Command {
   return cmd
-    .addOption(new Option('--cipher <cipher>', `data cipher: ${CIPHERS.join(' or ')}`).default('aes-256-xts').argParser(parseCipher))
-    .addOption(new Option('--unit-size <bytes>', 'XTS data-unit size: 512 or 4096').default(512).argParser(parseUnitSize));
+    .addOption(new Option('--cipher <cipher>', `data cipher: ${CIPHERS.join(' or ')}`).default(DEFAULT_CIPHER).argParser(parseCipher))
+    .addOption(new Option('--unit-size <bytes>', `XTS data-unit size: ${UNIT_SIZES.join(' or ')}`).default(DEFAULT_UNIT_SIZE).argParser(parseUnitSize));
 }
 
 function parseChunkSize(v: string): number {
-  const n = parseSize(v, '--chunk-size', { min: 4096, max: 256 * 1024 * 1024 });
-  if (n % 4096 !== 0) throw usageError(`--chunk-size ${JSON.stringify(v)} is not a multiple of 4 KiB`, 'e.g. --chunk-size 8M');
+  const n = parseSize(v, '--chunk-size', { min: CHUNK_ALIGN, max: MAX_CHUNK });
+  if (n % CHUNK_ALIGN !== 0) throw usageError(`--chunk-size ${JSON.stringify(v)} is not a multiple of ${CHUNK_ALIGN / 1024} KiB`, 'e.g. --chunk-size 8M');
   return n;
 }
 
@@ -211,7 +213,7 @@ Examples:
     .addOption(formatOption('what DISK'))
     .option('--trust-v1-journal', 'resume from a version-1 journal (checksummed, not authenticated) although the disk\'s descriptor differs from it; only for a journal you know vmseal left')
     .addOption(new Option('--cipher <cipher>', `deep: new data cipher: ${CIPHERS.join(' or ')} (default: unchanged)`).argParser(parseCipher))
-    .addOption(new Option('--unit-size <bytes>', 'deep: new data-unit size, 512 or 4096 (default: unchanged)').argParser(parseUnitSize));
+    .addOption(new Option('--unit-size <bytes>', `deep: new data-unit size, ${UNIT_SIZES.join(' or ')} (default: unchanged)`).argParser(parseUnitSize));
   rekey.option('--recovery-passphrase', 'unlock with the recovery passphrase (and keep it through --deep); prompted for on a terminal if no file or variable gives it');
   addKeyOptions(rekey, true);
   addJobOptions(rekey, false);

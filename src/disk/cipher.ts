@@ -6,6 +6,7 @@
 import { XtsCipher } from '../xts/index.js';
 import { DiskError } from './errors.js';
 import { KEY_BYTES, type CipherName, type DataUnitSize } from './params.js';
+import { expected } from '../errors.js';
 
 export interface DataCipher {
   readonly cipher: CipherName;
@@ -29,14 +30,14 @@ const ASYNC_THRESHOLD = 64 * 1024;
 
 export function createDataCipher(cipher: CipherName, key: Uint8Array, unitSize: DataUnitSize, opts: DataCipherOptions = {}): DataCipher {
   if (key.length !== KEY_BYTES[cipher]) {
-    throw new DiskError('ERR_ARGUMENT', `Expected a ${KEY_BYTES[cipher]}-byte key for ${cipher} but received ${key.length} bytes`);
+    throw new DiskError('ERR_INVALID_ARGUMENT', expected(`a ${KEY_BYTES[cipher]}-byte key`, cipher, key));
   }
   // The native core is required (its load error says how to build it): a silent slow fallback would
   // turn a missing build into 50× slower jobs nobody notices.
   const xts = new XtsCipher(key);
   const check = (data: Uint8Array): void => {
     if (data.byteLength % unitSize !== 0) {
-      throw new DiskError('ERR_ARGUMENT', `Expected a whole number of ${unitSize}-byte units but received ${data.byteLength} bytes`);
+      throw new DiskError('ERR_INVALID_ARGUMENT', expected(`a whole number of ${unitSize}-byte units`, 'data', data));
     }
   };
   const threads = opts.threads;

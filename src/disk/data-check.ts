@@ -10,6 +10,7 @@
  * embedded descriptor changes in one sector.
  */
 import { createHmac, hkdfSync } from 'node:crypto';
+import { expected } from '../errors.js';
 import { DiskError } from './errors.js';
 
 const HKDF_INFO = 'vmseal data check v1';
@@ -56,7 +57,7 @@ export class DataCheckKey {
    */
   value(diskId: string, unitSize: number, unit0: Uint8Array): string {
     if (unit0.byteLength !== unitSize) {
-      throw new DiskError('ERR_ARGUMENT', `Expected the ${unitSize} bytes of unit 0 but received ${unit0.byteLength}`);
+      throw new DiskError('ERR_INVALID_ARGUMENT', expected(`the ${unitSize} bytes of unit 0`, 'unit0', unit0));
     }
     const size = Buffer.alloc(4);
     size.writeUInt32BE(unitSize);

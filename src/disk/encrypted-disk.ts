@@ -19,10 +19,10 @@ import type { DataCipher } from './cipher.js';
 import { formatDataCheck, type DataCheckKey } from './data-check.js';
 import type { AllocatedRange as ByteRange, Descriptor, VirtualDisk } from '../vmdk/index.js';
 import { LINE, type EncryptionParams } from './params.js';
-import { describeValue } from '../errors.js';
+import { expected } from '../errors.js';
 import { MAX_READ_BYTES } from '../vmdk/index.js';
 
-/** @internal The data check of an open version-2 disk. */
+/** The data check of an open version-2 disk. Not exported from the package, yet not marked internal: the .d.ts of unit-zero.ts names it. */
 export interface DataCheckState {
   key: DataCheckKey;
   /** The value that matches unit 0 as it is on disk now; undefined after a unit-0 write failed (read it again). */
@@ -95,7 +95,7 @@ export class EncryptedDisk {
   async read(position: number, length: number): Promise<Buffer> {
     this.#checkRange('read', position, length);
     if (length > MAX_READ_BYTES) {
-      throw new DiskError('ERR_ARGUMENT', `Expected a length of at most ${MAX_READ_BYTES} bytes for read() but received ${length}; use readInto() with your own buffer for more`);
+      throw new DiskError('ERR_INVALID_ARGUMENT', `${expected(`a length of at most ${MAX_READ_BYTES} bytes`, 'length', length)}; use readInto() with your own buffer for more`);
     }
     const out = Buffer.alloc(length);
     await this.#readPlain(position, out);
@@ -103,13 +103,13 @@ export class EncryptedDisk {
   }
 
   async readInto(position: number, target: Uint8Array): Promise<void> {
-    if (!ArrayBuffer.isView(target)) throw new DiskError('ERR_ARGUMENT', `Expected a Uint8Array for target but received ${describeValue(target)}`);
+    if (!ArrayBuffer.isView(target)) throw new DiskError('ERR_INVALID_ARGUMENT', expected('a Uint8Array', 'target', target));
     this.#checkRange('read', position, target.byteLength);
     await this.#readPlain(position, target);
   }
 
   async write(position: number, data: Uint8Array): Promise<void> {
-    if (!ArrayBuffer.isView(data)) throw new DiskError('ERR_ARGUMENT', `Expected a Uint8Array for data but received ${describeValue(data)}`);
+    if (!ArrayBuffer.isView(data)) throw new DiskError('ERR_INVALID_ARGUMENT', expected('a Uint8Array', 'data', data));
     this.#checkRange('write', position, data.byteLength);
     if (this.readOnly) throw new DiskError('ERR_READ_ONLY', `cannot write to ${this.path}: it was opened read-only`);
     if (data.byteLength === 0) return;
@@ -283,13 +283,13 @@ export class EncryptedDisk {
   #checkRange(op: string, position: number, length: number): void {
     this.#checkOpen();
     if (!Number.isSafeInteger(position) || position < 0) {
-      throw new DiskError('ERR_ARGUMENT', `Expected a non-negative integer for position but received ${describeValue(position)}`);
+      throw new DiskError('ERR_INVALID_ARGUMENT', expected('a non-negative integer', 'position', position));
     }
     if (!Number.isSafeInteger(length) || length < 0) {
-      throw new DiskError('ERR_ARGUMENT', `Expected a non-negative integer for length but received ${describeValue(length)}`);
+      throw new DiskError('ERR_INVALID_ARGUMENT', expected('a non-negative integer', 'length', length));
     }
     if (position + length > this.capacity) {
-      throw new DiskError('ERR_ARGUMENT', `cannot ${op} ${length} bytes at ${position} of ${this.path}: past its capacity of ${this.capacity} bytes`);
+      throw new DiskError('ERR_INVALID_ARGUMENT', `cannot ${op} ${length} bytes at ${position} of ${this.path}: past its capacity of ${this.capacity} bytes`);
     }
   }
 }

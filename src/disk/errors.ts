@@ -1,4 +1,4 @@
-import { VmsealError } from '../errors.js';
+import { VmsealError, type ArgumentErrorCode } from '../errors.js';
 
 /**
  * Stable codes of the encrypted-disk layer. Errors of the layers below (ERR_VMDK_*, and the key
@@ -11,10 +11,10 @@ export type DiskErrorCode =
   | 'ERR_ENCRYPTION_METADATA' // encryption lines missing, malformed, of an unknown version, or unsafe
   | 'ERR_INTERRUPTED_JOB' // an in-place job on this disk did not finish: resume it first
   | 'ERR_WRONG_DATA' // the data check does not match unit 0: the descriptor does not belong to this data (rolled back, copied, torn write)
-  | 'ERR_ARGUMENT' // a bad argument to an API call
   | 'ERR_READ_ONLY' // a write to a disk opened read-only
   | 'ERR_UNSUPPORTED_OUTPUT' // an encrypted disk asked in a subformat that cannot carry it (raw, streamOptimized)
-  | 'ERR_CLOSED'; // the disk was closed
+  | 'ERR_CLOSED' // the disk was closed
+  | ArgumentErrorCode; // ERR_INVALID_ARGUMENT: a bad argument to an API call
 
 /** The one error class of src/disk. */
 export class DiskError extends VmsealError {

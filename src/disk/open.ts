@@ -7,7 +7,7 @@ import { openDisk as openVmdk, createDisk as createVmdk } from '../vmdk/index.js
 import type { VirtualDisk, CreateDiskOptions, CreateSubformat } from '../vmdk/index.js';
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { describeValue } from '../errors.js';
+import { expected } from '../errors.js';
 import { createDataCipher, type DataCipherOptions } from './cipher.js';
 import { DataCheckKey, dataCheckOf, parseDataCheck } from './data-check.js';
 import { EncryptedDisk, type DataCheckState } from './encrypted-disk.js';
@@ -15,8 +15,11 @@ import { DiskError } from './errors.js';
 import { generateDek, makeEncryptionParams, unlockDek, type KeyCache, type LockerSpec, type UnlockOptions } from './keying.js';
 import { backUnitZero, checkDataCheck } from './unit-zero.js';
 import {
-  CIPHERS,
-  UNIT_SIZES,
+  DEFAULT_CIPHER,
+  DEFAULT_ENCRYPTED_SUBFORMAT,
+  DEFAULT_UNIT_SIZE,
+  UNENCRYPTABLE_SUBFORMATS,
+  checkEncryptionChoice,
   encryptionLines,
   parseEncryption,
   type CipherName,
@@ -46,9 +49,6 @@ export interface OpenDiskOptions {
   /** Native XTS threads per call (default: the pool size). */
   threads?: number;
 }
-
-/** Subformats that cannot hold an encrypted disk: no descriptor (raw) or compressed grains (streamOptimized). */
-export const UNENCRYPTABLE_SUBFORMATS = new Set(['raw', 'streamOptimized']);
 
 /** The encryption state recorded in a disk's descriptor (null: plain). Reads no keys. */
 export function encryptionOf(disk: { descriptor: { entries(): Iterable<readonly [string, string]> } | undefined; path: string }): ParsedEncryption | null {
@@ -104,11 +104,11 @@ export async function unlockInner(
  * ERR_WRONG_KEY / ERR_DISK_LOCKED / ERR_NO_KEY / ERR_BINDING, the VMDK layer's ERR_VMDK_*.
  */
 export async function openDisk(path: string, options: OpenDiskOptions = {}): Promise<VirtualDisk | EncryptedDisk> {
-  if (typeof path !== 'string' || path.length === 0) throw new DiskError('ERR_ARGUMENT', `Expected a file path for path but received ${describeValue(path)}`);
-  if (options === null || typeof options !== 'object') throw new DiskError('ERR_ARGUMENT', `Expected an options object but received ${describeValue(options)}`);
+  if (typeof path !== 'string' || path.length === 0) throw new DiskError('ERR_INVALID_ARGUMENT', expected('a file path', 'path', path));
+  if (options === null || typeof options !== 'object') throw new DiskError('ERR_INVALID_ARGUMENT', expected('an object', 'options', options));
   const { readOnly = false, keys } = options;
   if (keys !== undefined && (keys === null || typeof keys !== 'object')) {
-    throw new DiskError('ERR_ARGUMENT', `Expected an object { passphrase?, providers?, cache? } for keys but received ${describeValue(keys)}`);
+    throw new DiskError('ERR_INVALID_ARGUMENT', expected('an object { passphrase?, providers?, cache? }', 'keys', keys));
   }
   assertNoJournal(path);
   const inner = await openVmdk(path, { readOnly, allowEncrypted: true });
@@ -179,39 +179,27 @@ async function fillEncryptedZeros(disk: EncryptedDisk, onFill?: (done: number, t
   await disk.innerDisk.flush();
 }
 
-export function checkEncryptionChoice(cipher: unknown, unitSize: unknown): { cipher: CipherName; unitSize: DataUnitSize } {
-  if (!(CIPHERS as readonly unknown[]).includes(cipher)) {
-    throw new DiskError('ERR_ARGUMENT', `Expected ${CIPHERS.map((c) => `'${c}'`).join(' or ')} for cipher but received ${typeof cipher === 'string' && cipher.length < 40 ? `'${cipher}'` : describeValue(cipher)}`);
-  }
-  if (!(UNIT_SIZES as readonly unknown[]).includes(unitSize)) {
-    throw new DiskError('ERR_ARGUMENT', `Expected ${UNIT_SIZES.join(' or ')} for unitSize but received ${describeValue(unitSize)}`);
-  }
-  return { cipher: cipher as CipherName, unitSize: unitSize as DataUnitSize };
-}
-
 export function checkLockers(lockers: unknown): LockerSpec[] {
   if (!Array.isArray(lockers) || lockers.length === 0) {
-    throw new DiskError('ERR_ARGUMENT', `Expected a non-empty array of lockers ({ kind: 'provider', provider } or { kind: 'passphrase', passphrase }) but received ${describeValue(lockers)}`);
+    throw new DiskError('ERR_INVALID_ARGUMENT', expected("a non-empty array of { kind: 'provider', provider } or { kind: 'passphrase', passphrase }", 'lockers', lockers));
   }
   return lockers as LockerSpec[];
 }
 
 /** Create a new, empty encrypted disk (reads as zeros) under a fresh DEK sealed by `lockers`. */
 export async function createEncryptedDisk(path: string, options: CreateEncryptedDiskOptions): Promise<EncryptedDisk> {
-  if (typeof path !== 'string' || path.length === 0) throw new DiskError('ERR_ARGUMENT', `Expected a file path for path but received ${describeValue(path)}`);
-  if (options === null || typeof options !== 'object') throw new DiskError('ERR_ARGUMENT', `Expected an options object but received ${describeValue(options)}`);
-  const subformat = options.subformat ?? 'monolithicSparse';
-  if (UNENCRYPTABLE_SUBFORMATS.has(subformat)) {
-    throw new DiskError(
-      'ERR_UNSUPPORTED_OUTPUT',
-      `an encrypted disk cannot be written as ${subformat}: ${subformat === 'raw' ? 'a raw image has no descriptor to carry the key' : 'compressing ciphertext is pointless and vSphere refuses it too'}; choose a flat or sparse VMDK subformat`,
-    );
+  if (typeof path !== 'string' || path.length === 0) throw new DiskError('ERR_INVALID_ARGUMENT', expected('a file path', 'path', path));
+  if (options === null || typeof options !== 'object') throw new DiskError('ERR_INVALID_ARGUMENT', expected('an object', 'options', options));
+  const subformat = options.subformat ?? DEFAULT_ENCRYPTED_SUBFORMAT;
+  const unencryptable = UNENCRYPTABLE_SUBFORMATS.get(subformat);
+  if (unencryptable !== undefined) {
+    throw new DiskError('ERR_UNSUPPORTED_OUTPUT', `an encrypted disk cannot be written as ${subformat}: ${unencryptable}; choose a flat or sparse VMDK subformat`);
   }
-  const { cipher, unitSize } = checkEncryptionChoice(options.cipher ?? 'aes-256-xts', options.unitSize ?? 512);
+  const { cipher, unitSize } = checkEncryptionChoice(options.cipher ?? DEFAULT_CIPHER, options.unitSize ?? DEFAULT_UNIT_SIZE);
   const lockers = checkLockers(options.lockers);
   const capacity = options.capacity;
   if (!Number.isSafeInteger(capacity) || capacity <= 0 || capacity % unitSize !== 0) {
-    throw new DiskError('ERR_ARGUMENT', `Expected a positive multiple of ${unitSize} for capacity but received ${describeValue(capacity)}`);
+    throw new DiskError('ERR_INVALID_ARGUMENT', expected(`a positive multiple of ${unitSize}`, 'capacity', capacity));
   }
   const dek = generateDek(cipher);
   try {

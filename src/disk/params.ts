@@ -14,21 +14,82 @@
  *
  * Every value is printable ASCII without `"`, `=` and the substrings `CID`, `parentFileNameHint`
  * and `createType` (qemu finds header fields by substring search anywhere in the text).
+ *
+ * This module is also the one owner of the encryption policy that the layers above (pipeline, CLI)
+ * apply: which ciphers and data-unit sizes a disk may use, the defaults, and which subformats can
+ * carry an encrypted disk. The cipher names and DEK lengths are defined one layer down, in
+ * src/keys/dek.ts (the key layer must name ciphers in KeySafe dicts and cannot import upwards);
+ * everything here is built on them, and nothing above restates them.
  */
+import { expectedOneOf } from '../errors.js';
+import { DISK_CIPHERS, dekLength, type DiskCipher } from '../keys/dek.js';
+import { CREATE_SUBFORMATS, type CreateSubformat } from '../vmdk/index.js';
 import { parseDataCheck } from './data-check.js';
 import { DiskError } from './errors.js';
 
-export type CipherName = 'aes-256-xts' | 'aes-128-xts';
+export type CipherName = DiskCipher;
 export type DataUnitSize = 512 | 4096;
 
 /** The version vmseal writes; version 1 (no data check) is still read. */
 export const FORMAT_VERSION = 2;
 const READ_VERSIONS: readonly number[] = [1, 2];
 export const FORMAT_TAG = `vmseal/${FORMAT_VERSION}`;
-export const CIPHERS: readonly CipherName[] = ['aes-256-xts', 'aes-128-xts'];
+export const CIPHERS: readonly CipherName[] = DISK_CIPHERS;
+/** 512 matches the sector (what dm-crypt and vSphere use); 4096 matches 4Kn drives and is faster. */
 export const UNIT_SIZES: readonly DataUnitSize[] = [512, 4096];
+/**
+ * The largest data-unit size. Chunks of the streaming engine and in-place alignments are multiples
+ * of it, so that every chunk holds whole units whatever the disk's unit size.
+ */
+export const MAX_UNIT_SIZE: DataUnitSize = 4096;
+export const DEFAULT_CIPHER: CipherName = 'aes-256-xts';
+export const DEFAULT_UNIT_SIZE: DataUnitSize = 512;
+/** The subformat of a new encrypted disk when none is asked for. */
+export const DEFAULT_ENCRYPTED_SUBFORMAT: CreateSubformat = 'monolithicSparse';
 /** Key length in bytes of each cipher's DEK (Key1 ‖ Key2). */
-export const KEY_BYTES: Record<CipherName, number> = { 'aes-256-xts': 64, 'aes-128-xts': 32 };
+export const KEY_BYTES: Readonly<Record<CipherName, number>> = Object.freeze(
+  Object.fromEntries(CIPHERS.map((c) => [c, dekLength(c)])) as Record<CipherName, number>,
+);
+
+/**
+ * Subformats that cannot hold an encrypted disk, each with why: a raw image has no descriptor for
+ * the encryption lines, and streamOptimized compresses grains (pointless on ciphertext; vSphere
+ * refuses to export encrypted disks that way too).
+ */
+export const UNENCRYPTABLE_SUBFORMATS: ReadonlyMap<string, string> = new Map([
+  ['raw', 'a raw image has no descriptor to carry the key'],
+  ['streamOptimized', 'compressing ciphertext is pointless and vSphere refuses it too'],
+]);
+/** The subformats an encrypted disk can be written as. */
+export const ENCRYPTABLE_SUBFORMATS: readonly CreateSubformat[] = CREATE_SUBFORMATS.filter((s) => !UNENCRYPTABLE_SUBFORMATS.has(s));
+
+/** What an encrypted copy of a disk in an unencryptable subformat is written as, when none is asked. */
+const ENCRYPTED_REPLACEMENT: Readonly<Record<string, CreateSubformat>> = { raw: 'monolithicFlat', streamOptimized: 'monolithicSparse' };
+
+/**
+ * The subformat an encrypted copy of a disk in `subformat` takes by default: the same, except that
+ * a raw image becomes monolithicFlat (its extent is the same bytes, encrypted) and streamOptimized
+ * becomes monolithicSparse (the same allocation, without compression).
+ */
+export function encryptedSubformatFor(subformat: string): string {
+  return ENCRYPTED_REPLACEMENT[subformat] ?? subformat;
+}
+
+/** True when an encrypted disk can be written in `subformat`. */
+export function canEncryptSubformat(subformat: string): boolean {
+  return !UNENCRYPTABLE_SUBFORMATS.has(subformat);
+}
+
+/** Check a cipher and data-unit size asked for a new encrypted disk (ERR_INVALID_ARGUMENT). */
+export function checkEncryptionChoice(cipher: unknown, unitSize: unknown): { cipher: CipherName; unitSize: DataUnitSize } {
+  if (!(CIPHERS as readonly unknown[]).includes(cipher)) {
+    throw new DiskError('ERR_INVALID_ARGUMENT', expectedOneOf(CIPHERS, 'cipher', cipher));
+  }
+  if (!(UNIT_SIZES as readonly unknown[]).includes(unitSize)) {
+    throw new DiskError('ERR_INVALID_ARGUMENT', expectedOneOf(UNIT_SIZES, 'unitSize', unitSize));
+  }
+  return { cipher: cipher as CipherName, unitSize: unitSize as DataUnitSize };
+}
 /** The longest value vmseal writes or accepts (qemu and libvmdk were probed with 4 KiB values). */
 export const MAX_VALUE_LENGTH = 4096;
 

@@ -6,7 +6,7 @@
  */
 import { computeAuthenticator, type UnlockOptions } from '../keys/index.js';
 import { openDisk as openVmdk } from '../vmdk/index.js';
-import { describeValue } from '../errors.js';
+import { expected } from '../errors.js';
 import { createDataCipher } from './cipher.js';
 import { DataCheckKey, formatDataCheck } from './data-check.js';
 import { DiskError } from './errors.js';
@@ -37,10 +37,10 @@ export interface ResealDataCheckResult {
  * is a hole gets a grain of encrypted zeros (it reads as zeros before and after).
  */
 export async function resealDataCheck(path: string, options: ResealDataCheckOptions): Promise<ResealDataCheckResult> {
-  if (typeof path !== 'string' || path.length === 0) throw new DiskError('ERR_ARGUMENT', `Expected a file path for path but received ${describeValue(path)}`);
+  if (typeof path !== 'string' || path.length === 0) throw new DiskError('ERR_INVALID_ARGUMENT', expected('a file path', 'path', path));
   const keys = options?.keys;
   if (keys === null || typeof keys !== 'object') {
-    throw new DiskError('ERR_ARGUMENT', `Expected keys ({ passphrase?, providers?, cache? }) but received ${describeValue(keys)}`);
+    throw new DiskError('ERR_INVALID_ARGUMENT', expected('an object { passphrase?, providers?, cache? }', 'keys', keys));
   }
   assertNoJournal(path);
   const inner = await openVmdk(path, { allowEncrypted: true });

@@ -1,5 +1,5 @@
 import { createHmac, hkdfSync, timingSafeEqual } from 'node:crypto';
-import { describeValue } from '../errors.js';
+import { expected } from '../errors.js';
 import { KeyError, invalidArgument } from './errors.js';
 import { checkDiskCipher, dekLength, type DiskCipher } from './dek.js';
 
@@ -35,19 +35,19 @@ const FIXED = new Set(['cipher', 'dataUnitSize', 'capacity', 'diskId']);
 
 function checkParams(params: BindingParams): Array<[string, string]> {
   if (params === null || typeof params !== 'object') {
-    throw invalidArgument(`Expected an object for the binding params but received ${describeValue(params)}`);
+    throw invalidArgument(expected('an object', 'the binding params', params));
   }
   const cipher = checkDiskCipher(params.cipher, 'params.cipher');
   const u = params.dataUnitSize;
   if (!Number.isInteger(u) || u < 512 || u > 65536 || (u & (u - 1)) !== 0) {
-    throw invalidArgument(`Expected a power of two from 512 to 65536 for params.dataUnitSize but received ${describeValue(u)}`);
+    throw invalidArgument(expected('a power of two from 512 to 65536', 'params.dataUnitSize', u));
   }
   const c = params.capacity;
   const capOk = typeof c === 'bigint' ? c >= 0n : Number.isSafeInteger(c) && c >= 0;
-  if (!capOk) throw invalidArgument(`Expected a non-negative integer (bytes) for params.capacity but received ${describeValue(c)}`);
+  if (!capOk) throw invalidArgument(expected('a non-negative integer (bytes)', 'params.capacity', c));
   const id = params.diskId;
   if (typeof id !== 'string' || id.length < 1 || id.length > 1024) {
-    throw invalidArgument(`Expected a string of 1 to 1024 characters for params.diskId but received ${describeValue(id)}`);
+    throw invalidArgument(expected('a string of 1 to 1024 characters', 'params.diskId', id));
   }
   const fields: Array<[string, string]> = [
     ['cipher', cipher],
@@ -57,14 +57,14 @@ function checkParams(params: BindingParams): Array<[string, string]> {
   ];
   if (params.extra !== undefined) {
     if (params.extra === null || typeof params.extra !== 'object') {
-      throw invalidArgument(`Expected an object for params.extra but received ${describeValue(params.extra)}`);
+      throw invalidArgument(expected('an object', 'params.extra', params.extra));
     }
     for (const name of Object.keys(params.extra).sort()) {
       const value = params.extra[name];
       if (!/^[a-zA-Z][a-zA-Z0-9]{0,63}$/.test(name) || FIXED.has(name)) {
         throw invalidArgument(`params.extra has an invalid or reserved name (names are [a-zA-Z][a-zA-Z0-9]*, not ${[...FIXED].join(', ')})`);
       }
-      if (typeof value !== 'string') throw invalidArgument(`Expected a string for params.extra.${name} but received ${describeValue(value)}`);
+      if (typeof value !== 'string') throw invalidArgument(expected('a string', `params.extra.${name}`, value));
       fields.push([name, value]);
     }
   }
@@ -84,7 +84,7 @@ export function encodeBindingParams(params: BindingParams): Buffer {
 }
 
 function checkDek(dek: unknown, cipher: DiskCipher): Buffer {
-  if (!Buffer.isBuffer(dek)) throw invalidArgument(`Expected a Buffer for dek but received ${describeValue(dek)}`);
+  if (!Buffer.isBuffer(dek)) throw invalidArgument(expected('a Buffer', 'dek', dek));
   if (dek.length !== dekLength(cipher)) {
     throw new KeyError('ERR_BINDING', `the DEK is ${dek.length} bytes but ${cipher} needs ${dekLength(cipher)}`);
   }
@@ -112,14 +112,14 @@ export function computeAuthenticator(dek: Buffer, params: BindingParams): string
  * parameters (a changed parameter, a KeySafe from another disk, a modified authenticator).
  */
 export function verifyAuthenticator(dek: Buffer, params: BindingParams, text: string): void {
-  if (typeof text !== 'string') throw invalidArgument(`Expected a string for the authenticator but received ${describeValue(text)}`);
-  const expected = tag(dek, params);
+  if (typeof text !== 'string') throw invalidArgument(expected('a string', 'the authenticator', text));
+  const wanted = tag(dek, params);
   const body = text.startsWith(VERSION_PREFIX) ? text.slice(VERSION_PREFIX.length) : undefined;
   const given = body !== undefined && /^[A-Za-z0-9_-]{43}$/.test(body) ? Buffer.from(body, 'base64url') : undefined;
   if (given === undefined || given.toString('base64url') !== body) {
     throw new KeyError('ERR_BINDING', 'the authenticator is malformed (expected "v1." and 43 base64url characters)');
   }
-  if (!timingSafeEqual(expected, given)) {
+  if (!timingSafeEqual(wanted, given)) {
     throw new KeyError(
       'ERR_BINDING',
       'the authenticator does not match this DEK and these encryption parameters (cipher, data unit size, capacity or disk id changed, or the KeySafe belongs to another disk)',

@@ -1,4 +1,4 @@
-import { describeValue } from '../errors.js';
+import { expected } from '../errors.js';
 import { invalidArgument } from './errors.js';
 import type { KeyProvider, KeyRef } from './provider.js';
 
@@ -65,13 +65,13 @@ function installExitHook(): void {
 function checkProvider(v: unknown): KeyProvider {
   const p = v as KeyProvider | null;
   if (p === null || typeof p !== 'object' || typeof p.getKey !== 'function' || typeof p.id !== 'string' || p.id === '') {
-    throw invalidArgument(`Expected the KeyProvider instance that fetches the key but received ${describeValue(v)}`);
+    throw invalidArgument(expected('the KeyProvider instance that fetches the key', 'provider', v));
   }
   return p;
 }
 
 function checkId(v: unknown, name: string): string {
-  if (typeof v !== 'string' || v.length === 0) throw invalidArgument(`Expected a non-empty string for ${name} but received ${describeValue(v)}`);
+  if (typeof v !== 'string' || v.length === 0) throw invalidArgument(expected('a non-empty string', name, v));
   return v;
 }
 
@@ -87,10 +87,10 @@ export class KeyCache {
   private readonly ref = new WeakRef(this);
 
   constructor(options: KeyCacheOptions = {}) {
-    if (options === null || typeof options !== 'object') throw invalidArgument(`Expected an options object but received ${describeValue(options)}`);
+    if (options === null || typeof options !== 'object') throw invalidArgument(expected('an object', 'options', options));
     const { ttlMs } = options;
     if (ttlMs !== undefined && (typeof ttlMs !== 'number' || !(ttlMs > 0) || !Number.isFinite(ttlMs))) {
-      throw invalidArgument(`Expected a positive number of milliseconds for ttlMs but received ${describeValue(ttlMs)}`);
+      throw invalidArgument(expected('a positive number of milliseconds', 'ttlMs', ttlMs));
     }
     this.ttlMs = ttlMs;
     live.add(this.ref);
@@ -125,7 +125,7 @@ export class KeyCache {
    */
   set(provider: KeyProvider, keyId: string, kek: Buffer): void {
     const k = cacheKey(provider, keyId);
-    if (!Buffer.isBuffer(kek) || kek.length === 0) throw invalidArgument(`Expected a non-empty Buffer for kek but received ${describeValue(kek)}`);
+    if (!Buffer.isBuffer(kek) || kek.length === 0) throw invalidArgument(expected('a non-empty Buffer', 'kek', kek));
     this.drop(k);
     const entry: Entry & KeyRef = {
       providerId: provider.id,

@@ -1,9 +1,12 @@
 import { randomBytes } from 'node:crypto';
-import { describeValue } from '../errors.js';
+import { expectedOneOf } from '../errors.js';
+import { XTS_KEY_BYTES_128, XTS_KEY_BYTES_256 } from '../xts/constants.js';
 import { invalidArgument } from './errors.js';
 
 /** vmseal's names of the data ciphers (the disk layers use these). */
 export type DiskCipher = 'aes-256-xts' | 'aes-128-xts';
+/** The disk ciphers, the default first. src/disk/params.ts builds its cipher table on this list. */
+export const DISK_CIPHERS: readonly DiskCipher[] = ['aes-256-xts', 'aes-128-xts'];
 
 /**
  * Cipher names used inside VMware crypto dicts (`type=key:cipher=…:key=…`) and the key length of each.
@@ -21,13 +24,13 @@ const DISK_TO_DICT: Readonly<Record<DiskCipher, string>> = { 'aes-256-xts': 'XTS
 
 /** DEK length in bytes for a disk cipher. */
 export function dekLength(cipher: DiskCipher): number {
-  return cipher === 'aes-256-xts' ? 64 : 32;
+  return cipher === 'aes-256-xts' ? XTS_KEY_BYTES_256 : XTS_KEY_BYTES_128;
 }
 
 /** Accept a vmseal disk cipher name and return it, or throw ERR_INVALID_ARGUMENT. */
 export function checkDiskCipher(cipher: unknown, argName = 'cipher'): DiskCipher {
-  if (cipher === 'aes-256-xts' || cipher === 'aes-128-xts') return cipher;
-  throw invalidArgument(`Expected 'aes-256-xts' or 'aes-128-xts' for ${argName} but received ${describeCipher(cipher)}`);
+  if ((DISK_CIPHERS as readonly unknown[]).includes(cipher)) return cipher as DiskCipher;
+  throw invalidArgument(expectedOneOf(DISK_CIPHERS, argName, cipher));
 }
 
 /** The VMware dict name of a vmseal disk cipher ('aes-256-xts' → 'XTS-AES-256'). */
@@ -40,12 +43,6 @@ export function diskCipherOf(dictCipher: string): DiskCipher | undefined {
   if (dictCipher === 'XTS-AES-256') return 'aes-256-xts';
   if (dictCipher === 'XTS-AES-128') return 'aes-128-xts';
   return undefined;
-}
-
-/** Cipher names are not secret: echo short ASCII names, describe anything else. */
-export function describeCipher(cipher: unknown): string {
-  if (typeof cipher === 'string' && /^[A-Za-z0-9-]{1,32}$/.test(cipher)) return `'${cipher}'`;
-  return describeValue(cipher);
 }
 
 /**

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
-import { VmsealError, describeValue } from '../errors.js';
+import { VmsealError, describeValue, expected, expectedOneOf } from '../errors.js';
 import { KeyError, invalidArgument, type UnlockAttempt } from './errors.js';
-import { DICT_CIPHER_KEY_BYTES, describeCipher, dictCipherName, type DiskCipher } from './dek.js';
+import { DICT_CIPHER_KEY_BYTES, DISK_CIPHERS, dictCipherName, type DiskCipher } from './dek.js';
 import { parseKeyDict, serializeKeyDict } from './dict.js';
 import { checkKdf, deriveKek, kdfSummary, KDF_LIMITS, PHRASE_DEFAULTS, type Pass2KeyName, type PassphraseKdfChoice, type PhraseKdf } from './kdf.js';
 import { ETM_MAC_NAME, KeySafe, KEYSAFE_LIMITS, makeFqidLocator, makeList, makePair, makePhraseLocator, type KeyLocator, type MacName, type PairLocator } from './keysafe.js';
@@ -94,14 +94,14 @@ const KEK_BYTES = 32;
 function passBytes(p: unknown, name: string): Buffer {
   if (typeof p === 'string' && p.length > 0) return Buffer.from(p, 'utf8');
   if (p instanceof Uint8Array && p.length > 0) return Buffer.from(p);
-  throw invalidArgument(`Expected a non-empty string or Buffer for ${name} but received ${describeValue(p)}`);
+  throw invalidArgument(expected('a non-empty string or Buffer', name, p));
 }
 
 function dictCipherOf(cipher: unknown): string {
-  if (cipher === 'aes-256-xts' || cipher === 'aes-128-xts') return dictCipherName(cipher);
+  if ((DISK_CIPHERS as readonly unknown[]).includes(cipher)) return dictCipherName(cipher as DiskCipher);
   if (typeof cipher === 'string' && DICT_CIPHER_KEY_BYTES[cipher] !== undefined) return cipher;
   throw invalidArgument(
-    `Expected 'aes-256-xts', 'aes-128-xts' or a dict cipher (${Object.keys(DICT_CIPHER_KEY_BYTES).join(', ')}) for cipher but received ${describeCipher(cipher)}`,
+    expectedOneOf([...DISK_CIPHERS, ...Object.keys(DICT_CIPHER_KEY_BYTES)], 'cipher', cipher),
   );
 }
 
@@ -146,13 +146,13 @@ function newPhraseKdf(spec: Extract<LockerSpec, { kind: 'passphrase' }>): { kdf:
   let kdf: PhraseKdf;
   if (choice === 'scrypt') {
     const s = spec.scrypt ?? PHRASE_DEFAULTS.scrypt;
-    if (s === null || typeof s !== 'object') throw invalidArgument(`Expected { n, r, p } for scrypt but received ${describeValue(s)}`);
+    if (s === null || typeof s !== 'object') throw invalidArgument(expected('{ n, r, p }', 'scrypt', s));
     kdf = { name: 'SCRYPT', n: s.n, r: s.r, p: s.p, salt };
   } else if (choice === 'pbkdf2-sha256' || choice === 'workstation') {
     const rounds = spec.rounds ?? (choice === 'workstation' ? PHRASE_DEFAULTS.workstationRounds : PHRASE_DEFAULTS.pbkdf2Sha256Rounds);
     kdf = { name: choice === 'workstation' ? 'PBKDF2-HMAC-SHA-1' : 'PBKDF2-HMAC-SHA-256', rounds, salt };
   } else {
-    throw invalidArgument(`Expected 'pbkdf2-sha256', 'scrypt' or 'workstation' for kdf but received ${describeCipher(choice)}`);
+    throw invalidArgument(expectedOneOf(['pbkdf2-sha256', 'scrypt', 'workstation'], 'kdf', choice));
   }
   checkKdf(kdf, -1);
   return { kdf, mac: choice === 'workstation' ? 'HMAC-SHA-1' : 'HMAC-SHA-256' };
@@ -166,11 +166,11 @@ async function lockWithSpec(
   diskId: string | undefined,
   onKeyCreated?: (ref: KeyRef) => void | Promise<void>,
 ): Promise<PairLocator> {
-  if (spec === null || typeof spec !== 'object') throw invalidArgument(`Expected a locker spec object but received ${describeValue(spec)}`);
+  if (spec === null || typeof spec !== 'object') throw invalidArgument(expected('an object', 'a locker spec', spec));
   if (spec.kind === 'provider') {
     const provider = spec.provider;
     if (!provider || typeof provider.getKey !== 'function' || typeof provider.id !== 'string' || provider.id === '') {
-      throw invalidArgument(`Expected a KeyProvider for a provider locker but received ${describeValue(provider)}`);
+      throw invalidArgument(expected('a KeyProvider', 'the provider of a provider locker', provider));
     }
     const providerId = provider.id;
     let keyId = spec.keyId;
@@ -195,7 +195,7 @@ async function lockWithSpec(
         throw providerError(err, providerId, `fetch the new key '${keyId}'`);
       }
     } else {
-      if (typeof keyId !== 'string' || keyId === '') throw invalidArgument(`Expected a non-empty string for keyId but received ${describeValue(keyId)}`);
+      if (typeof keyId !== 'string' || keyId === '') throw invalidArgument(expected('a non-empty string', 'keyId', keyId));
       try {
         kek = (await fetchKek(provider, providerId, keyId, cache)).kek;
       } catch (err) {
@@ -224,7 +224,7 @@ async function lockWithSpec(
       pass.fill(0);
     }
   }
-  throw invalidArgument(`Expected kind 'provider' or 'passphrase' for a locker spec but received ${describeCipher((spec as { kind?: unknown }).kind)}`);
+  throw invalidArgument(expectedOneOf(['provider', 'passphrase'], 'the kind of a locker spec', (spec as { kind?: unknown }).kind));
 }
 
 /**
@@ -232,14 +232,14 @@ async function lockWithSpec(
  * `vmware:key/list/(pair/(…),…)`. Each call uses fresh IVs and salts, so sealing twice gives different text.
  */
 export async function sealDek(dek: Buffer, options: SealOptions): Promise<string> {
-  if (options === null || typeof options !== 'object') throw invalidArgument(`Expected an options object but received ${describeValue(options)}`);
+  if (options === null || typeof options !== 'object') throw invalidArgument(expected('an object', 'options', options));
   const cipher = dictCipherOf(options.cipher);
   if (!Buffer.isBuffer(dek) || dek.length !== DICT_CIPHER_KEY_BYTES[cipher]) {
-    throw invalidArgument(`Expected a Buffer of ${DICT_CIPHER_KEY_BYTES[cipher]} bytes for dek (${cipher}) but received ${describeValue(dek)}`);
+    throw invalidArgument(expected(`a Buffer of ${DICT_CIPHER_KEY_BYTES[cipher]} bytes (${cipher})`, 'dek', dek));
   }
   const { lockers } = options;
   if (!Array.isArray(lockers) || lockers.length === 0 || lockers.length > KEYSAFE_LIMITS.maxListItems) {
-    throw invalidArgument(`Expected an array of 1 to ${KEYSAFE_LIMITS.maxListItems} locker specs for lockers but received ${describeValue(lockers)}`);
+    throw invalidArgument(expected(`an array of 1 to ${KEYSAFE_LIMITS.maxListItems} locker specs`, 'lockers', lockers));
   }
   const dict = serializeKeyDict(cipher, dek);
   try {
@@ -257,7 +257,7 @@ function providerMap(providers: unknown): Map<string, KeyProvider> {
   if (Array.isArray(providers)) {
     for (const p of providers) {
       if (!p || typeof p.id !== 'string' || typeof p.getKey !== 'function') {
-        throw invalidArgument(`Expected KeyProvider objects in providers but received ${describeValue(p)}`);
+        throw invalidArgument(expected('KeyProvider objects', 'the items of providers', p));
       }
       if (!map.has(p.id)) map.set(p.id, p);
     }
@@ -265,16 +265,16 @@ function providerMap(providers: unknown): Map<string, KeyProvider> {
   }
   if (providers !== null && typeof providers === 'object') {
     for (const [id, p] of Object.entries(providers as Record<string, KeyProvider>)) {
-      if (!p || typeof p.getKey !== 'function') throw invalidArgument(`Expected a KeyProvider for providers['${id}'] but received ${describeValue(p)}`);
+      if (!p || typeof p.getKey !== 'function') throw invalidArgument(expected('a KeyProvider', `providers['${id}']`, p));
       map.set(id, p);
     }
     return map;
   }
-  throw invalidArgument(`Expected an array or a record of key providers for providers but received ${describeValue(providers)}`);
+  throw invalidArgument(expected('an array or a record of key providers', 'providers', providers));
 }
 
 function parseText(text: unknown): KeySafe {
-  if (typeof text !== 'string') throw invalidArgument(`Expected a string for the KeySafe text but received ${describeValue(text)}`);
+  if (typeof text !== 'string') throw invalidArgument(expected('a string', 'the KeySafe text', text));
   return KeySafe.parse(text);
 }
 
@@ -335,7 +335,7 @@ function errorText(err: unknown): string {
  * else ERR_NO_KEY if nothing applicable was given. `attempts` lists every locker tried.
  */
 export async function unlockKeySafe(text: string, options: UnlockOptions = {}): Promise<UnlockResult> {
-  if (options === null || typeof options !== 'object') throw invalidArgument(`Expected an options object but received ${describeValue(options)}`);
+  if (options === null || typeof options !== 'object') throw invalidArgument(expected('an object', 'options', options));
   const ks = parseText(text);
   const pairs = indexedPairs(ks);
   if (pairs.length === 0) {
@@ -481,15 +481,15 @@ export interface RewrapOptions {
  * and returns the new KeySafe text. Refuses (ERR_INVALID_ARGUMENT) to leave no pair.
  */
 export async function rewrapKeySafe(text: string, options: RewrapOptions): Promise<string> {
-  if (options === null || typeof options !== 'object') throw invalidArgument(`Expected an options object but received ${describeValue(options)}`);
+  if (options === null || typeof options !== 'object') throw invalidArgument(expected('an object', 'options', options));
   const { add = [], remove } = options;
-  if (!Array.isArray(add)) throw invalidArgument(`Expected an array for add but received ${describeValue(add)}`);
+  if (!Array.isArray(add)) throw invalidArgument(expected('an array', 'add', add));
   const existing = KeySafe.parse(text);
   const existingItems = existing.root.type === 'list' ? existing.root.items.length : 1;
   if (existingItems + add.length > KEYSAFE_LIMITS.maxListItems) {
     throw invalidArgument(`the rewrapped KeySafe would have more than ${KEYSAFE_LIMITS.maxListItems} lockers`);
   }
-  if (remove !== undefined && typeof remove !== 'function') throw invalidArgument(`Expected a function for remove but received ${describeValue(remove)}`);
+  if (remove !== undefined && typeof remove !== 'function') throw invalidArgument(expected('a function', 'remove', remove));
   const unlocked = await unlockKeySafe(text, options.unlock);
   const dict = serializeKeyDict(unlocked.cipher, unlocked.key);
   unlocked.key.fill(0);

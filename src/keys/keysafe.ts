@@ -1,4 +1,4 @@
-import { describeValue } from '../errors.js';
+import { expected } from '../errors.js';
 import { KeySafeError, invalidArgument } from './errors.js';
 import { decodeField, field, type Field } from './escape.js';
 import { decodeBase64String } from './base64.js';
@@ -253,7 +253,7 @@ export class KeySafe {
 
   /** Parse a KeySafe string strictly; throws KeySafeError (code ERR_KEYSAFE, `reason`, `position`). */
   static parse(text: string): KeySafe {
-    if (typeof text !== 'string') throw invalidArgument(`Expected a string for the KeySafe text but received ${describeValue(text)}`);
+    if (typeof text !== 'string') throw invalidArgument(expected('a string', 'the KeySafe text', text));
     if (text.length > KEYSAFE_LIMITS.maxLength) {
       throw new KeySafeError('too-long', KEYSAFE_LIMITS.maxLength, `the text is ${text.length} characters; at most ${KEYSAFE_LIMITS.maxLength} are accepted`);
     }

@@ -4,7 +4,7 @@
  * derived from passphrases.
  */
 import { createCipheriv, createDecipheriv, randomBytes, scrypt as scryptCb } from 'node:crypto';
-import { describeValue } from '../errors.js';
+import { expected } from '../errors.js';
 import { invalidArgument } from './errors.js';
 
 export const GCM_IV = 12;
@@ -67,6 +67,6 @@ export function checkScryptCost(s: unknown, name: string): ScryptCost {
     (c.p as number) >= 1 &&
     (c.p as number) <= 16 &&
     128 * (c.n as number) * (c.r as number) <= 512 * 2 ** 20;
-  if (!ok) throw invalidArgument(`Expected { n: power of two 2..2^20, r: 1..32, p: 1..16 } for ${name} but received ${describeValue(s)}`);
+  if (!ok) throw invalidArgument(expected('{ n: power of two 2..2^20, r: 1..32, p: 1..16 }', name, s));
   return { n: c!.n as number, r: c!.r as number, p: c!.p as number };
 }

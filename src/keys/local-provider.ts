@@ -2,7 +2,7 @@ import { randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
 import { mkdir, stat } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { describeValue } from '../errors.js';
+import { expected } from '../errors.js';
 import { KeyError, invalidArgument } from './errors.js';
 import { createFileAtomic } from '../util/atomic-file.js';
 import { withFileLock } from './file-lock.js';
@@ -62,27 +62,27 @@ export class LocalKeyProvider implements KeyProvider {
   readonly allowRetired: boolean;
 
   constructor(options: LocalKeyProviderOptions = {}) {
-    if (options === null || typeof options !== 'object') throw invalidArgument(`Expected an options object but received ${describeValue(options)}`);
+    if (options === null || typeof options !== 'object') throw invalidArgument(expected('an object', 'options', options));
     const home = options.home ?? process.env.VMSEAL_HOME ?? join(homedir(), '.vmseal');
-    if (typeof home !== 'string' || home === '') throw invalidArgument(`Expected a non-empty path for home but received ${describeValue(home)}`);
+    if (typeof home !== 'string' || home === '') throw invalidArgument(expected('a non-empty path', 'home', home));
     const id = options.id ?? LOCAL_PROVIDER_DEFAULTS.id;
     if (typeof id !== 'string' || !/^[A-Za-z0-9._-]{1,64}$/.test(id)) {
-      throw invalidArgument(`Expected 1..64 characters [A-Za-z0-9._-] for id but received ${describeValue(id)}`);
+      throw invalidArgument(expected('1..64 characters [A-Za-z0-9._-]', 'id', id));
     }
     if (options.passphrase !== undefined) {
       const p = options.passphrase;
       if (!((typeof p === 'string' || p instanceof Uint8Array) && p.length > 0)) {
-        throw invalidArgument(`Expected a non-empty string or Buffer for passphrase but received ${describeValue(p)}`);
+        throw invalidArgument(expected('a non-empty string or Buffer', 'passphrase', p));
       }
       this.passphrase = typeof p === 'string' ? Buffer.from(p, 'utf8') : Buffer.from(p);
     }
     this.usesPassphrase = this.passphrase !== undefined;
     this.cost = options.scrypt === undefined ? { ...LOCAL_PROVIDER_DEFAULTS.scrypt } : checkScryptCost(options.scrypt, 'scrypt');
     const t = options.lockTimeoutMs ?? LOCAL_PROVIDER_DEFAULTS.lockTimeoutMs;
-    if (!Number.isInteger(t) || t < 0) throw invalidArgument(`Expected a non-negative integer for lockTimeoutMs but received ${describeValue(t)}`);
+    if (!Number.isInteger(t) || t < 0) throw invalidArgument(expected('a non-negative integer', 'lockTimeoutMs', t));
     this.lockTimeoutMs = t;
     if (options.allowRetired !== undefined && typeof options.allowRetired !== 'boolean') {
-      throw invalidArgument(`Expected a boolean for allowRetired but received ${describeValue(options.allowRetired)}`);
+      throw invalidArgument(expected('a boolean', 'allowRetired', options.allowRetired));
     }
     this.allowRetired = options.allowRetired === true;
     this.id = id;
@@ -132,10 +132,10 @@ export class LocalKeyProvider implements KeyProvider {
    * records that the key is made for that disk alone, so that a deep rekey of the disk may retire it.
    */
   async createKey(opts: CreateKeyOptions = {}): Promise<KeyRef> {
-    if (opts === null || typeof opts !== 'object') throw invalidArgument(`Expected an options object but received ${describeValue(opts)}`);
+    if (opts === null || typeof opts !== 'object') throw invalidArgument(expected('an object', 'options', opts));
     const name = opts.name ?? null;
     if (name !== null && (typeof name !== 'string' || name.length > 256)) {
-      throw invalidArgument(`Expected a string of at most 256 characters for name but received ${describeValue(name)}`);
+      throw invalidArgument(expected('a string of at most 256 characters', 'name', name));
     }
     const diskId = opts.diskId === undefined ? undefined : checkDiskId(opts.diskId);
     await this.init();
@@ -225,7 +225,7 @@ export class LocalKeyProvider implements KeyProvider {
    * AES-256-GCM. Returns the number of keys written.
    */
   async backup(file: string, passphrase: string | Uint8Array): Promise<{ keys: number }> {
-    if (typeof file !== 'string' || file === '') throw invalidArgument(`Expected a file path for file but received ${describeValue(file)}`);
+    if (typeof file !== 'string' || file === '') throw invalidArgument(expected('a file path', 'file', file));
     const pass = passBytes(passphrase);
     const entries: BackupEntry[] = [];
     try {
@@ -256,7 +256,7 @@ export class LocalKeyProvider implements KeyProvider {
    * written); a destroyed key comes back, in the state the backup recorded (active, or retired).
    */
   async restore(file: string, passphrase: string | Uint8Array): Promise<{ added: number; unchanged: number }> {
-    if (typeof file !== 'string' || file === '') throw invalidArgument(`Expected a file path for file but received ${describeValue(file)}`);
+    if (typeof file !== 'string' || file === '') throw invalidArgument(expected('a file path', 'file', file));
     const path = resolve(file);
     const pass = passBytes(passphrase);
     let entries: BackupEntry[];
@@ -459,20 +459,20 @@ export class LocalKeyProvider implements KeyProvider {
 }
 
 function checkDiskId(diskId: unknown): string {
-  if (typeof diskId !== 'string' || !DISK_ID.test(diskId)) throw invalidArgument(`Expected 1..64 characters [A-Za-z0-9._-] for diskId but received ${describeValue(diskId)}`);
+  if (typeof diskId !== 'string' || !DISK_ID.test(diskId)) throw invalidArgument(expected('1..64 characters [A-Za-z0-9._-]', 'diskId', diskId));
   return diskId;
 }
 
 function checkKeyId(keyId: unknown): void {
   if (typeof keyId !== 'string' || keyId.length === 0 || keyId.length > 256) {
-    throw invalidArgument(`Expected a key id string for keyId but received ${describeValue(keyId)}`);
+    throw invalidArgument(expected('a key id string', 'keyId', keyId));
   }
 }
 
 function passBytes(p: unknown): Buffer {
   if (typeof p === 'string' && p.length > 0) return Buffer.from(p, 'utf8');
   if (p instanceof Uint8Array && p.length > 0) return Buffer.from(p);
-  throw invalidArgument(`Expected a non-empty string or Buffer for passphrase but received ${describeValue(p)}`);
+  throw invalidArgument(expected('a non-empty string or Buffer', 'passphrase', p));
 }
 
 function findEntry(store: Store, keyId: string, file: string): KeyEntry {

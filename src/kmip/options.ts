@@ -3,7 +3,7 @@
  * "Expected <what> for <option> but received <description>", never echoing secrets.
  */
 import tls from 'node:tls';
-import { describeValue } from '../errors.js';
+import { expected } from '../errors.js';
 import type { KmipClientOptions, KmipEndpoint } from './client.js';
 import { KmipError } from './errors.js';
 import type { ProtocolVersion } from './messages.js';
@@ -24,8 +24,8 @@ export const SUPPORTED_VERSIONS: readonly ProtocolVersion[] = [
   { major: 1, minor: 0 },
 ];
 
-export function invalid(option: string, expected: string, value: unknown): KmipError {
-  return new KmipError('ERR_INVALID_ARGUMENT', `Expected ${expected} for ${option} but received ${describeValue(value)}`);
+export function invalid(option: string, what: string, value: unknown): KmipError {
+  return new KmipError('ERR_INVALID_ARGUMENT', expected(what, option, value));
 }
 
 function isPemish(v: unknown): v is string | Buffer {
@@ -37,7 +37,7 @@ function isPemish(v: unknown): v is string | Buffer {
 function checkPem(option: string, v: unknown): string | Buffer {
   if (!isPemish(v)) {
     const hint = typeof v === 'string' && !v.includes('\n') ? ' (pass the PEM file’s contents, not its path)' : '';
-    throw new KmipError('ERR_INVALID_ARGUMENT', `Expected PEM text (a string or Buffer containing "-----BEGIN") for ${option} but received ${describeValue(v)}${hint}`);
+    throw new KmipError('ERR_INVALID_ARGUMENT', `${expected('PEM text (a string or Buffer containing "-----BEGIN")', option, v)}${hint}`);
   }
   return v;
 }

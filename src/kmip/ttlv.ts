@@ -16,6 +16,7 @@
  * types, Big Integers of at most MAX_BIG_INTEGER_BYTES (decoded in linear time), zero padding,
  * valid UTF-8, Booleans 0 or 1. Byte String values are `subarray`s of the input.
  */
+import { expected } from '../errors.js';
 import { KmipError } from './errors.js';
 import { ItemType, tagName } from './tags.js';
 
@@ -94,7 +95,7 @@ export class TtlvWriter {
 
   private header(tag: number, type: number, length: number): void {
     if (!Number.isInteger(tag) || tag < 0 || tag > 0xffffff) {
-      throw new KmipError('ERR_INVALID_ARGUMENT', `Expected a 3-byte tag for a TTLV item but received ${tag}`);
+      throw new KmipError('ERR_INVALID_ARGUMENT', expected('a 3-byte tag', 'a TTLV item', tag));
     }
     this.ensure(TTLV_HEADER_LENGTH);
     this.buf.writeUIntBE(tag, this.pos, 3);
@@ -126,7 +127,7 @@ export class TtlvWriter {
 
   integer(tag: number, value: number): this {
     if (!Number.isInteger(value) || value < -0x80000000 || value > 0x7fffffff) {
-      throw new KmipError('ERR_INVALID_ARGUMENT', `Expected a 32-bit signed integer for ${tagName(tag)} but received ${value}`);
+      throw new KmipError('ERR_INVALID_ARGUMENT', expected('a 32-bit signed integer', tagName(tag), value));
     }
     this.header(tag, ItemType.Integer, 4);
     this.ensure(8);
@@ -138,7 +139,7 @@ export class TtlvWriter {
 
   private uint32(tag: number, type: number, value: number, what: string): this {
     if (!Number.isInteger(value) || value < 0 || value > 0xffffffff) {
-      throw new KmipError('ERR_INVALID_ARGUMENT', `Expected a 32-bit unsigned ${what} for ${tagName(tag)} but received ${value}`);
+      throw new KmipError('ERR_INVALID_ARGUMENT', expected(`a 32-bit unsigned ${what}`, tagName(tag), value));
     }
     this.header(tag, type, 4);
     this.ensure(8);

@@ -5,14 +5,25 @@
  */
 import { basename, dirname, extname, resolve } from 'node:path';
 import { createDisk as createVmdk, openDisk as openVmdk, plannedDiskFiles, ADAPTER_TYPES, type VirtualDisk, type CreateDiskOptions } from '../vmdk/index.js';
-import { createDataCipher, type DataCipher } from '../disk/cipher.js';
-import type { EncryptedDisk } from '../disk/encrypted-disk.js';
-import { DiskError } from '../disk/errors.js';
-import { generateDek, makeEncryptionParams } from '../disk/keying.js';
-import { UNENCRYPTABLE_SUBFORMATS, checkEncryptionChoice, checkLockers } from '../disk/open.js';
-import { LINE, encryptionLines, type EncryptionParams } from '../disk/params.js';
-import { dataCheckOf } from '../disk/data-check.js';
-import { backUnitZero } from '../disk/unit-zero.js';
+import {
+  createDataCipher,
+  type DataCipher,
+  type EncryptedDisk,
+  DiskError,
+  generateDek,
+  makeEncryptionParams,
+  checkLockers,
+  DEFAULT_CIPHER,
+  DEFAULT_UNIT_SIZE,
+  LINE,
+  UNENCRYPTABLE_SUBFORMATS,
+  checkEncryptionChoice,
+  encryptedSubformatFor,
+  encryptionLines,
+  type EncryptionParams,
+  dataCheckOf,
+  backUnitZero,
+} from '../disk/for-pipeline.js';
 import { runChunks, type Piece } from './engine.js';
 import { PipelineError, throwIfAborted } from './errors.js';
 import { acquireLocks, releaseLocks, NameReservations } from './lock.js';
@@ -58,9 +69,7 @@ const VMFS_ALIASES = new Set(['vmfsThin', 'vmfsPreallocated', 'vmfsEagerZeroedTh
 
 function defaultSubformat(input: string, encrypting: boolean): OutputSubformat {
   if (VMFS_ALIASES.has(input)) return 'vmfs';
-  if (input === 'raw' && encrypting) return 'monolithicFlat';
-  if (input === 'streamOptimized' && encrypting) return 'monolithicSparse';
-  return input as OutputSubformat;
+  return (encrypting ? encryptedSubformatFor(input) : input) as OutputSubformat;
 }
 
 function inherited(stored: VirtualDisk, opts: OutputOptions, sparseOut: boolean): Pick<CreateDiskOptions, 'adapterType' | 'hwVersion' | 'grainSize'> {
@@ -105,7 +114,7 @@ async function unitZeroOf(disk: { readInto(position: number, target: Uint8Array)
 export function checkOutputKind(output: string, subformat: string): void {
   if (subformat === 'raw' && extname(output).toLowerCase() === '.vmdk') {
     throw new PipelineError(
-      'ERR_ARGUMENT',
+      'ERR_INVALID_ARGUMENT',
       `the raw output ${output} is named .vmdk: reading it back would mean guessing its format from guest-written content (a guest could make it read as another disk); name a raw image .img or .raw, or choose a VMDK subformat`,
     );
   }
@@ -132,12 +141,12 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
   if (!spec.replaceInput) await checkOutputName(output);
   // Checked before any lock: the first file a job creates is a lock file beside the output, and its
   // error would name that file instead of the missing folder.
-  if (!(await pathExists(dirname(output)))) throw new PipelineError('ERR_ARGUMENT', `cannot write ${output}: the folder ${dirname(output)} does not exist`);
+  if (!(await pathExists(dirname(output)))) throw new PipelineError('ERR_INVALID_ARGUMENT', `cannot write ${output}: the folder ${dirname(output)} does not exist`);
   // A decrypted output holds the plaintext: private to its owner unless the caller says otherwise.
   const outMode = checkOutputMode(opts.mode) ?? (spec.decrypt ? 0o600 : undefined);
   if (input === output && !spec.replaceInput) throw new PipelineError('ERR_SAME_FILE', `the output ${output} is the input; write to another file`);
   if (spec.encrypt) {
-    checkEncryptionChoice(spec.encrypt.cipher ?? 'aes-256-xts', spec.encrypt.unitSize ?? 512);
+    checkEncryptionChoice(spec.encrypt.cipher ?? DEFAULT_CIPHER, spec.encrypt.unitSize ?? DEFAULT_UNIT_SIZE);
     checkLockers(spec.encrypt.lockers);
   }
   const what = `${spec.operation} of ${input}`;
@@ -209,8 +218,8 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
       let outParams: EncryptionParams | null = null;
       let outCipher: DataCipher | null = null;
       if (spec.encrypt) {
-        const { cipher, unitSize } = checkEncryptionChoice(spec.encrypt.cipher ?? 'aes-256-xts', spec.encrypt.unitSize ?? 512);
-        if (capacity % unitSize !== 0) throw new DiskError('ERR_ARGUMENT', `the capacity of ${input} (${capacity} bytes) is not a multiple of the ${unitSize}-byte data unit`);
+        const { cipher, unitSize } = checkEncryptionChoice(spec.encrypt.cipher ?? DEFAULT_CIPHER, spec.encrypt.unitSize ?? DEFAULT_UNIT_SIZE);
+        if (capacity % unitSize !== 0) throw new DiskError('ERR_INVALID_ARGUMENT', `the capacity of ${input} (${capacity} bytes) is not a multiple of the ${unitSize}-byte data unit`);
         const dek = generateDek(cipher);
         try {
           const made = await makeEncryptionParams(dek, {

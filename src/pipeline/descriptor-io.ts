@@ -9,27 +9,19 @@ import { open, readdir, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { isTempNameOf, writeFileAtomic } from '../util/atomic-file.js';
 import { readFully, writeFully } from '../util/file-io.js';
+import { SECTOR, embeddedDescriptorArea } from '../vmdk/sparse-header.js';
 import { PipelineError } from './errors.js';
 
 export type DescriptorLocation = { kind: 'text'; path: string } | { kind: 'embedded'; path: string; offset: number; size: number };
 
-const SPARSE_MAGIC = Buffer.from('KDMV', 'latin1');
-
-/** Where the descriptor of the disk at `path` lives (sparse header: descriptorOffset @28, descriptorSize @36, u64 sectors). */
+/** Where the descriptor of the disk at `path` lives: its own text file, or the area a sparse header names. */
 export async function locateDescriptor(path: string): Promise<DescriptorLocation> {
   const fh = await open(path, 'r');
   try {
-    const head = Buffer.alloc(512);
-    const { bytesRead } = await fh.read(head, 0, 512, 0);
-    if (bytesRead >= 64 && head.subarray(0, 4).equals(SPARSE_MAGIC)) {
-      const offset = Number(head.readBigUInt64LE(28)) * 512;
-      const size = Number(head.readBigUInt64LE(36)) * 512;
-      if (size === 0 || !Number.isSafeInteger(offset) || !Number.isSafeInteger(size) || size > 1 << 20) {
-        throw new PipelineError('ERR_ARGUMENT', `${path} has no usable embedded descriptor area`);
-      }
-      return { kind: 'embedded', path, offset, size };
-    }
-    return { kind: 'text', path };
+    const head = Buffer.alloc(SECTOR);
+    const { bytesRead } = await fh.read(head, 0, SECTOR, 0);
+    const area = embeddedDescriptorArea(head.subarray(0, bytesRead), path);
+    return area ? { kind: 'embedded', path, ...area } : { kind: 'text', path };
   } finally {
     await fh.close();
   }
@@ -64,7 +56,7 @@ export async function writeDescriptor(loc: DescriptorLocation, bytes: Uint8Array
     return;
   }
   if (bytes.length >= loc.size) {
-    throw new PipelineError('ERR_ARGUMENT', `the new descriptor of ${loc.path} (${bytes.length} bytes) does not fit its ${loc.size}-byte embedded area`);
+    throw new PipelineError('ERR_INVALID_ARGUMENT', `the new descriptor of ${loc.path} (${bytes.length} bytes) does not fit its ${loc.size}-byte embedded area`);
   }
   const buf = Buffer.alloc(loc.size);
   buf.set(bytes);

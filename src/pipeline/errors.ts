@@ -1,4 +1,4 @@
-import { VmsealError } from '../errors.js';
+import { VmsealError, type ArgumentErrorCode } from '../errors.js';
 
 /**
  * Stable codes of the streaming engine. Errors of the layers below (ERR_VMDK_*, src/disk's
@@ -15,7 +15,7 @@ export type PipelineErrorCode =
   | 'ERR_UNSUPPORTED_OUTPUT' // an encrypted output asked as raw or streamOptimized
   | 'ERR_JOURNAL' // an in-place journal is unreadable or belongs to another job or disk
   | 'ERR_JOURNAL_MISMATCH' // a re-run of an interrupted in-place job asks for other lockers (or cipher, unit size) than its journal
-  | 'ERR_ARGUMENT'; // a bad option
+  | ArgumentErrorCode; // ERR_INVALID_ARGUMENT: a bad option
 
 /** The one error class of src/pipeline. */
 export class PipelineError extends VmsealError {

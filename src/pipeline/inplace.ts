@@ -17,16 +17,35 @@
 import { stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { openDisk as openVmdk, Descriptor, type VirtualDisk } from '../vmdk/index.js';
-import { createDataCipher, type DataCipher } from '../disk/cipher.js';
+import {
+  createDataCipher,
+  type DataCipher,
+  DiskError,
+  generateDek,
+  makeEncryptionParams,
+  reuseCreatedKeys,
+  unlockDek,
+  checkLockers,
+  encryptionOf,
+  readEncryptionParams,
+  DEFAULT_CIPHER,
+  DEFAULT_UNIT_SIZE,
+  LINE,
+  MAX_VALUE_LENGTH,
+  UNENCRYPTABLE_SUBFORMATS,
+  checkEncryptionChoice,
+  encryptionLines,
+  unsafeValueReason,
+  type CipherName,
+  type DataUnitSize,
+  type EncryptionParams,
+  dataCheckOf,
+  checkDataCheck,
+  unitZeroBacked,
+} from '../disk/for-pipeline.js';
 import { allocateCipherBuffer } from '../xts/index.js';
-import { DiskError } from '../disk/errors.js';
-import { generateDek, makeEncryptionParams, reuseCreatedKeys, unlockDek } from '../disk/keying.js';
-import { UNENCRYPTABLE_SUBFORMATS, checkEncryptionChoice, checkLockers, encryptionOf, readEncryptionParams } from '../disk/open.js';
-import { LINE, MAX_VALUE_LENGTH, encryptionLines, unsafeValueReason, type CipherName, type DataUnitSize, type EncryptionParams } from '../disk/params.js';
 import { describeKeySafe, rewrapKeySafe, sealDek, type KeyRef, type LockerInfo } from '../keys/index.js';
-import { dataCheckOf } from '../disk/data-check.js';
-import { checkDataCheck, unitZeroBacked } from '../disk/unit-zero.js';
-import { describeValue } from '../errors.js';
+import { expected } from '../errors.js';
 import { locateDescriptor, readDescriptorBytes, removeStaleDescriptorTemps, writeDescriptor, type DescriptorLocation } from './descriptor-io.js';
 import { PipelineError, abortError } from './errors.js';
 import { ChunkStatus, Journal, hashCopy, journalPathOf, type InPlaceOperation, type JournalHeader } from './journal.js';
@@ -97,8 +116,8 @@ async function startInPlace(s: InPlaceStart, chunkSize: number): Promise<Journal
     const capacity = stored.capacity;
     const from = enc?.params ?? null;
     const spec = s.encrypt!;
-    const { cipher, unitSize } = checkEncryptionChoice(spec.cipher ?? from?.cipher ?? 'aes-256-xts', spec.unitSize ?? from?.unitSize ?? 512);
-    if (capacity % unitSize !== 0) throw new DiskError('ERR_ARGUMENT', `the capacity of ${s.path} (${capacity} bytes) is not a multiple of the ${unitSize}-byte data unit`);
+    const { cipher, unitSize } = checkEncryptionChoice(spec.cipher ?? from?.cipher ?? DEFAULT_CIPHER, spec.unitSize ?? from?.unitSize ?? DEFAULT_UNIT_SIZE);
+    if (capacity % unitSize !== 0) throw new DiskError('ERR_INVALID_ARGUMENT', `the capacity of ${s.path} (${capacity} bytes) is not a multiple of the ${unitSize}-byte data unit`);
     let fromCipher: DataCipher | undefined;
     if (from) {
       const oldDek = await unlockDek(from, capacity, s.keys, s.path); // the keys open it, the authenticator holds
@@ -432,7 +451,7 @@ export async function deepRekey(path: string, options: DeepRekeyOptions): Promis
   const p = await realDiskPath(checkPath(path, 'path'));
   const { chunkSize } = checkJobOptions(options);
   const { keys, lockers: given, cipher, unitSize, inPlace, cache, retireOldKeys, destroyOldKeys, ...opts } = options;
-  if (keys === null || typeof keys !== 'object') throw new PipelineError('ERR_ARGUMENT', `Expected keys ({ passphrase?, providers?, cache? }) but received ${describeValue(keys)}`);
+  if (keys === null || typeof keys !== 'object') throw new PipelineError('ERR_INVALID_ARGUMENT', expected('an object { passphrase?, providers?, cache? }', 'keys', keys));
   const retire = { ...(retireOldKeys !== undefined ? { retireOldKeys } : {}), ...(destroyOldKeys !== undefined ? { destroyOldKeys } : {}) };
   const rotate = (from: EncryptionParams | null, done: JobResult, providers: UnlockOptions['providers']): Promise<JobResult> =>
     withRotation(p, from, done, providers, { ...retire, cache: cache ?? keys.cache, format: opts.format });
@@ -509,7 +528,7 @@ function newProviderLockers(path: string, params: EncryptionParams | null, keys:
     if (provider && !out.some((o) => o.kind === 'provider' && o.provider === provider)) out.push({ kind: 'provider', provider });
   }
   if (out.length === 0) {
-    throw new PipelineError('ERR_ARGUMENT', `give lockers for the new key of ${path}: none of its provider lockers has a provider in keys.providers (passphrase lockers cannot be re-made without the passphrase as a locker)`);
+    throw new PipelineError('ERR_INVALID_ARGUMENT', `give lockers for the new key of ${path}: none of its provider lockers has a provider in keys.providers (passphrase lockers cannot be re-made without the passphrase as a locker)`);
   }
   return out;
 }
@@ -535,12 +554,12 @@ export interface ShallowRekeyOptions {
  */
 export async function shallowRekey(path: string, options: ShallowRekeyOptions): Promise<JobResult> {
   const p = await realDiskPath(checkPath(path, 'path'));
-  if (options === null || typeof options !== 'object') throw new PipelineError('ERR_ARGUMENT', `Expected an options object but received ${describeValue(options)}`);
+  if (options === null || typeof options !== 'object') throw new PipelineError('ERR_INVALID_ARGUMENT', expected('an object', 'options', options));
   const { keys, lockers, addLockers, removeLockers, cache } = options;
   const format = checkFormat(options.format, 'format');
-  if (keys === null || typeof keys !== 'object') throw new PipelineError('ERR_ARGUMENT', `Expected keys ({ passphrase?, providers?, cache? }) but received ${describeValue(keys)}`);
+  if (keys === null || typeof keys !== 'object') throw new PipelineError('ERR_INVALID_ARGUMENT', expected('an object { passphrase?, providers?, cache? }', 'keys', keys));
   if (lockers === undefined && addLockers === undefined && removeLockers === undefined) {
-    throw new PipelineError('ERR_ARGUMENT', 'give lockers (replace all), addLockers or removeLockers');
+    throw new PipelineError('ERR_INVALID_ARGUMENT', 'give lockers (replace all), addLockers or removeLockers');
   }
   if (lockers !== undefined) checkLockers(lockers);
   const started = performance.now();

@@ -3,11 +3,8 @@ import { createHash } from 'node:crypto';
 import { resolve } from 'node:path';
 import { openDisk as openVmdk } from '../vmdk/index.js';
 import { describeKeySafe, type LockerInfo } from '../keys/index.js';
-import { encryptionOf } from '../disk/open.js';
-import { unlockDek, type UnlockOptions } from '../disk/keying.js';
-import { assertDataCheck } from '../disk/unit-zero.js';
-import type { CipherName, DataUnitSize } from '../disk/params.js';
-import { describeValue, VmsealError } from '../errors.js';
+import { assertDataCheck, encryptionOf, unlockDek, type UnlockOptions, type CipherName, type DataUnitSize } from '../disk/for-pipeline.js';
+import { VmsealError, expected } from '../errors.js';
 import { PipelineError, throwIfAborted } from './errors.js';
 import { Journal } from './journal.js';
 import { checkFormat, checkJobOptions, checkPath, formatOption, type DiskFormat, type JobOptions } from './options.js';
@@ -47,8 +44,7 @@ export interface DiskInfo {
  */
 export async function inspectDisk(path: string, options: { keys?: UnlockOptions; format?: DiskFormat } = {}): Promise<DiskInfo> {
   const p = resolve(checkPath(path, 'path'));
-  if (options === null || typeof options !== 'object')
-    throw new PipelineError('ERR_ARGUMENT', `Expected an options object but received ${describeValue(options)}`);
+  if (options === null || typeof options !== 'object') throw new PipelineError('ERR_INVALID_ARGUMENT', expected('an object', 'options', options));
   const format = checkFormat(options.format, 'format');
   const journal = await Journal.open(p).catch((err) => {
     if (err instanceof PipelineError) return { header: { operation: 'unknown (unreadable journal)' }, close: async () => undefined, path: `${p}.vmseal-journal` };

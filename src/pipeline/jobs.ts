@@ -1,5 +1,5 @@
 /** The public jobs built on runCopy: encrypt, decrypt, convert. */
-import { describeValue } from '../errors.js';
+import { expected } from '../errors.js';
 import { runCopy } from './copy.js';
 import { PipelineError } from './errors.js';
 import type { EncryptSpec, JobOptions, JobResult, OutputOptions, UnlockOptions } from './options.js';
@@ -16,7 +16,7 @@ export interface ConvertDiskOptions extends JobOptions, OutputOptions {
 }
 
 function optionsObject<T>(o: T, name = 'options'): T {
-  if (o === null || typeof o !== 'object') throw new PipelineError('ERR_ARGUMENT', `Expected an object for ${name} but received ${describeValue(o)}`);
+  if (o === null || typeof o !== 'object') throw new PipelineError('ERR_INVALID_ARGUMENT', expected('an object', name, o));
   return o;
 }
 
@@ -46,7 +46,7 @@ export async function encryptDisk(input: string, output: string, options: Encryp
 export async function decryptDisk(input: string, output: string, options: DecryptDiskOptions): Promise<JobResult> {
   const o = optionsObject(options);
   const { keys, ...rest } = o;
-  if (keys === undefined) throw new PipelineError('ERR_ARGUMENT', 'Expected keys ({ passphrase?, providers?, cache? }) to decrypt with but received undefined');
+  if (keys === undefined) throw new PipelineError('ERR_INVALID_ARGUMENT', expected('an object { passphrase?, providers?, cache? } to decrypt with', 'keys', keys));
   return runCopy({ operation: 'decrypt', input, output, opts: rest, keys, decrypt: true, requireInput: 'encrypted' });
 }
 
@@ -58,7 +58,7 @@ export async function decryptDisk(input: string, output: string, options: Decryp
 export async function convertDisk(input: string, output: string, options: ConvertDiskOptions = {}): Promise<JobResult> {
   const o = optionsObject(options);
   const { keys, encrypt, decrypt, ...rest } = o;
-  if (encrypt !== undefined && decrypt) throw new PipelineError('ERR_ARGUMENT', 'encrypt and decrypt cannot both be given');
+  if (encrypt !== undefined && decrypt) throw new PipelineError('ERR_INVALID_ARGUMENT', 'encrypt and decrypt cannot both be given');
   return runCopy({
     operation: 'convert',
     input,

@@ -39,7 +39,7 @@ import { basename, dirname, join } from 'node:path';
 import { PipelineError } from './errors.js';
 import { fsyncDir, pathExists } from './staging.js';
 
-import { JOURNAL_SUFFIX } from '../disk/open.js';
+import { JOURNAL_SUFFIX } from '../disk/for-pipeline.js';
 import { NameReservations } from './lock.js';
 import { readFully, writeFully } from '../util/file-io.js';
 export { JOURNAL_SUFFIX };
@@ -204,7 +204,7 @@ export class Journal {
     if (MAGIC_V2.length + 4 + json.length + 32 > HEADER_AREA) {
       throw new PipelineError('ERR_JOURNAL', `the journal header for ${diskPath} is too large (${json.length} bytes of JSON)`);
     }
-    if (header.chunkSize > MAX_CHUNK) throw new PipelineError('ERR_ARGUMENT', `chunkSize ${header.chunkSize} is larger than ${MAX_CHUNK} for an in-place job`);
+    if (header.chunkSize > MAX_CHUNK) throw new PipelineError('ERR_INVALID_ARGUMENT', `chunkSize ${header.chunkSize} is larger than ${MAX_CHUNK} for an in-place job`);
     const area = Buffer.alloc(COPY_AREA);
     MAGIC_V2.copy(area, 0);
     area.writeUInt32LE(json.length, 8);

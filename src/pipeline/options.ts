@@ -1,7 +1,6 @@
 /** Options shared by every job, and their checks. */
-import { describeValue } from '../errors.js';
-import type { KeyCache, LockerSpec, UnlockOptions } from '../disk/keying.js';
-import type { CipherName, DataUnitSize } from '../disk/params.js';
+import { expected, expectedOneOf } from '../errors.js';
+import { type KeyCache, type LockerSpec, type UnlockOptions, MAX_UNIT_SIZE, type CipherName, type DataUnitSize } from '../disk/for-pipeline.js';
 import type { CreateDiskOptions, CreateSubformat } from '../vmdk/index.js';
 import { PipelineError } from './errors.js';
 import type { ProgressListener } from './progress.js';
@@ -92,29 +91,31 @@ export type { KeyCache, LockerSpec, UnlockOptions };
 
 export const DEFAULT_CHUNK = 8 << 20;
 export const MAX_CHUNK = 256 << 20;
+/** Chunks are whole data units for every unit size a disk may have. */
+export const CHUNK_ALIGN = MAX_UNIT_SIZE;
 
 export function checkJobOptions(o: JobOptions | undefined): Required<Pick<JobOptions, 'chunkSize' | 'depth'>> {
-  if (o === undefined || o === null || typeof o !== 'object') throw new PipelineError('ERR_ARGUMENT', `Expected an options object but received ${describeValue(o)}`);
+  if (o === undefined || o === null || typeof o !== 'object') throw new PipelineError('ERR_INVALID_ARGUMENT', expected('an object', 'options', o));
   const chunkSize = o.chunkSize ?? DEFAULT_CHUNK;
-  if (!Number.isSafeInteger(chunkSize) || chunkSize < 4096 || chunkSize > MAX_CHUNK || chunkSize % 4096 !== 0) {
-    throw new PipelineError('ERR_ARGUMENT', `Expected a multiple of 4096 from 4096 to ${MAX_CHUNK} for chunkSize but received ${describeValue(o.chunkSize)}`);
+  if (!Number.isSafeInteger(chunkSize) || chunkSize < CHUNK_ALIGN || chunkSize > MAX_CHUNK || chunkSize % CHUNK_ALIGN !== 0) {
+    throw new PipelineError('ERR_INVALID_ARGUMENT', expected(`a multiple of ${CHUNK_ALIGN} from ${CHUNK_ALIGN} to ${MAX_CHUNK}`, 'chunkSize', o.chunkSize));
   }
   const depth = o.depth ?? 4;
   if (!Number.isSafeInteger(depth) || depth < 1 || depth > 64) {
-    throw new PipelineError('ERR_ARGUMENT', `Expected an integer from 1 to 64 for depth but received ${describeValue(o.depth)}`);
+    throw new PipelineError('ERR_INVALID_ARGUMENT', expected('an integer from 1 to 64', 'depth', o.depth));
   }
   if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) {
-    throw new PipelineError('ERR_ARGUMENT', `Expected an AbortSignal for signal but received ${describeValue(o.signal)}`);
+    throw new PipelineError('ERR_INVALID_ARGUMENT', expected('an AbortSignal', 'signal', o.signal));
   }
   if (o.onProgress !== undefined && typeof o.onProgress !== 'function') {
-    throw new PipelineError('ERR_ARGUMENT', `Expected a function for onProgress but received ${describeValue(o.onProgress)}`);
+    throw new PipelineError('ERR_INVALID_ARGUMENT', expected('a function', 'onProgress', o.onProgress));
   }
   checkFormat(o.format, 'format');
   return { chunkSize, depth };
 }
 
 export function checkPath(p: unknown, name: string): string {
-  if (typeof p !== 'string' || p.length === 0 || p.includes('\0')) throw new PipelineError('ERR_ARGUMENT', `Expected a file path for ${name} but received ${describeValue(p)}`);
+  if (typeof p !== 'string' || p.length === 0 || p.includes('\0')) throw new PipelineError('ERR_INVALID_ARGUMENT', expected('a file path', name, p));
   return p;
 }
 
@@ -122,7 +123,7 @@ export function checkPath(p: unknown, name: string): string {
 export function checkOutputMode(mode: unknown): number | undefined {
   if (mode === undefined) return undefined;
   if (typeof mode !== 'number' || !Number.isInteger(mode) || mode < 0 || mode > 0o777) {
-    throw new PipelineError('ERR_ARGUMENT', `Expected permission bits from 0 to 0o777 for mode but received ${describeValue(mode)}`);
+    throw new PipelineError('ERR_INVALID_ARGUMENT', expected('permission bits from 0 to 0o777', 'mode', mode));
   }
   return mode;
 }
@@ -130,7 +131,7 @@ export function checkOutputMode(mode: unknown): number | undefined {
 /** A format option: 'vmdk', 'raw' or not given. */
 export function checkFormat(format: unknown, name: string): DiskFormat | undefined {
   if (format === undefined || format === 'vmdk' || format === 'raw') return format;
-  throw new PipelineError('ERR_ARGUMENT', `Expected 'vmdk' or 'raw' for ${name} but received ${describeValue(format)}`);
+  throw new PipelineError('ERR_INVALID_ARGUMENT', expectedOneOf(['vmdk', 'raw'], name, format));
 }
 
 /** The VMDK layer's open option for a format (nothing: detect). */

@@ -7,9 +7,10 @@
  * refused. An output name that is a dangling symbolic link is refused: writing through a planted link
  * is an attack.
  */
-import { lstat, readlink, realpath, readFile, stat } from 'node:fs/promises';
+import { lstat, open, readlink, realpath, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { Descriptor } from '../vmdk/index.js';
+import { isSparseExtent } from '../vmdk/sparse-header.js';
 import { PipelineError } from './errors.js';
 
 /** The real path of an existing disk's descriptor (or raw image), checked for ambiguous extents. */
@@ -25,10 +26,35 @@ export async function realDiskPath(given: string): Promise<string> {
   return real;
 }
 
+/** A text descriptor is at most this long; anything longer is an image, never read whole. */
+const MAX_TEXT_DESCRIPTOR = 1 << 20;
+
+/** Up to `limit` bytes from the start of `path`, or undefined if it cannot be read. */
+async function readHead(path: string, limit: number): Promise<Buffer | undefined> {
+  const fh = await open(path, 'r').catch(() => undefined);
+  if (!fh) return undefined;
+  try {
+    const buf = Buffer.alloc(limit);
+    let filled = 0;
+    while (filled < limit) {
+      const { bytesRead } = await fh.read(buf, filled, limit - filled, filled);
+      if (bytesRead === 0) break;
+      filled += bytesRead;
+    }
+    return buf.subarray(0, filled);
+  } catch {
+    return undefined;
+  } finally {
+    await fh.close();
+  }
+}
+
 async function checkExtentsAgree(given: string, real: string): Promise<void> {
-  const head = await readFile(real).catch(() => undefined);
+  // One byte past the limit tells a descriptor of exactly the limit from a larger file, which is
+  // an image (raw or sparse): reading it whole would cost its size in memory.
+  const head = await readHead(real, MAX_TEXT_DESCRIPTOR + 1);
   // Only a text descriptor names files; sparse and raw files stand alone.
-  if (!head || head.length > 1 << 20 || head.subarray(0, 4).toString('latin1') === 'KDMV') return;
+  if (!head || head.length > MAX_TEXT_DESCRIPTOR || isSparseExtent(head)) return;
   let d: Descriptor;
   try {
     d = Descriptor.parse(head, { file: real });
@@ -42,7 +68,7 @@ async function checkExtentsAgree(given: string, real: string): Promise<void> {
     const [a, b] = await Promise.all([stat(viaGiven).catch(() => undefined), stat(viaReal).catch(() => undefined)]);
     if (a && b && (a.dev !== b.dev || a.ino !== b.ino)) {
       throw new PipelineError(
-        'ERR_ARGUMENT',
+        'ERR_INVALID_ARGUMENT',
         `${given} is a link to ${real}, and the extent ${e.file} names two different files: ${viaGiven} (beside the link, where qemu looks) and ${viaReal} (beside the descriptor). ` +
           'Give the real descriptor path, or remove one of the two files.',
       );
@@ -61,7 +87,7 @@ export async function checkOutputName(output: string): Promise<void> {
   );
   if (!exists) {
     throw new PipelineError(
-      'ERR_ARGUMENT',
+      'ERR_INVALID_ARGUMENT',
       `the output ${output} is a symbolic link to ${target}, which does not exist; vmseal does not write through a dangling link (it could have been planted to redirect the output). Remove the link or give another name.`,
     );
   }

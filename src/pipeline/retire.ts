@@ -9,7 +9,7 @@
  * does not undo a finished rekey: the key is reported as kept, with the error.
  */
 import { describeKeySafe, type KeyCache, type KeyProvider, type KeyRef } from '../keys/index.js';
-import type { EncryptionParams } from '../disk/params.js';
+import type { EncryptionParams } from '../disk/for-pipeline.js';
 
 export type KeptReason = 'still-used' | 'shared' | 'no-provider' | 'unsupported' | 'failed';
 

@@ -3,11 +3,7 @@
  * through an EncryptedDisk). The source is always opened read-only: jobs never modify their input.
  */
 import { openDisk as openVmdk, type VirtualDisk } from '../vmdk/index.js';
-import { DiskError } from '../disk/errors.js';
-import { EncryptedDisk } from '../disk/encrypted-disk.js';
-import { assertNoJournal, encryptionOf, unlockInner } from '../disk/open.js';
-import type { UnlockOptions } from '../disk/keying.js';
-import type { EncryptionParams } from '../disk/params.js';
+import { DiskError, EncryptedDisk, assertNoJournal, encryptionOf, unlockInner, type UnlockOptions, type EncryptionParams } from '../disk/for-pipeline.js';
 
 export interface Source {
   /** Reads give plaintext (decrypted when the input is encrypted). */

@@ -198,7 +198,7 @@ export class StagedOutput {
     const finalPath = resolve(output);
     const dir = dirname(finalPath);
     const name = basename(finalPath);
-    if (!(await pathExists(dir))) throw new PipelineError('ERR_ARGUMENT', `cannot write ${finalPath}: the folder ${dir} does not exist`);
+    if (!(await pathExists(dir))) throw new PipelineError('ERR_INVALID_ARGUMENT', `cannot write ${finalPath}: the folder ${dir} does not exist`);
     await cleanStaleStages(dir, name, opts.names, opts.providers);
     if (!opts.force && (await pathExists(finalPath))) {
       throw new PipelineError('ERR_OUTPUT_EXISTS', `${finalPath} exists; give another output name or force to replace it`);
@@ -237,7 +237,7 @@ export class StagedOutput {
     for (const f of await this.files()) {
       const target = join(this.dir, f);
       // Only names reserved beforehand may be committed: anything else could be another job's file.
-      if (planned && !planned.has(target)) throw new PipelineError('ERR_ARGUMENT', `internal: the staged output has a file ${f} that was not reserved`);
+      if (planned && !planned.has(target)) throw new PipelineError('ERR_INVALID_ARGUMENT', `internal: the staged output has a file ${f} that was not reserved`);
       if (protect.has(target)) throw new PipelineError('ERR_SAME_FILE', `the output file ${target} would replace a file of the input`);
       if (!opts.force && (await pathExists(target))) {
         throw new PipelineError('ERR_OUTPUT_EXISTS', `${target} exists (a file the output needs); give another output name or force to replace it`);
@@ -255,7 +255,7 @@ export class StagedOutput {
    */
   async commit(opts: { replacing?: string[]; deleteFirst?: boolean; beforeRenames?: () => Promise<void>; mode?: number } = {}): Promise<void> {
     const files = await this.files();
-    if (!files.includes(this.name)) throw new PipelineError('ERR_ARGUMENT', `internal: staged output ${this.stagePath} is missing`);
+    if (!files.includes(this.name)) throw new PipelineError('ERR_INVALID_ARGUMENT', `internal: staged output ${this.stagePath} is missing`);
     for (const f of files) {
       if (opts.mode !== undefined) await chmod(join(this.stageDir, f), opts.mode);
       await fsyncPath(join(this.stageDir, f));

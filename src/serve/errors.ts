@@ -1,4 +1,4 @@
-import { VmsealError } from '../errors.js';
+import { VmsealError, type ArgumentErrorCode } from '../errors.js';
 
 /**
  * Stable codes of the NBD server. Errors of the layers below (opening, unlocking and locking a
@@ -8,7 +8,7 @@ export type ServeErrorCode =
   | 'ERR_SERVE_LISTEN' // the socket or TCP address cannot be listened on (in use, folder missing, permissions)
   | 'ERR_SERVE_EXPORT' // an export name is empty, too long, or given twice
   | 'ERR_SERVE_INSECURE' // a TCP address that is not loopback, without TLS and without insecurePlaintext
-  | 'ERR_ARGUMENT'; // a bad option of serve()
+  | ArgumentErrorCode; // ERR_INVALID_ARGUMENT: a bad option of serve()
 
 /** The one error class of src/serve. */
 export class ServeError extends VmsealError {

@@ -97,7 +97,7 @@ function checkName(name: string, path: string): void {
 
 function checkCount(value: unknown, what: string): number {
   if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 1) {
-    throw new ServeError('ERR_ARGUMENT', `Expected a positive integer for ${what} but received ${describeValue(value)}`);
+    throw new ServeError('ERR_INVALID_ARGUMENT', `Expected a positive integer for ${what} but received ${describeValue(value)}`);
   }
   return value;
 }
@@ -169,7 +169,7 @@ function checkListen(listen: unknown, insecure: boolean): ServeListen | undefine
     const { host, port } = listen as { host: unknown; port: unknown };
     if (typeof host !== 'string' || host.length === 0 || typeof port !== 'number' || !Number.isInteger(port) || port < 0 || port > 65535) {
       throw new ServeError(
-        'ERR_ARGUMENT',
+        'ERR_INVALID_ARGUMENT',
         `Expected a host name and a port 0..65535 for listen but received ${describeValue(host)} and ${describeValue(port)}`,
       );
     }
@@ -181,7 +181,7 @@ function checkListen(listen: unknown, insecure: boolean): ServeListen | undefine
     }
     return { host, port };
   }
-  throw new ServeError('ERR_ARGUMENT', `Expected { socket } or { host, port } for listen but received ${describeValue(listen)}`);
+  throw new ServeError('ERR_INVALID_ARGUMENT', `Expected { socket } or { host, port } for listen but received ${describeValue(listen)}`);
 }
 
 /**
@@ -191,9 +191,9 @@ function checkListen(listen: unknown, insecure: boolean): ServeListen | undefine
  */
 export async function serve(options: ServeOptions): Promise<NbdHost> {
   if (options === null || typeof options !== 'object')
-    throw new ServeError('ERR_ARGUMENT', `Expected an options object but received ${describeValue(options)}`);
+    throw new ServeError('ERR_INVALID_ARGUMENT', `Expected an options object but received ${describeValue(options)}`);
   if (!Array.isArray(options.disks) || options.disks.length === 0) {
-    throw new ServeError('ERR_ARGUMENT', `Expected a non-empty array of disks ({ path, name?, readOnly? }) but received ${describeValue(options.disks)}`);
+    throw new ServeError('ERR_INVALID_ARGUMENT', `Expected a non-empty array of disks ({ path, name?, readOnly? }) but received ${describeValue(options.disks)}`);
   }
   const listenArg = checkListen(options.listen, options.insecurePlaintext === true);
   const budget = new PayloadBudget(options.payloadBudget === undefined ? DEFAULT_PAYLOAD_BUDGET : checkCount(options.payloadBudget, 'payloadBudget'));
@@ -203,7 +203,7 @@ export async function serve(options: ServeOptions): Promise<NbdHost> {
   const names = new Map<string, string>();
   for (const d of options.disks) {
     if (d === null || typeof d !== 'object' || typeof d.path !== 'string' || d.path.length === 0) {
-      throw new ServeError('ERR_ARGUMENT', `Expected { path, name?, readOnly? } for each disk but received ${describeValue(d)}`);
+      throw new ServeError('ERR_INVALID_ARGUMENT', `Expected { path, name?, readOnly? } for each disk but received ${describeValue(d)}`);
     }
     const name = d.name ?? defaultExportName(d.path);
     checkName(name, d.path);

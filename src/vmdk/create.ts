@@ -17,6 +17,7 @@ import {
   serializeSparseHeader,
 } from './sparse-header.js';
 import { StreamWriterExtent } from './stream-writer.js';
+import { expected, expectedOneOf } from '../errors.js';
 
 export type CreateSubformat = 'raw' | 'monolithicSparse' | 'monolithicFlat' | 'twoGbMaxExtentSparse' | 'twoGbMaxExtentFlat' | 'streamOptimized' | 'vmfs';
 export const CREATE_SUBFORMATS: readonly CreateSubformat[] = ['raw', 'monolithicSparse', 'monolithicFlat', 'twoGbMaxExtentSparse', 'twoGbMaxExtentFlat', 'streamOptimized', 'vmfs'];
@@ -47,13 +48,7 @@ const TWO_GIB = 2 ** 31;
 const DEFAULT_DESCRIPTOR_SECTORS = 20;
 
 function arg(message: string): VmdkFormatError {
-  return new VmdkFormatError('ERR_VMDK_ARGUMENT', message);
-}
-
-function describe(v: unknown): string {
-  if (typeof v === 'number' || typeof v === 'boolean') return `${String(v)} of type ${typeof v}`;
-  if (typeof v === 'string') return `a string of length ${v.length}`;
-  return v === null ? 'null' : `a value of type ${typeof v}`;
+  return new VmdkFormatError('ERR_INVALID_ARGUMENT', message);
 }
 
 /**
@@ -62,26 +57,26 @@ function describe(v: unknown): string {
  * write it front to back, then close() finishes the stream (see docs/vmdk.md).
  */
 export async function createDisk(path: string, options: CreateDiskOptions): Promise<VirtualDisk> {
-  if (typeof path !== 'string' || path === '' || path.includes('\0')) throw arg(`Expected a file path for path but received ${describe(path)}`);
-  if (options === null || typeof options !== 'object') throw arg(`Expected an object for options but received ${describe(options)}`);
+  if (typeof path !== 'string' || path === '' || path.includes('\0')) throw arg(expected('a file path', 'path', path));
+  if (options === null || typeof options !== 'object') throw arg(expected('an object', 'options', options));
   const { capacity } = options;
   const subformat = options.subformat ?? 'monolithicSparse';
   if (typeof capacity !== 'number' || !Number.isSafeInteger(capacity) || capacity <= 0 || capacity % SECTOR !== 0) {
-    throw arg(`Expected a positive multiple of 512 for options.capacity but received ${describe(capacity)}`);
+    throw arg(expected('a positive multiple of 512', 'options.capacity', capacity));
   }
-  if (!CREATE_SUBFORMATS.includes(subformat)) throw arg(`Expected one of ${CREATE_SUBFORMATS.join(', ')} for options.subformat but received ${describe(subformat)}`);
+  if (!CREATE_SUBFORMATS.includes(subformat)) throw arg(expectedOneOf(CREATE_SUBFORMATS, 'options.subformat', subformat));
   const adapterType = options.adapterType ?? 'ide';
-  if (!(ADAPTER_TYPES as readonly string[]).includes(adapterType)) throw arg(`Expected one of ${ADAPTER_TYPES.join(', ')} for options.adapterType but received ${describe(adapterType)}`);
+  if (!(ADAPTER_TYPES as readonly string[]).includes(adapterType)) throw arg(expectedOneOf(ADAPTER_TYPES, 'options.adapterType', adapterType));
   const hw = String(options.hwVersion ?? 4);
-  if (!/^[1-9][0-9]{0,2}$/.test(hw)) throw arg(`Expected an integer from 1 to 999 for options.hwVersion but received ${describe(options.hwVersion)}`);
+  if (!/^[1-9][0-9]{0,2}$/.test(hw)) throw arg(expected('an integer from 1 to 999', 'options.hwVersion', options.hwVersion));
   const grainBytes = options.grainSize ?? DEFAULT_GRAIN;
   if (typeof grainBytes !== 'number' || !Number.isInteger(grainBytes) || grainBytes < 4096 || grainBytes > 1 << 20 || (grainBytes & (grainBytes - 1)) !== 0) {
-    throw arg(`Expected a power of two from 4096 to 1048576 for options.grainSize but received ${describe(options.grainSize)}`);
+    throw arg(expected('a power of two from 4096 to 1048576', 'options.grainSize', options.grainSize));
   }
   const maxExtent = options.maxExtentSize ?? TWO_GIB;
   const extentUnit = subformat === 'twoGbMaxExtentSparse' ? grainBytes : SECTOR;
   if (typeof maxExtent !== 'number' || !Number.isSafeInteger(maxExtent) || maxExtent <= 0 || maxExtent % extentUnit !== 0) {
-    throw arg(`Expected a positive multiple of ${extentUnit} for options.maxExtentSize but received ${describe(options.maxExtentSize)}`);
+    throw arg(expected(`a positive multiple of ${extentUnit}`, 'options.maxExtentSize', options.maxExtentSize));
   }
   const lines = options.descriptorLines ?? [];
   if (!Array.isArray(lines) || lines.some((l) => !Array.isArray(l) || l.length !== 2 || typeof l[0] !== 'string' || typeof l[1] !== 'string')) {

@@ -1,4 +1,5 @@
 import { VmdkFormatError } from './errors.js';
+import { describeChoice, expected } from '../errors.js';
 
 /**
  * The VMDK text descriptor.
@@ -62,16 +63,16 @@ const UTF8_NAMES = new Set(['utf-8', 'utf8']);
 
 function checkValue(key: string, value: string): void {
   if (typeof value !== 'string') {
-    throw new VmdkFormatError('ERR_VMDK_ARGUMENT', `Expected a string for the value of descriptor key "${key}" but received ${typeof value}`);
+    throw new VmdkFormatError('ERR_INVALID_ARGUMENT', expected('a string', `the value of descriptor key "${key}"`, value));
   }
   if (/["\r\n\0]/.test(value)) {
-    throw new VmdkFormatError('ERR_VMDK_ARGUMENT', `Expected a value without '"', CR, LF or NUL for descriptor key "${key}" (the descriptor format has no escapes)`);
+    throw new VmdkFormatError('ERR_INVALID_ARGUMENT', `Expected a value without '"', CR, LF or NUL for descriptor key "${key}" (the descriptor format has no escapes)`);
   }
 }
 
 function checkKey(key: unknown): asserts key is string {
   if (typeof key !== 'string' || !KEY_RE.test(key) || key.length > 256) {
-    throw new VmdkFormatError('ERR_VMDK_ARGUMENT', `Expected a descriptor key of letters, digits, '_', '.' or '-' (at most 256) but received ${typeof key === 'string' ? JSON.stringify(key.slice(0, 64)) : typeof key}`);
+    throw new VmdkFormatError('ERR_INVALID_ARGUMENT', `Expected a descriptor key of letters, digits, '_', '.' or '-' (at most 256) for key but received ${describeChoice(key)}`);
   }
 }
 
@@ -114,7 +115,7 @@ export class Descriptor {
         throw new VmdkFormatError('ERR_VMDK_ENCODING', 'descriptor is not valid UTF-8', { file, line, offset });
       }
     } else {
-      throw new VmdkFormatError('ERR_VMDK_ARGUMENT', `Expected a string or Uint8Array for the descriptor but received ${typeof input}`);
+      throw new VmdkFormatError('ERR_INVALID_ARGUMENT', expected('a string or Uint8Array', 'the descriptor', input));
     }
     let bom = false;
     if (text.startsWith('\uFEFF')) {
@@ -217,7 +218,7 @@ export class Descriptor {
       const anchor = options.after ?? 'createType';
       checkKey(anchor);
       at = this.#lines.findIndex((l) => l.kind === 'kv' && l.key === anchor);
-      if (at < 0) throw new VmdkFormatError('ERR_VMDK_ARGUMENT', `descriptor has no key "${anchor}" to insert "${key}" after`);
+      if (at < 0) throw new VmdkFormatError('ERR_INVALID_ARGUMENT', `descriptor has no key "${anchor}" to insert "${key}" after`);
       while (at + 1 < this.#lines.length) {
         const next = this.#lines[at + 1];
         if (next.kind !== 'kv' || next.key!.startsWith('ddb.') || STANDARD_HEADER_KEYS.has(next.key!)) break;
@@ -237,7 +238,7 @@ export class Descriptor {
   delete(key: string): boolean {
     checkKey(key);
     if (key === 'version' || key === 'createType') {
-      throw new VmdkFormatError('ERR_VMDK_ARGUMENT', `descriptor key "${key}" is required and cannot be deleted`);
+      throw new VmdkFormatError('ERR_INVALID_ARGUMENT', `descriptor key "${key}" is required and cannot be deleted`);
     }
     const i = this.#lines.findIndex((l) => l.kind === 'kv' && l.key === key);
     if (i < 0) return false;

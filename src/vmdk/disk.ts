@@ -4,6 +4,7 @@ import { Descriptor, MAX_DESCRIPTOR_BYTES } from './descriptor.js';
 import { VmdkFormatError, ioError } from './errors.js';
 import type { Extent } from './extent.js';
 import { type HostFile, Mutex } from './file.js';
+import { expected } from '../errors.js';
 
 export interface AllocatedRange {
   /** Byte offset in the virtual disk. */
@@ -62,15 +63,8 @@ export interface VmdkDiskInit {
 
 function checkInteger(value: unknown, name: string): asserts value is number {
   if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) {
-    throw new VmdkFormatError('ERR_VMDK_ARGUMENT', `Expected a non-negative safe integer for ${name} but received ${describe(value)}`);
+    throw new VmdkFormatError('ERR_INVALID_ARGUMENT', expected('a non-negative safe integer', name, value));
   }
-}
-
-function describe(v: unknown): string {
-  if (typeof v === 'number' || typeof v === 'bigint' || typeof v === 'boolean') return `${String(v)} of type ${typeof v}`;
-  if (v === null) return 'null';
-  if (ArrayBuffer.isView(v)) return `${v.constructor.name} of length ${v.byteLength}`;
-  return `a value of type ${typeof v}`;
 }
 
 export class VmdkDisk implements VirtualDisk {
@@ -142,7 +136,7 @@ export class VmdkDisk implements VirtualDisk {
   async read(position: number, length: number): Promise<Buffer> {
     checkInteger(length, 'length');
     if (length > MAX_READ_BYTES) {
-      throw new VmdkFormatError('ERR_VMDK_ARGUMENT', `Expected a length of at most ${MAX_READ_BYTES} bytes for read() but received ${length} (use readInto with your own buffer)`);
+      throw new VmdkFormatError('ERR_INVALID_ARGUMENT', `${expected(`a length of at most ${MAX_READ_BYTES} bytes`, 'length', length)}; use readInto() with your own buffer for more`);
     }
     const buf = Buffer.allocUnsafe(length);
     await this.readInto(position, buf);
@@ -151,7 +145,7 @@ export class VmdkDisk implements VirtualDisk {
 
   async readInto(position: number, target: Uint8Array): Promise<void> {
     this.#checkOpen();
-    if (!(target instanceof Uint8Array)) throw new VmdkFormatError('ERR_VMDK_ARGUMENT', `Expected a Uint8Array for target but received ${describe(target)}`);
+    if (!(target instanceof Uint8Array)) throw new VmdkFormatError('ERR_INVALID_ARGUMENT', expected('a Uint8Array', 'target', target));
     this.#checkRange(position, target.length, 'read');
     if (target.length === 0) return;
     const jobs: Array<Promise<void>> = [];
@@ -181,7 +175,7 @@ export class VmdkDisk implements VirtualDisk {
 
   async write(position: number, data: Uint8Array): Promise<void> {
     this.#checkOpen();
-    if (!(data instanceof Uint8Array)) throw new VmdkFormatError('ERR_VMDK_ARGUMENT', `Expected a Uint8Array for data but received ${describe(data)}`);
+    if (!(data instanceof Uint8Array)) throw new VmdkFormatError('ERR_INVALID_ARGUMENT', expected('a Uint8Array', 'data', data));
     if (this.readOnly) throw new VmdkFormatError('ERR_VMDK_READ_ONLY', 'cannot write: the disk was opened read-only', { file: this.path });
     this.#checkRange(position, data.length, 'write');
     if (data.length === 0) return;
@@ -263,7 +257,7 @@ export class VmdkDisk implements VirtualDisk {
    */
   async updateDescriptor(edit: (d: Descriptor) => unknown): Promise<void> {
     this.#checkOpen();
-    if (typeof edit !== 'function') throw new VmdkFormatError('ERR_VMDK_ARGUMENT', `Expected a function for edit but received ${describe(edit)}`);
+    if (typeof edit !== 'function') throw new VmdkFormatError('ERR_INVALID_ARGUMENT', expected('a function', 'edit', edit));
     const store = this.#store;
     if (store.kind === 'none' || !this.#descriptor) {
       throw new VmdkFormatError('ERR_VMDK_DESCRIPTOR_FULL', `cannot update the descriptor: ${store.kind === 'none' ? store.why : 'no descriptor'}`, { file: this.path });
@@ -274,7 +268,7 @@ export class VmdkDisk implements VirtualDisk {
       const copy = before.clone();
       await edit(copy);
       if (copy.extentText() !== before.extentText() || copy.createType !== before.createType) {
-        throw new VmdkFormatError('ERR_VMDK_ARGUMENT', 'updateDescriptor must not change the extent lines or createType', { file: this.path });
+        throw new VmdkFormatError('ERR_INVALID_ARGUMENT', 'updateDescriptor must not change the extent lines or createType', { file: this.path });
       }
       const bytes = copy.toBuffer();
       if (bytes.length > MAX_DESCRIPTOR_BYTES) {

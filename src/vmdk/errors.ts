@@ -1,4 +1,4 @@
-import { VmsealError } from '../errors.js';
+import { VmsealError, type ArgumentErrorCode } from '../errors.js';
 
 /**
  * Stable codes of the VMDK layer. Every bad file, bad argument or refused operation of src/vmdk throws a
@@ -14,13 +14,13 @@ export type VmdkErrorCode =
   | 'ERR_VMDK_EXTENT_FILE' // an extent file is missing, or its name is absolute or leaves the disk's folder
   | 'ERR_VMDK_READ_ONLY' // a write to a disk or extent that cannot be written
   | 'ERR_VMDK_RANGE' // a read or write outside the disk's capacity
-  | 'ERR_VMDK_ARGUMENT' // a bad argument to an API call
   | 'ERR_VMDK_DESCRIPTOR_FULL' // an edited embedded descriptor no longer fits in its reserved area
   | 'ERR_VMDK_WRITE_ORDER' // a streamOptimized disk being written was written out of order
   | 'ERR_VMDK_EXISTS' // createDisk would overwrite a file
   | 'ERR_VMDK_CLOSED' // the disk was closed
   | 'ERR_VMDK_IO' // the operating system refused an I/O
-  | 'ERR_DISK_ENCRYPTED'; // an encrypted disk opened without allowEncrypted
+  | 'ERR_DISK_ENCRYPTED' // an encrypted disk opened without allowEncrypted
+  | ArgumentErrorCode; // ERR_INVALID_ARGUMENT: a bad argument to an API call
 
 export interface VmdkErrorLocation {
   /** The file the problem is in (absolute path). */

@@ -7,6 +7,7 @@ import { type Extent, FlatExtent, ZeroExtent } from './extent.js';
 import { HostFile } from './file.js';
 import { COWD_MAGIC, SECTOR, SESPARSE_MAGIC, SPARSE_MAGIC } from './sparse-header.js';
 import { SparseExtent } from './sparse-extent.js';
+import { expected, expectedOneOf } from '../errors.js';
 
 export interface OpenDiskOptions {
   /** Open without write access; writes and descriptor updates are refused (default: `false`). */
@@ -35,15 +36,15 @@ const NO_PARENT = 'ffffffff';
  */
 export async function openDisk(path: string, options: OpenDiskOptions = {}): Promise<VirtualDisk> {
   if (typeof path !== 'string' || path === '' || path.includes('\0')) {
-    throw new VmdkFormatError('ERR_VMDK_ARGUMENT', `Expected a file path for path but received ${typeof path === 'string' ? `a string of length ${path.length}` : typeof path}`);
+    throw new VmdkFormatError('ERR_INVALID_ARGUMENT', expected('a file path', 'path', path));
   }
-  if (options === null || typeof options !== 'object') throw new VmdkFormatError('ERR_VMDK_ARGUMENT', `Expected an object for options but received ${typeof options}`);
+  if (options === null || typeof options !== 'object') throw new VmdkFormatError('ERR_INVALID_ARGUMENT', expected('an object', 'options', options));
   const readOnly = options.readOnly ?? false;
   const allowEncrypted = options.allowEncrypted ?? false;
-  if (typeof readOnly !== 'boolean') throw new VmdkFormatError('ERR_VMDK_ARGUMENT', `Expected a boolean for options.readOnly but received ${typeof readOnly}`);
-  if (typeof allowEncrypted !== 'boolean') throw new VmdkFormatError('ERR_VMDK_ARGUMENT', `Expected a boolean for options.allowEncrypted but received ${typeof allowEncrypted}`);
+  if (typeof readOnly !== 'boolean') throw new VmdkFormatError('ERR_INVALID_ARGUMENT', expected('a boolean', 'options.readOnly', readOnly));
+  if (typeof allowEncrypted !== 'boolean') throw new VmdkFormatError('ERR_INVALID_ARGUMENT', expected('a boolean', 'options.allowEncrypted', allowEncrypted));
   if (options.format !== undefined && options.format !== 'vmdk' && options.format !== 'raw') {
-    throw new VmdkFormatError('ERR_VMDK_ARGUMENT', `Expected 'vmdk' or 'raw' for options.format but received ${typeof options.format === 'string' ? JSON.stringify((options.format as string).slice(0, 32)) : typeof options.format}`);
+    throw new VmdkFormatError('ERR_INVALID_ARGUMENT', expectedOneOf(['vmdk', 'raw'], 'options.format', options.format));
   }
   const abs = resolve(path);
   const main = await HostFile.open(abs, !readOnly);

@@ -131,6 +131,33 @@ export function parseSparseHeader(buf: Buffer, file: string, base = 0): SparseHe
   return h;
 }
 
+/** True when a file's first bytes are a hosted sparse extent's magic ("KDMV"): not a text descriptor. */
+export function isSparseExtent(head: Uint8Array): boolean {
+  return head.length >= 4 && Buffer.from(head.buffer, head.byteOffset, 4).readUInt32LE(0) === SPARSE_MAGIC;
+}
+
+/** The embedded descriptor area of a sparse extent, in bytes from the start of the file. */
+export interface EmbeddedDescriptorArea {
+  offset: number;
+  size: number;
+}
+
+/**
+ * Where the file that starts with `head` keeps its embedded descriptor: undefined when it is not a
+ * sparse extent (a text descriptor, a flat extent, a raw image). A sparse header is checked as
+ * parseSparseHeader checks it (so its bounds hold: at most 1 MiB, after the header); one without a
+ * descriptor area (the extents of a twoGbMaxExtentSparse disk) is ERR_VMDK_FORMAT, since the caller
+ * took the file for a disk's descriptor.
+ */
+export function embeddedDescriptorArea(head: Buffer, file: string): EmbeddedDescriptorArea | undefined {
+  if (head.length < SECTOR || !isSparseExtent(head)) return undefined;
+  const h = parseSparseHeader(head, file);
+  if (h.descriptorSize === 0) {
+    throw new VmdkFormatError('ERR_VMDK_FORMAT', 'the sparse extent has no embedded descriptor area (descriptorSize is 0)', { file, offset: 36 });
+  }
+  return { offset: h.descriptorOffset * SECTOR, size: h.descriptorSize * SECTOR };
+}
+
 export function gdEntryCount(h: Pick<SparseHeader, 'capacity' | 'grainSize' | 'numGTEsPerGT'>): number {
   return Math.ceil(h.capacity / (h.grainSize * h.numGTEsPerGT));
 }

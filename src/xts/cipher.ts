@@ -1,4 +1,5 @@
-import { XtsError, XtsRangeError, XtsTypeError, expected } from './errors.js';
+import { expected } from '../errors.js';
+import { XtsError, XtsRangeError, XtsTypeError } from './errors.js';
 import { loadNative, type NativeCipherHandle, type NativeXts } from './native.js';
 import { XTS_MAX_UNIT_SIZE, XTS_MIN_UNIT_SIZE, type XtsImplementation } from './constants.js';
 import { checkBatch, checkKey, checkOptionsObject, checkOut, checkUint8Array, chooseImplementation } from './validate.js';

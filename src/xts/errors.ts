@@ -1,4 +1,4 @@
-import { VmsealError, describeValue } from '../errors.js';
+import { VmsealError } from '../errors.js';
 
 /**
  * Errors of the XTS layer. Bad arguments throw real `TypeError`s and `RangeError`s (as Node's own
@@ -76,9 +76,4 @@ export class XtsRangeError extends RangeError {
     this.name = 'XtsRangeError';
     brand(this);
   }
-}
-
-/** The one message shape of the layer: "Expected <what> for <argument> but received <value>". */
-export function expected(what: string, argument: string, value: unknown): string {
-  return `Expected ${what} for ${argument} but received ${describeValue(value)}`;
 }

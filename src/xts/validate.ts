@@ -1,8 +1,8 @@
 // Argument checks of the XTS layer. The native addon repeats every check (it can be called
 // directly); these exist to throw the layer's own error classes before crossing into C++.
 import { types } from 'node:util';
-import { describeValue } from '../errors.js';
-import { XtsError, XtsRangeError, XtsTypeError, expected } from './errors.js';
+import { describeValue, expected } from '../errors.js';
+import { XtsError, XtsRangeError, XtsTypeError } from './errors.js';
 import {
   XTS_IMPLEMENTATIONS,
   XTS_KEY_BYTES_128,

@@ -94,7 +94,7 @@ describe('error lines and exit codes', () => {
     expect(code('ERR_DISK_BUSY')).toBe(7);
     expect(code('ERR_ABORTED')).toBe(130);
     expect(code('ERR_OUTPUT_EXISTS')).toBe(1);
-    expect(code('ERR_ARGUMENT')).toBe(2);
+    expect(code('ERR_INVALID_ARGUMENT')).toBe(2);
     expect(code('ERR_VMDK_SOMETHING_NEW')).toBe(5);
     expect(code('ERR_KMIP_SOMETHING_NEW')).toBe(4);
     expect(classify(new TypeError('x is undefined')).exitCode).toBe(70);

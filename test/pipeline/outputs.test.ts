@@ -91,7 +91,7 @@ describe('outputs that share a file name', () => {
   it('a missing output folder is named as such, not as a lock file', async () => {
     const out = join(tmp.dir, 'no-such-folder', 'o.vmdk');
     await expect(convertDisk(input, out, { subformat: 'monolithicSparse' })).rejects.toMatchObject({
-      code: 'ERR_ARGUMENT',
+      code: 'ERR_INVALID_ARGUMENT',
       message: `cannot write ${out}: the folder ${join(tmp.dir, 'no-such-folder')} does not exist`,
     });
   });
@@ -148,7 +148,7 @@ describe('output kind from the subformat, never from the name', () => {
   it('a raw output named .vmdk is refused with the reason, and nothing is written', async () => {
     const dir = folder('raw-vmdk');
     await expect(convertDisk(input, join(dir, 'plain.vmdk'), { subformat: 'raw' })).rejects.toMatchObject({
-      code: 'ERR_ARGUMENT',
+      code: 'ERR_INVALID_ARGUMENT',
       message: expect.stringContaining('guessing its format from guest-written content'),
     });
     expect(readdirSync(dir)).toEqual([]);

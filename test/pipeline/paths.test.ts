@@ -2,9 +2,10 @@
 // dangling output links are refused.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { existsSync, lstatSync, mkdirSync, readFileSync, symlinkSync, writeFileSync, copyFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, readFileSync, symlinkSync, writeFileSync, copyFileSync, truncateSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { encryptDisk, encryptInPlace } from '../../src/pipeline/index.js';
+import { realDiskPath } from '../../src/pipeline/paths.js';
 import { patternBytes, phraseLocker, sha256, tempDir } from '../disk/helpers.js';
 import { plainHash } from './helpers.js';
 
@@ -45,8 +46,29 @@ describe('in-place jobs through a symbolic link', () => {
     symlinkSync(real, link);
     copyFileSync(join(tmp.dir, 'real', 'd-flat.vmdk'), join(other, 'd-flat.vmdk')); // a second, different file under the extent's name
     const before = readFileSync(real);
-    await expect(encryptInPlace(link, { lockers: [phraseLocker('pw')] })).rejects.toMatchObject({ code: 'ERR_ARGUMENT', message: expect.stringMatching(/two different files/) });
+    await expect(encryptInPlace(link, { lockers: [phraseLocker('pw')] })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT', message: expect.stringMatching(/two different files/) });
     expect(readFileSync(real).equals(before)).toBe(true);
+  });
+});
+
+describe('resolving a link to a large image', () => {
+  it('reads only the head of the real file, not the whole image', async () => {
+    // A link in another folder makes realDiskPath look for a text descriptor behind it. A 1 GiB
+    // (sparse) image read whole would take its size in memory: the process's peak RSS tells.
+    const dir = join(tmp.dir, 'big');
+    mkdirSync(join(dir, 'links'), { recursive: true });
+    const big = join(dir, 'big.raw');
+    writeFileSync(big, '');
+    truncateSync(big, 2 ** 30);
+    symlinkSync(big, join(dir, 'links', 'big.raw'));
+    const before = process.resourceUsage().maxRSS; // KiB
+    try {
+      expect(await realDiskPath(join(dir, 'links', 'big.raw'))).toBe(big);
+      const grownMiB = (process.resourceUsage().maxRSS - before) / 1024;
+      expect(grownMiB, 'peak memory growth while resolving the link (MiB)').toBeLessThan(256);
+    } finally {
+      rmSync(big);
+    }
   });
 });
 
@@ -58,7 +80,7 @@ describe('outputs', () => {
     const out = join(dir, 'out.vmdk');
     symlinkSync(target, out);
     await expect(encryptDisk(join(tmp.dir, 'plain.raw'), out, { lockers: [phraseLocker('pw')], subformat: 'monolithicSparse' })).rejects.toMatchObject({
-      code: 'ERR_ARGUMENT',
+      code: 'ERR_INVALID_ARGUMENT',
       message: expect.stringMatching(/dangling link/),
     });
     expect(existsSync(target)).toBe(false);

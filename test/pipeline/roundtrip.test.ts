@@ -206,7 +206,7 @@ describe('decrypted outputs are private (they hold plaintext)', () => {
     await decryptDisk(enc, join(dir, 'dec.vmdk'), { keys: { passphrase: 'pw' }, mode: 0o640 });
     for (const f of readdirSync(dir)) expect(modeOf(join(dir, f)), f).toBe(0o640);
     for (const mode of [-1, 0o1000, 1.5, '0640' as unknown as number]) {
-      await expect(decryptDisk(enc, join(dir, 'bad.raw'), { keys: { passphrase: 'pw' }, subformat: 'raw', mode })).rejects.toMatchObject({ code: 'ERR_ARGUMENT' });
+      await expect(decryptDisk(enc, join(dir, 'bad.raw'), { keys: { passphrase: 'pw' }, subformat: 'raw', mode })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
     }
     expect(readdirSync(dir).filter((f) => f.startsWith('bad') || f.includes('vmseal-tmp'))).toEqual([]);
   });

@@ -72,7 +72,7 @@ describe('serve()', () => {
   it('refuses bad options with typed errors', async () => {
     const dir = sub('bad');
     const disk = plainRaw(dir, 'd', Buffer.alloc(MiB));
-    await expect(serve({ disks: [] })).rejects.toMatchObject({ code: 'ERR_ARGUMENT' });
+    await expect(serve({ disks: [] })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
     await expect(serve({ disks: [{ path: disk }], listen: { host: '0.0.0.0', port: 0 } })).rejects.toMatchObject({
       code: 'ERR_SERVE_INSECURE',
       message: expect.stringMatching(/not a loopback address/),
@@ -89,7 +89,7 @@ describe('serve()', () => {
       code: 'ERR_SERVE_EXPORT',
     });
     await expect(serve({ disks: [{ path: disk, name: 'a?b' }], listen: { socket: join(dir, 's') } })).rejects.toBeInstanceOf(ServeError);
-    await expect(serve({ disks: [{ path: disk }], listen: { host: '127.0.0.1', port: 70000 } })).rejects.toMatchObject({ code: 'ERR_ARGUMENT' });
+    await expect(serve({ disks: [{ path: disk }], listen: { host: '127.0.0.1', port: 70000 } })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
   });
 
   it('a disk that cannot be opened leaves the others unlocked and closed', async () => {

@@ -119,12 +119,12 @@ describe('Descriptor', () => {
   it('refuses values and keys it cannot write faithfully', () => {
     const d = Descriptor.parse(QEMU);
     for (const bad of ['a"b', 'a\nb', 'a\rb', 'a\0b']) {
-      expect(() => d.set('ddb.x', bad)).toThrowError(expect.objectContaining({ code: 'ERR_VMDK_ARGUMENT' }));
+      expect(() => d.set('ddb.x', bad)).toThrowError(expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT' }));
     }
     for (const key of ['', 'a b', 'a=b', '#x', 'x"']) {
-      expect(() => d.set(key, 'v')).toThrowError(expect.objectContaining({ code: 'ERR_VMDK_ARGUMENT' }));
+      expect(() => d.set(key, 'v')).toThrowError(expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT' }));
     }
-    expect(() => d.set('k', 'v', { after: 'nope' })).toThrowError(expect.objectContaining({ code: 'ERR_VMDK_ARGUMENT' }));
+    expect(() => d.set('k', 'v', { after: 'nope' })).toThrowError(expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT' }));
     expect(d.toString()).toBe(QEMU);
   });
 

@@ -65,15 +65,15 @@ describe('createDisk / openDisk basics', () => {
 
   it('validates createDisk arguments and refuses to overwrite', async () => {
     const p = fresh();
-    await rejects(createDisk(p, { capacity: 1000 }), 'ERR_VMDK_ARGUMENT');
-    await rejects(createDisk(p, { capacity: 0 }), 'ERR_VMDK_ARGUMENT');
-    await rejects(createDisk(p, { capacity: MiB, subformat: 'vmfsSparse' as never }), 'ERR_VMDK_ARGUMENT');
-    await rejects(createDisk(p, { capacity: MiB, grainSize: 3000 }), 'ERR_VMDK_ARGUMENT');
-    await rejects(createDisk(p, { capacity: MiB, adapterType: 'scsi' as never }), 'ERR_VMDK_ARGUMENT');
-    await rejects(createDisk(p, { capacity: MiB, hwVersion: 'x' }), 'ERR_VMDK_ARGUMENT');
-    await rejects(createDisk(p, { capacity: 2 ** 42, subformat: 'monolithicSparse' }), 'ERR_VMDK_ARGUMENT');
-    await rejects(createDisk(p, { capacity: MiB, descriptorLines: [['CID', '1']] }), 'ERR_VMDK_ARGUMENT');
-    await rejects(createDisk(p, { capacity: MiB, descriptorLines: [['k', 'a"b']] }), 'ERR_VMDK_ARGUMENT');
+    await rejects(createDisk(p, { capacity: 1000 }), 'ERR_INVALID_ARGUMENT');
+    await rejects(createDisk(p, { capacity: 0 }), 'ERR_INVALID_ARGUMENT');
+    await rejects(createDisk(p, { capacity: MiB, subformat: 'vmfsSparse' as never }), 'ERR_INVALID_ARGUMENT');
+    await rejects(createDisk(p, { capacity: MiB, grainSize: 3000 }), 'ERR_INVALID_ARGUMENT');
+    await rejects(createDisk(p, { capacity: MiB, adapterType: 'scsi' as never }), 'ERR_INVALID_ARGUMENT');
+    await rejects(createDisk(p, { capacity: MiB, hwVersion: 'x' }), 'ERR_INVALID_ARGUMENT');
+    await rejects(createDisk(p, { capacity: 2 ** 42, subformat: 'monolithicSparse' }), 'ERR_INVALID_ARGUMENT');
+    await rejects(createDisk(p, { capacity: MiB, descriptorLines: [['CID', '1']] }), 'ERR_INVALID_ARGUMENT');
+    await rejects(createDisk(p, { capacity: MiB, descriptorLines: [['k', 'a"b']] }), 'ERR_INVALID_ARGUMENT');
     await (await createDisk(p, { capacity: MiB })).close();
     await rejects(createDisk(p, { capacity: MiB }), 'ERR_VMDK_EXISTS');
     await (await createDisk(p, { capacity: 2 * MiB, overwrite: true })).close();
@@ -103,8 +103,8 @@ describe('createDisk / openDisk basics', () => {
     expect([b.format, b.capacity]).toEqual(['raw', 4096]);
     await b.close();
     await rejects(openDisk(join(dir, 'absent.vmdk')), 'ERR_VMDK_EXTENT_FILE');
-    await rejects(openDisk(''), 'ERR_VMDK_ARGUMENT');
-    await rejects(openDisk(vmdk, { readOnly: 'yes' as never }), 'ERR_VMDK_ARGUMENT');
+    await rejects(openDisk(''), 'ERR_INVALID_ARGUMENT');
+    await rejects(openDisk(vmdk, { readOnly: 'yes' as never }), 'ERR_INVALID_ARGUMENT');
   });
 });
 
@@ -117,10 +117,10 @@ describe('reads and writes', () => {
     await rejects(d.write(0, Buffer.alloc(512)), 'ERR_VMDK_READ_ONLY');
     await rejects(d.updateDescriptor(() => {}), 'ERR_VMDK_READ_ONLY');
     await rejects(d.read(MiB - 10, 11), 'ERR_VMDK_RANGE');
-    await rejects(d.read(-1, 1), 'ERR_VMDK_ARGUMENT');
-    await rejects(d.read(1.5, 1), 'ERR_VMDK_ARGUMENT');
-    await rejects(d.read(0, 2 ** 30), 'ERR_VMDK_ARGUMENT');
-    await rejects(d.readInto(0, 'x' as never), 'ERR_VMDK_ARGUMENT');
+    await rejects(d.read(-1, 1), 'ERR_INVALID_ARGUMENT');
+    await rejects(d.read(1.5, 1), 'ERR_INVALID_ARGUMENT');
+    await rejects(d.read(0, 2 ** 30), 'ERR_INVALID_ARGUMENT');
+    await rejects(d.readInto(0, 'x' as never), 'ERR_INVALID_ARGUMENT');
     await rejects(ranges(d, 0, MiB + 1), 'ERR_VMDK_RANGE');
     expect((await d.read(MiB, 0)).length).toBe(0);
     await d.close();
@@ -348,7 +348,7 @@ describe('descriptor updates and the encryption hook', () => {
     expect(after).toBe(before.replace('"ide"', '"lsilogic"').replace('ddb.uuid', 'ddb.uuid').replace(/(ddb\.uuid = "[^"]*"\n)/, '$1ddb.encryption.test = "abc"\n'));
     expect(d.descriptor?.get('ddb.encryption.test')).toBe('abc');
     expect(readdirSync(dir).filter((f) => f.endsWith('.tmp'))).toEqual([]);
-    await rejects(d.updateDescriptor((x) => void x.set('createType', 'vmfs')), 'ERR_VMDK_ARGUMENT');
+    await rejects(d.updateDescriptor((x) => void x.set('createType', 'vmfs')), 'ERR_INVALID_ARGUMENT');
     await d.close();
     expect(qemuInfo(p)['virtual-size']).toBe(MiB);
   });

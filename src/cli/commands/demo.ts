@@ -6,6 +6,7 @@
 import { mkdir, mkdtemp, open, readdir, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { DEFAULT_CIPHER } from '../../disk/params.js';
 import { KeyCache, LocalKeyProvider } from '../../keys/index.js';
 import { decryptDisk, encryptDisk, inspectDisk, verifyDisk } from '../../pipeline/index.js';
 import type { Ctx } from '../context.js';
@@ -96,7 +97,7 @@ export async function demoCommand(ctx: Ctx, opts: DemoCliOptions): Promise<void>
     const enc = await withHooks(ctx, 'encrypt', (h) =>
       encryptDisk(plain, encrypted, { signal: h.signal, onProgress: h.onProgress, subformat: opts.subformat, lockers: [{ kind: 'provider', provider, keyId: ref.keyId }], cache }),
     );
-    out.line(`2. Encrypted -> ${enc.output} (${enc.subformat}, aes-256-xts) with local key ${ref.keyId}: ${throughputText(enc.bytesProcessed, enc.seconds)}`);
+    out.line(`2. Encrypted -> ${enc.output} (${enc.subformat}, ${DEFAULT_CIPHER}) with local key ${ref.keyId}: ${throughputText(enc.bytesProcessed, enc.seconds)}`);
 
     // 3. What `vmseal info` shows, and proof that no plaintext is left in the encrypted files.
     const keys = { providers: [provider], cache };

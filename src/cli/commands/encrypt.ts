@@ -1,6 +1,7 @@
 /**
  * `vmseal encrypt IN OUT` and `vmseal encrypt IN --in-place`.
  */
+import { UNENCRYPTABLE_SUBFORMATS, canEncryptSubformat, encryptedSubformatFor } from '../../disk/params.js';
 import { encryptDisk, encryptInPlace, inspectDisk, type JobResult } from '../../pipeline/index.js';
 import type { Ctx } from '../context.js';
 import { usageError } from '../errors.js';
@@ -23,12 +24,14 @@ export interface EncryptCliOptions extends KeyCliOptions {
 
 /** Refuse encrypted output formats that cannot be encrypted (before any key is made). */
 export function checkEncryptedSubformat(subformat: Subformat | undefined): void {
+  if (subformat === undefined || canEncryptSubformat(subformat)) return;
   if (subformat === 'raw') {
     throw usageError('an encrypted disk cannot be written as raw (the encryption parameters live in the VMDK descriptor)', 'Use --subformat monolithicFlat: its extent is a raw image of aes-xts-plain64 ciphertext');
   }
   if (subformat === 'streamOptimized') {
     throw usageError('an encrypted disk cannot be written as streamOptimized (compressing ciphertext gains nothing; vSphere refuses to export encrypted disks too)', 'Use monolithicSparse or monolithicFlat, or decrypt first');
   }
+  throw usageError(`an encrypted disk cannot be written as ${subformat} (${UNENCRYPTABLE_SUBFORMATS.get(subformat) ?? 'unsupported'})`, 'Use monolithicSparse or monolithicFlat, or decrypt first');
 }
 
 /**
@@ -38,9 +41,11 @@ export function checkEncryptedSubformat(subformat: Subformat | undefined): void 
 export async function encryptedOutputSubformat(ctx: Ctx, input: string, asked: Subformat | undefined, format?: DiskFormat): Promise<Subformat | undefined> {
   if (asked !== undefined) return asked;
   const info = await inspectDisk(input, formatOpts(format)).catch(() => undefined);
-  if (info?.subformat !== 'streamOptimized') return undefined;
-  ctx.output.note(`Note: ${input} is streamOptimized, which an encrypted disk cannot be: writing monolithicSparse (choose with --subformat).`);
-  return 'monolithicSparse';
+  // A raw input is left to the pipeline, which quietly writes monolithicFlat (the same bytes, encrypted).
+  if (info === undefined || info.format === 'raw' || canEncryptSubformat(info.subformat)) return undefined;
+  const replacement = encryptedSubformatFor(info.subformat) as Subformat;
+  ctx.output.note(`Note: ${input} is ${info.subformat}, which an encrypted disk cannot be: writing ${replacement} (choose with --subformat).`);
+  return replacement;
 }
 
 export function jobTuning(opts: { chunkSize?: number; threads?: number; force?: boolean; trustV1Journal?: boolean }): {
