@@ -3,14 +3,16 @@
 // from a baseline git ref (default: main) with that ref's own native addon. Reads and writes are
 // no-ops, so the number is the crypto path alone, where a copy in or out of native memory would
 // show. Rounds alternate between the two builds, each in its own child process; the ratio is of
-// the medians.
+// the medians. On Linux it also reports the JS thread's share of the CPU: work done there is
+// serial and leaves the pool waiting (a memset of fresh chunk buffers on the JS thread once cost
+// a quarter of the wall clock while the per-CPU-second number looked better).
 //
 // Run: node bench/run.mjs async-baseline [--quick]
 //   VMSEAL_BASELINE_REF=<ref>          what to compare against (default: main)
 //   VMSEAL_BASELINE_NATIVE=<file.node> use this baseline addon instead of building the ref's
 //   child mode: node bench/suites/async-baseline.mjs --child BUNDLE ADDON
 import { spawnSync, execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync, symlinkSync, existsSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync, symlinkSync, existsSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -22,6 +24,20 @@ const root = join(dirname(self), '..', '..');
 const TOTAL = (quick ? 256 : 1024) * MiB;
 const CHUNK = 4 * MiB;
 const UNIT = 512;
+
+/**
+ * CPU seconds (user + system) of the JS (main) thread alone, from /proc (Linux; null elsewhere).
+ * Its share of all CPU is what shows serial work on the JS thread, which the two totals hide.
+ */
+function jsThreadCpuSeconds() {
+  try {
+    const stat = readFileSync(`/proc/self/task/${process.pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in USER_HZ (100 on Linux)
+  } catch {
+    return null;
+  }
+}
 
 async function child(bundle) {
   const { runChunks, createDataCipher } = await import(pathToFileURL(bundle).href);
@@ -45,16 +61,21 @@ async function child(bundle) {
       write: async () => {},
     });
   await pass(); // warm-up: buffers allocated, pool threads started
+  const js0 = jsThreadCpuSeconds();
   const cpu0 = process.cpuUsage();
   const t0 = process.hrtime.bigint();
   await pass();
   const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
   const cpu = process.cpuUsage(cpu0);
+  const js1 = jsThreadCpuSeconds();
   cipher.dispose();
   // CPU time (all threads, user + system) as well as wall clock: on a loaded machine the wall
   // clock mostly measures the neighbours, while bytes per CPU-second still shows added copies.
   const cpuSeconds = (cpu.user + cpu.system) / 1e6;
-  process.stdout.write(JSON.stringify({ bytesPerSec: TOTAL / seconds, bytesPerCpuSec: TOTAL / cpuSeconds }) + '\n');
+  // Share of the CPU spent on the JS thread: the pool should do nearly all the work. (Tick
+  // granularity is 10 ms, so one run is coarse; the median over rounds is what to read.)
+  const jsShare = js0 === null || js1 === null ? null : Math.min(1, (js1 - js0) / cpuSeconds);
+  process.stdout.write(JSON.stringify({ bytesPerSec: TOTAL / seconds, bytesPerCpuSec: TOTAL / cpuSeconds, jsShare }) + '\n');
 }
 
 /** Bundle the engine and the data cipher of the tree at `tree` into one ESM file. */
@@ -126,6 +147,9 @@ async function main() {
     const current = currentRuns.map((x) => x.bytesPerSec);
     const baseCpu = baseRuns.map((x) => x.bytesPerCpuSec);
     const currentCpu = currentRuns.map((x) => x.bytesPerCpuSec);
+    const baseJs = baseRuns.map((x) => x.jsShare).filter((x) => x !== null);
+    const currentJs = currentRuns.map((x) => x.jsShare).filter((x) => x !== null);
+    const pct = (x) => `${Math.round(x * 100)}%`;
     const ratio = median(current) / median(base);
     const cpuRatio = median(currentCpu) / median(baseCpu);
     report({
@@ -151,6 +175,18 @@ async function main() {
             ['this tree', fmtMBs(median(currentCpu)), fmtMBs(Math.min(...currentCpu)), fmtMBs(Math.max(...currentCpu))],
           ],
         },
+        ...(baseJs.length && currentJs.length
+          ? [
+              {
+                caption: 'Share of that CPU spent on the JS thread (serial work the pool waits for; lower is better)',
+                columns: ['build', 'median', 'min', 'max'],
+                rows: [
+                  [ref, pct(median(baseJs)), pct(Math.min(...baseJs)), pct(Math.max(...baseJs))],
+                  ['this tree', pct(median(currentJs)), pct(Math.min(...currentJs)), pct(Math.max(...currentJs))],
+                ],
+              },
+            ]
+          : []),
       ],
       ratios: [
         { name: `pipeline async path, this tree / ${ref} (wall clock)`, value: ratio, target: 0.95 },
