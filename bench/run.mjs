@@ -22,7 +22,10 @@ const suitesDir = join(root, 'bench', 'suites');
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');
 const wanted = args.filter((a) => !a.startsWith('--'));
-const all = readdirSync(suitesDir).filter((f) => f.endsWith('.mjs')).map((f) => f.slice(0, -4)).sort();
+const all = readdirSync(suitesDir)
+  .filter((f) => f.endsWith('.mjs'))
+  .map((f) => f.slice(0, -4))
+  .sort();
 const suites = wanted.length ? wanted : all;
 for (const s of suites) {
   if (!all.includes(s)) {
@@ -37,7 +40,9 @@ if (!existsSync(join(root, 'dist', 'index.js'))) {
 
 function tryVersion(cmd, argv) {
   try {
-    return execFileSync(cmd, argv, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).split('\n')[0].trim();
+    return execFileSync(cmd, argv, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
+      .split('\n')[0]
+      .trim();
   } catch {
     return 'not found';
   }
@@ -131,7 +136,8 @@ for (const r of results) {
   ];
   if (r.ratios?.length) {
     parts.push('| ratio | measured | target |', '|---|---|---|');
-    for (const q of r.ratios) parts.push(`| ${q.name} | ${q.value.toFixed(2)}× | ${q.target == null ? '—' : `≥ ${q.target}× ${q.value >= q.target ? '(met)' : '(missed)'}`} |`);
+    for (const q of r.ratios)
+      parts.push(`| ${q.name} | ${q.value.toFixed(2)}× | ${q.target == null ? '—' : `≥ ${q.target}× ${q.value >= q.target ? '(met)' : '(missed)'}`} |`);
     parts.push('');
   }
   sections.set(r.suite, parts.join('\n'));

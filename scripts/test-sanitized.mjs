@@ -60,8 +60,10 @@ function sanitizerRuntime(name) {
 
 console.log('[test-sanitized] building the addon with -fsanitize=address,undefined into build-sanitize/');
 run('cmake', [
-  '-S', root,
-  '-B', buildDir,
+  '-S',
+  root,
+  '-B',
+  buildDir,
   '-DVMSEAL_SANITIZE=ON',
   '-DCMAKE_BUILD_TYPE=Release',
   `-DCMAKE_CXX_COMPILER=${cxx}`,
@@ -86,7 +88,10 @@ const env = {
 // Make sure the runtimes really load and the addon is the instrumented one before trusting a pass.
 const probe = spawnSync(
   process.execPath,
-  ['-e', `require(process.env.VMSEAL_NATIVE_PATH); const maps = require('fs').readFileSync('/proc/self/maps', 'utf8'); if (!/libasan/.test(maps) || !maps.includes(process.env.VMSEAL_NATIVE_PATH)) { console.error('sanitizer runtime or addon not mapped'); process.exit(1); }`],
+  [
+    '-e',
+    `require(process.env.VMSEAL_NATIVE_PATH); const maps = require('fs').readFileSync('/proc/self/maps', 'utf8'); if (!/libasan/.test(maps) || !maps.includes(process.env.VMSEAL_NATIVE_PATH)) { console.error('sanitizer runtime or addon not mapped'); process.exit(1); }`,
+  ],
   { env, stdio: 'inherit' },
 );
 if (probe.status !== 0) {
@@ -98,8 +103,6 @@ console.log(`[test-sanitized] LD_PRELOAD=${env.LD_PRELOAD}`);
 console.log(`[test-sanitized] ASAN_OPTIONS=${env.ASAN_OPTIONS} UBSAN_OPTIONS=${env.UBSAN_OPTIONS}`);
 const vitest = join(root, 'node_modules', 'vitest', 'vitest.mjs');
 // scripts/run-tests.mjs asks for a JSON report to add this run to the totals it prints.
-const report = process.env.VMSEAL_VITEST_JSON
-  ? ['--reporter=default', '--reporter=json', `--outputFile.json=${process.env.VMSEAL_VITEST_JSON}`]
-  : [];
+const report = process.env.VMSEAL_VITEST_JSON ? ['--reporter=default', '--reporter=json', `--outputFile.json=${process.env.VMSEAL_VITEST_JSON}`] : [];
 run(process.execPath, [vitest, 'run', ...report, ...testFiles], env);
 console.log('\n[test-sanitized] OK: the sanitizer build passed the known-answer, bad-input, differential, API, thread/exit and detach tests');

@@ -64,7 +64,13 @@ try {
   ]);
   rows.push([
     'seal a DEK under an existing provider KEK (cached)',
-    fmt(msPer(await measure(async () => vm.sealDek(dek, { cipher: 'aes-256-xts', lockers: [{ kind: 'provider', provider: mem, keyId: [...mem.keys.keys()][0] }], cache })))),
+    fmt(
+      msPer(
+        await measure(async () =>
+          vm.sealDek(dek, { cipher: 'aes-256-xts', lockers: [{ kind: 'provider', provider: mem, keyId: [...mem.keys.keys()][0] }], cache }),
+        ),
+      ),
+    ),
   ]);
   rows.push(['parse + serialize a one-pair KeySafe', fmt(msPer(await measure(async () => vm.KeySafe.parse(memText).toString())))]);
 
@@ -80,22 +86,26 @@ try {
   // The local provider's master key: key file (read) vs passphrase (scrypt, default cost).
   kdfRows.push([
     'local provider open, master key file',
-    fmt(await once(async () => {
-      const p = new vm.LocalKeyProvider({ home: join(home, 'keyfile') });
-      await p.init();
-      await p.close();
-    })),
+    fmt(
+      await once(async () => {
+        const p = new vm.LocalKeyProvider({ home: join(home, 'keyfile') });
+        await p.init();
+        await p.close();
+      }),
+    ),
   ]);
   const pp = new vm.LocalKeyProvider({ home: join(home, 'pass'), passphrase: 'bench' });
   await pp.init();
   await pp.close();
   kdfRows.push([
     'local provider open, passphrase (scrypt n=131072 r=8 p=1)',
-    fmt(await once(async () => {
-      const p = new vm.LocalKeyProvider({ home: join(home, 'pass'), passphrase: 'bench' });
-      await p.init();
-      await p.close();
-    })),
+    fmt(
+      await once(async () => {
+        const p = new vm.LocalKeyProvider({ home: join(home, 'pass'), passphrase: 'bench' });
+        await p.init();
+        await p.close();
+      }),
+    ),
   ]);
   vm.wipe(dek);
   cache.clear();

@@ -19,12 +19,46 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 function makeCerts(dir) {
   const ssl = (...args) => execFileSync('openssl', args, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
-  ssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca.key', '-out', 'ca.crt', '-days', '2', '-subj', '/CN=vmseal-bench-ca',
-    '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign');
+  ssl(
+    'req',
+    '-x509',
+    '-newkey',
+    'rsa:2048',
+    '-nodes',
+    '-keyout',
+    'ca.key',
+    '-out',
+    'ca.crt',
+    '-days',
+    '2',
+    '-subj',
+    '/CN=vmseal-bench-ca',
+    '-addext',
+    'basicConstraints=critical,CA:TRUE',
+    '-addext',
+    'keyUsage=critical,keyCertSign,cRLSign',
+  );
   const issue = (name, cn, ext) => {
     writeFileSync(join(dir, `${name}.ext`), ext);
     ssl('req', '-new', '-newkey', 'rsa:2048', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${cn}`);
-    ssl('x509', '-req', '-in', `${name}.csr`, '-CA', 'ca.crt', '-CAkey', 'ca.key', '-set_serial', String(Date.now()) + name.length, '-out', `${name}.crt`, '-days', '2', '-extfile', `${name}.ext`);
+    ssl(
+      'x509',
+      '-req',
+      '-in',
+      `${name}.csr`,
+      '-CA',
+      'ca.crt',
+      '-CAkey',
+      'ca.key',
+      '-set_serial',
+      String(Date.now()) + name.length,
+      '-out',
+      `${name}.crt`,
+      '-days',
+      '2',
+      '-extfile',
+      `${name}.ext`,
+    );
   };
   issue('server', '127.0.0.1', 'basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n');
   issue('client', 'vmseal-bench', 'basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n');
@@ -62,16 +96,29 @@ try {
   mkdirSync(join(dir, 'policies'));
   makeCerts(certs);
   const port = await freePort();
-  writeFileSync(join(dir, 'server.conf'), [
-    '[server]', 'hostname=127.0.0.1', `port=${port}`,
-    `certificate_path=${join(certs, 'server.crt')}`, `key_path=${join(certs, 'server.key')}`, `ca_path=${join(certs, 'ca.crt')}`,
-    'auth_suite=TLS1.2', `policy_path=${join(dir, 'policies')}`, 'enable_tls_client_auth=True',
-    'tls_cipher_suites=TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA384 TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256',
-    'logging_level=WARNING', `database_path=${join(dir, 'pykmip.db')}`, '',
-  ].join('\n'));
+  writeFileSync(
+    join(dir, 'server.conf'),
+    [
+      '[server]',
+      'hostname=127.0.0.1',
+      `port=${port}`,
+      `certificate_path=${join(certs, 'server.crt')}`,
+      `key_path=${join(certs, 'server.key')}`,
+      `ca_path=${join(certs, 'ca.crt')}`,
+      'auth_suite=TLS1.2',
+      `policy_path=${join(dir, 'policies')}`,
+      'enable_tls_client_auth=True',
+      'tls_cipher_suites=TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA384 TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256',
+      'logging_level=WARNING',
+      `database_path=${join(dir, 'pykmip.db')}`,
+      '',
+    ].join('\n'),
+  );
   const out = openSync(join(dir, 'server.out'), 'a');
   child = spawn('/usr/bin/python3', ['/usr/bin/pykmip-server', '-f', join(dir, 'server.conf'), '-l', join(dir, 'server.log')], {
-    cwd: dir, detached: true, stdio: ['ignore', out, out],
+    cwd: dir,
+    detached: true,
+    stdio: ['ignore', out, out],
   });
   closeSync(out);
 
@@ -98,22 +145,33 @@ try {
 
   const reused = msPer(await measure(async () => (await provider.getKey(keyId)).fill(0)));
   rows.push(['getKey (KMIP Get), reused connection', fmt(reused)]);
-  const fresh = msPer(await measure(async () => {
-    const p = new vm.KmipKeyProvider(options);
-    (await p.getKey(keyId)).fill(0);
-    await p.close();
-  }));
+  const fresh = msPer(
+    await measure(async () => {
+      const p = new vm.KmipKeyProvider(options);
+      (await p.getKey(keyId)).fill(0);
+      await p.close();
+    }),
+  );
   rows.push(['getKey, new TLS connection per call', fmt(fresh)]);
   rows.push(['Discover Versions round trip, reused connection', fmt(msPer(await measure(() => provider.discoverVersions())))]);
   const created = [];
-  rows.push(['createKey (Create + Activate), reused connection', fmt(msPer(await measure(async () => created.push((await provider.createKey()).keyId), { minMs: quick ? 100 : 300, rounds: quick ? 1 : 3 })))]);
+  rows.push([
+    'createKey (Create + Activate), reused connection',
+    fmt(msPer(await measure(async () => created.push((await provider.createKey()).keyId), { minMs: quick ? 100 : 300, rounds: quick ? 1 : 3 }))),
+  ]);
   for (const id of created) await provider.destroyKey(id);
   await provider.destroyKey(keyId);
   const stats = provider.stats;
   await provider.close();
-  notes.push(`Server: ${vendor} (/usr/bin/pykmip-server, sqlite database, logging WARNING) on 127.0.0.1, KMIP 1.2, TLS 1.2 with an RSA-2048 certificate and mutual authentication.`);
-  notes.push(`A reused connection saves the TCP + TLS handshake: ${fmt(fresh)} ms vs ${fmt(reused)} ms per getKey (${(fresh / reused).toFixed(1)}×). The pooled provider opened ${stats.connectionsOpened} connection(s) for ${stats.requestsAnswered} requests.`);
-  notes.push('Most of the per-request time is the Python server (PyKMIP parses, checks the policy and reads sqlite); a production KMS answers faster or slower.');
+  notes.push(
+    `Server: ${vendor} (/usr/bin/pykmip-server, sqlite database, logging WARNING) on 127.0.0.1, KMIP 1.2, TLS 1.2 with an RSA-2048 certificate and mutual authentication.`,
+  );
+  notes.push(
+    `A reused connection saves the TCP + TLS handshake: ${fmt(fresh)} ms vs ${fmt(reused)} ms per getKey (${(fresh / reused).toFixed(1)}×). The pooled provider opened ${stats.connectionsOpened} connection(s) for ${stats.requestsAnswered} requests.`,
+  );
+  notes.push(
+    'Most of the per-request time is the Python server (PyKMIP parses, checks the policy and reads sqlite); a production KMS answers faster or slower.',
+  );
 } finally {
   killGroup('SIGINT');
   for (let i = 0; i < 30; i++) {

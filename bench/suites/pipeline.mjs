@@ -36,7 +36,9 @@ function warm(files) {
 }
 
 function filesOf(dir, stem) {
-  return readdirSync(dir).filter((f) => f.startsWith(stem)).map((f) => join(dir, f));
+  return readdirSync(dir)
+    .filter((f) => f.startsWith(stem))
+    .map((f) => join(dir, f));
 }
 
 function vmseal(op, src, dst, subformat) {
@@ -54,7 +56,19 @@ function timed(cmd, args) {
 }
 
 const qemuLuks = (src, dst) =>
-  timed('qemu-img', ['convert', '--object', 'secret,id=sec0,data=bench', '-f', 'raw', '-O', 'luks', '-o', 'key-secret=sec0,cipher-alg=aes-256,cipher-mode=xts,ivgen-alg=plain64,iter-time=100', src, dst]);
+  timed('qemu-img', [
+    'convert',
+    '--object',
+    'secret,id=sec0,data=bench',
+    '-f',
+    'raw',
+    '-O',
+    'luks',
+    '-o',
+    'key-secret=sec0,cipher-alg=aes-256,cipher-mode=xts,ivgen-alg=plain64,iter-time=100',
+    src,
+    dst,
+  ]);
 const qemuRaw = (src, dst) => timed('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', src, dst]);
 
 function writeRandom(path, size, at = 0) {
@@ -76,7 +90,12 @@ async function main() {
   const sparseCaps = quick ? [256 * MiB, 2 * GiB] : [2 * GiB, 16 * GiB];
   const sparseData = quick ? 32 * MiB : 128 * MiB;
   const rounds = quick ? 2 : 3;
-  const shmFree = existsSync('/dev/shm') ? (() => { const st = statfsSync('/dev/shm'); return st.bavail * st.bsize; })() : 0;
+  const shmFree = existsSync('/dev/shm')
+    ? (() => {
+        const st = statfsSync('/dev/shm');
+        return st.bavail * st.bsize;
+      })()
+    : 0;
   const base = shmFree > 4.5 * size ? '/dev/shm' : tmpdir();
   const dir = mkdtempSync(join(base, 'vmseal-bench-pipeline-'));
   const rows = [];
@@ -95,7 +114,11 @@ async function main() {
         spawnSync('sync');
         warm([raw]);
         const res =
-          who === 'vmseal' ? vmseal('encrypt', raw, join(dir, 'dst.vmdk'), 'monolithicFlat') : who === 'luks' ? qemuLuks(raw, join(dir, 'dst.luks')) : qemuRaw(raw, join(dir, 'dst.raw'));
+          who === 'vmseal'
+            ? vmseal('encrypt', raw, join(dir, 'dst.vmdk'), 'monolithicFlat')
+            : who === 'luks'
+              ? qemuLuks(raw, join(dir, 'dst.luks'))
+              : qemuRaw(raw, join(dir, 'dst.raw'));
         if (who === 'vmseal' && round === 0) {
           const v = vmseal('verify', join(dir, 'dst.vmdk'), raw, '');
           if (!v.ok) throw new Error('the encrypted copy does not decrypt to the source');
@@ -119,7 +142,7 @@ async function main() {
       closeSync(openSync(sraw, 'w'));
       spawnSync('truncate', ['-s', String(cap), sraw]);
       const runs = sparseData / (8 * MiB);
-      for (let i = 0; i < runs; i++) writeRandom(sraw, 8 * MiB, Math.floor((cap / runs) * i / MiB) * MiB);
+      for (let i = 0; i < runs; i++) writeRandom(sraw, 8 * MiB, Math.floor(((cap / runs) * i) / MiB) * MiB);
       const src = join(dir, 'ssrc.vmdk');
       const conv = spawnSync('qemu-img', ['convert', '-f', 'raw', '-O', 'vmdk', '-o', 'subformat=monolithicSparse', sraw, src]);
       if (conv.status !== 0) throw new Error(`preparing ${src} failed: ${conv.stderr}`);
@@ -144,13 +167,17 @@ async function main() {
     notes: [
       `Source: ${size / MiB} MiB of random data in ${base === '/dev/shm' ? 'tmpfs (/dev/shm)' : base} (page cache); output a new file beside it; best of ${rounds} runs, order alternated, \`sync\` and a warm source before each.`,
       'vmseal: `encryptDisk(raw, out.vmdk, { subformat: "monolithicFlat", lockers: [passphrase] })` in a child process — 8 MiB chunks, 4 in flight, XTS on the native thread pool, staged output fsynced and renamed into place; the first run is checked with `verifyDisk(out, { against: raw })`.',
-      'qemu-img LUKS: `-O luks -o cipher-alg=aes-256,cipher-mode=xts,ivgen-alg=plain64,iter-time=100` (KDF cut to 100 ms; vmseal\'s passphrase locker uses 10,000 PBKDF2 rounds for the same reason).',
+      "qemu-img LUKS: `-O luks -o cipher-alg=aes-256,cipher-mode=xts,ivgen-alg=plain64,iter-time=100` (KDF cut to 100 ms; vmseal's passphrase locker uses 10,000 PBKDF2 rounds for the same reason).",
       `Sparse rows: a monolithicSparse image made by qemu-img with ${sparseData / MiB} MiB of data in 8 MiB runs spread over the capacity → encrypted monolithicSparse; time and memory should not depend on the capacity.`,
       'Peak RSS from process.resourceUsage().maxRSS (vmseal) and /usr/bin/time -f %M (qemu-img).',
     ],
     tables: [
       { caption: `Encrypt a ${size / MiB} MiB raw image`, columns: ['job', 'MB/s', 'peak RSS MiB'], rows },
-      { caption: 'monolithicSparse → encrypted monolithicSparse', columns: ['capacity', 'allocated data', 'seconds', 'MB/s of data', 'peak RSS MiB'], rows: sparseRows },
+      {
+        caption: 'monolithicSparse → encrypted monolithicSparse',
+        columns: ['capacity', 'allocated data', 'seconds', 'MB/s of data', 'peak RSS MiB'],
+        rows: sparseRows,
+      },
     ],
     ratios,
   });

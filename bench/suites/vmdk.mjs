@@ -64,18 +64,25 @@ function warm(files) {
 }
 
 function diskFiles(dir, stem) {
-  return readdirSync(dir).filter((f) => f.startsWith(stem)).map((f) => join(dir, f));
+  return readdirSync(dir)
+    .filter((f) => f.startsWith(stem))
+    .map((f) => join(dir, f));
 }
 
 function runVmseal(src, dst, subformat) {
-  const r = spawnSync(process.execPath, [self, '--child', src, dst, subformat], { encoding: 'utf8', env: { ...process.env, UV_THREADPOOL_SIZE: String(UV_THREADS) } });
+  const r = spawnSync(process.execPath, [self, '--child', src, dst, subformat], {
+    encoding: 'utf8',
+    env: { ...process.env, UV_THREADPOOL_SIZE: String(UV_THREADS) },
+  });
   if (r.status !== 0) throw new Error(`vmseal copy failed: ${r.stderr}`);
   return JSON.parse(r.stdout.trim().split('\n').pop());
 }
 
 function runQemu(src, dst, subformat) {
   const t0 = process.hrtime.bigint();
-  const r = spawnSync('/usr/bin/time', ['-f', '%M', 'qemu-img', 'convert', '-f', 'vmdk', '-O', 'vmdk', '-o', `subformat=${subformat}`, src, dst], { encoding: 'utf8' });
+  const r = spawnSync('/usr/bin/time', ['-f', '%M', 'qemu-img', 'convert', '-f', 'vmdk', '-O', 'vmdk', '-o', `subformat=${subformat}`, src, dst], {
+    encoding: 'utf8',
+  });
   const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
   if (r.status !== 0) throw new Error(`qemu-img convert failed: ${r.stderr}`);
   return { seconds, maxRssKiB: Number(r.stderr.trim().split('\n').pop()) };
@@ -87,7 +94,12 @@ async function main() {
   const rounds = quick ? 2 : 6;
   // Files live in tmpfs when there is room: the page cache is then all there is, and the shared
   // machine's disk writeback (which made runs on a disk-backed /tmp vary 10×) does not enter.
-  const shmFree = existsSync('/dev/shm') ? (() => { const st = statfsSync('/dev/shm'); return st.bavail * st.bsize; })() : 0;
+  const shmFree = existsSync('/dev/shm')
+    ? (() => {
+        const st = statfsSync('/dev/shm');
+        return st.bavail * st.bsize;
+      })()
+    : 0;
   const base = shmFree > 3.5 * bigBytes ? '/dev/shm' : tmpdir();
   const dir = mkdtempSync(join(base, 'vmseal-bench-vmdk-'));
   const rows = [];
@@ -136,7 +148,15 @@ async function main() {
         const mbV = size / bestV.seconds;
         const mbQ = size / bestQ.seconds;
         if (size === bigBytes) {
-          rows.push([label, `${size / MiB} MiB`, fmtMBs(mbV), Math.round(bestV.maxRssKiB / 1024), fmtMBs(mbQ), Math.round(bestQ.maxRssKiB / 1024), (mbV / mbQ).toFixed(2)]);
+          rows.push([
+            label,
+            `${size / MiB} MiB`,
+            fmtMBs(mbV),
+            Math.round(bestV.maxRssKiB / 1024),
+            fmtMBs(mbQ),
+            Math.round(bestQ.maxRssKiB / 1024),
+            (mbV / mbQ).toFixed(2),
+          ]);
           ratios.push({ name: `vmdk copy ${label} vs qemu-img convert`, value: mbV / mbQ, target: 1.0 });
         }
         rssRows.push([label, `${size / MiB} MiB`, Math.round(bestV.maxRssKiB / 1024), Math.round(bestQ.maxRssKiB / 1024)]);
@@ -153,7 +173,7 @@ async function main() {
       `Copy of an image of random (incompressible, non-zero) data, source in the page cache, destination a new file in ${base === '/dev/shm' ? 'tmpfs (/dev/shm)' : base}; best of ${rounds} runs each, runs alternated (who goes first alternates too), \`sync\` before each run.`,
       `vmseal: openDisk → allocatedRanges → readInto (${CHUNK / MiB} MiB chunks, ${IN_FLIGHT} reads and ${WRITES_IN_FLIGHT} writes in flight, UV_THREADPOOL_SIZE=${UV_THREADS}) → createDisk → write in order, in a child process, timed from openDisk to close (library load excluded); peak RSS from process.resourceUsage().maxRSS.`,
       'qemu-img: `qemu-img convert -f vmdk -O vmdk -o subformat=…`, timed as a whole process (start-up included, a few ms); peak RSS from /usr/bin/time -f %M.',
-      'Peak RSS is reported for a large and a small image: vmseal\'s does not grow with the image size (fixed chunks; grain tables of the 2 GiB disk are 128 KiB).',
+      "Peak RSS is reported for a large and a small image: vmseal's does not grow with the image size (fixed chunks; grain tables of the 2 GiB disk are 128 KiB).",
     ],
     tables: [
       { caption: 'Throughput', columns: ['copy', 'image', 'vmseal MB/s', 'vmseal peak RSS MiB', 'qemu-img MB/s', 'qemu-img peak RSS MiB', 'ratio'], rows },

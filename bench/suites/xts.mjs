@@ -17,7 +17,10 @@ const nodeBytes = (quick ? 1 : 4) * MiB;
 const asyncBytes = (quick ? 64 : 256) * MiB;
 const opensslSeconds = quick ? 1 : 2;
 const unitSizes = [512, 4096];
-const keySizes = [{ bits: 256, bytes: 64 }, { bits: 128, bytes: 32 }];
+const keySizes = [
+  { bits: 256, bytes: 64 },
+  { bits: 128, bytes: 32 },
+];
 const info = vm.xtsInfo();
 const implementations = info.available;
 const best = implementations[0];
@@ -116,7 +119,13 @@ for (const { bits, bytes } of keySizes) {
     row.openssl = opensslSpeed(bits, unitSize);
     console.log(`${label}: openssl speed ${row.openssl == null ? 'n/a' : fmtGBs(row.openssl)} GB/s`);
     results[`${bits}/${unitSize}`] = row;
-    rows.push([label, ...implementations.map((i) => fmtGBs(row[i])), fmtGBs(row.node), row.openssl == null ? 'n/a' : fmtGBs(row.openssl), fmtGBs(row.bestWall)]);
+    rows.push([
+      label,
+      ...implementations.map((i) => fmtGBs(row[i])),
+      fmtGBs(row.node),
+      row.openssl == null ? 'n/a' : fmtGBs(row.openssl),
+      fmtGBs(row.bestWall),
+    ]);
   }
 }
 

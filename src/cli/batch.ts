@@ -63,7 +63,14 @@ export async function runBatch(
     let result: BatchItemResult;
     try {
       const { bytes, skipped } = await convertOne(item, opts.signal);
-      result = { input: item.input, output: item.output, ok: true, bytes, seconds: (performance.now() - started) / 1000, ...(skipped ? { skipped: true } : {}) };
+      result = {
+        input: item.input,
+        output: item.output,
+        ok: true,
+        bytes,
+        seconds: (performance.now() - started) / 1000,
+        ...(skipped ? { skipped: true } : {}),
+      };
     } catch (err) {
       const { exitCode, hint } = classify(err, 'convert');
       const code = typeof (err as { code?: unknown })?.code === 'string' ? (err as { code: string }).code : 'ERR_UNEXPECTED';
@@ -74,7 +81,14 @@ export async function runBatch(
         bytes: 0,
         seconds: (performance.now() - started) / 1000,
         // The per-image line has no room for the generic hint, but an existing output's hint is what to do next.
-        error: { code, reason: /EXISTS$/.test(code) && hint !== undefined ? `${cliReason(err, 'convert')} (${hint.charAt(0).toLowerCase()}${hint.slice(1)})` : cliReason(err, 'convert'), exitCode },
+        error: {
+          code,
+          reason:
+            /EXISTS$/.test(code) && hint !== undefined
+              ? `${cliReason(err, 'convert')} (${hint.charAt(0).toLowerCase()}${hint.slice(1)})`
+              : cliReason(err, 'convert'),
+          exitCode,
+        },
       };
       if (exitCode === ExitCode.INTERRUPTED || opts.signal?.aborted) {
         results.push(result);

@@ -26,11 +26,7 @@ export class CliError extends VmsealError {
   readonly exitCode: ExitCodeValue;
   readonly hint: string | undefined;
 
-  constructor(
-    code: string,
-    message: string,
-    options: { exitCode?: ExitCodeValue; hint?: string; cause?: unknown } = {},
-  ) {
+  constructor(code: string, message: string, options: { exitCode?: ExitCodeValue; hint?: string; cause?: unknown } = {}) {
     super(code, message, options.cause === undefined ? undefined : { cause: options.cause });
     this.exitCode = options.exitCode ?? ExitCode.FAILURE;
     this.hint = options.hint;
@@ -51,8 +47,7 @@ export interface Classified {
 }
 
 const KMS_HINT = 'Check --kms, the certificates (--kms-ca/--kms-cert/--kms-key) and that the key server is running';
-const KEY_HINT =
-  "Give the key provider that holds the disk's key (`vmseal info DISK` lists its lockers), or its recovery passphrase";
+const KEY_HINT = "Give the key provider that holds the disk's key (`vmseal info DISK` lists its lockers), or its recovery passphrase";
 const FORMAT_HINT = 'Check that the input is the disk image you meant (`vmseal info` shows what vmseal sees)';
 const USAGE_HINT = 'Run `vmseal --help` for usage';
 
@@ -76,43 +71,70 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
   // key server
   ERR_KMS_UNAVAILABLE: { exitCode: ExitCode.KMS_UNAVAILABLE, hint: KMS_HINT },
   ERR_KMIP_CONNECT: { exitCode: ExitCode.KMS_UNAVAILABLE, hint: KMS_HINT },
-  ERR_KMIP_TLS: { exitCode: ExitCode.KMS_UNAVAILABLE, hint: 'Check the certificates: --kms-ca must sign the server\'s certificate and the server must accept --kms-cert/--kms-key' },
+  ERR_KMIP_TLS: {
+    exitCode: ExitCode.KMS_UNAVAILABLE,
+    hint: "Check the certificates: --kms-ca must sign the server's certificate and the server must accept --kms-cert/--kms-key",
+  },
   ERR_KMIP_TIMEOUT: { exitCode: ExitCode.KMS_UNAVAILABLE, hint: KMS_HINT },
   ERR_KMIP_CLOSED: { exitCode: ExitCode.KMS_UNAVAILABLE, hint: KMS_HINT },
   ERR_KMIP_TTLV: { exitCode: ExitCode.KMS_UNAVAILABLE, hint: 'Check that --kms names a KMIP server (port 5696 by default)' },
   ERR_KMIP_PROTOCOL: { exitCode: ExitCode.KMS_UNAVAILABLE, hint: 'Check that --kms names a KMIP server (port 5696 by default)' },
-  ERR_KMIP_OPERATION_FAILED: { exitCode: ExitCode.FAILURE, hint: 'The key server refused the request; check its log and that this client certificate may use the key' },
+  ERR_KMIP_OPERATION_FAILED: {
+    exitCode: ExitCode.FAILURE,
+    hint: 'The key server refused the request; check its log and that this client certificate may use the key',
+  },
   ERR_KMIP_KEY: { exitCode: ExitCode.FAILURE, hint: 'The key server returned a key vmseal cannot use (an AES-256 symmetric key is needed)' },
   // keys
   ERR_WRONG_KEY: { exitCode: ExitCode.KEY, hint: 'Check the passphrase or key provider; `vmseal info DISK` lists the lockers that can open the disk' },
   ERR_NO_KEY: { exitCode: ExitCode.KEY, hint: KEY_HINT },
-  ERR_DISK_LOCKED: { exitCode: ExitCode.KEY, hint: "Make the disk's key provider reachable (see `vmseal info DISK`), or unlock it with its recovery passphrase (--passphrase-file F)" },
+  ERR_DISK_LOCKED: {
+    exitCode: ExitCode.KEY,
+    hint: "Make the disk's key provider reachable (see `vmseal info DISK`), or unlock it with its recovery passphrase (--passphrase-file F)",
+  },
   ERR_UNSUPPORTED_LOCKER: { exitCode: ExitCode.KEY, hint: KEY_HINT },
   ERR_KEY_PROVIDER: { exitCode: ExitCode.FAILURE, hint: 'The key provider returned a key vmseal cannot use' },
   ERR_KEYSTORE_PASSPHRASE: { exitCode: ExitCode.KEY, hint: 'Check the keystore passphrase (--home-passphrase-file or VMSEAL_HOME_PASSPHRASE)' },
-  ERR_KEYSTORE_MASTER_KEY: { exitCode: ExitCode.KEY, hint: "Check the keystore's master key file in VMSEAL_HOME (mode 0600), or restore the keystore from a backup" },
+  ERR_KEYSTORE_MASTER_KEY: {
+    exitCode: ExitCode.KEY,
+    hint: "Check the keystore's master key file in VMSEAL_HOME (mode 0600), or restore the keystore from a backup",
+  },
   ERR_KEYSTORE_PERMISSIONS: { exitCode: ExitCode.KEY, hint: 'Run the chmod command in the message: the keystore folder must be 0700 and its files 0600' },
-  ERR_KEYSTORE_NO_SUCH_KEY: { exitCode: ExitCode.KEY, hint: 'Check the key id (`vmseal keys list`) and VMSEAL_HOME; restore the keystore from its backup if the key was lost' },
+  ERR_KEYSTORE_NO_SUCH_KEY: {
+    exitCode: ExitCode.KEY,
+    hint: 'Check the key id (`vmseal keys list`) and VMSEAL_HOME; restore the keystore from its backup if the key was lost',
+  },
   ERR_KEY_RETIRED: {
     exitCode: ExitCode.KEY,
     hint: 'A deep rekey retired this key: open the current disk instead; to restore an old backup of it on purpose, add --allow-retired-key',
   },
-  ERR_KEYSTORE_KEY_DESTROYED: { exitCode: ExitCode.KEY, hint: 'The key was destroyed; only a recovery passphrase locker (or a keystore backup) can open disks locked by it' },
+  ERR_KEYSTORE_KEY_DESTROYED: {
+    exitCode: ExitCode.KEY,
+    hint: 'The key was destroyed; only a recovery passphrase locker (or a keystore backup) can open disks locked by it',
+  },
   ERR_KEYSTORE_MISSING: { exitCode: ExitCode.FAILURE, hint: 'Run `vmseal keys init` (or point --home / VMSEAL_HOME at your keystore)' },
   ERR_KEYSTORE_CORRUPT: { exitCode: ExitCode.FORMAT, hint: 'Restore the keystore from a backup (`vmseal keys restore`)' },
-  ERR_KEYSTORE_MODE: { exitCode: ExitCode.KEY, hint: 'A passphrase-protected keystore needs its passphrase (--home-passphrase-file F or VMSEAL_HOME_PASSPHRASE); a keystore with a master key file takes none' },
+  ERR_KEYSTORE_MODE: {
+    exitCode: ExitCode.KEY,
+    hint: 'A passphrase-protected keystore needs its passphrase (--home-passphrase-file F or VMSEAL_HOME_PASSPHRASE); a keystore with a master key file takes none',
+  },
   ERR_KEYSTORE_CONFLICT: { exitCode: ExitCode.FAILURE, hint: 'The backup holds a different key under an id that exists here; restore into a fresh --home' },
   ERR_KEYSTORE_IO: { exitCode: ExitCode.FAILURE, hint: 'Check the permissions of VMSEAL_HOME' },
   // integrity
-  ERR_BINDING: { exitCode: ExitCode.MISMATCH, hint: "The disk's encryption parameters were changed or swapped; restore the disk or its descriptor from a backup" },
+  ERR_BINDING: {
+    exitCode: ExitCode.MISMATCH,
+    hint: "The disk's encryption parameters were changed or swapped; restore the disk or its descriptor from a backup",
+  },
   ERR_WRONG_DATA: {
     exitCode: ExitCode.MISMATCH,
-    hint: 'Put back the descriptor that belongs to this data (or restore the disk from a backup); only after a crash during a write, with a descriptor you know is this disk\'s, run `vmseal repair --reseal-data-check DISK`',
+    hint: "Put back the descriptor that belongs to this data (or restore the disk from a backup); only after a crash during a write, with a descriptor you know is this disk's, run `vmseal repair --reseal-data-check DISK`",
   },
   // formats
   ERR_DISK_ENCRYPTED: { exitCode: ExitCode.FORMAT, hint: 'The disk is already encrypted: use `vmseal decrypt`, `convert` or `rekey`' },
   ERR_NOT_ENCRYPTED: { exitCode: ExitCode.FORMAT, hint: 'The disk is not encrypted: use `vmseal encrypt` or `convert`' },
-  ERR_ENCRYPTION_METADATA: { exitCode: ExitCode.FORMAT, hint: "The disk's encryption lines are damaged or from a newer vmseal; restore the descriptor from a backup" },
+  ERR_ENCRYPTION_METADATA: {
+    exitCode: ExitCode.FORMAT,
+    hint: "The disk's encryption lines are damaged or from a newer vmseal; restore the descriptor from a backup",
+  },
   ERR_KEYSAFE: { exitCode: ExitCode.FORMAT, hint: "The disk's KeySafe is damaged; restore the descriptor from a backup" },
   ERR_VMDK_FORMAT: { exitCode: ExitCode.FORMAT, hint: FORMAT_HINT },
   ERR_VMDK_TRUNCATED: { exitCode: ExitCode.FORMAT, hint: 'The image is truncated (an interrupted copy?); copy it again' },
@@ -120,11 +142,14 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
   ERR_VMDK_LIMIT: { exitCode: ExitCode.FORMAT, hint: FORMAT_HINT },
   ERR_VMDK_ENCODING: { exitCode: ExitCode.FORMAT, hint: 'Save the descriptor as UTF-8' },
   ERR_VMDK_UNSUPPORTED: { exitCode: ExitCode.FORMAT, hint: 'Convert the image with `qemu-img convert -O vmdk` or to raw first' },
-  ERR_VMDK_EXTENT_FILE: { exitCode: ExitCode.FORMAT, hint: "Keep the descriptor and its extent files together in one folder" },
+  ERR_VMDK_EXTENT_FILE: { exitCode: ExitCode.FORMAT, hint: 'Keep the descriptor and its extent files together in one folder' },
   // usage
   ERR_INVALID_ARGUMENT: { exitCode: ExitCode.USAGE, hint: USAGE_HINT },
   ERR_SAME_FILE: { exitCode: ExitCode.USAGE, hint: 'Give an output path other than the input' },
-  ERR_UNSUPPORTED_OUTPUT: { exitCode: ExitCode.USAGE, hint: 'Write an encrypted disk as monolithicSparse, monolithicFlat or a twoGbMaxExtent subformat (not raw or streamOptimized)' },
+  ERR_UNSUPPORTED_OUTPUT: {
+    exitCode: ExitCode.USAGE,
+    hint: 'Write an encrypted disk as monolithicSparse, monolithicFlat or a twoGbMaxExtent subformat (not raw or streamOptimized)',
+  },
   // the NBD server
   ERR_SERVE_LISTEN: { exitCode: ExitCode.FAILURE, hint: 'Choose another socket path or port, or stop the server that uses it' },
   ERR_SERVE_EXPORT: { exitCode: ExitCode.USAGE, hint: 'Give each disk its own export name' },
@@ -227,7 +252,7 @@ const SYSTEM_HINTS: Record<string, string> = {
   EPERM: 'Check the file permissions',
   EISDIR: 'Give a file, not a directory',
   ENOTDIR: 'Check the path',
-  ENOSPC: 'Free some space on the output\'s file system or write the output elsewhere',
+  ENOSPC: "Free some space on the output's file system or write the output elsewhere",
   EROFS: 'Write the output to a writable file system',
   EEXIST: 'Choose another output name, or add --force to replace it',
   EMFILE: 'Raise the open-file limit (ulimit -n)',
@@ -264,7 +289,10 @@ export function classify(err: unknown, command?: string): Classified {
 
 /** One sentence: no trailing period, newlines folded (a message must stay on one line). */
 function sentence(text: string): string {
-  return text.replace(/\s*[:;,]?\s*[\r\n]+\s*/g, '; ').trim().replace(/[.\s]+$/, '');
+  return text
+    .replace(/\s*[:;,]?\s*[\r\n]+\s*/g, '; ')
+    .trim()
+    .replace(/[.\s]+$/, '');
 }
 
 /** Why an error happened, as a clause (its message, without Node's "ENOENT: " prefix noise). */

@@ -170,7 +170,10 @@ export class KeySession {
         o.kmsKey === undefined ? '--kms-key' : '',
       ].filter(Boolean);
       if (missing.length > 0) {
-        throw usageError(`the KMIP key provider needs ${missing.join(', ')}`, 'Give --kms host:port with --kms-ca, --kms-cert and --kms-key (or VMSEAL_KMS, VMSEAL_KMS_CA, VMSEAL_KMS_CERT, VMSEAL_KMS_KEY)');
+        throw usageError(
+          `the KMIP key provider needs ${missing.join(', ')}`,
+          'Give --kms host:port with --kms-ca, --kms-cert and --kms-key (or VMSEAL_KMS, VMSEAL_KMS_CA, VMSEAL_KMS_CERT, VMSEAL_KMS_KEY)',
+        );
       }
       return {
         endpoints: parseEndpoints(o.kms!),
@@ -188,7 +191,15 @@ export class KeySession {
     let p = this.kmipProviders.get(id);
     if (!p) {
       const c = await this.loadKmsConfig();
-      p = new KmipKeyProvider({ id, endpoints: c.endpoints, ca: c.ca, cert: c.cert, key: c.key, timeoutMs: c.timeoutMs, ...(this.opts.allowRetiredKey ? { allowRetired: true } : {}) });
+      p = new KmipKeyProvider({
+        id,
+        endpoints: c.endpoints,
+        ca: c.ca,
+        cert: c.cert,
+        key: c.key,
+        timeoutMs: c.timeoutMs,
+        ...(this.opts.allowRetiredKey ? { allowRetired: true } : {}),
+      });
       this.kmipProviders.set(id, p);
     }
     return p;
@@ -209,7 +220,10 @@ export class KeySession {
   async providerLocker(): Promise<LockerSpec> {
     const provider = await this.newKeyProvider();
     if (provider instanceof LocalKeyProvider) {
-      const existed = await stat(provider.keystorePath).then(() => true, () => false);
+      const existed = await stat(provider.keystorePath).then(
+        () => true,
+        () => false,
+      );
       if (!existed) this.newKeystoreHome = provider.home;
     }
     return { kind: 'provider', provider, ...(this.opts.keyId !== undefined ? { keyId: this.opts.keyId } : {}) };

@@ -8,7 +8,9 @@ import { ExitCode } from './exit-codes.js';
 // VMSEAL_DEBUG=1), exit 70, instead of Node's multi-line crash report.
 function crash(err: unknown): void {
   const message = err instanceof Error ? err.message : String(err);
-  process.stderr.write(`vmseal: internal error: ${message.replace(/\s*\n\s*/g, '; ')}. This is a bug in vmseal: please report it (VMSEAL_DEBUG=1 prints the stack trace).\n`);
+  process.stderr.write(
+    `vmseal: internal error: ${message.replace(/\s*\n\s*/g, '; ')}. This is a bug in vmseal: please report it (VMSEAL_DEBUG=1 prints the stack trace).\n`,
+  );
   if (process.env.VMSEAL_DEBUG && err instanceof Error && err.stack) process.stderr.write(`${err.stack}\n`);
   process.exit(ExitCode.INTERNAL);
 }

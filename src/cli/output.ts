@@ -97,21 +97,19 @@ export class Output {
   progress(label: string): ProgressReporter {
     if (!this.showProgress) return NO_PROGRESS;
     const { format, barsize } = progressLayout(label, (this.streams.stderr as { columns?: number }).columns);
-    const bar = new SingleBar(
-      {
-        stream: this.streams.stderr as NodeJS.WritableStream as never,
-        format,
-        barsize,
-        barCompleteChar: '#',
-        barIncompleteChar: '-',
-        hideCursor: true,
-        clearOnComplete: true,
-        stopOnComplete: false,
-        etaBuffer: 20,
-        fps: 10,
-        noTTYOutput: false,
-      },
-    );
+    const bar = new SingleBar({
+      stream: this.streams.stderr as NodeJS.WritableStream as never,
+      format,
+      barsize,
+      barCompleteChar: '#',
+      barIncompleteChar: '-',
+      hideCursor: true,
+      clearOnComplete: true,
+      stopOnComplete: false,
+      etaBuffer: 20,
+      fps: 10,
+      noTTYOutput: false,
+    });
     let started = false;
     const start = Date.now();
     const stop = (): void => {

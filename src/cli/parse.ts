@@ -7,14 +7,7 @@ import { CIPHERS, UNIT_SIZES, canEncryptSubformat, type CipherName, type DataUni
 import { usageError } from './errors.js';
 
 /** The output formats the CLI accepts for --subformat (VMDK createTypes plus raw). */
-export const SUBFORMATS = [
-  'raw',
-  'monolithicSparse',
-  'monolithicFlat',
-  'twoGbMaxExtentSparse',
-  'twoGbMaxExtentFlat',
-  'streamOptimized',
-] as const;
+export const SUBFORMATS = ['raw', 'monolithicSparse', 'monolithicFlat', 'twoGbMaxExtentSparse', 'twoGbMaxExtentFlat', 'streamOptimized'] as const;
 export type Subformat = (typeof SUBFORMATS)[number];
 
 /**
@@ -125,12 +118,18 @@ export const KMIP_DEFAULT_PORT = 5696;
  * Grammar per element: host := name | IPv4 | "[" IPv6 "]"; port := 1..65535 (default 5696).
  */
 export function parseEndpoints(value: string, option = '--kms'): Endpoint[] {
-  const parts = value.split(',').map((p) => p.trim()).filter((p) => p.length > 0);
+  const parts = value
+    .split(',')
+    .map((p) => p.trim())
+    .filter((p) => p.length > 0);
   if (parts.length === 0) throw usageError(`${option} is empty`, 'Give host:port[,host:port…], e.g. kms1.example.com:5696');
   return parts.map((part) => {
     const m = /^(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9._-]+))(?::(\d{1,5}))?$/.exec(part);
     if (!m) {
-      throw usageError(`${option} element ${quoteForMessage(part)} is not host:port`, 'Give host:port[,host:port…]; write IPv6 addresses in brackets, e.g. [::1]:5696');
+      throw usageError(
+        `${option} element ${quoteForMessage(part)} is not host:port`,
+        'Give host:port[,host:port…]; write IPv6 addresses in brackets, e.g. [::1]:5696',
+      );
     }
     const port = m[3] === undefined ? KMIP_DEFAULT_PORT : Number(m[3]);
     if (port < 1 || port > 65535) {
@@ -174,7 +173,10 @@ export function formatDuration(seconds: number): string {
 export function parseInteger(value: string, option: string, bounds: { min: number; max: number }): number {
   const n = /^\s*\d+\s*$/.test(value) ? Number(value) : Number.NaN;
   if (!Number.isSafeInteger(n) || n < bounds.min || n > bounds.max) {
-    throw usageError(`${option} ${quoteForMessage(value)} is not a whole number from ${bounds.min} to ${bounds.max}`, `Give ${option} a whole number from ${bounds.min} to ${bounds.max}`);
+    throw usageError(
+      `${option} ${quoteForMessage(value)} is not a whole number from ${bounds.min} to ${bounds.max}`,
+      `Give ${option} a whole number from ${bounds.min} to ${bounds.max}`,
+    );
   }
   return n;
 }
@@ -186,7 +188,10 @@ export function parseInteger(value: string, option: string, bounds: { min: numbe
 export function parseMode(value: string, option = '--mode'): number {
   const n = /^[0-7]{1,4}$/.test(value) ? Number.parseInt(value, 8) : Number.NaN;
   if (!(n >= 0 && n <= 0o777)) {
-    throw usageError(`${option} ${quoteForMessage(value)} is not an octal file mode`, `Give ${option} octal permission bits from 0000 to 0777, e.g. 0600 or 0640`);
+    throw usageError(
+      `${option} ${quoteForMessage(value)} is not an octal file mode`,
+      `Give ${option} octal permission bits from 0000 to 0777, e.g. 0600 or 0640`,
+    );
   }
   return n;
 }

@@ -23,11 +23,7 @@ export interface PromptIO {
   output: NodeJS.WritableStream;
 }
 
-export type PassphraseSource =
-  | { kind: 'file'; path: string }
-  | { kind: 'env'; name: string }
-  | { kind: 'prompt' }
-  | { kind: 'none' };
+export type PassphraseSource = { kind: 'file'; path: string } | { kind: 'env'; name: string } | { kind: 'prompt' } | { kind: 'none' };
 
 /**
  * Decide where a passphrase would come from, without reading it: the explicit file, the explicit
@@ -58,7 +54,11 @@ export async function readPassphraseFile(path: string, option = '--passphrase-fi
   let size: number;
   try {
     const st = await stat(path);
-    if (!st.isFile()) throw new CliError('ERR_CLI_PASSPHRASE_FILE', `${option} ${path} is not a regular file`, { exitCode: ExitCode.USAGE, hint: 'Give a file that holds only the passphrase' });
+    if (!st.isFile())
+      throw new CliError('ERR_CLI_PASSPHRASE_FILE', `${option} ${path} is not a regular file`, {
+        exitCode: ExitCode.USAGE,
+        hint: 'Give a file that holds only the passphrase',
+      });
     size = st.size;
   } catch (err) {
     if (err instanceof CliError) throw err;
@@ -83,7 +83,10 @@ export async function readPassphraseFile(path: string, option = '--passphrase-fi
 export function readPassphraseEnv(name: string, env: NodeJS.ProcessEnv = process.env): string {
   const value = env[name];
   if (value === undefined || value.length === 0) {
-    throw usageError(`the environment variable ${name} is ${value === undefined ? 'not set' : 'empty'}`, `Set ${name} to the passphrase, or give --passphrase-file`);
+    throw usageError(
+      `the environment variable ${name} is ${value === undefined ? 'not set' : 'empty'}`,
+      `Set ${name} to the passphrase, or give --passphrase-file`,
+    );
   }
   return value;
 }
@@ -193,16 +196,17 @@ export async function readPassphrase(opts: ReadPassphraseOptions): Promise<strin
       value = await promptHidden(`Enter the ${opts.purpose}: `, io, opts.signal);
       if (opts.confirm) {
         const again = await promptHidden(`Repeat the ${opts.purpose}: `, io, opts.signal);
-        if (again !== value) throw new CliError('ERR_CLI_PASSPHRASE', 'the two passphrases differ', { exitCode: ExitCode.USAGE, hint: 'Run the command again and type the same passphrase twice' });
+        if (again !== value)
+          throw new CliError('ERR_CLI_PASSPHRASE', 'the two passphrases differ', {
+            exitCode: ExitCode.USAGE,
+            hint: 'Run the command again and type the same passphrase twice',
+          });
       }
       if (value.length === 0) throw new CliError('ERR_CLI_PASSPHRASE', 'the passphrase is empty', { exitCode: ExitCode.USAGE, hint: 'Type a passphrase' });
       break;
     }
     case 'none':
-      throw usageError(
-        `a ${opts.purpose} is needed but none was given and stdin is not a terminal to prompt on`,
-        opts.noSourceHint ?? PASSPHRASE_SOURCES_HINT,
-      );
+      throw usageError(`a ${opts.purpose} is needed but none was given and stdin is not a terminal to prompt on`, opts.noSourceHint ?? PASSPHRASE_SOURCES_HINT);
   }
   if (opts.minLength !== undefined && [...value].length < opts.minLength) {
     throw new CliError('ERR_CLI_PASSPHRASE', `the ${opts.purpose} is shorter than ${opts.minLength} characters`, {
@@ -216,7 +220,13 @@ export async function readPassphrase(opts: ReadPassphraseOptions): Promise<strin
 // Flags that name a passphrase but take no value, and options whose value is a file or a variable
 // name (never the secret itself). Any other option that looks like it carries a secret is refused,
 // and so is a value glued to one of the flags (`--recovery-passphrase=…`).
-const PASSPHRASE_FLAGS = new Set(['--recovery-passphrase', '--add-recovery-passphrase', '--remove-recovery-passphrase', '--keep-recovery-passphrase', '--with-passphrase']);
+const PASSPHRASE_FLAGS = new Set([
+  '--recovery-passphrase',
+  '--add-recovery-passphrase',
+  '--remove-recovery-passphrase',
+  '--keep-recovery-passphrase',
+  '--with-passphrase',
+]);
 const PASSPHRASE_SOURCES = new Set(['--passphrase-file', '--passphrase-env', '--home-passphrase-file', '--new-passphrase-file', '--new-passphrase-env']);
 const SECRET_LIKE = /pass|secret|^--?pin$|key-?material/i;
 

@@ -8,7 +8,20 @@ import { usageError } from './errors.js';
 import type { Streams } from './output.js';
 import { DEFAULT_CIPHER, DEFAULT_UNIT_SIZE } from '../disk/params.js';
 import { CHUNK_ALIGN, MAX_CHUNK } from '../pipeline/options.js';
-import { CIPHERS, ENCRYPTED_SUBFORMATS, parseCipher, parseFormat, parseInteger, parseKeyProvider, parseMode, parseSize, parseSubformat, parseUnitSize, SUBFORMATS, UNIT_SIZES } from './parse.js';
+import {
+  CIPHERS,
+  ENCRYPTED_SUBFORMATS,
+  parseCipher,
+  parseFormat,
+  parseInteger,
+  parseKeyProvider,
+  parseMode,
+  parseSize,
+  parseSubformat,
+  parseUnitSize,
+  SUBFORMATS,
+  UNIT_SIZES,
+} from './parse.js';
 import { encryptCommand } from './commands/encrypt.js';
 import { decryptCommand } from './commands/decrypt.js';
 import { convertCommand } from './commands/convert.js';
@@ -45,19 +58,37 @@ Passphrases are never taken from the command line. Full guide: docs/cli.md.`;
 function addKeyOptions(cmd: Command, create: boolean): Command {
   cmd
     .addOption(new Option('--home <dir>', 'local keystore folder (env: VMSEAL_HOME; default: ~/.vmseal)'))
-    .addOption(new Option('--home-passphrase-file <file>', 'file holding the local keystore\'s passphrase, if it has one (env: VMSEAL_HOME_PASSPHRASE holds the passphrase itself)'))
+    .addOption(
+      new Option(
+        '--home-passphrase-file <file>',
+        "file holding the local keystore's passphrase, if it has one (env: VMSEAL_HOME_PASSPHRASE holds the passphrase itself)",
+      ),
+    )
     .addOption(new Option('--kms <host:port,...>', 'KMIP server(s) of one cluster, tried in order (env: VMSEAL_KMS)'))
-    .addOption(new Option('--kms-ca <file>', 'PEM CA certificate that signed the KMIP servers\' certificates (env: VMSEAL_KMS_CA)'))
+    .addOption(new Option('--kms-ca <file>', "PEM CA certificate that signed the KMIP servers' certificates (env: VMSEAL_KMS_CA)"))
     .addOption(new Option('--kms-cert <file>', 'PEM client certificate for the KMIP server (env: VMSEAL_KMS_CERT)'))
     .addOption(new Option('--kms-key <file>', 'PEM private key of the client certificate (env: VMSEAL_KMS_KEY)'))
-    .addOption(new Option('--kms-id <id>', 'name of the KMIP key provider recorded in the disk (default: kmip; when unlocking, the names in the disk are used) (env: VMSEAL_KMS_ID)'))
-    .addOption(new Option('--kms-timeout <ms>', 'per-server timeout in milliseconds').default(10_000).argParser((v) => parseInteger(v, '--kms-timeout', { min: 1, max: 3_600_000 })))
+    .addOption(
+      new Option(
+        '--kms-id <id>',
+        'name of the KMIP key provider recorded in the disk (default: kmip; when unlocking, the names in the disk are used) (env: VMSEAL_KMS_ID)',
+      ),
+    )
+    .addOption(
+      new Option('--kms-timeout <ms>', 'per-server timeout in milliseconds')
+        .default(10_000)
+        .argParser((v) => parseInteger(v, '--kms-timeout', { min: 1, max: 3_600_000 })),
+    )
     .addOption(new Option('--passphrase-file <file>', 'file holding the recovery passphrase'))
     .addOption(new Option('--passphrase-env <name>', 'environment variable holding the recovery passphrase (default: VMSEAL_PASSPHRASE)'))
     .addOption(new Option('--allow-retired-key', 'accept a key-encryption key that a deep rekey retired (to restore an old backup of a disk)'));
   if (create) {
     cmd
-      .addOption(new Option('--key-provider <kind>', 'where the new key-encryption key lives: local or kmip (default: kmip if --kms is given, else local)').argParser(parseKeyProvider))
+      .addOption(
+        new Option('--key-provider <kind>', 'where the new key-encryption key lives: local or kmip (default: kmip if --kms is given, else local)').argParser(
+          parseKeyProvider,
+        ),
+      )
       .addOption(new Option('--key-id <id>', 'use this existing key of the provider instead of creating a new one'));
   }
   return cmd;
@@ -89,7 +120,9 @@ const subformatOption = (what: string, choices: readonly string[] = SUBFORMATS):
 // Says what a file read is instead of guessing it from its name and content (which the guest of a
 // raw image writes): every command that reads a disk takes it.
 const formatOption = (what: string, flag = '--format'): Option =>
-  new Option(`${flag} <kind>`, `${what} is: vmdk or raw (default: .raw/.img are raw, otherwise detected from the content)`).argParser((v) => parseFormat(v, flag));
+  new Option(`${flag} <kind>`, `${what} is: vmdk or raw (default: .raw/.img are raw, otherwise detected from the content)`).argParser((v) =>
+    parseFormat(v, flag),
+  );
 
 export function buildProgram(ctx: Ctx, streams: Streams): Command {
   const program = new Command('vmseal');
@@ -126,20 +159,26 @@ export function buildProgram(ctx: Ctx, streams: Streams): Command {
     )
     .argument('<IN>', 'plain disk image')
     .argument('[OUT]', 'encrypted VMDK to write (omit with --in-place)')
-    .addOption(subformatOption('output subformat (default: the input\'s; raw → monolithicFlat, streamOptimized → monolithicSparse)', ENCRYPTED_SUBFORMATS))
+    .addOption(subformatOption("output subformat (default: the input's; raw → monolithicFlat, streamOptimized → monolithicSparse)", ENCRYPTED_SUBFORMATS))
     .option('--recovery-passphrase', 'also lock the disk with a recovery passphrase (from --passphrase-file, --passphrase-env, VMSEAL_PASSPHRASE or a prompt)')
     .option('--in-place', 'encrypt IN in place instead of writing OUT (for images too big to copy)')
     .addOption(formatOption('what IN'))
-    .option('--trust-v1-journal', 'resume from a version-1 journal (checksummed, not authenticated) although the disk\'s descriptor differs from it; only for a journal you know vmseal left');
+    .option(
+      '--trust-v1-journal',
+      "resume from a version-1 journal (checksummed, not authenticated) although the disk's descriptor differs from it; only for a journal you know vmseal left",
+    );
   addEncryptionParams(encrypt);
   addKeyOptions(encrypt, true);
   addJobOptions(encrypt);
-  encrypt.addHelpText('after', `
+  encrypt.addHelpText(
+    'after',
+    `
 Examples:
   vmseal encrypt disk.vmdk disk-enc.vmdk
   vmseal encrypt disk.img disk-enc.vmdk --subformat monolithicSparse --recovery-passphrase --passphrase-file pw.txt
   vmseal encrypt disk.vmdk disk-enc.vmdk --kms kms1:5696,kms2:5696 --kms-ca ca.pem --kms-cert me.pem --kms-key me.key
-  vmseal encrypt big.vmdk --in-place`);
+  vmseal encrypt big.vmdk --in-place`,
+  );
   encrypt.action((input: string, output: string | undefined, opts) => encryptCommand(ctx, input, output, opts));
 
   const decrypt = program
@@ -150,19 +189,22 @@ Examples:
     )
     .argument('<IN>', 'encrypted VMDK')
     .argument('<OUT>', 'plain image to write')
-    .addOption(subformatOption('output subformat (default: the input\'s)'))
+    .addOption(subformatOption("output subformat (default: the input's)"))
     .option('--raw', 'write a raw image (same as --subformat raw); its name must not end in .vmdk')
     .addOption(formatOption('what IN'))
     .option('--recovery-passphrase', 'unlock with the recovery passphrase (prompted for on a terminal if no file or variable gives it)')
     .addOption(new Option('--mode <octal>', 'permissions of the output files (default: 0600, since they hold the plaintext)').argParser((v) => parseMode(v)));
   addKeyOptions(decrypt, false);
   addJobOptions(decrypt);
-  decrypt.addHelpText('after', `
+  decrypt.addHelpText(
+    'after',
+    `
 Examples:
   vmseal decrypt disk-enc.vmdk disk.vmdk
   vmseal decrypt disk-enc.vmdk disk.img --raw
   vmseal decrypt disk-enc.vmdk disk.vmdk --mode 0640                  (group may read the plain output)
-  VMSEAL_PASSPHRASE=… vmseal decrypt disk-enc.vmdk disk.img --raw     (KMS gone: use the recovery passphrase)`);
+  VMSEAL_PASSPHRASE=… vmseal decrypt disk-enc.vmdk disk.img --raw     (KMS gone: use the recovery passphrase)`,
+  );
   decrypt.action((input: string, output: string, opts) => decryptCommand(ctx, input, output, opts));
 
   const convert = program
@@ -174,7 +216,7 @@ Examples:
     )
     .argument('[IN]', 'image, or directory of images (omit with --list)')
     .argument('[OUT]', 'output image, or output directory for a batch')
-    .addOption(subformatOption('output subformat (required for a batch; default for one image: the input\'s)'))
+    .addOption(subformatOption("output subformat (required for a batch; default for one image: the input's)"))
     .option('--list <file>', 'convert the images listed in FILE into the directory OUT')
     .addOption(formatOption('what IN (every input of a batch)'))
     .option('--encrypt', 'encrypt the output with a new key (key options as for `encrypt`)')
@@ -184,46 +226,67 @@ Examples:
   addEncryptionParams(convert);
   addKeyOptions(convert, true);
   addJobOptions(convert);
-  convert.addHelpText('after', `
+  convert.addHelpText(
+    'after',
+    `
 Examples:
   vmseal convert disk.img disk.vmdk --subformat monolithicSparse
   vmseal convert disk.vmdk disk-enc.vmdk --subformat monolithicFlat --encrypt
   vmseal convert images/ out/ --subformat monolithicSparse --encrypt --passphrase-file pw.txt --recovery-passphrase
-  vmseal convert --list todo.txt out/ --subformat raw --decrypt`);
+  vmseal convert --list todo.txt out/ --subformat raw --decrypt`,
+  );
   convert.action((a: string | undefined, b: string | undefined, opts) => convertCommand(ctx, a, b, opts));
 
   const rekey = program
     .command('rekey')
     .summary('change the key-encryption key (--shallow) or the disk key itself (--deep)')
     .description(
-      '--shallow: re-lock the disk\'s key (DEK) with a new key-encryption key, or add/remove the recovery passphrase; only the descriptor changes, atomically. Without --new-key, --key-provider, --key-id and the passphrase options, a new key is made in the provider the disk uses now.\n\n' +
+      "--shallow: re-lock the disk's key (DEK) with a new key-encryption key, or add/remove the recovery passphrase; only the descriptor changes, atomically. Without --new-key, --key-provider, --key-id and the passphrase options, a new key is made in the provider the disk uses now.\n\n" +
         '--deep: a new DEK; all data is re-encrypted (a new image renamed over DISK, or --in-place, journaled). Every locker is rotated: a new key-encryption key from each provider the disk uses (or the one --key-provider/--key-id names), and a new recovery passphrase (--new-passphrase-file/--new-passphrase-env) unless --keep-recovery-passphrase. Old key-encryption keys made for this disk alone are then retired (--destroy-old-keys: destroyed); shared ones stay active.',
     )
     .argument('<DISK>', 'encrypted VMDK')
     .option('--shallow', 'new key-encryption key (or passphrase change); data untouched')
     .option('--deep', 'new disk key; all data re-encrypted')
     .option('--new-key', 'lock with a new key-encryption key (shallow)')
-    .option('--add-recovery-passphrase', 'add a recovery passphrase locker (the new passphrase from --passphrase-file/--passphrase-env/VMSEAL_PASSPHRASE or a prompt)')
+    .option(
+      '--add-recovery-passphrase',
+      'add a recovery passphrase locker (the new passphrase from --passphrase-file/--passphrase-env/VMSEAL_PASSPHRASE or a prompt)',
+    )
     .option('--remove-recovery-passphrase', 'remove the recovery passphrase locker(s)')
     .option('--new-passphrase-file <file>', 'deep: file holding the NEW recovery passphrase (the old one, if needed to unlock, stays in --passphrase-file)')
     .option('--new-passphrase-env <name>', 'deep: environment variable holding the NEW recovery passphrase')
-    .option('--keep-recovery-passphrase', 'deep: lock the new disk key with the old recovery passphrase (given with --passphrase-file/--passphrase-env); a leaked passphrase then still opens it')
-    .option('--destroy-old-keys', 'deep: destroy the old key-encryption keys made for this disk instead of retiring them (old backups then need `vmseal keys restore`)')
+    .option(
+      '--keep-recovery-passphrase',
+      'deep: lock the new disk key with the old recovery passphrase (given with --passphrase-file/--passphrase-env); a leaked passphrase then still opens it',
+    )
+    .option(
+      '--destroy-old-keys',
+      'deep: destroy the old key-encryption keys made for this disk instead of retiring them (old backups then need `vmseal keys restore`)',
+    )
     .option('--in-place', 'deep rekey in place (journaled, resumable) instead of writing a new image')
     .addOption(formatOption('what DISK'))
-    .option('--trust-v1-journal', 'resume from a version-1 journal (checksummed, not authenticated) although the disk\'s descriptor differs from it; only for a journal you know vmseal left')
+    .option(
+      '--trust-v1-journal',
+      "resume from a version-1 journal (checksummed, not authenticated) although the disk's descriptor differs from it; only for a journal you know vmseal left",
+    )
     .addOption(new Option('--cipher <cipher>', `deep: new data cipher: ${CIPHERS.join(' or ')} (default: unchanged)`).argParser(parseCipher))
     .addOption(new Option('--unit-size <bytes>', `deep: new data-unit size, ${UNIT_SIZES.join(' or ')} (default: unchanged)`).argParser(parseUnitSize));
-  rekey.option('--recovery-passphrase', 'unlock with the recovery passphrase (and keep it through --deep); prompted for on a terminal if no file or variable gives it');
+  rekey.option(
+    '--recovery-passphrase',
+    'unlock with the recovery passphrase (and keep it through --deep); prompted for on a terminal if no file or variable gives it',
+  );
   addKeyOptions(rekey, true);
   addJobOptions(rekey, false);
-  rekey.addHelpText('after', `
+  rekey.addHelpText(
+    'after',
+    `
 Examples:
   vmseal rekey disk-enc.vmdk --shallow
   vmseal rekey disk-enc.vmdk --shallow --key-provider kmip --kms kms1:5696 --kms-ca ca.pem --kms-cert me.pem --kms-key me.key
   vmseal rekey disk-enc.vmdk --shallow --add-recovery-passphrase --passphrase-file pw.txt
   vmseal rekey disk-enc.vmdk --deep
-  vmseal rekey disk-enc.vmdk --deep --passphrase-file old-pw.txt --new-passphrase-file new-pw.txt`);
+  vmseal rekey disk-enc.vmdk --deep --passphrase-file old-pw.txt --new-passphrase-file new-pw.txt`,
+  );
   rekey.action((disk: string, opts) => rekeyCommand(ctx, disk, opts));
 
   const info = program
@@ -238,7 +301,9 @@ Examples:
   const verify = program
     .command('verify')
     .summary('read a whole disk, check its metadata, and compare with a plain image')
-    .description('Read every byte of DISK (decrypting it if encrypted), check its metadata and print its SHA-256; with --against, compare its content with the plain image PLAIN. Exit code 6 on any mismatch.')
+    .description(
+      'Read every byte of DISK (decrypting it if encrypted), check its metadata and print its SHA-256; with --against, compare its content with the plain image PLAIN. Exit code 6 on any mismatch.',
+    )
     .argument('<DISK>', 'disk image')
     .option('--against <plain>', 'plain image (VMDK or raw) whose content DISK must equal')
     .addOption(formatOption('what DISK'))
@@ -252,7 +317,10 @@ Examples:
     .summary('finish an interrupted --in-place encrypt or deep rekey')
     .argument('<DISK>', 'disk whose in-place job was interrupted')
     .addOption(formatOption('what DISK'))
-    .option('--trust-v1-journal', 'resume from a version-1 journal (checksummed, not authenticated) although the disk\'s descriptor differs from it; only for a journal you know vmseal left')
+    .option(
+      '--trust-v1-journal',
+      "resume from a version-1 journal (checksummed, not authenticated) although the disk's descriptor differs from it; only for a journal you know vmseal left",
+    )
     .option('--recovery-passphrase', 'unlock with the recovery passphrase');
   addKeyOptions(resume, false);
   resume.action((disk: string, opts) => resumeCommand(ctx, disk, opts));
@@ -275,24 +343,31 @@ Examples:
     .command('serve')
     .summary('serve disks (encrypted or plain) over NBD to virtual machines and other clients')
     .description(
-      'Serve each DISK as an NBD export until Ctrl-C or SIGTERM: encrypted disks are unlocked with the options of decrypt and served decrypted. By default on a private Unix socket; TCP only with --listen. A writable export holds the disk\'s exclusive lock, so no vmseal job or qemu process opens it meanwhile. The plaintext goes to whoever can connect: TLS is not implemented yet, so a --listen address that is not loopback is refused unless --insecure-plaintext.',
+      "Serve each DISK as an NBD export until Ctrl-C or SIGTERM: encrypted disks are unlocked with the options of decrypt and served decrypted. By default on a private Unix socket; TCP only with --listen. A writable export holds the disk's exclusive lock, so no vmseal job or qemu process opens it meanwhile. The plaintext goes to whoever can connect: TLS is not implemented yet, so a --listen address that is not loopback is refused unless --insecure-plaintext.",
     )
     .argument('[DISK...]', 'disks to serve (export name: the file name without .vmdk)')
     .option('--socket <path>', 'Unix socket to listen on (default: $XDG_RUNTIME_DIR/vmseal/nbd.sock)')
-    .option('--listen <host:port>', 'TCP address to listen on instead (NBD\'s port is 10809; 0 picks a free port)')
+    .option('--listen <host:port>', "TCP address to listen on instead (NBD's port is 10809; 0 picks a free port)")
     .option('--name <name>', 'export name of the one DISK')
     .addOption(new Option('--export <name=disk>', 'serve DISK as export NAME (repeatable)').argParser(collectExport))
     .option('--read-only', 'serve read-only (shared lock: other readers may open the disks)')
-    .addOption(new Option('--shared <n>', 'connections per export (default: 1 writable, 16 read-only)').argParser((v) => parseInteger(v, '--shared', { min: 1, max: 1024 })))
+    .addOption(
+      new Option('--shared <n>', 'connections per export (default: 1 writable, 16 read-only)').argParser((v) =>
+        parseInteger(v, '--shared', { min: 1, max: 1024 }),
+      ),
+    )
     .option('--no-list', 'refuse NBD_OPT_LIST, and name no other export to a client asking for a wrong one')
     .option('--insecure-plaintext', 'allow --listen on an address that is not loopback, without TLS')
     .option('--recovery-passphrase', 'unlock with the recovery passphrase');
   addKeyOptions(serveCmd, false);
-  serveCmd.addHelpText('after', `
+  serveCmd.addHelpText(
+    'after',
+    `
 Examples:
   vmseal serve disk-enc.vmdk --socket /run/vm1/nbd.sock
   qemu-system-x86_64 ... -drive file=nbd+unix:///disk-enc?socket=/run/vm1/nbd.sock,format=raw,if=virtio
-  vmseal serve --export web=web.vmdk --export db=db.vmdk --listen 127.0.0.1:10809`);
+  vmseal serve --export web=web.vmdk --export db=db.vmdk --listen 127.0.0.1:10809`,
+  );
   serveCmd.action((disks: string[], opts) => serveCommand(ctx, disks, opts));
 
   const keys = program
@@ -308,7 +383,10 @@ Examples:
     .description('create a new, empty keystore (protected by a master key file, or a passphrase with --with-passphrase)')
     .addOption(homeOption())
     .addOption(homePass())
-    .option('--with-passphrase', 'protect the keystore with a passphrase (from --home-passphrase-file, VMSEAL_HOME_PASSPHRASE or a prompt) instead of a key file')
+    .option(
+      '--with-passphrase',
+      'protect the keystore with a passphrase (from --home-passphrase-file, VMSEAL_HOME_PASSPHRASE or a prompt) instead of a key file',
+    )
     .action((opts) => keysInit(ctx, opts));
   keys
     .command('list')
@@ -325,7 +403,9 @@ Examples:
     .action((opts) => keysCreate(ctx, opts));
   keys
     .command('backup')
-    .description('write an encrypted backup of the keystore to FILE (backup passphrase from --passphrase-file, --passphrase-env, VMSEAL_PASSPHRASE or a prompt)')
+    .description(
+      'write an encrypted backup of the keystore to FILE (backup passphrase from --passphrase-file, --passphrase-env, VMSEAL_PASSPHRASE or a prompt)',
+    )
     .argument('<FILE>', 'backup file to write')
     .addOption(homeOption())
     .addOption(homePass())
@@ -348,11 +428,15 @@ Examples:
     .summary('run the main job on a sample disk: make, encrypt, inspect, decrypt, verify')
     .description(
       'Make a sample disk with realistic content (partition table, text and binary files, free space), encrypt it with the local key provider, show `info`, decrypt it and check the round trip by hash, with throughput.\n\n' +
-        'Keys go to VMSEAL_HOME (or --home) if set, initialised if needed; otherwise to a temporary keystore that is deleted with the demo\'s files. Everything happens in a temporary folder, removed at the end unless --keep.',
+        "Keys go to VMSEAL_HOME (or --home) if set, initialised if needed; otherwise to a temporary keystore that is deleted with the demo's files. Everything happens in a temporary folder, removed at the end unless --keep.",
     )
-    .addOption(new Option('--size <size>', 'virtual size of the sample disk').default(128 * 1024 * 1024, '128M').argParser((v) => parseSize(v, '--size', { min: 16 * 1024 * 1024, max: 64 * 1024 ** 3 })))
+    .addOption(
+      new Option('--size <size>', 'virtual size of the sample disk')
+        .default(128 * 1024 * 1024, '128M')
+        .argParser((v) => parseSize(v, '--size', { min: 16 * 1024 * 1024, max: 64 * 1024 ** 3 })),
+    )
     .addOption(subformatOption('encrypted subformat', ['monolithicSparse', 'monolithicFlat']).default('monolithicSparse'))
-    .option('--keep <dir>', 'keep the demo\'s files in DIR (created; must be empty)')
+    .option('--keep <dir>', "keep the demo's files in DIR (created; must be empty)")
     .addOption(new Option('--home <dir>', 'keystore folder to use (default: VMSEAL_HOME if set, else a temporary one)'))
     .action((opts) => demoCommand(ctx, opts));
 

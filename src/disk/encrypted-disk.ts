@@ -95,7 +95,10 @@ export class EncryptedDisk {
   async read(position: number, length: number): Promise<Buffer> {
     this.#checkRange('read', position, length);
     if (length > MAX_READ_BYTES) {
-      throw new DiskError('ERR_INVALID_ARGUMENT', `${expected(`a length of at most ${MAX_READ_BYTES} bytes`, 'length', length)}; use readInto() with your own buffer for more`);
+      throw new DiskError(
+        'ERR_INVALID_ARGUMENT',
+        `${expected(`a length of at most ${MAX_READ_BYTES} bytes`, 'length', length)}; use readInto() with your own buffer for more`,
+      );
     }
     const out = Buffer.alloc(length);
     await this.#readPlain(position, out);

@@ -18,15 +18,7 @@ import {
   type UnlockOptions,
 } from '../keys/index.js';
 import { DiskError } from './errors.js';
-import {
-  FORMAT_VERSION,
-  KEY_BYTES,
-  MAX_VALUE_LENGTH,
-  unsafeValueReason,
-  type CipherName,
-  type DataUnitSize,
-  type EncryptionParams,
-} from './params.js';
+import { FORMAT_VERSION, KEY_BYTES, MAX_VALUE_LENGTH, unsafeValueReason, type CipherName, type DataUnitSize, type EncryptionParams } from './params.js';
 
 export type { LockerSpec, UnlockOptions, KeyCache };
 
@@ -74,12 +66,18 @@ export async function makeEncryptionParams(
     // A re-seal (unsafe text) reuses the KEKs this seal made instead of making new ones each time.
     lockers = reuseCreatedKeys(lockers, created);
     if (text.length > MAX_VALUE_LENGTH) {
-      throw new DiskError('ERR_ENCRYPTION_METADATA', `the KeySafe of ${opts.lockers.length} lockers is ${text.length} characters, more than a descriptor value may hold (${MAX_VALUE_LENGTH}); use fewer lockers`);
+      throw new DiskError(
+        'ERR_ENCRYPTION_METADATA',
+        `the KeySafe of ${opts.lockers.length} lockers is ${text.length} characters, more than a descriptor value may hold (${MAX_VALUE_LENGTH}); use fewer lockers`,
+      );
     }
     if (unsafeValueReason(text) === null) keySafe = text;
   }
   if (keySafe === undefined) {
-    throw new DiskError('ERR_ENCRYPTION_METADATA', `the KeySafe cannot be written into a descriptor (too long for ${opts.lockers.length} lockers, or unsafe text after ${MAX_TRIES} seals)`);
+    throw new DiskError(
+      'ERR_ENCRYPTION_METADATA',
+      `the KeySafe cannot be written into a descriptor (too long for ${opts.lockers.length} lockers, or unsafe text after ${MAX_TRIES} seals)`,
+    );
   }
   return { ...identity, keySafe };
 }
@@ -91,11 +89,7 @@ export function reuseCreatedKeys(lockers: LockerSpec[], created: readonly KeyRef
 }
 
 /** Same DEK and KeySafe, a new disk identity and authenticator (a copy of an encrypted disk is a new disk). */
-export function rebind(
-  dek: Buffer,
-  p: Pick<EncryptionParams, 'formatVersion' | 'cipher' | 'unitSize' | 'keySafe'>,
-  capacity: number,
-): EncryptionParams {
+export function rebind(dek: Buffer, p: Pick<EncryptionParams, 'formatVersion' | 'cipher' | 'unitSize' | 'keySafe'>, capacity: number): EncryptionParams {
   for (let i = 0; i < MAX_TRIES; i++) {
     const diskId = randomBytes(16).toString('hex');
     const authenticator = computeAuthenticator(dek, bindingOf({ ...p, diskId }, capacity));

@@ -70,14 +70,12 @@ export async function readEncryptionParams(path: string, options: { format?: 'vm
  * @internal Wrap an already opened inner disk (holding ciphertext) after unlocking and checking its
  * authenticator and (format version 2) its data check.
  */
-export async function unlockInner(
-  inner: VirtualDisk,
-  params: EncryptionParams,
-  keys: UnlockOptions,
-  opts: DataCipherOptions = {},
-): Promise<EncryptedDisk> {
+export async function unlockInner(inner: VirtualDisk, params: EncryptionParams, keys: UnlockOptions, opts: DataCipherOptions = {}): Promise<EncryptedDisk> {
   if (inner.capacity % params.unitSize !== 0) {
-    throw new DiskError('ERR_ENCRYPTION_METADATA', `the capacity of ${inner.path} (${inner.capacity} bytes) is not a multiple of its ${params.unitSize}-byte data unit`);
+    throw new DiskError(
+      'ERR_ENCRYPTION_METADATA',
+      `the capacity of ${inner.path} (${inner.capacity} bytes) is not a multiple of its ${params.unitSize}-byte data unit`,
+    );
   }
   const key = await unlockDek(params, inner.capacity, keys, inner.path);
   let cipher: ReturnType<typeof createDataCipher> | undefined;
@@ -181,7 +179,10 @@ async function fillEncryptedZeros(disk: EncryptedDisk, onFill?: (done: number, t
 
 export function checkLockers(lockers: unknown): LockerSpec[] {
   if (!Array.isArray(lockers) || lockers.length === 0) {
-    throw new DiskError('ERR_INVALID_ARGUMENT', expected("a non-empty array of { kind: 'provider', provider } or { kind: 'passphrase', passphrase }", 'lockers', lockers));
+    throw new DiskError(
+      'ERR_INVALID_ARGUMENT',
+      expected("a non-empty array of { kind: 'provider', provider } or { kind: 'passphrase', passphrase }", 'lockers', lockers),
+    );
   }
   return lockers as LockerSpec[];
 }
@@ -193,7 +194,10 @@ export async function createEncryptedDisk(path: string, options: CreateEncrypted
   const subformat = options.subformat ?? DEFAULT_ENCRYPTED_SUBFORMAT;
   const unencryptable = UNENCRYPTABLE_SUBFORMATS.get(subformat);
   if (unencryptable !== undefined) {
-    throw new DiskError('ERR_UNSUPPORTED_OUTPUT', `an encrypted disk cannot be written as ${subformat}: ${unencryptable}; choose a flat or sparse VMDK subformat`);
+    throw new DiskError(
+      'ERR_UNSUPPORTED_OUTPUT',
+      `an encrypted disk cannot be written as ${subformat}: ${unencryptable}; choose a flat or sparse VMDK subformat`,
+    );
   }
   const { cipher, unitSize } = checkEncryptionChoice(options.cipher ?? DEFAULT_CIPHER, options.unitSize ?? DEFAULT_UNIT_SIZE);
   const lockers = checkLockers(options.lockers);

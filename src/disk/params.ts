@@ -165,7 +165,8 @@ export function encryptionLines(p: EncryptionParams, job?: string): [string, str
   const lines: [string, string][] = [[LINE.format, `vmseal/${p.formatVersion}`]];
   if (p.formatVersion >= 2) {
     // Second, so that it sits in the first sector of an embedded descriptor (a one-sector update).
-    if (p.dataCheck === undefined) throw new DiskError('ERR_ENCRYPTION_METADATA', `format version ${p.formatVersion} needs a data check, and none was computed`);
+    if (p.dataCheck === undefined)
+      throw new DiskError('ERR_ENCRYPTION_METADATA', `format version ${p.formatVersion} needs a data check, and none was computed`);
     lines.push([LINE.dataCheck, p.dataCheck]);
   }
   lines.push(
@@ -222,7 +223,8 @@ export function parseEncryption(entries: Iterable<readonly [string, string]>, wh
     throw meta(where, `encryption.format version ${formatVersion} is not supported (this vmseal reads versions ${READ_VERSIONS.join(' and ')})`);
   }
   for (const key of found.keys()) {
-    if (!KNOWN_KEYS.has(key) || (key === LINE.dataCheck && formatVersion < 2)) throw meta(where, `unknown encryption line ${key} for format version ${formatVersion}`);
+    if (!KNOWN_KEYS.has(key) || (key === LINE.dataCheck && formatVersion < 2))
+      throw meta(where, `unknown encryption line ${key} for format version ${formatVersion}`);
   }
   const need = (key: string): string => {
     const v = found.get(key);
@@ -250,7 +252,15 @@ export function parseEncryption(entries: Iterable<readonly [string, string]>, wh
     throw meta(where, `${LINE.dataCheck} must be 64 lowercase hexadecimal digits, a '.', and 64 more (or 64 '-')`);
   }
   return {
-    params: { formatVersion, cipher: cipher as CipherName, unitSize: unitSize as DataUnitSize, diskId, authenticator, keySafe, ...(dataCheck !== undefined ? { dataCheck } : {}) },
+    params: {
+      formatVersion,
+      cipher: cipher as CipherName,
+      unitSize: unitSize as DataUnitSize,
+      diskId,
+      authenticator,
+      keySafe,
+      ...(dataCheck !== undefined ? { dataCheck } : {}),
+    },
     job,
   };
 }

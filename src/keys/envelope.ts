@@ -4,7 +4,18 @@ import { KeyError, invalidArgument, type UnlockAttempt } from './errors.js';
 import { DICT_CIPHER_KEY_BYTES, DISK_CIPHERS, dictCipherName, type DiskCipher } from './dek.js';
 import { parseKeyDict, serializeKeyDict } from './dict.js';
 import { checkKdf, deriveKek, kdfSummary, KDF_LIMITS, PHRASE_DEFAULTS, type Pass2KeyName, type PassphraseKdfChoice, type PhraseKdf } from './kdf.js';
-import { ETM_MAC_NAME, KeySafe, KEYSAFE_LIMITS, makeFqidLocator, makeList, makePair, makePhraseLocator, type KeyLocator, type MacName, type PairLocator } from './keysafe.js';
+import {
+  ETM_MAC_NAME,
+  KeySafe,
+  KEYSAFE_LIMITS,
+  makeFqidLocator,
+  makeList,
+  makePair,
+  makePhraseLocator,
+  type KeyLocator,
+  type MacName,
+  type PairLocator,
+} from './keysafe.js';
 import { lockDict, unlockDict } from './locked-data.js';
 import type { KeyCache } from './cache.js';
 import type { KeyProvider, KeyRef } from './provider.js';
@@ -100,9 +111,7 @@ function passBytes(p: unknown, name: string): Buffer {
 function dictCipherOf(cipher: unknown): string {
   if ((DISK_CIPHERS as readonly unknown[]).includes(cipher)) return dictCipherName(cipher as DiskCipher);
   if (typeof cipher === 'string' && DICT_CIPHER_KEY_BYTES[cipher] !== undefined) return cipher;
-  throw invalidArgument(
-    expectedOneOf([...DISK_CIPHERS, ...Object.keys(DICT_CIPHER_KEY_BYTES)], 'cipher', cipher),
-  );
+  throw invalidArgument(expectedOneOf([...DISK_CIPHERS, ...Object.keys(DICT_CIPHER_KEY_BYTES)], 'cipher', cipher));
 }
 
 function checkKek(kek: unknown, providerId: string, keyId: string): Buffer {
@@ -129,7 +138,12 @@ function providerError(err: unknown, providerId: string, action: string): Vmseal
  * for this instance only). Without a provider instance the cache is not consulted: a cached KEK is
  * only ever handed back to the instance (and so the credentials) that fetched it.
  */
-async function fetchKek(provider: KeyProvider | undefined, providerId: string, keyId: string, cache: KeyCache | undefined): Promise<{ kek: Buffer; fromCache: boolean }> {
+async function fetchKek(
+  provider: KeyProvider | undefined,
+  providerId: string,
+  keyId: string,
+  cache: KeyCache | undefined,
+): Promise<{ kek: Buffer; fromCache: boolean }> {
   if (!provider) {
     throw new KeyError('ERR_DISK_LOCKED', `no key provider '${providerId}' was given for key '${keyId}'`, { providerId, keyId });
   }
@@ -183,9 +197,13 @@ async function lockWithSpec(
         throw providerError(err, providerId, 'create a new key');
       }
       if (ref === null || typeof ref !== 'object' || ref.providerId !== providerId || typeof ref.keyId !== 'string' || ref.keyId === '') {
-        throw new KeyError('ERR_KEY_PROVIDER', `key provider '${providerId}' returned a bad key reference from createKey (expected { providerId: '${providerId}', keyId: non-empty string })`, {
-          providerId,
-        });
+        throw new KeyError(
+          'ERR_KEY_PROVIDER',
+          `key provider '${providerId}' returned a bad key reference from createKey (expected { providerId: '${providerId}', keyId: non-empty string })`,
+          {
+            providerId,
+          },
+        );
       }
       keyId = ref.keyId;
       await onKeyCreated?.({ providerId, keyId });
@@ -362,7 +380,14 @@ export async function unlockKeySafe(text: string, options: UnlockOptions = {}): 
         const dict = openPair(pair, kek);
         kek.fill(0);
         if (dict) return finish(dict, { kind: 'provider', index, providerId, keyId, fromCache: true });
-        attempts.push({ index, kind: 'provider', providerId, keyId, code: 'ERR_WRONG_KEY', message: `the cached KEK '${keyId}' of provider '${providerId}' does not open this locker` });
+        attempts.push({
+          index,
+          kind: 'provider',
+          providerId,
+          keyId,
+          code: 'ERR_WRONG_KEY',
+          message: `the cached KEK '${keyId}' of provider '${providerId}' does not open this locker`,
+        });
       }
     }
     // 2. The passphrase, on every phrase locker (each has its own salt and KDF).
@@ -372,7 +397,12 @@ export async function unlockKeySafe(text: string, options: UnlockOptions = {}): 
         const l = pair.locker;
         if (l.type !== 'phrase') continue;
         if (++tried > KDF_LIMITS.maxPhraseLockersTried) {
-          attempts.push({ index, kind: 'passphrase', code: 'ERR_NO_KEY', message: `not tried: only the first ${KDF_LIMITS.maxPhraseLockersTried} phrase lockers are tried` });
+          attempts.push({
+            index,
+            kind: 'passphrase',
+            code: 'ERR_NO_KEY',
+            message: `not tried: only the first ${KDF_LIMITS.maxPhraseLockersTried} phrase lockers are tried`,
+          });
           continue;
         }
         const kek = await deriveKek(pass, l.kdf!);
@@ -407,7 +437,14 @@ export async function unlockKeySafe(text: string, options: UnlockOptions = {}): 
       const dict = openPair(pair, kek);
       kek.fill(0);
       if (dict) return finish(dict, { kind: 'provider', index, providerId, keyId, fromCache: false });
-      attempts.push({ index, kind: 'provider', providerId, keyId, code: 'ERR_WRONG_KEY', message: `key '${keyId}' of provider '${providerId}' does not open this locker` });
+      attempts.push({
+        index,
+        kind: 'provider',
+        providerId,
+        keyId,
+        code: 'ERR_WRONG_KEY',
+        message: `key '${keyId}' of provider '${providerId}' does not open this locker`,
+      });
     }
   } finally {
     pass?.fill(0);
@@ -433,11 +470,15 @@ function unlockFailure(pairs: Array<{ index: number; pair: PairLocator }>, attem
   const retired = attempts.filter((a) => a.code === 'ERR_KEY_RETIRED');
   if (retired.length > 0) {
     const first = retired[0]!;
-    return new KeyError('ERR_KEY_RETIRED', `the disk's key-encryption key was retired by a deep rekey, so this is an old copy of the disk or of its descriptor (${summary})`, {
-      providerId: first.providerId!,
-      keyId: first.keyId!,
-      attempts,
-    });
+    return new KeyError(
+      'ERR_KEY_RETIRED',
+      `the disk's key-encryption key was retired by a deep rekey, so this is an old copy of the disk or of its descriptor (${summary})`,
+      {
+        providerId: first.providerId!,
+        keyId: first.keyId!,
+        attempts,
+      },
+    );
   }
   const locked = attempts.filter((a) => a.kind === 'provider');
   if (locked.length > 0) {

@@ -15,7 +15,7 @@ export async function withFileLock<T>(lockFile: string, timeoutMs: number, fn: (
     if (err instanceof FileLockError && err.code === 'ERR_LOCK_BUSY') {
       throw new KeyError('ERR_KEYSTORE_LOCKED', `the keystore is ${err.message}; gave up after ${timeoutMs} ms`, { file: lockFile, cause: err });
     }
-    const detail = err instanceof FileLockError ? err.message : (err as NodeJS.ErrnoException).code ?? String(err);
+    const detail = err instanceof FileLockError ? err.message : ((err as NodeJS.ErrnoException).code ?? String(err));
     throw new KeyError('ERR_KEYSTORE_IO', `cannot take the keystore lock: ${detail}`, { file: lockFile, cause: err });
   }
   try {

@@ -4,17 +4,7 @@ export type { KeyErrorCode, KeySafeReason, UnlockAttempt } from './errors.js';
 export { generateDek, wipe, dekLength, dictCipherName, diskCipherOf, DICT_CIPHER_KEY_BYTES } from './dek.js';
 export type { DiskCipher } from './dek.js';
 export { KeySafe, KEYSAFE_LIMITS, MAC_BYTES, ETM_MAC_NAME } from './keysafe.js';
-export type {
-  KeyLocator,
-  NullLocator,
-  RawKeyLocator,
-  PhraseLocator,
-  FqidLocator,
-  OpaqueLocator,
-  ListLocator,
-  PairLocator,
-  MacName,
-} from './keysafe.js';
+export type { KeyLocator, NullLocator, RawKeyLocator, PhraseLocator, FqidLocator, OpaqueLocator, ListLocator, PairLocator, MacName } from './keysafe.js';
 export type { Field } from './escape.js';
 export { PHRASE_DEFAULTS, KDF_LIMITS } from './kdf.js';
 export type { PhraseKdf, PassphraseKdfChoice, Pass2KeyName } from './kdf.js';

@@ -90,8 +90,7 @@ export function parsePass2KeyDict(text: string, position: number): PhraseKdf {
   const what = 'the phrase locker dict';
   const d = parseDict(text, what, position);
   const name = d.get('pass2key');
-  const allowed =
-    name === 'SCRYPT' ? ['pass2key', 'cipher', 'n', 'r', 'p', 'salt'] : ['pass2key', 'cipher', 'rounds', 'salt'];
+  const allowed = name === 'SCRYPT' ? ['pass2key', 'cipher', 'n', 'r', 'p', 'salt'] : ['pass2key', 'cipher', 'rounds', 'salt'];
   if (name !== 'PBKDF2-HMAC-SHA-1' && name !== 'PBKDF2-HMAC-SHA-256' && name !== 'SCRYPT') {
     throw new KeySafeError('kdf', position, `${what} names an unknown pass2key (expected PBKDF2-HMAC-SHA-1, PBKDF2-HMAC-SHA-256 or SCRYPT)`);
   }

@@ -48,8 +48,16 @@ export const KEYSAFE_LIMITS = Object.freeze({
 
 const PREFIX = 'vmware:key/';
 
-export interface NullLocator { readonly type: 'null'; readonly spelling: string; readonly value: Field }
-export interface RawKeyLocator { readonly type: 'rawkey'; readonly spelling: string; readonly value: Field }
+export interface NullLocator {
+  readonly type: 'null';
+  readonly spelling: string;
+  readonly value: Field;
+}
+export interface RawKeyLocator {
+  readonly type: 'rawkey';
+  readonly spelling: string;
+  readonly value: Field;
+}
 export interface PhraseLocator {
   readonly type: 'phrase';
   readonly spelling: string;
@@ -65,8 +73,16 @@ export interface FqidLocator {
   readonly keyServerId: Field;
   readonly keyId: Field;
 }
-export interface OpaqueLocator { readonly type: 'ldap' | 'script' | 'role'; readonly spelling: string; readonly fields: readonly Field[] }
-export interface ListLocator { readonly type: 'list'; readonly spelling: string; readonly items: readonly KeyLocator[] }
+export interface OpaqueLocator {
+  readonly type: 'ldap' | 'script' | 'role';
+  readonly spelling: string;
+  readonly fields: readonly Field[];
+}
+export interface ListLocator {
+  readonly type: 'list';
+  readonly spelling: string;
+  readonly items: readonly KeyLocator[];
+}
 export interface PairLocator {
   readonly type: 'pair';
   readonly spelling: string;
@@ -165,7 +181,7 @@ class Parser {
           this.pos++;
           items.push(this.parseLocator(depth + 1));
         }
-        this.expect(')', 'or \',\' after a list element');
+        this.expect(')', "or ',' after a list element");
         return { type, spelling, items };
       }
       default: {

@@ -9,7 +9,19 @@ import { withFileLock } from './file-lock.js';
 import { decodeBase64String } from './base64.js';
 import type { CreateKeyOptions, KeyProvider, KeyRef } from './provider.js';
 import { checkScryptCost, gcmOpen, gcmSeal, scryptKey, type ScryptCost } from './keystore-sealing.js';
-import { DISK_ID, MASTER_PREFIX, checkPrivate, ioError, readMasterKeyFile, readStoreFile, writeStoreFile, type KeyEntry, type LocalKeyInfo, type MasterSpec, type Store } from './keystore-file.js';
+import {
+  DISK_ID,
+  MASTER_PREFIX,
+  checkPrivate,
+  ioError,
+  readMasterKeyFile,
+  readStoreFile,
+  writeStoreFile,
+  type KeyEntry,
+  type LocalKeyInfo,
+  type MasterSpec,
+  type Store,
+} from './keystore-file.js';
 import { readBackup, writeBackup, type BackupEntry } from './keystore-backup.js';
 
 export type { LocalKeyInfo } from './keystore-file.js';
@@ -188,7 +200,8 @@ export class LocalKeyProvider implements KeyProvider {
     checkKeyId(keyId);
     await this.modify(async (store) => {
       const e = findEntry(store, keyId, this.keystorePath);
-      if (e.state === 'destroyed') throw new KeyError('ERR_KEYSTORE_KEY_DESTROYED', `key '${keyId}' was destroyed`, { keyId, providerId: this.id, file: this.keystorePath });
+      if (e.state === 'destroyed')
+        throw new KeyError('ERR_KEYSTORE_KEY_DESTROYED', `key '${keyId}' was destroyed`, { keyId, providerId: this.id, file: this.keystorePath });
       if (e.state === 'retired') return;
       e.state = 'retired';
       e.retired = new Date().toISOString();
@@ -289,7 +302,12 @@ export class LocalKeyProvider implements KeyProvider {
           }
           // A destroyed or missing key comes back in the state the backup recorded (a retired key stays retired).
           const wrapped = gcmSeal(master, b.kek, `vmseal keystore v1 key ${b.keyId}`).toString('base64');
-          const back = { state: b.state, ...(b.retired !== undefined ? { retired: b.retired } : {}), ...(b.diskId !== undefined ? { diskId: b.diskId } : {}), wrapped };
+          const back = {
+            state: b.state,
+            ...(b.retired !== undefined ? { retired: b.retired } : {}),
+            ...(b.diskId !== undefined ? { diskId: b.diskId } : {}),
+            wrapped,
+          };
           if (e) {
             delete e.destroyed;
             Object.assign(e, back);
@@ -419,7 +437,8 @@ export class LocalKeyProvider implements KeyProvider {
   private async readStore(required: boolean): Promise<Store | undefined> {
     await this.checkHome();
     const store = await readStoreFile(this.keystorePath);
-    if (store === undefined && required) throw new KeyError('ERR_KEYSTORE_MISSING', 'there is no keystore (create a key or run init first)', { file: this.keystorePath });
+    if (store === undefined && required)
+      throw new KeyError('ERR_KEYSTORE_MISSING', 'there is no keystore (create a key or run init first)', { file: this.keystorePath });
     return store;
   }
 
@@ -487,4 +506,3 @@ function checkOpens(master: Buffer, store: Store): boolean {
   plain?.fill(0);
   return ok;
 }
-

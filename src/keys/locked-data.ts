@@ -44,8 +44,7 @@ export { ETM_MAC_NAME };
 
 /** The encryption and MAC keys of an encrypt-then-MAC locker (the caller wipes them). */
 function etmKeys(kek: Buffer): { enc: Buffer; mac: Buffer } {
-  const derive = (purpose: string): Buffer =>
-    Buffer.from(hkdfSync('sha256', kek, Buffer.alloc(0), `vmseal locker ${ETM_MAC_NAME} ${purpose}`, 32));
+  const derive = (purpose: string): Buffer => Buffer.from(hkdfSync('sha256', kek, Buffer.alloc(0), `vmseal locker ${ETM_MAC_NAME} ${purpose}`, 32));
   return { enc: derive('encryption'), mac: derive('authentication') };
 }
 
@@ -118,7 +117,9 @@ function openMacThenEncrypt(kek: Buffer, macName: MacName, iv: Buffer, body: Buf
     const algorithm = hmacAlgorithm(macName);
     const expected = Buffer.alloc(tag.length);
     for (let k = 1; k <= BLOCK; k++) {
-      const candidate = createHmac(algorithm, kek).update(padded.subarray(0, padded.length - k)).digest();
+      const candidate = createHmac(algorithm, kek)
+        .update(padded.subarray(0, padded.length - k))
+        .digest();
       const keep = -ctEqual(k, pad) & 0xff; // 0xff when k === pad, else 0
       for (let i = 0; i < expected.length; i++) expected[i]! |= candidate[i]! & keep;
       candidate.fill(0);

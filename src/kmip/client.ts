@@ -246,7 +246,10 @@ export class KmipClient {
     // Every node-level message names its endpoint.
     const detail = failures.map((f) => `${f.message} [${f.code}]`).join('; ');
     if (failures.every((f) => f.code === 'ERR_KMIP_TLS')) {
-      throw new KmipError('ERR_KMIP_TLS', `KMIP ${opName}: every KMS node refused the TLS session (check ca, cert and key): ${detail}`, { operation: opName, failures });
+      throw new KmipError('ERR_KMIP_TLS', `KMIP ${opName}: every KMS node refused the TLS session (check ca, cert and key): ${detail}`, {
+        operation: opName,
+        failures,
+      });
     }
     throw new KmipError('ERR_KMS_UNAVAILABLE', `KMIP ${opName}: no KMS node answered (${failures.length} tried): ${detail}`, { operation: opName, failures });
   }

@@ -126,10 +126,22 @@ export class KmipConnection {
         settle(new KmipError(code, text, { endpoint, cause: err }));
       };
       const onClose = (): void => {
-        settle(new KmipError(phase === 'handshaking' ? 'ERR_KMIP_TLS' : 'ERR_KMIP_CONNECT', `${endpoint} closed the connection during the ${phase === 'handshaking' ? 'TLS handshake' : 'connect'}`, { endpoint }));
+        settle(
+          new KmipError(
+            phase === 'handshaking' ? 'ERR_KMIP_TLS' : 'ERR_KMIP_CONNECT',
+            `${endpoint} closed the connection during the ${phase === 'handshaking' ? 'TLS handshake' : 'connect'}`,
+            { endpoint },
+          ),
+        );
       };
       const timer = setTimeout(() => {
-        settle(new KmipError('ERR_KMIP_TIMEOUT', `${endpoint} did not complete ${phase === 'handshaking' ? 'the TLS handshake' : 'the TCP connect'} within ${opts.timeoutMs} ms`, { endpoint }));
+        settle(
+          new KmipError(
+            'ERR_KMIP_TIMEOUT',
+            `${endpoint} did not complete ${phase === 'handshaking' ? 'the TLS handshake' : 'the TCP connect'} within ${opts.timeoutMs} ms`,
+            { endpoint },
+          ),
+        );
       }, opts.timeoutMs);
       socket.once('connect', onConnect);
       socket.once('secureConnect', onSecure);
@@ -152,7 +164,8 @@ export class KmipConnection {
    * ERR_KMIP_TIMEOUT (and drops the connection) when no complete answer arrives in `timeoutMs`.
    */
   request(message: Buffer, timeoutMs: number): Promise<Buffer> {
-    if (!this.isOpen) return Promise.reject(this.closedReason ?? new KmipError('ERR_KMIP_CLOSED', `connection to ${this.endpoint} is closed`, { endpoint: this.endpoint }));
+    if (!this.isOpen)
+      return Promise.reject(this.closedReason ?? new KmipError('ERR_KMIP_CLOSED', `connection to ${this.endpoint} is closed`, { endpoint: this.endpoint }));
     if (this.pending) return Promise.reject(new KmipError('ERR_INVALID_ARGUMENT', `connection to ${this.endpoint} already has a request in flight`));
     return new Promise<Buffer>((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -168,7 +181,9 @@ export class KmipConnection {
     const p = this.pending;
     if (!p) {
       chunk.fill(0);
-      this.fail(new KmipError('ERR_KMIP_PROTOCOL', `${this.endpoint} sent ${chunk.length} bytes while no request was outstanding`, { endpoint: this.endpoint }));
+      this.fail(
+        new KmipError('ERR_KMIP_PROTOCOL', `${this.endpoint} sent ${chunk.length} bytes while no request was outstanding`, { endpoint: this.endpoint }),
+      );
       return;
     }
     p.chunks.push(chunk);
@@ -179,12 +194,18 @@ export class KmipConnection {
         p.expected = messageLengthFromHeader(head, Tag.ResponseMessage, this.maxMessageSize);
       }
     } catch (err) {
-      this.fail(err instanceof KmipError ? new KmipError(err.code, `response from ${this.endpoint}: ${err.message}`, { endpoint: this.endpoint }) : (err as KmipError));
+      this.fail(
+        err instanceof KmipError ? new KmipError(err.code, `response from ${this.endpoint}: ${err.message}`, { endpoint: this.endpoint }) : (err as KmipError),
+      );
       return;
     }
     if (p.expected === 0 || p.received < p.expected) return;
     if (p.received > p.expected) {
-      this.fail(new KmipError('ERR_KMIP_PROTOCOL', `${this.endpoint} sent ${p.received - p.expected} bytes beyond the ${p.expected}-byte response`, { endpoint: this.endpoint }));
+      this.fail(
+        new KmipError('ERR_KMIP_PROTOCOL', `${this.endpoint} sent ${p.received - p.expected} bytes beyond the ${p.expected}-byte response`, {
+          endpoint: this.endpoint,
+        }),
+      );
       return;
     }
     const frame = Buffer.concat(p.chunks, p.received);

@@ -192,7 +192,9 @@ export function revokePayload(uniqueIdentifier: string, reasonCode: number = Rev
   };
 }
 
-export function queryPayload(functions: readonly number[] = [QueryFunction.Operations, QueryFunction.Objects, QueryFunction.ServerInformation]): (w: TtlvWriter) => void {
+export function queryPayload(
+  functions: readonly number[] = [QueryFunction.Operations, QueryFunction.Objects, QueryFunction.ServerInformation],
+): (w: TtlvWriter) => void {
   return (w) => {
     for (const f of functions) w.enumeration(Tag.QueryFunction, f);
   };
@@ -290,13 +292,17 @@ export function expectSuccess(response: KmipResponse, operation: number, endpoin
     const status = nameOf(ResultStatus, response.resultStatus);
     const reason = response.resultReason === undefined ? undefined : nameOf(ResultReason, response.resultReason);
     const text = response.resultMessage === undefined ? '' : `: ${response.resultMessage}`;
-    throw new KmipError('ERR_KMIP_OPERATION_FAILED', `KMIP ${opName} failed${endpoint ? ` on ${endpoint}` : ''}: ${status}${reason ? `/${reason}` : ''}${text}`, {
-      operation: opName,
-      resultStatus: status,
-      ...(endpoint !== undefined && { endpoint }),
-      ...(reason !== undefined && { resultReason: reason }),
-      ...(response.resultMessage !== undefined && { resultMessage: response.resultMessage }),
-    });
+    throw new KmipError(
+      'ERR_KMIP_OPERATION_FAILED',
+      `KMIP ${opName} failed${endpoint ? ` on ${endpoint}` : ''}: ${status}${reason ? `/${reason}` : ''}${text}`,
+      {
+        operation: opName,
+        resultStatus: status,
+        ...(endpoint !== undefined && { endpoint }),
+        ...(reason !== undefined && { resultReason: reason }),
+        ...(response.resultMessage !== undefined && { resultMessage: response.resultMessage }),
+      },
+    );
   }
   if (response.operation !== undefined && response.operation !== operation) {
     throw protocolError(`expected a response to ${opName} but received one to ${nameOf(Operation, response.operation)}`);
@@ -348,7 +354,10 @@ export function parseGetSymmetricKey(payload: TtlvItem): SymmetricKeyObject {
   } else if (format === KeyFormatType.TransparentSymmetricKey) {
     material = requireChild(requireChild(keyValue, Tag.KeyMaterial, 'Structure'), Tag.Key, 'ByteString').value;
   } else {
-    throw new KmipError('ERR_KMIP_KEY', `KMIP object ${uniqueIdentifier} has Key Format Type ${nameOf(KeyFormatType, format)}; expected Raw or TransparentSymmetricKey`);
+    throw new KmipError(
+      'ERR_KMIP_KEY',
+      `KMIP object ${uniqueIdentifier} has Key Format Type ${nameOf(KeyFormatType, format)}; expected Raw or TransparentSymmetricKey`,
+    );
   }
   const algorithm = findChild(keyBlock, Tag.CryptographicAlgorithm, 'Enumeration')?.value;
   const lengthBits = findChild(keyBlock, Tag.CryptographicLength, 'Integer')?.value;
@@ -399,10 +408,13 @@ export function parseState(payload: TtlvItem): KeyState {
  */
 export function parseNames(payload: TtlvItem): string[] {
   const v2 = findChild(payload, Tag.Attributes, 'Structure');
-  const names = v2 !== undefined ? v2.value.filter((i) => i.tag === Tag.Name) : findChildren(payload, Tag.Attribute, 'Structure')
-    .filter((a) => findChild(a, Tag.AttributeName, 'TextString')?.value === 'Name')
-    .map((a) => a.value.find((c) => c.tag === Tag.AttributeValue))
-    .filter((v): v is TtlvItem => v !== undefined);
+  const names =
+    v2 !== undefined
+      ? v2.value.filter((i) => i.tag === Tag.Name)
+      : findChildren(payload, Tag.Attribute, 'Structure')
+          .filter((a) => findChild(a, Tag.AttributeName, 'TextString')?.value === 'Name')
+          .map((a) => a.value.find((c) => c.tag === Tag.AttributeValue))
+          .filter((v): v is TtlvItem => v !== undefined);
   return names.flatMap((n) => {
     if (n.type !== 'Structure') throw protocolError(`Name attribute must be a Structure but is a ${n.type}`);
     const value = findChild(n, Tag.NameValue, 'TextString');

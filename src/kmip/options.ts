@@ -44,7 +44,8 @@ function checkPem(option: string, v: unknown): string | Buffer {
 
 function checkTimeout(option: string, v: unknown, dflt: number): number {
   if (v === undefined) return dflt;
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > 3_600_000) throw invalid(option, 'an integer number of milliseconds between 1 and 3600000', v);
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > 3_600_000)
+    throw invalid(option, 'an integer number of milliseconds between 1 and 3600000', v);
   return v;
 }
 
@@ -69,8 +70,10 @@ function checkEndpoints(v: unknown): KmipEndpoint[] {
     if (typeof e !== 'object' || e === null) throw invalid(`endpoints[${i}]`, 'an object { host, port }', e);
     const { host, port, servername } = e as Record<string, unknown>;
     if (typeof host !== 'string' || host.length === 0 || host.length > 255) throw invalid(`endpoints[${i}].host`, 'a non-empty host name or IP address', host);
-    if (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65535) throw invalid(`endpoints[${i}].port`, 'an integer port between 1 and 65535', port);
-    if (servername !== undefined && (typeof servername !== 'string' || servername.length === 0)) throw invalid(`endpoints[${i}].servername`, 'a non-empty string', servername);
+    if (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65535)
+      throw invalid(`endpoints[${i}].port`, 'an integer port between 1 and 65535', port);
+    if (servername !== undefined && (typeof servername !== 'string' || servername.length === 0))
+      throw invalid(`endpoints[${i}].servername`, 'a non-empty string', servername);
     return { host, port, ...(servername !== undefined && { servername: servername as string }) };
   });
 }
@@ -112,7 +115,8 @@ export function validateClientOptions(options: KmipClientOptions): ValidatedClie
   const { username, password } = options;
   if (username !== undefined && (typeof username !== 'string' || username.length === 0)) throw invalid('username', 'a non-empty string', username);
   if (password !== undefined && typeof password !== 'string') throw invalid('password', 'a string', password);
-  if (password !== undefined && username === undefined) throw new KmipError('ERR_INVALID_ARGUMENT', 'Expected username together with password but received only password');
+  if (password !== undefined && username === undefined)
+    throw new KmipError('ERR_INVALID_ARGUMENT', 'Expected username together with password but received only password');
   const maxConnectionsPerNode = options.maxConnectionsPerNode ?? DEFAULT_MAX_CONNECTIONS_PER_NODE;
   if (!Number.isInteger(maxConnectionsPerNode) || maxConnectionsPerNode < 1 || maxConnectionsPerNode > 64) {
     throw invalid('maxConnectionsPerNode', 'an integer between 1 and 64', options.maxConnectionsPerNode);

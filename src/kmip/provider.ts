@@ -76,9 +76,14 @@ export class KmipKeyProvider implements KeyProvider {
    */
   async createKey(opts: CreateKeyOptions = {}): Promise<KeyRef> {
     if (typeof opts !== 'object' || opts === null) throw invalid('opts', 'an object { name?, diskId? }', opts);
-    if (opts.diskId !== undefined && (typeof opts.diskId !== 'string' || !DISK_ID.test(opts.diskId))) throw invalid('diskId', '1..64 characters [A-Za-z0-9._-]', opts.diskId);
+    if (opts.diskId !== undefined && (typeof opts.diskId !== 'string' || !DISK_ID.test(opts.diskId)))
+      throw invalid('diskId', '1..64 characters [A-Za-z0-9._-]', opts.diskId);
     const name =
-      opts.name !== undefined ? checkName(opts.name, 'name') : opts.diskId !== undefined ? `${DISK_KEK_NAME_PREFIX}${opts.diskId}` : `vmseal-kek-${randomUUID()}`;
+      opts.name !== undefined
+        ? checkName(opts.name, 'name')
+        : opts.diskId !== undefined
+          ? `${DISK_KEK_NAME_PREFIX}${opts.diskId}`
+          : `vmseal-kek-${randomUUID()}`;
     const keyId = await this.client.create({ lengthBits: 256, usageMask: KEK_USAGE_MASK, name });
     try {
       await this.client.activate(keyId);
@@ -111,7 +116,10 @@ export class KmipKeyProvider implements KeyProvider {
     if (key.material.length !== KEK_LENGTH_BYTES) problems.push(`${key.material.length} bytes of key material`);
     if (problems.length > 0) {
       key.material.fill(0);
-      throw new KmipError('ERR_KMIP_KEY', `KMIP key ${id} on provider ${this.id} is not an AES-256 key (${problems.join(', ')}); expected AES, 256 bits, ${KEK_LENGTH_BYTES} bytes`);
+      throw new KmipError(
+        'ERR_KMIP_KEY',
+        `KMIP key ${id} on provider ${this.id} is not an AES-256 key (${problems.join(', ')}); expected AES, 256 bits, ${KEK_LENGTH_BYTES} bytes`,
+      );
     }
     return key.material;
   }

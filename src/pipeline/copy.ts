@@ -141,7 +141,8 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
   if (!spec.replaceInput) await checkOutputName(output);
   // Checked before any lock: the first file a job creates is a lock file beside the output, and its
   // error would name that file instead of the missing folder.
-  if (!(await pathExists(dirname(output)))) throw new PipelineError('ERR_INVALID_ARGUMENT', `cannot write ${output}: the folder ${dirname(output)} does not exist`);
+  if (!(await pathExists(dirname(output))))
+    throw new PipelineError('ERR_INVALID_ARGUMENT', `cannot write ${output}: the folder ${dirname(output)} does not exist`);
   // A decrypted output holds the plaintext: private to its owner unless the caller says otherwise.
   const outMode = checkOutputMode(opts.mode) ?? (spec.decrypt ? 0o600 : undefined);
   if (input === output && !spec.replaceInput) throw new PipelineError('ERR_SAME_FILE', `the output ${output} is the input; write to another file`);
@@ -155,7 +156,12 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
   // The input is only read (other readers may share it); the output, or an input replaced by the
   // job's result, is written and locked exclusively.
   const locks = await acquireLocks(
-    spec.replaceInput ? [{ path: input, mode: 'exclusive' }] : [{ path: input, mode: 'shared' }, { path: output, mode: 'exclusive' }],
+    spec.replaceInput
+      ? [{ path: input, mode: 'exclusive' }]
+      : [
+          { path: input, mode: 'shared' },
+          { path: output, mode: 'exclusive' },
+        ],
     spec.operation,
   );
   // Every other file the job reads or writes is held by name (one lock file per folder).
@@ -219,7 +225,8 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
       let outCipher: DataCipher | null = null;
       if (spec.encrypt) {
         const { cipher, unitSize } = checkEncryptionChoice(spec.encrypt.cipher ?? DEFAULT_CIPHER, spec.encrypt.unitSize ?? DEFAULT_UNIT_SIZE);
-        if (capacity % unitSize !== 0) throw new DiskError('ERR_INVALID_ARGUMENT', `the capacity of ${input} (${capacity} bytes) is not a multiple of the ${unitSize}-byte data unit`);
+        if (capacity % unitSize !== 0)
+          throw new DiskError('ERR_INVALID_ARGUMENT', `the capacity of ${input} (${capacity} bytes) is not a multiple of the ${unitSize}-byte data unit`);
         const dek = generateDek(cipher);
         try {
           const made = await makeEncryptionParams(dek, {
@@ -281,7 +288,10 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
           // All-zero grains are left out of sparse and plain outputs: they read as zeros anyway.
           const pieces: Piece[] = fullCopy
             ? [{ offset: chunk.offset, data: buf }]
-            : nonZeroRuns(buf, chunk.offset, granularity).map((r) => ({ offset: r.offset, data: buf.subarray(r.offset - chunk.offset, r.offset - chunk.offset + r.length) }));
+            : nonZeroRuns(buf, chunk.offset, granularity).map((r) => ({
+                offset: r.offset,
+                data: buf.subarray(r.offset - chunk.offset, r.offset - chunk.offset + r.length),
+              }));
           if (outCipher) for (const p of pieces) await outCipher.encrypt(p.data, p.offset / unit);
           return pieces;
         },

@@ -56,7 +56,10 @@ export async function writeDescriptor(loc: DescriptorLocation, bytes: Uint8Array
     return;
   }
   if (bytes.length >= loc.size) {
-    throw new PipelineError('ERR_INVALID_ARGUMENT', `the new descriptor of ${loc.path} (${bytes.length} bytes) does not fit its ${loc.size}-byte embedded area`);
+    throw new PipelineError(
+      'ERR_INVALID_ARGUMENT',
+      `the new descriptor of ${loc.path} (${bytes.length} bytes) does not fit its ${loc.size}-byte embedded area`,
+    );
   }
   const buf = Buffer.alloc(loc.size);
   buf.set(bytes);

@@ -51,7 +51,19 @@ import { PipelineError, abortError } from './errors.js';
 import { ChunkStatus, Journal, hashCopy, journalPathOf, type InPlaceOperation, type JournalHeader } from './journal.js';
 import { acquireLock, NameReservations } from './lock.js';
 import { realDiskPath } from './paths.js';
-import { checkFormat, checkJobOptions, checkPath, formatOption, type DiskFormat, type EncryptSpec, type JobOptions, type JobResult, type KeyCache, type LockerSpec, type UnlockOptions } from './options.js';
+import {
+  checkFormat,
+  checkJobOptions,
+  checkPath,
+  formatOption,
+  type DiskFormat,
+  type EncryptSpec,
+  type JobOptions,
+  type JobResult,
+  type KeyCache,
+  type LockerSpec,
+  type UnlockOptions,
+} from './options.js';
 import { alignedRanges, chunked, lcm, totalLength } from './plan.js';
 import { ProgressTracker } from './progress.js';
 import { cleanStaleStages } from './staging.js';
@@ -107,17 +119,22 @@ async function startInPlace(s: InPlaceStart, chunkSize: number): Promise<Journal
   let journalDek: Buffer | undefined;
   try {
     if (stored.format === 'raw' || UNENCRYPTABLE_SUBFORMATS.has(stored.subformat) || !stored.descriptor) {
-      throw new PipelineError('ERR_UNSUPPORTED_OUTPUT', `${s.path} is ${stored.subformat === 'raw' ? 'a raw image, which has no descriptor to carry a key' : `${stored.subformat}, which cannot hold an encrypted disk`}; encrypt it into a new VMDK instead`);
+      throw new PipelineError(
+        'ERR_UNSUPPORTED_OUTPUT',
+        `${s.path} is ${stored.subformat === 'raw' ? 'a raw image, which has no descriptor to carry a key' : `${stored.subformat}, which cannot hold an encrypted disk`}; encrypt it into a new VMDK instead`,
+      );
     }
     const enc = encryptionOf(stored);
-    if (enc?.job !== undefined) throw new DiskError('ERR_INTERRUPTED_JOB', `${s.path} has an unfinished ${enc.job} job but no journal; it cannot be resumed safely`);
+    if (enc?.job !== undefined)
+      throw new DiskError('ERR_INTERRUPTED_JOB', `${s.path} has an unfinished ${enc.job} job but no journal; it cannot be resumed safely`);
     if (s.operation === 'encrypt-in-place' && enc) throw new DiskError('ERR_DISK_ENCRYPTED', `${s.path} is already encrypted; use rekey to change its keys`);
     if (s.operation === 'rekey-deep-in-place' && !enc) throw new DiskError('ERR_NOT_ENCRYPTED', `${s.path} is not encrypted; encrypt it first`);
     const capacity = stored.capacity;
     const from = enc?.params ?? null;
     const spec = s.encrypt!;
     const { cipher, unitSize } = checkEncryptionChoice(spec.cipher ?? from?.cipher ?? DEFAULT_CIPHER, spec.unitSize ?? from?.unitSize ?? DEFAULT_UNIT_SIZE);
-    if (capacity % unitSize !== 0) throw new DiskError('ERR_INVALID_ARGUMENT', `the capacity of ${s.path} (${capacity} bytes) is not a multiple of the ${unitSize}-byte data unit`);
+    if (capacity % unitSize !== 0)
+      throw new DiskError('ERR_INVALID_ARGUMENT', `the capacity of ${s.path} (${capacity} bytes) is not a multiple of the ${unitSize}-byte data unit`);
     let fromCipher: DataCipher | undefined;
     if (from) {
       const oldDek = await unlockDek(from, capacity, s.keys, s.path); // the keys open it, the authenticator holds
@@ -141,7 +158,13 @@ async function startInPlace(s: InPlaceStart, chunkSize: number): Promise<Journal
     const dek = generateDek(cipher);
     let to: EncryptionParams;
     try {
-      const made = await makeEncryptionParams(dek, { cipher, unitSize, capacity, lockers: checkLockers(spec.lockers), ...(spec.cache ? { cache: spec.cache } : {}) });
+      const made = await makeEncryptionParams(dek, {
+        cipher,
+        unitSize,
+        capacity,
+        lockers: checkLockers(spec.lockers),
+        ...(spec.cache ? { cache: spec.cache } : {}),
+      });
       // The job rewrites ciphertext, not plaintext: the final lines' data check is known now.
       to = { ...made, dataCheck: dataCheckOf(dek, made.diskId, unitSize, unit0) };
       journalDek = Buffer.from(dek); // keys the journal's MAC; wiped once the journal is made
@@ -175,7 +198,11 @@ async function startInPlace(s: InPlaceStart, chunkSize: number): Promise<Journal
   const holes = await flatExtentHoles(s.path, header.descriptor.final);
   let journal: Journal;
   try {
-    await ensureSpace(dirname(s.path), chunkSize + (128 << 10) + holes, holes > 0 ? `the journal of ${s.path} and the ${holes} bytes of holes in its flat extents that the job fills` : `the journal of ${s.path}`);
+    await ensureSpace(
+      dirname(s.path),
+      chunkSize + (128 << 10) + holes,
+      holes > 0 ? `the journal of ${s.path} and the ${holes} bytes of holes in its flat extents that the job fills` : `the journal of ${s.path}`,
+    );
     journal = await Journal.create(s.path, header, journalDek!);
   } finally {
     journalDek!.fill(0);
@@ -237,7 +264,8 @@ async function runJournal(path: string, journal: Journal, keys: JournalKeys, opt
   let oldCipher: DataCipher | undefined;
   let newCipher: DataCipher | undefined;
   try {
-    if (stored.capacity !== h.capacity) throw new PipelineError('ERR_JOURNAL', `the journal ${journal.path} was made for a capacity of ${h.capacity} bytes, the disk has ${stored.capacity}`);
+    if (stored.capacity !== h.capacity)
+      throw new PipelineError('ERR_JOURNAL', `the journal ${journal.path} was made for a capacity of ${h.capacity} bytes, the disk has ${stored.capacity}`);
     const to = h.to as EncryptionParams;
     const newDek = await unlockDek(to, h.capacity, keys.to, `${path} (new key in its journal)`);
     try {
@@ -275,7 +303,10 @@ async function runJournal(path: string, journal: Journal, keys: JournalKeys, opt
       let original: Buffer;
       if (state && k === state.chunk && state.status === ChunkStatus.IN_PROGRESS && journal.state === state) {
         if (state.offset !== chunk.offset || state.length !== chunk.length) {
-          throw new PipelineError('ERR_JOURNAL', `the journal ${journal.path} names chunk ${k} at ${state.offset}+${state.length}, but the disk's chunk ${k} is ${chunk.offset}+${chunk.length}`);
+          throw new PipelineError(
+            'ERR_JOURNAL',
+            `the journal ${journal.path} names chunk ${k} at ${state.offset}+${state.length}, but the disk's chunk ${k} is ${chunk.offset}+${chunk.length}`,
+          );
         }
         original = await journal.readCopy(); // the disk's bytes may be half rewritten: start from the saved copy
       } else {
@@ -348,7 +379,18 @@ async function finishedEarlier(path: string, format: DiskFormat | undefined, to:
 }
 
 function alreadyDone(operation: JobResult['operation'], path: string, params: EncryptionParams, capacity: number): JobResult {
-  return { operation, input: path, output: path, subformat: '', virtualSize: capacity, bytesProcessed: 0, seconds: 0, encrypted: true, diskId: params.diskId, resumed: true };
+  return {
+    operation,
+    input: path,
+    output: path,
+    subformat: '',
+    virtualSize: capacity,
+    bytesProcessed: 0,
+    seconds: 0,
+    encrypted: true,
+    diskId: params.diskId,
+    resumed: true,
+  };
 }
 
 async function capacityOf(path: string, format: DiskFormat | undefined): Promise<number> {
@@ -411,7 +453,13 @@ export async function encryptInPlace(path: string, options: EncryptInPlaceOption
     const done = await finishedEarlier(p, opts.format, unlock);
     if (done) return alreadyDone('encrypt', p, done, await capacityOf(p, opts.format));
     const journal = await startInPlace(
-      { operation: 'encrypt-in-place', path: p, opts, keys: unlock, encrypt: { lockers, ...(cipher ? { cipher } : {}), ...(unitSize ? { unitSize } : {}), ...(cache ? { cache } : {}) } },
+      {
+        operation: 'encrypt-in-place',
+        path: p,
+        opts,
+        keys: unlock,
+        encrypt: { lockers, ...(cipher ? { cipher } : {}), ...(unitSize ? { unitSize } : {}), ...(cache ? { cache } : {}) },
+      },
       chunkSize,
     );
     return runJournal(p, journal, both, opts, false);
@@ -451,7 +499,8 @@ export async function deepRekey(path: string, options: DeepRekeyOptions): Promis
   const p = await realDiskPath(checkPath(path, 'path'));
   const { chunkSize } = checkJobOptions(options);
   const { keys, lockers: given, cipher, unitSize, inPlace, cache, retireOldKeys, destroyOldKeys, ...opts } = options;
-  if (keys === null || typeof keys !== 'object') throw new PipelineError('ERR_INVALID_ARGUMENT', expected('an object { passphrase?, providers?, cache? }', 'keys', keys));
+  if (keys === null || typeof keys !== 'object')
+    throw new PipelineError('ERR_INVALID_ARGUMENT', expected('an object { passphrase?, providers?, cache? }', 'keys', keys));
   const retire = { ...(retireOldKeys !== undefined ? { retireOldKeys } : {}), ...(destroyOldKeys !== undefined ? { destroyOldKeys } : {}) };
   const rotate = (from: EncryptionParams | null, done: JobResult, providers: UnlockOptions['providers']): Promise<JobResult> =>
     withRotation(p, from, done, providers, { ...retire, cache: cache ?? keys.cache, format: opts.format });
@@ -474,7 +523,16 @@ export async function deepRekey(path: string, options: DeepRekeyOptions): Promis
   const done = await withDiskLock(p, 'rekey-deep', opts.format, () => finishedEarlier(p, opts.format, newKeys, keys));
   if (done) return alreadyDone('rekey-deep', p, done, await capacityOf(p, opts.format));
   if (!inPlace) {
-    const copied = await runCopy({ operation: 'rekey-deep', input: p, output: p, opts: { ...opts, force: true }, keys, encrypt, requireInput: 'encrypted', replaceInput: true });
+    const copied = await runCopy({
+      operation: 'rekey-deep',
+      input: p,
+      output: p,
+      opts: { ...opts, force: true },
+      keys,
+      encrypt,
+      requireInput: 'encrypted',
+      replaceInput: true,
+    });
     return rotate(from, copied, newKeys.providers);
   }
   const rewritten = await withDiskLock(p, 'rekey-deep-in-place', opts.format, async () => {
@@ -500,7 +558,10 @@ async function withRotation(
   const to = await readEncryptionParams(path, formatOption(opts.format));
   if (!to || to.diskId === from.diskId) return done;
   const list = Array.isArray(providers) ? providers : providers ? Object.values(providers) : [];
-  return { ...done, keyRotation: await retireReplacedKeys(from, to, list, { destroy: opts.destroyOldKeys === true, ...(opts.cache ? { cache: opts.cache } : {}) }) };
+  return {
+    ...done,
+    keyRotation: await retireReplacedKeys(from, to, list, { destroy: opts.destroyOldKeys === true, ...(opts.cache ? { cache: opts.cache } : {}) }),
+  };
 }
 
 /**
@@ -528,7 +589,10 @@ function newProviderLockers(path: string, params: EncryptionParams | null, keys:
     if (provider && !out.some((o) => o.kind === 'provider' && o.provider === provider)) out.push({ kind: 'provider', provider });
   }
   if (out.length === 0) {
-    throw new PipelineError('ERR_INVALID_ARGUMENT', `give lockers for the new key of ${path}: none of its provider lockers has a provider in keys.providers (passphrase lockers cannot be re-made without the passphrase as a locker)`);
+    throw new PipelineError(
+      'ERR_INVALID_ARGUMENT',
+      `give lockers for the new key of ${path}: none of its provider lockers has a provider in keys.providers (passphrase lockers cannot be re-made without the passphrase as a locker)`,
+    );
   }
   return out;
 }
@@ -557,7 +621,8 @@ export async function shallowRekey(path: string, options: ShallowRekeyOptions): 
   if (options === null || typeof options !== 'object') throw new PipelineError('ERR_INVALID_ARGUMENT', expected('an object', 'options', options));
   const { keys, lockers, addLockers, removeLockers, cache } = options;
   const format = checkFormat(options.format, 'format');
-  if (keys === null || typeof keys !== 'object') throw new PipelineError('ERR_INVALID_ARGUMENT', expected('an object { passphrase?, providers?, cache? }', 'keys', keys));
+  if (keys === null || typeof keys !== 'object')
+    throw new PipelineError('ERR_INVALID_ARGUMENT', expected('an object { passphrase?, providers?, cache? }', 'keys', keys));
   if (lockers === undefined && addLockers === undefined && removeLockers === undefined) {
     throw new PipelineError('ERR_INVALID_ARGUMENT', 'give lockers (replace all), addLockers or removeLockers');
   }
@@ -593,16 +658,36 @@ export async function shallowRekey(path: string, options: ShallowRekeyOptions): 
             madeKeys.push(ref);
           };
           if (replaceWith !== undefined) {
-            text = await sealDek(dek, { cipher: params.cipher, lockers: replaceWith, diskId: params.diskId, onKeyCreated, ...(cache ?? keys.cache ? { cache: cache ?? keys.cache } : {}) });
+            text = await sealDek(dek, {
+              cipher: params.cipher,
+              lockers: replaceWith,
+              diskId: params.diskId,
+              onKeyCreated,
+              ...((cache ?? keys.cache) ? { cache: cache ?? keys.cache } : {}),
+            });
             replaceWith = reuseCreatedKeys(replaceWith, created);
           } else {
             const remove =
-              typeof removeLockers === 'function' ? removeLockers : Array.isArray(removeLockers) ? (l: LockerInfo) => removeLockers.includes(l.index) : undefined;
-            text = await rewrapKeySafe(params.keySafe, { unlock: keys, diskId: params.diskId, onKeyCreated, ...(add ? { add } : {}), ...(remove ? { remove } : {}), ...(cache ? { cache } : {}) });
+              typeof removeLockers === 'function'
+                ? removeLockers
+                : Array.isArray(removeLockers)
+                  ? (l: LockerInfo) => removeLockers.includes(l.index)
+                  : undefined;
+            text = await rewrapKeySafe(params.keySafe, {
+              unlock: keys,
+              diskId: params.diskId,
+              onKeyCreated,
+              ...(add ? { add } : {}),
+              ...(remove ? { remove } : {}),
+              ...(cache ? { cache } : {}),
+            });
             if (add) add = reuseCreatedKeys(add, created);
           }
           if (text.length > MAX_VALUE_LENGTH) {
-            throw new DiskError('ERR_ENCRYPTION_METADATA', `the new KeySafe of ${p} is ${text.length} characters, more than a descriptor value may hold (${MAX_VALUE_LENGTH}); use fewer lockers`);
+            throw new DiskError(
+              'ERR_ENCRYPTION_METADATA',
+              `the new KeySafe of ${p} is ${text.length} characters, more than a descriptor value may hold (${MAX_VALUE_LENGTH}); use fewer lockers`,
+            );
           }
           if (unsafeValueReason(text) === null) keySafe = text;
         }
@@ -668,8 +753,8 @@ export interface ResumeOptions extends JobOptions {
 export async function resumeDisk(path: string, options: ResumeOptions = {}): Promise<JobResult | null> {
   const p = await realDiskPath(checkPath(path, 'path'));
   const { keys = {}, newKeys, cache, retireOldKeys, destroyOldKeys, ...opts } = options;
-  const unlock: UnlockOptions = { ...keys, ...(keys.cache ?? cache ? { cache: keys.cache ?? cache } : {}) };
-  const unlockNew: UnlockOptions = newKeys ? { ...newKeys, ...(newKeys.cache ?? unlock.cache ? { cache: newKeys.cache ?? unlock.cache } : {}) } : unlock;
+  const unlock: UnlockOptions = { ...keys, ...((keys.cache ?? cache) ? { cache: keys.cache ?? cache } : {}) };
+  const unlockNew: UnlockOptions = newKeys ? { ...newKeys, ...((newKeys.cache ?? unlock.cache) ? { cache: newKeys.cache ?? unlock.cache } : {}) } : unlock;
   return withDiskLock(p, 'resume', opts.format, async (names) => {
     const journal = await Journal.open(p);
     if (journal) {
@@ -699,7 +784,8 @@ export async function resumeDisk(path: string, options: ResumeOptions = {}): Pro
         await markDescriptor(p, undefined);
         return null;
       }
-      if (job !== undefined) throw new DiskError('ERR_INTERRUPTED_JOB', `${p} is marked as in an unfinished ${job} job, but its journal ${p}.vmseal-journal is missing`);
+      if (job !== undefined)
+        throw new DiskError('ERR_INTERRUPTED_JOB', `${p} is marked as in an unfinished ${job} job, but its journal ${p}.vmseal-journal is missing`);
     }
     if (rolled.length) return null;
     return null;
@@ -767,7 +853,8 @@ async function trustJournal(path: string, journal: Journal, loc: DescriptorLocat
   if (journal.version === 1) {
     if (opts.trustV1Journal) return;
     const current = await readDescriptorBytes(loc).catch(() => undefined);
-    const matches = current !== undefined && (current.equals(Buffer.from(h.descriptor.during, 'base64')) || current.equals(Buffer.from(h.descriptor.final, 'base64')));
+    const matches =
+      current !== undefined && (current.equals(Buffer.from(h.descriptor.during, 'base64')) || current.equals(Buffer.from(h.descriptor.final, 'base64')));
     if (matches) return;
     throw new PipelineError(
       'ERR_JOURNAL',

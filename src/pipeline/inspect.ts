@@ -47,7 +47,8 @@ export async function inspectDisk(path: string, options: { keys?: UnlockOptions;
   if (options === null || typeof options !== 'object') throw new PipelineError('ERR_INVALID_ARGUMENT', expected('an object', 'options', options));
   const format = checkFormat(options.format, 'format');
   const journal = await Journal.open(p).catch((err) => {
-    if (err instanceof PipelineError) return { header: { operation: 'unknown (unreadable journal)' }, close: async () => undefined, path: `${p}.vmseal-journal` };
+    if (err instanceof PipelineError)
+      return { header: { operation: 'unknown (unreadable journal)' }, close: async () => undefined, path: `${p}.vmseal-journal` };
     throw err;
   });
   if (journal) await journal.close();
@@ -69,7 +70,14 @@ export async function inspectDisk(path: string, options: { keys?: UnlockOptions;
     if (enc) {
       const e = enc.params;
       info.encrypted = true;
-      info.encryption = { formatVersion: e.formatVersion, cipher: e.cipher, unitSize: e.unitSize, diskId: e.diskId, lockers: describeKeySafe(e.keySafe), unlockable: null };
+      info.encryption = {
+        formatVersion: e.formatVersion,
+        cipher: e.cipher,
+        unitSize: e.unitSize,
+        diskId: e.diskId,
+        lockers: describeKeySafe(e.keySafe),
+        unlockable: null,
+      };
       if (options.keys) {
         try {
           const dek = await unlockDek(e, stored.capacity, options.keys, p);

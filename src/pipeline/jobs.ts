@@ -46,7 +46,8 @@ export async function encryptDisk(input: string, output: string, options: Encryp
 export async function decryptDisk(input: string, output: string, options: DecryptDiskOptions): Promise<JobResult> {
   const o = optionsObject(options);
   const { keys, ...rest } = o;
-  if (keys === undefined) throw new PipelineError('ERR_INVALID_ARGUMENT', expected('an object { passphrase?, providers?, cache? } to decrypt with', 'keys', keys));
+  if (keys === undefined)
+    throw new PipelineError('ERR_INVALID_ARGUMENT', expected('an object { passphrase?, providers?, cache? } to decrypt with', 'keys', keys));
   return runCopy({ operation: 'decrypt', input, output, opts: rest, keys, decrypt: true, requireInput: 'encrypted' });
 }
 

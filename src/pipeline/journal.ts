@@ -139,7 +139,12 @@ export class Journal {
   /** The bytes the MACs cover, kept from open() until authenticate(). */
   #raw: { json: Buffer; mac: Buffer; area: Buffer } | null;
 
-  private constructor(path: string, fh: FileHandle, header: JournalHeader, init: { state: JournalState | null; slot: number; key: Buffer | null; authenticated: boolean; raw?: { json: Buffer; mac: Buffer; area: Buffer } }) {
+  private constructor(
+    path: string,
+    fh: FileHandle,
+    header: JournalHeader,
+    init: { state: JournalState | null; slot: number; key: Buffer | null; authenticated: boolean; raw?: { json: Buffer; mac: Buffer; area: Buffer } },
+  ) {
     this.path = path;
     this.#fh = fh;
     this.header = header;
@@ -204,7 +209,8 @@ export class Journal {
     if (MAGIC_V2.length + 4 + json.length + 32 > HEADER_AREA) {
       throw new PipelineError('ERR_JOURNAL', `the journal header for ${diskPath} is too large (${json.length} bytes of JSON)`);
     }
-    if (header.chunkSize > MAX_CHUNK) throw new PipelineError('ERR_INVALID_ARGUMENT', `chunkSize ${header.chunkSize} is larger than ${MAX_CHUNK} for an in-place job`);
+    if (header.chunkSize > MAX_CHUNK)
+      throw new PipelineError('ERR_INVALID_ARGUMENT', `chunkSize ${header.chunkSize} is larger than ${MAX_CHUNK} for an in-place job`);
     const area = Buffer.alloc(COPY_AREA);
     MAGIC_V2.copy(area, 0);
     area.writeUInt32LE(json.length, 8);
@@ -266,7 +272,14 @@ export class Journal {
       } catch {
         throw bad('header is not JSON');
       }
-      if (header === null || typeof header !== 'object' || header.version !== version || !Number.isSafeInteger(header.chunkSize) || header.chunkSize <= 0 || header.chunkSize > MAX_CHUNK) {
+      if (
+        header === null ||
+        typeof header !== 'object' ||
+        header.version !== version ||
+        !Number.isSafeInteger(header.chunkSize) ||
+        header.chunkSize <= 0 ||
+        header.chunkSize > MAX_CHUNK
+      ) {
         throw bad('unknown version or chunk size');
       }
       checkExtentNames(header, path);
@@ -382,7 +395,10 @@ function checkExtentNames(header: JournalHeader, path: string): void {
     const text = Buffer.from(b64, 'base64').toString('latin1');
     for (const m of text.matchAll(/^\s*(?:RW|RDONLY|NOACCESS)\s+\d+\s+\w+\s+"([^"]*)"/gm)) {
       if (!isPlainFileName(m[1])) {
-        throw new PipelineError('ERR_JOURNAL', `the journal ${path} names the extent file ${JSON.stringify(m[1])}, which is not a plain file name in the disk's folder; refusing to resume from it`);
+        throw new PipelineError(
+          'ERR_JOURNAL',
+          `the journal ${path} names the extent file ${JSON.stringify(m[1])}, which is not a plain file name in the disk's folder; refusing to resume from it`,
+        );
       }
     }
   }

@@ -38,7 +38,12 @@ export function vmwareLockPathOf(diskPath: string): string {
 /** Take the lock of `diskPath` for `operation`, or throw ERR_DISK_BUSY naming the holder (ERR_QEMU_LOCKED for qemu). */
 export async function acquireLock(diskPath: string, operation: string, mode: LockMode = 'exclusive'): Promise<DiskLock> {
   const vmware = vmwareLockPathOf(diskPath);
-  if (await stat(vmware).then((s) => s.isDirectory(), () => false)) {
+  if (
+    await stat(vmware).then(
+      (s) => s.isDirectory(),
+      () => false,
+    )
+  ) {
     throw new PipelineError('ERR_DISK_BUSY', `${diskPath} is locked by VMware (the lock folder ${vmware} exists): power off the virtual machine that uses it`);
   }
   const recordPath = lockRecordPathFor(diskPath);

@@ -35,7 +35,10 @@ export async function openSource(path: string, opts: OpenSourceOptions): Promise
   try {
     const enc = encryptionOf(stored);
     if (enc?.job !== undefined && !opts.allowJob) {
-      throw new DiskError('ERR_INTERRUPTED_JOB', `${path} is in the middle of an interrupted ${enc.job} job; finish it first (vmseal resume, or run the same command again)`);
+      throw new DiskError(
+        'ERR_INTERRUPTED_JOB',
+        `${path} is in the middle of an interrupted ${enc.job} job; finish it first (vmseal resume, or run the same command again)`,
+      );
     }
     if (!enc) {
       if (opts.plain === 'refuse') throw new DiskError('ERR_NOT_ENCRYPTED', `${path} is not encrypted`);

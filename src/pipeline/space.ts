@@ -22,10 +22,7 @@ export async function ensureSpace(dir: string, needed: number, what: string): Pr
   if (free === null) return;
   const want = withMargin(needed);
   if (free < want) {
-    throw new PipelineError(
-      'ERR_NO_SPACE',
-      `not enough free space in ${dir} for ${what}: about ${mib(want)} MiB needed, ${mib(free)} MiB available`,
-    );
+    throw new PipelineError('ERR_NO_SPACE', `not enough free space in ${dir} for ${what}: about ${mib(want)} MiB needed, ${mib(free)} MiB available`);
   }
 }
 

@@ -193,7 +193,10 @@ export async function serve(options: ServeOptions): Promise<NbdHost> {
   if (options === null || typeof options !== 'object')
     throw new ServeError('ERR_INVALID_ARGUMENT', `Expected an options object but received ${describeValue(options)}`);
   if (!Array.isArray(options.disks) || options.disks.length === 0) {
-    throw new ServeError('ERR_INVALID_ARGUMENT', `Expected a non-empty array of disks ({ path, name?, readOnly? }) but received ${describeValue(options.disks)}`);
+    throw new ServeError(
+      'ERR_INVALID_ARGUMENT',
+      `Expected a non-empty array of disks ({ path, name?, readOnly? }) but received ${describeValue(options.disks)}`,
+    );
   }
   const listenArg = checkListen(options.listen, options.insecurePlaintext === true);
   const budget = new PayloadBudget(options.payloadBudget === undefined ? DEFAULT_PAYLOAD_BUDGET : checkCount(options.payloadBudget, 'payloadBudget'));

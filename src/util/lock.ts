@@ -179,7 +179,7 @@ export async function acquireFileLock(recordPath: string, options: FileLockOptio
   const waitMs = options.waitMs ?? 0;
   const started = Date.now();
   const deadline = started + waitMs;
-  for (let retries = 0; ; ) {
+  for (let retries = 0; ;) {
     const got = attempt(recordPath, mode);
     if ('retry' in got) {
       // Lost a race with a releasing holder; the next open creates a fresh file.
@@ -257,4 +257,3 @@ export async function withExclusiveLock<T>(recordPath: string, options: { operat
     lock.release();
   }
 }
-

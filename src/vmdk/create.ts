@@ -20,7 +20,15 @@ import { StreamWriterExtent } from './stream-writer.js';
 import { expected, expectedOneOf } from '../errors.js';
 
 export type CreateSubformat = 'raw' | 'monolithicSparse' | 'monolithicFlat' | 'twoGbMaxExtentSparse' | 'twoGbMaxExtentFlat' | 'streamOptimized' | 'vmfs';
-export const CREATE_SUBFORMATS: readonly CreateSubformat[] = ['raw', 'monolithicSparse', 'monolithicFlat', 'twoGbMaxExtentSparse', 'twoGbMaxExtentFlat', 'streamOptimized', 'vmfs'];
+export const CREATE_SUBFORMATS: readonly CreateSubformat[] = [
+  'raw',
+  'monolithicSparse',
+  'monolithicFlat',
+  'twoGbMaxExtentSparse',
+  'twoGbMaxExtentFlat',
+  'streamOptimized',
+  'vmfs',
+];
 export const ADAPTER_TYPES = ['ide', 'buslogic', 'lsilogic', 'legacyESX'] as const;
 
 export interface CreateDiskOptions {
@@ -100,7 +108,8 @@ export async function createDisk(path: string, options: CreateDiskOptions): Prom
   const dir = dirname(abs);
   const stem = basename(abs, extname(abs));
   const descriptor = buildDescriptor(subformat, sectors, adapterType, hw, lines);
-  const extentLine = (access: string, n: number, type: string, file: string, offset?: number) => `${access} ${n} ${type} "${file}"${offset === undefined ? '' : ` ${offset}`}`;
+  const extentLine = (access: string, n: number, type: string, file: string, offset?: number) =>
+    `${access} ${n} ${type} "${file}"${offset === undefined ? '' : ` ${offset}`}`;
 
   switch (subformat) {
     case 'monolithicFlat':

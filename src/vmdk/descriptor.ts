@@ -66,13 +66,19 @@ function checkValue(key: string, value: string): void {
     throw new VmdkFormatError('ERR_INVALID_ARGUMENT', expected('a string', `the value of descriptor key "${key}"`, value));
   }
   if (/["\r\n\0]/.test(value)) {
-    throw new VmdkFormatError('ERR_INVALID_ARGUMENT', `Expected a value without '"', CR, LF or NUL for descriptor key "${key}" (the descriptor format has no escapes)`);
+    throw new VmdkFormatError(
+      'ERR_INVALID_ARGUMENT',
+      `Expected a value without '"', CR, LF or NUL for descriptor key "${key}" (the descriptor format has no escapes)`,
+    );
   }
 }
 
 function checkKey(key: unknown): asserts key is string {
   if (typeof key !== 'string' || !KEY_RE.test(key) || key.length > 256) {
-    throw new VmdkFormatError('ERR_INVALID_ARGUMENT', `Expected a descriptor key of letters, digits, '_', '.' or '-' (at most 256) for key but received ${describeChoice(key)}`);
+    throw new VmdkFormatError(
+      'ERR_INVALID_ARGUMENT',
+      `Expected a descriptor key of letters, digits, '_', '.' or '-' (at most 256) for key but received ${describeChoice(key)}`,
+    );
   }
 }
 
@@ -156,13 +162,19 @@ export class Descriptor {
     const version = this.get('version');
     if (version === undefined) throw new VmdkFormatError('ERR_VMDK_FORMAT', 'descriptor has no "version" line', { file });
     if (!/^[123]$/.test(version)) {
-      throw new VmdkFormatError('ERR_VMDK_FORMAT', `descriptor version ${JSON.stringify(version.slice(0, 16))} is not supported (expected 1, 2 or 3)`, { file, line: this.#lineOf('version') });
+      throw new VmdkFormatError('ERR_VMDK_FORMAT', `descriptor version ${JSON.stringify(version.slice(0, 16))} is not supported (expected 1, 2 or 3)`, {
+        file,
+        line: this.#lineOf('version'),
+      });
     }
     const createType = this.get('createType');
     if (createType === undefined || createType === '') throw new VmdkFormatError('ERR_VMDK_FORMAT', 'descriptor has no "createType" line', { file });
     const encoding = this.get('encoding');
     if (encoding !== undefined && !UTF8_NAMES.has(encoding.toLowerCase())) {
-      throw new VmdkFormatError('ERR_VMDK_ENCODING', `descriptor encoding ${JSON.stringify(encoding.slice(0, 32))} is not supported (only UTF-8)`, { file, line: this.#lineOf('encoding') });
+      throw new VmdkFormatError('ERR_VMDK_ENCODING', `descriptor encoding ${JSON.stringify(encoding.slice(0, 32))} is not supported (only UTF-8)`, {
+        file,
+        line: this.#lineOf('encoding'),
+      });
     }
     for (const key of ['CID', 'parentCID']) {
       const v = this.get(key);
@@ -267,7 +279,10 @@ export class Descriptor {
 
   /** The extent lines exactly as written (used to check that an edit left the extents alone). */
   extentText(): string {
-    return this.#lines.filter((l) => l.kind === 'extent').map((l) => l.text.trim()).join('\n');
+    return this.#lines
+      .filter((l) => l.kind === 'extent')
+      .map((l) => l.text.trim())
+      .join('\n');
   }
 
   /** Whether the descriptor carries lines of vmseal's encryption layer (`encryption.*` or `ddb.encryption.*`). */
@@ -286,7 +301,11 @@ export class Descriptor {
   }
 
   clone(): Descriptor {
-    return new Descriptor(this.#lines.map((l) => ({ ...l })), this.#bom, this.file);
+    return new Descriptor(
+      this.#lines.map((l) => ({ ...l })),
+      this.#bom,
+      this.file,
+    );
   }
 
   toString(): string {
@@ -309,7 +328,10 @@ function parseLine(body: string, eol: string, lineNo: number, seen: Map<string, 
     if (!m) throw new VmdkFormatError('ERR_VMDK_FORMAT', 'invalid extent line (expected ACCESS SECTORS TYPE "file" [offset])', { file, line: lineNo });
     const type = m[3].toUpperCase();
     if ((type === 'ZERO') !== (m[4] === undefined)) {
-      throw new VmdkFormatError('ERR_VMDK_FORMAT', type === 'ZERO' ? 'a ZERO extent line has no file name' : `a ${type} extent line needs a quoted file name`, { file, line: lineNo });
+      throw new VmdkFormatError('ERR_VMDK_FORMAT', type === 'ZERO' ? 'a ZERO extent line has no file name' : `a ${type} extent line needs a quoted file name`, {
+        file,
+        line: lineNo,
+      });
     }
     const sectors = Number(m[2]);
     const offset = m[5] === undefined ? 0 : Number(m[5]);

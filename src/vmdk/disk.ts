@@ -115,7 +115,9 @@ export class VmdkDisk implements VirtualDisk {
   #checkRange(position: number, length: number, what: string): void {
     checkInteger(position, 'position');
     if (position + length > this.capacity) {
-      throw new VmdkFormatError('ERR_VMDK_RANGE', `${what} of ${length} bytes at position ${position} goes past the capacity of ${this.capacity} bytes`, { file: this.path });
+      throw new VmdkFormatError('ERR_VMDK_RANGE', `${what} of ${length} bytes at position ${position} goes past the capacity of ${this.capacity} bytes`, {
+        file: this.path,
+      });
     }
   }
 
@@ -136,7 +138,10 @@ export class VmdkDisk implements VirtualDisk {
   async read(position: number, length: number): Promise<Buffer> {
     checkInteger(length, 'length');
     if (length > MAX_READ_BYTES) {
-      throw new VmdkFormatError('ERR_INVALID_ARGUMENT', `${expected(`a length of at most ${MAX_READ_BYTES} bytes`, 'length', length)}; use readInto() with your own buffer for more`);
+      throw new VmdkFormatError(
+        'ERR_INVALID_ARGUMENT',
+        `${expected(`a length of at most ${MAX_READ_BYTES} bytes`, 'length', length)}; use readInto() with your own buffer for more`,
+      );
     }
     const buf = Buffer.allocUnsafe(length);
     await this.readInto(position, buf);
@@ -260,7 +265,9 @@ export class VmdkDisk implements VirtualDisk {
     if (typeof edit !== 'function') throw new VmdkFormatError('ERR_INVALID_ARGUMENT', expected('a function', 'edit', edit));
     const store = this.#store;
     if (store.kind === 'none' || !this.#descriptor) {
-      throw new VmdkFormatError('ERR_VMDK_DESCRIPTOR_FULL', `cannot update the descriptor: ${store.kind === 'none' ? store.why : 'no descriptor'}`, { file: this.path });
+      throw new VmdkFormatError('ERR_VMDK_DESCRIPTOR_FULL', `cannot update the descriptor: ${store.kind === 'none' ? store.why : 'no descriptor'}`, {
+        file: this.path,
+      });
     }
     if (this.readOnly) throw new VmdkFormatError('ERR_VMDK_READ_ONLY', 'cannot update the descriptor: the disk was opened read-only', { file: this.path });
     await this.#descriptorMutex.run(async () => {
@@ -272,7 +279,9 @@ export class VmdkDisk implements VirtualDisk {
       }
       const bytes = copy.toBuffer();
       if (bytes.length > MAX_DESCRIPTOR_BYTES) {
-        throw new VmdkFormatError('ERR_VMDK_LIMIT', `descriptor would be ${bytes.length} bytes, beyond the limit of ${MAX_DESCRIPTOR_BYTES}`, { file: this.path });
+        throw new VmdkFormatError('ERR_VMDK_LIMIT', `descriptor would be ${bytes.length} bytes, beyond the limit of ${MAX_DESCRIPTOR_BYTES}`, {
+          file: this.path,
+        });
       }
       if (store.kind === 'text') {
         await writeFileAtomic(this.path, bytes, 'keep').catch((err: unknown) => {
@@ -282,7 +291,11 @@ export class VmdkDisk implements VirtualDisk {
         const area = store.host.descriptorArea!;
         // Keep at least one NUL so readers that look for the terminator find it.
         if (bytes.length >= area.size) {
-          throw new VmdkFormatError('ERR_VMDK_DESCRIPTOR_FULL', `descriptor of ${bytes.length} bytes no longer fits the ${area.size}-byte embedded descriptor area`, { file: this.path, offset: area.offset });
+          throw new VmdkFormatError(
+            'ERR_VMDK_DESCRIPTOR_FULL',
+            `descriptor of ${bytes.length} bytes no longer fits the ${area.size}-byte embedded descriptor area`,
+            { file: this.path, offset: area.offset },
+          );
         }
         await store.host.writeDescriptorArea(bytes);
       }

@@ -54,7 +54,11 @@ export class FlatExtent implements Extent {
   async readInto(offset: number, target: Uint8Array): Promise<void> {
     const n = await this.file.readAt(target, this.#base + offset);
     if (n !== target.length) {
-      throw new VmdkFormatError('ERR_VMDK_TRUNCATED', `flat extent file ends before the extent does (read ${target.length} bytes at offset ${this.#base + offset}, got ${n})`, { file: this.file.path, offset: this.#base + offset + n });
+      throw new VmdkFormatError(
+        'ERR_VMDK_TRUNCATED',
+        `flat extent file ends before the extent does (read ${target.length} bytes at offset ${this.#base + offset}, got ${n})`,
+        { file: this.file.path, offset: this.#base + offset + n },
+      );
     }
   }
 

@@ -74,7 +74,10 @@ export class HostFile {
   async readExact(target: Uint8Array, pos: number, what: string): Promise<void> {
     const n = await this.readAt(target, pos);
     if (n !== target.length) {
-      throw new VmdkFormatError('ERR_VMDK_TRUNCATED', `file ends inside ${what} (needed ${target.length} bytes at offset ${pos}, file has ${this.size})`, { file: this.path, offset: pos });
+      throw new VmdkFormatError('ERR_VMDK_TRUNCATED', `file ends inside ${what} (needed ${target.length} bytes at offset ${pos}, file has ${this.size})`, {
+        file: this.path,
+        offset: pos,
+      });
     }
   }
 

@@ -61,7 +61,11 @@ export async function openDisk(path: string, options: OpenDiskOptions = {}): Pro
     }
     if (looksLikeDescriptor(head)) return await openText(main, opened, readOnly, allowEncrypted);
     if (format === 'vmdk' || ext === '.vmdk') {
-      throw new VmdkFormatError('ERR_VMDK_FORMAT', `wrong magic: neither a sparse extent header ("KDMV") nor a text descriptor ("# Disk DescriptorFile") in a file of ${main.size} bytes`, { file: abs, offset: 0 });
+      throw new VmdkFormatError(
+        'ERR_VMDK_FORMAT',
+        `wrong magic: neither a sparse extent header ("KDMV") nor a text descriptor ("# Disk DescriptorFile") in a file of ${main.size} bytes`,
+        { file: abs, offset: 0 },
+      );
     }
     return openRaw(main, readOnly);
   } catch (err) {
@@ -139,20 +143,30 @@ async function openEmbedded(main: HostFile, opened: HostFile[], readOnly: boolea
     checkDescriptor(descriptor, main.path, allowEncrypted);
     const lines = descriptor.extents;
     if (lines.length !== 1 || lines[0].type !== 'SPARSE') {
-      throw new VmdkFormatError('ERR_VMDK_UNSUPPORTED', 'an embedded descriptor must describe exactly one SPARSE extent (the file itself)', { file: main.path, line: lines[0]?.line });
+      throw new VmdkFormatError('ERR_VMDK_UNSUPPORTED', 'an embedded descriptor must describe exactly one SPARSE extent (the file itself)', {
+        file: main.path,
+        line: lines[0]?.line,
+      });
     }
     store = { kind: 'embedded', host: sparse };
   } else {
     // A bare sparse extent (e.g. one file of a twoGbMaxExtentSparse disk): describe it in memory.
     descriptor = Descriptor.parse(
-      `# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicSparse"\n\n# Extent description\nRW ${sparse.header.capacity} SPARSE "${main.path.split(sep).pop()!.replace(/["\r\n\0]/g, '_')}"\n`,
+      `# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicSparse"\n\n# Extent description\nRW ${sparse.header.capacity} SPARSE "${main.path
+        .split(sep)
+        .pop()!
+        .replace(/["\r\n\0]/g, '_')}"\n`,
       { file: main.path },
     );
     store = { kind: 'none', why: 'this sparse extent has no embedded descriptor (open the disk through its descriptor file)' };
   }
   const line = descriptor.extents[0];
   if (line.sectors !== sparse.header.capacity) {
-    throw new VmdkFormatError('ERR_VMDK_CORRUPT', `capacity disagrees: the extent line says ${line.sectors} sectors, the sparse header ${sparse.header.capacity}`, { file: main.path, line: line.line });
+    throw new VmdkFormatError(
+      'ERR_VMDK_CORRUPT',
+      `capacity disagrees: the extent line says ${line.sectors} sectors, the sparse header ${sparse.header.capacity}`,
+      { file: main.path, line: line.line },
+    );
   }
   if (line.access !== 'RW') sparse.refuseWrites(`the extent on line ${line.line} is ${line.access}`);
   return new VmdkDisk({
@@ -171,7 +185,11 @@ async function openEmbedded(main: HostFile, opened: HostFile[], readOnly: boolea
 function checkDescriptor(d: Descriptor, file: string, allowEncrypted: boolean): void {
   const type = d.createType;
   if (!(SUPPORTED_SUBFORMATS as readonly string[]).includes(type) && !VMFS_FLAT_ALIASES.has(type)) {
-    throw new VmdkFormatError('ERR_VMDK_UNSUPPORTED', `unsupported subformat "${type.slice(0, 40)}" (supported: ${SUPPORTED_SUBFORMATS.join(', ')}; vmfsSparse and seSparse are refused)`, { file });
+    throw new VmdkFormatError(
+      'ERR_VMDK_UNSUPPORTED',
+      `unsupported subformat "${type.slice(0, 40)}" (supported: ${SUPPORTED_SUBFORMATS.join(', ')}; vmfsSparse and seSparse are refused)`,
+      { file },
+    );
   }
   const parent = d.get('parentCID');
   if ((parent !== undefined && parent.toLowerCase() !== NO_PARENT) || d.has('parentFileNameHint')) {
@@ -193,7 +211,11 @@ export function resolveExtentPath(descriptorFile: string, name: string, line: nu
   const where = { file: descriptorFile, line };
   if (name === '' || name.includes('\0')) throw new VmdkFormatError('ERR_VMDK_FORMAT', 'extent file name is empty', where);
   if (isAbsolute(name) || /^[A-Za-z]:/.test(name) || name.startsWith('\\')) {
-    throw new VmdkFormatError('ERR_VMDK_EXTENT_FILE', `extent file name ${JSON.stringify(name.slice(0, 80))} is absolute; only names inside the disk's folder are accepted`, where);
+    throw new VmdkFormatError(
+      'ERR_VMDK_EXTENT_FILE',
+      `extent file name ${JSON.stringify(name.slice(0, 80))} is absolute; only names inside the disk's folder are accepted`,
+      where,
+    );
   }
   const dir = dirname(descriptorFile);
   const full = resolve(dir, name);
@@ -224,7 +246,9 @@ async function openExtents(
   opened: HostFile[],
 ): Promise<{ extents: Extent[]; hostFiles: HostFile[] }> {
   if (d.extents.length > MAX_EXTENTS) {
-    throw new VmdkFormatError('ERR_VMDK_LIMIT', `descriptor has ${d.extents.length} extent lines, more than the limit of ${MAX_EXTENTS}`, { file: descriptorFile });
+    throw new VmdkFormatError('ERR_VMDK_LIMIT', `descriptor has ${d.extents.length} extent lines, more than the limit of ${MAX_EXTENTS}`, {
+      file: descriptorFile,
+    });
   }
   const extents: Extent[] = [];
   const byPath = new Map<string, { file: HostFile; sparse: boolean }>();
@@ -256,7 +280,8 @@ async function openExtents(
     }
     const full = resolveExtentPath(descriptorFile, line.file, line.line);
     await checkRealPath(descriptorFile, full, line.file, where);
-    if (full === descriptorFile) throw new VmdkFormatError('ERR_VMDK_EXTENT_FILE', 'an extent of a text descriptor cannot be the descriptor file itself', where);
+    if (full === descriptorFile)
+      throw new VmdkFormatError('ERR_VMDK_EXTENT_FILE', 'an extent of a text descriptor cannot be the descriptor file itself', where);
     const sparse = line.type === 'SPARSE';
     let entry = byPath.get(full);
     if (entry && (sparse || entry.sparse)) {
@@ -268,7 +293,10 @@ async function openExtents(
         file = await HostFile.open(full, writable);
       } catch (err) {
         if (err instanceof VmdkFormatError && err.code === 'ERR_VMDK_EXTENT_FILE') {
-          throw new VmdkFormatError('ERR_VMDK_EXTENT_FILE', `extent file ${JSON.stringify(line.file.slice(0, 80))} is missing or not a file (${full})`, { ...where, cause: err });
+          throw new VmdkFormatError('ERR_VMDK_EXTENT_FILE', `extent file ${JSON.stringify(line.file.slice(0, 80))} is missing or not a file (${full})`, {
+            ...where,
+            cause: err,
+          });
         }
         throw err;
       }
@@ -279,7 +307,11 @@ async function openExtents(
     if (sparse) {
       const ext = await SparseExtent.open(entry.file, { writable: writable && entry.file.writable, whyReadOnly: why });
       if (ext.header.capacity !== line.sectors) {
-        throw new VmdkFormatError('ERR_VMDK_CORRUPT', `capacity disagrees: the extent line says ${line.sectors} sectors, the sparse header of ${line.file} ${ext.header.capacity}`, where);
+        throw new VmdkFormatError(
+          'ERR_VMDK_CORRUPT',
+          `capacity disagrees: the extent line says ${line.sectors} sectors, the sparse header of ${line.file} ${ext.header.capacity}`,
+          where,
+        );
       }
       extents.push(ext);
     } else {

@@ -120,14 +120,19 @@ export class SparseExtent implements Extent {
    */
   static async open(file: HostFile, opts: SparseOpenOptions): Promise<SparseExtent> {
     const path = file.path;
-    if (file.size < SECTOR) throw new VmdkFormatError('ERR_VMDK_TRUNCATED', `file is ${file.size} bytes, shorter than a sparse header`, { file: path, offset: 0 });
+    if (file.size < SECTOR)
+      throw new VmdkFormatError('ERR_VMDK_TRUNCATED', `file is ${file.size} bytes, shorter than a sparse header`, { file: path, offset: 0 });
     const hbuf = Buffer.alloc(SECTOR);
     await file.readExact(hbuf, 0, 'the sparse header');
     let header = parseSparseHeader(hbuf, path, 0);
     if (header.gdOffset === -1) {
       // streamOptimized: the real header is the footer, one sector before the end-of-stream marker.
       const fileSectors = Math.floor(file.size / SECTOR);
-      if (fileSectors < 3) throw new VmdkFormatError('ERR_VMDK_TRUNCATED', 'file too short for a footer (gdOffset says the grain directory is at the end)', { file: path, offset: file.size });
+      if (fileSectors < 3)
+        throw new VmdkFormatError('ERR_VMDK_TRUNCATED', 'file too short for a footer (gdOffset says the grain directory is at the end)', {
+          file: path,
+          offset: file.size,
+        });
       const footerAt = (fileSectors - 2) * SECTOR;
       const fbuf = Buffer.alloc(SECTOR);
       await file.readExact(fbuf, footerAt, 'the footer');
@@ -136,13 +141,19 @@ export class SparseExtent implements Extent {
         footer = parseSparseHeader(fbuf, path, footerAt);
       } catch (err) {
         if (err instanceof VmdkFormatError && err.code === 'ERR_VMDK_FORMAT') {
-          throw new VmdkFormatError('ERR_VMDK_CORRUPT', 'invalid footer: no "KDMV" header one sector before the end-of-stream marker (file truncated?)', { file: path, offset: footerAt });
+          throw new VmdkFormatError('ERR_VMDK_CORRUPT', 'invalid footer: no "KDMV" header one sector before the end-of-stream marker (file truncated?)', {
+            file: path,
+            offset: footerAt,
+          });
         }
         throw err;
       }
       if (footer.gdOffset === -1) throw new VmdkFormatError('ERR_VMDK_CORRUPT', 'footer has no grain directory offset', { file: path, offset: footerAt + 56 });
       if (footer.capacity !== header.capacity || footer.grainSize !== header.grainSize || footer.numGTEsPerGT !== header.numGTEsPerGT) {
-        throw new VmdkFormatError('ERR_VMDK_CORRUPT', 'footer disagrees with the header on capacity, grain size or table size', { file: path, offset: footerAt });
+        throw new VmdkFormatError('ERR_VMDK_CORRUPT', 'footer disagrees with the header on capacity, grain size or table size', {
+          file: path,
+          offset: footerAt,
+        });
       }
       header = { ...header, gdOffset: footer.gdOffset, rgdOffset: footer.rgdOffset, flags: footer.flags };
     }
@@ -152,12 +163,16 @@ export class SparseExtent implements Extent {
     const gdSec = Math.ceil(gdBytes / SECTOR);
     const gtSec = gtSectors(header);
     const meta: Interval[] = [{ start: 0, end: 1, what: 'the header' }];
-    if (header.descriptorSize > 0) meta.push({ start: header.descriptorOffset, end: header.descriptorOffset + header.descriptorSize, what: 'the embedded descriptor' });
+    if (header.descriptorSize > 0)
+      meta.push({ start: header.descriptorOffset, end: header.descriptorOffset + header.descriptorSize, what: 'the embedded descriptor' });
 
     const readTable = async (sector: number, what: string, fieldOffset: number): Promise<Uint32Array> => {
       const at = sector * SECTOR;
       if (at + gdBytes > file.size) {
-        throw new VmdkFormatError('ERR_VMDK_CORRUPT', `${what} (${gdBytes} bytes at sector ${sector}) extends past the end of the file (${file.size} bytes)`, { file: path, offset: fieldOffset });
+        throw new VmdkFormatError('ERR_VMDK_CORRUPT', `${what} (${gdBytes} bytes at sector ${sector}) extends past the end of the file (${file.size} bytes)`, {
+          file: path,
+          offset: fieldOffset,
+        });
       }
       const buf = Buffer.alloc(gdBytes);
       await file.readExact(buf, at, what);
@@ -166,7 +181,7 @@ export class SparseExtent implements Extent {
     };
     const gd = await readTable(header.gdOffset, 'the grain directory', 56);
     let rgd: Uint32Array | undefined;
-    if ((header.flags & FLAG_RGD) && header.rgdOffset !== 0) rgd = await readTable(header.rgdOffset, 'the redundant grain directory', 48);
+    if (header.flags & FLAG_RGD && header.rgdOffset !== 0) rgd = await readTable(header.rgdOffset, 'the redundant grain directory', 48);
 
     // Grain tables: inside the file, and nowhere shared with other metadata.
     const gts: Array<{ index: number; sector: number }> = [];
@@ -177,13 +192,19 @@ export class SparseExtent implements Extent {
       let count = 0;
       for (let i = 0; i < dir.length; i++) if (dir[i] !== 0) count++;
       if (count > Math.floor(file.size / (gtSec * SECTOR))) {
-        throw new VmdkFormatError('ERR_VMDK_CORRUPT', `${name} directory lists ${count} tables, more than the file can hold (tables claimed twice)`, { file: path, offset: (name === 'grain' ? header.gdOffset : header.rgdOffset) * SECTOR });
+        throw new VmdkFormatError('ERR_VMDK_CORRUPT', `${name} directory lists ${count} tables, more than the file can hold (tables claimed twice)`, {
+          file: path,
+          offset: (name === 'grain' ? header.gdOffset : header.rgdOffset) * SECTOR,
+        });
       }
       for (let i = 0; i < dir.length; i++) {
         const s = dir[i];
         if (s === 0) continue;
         if (s * SECTOR + gtBytes > file.size) {
-          throw new VmdkFormatError('ERR_VMDK_CORRUPT', `${name} table ${i} at sector ${s} extends past the end of the file`, { file: path, offset: (name === 'grain' ? header.gdOffset : header.rgdOffset) * SECTOR + i * 4 });
+          throw new VmdkFormatError('ERR_VMDK_CORRUPT', `${name} table ${i} at sector ${s} extends past the end of the file`, {
+            file: path,
+            offset: (name === 'grain' ? header.gdOffset : header.rgdOffset) * SECTOR + i * 4,
+          });
         }
         meta.push({ start: s, end: s + gtSec, what: `${name} table ${i}` });
       }
@@ -193,7 +214,11 @@ export class SparseExtent implements Extent {
     meta.sort((a, b) => a.start - b.start);
     for (let i = 1; i < meta.length; i++) {
       if (meta[i].start < meta[i - 1].end) {
-        throw new VmdkFormatError('ERR_VMDK_CORRUPT', `${meta[i].what} (sector ${meta[i].start}) overlaps ${meta[i - 1].what} (sectors ${meta[i - 1].start}-${meta[i - 1].end - 1})`, { file: path, offset: meta[i].start * SECTOR });
+        throw new VmdkFormatError(
+          'ERR_VMDK_CORRUPT',
+          `${meta[i].what} (sector ${meta[i].start}) overlaps ${meta[i - 1].what} (sectors ${meta[i - 1].start}-${meta[i - 1].end - 1})`,
+          { file: path, offset: meta[i].start * SECTOR },
+        );
       }
     }
     for (let i = 0; i < gd.length; i++) if (gd[i] !== 0) gts.push({ index: i, sector: gd[i] });
@@ -206,7 +231,7 @@ export class SparseExtent implements Extent {
     const maxGrains = Math.floor(file.size / (compressed ? SECTOR : grainSec * SECTOR)) + 1;
     const grains = new U32List();
     gts.sort((a, b) => a.sector - b.sector);
-    for (let i = 0; i < gts.length; ) {
+    for (let i = 0; i < gts.length;) {
       let j = i + 1;
       while (j < gts.length && gts[j].sector === gts[j - 1].sector + gtSec && (j - i + 1) * gtSec * SECTOR <= META_READ_BYTES) j++;
       const run = Buffer.alloc((gts[j - 1].sector - gts[i].sector) * SECTOR + gtBytes);
@@ -222,16 +247,28 @@ export class SparseExtent implements Extent {
           if (s === 0 || (s === 1 && zeroed)) continue;
           const entryOffset = gts[k].sector * SECTOR + e * 4;
           if ((firstGrain + e) * grainSec >= header.capacity) {
-            throw new VmdkFormatError('ERR_VMDK_CORRUPT', `grain table ${gts[k].index} has an entry for grain ${firstGrain + e}, beyond the capacity`, { file: path, offset: entryOffset });
+            throw new VmdkFormatError('ERR_VMDK_CORRUPT', `grain table ${gts[k].index} has an entry for grain ${firstGrain + e}, beyond the capacity`, {
+              file: path,
+              offset: entryOffset,
+            });
           }
           if (s >= fileSectors) {
-            throw new VmdkFormatError('ERR_VMDK_CORRUPT', `grain ${firstGrain + e} points to sector ${s}, past the end of the file (${file.size} bytes)`, { file: path, offset: entryOffset });
+            throw new VmdkFormatError('ERR_VMDK_CORRUPT', `grain ${firstGrain + e} points to sector ${s}, past the end of the file (${file.size} bytes)`, {
+              file: path,
+              offset: entryOffset,
+            });
           }
           if (!compressed && s * SECTOR + grainSec * SECTOR > file.size) {
-            throw new VmdkFormatError('ERR_VMDK_TRUNCATED', `file ends inside grain ${firstGrain + e} (sector ${s}; file has ${file.size} bytes)`, { file: path, offset: entryOffset });
+            throw new VmdkFormatError('ERR_VMDK_TRUNCATED', `file ends inside grain ${firstGrain + e} (sector ${s}; file has ${file.size} bytes)`, {
+              file: path,
+              offset: entryOffset,
+            });
           }
           if (grains.length >= maxGrains) {
-            throw new VmdkFormatError('ERR_VMDK_CORRUPT', 'grain tables point to more grains than the file can hold (grains claimed twice)', { file: path, offset: entryOffset });
+            throw new VmdkFormatError('ERR_VMDK_CORRUPT', 'grain tables point to more grains than the file can hold (grains claimed twice)', {
+              file: path,
+              offset: entryOffset,
+            });
           }
           grains.push(s);
         }
@@ -246,7 +283,10 @@ export class SparseExtent implements Extent {
     for (let i = 0; i < sorted.length; i++) {
       const s = sorted[i];
       if (i > 0 && s < sorted[i - 1] + step) {
-        throw new VmdkFormatError('ERR_VMDK_CORRUPT', `grain at sector ${s} is claimed twice (or overlaps the grain at sector ${sorted[i - 1]})`, { file: path, offset: s * SECTOR });
+        throw new VmdkFormatError('ERR_VMDK_CORRUPT', `grain at sector ${s} is claimed twice (or overlaps the grain at sector ${sorted[i - 1]})`, {
+          file: path,
+          offset: s * SECTOR,
+        });
       }
       while (m < meta.length && meta[m].end <= s) m++;
       if (m < meta.length && meta[m].start < s + step) {
@@ -313,7 +353,10 @@ export class SparseExtent implements Extent {
           quiet(
             this.file.readAt(sub, fileOff).then((got) => {
               if (got !== sub.length) {
-                throw new VmdkFormatError('ERR_VMDK_TRUNCATED', `file ends inside a grain (read ${sub.length} bytes at offset ${fileOff}, got ${got})`, { file: this.file.path, offset: fileOff + got });
+                throw new VmdkFormatError('ERR_VMDK_TRUNCATED', `file ends inside a grain (read ${sub.length} bytes at offset ${fileOff}, got ${got})`, {
+                  file: this.file.path,
+                  offset: fileOff + got,
+                });
               }
             }),
           ),
@@ -387,16 +430,25 @@ export class SparseExtent implements Extent {
     const lba = first.readBigUInt64LE(0);
     const size = first.readUInt32LE(8);
     if (lba !== BigInt(g) * BigInt(this.header.grainSize)) {
-      throw new VmdkFormatError('ERR_VMDK_CORRUPT', `compressed grain at sector ${s} is marked for sector ${lba}, expected ${g * this.header.grainSize}`, { file: path, offset: at });
+      throw new VmdkFormatError('ERR_VMDK_CORRUPT', `compressed grain at sector ${s} is marked for sector ${lba}, expected ${g * this.header.grainSize}`, {
+        file: path,
+        offset: at,
+      });
     }
     if (size === 0 || size > this.grainBytes + MAX_COMPRESSED_SLACK) {
-      throw new VmdkFormatError('ERR_VMDK_CORRUPT', `compressed grain ${g} claims ${size} bytes (bound ${this.grainBytes + MAX_COMPRESSED_SLACK})`, { file: path, offset: at + 8 });
+      throw new VmdkFormatError('ERR_VMDK_CORRUPT', `compressed grain ${g} claims ${size} bytes (bound ${this.grainBytes + MAX_COMPRESSED_SLACK})`, {
+        file: path,
+        offset: at + 8,
+      });
     }
     let zdata: Buffer;
     if (12 + size <= got) zdata = first.subarray(12, 12 + size);
     else {
       if (at + 12 + size > this.file.size) {
-        throw new VmdkFormatError('ERR_VMDK_TRUNCATED', `file ends inside compressed grain ${g} (${size} bytes at offset ${at + 12})`, { file: path, offset: at + 12 });
+        throw new VmdkFormatError('ERR_VMDK_TRUNCATED', `file ends inside compressed grain ${g} (${size} bytes at offset ${at + 12})`, {
+          file: path,
+          offset: at + 12,
+        });
       }
       zdata = Buffer.alloc(size);
       await this.file.readExact(zdata, at + 12, `compressed grain ${g}`);
@@ -405,11 +457,18 @@ export class SparseExtent implements Extent {
     try {
       data = await inflate(zdata, { maxOutputLength: this.grainBytes });
     } catch (err) {
-      throw new VmdkFormatError('ERR_VMDK_CORRUPT', `compressed grain ${g} does not inflate (${(err as Error).message})`, { file: path, offset: at + 12, cause: err });
+      throw new VmdkFormatError('ERR_VMDK_CORRUPT', `compressed grain ${g} does not inflate (${(err as Error).message})`, {
+        file: path,
+        offset: at + 12,
+        cause: err,
+      });
     }
     const expected = Math.min(this.grainBytes, this.size - g * this.grainBytes);
     if (data.length < expected) {
-      throw new VmdkFormatError('ERR_VMDK_CORRUPT', `compressed grain ${g} inflates to ${data.length} bytes, expected ${this.grainBytes}`, { file: path, offset: at + 12 });
+      throw new VmdkFormatError('ERR_VMDK_CORRUPT', `compressed grain ${g} inflates to ${data.length} bytes, expected ${this.grainBytes}`, {
+        file: path,
+        offset: at + 12,
+      });
     }
     if (data.length < this.grainBytes) {
       const full = Buffer.alloc(this.grainBytes);
@@ -577,7 +636,7 @@ export class SparseExtent implements Extent {
       const old = Buffer.alloc(area.size);
       const got = await this.file.readAt(old, area.offset);
       const writes: Array<Promise<void>> = [];
-      for (let s = 0; s < area.size; ) {
+      for (let s = 0; s < area.size;) {
         if (s + SECTOR <= got && buf.subarray(s, s + SECTOR).equals(old.subarray(s, s + SECTOR))) {
           s += SECTOR;
           continue;

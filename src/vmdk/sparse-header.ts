@@ -69,8 +69,10 @@ function u64(buf: Buffer, at: number, field: string, file: string, base: number)
 export function parseSparseHeader(buf: Buffer, file: string, base = 0): SparseHeader {
   const magic = buf.readUInt32LE(0);
   if (magic !== SPARSE_MAGIC) {
-    if (magic === COWD_MAGIC) throw new VmdkFormatError('ERR_VMDK_UNSUPPORTED', 'unsupported subformat: vmfsSparse ("COWD") extents are not supported', { file, offset: base });
-    if (magic === SESPARSE_MAGIC) throw new VmdkFormatError('ERR_VMDK_UNSUPPORTED', 'unsupported subformat: seSparse extents are not supported', { file, offset: base });
+    if (magic === COWD_MAGIC)
+      throw new VmdkFormatError('ERR_VMDK_UNSUPPORTED', 'unsupported subformat: vmfsSparse ("COWD") extents are not supported', { file, offset: base });
+    if (magic === SESPARSE_MAGIC)
+      throw new VmdkFormatError('ERR_VMDK_UNSUPPORTED', 'unsupported subformat: seSparse extents are not supported', { file, offset: base });
     throw new VmdkFormatError('ERR_VMDK_FORMAT', 'wrong magic: expected a sparse extent header "KDMV"', { file, offset: base });
   }
   const gdRaw = buf.readBigUInt64LE(56);
@@ -115,12 +117,16 @@ export function parseSparseHeader(buf: Buffer, file: string, base = 0): SparseHe
   if (h.compressAlgorithm > 1) {
     throw new VmdkFormatError('ERR_VMDK_UNSUPPORTED', `unsupported compressAlgorithm ${h.compressAlgorithm} (expected 0 or 1 = deflate)`, at(77));
   }
-  if ((h.flags & FLAG_COMPRESSED) && h.compressAlgorithm !== 1) {
+  if (h.flags & FLAG_COMPRESSED && h.compressAlgorithm !== 1) {
     throw new VmdkFormatError('ERR_VMDK_FORMAT', 'compressed-grain flag set but compressAlgorithm is not deflate', at(77));
   }
   const gdEntries = gdEntryCount(h);
   if (gdEntries > MAX_GD_ENTRIES) {
-    throw new VmdkFormatError('ERR_VMDK_LIMIT', `capacity ${h.capacity} sectors needs ${gdEntries} grain directory entries, beyond the limit of ${MAX_GD_ENTRIES}`, at(12));
+    throw new VmdkFormatError(
+      'ERR_VMDK_LIMIT',
+      `capacity ${h.capacity} sectors needs ${gdEntries} grain directory entries, beyond the limit of ${MAX_GD_ENTRIES}`,
+      at(12),
+    );
   }
   if (h.gdOffset !== -1 && (h.gdOffset < 1 || h.gdOffset >= MAX_SPARSE_FILE_SECTORS)) {
     throw new VmdkFormatError('ERR_VMDK_FORMAT', `gdOffset ${h.gdOffset} is not a sector inside a sparse file`, at(56));

@@ -73,7 +73,13 @@ export class StreamWriterExtent implements Extent {
   }
 
   /** Create the extent in an empty file: header and descriptor now, the rest as data arrives and on close. */
-  static async create(file: HostFile, capacitySectors: number, grainSectors: number, descriptor: Uint8Array, descriptorSectors: number): Promise<StreamWriterExtent> {
+  static async create(
+    file: HostFile,
+    capacitySectors: number,
+    grainSectors: number,
+    descriptor: Uint8Array,
+    descriptorSectors: number,
+  ): Promise<StreamWriterExtent> {
     const overHead = Math.ceil((1 + descriptorSectors) / grainSectors) * grainSectors;
     const header: SparseHeader = {
       version: 3,
@@ -113,12 +119,16 @@ export class StreamWriterExtent implements Extent {
   }
 
   async readInto(): Promise<void> {
-    throw new VmdkFormatError('ERR_VMDK_UNSUPPORTED', 'a streamOptimized disk being created cannot be read until it is closed and opened again', { file: this.file.path });
+    throw new VmdkFormatError('ERR_VMDK_UNSUPPORTED', 'a streamOptimized disk being created cannot be read until it is closed and opened again', {
+      file: this.file.path,
+    });
   }
 
   // eslint-disable-next-line require-yield
   async *allocated(): AsyncIterable<ByteRange> {
-    throw new VmdkFormatError('ERR_VMDK_UNSUPPORTED', 'a streamOptimized disk being created has no allocation map until it is closed and opened again', { file: this.file.path });
+    throw new VmdkFormatError('ERR_VMDK_UNSUPPORTED', 'a streamOptimized disk being created has no allocation map until it is closed and opened again', {
+      file: this.file.path,
+    });
   }
 
   async write(offset: number, data: Uint8Array): Promise<void> {
@@ -130,7 +140,11 @@ export class StreamWriterExtent implements Extent {
     const gb = this.grainBytes;
     const current = this.#grainIndex < 0 ? 0 : this.#grainIndex * gb;
     if (offset < current) {
-      throw new VmdkFormatError('ERR_VMDK_WRITE_ORDER', `streamOptimized disks are written front to back: write at ${offset} is before the grain being written (${current})`, { file: this.file.path });
+      throw new VmdkFormatError(
+        'ERR_VMDK_WRITE_ORDER',
+        `streamOptimized disks are written front to back: write at ${offset} is before the grain being written (${current})`,
+        { file: this.file.path },
+      );
     }
     const done: Array<{ index: number; data: Uint8Array }> = [];
     let pos = offset;

@@ -130,10 +130,7 @@ export function checkOut(out: unknown, data: Uint8Array, argument: string): Uint
     throw new XtsRangeError('ERR_XTS_OUT_TOO_SMALL', expected(`a Uint8Array of at least ${needed} bytes`, argument, o));
   }
   if (overlaps(data, o, needed)) {
-    throw new XtsRangeError(
-      'ERR_XTS_OVERLAP',
-      expected('the same memory as data (in place) or memory that does not overlap it', argument, o),
-    );
+    throw new XtsRangeError('ERR_XTS_OVERLAP', expected('the same memory as data (in place) or memory that does not overlap it', argument, o));
   }
   return o;
 }
@@ -145,7 +142,10 @@ export function checkOut(out: unknown, data: Uint8Array, argument: string): Uint
 function checkFixedLength(view: Uint8Array, argument: string): void {
   const buffer = view.buffer as { resizable?: boolean; growable?: boolean };
   if (buffer.resizable === true || buffer.growable === true) {
-    throw new XtsTypeError('ERR_INVALID_ARG_VALUE', `Expected a Uint8Array over a fixed-length buffer for ${argument} but received a resizable ${describeValue(view)}`);
+    throw new XtsTypeError(
+      'ERR_INVALID_ARG_VALUE',
+      `Expected a Uint8Array over a fixed-length buffer for ${argument} but received a resizable ${describeValue(view)}`,
+    );
   }
 }
 

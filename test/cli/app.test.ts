@@ -19,7 +19,13 @@ afterAll(async () => {
 async function cli(argv: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; stdout: string; stderr: string }> {
   let stdout = '';
   let stderr = '';
-  const sink = (f: (s: string) => void) => new Writable({ write(c, _e, cb) { f(String(c)); cb(); } });
+  const sink = (f: (s: string) => void) =>
+    new Writable({
+      write(c, _e, cb) {
+        f(String(c));
+        cb();
+      },
+    });
   const code = await run(argv, {
     env,
     streams: { stdout: sink((s) => (stdout += s)), stderr: sink((s) => (stderr += s)) },
@@ -67,7 +73,11 @@ describe('command line grammar', () => {
     const r = await cli(['encrypt', 'a.img', 'b.vmdk', '--subformat', 'qcow9', '--json']);
     expect(r.code).toBe(2);
     const j = JSON.parse(r.stdout);
-    expect(j).toEqual({ ok: false, command: 'encrypt', error: { code: 'ERR_CLI_USAGE', message: '--subformat "qcow9" is not a known subformat', exitCode: 2 } });
+    expect(j).toEqual({
+      ok: false,
+      command: 'encrypt',
+      error: { code: 'ERR_CLI_USAGE', message: '--subformat "qcow9" is not a known subformat', exitCode: 2 },
+    });
     const r2 = await cli(['--json', 'encrypt', join(dir, 'missing.img'), join(dir, 'o.vmdk')]);
     expect(r2.code).toBe(1);
     expect(JSON.parse(r2.stdout).error.code).toBe('ERR_CLI_INPUT');
@@ -171,7 +181,10 @@ describe('input problems get clear words and the right exit code', () => {
     const odd = join(dir, 'odd.img');
     await writeFile(empty, '');
     await writeFile(odd, Buffer.alloc(1000, 1));
-    for (const argv of [['encrypt', empty, join(dir, 'e.vmdk')], ['convert', empty, join(dir, 'e2.vmdk')]]) {
+    for (const argv of [
+      ['encrypt', empty, join(dir, 'e.vmdk')],
+      ['convert', empty, join(dir, 'e2.vmdk')],
+    ]) {
       const r = await cli([...argv, '--home', home()]);
       expect(r.code, r.stderr).toBe(5);
       expect(r.stderr).toContain(`${empty} is empty`);

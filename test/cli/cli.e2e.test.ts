@@ -9,7 +9,19 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { writeSampleDisk } from '../../src/cli/sample-disk.js';
 import { startPyKmip, type PyKmip } from '../helpers/pykmip.js';
-import { cleanEnv, expectOneLineError, json, qemuContentHash, qemuImg, qemuVirtualSize, sha256File, vmseal, vmsealChild, vmsealOnTty, type CliResult } from './run-cli.js';
+import {
+  cleanEnv,
+  expectOneLineError,
+  json,
+  qemuContentHash,
+  qemuImg,
+  qemuVirtualSize,
+  sha256File,
+  vmseal,
+  vmsealChild,
+  vmsealOnTty,
+  type CliResult,
+} from './run-cli.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 24 * MiB;
@@ -41,7 +53,9 @@ beforeAll(async () => {
   }
   const version = await vmseal(['--version'], cleanEnv());
   if (version.code !== 0 || !/^\d+\.\d+\.\d+/.test(version.stdout)) {
-    throw new Error(`bin/vmseal.js does not run the current CLI (--version printed ${JSON.stringify(version.stdout + version.stderr)}): run \`npm run build\` first`);
+    throw new Error(
+      `bin/vmseal.js does not run the current CLI (--version printed ${JSON.stringify(version.stdout + version.stderr)}): run \`npm run build\` first`,
+    );
   }
   dir = await mkdtemp(join(tmpdir(), 'vmseal-cli-e2e-'));
   home = join(dir, 'home');
@@ -219,7 +233,9 @@ describe('recovery passphrase and error paths (local provider)', () => {
   it('missing input: exit 1 and one line', async () => {
     const r = await vmseal(['encrypt', join(work, 'nope.vmdk'), join(work, 'out.vmdk')], env);
     expect(r.code).toBe(1);
-    expect(expectOneLineError(r)).toBe(`vmseal: cannot encrypt ${join(work, 'nope.vmdk')}: the input ${join(work, 'nope.vmdk')} does not exist. Check the path.`);
+    expect(expectOneLineError(r)).toBe(
+      `vmseal: cannot encrypt ${join(work, 'nope.vmdk')}: the input ${join(work, 'nope.vmdk')} does not exist. Check the path.`,
+    );
   });
 
   it('existing output: refused without --force, replaced with it', async () => {
@@ -293,7 +309,9 @@ describe('recovery passphrase and error paths (local provider)', () => {
     expect(r.transcript).toMatch(/encrypt +\[[#-]+\] +\d+% \| [\d.]+ [KMG]?i?B \/ 24.0 MiB \|/);
     expect(r.transcript).toContain('locked by recovery passphrase');
     const noKeys = cleanEnv({ VMSEAL_HOME: join(work, 'empty-home') });
-    const d = await vmsealOnTty(['decrypt', out, join(work, 'tty.img'), '--raw', '--recovery-passphrase'], noKeys, [['Enter the recovery passphrase', `${typed}\r`]]);
+    const d = await vmsealOnTty(['decrypt', out, join(work, 'tty.img'), '--raw', '--recovery-passphrase'], noKeys, [
+      ['Enter the recovery passphrase', `${typed}\r`],
+    ]);
     expect(d.code, d.transcript).toBe(0);
     expect(d.transcript).not.toContain(typed);
     expect(await sha256File(join(work, 'tty.img'))).toBe(expected);
@@ -319,7 +337,10 @@ describe('recovery passphrase and error paths (local provider)', () => {
     const r4 = await vmseal(['encrypt', sources.raw!, join(work, 'u.vmdk'), '--subformat', 'streamOptimized'], env);
     expect(r4.code).toBe(2);
     expect(expectOneLineError(r4)).toContain('streamOptimized');
-    const r5 = await vmseal(['encrypt', sources.raw!, join(work, 'u.vmdk'), '--kms', '127.0.0.1:1', '--kms-ca', pwFile, '--kms-cert', pwFile, '--kms-key', pwFile], env);
+    const r5 = await vmseal(
+      ['encrypt', sources.raw!, join(work, 'u.vmdk'), '--kms', '127.0.0.1:1', '--kms-ca', pwFile, '--kms-cert', pwFile, '--kms-key', pwFile],
+      env,
+    );
     expect(r5.code).toBe(2);
     expect(expectOneLineError(r5)).toContain(`--kms-ca ${pwFile} is not a PEM file`);
     expect(r5.stderr).not.toContain(PASSPHRASE);
@@ -431,7 +452,9 @@ describe('KMIP key provider (a real PyKMIP server)', () => {
 
   it('encrypt → info → verify → shallow rekey → deep rekey → decrypt; KMS down → locked, recovery passphrase opens', async () => {
     const enc = join(work, 'enc.vmdk');
-    const e = json(ok(await vmseal(['encrypt', sources.monolithicSparse!, enc, '--kms-id', 'pykmip', '--recovery-passphrase', '--passphrase-file', pwFile, '--json'], kenv)));
+    const e = json(
+      ok(await vmseal(['encrypt', sources.monolithicSparse!, enc, '--kms-id', 'pykmip', '--recovery-passphrase', '--passphrase-file', pwFile, '--json'], kenv)),
+    );
     expect(e.lockers).toHaveLength(2);
     expect(e.lockers[0]).toMatchObject({ kind: 'provider', providerId: 'pykmip' });
     const firstKey = e.lockers[0].keyId;

@@ -14,11 +14,22 @@ import { Output } from '../../src/cli/output.js';
 import { buildProgram } from '../../src/cli/program.js';
 
 const SRC = fileURLToPath(new URL('../../src/cli/', import.meta.url));
-const sink = (f: (s: string) => void = () => undefined) => new Writable({ write(c, _e, cb) { f(String(c)); cb(); } });
+const sink = (f: (s: string) => void = () => undefined) =>
+  new Writable({
+    write(c, _e, cb) {
+      f(String(c));
+      cb();
+    },
+  });
 
 function program(): Command {
   const streams = { stdout: sink(), stderr: sink() };
-  const ctx = makeCtx({ output: new Output({ json: false, quiet: true }, streams), signal: new AbortController().signal, env: {}, io: { input: new PassThrough(), output: sink() } });
+  const ctx = makeCtx({
+    output: new Output({ json: false, quiet: true }, streams),
+    signal: new AbortController().signal,
+    env: {},
+    io: { input: new PassThrough(), output: sink() },
+  });
   return buildProgram(ctx, streams);
 }
 
@@ -62,7 +73,9 @@ function commandMentions(root: Command, text: string): Array<{ words: string[]; 
 }
 
 function sources(dir: string): string[] {
-  return readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? sources(join(dir, e.name)) : e.name.endsWith('.ts') ? [join(dir, e.name)] : []));
+  return readdirSync(dir, { withFileTypes: true }).flatMap((e) =>
+    e.isDirectory() ? sources(join(dir, e.name)) : e.name.endsWith('.ts') ? [join(dir, e.name)] : [],
+  );
 }
 
 let dir: string;

@@ -78,7 +78,7 @@ export async function sha256File(path: string): Promise<string> {
   const fh = await open(path, 'r');
   try {
     const buf = Buffer.allocUnsafe(4 * 1024 * 1024);
-    for (let pos = 0; ; ) {
+    for (let pos = 0; ;) {
       const { bytesRead } = await fh.read(buf, 0, buf.length, pos);
       if (bytesRead === 0) break;
       hash.update(buf.subarray(0, bytesRead));
@@ -110,7 +110,11 @@ const PTY_DRIVER = fileURLToPath(new URL('./pty-driver.py', import.meta.url));
 const PYTHON = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
 
 /** Run the CLI in a pseudo-terminal, typing `steps[i][1]` when `steps[i][0]` appears. */
-export function vmsealOnTty(args: string[], env: NodeJS.ProcessEnv, steps: Array<[string, string]>): Promise<{ code: number; transcript: string; unanswered: string[] }> {
+export function vmsealOnTty(
+  args: string[],
+  env: NodeJS.ProcessEnv,
+  steps: Array<[string, string]>,
+): Promise<{ code: number; transcript: string; unanswered: string[] }> {
   return new Promise((resolve, reject) => {
     const child = spawn(PYTHON, [PTY_DRIVER], { stdio: ['pipe', 'pipe', 'inherit'] });
     let out = '';

@@ -81,7 +81,7 @@ describe('option parsing', () => {
 });
 
 describe('error lines and exit codes', () => {
-  it('maps the layers\' codes to the documented exit codes', () => {
+  it("maps the layers' codes to the documented exit codes", () => {
     const code = (c: string): number => classify(new VmsealError(c, 'x')).exitCode;
     expect(code('ERR_WRONG_KEY')).toBe(3);
     expect(code('ERR_DISK_LOCKED')).toBe(3);
@@ -98,7 +98,7 @@ describe('error lines and exit codes', () => {
     expect(code('ERR_VMDK_SOMETHING_NEW')).toBe(5);
     expect(code('ERR_KMIP_SOMETHING_NEW')).toBe(4);
     expect(classify(new TypeError('x is undefined')).exitCode).toBe(70);
-    expect(classify(Object.assign(new Error('ENOENT: no such file or directory, open \'/x\''), { code: 'ENOENT', syscall: 'open' })).exitCode).toBe(1);
+    expect(classify(Object.assign(new Error("ENOENT: no such file or directory, open '/x'"), { code: 'ENOENT', syscall: 'open' })).exitCode).toBe(1);
   });
   it('formats one line: what failed, why, what to do', () => {
     const err = new VmsealError('ERR_OUTPUT_EXISTS', 'the output out.vmdk exists.');
@@ -151,7 +151,12 @@ describe('passphrases', () => {
   it('prompts without echo: backspace edits, Enter ends, nothing typed is written out', async () => {
     const input = Object.assign(new PassThrough(), { isTTY: true, setRawMode: () => undefined });
     let written = '';
-    const output = new Writable({ write(chunk, _enc, cb) { written += String(chunk); cb(); } });
+    const output = new Writable({
+      write(chunk, _enc, cb) {
+        written += String(chunk);
+        cb();
+      },
+    });
     const p = promptHidden('Passphrase: ', { input, output });
     input.write('secrex');
     input.write('\u007ft');
@@ -188,7 +193,9 @@ describe('passphrases', () => {
       expect(err.message).toContain('never takes passphrases from the command line');
       expect(err.message + (err.hint ?? '')).not.toContain('hunter22');
     }
-    expect(() => rejectSecretsOnArgv(['encrypt', 'a', 'b', '--recovery-passphrase', '--passphrase-file', 'f', '--passphrase-env=X', '--kms-key', 'k.pem'])).not.toThrow();
+    expect(() =>
+      rejectSecretsOnArgv(['encrypt', 'a', 'b', '--recovery-passphrase', '--passphrase-file', 'f', '--passphrase-env=X', '--kms-key', 'k.pem']),
+    ).not.toThrow();
     expect(() => rejectSecretsOnArgv(['info', '--', '--passphrase=x'])).not.toThrow();
   });
 });
@@ -234,7 +241,10 @@ describe('batch runner', () => {
     const d = join(dir, 'images');
     await rm(d, { recursive: true, force: true });
     await import('node:fs/promises').then((fs) => fs.mkdir(d));
-    await writeFile(join(d, 'flat.vmdk'), '# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicFlat"\nRW 2048 FLAT "flat-flat.vmdk" 0\n');
+    await writeFile(
+      join(d, 'flat.vmdk'),
+      '# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicFlat"\nRW 2048 FLAT "flat-flat.vmdk" 0\n',
+    );
     await writeFile(join(d, 'flat-flat.vmdk'), Buffer.alloc(1024 * 1024));
     await writeFile(join(d, 'raw.img'), Buffer.alloc(512));
     await writeFile(join(d, 'sparse.vmdk'), Buffer.concat([Buffer.from('KDMV'), Buffer.alloc(508)]));
@@ -283,7 +293,12 @@ describe('sample disk', () => {
 describe('output modes', () => {
   function sink(): { stream: Writable & { isTTY?: boolean }; text: () => string } {
     let text = '';
-    const stream = new Writable({ write(chunk, _e, cb) { text += String(chunk); cb(); } });
+    const stream = new Writable({
+      write(chunk, _e, cb) {
+        text += String(chunk);
+        cb();
+      },
+    });
     return { stream, text: () => text };
   }
   it('--json writes exactly one object on stdout and no human lines', () => {
@@ -332,13 +347,21 @@ describe('output modes', () => {
     expect(progressLayout('encrypt', 200).barsize).toBe(40);
     // Drawn by cli-progress on a 60-column terminal: nothing of the text is cut off.
     let drawn = '';
-    const tty = Object.assign(new Writable({ write(c, _e, cb) { drawn += String(c); cb(); } }), {
-      isTTY: true,
-      columns: 60,
-      cursorTo: () => true,
-      clearLine: () => true,
-      moveCursor: () => true,
-    });
+    const tty = Object.assign(
+      new Writable({
+        write(c, _e, cb) {
+          drawn += String(c);
+          cb();
+        },
+      }),
+      {
+        isTTY: true,
+        columns: 60,
+        cursorTo: () => true,
+        clearLine: () => true,
+        moveCursor: () => true,
+      },
+    );
     const o = new Output({ progress: true }, { stdout: sink().stream, stderr: tty });
     const bar = o.progress('encrypt');
     bar.update({ bytesDone: 3 * 1024 ** 3, bytesTotal: 2 * 1024 ** 4, rate: 123.4e6, etaSeconds: 17_000 });

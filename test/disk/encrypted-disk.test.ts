@@ -109,7 +109,9 @@ describe('EncryptedDisk random access', () => {
 
   it('refuses raw and streamOptimized for an encrypted disk', async () => {
     for (const subformat of ['raw', 'streamOptimized'] as const) {
-      await expect(createEncryptedDisk(join(tmp.dir, `x-${subformat}.vmdk`), { capacity: MiB, subformat, lockers: [phraseLocker('pw')] })).rejects.toMatchObject({
+      await expect(
+        createEncryptedDisk(join(tmp.dir, `x-${subformat}.vmdk`), { capacity: MiB, subformat, lockers: [phraseLocker('pw')] }),
+      ).rejects.toMatchObject({
         code: 'ERR_UNSUPPORTED_OUTPUT',
       });
     }
@@ -148,7 +150,11 @@ describe('tampering is detected before any data is decrypted', () => {
     ['cipher', (t) => t.replace('encryption.cipher = "aes-256-xts"', 'encryption.cipher = "aes-128-xts"'), 'ERR_ENCRYPTION_METADATA'],
     ['unit size', (t) => t.replace('encryption.dataUnitSize = "512"', 'encryption.dataUnitSize = "4096"'), 'ERR_BINDING'],
     ['disk id', (t) => t.replace(/encryption\.diskId = "([0-9a-f])/, (_m, c) => `encryption.diskId = "${c === '0' ? '1' : '0'}`), 'ERR_BINDING'],
-    ['authenticator', (t) => t.replace(/encryption\.authenticator = "v1\.(.)/, (_m, c) => `encryption.authenticator = "v1.${c === 'A' ? 'B' : 'A'}`), 'ERR_BINDING'],
+    [
+      'authenticator',
+      (t) => t.replace(/encryption\.authenticator = "v1\.(.)/, (_m, c) => `encryption.authenticator = "v1.${c === 'A' ? 'B' : 'A'}`),
+      'ERR_BINDING',
+    ],
     ['capacity', (t) => t.replace(/RW (\d+) FLAT/, (_m, n) => `RW ${Number(n) - 8} FLAT`), 'ERR_BINDING'],
     ['format version', (t) => t.replace('encryption.format = "vmseal/2"', 'encryption.format = "vmseal/1"'), 'ERR_ENCRYPTION_METADATA'],
     ['a missing line', (t) => t.replace(/encryption\.diskId = .*\n/, ''), 'ERR_ENCRYPTION_METADATA'],

@@ -28,7 +28,24 @@ describe.skipIf(!tools)('LUKS payload (qemu-img + cryptsetup)', () => {
     // qemu's PBKDF calibration fails now and then on a loaded machine ("Unable to get accurate CPU
     // usage") with a short iter-time: try again, the last time with qemu's default.
     for (const iter of ['100', '100', '2000']) {
-      const r = spawnSync('qemu-img', ['convert', '-q', '--object', 'secret,id=sec0,data=pw', '-f', 'raw', '-O', 'luks', '-o', `key-secret=sec0,cipher-alg=aes-256,cipher-mode=xts,ivgen-alg=plain64,iter-time=${iter}`, raw, luks], { encoding: 'utf8' });
+      const r = spawnSync(
+        'qemu-img',
+        [
+          'convert',
+          '-q',
+          '--object',
+          'secret,id=sec0,data=pw',
+          '-f',
+          'raw',
+          '-O',
+          'luks',
+          '-o',
+          `key-secret=sec0,cipher-alg=aes-256,cipher-mode=xts,ivgen-alg=plain64,iter-time=${iter}`,
+          raw,
+          luks,
+        ],
+        { encoding: 'utf8' },
+      );
       if (r.status === 0) break;
       if (iter === '2000') throw new Error(`qemu-img could not make a LUKS image: ${r.stderr}`);
     }

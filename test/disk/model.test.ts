@@ -14,7 +14,12 @@ let n = 0;
 const CAPACITY = 256 * 1024 + 4096; // not a multiple of the 8 KiB grain: the last grain is partial
 
 const op = fc.oneof(
-  fc.record({ kind: fc.constant('write' as const), pos: fc.integer({ min: 0, max: CAPACITY - 1 }), len: fc.integer({ min: 1, max: 20000 }), seed: fc.integer({ min: 1, max: 255 }) }),
+  fc.record({
+    kind: fc.constant('write' as const),
+    pos: fc.integer({ min: 0, max: CAPACITY - 1 }),
+    len: fc.integer({ min: 1, max: 20000 }),
+    seed: fc.integer({ min: 1, max: 255 }),
+  }),
   fc.record({ kind: fc.constant('read' as const), pos: fc.integer({ min: 0, max: CAPACITY - 1 }), len: fc.integer({ min: 0, max: 30000 }) }),
 );
 

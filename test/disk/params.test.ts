@@ -40,17 +40,39 @@ describe('descriptor value rules', () => {
 
 describe('parseEncryption', () => {
   it('a descriptor without encryption lines is plain', () => {
-    expect(parseEncryption([['createType', 'monolithicFlat'], ['ddb.uuid', 'x']], 'd')).toBeNull();
+    expect(
+      parseEncryption(
+        [
+          ['createType', 'monolithicFlat'],
+          ['ddb.uuid', 'x'],
+        ],
+        'd',
+      ),
+    ).toBeNull();
   });
   it('reads the lines', () => {
     expect(parseEncryption(good, 'd')).toEqual({
-      params: { formatVersion: 1, cipher: 'aes-256-xts', unitSize: 512, diskId: '0123456789abcdef0123456789abcdef', authenticator: 'v1.abc', keySafe: 'vmware:key/list/(x)' },
+      params: {
+        formatVersion: 1,
+        cipher: 'aes-256-xts',
+        unitSize: 512,
+        diskId: '0123456789abcdef0123456789abcdef',
+        authenticator: 'v1.abc',
+        keySafe: 'vmware:key/list/(x)',
+      },
       job: undefined,
     });
     expect(parseEncryption([...good, [LINE.job, 'encrypt-in-place']], 'd')!.job).toBe('encrypt-in-place');
   });
   const bad: Array<[string, Array<[string, string]>, string]> = [
-    ['VMware encryption', [['encryption.keySafe', 'vmware:key/x'], ['encryption.data', 'abc']], 'not by vmseal'],
+    [
+      'VMware encryption',
+      [
+        ['encryption.keySafe', 'vmware:key/x'],
+        ['encryption.data', 'abc'],
+      ],
+      'not by vmseal',
+    ],
     ['a ddb.encryption key alone', [['ddb.encryption.foo', 'x']], 'no encryption.format'],
     ['an unknown key', [...good, ['encryption.extra', 'x']], 'unknown encryption line'],
     ['a duplicate', [...good, [LINE.cipher, 'aes-256-xts']], 'appears twice'],
@@ -69,6 +91,8 @@ describe('parseEncryption', () => {
     ['an unsafe value', good.map(([k, v]) => [k, k === LINE.keySafe ? 'a=b' : v] as [string, string]), "contains '='"],
   ];
   it.each(bad)('refuses %s', (_what, entries, message) => {
-    expect(() => parseEncryption(entries, 'disk.vmdk')).toThrow(expect.objectContaining({ code: 'ERR_ENCRYPTION_METADATA', message: expect.stringContaining(message) }));
+    expect(() => parseEncryption(entries, 'disk.vmdk')).toThrow(
+      expect.objectContaining({ code: 'ERR_ENCRYPTION_METADATA', message: expect.stringContaining(message) }),
+    );
   });
 });

@@ -20,7 +20,12 @@ const { makeEncryptionParams, generateDek } = await import('../../src/disk/keyin
 describe('re-sealing', () => {
   it('seals again until the KeySafe is safe in a descriptor', async () => {
     const dek = generateDek('aes-256-xts');
-    const p = await makeEncryptionParams(dek, { cipher: 'aes-256-xts', unitSize: 512, capacity: 1 << 20, lockers: [{ kind: 'passphrase', passphrase: 'pw', rounds: 1000 }] });
+    const p = await makeEncryptionParams(dek, {
+      cipher: 'aes-256-xts',
+      unitSize: 512,
+      capacity: 1 << 20,
+      lockers: [{ kind: 'passphrase', passphrase: 'pw', rounds: 1000 }],
+    });
     expect(calls.seal).toBe(3);
     expect(p.keySafe).not.toContain('CID');
     expect(p.authenticator).not.toContain('CID');

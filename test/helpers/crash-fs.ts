@@ -18,7 +18,19 @@
  * of each file reaches the disk: the device reordered it ahead of earlier ones). 'last' catches a
  * missing fsync between two writes of the same file, which a later fsync of that file would hide.
  */
-import { promises as fsp, readlinkSync, readdirSync, readFileSync, statSync, fstatSync, writeFileSync, unlinkSync, mkdirSync, chmodSync, existsSync } from 'node:fs';
+import {
+  promises as fsp,
+  readlinkSync,
+  readdirSync,
+  readFileSync,
+  statSync,
+  fstatSync,
+  writeFileSync,
+  unlinkSync,
+  mkdirSync,
+  chmodSync,
+  existsSync,
+} from 'node:fs';
 import { syncBuiltinESMExports } from 'node:module';
 import { dirname, join, resolve, sep } from 'node:path';
 
@@ -35,7 +47,11 @@ export interface CrashFs {
 export type KeepPolicy = 'none' | 'last';
 type PendingWrite = (content: Buffer) => Buffer;
 
-function installCrashFs(rootDir: string, crashAt: number, keep: KeepPolicy): CrashFs & { patchHandle: (proto: Record<string, (...a: unknown[]) => unknown>) => void } {
+function installCrashFs(
+  rootDir: string,
+  crashAt: number,
+  keep: KeepPolicy,
+): CrashFs & { patchHandle: (proto: Record<string, (...a: unknown[]) => unknown>) => void } {
   const root = resolve(rootDir);
   const data = new Map<number, Durable>();
   const dirs = new Map<string, Map<string, number>>();
@@ -148,8 +164,7 @@ function installCrashFs(rootDir: string, crashAt: number, keep: KeepPolicy): Cra
           if (st.isFile()) {
             data.set(st.ino, { content: readFileSync(fdPath(this.fd)), mode: st.mode & 0o7777 });
             pending.delete(st.ino);
-          }
-          else if (st.isDirectory()) {
+          } else if (st.isDirectory()) {
             const dir = resolve(readlinkFd(this.fd));
             dirs.set(dir, listing(dir));
           }
@@ -217,12 +232,14 @@ function installCrashFs(rootDir: string, crashAt: number, keep: KeepPolicy): Cra
 
 /** A FileHandle write as a function over the file's content (null: a form this layer does not model). Data is copied now: callers reuse buffers. */
 function describeWrite(name: string, args: unknown[]): PendingWrite | null {
-  const put = (bytes: Buffer, pos: number) => (content: Buffer): Buffer => {
-    const out = Buffer.alloc(Math.max(content.length, pos + bytes.length));
-    content.copy(out);
-    bytes.copy(out, pos);
-    return out;
-  };
+  const put =
+    (bytes: Buffer, pos: number) =>
+    (content: Buffer): Buffer => {
+      const out = Buffer.alloc(Math.max(content.length, pos + bytes.length));
+      content.copy(out);
+      bytes.copy(out, pos);
+      return out;
+    };
   const copyOf = (v: Uint8Array, off = 0, len = v.byteLength - off): Buffer => Buffer.from(v.subarray(off, off + len));
   if (name === 'write' && ArrayBuffer.isView(args[0])) {
     const view = args[0] as Uint8Array;

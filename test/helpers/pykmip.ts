@@ -67,7 +67,10 @@ export interface PyKmip {
   readonly clientCertPath: string;
   readonly clientKeyPath: string;
   /** Options for `new KmipKeyProvider(...)` with the default identity (or another one). */
-  providerOptions(id?: string, identity?: { cert: string; key: string }): {
+  providerOptions(
+    id?: string,
+    identity?: { cert: string; key: string },
+  ): {
     id: string;
     endpoints: PyKmipEndpoint[];
     ca: string;
@@ -125,8 +128,25 @@ async function makeCa(certDir: string, name: string, cn: string): Promise<{ crt:
   const crt = path.join(certDir, `${name}.crt`);
   const key = path.join(certDir, `${name}.key`);
   await openssl(
-    ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', crt, '-days', '3', '-subj', `/CN=${cn}`,
-      '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign'],
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-keyout',
+      key,
+      '-out',
+      crt,
+      '-days',
+      '3',
+      '-subj',
+      `/CN=${cn}`,
+      '-addext',
+      'basicConstraints=critical,CA:TRUE',
+      '-addext',
+      'keyUsage=critical,keyCertSign,cRLSign',
+    ],
     certDir,
   );
   return { crt, key };
@@ -139,12 +159,16 @@ async function issue(certDir: string, ca: { crt: string; key: string }, name: st
   const extFile = path.join(certDir, `${name}.ext`);
   writeFileSync(extFile, ext);
   await openssl(['req', '-new', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', csr, '-subj', `/CN=${cn}`], certDir);
-  await openssl(['x509', '-req', '-in', csr, '-CA', ca.crt, '-CAkey', ca.key, '-set_serial', serial(), '-out', crt, '-days', '3', '-sha256', '-extfile', extFile], certDir);
+  await openssl(
+    ['x509', '-req', '-in', csr, '-CA', ca.crt, '-CAkey', ca.key, '-set_serial', serial(), '-out', crt, '-days', '3', '-sha256', '-extfile', extFile],
+    certDir,
+  );
   return { crt, key };
 }
 
 const CLIENT_EXT = 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n';
-const SERVER_EXT = 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n';
+const SERVER_EXT =
+  'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n';
 
 function safeName(cn: string): string {
   return cn.replace(/[^A-Za-z0-9._-]/g, '_').slice(0, 60) + '-' + randomBytes(3).toString('hex');
@@ -166,10 +190,7 @@ export interface TestPki {
 export async function generateTestPki(certDir: string, clientCn = 'vmseal-test-client'): Promise<TestPki> {
   mkdirSync(certDir, { recursive: true });
   const ca = await makeCa(certDir, 'ca', 'vmseal-test-ca');
-  const [server, client] = await Promise.all([
-    issue(certDir, ca, 'server', '127.0.0.1', SERVER_EXT),
-    issue(certDir, ca, 'client', clientCn, CLIENT_EXT),
-  ]);
+  const [server, client] = await Promise.all([issue(certDir, ca, 'server', '127.0.0.1', SERVER_EXT), issue(certDir, ca, 'client', clientCn, CLIENT_EXT)]);
   const identity = (cn: string, files: { crt: string; key: string }): ClientIdentity => ({
     cn,
     cert: readFileSync(files.crt, 'utf8'),

@@ -124,7 +124,7 @@ describe('tamper detection of a stored KeySafe and authenticator', () => {
       }
     }
     // the only harmless flips are letter case in the case-insensitive prefix and type names
-    for (const i of accepted) expect(/[a-z]/i.test(text[i]!) && (i < 'vmware:key/list/(pair/(fqid'.length)).toBe(true);
+    for (const i of accepted) expect(/[a-z]/i.test(text[i]!) && i < 'vmware:key/list/(pair/(fqid'.length).toBe(true);
   });
 
   it('every single-bit flip of the locked data is ERR_WRONG_KEY (MAC)', async () => {
@@ -137,7 +137,9 @@ describe('tamper detection of a stored KeySafe and authenticator', () => {
       for (let bit = 0; bit < 8; bit++) {
         const locked = Buffer.from(pair.locked);
         locked[i]! ^= 1 << bit;
-        const escaped = [...Buffer.from(locked.toString('base64'))].map((b) => (/[A-Za-z0-9]/.test(String.fromCharCode(b)) ? String.fromCharCode(b) : '%' + b.toString(16))).join('');
+        const escaped = [...Buffer.from(locked.toString('base64'))]
+          .map((b) => (/[A-Za-z0-9]/.test(String.fromCharCode(b)) ? String.fromCharCode(b) : '%' + b.toString(16)))
+          .join('');
         expect(await codeOf(() => unlockKeySafe(`${prefix}${escaped}))`, { providers: [p] }))).toBe('ERR_WRONG_KEY');
       }
     }

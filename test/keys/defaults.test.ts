@@ -19,7 +19,14 @@ describe('default parameters', () => {
     const dek = generateDek();
     const text = await sealDek(dek, { cipher: 'aes-256-xts', lockers: [{ kind: 'passphrase', passphrase: 'pw' }] });
     expect(describeKeySafe(text)).toEqual([
-      { index: 0, kind: 'passphrase', lockerType: 'phrase', id: expect.any(String), mac: 'HMAC-SHA-256', kdf: { name: 'PBKDF2-HMAC-SHA-256', rounds: 600_000 } },
+      {
+        index: 0,
+        kind: 'passphrase',
+        lockerType: 'phrase',
+        id: expect.any(String),
+        mac: 'HMAC-SHA-256',
+        kdf: { name: 'PBKDF2-HMAC-SHA-256', rounds: 600_000 },
+      },
     ]);
     expect((await unlockKeySafe(text, { passphrase: 'pw' })).key.equals(dek)).toBe(true);
   });

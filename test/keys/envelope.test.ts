@@ -43,9 +43,7 @@ describe('generateDek / wipe', () => {
   });
 
   it('refuses an unknown cipher without echoing odd values', () => {
-    expect(() => generateDek('aes-512-xts' as never)).toThrowError(
-      "Expected 'aes-256-xts' or 'aes-128-xts' for cipher but received 'aes-512-xts'",
-    );
+    expect(() => generateDek('aes-512-xts' as never)).toThrowError("Expected 'aes-256-xts' or 'aes-128-xts' for cipher but received 'aes-512-xts'");
     expect(() => generateDek('secret value!' as never)).toThrowError('received a string of length 13');
   });
 });
@@ -75,7 +73,9 @@ describe('sealDek / unlockKeySafe', () => {
     const dek = generateDek('aes-128-xts');
     const text = await sealDek(dek, { cipher: 'aes-128-xts', lockers: [{ kind: 'provider', provider: p, keyId: ref.keyId }] });
     expect(p.creates).toBe(1);
-    expect(describeKeySafe(text)).toEqual([{ index: 0, kind: 'provider', lockerType: 'fqid', providerId: 'fake', keyId: ref.keyId, mac: 'VMSEAL-ETM-HMAC-SHA-256' }]);
+    expect(describeKeySafe(text)).toEqual([
+      { index: 0, kind: 'provider', lockerType: 'fqid', providerId: 'fake', keyId: ref.keyId, mac: 'VMSEAL-ETM-HMAC-SHA-256' },
+    ]);
     const r = await unlockKeySafe(text, { providers: [p] });
     expect(r.cipher).toBe('XTS-AES-128');
     expect(r.key.equals(dek)).toBe(true);
@@ -104,7 +104,9 @@ describe('sealDek / unlockKeySafe', () => {
   it('writes the phrase dict escaped twice, as Workstation does', async () => {
     const text = await sealDek(generateDek(), { cipher: 'aes-256-xts', lockers: [fastPass('pw', 'workstation')] });
     // salt of 16 bytes → base64 ends in "==" → %3d%3d in the dict → %253d%253d in the KeySafe
-    expect(text).toMatch(/phrase\/[A-Za-z0-9%]+\/pass2key%3dPBKDF2%2dHMAC%2dSHA%2d1%3acipher%3dAES%2d256%3arounds%3d1000%3asalt%3d[A-Za-z0-9%]+%253d%253d,HMAC%2dSHA%2d1,/);
+    expect(text).toMatch(
+      /phrase\/[A-Za-z0-9%]+\/pass2key%3dPBKDF2%2dHMAC%2dSHA%2d1%3acipher%3dAES%2d256%3arounds%3d1000%3asalt%3d[A-Za-z0-9%]+%253d%253d,HMAC%2dSHA%2d1,/,
+    );
   });
 
   it('several pairs are independent ways to the same DEK', async () => {
@@ -320,7 +322,9 @@ describe('KeyCache with unlocking (the host memory)', () => {
     expect(tenantB.gets).toBe(1); // B's own provider was asked, and its answer stands
     expect(await codeOf(() => unlockKeySafe(text, { providers: { kms: tenantB }, cache }))).toBe('ERR_DISK_LOCKED');
     // Wrapping a new DEK under the existing key id through B does not borrow A's cached KEK either.
-    expect(await codeOf(() => sealDek(generateDek(), { cipher: 'aes-256-xts', lockers: [{ kind: 'provider', provider: tenantB, keyId }], cache }))).toBe('ERR_KMIP_OPERATION_FAILED');
+    expect(await codeOf(() => sealDek(generateDek(), { cipher: 'aes-256-xts', lockers: [{ kind: 'provider', provider: tenantB, keyId }], cache }))).toBe(
+      'ERR_KMIP_OPERATION_FAILED',
+    );
 
     // A still unlocks from the cache, with its KMS down.
     tenantA.up = false;

@@ -4,9 +4,7 @@ import type { KeyProvider, KeyRef } from '../../src/keys/index.js';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { VmsealError } from '../../src/errors.js';
 
-export const vectors = JSON.parse(
-  readFileSync(fileURLToPath(new URL('../fixtures/keysafe/vectors.json', import.meta.url)), 'utf8'),
-) as {
+export const vectors = JSON.parse(readFileSync(fileURLToPath(new URL('../fixtures/keysafe/vectors.json', import.meta.url)), 'utf8')) as {
   roundTrip: string[];
   john: Array<{ password: string; hash: string; dict: string }>;
   hashcat: Array<{ password: string; hash: string; firstBlock: string }>;

@@ -25,15 +25,29 @@ describe('KeySafe grammar: round trips', () => {
     expect(raw).toMatchObject({ type: 'rawkey', value: { value: 'test-key-data' } });
     expect(phrase).toMatchObject({ type: 'phrase', id: { value: 'passphrase-id' }, keyGenData: { value: 'salt-data' } });
     expect(fqid).toMatchObject({ type: 'fqid', id: { value: null }, keyServerId: { value: 'kmip-server' }, keyId: { value: 'key-12345' } });
-    expect(list).toMatchObject({ type: 'list', items: [{ type: 'null', value: { value: '' } }, { type: 'rawkey', value: { value: 'data' } }] });
-    expect(fqid2).toMatchObject({ type: 'fqid', id: { value: 'my-unique-id' }, keyServerId: { value: 'production-server' }, keyId: { value: 'encryption-key-001' } });
+    expect(list).toMatchObject({
+      type: 'list',
+      items: [
+        { type: 'null', value: { value: '' } },
+        { type: 'rawkey', value: { value: 'data' } },
+      ],
+    });
+    expect(fqid2).toMatchObject({
+      type: 'fqid',
+      id: { value: 'my-unique-id' },
+      keyServerId: { value: 'production-server' },
+      keyId: { value: 'encryption-key-001' },
+    });
   });
 
   it('round-trips a vSphere-style pair with a literal <VMWARE-NULL>, and mixed-case prefix and types', () => {
     const s = `vmware:key/list/(pair/(fqid/<VMWARE-NULL>/KMS/a4e7494f%2dda55%2d4917%2d9d90%2d560c5078866b,HMAC%2dSHA%2d256,${LOCKED}))`;
     const ks = KeySafe.parse(s);
     expect(ks.toString()).toBe(s);
-    expect(ks.pairs[0]).toMatchObject({ macName: 'HMAC-SHA-256', locker: { type: 'fqid', id: { value: null }, keyId: { value: 'a4e7494f-da55-4917-9d90-560c5078866b' } } });
+    expect(ks.pairs[0]).toMatchObject({
+      macName: 'HMAC-SHA-256',
+      locker: { type: 'fqid', id: { value: null }, keyId: { value: 'a4e7494f-da55-4917-9d90-560c5078866b' } },
+    });
     expect(ks.pairs[0]!.locked.length).toBe(176);
     const upper = `VMware:KEY/List/(PAIR/(FQID/<VMWARE-NULL>/KMS/k,HMAC%2dSHA%2d256,${LOCKED}))`;
     const u = KeySafe.parse(upper);
@@ -62,7 +76,12 @@ describe('escaping', () => {
   });
 
   it('dict values: %, :, = and non-printables escaped; + and / literal', () => {
-    expect(serializeDict([['key', 'a+b/c='], ['x', 'p:q%r s']])).toBe('key=a+b/c%3d:x=p%3aq%25r%20s');
+    expect(
+      serializeDict([
+        ['key', 'a+b/c='],
+        ['x', 'p:q%r s'],
+      ]),
+    ).toBe('key=a+b/c%3d:x=p%3aq%25r%20s');
     expect([...parseDict('key=a+b/c%3d:x=p%3aq%25r%20s', 'd').entries()]).toEqual([
       ['key', 'a+b/c='],
       ['x', 'p:q%r s'],
@@ -174,9 +193,13 @@ describe('KeySafeError paths (reason and position)', () => {
     expect(() => KeySafe.parse(deep)).toThrowError(expect.objectContaining({ reason: 'too-deep' }));
     const ok = 'vmware:key/' + 'list/('.repeat(KEYSAFE_LIMITS.maxDepth) + 'null/a' + ')'.repeat(KEYSAFE_LIMITS.maxDepth);
     expect(KeySafe.parse(ok).toString()).toBe(ok);
-    const wide = `vmware:key/list/(${Array(KEYSAFE_LIMITS.maxListItems + 1).fill('null/a').join(',')})`;
+    const wide = `vmware:key/list/(${Array(KEYSAFE_LIMITS.maxListItems + 1)
+      .fill('null/a')
+      .join(',')})`;
     expect(() => KeySafe.parse(wide)).toThrowError(expect.objectContaining({ reason: 'too-many-items' }));
-    const fields = `vmware:key/ldap/${Array(KEYSAFE_LIMITS.maxFields + 1).fill('a').join('/')}`;
+    const fields = `vmware:key/ldap/${Array(KEYSAFE_LIMITS.maxFields + 1)
+      .fill('a')
+      .join('/')}`;
     expect(() => KeySafe.parse(fields)).toThrowError(expect.objectContaining({ reason: 'too-many-items' }));
     // a very deep input fails fast on depth, without a stack overflow
     const hostile = 'vmware:key/' + 'list/('.repeat(10_000);
@@ -189,7 +212,7 @@ describe('KeySafeError paths (reason and position)', () => {
 });
 
 describe('property tests', () => {
-  it('base64 over bytes equals Node\'s, and decoding is canonical', async () => {
+  it("base64 over bytes equals Node's, and decoding is canonical", async () => {
     const { encodeBase64Bytes, decodeBase64Bytes, decodeBase64String } = await import('../../src/keys/base64.js');
     fc.assert(
       fc.property(fc.uint8Array({ maxLength: 100 }), (bytes) => {
@@ -211,10 +234,13 @@ describe('property tests', () => {
   it('dicts: serialize → parse is the identity for any values', () => {
     const name = fc.stringMatching(/^[A-Za-z][A-Za-z0-9]{0,7}$/);
     fc.assert(
-      fc.property(fc.uniqueArray(fc.tuple(name, fc.string({ maxLength: 12, unit: 'grapheme' })), { minLength: 1, maxLength: 5, selector: (t) => t[0] }), (entries) => {
-        const text = serializeDict(entries);
-        expect([...parseDict(text, 'd').entries()]).toEqual(entries);
-      }),
+      fc.property(
+        fc.uniqueArray(fc.tuple(name, fc.string({ maxLength: 12, unit: 'grapheme' })), { minLength: 1, maxLength: 5, selector: (t) => t[0] }),
+        (entries) => {
+          const text = serializeDict(entries);
+          expect([...parseDict(text, 'd').entries()]).toEqual(entries);
+        },
+      ),
     );
   });
 
@@ -243,7 +269,9 @@ describe('property tests', () => {
   const idF = fc.string({ minLength: 1, maxLength: 12 }).map((v) => ({ value: v, raw: encodeField(v) }));
   const pairArb: fc.Arbitrary<KeyLocator> = fc
     .tuple(idF, idF, fc.constantFrom('HMAC-SHA-1' as const, 'HMAC-SHA-256' as const), fc.integer({ min: 1, max: 8 }))
-    .map(([server, key, macName, blocks]) => makePair(makeFqidLocator(server.value, key.value), macName, Buffer.alloc(16 + 16 * blocks + (macName === 'HMAC-SHA-1' ? 20 : 32), blocks)));
+    .map(([server, key, macName, blocks]) =>
+      makePair(makeFqidLocator(server.value, key.value), macName, Buffer.alloc(16 + 16 * blocks + (macName === 'HMAC-SHA-1' ? 20 : 32), blocks)),
+    );
   const tree = fc.letrec<{ node: KeyLocator }>((tie) => ({
     node: fc.oneof(
       { depthSize: 'small', withCrossShrink: true },

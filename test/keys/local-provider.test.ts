@@ -163,7 +163,13 @@ describe('LocalKeyProvider (key file mode)', () => {
     expect((await new LocalKeyProvider({ home }).getKey(ref.keyId)).length).toBe(32);
 
     const good = readFileSync(p.keystorePath, 'utf8');
-    for (const bad of ['{', '[]', good.replace('"vmseal-keystore"', '"x"'), good.replace('"version": 1', '"version": 3'), good.replace(/"wrapped": "[^"]+"/, '"wrapped": "AAAA"')]) {
+    for (const bad of [
+      '{',
+      '[]',
+      good.replace('"vmseal-keystore"', '"x"'),
+      good.replace('"version": 1', '"version": 3'),
+      good.replace(/"wrapped": "[^"]+"/, '"wrapped": "AAAA"'),
+    ]) {
       writeFileSync(p.keystorePath, bad);
       expect(await codeOf(() => new LocalKeyProvider({ home }).getKey(ref.keyId))).toBe('ERR_KEYSTORE_CORRUPT');
     }
@@ -339,7 +345,13 @@ describe('LocalKeyProvider backup and restore', () => {
     c.setAAD(Buffer.from(`vmseal keystore v1 key ${ref.keyId}`));
     const ct = Buffer.concat([c.update(Buffer.alloc(32, 3)), c.final()]);
     const doc = JSON.parse(readFileSync(q.keystorePath, 'utf8'));
-    doc.keys.push({ keyId: ref.keyId, name: null, created: new Date().toISOString(), state: 'active', wrapped: Buffer.concat([iv, ct, c.getAuthTag()]).toString('base64') });
+    doc.keys.push({
+      keyId: ref.keyId,
+      name: null,
+      created: new Date().toISOString(),
+      state: 'active',
+      wrapped: Buffer.concat([iv, ct, c.getAuthTag()]).toString('base64'),
+    });
     writeFileSync(q.keystorePath, JSON.stringify(doc));
     expect((await new LocalKeyProvider({ home: join(home, 'b') }).getKey(ref.keyId)).equals(Buffer.alloc(32, 3))).toBe(true);
     const before = readFileSync(q.keystorePath);

@@ -32,7 +32,10 @@ describe('public Workstation vectors', () => {
   it('the hashcat 27400 vector decrypts its first block to "type=key:cipher="', async () => {
     const v = vectors.hashcat[0]!;
     const [, , , rounds, saltHex, dataHex] = v.hash.split('$');
-    const kdf = parsePass2KeyDict(`pass2key=PBKDF2-HMAC-SHA-1:cipher=AES-256:rounds=${rounds}:salt=${Buffer.from(saltHex!, 'hex').toString('base64').replace(/=/g, '%3d')}`, 0);
+    const kdf = parsePass2KeyDict(
+      `pass2key=PBKDF2-HMAC-SHA-1:cipher=AES-256:rounds=${rounds}:salt=${Buffer.from(saltHex!, 'hex').toString('base64').replace(/=/g, '%3d')}`,
+      0,
+    );
     const kek = await deriveKek(Buffer.from(v.password, 'utf8'), kdf);
     const data = Buffer.from(dataHex!, 'hex');
     const d = createDecipheriv('aes-256-cbc', kek, data.subarray(0, 16));
@@ -95,7 +98,12 @@ describe('public Workstation vectors', () => {
     const dc = createDecipheriv('aes-256-cbc', kek, locked.subarray(0, 16));
     const plain = Buffer.concat([dc.update(locked.subarray(16, locked.length - 20)), dc.final()]);
     expect(plain.toString()).toBe(`type=key:cipher=AES-256:key=${key.toString('base64').replace(/=/g, '%3d')}`);
-    expect(createHmac('sha1', kek).update(plain).digest().equals(locked.subarray(locked.length - 20))).toBe(true);
+    expect(
+      createHmac('sha1', kek)
+        .update(plain)
+        .digest()
+        .equals(locked.subarray(locked.length - 20)),
+    ).toBe(true);
     // and as a John the Ripper line, it is the same shape as the public vectors
     expect(locked.length).toBe(116);
   });

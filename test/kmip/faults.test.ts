@@ -25,7 +25,11 @@ afterAll(() => {
 });
 
 const sampleGetResponse = (() => {
-  const samples = JSON.parse(readFileSync(new URL('../fixtures/kmip/pykmip-samples.json', import.meta.url), 'utf8')).samples as Array<{ id: string; direction: string; hex: string }>;
+  const samples = JSON.parse(readFileSync(new URL('../fixtures/kmip/pykmip-samples.json', import.meta.url), 'utf8')).samples as Array<{
+    id: string;
+    direction: string;
+    hex: string;
+  }>;
   return Buffer.from(samples.find((s) => s.id === 'get' && s.direction === 'response')!.hex, 'hex');
 })();
 
@@ -126,7 +130,14 @@ function getPayload(keyFormat: number, material: Buffer, opts: { wrapped?: boole
 }
 
 function client(ports: number[], extra: Partial<ConstructorParameters<typeof KmipClient>[0]> = {}): KmipClient {
-  return new KmipClient({ endpoints: ports.map((port) => ({ host: '127.0.0.1', port })), ca: pki.ca, cert: pki.client.cert, key: pki.client.key, timeoutMs: 1000, ...extra });
+  return new KmipClient({
+    endpoints: ports.map((port) => ({ host: '127.0.0.1', port })),
+    ca: pki.ca,
+    cert: pki.client.cert,
+    key: pki.client.key,
+    timeoutMs: 1000,
+    ...extra,
+  });
 }
 
 async function failure(promise: Promise<unknown>): Promise<KmipError> {
@@ -150,7 +161,9 @@ describe('bad answers become typed errors', () => {
     try {
       const err = await failure(c.query());
       expect(err.code).toBe('ERR_KMS_UNAVAILABLE');
-      expect(err.message).toBe(`KMIP Query: no KMS node answered (1 tried): could not connect to 127.0.0.1:${port}: connect ECONNREFUSED 127.0.0.1:${port} [ERR_KMIP_CONNECT]`);
+      expect(err.message).toBe(
+        `KMIP Query: no KMS node answered (1 tried): could not connect to 127.0.0.1:${port}: connect ECONNREFUSED 127.0.0.1:${port} [ERR_KMIP_CONNECT]`,
+      );
     } finally {
       await c.close();
     }
@@ -162,7 +175,9 @@ describe('bad answers become typed errors', () => {
     try {
       const err = await failure(c.query());
       expect(err.code).toBe('ERR_KMS_UNAVAILABLE');
-      expect(err.failures).toEqual([{ endpoint: `127.0.0.1:${kms.port}`, code: 'ERR_KMIP_TTLV', message: expect.stringMatching(/expected message tag ResponseMessage/) }]);
+      expect(err.failures).toEqual([
+        { endpoint: `127.0.0.1:${kms.port}`, code: 'ERR_KMIP_TTLV', message: expect.stringMatching(/expected message tag ResponseMessage/) },
+      ]);
     } finally {
       await c.close();
       await kms.close();
@@ -243,7 +258,10 @@ describe('bad answers become typed errors', () => {
     const kms = await fakeKms((_req, socket) => socket.write(Buffer.concat([sampleGetResponse, Buffer.alloc(8)])));
     const c = client([kms.port]);
     try {
-      expect((await failure(c.getSymmetricKey('1'))).failures![0]).toMatchObject({ code: 'ERR_KMIP_PROTOCOL', message: expect.stringMatching(/8 bytes beyond the 280-byte response/) });
+      expect((await failure(c.getSymmetricKey('1'))).failures![0]).toMatchObject({
+        code: 'ERR_KMIP_PROTOCOL',
+        message: expect.stringMatching(/8 bytes beyond the 280-byte response/),
+      });
     } finally {
       await c.close();
       await kms.close();
@@ -282,7 +300,10 @@ describe('bad answers become typed errors', () => {
     const port = (silent.address() as { port: number }).port;
     const c = client([port], { timeoutMs: 300 });
     try {
-      expect((await failure(c.query())).failures![0]).toMatchObject({ code: 'ERR_KMIP_TIMEOUT', message: `127.0.0.1:${port} did not complete the TLS handshake within 300 ms` });
+      expect((await failure(c.query())).failures![0]).toMatchObject({
+        code: 'ERR_KMIP_TIMEOUT',
+        message: `127.0.0.1:${port} did not complete the TLS handshake within 300 ms`,
+      });
     } finally {
       await c.close();
       silent.close();
@@ -299,9 +320,9 @@ describe('framing and connection handling', () => {
     const header = fc.constantFrom('42007b01', '42007b02', '42007801', '00000000');
     const bytes = fc.oneof(
       fc.uint8Array({ maxLength: 64 }).map((u) => Buffer.from(u)),
-      fc.tuple(header, fc.nat({ max: 96 }), fc.uint8Array({ maxLength: 96 })).map(([h, len, body]) =>
-        Buffer.concat([Buffer.from(h, 'hex'), Buffer.from([0, 0, 0, len]), Buffer.from(body)]),
-      ),
+      fc
+        .tuple(header, fc.nat({ max: 96 }), fc.uint8Array({ maxLength: 96 }))
+        .map(([h, len, body]) => Buffer.concat([Buffer.from(h, 'hex'), Buffer.from([0, 0, 0, len]), Buffer.from(body)])),
       // a real response with one byte changed
       fc.tuple(fc.nat({ max: sampleGetResponse.length - 1 }), fc.integer({ min: 0, max: 255 })).map(([at, v]) => {
         const b = Buffer.from(sampleGetResponse);
@@ -367,7 +388,9 @@ describe('framing and connection handling', () => {
   });
 
   it('a connection idle for longer than idleTimeoutMs is replaced rather than reused', async () => {
-    const kms = await fakeKms((req, socket) => socket.write(responseBytes(operationOf(req), ResultStatus.Success, (w) => w.textString(Tag.UniqueIdentifier, 'x'))));
+    const kms = await fakeKms((req, socket) =>
+      socket.write(responseBytes(operationOf(req), ResultStatus.Success, (w) => w.textString(Tag.UniqueIdentifier, 'x'))),
+    );
     const c = client([kms.port], { idleTimeoutMs: 50 });
     try {
       await c.activate('x');
@@ -408,7 +431,13 @@ describe('framing and connection handling', () => {
     const c = client([failing.port, other.port]);
     try {
       const err = await failure(c.getSymmetricKey('7'));
-      expect(err).toMatchObject({ code: 'ERR_KMIP_OPERATION_FAILED', resultStatus: 'OperationFailed', resultReason: 'PermissionDenied', resultMessage: 'not yours', operation: 'Get' });
+      expect(err).toMatchObject({
+        code: 'ERR_KMIP_OPERATION_FAILED',
+        resultStatus: 'OperationFailed',
+        resultReason: 'PermissionDenied',
+        resultMessage: 'not yours',
+        operation: 'Get',
+      });
       expect(other.connections).toBe(0);
     } finally {
       await c.close();
@@ -419,7 +448,9 @@ describe('framing and connection handling', () => {
 
   it('a broken first node is skipped and the working node is preferred afterwards', async () => {
     const broken = await fakeKms((_req, socket) => socket.write(Buffer.from('nonsense!nonsense!')));
-    const good = await fakeKms((req, socket) => socket.write(responseBytes(operationOf(req), ResultStatus.Success, (w) => w.textString(Tag.UniqueIdentifier, 'x'))));
+    const good = await fakeKms((req, socket) =>
+      socket.write(responseBytes(operationOf(req), ResultStatus.Success, (w) => w.textString(Tag.UniqueIdentifier, 'x'))),
+    );
     const c = client([broken.port, good.port]);
     try {
       await c.activate('x');
@@ -472,7 +503,15 @@ describe('what getKey accepts as a KEK', () => {
     const kms = await fakeKms((req, socket) => socket.write(responseBytes(operationOf(req), ResultStatus.Success, payload)));
     // allowRetired: this fake answers every request with the same Get payload, so getKey's State
     // check (a Get Attributes) is skipped; what is tested here is what Get may return.
-    const p = new KmipKeyProvider({ id: 'fake', endpoints: [{ host: '127.0.0.1', port: kms.port }], ca: pki.ca, cert: pki.client.cert, key: pki.client.key, timeoutMs: 1000, allowRetired: true });
+    const p = new KmipKeyProvider({
+      id: 'fake',
+      endpoints: [{ host: '127.0.0.1', port: kms.port }],
+      ca: pki.ca,
+      cert: pki.client.cert,
+      key: pki.client.key,
+      timeoutMs: 1000,
+      allowRetired: true,
+    });
     return { kms, p };
   };
 
@@ -510,7 +549,9 @@ describe('what getKey accepts as a KEK', () => {
   });
 
   it('a response to a different operation is refused', async () => {
-    const kms = await fakeKms((_req, socket) => socket.write(responseBytes(Operation.Activate, ResultStatus.Success, (w) => w.textString(Tag.UniqueIdentifier, 'k1'))));
+    const kms = await fakeKms((_req, socket) =>
+      socket.write(responseBytes(Operation.Activate, ResultStatus.Success, (w) => w.textString(Tag.UniqueIdentifier, 'k1'))),
+    );
     const c = client([kms.port]);
     try {
       const err = await failure(c.getSymmetricKey('k1'));

@@ -90,10 +90,13 @@ describe('request header credential', () => {
       '42006a0200000004000000010000000042006b02000000040000000200000000' +
       '42000c0100000040' + // Authentication
       '4200230100000038' + // Credential
-      '4200240500000004' + '0000000100000000' + // Credential Type = Username and Password
+      '4200240500000004' +
+      '0000000100000000' + // Credential Type = Username and Password
       '4200250100000020' + // Credential Value
-      '4200990700000001' + '7500000000000000' + // Username "u"
-      '4200a10700000002' + '7077000000000000' + // Password "pw"
+      '4200990700000001' +
+      '7500000000000000' + // Username "u"
+      '4200a10700000002' +
+      '7077000000000000' + // Password "pw"
       '42000d02000000040000000100000000' +
       '42000f010000001842005c050000000400000018000000004200790100000000';
     expect(bytes.toString('hex')).toBe(expected);
@@ -196,7 +199,14 @@ describe('response shape checks', () => {
     tag: Tag.ResponseHeader,
     type: 'Structure',
     value: [
-      { tag: Tag.ProtocolVersion, type: 'Structure', value: [{ tag: Tag.ProtocolVersionMajor, type: 'Integer', value: 1 }, { tag: Tag.ProtocolVersionMinor, type: 'Integer', value: 2 }] },
+      {
+        tag: Tag.ProtocolVersion,
+        type: 'Structure',
+        value: [
+          { tag: Tag.ProtocolVersionMajor, type: 'Integer', value: 1 },
+          { tag: Tag.ProtocolVersionMinor, type: 'Integer', value: 2 },
+        ],
+      },
       { tag: Tag.BatchCount, type: 'Integer', value: 1 },
     ],
   };
@@ -233,7 +243,9 @@ describe('response shape checks', () => {
         { tag: Tag.UniqueIdentifier, type: 'TextString', value: '5' },
       ],
     };
-    expect(() => parseGetSymmetricKey(payload)).toThrow(expect.objectContaining({ code: 'ERR_KMIP_KEY', message: 'KMIP object 5 is a SecretData, not a SymmetricKey' }));
+    expect(() => parseGetSymmetricKey(payload)).toThrow(
+      expect.objectContaining({ code: 'ERR_KMIP_KEY', message: 'KMIP object 5 is a SecretData, not a SymmetricKey' }),
+    );
   });
   it('re-encodes a parsed message unchanged (parsers do not mutate)', () => {
     const bytes = sample('get', 'response');

@@ -124,7 +124,9 @@ describe('KMIP operations against PyKMIP', () => {
 
   it('refuses bad arguments with typed errors, before any request', async () => {
     const p = provider();
-    await expect(p.getKey('')).rejects.toThrow('Expected a non-empty KMIP Unique Identifier string without control characters (at most 1024 characters) for keyId but received a string of length 0');
+    await expect(p.getKey('')).rejects.toThrow(
+      'Expected a non-empty KMIP Unique Identifier string without control characters (at most 1024 characters) for keyId but received a string of length 0',
+    );
     await expect(p.getKey(42 as unknown as string)).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
     await expect(p.createKey({ name: '' })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
   });
@@ -213,7 +215,9 @@ describe('identities and TLS', () => {
       'Expected PEM text (a string or Buffer containing "-----BEGIN") for ca but received a string of length 15 (pass the PEM file’s contents, not its path)',
     );
     expect(() => new KmipKeyProvider({ ...kms.providerOptions(), key: Buffer.from('nope') })).toThrow(/for key but received Buffer of length 4/);
-    expect(() => new KmipKeyProvider({ ...kms.providerOptions(), endpoints: [] })).toThrow('Expected a non-empty array of { host, port } for endpoints but received an array of length 0');
+    expect(() => new KmipKeyProvider({ ...kms.providerOptions(), endpoints: [] })).toThrow(
+      'Expected a non-empty array of { host, port } for endpoints but received an array of length 0',
+    );
     expect(() => new KmipKeyProvider({ ...kms.providerOptions(), protocolVersion: '3.0' })).toThrow(/for protocolVersion/);
     expect(() => new KmipKeyProvider({ ...kms.providerOptions(), id: 'a/b' })).toThrow(/for id/);
     expect(() => new KmipKeyProvider({ ...kms.providerOptions(), timeoutMs: 0 })).toThrow(/for timeoutMs but received 0 of type number/);

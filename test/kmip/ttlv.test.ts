@@ -99,13 +99,16 @@ describe('TtlvWriter against hand-built bytes', () => {
 
   it('sign-extends Big Integers to a multiple of 8 bytes', () => {
     expect(new TtlvWriter().bigInteger(0x420004, -1n).finish().toString('hex')).toBe('4200040400000008ffffffffffffffff');
-    expect(new TtlvWriter().bigInteger(0x420004, 1n << 63n).finish().toString('hex')).toBe('420004040000001000000000000000008000000000000000');
+    expect(
+      new TtlvWriter()
+        .bigInteger(0x420004, 1n << 63n)
+        .finish()
+        .toString('hex'),
+    ).toBe('420004040000001000000000000000008000000000000000');
   });
 
   it('fills nested structure lengths when they close', () => {
-    const out = new TtlvWriter()
-      .struct(0x420010, (a) => a.struct(0x420011, (b) => b.textString(0x420012, 'x')).integer(0x420013, 1))
-      .finish();
+    const out = new TtlvWriter().struct(0x420010, (a) => a.struct(0x420011, (b) => b.textString(0x420012, 'x')).integer(0x420013, 1)).finish();
     expect(out.toString('hex')).toBe(
       hex(`420010 01 00000028
              420011 01 00000010
@@ -168,7 +171,9 @@ describe('bounded TTLV decoder: one failing input per guard', () => {
     huge.writeUIntBE(0x420004, 0, 3);
     huge[3] = 0x04;
     huge.writeUInt32BE(256 * 1024, 4);
-    expect(ttlvErr(() => decodeTtlv(huge)).message).toMatch(/^Invalid TTLV at offset 0: BigInteger .*\(tag 0x420004\) declares 262144 bytes, more than the maximum of 512$/);
+    expect(ttlvErr(() => decodeTtlv(huge)).message).toMatch(
+      /^Invalid TTLV at offset 0: BigInteger .*\(tag 0x420004\) declares 262144 bytes, more than the maximum of 512$/,
+    );
     // 520 bytes: one step past the cap
     const over = Buffer.alloc(8 + 520);
     over.writeUIntBE(0x420004, 0, 3);
@@ -177,7 +182,7 @@ describe('bounded TTLV decoder: one failing input per guard', () => {
     expect(ttlvErr(() => decodeTtlv(over)).message).toMatch(/declares 520 bytes, more than the maximum of 512/);
     expect(() => new TtlvWriter().bigInteger(0x420004, 1n << 4096n)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT' }));
   });
-  it('decodes Big Integers up to the 512-byte cap, two\'s complement, both signs', () => {
+  it("decodes Big Integers up to the 512-byte cap, two's complement, both signs", () => {
     for (const value of [0n, 1n, -1n, 255n, -256n, (1n << 63n) - 1n, -(1n << 63n), 1n << 63n, (1n << 4095n) - 1n, -(1n << 4095n), -(1n << 4000n) + 12345n]) {
       const bytes = new TtlvWriter().bigInteger(0x420004, value).finish();
       expect(decodeTtlv(bytes)).toEqual({ tag: 0x420004, type: 'BigInteger', value });
@@ -200,7 +205,11 @@ describe('bounded TTLV decoder: one failing input per guard', () => {
     expect(ttlvErr(() => decodeTtlv(bytes, { maxDepth: 4 })).message).toMatch(/nested deeper than 4 levels/);
   });
   it('enforces the item count', () => {
-    const bytes = encodeTtlv({ tag: 0x420001, type: 'Structure', value: Array.from({ length: 5 }, () => ({ tag: 0x420002, type: 'Integer' as const, value: 1 })) });
+    const bytes = encodeTtlv({
+      tag: 0x420001,
+      type: 'Structure',
+      value: Array.from({ length: 5 }, () => ({ tag: 0x420002, type: 'Integer' as const, value: 1 })),
+    });
     expect(decodeTtlv(bytes, { maxItems: 6 }).type).toBe('Structure');
     expect(ttlvErr(() => decodeTtlv(bytes, { maxItems: 5 })).message).toMatch(/more than 5 items/);
   });

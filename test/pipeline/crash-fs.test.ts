@@ -42,7 +42,6 @@ function run(op: string, disk: string, crashAt = 0, env: Record<string, string> 
   return { signal: r.signal, status: r.status, stdout: r.stdout, stderr: r.stderr, events: Number(/events=(\d+)/.exec(r.stdout)?.[1] ?? 0) };
 }
 
-
 /** Crash points over the whole run: the first calls, the last ones, and spread between. */
 function points(total: number, n: number): number[] {
   const pts = new Set<number>([1, 2, 3, total - 1, total]);
@@ -54,7 +53,8 @@ describe('the fault-injecting file layer', () => {
   it('keeps exactly what fsync of files and folders made durable', () => {
     const dir = join(tmp.dir, 'selftest');
     mkdirSync(dir);
-    const selftest = (crashAt: number) => spawnSync(process.execPath, [child, 'selftest', dir, '0'], { env: { ...process.env, CRASH_ROOT: dir, CRASH_AT: String(crashAt) }, encoding: 'utf8' });
+    const selftest = (crashAt: number) =>
+      spawnSync(process.execPath, [child, 'selftest', dir, '0'], { env: { ...process.env, CRASH_ROOT: dir, CRASH_AT: String(crashAt) }, encoding: 'utf8' });
     const dry = selftest(0);
     expect(dry.status, dry.stderr).toBe(0);
     const events = Number(/events=(\d+)/.exec(dry.stdout)![1]);
@@ -62,7 +62,11 @@ describe('the fault-injecting file layer', () => {
     mkdirSync(dir);
     const crashed = selftest(events); // the last call: the write of e
     expect(crashed.signal, crashed.stderr).toBe('SIGKILL');
-    const files = Object.fromEntries(readdirSync(dir).sort().map((f) => [f, readFileSync(join(dir, f), 'utf8')]));
+    const files = Object.fromEntries(
+      readdirSync(dir)
+        .sort()
+        .map((f) => [f, readFileSync(join(dir, f), 'utf8')]),
+    );
     expect(files).toEqual({ a: '', b: 'B', d: 'D', x: 'X1' });
   });
 });
@@ -74,89 +78,99 @@ const inPlace = [
 ] as const;
 
 describe('power loss at any point of an in-place job, then the same call again', () => {
-  for (const s of inPlace) for (const k of KEEP) {
-    it(`${s.op} in place (${s.subformat}), un-synced writes kept: ${k}`, async () => {
-      keep = k;
-      const dir = join(tmp.dir, `${s.op}-${s.subformat}-${k}`);
-      mkdirSync(dir);
-      const original = join(dir, 'original.vmdk');
-      if (s.op === 'encrypt') {
-        execFileSync('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'vmdk', '-o', `subformat=${s.subformat}`, join(tmp.dir, 'plain.raw'), original]);
-      } else {
-        await encryptDisk(join(tmp.dir, 'plain.raw'), original, { subformat: s.subformat, lockers: [phraseLocker('old')] });
-      }
-      const copyDisk = (to: string): string => {
-        const sub = join(dir, to);
-        mkdirSync(sub);
-        for (const f of readdirSync(dir)) if (f.startsWith('original')) copyFileSync(join(dir, f), join(sub, f));
-        return join(sub, 'original.vmdk');
-      };
-      const dry = run(s.op, copyDisk('dry'));
-      expect(dry.status, dry.stderr).toBe(0);
-      expect(dry.events).toBeGreaterThan(10);
-      for (const point of points(dry.events, 14)) {
-        const disk = copyDisk(`crash-${point}`);
-        const crashed = run(s.op, disk, point);
-        expect(crashed.signal, `crash at ${point}: ${crashed.stderr}`).toBe('SIGKILL');
-        const again = run(s.op, disk);
-        expect(again.status, `re-run after a crash at ${point}: ${again.stderr}`).toBe(0);
-        expect(await plainHash(disk, s.passphrase), `data after a crash at ${point}`).toBe(sha256(image));
-        expect(readdirSync(dirname(disk)).filter((f) => /journal|\.tmp/.test(f)), `leftovers after a crash at ${point}`).toEqual([]);
-      }
-    });
-  }
+  for (const s of inPlace)
+    for (const k of KEEP) {
+      it(`${s.op} in place (${s.subformat}), un-synced writes kept: ${k}`, async () => {
+        keep = k;
+        const dir = join(tmp.dir, `${s.op}-${s.subformat}-${k}`);
+        mkdirSync(dir);
+        const original = join(dir, 'original.vmdk');
+        if (s.op === 'encrypt') {
+          execFileSync('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'vmdk', '-o', `subformat=${s.subformat}`, join(tmp.dir, 'plain.raw'), original]);
+        } else {
+          await encryptDisk(join(tmp.dir, 'plain.raw'), original, { subformat: s.subformat, lockers: [phraseLocker('old')] });
+        }
+        const copyDisk = (to: string): string => {
+          const sub = join(dir, to);
+          mkdirSync(sub);
+          for (const f of readdirSync(dir)) if (f.startsWith('original')) copyFileSync(join(dir, f), join(sub, f));
+          return join(sub, 'original.vmdk');
+        };
+        const dry = run(s.op, copyDisk('dry'));
+        expect(dry.status, dry.stderr).toBe(0);
+        expect(dry.events).toBeGreaterThan(10);
+        for (const point of points(dry.events, 14)) {
+          const disk = copyDisk(`crash-${point}`);
+          const crashed = run(s.op, disk, point);
+          expect(crashed.signal, `crash at ${point}: ${crashed.stderr}`).toBe('SIGKILL');
+          const again = run(s.op, disk);
+          expect(again.status, `re-run after a crash at ${point}: ${again.stderr}`).toBe(0);
+          expect(await plainHash(disk, s.passphrase), `data after a crash at ${point}`).toBe(sha256(image));
+          expect(
+            readdirSync(dirname(disk)).filter((f) => /journal|\.tmp/.test(f)),
+            `leftovers after a crash at ${point}`,
+          ).toEqual([]);
+        }
+      });
+    }
 });
 
 describe('power loss at any point of a copy job and its commit', () => {
-  for (const k of KEEP) it(`encrypt raw → twoGbMaxExtentFlat: the output is whole or absent, and the same call finishes it (kept: ${k})`, async () => {
-    keep = k;
-    const dir = join(tmp.dir, `copy-${k}`);
-    mkdirSync(dir);
-    const input = (sub: string): string => {
-      mkdirSync(join(dir, sub));
-      copyFileSync(join(tmp.dir, 'plain.raw'), join(dir, sub, 'in.raw'));
-      return join(dir, sub, 'in.raw');
-    };
-    const dry = run('copy', input('dry'));
-    expect(dry.status, dry.stderr).toBe(0);
-    for (const point of points(dry.events, 14)) {
-      const src = input(`crash-${point}`);
-      const out = join(dirname(src), 'in.enc.vmdk');
-      const crashed = run('copy', src, point);
-      expect(crashed.signal, `crash at ${point}: ${crashed.stderr}`).toBe('SIGKILL');
-      if (existsSync(out)) {
-        expect(await plainHash(out, 'pw'), `output present after a crash at ${point}`).toBe(sha256(image));
-      } else {
-        const again = run('copy', src);
-        if (again.status !== 0) expect(again.stderr, `re-run after a crash at ${point}`).toContain('ERR_OUTPUT_EXISTS');
-        expect(await plainHash(out, 'pw'), `output after re-run, crash at ${point}`).toBe(sha256(image));
+  for (const k of KEEP)
+    it(`encrypt raw → twoGbMaxExtentFlat: the output is whole or absent, and the same call finishes it (kept: ${k})`, async () => {
+      keep = k;
+      const dir = join(tmp.dir, `copy-${k}`);
+      mkdirSync(dir);
+      const input = (sub: string): string => {
+        mkdirSync(join(dir, sub));
+        copyFileSync(join(tmp.dir, 'plain.raw'), join(dir, sub, 'in.raw'));
+        return join(dir, sub, 'in.raw');
+      };
+      const dry = run('copy', input('dry'));
+      expect(dry.status, dry.stderr).toBe(0);
+      for (const point of points(dry.events, 14)) {
+        const src = input(`crash-${point}`);
+        const out = join(dirname(src), 'in.enc.vmdk');
+        const crashed = run('copy', src, point);
+        expect(crashed.signal, `crash at ${point}: ${crashed.stderr}`).toBe('SIGKILL');
+        if (existsSync(out)) {
+          expect(await plainHash(out, 'pw'), `output present after a crash at ${point}`).toBe(sha256(image));
+        } else {
+          const again = run('copy', src);
+          if (again.status !== 0) expect(again.stderr, `re-run after a crash at ${point}`).toContain('ERR_OUTPUT_EXISTS');
+          expect(await plainHash(out, 'pw'), `output after re-run, crash at ${point}`).toBe(sha256(image));
+        }
+        expect(sha256(readFileSync(src)), 'the input is never modified').toBe(sha256(image));
       }
-      expect(sha256(readFileSync(src)), 'the input is never modified').toBe(sha256(image));
-    }
-  });
+    });
 });
 
 describe('power loss at any point of a shallow rekey (embedded descriptor), then resume', () => {
-  for (const k of KEEP) it(`the disk opens with exactly one of the old and the new passphrase, data intact (kept: ${k})`, async () => {
-    keep = k;
-    const dir = join(tmp.dir, `shallow-${k}`);
-    mkdirSync(dir);
-    const prepare = async (sub: string): Promise<string> => {
-      mkdirSync(join(dir, sub));
-      const p = join(dir, sub, 'disk.vmdk');
-      await encryptDisk(join(tmp.dir, 'plain.raw'), p, { subformat: 'monolithicSparse', lockers: [phraseLocker('old')] });
-      return p;
-    };
-    const dry = run('shallow', await prepare('dry'));
-    expect(dry.status, dry.stderr).toBe(0);
-    for (const point of points(dry.events, 10)) {
-      const disk = await prepare(`crash-${point}`);
-      expect(run('shallow', disk, point).signal).toBe('SIGKILL');
-      const resumed = run('resume', disk);
-      expect(resumed.status, `resume after a crash at ${point}: ${resumed.stderr}`).toBe(0);
-      const opens = async (pw: string) => plainHash(disk, pw).then((h) => h === sha256(image), () => false);
-      const [withOld, withNew] = [await opens('old'), await opens('new')];
-      expect(withOld !== withNew, `after a crash at ${point}: old opens ${withOld}, new opens ${withNew}`).toBe(true);
-    }
-  });
+  for (const k of KEEP)
+    it(`the disk opens with exactly one of the old and the new passphrase, data intact (kept: ${k})`, async () => {
+      keep = k;
+      const dir = join(tmp.dir, `shallow-${k}`);
+      mkdirSync(dir);
+      const prepare = async (sub: string): Promise<string> => {
+        mkdirSync(join(dir, sub));
+        const p = join(dir, sub, 'disk.vmdk');
+        await encryptDisk(join(tmp.dir, 'plain.raw'), p, { subformat: 'monolithicSparse', lockers: [phraseLocker('old')] });
+        return p;
+      };
+      const dry = run('shallow', await prepare('dry'));
+      expect(dry.status, dry.stderr).toBe(0);
+      for (const point of points(dry.events, 10)) {
+        const disk = await prepare(`crash-${point}`);
+        expect(run('shallow', disk, point).signal).toBe('SIGKILL');
+        const resumed = run('resume', disk);
+        expect(resumed.status, `resume after a crash at ${point}: ${resumed.stderr}`).toBe(0);
+        const opens = async (pw: string) =>
+          plainHash(disk, pw).then(
+            (h) => h === sha256(image),
+            () => false,
+          );
+        const [withOld, withNew] = [await opens('old'), await opens('new')];
+        expect(withOld !== withNew, `after a crash at ${point}: old opens ${withOld}, new opens ${withNew}`).toBe(true);
+      }
+    });
 });

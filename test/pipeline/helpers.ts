@@ -18,7 +18,15 @@ export async function bundleFixture(name: string): Promise<string> {
   const outdir = join(root, 'node_modules', '.cache', 'vmseal-test');
   mkdirSync(outdir, { recursive: true });
   const outfile = join(outdir, `${name}-${process.pid}-${Math.random().toString(36).slice(2, 8)}.mjs`);
-  await build({ entryPoints: [join(here, 'fixtures', `${name}.ts`)], bundle: true, platform: 'node', format: 'esm', target: 'node20', outfile, logLevel: 'silent' });
+  await build({
+    entryPoints: [join(here, 'fixtures', `${name}.ts`)],
+    bundle: true,
+    platform: 'node',
+    format: 'esm',
+    target: 'node20',
+    outfile,
+    logLevel: 'silent',
+  });
   return outfile;
 }
 

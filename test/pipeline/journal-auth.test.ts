@@ -23,7 +23,18 @@ beforeAll(async () => {
   image = patternBytes(1024 * KiB, 41);
   writeFileSync(join(tmp.dir, 'plain.raw'), image);
   mkdirSync(join(tmp.dir, 'orig'));
-  execFileSync('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'vmdk', '-o', 'subformat=monolithicFlat', join(tmp.dir, 'plain.raw'), join(tmp.dir, 'orig', 'd.vmdk')]);
+  execFileSync('qemu-img', [
+    'convert',
+    '-q',
+    '-f',
+    'raw',
+    '-O',
+    'vmdk',
+    '-o',
+    'subformat=monolithicFlat',
+    join(tmp.dir, 'plain.raw'),
+    join(tmp.dir, 'orig', 'd.vmdk'),
+  ]);
 });
 afterAll(() => {
   tmp.cleanup();
@@ -42,7 +53,6 @@ function interrupted(name: string): string {
   return disk;
 }
 
-
 interface Parsed {
   buf: Buffer;
   header: Record<string, unknown> & { descriptor: { during: string; final: string } };
@@ -60,14 +70,24 @@ function writeV1(disk: string, p: Parsed, header: Parsed['header']): void {
   out.write('VMSJRNL1', 0, 'ascii');
   out.writeUInt32LE(json.length, 8);
   json.copy(out, 12);
-  createHash('sha256').update(json).digest().copy(out, 12 + json.length);
+  createHash('sha256')
+    .update(json)
+    .digest()
+    .copy(out, 12 + json.length);
   for (const slot of [HEADER_AREA, HEADER_AREA + 512]) {
     if (out.subarray(slot, slot + 8).toString('ascii') !== 'VMSJSTAT') continue;
-    createHash('sha256').update(out.subarray(slot, slot + 68)).digest().copy(out, slot + 68);
+    createHash('sha256')
+      .update(out.subarray(slot, slot + 68))
+      .digest()
+      .copy(out, slot + 68);
   }
   writeFileSync(`${disk}.vmseal-journal`, out);
 }
-const errorOf = (p: Promise<unknown>) => p.then(() => null, (e: Error & { code?: string }) => e);
+const errorOf = (p: Promise<unknown>) =>
+  p.then(
+    () => null,
+    (e: Error & { code?: string }) => e,
+  );
 
 describe('journal authentication (version 2)', () => {
   it('an untouched journal resumes', async () => {
@@ -100,9 +120,16 @@ describe('journal authentication (version 2)', () => {
     const p = readJournal(disk);
     const evil = join(tmp.dir, 'victim-file');
     writeFileSync(evil, 'do not touch\n');
-    const final = Buffer.from(p.header.descriptor.final, 'base64').toString('latin1').replace(/"d-flat\.vmdk"/, JSON.stringify(evil));
-    const during = Buffer.from(p.header.descriptor.during, 'base64').toString('latin1').replace(/"d-flat\.vmdk"/, JSON.stringify(evil));
-    writeV1(disk, p, { ...p.header, descriptor: { during: Buffer.from(during, 'latin1').toString('base64'), final: Buffer.from(final, 'latin1').toString('base64') } });
+    const final = Buffer.from(p.header.descriptor.final, 'base64')
+      .toString('latin1')
+      .replace(/"d-flat\.vmdk"/, JSON.stringify(evil));
+    const during = Buffer.from(p.header.descriptor.during, 'base64')
+      .toString('latin1')
+      .replace(/"d-flat\.vmdk"/, JSON.stringify(evil));
+    writeV1(disk, p, {
+      ...p.header,
+      descriptor: { during: Buffer.from(during, 'latin1').toString('base64'), final: Buffer.from(final, 'latin1').toString('base64') },
+    });
     const err = await errorOf(resumeDisk(disk, { keys: { passphrase: 'pw' }, trustV1Journal: true }));
     expect(err?.code).toBe('ERR_JOURNAL');
     expect(err?.message).toMatch(/not a plain file name/);

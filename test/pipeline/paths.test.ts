@@ -25,7 +25,6 @@ function flatDisk(dir: string): string {
   return d;
 }
 
-
 describe('in-place jobs through a symbolic link', () => {
   it('encrypt the real descriptor and leave the link a link', async () => {
     const real = flatDisk(join(tmp.dir, 'same'));
@@ -46,7 +45,10 @@ describe('in-place jobs through a symbolic link', () => {
     symlinkSync(real, link);
     copyFileSync(join(tmp.dir, 'real', 'd-flat.vmdk'), join(other, 'd-flat.vmdk')); // a second, different file under the extent's name
     const before = readFileSync(real);
-    await expect(encryptInPlace(link, { lockers: [phraseLocker('pw')] })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT', message: expect.stringMatching(/two different files/) });
+    await expect(encryptInPlace(link, { lockers: [phraseLocker('pw')] })).rejects.toMatchObject({
+      code: 'ERR_INVALID_ARGUMENT',
+      message: expect.stringMatching(/two different files/),
+    });
     expect(readFileSync(real).equals(before)).toBe(true);
   });
 });

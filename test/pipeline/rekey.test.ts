@@ -119,7 +119,13 @@ describe('deep rekey', () => {
     const local = new LocalKeyProvider({ home, scrypt: { n: 16, r: 1, p: 1 } });
     const shared = await local.createKey({ name: 'shared' });
     const disk = join(tmp.dir, 'deep-retire.vmdk');
-    await encryptDisk(plainRaw, disk, { subformat: 'monolithicSparse', lockers: [{ kind: 'provider', provider: local }, { kind: 'provider', provider: local, keyId: shared.keyId }] });
+    await encryptDisk(plainRaw, disk, {
+      subformat: 'monolithicSparse',
+      lockers: [
+        { kind: 'provider', provider: local },
+        { kind: 'provider', provider: local, keyId: shared.keyId },
+      ],
+    });
     const before = (await readEncryptionParams(disk))!;
     const own = describeKeySafe(before.keySafe)[0]!.keyId!;
     expect(await local.keyOwner(own)).toBe(before.diskId);
@@ -157,7 +163,9 @@ describe('deep rekey interrupted, then resumed', () => {
     await encryptDisk(plainRaw, disk, { subformat: 'monolithicFlat', lockers: [{ kind: 'provider', provider: local }] });
     const old = describeKeySafe((await readEncryptionParams(disk))!.keySafe)[0]!.keyId!;
     const ac = new AbortController();
-    await expect(deepRekey(disk, { keys: { providers: [local] }, inPlace: true, chunkSize: 64 * 1024, signal: ac.signal, onProgress: () => ac.abort() })).rejects.toMatchObject({
+    await expect(
+      deepRekey(disk, { keys: { providers: [local] }, inPlace: true, chunkSize: 64 * 1024, signal: ac.signal, onProgress: () => ac.abort() }),
+    ).rejects.toMatchObject({
       code: 'ERR_ABORTED',
     });
     expect((await local.list()).find((k) => k.keyId === old)!.state).toBe('active');

@@ -74,7 +74,11 @@ describe('encrypt → decrypt round trips', () => {
           const key = (await unlockKeySafe(params!.keySafe, { passphrase: 'pw' })).key;
           const ctBytes = readFileSync(ct);
           const sparse = subformat.includes('Sparse');
-          for (const [off, len] of [[0, 65536], [4 * MiB, 65536], [CAPACITY - 65536, 65536]]) {
+          for (const [off, len] of [
+            [0, 65536],
+            [4 * MiB, 65536],
+            [CAPACITY - 65536, 65536],
+          ]) {
             expect(ctBytes.subarray(off, off + len).equals(xtsReference(true, key, plainImage.subarray(off, off + len), unitSize, off / unitSize))).toBe(true);
           }
           // A hole: flat → encrypted zeros, sparse → unallocated (reads zeros).
@@ -111,9 +115,15 @@ describe('convert', () => {
     const enc = join(tmp.dir, 'raw-enc.vmdk');
     const r = await encryptDisk(plainRaw, enc, { lockers: [phraseLocker('pw')] });
     expect(r.subformat).toBe('monolithicFlat');
-    await expect(convertDisk(enc, join(tmp.dir, 'so.vmdk'), { keys: { passphrase: 'pw' }, subformat: 'streamOptimized' })).rejects.toMatchObject({ code: 'ERR_UNSUPPORTED_OUTPUT' });
-    await expect(convertDisk(enc, join(tmp.dir, 'so.raw'), { keys: { passphrase: 'pw' }, subformat: 'raw' })).rejects.toMatchObject({ code: 'ERR_UNSUPPORTED_OUTPUT' });
-    await expect(encryptDisk(plainRaw, join(tmp.dir, 'so2.vmdk'), { subformat: 'streamOptimized', lockers: [phraseLocker('pw')] })).rejects.toMatchObject({ code: 'ERR_UNSUPPORTED_OUTPUT' });
+    await expect(convertDisk(enc, join(tmp.dir, 'so.vmdk'), { keys: { passphrase: 'pw' }, subformat: 'streamOptimized' })).rejects.toMatchObject({
+      code: 'ERR_UNSUPPORTED_OUTPUT',
+    });
+    await expect(convertDisk(enc, join(tmp.dir, 'so.raw'), { keys: { passphrase: 'pw' }, subformat: 'raw' })).rejects.toMatchObject({
+      code: 'ERR_UNSUPPORTED_OUTPUT',
+    });
+    await expect(encryptDisk(plainRaw, join(tmp.dir, 'so2.vmdk'), { subformat: 'streamOptimized', lockers: [phraseLocker('pw')] })).rejects.toMatchObject({
+      code: 'ERR_UNSUPPORTED_OUTPUT',
+    });
     const so = join(tmp.dir, 'dec-so.vmdk');
     await convertDisk(enc, so, { keys: { passphrase: 'pw' }, subformat: 'streamOptimized', decrypt: true });
     const out = join(tmp.dir, 'dec-so.raw');
@@ -206,7 +216,9 @@ describe('decrypted outputs are private (they hold plaintext)', () => {
     await decryptDisk(enc, join(dir, 'dec.vmdk'), { keys: { passphrase: 'pw' }, mode: 0o640 });
     for (const f of readdirSync(dir)) expect(modeOf(join(dir, f)), f).toBe(0o640);
     for (const mode of [-1, 0o1000, 1.5, '0640' as unknown as number]) {
-      await expect(decryptDisk(enc, join(dir, 'bad.raw'), { keys: { passphrase: 'pw' }, subformat: 'raw', mode })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
+      await expect(decryptDisk(enc, join(dir, 'bad.raw'), { keys: { passphrase: 'pw' }, subformat: 'raw', mode })).rejects.toMatchObject({
+        code: 'ERR_INVALID_ARGUMENT',
+      });
     }
     expect(readdirSync(dir).filter((f) => f.startsWith('bad') || f.includes('vmseal-tmp'))).toEqual([]);
   });

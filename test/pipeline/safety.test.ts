@@ -23,7 +23,6 @@ beforeAll(() => {
 });
 afterAll(() => tmp.cleanup());
 
-
 describe('cancellation', () => {
   it('an AbortSignal stops a job with ERR_ABORTED and leaves nothing behind', async () => {
     const dir = join(tmp.dir, 'abort');
@@ -51,7 +50,10 @@ describe('cancellation', () => {
     const ac = new AbortController();
     ac.abort();
     const out = join(tmp.dir, 'never.vmdk');
-    await expect(encryptDisk(plainRaw, out, { lockers: [phraseLocker('pw')], signal: ac.signal })).rejects.toMatchObject({ code: 'ERR_ABORTED', name: 'AbortError' });
+    await expect(encryptDisk(plainRaw, out, { lockers: [phraseLocker('pw')], signal: ac.signal })).rejects.toMatchObject({
+      code: 'ERR_ABORTED',
+      name: 'AbortError',
+    });
     expect(existsSync(out)).toBe(false);
   });
 });
@@ -59,7 +61,12 @@ describe('cancellation', () => {
 describe('progress', () => {
   it('reports bytes done up to the total, with a rate and an ETA', async () => {
     const events: Progress[] = [];
-    await encryptDisk(plainRaw, join(tmp.dir, 'progress.vmdk'), { subformat: 'monolithicSparse', lockers: [phraseLocker('pw')], chunkSize: 256 * 1024, onProgress: (p) => events.push(p) });
+    await encryptDisk(plainRaw, join(tmp.dir, 'progress.vmdk'), {
+      subformat: 'monolithicSparse',
+      lockers: [phraseLocker('pw')],
+      chunkSize: 256 * 1024,
+      onProgress: (p) => events.push(p),
+    });
     expect(events.length).toBeGreaterThan(0);
     const last = events[events.length - 1];
     expect(last).toMatchObject({ operation: 'encrypt', phase: 'copy', etaSeconds: 0 });
@@ -107,7 +114,13 @@ describe('atomic output', () => {
     const out = join(dir, 'out.vmdk');
     // A crash is simulated by a copy of a live job's staging folder owned by a pid that does not exist.
     const ac = new AbortController();
-    const started = encryptDisk(plainRaw, out, { subformat: 'twoGbMaxExtentFlat', lockers: [phraseLocker('pw')], chunkSize: 64 * 1024, depth: 1, signal: ac.signal });
+    const started = encryptDisk(plainRaw, out, {
+      subformat: 'twoGbMaxExtentFlat',
+      lockers: [phraseLocker('pw')],
+      chunkSize: 64 * 1024,
+      depth: 1,
+      signal: ac.signal,
+    });
     // Wait until the staging folder exists, then simulate a crash: copy it under a dead pid's name.
     let stage: string | undefined;
     for (let i = 0; i < 200 && !stage; i++) {

@@ -27,7 +27,18 @@ beforeAll(async () => {
   image = patternBytes(DISK, 31);
   writeFileSync(join(tmp.dir, 'plain.raw'), image);
   mkdirSync(join(tmp.dir, 'orig'));
-  execFileSync('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'vmdk', '-o', 'subformat=monolithicFlat', join(tmp.dir, 'plain.raw'), join(tmp.dir, 'orig', 'd.vmdk')]);
+  execFileSync('qemu-img', [
+    'convert',
+    '-q',
+    '-f',
+    'raw',
+    '-O',
+    'vmdk',
+    '-o',
+    'subformat=monolithicFlat',
+    join(tmp.dir, 'plain.raw'),
+    join(tmp.dir, 'orig', 'd.vmdk'),
+  ]);
 });
 afterAll(() => {
   tmp.cleanup();
@@ -49,7 +60,6 @@ function run(disk: string, opts: { limitKiB?: number; killAt?: number } = {}) {
     : spawnSync(process.execPath, argv, { env, encoding: 'utf8' });
   return { status: r.status, signal: r.signal, stdout: r.stdout, stderr: r.stderr };
 }
-
 
 describe('in-place encryption under a file-size limit', () => {
   it('fails at the short chunk copy instead of going on, and the same call without the limit finishes', async () => {

@@ -36,7 +36,6 @@ function run(op: string, disk: string, killAt?: number) {
   return { signal: r.signal, status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
-
 /** Kill points spread over the whole run: the first calls, the last ones, and random ones between. */
 function killPoints(total: number, n: number, seed: number): number[] {
   const pts = new Set<number>([1, 2, 3, total - 2, total - 1, total]);
@@ -108,7 +107,11 @@ describe('SIGKILL at any point of a shallow rekey (embedded descriptor), then re
       expect(run('shallow', disk, point).signal).toBe('SIGKILL');
       const resumed = run('resume', disk);
       expect(resumed.status, `resume after kill at ${point}: ${resumed.stderr}`).toBe(0);
-      const opens = async (pw: string) => plainHash(disk, pw).then((h) => h === sha256(image), () => false);
+      const opens = async (pw: string) =>
+        plainHash(disk, pw).then(
+          (h) => h === sha256(image),
+          () => false,
+        );
       const [withOld, withNew] = [await opens('old'), await opens('new')];
       expect(withOld !== withNew, `after kill at ${point}: old opens ${withOld}, new opens ${withNew}`).toBe(true);
       expect(readdirSync(dirname(disk)).filter((f) => /journal|\.tmp$|\.lck$/.test(f))).toEqual([]);
@@ -148,7 +151,10 @@ describe('SIGKILL at any point of an in-place job, then the same call again', ()
         const again = run(s.op, disk);
         expect(again.status, `re-run after kill at ${point}: ${again.stderr}`).toBe(0);
         expect(await plainHash(disk, s.passphrase), `data after kill at ${point}`).toBe(sha256(image));
-        expect(readdirSync(dirname(disk)).filter((f) => /journal|\.tmp$|\.lck$/.test(f)), `leftovers after kill at ${point}`).toEqual([]);
+        expect(
+          readdirSync(dirname(disk)).filter((f) => /journal|\.tmp$|\.lck$/.test(f)),
+          `leftovers after kill at ${point}`,
+        ).toEqual([]);
       }
       if (s.subformat === 'monolithicSparse') {
         // A power loss can tear the rewrite of an embedded descriptor: garble its area after a kill

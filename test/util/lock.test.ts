@@ -24,7 +24,15 @@ beforeAll(async () => {
   const outdir = join(root, 'node_modules', '.cache', 'vmseal-test');
   mkdirSync(outdir, { recursive: true });
   child = join(outdir, `lock-child-${process.pid}.mjs`);
-  await build({ entryPoints: [join(here, 'fixtures', 'lock-child.ts')], bundle: true, platform: 'node', format: 'esm', target: 'node20', outfile: child, logLevel: 'silent' });
+  await build({
+    entryPoints: [join(here, 'fixtures', 'lock-child.ts')],
+    bundle: true,
+    platform: 'node',
+    format: 'esm',
+    target: 'node20',
+    outfile: child,
+    logLevel: 'silent',
+  });
 });
 afterAll(() => {
   for (const c of started) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');

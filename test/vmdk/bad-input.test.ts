@@ -14,7 +14,11 @@ afterAll(() => cleanup());
 let counter = 0;
 const fresh = (ext = 'vmdk') => join(dir, `bad${++counter}.${ext}`);
 
-async function expectError(promise: Promise<unknown>, code: string, where: { file?: string; offset?: boolean; line?: number | boolean } = {}): Promise<VmdkFormatError> {
+async function expectError(
+  promise: Promise<unknown>,
+  code: string,
+  where: { file?: string; offset?: boolean; line?: number | boolean } = {},
+): Promise<VmdkFormatError> {
   let err: unknown;
   try {
     const disk = await promise;
@@ -165,7 +169,11 @@ describe('sparse extents', () => {
     run('qemu-img', ['convert', '-O', 'raw', path, out]);
     const lost = readFileSync(out).subarray(65536 + 2000, 2 * 65536);
     expect(lost.every((b) => b === 0)).toBe(true);
-    expect(patternData(2 * 65536, 3).subarray(65536 + 2000).every((b) => b === 0)).toBe(false);
+    expect(
+      patternData(2 * 65536, 3)
+        .subarray(65536 + 2000)
+        .every((b) => b === 0),
+    ).toBe(false);
   });
 
   it('capacity in the header disagreeing with the extent line', async () => {

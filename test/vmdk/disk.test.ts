@@ -115,7 +115,10 @@ describe('reads and writes', () => {
     const d = await openDisk(p, { readOnly: true });
     expect(d.readOnly).toBe(true);
     await rejects(d.write(0, Buffer.alloc(512)), 'ERR_VMDK_READ_ONLY');
-    await rejects(d.updateDescriptor(() => {}), 'ERR_VMDK_READ_ONLY');
+    await rejects(
+      d.updateDescriptor(() => {}),
+      'ERR_VMDK_READ_ONLY',
+    );
     await rejects(d.read(MiB - 10, 11), 'ERR_VMDK_RANGE');
     await rejects(d.read(-1, 1), 'ERR_INVALID_ARGUMENT');
     await rejects(d.read(1.5, 1), 'ERR_INVALID_ARGUMENT');
@@ -329,7 +332,10 @@ describe('reads and writes', () => {
     const part = await openDisk(p.replace('.vmdk', '-s002.vmdk'));
     expect(part.capacity).toBe(MiB);
     expect((await part.read(10, 10)).every((b) => b === 9)).toBe(true);
-    await rejects(part.updateDescriptor(() => {}), 'ERR_VMDK_DESCRIPTOR_FULL');
+    await rejects(
+      part.updateDescriptor(() => {}),
+      'ERR_VMDK_DESCRIPTOR_FULL',
+    );
     await part.close();
   });
 });
@@ -345,10 +351,18 @@ describe('descriptor updates and the encryption hook', () => {
       desc.set('ddb.adapterType', 'lsilogic');
     });
     const after = readFileSync(p, 'utf8');
-    expect(after).toBe(before.replace('"ide"', '"lsilogic"').replace('ddb.uuid', 'ddb.uuid').replace(/(ddb\.uuid = "[^"]*"\n)/, '$1ddb.encryption.test = "abc"\n'));
+    expect(after).toBe(
+      before
+        .replace('"ide"', '"lsilogic"')
+        .replace('ddb.uuid', 'ddb.uuid')
+        .replace(/(ddb\.uuid = "[^"]*"\n)/, '$1ddb.encryption.test = "abc"\n'),
+    );
     expect(d.descriptor?.get('ddb.encryption.test')).toBe('abc');
     expect(readdirSync(dir).filter((f) => f.endsWith('.tmp'))).toEqual([]);
-    await rejects(d.updateDescriptor((x) => void x.set('createType', 'vmfs')), 'ERR_INVALID_ARGUMENT');
+    await rejects(
+      d.updateDescriptor((x) => void x.set('createType', 'vmfs')),
+      'ERR_INVALID_ARGUMENT',
+    );
     await d.close();
     expect(qemuInfo(p)['virtual-size']).toBe(MiB);
   });
@@ -359,7 +373,10 @@ describe('descriptor updates and the encryption hook', () => {
     const data = patternData(2 * MiB, 13);
     await d.write(0, data);
     await d.updateDescriptor((desc) => desc.set('encryption.data', 'x'.repeat(4096)));
-    await rejects(d.updateDescriptor((desc) => desc.set('encryption.more', 'y'.repeat(9000))), 'ERR_VMDK_DESCRIPTOR_FULL');
+    await rejects(
+      d.updateDescriptor((desc) => desc.set('encryption.more', 'y'.repeat(9000))),
+      'ERR_VMDK_DESCRIPTOR_FULL',
+    );
     expect(d.descriptor?.get('encryption.more')).toBeUndefined();
     await d.close();
     await rejects(openDisk(p), 'ERR_DISK_ENCRYPTED');
@@ -427,7 +444,10 @@ describe('descriptor updates and the encryption hook', () => {
   it('raw images have no descriptor to update; allocatedBytes counts host blocks', async () => {
     const p = fresh('raw');
     const d = await createDisk(p, { capacity: 4 * MiB, subformat: 'raw' });
-    await rejects(d.updateDescriptor(() => {}), 'ERR_VMDK_DESCRIPTOR_FULL');
+    await rejects(
+      d.updateDescriptor(() => {}),
+      'ERR_VMDK_DESCRIPTOR_FULL',
+    );
     expect(await d.allocatedBytes()).toBeLessThan(MiB);
     await d.write(0, Buffer.alloc(MiB, 1));
     expect(await d.allocatedBytes()).toBeGreaterThanOrEqual(MiB);

@@ -11,8 +11,22 @@ import { tempDir } from './helpers.js';
 const fixtures = fileURLToPath(new URL('../fixtures/vmdk/', import.meta.url));
 
 const CASES = [
-  { name: 'qemu72-zeroed.vmdk', sha256: '8318b114e5c236684bb1500c618fe49a56bf3d68f6d223fee2c691a5e92e8b14', subformat: 'monolithicSparse', ranges: [[0, 65536], [262144, 65536], [983040, 65536]] },
-  { name: 'qemu72-stream.vmdk', sha256: 'a5d42325d12a8be3ac2f455fa2c0ed857e85bf8eb5758aca1b6acef9ee44cf50', subformat: 'streamOptimized', ranges: [[0, 1048576]] },
+  {
+    name: 'qemu72-zeroed.vmdk',
+    sha256: '8318b114e5c236684bb1500c618fe49a56bf3d68f6d223fee2c691a5e92e8b14',
+    subformat: 'monolithicSparse',
+    ranges: [
+      [0, 65536],
+      [262144, 65536],
+      [983040, 65536],
+    ],
+  },
+  {
+    name: 'qemu72-stream.vmdk',
+    sha256: 'a5d42325d12a8be3ac2f455fa2c0ed857e85bf8eb5758aca1b6acef9ee44cf50',
+    subformat: 'streamOptimized',
+    ranges: [[0, 1048576]],
+  },
 ];
 
 describe('qemu 7.2 fixtures', () => {

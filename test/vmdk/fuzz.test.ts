@@ -55,7 +55,10 @@ function hotRanges(img: Buffer): Array<[number, number]> {
 }
 
 const mutation = fc.record({
-  edits: fc.array(fc.record({ range: fc.nat(), at: fc.nat(), kind: fc.constantFrom('byte', 'u32', 'u32small', 'bit'), value: fc.nat({ max: 0xffffffff }) }), { minLength: 1, maxLength: 6 }),
+  edits: fc.array(fc.record({ range: fc.nat(), at: fc.nat(), kind: fc.constantFrom('byte', 'u32', 'u32small', 'bit'), value: fc.nat({ max: 0xffffffff }) }), {
+    minLength: 1,
+    maxLength: 6,
+  }),
   truncate: fc.option(fc.nat(), { freq: 5 }),
 });
 
@@ -119,96 +122,150 @@ async function exercise(path: string, write: boolean): Promise<void> {
 }
 
 describe('fuzz (seeded mutation)', () => {
-  it('monolithicSparse headers, directories and tables', async () => {
-    const path = join(dir, 'm-sparse.vmdk');
-    await fc.assert(
-      fc.asyncProperty(mutation, async (m) => {
-        writeFileSync(path, mutate(corpus.sparse, m));
-        await exercise(path, true);
-      }),
-      fcOptions,
-    );
-  }, BUDGET_MS + 60_000);
+  it(
+    'monolithicSparse headers, directories and tables',
+    async () => {
+      const path = join(dir, 'm-sparse.vmdk');
+      await fc.assert(
+        fc.asyncProperty(mutation, async (m) => {
+          writeFileSync(path, mutate(corpus.sparse, m));
+          await exercise(path, true);
+        }),
+        fcOptions,
+      );
+    },
+    BUDGET_MS + 60_000,
+  );
 
-  it('streamOptimized headers, footers, markers and compressed grains', async () => {
-    const path = join(dir, 'm-stream.vmdk');
-    await fc.assert(
-      fc.asyncProperty(mutation, async (m) => {
-        writeFileSync(path, mutate(corpus.stream, m));
-        await exercise(path, true);
-      }),
-      fcOptions,
-    );
-  }, BUDGET_MS + 60_000);
+  it(
+    'streamOptimized headers, footers, markers and compressed grains',
+    async () => {
+      const path = join(dir, 'm-stream.vmdk');
+      await fc.assert(
+        fc.asyncProperty(mutation, async (m) => {
+          writeFileSync(path, mutate(corpus.stream, m));
+          await exercise(path, true);
+        }),
+        fcOptions,
+      );
+    },
+    BUDGET_MS + 60_000,
+  );
 
-  it('text descriptors: parse round-trips exactly or throws VmdkFormatError', () => {
-    const base = corpus.descriptor.toString('utf8');
-    const lines = base.split('\n');
-    const lineEdit = fc.record({
-      line: fc.nat(),
-      op: fc.constantFrom('insert', 'delete', 'replace', 'splice', 'crlf'),
-      text: fc.oneof(
-        fc.string({ maxLength: 40 }),
-        fc.constantFrom('RW 10 FLAT "x" 0', 'RDONLY 1 ZERO', 'ddb.a = "b"', 'encryption.x = "y"', 'CID=zz', 'version=9', '#', '"', '=', 'RW', 'createType="vmfs"', 'encoding="GBK"', '\uFEFF', '\0'),
-      ),
-      at: fc.nat(),
-    });
-    fc.assert(
-      fc.property(fc.array(lineEdit, { minLength: 1, maxLength: 5 }), (edits) => {
-        const ls = [...lines];
-        for (const e of edits) {
-          const i = e.line % (ls.length + 1);
-          if (e.op === 'insert') ls.splice(i, 0, e.text);
-          else if (e.op === 'delete') ls.splice(i, 1);
-          else if (e.op === 'replace') ls[i] = e.text;
-          else if (e.op === 'crlf') ls[i] = (ls[i] ?? '') + '\r';
-          else {
-            const s = ls[i] ?? '';
-            const at = e.at % (s.length + 1);
-            ls[i] = s.slice(0, at) + e.text + s.slice(at);
+  it(
+    'text descriptors: parse round-trips exactly or throws VmdkFormatError',
+    () => {
+      const base = corpus.descriptor.toString('utf8');
+      const lines = base.split('\n');
+      const lineEdit = fc.record({
+        line: fc.nat(),
+        op: fc.constantFrom('insert', 'delete', 'replace', 'splice', 'crlf'),
+        text: fc.oneof(
+          fc.string({ maxLength: 40 }),
+          fc.constantFrom(
+            'RW 10 FLAT "x" 0',
+            'RDONLY 1 ZERO',
+            'ddb.a = "b"',
+            'encryption.x = "y"',
+            'CID=zz',
+            'version=9',
+            '#',
+            '"',
+            '=',
+            'RW',
+            'createType="vmfs"',
+            'encoding="GBK"',
+            '\uFEFF',
+            '\0',
+          ),
+        ),
+        at: fc.nat(),
+      });
+      fc.assert(
+        fc.property(fc.array(lineEdit, { minLength: 1, maxLength: 5 }), (edits) => {
+          const ls = [...lines];
+          for (const e of edits) {
+            const i = e.line % (ls.length + 1);
+            if (e.op === 'insert') ls.splice(i, 0, e.text);
+            else if (e.op === 'delete') ls.splice(i, 1);
+            else if (e.op === 'replace') ls[i] = e.text;
+            else if (e.op === 'crlf') ls[i] = (ls[i] ?? '') + '\r';
+            else {
+              const s = ls[i] ?? '';
+              const at = e.at % (s.length + 1);
+              ls[i] = s.slice(0, at) + e.text + s.slice(at);
+            }
           }
-        }
-        const text = ls.join('\n');
-        let d: Descriptor;
-        try {
-          d = Descriptor.parse(Buffer.from(text, 'utf8'), { file: 'fuzz.vmdk' });
-        } catch (err) {
-          expect(err).toBeInstanceOf(VmdkFormatError);
-          expect(typeof (err as VmdkFormatError).code).toBe('string');
-          return;
-        }
-        const nul = text.indexOf('\0');
-        expect(d.toString()).toBe(nul >= 0 ? text.slice(0, nul) : text);
-        const again = Descriptor.parse(d.toString());
-        expect(again.entries()).toEqual(d.entries());
-        expect(again.extents).toEqual(d.extents);
-        // An edit through the API keeps the result parseable.
-        d.set('ddb.fuzz', 'v');
-        d.set('fuzz.header', 'w');
-        expect(Descriptor.parse(d.toString()).get('ddb.fuzz')).toBe('v');
-      }),
-      fcOptions,
-    );
-  }, BUDGET_MS + 60_000);
+          const text = ls.join('\n');
+          let d: Descriptor;
+          try {
+            d = Descriptor.parse(Buffer.from(text, 'utf8'), { file: 'fuzz.vmdk' });
+          } catch (err) {
+            expect(err).toBeInstanceOf(VmdkFormatError);
+            expect(typeof (err as VmdkFormatError).code).toBe('string');
+            return;
+          }
+          const nul = text.indexOf('\0');
+          expect(d.toString()).toBe(nul >= 0 ? text.slice(0, nul) : text);
+          const again = Descriptor.parse(d.toString());
+          expect(again.entries()).toEqual(d.entries());
+          expect(again.extents).toEqual(d.extents);
+          // An edit through the API keeps the result parseable.
+          d.set('ddb.fuzz', 'v');
+          d.set('fuzz.header', 'w');
+          expect(Descriptor.parse(d.toString()).get('ddb.fuzz')).toBe('v');
+        }),
+        fcOptions,
+      );
+    },
+    BUDGET_MS + 60_000,
+  );
 
-  it('text descriptors opened as disks (extent lines, paths, sizes)', async () => {
-    const base = corpus.descriptor.toString('utf8');
-    const path = join(dir, 'm-desc.vmdk');
-    copyFileSync(join(dir, 'flat-f001.vmdk'), join(dir, 'm-desc-f001.vmdk'));
-    copyFileSync(join(dir, 'flat-f002.vmdk'), join(dir, 'm-desc-f002.vmdk'));
-    const renamed = base.replaceAll('flat-f00', 'm-desc-f00');
-    const edit = fc.record({
-      find: fc.constantFrom('RW 64 FLAT', '"m-desc-f001.vmdk"', '"m-desc-f002.vmdk" 0', 'twoGbMaxExtentFlat', 'version=1', 'parentCID=ffffffff', 'RW 64 FLAT "m-desc-f002.vmdk"'),
-      replace: fc.constantFrom('RW 99999999 FLAT', 'RDONLY 64 FLAT', '"../m-desc-f001.vmdk"', '"/etc/passwd"', '"m-desc-f001.vmdk" 64', '"m-desc-f001.vmdk" 9999999999', 'monolithicSparse', 'vmfsSparse', 'version=3', 'parentCID=1', 'RW 64 ZERO', 'RW 64 SPARSE "m-desc-f002.vmdk"', 'RW 0 FLAT "m-desc-f002.vmdk"', ''),
-    });
-    await fc.assert(
-      fc.asyncProperty(fc.array(edit, { minLength: 1, maxLength: 3 }), async (edits) => {
-        let text = renamed;
-        for (const e of edits) text = text.replace(e.find, e.replace);
-        writeFileSync(path, text);
-        await exercise(path, true);
-      }),
-      fcOptions,
-    );
-  }, BUDGET_MS + 60_000);
+  it(
+    'text descriptors opened as disks (extent lines, paths, sizes)',
+    async () => {
+      const base = corpus.descriptor.toString('utf8');
+      const path = join(dir, 'm-desc.vmdk');
+      copyFileSync(join(dir, 'flat-f001.vmdk'), join(dir, 'm-desc-f001.vmdk'));
+      copyFileSync(join(dir, 'flat-f002.vmdk'), join(dir, 'm-desc-f002.vmdk'));
+      const renamed = base.replaceAll('flat-f00', 'm-desc-f00');
+      const edit = fc.record({
+        find: fc.constantFrom(
+          'RW 64 FLAT',
+          '"m-desc-f001.vmdk"',
+          '"m-desc-f002.vmdk" 0',
+          'twoGbMaxExtentFlat',
+          'version=1',
+          'parentCID=ffffffff',
+          'RW 64 FLAT "m-desc-f002.vmdk"',
+        ),
+        replace: fc.constantFrom(
+          'RW 99999999 FLAT',
+          'RDONLY 64 FLAT',
+          '"../m-desc-f001.vmdk"',
+          '"/etc/passwd"',
+          '"m-desc-f001.vmdk" 64',
+          '"m-desc-f001.vmdk" 9999999999',
+          'monolithicSparse',
+          'vmfsSparse',
+          'version=3',
+          'parentCID=1',
+          'RW 64 ZERO',
+          'RW 64 SPARSE "m-desc-f002.vmdk"',
+          'RW 0 FLAT "m-desc-f002.vmdk"',
+          '',
+        ),
+      });
+      await fc.assert(
+        fc.asyncProperty(fc.array(edit, { minLength: 1, maxLength: 3 }), async (edits) => {
+          let text = renamed;
+          for (const e of edits) text = text.replace(e.find, e.replace);
+          writeFileSync(path, text);
+          await exercise(path, true);
+        }),
+        fcOptions,
+      );
+    },
+    BUDGET_MS + 60_000,
+  );
 });

@@ -63,7 +63,7 @@ describe('disks vmseal writes open in qemu-img and vmdkinfo with the same data',
       const disk = await createDisk(path, { capacity, subformat: sub, ...opts });
       if (sub === 'streamOptimized') {
         // Front to back, in pieces that start and end inside grains.
-        for (let at = 0; at < capacity; ) {
+        for (let at = 0; at < capacity;) {
           const len = Math.min(capacity - at, 100_003);
           await disk.write(at, data.subarray(at, at + len));
           at += len;
@@ -72,7 +72,7 @@ describe('disks vmseal writes open in qemu-img and vmdkinfo with the same data',
         // Out of order and at odd offsets: last part first, then the rest in uneven pieces, two at a time.
         await disk.write(4 * MiB + 777, data.subarray(4 * MiB + 777));
         const pieces: Array<Promise<void>> = [];
-        for (let at = 0; at < 4 * MiB + 777; ) {
+        for (let at = 0; at < 4 * MiB + 777;) {
           const len = Math.min(4 * MiB + 777 - at, 300_007);
           pieces.push(disk.write(at, data.subarray(at, at + len)));
           at += len;
@@ -118,7 +118,14 @@ describe('disks qemu writes read byte-identically in vmseal', () => {
       const cmds =
         sub === 'streamOptimized'
           ? ['write -P 0x11 0 65536', 'write -P 0x22 131072 1M', 'write -P 0x33 5M 65536']
-          : ['write -P 0x11 1000 5000', 'write -P 0x22 65535 3', 'write -P 0x33 1M 1M', 'write -z 1200k 200k', `write -P 0x44 ${5 * MiB + 511} 1000`, 'write -P 0x55 6291455 1'];
+          : [
+              'write -P 0x11 1000 5000',
+              'write -P 0x22 65535 3',
+              'write -P 0x33 1M 1M',
+              'write -z 1200k 200k',
+              `write -P 0x44 ${5 * MiB + 511} 1000`,
+              'write -P 0x55 6291455 1',
+            ];
       run('qemu-io', ['-f', 'vmdk', ...cmds.flatMap((c) => ['-c', c]), path]);
       const expected = qemuRaw(path);
       expect(expected.length).toBe(6 * MiB);
@@ -137,7 +144,10 @@ describe('disks qemu writes read byte-identically in vmseal', () => {
     run('qemu-img', ['create', '-q', '-f', 'vmdk', '-o', 'subformat=twoGbMaxExtentSparse', path, '3M']);
     run('qemu-io', ['-f', 'vmdk', '-c', 'write -P 0x21 70001 9999', path]);
     const text = readFileSync(path, 'utf8').replace(/\0+$/, '');
-    const edited = text.replace('createType="twoGbMaxExtentSparse"', 'createType="twoGbMaxExtentSparse"\nencryption.note = "kept"\n# a section comment').split('\n').join('\r\n');
+    const edited = text
+      .replace('createType="twoGbMaxExtentSparse"', 'createType="twoGbMaxExtentSparse"\nencryption.note = "kept"\n# a section comment')
+      .split('\n')
+      .join('\r\n');
     writeFileSync(path, edited);
     const expected = qemuRaw(path);
     const disk = await openDisk(path, { allowEncrypted: true, readOnly: true });

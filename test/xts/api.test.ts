@@ -65,7 +65,16 @@ describe.each(implementations)('%s', (implementation) => {
   it('async equals sync for 1 … N threads, out of place and in place', async () => {
     const maxThreads = slow ? 4 : Math.max(4, availableParallelism());
     // Odd unit counts so that chunks differ in size; > 64 KiB per chunk so every thread count splits.
-    const shapes = slow ? ([[512, 4 * 128 + 3], [4100, 67]] as const) : ([[512, 2 * 1024 + 3], [4096, 257], [4100, 131]] as const);
+    const shapes = slow
+      ? ([
+          [512, 4 * 128 + 3],
+          [4100, 67],
+        ] as const)
+      : ([
+          [512, 2 * 1024 + 3],
+          [4096, 257],
+          [4100, 131],
+        ] as const);
     for (const [unitSize, units] of shapes) {
       const data = randomBytes(unitSize * units);
       const firstUnit = 2n ** 32n - 100n;

@@ -3,15 +3,7 @@
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { VmsealError } from '../../src/errors.js';
-import {
-  XtsCipher,
-  XtsError,
-  XtsRangeError,
-  XtsTypeError,
-  getXtsThreads,
-  setXtsThreads,
-  xtsInfo,
-} from '../../src/xts/index.js';
+import { XtsCipher, XtsError, XtsRangeError, XtsTypeError, getXtsThreads, setXtsThreads, xtsInfo } from '../../src/xts/index.js';
 
 function caught(fn: () => unknown): Error & { code?: string } {
   try {
@@ -59,7 +51,12 @@ describe('XtsCipher constructor', () => {
     ['an ArrayBuffer', new ArrayBuffer(64), 'a value of type object'],
     ['a number', 64, '64 of type number'],
   ])('rejects %s as key', (_name, key, described) => {
-    expectError(caught(() => new XtsCipher(key as unknown as Uint8Array)), 'type', 'ERR_INVALID_ARG_TYPE', `Expected ${KEY_WHAT} for key but received ${described}`);
+    expectError(
+      caught(() => new XtsCipher(key as unknown as Uint8Array)),
+      'type',
+      'ERR_INVALID_ARG_TYPE',
+      `Expected ${KEY_WHAT} for key but received ${described}`,
+    );
   });
 
   it.each([0, 16, 31, 33, 48, 63, 65, 128])('rejects a key of %i bytes', (length) => {
@@ -88,7 +85,12 @@ describe('XtsCipher constructor', () => {
   });
 
   it('rejects bad options', () => {
-    expectError(caught(() => new XtsCipher(key64, 'aesni' as never)), 'type', 'ERR_INVALID_ARG_TYPE', 'Expected an object for options but received a string of length 5');
+    expectError(
+      caught(() => new XtsCipher(key64, 'aesni' as never)),
+      'type',
+      'ERR_INVALID_ARG_TYPE',
+      'Expected an object for options but received a string of length 5',
+    );
     expectError(
       caught(() => new XtsCipher(key64, { implementation: 'aes' as never })),
       'type',
@@ -148,28 +150,160 @@ describe('batch calls', () => {
 
   type Case = [string, () => unknown, 'type' | 'range', string, string];
   const cases: Case[] = [
-    ['data not a Uint8Array', () => cipher.encrypt('abc' as never, { unitSize: 512 }), 'type', 'ERR_INVALID_ARG_TYPE', 'Expected a Uint8Array for data but received a string of length 3'],
-    ['data a DataView', () => cipher.encrypt(new DataView(new ArrayBuffer(512)) as never, { unitSize: 512 }), 'type', 'ERR_INVALID_ARG_TYPE', 'Expected a Uint8Array for data but received DataView of length 512'],
-    ['no options', () => cipher.encrypt(data, undefined as never), 'type', 'ERR_INVALID_ARG_TYPE', 'Expected an object with unitSize for options but received undefined'],
-    ['options a number', () => cipher.encrypt(data, 512 as never), 'type', 'ERR_INVALID_ARG_TYPE', 'Expected an object with unitSize for options but received 512 of type number'],
-    ['no unitSize', () => cipher.encrypt(data, {} as never), 'type', 'ERR_INVALID_ARG_TYPE', `Expected ${UNIT_WHAT} for options.unitSize but received undefined`],
-    ['unitSize a string', () => cipher.encrypt(data, { unitSize: '512' as never }), 'type', 'ERR_INVALID_ARG_TYPE', `Expected ${UNIT_WHAT} for options.unitSize but received a string of length 3`],
-    ['unitSize 15', () => cipher.encrypt(data, { unitSize: 15 }), 'range', 'ERR_XTS_UNIT_SIZE', `Expected ${UNIT_WHAT} for options.unitSize but received 15 of type number`],
-    ['unitSize 0', () => cipher.encrypt(data, { unitSize: 0 }), 'range', 'ERR_XTS_UNIT_SIZE', `Expected ${UNIT_WHAT} for options.unitSize but received 0 of type number`],
-    ['unitSize 512.5', () => cipher.encrypt(data, { unitSize: 512.5 }), 'range', 'ERR_XTS_UNIT_SIZE', `Expected ${UNIT_WHAT} for options.unitSize but received 512.5 of type number`],
-    ['unitSize NaN', () => cipher.encrypt(data, { unitSize: NaN }), 'range', 'ERR_XTS_UNIT_SIZE', `Expected ${UNIT_WHAT} for options.unitSize but received NaN of type number`],
-    ['unitSize 2 MiB', () => cipher.encrypt(data, { unitSize: 2 ** 21 }), 'range', 'ERR_XTS_UNIT_SIZE', `Expected ${UNIT_WHAT} for options.unitSize but received 2097152 of type number`],
-    ['length not a multiple', () => cipher.encrypt(data.subarray(0, 1000), { unitSize: 512 }), 'range', 'ERR_XTS_LENGTH', 'Expected a length that is a multiple of unitSize (512) for data but received Buffer of length 1000'],
-    ['firstUnit negative', () => cipher.encrypt(data, { unitSize: 512, firstUnit: -1 }), 'range', 'ERR_XTS_UNIT_NUMBER', `Expected ${FIRST_WHAT} for options.firstUnit but received -1 of type number`],
-    ['firstUnit fractional', () => cipher.encrypt(data, { unitSize: 512, firstUnit: 1.5 }), 'range', 'ERR_XTS_UNIT_NUMBER', `Expected ${FIRST_WHAT} for options.firstUnit but received 1.5 of type number`],
-    ['firstUnit unsafe', () => cipher.encrypt(data, { unitSize: 512, firstUnit: 2 ** 53 }), 'range', 'ERR_XTS_UNIT_NUMBER', `Expected ${FIRST_WHAT} for options.firstUnit but received 9007199254740992 of type number`],
-    ['firstUnit a string', () => cipher.encrypt(data, { unitSize: 512, firstUnit: '1' as never }), 'type', 'ERR_INVALID_ARG_TYPE', `Expected ${FIRST_WHAT} for options.firstUnit but received a string of length 1`],
-    ['firstUnit -1n', () => cipher.encrypt(data, { unitSize: 512, firstUnit: -1n }), 'range', 'ERR_XTS_UNIT_NUMBER', `Expected ${FIRST_WHAT} for options.firstUnit but received -1 of type bigint`],
-    ['firstUnit 2^64', () => cipher.encrypt(data, { unitSize: 512, firstUnit: 2n ** 64n }), 'range', 'ERR_XTS_UNIT_NUMBER', `Expected ${FIRST_WHAT} for options.firstUnit but received 18446744073709551616 of type bigint`],
-    ['last unit past 2^64-1', () => cipher.encrypt(data, { unitSize: 512, firstUnit: 2n ** 64n - 7n }), 'range', 'ERR_XTS_UNIT_NUMBER', 'Expected a unit number of at most 18446744073709551608 (data holds 8 units) for options.firstUnit but received 18446744073709551609 of type bigint'],
-    ['out not a Uint8Array', () => cipher.encrypt(data, { unitSize: 512, out: [] as never }), 'type', 'ERR_INVALID_ARG_TYPE', 'Expected a Uint8Array of at least 4096 bytes for options.out but received an array of length 0'],
-    ['out too small', () => cipher.encrypt(data, { unitSize: 512, out: new Uint8Array(4095) }), 'range', 'ERR_XTS_OUT_TOO_SMALL', 'Expected a Uint8Array of at least 4096 bytes for options.out but received Uint8Array of length 4095'],
-    ['out overlapping data', () => cipher.encrypt(data.subarray(0, 2048), { unitSize: 512, out: data.subarray(16) }), 'range', 'ERR_XTS_OVERLAP', 'Expected the same memory as data (in place) or memory that does not overlap it for options.out but received Buffer of length 4080'],
+    [
+      'data not a Uint8Array',
+      () => cipher.encrypt('abc' as never, { unitSize: 512 }),
+      'type',
+      'ERR_INVALID_ARG_TYPE',
+      'Expected a Uint8Array for data but received a string of length 3',
+    ],
+    [
+      'data a DataView',
+      () => cipher.encrypt(new DataView(new ArrayBuffer(512)) as never, { unitSize: 512 }),
+      'type',
+      'ERR_INVALID_ARG_TYPE',
+      'Expected a Uint8Array for data but received DataView of length 512',
+    ],
+    [
+      'no options',
+      () => cipher.encrypt(data, undefined as never),
+      'type',
+      'ERR_INVALID_ARG_TYPE',
+      'Expected an object with unitSize for options but received undefined',
+    ],
+    [
+      'options a number',
+      () => cipher.encrypt(data, 512 as never),
+      'type',
+      'ERR_INVALID_ARG_TYPE',
+      'Expected an object with unitSize for options but received 512 of type number',
+    ],
+    [
+      'no unitSize',
+      () => cipher.encrypt(data, {} as never),
+      'type',
+      'ERR_INVALID_ARG_TYPE',
+      `Expected ${UNIT_WHAT} for options.unitSize but received undefined`,
+    ],
+    [
+      'unitSize a string',
+      () => cipher.encrypt(data, { unitSize: '512' as never }),
+      'type',
+      'ERR_INVALID_ARG_TYPE',
+      `Expected ${UNIT_WHAT} for options.unitSize but received a string of length 3`,
+    ],
+    [
+      'unitSize 15',
+      () => cipher.encrypt(data, { unitSize: 15 }),
+      'range',
+      'ERR_XTS_UNIT_SIZE',
+      `Expected ${UNIT_WHAT} for options.unitSize but received 15 of type number`,
+    ],
+    [
+      'unitSize 0',
+      () => cipher.encrypt(data, { unitSize: 0 }),
+      'range',
+      'ERR_XTS_UNIT_SIZE',
+      `Expected ${UNIT_WHAT} for options.unitSize but received 0 of type number`,
+    ],
+    [
+      'unitSize 512.5',
+      () => cipher.encrypt(data, { unitSize: 512.5 }),
+      'range',
+      'ERR_XTS_UNIT_SIZE',
+      `Expected ${UNIT_WHAT} for options.unitSize but received 512.5 of type number`,
+    ],
+    [
+      'unitSize NaN',
+      () => cipher.encrypt(data, { unitSize: NaN }),
+      'range',
+      'ERR_XTS_UNIT_SIZE',
+      `Expected ${UNIT_WHAT} for options.unitSize but received NaN of type number`,
+    ],
+    [
+      'unitSize 2 MiB',
+      () => cipher.encrypt(data, { unitSize: 2 ** 21 }),
+      'range',
+      'ERR_XTS_UNIT_SIZE',
+      `Expected ${UNIT_WHAT} for options.unitSize but received 2097152 of type number`,
+    ],
+    [
+      'length not a multiple',
+      () => cipher.encrypt(data.subarray(0, 1000), { unitSize: 512 }),
+      'range',
+      'ERR_XTS_LENGTH',
+      'Expected a length that is a multiple of unitSize (512) for data but received Buffer of length 1000',
+    ],
+    [
+      'firstUnit negative',
+      () => cipher.encrypt(data, { unitSize: 512, firstUnit: -1 }),
+      'range',
+      'ERR_XTS_UNIT_NUMBER',
+      `Expected ${FIRST_WHAT} for options.firstUnit but received -1 of type number`,
+    ],
+    [
+      'firstUnit fractional',
+      () => cipher.encrypt(data, { unitSize: 512, firstUnit: 1.5 }),
+      'range',
+      'ERR_XTS_UNIT_NUMBER',
+      `Expected ${FIRST_WHAT} for options.firstUnit but received 1.5 of type number`,
+    ],
+    [
+      'firstUnit unsafe',
+      () => cipher.encrypt(data, { unitSize: 512, firstUnit: 2 ** 53 }),
+      'range',
+      'ERR_XTS_UNIT_NUMBER',
+      `Expected ${FIRST_WHAT} for options.firstUnit but received 9007199254740992 of type number`,
+    ],
+    [
+      'firstUnit a string',
+      () => cipher.encrypt(data, { unitSize: 512, firstUnit: '1' as never }),
+      'type',
+      'ERR_INVALID_ARG_TYPE',
+      `Expected ${FIRST_WHAT} for options.firstUnit but received a string of length 1`,
+    ],
+    [
+      'firstUnit -1n',
+      () => cipher.encrypt(data, { unitSize: 512, firstUnit: -1n }),
+      'range',
+      'ERR_XTS_UNIT_NUMBER',
+      `Expected ${FIRST_WHAT} for options.firstUnit but received -1 of type bigint`,
+    ],
+    [
+      'firstUnit 2^64',
+      () => cipher.encrypt(data, { unitSize: 512, firstUnit: 2n ** 64n }),
+      'range',
+      'ERR_XTS_UNIT_NUMBER',
+      `Expected ${FIRST_WHAT} for options.firstUnit but received 18446744073709551616 of type bigint`,
+    ],
+    [
+      'last unit past 2^64-1',
+      () => cipher.encrypt(data, { unitSize: 512, firstUnit: 2n ** 64n - 7n }),
+      'range',
+      'ERR_XTS_UNIT_NUMBER',
+      'Expected a unit number of at most 18446744073709551608 (data holds 8 units) for options.firstUnit but received 18446744073709551609 of type bigint',
+    ],
+    [
+      'out not a Uint8Array',
+      () => cipher.encrypt(data, { unitSize: 512, out: [] as never }),
+      'type',
+      'ERR_INVALID_ARG_TYPE',
+      'Expected a Uint8Array of at least 4096 bytes for options.out but received an array of length 0',
+    ],
+    [
+      'out too small',
+      () => cipher.encrypt(data, { unitSize: 512, out: new Uint8Array(4095) }),
+      'range',
+      'ERR_XTS_OUT_TOO_SMALL',
+      'Expected a Uint8Array of at least 4096 bytes for options.out but received Uint8Array of length 4095',
+    ],
+    [
+      'out overlapping data',
+      () => cipher.encrypt(data.subarray(0, 2048), { unitSize: 512, out: data.subarray(16) }),
+      'range',
+      'ERR_XTS_OVERLAP',
+      'Expected the same memory as data (in place) or memory that does not overlap it for options.out but received Buffer of length 4080',
+    ],
   ];
 
   it.each(cases)('sync: %s', (_name, fn, kind, code, message) => {
@@ -238,13 +372,55 @@ describe('one-unit calls', () => {
   const tweak = new Uint8Array(16);
   const DATA_WHAT = 'a Uint8Array of 16 to 1048576 bytes';
   it.each([
-    ['data a string', () => cipher.encryptUnit('x' as never, tweak), 'type', 'ERR_INVALID_ARG_TYPE', `Expected ${DATA_WHAT} for data but received a string of length 1`],
-    ['data of 15 bytes', () => cipher.encryptUnit(new Uint8Array(15), tweak), 'range', 'ERR_XTS_UNIT_SIZE', `Expected ${DATA_WHAT} for data but received Uint8Array of length 15`],
-    ['data above 1 MiB', () => cipher.decryptUnit(new Uint8Array(2 ** 20 + 1), tweak), 'range', 'ERR_XTS_UNIT_SIZE', `Expected ${DATA_WHAT} for data but received Uint8Array of length 1048577`],
-    ['tweak missing', () => cipher.encryptUnit(new Uint8Array(32), undefined as never), 'type', 'ERR_INVALID_ARG_TYPE', 'Expected a Uint8Array of 16 bytes for tweak but received undefined'],
-    ['tweak of 8 bytes', () => cipher.decryptUnit(new Uint8Array(32), new Uint8Array(8)), 'range', 'ERR_XTS_TWEAK_LENGTH', 'Expected a Uint8Array of 16 bytes for tweak but received Uint8Array of length 8'],
-    ['out too small', () => cipher.encryptUnit(new Uint8Array(32), tweak, new Uint8Array(31)), 'range', 'ERR_XTS_OUT_TOO_SMALL', 'Expected a Uint8Array of at least 32 bytes for out but received Uint8Array of length 31'],
-    ['out a number', () => cipher.encryptUnit(new Uint8Array(32), tweak, 5 as never), 'type', 'ERR_INVALID_ARG_TYPE', 'Expected a Uint8Array of at least 32 bytes for out but received 5 of type number'],
+    [
+      'data a string',
+      () => cipher.encryptUnit('x' as never, tweak),
+      'type',
+      'ERR_INVALID_ARG_TYPE',
+      `Expected ${DATA_WHAT} for data but received a string of length 1`,
+    ],
+    [
+      'data of 15 bytes',
+      () => cipher.encryptUnit(new Uint8Array(15), tweak),
+      'range',
+      'ERR_XTS_UNIT_SIZE',
+      `Expected ${DATA_WHAT} for data but received Uint8Array of length 15`,
+    ],
+    [
+      'data above 1 MiB',
+      () => cipher.decryptUnit(new Uint8Array(2 ** 20 + 1), tweak),
+      'range',
+      'ERR_XTS_UNIT_SIZE',
+      `Expected ${DATA_WHAT} for data but received Uint8Array of length 1048577`,
+    ],
+    [
+      'tweak missing',
+      () => cipher.encryptUnit(new Uint8Array(32), undefined as never),
+      'type',
+      'ERR_INVALID_ARG_TYPE',
+      'Expected a Uint8Array of 16 bytes for tweak but received undefined',
+    ],
+    [
+      'tweak of 8 bytes',
+      () => cipher.decryptUnit(new Uint8Array(32), new Uint8Array(8)),
+      'range',
+      'ERR_XTS_TWEAK_LENGTH',
+      'Expected a Uint8Array of 16 bytes for tweak but received Uint8Array of length 8',
+    ],
+    [
+      'out too small',
+      () => cipher.encryptUnit(new Uint8Array(32), tweak, new Uint8Array(31)),
+      'range',
+      'ERR_XTS_OUT_TOO_SMALL',
+      'Expected a Uint8Array of at least 32 bytes for out but received Uint8Array of length 31',
+    ],
+    [
+      'out a number',
+      () => cipher.encryptUnit(new Uint8Array(32), tweak, 5 as never),
+      'type',
+      'ERR_INVALID_ARG_TYPE',
+      'Expected a Uint8Array of at least 32 bytes for out but received 5 of type number',
+    ],
   ] as const)('%s', (_name, fn, kind, code, message) => {
     expectError(caught(fn), kind, code, message);
   });
@@ -271,8 +447,18 @@ describe('disposed cipher and thread settings', () => {
 
   it('rejects bad pool sizes', () => {
     const before = getXtsThreads();
-    expectError(caught(() => setXtsThreads(0)), 'range', 'ERR_OUT_OF_RANGE', 'Expected an integer from 1 to 256 for threads but received 0 of type number');
-    expectError(caught(() => setXtsThreads(null as never)), 'type', 'ERR_INVALID_ARG_TYPE', 'Expected an integer from 1 to 256 for threads but received null');
+    expectError(
+      caught(() => setXtsThreads(0)),
+      'range',
+      'ERR_OUT_OF_RANGE',
+      'Expected an integer from 1 to 256 for threads but received 0 of type number',
+    );
+    expectError(
+      caught(() => setXtsThreads(null as never)),
+      'type',
+      'ERR_INVALID_ARG_TYPE',
+      'Expected an integer from 1 to 256 for threads but received null',
+    );
     expect(getXtsThreads()).toBe(before);
   });
 });

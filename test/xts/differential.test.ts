@@ -36,7 +36,9 @@ function check(cipher: XtsCipher, key: Buffer, unitSize: number, units: number, 
   const first = firstUnit <= BigInt(Number.MAX_SAFE_INTEGER) && firstUnit % 2n === 0n ? Number(firstUnit) : firstUnit;
   const encrypted = cipher.encrypt(data, { unitSize, firstUnit: first });
   if (!Buffer.from(encrypted).equals(expected)) {
-    throw new Error(`encrypt differs from node:crypto: ${cipher.implementation}, ${key.length * 4}-bit, unitSize ${unitSize}, ${units} units from ${firstUnit}`);
+    throw new Error(
+      `encrypt differs from node:crypto: ${cipher.implementation}, ${key.length * 4}-bit, unitSize ${unitSize}, ${units} units from ${firstUnit}`,
+    );
   }
   const decrypted = cipher.decrypt(encrypted, { unitSize, firstUnit: first });
   if (!Buffer.from(decrypted).equals(data)) {
@@ -74,7 +76,13 @@ describe.each(implementations)('%s against node:crypto', (implementation) => {
     for (const keyBytes of [32, 64] as const) {
       const key = randomKey(keyBytes);
       const cipher = new XtsCipher(key, { implementation });
-      for (const [unitSize, units] of [[512, 67], [4096, 9], [16, 129], [528, 33], [4100, 5]] as const) {
+      for (const [unitSize, units] of [
+        [512, 67],
+        [4096, 9],
+        [16, 129],
+        [528, 33],
+        [4100, 5],
+      ] as const) {
         // Start a little before the special unit (or end exactly at 2^64−1).
         const back = BigInt(Math.floor(units / 2));
         let first = unit >= back ? unit - back : 0n;

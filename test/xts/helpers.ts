@@ -16,9 +16,7 @@ export interface Ieee1619Vector {
   ciphertext: string;
 }
 
-export const vectors: Ieee1619Vector[] = JSON.parse(
-  readFileSync(new URL('../fixtures/ieee1619.json', import.meta.url), 'utf8'),
-) as Ieee1619Vector[];
+export const vectors: Ieee1619Vector[] = JSON.parse(readFileSync(new URL('../fixtures/ieee1619.json', import.meta.url), 'utf8')) as Ieee1619Vector[];
 
 export const hex = (s: string): Buffer => Buffer.from(s, 'hex');
 

@@ -12,7 +12,11 @@ describe('IEEE 1619 known answers', () => {
   });
 
   // Vector 1's key is all zeros: Key1 = Key2, which vmseal refuses (IEEE 1619-2018).
-  const weak = vectors.filter((v) => hex(v.key).subarray(0, v.key.length / 4).equals(hex(v.key).subarray(v.key.length / 4)));
+  const weak = vectors.filter((v) =>
+    hex(v.key)
+      .subarray(0, v.key.length / 4)
+      .equals(hex(v.key).subarray(v.key.length / 4)),
+  );
   const usable = vectors.filter((v) => !weak.includes(v));
 
   it('refuses the vector whose key halves are equal', () => {

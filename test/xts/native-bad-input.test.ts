@@ -49,13 +49,33 @@ const garbage: unknown[] = [
   new Uint8ClampedArray(64),
   new Uint8Array(0),
   new Uint8Array(15),
-  new Proxy({}, { get: () => { throw new Error('getter ran'); } }),
+  new Proxy(
+    {},
+    {
+      get: () => {
+        throw new Error('getter ran');
+      },
+    },
+  ),
   Object.create(null),
 ];
 
 describe('raw native module', () => {
   it('exports the documented functions and constants', () => {
-    for (const name of ['createCipher', 'dispose', 'cipherInfo', 'encrypt', 'decrypt', 'encryptAsync', 'decryptAsync', 'encryptUnit', 'decryptUnit', 'info', 'setThreads', 'getThreads']) {
+    for (const name of [
+      'createCipher',
+      'dispose',
+      'cipherInfo',
+      'encrypt',
+      'decrypt',
+      'encryptAsync',
+      'decryptAsync',
+      'encryptUnit',
+      'decryptUnit',
+      'info',
+      'setThreads',
+      'getThreads',
+    ]) {
       expect(typeof raw[name]).toBe('function');
     }
     expect([native.KEY_BYTES_128, native.KEY_BYTES_256, native.MIN_UNIT_SIZE, native.MAX_UNIT_SIZE, native.MAX_THREADS]).toEqual([32, 64, 16, 1048576, 256]);

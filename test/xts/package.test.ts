@@ -160,11 +160,14 @@ describe('the native addon in threads and at exit', () => {
     try {
       const copy = join(dir, 'copy.node');
       copyFileSync(addonPath, copy);
-      const r = runNode(['-e', `const a = require(${JSON.stringify(addonPath)}), b = require(${JSON.stringify(copy)});
+      const r = runNode([
+        '-e',
+        `const a = require(${JSON.stringify(addonPath)}), b = require(${JSON.stringify(copy)});
         const key = Buffer.alloc(32).fill(5, 16), d = Buffer.alloc(512), x = Buffer.alloc(512), y = Buffer.alloc(512);
         a.encrypt(a.createCipher(key), d, 512, 1, x); b.encrypt(b.createCipher(key), d, 512, 1, y);
         let crossed = 'none'; try { a.encrypt(b.createCipher(key), d, 512, 1, x); crossed = 'accepted'; } catch (e) { crossed = e.code; }
-        console.log(x.equals(y), crossed);`]);
+        console.log(x.equals(y), crossed);`,
+      ]);
       expect(r.stderr).toBe('');
       // A handle of one instance is still a valid handle for the other (same type tag, same layout).
       expect(r.stdout.trim()).toMatch(/^true (accepted|ERR_INVALID_ARG_TYPE)$/);
@@ -185,7 +188,9 @@ describe('load errors', () => {
         error = err as Error & { code?: string };
       }
       expect(error?.code).toBe('ERR_NATIVE_NOT_FOUND');
-      expect(error?.message).toContain(`platform ${process.platform}, arch ${process.arch}, Node ${process.versions.node} (ABI ${process.versions.modules}, N-API ${process.versions.napi})`);
+      expect(error?.message).toContain(
+        `platform ${process.platform}, arch ${process.arch}, Node ${process.versions.node} (ABI ${process.versions.modules}, N-API ${process.versions.napi})`,
+      );
       expect(error?.message).toContain(`no build in ${join(dir, 'prebuilds')} or ${join(dir, 'build', 'Release')}`);
       expect(error?.message).toContain('npm rebuild vmseal');
       expect(error?.message).toContain('npm run build:native');
@@ -196,7 +201,10 @@ describe('load errors', () => {
 
   it('reports a VMSEAL_NATIVE_PATH that does not load', () => {
     expect(() => loadAddon({ path: '/nonexistent/vmseal_xts.node' })).toThrow(
-      expect.objectContaining({ code: 'ERR_NATIVE_NOT_FOUND', message: expect.stringContaining('VMSEAL_NATIVE_PATH=/nonexistent/vmseal_xts.node did not load') }),
+      expect.objectContaining({
+        code: 'ERR_NATIVE_NOT_FOUND',
+        message: expect.stringContaining('VMSEAL_NATIVE_PATH=/nonexistent/vmseal_xts.node did not load'),
+      }),
     );
   });
 });

@@ -24,7 +24,11 @@ export async function requireInputFile(path: string, what = 'the input'): Promis
       hint: 'Check the path',
     });
   }
-  if (!isFile) throw new CliError('ERR_CLI_INPUT', `${what} ${path} is not a file`, { exitCode: ExitCode.FAILURE, hint: 'Give a disk image file (a VMDK descriptor or a raw image)' });
+  if (!isFile)
+    throw new CliError('ERR_CLI_INPUT', `${what} ${path} is not a file`, {
+      exitCode: ExitCode.FAILURE,
+      hint: 'Give a disk image file (a VMDK descriptor or a raw image)',
+    });
 }
 
 /**
@@ -72,7 +76,10 @@ export async function requireFreeOutput(path: string, force: boolean | undefined
     () => false,
   );
   if (exists) {
-    throw new CliError('ERR_OUTPUT_EXISTS', `the output ${path} already exists`, { exitCode: ExitCode.FAILURE, hint: 'Choose another output name, or add --force to replace it' });
+    throw new CliError('ERR_OUTPUT_EXISTS', `the output ${path} already exists`, {
+      exitCode: ExitCode.FAILURE,
+      hint: 'Choose another output name, or add --force to replace it',
+    });
   }
 }
 

@@ -67,7 +67,9 @@ async function convertOne(
     });
   }
   const encryptedInput = await isEncrypted(item.input, opts.format);
-  const unlock = encryptedInput ? await keys.unlockOptions(item.input, { usePassphrase: keys.passphraseGiven && !opts.encrypt, ...formatOpts(opts.format) }) : undefined;
+  const unlock = encryptedInput
+    ? await keys.unlockOptions(item.input, { usePassphrase: keys.passphraseGiven && !opts.encrypt, ...formatOpts(opts.format) })
+    : undefined;
   const encrypt = opts.encrypt ? { lockers: await newLockers(), cipher: opts.cipher, unitSize: opts.unitSize, cache: keys.cache } : undefined;
   return withHooks(ctx, label, (hooks) =>
     convertDisk(item.input, item.output, {
@@ -85,13 +87,15 @@ async function convertOne(
 
 export async function convertCommand(ctx: Ctx, first: string | undefined, second: string | undefined, opts: ConvertCliOptions): Promise<void> {
   if (opts.encrypt && opts.decrypt) throw usageError('--encrypt and --decrypt contradict each other', 'Give one of them');
-  if (opts.force && opts.skipExisting) throw usageError('--force and --skip-existing contradict each other', 'Give --force to replace existing outputs, or --skip-existing to keep them');
+  if (opts.force && opts.skipExisting)
+    throw usageError('--force and --skip-existing contradict each other', 'Give --force to replace existing outputs, or --skip-existing to keep them');
   if (opts.encrypt) checkEncryptedSubformat(opts.subformat);
   if (opts.list !== undefined) {
     if (first === undefined || second !== undefined) throw usageError('with --list, give only the output directory: `vmseal convert --list FILE OUTDIR`');
     return convertBatch(ctx, undefined, opts.list, first, opts);
   }
-  if (first === undefined || second === undefined) throw usageError('convert needs IN and OUT', 'Run `vmseal convert IN OUT --subformat S`, or `vmseal convert --list FILE OUTDIR --subformat S`');
+  if (first === undefined || second === undefined)
+    throw usageError('convert needs IN and OUT', 'Run `vmseal convert IN OUT --subformat S`, or `vmseal convert --list FILE OUTDIR --subformat S`');
   if (await isDirectory(first)) return convertBatch(ctx, first, undefined, second, opts);
 
   ctx.doing = `cannot convert ${first}`;
@@ -106,7 +110,9 @@ export async function convertCommand(ctx: Ctx, first: string | undefined, second
   await requireFreeOutput(second, opts.force);
   const subformat = opts.encrypt ? await encryptedOutputSubformat(ctx, first, opts.subformat, opts.format) : opts.subformat;
   const one = { ...opts, ...(subformat !== undefined ? { subformat } : {}) };
-  const result = (await withKeys(ctx, opts, (keys) => convertOne(ctx, keys, { input: first, output: second }, one, () => keys.newLockers(), 'convert'))) as JobResult;
+  const result = (await withKeys(ctx, opts, (keys) =>
+    convertOne(ctx, keys, { input: first, output: second }, one, () => keys.newLockers(), 'convert'),
+  )) as JobResult;
   ctx.output.result({ ok: true, command: 'convert', ...result });
   ctx.output.line(`Converted ${first} -> ${result.output} (${result.subformat}${result.encrypted ? ', encrypted' : ''})`);
   ctx.output.line(`  ${throughputText(result.bytesProcessed, result.seconds)}`);
@@ -120,9 +126,13 @@ async function convertBatch(ctx: Ctx, dir: string | undefined, listFile: string 
   if (listFile !== undefined) await requireInputFile(listFile, 'the list file');
   const inputs = dir !== undefined ? await listImagesInDirectory(dir) : await readImageList(listFile!);
   if (inputs.length === 0) {
-    throw new CliError('ERR_CLI_NO_IMAGES', `${source} names no disk images`, { exitCode: ExitCode.FAILURE, hint: dir !== undefined ? 'A directory batch takes the .vmdk, .img and .raw files in it' : 'Write one image path per line' });
+    throw new CliError('ERR_CLI_NO_IMAGES', `${source} names no disk images`, {
+      exitCode: ExitCode.FAILURE,
+      hint: dir !== undefined ? 'A directory batch takes the .vmdk, .img and .raw files in it' : 'Write one image path per line',
+    });
   }
-  if ((await stat(outDir).catch(() => undefined))?.isFile()) throw usageError(`the output ${outDir} is a file, not a directory`, 'Give a directory for the outputs of a batch');
+  if ((await stat(outDir).catch(() => undefined))?.isFile())
+    throw usageError(`the output ${outDir} is a file, not a directory`, 'Give a directory for the outputs of a batch');
   await mkdir(outDir, { recursive: true });
   const items = planBatch(inputs, outDir, opts.subformat);
 
@@ -140,10 +150,17 @@ async function convertBatch(ctx: Ctx, dir: string | undefined, listFile: string 
       return lockers;
     };
     if (opts.encrypt) await newLockers();
-    return runBatch(items, (item) => convertOne(ctx, keys, item, opts, newLockers, `[${items.indexOf(item) + 1}/${items.length}]`).then((r) => ('skipped' in r ? { bytes: 0, skipped: true } : { bytes: r.bytesProcessed })), {
-      signal: ctx.signal,
-      onDone: (r, i, n) => ctx.output.line(summaryLine(r, i, n)),
-    });
+    return runBatch(
+      items,
+      (item) =>
+        convertOne(ctx, keys, item, opts, newLockers, `[${items.indexOf(item) + 1}/${items.length}]`).then((r) =>
+          'skipped' in r ? { bytes: 0, skipped: true } : { bytes: r.bytesProcessed },
+        ),
+      {
+        signal: ctx.signal,
+        onDone: (r, i, n) => ctx.output.line(summaryLine(r, i, n)),
+      },
+    );
   });
 
   const failed = outcome.results.filter((r) => !r.ok).length;
@@ -172,7 +189,9 @@ async function convertBatch(ctx: Ctx, dir: string | undefined, listFile: string 
     `${converted} of ${items.length} image${items.length === 1 ? '' : 's'} converted${skipped > 0 ? `, ${skipped} skipped (existing)` : ''}, ${failed} failed${notRun > 0 ? `, ${notRun} not run (interrupted)` : ''}; ${formatBytes(totalBytes)} in ${formatDuration(totalSeconds)}`,
   );
   if (failed > 0 || outcome.interrupted) {
-    ctx.output.error(`vmseal: convert: ${failed} of ${items.length} images failed${outcome.interrupted ? ' and the batch was interrupted' : ''}. See the summary above; fix them and run the batch again (add --skip-existing to keep the outputs already written, or --force to replace them).`);
+    ctx.output.error(
+      `vmseal: convert: ${failed} of ${items.length} images failed${outcome.interrupted ? ' and the batch was interrupted' : ''}. See the summary above; fix them and run the batch again (add --skip-existing to keep the outputs already written, or --force to replace them).`,
+    );
   }
 }
 

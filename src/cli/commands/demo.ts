@@ -73,7 +73,10 @@ export async function demoCommand(ctx: Ctx, opts: DemoCliOptions): Promise<void>
   let ok = false;
   try {
     out.line(`vmseal demo: working in ${dir}${opts.keep === undefined ? ' (removed at the end; --keep DIR keeps it)' : ''}`);
-    const homeExisted = await stat(join(home, 'keystore.json')).then(() => true, () => false);
+    const homeExisted = await stat(join(home, 'keystore.json')).then(
+      () => true,
+      () => false,
+    );
     await provider.init();
     out.line(
       temporaryHome
@@ -95,9 +98,17 @@ export async function demoCommand(ctx: Ctx, opts: DemoCliOptions): Promise<void>
     // 2. Encrypt with a new key of the local provider.
     const ref = await provider.createKey({ name: `vmseal-demo-${new Date().toISOString()}` });
     const enc = await withHooks(ctx, 'encrypt', (h) =>
-      encryptDisk(plain, encrypted, { signal: h.signal, onProgress: h.onProgress, subformat: opts.subformat, lockers: [{ kind: 'provider', provider, keyId: ref.keyId }], cache }),
+      encryptDisk(plain, encrypted, {
+        signal: h.signal,
+        onProgress: h.onProgress,
+        subformat: opts.subformat,
+        lockers: [{ kind: 'provider', provider, keyId: ref.keyId }],
+        cache,
+      }),
     );
-    out.line(`2. Encrypted -> ${enc.output} (${enc.subformat}, ${DEFAULT_CIPHER}) with local key ${ref.keyId}: ${throughputText(enc.bytesProcessed, enc.seconds)}`);
+    out.line(
+      `2. Encrypted -> ${enc.output} (${enc.subformat}, ${DEFAULT_CIPHER}) with local key ${ref.keyId}: ${throughputText(enc.bytesProcessed, enc.seconds)}`,
+    );
 
     // 3. What `vmseal info` shows, and proof that no plaintext is left in the encrypted files.
     const keys = { providers: [provider], cache };
@@ -109,7 +120,9 @@ export async function demoCommand(ctx: Ctx, opts: DemoCliOptions): Promise<void>
     out.line(`   the text "${MARKER.toString('latin1')}" of the sample's superblock ${leaked ? 'IS FOUND' : 'is found nowhere'} in the encrypted files`);
 
     // 4. Decrypt back to raw.
-    const dec = await withHooks(ctx, 'decrypt', (h) => decryptDisk(encrypted, decrypted, { signal: h.signal, onProgress: h.onProgress, subformat: 'raw', keys }));
+    const dec = await withHooks(ctx, 'decrypt', (h) =>
+      decryptDisk(encrypted, decrypted, { signal: h.signal, onProgress: h.onProgress, subformat: 'raw', keys }),
+    );
     out.line(`4. Decrypted -> ${dec.output} (raw): ${throughputText(dec.bytesProcessed, dec.seconds)}`);
 
     // 5. Round trip: the decrypted image and the encrypted disk's content equal the original.
@@ -118,7 +131,9 @@ export async function demoCommand(ctx: Ctx, opts: DemoCliOptions): Promise<void>
     const verify = await withHooks(ctx, 'verify', (h) => verifyDisk(encrypted, { signal: h.signal, onProgress: h.onProgress, keys, against: plain }));
     const verifySeconds = (performance.now() - t) / 1000;
     ok = decHash === plainHash && verify.ok && !leaked;
-    out.line(`5. Round trip ${decHash === plainHash ? 'OK' : 'FAILED'}: sha256 of the decrypted image ${decHash === plainHash ? 'equals' : 'differs from'} the original's`);
+    out.line(
+      `5. Round trip ${decHash === plainHash ? 'OK' : 'FAILED'}: sha256 of the decrypted image ${decHash === plainHash ? 'equals' : 'differs from'} the original's`,
+    );
     out.line(`   vmseal verify --against the original: ${verify.ok ? 'OK' : 'MISMATCH'} (${throughputText(verify.bytesRead, verifySeconds)})`);
     out.result({
       ok,

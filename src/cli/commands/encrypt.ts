@@ -26,12 +26,21 @@ export interface EncryptCliOptions extends KeyCliOptions {
 export function checkEncryptedSubformat(subformat: Subformat | undefined): void {
   if (subformat === undefined || canEncryptSubformat(subformat)) return;
   if (subformat === 'raw') {
-    throw usageError('an encrypted disk cannot be written as raw (the encryption parameters live in the VMDK descriptor)', 'Use --subformat monolithicFlat: its extent is a raw image of aes-xts-plain64 ciphertext');
+    throw usageError(
+      'an encrypted disk cannot be written as raw (the encryption parameters live in the VMDK descriptor)',
+      'Use --subformat monolithicFlat: its extent is a raw image of aes-xts-plain64 ciphertext',
+    );
   }
   if (subformat === 'streamOptimized') {
-    throw usageError('an encrypted disk cannot be written as streamOptimized (compressing ciphertext gains nothing; vSphere refuses to export encrypted disks too)', 'Use monolithicSparse or monolithicFlat, or decrypt first');
+    throw usageError(
+      'an encrypted disk cannot be written as streamOptimized (compressing ciphertext gains nothing; vSphere refuses to export encrypted disks too)',
+      'Use monolithicSparse or monolithicFlat, or decrypt first',
+    );
   }
-  throw usageError(`an encrypted disk cannot be written as ${subformat} (${UNENCRYPTABLE_SUBFORMATS.get(subformat) ?? 'unsupported'})`, 'Use monolithicSparse or monolithicFlat, or decrypt first');
+  throw usageError(
+    `an encrypted disk cannot be written as ${subformat} (${UNENCRYPTABLE_SUBFORMATS.get(subformat) ?? 'unsupported'})`,
+    'Use monolithicSparse or monolithicFlat, or decrypt first',
+  );
 }
 
 /**
@@ -67,7 +76,11 @@ export async function encryptCommand(ctx: Ctx, input: string, output: string | u
   if (opts.inPlace) {
     if (output !== undefined) throw usageError('--in-place encrypts IN itself: give no OUT', 'Drop OUT, or drop --in-place to write a new image');
     if (opts.subformat !== undefined) throw usageError('--in-place keeps the subformat: --subformat cannot be given with it');
-    if (opts.format === 'raw') throw usageError('a raw image cannot be encrypted in place (it has no descriptor to carry the key)', 'Drop --in-place and give OUT: `vmseal encrypt IN OUT --format raw`');
+    if (opts.format === 'raw')
+      throw usageError(
+        'a raw image cannot be encrypted in place (it has no descriptor to carry the key)',
+        'Drop --in-place and give OUT: `vmseal encrypt IN OUT --format raw`',
+      );
   } else if (output === undefined) {
     throw usageError('encrypt needs OUT (or --in-place)', 'Run `vmseal encrypt IN OUT`, or `vmseal encrypt IN --in-place`');
   }
@@ -83,7 +96,16 @@ export async function encryptCommand(ctx: Ctx, input: string, output: string | u
     const lockers = await keys.newLockers();
     newHome = keys.newKeystoreHome;
     return withHooks(ctx, 'encrypt', (hooks) => {
-      const common = { ...jobTuning(opts), ...formatOpts(opts.format), signal: hooks.signal, onProgress: hooks.onProgress, lockers, cipher: opts.cipher, unitSize: opts.unitSize, cache: keys.cache };
+      const common = {
+        ...jobTuning(opts),
+        ...formatOpts(opts.format),
+        signal: hooks.signal,
+        onProgress: hooks.onProgress,
+        lockers,
+        cipher: opts.cipher,
+        unitSize: opts.unitSize,
+        cache: keys.cache,
+      };
       return output === undefined
         ? encryptInPlace(input, common)
         : encryptDisk(input, output, { ...common, ...(subformat !== undefined ? { subformat } : {}) });
@@ -93,11 +115,15 @@ export async function encryptCommand(ctx: Ctx, input: string, output: string | u
   // The output of a job is a VMDK whatever its name (an encrypted disk always is).
   const lockers = await lockersOf(result.output, 'vmdk');
   ctx.output.result({ ok: true, command: 'encrypt', ...result, cipher: opts.cipher, unitSize: opts.unitSize, lockers: lockers.map(lockerJson) });
-  ctx.output.line(`Encrypted ${input}${output !== undefined ? ` -> ${result.output}` : ' in place'} (${result.subformat}, ${opts.cipher}, ${opts.unitSize}-byte units)`);
+  ctx.output.line(
+    `Encrypted ${input}${output !== undefined ? ` -> ${result.output}` : ' in place'} (${result.subformat}, ${opts.cipher}, ${opts.unitSize}-byte units)`,
+  );
   for (const l of lockers) ctx.output.line(`  locked by ${lockerText(l)}`);
   ctx.output.line(`  ${throughputText(result.bytesProcessed, result.seconds)}`);
   printNotes(ctx, result.notes);
   if (newHome !== undefined) {
-    ctx.output.note(`Note: created a new local keystore in ${newHome} for the disk's key. Back it up (\`vmseal keys backup FILE\`): without it, the disk opens only with a recovery passphrase.`);
+    ctx.output.note(
+      `Note: created a new local keystore in ${newHome} for the disk's key. Back it up (\`vmseal keys backup FILE\`): without it, the disk opens only with a recovery passphrase.`,
+    );
   }
 }

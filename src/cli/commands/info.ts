@@ -14,7 +14,9 @@ export async function infoCommand(ctx: Ctx, disk: string, opts: KeyCliOptions & 
   await requireInputFile(disk, 'the disk');
   const format = formatOpts(opts.format);
   const encrypted = (await readEncryptionParams(disk, format).catch(() => null)) !== null;
-  const info = await withKeys(ctx, opts, async (keys) => inspectDisk(disk, { ...format, ...(encrypted ? { keys: await keys.unlockOptions(disk, format) } : {}) }));
+  const info = await withKeys(ctx, opts, async (keys) =>
+    inspectDisk(disk, { ...format, ...(encrypted ? { keys: await keys.unlockOptions(disk, format) } : {}) }),
+  );
   ctx.output.result({ ok: true, command: 'info', ...info });
   ctx.output.table(infoRows(info, disk));
 }
@@ -35,7 +37,12 @@ export function infoRows(info: DiskInfo, disk: string): Array<[string, string]> 
     rows.push(['cipher', e.cipher], ['data unit size', `${e.unitSize} bytes`], ['disk id', e.diskId], ['format version', String(e.formatVersion)]);
     rows.push(['lockers', String(e.lockers.length)]);
     for (const [i, l] of e.lockers.entries()) rows.push([`  locker ${i}`, lockerText(l)]);
-    const unlock = e.unlockable === null ? 'not checked (no keys given)' : e.unlockable ? 'yes' : `no (${e.unlockError?.code ?? 'locked'}: ${e.unlockError?.message ?? 'no key opens it'})`;
+    const unlock =
+      e.unlockable === null
+        ? 'not checked (no keys given)'
+        : e.unlockable
+          ? 'yes'
+          : `no (${e.unlockError?.code ?? 'locked'}: ${e.unlockError?.message ?? 'no key opens it'})`;
     rows.push(['unlockable now', unlock]);
   }
   if (info.files.length > 0) rows.push(['files', info.files.join(', ')]);

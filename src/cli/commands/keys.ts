@@ -70,8 +70,17 @@ export async function keysInit(ctx: Ctx, opts: KeysCliOptions): Promise<void> {
   const existed = await exists(provider.keystorePath);
   await withProvider(provider, (p) => p.init());
   const protection = (await exists(provider.masterKeyPath)) ? `master key file ${provider.masterKeyPath}` : 'a passphrase';
-  ctx.output.result({ ok: true, command: 'keys init', home: provider.home, created: !existed, keystore: provider.keystorePath, protection: protection.startsWith('master') ? 'keyfile' : 'passphrase' });
-  ctx.output.line(existed ? `The keystore in ${provider.home} already exists and opens.` : `Created a keystore in ${provider.home}, protected by ${protection}.`);
+  ctx.output.result({
+    ok: true,
+    command: 'keys init',
+    home: provider.home,
+    created: !existed,
+    keystore: provider.keystorePath,
+    protection: protection.startsWith('master') ? 'keyfile' : 'passphrase',
+  });
+  ctx.output.line(
+    existed ? `The keystore in ${provider.home} already exists and opens.` : `Created a keystore in ${provider.home}, protected by ${protection}.`,
+  );
   if (!existed) ctx.output.line('Back it up (`vmseal keys backup FILE`): disks locked only by its keys cannot be opened without it.');
 }
 
@@ -116,7 +125,10 @@ export async function keysBackup(ctx: Ctx, file: string, opts: KeysCliOptions): 
   await requireFreeOutput(file, opts.force);
   const provider = await openProvider(ctx, opts);
   if (!(await exists(provider.keystorePath))) {
-    throw new CliError('ERR_KEYSTORE_MISSING', `there is no keystore in ${provider.home}`, { exitCode: ExitCode.FAILURE, hint: 'Point --home or VMSEAL_HOME at your keystore' });
+    throw new CliError('ERR_KEYSTORE_MISSING', `there is no keystore in ${provider.home}`, {
+      exitCode: ExitCode.FAILURE,
+      hint: 'Point --home or VMSEAL_HOME at your keystore',
+    });
   }
   const passphrase = await backupPassphrase(ctx, opts, true);
   const { keys } = await withProvider(provider, (p) => p.backup(file, passphrase));

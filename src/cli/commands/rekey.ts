@@ -51,8 +51,13 @@ async function newKekProvider(keys: KeySession, current: LockerInfo[]): Promise<
 
 export async function rekeyCommand(ctx: Ctx, disk: string, opts: RekeyCliOptions): Promise<void> {
   ctx.doing = `cannot rekey ${disk}`;
-  if (opts.shallow === opts.deep) throw usageError(opts.shallow ? '--shallow and --deep contradict each other' : 'rekey needs --shallow or --deep', 'Use --shallow for a new key-encryption key, --deep for a new disk key');
-  if (opts.addRecoveryPassphrase && opts.removeRecoveryPassphrase) throw usageError('--add-recovery-passphrase and --remove-recovery-passphrase contradict each other', 'Give one of them');
+  if (opts.shallow === opts.deep)
+    throw usageError(
+      opts.shallow ? '--shallow and --deep contradict each other' : 'rekey needs --shallow or --deep',
+      'Use --shallow for a new key-encryption key, --deep for a new disk key',
+    );
+  if (opts.addRecoveryPassphrase && opts.removeRecoveryPassphrase)
+    throw usageError('--add-recovery-passphrase and --remove-recovery-passphrase contradict each other', 'Give one of them');
   if (opts.shallow && (opts.inPlace || opts.cipher !== undefined || opts.unitSize !== undefined)) {
     throw usageError('--in-place, --cipher and --unit-size belong to a deep rekey', 'Use --deep to change them');
   }
@@ -63,7 +68,8 @@ export async function rekeyCommand(ctx: Ctx, disk: string, opts: RekeyCliOptions
       'A shallow rekey takes the new passphrase from --passphrase-file with --add-recovery-passphrase',
     );
   }
-  if (opts.newPassphraseFile !== undefined && opts.newPassphraseEnv !== undefined) throw usageError('--new-passphrase-file and --new-passphrase-env were both given', 'Give only one source of the new passphrase');
+  if (opts.newPassphraseFile !== undefined && opts.newPassphraseEnv !== undefined)
+    throw usageError('--new-passphrase-file and --new-passphrase-env were both given', 'Give only one source of the new passphrase');
   if (opts.keepRecoveryPassphrase && (newPhraseGiven || opts.removeRecoveryPassphrase)) {
     throw usageError(
       `--keep-recovery-passphrase contradicts ${newPhraseGiven ? '--new-passphrase-file/--new-passphrase-env' : '--remove-recovery-passphrase'}`,
@@ -82,12 +88,16 @@ export async function rekeyCommand(ctx: Ctx, disk: string, opts: RekeyCliOptions
     );
   }
   if (opts.removeRecoveryPassphrase && !hadPhrase) {
-    throw new CliError('ERR_CLI_NO_PASSPHRASE_LOCKER', `${disk} has no recovery passphrase to remove`, { exitCode: ExitCode.FAILURE, hint: '`vmseal info DISK` lists its lockers' });
+    throw new CliError('ERR_CLI_NO_PASSPHRASE_LOCKER', `${disk} has no recovery passphrase to remove`, {
+      exitCode: ExitCode.FAILURE,
+      hint: '`vmseal info DISK` lists its lockers',
+    });
   }
 
   const result: JobResult = await withKeys(ctx, opts, async (keys) => {
     if (opts.shallow) {
-      const changeKek = opts.newKey === true || opts.keyProvider !== undefined || opts.keyId !== undefined || (!opts.addRecoveryPassphrase && !opts.removeRecoveryPassphrase);
+      const changeKek =
+        opts.newKey === true || opts.keyProvider !== undefined || opts.keyId !== undefined || (!opts.addRecoveryPassphrase && !opts.removeRecoveryPassphrase);
       // A passphrase source gives the NEW passphrase when adding one; otherwise it may unlock the disk.
       const unlock = await keys.unlockOptions(disk, { usePassphrase: !opts.addRecoveryPassphrase && keys.passphraseGiven, ...formatOpts(opts.format) });
       const addLockers: LockerSpec[] = [];
@@ -115,7 +125,11 @@ export async function rekeyCommand(ctx: Ctx, disk: string, opts: RekeyCliOptions
     }
     const phrase = await deepRekeyPassphrase(ctx, keys, disk, opts, hadPhrase, unlock.passphrase);
     if (phrase) lockers.push(phrase);
-    if (lockers.length === 0) throw new CliError('ERR_CLI_NO_LOCKER', `${disk} would be left with no locker`, { exitCode: ExitCode.USAGE, hint: 'Give --key-provider (and its options) for the new disk key' });
+    if (lockers.length === 0)
+      throw new CliError('ERR_CLI_NO_LOCKER', `${disk} would be left with no locker`, {
+        exitCode: ExitCode.USAGE,
+        hint: 'Give --key-provider (and its options) for the new disk key',
+      });
     return withHooks(ctx, 'rekey', (hooks) =>
       deepRekey(disk, {
         ...jobTuning(opts),
@@ -145,7 +159,10 @@ export async function rekeyCommand(ctx: Ctx, disk: string, opts: RekeyCliOptions
 export function reportRotation(ctx: Ctx, result: JobResult): void {
   const r = result.keyRotation;
   if (!r) return;
-  for (const k of r.retired) ctx.output.line(`  retired old key ${k.keyId} of provider ${k.providerId} (an old copy of the disk no longer opens; --allow-retired-key to restore an old backup)`);
+  for (const k of r.retired)
+    ctx.output.line(
+      `  retired old key ${k.keyId} of provider ${k.providerId} (an old copy of the disk no longer opens; --allow-retired-key to restore an old backup)`,
+    );
   for (const k of r.destroyed) ctx.output.line(`  destroyed old key ${k.keyId} of provider ${k.providerId}`);
   for (const k of r.kept) {
     if (k.reason === 'still-used') continue;
@@ -176,19 +193,25 @@ async function deepRekeyPassphrase(
       ...(opts.newPassphraseFile !== undefined ? { passphraseFile: opts.newPassphraseFile } : { passphraseEnv: opts.newPassphraseEnv! }),
     });
     if (oldPassphrase !== undefined && Buffer.from(oldPassphrase).equals(Buffer.from(passphrase))) {
-      throw usageError('the new recovery passphrase is the old one', 'Give a different passphrase with --new-passphrase-file/--new-passphrase-env, or say --keep-recovery-passphrase');
+      throw usageError(
+        'the new recovery passphrase is the old one',
+        'Give a different passphrase with --new-passphrase-file/--new-passphrase-env, or say --keep-recovery-passphrase',
+      );
     }
     return { kind: 'passphrase', passphrase };
   }
   if (opts.keepRecoveryPassphrase) {
-    if (!hadPhrase) throw usageError(`${disk} has no recovery passphrase to keep`, 'Drop --keep-recovery-passphrase, or give a new one with --new-passphrase-file F');
+    if (!hadPhrase)
+      throw usageError(`${disk} has no recovery passphrase to keep`, 'Drop --keep-recovery-passphrase, or give a new one with --new-passphrase-file F');
     if (oldPassphrase === undefined) {
       throw usageError(
         '--keep-recovery-passphrase needs the recovery passphrase, to lock the new disk key with it',
         'Give it with --passphrase-file F, --passphrase-env NAME or VMSEAL_PASSPHRASE (or --recovery-passphrase to be prompted)',
       );
     }
-    ctx.output.note('warning: the recovery passphrase is kept: whoever learned it can open the new disk key too (give --new-passphrase-file instead to rotate it)');
+    ctx.output.note(
+      'warning: the recovery passphrase is kept: whoever learned it can open the new disk key too (give --new-passphrase-file instead to rotate it)',
+    );
     return { kind: 'passphrase', passphrase: oldPassphrase };
   }
   if (opts.addRecoveryPassphrase) return keys.recoveryLocker();

@@ -13,7 +13,16 @@ export async function resumeCommand(ctx: Ctx, disk: string, opts: KeyCliOptions 
   await requireInputFile(disk, 'the disk');
   const result = await withKeys(ctx, opts, async (keys) => {
     const unlock = await keys.unlockOptions(disk, formatOpts(opts.format));
-    return withHooks(ctx, 'resume', (hooks) => resumeDisk(disk, { ...formatOpts(opts.format), signal: hooks.signal, onProgress: hooks.onProgress, keys: unlock, cache: keys.cache, ...(opts.trustV1Journal ? { trustV1Journal: true } : {}) }));
+    return withHooks(ctx, 'resume', (hooks) =>
+      resumeDisk(disk, {
+        ...formatOpts(opts.format),
+        signal: hooks.signal,
+        onProgress: hooks.onProgress,
+        keys: unlock,
+        cache: keys.cache,
+        ...(opts.trustV1Journal ? { trustV1Journal: true } : {}),
+      }),
+    );
   });
   if (result === null) {
     ctx.output.result({ ok: true, command: 'resume', resumed: false, path: disk });
