@@ -7,7 +7,7 @@ import { mkdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { openDisk, type NbdHost } from '../../src/index.js';
 import { tempDir } from '../disk/helpers.js';
-import { encryptedDisk, KEYS, random, run, startHost } from './helpers.js';
+import { encryptedDisk, KEYS, random, run, startHost, unixUri } from './helpers.js';
 import { CMD, FLAG, RawClient } from './nbd-client.js';
 
 const KiB = 1024;
@@ -149,5 +149,38 @@ describe('WRITE_ZEROES on a plain sparse export with the zeroed-grain flag (qemu
     expect(io).not.toMatch(/fail/i);
     // Zeroing allocated nothing new: the file did not grow.
     expect(statSync(path).size).toBe(before);
+  });
+});
+
+describe('qemu as the client', () => {
+  it('write -z -u and discard over NBD deallocate grains of an encrypted sparse disk; nbdinfo --map shows holes', async () => {
+    const content = random(4 * MiB);
+    const path = await encryptedDisk(tmp.dir, 'qemu', { subformat: 'monolithicSparse', capacity: 4 * MiB, content });
+    const dir = join(tmp.dir, 'sock-qemu');
+    mkdirSync(dir, { recursive: true });
+    const { host, socket } = await startHost(dir, [{ path, name: 'qemu' }]);
+    try {
+      const uri = unixUri(socket, 'qemu');
+      // -u lets qemu send WRITE_ZEROES without NO_HOLE; discard is TRIM.
+      const io = await run('qemu-io', ['-f', 'raw', '-c', 'write -z -u 0 2M', '-c', 'discard 2M 1M', '-c', 'read -P 0 0 3M', uri]);
+      expect(io).not.toMatch(/fail|error/i);
+      const map = JSON.parse(await run('nbdinfo', ['--map', '--json', uri])) as Array<{ offset: number; length: number; type: number }>;
+      const holeUpTo = map.find((m) => m.offset === GRAIN);
+      expect(map[0]).toMatchObject({ offset: 0, length: GRAIN, type: 0 }); // unit 0's grain: data
+      expect(holeUpTo).toMatchObject({ length: 3 * MiB - GRAIN, type: 3 }); // hole,zero
+      const back = await run('qemu-io', ['-f', 'raw', '-r', '-c', `read -P 0 0 3M`, uri]);
+      expect(back).not.toMatch(/fail/i);
+    } finally {
+      await host.close();
+    }
+    expect(await run('qemu-img', ['check', '-f', 'vmdk', path])).toMatch(/No errors/);
+    const d = await openDisk(path, { keys: KEYS, readOnly: true });
+    try {
+      const all = await d.read(0, 4 * MiB);
+      expect(all.subarray(0, 3 * MiB).equals(Buffer.alloc(3 * MiB))).toBe(true);
+      expect(all.subarray(3 * MiB).equals(content.subarray(3 * MiB))).toBe(true);
+    } finally {
+      await d.close();
+    }
   });
 });
