@@ -122,6 +122,24 @@ export class EncryptedDisk {
     return run;
   }
 
+  /**
+   * Deallocate the whole sparse grains inside [position, position+length) so they read as zeros
+   * (see VirtualDisk.deallocate), except unit 0's grain: it keeps ciphertext, which the data check
+   * needs (a hole reads as zeros under any key and proves nothing). Returns the ranges deallocated;
+   * the caller writes zeros over the rest where it wants zeros. Serialized with writes.
+   */
+  async deallocate(position: number, length: number): Promise<ByteRange[]> {
+    this.#checkRange('deallocate', position, length);
+    if (this.readOnly) throw new DiskError('ERR_READ_ONLY', `cannot deallocate in ${this.path}: it was opened read-only`);
+    const g = this.grainSize;
+    const end = position + length;
+    const start = g === undefined ? position : Math.max(position, g);
+    if (g === undefined || end <= start) return [];
+    const run = this.#writes.then(() => this.innerDisk.deallocate(start, end - start));
+    this.#writes = run.catch(() => undefined);
+    return run;
+  }
+
   async flush(): Promise<void> {
     this.#checkOpen();
     await this.#writes;

@@ -26,6 +26,7 @@ import {
   MAX_PAYLOAD,
   NBD_CMD_FLAG_FAST_ZERO,
   NBD_CMD_FLAG_FUA,
+  NBD_CMD_FLAG_NO_HOLE,
   NBD_CMD_FLAG_REQ_ONE,
   NBD_FLAG_C_FIXED_NEWSTYLE,
   NBD_FLAG_C_NO_ZEROES,
@@ -327,11 +328,12 @@ export class Connection {
           await exp.flush();
           break;
         case Cmd.TRIM:
-          await exp.trim(fua);
+          await exp.trim(req.offset, req.length, fua);
           break;
         case Cmd.WRITE_ZEROES: {
           const fast = (req.flags & NBD_CMD_FLAG_FAST_ZERO) !== 0;
-          if ((await exp.zero(req.offset, req.length, { fua, fast })) === 'slow') {
+          const noHole = (req.flags & NBD_CMD_FLAG_NO_HOLE) !== 0;
+          if ((await exp.zero(req.offset, req.length, { fua, fast, noHole })) === 'slow') {
             return this.#replyError(req, NbdErrno.ENOTSUP, 'zeroing this range means writing it (flat or encrypted data): no fast zero', ticket);
           }
           break;

@@ -162,14 +162,18 @@ export class Export {
   }
 
   /**
-   * Make [offset, offset+length) read as zeros. On a sparse disk the parts without data already do
-   * and are left alone (no grain is allocated for them); everywhere else zeros are written — on an
-   * encrypted disk as ciphertext of zeros, since plaintext zeros in the file would decrypt to noise.
-   * With `fast`, nothing is written: 'slow' tells the client that zeroing would mean writing.
+   * Make [offset, offset+length) read as zeros. On a sparse disk, unless `noHole` asks for
+   * allocated zeros, the whole grains of the range that hold data are deallocated first (zeroed-grain
+   * entry; never unit 0's grain of an encrypted disk, see EncryptedDisk.deallocate); holes already
+   * read as zeros and are left alone. What still holds data after that (partial grains, unit 0's
+   * grain, a flat disk) gets zeros written — on an encrypted disk as ciphertext of zeros, since
+   * plaintext zeros in the file would decrypt to noise. With `fast`, nothing is written: 'slow'
+   * tells the client that zeroing would mean writing (what was deallocated reads as zeros already).
    */
-  async zero(offset: number, length: number, opts: { fua: boolean; fast: boolean }): Promise<'done' | 'slow'> {
+  async zero(offset: number, length: number, opts: { fua: boolean; fast: boolean; noHole?: boolean }): Promise<'done' | 'slow'> {
     // Inside the write queue: a write queued before this one may allocate a grain in the range.
     const result = await this.#queue(async () => {
+      if (this.sparse && !opts.noHole && length > 0) await this.disk.deallocate(offset, length);
       const ranges = await this.#dataRanges(offset, length);
       if (ranges.length === 0) return 'done' as const;
       if (opts.fast) return 'slow' as const;
@@ -180,20 +184,21 @@ export class Export {
           await this.disk.write(at, zeros.subarray(0, n));
         }
       }
-      this.#bytesWritten += length;
       return 'done' as const;
     });
+    if (result === 'done') this.#bytesWritten += length;
     if (result === 'done' && opts.fua) await this.flush();
     return result;
   }
 
   /**
-   * TRIM is advisory and this server keeps every byte: deallocating a grain of an encrypted sparse
-   * disk would need the zeroed-grain entry (and never unit 0's grain, which the data check needs),
-   * and a flat file cannot drop ciphertext without it reading back as noise. So a trimmed range
-   * keeps its data, which the specification allows.
+   * TRIM is advisory. On a sparse disk the whole grains of the range are deallocated as by
+   * WRITE_ZEROES (they read as zeros afterwards, never as stray ciphertext); partial grains and unit
+   * 0's grain of an encrypted disk keep their data. A flat file cannot drop ciphertext without it
+   * reading back as noise, so there a trimmed range keeps its data, which the specification allows.
    */
-  async trim(fua: boolean): Promise<void> {
+  async trim(offset: number, length: number, fua: boolean): Promise<void> {
+    if (this.sparse && length > 0) await this.#queue(() => this.disk.deallocate(offset, length));
     if (fua) await this.flush();
   }
 

@@ -40,6 +40,12 @@ export interface VirtualDisk {
   readInto(position: number, target: Uint8Array): Promise<void>;
   write(position: number, data: Uint8Array): Promise<void>;
   allocatedRanges(start?: number, end?: number): AsyncIterable<AllocatedRange>;
+  /**
+   * Deallocate the whole sparse grains inside [position, position+length) so they read as zeros
+   * (zeroed-grain entry, or a hole in a disk without a parent). Returns the ranges deallocated; the
+   * rest of the range is left as it was (flat extents, partial grains), for the caller to write.
+   */
+  deallocate(position: number, length: number): Promise<AllocatedRange[]>;
   allocatedBytes(): Promise<number>;
   files(): string[];
   updateDescriptor(edit: (d: Descriptor) => unknown): Promise<void>;
@@ -228,6 +234,33 @@ export class VmdkDisk implements VirtualDisk {
       }
     }
     if (runEnd > runStart) yield { offset: runStart, length: runEnd - runStart };
+  }
+
+  async deallocate(position: number, length: number): Promise<AllocatedRange[]> {
+    this.#checkOpen();
+    if (this.readOnly) throw new VmdkFormatError('ERR_VMDK_READ_ONLY', 'cannot deallocate: the disk was opened read-only', { file: this.path });
+    checkInteger(length, 'length');
+    this.#checkRange(position, length, 'deallocate');
+    const out: AllocatedRange[] = [];
+    if (length === 0) return out;
+    // A hole in a snapshot child reads the parent's data, not zeros. Delta disks are refused at
+    // open today; this keeps deallocation right when they are not.
+    const parent = this.#descriptor?.get('parentCID');
+    const holeReadsZero = (parent === undefined || parent.toLowerCase() === 'ffffffff') && !this.#descriptor?.has('parentFileNameHint');
+    const end = position + length;
+    for (let i = this.#extentAt(position); i < this.#extents.length && this.#starts[i] < end; i++) {
+      const ext = this.#extents[i];
+      const base = this.#starts[i];
+      const a = Math.max(position, base) - base;
+      const b = Math.min(end, base + ext.size) - base;
+      if (b <= a || !ext.zeroGrains) continue;
+      for (const r of await this.#track(ext.zeroGrains(a, b, holeReadsZero))) {
+        const prev = out[out.length - 1];
+        if (prev && prev.offset + prev.length === base + r.start) prev.length += r.end - r.start;
+        else out.push({ offset: base + r.start, length: r.end - r.start });
+      }
+    }
+    return out;
   }
 
   async allocatedBytes(): Promise<number> {

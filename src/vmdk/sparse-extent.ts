@@ -591,6 +591,68 @@ export class SparseExtent implements Extent {
     }
   }
 
+  /**
+   * Deallocate the grains lying wholly inside [start, end) that hold data: their grain-table entries
+   * become the zeroed-grain entry 1 when the header has FLAG_ZEROED_GTE, else 0 — but 0 only when
+   * `holeReadsZero` (a disk without a parent: in a snapshot child entry 0 would expose the parent's
+   * data, so nothing is done there). Returns the ranges deallocated (extent bytes, whole grains).
+   *
+   * Crash consistency: only table entries change, each a 4-byte store that a crash leaves old or new
+   * (old = the data still there, as for any write not flushed yet). Freed grains are never reused
+   * (allocation is always at the end of the file), so no entry can come to point at another grain's
+   * data. The space is leaked, as qemu leaks it; `vmseal` copies and `qemu-img convert` reclaim it.
+   */
+  async zeroGrains(start: number, end: number, holeReadsZero: boolean): Promise<ByteRange[]> {
+    if (!this.writable) throw readOnlyError(this.#whyReadOnly, this.file.path);
+    const entry = this.#zeroedGte ? 1 : holeReadsZero ? 0 : undefined;
+    if (entry === undefined || end <= start) return [];
+    return this.#mutex.run(async () => {
+      const gb = this.grainBytes;
+      const n = this.#gteCount;
+      const out: ByteRange[] = [];
+      const first = Math.ceil(start / gb);
+      // The last grain may be short (capacity not a multiple of the grain size): whole when `end` reaches the extent's end.
+      const last = end >= this.size ? Math.ceil(this.size / gb) : Math.floor(end / gb);
+      const writes: Array<Promise<void>> = [];
+      const pinned: number[] = [];
+      try {
+        for (let gti = Math.floor(first / n); gti * n < last; gti++) {
+          // Pinned until its write is done: an evicted table would be re-read from the file half updated.
+          this.#pinned.add(gti);
+          pinned.push(gti);
+          const table = await this.#table(gti);
+          if (!table) continue; // no table: every grain of it is a hole already
+          let lo = -1;
+          let hi = -1;
+          for (let g = Math.max(first, gti * n); g < Math.min(last, (gti + 1) * n); g++) {
+            const e = g - gti * n;
+            const s = table[e];
+            if (s === 0 || (s === 1 && this.#zeroedGte)) continue;
+            table[e] = entry;
+            if (lo < 0) lo = e;
+            hi = e;
+            const a = g * gb;
+            const b = Math.min(a + gb, this.size);
+            const prev = out[out.length - 1];
+            if (prev?.end === a) prev.end = b;
+            else out.push({ start: a, end: b });
+          }
+          if (lo < 0) continue;
+          // The touched span of the GT and of its redundant copy, each one write (entries between
+          // lo and hi that did not change are rewritten with their current value).
+          const bytes = leBytes(table.subarray(lo, hi + 1));
+          writes.push(this.file.writeAt(bytes, this.#gd[gti] * SECTOR + lo * 4));
+          const r = this.#rgd?.[gti];
+          if (r) writes.push(this.file.writeAt(bytes, r * SECTOR + lo * 4));
+        }
+        await Promise.all(writes);
+      } finally {
+        for (const gti of pinned) this.#pinned.delete(gti);
+      }
+      return out;
+    });
+  }
+
   /** A grain table for a GD entry that is 0: zeroed GT (+ redundant GT) at the end, then GD (+ RGD) entries. */
   async #allocateTable(gti: number): Promise<Uint32Array> {
     const sec = gtSectors(this.header);
