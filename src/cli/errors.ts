@@ -153,7 +153,10 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
   // the NBD server
   ERR_SERVE_LISTEN: { exitCode: ExitCode.FAILURE, hint: 'Choose another socket path or port, or stop the server that uses it' },
   ERR_SERVE_EXPORT: { exitCode: ExitCode.USAGE, hint: 'Give each disk its own export name' },
-  ERR_SERVE_INSECURE: { exitCode: ExitCode.USAGE, hint: 'Give TLS credentials with a CA for client certificates, or listen on a loopback address or a Unix socket' },
+  ERR_SERVE_INSECURE: {
+    exitCode: ExitCode.USAGE,
+    hint: 'Give TLS credentials with a CA for client certificates, or listen on a loopback address or a Unix socket',
+  },
   ERR_SERVE_TLS: { exitCode: ExitCode.USAGE, hint: 'Give a PEM certificate and the PEM private key that matches it (unencrypted), and a PEM CA certificate' },
   // plain failures with something to do
   ERR_OUTPUT_EXISTS: { exitCode: ExitCode.FAILURE, hint: 'Choose another output name, or remove the existing file' },

@@ -357,7 +357,7 @@ Examples:
       ),
     )
     .option('--no-list', 'refuse NBD_OPT_LIST, and name no other export to a client asking for a wrong one')
-    .option('--tls-cert <file>', "PEM certificate of the server: TLS is then required of every client")
+    .option('--tls-cert <file>', 'PEM certificate of the server: TLS is then required of every client')
     .option('--tls-key <file>', 'PEM private key of --tls-cert (unencrypted)')
     .option('--tls-ca <file>', 'PEM CA certificate: clients must present a certificate it signed')
     .option('--insecure-plaintext', 'allow --listen on an address that is not loopback, without TLS')

@@ -3,7 +3,7 @@
  * a connection's plain socket to TLS after STARTTLS was acknowledged. Client certificates are asked
  * for, and required, only when a CA to verify them was given.
  */
-import { TLSSocket, createSecureContext, type SecureContext } from 'node:tls';
+import { Server, TLSSocket, createSecureContext } from 'node:tls';
 import type { Socket } from 'node:net';
 import { describeValue } from '../errors.js';
 import { ServeError } from './errors.js';
@@ -20,7 +20,8 @@ export interface ServeTls {
 
 /** What every connection needs to upgrade itself. */
 export interface TlsServerContext {
-  readonly context: SecureContext;
+  /** The credentials, checked (a secure context was built from them once). */
+  readonly credentials: { cert: string | Buffer; key: string | Buffer; ca?: string | Buffer };
   /** A client certificate signed by `ca` is required. */
   readonly clientAuth: boolean;
 }
@@ -29,48 +30,61 @@ function isPem(v: unknown): v is string | Buffer {
   return (typeof v === 'string' || Buffer.isBuffer(v)) && v.length > 0;
 }
 
-/** Check the credentials and build the context once, so that a bad certificate fails serve(), not each client. */
+/** Check the credentials once, so that a bad certificate fails serve(), not each client. */
 export function tlsServerContext(tls: unknown): TlsServerContext {
   if (tls === null || typeof tls !== 'object' || !isPem((tls as ServeTls).cert) || !isPem((tls as ServeTls).key)) {
     throw new ServeError('ERR_INVALID_ARGUMENT', `Expected { cert, key, ca? } (PEM text) for tls but received ${describeValue(tls)}`);
   }
   const { cert, key, ca } = tls as ServeTls;
   if (ca !== undefined && !isPem(ca)) throw new ServeError('ERR_INVALID_ARGUMENT', `Expected PEM text for tls.ca but received ${describeValue(ca)}`);
+  const credentials = { cert, key, ...(ca !== undefined ? { ca } : {}) };
   try {
-    // TLS 1.2 at least, as the NBD TLS document asks.
-    const context = createSecureContext({ cert, key, ...(ca !== undefined ? { ca } : {}), minVersion: 'TLSv1.2' });
-    return { context, clientAuth: ca !== undefined };
+    createSecureContext(credentials);
   } catch (err) {
     // OpenSSL's reason (bad PEM, key does not match the certificate); never the key itself.
     throw new ServeError('ERR_SERVE_TLS', `the TLS certificate, key or CA cannot be used: ${(err as Error).message}`, { cause: err });
   }
+  return { credentials, clientAuth: ca !== undefined };
 }
 
 /**
- * Wrap `socket` in a server-side TLS session and wait for the handshake; rejects (the socket
- * destroyed) if it fails, e.g. a client certificate missing or signed by another CA.
+ * Run a server-side TLS handshake on `socket` and resolve with the TLS socket; rejects (the
+ * socket destroyed) if it fails, e.g. a client certificate missing or signed by another CA.
+ *
+ * A tls.Server that never listens is fed this one socket: a TLSSocket made by hand does not
+ * verify the client's certificate (node only does that for sockets of a tls.Server), and its
+ * `authorized` flag is what tells us the chain ends at our CA.
  */
 export function upgradeToTls(socket: Socket, tls: TlsServerContext): Promise<TLSSocket> {
   return new Promise((resolve, reject) => {
-    const secure = new TLSSocket(socket, {
-      isServer: true,
-      secureContext: tls.context,
-      requestCert: tls.clientAuth,
-      rejectUnauthorized: tls.clientAuth,
-    });
-    const onError = (err: Error): void => {
-      secure.destroy();
-      reject(new Error(`TLS handshake failed: ${err.message}`, { cause: err }));
+    let settled = false;
+    const fail = (why: string): void => {
+      if (settled) return;
+      settled = true;
+      socket.destroy();
+      reject(new Error(`TLS handshake failed: ${why}`));
     };
-    secure.once('error', onError);
-    secure.once('secure', () => {
-      secure.removeListener('error', onError);
-      // rejectUnauthorized already refused a bad certificate; this also covers a client that sent none.
+    const server = new Server({
+      ...tls.credentials,
+      // TLS 1.2 at least, as the NBD TLS document asks.
+      minVersion: 'TLSv1.2',
+      requestCert: tls.clientAuth,
+      // Checked below, so that the refusal is logged with its reason.
+      rejectUnauthorized: false,
+    });
+    server.once('secureConnection', (secure: TLSSocket) => {
       if (tls.clientAuth && !secure.authorized) {
-        onError(new Error(`client certificate refused: ${String(secure.authorizationError ?? 'none sent')}`));
+        secure.destroy();
+        fail(`client certificate refused: ${String(secure.authorizationError ?? 'none sent')}`);
         return;
       }
+      settled = true;
+      socket.removeListener('close', onClose);
       resolve(secure);
     });
+    server.once('tlsClientError', (err: Error) => fail(err.message));
+    const onClose = (): void => fail('the client closed the connection');
+    socket.once('close', onClose);
+    server.emit('connection', socket);
   });
 }
