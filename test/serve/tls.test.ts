@@ -193,6 +193,12 @@ describe('TLS with client certificates', () => {
     }
   });
 
+  it('libnbd over nbds:// with tls-certificates reads the export', async () => {
+    const dir = qemuDir('libnbd-good', 'client');
+    const info = JSON.parse(await run('nbdinfo', ['--json', `nbds://127.0.0.1:${port}/vm?tls-certificates=${dir}`]));
+    expect(info.exports[0]).toMatchObject({ 'export-name': 'vm', 'export-size': 4 * MiB });
+  });
+
   it('nbdinfo without TLS gets nothing', async () => {
     await expect(run('nbdinfo', ['--list', `nbd://127.0.0.1:${port}`])).rejects.toThrow();
     await expect(run('nbdinfo', [`nbd://127.0.0.1:${port}/vm`])).rejects.toThrow();
