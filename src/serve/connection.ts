@@ -105,6 +105,8 @@ export class Connection {
   /** Payload bytes of the budget this connection holds. */
   #held = 0;
   #stopping = false;
+  /** Between STARTTLS's ACK and the end of the TLS handshake. */
+  #upgrading = false;
   #wakeStop: (() => void) | undefined;
   readonly #stopped = new Promise<void>((resolve) => (this.#wakeStop = resolve));
 
@@ -123,6 +125,8 @@ export class Connection {
     this.#stopping = true;
     this.#wakeStop?.();
     this.#reader.end();
+    // A client stalling its TLS handshake has no reader to end: cut it off (nothing is in flight yet).
+    if (this.#upgrading) this.#socket.destroy();
   }
 
   async #run(): Promise<void> {
@@ -182,7 +186,12 @@ export class Connection {
     // The client must wait for our ACK before its handshake: bytes already here were sent in plaintext.
     if (this.#reader.buffered > 0) throw new WireError('data sent after NBD_OPT_STARTTLS before its reply');
     this.#reader.detach();
-    this.#socket = await upgradeToTls(this.#socket, tls);
+    this.#upgrading = true;
+    try {
+      this.#socket = await upgradeToTls(this.#socket, tls);
+    } finally {
+      this.#upgrading = false;
+    }
     this.#reader = new SocketReader(this.#socket);
     if (this.#stopping) this.#reader.end();
     this.#host.log(`connection ${this.id} (${this.peer}): TLS on${tls.clientAuth ? ', client certificate verified' : ''}`);

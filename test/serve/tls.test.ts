@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { serve, type NbdHost } from '../../src/index.js';
 import { tempDir } from '../disk/helpers.js';
 import { cleanEnv, vmseal, vmsealChild } from '../cli/run-cli.js';
-import { encryptedDisk, KEYS, plainRaw, random, run } from './helpers.js';
+import { encryptedDisk, KEYS, plainRaw, random, run, startHost } from './helpers.js';
 import { OPT, RawClient, REP_ACK } from './nbd-client.js';
 
 const MiB = 1 << 20;
@@ -203,6 +203,31 @@ describe('TLS with client certificates', () => {
     await expect(run('nbdinfo', ['--list', `nbd://127.0.0.1:${port}`])).rejects.toThrow();
     await expect(run('nbdinfo', [`nbd://127.0.0.1:${port}/vm`])).rejects.toThrow();
   });
+});
+
+describe('a client that stalls its TLS handshake', () => {
+  it('does not keep close() waiting', async () => {
+    const dir = join(tmp.dir, 'stall');
+    mkdirSync(dir);
+    const disk = plainRaw(dir, 'd', Buffer.alloc(MiB));
+    const { host, socket } = await startHost(dir, [{ path: disk }], {
+      tls: { cert: pem('server-cert.pem'), key: pem('server-key.pem') },
+      // Far beyond the test's timeout: only stop() can end the stalled handshake in time.
+      handshakeTimeoutMs: 600_000,
+    });
+    const c = await RawClient.connect(socket);
+    try {
+      await c.handshake();
+      c.sendOption(OPT.STARTTLS);
+      expect((await c.optionReply()).type).toBe(REP_ACK);
+      // No ClientHello follows; close() must not wait for the handshake timeout.
+      await host.close();
+      expect(await c.closedByServer()).toBe(true);
+    } finally {
+      c.close();
+      await host.close();
+    }
+  }, 20_000);
 });
 
 describe('TLS options', () => {
