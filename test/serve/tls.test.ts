@@ -3,6 +3,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { connect as tlsConnect } from 'node:tls';
 import { serve, type NbdHost } from '../../src/index.js';
 import { tempDir } from '../disk/helpers.js';
 import { cleanEnv, vmseal, vmsealChild } from '../cli/run-cli.js';
@@ -197,6 +198,31 @@ describe('TLS with client certificates', () => {
     const dir = qemuDir('libnbd-good', 'client');
     const info = JSON.parse(await run('nbdinfo', ['--json', `nbds://127.0.0.1:${port}/vm?tls-certificates=${dir}`]));
     expect(info.exports[0]).toMatchObject({ 'export-name': 'vm', 'export-size': 4 * MiB });
+  });
+
+  it('refuses a TLS client without a certificate', async () => {
+    const c = await RawClient.connectTcp('127.0.0.1', port);
+    const before = lines.length;
+    try {
+      await c.handshake();
+      c.sendOption(OPT.STARTTLS);
+      expect((await c.optionReply()).type).toBe(REP_ACK);
+      c.socket.removeAllListeners('data');
+      const secure = tlsConnect({ socket: c.socket, ca: pem('ca-cert.pem'), servername: 'localhost' });
+      const outcome = await new Promise<string>((resolve) => {
+        // TLS 1.3: the client's side may complete before the server refuses; its GO then gets no reply.
+        secure.once('secureConnect', () => secure.write(Buffer.concat([Buffer.from('IHAVEOPT'), Buffer.from([0, 0, 0, 7, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0])])));
+        secure.on('data', () => resolve('answered'));
+        secure.once('error', () => resolve('refused'));
+        secure.once('close', () => resolve('refused'));
+      });
+      expect(outcome).toBe('refused');
+      secure.destroy();
+    } finally {
+      c.close();
+    }
+    while (!lines.slice(before).some((l) => l.includes(' closed: '))) await new Promise((r) => setTimeout(r, 20));
+    expect(lines.slice(before).some((l) => /client certificate refused/.test(l))).toBe(true);
   });
 
   it('nbdinfo without TLS gets nothing', async () => {
