@@ -158,7 +158,10 @@ export class Connection {
       );
       const exp = await negotiation.run();
       clearTimeout(handshakeTimer);
-      if (!exp) return;
+      if (!exp) {
+        if (negotiation.hungUp !== undefined) reason = negotiation.hungUp;
+        return;
+      }
       this.#structured = negotiation.structured;
       this.#metaExport = negotiation.metaExport;
       this.#strictBlocks = negotiation.strictBlocks;

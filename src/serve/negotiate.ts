@@ -45,6 +45,8 @@ export class Negotiation {
   strictBlocks = false;
   /** The TLS handshake is done: options other than STARTTLS and ABORT are allowed from here. */
   tls = false;
+  /** Why run() hung up without an export, when it was the server's choice (for the log). */
+  hungUp: string | undefined;
   readonly #io: NegotiationIo;
   readonly #host: ConnectionHost;
 
@@ -72,7 +74,10 @@ export class Negotiation {
       // TLS configured: it is required. Nothing about the exports leaks before the handshake.
       if (this.#io.startTls && !this.tls && option !== Opt.ABORT) {
         // NBD_OPT_EXPORT_NAME has no error reply: the only safe answer is to hang up.
-        if (option === Opt.EXPORT_NAME) return undefined;
+        if (option === Opt.EXPORT_NAME) {
+          this.hungUp = 'NBD_OPT_EXPORT_NAME before STARTTLS (TLS is required)';
+          return undefined;
+        }
         await this.#optReply(option, Rep.ERR_TLS_REQD, 'TLS is required by this server: send NBD_OPT_STARTTLS first');
         continue;
       }

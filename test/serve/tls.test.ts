@@ -178,8 +178,11 @@ describe('TLS with client certificates', () => {
       expect((await c.optionReply()).type).toBe(REP_ERR_TLS_REQD);
       c.sendOption(OPT.STRUCTURED_REPLY);
       expect((await c.optionReply()).type).toBe(REP_ERR_TLS_REQD);
+      const before = lines.length;
       c.sendOption(OPT.EXPORT_NAME, Buffer.from('vm'));
       expect(await c.closedByServer()).toBe(true);
+      while (!lines.slice(before).some((l) => l.includes(' closed: '))) await new Promise((r) => setTimeout(r, 20));
+      expect(lines.slice(before).some((l) => l.includes('closed: NBD_OPT_EXPORT_NAME before STARTTLS'))).toBe(true);
     } finally {
       c.close();
     }
