@@ -153,7 +153,11 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
   // the NBD server
   ERR_SERVE_LISTEN: { exitCode: ExitCode.FAILURE, hint: 'Choose another socket path or port, or stop the server that uses it' },
   ERR_SERVE_EXPORT: { exitCode: ExitCode.USAGE, hint: 'Give each disk its own export name' },
-  ERR_SERVE_INSECURE: { exitCode: ExitCode.USAGE, hint: 'Listen on a loopback address or a Unix socket, and tunnel it to the hosts that need it' },
+  ERR_SERVE_INSECURE: {
+    exitCode: ExitCode.USAGE,
+    hint: 'Give TLS credentials with a CA for client certificates, or listen on a loopback address or a Unix socket',
+  },
+  ERR_SERVE_TLS: { exitCode: ExitCode.USAGE, hint: 'Give a PEM certificate and the PEM private key that matches it (unencrypted), and a PEM CA certificate' },
   // plain failures with something to do
   ERR_OUTPUT_EXISTS: { exitCode: ExitCode.FAILURE, hint: 'Choose another output name, or remove the existing file' },
   ERR_VMDK_EXISTS: { exitCode: ExitCode.FAILURE, hint: 'Choose another output name, or remove the existing file' },
@@ -212,8 +216,10 @@ const BY_COMMAND: Record<string, Record<string, string>> = {
   },
   ERR_SERVE_LISTEN: { serve: 'Choose another --socket path or --listen port, or stop the server that uses it' },
   ERR_SERVE_EXPORT: { serve: 'Give each disk its own export name with --export NAME=DISK' },
+  ERR_SERVE_TLS: { serve: 'Check --tls-cert, --tls-key (the unencrypted PEM key of that certificate) and --tls-ca (PEM)' },
   ERR_SERVE_INSECURE: {
-    serve: 'Listen on a loopback address or a Unix socket (and tunnel it), or add --insecure-plaintext if every host on that network may read the disks',
+    serve:
+      'Give --tls-cert, --tls-key and --tls-ca (client certificates), or listen on a loopback address or a Unix socket; --insecure-plaintext / --insecure-no-client-auth only if every host on that network may read the disks',
   },
   ERR_DISK_ENCRYPTED: {
     encrypt: 'The disk is already encrypted: use `vmseal rekey` to change its keys, or `vmseal convert` to copy it',

@@ -343,7 +343,7 @@ Examples:
     .command('serve')
     .summary('serve disks (encrypted or plain) over NBD to virtual machines and other clients')
     .description(
-      "Serve each DISK as an NBD export until Ctrl-C or SIGTERM: encrypted disks are unlocked with the options of decrypt and served decrypted. By default on a private Unix socket; TCP only with --listen. A writable export holds the disk's exclusive lock, so no vmseal job or qemu process opens it meanwhile. The plaintext goes to whoever can connect: TLS is not implemented yet, so a --listen address that is not loopback is refused unless --insecure-plaintext.",
+      "Serve each DISK as an NBD export until Ctrl-C or SIGTERM: encrypted disks are unlocked with the options of decrypt and served decrypted. By default on a private Unix socket; TCP only with --listen. A writable export holds the disk's exclusive lock, so no vmseal job or qemu process opens it meanwhile. The plaintext goes to whoever can connect: with --tls-cert/--tls-key every client must use TLS (NBD_OPT_STARTTLS), and with --tls-ca present a client certificate signed by that CA. A --listen address that is not loopback requires both, unless --insecure-plaintext / --insecure-no-client-auth.",
     )
     .argument('[DISK...]', 'disks to serve (export name: the file name without .vmdk)')
     .option('--socket <path>', 'Unix socket to listen on (default: $XDG_RUNTIME_DIR/vmseal/nbd.sock)')
@@ -357,7 +357,11 @@ Examples:
       ),
     )
     .option('--no-list', 'refuse NBD_OPT_LIST, and name no other export to a client asking for a wrong one')
+    .option('--tls-cert <file>', 'PEM certificate of the server: TLS is then required of every client')
+    .option('--tls-key <file>', 'PEM private key of --tls-cert (unencrypted)')
+    .option('--tls-ca <file>', 'PEM CA certificate: clients must present a certificate it signed')
     .option('--insecure-plaintext', 'allow --listen on an address that is not loopback, without TLS')
+    .option('--insecure-no-client-auth', 'allow --listen on an address that is not loopback, with TLS but without client certificates')
     .option('--recovery-passphrase', 'unlock with the recovery passphrase');
   addKeyOptions(serveCmd, false);
   serveCmd.addHelpText(
@@ -366,7 +370,8 @@ Examples:
 Examples:
   vmseal serve disk-enc.vmdk --socket /run/vm1/nbd.sock
   qemu-system-x86_64 ... -drive file=nbd+unix:///disk-enc?socket=/run/vm1/nbd.sock,format=raw,if=virtio
-  vmseal serve --export web=web.vmdk --export db=db.vmdk --listen 127.0.0.1:10809`,
+  vmseal serve --export web=web.vmdk --export db=db.vmdk --listen 127.0.0.1:10809
+  vmseal serve disk-enc.vmdk --listen 0.0.0.0:10809 --tls-cert server-cert.pem --tls-key server-key.pem --tls-ca ca-cert.pem`,
   );
   serveCmd.action((disks: string[], opts) => serveCommand(ctx, disks, opts));
 

@@ -35,6 +35,7 @@ import {
 } from './protocol.js';
 import { EndOfStream, SocketReader } from './reader.js';
 import { Negotiation } from './negotiate.js';
+import { upgradeToTls, type TlsServerContext } from './tls.js';
 
 /** What a connection needs from its host. */
 export interface ConnectionHost {
@@ -46,6 +47,8 @@ export interface ConnectionHost {
   readonly budget: PayloadBudget;
   /** A connection that has not picked an export after this long is closed (it holds a socket for nothing). */
   readonly handshakeTimeoutMs: number;
+  /** TLS credentials: when set, TLS is required (STARTTLS before any other option). */
+  readonly tls?: TlsServerContext;
   log(line: string): void;
 }
 
@@ -86,8 +89,9 @@ export class Connection {
   readonly peer: string;
   /** Settles when the connection is over (its in-flight requests answered or dropped). */
   readonly done: Promise<void>;
-  readonly #socket: Socket;
-  readonly #reader: SocketReader;
+  /** The client's socket; after STARTTLS, the TLS socket over it. */
+  #socket: Socket;
+  #reader: SocketReader;
   readonly #host: ConnectionHost;
   #structured = false;
   /** base:allocation selected by SET_META_CONTEXT, for that export name. */
@@ -102,6 +106,8 @@ export class Connection {
   /** Payload bytes of the budget this connection holds. */
   #held = 0;
   #stopping = false;
+  /** Between STARTTLS's ACK and the end of the TLS handshake. */
+  #upgrading = false;
   #wakeStop: (() => void) | undefined;
   readonly #stopped = new Promise<void>((resolve) => (this.#wakeStop = resolve));
 
@@ -120,6 +126,8 @@ export class Connection {
     this.#stopping = true;
     this.#wakeStop?.();
     this.#reader.end();
+    // A client stalling its TLS handshake has no reader to end: cut it off (nothing is in flight yet).
+    if (this.#upgrading) this.#socket.destroy();
   }
 
   async #run(): Promise<void> {
@@ -140,13 +148,21 @@ export class Connection {
         return;
       }
       const negotiation = new Negotiation(
-        { read: (n) => this.#reader.read(n), discard: (n) => this.#reader.discard(n), send: (bufs) => this.#send(bufs) },
+        {
+          read: (n) => this.#reader.read(n),
+          discard: (n) => this.#reader.discard(n),
+          send: (bufs) => this.#send(bufs),
+          ...(this.#host.tls ? { startTls: () => this.#startTls(this.#host.tls!) } : {}),
+        },
         this.#host,
         (clientFlags & NBD_FLAG_C_NO_ZEROES) !== 0,
       );
       const exp = await negotiation.run();
       clearTimeout(handshakeTimer);
-      if (!exp) return;
+      if (!exp) {
+        if (negotiation.hungUp !== undefined) reason = negotiation.hungUp;
+        return;
+      }
       this.#structured = negotiation.structured;
       this.#metaExport = negotiation.metaExport;
       this.#strictBlocks = negotiation.strictBlocks;
@@ -167,6 +183,22 @@ export class Connection {
       if (this.#stopping && this.#sending.size > 0) this.#socket.destroy();
       this.#host.log(`connection ${this.id} (${this.peer}) closed: ${reason}`);
     }
+  }
+
+  /** Hand the socket to a TLS session (STARTTLS was acknowledged) and read and write through it from now on. */
+  async #startTls(tls: TlsServerContext): Promise<void> {
+    // The client must wait for our ACK before its handshake: bytes already here were sent in plaintext.
+    if (this.#reader.buffered > 0) throw new WireError('data sent after NBD_OPT_STARTTLS before its reply');
+    this.#reader.detach();
+    this.#upgrading = true;
+    try {
+      this.#socket = await upgradeToTls(this.#socket, tls);
+    } finally {
+      this.#upgrading = false;
+    }
+    this.#reader = new SocketReader(this.#socket);
+    if (this.#stopping) this.#reader.end();
+    this.#host.log(`connection ${this.id} (${this.peer}): TLS on${tls.clientAuth ? ', client certificate verified' : ''}`);
   }
 
   /**

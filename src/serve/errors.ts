@@ -7,7 +7,8 @@ import { VmsealError, type ArgumentErrorCode } from '../errors.js';
 export type ServeErrorCode =
   | 'ERR_SERVE_LISTEN' // the socket or TCP address cannot be listened on (in use, folder missing, permissions)
   | 'ERR_SERVE_EXPORT' // an export name is empty, too long, or given twice
-  | 'ERR_SERVE_INSECURE' // a TCP address that is not loopback, without TLS and without insecurePlaintext
+  | 'ERR_SERVE_INSECURE' // a TCP address that is not loopback, without TLS (or client certificates) and without the insecure opt-outs
+  | 'ERR_SERVE_TLS' // the TLS certificate, key or CA cannot be used (bad PEM, key not matching the certificate)
   | ArgumentErrorCode; // ERR_INVALID_ARGUMENT: a bad option of serve()
 
 /** The one error class of src/serve. */

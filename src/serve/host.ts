@@ -16,6 +16,7 @@ import { Connection, type ConnectionHost } from './connection.js';
 import { ServeError } from './errors.js';
 import { Export, type ExportInfo } from './export.js';
 import { MAX_STRING_BYTES } from './protocol.js';
+import { tlsServerContext, type ServeTls, type TlsServerContext } from './tls.js';
 
 export interface ServeDisk {
   path: string;
@@ -42,8 +43,15 @@ export interface ServeOptions {
   shared?: number;
   /** Refuse NBD_OPT_LIST and name no other export in errors (default: false). */
   noList?: boolean;
-  /** Allow a TCP address that is not loopback without TLS (default: false; TLS is not implemented yet). */
+  /**
+   * TLS credentials (PEM text). When given, TLS is required of every client (NBD_OPT_STARTTLS), and
+   * with `ca` every client must present a certificate signed by it.
+   */
+  tls?: ServeTls;
+  /** Allow a TCP address that is not loopback without TLS (default: false). */
   insecurePlaintext?: boolean;
+  /** Allow a TCP address that is not loopback with TLS but without client certificates (no `tls.ca`; default: false). */
+  insecureNoClientAuth?: boolean;
   /** Bytes of request and reply payloads held at once over all connections (default: 64 MiB). */
   payloadBudget?: number;
   /** A client that has not chosen an export (GO or EXPORT_NAME) within this many ms is disconnected (default: 30000). */
@@ -161,7 +169,30 @@ function listenOn(server: Server, listen: ServeListen): Promise<void> {
   });
 }
 
-function checkListen(listen: unknown, insecure: boolean): ServeListen | undefined {
+/** What a non-loopback address needs: TLS and client certificates, unless waived. */
+interface Security {
+  tls: TlsServerContext | undefined;
+  insecurePlaintext: boolean;
+  insecureNoClientAuth: boolean;
+}
+
+function checkExposure(host: string, port: number, sec: Security): void {
+  if (isLoopback(host)) return;
+  if (!sec.tls && !sec.insecurePlaintext) {
+    throw new ServeError(
+      'ERR_SERVE_INSECURE',
+      `refusing to serve plaintext disks on ${host}:${port}, which is not a loopback address: anyone who can connect reads and writes them; give TLS credentials (tls / --tls-cert, --tls-key, --tls-ca)`,
+    );
+  }
+  if (sec.tls && !sec.tls.clientAuth && !sec.insecureNoClientAuth) {
+    throw new ServeError(
+      'ERR_SERVE_INSECURE',
+      `refusing to serve disks on ${host}:${port}, which is not a loopback address, to clients without a certificate: give a CA to verify them (tls.ca / --tls-ca)`,
+    );
+  }
+}
+
+function checkListen(listen: unknown, sec: Security): ServeListen | undefined {
   if (listen === undefined) return undefined;
   if (listen !== null && typeof listen === 'object' && 'socket' in listen && typeof listen.socket === 'string' && listen.socket.length > 0)
     return { socket: listen.socket };
@@ -173,12 +204,7 @@ function checkListen(listen: unknown, insecure: boolean): ServeListen | undefine
         `Expected a host name and a port 0..65535 for listen but received ${describeValue(host)} and ${describeValue(port)}`,
       );
     }
-    if (!isLoopback(host) && !insecure) {
-      throw new ServeError(
-        'ERR_SERVE_INSECURE',
-        `refusing to serve plaintext disks on ${host}:${port}, which is not a loopback address: anyone who can connect reads and writes them, and TLS is not implemented yet`,
-      );
-    }
+    checkExposure(host, port, sec);
     return { host, port };
   }
   throw new ServeError('ERR_INVALID_ARGUMENT', `Expected { socket } or { host, port } for listen but received ${describeValue(listen)}`);
@@ -198,7 +224,12 @@ export async function serve(options: ServeOptions): Promise<NbdHost> {
       `Expected a non-empty array of disks ({ path, name?, readOnly? }) but received ${describeValue(options.disks)}`,
     );
   }
-  const listenArg = checkListen(options.listen, options.insecurePlaintext === true);
+  const tls = options.tls === undefined ? undefined : tlsServerContext(options.tls);
+  const listenArg = checkListen(options.listen, {
+    tls,
+    insecurePlaintext: options.insecurePlaintext === true,
+    insecureNoClientAuth: options.insecureNoClientAuth === true,
+  });
   const budget = new PayloadBudget(options.payloadBudget === undefined ? DEFAULT_PAYLOAD_BUDGET : checkCount(options.payloadBudget, 'payloadBudget'));
   const handshakeTimeoutMs =
     options.handshakeTimeoutMs === undefined ? DEFAULT_HANDSHAKE_TIMEOUT_MS : checkCount(options.handshakeTimeoutMs, 'handshakeTimeoutMs');
@@ -231,6 +262,7 @@ export async function serve(options: ServeOptions): Promise<NbdHost> {
     noList: options.noList === true,
     budget,
     handshakeTimeoutMs,
+    ...(tls ? { tls } : {}),
     log,
   };
   // Handle connections from the moment the server listens (its socket's mode is set just after).

@@ -13,3 +13,4 @@ export {
   type ServeOptions,
 } from './host.js';
 export type { ExportInfo } from './export.js';
+export type { ServeTls } from './tls.js';

@@ -27,6 +27,11 @@ export interface NegotiationIo {
   discard(n: number): Promise<void>;
   /** Write replies; resolves once they left (never rejects). */
   send(bufs: Buffer[]): Promise<void>;
+  /**
+   * Upgrade the connection to TLS after STARTTLS was acknowledged; later reads and sends go through
+   * it. Rejects if the handshake fails (the connection is then over). Absent: TLS is not configured.
+   */
+  startTls?(): Promise<void>;
 }
 
 export class Negotiation {
@@ -38,6 +43,10 @@ export class Negotiation {
   metaExport: string | undefined;
   /** The client asked for NBD_INFO_BLOCK_SIZE in GO, so it promised to obey the minimum. */
   strictBlocks = false;
+  /** The TLS handshake is done: options other than STARTTLS and ABORT are allowed from here. */
+  tls = false;
+  /** Why run() hung up without an export, when it was the server's choice (for the log). */
+  hungUp: string | undefined;
   readonly #io: NegotiationIo;
   readonly #host: ConnectionHost;
 
@@ -58,6 +67,20 @@ export class Negotiation {
         continue;
       }
       const data = await this.#io.read(length);
+      if (option === Opt.STARTTLS) {
+        await this.#startTls(data);
+        continue;
+      }
+      // TLS configured: it is required. Nothing about the exports leaks before the handshake.
+      if (this.#io.startTls && !this.tls && option !== Opt.ABORT) {
+        // NBD_OPT_EXPORT_NAME has no error reply: the only safe answer is to hang up.
+        if (option === Opt.EXPORT_NAME) {
+          this.hungUp = 'NBD_OPT_EXPORT_NAME before STARTTLS (TLS is required)';
+          return undefined;
+        }
+        await this.#optReply(option, Rep.ERR_TLS_REQD, 'TLS is required by this server: send NBD_OPT_STARTTLS first');
+        continue;
+      }
       switch (option) {
         case Opt.EXPORT_NAME: {
           // No error reply exists for this option: an unknown or busy export closes the connection.
@@ -89,13 +112,20 @@ export class Negotiation {
         case Opt.SET_META_CONTEXT:
           await this.#metaContext(option, data);
           break;
-        case Opt.STARTTLS:
-          await this.#optReply(option, Rep.ERR_UNSUP, 'TLS is not supported by this server yet');
-          break;
         default:
           await this.#optReply(option, Rep.ERR_UNSUP, `option ${option} is not supported`);
       }
     }
+  }
+
+  async #startTls(data: Buffer): Promise<void> {
+    const option = Opt.STARTTLS;
+    if (!this.#io.startTls) return this.#optReply(option, Rep.ERR_UNSUP, 'TLS is not configured on this server (--tls-cert, --tls-key)');
+    if (this.tls) return this.#optReply(option, Rep.ERR_INVALID, 'TLS is already on');
+    if (data.length !== 0) return this.#optReply(option, Rep.ERR_INVALID, 'NBD_OPT_STARTTLS takes no data');
+    await this.#io.send([encodeOptionReply(option, Rep.ACK)]);
+    await this.#io.startTls();
+    this.tls = true;
   }
 
   #optReply(option: number, type: Rep, message: string): Promise<void> {

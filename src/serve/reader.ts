@@ -20,19 +20,41 @@ export class SocketReader {
   #size = 0;
   #ended = false;
   #pending: { n: number; resolve: (b: Buffer) => void; reject: (e: Error) => void } | undefined;
+  readonly #detach: () => void;
 
   constructor(socket: Socket) {
     this.#socket = socket;
-    socket.on('data', (d: Buffer) => {
+    const onData = (d: Buffer): void => {
       this.#chunks.push(d);
       this.#size += d.length;
       if (this.#size >= Math.max(HIGH_WATER, this.#pending?.n ?? 0)) socket.pause();
       this.#serve();
-    });
+    };
+    socket.on('data', onData);
     const end = (): void => this.end();
     socket.on('end', end);
     socket.on('close', end);
     socket.on('error', end);
+    this.#detach = () => {
+      socket.removeListener('data', onData);
+      socket.removeListener('end', end);
+      socket.removeListener('close', end);
+      socket.removeListener('error', end);
+    };
+  }
+
+  /** Bytes received and not read yet. */
+  get buffered(): number {
+    return this.#size;
+  }
+
+  /**
+   * Stop listening to the socket, which another reader takes over (STARTTLS hands it to TLS). The
+   * socket is left paused, so no byte is lost between the two.
+   */
+  detach(): void {
+    this.#socket.pause();
+    this.#detach();
   }
 
   /** Stop: a pending and every later read fails with EndOfStream (what is buffered is dropped). */

@@ -73,6 +73,15 @@ export class RawClient {
     });
   }
 
+  /** Over TCP (loopback in tests). */
+  static connectTcp(host: string, port: number): Promise<RawClient> {
+    return new Promise((resolve, reject) => {
+      const s = createConnection({ host, port });
+      s.once('connect', () => resolve(new RawClient(s)));
+      s.once('error', reject);
+    });
+  }
+
   /** Exactly n bytes; rejects with 'closed' if the server closes first. */
   async read(n: number): Promise<Buffer> {
     while (this.#buf.length < n) {

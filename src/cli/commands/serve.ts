@@ -1,9 +1,11 @@
 /**
  * `vmseal serve DISK… [--socket PATH | --listen HOST:PORT] [--name N] [--export N=DISK…] [--read-only]
- * [--shared N] [--no-list] [--insecure-plaintext]` and the unlock options of decrypt: serve disks over
+ * [--shared N] [--no-list] [--tls-cert F --tls-key F [--tls-ca F]] [--insecure-plaintext]
+ * [--insecure-no-client-auth]` and the unlock options of decrypt: serve disks over
  * NBD in the foreground until SIGINT/SIGTERM, then flush every export, release the locks and exit 0.
  */
-import { serve, type NbdHost, type ServeDisk, type ServeListen } from '../../serve/index.js';
+import { readFile } from 'node:fs/promises';
+import { serve, type NbdHost, type ServeDisk, type ServeListen, type ServeTls } from '../../serve/index.js';
 import type { Ctx } from '../context.js';
 import { usageError } from '../errors.js';
 import { withKeys, type KeyCliOptions } from '../key-session.js';
@@ -19,6 +21,10 @@ export interface ServeCliOptions extends KeyCliOptions {
   /** Commander's --no-list: false when given. */
   list?: boolean;
   insecurePlaintext?: boolean;
+  insecureNoClientAuth?: boolean;
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsCa?: string;
 }
 
 /** NBD's registered port, used when --listen gives none. */
@@ -62,6 +68,25 @@ function listenOf(opts: ServeCliOptions): ServeListen | undefined {
   return undefined;
 }
 
+/** The TLS files, read into memory (serve() takes PEM text); undefined without --tls-cert/--tls-key. */
+export async function readTlsFiles(opts: Pick<ServeCliOptions, 'tlsCert' | 'tlsKey' | 'tlsCa'>): Promise<ServeTls | undefined> {
+  if (opts.tlsCert === undefined && opts.tlsKey === undefined) {
+    if (opts.tlsCa !== undefined) throw usageError('--tls-ca needs --tls-cert and --tls-key', "Give the server's certificate and key too");
+    return undefined;
+  }
+  if (opts.tlsCert === undefined || opts.tlsKey === undefined) {
+    throw usageError('--tls-cert and --tls-key go together', "Give both the server's PEM certificate and its PEM private key");
+  }
+  await requireInputFile(opts.tlsCert, 'the TLS certificate');
+  await requireInputFile(opts.tlsKey, 'the TLS key');
+  if (opts.tlsCa !== undefined) await requireInputFile(opts.tlsCa, 'the TLS CA');
+  return {
+    cert: await readFile(opts.tlsCert),
+    key: await readFile(opts.tlsKey),
+    ...(opts.tlsCa !== undefined ? { ca: await readFile(opts.tlsCa) } : {}),
+  };
+}
+
 function untilAborted(signal: AbortSignal): Promise<void> {
   if (signal.aborted) return Promise.resolve();
   return new Promise((done) => signal.addEventListener('abort', () => done(), { once: true }));
@@ -71,6 +96,7 @@ export async function serveCommand(ctx: Ctx, disks: string[], opts: ServeCliOpti
   ctx.doing = 'cannot serve';
   const specs = serveDisks(disks, opts);
   const listen = listenOf(opts);
+  const tls = await readTlsFiles(opts);
   for (const d of specs) await requireInputFile(d.path, 'the disk');
   const log = (line: string): void => {
     if (!ctx.output.quiet) ctx.output.error(`vmseal: ${line}`);
@@ -83,7 +109,9 @@ export async function serveCommand(ctx: Ctx, disks: string[], opts: ServeCliOpti
       readOnly: opts.readOnly === true,
       ...(opts.shared !== undefined ? { shared: opts.shared } : {}),
       noList: opts.list === false,
+      ...(tls ? { tls } : {}),
       insecurePlaintext: opts.insecurePlaintext === true,
+      insecureNoClientAuth: opts.insecureNoClientAuth === true,
       log,
     });
     ctx.doing = 'serving failed';
