@@ -158,6 +158,16 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
     hint: 'Give TLS credentials with a CA for client certificates, or listen on a loopback address or a Unix socket',
   },
   ERR_SERVE_TLS: { exitCode: ExitCode.USAGE, hint: 'Give a PEM certificate and the PEM private key that matches it (unencrypted), and a PEM CA certificate' },
+  ERR_SERVE_CONTROL: {
+    exitCode: ExitCode.FAILURE,
+    hint: 'Stop the other vmseal serve that uses this control socket, or give --control another path (in a folder only you can reach)',
+  },
+  ERR_SERVE_NO_SERVER: { exitCode: ExitCode.FAILURE, hint: 'Is vmseal serve running? Give --control with the path it was started with' },
+  ERR_SERVE_REQUEST: { exitCode: ExitCode.USAGE, hint: 'Send one JSON object per line with a command: status, attach, detach or unlock (docs/serve.md)' },
+  ERR_SERVE_NO_EXPORT: { exitCode: ExitCode.USAGE, hint: '`vmseal host status` lists the exports' },
+  ERR_SERVE_NOT_LOCKED: { exitCode: ExitCode.FAILURE, hint: 'The export is served already: there is nothing to unlock' },
+  ERR_SERVE_CLOSED: { exitCode: ExitCode.FAILURE, hint: 'The server is stopping: start it again, then attach or detach' },
+  ERR_SERVE_INTERNAL: { exitCode: ExitCode.INTERNAL, hint: "This is a bug in vmseal: please report it with the server's log" },
   // plain failures with something to do
   ERR_OUTPUT_EXISTS: { exitCode: ExitCode.FAILURE, hint: 'Choose another output name, or remove the existing file' },
   ERR_VMDK_EXISTS: { exitCode: ExitCode.FAILURE, hint: 'Choose another output name, or remove the existing file' },

@@ -13,4 +13,7 @@ export {
   type ServeOptions,
 } from './host.js';
 export type { ExportInfo } from './export.js';
+export { defaultControlPath } from './control.js';
+export { controlRequest } from './control-client.js';
+export type { ControlCommand, ControlErrorBody, ControlId, ControlReply, ControlRequest } from './control-protocol.js';
 export type { ServeTls } from './tls.js';
