@@ -7,6 +7,7 @@ import type { ChildProcessByStdio } from 'node:child_process';
 import type { Readable } from 'node:stream';
 import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { tempDir } from '../disk/helpers.js';
 import { cleanEnv, json, vmseal, vmsealChild } from './run-cli.js';
 import { encryptedDisk, PASSPHRASE, plainRaw, random, run } from '../serve/helpers.js';
@@ -38,8 +39,8 @@ function sub(name: string): string {
 }
 
 /** Start `vmseal serve …` and wait until its control socket is announced. */
-async function startServe(args: string[]): Promise<{ child: Served; stderr: () => string; exit: Promise<number | null> }> {
-  const child = vmsealChild(['serve', ...args], env);
+async function startServe(args: string[], childEnv = env): Promise<{ child: Served; stderr: () => string; exit: Promise<number | null> }> {
+  const child = vmsealChild(['serve', ...args], childEnv);
   children.push(child);
   let err = '';
   const exit = new Promise<number | null>((done) => child.on('close', (code) => done(code)));
@@ -153,5 +154,24 @@ describe('vmseal host', () => {
     expect(json(await vmseal(['host', 'status', '--control', control, '--json'], env)).exports.map((e: any) => e.name)).toEqual(['b.raw']);
     again.child.kill('SIGTERM');
     expect(await again.exit).toBe(0);
+  });
+
+  it('exits non-zero when an export cannot be flushed at SIGTERM, and still removes the control socket and releases the locks', async () => {
+    const dir = sub('failflush');
+    const disk = await encryptedDisk(dir, 'ff', { subformat: 'monolithicFlat', capacity: MiB });
+    const control = join(dir, 'ctl', 'serve.sock');
+    const flag = join(dir, 'fail-now');
+    const preload = fileURLToPath(new URL('../serve/fixtures/fail-sync.mjs', import.meta.url));
+    const failing = { ...env, NODE_OPTIONS: `--import ${preload}`, VMSEAL_TEST_FAIL_SYNC: flag };
+    const s = await startServe([disk, '--socket', join(dir, 'nbd.sock'), '--control', control, '--passphrase-file', pwFile], failing);
+    await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x11 0 4096', `nbd+unix:///ff?socket=${join(dir, 'nbd.sock')}`]);
+    writeFileSync(flag, '');
+    s.child.kill('SIGTERM');
+    expect(await s.exit).toBe(1);
+    expect(s.stderr()).toMatch(/export ff: closing failed/);
+    expect(existsSync(control)).toBe(false);
+    expect(existsSync(`${control}.vmseal-lock`)).toBe(false);
+    // The disk's lock is released: a job opens it.
+    expect((await vmseal(['verify', disk, '--passphrase-file', pwFile], env)).code).toBe(0);
   });
 });
