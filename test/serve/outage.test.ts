@@ -6,22 +6,19 @@
 // Starting PyKMIP takes seconds, so the KMS is stopped once (in the first test) and started again
 // once (in the last): the tests between run with it down, and every disk is made beforehand.
 import { describe, it, expect, beforeAll, afterAll, afterEach } from 'vitest';
-import { execFile } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
 import { createEncryptedDisk, KeyCache, serve, type NbdHost, type ServeOptions } from '../../src/index.js';
 import { KmipKeyProvider } from '../../src/kmip/index.js';
 import { acquireLock } from '../../src/pipeline/lock.js';
+import { cleanEnv, vmseal, vmsealChild } from '../cli/run-cli.js';
 import { phraseLocker, tempDir } from '../disk/helpers.js';
 import { startPyKmip, type PyKmip } from '../helpers/pykmip.js';
 import { random, run, unixUri } from './helpers.js';
 import { CMD, OPT, REP_ACK, REP_ERR_UNKNOWN, REP_SERVER, RawClient } from './nbd-client.js';
 
 const MiB = 1 << 20;
-const execFileP = promisify(execFile);
-const CLI = fileURLToPath(new URL('../../dist/cli/main.js', import.meta.url));
+
 const RECOVERY = 'outage-recovery-passphrase';
 /** Fast retries: the tests poll exports() and never assert on time. */
 const FAST_RETRY = { initialMs: 20, maxMs: 200 };
@@ -31,6 +28,9 @@ let tmp: ReturnType<typeof tempDir>;
 const providers: KmipKeyProvider[] = [];
 const hosts: NbdHost[] = [];
 let n = 0;
+/** The provider that makes the disks, and the one KEK they share (one KMIP Create instead of one per disk). */
+let maker: KmipKeyProvider;
+let kekId: string;
 
 function provider(): KmipKeyProvider {
   const p = new KmipKeyProvider({ ...kms.providerOptions('kms1'), timeoutMs: 2000 });
@@ -44,7 +44,11 @@ async function kmipDisk(subformat: 'monolithicSparse' | 'monolithicFlat' = 'mono
   mkdirSync(dir);
   const path = join(dir, 'd.vmdk');
   const data = random(64 * 1024);
-  const d = await createEncryptedDisk(path, { capacity: MiB, subformat, lockers: [{ kind: 'provider', provider: provider() }, phraseLocker(RECOVERY)] });
+  const d = await createEncryptedDisk(path, {
+    capacity: MiB,
+    subformat,
+    lockers: [{ kind: 'provider', provider: maker, keyId: kekId }, phraseLocker(RECOVERY)],
+  });
   try {
     await d.write(0, data);
   } finally {
@@ -89,11 +93,13 @@ async function readOver(socket: string, name: string, length: number): Promise<B
 }
 
 type Made = Awaited<ReturnType<typeof kmipDisk>>;
-const disks: Record<'attached' | 'restart' | 'noList' | 'unlock' | 'hard' | 'writable' | 'readOnly', Made> = {} as never;
+const disks: Record<'attached' | 'restart' | 'noList' | 'unlock' | 'hard' | 'writable' | 'readOnly' | 'cli', Made> = {} as never;
 
 beforeAll(async () => {
   tmp = tempDir('vmseal-serve-outage-');
   kms = await startPyKmip();
+  maker = provider();
+  kekId = (await maker.createKey()).keyId;
   disks.attached = await kmipDisk();
   disks.restart = await kmipDisk('monolithicFlat');
   disks.noList = await kmipDisk();
@@ -101,6 +107,7 @@ beforeAll(async () => {
   disks.hard = await kmipDisk();
   disks.writable = await kmipDisk();
   disks.readOnly = await kmipDisk();
+  disks.cli = await kmipDisk();
 }, 60_000);
 
 /** Stop the KMS (like a crash) if it runs. */
@@ -217,12 +224,7 @@ describe('KMS outage', () => {
     // The CLI refuses too (exit 7: busy), with the recovery passphrase that would open the disk.
     const pw = join(a.dir, 'pw.txt');
     writeFileSync(pw, RECOVERY, { mode: 0o600 });
-    const cli = await execFileP(process.execPath, [CLI, 'decrypt', a.path, join(a.dir, 'plain.img'), '--raw', '--passphrase-file', pw], {
-      env: { ...process.env, VMSEAL_HOME: join(a.dir, 'home') },
-    }).then(
-      () => ({ code: 0, stderr: '' }),
-      (e: { code: number; stderr: string }) => e,
-    );
+    const cli = await vmseal(['decrypt', a.path, join(a.dir, 'plain.img'), '--raw', '--passphrase-file', pw], cleanEnv({ VMSEAL_HOME: join(a.dir, 'home') }));
     expect(cli.code).toBe(7);
     expect(cli.stderr).toMatch(/busy|locked|serve/i);
 
@@ -231,6 +233,40 @@ describe('KMS outage', () => {
     await (await acquireLock(b.path, 'test', 'exclusive')).release();
     await expect(host.unlock('w', { passphrase: RECOVERY })).rejects.toMatchObject({ code: 'ERR_SERVE_CLOSED' });
   });
+  it('vmseal serve with the KMS down prints the locked export, serves it locked and stops cleanly', async () => {
+    const { path, dir } = disks.cli;
+    await kmsDown();
+    const socket = join(dir, 'cli.sock');
+    const env = cleanEnv({
+      VMSEAL_HOME: join(dir, 'home'),
+      VMSEAL_KMS: `127.0.0.1:${kms.endpoints[0]!.port}`,
+      VMSEAL_KMS_CA: kms.caPath,
+      VMSEAL_KMS_CERT: kms.clientCertPath,
+      VMSEAL_KMS_KEY: kms.clientKeyPath,
+    });
+    const child = vmsealChild(['serve', path, '--name', 'd', '--socket', socket], env);
+    let err = '';
+    const exit = new Promise<number | null>((done) => child.on('close', (code) => done(code)));
+    try {
+      await new Promise<void>((ready, fail) => {
+        child.stderr.on('data', (d) => {
+          err += String(d);
+          if (/^vmseal: serving d on \S+ \(locked: key \S+ of provider kms1 unavailable: .*\)$/m.test(err)) ready();
+        });
+        void exit.then((code) => fail(new Error(`vmseal serve exited with ${code}: ${err}`)));
+      });
+      expect(err).toMatch(/^vmseal: export d locked: key \S+ of provider kms1 unavailable: /m);
+      const r = await choose(socket, 'd');
+      expect(r.message).toMatch(/^disk locked: key \S+ of provider kms1 unavailable: /);
+      r.client.close();
+      child.kill('SIGTERM');
+      expect(await exit).toBe(0);
+      await (await acquireLock(path, 'test', 'exclusive')).release();
+    } finally {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    }
+  });
+
   it('a restarted host with the KMS down comes up locked, refuses clients with the reason, and serves the disk once the KMS is back', async () => {
     const { path, data, dir } = disks.restart;
     await kmsDown();
