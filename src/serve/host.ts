@@ -7,7 +7,7 @@ import { createServer, createConnection, isIP, type Server, type Socket } from '
 import { chmod, lstat, mkdir, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
-import { describeValue } from '../errors.js';
+import { describeValue, expected } from '../errors.js';
 import { openDisk, readEncryptionParams, type EncryptedDisk } from '../disk/index.js';
 import type { UnlockOptions } from '../keys/index.js';
 import type { VirtualDisk } from '../vmdk/index.js';
@@ -136,7 +136,7 @@ function checkRetry(value: unknown): UnlockRetry {
   const initialMs = v.initialMs === undefined ? DEFAULT_UNLOCK_RETRY.initialMs : checkCount(v.initialMs, 'unlockRetry.initialMs');
   const maxMs = v.maxMs === undefined ? Math.max(initialMs, DEFAULT_UNLOCK_RETRY.maxMs) : checkCount(v.maxMs, 'unlockRetry.maxMs');
   if (maxMs < initialMs) {
-    throw new ServeError('ERR_INVALID_ARGUMENT', `Expected unlockRetry.maxMs (${maxMs}) to be at least unlockRetry.initialMs (${initialMs})`);
+    throw new ServeError('ERR_INVALID_ARGUMENT', expected(`a number of ms of at least unlockRetry.initialMs (${initialMs})`, 'unlockRetry.maxMs', maxMs));
   }
   return { initialMs, maxMs };
 }
