@@ -165,8 +165,8 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
   ERR_SERVE_NO_SERVER: { exitCode: ExitCode.FAILURE, hint: 'Is vmseal serve running? Check the path of its control socket' },
   ERR_SERVE_REQUEST: { exitCode: ExitCode.USAGE, hint: 'Send one JSON object per line with a command: status, attach, detach or unlock (docs/serve.md)' },
   ERR_SERVE_NO_EXPORT: { exitCode: ExitCode.USAGE, hint: '`vmseal host status` lists the exports' },
-  ERR_SERVE_NOT_LOCKED: { exitCode: ExitCode.FAILURE, hint: 'The export is served already: there is nothing to unlock' },
-  ERR_SERVE_CLOSED: { exitCode: ExitCode.FAILURE, hint: 'The server is stopping: start it again, then attach or detach' },
+  ERR_SERVE_NOT_LOCKED: { exitCode: ExitCode.FAILURE, hint: 'Nothing to do: the export is served (its status shows locked: false)' },
+  ERR_SERVE_CLOSED: { exitCode: ExitCode.FAILURE, hint: 'The server is stopping; start it again to serve the disk' },
   ERR_SERVE_INTERNAL: { exitCode: ExitCode.INTERNAL, hint: "This is a bug in vmseal: please report it with the server's log" },
   // plain failures with something to do
   ERR_OUTPUT_EXISTS: { exitCode: ExitCode.FAILURE, hint: 'Choose another output name, or remove the existing file' },

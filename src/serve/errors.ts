@@ -13,8 +13,8 @@ export type ServeErrorCode =
   | 'ERR_SERVE_NO_SERVER' // no server answers on the control socket (none running there, or it went away mid-request)
   | 'ERR_SERVE_REQUEST' // a control request is not valid: not JSON, too long, unknown command, a missing or wrong field
   | 'ERR_SERVE_NO_EXPORT' // no export of that name (detach, unlock)
-  | 'ERR_SERVE_NOT_LOCKED' // unlock of an export that is not locked
-  | 'ERR_SERVE_CLOSED' // attach or detach while the server is stopping
+  | 'ERR_SERVE_NOT_LOCKED' // unlock() of an export that is not locked (its disk is open and served)
+  | 'ERR_SERVE_CLOSED' // attach(), detach() or unlock() after close() began: the host is stopping
   | 'ERR_SERVE_INTERNAL' // a control request failed unexpectedly on the server (a bug; the server's log has it)
   | ArgumentErrorCode; // ERR_INVALID_ARGUMENT: a bad option of serve()
 

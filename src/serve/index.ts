@@ -16,4 +16,5 @@ export type { ExportInfo } from './export.js';
 export { defaultControlPath } from './control.js';
 export { controlRequest } from './control-client.js';
 export type { ControlCommand, ControlErrorBody, ControlId, ControlReply, ControlRequest } from './control-protocol.js';
+export type { UnlockRetry } from './locked.js';
 export type { ServeTls } from './tls.js';
