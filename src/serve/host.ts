@@ -391,6 +391,9 @@ export async function serve(options: ServeOptions): Promise<NbdHost> {
     },
     close() {
       closing ??= (async () => {
+        // Locked exports stop at once (close() marks them before its first await): no retry or
+        // unlock() opens a disk from here on. Their locks are released once an attempt in flight ends.
+        const unlocking = [...exports.values()].filter((e) => e instanceof LockedExport).map((e) => e.close());
         const stopped = new Promise<void>((done) => server.close(() => done()));
         for (const c of connections) c.stop();
         await Promise.allSettled([...connections].map((c) => c.done));
@@ -398,10 +401,15 @@ export async function serve(options: ServeOptions): Promise<NbdHost> {
         for (const s of sockets) s.destroy();
         await stopped;
         if (socketPath !== undefined) await rm(socketPath, { force: true });
-        // Locked exports first: once they are closed no retry can put an opened export in the table.
-        for (const e of exports.values()) if (e instanceof LockedExport) await e.close();
         const failures: unknown[] = [];
+        for (const r of await Promise.allSettled(unlocking)) {
+          if (r.status === 'rejected') {
+            log(`releasing the lock of a locked export failed: ${(r.reason as Error).message}`);
+            failures.push(r.reason);
+          }
+        }
         for (const e of exports.values()) {
+          if (e instanceof LockedExport) continue; // closed above
           try {
             await e.close();
           } catch (err) {
