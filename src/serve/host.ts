@@ -496,8 +496,12 @@ export async function serve(options: ServeOptions): Promise<NbdHost> {
     close() {
       closing ??= (async () => {
         const stopping = new Promise<void>((done) => server.close(() => done()));
-        // No more control commands; the ones running (attach, detach) finish first.
+        // No more control commands; the ones running (attach, detach) finish first (an attach that
+        // ends now closes what it opened itself).
         const controlClosed = control?.close();
+        // Locked exports stop at once (close() marks them before its first await): no retry or
+        // unlock() opens a disk from here on. Their locks are released once an attempt in flight ends.
+        const unlocking = [...exports.values()].filter((e) => e instanceof LockedExport).map((e) => e.close());
         await Promise.allSettled([...pending]);
         for (const c of connections.keys()) c.stop();
         await Promise.allSettled([...connections.keys()].map((c) => c.done));
@@ -506,10 +510,15 @@ export async function serve(options: ServeOptions): Promise<NbdHost> {
         await stopping;
         await controlClosed;
         if (socketPath !== undefined) await rm(socketPath, { force: true });
-        // Locked exports first: once they are closed no retry can put an opened export in the table.
-        for (const e of exports.values()) if (e instanceof LockedExport) await e.close();
         const failures: unknown[] = [];
+        for (const r of await Promise.allSettled(unlocking)) {
+          if (r.status === 'rejected') {
+            log(`releasing the lock of a locked export failed: ${(r.reason as Error).message}`);
+            failures.push(r.reason);
+          }
+        }
         for (const e of exports.values()) {
+          if (e instanceof LockedExport) continue; // closed above
           try {
             await e.close();
           } catch (err) {

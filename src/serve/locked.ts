@@ -135,7 +135,7 @@ export class LockedExport {
 
   /** Begin the provider retries (after the host put this export in its table). */
   start(): void {
-    this.#log(`export ${this.name} locked: ${this.#reason} (retrying in ${seconds(this.#delay)})`);
+    this.#log(`export ${this.name} locked: ${this.#reason} (next try within ${seconds(this.#delay)})`);
     this.#schedule();
   }
 
@@ -174,7 +174,7 @@ export class LockedExport {
       this.#delay = Math.min(this.#delay * 2, this.#retry.maxMs);
       const why = unavailableKey(err);
       this.#reason = why ? describeUnavailable(why) : `cannot unlock: ${(err as Error).message}`;
-      this.#log(`export ${this.name} still locked: ${this.#reason} (retrying in ${seconds(this.#delay)})`);
+      this.#log(`export ${this.name} still locked: ${this.#reason} (next try within ${seconds(this.#delay)})`);
       this.#schedule();
     }
   }
