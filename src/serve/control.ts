@@ -87,7 +87,9 @@ class ControlServer implements ControlSocket {
     const server = createServer((socket) => {
       if (this.#closing || this.#clients.size >= MAX_CONTROL_CONNECTIONS) {
         const why = this.#closing ? 'the server is stopping' : `more than ${MAX_CONTROL_CONNECTIONS} control connections at once`;
-        socket.end(reply(null, new ServeError('ERR_SERVE_REQUEST', `control connection refused: ${why}`)));
+        // Dropped once the reply is out: nothing reads this socket, so its end would never be seen.
+        socket.on('error', () => undefined);
+        socket.end(reply(null, new ServeError('ERR_SERVE_REQUEST', `control connection refused: ${why}`)), () => socket.destroy());
         return;
       }
       this.#clients.add(socket);

@@ -65,6 +65,15 @@ describe('NbdHost.attach()', () => {
     await (await acquireLock(other, 'test')).release();
     // The served disk's lock is held: a second attach of it under another name is refused.
     await expect(h.attach({ path: disk, name: 'again' })).rejects.toMatchObject({ code: 'ERR_DISK_BUSY' });
+    // Two attaches of one name at once: the second is refused while the first opens its disk.
+    const third = plainRaw(dir, 'third', Buffer.alloc(MiB));
+    const racing = h.attach({ path: third, name: 'race' });
+    await expect(h.attach({ path: other, name: 'race' })).rejects.toMatchObject({
+      code: 'ERR_SERVE_EXPORT',
+      message: expect.stringMatching(/'race' is being attached/),
+    });
+    expect(await racing).toMatchObject({ name: 'race', path: third });
+    await h.detach('race');
     await expect(h.attach({ path: '', name: 'x' })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
     await expect(h.attach({ path: other, name: 'a?b' })).rejects.toMatchObject({ code: 'ERR_SERVE_EXPORT' });
     expect(h.exports().map((e) => e.name)).toEqual(['first', 'vm2']);

@@ -3,7 +3,7 @@
 // its lock (a second server is refused, a stale socket is taken over, close removes it).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { existsSync, mkdirSync, statSync } from 'node:fs';
-import { createConnection } from 'node:net';
+import { createConnection, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { controlRequest, defaultControlPath, serve, type NbdHost } from '../../src/index.js';
 import { acquireLock } from '../../src/pipeline/lock.js';
@@ -63,6 +63,11 @@ function raw(path: string, data: string | Buffer, replies: number, untilClosed =
     s.on('error', finish);
     s.write(data);
   });
+}
+
+/** Poll until `cond` resolves true (vitest's test timeout is the bound). */
+async function until(cond: () => Promise<boolean>): Promise<void> {
+  while (!(await cond())) await new Promise((r) => setTimeout(r, 20));
 }
 
 describe('control socket', () => {
@@ -154,6 +159,37 @@ describe('control socket', () => {
     const lines = await raw(control, Buffer.alloc(200 * 1024, 0x61), 1, true);
     expect(lines).toEqual([{ id: null, ok: false, error: { code: 'ERR_SERVE_REQUEST', message: expect.stringMatching(/longer than 65536 bytes/) } }]);
     expect(await controlRequest(control, { command: 'status' })).toMatchObject({ exports: [expect.objectContaining({ name: 'a' })] });
+  });
+
+  it('serves at most 16 control connections at once: one more is answered with an error and closed', async () => {
+    const dir = sub('many');
+    const a = plainRaw(dir, 'a', Buffer.alloc(MiB));
+    const { control } = await controlled(dir, [{ path: a, name: 'a' }]);
+    const idle: Socket[] = [];
+    try {
+      for (let i = 0; i < 16; i++) {
+        const s = createConnection(control);
+        await new Promise((ok) => s.once('connect', ok));
+        idle.push(s);
+      }
+      // Each of them is served: a status on the last one answers.
+      idle[15]!.write('{"id":1,"command":"status"}\n');
+      await new Promise((ok) => idle[15]!.once('data', ok));
+      const lines = await raw(control, '{"command":"status"}\n', 1, true);
+      expect(lines).toEqual([
+        { id: null, ok: false, error: { code: 'ERR_SERVE_REQUEST', message: expect.stringMatching(/more than 16 control connections/) } },
+      ]);
+    } finally {
+      for (const s of idle) s.destroy();
+    }
+    // Once they are gone, new connections are served again.
+    await until(
+      async () =>
+        await controlRequest(control, { command: 'status' }).then(
+          () => true,
+          () => false,
+        ),
+    );
   });
 
   it('is held by one server: a second is refused naming the holder, a stale socket is taken over, close removes it', async () => {
