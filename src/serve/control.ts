@@ -86,10 +86,12 @@ class ControlServer implements ControlSocket {
   async listen(target: ControlTarget, log: (line: string) => void): Promise<void> {
     const server = createServer((socket) => {
       if (this.#closing || this.#clients.size >= MAX_CONTROL_CONNECTIONS) {
-        const why = this.#closing ? 'the server is stopping' : `more than ${MAX_CONTROL_CONNECTIONS} control connections at once`;
+        const refusal = this.#closing
+          ? new ServeError('ERR_SERVE_CLOSED', 'control connection refused: the server is stopping')
+          : new ServeError('ERR_SERVE_REQUEST', `control connection refused: more than ${MAX_CONTROL_CONNECTIONS} control connections at once`);
         // Dropped once the reply is out: nothing reads this socket, so its end would never be seen.
         socket.on('error', () => undefined);
-        socket.end(reply(null, new ServeError('ERR_SERVE_REQUEST', `control connection refused: ${why}`)), () => socket.destroy());
+        socket.end(reply(null, refusal), () => socket.destroy());
         return;
       }
       this.#clients.add(socket);
