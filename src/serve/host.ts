@@ -87,7 +87,8 @@ export interface NbdHost {
   controlPath(): string | undefined;
   /**
    * Open, lock and unlock (with the host's `keys`) one more disk and serve it to new clients at
-   * once. A name already served gives ERR_SERVE_EXPORT.
+   * once; an encrypted disk whose key provider is unreachable is attached locked, as at start. A
+   * name already served gives ERR_SERVE_EXPORT, a call after close() began ERR_SERVE_CLOSED.
    */
   attach(disk: ServeDisk): Promise<ExportInfo>;
   /**
