@@ -9,7 +9,8 @@ import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync,
 import { join, dirname } from 'node:path';
 import { encryptDisk } from '../../src/pipeline/index.js';
 import { patternBytes, phraseLocker, sha256, tempDir } from '../disk/helpers.js';
-import { bundleFixture, plainHash } from './helpers.js';
+import { bundleFixture } from '../helpers/bundle.js';
+import { plainHash } from './helpers.js';
 
 const MiB = 1 << 20;
 const CHUNK = 128 * 1024;
@@ -19,7 +20,7 @@ let image: Buffer;
 
 beforeAll(async () => {
   tmp = tempDir('vmseal-crashfs-');
-  child = await bundleFixture('crash-child');
+  child = await bundleFixture(new URL('./fixtures/crash-child.ts', import.meta.url));
   image = Buffer.alloc(1 * MiB);
   patternBytes(500_000, 51).copy(image, 0);
   patternBytes(100_000, 52).copy(image, 768 * 1024);

@@ -8,7 +8,8 @@ import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { resumeDisk } from '../../src/pipeline/index.js';
 import { patternBytes, sha256, tempDir } from '../disk/helpers.js';
-import { bundleFixture, plainHash } from './helpers.js';
+import { bundleFixture } from '../helpers/bundle.js';
+import { plainHash } from './helpers.js';
 
 const KiB = 1024;
 const CHUNK = 64 * KiB;
@@ -19,7 +20,7 @@ let image: Buffer;
 
 beforeAll(async () => {
   tmp = tempDir('vmseal-jauth-');
-  child = await bundleFixture('inplace-child');
+  child = await bundleFixture(new URL('./fixtures/inplace-child.ts', import.meta.url));
   image = patternBytes(1024 * KiB, 41);
   writeFileSync(join(tmp.dir, 'plain.raw'), image);
   mkdirSync(join(tmp.dir, 'orig'));

@@ -9,7 +9,8 @@ import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { encryptInPlace } from '../../src/pipeline/index.js';
 import { patternBytes, phraseLocker, sha256, tempDir } from '../disk/helpers.js';
-import { bundleFixture, plainHash } from './helpers.js';
+import { bundleFixture } from '../helpers/bundle.js';
+import { plainHash } from './helpers.js';
 
 const KiB = 1024;
 // One chunk covers the whole 512 KiB disk, so the journal's copy area (at 68 KiB) reaches past every
@@ -23,7 +24,7 @@ let image: Buffer;
 
 beforeAll(async () => {
   tmp = tempDir('vmseal-short-');
-  child = await bundleFixture('inplace-child');
+  child = await bundleFixture(new URL('./fixtures/inplace-child.ts', import.meta.url));
   image = patternBytes(DISK, 31);
   writeFileSync(join(tmp.dir, 'plain.raw'), image);
   mkdirSync(join(tmp.dir, 'orig'));

@@ -6,7 +6,8 @@ import { closeSync, copyFileSync, mkdirSync, openSync, readdirSync, readFileSync
 import { join, dirname } from 'node:path';
 import { encryptDisk } from '../../src/pipeline/index.js';
 import { patternBytes, phraseLocker, sha256, tempDir } from '../disk/helpers.js';
-import { bundleFixture, plainHash } from './helpers.js';
+import { bundleFixture } from '../helpers/bundle.js';
+import { plainHash } from './helpers.js';
 
 const MiB = 1 << 20;
 const CHUNK = 64 * 1024;
@@ -17,7 +18,7 @@ let image: Buffer;
 beforeAll(async () => {
   tmp = tempDir('vmseal-kill-');
   // Bundled inside the package (node_modules/.cache) so that the native addon is found from it.
-  child = await bundleFixture('inplace-child');
+  child = await bundleFixture(new URL('./fixtures/inplace-child.ts', import.meta.url));
   image = Buffer.alloc(2 * MiB);
   patternBytes(900_000, 21).copy(image, 0);
   patternBytes(200_000, 22).copy(image, 1536 * 1024);
