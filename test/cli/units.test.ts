@@ -14,7 +14,8 @@ import { passphraseSource, promptHidden, readPassphrase, rejectSecretsOnArgv } f
 import { batchExitCode, extentFileNames, listImagesInDirectory, outputNameFor, planBatch, readImageList, runBatch } from '../../src/cli/batch.js';
 import { sha256File, writeSampleDisk } from '../../src/cli/sample-disk.js';
 import { Output, progressLayout } from '../../src/cli/output.js';
-import { resolveHome, withEnvDefaults } from '../../src/cli/key-session.js';
+import { KeySession, resolveHome, withEnvDefaults } from '../../src/cli/key-session.js';
+import { makeCtx } from '../../src/cli/context.js';
 
 let dir: string;
 beforeAll(async () => {
@@ -286,6 +287,21 @@ describe('batch runner', () => {
     expect(order).toEqual(['a ok', 'b ok', 'c ok', 'd ok', 'e not run', 'f not run', 'g not run']);
     expect(outcome.results.map((r) => r.input)).toEqual(['a', 'b', 'c', 'd']);
     expect(outcome.interrupted).toBe(true);
+  });
+  it('gives the images of a batch started together one key session: one local keystore provider', async () => {
+    const ctx = makeCtx({
+      output: new Output({ quiet: true }),
+      signal: new AbortController().signal,
+      env: {},
+      io: { input: new PassThrough(), output: new PassThrough() },
+    });
+    const keys = new KeySession(ctx, { home: join(dir, 'session-home') });
+    try {
+      const locals = await Promise.all([keys.local(), keys.local(), keys.local()]);
+      expect(new Set(locals).size).toBe(1);
+    } finally {
+      await keys.close();
+    }
   });
   it('lists the images of a directory, one per disk (extent files of a flat disk are not images)', async () => {
     const d = join(dir, 'images');
