@@ -3,6 +3,7 @@
 // lock released (another job opens it), and its connected clients get their in-flight requests
 // answered before the connection closes.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { spawn } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { openDisk, type NbdHost } from '../../src/index.js';
@@ -150,6 +151,30 @@ describe('NbdHost.detach()', () => {
       await d.close();
     }
     await (await acquireLock(disk, 'test')).release();
+  });
+
+  it('detaches an export while a real client (qemu-io) is connected and idle, and its write is on the disk', async () => {
+    const dir = sub('qemuio');
+    const disk = await encryptedDisk(dir, 'live', { subformat: 'monolithicFlat', capacity: MiB });
+    const { host: h } = await host(dir, [{ path: disk }]);
+    // qemu-io writes, then stays connected (its sleep command) until it is killed.
+    const client = spawn('qemu-io', ['-f', 'raw', '-c', 'write -P 0x33 0 65536', '-c', 'sleep 600000', h.uri('live')], { stdio: 'ignore' });
+    try {
+      while (h.exports()[0]!.bytesWritten < 65536) await new Promise((r) => setTimeout(r, 20));
+      expect(h.exports()[0]!.clients).toBe(1);
+      await h.detach('live');
+      expect(h.exports()).toEqual([]);
+    } finally {
+      client.kill('SIGKILL');
+    }
+    const d = await openDisk(disk, { keys: KEYS, readOnly: true });
+    try {
+      const got = Buffer.alloc(65536);
+      await d.readInto(0, got);
+      expect(got.equals(Buffer.alloc(65536, 0x33))).toBe(true);
+    } finally {
+      await d.close();
+    }
   });
 
   it('refuses attach and detach once the host is closing', async () => {
