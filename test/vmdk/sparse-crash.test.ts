@@ -11,16 +11,15 @@ import { cpSync, mkdirSync, rmSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
-import { createEncryptedDisk, openDisk } from '../../src/disk/index.js';
+import { createEncryptedDisk } from '../../src/disk/index.js';
 import { createDisk } from '../../src/vmdk/index.js';
 import { phraseLocker } from '../disk/helpers.js';
-import { CAPACITY, EXTENT, GRAIN, BATCHES, states } from './fixtures/sparse-crash-scenario.js';
-import { tempDir, tryRun } from './helpers.js';
+import { CAPACITY, EXTENT, GRAIN, BATCHES, crashedDiskProblem } from './fixtures/sparse-crash-scenario.js';
+import { tempDir } from './helpers.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 let tmp: ReturnType<typeof tempDir>;
 let child: string;
-const expected = states();
 
 beforeAll(async () => {
   tmp = tempDir();
@@ -58,6 +57,19 @@ function run(folder: string, disk: string, crashAt: number, keep: string, passph
   };
 }
 
+/**
+ * Where to crash: 8 calls spread over the run (the first and the last among them) keep the file well
+ * under a minute; VMSEAL_CRASH_SAMPLE=0 crashes at every call (30-40 per case; all pass). Every call
+ * matters, even with keep 'none' between two syncs: writes already issued when the crash comes may
+ * still land, as on a real device.
+ */
+function crashPoints(total: number): number[] {
+  const all = Array.from({ length: total }, (_, i) => i + 1);
+  const sample = Number(process.env.VMSEAL_CRASH_SAMPLE ?? 8);
+  if (!sample || sample >= all.length) return all;
+  return [...new Set(Array.from({ length: sample }, (_, i) => all[Math.round((i * (all.length - 1)) / (sample - 1))]))];
+}
+
 const cases = [
   { subformat: 'monolithicSparse', encrypted: false },
   { subformat: 'twoGbMaxExtentSparse', encrypted: false },
@@ -84,27 +96,17 @@ describe.each(cases)('$subformat (encrypted: $encrypted): a power loss while gra
     expect(total.status, total.stderr).toBe(0);
     expect(total.flushed).toBe(BATCHES.length);
     expect(total.events).toBeGreaterThan(10);
+    expect(await crashedDiskProblem(join(full, name), passphrase, BATCHES.length), 'no crash').toBeUndefined();
     rmSync(full, { recursive: true, force: true });
 
-    for (let at = 1; at <= total.events; at++) {
+    for (const at of crashPoints(total.events)) {
       const where = `crash point ${at} of ${total.events}`;
       const folder = join(tmp.dir, `${tag}-${at}`);
       cpSync(pristine, folder, { recursive: true });
       const r = run(folder, join(folder, name), at, keep, passphrase);
       expect(r.signal, `${where}: ${r.stderr}`).toBe('SIGKILL');
-      const check = tryRun('qemu-img', ['check', '-f', 'vmdk', join(folder, name)]);
-      expect(check.status, `${where}: qemu-img check\n${check.stdout}${check.stderr}`).toBe(0);
-      const disk = await openDisk(join(folder, name), { readOnly: true, ...(passphrase ? { keys: { passphrase } } : {}) }).catch((err: unknown) => {
-        throw new Error(`${where}: ${String(err)}`);
-      });
-      const content = await disk.read(0, CAPACITY);
-      await disk.close();
-      // Every grain: the state of the last flushed batch or of a later one (never older, never other bytes).
-      for (let g = 0; g < CAPACITY / GRAIN; g++) {
-        const got = content.subarray(g * GRAIN, (g + 1) * GRAIN);
-        const ok = expected.slice(r.flushed).some((s) => s.subarray(g * GRAIN, (g + 1) * GRAIN).equals(got));
-        if (!ok) expect.fail(`${where} (batches flushed: ${r.flushed}): grain ${g} holds bytes that no flushed or later state has`);
-      }
+      const problem = await crashedDiskProblem(join(folder, name), passphrase, r.flushed);
+      expect(problem, `${where} (batches flushed: ${r.flushed})`).toBeUndefined();
       rmSync(folder, { recursive: true, force: true });
     }
   });
