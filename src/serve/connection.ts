@@ -7,6 +7,7 @@
  */
 import type { Socket } from 'node:net';
 import type { PayloadBudget } from './budget.js';
+import { POOLED_MIN, type BufferPool } from './buffers.js';
 import {
   WireError,
   decodeRequest,
@@ -45,6 +46,8 @@ export interface ConnectionHost {
   /** --no-list: NBD_OPT_LIST is refused and unknown names learn nothing of the others. */
   readonly noList: boolean;
   readonly budget: PayloadBudget;
+  /** Large payload buffers, reused (see buffers.ts). */
+  readonly buffers: BufferPool;
   /** A connection that has not picked an export after this long is closed (it holds a socket for nothing). */
   readonly handshakeTimeoutMs: number;
   /** TLS credentials: when set, TLS is required (STARTTLS before any other option). */
@@ -52,7 +55,11 @@ export interface ConnectionHost {
   log(line: string): void;
 }
 
-/** A request's share of the payload budget, released once (when its reply left, or if it never got one). */
+/**
+ * A request's share of the payload budget, released once: a READ's reply buffer when its reply
+ * left; everything else (a WRITE's data, scratch buffers of src/disk) as soon as the disk is done
+ * with it, before the reply is queued; or when the request ends without a reply.
+ */
 interface Ticket {
   held: number;
   queued: boolean;
@@ -205,12 +212,19 @@ export class Connection {
    * Write `bufs` in one go; resolves once they reached the kernel, or when the connection is stopped
    * (a client that does not read would otherwise keep a negotiation or a shutdown waiting forever).
    */
-  #send(bufs: Buffer[]): Promise<void> {
+  #send(bufs: Buffer[], onWritten?: () => void): Promise<void> {
     const written = new Promise<void>((resolve) => {
-      if (this.#socket.destroyed) return resolve();
+      if (this.#socket.destroyed) {
+        onWritten?.();
+        return resolve();
+      }
       this.#socket.cork();
       for (let i = 0; i < bufs.length - 1; i++) this.#socket.write(bufs[i]);
-      this.#socket.write(bufs[bufs.length - 1], () => resolve());
+      // Called once the socket no longer needs the buffers (written, or dropped with the socket).
+      this.#socket.write(bufs[bufs.length - 1], () => {
+        onWritten?.();
+        resolve();
+      });
       this.#socket.uncork();
     });
     return Promise.race([written, this.#stopped]);
@@ -248,23 +262,27 @@ export class Connection {
           this.#replyError(req, NbdErrno.EOVERFLOW, `a write of ${req.length} bytes is beyond the maximum of ${MAX_PAYLOAD}`);
           continue;
         }
-        held = req.length;
+        // The data, and the buffer src/disk may assemble units in (none for an aligned flat write: in place).
+        held = req.length + exp.scratchBytes('write', req.offset, req.length);
         await this.#acquire(held);
         try {
-          payload = await this.#reader.read(req.length);
+          payload = await (req.length >= POOLED_MIN ? this.#reader.readInto(this.#host.buffers.take(req.length)) : this.#reader.read(req.length));
         } catch (err) {
           // A payload cut short by the client: its share of the budget must not leak.
           this.#release(held);
           throw err;
         }
       } else if (req.type === Cmd.READ && req.length <= MAX_PAYLOAD && this.#check(exp, req) === undefined) {
-        held = req.length;
+        held = req.length + exp.scratchBytes('read', req.offset, req.length);
+        await this.#acquire(held);
+      } else if (req.type === Cmd.WRITE_ZEROES && this.#check(exp, req) === undefined) {
+        held = exp.scratchBytes('zero', req.offset, req.length);
         await this.#acquire(held);
       }
       const ticket = { held, queued: false };
       this.#track(
         this.#serve(exp, req, payload, ticket).finally(() => {
-          if (!ticket.queued) this.#release(held);
+          if (!ticket.queued) this.#release(ticket.held);
         }),
       );
     }
@@ -347,14 +365,18 @@ export class Connection {
         case Cmd.READ: {
           // Holes first, data second: a write landing in between shows as the read having come first.
           const holes = this.#structured ? await exp.holes(req.offset, req.length, MIN_HOLE_CHUNK) : [];
-          const data = Buffer.allocUnsafe(req.length);
+          const data = this.#host.buffers.take(req.length);
+          // Not given back if the read fails: a part of it may still be in flight into the buffer.
           await exp.read(req.offset, data);
-          if (!this.#structured) return this.#queueReply([encodeSimpleReply(req.cookie, 0), data], ticket);
-          if (holes.length === 0) return this.#queueReply([encodeOffsetDataHeader(req.cookie, req.offset, data.length), data], ticket);
-          return this.#queueReply(readChunks(req, data, holes), ticket);
+          this.#keepOnly(ticket, data.length); // src/disk's scratch is gone; the reply buffer stays until sent
+          const reuse = (): void => this.#host.buffers.give(data);
+          if (!this.#structured) return this.#queueReply([encodeSimpleReply(req.cookie, 0), data], ticket, reuse);
+          if (holes.length === 0) return this.#queueReply([encodeOffsetDataHeader(req.cookie, req.offset, data.length), data], ticket, reuse);
+          return this.#queueReply(readChunks(req, data, holes), ticket, reuse);
         }
         case Cmd.WRITE:
           await exp.write(req.offset, payload!, fua);
+          this.#host.buffers.give(payload!); // only after success: a failed write may still be reading it
           break;
         case Cmd.FLUSH:
           await exp.flush();
@@ -375,6 +397,7 @@ export class Connection {
           return this.#queueReply([encodeBlockStatus(req.cookie, BASE_ALLOCATION_ID, extents)], ticket);
         }
       }
+      this.#keepOnly(ticket, 0); // the data was written: a 16-byte reply pins nothing worth counting
       this.#queueReply([encodeSimpleReply(req.cookie, 0)], ticket);
     } catch (err) {
       const code = (err as { code?: string; cause?: { code?: string } }).cause?.code ?? (err as { code?: string }).code;
@@ -386,14 +409,22 @@ export class Connection {
     }
   }
 
+  /** Give back what `ticket` holds beyond `bytes` (buffers the request no longer uses). */
+  #keepOnly(ticket: Ticket, bytes: number): void {
+    if (ticket.held <= bytes) return;
+    this.#release(ticket.held - bytes);
+    ticket.held = bytes;
+  }
+
   #replyError(req: Request, errno: NbdErrno, message: string, ticket: Ticket = { held: 0, queued: false }): void {
+    this.#keepOnly(ticket, 0); // an error reply carries no payload
     this.#queueReply([this.#structured ? encodeStructuredError(req.cookie, errno, message) : encodeSimpleReply(req.cookie, errno)], ticket);
   }
 
   /** Queue a reply without waiting for the client to read it; its budget is released when it left. */
-  #queueReply(bufs: Buffer[], ticket: Ticket): void {
+  #queueReply(bufs: Buffer[], ticket: Ticket, onWritten?: () => void): void {
     ticket.queued = true;
-    const sent = this.#send(bufs).finally(() => {
+    const sent = this.#send(bufs, onWritten).finally(() => {
       this.#sending.delete(sent);
       this.#release(ticket.held);
     });
