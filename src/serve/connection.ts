@@ -113,10 +113,18 @@ export class Connection {
   /** Payload bytes of the budget this connection holds. */
   #held = 0;
   #stopping = false;
+  /** The socket is corked until the next check phase (see #corkUntilImmediate). */
+  #corked = false;
   /** Between STARTTLS's ACK and the end of the TLS handshake. */
   #upgrading = false;
-  #wakeStop: (() => void) | undefined;
-  readonly #stopped = new Promise<void>((resolve) => (this.#wakeStop = resolve));
+  /**
+   * Waits cut short by stop(). Each is removed when its promise settles: a race against one
+   * long-lived "stopped" promise would leave a reaction on it per request, which a connection
+   * serving a VM for days would pile up without bound.
+   */
+  readonly #stopWaiters = new Set<() => void>();
+  /** Wakes #transmit when a request or a reply finished, or on stop. */
+  #wakeProgress: (() => void) | undefined;
 
   constructor(socket: Socket, host: ConnectionHost, id: number) {
     this.id = id;
@@ -131,7 +139,9 @@ export class Connection {
   /** Stop reading requests; the ones in flight are still answered, then the socket closes. */
   stop(): void {
     this.#stopping = true;
-    this.#wakeStop?.();
+    for (const wake of this.#stopWaiters) wake();
+    this.#stopWaiters.clear();
+    this.#progress();
     this.#reader.end();
     // A client stalling its TLS handshake has no reader to end: cut it off (nothing is in flight yet).
     if (this.#upgrading) this.#socket.destroy();
@@ -218,16 +228,31 @@ export class Connection {
         onWritten?.();
         return resolve();
       }
-      this.#socket.cork();
+      this.#corkUntilImmediate();
       for (let i = 0; i < bufs.length - 1; i++) this.#socket.write(bufs[i]);
       // Called once the socket no longer needs the buffers (written, or dropped with the socket).
       this.#socket.write(bufs[bufs.length - 1], () => {
         onWritten?.();
         resolve();
       });
-      this.#socket.uncork();
     });
-    return Promise.race([written, this.#stopped]);
+    return this.#orStop(written);
+  }
+
+  /**
+   * Hold the socket's writes until the event loop's check phase: the replies of every request that
+   * completed in this turn of the loop (a burst, at queue depth 16) leave in one writev instead of
+   * one system call each.
+   */
+  #corkUntilImmediate(): void {
+    if (this.#corked) return;
+    this.#corked = true;
+    const socket = this.#socket; // STARTTLS may replace #socket before the uncork
+    socket.cork();
+    setImmediate(() => {
+      this.#corked = false;
+      socket.uncork();
+    });
   }
 
   // ---- transmission ----------------------------------------------------------------------------
@@ -240,7 +265,7 @@ export class Connection {
       for (;;) {
         const busy = this.#inFlight.size + this.#sending.size;
         if (this.#stopping || (busy < MAX_IN_FLIGHT && (this.#held < CONNECTION_BYTES || busy === 0))) break;
-        await Promise.race([...this.#inFlight, ...this.#sending, this.#stopped]);
+        await new Promise<void>((resolve) => (this.#wakeProgress = resolve));
       }
       let req: Request;
       try {
@@ -300,7 +325,7 @@ export class Connection {
       got = true;
       if (abandoned) this.#host.budget.release(bytes);
     });
-    await Promise.race([granted, this.#stopped]);
+    await this.#orStop(granted);
     if (this.#stopping) {
       // Give the grant back now if it came, or as soon as it comes.
       if (got) this.#host.budget.release(bytes);
@@ -318,7 +343,30 @@ export class Connection {
   #track(p: Promise<void>): void {
     const tracked = p.catch(() => undefined);
     this.#inFlight.add(tracked);
-    void tracked.finally(() => this.#inFlight.delete(tracked));
+    void tracked.finally(() => {
+      this.#inFlight.delete(tracked);
+      this.#progress();
+    });
+  }
+
+  /** Wake #transmit if it waits for room (a request or reply finished, or the connection stops). */
+  #progress(): void {
+    const wake = this.#wakeProgress;
+    this.#wakeProgress = undefined;
+    wake?.();
+  }
+
+  /** Resolves when `p` settles or the connection is stopped, whichever comes first. */
+  #orStop(p: Promise<void>): Promise<void> {
+    if (this.#stopping) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      this.#stopWaiters.add(resolve);
+      const done = (): void => {
+        this.#stopWaiters.delete(resolve);
+        resolve();
+      };
+      p.then(done, done);
+    });
   }
 
   /** The NBD error a request gets before any I/O, with a message; undefined when it may run. */
@@ -426,6 +474,7 @@ export class Connection {
     ticket.queued = true;
     const sent = this.#send(bufs, onWritten).finally(() => {
       this.#sending.delete(sent);
+      this.#progress();
       this.#release(ticket.held);
     });
     this.#sending.add(sent);
