@@ -299,7 +299,7 @@ export class Connection {
         }
       } else if (req.type === Cmd.READ && req.length <= MAX_PAYLOAD && this.#check(exp, req) === undefined) {
         held = req.length + exp.scratchBytes('read', req.offset, req.length);
-        await this.#acquire(held);
+        if (held > 0) await this.#acquire(held);
       } else if (req.type === Cmd.WRITE_ZEROES && this.#check(exp, req) === undefined) {
         held = exp.scratchBytes('zero', req.offset, req.length);
         await this.#acquire(held);
@@ -319,6 +319,11 @@ export class Connection {
    * that comes after the stop is given back at once.
    */
   async #acquire(bytes: number): Promise<void> {
+    // The common case, without a promise per request.
+    if (!this.#stopping && this.#host.budget.tryAcquire(bytes)) {
+      this.#held += bytes;
+      return;
+    }
     let got = false;
     let abandoned = false;
     const granted = this.#host.budget.acquire(bytes).then(() => {

@@ -23,6 +23,18 @@ describe('PayloadBudget', () => {
     expect(b.used).toBe(90);
   });
 
+  it('tryAcquire takes what fits at once, never ahead of a waiter', async () => {
+    const b = new PayloadBudget(100);
+    expect(b.tryAcquire(70)).toBe(true);
+    expect(b.tryAcquire(40)).toBe(false);
+    const waiting = b.acquire(40);
+    expect(b.tryAcquire(10)).toBe(false); // would fit, but 40 came first
+    b.release(70);
+    await waiting;
+    expect(b.tryAcquire(10)).toBe(true);
+    expect(b.used).toBe(50);
+  });
+
   it('lets a request larger than the whole budget run alone', async () => {
     const b = new PayloadBudget(64);
     await b.acquire(10);
