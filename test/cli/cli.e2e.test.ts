@@ -39,9 +39,9 @@ function ok(r: CliResult): CliResult {
   return r;
 }
 
-/** The content hash of an encrypted disk as vmseal's verify reads it. */
+/** The SHA-256 of an encrypted disk's plaintext raw image as vmseal's verify --sha256 reads it. */
 async function encryptedHash(disk: string, e: NodeJS.ProcessEnv = env, extra: string[] = []): Promise<string> {
-  const v = json(ok(await vmseal(['verify', disk, '--json', ...extra], e)));
+  const v = json(ok(await vmseal(['verify', disk, '--json', '--sha256', ...extra], e)));
   expect(v.ok).toBe(true);
   expect(v.encrypted).toBe(true);
   return v.sha256;
@@ -101,8 +101,13 @@ describe.each(['raw', 'monolithicSparse', 'monolithicFlat'])('local key provider
     expect(infoText).toMatch(/^encrypted: +yes$/m);
     expect(infoText).toMatch(/^unlockable now: +yes$/m);
 
-    const v = json(ok(await vmseal(['verify', enc, '--against', sources[kind]!, '--json'], env)));
+    const v = json(ok(await vmseal(['verify', enc, '--against', sources[kind]!, '--json', '--sha256'], env)));
     expect(v).toMatchObject({ ok: true, encrypted: true, sha256: expected, againstSha256: expected });
+    expect(v.contentHash).toMatch(/^[0-9a-f]{64}$/);
+    expect(v.againstContentHash).toBe(v.contentHash);
+    const quick = json(ok(await vmseal(['verify', enc, '--json'], env)));
+    expect(quick.contentHash).toBe(v.contentHash);
+    expect(quick.sha256).toBeUndefined();
 
     const s = json(ok(await vmseal(['rekey', enc, '--shallow', '--json'], env)));
     expect(s).toMatchObject({ ok: true, command: 'rekey', mode: 'shallow' });
@@ -261,7 +266,7 @@ describe('recovery passphrase and error paths (local provider)', () => {
   it('verify against a different image: exit 6, one line naming the difference', async () => {
     const other = join(work, 'other.img');
     await writeSampleDisk(other, SIZE, 8);
-    const r = await vmseal(['verify', enc, '--against', other, '--json'], env);
+    const r = await vmseal(['verify', enc, '--against', other, '--json', '--sha256'], env);
     expect(r.code).toBe(6);
     const j = json(r);
     expect(j).toMatchObject({ ok: false, command: 'verify', sha256: expected });
