@@ -6,6 +6,8 @@
  * capacity, and cut at multiples of `chunkSize` (itself a multiple of `align`), so every chunk
  * starts and ends on a grain and unit boundary (except at the capacity).
  */
+import { Yielder } from '../util/yield.js';
+
 export interface Span {
   offset: number;
   length: number;
@@ -66,7 +68,11 @@ export async function* chunked(ranges: AsyncIterable<Span>, chunkSize: number): 
 
 export async function totalLength(ranges: AsyncIterable<Span>): Promise<number> {
   let total = 0;
-  for await (const r of ranges) total += r.length;
+  const yielder = new Yielder();
+  for await (const r of ranges) {
+    total += r.length;
+    await yielder.turn(); // a walk of many tables: let signals in
+  }
   return total;
 }
 
