@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { checkSparseFileFits, createDisk, openDisk, sparseFileFits, VmdkFormatError } from '../../src/vmdk/index.js';
 import { FILE_HANDLES_MAX, fileHandleSettings } from '../../src/vmdk/file.js';
 import { GT_CACHE_BYTES, gtCacheSettings } from '../../src/vmdk/sparse-extent.js';
+import { verifyDisk } from '../../src/pipeline/index.js';
 import { MiB, patternData, run, tempDir, tryRun } from './helpers.js';
 
 const TiB = 2 ** 40;
@@ -261,5 +262,32 @@ describe('monolithicSparse capacity', () => {
       expect.objectContaining({ code: 'ERR_VMDK_LIMIT', file: '/x/out.vmdk', message: expect.stringContaining('twoGbMaxExtentSparse') }),
     );
     expect(() => checkSparseFileFits(4 * TiB, GiB, grain)).not.toThrow();
+  });
+});
+
+describe('verifyDisk asks for the full check', () => {
+  it('a grain claimed by two table entries (found only by the full check) fails verify', async () => {
+    const path = join(dir, 'twice.vmdk');
+    const disk = await createDisk(path, { capacity: 4 * MiB, subformat: 'monolithicSparse' });
+    await disk.write(0, patternData(2 * 65536, 3));
+    await disk.close();
+    const fd = openSync(path, 'r+');
+    try {
+      const head = Buffer.alloc(512);
+      readSync(fd, head, 0, 512, 0);
+      const gd = Number(head.readBigUInt64LE(56));
+      const e = Buffer.alloc(8);
+      readSync(fd, e, 0, 4, gd * 512);
+      const gt = e.readUInt32LE(0);
+      readSync(fd, e, 0, 8, gt * 512);
+      writeSync(fd, e, 0, 4, gt * 512 + 4); // grain 1 → grain 0's sector
+    } finally {
+      closeSync(fd);
+    }
+    // A lazy open reads it (the two offsets now share a grain) ...
+    const lazy = await openDisk(path, { readOnly: true });
+    await lazy.close();
+    // ... verify does not.
+    await expect(verifyDisk(path)).rejects.toMatchObject({ code: 'ERR_VMDK_CORRUPT', message: expect.stringMatching(/claimed twice/) });
   });
 });
