@@ -30,17 +30,28 @@ export class HandlePool {
     return this.#open.size;
   }
 
-  /** `file` was used: most recent now; close idle handles beyond the bound. */
+  /** `file` was used: most recent now. */
   touch(file: HostFile): void {
     this.#open.delete(file);
     this.#open.set(file, true);
-    if (this.#open.size <= this.max) return;
-    for (const victim of this.#open.keys()) {
-      if (this.#open.size <= this.max) break;
-      if (victim !== file && victim.idle) {
-        this.#open.delete(victim);
-        victim.closeHandle();
+  }
+
+  /**
+   * Before a handle opens: close least recently used idle handles (their sync and close awaited)
+   * until one more fits. Handles in use are skipped, so the bound is exceeded only while they are.
+   */
+  async reserve(): Promise<void> {
+    while (this.#open.size >= this.max) {
+      let victim: HostFile | undefined;
+      for (const f of this.#open.keys()) {
+        if (f.idle) {
+          victim = f;
+          break;
+        }
       }
+      if (!victim) return;
+      this.#open.delete(victim);
+      await victim.closeHandle();
     }
   }
 
@@ -95,6 +106,7 @@ export class HostFile {
 
   /** Open an existing file; with a `pool`, its handle may be closed and reopened as the pool needs. */
   static async open(path: string, writable: boolean, pool?: HandlePool): Promise<HostFile> {
+    await pool?.reserve();
     const fh = await openHandle(path, writable);
     try {
       const st = await fh.stat({ bigint: true });
@@ -133,7 +145,7 @@ export class HostFile {
   }
 
   /** Close the OS handle (HandlePool eviction), syncing first if it was written since its last sync. */
-  closeHandle(): void {
+  async closeHandle(): Promise<void> {
     const fh = this.#fh;
     if (!fh || this.#busy > 0) return;
     this.#fh = undefined;
@@ -150,7 +162,8 @@ export class HostFile {
       await fh.close().catch(() => {});
     })();
     this.#closing.add(done);
-    void done.finally(() => this.#closing.delete(done));
+    await done;
+    this.#closing.delete(done);
   }
 
   /** Run `fn` on an open handle (reopened and identity-checked if the pool closed it). */
@@ -168,6 +181,7 @@ export class HostFile {
   async #reopen(): Promise<FileHandle> {
     if (this.#closed) throw new VmdkFormatError('ERR_VMDK_CLOSED', 'file is closed', { file: this.path });
     this.#reopening ??= (async () => {
+      await this.#pool?.reserve();
       const fh = await openHandle(this.path, this.writable);
       try {
         const st = await fh.stat({ bigint: true }).catch((err: unknown) => {
