@@ -6,7 +6,7 @@
 // timeouts only guard against hangs.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { execFile } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { tempDir } from '../disk/helpers.js';
@@ -127,6 +127,20 @@ describe('a 16 TiB sparse disk with 5 MiB of data', () => {
     const info = json(await vmseal(['info', dec(), '--json'], env));
     expect(info).toMatchObject({ encrypted: false, virtualSize: CAPACITY, allocatedSize: DATA });
   }, 60_000);
+
+  it('a monolithicSparse output whose data cannot fit in one sparse file is refused up front: exit 5', async () => {
+    // A raw image's every byte counts as data: 3 TiB cannot fit in one file of 32-bit sector numbers.
+    const dir = join(tmp.dir, 'too-big');
+    mkdirSync(dir);
+    const raw = join(dir, 'big.raw');
+    writeFileSync(raw, '');
+    truncateSync(raw, 3 * TiB);
+    const r = await vmseal(['encrypt', raw, join(dir, 'out.vmdk'), '--subformat', 'monolithicSparse', '--json'], env, { timeoutMs: 30_000 });
+    expect(r.code, r.stderr).toBe(5);
+    expect(json(r).error).toMatchObject({ code: 'ERR_VMDK_LIMIT', message: expect.stringMatching(/twoGbMaxExtentSparse/) });
+    expect(r.stderr).toMatch(/--subformat twoGbMaxExtentSparse/);
+    expect(readdirSync(dir)).toEqual(['big.raw']);
+  }, 40_000);
 
   it('SIGTERM stops verify --sha256 (16 TiB of zeros to hash) with exit 130', async () => {
     const child = vmsealChild(['verify', plain, '--sha256', '--json'], env);
