@@ -158,6 +158,8 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
     hint: 'Give TLS credentials with a CA for client certificates, or listen on a loopback address or a Unix socket',
   },
   ERR_SERVE_TLS: { exitCode: ExitCode.USAGE, hint: 'Give a PEM certificate and the PEM private key that matches it (unencrypted), and a PEM CA certificate' },
+  ERR_SERVE_NOT_LOCKED: { exitCode: ExitCode.FAILURE, hint: 'Nothing to do: the export is served (its status shows locked: false)' },
+  ERR_SERVE_CLOSED: { exitCode: ExitCode.FAILURE, hint: 'The server is stopping; start it again to serve the disk' },
   // plain failures with something to do
   ERR_OUTPUT_EXISTS: { exitCode: ExitCode.FAILURE, hint: 'Choose another output name, or remove the existing file' },
   ERR_VMDK_EXISTS: { exitCode: ExitCode.FAILURE, hint: 'Choose another output name, or remove the existing file' },

@@ -199,6 +199,11 @@ export class HostFile {
         await fh.close().catch(() => {});
         throw err;
       }
+      if (this.#closed) {
+        // close() ran while this reopen was under way: do not leak the new handle.
+        await fh.close().catch(() => {});
+        throw new VmdkFormatError('ERR_VMDK_CLOSED', 'file is closed', { file: this.path });
+      }
       this.#fh = fh;
       return fh;
     })().finally(() => (this.#reopening = undefined));

@@ -3,6 +3,7 @@
 // grain tables are checked when first used; a disk with many extent files keeps few open.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { closeSync, copyFileSync, mkdirSync, openSync, readSync, readdirSync, readlinkSync, renameSync, writeSync } from 'node:fs';
+import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { checkSparseFileFits, createDisk, openDisk, sparseFileFits, VmdkFormatError } from '../../src/vmdk/index.js';
 import { FILE_HANDLES_MAX, fileHandleSettings } from '../../src/vmdk/file.js';
@@ -289,5 +290,49 @@ describe('verifyDisk asks for the full check', () => {
     await lazy.close();
     // ... verify does not.
     await expect(verifyDisk(path)).rejects.toMatchObject({ code: 'ERR_VMDK_CORRUPT', message: expect.stringMatching(/claimed twice/) });
+  });
+});
+
+describe('flush after eviction', () => {
+  it('a dirty handle is synced before it is closed, and a failure of that sync is reported by the next flush()', async () => {
+    fileHandleSettings.max = 1;
+    const probe = await open(join(dir, 'probe'), 'w');
+    const proto = Object.getPrototypeOf(probe) as { sync: () => Promise<void> };
+    await probe.close();
+    const realSync = proto.sync;
+    let syncs = 0;
+    let failing = false;
+    proto.sync = async function (this: unknown) {
+      syncs++;
+      if (failing) throw Object.assign(new Error('EIO: i/o error, fsync'), { code: 'EIO' });
+      return realSync.call(this);
+    };
+    try {
+      const folder = join(dir, 'evict-sync');
+      mkdirSync(folder);
+      const path = join(folder, 'e.vmdk');
+      const created = await createDisk(path, { capacity: 4 * 2 * GiB, subformat: 'twoGbMaxExtentSparse' });
+      await created.close();
+      const disk = await openDisk(path);
+      try {
+        await disk.write(0, Buffer.alloc(65536, 1)); // extent 0 dirty
+        syncs = 0;
+        await disk.read(2 * GiB, 4096); // extent 1 opens: extent 0 is synced, then closed
+        expect(syncs).toBe(1);
+        await disk.write(4 * GiB, Buffer.alloc(65536, 2)); // extent 2 dirty
+        failing = true;
+        await disk.read(6 * GiB, 4096); // its sync fails during the eviction: kept for flush()
+        failing = false;
+        const err = await disk.flush().catch((e: unknown) => e);
+        expect(err).toMatchObject({ code: 'ERR_VMDK_IO', message: expect.stringContaining('EIO') });
+        await disk.flush(); // reported once; later writes sync normally
+        expect((await disk.read(4 * GiB, 65536)).every((b) => b === 2)).toBe(true);
+      } finally {
+        await disk.close();
+      }
+    } finally {
+      proto.sync = realSync;
+      fileHandleSettings.max = FILE_HANDLES_MAX;
+    }
   });
 });
