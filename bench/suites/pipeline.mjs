@@ -49,9 +49,11 @@ function filesOf(dir, stem) {
 }
 
 function vmseal(op, src, dst, subformat) {
+  const t0 = process.hrtime.bigint();
   const r = spawnSync(process.execPath, [self, '--child', op, src, dst, subformat], { encoding: 'utf8', env: process.env });
+  const wallSeconds = Number(process.hrtime.bigint() - t0) / 1e9;
   if (r.status !== 0) throw new Error(`vmseal ${op} failed: ${r.stderr}`);
-  return JSON.parse(r.stdout.trim().split('\n').pop());
+  return { ...JSON.parse(r.stdout.trim().split('\n').pop()), wallSeconds };
 }
 
 function timed(cmd, args) {
@@ -123,7 +125,7 @@ function sparseCost(dir, rounds) {
                 : vmseal('decrypt', enc, dec, 'monolithicSparse');
         if (!res.ok && res.ok !== undefined) throw new Error(`${op} at ${cap} bytes did not verify`);
         const key = `${op}@${cap}`;
-        if (!best[key] || res.seconds < best[key].seconds) best[key] = res;
+        if (!best[key] || res.wallSeconds < best[key].wallSeconds) best[key] = res;
       }
     }
     clean(dir, 'cost-');
@@ -132,11 +134,20 @@ function sparseCost(dir, rounds) {
   const rows = ops.map((op) => {
     const a = best[`${op}@${small}`];
     const b = best[`${op}@${big}`];
-    return [op, a.seconds.toFixed(3), b.seconds.toFixed(3), (b.seconds / a.seconds).toFixed(2), Math.round(a.maxRssKiB / 1024), Math.round(b.maxRssKiB / 1024)];
+    return [
+      op,
+      a.wallSeconds.toFixed(3),
+      b.wallSeconds.toFixed(3),
+      (b.wallSeconds / a.wallSeconds).toFixed(2),
+      a.seconds.toFixed(3),
+      b.seconds.toFixed(3),
+      Math.round(a.maxRssKiB / 1024),
+      Math.round(b.maxRssKiB / 1024),
+    ];
   });
   const ratios = ops.map((op) => ({
-    name: `${op}: time at 16 GiB / time at 16 TiB (32 MiB of data, monolithicSparse)`,
-    value: best[`${op}@${small}`].seconds / best[`${op}@${big}`].seconds,
+    name: `${op}: process time at 16 GiB / at 16 TiB (32 MiB of data, monolithicSparse)`,
+    value: best[`${op}@${small}`].wallSeconds / best[`${op}@${big}`].wallSeconds,
     target: 0.5,
   }));
   const maxRss = Math.max(...Object.values(best).map((r) => r.maxRssKiB)) / 1024;
@@ -237,7 +248,7 @@ async function main() {
       'vmseal: `encryptDisk(raw, out.vmdk, { subformat: "monolithicFlat", lockers: [passphrase] })` in a child process — 8 MiB chunks, 4 in flight, XTS on the native thread pool, staged output fsynced and renamed into place; the first run is checked with `verifyDisk(out, { against: raw })`.',
       "qemu-img LUKS: `-O luks -o cipher-alg=aes-256,cipher-mode=xts,ivgen-alg=plain64,iter-time=100` (KDF cut to 100 ms; vmseal's passphrase locker uses 10,000 PBKDF2 rounds for the same reason).",
       `Sparse rows: a monolithicSparse image made by qemu-img with ${sparseData / MiB} MiB of data in 8 MiB runs spread over the capacity → encrypted monolithicSparse; time and memory should not depend on the capacity.`,
-      'Cost rows: `inspectDisk`, `encryptDisk` → monolithicSparse, `verifyDisk` (contentHash only: no `sha256`, no `against`) and `decryptDisk` → monolithicSparse, each in its own child process, best of the rounds; the target is at most 2× the time at 16 TiB as at 16 GiB, and at most 200 MiB of peak RSS.',
+      'Cost rows: `inspectDisk`, `encryptDisk` → monolithicSparse, `verifyDisk` (contentHash only: no `sha256`, no `against`) and `decryptDisk` → monolithicSparse, each in its own child process, best of the rounds by process time (spawn to exit, start-up included, as issue 10 measures); "in-call" is the library call alone. The target is at most 2× the process time at 16 TiB as at 16 GiB, and at most 200 MiB of peak RSS. What still grows with the capacity is the sparse metadata qemu-img lays out: a 16 TiB monolithicSparse has a 524,288-entry grain directory (2 MiB, twice) that opening, creating and walking the allocation read and scan.',
       'Peak RSS from process.resourceUsage().maxRSS (vmseal) and /usr/bin/time -f %M (qemu-img).',
     ],
     tables: [
@@ -249,7 +260,16 @@ async function main() {
       },
       {
         caption: `Cost follows the data: ${cost.data / MiB} MiB in a monolithicSparse of 16 GiB and of 16 TiB (qemu-img create + qemu-io), monolithicSparse in and out`,
-        columns: ['job', 's at 16 GiB', 's at 16 TiB', '16 TiB / 16 GiB', 'peak RSS MiB at 16 GiB', 'peak RSS MiB at 16 TiB'],
+        columns: [
+          'job',
+          'process s, 16 GiB',
+          'process s, 16 TiB',
+          '16 TiB / 16 GiB',
+          'in-call s, 16 GiB',
+          'in-call s, 16 TiB',
+          'peak RSS MiB, 16 GiB',
+          'peak RSS MiB, 16 TiB',
+        ],
         rows: cost.rows,
       },
     ],
