@@ -322,6 +322,28 @@ export class HostFile {
     });
   }
 
+  /**
+   * fdatasync: the data written so far (and the size) durable, other metadata such as times not
+   * necessarily. Like sync(), it covers writes through handles the pool closed since (they were
+   * fsynced before closing; a failure of that is reported here).
+   */
+  async datasync(): Promise<void> {
+    await Promise.all([...this.#closing]);
+    if (this.#fh) {
+      await this.#use(async (fh) => {
+        this.#dirty = false;
+        try {
+          await fh.datasync();
+        } catch (err) {
+          throw ioError(err, 'flush data to stable storage', this.path);
+        }
+      });
+    }
+    const err = this.#syncError;
+    this.#syncError = undefined;
+    if (err) throw err;
+  }
+
   /** Bytes the file occupies on the host (allocated blocks, not its length). */
   async allocatedBytes(): Promise<number> {
     if (!this.#fh && this.#identity) {
