@@ -55,6 +55,18 @@ export class HandlePool {
     }
   }
 
+  /** After a burst of concurrent I/O left more than `max` open: close idle ones, least recently used first. */
+  trim(): void {
+    if (this.#open.size <= this.max) return;
+    for (const f of this.#open.keys()) {
+      if (this.#open.size <= this.max) break;
+      if (!f.idle) continue;
+      this.#open.delete(f);
+      // Tracked by the file itself (sync() and datasync() wait for it and report its sync failure).
+      void f.closeHandle();
+    }
+  }
+
   forget(file: HostFile): void {
     this.#open.delete(file);
   }
@@ -175,6 +187,7 @@ export class HostFile {
       return await fn(fh);
     } finally {
       this.#busy--;
+      if (this.#busy === 0) this.#pool?.trim();
     }
   }
 
