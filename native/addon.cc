@@ -41,6 +41,7 @@
 #define VMSEAL_HAVE_MMAP 0
 #endif
 
+#include "fs_extents.h"
 #include "fs_lock.h"
 #include "thread_pool.h"
 #include "xts_engine.h"
@@ -931,6 +932,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("MAX_UNIT_SIZE", static_cast<double>(kMaxUnitSize));
   exports.Set("MAX_THREADS", static_cast<double>(kMaxThreads));
   InitFileLocks(env, exports);
+  InitFileExtents(env, exports);
   return exports;
 }
 

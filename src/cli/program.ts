@@ -309,10 +309,11 @@ Examples:
     .command('verify')
     .summary('read a whole disk, check its metadata, and compare with a plain image')
     .description(
-      'Read every byte of DISK (decrypting it if encrypted), check its metadata and print its SHA-256; with --against, compare its content with the plain image PLAIN. Exit code 6 on any mismatch.',
+      'Read the data of DISK (decrypting it if encrypted; holes are not read), check its metadata and print its content hash (SHA-256 over the non-zero 64 KiB blocks: see docs/cli.md); with --sha256 also the SHA-256 of the whole raw image (time in proportion to the capacity); with --against, compare its content with the plain image PLAIN. Exit code 6 on any mismatch.',
     )
     .argument('<DISK>', 'disk image')
     .option('--against <plain>', 'plain image (VMDK or raw) whose content DISK must equal')
+    .option('--sha256', 'also print the SHA-256 of the whole raw image, holes as zeros (reads nothing more, but hashes the whole capacity)')
     .addOption(formatOption('what DISK'))
     .addOption(formatOption('what PLAIN', '--against-format'))
     .option('--recovery-passphrase', 'unlock with the recovery passphrase');

@@ -4,7 +4,15 @@
  * order into a new disk staged beside the output, commit it atomically.
  */
 import { basename, dirname, extname, resolve } from 'node:path';
-import { createDisk as createVmdk, openDisk as openVmdk, plannedDiskFiles, ADAPTER_TYPES, type VirtualDisk, type CreateDiskOptions } from '../vmdk/index.js';
+import {
+  createDisk as createVmdk,
+  openDisk as openVmdk,
+  plannedDiskFiles,
+  checkSparseFileFits,
+  ADAPTER_TYPES,
+  type VirtualDisk,
+  type CreateDiskOptions,
+} from '../vmdk/index.js';
 import {
   createDataCipher,
   type DataCipher,
@@ -256,6 +264,9 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
       const ranges = (): AsyncIterable<Span> =>
         fullCopy ? alignedRanges([{ offset: 0, length: capacity }], align, capacity) : alignedRanges(source.disk.allocatedRanges(), align, capacity);
       const total = await totalLength(ranges());
+      // One sparse file addresses 2 TiB (data plus tables), whatever the capacity: refused before any
+      // data is copied, naming twoGbMaxExtentSparse, rather than failing at the grain that passes it.
+      if (subformat === 'monolithicSparse' && outGrain !== undefined) checkSparseFileFits(capacity, total, outGrain, output);
       await ensureSpace(stage.dir, total, `the output ${output}`);
 
       const progress = new ProgressTracker(spec.operation === 'rekey-deep' ? 'rekey-deep' : spec.operation, 'copy', total, opts.onProgress);

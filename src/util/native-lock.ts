@@ -20,20 +20,27 @@ export interface NativeFileLocks {
 }
 
 const requireFromHere = createRequire(import.meta.url);
+let addonCache: Record<string, unknown> | undefined;
 let cached: NativeFileLocks | undefined;
 
-export function nativeFileLocks(): NativeFileLocks {
-  if (cached) return cached;
+/** The addon's exports, loaded once (VMSEAL_NATIVE_PATH, else node-gyp-build from the package root). */
+export function nativeAddon(): Record<string, unknown> {
+  if (addonCache) return addonCache;
   const path = process.env.VMSEAL_NATIVE_PATH;
-  let addon: Partial<NativeFileLocks>;
   if (path) {
-    addon = requireFromHere(resolve(path)) as Partial<NativeFileLocks>;
+    addonCache = requireFromHere(resolve(path)) as Record<string, unknown>;
   } else {
     const root = findPackageRoot();
     if (!root) throw new Error('vmseal native addon: the package root (package.json named "vmseal") was not found');
     const nodeGypBuild = requireFromHere('node-gyp-build') as (dir: string) => unknown;
-    addon = nodeGypBuild(root) as Partial<NativeFileLocks>;
+    addonCache = nodeGypBuild(root) as Record<string, unknown>;
   }
+  return addonCache;
+}
+
+export function nativeFileLocks(): NativeFileLocks {
+  if (cached) return cached;
+  const addon = nativeAddon() as Partial<NativeFileLocks>;
   if (typeof addon.lockOpen !== 'function') {
     // A binary built before fs_lock.cc existed.
     throw new Error('the vmseal native addon has no file-lock calls (lockOpen); rebuild it (npm run build:native)');
