@@ -52,6 +52,7 @@
       'sources': [
         'native/addon.cc',
         'native/fs_lock.cc',
+        'native/fs_writeback.cc',
         'native/thread_pool.cc',
       ],
       'include_dirs': [

@@ -42,6 +42,7 @@
 #endif
 
 #include "fs_lock.h"
+#include "fs_writeback.h"
 #include "thread_pool.h"
 #include "xts_engine.h"
 
@@ -931,6 +932,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("MAX_UNIT_SIZE", static_cast<double>(kMaxUnitSize));
   exports.Set("MAX_THREADS", static_cast<double>(kMaxThreads));
   InitFileLocks(env, exports);
+  InitFileWriteback(env, exports);
   return exports;
 }
 
