@@ -16,7 +16,7 @@
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, openSync, writeSync, closeSync, readdirSync, statfsSync, existsSync } from 'node:fs';
 import { randomFillSync } from 'node:crypto';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { quick, report, fmtMBs } from '../lib.mjs';
@@ -168,6 +168,7 @@ async function main() {
   const base = shmFree > 4.5 * size ? '/dev/shm' : tmpdir();
   const dir = mkdtempSync(join(base, 'vmseal-bench-pipeline-'));
   const ddir = diskDir();
+  const loadBefore = loadavg()[0];
   const rows = [];
   const copyRows = [];
   const sparseRows = [];
@@ -294,10 +295,12 @@ async function main() {
     rmSync(dir, { recursive: true, force: true });
     if (ddir) rmSync(ddir, { recursive: true, force: true });
   }
+  const loadAfter = loadavg()[0];
   const columns = ['job', 'median s', 'min–max s', 'MB/s (median)', 'peak RSS MiB'];
   report({
     title: 'Streaming engine: encrypt and copy vs qemu-img',
     notes: [
+      `Load average (1 min) ${loadBefore.toFixed(1)} at the start of the suite and ${loadAfter.toFixed(1)} at its end: above the core count, other work shared the machine and every figure is slower and noisier than on a quiet one.`,
       `Every job is a process spawned by the runner and timed from spawn to exit (Node start-up, key handling, fsync and commit included): \`node bin/vmseal.js …\` and \`qemu-img …\`, each under /usr/bin/time (peak RSS).`,
       `Rounds interleaved (order alternated each round): ${rounds} in ${base === '/dev/shm' ? 'tmpfs (/dev/shm)' : base}, ${diskRounds} on the disk; before each run the outputs are deleted, \`sync\` is run and the source is read again (warm in the page cache); figures are medians, ratios are throughput ratios of medians (> 1: vmseal faster).`,
       `Encrypt: a ${size / MiB} MiB raw image of random data → \`vmseal encrypt IN OUT --subformat monolithicFlat\` with the local key provider (the default; its keystore beside the images); the first run is checked with \`vmseal verify OUT --against IN\`. The tool fsyncs its output before renaming it into place.`,
