@@ -278,7 +278,7 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
       const unit = outParams?.unitSize ?? 512;
       const disk = source.disk;
       const target = out;
-      const behind = await WriteBehind.open(target);
+      const behind = WriteBehind.open(target);
       try {
         await runChunks({
           chunks: chunked(ranges(), chunkSize),

@@ -7,8 +7,9 @@
  * when the dirty limit is reached). Durability still comes from that fsync only: writeback started
  * here promises nothing.
  *
- * The output's files are opened a second time, read-only: writeback works on the file's page cache,
- * whatever descriptor names it, and the VMDK layer's handles stay its own. Virtual offsets map to
+ * The output's files are opened a second time, read-only, when first written back (at most MAX_OPEN
+ * at once): writeback works on the file's page cache, whatever descriptor names it, and the VMDK
+ * layer's handles stay its own. Virtual offsets map to
  * files through the descriptor's extent lines (a raw output is one file).
  */
 import { open, type FileHandle } from 'node:fs/promises';
@@ -18,6 +19,8 @@ import { nativeWriteback, type NativeWriteback } from '../util/native-writeback.
 
 /** Bytes written into one file between two writeback starts. */
 export const WRITE_BEHIND_STEP = 16 << 20;
+/** Second handles open at once. */
+export const MAX_OPEN = 4;
 
 interface Segment {
   /** Virtual range [start, end) held by `file`. */
@@ -37,6 +40,8 @@ export class WriteBehind {
   readonly #native: NativeWriteback;
   readonly #segments: Segment[];
   readonly #files: OutFile[];
+  /** Files with a second handle open, in the order they were opened. */
+  #open: OutFile[] = [];
   #cursor = 0;
 
   private constructor(native: NativeWriteback, segments: Segment[], files: OutFile[]) {
@@ -49,7 +54,7 @@ export class WriteBehind {
    * Null when the native call is missing (an older binary): the job then runs without write-behind.
    * `native` is the call to use (the addon's by default; tests pass one that records its calls).
    */
-  static async open(disk: VirtualDisk, native: NativeWriteback | null = nativeWriteback()): Promise<WriteBehind | null> {
+  static open(disk: VirtualDisk, native: NativeWriteback | null = nativeWriteback()): WriteBehind | null {
     if (!native) return null;
     const files: OutFile[] = [];
     const segments: Segment[] = [];
@@ -68,14 +73,7 @@ export class WriteBehind {
         start = end;
       }
     }
-    const wb = new WriteBehind(native, segments, files);
-    try {
-      // Opened lazily would cost an await on the data path; they are few (one per extent file).
-      for (const f of files) f.fh = await open(f.path, 'r');
-    } catch {
-      // A file that cannot be opened again is only not written behind.
-    }
-    return wb;
+    return new WriteBehind(native, segments, files);
   }
 
   /** `length` bytes at virtual `offset` were written (call in increasing offset order for a cheap lookup). */
@@ -88,31 +86,52 @@ export class WriteBehind {
       const s = segs[i];
       const f = this.#files[s.file];
       f.pending += Math.min(end, s.end) - Math.max(offset, s.start);
-      if (f.pending >= WRITE_BEHIND_STEP && f.running === undefined && f.fh !== undefined) this.#start(f, f.fh);
+      if (f.pending >= WRITE_BEHIND_STEP && f.running === undefined) this.#start(f);
     }
   }
 
-  #start(f: OutFile, fh: FileHandle): void {
+  #start(f: OutFile): void {
     f.pending = 0;
     // Errors are left to the fsync that ends the job: it reports an I/O error on this data too, and
-    // write-behind is only ever an optimisation.
-    f.running = this.#native
-      .writebackStart(fh.fd, 0, 0)
-      .then(
-        () => undefined,
-        () => undefined,
-      )
-      .finally(() => {
+    // write-behind is only ever an optimisation (a file that cannot be opened again is only not
+    // written behind).
+    f.running = (async () => {
+      try {
+        if (!f.fh) {
+          await this.#closeIdle();
+          f.fh = await open(f.path, 'r');
+          this.#open.push(f);
+        }
+        await this.#native.writebackStart(f.fh.fd, 0, 0);
+      } catch {
+        // see above
+      } finally {
         f.running = undefined;
-      });
+      }
+    })();
+  }
+
+  /**
+   * Keep at most MAX_OPEN second handles: an output of thousands of extent files must not hold
+   * thousands more descriptors. Jobs write in increasing offsets, so the file to close is the one
+   * opened first; one still being written back is left open for now.
+   */
+  async #closeIdle(): Promise<void> {
+    while (this.#open.length >= MAX_OPEN) {
+      const i = this.#open.findIndex((f) => f.running === undefined);
+      if (i < 0) return;
+      const [f] = this.#open.splice(i, 1);
+      const fh = f.fh;
+      f.fh = undefined;
+      await fh?.close().catch(() => undefined);
+    }
   }
 
   /** Wait for the writeback starts in flight and close the second handles. */
   async close(): Promise<void> {
-    for (const f of this.#files) {
-      await f.running;
-      await f.fh?.close().catch(() => undefined);
-      f.fh = undefined;
-    }
+    for (const f of this.#files) await f.running;
+    for (const f of this.#open) await f.fh?.close().catch(() => undefined);
+    for (const f of this.#open) f.fh = undefined;
+    this.#open = [];
   }
 }
