@@ -152,6 +152,56 @@ function clean(dir, stem) {
   for (const f of filesOf(dir, stem)) rmSync(f, { force: true, recursive: true });
 }
 
+// 3. A batch of many small images: `vmseal convert DIR OUT --encrypt` with the default --jobs
+// against --jobs 1, each the wall time of the CLI process (start-up included), rounds interleaved.
+const CLI = BIN;
+
+function cliBatch(inDir, outDir, home, jobs) {
+  rmSync(outDir, { recursive: true, force: true });
+  spawnSync('sync');
+  const args = [CLI, 'convert', inDir, outDir, '--subformat', 'monolithicSparse', '--encrypt', '--json', ...(jobs ? ['--jobs', jobs] : [])];
+  const t0 = process.hrtime.bigint();
+  const r = spawnSync(process.execPath, args, { encoding: 'utf8', env: { ...process.env, VMSEAL_HOME: home } });
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+  if (r.status !== 0) throw new Error(`vmseal convert (batch, --jobs ${jobs ?? 'default'}) failed: ${r.stderr}`);
+  const j = JSON.parse(r.stdout.trim());
+  if (j.converted !== j.images) throw new Error(`the batch converted ${j.converted} of ${j.images} images`);
+  return { seconds, jobs: j.jobs };
+}
+
+function batchJobs(base, rounds) {
+  const count = quick ? 50 : 200;
+  const imageSize = 2 * MiB;
+  const dir = mkdtempSync(join(base, 'vmseal-bench-batch-'));
+  try {
+    const inDir = join(dir, 'in');
+    spawnSync('mkdir', [inDir]);
+    for (let i = 0; i < count; i++) writeRandom(join(inDir, `img${String(i).padStart(3, '0')}.img`), imageSize);
+    warm(readdirSync(inDir).map((f) => join(inDir, f)));
+    const home = join(dir, 'home');
+    const times = { default: [], one: [] };
+    let defaultJobs = 0;
+    for (let round = 0; round < rounds; round++) {
+      const order = round % 2 ? ['one', 'default'] : ['default', 'one'];
+      for (const who of order) {
+        const res = cliBatch(inDir, join(dir, 'out'), home, who === 'one' ? '1' : undefined);
+        if (who === 'default') defaultJobs = res.jobs;
+        times[who].push(res.seconds);
+      }
+    }
+    const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+    const row = (label, secs) => [label, secs.toFixed(2), fmtMBs((count * imageSize) / secs), (count / secs).toFixed(1)];
+    return {
+      count,
+      rounds,
+      rows: [row(`default (--jobs ${defaultJobs})`, median(times.default)), row('--jobs 1', median(times.one))],
+      ratio: { name: `batch of ${count} × 2 MiB images: default --jobs vs --jobs 1`, value: median(times.one) / median(times.default), target: 1.5 },
+    };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 async function main() {
   const size = quick ? 256 * MiB : 2 * GiB;
   const diskSize = quick ? 256 * MiB : 2 * GiB;
@@ -295,6 +345,8 @@ async function main() {
     rmSync(dir, { recursive: true, force: true });
     if (ddir) rmSync(ddir, { recursive: true, force: true });
   }
+  const batch = batchJobs(base, quick ? 2 : 3);
+  ratios.push(batch.ratio);
   const loadAfter = loadavg()[0];
   const columns = ['job', 'median s', 'min–max s', 'MB/s (median)', 'peak RSS MiB'];
   report({
@@ -316,6 +368,11 @@ async function main() {
         caption: 'monolithicSparse → encrypted monolithicSparse',
         columns: ['capacity', 'allocated data', 'seconds', 'MB/s of data', 'peak RSS MiB'],
         rows: sparseRows,
+      },
+      {
+        caption: `Batch: \`vmseal convert DIR OUT --subformat monolithicSparse --encrypt\` of ${batch.count} raw images of 2 MiB (median of ${batch.rounds} interleaved runs, wall time of the CLI process)`,
+        columns: ['jobs', 'seconds', 'MB/s', 'images/s'],
+        rows: batch.rows,
       },
     ],
     ratios,

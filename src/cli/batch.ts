@@ -1,10 +1,11 @@
 /**
  * The disk-image conversion script: `vmseal convert` over many images. Finds the images (a
- * directory or a list file), names their outputs, runs one conversion per image in order with an
- * injectable per-image function, keeps going past a failure, and records per image: ok or failed
- * with the reason, bytes, seconds.
+ * directory or a list file), names their outputs, runs one conversion per image — several at once,
+ * taken in input order — with an injectable per-image function, keeps going past a failure, and
+ * records per image: ok or failed with the reason, bytes, seconds.
  */
 import { open, readdir, readFile, stat } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
 import { basename, extname, join, resolve } from 'node:path';
 import { classify, CliError, cliReason } from './errors.js';
 import { ExitCode, type ExitCodeValue } from './exit-codes.js';
@@ -29,8 +30,9 @@ export interface BatchItemResult {
 }
 
 export interface BatchOutcome {
+  /** The images that ran to an end (ok, skipped or failed), in input order. */
   results: BatchItemResult[];
-  /** True when an AbortSignal stopped the batch; the images after the current one were not run. */
+  /** True when an AbortSignal stopped the batch: the images in flight were cleaned up and, like the ones not started, not run. */
   interrupted: boolean;
 }
 
@@ -42,64 +44,96 @@ const DESCRIPTOR_MAGIC = '# Disk DescriptorFile';
 /** Text descriptors are small; a bigger file is an extent or an image, not a descriptor. */
 const DESCRIPTOR_MAX_BYTES = 64 * 1024;
 
+/** The most images a batch converts at once by default; fewer on a machine with fewer cores. */
+export const MAX_DEFAULT_JOBS = 4;
+/** The bound of --jobs: each job holds its own chunk buffers and file handles. */
+export const MAX_JOBS = 64;
+
+/** Images converted at once when --jobs is not given: min(4, cores). */
+export function defaultJobs(): number {
+  return Math.min(MAX_DEFAULT_JOBS, availableParallelism());
+}
+
+/** A finished image's result, or the mark of one that an abort stopped in flight (not run). */
+type Slot = { kind: 'done'; result: BatchItemResult } | { kind: 'not-run' };
+
 /**
- * Run `convertOne` over every item in order. A failure is recorded and the next item runs; an
- * abort stops the batch (the running item cleans up after itself) and marks it interrupted.
+ * Run `convertOne` over the items, `jobs` at a time (default 1), taking them in input order. A
+ * failure is recorded and the next item runs; an abort stops taking new items, lets the ones in
+ * flight clean up after themselves and counts them as not run. `onDone`/`onNotRun` are called in
+ * input order whatever order the items finish in (a result waits for the ones before it), so what
+ * they print reads as a sequential batch would.
  */
 export async function runBatch(
   items: readonly BatchItem[],
   convertOne: ConvertOne,
   opts: {
     signal?: AbortSignal;
+    jobs?: number;
     onStart?: (item: BatchItem, index: number, count: number) => void;
     onDone?: (result: BatchItemResult, index: number, count: number) => void;
+    onNotRun?: (item: BatchItem, index: number, count: number) => void;
   } = {},
 ): Promise<BatchOutcome> {
-  const results: BatchItemResult[] = [];
-  for (const [index, item] of items.entries()) {
-    if (opts.signal?.aborted) return { results, interrupted: true };
-    opts.onStart?.(item, index, items.length);
-    const started = performance.now();
-    let result: BatchItemResult;
-    try {
-      const { bytes, skipped } = await convertOne(item, opts.signal);
-      result = {
-        input: item.input,
-        output: item.output,
-        ok: true,
-        bytes,
-        seconds: (performance.now() - started) / 1000,
-        ...(skipped ? { skipped: true } : {}),
-      };
-    } catch (err) {
-      const { exitCode, hint } = classify(err, 'convert');
-      const code = typeof (err as { code?: unknown })?.code === 'string' ? (err as { code: string }).code : 'ERR_UNEXPECTED';
-      result = {
-        input: item.input,
-        output: item.output,
-        ok: false,
-        bytes: 0,
-        seconds: (performance.now() - started) / 1000,
-        // The per-image line has no room for the generic hint, but an existing output's hint is what to do next.
-        error: {
-          code,
-          reason:
-            /EXISTS$/.test(code) && hint !== undefined
-              ? `${cliReason(err, 'convert')} (${hint.charAt(0).toLowerCase()}${hint.slice(1)})`
-              : cliReason(err, 'convert'),
-          exitCode,
-        },
-      };
-      if (exitCode === ExitCode.INTERRUPTED || opts.signal?.aborted) {
-        results.push(result);
-        opts.onDone?.(result, index, items.length);
-        return { results, interrupted: true };
-      }
+  const count = items.length;
+  const slots: Array<Slot | undefined> = new Array<Slot | undefined>(count);
+  let next = 0;
+  let reported = 0;
+  let stopped = false;
+  // Report every finished slot that no earlier unfinished one holds back.
+  const flush = (): void => {
+    for (let slot = slots[reported]; slot !== undefined; slot = slots[reported]) {
+      if (slot.kind === 'done') opts.onDone?.(slot.result, reported, count);
+      else opts.onNotRun?.(items[reported]!, reported, count);
+      reported++;
     }
-    results.push(result);
-    opts.onDone?.(result, index, items.length);
+  };
+  const worker = async (): Promise<void> => {
+    while (next < count && !stopped && opts.signal?.aborted !== true) {
+      const index = next++;
+      const item = items[index]!;
+      opts.onStart?.(item, index, count);
+      const result = await runOne(item, convertOne, opts.signal);
+      if (result === undefined) stopped = true;
+      slots[index] = result === undefined ? { kind: 'not-run' } : { kind: 'done', result };
+      flush();
+    }
+  };
+  const jobs = Math.max(1, Math.min(opts.jobs ?? 1, count));
+  await Promise.all(Array.from({ length: jobs }, worker));
+  const results = slots.flatMap((s) => (s?.kind === 'done' ? [s.result] : []));
+  return { results, interrupted: stopped || opts.signal?.aborted === true };
+}
+
+/** One item's result, or undefined when an abort (or an interruption) stopped it. */
+async function runOne(item: BatchItem, convertOne: ConvertOne, signal: AbortSignal | undefined): Promise<BatchItemResult | undefined> {
+  const started = performance.now();
+  const seconds = (): number => (performance.now() - started) / 1000;
+  try {
+    const { bytes, skipped } = await convertOne(item, signal);
+    return { input: item.input, output: item.output, ok: true, bytes, seconds: seconds(), ...(skipped ? { skipped: true } : {}) };
+  } catch (err) {
+    const { exitCode, hint } = classify(err, 'convert');
+    // A failure while the batch is being aborted is the abort's doing (a closed file, a cancelled batch).
+    if (exitCode === ExitCode.INTERRUPTED || signal?.aborted === true) return undefined;
+    const code = typeof (err as { code?: unknown })?.code === 'string' ? (err as { code: string }).code : 'ERR_UNEXPECTED';
+    return {
+      input: item.input,
+      output: item.output,
+      ok: false,
+      bytes: 0,
+      seconds: seconds(),
+      // The per-image line has no room for the generic hint, but an existing output's hint is what to do next.
+      error: {
+        code,
+        reason:
+          /EXISTS$/.test(code) && hint !== undefined
+            ? `${cliReason(err, 'convert')} (${hint.charAt(0).toLowerCase()}${hint.slice(1)})`
+            : cliReason(err, 'convert'),
+        exitCode,
+      },
+    };
   }
-  return { results, interrupted: false };
 }
 
 /** The exit code of a whole batch: 0 if all succeeded, 130 if interrupted, else 1. */

@@ -33,9 +33,11 @@ export class CliError extends VmsealError {
   }
 }
 
+const USAGE_HINT = 'Run `vmseal --help` for usage';
+
 /** A usage error: exit code 2. */
 export function usageError(message: string, hint?: string): CliError {
-  return new CliError('ERR_CLI_USAGE', message, { exitCode: ExitCode.USAGE, hint: hint ?? 'Run `vmseal --help` for usage' });
+  return new CliError('ERR_CLI_USAGE', message, { exitCode: ExitCode.USAGE, hint: hint ?? USAGE_HINT });
 }
 
 export interface Classified {
@@ -49,7 +51,10 @@ export interface Classified {
 const KMS_HINT = 'Check --kms, the certificates (--kms-ca/--kms-cert/--kms-key) and that the key server is running';
 const KEY_HINT = "Give the key provider that holds the disk's key (`vmseal info DISK` lists its lockers), or its recovery passphrase";
 const FORMAT_HINT = 'Check that the input is the disk image you meant (`vmseal info` shows what vmseal sees)';
-const USAGE_HINT = 'Run `vmseal --help` for usage';
+const KMIP_PORT_HINT = 'Check that --kms names a KMIP server (port 5696 by default)';
+const PERMISSIONS_HINT = 'Check the file permissions';
+/** The two codes of an existing output (the pipeline's and the VMDK writer's) share their hints. */
+const EXISTS_HINT = 'Choose another output name, or remove the existing file';
 
 /**
  * Exit code and hint for each stable error code of the layers below (docs/errors.md lists them).
@@ -78,8 +83,8 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
   },
   ERR_KMIP_TIMEOUT: { exitCode: ExitCode.KMS_UNAVAILABLE, hint: KMS_HINT },
   ERR_KMIP_CLOSED: { exitCode: ExitCode.KMS_UNAVAILABLE, hint: KMS_HINT },
-  ERR_KMIP_TTLV: { exitCode: ExitCode.KMS_UNAVAILABLE, hint: 'Check that --kms names a KMIP server (port 5696 by default)' },
-  ERR_KMIP_PROTOCOL: { exitCode: ExitCode.KMS_UNAVAILABLE, hint: 'Check that --kms names a KMIP server (port 5696 by default)' },
+  ERR_KMIP_TTLV: { exitCode: ExitCode.KMS_UNAVAILABLE, hint: KMIP_PORT_HINT },
+  ERR_KMIP_PROTOCOL: { exitCode: ExitCode.KMS_UNAVAILABLE, hint: KMIP_PORT_HINT },
   ERR_KMIP_OPERATION_FAILED: {
     exitCode: ExitCode.FAILURE,
     hint: 'The key server refused the request; check its log and that this client certificate may use the key',
@@ -159,9 +164,11 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
     hint: 'Give TLS credentials with a CA for client certificates, or listen on a loopback address or a Unix socket',
   },
   ERR_SERVE_TLS: { exitCode: ExitCode.USAGE, hint: 'Give a PEM certificate and the PEM private key that matches it (unencrypted), and a PEM CA certificate' },
+  ERR_SERVE_NOT_LOCKED: { exitCode: ExitCode.FAILURE, hint: 'Nothing to do: the export is served (its status shows locked: false)' },
+  ERR_SERVE_CLOSED: { exitCode: ExitCode.FAILURE, hint: 'The server is stopping; start it again to serve the disk' },
   // plain failures with something to do
-  ERR_OUTPUT_EXISTS: { exitCode: ExitCode.FAILURE, hint: 'Choose another output name, or remove the existing file' },
-  ERR_VMDK_EXISTS: { exitCode: ExitCode.FAILURE, hint: 'Choose another output name, or remove the existing file' },
+  ERR_OUTPUT_EXISTS: { exitCode: ExitCode.FAILURE, hint: EXISTS_HINT },
+  ERR_VMDK_EXISTS: { exitCode: ExitCode.FAILURE, hint: EXISTS_HINT },
   ERR_NO_SPACE: { exitCode: ExitCode.FAILURE, hint: "Free space on the output's file system, or write the output elsewhere" },
   ERR_INTERRUPTED_JOB: { exitCode: ExitCode.FAILURE, hint: 'Run `vmseal resume DISK` to finish the interrupted job first' },
   ERR_JOURNAL_MISMATCH: {
@@ -169,8 +176,8 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
     hint: 'Finish the interrupted job as it was started with `vmseal resume DISK`, then change its lockers with a shallow rekey (see `vmseal rekey --help`)',
   },
   ERR_JOURNAL: { exitCode: ExitCode.FAILURE, hint: 'The job journal beside the disk is damaged or belongs to another disk; keep a copy of both and report it' },
-  ERR_READ_ONLY: { exitCode: ExitCode.FAILURE, hint: 'Check the file permissions' },
-  ERR_VMDK_READ_ONLY: { exitCode: ExitCode.FAILURE, hint: 'Check the file permissions' },
+  ERR_READ_ONLY: { exitCode: ExitCode.FAILURE, hint: PERMISSIONS_HINT },
+  ERR_VMDK_READ_ONLY: { exitCode: ExitCode.FAILURE, hint: PERMISSIONS_HINT },
   ERR_VMDK_IO: { exitCode: ExitCode.FAILURE, hint: 'Check the path and its permissions' },
   // Misuse of an API that the CLI's own checks rule out (it reaching a user is a bug in the CLI).
   // Exit codes as the by-family fallback below gave them before this table covered every code.
@@ -198,7 +205,11 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
 };
 
 const EXISTS_FORCE_HINT = 'Choose another output name, or add --force to replace it';
-const EXISTS_CONVERT_HINT = 'Choose another output name, add --force to replace it, or --skip-existing to keep it';
+const EXISTS_BY_COMMAND: Record<string, string> = {
+  encrypt: EXISTS_FORCE_HINT,
+  decrypt: EXISTS_FORCE_HINT,
+  convert: 'Choose another output name, add --force to replace it, or --skip-existing to keep it',
+};
 
 /**
  * Hints that depend on the command: a hint may only name options of the command that printed it
@@ -210,8 +221,8 @@ const BY_COMMAND: Record<string, Record<string, string>> = {
     encrypt: "Free space on the output's file system, write the output elsewhere, or use --in-place",
     rekey: "Free space on the disk's file system, or use --in-place",
   },
-  ERR_OUTPUT_EXISTS: { encrypt: EXISTS_FORCE_HINT, decrypt: EXISTS_FORCE_HINT, convert: EXISTS_CONVERT_HINT },
-  ERR_VMDK_EXISTS: { encrypt: EXISTS_FORCE_HINT, decrypt: EXISTS_FORCE_HINT, convert: EXISTS_CONVERT_HINT },
+  ERR_OUTPUT_EXISTS: EXISTS_BY_COMMAND,
+  ERR_VMDK_EXISTS: EXISTS_BY_COMMAND,
   ERR_UNSUPPORTED_OUTPUT: {
     convert: 'Write an encrypted disk as monolithicSparse, monolithicFlat or a twoGbMaxExtent subformat, or add --decrypt for a plain copy',
   },
@@ -255,13 +266,13 @@ export function exitCodeOf(code: ErrorCode): ExitCodeValue {
 // Node's system-error codes that an ordinary user mistake or environment produces.
 const SYSTEM_HINTS: Record<string, string> = {
   ENOENT: 'Check the path',
-  EACCES: 'Check the file permissions',
-  EPERM: 'Check the file permissions',
+  EACCES: PERMISSIONS_HINT,
+  EPERM: PERMISSIONS_HINT,
   EISDIR: 'Give a file, not a directory',
   ENOTDIR: 'Check the path',
   ENOSPC: "Free some space on the output's file system or write the output elsewhere",
   EROFS: 'Write the output to a writable file system',
-  EEXIST: 'Choose another output name, or add --force to replace it',
+  EEXIST: EXISTS_FORCE_HINT,
   EMFILE: 'Raise the open-file limit (ulimit -n)',
   ECONNREFUSED: 'Check that the key server is running and --kms names it',
   ETIMEDOUT: 'Check the network path to the key server',

@@ -39,9 +39,12 @@ export function jobHooks(ctx: Ctx, label: string): JobHooks {
   };
 }
 
-/** Run a job with progress hooks, stopping the bar whatever happens. */
-export async function withHooks<T>(ctx: Ctx, label: string, run: (hooks: JobHooks) => Promise<T>): Promise<T> {
-  const hooks = jobHooks(ctx, label);
+/**
+ * Run a job with progress hooks, stopping the bar whatever happens. `label` names a bar of the job's
+ * own; a batch passes hooks instead, which feed its one bar.
+ */
+export async function withHooks<T>(ctx: Ctx, label: string | JobHooks, run: (hooks: JobHooks) => Promise<T>): Promise<T> {
+  const hooks = typeof label === 'string' ? jobHooks(ctx, label) : label;
   try {
     return await run(hooks);
   } catch (err) {

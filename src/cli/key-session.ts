@@ -114,8 +114,10 @@ export class KeySession {
   private readonly opts: KeyCliOptions;
   /** The unlock passphrase, read once per command (a batch must not prompt per image). */
   private unlockPassphrase: Promise<string> | undefined;
-  private localProvider: LocalKeyProvider | undefined;
-  private readonly kmipProviders = new Map<string, KmipKeyProvider>();
+  // Promises, not instances: the images of a batch converted at once ask at the same moment, and
+  // must share one provider (one keystore unlock, one KMIP client, one cache entry per KEK).
+  private localProvider: Promise<LocalKeyProvider> | undefined;
+  private readonly kmipProviders = new Map<string, Promise<KmipKeyProvider>>();
   private kmsConfig: Promise<KmsConfig> | undefined;
 
   constructor(ctx: Ctx, opts: KeyCliOptions) {
@@ -142,15 +144,15 @@ export class KeySession {
     return this.opts.keyProvider ?? (this.kmsConfigured ? 'kmip' : 'local');
   }
 
-  async local(): Promise<LocalKeyProvider> {
-    if (!this.localProvider) {
+  local(): Promise<LocalKeyProvider> {
+    this.localProvider ??= (async () => {
       const passphrase = await this.homePassphrase();
-      this.localProvider = new LocalKeyProvider({
+      return new LocalKeyProvider({
         home: resolveHome(this.opts.home, this.ctx.env),
         ...(passphrase !== undefined ? { passphrase } : {}),
         ...(this.opts.allowRetiredKey ? { allowRetired: true } : {}),
       });
-    }
+    })();
     return this.localProvider;
   }
 
@@ -187,19 +189,21 @@ export class KeySession {
   }
 
   /** The KMIP provider named `id` on the configured servers. */
-  async kmip(id: string = this.opts.kmsId ?? DEFAULT_KMS_ID): Promise<KmipKeyProvider> {
+  kmip(id: string = this.opts.kmsId ?? DEFAULT_KMS_ID): Promise<KmipKeyProvider> {
     let p = this.kmipProviders.get(id);
     if (!p) {
-      const c = await this.loadKmsConfig();
-      p = new KmipKeyProvider({
-        id,
-        endpoints: c.endpoints,
-        ca: c.ca,
-        cert: c.cert,
-        key: c.key,
-        timeoutMs: c.timeoutMs,
-        ...(this.opts.allowRetiredKey ? { allowRetired: true } : {}),
-      });
+      p = this.loadKmsConfig().then(
+        (c) =>
+          new KmipKeyProvider({
+            id,
+            endpoints: c.endpoints,
+            ca: c.ca,
+            cert: c.cert,
+            key: c.key,
+            timeoutMs: c.timeoutMs,
+            ...(this.opts.allowRetiredKey ? { allowRetired: true } : {}),
+          }),
+      );
       this.kmipProviders.set(id, p);
     }
     return p;
@@ -325,8 +329,9 @@ export class KeySession {
   /** Close KMIP connections and wipe cached KEKs. */
   async close(): Promise<void> {
     this.cache.clear();
-    await Promise.all([...this.kmipProviders.values()].map((p) => p.close().catch(() => undefined)));
-    await (this.localProvider as { close?: () => Promise<void> } | undefined)?.close?.().catch(() => undefined);
+    await Promise.all([...this.kmipProviders.values()].map((p) => p.then((k) => k.close()).catch(() => undefined)));
+    const local = (await this.localProvider?.catch(() => undefined)) as { close?: () => Promise<void> } | undefined;
+    await local?.close?.().catch(() => undefined);
   }
 }
 

@@ -139,6 +139,9 @@ export class Output {
         if (!started) {
           bar.start(total, Math.min(p.bytesDone, total), payload);
           started = true;
+          // A line printed in between stopped the bar (a batch's per-image lines): drawn again, it is
+          // again the one to clear before the next line.
+          this.stopActiveBar = stop;
         } else {
           bar.setTotal(total);
           bar.update(Math.min(p.bytesDone, total), payload);

@@ -4,6 +4,7 @@
  */
 import { Command, Option } from 'commander';
 import type { Ctx } from './context.js';
+import { MAX_DEFAULT_JOBS, MAX_JOBS } from './batch.js';
 import { usageError } from './errors.js';
 import type { Streams } from './output.js';
 import { DEFAULT_CIPHER, DEFAULT_UNIT_SIZE } from '../disk/params.js';
@@ -226,7 +227,7 @@ Examples:
     .summary('convert images between subformats, optionally encrypting or decrypting; also in batches')
     .description(
       'Convert IN to OUT in another subformat. An encrypted input stays encrypted with the same key unless --decrypt; --encrypt encrypts the output with a new key.\n\n' +
-        'Batch: IN may be a directory (its .vmdk, .img and .raw images), or --list FILE names the images (one path per line, # comments); OUT is then a directory. Each image is converted in turn; a failure is reported and the next image runs; the summary lists every image (ok or failed and why, bytes, time) and the exit code is 1 if any failed.',
+        'Batch: IN may be a directory (its .vmdk, .img and .raw images), or --list FILE names the images (one path per line, # comments); OUT is then a directory. --jobs images are converted at once, taken in order; a failure is reported and the next image runs; the summary lists every image (ok or failed and why, bytes, time) and the exit code is 1 if any failed.',
     )
     .argument('[IN]', 'image, or directory of images (omit with --list)')
     .argument('[OUT]', 'output image, or output directory for a batch')
@@ -236,7 +237,13 @@ Examples:
     .option('--encrypt', 'encrypt the output with a new key (key options as for `encrypt`)')
     .option('--decrypt', 'write plain output from an encrypted input')
     .option('--recovery-passphrase', 'with --encrypt: also lock with a recovery passphrase; otherwise: unlock with it')
-    .option('--skip-existing', 'keep outputs that already exist and convert only the others (to re-run a batch)');
+    .option('--skip-existing', 'keep outputs that already exist and convert only the others (to re-run a batch)')
+    .addOption(
+      new Option(
+        '--jobs <n>',
+        `images of a batch converted at once, 1 to ${MAX_JOBS} (default: ${MAX_DEFAULT_JOBS}, or the number of cores if fewer)`,
+      ).argParser((v) => parseInteger(v, '--jobs', { min: 1, max: MAX_JOBS })),
+    );
   addEncryptionParams(convert);
   addKeyOptions(convert, true);
   addJobOptions(convert);

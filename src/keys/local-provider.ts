@@ -71,6 +71,8 @@ export class LocalKeyProvider implements KeyProvider {
   private passphrase: Buffer | undefined;
   private readonly usesPassphrase: boolean;
   private master: Buffer | undefined;
+  /** The master key being derived or read, so that concurrent first uses wait for one derivation. */
+  private masterPending: Promise<Buffer> | undefined;
   readonly allowRetired: boolean;
 
   constructor(options: LocalKeyProviderOptions = {}) {
@@ -411,6 +413,18 @@ export class LocalKeyProvider implements KeyProvider {
       if (checkOpens(this.master, store)) return this.master;
       throw new KeyError('ERR_KEYSTORE_MASTER_KEY', 'the keystore was replaced and no longer opens with the master key in memory', { file: this.keystorePath });
     }
+    // Images of a batch converted at once all unlock through one provider: one scrypt (slow, 128 MiB)
+    // for all of them, and no second derivation that would replace (and wipe) the first one's key.
+    const pending = (this.masterPending ??= this.loadMaster(store).finally(() => (this.masterPending = undefined)));
+    const master = await pending;
+    if (!checkOpens(master, store)) {
+      throw new KeyError('ERR_KEYSTORE_MASTER_KEY', 'the keystore was replaced and no longer opens with the master key in memory', { file: this.keystorePath });
+    }
+    return master;
+  }
+
+  /** Derive (passphrase) or read (key file) the master key of `store`, check it and keep it. */
+  private async loadMaster(store: Store): Promise<Buffer> {
     let master: Buffer;
     if (store.master.source === 'passphrase') {
       if (!this.passphrase) throw new KeyError('ERR_KEYSTORE_PASSPHRASE', 'the provider was closed; its passphrase is gone', { file: this.keystorePath });

@@ -27,7 +27,7 @@ import {
 import { runChunks, type Piece } from './engine.js';
 import { PipelineError, throwIfAborted } from './errors.js';
 import { acquireLocks, releaseLocks, NameReservations } from './lock.js';
-import { checkOutputName, realDiskPath } from './paths.js';
+import { checkOutputName, diskFiles, realDiskPath } from './paths.js';
 import {
   checkJobOptions,
   checkOutputMode,
@@ -84,20 +84,6 @@ function inherited(stored: VirtualDisk, opts: OutputOptions, sparseOut: boolean)
   const g = opts.grainSize ?? (sparseOut ? stored.grainSize : undefined);
   if (g !== undefined && (opts.grainSize !== undefined || (g >= 4096 && g <= 1 << 20))) out.grainSize = g;
   return out;
-}
-
-async function existingFiles(path: string, format?: 'vmdk' | 'raw'): Promise<string[]> {
-  if (!(await pathExists(path))) return [];
-  try {
-    const d = await openVmdk(path, { readOnly: true, allowEncrypted: true, ...formatOption(format) });
-    try {
-      return d.files();
-    } finally {
-      await d.close();
-    }
-  } catch {
-    return [path];
-  }
 }
 
 async function unitZeroOf(disk: { readInto(position: number, target: Uint8Array): Promise<void> }, unitSize: number): Promise<Buffer> {
@@ -203,7 +189,7 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
       // disk it replaces. All are reserved and checked before anything is created, so a --force
       // replaces all of them or none, and no other job can be writing (or reading) one of them.
       const planned = plannedDiskFiles(output, { capacity, subformat });
-      const replacing = force ? await existingFiles(output, spec.replaceInput ? opts.format : undefined) : [];
+      const replacing = force ? await diskFiles(output, spec.replaceInput ? opts.format : undefined) : [];
       if (!spec.replaceInput) {
         const clash = planned.find((f) => sourceFiles.includes(f));
         if (clash) throw new PipelineError('ERR_SAME_FILE', `the output file ${clash} would replace a file of the input`);

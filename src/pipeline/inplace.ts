@@ -50,7 +50,7 @@ import { locateDescriptor, readDescriptorBytes, removeStaleDescriptorTemps, writ
 import { PipelineError, abortError } from './errors.js';
 import { ChunkStatus, Journal, hashCopy, journalPathOf, type InPlaceOperation, type JournalHeader } from './journal.js';
 import { acquireLock, NameReservations } from './lock.js';
-import { realDiskPath } from './paths.js';
+import { diskFiles, realDiskPath } from './paths.js';
 import {
   checkFormat,
   checkJobOptions,
@@ -408,25 +408,11 @@ async function withDiskLock<T>(path: string, operation: string, format: DiskForm
   const lock = await acquireLock(path, operation);
   const names = new NameReservations();
   try {
-    await names.reserve([...(await filesOf(path, format)), journalPathOf(path)], 'exclusive');
+    await names.reserve([...(await diskFiles(path, format)), journalPathOf(path)], 'exclusive');
     return await fn(names);
   } finally {
     names.close();
     await lock.release();
-  }
-}
-
-/** The files of a disk (just the path when it cannot be opened: the job reports why). */
-async function filesOf(path: string, format: DiskFormat | undefined): Promise<string[]> {
-  try {
-    const d = await openVmdk(path, { readOnly: true, allowEncrypted: true, ...formatOption(format) });
-    try {
-      return d.files();
-    } finally {
-      await d.close();
-    }
-  } catch {
-    return [path];
   }
 }
 

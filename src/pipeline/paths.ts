@@ -9,9 +9,11 @@
  */
 import { lstat, open, readlink, realpath, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
-import { Descriptor } from '../vmdk/index.js';
+import { Descriptor, openDisk as openVmdk } from '../vmdk/index.js';
 import { isSparseExtent } from '../vmdk/sparse-header.js';
 import { PipelineError } from './errors.js';
+import { formatOption, type DiskFormat } from './options.js';
+import { pathExists } from './staging.js';
 
 /** The real path of an existing disk's descriptor (or raw image), checked for ambiguous extents. */
 export async function realDiskPath(given: string): Promise<string> {
@@ -90,5 +92,24 @@ export async function checkOutputName(output: string): Promise<void> {
       'ERR_INVALID_ARGUMENT',
       `the output ${output} is a symbolic link to ${target}, which does not exist; vmseal does not write through a dangling link (it could have been planted to redirect the output). Remove the link or give another name.`,
     );
+  }
+}
+
+/**
+ * The files of an existing disk (descriptor and extents), whose names a job reserves before it
+ * rewrites, replaces or removes them: none when `path` does not exist, just `path` when it cannot
+ * be opened as a disk (the job's own open reports why).
+ */
+export async function diskFiles(path: string, format: DiskFormat | undefined): Promise<string[]> {
+  if (!(await pathExists(path))) return [];
+  try {
+    const d = await openVmdk(path, { readOnly: true, allowEncrypted: true, ...formatOption(format) });
+    try {
+      return d.files();
+    } finally {
+      await d.close();
+    }
+  } catch {
+    return [path];
   }
 }

@@ -20,6 +20,7 @@ import {
   type Request,
 } from './codec.js';
 import type { Export } from './export.js';
+import type { ExportEntry } from './locked.js';
 import {
   BASE_ALLOCATION_ID,
   Cmd,
@@ -39,9 +40,9 @@ import { upgradeToTls, type TlsServerContext } from './tls.js';
 
 /** What a connection needs from its host. */
 export interface ConnectionHost {
-  /** The export of that name ('' is the default export when there is exactly one). */
-  findExport(name: string): Export | undefined;
-  exportList(): Export[];
+  /** The export of that name ('' is the default export when there is exactly one); it may be locked. */
+  findExport(name: string): ExportEntry | undefined;
+  exportList(): ExportEntry[];
   /** --no-list: NBD_OPT_LIST is refused and unknown names learn nothing of the others. */
   readonly noList: boolean;
   readonly budget: PayloadBudget;

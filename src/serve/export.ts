@@ -46,6 +46,10 @@ export interface ExportInfo {
   shared: number;
   bytesRead: number;
   bytesWritten: number;
+  /** The disk's key could not be fetched: clients are refused until it is unlocked (locked.ts). */
+  locked: boolean;
+  /** Why it is locked: "key K of provider P unavailable: CAUSE" (no key material). */
+  lockedReason?: string;
 }
 
 /** Zeros written per step of WRITE_ZEROES (the payload limit bounds the memory of one request). */
@@ -114,6 +118,7 @@ export class Export {
       shared: this.shared,
       bytesRead: this.#bytesRead,
       bytesWritten: this.#bytesWritten,
+      locked: false,
     };
   }
 

@@ -1,12 +1,13 @@
 /**
  * The host: `serve()` opens and locks each disk, listens on a Unix socket (the default) or an
- * explicit TCP address, and runs one Connection per client until `close()`.
+ * explicit TCP address, and runs one Connection per client until `close()`. An encrypted disk whose
+ * key is unavailable (unavailable.ts) is served locked (locked.ts) until its key can be had.
  */
 import { createServer, createConnection, isIP, type Server, type Socket } from 'node:net';
 import { chmod, lstat, mkdir, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
-import { describeValue } from '../errors.js';
+import { describeValue, expected } from '../errors.js';
 import { openDisk, readEncryptionParams, type EncryptedDisk } from '../disk/index.js';
 import type { UnlockOptions } from '../keys/index.js';
 import type { VirtualDisk } from '../vmdk/index.js';
@@ -15,6 +16,8 @@ import { PayloadBudget } from './budget.js';
 import { Connection, type ConnectionHost } from './connection.js';
 import { ServeError } from './errors.js';
 import { Export, type ExportInfo } from './export.js';
+import { DEFAULT_UNLOCK_RETRY, LockedExport, readShape, type ExportEntry, type UnlockRetry } from './locked.js';
+import { unavailableKey } from './unavailable.js';
 import { MAX_STRING_BYTES } from './protocol.js';
 import { tlsServerContext, type ServeTls, type TlsServerContext } from './tls.js';
 
@@ -56,6 +59,12 @@ export interface ServeOptions {
   payloadBudget?: number;
   /** A client that has not chosen an export (GO or EXPORT_NAME) within this many ms is disconnected (default: 30000). */
   handshakeTimeoutMs?: number;
+  /**
+   * Backoff of the provider retries of a locked export (an encrypted disk whose key provider is
+   * unreachable): the first retry after about `initialMs`, each delay doubling up to `maxMs`, each
+   * jittered to between half and all of it (default: `{ initialMs: 1000, maxMs: 60000 }`).
+   */
+  unlockRetry?: Partial<UnlockRetry>;
   /** One line per connection and per error (never key material). */
   log?: (line: string) => void;
 }
@@ -67,6 +76,14 @@ export interface NbdHost {
   /** The URI a client uses for an export: `nbd+unix:///NAME?socket=PATH` or `nbd://HOST:PORT/NAME`. */
   uri(name: string): string;
   exports(): ExportInfo[];
+  /**
+   * Unlock a locked export now with these key options (a recovery passphrase, other providers):
+   * its disk is opened and served at once. Rejects with ServeError ERR_SERVE_NOT_LOCKED if the
+   * export is not locked, ERR_SERVE_EXPORT if there is no such export, ERR_SERVE_CLOSED once
+   * close() began, and with the key layer's error (ERR_WRONG_KEY, ERR_DISK_LOCKED …) if the keys
+   * do not open it — the export then stays locked and its retries go on.
+   */
+  unlock(name: string, keys: UnlockOptions): Promise<ExportInfo>;
   /** Stop listening, answer the requests in flight, flush and close every disk, release the locks. */
   close(): Promise<void>;
 }
@@ -110,8 +127,36 @@ function checkCount(value: unknown, what: string): number {
   return value;
 }
 
-/** Lock and open one disk (unlocking it if encrypted); the lock is released if opening fails. */
-async function openExport(spec: ServeDisk, name: string, options: ServeOptions): Promise<Export> {
+function checkRetry(value: unknown): UnlockRetry {
+  if (value === undefined) return DEFAULT_UNLOCK_RETRY;
+  if (value === null || typeof value !== 'object') {
+    throw new ServeError('ERR_INVALID_ARGUMENT', `Expected { initialMs?, maxMs? } for unlockRetry but received ${describeValue(value)}`);
+  }
+  const v = value as Partial<UnlockRetry>;
+  const initialMs = v.initialMs === undefined ? DEFAULT_UNLOCK_RETRY.initialMs : checkCount(v.initialMs, 'unlockRetry.initialMs');
+  const maxMs = v.maxMs === undefined ? Math.max(initialMs, DEFAULT_UNLOCK_RETRY.maxMs) : checkCount(v.maxMs, 'unlockRetry.maxMs');
+  if (maxMs < initialMs) {
+    throw new ServeError('ERR_INVALID_ARGUMENT', expected(`a number of ms of at least unlockRetry.initialMs (${initialMs})`, 'unlockRetry.maxMs', maxMs));
+  }
+  return { initialMs, maxMs };
+}
+
+/** What opening an export needs of the host besides the disk's spec. */
+interface OpenContext {
+  options: ServeOptions;
+  retry: UnlockRetry;
+  log(line: string): void;
+  /** Replace a locked export by its opened self in the host's table. */
+  onUnlocked(exp: Export): void;
+}
+
+/**
+ * Lock and open one disk (unlocking it if encrypted). An encrypted disk whose key is unavailable
+ * (KMS down) comes back locked, its lock held, its retries not yet started (LockedExport.start).
+ * On any other failure the lock is released and the error thrown.
+ */
+async function openExport(spec: ServeDisk, name: string, ctx: OpenContext): Promise<ExportEntry> {
+  const { options } = ctx;
   const readOnly = spec.readOnly ?? options.readOnly ?? false;
   const shared = checkCount(spec.shared ?? options.shared ?? (readOnly ? DEFAULT_SHARED_READ_ONLY : 1), 'shared');
   const lock: DiskLock = await acquireLock(spec.path, 'serve', readOnly ? 'shared' : 'exclusive');
@@ -119,7 +164,15 @@ async function openExport(spec: ServeDisk, name: string, options: ServeOptions):
     const encrypted = (await readEncryptionParams(spec.path)) !== null;
     let keys: UnlockOptions | undefined;
     if (encrypted && options.keys !== undefined) keys = typeof options.keys === 'function' ? await options.keys(spec.path) : options.keys;
-    const disk: VirtualDisk | EncryptedDisk = await openDisk(spec.path, { readOnly, ...(keys ? { keys } : {}) });
+    let disk: VirtualDisk | EncryptedDisk;
+    try {
+      disk = await openDisk(spec.path, { readOnly, ...(keys ? { keys } : {}) });
+    } catch (err) {
+      const why = unavailableKey(err);
+      if (!why || keys === undefined) throw err;
+      const shape = await readShape(spec.path);
+      return new LockedExport({ name, path: spec.path, readOnly, shared, lock, keys, why, retry: ctx.retry, log: ctx.log, onUnlocked: ctx.onUnlocked }, shape);
+    }
     return new Export(name, disk, { readOnly, shared, lock });
   } catch (err) {
     await lock.release();
@@ -211,9 +264,14 @@ function checkListen(listen: unknown, sec: Security): ServeListen | undefined {
 }
 
 /**
- * Serve disks over NBD. Resolves once every disk is open and the server listens; rejects (with
- * nothing left open or locked) if a disk cannot be locked, opened or unlocked, or the address
- * cannot be listened on.
+ * Serve disks over NBD. Resolves once every disk is open (or locked: see below) and the server
+ * listens; rejects (with nothing left open or locked) if a disk cannot be locked, opened or
+ * unlocked, or the address cannot be listened on.
+ *
+ * An encrypted disk whose key is neither cached nor fetchable because its provider is unreachable
+ * (unavailable.ts says which failures count) does not make serve() reject: it is served *locked*,
+ * its lock held, listed, its clients refused, and opened as soon as a retry of the provider or
+ * `unlock()` succeeds.
  */
 export async function serve(options: ServeOptions): Promise<NbdHost> {
   if (options === null || typeof options !== 'object')
@@ -234,6 +292,7 @@ export async function serve(options: ServeOptions): Promise<NbdHost> {
   const handshakeTimeoutMs =
     options.handshakeTimeoutMs === undefined ? DEFAULT_HANDSHAKE_TIMEOUT_MS : checkCount(options.handshakeTimeoutMs, 'handshakeTimeoutMs');
   const log = options.log ?? (() => undefined);
+  const retry = checkRetry(options.unlockRetry);
   const names = new Map<string, string>();
   for (const d of options.disks) {
     if (d === null || typeof d !== 'object' || typeof d.path !== 'string' || d.path.length === 0) {
@@ -248,7 +307,7 @@ export async function serve(options: ServeOptions): Promise<NbdHost> {
     names.set(name, d.path);
   }
 
-  const exports = new Map<string, Export>();
+  const exports = new Map<string, ExportEntry>();
   const connections = new Set<Connection>();
   /** Every accepted socket, also after its Connection ended (a client may keep a half-closed socket open). */
   const sockets = new Set<Socket>();
@@ -276,9 +335,17 @@ export async function serve(options: ServeOptions): Promise<NbdHost> {
   });
   let socketPath: string | undefined;
   try {
+    const ctx: OpenContext = {
+      options,
+      retry,
+      log,
+      onUnlocked: (exp) => {
+        if (exports.get(exp.name) instanceof LockedExport) exports.set(exp.name, exp);
+      },
+    };
     for (const d of options.disks) {
       const name = d.name ?? defaultExportName(d.path);
-      exports.set(name, await openExport(d, name, options));
+      exports.set(name, await openExport(d, name, ctx));
     }
     const listen = listenArg ?? { socket: defaultSocketPath() };
     if ('socket' in listen) {
@@ -292,6 +359,7 @@ export async function serve(options: ServeOptions): Promise<NbdHost> {
     }
     // After listening, an accept error (EMFILE …) must not crash the process: log it, keep serving.
     server.on('error', (err: NodeJS.ErrnoException) => log(`server error: ${err.code ?? err.message}`));
+    for (const e of exports.values()) if (e instanceof LockedExport) e.start();
   } catch (err) {
     server.close();
     for (const s of sockets) s.destroy();
@@ -310,8 +378,22 @@ export async function serve(options: ServeOptions): Promise<NbdHost> {
     address: () => ({ ...address }),
     uri: (name) => exportUri(address, name),
     exports: () => [...exports.values()].map((e) => e.info()),
+    async unlock(name, keys) {
+      if (typeof name !== 'string') throw new ServeError('ERR_INVALID_ARGUMENT', `Expected an export name for name but received ${describeValue(name)}`);
+      if (keys === null || typeof keys !== 'object') {
+        throw new ServeError('ERR_INVALID_ARGUMENT', `Expected an object { passphrase?, providers?, cache? } for keys but received ${describeValue(keys)}`);
+      }
+      if (closing) throw new ServeError('ERR_SERVE_CLOSED', `cannot unlock export ${name}: the host is stopping`);
+      const e = exports.get(name);
+      if (!e) throw new ServeError('ERR_SERVE_EXPORT', `no export named '${name}' (exports: ${[...exports.keys()].join(', ')})`);
+      if (!(e instanceof LockedExport)) throw new ServeError('ERR_SERVE_NOT_LOCKED', `export ${name} is not locked: its disk is open and served`);
+      return (await e.unlock(keys)).info();
+    },
     close() {
       closing ??= (async () => {
+        // Locked exports stop at once (close() marks them before its first await): no retry or
+        // unlock() opens a disk from here on. Their locks are released once an attempt in flight ends.
+        const unlocking = [...exports.values()].filter((e) => e instanceof LockedExport).map((e) => e.close());
         const stopped = new Promise<void>((done) => server.close(() => done()));
         for (const c of connections) c.stop();
         await Promise.allSettled([...connections].map((c) => c.done));
@@ -320,7 +402,14 @@ export async function serve(options: ServeOptions): Promise<NbdHost> {
         await stopped;
         if (socketPath !== undefined) await rm(socketPath, { force: true });
         const failures: unknown[] = [];
+        for (const r of await Promise.allSettled(unlocking)) {
+          if (r.status === 'rejected') {
+            log(`releasing the lock of a locked export failed: ${(r.reason as Error).message}`);
+            failures.push(r.reason);
+          }
+        }
         for (const e of exports.values()) {
+          if (e instanceof LockedExport) continue; // closed above
           try {
             await e.close();
           } catch (err) {

@@ -13,4 +13,5 @@ export {
   type ServeOptions,
 } from './host.js';
 export type { ExportInfo } from './export.js';
+export type { UnlockRetry } from './locked.js';
 export type { ServeTls } from './tls.js';

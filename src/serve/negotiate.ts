@@ -19,6 +19,7 @@ import {
 } from './codec.js';
 import type { ConnectionHost } from './connection.js';
 import type { Export } from './export.js';
+import { LockedExport } from './locked.js';
 import { BASE_ALLOCATION, BASE_ALLOCATION_ID, Info, MAX_OPTION_BYTES, OPTION_HEADER_BYTES, Opt, Rep } from './protocol.js';
 
 /** How a Negotiation reads and writes its connection. */
@@ -83,8 +84,12 @@ export class Negotiation {
       }
       switch (option) {
         case Opt.EXPORT_NAME: {
-          // No error reply exists for this option: an unknown or busy export closes the connection.
+          // No error reply exists for this option: an unknown, locked or busy export closes the connection.
           const exp = this.#host.findExport(data.toString('utf8'));
+          if (exp instanceof LockedExport) {
+            this.hungUp = `NBD_OPT_EXPORT_NAME of locked export ${exp.name} (${exp.reason})`;
+            return undefined;
+          }
           if (!exp || !exp.attachClient()) return undefined;
           await this.#io.send([encodeExportNameReply(exp.size, exp.transmissionFlags, this.noZeroes)]);
           return exp;
@@ -132,9 +137,17 @@ export class Negotiation {
     return this.#io.send([encodeOptionError(option, type, message)]);
   }
 
-  /** The export a name asks for, or an ERR_UNKNOWN reply that names no other export under --no-list. */
+  /**
+   * The export a name asks for, or an ERR_UNKNOWN reply: for a name that is not there (naming no
+   * other export under --no-list), and for a locked export ("disk locked: key K of provider P
+   * unavailable: …", or only "disk locked" under --no-list).
+   */
   async #lookup(option: number, name: string): Promise<Export | undefined> {
     const exp = this.#host.findExport(name);
+    if (exp instanceof LockedExport) {
+      await this.#optReply(option, Rep.ERR_UNKNOWN, exp.clientMessage(this.#host.noList));
+      return undefined;
+    }
     if (!exp) {
       const known = this.#host.noList
         ? ''

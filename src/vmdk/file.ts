@@ -135,6 +135,15 @@ export class HostFile {
     }
   }
 
+  /** fdatasync: the data written so far (and the size) durable, other metadata such as times not necessarily. */
+  async datasync(): Promise<void> {
+    try {
+      await this.#fh.datasync();
+    } catch (err) {
+      throw ioError(err, 'flush data to stable storage', this.path);
+    }
+  }
+
   /** Bytes the file occupies on the host (allocated blocks, not its length). */
   async allocatedBytes(): Promise<number> {
     try {

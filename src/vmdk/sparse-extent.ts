@@ -25,6 +25,12 @@ export const gtCacheSettings = { bytes: GT_CACHE_BYTES };
 const MAX_COMPRESSED_SLACK = 4096;
 /** Metadata is read in runs of at most this many bytes. */
 const META_READ_BYTES = 1 << 20;
+/**
+ * Grain-table entries of new grains held in memory until the next flush, at most: beyond this a
+ * write commits them itself (data synced, then entries written), so that a client that never
+ * flushes cannot pin every grain table of a big disk (64 Ki entries: 4 GiB of 64 KiB grains).
+ */
+const MAX_UNWRITTEN_ENTRIES = 1 << 16;
 
 export interface SparseOpenOptions {
   writable: boolean;
@@ -57,8 +63,18 @@ class U32List {
 
 /**
  * A hosted sparse extent (KDMV): grain directory → grain tables → grains. Also reads streamOptimized
- * extents (compressed grains). Writes allocate grains at the end of the file; GD, redundant GD, GTs and
- * redundant GTs are updated together (data first, then tables), under a mutex so allocations never race.
+ * extents (compressed grains). Writes allocate grains at the end of the file, under a mutex so
+ * allocations never race.
+ *
+ * Crash consistency of allocation (docs/format.md, "Crash consistency of sparse writes"): a table
+ * entry must never reach the disk before the grain it points to, nor a GD entry before its zeroed
+ * table. A write of a new grain therefore writes only the grain's data and sets the entry in the
+ * cached table (so every later read and allocated() of this process sees it); the entry stays
+ * *unwritten* — its table pinned in the cache — until the next flush(), which (1) fdatasyncs the
+ * file (grain data and new zeroed tables durable), (2) writes the unwritten GT and redundant-GT
+ * entries and the GD and RGD entries of new tables, (3) fsyncs. A power loss before (3) leaves the
+ * new grains unreferenced: the space is leaked at the end of the file (as qemu leaks it) and they read
+ * as before, holes. Overwrites of allocated grains need no ordering: they are durable after flush().
  */
 export class SparseExtent implements Extent {
   readonly kind = 'SPARSE';
@@ -82,6 +98,11 @@ export class SparseExtent implements Extent {
   #zeros: Buffer | undefined;
   #nextFree: number;
   #lastGrain: { index: number; data: Buffer } | undefined;
+  /** Entries of new grains set in the cached tables but not written yet: table → entry → the value the file holds (0 or 1). */
+  readonly #unwritten = new Map<number, Map<number, number>>();
+  #unwrittenCount = 0;
+  /** Tables allocated (zeroed in the file) whose GD and RGD entries are not written yet. */
+  readonly #newTables = new Set<number>();
 
   private constructor(file: HostFile, header: SparseHeader, gd: Uint32Array, rgd: Uint32Array | undefined, nextFree: number, opts: SparseOpenOptions) {
     this.file = file;
@@ -565,30 +586,68 @@ export class SparseExtent implements Extent {
         t += len;
       }
       await Promise.all(runs.map((r) => (r.bufs.length === 1 ? this.file.writeAt(r.bufs[0], r.at) : this.file.writevAt(r.bufs, r.at))));
-      if (updates.length === 0) return;
-      // Then the tables: each touched range of a GT (and its redundant copy) in one write.
-      const ranges = new Map<number, { lo: number; hi: number }>();
+      // The data is in the file: the cached tables point at it now (reads see it), the entries
+      // reach the file at the next flush, after the data is durable.
       for (const u of updates) {
-        tables.get(u.gti)![u.e] = u.sector;
-        const r = ranges.get(u.gti);
-        if (!r) ranges.set(u.gti, { lo: u.e, hi: u.e });
-        else {
-          r.lo = Math.min(r.lo, u.e);
-          r.hi = Math.max(r.hi, u.e);
-        }
+        const table = tables.get(u.gti)!;
+        let unwritten = this.#unwritten.get(u.gti);
+        if (!unwritten) this.#unwritten.set(u.gti, (unwritten = new Map()));
+        unwritten.set(u.e, table[u.e]);
+        this.#unwrittenCount++;
+        table[u.e] = u.sector;
       }
-      const writes: Array<Promise<void>> = [];
-      for (const [gti, { lo, hi }] of ranges) {
-        const bytes = leBytes(tables.get(gti)!.subarray(lo, hi + 1));
-        writes.push(this.file.writeAt(bytes, this.#gd[gti] * SECTOR + lo * 4));
-        const r = this.#rgd?.[gti];
-        if (r) writes.push(this.file.writeAt(bytes, r * SECTOR + lo * 4));
-      }
-      await Promise.all(writes);
+      if (this.#unwrittenCount > MAX_UNWRITTEN_ENTRIES || this.#unwritten.size + this.#newTables.size > this.#cacheLimit / 2) await this.#commit();
     } finally {
-      for (const gti of tables.keys()) this.#pinned.delete(gti);
-      this.#pinned.clear();
+      for (const gti of tables.keys()) this.#unpin(gti);
     }
+  }
+
+  /** Unpin a table unless it holds unwritten entries or is new (it must stay cached until the flush writes it). */
+  #unpin(gti: number): void {
+    if (!this.#unwritten.has(gti) && !this.#newTables.has(gti)) this.#pinned.delete(gti);
+  }
+
+  /**
+   * Steps (1) and (2) of the flush (see the class comment): grain data and new zeroed tables durable,
+   * then every unwritten entry written, GT and redundant GT, GD and RGD alike. The caller syncs after
+   * it (step 3) when the entries must be durable too. Runs under the mutex.
+   */
+  async #commit(): Promise<void> {
+    if (this.#unwritten.size === 0 && this.#newTables.size === 0) return;
+    await this.file.datasync();
+    const writes: Array<Promise<void>> = [];
+    for (const [gti, entries] of this.#unwritten) {
+      const table = this.#cache.get(gti)!;
+      let lo = Infinity;
+      let hi = -1;
+      for (const e of entries.keys()) {
+        lo = Math.min(lo, e);
+        hi = Math.max(hi, e);
+      }
+      // One write per table copy: entries between lo and hi that are not unwritten are rewritten with the value they hold.
+      const bytes = leBytes(table.subarray(lo, hi + 1));
+      writes.push(this.file.writeAt(bytes, this.#gd[gti] * SECTOR + lo * 4));
+      const r = this.#rgd?.[gti];
+      if (r) writes.push(this.file.writeAt(bytes, r * SECTOR + lo * 4));
+    }
+    for (const gti of this.#newTables) {
+      writes.push(this.file.writeAt(leBytes(this.#gd.subarray(gti, gti + 1)), this.header.gdOffset * SECTOR + gti * 4));
+      if (this.#rgd) writes.push(this.file.writeAt(leBytes(this.#rgd.subarray(gti, gti + 1)), this.header.rgdOffset * SECTOR + gti * 4));
+    }
+    await Promise.all(writes);
+    const tables = [...this.#unwritten.keys(), ...this.#newTables];
+    this.#unwritten.clear();
+    this.#unwrittenCount = 0;
+    this.#newTables.clear();
+    for (const gti of tables) this.#unpin(gti);
+  }
+
+  /** Entries lo..hi of a cached table as the file holds them (unwritten entries with their old value), little-endian. */
+  #fileBytes(gti: number, table: Uint32Array, lo: number, hi: number): Buffer {
+    const bytes = leBytes(table.subarray(lo, hi + 1));
+    const unwritten = this.#unwritten.get(gti);
+    if (unwritten) for (const [e, old] of unwritten) if (e >= lo && e <= hi) bytes.writeUInt32LE(old, (e - lo) * 4);
+    return bytes;
   }
 
   /**
@@ -629,6 +688,12 @@ export class SparseExtent implements Extent {
             const s = table[e];
             if (s === 0 || (s === 1 && this.#zeroedGte)) continue;
             table[e] = entry;
+            // A grain whose entry was never written: the new entry is written now, not at the flush.
+            const unwritten = this.#unwritten.get(gti);
+            if (unwritten?.delete(e)) {
+              this.#unwrittenCount--;
+              if (unwritten.size === 0) this.#unwritten.delete(gti);
+            }
             if (lo < 0) lo = e;
             hi = e;
             const a = g * gb;
@@ -639,21 +704,26 @@ export class SparseExtent implements Extent {
           }
           if (lo < 0) continue;
           // The touched span of the GT and of its redundant copy, each one write (entries between
-          // lo and hi that did not change are rewritten with their current value).
-          const bytes = leBytes(table.subarray(lo, hi + 1));
+          // lo and hi that did not change are rewritten with the value the file holds: an unwritten
+          // entry keeps its old value until the flush has made its grain durable).
+          const bytes = this.#fileBytes(gti, table, lo, hi);
           writes.push(this.file.writeAt(bytes, this.#gd[gti] * SECTOR + lo * 4));
           const r = this.#rgd?.[gti];
           if (r) writes.push(this.file.writeAt(bytes, r * SECTOR + lo * 4));
         }
         await Promise.all(writes);
       } finally {
-        for (const gti of pinned) this.#pinned.delete(gti);
+        for (const gti of pinned) this.#unpin(gti);
       }
       return out;
     });
   }
 
-  /** A grain table for a GD entry that is 0: zeroed GT (+ redundant GT) at the end, then GD (+ RGD) entries. */
+  /**
+   * A grain table for a GD entry that is 0: zeroed GT (+ redundant GT) written at the end of the file;
+   * its GD (+ RGD) entries are set in memory and written by the next flush, once the zeroed tables are
+   * durable. Until then the table stays pinned (it exists nowhere else).
+   */
   async #allocateTable(gti: number): Promise<Uint32Array> {
     const sec = gtSectors(this.header);
     const zero = Buffer.alloc(sec * SECTOR);
@@ -665,15 +735,9 @@ export class SparseExtent implements Extent {
     }
     await this.file.writeAt(zero, gtSector * SECTOR);
     if (this.#rgd) await this.file.writeAt(zero, rgtSector * SECTOR);
-    const entry = Buffer.alloc(4);
-    entry.writeUInt32LE(gtSector);
-    await this.file.writeAt(entry, this.header.gdOffset * SECTOR + gti * 4);
-    if (this.#rgd) {
-      const r = Buffer.alloc(4);
-      r.writeUInt32LE(rgtSector);
-      await this.file.writeAt(r, this.header.rgdOffset * SECTOR + gti * 4);
-      this.#rgd[gti] = rgtSector;
-    }
+    this.#pinned.add(gti);
+    this.#newTables.add(gti);
+    if (this.#rgd) this.#rgd[gti] = rgtSector;
     this.#gd[gti] = gtSector;
     const table = new Uint32Array(this.#gteCount);
     this.#remember(gti, table);
@@ -689,12 +753,18 @@ export class SparseExtent implements Extent {
    * Rewrite the embedded descriptor area (NUL-padded) and make it durable. Only the sectors whose
    * bytes change are written: an edit that keeps the text's length (src/disk's fixed-width data
    * check) is then a write of the one sector holding it, which a crash cannot leave half old, half new.
+   * Every write before it is made durable first (a flush), so a descriptor never describes data a
+   * crash can still take away — src/disk's data check of unit 0 relies on it.
    */
   async writeDescriptorArea(bytes: Uint8Array): Promise<void> {
     const area = this.descriptorArea!;
     const buf = Buffer.alloc(area.size);
     buf.set(bytes);
     await this.#mutex.run(async () => {
+      if (this.#unwritten.size > 0 || this.#newTables.size > 0) {
+        await this.#commit();
+        await this.file.sync();
+      }
       const old = Buffer.alloc(area.size);
       const got = await this.file.readAt(old, area.offset);
       const writes: Array<Promise<void>> = [];
@@ -714,12 +784,22 @@ export class SparseExtent implements Extent {
     });
   }
 
+  /** Make every write durable: steps (1)-(3) of the class comment, or one fsync when no entry is unwritten. */
   async flush(): Promise<void> {
-    if (this.writable) await this.#mutex.run(() => this.file.sync());
+    if (!this.writable && this.#unwritten.size === 0 && this.#newTables.size === 0) return;
+    await this.#mutex.run(async () => {
+      await this.#commit();
+      await this.file.sync();
+    });
   }
 
+  /** Waits for the writes in progress; writes the unwritten entries (a flush) if there are any. */
   async close(): Promise<void> {
-    await this.#mutex.run(async () => {});
+    await this.#mutex.run(async () => {
+      if (this.#unwritten.size === 0 && this.#newTables.size === 0) return;
+      await this.#commit();
+      await this.file.sync();
+    });
   }
 }
 

@@ -14,7 +14,8 @@ import { passphraseSource, promptHidden, readPassphrase, rejectSecretsOnArgv } f
 import { batchExitCode, extentFileNames, listImagesInDirectory, outputNameFor, planBatch, readImageList, runBatch } from '../../src/cli/batch.js';
 import { sha256File, writeSampleDisk } from '../../src/cli/sample-disk.js';
 import { Output, progressLayout } from '../../src/cli/output.js';
-import { resolveHome, withEnvDefaults } from '../../src/cli/key-session.js';
+import { KeySession, resolveHome, withEnvDefaults } from '../../src/cli/key-session.js';
+import { makeCtx } from '../../src/cli/context.js';
 
 let dir: string;
 beforeAll(async () => {
@@ -221,6 +222,7 @@ describe('batch runner', () => {
   });
   it('stops at an abort and marks the batch interrupted', async () => {
     const ac = new AbortController();
+    const notRun: string[] = [];
     const items = ['a', 'b', 'c'].map((n) => ({ input: n, output: n }));
     const outcome = await runBatch(
       items,
@@ -231,11 +233,75 @@ describe('batch runner', () => {
         }
         return { bytes: 1 };
       },
-      { signal: ac.signal },
+      { signal: ac.signal, onNotRun: (item) => notRun.push(item.input) },
     );
     expect(outcome.interrupted).toBe(true);
-    expect(outcome.results).toHaveLength(2);
+    // The image the abort stopped is not run, like the ones after it; only a's result remains.
+    expect(outcome.results.map((r) => r.input)).toEqual(['a']);
+    expect(notRun).toEqual(['b']);
     expect(batchExitCode(outcome)).toBe(130);
+  });
+  it('runs `jobs` images at once, reports them in input order, and on abort counts every one in flight as not run', async () => {
+    const items = ['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h'].map((n) => ({ input: n, output: n }));
+    const ac = new AbortController();
+    const release = new Map<string, () => void>();
+    let running = 0;
+    let most = 0;
+    const order: string[] = [];
+    const run = runBatch(
+      items,
+      (item, signal) =>
+        new Promise((resolve, reject) => {
+          running++;
+          most = Math.max(most, running);
+          const end = (): void => void running--;
+          signal?.addEventListener('abort', () => (end(), reject(Object.assign(new Error('stopped'), { name: 'AbortError' }))));
+          release.set(item.input, () => (end(), resolve({ bytes: item.input.charCodeAt(0) })));
+        }),
+      {
+        jobs: 3,
+        signal: ac.signal,
+        onDone: (r) => order.push(`${r.input} ok`),
+        onNotRun: (item) => order.push(`${item.input} not run`),
+      },
+    );
+    const tick = (): Promise<void> => new Promise((r) => setImmediate(r));
+    await tick();
+    expect([...release.keys()]).toEqual(['a', 'b', 'c']);
+    // b and c finish before a: nothing is reported until a is.
+    release.get('c')!();
+    release.get('b')!();
+    await tick();
+    expect(order).toEqual([]);
+    expect([...release.keys()]).toEqual(['a', 'b', 'c', 'd', 'e']);
+    release.get('a')!();
+    await tick();
+    expect(order).toEqual(['a ok', 'b ok', 'c ok']);
+    // d finishes and g takes its place; the abort stops e, f and g in flight, and h never starts.
+    release.get('d')!();
+    await tick();
+    ac.abort();
+    const outcome = await run;
+    expect(most).toBe(3);
+    expect([...release.keys()]).toEqual(['a', 'b', 'c', 'd', 'e', 'f', 'g']);
+    expect(order).toEqual(['a ok', 'b ok', 'c ok', 'd ok', 'e not run', 'f not run', 'g not run']);
+    expect(outcome.results.map((r) => r.input)).toEqual(['a', 'b', 'c', 'd']);
+    expect(outcome.interrupted).toBe(true);
+  });
+  it('gives the images of a batch started together one key session: one local keystore provider', async () => {
+    const ctx = makeCtx({
+      output: new Output({ quiet: true }),
+      signal: new AbortController().signal,
+      env: {},
+      io: { input: new PassThrough(), output: new PassThrough() },
+    });
+    const keys = new KeySession(ctx, { home: join(dir, 'session-home') });
+    try {
+      const locals = await Promise.all([keys.local(), keys.local(), keys.local()]);
+      expect(new Set(locals).size).toBe(1);
+    } finally {
+      await keys.close();
+    }
   });
   it('lists the images of a directory, one per disk (extent files of a flat disk are not images)', async () => {
     const d = join(dir, 'images');

@@ -5,31 +5,17 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawnSync } from 'node:child_process';
 import { cpSync, mkdirSync, rmSync } from 'node:fs';
-import { join, dirname } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { build } from 'esbuild';
+import { join } from 'node:path';
+import { bundleFixture } from '../helpers/bundle.js';
 import { createEncryptedDisk, openDisk } from '../../src/disk/index.js';
 import { phraseLocker, tempDir } from './helpers.js';
 
-const here = dirname(fileURLToPath(import.meta.url));
 let tmp: ReturnType<typeof tempDir>;
 let child: string;
 
 beforeAll(async () => {
   tmp = tempDir('vmseal-unit0-crash-');
-  // Bundled inside the package (the addon is found from the package root above the script).
-  const cache = join(here, '..', '..', 'node_modules', '.cache', 'vmseal-test');
-  mkdirSync(cache, { recursive: true });
-  child = join(cache, `unit0-child-${process.pid}-${Math.random().toString(36).slice(2, 8)}.mjs`);
-  await build({
-    entryPoints: [join(here, 'fixtures', 'unit0-child.ts')],
-    bundle: true,
-    platform: 'node',
-    format: 'esm',
-    target: 'node20',
-    outfile: child,
-    logLevel: 'silent',
-  });
+  child = await bundleFixture(new URL('./fixtures/unit0-child.ts', import.meta.url));
 });
 afterAll(() => {
   tmp.cleanup();

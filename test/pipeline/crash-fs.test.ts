@@ -4,12 +4,12 @@
 // that forgets an fsync. The in-place jobs, the commit of a new image and the journal run through it
 // at many points; the same call afterwards must finish with the right data.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { spawnSync, execFileSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join, dirname } from 'node:path';
-import { encryptDisk } from '../../src/pipeline/index.js';
-import { patternBytes, phraseLocker, sha256, tempDir } from '../disk/helpers.js';
-import { bundleFixture, plainHash } from './helpers.js';
+import { patternBytes, sha256, tempDir } from '../disk/helpers.js';
+import { bundleFixture } from '../helpers/bundle.js';
+import { diskTemplate, encryptedDisks, opensAs, plainHash, rawInputs } from './helpers.js';
 
 const MiB = 1 << 20;
 const CHUNK = 128 * 1024;
@@ -19,7 +19,7 @@ let image: Buffer;
 
 beforeAll(async () => {
   tmp = tempDir('vmseal-crashfs-');
-  child = await bundleFixture('crash-child');
+  child = await bundleFixture(new URL('./fixtures/crash-child.ts', import.meta.url));
   image = Buffer.alloc(1 * MiB);
   patternBytes(500_000, 51).copy(image, 0);
   patternBytes(100_000, 52).copy(image, 768 * 1024);
@@ -82,20 +82,7 @@ describe('power loss at any point of an in-place job, then the same call again',
     for (const k of KEEP) {
       it(`${s.op} in place (${s.subformat}), un-synced writes kept: ${k}`, async () => {
         keep = k;
-        const dir = join(tmp.dir, `${s.op}-${s.subformat}-${k}`);
-        mkdirSync(dir);
-        const original = join(dir, 'original.vmdk');
-        if (s.op === 'encrypt') {
-          execFileSync('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'vmdk', '-o', `subformat=${s.subformat}`, join(tmp.dir, 'plain.raw'), original]);
-        } else {
-          await encryptDisk(join(tmp.dir, 'plain.raw'), original, { subformat: s.subformat, lockers: [phraseLocker('old')] });
-        }
-        const copyDisk = (to: string): string => {
-          const sub = join(dir, to);
-          mkdirSync(sub);
-          for (const f of readdirSync(dir)) if (f.startsWith('original')) copyFileSync(join(dir, f), join(sub, f));
-          return join(sub, 'original.vmdk');
-        };
+        const copyDisk = await diskTemplate(join(tmp.dir, `${s.op}-${s.subformat}-${k}`), join(tmp.dir, 'plain.raw'), s.op, s.subformat);
         const dry = run(s.op, copyDisk('dry'));
         expect(dry.status, dry.stderr).toBe(0);
         expect(dry.events).toBeGreaterThan(10);
@@ -119,13 +106,7 @@ describe('power loss at any point of a copy job and its commit', () => {
   for (const k of KEEP)
     it(`encrypt raw → twoGbMaxExtentFlat: the output is whole or absent, and the same call finishes it (kept: ${k})`, async () => {
       keep = k;
-      const dir = join(tmp.dir, `copy-${k}`);
-      mkdirSync(dir);
-      const input = (sub: string): string => {
-        mkdirSync(join(dir, sub));
-        copyFileSync(join(tmp.dir, 'plain.raw'), join(dir, sub, 'in.raw'));
-        return join(dir, sub, 'in.raw');
-      };
+      const input = rawInputs(join(tmp.dir, `copy-${k}`), join(tmp.dir, 'plain.raw'));
       const dry = run('copy', input('dry'));
       expect(dry.status, dry.stderr).toBe(0);
       for (const point of points(dry.events, 14)) {
@@ -149,14 +130,7 @@ describe('power loss at any point of a shallow rekey (embedded descriptor), then
   for (const k of KEEP)
     it(`the disk opens with exactly one of the old and the new passphrase, data intact (kept: ${k})`, async () => {
       keep = k;
-      const dir = join(tmp.dir, `shallow-${k}`);
-      mkdirSync(dir);
-      const prepare = async (sub: string): Promise<string> => {
-        mkdirSync(join(dir, sub));
-        const p = join(dir, sub, 'disk.vmdk');
-        await encryptDisk(join(tmp.dir, 'plain.raw'), p, { subformat: 'monolithicSparse', lockers: [phraseLocker('old')] });
-        return p;
-      };
+      const prepare = encryptedDisks(join(tmp.dir, `shallow-${k}`), join(tmp.dir, 'plain.raw'));
       const dry = run('shallow', await prepare('dry'));
       expect(dry.status, dry.stderr).toBe(0);
       for (const point of points(dry.events, 10)) {
@@ -164,11 +138,7 @@ describe('power loss at any point of a shallow rekey (embedded descriptor), then
         expect(run('shallow', disk, point).signal).toBe('SIGKILL');
         const resumed = run('resume', disk);
         expect(resumed.status, `resume after a crash at ${point}: ${resumed.stderr}`).toBe(0);
-        const opens = async (pw: string) =>
-          plainHash(disk, pw).then(
-            (h) => h === sha256(image),
-            () => false,
-          );
+        const opens = opensAs(disk, image);
         const [withOld, withNew] = [await opens('old'), await opens('new')];
         expect(withOld !== withNew, `after a crash at ${point}: old opens ${withOld}, new opens ${withNew}`).toBe(true);
       }

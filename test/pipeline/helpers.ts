@@ -1,34 +1,11 @@
-// Helpers of the pipeline's crash and journal tests: bundle a child-process fixture, and hash what a
-// disk decrypts to.
-import { mkdirSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { build } from 'esbuild';
+// Helpers of the pipeline's crash and journal tests: the disks they break over and over (one made
+// once, a fresh copy per run) and what a disk decrypts to.
+import { execFileSync } from 'node:child_process';
+import { copyFileSync, mkdirSync, readdirSync } from 'node:fs';
+import { basename, join } from 'node:path';
 import { openDisk } from '../../src/disk/index.js';
-import { sha256 } from '../disk/helpers.js';
-
-const here = dirname(fileURLToPath(import.meta.url));
-const root = join(here, '..', '..');
-
-/**
- * Bundle test/pipeline/fixtures/<name>.ts into one ESM file inside the package (node_modules/.cache),
- * so that the native addon is found from it. Returns the file's path; the caller removes it.
- */
-export async function bundleFixture(name: string): Promise<string> {
-  const outdir = join(root, 'node_modules', '.cache', 'vmseal-test');
-  mkdirSync(outdir, { recursive: true });
-  const outfile = join(outdir, `${name}-${process.pid}-${Math.random().toString(36).slice(2, 8)}.mjs`);
-  await build({
-    entryPoints: [join(here, 'fixtures', `${name}.ts`)],
-    bundle: true,
-    platform: 'node',
-    format: 'esm',
-    target: 'node20',
-    outfile,
-    logLevel: 'silent',
-  });
-  return outfile;
-}
+import { encryptDisk } from '../../src/pipeline/index.js';
+import { phraseLocker, sha256 } from '../disk/helpers.js';
 
 /** SHA-256 of the plaintext of the encrypted disk at `disk`, opened read-only with `passphrase`. */
 export async function plainHash(disk: string, passphrase: string): Promise<string> {
@@ -38,4 +15,60 @@ export async function plainHash(disk: string, passphrase: string): Promise<strin
   } finally {
     await d.close();
   }
+}
+
+/** Whether `disk` opens with `passphrase` and reads as `image`: false when it does not open. */
+export function opensAs(disk: string, image: Buffer): (passphrase: string) => Promise<boolean> {
+  return (passphrase) =>
+    plainHash(disk, passphrase).then(
+      (h) => h === sha256(image),
+      () => false,
+    );
+}
+
+/**
+ * Make the disk `dir/name` (dir is created) from the raw image `plainRaw`, for an in-place job to
+ * run on: a plain disk converted by qemu-img for `encrypt`, one encrypted under the passphrase
+ * "old" for `rekey`. Returns a function that copies the disk's files (those whose names start with
+ * its stem) into a new sub-folder of `dir` and returns the copy's path.
+ */
+export async function diskTemplate(
+  dir: string,
+  plainRaw: string,
+  op: 'encrypt' | 'rekey',
+  subformat: 'monolithicSparse' | 'monolithicFlat',
+  name = 'original.vmdk',
+): Promise<(to: string) => string> {
+  mkdirSync(dir);
+  const original = join(dir, name);
+  if (op === 'encrypt') execFileSync('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'vmdk', '-o', `subformat=${subformat}`, plainRaw, original]);
+  else await encryptDisk(plainRaw, original, { subformat, lockers: [phraseLocker('old')] });
+  const stem = basename(name, '.vmdk');
+  return (to) => {
+    const sub = join(dir, to);
+    mkdirSync(sub);
+    for (const f of readdirSync(dir, { withFileTypes: true })) if (f.isFile() && f.name.startsWith(stem)) copyFileSync(join(dir, f.name), join(sub, f.name));
+    return join(sub, name);
+  };
+}
+
+/** A function that copies the raw image `plainRaw` to `dir/<sub>/in.raw` (sub created) and returns that path. */
+export function rawInputs(dir: string, plainRaw: string): (sub: string) => string {
+  mkdirSync(dir);
+  return (sub) => {
+    mkdirSync(join(dir, sub));
+    copyFileSync(plainRaw, join(dir, sub, 'in.raw'));
+    return join(dir, sub, 'in.raw');
+  };
+}
+
+/** A function that encrypts `plainRaw` (passphrase "old", monolithicSparse) to `dir/<sub>/disk.vmdk` and returns that path. */
+export function encryptedDisks(dir: string, plainRaw: string): (sub: string) => Promise<string> {
+  mkdirSync(dir);
+  return async (sub) => {
+    mkdirSync(join(dir, sub));
+    const p = join(dir, sub, 'disk.vmdk');
+    await encryptDisk(plainRaw, p, { subformat: 'monolithicSparse', lockers: [phraseLocker('old')] });
+    return p;
+  };
 }

@@ -2,13 +2,14 @@
 // a journal, and resume (often run as root) acts on it. A changed journal, a journal naming an extent
 // outside the disk's folder, and a version-1 journal that does not match the disk are refused.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { spawnSync, execFileSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync, existsSync, appendFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { readFileSync, rmSync, writeFileSync, existsSync, appendFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { resumeDisk } from '../../src/pipeline/index.js';
 import { patternBytes, sha256, tempDir } from '../disk/helpers.js';
-import { bundleFixture, plainHash } from './helpers.js';
+import { bundleFixture } from '../helpers/bundle.js';
+import { diskTemplate, plainHash } from './helpers.js';
 
 const KiB = 1024;
 const CHUNK = 64 * KiB;
@@ -16,25 +17,14 @@ const HEADER_AREA = 65536;
 let tmp: ReturnType<typeof tempDir>;
 let child: string;
 let image: Buffer;
+let copyDisk: (to: string) => string;
 
 beforeAll(async () => {
   tmp = tempDir('vmseal-jauth-');
-  child = await bundleFixture('inplace-child');
+  child = await bundleFixture(new URL('./fixtures/inplace-child.ts', import.meta.url));
   image = patternBytes(1024 * KiB, 41);
   writeFileSync(join(tmp.dir, 'plain.raw'), image);
-  mkdirSync(join(tmp.dir, 'orig'));
-  execFileSync('qemu-img', [
-    'convert',
-    '-q',
-    '-f',
-    'raw',
-    '-O',
-    'vmdk',
-    '-o',
-    'subformat=monolithicFlat',
-    join(tmp.dir, 'plain.raw'),
-    join(tmp.dir, 'orig', 'd.vmdk'),
-  ]);
+  copyDisk = await diskTemplate(join(tmp.dir, 'orig'), join(tmp.dir, 'plain.raw'), 'encrypt', 'monolithicFlat', 'd.vmdk');
 });
 afterAll(() => {
   tmp.cleanup();
@@ -43,10 +33,7 @@ afterAll(() => {
 
 /** A copy of the plain disk whose in-place encryption was killed half way: its journal is left. */
 function interrupted(name: string): string {
-  const dir = join(tmp.dir, name);
-  mkdirSync(dir);
-  for (const f of readdirSync(join(tmp.dir, 'orig'))) copyFileSync(join(tmp.dir, 'orig', f), join(dir, f));
-  const disk = join(dir, 'd.vmdk');
+  const disk = copyDisk(name);
   const r = spawnSync(process.execPath, [child, 'encrypt', disk, String(CHUNK)], { env: { ...process.env, KILL_AT: '30' }, encoding: 'utf8' });
   expect(r.signal, r.stderr).toBe('SIGKILL');
   expect(existsSync(`${disk}.vmseal-journal`)).toBe(true);

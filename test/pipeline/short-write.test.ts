@@ -4,12 +4,13 @@
 // finishes with the right data — also when the limited run was killed at any point.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawnSync, execFileSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { encryptInPlace } from '../../src/pipeline/index.js';
 import { patternBytes, phraseLocker, sha256, tempDir } from '../disk/helpers.js';
-import { bundleFixture, plainHash } from './helpers.js';
+import { bundleFixture } from '../helpers/bundle.js';
+import { diskTemplate, plainHash } from './helpers.js';
 
 const KiB = 1024;
 // One chunk covers the whole 512 KiB disk, so the journal's copy area (at 68 KiB) reaches past every
@@ -20,37 +21,20 @@ const LIMIT_KIB = 560;
 let tmp: ReturnType<typeof tempDir>;
 let child: string;
 let image: Buffer;
+/** A fresh copy of the plain monolithicFlat disk in a new folder. */
+let copyDisk: (to: string) => string;
 
 beforeAll(async () => {
   tmp = tempDir('vmseal-short-');
-  child = await bundleFixture('inplace-child');
+  child = await bundleFixture(new URL('./fixtures/inplace-child.ts', import.meta.url));
   image = patternBytes(DISK, 31);
   writeFileSync(join(tmp.dir, 'plain.raw'), image);
-  mkdirSync(join(tmp.dir, 'orig'));
-  execFileSync('qemu-img', [
-    'convert',
-    '-q',
-    '-f',
-    'raw',
-    '-O',
-    'vmdk',
-    '-o',
-    'subformat=monolithicFlat',
-    join(tmp.dir, 'plain.raw'),
-    join(tmp.dir, 'orig', 'd.vmdk'),
-  ]);
+  copyDisk = await diskTemplate(join(tmp.dir, 'orig'), join(tmp.dir, 'plain.raw'), 'encrypt', 'monolithicFlat', 'd.vmdk');
 });
 afterAll(() => {
   tmp.cleanup();
   rmSync(child, { force: true });
 });
-
-function copyDisk(name: string): string {
-  const dir = join(tmp.dir, name);
-  mkdirSync(dir);
-  for (const f of readdirSync(join(tmp.dir, 'orig'))) copyFileSync(join(tmp.dir, 'orig', f), join(dir, f));
-  return join(dir, 'd.vmdk');
-}
 
 function run(disk: string, opts: { limitKiB?: number; killAt?: number } = {}) {
   const argv = [child, 'encrypt', disk, String(CHUNK)];

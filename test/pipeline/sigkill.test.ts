@@ -1,12 +1,12 @@
 // Kill an in-place job with SIGKILL at many points of its protocol; running the same call again must
 // finish it with the right data every time.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { spawnSync, execFileSync } from 'node:child_process';
-import { closeSync, copyFileSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { closeSync, openSync, readdirSync, readFileSync, readSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { join, dirname } from 'node:path';
-import { encryptDisk } from '../../src/pipeline/index.js';
-import { patternBytes, phraseLocker, sha256, tempDir } from '../disk/helpers.js';
-import { bundleFixture, plainHash } from './helpers.js';
+import { patternBytes, sha256, tempDir } from '../disk/helpers.js';
+import { bundleFixture } from '../helpers/bundle.js';
+import { diskTemplate, encryptedDisks, opensAs, plainHash, rawInputs } from './helpers.js';
 
 const MiB = 1 << 20;
 const CHUNK = 64 * 1024;
@@ -17,7 +17,7 @@ let image: Buffer;
 beforeAll(async () => {
   tmp = tempDir('vmseal-kill-');
   // Bundled inside the package (node_modules/.cache) so that the native addon is found from it.
-  child = await bundleFixture('inplace-child');
+  child = await bundleFixture(new URL('./fixtures/inplace-child.ts', import.meta.url));
   image = Buffer.alloc(2 * MiB);
   patternBytes(900_000, 21).copy(image, 0);
   patternBytes(200_000, 22).copy(image, 1536 * 1024);
@@ -57,13 +57,7 @@ const scenarios = [
 
 describe('SIGKILL at any point of a copy job: nothing under the final name until it is complete', () => {
   it('encrypt raw → twoGbMaxExtentFlat', async () => {
-    const dir = join(tmp.dir, 'copy');
-    mkdirSync(dir);
-    const input = (sub: string): string => {
-      mkdirSync(join(dir, sub));
-      copyFileSync(join(tmp.dir, 'plain.raw'), join(dir, sub, 'in.raw'));
-      return join(dir, sub, 'in.raw');
-    };
+    const input = rawInputs(join(tmp.dir, 'copy'), join(tmp.dir, 'plain.raw'));
     const full = run('copy', input('dry'));
     expect(full.status, full.stderr).toBe(0);
     const total = Number(/events=(\d+)/.exec(full.stdout)![1]);
@@ -91,14 +85,7 @@ describe('SIGKILL at any point of a copy job: nothing under the final name until
 
 describe('SIGKILL at any point of a shallow rekey (embedded descriptor), then resume', () => {
   it('the disk opens with exactly one of the old and the new passphrase, data intact', async () => {
-    const dir = join(tmp.dir, 'shallow');
-    mkdirSync(dir);
-    const prepare = async (sub: string): Promise<string> => {
-      mkdirSync(join(dir, sub));
-      const p = join(dir, sub, 'disk.vmdk');
-      await encryptDisk(join(tmp.dir, 'plain.raw'), p, { subformat: 'monolithicSparse', lockers: [phraseLocker('old')] });
-      return p;
-    };
+    const prepare = encryptedDisks(join(tmp.dir, 'shallow'), join(tmp.dir, 'plain.raw'));
     const full = run('shallow', await prepare('dry'));
     expect(full.status, full.stderr).toBe(0);
     const total = Number(/events=(\d+)/.exec(full.stdout)![1]);
@@ -107,11 +94,7 @@ describe('SIGKILL at any point of a shallow rekey (embedded descriptor), then re
       expect(run('shallow', disk, point).signal).toBe('SIGKILL');
       const resumed = run('resume', disk);
       expect(resumed.status, `resume after kill at ${point}: ${resumed.stderr}`).toBe(0);
-      const opens = async (pw: string) =>
-        plainHash(disk, pw).then(
-          (h) => h === sha256(image),
-          () => false,
-        );
+      const opens = opensAs(disk, image);
       const [withOld, withNew] = [await opens('old'), await opens('new')];
       expect(withOld !== withNew, `after kill at ${point}: old opens ${withOld}, new opens ${withNew}`).toBe(true);
       expect(readdirSync(dirname(disk)).filter((f) => /journal|\.tmp$|\.lck$/.test(f))).toEqual([]);
@@ -122,20 +105,7 @@ describe('SIGKILL at any point of a shallow rekey (embedded descriptor), then re
 describe('SIGKILL at any point of an in-place job, then the same call again', () => {
   for (const s of scenarios) {
     it(`${s.op} in place (${s.subformat})`, async () => {
-      const dir = join(tmp.dir, s.op);
-      mkdirSync(dir);
-      const original = join(dir, 'original.vmdk');
-      if (s.op === 'encrypt') {
-        execFileSync('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'vmdk', '-o', `subformat=${s.subformat}`, join(tmp.dir, 'plain.raw'), original]);
-      } else {
-        await encryptDisk(join(tmp.dir, 'plain.raw'), original, { subformat: s.subformat, lockers: [phraseLocker('old')] });
-      }
-      const copyDisk = (to: string): string => {
-        const sub = join(dir, to);
-        mkdirSync(sub);
-        for (const f of readdirSync(dir)) if (f.startsWith('original')) copyFileSync(join(dir, f), join(sub, f));
-        return join(sub, 'original.vmdk');
-      };
+      const copyDisk = await diskTemplate(join(tmp.dir, s.op), join(tmp.dir, 'plain.raw'), s.op, s.subformat);
       // A run without a kill counts the I/O calls of the whole job.
       const dry = copyDisk('dry');
       const full = run(s.op, dry);

@@ -90,6 +90,14 @@ describe('serve()', () => {
     });
     await expect(serve({ disks: [{ path: disk, name: 'a?b' }], listen: { socket: join(dir, 's') } })).rejects.toBeInstanceOf(ServeError);
     await expect(serve({ disks: [{ path: disk }], listen: { host: '127.0.0.1', port: 70000 } })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
+    await expect(serve({ disks: [{ path: disk }], listen: { socket: join(dir, 's') }, unlockRetry: { initialMs: 0 } })).rejects.toMatchObject({
+      code: 'ERR_INVALID_ARGUMENT',
+      message: 'Expected a positive integer for unlockRetry.initialMs but received 0 of type number',
+    });
+    await expect(serve({ disks: [{ path: disk }], listen: { socket: join(dir, 's') }, unlockRetry: { initialMs: 500, maxMs: 100 } })).rejects.toMatchObject({
+      code: 'ERR_INVALID_ARGUMENT',
+      message: 'Expected a number of ms of at least unlockRetry.initialMs (500) for unlockRetry.maxMs but received 100 of type number',
+    });
   });
 
   it('a disk that cannot be opened leaves the others unlocked and closed', async () => {

@@ -2,16 +2,13 @@
 // Zombies, recycled or unrelated pids and empty or stale record files decide nothing.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { build } from 'esbuild';
+import { join } from 'node:path';
+import { bundleFixture } from '../helpers/bundle.js';
 import { acquireFileLock, lockRecordPathFor, FileLockError } from '../../src/util/lock.js';
 import { LocalKeyProvider } from '../../src/keys/index.js';
 
-const here = dirname(fileURLToPath(import.meta.url));
-const root = join(here, '..', '..');
 let dir: string;
 let child: string;
 let n = 0;
@@ -20,19 +17,7 @@ const started: ChildProcess[] = [];
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'vmseal-lock-'));
-  // Bundled inside the package (node_modules/.cache) so that the native addon is found from it.
-  const outdir = join(root, 'node_modules', '.cache', 'vmseal-test');
-  mkdirSync(outdir, { recursive: true });
-  child = join(outdir, `lock-child-${process.pid}.mjs`);
-  await build({
-    entryPoints: [join(here, 'fixtures', 'lock-child.ts')],
-    bundle: true,
-    platform: 'node',
-    format: 'esm',
-    target: 'node20',
-    outfile: child,
-    logLevel: 'silent',
-  });
+  child = await bundleFixture(new URL('./fixtures/lock-child.ts', import.meta.url));
 });
 afterAll(() => {
   for (const c of started) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');

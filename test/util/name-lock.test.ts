@@ -4,13 +4,10 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { build } from 'esbuild';
+import { join } from 'node:path';
+import { bundleFixture } from '../helpers/bundle.js';
 import { FolderNameLocks, NAME_LOCK_FILE, nameLockOffset } from '../../src/util/name-lock.js';
 
-const here = dirname(fileURLToPath(import.meta.url));
-const root = join(here, '..', '..');
 let dir: string;
 let child: string;
 let n = 0;
@@ -31,18 +28,7 @@ function open(folder: string): FolderNameLocks {
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'vmseal-name-lock-'));
-  const outdir = join(root, 'node_modules', '.cache', 'vmseal-test');
-  mkdirSync(outdir, { recursive: true });
-  child = join(outdir, `name-lock-child-${process.pid}.mjs`);
-  await build({
-    entryPoints: [join(here, 'fixtures', 'name-lock-child.ts')],
-    bundle: true,
-    platform: 'node',
-    format: 'esm',
-    target: 'node20',
-    outfile: child,
-    logLevel: 'silent',
-  });
+  child = await bundleFixture(new URL('./fixtures/name-lock-child.ts', import.meta.url));
 });
 afterAll(() => {
   for (const l of opened) l.close();

@@ -6,11 +6,12 @@ import { mkdir, stat } from 'node:fs/promises';
 import { readEncryptionParams } from '../../disk/index.js';
 import type { LockerSpec } from '../../keys/index.js';
 import { convertDisk, type JobResult } from '../../pipeline/index.js';
-import { batchExitCode, listImagesInDirectory, planBatch, readImageList, runBatch, type BatchItem, type BatchItemResult } from '../batch.js';
+import { batchExitCode, defaultJobs, listImagesInDirectory, planBatch, readImageList, runBatch, type BatchItem, type BatchItemResult } from '../batch.js';
 import type { Ctx } from '../context.js';
 import { CliError, usageError } from '../errors.js';
 import { ExitCode } from '../exit-codes.js';
-import { throughputText, withHooks } from '../jobs.js';
+import { throughputText, withHooks, type JobHooks } from '../jobs.js';
+import { batchProgress } from '../batch-progress.js';
 import { KeySession, withKeys, type KeyCliOptions } from '../key-session.js';
 import { formatBytes, formatDuration, type CipherName, type DiskFormat, type Subformat, type UnitSize } from '../parse.js';
 import { formatOpts, printNotes, requireFreeOutput, requireInputFile, requireRawOutputName, requireWholeSectors } from './common.js';
@@ -28,6 +29,8 @@ export interface ConvertCliOptions extends KeyCliOptions {
   skipExisting?: boolean;
   chunkSize?: number;
   threads?: number;
+  /** Images of a batch converted at once (default: defaultJobs()); ignored for one image. */
+  jobs?: number;
 }
 
 async function isDirectory(path: string): Promise<boolean> {
@@ -56,7 +59,7 @@ async function convertOne(
   item: BatchItem,
   opts: ConvertCliOptions,
   newLockers: () => Promise<LockerSpec[]>,
-  label: string,
+  progress: string | (() => JobHooks),
 ): Promise<JobResult | { skipped: true }> {
   // Checked here, before keys are asked for, so that a re-run batch says what to do per image.
   if (!opts.force && (await exists(item.output))) {
@@ -71,7 +74,7 @@ async function convertOne(
     ? await keys.unlockOptions(item.input, { usePassphrase: keys.passphraseGiven && !opts.encrypt, ...formatOpts(opts.format) })
     : undefined;
   const encrypt = opts.encrypt ? { lockers: await newLockers(), cipher: opts.cipher, unitSize: opts.unitSize, cache: keys.cache } : undefined;
-  return withHooks(ctx, label, (hooks) =>
+  return withHooks(ctx, typeof progress === 'string' ? progress : progress(), (hooks) =>
     convertDisk(item.input, item.output, {
       ...jobTuning(opts),
       ...formatOpts(opts.format),
@@ -136,39 +139,41 @@ async function convertBatch(ctx: Ctx, dir: string | undefined, listFile: string 
   await mkdir(outDir, { recursive: true });
   const items = planBatch(inputs, outDir, opts.subformat);
 
+  const jobs = opts.jobs ?? defaultJobs();
+  const started = performance.now();
   const outcome = await withKeys(ctx, opts, async (keys) => {
     // One KEK and one recovery passphrase for the whole batch (each image still gets its own DEK):
-    // asked for once, made once, before the first image.
-    let lockers: LockerSpec[] | undefined;
-    const newLockers = async (): Promise<LockerSpec[]> => {
-      if (!lockers) {
-        const provider = await keys.newKeyProvider();
-        const keyId = keys.options.keyId ?? (await provider.createKey({ name: `vmseal-batch-${new Date().toISOString()}` })).keyId;
-        lockers = [{ kind: 'provider', provider, keyId }];
-        if (keys.options.recoveryPassphrase) lockers.push(await keys.recoveryLocker());
-      }
-      return lockers;
-    };
+    // asked for once, made once, before the first image. Kept as a promise so that images started
+    // together wait for the one making them instead of making their own.
+    let lockers: Promise<LockerSpec[]> | undefined;
+    const newLockers = (): Promise<LockerSpec[]> => (lockers ??= batchLockers(keys));
     if (opts.encrypt) await newLockers();
-    return runBatch(
-      items,
-      (item) =>
-        convertOne(ctx, keys, item, opts, newLockers, `[${items.indexOf(item) + 1}/${items.length}]`).then((r) =>
-          'skipped' in r ? { bytes: 0, skipped: true } : { bytes: r.bytesProcessed },
-        ),
-      {
-        signal: ctx.signal,
-        onDone: (r, i, n) => ctx.output.line(summaryLine(r, i, n)),
-      },
-    );
+    const progress = batchProgress(ctx);
+    try {
+      return await runBatch(
+        items,
+        (item) =>
+          convertOne(ctx, keys, item, opts, newLockers, () => progress.hooks()).then((r) =>
+            'skipped' in r ? { bytes: 0, skipped: true } : { bytes: r.bytesProcessed },
+          ),
+        {
+          signal: ctx.signal,
+          jobs,
+          onDone: (r, i, n) => ctx.output.line(summaryLine(r, i, n)),
+          onNotRun: (item, i, n) => ctx.output.line(`[${i + 1}/${n}] not run ${item.input}: interrupted, its output removed`),
+        },
+      );
+    } finally {
+      progress.stop();
+    }
   });
+  const wallSeconds = (performance.now() - started) / 1000;
 
   const failed = outcome.results.filter((r) => !r.ok).length;
   const skipped = outcome.results.filter((r) => r.skipped === true).length;
   const converted = outcome.results.length - failed - skipped;
   const notRun = items.length - outcome.results.length;
   const totalBytes = outcome.results.reduce((s, r) => s + r.bytes, 0);
-  const totalSeconds = outcome.results.reduce((s, r) => s + r.seconds, 0);
   ctx.exitCode = batchExitCode(outcome);
   ctx.output.result({
     ok: ctx.exitCode === ExitCode.OK,
@@ -181,18 +186,38 @@ async function convertBatch(ctx: Ctx, dir: string | undefined, listFile: string 
     failed,
     notRun,
     interrupted: outcome.interrupted,
+    jobs,
     bytes: totalBytes,
-    seconds: totalSeconds,
+    seconds: wallSeconds,
     results: outcome.results,
   });
   ctx.output.line(
-    `${converted} of ${items.length} image${items.length === 1 ? '' : 's'} converted${skipped > 0 ? `, ${skipped} skipped (existing)` : ''}, ${failed} failed${notRun > 0 ? `, ${notRun} not run (interrupted)` : ''}; ${formatBytes(totalBytes)} in ${formatDuration(totalSeconds)}`,
+    `${converted} of ${items.length} image${items.length === 1 ? '' : 's'} converted${skipped > 0 ? `, ${skipped} skipped (existing)` : ''}, ${failed} failed${notRun > 0 ? `, ${notRun} not run (interrupted)` : ''}; ${formatBytes(totalBytes)} in ${formatDuration(wallSeconds)}`,
   );
   if (failed > 0 || outcome.interrupted) {
     ctx.output.error(
       `vmseal: convert: ${failed} of ${items.length} images failed${outcome.interrupted ? ' and the batch was interrupted' : ''}. See the summary above; fix them and run the batch again (add --skip-existing to keep the outputs already written, or --force to replace them).`,
     );
   }
+}
+
+/**
+ * The batch's lockers: a provider locker under a new KEK (or --key-id) and, if asked, a recovery
+ * passphrase. The KEK goes into the session's cache at once, so that the images converted
+ * together take it from there instead of each fetching it from the provider.
+ */
+async function batchLockers(keys: KeySession): Promise<LockerSpec[]> {
+  const provider = await keys.newKeyProvider();
+  const keyId = keys.options.keyId ?? (await provider.createKey({ name: `vmseal-batch-${new Date().toISOString()}` })).keyId;
+  const kek = await provider.getKey(keyId);
+  try {
+    keys.cache.set(provider, keyId, kek);
+  } finally {
+    kek.fill(0);
+  }
+  const lockers: LockerSpec[] = [{ kind: 'provider', provider, keyId }];
+  if (keys.options.recoveryPassphrase) lockers.push(await keys.recoveryLocker());
+  return lockers;
 }
 
 function summaryLine(r: BatchItemResult, index: number, count: number): string {

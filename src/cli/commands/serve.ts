@@ -112,7 +112,10 @@ export async function serveCommand(ctx: Ctx, disks: string[], opts: ServeCliOpti
     ctx.doing = 'serving failed';
     try {
       // The line tests and scripts wait for: the server accepts clients from here on.
-      for (const e of host.exports()) ctx.output.error(`vmseal: serving ${e.name} on ${host.uri(e.name)}`);
+      // A locked export (its key provider unreachable) is listed too: it is served once its key comes.
+      for (const e of host.exports()) {
+        ctx.output.error(`vmseal: serving ${e.name} on ${host.uri(e.name)}${e.locked ? ` (locked: ${e.lockedReason ?? 'key unavailable'})` : ''}`);
+      }
       await untilAborted(ctx.signal);
       log('stopping: flushing every export and releasing the locks');
     } finally {
