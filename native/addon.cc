@@ -43,6 +43,7 @@
 
 #include "fs_extents.h"
 #include "fs_lock.h"
+#include "fs_writeback.h"
 #include "thread_pool.h"
 #include "xts_engine.h"
 
@@ -933,6 +934,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("MAX_THREADS", static_cast<double>(kMaxThreads));
   InitFileLocks(env, exports);
   InitFileExtents(env, exports);
+  InitFileWriteback(env, exports);
   return exports;
 }
 

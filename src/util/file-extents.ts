@@ -1,4 +1,4 @@
-import { nativeAddon } from './native-lock.js';
+import { loadNativeAddon } from './native-addon.js';
 
 /** A byte range of a file that holds data: [offset, offset + length). */
 export type DataRange = [offset: number, length: number];
@@ -15,7 +15,7 @@ let cached: FileDataRangesFn | null | undefined;
  */
 export function fileDataRanges(fd: number, start: number, end: number, maxRanges: number): DataRange[] {
   if (cached === undefined) {
-    const fn = nativeAddon().fileDataRanges;
+    const fn = loadNativeAddon().fileDataRanges;
     cached = typeof fn === 'function' ? (fn as FileDataRangesFn) : null;
   }
   if (cached === null) return end > start ? [[start, end - start]] : [];
