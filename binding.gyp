@@ -51,7 +51,9 @@
       'dependencies': ['vmseal_xts_core'],
       'sources': [
         'native/addon.cc',
+        'native/fs_extents.cc',
         'native/fs_lock.cc',
+        'native/fs_writeback.cc',
         'native/thread_pool.cc',
       ],
       'include_dirs': [

@@ -15,7 +15,9 @@ export default defineConfig([
     platform: 'node',
   },
   {
-    entry: { 'cli/main': 'src/cli/main.ts' },
+    // Commands are imported when they run (src/cli/program.ts): their chunks go beside main.js.
+    entry: { main: 'src/cli/main.ts' },
+    outDir: 'dist/cli',
     format: ['esm'],
     sourcemap: true,
     clean: false,

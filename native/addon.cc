@@ -41,7 +41,9 @@
 #define VMSEAL_HAVE_MMAP 0
 #endif
 
+#include "fs_extents.h"
 #include "fs_lock.h"
+#include "fs_writeback.h"
 #include "thread_pool.h"
 #include "xts_engine.h"
 
@@ -931,6 +933,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("MAX_UNIT_SIZE", static_cast<double>(kMaxUnitSize));
   exports.Set("MAX_THREADS", static_cast<double>(kMaxThreads));
   InitFileLocks(env, exports);
+  InitFileExtents(env, exports);
+  InitFileWriteback(env, exports);
   return exports;
 }
 

@@ -57,14 +57,20 @@ export async function withHooks<T>(ctx: Ctx, label: string | JobHooks, run: (hoo
 // The VMDK writer refuses a sparse extent of 2 TiB or more with ERR_INVALID_ARGUMENT (an argument of
 // createDisk). For a user it is a limit of the input's subformat (qemu-img makes such images),
 // not a mistake on the command line: exit 5 with the subformat that holds the disk.
+// The copy's own up-front check (ERR_VMDK_LIMIT: the data plus tables would pass what one sparse file
+// addresses) gets the same hint.
 const SPARSE_EXTENT_LIMIT = /too large for one sparse extent/;
+const SPARSE_FILE_FULL = /one sparse extent file cannot hold/;
 
-/** The writer's "too large for one sparse extent" as an input limit (ERR_VMDK_LIMIT, exit 5); other errors unchanged. */
+/** The writer's "too large for one sparse extent" and the copy's "cannot hold" as a limit of the subformat (ERR_VMDK_LIMIT, exit 5, with a hint); other errors unchanged. */
 export function outputLimitError(ctx: Pick<Ctx, 'command'>, err: unknown): unknown {
   const e = err as { code?: unknown; message?: unknown };
-  if (e?.code !== 'ERR_INVALID_ARGUMENT' || typeof e.message !== 'string' || !SPARSE_EXTENT_LIMIT.test(e.message)) return err;
+  if (typeof e?.message !== 'string') return err;
+  const limit = e.code === 'ERR_INVALID_ARGUMENT' && SPARSE_EXTENT_LIMIT.test(e.message);
+  const full = e.code === 'ERR_VMDK_LIMIT' && SPARSE_FILE_FULL.test(e.message);
+  if (!limit && !full) return err;
   const hasSubformat = ctx.command === 'encrypt' || ctx.command === 'decrypt' || ctx.command === 'convert';
-  return new CliError('ERR_VMDK_LIMIT', `${e.message}; the disk is too large for the monolithicSparse subformat`, {
+  return new CliError('ERR_VMDK_LIMIT', full ? e.message : `${e.message}; the disk is too large for the monolithicSparse subformat`, {
     exitCode: ExitCode.FORMAT,
     hint: hasSubformat
       ? 'Write it with --subformat twoGbMaxExtentSparse (one sparse extent per 2 GiB) or monolithicFlat'

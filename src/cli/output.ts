@@ -5,8 +5,14 @@
  *   quiet  — nothing but the one-line error on stderr.
  * Errors always go to stderr as one line, in every mode.
  */
-import { SingleBar } from 'cli-progress';
+import { createRequire } from 'node:module';
+import type * as CliProgress from 'cli-progress';
 import { formatBytes, formatRate } from './parse.js';
+
+// cli-progress is loaded when a bar is first shown (a terminal), not at every start-up: a command
+// run from a script or with --json never pays for it.
+const requireFromHere = createRequire(import.meta.url);
+const progressBars = (): typeof CliProgress => requireFromHere('cli-progress') as typeof CliProgress;
 
 export interface OutputOptions {
   json?: boolean;
@@ -97,7 +103,7 @@ export class Output {
   progress(label: string): ProgressReporter {
     if (!this.showProgress) return NO_PROGRESS;
     const { format, barsize } = progressLayout(label, (this.streams.stderr as { columns?: number }).columns);
-    const bar = new SingleBar({
+    const bar = new (progressBars().SingleBar)({
       stream: this.streams.stderr as NodeJS.WritableStream as never,
       format,
       barsize,

@@ -42,7 +42,11 @@ export class EncryptedDisk {
   readonly dataCipher: DataCipher;
   #closed = false;
   #writes: Promise<unknown> = Promise.resolve();
+  /** writeUnordered() calls running outside the queue (flush and close wait for them too). */
+  readonly #direct = new Set<Promise<void>>();
   #check: DataCheckState | undefined;
+  /** The inner disk is flat extents only (or raw): every range holds data (ciphertext). */
+  readonly #allData: boolean;
 
   constructor(path: string, inner: VirtualDisk, encryption: EncryptionParams, cipher: DataCipher, check?: DataCheckState) {
     this.path = path;
@@ -50,6 +54,8 @@ export class EncryptedDisk {
     this.encryption = Object.freeze({ ...encryption });
     this.dataCipher = cipher;
     this.#check = check;
+    const flat = (type: string): boolean => type === 'FLAT' || type === 'VMFS';
+    this.#allData = inner.grainSize === undefined && (inner.descriptor ? inner.descriptor.extents.every((e) => flat(e.type)) : inner.format === 'raw');
   }
 
   /** @internal The data check of this disk's key and id for a plaintext of unit 0 (undefined: format version 1). */
@@ -123,6 +129,31 @@ export class EncryptedDisk {
   }
 
   /**
+   * @internal A write whose caller orders overlapping writes itself (src/serve holds a range lock per
+   * data unit) and gives up `data`: it is encrypted in place and holds ciphertext afterwards. A
+   * unit-aligned write to a flat disk that leaves unit 0 alone (whose data check must be updated in
+   * order) runs at once, concurrently with others; everything else (partial units, sparse grains,
+   * unit 0) joins the serialized queue of write().
+   */
+  async writeUnordered(position: number, data: Uint8Array): Promise<void> {
+    this.#checkRange('write', position, data.byteLength);
+    if (this.readOnly) throw new DiskError('ERR_READ_ONLY', `cannot write to ${this.path}: it was opened read-only`);
+    if (data.byteLength === 0) return;
+    const u = this.unitSize;
+    const direct = this.grainSize === undefined && position % u === 0 && data.byteLength % u === 0 && (position > 0 || !this.#check);
+    if (!direct) {
+      const run = this.#writes.then(() => this.#writePlain(position, data, true));
+      this.#writes = run.catch(() => undefined);
+      return run;
+    }
+    const run = this.dataCipher.encrypt(data, position / u).then(() => this.innerDisk.write(position, data));
+    const tracked = run.catch(() => undefined);
+    this.#direct.add(tracked);
+    void tracked.then(() => this.#direct.delete(tracked));
+    return run;
+  }
+
+  /**
    * Deallocate the whole sparse grains inside [position, position+length) so they read as zeros
    * (see VirtualDisk.deallocate), except unit 0's grain: it keeps ciphertext, which the data check
    * needs (a hole reads as zeros under any key and proves nothing). Returns the ranges deallocated;
@@ -142,7 +173,7 @@ export class EncryptedDisk {
 
   async flush(): Promise<void> {
     this.#checkOpen();
-    await this.#writes;
+    await Promise.all([this.#writes, ...this.#direct]);
     await this.innerDisk.flush();
     await this.#commitCheck();
   }
@@ -154,7 +185,7 @@ export class EncryptedDisk {
 
   async close(): Promise<void> {
     if (this.#closed) return;
-    await this.#writes;
+    await Promise.all([this.#writes, ...this.#direct]);
     let commitError: unknown;
     await this.#commitCheck().catch((err: unknown) => {
       commitError = err;
@@ -206,6 +237,8 @@ export class EncryptedDisk {
   /** @internal Decrypt `buf` (read raw from the inner disk at `start`, unit-aligned) where the inner disk has data. */
   async decryptAllocated(buf: Uint8Array, start: number): Promise<void> {
     const u = this.unitSize;
+    // Flat extents back every byte: no need to ask (two async generators per read, on the serve hot path).
+    if (this.#allData) return this.dataCipher.decrypt(buf, start / u);
     const end = start + buf.byteLength;
     for await (const r of this.innerDisk.allocatedRanges(start, end)) {
       // Ranges are whole grains or extents; round out to units defensively (a unit is never split in files vmseal writes).
@@ -237,7 +270,8 @@ export class EncryptedDisk {
     return false;
   }
 
-  async #writePlain(position: number, data: Uint8Array): Promise<void> {
+  /** With `inPlace`, an aligned write encrypts `data` itself instead of a copy (writeUnordered). */
+  async #writePlain(position: number, data: Uint8Array, inPlace = false): Promise<void> {
     this.#checkOpen();
     const u = this.unitSize;
     const capacity = this.capacity;
@@ -254,7 +288,8 @@ export class EncryptedDisk {
     }
     let buf: Buffer;
     if (start === position && end === position + data.byteLength) {
-      buf = Buffer.from(data); // a copy: the caller's buffer is not encrypted in place
+      // A copy unless the caller gave the buffer up: write()'s caller keeps its plaintext.
+      buf = inPlace ? Buffer.from(data.buffer, data.byteOffset, data.byteLength) : Buffer.from(data);
     } else {
       // Read back only what the write does not cover: the head and the tail (partial units, or
       // the rest of a widened grain, which reads as zeros).

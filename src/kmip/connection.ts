@@ -9,10 +9,16 @@
  * Idle connections are `unref`ed so that a pooled connection never keeps the process alive; a
  * request `ref`s the socket while it waits.
  */
-import tls from 'node:tls';
+import { createRequire } from 'node:module';
+import type tls from 'node:tls';
 import { KmipError, type KmipErrorCode } from './errors.js';
 import { Tag } from './tags.js';
 import { TTLV_HEADER_LENGTH, messageLengthFromHeader } from './ttlv.js';
+
+// node:tls (and net, stream under it) is loaded when KMIP is first used, not at every start-up of
+// a command that uses local keys only.
+const requireFromHere = createRequire(import.meta.url);
+const tlsModule = (): typeof tls => requireFromHere('node:tls') as typeof tls;
 
 /** Either a prepared secure context (ca + client identity), or the PEMs themselves. */
 export interface TlsIdentity {
@@ -89,7 +95,7 @@ export class KmipConnection {
     return new Promise((resolve, reject) => {
       let phase: 'connecting' | 'handshaking' = 'connecting';
       const servername = opts.servername ?? opts.host;
-      const socket = tls.connect({
+      const socket = tlsModule().connect({
         host: opts.host,
         port: opts.port,
         ...(opts.secureContext !== undefined && { secureContext: opts.secureContext }),
@@ -100,7 +106,7 @@ export class KmipConnection {
         rejectUnauthorized: true,
         // SNI must not be an IP address; the certificate check still uses `servername`.
         ...(!/^[\d.]+$|:/.test(servername) && { servername }),
-        checkServerIdentity: (_host, cert) => tls.checkServerIdentity(servername, cert),
+        checkServerIdentity: (_host, cert) => tlsModule().checkServerIdentity(servername, cert),
       });
       const settle = (err: KmipError | undefined): void => {
         clearTimeout(timer);

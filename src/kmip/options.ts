@@ -2,11 +2,17 @@
  * Validation of KmipClient / KmipKeyProvider options. Messages follow one shape:
  * "Expected <what> for <option> but received <description>", never echoing secrets.
  */
-import tls from 'node:tls';
+import { createRequire } from 'node:module';
+import type tls from 'node:tls';
 import { expected } from '../errors.js';
 import type { KmipClientOptions, KmipEndpoint } from './client.js';
 import { KmipError } from './errors.js';
 import type { ProtocolVersion } from './messages.js';
+
+// node:tls (and net, stream under it) is loaded when KMIP is first used, not at every start-up of
+// a command that uses local keys only.
+const requireFromHere = createRequire(import.meta.url);
+const tlsModule = (): typeof tls => requireFromHere('node:tls') as typeof tls;
 
 export const DEFAULT_TIMEOUT_MS = 10_000;
 export const DEFAULT_PROTOCOL_VERSION: ProtocolVersion = { major: 1, minor: 2 };
@@ -84,7 +90,7 @@ function checkEndpoints(v: unknown): KmipEndpoint[] {
  */
 function loadSecureContext(ca: string | Buffer | Array<string | Buffer>, cert: string | Buffer, key: string | Buffer): tls.SecureContext {
   try {
-    return tls.createSecureContext({ ca, cert, key, minVersion: 'TLSv1.2' });
+    return tlsModule().createSecureContext({ ca, cert, key, minVersion: 'TLSv1.2' });
   } catch (err) {
     // OpenSSL's reason (e.g. "PEM routines::no start line", "key values mismatch") never contains key bytes.
     throw new KmipError('ERR_INVALID_ARGUMENT', `Could not load the TLS identity from ca, cert and key: ${(err as Error).message}`, { cause: err });

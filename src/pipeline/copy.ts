@@ -4,7 +4,15 @@
  * order into a new disk staged beside the output, commit it atomically.
  */
 import { basename, dirname, extname, resolve } from 'node:path';
-import { createDisk as createVmdk, openDisk as openVmdk, plannedDiskFiles, ADAPTER_TYPES, type VirtualDisk, type CreateDiskOptions } from '../vmdk/index.js';
+import {
+  createDisk as createVmdk,
+  openDisk as openVmdk,
+  plannedDiskFiles,
+  checkSparseFileFits,
+  ADAPTER_TYPES,
+  type VirtualDisk,
+  type CreateDiskOptions,
+} from '../vmdk/index.js';
 import {
   createDataCipher,
   type DataCipher,
@@ -46,6 +54,7 @@ import { openSource } from './source.js';
 import { ensureSpace } from './space.js';
 import { StagedOutput, cleanStaleStages, pathExists } from './staging.js';
 import { jobProviders } from './job-keys.js';
+import { WriteBehind } from './write-behind.js';
 
 export interface CopySpec {
   operation: 'encrypt' | 'decrypt' | 'convert' | 'rekey-deep';
@@ -256,6 +265,9 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
       const ranges = (): AsyncIterable<Span> =>
         fullCopy ? alignedRanges([{ offset: 0, length: capacity }], align, capacity) : alignedRanges(source.disk.allocatedRanges(), align, capacity);
       const total = await totalLength(ranges());
+      // One sparse file addresses 2 TiB (data plus tables), whatever the capacity: refused before any
+      // data is copied, naming twoGbMaxExtentSparse, rather than failing at the grain that passes it.
+      if (subformat === 'monolithicSparse' && outGrain !== undefined) checkSparseFileFits(capacity, total, outGrain, output);
       await ensureSpace(stage.dir, total, `the output ${output}`);
 
       const progress = new ProgressTracker(spec.operation === 'rekey-deep' ? 'rekey-deep' : spec.operation, 'copy', total, opts.onProgress);
@@ -263,27 +275,35 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
       const unit = outParams?.unitSize ?? 512;
       const disk = source.disk;
       const target = out;
-      await runChunks({
-        chunks: chunked(ranges(), chunkSize),
-        chunkSize,
-        depth,
-        ...(opts.signal ? { signal: opts.signal } : {}),
-        what,
-        read: (chunk, buf) => disk.readInto(chunk.offset, buf),
-        async transform(chunk, buf) {
-          // All-zero grains are left out of sparse and plain outputs: they read as zeros anyway.
-          const pieces: Piece[] = fullCopy
-            ? [{ offset: chunk.offset, data: buf }]
-            : nonZeroRuns(buf, chunk.offset, granularity).map((r) => ({
-                offset: r.offset,
-                data: buf.subarray(r.offset - chunk.offset, r.offset - chunk.offset + r.length),
-              }));
-          if (outCipher) for (const p of pieces) await outCipher.encrypt(p.data, p.offset / unit);
-          return pieces;
-        },
-        write: (offset, data) => target.write(offset, data),
-        done: (chunk) => progress.add(chunk.length),
-      });
+      const behind = WriteBehind.open(target);
+      try {
+        await runChunks({
+          chunks: chunked(ranges(), chunkSize),
+          chunkSize,
+          depth,
+          ...(opts.signal ? { signal: opts.signal } : {}),
+          what,
+          read: (chunk, buf) => disk.readInto(chunk.offset, buf),
+          async transform(chunk, buf) {
+            // All-zero grains are left out of sparse and plain outputs: they read as zeros anyway.
+            const pieces: Piece[] = fullCopy
+              ? [{ offset: chunk.offset, data: buf }]
+              : nonZeroRuns(buf, chunk.offset, granularity).map((r) => ({
+                  offset: r.offset,
+                  data: buf.subarray(r.offset - chunk.offset, r.offset - chunk.offset + r.length),
+                }));
+            if (outCipher) for (const p of pieces) await outCipher.encrypt(p.data, p.offset / unit);
+            return pieces;
+          },
+          async write(offset, data) {
+            await target.write(offset, data);
+            behind?.written(offset, data.length);
+          },
+          done: (chunk) => progress.add(chunk.length),
+        });
+      } finally {
+        await behind?.close();
+      }
       progress.finish();
       throwIfAborted(opts.signal, what);
       // A sparse output never leaves unit 0 a hole (a hole reads as zeros under any key): the data check needs its ciphertext.

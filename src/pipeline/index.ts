@@ -14,4 +14,4 @@ export {
   type ResumeOptions,
 } from './inplace.js';
 export type { KeyRotation, KeptReason } from './retire.js';
-export { inspectDisk, verifyDisk, type DiskInfo, type VerifyOptions, type VerifyResult } from './inspect.js';
+export { inspectDisk, verifyDisk, type DiskInfo, type InspectOptions, type VerifyOptions, type VerifyResult } from './inspect.js';

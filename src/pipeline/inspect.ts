@@ -1,5 +1,4 @@
 /** inspectDisk (what `vmseal info` shows) and verifyDisk (read everything, check, hash, compare). */
-import { createHash } from 'node:crypto';
 import { resolve } from 'node:path';
 import { openDisk as openVmdk } from '../vmdk/index.js';
 import { describeKeySafe, type LockerInfo } from '../keys/index.js';
@@ -8,6 +7,9 @@ import { VmsealError, expected } from '../errors.js';
 import { PipelineError, throwIfAborted } from './errors.js';
 import { Journal } from './journal.js';
 import { checkFormat, checkJobOptions, checkPath, formatOption, type DiskFormat, type JobOptions } from './options.js';
+import { Yielder } from '../util/yield.js';
+import { ContentHasher, CONTENT_BLOCK, FullHasher } from './content-hash.js';
+import { alignedRanges, chunked, totalLength, unionRanges, type Span } from './plan.js';
 import { ProgressTracker } from './progress.js';
 import { openSource, type Source } from './source.js';
 
@@ -38,14 +40,24 @@ export interface DiskInfo {
   interrupted?: { operation: string; journal?: string };
 }
 
+export interface InspectOptions {
+  /** Check whether these keys unlock the disk now (DiskInfo.encryption.unlockable). */
+  keys?: UnlockOptions;
+  /** What the file is (default: detected). */
+  format?: DiskFormat;
+  /** Stops the walk of the allocation metadata (an AbortError, code ERR_ABORTED). */
+  signal?: AbortSignal;
+}
+
 /**
  * Describe a disk: format, subformat, sizes, files and — for an encrypted disk — cipher, unit size,
  * lockers and, when `keys` are given, whether they unlock it now. Reads no data and never decrypts.
  */
-export async function inspectDisk(path: string, options: { keys?: UnlockOptions; format?: DiskFormat } = {}): Promise<DiskInfo> {
+export async function inspectDisk(path: string, options: InspectOptions = {}): Promise<DiskInfo> {
   const p = resolve(checkPath(path, 'path'));
   if (options === null || typeof options !== 'object') throw new PipelineError('ERR_INVALID_ARGUMENT', expected('an object', 'options', options));
   const format = checkFormat(options.format, 'format');
+  const what = `inspection of ${p}`;
   const journal = await Journal.open(p).catch((err) => {
     if (err instanceof PipelineError)
       return { header: { operation: 'unknown (unreadable journal)' }, close: async () => undefined, path: `${p}.vmseal-journal` };
@@ -54,8 +66,14 @@ export async function inspectDisk(path: string, options: { keys?: UnlockOptions;
   if (journal) await journal.close();
   const stored = await openVmdk(p, { readOnly: true, allowEncrypted: true, ...formatOption(format) });
   try {
+    // In proportion to the metadata (grain tables, extents), never the capacity; stoppable.
     let allocatedSize = 0;
-    for await (const r of stored.allocatedRanges()) allocatedSize += r.length;
+    const yielder = new Yielder();
+    for await (const r of stored.allocatedRanges()) {
+      allocatedSize += r.length;
+      throwIfAborted(options.signal, what);
+      await yielder.turn();
+    }
     const info: DiskInfo = {
       path: p,
       format: stored.format,
@@ -110,6 +128,12 @@ export interface VerifyOptions extends JobOptions {
   againstKeys?: UnlockOptions;
   /** What `against` is (default: detected; see JobOptions.format, which says what `path` is). */
   againstFormat?: DiskFormat;
+  /**
+   * Also compute `sha256`, the SHA-256 of the whole raw image (default: false). It takes time in
+   * proportion to the capacity (every hole is hashed as zeros), where everything else verify does
+   * takes time in proportion to the data.
+   */
+  sha256?: boolean;
 }
 
 export interface VerifyResult {
@@ -117,10 +141,14 @@ export interface VerifyResult {
   path: string;
   encrypted: boolean;
   virtualSize: number;
-  /** Bytes of the virtual disk read (allocated data; everything when comparing). */
+  /** Bytes of the virtual disk read: its data-backed ranges (with `against`: those of either disk), rounded out to 64 KiB blocks. */
   bytesRead: number;
-  /** SHA-256 of the whole (decrypted) virtual disk, holes as zeros: equals sha256sum of `qemu-img convert -O raw` of the plaintext. */
-  sha256: string;
+  /** The content hash of the (decrypted) virtual disk: see content-hash.ts and docs/pipeline.md. Depends on the content only. */
+  contentHash: string;
+  /** Only with `sha256: true`: SHA-256 of the whole (decrypted) virtual disk, holes as zeros — sha256sum of `qemu-img convert -O raw` of the plaintext. */
+  sha256?: string;
+  againstContentHash?: string;
+  /** Only with `against` and `sha256: true`. */
   againstSha256?: string;
   /** Byte offset of the first difference from `against`. */
   firstMismatch?: number;
@@ -128,91 +156,136 @@ export interface VerifyResult {
   problems: string[];
 }
 
-const ZERO_CHUNK = Buffer.alloc(1 << 20);
+/** One disk being verified: its reads, its hashes and how far it goes. */
+interface Side {
+  disk: Source['disk'];
+  capacity: number;
+  content: ContentHasher;
+  full: FullHasher | undefined;
+  buf: Buffer;
+}
 
-function hashZeros(h: ReturnType<typeof createHash>, n: number): void {
-  for (let left = n; left > 0; left -= ZERO_CHUNK.length) h.update(left >= ZERO_CHUNK.length ? ZERO_CHUNK : ZERO_CHUNK.subarray(0, left));
+function side(source: Source, chunkSize: number, what: string, options: VerifyOptions): Side {
+  const capacity = source.disk.capacity;
+  return {
+    disk: source.disk,
+    capacity,
+    content: new ContentHasher(),
+    full: options.sha256 === true ? new FullHasher(capacity, what, options.signal) : undefined,
+    buf: Buffer.allocUnsafeSlow(chunkSize),
+  };
+}
+
+/** Read a side's part of `chunk` (nothing past its capacity) and hash it; returns the bytes read. */
+async function readSide(s: Side, chunk: Span, onZeros: (n: number) => void): Promise<Buffer> {
+  const n = Math.max(0, Math.min(chunk.length, s.capacity - chunk.offset));
+  const data = s.buf.subarray(0, n);
+  if (n === 0) return data;
+  await s.disk.readInto(chunk.offset, data);
+  s.content.update(chunk.offset, data);
+  await s.full?.update(chunk.offset, data, onZeros);
+  return data;
 }
 
 /**
- * Read a whole disk: open it (for an encrypted one: unlock, check the authenticator), read every
- * data-backed byte (decrypting), hash the virtual disk, and optionally compare it with `against`.
- * Metadata errors (bad encryption lines, tampering, a corrupt sparse table) throw, like opening does;
- * a content difference is reported in the result (ok: false).
+ * Passes the data-backed ranges of an encrypted disk through, noting a range that does not hold
+ * whole data units (every data-backed range of an encrypted disk holds whole grains or extents).
+ */
+async function* checkedUnits(ranges: AsyncIterable<Span>, unit: number | undefined, capacity: number, problems: string[]): AsyncGenerator<Span> {
+  for await (const r of ranges) {
+    if (unit && (r.offset % unit !== 0 || (r.length % unit !== 0 && r.offset + r.length !== capacity))) {
+      problems.push(`data-backed range ${r.offset}+${r.length} does not hold whole ${unit}-byte data units`);
+    }
+    yield r;
+  }
+}
+
+/**
+ * Read a disk's data: open it (for an encrypted one: unlock, check the authenticator), read every
+ * data-backed 64 KiB block (decrypting), compute its contentHash (and with `sha256`, the hash of the
+ * whole raw image), and optionally compare it with `against` over the blocks either disk has data in
+ * (holes of both read as zeros in both). Metadata errors (bad encryption lines, tampering, a corrupt
+ * sparse table) throw, like opening does; a content difference is reported in the result (ok: false).
  */
 export async function verifyDisk(path: string, options: VerifyOptions = {}): Promise<VerifyResult> {
-  const { chunkSize } = checkJobOptions(options);
+  const { chunkSize: requestedChunk } = checkJobOptions(options);
+  if (options.sha256 !== undefined && typeof options.sha256 !== 'boolean')
+    throw new PipelineError('ERR_INVALID_ARGUMENT', expected('a boolean', 'sha256', options.sha256));
+  const chunkSize = Math.ceil(requestedChunk / CONTENT_BLOCK) * CONTENT_BLOCK;
   const p = resolve(checkPath(path, 'path'));
   const what = `verify of ${p}`;
   const againstFormat = checkFormat(options.againstFormat, 'againstFormat');
-  const source = await openSource(p, { ...formatOption(options.format), ...(options.keys ? { keys: options.keys } : {}), encrypted: 'decrypt', plain: 'read' });
+  // check: 'full' — verify is where a grain claimed by two table entries must be found (docs/vmdk.md).
+  const source = await openSource(p, {
+    ...formatOption(options.format),
+    ...(options.keys ? { keys: options.keys } : {}),
+    encrypted: 'decrypt',
+    plain: 'read',
+    check: 'full',
+  });
   let other: Source | undefined;
   try {
-    const disk = source.disk;
-    const capacity = disk.capacity;
+    const capacity = source.disk.capacity;
     const problems: string[] = [];
-    const hash = createHash('sha256');
-    const buf = Buffer.allocUnsafeSlow(chunkSize);
-    let bytesRead = 0;
-    const result: VerifyResult = { ok: true, path: p, encrypted: source.encryption !== null, virtualSize: capacity, bytesRead: 0, sha256: '', problems };
-    if (options.against !== undefined) {
-      const a = resolve(checkPath(options.against, 'against'));
+    const a = options.against !== undefined ? resolve(checkPath(options.against, 'against')) : undefined;
+    if (a !== undefined) {
       other = await openSource(a, {
         ...formatOption(againstFormat),
         ...(options.againstKeys ? { keys: options.againstKeys } : {}),
         encrypted: 'decrypt',
         plain: 'read',
+        check: 'full',
       });
       if (other.disk.capacity !== capacity) problems.push(`virtual sizes differ: ${capacity} bytes here, ${other.disk.capacity} in ${a}`);
-      const hashB = createHash('sha256');
-      const bufB = Buffer.allocUnsafeSlow(chunkSize);
-      const progress = new ProgressTracker('verify', 'verify', capacity, options.onProgress);
-      const common = Math.min(capacity, other.disk.capacity);
-      for (let off = 0; off < common; off += chunkSize) {
-        throwIfAborted(options.signal, what);
-        const n = Math.min(chunkSize, common - off);
-        const [x, y] = [buf.subarray(0, n), bufB.subarray(0, n)];
-        await Promise.all([disk.readInto(off, x), other.disk.readInto(off, y)]);
-        hash.update(x);
-        hashB.update(y);
-        if (result.firstMismatch === undefined && !x.equals(y)) {
+    }
+    const end = Math.max(capacity, other?.disk.capacity ?? 0);
+    const unit = source.encryption?.unitSize;
+    const theirs = other;
+    // Blocks with data in this disk or the other, rounded out to whole 64 KiB blocks.
+    const ranges = (check: boolean): AsyncIterable<Span> => {
+      const mine = check ? checkedUnits(source.disk.allocatedRanges(), unit, capacity, problems) : source.disk.allocatedRanges();
+      return alignedRanges(theirs ? unionRanges(mine, theirs.disk.allocatedRanges()) : mine, CONTENT_BLOCK, end);
+    };
+    const here = side(source, chunkSize, what, options);
+    const there = other ? side(other, chunkSize, what, options) : undefined;
+    // With sha256, progress counts the whole capacity (holes are hashed too); else the blocks read.
+    const progress = new ProgressTracker('verify', 'verify', options.sha256 ? end : await totalLength(ranges(false)), options.onProgress);
+    const yielder = new Yielder();
+    const zeros = (n: number): void => progress.add(n);
+    let bytesRead = 0;
+    let firstMismatch: number | undefined;
+    for await (const chunk of chunked(ranges(true), chunkSize)) {
+      throwIfAborted(options.signal, what);
+      const [x, y] = await Promise.all([readSide(here, chunk, zeros), there ? readSide(there, chunk, () => undefined) : undefined]);
+      bytesRead += x.length;
+      if (y && firstMismatch === undefined) {
+        const n = Math.min(x.length, y.length);
+        if (!x.subarray(0, n).equals(y.subarray(0, n))) {
           let i = 0;
           while (x[i] === y[i]) i++;
-          result.firstMismatch = off + i;
-          problems.push(`content differs from ${a} first at byte ${off + i}`);
+          firstMismatch = chunk.offset + i;
+          problems.push(`content differs from ${a} first at byte ${firstMismatch}`);
         }
-        bytesRead += n;
-        progress.add(n);
       }
-      progress.finish();
-      result.againstSha256 = hashB.digest('hex');
-    } else {
-      const progress = new ProgressTracker('verify', 'verify', capacity, options.onProgress);
-      const unit = source.encryption?.unitSize;
-      let pos = 0;
-      for await (const r of disk.allocatedRanges()) {
-        // Every data-backed range of an encrypted disk holds whole data units (whole grains or extents).
-        if (unit && (r.offset % unit !== 0 || (r.length % unit !== 0 && r.offset + r.length !== capacity))) {
-          problems.push(`data-backed range ${r.offset}+${r.length} does not hold whole ${unit}-byte data units`);
-        }
-        hashZeros(hash, r.offset - pos);
-        progress.add(r.offset - pos);
-        for (let off = r.offset; off < r.offset + r.length; off += chunkSize) {
-          throwIfAborted(options.signal, what);
-          const n = Math.min(chunkSize, r.offset + r.length - off);
-          await disk.readInto(off, buf.subarray(0, n));
-          hash.update(buf.subarray(0, n));
-          bytesRead += n;
-          progress.add(n);
-        }
-        pos = r.offset + r.length;
-      }
-      hashZeros(hash, capacity - pos);
-      progress.add(capacity - pos);
-      progress.finish();
+      progress.add(chunk.length);
+      await yielder.turn();
     }
-    result.sha256 = hash.digest('hex');
-    result.bytesRead = bytesRead;
+    const result: VerifyResult = {
+      ok: true,
+      path: p,
+      encrypted: source.encryption !== null,
+      virtualSize: capacity,
+      bytesRead,
+      contentHash: here.content.digest(),
+      problems,
+    };
+    if (here.full) result.sha256 = await here.full.digest(zeros);
+    if (there) {
+      result.againstContentHash = there.content.digest();
+      if (there.full) result.againstSha256 = await there.full.digest();
+    }
+    if (firstMismatch !== undefined) result.firstMismatch = firstMismatch;
+    progress.finish();
     result.ok = problems.length === 0;
     return result;
   } finally {

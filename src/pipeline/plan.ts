@@ -6,6 +6,8 @@
  * capacity, and cut at multiples of `chunkSize` (itself a multiple of `align`), so every chunk
  * starts and ends on a grain and unit boundary (except at the capacity).
  */
+import { Yielder } from '../util/yield.js';
+
 export interface Span {
   offset: number;
   length: number;
@@ -29,6 +31,29 @@ export async function* alignedRanges(source: AsyncIterable<Span> | Iterable<Span
   if (curEnd > curStart) yield { offset: curStart, length: curEnd - curStart };
 }
 
+/**
+ * The ranges of two ordered streams as one ordered stream (overlaps are left for alignedRanges to
+ * merge): what two disks compared side by side must read. Each stream is pulled only as far as needed.
+ */
+export async function* unionRanges(a: AsyncIterable<Span>, b: AsyncIterable<Span>): AsyncGenerator<Span> {
+  const ia = a[Symbol.asyncIterator]();
+  const ib = b[Symbol.asyncIterator]();
+  try {
+    let [ra, rb] = await Promise.all([ia.next(), ib.next()]);
+    while (!ra.done || !rb.done) {
+      if (rb.done || (!ra.done && ra.value.offset <= rb.value.offset)) {
+        yield ra.value as Span;
+        ra = await ia.next();
+      } else {
+        yield rb.value;
+        rb = await ib.next();
+      }
+    }
+  } finally {
+    await Promise.all([ia.return?.(), ib.return?.()]);
+  }
+}
+
 export async function* chunked(ranges: AsyncIterable<Span>, chunkSize: number): AsyncGenerator<Span> {
   for await (const r of ranges) {
     let off = r.offset;
@@ -43,7 +68,11 @@ export async function* chunked(ranges: AsyncIterable<Span>, chunkSize: number): 
 
 export async function totalLength(ranges: AsyncIterable<Span>): Promise<number> {
   let total = 0;
-  for await (const r of ranges) total += r.length;
+  const yielder = new Yielder();
+  for await (const r of ranges) {
+    total += r.length;
+    await yielder.turn(); // a walk of many tables: let signals in
+  }
   return total;
 }
 

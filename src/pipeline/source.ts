@@ -27,11 +27,18 @@ export interface OpenSourceOptions {
   readOnly?: boolean;
   /** What the file is (default: detected; see JobOptions.format). */
   format?: 'vmdk' | 'raw';
+  /** Sparse structure checks (the VMDK layer's openDisk `check`): 'full' for verify. */
+  check?: 'lazy' | 'full';
 }
 
 export async function openSource(path: string, opts: OpenSourceOptions): Promise<Source> {
   if (!opts.allowJob) assertNoJournal(path);
-  const stored = await openVmdk(path, { readOnly: opts.readOnly ?? true, allowEncrypted: true, ...(opts.format ? { format: opts.format } : {}) });
+  const stored = await openVmdk(path, {
+    readOnly: opts.readOnly ?? true,
+    allowEncrypted: true,
+    ...(opts.format ? { format: opts.format } : {}),
+    ...(opts.check ? { check: opts.check } : {}),
+  });
   try {
     const enc = encryptionOf(stored);
     if (enc?.job !== undefined && !opts.allowJob) {

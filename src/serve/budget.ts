@@ -18,6 +18,13 @@ export class PayloadBudget {
     return this.#used;
   }
 
+  /** Take `bytes` now if they fit and nobody waits; false otherwise (then acquire() and wait). */
+  tryAcquire(bytes: number): boolean {
+    if (this.#waiters.length > 0 || !this.#fits(bytes)) return false;
+    this.#used += bytes;
+    return true;
+  }
+
   /** Wait until `bytes` fit (a request larger than the whole budget waits for an empty budget). */
   acquire(bytes: number): Promise<void> {
     if (this.#waiters.length === 0 && this.#fits(bytes)) {

@@ -7,6 +7,7 @@
  */
 import type { Socket } from 'node:net';
 import type { PayloadBudget } from './budget.js';
+import { POOLED_MIN, type BufferPool } from './buffers.js';
 import {
   WireError,
   decodeRequest,
@@ -46,6 +47,8 @@ export interface ConnectionHost {
   /** --no-list: NBD_OPT_LIST is refused and unknown names learn nothing of the others. */
   readonly noList: boolean;
   readonly budget: PayloadBudget;
+  /** Large payload buffers, reused (see buffers.ts). */
+  readonly buffers: BufferPool;
   /** A connection that has not picked an export after this long is closed (it holds a socket for nothing). */
   readonly handshakeTimeoutMs: number;
   /** TLS credentials: when set, TLS is required (STARTTLS before any other option). */
@@ -53,7 +56,11 @@ export interface ConnectionHost {
   log(line: string): void;
 }
 
-/** A request's share of the payload budget, released once (when its reply left, or if it never got one). */
+/**
+ * A request's share of the payload budget, released once: a READ's reply buffer when its reply
+ * left; everything else (a WRITE's data, scratch buffers of src/disk) as soon as the disk is done
+ * with it, before the reply is queued; or when the request ends without a reply.
+ */
 interface Ticket {
   held: number;
   queued: boolean;
@@ -107,10 +114,18 @@ export class Connection {
   /** Payload bytes of the budget this connection holds. */
   #held = 0;
   #stopping = false;
+  /** The socket is corked until the next check phase (see #corkUntilImmediate). */
+  #corked = false;
   /** Between STARTTLS's ACK and the end of the TLS handshake. */
   #upgrading = false;
-  #wakeStop: (() => void) | undefined;
-  readonly #stopped = new Promise<void>((resolve) => (this.#wakeStop = resolve));
+  /**
+   * Waits cut short by stop(). Each is removed when its promise settles: a race against one
+   * long-lived "stopped" promise would leave a reaction on it per request, which a connection
+   * serving a VM for days would pile up without bound.
+   */
+  readonly #stopWaiters = new Set<() => void>();
+  /** Wakes #transmit when a request or a reply finished, or on stop. */
+  #wakeProgress: (() => void) | undefined;
 
   constructor(socket: Socket, host: ConnectionHost, id: number) {
     this.id = id;
@@ -125,7 +140,9 @@ export class Connection {
   /** Stop reading requests; the ones in flight are still answered, then the socket closes. */
   stop(): void {
     this.#stopping = true;
-    this.#wakeStop?.();
+    for (const wake of this.#stopWaiters) wake();
+    this.#stopWaiters.clear();
+    this.#progress();
     this.#reader.end();
     // A client stalling its TLS handshake has no reader to end: cut it off (nothing is in flight yet).
     if (this.#upgrading) this.#socket.destroy();
@@ -206,15 +223,37 @@ export class Connection {
    * Write `bufs` in one go; resolves once they reached the kernel, or when the connection is stopped
    * (a client that does not read would otherwise keep a negotiation or a shutdown waiting forever).
    */
-  #send(bufs: Buffer[]): Promise<void> {
+  #send(bufs: Buffer[], onWritten?: () => void): Promise<void> {
     const written = new Promise<void>((resolve) => {
-      if (this.#socket.destroyed) return resolve();
-      this.#socket.cork();
+      if (this.#socket.destroyed) {
+        onWritten?.();
+        return resolve();
+      }
+      this.#corkUntilImmediate();
       for (let i = 0; i < bufs.length - 1; i++) this.#socket.write(bufs[i]);
-      this.#socket.write(bufs[bufs.length - 1], () => resolve());
-      this.#socket.uncork();
+      // Called once the socket no longer needs the buffers (written, or dropped with the socket).
+      this.#socket.write(bufs[bufs.length - 1], () => {
+        onWritten?.();
+        resolve();
+      });
     });
-    return Promise.race([written, this.#stopped]);
+    return this.#orStop(written);
+  }
+
+  /**
+   * Hold the socket's writes until the event loop's check phase: the replies of every request that
+   * completed in this turn of the loop (a burst, at queue depth 16) leave in one writev instead of
+   * one system call each.
+   */
+  #corkUntilImmediate(): void {
+    if (this.#corked) return;
+    this.#corked = true;
+    const socket = this.#socket; // STARTTLS may replace #socket before the uncork
+    socket.cork();
+    setImmediate(() => {
+      this.#corked = false;
+      socket.uncork();
+    });
   }
 
   // ---- transmission ----------------------------------------------------------------------------
@@ -227,7 +266,7 @@ export class Connection {
       for (;;) {
         const busy = this.#inFlight.size + this.#sending.size;
         if (this.#stopping || (busy < MAX_IN_FLIGHT && (this.#held < CONNECTION_BYTES || busy === 0))) break;
-        await Promise.race([...this.#inFlight, ...this.#sending, this.#stopped]);
+        await new Promise<void>((resolve) => (this.#wakeProgress = resolve));
       }
       let req: Request;
       try {
@@ -249,23 +288,27 @@ export class Connection {
           this.#replyError(req, NbdErrno.EOVERFLOW, `a write of ${req.length} bytes is beyond the maximum of ${MAX_PAYLOAD}`);
           continue;
         }
-        held = req.length;
+        // The data, and the buffer src/disk may assemble units in (none for an aligned flat write: in place).
+        held = req.length + exp.scratchBytes('write', req.offset, req.length);
         await this.#acquire(held);
         try {
-          payload = await this.#reader.read(req.length);
+          payload = await (req.length >= POOLED_MIN ? this.#reader.readInto(this.#host.buffers.take(req.length)) : this.#reader.read(req.length));
         } catch (err) {
           // A payload cut short by the client: its share of the budget must not leak.
           this.#release(held);
           throw err;
         }
       } else if (req.type === Cmd.READ && req.length <= MAX_PAYLOAD && this.#check(exp, req) === undefined) {
-        held = req.length;
+        held = req.length + exp.scratchBytes('read', req.offset, req.length);
+        if (held > 0) await this.#acquire(held);
+      } else if (req.type === Cmd.WRITE_ZEROES && this.#check(exp, req) === undefined) {
+        held = exp.scratchBytes('zero', req.offset, req.length);
         await this.#acquire(held);
       }
       const ticket = { held, queued: false };
       this.#track(
         this.#serve(exp, req, payload, ticket).finally(() => {
-          if (!ticket.queued) this.#release(held);
+          if (!ticket.queued) this.#release(ticket.held);
         }),
       );
     }
@@ -277,13 +320,18 @@ export class Connection {
    * that comes after the stop is given back at once.
    */
   async #acquire(bytes: number): Promise<void> {
+    // The common case, without a promise per request.
+    if (!this.#stopping && this.#host.budget.tryAcquire(bytes)) {
+      this.#held += bytes;
+      return;
+    }
     let got = false;
     let abandoned = false;
     const granted = this.#host.budget.acquire(bytes).then(() => {
       got = true;
       if (abandoned) this.#host.budget.release(bytes);
     });
-    await Promise.race([granted, this.#stopped]);
+    await this.#orStop(granted);
     if (this.#stopping) {
       // Give the grant back now if it came, or as soon as it comes.
       if (got) this.#host.budget.release(bytes);
@@ -301,7 +349,30 @@ export class Connection {
   #track(p: Promise<void>): void {
     const tracked = p.catch(() => undefined);
     this.#inFlight.add(tracked);
-    void tracked.finally(() => this.#inFlight.delete(tracked));
+    void tracked.finally(() => {
+      this.#inFlight.delete(tracked);
+      this.#progress();
+    });
+  }
+
+  /** Wake #transmit if it waits for room (a request or reply finished, or the connection stops). */
+  #progress(): void {
+    const wake = this.#wakeProgress;
+    this.#wakeProgress = undefined;
+    wake?.();
+  }
+
+  /** Resolves when `p` settles or the connection is stopped, whichever comes first. */
+  #orStop(p: Promise<void>): Promise<void> {
+    if (this.#stopping) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      this.#stopWaiters.add(resolve);
+      const done = (): void => {
+        this.#stopWaiters.delete(resolve);
+        resolve();
+      };
+      p.then(done, done);
+    });
   }
 
   /** The NBD error a request gets before any I/O, with a message; undefined when it may run. */
@@ -348,14 +419,18 @@ export class Connection {
         case Cmd.READ: {
           // Holes first, data second: a write landing in between shows as the read having come first.
           const holes = this.#structured ? await exp.holes(req.offset, req.length, MIN_HOLE_CHUNK) : [];
-          const data = Buffer.allocUnsafe(req.length);
+          const data = this.#host.buffers.take(req.length);
+          // Not given back if the read fails: a part of it may still be in flight into the buffer.
           await exp.read(req.offset, data);
-          if (!this.#structured) return this.#queueReply([encodeSimpleReply(req.cookie, 0), data], ticket);
-          if (holes.length === 0) return this.#queueReply([encodeOffsetDataHeader(req.cookie, req.offset, data.length), data], ticket);
-          return this.#queueReply(readChunks(req, data, holes), ticket);
+          this.#keepOnly(ticket, data.length); // src/disk's scratch is gone; the reply buffer stays until sent
+          const reuse = (): void => this.#host.buffers.give(data);
+          if (!this.#structured) return this.#queueReply([encodeSimpleReply(req.cookie, 0), data], ticket, reuse);
+          if (holes.length === 0) return this.#queueReply([encodeOffsetDataHeader(req.cookie, req.offset, data.length), data], ticket, reuse);
+          return this.#queueReply(readChunks(req, data, holes), ticket, reuse);
         }
         case Cmd.WRITE:
           await exp.write(req.offset, payload!, fua);
+          this.#host.buffers.give(payload!); // only after success: a failed write may still be reading it
           break;
         case Cmd.FLUSH:
           await exp.flush();
@@ -376,6 +451,7 @@ export class Connection {
           return this.#queueReply([encodeBlockStatus(req.cookie, BASE_ALLOCATION_ID, extents)], ticket);
         }
       }
+      this.#keepOnly(ticket, 0); // the data was written: a 16-byte reply pins nothing worth counting
       this.#queueReply([encodeSimpleReply(req.cookie, 0)], ticket);
     } catch (err) {
       const code = (err as { code?: string; cause?: { code?: string } }).cause?.code ?? (err as { code?: string }).code;
@@ -387,15 +463,24 @@ export class Connection {
     }
   }
 
+  /** Give back what `ticket` holds beyond `bytes` (buffers the request no longer uses). */
+  #keepOnly(ticket: Ticket, bytes: number): void {
+    if (ticket.held <= bytes) return;
+    this.#release(ticket.held - bytes);
+    ticket.held = bytes;
+  }
+
   #replyError(req: Request, errno: NbdErrno, message: string, ticket: Ticket = { held: 0, queued: false }): void {
+    this.#keepOnly(ticket, 0); // an error reply carries no payload
     this.#queueReply([this.#structured ? encodeStructuredError(req.cookie, errno, message) : encodeSimpleReply(req.cookie, errno)], ticket);
   }
 
   /** Queue a reply without waiting for the client to read it; its budget is released when it left. */
-  #queueReply(bufs: Buffer[], ticket: Ticket): void {
+  #queueReply(bufs: Buffer[], ticket: Ticket, onWritten?: () => void): void {
     ticket.queued = true;
-    const sent = this.#send(bufs).finally(() => {
+    const sent = this.#send(bufs, onWritten).finally(() => {
       this.#sending.delete(sent);
+      this.#progress();
       this.#release(ticket.held);
     });
     this.#sending.add(sent);

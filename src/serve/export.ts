@@ -3,16 +3,20 @@
  * over an opened disk (plain VirtualDisk or decrypting EncryptedDisk), with the rules that keep an
  * encrypted disk well formed, and the disk's lock. It knows nothing of the wire (connection.ts does).
  *
- * Writes (WRITE, WRITE_ZEROES) run one at a time per export, whatever connection sent them: a write
- * that covers part of a data unit or grain is a read-modify-write in src/disk, and two of those on
- * one unit must not interleave. Reads run concurrently. A FLUSH waits for the writes queued before
- * it and then syncs every file of the disk; since every connection shares this one disk object, a
- * flush on any connection covers the replied writes of all of them (NBD_FLAG_CAN_MULTI_CONN).
+ * Writes (WRITE, WRITE_ZEROES, TRIM) hold a range lock on the data units they touch, whatever
+ * connection sent them: overlapping writes run one after the other in the order they came (a write
+ * covering part of a unit is a read-modify-write in src/disk, and two of those on one unit must not
+ * interleave), writes to disjoint units of a flat disk run at once. On a sparse disk every write
+ * locks the whole disk: grain allocation is serialized in src/disk anyway. Reads run concurrently.
+ * A FLUSH syncs every file of the disk after the writes that had completed (src/disk waits for
+ * those still running too); since every connection shares this one disk object, a flush on any
+ * connection covers the replied writes of all of them (NBD_FLAG_CAN_MULTI_CONN).
  */
 import type { EncryptedDisk } from '../disk/index.js';
 import type { VirtualDisk } from '../vmdk/index.js';
 import type { DiskLock } from '../pipeline/lock.js';
 import type { BlockSizes, Extent } from './codec.js';
+import { RangeLock } from './range-lock.js';
 import {
   MAX_PAYLOAD,
   NBD_FLAG_CAN_MULTI_CONN,
@@ -67,8 +71,8 @@ export class Export {
   #clients = 0;
   #bytesRead = 0;
   #bytesWritten = 0;
-  /** Tail of the per-export write queue. */
-  #writes: Promise<unknown> = Promise.resolve();
+  /** Orders overlapping writes (see the top of this file). */
+  readonly #ranges = new RangeLock();
   #closed = false;
 
   constructor(name: string, disk: ServedDisk, options: { readOnly: boolean; shared: number; lock?: DiskLock; description?: string }) {
@@ -159,9 +163,30 @@ export class Export {
     return out;
   }
 
-  /** Write, and with `fua` sync before returning. Returns once the data is in the file (page cache at least). */
+  /**
+   * Bytes a request allocates on its way through src/disk besides its payload (a WRITE's data, a
+   * READ's reply buffer), for the payload budget: an unaligned read decrypts whole units into a
+   * second buffer; a write that is not unit-aligned on an encrypted disk, or that may widen to
+   * whole grains on a sparse one, assembles its units in a new buffer (an aligned write to a flat
+   * encrypted disk is encrypted in place: nothing); WRITE_ZEROES holds one step of zeros plus that.
+   */
+  scratchBytes(kind: 'read' | 'write' | 'zero', offset: number, length: number): number {
+    const disk = this.disk;
+    const g = disk.grainSize;
+    if (kind === 'zero') return Math.min(ZERO_STEP, length) + this.scratchBytes('write', offset, Math.min(ZERO_STEP, length));
+    if (!disk.encrypted) return kind === 'write' && g !== undefined ? 2 * g : 0;
+    const u = disk.unitSize;
+    const aligned = offset % u === 0 && length % u === 0;
+    if (kind === 'read') return aligned ? 0 : length + 2 * u;
+    return aligned && g === undefined ? 0 : length + 2 * (g ?? u);
+  }
+
+  /**
+   * Write, and with `fua` sync before returning. Returns once the data is in the file (page cache
+   * at least). `data` is given up: on an encrypted disk it is encrypted in place.
+   */
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
-    await this.#queue(() => this.disk.write(offset, data));
+    await this.#locked(offset, data.length, () => this.#writeOwned(offset, data));
     this.#bytesWritten += data.length;
     if (fua) await this.flush();
   }
@@ -176,17 +201,18 @@ export class Export {
    * tells the client that zeroing would mean writing (what was deallocated reads as zeros already).
    */
   async zero(offset: number, length: number, opts: { fua: boolean; fast: boolean; noHole?: boolean }): Promise<'done' | 'slow'> {
-    // Inside the write queue: a write queued before this one may allocate a grain in the range.
-    const result = await this.#queue(async () => {
+    // Under the range lock: a write that came before this one may allocate a grain in the range.
+    const result = await this.#locked(offset, length, async () => {
       if (this.sparse && !opts.noHole && length > 0) await this.disk.deallocate(offset, length);
       const ranges = await this.#dataRanges(offset, length);
       if (ranges.length === 0) return 'done' as const;
       if (opts.fast) return 'slow' as const;
-      const zeros = Buffer.alloc(Math.min(ZERO_STEP, length));
+      const zeros = Buffer.allocUnsafe(Math.min(ZERO_STEP, length));
       for (const r of ranges) {
         for (let at = r.offset; at < r.offset + r.length; at += zeros.length) {
           const n = Math.min(zeros.length, r.offset + r.length - at);
-          await this.disk.write(at, zeros.subarray(0, n));
+          // Filled each time: an encrypted write leaves ciphertext in it.
+          await this.#writeOwned(at, zeros.fill(0, 0, n).subarray(0, n));
         }
       }
       return 'done' as const;
@@ -203,13 +229,12 @@ export class Export {
    * reading back as noise, so there a trimmed range keeps its data, which the specification allows.
    */
   async trim(offset: number, length: number, fua: boolean): Promise<void> {
-    if (this.sparse && length > 0) await this.#queue(() => this.disk.deallocate(offset, length));
+    if (this.sparse && length > 0) await this.#locked(offset, length, () => this.disk.deallocate(offset, length));
     if (fua) await this.flush();
   }
 
-  /** Sync every file after the writes queued so far (fsync of each file, through the VMDK layer). */
+  /** Sync every file (fsync of each file, through the VMDK layer) after the writes completed so far. */
   async flush(): Promise<void> {
-    await this.#writes;
     await this.disk.flush();
   }
 
@@ -262,9 +287,15 @@ export class Export {
     return out;
   }
 
-  #queue<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.#writes.then(fn);
-    this.#writes = run.catch(() => undefined);
-    return run;
+  /** Run a write holding the range lock on the data units of [offset, offset+length) (the whole disk if sparse). */
+  #locked<T>(offset: number, length: number, fn: () => Promise<T>): Promise<T> {
+    if (this.sparse) return this.#ranges.run(0, Infinity, fn);
+    const u = this.disk.encrypted ? this.disk.unitSize : 1;
+    return this.#ranges.run(Math.floor(offset / u), Math.ceil((offset + length) / u), fn);
+  }
+
+  /** Write `data`, which the caller gives up (encrypted in place on an encrypted disk). */
+  #writeOwned(offset: number, data: Buffer): Promise<void> {
+    return this.disk.encrypted ? this.disk.writeUnordered(offset, data) : this.disk.write(offset, data);
   }
 }

@@ -13,6 +13,7 @@ import type { UnlockOptions } from '../keys/index.js';
 import type { VirtualDisk } from '../vmdk/index.js';
 import { acquireLock, type DiskLock } from '../pipeline/lock.js';
 import { PayloadBudget } from './budget.js';
+import { BufferPool } from './buffers.js';
 import { Connection, type ConnectionHost } from './connection.js';
 import { ServeError } from './errors.js';
 import { Export, type ExportInfo } from './export.js';
@@ -312,6 +313,8 @@ export async function serve(options: ServeOptions): Promise<NbdHost> {
     insecureNoClientAuth: options.insecureNoClientAuth === true,
   });
   const budget = new PayloadBudget(options.payloadBudget === undefined ? DEFAULT_PAYLOAD_BUDGET : checkCount(options.payloadBudget, 'payloadBudget'));
+  // Idle reusable buffers: half the budget, so that the budget's payloads and the idle ones together stay within 1.5× of it.
+  const buffers = new BufferPool(Math.floor(budget.limit / 2));
   const handshakeTimeoutMs =
     options.handshakeTimeoutMs === undefined ? DEFAULT_HANDSHAKE_TIMEOUT_MS : checkCount(options.handshakeTimeoutMs, 'handshakeTimeoutMs');
   const log = options.log ?? (() => undefined);
@@ -347,6 +350,7 @@ export async function serve(options: ServeOptions): Promise<NbdHost> {
     exportList: () => [...exports.values()],
     noList: options.noList === true,
     budget,
+    buffers,
     handshakeTimeoutMs,
     ...(tls ? { tls } : {}),
     log,

@@ -19,12 +19,24 @@ export class SocketReader {
   readonly #chunks: Buffer[] = [];
   #size = 0;
   #ended = false;
-  #pending: { n: number; resolve: (b: Buffer) => void; reject: (e: Error) => void } | undefined;
+  #pending: { n: number; into: Buffer | undefined; filled: number; resolve: (b: Buffer) => void; reject: (e: Error) => void } | undefined;
   readonly #detach: () => void;
 
   constructor(socket: Socket) {
     this.#socket = socket;
     const onData = (d: Buffer): void => {
+      const p = this.#pending;
+      if (p?.into && this.#size === 0) {
+        // Straight into the target: a large payload is not held twice (chunks, then the copy).
+        const k = Math.min(d.length, p.n - p.filled);
+        d.copy(p.into, p.filled, 0, k);
+        p.filled += k;
+        if (k === d.length) {
+          this.#serve();
+          return;
+        }
+        d = d.subarray(k);
+      }
       this.#chunks.push(d);
       this.#size += d.length;
       if (this.#size >= Math.max(HIGH_WATER, this.#pending?.n ?? 0)) socket.pause();
@@ -65,13 +77,22 @@ export class SocketReader {
     this.#serve();
   }
 
-  /** Exactly `n` bytes, or EndOfStream. One read at a time. */
-  read(n: number): Promise<Buffer> {
+  /**
+   * Exactly `n` bytes, or EndOfStream. One read at a time. Without `into` the bytes may share
+   * memory with the socket's chunks (cheap for small reads); with it they are copied into `into`
+   * (n = into.length), which is what resolves.
+   */
+  read(n: number, into?: Buffer): Promise<Buffer> {
     if (this.#pending) return Promise.reject(new Error('SocketReader: one read at a time'));
     return new Promise((resolve, reject) => {
-      this.#pending = { n, resolve, reject };
+      this.#pending = { n, into, filled: 0, resolve, reject };
       this.#serve();
     });
+  }
+
+  /** Fill `target` from the stream. */
+  readInto(target: Buffer): Promise<Buffer> {
+    return this.read(target.length, target);
   }
 
   /** Read and drop `n` bytes (the payload of a request refused before its data was needed). */
@@ -85,9 +106,15 @@ export class SocketReader {
 
   #serve(): void {
     const p = this.#pending;
-    if (p && this.#size >= p.n) {
+    if (p?.into && this.#size > 0 && this.#size < p.n - p.filled) {
+      // Move what is buffered into the target now; the rest comes straight from the socket.
+      const k = this.#size;
+      this.#take(k, p.into, p.filled);
+      p.filled += k;
+    }
+    if (p && this.#size >= p.n - p.filled) {
       this.#pending = undefined;
-      p.resolve(this.#take(p.n));
+      p.resolve(this.#take(p.n - p.filled, p.into, p.filled));
     } else if (p && this.#ended) {
       this.#pending = undefined;
       p.reject(new EndOfStream());
@@ -96,20 +123,21 @@ export class SocketReader {
     }
   }
 
-  #take(n: number): Buffer {
+  /** The next `n` bytes: into `into` from `at` on when given (which is returned), else a buffer. */
+  #take(n: number, into: Buffer | undefined, at = 0): Buffer {
     let out: Buffer;
     const first = this.#chunks[0];
-    if (n === 0) out = Buffer.alloc(0);
-    else if (first.length >= n) {
+    if (n === 0) out = into ?? Buffer.alloc(0);
+    else if (first.length >= n && !into) {
       out = first.subarray(0, n);
       if (first.length === n) this.#chunks.shift();
       else this.#chunks[0] = first.subarray(n);
     } else {
-      out = Buffer.allocUnsafe(n);
-      let at = 0;
-      while (at < n) {
+      out = into ?? Buffer.allocUnsafe(n);
+      const end = at + n;
+      while (at < end) {
         const c = this.#chunks[0];
-        const k = Math.min(c.length, n - at);
+        const k = Math.min(c.length, end - at);
         c.copy(out, at, 0, k);
         at += k;
         if (k === c.length) this.#chunks.shift();

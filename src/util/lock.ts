@@ -28,10 +28,12 @@ export type FileLockErrorCode =
   | 'ERR_LOCK_BUSY' // another process holds a conflicting lock (waited up to waitMs)
   | 'ERR_LOCK_IO'; // the record file could not be opened or locked
 
-/** Every code the util layer (and the addon's lock calls) can throw. */
+/** Every code the util layer (and the addon's lock and file-extent calls) can throw. */
 export type UtilErrorCode =
   | FileLockErrorCode
   | 'ERR_LOCK_UNSUPPORTED' // the addon's lock calls on a platform without OFD locks (not Linux)
+  | 'ERR_FS_EXTENTS_IO' // the addon's fileDataRanges (src/util/file-extents.ts): lseek SEEK_DATA/SEEK_HOLE failed
+  | 'ERR_WRITEBACK_IO' // the addon's writebackStart: sync_file_range failed (copy jobs ignore it: their fsync reports the I/O error)
   | 'ERR_QEMU_LOCKED'; // qemu (qemu-img, qemu-nbd, a VM) holds the image with permissions that conflict
 
 export class FileLockError extends VmsealError {

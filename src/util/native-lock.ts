@@ -1,12 +1,7 @@
-import { createRequire } from 'node:module';
-import { resolve } from 'node:path';
-import { findPackageRoot } from './package-root.js';
+import { loadNativeAddon } from './native-addon.js';
 
 /**
- * The file-lock calls of the native addon (native/fs_lock.cc). The addon is the same binary the XTS
- * layer loads (Node caches it, so this is one module); it is loaded here directly, the same way as
- * src/xts/native.ts does (VMSEAL_NATIVE_PATH, else node-gyp-build from the package root), so the
- * util layer does not depend on the XTS layer.
+ * The file-lock calls of the native addon (native/fs_lock.cc), loaded by ./native-addon.ts.
  */
 export interface NativeFileLocks {
   /** Open (creating, mode 0600) a file O_RDWR|O_CLOEXEC, or O_RDONLY|O_CLOEXEC without creating when readOnly. */
@@ -19,21 +14,11 @@ export interface NativeFileLocks {
   lockClose(fd: number): void;
 }
 
-const requireFromHere = createRequire(import.meta.url);
 let cached: NativeFileLocks | undefined;
 
 export function nativeFileLocks(): NativeFileLocks {
   if (cached) return cached;
-  const path = process.env.VMSEAL_NATIVE_PATH;
-  let addon: Partial<NativeFileLocks>;
-  if (path) {
-    addon = requireFromHere(resolve(path)) as Partial<NativeFileLocks>;
-  } else {
-    const root = findPackageRoot();
-    if (!root) throw new Error('vmseal native addon: the package root (package.json named "vmseal") was not found');
-    const nodeGypBuild = requireFromHere('node-gyp-build') as (dir: string) => unknown;
-    addon = nodeGypBuild(root) as Partial<NativeFileLocks>;
-  }
+  const addon = loadNativeAddon() as Partial<NativeFileLocks>;
   if (typeof addon.lockOpen !== 'function') {
     // A binary built before fs_lock.cc existed.
     throw new Error('the vmseal native addon has no file-lock calls (lockOpen); rebuild it (npm run build:native)');

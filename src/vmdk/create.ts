@@ -4,6 +4,7 @@ import { Descriptor, MAX_DESCRIPTOR_BYTES } from './descriptor.js';
 import { type VirtualDisk, VmdkDisk } from './disk.js';
 import { VmdkFormatError } from './errors.js';
 import { HostFile } from './file.js';
+import { GTES_PER_GT, sparseOverheadSectors } from './sparse-fit.js';
 import { openDisk } from './open.js';
 import {
   FLAG_NEWLINE_TEST,
@@ -144,7 +145,7 @@ export async function createDisk(path: string, options: CreateDiskOptions): Prom
     }
     case 'streamOptimized': {
       const d = descriptor([extentLine('RW', sectors, 'SPARSE', basename(abs))]);
-      checkSparseCapacity(sectors, grainSectors, 0);
+      checkSparseCapacity(sectors, grainSectors, DEFAULT_DESCRIPTOR_SECTORS);
       const text = Buffer.from(d.toString(), 'utf8');
       const descSectors = embeddedDescriptorSectors(text.length);
       const file = await HostFile.create(abs, overwrite);
@@ -249,10 +250,18 @@ function embeddedDescriptorSectors(textBytes: number): number {
   return Math.max(DEFAULT_DESCRIPTOR_SECTORS, Math.ceil((2 * textBytes) / SECTOR));
 }
 
-function checkSparseCapacity(sectors: number, grainSectors: number, overhead: number): void {
-  const gd = gdEntryCount({ capacity: sectors, grainSize: grainSectors, numGTEsPerGT: 512 });
-  if (gd > MAX_GD_ENTRIES || overhead + sectors > MAX_SPARSE_FILE_SECTORS) {
-    throw arg(`capacity of ${sectors} sectors is too large for one sparse extent (32-bit sector numbers: under 2 TiB including metadata)`);
+/**
+ * A sparse extent file of any capacity whose empty layout fits (sparse-fit.ts): the 2 TiB limit is on
+ * file offsets, so it is the data written later that may not fit — SparseExtent refuses the write that
+ * would pass it, and a copy checks sparseFileFits up front. Refused here: a directory beyond
+ * MAX_GD_ENTRIES, or metadata alone past 2 TiB.
+ */
+function checkSparseCapacity(sectors: number, grainSectors: number, descriptorSectors: number): void {
+  const gd = gdEntryCount({ capacity: sectors, grainSize: grainSectors, numGTEsPerGT: GTES_PER_GT });
+  if (gd > MAX_GD_ENTRIES || sparseOverheadSectors(sectors, grainSectors, descriptorSectors) > MAX_SPARSE_FILE_SECTORS) {
+    throw arg(
+      `capacity of ${sectors} sectors is too large for one sparse extent (its grain directory would have ${gd} entries, beyond ${MAX_GD_ENTRIES}, with grains of ${grainSectors} sectors)`,
+    );
   }
 }
 
@@ -286,9 +295,8 @@ async function createSparseFile(path: string, sectors: number, grainSectors: num
   const gtSec = gtSectors({ numGTEsPerGT: 512 });
   const rgd = 1 + descSectors;
   const gd = rgd + gdSec + gdEntries * gtSec;
-  const end = gd + gdSec + gdEntries * gtSec;
-  const overHead = Math.ceil(end / grainSectors) * grainSectors;
-  checkSparseCapacity(sectors, grainSectors, overHead);
+  checkSparseCapacity(sectors, grainSectors, descSectors);
+  const overHead = sparseOverheadSectors(sectors, grainSectors, descSectors);
   const header: SparseHeader = {
     version: 1,
     flags: FLAG_NEWLINE_TEST | FLAG_RGD,

@@ -19,6 +19,9 @@ export interface EmbeddedDescriptorHost {
   writeDescriptorArea(bytes: Uint8Array): Promise<void>;
 }
 
+/** Extents flushed at once by flush() (each may reopen its file and sync it). */
+const FLUSH_PARALLEL = 4;
+
 /** Largest read() (one Buffer) accepted; readInto() has no limit since the caller owns the memory. */
 export const MAX_READ_BYTES = 256 << 20;
 
@@ -338,7 +341,13 @@ export class VmdkDisk implements VirtualDisk {
 
   async flush(): Promise<void> {
     this.#checkOpen();
-    await Promise.all(this.#extents.map((e) => e.flush()));
+    // A few extents at a time: each may reopen its file, and a disk of 8,193 extent files must not
+    // open them all at once (the handle pool's bound, src/vmdk/file.ts).
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < this.#extents.length) await this.#extents[next++].flush();
+    };
+    await Promise.all(Array.from({ length: Math.min(FLUSH_PARALLEL, this.#extents.length) }, worker));
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

@@ -1,40 +1,131 @@
-import { open, type FileHandle } from 'node:fs/promises';
+import { open, stat, type FileHandle } from 'node:fs/promises';
 import { VmdkFormatError, ioError } from './errors.js';
 import { writeFully } from '../util/file-io.js';
+import { type DataRange, fileDataRanges } from '../util/file-extents.js';
+import { expected } from '../errors.js';
+
+/** Host files a disk keeps open at most (an LRU: the least recently used idle one is closed). */
+export const FILE_HANDLES_MAX = 64;
+/** The bound for pools made from now on (tests lower it to exercise eviction). */
+export const fileHandleSettings = { max: FILE_HANDLES_MAX };
 
 /**
- * One open host file with positional I/O that loops over short reads/writes (one syscall per call in
- * the normal case) and turns OS errors into VmdkFormatError. Several calls may be in flight at once.
+ * The open handles of one disk's host files. A twoGbMaxExtent disk of 16 TiB has 8,193 extent files:
+ * keeping every one open would hit the process's descriptor limit, so at most `max` stay open and
+ * the least recently used idle one is closed when another must open. The bound is soft: handles with
+ * I/O in flight are never closed, so more may be open for as long as that I/O lasts.
+ */
+export class HandlePool {
+  readonly max: number;
+  /** Files whose handle is open, least recently used first (Map keeps insertion order). */
+  readonly #open = new Map<HostFile, true>();
+
+  constructor(max = fileHandleSettings.max) {
+    if (!Number.isSafeInteger(max) || max < 1) throw new VmdkFormatError('ERR_INVALID_ARGUMENT', expected('an integer >= 1', 'max', max));
+    this.max = max;
+  }
+
+  /** How many handles are open now. */
+  get openCount(): number {
+    return this.#open.size;
+  }
+
+  /** `file` was used: most recent now. */
+  touch(file: HostFile): void {
+    this.#open.delete(file);
+    this.#open.set(file, true);
+  }
+
+  /**
+   * Before a handle opens: close least recently used idle handles (their sync and close awaited)
+   * until one more fits. Handles in use are skipped, so the bound is exceeded only while they are.
+   */
+  async reserve(): Promise<void> {
+    while (this.#open.size >= this.max) {
+      let victim: HostFile | undefined;
+      for (const f of this.#open.keys()) {
+        if (f.idle) {
+          victim = f;
+          break;
+        }
+      }
+      if (!victim) return;
+      this.#open.delete(victim);
+      await victim.closeHandle();
+    }
+  }
+
+  /** After a burst of concurrent I/O left more than `max` open: close idle ones, least recently used first. */
+  trim(): void {
+    if (this.#open.size <= this.max) return;
+    for (const f of this.#open.keys()) {
+      if (this.#open.size <= this.max) break;
+      if (!f.idle) continue;
+      this.#open.delete(f);
+      // Tracked by the file itself (sync() and datasync() wait for it and report its sync failure).
+      void f.closeHandle();
+    }
+  }
+
+  forget(file: HostFile): void {
+    this.#open.delete(file);
+  }
+}
+
+/** The identity of a file (st_dev, st_ino): a reopened path must still name the same file. */
+interface FileIdentity {
+  dev: bigint;
+  ino: bigint;
+}
+
+/**
+ * One host file with positional I/O that loops over short reads/writes (one syscall per call in the
+ * normal case) and turns OS errors into VmdkFormatError. Several calls may be in flight at once.
+ *
+ * In a HandlePool the OS handle may be closed while the file stays "open" for its disk: the next call
+ * reopens it and checks that the path still names the same file (dev + inode; ERR_VMDK_EXTENT_FILE
+ * if it was replaced). A handle with unsynced writes is synced before it is closed; a failure of that
+ * sync is reported by the next sync(), which also waits for such closes, so sync() covers every write
+ * since the last one whichever handles they went through.
  */
 export class HostFile {
   readonly path: string;
   readonly writable: boolean;
-  #fh: FileHandle;
+  readonly #pool: HandlePool | undefined;
+  readonly #identity: FileIdentity | undefined;
+  #fh: FileHandle | undefined;
+  #reopening: Promise<FileHandle> | undefined;
+  /** Calls in flight on the current handle (it is not closed while > 0). */
+  #busy = 0;
+  /** Written through the current handle since its last sync. */
+  #dirty = false;
+  /** Closes of evicted handles still running (their sync must finish before sync() returns). */
+  readonly #closing = new Set<Promise<void>>();
+  #syncError: unknown;
+  #closed = false;
   /** Size in bytes as last observed or extended by this process. */
   size: number;
 
-  private constructor(path: string, fh: FileHandle, size: number, writable: boolean) {
+  private constructor(path: string, fh: FileHandle, size: number, writable: boolean, pool: HandlePool | undefined, identity: FileIdentity | undefined) {
     this.path = path;
     this.#fh = fh;
     this.size = size;
     this.writable = writable;
+    this.#pool = pool;
+    this.#identity = identity;
+    pool?.touch(this);
   }
 
-  static async open(path: string, writable: boolean): Promise<HostFile> {
-    let fh: FileHandle;
+  /** Open an existing file; with a `pool`, its handle may be closed and reopened as the pool needs. */
+  static async open(path: string, writable: boolean, pool?: HandlePool): Promise<HostFile> {
+    await pool?.reserve();
+    const fh = await openHandle(path, writable);
     try {
-      fh = await open(path, writable ? 'r+' : 'r');
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code === 'ENOENT') throw new VmdkFormatError('ERR_VMDK_EXTENT_FILE', 'file does not exist', { file: path, cause: err });
-      throw ioError(err, writable ? 'open for reading and writing' : 'open for reading', path);
-    }
-    try {
-      const st = await fh.stat();
+      const st = await fh.stat({ bigint: true });
       if (!st.isFile() && !st.isBlockDevice()) {
         throw new VmdkFormatError('ERR_VMDK_EXTENT_FILE', 'not a regular file', { file: path });
       }
-      return new HostFile(path, fh, st.size, writable);
+      return new HostFile(path, fh, Number(st.size), writable, pool, { dev: st.dev, ino: st.ino });
     } catch (err) {
       await fh.close().catch(() => {});
       throw ioError(err, 'stat', path);
@@ -52,22 +143,101 @@ export class HostFile {
       }
       throw ioError(err, 'create', path);
     }
-    return new HostFile(path, fh, 0, true);
+    return new HostFile(path, fh, 0, true, undefined, undefined);
+  }
+
+  /** True when the OS handle is open and no call is using it (the pool may close it). */
+  get idle(): boolean {
+    return this.#fh !== undefined && this.#busy === 0;
+  }
+
+  /** Whether the OS handle is open now (tests). */
+  get handleOpen(): boolean {
+    return this.#fh !== undefined;
+  }
+
+  /** Close the OS handle (HandlePool eviction), syncing first if it was written since its last sync. */
+  async closeHandle(): Promise<void> {
+    const fh = this.#fh;
+    if (!fh || this.#busy > 0) return;
+    this.#fh = undefined;
+    const dirty = this.#dirty;
+    this.#dirty = false;
+    const done = (async () => {
+      if (dirty) {
+        try {
+          await fh.sync();
+        } catch (err) {
+          this.#syncError ??= ioError(err, 'flush to stable storage', this.path);
+        }
+      }
+      await fh.close().catch(() => {});
+    })();
+    this.#closing.add(done);
+    await done;
+    this.#closing.delete(done);
+  }
+
+  /** Run `fn` on an open handle (reopened and identity-checked if the pool closed it). */
+  async #use<T>(fn: (fh: FileHandle) => Promise<T>): Promise<T> {
+    this.#busy++;
+    try {
+      const fh = this.#fh ?? (await this.#reopen());
+      this.#pool?.touch(this);
+      return await fn(fh);
+    } finally {
+      this.#busy--;
+      if (this.#busy === 0) this.#pool?.trim();
+    }
+  }
+
+  async #reopen(): Promise<FileHandle> {
+    if (this.#closed) throw new VmdkFormatError('ERR_VMDK_CLOSED', 'file is closed', { file: this.path });
+    this.#reopening ??= (async () => {
+      await this.#pool?.reserve();
+      const fh = await openHandle(this.path, this.writable);
+      try {
+        const st = await fh.stat({ bigint: true }).catch((err: unknown) => {
+          throw ioError(err, 'stat', this.path);
+        });
+        const id = this.#identity;
+        if (id && (st.dev !== id.dev || st.ino !== id.ino)) {
+          throw new VmdkFormatError(
+            'ERR_VMDK_EXTENT_FILE',
+            'the file was replaced while the disk was open (another inode now has its name); close the disk and open it again',
+            { file: this.path },
+          );
+        }
+      } catch (err) {
+        await fh.close().catch(() => {});
+        throw err;
+      }
+      if (this.#closed) {
+        // close() ran while this reopen was under way: do not leak the new handle.
+        await fh.close().catch(() => {});
+        throw new VmdkFormatError('ERR_VMDK_CLOSED', 'file is closed', { file: this.path });
+      }
+      this.#fh = fh;
+      return fh;
+    })().finally(() => (this.#reopening = undefined));
+    return this.#reopening;
   }
 
   /** Read up to target.length bytes at pos; returns the number read (less only at end of file). */
   async readAt(target: Uint8Array, pos: number): Promise<number> {
-    let done = 0;
-    try {
-      while (done < target.length) {
-        const { bytesRead } = await this.#fh.read(target, done, target.length - done, pos + done);
-        if (bytesRead === 0) break;
-        done += bytesRead;
+    return this.#use(async (fh) => {
+      let done = 0;
+      try {
+        while (done < target.length) {
+          const { bytesRead } = await fh.read(target, done, target.length - done, pos + done);
+          if (bytesRead === 0) break;
+          done += bytesRead;
+        }
+      } catch (err) {
+        throw ioError(err, `read ${target.length} bytes at offset ${pos}`, this.path);
       }
-    } catch (err) {
-      throw ioError(err, `read ${target.length} bytes at offset ${pos}`, this.path);
-    }
-    return done;
+      return done;
+    });
   }
 
   /** Read exactly target.length bytes or throw ERR_VMDK_TRUNCATED naming `what`. */
@@ -82,11 +252,14 @@ export class HostFile {
   }
 
   async writeAt(data: Uint8Array, pos: number): Promise<void> {
-    try {
-      await writeFully(this.#fh, data, pos);
-    } catch (err) {
-      throw ioError(err, `write ${data.length} bytes at offset ${pos}`, this.path);
-    }
+    await this.#use(async (fh) => {
+      this.#dirty = true;
+      try {
+        await writeFully(fh, data, pos);
+      } catch (err) {
+        throw ioError(err, `write ${data.length} bytes at offset ${pos}`, this.path);
+      }
+    });
     if (pos + data.length > this.size) this.size = pos + data.length;
   }
 
@@ -94,68 +267,135 @@ export class HostFile {
   async writevAt(buffers: Uint8Array[], pos: number): Promise<void> {
     let total = 0;
     for (const b of buffers) total += b.length;
-    try {
-      let { bytesWritten } = await this.#fh.writev(buffers as NodeJS.ArrayBufferView[], pos);
-      if (bytesWritten < total) {
-        // Rare short gathered write: finish the remainder buffer by buffer.
-        let skip = bytesWritten;
-        let at = pos + bytesWritten;
-        for (const b of buffers) {
-          if (skip >= b.length) {
-            skip -= b.length;
-            continue;
-          }
-          const rest = b.subarray(skip);
-          skip = 0;
-          await this.writeAt(rest, at);
-          at += rest.length;
-        }
-        bytesWritten = total;
+    const short = await this.#use(async (fh) => {
+      this.#dirty = true;
+      try {
+        const { bytesWritten } = await fh.writev(buffers as NodeJS.ArrayBufferView[], pos);
+        return bytesWritten;
+      } catch (err) {
+        throw ioError(err, `write ${total} bytes at offset ${pos}`, this.path);
       }
-    } catch (err) {
-      throw ioError(err, `write ${total} bytes at offset ${pos}`, this.path);
+    });
+    if (short < total) {
+      // Rare short gathered write: finish the remainder buffer by buffer.
+      let skip = short;
+      let at = pos + short;
+      for (const b of buffers) {
+        if (skip >= b.length) {
+          skip -= b.length;
+          continue;
+        }
+        const rest = b.subarray(skip);
+        skip = 0;
+        await this.writeAt(rest, at);
+        at += rest.length;
+      }
     }
     if (pos + total > this.size) this.size = pos + total;
   }
 
   async truncate(length: number): Promise<void> {
-    try {
-      await this.#fh.truncate(length);
-    } catch (err) {
-      throw ioError(err, `set the size to ${length} bytes`, this.path);
-    }
+    await this.#use(async (fh) => {
+      this.#dirty = true;
+      try {
+        await fh.truncate(length);
+      } catch (err) {
+        throw ioError(err, `set the size to ${length} bytes`, this.path);
+      }
+    });
     this.size = length;
   }
 
+  /** Make every write since the last sync durable, including writes through handles closed since. */
   async sync(): Promise<void> {
-    try {
-      await this.#fh.sync();
-    } catch (err) {
-      throw ioError(err, 'flush to stable storage', this.path);
+    await Promise.all([...this.#closing]);
+    if (this.#fh) {
+      await this.#use(async (fh) => {
+        this.#dirty = false;
+        try {
+          await fh.sync();
+        } catch (err) {
+          throw ioError(err, 'flush to stable storage', this.path);
+        }
+      });
     }
+    const err = this.#syncError;
+    this.#syncError = undefined;
+    if (err) throw err;
   }
 
-  /** fdatasync: the data written so far (and the size) durable, other metadata such as times not necessarily. */
+  /** The ranges of [start, end) holding data (SEEK_DATA/SEEK_HOLE; see src/util/file-extents.ts). */
+  async dataRanges(start: number, end: number, maxRanges: number): Promise<DataRange[]> {
+    return this.#use(async (fh) => {
+      try {
+        return fileDataRanges(fh.fd, start, end, maxRanges);
+      } catch (err) {
+        throw ioError(err, `find the data ranges of bytes ${start}-${end}`, this.path);
+      }
+    });
+  }
+
+  /**
+   * fdatasync: the data written so far (and the size) durable, other metadata such as times not
+   * necessarily. Like sync(), it covers writes through handles the pool closed since (they were
+   * fsynced before closing; a failure of that is reported here).
+   */
   async datasync(): Promise<void> {
-    try {
-      await this.#fh.datasync();
-    } catch (err) {
-      throw ioError(err, 'flush data to stable storage', this.path);
+    await Promise.all([...this.#closing]);
+    if (this.#fh) {
+      await this.#use(async (fh) => {
+        this.#dirty = false;
+        try {
+          await fh.datasync();
+        } catch (err) {
+          throw ioError(err, 'flush data to stable storage', this.path);
+        }
+      });
     }
+    const err = this.#syncError;
+    this.#syncError = undefined;
+    if (err) throw err;
   }
 
   /** Bytes the file occupies on the host (allocated blocks, not its length). */
   async allocatedBytes(): Promise<number> {
-    try {
-      const st = await this.#fh.stat();
-      return st.blocks * 512;
-    } catch (err) {
-      throw ioError(err, 'stat', this.path);
+    if (!this.#fh && this.#identity) {
+      // Closed by the pool: a stat of the path (same file, checked) spares an open and a close.
+      let st;
+      try {
+        st = await stat(this.path, { bigint: true });
+      } catch (err) {
+        throw ioError(err, 'stat', this.path);
+      }
+      if (st.dev === this.#identity.dev && st.ino === this.#identity.ino) return Number(st.blocks) * 512;
     }
+    return this.#use(async (fh) => {
+      try {
+        const st = await fh.stat();
+        return st.blocks * 512;
+      } catch (err) {
+        throw ioError(err, 'stat', this.path);
+      }
+    });
   }
 
   async close(): Promise<void> {
-    await this.#fh.close().catch(() => {});
+    this.#closed = true;
+    this.#pool?.forget(this);
+    const fh = this.#fh;
+    this.#fh = undefined;
+    await Promise.all([...this.#closing]);
+    if (fh) await fh.close().catch(() => {});
+  }
+}
+
+async function openHandle(path: string, writable: boolean): Promise<FileHandle> {
+  try {
+    return await open(path, writable ? 'r+' : 'r');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') throw new VmdkFormatError('ERR_VMDK_EXTENT_FILE', 'file does not exist', { file: path, cause: err });
+    throw ioError(err, writable ? 'open for reading and writing' : 'open for reading', path);
   }
 }
 

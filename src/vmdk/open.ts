@@ -4,7 +4,7 @@ import { Descriptor, MAX_DESCRIPTOR_BYTES } from './descriptor.js';
 import { type VirtualDisk, VmdkDisk, type VmdkDiskInit } from './disk.js';
 import { VmdkFormatError } from './errors.js';
 import { type Extent, FlatExtent, ZeroExtent } from './extent.js';
-import { HostFile } from './file.js';
+import { HandlePool, HostFile } from './file.js';
 import { COWD_MAGIC, SECTOR, SESPARSE_MAGIC, SPARSE_MAGIC } from './sparse-header.js';
 import { SparseExtent } from './sparse-extent.js';
 import { expected, expectedOneOf } from '../errors.js';
@@ -16,6 +16,13 @@ export interface OpenDiskOptions {
   allowEncrypted?: boolean;
   /** Skip detection: `'vmdk'` or `'raw'` (default: by extension and content, see docs/vmdk.md). */
   format?: 'vmdk' | 'raw';
+  /**
+   * How much of a sparse extent's structure is checked before openDisk returns (default `'lazy'`).
+   * `'lazy'`: header, directories and table placement at open, each grain table when first used — time
+   * and memory follow the data, not the capacity. `'full'`: also every table now, and that no grain is
+   * claimed by two entries (time ∝ allocated tables, memory 4 bytes per allocated grain); see docs/format.md.
+   */
+  check?: 'lazy' | 'full';
 }
 
 /** createType values vmseal reads and writes (plus the VMFS flat aliases below, read only). */
@@ -46,8 +53,14 @@ export async function openDisk(path: string, options: OpenDiskOptions = {}): Pro
   if (options.format !== undefined && options.format !== 'vmdk' && options.format !== 'raw') {
     throw new VmdkFormatError('ERR_INVALID_ARGUMENT', expectedOneOf(['vmdk', 'raw'], 'options.format', options.format));
   }
+  if (options.check !== undefined && options.check !== 'lazy' && options.check !== 'full') {
+    throw new VmdkFormatError('ERR_INVALID_ARGUMENT', expectedOneOf(['lazy', 'full'], 'options.check', options.check));
+  }
+  const full = options.check === 'full';
   const abs = resolve(path);
-  const main = await HostFile.open(abs, !readOnly);
+  // One bounded set of OS handles per disk: a twoGbMaxExtent disk may have thousands of extent files.
+  const pool = new HandlePool();
+  const main = await HostFile.open(abs, !readOnly, pool);
   const opened: HostFile[] = [main];
   try {
     const ext = extname(abs).toLowerCase();
@@ -57,9 +70,9 @@ export async function openDisk(path: string, options: OpenDiskOptions = {}): Pro
     await main.readExact(head, 0, 'the first sector');
     const magic = head.length >= 4 ? head.readUInt32LE(0) : -1;
     if (magic === SPARSE_MAGIC || magic === COWD_MAGIC || magic === SESPARSE_MAGIC) {
-      return await openEmbedded(main, opened, readOnly, allowEncrypted);
+      return await openEmbedded(main, opened, readOnly, allowEncrypted, full);
     }
-    if (looksLikeDescriptor(head)) return await openText(main, opened, readOnly, allowEncrypted);
+    if (looksLikeDescriptor(head)) return await openText(main, opened, readOnly, allowEncrypted, pool, full);
     if (format === 'vmdk' || ext === '.vmdk') {
       throw new VmdkFormatError(
         'ERR_VMDK_FORMAT',
@@ -105,7 +118,7 @@ function looksLikeDescriptor(head: Buffer): boolean {
   return /^\s*(#\s*Disk DescriptorFile|version\s*=)/i.test(nul >= 0 ? text.slice(0, nul) : text);
 }
 
-async function openText(main: HostFile, opened: HostFile[], readOnly: boolean, allowEncrypted: boolean): Promise<VirtualDisk> {
+async function openText(main: HostFile, opened: HostFile[], readOnly: boolean, allowEncrypted: boolean, pool: HandlePool, full: boolean): Promise<VirtualDisk> {
   if (main.size > MAX_DESCRIPTOR_BYTES) {
     throw new VmdkFormatError('ERR_VMDK_LIMIT', `text descriptor is ${main.size} bytes, beyond the limit of ${MAX_DESCRIPTOR_BYTES}`, { file: main.path });
   }
@@ -116,7 +129,7 @@ async function openText(main: HostFile, opened: HostFile[], readOnly: boolean, a
   // The descriptor file itself holds no data: keep it closed while the disk is open.
   opened.splice(opened.indexOf(main), 1);
   await main.close();
-  const { extents, hostFiles } = await openExtents(descriptor, main.path, readOnly, opened);
+  const { extents, hostFiles } = await openExtents(descriptor, main.path, readOnly, opened, pool, full);
   return new VmdkDisk({
     path: main.path,
     format: 'vmdk',
@@ -129,8 +142,9 @@ async function openText(main: HostFile, opened: HostFile[], readOnly: boolean, a
   });
 }
 
-async function openEmbedded(main: HostFile, opened: HostFile[], readOnly: boolean, allowEncrypted: boolean): Promise<VirtualDisk> {
+async function openEmbedded(main: HostFile, opened: HostFile[], readOnly: boolean, allowEncrypted: boolean, full: boolean): Promise<VirtualDisk> {
   const sparse = await SparseExtent.open(main, { writable: !readOnly, whyReadOnly: 'the disk was opened read-only' });
+  if (full) await sparse.checkStructure();
   const area = sparse.descriptorArea;
   let descriptor: Descriptor | undefined;
   if (area) {
@@ -244,6 +258,8 @@ async function openExtents(
   descriptorFile: string,
   readOnly: boolean,
   opened: HostFile[],
+  pool: HandlePool,
+  fullCheck: boolean,
 ): Promise<{ extents: Extent[]; hostFiles: HostFile[] }> {
   if (d.extents.length > MAX_EXTENTS) {
     throw new VmdkFormatError('ERR_VMDK_LIMIT', `descriptor has ${d.extents.length} extent lines, more than the limit of ${MAX_EXTENTS}`, {
@@ -290,7 +306,7 @@ async function openExtents(
     if (!entry) {
       let file: HostFile;
       try {
-        file = await HostFile.open(full, writable);
+        file = await HostFile.open(full, writable, pool);
       } catch (err) {
         if (err instanceof VmdkFormatError && err.code === 'ERR_VMDK_EXTENT_FILE') {
           throw new VmdkFormatError('ERR_VMDK_EXTENT_FILE', `extent file ${JSON.stringify(line.file.slice(0, 80))} is missing or not a file (${full})`, {
@@ -306,6 +322,7 @@ async function openExtents(
     }
     if (sparse) {
       const ext = await SparseExtent.open(entry.file, { writable: writable && entry.file.writable, whyReadOnly: why });
+      if (fullCheck) await ext.checkStructure();
       if (ext.header.capacity !== line.sectors) {
         throw new VmdkFormatError(
           'ERR_VMDK_CORRUPT',

@@ -23,8 +23,10 @@ export const GT_CACHE_BYTES = 16 << 20;
 export const gtCacheSettings = { bytes: GT_CACHE_BYTES };
 /** Largest compressed grain accepted (zlib's worst case for a 1 MiB grain is far below this). */
 const MAX_COMPRESSED_SLACK = 4096;
-/** Metadata is read in runs of at most this many bytes. */
-const META_READ_BYTES = 1 << 20;
+/** Data ranges of the table area learnt at open at most; beyond them every table is read. */
+export const DATA_RANGES_MAX = 1 << 16;
+/** The bound in force for extents opened from now on (tests lower it). */
+export const dataRangeSettings = { max: DATA_RANGES_MAX };
 /**
  * Grain-table entries of new grains held in memory until the next flush, at most: beyond this a
  * write commits them itself (data synced, then entries written), so that a client that never
@@ -42,6 +44,22 @@ interface Interval {
   start: number;
   end: number;
   what: string;
+}
+
+/** The file's data ranges (bytes) over the table area at open; from `knownUntil` on, unknown (data). */
+interface DataRanges {
+  starts: Float64Array;
+  ends: Float64Array;
+  knownUntil: number;
+}
+
+/** What open() learnt about the metadata, for the checks made when tables are first read. */
+interface OpenedLayout {
+  /** Header, embedded descriptor, GD and RGD, sorted. */
+  fixed: Interval[];
+  /** Sorted start sectors of every grain table and redundant grain table listed at open. */
+  tables: Uint32Array;
+  dataRanges: DataRanges;
 }
 
 /** A Uint32Array that grows by doubling (grain start sectors collected while validating). */
@@ -95,6 +113,11 @@ export class SparseExtent implements Extent {
   readonly #pinned = new Set<number>();
   readonly #cacheLimit: number;
   readonly #mutex = new Mutex();
+  readonly #fixedMeta: Interval[];
+  readonly #tableSectors: Uint32Array;
+  readonly #dataRanges: DataRanges;
+  /** Per GD entry: 1 once the table was taken into memory (the hole snapshot no longer applies). */
+  readonly #seen: Uint8Array;
   #zeros: Buffer | undefined;
   #nextFree: number;
   #lastGrain: { index: number; data: Buffer } | undefined;
@@ -104,7 +127,19 @@ export class SparseExtent implements Extent {
   /** Tables allocated (zeroed in the file) whose GD and RGD entries are not written yet. */
   readonly #newTables = new Set<number>();
 
-  private constructor(file: HostFile, header: SparseHeader, gd: Uint32Array, rgd: Uint32Array | undefined, nextFree: number, opts: SparseOpenOptions) {
+  private constructor(
+    file: HostFile,
+    header: SparseHeader,
+    gd: Uint32Array,
+    rgd: Uint32Array | undefined,
+    nextFree: number,
+    opts: SparseOpenOptions,
+    layout: OpenedLayout,
+  ) {
+    this.#fixedMeta = layout.fixed;
+    this.#tableSectors = layout.tables;
+    this.#dataRanges = layout.dataRanges;
+    this.#seen = new Uint8Array(gd.length);
     this.file = file;
     this.header = header;
     this.size = header.capacity * SECTOR;
@@ -136,8 +171,12 @@ export class SparseExtent implements Extent {
   }
 
   /**
-   * Open and validate: header (and footer for GD_AT_END), GD/RGD, every grain table and every grain
-   * pointer. Memory: the GD, up to GT_CACHE_BYTES of GTs, and while validating 4 bytes per allocated grain.
+   * Open: header (and footer for GD_AT_END), GD and RGD, and the checks those allow cheaply — every
+   * table inside the file, no table overlapping another or the header, descriptor or directories (a
+   * sort of the set directory entries). Grain tables are read and checked when first used (#table);
+   * checkStructure() adds the check that costs O(data): no grain claimed twice.
+   * Memory: GD + RGD, the sorted table sectors (4 bytes per set entry), one byte per GD entry, up to
+   * GT_CACHE_BYTES of tables, and the file's data ranges over the table area (at most DATA_RANGES_MAX).
    */
   static async open(file: HostFile, opts: SparseOpenOptions): Promise<SparseExtent> {
     const path = file.path;
@@ -146,48 +185,16 @@ export class SparseExtent implements Extent {
     const hbuf = Buffer.alloc(SECTOR);
     await file.readExact(hbuf, 0, 'the sparse header');
     let header = parseSparseHeader(hbuf, path, 0);
-    if (header.gdOffset === -1) {
-      // streamOptimized: the real header is the footer, one sector before the end-of-stream marker.
-      const fileSectors = Math.floor(file.size / SECTOR);
-      if (fileSectors < 3)
-        throw new VmdkFormatError('ERR_VMDK_TRUNCATED', 'file too short for a footer (gdOffset says the grain directory is at the end)', {
-          file: path,
-          offset: file.size,
-        });
-      const footerAt = (fileSectors - 2) * SECTOR;
-      const fbuf = Buffer.alloc(SECTOR);
-      await file.readExact(fbuf, footerAt, 'the footer');
-      let footer: SparseHeader;
-      try {
-        footer = parseSparseHeader(fbuf, path, footerAt);
-      } catch (err) {
-        if (err instanceof VmdkFormatError && err.code === 'ERR_VMDK_FORMAT') {
-          throw new VmdkFormatError('ERR_VMDK_CORRUPT', 'invalid footer: no "KDMV" header one sector before the end-of-stream marker (file truncated?)', {
-            file: path,
-            offset: footerAt,
-          });
-        }
-        throw err;
-      }
-      if (footer.gdOffset === -1) throw new VmdkFormatError('ERR_VMDK_CORRUPT', 'footer has no grain directory offset', { file: path, offset: footerAt + 56 });
-      if (footer.capacity !== header.capacity || footer.grainSize !== header.grainSize || footer.numGTEsPerGT !== header.numGTEsPerGT) {
-        throw new VmdkFormatError('ERR_VMDK_CORRUPT', 'footer disagrees with the header on capacity, grain size or table size', {
-          file: path,
-          offset: footerAt,
-        });
-      }
-      header = { ...header, gdOffset: footer.gdOffset, rgdOffset: footer.rgdOffset, flags: footer.flags };
-    }
-    const fileSectors = Math.ceil(file.size / SECTOR);
+    if (header.gdOffset === -1) header = await readFooter(file, header);
     const gdEntries = gdEntryCount(header);
     const gdBytes = gdEntries * 4;
     const gdSec = Math.ceil(gdBytes / SECTOR);
     const gtSec = gtSectors(header);
-    const meta: Interval[] = [{ start: 0, end: 1, what: 'the header' }];
+    const fixed: Interval[] = [{ start: 0, end: 1, what: 'the header' }];
     if (header.descriptorSize > 0)
-      meta.push({ start: header.descriptorOffset, end: header.descriptorOffset + header.descriptorSize, what: 'the embedded descriptor' });
+      fixed.push({ start: header.descriptorOffset, end: header.descriptorOffset + header.descriptorSize, what: 'the embedded descriptor' });
 
-    const readTable = async (sector: number, what: string, fieldOffset: number): Promise<Uint32Array> => {
+    const readDirectory = async (sector: number, what: string, fieldOffset: number): Promise<Uint32Array> => {
       const at = sector * SECTOR;
       if (at + gdBytes > file.size) {
         throw new VmdkFormatError('ERR_VMDK_CORRUPT', `${what} (${gdBytes} bytes at sector ${sector}) extends past the end of the file (${file.size} bytes)`, {
@@ -197,130 +204,129 @@ export class SparseExtent implements Extent {
       }
       const buf = Buffer.alloc(gdBytes);
       await file.readExact(buf, at, what);
-      meta.push({ start: sector, end: sector + gdSec, what });
+      fixed.push({ start: sector, end: sector + gdSec, what });
       return u32View(buf);
     };
-    const gd = await readTable(header.gdOffset, 'the grain directory', 56);
+    const gd = await readDirectory(header.gdOffset, 'the grain directory', 56);
     let rgd: Uint32Array | undefined;
-    if (header.flags & FLAG_RGD && header.rgdOffset !== 0) rgd = await readTable(header.rgdOffset, 'the redundant grain directory', 48);
+    if (header.flags & FLAG_RGD && header.rgdOffset !== 0) rgd = await readDirectory(header.rgdOffset, 'the redundant grain directory', 48);
 
-    // Grain tables: inside the file, and nowhere shared with other metadata.
-    const gts: Array<{ index: number; sector: number }> = [];
+    // Tables: inside the file (entry by entry, so the error names the entry), then no overlaps.
     const gtBytes = header.numGTEsPerGT * 4;
-    const checkTables = (dir: Uint32Array, name: string) => {
-      // Distinct tables inside the file: no more of them than the file can hold (checked before
-      // anything per table is allocated, so a small crafted file cannot make this step expensive).
+    const dirs: Array<{ dir: Uint32Array; name: string; at: number }> = [{ dir: gd, name: 'grain', at: header.gdOffset * SECTOR }];
+    if (rgd) dirs.push({ dir: rgd, name: 'redundant grain', at: header.rgdOffset * SECTOR });
+    let total = 0;
+    for (const { dir, name, at } of dirs) {
+      // No more distinct tables than the file can hold (checked before anything per table is allocated).
       let count = 0;
       for (let i = 0; i < dir.length; i++) if (dir[i] !== 0) count++;
       if (count > Math.floor(file.size / (gtSec * SECTOR))) {
         throw new VmdkFormatError('ERR_VMDK_CORRUPT', `${name} directory lists ${count} tables, more than the file can hold (tables claimed twice)`, {
           file: path,
-          offset: (name === 'grain' ? header.gdOffset : header.rgdOffset) * SECTOR,
+          offset: at,
         });
       }
       for (let i = 0; i < dir.length; i++) {
         const s = dir[i];
-        if (s === 0) continue;
-        if (s * SECTOR + gtBytes > file.size) {
+        if (s !== 0 && s * SECTOR + gtBytes > file.size) {
           throw new VmdkFormatError('ERR_VMDK_CORRUPT', `${name} table ${i} at sector ${s} extends past the end of the file`, {
             file: path,
-            offset: (name === 'grain' ? header.gdOffset : header.rgdOffset) * SECTOR + i * 4,
+            offset: at + i * 4,
           });
         }
-        meta.push({ start: s, end: s + gtSec, what: `${name} table ${i}` });
       }
+      total += count;
+    }
+    const tables = new Uint32Array(total);
+    let k = 0;
+    for (const { dir } of dirs) for (let i = 0; i < dir.length; i++) if (dir[i] !== 0) tables[k++] = dir[i];
+    tables.sort();
+    const nameTable = (sector: number): string => {
+      for (const { dir, name } of dirs) {
+        const i = dir.indexOf(sector);
+        if (i >= 0) return `${name} table ${i}`;
+      }
+      return `a table at sector ${sector}`;
     };
-    checkTables(gd, 'grain');
-    if (rgd) checkTables(rgd, 'redundant grain');
-    meta.sort((a, b) => a.start - b.start);
-    for (let i = 1; i < meta.length; i++) {
-      if (meta[i].start < meta[i - 1].end) {
-        throw new VmdkFormatError(
-          'ERR_VMDK_CORRUPT',
-          `${meta[i].what} (sector ${meta[i].start}) overlaps ${meta[i - 1].what} (sectors ${meta[i - 1].start}-${meta[i - 1].end - 1})`,
-          { file: path, offset: meta[i].start * SECTOR },
-        );
+    const overlap = (a: { start: number; what: string }, b: Interval): VmdkFormatError =>
+      new VmdkFormatError('ERR_VMDK_CORRUPT', `${a.what} (sector ${a.start}) overlaps ${b.what} (sectors ${b.start}-${b.end - 1})`, {
+        file: path,
+        offset: a.start * SECTOR,
+      });
+    for (let i = 1; i < tables.length; i++) {
+      if (tables[i] < tables[i - 1] + gtSec) {
+        throw overlap({ start: tables[i], what: nameTable(tables[i]) }, { start: tables[i - 1], end: tables[i - 1] + gtSec, what: nameTable(tables[i - 1]) });
       }
     }
-    for (let i = 0; i < gd.length; i++) if (gd[i] !== 0) gts.push({ index: i, sector: gd[i] });
+    fixed.sort((a, b) => a.start - b.start);
+    for (let i = 1; i < fixed.length; i++) if (fixed[i].start < fixed[i - 1].end) throw overlap(fixed[i], fixed[i - 1]);
+    for (const m of fixed) {
+      const t = tableAt(tables, gtSec, m.start, m.end - m.start);
+      if (t !== undefined) throw overlap({ start: t, what: nameTable(t) }, m);
+    }
 
-    const ext = new SparseExtent(file, header, gd, rgd, 0, opts);
-    // Read every GT (in sector order, contiguous ones together) and collect the grain pointers.
-    const compressed = ext.compressed;
-    const grainSec = header.grainSize;
-    const zeroed = ext.#zeroedGte;
-    const maxGrains = Math.floor(file.size / (compressed ? SECTOR : grainSec * SECTOR)) + 1;
-    const grains = new U32List();
-    gts.sort((a, b) => a.sector - b.sector);
-    for (let i = 0; i < gts.length;) {
-      let j = i + 1;
-      while (j < gts.length && gts[j].sector === gts[j - 1].sector + gtSec && (j - i + 1) * gtSec * SECTOR <= META_READ_BYTES) j++;
-      const run = Buffer.alloc((gts[j - 1].sector - gts[i].sector) * SECTOR + gtBytes);
-      await file.readExact(run, gts[i].sector * SECTOR, 'a grain table');
-      for (let k = i; k < j; k++) {
-        const off = (gts[k].sector - gts[i].sector) * SECTOR;
-        const table = new Uint32Array(gtBytes / 4);
-        new Uint8Array(table.buffer).set(run.subarray(off, off + gtBytes));
-        if (!LITTLE_ENDIAN) swap32(table);
-        const firstGrain = gts[k].index * header.numGTEsPerGT;
-        for (let e = 0; e < table.length; e++) {
-          const s = table[e];
-          if (s === 0 || (s === 1 && zeroed)) continue;
-          const entryOffset = gts[k].sector * SECTOR + e * 4;
-          if ((firstGrain + e) * grainSec >= header.capacity) {
-            throw new VmdkFormatError('ERR_VMDK_CORRUPT', `grain table ${gts[k].index} has an entry for grain ${firstGrain + e}, beyond the capacity`, {
-              file: path,
-              offset: entryOffset,
-            });
-          }
-          if (s >= fileSectors) {
-            throw new VmdkFormatError('ERR_VMDK_CORRUPT', `grain ${firstGrain + e} points to sector ${s}, past the end of the file (${file.size} bytes)`, {
-              file: path,
-              offset: entryOffset,
-            });
-          }
-          if (!compressed && s * SECTOR + grainSec * SECTOR > file.size) {
-            throw new VmdkFormatError('ERR_VMDK_TRUNCATED', `file ends inside grain ${firstGrain + e} (sector ${s}; file has ${file.size} bytes)`, {
-              file: path,
-              offset: entryOffset,
-            });
-          }
-          if (grains.length >= maxGrains) {
-            throw new VmdkFormatError('ERR_VMDK_CORRUPT', 'grain tables point to more grains than the file can hold (grains claimed twice)', {
-              file: path,
-              offset: entryOffset,
-            });
-          }
-          grains.push(s);
-        }
-        ext.#remember(gts[k].index, table);
-      }
-      i = j;
+    // Where the tables lie in holes of the file (qemu-img preallocates them as holes): such a table
+    // can only read as zeros and is never read.
+    let dataRanges: DataRanges = { starts: new Float64Array(0), ends: new Float64Array(0), knownUntil: 0 };
+    if (tables.length > 0) {
+      const lo = tables[0] * SECTOR;
+      const hi = (tables[tables.length - 1] + gtSec) * SECTOR;
+      const ranges = await file.dataRanges(lo, hi, dataRangeSettings.max);
+      const starts = new Float64Array(ranges.length);
+      const ends = new Float64Array(ranges.length);
+      ranges.forEach(([s, len], i) => {
+        starts[i] = s;
+        ends[i] = s + len;
+      });
+      dataRanges = { starts, ends, knownUntil: ranges.length >= dataRangeSettings.max ? ends[ends.length - 1] : hi };
     }
-    // Grains must not overlap each other or any metadata.
+
+    let nextFree = Math.max(Math.ceil(file.size / SECTOR), header.overHead, fixed[fixed.length - 1].end);
+    if (tables.length > 0) nextFree = Math.max(nextFree, tables[tables.length - 1] + gtSec);
+    return new SparseExtent(file, header, gd, rgd, nextFree, opts, { fixed, tables, dataRanges });
+  }
+
+  /**
+   * The check open() leaves out because it costs O(data): read every table (those in holes of the
+   * file are zeros) and refuse two entries that claim the same grain, which would make a write to one
+   * virtual offset change another. Memory: 4 bytes per allocated grain while it runs.
+   */
+  async checkStructure(): Promise<void> {
+    const n = this.#gteCount;
+    const step = this.compressed ? 1 : this.header.grainSize;
+    const maxGrains = Math.floor(this.file.size / (step * SECTOR)) + 1;
+    const grains = new U32List();
+    for (let gti = 0; gti < this.#gd.length; gti++) {
+      if (!this.#mayHoldData(gti)) continue;
+      const table = await this.#table(gti);
+      if (!table) continue;
+      for (let e = 0; e < n; e++) {
+        const s = table[e];
+        if (s === 0 || (s === 1 && this.#zeroedGte)) continue;
+        if (grains.length >= maxGrains) {
+          throw new VmdkFormatError('ERR_VMDK_CORRUPT', 'grain tables point to more grains than the file can hold (grains claimed twice)', {
+            file: this.file.path,
+            offset: this.#gd[gti] * SECTOR + e * 4,
+          });
+        }
+        grains.push(s);
+      }
+    }
     const sorted = grains.sorted();
-    const step = compressed ? 1 : grainSec;
-    let m = 0;
-    for (let i = 0; i < sorted.length; i++) {
-      const s = sorted[i];
-      if (i > 0 && s < sorted[i - 1] + step) {
-        throw new VmdkFormatError('ERR_VMDK_CORRUPT', `grain at sector ${s} is claimed twice (or overlaps the grain at sector ${sorted[i - 1]})`, {
-          file: path,
-          offset: s * SECTOR,
+    for (let i = 1; i < sorted.length; i++) {
+      if (sorted[i] < sorted[i - 1] + step) {
+        throw new VmdkFormatError('ERR_VMDK_CORRUPT', `grain at sector ${sorted[i]} is claimed twice (or overlaps the grain at sector ${sorted[i - 1]})`, {
+          file: this.file.path,
+          offset: sorted[i] * SECTOR,
         });
       }
-      while (m < meta.length && meta[m].end <= s) m++;
-      if (m < meta.length && meta[m].start < s + step) {
-        throw new VmdkFormatError('ERR_VMDK_CORRUPT', `a grain at sector ${s} points into ${meta[m].what}`, { file: path, offset: s * SECTOR });
-      }
     }
-    let nextFree = Math.max(fileSectors, header.overHead);
-    if (meta.length) nextFree = Math.max(nextFree, meta[meta.length - 1].end);
-    ext.#nextFree = nextFree;
-    return ext;
   }
 
   #remember(index: number, table: Uint32Array): void {
+    // From now on this table's contents come from memory or the file, never from the hole snapshot
+    // taken at open (a write may have filled the hole since).
+    this.#seen[index] = 1;
     this.#cache.delete(index);
     this.#cache.set(index, table);
     if (this.#cache.size > this.#cacheLimit) {
@@ -331,7 +337,15 @@ export class SparseExtent implements Extent {
     }
   }
 
-  /** The grain table `index` (undefined when its GD entry is 0). */
+  /** False when table `index` is absent or known to be all zeros without reading it (a hole at open). */
+  #mayHoldData(index: number): boolean {
+    const sector = this.#gd[index];
+    if (sector === 0) return false;
+    if (this.#seen[index] || this.#cache.has(index)) return true;
+    return !inHole(this.#dataRanges, sector * SECTOR, this.#gtBytes);
+  }
+
+  /** The grain table `index` (undefined when its GD entry is 0), read and checked on first use. */
   async #table(index: number): Promise<Uint32Array | undefined> {
     const sector = this.#gd[index];
     if (sector === 0) return undefined;
@@ -344,15 +358,55 @@ export class SparseExtent implements Extent {
     let pending = this.#loading.get(index);
     if (!pending) {
       pending = (async () => {
-        const buf = Buffer.alloc(this.#gtBytes);
-        await this.file.readExact(buf, sector * SECTOR, `grain table ${index}`);
-        const t = u32View(buf);
+        let t: Uint32Array;
+        if (!this.#mayHoldData(index)) t = new Uint32Array(this.#gteCount);
+        else {
+          const buf = Buffer.alloc(this.#gtBytes);
+          await this.file.readExact(buf, sector * SECTOR, `grain table ${index}`);
+          t = u32View(buf);
+          this.#checkTable(index, sector, t);
+        }
         this.#remember(index, t);
         return t;
       })().finally(() => this.#loading.delete(index));
       this.#loading.set(index, pending);
     }
     return pending;
+  }
+
+  /** Entries within the capacity; grains inside the file and outside the metadata known at open. */
+  #checkTable(index: number, sector: number, table: Uint32Array): void {
+    const h = this.header;
+    const path = this.file.path;
+    const grainSec = h.grainSize;
+    const step = this.compressed ? 1 : grainSec;
+    const fileSectors = Math.ceil(this.file.size / SECTOR);
+    const firstGrain = index * this.#gteCount;
+    for (let e = 0; e < table.length; e++) {
+      const s = table[e];
+      if (s === 0 || (s === 1 && this.#zeroedGte)) continue;
+      const g = firstGrain + e;
+      const offset = sector * SECTOR + e * 4;
+      if (g * grainSec >= h.capacity) {
+        throw new VmdkFormatError('ERR_VMDK_CORRUPT', `grain table ${index} has an entry for grain ${g}, beyond the capacity`, { file: path, offset });
+      }
+      if (s >= fileSectors) {
+        throw new VmdkFormatError('ERR_VMDK_CORRUPT', `grain ${g} points to sector ${s}, past the end of the file (${this.file.size} bytes)`, {
+          file: path,
+          offset,
+        });
+      }
+      if (!this.compressed && s * SECTOR + grainSec * SECTOR > this.file.size) {
+        throw new VmdkFormatError('ERR_VMDK_TRUNCATED', `file ends inside grain ${g} (sector ${s}; file has ${this.file.size} bytes)`, { file: path, offset });
+      }
+      let what: string | undefined;
+      for (const m of this.#fixedMeta) if (m.start < s + step && s < m.end) what = m.what;
+      const t = what === undefined ? tableAt(this.#tableSectors, gtSectors(h), s, step) : undefined;
+      if (t !== undefined) what = `the grain table at sector ${t}`;
+      if (what !== undefined) {
+        throw new VmdkFormatError('ERR_VMDK_CORRUPT', `grain ${g} (sector ${s}) points into ${what}`, { file: path, offset });
+      }
+    }
   }
 
   async readInto(offset: number, target: Uint8Array): Promise<void> {
@@ -510,7 +564,8 @@ export class SparseExtent implements Extent {
     while (g < gEnd) {
       const gti = Math.floor(g / n);
       const tableEnd = Math.min((gti + 1) * n, gEnd);
-      const table = await this.#table(gti);
+      // Only tables that may hold data are read: a 16 TiB disk made by qemu-img lists 524,288, in holes.
+      const table = this.#mayHoldData(gti) ? await this.#table(gti) : undefined;
       if (table) {
         for (; g < tableEnd; g++) {
           const s = table[g - gti * n];
@@ -835,4 +890,70 @@ function leBytes(a: Uint32Array): Buffer {
   const out = Buffer.alloc(a.length * 4);
   for (let i = 0; i < a.length; i++) out.writeUInt32LE(a[i], i * 4);
   return out;
+}
+
+/**
+ * streamOptimized (gdOffset = GD_AT_END): the real GD offsets are in the footer, one sector before
+ * the end-of-stream marker; it must agree with the header on the geometry.
+ */
+async function readFooter(file: HostFile, header: SparseHeader): Promise<SparseHeader> {
+  const path = file.path;
+  const fileSectors = Math.floor(file.size / SECTOR);
+  if (fileSectors < 3)
+    throw new VmdkFormatError('ERR_VMDK_TRUNCATED', 'file too short for a footer (gdOffset says the grain directory is at the end)', {
+      file: path,
+      offset: file.size,
+    });
+  const footerAt = (fileSectors - 2) * SECTOR;
+  const fbuf = Buffer.alloc(SECTOR);
+  await file.readExact(fbuf, footerAt, 'the footer');
+  let footer: SparseHeader;
+  try {
+    footer = parseSparseHeader(fbuf, path, footerAt);
+  } catch (err) {
+    if (err instanceof VmdkFormatError && err.code === 'ERR_VMDK_FORMAT') {
+      throw new VmdkFormatError('ERR_VMDK_CORRUPT', 'invalid footer: no "KDMV" header one sector before the end-of-stream marker (file truncated?)', {
+        file: path,
+        offset: footerAt,
+      });
+    }
+    throw err;
+  }
+  if (footer.gdOffset === -1) throw new VmdkFormatError('ERR_VMDK_CORRUPT', 'footer has no grain directory offset', { file: path, offset: footerAt + 56 });
+  if (footer.capacity !== header.capacity || footer.grainSize !== header.grainSize || footer.numGTEsPerGT !== header.numGTEsPerGT) {
+    throw new VmdkFormatError('ERR_VMDK_CORRUPT', 'footer disagrees with the header on capacity, grain size or table size', {
+      file: path,
+      offset: footerAt,
+    });
+  }
+  return { ...header, gdOffset: footer.gdOffset, rgdOffset: footer.rgdOffset, flags: footer.flags };
+}
+
+/** The start of a table (sorted starts, each `gtSec` long) overlapping sectors [s, s + len), if any. */
+function tableAt(tables: Uint32Array, gtSec: number, s: number, len: number): number | undefined {
+  // The last table starting before s + len is the only candidate (tables do not overlap each other).
+  let lo = 0;
+  let hi = tables.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (tables[mid] < s + len) lo = mid + 1;
+    else hi = mid;
+  }
+  if (lo === 0) return undefined;
+  const t = tables[lo - 1];
+  return t + gtSec > s ? t : undefined;
+}
+
+/** True when bytes [at, at + len) lie wholly in a hole of the file as seen at open. */
+function inHole(r: DataRanges, at: number, len: number): boolean {
+  if (at + len > r.knownUntil) return false;
+  // The last data range starting before at + len decides (ranges are sorted and disjoint).
+  let lo = 0;
+  let hi = r.starts.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (r.starts[mid] < at + len) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo === 0 || r.ends[lo - 1] <= at;
 }

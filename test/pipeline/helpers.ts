@@ -1,6 +1,8 @@
 // Helpers of the pipeline's crash and journal tests: the disks they break over and over (one made
-// once, a fresh copy per run) and what a disk decrypts to.
+// once, a fresh copy per run) and what a disk decrypts to; and an independent implementation of
+// verify's contentHash.
 import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { copyFileSync, mkdirSync, readdirSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { openDisk } from '../../src/disk/index.js';
@@ -71,4 +73,31 @@ export function encryptedDisks(dir: string, plainRaw: string): (sub: string) => 
     await encryptDisk(plainRaw, p, { subformat: 'monolithicSparse', lockers: [phraseLocker('old')] });
     return p;
   };
+}
+
+/**
+ * verify's contentHash written from its definition in docs/pipeline.md, apart from src/: SHA-256 over
+ * (offset u64 BE, length u32 BE, SHA-256 of the block) for every 64 KiB block that is not all zeros.
+ * `pieces` are the disk's non-hole bytes, in order, each starting on a 64 KiB boundary (everything
+ * else is zeros); `capacity` cuts a short last block.
+ */
+export function contentHashOfPieces(pieces: Array<{ offset: number; data: Buffer }>, capacity = Infinity): string {
+  const outer = createHash('sha256');
+  for (const { offset, data } of pieces) {
+    if (offset % 65536 !== 0) throw new Error(`piece at ${offset} is not on a 64 KiB boundary`);
+    for (let p = 0; p < data.length && offset + p < capacity; p += 65536) {
+      const block = data.subarray(p, Math.min(p + 65536, data.length, capacity - offset));
+      if (block.every((b) => b === 0)) continue;
+      const head = Buffer.alloc(12);
+      head.writeBigUInt64BE(BigInt(offset + p), 0);
+      head.writeUInt32BE(block.length, 8);
+      outer.update(head).update(createHash('sha256').update(block).digest());
+    }
+  }
+  return outer.digest('hex');
+}
+
+/** contentHash of a whole raw image held in memory. */
+export function contentHashOf(image: Buffer): string {
+  return contentHashOfPieces([{ offset: 0, data: image }]);
 }

@@ -7,6 +7,7 @@ import { encryptDisk, decryptDisk, convertDisk, inspectDisk, verifyDisk, type Pr
 import { acquireLock } from '../../src/pipeline/lock.js';
 import { ensureSpace } from '../../src/pipeline/space.js';
 import { MemoryKeyProvider, patternBytes, phraseLocker, providerLocker, sha256, tempDir } from '../disk/helpers.js';
+import { contentHashOf } from './helpers.js';
 
 const MiB = 1 << 20;
 let tmp: ReturnType<typeof tempDir>;
@@ -162,14 +163,18 @@ describe('inspect and verify', () => {
     expect(plain).toMatchObject({ format: 'raw', encrypted: false, virtualSize: 8 * MiB });
   });
 
-  it('verify: the hash is the plaintext sha256; comparison finds the first difference', async () => {
+  it('verify: sha256 is the plaintext sha256; contentHash depends on content only; comparison finds the first difference', async () => {
     const disk = join(tmp.dir, 'verify.vmdk');
     await encryptDisk(plainRaw, disk, { subformat: 'monolithicSparse', lockers: [phraseLocker('pw')] });
-    const v = await verifyDisk(disk, { keys: { passphrase: 'pw' }, against: plainRaw });
+    const v = await verifyDisk(disk, { keys: { passphrase: 'pw' }, against: plainRaw, sha256: true });
     expect(v).toMatchObject({ ok: true, encrypted: true, sha256: sha256(image), againstSha256: sha256(image), problems: [] });
+    expect(v.contentHash).toBe(contentHashOf(image));
+    expect(v.againstContentHash).toBe(v.contentHash);
     const quick = await verifyDisk(disk, { keys: { passphrase: 'pw' } });
-    expect(quick.sha256).toBe(sha256(image));
+    expect(quick.sha256).toBeUndefined();
+    expect(quick.contentHash).toBe(contentHashOf(image));
     expect(quick.bytesRead).toBe(4 * MiB);
+    await expect(verifyDisk(disk, { keys: { passphrase: 'pw' }, sha256: 'yes' as unknown as boolean })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
     const other = Buffer.from(image);
     other[5 * MiB + 3] ^= 1;
     const otherRaw = join(tmp.dir, 'other.raw');

@@ -212,7 +212,9 @@ export class RawClient {
     h.writeBigUInt64BE(cookie, 8);
     h.writeBigUInt64BE(BigInt(offset), 16);
     h.writeUInt32BE(length, 24);
-    this.write(data ? Buffer.concat([h, data]) : h);
+    // Two writes, not one concatenation: a test sending the same large buffer many times keeps one copy.
+    this.write(h);
+    if (data) this.write(data);
     if (type === CMD.READ) this.#reads.set(cookie, { offset, length });
     return cookie;
   }

@@ -40,6 +40,14 @@ async function expectError(
   return e;
 }
 
+/**
+ * Grain tables are checked when first used (docs/format.md): the disk opens, and the first read of
+ * the table's range fails. check: 'full' reads every table at open and fails there.
+ */
+function readsBadTable(path: string): Promise<unknown> {
+  return openDisk(path, { readOnly: true }).then((disk) => disk.read(0, 65536 * 2).finally(() => disk.close()));
+}
+
 function patch(path: string, offset: number, bytes: Buffer): void {
   const fd = openSync(path, 'r+');
   writeSync(fd, bytes, 0, bytes.length, offset);
@@ -115,21 +123,29 @@ describe('sparse extents', () => {
   it('a grain table entry past the end of the file', async () => {
     const { path, layout } = await sparseImage();
     patch(path, layout.gt0 * 512 + 8, u32(0x200000));
-    const e = await expectError(openDisk(path), 'ERR_VMDK_CORRUPT', { file: path });
+    const e = await expectError(readsBadTable(path), 'ERR_VMDK_CORRUPT', { file: path });
     expect(e.offset).toBe(layout.gt0 * 512 + 8);
+    const f = await expectError(openDisk(path, { check: 'full' }), 'ERR_VMDK_CORRUPT', { file: path });
+    expect(f.offset).toBe(layout.gt0 * 512 + 8);
   });
 
   it('a grain pointing into metadata (the grain directory)', async () => {
     const { path, layout } = await sparseImage();
     patch(path, layout.gt0 * 512 + 8, u32(layout.gd));
-    const e = await expectError(openDisk(path), 'ERR_VMDK_CORRUPT', { file: path, offset: true });
-    expect(e.message).toMatch(/points into/);
+    const e = await expectError(readsBadTable(path), 'ERR_VMDK_CORRUPT', { file: path, offset: true });
+    expect(e.message).toMatch(/points into the grain directory/);
+    expect(e.offset).toBe(layout.gt0 * 512 + 8);
+    // Into another grain table (qemu's layout: GTs follow the GD).
+    patch(path, layout.gt0 * 512 + 8, u32(layout.gt0));
+    const t = await expectError(readsBadTable(path), 'ERR_VMDK_CORRUPT', { file: path, offset: true });
+    expect(t.message).toMatch(/points into the grain table/);
   });
 
   it('a grain claimed by two table entries', async () => {
     const { path, layout } = await sparseImage();
     patch(path, layout.gt0 * 512 + 8, u32(layout.grain0));
-    const e = await expectError(openDisk(path), 'ERR_VMDK_CORRUPT', { file: path, offset: true });
+    // O(data) to find: only the full check looks for it (vmseal verify and repair ask for it).
+    const e = await expectError(openDisk(path, { check: 'full' }), 'ERR_VMDK_CORRUPT', { file: path, offset: true });
     expect(e.message).toMatch(/claimed twice/);
   });
 
@@ -161,7 +177,7 @@ describe('sparse extents', () => {
   it('a file truncated inside a grain: vmseal refuses, qemu reads zeros', async () => {
     const { path, layout } = await sparseImage();
     truncateSync(path, layout.grain1 * 512 + 1000);
-    const e = await expectError(openDisk(path), 'ERR_VMDK_TRUNCATED', { file: path, offset: true });
+    const e = await expectError(readsBadTable(path), 'ERR_VMDK_TRUNCATED', { file: path, offset: true });
     expect(e.offset).toBe(layout.gt0 * 512 + 4);
     // qemu-img check finds nothing, and qemu reads the lost bytes as zeros (silent wrong output).
     expect(tryRun('qemu-img', ['check', path]).status).toBe(0);

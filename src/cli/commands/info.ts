@@ -15,7 +15,7 @@ export async function infoCommand(ctx: Ctx, disk: string, opts: KeyCliOptions & 
   const format = formatOpts(opts.format);
   const encrypted = (await readEncryptionParams(disk, format).catch(() => null)) !== null;
   const info = await withKeys(ctx, opts, async (keys) =>
-    inspectDisk(disk, { ...format, ...(encrypted ? { keys: await keys.unlockOptions(disk, format) } : {}) }),
+    inspectDisk(disk, { ...format, signal: ctx.signal, ...(encrypted ? { keys: await keys.unlockOptions(disk, format) } : {}) }),
   );
   ctx.output.result({ ok: true, command: 'info', ...info });
   ctx.output.table(infoRows(info, disk));

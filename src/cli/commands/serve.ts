@@ -44,11 +44,6 @@ export function parseListen(value: string): { host: string; port: number } {
   return { host: (m[1] ?? m[2])!, port };
 }
 
-/** `--export NAME=DISK` (repeatable), collected by commander. */
-export function collectExport(value: string, previous: string[] = []): string[] {
-  return [...previous, value];
-}
-
 /** The disks to serve, from DISK arguments, --name and --export. */
 export function serveDisks(disks: readonly string[], opts: Pick<ServeCliOptions, 'name' | 'export'>): ServeDisk[] {
   const out: ServeDisk[] = [];

@@ -1,5 +1,5 @@
 /**
- * `vmseal verify DISK [--against PLAIN]`: read everything, check the metadata, compare hashes.
+ * `vmseal verify DISK [--against PLAIN] [--sha256]`: read the data, check the metadata, compare hashes.
  * A mismatch is not an exception: the report is printed and the exit code is 6.
  */
 import { readEncryptionParams } from '../../disk/index.js';
@@ -15,6 +15,7 @@ export interface VerifyCliOptions extends KeyCliOptions {
   against?: string;
   format?: DiskFormat;
   againstFormat?: DiskFormat;
+  sha256?: boolean;
 }
 
 export async function verifyCommand(ctx: Ctx, disk: string, opts: VerifyCliOptions): Promise<void> {
@@ -32,6 +33,7 @@ export async function verifyCommand(ctx: Ctx, disk: string, opts: VerifyCliOptio
         signal: hooks.signal,
         onProgress: hooks.onProgress,
         ...format,
+        ...(opts.sha256 === true ? { sha256: true } : {}),
         ...(opts.againstFormat !== undefined ? { againstFormat: opts.againstFormat } : {}),
         ...(encrypted ? { keys: await keys.unlockOptions(disk, format) } : {}),
         ...(opts.against !== undefined ? { against: opts.against } : {}),
@@ -43,8 +45,10 @@ export async function verifyCommand(ctx: Ctx, disk: string, opts: VerifyCliOptio
   if (!result.ok) ctx.exitCode = ExitCode.MISMATCH;
   ctx.output.result({ command: 'verify', ...result, seconds });
   ctx.output.line(`${result.ok ? 'OK' : 'MISMATCH'}  ${disk}${result.encrypted ? ' (encrypted)' : ''}`);
-  ctx.output.line(`  sha256 ${result.sha256}`);
-  if (result.againstSha256 !== undefined) ctx.output.line(`  sha256 ${result.againstSha256} of ${opts.against}`);
+  ctx.output.line(`  content ${result.contentHash}`);
+  if (result.sha256 !== undefined) ctx.output.line(`  sha256  ${result.sha256}`);
+  if (result.againstContentHash !== undefined) ctx.output.line(`  content ${result.againstContentHash} of ${opts.against}`);
+  if (result.againstSha256 !== undefined) ctx.output.line(`  sha256  ${result.againstSha256} of ${opts.against}`);
   for (const p of result.problems) ctx.output.line(`  problem: ${p}`);
   ctx.output.line(`  read ${throughputText(result.bytesRead, seconds)}`);
   if (!result.ok) {
