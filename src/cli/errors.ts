@@ -165,8 +165,16 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
     hint: 'Give TLS credentials with a CA for client certificates, or listen on a loopback address or a Unix socket',
   },
   ERR_SERVE_TLS: { exitCode: ExitCode.USAGE, hint: 'Give a PEM certificate and the PEM private key that matches it (unencrypted), and a PEM CA certificate' },
+  ERR_SERVE_CONTROL: {
+    exitCode: ExitCode.FAILURE,
+    hint: 'Stop the other vmseal serve that uses this control socket, or choose another control socket (in a folder only you can reach)',
+  },
+  ERR_SERVE_NO_SERVER: { exitCode: ExitCode.FAILURE, hint: 'Is vmseal serve running? Check the path of its control socket' },
+  ERR_SERVE_REQUEST: { exitCode: ExitCode.USAGE, hint: 'Send one JSON object per line with a command: status, attach, detach or unlock (docs/serve.md)' },
+  ERR_SERVE_NO_EXPORT: { exitCode: ExitCode.USAGE, hint: '`vmseal host status` lists the exports' },
   ERR_SERVE_NOT_LOCKED: { exitCode: ExitCode.FAILURE, hint: 'Nothing to do: the export is served (its status shows locked: false)' },
   ERR_SERVE_CLOSED: { exitCode: ExitCode.FAILURE, hint: 'The server is stopping; start it again to serve the disk' },
+  ERR_SERVE_INTERNAL: { exitCode: ExitCode.INTERNAL, hint: "This is a bug in vmseal: please report it with the server's log" },
   // plain failures with something to do
   ERR_OUTPUT_EXISTS: { exitCode: ExitCode.FAILURE, hint: EXISTS_HINT },
   ERR_VMDK_EXISTS: { exitCode: ExitCode.FAILURE, hint: EXISTS_HINT },
@@ -205,6 +213,7 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
   ERR_VMDK_CLOSED: { exitCode: ExitCode.FORMAT, hint: FORMAT_HINT },
 };
 
+const NO_SERVER_HINT = 'Is vmseal serve running? Give --control with the path it was started with (or the same --home)';
 const EXISTS_FORCE_HINT = 'Choose another output name, or add --force to replace it';
 const EXISTS_BY_COMMAND: Record<string, string> = {
   encrypt: EXISTS_FORCE_HINT,
@@ -228,7 +237,16 @@ const BY_COMMAND: Record<string, Record<string, string>> = {
     convert: 'Write an encrypted disk as monolithicSparse, monolithicFlat or a twoGbMaxExtent subformat, or add --decrypt for a plain copy',
   },
   ERR_SERVE_LISTEN: { serve: 'Choose another --socket path or --listen port, or stop the server that uses it' },
-  ERR_SERVE_EXPORT: { serve: 'Give each disk its own export name with --export NAME=DISK' },
+  ERR_SERVE_EXPORT: { serve: 'Give each disk its own export name with --export NAME=DISK', 'host attach': 'Give the disk another export name with --name' },
+  ERR_SERVE_CONTROL: {
+    serve: 'Stop the other vmseal serve that uses this control socket, or give --control another path (in a folder only you can reach)',
+  },
+  ERR_SERVE_NO_SERVER: {
+    'host status': NO_SERVER_HINT,
+    'host attach': NO_SERVER_HINT,
+    'host detach': NO_SERVER_HINT,
+    'host unlock': NO_SERVER_HINT,
+  },
   ERR_SERVE_TLS: { serve: 'Check --tls-cert, --tls-key (the unencrypted PEM key of that certificate) and --tls-ca (PEM)' },
   ERR_SERVE_INSECURE: {
     serve:

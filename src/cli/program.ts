@@ -25,6 +25,7 @@ import {
 } from './parse.js';
 
 const VERSION = '0.1.0';
+const CONTROL_DEFAULT = '$XDG_RUNTIME_DIR/vmseal/serve.sock, else HOME/serve.sock';
 
 /**
  * Each command's module, imported when the command runs: start-up then loads only the grammar
@@ -44,6 +45,7 @@ const commands = {
   keys: () => import('./commands/keys.js'),
   demo: () => import('./commands/demo.js'),
   serve: () => import('./commands/serve.js'),
+  host: () => import('./commands/host.js'),
 };
 
 /** `--export NAME=DISK` (repeatable), collected by commander; commands/serve.ts parses each. */
@@ -384,7 +386,8 @@ Examples:
     .option('--tls-ca <file>', 'PEM CA certificate: clients must present a certificate it signed')
     .option('--insecure-plaintext', 'allow --listen on an address that is not loopback, without TLS')
     .option('--insecure-no-client-auth', 'allow --listen on an address that is not loopback, with TLS but without client certificates')
-    .option('--recovery-passphrase', 'unlock with the recovery passphrase');
+    .option('--recovery-passphrase', 'unlock with the recovery passphrase')
+    .option('--control <path>', `control socket for \`vmseal host\` (default: ${CONTROL_DEFAULT})`);
   addKeyOptions(serveCmd, false);
   serveCmd.addHelpText(
     'after',
@@ -396,6 +399,51 @@ Examples:
   vmseal serve disk-enc.vmdk --listen 0.0.0.0:10809 --tls-cert server-cert.pem --tls-key server-key.pem --tls-ca ca-cert.pem`,
   );
   serveCmd.action((disks: string[], opts) => commands.serve().then((m) => m.serveCommand(ctx, disks, opts)));
+
+  const host = program
+    .command('host')
+    .summary('control a running vmseal serve: status, attach, detach, unlock')
+    .description(
+      `Talk to a running \`vmseal serve\` through its control socket (a private Unix socket; default: ${CONTROL_DEFAULT}, with HOME from --home, VMSEAL_HOME or ~/.vmseal). Give the --control or --home that serve was started with.`,
+    );
+  const controlOption = (): Option => new Option('--control <path>', `control socket of the server (default: ${CONTROL_DEFAULT})`);
+  const hostHome = (): Option => new Option('--home <dir>', 'HOME of the default control socket when XDG_RUNTIME_DIR is not set (env: VMSEAL_HOME)');
+  host
+    .command('status')
+    .description('list the exports: name, disk, size, encrypted, locked, clients, bytes read and written')
+    .addOption(controlOption())
+    .addOption(hostHome())
+    .action((opts) => commands.host().then((m) => m.hostStatus(ctx, opts)));
+  host
+    .command('attach')
+    .description("serve one more disk, unlocked with the server's key options (export name: the file name without .vmdk)")
+    .argument('<DISK>', 'the disk to serve')
+    .option('--name <name>', 'export name')
+    .option('--read-only', 'serve read-only (shared lock)')
+    .addOption(
+      new Option('--shared <n>', 'connections at once (default: 1 writable, 16 read-only)').argParser((v) =>
+        parseInteger(v, '--shared', { min: 1, max: 1024 }),
+      ),
+    )
+    .addOption(controlOption())
+    .addOption(hostHome())
+    .action((disk: string, opts) => commands.host().then((m) => m.hostAttach(ctx, disk, opts)));
+  host
+    .command('detach')
+    .description('stop serving an export: answer its requests in flight, flush, close the disk, release its lock')
+    .argument('<NAME>', 'export name')
+    .addOption(controlOption())
+    .addOption(hostHome())
+    .action((name: string, opts) => commands.host().then((m) => m.hostDetach(ctx, name, opts)));
+  host
+    .command('unlock')
+    .description('unlock an export served locked (its key unavailable) with its recovery passphrase, sent over the control socket')
+    .argument('<NAME>', 'export name')
+    .option('--passphrase-file <file>', 'file holding the recovery passphrase')
+    .option('--passphrase-env <name>', 'environment variable holding the recovery passphrase')
+    .addOption(controlOption())
+    .addOption(hostHome())
+    .action((name: string, opts) => commands.host().then((m) => m.hostUnlock(ctx, name, opts)));
 
   const keys = program
     .command('keys')

@@ -4,7 +4,7 @@
  * key is unavailable (unavailable.ts) is served locked (locked.ts) until its key can be had.
  */
 import { createServer, createConnection, isIP, type Server, type Socket } from 'node:net';
-import { chmod, lstat, mkdir, rm, stat } from 'node:fs/promises';
+import { chmod, lstat, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { describeValue, expected } from '../errors.js';
@@ -21,6 +21,8 @@ import { DEFAULT_UNLOCK_RETRY, LockedExport, readShape, type ExportEntry, type U
 import { unavailableKey } from './unavailable.js';
 import { MAX_STRING_BYTES } from './protocol.js';
 import { tlsServerContext, type ServeTls, type TlsServerContext } from './tls.js';
+import { claimControl, type ControlSocket } from './control.js';
+import { privateFolder } from './private-folder.js';
 
 export interface ServeDisk {
   path: string;
@@ -68,6 +70,11 @@ export interface ServeOptions {
   unlockRetry?: Partial<UnlockRetry>;
   /** One line per connection and per error (never key material). */
   log?: (line: string) => void;
+  /**
+   * A Unix socket for control commands (status, attach, detach, unlock; JSON lines, see
+   * docs/serve.md), mode 0600 in a private (0700) folder. Default: none.
+   */
+  control?: string;
 }
 
 export type ServeAddress = { transport: 'unix'; path: string } | { transport: 'tcp'; host: string; port: number };
@@ -77,10 +84,24 @@ export interface NbdHost {
   /** The URI a client uses for an export: `nbd+unix:///NAME?socket=PATH` or `nbd://HOST:PORT/NAME`. */
   uri(name: string): string;
   exports(): ExportInfo[];
+  /** The control socket's path, when `control` was given. */
+  controlPath(): string | undefined;
+  /**
+   * Open, lock and unlock (with the host's `keys`) one more disk and serve it to new clients at
+   * once; an encrypted disk whose key provider is unreachable is attached locked, as at start. A
+   * name already served gives ERR_SERVE_EXPORT, a call after close() began ERR_SERVE_CLOSED.
+   */
+  attach(disk: ServeDisk): Promise<ExportInfo>;
+  /**
+   * Stop serving an export: its connections stop reading requests, the ones in flight are
+   * answered, then the disk is flushed, closed and its lock released. An unknown name gives
+   * ERR_SERVE_NO_EXPORT.
+   */
+  detach(name: string): Promise<void>;
   /**
    * Unlock a locked export now with these key options (a recovery passphrase, other providers):
    * its disk is opened and served at once. Rejects with ServeError ERR_SERVE_NOT_LOCKED if the
-   * export is not locked, ERR_SERVE_EXPORT if there is no such export, ERR_SERVE_CLOSED once
+   * export is not locked, ERR_SERVE_NO_EXPORT if there is no such export, ERR_SERVE_CLOSED once
    * close() began, and with the key layer's error (ERR_WRONG_KEY, ERR_DISK_LOCKED …) if the keys
    * do not open it — the export then stays locked and its retries go on.
    */
@@ -112,11 +133,11 @@ export function isLoopback(host: string): boolean {
   return host === '::1' || host === '0:0:0:0:0:0:0:1';
 }
 
-function checkName(name: string, path: string): void {
-  if (name.length === 0 || Buffer.byteLength(name) > MAX_STRING_BYTES || /[\x00-\x1f?#]/.test(name)) {
+function checkName(name: unknown, path: string): asserts name is string {
+  if (typeof name !== 'string' || name.length === 0 || Buffer.byteLength(name) > MAX_STRING_BYTES || /[\x00-\x1f?#]/.test(name)) {
     throw new ServeError(
       'ERR_SERVE_EXPORT',
-      `export name ${JSON.stringify(name)} of ${path} is not valid: give 1 to 4096 bytes without control characters, '?' or '#'`,
+      `export name ${typeof name === 'string' ? JSON.stringify(name) : describeValue(name)} of ${path} is not valid: give 1 to 4096 bytes without control characters, '?' or '#'`,
     );
   }
 }
@@ -126,6 +147,17 @@ function checkCount(value: unknown, what: string): number {
     throw new ServeError('ERR_INVALID_ARGUMENT', `Expected a positive integer for ${what} but received ${describeValue(value)}`);
   }
   return value;
+}
+
+/** The export name of a disk spec (its `name`, else its file name without `.vmdk`), checked. */
+function exportNameOf(d: unknown): string {
+  if (d === null || typeof d !== 'object' || typeof (d as ServeDisk).path !== 'string' || (d as ServeDisk).path.length === 0) {
+    throw new ServeError('ERR_INVALID_ARGUMENT', `Expected { path, name?, readOnly? } for each disk but received ${describeValue(d)}`);
+  }
+  const spec = d as ServeDisk;
+  const name: unknown = spec.name ?? defaultExportName(spec.path);
+  checkName(name, spec.path);
+  return name;
 }
 
 function checkRetry(value: unknown): UnlockRetry {
@@ -196,15 +228,6 @@ async function clearSocketPath(path: string): Promise<void> {
   });
   if (live) throw new ServeError('ERR_SERVE_LISTEN', `cannot listen on ${path}: another server is listening there`);
   await rm(path, { force: true });
-}
-
-/** Make the default socket's folder, private to this user. */
-async function privateFolder(folder: string): Promise<void> {
-  await mkdir(folder, { recursive: true, mode: 0o700 });
-  const st = await stat(folder);
-  if (st.uid !== process.getuid?.() || (st.mode & 0o077) !== 0) {
-    throw new ServeError('ERR_SERVE_LISTEN', `the socket folder ${folder} is not private (it must be owned by you with mode 0700)`);
-  }
 }
 
 function listenOn(server: Server, listen: ServeListen): Promise<void> {
@@ -298,28 +321,32 @@ export async function serve(options: ServeOptions): Promise<NbdHost> {
   const retry = checkRetry(options.unlockRetry);
   const names = new Map<string, string>();
   for (const d of options.disks) {
-    if (d === null || typeof d !== 'object' || typeof d.path !== 'string' || d.path.length === 0) {
-      throw new ServeError('ERR_INVALID_ARGUMENT', `Expected { path, name?, readOnly? } for each disk but received ${describeValue(d)}`);
-    }
-    const name = d.name ?? defaultExportName(d.path);
-    checkName(name, d.path);
+    const name = exportNameOf(d);
     const other = names.get(name);
     if (other !== undefined) {
       throw new ServeError('ERR_SERVE_EXPORT', `two disks would be served as export '${name}' (${other} and ${d.path}): give each a name (--export NAME=DISK)`);
     }
     names.set(name, d.path);
   }
+  // Claimed before any disk is opened (and unlocked, which may ask a KMS): a second server on the
+  // same control path fails at once and opens nothing.
+  const control: ControlSocket | undefined = options.control === undefined ? undefined : await claimControl(options.control);
 
   const exports = new Map<string, ExportEntry>();
-  const connections = new Set<Connection>();
+  /** Names being opened by attach(): a second attach of one name is refused at once. */
+  const attaching = new Set<string>();
+  /** attach() and detach() calls in progress: close() waits for them. */
+  const pending = new Set<Promise<unknown>>();
+  /** Each live connection, its socket, and the export it last asked for (what detach() stops). */
+  const connections = new Map<Connection, { socket: Socket; export?: ExportEntry }>();
   /** Every accepted socket, also after its Connection ended (a client may keep a half-closed socket open). */
   const sockets = new Set<Socket>();
   let nextId = 1;
-  const host: ConnectionHost = {
-    findExport(name) {
-      if (name === '' && exports.size === 1) return [...exports.values()][0];
-      return exports.get(name);
-    },
+  const findExport = (name: string): ExportEntry | undefined => {
+    if (name === '' && exports.size === 1) return [...exports.values()][0];
+    return exports.get(name);
+  };
+  const common: Omit<ConnectionHost, 'findExport'> = {
     exportList: () => [...exports.values()],
     noList: options.noList === true,
     budget,
@@ -332,29 +359,38 @@ export async function serve(options: ServeOptions): Promise<NbdHost> {
   const server = createServer((socket: Socket) => {
     sockets.add(socket);
     socket.once('close', () => sockets.delete(socket));
-    const c = new Connection(socket, host, nextId++);
-    log(`connection ${c.id} (${c.peer}) opened`);
-    connections.add(c);
-    void c.done.finally(() => connections.delete(c));
-  });
-  let socketPath: string | undefined;
-  try {
-    const ctx: OpenContext = {
-      options,
-      retry,
-      log,
-      onUnlocked: (exp) => {
-        if (exports.get(exp.name) instanceof LockedExport) exports.set(exp.name, exp);
+    const entry: { socket: Socket; export?: ExportEntry } = { socket };
+    const recording: ConnectionHost = {
+      ...common,
+      findExport(name) {
+        const found = findExport(name);
+        if (found) entry.export = found;
+        return found;
       },
     };
+    const c = new Connection(socket, recording, nextId++);
+    log(`connection ${c.id} (${c.peer}) opened`);
+    connections.set(c, entry);
+    void c.done.finally(() => connections.delete(c));
+  });
+  const openContext: OpenContext = {
+    options,
+    retry,
+    log,
+    onUnlocked: (exp) => {
+      if (exports.get(exp.name) instanceof LockedExport) exports.set(exp.name, exp);
+    },
+  };
+  let socketPath: string | undefined;
+  try {
     for (const d of options.disks) {
       const name = d.name ?? defaultExportName(d.path);
-      exports.set(name, await openExport(d, name, ctx));
+      exports.set(name, await openExport(d, name, openContext));
     }
     const listen = listenArg ?? { socket: defaultSocketPath() };
     if ('socket' in listen) {
       socketPath = resolve(listen.socket);
-      if (listenArg === undefined) await privateFolder(dirname(socketPath));
+      if (listenArg === undefined) await privateFolder(dirname(socketPath), 'socket', 'ERR_SERVE_LISTEN');
       await clearSocketPath(socketPath);
       await listenOn(server, { socket: socketPath });
       await chmod(socketPath, 0o600);
@@ -368,6 +404,7 @@ export async function serve(options: ServeOptions): Promise<NbdHost> {
     server.close();
     for (const s of sockets) s.destroy();
     for (const e of exports.values()) await e.close().catch(() => undefined);
+    await control?.close();
     throw err;
   }
 
@@ -377,11 +414,79 @@ export async function serve(options: ServeOptions): Promise<NbdHost> {
       ? { transport: 'unix', path: socketPath }
       : { transport: 'tcp', host: (listenArg as { host: string }).host, port: typeof addr === 'object' && addr ? addr.port : 0 };
   let closing: Promise<void> | undefined;
+  const track = <T>(op: Promise<T>): Promise<T> => {
+    pending.add(op);
+    void op.then(
+      () => pending.delete(op),
+      () => pending.delete(op),
+    );
+    return op;
+  };
+  const stopped = (): ServeError => new ServeError('ERR_SERVE_CLOSED', 'the server is stopping: no export can be attached or detached now');
+  const unknown = (name: unknown): ServeError =>
+    new ServeError(
+      'ERR_SERVE_NO_EXPORT',
+      `no export is named ${typeof name === 'string' ? JSON.stringify(name) : describeValue(name)} (served: ${[...exports.keys()].join(', ') || 'none'})`,
+    );
 
-  return {
+  const nbdHost: NbdHost = {
     address: () => ({ ...address }),
     uri: (name) => exportUri(address, name),
     exports: () => [...exports.values()].map((e) => e.info()),
+    controlPath: () => control?.path,
+    attach(disk) {
+      if (closing) return Promise.reject(stopped());
+      let name: string;
+      try {
+        name = exportNameOf(disk);
+      } catch (err) {
+        return Promise.reject(err);
+      }
+      const served = exports.get(name);
+      if (served !== undefined || attaching.has(name)) {
+        const what = served ? `is already served (${served.info().path})` : 'is being attached';
+        return Promise.reject(new ServeError('ERR_SERVE_EXPORT', `export '${name}' ${what}: give ${disk.path} another export name`));
+      }
+      attaching.add(name);
+      return track(
+        (async () => {
+          try {
+            const exp = await openExport(disk, name, openContext);
+            if (closing) {
+              await exp.close().catch(() => undefined);
+              throw stopped();
+            }
+            exports.set(name, exp);
+            if (exp instanceof LockedExport) {
+              exp.start();
+              log(`export ${name} attached locked (${disk.path}): ${exp.reason}`);
+            } else log(`export ${name} attached (${disk.path})`);
+            return exp.info();
+          } finally {
+            attaching.delete(name);
+          }
+        })(),
+      );
+    },
+    detach(name) {
+      if (closing) return Promise.reject(stopped());
+      const exp = typeof name === 'string' ? exports.get(name) : undefined;
+      if (!exp) return Promise.reject(unknown(name));
+      // Gone for new clients from here on; its connections answer what is in flight, then stop.
+      exports.delete(name);
+      // A locked export stops retrying now: no retry may open the disk of an export that is gone.
+      const stopRetries = exp instanceof LockedExport ? exp.close() : undefined;
+      return track(
+        (async () => {
+          const mine = [...connections].filter(([, e]) => e.export === exp);
+          for (const [c] of mine) c.stop();
+          await Promise.allSettled(mine.map(([c]) => c.done));
+          for (const [, e] of mine) e.socket.destroy();
+          await (stopRetries ?? exp.close());
+          log(`export ${name} detached: flushed, closed, lock released`);
+        })(),
+      );
+    },
     async unlock(name, keys) {
       if (typeof name !== 'string') throw new ServeError('ERR_INVALID_ARGUMENT', `Expected an export name for name but received ${describeValue(name)}`);
       if (keys === null || typeof keys !== 'object') {
@@ -389,21 +494,26 @@ export async function serve(options: ServeOptions): Promise<NbdHost> {
       }
       if (closing) throw new ServeError('ERR_SERVE_CLOSED', `cannot unlock export ${name}: the host is stopping`);
       const e = exports.get(name);
-      if (!e) throw new ServeError('ERR_SERVE_EXPORT', `no export named '${name}' (exports: ${[...exports.keys()].join(', ')})`);
+      if (!e) throw unknown(name);
       if (!(e instanceof LockedExport)) throw new ServeError('ERR_SERVE_NOT_LOCKED', `export ${name} is not locked: its disk is open and served`);
       return (await e.unlock(keys)).info();
     },
     close() {
       closing ??= (async () => {
+        const stopping = new Promise<void>((done) => server.close(() => done()));
+        // No more control commands; the ones running (attach, detach) finish first (an attach that
+        // ends now closes what it opened itself).
+        const controlClosed = control?.close();
         // Locked exports stop at once (close() marks them before its first await): no retry or
         // unlock() opens a disk from here on. Their locks are released once an attempt in flight ends.
         const unlocking = [...exports.values()].filter((e) => e instanceof LockedExport).map((e) => e.close());
-        const stopped = new Promise<void>((done) => server.close(() => done()));
-        for (const c of connections) c.stop();
-        await Promise.allSettled([...connections].map((c) => c.done));
+        await Promise.allSettled([...pending]);
+        for (const c of connections.keys()) c.stop();
+        await Promise.allSettled([...connections.keys()].map((c) => c.done));
         // Replies are answered or given up by now; a client that keeps its socket open is cut off.
         for (const s of sockets) s.destroy();
-        await stopped;
+        await stopping;
+        await controlClosed;
         if (socketPath !== undefined) await rm(socketPath, { force: true });
         const failures: unknown[] = [];
         for (const r of await Promise.allSettled(unlocking)) {
@@ -426,6 +536,15 @@ export async function serve(options: ServeOptions): Promise<NbdHost> {
       return closing;
     },
   };
+  if (control) {
+    try {
+      await control.listen(nbdHost, log);
+    } catch (err) {
+      await nbdHost.close().catch(() => undefined);
+      throw err;
+    }
+  }
+  return nbdHost;
 }
 
 /** `nbd+unix:///NAME?socket=PATH` or `nbd://HOST:PORT/NAME` (IPv6 hosts in brackets). */

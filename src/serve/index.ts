@@ -13,5 +13,8 @@ export {
   type ServeOptions,
 } from './host.js';
 export type { ExportInfo } from './export.js';
+export { defaultControlPath } from './control.js';
+export { controlRequest } from './control-client.js';
+export type { ControlCommand, ControlErrorBody, ControlId, ControlReply, ControlRequest } from './control-protocol.js';
 export type { UnlockRetry } from './locked.js';
 export type { ServeTls } from './tls.js';

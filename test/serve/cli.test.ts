@@ -19,7 +19,8 @@ const children: Served[] = [];
 
 beforeAll(() => {
   tmp = tempDir('vmseal-serve-cli-');
-  env = cleanEnv({ VMSEAL_HOME: join(tmp.dir, 'home') });
+  // No XDG_RUNTIME_DIR: each server's control socket goes into this test's VMSEAL_HOME, not the user's runtime folder.
+  env = cleanEnv({ VMSEAL_HOME: join(tmp.dir, 'home'), XDG_RUNTIME_DIR: undefined });
   pwFile = join(tmp.dir, 'pw');
   writeFileSync(pwFile, `${PASSPHRASE}\n`, { mode: 0o600 });
 });

@@ -93,7 +93,7 @@ async function readOver(socket: string, name: string, length: number): Promise<B
 }
 
 type Made = Awaited<ReturnType<typeof kmipDisk>>;
-const disks: Record<'attached' | 'restart' | 'noList' | 'unlock' | 'hard' | 'writable' | 'readOnly' | 'cli', Made> = {} as never;
+const disks: Record<'attached' | 'restart' | 'noList' | 'unlock' | 'hard' | 'writable' | 'readOnly' | 'cli' | 'hostUnlock' | 'hostAttach', Made> = {} as never;
 
 beforeAll(async () => {
   tmp = tempDir('vmseal-serve-outage-');
@@ -108,6 +108,8 @@ beforeAll(async () => {
   disks.writable = await kmipDisk();
   disks.readOnly = await kmipDisk();
   disks.cli = await kmipDisk();
+  disks.hostUnlock = await kmipDisk();
+  disks.hostAttach = await kmipDisk();
 }, 60_000);
 
 /** Stop the KMS (like a crash) if it runs. */
@@ -173,8 +175,8 @@ describe('KMS outage', () => {
     expect(host.exports()[0]!.locked).toBe(true);
     expect((await choose(socket, 'd')).message).toMatch(/^disk locked: /);
     await expect(host.unlock('nope', { passphrase: RECOVERY })).rejects.toMatchObject({
-      code: 'ERR_SERVE_EXPORT',
-      message: "no export named 'nope' (exports: d)",
+      code: 'ERR_SERVE_NO_EXPORT',
+      message: 'no export is named "nope" (served: d)',
     });
 
     const info = await host.unlock('d', { passphrase: RECOVERY });
@@ -243,6 +245,7 @@ describe('KMS outage', () => {
       VMSEAL_KMS_CA: kms.caPath,
       VMSEAL_KMS_CERT: kms.clientCertPath,
       VMSEAL_KMS_KEY: kms.clientKeyPath,
+      XDG_RUNTIME_DIR: undefined,
     });
     const child = vmsealChild(['serve', path, '--name', 'd', '--socket', socket], env);
     let err = '';
@@ -262,6 +265,74 @@ describe('KMS outage', () => {
       child.kill('SIGTERM');
       expect(await exit).toBe(0);
       await (await acquireLock(path, 'test', 'exclusive')).release();
+    } finally {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    }
+  });
+
+  it('vmseal host shows the locked export, unlocks it with the recovery passphrase, and attaches and detaches a locked disk', async () => {
+    const { path, data, dir } = disks.hostUnlock;
+    const other = disks.hostAttach;
+    await kmsDown();
+    const socket = join(dir, 'host.sock');
+    const control = join(dir, 'ctl', 'serve.sock');
+    const pw = join(dir, 'pw');
+    const wrong = join(dir, 'wrong');
+    writeFileSync(pw, `${RECOVERY}\n`, { mode: 0o600 });
+    writeFileSync(wrong, 'not the recovery passphrase\n', { mode: 0o600 });
+    const env = cleanEnv({
+      VMSEAL_HOME: join(dir, 'home'),
+      VMSEAL_KMS: `127.0.0.1:${kms.endpoints[0]!.port}`,
+      VMSEAL_KMS_CA: kms.caPath,
+      VMSEAL_KMS_CERT: kms.clientCertPath,
+      VMSEAL_KMS_KEY: kms.clientKeyPath,
+      XDG_RUNTIME_DIR: undefined,
+    });
+    const child = vmsealChild(['serve', path, '--name', 'd', '--socket', socket, '--control', control], env);
+    let err = '';
+    const exit = new Promise<number | null>((done) => child.on('close', (code) => done(code)));
+    const host = (...args: string[]) => vmseal(['host', ...args, '--control', control], env);
+    try {
+      await new Promise<void>((ready, fail) => {
+        child.stderr.on('data', (d) => {
+          err += String(d);
+          if (/^vmseal: control socket /m.test(err)) ready();
+        });
+        void exit.then((code) => fail(new Error(`vmseal serve exited with ${code}: ${err}`)));
+      });
+      const table = await host('status');
+      expect(table.code, table.stderr).toBe(0);
+      expect(table.stdout).toMatch(/^d\s+\S+\s+1.00 MiB\s+yes\s+yes \(key \S+ of provider kms1 unavailable: .*\)\s+0\/1/m);
+      const st = JSON.parse((await host('status', '--json')).stdout);
+      expect(st.exports[0]).toMatchObject({ name: 'd', locked: true, lockedReason: expect.stringMatching(/^key \S+ of provider kms1 unavailable: /) });
+
+      // A disk attached while the KMS is down is attached locked; detach releases its lock.
+      const attached = await host('attach', other.path, '--name', 'e', '--json');
+      expect(attached.code, attached.stderr).toBe(0);
+      expect(JSON.parse(attached.stdout).export).toMatchObject({ name: 'e', locked: true });
+      await expect(acquireLock(other.path, 'test')).rejects.toMatchObject({ code: 'ERR_DISK_BUSY' });
+      expect((await host('detach', 'e')).code).toBe(0);
+      await (await acquireLock(other.path, 'test', 'exclusive')).release();
+
+      // unlock: a wrong passphrase is refused (exit 3) and the export stays locked; the right one serves it.
+      const refused = await host('unlock', 'd', '--passphrase-file', wrong);
+      expect(refused.code).toBe(3);
+      expect(JSON.parse((await host('status', '--json')).stdout).exports[0].locked).toBe(true);
+      const unlocked = await host('unlock', 'd', '--passphrase-file', pw);
+      expect(unlocked.code, unlocked.stderr).toBe(0);
+      expect(unlocked.stdout).toContain(`Unlocked d: served on ${unixUri(socket, 'd')}`);
+      expect((await readOver(socket, 'd', data.length)).equals(data)).toBe(true);
+      expect(JSON.parse((await host('status', '--json')).stdout).exports[0]).toMatchObject({ locked: false });
+      const again = await host('unlock', 'd', '--passphrase-file', pw);
+      expect(again.code).toBe(1);
+      expect(again.stderr).toMatch(/export d is not locked/);
+
+      child.kill('SIGTERM');
+      expect(await exit).toBe(0);
+      // The passphrase went over the control socket only: never into the server's log.
+      expect(err).not.toContain(RECOVERY);
+      expect(err).toMatch(/control: unlock d: failed \(ERR_WRONG_KEY\)/);
+      expect(err).toMatch(/control: unlock d: done/);
     } finally {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     }

@@ -24,7 +24,10 @@ describe('SIGKILL during writes', () => {
     const pw = join(tmp.dir, 'pw');
     writeFileSync(pw, `${PASSPHRASE}\n`, { mode: 0o600 });
     const socket = join(tmp.dir, 'nbd.sock');
-    const server = vmsealChild(['serve', disk, '--socket', socket, '--passphrase-file', pw], cleanEnv({ VMSEAL_HOME: join(tmp.dir, 'home') }));
+    const server = vmsealChild(
+      ['serve', disk, '--socket', socket, '--passphrase-file', pw],
+      cleanEnv({ VMSEAL_HOME: join(tmp.dir, 'home'), XDG_RUNTIME_DIR: undefined }),
+    );
     const serverExit = new Promise<void>((done) => server.on('close', () => done()));
     try {
       await new Promise<void>((ready, fail) => {

@@ -280,7 +280,7 @@ describe('TLS options', () => {
 
 describe('vmseal serve --tls-cert/--tls-key/--tls-ca', () => {
   it('serves qemu over TLS, and refuses incomplete or insecure TLS command lines', async () => {
-    const env = cleanEnv({ VMSEAL_HOME: join(tmp.dir, 'home') });
+    const env = cleanEnv({ VMSEAL_HOME: join(tmp.dir, 'home'), XDG_RUNTIME_DIR: undefined });
     const dir = join(tmp.dir, 'cli');
     mkdirSync(dir);
     const disk = plainRaw(dir, 'plain', random(MiB));

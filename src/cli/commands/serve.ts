@@ -1,8 +1,10 @@
 /**
  * `vmseal serve DISK… [--socket PATH | --listen HOST:PORT] [--name N] [--export N=DISK…] [--read-only]
  * [--shared N] [--no-list] [--tls-cert F --tls-key F [--tls-ca F]] [--insecure-plaintext]
- * [--insecure-no-client-auth]` and the unlock options of decrypt: serve disks over
- * NBD in the foreground until SIGINT/SIGTERM, then flush every export, release the locks and exit 0.
+ * [--insecure-no-client-auth] [--control PATH]` and the unlock options of decrypt: serve disks
+ * over NBD in the foreground until SIGINT/SIGTERM, then flush every export, release the locks,
+ * remove the sockets and exit 0 (non-zero if an export failed to flush or close). `vmseal host …`
+ * drives it meanwhile through the control socket (default: see controlPathOf).
  */
 import { readFile } from 'node:fs/promises';
 import { serve, type NbdHost, type ServeDisk, type ServeListen, type ServeTls } from '../../serve/index.js';
@@ -10,6 +12,7 @@ import type { Ctx } from '../context.js';
 import { usageError } from '../errors.js';
 import { withKeys, type KeyCliOptions } from '../key-session.js';
 import { requireInputFile } from './common.js';
+import { controlPathOf } from './host.js';
 
 export interface ServeCliOptions extends KeyCliOptions {
   socket?: string;
@@ -25,6 +28,7 @@ export interface ServeCliOptions extends KeyCliOptions {
   tlsCert?: string;
   tlsKey?: string;
   tlsCa?: string;
+  control?: string;
 }
 
 /** NBD's registered port, used when --listen gives none. */
@@ -93,6 +97,7 @@ export async function serveCommand(ctx: Ctx, disks: string[], opts: ServeCliOpti
   const listen = listenOf(opts);
   const tls = await readTlsFiles(opts);
   for (const d of specs) await requireInputFile(d.path, 'the disk');
+  const control = controlPathOf(ctx, opts);
   const log = (line: string): void => {
     if (!ctx.output.quiet) ctx.output.error(`vmseal: ${line}`);
   };
@@ -107,6 +112,7 @@ export async function serveCommand(ctx: Ctx, disks: string[], opts: ServeCliOpti
       ...(tls ? { tls } : {}),
       insecurePlaintext: opts.insecurePlaintext === true,
       insecureNoClientAuth: opts.insecureNoClientAuth === true,
+      control,
       log,
     });
     ctx.doing = 'serving failed';
@@ -116,12 +122,13 @@ export async function serveCommand(ctx: Ctx, disks: string[], opts: ServeCliOpti
       for (const e of host.exports()) {
         ctx.output.error(`vmseal: serving ${e.name} on ${host.uri(e.name)}${e.locked ? ` (locked: ${e.lockedReason ?? 'key unavailable'})` : ''}`);
       }
+      ctx.output.error(`vmseal: control socket ${control} (vmseal host status|attach|detach|unlock --control ${control})`);
       await untilAborted(ctx.signal);
       log('stopping: flushing every export and releasing the locks');
     } finally {
       await host.close();
     }
     const served = host.exports();
-    ctx.output.result({ ok: true, command: 'serve', address: host.address(), exports: served });
+    ctx.output.result({ ok: true, command: 'serve', address: host.address(), control, exports: served });
   });
 }
