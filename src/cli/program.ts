@@ -386,6 +386,11 @@ Examples:
     .option('--tls-ca <file>', 'PEM CA certificate: clients must present a certificate it signed')
     .option('--insecure-plaintext', 'allow --listen on an address that is not loopback, without TLS')
     .option('--insecure-no-client-auth', 'allow --listen on an address that is not loopback, with TLS but without client certificates')
+    .addOption(
+      new Option('--stall-timeout <ms>', 'disconnect a client whose replies stay unread this long while others wait for memory (default: 30000)').argParser(
+        (v) => parseInteger(v, '--stall-timeout', { min: 1, max: 3_600_000 }),
+      ),
+    )
     .option('--recovery-passphrase', 'unlock with the recovery passphrase')
     .option('--control <path>', `control socket for \`vmseal host\` (default: ${CONTROL_DEFAULT})`);
   addKeyOptions(serveCmd, false);

@@ -4,6 +4,8 @@
  * reads a READ's data from the disk, and releases it when the reply has left for the kernel. While
  * the budget is spent, connections stop reading their sockets (the kernel's TCP/Unix-socket flow
  * control then slows the clients down), so memory stays bounded however many clients push.
+ * Budget held by clients that never read their replies is won back by the connections' send-stall
+ * timeout (connection.ts), not here: the budget does not know who holds what.
  */
 export class PayloadBudget {
   readonly limit: number;
@@ -16,6 +18,11 @@ export class PayloadBudget {
 
   get used(): number {
     return this.#used;
+  }
+
+  /** Requests waiting for room (what a connection stuck on a client that does not read keeps waiting). */
+  get waiting(): number {
+    return this.#waiters.length;
   }
 
   /** Take `bytes` now if they fit and nobody waits; false otherwise (then acquire() and wait). */

@@ -51,6 +51,11 @@ export interface ConnectionHost {
   readonly buffers: BufferPool;
   /** A connection that has not picked an export after this long is closed (it holds a socket for nothing). */
   readonly handshakeTimeoutMs: number;
+  /**
+   * A connection whose replies have not moved for this long, while it holds budget others wait
+   * for, is closed (see #watchStalls).
+   */
+  readonly stallTimeoutMs: number;
   /** TLS credentials: when set, TLS is required (STARTTLS before any other option). */
   readonly tls?: TlsServerContext;
   log(line: string): void;
@@ -124,6 +129,12 @@ export class Connection {
    * serving a VM for days would pile up without bound.
    */
   readonly #stopWaiters = new Set<() => void>();
+  /** Replies that finished leaving for the kernel: the progress #watchStalls looks for. */
+  #repliesSent = 0;
+  /** This connection waits in the budget's queue itself (it does not count among the others it blocks). */
+  #waitingForBudget = false;
+  /** Why the server closed the connection itself (a stalled client), for the closing log line. */
+  #cutOffReason: string | undefined;
   /** Wakes #transmit when a request or a reply finished, or on stop. */
   #wakeProgress: (() => void) | undefined;
 
@@ -151,6 +162,7 @@ export class Connection {
   async #run(): Promise<void> {
     let reason = 'client disconnected';
     let timedOut = false;
+    let stopWatching: (() => void) | undefined;
     const handshakeTimer = setTimeout(() => {
       timedOut = true;
       // Nothing is in flight before an export is chosen: drop the socket (also if our replies are stuck in it).
@@ -186,6 +198,7 @@ export class Connection {
       this.#strictBlocks = negotiation.strictBlocks;
       this.#export = exp;
       this.#host.log(`connection ${this.id} (${this.peer}): serving export ${exp.name}`);
+      stopWatching = this.#watchStalls();
       reason = await this.#transmit();
     } catch (err) {
       if (timedOut) reason = `no export chosen within ${this.#host.handshakeTimeoutMs} ms`;
@@ -194,6 +207,8 @@ export class Connection {
       else if (!(err instanceof EndOfStream)) reason = `error: ${(err as Error).message}`;
     } finally {
       clearTimeout(handshakeTimer);
+      stopWatching?.();
+      if (this.#cutOffReason !== undefined) reason = this.#cutOffReason;
       await Promise.allSettled([...this.#inFlight]);
       if (this.#export) this.#export.detachClient();
       this.#socket.end();
@@ -254,6 +269,43 @@ export class Connection {
       this.#corked = false;
       socket.uncork();
     });
+  }
+
+  /**
+   * The send-stall timeout. A client that never reads its replies stops being read from once it
+   * holds its own share (MAX_IN_FLIGHT, CONNECTION_BYTES), but the share stays pinned: a few such
+   * clients together spend the whole budget and every other client waits. So when others wait for
+   * the budget and this connection holds some of it while its replies have not moved for
+   * stallTimeoutMs — no reply finished leaving and the socket's queue did not shrink — it is closed
+   * and its budget released. A real NBD client reads its replies continuously, so only a dead or
+   * hostile one is cut off; a merely slow one still moves bytes. Chosen over reserving a part of the
+   * budget for connections with nothing unsent, which would need the budget to track every
+   * connection's unsent bytes and re-sort its waiters whenever one drains, and still leave the
+   * stalled clients' memory pinned forever.
+   */
+  #watchStalls(): () => void {
+    const limit = this.#host.stallTimeoutMs;
+    let sent = this.#repliesSent;
+    let queued = this.#socket.writableLength;
+    let movedAt = Date.now();
+    const timer = setInterval(
+      () => {
+        const nowQueued = this.#socket.writableLength;
+        if (this.#sending.size === 0 || this.#repliesSent !== sent || nowQueued < queued) movedAt = Date.now();
+        sent = this.#repliesSent;
+        queued = nowQueued;
+        if (this.#stopping || this.#held === 0 || Date.now() - movedAt < limit) return;
+        const others = this.#host.budget.waiting - (this.#waitingForBudget ? 1 : 0);
+        if (others <= 0) return;
+        this.#cutOffReason = `replies unread for ${limit} ms while other requests wait for the payload budget (${this.#held} bytes held)`;
+        this.stop();
+        this.#socket.destroy(); // the unsent replies' write callbacks fire now, which releases their budget
+      },
+      // Checked a few times per timeout, at least every second for long ones.
+      Math.max(10, Math.min(1000, Math.floor(limit / 4))),
+    );
+    timer.unref();
+    return () => clearInterval(timer);
   }
 
   // ---- transmission ----------------------------------------------------------------------------
@@ -327,11 +379,13 @@ export class Connection {
     }
     let got = false;
     let abandoned = false;
+    this.#waitingForBudget = true;
     const granted = this.#host.budget.acquire(bytes).then(() => {
       got = true;
       if (abandoned) this.#host.budget.release(bytes);
     });
     await this.#orStop(granted);
+    this.#waitingForBudget = false;
     if (this.#stopping) {
       // Give the grant back now if it came, or as soon as it comes.
       if (got) this.#host.budget.release(bytes);
@@ -479,6 +533,7 @@ export class Connection {
   #queueReply(bufs: Buffer[], ticket: Ticket, onWritten?: () => void): void {
     ticket.queued = true;
     const sent = this.#send(bufs, onWritten).finally(() => {
+      this.#repliesSent++;
       this.#sending.delete(sent);
       this.#progress();
       this.#release(ticket.held);

@@ -63,6 +63,11 @@ export interface ServeOptions {
   /** A client that has not chosen an export (GO or EXPORT_NAME) within this many ms is disconnected (default: 30000). */
   handshakeTimeoutMs?: number;
   /**
+   * A connection whose replies have not moved (the client does not read them) for this many ms,
+   * while it holds payload budget that other requests wait for, is disconnected (default: 30000).
+   */
+  stallTimeoutMs?: number;
+  /**
    * Backoff of the provider retries of a locked export (an encrypted disk whose key provider is
    * unreachable): the first retry after about `initialMs`, each delay doubling up to `maxMs`, each
    * jittered to between half and all of it (default: `{ initialMs: 1000, maxMs: 60000 }`).
@@ -113,6 +118,8 @@ export interface NbdHost {
 export const DEFAULT_PAYLOAD_BUDGET = 64 * 1024 * 1024;
 /** Longer than any real client needs to negotiate (qemu-nbd allows 10 s), short enough to shed idle sockets. */
 const DEFAULT_HANDSHAKE_TIMEOUT_MS = 30_000;
+/** NBD clients read their replies continuously: 30 s without a byte taken is a dead or hostile client. */
+const DEFAULT_STALL_TIMEOUT_MS = 30_000;
 const DEFAULT_SHARED_READ_ONLY = 16;
 
 /** Default export name: the file name without `.vmdk`. */
@@ -317,6 +324,7 @@ export async function serve(options: ServeOptions): Promise<NbdHost> {
   const buffers = new BufferPool(Math.floor(budget.limit / 2));
   const handshakeTimeoutMs =
     options.handshakeTimeoutMs === undefined ? DEFAULT_HANDSHAKE_TIMEOUT_MS : checkCount(options.handshakeTimeoutMs, 'handshakeTimeoutMs');
+  const stallTimeoutMs = options.stallTimeoutMs === undefined ? DEFAULT_STALL_TIMEOUT_MS : checkCount(options.stallTimeoutMs, 'stallTimeoutMs');
   const log = options.log ?? (() => undefined);
   const retry = checkRetry(options.unlockRetry);
   const names = new Map<string, string>();
@@ -352,6 +360,7 @@ export async function serve(options: ServeOptions): Promise<NbdHost> {
     budget,
     buffers,
     handshakeTimeoutMs,
+    stallTimeoutMs,
     ...(tls ? { tls } : {}),
     log,
   };

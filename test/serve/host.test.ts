@@ -98,6 +98,10 @@ describe('serve()', () => {
       code: 'ERR_INVALID_ARGUMENT',
       message: 'Expected a number of ms of at least unlockRetry.initialMs (500) for unlockRetry.maxMs but received 100 of type number',
     });
+    await expect(serve({ disks: [{ path: disk }], listen: { socket: join(dir, 's') }, stallTimeoutMs: 1.5 })).rejects.toMatchObject({
+      code: 'ERR_INVALID_ARGUMENT',
+      message: 'Expected a positive integer for stallTimeoutMs but received 1.5 of type number',
+    });
   });
 
   it('a disk that cannot be opened leaves the others unlocked and closed', async () => {

@@ -1,7 +1,7 @@
 /**
  * `vmseal serve DISK… [--socket PATH | --listen HOST:PORT] [--name N] [--export N=DISK…] [--read-only]
  * [--shared N] [--no-list] [--tls-cert F --tls-key F [--tls-ca F]] [--insecure-plaintext]
- * [--insecure-no-client-auth] [--control PATH]` and the unlock options of decrypt: serve disks
+ * [--insecure-no-client-auth] [--stall-timeout MS] [--control PATH]` and the unlock options of decrypt: serve disks
  * over NBD in the foreground until SIGINT/SIGTERM, then flush every export, release the locks,
  * remove the sockets and exit 0 (non-zero if an export failed to flush or close). `vmseal host …`
  * drives it meanwhile through the control socket (default: see controlPathOf).
@@ -21,6 +21,7 @@ export interface ServeCliOptions extends KeyCliOptions {
   export?: string[];
   readOnly?: boolean;
   shared?: number;
+  stallTimeout?: number;
   /** Commander's --no-list: false when given. */
   list?: boolean;
   insecurePlaintext?: boolean;
@@ -108,6 +109,7 @@ export async function serveCommand(ctx: Ctx, disks: string[], opts: ServeCliOpti
       keys: (path) => keys.unlockOptions(path),
       readOnly: opts.readOnly === true,
       ...(opts.shared !== undefined ? { shared: opts.shared } : {}),
+      ...(opts.stallTimeout !== undefined ? { stallTimeoutMs: opts.stallTimeout } : {}),
       noList: opts.list === false,
       ...(tls ? { tls } : {}),
       insecurePlaintext: opts.insecurePlaintext === true,
