@@ -85,7 +85,18 @@ function thenSync(res, files) {
 
 const vmsealCli = (env, ...args) => run(process.execPath, [BIN, ...args], env);
 
-const qemuLuks = (src, dst) =>
+// qemu's PBKDF2 calibration fails now and then on a VM ("Unable to get accurate CPU usage"):
+// such a run is repeated (at most three times), since it failed before converting anything.
+const qemuLuks = (src, dst) => {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return qemuLuksOnce(src, dst);
+    } catch (err) {
+      if (attempt >= 3 || !/accurate CPU usage/.test(String(err))) throw err;
+    }
+  }
+};
+const qemuLuksOnce = (src, dst) =>
   run('qemu-img', [
     'convert',
     '--object',
