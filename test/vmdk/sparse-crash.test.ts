@@ -8,34 +8,20 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawnSync } from 'node:child_process';
 import { cpSync, mkdirSync, rmSync } from 'node:fs';
-import { join, dirname } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { build } from 'esbuild';
+import { join } from 'node:path';
+import { bundleFixture } from '../helpers/bundle.js';
 import { createEncryptedDisk } from '../../src/disk/index.js';
 import { createDisk } from '../../src/vmdk/index.js';
 import { phraseLocker } from '../disk/helpers.js';
 import { CAPACITY, EXTENT, GRAIN, BATCHES, crashedDiskProblem } from './fixtures/sparse-crash-scenario.js';
 import { tempDir } from './helpers.js';
 
-const here = dirname(fileURLToPath(import.meta.url));
 let tmp: ReturnType<typeof tempDir>;
 let child: string;
 
 beforeAll(async () => {
   tmp = tempDir();
-  // Bundled inside the package (the addon is found from the package root above the script).
-  const cache = join(here, '..', '..', 'node_modules', '.cache', 'vmseal-test');
-  mkdirSync(cache, { recursive: true });
-  child = join(cache, `sparse-crash-child-${process.pid}-${Math.random().toString(36).slice(2, 8)}.mjs`);
-  await build({
-    entryPoints: [join(here, 'fixtures', 'sparse-crash-child.ts')],
-    bundle: true,
-    platform: 'node',
-    format: 'esm',
-    target: 'node20',
-    outfile: child,
-    logLevel: 'silent',
-  });
+  child = await bundleFixture(new URL('./fixtures/sparse-crash-child.ts', import.meta.url));
 });
 afterAll(() => {
   tmp?.cleanup();
