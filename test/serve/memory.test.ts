@@ -3,13 +3,13 @@
 // that never reads its replies next to one that does. RSS bounds, not timings. And a long-lived
 // connection's own bookkeeping does not grow with the number of requests it served.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { tempDir } from '../disk/helpers.js';
-import { cleanEnv, vmsealChild } from '../cli/run-cli.js';
-import { encryptedDisk, PASSPHRASE, plainRaw, random, startHost } from './helpers.js';
+import { startServeChild, type ServeChild } from './serve-child.js';
+import { encryptedDisk, plainRaw, random, startHost } from './helpers.js';
 import { CMD, RawClient } from './nbd-client.js';
 
 const MiB = 1 << 20;
@@ -17,16 +17,9 @@ const MAX = 32 * MiB; // the largest request the server takes
 const RSS_LIMIT_MIB = 256;
 
 let tmp: ReturnType<typeof tempDir>;
-let server: ReturnType<typeof vmsealChild>;
-let serverExit: Promise<void>;
+let server: ServeChild;
 let socket: string;
 const clients: RawClient[] = [];
-
-/** Peak resident set size of the server so far, MiB. */
-function peakRssMiB(): number {
-  const status = readFileSync(`/proc/${server.pid}/status`, 'utf8');
-  return Number(/^VmHWM:\s+(\d+) kB/m.exec(status)![1]) / 1024;
-}
 
 async function client(): Promise<RawClient> {
   const c = await RawClient.connect(socket);
@@ -39,27 +32,13 @@ beforeAll(async () => {
   tmp = tempDir('vmseal-serve-mem-');
   // 512-byte units, flat: the layout of the random-I/O benchmark; 64 MiB holds two 32 MiB writes.
   const disk = await encryptedDisk(tmp.dir, 'm', { subformat: 'monolithicFlat', capacity: 2 * MAX, unitSize: 512 });
-  const pw = join(tmp.dir, 'pw');
-  writeFileSync(pw, `${PASSPHRASE}\n`, { mode: 0o600 });
-  socket = join(tmp.dir, 'nbd.sock');
-  server = vmsealChild(['serve', disk, '--socket', socket, '--passphrase-file', pw, '--shared', '32'], cleanEnv({ VMSEAL_HOME: join(tmp.dir, 'home') }));
-  serverExit = new Promise<void>((done) => server.on('close', () => done()));
-  await new Promise<void>((ready, fail) => {
-    let err = '';
-    server.stderr.on('data', (d) => {
-      err += String(d);
-      if (/^vmseal: serving m on /m.test(err)) ready();
-    });
-    void serverExit.then(() => fail(new Error(`serve exited: ${err}`)));
-  });
+  server = await startServeChild(tmp.dir, disk, 'm');
+  socket = server.socket;
 }, 60_000);
 
 afterAll(async () => {
   for (const c of clients) c.close();
-  if (server && server.exitCode === null && server.signalCode === null) {
-    server.kill('SIGTERM');
-    await serverExit;
-  }
+  await server?.stop();
   tmp?.cleanup();
 }, 60_000);
 
@@ -76,7 +55,7 @@ describe('server memory', () => {
         for (let k = 0; k < 2; k++) expect((await c.reply()).error).toBe(0);
       }),
     );
-    const peak = peakRssMiB();
+    const peak = server.peakRssMiB();
     for (const c of cs) c.close();
     expect(peak).toBeLessThan(RSS_LIMIT_MIB);
     const check = await client();
@@ -99,7 +78,7 @@ describe('server memory', () => {
     const data = random(MAX);
     const writers = await Promise.all(Array.from({ length: 4 }, () => client()));
     await Promise.all(writers.map(async (w, i) => expect((await w.request(CMD.WRITE, (i % 2) * MAX, MAX, 0, data)).error).toBe(0)));
-    expect(peakRssMiB()).toBeLessThan(RSS_LIMIT_MIB);
+    expect(server.peakRssMiB()).toBeLessThan(RSS_LIMIT_MIB);
   }, 120_000);
 });
 

@@ -4,11 +4,9 @@
 // Outcomes only, no timings: the normal client's requests complete with the right data, memory
 // stays bounded, and each stalled connection is closed with a log line saying why.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { tempDir } from '../disk/helpers.js';
-import { cleanEnv, vmsealChild } from '../cli/run-cli.js';
-import { encryptedDisk, PASSPHRASE, random } from './helpers.js';
+import { startServeChild, type ServeChild } from './serve-child.js';
+import { encryptedDisk, random } from './helpers.js';
 import { CMD, RawClient } from './nbd-client.js';
 
 const MiB = 1 << 20;
@@ -17,20 +15,13 @@ const RSS_LIMIT_MIB = 256;
 const STALLED = 6;
 
 let tmp: ReturnType<typeof tempDir>;
-let server: ReturnType<typeof vmsealChild>;
-let serverExit: Promise<void>;
+let server: ServeChild;
 let socket: string;
-let stderr = '';
 const clients: RawClient[] = [];
-
-function peakRssMiB(): number {
-  const status = readFileSync(`/proc/${server.pid}/status`, 'utf8');
-  return Number(/^VmHWM:\s+(\d+) kB/m.exec(status)![1]) / 1024;
-}
 
 /** Connections the server closed for not reading their replies, by its log. */
 function stallClosures(): number {
-  return stderr.match(/^vmseal: connection \d+ \(.*\) closed: replies unread for 1000 ms while other requests wait/gm)?.length ?? 0;
+  return server.stderr().match(/^vmseal: connection \d+ \(.*\) closed: replies unread for 1000 ms while other requests wait/gm)?.length ?? 0;
 }
 
 async function client(): Promise<RawClient> {
@@ -43,30 +34,13 @@ async function client(): Promise<RawClient> {
 beforeAll(async () => {
   tmp = tempDir('vmseal-serve-stall-');
   const disk = await encryptedDisk(tmp.dir, 's', { subformat: 'monolithicFlat', capacity: 2 * MAX, unitSize: 512 });
-  const pw = join(tmp.dir, 'pw');
-  writeFileSync(pw, `${PASSPHRASE}\n`, { mode: 0o600 });
-  socket = join(tmp.dir, 'nbd.sock');
-  server = vmsealChild(
-    ['serve', disk, '--socket', socket, '--passphrase-file', pw, '--shared', '32', '--stall-timeout', '1000'],
-    cleanEnv({ VMSEAL_HOME: join(tmp.dir, 'home') }),
-  );
-  serverExit = new Promise<void>((done) => server.on('close', () => done()));
-  server.stderr.on('data', (d) => (stderr += String(d)));
-  await new Promise<void>((ready, fail) => {
-    const check = (): void => {
-      if (/^vmseal: serving s on /m.test(stderr)) ready();
-    };
-    server.stderr.on('data', check);
-    void serverExit.then(() => fail(new Error(`serve exited: ${stderr}`)));
-  });
+  server = await startServeChild(tmp.dir, disk, 's', ['--stall-timeout', '1000']);
+  socket = server.socket;
 }, 60_000);
 
 afterAll(async () => {
   for (const c of clients) c.close();
-  if (server && server.exitCode === null && server.signalCode === null) {
-    server.kill('SIGTERM');
-    await serverExit;
-  }
+  await server?.stop();
   tmp?.cleanup();
 }, 60_000);
 
@@ -106,6 +80,6 @@ describe('clients that never read their replies', () => {
     // The normal client is still served, and the server never went past its memory target.
     const again = await good.request(CMD.READ, MAX + MiB, data.length);
     expect(again.data.equals(data)).toBe(true);
-    expect(peakRssMiB()).toBeLessThan(RSS_LIMIT_MIB);
+    expect(server.peakRssMiB()).toBeLessThan(RSS_LIMIT_MIB);
   }, 50_000);
 });
