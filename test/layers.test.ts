@@ -1,5 +1,5 @@
 // The layer rules of CONTRIBUTING.md, checked on the sources: a layer imports only from layers
-// below it (util <- xts <- vmdk <- keys/kmip <- disk <- pipeline <- serve <- cli), and the pipeline
+// below it (util <- xts <- vmdk <- keys/kmip <- disk <- pipeline <- backup <- vm <- serve <- cli), and the pipeline
 // reaches the disk layer through one door, src/disk/for-pipeline.ts.
 import { readdirSync, readFileSync } from 'node:fs';
 import { dirname, join, relative, resolve, sep } from 'node:path';
@@ -8,7 +8,9 @@ import { describe, expect, it } from 'vitest';
 const src = resolve(import.meta.dirname, '..', 'src');
 
 /** Rank of each layer; a module may import from its own layer and from lower ranks. */
-const RANK: Record<string, number> = { util: 0, xts: 1, vmdk: 2, keys: 3, kmip: 3.5, disk: 4, pipeline: 5, serve: 6, cli: 7 };
+const RANK: Record<string, number> = { util: 0, xts: 1, vmdk: 2, keys: 3, kmip: 3.5, disk: 4, pipeline: 5, backup: 5.5, vm: 5.6, serve: 6, cli: 7 };
+// backup (ciphertext backup repositories) and vm (VM folders: .vmx, state files, vTPM) run
+// pipeline jobs and sit below serve, which serves their disks and takes live backups.
 // kmip's provider implements the key layer's KeyProvider interface, so kmip sits just above keys:
 // keys must never need KMIP (it stays usable with a local provider alone).
 
