@@ -16,7 +16,7 @@ import {
   type MacName,
   type PairLocator,
 } from './keysafe.js';
-import { lockDict, unlockDict } from './locked-data.js';
+import { lockDict, unlockDict, type RandomSource } from './locked-data.js';
 import type { KeyCache } from './cache.js';
 import type { KeyProvider, KeyRef } from './provider.js';
 
@@ -154,9 +154,9 @@ async function fetchKek(
   return { kek, fromCache: false };
 }
 
-function newPhraseKdf(spec: Extract<LockerSpec, { kind: 'passphrase' }>): { kdf: PhraseKdf; mac: MacName } {
+function newPhraseKdf(spec: Extract<LockerSpec, { kind: 'passphrase' }>, random: RandomSource): { kdf: PhraseKdf; mac: MacName } {
   const choice = spec.kdf ?? PHRASE_DEFAULTS.kdf;
-  const salt = randomBytes(PHRASE_DEFAULTS.saltBytes);
+  const salt = random(PHRASE_DEFAULTS.saltBytes);
   let kdf: PhraseKdf;
   if (choice === 'scrypt') {
     const s = spec.scrypt ?? PHRASE_DEFAULTS.scrypt;
@@ -179,6 +179,7 @@ async function lockWithSpec(
   cache: KeyCache | undefined,
   diskId: string | undefined,
   onKeyCreated?: (ref: KeyRef) => void | Promise<void>,
+  random: RandomSource = randomBytes,
 ): Promise<PairLocator> {
   if (spec === null || typeof spec !== 'object') throw invalidArgument(expected('an object', 'a locker spec', spec));
   if (spec.kind === 'provider') {
@@ -222,7 +223,7 @@ async function lockWithSpec(
     }
     try {
       // vmseal's own provider lockers: encrypt-then-MAC (old HMAC-SHA-256 ones are still read).
-      return makePair(makeFqidLocator(providerId, keyId), ETM_MAC_NAME, lockDict(kek, ETM_MAC_NAME, dict));
+      return makePair(makeFqidLocator(providerId, keyId), ETM_MAC_NAME, lockDict(kek, ETM_MAC_NAME, dict, random));
     } finally {
       kek.fill(0);
     }
@@ -230,11 +231,11 @@ async function lockWithSpec(
   if (spec.kind === 'passphrase') {
     const pass = passBytes(spec.passphrase, 'passphrase');
     try {
-      const { kdf, mac } = newPhraseKdf(spec);
+      const { kdf, mac } = newPhraseKdf(spec, random);
       const kek = await deriveKek(pass, kdf);
       try {
-        const id = randomBytes(8).toString('base64');
-        return makePair(makePhraseLocator(id, kdf), mac, lockDict(kek, mac, dict));
+        const id = random(8).toString('base64');
+        return makePair(makePhraseLocator(id, kdf), mac, lockDict(kek, mac, dict, random));
       } finally {
         kek.fill(0);
       }
@@ -250,6 +251,14 @@ async function lockWithSpec(
  * `vmware:key/list/(pair/(…),…)`. Each call uses fresh IVs and salts, so sealing twice gives different text.
  */
 export async function sealDek(dek: Buffer, options: SealOptions): Promise<string> {
+  return sealDekWith(dek, options, randomBytes);
+}
+
+/**
+ * sealDek with the random source of every salt, phrase id and IV given: the .vmx writer's test-only
+ * option uses it to compute a KeySafe's exact bytes independently. Not exported from the package.
+ */
+export async function sealDekWith(dek: Buffer, options: SealOptions, random: RandomSource): Promise<string> {
   if (options === null || typeof options !== 'object') throw invalidArgument(expected('an object', 'options', options));
   const cipher = dictCipherOf(options.cipher);
   if (!Buffer.isBuffer(dek) || dek.length !== DICT_CIPHER_KEY_BYTES[cipher]) {
@@ -262,7 +271,7 @@ export async function sealDek(dek: Buffer, options: SealOptions): Promise<string
   const dict = serializeKeyDict(cipher, dek);
   try {
     const pairs: PairLocator[] = [];
-    for (const spec of lockers) pairs.push(await lockWithSpec(dict, spec, options.cache, options.diskId, options.onKeyCreated));
+    for (const spec of lockers) pairs.push(await lockWithSpec(dict, spec, options.cache, options.diskId, options.onKeyCreated, random));
     return KeySafe.from(makeList(pairs)).toString();
   } finally {
     dict.fill(0);

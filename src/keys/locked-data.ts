@@ -1,4 +1,4 @@
-import { createCipheriv, createDecipheriv, createHmac, hkdfSync, randomBytes, timingSafeEqual } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHash, createHmac, hkdfSync, randomBytes, timingSafeEqual, type Hash } from 'node:crypto';
 import { ETM_MAC_NAME, MAC_BYTES, type MacName } from './keysafe.js';
 
 /**
@@ -48,9 +48,12 @@ function etmKeys(kek: Buffer): { enc: Buffer; mac: Buffer } {
   return { enc: derive('encryption'), mac: derive('authentication') };
 }
 
+/** A source of random bytes (crypto.randomBytes; tests inject fixed bytes to compute expected output). */
+export type RandomSource = (n: number) => Buffer;
+
 /** Lock `dict` under `kek` with a fresh random IV, in the construction `macName` names. */
-export function lockDict(kek: Buffer, macName: MacName, dict: Uint8Array): Buffer {
-  const iv = randomBytes(IV_BYTES);
+export function lockDict(kek: Buffer, macName: MacName, dict: Uint8Array, random: RandomSource = randomBytes): Buffer {
+  const iv = random(IV_BYTES);
   if (macName === ETM_MAC_NAME) {
     const { enc, mac } = etmKeys(kek);
     try {
@@ -63,10 +66,31 @@ export function lockDict(kek: Buffer, macName: MacName, dict: Uint8Array): Buffe
       mac.fill(0);
     }
   }
-  const cipher = createCipheriv('aes-256-cbc', kek.subarray(0, 32), iv);
-  const body = Buffer.concat([cipher.update(dict), cipher.final()]);
-  const mac = createHmac(hmacAlgorithm(macName), kek).update(dict).digest();
+  return sealMacThenEncrypt(kek, macName, dict, iv);
+}
+
+/**
+ * VMware's MAC-then-encrypt construction on any plaintext (a key dict, or a whole .vmx for its
+ * `encryption.data`): IV ‖ AES-256-CBC(key[0..32], IV, PKCS#7(plain)) ‖ HMAC(key, plain), the HMAC
+ * keyed with the whole key (32 bytes, or 64 for the XTS-AES-256 variant). `macName` is HMAC-SHA-1 or
+ * HMAC-SHA-256.
+ */
+export function sealMacThenEncrypt(key: Buffer, macName: Exclude<MacName, typeof ETM_MAC_NAME>, plain: Uint8Array, iv: Buffer): Buffer {
+  const cipher = createCipheriv('aes-256-cbc', key.subarray(0, 32), iv);
+  const body = Buffer.concat([cipher.update(plain), cipher.final()]);
+  const mac = createHmac(hmacAlgorithm(macName), key).update(plain).digest();
   return Buffer.concat([iv, body, mac]);
+}
+
+/**
+ * Open VMware's MAC-then-encrypt data (IV ‖ CBC ‖ MAC) of any length: the plaintext (the caller
+ * wipes it), or undefined when the padding or the MAC is wrong — one outcome, in constant time with
+ * respect to the plaintext (see openMacThenEncrypt below).
+ */
+export function openMacThenEncryptData(key: Buffer, macName: Exclude<MacName, typeof ETM_MAC_NAME>, data: Buffer): Buffer | undefined {
+  const macBytes = MAC_BYTES[macName];
+  if (data.length < IV_BYTES + BLOCK + macBytes || (data.length - IV_BYTES - macBytes) % BLOCK !== 0) return undefined;
+  return openMacThenEncrypt(key, macName, data.subarray(0, IV_BYTES), data.subarray(IV_BYTES, data.length - macBytes), data.subarray(data.length - macBytes));
 }
 
 /**
@@ -112,18 +136,7 @@ function openMacThenEncrypt(kek: Buffer, macName: MacName, iv: Buffer, body: Buf
   head.fill(0);
   try {
     const { valid, pad } = pkcs7Verdict(padded);
-    // The HMAC for every possible padding length (1..16), keeping the one for `pad` by masks: the work,
-    // and the lengths hashed, are the same whatever the padding byte is (valid or not).
-    const algorithm = hmacAlgorithm(macName);
-    const expected = Buffer.alloc(tag.length);
-    for (let k = 1; k <= BLOCK; k++) {
-      const candidate = createHmac(algorithm, kek)
-        .update(padded.subarray(0, padded.length - k))
-        .digest();
-      const keep = -ctEqual(k, pad) & 0xff; // 0xff when k === pad, else 0
-      for (let i = 0; i < expected.length; i++) expected[i]! |= candidate[i]! & keep;
-      candidate.fill(0);
-    }
+    const expected = macOfEveryUnpadding(kek, hmacAlgorithm(macName), padded, pad);
     const macOk = timingSafeEqual(expected, tag) ? 1 : 0;
     // One verdict from both checks, no branch between them.
     if ((valid & macOk) !== 1) return undefined;
@@ -131,6 +144,47 @@ function openMacThenEncrypt(kek: Buffer, macName: MacName, iv: Buffer, body: Buf
   } finally {
     padded.fill(0);
   }
+}
+
+const HMAC_BLOCK = 64; // the block size of SHA-1 and SHA-256
+
+/**
+ * The HMAC of the plaintext for every possible padding length k (1..16), keeping the one for `pad` by
+ * masks: the work, and the lengths hashed, are the same whatever the padding byte is (valid or not).
+ * HMAC(K, m) = H((K ^ opad) ‖ H((K ^ ipad) ‖ m)) is written out so that the inner hash of the part
+ * every candidate shares (all but the last block) is computed once and copied 16 times: a large
+ * plaintext (a .vmx) costs one pass, not sixteen.
+ */
+function macOfEveryUnpadding(key: Buffer, algorithm: string, padded: Buffer, pad: number): Buffer {
+  const k0 = Buffer.alloc(HMAC_BLOCK);
+  if (key.length > HMAC_BLOCK) createHash(algorithm).update(key).digest().copy(k0);
+  else key.copy(k0);
+  const ipad = Buffer.alloc(HMAC_BLOCK);
+  const opad = Buffer.alloc(HMAC_BLOCK);
+  for (let i = 0; i < HMAC_BLOCK; i++) {
+    ipad[i] = k0[i]! ^ 0x36;
+    opad[i] = k0[i]! ^ 0x5c;
+  }
+  k0.fill(0);
+  const shared = padded.length - BLOCK;
+  const inner: Hash = createHash(algorithm).update(ipad).update(padded.subarray(0, shared));
+  let expected: Buffer | undefined;
+  for (let k = 1; k <= BLOCK; k++) {
+    const innerDigest = inner
+      .copy()
+      .update(padded.subarray(shared, padded.length - k))
+      .digest();
+    const candidate = createHash(algorithm).update(opad).update(innerDigest).digest();
+    innerDigest.fill(0);
+    expected ??= Buffer.alloc(candidate.length);
+    const keep = -ctEqual(k, pad) & 0xff; // 0xff when k === pad, else 0
+    for (let i = 0; i < expected.length; i++) expected[i]! |= candidate[i]! & keep;
+    candidate.fill(0);
+  }
+  inner.digest().fill(0);
+  ipad.fill(0);
+  opad.fill(0);
+  return expected!;
 }
 
 /** 1 if a === b else 0, for integers in [0, 2^31), without a data-dependent branch. */
