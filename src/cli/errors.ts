@@ -16,10 +16,12 @@ import type { VmdkErrorCode } from '../vmdk/index.js';
 import type { XtsErrorCode } from '../xts/index.js';
 import type { UtilErrorCode } from '../util/lock.js';
 import type { ServeErrorCode } from '../serve/index.js';
+import type { VmxErrorCode } from '../vm/index.js';
 import { ExitCode, type ExitCodeValue } from './exit-codes.js';
 
 /** Every stable error code of the layers below the CLI (CliError codes carry their own exit code). */
-export type ErrorCode = UtilErrorCode | XtsErrorCode | KmipErrorCode | KeyErrorCode | VmdkErrorCode | DiskErrorCode | PipelineErrorCode | ServeErrorCode;
+export type ErrorCode =
+  UtilErrorCode | XtsErrorCode | KmipErrorCode | KeyErrorCode | VmdkErrorCode | DiskErrorCode | PipelineErrorCode | VmxErrorCode | ServeErrorCode;
 
 /** An error found by the CLI itself (bad option value, missing file, passphrase on argv, …). */
 export class CliError extends VmsealError {
@@ -150,6 +152,12 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
   ERR_VMDK_ENCODING: { exitCode: ExitCode.FORMAT, hint: 'Save the descriptor as UTF-8' },
   ERR_VMDK_UNSUPPORTED: { exitCode: ExitCode.FORMAT, hint: 'Convert the image with `qemu-img convert -O vmdk` or to raw first' },
   ERR_VMDK_EXTENT_FILE: { exitCode: ExitCode.FORMAT, hint: 'Keep the descriptor and its extent files together in one folder' },
+  // the .vmx of a VM (src/vm)
+  ERR_VMX_FORMAT: { exitCode: ExitCode.FORMAT, hint: 'Check that the file is the VM\'s .vmx (a VMware configuration file of `key = "value"` lines)' },
+  ERR_VMX_ENCRYPTED: { exitCode: ExitCode.FORMAT, hint: 'The configuration is already encrypted: `vmseal vm info` shows its lockers' },
+  ERR_VMX_NOT_ENCRYPTED: { exitCode: ExitCode.FORMAT, hint: 'The configuration is not encrypted: nothing to decrypt' },
+  ERR_VMX_NOT_FOUND: { exitCode: ExitCode.FAILURE, hint: 'Give the VM folder that holds exactly one .vmx, or the .vmx file itself' },
+  ERR_VMX_BUSY: { exitCode: ExitCode.BUSY, hint: 'Power off the virtual machine (or wait for the other vmseal process), then retry' },
   // usage
   ERR_INVALID_ARGUMENT: { exitCode: ExitCode.USAGE, hint: USAGE_HINT },
   ERR_SAME_FILE: { exitCode: ExitCode.USAGE, hint: 'Give an output path other than the input' },

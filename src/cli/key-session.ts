@@ -260,11 +260,14 @@ export class KeySession {
    * the recovery passphrase if one was given explicitly (file or variable) or --recovery-passphrase
    * asks for it (then a prompt is allowed), and the session's cache.
    */
-  async unlockOptions(disk?: string, opts: { usePassphrase?: boolean; format?: 'vmdk' | 'raw' } = {}): Promise<UnlockOptions> {
+  async unlockOptions(disk?: string, opts: { usePassphrase?: boolean; format?: 'vmdk' | 'raw'; keySafe?: string } = {}): Promise<UnlockOptions> {
     const providers: KeyProvider[] = [];
     const ids = new Set<string>();
     const format = opts.format ? { format: opts.format } : {};
-    if (disk !== undefined) {
+    // `keySafe`: the lockers are not a disk's (a .vmx's config key): its text names the providers.
+    if (opts.keySafe !== undefined) {
+      for (const l of describeKeySafe(opts.keySafe)) if (l.kind === 'provider' && l.providerId !== undefined) ids.add(l.providerId);
+    } else if (disk !== undefined) {
       const params = await readEncryptionParams(disk, format).catch(() => null);
       if (params) {
         for (const l of describeKeySafe(params.keySafe)) if (l.kind === 'provider' && l.providerId !== undefined) ids.add(l.providerId);
@@ -282,14 +285,14 @@ export class KeySession {
     const unlock: UnlockOptions = { providers, cache: this.cache };
     if (usePassphrase) {
       unlock.passphrase = await (this.unlockPassphrase ??= readPassphrase({
-        purpose: `recovery passphrase${disk ? ` of ${disk}` : ''}`,
+        purpose: `${opts.keySafe !== undefined ? 'passphrase' : 'recovery passphrase'}${disk ? ` of ${disk}` : ''}`,
         signal: this.ctx.signal,
         env: this.ctx.env,
         io: this.ctx.io,
         ...(this.opts.passphraseFile !== undefined ? { passphraseFile: this.opts.passphraseFile } : {}),
         ...(this.opts.passphraseEnv !== undefined ? { passphraseEnv: this.opts.passphraseEnv } : {}),
       }));
-      if (disk !== undefined) await this.checkPassphrase(disk, unlock.passphrase, format);
+      if (disk !== undefined && opts.keySafe === undefined) await this.checkPassphrase(disk, unlock.passphrase, format);
     }
     return unlock;
   }
