@@ -460,10 +460,10 @@ Examples:
   const vmTarget = (cmd: Command): Command => cmd.argument('<VM>', 'the VM folder, or its .vmx file');
   const vmEncrypt = vmTarget(vm.command('encrypt'))
     .description(
-      'Encrypt the .vmx in place (written aside, renamed over it, mode kept). Its config key is locked by a new key-encryption key of the local keystore or the KMIP server (as `vmseal encrypt`), and by a passphrase with --passphrase; --workstation locks it with a passphrase alone, in the construction VMware Workstation opens (PBKDF2-HMAC-SHA-1, 10,000 rounds: weak against guessing, so use a long passphrase).',
+      'Encrypt the .vmx in place (written aside, renamed over it, mode kept). Its config key is locked by a new key-encryption key of the local keystore or the KMIP server (as `vmseal encrypt`), and by a passphrase with --recovery-passphrase; --workstation locks it with a passphrase alone, in the construction VMware Workstation opens (PBKDF2-HMAC-SHA-1, 10,000 rounds: weak against guessing, so use a long passphrase).',
     )
     .option('--config-only', 'encrypt the configuration (.vmx) alone, not the disks')
-    .option('--passphrase', 'also lock with a passphrase (from --passphrase-file, --passphrase-env, VMSEAL_PASSPHRASE or a prompt)')
+    .option('--recovery-passphrase', 'also lock with a passphrase (from --passphrase-file, --passphrase-env, VMSEAL_PASSPHRASE or a prompt)')
     .option('--workstation', 'lock with a passphrase alone, as VMware Workstation does (it can then open the VM)');
   addKeyOptions(vmEncrypt, true);
   vmEncrypt.addHelpText(
@@ -471,7 +471,7 @@ Examples:
     `
 Examples:
   vmseal vm encrypt ~/vmware/win11 --config-only
-  vmseal vm encrypt win11.vmx --config-only --passphrase --passphrase-file pw.txt
+  vmseal vm encrypt win11.vmx --config-only --recovery-passphrase --passphrase-file pw.txt
   vmseal vm encrypt ~/vmware/win11 --config-only --workstation`,
   );
   vmEncrypt.action((target: string, opts) => commands.vm().then((m) => m.vmEncryptCommand(ctx, target, opts)));
@@ -480,7 +480,7 @@ Examples:
       'Decrypt the .vmx in place (written aside, renamed over it, mode kept). The config key is opened by the key provider its lockers name, or by the passphrase (asked for when only a passphrase can open it, as for a VMware Workstation VM). Disks VMware encrypted stay encrypted: their key (dataFileKey) is then in the plain .vmx.',
     )
     .option('--config-only', 'decrypt the configuration (.vmx) alone, not the disks')
-    .option('--passphrase', 'unlock with the passphrase (from --passphrase-file, --passphrase-env, VMSEAL_PASSPHRASE or a prompt)');
+    .option('--recovery-passphrase', 'unlock with the passphrase (from --passphrase-file, --passphrase-env, VMSEAL_PASSPHRASE or a prompt)');
   addKeyOptions(vmDecrypt, false);
   vmDecrypt.addHelpText(
     'after',
@@ -494,7 +494,7 @@ Examples:
     .description(
       "Say whether the VM's configuration is encrypted and which of its hard disks are (VMware's two lines), then the config key's lockers and each disk named by the .vmx (scsi, ide, sata, nvme) with its state: not encrypted, encrypted by vmseal, or encrypted by VMware (not readable by vmseal). An encrypted .vmx names its disks inside the encryption: they are listed when a key given opens it.",
     )
-    .option('--passphrase', 'open an encrypted .vmx with the passphrase (from --passphrase-file, --passphrase-env, VMSEAL_PASSPHRASE or a prompt)');
+    .option('--recovery-passphrase', 'open an encrypted .vmx with the passphrase (from --passphrase-file, --passphrase-env, VMSEAL_PASSPHRASE or a prompt)');
   addKeyOptions(vmInfo, false);
   vmInfo.action((target: string, opts) => commands.vm().then((m) => m.vmInfoCommand(ctx, target, opts)));
 

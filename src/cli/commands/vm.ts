@@ -13,15 +13,8 @@ import { lockerJson } from './common.js';
 
 export interface VmCliOptions extends KeyCliOptions {
   configOnly?: boolean;
-  /** Use (prompt for) the VM's passphrase; the same as --recovery-passphrase of the disk commands. */
-  passphrase?: boolean;
   /** encrypt: one passphrase locker in VMware Workstation's construction (PBKDF2-HMAC-SHA-1, 10,000 rounds). */
   workstation?: boolean;
-}
-
-/** The key options with --passphrase read as the disk commands' --recovery-passphrase. */
-function keyOptions(opts: VmCliOptions): KeyCliOptions {
-  return opts.passphrase ? { ...opts, recoveryPassphrase: true } : opts;
 }
 
 function requireConfigOnly(opts: VmCliOptions, verb: 'encrypt' | 'decrypt'): void {
@@ -65,7 +58,7 @@ export async function vmEncryptCommand(ctx: Ctx, target: string, opts: VmCliOpti
   // Refused before any key is made or passphrase asked.
   if (isEncryptedVmx(await readVmx(vmx))) throw new VmxError('ERR_VMX_ENCRYPTED', `${vmx} is already encrypted`, { file: vmx });
   let newHome: string | undefined;
-  await withKeys(ctx, keyOptions(opts), async (keys) => {
+  await withKeys(ctx, opts, async (keys) => {
     const lockers: LockerSpec[] = opts.workstation ? [await workstationLocker(keys)] : await keys.newLockers();
     newHome = keys.newKeystoreHome;
     return encryptVmxFile(vmx, { lockers, cache: keys.cache });
@@ -96,7 +89,7 @@ export async function vmDecryptCommand(ctx: Ctx, target: string, opts: VmCliOpti
   if (!isEncryptedVmx(file)) throw new VmxError('ERR_VMX_NOT_ENCRYPTED', `${vmx} is not encrypted`, { file: vmx });
   const lockers = vmxLockers(file); // refuses a file with encryption.data but no encryption.keySafe
   const keySafe = file.rawBytes('encryption.keySafe')!.toString('latin1');
-  const result = await withKeys(ctx, keyOptions(opts), async (keys) => decryptVmxFile(vmx, await vmxUnlock(keys, vmx, lockers, keySafe, true)));
+  const result = await withKeys(ctx, opts, async (keys) => decryptVmxFile(vmx, await vmxUnlock(keys, vmx, lockers, keySafe, true)));
   ctx.output.result({ ok: true, command: 'vm decrypt', vmx, configOnly: true, unlockedBy: result.unlockedBy, holdsDiskKey: result.holdsDiskKey });
   const by = result.unlockedBy.kind === 'passphrase' ? 'the passphrase' : `key ${result.unlockedBy.keyId} of provider ${result.unlockedBy.providerId}`;
   ctx.output.line(`Decrypted the configuration of ${vmx} (opened with ${by})`);
@@ -144,7 +137,7 @@ export async function vmInfoCommand(ctx: Ctx, target: string, opts: VmCliOptions
   } else {
     const lockers = vmxLockers(file);
     const keySafe = file.rawBytes('encryption.keySafe')!.toString('latin1');
-    info = await withKeys(ctx, keyOptions(opts), async (keys) => {
+    info = await withKeys(ctx, opts, async (keys) => {
       const unlock = await vmxUnlock(keys, vmx, lockers, keySafe, false);
       if (unlock.passphrase === undefined && lockers.every((l) => l.kind === 'passphrase')) return inspectVm(vmx);
       try {
