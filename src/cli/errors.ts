@@ -221,6 +221,8 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
   ERR_VMDK_CLOSED: { exitCode: ExitCode.FORMAT, hint: FORMAT_HINT },
 };
 
+const VMX_KEY_HINT =
+  "Give the VM's passphrase (--passphrase-file, --passphrase-env or --recovery-passphrase) or the key provider that holds its configuration key; `vmseal vm info VM` lists the lockers";
 const NO_SERVER_HINT = 'Is vmseal serve running? Give --control with the path it was started with (or the same --home)';
 const EXISTS_FORCE_HINT = 'Choose another output name, or add --force to replace it';
 const EXISTS_BY_COMMAND: Record<string, string> = {
@@ -260,6 +262,9 @@ const BY_COMMAND: Record<string, Record<string, string>> = {
     serve:
       'Give --tls-cert, --tls-key and --tls-ca (client certificates), or listen on a loopback address or a Unix socket; --insecure-plaintext / --insecure-no-client-auth only if every host on that network may read the disks',
   },
+  ERR_WRONG_KEY: { 'vm decrypt': VMX_KEY_HINT, 'vm info': VMX_KEY_HINT },
+  ERR_NO_KEY: { 'vm decrypt': VMX_KEY_HINT, 'vm info': VMX_KEY_HINT },
+  ERR_DISK_LOCKED: { 'vm decrypt': VMX_KEY_HINT, 'vm info': VMX_KEY_HINT },
   ERR_DISK_ENCRYPTED: {
     encrypt: 'The disk is already encrypted: use `vmseal rekey` to change its keys, or `vmseal convert` to copy it',
     convert: 'The disk is already encrypted: drop --encrypt to copy it with its key, or use `vmseal rekey` to change its keys',

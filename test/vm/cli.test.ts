@@ -124,7 +124,7 @@ describe('vmseal vm', () => {
 
     const wrong = await vmseal(['vm', 'decrypt', vm, '--config-only', '--passphrase-file', wrongPwFile], env);
     expect(wrong.code).toBe(3);
-    expect(expectOneLineError(wrong)).toMatch(/^vmseal: cannot decrypt the VM .*: wrong passphrase/);
+    expect(expectOneLineError(wrong)).toMatch(/^vmseal: cannot decrypt the VM .*: wrong passphrase.* `vmseal vm info VM` lists the lockers\.$/);
     expect((await vmxBytes()).equals(encrypted)).toBe(true);
 
     // No passphrase and no terminal: it is needed (only a phrase locker opens it), and cannot be asked for.

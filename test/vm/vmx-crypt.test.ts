@@ -2,6 +2,8 @@
 // vmseal writes equal those computed here from the public description with node:crypto alone, every
 // plain .vmx comes back byte for byte, and every failure to open is one ERR_WRONG_KEY.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import fc from 'fast-check';
+import { fuzzParams } from '../helpers/fuzz.js';
 import { createCipheriv, createDecipheriv, createHmac, pbkdf2Sync, randomBytes } from 'node:crypto';
 import { KeySafe, LocalKeyProvider } from '../../src/keys/index.js';
 import { deriveKek } from '../../src/keys/kdf.js';
@@ -221,5 +223,28 @@ describe('refusals', () => {
     expect((await errorOf(encryptVmx(encrypted, { lockers: [{ ...FAST, passphrase: 'pw' }] }))).code).toBe('ERR_VMX_ENCRYPTED');
     const badKeySafe = text.replace(/vmware:key\/list/, 'vmware:key/lust');
     expect((await errorOf(decryptVmx(Buffer.from(badKeySafe), { passphrase: 'pw' }))).code).toBe('ERR_KEYSAFE');
+  });
+});
+
+describe('round trip on generated files', () => {
+  const key = fc.oneof(
+    fc.constantFrom('.encoding', 'displayName', 'DisplayName', 'encryptedVM.guid', 'vmseal.clearLines'),
+    fc.stringMatching(/^[a-z][a-z0-9_.:]{0,10}$/),
+  );
+  const line = fc.oneof(
+    fc.tuple(fc.stringMatching(/^[ \t]{0,2}$/), key, fc.stringMatching(/^[^"\r\n]{0,12}$/)).map(([a, k, v]) => `${a}${k} = "${v}"`),
+    fc.stringMatching(/^#[^\r\n]{0,12}$/),
+    fc.constant(''),
+  );
+  it('decrypt(encrypt(x)) is x byte for byte, whatever the lines, their endings and the clear lines among them', async () => {
+    await fc.assert(
+      fc.asyncProperty(fc.array(fc.tuple(line, fc.constantFrom('\n', '\r\n')), { maxLength: 12 }), fc.boolean(), async (lines, dropLast) => {
+        let plain = lines.map(([l, e]) => l + e).join('');
+        if (dropLast) plain = plain.replace(/\r?\n$/, '');
+        const out = await encryptVmx(Buffer.from(plain), { lockers: [{ ...FAST, passphrase: 'pw', rounds: 1 }] });
+        expect((await decryptVmx(out, { passphrase: 'pw' })).plain.toString()).toBe(plain);
+      }),
+      fuzzParams(0x5a3, 60),
+    );
   });
 });

@@ -1,6 +1,8 @@
 // The .vmx parser keeps every byte: parse → toBuffer is the identity on every accepted input, and
 // values are read the way VMware writes them (case-insensitive keys, last one wins, '|xx' escapes).
 import { describe, it, expect } from 'vitest';
+import fc from 'fast-check';
+import { fuzzParams } from '../helpers/fuzz.js';
 import { VmxFile, VMX_LIMITS } from '../../src/vm/vmx-file.js';
 import { VmxError } from '../../src/vm/vmx-errors.js';
 
@@ -74,5 +76,53 @@ describe('VmxFile', () => {
     const unknownEncoding = VmxFile.parse(Buffer.from('.encoding = "no-such-encoding"\nx = "1"\n'));
     expect(() => unknownEncoding.get('x')).toThrow(expect.objectContaining({ code: 'ERR_VMX_FORMAT' }));
     expect(() => VmxFile.parse('text' as unknown as Buffer)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT' }));
+  });
+});
+
+describe('VmxFile on generated input', () => {
+  const piece = fc.constantFrom('a', 'Z', '0', '.', ':', '_', ' ', '\t', '=', '"', '#', '|', '|22', '\r', '\n', '\r\n', 'é', '\u0000', 'key', ' = ');
+  it('any bytes: parsed and written back unchanged, or refused with ERR_VMX_FORMAT and a line number', () => {
+    fc.assert(
+      fc.property(
+        fc.oneof(
+          fc.uint8Array({ maxLength: 300 }),
+          fc.array(piece, { maxLength: 60 }).map((p) => Buffer.from(p.join(''), 'utf8')),
+        ),
+        (bytes) => {
+          let vmx: VmxFile;
+          try {
+            vmx = VmxFile.parse(bytes);
+          } catch (err) {
+            expect(err).toBeInstanceOf(VmxError);
+            expect((err as VmxError).code).toBe('ERR_VMX_FORMAT');
+            expect((err as VmxError).line).toBeGreaterThan(0);
+            return;
+          }
+          expect(vmx.toBuffer().equals(Buffer.from(bytes))).toBe(true);
+        },
+      ),
+      fuzzParams(0x5a1, 400),
+    );
+  });
+
+  const key = fc.stringMatching(/^[A-Za-z.][A-Za-z0-9_.:]{0,12}$/);
+  const value = fc.stringMatching(/^[^"\r\n]{0,16}$/);
+  const blank = fc.stringMatching(/^[ \t]{0,3}$/);
+  const line = fc.oneof(
+    fc.tuple(blank, key, blank, blank, value).map(([a, k, b, c, v]) => `${a}${k}${b}=${c}"${v}"`),
+    fc.tuple(blank, fc.stringMatching(/^[^\r\n]{0,20}$/)).map(([a, t]) => `${a}#${t}`),
+    blank,
+  );
+  it('any file of entries, comments and blanks with LF, CRLF or no final ending parses, and reads back its last values', () => {
+    fc.assert(
+      fc.property(fc.array(fc.tuple(line, fc.constantFrom('\n', '\r\n')), { maxLength: 30 }), fc.boolean(), (lines, dropLast) => {
+        let text = lines.map(([l, e]) => l + e).join('');
+        if (dropLast && lines.length > 0) text = text.replace(/\r?\n$/, '');
+        const vmx = VmxFile.parse(Buffer.from(text, 'utf8'));
+        expect(vmx.toBuffer().toString('utf8')).toBe(text);
+        for (const l of vmx.lines) if (l.kind === 'entry') expect(vmx.has(l.key!.toUpperCase())).toBe(true);
+      }),
+      fuzzParams(0x5a2, 300),
+    );
   });
 });
