@@ -58,21 +58,35 @@ export function serveFixture(prefix: string): ServeFixture {
   });
 
   async function start(args: string[], ready: (stderr: string) => boolean, childEnv = env): Promise<ServeProcess> {
-    const child = vmsealChild(['serve', ...args], childEnv);
-    children.push(child);
-    let err = '';
-    let out = '';
-    child.stdout.on('data', (d) => (out += String(d)));
-    const exit = new Promise<number | null>((done) => child.on('close', (code) => done(code)));
-    await new Promise<void>((resolve, fail) => {
-      child.stderr.on('data', (d) => {
-        err += String(d);
-        if (ready(err)) resolve();
-      });
-      void exit.then((code) => fail(new Error(`vmseal serve exited with ${code}: ${err}`)));
-    });
-    return { child, stderr: () => err, stdout: () => out, exit };
+    return startServeProcess(args, ready, childEnv, children);
   }
 
   return { dir: () => tmp!.dir, env: () => env, pwFile: () => pwFile, start };
+}
+
+/**
+ * Start `vmseal serve …args` with `env` and resolve once `ready` matches its stderr; rejects, with
+ * the server's log, if it exits first. The child is added to `children` (to be killed by the
+ * caller's clean-up) before anything can fail.
+ */
+export async function startServeProcess(
+  args: string[],
+  ready: (stderr: string) => boolean,
+  env: NodeJS.ProcessEnv,
+  children: Served[] = [],
+): Promise<ServeProcess> {
+  const child = vmsealChild(['serve', ...args], env);
+  children.push(child);
+  let err = '';
+  let out = '';
+  child.stdout.on('data', (d) => (out += String(d)));
+  const exit = new Promise<number | null>((done) => child.on('close', (code) => done(code)));
+  await new Promise<void>((resolve, fail) => {
+    child.stderr.on('data', (d) => {
+      err += String(d);
+      if (ready(err)) resolve();
+    });
+    void exit.then((code) => fail(new Error(`vmseal serve exited with ${code}: ${err}`)));
+  });
+  return { child, stderr: () => err, stdout: () => out, exit };
 }
