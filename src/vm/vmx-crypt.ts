@@ -181,7 +181,7 @@ export async function decryptVmx(encrypted: Uint8Array, options: DecryptVmxOptio
     if (CONFIG_KEY_BYTES[unlocked.cipher] !== unlocked.key.length) {
       throw new VmxError(
         'ERR_VMX_FORMAT',
-        `the config key of ${where} is a ${unlocked.cipher} key; a .vmx config key is AES-256 (or XTS-AES-256)`,
+        `the config key of ${where} is an ${unlocked.cipher} key; a .vmx config key is AES-256 (or XTS-AES-256)`,
         fileOf(file),
       );
     }

@@ -5,7 +5,7 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import fc from 'fast-check';
 import { fuzzParams } from '../helpers/fuzz.js';
 import { createCipheriv, createDecipheriv, createHmac, pbkdf2Sync, randomBytes } from 'node:crypto';
-import { KeySafe, LocalKeyProvider } from '../../src/keys/index.js';
+import { KeySafe, LocalKeyProvider, sealDek } from '../../src/keys/index.js';
 import { deriveKek } from '../../src/keys/kdf.js';
 import { decryptVmx, encryptVmx, encryptVmxWith, isEncryptedVmx, vmxLockers } from '../../src/vm/vmx-crypt.js';
 import { VmxFile } from '../../src/vm/vmx-file.js';
@@ -165,6 +165,34 @@ describe('encrypting a .vmx', () => {
       expect(viaProvider.unlockedBy).toMatchObject({ kind: 'provider', providerId: provider.id, keyId: lockers[0]!.keyId });
       expect((await decryptVmx(out, { passphrase: 'recovery' })).plain.equals(plain)).toBe(true);
       expect((await errorOf(decryptVmx(out, {}))).code).toBe('ERR_NO_KEY');
+    });
+  });
+});
+
+describe('config key ciphers', () => {
+  async function vmxWithKey(cipher: string, key: Buffer, hmacKey: Buffer): Promise<Buffer> {
+    const keySafe = await sealDek(key, { cipher, lockers: [{ ...FAST, passphrase: 'pw', rounds: 1000 }] });
+    const text = Buffer.from('memsize = "64"\n');
+    const iv = randomBytes(16);
+    // (a key shorter than AES-256's is refused before any decryption: any CBC key makes the data)
+    const c = createCipheriv('aes-256-cbc', key.length >= 32 ? key.subarray(0, 32) : Buffer.alloc(32), iv);
+    const data = Buffer.concat([iv, c.update(text), c.final(), createHmac('sha1', hmacKey).update(text).digest()]);
+    return Buffer.from(`displayName = "c"\nencryption.keySafe = "${keySafe}"\nencryption.data = "${data.toString('base64')}"\n`);
+  }
+
+  it('reads the XTS-AES-256 variant: a 64-byte config key, CBC with its first 32 bytes, the HMAC with all 64', async () => {
+    const key = randomBytes(64);
+    const r = await decryptVmx(await vmxWithKey('XTS-AES-256', key, key), { passphrase: 'pw' });
+    expect(r.plain.toString()).toBe('displayName = "c"\nmemsize = "64"\n');
+    expect((await errorOf(decryptVmx(await vmxWithKey('XTS-AES-256', key, key.subarray(0, 32)), { passphrase: 'pw' }))).code).toBe('ERR_WRONG_KEY');
+  });
+
+  it('refuses a config key of another cipher with ERR_VMX_FORMAT', async () => {
+    const key = randomBytes(16);
+    const err = await errorOf(decryptVmx(await vmxWithKey('AES-128', key, key), { passphrase: 'pw' }));
+    expect(err).toMatchObject({
+      code: 'ERR_VMX_FORMAT',
+      message: 'the config key of the .vmx is an AES-128 key; a .vmx config key is AES-256 (or XTS-AES-256)',
     });
   });
 });
