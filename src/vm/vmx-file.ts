@@ -63,18 +63,6 @@ function unescapeValue(rawValue: string): Buffer {
   );
 }
 
-/** Write a value's bytes as VMware does: '"', '|', '#' and control bytes as '|xx' (uppercase hex). */
-export function escapeVmxValue(text: string, encoding = 'UTF-8'): string {
-  if (!/^utf-?8$/i.test(encoding)) {
-    throw new VmxError('ERR_INVALID_ARGUMENT', `vmseal writes .vmx values only in UTF-8, not ${JSON.stringify(encoding.slice(0, 40))}`);
-  }
-  const bytes = Buffer.from(text, 'utf8');
-  let out = '';
-  for (const b of bytes)
-    out += b === 0x22 || b === 0x7c || b === 0x23 || b < 0x20 || b === 0x7f ? `|${b.toString(16).toUpperCase().padStart(2, '0')}` : String.fromCharCode(b);
-  return out; // latin1: one char per byte
-}
-
 export class VmxFile {
   private constructor(
     readonly lines: readonly VmxLine[],
