@@ -67,6 +67,11 @@ export async function vmEncryptCommand(ctx: Ctx, target: string, opts: VmCliOpti
   ctx.output.result({ ok: true, command: 'vm encrypt', vmx, configOnly: true, lockers: lockers.map(lockerJson) });
   ctx.output.line(`Encrypted the configuration of ${vmx}`);
   for (const l of lockers) ctx.output.line(`  config key locked by ${vmxLockerText(l)}`);
+  if (!opts.workstation) {
+    ctx.output.note(
+      "Note: for a VM that VMware Workstation must run, use --workstation: a passphrase alone in Workstation's own construction is what it is known to open (vmseal's provider and PBKDF2-HMAC-SHA-256 lockers are not).",
+    );
+  }
   if (newHome !== undefined) {
     ctx.output.note(
       `Note: created a new local keystore in ${newHome} for the configuration key. Back it up (\`vmseal keys backup FILE\`): without it, the .vmx opens only with a passphrase.`,
