@@ -1,4 +1,4 @@
-import { open } from 'node:fs/promises';
+import { open, stat } from 'node:fs/promises';
 import { dirname, isAbsolute, join } from 'node:path';
 import { readEncryptionParams } from '../disk/index.js';
 import { MAX_DESCRIPTOR_BYTES } from '../vmdk/index.js';
@@ -76,6 +76,8 @@ export function vmxDisks(vmx: VmxFile, vmxPath: string): Array<Pick<VmDisk, 'dev
 
 /** The descriptor text of a VMDK (text file or embedded), or undefined when the file is not one (a raw image). */
 async function descriptorText(path: string): Promise<string | undefined> {
+  // A FIFO or device named by a .vmx would block the open or never end: only regular files are read.
+  if (!(await stat(path)).isFile()) throw new Error(`${path} is not a regular file`);
   const fh = await open(path, 'r');
   try {
     const { size } = await fh.stat();

@@ -39,6 +39,8 @@ export async function findVmx(dirOrFile: string): Promise<string> {
 
 /** Read a .vmx, refusing a file over VMX_LIMITS.maxBytes before reading it. */
 export async function readVmxFile(path: string): Promise<Buffer> {
+  // Not a FIFO or a device: opening one would block, reading it might never end.
+  if (!(await stat(path)).isFile()) throw new VmxError('ERR_VMX_FORMAT', `${path} is not a regular file`, { file: path });
   const fh = await open(path, 'r');
   try {
     const { size } = await fh.stat();

@@ -68,6 +68,8 @@ describe('diskState', () => {
     expect(await state('enc.vmdk')).toEqual({ state: 'vmseal' });
     expect(await state('vmware.vmdk')).toEqual({ state: 'vmware' });
     expect(await state('nothing.vmdk')).toEqual({ state: 'missing' });
+    execFileSync('mkfifo', [join(tmp.dir, 'fifo.vmdk')]);
+    expect(await state('fifo.vmdk')).toEqual({ state: 'unreadable', detail: `${join(tmp.dir, 'fifo.vmdk')} is not a regular file` });
     const damaged = await state('damaged.vmdk');
     expect(damaged.state).toBe('unreadable');
     expect(damaged.detail).toContain('encryption.format version 9 is not supported');
@@ -111,5 +113,10 @@ describe('inspectVm', () => {
       message: `the folder ${none} holds 2 .vmx files (B.VMX, a.vmx); name the one to use`,
     });
     await expect(inspectVm(join(tmp.dir, 'nope'))).rejects.toMatchObject({ code: 'ERR_VMX_NOT_FOUND' });
+    execFileSync('mkfifo', [join(tmp.dir, 'fifo.vmx')]);
+    await expect(inspectVm(join(tmp.dir, 'fifo.vmx'))).rejects.toMatchObject({
+      code: 'ERR_VMX_FORMAT',
+      message: `${join(tmp.dir, 'fifo.vmx')} is not a regular file`,
+    });
   });
 });
