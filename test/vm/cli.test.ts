@@ -84,6 +84,15 @@ describe('vmseal vm', () => {
       ].join('\n'),
     );
     const j = json(ok(await vmseal(['vm', 'info', vmxPath, '--json'], env)));
+    // A disk that cannot be read is not reported as plain.
+    const lost = join(dir, 'lost');
+    await mkdir(lost);
+    await writeFile(join(lost, 'lost.vmx'), 'scsi0:0.fileName = "gone.vmdk"\n');
+    expect(
+      ok(await vmseal(['vm', 'info', lost], env))
+        .stdout.split('\n')
+        .slice(0, 2),
+    ).toEqual(['VM configuration files are not encrypted.', 'No hard disks are known to be encrypted (1 of 1 missing or unreadable).']);
     expect(j).toMatchObject({ ok: true, command: 'vm info', vmx: vmxPath, configEncrypted: false, encryptedDisks: 2, mixed: true });
     expect(j.disks.map((d: { state: string }) => d.state)).toEqual(['plain', 'vmseal', 'vmware']);
   });

@@ -120,7 +120,14 @@ export function vmInfoLines(info: VmInfo): string[] {
   if (disks === null) {
     lines.push('Hard disks: not listed (they are named in the encrypted configuration, and no key given opens it).');
   } else if (info.encryptedDisks === 0) {
-    lines.push(disks.length === 0 ? 'No hard disks are encrypted (the VM has none).' : 'No hard disks are encrypted.');
+    const unknown = disks.filter((d) => d.state === 'missing' || d.state === 'unreadable').length;
+    lines.push(
+      disks.length === 0
+        ? 'No hard disks are encrypted (the VM has none).'
+        : unknown > 0
+          ? `No hard disks are known to be encrypted (${unknown} of ${disks.length} missing or unreadable).`
+          : 'No hard disks are encrypted.',
+    );
   } else {
     const encrypted = disks.filter((d) => d.state === 'vmseal' || d.state === 'vmware').map((d) => d.device);
     lines.push(`Encrypted hard disks: ${encrypted.join(', ')} (${encrypted.length} of ${disks.length}).`);
