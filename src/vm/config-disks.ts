@@ -54,6 +54,11 @@ export interface VmInfo {
   encryptedDisks: number;
   /** Some disks encrypted and some plain (VMware's rule is all or none). */
   mixed: boolean;
+  /**
+   * The configuration holds `dataFileKey`, the key VMware Workstation encrypts a VM's disks with (false
+   * when the .vmx is encrypted and no key was given: unknown).
+   */
+  holdsDiskKey: boolean;
 }
 
 const DISK_KEY = /^((?:scsi|ide|sata|nvme)[0-9]{1,3}:[0-9]{1,3})\.filename$/i;
@@ -136,12 +141,12 @@ export async function inspectVm(dirOrFile: string, options: InspectVmOptions = {
   const configEncrypted = isEncryptedVmx(file);
   const lockers = configEncrypted ? vmxLockers(file) : [];
   if (configEncrypted) {
-    if (options.keys === undefined) return { vmx, configEncrypted, lockers, disks: null, encryptedDisks: 0, mixed: false };
+    if (options.keys === undefined) return { vmx, configEncrypted, lockers, disks: null, encryptedDisks: 0, mixed: false, holdsDiskKey: false };
     file = VmxFile.parse((await decryptVmx(bytes, options.keys, vmx)).plain, vmx);
   }
   const disks: VmDisk[] = [];
   for (const d of vmxDisks(file, vmx)) disks.push({ ...d, ...(await diskState(d.path)) });
   const encryptedDisks = disks.filter((d) => d.state === 'vmseal' || d.state === 'vmware').length;
   const plainDisks = disks.filter((d) => d.state === 'plain').length;
-  return { vmx, configEncrypted, lockers, disks, encryptedDisks, mixed: encryptedDisks > 0 && plainDisks > 0 };
+  return { vmx, configEncrypted, lockers, disks, encryptedDisks, mixed: encryptedDisks > 0 && plainDisks > 0, holdsDiskKey: file.has('dataFileKey') };
 }

@@ -85,7 +85,7 @@ describe('inspectVm', () => {
     );
     writeFileSync(join(folder, 'mixed.vmx'), plain);
     const info = await inspectVm(folder);
-    expect(info).toMatchObject({ vmx: join(folder, 'mixed.vmx'), configEncrypted: false, lockers: [], encryptedDisks: 2, mixed: true });
+    expect(info).toMatchObject({ vmx: join(folder, 'mixed.vmx'), configEncrypted: false, lockers: [], encryptedDisks: 2, mixed: true, holdsDiskKey: false });
     expect(info.disks!.map((d) => [d.device, d.state])).toEqual([
       ['scsi0:0', 'plain'],
       ['scsi0:1', 'vmseal'],
@@ -97,7 +97,14 @@ describe('inspectVm', () => {
     );
     const locked = await inspectVm(folder);
     expect(locked).toMatchObject({ configEncrypted: true, disks: null, lockers: [expect.objectContaining({ kind: 'passphrase' })] });
+    writeFileSync(
+      join(folder, 'mixed.vmx'),
+      await encryptVmx(Buffer.concat([plain, Buffer.from('dataFileKey = "type=key:cipher=AES-256:key=AAAA"\n')]), {
+        lockers: [{ kind: 'passphrase', passphrase: 'pw', kdf: 'workstation', rounds: 1000 }],
+      }),
+    );
     const opened = await inspectVm(join(folder, 'mixed.vmx'), { keys: { passphrase: 'pw' } });
+    expect(opened.holdsDiskKey).toBe(true);
     expect(opened.disks!.map((d) => d.state)).toEqual(['plain', 'vmseal', 'vmware']);
     await expect(inspectVm(folder, { keys: { passphrase: 'wrong' } })).rejects.toMatchObject({ code: 'ERR_WRONG_KEY' });
   });

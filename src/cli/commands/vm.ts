@@ -133,6 +133,7 @@ export function vmInfoLines(info: VmInfo): string[] {
     lines.push(`Encrypted hard disks: ${encrypted.join(', ')} (${encrypted.length} of ${disks.length}).`);
     if (info.mixed) lines.push('The VM is mixed: some hard disks are encrypted and some are not (VMware requires all or none).');
   }
+  if (info.holdsDiskKey) lines.push('The configuration holds dataFileKey: VMware Workstation encrypted the disks it names with it.');
   lines.push('', `configuration: ${info.vmx}`);
   for (const l of info.lockers) lines.push(`  config key locked by ${vmxLockerText(l)}`);
   for (const d of disks ?? []) lines.push(`${d.device}: ${d.fileName}: ${STATE_TEXT[d.state]}${d.detail !== undefined ? ` (${d.detail})` : ''}`);
