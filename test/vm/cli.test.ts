@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VmxFile } from '../../src/vm/vmx-file.js';
-import { cleanEnv, expectOneLineError, json, qemuImg, vmseal, type CliResult } from '../cli/run-cli.js';
+import { cleanEnv, expectOneLineError, json, qemuImg, vmseal, vmsealOnTty, type CliResult } from '../cli/run-cli.js';
 import { keySafeFromJohn, vectors } from '../keys/helpers.js';
 import { VMWARE_ENCRYPTED_DESCRIPTOR } from './helpers.js';
 
@@ -142,6 +142,23 @@ describe('vmseal vm', () => {
     expect((await vmxBytes()).equals(encrypted)).toBe(true);
 
     ok(await vmseal(['vm', 'decrypt', vm, '--config-only', '--passphrase-file', pwFile], env));
+    expect((await vmxBytes()).toString()).toBe(PLAIN_VMX);
+  });
+
+  it('on a terminal, --workstation asks for the new passphrase twice and decrypt asks for it once, never echoing it', async () => {
+    const typed = 'typed VM passphrase';
+    const e = await vmsealOnTty(['vm', 'encrypt', vm, '--config-only', '--workstation'], env, [
+      ['Enter the new passphrase of the VM: ', `${typed}\r`],
+      ['Repeat the new passphrase of the VM: ', `${typed}\r`],
+    ]);
+    expect(e.unanswered).toEqual([]);
+    expect(e.code, e.transcript).toBe(0);
+    expect(e.transcript).not.toContain(typed);
+    // Only a passphrase opens it: decrypt asks without being told to.
+    const d = await vmsealOnTty(['vm', 'decrypt', vm, '--config-only'], env, [[`Enter the passphrase of ${vmxPath}`, `${typed}\r`]]);
+    expect(d.unanswered).toEqual([]);
+    expect(d.code, d.transcript).toBe(0);
+    expect(d.transcript).not.toContain(typed);
     expect((await vmxBytes()).toString()).toBe(PLAIN_VMX);
   });
 
