@@ -26,6 +26,13 @@ import { nativeNowait } from './native-nowait.js';
 /** The largest read or write done inline (bytes). */
 export const INLINE_IO_MAX = 64 * 1024;
 
+/**
+ * The bound in use: INLINE_IO_MAX, or 0 (every read and write through the pool, as before inline
+ * I/O) when the environment has VMSEAL_INLINE_IO=0 — for measuring one against the other (the serve
+ * benchmark does) and as a way back should a file system block where it should not. Read once.
+ */
+export const inlineIoSettings = { max: process.env.VMSEAL_INLINE_IO === '0' ? 0 : INLINE_IO_MAX };
+
 /** statfs(2) f_type of the memory-backed file systems (linux/magic.h). */
 const TMPFS_MAGIC = 0x01021994;
 const RAMFS_MAGIC = 0x858458f6;

@@ -1,7 +1,7 @@
 import { open, stat, type FileHandle } from 'node:fs/promises';
 import { VmdkFormatError, ioError } from './errors.js';
 import { writeFully } from '../util/file-io.js';
-import { INLINE_IO_MAX, isMemoryBacked, readInline, writeInline } from '../util/inline-io.js';
+import { inlineIoSettings, isMemoryBacked, readInline, writeInline } from '../util/inline-io.js';
 import { type DataRange, fileDataRanges } from '../util/file-extents.js';
 import { expected } from '../errors.js';
 
@@ -242,7 +242,7 @@ export class HostFile {
    */
   async readAt(target: Uint8Array, pos: number): Promise<number> {
     const fh = this.#fh;
-    if (fh !== undefined && target.length <= INLINE_IO_MAX) {
+    if (fh !== undefined && target.length <= inlineIoSettings.max) {
       let n: number | undefined;
       try {
         n = readInline(fh.fd, target, pos, this.#memoryBacked);
@@ -283,7 +283,7 @@ export class HostFile {
   /** Write all of `data` at pos; small writes to a memory-backed file run inline (src/util/inline-io.ts). */
   async writeAt(data: Uint8Array, pos: number): Promise<void> {
     const fh = this.#fh;
-    if (fh !== undefined && this.#memoryBacked && data.length <= INLINE_IO_MAX) {
+    if (fh !== undefined && this.#memoryBacked && data.length <= inlineIoSettings.max) {
       this.#dirty = true;
       try {
         writeInline(fh.fd, data, pos);

@@ -7,7 +7,7 @@ import { open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { nativeNowait } from '../../src/util/native-nowait.js';
-import { INLINE_IO_MAX, isMemoryBacked, readInline, writeInline } from '../../src/util/inline-io.js';
+import { INLINE_IO_MAX, inlineIoSettings, isMemoryBacked, readInline, writeInline } from '../../src/util/inline-io.js';
 import { HostFile } from '../../src/vmdk/file.js';
 
 const SIZE = 1 << 20;
@@ -203,6 +203,23 @@ describe('HostFile inline I/O', () => {
       // Two FileHandle reads, both for the tail (10 bytes, then 0: the end): the first read needed none.
       expect(calls.reads).toBe(2);
     } finally {
+      await file.close();
+    }
+  });
+
+  it('sends everything through the pool when inline I/O is turned off (VMSEAL_INLINE_IO=0)', async () => {
+    if (!shmDir) return;
+    const file = await HostFile.open(join(shmDir, 'data.bin'), true);
+    inlineIoSettings.max = 0;
+    try {
+      const calls = await poolCalls();
+      const small = Buffer.alloc(4096);
+      expect(await file.readAt(small, 8192)).toBe(4096);
+      expect(small.equals(data.subarray(8192, 12288))).toBe(true);
+      await file.writeAt(small, 8192);
+      expect(calls).toEqual({ reads: 1, writes: 1 });
+    } finally {
+      inlineIoSettings.max = INLINE_IO_MAX;
       await file.close();
     }
   });
