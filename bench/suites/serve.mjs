@@ -337,7 +337,7 @@ async function main() {
       notes.push('`vmseal serve` is not in this build (dist/): qemu-nbd only, no ratios.');
     }
 
-    const best = Object.fromEntries(kinds.map((k) => [k, {}]));
+    const best = Object.fromEntries(randKinds.map((k) => [k, {}]));
     const keep = (k, name, value, higherIsBetter, extra) => {
       const cur = best[k][name];
       if (!cur || (higherIsBetter ? value > cur.value : value < cur.value)) best[k][name] = { value, ...extra };
