@@ -276,7 +276,9 @@ export class StagedOutput {
   async commit(
     opts: { replacing?: string[]; deleteFirst?: boolean; beforeRenames?: () => Promise<void>; mode?: number; synced?: boolean } = {},
   ): Promise<void> {
-    const files = await this.files();
+    // One listing gives both the disk's files and whether the job listed a key (keys.json).
+    const entries = await readdir(this.stageDir);
+    const files = entries.filter((f) => f !== OWNER && f !== COMMIT && f !== KEYS);
     if (!files.includes(this.name)) throw new PipelineError('ERR_INVALID_ARGUMENT', `internal: staged output ${this.stagePath} is missing`);
     for (const f of files) {
       if (opts.mode !== undefined) await chmod(join(this.stageDir, f), opts.mode);
@@ -287,7 +289,7 @@ export class StagedOutput {
       .filter((p) => dirname(p) === this.dir)
       .map((p) => basename(p))
       .filter((n) => !files.includes(n));
-    if (files.length === 1 && remove.length === 0 && opts.beforeRenames === undefined && !(await pathExists(join(this.stageDir, KEYS)))) {
+    if (files.length === 1 && remove.length === 0 && opts.beforeRenames === undefined && !entries.includes(KEYS)) {
       await this.#commitOneFile();
       return;
     }
