@@ -4,3 +4,5 @@ export { VmStateError, type VmStateErrorCode } from './state-file-errors.js';
 export { encryptStateFile, decryptStateFile, rewrapStateFile, readStateFileHeader, isStateFile } from './state-file.js';
 export type { EncryptStateFileOptions, DecryptStateFileOptions, RewrapStateFileOptions } from './state-file.js';
 export { STATE_FILE_MAGIC, STATE_FILE_VERSION, STATE_CHUNK_SIZE, STATE_TAG_BYTES, type StateFileHeader } from './state-file-format.js';
+export { readManifest, writeManifest, validateManifest, manifestPath, MANIFEST_NAME, MANIFEST_VERSION, type VmManifest } from './manifest.js';
+export { startVmTpm, qemuTpmArgs, TPM_STATE_FILE, TPM_STATE_CIPHER, type StartVmTpmOptions, type VmTpm } from './tpm.js';
