@@ -5,4 +5,13 @@ export { encryptStateFile, decryptStateFile, rewrapStateFile, readStateFileHeade
 export type { EncryptStateFileOptions, DecryptStateFileOptions, RewrapStateFileOptions } from './state-file.js';
 export { STATE_FILE_MAGIC, STATE_FILE_VERSION, STATE_CHUNK_SIZE, STATE_TAG_BYTES, type StateFileHeader } from './state-file-format.js';
 export { readManifest, writeManifest, validateManifest, manifestPath, MANIFEST_NAME, MANIFEST_VERSION, type VmManifest } from './manifest.js';
-export { startVmTpm, qemuTpmArgs, TPM_STATE_FILE, TPM_STATE_CIPHER, type StartVmTpmOptions, type VmTpm } from './tpm.js';
+export {
+  startVmTpm,
+  rewrapVmTpmKey,
+  qemuTpmArgs,
+  TPM_STATE_FILE,
+  TPM_STATE_CIPHER,
+  type StartVmTpmOptions,
+  type RewrapVmTpmKeyOptions,
+  type VmTpm,
+} from './tpm.js';

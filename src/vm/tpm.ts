@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os';
 import type { Writable } from 'node:stream';
 import { dirname, join } from 'node:path';
 import { expected } from '../errors.js';
-import { sealDek, unlockKeySafe, wipe, type KeyCache, type LockerSpec, type UnlockOptions } from '../keys/index.js';
+import { rewrapKeySafe, sealDek, unlockKeySafe, wipe, type KeyCache, type LockerInfo, type LockerSpec, type UnlockOptions } from '../keys/index.js';
 import { fsyncDir, tempName } from '../util/atomic-file.js';
 import { readManifest, resolveInFolder, writeManifest, manifestPath } from './manifest.js';
 import { VmStateError } from './state-file-errors.js';
@@ -123,6 +123,18 @@ function giveKey(child: ChildProcess, key: Buffer): void {
   });
 }
 
+const HEX_DIGITS = Buffer.from('0123456789abcdef', 'latin1');
+
+/** The key as ASCII hex digits in a Buffer (wiped by the caller), never as a JS string that cannot be wiped. */
+function hexOf(key: Buffer): Buffer {
+  const out = Buffer.alloc(key.length * 2);
+  for (let i = 0; i < key.length; i++) {
+    out[2 * i] = HEX_DIGITS[key[i]! >> 4]!;
+    out[2 * i + 1] = HEX_DIGITS[key[i]! & 0x0f]!;
+  }
+  return out;
+}
+
 function notInstalled(exe: string, err: unknown): VmStateError {
   return new VmStateError('ERR_VM_TPM', `cannot run ${exe}: ${(err as Error).message}; install swtpm and swtpm-tools (Debian: apt install swtpm swtpm-tools)`, {
     cause: err,
@@ -146,7 +158,7 @@ async function createState(stateDir: string, key: Buffer, opts: StartVmTpmOption
   const setupExe = opts.swtpmSetup ?? 'swtpm_setup';
   const tmp = tempName(stateDir);
   await mkdir(tmp, { mode: 0o700 });
-  const hex = Buffer.from(key.toString('hex'), 'latin1');
+  const hex = hexOf(key);
   try {
     const args = ['--tpm2', '--tpmstate', swtpmSafePath(tmp, 'the vTPM state folder'), '--createek', '--pcr-banks', 'sha256'];
     args.push('--cipher', TPM_STATE_CIPHER, '--keyfile-fd', '3', '--not-overwrite');
@@ -334,6 +346,39 @@ export async function startVmTpm(dir: string, options: StartVmTpmOptions): Promi
     if (ownSocketDir) await rm(socketDir, { recursive: true, force: true }).catch(() => undefined);
     throw err;
   }
+}
+
+export interface RewrapVmTpmKeyOptions {
+  /** Opens the current `tpm.keySafe`. */
+  keys: UnlockOptions;
+  add?: LockerSpec[];
+  remove?: (locker: LockerInfo) => boolean;
+  cache?: KeyCache;
+}
+
+/**
+ * Shallow rekey of the vTPM: the same state key under a changed set of lockers, written to the
+ * manifest atomically. The state files are not touched — and the state key is not rotated (swtpm
+ * cannot re-encrypt its state under a new key in place), so an old copy of the manifest with an old
+ * locker still opens the state; see docs/vm.md.
+ */
+export async function rewrapVmTpmKey(dir: string, options: RewrapVmTpmKeyOptions): Promise<void> {
+  if (options === null || typeof options !== 'object' || options.keys === null || typeof options.keys !== 'object') {
+    throw invalid('an object with keys', 'options', options);
+  }
+  const manifest = await readManifest(dir);
+  if (manifest.tpm?.keySafe === undefined) {
+    throw new VmStateError('ERR_VM_MANIFEST', `${manifestPath(dir)} has no tpm.keySafe: the vTPM was never started, so it has no state key to rewrap`, {
+      file: manifestPath(dir),
+    });
+  }
+  const keySafe = await rewrapKeySafe(manifest.tpm.keySafe, {
+    unlock: options.keys,
+    ...(options.add ? { add: options.add } : {}),
+    ...(options.remove ? { remove: options.remove } : {}),
+    ...(options.cache ? { cache: options.cache } : {}),
+  });
+  await writeManifest(dir, { ...manifest, tpm: { ...manifest.tpm, keySafe } });
 }
 
 /** The qemu options of a vTPM whose control socket is `ctrlSocket` (for docs and the CLI). */

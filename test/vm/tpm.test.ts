@@ -9,9 +9,9 @@ import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { LocalKeyProvider, sealDek } from '../../src/keys/index.js';
-import { readManifest, startVmTpm, writeManifest, type VmTpm } from '../../src/vm/index.js';
-import { tempDir } from '../disk/helpers.js';
+import { LocalKeyProvider, sealDek, unlockKeySafe } from '../../src/keys/index.js';
+import { readManifest, rewrapVmTpmKey, startVmTpm, writeManifest, type VmTpm } from '../../src/vm/index.js';
+import { phraseLocker, tempDir } from '../disk/helpers.js';
 
 const execFileAsync = promisify(execFile);
 const have = (exe: string) => spawnSync('sh', ['-c', `command -v ${exe}`]).status === 0;
@@ -107,6 +107,9 @@ describe.skipIf(!tools)('vmseal vTPM (swtpm)', () => {
       .filter((l) => l.includes('--tpmstate') && !l.includes('--print-states'));
     expect(starts.length).toBe(2); // swtpm_setup's, then the running one
     for (const l of starts) expect(l).toMatch(/--key fd=3(,format=binary)?,mode=aes-256-cbc/);
+    const stateKey = (await unlockKeySafe((await readManifest(vmDir)).tpm!.keySafe!, { providers: [provider] })).key;
+    expect(readFileSync(wrapLog, 'utf8')).not.toContain(stateKey.toString('hex'));
+    expect(readFileSync(wrapLog).includes(stateKey)).toBe(false);
     const permall = join(t.stateDir, 'tpm2-00.permall');
     const flags = readFileSync(permall).readUInt16BE(4);
     expect(flags & 0x1, 'swtpm blob flag: encrypted').toBe(0x1);
@@ -188,6 +191,22 @@ describe.skipIf(!tools)('vmseal vTPM (swtpm)', () => {
       await expect(start(vmDir)).rejects.toMatchObject({ code: 'ERR_VM_MANIFEST' });
     } finally {
       await writeManifest(vmDir, { ...m, tpm: { ...rest, keySafe: keySafe! } });
+    }
+  });
+
+  it('a shallow rekey rewraps the state key: the state opens with the new locker alone, the state files unchanged', async () => {
+    const permall = join(vmDir, 'tpm', 'tpm2-00.permall');
+    const before = readFileSync(permall);
+    const m0 = await readManifest(vmDir);
+    await rewrapVmTpmKey(vmDir, { keys: { providers: [provider] }, add: [phraseLocker('tpm recovery passphrase')], remove: (l) => l.kind === 'provider' });
+    expect(readFileSync(permall).equals(before)).toBe(true);
+    try {
+      await expect(start(vmDir, { keys: { providers: [provider] }, tools: true })).rejects.toMatchObject({ code: 'ERR_NO_KEY' });
+      const t = await start(vmDir, { keys: { passphrase: 'tpm recovery passphrase' }, tools: true });
+      expect(await tpm2(t.dataSocket!, ['tpm2_nvread', NV, '-C', 'o', '-s', '32'])).toBe(MARKER);
+      await t.stop();
+    } finally {
+      await writeManifest(vmDir, m0);
     }
   });
 
