@@ -17,7 +17,7 @@ import type { Writable } from 'node:stream';
 import { dirname, join } from 'node:path';
 import { expected } from '../errors.js';
 import { rewrapKeySafe, sealDek, unlockKeySafe, wipe, type KeyCache, type LockerInfo, type LockerSpec, type UnlockOptions } from '../keys/index.js';
-import { fsyncDir, tempName } from '../util/atomic-file.js';
+import { fsyncDir, isTempNameOf, tempName } from '../util/atomic-file.js';
 import { readManifest, resolveInFolder, writeManifest, manifestPath } from './manifest.js';
 import { VmStateError } from './state-file-errors.js';
 import { initTpm, startupClear, stopTpm } from './tpm-control.js';
@@ -156,6 +156,11 @@ function exitOf(child: ChildProcess, exe: string): Promise<{ code: number | null
  */
 async function createState(stateDir: string, key: Buffer, opts: StartVmTpmOptions): Promise<void> {
   const setupExe = opts.swtpmSetup ?? 'swtpm_setup';
+  await mkdir(dirname(stateDir), { recursive: true, mode: 0o700 });
+  // Folders a killed first start left beside the state: never read, removed before a new attempt.
+  for (const name of await readdir(dirname(stateDir))) {
+    if (isTempNameOf(stateDir, name)) await rm(join(dirname(stateDir), name), { recursive: true, force: true });
+  }
   const tmp = tempName(stateDir);
   await mkdir(tmp, { mode: 0o700 });
   const hex = hexOf(key);

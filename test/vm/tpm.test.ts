@@ -210,6 +210,25 @@ describe.skipIf(!tools)('vmseal vTPM (swtpm)', () => {
     }
   });
 
+  it('a start killed after recording the key and before making the state: the next start makes it with that key', async () => {
+    const dir = join(tmp.dir, 'vm-crashed');
+    manifest(dir);
+    const keySafe = await sealDek(randomBytes(32), { cipher: 'AES-256', lockers: [{ kind: 'provider', provider, keyId: kekId }] });
+    const m = await readManifest(dir);
+    await writeManifest(dir, { ...m, tpm: { ...m.tpm!, keySafe } });
+    const leftover = join(dir, `tpm.tmp-${process.pid}-0123456789ab`); // a half-made first state
+    mkdirSync(leftover);
+    writeFileSync(join(leftover, 'tpm2-00.permall'), 'half');
+    const t = await start(dir, { lockers: [], tools: true });
+    expect(t.created).toBe(true);
+    expect(existsSync(leftover)).toBe(false);
+    expect((await readManifest(dir)).tpm!.keySafe).toBe(keySafe);
+    await t.stop();
+    const again = await start(dir, { lockers: [], tools: true });
+    expect(again.created).toBe(false);
+    await again.stop();
+  });
+
   it('the first start without lockers is refused before anything is made', async () => {
     const dir = join(tmp.dir, 'vm-nolockers');
     manifest(dir);
