@@ -3,7 +3,7 @@
 // chunks reordered, a chunk from another file — is refused with a typed error before any plaintext
 // reaches the output's name.
 import { createDecipheriv, createHash, randomBytes } from 'node:crypto';
-import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, readdirSync, readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LocalKeyProvider, unlockKeySafe, type LockerSpec } from '../../src/keys/index.js';
@@ -16,7 +16,7 @@ import {
   STATE_TAG_BYTES,
   VmStateError,
 } from '../../src/vm/index.js';
-import { phraseLocker, tempDir } from '../disk/helpers.js';
+import { MemoryKeyProvider, phraseLocker, tempDir } from '../disk/helpers.js';
 
 const MiB = STATE_CHUNK_SIZE;
 const u64 = (n: number) => {
@@ -324,6 +324,50 @@ describe('a changed state file is refused', () => {
     const out = path('out');
     await decryptStateFile(enc, out, { keys: keys() });
     expect(readFileSync(out).equals(plain)).toBe(true);
+  });
+});
+
+describe('a plain file that changes while it is encrypted, and cancellation', () => {
+  /** A key provider that does `during` when the job fetches the KEK: after the job took the file's size. */
+  function providerDoing(during: () => void): MemoryKeyProvider {
+    const p = new MemoryKeyProvider('vmkms');
+    const getKey = p.getKey.bind(p);
+    p.getKey = async (keyId: string) => {
+      during();
+      return getKey(keyId);
+    };
+    return p;
+  }
+
+  it.each([
+    ['shrinks', (f: string) => truncateSync(f, MiB)],
+    ['grows', (f: string) => appendFileSync(f, Buffer.alloc(10))],
+  ])('a file that %s: ERR_VM_STATE_CHANGED, no output', async (_what, change) => {
+    const src = path('running.vmem');
+    writeFileSync(src, randomBytes(2 * MiB + 7));
+    const p = providerDoing(() => change(src));
+    const { keyId } = await p.createKey();
+    const out = path('out.vmem');
+    await expect(encryptStateFile(src, out, { lockers: [{ kind: 'provider', provider: p, keyId }] })).rejects.toMatchObject({
+      code: 'ERR_VM_STATE_CHANGED',
+      message: expect.stringContaining('stop the VM that writes it'),
+    });
+    expect(existsSync(out)).toBe(false);
+    expect(readdirSync(tmp.dir).filter((n) => n.includes('.tmp-'))).toEqual([]);
+  });
+
+  it('an aborted job stops with the abort reason and leaves nothing', async () => {
+    const src = path('big.vmem');
+    writeFileSync(src, randomBytes(3 * MiB));
+    const ac = new AbortController();
+    const p = providerDoing(() => ac.abort(Object.assign(new Error('interrupted by SIGINT'), { name: 'AbortError' })));
+    const { keyId } = await p.createKey();
+    const out = path('out.vmem');
+    await expect(encryptStateFile(src, out, { lockers: [{ kind: 'provider', provider: p, keyId }], signal: ac.signal })).rejects.toMatchObject({
+      name: 'AbortError',
+    });
+    expect(existsSync(out)).toBe(false);
+    expect(readdirSync(tmp.dir).filter((n) => n.includes('.tmp-'))).toEqual([]);
   });
 });
 
