@@ -33,7 +33,10 @@ function exchange(path: string, request: Buffer, replyBytes: number): Promise<Bu
       got += d.length;
       if (got >= replyBytes) {
         clearTimeout(timer);
-        sock.end();
+        // Close now, not with end(): swtpm serves one client per channel, and end()'s shutdown is only
+        // issued on a later turn of the event loop — a caller that blocks it (a synchronous child
+        // process talking to the same swtpm) would wait behind this connection forever.
+        sock.destroy();
         resolve(Buffer.concat(parts).subarray(0, replyBytes));
       }
     });

@@ -165,6 +165,17 @@ describe.skipIf(!tools)('vmseal vTPM (swtpm)', () => {
     await t.stop();
   });
 
+  it('a client that blocks the event loop right after the start is served (vmseal closed its own connection)', async () => {
+    const t = await start(vmDir, { tools: true, lockers: [] });
+    const out = execFileSync('tpm2_nvread', [NV, '-C', 'o', '-s', '32'], {
+      env: { ...process.env, TPM2TOOLS_TCTI: `swtpm:path=${t.dataSocket!}` },
+      encoding: 'latin1',
+      timeout: 20_000,
+    });
+    expect(out).toBe(MARKER);
+    await t.stop();
+  });
+
   it("with a state key that is not the state's, swtpm does not start: ERR_VM_TPM_KEY", async () => {
     const m = await readManifest(vmDir);
     const good = m.tpm!.keySafe!;
