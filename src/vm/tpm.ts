@@ -284,7 +284,9 @@ export async function startVmTpm(dir: string, options: StartVmTpmOptions): Promi
     const closed = new Promise<void>((r) => proc.once('close', () => r()));
     const fail = async (why: string): Promise<VmStateError> => {
       if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
-      await Promise.race([closed, sleep(STOP_TIMEOUT_MS)]);
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([closed, new Promise((r) => (timer = setTimeout(r, STOP_TIMEOUT_MS)))]);
+      clearTimeout(timer);
       const text = tail(output);
       if (/HMAC|GetDecryptedData/.test(text)) {
         return new VmStateError(
