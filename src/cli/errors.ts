@@ -16,10 +16,12 @@ import type { VmdkErrorCode } from '../vmdk/index.js';
 import type { XtsErrorCode } from '../xts/index.js';
 import type { UtilErrorCode } from '../util/lock.js';
 import type { ServeErrorCode } from '../serve/index.js';
+import type { BackupErrorCode } from '../backup/index.js';
 import { ExitCode, type ExitCodeValue } from './exit-codes.js';
 
 /** Every stable error code of the layers below the CLI (CliError codes carry their own exit code). */
-export type ErrorCode = UtilErrorCode | XtsErrorCode | KmipErrorCode | KeyErrorCode | VmdkErrorCode | DiskErrorCode | PipelineErrorCode | ServeErrorCode;
+export type ErrorCode =
+  UtilErrorCode | XtsErrorCode | KmipErrorCode | KeyErrorCode | VmdkErrorCode | DiskErrorCode | PipelineErrorCode | BackupErrorCode | ServeErrorCode;
 
 /** An error found by the CLI itself (bad option value, missing file, passphrase on argv, …). */
 export class CliError extends VmsealError {
@@ -175,6 +177,23 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
   ERR_SERVE_NOT_LOCKED: { exitCode: ExitCode.FAILURE, hint: 'Nothing to do: the export is served (its status shows locked: false)' },
   ERR_SERVE_CLOSED: { exitCode: ExitCode.FAILURE, hint: 'The server is stopping; start it again to serve the disk' },
   ERR_SERVE_INTERNAL: { exitCode: ExitCode.INTERNAL, hint: "This is a bug in vmseal: please report it with the server's log" },
+  // backup repositories
+  ERR_BACKUP_REPOSITORY: { exitCode: ExitCode.FORMAT, hint: 'Give the folder made by `vmseal backup init` (or make one in a new or empty folder)' },
+  ERR_BACKUP_BUSY: { exitCode: ExitCode.BUSY, hint: 'Retry when the other vmseal process is done, or give --wait SECONDS; a process that died holds no lock' },
+  ERR_BACKUP_PLAIN: {
+    exitCode: ExitCode.FORMAT,
+    hint: 'Encrypt the disk first (`vmseal encrypt`), use a general backup tool, or add --allow-plain to store a point marked plain',
+  },
+  ERR_BACKUP_UNSUPPORTED: { exitCode: ExitCode.FORMAT, hint: 'Convert the disk to monolithicSparse or monolithicFlat first (`vmseal convert`)' },
+  ERR_BACKUP_MANIFEST: {
+    exitCode: ExitCode.MISMATCH,
+    hint: "The point's manifest is damaged or was not written by vmseal: `vmseal backup verify REPO` lists the damage; restore the file from another copy of the repository",
+  },
+  ERR_BACKUP_CHUNK: {
+    exitCode: ExitCode.MISMATCH,
+    hint: 'The repository is damaged: `vmseal backup verify REPO` lists every bad chunk; restore them from another copy of the repository',
+  },
+  ERR_BACKUP_NO_POINT: { exitCode: ExitCode.USAGE, hint: '`vmseal backup list REPO` lists the points (id, name)' },
   // plain failures with something to do
   ERR_OUTPUT_EXISTS: { exitCode: ExitCode.FAILURE, hint: EXISTS_HINT },
   ERR_VMDK_EXISTS: { exitCode: ExitCode.FAILURE, hint: EXISTS_HINT },
