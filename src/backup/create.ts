@@ -59,7 +59,7 @@ export interface CreateBackupResult {
 }
 
 /** Chunks read, hashed and stored at once: enough to overlap reads with hashing, bounded memory. */
-const PARALLEL = 4;
+const PARALLEL = 8;
 
 function arg(what: string, name: string, value: unknown): BackupError {
   return new BackupError('ERR_INVALID_ARGUMENT', expected(what, name, value));
@@ -173,6 +173,8 @@ async function backUp(
   let newBytes = 0;
   let bytesRead = 0;
   const offsets = allocatedChunks(disk);
+  /** Fan-out folders that got a new chunk: synced once, before the manifest names their chunks. */
+  const written = new Set<string>();
   let done = false;
   const worker = async (): Promise<void> => {
     const buf = Buffer.allocUnsafe(CHUNK_SIZE);
@@ -194,12 +196,14 @@ async function backUp(
       if (!(await repo.hasChunk(hash)) && (await repo.putChunk(hash, data))) {
         newChunks++;
         newBytes += data.length;
+        written.add(hash.slice(0, 2));
       }
       entries.push([off, hash]);
     }
   };
   await Promise.all(Array.from({ length: PARALLEL }, worker));
   entries.sort((a, b) => a[0] - b[0]);
+  await repo.syncChunkFolders(written);
 
   const now = new Date();
   const id = newPointId(now);

@@ -159,9 +159,13 @@ export class Repository implements RepositoryInfo {
     }
   }
 
-  /** Store `data` under `hash` (its SHA-256) unless present; true when this call wrote it. */
+  /**
+   * Store `data` under `hash` (its SHA-256) unless present; true when this call wrote it. The file is
+   * complete and fsynced, but its folder entry is durable only after syncChunkFolders(): a writer
+   * calls it before a manifest names the chunk (one folder fsync per backup, not one per chunk).
+   */
   async putChunk(hash: string, data: Uint8Array): Promise<boolean> {
-    return createFileAtomic(this.chunkPath(hash), data, 0o600);
+    return createFileAtomic(this.chunkPath(hash), data, 0o600, { syncFolder: false });
   }
 
   /**
@@ -240,10 +244,11 @@ export class Repository implements RepositoryInfo {
     for (const p of paths) await rm(p, { force: true });
   }
 
-  /** fsync every chunk fan-out folder (after deletions, so that they are durable before prune reports). */
-  async syncChunkFolders(): Promise<void> {
+  /** fsync chunk fan-out folders (the 2-digit names given, or all): new chunks before a manifest names them, deletions before prune reports. */
+  async syncChunkFolders(fans?: Iterable<string>): Promise<void> {
     const root = join(this.path, 'chunks');
-    for (const fan of await readdir(root)) if (/^[0-9a-f]{2}$/.test(fan)) await fsyncDir(join(root, fan));
+    const list = fans ? [...fans] : await readdir(root);
+    for (const fan of list) if (/^[0-9a-f]{2}$/.test(fan)) await fsyncDir(join(root, fan));
   }
 
   pointPath(id: string): string {

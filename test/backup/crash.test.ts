@@ -53,7 +53,7 @@ function crashPoints(total: number, n: number): number[] {
 
 describe('a crashed backup', () => {
   it.each([
-    ['none', 5],
+    ['none', 4],
     ['last', 3],
   ] as const)('leaves a repository that verifies, and the next backup completes it (un-synced writes kept: %s)', async (keep, n) => {
     const dry = run('create', freshRepo(`dry-${keep}`), 0, keep);
@@ -92,7 +92,7 @@ describe('a crashed prune', () => {
     execFileSync('cp', ['-a', base, dryRepo]);
     const dry = run('prune', dryRepo, 0, 'none');
     expect(dry.status, dry.stderr).toBe(0);
-    for (const at of crashPoints(dry.events, 4)) {
+    for (const at of crashPoints(dry.events, 3)) {
       const repo = join(tmp.dir, `prune-${at}`);
       execFileSync('cp', ['-a', base, repo]);
       const killed = run('prune', repo, at, 'none');
