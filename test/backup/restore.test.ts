@@ -189,5 +189,9 @@ describe('end to end through the CLI: an ext4 disk', () => {
     );
     const ok = json(await vmseal(['backup', 'create', raw, repo, '--allow-plain', '--json'], cleanEnv()));
     expect(ok).toMatchObject({ ok: true, plain: true, history: 'p.raw' });
+    // A plain point restores as the raw image it was.
+    const back = join(dir, 'back.raw');
+    expect(json(await vmseal(['backup', 'restore', repo, 'latest', back, '--json'], cleanEnv()))).toMatchObject({ ok: true, path: back });
+    expect(readFileSync(back)).toEqual(readFileSync(raw));
   });
 });
