@@ -1,6 +1,7 @@
 // A backup or prune killed at any point (SIGKILL after a simulated power loss: the fault-injecting
 // file layer drops every write and folder entry that no fsync covered) leaves a repository that
 // verifies; the next backup reuses the chunks already there and the point restores the disk.
+// (A crashed restore: crash-restore.test.ts.)
 import { spawnSync, execFileSync } from 'node:child_process';
 import { mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
@@ -72,12 +73,15 @@ describe('a crashed backup', () => {
       // Chunks a crashed run made durable are reused, not written again.
       expect(again.newChunks).toBe(DATA_CHUNKS - v.chunks);
       expect((await verifyBackup(repo)).ok).toBe(true);
-      const out = join(repo, '..', `out-${keep}-${at}`);
-      mkdirSync(out);
-      await restoreBackup(repo, 'latest', join(out, 'r.vmdk'));
-      execFileSync('qemu-img', ['compare', '-q', disk, join(out, 'r.vmdk')]);
+      if (at === dry.events) {
+        // Once per run (it is the slow part): the completed point restores the disk.
+        const out = join(repo, '..', `out-${keep}-${at}`);
+        mkdirSync(out);
+        await restoreBackup(repo, 'latest', join(out, 'r.vmdk'));
+        execFileSync('qemu-img', ['compare', '-q', disk, join(out, 'r.vmdk')]);
+        rmSync(out, { recursive: true });
+      }
       rmSync(repo, { recursive: true });
-      rmSync(out, { recursive: true });
     }
   });
 });
