@@ -101,6 +101,30 @@ describe('the repository lock', () => {
   });
 });
 
+describe('vmseal backup prune against a running backup', () => {
+  it('exits 7 naming the holder, and says --wait; with --wait it runs once the lock is free', async () => {
+    const info = await initRepository(join(tmp.dir, 'busy'));
+    const repo = await openRepository(info.path);
+    const held = await repo.lock('shared', 'create');
+    let released = false;
+    try {
+      const r = await vmseal(['backup', 'prune', info.path, '--keep-last', '1'], cleanEnv());
+      expect(r.code).toBe(7);
+      expect(r.stderr).toMatch(/^vmseal: cannot prune the backup repository .*: .* is in use by another process \(for reading\).*or give --wait SECONDS/);
+      const waiting = vmseal(['backup', 'prune', info.path, '--keep-last', '1', '--wait', '30', '--json'], cleanEnv());
+      setTimeout(() => {
+        held.release();
+        released = true;
+      }, 1500);
+      const w = await waiting;
+      expect(released).toBe(true);
+      expect(json(w)).toMatchObject({ ok: true, command: 'backup prune', removedPoints: [] });
+    } finally {
+      held.release();
+    }
+  });
+});
+
 describe('vmseal backup init', () => {
   it('prints the repository and its id', async () => {
     const repo = join(tmp.dir, 'cli');
