@@ -201,7 +201,16 @@ async function backUp(
       entries.push([off, hash]);
     }
   };
-  await Promise.all(Array.from({ length: PARALLEL }, worker));
+  // The first failure stops every worker (none goes on reading or storing after the lock is released).
+  const guarded = (): Promise<void> =>
+    worker().catch((err: unknown) => {
+      done = true;
+      throw err;
+    });
+  // Wait for every worker to stop before the locks and files are released, then report the first failure.
+  const settled = await Promise.allSettled(Array.from({ length: PARALLEL }, guarded));
+  const failure = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failure) throw failure.reason;
   entries.sort((a, b) => a[0] - b[0]);
   await repo.syncChunkFolders(written);
 

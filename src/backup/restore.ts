@@ -162,9 +162,10 @@ async function writeChunks(
   const block = layer.grainSize ?? FLAT_BLOCK;
   let next = 0;
   let bytes = 0;
+  let failed = false;
   const worker = async (): Promise<void> => {
     const buf = Buffer.allocUnsafe(CHUNK_SIZE);
-    while (next < layer.chunks.length) {
+    while (!failed && next < layer.chunks.length) {
       if (signal?.aborted) throw abortError(signal, `the restore to ${disk.path}`);
       const [off, hash] = layer.chunks[next++]!;
       const data = buf.subarray(0, Math.min(CHUNK_SIZE, layer.capacity - off));
@@ -175,7 +176,16 @@ async function writeChunks(
       }
     }
   };
-  await Promise.all(Array.from({ length: PARALLEL }, worker));
+  // The first failure (a bad chunk) stops every worker before the staged disk is closed and removed.
+  const guarded = (): Promise<void> =>
+    worker().catch((err: unknown) => {
+      failed = true;
+      throw err;
+    });
+  // Wait for every worker to stop before the locks and files are released, then report the first failure.
+  const settled = await Promise.allSettled(Array.from({ length: PARALLEL }, guarded));
+  const failure = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failure) throw failure.reason;
   return { chunks: layer.chunks.length, bytes };
 }
 

@@ -125,6 +125,20 @@ describe('backup create', () => {
     expect(readdirSync(join(repoPath, 'points'))).toEqual([]);
   });
 
+  it('stops at a cancelled signal with ERR_ABORTED and writes no manifest', async () => {
+    const dir = join(tmp.dir, 'abort');
+    execFileSync('mkdir', ['-p', dir]);
+    const disk = await encryptedDisk(dir, 'd', 'monolithicSparse', 4 * MiB, [{ at: 0, data: patternBytes(3 * MiB, 8) }]);
+    const repoPath = join(dir, 'repo');
+    await initRepository(repoPath);
+    const ac = new AbortController();
+    ac.abort();
+    const err = await createBackup(disk, repoPath, { signal: ac.signal }).catch((e: unknown) => e);
+    expect((err as { code?: string }).code).toBe('ERR_ABORTED');
+    expect((err as Error).name).toBe('AbortError');
+    expect(readdirSync(join(repoPath, 'points'))).toEqual([]);
+  });
+
   it('refuses a streamOptimized disk', async () => {
     const dir = join(tmp.dir, 'stream');
     execFileSync('mkdir', ['-p', dir]);
