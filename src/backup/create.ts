@@ -159,6 +159,10 @@ async function backUp(
       `${disk.path} is a snapshot child (parentCID ${parentCid}); backups of snapshot chains are not supported yet`,
     );
   }
+  if (disk.capacity === 0 || disk.capacity % 512 !== 0) {
+    // A manifest records whole sectors (what restore can recreate): a raw image of another size is refused.
+    throw new BackupError('ERR_BACKUP_UNSUPPORTED', `${disk.path} has ${disk.capacity} bytes, not a positive whole number of 512-byte sectors`);
+  }
   // The encryption lines are checked (a damaged or foreign set is refused) without any key.
   const params = encrypted ? await readEncryptionParams(disk.path, { format: disk.format }) : null;
   if (params && disk.capacity % params.unitSize !== 0) {

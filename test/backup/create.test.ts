@@ -95,6 +95,9 @@ describe('backup create', () => {
     await initRepository(repoPath);
     await expect(createBackup(raw, repoPath)).rejects.toThrow(/is not encrypted: its backup would hold its data in plaintext; encrypt it first/);
     expect(await codeOf(createBackup(raw, repoPath))).toBe('ERR_BACKUP_PLAIN');
+    const odd = join(dir, 'odd.raw');
+    writeFileSync(odd, patternBytes(1000, 9));
+    await expect(createBackup(odd, repoPath, { allowPlain: true })).rejects.toThrow(/has 1000 bytes, not a positive whole number of 512-byte sectors/);
     const r = await createBackup(raw, repoPath, { allowPlain: true, history: 'h' });
     expect(r).toMatchObject({ plain: true, chunks: 2 });
     const m = await readPoint(await openRepository(repoPath), r.point);
