@@ -281,6 +281,7 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
           chunks: chunked(ranges(), chunkSize),
           chunkSize,
           depth,
+          writeConcurrency: writer.writeConcurrency,
           ...(opts.signal ? { signal: opts.signal } : {}),
           what,
           read: (chunk, buf) => disk.readInto(chunk.offset, buf),

@@ -23,7 +23,9 @@
  * (staging.ts) flushes the device's cache and the metadata of the blocks these writes allocated.
  *
  * The files are opened a second time, write-only (at most MAX_DIRECT_OPEN at once: a
- * twoGbMaxExtentFlat output has one file per 2 GiB); the VMDK layer's handles stay its own.
+ * twoGbMaxExtentFlat output has one file per 2 GiB); the VMDK layer's handles stay its own. Writes
+ * may run concurrently (the copy job lets two chunks be written at once: positional writes into a
+ * flat file do not depend on each other's order), each awaited by its caller.
  */
 import { constants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
@@ -35,6 +37,13 @@ import { outputFiles, type OutputSegment } from './output-files.js';
 export const DIRECT_ALIGN = 4096;
 /** Direct handles open at once. */
 export const MAX_DIRECT_OPEN = 4;
+/**
+ * Chunks the copy job writes at once on the direct path. One at a time left the device idle ~40%
+ * of the time between two 8 MiB writes (strace: the event loop coming back to start the next one on
+ * a loaded machine); two keep a write queued. More buys nothing on a single device and holds more
+ * of the job's `depth` chunks in writes rather than in read-ahead.
+ */
+export const DIRECT_WRITE_CONCURRENCY = 2;
 
 /**
  * How a copy job writes its output:
@@ -75,7 +84,10 @@ export function directFlag(): number | undefined {
 
 interface DirectFile {
   path: string;
-  fh: FileHandle | undefined;
+  /** The direct handle, once opening started (writes may run concurrently: one open per file). */
+  fh: Promise<FileHandle> | undefined;
+  /** Direct writes running on it: a busy handle is not closed. */
+  busy: number;
 }
 
 export class DirectWriter {
@@ -95,7 +107,7 @@ export class DirectWriter {
     this.#flag = flag;
     const { files, segments } = outputFiles(disk);
     this.#segments = segments;
-    this.#files = files.map((path) => ({ path, fh: undefined }));
+    this.#files = files.map((path) => ({ path, fh: undefined, busy: 0 }));
   }
 
   /** Null when the output is not flat or the platform has no O_DIRECT: the caller writes through `disk`. */
@@ -143,38 +155,47 @@ export class DirectWriter {
 
   /** A direct write; false (and the job falls back for good) when the file or the write refuses it. */
   async #direct(f: DirectFile, data: Buffer, position: number): Promise<boolean> {
+    f.busy++;
     try {
       if (!f.fh) {
-        await this.#closeOldest();
-        f.fh = await open(f.path, constants.O_WRONLY | this.#flag);
+        this.#closeIdle();
+        f.fh = open(f.path, constants.O_WRONLY | this.#flag);
         this.#open.push(f);
       }
-      await writeFully(f.fh, data, position);
+      await writeFully(await f.fh, data, position);
       return true;
     } catch {
       // See the module comment: the VMDK layer rewrites the whole piece and reports a real error.
       this.#fallback = true;
       return false;
+    } finally {
+      f.busy--;
     }
   }
 
-  async #closeOldest(): Promise<void> {
+  /**
+   * Keep at most MAX_DIRECT_OPEN handles: close the oldest idle ones (writes go in increasing
+   * offsets, so the oldest file is done with). One still being written is left open for now.
+   */
+  #closeIdle(): void {
     while (this.#open.length >= MAX_DIRECT_OPEN) {
-      const f = this.#open.shift()!;
+      const i = this.#open.findIndex((f) => f.busy === 0);
+      if (i < 0) return;
+      const [f] = this.#open.splice(i, 1);
       const fh = f.fh;
       f.fh = undefined;
-      await fh?.close().catch(() => undefined);
+      void fh?.then((h) => h.close()).catch(() => undefined);
     }
   }
 
-  /** Close the direct handles (the writes are complete: each was awaited). */
+  /** Close the direct handles (call after the last write has settled). */
   async close(): Promise<void> {
     const open = this.#open;
     this.#open = [];
     for (const f of open) {
       const fh = f.fh;
       f.fh = undefined;
-      await fh?.close().catch(() => undefined);
+      await fh?.then((h) => h.close()).catch(() => undefined);
     }
   }
 }
