@@ -39,7 +39,7 @@ export const DIRECT_ALIGN = 4096;
 export const MAX_DIRECT_OPEN = 4;
 /**
  * Chunks the copy job writes at once on the direct path. One at a time left the device idle ~40%
- * of the time between two 8 MiB writes (strace: the event loop coming back to start the next one on
+ * of the time between two chunk writes (strace: the event loop coming back to start the next one on
  * a loaded machine); two keep a write queued. More buys nothing on a single device and holds more
  * of the job's `depth` chunks in writes rather than in read-ahead.
  */
