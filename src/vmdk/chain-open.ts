@@ -108,7 +108,8 @@ export async function openParents(top: VmdkDisk, openLayer: (path: string) => Pr
       layers.push(parent);
       const cid = parent.descriptor?.get('CID')?.toLowerCase();
       if (parent.format !== 'vmdk' || cid === undefined) throw chainError(`the parent ${path} is not a VMDK disk with a CID`, child.path);
-      if (cid !== link.cid) {
+      // Compared as numbers: qemu writes CIDs without leading zeros, vmseal with.
+      if (parseInt(cid, 16) !== parseInt(link.cid, 16)) {
         throw new VmdkFormatError(
           'ERR_VMDK_PARENT_CHANGED',
           `the parent changed after the snapshot was taken: ${child.path} was made on CID ${link.cid} of ${path}, which now has CID ${cid}`,

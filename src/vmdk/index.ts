@@ -7,3 +7,4 @@ export { createDisk, plannedDiskFiles, CREATE_SUBFORMATS, ADAPTER_TYPES, type Cr
 export { sparseFileFits, checkSparseFileFits } from './sparse-fit.js';
 export { ChainDisk } from './chain.js';
 export { MAX_CHAIN_DEPTH } from './chain-open.js';
+export { createSnapshot, revertSnapshot, nextSnapshotName, type CreateSnapshotOptions } from './snapshot.js';
