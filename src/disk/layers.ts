@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { computeAuthenticator, verifyAuthenticator } from '../keys/index.js';
 import { ChainDisk, type VirtualDisk } from '../vmdk/index.js';
 import { DiskError } from './errors.js';
-import { bindingOf } from './keying.js';
+import { bindingOf, unlockDek, type UnlockOptions } from './keying.js';
 import { LAYERED_VERSION, LINE, parseEncryption, unsafeValueReason, type EncryptionParams } from './params.js';
 
 const MAX_TRIES = 64;
@@ -73,4 +73,20 @@ export function layered(dek: Buffer, p: EncryptionParams, capacity: number, pare
     if (unsafeValueReason(next.authenticator) === null) return next;
   }
   throw new DiskError('ERR_ENCRYPTION_METADATA', 'could not make a descriptor-safe authenticator');
+}
+
+/**
+ * The encryption of a standalone copy of a chain layer (a convert flattens the chain under the same
+ * DEK): version 3 with a fresh layer id and no parent, so the copy is not taken for a child without
+ * its parent. Needs the DEK (the authenticator changes), unlocked with `keys`. Params of a disk that
+ * is not a layer are returned as they are.
+ */
+export async function standaloneLayerParams(p: EncryptionParams, capacity: number, keys: UnlockOptions, where: string): Promise<EncryptionParams> {
+  if (p.layerId === undefined) return p;
+  const dek = await unlockDek(p, capacity, keys, where);
+  try {
+    return layered(dek, p, capacity, undefined);
+  } finally {
+    dek.fill(0);
+  }
 }
