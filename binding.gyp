@@ -53,6 +53,7 @@
         'native/addon.cc',
         'native/fs_extents.cc',
         'native/fs_lock.cc',
+        'native/fs_nowait.cc',
         'native/fs_writeback.cc',
         'native/thread_pool.cc',
       ],

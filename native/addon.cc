@@ -43,6 +43,7 @@
 
 #include "fs_extents.h"
 #include "fs_lock.h"
+#include "fs_nowait.h"
 #include "fs_writeback.h"
 #include "thread_pool.h"
 #include "xts_engine.h"
@@ -935,6 +936,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitFileLocks(env, exports);
   InitFileExtents(env, exports);
   InitFileWriteback(env, exports);
+  InitFileNowait(env, exports);
   return exports;
 }
 

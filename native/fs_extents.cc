@@ -13,6 +13,7 @@
 //
 // Synchronous: two lseek calls per data range, no I/O to the data itself.
 #include "fs_extents.h"
+#include "napi_errors.h"
 
 #include <cerrno>
 #include <cmath>
@@ -27,38 +28,7 @@
 namespace vmseal {
 namespace {
 
-Napi::Error TypeErr(Napi::Env env, const std::string& msg) {
-  Napi::Error e = Napi::TypeError::New(env, msg);
-  e.Set("code", Napi::String::New(env, "ERR_INVALID_ARG_TYPE"));
-  return e;
-}
-
-Napi::Error RangeErr(Napi::Env env, const std::string& msg) {
-  Napi::Error e = Napi::RangeError::New(env, msg);
-  e.Set("code", Napi::String::New(env, "ERR_OUT_OF_RANGE"));
-  return e;
-}
-
-constexpr int64_t kMaxSafe = 9007199254740991LL;  // Number.MAX_SAFE_INTEGER
-constexpr int64_t kMaxRanges = 1 << 24;             // bounds the array built here
-
-int64_t IntegerArg(const Napi::CallbackInfo& info, size_t i, const char* name, int64_t min, int64_t max) {
-  Napi::Env env = info.Env();
-  if (info.Length() <= i || !info[i].IsNumber()) throw TypeErr(env, std::string(name) + " must be a number");
-  double v = info[i].As<Napi::Number>().DoubleValue();
-  if (!std::isfinite(v) || std::floor(v) != v) throw TypeErr(env, std::string(name) + " must be an integer");
-  if (v < static_cast<double>(min) || v > static_cast<double>(max)) throw RangeErr(env, std::string(name) + " is out of range");
-  return static_cast<int64_t>(v);
-}
-
-Napi::Error SystemError(Napi::Env env, const char* syscall, int err) {
-  std::string msg = std::string(syscall) + " failed: " + std::strerror(err);
-  Napi::Error e = Napi::Error::New(env, msg);
-  e.Set("code", Napi::String::New(env, "ERR_FS_EXTENTS_IO"));
-  e.Set("errno", Napi::Number::New(env, err));
-  e.Set("syscall", Napi::String::New(env, syscall));
-  return e;
-}
+constexpr int64_t kMaxRanges = 1 << 24;  // bounds the array built here
 
 void Push(Napi::Env env, Napi::Array& out, int64_t offset, int64_t length) {
   Napi::Array pair = Napi::Array::New(env, 2);
@@ -69,9 +39,9 @@ void Push(Napi::Env env, Napi::Array& out, int64_t offset, int64_t length) {
 
 Napi::Value FileDataRanges(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  int fd = static_cast<int>(IntegerArg(info, 0, "fd", 0, 0x7fffffff));
-  int64_t start = IntegerArg(info, 1, "start", 0, kMaxSafe);
-  int64_t end = IntegerArg(info, 2, "end", 0, kMaxSafe);
+  int fd = FdArg(info, 0);
+  int64_t start = IntegerArg(info, 1, "start", 0, kMaxSafeInteger);
+  int64_t end = IntegerArg(info, 2, "end", 0, kMaxSafeInteger);
   int64_t max = IntegerArg(info, 3, "maxRanges", 1, kMaxRanges);
   if (end < start) throw RangeErr(env, "end is before start");
   Napi::Array out = Napi::Array::New(env);
@@ -86,11 +56,11 @@ Napi::Value FileDataRanges(const Napi::CallbackInfo& info) {
         Push(env, out, start, end - start);  // no SEEK_DATA on this file system: all data
         return out;
       }
-      throw SystemError(env, "lseek(SEEK_DATA)", errno);
+      throw SystemError(env, "ERR_FS_EXTENTS_IO", "lseek(SEEK_DATA)", errno);
     }
     if (data >= end) break;
     off_t hole = ::lseek(fd, data, SEEK_HOLE);
-    if (hole < 0) throw SystemError(env, "lseek(SEEK_HOLE)", errno);
+    if (hole < 0) throw SystemError(env, "ERR_FS_EXTENTS_IO", "lseek(SEEK_HOLE)", errno);
     int64_t stop = hole < end ? static_cast<int64_t>(hole) : end;
     Push(env, out, data, stop - data);
     pos = stop;

@@ -8,6 +8,7 @@
 //
 // Everything here is synchronous and cheap (F_OFD_SETLK never waits); waiting is done in JS.
 #include "fs_lock.h"
+#include "napi_errors.h"
 
 #include <cerrno>
 #include <cmath>
@@ -23,44 +24,6 @@
 
 namespace vmseal {
 namespace {
-
-// An Error with a stable `code` (and errno details when a system call failed).
-Napi::Error SystemError(Napi::Env env, const char* syscall, int err) {
-  std::string msg = std::string(syscall) + " failed: " + std::strerror(err);
-  Napi::Error e = Napi::Error::New(env, msg);
-  e.Set("code", Napi::String::New(env, "ERR_LOCK_IO"));
-  e.Set("errno", Napi::Number::New(env, err));
-  e.Set("syscall", Napi::String::New(env, syscall));
-  return e;
-}
-
-Napi::Error TypeErr(Napi::Env env, const std::string& msg) {
-  Napi::Error e = Napi::TypeError::New(env, msg);
-  e.Set("code", Napi::String::New(env, "ERR_INVALID_ARG_TYPE"));
-  return e;
-}
-
-Napi::Error RangeErr(Napi::Env env, const std::string& msg) {
-  Napi::Error e = Napi::RangeError::New(env, msg);
-  e.Set("code", Napi::String::New(env, "ERR_OUT_OF_RANGE"));
-  return e;
-}
-
-// A JS number that is an integer in [min, max] (safe-integer range; lock offsets fit in off_t).
-int64_t IntegerArg(const Napi::CallbackInfo& info, size_t i, const char* name, int64_t min, int64_t max) {
-  Napi::Env env = info.Env();
-  if (info.Length() <= i || !info[i].IsNumber()) throw TypeErr(env, std::string(name) + " must be a number");
-  double v = info[i].As<Napi::Number>().DoubleValue();
-  if (!std::isfinite(v) || std::floor(v) != v) throw TypeErr(env, std::string(name) + " must be an integer");
-  if (v < static_cast<double>(min) || v > static_cast<double>(max)) {
-    throw RangeErr(env, std::string(name) + " is out of range");
-  }
-  return static_cast<int64_t>(v);
-}
-
-constexpr int64_t kMaxSafe = 9007199254740991LL;  // Number.MAX_SAFE_INTEGER
-
-int FdArg(const Napi::CallbackInfo& info) { return static_cast<int>(IntegerArg(info, 0, "fd", 0, 0x7fffffff)); }
 
 #if defined(__linux__)
 
@@ -79,9 +42,9 @@ struct flock RangeArgs(const Napi::CallbackInfo& info, short type) {
   std::memset(&fl, 0, sizeof fl);
   fl.l_type = type;
   fl.l_whence = SEEK_SET;
-  fl.l_start = static_cast<off_t>(IntegerArg(info, 2, "start", 0, kMaxSafe));
+  fl.l_start = static_cast<off_t>(IntegerArg(info, 2, "start", 0, kMaxSafeInteger));
   // len 0 means "to the end of the file and beyond", as in fcntl.
-  fl.l_len = static_cast<off_t>(IntegerArg(info, 3, "len", 0, kMaxSafe));
+  fl.l_len = static_cast<off_t>(IntegerArg(info, 3, "len", 0, kMaxSafeInteger));
   fl.l_pid = 0;  // must be 0 for OFD locks
   return fl;
 }
@@ -103,7 +66,7 @@ Napi::Value LockOpen(const Napi::CallbackInfo& info) {
     fd = ::open(path.c_str(), flags, 0600);
   } while (fd < 0 && errno == EINTR);
   if (fd < 0) {
-    Napi::Error e = SystemError(env, "open", errno);
+    Napi::Error e = SystemError(env, "ERR_LOCK_IO", "open", errno);
     e.Set("path", Napi::String::New(env, path));
     throw e;
   }
@@ -113,9 +76,9 @@ Napi::Value LockOpen(const Napi::CallbackInfo& info) {
 // lockStat(fd) -> { dev, ino } as BigInts (inode numbers can exceed 2^53).
 Napi::Value LockStat(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  int fd = FdArg(info);
+  int fd = FdArg(info, 0);
   struct stat st;
-  if (::fstat(fd, &st) != 0) throw SystemError(env, "fstat", errno);
+  if (::fstat(fd, &st) != 0) throw SystemError(env, "ERR_LOCK_IO", "fstat", errno);
   Napi::Object out = Napi::Object::New(env);
   out.Set("dev", Napi::BigInt::New(env, static_cast<uint64_t>(st.st_dev)));
   out.Set("ino", Napi::BigInt::New(env, static_cast<uint64_t>(st.st_ino)));
@@ -127,7 +90,7 @@ Napi::Value LockStat(const Napi::CallbackInfo& info) {
 // description holds a conflicting lock (EAGAIN/EACCES). Never waits.
 Napi::Value LockSet(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  int fd = FdArg(info);
+  int fd = FdArg(info, 0);
   struct flock fl = RangeArgs(info, LockTypeArg(info, 1, true));
   int rc;
   do {
@@ -135,16 +98,16 @@ Napi::Value LockSet(const Napi::CallbackInfo& info) {
   } while (rc != 0 && errno == EINTR);
   if (rc == 0) return Napi::Boolean::New(env, true);
   if (errno == EAGAIN || errno == EACCES) return Napi::Boolean::New(env, false);
-  throw SystemError(env, "fcntl(F_OFD_SETLK)", errno);
+  throw SystemError(env, "ERR_LOCK_IO", "fcntl(F_OFD_SETLK)", errno);
 }
 
 // lockGet(fd, type, start, len) -> null when a lock of `type` could be taken now, otherwise the
 // first conflicting lock { type, start, len } (OFD locks have no owner pid to report).
 Napi::Value LockGet(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  int fd = FdArg(info);
+  int fd = FdArg(info, 0);
   struct flock fl = RangeArgs(info, LockTypeArg(info, 1, false));
-  if (::fcntl(fd, F_OFD_GETLK, &fl) != 0) throw SystemError(env, "fcntl(F_OFD_GETLK)", errno);
+  if (::fcntl(fd, F_OFD_GETLK, &fl) != 0) throw SystemError(env, "ERR_LOCK_IO", "fcntl(F_OFD_GETLK)", errno);
   if (fl.l_type == F_UNLCK) return env.Null();
   Napi::Object out = Napi::Object::New(env);
   out.Set("type", Napi::String::New(env, fl.l_type == F_WRLCK ? "write" : "read"));
@@ -157,8 +120,8 @@ Napi::Value LockGet(const Napi::CallbackInfo& info) {
 // (on Linux the fd is gone either way).
 Napi::Value LockClose(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  int fd = FdArg(info);
-  if (::close(fd) != 0 && errno != EINTR) throw SystemError(env, "close", errno);
+  int fd = FdArg(info, 0);
+  if (::close(fd) != 0 && errno != EINTR) throw SystemError(env, "ERR_LOCK_IO", "close", errno);
   return env.Undefined();
 }
 

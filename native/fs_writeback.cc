@@ -13,6 +13,7 @@
 // Other errors (EIO, EBADF…) reject with an Error carrying `code` ERR_WRITEBACK_IO, `errno` and
 // `syscall`; the caller's fsync would report an I/O error on the data too.
 #include "fs_writeback.h"
+#include "napi_errors.h"
 
 #include <cerrno>
 #include <cmath>
@@ -26,24 +27,6 @@
 
 namespace vmseal {
 namespace {
-
-Napi::Error ArgError(Napi::Env env, bool range, const std::string& msg) {
-  Napi::Error e = Napi::TypeError::New(env, msg);
-  if (range) e = Napi::RangeError::New(env, msg);
-  e.Set("code", Napi::String::New(env, range ? "ERR_OUT_OF_RANGE" : "ERR_INVALID_ARG_TYPE"));
-  return e;
-}
-
-constexpr double kMaxSafe = 9007199254740991.0;  // Number.MAX_SAFE_INTEGER
-
-int64_t IntegerArg(const Napi::CallbackInfo& info, size_t i, const char* name, double max) {
-  Napi::Env env = info.Env();
-  if (info.Length() <= i || !info[i].IsNumber()) throw ArgError(env, false, std::string(name) + " must be a number");
-  double v = info[i].As<Napi::Number>().DoubleValue();
-  if (!std::isfinite(v) || std::floor(v) != v) throw ArgError(env, false, std::string(name) + " must be an integer");
-  if (v < 0 || v > max) throw ArgError(env, true, std::string(name) + " is out of range");
-  return static_cast<int64_t>(v);
-}
 
 class WritebackWork : public Napi::AsyncWorker {
  public:
@@ -73,11 +56,7 @@ class WritebackWork : public Napi::AsyncWorker {
   void OnOK() override {
     Napi::Env env = Env();
     if (errno_ != 0) {
-      std::string msg = std::string("sync_file_range failed: ") + std::strerror(errno_);
-      Napi::Error e = Napi::Error::New(env, msg);
-      e.Set("code", Napi::String::New(env, "ERR_WRITEBACK_IO"));
-      e.Set("errno", Napi::Number::New(env, errno_));
-      e.Set("syscall", Napi::String::New(env, "sync_file_range"));
+      Napi::Error e = SystemError(env, "ERR_WRITEBACK_IO", "sync_file_range", errno_);
       deferred_.Reject(e.Value());
       return;
     }
@@ -97,9 +76,9 @@ class WritebackWork : public Napi::AsyncWorker {
 
 Napi::Value WritebackStart(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  int fd = static_cast<int>(IntegerArg(info, 0, "fd", 2147483647.0));
-  int64_t offset = IntegerArg(info, 1, "offset", kMaxSafe);
-  int64_t length = IntegerArg(info, 2, "length", kMaxSafe);
+  int fd = FdArg(info, 0);
+  int64_t offset = IntegerArg(info, 1, "offset", 0, kMaxSafeInteger);
+  int64_t length = IntegerArg(info, 2, "length", 0, kMaxSafeInteger);
   auto* work = new WritebackWork(env, fd, offset, length);  // deletes itself after OnOK/OnError
   Napi::Promise promise = work->Promise();
   work->Queue();

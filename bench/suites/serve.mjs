@@ -15,6 +15,10 @@
 // Images live in tmpfs (/dev/shm) when it has room; clients connect over TCP to 127.0.0.1, or over
 // Unix sockets with VMSEAL_BENCH_NBD=unix (vmseal serve's default transport, and a local VM's).
 //
+// vmseal runs twice in the random part: as shipped, and with VMSEAL_INLINE_IO=0 (every file read
+// and write through libuv's thread pool, as before inline I/O): the random rows show what inline
+// I/O is worth on this machine (src/util/inline-io.ts).
+//
 // Without a `vmseal serve` command in this build (dist/), the suite measures qemu-nbd alone and
 // reports no ratios. Needs: qemu-utils (qemu-img, qemu-nbd), libnbd-bin (nbdcopy, nbdinfo), fio,
 // util-linux (taskset), GNU time (/usr/bin/time); cryptsetup when qemu-img cannot make the LUKS image.
@@ -142,6 +146,7 @@ async function startServer(kind, files, dir) {
       ...qemuCommon,
     ];
   else {
+    // vmsealPool: the same server with inline I/O turned off (see the top of this file).
     argv = [
       process.execPath,
       BIN,
@@ -154,6 +159,7 @@ async function startServer(kind, files, dir) {
       '16',
     ];
     env = vmsealEnv(files.home);
+    if (kind === 'vmsealPool') env.VMSEAL_INLINE_IO = '0';
   }
   const child = spawn(onServerCpu(argv)[0], onServerCpu(argv).slice(1), { stdio: ['ignore', out, out], env });
   closeSync(out);
@@ -241,6 +247,7 @@ const LABEL = {
   vmseal: 'vmseal serve, encrypted monolithicFlat (aes-256-xts, 512 B units)',
   luks: 'qemu-nbd, LUKS through the luks driver (aes-256-xts-plain64)',
   plain: 'qemu-nbd, plain raw (no encryption)',
+  vmsealPool: 'vmseal serve, as above, VMSEAL_INLINE_IO=0 (file I/O on the thread pool)',
 };
 
 async function main() {
@@ -261,6 +268,8 @@ async function main() {
   };
   process.on('exit', cleanup);
   const kinds = serveAvailable ? ['vmseal', 'luks', 'plain'] : ['luks', 'plain'];
+  // Random I/O only (see the top of this file).
+  const randKinds = serveAvailable ? [...kinds, 'vmsealPool'] : kinds;
   const notes = [];
   try {
     // The same random data behind every server.
@@ -328,17 +337,26 @@ async function main() {
       notes.push('`vmseal serve` is not in this build (dist/): qemu-nbd only, no ratios.');
     }
 
-    const best = Object.fromEntries(kinds.map((k) => [k, {}]));
+    const best = Object.fromEntries(randKinds.map((k) => [k, {}]));
     const keep = (k, name, value, higherIsBetter, extra) => {
       const cur = best[k][name];
       if (!cur || (higherIsBetter ? value > cur.value : value < cur.value)) best[k][name] = { value, ...extra };
     };
     for (let round = 0; round < ROUNDS; round++) {
-      const order = round % 2 ? [...kinds].reverse() : kinds;
+      const order = round % 2 ? [...randKinds].reverse() : randKinds;
       for (const kind of order) {
         const server = await startServer(kind, files, dir);
         running.add(server);
         console.log(`round ${round + 1}/${ROUNDS}: ${kind} on ${server.uri}`);
+        if (kind === 'vmsealPool') {
+          const rr = randomIo(server, 'randread');
+          keep(kind, 'randRead', rr.iops, true, rr);
+          const rw = randomIo(server, 'randwrite');
+          keep(kind, 'randWrite', rw.iops, true, rw);
+          await server.stop();
+          running.delete(server);
+          continue;
+        }
         const w = measured(server, nbdcopy(source, server.uri, ['--flush']));
         keep(kind, 'seqWrite', SIZE / w.seconds, true, w);
         if (round === 0) {
@@ -390,7 +408,7 @@ async function main() {
       `${pct(best[k].seqRead.serverCpu)} / ${pct(best[k].seqWrite.serverCpu)}`,
       `${pct(best[k].seqRead.clientCpu)} / ${pct(best[k].seqWrite.clientCpu)}`,
     ]);
-    const randRows = kinds.map((k) => [
+    const randRows = randKinds.map((k) => [
       LABEL[k],
       Math.round(best[k].randRead.value),
       Math.round(best[k].randWrite.value),

@@ -213,7 +213,8 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
       }
       if (subformat !== 'raw' && RAW_NAMES.test(output))
         notes.push(`${output} is a VMDK (${subformat}) although its name ends like a raw image; commands that read it need --format vmdk`);
-      stage = await StagedOutput.prepare(output, { force, names, providers });
+      // Checked above: the folder exists, stale stages are cleaned, and (without force) every planned name is free.
+      stage = await StagedOutput.prepare(output, { force, names, providers, checked: true });
       const staged = stage;
 
       // The output's encryption: a new DEK, the input's own (copy of an encrypted disk), or none.
@@ -322,6 +323,10 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
         ...(outMode !== undefined ? { mode: outMode } : {}),
         replacing,
         deleteFirst: !spec.replaceInput,
+        // The writer's flush above fsynced the one file of a sparse or raw output, and closing wrote
+        // nothing more. (A text descriptor is written without an fsync, and a streamOptimized
+        // output's close writes its footer: those files are fsynced by the commit.)
+        synced: subformat === 'monolithicSparse' || subformat === 'raw',
         // Renaming several files over the input is not atomic: mark the old descriptor first so that a
         // crash half way shows an interrupted job (rolled forward by resume), never old metadata over new data.
         ...(spec.replaceInput && multiFile ? { beforeRenames: () => markDescriptor(input, 'rekey-deep-commit') } : {}),

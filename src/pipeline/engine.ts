@@ -4,7 +4,7 @@
  * write of the current one; writes happen strictly in order. Memory is depth × chunkSize whatever
  * the image size: chunk buffers are recycled.
  */
-import { allocateCipherBuffer } from '../xts/index.js';
+import { giveChunkBuffers, takeChunkBuffer } from './chunk-buffers.js';
 import { throwIfAborted } from './errors.js';
 import type { Span } from './plan.js';
 
@@ -55,7 +55,7 @@ export async function runChunks(job: ChunkJob): Promise<void> {
     for await (const chunk of job.chunks) {
       throwIfAborted(job.signal, job.what);
       // Native-owned: the async cipher works on it in place (no copy in and out of native memory).
-      const buffer = pool.pop() ?? allocateCipherBuffer(job.chunkSize);
+      const buffer = pool.pop() ?? takeChunkBuffer(job.chunkSize);
       const view = buffer.subarray(0, chunk.length);
       const result = (async () => {
         await job.read(chunk, view);
@@ -66,6 +66,8 @@ export async function runChunks(job: ChunkJob): Promise<void> {
       if (inflight.length >= depth) await drainOne();
     }
     while (inflight.length) await drainOne();
+    // Every buffer is back in the pool and idle: the next job of the process may reuse them.
+    giveChunkBuffers(pool);
   } catch (err) {
     // Let the chunks still in flight settle before the caller closes files under them.
     await Promise.allSettled(inflight.map((i) => i.result));

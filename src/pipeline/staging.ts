@@ -23,8 +23,18 @@
  * with the folder, for a later job that can); with one, the commit is rolled forward (the staged
  * files are complete and fsynced, and the keys lock the new disk), so a crash during a commit never
  * leaves a mix of old and new files. owner.json only tells a human who was writing.
+ *
+ * A single-file output (monolithicSparse, streamOptimized, a raw image) that replaces nothing else
+ * and made no key needs no commit record: its commit is ONE rename, which is atomic by itself. The
+ * file is fsynced, renamed over the final name, <dir> is fsynced, and the staging folder goes. A
+ * crash before the rename leaves a staging folder without commit.json (removed by the next job,
+ * the output absent); after it, the output is complete (its data was durable before the rename)
+ * and what is left of the folder holds no key. With keys.json the record is still written: after
+ * the rename the keys lock the new disk, and a folder without commit.json would have them removed.
+ * This saves a batch of small images the record's write and fsync, the staging folder's fsync and
+ * the re-fsync of a file the writer has just synced (see `synced`).
  */
-import { chmod, mkdir, open, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, open, readdir, readFile, rename, rm, rmdir, stat, unlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
@@ -194,14 +204,22 @@ export class StagedOutput {
    * Check the final name is free (unless force), clean stale stages of it, make the staging folder
    * with its name reserved in `names` (the job's reservations) until commit or discard.
    */
-  static async prepare(output: string, opts: { force?: boolean; names: NameReservations; providers?: readonly KeyProvider[] }): Promise<StagedOutput> {
+  static async prepare(
+    output: string,
+    opts: { force?: boolean; names: NameReservations; providers?: readonly KeyProvider[]; checked?: boolean },
+  ): Promise<StagedOutput> {
     const finalPath = resolve(output);
     const dir = dirname(finalPath);
     const name = basename(finalPath);
-    if (!(await pathExists(dir))) throw new PipelineError('ERR_INVALID_ARGUMENT', `cannot write ${finalPath}: the folder ${dir} does not exist`);
-    await cleanStaleStages(dir, name, opts.names, opts.providers);
-    if (!opts.force && (await pathExists(finalPath))) {
-      throw new PipelineError('ERR_OUTPUT_EXISTS', `${finalPath} exists; give another output name or force to replace it`);
+    // `checked`: the caller has done these three under the same reservations (checked the folder,
+    // cleaned stale stages, found the final name free). Doing them twice would cost every image of a
+    // batch two stats and a scan of the output folder, which grows with the batch.
+    if (!opts.checked) {
+      if (!(await pathExists(dir))) throw new PipelineError('ERR_INVALID_ARGUMENT', `cannot write ${finalPath}: the folder ${dir} does not exist`);
+      await cleanStaleStages(dir, name, opts.names, opts.providers);
+      if (!opts.force && (await pathExists(finalPath))) {
+        throw new PipelineError('ERR_OUTPUT_EXISTS', `${finalPath} exists; give another output name or force to replace it`);
+      }
     }
     const stageDir = join(dir, `.${name}${STAGE_INFIX}${process.pid}-${randomBytes(4).toString('hex')}`);
     // Reserved before it exists: a cleaner never sees this folder without its owner's lock.
@@ -252,19 +270,29 @@ export class StagedOutput {
    * new extents; without it (rekey) the caller has marked the old descriptor beforehand.
    * `mode`: permission bits given to every staged file before anything is renamed (chmod, so the
    * umask does not apply). Until then the files are only reachable through the 0700 staging folder.
+   * `synced`: the caller has fsynced every staged file and closed it (a writer's flush), so without
+   * `mode` they are not fsynced again (a chmod is metadata that must be made durable: then they are).
    */
-  async commit(opts: { replacing?: string[]; deleteFirst?: boolean; beforeRenames?: () => Promise<void>; mode?: number } = {}): Promise<void> {
-    const files = await this.files();
+  async commit(
+    opts: { replacing?: string[]; deleteFirst?: boolean; beforeRenames?: () => Promise<void>; mode?: number; synced?: boolean } = {},
+  ): Promise<void> {
+    // One listing gives both the disk's files and whether the job listed a key (keys.json).
+    const entries = await readdir(this.stageDir);
+    const files = entries.filter((f) => f !== OWNER && f !== COMMIT && f !== KEYS);
     if (!files.includes(this.name)) throw new PipelineError('ERR_INVALID_ARGUMENT', `internal: staged output ${this.stagePath} is missing`);
     for (const f of files) {
       if (opts.mode !== undefined) await chmod(join(this.stageDir, f), opts.mode);
-      await fsyncPath(join(this.stageDir, f));
+      if (opts.mode !== undefined || !opts.synced) await fsyncPath(join(this.stageDir, f));
     }
     const remove = (opts.replacing ?? [])
       .map((p) => resolve(p))
       .filter((p) => dirname(p) === this.dir)
       .map((p) => basename(p))
       .filter((n) => !files.includes(n));
+    if (files.length === 1 && remove.length === 0 && opts.beforeRenames === undefined && !entries.includes(KEYS)) {
+      await this.#commitOneFile();
+      return;
+    }
     const record: CommitRecord = { descriptor: this.name, files, remove };
     await writeFile(join(this.stageDir, COMMIT), JSON.stringify(record) + '\n', { flush: true });
     await fsyncDir(this.stageDir);
@@ -274,6 +302,20 @@ export class StagedOutput {
     if (opts.deleteFirst) await unlink(this.finalPath).catch((err) => (err.code === 'ENOENT' ? undefined : Promise.reject(err)));
     await finishCommit(this.dir, this.stageDir, record);
     await rm(this.stageDir, { recursive: true, force: true });
+    this.#names.release(this.stageDir);
+  }
+
+  /**
+   * The commit of a lone file with no key listed (see the header): one rename over the final name
+   * (atomic: the old file or the new one, never neither), the folder fsynced, the staging folder removed.
+   */
+  async #commitOneFile(): Promise<void> {
+    this.#done = true;
+    await rename(this.stagePath, this.finalPath);
+    await fsyncDir(this.dir);
+    // Only owner.json is left: two calls instead of a recursive removal's scan (a stranger's file falls back to it).
+    await unlink(join(this.stageDir, OWNER)).catch(() => undefined);
+    await rmdir(this.stageDir).catch(() => rm(this.stageDir, { recursive: true, force: true }));
     this.#names.release(this.stageDir);
   }
 

@@ -11,14 +11,16 @@ export async function writeFully(fh: FileHandle, data: Uint8Array, position: num
   let done = 0;
   while (done < data.byteLength) {
     const { bytesWritten } = await fh.write(data, done, data.byteLength - done, position + done);
-    if (bytesWritten <= 0) {
-      // A zero count with no error would loop forever; treat it as the file system refusing more.
-      const err = new Error(`write of ${data.byteLength - done} bytes at offset ${position + done} made no progress`) as NodeJS.ErrnoException;
-      err.code = 'EIO';
-      throw err;
-    }
+    if (bytesWritten <= 0) throw noProgressError(data.byteLength - done, position + done);
     done += bytesWritten;
   }
+}
+
+/** A write that returned a zero count with no error would loop forever: the file system refusing more, as EIO. */
+export function noProgressError(length: number, position: number): NodeJS.ErrnoException {
+  const err = new Error(`write of ${length} bytes at offset ${position} made no progress`) as NodeJS.ErrnoException;
+  err.code = 'EIO';
+  return err;
 }
 
 /** Read exactly `length` bytes at `position`; returns how many were there (fewer only at end of file). */

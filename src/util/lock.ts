@@ -33,6 +33,7 @@ export type UtilErrorCode =
   | FileLockErrorCode
   | 'ERR_LOCK_UNSUPPORTED' // the addon's lock calls on a platform without OFD locks (not Linux)
   | 'ERR_FS_EXTENTS_IO' // the addon's fileDataRanges (src/util/file-extents.ts): lseek SEEK_DATA/SEEK_HOLE failed
+  | 'ERR_NOWAIT_IO' // the addon's preadNowait (src/util/inline-io.ts): preadv2 failed (HostFile reports it as ERR_VMDK_IO)
   | 'ERR_WRITEBACK_IO' // the addon's writebackStart: sync_file_range failed (copy jobs ignore it: their fsync reports the I/O error)
   | 'ERR_QEMU_LOCKED'; // qemu (qemu-img, qemu-nbd, a VM) holds the image with permissions that conflict
 

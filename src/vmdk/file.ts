@@ -1,6 +1,7 @@
 import { open, stat, type FileHandle } from 'node:fs/promises';
 import { VmdkFormatError, ioError } from './errors.js';
 import { writeFully } from '../util/file-io.js';
+import { inlineIoSettings, isMemoryBacked, readInline, writeInline } from '../util/inline-io.js';
 import { type DataRange, fileDataRanges } from '../util/file-extents.js';
 import { expected } from '../errors.js';
 
@@ -105,9 +106,20 @@ export class HostFile {
   #closed = false;
   /** Size in bytes as last observed or extended by this process. */
   size: number;
+  /** On tmpfs or ramfs: small reads and writes run inline (src/util/inline-io.ts). */
+  readonly #memoryBacked: boolean;
 
-  private constructor(path: string, fh: FileHandle, size: number, writable: boolean, pool: HandlePool | undefined, identity: FileIdentity | undefined) {
+  private constructor(
+    path: string,
+    fh: FileHandle,
+    size: number,
+    writable: boolean,
+    pool: HandlePool | undefined,
+    identity: FileIdentity | undefined,
+    memoryBacked: boolean,
+  ) {
     this.path = path;
+    this.#memoryBacked = memoryBacked;
     this.#fh = fh;
     this.size = size;
     this.writable = writable;
@@ -125,7 +137,7 @@ export class HostFile {
       if (!st.isFile() && !st.isBlockDevice()) {
         throw new VmdkFormatError('ERR_VMDK_EXTENT_FILE', 'not a regular file', { file: path });
       }
-      return new HostFile(path, fh, Number(st.size), writable, pool, { dev: st.dev, ino: st.ino });
+      return new HostFile(path, fh, Number(st.size), writable, pool, { dev: st.dev, ino: st.ino }, st.isFile() && (await isMemoryBacked(path)));
     } catch (err) {
       await fh.close().catch(() => {});
       throw ioError(err, 'stat', path);
@@ -143,7 +155,7 @@ export class HostFile {
       }
       throw ioError(err, 'create', path);
     }
-    return new HostFile(path, fh, 0, true, undefined, undefined);
+    return new HostFile(path, fh, 0, true, undefined, undefined, await isMemoryBacked(path));
   }
 
   /** True when the OS handle is open and no call is using it (the pool may close it). */
@@ -223,8 +235,25 @@ export class HostFile {
     return this.#reopening;
   }
 
-  /** Read up to target.length bytes at pos; returns the number read (less only at end of file). */
+  /**
+   * Read up to target.length bytes at pos; returns the number read (less only at end of file). A
+   * small read that needs no device (memory-backed file, or all in the page cache) runs inline,
+   * without a thread-pool round trip (src/util/inline-io.ts).
+   */
   async readAt(target: Uint8Array, pos: number): Promise<number> {
+    const fh = this.#fh;
+    if (fh !== undefined && target.length <= inlineIoSettings.max) {
+      let n: number | undefined;
+      try {
+        n = readInline(fh.fd, target, pos, this.#memoryBacked);
+      } catch (err) {
+        throw ioError(err, `read ${target.length} bytes at offset ${pos}`, this.path);
+      }
+      if (n !== undefined) {
+        this.#pool?.touch(this);
+        return n;
+      }
+    }
     return this.#use(async (fh) => {
       let done = 0;
       try {
@@ -251,7 +280,20 @@ export class HostFile {
     }
   }
 
+  /** Write all of `data` at pos; small writes to a memory-backed file run inline (src/util/inline-io.ts). */
   async writeAt(data: Uint8Array, pos: number): Promise<void> {
+    const fh = this.#fh;
+    if (fh !== undefined && this.#memoryBacked && data.length <= inlineIoSettings.max) {
+      this.#dirty = true;
+      try {
+        writeInline(fh.fd, data, pos);
+      } catch (err) {
+        throw ioError(err, `write ${data.length} bytes at offset ${pos}`, this.path);
+      }
+      this.#pool?.touch(this);
+      if (pos + data.length > this.size) this.size = pos + data.length;
+      return;
+    }
     await this.#use(async (fh) => {
       this.#dirty = true;
       try {

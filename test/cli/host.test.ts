@@ -2,56 +2,32 @@
 // socket: the table and --json, attach and detach while serving (the lock released after detach),
 // typed errors with exit codes and hints, the default control path, and the control socket's lock
 // (a second server refused, a SIGKILLed server's socket taken over, SIGTERM removes it).
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { ChildProcessByStdio } from 'node:child_process';
-import type { Readable } from 'node:stream';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { tempDir } from '../disk/helpers.js';
-import { cleanEnv, json, vmseal, vmsealChild } from './run-cli.js';
+import { json, vmseal } from './run-cli.js';
+import { serveFixture, type ServeProcess } from './serve-process.js';
 import { encryptedDisk, PASSPHRASE, plainRaw, random, run } from '../serve/helpers.js';
 
-type Served = ChildProcessByStdio<null, Readable, Readable>;
 const MiB = 1 << 20;
-let tmp: ReturnType<typeof tempDir>;
+const served = serveFixture('vmseal-host-cli-');
 let env: NodeJS.ProcessEnv;
 let pwFile: string;
-const children: Served[] = [];
-
 beforeAll(() => {
-  tmp = tempDir('vmseal-host-cli-');
-  // No XDG_RUNTIME_DIR: the default control socket is then in this test's VMSEAL_HOME.
-  env = cleanEnv({ VMSEAL_HOME: join(tmp.dir, 'home'), XDG_RUNTIME_DIR: undefined });
-  pwFile = join(tmp.dir, 'pw');
-  writeFileSync(pwFile, `${PASSPHRASE}\n`, { mode: 0o600 });
-});
-
-afterAll(() => {
-  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
-  tmp?.cleanup();
+  env = served.env();
+  pwFile = served.pwFile();
 });
 
 function sub(name: string): string {
-  const d = join(tmp.dir, name);
+  const d = join(served.dir(), name);
   mkdirSync(d, { mode: 0o700 });
   return d;
 }
 
 /** Start `vmseal serve …` and wait until its control socket is announced. */
-async function startServe(args: string[], childEnv = env): Promise<{ child: Served; stderr: () => string; exit: Promise<number | null> }> {
-  const child = vmsealChild(['serve', ...args], childEnv);
-  children.push(child);
-  let err = '';
-  const exit = new Promise<number | null>((done) => child.on('close', (code) => done(code)));
-  await new Promise<void>((ready, fail) => {
-    child.stderr.on('data', (d) => {
-      err += String(d);
-      if (/^vmseal: control socket /m.test(err)) ready();
-    });
-    void exit.then((code) => fail(new Error(`vmseal serve exited with ${code}: ${err}`)));
-  });
-  return { child, stderr: () => err, exit };
+function startServe(args: string[], childEnv = env): Promise<ServeProcess> {
+  return served.start(args, (err) => /^vmseal: control socket /m.test(err), childEnv);
 }
 
 describe('vmseal host', () => {
@@ -123,7 +99,7 @@ describe('vmseal host', () => {
     expect(none.stderr).toMatch(/nothing answers on the control socket .*nothing\.sock.*Is vmseal serve running\? Give --control/);
     const a = plainRaw(dir, 'a', Buffer.alloc(MiB));
     const s = await startServe([a, '--socket', join(dir, 'nbd.sock')]);
-    const home = join(tmp.dir, 'home');
+    const home = join(served.dir(), 'home');
     expect(s.stderr()).toContain(`vmseal: control socket ${join(home, 'serve.sock')}`);
     const st = json(await vmseal(['host', 'status', '--json'], env));
     expect(st.control).toBe(join(home, 'serve.sock'));

@@ -1,54 +1,25 @@
 // `vmseal serve` as a user runs it: the ready line, real clients over a Unix socket and loopback
 // TCP, the disk's lock held while serving, a clean stop on SIGTERM, and refused command lines.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { ChildProcessByStdio } from 'node:child_process';
-import type { Readable } from 'node:stream';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
-import { tempDir } from '../disk/helpers.js';
-import { cleanEnv, vmseal, vmsealChild } from '../cli/run-cli.js';
+import { vmseal } from '../cli/run-cli.js';
+import { serveFixture, type ServeProcess } from '../cli/serve-process.js';
 import { encryptedDisk, PASSPHRASE, plainRaw, random, run } from './helpers.js';
 
-type Served = ChildProcessByStdio<null, Readable, Readable>;
 const MiB = 1 << 20;
-let tmp: ReturnType<typeof tempDir>;
+const served = serveFixture('vmseal-serve-cli-');
 let env: NodeJS.ProcessEnv;
 let pwFile: string;
-const children: Served[] = [];
-
 beforeAll(() => {
-  tmp = tempDir('vmseal-serve-cli-');
-  // No XDG_RUNTIME_DIR: each server's control socket goes into this test's VMSEAL_HOME, not the user's runtime folder.
-  env = cleanEnv({ VMSEAL_HOME: join(tmp.dir, 'home'), XDG_RUNTIME_DIR: undefined });
-  pwFile = join(tmp.dir, 'pw');
-  writeFileSync(pwFile, `${PASSPHRASE}\n`, { mode: 0o600 });
-});
-
-afterAll(() => {
-  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
-  tmp?.cleanup();
+  env = served.env();
+  pwFile = served.pwFile();
 });
 
 /** Start `vmseal serve …` and wait for its ready line(s). */
-async function startServe(
-  args: string[],
-  readyLines = 1,
-): Promise<{ child: Served; stderr: () => string; stdout: () => string; exit: Promise<number | null> }> {
-  const child = vmsealChild(['serve', ...args], env);
-  children.push(child);
-  let err = '';
-  let out = '';
-  child.stdout.on('data', (d) => (out += String(d)));
-  const exit = new Promise<number | null>((done) => child.on('close', (code) => done(code)));
-  await new Promise<void>((ready, fail) => {
-    child.stderr.on('data', (d) => {
-      err += String(d);
-      if ((err.match(/^vmseal: serving \S+ on \S+$/gm) ?? []).length >= readyLines) ready();
-    });
-    void exit.then((code) => fail(new Error(`vmseal serve exited with ${code}: ${err}`)));
-  });
-  return { child, stderr: () => err, stdout: () => out, exit };
+function startServe(args: string[], readyLines = 1): Promise<ServeProcess> {
+  return served.start(args, (err) => (err.match(/^vmseal: serving \S+ on \S+$/gm) ?? []).length >= readyLines);
 }
 
 function freePort(): Promise<number> {
@@ -63,7 +34,7 @@ function freePort(): Promise<number> {
 
 describe('vmseal serve', () => {
   it('serves an encrypted disk on a private Unix socket, holds its lock, and stops cleanly on SIGTERM', async () => {
-    const dir = join(tmp.dir, 'unix');
+    const dir = join(served.dir(), 'unix');
     await run('mkdir', ['-p', dir]);
     const content = random(4 * MiB);
     const plain = plainRaw(dir, 'plain', content);
@@ -93,7 +64,7 @@ describe('vmseal serve', () => {
   });
 
   it('serves several exports on loopback TCP with --listen and --export', async () => {
-    const dir = join(tmp.dir, 'tcp');
+    const dir = join(served.dir(), 'tcp');
     await run('mkdir', ['-p', dir]);
     const a = plainRaw(dir, 'a', random(MiB));
     const b = await encryptedDisk(dir, 'b', { subformat: 'monolithicFlat', capacity: 2 * MiB });
@@ -112,7 +83,7 @@ describe('vmseal serve', () => {
   });
 
   it('names the export with --name, and exits 3 without starting when the disk does not unlock', async () => {
-    const dir = join(tmp.dir, 'name');
+    const dir = join(served.dir(), 'name');
     await run('mkdir', ['-p', dir]);
     const disk = await encryptedDisk(dir, 'vm2', { subformat: 'monolithicFlat', capacity: MiB });
     const socket = join(dir, 'nbd.sock');
@@ -137,7 +108,7 @@ describe('vmseal serve', () => {
   });
 
   it('refuses a non-loopback --listen without --insecure-plaintext, a --name for two disks and two exports of one name', async () => {
-    const dir = join(tmp.dir, 'refuse');
+    const dir = join(served.dir(), 'refuse');
     await run('mkdir', ['-p', dir]);
     const a = plainRaw(dir, 'a', Buffer.alloc(MiB));
     const insecure = await vmseal(['serve', a, '--listen', '0.0.0.0:0'], env);

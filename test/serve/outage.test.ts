@@ -11,7 +11,8 @@ import { join } from 'node:path';
 import { createEncryptedDisk, KeyCache, serve, type NbdHost, type ServeOptions } from '../../src/index.js';
 import { KmipKeyProvider } from '../../src/kmip/index.js';
 import { acquireLock } from '../../src/pipeline/lock.js';
-import { cleanEnv, vmseal, vmsealChild } from '../cli/run-cli.js';
+import { cleanEnv, vmseal } from '../cli/run-cli.js';
+import { startServeProcess, type Served } from '../cli/serve-process.js';
 import { phraseLocker, tempDir } from '../disk/helpers.js';
 import { startPyKmip, type PyKmip } from '../helpers/pykmip.js';
 import { random, run, unixUri } from './helpers.js';
@@ -39,6 +40,18 @@ function provider(): KmipKeyProvider {
 }
 
 /** A 1 MiB encrypted disk with a KMIP locker and a recovery passphrase locker, and its first MiB of data. */
+/** The environment of a `vmseal` child using the test's KMS (its first node), homed in `dir`. */
+function kmsEnv(dir: string): NodeJS.ProcessEnv {
+  return cleanEnv({
+    VMSEAL_HOME: join(dir, 'home'),
+    VMSEAL_KMS: `127.0.0.1:${kms.endpoints[0]!.port}`,
+    VMSEAL_KMS_CA: kms.caPath,
+    VMSEAL_KMS_CERT: kms.clientCertPath,
+    VMSEAL_KMS_KEY: kms.clientKeyPath,
+    XDG_RUNTIME_DIR: undefined,
+  });
+}
+
 async function kmipDisk(subformat: 'monolithicSparse' | 'monolithicFlat' = 'monolithicSparse'): Promise<{ path: string; data: Buffer; dir: string }> {
   const dir = join(tmp.dir, `t${++n}`);
   mkdirSync(dir);
@@ -239,26 +252,16 @@ describe('KMS outage', () => {
     const { path, dir } = disks.cli;
     await kmsDown();
     const socket = join(dir, 'cli.sock');
-    const env = cleanEnv({
-      VMSEAL_HOME: join(dir, 'home'),
-      VMSEAL_KMS: `127.0.0.1:${kms.endpoints[0]!.port}`,
-      VMSEAL_KMS_CA: kms.caPath,
-      VMSEAL_KMS_CERT: kms.clientCertPath,
-      VMSEAL_KMS_KEY: kms.clientKeyPath,
-      XDG_RUNTIME_DIR: undefined,
-    });
-    const child = vmsealChild(['serve', path, '--name', 'd', '--socket', socket], env);
-    let err = '';
-    const exit = new Promise<number | null>((done) => child.on('close', (code) => done(code)));
+    const env = kmsEnv(dir);
+    const children: Served[] = [];
     try {
-      await new Promise<void>((ready, fail) => {
-        child.stderr.on('data', (d) => {
-          err += String(d);
-          if (/^vmseal: serving d on \S+ \(locked: key \S+ of provider kms1 unavailable: .*\)$/m.test(err)) ready();
-        });
-        void exit.then((code) => fail(new Error(`vmseal serve exited with ${code}: ${err}`)));
-      });
-      expect(err).toMatch(/^vmseal: export d locked: key \S+ of provider kms1 unavailable: /m);
+      const { child, stderr, exit } = await startServeProcess(
+        [path, '--name', 'd', '--socket', socket],
+        (err) => /^vmseal: serving d on \S+ \(locked: key \S+ of provider kms1 unavailable: .*\)$/m.test(err),
+        env,
+        children,
+      );
+      expect(stderr()).toMatch(/^vmseal: export d locked: key \S+ of provider kms1 unavailable: /m);
       const r = await choose(socket, 'd');
       expect(r.message).toMatch(/^disk locked: key \S+ of provider kms1 unavailable: /);
       r.client.close();
@@ -266,7 +269,7 @@ describe('KMS outage', () => {
       expect(await exit).toBe(0);
       await (await acquireLock(path, 'test', 'exclusive')).release();
     } finally {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
     }
   });
 
@@ -280,26 +283,16 @@ describe('KMS outage', () => {
     const wrong = join(dir, 'wrong');
     writeFileSync(pw, `${RECOVERY}\n`, { mode: 0o600 });
     writeFileSync(wrong, 'not the recovery passphrase\n', { mode: 0o600 });
-    const env = cleanEnv({
-      VMSEAL_HOME: join(dir, 'home'),
-      VMSEAL_KMS: `127.0.0.1:${kms.endpoints[0]!.port}`,
-      VMSEAL_KMS_CA: kms.caPath,
-      VMSEAL_KMS_CERT: kms.clientCertPath,
-      VMSEAL_KMS_KEY: kms.clientKeyPath,
-      XDG_RUNTIME_DIR: undefined,
-    });
-    const child = vmsealChild(['serve', path, '--name', 'd', '--socket', socket, '--control', control], env);
-    let err = '';
-    const exit = new Promise<number | null>((done) => child.on('close', (code) => done(code)));
+    const env = kmsEnv(dir);
     const host = (...args: string[]) => vmseal(['host', ...args, '--control', control], env);
+    const children: Served[] = [];
     try {
-      await new Promise<void>((ready, fail) => {
-        child.stderr.on('data', (d) => {
-          err += String(d);
-          if (/^vmseal: control socket /m.test(err)) ready();
-        });
-        void exit.then((code) => fail(new Error(`vmseal serve exited with ${code}: ${err}`)));
-      });
+      const { child, stderr, exit } = await startServeProcess(
+        [path, '--name', 'd', '--socket', socket, '--control', control],
+        (err) => /^vmseal: control socket /m.test(err),
+        env,
+        children,
+      );
       const table = await host('status');
       expect(table.code, table.stderr).toBe(0);
       expect(table.stdout).toMatch(/^d\s+\S+\s+1.00 MiB\s+yes\s+yes \(key \S+ of provider kms1 unavailable: .*\)\s+0\/1/m);
@@ -330,11 +323,11 @@ describe('KMS outage', () => {
       child.kill('SIGTERM');
       expect(await exit).toBe(0);
       // The passphrase went over the control socket only: never into the server's log.
-      expect(err).not.toContain(RECOVERY);
-      expect(err).toMatch(/control: unlock d: failed \(ERR_WRONG_KEY\)/);
-      expect(err).toMatch(/control: unlock d: done/);
+      expect(stderr()).not.toContain(RECOVERY);
+      expect(stderr()).toMatch(/control: unlock d: failed \(ERR_WRONG_KEY\)/);
+      expect(stderr()).toMatch(/control: unlock d: done/);
     } finally {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
     }
   });
 

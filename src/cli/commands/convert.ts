@@ -61,15 +61,17 @@ async function convertOne(
   newLockers: () => Promise<LockerSpec[]>,
   progress: string | (() => JobHooks),
 ): Promise<JobResult | { skipped: true }> {
-  // Checked here, before keys are asked for, so that a re-run batch says what to do per image.
-  if (!opts.force && (await exists(item.output))) {
+  // Checked here, before keys are asked for, so that a re-run batch says what to do per image. The
+  // two look-ups are independent: run together, an image of a batch waits for one file-system
+  // round trip instead of two (each a hop through libuv's thread pool).
+  const [outputExists, encryptedInput] = await Promise.all([opts.force ? Promise.resolve(false) : exists(item.output), isEncrypted(item.input, opts.format)]);
+  if (outputExists) {
     if (opts.skipExisting) return { skipped: true };
     throw new CliError('ERR_OUTPUT_EXISTS', `the output ${item.output} already exists`, {
       exitCode: ExitCode.FAILURE,
       hint: 'Choose another output name, add --force to replace it, or --skip-existing to keep it',
     });
   }
-  const encryptedInput = await isEncrypted(item.input, opts.format);
   const unlock = encryptedInput
     ? await keys.unlockOptions(item.input, { usePassphrase: keys.passphraseGiven && !opts.encrypt, ...formatOpts(opts.format) })
     : undefined;
