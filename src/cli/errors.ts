@@ -16,10 +16,12 @@ import type { VmdkErrorCode } from '../vmdk/index.js';
 import type { XtsErrorCode } from '../xts/index.js';
 import type { UtilErrorCode } from '../util/lock.js';
 import type { ServeErrorCode } from '../serve/index.js';
+import type { BackupErrorCode } from '../backup/index.js';
 import { ExitCode, type ExitCodeValue } from './exit-codes.js';
 
 /** Every stable error code of the layers below the CLI (CliError codes carry their own exit code). */
-export type ErrorCode = UtilErrorCode | XtsErrorCode | KmipErrorCode | KeyErrorCode | VmdkErrorCode | DiskErrorCode | PipelineErrorCode | ServeErrorCode;
+export type ErrorCode =
+  UtilErrorCode | XtsErrorCode | KmipErrorCode | KeyErrorCode | VmdkErrorCode | DiskErrorCode | PipelineErrorCode | BackupErrorCode | ServeErrorCode;
 
 /** An error found by the CLI itself (bad option value, missing file, passphrase on argv, …). */
 export class CliError extends VmsealError {
@@ -53,6 +55,8 @@ const KEY_HINT = "Give the key provider that holds the disk's key (`vmseal info 
 const FORMAT_HINT = 'Check that the input is the disk image you meant (`vmseal info` shows what vmseal sees)';
 const KMIP_PORT_HINT = 'Check that --kms names a KMIP server (port 5696 by default)';
 const PERMISSIONS_HINT = 'Check the file permissions';
+const BACKUP_BUSY_HINT = 'Retry when the other vmseal process is done; a process that died holds no lock';
+const BACKUP_WAIT_HINT = 'Retry when the other vmseal process is done, or give --wait SECONDS; a process that died holds no lock';
 /** The two codes of an existing output (the pipeline's and the VMDK writer's) share their hints. */
 const EXISTS_HINT = 'Choose another output name, or remove the existing file';
 
@@ -185,6 +189,20 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
   ERR_SERVE_NOT_LOCKED: { exitCode: ExitCode.FAILURE, hint: 'Nothing to do: the export is served (its status shows locked: false)' },
   ERR_SERVE_CLOSED: { exitCode: ExitCode.FAILURE, hint: 'The server is stopping; start it again to serve the disk' },
   ERR_SERVE_INTERNAL: { exitCode: ExitCode.INTERNAL, hint: "This is a bug in vmseal: please report it with the server's log" },
+  // backup repositories
+  ERR_BACKUP_REPOSITORY: { exitCode: ExitCode.FORMAT, hint: 'Give the folder made by `vmseal backup init` (or make one in a new or empty folder)' },
+  ERR_BACKUP_BUSY: { exitCode: ExitCode.BUSY, hint: BACKUP_BUSY_HINT },
+  ERR_BACKUP_PLAIN: { exitCode: ExitCode.FORMAT, hint: 'Encrypt the disk first (`vmseal encrypt`), or use a general backup tool' },
+  ERR_BACKUP_UNSUPPORTED: { exitCode: ExitCode.FORMAT, hint: 'Convert the disk to monolithicSparse or monolithicFlat first (`vmseal convert`)' },
+  ERR_BACKUP_MANIFEST: {
+    exitCode: ExitCode.MISMATCH,
+    hint: "The point's manifest is damaged or was not written by vmseal: `vmseal backup verify REPO` lists the damage; restore the file from another copy of the repository",
+  },
+  ERR_BACKUP_CHUNK: {
+    exitCode: ExitCode.MISMATCH,
+    hint: 'The repository is damaged: `vmseal backup verify REPO` lists every bad chunk; restore them from another copy of the repository',
+  },
+  ERR_BACKUP_NO_POINT: { exitCode: ExitCode.USAGE, hint: '`vmseal backup list REPO` lists the points (id, name)' },
   // plain failures with something to do
   ERR_OUTPUT_EXISTS: { exitCode: ExitCode.FAILURE, hint: EXISTS_HINT },
   ERR_VMDK_EXISTS: { exitCode: ExitCode.FAILURE, hint: EXISTS_HINT },
@@ -261,6 +279,15 @@ const BY_COMMAND: Record<string, Record<string, string>> = {
   ERR_SERVE_INSECURE: {
     serve:
       'Give --tls-cert, --tls-key and --tls-ca (client certificates), or listen on a loopback address or a Unix socket; --insecure-plaintext / --insecure-no-client-auth only if every host on that network may read the disks',
+  },
+  ERR_BACKUP_BUSY: {
+    'backup create': BACKUP_WAIT_HINT,
+    'backup verify': BACKUP_WAIT_HINT,
+    'backup prune': BACKUP_WAIT_HINT,
+    'backup restore': BACKUP_WAIT_HINT,
+  },
+  ERR_BACKUP_PLAIN: {
+    'backup create': 'Encrypt the disk first (`vmseal encrypt`), use a general backup tool, or add --allow-plain to store a point marked plain',
   },
   ERR_DISK_ENCRYPTED: {
     encrypt: 'The disk is already encrypted: use `vmseal rekey` to change its keys, or `vmseal convert` to copy it',

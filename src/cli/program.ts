@@ -47,6 +47,7 @@ const commands = {
   demo: () => import('./commands/demo.js'),
   serve: () => import('./commands/serve.js'),
   host: () => import('./commands/host.js'),
+  backup: () => import('./commands/backup.js'),
 };
 
 /** `--export NAME=DISK` (repeatable), collected by commander; commands/serve.ts parses each. */
@@ -478,6 +479,80 @@ Examples:
     .addOption(controlOption())
     .addOption(hostHome())
     .action((name: string, opts) => commands.host().then((m) => m.hostUnlock(ctx, name, opts)));
+
+  const backup = program
+    .command('backup')
+    .summary('ciphertext backups of encrypted disks in a repository folder: no key needed')
+    .description(
+      'Back up encrypted disks as the ciphertext they are, in 1 MiB chunks stored once each under their SHA-256 (deduplicated across points and disks), and restore them. No key is needed and nothing is decrypted; the repository holds no plaintext of an encrypted disk (see docs/backup.md for what it does reveal).',
+    );
+  const waitOption = (): Option =>
+    new Option('--wait <seconds>', 'wait this long for the repository lock (held by a prune, or by backups during a prune)').argParser((v) =>
+      parseInteger(v, '--wait', { min: 0, max: 86_400 }),
+    );
+  backup
+    .command('init')
+    .description('make a new backup repository in REPO (a new or empty folder)')
+    .argument('<REPO>', 'repository folder')
+    .action((repo: string) => commands.backup().then((m) => m.backupInit(ctx, repo)));
+  backup
+    .command('create')
+    .description(
+      "store a new point of DISK in REPO and print its id: only chunks not already in REPO are written. Needs no key. A plain disk is refused unless --allow-plain (its point then holds plaintext). The point's history is --history, else the disk's ddb.uuid, else its disk id",
+    )
+    .argument('<DISK>', 'the disk to back up (encrypted VMDK)')
+    .argument('<REPO>', 'repository folder')
+    .option('--name <name>', 'a name to restore the point by (letters, digits, ., _, -)')
+    .option('--history <history>', "the history the point continues (default: the disk's ddb.uuid, else its disk id)")
+    .option('--allow-plain', 'back up a plain disk too (its point is marked plain: its chunks are plaintext)')
+    .addOption(formatOption('what DISK'))
+    .addOption(waitOption())
+    .action((disk: string, repo: string, opts) => commands.backup().then((m) => m.backupCreate(ctx, disk, repo, opts)));
+  backup
+    .command('list')
+    .description('list the points of REPO, oldest first')
+    .argument('<REPO>', 'repository folder')
+    .action((repo: string) => commands.backup().then((m) => m.backupList(ctx, repo)));
+  backup
+    .command('verify')
+    .description('check every manifest of REPO and rehash every chunk (or only those of POINT); exit code 6 on any damage')
+    .argument('<REPO>', 'repository folder')
+    .argument('[POINT]', 'a point id, name or latest')
+    .addOption(waitOption())
+    .action((repo: string, point: string | undefined, opts) => commands.backup().then((m) => m.backupVerify(ctx, repo, point, opts)));
+  backup
+    .command('prune')
+    .description('keep the newest N points of each history; delete the others and every chunk no remaining point names')
+    .argument('<REPO>', 'repository folder')
+    .addOption(
+      new Option('--keep-last <n>', 'points to keep per history')
+        .makeOptionMandatory()
+        .argParser((v) => parseInteger(v, '--keep-last', { min: 1, max: 1_000_000 })),
+    )
+    .addOption(waitOption())
+    .action((repo: string, opts) => commands.backup().then((m) => m.backupPrune(ctx, repo, opts)));
+  backup
+    .command('restore')
+    .description(
+      "recreate the disk of POINT as OUT: the same ciphertext and descriptor (same key), every chunk's hash checked before it is written; OUT appears only when complete and never replaces a file",
+    )
+    .argument('<REPO>', 'repository folder')
+    .argument('<POINT>', 'a point id (as `backup create` printed it), a point name, or latest')
+    .argument('<OUT>', 'the disk to write (a new file)')
+    .option('--history <history>', 'with latest or a name: only look at the points of this history')
+    .addOption(waitOption())
+    .action((repo: string, point: string, out: string, opts) => commands.backup().then((m) => m.backupRestore(ctx, repo, point, out, opts)));
+  backup.addHelpText(
+    'after',
+    `
+Examples:
+  vmseal backup init /backups/repo
+  vmseal backup create disk-enc.vmdk /backups/repo --name nightly
+  vmseal backup list /backups/repo
+  vmseal backup verify /backups/repo
+  vmseal backup prune /backups/repo --keep-last 7
+  vmseal backup restore /backups/repo latest restored.vmdk`,
+  );
 
   const keys = program
     .command('keys')
