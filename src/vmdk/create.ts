@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { basename, dirname, extname, join, resolve } from 'node:path';
 import { Descriptor, MAX_DESCRIPTOR_BYTES } from './descriptor.js';
+import { ChainDisk } from './chain.js';
 import { type VirtualDisk, VmdkDisk } from './disk.js';
 import { VmdkFormatError } from './errors.js';
 import { HostFile } from './file.js';
@@ -178,16 +179,18 @@ export async function createDiskNamed(path: string, options: CreateDiskOptions, 
       const file = await HostFile.create(abs, overwrite);
       try {
         const ext = await StreamWriterExtent.create(file, sectors, grainSectors, text, descSectors);
-        return new VmdkDisk({
-          path: abs,
-          format: 'vmdk',
-          subformat,
-          descriptor: d,
-          descriptorStore: { kind: 'embedded', host: ext },
-          readOnly: false,
-          extents: [ext],
-          hostFiles: [file],
-        });
+        return fresh(
+          new VmdkDisk({
+            path: abs,
+            format: 'vmdk',
+            subformat,
+            descriptor: d,
+            descriptorStore: { kind: 'embedded', host: ext },
+            readOnly: false,
+            extents: [ext],
+            hostFiles: [file],
+          }),
+        );
       } catch (err) {
         await file.close();
         throw err;
@@ -195,7 +198,14 @@ export async function createDiskNamed(path: string, options: CreateDiskOptions, 
     }
   }
   // The kind comes from the subformat, never from the name: a VMDK named `.img` is still a VMDK.
-  return openDisk(abs, { allowEncrypted: true, format: 'vmdk' });
+  return fresh(await openDisk(abs, { allowEncrypted: true, format: 'vmdk' }));
+}
+
+/** A disk createDisk just made keeps the CID it was made with on its first write (VmdkDisk.markCidFresh). */
+function fresh(disk: VirtualDisk): VirtualDisk {
+  const top = disk instanceof ChainDisk ? disk.top : disk;
+  if (top instanceof VmdkDisk) top.markCidFresh();
+  return disk;
 }
 
 /** Extent file names (besides the descriptor) of a new disk whose descriptor is `<stem>.<ext>`. */

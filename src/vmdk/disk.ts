@@ -323,6 +323,15 @@ export class VmdkDisk implements VirtualDisk {
    * stored descriptor (raw images, bare extents) have no CID. Concurrent first writes wait for the
    * one update; a failed update is retried by the next write.
    */
+  /**
+   * The CID was drawn by this process for a disk it just created (createDisk): nobody can have made
+   * a child on it, so the first write needs no new one (and a restored or copied descriptor keeps
+   * the CID it was given).
+   */
+  markCidFresh(): void {
+    this.#cidUpdated = true;
+  }
+
   #newCidOnce(): Promise<void> {
     if (this.#cidUpdated || this.#store.kind === 'none' || !this.#descriptor) return Promise.resolve();
     this.#cidUpdate ??= this.updateDescriptor((d) => d.set('CID', newCid(d.get('CID')))).then(
