@@ -7,6 +7,7 @@ export * from './kmip/index.js';
 export * from './disk/index.js';
 export * from './pipeline/index.js';
 export * from './backup/index.js';
+export * from './vm/index.js';
 export * from './serve/index.js';
 // Both the VMDK layer and the encrypted-disk layer define `openDisk`. The root's is the key-aware one
 // (plain disks open plainly, encrypted ones decrypted with `keys`); the VMDK layer's stays available

@@ -17,11 +17,21 @@ import type { XtsErrorCode } from '../xts/index.js';
 import type { UtilErrorCode } from '../util/lock.js';
 import type { ServeErrorCode } from '../serve/index.js';
 import type { BackupErrorCode } from '../backup/index.js';
+import type { VmStateErrorCode } from '../vm/index.js';
 import { ExitCode, type ExitCodeValue } from './exit-codes.js';
 
 /** Every stable error code of the layers below the CLI (CliError codes carry their own exit code). */
 export type ErrorCode =
-  UtilErrorCode | XtsErrorCode | KmipErrorCode | KeyErrorCode | VmdkErrorCode | DiskErrorCode | PipelineErrorCode | BackupErrorCode | ServeErrorCode;
+  | UtilErrorCode
+  | XtsErrorCode
+  | KmipErrorCode
+  | KeyErrorCode
+  | VmdkErrorCode
+  | DiskErrorCode
+  | PipelineErrorCode
+  | BackupErrorCode
+  | VmStateErrorCode
+  | ServeErrorCode;
 
 /** An error found by the CLI itself (bad option value, missing file, passphrase on argv, …). */
 export class CliError extends VmsealError {
@@ -203,6 +213,22 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
     hint: 'The repository is damaged: `vmseal backup verify REPO` lists every bad chunk; restore them from another copy of the repository',
   },
   ERR_BACKUP_NO_POINT: { exitCode: ExitCode.USAGE, hint: '`vmseal backup list REPO` lists the points (id, name)' },
+  // VM state files, the VM folder manifest, the vTPM
+  ERR_VM_STATE_FORMAT: {
+    exitCode: ExitCode.FORMAT,
+    hint: 'Check that the file is a state file vmseal encrypted (it starts with VMSEALST); restore it from a backup if damaged',
+  },
+  ERR_VM_STATE_AUTH: { exitCode: ExitCode.MISMATCH, hint: 'The encrypted state file was changed after vmseal wrote it; restore it from a backup' },
+  ERR_VM_STATE_CHANGED: { exitCode: ExitCode.BUSY, hint: 'Stop the VM that writes the file, then run the command again' },
+  ERR_VM_MANIFEST: { exitCode: ExitCode.FORMAT, hint: 'Fix vmseal-vm.json in the VM folder (its schema is in docs/vm.md)' },
+  ERR_VM_TPM: {
+    exitCode: ExitCode.FAILURE,
+    hint: 'Check that swtpm and swtpm_setup (Debian: swtpm, swtpm-tools) are installed and the vTPM folder is writable',
+  },
+  ERR_VM_TPM_KEY: {
+    exitCode: ExitCode.KEY,
+    hint: 'The vTPM state does not open with the state key in vmseal-vm.json: put back the manifest that belongs to this state, or restore both from a backup',
+  },
   // plain failures with something to do
   ERR_OUTPUT_EXISTS: { exitCode: ExitCode.FAILURE, hint: EXISTS_HINT },
   ERR_VMDK_EXISTS: { exitCode: ExitCode.FAILURE, hint: EXISTS_HINT },

@@ -48,6 +48,7 @@ const commands = {
   serve: () => import('./commands/serve.js'),
   host: () => import('./commands/host.js'),
   backup: () => import('./commands/backup.js'),
+  vmTpm: () => import('./commands/vm-tpm.js'),
 };
 
 /** `--export NAME=DISK` (repeatable), collected by commander; commands/serve.ts parses each. */
@@ -623,6 +624,31 @@ Examples:
     .option('--keep <dir>', "keep the demo's files in DIR (created; must be empty)")
     .addOption(new Option('--home <dir>', 'keystore folder to use (default: VMSEAL_HOME if set, else a temporary one)'))
     .action((opts) => commands.demo().then((m) => m.demoCommand(ctx, opts)));
+
+  // `vmseal vm …`: a VM folder as one unit. The group may already have been declared above (the
+  // .vmx commands); `vm tpm` joins it either way.
+  const vm =
+    program.commands.find((c) => c.name() === 'vm') ?? program.command('vm').summary('a VM folder as one unit: its configuration, disks, state files and vTPM');
+  const vmTpm = vm
+    .command('tpm')
+    .summary("run the vTPM of a qemu VM folder (swtpm, its state encrypted under a key sealed in the VM's manifest)")
+    .description(
+      'Run swtpm for the qemu VM folder DIR (described by DIR/vmseal-vm.json, whose "tpm": {"state": FOLDER} names the state folder) in the foreground, and print the qemu options that attach it. swtpm encrypts the state itself (aes-256-cbc) under a random state key that vmseal seals in the manifest like a disk\'s key and hands to swtpm through a pipe (never a file or argv). The first start makes the key (under the KEK of the VM\'s encrypted disks, a new one, or --key-id; plus a recovery passphrase with --recovery-passphrase) and the first state (swtpm_setup). Stops swtpm on Ctrl-C or SIGTERM; ends when qemu shuts the vTPM down.',
+    )
+    .argument('<DIR>', 'qemu VM folder (with vmseal-vm.json)')
+    .option('--socket-dir <dir>', 'folder of the sockets (default: a new private folder under $XDG_RUNTIME_DIR or /tmp, removed at the end)')
+    .option('--tools', 'also a data socket for tpm2-tools, with the TPM started (not for qemu, which starts it itself)')
+    .option('--recovery-passphrase', 'first start: also lock the state key with a recovery passphrase; later: unlock with it');
+  addKeyOptions(vmTpm, true);
+  vmTpm.addHelpText(
+    'after',
+    `
+Examples:
+  vmseal vm tpm vm1/
+  qemu-system-x86_64 ... -chardev socket,id=chrtpm,path=SOCKET -tpmdev emulator,id=tpm0,chardev=chrtpm -device tpm-tis,tpmdev=tpm0
+  vmseal vm tpm vm1/ --tools      (then TPM2TOOLS_TCTI=swtpm:path=… tpm2_getrandom 8)`,
+  );
+  vmTpm.action((dir: string, opts) => commands.vmTpm().then((m) => m.vmTpmCommand(ctx, dir, opts)));
 
   return program;
 }

@@ -55,7 +55,7 @@ import { openSource } from './source.js';
 import { ensureSpace } from './space.js';
 import { StagedOutput, cleanStaleStages, pathExists } from './staging.js';
 import { jobProviders } from './job-keys.js';
-import { WriteBehind } from './write-behind.js';
+import { openOutputWriter } from './output-writer.js';
 
 export interface CopySpec {
   operation: 'encrypt' | 'decrypt' | 'convert' | 'rekey-deep';
@@ -279,12 +279,13 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
       const unit = outParams?.unitSize ?? 512;
       const disk = source.disk;
       const target = out;
-      const behind = WriteBehind.open(target);
+      const writer = await openOutputWriter(target, stage.dir);
       try {
         await runChunks({
           chunks: chunked(ranges(), chunkSize),
           chunkSize,
           depth,
+          writeConcurrency: writer.writeConcurrency,
           ...(opts.signal ? { signal: opts.signal } : {}),
           what,
           read: (chunk, buf) => disk.readInto(chunk.offset, buf),
@@ -299,14 +300,11 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
             if (outCipher) for (const p of pieces) await outCipher.encrypt(p.data, p.offset / unit);
             return pieces;
           },
-          async write(offset, data) {
-            await target.write(offset, data);
-            behind?.written(offset, data.length);
-          },
+          write: (offset, data) => writer.write(offset, data),
           done: (chunk) => progress.add(chunk.length),
         });
       } finally {
-        await behind?.close();
+        await writer.close();
       }
       progress.finish();
       throwIfAborted(opts.signal, what);
