@@ -165,6 +165,15 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
   ERR_VMDK_ENCODING: { exitCode: ExitCode.FORMAT, hint: 'Save the descriptor as UTF-8' },
   ERR_VMDK_UNSUPPORTED: { exitCode: ExitCode.FORMAT, hint: 'Convert the image with `qemu-img convert -O vmdk` or to raw first' },
   ERR_VMDK_EXTENT_FILE: { exitCode: ExitCode.FORMAT, hint: 'Keep the descriptor and its extent files together in one folder' },
+  ERR_WRONG_PARENT: {
+    exitCode: ExitCode.FORMAT,
+    hint: 'A layer of this encrypted snapshot chain was replaced (an older snapshot, another disk): put back the layer the child was made on',
+  },
+  ERR_VMDK_CHAIN: { exitCode: ExitCode.FORMAT, hint: 'Keep every layer of a snapshot chain (the base disk and its -00000N children) together, unrenamed' },
+  ERR_VMDK_PARENT_CHANGED: {
+    exitCode: ExitCode.FORMAT,
+    hint: 'A snapshot parent was written after its child was made: restore the parent as it was, or give up the child',
+  },
   // usage
   ERR_INVALID_ARGUMENT: { exitCode: ExitCode.USAGE, hint: USAGE_HINT },
   ERR_SAME_FILE: { exitCode: ExitCode.USAGE, hint: 'Give an output path other than the input' },

@@ -39,6 +39,7 @@ const commands = {
   convert: () => import('./commands/convert.js'),
   rekey: () => import('./commands/rekey.js'),
   info: () => import('./commands/info.js'),
+  snapshot: () => import('./commands/snapshot.js'),
   verify: () => import('./commands/verify.js'),
   resume: () => import('./commands/resume.js'),
   repair: () => import('./commands/repair.js'),
@@ -322,6 +323,34 @@ Examples:
     .option('--recovery-passphrase', 'check whether the recovery passphrase unlocks the disk');
   addKeyOptions(info, false);
   info.action((disk: string, opts) => commands.info().then((m) => m.infoCommand(ctx, disk, opts)));
+
+  const snapshot = program
+    .command('snapshot')
+    .summary('take, list and revert snapshots of a VMDK disk (delta disks, as VMware names them)')
+    .description(
+      'A snapshot makes the disk a read-only layer (mode 0444) and adds an empty child, <base>-00000N.vmdk, that takes the writes; ' +
+        'DISK may be any layer of a chain. Encrypted disks need their keys to take or revert a snapshot (every layer shares the DEK).',
+    );
+  const snapCreate = snapshot
+    .command('create')
+    .description('add an empty child to DISK and print its path (the new top: write and serve that one)')
+    .argument('<DISK>', 'the disk, or the top of its chain')
+    .option('--name <name>', 'file name of the child in the same folder (default: <base>-00000N.vmdk)')
+    .option('--recovery-passphrase', 'unlock with the recovery passphrase');
+  addKeyOptions(snapCreate, false);
+  snapCreate.action((disk: string, opts) => commands.snapshot().then((m) => m.snapshotCreate(ctx, disk, opts)));
+  snapshot
+    .command('list')
+    .description('list the layers of the chain that ends at DISK, top first (no keys needed)')
+    .argument('<DISK>', 'a layer of the chain')
+    .action((disk: string) => commands.snapshot().then((m) => m.snapshotList(ctx, disk)));
+  const snapRevert = snapshot
+    .command('revert')
+    .description("discard the changes since the snapshot: replace the top child DISK by a new empty one (VMware's revert)")
+    .argument('<DISK>', 'the top of a chain')
+    .option('--recovery-passphrase', 'unlock with the recovery passphrase');
+  addKeyOptions(snapRevert, false);
+  snapRevert.action((disk: string, opts) => commands.snapshot().then((m) => m.snapshotRevert(ctx, disk, opts)));
 
   const verify = program
     .command('verify')

@@ -31,6 +31,7 @@ import {
   type EncryptionParams,
   dataCheckOf,
   backUnitZero,
+  standaloneLayerParams,
 } from '../disk/for-pipeline.js';
 import { runChunks, type Piece } from './engine.js';
 import { PipelineError, throwIfAborted } from './errors.js';
@@ -245,7 +246,9 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
         // Same DEK and disk id: a version-2 check is recomputed (it leaves out a pending value); a
         // version-1 disk stays version 1 (its authenticator binds the version).
         const check = encrypted.dataCheckValue(await unitZeroOf(encrypted, source.encryption.unitSize));
-        outParams = { ...source.encryption, ...(check !== undefined ? { dataCheck: check } : {}) };
+        // A layer of a snapshot chain is copied flattened: a standalone layer (no parentLayerId).
+        const own = await standaloneLayerParams(source.encryption, source.disk.capacity, spec.keys ?? {}, source.disk.path);
+        outParams = { ...own, ...(check !== undefined ? { dataCheck: check } : {}) };
         outCipher = encrypted.dataCipher;
       }
       const sparseOut = /sparse|streamOptimized/i.test(subformat);
