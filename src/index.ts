@@ -6,6 +6,7 @@ export * from './keys/index.js';
 export * from './kmip/index.js';
 export * from './disk/index.js';
 export * from './pipeline/index.js';
+export * from './backup/index.js';
 export * from './vm/index.js';
 export * from './serve/index.js';
 // Both the VMDK layer and the encrypted-disk layer define `openDisk`. The root's is the key-aware one

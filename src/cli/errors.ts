@@ -16,12 +16,23 @@ import type { VmdkErrorCode } from '../vmdk/index.js';
 import type { XtsErrorCode } from '../xts/index.js';
 import type { UtilErrorCode } from '../util/lock.js';
 import type { ServeErrorCode } from '../serve/index.js';
-import type { VmxErrorCode } from '../vm/index.js';
+import type { BackupErrorCode } from '../backup/index.js';
+import type { VmStateErrorCode, VmxErrorCode } from '../vm/index.js';
 import { ExitCode, type ExitCodeValue } from './exit-codes.js';
 
 /** Every stable error code of the layers below the CLI (CliError codes carry their own exit code). */
 export type ErrorCode =
-  UtilErrorCode | XtsErrorCode | KmipErrorCode | KeyErrorCode | VmdkErrorCode | DiskErrorCode | PipelineErrorCode | VmxErrorCode | ServeErrorCode;
+  | UtilErrorCode
+  | XtsErrorCode
+  | KmipErrorCode
+  | KeyErrorCode
+  | VmdkErrorCode
+  | DiskErrorCode
+  | PipelineErrorCode
+  | BackupErrorCode
+  | VmStateErrorCode
+  | VmxErrorCode
+  | ServeErrorCode;
 
 /** An error found by the CLI itself (bad option value, missing file, passphrase on argv, …). */
 export class CliError extends VmsealError {
@@ -55,6 +66,8 @@ const KEY_HINT = "Give the key provider that holds the disk's key (`vmseal info 
 const FORMAT_HINT = 'Check that the input is the disk image you meant (`vmseal info` shows what vmseal sees)';
 const KMIP_PORT_HINT = 'Check that --kms names a KMIP server (port 5696 by default)';
 const PERMISSIONS_HINT = 'Check the file permissions';
+const BACKUP_BUSY_HINT = 'Retry when the other vmseal process is done; a process that died holds no lock';
+const BACKUP_WAIT_HINT = 'Retry when the other vmseal process is done, or give --wait SECONDS; a process that died holds no lock';
 /** The two codes of an existing output (the pipeline's and the VMDK writer's) share their hints. */
 const EXISTS_HINT = 'Choose another output name, or remove the existing file';
 
@@ -159,6 +172,15 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
   ERR_VMX_NOT_ENCRYPTED: { exitCode: ExitCode.FORMAT, hint: 'The configuration is not encrypted: nothing to decrypt' },
   ERR_VMX_NOT_FOUND: { exitCode: ExitCode.FAILURE, hint: 'Give the VM folder that holds exactly one .vmx, or the .vmx file itself' },
   ERR_VMX_BUSY: { exitCode: ExitCode.BUSY, hint: 'Power off the virtual machine (or wait for the other vmseal process), then retry' },
+  ERR_WRONG_PARENT: {
+    exitCode: ExitCode.FORMAT,
+    hint: 'A layer of this encrypted snapshot chain was replaced (an older snapshot, another disk): put back the layer the child was made on',
+  },
+  ERR_VMDK_CHAIN: { exitCode: ExitCode.FORMAT, hint: 'Keep every layer of a snapshot chain (the base disk and its -00000N children) together, unrenamed' },
+  ERR_VMDK_PARENT_CHANGED: {
+    exitCode: ExitCode.FORMAT,
+    hint: 'A snapshot parent was written after its child was made: restore the parent as it was, or give up the child',
+  },
   // usage
   ERR_INVALID_ARGUMENT: { exitCode: ExitCode.USAGE, hint: USAGE_HINT },
   ERR_SAME_FILE: { exitCode: ExitCode.USAGE, hint: 'Give an output path other than the input' },
@@ -184,6 +206,36 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
   ERR_SERVE_NOT_LOCKED: { exitCode: ExitCode.FAILURE, hint: 'Nothing to do: the export is served (its status shows locked: false)' },
   ERR_SERVE_CLOSED: { exitCode: ExitCode.FAILURE, hint: 'The server is stopping; start it again to serve the disk' },
   ERR_SERVE_INTERNAL: { exitCode: ExitCode.INTERNAL, hint: "This is a bug in vmseal: please report it with the server's log" },
+  // backup repositories
+  ERR_BACKUP_REPOSITORY: { exitCode: ExitCode.FORMAT, hint: 'Give the folder made by `vmseal backup init` (or make one in a new or empty folder)' },
+  ERR_BACKUP_BUSY: { exitCode: ExitCode.BUSY, hint: BACKUP_BUSY_HINT },
+  ERR_BACKUP_PLAIN: { exitCode: ExitCode.FORMAT, hint: 'Encrypt the disk first (`vmseal encrypt`), or use a general backup tool' },
+  ERR_BACKUP_UNSUPPORTED: { exitCode: ExitCode.FORMAT, hint: 'Convert the disk to monolithicSparse or monolithicFlat first (`vmseal convert`)' },
+  ERR_BACKUP_MANIFEST: {
+    exitCode: ExitCode.MISMATCH,
+    hint: "The point's manifest is damaged or was not written by vmseal: `vmseal backup verify REPO` lists the damage; restore the file from another copy of the repository",
+  },
+  ERR_BACKUP_CHUNK: {
+    exitCode: ExitCode.MISMATCH,
+    hint: 'The repository is damaged: `vmseal backup verify REPO` lists every bad chunk; restore them from another copy of the repository',
+  },
+  ERR_BACKUP_NO_POINT: { exitCode: ExitCode.USAGE, hint: '`vmseal backup list REPO` lists the points (id, name)' },
+  // VM state files, the VM folder manifest, the vTPM
+  ERR_VM_STATE_FORMAT: {
+    exitCode: ExitCode.FORMAT,
+    hint: 'Check that the file is a state file vmseal encrypted (it starts with VMSEALST); restore it from a backup if damaged',
+  },
+  ERR_VM_STATE_AUTH: { exitCode: ExitCode.MISMATCH, hint: 'The encrypted state file was changed after vmseal wrote it; restore it from a backup' },
+  ERR_VM_STATE_CHANGED: { exitCode: ExitCode.BUSY, hint: 'Stop the VM that writes the file, then run the command again' },
+  ERR_VM_MANIFEST: { exitCode: ExitCode.FORMAT, hint: 'Fix vmseal-vm.json in the VM folder (its schema is in docs/vm.md)' },
+  ERR_VM_TPM: {
+    exitCode: ExitCode.FAILURE,
+    hint: 'Check that swtpm and swtpm_setup (Debian: swtpm, swtpm-tools) are installed and the vTPM folder is writable',
+  },
+  ERR_VM_TPM_KEY: {
+    exitCode: ExitCode.KEY,
+    hint: 'The vTPM state does not open with the state key in vmseal-vm.json: put back the manifest that belongs to this state, or restore both from a backup',
+  },
   // plain failures with something to do
   ERR_OUTPUT_EXISTS: { exitCode: ExitCode.FAILURE, hint: EXISTS_HINT },
   ERR_VMDK_EXISTS: { exitCode: ExitCode.FAILURE, hint: EXISTS_HINT },
@@ -266,6 +318,15 @@ const BY_COMMAND: Record<string, Record<string, string>> = {
   ERR_WRONG_KEY: { 'vm decrypt': VMX_KEY_HINT, 'vm info': VMX_KEY_HINT },
   ERR_NO_KEY: { 'vm decrypt': VMX_KEY_HINT, 'vm info': VMX_KEY_HINT },
   ERR_DISK_LOCKED: { 'vm decrypt': VMX_KEY_HINT, 'vm info': VMX_KEY_HINT },
+  ERR_BACKUP_BUSY: {
+    'backup create': BACKUP_WAIT_HINT,
+    'backup verify': BACKUP_WAIT_HINT,
+    'backup prune': BACKUP_WAIT_HINT,
+    'backup restore': BACKUP_WAIT_HINT,
+  },
+  ERR_BACKUP_PLAIN: {
+    'backup create': 'Encrypt the disk first (`vmseal encrypt`), use a general backup tool, or add --allow-plain to store a point marked plain',
+  },
   ERR_DISK_ENCRYPTED: {
     encrypt: 'The disk is already encrypted: use `vmseal rekey` to change its keys, or `vmseal convert` to copy it',
     convert: 'The disk is already encrypted: drop --encrypt to copy it with its key, or use `vmseal rekey` to change its keys',

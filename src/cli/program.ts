@@ -39,6 +39,7 @@ const commands = {
   convert: () => import('./commands/convert.js'),
   rekey: () => import('./commands/rekey.js'),
   info: () => import('./commands/info.js'),
+  snapshot: () => import('./commands/snapshot.js'),
   verify: () => import('./commands/verify.js'),
   resume: () => import('./commands/resume.js'),
   repair: () => import('./commands/repair.js'),
@@ -47,6 +48,8 @@ const commands = {
   serve: () => import('./commands/serve.js'),
   host: () => import('./commands/host.js'),
   vm: () => import('./commands/vm.js'),
+  backup: () => import('./commands/backup.js'),
+  vmTpm: () => import('./commands/vm-tpm.js'),
 };
 
 /** `--export NAME=DISK` (repeatable), collected by commander; commands/serve.ts parses each. */
@@ -322,6 +325,34 @@ Examples:
   addKeyOptions(info, false);
   info.action((disk: string, opts) => commands.info().then((m) => m.infoCommand(ctx, disk, opts)));
 
+  const snapshot = program
+    .command('snapshot')
+    .summary('take, list and revert snapshots of a VMDK disk (delta disks, as VMware names them)')
+    .description(
+      'A snapshot makes the disk a read-only layer (mode 0444) and adds an empty child, <base>-00000N.vmdk, that takes the writes; ' +
+        'DISK may be any layer of a chain. Encrypted disks need their keys to take or revert a snapshot (every layer shares the DEK).',
+    );
+  const snapCreate = snapshot
+    .command('create')
+    .description('add an empty child to DISK and print its path (the new top: write and serve that one)')
+    .argument('<DISK>', 'the disk, or the top of its chain')
+    .option('--name <name>', 'file name of the child in the same folder (default: <base>-00000N.vmdk)')
+    .option('--recovery-passphrase', 'unlock with the recovery passphrase');
+  addKeyOptions(snapCreate, false);
+  snapCreate.action((disk: string, opts) => commands.snapshot().then((m) => m.snapshotCreate(ctx, disk, opts)));
+  snapshot
+    .command('list')
+    .description('list the layers of the chain that ends at DISK, top first (no keys needed)')
+    .argument('<DISK>', 'a layer of the chain')
+    .action((disk: string) => commands.snapshot().then((m) => m.snapshotList(ctx, disk)));
+  const snapRevert = snapshot
+    .command('revert')
+    .description("discard the changes since the snapshot: replace the top child DISK by a new empty one (VMware's revert)")
+    .argument('<DISK>', 'the top of a chain')
+    .option('--recovery-passphrase', 'unlock with the recovery passphrase');
+  addKeyOptions(snapRevert, false);
+  snapRevert.action((disk: string, opts) => commands.snapshot().then((m) => m.snapshotRevert(ctx, disk, opts)));
+
   const verify = program
     .command('verify')
     .summary('read a whole disk, check its metadata, and compare with a plain image')
@@ -451,14 +482,14 @@ Examples:
     .addOption(hostHome())
     .action((name: string, opts) => commands.host().then((m) => m.hostUnlock(ctx, name, opts)));
 
-  const vm = program
+  const vmCommand = program
     .command('vm')
     .summary("a VM folder: encrypt, decrypt and inspect its configuration (.vmx) in VMware's construction")
     .description(
       'A VM is the folder of its .vmx (or the .vmx itself). The .vmx is encrypted as VMware does it (Workstation password-protected VMs, vSphere VM Encryption): encryption.keySafe holds the configuration key under its lockers (a key provider, a passphrase), encryption.data the configuration; .encoding, displayName and encryptedVM.guid stay in the clear. Encrypting the disks, snapshots and state files of a VM as one job is not available yet: give --config-only. docs/vm.md specifies the format.',
     );
   const vmTarget = (cmd: Command): Command => cmd.argument('<VM>', 'the VM folder, or its .vmx file');
-  const vmEncrypt = vmTarget(vm.command('encrypt'))
+  const vmEncrypt = vmTarget(vmCommand.command('encrypt'))
     .description(
       'Encrypt the .vmx in place (written aside, renamed over it, mode kept). Its config key is locked by a new key-encryption key of the local keystore or the KMIP server (as `vmseal encrypt`), and by a passphrase with --recovery-passphrase; --workstation locks it with a passphrase alone, in the construction VMware Workstation opens (PBKDF2-HMAC-SHA-1, 10,000 rounds: weak against guessing, so use a long passphrase).',
     )
@@ -475,7 +506,7 @@ Examples:
   vmseal vm encrypt ~/vmware/win11 --config-only --workstation`,
   );
   vmEncrypt.action((target: string, opts) => commands.vm().then((m) => m.vmEncryptCommand(ctx, target, opts)));
-  const vmDecrypt = vmTarget(vm.command('decrypt'))
+  const vmDecrypt = vmTarget(vmCommand.command('decrypt'))
     .description(
       'Decrypt the .vmx in place (written aside, renamed over it, mode kept). The config key is opened by the key provider its lockers name, or by the passphrase (asked for when only a passphrase can open it, as for a VMware Workstation VM). Disks VMware encrypted stay encrypted: their key (dataFileKey) is then in the plain .vmx.',
     )
@@ -490,13 +521,86 @@ Examples:
   vmseal vm decrypt win11.vmx --config-only --passphrase-file pw.txt`,
   );
   vmDecrypt.action((target: string, opts) => commands.vm().then((m) => m.vmDecryptCommand(ctx, target, opts)));
-  const vmInfo = vmTarget(vm.command('info'))
+  const vmInfo = vmTarget(vmCommand.command('info'))
     .description(
       "Say whether the VM's configuration is encrypted and which of its hard disks are (VMware's two lines), then the config key's lockers and each disk named by the .vmx (scsi, ide, sata, nvme) with its state: not encrypted, encrypted by vmseal, or encrypted by VMware (not readable by vmseal). An encrypted .vmx names its disks inside the encryption: they are listed when a key given opens it.",
     )
     .option('--recovery-passphrase', 'open an encrypted .vmx with the passphrase (from --passphrase-file, --passphrase-env, VMSEAL_PASSPHRASE or a prompt)');
   addKeyOptions(vmInfo, false);
   vmInfo.action((target: string, opts) => commands.vm().then((m) => m.vmInfoCommand(ctx, target, opts)));
+  const backup = program
+    .command('backup')
+    .summary('ciphertext backups of encrypted disks in a repository folder: no key needed')
+    .description(
+      'Back up encrypted disks as the ciphertext they are, in 1 MiB chunks stored once each under their SHA-256 (deduplicated across points and disks), and restore them. No key is needed and nothing is decrypted; the repository holds no plaintext of an encrypted disk (see docs/backup.md for what it does reveal).',
+    );
+  const waitOption = (): Option =>
+    new Option('--wait <seconds>', 'wait this long for the repository lock (held by a prune, or by backups during a prune)').argParser((v) =>
+      parseInteger(v, '--wait', { min: 0, max: 86_400 }),
+    );
+  backup
+    .command('init')
+    .description('make a new backup repository in REPO (a new or empty folder)')
+    .argument('<REPO>', 'repository folder')
+    .action((repo: string) => commands.backup().then((m) => m.backupInit(ctx, repo)));
+  backup
+    .command('create')
+    .description(
+      "store a new point of DISK in REPO and print its id: only chunks not already in REPO are written. Needs no key. A plain disk is refused unless --allow-plain (its point then holds plaintext). The point's history is --history, else the disk's ddb.uuid, else its disk id",
+    )
+    .argument('<DISK>', 'the disk to back up (encrypted VMDK)')
+    .argument('<REPO>', 'repository folder')
+    .option('--name <name>', 'a name to restore the point by (letters, digits, ., _, -)')
+    .option('--history <history>', "the history the point continues (default: the disk's ddb.uuid, else its disk id)")
+    .option('--allow-plain', 'back up a plain disk too (its point is marked plain: its chunks are plaintext)')
+    .addOption(formatOption('what DISK'))
+    .addOption(waitOption())
+    .action((disk: string, repo: string, opts) => commands.backup().then((m) => m.backupCreate(ctx, disk, repo, opts)));
+  backup
+    .command('list')
+    .description('list the points of REPO, oldest first')
+    .argument('<REPO>', 'repository folder')
+    .action((repo: string) => commands.backup().then((m) => m.backupList(ctx, repo)));
+  backup
+    .command('verify')
+    .description('check every manifest of REPO and rehash every chunk (or only those of POINT); exit code 6 on any damage')
+    .argument('<REPO>', 'repository folder')
+    .argument('[POINT]', 'a point id, name or latest')
+    .addOption(waitOption())
+    .action((repo: string, point: string | undefined, opts) => commands.backup().then((m) => m.backupVerify(ctx, repo, point, opts)));
+  backup
+    .command('prune')
+    .description('keep the newest N points of each history; delete the others and every chunk no remaining point names')
+    .argument('<REPO>', 'repository folder')
+    .addOption(
+      new Option('--keep-last <n>', 'points to keep per history')
+        .makeOptionMandatory()
+        .argParser((v) => parseInteger(v, '--keep-last', { min: 1, max: 1_000_000 })),
+    )
+    .addOption(waitOption())
+    .action((repo: string, opts) => commands.backup().then((m) => m.backupPrune(ctx, repo, opts)));
+  backup
+    .command('restore')
+    .description(
+      "recreate the disk of POINT as OUT: the same ciphertext and descriptor (same key), every chunk's hash checked before it is written; OUT appears only when complete and never replaces a file",
+    )
+    .argument('<REPO>', 'repository folder')
+    .argument('<POINT>', 'a point id (as `backup create` printed it), a point name, or latest')
+    .argument('<OUT>', 'the disk to write (a new file)')
+    .option('--history <history>', 'with latest or a name: only look at the points of this history')
+    .addOption(waitOption())
+    .action((repo: string, point: string, out: string, opts) => commands.backup().then((m) => m.backupRestore(ctx, repo, point, out, opts)));
+  backup.addHelpText(
+    'after',
+    `
+Examples:
+  vmseal backup init /backups/repo
+  vmseal backup create disk-enc.vmdk /backups/repo --name nightly
+  vmseal backup list /backups/repo
+  vmseal backup verify /backups/repo
+  vmseal backup prune /backups/repo --keep-last 7
+  vmseal backup restore /backups/repo latest restored.vmdk`,
+  );
 
   const keys = program
     .command('keys')
@@ -567,6 +671,31 @@ Examples:
     .option('--keep <dir>', "keep the demo's files in DIR (created; must be empty)")
     .addOption(new Option('--home <dir>', 'keystore folder to use (default: VMSEAL_HOME if set, else a temporary one)'))
     .action((opts) => commands.demo().then((m) => m.demoCommand(ctx, opts)));
+
+  // `vmseal vm …`: a VM folder as one unit. The group may already have been declared above (the
+  // .vmx commands); `vm tpm` joins it either way.
+  const vm =
+    program.commands.find((c) => c.name() === 'vm') ?? program.command('vm').summary('a VM folder as one unit: its configuration, disks, state files and vTPM');
+  const vmTpm = vm
+    .command('tpm')
+    .summary("run the vTPM of a qemu VM folder (swtpm, its state encrypted under a key sealed in the VM's manifest)")
+    .description(
+      'Run swtpm for the qemu VM folder DIR (described by DIR/vmseal-vm.json, whose "tpm": {"state": FOLDER} names the state folder) in the foreground, and print the qemu options that attach it. swtpm encrypts the state itself (aes-256-cbc) under a random state key that vmseal seals in the manifest like a disk\'s key and hands to swtpm through a pipe (never a file or argv). The first start makes the key (under the KEK of the VM\'s encrypted disks, a new one, or --key-id; plus a recovery passphrase with --recovery-passphrase) and the first state (swtpm_setup). Stops swtpm on Ctrl-C or SIGTERM; ends when qemu shuts the vTPM down.',
+    )
+    .argument('<DIR>', 'qemu VM folder (with vmseal-vm.json)')
+    .option('--socket-dir <dir>', 'folder of the sockets (default: a new private folder under $XDG_RUNTIME_DIR or /tmp, removed at the end)')
+    .option('--tools', 'also a data socket for tpm2-tools, with the TPM started (not for qemu, which starts it itself)')
+    .option('--recovery-passphrase', 'first start: also lock the state key with a recovery passphrase; later: unlock with it');
+  addKeyOptions(vmTpm, true);
+  vmTpm.addHelpText(
+    'after',
+    `
+Examples:
+  vmseal vm tpm vm1/
+  qemu-system-x86_64 ... -chardev socket,id=chrtpm,path=SOCKET -tpmdev emulator,id=tpm0,chardev=chrtpm -device tpm-tis,tpmdev=tpm0
+  vmseal vm tpm vm1/ --tools      (then TPM2TOOLS_TCTI=swtpm:path=… tpm2_getrandom 8)`,
+  );
+  vmTpm.action((dir: string, opts) => commands.vmTpm().then((m) => m.vmTpmCommand(ctx, dir, opts)));
 
   return program;
 }

@@ -14,6 +14,7 @@ export type DiskErrorCode =
   | 'ERR_READ_ONLY' // a write to a disk opened read-only
   | 'ERR_UNSUPPORTED_OUTPUT' // an encrypted disk asked in a subformat that cannot carry it (raw, streamOptimized)
   | 'ERR_CLOSED' // the disk was closed
+  | 'ERR_WRONG_PARENT' // a layer of an encrypted snapshot chain is not the one its child was made on, or not of the same disk and key
   | ArgumentErrorCode; // ERR_INVALID_ARGUMENT: a bad argument to an API call
 
 /** The one error class of src/disk. */

@@ -26,4 +26,5 @@ export {
   type DataUnitSize,
   type EncryptionParams,
 } from './params.js';
+export { standaloneLayerParams } from './layers.js';
 export { assertDataCheck, backUnitZero, checkDataCheck, unitZeroBacked } from './unit-zero.js';

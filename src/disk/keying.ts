@@ -25,14 +25,16 @@ export type { LockerSpec, UnlockOptions, KeyCache };
 /** Re-sealing draws fresh IVs and salts; one seal is unusable with a chance below 1% (a "CID" somewhere in ~1000 characters), so 64 tries never fail in practice. */
 const MAX_TRIES = 64;
 
-export function bindingOf(p: Pick<EncryptionParams, 'formatVersion' | 'cipher' | 'unitSize' | 'diskId'>, capacity: number): BindingParams {
-  return {
-    cipher: p.cipher,
-    dataUnitSize: p.unitSize,
-    capacity,
-    diskId: p.diskId,
-    extra: { formatVersion: String(p.formatVersion) },
-  };
+export function bindingOf(
+  p: Pick<EncryptionParams, 'formatVersion' | 'cipher' | 'unitSize' | 'diskId' | 'layerId' | 'parentLayerId'>,
+  capacity: number,
+): BindingParams {
+  // The layer ids of a snapshot chain (version 3) are bound too, so that another layer slipped under
+  // a child (an older snapshot of the same disk, same DEK) is refused.
+  const extra: Record<string, string> = { formatVersion: String(p.formatVersion) };
+  if (p.layerId !== undefined) extra.layerId = p.layerId;
+  if (p.parentLayerId !== undefined) extra.parentLayerId = p.parentLayerId;
+  return { cipher: p.cipher, dataUnitSize: p.unitSize, capacity, diskId: p.diskId, extra };
 }
 
 export { generateDek };

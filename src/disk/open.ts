@@ -14,6 +14,7 @@ import { EncryptedDisk, type DataCheckState } from './encrypted-disk.js';
 import { DiskError } from './errors.js';
 import { generateDek, makeEncryptionParams, unlockDek, type KeyCache, type LockerSpec, type UnlockOptions } from './keying.js';
 import { backUnitZero, checkDataCheck } from './unit-zero.js';
+import { checkLayers } from './layers.js';
 import {
   DEFAULT_CIPHER,
   DEFAULT_ENCRYPTED_SUBFORMAT,
@@ -80,6 +81,7 @@ export async function unlockInner(inner: VirtualDisk, params: EncryptionParams, 
   const key = await unlockDek(params, inner.capacity, keys, inner.path);
   let cipher: ReturnType<typeof createDataCipher> | undefined;
   try {
+    checkLayers(inner, params, key);
     cipher = createDataCipher(params.cipher, key, params.unitSize, opts);
     // Version 1 has no data check: only a KEK rotation keeps an old descriptor from opening new data.
     const check: DataCheckState | undefined = params.formatVersion >= 2 ? await checkDataCheck(inner, params, key, cipher) : undefined;

@@ -7,7 +7,9 @@
  *     encryption.dataCheck = "<hex>.<hex|--…>"     version 2 only: ties the descriptor to its data (data-check.ts)
  *     encryption.cipher = "aes-256-xts"            | "aes-128-xts"
  *     encryption.dataUnitSize = "512"              | "4096"
- *     encryption.diskId = "<32 lowercase hex>"     16 random bytes naming this disk
+ *     encryption.diskId = "<32 lowercase hex>"     16 random bytes naming this disk (shared by every layer of a chain)
+ *     encryption.layerId = "<32 lowercase hex>"    version 3 only: 16 random bytes naming this layer of a snapshot chain
+ *     encryption.parentLayerId = "<32 hex>"        version 3, snapshot children only: the parent layer's layerId
  *     encryption.authenticator = "<keys layer>"    binds the lines above + capacity to the DEK
  *     encryption.keySafe = "vmware:key/list/(…)"   the DEK, wrapped once per locker
  *     encryption.job = "<operation>"               only while an in-place job runs (see src/pipeline)
@@ -32,7 +34,10 @@ export type DataUnitSize = 512 | 4096;
 
 /** The version vmseal writes; version 1 (no data check) is still read. */
 export const FORMAT_VERSION = 2;
-const READ_VERSIONS: readonly number[] = [1, 2];
+/** Version 3 is version 2 plus the layer lines of snapshot chains (written only on chain layers). */
+const READ_VERSIONS: readonly number[] = [1, 2, 3];
+/** The version of every layer of an encrypted snapshot chain. */
+export const LAYERED_VERSION = 3;
 export const FORMAT_TAG = `vmseal/${FORMAT_VERSION}`;
 export const CIPHERS: readonly CipherName[] = DISK_CIPHERS;
 /** 512 matches the sector (what dm-crypt and vSphere use); 4096 matches 4Kn drives and is faster. */
@@ -99,6 +104,8 @@ export const LINE = {
   cipher: 'encryption.cipher',
   unitSize: 'encryption.dataUnitSize',
   diskId: 'encryption.diskId',
+  layerId: 'encryption.layerId',
+  parentLayerId: 'encryption.parentLayerId',
   authenticator: 'encryption.authenticator',
   keySafe: 'encryption.keySafe',
   job: 'encryption.job',
@@ -114,8 +121,12 @@ export interface EncryptionParams {
   diskId: string;
   authenticator: string;
   keySafe: string;
-  /** Version 2: the data check line's value (data-check.ts); absent in version 1. */
+  /** Version 2 and 3: the data check line's value (data-check.ts); absent in version 1. */
   dataCheck?: string;
+  /** Version 3: this layer's id in a snapshot chain (bound by the authenticator). */
+  layerId?: string;
+  /** Version 3, a snapshot child: its parent layer's layerId (bound by the authenticator). */
+  parentLayerId?: string;
 }
 
 /** What the authenticator binds (with the DEK): everything about the data layout and identity. */
@@ -169,13 +180,13 @@ export function encryptionLines(p: EncryptionParams, job?: string): [string, str
       throw new DiskError('ERR_ENCRYPTION_METADATA', `format version ${p.formatVersion} needs a data check, and none was computed`);
     lines.push([LINE.dataCheck, p.dataCheck]);
   }
-  lines.push(
-    [LINE.cipher, p.cipher],
-    [LINE.unitSize, String(p.unitSize)],
-    [LINE.diskId, p.diskId],
-    [LINE.authenticator, p.authenticator],
-    [LINE.keySafe, p.keySafe],
-  );
+  lines.push([LINE.cipher, p.cipher], [LINE.unitSize, String(p.unitSize)], [LINE.diskId, p.diskId]);
+  if (p.formatVersion >= LAYERED_VERSION) {
+    if (p.layerId === undefined) throw new DiskError('ERR_ENCRYPTION_METADATA', `format version ${p.formatVersion} needs a layer id`);
+    lines.push([LINE.layerId, p.layerId]);
+    if (p.parentLayerId !== undefined) lines.push([LINE.parentLayerId, p.parentLayerId]);
+  }
+  lines.push([LINE.authenticator, p.authenticator], [LINE.keySafe, p.keySafe]);
   if (job !== undefined) lines.push([LINE.job, job]);
   for (const [k, v] of lines) assertSafeValue(k, v);
   return lines;
@@ -223,7 +234,8 @@ export function parseEncryption(entries: Iterable<readonly [string, string]>, wh
     throw meta(where, `encryption.format version ${formatVersion} is not supported (this vmseal reads versions ${READ_VERSIONS.join(' and ')})`);
   }
   for (const key of found.keys()) {
-    if (!KNOWN_KEYS.has(key) || (key === LINE.dataCheck && formatVersion < 2))
+    const layered = key === LINE.layerId || key === LINE.parentLayerId;
+    if (!KNOWN_KEYS.has(key) || (key === LINE.dataCheck && formatVersion < 2) || (layered && formatVersion < LAYERED_VERSION))
       throw meta(where, `unknown encryption line ${key} for format version ${formatVersion}`);
   }
   const need = (key: string): string => {
@@ -244,6 +256,14 @@ export function parseEncryption(entries: Iterable<readonly [string, string]>, wh
   }
   const diskId = need(LINE.diskId);
   if (!/^[0-9a-f]{32}$/.test(diskId)) throw meta(where, `${LINE.diskId} must be 32 lowercase hexadecimal digits`);
+  const layerId = formatVersion >= LAYERED_VERSION ? need(LINE.layerId) : undefined;
+  const parentLayerId = found.has(LINE.parentLayerId) ? need(LINE.parentLayerId) : undefined;
+  for (const [key, id] of [
+    [LINE.layerId, layerId],
+    [LINE.parentLayerId, parentLayerId],
+  ] as const) {
+    if (id !== undefined && !/^[0-9a-f]{32}$/.test(id)) throw meta(where, `${key} must be 32 lowercase hexadecimal digits`);
+  }
   const authenticator = need(LINE.authenticator);
   const keySafe = need(LINE.keySafe);
   const job = found.has(LINE.job) ? need(LINE.job) : undefined;
@@ -260,6 +280,8 @@ export function parseEncryption(entries: Iterable<readonly [string, string]>, wh
       authenticator,
       keySafe,
       ...(dataCheck !== undefined ? { dataCheck } : {}),
+      ...(layerId !== undefined ? { layerId } : {}),
+      ...(parentLayerId !== undefined ? { parentLayerId } : {}),
     },
     job,
   };

@@ -31,6 +31,7 @@ import {
   type EncryptionParams,
   dataCheckOf,
   backUnitZero,
+  standaloneLayerParams,
 } from '../disk/for-pipeline.js';
 import { runChunks, type Piece } from './engine.js';
 import { PipelineError, throwIfAborted } from './errors.js';
@@ -54,7 +55,7 @@ import { openSource } from './source.js';
 import { ensureSpace } from './space.js';
 import { StagedOutput, cleanStaleStages, pathExists } from './staging.js';
 import { jobProviders } from './job-keys.js';
-import { WriteBehind } from './write-behind.js';
+import { openOutputWriter } from './output-writer.js';
 
 export interface CopySpec {
   operation: 'encrypt' | 'decrypt' | 'convert' | 'rekey-deep';
@@ -245,7 +246,9 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
         // Same DEK and disk id: a version-2 check is recomputed (it leaves out a pending value); a
         // version-1 disk stays version 1 (its authenticator binds the version).
         const check = encrypted.dataCheckValue(await unitZeroOf(encrypted, source.encryption.unitSize));
-        outParams = { ...source.encryption, ...(check !== undefined ? { dataCheck: check } : {}) };
+        // A layer of a snapshot chain is copied flattened: a standalone layer (no parentLayerId).
+        const own = await standaloneLayerParams(source.encryption, source.disk.capacity, spec.keys ?? {}, source.disk.path);
+        outParams = { ...own, ...(check !== undefined ? { dataCheck: check } : {}) };
         outCipher = encrypted.dataCipher;
       }
       const sparseOut = /sparse|streamOptimized/i.test(subformat);
@@ -276,12 +279,13 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
       const unit = outParams?.unitSize ?? 512;
       const disk = source.disk;
       const target = out;
-      const behind = WriteBehind.open(target);
+      const writer = await openOutputWriter(target, stage.dir);
       try {
         await runChunks({
           chunks: chunked(ranges(), chunkSize),
           chunkSize,
           depth,
+          writeConcurrency: writer.writeConcurrency,
           ...(opts.signal ? { signal: opts.signal } : {}),
           what,
           read: (chunk, buf) => disk.readInto(chunk.offset, buf),
@@ -296,14 +300,11 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
             if (outCipher) for (const p of pieces) await outCipher.encrypt(p.data, p.offset / unit);
             return pieces;
           },
-          async write(offset, data) {
-            await target.write(offset, data);
-            behind?.written(offset, data.length);
-          },
+          write: (offset, data) => writer.write(offset, data),
           done: (chunk) => progress.add(chunk.length),
         });
       } finally {
-        await behind?.close();
+        await writer.close();
       }
       progress.finish();
       throwIfAborted(opts.signal, what);

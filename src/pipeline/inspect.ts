@@ -1,6 +1,6 @@
 /** inspectDisk (what `vmseal info` shows) and verifyDisk (read everything, check, hash, compare). */
 import { resolve } from 'node:path';
-import { openDisk as openVmdk } from '../vmdk/index.js';
+import { ChainDisk, openDisk as openVmdk } from '../vmdk/index.js';
 import { describeKeySafe, type LockerInfo } from '../keys/index.js';
 import { assertDataCheck, encryptionOf, unlockDek, type UnlockOptions, type CipherName, type DataUnitSize } from '../disk/for-pipeline.js';
 import { VmsealError, expected } from '../errors.js';
@@ -36,6 +36,8 @@ export interface DiskInfo {
     unlockable: boolean | null;
     unlockError?: { code: string; message: string };
   };
+  /** A snapshot chain (present only then): its layers top first, each with its CID and the parent CID it was made on. */
+  chain?: Array<{ path: string; cid: string | undefined; parentCid: string | undefined }>;
   /** An in-place job that did not finish (finish it with resumeDisk or by running it again). */
   interrupted?: { operation: string; journal?: string };
 }
@@ -84,6 +86,9 @@ export async function inspectDisk(path: string, options: InspectOptions = {}): P
       files: stored.files(),
       encrypted: false,
     };
+    if (stored instanceof ChainDisk) {
+      info.chain = stored.layers().map((l) => ({ path: l.path, cid: l.descriptor?.get('CID'), parentCid: l.descriptor?.get('parentCID') }));
+    }
     const enc = encryptionOf(stored);
     if (enc) {
       const e = enc.params;

@@ -15,7 +15,7 @@ export interface JobOptions {
   onProgress?: ProgressListener;
   /** Replace an existing output (default: false → ERR_OUTPUT_EXISTS). */
   force?: boolean;
-  /** Bytes read, transformed and written per step (default: 8 MiB; rounded up to the grain/unit alignment). */
+  /** Bytes read, transformed and written per step (default: 4 MiB; rounded up to the grain/unit alignment). */
   chunkSize?: number;
   /** Chunks in flight between the stages (default: 4). Memory ≈ depth × chunkSize. */
   depth?: number;
@@ -89,7 +89,13 @@ export interface JobResult {
 
 export type { KeyCache, LockerSpec, UnlockOptions };
 
-export const DEFAULT_CHUNK = 8 << 20;
+/**
+ * 4 MiB: measured against 8 MiB on the 2-core VM, a 2 GiB encrypt ran faster in tmpfs (every one
+ * of 7 interleaved pairs; 32 MiB was slower still: the chunks in flight no longer stay in the
+ * caches between read, encrypt and write) and no slower on a disk with O_DIRECT (4 MiB is also the
+ * largest request the virtio disk takes in one piece). 2 MiB bought nothing more.
+ */
+export const DEFAULT_CHUNK = 4 << 20;
 export const MAX_CHUNK = 256 << 20;
 /** Chunks are whole data units for every unit size a disk may have. */
 export const CHUNK_ALIGN = MAX_UNIT_SIZE;

@@ -9,25 +9,21 @@
  *
  * The output's files are opened a second time, read-only, when first written back (at most MAX_OPEN
  * at once): writeback works on the file's page cache, whatever descriptor names it, and the VMDK
- * layer's handles stay its own. Virtual offsets map to
- * files through the descriptor's extent lines (a raw output is one file).
+ * layer's handles stay its own. Virtual offsets map to files through the descriptor's extent lines
+ * (a raw output is one file: output-files.ts).
+ *
+ * Not used on tmpfs (nothing to write back) nor for files the direct writer writes with O_DIRECT
+ * (they have no dirty pages): copy.ts decides, through outputWritePath (direct-write.ts).
  */
 import { open, type FileHandle } from 'node:fs/promises';
-import { dirname, resolve } from 'node:path';
 import type { VirtualDisk } from '../vmdk/index.js';
 import { nativeWriteback, type NativeWriteback } from '../util/native-writeback.js';
+import { outputFiles, type OutputSegment } from './output-files.js';
 
 /** Bytes written into one file between two writeback starts. */
 export const WRITE_BEHIND_STEP = 16 << 20;
 /** Second handles open at once. */
 export const MAX_OPEN = 4;
-
-interface Segment {
-  /** Virtual range [start, end) held by `file`. */
-  start: number;
-  end: number;
-  file: number;
-}
 
 interface OutFile {
   path: string;
@@ -38,13 +34,13 @@ interface OutFile {
 
 export class WriteBehind {
   readonly #native: NativeWriteback;
-  readonly #segments: Segment[];
+  readonly #segments: OutputSegment[];
   readonly #files: OutFile[];
   /** Files with a second handle open, in the order they were opened. */
   #open: OutFile[] = [];
   #cursor = 0;
 
-  private constructor(native: NativeWriteback, segments: Segment[], files: OutFile[]) {
+  private constructor(native: NativeWriteback, segments: OutputSegment[], files: OutFile[]) {
     this.#native = native;
     this.#segments = segments;
     this.#files = files;
@@ -56,24 +52,12 @@ export class WriteBehind {
    */
   static open(disk: VirtualDisk, native: NativeWriteback | null = nativeWriteback()): WriteBehind | null {
     if (!native) return null;
-    const files: OutFile[] = [];
-    const segments: Segment[] = [];
-    const fileIndex = (path: string): number => {
-      let i = files.findIndex((f) => f.path === path);
-      if (i < 0) i = files.push({ path, fh: undefined, pending: 0, running: undefined }) - 1;
-      return i;
-    };
-    if (!disk.descriptor) {
-      segments.push({ start: 0, end: disk.capacity, file: fileIndex(disk.path) });
-    } else {
-      let start = 0;
-      for (const e of disk.descriptor.extents) {
-        const end = start + e.sectors * 512;
-        if (e.file !== undefined && e.type !== 'ZERO') segments.push({ start, end, file: fileIndex(resolve(dirname(disk.path), e.file)) });
-        start = end;
-      }
-    }
-    return new WriteBehind(native, segments, files);
+    const { files, segments } = outputFiles(disk);
+    return new WriteBehind(
+      native,
+      segments,
+      files.map((path) => ({ path, fh: undefined, pending: 0, running: undefined })),
+    );
   }
 
   /** `length` bytes at virtual `offset` were written (call in increasing offset order for a cheap lookup). */

@@ -66,11 +66,15 @@ export async function writeFileAtomic(file: string, data: Uint8Array, mode: numb
 /**
  * Atomically create `file` with `data` unless it already exists (then returns false and changes nothing):
  * the complete temp file is hard-linked to the final name, which fails with EEXIST if it exists.
+ *
+ * `syncFolder: false` leaves the fsync of the folder to the caller: a writer of many files in a few
+ * folders (a backup's chunks) syncs each folder once before it records the files as durable, instead
+ * of once per file.
  */
-export async function createFileAtomic(file: string, data: Uint8Array, mode = 0o600): Promise<boolean> {
+export async function createFileAtomic(file: string, data: Uint8Array, mode = 0o600, options: { syncFolder?: boolean } = {}): Promise<boolean> {
   const tmp = await writeTemp(file, data, mode);
   try {
-    await link(tmp, file);
+    await link(tmp, file); // the linked inode is the temp file's, whose mode writeTemp set exactly
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'EEXIST') return false;
@@ -83,11 +87,11 @@ export async function createFileAtomic(file: string, data: Uint8Array, mode = 0o
       if ((err2 as NodeJS.ErrnoException).code === 'EEXIST') return false;
       throw err2;
     }
+    await chmod(file, mode);
   } finally {
     await unlink(tmp).catch(() => undefined);
   }
-  await chmod(file, mode);
-  await fsyncDir(dirname(file));
+  if (options.syncFolder !== false) await fsyncDir(dirname(file));
   return true;
 }
 

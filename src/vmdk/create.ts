@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { basename, dirname, extname, join, resolve } from 'node:path';
 import { Descriptor, MAX_DESCRIPTOR_BYTES } from './descriptor.js';
+import { ChainDisk } from './chain.js';
 import { type VirtualDisk, VmdkDisk } from './disk.js';
 import { VmdkFormatError } from './errors.js';
 import { HostFile } from './file.js';
@@ -49,6 +50,12 @@ export interface CreateDiskOptions {
   maxExtentSize?: number;
   /** Replace existing files instead of failing with ERR_VMDK_EXISTS (default: `false`). */
   overwrite?: boolean;
+  /**
+   * Make a snapshot child (monolithicSparse or twoGbMaxExtentSparse only): `parentCID` is `cid`, the
+   * parent's CID now, and `parentFileNameHint` is `fileNameHint` (relative to the child's folder).
+   * createSnapshot (src/vmdk/snapshot.ts) checks the parent and fills these in.
+   */
+  parent?: { cid: string; fileNameHint: string };
 }
 
 const DEFAULT_GRAIN = 65536;
@@ -66,6 +73,15 @@ function arg(message: string): VmdkFormatError {
  * write it front to back, then close() finishes the stream (see docs/vmdk.md).
  */
 export async function createDisk(path: string, options: CreateDiskOptions): Promise<VirtualDisk> {
+  return createDiskNamed(path, options, undefined);
+}
+
+/**
+ * createDisk, except that a monolithicSparse disk's embedded extent line names `extentName` instead
+ * of the file's own name: a disk made under a temporary name and then renamed into place
+ * (src/vmdk/snapshot.ts) says its final name.
+ */
+export async function createDiskNamed(path: string, options: CreateDiskOptions, extentName: string | undefined): Promise<VirtualDisk> {
   if (typeof path !== 'string' || path === '' || path.includes('\0')) throw arg(expected('a file path', 'path', path));
   if (options === null || typeof options !== 'object') throw arg(expected('an object', 'options', options));
   const { capacity } = options;
@@ -92,6 +108,18 @@ export async function createDisk(path: string, options: CreateDiskOptions): Prom
     throw arg('Expected an array of [key, value] string pairs for options.descriptorLines');
   }
   const overwrite = options.overwrite ?? false;
+  const parent = options.parent;
+  if (parent !== undefined) {
+    if (subformat !== 'monolithicSparse' && subformat !== 'twoGbMaxExtentSparse') {
+      throw arg(`a snapshot child is monolithicSparse or twoGbMaxExtentSparse, not ${subformat} (options.parent)`);
+    }
+    if (parent === null || typeof parent !== 'object' || typeof parent.cid !== 'string' || !/^[0-9a-f]{1,8}$/.test(parent.cid)) {
+      throw arg(expected('{ cid: up to 8 lowercase hex digits, fileNameHint }', 'options.parent', parent));
+    }
+    if (parent.cid === 'ffffffff' || typeof parent.fileNameHint !== 'string' || parent.fileNameHint === '' || /["\r\n\0]/.test(parent.fileNameHint)) {
+      throw arg(expected("a CID other than ffffffff and a file name without '\"', CR, LF or NUL", 'options.parent', parent));
+    }
+  }
   const abs = resolve(path);
 
   if (subformat === 'raw') {
@@ -108,7 +136,7 @@ export async function createDisk(path: string, options: CreateDiskOptions): Prom
   const grainSectors = grainBytes / SECTOR;
   const dir = dirname(abs);
   const stem = basename(abs, extname(abs));
-  const descriptor = buildDescriptor(subformat, sectors, adapterType, hw, lines);
+  const descriptor = buildDescriptor(subformat, sectors, adapterType, hw, lines, parent);
   const extentLine = (access: string, n: number, type: string, file: string, offset?: number) =>
     `${access} ${n} ${type} "${file}"${offset === undefined ? '' : ` ${offset}`}`;
 
@@ -139,7 +167,7 @@ export async function createDisk(path: string, options: CreateDiskOptions): Prom
       break;
     }
     case 'monolithicSparse': {
-      const d = descriptor([extentLine('RW', sectors, 'SPARSE', basename(abs))]);
+      const d = descriptor([extentLine('RW', sectors, 'SPARSE', extentName ?? basename(abs))]);
       await createSparseFile(abs, sectors, grainSectors, d, overwrite);
       break;
     }
@@ -151,16 +179,18 @@ export async function createDisk(path: string, options: CreateDiskOptions): Prom
       const file = await HostFile.create(abs, overwrite);
       try {
         const ext = await StreamWriterExtent.create(file, sectors, grainSectors, text, descSectors);
-        return new VmdkDisk({
-          path: abs,
-          format: 'vmdk',
-          subformat,
-          descriptor: d,
-          descriptorStore: { kind: 'embedded', host: ext },
-          readOnly: false,
-          extents: [ext],
-          hostFiles: [file],
-        });
+        return fresh(
+          new VmdkDisk({
+            path: abs,
+            format: 'vmdk',
+            subformat,
+            descriptor: d,
+            descriptorStore: { kind: 'embedded', host: ext },
+            readOnly: false,
+            extents: [ext],
+            hostFiles: [file],
+          }),
+        );
       } catch (err) {
         await file.close();
         throw err;
@@ -168,7 +198,14 @@ export async function createDisk(path: string, options: CreateDiskOptions): Prom
     }
   }
   // The kind comes from the subformat, never from the name: a VMDK named `.img` is still a VMDK.
-  return openDisk(abs, { allowEncrypted: true, format: 'vmdk' });
+  return fresh(await openDisk(abs, { allowEncrypted: true, format: 'vmdk' }));
+}
+
+/** A disk createDisk just made keeps the CID it was made with on its first write (VmdkDisk.markCidFresh). */
+function fresh(disk: VirtualDisk): VirtualDisk {
+  const top = disk instanceof ChainDisk ? disk.top : disk;
+  if (top instanceof VmdkDisk) top.markCidFresh();
+  return disk;
 }
 
 /** Extent file names (besides the descriptor) of a new disk whose descriptor is `<stem>.<ext>`. */
@@ -207,7 +244,14 @@ function split(capacity: number, max: number): number[] {
 }
 
 /** Build a descriptor in qemu-img's layout; the caller supplies the extent lines. */
-function buildDescriptor(subformat: string, sectors: number, adapterType: string, hw: string, extra: Array<[string, string]>) {
+function buildDescriptor(
+  subformat: string,
+  sectors: number,
+  adapterType: string,
+  hw: string,
+  extra: Array<[string, string]>,
+  parent: CreateDiskOptions['parent'],
+) {
   return (extentLines: string[]): Descriptor => {
     const heads = adapterType === 'ide' ? 16 : 255;
     const cylinders = Math.floor(sectors / (heads * 63));
@@ -217,8 +261,10 @@ function buildDescriptor(subformat: string, sectors: number, adapterType: string
       '# Disk DescriptorFile',
       'version=1',
       `CID=${cid}`,
-      'parentCID=ffffffff',
+      `parentCID=${parent?.cid ?? 'ffffffff'}`,
       `createType="${subformat}"`,
+      // Where qemu puts it: right after createType.
+      ...(parent ? [`parentFileNameHint="${parent.fileNameHint}"`] : []),
       '',
       '# Extent description',
       ...extentLines,

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { open } from 'node:fs/promises';
 import { writeFileAtomic } from '../util/atomic-file.js';
 import { Descriptor, MAX_DESCRIPTOR_BYTES } from './descriptor.js';
@@ -70,6 +71,18 @@ export interface VmdkDiskInit {
   hostFiles: HostFile[];
 }
 
+/**
+ * A random content id: 8 lowercase hex digits (fixed width, so an embedded descriptor keeps its
+ * length and the rewrite is one sector), never `ffffffff` (no parent) or `fffffffe` (the id vmseal
+ * gives a bare extent), and never the id it replaces.
+ */
+export function newCid(old: string | undefined): string {
+  for (;;) {
+    const cid = randomBytes(4).toString('hex');
+    if (cid !== 'ffffffff' && cid !== 'fffffffe' && cid !== old?.toLowerCase()) return cid;
+  }
+}
+
 function checkInteger(value: unknown, name: string): asserts value is number {
   if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) {
     throw new VmdkFormatError('ERR_INVALID_ARGUMENT', expected('a non-negative safe integer', name, value));
@@ -93,6 +106,8 @@ export class VmdkDisk implements VirtualDisk {
   /** Reads and writes in flight: close() waits for them before it closes the files. */
   readonly #inFlight = new Set<Promise<unknown>>();
   #closed = false;
+  #cidUpdated = false;
+  #cidUpdate: Promise<void> | undefined;
 
   constructor(init: VmdkDiskInit) {
     this.path = init.path;
@@ -193,6 +208,11 @@ export class VmdkDisk implements VirtualDisk {
     if (this.readOnly) throw new VmdkFormatError('ERR_VMDK_READ_ONLY', 'cannot write: the disk was opened read-only', { file: this.path });
     this.#checkRange(position, data.length, 'write');
     if (data.length === 0) return;
+    // Tracked from here on, the CID update included: close() waits for it all.
+    await this.#track(this.#newCidOnce().then(() => this.#writeExtents(position, data)));
+  }
+
+  async #writeExtents(position: number, data: Uint8Array): Promise<void> {
     const jobs: Array<Promise<void>> = [];
     let i = this.#extentAt(position);
     let pos = position;
@@ -206,7 +226,7 @@ export class VmdkDisk implements VirtualDisk {
       t += len;
       i++;
     }
-    await this.#track(Promise.all(jobs));
+    await Promise.all(jobs);
   }
 
   async *allocatedRanges(start = 0, end = this.capacity): AsyncIterable<AllocatedRange> {
@@ -239,6 +259,34 @@ export class VmdkDisk implements VirtualDisk {
     if (runEnd > runStart) yield { offset: runStart, length: runEnd - runStart };
   }
 
+  /**
+   * The ranges inside [start, end) that this layer does not hold (unallocated sparse grains): in a
+   * snapshot child they read from the parent (src/vmdk/chain.ts). Flat and ZERO extents have none.
+   */
+  async *holeRanges(start: number, end: number): AsyncIterable<AllocatedRange> {
+    this.#checkOpen();
+    let runStart = -1;
+    let runEnd = -1;
+    for (let i = this.#extentAt(start); i < this.#extents.length && this.#starts[i] < end; i++) {
+      const base = this.#starts[i];
+      const ext = this.#extents[i];
+      const a = Math.max(start, base) - base;
+      const b = Math.min(end, base + ext.size) - base;
+      if (b <= a || !ext.holes) continue;
+      for await (const r of ext.holes(a, b)) {
+        const s = base + r.start;
+        const e = base + r.end;
+        if (s === runEnd) runEnd = e;
+        else {
+          if (runEnd > runStart) yield { offset: runStart, length: runEnd - runStart };
+          runStart = s;
+          runEnd = e;
+        }
+      }
+    }
+    if (runEnd > runStart) yield { offset: runStart, length: runEnd - runStart };
+  }
+
   async deallocate(position: number, length: number): Promise<AllocatedRange[]> {
     this.#checkOpen();
     if (this.readOnly) throw new VmdkFormatError('ERR_VMDK_READ_ONLY', 'cannot deallocate: the disk was opened read-only', { file: this.path });
@@ -246,8 +294,9 @@ export class VmdkDisk implements VirtualDisk {
     this.#checkRange(position, length, 'deallocate');
     const out: AllocatedRange[] = [];
     if (length === 0) return out;
-    // A hole in a snapshot child reads the parent's data, not zeros. Delta disks are refused at
-    // open today; this keeps deallocation right when they are not.
+    await this.#track(this.#newCidOnce());
+    // A hole in a snapshot child reads the parent's data, not zeros: in a child only zeroed-grain
+    // entries deallocate (src/vmdk/chain.ts).
     const parent = this.#descriptor?.get('parentCID');
     const holeReadsZero = (parent === undefined || parent.toLowerCase() === 'ffffffff') && !this.#descriptor?.has('parentFileNameHint');
     const end = position + length;
@@ -264,6 +313,37 @@ export class VmdkDisk implements VirtualDisk {
       }
     }
     return out;
+  }
+
+  /**
+   * Draw a new CID before the first change of content after opening, as qemu and VMware do, so that
+   * a child whose parentCID names the old one sees that its parent changed (src/vmdk/chain.ts). The
+   * descriptor is stored durably (updateDescriptor) before the change it announces is acknowledged;
+   * a crash between the two leaves a new CID over unchanged data, which is harmless. Disks without a
+   * stored descriptor (raw images, bare extents) have no CID. Concurrent first writes wait for the
+   * one update; a failed update is retried by the next write.
+   */
+  /**
+   * The CID was drawn by this process for a disk it just created (createDisk): nobody can have made
+   * a child on it, so the first write needs no new one (and a restored or copied descriptor keeps
+   * the CID it was given).
+   */
+  markCidFresh(): void {
+    this.#cidUpdated = true;
+  }
+
+  #newCidOnce(): Promise<void> {
+    if (this.#cidUpdated || this.#store.kind === 'none' || !this.#descriptor) return Promise.resolve();
+    this.#cidUpdate ??= this.updateDescriptor((d) => d.set('CID', newCid(d.get('CID')))).then(
+      () => {
+        this.#cidUpdated = true;
+      },
+      (err: unknown) => {
+        this.#cidUpdate = undefined;
+        throw err;
+      },
+    );
+    return this.#cidUpdate;
   }
 
   async allocatedBytes(): Promise<number> {

@@ -19,6 +19,8 @@ export type VmdkErrorCode =
   | 'ERR_VMDK_EXISTS' // createDisk would overwrite a file
   | 'ERR_VMDK_CLOSED' // the disk was closed
   | 'ERR_VMDK_IO' // the operating system refused an I/O
+  | 'ERR_VMDK_CHAIN' // a snapshot chain cannot be assembled: parent missing, loop, too deep, half a parent link, layers disagree
+  | 'ERR_VMDK_PARENT_CHANGED' // a snapshot parent's CID is not the child's parentCID: the parent was written after the child was made
   | 'ERR_DISK_ENCRYPTED' // an encrypted disk opened without allowEncrypted
   | ArgumentErrorCode; // ERR_INVALID_ARGUMENT: a bad argument to an API call
 

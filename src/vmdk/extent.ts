@@ -24,6 +24,8 @@ export interface Extent {
   write(offset: number, data: Uint8Array): Promise<void>;
   /** Data-backed ranges inside [start, end), in order (not necessarily coalesced). */
   allocated(start: number, end: number): AsyncIterable<ByteRange>;
+  /** Sparse extents: the unallocated ranges inside [start, end) (read from the parent in a snapshot child), in order. */
+  holes?(start: number, end: number): AsyncIterable<ByteRange>;
   /** Sparse extents: make the whole grains in [start, end) read as zeros without data (see SparseExtent). */
   zeroGrains?(start: number, end: number, holeReadsZero: boolean): Promise<ByteRange[]>;
   flush(): Promise<void>;

@@ -5,3 +5,6 @@ export { type VirtualDisk, type AllocatedRange, MAX_READ_BYTES } from './disk.js
 export { openDisk, SUPPORTED_SUBFORMATS, MAX_EXTENTS, type OpenDiskOptions } from './open.js';
 export { createDisk, plannedDiskFiles, CREATE_SUBFORMATS, ADAPTER_TYPES, type CreateDiskOptions, type CreateSubformat } from './create.js';
 export { sparseFileFits, checkSparseFileFits } from './sparse-fit.js';
+export { ChainDisk } from './chain.js';
+export { MAX_CHAIN_DEPTH } from './chain-open.js';
+export { createSnapshot, revertSnapshot, nextSnapshotName, type CreateSnapshotOptions } from './snapshot.js';

@@ -1,8 +1,9 @@
-import { realpath } from 'node:fs/promises';
+import { realpath, stat } from 'node:fs/promises';
 import { isAbsolute, relative, resolve, dirname, extname, sep } from 'node:path';
 import { Descriptor, MAX_DESCRIPTOR_BYTES } from './descriptor.js';
 import { type VirtualDisk, VmdkDisk, type VmdkDiskInit } from './disk.js';
 import { VmdkFormatError } from './errors.js';
+import { openParents, parentLink } from './chain-open.js';
 import { type Extent, FlatExtent, ZeroExtent } from './extent.js';
 import { HandlePool, HostFile } from './file.js';
 import { COWD_MAGIC, SECTOR, SESPARSE_MAGIC, SPARSE_MAGIC } from './sparse-header.js';
@@ -32,7 +33,6 @@ const VMFS_FLAT_ALIASES = new Set(['vmfsThin', 'vmfsPreallocated', 'vmfsEagerZer
 const RAW_EXTENSIONS = new Set(['.raw', '.img']);
 /** Most extent lines a descriptor may have (a twoGbMaxExtent disk of ~20 TiB). */
 export const MAX_EXTENTS = 9999;
-const NO_PARENT = 'ffffffff';
 
 /**
  * Open a VMDK (any supported subformat) or a raw image.
@@ -58,13 +58,26 @@ export async function openDisk(path: string, options: OpenDiskOptions = {}): Pro
   }
   const full = options.check === 'full';
   const abs = resolve(path);
+  const top = await openLayer(abs, readOnly, allowEncrypted, options.format, full);
+  if (!(top instanceof VmdkDisk) || parentLink(top.descriptor, abs) === undefined) return top;
+  try {
+    return await openParents(top, (p) => openLayer(p, true, allowEncrypted, undefined, full));
+  } catch (err) {
+    await top.close();
+    throw err;
+  }
+}
+
+/** Open one file as a disk (one layer of a chain: its parent, if any, is not opened). */
+async function openLayer(abs: string, readOnly: boolean, allowEncrypted: boolean, formatOption: 'vmdk' | 'raw' | undefined, full: boolean): Promise<VmdkDisk> {
+  if (!readOnly) await refuseReadOnlyFile(abs);
   // One bounded set of OS handles per disk: a twoGbMaxExtent disk may have thousands of extent files.
   const pool = new HandlePool();
   const main = await HostFile.open(abs, !readOnly, pool);
   const opened: HostFile[] = [main];
   try {
     const ext = extname(abs).toLowerCase();
-    const format = options.format ?? (RAW_EXTENSIONS.has(ext) ? 'raw' : undefined);
+    const format = formatOption ?? (RAW_EXTENSIONS.has(ext) ? 'raw' : undefined);
     if (format === 'raw') return openRaw(main, readOnly);
     const head = Buffer.alloc(Math.min(SECTOR, main.size));
     await main.readExact(head, 0, 'the first sector');
@@ -87,7 +100,28 @@ export async function openDisk(path: string, options: OpenDiskOptions = {}): Pro
   }
 }
 
-function openRaw(file: HostFile, readOnly: boolean): VirtualDisk {
+/**
+ * A disk file without write permission is not opened for writing, even by root: vmseal makes a
+ * layer read-only (mode 0444) when a snapshot child is made on it, and writing it would make the
+ * child's parentCID stale.
+ */
+async function refuseReadOnlyFile(abs: string): Promise<void> {
+  let mode: number;
+  try {
+    mode = (await stat(abs)).mode;
+  } catch {
+    return; // missing: HostFile.open reports it
+  }
+  if ((mode & 0o222) === 0) {
+    throw new VmdkFormatError(
+      'ERR_VMDK_READ_ONLY',
+      'cannot open for writing: the file is read-only (mode 0444); a disk that has snapshot children is made read-only so that they stay valid — write the newest snapshot instead, or open it read-only',
+      { file: abs },
+    );
+  }
+}
+
+function openRaw(file: HostFile, readOnly: boolean): VmdkDisk {
   return new VmdkDisk({
     path: file.path,
     format: 'raw',
@@ -118,7 +152,7 @@ function looksLikeDescriptor(head: Buffer): boolean {
   return /^\s*(#\s*Disk DescriptorFile|version\s*=)/i.test(nul >= 0 ? text.slice(0, nul) : text);
 }
 
-async function openText(main: HostFile, opened: HostFile[], readOnly: boolean, allowEncrypted: boolean, pool: HandlePool, full: boolean): Promise<VirtualDisk> {
+async function openText(main: HostFile, opened: HostFile[], readOnly: boolean, allowEncrypted: boolean, pool: HandlePool, full: boolean): Promise<VmdkDisk> {
   if (main.size > MAX_DESCRIPTOR_BYTES) {
     throw new VmdkFormatError('ERR_VMDK_LIMIT', `text descriptor is ${main.size} bytes, beyond the limit of ${MAX_DESCRIPTOR_BYTES}`, { file: main.path });
   }
@@ -142,7 +176,7 @@ async function openText(main: HostFile, opened: HostFile[], readOnly: boolean, a
   });
 }
 
-async function openEmbedded(main: HostFile, opened: HostFile[], readOnly: boolean, allowEncrypted: boolean, full: boolean): Promise<VirtualDisk> {
+async function openEmbedded(main: HostFile, opened: HostFile[], readOnly: boolean, allowEncrypted: boolean, full: boolean): Promise<VmdkDisk> {
   const sparse = await SparseExtent.open(main, { writable: !readOnly, whyReadOnly: 'the disk was opened read-only' });
   if (full) await sparse.checkStructure();
   const area = sparse.descriptorArea;
@@ -205,10 +239,7 @@ function checkDescriptor(d: Descriptor, file: string, allowEncrypted: boolean): 
       { file },
     );
   }
-  const parent = d.get('parentCID');
-  if ((parent !== undefined && parent.toLowerCase() !== NO_PARENT) || d.has('parentFileNameHint')) {
-    throw new VmdkFormatError('ERR_VMDK_UNSUPPORTED', 'unsupported: delta disks (with a parent) cannot be read on their own', { file });
-  }
+  parentLink(d, file); // a half or impossible parent link is refused before any extent is opened
   if (d.isEncrypted() && !allowEncrypted) {
     throw new VmdkFormatError('ERR_DISK_ENCRYPTED', `${file} is encrypted; open it with keys`, { file });
   }

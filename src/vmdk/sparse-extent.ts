@@ -585,6 +585,47 @@ export class SparseExtent implements Extent {
     if (runEnd > runStart) yield { start: runStart, end: runEnd };
   }
 
+  /**
+   * Ranges inside [start, end) whose grains are unallocated (entry 0, or no table): in a snapshot
+   * child they read from the parent. A zeroed grain (entry 1 with FLAG_ZEROED_GTE) is not one: it
+   * reads as zeros whatever the parent holds, as in qemu. Coalesced, in order.
+   */
+  async *holes(start: number, end: number): AsyncIterable<ByteRange> {
+    const gb = this.grainBytes;
+    const n = this.#gteCount;
+    let g = Math.floor(start / gb);
+    const gEnd = Math.ceil(end / gb);
+    let runStart = -1;
+    let runEnd = -1;
+    const add = (a: number, b: number): ByteRange | undefined => {
+      if (a === runEnd) {
+        runEnd = b;
+        return undefined;
+      }
+      const done = runEnd > runStart ? { start: runStart, end: runEnd } : undefined;
+      runStart = a;
+      runEnd = b;
+      return done;
+    };
+    while (g < gEnd) {
+      const gti = Math.floor(g / n);
+      const tableEnd = Math.min((gti + 1) * n, gEnd);
+      const table = this.#mayHoldData(gti) ? await this.#table(gti) : undefined;
+      if (!table) {
+        const done = add(Math.max(start, g * gb), Math.min(end, tableEnd * gb));
+        if (done) yield done;
+      } else {
+        for (; g < tableEnd; g++) {
+          if (table[g - gti * n] !== 0) continue;
+          const done = add(Math.max(start, g * gb), Math.min(end, (g + 1) * gb));
+          if (done) yield done;
+        }
+      }
+      g = tableEnd;
+    }
+    if (runEnd > runStart) yield { start: runStart, end: runEnd };
+  }
+
   async write(offset: number, data: Uint8Array): Promise<void> {
     if (!this.writable) throw readOnlyError(this.#whyReadOnly, this.file.path);
     await this.#mutex.run(() => this.#write(offset, data));

@@ -13,7 +13,7 @@ const docs = readFileSync(join(root, 'docs', 'errors.md'), 'utf8');
 
 /** Every 'ERR_…' literal in the layers' sources and the native addon (the XTS codes are plain strings). */
 function codesInSources(): string[] {
-  const files = ['xts', 'kmip', 'keys', 'vmdk', 'disk', 'pipeline', 'util', 'serve', 'vm'].flatMap((layer) =>
+  const files = ['xts', 'kmip', 'keys', 'vmdk', 'disk', 'pipeline', 'backup', 'vm', 'util', 'serve'].flatMap((layer) =>
     readdirSync(join(root, 'src', layer), { recursive: true, encoding: 'utf8' })
       .filter((f) => f.endsWith('.ts'))
       .map((f) => join(root, 'src', layer, f)),

@@ -76,7 +76,10 @@ describe('parseEncryption', () => {
     ['a ddb.encryption key alone', [['ddb.encryption.foo', 'x']], 'no encryption.format'],
     ['an unknown key', [...good, ['encryption.extra', 'x']], 'unknown encryption line'],
     ['a duplicate', [...good, [LINE.cipher, 'aes-256-xts']], 'appears twice'],
-    ['a future version', good.map(([k, v]) => [k, k === LINE.format ? 'vmseal/3' : v] as [string, string]), 'version 3 is not supported'],
+    // Version 3 is the layered format of snapshot chains (read since chains); 4 is the future.
+    ['a future version', good.map(([k, v]) => [k, k === LINE.format ? 'vmseal/4' : v] as [string, string]), 'version 4 is not supported'],
+    ['version 3 without a layer id', good.map(([k, v]) => [k, k === LINE.format ? 'vmseal/3' : v] as [string, string]), 'encryption.layerId is missing'],
+    ['a layer id before version 3', [...good, [LINE.layerId, 'a'.repeat(32)]], 'unknown encryption line encryption.layerId'],
     ['a data check in version 1', [...good, [LINE.dataCheck, `${'a'.repeat(64)}.${'-'.repeat(64)}`]], 'unknown encryption line encryption.dataCheck'],
     ['version 2 without a data check', good.map(([k, v]) => [k, k === LINE.format ? 'vmseal/2' : v] as [string, string]), 'encryption.dataCheck is missing'],
     [

@@ -45,6 +45,10 @@ export function infoRows(info: DiskInfo, disk: string): Array<[string, string]> 
           : `no (${e.unlockError?.code ?? 'locked'}: ${e.unlockError?.message ?? 'no key opens it'})`;
     rows.push(['unlockable now', unlock]);
   }
+  if (info.chain) {
+    rows.push(['snapshot chain', `${info.chain.length} layers, top first`]);
+    for (const [i, l] of info.chain.entries()) rows.push([`  layer ${i}`, `${l.path} (CID ${l.cid ?? '-'})`]);
+  }
   if (info.files.length > 0) rows.push(['files', info.files.join(', ')]);
   if (info.interrupted) rows.push(['interrupted job', `${info.interrupted.operation} (run \`vmseal resume ${disk}\`)`]);
   return rows;

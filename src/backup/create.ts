@@ -1,0 +1,245 @@
+/**
+ * `backup create`: store a point of a disk's virtual ciphertext view — what `qemu-img convert -O raw`
+ * of the encrypted disk gives — without any key. The view is cut into CHUNK_SIZE chunks at multiples
+ * of CHUNK_SIZE (so every chunk is whole data units, and the same data at the same offset is the
+ * same chunk in every point and subformat); only chunks that overlap allocated ranges are read, an
+ * all-zero chunk is a hole (not stored), and a chunk already in the repository is not written again.
+ * The chunks are written first, the manifest last: a killed backup leaves chunks that no manifest
+ * names yet (the next backup reuses them; prune removes them if none does).
+ */
+import { basename } from 'node:path';
+import { assertNoJournal, readEncryptionParams } from '../disk/index.js';
+import { openDisk, type VirtualDisk } from '../vmdk/index.js';
+import { acquireLock } from '../pipeline/lock.js';
+import { abortError } from '../pipeline/errors.js';
+import { expected } from '../errors.js';
+import { BackupError } from './errors.js';
+import {
+  BACKUP_SUBFORMATS,
+  HISTORY_RE,
+  MANIFEST_FORMAT,
+  MANIFEST_VERSION,
+  POINT_NAME_RE,
+  serializeManifest,
+  type BackupSubformat,
+  type ChunkEntry,
+  type PointManifest,
+} from './manifest.js';
+import { CHUNK_SIZE, POINT_ID_RE, newPointId, openRepository, sha256Hex, type Repository } from './repository.js';
+import { readPoints } from './points.js';
+
+export interface CreateBackupOptions {
+  /** A name for the point, to restore it by (letters, digits, `.`, `_`, `-`; not `latest`). */
+  name?: string;
+  /** The history the point belongs to (default: the disk's ddb.uuid, else its encryption.diskId, else its file name). */
+  history?: string;
+  /** Back up a plain (unencrypted) disk: its chunks are then plaintext (default: `false`, refused with ERR_BACKUP_PLAIN). */
+  allowPlain?: boolean;
+  /** What the disk file is (default: detected, as by openDisk). */
+  format?: 'vmdk' | 'raw';
+  /** Wait this long for a repository lock held exclusively by a prune (default: `0`). */
+  lockWaitMs?: number;
+  signal?: AbortSignal;
+}
+
+export interface CreateBackupResult {
+  /** The new point's id. */
+  point: string;
+  name: string | null;
+  history: string;
+  parent: string | null;
+  plain: boolean;
+  /** Non-zero chunks the point lists. */
+  chunks: number;
+  /** Chunks this backup wrote (the others were in the repository already). */
+  newChunks: number;
+  newBytes: number;
+  /** Bytes of the disk read (the allocated chunks). */
+  bytesRead: number;
+}
+
+/** Chunks read, hashed and stored at once: enough to overlap reads with hashing, bounded memory. */
+const PARALLEL = 8;
+
+function arg(what: string, name: string, value: unknown): BackupError {
+  return new BackupError('ERR_INVALID_ARGUMENT', expected(what, name, value));
+}
+
+export function checkPointName(name: unknown, argument = 'options.name'): string {
+  if (typeof name !== 'string' || !POINT_NAME_RE.test(name) || name === 'latest' || POINT_ID_RE.test(name)) {
+    throw arg("a point name (1 to 64 letters, digits, '.', '_', '-'; not 'latest' or a point id)", argument, name);
+  }
+  return name;
+}
+
+/** Chunk offsets overlapping the disk's allocated ranges, in order, each once. */
+async function* allocatedChunks(disk: VirtualDisk): AsyncGenerator<number> {
+  let next = 0; // first chunk offset not yet yielded
+  for await (const r of disk.allocatedRanges()) {
+    const first = Math.max(next, Math.floor(r.offset / CHUNK_SIZE) * CHUNK_SIZE);
+    for (let off = first; off < r.offset + r.length; off += CHUNK_SIZE) yield off;
+    next = Math.max(next, Math.ceil((r.offset + r.length) / CHUNK_SIZE) * CHUNK_SIZE);
+  }
+}
+
+const ZERO = Buffer.alloc(CHUNK_SIZE);
+
+function defaultHistory(disk: VirtualDisk, diskId: string | null): string {
+  const uuid = disk.descriptor?.get('ddb.uuid');
+  if (uuid !== undefined && HISTORY_RE.test(uuid)) return uuid;
+  if (diskId !== null) return diskId;
+  const name = basename(disk.path);
+  return HISTORY_RE.test(name) ? name : 'disk';
+}
+
+/** Back up the disk at `diskPath` into the repository at `repoPath` as a new point. */
+export async function createBackup(diskPath: string, repoPath: string, options: CreateBackupOptions = {}): Promise<CreateBackupResult> {
+  if (typeof diskPath !== 'string' || diskPath === '' || diskPath.includes('\0')) throw arg('a file path', 'disk', diskPath);
+  if (options === null || typeof options !== 'object') throw arg('an object', 'options', options);
+  const name = options.name === undefined ? null : checkPointName(options.name);
+  if (options.history !== undefined && (typeof options.history !== 'string' || !HISTORY_RE.test(options.history))) {
+    throw arg('1 to 256 printable ASCII characters', 'options.history', options.history);
+  }
+  const allowPlain = options.allowPlain ?? false;
+  if (typeof allowPlain !== 'boolean') throw arg('a boolean', 'options.allowPlain', allowPlain);
+  const waitMs = options.lockWaitMs ?? 0;
+  if (!Number.isSafeInteger(waitMs) || waitMs < 0) throw arg('a non-negative integer', 'options.lockWaitMs', waitMs);
+  const signal = options.signal;
+
+  const repo = await openRepository(repoPath);
+  const repoLock = await repo.lock('shared', 'create', waitMs);
+  try {
+    assertNoJournal(diskPath);
+    const diskLock = await acquireLock(diskPath, 'backup', 'shared');
+    try {
+      const disk = await openDisk(diskPath, { readOnly: true, allowEncrypted: true, ...(options.format ? { format: options.format } : {}) });
+      try {
+        return await backUp(repo, disk, { name, history: options.history, allowPlain, signal });
+      } finally {
+        await disk.close();
+      }
+    } finally {
+      await diskLock.release();
+    }
+  } finally {
+    repoLock.release();
+  }
+}
+
+async function backUp(
+  repo: Repository,
+  disk: VirtualDisk,
+  o: { name: string | null; history: string | undefined; allowPlain: boolean; signal: AbortSignal | undefined },
+): Promise<CreateBackupResult> {
+  const d = disk.descriptor;
+  const encrypted = d?.isEncrypted() ?? false;
+  if (!encrypted && !o.allowPlain) {
+    throw new BackupError(
+      'ERR_BACKUP_PLAIN',
+      `${disk.path} is not encrypted: its backup would hold its data in plaintext; encrypt it first (vmseal encrypt), or use a general backup tool, or pass allowPlain (--allow-plain) to store a plain point`,
+    );
+  }
+  if (d?.has('encryption.job')) {
+    throw new BackupError(
+      'ERR_INTERRUPTED_JOB',
+      `${disk.path} is in the middle of an in-place job (${d.get('encryption.job')}); finish it first (vmseal resume)`,
+    );
+  }
+  const subformat = disk.format === 'raw' ? 'raw' : disk.subformat;
+  if (!(BACKUP_SUBFORMATS as readonly string[]).includes(subformat)) {
+    throw new BackupError(
+      'ERR_BACKUP_UNSUPPORTED',
+      `${disk.path} is a ${subformat} disk, which backups do not store; convert it to monolithicSparse or monolithicFlat first`,
+    );
+  }
+  const parentCid = d?.get('parentCID');
+  if (parentCid !== undefined && parentCid.toLowerCase() !== 'ffffffff') {
+    throw new BackupError(
+      'ERR_BACKUP_UNSUPPORTED',
+      `${disk.path} is a snapshot child (parentCID ${parentCid}); backups of snapshot chains are not supported yet`,
+    );
+  }
+  if (disk.capacity === 0 || disk.capacity % 512 !== 0) {
+    // A manifest records whole sectors (what restore can recreate): a raw image of another size is refused.
+    throw new BackupError('ERR_BACKUP_UNSUPPORTED', `${disk.path} has ${disk.capacity} bytes, not a positive whole number of 512-byte sectors`);
+  }
+  // The encryption lines are checked (a damaged or foreign set is refused) without any key.
+  const params = encrypted ? await readEncryptionParams(disk.path, { format: disk.format }) : null;
+  if (params && disk.capacity % params.unitSize !== 0) {
+    throw new BackupError('ERR_BACKUP_UNSUPPORTED', `the capacity of ${disk.path} is not a multiple of its ${params.unitSize}-byte data unit`);
+  }
+  const history = o.history ?? defaultHistory(disk, params?.diskId ?? null);
+  const previous = (await readPoints(repo, { skipDamaged: true })).filter((p) => p.history === history);
+  const parent = previous.length > 0 ? previous[previous.length - 1]!.id : null;
+
+  const entries: ChunkEntry[] = [];
+  let newChunks = 0;
+  let newBytes = 0;
+  let bytesRead = 0;
+  const offsets = allocatedChunks(disk);
+  /** Fan-out folders that got a new chunk: synced once, before the manifest names their chunks. */
+  const written = new Set<string>();
+  let done = false;
+  const worker = async (): Promise<void> => {
+    const buf = Buffer.allocUnsafe(CHUNK_SIZE);
+    for (;;) {
+      if (o.signal?.aborted) throw abortError(o.signal, `the backup of ${disk.path}`);
+      // One generator shared by the workers: next() calls are queued by the generator itself.
+      if (done) return;
+      const n = await offsets.next();
+      if (n.done) {
+        done = true;
+        return;
+      }
+      const off = n.value;
+      const data = buf.subarray(0, Math.min(CHUNK_SIZE, disk.capacity - off));
+      await disk.readInto(off, data);
+      bytesRead += data.length;
+      if (data.equals(ZERO.subarray(0, data.length))) continue;
+      const hash = sha256Hex(data);
+      if (!(await repo.hasChunk(hash)) && (await repo.putChunk(hash, data))) {
+        newChunks++;
+        newBytes += data.length;
+        written.add(hash.slice(0, 2));
+      }
+      entries.push([off, hash]);
+    }
+  };
+  // The first failure stops every worker (none goes on reading or storing after the lock is released).
+  const guarded = (): Promise<void> =>
+    worker().catch((err: unknown) => {
+      done = true;
+      throw err;
+    });
+  // Wait for every worker to stop before the locks and files are released, then report the first failure.
+  const settled = await Promise.allSettled(Array.from({ length: PARALLEL }, guarded));
+  const failure = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failure) throw failure.reason;
+  entries.sort((a, b) => a[0] - b[0]);
+  await repo.syncChunkFolders(written);
+
+  const now = new Date();
+  const id = newPointId(now);
+  const grainSize = subformat.endsWith('Sparse') ? (disk.grainSize ?? null) : null;
+  const extentSize = subformat.startsWith('twoGbMaxExtent') && d && d.extents.length > 1 ? d.extents[0]!.sectors * 512 : null;
+  const manifest: PointManifest = {
+    format: MANIFEST_FORMAT,
+    version: MANIFEST_VERSION,
+    repository: repo.id,
+    id,
+    name: o.name,
+    history,
+    parent,
+    time: now.toISOString(),
+    plain: !encrypted,
+    source: disk.path,
+    capacity: disk.capacity,
+    chunkSize: CHUNK_SIZE,
+    unitSize: params?.unitSize ?? null,
+    diskId: params?.diskId ?? null,
+    layers: [{ subformat: subformat as BackupSubformat, descriptor: d ? d.toString() : null, capacity: disk.capacity, grainSize, extentSize, chunks: entries }],
+    stats: { chunks: entries.length, newChunks, newBytes },
+  };
+  await repo.writePointText(id, serializeManifest(manifest));
+  return { point: id, name: o.name, history, parent, plain: !encrypted, chunks: entries.length, newChunks, newBytes, bytesRead };
+}

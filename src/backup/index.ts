@@ -1,0 +1,16 @@
+// Public surface of src/backup: ciphertext backups of disks in a content-addressed repository.
+export { BackupError, type BackupErrorCode } from './errors.js';
+export { initRepository, CHUNK_SIZE, type RepositoryInfo } from './repository.js';
+export { type PointManifest, type PointLayer, type ChunkEntry, type BackupSubformat, BACKUP_SUBFORMATS } from './manifest.js';
+export { createBackup, type CreateBackupOptions, type CreateBackupResult } from './create.js';
+export { restoreBackup, type RestoreBackupOptions, type RestoreBackupResult } from './restore.js';
+export {
+  listBackups,
+  verifyBackup,
+  pruneBackup,
+  type PointSummary,
+  type VerifyBackupResult,
+  type VerifyProblem,
+  type PruneBackupOptions,
+  type PruneBackupResult,
+} from './maintain.js';

@@ -1,0 +1,208 @@
+/**
+ * `backup restore REPO POINT OUT`: a new disk with the point's ciphertext view and its descriptor
+ * (same DEK, KeySafe, disk id and authenticator, so the same keys open it), built aside and moved
+ * into place only when complete.
+ *
+ * The disk is created in a staging folder `<folder of OUT>/.vmseal-restore-<random>/` under OUT's
+ * file name (so its descriptor names its extents as OUT's will), with OUT's subformat, capacity,
+ * grain and extent sizes and every descriptor line of the point but the extent lines; then each
+ * chunk is read, its SHA-256 checked against its name, and its non-zero blocks written. Holes stay
+ * holes: an unallocated sparse grain reads as zeros in the ciphertext view, so a block of a whole
+ * grain of zeros is left unallocated (an allocated grain holds ciphertext over its whole length,
+ * docs/format.md), and zero blocks of flat extents stay host holes. Last, the files are moved next
+ * to OUT without replacing anything (link, then unlink the staged name), extents first and the
+ * descriptor last, and the folder is fsynced.
+ */
+import { randomBytes } from 'node:crypto';
+import { link, mkdir, rename, rm, stat, unlink } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
+import { fsyncDir } from '../util/atomic-file.js';
+import { createDisk, Descriptor, plannedDiskFiles, type CreateSubformat, type VirtualDisk } from '../vmdk/index.js';
+import { NameReservations } from '../pipeline/lock.js';
+import { abortError } from '../pipeline/errors.js';
+import { expected } from '../errors.js';
+import { BackupError } from './errors.js';
+import type { PointLayer, PointManifest } from './manifest.js';
+import { resolvePoint } from './points.js';
+import { CHUNK_SIZE, openRepository, type Repository } from './repository.js';
+
+export interface RestoreBackupOptions {
+  /** With point `latest` or a name: look only at this history's points. */
+  history?: string;
+  /** Wait this long for a repository lock held exclusively by a prune (default: `0`). */
+  lockWaitMs?: number;
+  signal?: AbortSignal;
+}
+
+export interface RestoreBackupResult {
+  point: string;
+  /** The restored disk (its descriptor, or only file). */
+  path: string;
+  /** Every file of the restored disk. */
+  files: string[];
+  /** Chunks written (each verified by hash first). */
+  chunks: number;
+  bytesWritten: number;
+}
+
+const PARALLEL = 4;
+/** Zero blocks of this size are not written to flat extents and raw images (they stay host holes). */
+const FLAT_BLOCK = 64 * 1024;
+/** Lines createDisk writes itself: the point's values are set over them after creation. */
+const TEMPLATE_KEYS = new Set(['version', 'CID', 'parentCID', 'createType']);
+
+function arg(what: string, name: string, value: unknown): BackupError {
+  return new BackupError('ERR_INVALID_ARGUMENT', expected(what, name, value));
+}
+
+async function exists(path: string): Promise<boolean> {
+  return stat(path).then(
+    () => true,
+    (err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return false;
+      throw err;
+    },
+  );
+}
+
+/** Restore point `point` (an id, a name, or `latest`) of the repository at `repoPath` as the new disk `outPath`. */
+export async function restoreBackup(repoPath: string, point: string, outPath: string, options: RestoreBackupOptions = {}): Promise<RestoreBackupResult> {
+  if (typeof point !== 'string' || point === '') throw arg('a point id, name or `latest`', 'point', point);
+  if (typeof outPath !== 'string' || outPath === '' || outPath.includes('\0')) throw arg('a file path', 'out', outPath);
+  if (options === null || typeof options !== 'object') throw arg('an object', 'options', options);
+  const waitMs = options.lockWaitMs ?? 0;
+  if (!Number.isSafeInteger(waitMs) || waitMs < 0) throw arg('a non-negative integer', 'options.lockWaitMs', waitMs);
+  const repo = await openRepository(repoPath);
+  const lock = await repo.lock('shared', 'restore', waitMs);
+  try {
+    const m = await resolvePoint(repo, point, options.history);
+    if (m.layers.length !== 1) {
+      throw new BackupError(
+        'ERR_BACKUP_UNSUPPORTED',
+        `point ${m.id} holds a snapshot chain of ${m.layers.length} layers; this vmseal restores single-layer points only`,
+      );
+    }
+    return await restoreLayer(repo, m, m.layers[0]!, resolve(outPath), options.signal);
+  } finally {
+    lock.release();
+  }
+}
+
+async function restoreLayer(repo: Repository, m: PointManifest, layer: PointLayer, out: string, signal: AbortSignal | undefined): Promise<RestoreBackupResult> {
+  const subformat = layer.subformat as CreateSubformat;
+  const sizes = { capacity: layer.capacity, subformat, ...(layer.extentSize !== null ? { maxExtentSize: layer.extentSize } : {}) };
+  const finals = plannedDiskFiles(out, sizes);
+  for (const f of finals)
+    if (await exists(f)) throw new BackupError('ERR_OUTPUT_EXISTS', `${f} exists; restore never replaces a file (choose another output name, or remove it)`);
+  const names = new NameReservations();
+  const staging = join(dirname(out), `.vmseal-restore-${randomBytes(6).toString('hex')}`);
+  const moved: string[] = [];
+  try {
+    await names.reserve(finals, 'exclusive');
+    await mkdir(staging, { mode: 0o700 });
+    const staged = join(staging, basename(out));
+    const saved = layer.descriptor === null ? undefined : Descriptor.parse(layer.descriptor);
+    const disk = await createDisk(staged, {
+      ...sizes,
+      ...(layer.grainSize !== null ? { grainSize: layer.grainSize } : {}),
+      descriptorLines: saved ? saved.entries().filter(([k]) => !TEMPLATE_KEYS.has(k) && !k.startsWith('ddb.')) : [],
+    });
+    let written: { chunks: number; bytes: number };
+    try {
+      if (saved) await disk.updateDescriptor((d) => copyDescriptorLines(saved, d));
+      written = await writeChunks(repo, disk, layer, signal);
+      await disk.flush();
+    } finally {
+      await disk.close();
+    }
+    const stagedFiles = plannedDiskFiles(staged, sizes);
+    // Extents first, the descriptor (first in the list) last: OUT appears only with its data in place.
+    for (let i = stagedFiles.length - 1; i >= 0; i--) {
+      await moveNoReplace(stagedFiles[i]!, finals[i]!);
+      moved.push(finals[i]!);
+    }
+    await fsyncDir(dirname(out));
+    return { point: m.id, path: out, files: finals, chunks: written.chunks, bytesWritten: written.bytes };
+  } catch (err) {
+    for (const f of moved) await unlink(f).catch(() => undefined);
+    throw err;
+  } finally {
+    await rm(staging, { recursive: true, force: true });
+    names.close();
+  }
+}
+
+/** Give the new descriptor the point's header and disk-database lines (the extent lines stay OUT's). */
+function copyDescriptorLines(saved: Descriptor, d: Descriptor): void {
+  for (const [k, v] of saved.entries()) if (k === 'CID' || k.startsWith('ddb.')) d.set(k, v);
+  for (const [k] of d.entries()) if (k.startsWith('ddb.') && !saved.has(k)) d.delete(k);
+}
+
+async function moveNoReplace(from: string, to: string): Promise<void> {
+  try {
+    await link(from, to);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EEXIST') throw new BackupError('ERR_OUTPUT_EXISTS', `${to} appeared while the restore ran; it was left alone`, { cause: err });
+    if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EOPNOTSUPP' && code !== 'ENOSYS') throw err;
+    if (await exists(to)) throw new BackupError('ERR_OUTPUT_EXISTS', `${to} appeared while the restore ran; it was left alone`);
+    await rename(from, to); // no hard links here: a rename, after the check above
+    return;
+  }
+  await unlink(from);
+}
+
+/** Write every chunk of `layer` into `disk`, each checked by hash before any of it is written. */
+async function writeChunks(
+  repo: Repository,
+  disk: VirtualDisk,
+  layer: PointLayer,
+  signal: AbortSignal | undefined,
+): Promise<{ chunks: number; bytes: number }> {
+  const block = layer.grainSize ?? FLAT_BLOCK;
+  let next = 0;
+  let bytes = 0;
+  let failed = false;
+  const worker = async (): Promise<void> => {
+    const buf = Buffer.allocUnsafe(CHUNK_SIZE);
+    while (!failed && next < layer.chunks.length) {
+      if (signal?.aborted) throw abortError(signal, `the restore to ${disk.path}`);
+      const [off, hash] = layer.chunks[next++]!;
+      const data = buf.subarray(0, Math.min(CHUNK_SIZE, layer.capacity - off));
+      await repo.readChunk(hash, data);
+      for (const [s, e] of nonZeroRuns(data, block)) {
+        await disk.write(off + s, data.subarray(s, e));
+        bytes += e - s;
+      }
+    }
+  };
+  // The first failure (a bad chunk) stops every worker before the staged disk is closed and removed.
+  const guarded = (): Promise<void> =>
+    worker().catch((err: unknown) => {
+      failed = true;
+      throw err;
+    });
+  // Wait for every worker to stop before the locks and files are released, then report the first failure.
+  const settled = await Promise.allSettled(Array.from({ length: PARALLEL }, guarded));
+  const failure = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failure) throw failure.reason;
+  return { chunks: layer.chunks.length, bytes };
+}
+
+/** [start, end) runs of `data` made of `block`-sized blocks that are not all zeros. */
+function nonZeroRuns(data: Buffer, block: number): Array<[number, number]> {
+  const runs: Array<[number, number]> = [];
+  for (let s = 0; s < data.length; s += block) {
+    const e = Math.min(s + block, data.length);
+    if (isZero(data.subarray(s, e))) continue;
+    const last = runs[runs.length - 1];
+    if (last && last[1] === s) last[1] = e;
+    else runs.push([s, e]);
+  }
+  return runs;
+}
+
+const ZERO_BLOCK = Buffer.alloc(CHUNK_SIZE);
+function isZero(b: Buffer): boolean {
+  return b.equals(ZERO_BLOCK.subarray(0, b.length));
+}

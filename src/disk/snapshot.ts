@@ -1,0 +1,92 @@
+/**
+ * Snapshots of encrypted disks: the key-aware side of the VMDK layer's createSnapshot and
+ * revertSnapshot (docs/format.md, "Snapshot chains").
+ */
+import { ChainDisk, createSnapshot, openDisk as openVmdk, revertSnapshot, type VirtualDisk } from '../vmdk/index.js';
+import type { EncryptedDisk } from './encrypted-disk.js';
+import { dataCheckOf } from './data-check.js';
+import { DiskError } from './errors.js';
+import { unlockDek, type UnlockOptions } from './keying.js';
+import { layered } from './layers.js';
+import { assertNoJournal, encryptionOf, unlockInner } from './open.js';
+import { encryptionLines, type EncryptionParams } from './params.js';
+import { readUnitZero } from './unit-zero.js';
+
+export interface EncryptedSnapshotOptions {
+  /** How to unlock the disk (as for openDisk). */
+  keys: UnlockOptions;
+  /** File name of the new child (see the VMDK layer's createSnapshot); default `<base>-00000N.vmdk`. */
+  name?: string;
+}
+
+/**
+ * Open `path` (an encrypted disk or chain top) with every check of openDisk (authenticator, layers,
+ * data check), and compute the encryption lines of a new child of it: same KeySafe, cipher, unit
+ * size and disk id, a fresh layer id, the parent's as parentLayerId, and the data check of unit 0 as
+ * it reads now. When `upgrade`, a disk that is not a version-3 layer yet first gets a layer id and a
+ * new authenticator (written before any child exists; an embedded descriptor is rewritten in place).
+ */
+async function childLinesOf(
+  path: string,
+  keys: UnlockOptions,
+  parentOf: (inner: VirtualDisk) => VirtualDisk,
+  upgrade: boolean,
+): Promise<Array<[string, string]>> {
+  assertNoJournal(path);
+  const inner = await openVmdk(path, { readOnly: !upgrade, allowEncrypted: true });
+  let opened: EncryptedDisk | undefined;
+  try {
+    const enc = encryptionOf(inner);
+    if (!enc) throw new DiskError('ERR_NOT_ENCRYPTED', `${path} is not encrypted; take a plain snapshot without keys`);
+    if (enc.job !== undefined)
+      throw new DiskError('ERR_INTERRUPTED_JOB', `${path} is in the middle of an interrupted ${enc.job} job; finish it first (vmseal resume)`);
+    opened = await unlockInner(inner, enc.params, keys); // every check, the layers' included
+    const disk = opened;
+    const parent = parentOf(inner);
+    const p0 = encryptionOf(parent)?.params;
+    if (!p0) throw new DiskError('ERR_NOT_ENCRYPTED', `${parent.path} is not encrypted`);
+    const dek = await unlockDek(enc.params, inner.capacity, keys, path);
+    try {
+      let p: EncryptionParams = p0;
+      if (p.layerId === undefined) {
+        if (!upgrade) throw new DiskError('ERR_WRONG_PARENT', `${parent.path} is not a snapshot layer (format version 3)`);
+        const next = layered(dek, p, inner.capacity, undefined);
+        await inner.updateDescriptor((d) => {
+          for (const [k, v] of encryptionLines(next)) d.set(k, v);
+        });
+        p = next;
+      }
+      const unit0 = await readUnitZero(parent, disk.dataCipher);
+      if (!unit0) throw new DiskError('ERR_WRONG_DATA', `${parent.path}: data unit 0 is not backed by data; run vmseal repair --reseal-data-check first`);
+      // The child's own data check: unit 0 as the chain reads it now, nothing pending.
+      return encryptionLines(layered(dek, { ...p, dataCheck: dataCheckOf(dek, p.diskId, p.unitSize, unit0) }, inner.capacity, p.layerId));
+    } finally {
+      dek.fill(0);
+    }
+  } finally {
+    await (opened ?? inner).close();
+  }
+}
+
+/**
+ * Take a snapshot of an encrypted disk (a base disk or the top of a chain) and return the new
+ * child's path (see the VMDK layer's createSnapshot for naming and the parent's mode 0444).
+ */
+export async function createEncryptedSnapshot(path: string, options: EncryptedSnapshotOptions): Promise<string> {
+  const lines = await childLinesOf(path, options.keys, (inner) => inner, true);
+  return createSnapshot(path, { ...(options.name !== undefined ? { name: options.name } : {}), descriptorLines: lines });
+}
+
+/** Revert the encrypted snapshot at the top of a chain: a new empty encrypted child of its parent, under the same name. */
+export async function revertEncryptedSnapshot(path: string, options: Pick<EncryptedSnapshotOptions, 'keys'>): Promise<string> {
+  const lines = await childLinesOf(
+    path,
+    options.keys,
+    (inner) => {
+      if (!(inner instanceof ChainDisk)) throw new DiskError('ERR_INVALID_ARGUMENT', `${path} is not a snapshot: nothing to revert to`);
+      return inner.parent;
+    },
+    false,
+  );
+  return revertSnapshot(path, { descriptorLines: lines });
+}
