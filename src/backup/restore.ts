@@ -11,10 +11,11 @@
  * grain of zeros is left unallocated (an allocated grain holds ciphertext over its whole length,
  * docs/format.md), and zero blocks of flat extents stay host holes. Last, the files are moved next
  * to OUT without replacing anything (link, then unlink the staged name), extents first and the
- * descriptor last, and the folder is fsynced.
+ * descriptor last, and the folder is fsynced. The staging folder's name is held while the restore
+ * lives; one left by a killed restore is removed by the next restore into the folder
+ * (restore-staging.ts).
  */
-import { randomBytes } from 'node:crypto';
-import { link, mkdir, rename, rm, stat, unlink } from 'node:fs/promises';
+import { link, rename, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fsyncDir } from '../util/atomic-file.js';
 import { createDisk, Descriptor, plannedDiskFiles, type CreateSubformat, type VirtualDisk } from '../vmdk/index.js';
@@ -24,6 +25,7 @@ import { expected } from '../errors.js';
 import { BackupError } from './errors.js';
 import type { PointLayer, PointManifest } from './manifest.js';
 import { resolvePoint } from './points.js';
+import { cleanStaleRestoreStages, makeRestoreStage, removeRestoreStage } from './restore-staging.js';
 import { CHUNK_SIZE, openRepository, type Repository } from './repository.js';
 
 export interface RestoreBackupOptions {
@@ -95,11 +97,13 @@ async function restoreLayer(repo: Repository, m: PointManifest, layer: PointLaye
   for (const f of finals)
     if (await exists(f)) throw new BackupError('ERR_OUTPUT_EXISTS', `${f} exists; restore never replaces a file (choose another output name, or remove it)`);
   const names = new NameReservations();
-  const staging = join(dirname(out), `.vmseal-restore-${randomBytes(6).toString('hex')}`);
+  let staging: string | undefined;
   const moved: string[] = [];
   try {
     await names.reserve(finals, 'exclusive');
-    await mkdir(staging, { mode: 0o700 });
+    // Staging folders of restores killed earlier (their owner's lock is gone) go first.
+    await cleanStaleRestoreStages(dirname(out), names);
+    staging = await makeRestoreStage(dirname(out), names);
     const staged = join(staging, basename(out));
     const saved = layer.descriptor === null ? undefined : Descriptor.parse(layer.descriptor);
     const disk = await createDisk(staged, {
@@ -127,7 +131,7 @@ async function restoreLayer(repo: Repository, m: PointManifest, layer: PointLaye
     for (const f of moved) await unlink(f).catch(() => undefined);
     throw err;
   } finally {
-    await rm(staging, { recursive: true, force: true });
+    if (staging !== undefined) await removeRestoreStage(staging, names);
     names.close();
   }
 }

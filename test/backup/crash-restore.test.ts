@@ -1,10 +1,13 @@
 // A restore crashed at any point (simulated power loss through the fault-injecting file layer,
 // then SIGKILL) leaves no OUT or a whole one; a power loss just after it returned leaves OUT whole.
+// The staging folder a killed restore leaves is removed by the next restore into the folder, unless
+// a live process still holds its name.
 import { spawnSync, execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createBackup, initRepository } from '../../src/backup/index.js';
+import { createBackup, initRepository, restoreBackup } from '../../src/backup/index.js';
+import { NameReservations } from '../../src/pipeline/lock.js';
 import { patternBytes, tempDir } from '../disk/helpers.js';
 import { bundleFixture } from '../helpers/bundle.js';
 import { encryptedDisk } from './helpers.js';
@@ -35,6 +38,8 @@ function run(out: string, crashAt: number) {
   return { signal: r.signal, status: r.status, stderr: r.stderr, events: Number(/events=(\d+)/.exec(r.stdout)?.[1] ?? 0) };
 }
 
+const stages = (dir: string): string[] => readdirSync(dir).filter((f) => f.startsWith('.vmseal-restore-'));
+
 function crashPoints(total: number, n: number): number[] {
   // The first call, the last, and evenly between.
   const pts = new Set<number>([1, total]);
@@ -61,5 +66,53 @@ describe('a crashed restore', () => {
       expect(readdirSync(out).filter((f) => f !== 'r.vmdk' && f !== 'after-the-job' && !f.startsWith('.vmseal-restore-') && f !== '.vmseal-lock')).toEqual([]);
       rmSync(out, { recursive: true });
     }
+  });
+});
+
+describe('the staging folder of a killed restore', () => {
+  let events = 0;
+  beforeAll(async () => {
+    await createBackup(disk, repo);
+    const dryOut = join(tmp.dir, 'stale-dry');
+    mkdirSync(dryOut);
+    const dry = run(dryOut, 0);
+    expect(dry.status, dry.stderr).toBe(0);
+    events = dry.events;
+    rmSync(dryOut, { recursive: true });
+  });
+
+  it('is removed by the next restore into the same folder, which succeeds', async () => {
+    const out = join(tmp.dir, 'stale-killed');
+    mkdirSync(out);
+    const killed = run(out, Math.max(1, Math.floor(events / 2)));
+    expect(killed.signal, killed.stderr).toBe('SIGKILL');
+    expect(stages(out)).toHaveLength(1);
+    expect(existsSync(join(out, 'r.vmdk'))).toBe(false);
+    const r = await restoreBackup(repo, 'latest', join(out, 'r.vmdk'));
+    execFileSync('qemu-img', ['compare', '-q', disk, r.path]);
+    expect(stages(out)).toEqual([]);
+    rmSync(out, { recursive: true });
+  });
+
+  it('is left alone while a live process holds its name (a restore still writing)', async () => {
+    const out = join(tmp.dir, 'stale-alive');
+    mkdirSync(out);
+    const live = join(out, '.vmseal-restore-0123456789ab');
+    mkdirSync(live);
+    writeFileSync(join(live, 'r.vmdk'), 'being written');
+    // Held through its own open file description, as another process's restore would hold it.
+    const owner = new NameReservations();
+    try {
+      await owner.reserve([live], 'exclusive');
+      await restoreBackup(repo, 'latest', join(out, 'a.vmdk'));
+      expect(stages(out)).toEqual(['.vmseal-restore-0123456789ab']);
+      expect(existsSync(join(live, 'r.vmdk'))).toBe(true);
+    } finally {
+      owner.close();
+    }
+    // Once its owner is gone, the next restore removes it.
+    await restoreBackup(repo, 'latest', join(out, 'b.vmdk'));
+    expect(stages(out)).toEqual([]);
+    rmSync(out, { recursive: true });
   });
 });
