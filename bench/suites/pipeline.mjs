@@ -18,10 +18,20 @@
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, openSync, writeSync, closeSync, readdirSync, statfsSync, existsSync } from 'node:fs';
 import { randomFillSync } from 'node:crypto';
-import { loadavg, tmpdir } from 'node:os';
+import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { quick, report, fmtMBs } from '../lib.mjs';
+
+/** The load-average note: whether other work shared the machine (load above the core count). */
+function loadNote(before, after, startWords, endWords) {
+  const shared = Math.max(before, after) > cpus().length;
+  return `Load average (1 min) ${before.toFixed(1)} ${startWords} and ${after.toFixed(1)} ${endWords}: ${
+    shared
+      ? 'above the core count, other work shared the machine and every figure is slower and noisier than on a quiet one.'
+      : 'within the core count: the suite had the machine to itself.'
+  }`;
+}
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
@@ -301,7 +311,7 @@ async function batchOnly() {
   report({
     title: 'Streaming engine: a batch of small images (BENCH_ONLY=batch)',
     notes: [
-      `Load average (1 min) ${loadBefore.toFixed(1)} at the start and ${loadAfter.toFixed(1)} at the end: above the core count, other work shared the machine and every figure is slower and noisier than on a quiet one.`,
+      loadNote(loadBefore, loadAfter, 'at the start', 'at the end'),
       'Only the batch part of the pipeline suite; the CLI spawned by the runner and timed from spawn to exit, default --jobs and --jobs 1 interleaved (order alternated each round), the outputs deleted and `sync` run before each run.',
     ],
     tables: [
@@ -466,7 +476,7 @@ async function main() {
   report({
     title: 'Streaming engine: encrypt and copy vs qemu-img',
     notes: [
-      `Load average (1 min) ${loadBefore.toFixed(1)} at the start of the suite and ${loadAfter.toFixed(1)} at its end: above the core count, other work shared the machine and every figure is slower and noisier than on a quiet one.`,
+      loadNote(loadBefore, loadAfter, 'at the start of the suite', 'at its end'),
       `Every job is a process spawned by the runner and timed from spawn to exit (Node start-up, key handling, fsync and commit included): \`node bin/vmseal.js …\` and \`qemu-img …\`, each under /usr/bin/time (peak RSS).`,
       `Rounds interleaved (order alternated each round): ${rounds} in ${base === '/dev/shm' ? 'tmpfs (/dev/shm)' : base}, ${diskRounds} on the disk; before each run the outputs are deleted, \`sync\` is run and the source is read again (warm in the page cache); figures are medians, ratios are throughput ratios of medians (> 1: vmseal faster).`,
       `Encrypt: a ${size / MiB} MiB raw image of random data → \`vmseal encrypt IN OUT --subformat monolithicFlat\` with the local key provider (the default; its keystore beside the images); the first run is checked with \`vmseal verify OUT --against IN\`. The tool fsyncs its output before renaming it into place.`,
