@@ -17,7 +17,7 @@ import type { XtsErrorCode } from '../xts/index.js';
 import type { UtilErrorCode } from '../util/lock.js';
 import type { ServeErrorCode } from '../serve/index.js';
 import type { BackupErrorCode } from '../backup/index.js';
-import type { VmStateErrorCode, VmxErrorCode } from '../vm/index.js';
+import type { VmErrorCode } from '../vm/index.js';
 import { ExitCode, type ExitCodeValue } from './exit-codes.js';
 
 /** Every stable error code of the layers below the CLI (CliError codes carry their own exit code). */
@@ -30,8 +30,7 @@ export type ErrorCode =
   | DiskErrorCode
   | PipelineErrorCode
   | BackupErrorCode
-  | VmStateErrorCode
-  | VmxErrorCode
+  | VmErrorCode
   | ServeErrorCode;
 
 /** An error found by the CLI itself (bad option value, missing file, passphrase on argv, …). */

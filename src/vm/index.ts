@@ -1,6 +1,7 @@
 // Public surface of the VM layer (src/vm): a VM folder as one unit. Each part adds its own export lines.
+// The layer's one error class (the .vmx, state files, the manifest, the vTPM):
+export { VmError, type VmErrorCode } from './errors.js';
 // State files (.nvram, .vmsn, .vmem, UEFI variables at rest), the qemu VM folder manifest and the vTPM.
-export { VmStateError, type VmStateErrorCode } from './state-file-errors.js';
 export { encryptStateFile, decryptStateFile, rewrapStateFile, readStateFileHeader, isStateFile } from './state-file.js';
 export type { EncryptStateFileOptions, DecryptStateFileOptions, RewrapStateFileOptions } from './state-file.js';
 export { STATE_FILE_MAGIC, STATE_FILE_VERSION, STATE_CHUNK_SIZE, STATE_TAG_BYTES, type StateFileHeader } from './state-file-format.js';
@@ -16,7 +17,6 @@ export {
   type VmTpm,
 } from './tpm.js';
 // The .vmx (VMware's configuration encryption) and the hard disks it names:
-export { VmxError, type VmxErrorCode } from './vmx-errors.js';
 export { VmxFile, VMX_LIMITS, type VmxLine, type VmxLineEnding } from './vmx-file.js';
 export {
   encryptVmx,

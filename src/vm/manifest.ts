@@ -20,7 +20,7 @@ import { isAbsolute, join, normalize, resolve, sep } from 'node:path';
 import { describeValue } from '../errors.js';
 import { KEYSAFE_LIMITS } from '../keys/index.js';
 import { writeFileAtomic } from '../util/atomic-file.js';
-import { VmStateError } from './state-file-errors.js';
+import { VmError } from './errors.js';
 
 export const MANIFEST_NAME = 'vmseal-vm.json';
 export const MANIFEST_FORMAT = 'vmseal-vm';
@@ -39,8 +39,8 @@ export interface VmManifest {
   tpm?: { state: string; keySafe?: string };
 }
 
-function manifestError(file: string, what: string, cause?: unknown): VmStateError {
-  return new VmStateError('ERR_VM_MANIFEST', `${file}: ${what}`, { file, ...(cause !== undefined ? { cause } : {}) });
+function manifestError(file: string, what: string, cause?: unknown): VmError {
+  return new VmError('ERR_VM_MANIFEST', `${file}: ${what}`, { file, ...(cause !== undefined ? { cause } : {}) });
 }
 
 function isRecord(v: unknown): v is Record<string, unknown> {
@@ -134,7 +134,7 @@ export async function readManifest(dir: string): Promise<VmManifest> {
     if (st.size > MAX_MANIFEST_BYTES) throw manifestError(file, `is ${st.size} bytes, more than a manifest can be (${MAX_MANIFEST_BYTES})`);
     text = await readFile(file, 'utf8');
   } catch (err) {
-    if (err instanceof VmStateError) throw err;
+    if (err instanceof VmError) throw err;
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') {
       throw manifestError(

@@ -26,7 +26,7 @@
  * is authenticated by its own lockers' MACs, and a KeySafe of another key fails every chunk's tag.
  */
 import { createHash } from 'node:crypto';
-import { VmStateError } from './state-file-errors.js';
+import { VmError } from './errors.js';
 
 export const STATE_FILE_MAGIC = 'VMSEALST';
 export const STATE_FILE_VERSION = 1;
@@ -91,8 +91,8 @@ export function encodeStateHeader(h: { length: number; fileId: Buffer; keySafe: 
   return out;
 }
 
-function formatError(file: string, what: string): VmStateError {
-  return new VmStateError('ERR_VM_STATE_FORMAT', `${file} is not a vmseal state file: ${what}`, { file });
+function formatError(file: string, what: string): VmError {
+  return new VmError('ERR_VM_STATE_FORMAT', `${file} is not a vmseal state file: ${what}`, { file });
 }
 
 /**
@@ -104,7 +104,7 @@ export function parseFixedHeader(fixed: Buffer, file: string): { keySafeBytes: n
   if (fixed.toString('latin1', 0, 8) !== STATE_FILE_MAGIC) throw formatError(file, `its first 8 bytes are not "${STATE_FILE_MAGIC}"`);
   const version = fixed.readUInt16BE(8);
   if (version !== STATE_FILE_VERSION) {
-    throw new VmStateError(
+    throw new VmError(
       'ERR_VM_STATE_FORMAT',
       `${file} is a vmseal state file of version ${version}; this vmseal reads version ${STATE_FILE_VERSION}: use a newer vmseal`,
       { file },

@@ -29,7 +29,7 @@ import {
   STATE_TAG_BYTES,
   type StateFileHeader,
 } from './state-file-format.js';
-import { VmStateError } from './state-file-errors.js';
+import { VmError } from './errors.js';
 
 export interface EncryptStateFileOptions {
   /** Lockers of the new file key (e.g. the VM's KEK: `{ kind: 'provider', provider, keyId }`). */
@@ -57,8 +57,8 @@ export interface RewrapStateFileOptions {
   signal?: AbortSignal;
 }
 
-function invalid(what: string, name: string, value: unknown): VmStateError {
-  return new VmStateError('ERR_INVALID_ARGUMENT', expected(what, name, value));
+function invalid(what: string, name: string, value: unknown): VmError {
+  return new VmError('ERR_INVALID_ARGUMENT', expected(what, name, value));
 }
 
 function checkPath(value: unknown, name: string): string {
@@ -134,7 +134,7 @@ async function unlockFileKey(header: StateFileHeader, keys: UnlockOptions, file:
   const opened = await unlockKeySafe(header.keySafe, keys);
   if (opened.cipher !== STATE_KEY_CIPHER || opened.key.length !== STATE_KEY_BYTES) {
     wipe(opened.key);
-    throw new VmStateError('ERR_VM_STATE_FORMAT', `${file}: its KeySafe holds a ${opened.cipher} key, not the ${STATE_KEY_CIPHER} key of a state file`, {
+    throw new VmError('ERR_VM_STATE_FORMAT', `${file}: its KeySafe holds a ${opened.cipher} key, not the ${STATE_KEY_CIPHER} key of a state file`, {
       file,
     });
   }
@@ -168,7 +168,7 @@ export async function encryptStateFile(input: string, output: string, options: E
         const len = chunkLength(length, i);
         const got = await readFully(src, plain.subarray(0, len), i * STATE_CHUNK_SIZE);
         if (got !== len) {
-          throw new VmStateError(
+          throw new VmError(
             'ERR_VM_STATE_CHANGED',
             `${input} shrank while it was being encrypted (${length} bytes at the start, ended at ${i * STATE_CHUNK_SIZE + got}): stop the VM that writes it, then encrypt again`,
             { file: input },
@@ -181,7 +181,7 @@ export async function encryptStateFile(input: string, output: string, options: E
         pos += body.length;
       }
       if ((await src.stat()).size !== length) {
-        throw new VmStateError('ERR_VM_STATE_CHANGED', `${input} changed size while it was being encrypted: stop the VM that writes it, then encrypt again`, {
+        throw new VmError('ERR_VM_STATE_CHANGED', `${input} changed size while it was being encrypted: stop the VM that writes it, then encrypt again`, {
           file: input,
         });
       }
@@ -223,7 +223,7 @@ export async function decryptStateFile(input: string, output: string, options: D
         const len = chunkLength(length, i);
         const got = await readFully(src, sealed.subarray(0, len + STATE_TAG_BYTES), pos);
         if (got !== len + STATE_TAG_BYTES) {
-          throw new VmStateError(
+          throw new VmError(
             'ERR_VM_STATE_AUTH',
             `${input}: chunk ${i} of ${n} is truncated (the file ends at byte ${pos + got}, the chunk needs ${len + STATE_TAG_BYTES} bytes from ${pos}); restore the file from a backup`,
             { file: input, chunk: i },
@@ -237,7 +237,7 @@ export async function decryptStateFile(input: string, output: string, options: D
           d.final();
         } catch {
           plain.fill(0);
-          throw new VmStateError(
+          throw new VmError(
             'ERR_VM_STATE_AUTH',
             `${input}: chunk ${i} of ${n} does not authenticate (modified, truncated, moved, or taken from another file); restore the file from a backup`,
             { file: input, chunk: i },
@@ -248,7 +248,7 @@ export async function decryptStateFile(input: string, output: string, options: D
         pos += len + STATE_TAG_BYTES;
       }
       if (fileSize !== containerSize(length, header.headerBytes)) {
-        throw new VmStateError(
+        throw new VmError(
           'ERR_VM_STATE_AUTH',
           `${input}: ${fileSize - pos} bytes follow chunk ${n - 1} of ${n}, the last chunk, which the file's header does not account for; restore the file from a backup`,
           { file: input, chunk: n - 1 },

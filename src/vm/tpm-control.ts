@@ -11,7 +11,7 @@
  * answered by a 10-byte header whose last 4 bytes are the response code.
  */
 import { connect, type Socket } from 'node:net';
-import { VmStateError } from './state-file-errors.js';
+import { VmError } from './errors.js';
 
 export const CMD_INIT = 2;
 export const CMD_STOP = 14;
@@ -25,7 +25,7 @@ function exchange(path: string, request: Buffer, replyBytes: number): Promise<Bu
     let got = 0;
     const timer = setTimeout(() => {
       sock.destroy();
-      reject(new VmStateError('ERR_VM_TPM', `swtpm did not answer on ${path} within ${TIMEOUT_MS / 1000} s`));
+      reject(new VmError('ERR_VM_TPM', `swtpm did not answer on ${path} within ${TIMEOUT_MS / 1000} s`));
     }, TIMEOUT_MS);
     sock.on('connect', () => sock.write(request));
     sock.on('data', (d: Buffer) => {
@@ -42,11 +42,11 @@ function exchange(path: string, request: Buffer, replyBytes: number): Promise<Bu
     });
     sock.on('error', (err) => {
       clearTimeout(timer);
-      reject(new VmStateError('ERR_VM_TPM', `cannot talk to swtpm on ${path}: ${err.message}`, { cause: err }));
+      reject(new VmError('ERR_VM_TPM', `cannot talk to swtpm on ${path}: ${err.message}`, { cause: err }));
     });
     sock.on('close', () => {
       clearTimeout(timer);
-      if (got < replyBytes) reject(new VmStateError('ERR_VM_TPM', `swtpm closed ${path} after ${got} of ${replyBytes} reply bytes`));
+      if (got < replyBytes) reject(new VmError('ERR_VM_TPM', `swtpm closed ${path} after ${got} of ${replyBytes} reply bytes`));
     });
   });
 }

@@ -19,7 +19,7 @@ import { expected } from '../errors.js';
 import { rewrapKeySafe, sealDek, unlockKeySafe, wipe, type KeyCache, type LockerInfo, type LockerSpec, type UnlockOptions } from '../keys/index.js';
 import { fsyncDir, isTempNameOf, tempName } from '../util/atomic-file.js';
 import { readManifest, resolveInFolder, writeManifest, manifestPath } from './manifest.js';
-import { VmStateError } from './state-file-errors.js';
+import { VmError } from './errors.js';
 import { initTpm, startupClear, stopTpm } from './tpm-control.js';
 
 /** swtpm's file of the TPM 2.0 permanent state: its presence means the state exists. */
@@ -72,14 +72,14 @@ export interface VmTpm {
   stop(): Promise<void>;
 }
 
-function invalid(what: string, name: string, value: unknown): VmStateError {
-  return new VmStateError('ERR_INVALID_ARGUMENT', expected(what, name, value));
+function invalid(what: string, name: string, value: unknown): VmError {
+  return new VmError('ERR_INVALID_ARGUMENT', expected(what, name, value));
 }
 
 /** swtpm splits its option values on ',' and '=': a path must contain neither, nor a space (swtpm_setup --tpm). */
 function swtpmSafePath(path: string, what: string): string {
   if (/[,=\s]/.test(path)) {
-    throw new VmStateError(
+    throw new VmError(
       'ERR_INVALID_ARGUMENT',
       `${what} ${JSON.stringify(path)} contains a comma, '=' or white space, which swtpm's options cannot carry: use another folder`,
     );
@@ -135,8 +135,8 @@ function hexOf(key: Buffer): Buffer {
   return out;
 }
 
-function notInstalled(exe: string, err: unknown): VmStateError {
-  return new VmStateError('ERR_VM_TPM', `cannot run ${exe}: ${(err as Error).message}; install swtpm and swtpm-tools (Debian: apt install swtpm swtpm-tools)`, {
+function notInstalled(exe: string, err: unknown): VmError {
+  return new VmError('ERR_VM_TPM', `cannot run ${exe}: ${(err as Error).message}; install swtpm and swtpm-tools (Debian: apt install swtpm swtpm-tools)`, {
     cause: err,
   });
 }
@@ -174,7 +174,7 @@ async function createState(stateDir: string, key: Buffer, opts: StartVmTpmOption
     giveKey(child, hex);
     const { code, signal } = await exit;
     if (code !== 0 || !existsSync(join(tmp, TPM_STATE_FILE))) {
-      throw new VmStateError('ERR_VM_TPM', `swtpm_setup failed (${signal ?? `exit code ${code}`}) making the first vTPM state: ${tail(output) || 'no output'}`);
+      throw new VmError('ERR_VM_TPM', `swtpm_setup failed (${signal ?? `exit code ${code}`}) making the first vTPM state: ${tail(output) || 'no output'}`);
     }
     // swtpm_setup's swtpm writes mode 0640; the running swtpm writes 0600 (--tpmstate mode=0600).
     for (const f of await readdir(tmp)) await chmod(join(tmp, f), 0o600);
@@ -198,19 +198,19 @@ async function stateKey(dir: string, opts: StartVmTpmOptions, hasState: boolean)
     const opened = await unlockKeySafe(tpm.keySafe, opts.keys);
     if (opened.cipher !== KEY_CIPHER || opened.key.length !== KEY_BYTES) {
       wipe(opened.key);
-      throw new VmStateError('ERR_VM_MANIFEST', `${file}: tpm.keySafe holds a ${opened.cipher} key, not the ${KEY_CIPHER} state key of a vTPM`, { file });
+      throw new VmError('ERR_VM_MANIFEST', `${file}: tpm.keySafe holds a ${opened.cipher} key, not the ${KEY_CIPHER} state key of a vTPM`, { file });
     }
     return { key: opened.key };
   }
   if (hasState) {
-    throw new VmStateError(
+    throw new VmError(
       'ERR_VM_MANIFEST',
       `${file}: the vTPM state in ${tpm.state} exists but tpm.keySafe does not, so vmseal did not make it and it is not encrypted by vmseal; move the folder away (a new state is made) or restore the manifest that belongs to it`,
       { file },
     );
   }
   if (!opts.lockers || opts.lockers.length === 0) {
-    throw new VmStateError('ERR_INVALID_ARGUMENT', `${file} has no tpm.keySafe yet: the first start needs lockers for a new state key`);
+    throw new VmError('ERR_INVALID_ARGUMENT', `${file} has no tpm.keySafe yet: the first start needs lockers for a new state key`);
   }
   const key = randomBytes(KEY_BYTES);
   try {
@@ -241,16 +241,16 @@ export async function startVmTpm(dir: string, options: StartVmTpmOptions): Promi
   }
   const manifest = await readManifest(dir);
   if (!manifest.tpm) {
-    throw new VmStateError('ERR_VM_MANIFEST', `${manifestPath(dir)} has no "tpm" entry: add "tpm": {"state": "tpm"} to give the VM a vTPM`, {
+    throw new VmError('ERR_VM_MANIFEST', `${manifestPath(dir)} has no "tpm" entry: add "tpm": {"state": "tpm"} to give the VM a vTPM`, {
       file: manifestPath(dir),
     });
   }
   const stateDir = swtpmSafePath(resolveInFolder(dir, manifest.tpm.state), 'the vTPM state folder');
   const st = await stat(stateDir).catch(() => undefined);
-  if (st && !st.isDirectory()) throw new VmStateError('ERR_VM_MANIFEST', `${manifestPath(dir)}: tpm.state ${manifest.tpm.state} is not a folder`);
+  if (st && !st.isDirectory()) throw new VmError('ERR_VM_MANIFEST', `${manifestPath(dir)}: tpm.state ${manifest.tpm.state} is not a folder`);
   const hasState = existsSync(join(stateDir, TPM_STATE_FILE));
   if (st && !hasState && (await readdir(stateDir)).length > 0) {
-    throw new VmStateError('ERR_VM_TPM', `${stateDir} holds files but no ${TPM_STATE_FILE}: not a vTPM state vmseal can use; empty it or name another folder`);
+    throw new VmError('ERR_VM_TPM', `${stateDir} holds files but no ${TPM_STATE_FILE}: not a vTPM state vmseal can use; empty it or name another folder`);
   }
   const { key } = await stateKey(dir, options, hasState);
   const ownSocketDir = options.socketDir === undefined;
@@ -282,22 +282,22 @@ export async function startVmTpm(dir: string, options: StartVmTpmOptions): Promi
     );
     // All of swtpm's output is in once its stdio closed: the reason of a failure is read after that.
     const closed = new Promise<void>((r) => proc.once('close', () => r()));
-    const fail = async (why: string): Promise<VmStateError> => {
+    const fail = async (why: string): Promise<VmError> => {
       if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
       let timer: NodeJS.Timeout | undefined;
       await Promise.race([closed, new Promise((r) => (timer = setTimeout(r, STOP_TIMEOUT_MS)))]);
       clearTimeout(timer);
       const text = tail(output);
       if (/HMAC|GetDecryptedData/.test(text)) {
-        return new VmStateError(
+        return new VmError(
           'ERR_VM_TPM_KEY',
           `the vTPM state in ${stateDir} does not open with the state key in ${manifestPath(dir)} (swtpm ${why}: its integrity check failed); the manifest and the state do not belong together, or the state is damaged`,
         );
       }
       if (/Could not lock/.test(text)) {
-        return new VmStateError('ERR_VM_TPM', `the vTPM state in ${stateDir} is in use by another swtpm (another \`vmseal vm tpm\` of this VM?): ${text}`);
+        return new VmError('ERR_VM_TPM', `the vTPM state in ${stateDir} is in use by another swtpm (another \`vmseal vm tpm\` of this VM?): ${text}`);
       }
-      return new VmStateError('ERR_VM_TPM', `swtpm ${why}: ${text || 'no output'}`);
+      return new VmError('ERR_VM_TPM', `swtpm ${why}: ${text || 'no output'}`);
     };
     // Ready when the control socket answers CMD_INIT; swtpm loads (decrypts, checks) the state then.
     const deadline = Date.now() + READY_TIMEOUT_MS;
@@ -375,7 +375,7 @@ export async function rewrapVmTpmKey(dir: string, options: RewrapVmTpmKeyOptions
   }
   const manifest = await readManifest(dir);
   if (manifest.tpm?.keySafe === undefined) {
-    throw new VmStateError('ERR_VM_MANIFEST', `${manifestPath(dir)} has no tpm.keySafe: the vTPM was never started, so it has no state key to rewrap`, {
+    throw new VmError('ERR_VM_MANIFEST', `${manifestPath(dir)} has no tpm.keySafe: the vTPM was never started, so it has no state key to rewrap`, {
       file: manifestPath(dir),
     });
   }

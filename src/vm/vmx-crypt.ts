@@ -13,7 +13,7 @@ import {
 import { decodeBase64String } from '../keys/base64.js';
 import { sealDekWith } from '../keys/envelope.js';
 import { openMacThenEncryptData, sealMacThenEncrypt, type RandomSource } from '../keys/locked-data.js';
-import { VmxError } from './vmx-errors.js';
+import { VmError } from './errors.js';
 import { VmxFile, entryLine, type VmxLine, type VmxLineEnding } from './vmx-file.js';
 
 /**
@@ -101,9 +101,9 @@ export async function encryptVmx(plain: Uint8Array, options: EncryptVmxOptions):
 
 /** encryptVmx with its randomness given (tests compute the expected bytes). Not exported from the package. */
 export async function encryptVmxWith(plain: Uint8Array, options: EncryptVmxOptions, random: VmxRandomness): Promise<Buffer> {
-  if (options === null || typeof options !== 'object') throw new VmxError('ERR_INVALID_ARGUMENT', expected('an object', 'options', options));
+  if (options === null || typeof options !== 'object') throw new VmError('ERR_INVALID_ARGUMENT', expected('an object', 'options', options));
   const vmx = VmxFile.parse(plain);
-  if (isEncryptedVmx(vmx)) throw new VmxError('ERR_VMX_ENCRYPTED', 'the .vmx is already encrypted (it has encryption.keySafe or encryption.data)');
+  if (isEncryptedVmx(vmx)) throw new VmError('ERR_VMX_ENCRYPTED', 'the .vmx is already encrypted (it has encryption.keySafe or encryption.data)');
   const nl = vmx.newline;
   const clearIndexes: number[] = [];
   const inner: VmxLine[] = [];
@@ -115,7 +115,7 @@ export async function encryptVmxWith(plain: Uint8Array, options: EncryptVmxOptio
 
   const configKey = random.configKey();
   try {
-    if (configKey.length !== 32) throw new VmxError('ERR_INVALID_ARGUMENT', 'the config key must be 32 bytes');
+    if (configKey.length !== 32) throw new VmError('ERR_INVALID_ARGUMENT', 'the config key must be 32 bytes');
     const keySafe = await sealDekWith(
       configKey,
       { cipher: 'AES-256', lockers: options.lockers, ...(options.cache ? { cache: options.cache } : {}) },
@@ -136,16 +136,16 @@ function encryptionParts(vmx: VmxFile): { keySafe: string; data: Buffer } {
   const ks = vmx.entries(VMX_KEYSAFE_KEY);
   const data = vmx.entries(VMX_DATA_KEY);
   if (ks.length === 0 && data.length === 0) {
-    throw new VmxError('ERR_VMX_NOT_ENCRYPTED', `${where} is not encrypted (it has no encryption.keySafe and no encryption.data)`, fileOf(vmx.file));
+    throw new VmError('ERR_VMX_NOT_ENCRYPTED', `${where} is not encrypted (it has no encryption.keySafe and no encryption.data)`, { file: vmx.file });
   }
   for (const [lines, key, other] of [
     [ks, VMX_KEYSAFE_KEY, VMX_DATA_KEY],
     [data, VMX_DATA_KEY, VMX_KEYSAFE_KEY],
   ] as const) {
-    if (lines.length === 0) throw new VmxError('ERR_VMX_FORMAT', `${where} has ${other} but no ${key} line`, fileOf(vmx.file));
+    if (lines.length === 0) throw new VmError('ERR_VMX_FORMAT', `${where} has ${other} but no ${key} line`, { file: vmx.file });
     if (lines.length > 1) {
-      throw new VmxError('ERR_VMX_FORMAT', `${where} has ${lines.length} ${key} lines (lines ${lines.map((l) => l.number).join(', ')}); expected one`, {
-        ...fileOf(vmx.file),
+      throw new VmError('ERR_VMX_FORMAT', `${where} has ${lines.length} ${key} lines (lines ${lines.map((l) => l.number).join(', ')}); expected one`, {
+        file: vmx.file,
         line: lines[1]!.number,
       });
     }
@@ -155,10 +155,10 @@ function encryptionParts(vmx: VmxFile): { keySafe: string; data: Buffer } {
   const bytes = decodeBase64String(vmx.rawBytes(VMX_DATA_KEY)!.toString('latin1'));
   // The length is public (it is in the file): refusing a wrong one early tells nothing about the key.
   if (bytes === undefined || bytes.length < IV_BYTES + 16 + MAC_BYTES || (bytes.length - IV_BYTES - MAC_BYTES) % 16 !== 0) {
-    throw new VmxError(
+    throw new VmError(
       'ERR_VMX_FORMAT',
       `the value of encryption.data (line ${dataLine.number} of ${where}) is not canonical base64 of IV 16 + whole AES blocks + HMAC-SHA-1 20 bytes`,
-      { ...fileOf(vmx.file), line: dataLine.number },
+      { file: vmx.file, line: dataLine.number },
     );
   }
   return { keySafe, data: bytes };
@@ -170,7 +170,7 @@ function encryptionParts(vmx: VmxFile): { keySafe: string; data: Buffer } {
  * ERR_VMX_FORMAT, the key layer's ERR_KEYSAFE, ERR_WRONG_KEY, ERR_NO_KEY, ERR_DISK_LOCKED, ….
  */
 export async function decryptVmx(encrypted: Uint8Array, options: DecryptVmxOptions = {}, file?: string): Promise<DecryptVmxResult> {
-  if (options === null || typeof options !== 'object') throw new VmxError('ERR_INVALID_ARGUMENT', expected('an object', 'options', options));
+  if (options === null || typeof options !== 'object') throw new VmError('ERR_INVALID_ARGUMENT', expected('an object', 'options', options));
   const vmx = VmxFile.parse(encrypted, file);
   const where = file ?? 'the .vmx';
   const { keySafe, data } = encryptionParts(vmx);
@@ -179,18 +179,14 @@ export async function decryptVmx(encrypted: Uint8Array, options: DecryptVmxOptio
   let text: Buffer | undefined;
   try {
     if (CONFIG_KEY_BYTES[unlocked.cipher] !== unlocked.key.length) {
-      throw new VmxError(
-        'ERR_VMX_FORMAT',
-        `the config key of ${where} is an ${unlocked.cipher} key; a .vmx config key is AES-256 (or XTS-AES-256)`,
-        fileOf(file),
-      );
+      throw new VmError('ERR_VMX_FORMAT', `the config key of ${where} is an ${unlocked.cipher} key; a .vmx config key is AES-256 (or XTS-AES-256)`, { file });
     }
     text = openMacThenEncryptData(unlocked.key, 'HMAC-SHA-1', data);
   } finally {
     unlocked.key.fill(0);
   }
   if (text === undefined) {
-    throw new KeyError('ERR_WRONG_KEY', `encryption.data of ${where} does not verify under its config key: the file was modified or damaged`, fileOf(file));
+    throw new KeyError('ERR_WRONG_KEY', `encryption.data of ${where} does not verify under its config key: the file was modified or damaged`, { file });
   }
   try {
     const plain = VmxFile.parse(text, `the encrypted text of ${where}`);
@@ -229,8 +225,4 @@ function restoreLayout(text: VmxFile, clear: VmxLine[]): Buffer {
     if (noEol && positions.at(-1) === out.length - 1) out[out.length - 1] = { ...out.at(-1)!, ending: '' };
   }
   return VmxFile.fromLines(out).toBuffer();
-}
-
-function fileOf(file: string | undefined): { file?: string } {
-  return file === undefined ? {} : { file };
 }

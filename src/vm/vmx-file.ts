@@ -1,5 +1,5 @@
 import { expected } from '../errors.js';
-import { VmxError } from './vmx-errors.js';
+import { VmError } from './errors.js';
 
 /**
  * A VMware configuration file (.vmx, also .vmsd/.vmxf dictionaries), kept byte for byte.
@@ -72,17 +72,17 @@ export class VmxFile {
 
   /** Parse the bytes of a .vmx; throws ERR_VMX_FORMAT naming the first line that is not blank, comment or entry. */
   static parse(bytes: Uint8Array, file?: string): VmxFile {
-    if (!(bytes instanceof Uint8Array)) throw new VmxError('ERR_INVALID_ARGUMENT', expected('a Buffer or Uint8Array', 'the .vmx bytes', bytes));
+    if (!(bytes instanceof Uint8Array)) throw new VmError('ERR_INVALID_ARGUMENT', expected('a Buffer or Uint8Array', 'the .vmx bytes', bytes));
     const where = file ?? 'the .vmx';
     if (bytes.length > VMX_LIMITS.maxBytes) {
-      throw new VmxError('ERR_VMX_FORMAT', `${where} is ${bytes.length} bytes; a .vmx of at most ${VMX_LIMITS.maxBytes} bytes is accepted`, fileOf(file));
+      throw new VmError('ERR_VMX_FORMAT', `${where} is ${bytes.length} bytes; a .vmx of at most ${VMX_LIMITS.maxBytes} bytes is accepted`, { file });
     }
     const text = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('latin1');
     const lines: VmxLine[] = [];
     let start = 0;
     while (start < text.length) {
       if (lines.length >= VMX_LIMITS.maxLines) {
-        throw new VmxError('ERR_VMX_FORMAT', `${where} has more than ${VMX_LIMITS.maxLines} lines`, fileOf(file));
+        throw new VmError('ERR_VMX_FORMAT', `${where} has more than ${VMX_LIMITS.maxLines} lines`, { file });
       }
       const nl = text.indexOf('\n', start);
       const endOfLine = nl < 0 ? text.length : nl;
@@ -92,8 +92,8 @@ export class VmxFile {
       const line = parseLine(raw, lines.length + 1, ending);
       if (!line) {
         // The content is not echoed: a .vmx line can hold a key (dataFileKey).
-        throw new VmxError('ERR_VMX_FORMAT', `line ${lines.length + 1} of ${where} is not 'key = "value"', a comment or a blank line`, {
-          ...fileOf(file),
+        throw new VmError('ERR_VMX_FORMAT', `line ${lines.length + 1} of ${where} is not 'key = "value"', a comment or a blank line`, {
+          file,
           line: lines.length + 1,
         });
       }
@@ -163,20 +163,16 @@ export function decodeText(bytes: Uint8Array, encoding: string, what: string, fi
   try {
     decoder = new TextDecoder(encoding, { fatal: true });
   } catch {
-    throw new VmxError('ERR_VMX_FORMAT', `${file ?? 'the .vmx'} declares the unknown .encoding ${JSON.stringify(encoding.slice(0, 40))}`, fileOf(file));
+    throw new VmError('ERR_VMX_FORMAT', `${file ?? 'the .vmx'} declares the unknown .encoding ${JSON.stringify(encoding.slice(0, 40))}`, { file });
   }
   try {
     return decoder.decode(bytes);
   } catch {
-    throw new VmxError('ERR_VMX_FORMAT', `${what} in ${file ?? 'the .vmx'} is not valid ${encoding}`, fileOf(file));
+    throw new VmError('ERR_VMX_FORMAT', `${what} in ${file ?? 'the .vmx'} is not valid ${encoding}`, { file });
   }
 }
 
 /** An entry line `key = "value"` as vmseal writes it (value already escaped, latin1). */
 export function entryLine(key: string, escapedValue: string, ending: VmxLineEnding): VmxLine {
   return { number: 0, raw: `${key} = "${escapedValue}"`, ending, kind: 'entry', key, rawValue: escapedValue };
-}
-
-function fileOf(file: string | undefined): { file?: string } {
-  return file === undefined ? {} : { file };
 }

@@ -6,7 +6,7 @@ import { writeFileAtomic } from '../util/atomic-file.js';
 import { readFully } from '../util/file-io.js';
 import { acquireFileLock, FileLockError, lockRecordPathFor, type FileLockHandle } from '../util/lock.js';
 import { decryptVmx, encryptVmx, VMX_KEYSAFE_KEY, type DecryptVmxOptions, type EncryptVmxOptions } from './vmx-crypt.js';
-import { VmxError } from './vmx-errors.js';
+import { VmError } from './errors.js';
 import { VmxFile, VMX_LIMITS } from './vmx-file.js';
 
 /**
@@ -19,16 +19,16 @@ import { VmxFile, VMX_LIMITS } from './vmx-file.js';
 /** The .vmx of `dirOrFile`: the file itself, or the one .vmx (any letter case) in the folder. */
 export async function findVmx(dirOrFile: string): Promise<string> {
   if (typeof dirOrFile !== 'string' || dirOrFile.length === 0)
-    throw new VmxError('ERR_INVALID_ARGUMENT', expected('a path', 'the VM folder or .vmx', dirOrFile));
+    throw new VmError('ERR_INVALID_ARGUMENT', expected('a path', 'the VM folder or .vmx', dirOrFile));
   const st = await stat(dirOrFile).catch((err: NodeJS.ErrnoException) => {
-    if (err.code === 'ENOENT') throw new VmxError('ERR_VMX_NOT_FOUND', `${dirOrFile} does not exist`, { file: dirOrFile });
+    if (err.code === 'ENOENT') throw new VmError('ERR_VMX_NOT_FOUND', `${dirOrFile} does not exist`, { file: dirOrFile });
     throw err;
   });
   if (!st.isDirectory()) return dirOrFile;
   const found: string[] = [];
   for (const e of await readdir(dirOrFile, { withFileTypes: true })) if (e.isFile() && /\.vmx$/i.test(e.name)) found.push(e.name);
   if (found.length === 1) return join(dirOrFile, found[0]!);
-  throw new VmxError(
+  throw new VmError(
     'ERR_VMX_NOT_FOUND',
     found.length === 0
       ? `the folder ${dirOrFile} holds no .vmx file`
@@ -40,12 +40,12 @@ export async function findVmx(dirOrFile: string): Promise<string> {
 /** Read a .vmx, refusing a file over VMX_LIMITS.maxBytes before reading it. */
 export async function readVmxFile(path: string): Promise<Buffer> {
   // Not a FIFO or a device: opening one would block, reading it might never end.
-  if (!(await stat(path)).isFile()) throw new VmxError('ERR_VMX_FORMAT', `${path} is not a regular file`, { file: path });
+  if (!(await stat(path)).isFile()) throw new VmError('ERR_VMX_FORMAT', `${path} is not a regular file`, { file: path });
   const fh = await open(path, 'r');
   try {
     const { size } = await fh.stat();
     if (size > VMX_LIMITS.maxBytes) {
-      throw new VmxError('ERR_VMX_FORMAT', `${path} is ${size} bytes; a .vmx of at most ${VMX_LIMITS.maxBytes} bytes is accepted`, { file: path });
+      throw new VmError('ERR_VMX_FORMAT', `${path} is ${size} bytes; a .vmx of at most ${VMX_LIMITS.maxBytes} bytes is accepted`, { file: path });
     }
     const buf = Buffer.alloc(size);
     const n = await readFully(fh, buf, 0);
@@ -64,13 +64,13 @@ async function lockVmx(path: string, operation: string): Promise<FileLockHandle>
       () => false,
     )
   ) {
-    throw new VmxError('ERR_VMX_BUSY', `${path} is in use by VMware (the lock folder ${vmware} exists): power off the virtual machine first`, { file: path });
+    throw new VmError('ERR_VMX_BUSY', `${path} is in use by VMware (the lock folder ${vmware} exists): power off the virtual machine first`, { file: path });
   }
   try {
     return await acquireFileLock(lockRecordPathFor(path), { mode: 'exclusive', record: { operation, tool: 'vmseal' } });
   } catch (err) {
     if (err instanceof FileLockError && err.code === 'ERR_LOCK_BUSY')
-      throw new VmxError('ERR_VMX_BUSY', `${path} is ${err.message}`, { file: path, cause: err });
+      throw new VmError('ERR_VMX_BUSY', `${path} is ${err.message}`, { file: path, cause: err });
     throw err;
   }
 }
@@ -130,10 +130,10 @@ export async function vmxKeySafe(vmx: string): Promise<string | undefined> {
     ?.toString('latin1');
 }
 
-/** A VmxError from encryptVmx names no file (it has only bytes): name it. */
+/** A VmError from encryptVmx names no file (it has only bytes): name it. */
 function withFile(err: unknown, file: string): unknown {
-  if (err instanceof VmxError && err.file === undefined) {
-    return new VmxError(err.code, err.message.replace(/the \.vmx/g, file), { file, ...(err.line !== undefined ? { line: err.line } : {}), cause: err });
+  if (err instanceof VmError && err.file === undefined) {
+    return new VmError(err.code, err.message.replace(/the \.vmx/g, file), { file, line: err.line, cause: err });
   }
   return err;
 }

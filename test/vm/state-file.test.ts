@@ -7,15 +7,7 @@ import { appendFileSync, existsSync, readdirSync, readFileSync, statSync, trunca
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LocalKeyProvider, unlockKeySafe, type LockerSpec } from '../../src/keys/index.js';
-import {
-  decryptStateFile,
-  encryptStateFile,
-  readStateFileHeader,
-  rewrapStateFile,
-  STATE_CHUNK_SIZE,
-  STATE_TAG_BYTES,
-  VmStateError,
-} from '../../src/vm/index.js';
+import { decryptStateFile, encryptStateFile, readStateFileHeader, rewrapStateFile, STATE_CHUNK_SIZE, STATE_TAG_BYTES, VmError } from '../../src/vm/index.js';
 import { MemoryKeyProvider, phraseLocker, tempDir } from '../disk/helpers.js';
 
 const MiB = STATE_CHUNK_SIZE;
@@ -55,7 +47,7 @@ async function sealed(size: number, lockers: LockerSpec[] = [vmLocker()]): Promi
 }
 
 /** Decrypting `file` fails with `code` (and `chunk`, if given), and leaves no output and no temp file. */
-async function refused(file: string, code: string, chunk?: number): Promise<VmStateError | Error> {
+async function refused(file: string, code: string, chunk?: number): Promise<VmError | Error> {
   const out = path('out.nvram');
   const err = await decryptStateFile(file, out, { keys: keys() }).then(
     () => undefined,
@@ -64,7 +56,7 @@ async function refused(file: string, code: string, chunk?: number): Promise<VmSt
   expect(err, 'decryption should fail').toBeDefined();
   expect((err as { code?: string }).code).toBe(code);
   if (chunk !== undefined) {
-    expect((err as VmStateError).chunk).toBe(chunk);
+    expect((err as VmError).chunk).toBe(chunk);
     expect(err!.message).toContain(`chunk ${chunk} of`);
     expect(err!.message).toContain(file);
   }

@@ -4,7 +4,7 @@ import { describe, it, expect } from 'vitest';
 import fc from 'fast-check';
 import { fuzzParams } from '../helpers/fuzz.js';
 import { VmxFile, VMX_LIMITS } from '../../src/vm/vmx-file.js';
-import { VmxError } from '../../src/vm/vmx-errors.js';
+import { VmError } from '../../src/vm/index.js';
 
 const SAMPLES: Record<string, string | Buffer> = {
   workstation: '.encoding = "UTF-8"\nconfig.version = "8"\nvirtualHW.version = "18"\ndisplayName = "Windows 11"\nnvme0:0.fileName = "Windows 11.vmdk"\n',
@@ -58,8 +58,8 @@ describe('VmxFile', () => {
           return e;
         }
         return undefined;
-      })() as VmxError;
-      expect(err).toBeInstanceOf(VmxError);
+      })() as VmError;
+      expect(err).toBeInstanceOf(VmError);
       expect(err.code).toBe('ERR_VMX_FORMAT');
       expect(err.line).toBe(line);
       expect(err.message).toBe(`line ${line} of the .vmx is not 'key = "value"', a comment or a blank line`);
@@ -93,9 +93,9 @@ describe('VmxFile on generated input', () => {
           try {
             vmx = VmxFile.parse(bytes);
           } catch (err) {
-            expect(err).toBeInstanceOf(VmxError);
-            expect((err as VmxError).code).toBe('ERR_VMX_FORMAT');
-            expect((err as VmxError).line).toBeGreaterThan(0);
+            expect(err).toBeInstanceOf(VmError);
+            expect((err as VmError).code).toBe('ERR_VMX_FORMAT');
+            expect((err as VmError).line).toBeGreaterThan(0);
             return;
           }
           expect(vmx.toBuffer().equals(Buffer.from(bytes))).toBe(true);

@@ -8,7 +8,7 @@
  */
 import { describeKeySafe, type KeyProvider, type LockerSpec, type UnlockOptions } from '../../keys/index.js';
 import { readEncryptionParams } from '../../disk/index.js';
-import { readManifest, startVmTpm, VmStateError, type VmManifest } from '../../vm/index.js';
+import { readManifest, startVmTpm, VmError, type VmManifest } from '../../vm/index.js';
 import { resolve } from 'node:path';
 import type { Ctx } from '../context.js';
 import { withKeys, type KeyCliOptions, type KeySession } from '../key-session.js';
@@ -101,7 +101,7 @@ export async function vmTpmCommand(ctx: Ctx, dir: string, opts: VmTpmCliOptions)
       await tpm.stop();
     }
     if (ended && ended.code !== 0) {
-      throw new VmStateError('ERR_VM_TPM', `swtpm ended by itself (${ended.signal ?? `exit code ${ended.code}`})`);
+      throw new VmError('ERR_VM_TPM', `swtpm ended by itself (${ended.signal ?? `exit code ${ended.code}`})`);
     }
     if (ended) log('swtpm ended: the VM shut the vTPM down');
     ctx.output.result({

@@ -4,7 +4,7 @@
  * configuration is not here yet: without --config-only the commands say so.
  */
 import type { LockerInfo, LockerSpec } from '../../keys/index.js';
-import { VmxError, VmxFile, decryptVmxFile, encryptVmxFile, findVmx, inspectVm, isEncryptedVmx, vmxLockers, type VmDisk, type VmInfo } from '../../vm/index.js';
+import { VmError, VmxFile, decryptVmxFile, encryptVmxFile, findVmx, inspectVm, isEncryptedVmx, vmxLockers, type VmDisk, type VmInfo } from '../../vm/index.js';
 import { readVmxFile } from '../../vm/vmx-io.js';
 import type { Ctx } from '../context.js';
 import { usageError } from '../errors.js';
@@ -56,7 +56,7 @@ export async function vmEncryptCommand(ctx: Ctx, target: string, opts: VmCliOpti
   }
   const vmx = await findVmx(target);
   // Refused before any key is made or passphrase asked.
-  if (isEncryptedVmx(await readVmx(vmx))) throw new VmxError('ERR_VMX_ENCRYPTED', `${vmx} is already encrypted`, { file: vmx });
+  if (isEncryptedVmx(await readVmx(vmx))) throw new VmError('ERR_VMX_ENCRYPTED', `${vmx} is already encrypted`, { file: vmx });
   let newHome: string | undefined;
   await withKeys(ctx, opts, async (keys) => {
     const lockers: LockerSpec[] = opts.workstation ? [await workstationLocker(keys)] : await keys.newLockers();
@@ -91,7 +91,7 @@ export async function vmDecryptCommand(ctx: Ctx, target: string, opts: VmCliOpti
   requireConfigOnly(opts, 'decrypt');
   const vmx = await findVmx(target);
   const file = await readVmx(vmx);
-  if (!isEncryptedVmx(file)) throw new VmxError('ERR_VMX_NOT_ENCRYPTED', `${vmx} is not encrypted`, { file: vmx });
+  if (!isEncryptedVmx(file)) throw new VmError('ERR_VMX_NOT_ENCRYPTED', `${vmx} is not encrypted`, { file: vmx });
   const lockers = vmxLockers(file); // refuses a file with encryption.data but no encryption.keySafe
   const keySafe = file.rawBytes('encryption.keySafe')!.toString('latin1');
   const result = await withKeys(ctx, opts, async (keys) => decryptVmxFile(vmx, await vmxUnlock(keys, vmx, lockers, keySafe, true)));
