@@ -5,15 +5,9 @@ import type { PointManifest } from './manifest.js';
 import { readPoint, readPoints, resolvePoint } from './points.js';
 import { CHUNK_SIZE, openRepository } from './repository.js';
 
-export interface PointSummary {
-  id: string;
-  name: string | null;
-  history: string;
-  parent: string | null;
-  time: string;
-  plain: boolean;
-  source: string;
-  capacity: number;
+/** What `backup list` shows of a point: the manifest's own fields, and the top layer's chunk counts. */
+export interface PointSummary extends Pick<PointManifest, 'id' | 'name' | 'history' | 'parent' | 'time' | 'plain' | 'source' | 'capacity'> {
+  /** The top layer's subformat. */
   subformat: string;
   /** Non-zero chunks the point lists, and how many of them its backup wrote. */
   chunks: number;

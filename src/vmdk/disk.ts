@@ -3,7 +3,7 @@ import { open } from 'node:fs/promises';
 import { writeFileAtomic } from '../util/atomic-file.js';
 import { Descriptor, MAX_DESCRIPTOR_BYTES } from './descriptor.js';
 import { VmdkFormatError, ioError } from './errors.js';
-import type { Extent } from './extent.js';
+import type { ByteRange, Extent } from './extent.js';
 import { type HostFile, Mutex } from './file.js';
 import { expected } from '../errors.js';
 
@@ -237,26 +237,7 @@ export class VmdkDisk implements VirtualDisk {
       throw new VmdkFormatError('ERR_VMDK_RANGE', `allocatedRanges(${start}, ${end}) is not inside 0..${this.capacity}`, { file: this.path });
     }
     if (start === end) return;
-    let runStart = -1;
-    let runEnd = -1;
-    for (let i = this.#extentAt(start); i < this.#extents.length && this.#starts[i] < end; i++) {
-      const base = this.#starts[i];
-      const ext = this.#extents[i];
-      const a = Math.max(start, base) - base;
-      const b = Math.min(end, base + ext.size) - base;
-      if (b <= a) continue;
-      for await (const r of ext.allocated(a, b)) {
-        const s = base + r.start;
-        const e = base + r.end;
-        if (s === runEnd) runEnd = e;
-        else {
-          if (runEnd > runStart) yield { offset: runStart, length: runEnd - runStart };
-          runStart = s;
-          runEnd = e;
-        }
-      }
-    }
-    if (runEnd > runStart) yield { offset: runStart, length: runEnd - runStart };
+    yield* this.#mergedRuns(start, end, (ext, a, b) => ext.allocated(a, b));
   }
 
   /**
@@ -265,6 +246,18 @@ export class VmdkDisk implements VirtualDisk {
    */
   async *holeRanges(start: number, end: number): AsyncIterable<AllocatedRange> {
     this.#checkOpen();
+    yield* this.#mergedRuns(start, end, (ext, a, b) => ext.holes?.(a, b));
+  }
+
+  /**
+   * The ranges `pick` gives for each extent inside [start, end) (extent-relative, an extent giving
+   * none is skipped), as disk offsets, with runs that touch across extents merged into one.
+   */
+  async *#mergedRuns(
+    start: number,
+    end: number,
+    pick: (ext: Extent, a: number, b: number) => AsyncIterable<ByteRange> | undefined,
+  ): AsyncIterable<AllocatedRange> {
     let runStart = -1;
     let runEnd = -1;
     for (let i = this.#extentAt(start); i < this.#extents.length && this.#starts[i] < end; i++) {
@@ -272,8 +265,10 @@ export class VmdkDisk implements VirtualDisk {
       const ext = this.#extents[i];
       const a = Math.max(start, base) - base;
       const b = Math.min(end, base + ext.size) - base;
-      if (b <= a || !ext.holes) continue;
-      for await (const r of ext.holes(a, b)) {
+      if (b <= a) continue;
+      const ranges = pick(ext, a, b);
+      if (!ranges) continue;
+      for await (const r of ranges) {
         const s = base + r.start;
         const e = base + r.end;
         if (s === runEnd) runEnd = e;
