@@ -27,6 +27,7 @@ import {
 } from './manifest.js';
 import { CHUNK_SIZE, POINT_ID_RE, newPointId, openRepository, sha256Hex, type Repository } from './repository.js';
 import { readPoints } from './points.js';
+import { parentInLineage, RESTORED_FROM_KEY } from './lineage.js';
 
 export interface CreateBackupOptions {
   /** A name for the point, to restore it by (letters, digits, `.`, `_`, `-`; not `latest`). */
@@ -170,7 +171,8 @@ async function backUp(
   }
   const history = o.history ?? defaultHistory(disk, params?.diskId ?? null);
   const previous = (await readPoints(repo, { skipDamaged: true })).filter((p) => p.history === history);
-  const parent = previous.length > 0 ? previous[previous.length - 1]!.id : null;
+  // After a restore, the restored disk's points continue from the point it was restored from (lineage.ts).
+  const parent = parentInLineage(previous, d?.get(RESTORED_FROM_KEY) ?? '', repo.id);
 
   const entries: ChunkEntry[] = [];
   let newChunks = 0;

@@ -4,6 +4,7 @@ export { initRepository, CHUNK_SIZE, type RepositoryInfo } from './repository.js
 export { type PointManifest, type PointLayer, type ChunkEntry, type BackupSubformat, BACKUP_SUBFORMATS } from './manifest.js';
 export { createBackup, type CreateBackupOptions, type CreateBackupResult } from './create.js';
 export { restoreBackup, type RestoreBackupOptions, type RestoreBackupResult } from './restore.js';
+export type { RestoreKeys } from './restore-keys.js';
 export {
   listBackups,
   verifyBackup,

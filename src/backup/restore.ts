@@ -18,13 +18,16 @@
 import { link, rename, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fsyncDir } from '../util/atomic-file.js';
-import { createDisk, Descriptor, plannedDiskFiles, type CreateSubformat, type VirtualDisk } from '../vmdk/index.js';
+import { createDisk, Descriptor, openDisk, plannedDiskFiles, type CreateSubformat, type VirtualDisk } from '../vmdk/index.js';
+import type { KeyCache, LockerSpec } from '../keys/index.js';
 import { NameReservations } from '../pipeline/lock.js';
 import { abortError } from '../pipeline/errors.js';
 import { expected } from '../errors.js';
 import { BackupError } from './errors.js';
 import type { PointLayer, PointManifest } from './manifest.js';
 import { resolvePoint } from './points.js';
+import { newRestoredFrom, RESTORED_FROM_KEY } from './lineage.js';
+import { rekeyRestored, type RestoreKeys, type RestoreRekey } from './restore-keys.js';
 import { cleanStaleRestoreStages, makeRestoreStage, removeRestoreStage } from './restore-staging.js';
 import { CHUNK_SIZE, openRepository, type Repository } from './repository.js';
 
@@ -34,6 +37,19 @@ export interface RestoreBackupOptions {
   /** Wait this long for a repository lock held exclusively by a prune (default: `0`). */
   lockWaitMs?: number;
   signal?: AbortSignal;
+  /**
+   * Restore at another site: seal the DEK for these lockers instead of the point's (a shallow rekey
+   * of the restored disk; its data stays the point's ciphertext). Needs `keys`.
+   */
+  rewrapTo?: LockerSpec[];
+  /**
+   * Re-encrypt the restored disk under a new DEK (a deep rekey), sealed for `rewrapTo` if given,
+   * else for a new KEK of each provider the point's lockers name (default: `false`). Needs `keys`.
+   */
+  newDek?: boolean;
+  /** Unlocks the point's KeySafe, for `rewrapTo` and `newDek`: unlock options, or a function given the KeySafe text. */
+  keys?: RestoreKeys;
+  cache?: KeyCache;
 }
 
 export interface RestoreBackupResult {
@@ -45,6 +61,10 @@ export interface RestoreBackupResult {
   /** Chunks written (each verified by hash first). */
   chunks: number;
   bytesWritten: number;
+  /** The restored disk's lockers were replaced (`rewrapTo`). */
+  rewrapped: boolean;
+  /** The restored disk was re-encrypted under a new DEK (`newDek`). */
+  newDek: boolean;
 }
 
 const PARALLEL = 4;
@@ -74,6 +94,7 @@ export async function restoreBackup(repoPath: string, point: string, outPath: st
   if (options === null || typeof options !== 'object') throw arg('an object', 'options', options);
   const waitMs = options.lockWaitMs ?? 0;
   if (!Number.isSafeInteger(waitMs) || waitMs < 0) throw arg('a non-negative integer', 'options.lockWaitMs', waitMs);
+  const rekey = checkRekey(options);
   const repo = await openRepository(repoPath);
   const lock = await repo.lock('shared', 'restore', waitMs);
   try {
@@ -84,13 +105,43 @@ export async function restoreBackup(repoPath: string, point: string, outPath: st
         `point ${m.id} holds a snapshot chain of ${m.layers.length} layers; this vmseal restores single-layer points only`,
       );
     }
-    return await restoreLayer(repo, m, m.layers[0]!, resolve(outPath), options.signal);
+    if (rekey && m.plain) {
+      throw new BackupError(
+        'ERR_BACKUP_PLAIN',
+        `point ${m.id} is of a plain disk: it has no key to rewrap or replace; restore it without rewrapTo/newDek (--rewrap-to, --new-dek), then encrypt it`,
+      );
+    }
+    return await restoreLayer(repo, m, m.layers[0]!, resolve(outPath), rekey, options.signal);
   } finally {
     lock.release();
   }
 }
 
-async function restoreLayer(repo: Repository, m: PointManifest, layer: PointLayer, out: string, signal: AbortSignal | undefined): Promise<RestoreBackupResult> {
+/** The rekey a restore asks for (rewrapTo, newDek), checked; undefined for none. */
+function checkRekey(o: RestoreBackupOptions): RestoreRekey | undefined {
+  const newDek = o.newDek ?? false;
+  if (typeof newDek !== 'boolean') throw arg('a boolean', 'options.newDek', newDek);
+  if (o.rewrapTo !== undefined && (!Array.isArray(o.rewrapTo) || o.rewrapTo.length === 0))
+    throw arg('a non-empty array of lockers', 'options.rewrapTo', o.rewrapTo);
+  if (!newDek && o.rewrapTo === undefined) return undefined;
+  if (o.keys === null || (typeof o.keys !== 'object' && typeof o.keys !== 'function')) {
+    throw arg(
+      `unlock options { passphrase?, providers?, cache? } (or a function of the point's KeySafe) to unlock the point's key for ${newDek ? 'newDek' : 'rewrapTo'}`,
+      'options.keys',
+      o.keys,
+    );
+  }
+  return { keys: o.keys, rewrapTo: o.rewrapTo, newDek, cache: o.cache, signal: o.signal };
+}
+
+async function restoreLayer(
+  repo: Repository,
+  m: PointManifest,
+  layer: PointLayer,
+  out: string,
+  rekey: RestoreRekey | undefined,
+  signal: AbortSignal | undefined,
+): Promise<RestoreBackupResult> {
   const subformat = layer.subformat as CreateSubformat;
   const sizes = { capacity: layer.capacity, subformat, ...(layer.extentSize !== null ? { maxExtentSize: layer.extentSize } : {}) };
   const finals = plannedDiskFiles(out, sizes);
@@ -111,13 +162,19 @@ async function restoreLayer(repo: Repository, m: PointManifest, layer: PointLaye
       ...(layer.grainSize !== null ? { grainSize: layer.grainSize } : {}),
       descriptorLines: saved ? saved.entries().filter(([k]) => !TEMPLATE_KEYS.has(k) && !k.startsWith('ddb.')) : [],
     });
+    const lineage = newRestoredFrom(repo.id, m.id);
     let written: { chunks: number; bytes: number };
     try {
-      if (saved) await disk.updateDescriptor((d) => copyDescriptorLines(saved, d));
+      if (saved) await disk.updateDescriptor((d) => copyDescriptorLines(saved, d, lineage));
       written = await writeChunks(repo, disk, layer, signal);
       await disk.flush();
     } finally {
       await disk.close();
+    }
+    if (rekey && saved) {
+      await rekeyRestored(staged, saved.get('encryption.keySafe') ?? '', rekey);
+      // A deep rekey writes a new descriptor: the point's identity lines and the lineage go back on it.
+      if (rekey.newDek) await stampDescriptor(staged, saved, lineage);
     }
     const stagedFiles = plannedDiskFiles(staged, sizes);
     // Extents first, the descriptor (first in the list) last: OUT appears only with its data in place.
@@ -126,7 +183,15 @@ async function restoreLayer(repo: Repository, m: PointManifest, layer: PointLaye
       moved.push(finals[i]!);
     }
     await fsyncDir(dirname(out));
-    return { point: m.id, path: out, files: finals, chunks: written.chunks, bytesWritten: written.bytes };
+    return {
+      point: m.id,
+      path: out,
+      files: finals,
+      chunks: written.chunks,
+      bytesWritten: written.bytes,
+      rewrapped: rekey?.rewrapTo !== undefined,
+      newDek: rekey?.newDek ?? false,
+    };
   } catch (err) {
     for (const f of moved) await unlink(f).catch(() => undefined);
     throw err;
@@ -136,10 +201,25 @@ async function restoreLayer(repo: Repository, m: PointManifest, layer: PointLaye
   }
 }
 
-/** Give the new descriptor the point's header and disk-database lines (the extent lines stay OUT's). */
-function copyDescriptorLines(saved: Descriptor, d: Descriptor): void {
+/**
+ * Give the new descriptor the point's header and disk-database lines (the extent lines stay OUT's;
+ * ddb.uuid among them, so backups of OUT continue the point's history), and the lineage line that
+ * makes them continue from this point (lineage.ts).
+ */
+function copyDescriptorLines(saved: Descriptor, d: Descriptor, lineage: string): void {
   for (const [k, v] of saved.entries()) if (k === 'CID' || k.startsWith('ddb.')) d.set(k, v);
   for (const [k] of d.entries()) if (k.startsWith('ddb.') && !saved.has(k)) d.delete(k);
+  d.set(RESTORED_FROM_KEY, lineage);
+}
+
+/** Put the point's lines back on a staged disk whose descriptor a job rewrote. */
+async function stampDescriptor(staged: string, saved: Descriptor, lineage: string): Promise<void> {
+  const disk = await openDisk(staged, { allowEncrypted: true });
+  try {
+    await disk.updateDescriptor((d) => copyDescriptorLines(saved, d, lineage));
+  } finally {
+    await disk.close();
+  }
 }
 
 async function moveNoReplace(from: string, to: string): Promise<void> {

@@ -579,7 +579,7 @@ Examples:
     )
     .addOption(waitOption())
     .action((repo: string, opts) => commands.backup().then((m) => m.backupPrune(ctx, repo, opts)));
-  backup
+  const restore = backup
     .command('restore')
     .description(
       "recreate the disk of POINT as OUT: the same ciphertext and descriptor (same key), every chunk's hash checked before it is written; OUT appears only when complete and never replaces a file",
@@ -588,8 +588,16 @@ Examples:
     .argument('<POINT>', 'a point id (as `backup create` printed it), a point name, or latest')
     .argument('<OUT>', 'the disk to write (a new file)')
     .option('--history <history>', 'with latest or a name: only look at the points of this history')
-    .addOption(waitOption())
-    .action((repo: string, point: string, out: string, opts) => commands.backup().then((m) => m.backupRestore(ctx, repo, point, out, opts)));
+    .addOption(
+      new Option(
+        '--rewrap-to <kind>',
+        "restore at another site: seal the disk key for a new key-encryption key of this provider (local or kmip) instead of the point's lockers; the key is unlocked with the point's provider or recovery passphrase",
+      ).argParser(parseKeyProvider),
+    )
+    .option('--new-dek', 're-encrypt the restored disk under a new disk key (sealed for --rewrap-to, else for new keys of the providers the point names)')
+    .addOption(waitOption());
+  addKeyOptions(restore, false);
+  restore.action((repo: string, point: string, out: string, opts) => commands.backup().then((m) => m.backupRestore(ctx, repo, point, out, opts)));
   backup.addHelpText(
     'after',
     `

@@ -1,11 +1,13 @@
 /**
  * `vmseal backup …`: ciphertext backups in a repository folder (docs/backup.md). No command here
- * takes a key: an encrypted disk is backed up and restored as the ciphertext it is.
+ * takes a key, but a restore at another site (--rewrap-to, --new-dek): an encrypted disk is backed up
+ * and restored as the ciphertext it is.
  */
-import { createBackup, initRepository, listBackups, pruneBackup, restoreBackup, verifyBackup } from '../../backup/index.js';
+import { createBackup, initRepository, listBackups, pruneBackup, restoreBackup, verifyBackup, type RestoreBackupOptions } from '../../backup/index.js';
 import type { Ctx } from '../context.js';
 import { ExitCode } from '../exit-codes.js';
-import { formatBytes, type DiskFormat } from '../parse.js';
+import { withKeys, type KeyCliOptions } from '../key-session.js';
+import { formatBytes, type DiskFormat, type KeyProviderKind } from '../parse.js';
 import { requireInputFile } from './common.js';
 
 export interface LockWaitOptions {
@@ -75,16 +77,38 @@ export async function backupPrune(ctx: Ctx, repo: string, opts: LockWaitOptions 
   ctx.output.line(`removed ${r.removedPoints.length} points and ${r.removedChunks} chunks (${formatBytes(r.freedBytes)}); ${r.keptPoints} points kept`);
 }
 
-export async function backupRestore(ctx: Ctx, repo: string, point: string, out: string, opts: LockWaitOptions & { history?: string }): Promise<void> {
+export interface BackupRestoreCliOptions extends LockWaitOptions, KeyCliOptions {
+  history?: string;
+  /** Seal the DEK for a new KEK of this provider instead of the point's lockers. */
+  rewrapTo?: KeyProviderKind;
+  newDek?: boolean;
+}
+
+export async function backupRestore(ctx: Ctx, repo: string, point: string, out: string, opts: BackupRestoreCliOptions): Promise<void> {
   ctx.doing = `cannot restore ${point} from ${repo}`;
   const started = performance.now();
-  const r = await restoreBackup(repo, point, out, {
+  const base: RestoreBackupOptions = {
     lockWaitMs: waitMs(opts),
     signal: ctx.signal,
     ...(opts.history !== undefined ? { history: opts.history } : {}),
-  });
+  };
+  const r =
+    opts.rewrapTo === undefined && opts.newDek !== true
+      ? await restoreBackup(repo, point, out, base)
+      : await withKeys(ctx, opts, async (keys) => {
+          // The new KEK is made on the destination's provider; the point's KeySafe names the providers that unlock it.
+          const provider = opts.rewrapTo === undefined ? undefined : opts.rewrapTo === 'kmip' ? await keys.kmip() : await keys.local();
+          return restoreBackup(repo, point, out, {
+            ...base,
+            keys: (keySafe) => keys.unlockOptions(undefined, { keySafe }),
+            cache: keys.cache,
+            ...(provider ? { rewrapTo: [{ kind: 'provider' as const, provider }] } : {}),
+            ...(opts.newDek === true ? { newDek: true } : {}),
+          });
+        });
   const seconds = (performance.now() - started) / 1000;
   ctx.output.result({ ok: true, command: 'backup restore', ...r, seconds });
   ctx.output.line(r.path);
-  ctx.output.note(`restored point ${r.point}: ${r.chunks} chunks verified and written (${formatBytes(r.bytesWritten)}) in ${seconds.toFixed(1)} s`);
+  const keyed = r.newDek ? ', re-encrypted under a new disk key' : r.rewrapped ? `, its key sealed for the ${opts.rewrapTo} key provider` : '';
+  ctx.output.note(`restored point ${r.point}: ${r.chunks} chunks verified and written (${formatBytes(r.bytesWritten)})${keyed} in ${seconds.toFixed(1)} s`);
 }
