@@ -248,6 +248,14 @@ interface JournalKeys {
 async function runJournal(path: string, journal: Journal, keys: JournalKeys, opts: JobOptions, resumed: boolean): Promise<JobResult> {
   const h = journal.header;
   if (h.disk !== basename(path)) throw new PipelineError('ERR_JOURNAL', `the journal ${journal.path} belongs to ${h.disk}, not ${basename(path)}`);
+  if (h.operation === 'restore-over') {
+    // A rollback from a backup repository is finished by src/backup (resumeBackupRestore), above this layer.
+    await journal.close();
+    throw new DiskError(
+      'ERR_INTERRUPTED_JOB',
+      `${path} is in the middle of a rollback to backup point ${h.restore?.point ?? '?'}; finish it with \`vmseal resume ${path}\` (resumeBackupRestore)`,
+    );
+  }
   const started = performance.now();
   await removeStaleDescriptorTemps(path);
   const loc = await locateDescriptor(path);

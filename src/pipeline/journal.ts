@@ -58,7 +58,14 @@ const MAX_CHUNK = 256 << 20;
 export const ChunkStatus = { IN_PROGRESS: 1, DONE: 2 } as const;
 export type ChunkStatus = (typeof ChunkStatus)[keyof typeof ChunkStatus];
 
-export type InPlaceOperation = 'encrypt-in-place' | 'rekey-deep-in-place' | 'rekey-shallow';
+/**
+ * `restore-over` is the quick rollback of src/backup (restore-over.ts): no chunk copy, no state
+ * slots — its target content is the point's, named by `restore`, so a resume repeats the whole
+ * comparison and writes what still differs. It needs no key: its MAC key is derived, as below, from
+ * the 16 bytes of the backup repository's id instead of a DEK (whoever can read that id can read
+ * the repository's chunks anyway, which is all a forged journal could make resume write).
+ */
+export type InPlaceOperation = 'encrypt-in-place' | 'rekey-deep-in-place' | 'rekey-shallow' | 'restore-over';
 
 /** Encryption parameters as the journal records them (KeySafe wrapped; no raw key). */
 export interface JournalParams {
@@ -91,6 +98,8 @@ export interface JournalHeader {
    * after it (`final`). Resume rewrites them: an embedded descriptor torn by a crash is made whole.
    */
   descriptor: { during: string; final: string };
+  /** `restore-over` only: the backup repository (absolute path) and the point the disk is rolled back to. */
+  restore?: { repository: string; point: string };
 }
 
 export interface JournalState {
