@@ -74,7 +74,7 @@ export function checkPointName(name: unknown, argument = 'options.name'): string
 }
 
 /** Chunk offsets overlapping the disk's allocated ranges, in order, each once. */
-async function* allocatedChunks(disk: VirtualDisk): AsyncGenerator<number> {
+export async function* allocatedChunks(disk: VirtualDisk): AsyncGenerator<number> {
   let next = 0; // first chunk offset not yet yielded
   for await (const r of disk.allocatedRanges()) {
     const first = Math.max(next, Math.floor(r.offset / CHUNK_SIZE) * CHUNK_SIZE);

@@ -12,8 +12,9 @@ export type BackupErrorCode =
   | 'ERR_BACKUP_MANIFEST' // a point's manifest is damaged or unsafe (bad JSON or field, extent name with `/` or `..`, another repository's)
   | 'ERR_BACKUP_CHUNK' // a chunk a point names is missing, or its content does not hash to its name
   | 'ERR_BACKUP_NO_POINT' // no point has that id or name (or the repository has no point, for `latest`)
+  | 'ERR_BACKUP_NOT_SAME_DISK' // restore --over: the disk is not the one the point was taken of (disk id, subformat, capacity, grain or extent size)
   | 'ERR_OUTPUT_EXISTS' // restore: a file of the output disk exists
-  | 'ERR_INTERRUPTED_JOB' // create: the disk is in the middle of an in-place job
+  | 'ERR_INTERRUPTED_JOB' // create, restore --over: the disk is in the middle of an in-place job or a rollback
   | ArgumentErrorCode; // ERR_INVALID_ARGUMENT: a bad option
 
 /** The one error class of src/backup. */

@@ -5,6 +5,7 @@ export { type PointManifest, type PointLayer, type ChunkEntry, type BackupSubfor
 export { createBackup, type CreateBackupOptions, type CreateBackupResult } from './create.js';
 export { restoreBackup, type RestoreBackupOptions, type RestoreBackupResult } from './restore.js';
 export type { RestoreKeys } from './restore-keys.js';
+export { restoreBackupOver, resumeBackupRestore, type RestoreOverOptions, type RestoreOverResult } from './restore-over.js';
 export {
   listBackups,
   verifyBackup,

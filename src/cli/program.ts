@@ -586,8 +586,12 @@ Examples:
     )
     .argument('<REPO>', 'repository folder')
     .argument('<POINT>', 'a point id (as `backup create` printed it), a point name, or latest')
-    .argument('<OUT>', 'the disk to write (a new file)')
+    .argument('[OUT]', 'the disk to write (a new file); not with --over')
     .option('--history <history>', 'with latest or a name: only look at the points of this history')
+    .option(
+      '--over <DISK>',
+      'quick rollback: roll DISK (the disk the point was taken of) back to the point in place, writing only the chunks that differ; journaled (`vmseal resume DISK` finishes a killed one); no key needed',
+    )
     .addOption(
       new Option(
         '--rewrap-to <kind>',
@@ -597,7 +601,7 @@ Examples:
     .option('--new-dek', 're-encrypt the restored disk under a new disk key (sealed for --rewrap-to, else for new keys of the providers the point names)')
     .addOption(waitOption());
   addKeyOptions(restore, false);
-  restore.action((repo: string, point: string, out: string, opts) => commands.backup().then((m) => m.backupRestore(ctx, repo, point, out, opts)));
+  restore.action((repo: string, point: string, out: string | undefined, opts) => commands.backup().then((m) => m.backupRestore(ctx, repo, point, out, opts)));
   backup.addHelpText(
     'after',
     `

@@ -3,7 +3,17 @@
  * takes a key, but a restore at another site (--rewrap-to, --new-dek): an encrypted disk is backed up
  * and restored as the ciphertext it is.
  */
-import { createBackup, initRepository, listBackups, pruneBackup, restoreBackup, verifyBackup, type RestoreBackupOptions } from '../../backup/index.js';
+import {
+  createBackup,
+  initRepository,
+  listBackups,
+  pruneBackup,
+  restoreBackup,
+  restoreBackupOver,
+  verifyBackup,
+  type RestoreBackupOptions,
+} from '../../backup/index.js';
+import { usageError } from '../errors.js';
 import type { Ctx } from '../context.js';
 import { ExitCode } from '../exit-codes.js';
 import { withKeys, type KeyCliOptions } from '../key-session.js';
@@ -82,9 +92,13 @@ export interface BackupRestoreCliOptions extends LockWaitOptions, KeyCliOptions 
   /** Seal the DEK for a new KEK of this provider instead of the point's lockers. */
   rewrapTo?: KeyProviderKind;
   newDek?: boolean;
+  /** Roll this disk back to the point instead of writing a new one. */
+  over?: string;
 }
 
-export async function backupRestore(ctx: Ctx, repo: string, point: string, out: string, opts: BackupRestoreCliOptions): Promise<void> {
+export async function backupRestore(ctx: Ctx, repo: string, point: string, out: string | undefined, opts: BackupRestoreCliOptions): Promise<void> {
+  if (opts.over !== undefined) return backupRollback(ctx, repo, point, out, opts.over, opts);
+  if (out === undefined) throw usageError('backup restore needs OUT (a new disk) or --over DISK', 'e.g. `vmseal backup restore REPO latest restored.vmdk`');
   ctx.doing = `cannot restore ${point} from ${repo}`;
   const started = performance.now();
   const base: RestoreBackupOptions = {
@@ -111,4 +125,26 @@ export async function backupRestore(ctx: Ctx, repo: string, point: string, out: 
   ctx.output.line(r.path);
   const keyed = r.newDek ? ', re-encrypted under a new disk key' : r.rewrapped ? `, its key sealed for the ${opts.rewrapTo} key provider` : '';
   ctx.output.note(`restored point ${r.point}: ${r.chunks} chunks verified and written (${formatBytes(r.bytesWritten)})${keyed} in ${seconds.toFixed(1)} s`);
+}
+
+/** `backup restore REPO POINT --over DISK`: quick rollback (only the changed chunks are written; no key). */
+async function backupRollback(ctx: Ctx, repo: string, point: string, out: string | undefined, disk: string, opts: BackupRestoreCliOptions): Promise<void> {
+  if (out !== undefined) throw usageError('--over DISK rolls DISK back in place: give no OUT with it', 'Drop OUT, or drop --over to write a new disk');
+  if (opts.rewrapTo !== undefined || opts.newDek === true)
+    throw usageError('--rewrap-to and --new-dek make a new disk: they do not go with --over', 'Restore to a new OUT to change the keys');
+  ctx.doing = `cannot roll ${disk} back to ${point} from ${repo}`;
+  await requireInputFile(disk, 'the disk');
+  ctx.interruptNote = `run \`vmseal resume ${disk}\` to finish the rollback`;
+  const started = performance.now();
+  const r = await restoreBackupOver(repo, point, disk, {
+    lockWaitMs: waitMs(opts),
+    signal: ctx.signal,
+    ...(opts.history !== undefined ? { history: opts.history } : {}),
+  });
+  const seconds = (performance.now() - started) / 1000;
+  ctx.output.result({ ok: true, command: 'backup restore', over: true, ...r, seconds });
+  ctx.output.line(r.path);
+  ctx.output.note(
+    `rolled ${r.path} back to point ${r.point}: ${r.chunksWritten} chunks written (${formatBytes(r.bytesWritten)}), ${r.chunksSame} unchanged, in ${seconds.toFixed(1)} s`,
+  );
 }

@@ -1,6 +1,8 @@
 /**
- * `vmseal resume DISK`: finish an interrupted --in-place encrypt or deep rekey from its journal.
+ * `vmseal resume DISK`: finish an interrupted --in-place encrypt or deep rekey from its journal, or
+ * a rollback from a backup (`backup restore --over`, which needs no key).
  */
+import { resumeBackupRestore } from '../../backup/index.js';
 import { resumeDisk } from '../../pipeline/index.js';
 import type { Ctx } from '../context.js';
 import { throughputText, withHooks } from '../jobs.js';
@@ -11,6 +13,13 @@ import { reportRotation } from './rekey.js';
 export async function resumeCommand(ctx: Ctx, disk: string, opts: KeyCliOptions & { trustV1Journal?: boolean; format?: 'vmdk' | 'raw' }): Promise<void> {
   ctx.doing = `cannot resume the job on ${disk}`;
   await requireInputFile(disk, 'the disk');
+  const rolled = await resumeBackupRestore(disk, { signal: ctx.signal });
+  if (rolled) {
+    ctx.output.result({ ok: true, command: 'resume', operation: 'restore-over', ...rolled });
+    ctx.output.line(`Finished the interrupted rollback of ${disk} to backup point ${rolled.point}`);
+    ctx.output.line(`  ${rolled.chunksWritten} chunks written, ${rolled.chunksSame} already equal to the point's`);
+    return;
+  }
   const result = await withKeys(ctx, opts, async (keys) => {
     const unlock = await keys.unlockOptions(disk, formatOpts(opts.format));
     return withHooks(ctx, 'resume', (hooks) =>
