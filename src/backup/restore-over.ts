@@ -146,7 +146,10 @@ export async function resumeBackupRestore(diskPath: string, options: { lockWaitM
 
 function checkPoint(m: PointManifest): PointLayer {
   if (m.layers.length !== 1)
-    throw new BackupError('ERR_BACKUP_UNSUPPORTED', `point ${m.id} holds a snapshot chain of ${m.layers.length} layers; this vmseal restores single-layer points only`);
+    throw new BackupError(
+      'ERR_BACKUP_UNSUPPORTED',
+      `point ${m.id} holds a snapshot chain of ${m.layers.length} layers; this vmseal restores single-layer points only`,
+    );
   const layer = m.layers[0]!;
   if (m.plain || layer.descriptor === null) {
     throw new BackupError(
@@ -177,7 +180,10 @@ async function planRollback(repo: Repository, m: PointManifest, layer: PointLaye
   try {
     current = disk.descriptor!;
     if (current.has('encryption.job'))
-      throw new BackupError('ERR_INTERRUPTED_JOB', `${path} is marked as in an unfinished ${current.get('encryption.job')} job; finish it first (vmseal resume)`);
+      throw new BackupError(
+        'ERR_INTERRUPTED_JOB',
+        `${path} is marked as in an unfinished ${current.get('encryption.job')} job; finish it first (vmseal resume)`,
+      );
     const saved = Descriptor.parse(layer.descriptor!);
     const grainSize = layer.subformat.endsWith('Sparse') ? (disk.grainSize ?? null) : null;
     const extentSize = layer.subformat.startsWith('twoGbMaxExtent') && current.extents.length > 1 ? current.extents[0]!.sectors * 512 : null;
@@ -242,8 +248,10 @@ async function runRollback(
 ): Promise<RestoreOverResult> {
   const h = journal.header;
   try {
-    if (h.restore?.point !== m.id || h.capacity !== layer.capacity)
-      throw new BackupError('ERR_BACKUP_MANIFEST', `the rollback journal ${journal.path} does not belong to point ${m.id}`);
+    // The descriptor the job ends with must be the point's disk: same disk id (so, with the authenticator, the same DEK).
+    const final = Descriptor.parse(Buffer.from(h.descriptor.final, 'base64'));
+    if (h.restore?.point !== m.id || h.capacity !== layer.capacity || final.get('encryption.diskId') !== m.diskId)
+      throw new BackupError('ERR_BACKUP_MANIFEST', `the rollback journal ${journal.path} does not belong to point ${m.id} of this disk`);
     await removeStaleDescriptorTemps(path);
     const loc = await locateDescriptor(path);
     await writeDescriptor(loc, Buffer.from(h.descriptor.during, 'base64'));
@@ -271,7 +279,12 @@ async function chunkOffsets(disk: VirtualDisk, layer: PointLayer): Promise<numbe
   return [...set].sort((a, b) => a - b);
 }
 
-async function rollChunks(repo: Repository, disk: VirtualDisk, layer: PointLayer, signal: AbortSignal | undefined): Promise<{ written: number; same: number; bytes: number }> {
+async function rollChunks(
+  repo: Repository,
+  disk: VirtualDisk,
+  layer: PointLayer,
+  signal: AbortSignal | undefined,
+): Promise<{ written: number; same: number; bytes: number }> {
   const target = new Map<number, string>(layer.chunks);
   const sparse = layer.grainSize !== null;
   const grain = layer.grainSize ?? CHUNK_SIZE;

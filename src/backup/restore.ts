@@ -14,6 +14,9 @@
  * descriptor last, and the folder is fsynced. The staging folder's name is held while the restore
  * lives; one left by a killed restore is removed by the next restore into the folder
  * (restore-staging.ts).
+ *
+ * The new descriptor gets the lineage line (lineage.ts) so that OUT's backups continue from the
+ * point. With `rewrapTo` or `newDek`, the staged disk is rekeyed (restore-keys.ts) before it is moved.
  */
 import { link, rename, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';

@@ -582,7 +582,7 @@ Examples:
   const restore = backup
     .command('restore')
     .description(
-      "recreate the disk of POINT as OUT: the same ciphertext and descriptor (same key), every chunk's hash checked before it is written; OUT appears only when complete and never replaces a file",
+      "recreate the disk of POINT as OUT: the same ciphertext and descriptor (same key), every chunk's hash checked before it is written; OUT appears only when complete and never replaces a file. --rewrap-to seals the disk key for another key provider (restore at another site; needs the point's key), --new-dek re-encrypts OUT under a new disk key; --over DISK rolls DISK back to the point in place instead, writing only the chunks that differ (no key)",
     )
     .argument('<REPO>', 'repository folder')
     .argument('<POINT>', 'a point id (as `backup create` printed it), a point name, or latest')
@@ -611,7 +611,9 @@ Examples:
   vmseal backup list /backups/repo
   vmseal backup verify /backups/repo
   vmseal backup prune /backups/repo --keep-last 7
-  vmseal backup restore /backups/repo latest restored.vmdk`,
+  vmseal backup restore /backups/repo latest restored.vmdk
+  vmseal backup restore /backups/repo nightly --over disk-enc.vmdk
+  vmseal backup restore /backups/repo nightly site-b.vmdk --rewrap-to kmip --kms kms.site-b:5696 --kms-ca ca.pem --kms-cert c.pem --kms-key k.pem`,
   );
 
   const keys = program
