@@ -58,7 +58,10 @@ describe('backup restore', () => {
       const r = await restoreBackup(repo, 'n1', out);
       expect(r.point).toBe(p.point);
       execFileSync('qemu-img', ['compare', '-q', disk, out]);
-      expect(descriptorWithoutExtents(await descriptorText(out))).toBe(descriptorWithoutExtents(await descriptorText(disk)));
+      // The same lines, and the one naming the point OUT was restored from (its backups continue from it).
+      const outText = await descriptorText(out);
+      expect(outText).toMatch(new RegExp(String.raw`\nddb\.vmseal\.restoredFrom = "[0-9a-f]{32}:${p.point}:[0-9a-f]{12}"\r?\n`));
+      expect(descriptorWithoutExtents(outText.replace(/ddb\.vmseal\.restoredFrom = .*\r?\n/, ''))).toBe(descriptorWithoutExtents(await descriptorText(disk)));
       expect(await plainSha(out)).toBe(await plainSha(disk));
       expect(await qemuDataBytes(out)).toBe(await qemuDataBytes(disk));
       // Nothing but OUT's own files in its folder: the staging folder is gone.
