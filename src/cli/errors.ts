@@ -221,7 +221,7 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
   ERR_BACKUP_NO_POINT: { exitCode: ExitCode.USAGE, hint: '`vmseal backup list REPO` lists the points (id, name)' },
   ERR_BACKUP_NOT_SAME_DISK: {
     exitCode: ExitCode.USAGE,
-    hint: 'A rollback (--over) works only on the disk the point was taken of: restore the point to a new file instead (`vmseal backup restore REPO POINT OUT`)',
+    hint: 'A rollback in place works only on the disk the point was taken of: restore the point to a new file instead (`vmseal backup restore REPO POINT OUT`)',
   },
   // VM state files, the VM folder manifest, the vTPM
   ERR_VM_STATE_FORMAT: {
