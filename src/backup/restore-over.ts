@@ -279,6 +279,9 @@ async function chunkOffsets(disk: VirtualDisk, layer: PointLayer): Promise<numbe
   return [...set].sort((a, b) => a - b);
 }
 
+/** Chunks compared at once: reads of the disk and the repository overlap with hashing, memory stays bounded. */
+const PARALLEL = 4;
+
 async function rollChunks(
   repo: Repository,
   disk: VirtualDisk,
@@ -288,37 +291,52 @@ async function rollChunks(
   const target = new Map<number, string>(layer.chunks);
   const sparse = layer.grainSize !== null;
   const grain = layer.grainSize ?? CHUNK_SIZE;
-  const now = Buffer.allocUnsafe(CHUNK_SIZE);
-  const want = Buffer.allocUnsafe(CHUNK_SIZE);
+  const offsets = await chunkOffsets(disk, layer);
+  let next = 0;
+  let failed = false;
   let written = 0;
   let same = 0;
   let bytes = 0;
-  for (const off of await chunkOffsets(disk, layer)) {
-    if (signal?.aborted) throw abortError(signal, `the rollback of ${disk.path} (run vmseal resume ${disk.path} to finish it)`);
-    const len = Math.min(CHUNK_SIZE, layer.capacity - off);
-    const cur = now.subarray(0, len);
-    await disk.readInto(off, cur);
-    const hash = target.get(off);
-    const isSame = hash === undefined ? cur.equals(ZERO.subarray(0, len)) : sha256Hex(cur) === hash;
-    if (isSame) {
-      same++;
-      continue;
-    }
-    const data = want.subarray(0, len);
-    if (hash === undefined) data.fill(0);
-    else await repo.readChunk(hash, data); // checked against its hash before any of it is written
-    // A sparse disk gets the point's allocation: zero grains are holes (see restore.ts), others are written.
-    for (let s = 0; s < len; s += grain) {
-      const e = Math.min(s + grain, len);
-      const block = data.subarray(s, e);
-      if (sparse && block.equals(ZERO.subarray(0, e - s))) {
-        await disk.deallocate(off + s, e - s);
+  // Each chunk is compared and rewritten by one worker; chunks are disjoint, so their order does not matter.
+  const worker = async (): Promise<void> => {
+    const now = Buffer.allocUnsafe(CHUNK_SIZE);
+    const want = Buffer.allocUnsafe(CHUNK_SIZE);
+    while (!failed && next < offsets.length) {
+      if (signal?.aborted) throw abortError(signal, `the rollback of ${disk.path} (run vmseal resume ${disk.path} to finish it)`);
+      const off = offsets[next++]!;
+      const len = Math.min(CHUNK_SIZE, layer.capacity - off);
+      const cur = now.subarray(0, len);
+      await disk.readInto(off, cur);
+      const hash = target.get(off);
+      if (hash === undefined ? cur.equals(ZERO.subarray(0, len)) : sha256Hex(cur) === hash) {
+        same++;
         continue;
       }
-      await disk.write(off + s, block);
-      bytes += e - s;
+      const data = want.subarray(0, len);
+      if (hash === undefined) data.fill(0);
+      else await repo.readChunk(hash, data); // checked against its hash before any of it is written
+      // A sparse disk gets the point's allocation: zero grains are holes (see restore.ts), others are written.
+      for (let s = 0; s < len; s += grain) {
+        const e = Math.min(s + grain, len);
+        const block = data.subarray(s, e);
+        if (sparse && block.equals(ZERO.subarray(0, e - s))) {
+          await disk.deallocate(off + s, e - s);
+          continue;
+        }
+        await disk.write(off + s, block);
+        bytes += e - s;
+      }
+      written++;
     }
-    written++;
-  }
+  };
+  // The first failure stops every worker; all have stopped before the disk is closed.
+  const guarded = (): Promise<void> =>
+    worker().catch((err: unknown) => {
+      failed = true;
+      throw err;
+    });
+  const settled = await Promise.allSettled(Array.from({ length: PARALLEL }, guarded));
+  const failure = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failure) throw failure.reason;
   return { written, same, bytes };
 }
