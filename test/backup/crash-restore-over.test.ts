@@ -4,7 +4,7 @@
 // refused with ERR_INTERRUPTED_JOB (by src/disk and by backup create) until `vmseal resume`
 // finishes it; then it is the point's disk (ciphertext view and allocation).
 import { spawn, spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createBackup, initRepository, resumeBackupRestore, type BackupError } from '../../src/backup/index.js';
@@ -120,6 +120,15 @@ describe('a killed rollback', () => {
     expect(runChild('rollback', twice, Math.floor(ok.events / 2)).signal).toBe('SIGKILL');
     expect(existsSync(`${twice}.vmseal-journal`)).toBe(true);
     expect(runChild('resume', twice, 3).signal).toBe('SIGKILL');
+    // A journal changed by someone without the repository's id fails its MAC: nothing is done from it.
+    const journal = `${twice}.vmseal-journal`;
+    const original = readFileSync(journal);
+    const forged = Buffer.from(original);
+    const at = forged.indexOf('"started":"2') + 11;
+    forged[at] = forged[at] === 0x32 ? 0x33 : 0x32;
+    writeFileSync(journal, forged);
+    expect((await errorOf(resumeBackupRestore(twice))).code).toBe('ERR_JOURNAL');
+    writeFileSync(journal, original);
     expect(await checkAfterKill(twice, 'crash during resume')).toBe('resumed');
     expect(seen.has('resumed')).toBe(true);
   });
