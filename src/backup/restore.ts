@@ -22,7 +22,7 @@ import { link, rename, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fsyncDir } from '../util/atomic-file.js';
 import { createDisk, Descriptor, openDisk, plannedDiskFiles, type CreateSubformat, type VirtualDisk } from '../vmdk/index.js';
-import type { KeyCache, LockerSpec } from '../keys/index.js';
+import { describeKeySafe, type KeyCache, type LockerSpec } from '../keys/index.js';
 import { NameReservations } from '../pipeline/lock.js';
 import { abortError } from '../pipeline/errors.js';
 import { expected } from '../errors.js';
@@ -114,9 +114,25 @@ export async function restoreBackup(repoPath: string, point: string, outPath: st
         `point ${m.id} is of a plain disk: it has no key to rewrap or replace; restore it without rewrapTo/newDek (--rewrap-to, --new-dek), then encrypt it`,
       );
     }
+    if (rekey?.newDek && rekey.rewrapTo === undefined && !hasProviderLocker(m.layers[0]!)) {
+      throw new BackupError(
+        'ERR_INVALID_ARGUMENT',
+        `point ${m.id} is locked by a passphrase only, so a new DEK has no key provider to be sealed for: give its lockers with rewrapTo (--rewrap-to local|kmip)`,
+      );
+    }
     return await restoreLayer(repo, m, m.layers[0]!, resolve(outPath), rekey, options.signal);
   } finally {
     lock.release();
+  }
+}
+
+/** Whether the layer's KeySafe has a key-provider locker (a new DEK's default lockers come from those). */
+function hasProviderLocker(layer: PointLayer): boolean {
+  const keySafe = layer.descriptor === null ? undefined : Descriptor.parse(layer.descriptor).get('encryption.keySafe');
+  try {
+    return keySafe !== undefined && describeKeySafe(keySafe).some((l) => l.kind === 'provider');
+  } catch {
+    return true; // a damaged KeySafe: the rekey reports it with its own error
   }
 }
 

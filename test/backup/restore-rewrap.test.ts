@@ -130,7 +130,10 @@ describe('backup restore --rewrap-to', () => {
     await decryptsToImage(out, cleanEnv({ VMSEAL_HOME: join(dir, 'empty'), VMSEAL_PASSPHRASE: NEW }));
     expect((await vmseal(['decrypt', out, join(dir, 'x.img'), '--raw'], cleanEnv({ VMSEAL_HOME: join(dir, 'e'), VMSEAL_PASSPHRASE: PASS }))).code).toBe(3);
 
-    // Refusals: no keys; a wrong key (nothing is left behind).
+    // Refusals: no keys; a new DEK with no provider to seal it for; a wrong key (nothing is left behind).
+    await expect(restoreBackup(repo, point, join(dir, 'p.vmdk'), { keys: { passphrase: PASS }, newDek: true })).rejects.toThrow(
+      /is locked by a passphrase only, so a new DEK has no key provider to be sealed for: give its lockers with rewrapTo/,
+    );
     await expect(restoreBackup(repo, point, join(dir, 'n.vmdk'), { rewrapTo: [phraseLocker(NEW)] })).rejects.toMatchObject({
       code: 'ERR_INVALID_ARGUMENT',
     });
