@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createBackup, initRepository, resumeBackupRestore, type BackupError } from '../../src/backup/index.js';
 import { openDisk } from '../../src/disk/index.js';
+import { resumeDisk } from '../../src/pipeline/index.js';
 import { patternBytes, tempDir } from '../disk/helpers.js';
 import { bundleFixture } from '../helpers/bundle.js';
 import { BIN, cleanEnv, json, vmseal } from '../cli/run-cli.js';
@@ -120,6 +121,11 @@ describe('a killed rollback', () => {
     expect(runChild('rollback', twice, Math.floor(ok.events / 2)).signal).toBe('SIGKILL');
     expect(existsSync(`${twice}.vmseal-journal`)).toBe(true);
     expect(runChild('resume', twice, 3).signal).toBe('SIGKILL');
+    // The pipeline's resume does not finish a rollback: it says to use vmseal resume (resumeBackupRestore).
+    await expect(resumeDisk(twice)).rejects.toMatchObject({
+      code: 'ERR_INTERRUPTED_JOB',
+      message: expect.stringMatching(/in the middle of a rollback to backup point/),
+    });
     // A journal changed by someone without the repository's id fails its MAC: nothing is done from it.
     const journal = `${twice}.vmseal-journal`;
     const original = readFileSync(journal);
