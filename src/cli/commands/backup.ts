@@ -98,7 +98,8 @@ export interface BackupRestoreCliOptions extends LockWaitOptions, KeyCliOptions 
 
 export async function backupRestore(ctx: Ctx, repo: string, point: string, out: string | undefined, opts: BackupRestoreCliOptions): Promise<void> {
   if (opts.over !== undefined) return backupRollback(ctx, repo, point, out, opts.over, opts);
-  if (out === undefined) throw usageError('backup restore needs OUT (a new disk) or --over DISK', 'e.g. `vmseal backup restore REPO latest restored.vmdk`');
+  if (out === undefined)
+    throw usageError('no OUT given (a new disk to write), and no --over DISK (a disk to roll back)', 'e.g. `vmseal backup restore REPO latest restored.vmdk`');
   ctx.doing = `cannot restore ${point} from ${repo}`;
   const started = performance.now();
   const base: RestoreBackupOptions = {
