@@ -11,6 +11,7 @@ import { layered } from './layers.js';
 import { assertNoJournal, encryptionOf, unlockInner } from './open.js';
 import { encryptionLines, type EncryptionParams } from './params.js';
 import { readUnitZero } from './unit-zero.js';
+import { acquireFileLock, FileLockError, lockRecordPathFor, type FileLockHandle } from '../util/lock.js';
 
 export interface EncryptedSnapshotOptions {
   /** How to unlock the disk (as for openDisk). */
@@ -21,10 +22,7 @@ export interface EncryptedSnapshotOptions {
 
 /**
  * Open `path` (an encrypted disk or chain top) with every check of openDisk (authenticator, layers,
- * data check), and compute the encryption lines of a new child of it: same KeySafe, cipher, unit
- * size and disk id, a fresh layer id, the parent's as parentLayerId, and the data check of unit 0 as
- * it reads now. When `upgrade`, a disk that is not a version-3 layer yet first gets a layer id and a
- * new authenticator (written before any child exists; an embedded descriptor is rewritten in place).
+ * data check), and compute the encryption lines of a new child of it (childLines).
  */
 async function childLinesOf(
   path: string,
@@ -41,30 +39,57 @@ async function childLinesOf(
     if (enc.job !== undefined)
       throw new DiskError('ERR_INTERRUPTED_JOB', `${path} is in the middle of an interrupted ${enc.job} job; finish it first (vmseal resume)`);
     opened = await unlockInner(inner, enc.params, keys); // every check, the layers' included
-    const disk = opened;
-    const parent = parentOf(inner);
-    const p0 = encryptionOf(parent)?.params;
-    if (!p0) throw new DiskError('ERR_NOT_ENCRYPTED', `${parent.path} is not encrypted`);
-    const dek = await unlockDek(enc.params, inner.capacity, keys, path);
-    try {
-      let p: EncryptionParams = p0;
-      if (p.layerId === undefined) {
-        if (!upgrade) throw new DiskError('ERR_WRONG_PARENT', `${parent.path} is not a snapshot layer (format version 3)`);
-        const next = layered(dek, p, inner.capacity, undefined);
-        await inner.updateDescriptor((d) => {
-          for (const [k, v] of encryptionLines(next)) d.set(k, v);
-        });
-        p = next;
-      }
-      const unit0 = await readUnitZero(parent, disk.dataCipher);
-      if (!unit0) throw new DiskError('ERR_WRONG_DATA', `${parent.path}: data unit 0 is not backed by data; run vmseal repair --reseal-data-check first`);
-      // The child's own data check: unit 0 as the chain reads it now, nothing pending.
-      return encryptionLines(layered(dek, { ...p, dataCheck: dataCheckOf(dek, p.diskId, p.unitSize, unit0) }, inner.capacity, p.layerId));
-    } finally {
-      dek.fill(0);
-    }
+    return await childLines(opened, parentOf(inner), keys, upgrade);
   } finally {
     await (opened ?? inner).close();
+  }
+}
+
+/**
+ * The encryption lines of a new child of `parent` (the top layer of the open `disk`, or for a revert
+ * the layer below it): same KeySafe, cipher, unit size and disk id, a fresh layer id, the parent's as
+ * parentLayerId, and the data check of unit 0 as it reads now (nothing may be writing to `disk`).
+ * When `upgrade`, a disk that is not a version-3 layer yet first gets a layer id and a new
+ * authenticator, written through `disk` (before any child exists; an embedded descriptor is
+ * rewritten in place).
+ */
+async function childLines(disk: EncryptedDisk, parent: VirtualDisk, keys: UnlockOptions, upgrade: boolean): Promise<Array<[string, string]>> {
+  const inner = disk.innerDisk;
+  const p0 = encryptionOf(parent)?.params;
+  if (!p0) throw new DiskError('ERR_NOT_ENCRYPTED', `${parent.path} is not encrypted`);
+  const dek = await unlockDek(disk.encryption, inner.capacity, keys, disk.path);
+  try {
+    let p: EncryptionParams = p0;
+    if (p.layerId === undefined) {
+      if (!upgrade) throw new DiskError('ERR_WRONG_PARENT', `${parent.path} is not a snapshot layer (format version 3)`);
+      const next = layered(dek, p, inner.capacity, undefined);
+      await inner.updateDescriptor((d) => {
+        for (const [k, v] of encryptionLines(next)) d.set(k, v);
+      });
+      p = next;
+    }
+    const unit0 = await readUnitZero(parent, disk.dataCipher);
+    if (!unit0) throw new DiskError('ERR_WRONG_DATA', `${parent.path}: data unit 0 is not backed by data; run vmseal repair --reseal-data-check first`);
+    // The child's own data check: unit 0 as the chain reads it now, nothing pending.
+    return encryptionLines(layered(dek, { ...p, dataCheck: dataCheckOf(dek, p.diskId, p.unitSize, unit0) }, inner.capacity, p.layerId));
+  } finally {
+    dek.fill(0);
+  }
+}
+
+/** Take the disk's vmseal lock exclusively for `operation`, or throw ERR_LOCK_BUSY naming its holder (a server serving it, a job): as the pipeline's lock says it. */
+async function lockDisk(path: string, operation: string): Promise<FileLockHandle> {
+  try {
+    return await acquireFileLock(lockRecordPathFor(path), { mode: 'exclusive', record: { operation, tool: 'vmseal' } });
+  } catch (err) {
+    if (err instanceof FileLockError && err.code === 'ERR_LOCK_BUSY') {
+      throw new FileLockError('ERR_LOCK_BUSY', `${path} is ${err.message}`, {
+        file: err.file,
+        ...(err.holder ? { holder: err.holder } : {}),
+        cause: err,
+      });
+    }
+    throw err;
   }
 }
 
@@ -73,8 +98,42 @@ async function childLinesOf(
  * child's path (see the VMDK layer's createSnapshot for naming and the parent's mode 0444).
  */
 export async function createEncryptedSnapshot(path: string, options: EncryptedSnapshotOptions): Promise<string> {
-  const lines = await childLinesOf(path, options.keys, (inner) => inner, true);
-  return createSnapshot(path, { ...(options.name !== undefined ? { name: options.name } : {}), descriptorLines: lines });
+  // Locked before the descriptor may be upgraded: a disk that a server or a job has open is refused
+  // before anything of it is written.
+  const lock = await lockDisk(path, 'snapshot create');
+  try {
+    const lines = await childLinesOf(path, options.keys, (inner) => inner, true);
+    return await createSnapshot(path, {
+      ...(options.name !== undefined ? { name: options.name } : {}),
+      descriptorLines: lines,
+      yieldHeldLock: async () => lock.release(),
+    });
+  } finally {
+    lock.release(); // a no-op once yielded
+  }
+}
+
+export interface OpenDiskSnapshotOptions {
+  /** Unlock the DEK again (the open disk keeps none); required for an encrypted disk. */
+  keys?: UnlockOptions;
+  name?: string;
+  /** The caller's exclusive lock is to be released or downgraded now (see the VMDK layer's createSnapshot). */
+  yieldHeldLock: () => Promise<void>;
+}
+
+/**
+ * Take a snapshot of a disk that is open for writing, through it: a server snapshotting the disk it
+ * serves, which holds the disk's lock exclusively, has stopped writing to it and has flushed it. An
+ * encrypted disk's child gets its lines as in createEncryptedSnapshot; a plain disk's is a plain
+ * child. Returns the child's path; the open disk is left as it is (its files are read-only from now
+ * on: close it and open the child).
+ */
+export async function snapshotOpenDisk(disk: VirtualDisk | EncryptedDisk, options: OpenDiskSnapshotOptions): Promise<string> {
+  const common = { ...(options.name !== undefined ? { name: options.name } : {}), yieldHeldLock: options.yieldHeldLock };
+  if (!disk.encrypted) return createSnapshot(disk.path, common);
+  if (options.keys === undefined) throw new DiskError('ERR_DISK_ENCRYPTED', `${disk.path} is encrypted: give keys to take a snapshot of it`);
+  const lines = await childLines(disk, disk.innerDisk, options.keys, true);
+  return createSnapshot(disk.path, { ...common, descriptorLines: lines });
 }
 
 /** Revert the encrypted snapshot at the top of a chain: a new empty encrypted child of its parent, under the same name. */
