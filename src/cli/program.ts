@@ -439,7 +439,7 @@ Examples:
 
   const host = program
     .command('host')
-    .summary('control a running vmseal serve: status, attach, detach, unlock')
+    .summary('control a running vmseal serve: status, attach, detach, unlock, snapshot')
     .description(
       `Talk to a running \`vmseal serve\` through its control socket (a private Unix socket; default: ${CONTROL_DEFAULT}, with HOME from --home, VMSEAL_HOME or ~/.vmseal). Give the --control or --home that serve was started with.`,
     );
@@ -481,6 +481,16 @@ Examples:
     .addOption(controlOption())
     .addOption(hostHome())
     .action((name: string, opts) => commands.host().then((m) => m.hostUnlock(ctx, name, opts)));
+  host
+    .command('snapshot')
+    .description(
+      'take a snapshot of a served disk, live: writes wait, the ones in flight finish and are flushed, a child layer is made on the disk (same DEK) and the export switches to it; prints the new top',
+    )
+    .argument('<NAME>', 'export name')
+    .option('--name <name>', 'file name of the new child (default: <base>-00000N.vmdk beside the disk)')
+    .addOption(controlOption())
+    .addOption(hostHome())
+    .action((name: string, opts) => commands.host().then((m) => m.hostSnapshot(ctx, name, opts)));
 
   const vmCommand = program
     .command('vm')

@@ -1,5 +1,5 @@
 /**
- * `vmseal host status|attach|detach|unlock`: drive a running `vmseal serve` through its control
+ * `vmseal host status|attach|detach|unlock|snapshot`: drive a running `vmseal serve` through its control
  * socket (--control PATH; default `$XDG_RUNTIME_DIR/vmseal/serve.sock`, else `<home>/serve.sock`
  * with home from --home, VMSEAL_HOME or ~/.vmseal — the same rule `vmseal serve` uses).
  * The recovery passphrase of `unlock` is read as everywhere else (file, variable, prompt) and
@@ -105,4 +105,14 @@ export async function hostUnlock(ctx: Ctx, name: string, opts: HostCliOptions): 
   const info = (await ask(ctx, path, { command: 'unlock', name, passphrase })) as ServedExport;
   ctx.output.result({ ok: true, command: 'host unlock', control: path, export: info });
   ctx.output.line(`Unlocked ${info.name}: served on ${info.uri}`);
+}
+
+export async function hostSnapshot(ctx: Ctx, name: string, opts: HostCliOptions): Promise<void> {
+  const path = controlPathOf(ctx, opts);
+  ctx.doing = `cannot take a snapshot of export ${name}`;
+  const request: ControlRequest = { command: 'snapshot', name, ...(opts.name !== undefined ? { snapshotName: opts.name } : {}) };
+  const info = (await ask(ctx, path, request)) as ServedExport & { parent: string };
+  ctx.output.result({ ok: true, command: 'host snapshot', control: path, top: info.path, parent: info.parent, export: info });
+  // The new top alone, as `vmseal snapshot create` prints it.
+  ctx.output.line(info.path);
 }
