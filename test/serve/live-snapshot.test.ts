@@ -295,7 +295,7 @@ describe('live snapshot errors', () => {
       kms.down = false;
       // 2. A child name that is taken: the disk is writable again, nothing else is made.
       writeFileSync(join(dir, 'taken.vmdk'), 'not mine');
-      await expect(host.snapshot('vm', { name: 'taken' })).rejects.toThrow();
+      await expect(host.snapshot('vm', { name: 'taken' })).rejects.toMatchObject({ code: 'ERR_VMDK_EXISTS' });
       expect(readFileSync(join(dir, 'taken.vmdk'), 'utf8')).toBe('not mine');
       // 3. The child is made but cannot be opened: removed, the parent writable and locked again.
       failFor.add(join(dir, 'vm-000001.vmdk'));
