@@ -2,7 +2,7 @@
 // qemu-io keeps reading and writing the same export across two snapshots, --json, typed errors with
 // exit codes and hints, and the server stopped with SIGTERM leaves a chain that opens with the data.
 import { beforeAll, describe, expect, it } from 'vitest';
-import { mkdirSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { json, vmseal } from './run-cli.js';
 import { serveFixture } from './serve-process.js';
@@ -79,6 +79,47 @@ describe('vmseal host snapshot', () => {
     expected.fill(0x11, MiB, MiB + 65536);
     expected.fill(0x22, 2 * MiB, 2 * MiB + 65536);
     expected.fill(0x33, 3 * MiB, 3 * MiB + 65536);
+    expect(readFileSync(out).equals(expected)).toBe(true);
+  });
+
+  it('host backup: a point of the frozen layer, restored with the writes before it and none after; a chain is refused before any snapshot', async () => {
+    const dir = join(served.dir(), 'backup');
+    mkdirSync(dir, { mode: 0o700 });
+    const content = random(MiB);
+    const disk = await encryptedDisk(dir, 'db', { subformat: 'monolithicSparse', capacity: 4 * MiB, content });
+    const repo = join(dir, 'repo');
+    expect((await vmseal(['backup', 'init', repo], env)).code).toBe(0);
+    const control = join(dir, 'ctl', 'serve.sock');
+    const socket = join(dir, 'nbd.sock');
+    const s = await served.start([disk, '--socket', socket, '--control', control, '--passphrase-file', pwFile], (err) => /^vmseal: control socket /m.test(err));
+    const uri = `nbd+unix:///db?socket=${socket}`;
+    await run('qemu-io', ['-f', 'raw', '-c', `write -P 0x44 ${MiB} 65536`, uri]);
+
+    const b = await vmseal(['host', 'backup', 'db', repo, '--name', 'p1', '--control', control, '--json'], env);
+    expect(b.code, b.stderr).toBe(0);
+    const top = join(dir, 'db-000001.vmdk');
+    expect(json(b)).toMatchObject({ ok: true, command: 'host backup', name: 'p1', frozen: disk, top, plain: false });
+    await run('qemu-io', ['-f', 'raw', '-c', `write -P 0x55 ${2 * MiB} 65536`, uri]);
+    // The export is a chain now: refused (exit 5) before a second snapshot is taken.
+    const again = await vmseal(['host', 'backup', 'db', repo, '--control', control], env);
+    expect(again.code).toBe(5);
+    expect(again.stderr).toMatch(/^vmseal: cannot back up export db: export db serves a snapshot chain .*not supported yet/);
+    expect(existsSync(join(dir, 'db-000002.vmdk'))).toBe(false);
+    const missing = await vmseal(['host', 'backup', 'db', join(dir, 'no-repo'), '--control', control], env);
+    expect(missing.code).not.toBe(0);
+    expect(existsSync(join(dir, 'db-000002.vmdk'))).toBe(false);
+
+    s.child.kill('SIGTERM');
+    expect(await s.exit).toBe(0);
+    const restored = join(dir, 'restored.vmdk');
+    const r = await vmseal(['backup', 'restore', repo, 'p1', restored], env);
+    expect(r.code, r.stderr).toBe(0);
+    const out = join(dir, 'restored.raw');
+    const dec = await vmseal(['decrypt', restored, out, '--raw', '--passphrase-file', pwFile], env);
+    expect(dec.code, dec.stderr).toBe(0);
+    const expected = Buffer.alloc(4 * MiB);
+    content.copy(expected, 0);
+    expected.fill(0x44, MiB, MiB + 65536);
     expect(readFileSync(out).equals(expected)).toBe(true);
   });
 });
