@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { createEncryptedDisk, KmipError, openDisk, serve, type KeyProvider, type KeyRef, type NbdHost } from '../../src/index.js';
+import { controlRequest, createEncryptedDisk, KmipError, openDisk, serve, type KeyProvider, type KeyRef, type NbdHost } from '../../src/index.js';
 import { tempDir } from '../disk/helpers.js';
 import { acquireLock } from '../../src/pipeline/lock.js';
 import { cleanEnv, vmseal } from '../cli/run-cli.js';
@@ -347,5 +347,44 @@ describe('live snapshot errors', () => {
     const r = await vmseal(['snapshot', 'create', disk, '--passphrase-file', pwFile], cleanEnv());
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout.trim()).toBe(join(dir, 'served-000001.vmdk'));
+  });
+
+  it('detach and close during a snapshot wait for it, then release every lock; the control socket validates the request', async () => {
+    const dir = sub();
+    mkdirSync(dir);
+    const a = await encryptedDisk(dir, 'a', { subformat: 'monolithicSparse', capacity: MiB, content: random(65536) });
+    const b = await encryptedDisk(dir, 'b', { subformat: 'monolithicFlat', capacity: MiB, content: random(65536) });
+    const control = join(dir, 'ctl', 'serve.sock');
+    const { host } = await startHost(dir, [{ path: a }, { path: b }], { control });
+    let closed = false;
+    try {
+      await expect(controlRequest(control, { command: 'snapshot', name: 'a', snapshotName: 7 } as never)).rejects.toMatchObject({
+        code: 'ERR_SERVE_REQUEST',
+        message: 'Expected a non-empty string (a file name) for snapshotName of snapshot but received 7 of type number',
+      });
+      await expect(controlRequest(control, { command: 'snapshot' } as never)).rejects.toMatchObject({ code: 'ERR_SERVE_REQUEST' });
+      const viaControl = (await controlRequest(control, { command: 'snapshot', name: 'a', snapshotName: 'a-s1' })) as Record<string, unknown>;
+      expect(viaControl).toMatchObject({ name: 'a', path: join(dir, 'a-s1.vmdk'), parent: a, uri: expect.stringContaining('nbd+unix:///a?socket=') });
+
+      // Detach right after a snapshot began: the snapshot completes (or finds the export closed), then the locks go.
+      const snap = host.snapshot('a').then(
+        (r) => r.path,
+        (err: { code?: string }) => err.code,
+      );
+      await host.detach('a');
+      const outcome = await snap;
+      expect([join(dir, 'a-s1-000001.vmdk'), 'ERR_SERVE_CLOSED'], String(outcome)).toContain(outcome);
+      for (const p of [a, join(dir, 'a-s1.vmdk'), join(dir, 'a-s1-000001.vmdk')].filter((f) => existsSync(f))) await (await acquireLock(p, 'test')).release();
+
+      // close() right after a snapshot began: it waits for the snapshot, then closes the new top.
+      const snapB = host.snapshot('b');
+      const closing = host.close();
+      closed = true;
+      expect((await snapB).path).toBe(join(dir, 'b-000001.vmdk'));
+      await closing;
+      for (const p of [b, join(dir, 'b-000001.vmdk')]) await (await acquireLock(p, 'test')).release();
+    } finally {
+      if (!closed) await host.close();
+    }
   });
 });
