@@ -4,24 +4,24 @@
  * wait, the writes in flight finish and the disk is flushed (the frozen layer holds exactly the
  * writes acknowledged before, durably); then, reads still going on against the old disk,
  *
- *  1. the child is made on the open disk (src/disk snapshotOpenDisk: same DEK, a new layer id): the
+ *  0. (before writes are held back) an encrypted disk's DEK is unlocked with the host's keys
+ *     (src/disk prepareSnapshot): the open disk keeps none;
+ *  1. the child is made on the open disk (PreparedSnapshot.take: same DEK, a new layer id): the
  *     parent is made 0444 under the export's own exclusive lock, which is then traded for a shared
  *     one — the child's open takes a shared lock on its parent, which an exclusive one refuses;
  *  2. the child's lock is taken (exclusive, with qemu's lock bytes);
- *  3. the chain ending at the child is opened (its checks: CIDs, layer ids, authenticators), which
- *     holds its own shared lock on the parent from then on;
+ *  3. the chain ending at the child is opened with that DEK (its checks: CIDs, layer ids,
+ *     authenticators), and holds its own shared lock on the parent from then on;
  *
  * and the export switches to it, the requests held back running against it. A failure at any step
  * undoes the steps before (the child removed, the parent writable again and locked exclusively again)
  * and the export goes on serving the old disk, which stayed open throughout.
  */
-import { openDisk, type EncryptedDisk } from '../disk/index.js';
-import { snapshotOpenDisk } from '../disk/snapshot.js';
+import { prepareSnapshot, type PreparedSnapshot } from '../disk/snapshot.js';
 import type { UnlockOptions } from '../keys/index.js';
 import { acquireLock, type DiskLock } from '../pipeline/lock.js';
-import type { VirtualDisk } from '../vmdk/index.js';
 import { removeNewSnapshot } from '../vmdk/snapshot.js';
-import type { Export, Replacement } from './export.js';
+import type { Export, Replacement, ServedDisk } from './export.js';
 
 export interface LiveSnapshotOptions {
   /** File name of the child (default VMware's `<base>-00000N.vmdk`). */
@@ -39,41 +39,56 @@ export interface LiveSnapshotResult {
 }
 
 /** Switch `exp` to a new child of its disk; see the top of this file. */
-export function snapshotExport(exp: Export, options: LiveSnapshotOptions): Promise<LiveSnapshotResult> {
-  return exp.replaceDisk(async (old, oldLock, keepLock): Promise<Replacement<LiveSnapshotResult>> => {
-    const parent = old.path;
-    const keys = old.encrypted ? await options.keysFor(parent) : undefined;
-    /** The parent's lock while the child is made and opened: the export's own, or after step 1 a shared one. */
-    let parentLock: DiskLock | undefined = oldLock;
-    let top: string | undefined;
-    let childLock: DiskLock | undefined;
-    try {
-      top = await snapshotOpenDisk(old, {
-        ...(keys ? { keys } : {}),
-        ...(options.name !== undefined ? { name: options.name } : {}),
-        yieldHeldLock: async () => {
-          // Released, then taken shared at once: nothing writes the parent meanwhile (its files are 0444 now).
-          await parentLock?.release();
-          parentLock = undefined;
-          parentLock = await acquireLock(parent, 'serve (snapshot parent)', 'shared');
-        },
-      });
-      childLock = await acquireLock(top, 'serve', 'exclusive');
-      const childKeys = old.encrypted ? await options.keysFor(top) : undefined;
-      const disk: VirtualDisk | EncryptedDisk = await openDisk(top, { ...(childKeys ? { keys: childKeys } : {}) });
-      // The chain holds its own shared lock on the parent now.
-      if (parentLock !== oldLock) await parentLock?.release();
-      return { disk, lock: childLock, result: { parent, top } };
-    } catch (err) {
-      await childLock?.release();
-      if (top !== undefined) await undo(exp.name, parent, top, options.log);
-      if (parentLock !== oldLock) {
+export async function snapshotExport(exp: Export, options: LiveSnapshotOptions): Promise<LiveSnapshotResult> {
+  // The DEK is unlocked before writes are held back: a KDF or a KMS round trip does not stall them.
+  // Every layer of a disk shares it, so it fits whichever layer is the top when the replacement runs.
+  const current = exp.disk;
+  const prepared = await prepareSnapshot(current, current.encrypted ? await options.keysFor(current.path) : undefined);
+  try {
+    return await exp.replaceDisk((old, oldLock, keepLock) => switchToChild(exp.name, prepared, old, oldLock, keepLock, options));
+  } finally {
+    prepared.dispose();
+  }
+}
+
+/** Steps 1 to 3 of the top of this file, run while writes are held back. */
+async function switchToChild(
+  name: string,
+  prepared: PreparedSnapshot,
+  old: ServedDisk,
+  oldLock: DiskLock | undefined,
+  keepLock: (lock: DiskLock | undefined) => void,
+  options: LiveSnapshotOptions,
+): Promise<Replacement<LiveSnapshotResult>> {
+  const parent = old.path;
+  /** The parent's lock while the child is made and opened: the export's own, or after step 1 a shared one. */
+  let parentLock: DiskLock | undefined = oldLock;
+  let top: string | undefined;
+  let childLock: DiskLock | undefined;
+  try {
+    top = await prepared.take(old, {
+      ...(options.name !== undefined ? { name: options.name } : {}),
+      yieldHeldLock: async () => {
+        // Released, then taken shared at once: nothing writes the parent meanwhile (its files are 0444 now).
         await parentLock?.release();
-        keepLock(await relock(exp.name, parent, oldLock?.mode ?? 'exclusive', options.log));
-      }
-      throw err;
+        parentLock = undefined;
+        parentLock = await acquireLock(parent, 'serve (snapshot parent)', 'shared');
+      },
+    });
+    childLock = await acquireLock(top, 'serve', 'exclusive');
+    const disk = await prepared.open(top);
+    // The chain holds its own shared lock on the parent now.
+    if (parentLock !== oldLock) await parentLock?.release();
+    return { disk, lock: childLock, result: { parent, top } };
+  } catch (err) {
+    await childLock?.release();
+    if (top !== undefined) await undo(name, parent, top, options.log);
+    if (parentLock !== oldLock) {
+      await parentLock?.release();
+      keepLock(await relock(name, parent, oldLock?.mode ?? 'exclusive', options.log));
     }
-  });
+    throw err;
+  }
 }
 
 /** Remove the child and make the parent writable again; what cannot be undone is logged (the snapshot's error is what the caller sees). */

@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { controlRequest, createEncryptedDisk, KmipError, openDisk, serve, type KeyProvider, type KeyRef, type NbdHost } from '../../src/index.js';
 import { tempDir } from '../disk/helpers.js';
 import { acquireLock } from '../../src/pipeline/lock.js';
+import { acquireFileLock, lockRecordPathFor } from '../../src/util/lock.js';
 import { cleanEnv, vmseal } from '../cli/run-cli.js';
 import { encryptedDisk, KEYS, PASSPHRASE, random, run, startHost, unixUri } from './helpers.js';
 import { CMD, RawClient } from './nbd-client.js';
@@ -214,12 +215,14 @@ class SwitchableKms implements KeyProvider {
   readonly id = 'snapkms';
   readonly #keys = new Map<string, Buffer>();
   down = false;
+  gets = 0;
   async createKey(): Promise<KeyRef> {
     const keyId = `k${this.#keys.size + 1}`;
     this.#keys.set(keyId, randomBytes(32));
     return { providerId: this.id, keyId };
   }
   async getKey(keyId: string): Promise<Buffer> {
+    this.gets++;
     if (this.down)
       throw new KmipError('ERR_KMS_UNAVAILABLE', 'KMIP Get: no KMS node answered (1 tried): could not connect to 127.0.0.1:5696 [ERR_KMIP_CONNECT]');
     return Buffer.from(this.#keys.get(keyId)!);
@@ -275,15 +278,12 @@ describe('live snapshot errors', () => {
     const d = await createEncryptedDisk(path, { capacity: 4 * MiB, subformat: 'monolithicSparse', lockers: [{ kind: 'provider', provider: kms }] });
     await d.close();
     const descriptorBefore = readFileSync(path);
-    /** Paths whose keys fail to come (the child's: the failure after the child was made). */
-    const failFor = new Set<string>();
     const socket = join(dir, 'nbd.sock');
     const lines: string[] = [];
     const host = await serve({
       disks: [{ path, name: 'vm' }],
       listen: { socket },
-      keys: (p) =>
-        failFor.has(p) ? Promise.reject(new KmipError('ERR_KMS_UNAVAILABLE', 'KMIP Get: no KMS node answered')) : Promise.resolve({ providers: [kms] }),
+      keys: { providers: [kms] },
       log: (l) => lines.push(l),
     });
     const uri = unixUri(socket, 'vm');
@@ -297,9 +297,12 @@ describe('live snapshot errors', () => {
       writeFileSync(join(dir, 'taken.vmdk'), 'not mine');
       await expect(host.snapshot('vm', { name: 'taken' })).rejects.toMatchObject({ code: 'ERR_VMDK_EXISTS' });
       expect(readFileSync(join(dir, 'taken.vmdk'), 'utf8')).toBe('not mine');
-      // 3. The child is made but cannot be opened: removed, the parent writable and locked again.
-      failFor.add(join(dir, 'vm-000001.vmdk'));
-      await expect(host.snapshot('vm')).rejects.toMatchObject({ code: 'ERR_KMS_UNAVAILABLE' });
+      // 3. The child is made but cannot be locked (another process holds its name's lock): removed,
+      // the parent writable and locked exclusively again (its lock was traded for a shared one).
+      const child = join(dir, 'vm-000001.vmdk');
+      const blocker = await acquireFileLock(lockRecordPathFor(child), { mode: 'exclusive', record: { operation: 'test' } });
+      await expect(host.snapshot('vm')).rejects.toMatchObject({ code: 'ERR_DISK_BUSY' });
+      blocker.release();
       expect(existsSync(join(dir, 'vm-000001.vmdk'))).toBe(false);
       expect(lines.filter((l) => /could not be locked again|undoing the snapshot/.test(l))).toEqual([]);
       // Still the old disk, writable through NBD.
@@ -309,10 +312,11 @@ describe('live snapshot errors', () => {
       expect(await run('qemu-io', ['-f', 'raw', '-c', 'read -P 0x3c 65536 65536', uri])).toMatch(/read 65536\/65536/);
       // Its lock is held again: no job takes the disk.
       await expect(acquireLock(path, 'test')).rejects.toMatchObject({ code: 'ERR_DISK_BUSY' });
-      // 4. And a snapshot that works now.
-      failFor.clear();
+      // 4. And a snapshot that works now: the KEK is fetched once (no cache here), before writes wait.
+      const gets = kms.gets;
       const ok = await host.snapshot('vm');
       expect(ok.path).toBe(join(dir, 'vm-000001.vmdk'));
+      expect(kms.gets - gets).toBe(1);
     } finally {
       await host.close();
     }
