@@ -118,6 +118,8 @@ export class BatchPool {
   private readonly desk: KeyDesk;
   private readonly idle: Lane[] = [];
   private readonly lanes = new Set<Lane>();
+  /** Workers that died and may be started again (the pool keeps its size). */
+  private replacements = 0;
 
   /** Start `size` workers at once: their start-up overlaps the batch's key set-up. */
   constructor(script: URL, size: number, init: WorkerInit, desk: KeyDesk) {
@@ -134,14 +136,28 @@ export class BatchPool {
   }
 
   /**
-   * Convert one image in an idle worker. Resolves with its bytes; rejects with a DescribedFailure
+   * Convert one image in an idle worker, or return undefined when every worker is busy (the
+   * caller runs it on its own thread). Resolves with its bytes; rejects with a DescribedFailure
    * when it failed, an AbortError when `signal` stopped it (its output cleaned up), or the
-   * worker's own error if the thread died. Call at most as many at once as the pool's size.
+   * worker's own error if the thread died (the next image gets a new worker).
    */
-  run(item: BatchItem, hooks: Pick<JobHooks, 'onProgress' | 'done'>, signal: AbortSignal | undefined): Promise<{ bytes: number; skipped?: boolean }> {
+  tryRun(
+    item: BatchItem,
+    hooks: Pick<JobHooks, 'onProgress' | 'done'>,
+    signal: AbortSignal | undefined,
+  ): Promise<{ bytes: number; skipped?: boolean }> | undefined {
     let lane = this.idle.pop();
-    while (lane?.gone === true) lane = this.idle.pop();
-    const busy = lane ?? this.spawn();
+    while (lane?.gone === true) {
+      this.lanes.delete(lane);
+      this.replacements++;
+      lane = this.idle.pop();
+    }
+    if (lane === undefined && this.replacements > 0) {
+      this.replacements--;
+      lane = this.spawn();
+    }
+    if (lane === undefined) return undefined;
+    const busy = lane;
     const onAbort = (): void => {
       if (!busy.gone) busy.post({ type: 'abort' });
     };
@@ -154,8 +170,10 @@ export class BatchPool {
       signal?.removeEventListener('abort', onAbort);
       hooks.done();
       busy.running = undefined;
-      if (busy.gone) this.lanes.delete(busy);
-      else this.idle.push(busy);
+      if (busy.gone) {
+        this.lanes.delete(busy);
+        this.replacements++;
+      } else this.idle.push(busy);
     });
   }
 
