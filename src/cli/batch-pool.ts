@@ -7,7 +7,8 @@
  * requests (src/cli/key-bridge.ts), feeds the progress bar and prints the summary in input order.
  *
  * Main thread → worker  { type: 'run', item } | { type: 'abort' } | { type: 'close' } | key replies
- * Worker → main thread  { type: 'progress', bytesDone, bytesTotal }
+ * Worker → main thread  { type: 'ready' } (its modules are loaded)
+ *                       { type: 'progress', bytesDone, bytesTotal }
  *                       { type: 'done', bytes, skipped? } | { type: 'failed', error } | { type: 'not-run' }
  *                       | key requests
  * A worker runs one image at a time. 'abort' (Ctrl-C, SIGTERM) stops its image, which removes its
@@ -29,6 +30,7 @@ export interface WorkerInit {
 export type ToWorker = { type: 'run'; item: BatchItem } | { type: 'abort' } | { type: 'close' } | KeyReply;
 
 export type FromWorker =
+  | { type: 'ready' }
   | { type: 'progress'; bytesDone: number; bytesTotal: number }
   | { type: 'done'; bytes: number; skipped?: boolean }
   | { type: 'failed'; error: ItemError }
@@ -69,8 +71,12 @@ class Lane {
   readonly worker: Worker;
   running: Running | undefined;
   gone = false;
+  /** Set once its modules are loaded ('ready'). */
+  ready = false;
+  private readonly onReady: (lane: Lane) => void;
 
-  constructor(script: URL, init: WorkerInit, desk: KeyDesk) {
+  constructor(script: URL, init: WorkerInit, desk: KeyDesk, onReady: (lane: Lane) => void) {
+    this.onReady = onReady;
     const env: Record<string, string> = {};
     for (const name of WORKER_ENV) if (process.env[name] !== undefined) env[name] = process.env[name];
     this.worker = new Worker(script, { workerData: init, env });
@@ -82,6 +88,10 @@ class Lane {
 
   private onMessage(m: FromWorker, desk: KeyDesk): void {
     switch (m.type) {
+      case 'ready':
+        this.ready = true;
+        this.onReady(this);
+        return;
       case 'key':
         void desk.answer(m).then(({ reply, transfer }) => {
           if (!this.gone) this.worker.postMessage(reply satisfies ToWorker, transfer);
@@ -113,33 +123,24 @@ class Lane {
 }
 
 export class BatchPool {
-  private readonly script: URL;
-  private readonly init: WorkerInit;
-  private readonly desk: KeyDesk;
+  /** Workers whose modules are loaded and that run no image. */
   private readonly idle: Lane[] = [];
-  private readonly lanes = new Set<Lane>();
-  /** Workers that died and may be started again (the pool keeps its size). */
-  private replacements = 0;
+  private readonly lanes: Lane[] = [];
 
-  /** Start `size` workers at once: their start-up overlaps the batch's key set-up. */
+  /**
+   * Start `size` workers at once: their start-up (≈0.2 s each) overlaps the batch's key set-up and
+   * its first images, which the main thread converts until a worker is ready. A worker that dies is
+   * not replaced: the main thread takes its share.
+   */
   constructor(script: URL, size: number, init: WorkerInit, desk: KeyDesk) {
-    this.script = script;
-    this.init = init;
-    this.desk = desk;
-    for (let i = 0; i < size; i++) this.idle.push(this.spawn());
-  }
-
-  private spawn(): Lane {
-    const lane = new Lane(this.script, this.init, this.desk);
-    this.lanes.add(lane);
-    return lane;
+    for (let i = 0; i < size; i++) this.lanes.push(new Lane(script, init, desk, (lane) => this.idle.push(lane)));
   }
 
   /**
-   * Convert one image in an idle worker, or return undefined when every worker is busy (the
-   * caller runs it on its own thread). Resolves with its bytes; rejects with a DescribedFailure
-   * when it failed, an AbortError when `signal` stopped it (its output cleaned up), or the
-   * worker's own error if the thread died (the next image gets a new worker).
+   * Convert one image in an idle worker, or return undefined when no worker is free (the caller
+   * runs it on its own thread). Resolves with its bytes; rejects with a DescribedFailure when it
+   * failed, an AbortError when `signal` stopped it (its output cleaned up), or the worker's own
+   * error if the thread died.
    */
   tryRun(
     item: BatchItem,
@@ -147,15 +148,7 @@ export class BatchPool {
     signal: AbortSignal | undefined,
   ): Promise<{ bytes: number; skipped?: boolean }> | undefined {
     let lane = this.idle.pop();
-    while (lane?.gone === true) {
-      this.lanes.delete(lane);
-      this.replacements++;
-      lane = this.idle.pop();
-    }
-    if (lane === undefined && this.replacements > 0) {
-      this.replacements--;
-      lane = this.spawn();
-    }
+    while (lane?.gone === true) lane = this.idle.pop();
     if (lane === undefined) return undefined;
     const busy = lane;
     const onAbort = (): void => {
@@ -170,25 +163,26 @@ export class BatchPool {
       signal?.removeEventListener('abort', onAbort);
       hooks.done();
       busy.running = undefined;
-      if (busy.gone) {
-        this.lanes.delete(busy);
-        this.replacements++;
-      } else this.idle.push(busy);
+      if (!busy.gone) this.idle.push(busy);
     });
   }
 
-  /** Let every worker wipe its keys and exit; resolves when they have. */
+  /**
+   * Let every worker wipe its keys and exit; resolves when they have. One still loading its modules
+   * never got an image nor a key: it is stopped at once instead of waited for.
+   */
   async close(): Promise<void> {
-    const exits = [...this.lanes]
+    const exits = this.lanes
       .filter((l) => !l.gone)
-      .map(
-        (l) =>
-          new Promise<void>((resolve) => {
-            l.worker.once('exit', () => resolve());
-            l.post({ type: 'close' });
-          }),
+      .map((l) =>
+        l.ready
+          ? new Promise<void>((resolve) => {
+              l.worker.once('exit', () => resolve());
+              l.post({ type: 'close' });
+            })
+          : l.worker.terminate().then(() => undefined),
       );
-    this.lanes.clear();
+    this.lanes.length = 0;
     this.idle.length = 0;
     await Promise.all(exits);
   }

@@ -65,3 +65,5 @@ port.on('message', (m: ToWorker) => {
       return;
   }
 });
+// Loaded: the main thread may hand this worker images from now on.
+send({ type: 'ready' });

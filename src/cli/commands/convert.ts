@@ -123,12 +123,14 @@ async function convertBatch(ctx: Ctx, dir: string | undefined, listFile: string 
   const items = planBatch(inputs, outDir, opts.subformat);
 
   const jobs = opts.jobs ?? defaultJobs();
-  // More than one job: images run in worker threads (src/cli/batch-pool.ts), so that the
-  // JavaScript of N images runs on N cores. One job gains nothing from a thread.
-  const script = jobs > 1 && items.length > 1 ? batchWorkerScript() : undefined;
-  // The main thread is one of the --jobs: it converts an image whenever every worker is busy, and
-  // a batch starts one thread fewer (a thread's start-up is ~0.2 s of CPU).
-  const workers = script !== undefined ? Math.min(jobs, items.length) - 1 : 0;
+  // More than one job, and more images than jobs: images run in worker threads
+  // (src/cli/batch-pool.ts), so that the JavaScript of N images runs on N cores. The main thread is
+  // one of the N: it converts an image whenever no worker is free (also while they start), and a
+  // batch starts one thread fewer. A thread's start-up is ≈0.2 s of CPU, the cost of some twenty
+  // small images: a batch with no more images than jobs (each job converting one) stays on the main
+  // thread, and so does one job.
+  const script = jobs > 1 && items.length > jobs ? batchWorkerScript() : undefined;
+  const workers = script !== undefined ? jobs - 1 : 0;
   const started = performance.now();
   const outcome = await withKeys(ctx, opts, async (keys) => {
     // One KEK and one recovery passphrase for the whole batch (each image still gets its own DEK):
