@@ -95,6 +95,8 @@ class Lane {
       case 'key':
         void desk.answer(m).then(({ reply, transfer }) => {
           if (!this.gone) this.worker.postMessage(reply satisfies ToWorker, transfer);
+          // A KEK for a worker that died is wiped here instead of left to the garbage collector.
+          else for (const b of transfer) new Uint8Array(b).fill(0);
         });
         return;
       case 'progress':
