@@ -94,6 +94,15 @@ export class KeyDesk {
     this.newLockers = newLockers;
   }
 
+  /**
+   * Keys for the images the main thread converts itself, taken through this desk like a worker's
+   * (no port: the replies are delivered directly; a KEK's buffer is then the caller's own).
+   */
+  localKeys(passphraseGiven: boolean): BridgeKeys {
+    const keys: BridgeKeys = new BridgeKeys((req) => void this.answer(req).then(({ reply }) => keys.onReply(reply)), passphraseGiven);
+    return keys;
+  }
+
   /** The reply to a request, and the buffers to transfer with it. */
   async answer(req: KeyRequest): Promise<{ reply: KeyReply; transfer: ArrayBuffer[] }> {
     try {

@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startPyKmip } from '../helpers/pykmip.js';
 import { BIN, cleanEnv, json, sha256File, vmseal, type CliResult } from './run-cli.js';
 
 const execFileP = promisify(execFile);
@@ -135,5 +136,44 @@ describe('convert DIR OUTDIR --jobs N: worker threads', () => {
     expect(lines[2]).toMatch(/^\[3\/5\] FAILED .*m2\.vmdk: .*\(ERR_[A-Z_]+\)$/);
     expect(runs['3']!.stdout).toMatch(/^4 of 5 images converted, 1 failed;/m);
     for (const i of [0, 1, 3, 4]) expect(await sha256File(join(dir, 'mixed-dec3', `m${i}.img`))).toBe(await sha256File(join(plain, `m${i}.img`)));
+  });
+
+  it('fetches the batch KEK from a real KMIP server once per batch, whichever thread converts', async () => {
+    const kms = await startPyKmip({ nodes: 1 });
+    try {
+      const kenv = cleanEnv({
+        VMSEAL_HOME: join(dir, 'kmip-home'),
+        VMSEAL_KMS: kms.endpoints.map((e) => `${e.host}:${e.port}`).join(','),
+        VMSEAL_KMS_CA: kms.caPath,
+        VMSEAL_KMS_CERT: kms.clientCertPath,
+        VMSEAL_KMS_KEY: kms.clientKeyPath,
+      });
+      // PyKMIP logs every request it processes; GetAttributes is a line of its own.
+      const gets = (): number =>
+        kms
+          .log(0)
+          .split('\n')
+          .filter((l) => /Processing operation: Get\s*$/.test(l)).length;
+      const inDir = join(dir, 'kmip-in');
+      await mkdir(inDir);
+      for (let i = 0; i < 8; i++) await rawImage(join(inDir, `k${i}.img`), MiB, 70 + i);
+
+      const before = gets();
+      const enc = json(
+        ok(await vmseal(['convert', inDir, join(dir, 'kmip-enc'), '--subformat', 'monolithicSparse', '--encrypt', '--jobs', '3', '--json'], kenv)),
+      );
+      expect(enc).toMatchObject({ ok: true, converted: 8, workers: 2 });
+      const afterEncrypt = gets();
+      expect(afterEncrypt - before).toBe(1);
+
+      const dec = json(
+        ok(await vmseal(['convert', join(dir, 'kmip-enc'), join(dir, 'kmip-plain'), '--subformat', 'raw', '--decrypt', '--jobs', '3', '--json'], kenv)),
+      );
+      expect(dec).toMatchObject({ ok: true, converted: 8, workers: 2 });
+      expect(gets() - afterEncrypt).toBe(1);
+      for (let i = 0; i < 8; i++) expect(await sha256File(join(dir, 'kmip-plain', `k${i}.img`))).toBe(await sha256File(join(inDir, `k${i}.img`)));
+    } finally {
+      await kms.stop();
+    }
   });
 });

@@ -25,7 +25,7 @@ import { BatchPool, batchWorkerScript } from '../batch-pool.js';
 import { KeyDesk } from '../key-bridge.js';
 import { KeySession, withKeys, type KeyCliOptions } from '../key-session.js';
 import { formatBytes, formatDuration, type CipherName, type DiskFormat, type Subformat, type UnitSize } from '../parse.js';
-import { convertImage, imageOptions } from './convert-image.js';
+import { convertImage, imageOptions, type ImageKeys } from './convert-image.js';
 import { printNotes, requireFreeOutput, requireInputFile, requireRawOutputName, requireWholeSectors } from './common.js';
 import { checkEncryptedSubformat, encryptedOutputSubformat } from './encrypt.js';
 
@@ -62,7 +62,7 @@ async function exists(path: string): Promise<boolean> {
 /** Convert one image on this thread; shared by the single form and a batch without worker threads. */
 function convertOne(
   ctx: Ctx,
-  keys: KeySession,
+  keys: ImageKeys,
   item: BatchItem,
   opts: ConvertCliOptions,
   newLockers: () => Promise<LockerSpec[]>,
@@ -138,10 +138,13 @@ async function convertBatch(ctx: Ctx, dir: string | undefined, listFile: string 
     // together wait for the one making them instead of making their own.
     let lockers: Promise<LockerSpec[]> | undefined;
     const newLockers = (): Promise<LockerSpec[]> => (lockers ??= batchLockers(keys));
-    const pool =
-      script !== undefined
-        ? new BatchPool(script, workers, { opts: imageOptions(opts), passphraseGiven: keys.passphraseGiven }, new KeyDesk(keys, newLockers))
-        : undefined;
+    const desk = script !== undefined ? new KeyDesk(keys, newLockers) : undefined;
+    const pool = desk && script ? new BatchPool(script, workers, { opts: imageOptions(opts), passphraseGiven: keys.passphraseGiven }, desk) : undefined;
+    // With workers, the main thread's own images take their keys through the same desk: a KEK is
+    // then fetched once, whichever thread asks first.
+    const here = desk?.localKeys(keys.passphraseGiven);
+    const hereKeys: ImageKeys = here ?? keys;
+    const hereLockers = here ? () => here.newLockers() : newLockers;
     const progress = batchProgress(ctx);
     try {
       if (opts.encrypt) await newLockers();
@@ -150,7 +153,7 @@ async function convertBatch(ctx: Ctx, dir: string | undefined, listFile: string 
         const hooks = progress.hooks();
         return (
           pool?.tryRun(item, hooks, signal) ??
-          convertOne(ctx, keys, item, opts, newLockers, hooks).then((r) => ('skipped' in r ? { bytes: 0, skipped: true } : { bytes: r.bytesProcessed }))
+          convertOne(ctx, hereKeys, item, opts, hereLockers, hooks).then((r) => ('skipped' in r ? { bytes: 0, skipped: true } : { bytes: r.bytesProcessed }))
         );
       };
       return await runBatch(items, convert, {
@@ -162,6 +165,7 @@ async function convertBatch(ctx: Ctx, dir: string | undefined, listFile: string 
     } finally {
       progress.stop();
       await pool?.close();
+      here?.close();
     }
   });
   const wallSeconds = (performance.now() - started) / 1000;
