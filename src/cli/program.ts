@@ -688,6 +688,7 @@ Examples:
     .argument('<DIR>', 'qemu VM folder (with vmseal-vm.json)')
     .option('--socket-dir <dir>', 'folder of the sockets (default: a new private folder under $XDG_RUNTIME_DIR or /tmp, removed at the end)')
     .option('--tools', 'also a data socket for tpm2-tools, with the TPM started (not for qemu, which starts it itself)')
+    .option('--allow-mixed', "run even when the VM's disks are partly encrypted (refused otherwise: VMware's all-or-none rule)")
     .option('--recovery-passphrase', 'first start: also lock the state key with a recovery passphrase; later: unlock with it');
   addKeyOptions(vmTpm, true);
   vmTpm.addHelpText(
