@@ -127,6 +127,15 @@ describe('vm encrypt DIR / vm info / vm decrypt DIR', () => {
     const text = ok(await vmseal(['vm', 'info', vm], env)).stdout;
     expect(text).toContain('VM configuration files are encrypted.');
     expect(text).toContain('Encrypted hard disks: scsi0:0, nvme0:0 (2 of 2).');
+    // Export: a streamOptimized copy (what OVF/OVA holds) of an encrypted VM's disk is refused, as vSphere
+    // refuses an OVF export of an encrypted VM, unless it is decrypted.
+    const so = join(vm, 'export.vmdk');
+    const ovf = await vmseal(['convert', join(vm, 'disk0.vmdk'), so, '--subformat', 'streamOptimized'], env);
+    expect(ovf.code).toBe(2);
+    expect(expectOneLineError(ovf)).toContain('vSphere refuses to export an encrypted VM to OVF');
+    ok(await vmseal(['convert', join(vm, 'disk0.vmdk'), so, '--subformat', 'streamOptimized', '--decrypt'], env));
+    expect(await contentHash(so)).toBe(plain['disk0.vmdk']);
+    await rm(so);
     // Nothing left to do: refused, not redone.
     const again = await vmseal(['vm', 'encrypt', vm], env);
     expect(again.code).toBe(5);
