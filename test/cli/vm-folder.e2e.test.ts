@@ -188,7 +188,7 @@ describe('vm encrypt DIR / vm info / vm decrypt DIR', () => {
 });
 
 describe('vm tpm', () => {
-  it('refuses a mixed VM with ERR_VM_MIXED, listing the disks in each state', async () => {
+  it('refuses a mixed VM with ERR_VM_MIXED, listing the disks in each state (vm info reports it)', async () => {
     const vm = join(dir, `qemu${n++}`);
     await mkdir(vm);
     await cp(join(template, 'disk0.vmdk'), join(vm, 'a.vmdk'));
@@ -198,6 +198,13 @@ describe('vm tpm', () => {
       JSON.stringify({ format: 'vmseal-vm', version: 1, disks: [{ file: 'a.vmdk' }, { file: 'b.vmdk' }], tpm: { state: 'tpm' } }),
     );
     ok(await vmseal(['encrypt', join(vm, 'b.vmdk'), '--in-place'], env));
+    // vm info reads a qemu folder from its manifest too, and says it is mixed.
+    const info = json(ok(await vmseal(['vm', 'info', vm, '--json'], env)));
+    expect(info).toMatchObject({ configEncrypted: false, encryptedDisks: 1, mixed: true });
+    expect(info.disks.map((d: { device: string; state: string }) => [d.device, d.state])).toEqual([
+      ['disks[0]', 'plain'],
+      ['disks[1]', 'vmseal'],
+    ]);
     const r = await vmseal(['vm', 'tpm', vm], env);
     expect(r.code).toBe(5);
     const line = expectOneLineError(r);
