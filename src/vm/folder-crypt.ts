@@ -266,10 +266,10 @@ export async function encryptVmFolder(dirOrFile: string, options: EncryptVmFolde
       await writeVmJob(dir, job);
     }
     const kek = job.kek;
-    if (kek === undefined || kek.providerId !== options.provider.id) {
+    if (kek === undefined || kek.providerId !== options.provider.id || (options.keyId !== undefined && options.keyId !== kek.keyId)) {
       throw new VmError(
         'ERR_VM_JOB',
-        `the interrupted vm encrypt of ${dir} locks its keys with key ${kek?.keyId ?? '?'} of provider ${kek?.providerId ?? '?'}, not of ${options.provider.id}: give the same key options as the first run`,
+        `the interrupted vm encrypt of ${dir} locks its keys with key ${kek?.keyId ?? '?'} of provider ${kek?.providerId ?? '?'}, not ${options.keyId !== undefined ? `key ${options.keyId} ` : ''}of ${options.provider.id}: give the same key options as the first run`,
         { file: dir },
       );
     }
