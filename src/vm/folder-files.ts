@@ -82,7 +82,7 @@ const STATE_EXTENSIONS: ReadonlyMap<string, VmStateFileKind> = new Map([
 ]);
 
 /** The chain of a disk (top first) and all its files, or the file alone when it cannot be opened. */
-async function chainOf(path: string, state: VmDiskState): Promise<Pick<VmFolderDisk, 'layers' | 'files'>> {
+export async function chainOf(path: string, state: VmDiskState): Promise<Pick<VmFolderDisk, 'layers' | 'files'>> {
   if (state === 'missing' || state === 'unreadable') return { layers: [path], files: [path] };
   try {
     const disk = await openVmdk(path, { readOnly: true, allowEncrypted: true });
