@@ -143,9 +143,11 @@ describe('a killed rollback', () => {
     for (const delay of [150, 300, 450, 600, 900]) {
       const disk = freshCopy(`kill-${delay}`);
       const proc = spawn(process.execPath, [BIN, 'backup', 'restore', repo, 'latest', '--over', disk], { env: noKey(), stdio: 'ignore' });
+      // Listened for from the start: a rollback that ends before the kill has already exited.
+      const exited = new Promise((r) => proc.once('exit', r));
       await new Promise((r) => setTimeout(r, delay));
       proc.kill('SIGKILL');
-      await new Promise((r) => proc.once('exit', r));
+      await exited;
       await checkAfterKill(disk, `SIGKILL after ${delay} ms`, true);
     }
     // The CLI's resume finishes a power-lost rollback too; after it, there is nothing left to resume.
