@@ -19,19 +19,24 @@
  * staged and renamed into place by copy.ts; this module fsyncs the output files it wrote (their
  * data may never have passed through the VMDK layer's handles) before it returns.
  *
+ * On a disk, the writeback of each piece is started once it is copied (sync_file_range through the
+ * addon, as the engine's write-behind does), so that the device writes while the kernel copies.
+ *
  * Work is cut into pieces of at most COPY_RANGE_MAX_BYTES (64 MiB), KERNEL_COPY_CONCURRENCY of them
  * at once on libuv's pool (one copy per core of the machines we measure on: a kernel copy of page
  * cache pages is CPU work), and cancellation is checked before each piece, so SIGINT stops a job
  * within one piece's time.
  */
 import { open, stat, type FileHandle } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import { getSystemErrorName } from 'node:util';
 import { VmdkFormatError, type VirtualDisk } from '../vmdk/index.js';
 import { fileDataRanges } from '../util/file-extents.js';
 import { nativeCopy, type NativeCopy } from '../util/native-copy.js';
+import { nativeWriteback, type NativeWriteback } from '../util/native-writeback.js';
 import { isFlatOutput } from './direct-write.js';
 import { throwIfAborted } from './errors.js';
-import { outputFiles, type OutputSegment } from './output-files.js';
+import { onMemoryFs, outputFiles, type OutputSegment } from './output-files.js';
 
 /** Set to 0 to turn the kernel copy off (the engine then reads and writes every plain copy). */
 export const KERNEL_COPY_ENV = 'VMSEAL_KERNEL_COPY';
@@ -50,8 +55,10 @@ export interface KernelCopyJob {
   what: string;
   /** Virtual bytes done (copied, or a hole skipped): sums to the source's allocatedRanges() length. */
   progress(bytes: number): void;
-  /** The call to use (the addon's by default; tests pass another). */
+  /** The copy call to use (the addon's by default; tests pass another). */
   native?: NativeCopy | null;
+  /** The write-behind call to use on a disk (the addon's by default; tests pass another). */
+  writeback?: NativeWriteback | null;
 }
 
 /** A run of a source file that lands in one output file. */
@@ -74,7 +81,11 @@ export async function kernelCopy(job: KernelCopyJob): Promise<boolean> {
   if (!native || process.env[KERNEL_COPY_ENV] === '0') return false;
   const parts = await plainParts(job.source, job.target);
   if (!parts) return false;
-  const copier = new Copier(native, job);
+  // On a disk, each piece's writeback is started as soon as it is copied (as write-behind.ts does
+  // for the engine), so the device writes while the kernel copies and the final fdatasync finds
+  // little left; on tmpfs there is nothing to write back.
+  const behind = (await onMemoryFs(dirname(job.target.path))) ? null : job.writeback === undefined ? nativeWriteback() : job.writeback;
+  const copier = new Copier(native, behind, job);
   try {
     for (const part of parts) {
       if (!(await copier.part(part))) return false;
@@ -125,6 +136,7 @@ async function plainParts(source: VirtualDisk, target: VirtualDisk): Promise<Par
 
 class Copier {
   readonly #native: NativeCopy;
+  readonly #behind: NativeWriteback | null;
   readonly #job: KernelCopyJob;
   /** The handles of the current part; an output's is kept while the next part writes the same file. */
   #in: { path: string; fh: FileHandle } | undefined;
@@ -135,8 +147,9 @@ class Copier {
    */
   #started = false;
 
-  constructor(native: NativeCopy, job: KernelCopyJob) {
+  constructor(native: NativeCopy, behind: NativeWriteback | null, job: KernelCopyJob) {
     this.#native = native;
+    this.#behind = behind;
     this.#job = job;
   }
 
@@ -218,6 +231,8 @@ class Copier {
       }
       at += n;
     }
+    // Errors are left to the fdatasync that ends the copy: it reports an I/O error on this data too.
+    await this.#behind?.writebackStart(output.fd, v + outBase, length).catch(() => false);
     return length;
   }
 

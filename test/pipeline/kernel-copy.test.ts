@@ -5,7 +5,7 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, statfsSync, openSync, readFileSync, rmSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { convertDisk } from '../../src/pipeline/index.js';
@@ -13,6 +13,8 @@ import { KERNEL_COPY_ENV, kernelCopy } from '../../src/pipeline/kernel-copy.js';
 import { createDisk, openDisk } from '../../src/vmdk/index.js';
 import { fileDataRanges } from '../../src/util/file-extents.js';
 import { nativeCopy, type NativeCopy } from '../../src/util/native-copy.js';
+import type { NativeWriteback } from '../../src/util/native-writeback.js';
+import { TMPFS_MAGIC } from '../../src/pipeline/output-files.js';
 
 const KiB = 1024;
 const MiB = 1 << 20;
@@ -55,8 +57,8 @@ function fill(path: string, base: number, size: number): Buffer {
 }
 
 /** A monolithicFlat VMDK made by qemu-img, its extent filled with the test data; returns [descriptor, image]. */
-function flatInput(name = 'in.vmdk', capacity = CAPACITY): [string, Buffer] {
-  const p = join(dir, name);
+function flatInput(name = 'in.vmdk', capacity = CAPACITY, folder = dir): [string, Buffer] {
+  const p = join(folder, name);
   execFileSync('qemu-img', ['create', '-q', '-f', 'vmdk', '-o', 'subformat=monolithicFlat', p, String(capacity)]);
   return [p, fill(p.replace(/\.vmdk$/, '-flat.vmdk'), 0, capacity)];
 }
@@ -184,6 +186,36 @@ describe('kernelCopy', () => {
     });
     await expect(copyWith(input, native, ac.signal)).rejects.toMatchObject({ code: 'ERR_ABORTED', name: 'AbortError' });
     expect(lengths).toHaveLength(1);
+  });
+});
+
+describe('kernelCopy write-behind', () => {
+  it('starts the writeback of each copied piece on a disk, and of none on tmpfs', async () => {
+    const folders = [dir, ...(existsSync('/dev/shm') && statfsSync('/dev/shm').type === TMPFS_MAGIC ? [mkdtempSync(join('/dev/shm', 'vmseal-kcopy-'))] : [])];
+    try {
+      for (const folder of folders) {
+        const [input] = flatInput('in.vmdk', CAPACITY, folder);
+        const started: Array<[number, number]> = [];
+        const writeback: NativeWriteback = {
+          writebackStart: (_fd, offset, length) => {
+            started.push([offset, length]);
+            return Promise.resolve(true);
+          },
+        };
+        const source = await openDisk(input, { readOnly: true });
+        const target = await createDisk(join(folder, 'wb.vmdk'), { capacity: CAPACITY, subformat: 'monolithicFlat' });
+        try {
+          expect(await kernelCopy({ source, target, writeback, what: 'x', progress: () => undefined })).toBe(true);
+        } finally {
+          await target.close();
+          await source.close();
+        }
+        // Two pieces run at once: they may finish in either order.
+        expect(started.sort((a, b) => a[0] - b[0])).toEqual(statfsSync(folder).type !== TMPFS_MAGIC ? dataRanges(join(folder, 'in-flat.vmdk')) : []);
+      }
+    } finally {
+      for (const f of folders.slice(1)) rmSync(f, { recursive: true, force: true });
+    }
   });
 });
 
