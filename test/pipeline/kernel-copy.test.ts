@@ -22,6 +22,8 @@ let dir: string;
 
 beforeEach(() => {
   dir = mkdtempSync(join(tmpdir(), 'vmseal-kcopy-'));
+  // Wherever the temporary folder is (tmpfs by default leaves the job to the engine).
+  process.env[KERNEL_COPY_ENV] = '1';
 });
 afterEach(() => {
   delete process.env[KERNEL_COPY_ENV];
@@ -186,6 +188,36 @@ describe('kernelCopy', () => {
     });
     await expect(copyWith(input, native, ac.signal)).rejects.toMatchObject({ code: 'ERR_ABORTED', name: 'AbortError' });
     expect(lengths).toHaveLength(1);
+  });
+});
+
+describe('kernelCopy on tmpfs', () => {
+  it('leaves outputs on tmpfs to the engine unless VMSEAL_KERNEL_COPY=1, and copies on a disk by default', async () => {
+    const shm = existsSync('/dev/shm') && statfsSync('/dev/shm').type === TMPFS_MAGIC ? mkdtempSync(join('/dev/shm', 'vmseal-kcopy-')) : undefined;
+    try {
+      for (const folder of [dir, ...(shm ? [shm] : [])]) {
+        const onTmpfs = statfsSync(folder).type === TMPFS_MAGIC;
+        for (const setting of [undefined, '1']) {
+          if (setting === undefined) delete process.env[KERNEL_COPY_ENV];
+          else process.env[KERNEL_COPY_ENV] = setting;
+          const sub = mkdtempSync(join(folder, 'k-'));
+          const [input] = flatInput('in.vmdk', CAPACITY, sub);
+          const { native, lengths } = recording();
+          const source = await openDisk(input, { readOnly: true });
+          const target = await createDisk(join(sub, 'out.vmdk'), { capacity: CAPACITY, subformat: 'monolithicFlat' });
+          try {
+            const copied = await kernelCopy({ source, target, native, what: 'x', progress: () => undefined });
+            expect(copied).toBe(setting === '1' || !onTmpfs);
+            expect(lengths.length > 0).toBe(copied);
+          } finally {
+            await target.close();
+            await source.close();
+          }
+        }
+      }
+    } finally {
+      if (shm) rmSync(shm, { recursive: true, force: true });
+    }
   });
 });
 
