@@ -12,7 +12,8 @@
  * hold as data are copied as data (the engine leaves all-zero 64 KiB blocks out).
  *
  * One hook point (copy.ts): kernelCopy() returns false, before it has written anything, when the
- * job is not a plain flat copy, when VMSEAL_KERNEL_COPY=0, when the addon predates the call, when a
+ * job is not a plain flat copy, when VMSEAL_KERNEL_COPY=0, for an output on tmpfs or ramfs unless
+ * VMSEAL_KERNEL_COPY=1 (see kernelCopy), when the addon predates the call, when a
  * source file is shorter than its extent (the engine then reports ERR_VMDK_TRUNCATED), or when the
  * kernel refuses to copy between the two files (another file system: EXDEV; ENOSYS, EOPNOTSUPP,
  * EINVAL). The caller then runs the engine. Everything else is the job's as before: the output is
