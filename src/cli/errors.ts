@@ -247,6 +247,17 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
     exitCode: ExitCode.KEY,
     hint: 'The vTPM state does not open with the state key in vmseal-vm.json: put back the manifest that belongs to this state, or restore both from a backup',
   },
+  // A VM folder as one unit
+  ERR_VM_DISK: { exitCode: ExitCode.FAILURE, hint: '`vmseal vm info DIR` lists each disk of the VM and its state; the message says what to do with this one' },
+  ERR_VM_SNAPSHOT: {
+    exitCode: ExitCode.FORMAT,
+    hint: 'Convert the chain to monolithicSparse layers, or consolidate the snapshots first (VMware: Delete All Snapshots; qemu-img commit)',
+  },
+  ERR_VM_JOB: { exitCode: ExitCode.FAILURE, hint: 'Finish the interrupted job with the command the message names (same key options), then retry' },
+  ERR_VM_MIXED: {
+    exitCode: ExitCode.FORMAT,
+    hint: 'Encrypt the rest with `vmseal vm encrypt DIR` or decrypt all with `vmseal vm decrypt DIR`, or give --allow-mixed',
+  },
   // plain failures with something to do
   ERR_OUTPUT_EXISTS: { exitCode: ExitCode.FAILURE, hint: EXISTS_HINT },
   ERR_VMDK_EXISTS: { exitCode: ExitCode.FAILURE, hint: EXISTS_HINT },
