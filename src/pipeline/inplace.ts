@@ -46,7 +46,7 @@ import {
 import { allocateCipherBuffer } from '../xts/index.js';
 import { describeKeySafe, rewrapKeySafe, sealDek, type KeyRef, type LockerInfo } from '../keys/index.js';
 import { expected } from '../errors.js';
-import { locateDescriptor, readDescriptorBytes, removeStaleDescriptorTemps, writeDescriptor, type DescriptorLocation } from './descriptor-io.js';
+import { locateDescriptor, readDescriptorBytes, removeStaleDescriptorTemps, withoutCid, writeDescriptor, type DescriptorLocation } from './descriptor-io.js';
 import { PipelineError, abortError } from './errors.js';
 import { ChunkStatus, Journal, hashCopy, journalPathOf, type InPlaceOperation, type JournalHeader } from './journal.js';
 import { acquireLock, NameReservations } from './lock.js';
@@ -71,6 +71,8 @@ import { ensureSpace } from './space.js';
 import { markDescriptor, runCopy } from './copy.js';
 import { retireReplacedKeys } from './retire.js';
 import { journalDifferences } from './journal-match.js';
+import { commitSnapshot, type CommitResult } from './commit.js';
+import { isCommitJournal } from './commit-journal.js';
 import { discardJobKeys, jobProviders } from './job-keys.js';
 
 /** Set the encryption lines (in their order, right after createType) and the job line on a descriptor. */
@@ -740,6 +742,8 @@ export async function resumeDisk(path: string, options: ResumeOptions = {}): Pro
   const p = await realDiskPath(checkPath(path, 'path'));
   const { keys = {}, newKeys, cache, retireOldKeys, destroyOldKeys, ...opts } = options;
   const unlock: UnlockOptions = { ...keys, ...((keys.cache ?? cache) ? { cache: keys.cache ?? cache } : {}) };
+  // A snapshot commit's journal lies beside the child it merges (which it removes at the end).
+  if (await isCommitJournal(p)) return commitAsJob(await commitSnapshot(p, { keys: unlock, signal: opts.signal, onProgress: opts.onProgress }));
   const unlockNew: UnlockOptions = newKeys ? { ...newKeys, ...((newKeys.cache ?? unlock.cache) ? { cache: newKeys.cache ?? unlock.cache } : {}) } : unlock;
   return withDiskLock(p, 'resume', opts.format, async (names) => {
     const journal = await Journal.open(p);
@@ -779,6 +783,21 @@ export async function resumeDisk(path: string, options: ResumeOptions = {}): Pro
 }
 
 export type { InPlaceOperation };
+
+/** A resumed snapshot commit, reported as resumeDisk reports every job. */
+function commitAsJob(c: CommitResult): JobResult {
+  return {
+    operation: 'snapshot-commit',
+    input: c.removed,
+    output: c.top,
+    subformat: '',
+    virtualSize: 0,
+    bytesProcessed: c.bytesMoved,
+    seconds: c.seconds,
+    encrypted: c.encrypted,
+    resumed: true,
+  };
+}
 
 /** Bytes of holes in the FLAT extent files of the disk whose descriptor (base64) is `descriptorB64`. */
 async function flatExtentHoles(path: string, descriptorB64: string): Promise<number> {
@@ -834,14 +853,6 @@ function outOfSpaceIsResumable(err: unknown, operation: InPlaceOperation, path: 
  * journal would write (so resuming it cannot change what the descriptor says), or when the caller says
  * so with trustV1Journal.
  */
-/**
- * A descriptor's bytes with the CID line's value blanked: the job's first data write draws a new
- * CID in "during" (src/vmdk/disk.ts, as qemu does), which says nothing about the encryption.
- */
-function withoutCid(bytes: Buffer): string {
-  return bytes.toString('latin1').replace(/(^|\n)CID=[0-9a-fA-F]{1,8}(?=\r?\n)/, '$1CID=');
-}
-
 async function trustJournal(path: string, journal: Journal, loc: DescriptorLocation, keys: JournalKeys, opts: JobOptions): Promise<void> {
   const h = journal.header;
   if (journal.version === 1) {

@@ -39,12 +39,14 @@ import { basename, dirname, join } from 'node:path';
 import { PipelineError } from './errors.js';
 import { fsyncDir, pathExists } from './staging.js';
 
-import { JOURNAL_SUFFIX } from '../disk/for-pipeline.js';
+import { DiskError, JOURNAL_SUFFIX } from '../disk/for-pipeline.js';
 import { NameReservations } from './lock.js';
 import { readFully, writeFully } from '../util/file-io.js';
 export { JOURNAL_SUFFIX };
 const MAGIC_V1 = Buffer.from('VMSJRNL1', 'ascii');
 const MAGIC_V2 = Buffer.from('VMSJRNL2', 'ascii');
+/** A snapshot commit's journal (commit-journal.ts) has the same name: refused here, resumed there. */
+const COMMIT_MAGIC = Buffer.from('VMSCMIT1', 'ascii');
 const HKDF_INFO = 'vmseal journal v2';
 const STATE_MAGIC = Buffer.from('VMSJSTAT', 'ascii');
 const HEADER_AREA = 65536;
@@ -259,6 +261,12 @@ export class Journal {
       const bad = (why: string): PipelineError =>
         new PipelineError('ERR_JOURNAL', `the journal ${path} is unreadable (${why}); the in-place job on ${diskPath} cannot be resumed safely`);
       const magic = area.subarray(0, 8);
+      if (magic.equals(COMMIT_MAGIC)) {
+        throw new DiskError(
+          'ERR_INTERRUPTED_JOB',
+          `${diskPath} is the top of a chain whose snapshot commit did not finish (journal ${path}); finish it first (vmseal resume)`,
+        );
+      }
       const version = magic.equals(MAGIC_V2) ? 2 : magic.equals(MAGIC_V1) ? 1 : 0;
       if (bytesRead < 12 || version === 0) throw bad('wrong magic or truncated');
       const n = area.readUInt32LE(8);

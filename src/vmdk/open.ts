@@ -2,7 +2,7 @@ import { realpath, stat } from 'node:fs/promises';
 import { isAbsolute, relative, resolve, dirname, extname, sep } from 'node:path';
 import { Descriptor, MAX_DESCRIPTOR_BYTES } from './descriptor.js';
 import { type VirtualDisk, VmdkDisk, type VmdkDiskInit } from './disk.js';
-import { VmdkFormatError } from './errors.js';
+import { VmdkFormatError, interruptedJob, jobOf } from './errors.js';
 import { openParents, parentLink } from './chain-open.js';
 import { type Extent, FlatExtent, ZeroExtent } from './extent.js';
 import { HandlePool, HostFile } from './file.js';
@@ -24,6 +24,12 @@ export interface OpenDiskOptions {
    * claimed by two entries (time ∝ allocated tables, memory 4 bytes per allocated grain); see docs/format.md.
    */
   check?: 'lazy' | 'full';
+  /**
+   * Open only this file, not the chain it may end (default `false`): a child's parents are neither
+   * opened nor locked and its unallocated grains read as zeros. For jobs that move data between the
+   * layers of a chain (snapshot commit), which lock and check every layer themselves.
+   */
+  layerOnly?: boolean;
 }
 
 /** createType values vmseal reads and writes (plus the VMFS flat aliases below, read only). */
@@ -56,10 +62,13 @@ export async function openDisk(path: string, options: OpenDiskOptions = {}): Pro
   if (options.check !== undefined && options.check !== 'lazy' && options.check !== 'full') {
     throw new VmdkFormatError('ERR_INVALID_ARGUMENT', expectedOneOf(['lazy', 'full'], 'options.check', options.check));
   }
+  if (options.layerOnly !== undefined && typeof options.layerOnly !== 'boolean') {
+    throw new VmdkFormatError('ERR_INVALID_ARGUMENT', expected('a boolean', 'options.layerOnly', options.layerOnly));
+  }
   const full = options.check === 'full';
   const abs = resolve(path);
   const top = await openLayer(abs, readOnly, allowEncrypted, options.format, full);
-  if (!(top instanceof VmdkDisk) || parentLink(top.descriptor, abs) === undefined) return top;
+  if (options.layerOnly === true || !(top instanceof VmdkDisk) || parentLink(top.descriptor, abs) === undefined) return top;
   try {
     return await openParents(top, (p) => openLayer(p, true, allowEncrypted, undefined, full));
   } catch (err) {
@@ -241,6 +250,8 @@ function checkDescriptor(d: Descriptor, file: string, allowEncrypted: boolean): 
   }
   parentLink(d, file); // a half or impossible parent link is refused before any extent is opened
   if (d.isEncrypted() && !allowEncrypted) {
+    const job = jobOf(d);
+    if (job !== undefined && d.get('encryption.format') === undefined) throw interruptedJob(job, file);
     throw new VmdkFormatError('ERR_DISK_ENCRYPTED', `${file} is encrypted; open it with keys`, { file });
   }
 }
