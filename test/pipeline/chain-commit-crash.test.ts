@@ -1,0 +1,150 @@
+// Kill a snapshot commit with SIGKILL at many points of its protocol: until `resume` (or the same
+// commit again) finishes it, the chain is refused with ERR_INTERRUPTED_JOB; afterwards the parent
+// holds exactly what the chain held, the child is gone, and nothing is left behind.
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { cpSync, existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { createEncryptedDisk, createEncryptedSnapshot, openDisk } from '../../src/disk/index.js';
+import { createSnapshot } from '../../src/vmdk/index.js';
+import { bundleFixture } from '../helpers/bundle.js';
+import { patternBytes, phraseLocker, sha256, tempDir } from '../disk/helpers.js';
+
+const MiB = 1 << 20;
+let tmp: ReturnType<typeof tempDir>;
+let child: string;
+
+beforeAll(async () => {
+  tmp = tempDir('vmseal-commit-kill-');
+  child = await bundleFixture(new URL('./fixtures/commit-child.ts', import.meta.url));
+});
+afterAll(() => {
+  tmp.cleanup();
+  rmSync(child, { force: true });
+});
+
+function run(op: 'commit' | 'resume', disk: string, passphrase: string | undefined, killAt?: number) {
+  const r = spawnSync(process.execPath, [child, op, disk], {
+    env: { ...process.env, ...(passphrase ? { PASSPHRASE: passphrase } : {}), ...(killAt ? { KILL_AT: String(killAt) } : {}) },
+    encoding: 'utf8',
+  });
+  return { signal: r.signal, status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** Kill points: the first and last calls and evenly spread ones between. */
+function killPoints(total: number, n: number): number[] {
+  const pts = new Set<number>([1, total - 1]);
+  for (let i = 1; i <= n; i++) pts.add(Math.max(1, Math.round((i * total) / (n + 1))));
+  return [...pts].filter((p) => p >= 1 && p < total).sort((a, b) => a - b);
+}
+
+async function codeOf(p: Promise<{ close(): Promise<void> }>): Promise<string | undefined> {
+  return p.then(
+    async (d) => {
+      await d.close();
+      return undefined;
+    },
+    (e: { code?: string }) => e.code,
+  );
+}
+
+interface Scenario {
+  name: string;
+  passphrase: string | undefined;
+  /** Make the chain in `dir`; returns [parent, top]. */
+  make(dir: string): Promise<[string, string]>;
+}
+
+const scenarios: Scenario[] = [
+  {
+    name: 'plain chain (qemu-io writes, vmseal snapshot)',
+    passphrase: undefined,
+    async make(dir) {
+      const base = join(dir, 'vm.vmdk');
+      execFileSync('qemu-img', ['create', '-q', '-f', 'vmdk', base, '8M']);
+      execFileSync('qemu-io', ['-f', 'vmdk', '-c', 'write -P 0x11 0 3M', '-c', 'write -P 0x12 6M 1M', base]);
+      const top = await createSnapshot(base);
+      execFileSync('qemu-io', ['-f', 'vmdk', '-c', 'write -P 0x21 1536 3072', '-c', 'write -P 0x22 2M 2M', '-c', 'write -P 0x23 7M 64k', top]);
+      return [base, top];
+    },
+  },
+  {
+    name: 'encrypted chain',
+    passphrase: 'pw',
+    async make(dir) {
+      const base = join(dir, 'vm.vmdk');
+      const d = await createEncryptedDisk(base, { capacity: 8 * MiB, subformat: 'monolithicSparse', lockers: [phraseLocker('pw')] });
+      await d.write(0, patternBytes(3 * MiB, 1));
+      await d.close();
+      const top = await createEncryptedSnapshot(base, { keys: { passphrase: 'pw' } });
+      const c = await openDisk(top, { keys: { passphrase: 'pw' } });
+      await c.write(100, patternBytes(5000, 2)); // unit 0 too
+      await c.write(2 * MiB, patternBytes(2 * MiB, 3));
+      await c.close();
+      return [base, top];
+    },
+  },
+];
+
+describe('SIGKILL at any point of a snapshot commit, then resume', () => {
+  for (const s of scenarios) {
+    it(s.name, async () => {
+      const template = join(tmp.dir, `${s.passphrase ? 'enc' : 'plain'}-template`);
+      mkdirSync(template);
+      const [, top] = await s.make(template);
+      const flat = join(tmp.dir, `${s.passphrase ? 'enc' : 'plain'}-expected.raw`);
+      execFileSync('qemu-img', ['convert', '-O', 'raw', top, flat]); // the chain's stored bytes (ciphertext when encrypted)
+      const copy = (name: string): [string, string] => {
+        const dir = join(tmp.dir, name);
+        cpSync(template, dir, { recursive: true });
+        return [join(dir, 'vm.vmdk'), join(dir, top.slice(template.length + 1))];
+      };
+      const opens = (path: string) => openDisk(path, { readOnly: true, ...(s.passphrase ? { keys: { passphrase: s.passphrase } } : {}) });
+      const plainHash = async (path: string): Promise<string> => {
+        const d = await opens(path);
+        try {
+          return sha256(await d.read(0, d.capacity));
+        } finally {
+          await d.close();
+        }
+      };
+      const expectedPlain = await plainHash(top);
+
+      const [dryBase, dryTop] = copy('dry');
+      const full = run('commit', dryTop, s.passphrase);
+      expect(full.status, full.stderr).toBe(0);
+      const total = Number(/events=(\d+)/.exec(full.stdout)![1]);
+      expect(total).toBeGreaterThan(10);
+      execFileSync('qemu-img', ['compare', '-q', dryBase, flat]);
+
+      let parentRefused = 0;
+      for (const point of killPoints(total, 4)) {
+        const [p, t] = copy(`kill-${point}`);
+        const killed = run('commit', t, s.passphrase, point);
+        expect(killed.signal, `kill at ${point}: ${killed.stderr}`).toBe('SIGKILL');
+        const journal = existsSync(`${t}.vmseal-journal`);
+        if (journal) {
+          // Half merged: the chain is refused, by its top and by the parent.
+          expect(await codeOf(opens(t)), `top after kill at ${point}`).toBe('ERR_INTERRUPTED_JOB');
+          // The parent alone is refused once its descriptor "during" is written (before that it is unchanged).
+          const parentCode = await codeOf(opens(p));
+          expect([undefined, 'ERR_INTERRUPTED_JOB'], `parent after kill at ${point}`).toContain(parentCode);
+          if (parentCode) parentRefused++;
+          const again = run('resume', t, s.passphrase);
+          expect(again.status, `resume after kill at ${point}: ${again.stderr}`).toBe(0);
+        } else {
+          const again = run('commit', t, s.passphrase);
+          expect(again.status, `commit again after kill at ${point}: ${again.stderr}`).toBe(0);
+        }
+        expect(existsSync(t), `top after kill at ${point}`).toBe(false);
+        execFileSync('qemu-img', ['compare', '-q', p, flat]); // the same stored bytes as the chain had
+        expect(await plainHash(p), `content after kill at ${point}`).toBe(expectedPlain);
+        expect(
+          readdirSync(join(p, '..')).filter((f) => /journal|\.tmp|vmseal-lock/.test(f)),
+          `leftovers after kill at ${point}`,
+        ).toEqual([]);
+      }
+      expect(parentRefused).toBeGreaterThan(0);
+    });
+  }
+});
