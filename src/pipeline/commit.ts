@@ -42,7 +42,7 @@ import { acquireLock, NameReservations } from './lock.js';
 import { realDiskPath } from './paths.js';
 import { checkPath, type UnlockOptions as JobUnlockOptions } from './options.js';
 import { ProgressTracker, type ProgressListener } from './progress.js';
-import { fsyncDir, pathExists } from './staging.js';
+import { fsyncDir, fsyncPath, pathExists } from './staging.js';
 
 /** Bytes copied per read and write: the pipeline's chunk size. */
 const CHUNK = 4 << 20;
@@ -88,12 +88,15 @@ function freshCid(old: string | undefined): string {
   }
 }
 
-/** Set or clear the write bits of `files` (back from their read bits, as createSnapshot clears them). */
+/** Give `files` their write bits back (from their read bits: createSnapshot cleared them). */
 async function makeWritable(files: string[]): Promise<void> {
   for (const f of files) {
     const mode = (await stat(f)).mode & 0o777;
     const w = mode | ((mode & 0o444) >> 1);
-    if (w !== mode) await chmod(f, w);
+    if (w !== mode) {
+      await chmod(f, w);
+      await fsyncPath(f); // the mode is durable before the job goes on (and before its journal is removed)
+    }
   }
 }
 
