@@ -177,6 +177,10 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
   },
   ERR_VMDK_CHAIN: { exitCode: ExitCode.FORMAT, hint: 'Keep every layer of a snapshot chain (the base disk and its -00000N children) together, unrenamed' },
   ERR_NOT_A_SNAPSHOT: { exitCode: ExitCode.USAGE, hint: 'Give the top of a snapshot chain (a -00000N child): `vmseal snapshot list DISK` shows the layers' },
+  ERR_SNAPSHOT_CHAIN: {
+    exitCode: ExitCode.FAILURE,
+    hint: 'Commit the snapshots first (`vmseal snapshot commit TOP` until one layer is left), then run the job again',
+  },
   ERR_SNAPSHOT_HAS_CHILDREN: {
     exitCode: ExitCode.USAGE,
     hint: 'Commit the newest snapshot first (the top of the chain, `vmseal snapshot list`), then this one',

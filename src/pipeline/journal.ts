@@ -93,6 +93,11 @@ export interface JournalHeader {
    * after it (`final`). Resume rewrites them: an embedded descriptor torn by a crash is made whole.
    */
   descriptor: { during: string; final: string };
+  /**
+   * A shallow rekey of a snapshot chain: the final descriptor (base64) of every layer below the top,
+   * each `path` relative to the top's folder. Resume writes them all (every layer gets the new KeySafe).
+   */
+  layers?: Array<{ path: string; final: string }>;
 }
 
 export interface JournalState {
@@ -399,7 +404,14 @@ function checkExtentNames(header: JournalHeader, path: string): void {
   if (!d || typeof d.during !== 'string' || typeof d.final !== 'string') {
     throw new PipelineError('ERR_JOURNAL', `the journal ${path} has no descriptors; it cannot be resumed safely`);
   }
-  for (const b64 of [d.during, d.final]) {
+  const layers = header.layers;
+  if (
+    layers !== undefined &&
+    (!Array.isArray(layers) || !layers.every((l) => l && typeof l.path === 'string' && l.path !== '' && !l.path.includes('\0') && typeof l.final === 'string'))
+  ) {
+    throw new PipelineError('ERR_JOURNAL', `the journal ${path} lists snapshot layers it cannot name; it cannot be resumed safely`);
+  }
+  for (const b64 of [d.during, d.final, ...(layers ?? []).map((l) => l.final)]) {
     const text = Buffer.from(b64, 'base64').toString('latin1');
     for (const m of text.matchAll(/^\s*(?:RW|RDONLY|NOACCESS)\s+\d+\s+\w+\s+"([^"]*)"/gm)) {
       if (!isPlainFileName(m[1])) {
