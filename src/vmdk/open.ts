@@ -9,6 +9,7 @@ import { HandlePool, HostFile } from './file.js';
 import { COWD_MAGIC, SECTOR, SESPARSE_MAGIC, SPARSE_MAGIC } from './sparse-header.js';
 import { SparseExtent } from './sparse-extent.js';
 import { expected, expectedOneOf } from '../errors.js';
+import { acquireFileLock, FileLockError, holdsExclusiveLock, lockRecordPathFor } from '../util/lock.js';
 
 export interface OpenDiskOptions {
   /** Open without write access; writes and descriptor updates are refused (default: `false`). */
@@ -68,11 +69,33 @@ export async function openDisk(path: string, options: OpenDiskOptions = {}): Pro
   const full = options.check === 'full';
   const abs = resolve(path);
   const top = await openLayer(abs, readOnly, allowEncrypted, options.format, full);
+  if (!readOnly && options.layerOnly !== true && top instanceof VmdkDisk) await lockWriter(top, abs);
   if (options.layerOnly === true || !(top instanceof VmdkDisk) || parentLink(top.descriptor, abs) === undefined) return top;
   try {
     return await openParents(top, (p) => openLayer(p, true, allowEncrypted, undefined, full));
   } catch (err) {
     await top.close();
+    throw err;
+  }
+}
+
+/**
+ * A disk opened for writing holds its vmseal lock (src/util/lock.ts) exclusively until it is closed
+ * — unless this process holds it already (a job that locked the disk, then opens it) — as its
+ * parents are held shared (chain-open.ts): no snapshot commit, in-place job or second writer can
+ * run on the disk or under it meanwhile. On failure the disk is closed.
+ */
+async function lockWriter(top: VmdkDisk, abs: string): Promise<void> {
+  const record = lockRecordPathFor(abs);
+  if (holdsExclusiveLock(record)) return;
+  try {
+    const lock = await acquireFileLock(record, { mode: 'exclusive', coversOpens: false, record: { operation: 'open for writing', tool: 'vmseal' } });
+    top.holdUntilClose(() => lock.release());
+  } catch (err) {
+    await top.close();
+    if (err instanceof FileLockError && err.code === 'ERR_LOCK_BUSY') {
+      throw new FileLockError('ERR_LOCK_BUSY', `cannot open ${abs} for writing: it is ${err.message}`, { file: err.file, holder: err.holder, cause: err });
+    }
     throw err;
   }
 }

@@ -4,7 +4,8 @@ import { describe, it, expect, beforeEach, afterEach } from 'vitest';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { commitSnapshot, PipelineError } from '../../src/pipeline/index.js';
+import { commitSnapshot, encryptInPlace, PipelineError } from '../../src/pipeline/index.js';
+import { acquireLock } from '../../src/pipeline/lock.js';
 import { createEncryptedDisk, createEncryptedSnapshot, openDisk, readEncryptionParams } from '../../src/disk/index.js';
 import { createSnapshot, openDisk as openVmdk } from '../../src/vmdk/index.js';
 import { patternBytes, phraseLocker, sha256, tempDir } from '../disk/helpers.js';
@@ -116,6 +117,34 @@ describe('commit of a plain chain made by qemu-img', () => {
     await d.write(0, Buffer.alloc(512, 1));
     await d.close();
     expect(cidOf(base)).not.toBe(cid);
+  });
+});
+
+describe('locks: a commit cannot race a writer', () => {
+  it('a writer holds the top exclusively and the parents shared: commit, in-place jobs and a second writer are refused until it closes', async () => {
+    const base = join(dir, 'vm.vmdk');
+    run('qemu-img', ['create', '-q', '-f', 'vmdk', base, '4M']);
+    const child = await createSnapshot(base);
+    const writer = await openDisk(child);
+    try {
+      expect(await codeOf(commitSnapshot(child))).toBe('ERR_DISK_BUSY');
+      expect(await codeOf(openDisk(child))).toBe('ERR_LOCK_BUSY');
+      expect(await codeOf(encryptInPlace(child, { lockers: [phraseLocker('pw')] }))).toBe('ERR_DISK_BUSY');
+      const reader = await openDisk(child, { readOnly: true }); // readers are not refused
+      await reader.close();
+      await writer.write(0, Buffer.alloc(4096, 9));
+    } finally {
+      await writer.close();
+    }
+    // While a commit holds the parent (as it does from start to end), the chain is not opened for writing.
+    const held = await acquireLock(base, 'test: a commit holding the parent');
+    try {
+      expect(await codeOf(openDisk(child))).toBe('ERR_LOCK_BUSY');
+    } finally {
+      await held.release();
+    }
+    await commitSnapshot(child);
+    expect(existsSync(child)).toBe(false);
   });
 });
 
