@@ -49,6 +49,19 @@ export const MAX_EXTENTS = 9999;
  * descriptor is a text descriptor; any other `.vmdk` is refused (ERR_VMDK_FORMAT) and anything else is raw.
  */
 export async function openDisk(path: string, options: OpenDiskOptions = {}): Promise<VirtualDisk> {
+  return openDiskWith(path, options, true);
+}
+
+/**
+ * openDisk for createDisk, which opens the disk it just made: not locked as a writer's (the new
+ * file's name is its creator's to guard — a job reserves it — and a job staging an output must not
+ * find a lock file beside it).
+ */
+export function openCreatedDisk(path: string, options: OpenDiskOptions): Promise<VirtualDisk> {
+  return openDiskWith(path, options, false);
+}
+
+async function openDiskWith(path: string, options: OpenDiskOptions, lockWriters: boolean): Promise<VirtualDisk> {
   if (typeof path !== 'string' || path === '' || path.includes('\0')) {
     throw new VmdkFormatError('ERR_INVALID_ARGUMENT', expected('a file path', 'path', path));
   }
@@ -69,7 +82,7 @@ export async function openDisk(path: string, options: OpenDiskOptions = {}): Pro
   const full = options.check === 'full';
   const abs = resolve(path);
   const top = await openLayer(abs, readOnly, allowEncrypted, options.format, full);
-  if (!readOnly && options.layerOnly !== true && top instanceof VmdkDisk) await lockWriter(top, abs);
+  if (lockWriters && !readOnly && options.layerOnly !== true && top instanceof VmdkDisk) await lockWriter(top, abs);
   if (options.layerOnly === true || !(top instanceof VmdkDisk) || parentLink(top.descriptor, abs) === undefined) return top;
   try {
     return await openParents(top, (p) => openLayer(p, true, allowEncrypted, undefined, full));
