@@ -181,6 +181,7 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
     exitCode: ExitCode.FAILURE,
     hint: 'Commit the snapshots first (`vmseal snapshot commit TOP` until one layer is left), then run the job again',
   },
+  ERR_SNAPSHOT_SIBLINGS: { exitCode: ExitCode.USAGE, hint: 'The parent has other snapshots: remove them first (or commit in a copy of the chain)' },
   ERR_SNAPSHOT_HAS_CHILDREN: {
     exitCode: ExitCode.USAGE,
     hint: 'Commit the newest snapshot first (the top of the chain, `vmseal snapshot list`), then this one',

@@ -16,7 +16,7 @@
  * Resume repeats from step 2 (step 3 only while the child's descriptor file exists): every step is
  * idempotent, since the child never changes.
  */
-import { chmod, stat, unlink } from 'node:fs/promises';
+import { chmod, readdir, realpath, stat, unlink } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
 import { ChainDisk, Descriptor, JOB_LINE, openDisk as openVmdk, ownRanges, type VirtualDisk } from '../vmdk/index.js';
@@ -32,7 +32,6 @@ import {
   type UnlockOptions,
 } from '../disk/for-pipeline.js';
 import { isTempNameOf } from '../util/atomic-file.js';
-import { readdir } from 'node:fs/promises';
 import { expected } from '../errors.js';
 import { COMMIT_OPERATION, isCommitJournal, readCommitJournal, removeCommitJournal, writeCommitJournal, type CommitHeader } from './commit-journal.js';
 import { locateDescriptor, readDescriptorBytes, removeStaleDescriptorTemps, withoutCid, writeDescriptor } from './descriptor-io.js';
@@ -100,6 +99,34 @@ async function makeWritable(files: string[]): Promise<void> {
   }
 }
 
+/** Most .vmdk files looked at for other children of the parent (a bound, not a target). */
+const MAX_SCANNED = 10_000;
+
+/**
+ * Other snapshots made on `parent` besides `top`: VMDK files in the parent's and the child's folders
+ * whose parentFileNameHint names the parent. Committing into a parent changes its content and CID,
+ * which would make them unreadable (their parentCID no longer matches): the commit refuses instead.
+ */
+async function otherChildren(parent: string, top: string): Promise<string[]> {
+  const target = await realpath(parent);
+  const found: string[] = [];
+  let scanned = 0;
+  for (const dir of new Set([dirname(parent), dirname(top)])) {
+    for (const name of await readdir(dir).catch(() => [] as string[])) {
+      const file = join(dir, name);
+      if (!name.toLowerCase().endsWith('.vmdk') || file === top || file === parent || ++scanned > MAX_SCANNED) continue;
+      const layer = await openVmdk(file, { readOnly: true, allowEncrypted: true, layerOnly: true }).catch(() => undefined);
+      if (!layer) continue;
+      const hint = layer.descriptor?.get('parentFileNameHint');
+      await layer.close();
+      if (hint === undefined) continue;
+      const named = await realpath(parentPath(file, hint)).catch(() => undefined);
+      if (named === target) found.push(file);
+    }
+  }
+  return found;
+}
+
 /** Remove temp files a killed writer of the journal left beside it. */
 async function removeJournalTemps(top: string): Promise<void> {
   const journal = journalPathOf(top);
@@ -133,6 +160,13 @@ async function planCommit(top: string, keys: UnlockOptions | undefined): Promise
     const hint = chain.top.descriptor!.get('parentFileNameHint')!;
     const parentLayer = chain.layers()[1];
     const parent = parentLayer.path;
+    const siblings = await otherChildren(parent, top);
+    if (siblings.length > 0) {
+      throw new PipelineError(
+        'ERR_SNAPSHOT_SIBLINGS',
+        `${parent} has other snapshots besides ${top} (${siblings.slice(0, 3).join(', ')}${siblings.length > 3 ? ', …' : ''}): committing into it would make them unreadable. Remove them (or commit from a copy) first`,
+      );
+    }
     const before = await readDescriptorBytes(await locateDescriptor(parent));
     const during = Descriptor.parse(before, { file: parent });
     const final = during.clone();

@@ -101,6 +101,19 @@ describe('commit of a plain chain made by qemu-img', () => {
     expect(statSync(child).mode & 0o222).toBe(0); // untouched
   });
 
+  it('refuses a child whose parent has other snapshots (they would become unreadable)', async () => {
+    const base = join(dir, 'base.vmdk');
+    run('qemu-img', ['create', '-q', '-f', 'vmdk', base, '4M']);
+    qemuIo(base, 'write -P 0x61 0 1M');
+    const first = await createSnapshot(base);
+    const second = await createSnapshot(base, { name: 'other' }); // a second child of the same parent
+    qemuIo(first, 'write -P 0x62 0 64k');
+    const raw = readFileSync(base);
+    expect(await codeOf(commitSnapshot(first))).toBe('ERR_SNAPSHOT_SIBLINGS');
+    expect(readFileSync(base).equals(raw)).toBe(true);
+    run('qemu-img', ['check', '-q', second]); // still opens: its parent did not change
+  });
+
   it('vmseal snapshots: the committed parent is writable again and a write gives it a new CID', async () => {
     const base = join(dir, 'vm.vmdk');
     run('qemu-img', ['create', '-q', '-f', 'vmdk', base, '4M']);
