@@ -7,6 +7,7 @@ import { cpSync, existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { openDisk } from '../../src/disk/index.js';
 import { scenarios } from './chain-scenarios.js';
+import { cleanEnv, vmseal } from '../cli/run-cli.js';
 import { bundleFixture } from '../helpers/bundle.js';
 import { sha256, tempDir } from '../disk/helpers.js';
 
@@ -32,7 +33,8 @@ function run(op: 'commit' | 'resume', disk: string, passphrase: string | undefin
 
 /** Kill points: the first and last calls and evenly spread ones between. */
 function killPoints(total: number, n: number): number[] {
-  const pts = new Set<number>([1, total - 1]);
+  // total - 2: the child's file is gone, its journal not yet (resume then finishes without the child).
+  const pts = new Set<number>([1, total - 2, total - 1]);
   for (let i = 1; i <= n; i++) pts.add(Math.max(1, Math.round((i * total) / (n + 1))));
   return [...pts].filter((p) => p >= 1 && p < total).sort((a, b) => a - b);
 }
@@ -79,11 +81,13 @@ describe('SIGKILL at any point of a snapshot commit, then resume', () => {
       execFileSync('qemu-img', ['compare', '-q', dryBase, flat]);
 
       let parentRefused = 0;
+      let childGone = 0;
       for (const point of killPoints(total, 4)) {
         const [p, t] = copy(`kill-${point}`);
         const killed = run('commit', t, s.passphrase, point);
         expect(killed.signal, `kill at ${point}: ${killed.stderr}`).toBe('SIGKILL');
         const journal = existsSync(`${t}.vmseal-journal`);
+        if (journal && !existsSync(t)) childGone++;
         if (journal) {
           // Half merged: the chain is refused, by its top and by the parent.
           expect(await codeOf(opens(t)), `top after kill at ${point}`).toBe('ERR_INTERRUPTED_JOB');
@@ -106,6 +110,17 @@ describe('SIGKILL at any point of a snapshot commit, then resume', () => {
         ).toEqual([]);
       }
       expect(parentRefused).toBeGreaterThan(0);
+      expect(childGone, 'a kill after the child was removed, before its journal').toBeGreaterThan(0);
+      // The CLI finishes it by the child's path too, though the child's file is gone.
+      const [p, t] = copy('cli');
+      expect(run('commit', t, s.passphrase, total - 2).signal).toBe('SIGKILL');
+      expect(existsSync(t)).toBe(false);
+      const env = cleanEnv({ VMSEAL_HOME: join(tmp.dir, 'home'), ...(s.passphrase ? { VMSEAL_PASSPHRASE: s.passphrase } : {}) });
+      const cli = await vmseal(['resume', t, ...(s.passphrase ? ['--recovery-passphrase'] : [])], env);
+      expect(cli.code, cli.stderr).toBe(0);
+      expect(cli.stdout).toContain('Finished the interrupted snapshot-commit');
+      expect(existsSync(`${t}.vmseal-journal`)).toBe(false);
+      execFileSync('qemu-img', ['compare', '-q', p, flat]);
     });
   }
 });
