@@ -6,6 +6,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { openDisk } from '../../src/disk/index.js';
+import { inspectDisk } from '../../src/pipeline/index.js';
 import { scenarios } from './chain-scenarios.js';
 import { cleanEnv, vmseal } from '../cli/run-cli.js';
 import { bundleFixture } from '../helpers/bundle.js';
@@ -94,7 +95,11 @@ describe('SIGKILL at any point of a snapshot commit, then resume', () => {
           // The parent alone is refused once its descriptor "during" is written (before that it is unchanged).
           const parentCode = await codeOf(opens(p));
           expect([undefined, 'ERR_INTERRUPTED_JOB'], `parent after kill at ${point}`).toContain(parentCode);
-          if (parentCode) parentRefused++;
+          if (parentCode) {
+            parentRefused++;
+            expect((await inspectDisk(p)).interrupted?.operation, 'info of the parent').toBe('snapshot-commit');
+          }
+          if (existsSync(t)) expect((await inspectDisk(t)).interrupted, 'info of the child').toMatchObject({ operation: 'snapshot-commit' });
           const again = run('resume', t, s.passphrase);
           expect(again.status, `resume after kill at ${point}: ${again.stderr}`).toBe(0);
         } else {
