@@ -12,7 +12,7 @@ import { openRepository } from '../../src/backup/repository.js';
 import { tempDir, phraseLocker } from '../disk/helpers.js';
 import { cleanEnv, vmsealChild } from '../cli/run-cli.js';
 import { run } from './helpers.js';
-import { encryptedDisk, PASSPHRASE } from '../serve/helpers.js';
+import { encryptedDisk, PASSPHRASE, startHost } from '../serve/helpers.js';
 
 const MiB = 1 << 20;
 let tmp: ReturnType<typeof tempDir>;
@@ -130,6 +130,29 @@ describe('change bitmap of vmseal serve', () => {
     const after = await createBackup(disk, repo);
     expect(after.changeBitmap.used ? '' : after.changeBitmap.why).toMatch(/another generation/);
     expect(after.chunksRead).toBe(8); // a flat encrypted disk is allocated everywhere
+  });
+
+  it("a live snapshot keeps the frozen layer's bits: its backup reads only the chunks written before it", async () => {
+    const disk = await encryptedDisk(tmp.dir, 'live', { subformat: 'monolithicSparse', capacity: 16 * MiB, content: Buffer.alloc(4 * MiB, 0x61) });
+    const repo = join(tmp.dir, 'repo-live');
+    await initRepository(repo);
+    const first = await createBackup(disk, repo);
+    const { host, socket } = await startHost(tmp.dir, [{ path: disk, name: 'live' }]);
+    let top = '';
+    try {
+      await writeOverNbd(socket, 'live', [[9 * MiB, 8192]], 0x62);
+      const snap = await host.snapshot('live');
+      top = snap.path;
+      await writeOverNbd(socket, 'live', [[MiB, 4096]], 0x63); // lands in the child, not in the frozen layer
+      const frozen = await createBackup(snap.parent, repo);
+      expect(frozen.changeBitmap).toEqual({ used: true, base: first.point });
+      expect(frozen.chunksRead).toBe(1);
+      expect(frozen.chunks).toBe(5);
+    } finally {
+      await host.close();
+    }
+    expect(existsSync(top)).toBe(true);
+    expect(existsSync(`${top}.vmseal-ctk`)).toBe(false); // the child is not tracked
   });
 
   it('a damaged bitmap is not used', async () => {
