@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { createBackup, initRepository, shallowRekey } from '../../src/index.js';
+import { createBackup, deepRekey, initRepository, shallowRekey } from '../../src/index.js';
 import { readPoint } from '../../src/backup/points.js';
 import { openRepository } from '../../src/backup/repository.js';
 import { tempDir, phraseLocker } from '../disk/helpers.js';
@@ -120,7 +120,7 @@ describe('change bitmap of vmseal serve', () => {
     expect((await createBackup(disk, repo)).chunksRead).toBe(0);
   });
 
-  it('a generation change (shallow rekey) makes the next backup read everything', async () => {
+  it('a generation change (shallow, then deep rekey) makes the next backup read everything', async () => {
     const disk = await encryptedDisk(tmp.dir, 'gen', { subformat: 'monolithicFlat', capacity: 8 * MiB, content: Buffer.alloc(MiB, 0x77) });
     const repo = join(tmp.dir, 'repo-gen');
     await initRepository(repo);
@@ -130,6 +130,12 @@ describe('change bitmap of vmseal serve', () => {
     const after = await createBackup(disk, repo);
     expect(after.changeBitmap.used ? '' : after.changeBitmap.why).toMatch(/another generation/);
     expect(after.chunksRead).toBe(8); // a flat encrypted disk is allocated everywhere
+    expect(after.newChunks).toBe(0); // same DEK, same ciphertext: every chunk is in the repository
+    await deepRekey(disk, { keys: { passphrase: 'another passphrase' }, lockers: [phraseLocker(PASSPHRASE)] });
+    const deep = await createBackup(disk, repo);
+    expect(deep.changeBitmap.used ? '' : deep.changeBitmap.why).toMatch(/another generation/);
+    expect(deep.chunksRead).toBe(8);
+    expect(deep.newChunks).toBe(8); // a new DEK: every chunk is new
   });
 
   it("a live snapshot keeps the frozen layer's bits: its backup reads only the chunks written before it", async () => {
