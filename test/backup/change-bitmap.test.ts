@@ -10,7 +10,7 @@ import { createBackup, deepRekey, initRepository, shallowRekey } from '../../src
 import { readPoint } from '../../src/backup/points.js';
 import { openRepository } from '../../src/backup/repository.js';
 import { tempDir, phraseLocker } from '../disk/helpers.js';
-import { cleanEnv, vmsealChild } from '../cli/run-cli.js';
+import { cleanEnv, json, vmseal, vmsealChild } from '../cli/run-cli.js';
 import { run } from './helpers.js';
 import { encryptedDisk, PASSPHRASE, startHost } from '../serve/helpers.js';
 
@@ -116,8 +116,13 @@ describe('change bitmap of vmseal serve', () => {
     expect(after.changeBitmap.used).toBe(false);
     expect(after.changeBitmap.used ? '' : after.changeBitmap.why).toMatch(/dirty/);
     expect(after.chunksRead).toBe(6);
-    // That backup made a new baseline: the next one (nothing written) uses it.
-    expect((await createBackup(disk, repo)).chunksRead).toBe(0);
+    // That backup made a new baseline: the next one (nothing written) uses it; the CLI says so.
+    const cli = await vmseal(['backup', 'create', disk, repo, '--json'], cleanEnv({ VMSEAL_HOME: join(tmp.dir, 'home') }));
+    expect(cli.code).toBe(0);
+    expect(json(cli)).toMatchObject({ chunksRead: 0, changeBitmap: { used: true } });
+    const plainCli = await vmseal(['backup', 'create', disk, repo], cleanEnv({ VMSEAL_HOME: join(tmp.dir, 'home') }));
+    expect(plainCli.stderr).toMatch(/read 0 chunks/);
+    expect(plainCli.stderr).toMatch(/read only the chunks changed since point /);
   });
 
   it('a generation change (shallow, then deep rekey) makes the next backup read everything', async () => {
