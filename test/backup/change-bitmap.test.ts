@@ -104,6 +104,20 @@ describe('change bitmap of vmseal serve', () => {
     expect(await chunksOf(other, none.point)).toEqual(await chunksOf(other, full.point));
   });
 
+  it('works on a flat disk too (descriptor in a text file)', async () => {
+    const disk = await encryptedDisk(tmp.dir, 'flat', { subformat: 'monolithicFlat', capacity: 8 * MiB, content: Buffer.alloc(MiB, 0x19) });
+    const repo = join(tmp.dir, 'repo-flat');
+    await initRepository(repo);
+    const first = await createBackup(disk, repo);
+    expect(first.chunksRead).toBe(8);
+    const s = await serveChild(disk, 'flat');
+    await writeOverNbd(s.socket, 'flat', [[5 * MiB, 4096]], 0x20);
+    await s.stop('SIGINT');
+    const second = await createBackup(disk, repo);
+    expect(second.changeBitmap).toEqual({ used: true, base: first.point });
+    expect(second.chunksRead).toBe(1);
+  });
+
   it('after a SIGKILL of the server the bitmap is discarded and every allocated chunk is read', async () => {
     const disk = await encryptedDisk(tmp.dir, 'kill', { subformat: 'monolithicSparse', capacity: 32 * MiB, content: Buffer.alloc(6 * MiB, 0x33) });
     const repo = join(tmp.dir, 'repo-kill');
