@@ -35,6 +35,7 @@ export type UtilErrorCode =
   | 'ERR_FS_EXTENTS_IO' // the addon's fileDataRanges (src/util/file-extents.ts): lseek SEEK_DATA/SEEK_HOLE failed
   | 'ERR_NOWAIT_IO' // the addon's preadNowait (src/util/inline-io.ts): preadv2 failed (HostFile reports it as ERR_VMDK_IO)
   | 'ERR_WRITEBACK_IO' // the addon's writebackStart: sync_file_range failed (copy jobs ignore it: their fsync reports the I/O error)
+  | 'ERR_COPY_RANGE_IO' // the addon's copyFileRange: copy_file_range failed (plain copy jobs report it as ERR_VMDK_IO)
   | 'ERR_QEMU_LOCKED'; // qemu (qemu-img, qemu-nbd, a VM) holds the image with permissions that conflict
 
 export class FileLockError extends VmsealError {
