@@ -194,7 +194,7 @@ export async function writeBaseline(disk: TrackedDisk, base: ChangeBase): Promis
  */
 export class ChangeTracker {
   readonly #disk: TrackedDisk;
-  readonly #tracked: boolean;
+  #tracked: boolean;
   #bits: Buffer | undefined;
   #base: ChangeBase | null = null;
   #started: Promise<void> | undefined;
@@ -212,11 +212,14 @@ export class ChangeTracker {
   async mark(offset: number, length: number): Promise<void> {
     if (!this.#tracked || length <= 0) return;
     if (!this.#dirty) {
-      this.#started ??= this.#start().catch((err: unknown) => {
-        this.#started = undefined; // the next write tries again
-        throw err;
+      // A file that cannot be written (a folder the server may not create files in) does not fail
+      // the client's write: the disk goes untracked. A clean bitmap left from before stays harmless,
+      // since the write draws a new CID (src/vmdk/disk.ts) first, so its generation no longer matches.
+      this.#started ??= this.#start().catch(() => {
+        this.#tracked = false;
       });
       await this.#started;
+      if (!this.#tracked) return;
     }
     const bits = this.#bits!;
     const last = Math.floor((Math.min(offset + length, this.#disk.capacity) - 1) / CHUNK_SIZE);

@@ -4,7 +4,7 @@
 // generation change of the disk (a shallow rekey here), the bitmap is not used and every allocated
 // chunk is read.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createBackup, deepRekey, initRepository, shallowRekey } from '../../src/index.js';
 import { readPoint } from '../../src/backup/points.js';
@@ -178,6 +178,22 @@ describe('change bitmap of vmseal serve', () => {
     }
     expect(existsSync(top)).toBe(true);
     expect(existsSync(`${top}.vmseal-ctk`)).toBe(false); // the child is not tracked
+  });
+
+  it("a bitmap file that cannot be written does not fail the client's writes; the disk is then not tracked", async () => {
+    const disk = await encryptedDisk(tmp.dir, 'nofile', { subformat: 'monolithicSparse', capacity: 8 * MiB, content: Buffer.alloc(MiB, 0x71) });
+    mkdirSync(`${disk}.vmseal-ctk`); // a folder in its place: the atomic rename over it fails
+    const s = await serveChild(disk, 'nofile');
+    try {
+      await writeOverNbd(s.socket, 'nofile', [[2 * MiB, 4096]], 0x72);
+    } finally {
+      await s.stop('SIGTERM');
+    }
+    const repo = join(tmp.dir, 'repo-nofile');
+    await initRepository(repo);
+    const r = await createBackup(disk, repo);
+    expect(r.changeBitmap.used).toBe(false);
+    expect(r.chunksRead).toBe(2); // chunk 0 and chunk 2, which the write allocated: it went through
   });
 
   it('a damaged bitmap is not used', async () => {
