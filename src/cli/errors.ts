@@ -231,6 +231,10 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
     exitCode: ExitCode.FAILURE,
     hint: 'Check that swtpm and swtpm_setup (Debian: swtpm, swtpm-tools) are installed and the vTPM folder is writable',
   },
+  ERR_VM_MIXED: {
+    exitCode: ExitCode.USAGE,
+    hint: 'Encrypt the rest of the VM with `vmseal vm encrypt DIR` (or decrypt it), or give --allow-mixed to act on it as it is',
+  },
   ERR_VM_TPM_KEY: {
     exitCode: ExitCode.KEY,
     hint: 'The vTPM state does not open with the state key in vmseal-vm.json: put back the manifest that belongs to this state, or restore both from a backup',

@@ -406,6 +406,8 @@ Examples:
     .option('--listen <host:port>', "TCP address to listen on instead (NBD's port is 10809; 0 picks a free port)")
     .option('--name <name>', 'export name of the one DISK')
     .addOption(new Option('--export <name=disk>', 'serve DISK as export NAME (repeatable)').argParser(collectExport))
+    .option('--vm <dir>', 'serve the disks of the qemu VM folder DIR (vmseal-vm.json) and its UEFI variables as export <name>-vars')
+    .option('--allow-mixed', 'with --vm: serve a VM whose disks are partly encrypted')
     .option('--read-only', 'serve read-only (shared lock: other readers may open the disks)')
     .addOption(
       new Option('--shared <n>', 'connections per export (default: 1 writable, 16 read-only)').argParser((v) =>
@@ -433,6 +435,7 @@ Examples:
   vmseal serve disk-enc.vmdk --socket /run/vm1/nbd.sock
   qemu-system-x86_64 ... -drive file=nbd+unix:///disk-enc?socket=/run/vm1/nbd.sock,format=raw,if=virtio
   vmseal serve --export web=web.vmdk --export db=db.vmdk --listen 127.0.0.1:10809
+  vmseal serve --vm vm1/ --socket /run/vm1/nbd.sock    # vm1's disks, and vm1-vars for -drive if=pflash,unit=1
   vmseal serve disk-enc.vmdk --listen 0.0.0.0:10809 --tls-cert server-cert.pem --tls-key server-key.pem --tls-ca ca-cert.pem`,
   );
   serveCmd.action((disks: string[], opts) => commands.serve().then((m) => m.serveCommand(ctx, disks, opts)));

@@ -15,6 +15,7 @@
 import type { EncryptedDisk } from '../disk/index.js';
 import type { VirtualDisk } from '../vmdk/index.js';
 import type { DiskLock } from '../pipeline/lock.js';
+import type { StateFileDisk } from './vars-export.js';
 import type { BlockSizes, Extent } from './codec.js';
 import { RangeLock } from './range-lock.js';
 import {
@@ -32,7 +33,8 @@ import {
   PREFERRED_BLOCK,
 } from './protocol.js';
 
-export type ServedDisk = VirtualDisk | EncryptedDisk;
+/** A disk, or a state file served as one (the UEFI variables of a VM: vars-export.ts). */
+export type ServedDisk = VirtualDisk | EncryptedDisk | StateFileDisk;
 
 /** What `exports()` reports for each export (no key material). */
 export interface ExportInfo {

@@ -23,6 +23,8 @@ import { MAX_STRING_BYTES } from './protocol.js';
 import { tlsServerContext, type ServeTls, type TlsServerContext } from './tls.js';
 import { claimControl, type ControlSocket } from './control.js';
 import { privateFolder } from './private-folder.js';
+import { openStateFileDisk } from './vars-export.js';
+import { isStateFile } from '../vm/index.js';
 
 export interface ServeDisk {
   path: string;
@@ -201,6 +203,17 @@ async function openExport(spec: ServeDisk, name: string, ctx: OpenContext): Prom
   const shared = checkCount(spec.shared ?? options.shared ?? (readOnly ? DEFAULT_SHARED_READ_ONLY : 1), 'shared');
   const lock: DiskLock = await acquireLock(spec.path, 'serve', readOnly ? 'shared' : 'exclusive');
   try {
+    // A state file (vmseal's container: UEFI variables) is served from memory, rewritten whole on
+    // each write. Its provider being down fails the export: it is not served locked.
+    if (await isStateFile(spec.path)) {
+      const keys = options.keys === undefined ? {} : typeof options.keys === 'function' ? await options.keys(spec.path) : options.keys;
+      return new Export(name, await openStateFileDisk(spec.path, { keys, readOnly }), {
+        readOnly,
+        shared,
+        lock,
+        description: `encrypted state file ${spec.path}`,
+      });
+    }
     const encrypted = (await readEncryptionParams(spec.path)) !== null;
     let keys: UnlockOptions | undefined;
     if (encrypted && options.keys !== undefined) keys = typeof options.keys === 'function' ? await options.keys(spec.path) : options.keys;
