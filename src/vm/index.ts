@@ -31,3 +31,5 @@ export {
 } from './vmx-crypt.js';
 export { findVmx, encryptVmxFile, decryptVmxFile, type EncryptVmxFileResult, type DecryptVmxFileResult } from './vmx-io.js';
 export { inspectVm, vmxDisks, diskState, type VmInfo, type VmDisk, type VmDiskState, type InspectVmOptions } from './config-disks.js';
+// A VM folder's files (disks with their snapshot chains, state files), for the folder jobs and `vm rekey`:
+export { listVmFolder, type VmFolderFiles, type VmFolderDisk, type VmStateFileEntry, type VmStateFileKind, type ListVmFolderOptions } from './folder-files.js';
