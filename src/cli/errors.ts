@@ -231,6 +231,7 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
     exitCode: ExitCode.FAILURE,
     hint: 'Check that swtpm and swtpm_setup (Debian: swtpm, swtpm-tools) are installed and the vTPM folder is writable',
   },
+  ERR_VM_REKEY: { exitCode: ExitCode.USAGE, hint: 'Do what the message says, then run `vmseal vm rekey` again (an interrupted run is continued)' },
   ERR_VM_MIXED: {
     exitCode: ExitCode.USAGE,
     hint: 'Encrypt the rest of the VM with `vmseal vm encrypt DIR` (or decrypt it), or give --allow-mixed to act on it as it is',

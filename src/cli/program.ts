@@ -50,6 +50,7 @@ const commands = {
   vm: () => import('./commands/vm.js'),
   backup: () => import('./commands/backup.js'),
   vmTpm: () => import('./commands/vm-tpm.js'),
+  vmRekey: () => import('./commands/vm-rekey.js'),
 };
 
 /** `--export NAME=DISK` (repeatable), collected by commander; commands/serve.ts parses each. */
@@ -531,6 +532,29 @@ Examples:
     .option('--recovery-passphrase', 'open an encrypted .vmx with the passphrase (from --passphrase-file, --passphrase-env, VMSEAL_PASSPHRASE or a prompt)');
   addKeyOptions(vmInfo, false);
   vmInfo.action((target: string, opts) => commands.vm().then((m) => m.vmInfoCommand(ctx, target, opts)));
+  const vmRekey = vmTarget(vmCommand.command('rekey'))
+    .description(
+      "Put the whole VM under a new VM key-encryption key, as one journaled job (a killed run is continued by running it again): --shallow locks the same keys anew (every disk's KeySafe, snapshot layers included, every encrypted state file's header, the vTPM state key, the .vmx's config key); --deep also makes new keys: each disk re-encrypted under a new disk key, state files under new file keys, the .vmx under a new config key (the vTPM state key is rewrapped, not rotated). The new key comes from --key-provider (or --key-id); the current keys open with the providers the files name, or the recovery passphrase.",
+    )
+    .option('--shallow', 'a new VM key-encryption key, the same keys (fast)')
+    .option('--deep', 'new keys for every disk and file too (disks re-encrypted)')
+    .option('--keep-recovery-passphrase', 'deep: lock the new keys with the recovery passphrase too (give it with --passphrase-file …)')
+    .option('--remove-recovery-passphrase', 'deep: drop the recovery passphrase lockers')
+    .option('--allow-mixed', 'rekey a VM whose disks are partly encrypted (the plain ones are left as they are)')
+    .option(
+      '--recovery-passphrase',
+      'open the current keys with the recovery passphrase (from --passphrase-file, --passphrase-env, VMSEAL_PASSPHRASE or a prompt)',
+    );
+  addKeyOptions(vmRekey, true);
+  vmRekey.addHelpText(
+    'after',
+    `
+Examples:
+  vmseal vm rekey ~/vms/web1 --shallow
+  vmseal vm rekey ~/vms/web1 --deep --remove-recovery-passphrase
+  vmseal vm rekey ~/vmware/win11 --shallow --key-provider kmip --kms kms1:5696 --kms-ca ca.pem --kms-cert c.pem --kms-key c.key`,
+  );
+  vmRekey.action((target: string, opts) => commands.vmRekey().then((m) => m.vmRekeyCommand(ctx, target, opts)));
   const backup = program
     .command('backup')
     .summary('ciphertext backups of encrypted disks in a repository folder: no key needed')

@@ -20,6 +20,7 @@ export type VmErrorCode =
   | 'ERR_VM_MANIFEST' // vmseal-vm.json is missing, not JSON, or does not follow the schema
   | 'ERR_VM_TPM' // swtpm or swtpm_setup is missing, failed or exited
   | 'ERR_VM_TPM_KEY' // the vTPM state does not open with the state key sealed in the manifest
+  | 'ERR_VM_REKEY' // vm rekey cannot go on: an interrupted vm rekey asks for other options, a disk is missing or has snapshots (deep), a recovery passphrase needs a decision
   | 'ERR_VM_MIXED' // some disks of the VM are encrypted and some plain: refused unless --allow-mixed (the message lists both)
   | ArgumentErrorCode; // ERR_INVALID_ARGUMENT: a bad option or argument
 

@@ -33,3 +33,5 @@ export { findVmx, encryptVmxFile, decryptVmxFile, type EncryptVmxFileResult, typ
 export { inspectVm, vmxDisks, diskState, type VmInfo, type VmDisk, type VmDiskState, type InspectVmOptions } from './config-disks.js';
 // A VM folder's files (disks with their snapshot chains, state files), for the folder jobs and `vm rekey`:
 export { listVmFolder, type VmFolderFiles, type VmFolderDisk, type VmStateFileEntry, type VmStateFileKind, type ListVmFolderOptions } from './folder-files.js';
+// `vm rekey`: the whole VM onto a new VM KEK, one journaled job across its files:
+export { rekeyVm, VM_REKEY_JOURNAL, type RekeyVmOptions, type RekeyVmResult, type VmRekeyStep, type VmRekeyItemKind } from './rekey.js';

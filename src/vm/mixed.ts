@@ -24,8 +24,7 @@ export function refuseMixedVm(vm: string, disks: readonly DiskWithState[], opera
   if (encrypted.length === 0 || plain.length === 0) return;
   throw new VmError(
     'ERR_VM_MIXED',
-    `the VM ${vm} is mixed: encrypted disks: ${encrypted.join(', ')}; plain disks: ${plain.join(', ')}. ` +
-      `Refusing to ${operation} it: run \`vmseal vm encrypt\` to encrypt the rest (or \`vm decrypt\`), or give --allow-mixed`,
+    `the VM ${vm} is mixed (encrypted disks: ${encrypted.join(', ')}; plain disks: ${plain.join(', ')}): refusing to ${operation} it unless allowed (--allow-mixed)`,
     { file: vm },
   );
 }
