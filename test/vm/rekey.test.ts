@@ -2,8 +2,8 @@
 // chain, UEFI variables, a vTPM state key) and a VMware folder (encrypted .vmx, .nvram) move onto a
 // new VM KEK, their data unchanged (checked by hashes of what they decrypt to); a deep rekey makes
 // new keys; a mixed VM is refused; an interrupted job continues with the KEK it recorded.
-import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createCipheriv, createHash, randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createEncryptedDisk, createEncryptedSnapshot, openDisk, readEncryptionParams } from '../../src/disk/index.js';
@@ -20,7 +20,7 @@ import {
   VmxFile,
   type VmError,
 } from '../../src/vm/index.js';
-import { cleanEnv, json, vmseal } from '../cli/run-cli.js';
+import { cleanEnv, json, vmseal, vmsealChild } from '../cli/run-cli.js';
 import { phraseLocker, tempDir } from '../disk/helpers.js';
 
 const MiB = 1 << 20;
@@ -277,5 +277,84 @@ describe('rekeyVm on a VMware folder', () => {
     expect(kekOf(VmxFile.parse(readFileSync(join(dir, 'win.vmx'))).get('encryption.keySafe')!)).toEqual([`local/${journal.keyId}`]);
     expect(await diskHash(join(dir, 'disk0.vmdk'))).toBe(before);
     expect(existsSync(join(dir, VM_REKEY_JOURNAL))).toBe(false);
+  });
+});
+
+describe('vmseal vm rekey killed with SIGKILL', () => {
+  it('a second run continues the job with the recorded KEK; every file ends under it, data unchanged', async () => {
+    // Three disks: the kill comes while the job is under way (the journal lists a file done).
+    const dir = await qemuVm();
+    for (const n of ['disk2.vmdk', 'disk3.vmdk']) await disk(join(dir, n));
+    const m = JSON.parse(readFileSync(join(dir, 'vmseal-vm.json'), 'utf8')) as { disks: Array<{ file: string }> };
+    m.disks.push({ file: 'disk2.vmdk' }, { file: 'disk3.vmdk' });
+    writeFileSync(join(dir, 'vmseal-vm.json'), JSON.stringify(m));
+    const files = ['disk0.vmdk', 'disk2.vmdk', 'disk3.vmdk'];
+    const before = await snapshotOf(dir, files);
+
+    const child = vmsealChild(['vm', 'rekey', dir, '--deep'], env());
+    const exited = new Promise<void>((done) => child.on('close', () => done()));
+    const journalPath = join(dir, VM_REKEY_JOURNAL);
+    let recorded: { keyId: string; done: string[] } | undefined;
+    for (let i = 0; i < 600 && child.exitCode === null; i++) {
+      await new Promise((r) => setTimeout(r, 25));
+      try {
+        recorded = JSON.parse(readFileSync(journalPath, 'utf8')) as { keyId: string; done: string[] };
+        if (recorded.done.length >= 1) break;
+      } catch {
+        recorded = undefined; // not there yet, or being renamed into place
+      }
+    }
+    child.kill('SIGKILL');
+    await exited;
+    expect(recorded?.done.length, 'the journal should list a file done before the kill').toBeGreaterThanOrEqual(1);
+    expect(existsSync(journalPath)).toBe(true);
+
+    const r = await vmseal(['vm', 'rekey', dir, '--deep', '--json'], env());
+    expect(r.code, r.stderr).toBe(0);
+    const out = json(r);
+    expect(out.resumed).toBe(true);
+    expect(out.kek.keyId).toBe(recorded!.keyId);
+    expect(out.steps.filter((s: { action: string }) => s.action === 'already done').length).toBeGreaterThanOrEqual(1);
+    const after = await snapshotOf(dir, files);
+    expect(after.hashes).toEqual(before.hashes);
+    for (const k of after.keks) expect(k).toEqual([`local/${recorded!.keyId}`]);
+    for (let i = 0; i < 3; i++) expect(after.ids[i]).not.toBe(before.ids[i]);
+    expect(existsSync(journalPath)).toBe(false);
+    // Nothing of the killed run is left beside the VM's files (temp files, staging copies).
+    expect(readdirSync(dir).sort()).toEqual(['OVMF_VARS.fd', 'disk0.vmdk', 'disk2.vmdk', 'disk3.vmdk', 'vmseal-vm.json']);
+  });
+});
+
+describe('state files of format version 1', () => {
+  it('still decrypt, and a deep rekey rewrites them as version 2', async () => {
+    // A version-1 container made from docs/vm.md with node:crypto: the file key itself is the GCM key.
+    const plain = randomBytes(5000);
+    const fileKey = randomBytes(32);
+    const keySafe = await sealDek(fileKey, { cipher: 'AES-256', lockers: [vmLocker()] });
+    const fileId = randomBytes(16);
+    const header = Buffer.alloc(48);
+    header.write('VMSEALST', 0, 'latin1');
+    header.writeUInt16BE(1, 8);
+    header.writeUInt32BE(1 << 20, 12);
+    header.writeBigUInt64BE(BigInt(plain.length), 16);
+    fileId.copy(header, 24);
+    header.writeUInt32BE(keySafe.length, 44);
+    const nonce = Buffer.concat([fileId.subarray(0, 4), Buffer.alloc(8)]);
+    const aad = Buffer.concat([createHash('sha256').update(header.subarray(0, 44)).digest(), Buffer.alloc(8), Buffer.from([1])]);
+    const c = createCipheriv('aes-256-gcm', fileKey, nonce);
+    c.setAAD(aad);
+    const body = Buffer.concat([c.update(plain), c.final(), c.getAuthTag()]);
+    const dir = join(tmp.dir, `v1-${seq++}`);
+    mkdirSync(dir);
+    const file = join(dir, 'win.nvram');
+    writeFileSync(file, Buffer.concat([header, Buffer.from(keySafe, 'latin1'), body]));
+    expect((await readStateFileHeader(file)).version).toBe(1);
+    expect(await stateHash(file)).toBe(sha(plain));
+
+    await disk(join(dir, 'disk0.vmdk'));
+    writeFileSync(join(dir, 'win.vmx'), 'config.version = "8"\nscsi0:0.fileName = "disk0.vmdk"\nnvram = "win.nvram"\n');
+    await rekeyVm(dir, { mode: 'deep', keys: keys(), provider });
+    expect((await readStateFileHeader(file)).version).toBe(2);
+    expect(await stateHash(file)).toBe(sha(plain));
   });
 });
