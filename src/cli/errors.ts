@@ -231,14 +231,20 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
     exitCode: ExitCode.FAILURE,
     hint: 'Check that swtpm and swtpm_setup (Debian: swtpm, swtpm-tools) are installed and the vTPM folder is writable',
   },
-  ERR_VM_REKEY: { exitCode: ExitCode.USAGE, hint: 'Do what the message says, then run `vmseal vm rekey` again (an interrupted run is continued)' },
-  ERR_VM_MIXED: {
-    exitCode: ExitCode.USAGE,
-    hint: 'Encrypt the rest of the VM with `vmseal vm encrypt DIR` (or decrypt it), or give --allow-mixed to act on it as it is',
-  },
   ERR_VM_TPM_KEY: {
     exitCode: ExitCode.KEY,
     hint: 'The vTPM state does not open with the state key in vmseal-vm.json: put back the manifest that belongs to this state, or restore both from a backup',
+  },
+  // A VM folder as one unit
+  ERR_VM_DISK: { exitCode: ExitCode.FAILURE, hint: '`vmseal vm info DIR` lists each disk of the VM and its state; the message says what to do with this one' },
+  ERR_VM_SNAPSHOT: {
+    exitCode: ExitCode.FORMAT,
+    hint: 'Consolidate the snapshots first (VMware: Delete All Snapshots; qemu-img commit), or see docs/vm.md ("A VM folder as one unit")',
+  },
+  ERR_VM_JOB: { exitCode: ExitCode.FAILURE, hint: 'Finish the interrupted job with the command the message names (same key options), then retry' },
+  ERR_VM_MIXED: {
+    exitCode: ExitCode.FORMAT,
+    hint: 'Encrypt the rest with `vmseal vm encrypt DIR` or decrypt all with `vmseal vm decrypt DIR`, or give --allow-mixed',
   },
   // plain failures with something to do
   ERR_OUTPUT_EXISTS: { exitCode: ExitCode.FAILURE, hint: EXISTS_HINT },

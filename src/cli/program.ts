@@ -488,16 +488,16 @@ Examples:
 
   const vmCommand = program
     .command('vm')
-    .summary("a VM folder: encrypt, decrypt and inspect its configuration (.vmx) in VMware's construction")
+    .summary("a VM folder as one unit: encrypt, decrypt and inspect its disks, state files and configuration (.vmx, in VMware's construction)")
     .description(
-      'A VM is the folder of its .vmx (or the .vmx itself). The .vmx is encrypted as VMware does it (Workstation password-protected VMs, vSphere VM Encryption): encryption.keySafe holds the configuration key under its lockers (a key provider, a passphrase), encryption.data the configuration; .encoding, displayName and encryptedVM.guid stay in the clear. Encrypting the disks, snapshots and state files of a VM as one job is not available yet: give --config-only. docs/vm.md specifies the format.',
+      'A VM is the folder of its .vmx (or the .vmx itself). The .vmx is encrypted as VMware does it (Workstation password-protected VMs, vSphere VM Encryption): encryption.keySafe holds the configuration key under its lockers (a key provider, a passphrase), encryption.data the configuration; .encoding, displayName and encryptedVM.guid stay in the clear. Without --config-only, encrypt and decrypt take the whole VM folder as one journaled job: its disks, then its state files (.nvram, .vmsn, .vmem, .vmss), then the .vmx, all under one key-encryption key per VM; an interrupted job is finished by running the same command again. docs/vm.md specifies the formats.',
     );
   const vmTarget = (cmd: Command): Command => cmd.argument('<VM>', 'the VM folder, or its .vmx file');
   const vmEncrypt = vmTarget(vmCommand.command('encrypt'))
     .description(
-      'Encrypt the .vmx in place (written aside, renamed over it, mode kept). Its config key is locked by a new key-encryption key of the local keystore or the KMIP server (as `vmseal encrypt`), and by a passphrase with --recovery-passphrase; --workstation locks it with a passphrase alone, in the construction VMware Workstation opens (PBKDF2-HMAC-SHA-1, 10,000 rounds: weak against guessing, so use a long passphrase).',
+      "Encrypt the VM: every plain disk the .vmx (or vmseal-vm.json) names, in place (journaled), each under its own key; the .nvram and snapshot state files in vmseal's container; then the .vmx. Every key is locked by one key-encryption key of the VM (the one its encrypted parts already use, --key-id, or a new one) and by a passphrase with --recovery-passphrase. A VM with some parts encrypted is completed. Killed, it is finished by running the same command again; `vm info` says a job is interrupted meanwhile. Snapshot chains are refused (consolidate them first). With --config-only, encrypt the .vmx alone in place (written aside, renamed over it, mode kept): its config key is locked by a new key-encryption key of the local keystore or the KMIP server (as `vmseal encrypt`), and by a passphrase with --recovery-passphrase; --workstation locks it with a passphrase alone, in the construction VMware Workstation opens (PBKDF2-HMAC-SHA-1, 10,000 rounds: weak against guessing, so use a long passphrase).",
     )
-    .option('--config-only', 'encrypt the configuration (.vmx) alone, not the disks')
+    .option('--config-only', 'encrypt the configuration (.vmx) alone, not the disks or state files')
     .option('--recovery-passphrase', 'also lock with a passphrase (from --passphrase-file, --passphrase-env, VMSEAL_PASSPHRASE or a prompt)')
     .option('--workstation', 'lock with a passphrase alone, as VMware Workstation does (it can then open the VM)');
   addKeyOptions(vmEncrypt, true);
@@ -505,6 +505,8 @@ Examples:
     'after',
     `
 Examples:
+  vmseal vm encrypt ~/vmware/win11
+  vmseal vm encrypt ~/vmware/win11 --kms kms.example:5696 --kms-ca ca.pem --kms-cert c.pem --kms-key c.key
   vmseal vm encrypt ~/vmware/win11 --config-only
   vmseal vm encrypt win11.vmx --config-only --recovery-passphrase --passphrase-file pw.txt
   vmseal vm encrypt ~/vmware/win11 --config-only --workstation`,
@@ -512,7 +514,7 @@ Examples:
   vmEncrypt.action((target: string, opts) => commands.vm().then((m) => m.vmEncryptCommand(ctx, target, opts)));
   const vmDecrypt = vmTarget(vmCommand.command('decrypt'))
     .description(
-      'Decrypt the .vmx in place (written aside, renamed over it, mode kept). The config key is opened by the key provider its lockers name, or by the passphrase (asked for when only a passphrase can open it, as for a VMware Workstation VM). Disks VMware encrypted stay encrypted: their key (dataFileKey) is then in the plain .vmx.',
+      "Decrypt the VM: every disk vmseal encrypted (each written aside and renamed over itself: room for one disk's copy is needed), its encrypted state files, then the .vmx; a mixed VM is reversed. Killed, it is finished by running the same command again. With --config-only, decrypt the .vmx alone in place (written aside, renamed over it, mode kept). The config key is opened by the key provider its lockers name, or by the passphrase (asked for when only a passphrase can open it, as for a VMware Workstation VM). Disks VMware encrypted stay encrypted: their key (dataFileKey) is then in the plain .vmx.",
     )
     .option('--config-only', 'decrypt the configuration (.vmx) alone, not the disks')
     .option('--recovery-passphrase', 'unlock with the passphrase (from --passphrase-file, --passphrase-env, VMSEAL_PASSPHRASE or a prompt)');
@@ -521,6 +523,7 @@ Examples:
     'after',
     `
 Examples:
+  vmseal vm decrypt ~/vmware/win11
   vmseal vm decrypt ~/vmware/win11 --config-only
   vmseal vm decrypt win11.vmx --config-only --passphrase-file pw.txt`,
   );
@@ -712,6 +715,7 @@ Examples:
     .argument('<DIR>', 'qemu VM folder (with vmseal-vm.json)')
     .option('--socket-dir <dir>', 'folder of the sockets (default: a new private folder under $XDG_RUNTIME_DIR or /tmp, removed at the end)')
     .option('--tools', 'also a data socket for tpm2-tools, with the TPM started (not for qemu, which starts it itself)')
+    .option('--allow-mixed', "run even when the VM's disks are partly encrypted (refused otherwise: VMware's all-or-none rule)")
     .option('--recovery-passphrase', 'first start: also lock the state key with a recovery passphrase; later: unlock with it');
   addKeyOptions(vmTpm, true);
   vmTpm.addHelpText(

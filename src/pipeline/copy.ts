@@ -187,7 +187,7 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
           'ERR_UNSUPPORTED_OUTPUT',
           subformat === 'raw'
             ? `an encrypted disk cannot be written as a raw image (no descriptor to carry its key); choose a VMDK subformat such as monolithicFlat, or decrypt`
-            : `an encrypted disk cannot be written as streamOptimized (compressing ciphertext is pointless, and vSphere refuses it too); choose another subformat, or decrypt`,
+            : `an encrypted disk cannot be written as streamOptimized, the subformat of OVF/OVA exports (vSphere refuses to export an encrypted VM to OVF, and compressing ciphertext gains nothing); choose another subformat, or decrypt`,
         );
       }
       checkOutputKind(output, subformat);

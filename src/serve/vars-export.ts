@@ -13,7 +13,7 @@ import type { UnlockOptions } from '../keys/index.js';
 import type { AllocatedRange } from '../vmdk/index.js';
 import { diskState, readManifest } from '../vm/index.js';
 import { resolveInFolder } from '../vm/manifest.js';
-import { refuseMixedVm } from '../vm/mixed.js';
+import { refuseMixed } from '../vm/all-or-none.js';
 import { openStateFileImage, type StateFileImage } from '../vm/state-file-image.js';
 import type { ServeDisk } from './host.js';
 
@@ -79,8 +79,8 @@ export async function openStateFileDisk(path: string, options: { keys: UnlockOpt
 export async function vmServeDisks(dir: string, options: { allowMixed?: boolean } = {}): Promise<ServeDisk[]> {
   const manifest = await readManifest(dir);
   const disks = manifest.disks.map((d) => resolveInFolder(dir, d.file));
-  const states = await Promise.all(disks.map(async (path) => ({ path, ...(await diskState(path)) })));
-  if (options.allowMixed !== true) refuseMixedVm(dir, states, 'serve');
+  const states = await Promise.all(manifest.disks.map(async (d, i) => ({ device: `disks[${i}] (${d.file})`, ...(await diskState(disks[i]!)) })));
+  if (options.allowMixed !== true) refuseMixed(states, 'vmseal serve --vm', dir);
   const out: ServeDisk[] = disks.map((path) => ({ path }));
   if (manifest.uefiVars) out.push({ path: resolveInFolder(dir, manifest.uefiVars.file), name: `${manifest.name ?? basename(resolve(dir))}-vars` });
   return out;

@@ -20,8 +20,11 @@ export type VmErrorCode =
   | 'ERR_VM_MANIFEST' // vmseal-vm.json is missing, not JSON, or does not follow the schema
   | 'ERR_VM_TPM' // swtpm or swtpm_setup is missing, failed or exited
   | 'ERR_VM_TPM_KEY' // the vTPM state does not open with the state key sealed in the manifest
-  | 'ERR_VM_REKEY' // vm rekey cannot go on: an interrupted vm rekey asks for other options, a disk is missing or has snapshots (deep), a recovery passphrase needs a decision
-  | 'ERR_VM_MIXED' // some disks of the VM are encrypted and some plain: refused unless --allow-mixed (the message lists both)
+  // A VM folder as one unit (src/vm/folder-*.ts):
+  | 'ERR_VM_DISK' // a disk of the VM cannot be processed: missing, unreadable, a raw or streamOptimized disk to encrypt in place, a VMware-encrypted disk to decrypt
+  | 'ERR_VM_SNAPSHOT' // a disk of the VM is a snapshot chain, which vm encrypt/decrypt do not process yet
+  | 'ERR_VM_JOB' // the VM folder's job file is damaged, or an interrupted job of the other operation (or under another key provider) is pending
+  | 'ERR_VM_MIXED' // the VM is mixed (some disks encrypted, some not) and the command needs all or none (--allow-mixed overrides)
   | ArgumentErrorCode; // ERR_INVALID_ARGUMENT: a bad option or argument
 
 /** Where a VmError points; a field left out (or undefined) is not set on the error. */

@@ -33,5 +33,17 @@ export { findVmx, encryptVmxFile, decryptVmxFile, type EncryptVmxFileResult, typ
 export { inspectVm, vmxDisks, diskState, type VmInfo, type VmDisk, type VmDiskState, type InspectVmOptions } from './config-disks.js';
 // A VM folder's files (disks with their snapshot chains, state files), for the folder jobs and `vm rekey`:
 export { listVmFolder, type VmFolderFiles, type VmFolderDisk, type VmStateFileEntry, type VmStateFileKind, type ListVmFolderOptions } from './folder-files.js';
-// `vm rekey`: the whole VM onto a new VM KEK, one journaled job across its files:
-export { rekeyVm, VM_REKEY_JOURNAL, type RekeyVmOptions, type RekeyVmResult, type VmRekeyStep, type VmRekeyItemKind } from './rekey.js';
+// A VM folder as one unit: vm encrypt / vm decrypt of every file in one journaled job, and the all-or-none rule.
+export {
+  encryptVmFolder,
+  decryptVmFolder,
+  type EncryptVmFolderOptions,
+  type DecryptVmFolderOptions,
+  type VmFolderJobOptions,
+  type VmFolderResult,
+  type VmFolderStepEvent,
+} from './folder-crypt.js';
+export { readVmJob, VM_JOB_NAME, type VmJob, type VmJobStep, type VmJobOperation, type VmJobStepKind } from './folder-job.js';
+export { isMixed, refuseMixed } from './all-or-none.js';
+// `vm rekey`: the whole VM onto a new VM KEK, in the folder's one job file:
+export { rekeyVm, type RekeyVmOptions, type RekeyVmResult, type VmRekeyStep, type VmRekeyItemKind } from './rekey.js';

@@ -16,7 +16,7 @@ import {
   readManifest,
   readStateFileHeader,
   rekeyVm,
-  VM_REKEY_JOURNAL,
+  VM_JOB_NAME,
   VmxFile,
   type VmError,
 } from '../../src/vm/index.js';
@@ -166,7 +166,7 @@ describe('vmseal vm rekey on a qemu VM folder', () => {
     expect(after.hashes).toEqual(before.hashes);
     expect(after.ids).toEqual(before.ids); // same DEKs and file ids: a shallow rekey
     for (const k of after.keks) expect(k).toEqual([newKek]);
-    expect(existsSync(join(dir, VM_REKEY_JOURNAL))).toBe(false);
+    expect(existsSync(join(dir, VM_JOB_NAME))).toBe(false);
   });
 
   it('--deep: new disk keys and file keys under a new KEK, the vTPM key rewrapped; --deep of a chain is refused', async () => {
@@ -185,17 +185,17 @@ describe('vmseal vm rekey on a qemu VM folder', () => {
 
     const chained = await qemuVm({ chain: true });
     const refused = await vmseal(['vm', 'rekey', chained, '--deep'], env());
-    expect(refused.code).toBe(2);
-    expect(refused.stderr).toContain('has snapshots');
+    expect(refused.code).toBe(5);
+    expect(refused.stderr).toContain('is a snapshot chain of 2 layers');
   });
 
   it('a mixed VM is refused with the disks in each state, and rekeyed with --allow-mixed', async () => {
     const dir = await qemuVm({ plainDisk: true });
     const r = await vmseal(['vm', 'rekey', dir, '--shallow'], env());
-    expect(r.code).toBe(2);
-    expect(r.stderr).toContain('is mixed');
-    expect(r.stderr).toContain(`encrypted disks: ${join(dir, 'disk0.vmdk')}`);
-    expect(r.stderr).toContain(`plain disks: ${join(dir, 'plain.img')}`);
+    expect(r.code).toBe(5);
+    expect(r.stderr).toContain('refuses the mixed VM');
+    expect(r.stderr).toContain('encrypted disks: disks[0]');
+    expect(r.stderr).toContain('plain disks: disks[1]');
     const ok = await vmseal(['vm', 'rekey', dir, '--shallow', '--allow-mixed', '--json'], env());
     expect(ok.code, ok.stderr).toBe(0);
     expect(json(ok).steps.find((s: { path: string }) => s.path.endsWith('plain.img'))).toMatchObject({ action: 'skipped', detail: 'not encrypted' });
@@ -262,12 +262,18 @@ describe('rekeyVm on a VMware folder', () => {
       },
     }).catch((e: unknown) => e as Error);
     expect((killed as Error).message).toBe('killed after the first file');
-    const journal = JSON.parse(readFileSync(join(dir, VM_REKEY_JOURNAL), 'utf8')) as { keyId: string; done: string[] };
-    expect(journal.done).toEqual([`disk:${join(dir, 'disk0.vmdk')}`]);
+    const job = JSON.parse(readFileSync(join(dir, VM_JOB_NAME), 'utf8')) as {
+      operation: string;
+      kek: { keyId: string };
+      steps: Array<{ file: string; done: boolean }>;
+    };
+    expect(job.operation).toBe('rekey-shallow');
+    expect(job.steps.map((st) => `${st.file}:${st.done}`)).toEqual(['disk0.vmdk:true', 'win.nvram:false', 'win.vmx:false']);
+    const journal = { keyId: job.kek.keyId };
 
     const other = (await rekeyVm(dir, { mode: 'deep', keys: keys(), provider }).catch((e: unknown) => e)) as VmError;
-    expect(other.code).toBe('ERR_VM_REKEY');
-    expect(other.message).toContain('a shallow vm rekey');
+    expect(other.code).toBe('ERR_VM_JOB');
+    expect(other.message).toContain('has an interrupted vm rekey --shallow');
 
     const resumed = await rekeyVm(dir, { mode: 'shallow', keys: keys(), provider });
     expect(resumed.resumed).toBe(true);
@@ -276,7 +282,7 @@ describe('rekeyVm on a VMware folder', () => {
     expect(kekOf((await readEncryptionParams(join(dir, 'disk0.vmdk')))!.keySafe)).toEqual([`local/${journal.keyId}`]);
     expect(kekOf(VmxFile.parse(readFileSync(join(dir, 'win.vmx'))).get('encryption.keySafe')!)).toEqual([`local/${journal.keyId}`]);
     expect(await diskHash(join(dir, 'disk0.vmdk'))).toBe(before);
-    expect(existsSync(join(dir, VM_REKEY_JOURNAL))).toBe(false);
+    expect(existsSync(join(dir, VM_JOB_NAME))).toBe(false);
   });
 });
 
@@ -293,20 +299,21 @@ describe('vmseal vm rekey killed with SIGKILL', () => {
 
     const child = vmsealChild(['vm', 'rekey', dir, '--deep'], env());
     const exited = new Promise<void>((done) => child.on('close', () => done()));
-    const journalPath = join(dir, VM_REKEY_JOURNAL);
-    let recorded: { keyId: string; done: string[] } | undefined;
+    const journalPath = join(dir, VM_JOB_NAME);
+    let recorded: { keyId: string; done: number } | undefined;
     for (let i = 0; i < 600 && child.exitCode === null; i++) {
       await new Promise((r) => setTimeout(r, 25));
       try {
-        recorded = JSON.parse(readFileSync(journalPath, 'utf8')) as { keyId: string; done: string[] };
-        if (recorded.done.length >= 1) break;
+        const job = JSON.parse(readFileSync(journalPath, 'utf8')) as { kek: { keyId: string }; steps: Array<{ done: boolean }> };
+        recorded = { keyId: job.kek.keyId, done: job.steps.filter((st) => st.done).length };
+        if (recorded.done >= 1) break;
       } catch {
         recorded = undefined; // not there yet, or being renamed into place
       }
     }
     child.kill('SIGKILL');
     await exited;
-    expect(recorded?.done.length, 'the journal should list a file done before the kill').toBeGreaterThanOrEqual(1);
+    expect(recorded?.done, 'the job file should mark a file done before the kill').toBeGreaterThanOrEqual(1);
     expect(existsSync(journalPath)).toBe(true);
 
     const r = await vmseal(['vm', 'rekey', dir, '--deep', '--json'], env());
