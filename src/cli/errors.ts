@@ -200,9 +200,20 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
     hint: 'Stop the other vmseal serve that uses this control socket, or choose another control socket (in a folder only you can reach)',
   },
   ERR_SERVE_NO_SERVER: { exitCode: ExitCode.FAILURE, hint: 'Is vmseal serve running? Check the path of its control socket' },
-  ERR_SERVE_REQUEST: { exitCode: ExitCode.USAGE, hint: 'Send one JSON object per line with a command: status, attach, detach or unlock (docs/serve.md)' },
+  ERR_SERVE_REQUEST: {
+    exitCode: ExitCode.USAGE,
+    hint: 'Send one JSON object per line with a command: status, attach, detach, unlock or snapshot (docs/serve.md)',
+  },
   ERR_SERVE_NO_EXPORT: { exitCode: ExitCode.USAGE, hint: '`vmseal host status` lists the exports' },
   ERR_SERVE_NOT_LOCKED: { exitCode: ExitCode.FAILURE, hint: 'Nothing to do: the export is served (its status shows locked: false)' },
+  ERR_SERVE_LOCKED: {
+    exitCode: ExitCode.FAILURE,
+    hint: 'Unlock the export first (`vmseal host unlock NAME`, or wait for its key provider): `vmseal host status` says why it is locked',
+  },
+  ERR_SERVE_READ_ONLY: {
+    exitCode: ExitCode.USAGE,
+    hint: 'Take the snapshot with `vmseal snapshot create` once no one serves the disk, or serve it writable (without --read-only)',
+  },
   ERR_SERVE_CLOSED: { exitCode: ExitCode.FAILURE, hint: 'The server is stopping; start it again to serve the disk' },
   ERR_SERVE_INTERNAL: { exitCode: ExitCode.INTERNAL, hint: "This is a bug in vmseal: please report it with the server's log" },
   // backup repositories

@@ -443,7 +443,7 @@ Examples:
 
   const host = program
     .command('host')
-    .summary('control a running vmseal serve: status, attach, detach, unlock')
+    .summary('control a running vmseal serve: status, attach, detach, unlock, snapshot, backup')
     .description(
       `Talk to a running \`vmseal serve\` through its control socket (a private Unix socket; default: ${CONTROL_DEFAULT}, with HOME from --home, VMSEAL_HOME or ~/.vmseal). Give the --control or --home that serve was started with.`,
     );
@@ -485,6 +485,34 @@ Examples:
     .addOption(controlOption())
     .addOption(hostHome())
     .action((name: string, opts) => commands.host().then((m) => m.hostUnlock(ctx, name, opts)));
+  host
+    .command('snapshot')
+    .description(
+      'take a snapshot of a served disk, live: writes wait, the ones in flight finish and are flushed, a child layer is made on the disk (same DEK) and the export switches to it; prints the new top',
+    )
+    .argument('<NAME>', 'export name')
+    .option('--name <name>', 'file name of the new child (default: <base>-00000N.vmdk beside the disk)')
+    .addOption(controlOption())
+    .addOption(hostHome())
+    .action((name: string, opts) => commands.host().then((m) => m.hostSnapshot(ctx, name, opts)));
+  host
+    .command('backup')
+    .description(
+      'a consistent backup point of a served disk: a live snapshot, then a backup of the frozen layer into REPO (no key needed); prints the point id. The new snapshot child stays: the export is a snapshot chain afterwards',
+    )
+    .argument('<NAME>', 'export name')
+    .argument('<REPO>', 'repository folder (vmseal backup init)')
+    .option('--name <name>', 'a name to restore the point by (letters, digits, ., _, -)')
+    .option('--history <history>', "the history the point continues (default: the disk's ddb.uuid, else its disk id)")
+    .option('--allow-plain', 'back up a plain disk too (its point is marked plain: its chunks are plaintext)')
+    .addOption(
+      new Option('--wait <seconds>', 'wait this long for the repository lock (held by a prune)').argParser((v) =>
+        parseInteger(v, '--wait', { min: 0, max: 86_400 }),
+      ),
+    )
+    .addOption(controlOption())
+    .addOption(hostHome())
+    .action((name: string, repo: string, opts) => commands.host().then((m) => m.hostBackup(ctx, name, repo, opts)));
 
   const vmCommand = program
     .command('vm')

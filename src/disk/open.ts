@@ -12,13 +12,15 @@ import { createDataCipher, type DataCipherOptions } from './cipher.js';
 import { DataCheckKey, dataCheckOf, parseDataCheck } from './data-check.js';
 import { EncryptedDisk, type DataCheckState } from './encrypted-disk.js';
 import { DiskError } from './errors.js';
-import { generateDek, makeEncryptionParams, unlockDek, type KeyCache, type LockerSpec, type UnlockOptions } from './keying.js';
+import { bindingOf, generateDek, makeEncryptionParams, unlockDek, type KeyCache, type LockerSpec, type UnlockOptions } from './keying.js';
+import { verifyAuthenticator } from '../keys/index.js';
 import { backUnitZero, checkDataCheck } from './unit-zero.js';
 import { checkLayers } from './layers.js';
 import {
   DEFAULT_CIPHER,
   DEFAULT_ENCRYPTED_SUBFORMAT,
   DEFAULT_UNIT_SIZE,
+  KEY_BYTES,
   UNENCRYPTABLE_SUBFORMATS,
   checkEncryptionChoice,
   encryptionLines,
@@ -72,13 +74,43 @@ export async function readEncryptionParams(path: string, options: { format?: 'vm
  * authenticator and (format version 2) its data check.
  */
 export async function unlockInner(inner: VirtualDisk, params: EncryptionParams, keys: UnlockOptions, opts: DataCipherOptions = {}): Promise<EncryptedDisk> {
+  checkCapacity(inner, params);
+  const key = await unlockDek(params, inner.capacity, keys, inner.path);
+  try {
+    return await wrapInner(inner, params, key, opts);
+  } finally {
+    key.fill(0);
+  }
+}
+
+/**
+ * @internal As unlockInner, with a DEK the caller unlocked already and keeps (and wipes): checked
+ * against the disk's authenticator first. A server's live snapshot opens the child it just made
+ * this way, with the DEK it unlocked before holding writes back (no second KDF or KMS round trip).
+ */
+export async function openWithDek(inner: VirtualDisk, params: EncryptionParams, dek: Buffer, opts: DataCipherOptions = {}): Promise<EncryptedDisk> {
+  checkCapacity(inner, params);
+  if (dek.length !== KEY_BYTES[params.cipher]) {
+    throw new DiskError(
+      'ERR_ENCRYPTION_METADATA',
+      `${inner.path} says ${params.cipher}, which takes a ${KEY_BYTES[params.cipher]}-byte key, not ${dek.length}`,
+    );
+  }
+  verifyAuthenticator(dek, bindingOf(params, inner.capacity), params.authenticator);
+  return wrapInner(inner, params, dek, opts);
+}
+
+function checkCapacity(inner: VirtualDisk, params: EncryptionParams): void {
   if (inner.capacity % params.unitSize !== 0) {
     throw new DiskError(
       'ERR_ENCRYPTION_METADATA',
       `the capacity of ${inner.path} (${inner.capacity} bytes) is not a multiple of its ${params.unitSize}-byte data unit`,
     );
   }
-  const key = await unlockDek(params, inner.capacity, keys, inner.path);
+}
+
+/** The checks after the DEK matched the disk's own authenticator: the layers below, then the data check. */
+async function wrapInner(inner: VirtualDisk, params: EncryptionParams, key: Buffer, opts: DataCipherOptions): Promise<EncryptedDisk> {
   let cipher: ReturnType<typeof createDataCipher> | undefined;
   try {
     checkLayers(inner, params, key);
@@ -89,8 +121,6 @@ export async function unlockInner(inner: VirtualDisk, params: EncryptionParams, 
   } catch (err) {
     cipher?.dispose();
     throw err;
-  } finally {
-    key.fill(0);
   }
 }
 

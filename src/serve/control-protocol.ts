@@ -6,6 +6,7 @@
  *   {"id": 2, "command": "attach", "path": "/vm/web.vmdk", "name": "web", "readOnly": false}
  *   {"id": 3, "command": "detach", "name": "web"}
  *   {"id": 4, "command": "unlock", "name": "web", "passphrase": "…"}
+ *   {"id": 5, "command": "snapshot", "name": "web", "snapshotName": "web-before-upgrade.vmdk"}
  *
  *   {"id": 1, "ok": true, "result": {…}}
  *   {"id": 2, "ok": false, "error": {"code": "ERR_DISK_BUSY", "message": "…"}}
@@ -21,8 +22,8 @@ export const MAX_REQUEST_BYTES = 64 * 1024;
 /** Longest reply line a client reads (a status of many exports). */
 export const MAX_REPLY_BYTES = 16 * 1024 * 1024;
 
-export type ControlCommand = 'status' | 'attach' | 'detach' | 'unlock';
-export const CONTROL_COMMANDS: readonly ControlCommand[] = ['status', 'attach', 'detach', 'unlock'];
+export type ControlCommand = 'status' | 'attach' | 'detach' | 'unlock' | 'snapshot';
+export const CONTROL_COMMANDS: readonly ControlCommand[] = ['status', 'attach', 'detach', 'unlock', 'snapshot'];
 
 export type ControlId = string | number | null;
 
@@ -30,7 +31,9 @@ export type ControlRequest =
   | { id?: ControlId; command: 'status' }
   | { id?: ControlId; command: 'attach'; path: string; name?: string; readOnly?: boolean; shared?: number }
   | { id?: ControlId; command: 'detach'; name: string }
-  | { id?: ControlId; command: 'unlock'; name: string; passphrase: string };
+  | { id?: ControlId; command: 'unlock'; name: string; passphrase: string }
+  /** `snapshotName`: the child's file name (default `<base>-00000N.vmdk`). */
+  | { id?: ControlId; command: 'snapshot'; name: string; snapshotName?: string };
 
 /** `code`: a vmseal error code, a Node system error code (ENOENT …), or ERR_SERVE_INTERNAL (the server logs it). */
 export interface ControlErrorBody {

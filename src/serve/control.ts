@@ -19,7 +19,7 @@ import { CONTROL_COMMANDS, LineSplitter, MAX_REQUEST_BYTES, type ControlId, type
 import { privateFolder } from './private-folder.js';
 
 /** What the control socket drives. */
-export type ControlTarget = Pick<NbdHost, 'address' | 'uri' | 'exports' | 'attach' | 'detach' | 'unlock'>;
+export type ControlTarget = Pick<NbdHost, 'address' | 'uri' | 'exports' | 'attach' | 'detach' | 'unlock' | 'snapshot'>;
 
 /** Control connections at once; more are answered with an error and closed. */
 const MAX_CONTROL_CONNECTIONS = 16;
@@ -206,6 +206,8 @@ function describe(request: ControlRequest): string {
     case 'detach':
     case 'unlock':
       return `${request.command} ${request.name}`;
+    case 'snapshot':
+      return `snapshot ${request.name}${request.snapshotName !== undefined ? ` as ${request.snapshotName}` : ''}`;
   }
 }
 
@@ -230,6 +232,8 @@ async function run(request: ControlRequest, target: ControlTarget): Promise<unkn
       return { name: request.name };
     case 'unlock':
       return withUri(await target.unlock(request.name, { passphrase: request.passphrase }));
+    case 'snapshot':
+      return withUri(await target.snapshot(request.name, request.snapshotName !== undefined ? { name: request.snapshotName } : {}));
   }
 }
 
@@ -275,6 +279,10 @@ function parseRequest(value: unknown): ControlRequest {
         name: field('name', text, 'a non-empty string', true)!,
         passphrase: field('passphrase', text, 'a non-empty string', true)!,
       };
+    case 'snapshot': {
+      const snapshotName = field('snapshotName', text, 'a non-empty string (a file name)', false);
+      return { command: 'snapshot', name: field('name', text, 'a non-empty string', true)!, ...(snapshotName !== undefined ? { snapshotName } : {}) };
+    }
     default:
       throw new ServeError('ERR_SERVE_REQUEST', `unknown control command ${describeChoice(r.command)}: send one of ${CONTROL_COMMANDS.join(', ')}`);
   }

@@ -17,6 +17,8 @@ import type { VirtualDisk } from '../vmdk/index.js';
 import type { DiskLock } from '../pipeline/lock.js';
 import type { StateFileDisk } from './vars-export.js';
 import type { BlockSizes, Extent } from './codec.js';
+import { ServeError } from './errors.js';
+import { OpGate } from './op-gate.js';
 import { RangeLock } from './range-lock.js';
 import {
   MAX_PAYLOAD,
@@ -35,6 +37,13 @@ import {
 
 /** A disk, or a state file served as one (the UEFI variables of a VM: vars-export.ts). */
 export type ServedDisk = VirtualDisk | EncryptedDisk | StateFileDisk;
+
+/** What a disk replacement (replaceDisk) switches the export to: the new disk, opened, and its lock. */
+export interface Replacement<T> {
+  disk: ServedDisk;
+  lock: DiskLock;
+  result: T;
+}
 
 /** What `exports()` reports for each export (no key material). */
 export interface ExportInfo {
@@ -65,25 +74,40 @@ const MAX_EXTENTS = 1024;
 
 export class Export {
   readonly name: string;
-  readonly description: string;
-  readonly disk: ServedDisk;
   readonly readOnly: boolean;
   readonly shared: number;
-  readonly #lock: DiskLock | undefined;
+  #disk: ServedDisk;
+  #lock: DiskLock | undefined;
+  readonly #description: string | undefined;
   #clients = 0;
   #bytesRead = 0;
   #bytesWritten = 0;
   /** Orders overlapping writes (see the top of this file). */
   readonly #ranges = new RangeLock();
+  /** Holds requests back while the disk is replaced. */
+  readonly #gate = new OpGate();
+  /** The replacement in progress (they run one at a time; close() waits for it). */
+  #replacing: Promise<unknown> = Promise.resolve();
   #closed = false;
 
   constructor(name: string, disk: ServedDisk, options: { readOnly: boolean; shared: number; lock?: DiskLock; description?: string }) {
     this.name = name;
-    this.disk = disk;
+    this.#disk = disk;
     this.readOnly = options.readOnly;
     this.shared = options.shared;
     this.#lock = options.lock;
-    this.description = options.description ?? `${disk.encrypted ? 'encrypted ' : ''}${disk.subformat} disk ${disk.path}`;
+    this.#description = options.description;
+  }
+
+  /** NBD_INFO_DESCRIPTION: the one given, else what the disk served now is. */
+  get description(): string {
+    const disk = this.#disk;
+    return this.#description ?? `${disk.encrypted ? 'encrypted ' : ''}${disk.subformat} disk ${disk.path}`;
+  }
+
+  /** The disk served now (another one after a replaceDisk). */
+  get disk(): ServedDisk {
+    return this.#disk;
   }
 
   get size(): number {
@@ -140,7 +164,7 @@ export class Export {
   }
 
   async read(offset: number, target: Buffer): Promise<void> {
-    await this.disk.readInto(offset, target);
+    await this.#gate.run('read', () => this.disk.readInto(offset, target));
     this.#bytesRead += target.length;
   }
 
@@ -148,7 +172,11 @@ export class Export {
    * Holes of a sparse disk inside [offset, offset+length) of at least `minimum` bytes (none for a
    * flat disk): a structured read reply sends them as OFFSET_HOLE chunks instead of zeros.
    */
-  async holes(offset: number, length: number, minimum: number): Promise<Array<{ offset: number; length: number }>> {
+  holes(offset: number, length: number, minimum: number): Promise<Array<{ offset: number; length: number }>> {
+    return this.#gate.run('read', () => this.#holes(offset, length, minimum));
+  }
+
+  async #holes(offset: number, length: number, minimum: number): Promise<Array<{ offset: number; length: number }>> {
     if (!this.sparse || length === 0) return [];
     const out: Array<{ offset: number; length: number }> = [];
     const end = offset + length;
@@ -188,9 +216,11 @@ export class Export {
    * at least). `data` is given up: on an encrypted disk it is encrypted in place.
    */
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
-    await this.#locked(offset, data.length, () => this.#writeOwned(offset, data));
+    await this.#gate.run('write', async () => {
+      await this.#locked(offset, data.length, () => this.#writeOwned(offset, data));
+      if (fua) await this.disk.flush();
+    });
     this.#bytesWritten += data.length;
-    if (fua) await this.flush();
   }
 
   /**
@@ -202,7 +232,11 @@ export class Export {
    * plaintext zeros in the file would decrypt to noise. With `fast`, nothing is written: 'slow'
    * tells the client that zeroing would mean writing (what was deallocated reads as zeros already).
    */
-  async zero(offset: number, length: number, opts: { fua: boolean; fast: boolean; noHole?: boolean }): Promise<'done' | 'slow'> {
+  zero(offset: number, length: number, opts: { fua: boolean; fast: boolean; noHole?: boolean }): Promise<'done' | 'slow'> {
+    return this.#gate.run('write', () => this.#zero(offset, length, opts));
+  }
+
+  async #zero(offset: number, length: number, opts: { fua: boolean; fast: boolean; noHole?: boolean }): Promise<'done' | 'slow'> {
     // Under the range lock: a write that came before this one may allocate a grain in the range.
     const result = await this.#locked(offset, length, async () => {
       if (this.sparse && !opts.noHole && length > 0) await this.disk.deallocate(offset, length);
@@ -220,7 +254,7 @@ export class Export {
       return 'done' as const;
     });
     if (result === 'done') this.#bytesWritten += length;
-    if (result === 'done' && opts.fua) await this.flush();
+    if (result === 'done' && opts.fua) await this.disk.flush();
     return result;
   }
 
@@ -230,18 +264,28 @@ export class Export {
    * 0's grain of an encrypted disk keep their data. A flat file cannot drop ciphertext without it
    * reading back as noise, so there a trimmed range keeps its data, which the specification allows.
    */
-  async trim(offset: number, length: number, fua: boolean): Promise<void> {
-    if (this.sparse && length > 0) await this.#locked(offset, length, () => this.disk.deallocate(offset, length));
-    if (fua) await this.flush();
+  trim(offset: number, length: number, fua: boolean): Promise<void> {
+    return this.#gate.run('write', async () => {
+      if (this.sparse && length > 0) await this.#locked(offset, length, () => this.disk.deallocate(offset, length));
+      if (fua) await this.disk.flush();
+    });
   }
 
-  /** Sync every file (fsync of each file, through the VMDK layer) after the writes completed so far. */
-  async flush(): Promise<void> {
-    await this.disk.flush();
+  /**
+   * Sync every file (fsync of each file, through the VMDK layer) after the writes completed so far.
+   * It does not change the disk, so it runs while a replacement holds writes back: the writes that
+   * completed before it are on the old disk, which the replacement flushed.
+   */
+  flush(): Promise<void> {
+    return this.#gate.run('read', () => this.disk.flush());
   }
 
   /** base:allocation extents from `offset`: holes of sparse disks are HOLE|ZERO, the rest data. */
-  async extents(offset: number, length: number, one: boolean): Promise<Extent[]> {
+  extents(offset: number, length: number, one: boolean): Promise<Extent[]> {
+    return this.#gate.run('read', () => this.#extents(offset, length, one));
+  }
+
+  async #extents(offset: number, length: number, one: boolean): Promise<Extent[]> {
     const end = offset + length;
     if (!this.sparse) return [{ length, flags: 0 }];
     const out: Extent[] = [];
@@ -260,12 +304,51 @@ export class Export {
     return out;
   }
 
+  /**
+   * Replace the disk under the export, live (a snapshot's new top): new writes are held back, the
+   * writes in flight finish and the disk is flushed — it then holds exactly the writes acknowledged
+   * so far, durably — and `change(disk, lock)` runs while reads go on against the old disk. When it
+   * resolves, the reads in flight finish too, the export switches to the new disk and lock and the
+   * old disk is closed (its lock is change's to release or keep); the requests held back then run
+   * against the new disk. When it (or the flush) throws, nothing is switched: the requests held back
+   * run against the old disk, and the error is rethrown; a change that gave the old lock up and had
+   * to take it again hands the new handle to `keepLock` (undefined: the disk is served unlocked).
+   * Replacements run one at a time.
+   */
+  replaceDisk<T>(
+    change: (disk: ServedDisk, lock: DiskLock | undefined, keepLock: (lock: DiskLock | undefined) => void) => Promise<Replacement<T>>,
+  ): Promise<T> {
+    const run = this.#replacing.then(async () => {
+      if (this.#closed) throw new ServeError('ERR_SERVE_CLOSED', `export ${this.name} was closed: the host is stopping or it was detached`);
+      const old = this.#disk;
+      let next: Replacement<T>;
+      try {
+        await this.#gate.close('write');
+        await old.flush();
+        next = await change(old, this.#lock, (lock) => (this.#lock = lock));
+        await this.#gate.close('read');
+      } finally {
+        // Switched (below) before the waiting requests run: they are microtasks queued by open().
+        this.#gate.open();
+      }
+      // Not reached when change() threw.
+      this.#disk = next.disk;
+      this.#lock = next.lock;
+      // Flushed above and unchanged since: closing writes nothing. A failure here loses no data.
+      await old.close().catch(() => undefined);
+      return next.result;
+    });
+    this.#replacing = run.catch(() => undefined);
+    return run;
+  }
+
   /** Flush (writable exports), close the disk and release its lock. Safe to call twice. */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    await this.#replacing;
     try {
-      if (!this.readOnly) await this.flush();
+      if (!this.readOnly) await this.disk.flush();
     } finally {
       try {
         await this.disk.close();

@@ -23,6 +23,7 @@ import { MAX_STRING_BYTES } from './protocol.js';
 import { tlsServerContext, type ServeTls, type TlsServerContext } from './tls.js';
 import { claimControl, type ControlSocket } from './control.js';
 import { privateFolder } from './private-folder.js';
+import { snapshotExport } from './snapshot.js';
 import { openStateFileDisk } from './vars-export.js';
 import { isStateFile } from '../vm/index.js';
 
@@ -78,7 +79,7 @@ export interface ServeOptions {
   /** One line per connection and per error (never key material). */
   log?: (line: string) => void;
   /**
-   * A Unix socket for control commands (status, attach, detach, unlock; JSON lines, see
+   * A Unix socket for control commands (status, attach, detach, unlock, snapshot; JSON lines, see
    * docs/serve.md), mode 0600 in a private (0700) folder. Default: none.
    */
   control?: string;
@@ -113,6 +114,16 @@ export interface NbdHost {
    * do not open it — the export then stays locked and its retries go on.
    */
   unlock(name: string, keys: UnlockOptions): Promise<ExportInfo>;
+  /**
+   * Take a snapshot of a served disk, live (see snapshot.ts): new writes wait, the writes in flight
+   * finish and are flushed, a child layer is made on the disk (`options.name`, default
+   * `<base>-00000N.vmdk`; encrypted with the same DEK, unlocked with the host's `keys`), and the
+   * export switches to it; the clients notice nothing. Resolves with the export's info (its `path`
+   * is the new top) and the frozen `parent`. Rejects with ERR_SERVE_NO_EXPORT, ERR_SERVE_LOCKED (a
+   * locked export), ERR_SERVE_READ_ONLY, ERR_SERVE_CLOSED, or the error of the layers below (the
+   * export then serves its old disk, unchanged).
+   */
+  snapshot(name: string, options?: { name?: string }): Promise<ExportInfo & { parent: string }>;
   /** Stop listening, answer the requests in flight, flush and close every disk, release the locks. */
   close(): Promise<void>;
 }
@@ -192,6 +203,11 @@ interface OpenContext {
   onUnlocked(exp: Export): void;
 }
 
+/** The key options of `path` from the host's `keys` (one for all, or a function per path). */
+function keysOf(options: ServeOptions, path: string): Promise<UnlockOptions | undefined> {
+  return typeof options.keys === 'function' ? options.keys(path) : Promise.resolve(options.keys);
+}
+
 /**
  * Lock and open one disk (unlocking it if encrypted). An encrypted disk whose key is unavailable
  * (KMS down) comes back locked, its lock held, its retries not yet started (LockedExport.start).
@@ -206,8 +222,7 @@ async function openExport(spec: ServeDisk, name: string, ctx: OpenContext): Prom
     // A state file (vmseal's container: UEFI variables) is served from memory, rewritten whole on
     // each write. Its provider being down fails the export: it is not served locked.
     if (await isStateFile(spec.path)) {
-      const keys = options.keys === undefined ? {} : typeof options.keys === 'function' ? await options.keys(spec.path) : options.keys;
-      return new Export(name, await openStateFileDisk(spec.path, { keys, readOnly }), {
+      return new Export(name, await openStateFileDisk(spec.path, { keys: (await keysOf(options, spec.path)) ?? {}, readOnly }), {
         readOnly,
         shared,
         lock,
@@ -216,7 +231,7 @@ async function openExport(spec: ServeDisk, name: string, ctx: OpenContext): Prom
     }
     const encrypted = (await readEncryptionParams(spec.path)) !== null;
     let keys: UnlockOptions | undefined;
-    if (encrypted && options.keys !== undefined) keys = typeof options.keys === 'function' ? await options.keys(spec.path) : options.keys;
+    if (encrypted) keys = await keysOf(options, spec.path);
     let disk: VirtualDisk | EncryptedDisk;
     try {
       disk = await openDisk(spec.path, { readOnly, ...(keys ? { keys } : {}) });
@@ -519,6 +534,38 @@ export async function serve(options: ServeOptions): Promise<NbdHost> {
       if (!e) throw unknown(name);
       if (!(e instanceof LockedExport)) throw new ServeError('ERR_SERVE_NOT_LOCKED', `export ${name} is not locked: its disk is open and served`);
       return (await e.unlock(keys)).info();
+    },
+    snapshot(name, snapOptions = {}) {
+      if (closing) return Promise.reject(new ServeError('ERR_SERVE_CLOSED', `cannot take a snapshot of export ${String(name)}: the host is stopping`));
+      if (snapOptions === null || typeof snapOptions !== 'object') {
+        return Promise.reject(new ServeError('ERR_INVALID_ARGUMENT', `Expected an object { name? } for options but received ${describeValue(snapOptions)}`));
+      }
+      const e = typeof name === 'string' ? exports.get(name) : undefined;
+      if (!e) return Promise.reject(unknown(name));
+      if (e instanceof LockedExport) {
+        return Promise.reject(
+          new ServeError('ERR_SERVE_LOCKED', `cannot take a snapshot of export ${name}: it is locked (${e.reason}); unlock it first (vmseal host unlock)`),
+        );
+      }
+      if (e.readOnly) {
+        return Promise.reject(
+          new ServeError(
+            'ERR_SERVE_READ_ONLY',
+            `cannot take a snapshot of export ${name}: it is served read-only (a shared lock: other readers may have the disk open); take it with vmseal snapshot create once no one serves it`,
+          ),
+        );
+      }
+      return track(
+        (async () => {
+          const done = await snapshotExport(e, {
+            ...(snapOptions.name !== undefined ? { name: snapOptions.name } : {}),
+            keysFor: (path) => keysOf(options, path),
+            log,
+          });
+          log(`export ${name}: snapshot taken: ${done.parent} frozen, serving ${done.top}`);
+          return { ...e.info(), parent: done.parent };
+        })(),
+      );
     },
     close() {
       closing ??= (async () => {

@@ -14,6 +14,15 @@ export interface CreateSnapshotOptions {
   name?: string;
   /** Extra descriptor lines of the child (src/disk passes an encrypted child's lines here). */
   descriptorLines?: Array<[key: string, value: string]>;
+  /**
+   * The caller holds the disk's vmseal lock exclusively already (a server taking a snapshot of the
+   * disk it serves; src/disk, which locks before it rewrites the descriptor), so it is not taken
+   * again (that would conflict with the caller's own). Called where createSnapshot would release its
+   * own lock: after the disk is made read-only, before the child is made — whose opening takes a
+   * shared lock on its parent, which the caller's exclusive one would refuse. The caller releases or
+   * downgrades its lock there.
+   */
+  yieldHeldLock?: () => Promise<void>;
 }
 
 /** VMware's child names: `<base>-000001.vmdk`, `-000002`, … where `<base>` is the base disk's name. */
@@ -107,10 +116,11 @@ export async function createSnapshot(diskPath: string, options: CreateSnapshotOp
   }
   const abs = resolve(diskPath);
   const childPath = options.name === undefined ? await nextSnapshotName(abs) : checkName(options.name, abs);
-  // Exclusive while the CID is read and the files made read-only: no vmseal writer has the disk
-  // open then, and none can open it for writing afterwards (mode 0444). Released before the child is
-  // made, whose opening takes the shared lock of its parent.
-  const lock = await acquireFileLock(lockRecordPathFor(abs), { mode: 'exclusive', record: { operation: 'snapshot create' } });
+  // Exclusive while the CID is read and the files made read-only: no other vmseal writer has the disk
+  // open then, and none can open it for writing afterwards (mode 0444). Released (or yielded by the
+  // caller who holds it) before the child is made, whose opening takes the shared lock of its parent.
+  const held = options.yieldHeldLock;
+  const lock = held ? undefined : await acquireFileLock(lockRecordPathFor(abs), { mode: 'exclusive', record: { operation: 'snapshot create' } });
   let plan: ChildPlan;
   let layerFiles: string[];
   try {
@@ -121,7 +131,15 @@ export async function createSnapshot(diskPath: string, options: CreateSnapshotOp
     }
     await setWritable(layerFiles, false);
   } finally {
-    lock.release();
+    lock?.release();
+  }
+  if (held) {
+    try {
+      await held();
+    } catch (err) {
+      await setWritable(layerFiles, true).catch(() => undefined);
+      throw err;
+    }
   }
   try {
     const child = await createDiskNamed(
@@ -143,6 +161,24 @@ export async function createSnapshot(diskPath: string, options: CreateSnapshotOp
     throw err;
   }
   return childPath;
+}
+
+/**
+ * Undo a createSnapshot whose child nothing has written yet (a server that could not switch to it):
+ * remove the child and make the top layer of the chain ending at `diskPath` writable again. The
+ * caller holds the disk's lock exclusively, as for createSnapshot with `lockHeld`.
+ */
+export async function removeNewSnapshot(diskPath: string, childPath: string): Promise<void> {
+  const abs = resolve(diskPath);
+  let layerFiles: string[];
+  {
+    await using disk = await openDisk(abs, { readOnly: true, allowEncrypted: true });
+    layerFiles = topLayer(disk).files();
+  }
+  await rm(resolve(childPath), { force: true }).catch((err: unknown) => {
+    throw ioError(err, 'remove the snapshot', childPath);
+  });
+  await setWritable(layerFiles, true);
 }
 
 /**

@@ -1,17 +1,20 @@
 /**
- * `vmseal host status|attach|detach|unlock`: drive a running `vmseal serve` through its control
+ * `vmseal host status|attach|detach|unlock|snapshot|backup`: drive a running `vmseal serve` through its control
  * socket (--control PATH; default `$XDG_RUNTIME_DIR/vmseal/serve.sock`, else `<home>/serve.sock`
  * with home from --home, VMSEAL_HOME or ~/.vmseal — the same rule `vmseal serve` uses).
  * The recovery passphrase of `unlock` is read as everywhere else (file, variable, prompt) and
  * travels only over the 0600 control socket, never on argv.
  */
 import { resolve } from 'node:path';
+import { BackupError, createBackup } from '../../backup/index.js';
+import { openRepository } from '../../backup/repository.js';
 import { controlRequest, defaultControlPath, type ControlRequest, type ExportInfo, type ServeAddress } from '../../serve/index.js';
 import type { Ctx } from '../context.js';
 import { resolveHome } from '../key-session.js';
 import { formatBytes } from '../parse.js';
 import { readPassphrase } from '../passphrase.js';
 import { requireInputFile } from './common.js';
+import { chainLayers } from './snapshot.js';
 
 export interface HostCliOptions {
   control?: string;
@@ -21,6 +24,15 @@ export interface HostCliOptions {
   shared?: number;
   passphraseFile?: string;
   passphraseEnv?: string;
+}
+
+export interface HostBackupCliOptions extends Pick<HostCliOptions, 'control' | 'home'> {
+  /** The point's name. */
+  name?: string;
+  history?: string;
+  allowPlain?: boolean;
+  /** Seconds to wait for the repository lock. */
+  wait?: number;
 }
 
 /** An export as the control socket reports it; `locked` and `lockedReason` once locked exports exist. */
@@ -105,4 +117,58 @@ export async function hostUnlock(ctx: Ctx, name: string, opts: HostCliOptions): 
   const info = (await ask(ctx, path, { command: 'unlock', name, passphrase })) as ServedExport;
   ctx.output.result({ ok: true, command: 'host unlock', control: path, export: info });
   ctx.output.line(`Unlocked ${info.name}: served on ${info.uri}`);
+}
+
+export async function hostSnapshot(ctx: Ctx, name: string, opts: HostCliOptions): Promise<void> {
+  const path = controlPathOf(ctx, opts);
+  ctx.doing = `cannot take a snapshot of export ${name}`;
+  const request: ControlRequest = { command: 'snapshot', name, ...(opts.name !== undefined ? { snapshotName: opts.name } : {}) };
+  const info = (await ask(ctx, path, request)) as ServedExport & { parent: string };
+  ctx.output.result({ ok: true, command: 'host snapshot', control: path, top: info.path, parent: info.parent, export: info });
+  // The new top alone, as `vmseal snapshot create` prints it.
+  ctx.output.line(info.path);
+}
+
+/**
+ * A consistent backup point of a served disk: a live snapshot (through the server), then a backup
+ * of the frozen layer from this process — it is read-only from then on, so it needs neither the
+ * server nor a key. The child stays (merging it back into its parent is snapshot commit's job, not
+ * done here), so the export is a chain afterwards, and backups refuse chains: checked before the
+ * snapshot, so that a refused backup leaves no snapshot behind.
+ */
+export async function hostBackup(ctx: Ctx, name: string, repo: string, opts: HostBackupCliOptions): Promise<void> {
+  const path = controlPathOf(ctx, opts);
+  ctx.doing = `cannot back up export ${name}`;
+  // Checked before the snapshot: a wrong REPO leaves nothing behind.
+  await openRepository(repo);
+  const status = (await ask(ctx, path, { command: 'status' })) as { exports: ServedExport[] };
+  const served = status.exports.find((e) => e.name === name);
+  if (served && served.locked !== true && !served.readOnly) {
+    if (!served.encrypted && opts.allowPlain !== true) {
+      throw new BackupError(
+        'ERR_BACKUP_PLAIN',
+        `export ${name} serves a plain disk (${served.path}): its point would hold plaintext; give --allow-plain to back it up anyway`,
+      );
+    }
+    const layers = await chainLayers(served.path);
+    if (layers.length > 1) {
+      throw new BackupError(
+        'ERR_BACKUP_UNSUPPORTED',
+        `export ${name} serves a snapshot chain (top ${served.path}, ${layers.length} layers): backups of snapshot chains are not supported yet; merge the chain first (stop serving, then vmseal convert of the top)`,
+      );
+    }
+  }
+  // Unknown, locked and read-only exports are refused by the server with their own codes.
+  const snap = (await ask(ctx, path, { command: 'snapshot', name })) as ServedExport & { parent: string };
+  ctx.doing = `took the snapshot ${snap.path} of export ${name}, but cannot back up its frozen layer ${snap.parent}`;
+  const r = await createBackup(snap.parent, repo, {
+    lockWaitMs: (opts.wait ?? 0) * 1000,
+    signal: ctx.signal,
+    ...(opts.name !== undefined ? { name: opts.name } : {}),
+    ...(opts.history !== undefined ? { history: opts.history } : {}),
+    ...(opts.allowPlain === true ? { allowPlain: true } : {}),
+  });
+  ctx.output.result({ ok: true, command: 'host backup', control: path, ...r, frozen: snap.parent, top: snap.path });
+  ctx.output.line(r.point);
+  ctx.output.note(`backed up ${snap.parent} (frozen by a live snapshot; export ${name} now serves ${snap.path}): ${r.chunks} chunks, ${r.newChunks} new`);
 }

@@ -132,7 +132,7 @@ export async function serveCommand(ctx: Ctx, disks: string[], opts: ServeCliOpti
       for (const e of host.exports()) {
         ctx.output.error(`vmseal: serving ${e.name} on ${host.uri(e.name)}${e.locked ? ` (locked: ${e.lockedReason ?? 'key unavailable'})` : ''}`);
       }
-      ctx.output.error(`vmseal: control socket ${control} (vmseal host status|attach|detach|unlock --control ${control})`);
+      ctx.output.error(`vmseal: control socket ${control} (vmseal host status|attach|detach|unlock|snapshot --control ${control})`);
       await untilAborted(ctx.signal);
       log('stopping: flushing every export and releasing the locks');
     } finally {

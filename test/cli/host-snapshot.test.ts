@@ -1,0 +1,125 @@
+// `vmseal host snapshot NAME [--name N]` against a real `vmseal serve` child: prints the new top,
+// qemu-io keeps reading and writing the same export across two snapshots, --json, typed errors with
+// exit codes and hints, and the server stopped with SIGTERM leaves a chain that opens with the data.
+import { beforeAll, describe, expect, it } from 'vitest';
+import { existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { json, vmseal } from './run-cli.js';
+import { serveFixture } from './serve-process.js';
+import { encryptedDisk, random, run } from '../serve/helpers.js';
+
+const MiB = 1 << 20;
+const served = serveFixture('vmseal-host-snapshot-cli-');
+let env: NodeJS.ProcessEnv;
+let pwFile: string;
+beforeAll(() => {
+  env = served.env();
+  pwFile = served.pwFile();
+});
+
+describe('vmseal host snapshot', () => {
+  it('switches a served encrypted disk to a new child twice, printing each new top; the client reads and writes on', async () => {
+    const dir = join(served.dir(), 'snap');
+    mkdirSync(dir, { mode: 0o700 });
+    const content = random(MiB);
+    const disk = await encryptedDisk(dir, 'vm', { subformat: 'monolithicSparse', capacity: 4 * MiB, content });
+    const control = join(dir, 'ctl', 'serve.sock');
+    const socket = join(dir, 'nbd.sock');
+    const s = await served.start([disk, '--socket', socket, '--control', control, '--passphrase-file', pwFile], (err) => /^vmseal: control socket /m.test(err));
+    const uri = `nbd+unix:///vm?socket=${socket}`;
+    await run('qemu-io', ['-f', 'raw', '-c', `write -P 0x11 ${MiB} 65536`, uri]);
+
+    const first = await vmseal(['host', 'snapshot', 'vm', '--control', control], env);
+    expect(first.code, first.stderr).toBe(0);
+    const top1 = join(dir, 'vm-000001.vmdk');
+    expect(first.stdout).toBe(`${top1}\n`);
+    expect(statSync(disk).mode & 0o222).toBe(0);
+    await run('qemu-io', ['-f', 'raw', '-c', `write -P 0x22 ${2 * MiB} 65536`, uri]);
+
+    const second = json(await vmseal(['host', 'snapshot', 'vm', '--name', 'vm-before-upgrade', '--control', control, '--json'], env));
+    const top2 = join(dir, 'vm-before-upgrade.vmdk');
+    expect(second).toMatchObject({ ok: true, command: 'host snapshot', control, top: top2, parent: top1, export: { name: 'vm', path: top2 } });
+    await run('qemu-io', ['-f', 'raw', '-c', `write -P 0x33 ${3 * MiB} 65536`, uri]);
+    const read = await run('qemu-io', [
+      '-f',
+      'raw',
+      '-c',
+      `read -P 0x11 ${MiB} 65536`,
+      '-c',
+      `read -P 0x22 ${2 * MiB} 65536`,
+      '-c',
+      `read -P 0x33 ${3 * MiB} 65536`,
+      uri,
+    ]);
+    expect(read.match(/read 65536\/65536/g)).toHaveLength(3);
+    const status = json(await vmseal(['host', 'status', '--control', control, '--json'], env));
+    expect(status.exports[0]).toMatchObject({ name: 'vm', path: top2, sparse: true });
+
+    // Typed errors: an unknown export (exit 2) and a name already taken (the export goes on).
+    const unknown = await vmseal(['host', 'snapshot', 'nope', '--control', control], env);
+    expect(unknown.code).toBe(2);
+    expect(unknown.stderr).toMatch(
+      /^vmseal: cannot take a snapshot of export nope: no export is named "nope" \(served: vm\)\. `vmseal host status` lists the exports/,
+    );
+    const taken = await vmseal(['host', 'snapshot', 'vm', '--name', 'vm-000001', '--control', control], env);
+    expect(taken.code).not.toBe(0);
+    expect(taken.stderr).toMatch(/^vmseal: cannot take a snapshot of export vm: /);
+    expect(json(await vmseal(['host', 'status', '--control', control, '--json'], env)).exports[0].path).toBe(top2);
+
+    s.child.kill('SIGTERM');
+    expect(await s.exit).toBe(0);
+    const list = await vmseal(['snapshot', 'list', top2], env);
+    expect(list.code, list.stderr).toBe(0);
+    expect(list.stdout).toMatch(new RegExp(`^top: +${top2} .*\\nlayer 1: ${top1} .*\\nbase: +${disk} `));
+    const out = join(dir, 'flat.raw');
+    const dec = await vmseal(['decrypt', top2, out, '--raw', '--passphrase-file', pwFile], env);
+    expect(dec.code, dec.stderr).toBe(0);
+    const expected = Buffer.alloc(4 * MiB);
+    content.copy(expected, 0);
+    expected.fill(0x11, MiB, MiB + 65536);
+    expected.fill(0x22, 2 * MiB, 2 * MiB + 65536);
+    expected.fill(0x33, 3 * MiB, 3 * MiB + 65536);
+    expect(readFileSync(out).equals(expected)).toBe(true);
+  });
+
+  it('host backup: a point of the frozen layer, restored with the writes before it and none after; a chain is refused before any snapshot', async () => {
+    const dir = join(served.dir(), 'backup');
+    mkdirSync(dir, { mode: 0o700 });
+    const content = random(MiB);
+    const disk = await encryptedDisk(dir, 'db', { subformat: 'monolithicSparse', capacity: 4 * MiB, content });
+    const repo = join(dir, 'repo');
+    expect((await vmseal(['backup', 'init', repo], env)).code).toBe(0);
+    const control = join(dir, 'ctl', 'serve.sock');
+    const socket = join(dir, 'nbd.sock');
+    const s = await served.start([disk, '--socket', socket, '--control', control, '--passphrase-file', pwFile], (err) => /^vmseal: control socket /m.test(err));
+    const uri = `nbd+unix:///db?socket=${socket}`;
+    await run('qemu-io', ['-f', 'raw', '-c', `write -P 0x44 ${MiB} 65536`, uri]);
+
+    const b = await vmseal(['host', 'backup', 'db', repo, '--name', 'p1', '--control', control, '--json'], env);
+    expect(b.code, b.stderr).toBe(0);
+    const top = join(dir, 'db-000001.vmdk');
+    expect(json(b)).toMatchObject({ ok: true, command: 'host backup', name: 'p1', frozen: disk, top, plain: false });
+    await run('qemu-io', ['-f', 'raw', '-c', `write -P 0x55 ${2 * MiB} 65536`, uri]);
+    // The export is a chain now: refused (exit 5) before a second snapshot is taken.
+    const again = await vmseal(['host', 'backup', 'db', repo, '--control', control], env);
+    expect(again.code).toBe(5);
+    expect(again.stderr).toMatch(/^vmseal: cannot back up export db: export db serves a snapshot chain .*not supported yet/);
+    expect(existsSync(join(dir, 'db-000002.vmdk'))).toBe(false);
+    const missing = await vmseal(['host', 'backup', 'db', join(dir, 'no-repo'), '--control', control], env);
+    expect(missing.code).not.toBe(0);
+    expect(existsSync(join(dir, 'db-000002.vmdk'))).toBe(false);
+
+    s.child.kill('SIGTERM');
+    expect(await s.exit).toBe(0);
+    const restored = join(dir, 'restored.vmdk');
+    const r = await vmseal(['backup', 'restore', repo, 'p1', restored], env);
+    expect(r.code, r.stderr).toBe(0);
+    const out = join(dir, 'restored.raw');
+    const dec = await vmseal(['decrypt', restored, out, '--raw', '--passphrase-file', pwFile], env);
+    expect(dec.code, dec.stderr).toBe(0);
+    const expected = Buffer.alloc(4 * MiB);
+    content.copy(expected, 0);
+    expected.fill(0x44, MiB, MiB + 65536);
+    expect(readFileSync(out).equals(expected)).toBe(true);
+  });
+});
