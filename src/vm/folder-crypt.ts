@@ -3,7 +3,8 @@
  * unit"). One journaled job across files, in this order both ways:
  *
  *   1. the disks, one by one: encryption in place (the pipeline's journaled encryptInPlace), or
- *      decryption written aside and committed over the disk (decryptDiskReplacing);
+ *      decryption written aside and committed over the disk (decryptDiskReplacing); a disk with
+ *      snapshots as one chain, written aside and moved over itself (chain-aside.ts);
  *   2. the state files (.nvram, .vmsn, .vmem, .vmss, UEFI variables), each replaced atomically;
  *   3. the .vmx, last and atomically — so "the configuration is encrypted" means the whole job is done.
  *
@@ -23,9 +24,10 @@ import { readEncryptionParams } from '../disk/index.js';
 import { decryptDiskReplacing, encryptInPlace, resumeDisk } from '../pipeline/index.js';
 import { openDisk as openVmdk } from '../vmdk/index.js';
 import { acquireFileLock, FileLockError, lockRecordPathFor, type FileLockHandle } from '../util/lock.js';
-import { diskState } from './config-disks.js';
+import { diskState, type VmDiskState } from './config-disks.js';
+import { checkChainMovable, hasChainStage, runChainJob } from './chain-aside.js';
 import { VmError } from './errors.js';
-import { listVmFolder, type VmFolderDisk, type VmFolderFiles } from './folder-files.js';
+import { chainOf, listVmFolder, type VmFolderDisk, type VmFolderFiles } from './folder-files.js';
 import { readVmJob, removeVmJob, stepFile, stepPath, vmJobCommand, writeVmJob, type VmJob, type VmJobOperation, type VmJobStep } from './folder-job.js';
 import { decryptStateFile, encryptStateFile, isStateFile, readStateFileHeader } from './state-file.js';
 import { isEncryptedVmx, vmxLockers } from './vmx-crypt.js';
@@ -112,23 +114,6 @@ function diskError(d: VmFolderDisk, why: string, what: string): VmError {
   return new VmError('ERR_VM_DISK', `${d.device} (${d.path}) ${why}; ${what}`, { file: d.path });
 }
 
-/**
- * Snapshot chains are refused: encrypting a chain means every layer under one DEK with layer ids
- * (docs/format.md, v3), which no in-place job does yet, and decrypting the top alone would flatten
- * the chain into it.
- */
-function refuseChain(d: VmFolderDisk, operation: VmJobOperation): void {
-  if (d.layers.length <= 1) return;
-  throw new VmError(
-    'ERR_VM_SNAPSHOT',
-    `${d.device} (${d.path}) is a snapshot chain of ${d.layers.length} layers; vm ${operation} does not ${operation} snapshot chains yet: ` +
-      (operation === 'encrypt'
-        ? 'consolidate the snapshots first (VMware: Delete All Snapshots; qemu-img commit), then run vm encrypt again, and take snapshots with `vmseal snapshot create` afterwards'
-        : 'decrypt the disk into a flat copy with `vmseal decrypt TOP OUT.vmdk` (it flattens the chain), name OUT.vmdk in the .vmx instead, then run vm decrypt again'),
-    { file: d.path },
-  );
-}
-
 /** A plain disk that an in-place encryption cannot take (no descriptor to carry the key, or compressed). */
 async function refuseUnencryptable(d: VmFolderDisk): Promise<void> {
   const disk = await openVmdk(d.path, { readOnly: true });
@@ -183,8 +168,8 @@ async function planEncrypt(files: VmFolderFiles): Promise<VmJobStep[]> {
   const steps: VmJobStep[] = [];
   for (const d of files.disks) {
     if (d.state !== 'plain') continue; // vmseal or vmware: already encrypted (a mixed VM is completed)
-    refuseChain(d, 'encrypt');
-    await refuseUnencryptable(d);
+    if (d.layers.length > 1) checkChainMovable(d.path, d.layers, d.files);
+    else await refuseUnencryptable(d);
     steps.push({ kind: 'disk', file: stepFile(files.dir, d.path), done: false });
   }
   for (const s of files.stateFiles) if (!s.encrypted) steps.push({ kind: 'state', file: stepFile(files.dir, s.path), done: false });
@@ -198,13 +183,26 @@ function planDecrypt(files: VmFolderFiles): VmJobStep[] {
   const steps: VmJobStep[] = [];
   for (const d of files.disks) {
     if (d.state !== 'vmseal') continue;
-    refuseChain(d, 'decrypt');
+    if (d.layers.length > 1) checkChainMovable(d.path, d.layers, d.files);
     steps.push({ kind: 'disk', file: stepFile(files.dir, d.path), done: false });
   }
   for (const s of files.stateFiles) if (s.encrypted) steps.push({ kind: 'state', file: stepFile(files.dir, s.path), done: false });
   const vmx = vmxOf(files);
   if (vmx !== undefined && files.configEncrypted) steps.push({ kind: 'config', file: stepFile(files.dir, vmx), done: false });
   return steps;
+}
+
+/**
+ * For a disk step: the chain's layers when the disk is a snapshot chain still to do (or one an
+ * earlier run left staged), 'skipped' when the chain is already in the state `doneState`, undefined
+ * for a disk without snapshots.
+ */
+async function chainStep(path: string, doneState: VmDiskState): Promise<string[] | 'skipped' | undefined> {
+  if (await hasChainStage(path)) return (await chainOf(path, 'plain')).layers;
+  const s = await diskState(path);
+  const { layers } = await chainOf(path, s.state);
+  if (layers.length <= 1) return undefined;
+  return s.state === doneState ? 'skipped' : layers;
 }
 
 export function otherJob(dir: string, job: VmJob, operation: VmJobOperation): VmError {
@@ -266,10 +264,10 @@ export async function encryptVmFolder(dirOrFile: string, options: EncryptVmFolde
       await writeVmJob(dir, job);
     }
     const kek = job.kek;
-    if (kek === undefined || kek.providerId !== options.provider.id) {
+    if (kek === undefined || kek.providerId !== options.provider.id || (options.keyId !== undefined && options.keyId !== kek.keyId)) {
       throw new VmError(
         'ERR_VM_JOB',
-        `the interrupted vm encrypt of ${dir} locks its keys with key ${kek?.keyId ?? '?'} of provider ${kek?.providerId ?? '?'}, not of ${options.provider.id}: give the same key options as the first run`,
+        `the interrupted vm encrypt of ${dir} locks its keys with key ${kek?.keyId ?? '?'} of provider ${kek?.providerId ?? '?'}, not ${options.keyId !== undefined ? `key ${options.keyId} ` : ''}of ${options.provider.id}: give the same key options as the first run`,
         { file: dir },
       );
     }
@@ -278,6 +276,13 @@ export async function encryptVmFolder(dirOrFile: string, options: EncryptVmFolde
     const signal = options.signal ? { signal: options.signal } : {};
     const steps = await runSteps(dir, job, options, async (step, path) => {
       if (step.kind === 'disk') {
+        // A snapshot chain is written aside and moved over itself (chain-aside.ts).
+        const chain = await chainStep(path, 'vmseal');
+        if (chain === 'skipped') return chain;
+        if (chain !== undefined) {
+          await runChainJob(chain, { operation: 'encrypt', lockers, keys, ...cache, ...signal });
+          return 'done';
+        }
         // Plain, or half encrypted by an earlier run (its journal continues it): encryptInPlace does both.
         const r = await encryptInPlace(path, { lockers, ...cache, ...signal });
         return r.bytesProcessed === 0 && r.resumed ? 'skipped' : 'done';
@@ -320,6 +325,12 @@ export async function decryptVmFolder(dirOrFile: string, options: DecryptVmFolde
     const signal = options.signal ? { signal: options.signal } : {};
     const steps = await runSteps(dir, job, options, async (step, path) => {
       if (step.kind === 'disk') {
+        const chain = await chainStep(path, 'plain');
+        if (chain === 'skipped') return chain;
+        if (chain !== undefined) {
+          await runChainJob(chain, { operation: 'decrypt', keys, ...signal });
+          return 'done';
+        }
         // A commit an earlier run started is rolled forward (or its staging folder removed) first.
         await resumeDisk(path, { keys, ...signal });
         if ((await diskState(path)).state !== 'vmseal') return 'skipped';

@@ -18,7 +18,9 @@ import { readdir, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { ChainDisk, openDisk as openVmdk } from '../vmdk/index.js';
 import type { UnlockOptions } from '../keys/index.js';
-import { diskState, vmxDisks, type VmDiskState } from './config-disks.js';
+import { diskState, vmxDisks, type VmDiskState, type VmInfo } from './config-disks.js';
+import { isMixed } from './all-or-none.js';
+import { readVmJob } from './folder-job.js';
 import { VmError } from './errors.js';
 import { readManifest, resolveInFolder, manifestPath, MANIFEST_NAME } from './manifest.js';
 import { isStateFile } from './state-file.js';
@@ -80,7 +82,7 @@ const STATE_EXTENSIONS: ReadonlyMap<string, VmStateFileKind> = new Map([
 ]);
 
 /** The chain of a disk (top first) and all its files, or the file alone when it cannot be opened. */
-async function chainOf(path: string, state: VmDiskState): Promise<Pick<VmFolderDisk, 'layers' | 'files'>> {
+export async function chainOf(path: string, state: VmDiskState): Promise<Pick<VmFolderDisk, 'layers' | 'files'>> {
   if (state === 'missing' || state === 'unreadable') return { layers: [path], files: [path] };
   try {
     const disk = await openVmdk(path, { readOnly: true, allowEncrypted: true });
@@ -163,12 +165,43 @@ async function listQemuFolder(dir: string): Promise<VmFolderFiles> {
  * An encrypted .vmx needs `keys` (or `plainVmx`), else ERR_VMX_ENCRYPTED.
  */
 export async function listVmFolder(dirOrFile: string, options: ListVmFolderOptions = {}): Promise<VmFolderFiles> {
-  const st = await stat(dirOrFile).catch(() => undefined);
-  if (st?.isDirectory()) {
-    const names = await readdir(dirOrFile);
-    const hasVmx = names.some((n) => /\.vmx$/i.test(n));
-    if (!hasVmx && names.includes(MANIFEST_NAME)) return listQemuFolder(dirOrFile);
-  }
+  if (await isQemuVmFolder(dirOrFile)) return listQemuFolder(dirOrFile);
   const vmx = await findVmx(dirOrFile);
   return listVmxFolder(dirname(vmx), vmx, options);
+}
+
+/** Whether `dir` is a qemu VM folder: a folder with no .vmx and a vmseal-vm.json. */
+export async function isQemuVmFolder(dir: string): Promise<boolean> {
+  const st = await stat(dir).catch(() => undefined);
+  if (!st?.isDirectory()) return false;
+  const names = await readdir(dir);
+  return !names.some((n) => /\.vmx$/i.test(n)) && names.includes(MANIFEST_NAME);
+}
+
+/**
+ * What `vmseal vm info` reports for a qemu VM folder: its disks' states (the manifest stays in the
+ * clear, so `configEncrypted` is false and `vmx` is the manifest's path) and an interrupted job.
+ */
+export async function inspectQemuVm(dir: string): Promise<VmInfo> {
+  const files = await listQemuFolder(dir);
+  const disks = files.disks.map(({ device, fileName, path, state, detail }) => ({
+    device,
+    fileName,
+    path,
+    state,
+    ...(detail !== undefined ? { detail } : {}),
+  }));
+  const pending = await readVmJob(dir);
+  return {
+    vmx: files.config,
+    configEncrypted: false,
+    lockers: [],
+    disks,
+    encryptedDisks: disks.filter((d) => d.state === 'vmseal' || d.state === 'vmware').length,
+    mixed: isMixed(disks),
+    holdsDiskKey: false,
+    ...(pending
+      ? { job: { operation: pending.operation, started: pending.started, stepsDone: pending.steps.filter((s) => s.done).length, steps: pending.steps.length } }
+      : {}),
+  };
 }

@@ -32,7 +32,16 @@ export {
 export { findVmx, encryptVmxFile, decryptVmxFile, type EncryptVmxFileResult, type DecryptVmxFileResult } from './vmx-io.js';
 export { inspectVm, vmxDisks, diskState, type VmInfo, type VmDisk, type VmDiskState, type InspectVmOptions } from './config-disks.js';
 // A VM folder's files (disks with their snapshot chains, state files), for the folder jobs and `vm rekey`:
-export { listVmFolder, type VmFolderFiles, type VmFolderDisk, type VmStateFileEntry, type VmStateFileKind, type ListVmFolderOptions } from './folder-files.js';
+export {
+  listVmFolder,
+  isQemuVmFolder,
+  inspectQemuVm,
+  type VmFolderFiles,
+  type VmFolderDisk,
+  type VmStateFileEntry,
+  type VmStateFileKind,
+  type ListVmFolderOptions,
+} from './folder-files.js';
 // A VM folder as one unit: vm encrypt / vm decrypt of every file in one journaled job, and the all-or-none rule.
 export {
   encryptVmFolder,

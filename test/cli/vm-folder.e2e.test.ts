@@ -2,7 +2,7 @@
 // (a sparse disk of ext4 data, a flat disk, an .nvram, a snapshot state file, a .vmx naming the
 // disks) goes through vm encrypt, vm info and vm decrypt as one unit, checked by hashes of the disk
 // contents (qemu-img convert -O raw, independent of vmseal) and of the plain files; a mixed VM is
-// completed and reversed; a snapshot chain is refused; vm tpm refuses a mixed VM. (A killed vm
+// completed and reversed; a snapshot chain goes through as one disk; vm tpm refuses a mixed VM. (A killed vm
 // encrypt: vm-folder-kill.e2e.test.ts.)
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -172,23 +172,49 @@ describe('vm encrypt DIR / vm info / vm decrypt DIR', () => {
     await expectPlain(vm);
   }, 60_000);
 
-  it('refuses a snapshot chain with ERR_VM_SNAPSHOT naming the workaround, and changes nothing', async () => {
+  it('encrypts a snapshot chain as one disk (every layer under one DEK, layer ids) and decrypts it back; a chain of flat layers is refused', async () => {
     const vm = await freshVm();
-    await qemuImg(['create', '-q', '-f', 'vmdk', '-b', 'disk0.vmdk', '-F', 'vmdk', join(vm, 'disk0-000001.vmdk')]);
+    // disk0.vmdk <- disk0-000001.vmdk, the child holding data of its own over part of the parent's.
+    const child = join(vm, 'disk0-000001.vmdk');
+    await qemuImg(['create', '-q', '-f', 'vmdk', '-b', 'disk0.vmdk', '-F', 'vmdk', child]);
+    await execFileP('qemu-io', ['-c', 'write -P 0x5a 1M 256k', '-c', 'write -P 0xa5 0 4k', child]);
     await writeFile(join(vm, 'web.vmx'), VMX.replace('"disk0.vmdk"', '"disk0-000001.vmdk"'));
-    const r = await vmseal(['vm', 'encrypt', vm, '--json'], env);
+    const chainPlain = await contentHash(child);
+    const vmxPlain = await sha256File(join(vm, 'web.vmx'));
+    const enc = json(ok(await vmseal(['vm', 'encrypt', vm, '--json'], env)));
+    const layers = await Promise.all([child, join(vm, 'disk0.vmdk')].map(async (f) => (await readEncryptionParams(f))!));
+    // One DEK for the chain: the same KeySafe, disk id and cipher in both layers, each its own layer id, the
+    // child naming its parent's; the KeySafe under the VM's KEK.
+    expect(layers[0]!.keySafe).toBe(layers[1]!.keySafe);
+    expect(layers[0]!.diskId).toBe(layers[1]!.diskId);
+    expect(layers[0]!.parentLayerId).toBe(layers[1]!.layerId);
+    expect(layers[0]!.layerId).not.toBe(layers[1]!.layerId);
+    expect(await diskKeks(child)).toEqual([enc.kek.keyId]);
+    expect(existsSync(join(vm, '.disk0-000001.vmdk.vmseal-chain'))).toBe(false);
+    const info = json(ok(await vmseal(['vm', 'info', vm, '--json'], env)));
+    expect(info).toMatchObject({ configEncrypted: true, encryptedDisks: 2, mixed: false });
+    ok(await vmseal(['vm', 'decrypt', vm], env));
+    expect(await contentHash(child)).toBe(chainPlain);
+    expect(await contentHash(join(vm, 'data.vmdk'))).toBe(plain['data.vmdk']);
+    expect(await sha256File(join(vm, 'web.vmx'))).toBe(vmxPlain);
+    expect(await readEncryptionParams(join(vm, 'disk0.vmdk'))).toBeNull();
+
+    // A chain whose layers have extent files of their own cannot be moved by name: refused, nothing changed.
+    const flat = await freshVm();
+    await qemuImg(['create', '-q', '-f', 'vmdk', '-b', 'data.vmdk', '-F', 'vmdk', join(flat, 'data-000001.vmdk')]);
+    await writeFile(join(flat, 'web.vmx'), VMX.replace('"data.vmdk"', '"data-000001.vmdk"'));
+    const r = await vmseal(['vm', 'encrypt', flat, '--json'], env);
     expect(r.code).toBe(5);
     const err = JSON.parse(r.stdout);
     expect(err.error.code).toBe('ERR_VM_SNAPSHOT');
-    expect(err.error.message).toContain('consolidate the snapshots first');
-    expect(existsSync(join(vm, VM_JOB_NAME))).toBe(false);
-    expect(await contentHash(join(vm, 'data.vmdk'))).toBe(plain['data.vmdk']);
-    expect(await sha256File(join(vm, 'web.nvram'))).toBe(plain['web.nvram']);
+    expect(err.error.message).toContain('single-file layers');
+    expect(existsSync(join(flat, VM_JOB_NAME))).toBe(false);
+    expect(await sha256File(join(flat, 'web.nvram'))).toBe(plain['web.nvram']);
   }, 60_000);
 });
 
 describe('vm tpm', () => {
-  it('refuses a mixed VM with ERR_VM_MIXED, listing the disks in each state', async () => {
+  it('refuses a mixed VM with ERR_VM_MIXED, listing the disks in each state (vm info reports it)', async () => {
     const vm = join(dir, `qemu${n++}`);
     await mkdir(vm);
     await cp(join(template, 'disk0.vmdk'), join(vm, 'a.vmdk'));
@@ -198,6 +224,13 @@ describe('vm tpm', () => {
       JSON.stringify({ format: 'vmseal-vm', version: 1, disks: [{ file: 'a.vmdk' }, { file: 'b.vmdk' }], tpm: { state: 'tpm' } }),
     );
     ok(await vmseal(['encrypt', join(vm, 'b.vmdk'), '--in-place'], env));
+    // vm info reads a qemu folder from its manifest too, and says it is mixed.
+    const info = json(ok(await vmseal(['vm', 'info', vm, '--json'], env)));
+    expect(info).toMatchObject({ configEncrypted: false, encryptedDisks: 1, mixed: true });
+    expect(info.disks.map((d: { device: string; state: string }) => [d.device, d.state])).toEqual([
+      ['disks[0]', 'plain'],
+      ['disks[1]', 'vmseal'],
+    ]);
     const r = await vmseal(['vm', 'tpm', vm], env);
     expect(r.code).toBe(5);
     const line = expectOneLineError(r);

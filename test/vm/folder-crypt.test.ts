@@ -106,7 +106,7 @@ describe('refused before anything changes', () => {
     });
   });
 
-  it('a damaged job file, or an interrupted job of the other operation: ERR_VM_JOB', async () => {
+  it("a damaged job file, an interrupted job of the other operation, or another KEK than the interrupted job's: ERR_VM_JOB", async () => {
     const vm = fresh();
     writeFileSync(join(vm, VM_JOB_NAME), '{"format": "something else"}');
     await expect(encryptVmFolder(vm, { provider })).rejects.toMatchObject({ code: 'ERR_VM_JOB' });
@@ -115,6 +115,22 @@ describe('refused before anything changes', () => {
       JSON.stringify({ format: 'vmseal-vm-job', version: 1, operation: 'decrypt', started: 'x', steps: [{ kind: 'disk', file: 'd0.vmdk', done: false }] }),
     );
     await expect(encryptVmFolder(vm, { provider })).rejects.toMatchObject({ code: 'ERR_VM_JOB', message: expect.stringContaining('interrupted vm decrypt') });
+    // An interrupted encrypt is finished under its own KEK only: another key id is refused, not mixed in.
+    writeFileSync(
+      join(vm, VM_JOB_NAME),
+      JSON.stringify({
+        format: 'vmseal-vm-job',
+        version: 1,
+        operation: 'encrypt',
+        started: 'x',
+        kek: { providerId: provider.id, keyId: 'the-first-runs-key' },
+        steps: [{ kind: 'disk', file: 'd0.vmdk', done: false }],
+      }),
+    );
+    await expect(encryptVmFolder(vm, { provider, keyId: 'another-key' })).rejects.toMatchObject({
+      code: 'ERR_VM_JOB',
+      message: expect.stringContaining('give the same key options as the first run'),
+    });
     expect((await listVmFolder(vm)).disks[0]!.state).toBe('plain');
   });
 });

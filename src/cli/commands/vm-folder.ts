@@ -4,11 +4,18 @@
  * interrupted run is finished by running the same command again.
  */
 import type { LockerSpec, UnlockOptions } from '../../keys/index.js';
-import { decryptVmFolder, encryptVmFolder, findVmx, isEncryptedVmx, vmxLockers, VmxFile, type VmFolderResult, type VmFolderStepEvent } from '../../vm/index.js';
-import { MANIFEST_NAME } from '../../vm/manifest.js';
+import {
+  decryptVmFolder,
+  encryptVmFolder,
+  findVmx,
+  isQemuVmFolder,
+  isEncryptedVmx,
+  vmxLockers,
+  VmxFile,
+  type VmFolderResult,
+  type VmFolderStepEvent,
+} from '../../vm/index.js';
 import { readVmxFile } from '../../vm/vmx-io.js';
-import { stat } from 'node:fs/promises';
-import { join } from 'node:path';
 import type { Ctx } from '../context.js';
 import { usageError } from '../errors.js';
 import { withKeys, type KeySession } from '../key-session.js';
@@ -16,22 +23,9 @@ import { vmxUnlock, type VmCliOptions } from './vm-keys.js';
 
 const KIND_TEXT: Record<VmFolderStepEvent['kind'], string> = { disk: 'disk', state: 'state file', tpm: 'vTPM state key', config: 'configuration' };
 
-/** Whether `target` is a qemu VM folder (vmseal-vm.json and no .vmx). */
-async function isQemuFolder(target: string): Promise<boolean> {
-  const manifest = await stat(join(target, MANIFEST_NAME)).then(
-    (s) => s.isFile(),
-    () => false,
-  );
-  if (!manifest) return false;
-  return findVmx(target).then(
-    () => false,
-    () => true,
-  );
-}
-
 /** How to open the VM's encrypted parts: the .vmx's own lockers when it is encrypted, else the configured providers. */
 async function folderUnlock(keys: KeySession, target: string): Promise<UnlockOptions> {
-  if (!(await isQemuFolder(target))) {
+  if (!(await isQemuVmFolder(target))) {
     const vmx = await findVmx(target);
     const file = VmxFile.parse(await readVmxFile(vmx), vmx);
     if (isEncryptedVmx(file)) return vmxUnlock(keys, vmx, vmxLockers(file), file.rawBytes('encryption.keySafe')!.toString('latin1'), true);

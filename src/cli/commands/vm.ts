@@ -5,7 +5,20 @@
  */
 import { dirname } from 'node:path';
 import type { LockerInfo, LockerSpec } from '../../keys/index.js';
-import { VmError, VmxFile, decryptVmxFile, encryptVmxFile, findVmx, inspectVm, isEncryptedVmx, vmxLockers, type VmDisk, type VmInfo } from '../../vm/index.js';
+import {
+  VmError,
+  VmxFile,
+  inspectQemuVm,
+  isQemuVmFolder,
+  decryptVmxFile,
+  encryptVmxFile,
+  findVmx,
+  inspectVm,
+  isEncryptedVmx,
+  vmxLockers,
+  type VmDisk,
+  type VmInfo,
+} from '../../vm/index.js';
 import { readVmxFile } from '../../vm/vmx-io.js';
 import { vmJobCommand } from '../../vm/folder-job.js';
 import type { Ctx } from '../context.js';
@@ -139,6 +152,12 @@ export function vmInfoLines(info: VmInfo): string[] {
 
 export async function vmInfoCommand(ctx: Ctx, target: string, opts: VmCliOptions): Promise<void> {
   ctx.doing = `cannot inspect the VM ${target}`;
+  if (await isQemuVmFolder(target)) {
+    const qemu = await inspectQemuVm(target);
+    ctx.output.result({ ok: true, command: 'vm info', ...qemu });
+    for (const line of vmInfoLines(qemu)) ctx.output.line(line);
+    return;
+  }
   const vmx = await findVmx(target);
   const file = await readVmx(vmx);
   let info: VmInfo;
