@@ -114,6 +114,21 @@ describe('vmServeDisks and serve()', () => {
     expect((await decrypted(vars)).equals(plain)).toBe(true);
   });
 
+  it('a live snapshot of the variables export is refused: a state file has no layers', async () => {
+    const { dir, vars, plain } = await vmFolder();
+    const socket = join(dir, 'nbd.sock');
+    const host = await serve({ disks: await vmServeDisks(dir), listen: { socket }, keys: KEYS });
+    try {
+      const err = (await host.snapshot('vm1-vars').catch((e: unknown) => e)) as { code: string; message: string };
+      expect(err.code).toBe('ERR_SERVE_EXPORT');
+      expect(err.message).toContain('has no snapshots');
+      expect(host.exports().find((e) => e.name === 'vm1-vars')).toMatchObject({ path: vars });
+    } finally {
+      await host.close();
+    }
+    expect((await decrypted(vars)).equals(plain)).toBe(true);
+  });
+
   it('a mixed VM is refused, naming the disks in each state, unless allowMixed', async () => {
     const { dir } = await vmFolder({ plainDisk: true });
     const err = (await vmServeDisks(dir).catch((e: unknown) => e)) as VmError;
