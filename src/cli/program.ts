@@ -516,7 +516,7 @@ Examples:
 
   const vmCommand = program
     .command('vm')
-    .summary("a VM folder as one unit: encrypt, decrypt and inspect its disks, state files and configuration (.vmx, in VMware's construction)")
+    .summary("a VM folder as one unit: encrypt, decrypt, rekey and inspect its disks, state files and configuration (.vmx, in VMware's construction)")
     .description(
       'A VM is the folder of its .vmx (or the .vmx itself). The .vmx is encrypted as VMware does it (Workstation password-protected VMs, vSphere VM Encryption): encryption.keySafe holds the configuration key under its lockers (a key provider, a passphrase), encryption.data the configuration; .encoding, displayName and encryptedVM.guid stay in the clear. Without --config-only, encrypt and decrypt take the whole VM folder as one journaled job: its disks, then its state files (.nvram, .vmsn, .vmem, .vmss), then the .vmx, all under one key-encryption key per VM; an interrupted job is finished by running the same command again. docs/vm.md specifies the formats.',
     );
