@@ -15,7 +15,9 @@ import { readFile, stat } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { describeKeySafe, unlockKeySafe, KeyCache, LocalKeyProvider, type KeyProvider, type LockerSpec, type UnlockOptions } from '../keys/index.js';
-import { KmipKeyProvider } from '../kmip/index.js';
+// Type only: the KMIP client (TTLV codec, TLS connections) is loaded when a KMIP provider is first
+// needed, so that commands using the local keystore or a passphrase do not pay for loading it.
+import type { KmipKeyProvider } from '../kmip/index.js';
 import { readEncryptionParams } from '../disk/index.js';
 import { CliError, usageError } from './errors.js';
 import { ExitCode } from './exit-codes.js';
@@ -192,8 +194,8 @@ export class KeySession {
   kmip(id: string = this.opts.kmsId ?? DEFAULT_KMS_ID): Promise<KmipKeyProvider> {
     let p = this.kmipProviders.get(id);
     if (!p) {
-      p = this.loadKmsConfig().then(
-        (c) =>
+      p = Promise.all([this.loadKmsConfig(), import('../kmip/index.js')]).then(
+        ([c, { KmipKeyProvider }]) =>
           new KmipKeyProvider({
             id,
             endpoints: c.endpoints,

@@ -1,13 +1,24 @@
 /**
  * The copy job's writes into its new disk, by the path outputWritePath chooses (direct-write.ts):
  * O_DIRECT for flat outputs on a disk, the page cache with write-behind for sparse outputs, the
- * page cache alone on tmpfs. Writes start in increasing offsets; only the direct path lets several
- * run at once (writeConcurrency).
+ * page cache alone on tmpfs. Writes start in increasing offsets; writes into flat files (the direct
+ * path, and flat outputs on tmpfs) may run several at once (writeConcurrency): positional writes
+ * into a flat file do not depend on each other's order. Sparse outputs keep one at a time (the VMDK
+ * layer allocates grains in order).
  */
 import type { VirtualDisk } from '../vmdk/index.js';
 import { DIRECT_WRITE_CONCURRENCY, DirectWriter, directFlag, isFlatOutput, outputWritePath, type OutputWritePath } from './direct-write.js';
 import { onMemoryFs } from './output-files.js';
 import { WriteBehind } from './write-behind.js';
+
+/**
+ * Chunks written at once into a flat output on tmpfs. tmpfs serializes writes into one file (the
+ * inode lock), so the writes of a copy job are its critical path there: with one at a time, each
+ * chunk's write waited for the event loop to come back from the last one (wake the loop, run the
+ * callbacks, queue the next write, wake a pool thread). With a second write queued, a pool thread
+ * is already waiting on the lock when the first one releases it.
+ */
+export const MEMORY_WRITE_CONCURRENCY = 2;
 
 export interface OutputWriter {
   readonly path: OutputWritePath;
@@ -20,13 +31,14 @@ export interface OutputWriter {
 
 /** `folder`: where the disk's files are (the staging folder), for the file-system check. */
 export async function openOutputWriter(disk: VirtualDisk, folder: string): Promise<OutputWriter> {
-  const path = outputWritePath({ memoryFs: await onMemoryFs(folder), flat: isFlatOutput(disk), directAvailable: directFlag() !== undefined });
+  const flat = isFlatOutput(disk);
+  const path = outputWritePath({ memoryFs: await onMemoryFs(folder), flat, directAvailable: directFlag() !== undefined });
   const direct = path === 'direct' ? DirectWriter.open(disk) : null;
   if (direct) return { path, writeConcurrency: DIRECT_WRITE_CONCURRENCY, write: (offset, data) => direct.write(offset, data), close: () => direct.close() };
   const behind = path === 'write-behind' ? WriteBehind.open(disk) : null;
   return {
     path,
-    writeConcurrency: 1,
+    writeConcurrency: path === 'page-cache' && flat ? MEMORY_WRITE_CONCURRENCY : 1,
     async write(offset, data) {
       await disk.write(offset, data);
       behind?.written(offset, data.length);

@@ -8,10 +8,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createDisk, openDisk } from '../../src/vmdk/index.js';
 import { allocateCipherBuffer } from '../../src/xts/index.js';
-import { DIRECT_ALIGN, DirectWriter, isFlatOutput, outputWritePath } from '../../src/pipeline/direct-write.js';
+import { DIRECT_ALIGN, DIRECT_WRITE_CONCURRENCY, DirectWriter, isFlatOutput, outputWritePath } from '../../src/pipeline/direct-write.js';
 import { onMemoryFs, outputFiles, TMPFS_MAGIC } from '../../src/pipeline/output-files.js';
-import { openOutputWriter } from '../../src/pipeline/output-writer.js';
-import { encryptDisk, verifyDisk } from '../../src/index.js';
+import { MEMORY_WRITE_CONCURRENCY, openOutputWriter } from '../../src/pipeline/output-writer.js';
+import { decryptDisk, encryptDisk, verifyDisk } from '../../src/index.js';
 
 const MiB = 1 << 20;
 let dir: string;
@@ -89,14 +89,19 @@ describe('outputWritePath', () => {
         const a = await openOutputWriter(flat, dir);
         const b = await openOutputWriter(sparse, dir);
         expect([a.path, b.path]).toEqual(['direct', 'write-behind']);
+        expect([a.writeConcurrency, b.writeConcurrency]).toEqual([DIRECT_WRITE_CONCURRENCY, 1]);
         await a.close();
         await b.close();
       }
       const shm = shmDir();
       if (shm) {
+        // Flat files on tmpfs take a second write while one runs (a sparse output keeps its order).
         const c = await openOutputWriter(flat, shm);
-        expect(c.path).toBe('page-cache');
+        const d = await openOutputWriter(sparse, shm);
+        expect([c.path, d.path]).toEqual(['page-cache', 'page-cache']);
+        expect([c.writeConcurrency, d.writeConcurrency]).toEqual([MEMORY_WRITE_CONCURRENCY, 1]);
         await c.close();
+        await d.close();
       }
     } finally {
       await flat.close();
@@ -211,5 +216,24 @@ describe('copy job on a disk folder', () => {
     await encryptDisk(src, out, { subformat: 'monolithicFlat', lockers, chunkSize: 4 * MiB });
     const r = await verifyDisk(out, { keys: { passphrase: 'pw' }, against: src });
     expect(r.ok).toBe(true);
+  });
+});
+
+describe('copy job on tmpfs', () => {
+  it('an encrypt to monolithicFlat with two chunk writes at once verifies, and decrypts to the same bytes', async () => {
+    const shm = shmDir();
+    if (!shm) return;
+    const src = join(shm, 'in.img');
+    const capacity = 9 * MiB + 3 * 512;
+    const data = pattern(capacity, 9);
+    writeFileSync(src, data);
+    const out = join(shm, 'out.vmdk');
+    const lockers = [{ kind: 'passphrase' as const, passphrase: 'pw', rounds: 1000 }];
+    // 1 MiB chunks: ten writes, up to two of them running at once, finishing in any order.
+    await encryptDisk(src, out, { subformat: 'monolithicFlat', lockers, chunkSize: MiB });
+    expect((await verifyDisk(out, { keys: { passphrase: 'pw' }, against: src })).ok).toBe(true);
+    const back = join(shm, 'back.img');
+    await decryptDisk(out, back, { keys: { passphrase: 'pw' }, subformat: 'raw', chunkSize: MiB });
+    expect(readFileSync(back).equals(data)).toBe(true);
   });
 });
