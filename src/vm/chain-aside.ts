@@ -2,7 +2,7 @@
  * A disk's snapshot chain encrypted or decrypted as one: written aside, then moved over the chain.
  *
  * No in-place job takes a chain (every layer must end under ONE DEK with layer ids, docs/format.md
- * version 3), so the new chain is built in a staging folder beside the top, `.<top>.vmseal-chain/`,
+ * version 3), so the new chain is built in a staging folder beside the top, `.<top>.vmseal-chain-<op>/`,
  * with the same file names:
  *
  *   1. the base disk: a copy job (encryptDisk under the VM's lockers / decryptDisk), monolithicSparse;
@@ -43,14 +43,18 @@ export interface ChainJobOptions {
   signal?: AbortSignal;
 }
 
-/** The staging folder of the chain whose top is `top`. */
-export function chainStagePath(top: string): string {
-  return join(dirname(top), `.${basename(top)}.vmseal-chain`);
+/**
+ * The staging folder of `operation` for the chain whose top is `top`. The operation is in the name:
+ * a committed folder that an encryption left (its removal lost in a crash) must never be moved over
+ * the chain by a later decryption.
+ */
+export function chainStagePath(top: string, operation: ChainJobOptions['operation']): string {
+  return join(dirname(top), `.${basename(top)}.vmseal-chain-${operation}`);
 }
 
-/** Whether an earlier run left a staging folder for the chain of `top`. */
-export async function hasChainStage(top: string): Promise<boolean> {
-  return exists(chainStagePath(top));
+/** Whether an earlier run of `operation` left a staging folder for the chain of `top`. */
+export async function hasChainStage(top: string, operation: ChainJobOptions['operation']): Promise<boolean> {
+  return exists(chainStagePath(top, operation));
 }
 
 async function exists(path: string): Promise<boolean> {
@@ -112,7 +116,9 @@ export function checkChainMovable(top: string, layers: string[], files: string[]
  */
 export async function runChainJob(layers: string[], options: ChainJobOptions): Promise<void> {
   const top = layers[0]!;
-  const stage = chainStagePath(top);
+  // The other operation's folder is a finished job's (the VM's job file names one operation at a time).
+  await rm(chainStagePath(top, options.operation === 'encrypt' ? 'decrypt' : 'encrypt'), { recursive: true, force: true });
+  const stage = chainStagePath(top, options.operation);
   const record = join(stage, COMMIT);
   if (await exists(record)) return moveOver(stage, (JSON.parse(await readFile(record, 'utf8')) as { files: string[] }).files);
   const bottomUp = [...layers].reverse();

@@ -193,12 +193,13 @@ function planDecrypt(files: VmFolderFiles): VmJobStep[] {
 }
 
 /**
- * For a disk step: the chain's layers when the disk is a snapshot chain still to do (or one an
- * earlier run left staged), 'skipped' when the chain is already in the state `doneState`, undefined
- * for a disk without snapshots.
+ * For a disk step of `operation`: the chain's layers when the disk is a snapshot chain still to do
+ * (or one an earlier run left staged), 'skipped' when the chain is already done, undefined for a
+ * disk without snapshots.
  */
-async function chainStep(path: string, doneState: VmDiskState): Promise<string[] | 'skipped' | undefined> {
-  if (await hasChainStage(path)) return (await chainOf(path, 'plain')).layers;
+async function chainStep(path: string, operation: VmJobOperation): Promise<string[] | 'skipped' | undefined> {
+  const doneState: VmDiskState = operation === 'encrypt' ? 'vmseal' : 'plain';
+  if (await hasChainStage(path, operation)) return (await chainOf(path, 'plain')).layers;
   const s = await diskState(path);
   const { layers } = await chainOf(path, s.state);
   if (layers.length <= 1) return undefined;
@@ -277,7 +278,7 @@ export async function encryptVmFolder(dirOrFile: string, options: EncryptVmFolde
     const steps = await runSteps(dir, job, options, async (step, path) => {
       if (step.kind === 'disk') {
         // A snapshot chain is written aside and moved over itself (chain-aside.ts).
-        const chain = await chainStep(path, 'vmseal');
+        const chain = await chainStep(path, 'encrypt');
         if (chain === 'skipped') return chain;
         if (chain !== undefined) {
           await runChainJob(chain, { operation: 'encrypt', lockers, keys, ...cache, ...signal });
@@ -325,7 +326,7 @@ export async function decryptVmFolder(dirOrFile: string, options: DecryptVmFolde
     const signal = options.signal ? { signal: options.signal } : {};
     const steps = await runSteps(dir, job, options, async (step, path) => {
       if (step.kind === 'disk') {
-        const chain = await chainStep(path, 'plain');
+        const chain = await chainStep(path, 'decrypt');
         if (chain === 'skipped') return chain;
         if (chain !== undefined) {
           await runChainJob(chain, { operation: 'decrypt', keys, ...signal });

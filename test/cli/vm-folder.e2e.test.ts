@@ -190,7 +190,7 @@ describe('vm encrypt DIR / vm info / vm decrypt DIR', () => {
     expect(layers[0]!.parentLayerId).toBe(layers[1]!.layerId);
     expect(layers[0]!.layerId).not.toBe(layers[1]!.layerId);
     expect(await diskKeks(child)).toEqual([enc.kek.keyId]);
-    expect(existsSync(join(vm, '.disk0-000001.vmdk.vmseal-chain'))).toBe(false);
+    expect(existsSync(join(vm, '.disk0-000001.vmdk.vmseal-chain-encrypt'))).toBe(false);
     const info = json(ok(await vmseal(['vm', 'info', vm, '--json'], env)));
     expect(info).toMatchObject({ configEncrypted: true, encryptedDisks: 2, mixed: false });
     ok(await vmseal(['vm', 'decrypt', vm], env));

@@ -1,7 +1,8 @@
 // Power loss at points all through a VM folder job (vm encrypt, vm decrypt), simulated by the
 // fault-injecting file layer (test/helpers/crash-fs.ts: every write and rename not made durable is
-// lost, then SIGKILL): during a disk, after some disks, after the disks and state files before the
-// .vmx, and just before the job file goes. After each, inspectVm reports the interrupted job (once its
+// lost, then SIGKILL): during a disk (the first one has a snapshot: its chain is rewritten aside and
+// moved over itself), after some disks, after the disks and state files before the .vmx, and just
+// before the job file goes. After each, inspectVm reports the interrupted job (once its
 // job file is durable), the same call finishes the job, and the VM decrypts to its original bytes.
 import { spawnSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
@@ -20,7 +21,7 @@ let child: string;
 let template: string;
 let keystore: string;
 const original: Record<string, string> = {};
-const DISKS = ['disk0.vmdk', 'data.vmdk'];
+const DISKS = ['disk0-000001.vmdk', 'data.vmdk'];
 const FILES = ['web.vmx', 'web.nvram'];
 
 const sha256 = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
@@ -49,7 +50,8 @@ function run(op: 'encrypt' | 'decrypt', vm: string, crashAt = 0) {
  */
 function points(ends: number[], total: number, which: 'all' | 'few'): number[] {
   const pts = new Set<number>([Math.round(ends[0]! / 2), ends.at(-1)! - 1, total]);
-  if (which === 'all') pts.add(2);
+  // The first disk is a snapshot chain: also while its new chain is moved over the old one.
+  if (which === 'all') for (const p of [2, ends[0]! - 2, ends[0]! - 5, ends[0]! - 7, ends[0]! - 9]) pts.add(p);
   for (const end of which === 'all' ? ends.slice(0, -1) : [ends[0]!, ends.at(-2)!]) pts.add(end + 1);
   return [...pts].filter((p) => p >= 1 && p <= total).sort((a, b) => a - b);
 }
@@ -77,8 +79,11 @@ beforeAll(async () => {
   const raw = join(tmp.dir, 'd.raw');
   writeFileSync(raw, Buffer.concat([randomBytes(600_000), Buffer.alloc(448_576)]));
   execFileSync('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'vmdk', raw, join(template, 'disk0.vmdk')]);
+  // disk0 has a snapshot: the .vmx names the child, which holds data of its own.
+  execFileSync('qemu-img', ['create', '-q', '-f', 'vmdk', '-b', 'disk0.vmdk', '-F', 'vmdk', join(template, 'disk0-000001.vmdk')]);
+  execFileSync('qemu-io', ['-c', 'write -P 0x5a 256k 128k', join(template, 'disk0-000001.vmdk')]);
   execFileSync('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'vmdk', '-o', 'subformat=monolithicFlat', raw, join(template, 'data.vmdk')]);
-  writeFileSync(join(template, 'web.vmx'), 'displayName = "web"\nscsi0:0.fileName = "disk0.vmdk"\nscsi0:1.fileName = "data.vmdk"\n');
+  writeFileSync(join(template, 'web.vmx'), 'displayName = "web"\nscsi0:0.fileName = "disk0-000001.vmdk"\nscsi0:1.fileName = "data.vmdk"\n');
   writeFileSync(join(template, 'web.nvram'), randomBytes(70_000));
   for (const d of DISKS) original[d] = await contentHash(join(template, d));
   for (const f of FILES) original[f] = sha256(readFileSync(join(template, f)));
