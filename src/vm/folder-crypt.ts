@@ -197,7 +197,7 @@ function planDecrypt(files: VmFolderFiles): VmJobStep[] {
  * (or one an earlier run left staged), 'skipped' when the chain is already done, undefined for a
  * disk without snapshots.
  */
-async function chainStep(path: string, operation: VmJobOperation): Promise<string[] | 'skipped' | undefined> {
+async function chainStep(path: string, operation: 'encrypt' | 'decrypt'): Promise<string[] | 'skipped' | undefined> {
   const doneState: VmDiskState = operation === 'encrypt' ? 'vmseal' : 'plain';
   if (await hasChainStage(path, operation)) return (await chainOf(path, 'plain')).layers;
   const s = await diskState(path);
