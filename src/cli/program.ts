@@ -328,10 +328,10 @@ Examples:
 
   const snapshot = program
     .command('snapshot')
-    .summary('take, list and revert snapshots of a VMDK disk (delta disks, as VMware names them)')
+    .summary('take, list, revert and commit snapshots of a VMDK disk (delta disks, as VMware names them)')
     .description(
       'A snapshot makes the disk a read-only layer (mode 0444) and adds an empty child, <base>-00000N.vmdk, that takes the writes; ' +
-        'DISK may be any layer of a chain. Encrypted disks need their keys to take or revert a snapshot (every layer shares the DEK).',
+        'DISK may be any layer of a chain. Encrypted disks need their keys to take, revert or commit a snapshot (every layer shares the DEK).',
     );
   const snapCreate = snapshot
     .command('create')
@@ -353,6 +353,13 @@ Examples:
     .option('--recovery-passphrase', 'unlock with the recovery passphrase');
   addKeyOptions(snapRevert, false);
   snapRevert.action((disk: string, opts) => commands.snapshot().then((m) => m.snapshotRevert(ctx, disk, opts)));
+  const snapCommit = snapshot
+    .command('commit')
+    .description('merge the top child DISK into its parent and remove it: the parent becomes the top (journaled; vmseal resume DISK finishes a killed one)')
+    .argument('<DISK>', 'the top of a chain')
+    .option('--recovery-passphrase', 'unlock with the recovery passphrase');
+  addKeyOptions(snapCommit, false);
+  snapCommit.action((disk: string, opts) => commands.snapshot().then((m) => m.snapshotCommit(ctx, disk, opts)));
 
   const verify = program
     .command('verify')

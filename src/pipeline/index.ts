@@ -23,3 +23,4 @@ export {
 } from './inplace.js';
 export type { KeyRotation, KeptReason } from './retire.js';
 export { inspectDisk, verifyDisk, type DiskInfo, type InspectOptions, type VerifyOptions, type VerifyResult } from './inspect.js';
+export { commitSnapshot, type CommitSnapshotOptions, type CommitResult } from './commit.js';

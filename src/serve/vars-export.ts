@@ -24,6 +24,9 @@ export class StateFileDisk {
   readonly unitSize = 1;
   readonly grainSize: undefined = undefined;
   readonly subformat = 'vmseal state file';
+  /** Not a VMDK: no change bitmap is kept for it (backup/change-bitmap.ts tracks VMDK generations). */
+  readonly format = 'raw' as const;
+  readonly descriptor: undefined = undefined;
   readonly #image: StateFileImage;
 
   constructor(image: StateFileImage) {
