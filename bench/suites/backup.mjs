@@ -15,7 +15,7 @@
 // Run: node bench/run.mjs backup [--quick]
 //   BENCH_BACKUP_MIB=N: the disk's data size in MiB (default 2048; 256 with --quick), for a quick check.
 import { spawnSync } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, rmSync, statfsSync, writeSync } from 'node:fs';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, rmSync, statfsSync, writeSync } from 'node:fs';
 import { randomFillSync, randomInt } from 'node:crypto';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
