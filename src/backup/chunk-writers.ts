@@ -19,9 +19,14 @@
  * The worker's code is the function `workerMain` below, sent as source text (`eval` worker): it
  * needs no separate file, which works the same from src/ under vitest and from the bundles in dist/.
  * It must therefore use nothing from this module's scope: it gets `require` as its argument.
+ *
+ * `VMSEAL_BACKUP_CHUNK_THREADS=0` (for vmseal's own tests) stores on the JS thread through
+ * Repository.putChunk instead: the crash tests' fault-injecting file layer patches node:fs/promises
+ * of the JS thread only, so that is the path they model (the same steps in the same order).
  */
 import { Worker } from 'node:worker_threads';
 import { availableParallelism } from 'node:os';
+import { sha256Hex, type Repository } from './repository.js';
 
 /** What a worker answers for a job. */
 export interface StoredChunk {
@@ -117,6 +122,12 @@ function reviveError(e: { message: string; code?: string; name?: string }): Erro
   return err;
 }
 
+function defaultThreads(): number {
+  const env = process.env.VMSEAL_BACKUP_CHUNK_THREADS;
+  if (env !== undefined && /^[0-9]$/.test(env)) return Number(env);
+  return Math.min(4, Math.max(2, availableParallelism()));
+}
+
 /**
  * A pool of chunk writers for one repository's `chunks/` folder. Call close() when done (after
  * every store() has settled): it ends the threads.
@@ -130,11 +141,14 @@ export class ChunkWriters {
   private failure: Error | null = null;
   private closing = false;
 
-  /** `root`: the repository's `chunks` folder; `threads`: default the available cores, at least 2 and at most 4. */
+  private readonly root: string;
+
+  /** `threads`: default the available cores, at least 2 and at most 4; 0: on the JS thread (see above). */
   constructor(
-    private readonly root: string,
-    threads = Math.min(4, Math.max(2, availableParallelism())),
+    private readonly repo: Repository,
+    threads = defaultThreads(),
   ) {
+    this.root = repo.chunkRoot;
     for (let i = 0; i < threads; i++) {
       const w = new Worker(SOURCE, { eval: true });
       w.on('message', (a: Answer) => this.answer(w, a));
@@ -151,6 +165,11 @@ export class ChunkWriters {
   /** Hash `length` bytes of `buffer` and store them unless present; the buffer must not change until this settles. */
   async store(buffer: SharedArrayBuffer, length: number): Promise<StoredChunk> {
     if (this.failure) throw this.failure;
+    if (this.workers.length === 0) {
+      const data = Buffer.from(buffer, 0, length);
+      const hash = sha256Hex(data);
+      return { hash, wrote: !(await this.repo.hasChunk(hash)) && (await this.repo.putChunk(hash, data)) };
+    }
     const w = this.idle.pop() ?? (await new Promise<Worker>((resolve) => this.waiting.push(resolve)));
     if (this.failure) {
       this.release(w);

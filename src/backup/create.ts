@@ -182,7 +182,7 @@ async function backUp(
   const written = new Set<string>();
   let done = false;
   // Hashing and storing run in worker threads (chunk-writers.ts); the reads stay here.
-  const writers = new ChunkWriters(repo.chunkRoot);
+  const writers = new ChunkWriters(repo);
   const worker = async (): Promise<void> => {
     const shared = new SharedArrayBuffer(CHUNK_SIZE);
     const buf = Buffer.from(shared);

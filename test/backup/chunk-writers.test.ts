@@ -29,9 +29,9 @@ function chunkFiles(root: string): string[] {
 }
 
 describe('ChunkWriters', () => {
-  it('stores a chunk once under its SHA-256 with mode 0600 and leaves no temp file', async () => {
-    const repo = await openRepository((await initRepository(join(tmp.dir, 'r1'))).path);
-    const writers = new ChunkWriters(repo.chunkRoot, 2);
+  it.each([2, 0])('stores a chunk once under its SHA-256 with mode 0600 and leaves no temp file (%i threads)', async (threads) => {
+    const repo = await openRepository((await initRepository(join(tmp.dir, `r1-${threads}`))).path);
+    const writers = new ChunkWriters(repo, threads);
     try {
       const { shared, data } = chunkOf(1 << 20);
       const first = await writers.store(shared, data.length);
@@ -51,7 +51,7 @@ describe('ChunkWriters', () => {
 
   it('writes a chunk stored by many jobs at once exactly once, and many distinct chunks in parallel', async () => {
     const repo = await openRepository((await initRepository(join(tmp.dir, 'r2'))).path);
-    const writers = new ChunkWriters(repo.chunkRoot, 4);
+    const writers = new ChunkWriters(repo, 4);
     try {
       const same = chunkOf(65536);
       const copies = await Promise.all(Array.from({ length: 8 }, () => writers.store(same.shared, 65536)));
@@ -70,7 +70,7 @@ describe('ChunkWriters', () => {
 
   it('rejects with the file system error (its code kept) and goes on serving the next jobs', async () => {
     const repo = await openRepository((await initRepository(join(tmp.dir, 'r3'))).path);
-    const writers = new ChunkWriters(repo.chunkRoot, 2);
+    const writers = new ChunkWriters(repo, 2);
     try {
       const { shared, data } = chunkOf(8192);
       const hash = sha256Hex(data);
