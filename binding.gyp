@@ -51,6 +51,7 @@
       'dependencies': ['vmseal_xts_core'],
       'sources': [
         'native/addon.cc',
+        'native/fs_copy.cc',
         'native/fs_extents.cc',
         'native/fs_lock.cc',
         'native/fs_nowait.cc',

@@ -16,7 +16,8 @@ export default defineConfig([
   },
   {
     // Commands are imported when they run (src/cli/program.ts): their chunks go beside main.js.
-    entry: { main: 'src/cli/main.ts' },
+    // batch-worker.js is the script of a batch's worker threads (src/cli/batch-pool.ts finds it there).
+    entry: { main: 'src/cli/main.ts', 'batch-worker': 'src/cli/batch-worker.ts' },
     outDir: 'dist/cli',
     format: ['esm'],
     sourcemap: true,

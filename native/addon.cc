@@ -41,6 +41,7 @@
 #define VMSEAL_HAVE_MMAP 0
 #endif
 
+#include "fs_copy.h"
 #include "fs_extents.h"
 #include "fs_lock.h"
 #include "fs_nowait.h"
@@ -937,6 +938,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitFileExtents(env, exports);
   InitFileWriteback(env, exports);
   InitFileNowait(env, exports);
+  InitFileCopy(env, exports);
   return exports;
 }
 

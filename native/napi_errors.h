@@ -1,6 +1,6 @@
-// The argument and system errors of the small native calls beside the XTS glue (fs_extents.cc,
-// fs_lock.cc, fs_nowait.cc, fs_writeback.cc): one definition of their shapes, so that every call
-// reports a bad argument and a failed system call the same way.
+// The argument and system errors of the small native calls beside the XTS glue (fs_copy.cc,
+// fs_extents.cc, fs_lock.cc, fs_nowait.cc, fs_writeback.cc): one definition of their shapes, so
+// that every call reports a bad argument and a failed system call the same way.
 //
 // - a bad argument type: TypeError, code ERR_INVALID_ARG_TYPE;
 // - a value out of range: RangeError, code ERR_OUT_OF_RANGE;

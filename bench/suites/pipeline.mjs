@@ -263,7 +263,7 @@ function cliBatch(inDir, outDir, home, jobs) {
   if (r.status !== 0) throw new Error(`vmseal convert (batch, --jobs ${jobs ?? 'default'}) failed: ${r.stderr}`);
   const j = JSON.parse(r.stdout.trim());
   if (j.converted !== j.images) throw new Error(`the batch converted ${j.converted} of ${j.images} images`);
-  return { seconds, jobs: j.jobs };
+  return { seconds, jobs: j.jobs, workers: j.workers ?? 0 };
 }
 
 function batchJobs(base, rounds) {
@@ -278,11 +278,12 @@ function batchJobs(base, rounds) {
     const home = join(dir, 'home');
     const times = { default: [], one: [] };
     let defaultJobs = 0;
+    let workers = 0;
     for (let round = 0; round < rounds; round++) {
       const order = round % 2 ? ['one', 'default'] : ['default', 'one'];
       for (const who of order) {
         const res = cliBatch(inDir, join(dir, 'out'), home, who === 'one' ? '1' : undefined);
-        if (who === 'default') defaultJobs = res.jobs;
+        if (who === 'default') ({ jobs: defaultJobs, workers } = res);
         times[who].push(res.seconds);
       }
     }
@@ -291,7 +292,10 @@ function batchJobs(base, rounds) {
     return {
       count,
       rounds,
-      rows: [row(`default (--jobs ${defaultJobs})`, median(times.default)), row('--jobs 1', median(times.one))],
+      rows: [
+        row(`default (--jobs ${defaultJobs}, ${workers} worker thread${workers === 1 ? '' : 's'})`, median(times.default)),
+        row('--jobs 1', median(times.one)),
+      ],
       ratio: { name: `batch of ${count} × 2 MiB images: default --jobs vs --jobs 1`, value: median(times.one) / median(times.default), target: 1.5 },
     };
   } finally {

@@ -27,7 +27,8 @@ import {
 } from './manifest.js';
 import { CHUNK_SIZE, POINT_ID_RE, newPointId, openRepository, type Repository } from './repository.js';
 import { ChunkWriters } from './chunk-writers.js';
-import { readPoints } from './points.js';
+import { readPoint, readPoints } from './points.js';
+import { isChanged, readChangeBitmap, writeBaseline } from './change-bitmap.js';
 
 export interface CreateBackupOptions {
   /** A name for the point, to restore it by (letters, digits, `.`, `_`, `-`; not `latest`). */
@@ -55,8 +56,15 @@ export interface CreateBackupResult {
   /** Chunks this backup wrote (the others were in the repository already). */
   newChunks: number;
   newBytes: number;
-  /** Bytes of the disk read (the allocated chunks). */
+  /** Bytes of the disk read (the allocated chunks, or with a change bitmap only the changed ones). */
   bytesRead: number;
+  /** Chunks of the disk read. */
+  chunksRead: number;
+  /**
+   * Whether the disk's change bitmap (`<disk>.vmseal-ctk`, kept by `vmseal serve`) was used, so
+   * that only changed chunks were read; if not, why (absent, dirty, another generation or base).
+   */
+  changeBitmap: { used: true; base: string } | { used: false; why: string };
 }
 
 /** Chunks read, hashed and stored at once: enough to overlap reads with hashing, bounded memory. */
@@ -84,6 +92,39 @@ async function* allocatedChunks(disk: VirtualDisk): AsyncGenerator<number> {
 }
 
 const ZERO = Buffer.alloc(CHUNK_SIZE);
+
+/** Offsets of the chunks a change bitmap marks, in order. */
+function* changedChunks(bits: Buffer, capacity: number): Generator<number> {
+  for (let i = 0; i * CHUNK_SIZE < capacity; i++) if (isChanged(bits, i)) yield i * CHUNK_SIZE;
+}
+
+/**
+ * The disk's valid change bitmap and the point it counts from: used only when it is clean, tracks the
+ * disk's generation now, and its base is a readable point of this repository with the same disk
+ * (capacity, disk id, plain or not, one layer). Otherwise why not.
+ */
+async function changePlan(
+  repo: Repository,
+  disk: VirtualDisk,
+  diskId: string | null,
+  plain: boolean,
+): Promise<{ bits: Buffer; base: PointManifest } | { why: string }> {
+  const read = await readChangeBitmap(disk);
+  if (!('bitmap' in read)) return read;
+  const b = read.bitmap.base;
+  if (b === null) return { why: 'the change bitmap has no base point yet (the next backup starts one)' };
+  if (b.repository !== repo.id) return { why: 'the change bitmap counts from a point of another repository' };
+  let base: PointManifest;
+  try {
+    base = await readPoint(repo, b.point);
+  } catch (err) {
+    return { why: `the change bitmap's base point ${b.point} cannot be read: ${(err as Error).message}` };
+  }
+  if (base.layers.length !== 1 || base.capacity !== disk.capacity || base.diskId !== diskId || base.plain !== plain) {
+    return { why: `the change bitmap's base point ${b.point} is not of this disk as it is` };
+  }
+  return { bits: read.bitmap.bits, base };
+}
 
 function defaultHistory(disk: VirtualDisk, diskId: string | null): string {
   const uuid = disk.descriptor?.get('ddb.uuid');
@@ -177,7 +218,16 @@ async function backUp(
   let newChunks = 0;
   let newBytes = 0;
   let bytesRead = 0;
-  const offsets = allocatedChunks(disk);
+  let chunksRead = 0;
+  const plan = await changePlan(repo, disk, params?.diskId ?? null, !encrypted);
+  let offsets: AsyncIterator<number> | Iterator<number>;
+  if ('bits' in plan) {
+    // Unchanged chunks are the base point's (its hash, or a hole); only the changed ones are read.
+    for (const e of plan.base.layers[0]!.chunks) if (!isChanged(plan.bits, e[0] / CHUNK_SIZE)) entries.push([e[0], e[1]]);
+    offsets = changedChunks(plan.bits, disk.capacity);
+  } else {
+    offsets = allocatedChunks(disk);
+  }
   /** Fan-out folders that got a new chunk: synced once, before the manifest names their chunks. */
   const written = new Set<string>();
   let done = false;
@@ -199,6 +249,7 @@ async function backUp(
       const data = buf.subarray(0, Math.min(CHUNK_SIZE, disk.capacity - off));
       await disk.readInto(off, data);
       bytesRead += data.length;
+      chunksRead++;
       if (data.equals(ZERO.subarray(0, data.length))) continue;
       const { hash, wrote } = await writers.store(shared, data.length);
       if (wrote) {
@@ -250,5 +301,9 @@ async function backUp(
     stats: { chunks: entries.length, newChunks, newBytes },
   };
   await repo.writePointText(id, serializeManifest(manifest));
-  return { point: id, name: o.name, history, parent, plain: !encrypted, chunks: entries.length, newChunks, newBytes, bytesRead };
+  // The point is committed and nobody wrote the disk meanwhile (its lock is held): changes now count
+  // from this point. A failure leaves the old bitmap, still right about its own base.
+  await writeBaseline(disk, { repository: repo.id, point: id }).catch(() => undefined);
+  const changeBitmap = 'bits' in plan ? { used: true as const, base: plan.base.id } : { used: false as const, why: plan.why };
+  return { point: id, name: o.name, history, parent, plain: !encrypted, chunks: entries.length, newChunks, newBytes, bytesRead, chunksRead, changeBitmap };
 }

@@ -105,6 +105,22 @@ export async function runBatch(
   return { results, interrupted: stopped || opts.signal?.aborted === true };
 }
 
+/** Why an image failed, as its summary line and the JSON result say it. */
+export type ItemError = NonNullable<BatchItemResult['error']>;
+
+/**
+ * An image's failure already described where it ran (a worker thread): `runOne` records it as it
+ * is instead of describing the error a second time.
+ */
+export class DescribedFailure extends Error {
+  readonly failure: ItemError;
+
+  constructor(failure: ItemError) {
+    super(failure.reason);
+    this.failure = failure;
+  }
+}
+
 /** One item's result, or undefined when an abort (or an interruption) stopped it. */
 async function runOne(item: BatchItem, convertOne: ConvertOne, signal: AbortSignal | undefined): Promise<BatchItemResult | undefined> {
   const started = performance.now();
@@ -113,27 +129,28 @@ async function runOne(item: BatchItem, convertOne: ConvertOne, signal: AbortSign
     const { bytes, skipped } = await convertOne(item, signal);
     return { input: item.input, output: item.output, ok: true, bytes, seconds: seconds(), ...(skipped ? { skipped: true } : {}) };
   } catch (err) {
-    const { exitCode, hint } = classify(err, 'convert');
-    // A failure while the batch is being aborted is the abort's doing (a closed file, a cancelled batch).
-    if (exitCode === ExitCode.INTERRUPTED || signal?.aborted === true) return undefined;
-    const code = typeof (err as { code?: unknown })?.code === 'string' ? (err as { code: string }).code : 'ERR_UNEXPECTED';
-    return {
-      input: item.input,
-      output: item.output,
-      ok: false,
-      bytes: 0,
-      seconds: seconds(),
-      // The per-image line has no room for the generic hint, but an existing output's hint is what to do next.
-      error: {
-        code,
-        reason:
-          /EXISTS$/.test(code) && hint !== undefined
-            ? `${cliReason(err, 'convert')} (${hint.charAt(0).toLowerCase()}${hint.slice(1)})`
-            : cliReason(err, 'convert'),
-        exitCode,
-      },
-    };
+    const error = err instanceof DescribedFailure ? err.failure : describeFailure(err, signal);
+    if (error === undefined) return undefined;
+    return { input: item.input, output: item.output, ok: false, bytes: 0, seconds: seconds(), error };
   }
+}
+
+/**
+ * What a batch records of an image's error: its stable code, the one-clause reason and the exit
+ * code it maps to; undefined when it is an interruption (the image counts as not run).
+ */
+export function describeFailure(err: unknown, signal: AbortSignal | undefined): ItemError | undefined {
+  const { exitCode, hint } = classify(err, 'convert');
+  // A failure while the batch is being aborted is the abort's doing (a closed file, a cancelled batch).
+  if (exitCode === ExitCode.INTERRUPTED || signal?.aborted === true) return undefined;
+  const code = typeof (err as { code?: unknown })?.code === 'string' ? (err as { code: string }).code : 'ERR_UNEXPECTED';
+  return {
+    code,
+    // The per-image line has no room for the generic hint, but an existing output's hint is what to do next.
+    reason:
+      /EXISTS$/.test(code) && hint !== undefined ? `${cliReason(err, 'convert')} (${hint.charAt(0).toLowerCase()}${hint.slice(1)})` : cliReason(err, 'convert'),
+    exitCode,
+  };
 }
 
 /** The exit code of a whole batch: 0 if all succeeded, 130 if interrupted, else 1. */

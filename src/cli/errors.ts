@@ -88,6 +88,7 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
   ERR_LOCK_UNSUPPORTED: { exitCode: ExitCode.FAILURE },
   ERR_WRITEBACK_IO: { exitCode: ExitCode.FAILURE },
   ERR_NOWAIT_IO: { exitCode: ExitCode.FAILURE },
+  ERR_COPY_RANGE_IO: { exitCode: ExitCode.FAILURE },
   ERR_DISK_BUSY: { exitCode: ExitCode.BUSY, hint: 'Retry when the other process (vmseal, qemu or a VM) is done; a process that died holds no lock' },
   ERR_KEYSTORE_LOCKED: { exitCode: ExitCode.BUSY, hint: 'Another vmseal process is using the local keystore; retry when it is done' },
   // key server
@@ -176,6 +177,16 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
     hint: 'A layer of this encrypted snapshot chain was replaced (an older snapshot, another disk): put back the layer the child was made on',
   },
   ERR_VMDK_CHAIN: { exitCode: ExitCode.FORMAT, hint: 'Keep every layer of a snapshot chain (the base disk and its -00000N children) together, unrenamed' },
+  ERR_NOT_A_SNAPSHOT: { exitCode: ExitCode.USAGE, hint: 'Give the top of a snapshot chain (a -00000N child): `vmseal snapshot list DISK` shows the layers' },
+  ERR_SNAPSHOT_CHAIN: {
+    exitCode: ExitCode.FAILURE,
+    hint: 'Commit the snapshots first (`vmseal snapshot commit TOP` until one layer is left), then run the job again',
+  },
+  ERR_SNAPSHOT_SIBLINGS: { exitCode: ExitCode.USAGE, hint: 'The parent has other snapshots: remove them first (or commit in a copy of the chain)' },
+  ERR_SNAPSHOT_HAS_CHILDREN: {
+    exitCode: ExitCode.USAGE,
+    hint: 'Commit the newest snapshot first (the top of the chain, `vmseal snapshot list`), then this one',
+  },
   ERR_VMDK_PARENT_CHANGED: {
     exitCode: ExitCode.FORMAT,
     hint: 'A snapshot parent was written after its child was made: restore the parent as it was, or give up the child',
@@ -245,6 +256,17 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
   ERR_VM_TPM_KEY: {
     exitCode: ExitCode.KEY,
     hint: 'The vTPM state does not open with the state key in vmseal-vm.json: put back the manifest that belongs to this state, or restore both from a backup',
+  },
+  // A VM folder as one unit
+  ERR_VM_DISK: { exitCode: ExitCode.FAILURE, hint: '`vmseal vm info DIR` lists each disk of the VM and its state; the message says what to do with this one' },
+  ERR_VM_SNAPSHOT: {
+    exitCode: ExitCode.FORMAT,
+    hint: 'Convert the chain to monolithicSparse layers, or consolidate the snapshots first (VMware: Delete All Snapshots; qemu-img commit)',
+  },
+  ERR_VM_JOB: { exitCode: ExitCode.FAILURE, hint: 'Finish the interrupted job with the command the message names (same key options), then retry' },
+  ERR_VM_MIXED: {
+    exitCode: ExitCode.FORMAT,
+    hint: 'Encrypt the rest with `vmseal vm encrypt DIR` or decrypt all with `vmseal vm decrypt DIR`, or give --allow-mixed',
   },
   // plain failures with something to do
   ERR_OUTPUT_EXISTS: { exitCode: ExitCode.FAILURE, hint: EXISTS_HINT },

@@ -327,10 +327,10 @@ Examples:
 
   const snapshot = program
     .command('snapshot')
-    .summary('take, list and revert snapshots of a VMDK disk (delta disks, as VMware names them)')
+    .summary('take, list, revert and commit snapshots of a VMDK disk (delta disks, as VMware names them)')
     .description(
       'A snapshot makes the disk a read-only layer (mode 0444) and adds an empty child, <base>-00000N.vmdk, that takes the writes; ' +
-        'DISK may be any layer of a chain. Encrypted disks need their keys to take or revert a snapshot (every layer shares the DEK).',
+        'DISK may be any layer of a chain. Encrypted disks need their keys to take, revert or commit a snapshot (every layer shares the DEK).',
     );
   const snapCreate = snapshot
     .command('create')
@@ -352,6 +352,13 @@ Examples:
     .option('--recovery-passphrase', 'unlock with the recovery passphrase');
   addKeyOptions(snapRevert, false);
   snapRevert.action((disk: string, opts) => commands.snapshot().then((m) => m.snapshotRevert(ctx, disk, opts)));
+  const snapCommit = snapshot
+    .command('commit')
+    .description('merge the top child DISK into its parent and remove it: the parent becomes the top (journaled; vmseal resume DISK finishes a killed one)')
+    .argument('<DISK>', 'the top of a chain')
+    .option('--recovery-passphrase', 'unlock with the recovery passphrase');
+  addKeyOptions(snapCommit, false);
+  snapCommit.action((disk: string, opts) => commands.snapshot().then((m) => m.snapshotCommit(ctx, disk, opts)));
 
   const verify = program
     .command('verify')
@@ -512,16 +519,16 @@ Examples:
 
   const vmCommand = program
     .command('vm')
-    .summary("a VM folder: encrypt, decrypt and inspect its configuration (.vmx) in VMware's construction")
+    .summary("a VM folder as one unit: encrypt, decrypt and inspect its disks, state files and configuration (.vmx, in VMware's construction)")
     .description(
-      'A VM is the folder of its .vmx (or the .vmx itself). The .vmx is encrypted as VMware does it (Workstation password-protected VMs, vSphere VM Encryption): encryption.keySafe holds the configuration key under its lockers (a key provider, a passphrase), encryption.data the configuration; .encoding, displayName and encryptedVM.guid stay in the clear. Encrypting the disks, snapshots and state files of a VM as one job is not available yet: give --config-only. docs/vm.md specifies the format.',
+      'A VM is the folder of its .vmx (or the .vmx itself). The .vmx is encrypted as VMware does it (Workstation password-protected VMs, vSphere VM Encryption): encryption.keySafe holds the configuration key under its lockers (a key provider, a passphrase), encryption.data the configuration; .encoding, displayName and encryptedVM.guid stay in the clear. Without --config-only, encrypt and decrypt take the whole VM folder as one journaled job: its disks, then its state files (.nvram, .vmsn, .vmem, .vmss), then the .vmx, all under one key-encryption key per VM; an interrupted job is finished by running the same command again. docs/vm.md specifies the formats.',
     );
   const vmTarget = (cmd: Command): Command => cmd.argument('<VM>', 'the VM folder, or its .vmx file');
   const vmEncrypt = vmTarget(vmCommand.command('encrypt'))
     .description(
-      'Encrypt the .vmx in place (written aside, renamed over it, mode kept). Its config key is locked by a new key-encryption key of the local keystore or the KMIP server (as `vmseal encrypt`), and by a passphrase with --recovery-passphrase; --workstation locks it with a passphrase alone, in the construction VMware Workstation opens (PBKDF2-HMAC-SHA-1, 10,000 rounds: weak against guessing, so use a long passphrase).',
+      "Encrypt the VM: every plain disk the .vmx (or vmseal-vm.json) names, in place (journaled), each under its own key; the .nvram and snapshot state files in vmseal's container; then the .vmx. Every key is locked by one key-encryption key of the VM (the one its encrypted parts already use, --key-id, or a new one) and by a passphrase with --recovery-passphrase. A VM with some parts encrypted is completed. Killed, it is finished by running the same command again; `vm info` says a job is interrupted meanwhile. A snapshot chain is written aside (every layer under the disk's one key) and moved over itself: room for a copy of it is needed. With --config-only, encrypt the .vmx alone in place (written aside, renamed over it, mode kept): its config key is locked by a new key-encryption key of the local keystore or the KMIP server (as `vmseal encrypt`), and by a passphrase with --recovery-passphrase; --workstation locks it with a passphrase alone, in the construction VMware Workstation opens (PBKDF2-HMAC-SHA-1, 10,000 rounds: weak against guessing, so use a long passphrase).",
     )
-    .option('--config-only', 'encrypt the configuration (.vmx) alone, not the disks')
+    .option('--config-only', 'encrypt the configuration (.vmx) alone, not the disks or state files')
     .option('--recovery-passphrase', 'also lock with a passphrase (from --passphrase-file, --passphrase-env, VMSEAL_PASSPHRASE or a prompt)')
     .option('--workstation', 'lock with a passphrase alone, as VMware Workstation does (it can then open the VM)');
   addKeyOptions(vmEncrypt, true);
@@ -529,6 +536,8 @@ Examples:
     'after',
     `
 Examples:
+  vmseal vm encrypt ~/vmware/win11
+  vmseal vm encrypt ~/vmware/win11 --kms kms.example:5696 --kms-ca ca.pem --kms-cert c.pem --kms-key c.key
   vmseal vm encrypt ~/vmware/win11 --config-only
   vmseal vm encrypt win11.vmx --config-only --recovery-passphrase --passphrase-file pw.txt
   vmseal vm encrypt ~/vmware/win11 --config-only --workstation`,
@@ -536,7 +545,7 @@ Examples:
   vmEncrypt.action((target: string, opts) => commands.vm().then((m) => m.vmEncryptCommand(ctx, target, opts)));
   const vmDecrypt = vmTarget(vmCommand.command('decrypt'))
     .description(
-      'Decrypt the .vmx in place (written aside, renamed over it, mode kept). The config key is opened by the key provider its lockers name, or by the passphrase (asked for when only a passphrase can open it, as for a VMware Workstation VM). Disks VMware encrypted stay encrypted: their key (dataFileKey) is then in the plain .vmx.',
+      "Decrypt the VM: every disk vmseal encrypted, snapshot chains included (each written aside and renamed over itself: room for one disk's copy is needed), its encrypted state files, then the .vmx; a mixed VM is reversed. Killed, it is finished by running the same command again. With --config-only, decrypt the .vmx alone in place (written aside, renamed over it, mode kept). The config key is opened by the key provider its lockers name, or by the passphrase (asked for when only a passphrase can open it, as for a VMware Workstation VM). Disks VMware encrypted stay encrypted: their key (dataFileKey) is then in the plain .vmx.",
     )
     .option('--config-only', 'decrypt the configuration (.vmx) alone, not the disks')
     .option('--recovery-passphrase', 'unlock with the passphrase (from --passphrase-file, --passphrase-env, VMSEAL_PASSPHRASE or a prompt)');
@@ -545,6 +554,7 @@ Examples:
     'after',
     `
 Examples:
+  vmseal vm decrypt ~/vmware/win11
   vmseal vm decrypt ~/vmware/win11 --config-only
   vmseal vm decrypt win11.vmx --config-only --passphrase-file pw.txt`,
   );
@@ -713,6 +723,7 @@ Examples:
     .argument('<DIR>', 'qemu VM folder (with vmseal-vm.json)')
     .option('--socket-dir <dir>', 'folder of the sockets (default: a new private folder under $XDG_RUNTIME_DIR or /tmp, removed at the end)')
     .option('--tools', 'also a data socket for tpm2-tools, with the TPM started (not for qemu, which starts it itself)')
+    .option('--allow-mixed', "run even when the VM's disks are partly encrypted (refused otherwise: VMware's all-or-none rule)")
     .option('--recovery-passphrase', 'first start: also lock the state key with a recovery passphrase; later: unlock with it');
   addKeyOptions(vmTpm, true);
   vmTpm.addHelpText(

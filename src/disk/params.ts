@@ -218,6 +218,13 @@ export function parseEncryption(entries: Iterable<readonly [string, string]>, wh
   if (found.size === 0) return null;
 
   const format = found.get(LINE.format);
+  if (format === undefined && found.size === 1 && found.has(LINE.job)) {
+    // A plain layer a snapshot commit is merging into (src/pipeline/commit.ts): half merged.
+    throw new DiskError(
+      'ERR_INTERRUPTED_JOB',
+      `${where} is in the middle of an interrupted ${found.get(LINE.job)!.slice(0, 40)} job; finish it first (vmseal resume on the top of its chain)`,
+    );
+  }
   if (format === undefined) {
     const vmware = found.has('encryption.data') || found.has('encryption.keySafe');
     throw meta(

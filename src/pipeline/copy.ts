@@ -56,6 +56,7 @@ import { ensureSpace } from './space.js';
 import { StagedOutput, cleanStaleStages, pathExists } from './staging.js';
 import { jobProviders } from './job-keys.js';
 import { openOutputWriter } from './output-writer.js';
+import { kernelCopy } from './kernel-copy.js';
 
 export interface CopySpec {
   operation: 'encrypt' | 'decrypt' | 'convert' | 'rekey-deep';
@@ -187,7 +188,7 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
           'ERR_UNSUPPORTED_OUTPUT',
           subformat === 'raw'
             ? `an encrypted disk cannot be written as a raw image (no descriptor to carry its key); choose a VMDK subformat such as monolithicFlat, or decrypt`
-            : `an encrypted disk cannot be written as streamOptimized (compressing ciphertext is pointless, and vSphere refuses it too); choose another subformat, or decrypt`,
+            : `an encrypted disk cannot be written as streamOptimized, the subformat of OVF/OVA exports (vSphere refuses to export an encrypted VM to OVF, and compressing ciphertext gains nothing); choose another subformat, or decrypt`,
         );
       }
       checkOutputKind(output, subformat);
@@ -279,32 +280,40 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
       const unit = outParams?.unitSize ?? 512;
       const disk = source.disk;
       const target = out;
-      const writer = await openOutputWriter(target, stage.dir);
-      try {
-        await runChunks({
-          chunks: chunked(ranges(), chunkSize),
-          chunkSize,
-          depth,
-          writeConcurrency: writer.writeConcurrency,
-          ...(opts.signal ? { signal: opts.signal } : {}),
-          what,
-          read: (chunk, buf) => disk.readInto(chunk.offset, buf),
-          async transform(chunk, buf) {
-            // All-zero grains are left out of sparse and plain outputs: they read as zeros anyway.
-            const pieces: Piece[] = fullCopy
-              ? [{ offset: chunk.offset, data: buf }]
-              : nonZeroRuns(buf, chunk.offset, granularity).map((r) => ({
-                  offset: r.offset,
-                  data: buf.subarray(r.offset - chunk.offset, r.offset - chunk.offset + r.length),
-                }));
-            if (outCipher) for (const p of pieces) await outCipher.encrypt(p.data, p.offset / unit);
-            return pieces;
-          },
-          write: (offset, data) => writer.write(offset, data),
-          done: (chunk) => progress.add(chunk.length),
-        });
-      } finally {
-        await writer.close();
+      // A plain flat copy is done by the kernel (kernel-copy.ts); anything else, or a kernel that
+      // cannot copy between these files, goes through the engine.
+      const byKernel =
+        outCipher === null &&
+        source.encryption === null &&
+        (await kernelCopy({ source: source.stored, target, what, progress: (n) => progress.add(n), ...(opts.signal ? { signal: opts.signal } : {}) }));
+      if (!byKernel) {
+        const writer = await openOutputWriter(target, stage.dir);
+        try {
+          await runChunks({
+            chunks: chunked(ranges(), chunkSize),
+            chunkSize,
+            depth,
+            writeConcurrency: writer.writeConcurrency,
+            ...(opts.signal ? { signal: opts.signal } : {}),
+            what,
+            read: (chunk, buf) => disk.readInto(chunk.offset, buf),
+            async transform(chunk, buf) {
+              // All-zero grains are left out of sparse and plain outputs: they read as zeros anyway.
+              const pieces: Piece[] = fullCopy
+                ? [{ offset: chunk.offset, data: buf }]
+                : nonZeroRuns(buf, chunk.offset, granularity).map((r) => ({
+                    offset: r.offset,
+                    data: buf.subarray(r.offset - chunk.offset, r.offset - chunk.offset + r.length),
+                  }));
+              if (outCipher) for (const p of pieces) await outCipher.encrypt(p.data, p.offset / unit);
+              return pieces;
+            },
+            write: (offset, data) => writer.write(offset, data),
+            done: (chunk) => progress.add(chunk.length),
+          });
+        } finally {
+          await writer.close();
+        }
       }
       progress.finish();
       throwIfAborted(opts.signal, what);

@@ -1,6 +1,14 @@
 // Public surface of src/pipeline: streaming jobs over whole disks.
 export { PipelineError, type PipelineErrorCode } from './errors.js';
-export { encryptDisk, decryptDisk, convertDisk, type EncryptDiskOptions, type DecryptDiskOptions, type ConvertDiskOptions } from './jobs.js';
+export {
+  encryptDisk,
+  decryptDisk,
+  decryptDiskReplacing,
+  convertDisk,
+  type EncryptDiskOptions,
+  type DecryptDiskOptions,
+  type ConvertDiskOptions,
+} from './jobs.js';
 export type { JobOptions, JobResult, EncryptSpec, OutputOptions, OutputSubformat, DiskFormat } from './options.js';
 export type { Progress, Operation, Phase, ProgressListener } from './progress.js';
 export {
@@ -15,3 +23,4 @@ export {
 } from './inplace.js';
 export type { KeyRotation, KeptReason } from './retire.js';
 export { inspectDisk, verifyDisk, type DiskInfo, type InspectOptions, type VerifyOptions, type VerifyResult } from './inspect.js';
+export { commitSnapshot, type CommitSnapshotOptions, type CommitResult } from './commit.js';

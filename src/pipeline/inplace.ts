@@ -14,9 +14,9 @@
  * Resume repeats step 2 if no chunk was recorded yet, continues step 3 from the journal's state,
  * and repeats step 4: every step is idempotent.
  */
-import { stat } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
-import { openDisk as openVmdk, Descriptor, type VirtualDisk } from '../vmdk/index.js';
+import { chmod, stat } from 'node:fs/promises';
+import { basename, dirname, join, relative, resolve } from 'node:path';
+import { openDisk as openVmdk, ChainDisk, Descriptor, type VirtualDisk } from '../vmdk/index.js';
 import {
   createDataCipher,
   type DataCipher,
@@ -46,10 +46,10 @@ import {
 import { allocateCipherBuffer } from '../xts/index.js';
 import { describeKeySafe, rewrapKeySafe, sealDek, type KeyRef, type LockerInfo } from '../keys/index.js';
 import { expected } from '../errors.js';
-import { locateDescriptor, readDescriptorBytes, removeStaleDescriptorTemps, writeDescriptor, type DescriptorLocation } from './descriptor-io.js';
+import { locateDescriptor, readDescriptorBytes, removeStaleDescriptorTemps, withoutCid, writeDescriptor, type DescriptorLocation } from './descriptor-io.js';
 import { PipelineError, abortError } from './errors.js';
 import { ChunkStatus, Journal, hashCopy, journalPathOf, type InPlaceOperation, type JournalHeader } from './journal.js';
-import { acquireLock, NameReservations } from './lock.js';
+import { acquireLock, acquireLocks, releaseLocks, NameReservations } from './lock.js';
 import { diskFiles, realDiskPath } from './paths.js';
 import {
   checkFormat,
@@ -66,11 +66,13 @@ import {
 } from './options.js';
 import { alignedRanges, chunked, lcm, totalLength } from './plan.js';
 import { ProgressTracker } from './progress.js';
-import { cleanStaleStages } from './staging.js';
+import { cleanStaleStages, fsyncPath } from './staging.js';
 import { ensureSpace } from './space.js';
 import { markDescriptor, runCopy } from './copy.js';
 import { retireReplacedKeys } from './retire.js';
 import { journalDifferences } from './journal-match.js';
+import { commitSnapshot, type CommitResult } from './commit.js';
+import { isCommitJournal } from './commit-journal.js';
 import { discardJobKeys, jobProviders } from './job-keys.js';
 
 /** Set the encryption lines (in their order, right after createType) and the job line on a descriptor. */
@@ -124,6 +126,7 @@ async function startInPlace(s: InPlaceStart, chunkSize: number): Promise<Journal
         `${s.path} is ${stored.subformat === 'raw' ? 'a raw image, which has no descriptor to carry a key' : `${stored.subformat}, which cannot hold an encrypted disk`}; encrypt it into a new VMDK instead`,
       );
     }
+    refuseChain(stored, s.path, (await stat(s.path)).mode, s.operation === 'encrypt-in-place' ? 'an encryption in place' : 'a deep rekey');
     const enc = encryptionOf(stored);
     if (enc?.job !== undefined)
       throw new DiskError('ERR_INTERRUPTED_JOB', `${s.path} has an unfinished ${enc.job} job but no journal; it cannot be resumed safely`);
@@ -254,6 +257,7 @@ async function runJournal(path: string, journal: Journal, keys: JournalKeys, opt
   await trustJournal(path, journal, loc, keys, opts);
   if (h.operation === 'rekey-shallow') {
     await writeDescriptor(loc, Buffer.from(h.descriptor.final, 'base64'));
+    if (h.layers?.length) await rewriteLayers(path, h.layers);
     await journal.finish();
     return result(h, path, 0, started, resumed);
   }
@@ -333,6 +337,39 @@ async function runJournal(path: string, journal: Journal, keys: JournalKeys, opt
     newCipher?.dispose();
     await stored.close().catch(() => undefined);
     await journal.close();
+  }
+}
+
+/**
+ * A shallow rekey of a snapshot chain: write each layer's final descriptor (the new KeySafe), holding
+ * the layers' locks exclusively. A layer below the top has children: it is read-only (mode 0444), so
+ * its write bits are set for the write and cleared again (as createSnapshot left them).
+ */
+async function rewriteLayers(top: string, layers: NonNullable<JournalHeader['layers']>): Promise<void> {
+  const paths = layers.map((l) => resolve(dirname(top), l.path));
+  const locks = await acquireLocks(paths, 'rekey-shallow (snapshot layer)');
+  try {
+    for (const [i, l] of layers.entries()) {
+      const at = paths[i];
+      await removeStaleDescriptorTemps(at);
+      const mode = (await stat(at)).mode & 0o777;
+      await chmod(at, mode | 0o200);
+      await writeDescriptor(await locateDescriptor(at), Buffer.from(l.final, 'base64'));
+      await chmod(at, mode & ~0o222);
+      await fsyncPath(at);
+    }
+  } finally {
+    await releaseLocks(locks);
+  }
+}
+
+/** Refuse a job that rewrites one layer of a snapshot chain as if it were the whole disk. */
+function refuseChain(stored: VirtualDisk, path: string, mode: number, what: string): void {
+  if (stored instanceof ChainDisk || (mode & 0o222) === 0) {
+    throw new PipelineError(
+      'ERR_SNAPSHOT_CHAIN',
+      `${path} is ${stored instanceof ChainDisk ? 'a snapshot (the top of a chain)' : 'a layer with snapshots of its own (mode 0444)'}: ${what} does not work on snapshot chains yet. Commit the snapshots first (vmseal snapshot commit on the top, until one layer is left), then run it again`,
+    );
   }
 }
 
@@ -499,6 +536,14 @@ export async function deepRekey(path: string, options: DeepRekeyOptions): Promis
       const newKeys = keysFromLockers(given, { ...keys, passphrase: undefined }, cache);
       const done = await resumeDisk(p, { ...opts, ...retire, keys, newKeys });
       if (done) return done;
+    }
+  }
+  {
+    const stored = await openVmdk(p, { readOnly: true, allowEncrypted: true, ...formatOption(opts.format) });
+    try {
+      refuseChain(stored, p, (await stat(p)).mode, 'a deep rekey');
+    } finally {
+      await stored.close();
     }
   }
   const from = await readEncryptionParams(p, formatOption(opts.format));
@@ -684,6 +729,13 @@ export async function shallowRekey(path: string, options: ShallowRekeyOptions): 
       const to: EncryptionParams = { ...params, keySafe };
       const base = stored.descriptor as Descriptor;
       const final = withLines(base, to, undefined);
+      // A chain: every layer gets the new KeySafe (they share the DEK; each keeps its own lines, so
+      // each authenticator stays valid), in the same journaled job.
+      const layers = (stored instanceof ChainDisk ? stored.layers().slice(1) : []).map((l) => {
+        const lp = encryptionOf(l)?.params;
+        if (!lp || !l.descriptor) throw new DiskError('ERR_WRONG_PARENT', `${l.path}, a layer of the chain ${p}, is not encrypted`);
+        return { path: relative(dirname(p), l.path), final: b64(withLines(l.descriptor, { ...lp, keySafe }, undefined)) };
+      });
       header = {
         version: 2,
         operation: 'rekey-shallow',
@@ -695,6 +747,7 @@ export async function shallowRekey(path: string, options: ShallowRekeyOptions): 
         to,
         started: new Date().toISOString(),
         descriptor: { during: b64(base), final: b64(final) },
+        ...(layers.length ? { layers } : {}),
       };
     } catch (err) {
       journalDek?.fill(0);
@@ -707,7 +760,7 @@ export async function shallowRekey(path: string, options: ShallowRekeyOptions): 
     let journal: Journal;
     try {
       const loc = await locateDescriptor(p);
-      if (loc.kind === 'text') {
+      if (loc.kind === 'text' && !header.layers) {
         await writeDescriptor(loc, Buffer.from(header.descriptor.final, 'base64')); // atomic by rename
         return result(header, p, 0, started, false);
       }
@@ -740,6 +793,8 @@ export async function resumeDisk(path: string, options: ResumeOptions = {}): Pro
   const p = await realDiskPath(checkPath(path, 'path'));
   const { keys = {}, newKeys, cache, retireOldKeys, destroyOldKeys, ...opts } = options;
   const unlock: UnlockOptions = { ...keys, ...((keys.cache ?? cache) ? { cache: keys.cache ?? cache } : {}) };
+  // A snapshot commit's journal lies beside the child it merges (which it removes at the end).
+  if (await isCommitJournal(p)) return commitAsJob(await commitSnapshot(p, { keys: unlock, signal: opts.signal, onProgress: opts.onProgress }));
   const unlockNew: UnlockOptions = newKeys ? { ...newKeys, ...((newKeys.cache ?? unlock.cache) ? { cache: newKeys.cache ?? unlock.cache } : {}) } : unlock;
   return withDiskLock(p, 'resume', opts.format, async (names) => {
     const journal = await Journal.open(p);
@@ -779,6 +834,21 @@ export async function resumeDisk(path: string, options: ResumeOptions = {}): Pro
 }
 
 export type { InPlaceOperation };
+
+/** A resumed snapshot commit, reported as resumeDisk reports every job. */
+function commitAsJob(c: CommitResult): JobResult {
+  return {
+    operation: 'snapshot-commit',
+    input: c.removed,
+    output: c.top,
+    subformat: '',
+    virtualSize: 0,
+    bytesProcessed: c.bytesMoved,
+    seconds: c.seconds,
+    encrypted: c.encrypted,
+    resumed: true,
+  };
+}
 
 /** Bytes of holes in the FLAT extent files of the disk whose descriptor (base64) is `descriptorB64`. */
 async function flatExtentHoles(path: string, descriptorB64: string): Promise<number> {
@@ -834,14 +904,6 @@ function outOfSpaceIsResumable(err: unknown, operation: InPlaceOperation, path: 
  * journal would write (so resuming it cannot change what the descriptor says), or when the caller says
  * so with trustV1Journal.
  */
-/**
- * A descriptor's bytes with the CID line's value blanked: the job's first data write draws a new
- * CID in "during" (src/vmdk/disk.ts, as qemu does), which says nothing about the encryption.
- */
-function withoutCid(bytes: Buffer): string {
-  return bytes.toString('latin1').replace(/(^|\n)CID=[0-9a-fA-F]{1,8}(?=\r?\n)/, '$1CID=');
-}
-
 async function trustJournal(path: string, journal: Journal, loc: DescriptorLocation, keys: JournalKeys, opts: JobOptions): Promise<void> {
   const h = journal.header;
   if (journal.version === 1) {

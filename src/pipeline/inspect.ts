@@ -1,11 +1,12 @@
 /** inspectDisk (what `vmseal info` shows) and verifyDisk (read everything, check, hash, compare). */
 import { resolve } from 'node:path';
-import { ChainDisk, openDisk as openVmdk } from '../vmdk/index.js';
+import { ChainDisk, JOB_LINE, openDisk as openVmdk } from '../vmdk/index.js';
 import { describeKeySafe, type LockerInfo } from '../keys/index.js';
-import { assertDataCheck, encryptionOf, unlockDek, type UnlockOptions, type CipherName, type DataUnitSize } from '../disk/for-pipeline.js';
+import { LINE, assertDataCheck, encryptionOf, unlockDek, type UnlockOptions, type CipherName, type DataUnitSize } from '../disk/for-pipeline.js';
 import { VmsealError, expected } from '../errors.js';
 import { PipelineError, throwIfAborted } from './errors.js';
-import { Journal } from './journal.js';
+import { Journal, journalPathOf } from './journal.js';
+import { COMMIT_OPERATION, isCommitJournal } from './commit-journal.js';
 import { checkFormat, checkJobOptions, checkPath, formatOption, type DiskFormat, type JobOptions } from './options.js';
 import { Yielder } from '../util/yield.js';
 import { ContentHasher, CONTENT_BLOCK, FullHasher } from './content-hash.js';
@@ -60,13 +61,17 @@ export async function inspectDisk(path: string, options: InspectOptions = {}): P
   if (options === null || typeof options !== 'object') throw new PipelineError('ERR_INVALID_ARGUMENT', expected('an object', 'options', options));
   const format = checkFormat(options.format, 'format');
   const what = `inspection of ${p}`;
-  const journal = await Journal.open(p).catch((err) => {
-    if (err instanceof PipelineError)
-      return { header: { operation: 'unknown (unreadable journal)' }, close: async () => undefined, path: `${p}.vmseal-journal` };
-    throw err;
-  });
+  // A snapshot commit's journal beside the child: its parent is half merged, so the child is described alone.
+  const commit = await isCommitJournal(p);
+  const journal = commit
+    ? null
+    : await Journal.open(p).catch((err) => {
+        if (err instanceof PipelineError)
+          return { header: { operation: 'unknown (unreadable journal)' }, close: async () => undefined, path: `${p}.vmseal-journal` };
+        throw err;
+      });
   if (journal) await journal.close();
-  const stored = await openVmdk(p, { readOnly: true, allowEncrypted: true, ...formatOption(format) });
+  const stored = await openVmdk(p, { readOnly: true, allowEncrypted: true, ...formatOption(format), ...(commit ? { layerOnly: true } : {}) });
   try {
     // In proportion to the metadata (grain tables, extents), never the capacity; stoppable.
     let allocatedSize = 0;
@@ -89,7 +94,10 @@ export async function inspectDisk(path: string, options: InspectOptions = {}): P
     if (stored instanceof ChainDisk) {
       info.chain = stored.layers().map((l) => ({ path: l.path, cid: l.descriptor?.get('CID'), parentCid: l.descriptor?.get('parentCID') }));
     }
-    const enc = encryptionOf(stored);
+    // The plain parent of an unfinished snapshot commit has the job line as its only encryption line.
+    const job = stored.descriptor?.get(JOB_LINE);
+    const enc = job !== undefined && stored.descriptor?.get(LINE.format) === undefined ? null : encryptionOf(stored);
+    if (job !== undefined && !enc) info.interrupted = { operation: job };
     if (enc) {
       const e = enc.params;
       info.encrypted = true;
@@ -119,6 +127,7 @@ export async function inspectDisk(path: string, options: InspectOptions = {}): P
       if (enc.job !== undefined) info.interrupted = { operation: enc.job };
     }
     if (journal) info.interrupted = { operation: journal.header.operation, journal: journal.path };
+    if (commit) info.interrupted = { operation: COMMIT_OPERATION, journal: journalPathOf(p) };
     return info;
   } finally {
     await stored.close();

@@ -52,6 +52,31 @@ export async function decryptDisk(input: string, output: string, options: Decryp
 }
 
 /**
+ * Replace an encrypted disk by its decryption, under the same name and subformat: the plain disk is
+ * written aside (a staging folder in the disk's folder, so it needs room for a second copy) and
+ * committed over the encrypted one by renames (the staging commit record, see staging.ts): a crash
+ * leaves the encrypted disk or the plain one, never a mix, and the next job on the disk (or
+ * resumeDisk) finishes or removes what was left. Not journaled chunk by chunk like encryptInPlace.
+ * A plain input: ERR_NOT_ENCRYPTED. The plain files get mode 0o600 unless `mode` says otherwise.
+ */
+export async function decryptDiskReplacing(path: string, options: JobOptions & Pick<OutputOptions, 'mode'> & { keys: UnlockOptions }): Promise<JobResult> {
+  const o = optionsObject(options);
+  const { keys, ...rest } = o;
+  if (keys === undefined)
+    throw new PipelineError('ERR_INVALID_ARGUMENT', expected('an object { passphrase?, providers?, cache? } to decrypt with', 'keys', keys));
+  return runCopy({
+    operation: 'decrypt',
+    input: path,
+    output: path,
+    opts: { ...rest, force: true },
+    keys,
+    decrypt: true,
+    requireInput: 'encrypted',
+    replaceInput: true,
+  });
+}
+
+/**
  * Copy a disk into another subformat (or a raw image), optionally encrypting (`encrypt`: new DEK)
  * or decrypting (`decrypt: true`). An encrypted input without either stays encrypted under the same
  * DEK, with the same encryption lines.

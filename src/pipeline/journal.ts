@@ -39,12 +39,14 @@ import { basename, dirname, join } from 'node:path';
 import { PipelineError } from './errors.js';
 import { fsyncDir, pathExists } from './staging.js';
 
-import { JOURNAL_SUFFIX } from '../disk/for-pipeline.js';
+import { DiskError, JOURNAL_SUFFIX } from '../disk/for-pipeline.js';
 import { NameReservations } from './lock.js';
 import { readFully, writeFully } from '../util/file-io.js';
 export { JOURNAL_SUFFIX };
 const MAGIC_V1 = Buffer.from('VMSJRNL1', 'ascii');
 const MAGIC_V2 = Buffer.from('VMSJRNL2', 'ascii');
+/** A snapshot commit's journal (commit-journal.ts) has the same name: refused here, resumed there. */
+const COMMIT_MAGIC = Buffer.from('VMSCMIT1', 'ascii');
 const HKDF_INFO = 'vmseal journal v2';
 const STATE_MAGIC = Buffer.from('VMSJSTAT', 'ascii');
 const HEADER_AREA = 65536;
@@ -91,6 +93,11 @@ export interface JournalHeader {
    * after it (`final`). Resume rewrites them: an embedded descriptor torn by a crash is made whole.
    */
   descriptor: { during: string; final: string };
+  /**
+   * A shallow rekey of a snapshot chain: the final descriptor (base64) of every layer below the top,
+   * each `path` relative to the top's folder. Resume writes them all (every layer gets the new KeySafe).
+   */
+  layers?: Array<{ path: string; final: string }>;
 }
 
 export interface JournalState {
@@ -259,6 +266,12 @@ export class Journal {
       const bad = (why: string): PipelineError =>
         new PipelineError('ERR_JOURNAL', `the journal ${path} is unreadable (${why}); the in-place job on ${diskPath} cannot be resumed safely`);
       const magic = area.subarray(0, 8);
+      if (magic.equals(COMMIT_MAGIC)) {
+        throw new DiskError(
+          'ERR_INTERRUPTED_JOB',
+          `${diskPath} is the top of a chain whose snapshot commit did not finish (journal ${path}); finish it first (vmseal resume)`,
+        );
+      }
       const version = magic.equals(MAGIC_V2) ? 2 : magic.equals(MAGIC_V1) ? 1 : 0;
       if (bytesRead < 12 || version === 0) throw bad('wrong magic or truncated');
       const n = area.readUInt32LE(8);
@@ -391,7 +404,14 @@ function checkExtentNames(header: JournalHeader, path: string): void {
   if (!d || typeof d.during !== 'string' || typeof d.final !== 'string') {
     throw new PipelineError('ERR_JOURNAL', `the journal ${path} has no descriptors; it cannot be resumed safely`);
   }
-  for (const b64 of [d.during, d.final]) {
+  const layers = header.layers;
+  if (
+    layers !== undefined &&
+    (!Array.isArray(layers) || !layers.every((l) => l && typeof l.path === 'string' && l.path !== '' && !l.path.includes('\0') && typeof l.final === 'string'))
+  ) {
+    throw new PipelineError('ERR_JOURNAL', `the journal ${path} lists snapshot layers it cannot name; it cannot be resumed safely`);
+  }
+  for (const b64 of [d.during, d.final, ...(layers ?? []).map((l) => l.final)]) {
     const text = Buffer.from(b64, 'base64').toString('latin1');
     for (const m of text.matchAll(/^\s*(?:RW|RDONLY|NOACCESS)\s+\d+\s+\w+\s+"([^"]*)"/gm)) {
       if (!isPlainFileName(m[1])) {

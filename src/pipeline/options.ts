@@ -65,7 +65,7 @@ export interface OutputOptions {
 }
 
 export interface JobResult {
-  operation: 'encrypt' | 'decrypt' | 'convert' | 'rekey-shallow' | 'rekey-deep';
+  operation: 'encrypt' | 'decrypt' | 'convert' | 'rekey-shallow' | 'rekey-deep' | 'snapshot-commit';
   input: string;
   /** The final path (for an in-place job or a rekey: the disk itself). */
   output: string;

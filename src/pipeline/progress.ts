@@ -3,7 +3,7 @@
  * (at most one per `intervalMs`) plus one at the end of each phase, so a callback that draws a bar
  * costs nothing measurable.
  */
-export type Operation = 'encrypt' | 'decrypt' | 'convert' | 'rekey-shallow' | 'rekey-deep' | 'verify';
+export type Operation = 'encrypt' | 'decrypt' | 'convert' | 'rekey-shallow' | 'rekey-deep' | 'verify' | 'snapshot-commit';
 export type Phase = 'copy' | 'commit' | 'verify';
 
 export interface Progress {

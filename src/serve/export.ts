@@ -15,6 +15,7 @@
 import type { EncryptedDisk } from '../disk/index.js';
 import type { VirtualDisk } from '../vmdk/index.js';
 import type { DiskLock } from '../pipeline/lock.js';
+import { ChangeTracker, generationOf } from '../backup/change-bitmap.js';
 import type { BlockSizes, Extent } from './codec.js';
 import { ServeError } from './errors.js';
 import { OpGate } from './op-gate.js';
@@ -87,6 +88,8 @@ export class Export {
   /** The replacement in progress (they run one at a time; close() waits for it). */
   #replacing: Promise<unknown> = Promise.resolve();
   #closed = false;
+  /** Which chunks the writes change (`<disk>.vmseal-ctk`, for incremental backups); none when read-only. */
+  #tracker: ChangeTracker | undefined;
 
   constructor(name: string, disk: ServedDisk, options: { readOnly: boolean; shared: number; lock?: DiskLock; description?: string }) {
     this.name = name;
@@ -95,6 +98,7 @@ export class Export {
     this.shared = options.shared;
     this.#lock = options.lock;
     this.#description = options.description;
+    this.#tracker = this.readOnly ? undefined : new ChangeTracker(disk);
   }
 
   /** NBD_INFO_DESCRIPTION: the one given, else what the disk served now is. */
@@ -215,6 +219,7 @@ export class Export {
    */
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
     await this.#gate.run('write', async () => {
+      await this.#tracker?.mark(offset, data.length);
       await this.#locked(offset, data.length, () => this.#writeOwned(offset, data));
       if (fua) await this.disk.flush();
     });
@@ -235,6 +240,7 @@ export class Export {
   }
 
   async #zero(offset: number, length: number, opts: { fua: boolean; fast: boolean; noHole?: boolean }): Promise<'done' | 'slow'> {
+    await this.#tracker?.mark(offset, length);
     // Under the range lock: a write that came before this one may allocate a grain in the range.
     const result = await this.#locked(offset, length, async () => {
       if (this.sparse && !opts.noHole && length > 0) await this.disk.deallocate(offset, length);
@@ -264,6 +270,7 @@ export class Export {
    */
   trim(offset: number, length: number, fua: boolean): Promise<void> {
     return this.#gate.run('write', async () => {
+      if (this.sparse) await this.#tracker?.mark(offset, length);
       if (this.sparse && length > 0) await this.#locked(offset, length, () => this.disk.deallocate(offset, length));
       if (fua) await this.disk.flush();
     });
@@ -332,8 +339,17 @@ export class Export {
       // Not reached when change() threw.
       this.#disk = next.disk;
       this.#lock = next.lock;
+      const oldTracker = this.#tracker;
+      this.#tracker = this.readOnly ? undefined : new ChangeTracker(next.disk);
       // Flushed above and unchanged since: closing writes nothing. A failure here loses no data.
-      await old.close().catch(() => undefined);
+      const after = generationOf(old);
+      const closed = await old.close().then(
+        () => true,
+        () => false,
+      );
+      // The old disk's bits are kept clean (a backup of the frozen layer reads only its changes); a
+      // failure leaves the file dirty, which only means that backup reads everything.
+      if (closed) await oldTracker?.close(after).catch(() => undefined);
       return next.result;
     });
     this.#replacing = run.catch(() => undefined);
@@ -345,11 +361,17 @@ export class Export {
     if (this.#closed) return;
     this.#closed = true;
     await this.#replacing;
+    let closed = false;
     try {
       if (!this.readOnly) await this.disk.flush();
+      const after = generationOf(this.disk);
+      await this.disk.close();
+      closed = true;
+      // Only after an orderly flush and close; a failure leaves the file dirty: the next backup reads everything.
+      await this.#tracker?.close(after).catch(() => undefined);
     } finally {
       try {
-        await this.disk.close();
+        if (!closed) await this.disk.close();
       } finally {
         await this.#lock?.release();
       }

@@ -35,6 +35,7 @@ export type UtilErrorCode =
   | 'ERR_FS_EXTENTS_IO' // the addon's fileDataRanges (src/util/file-extents.ts): lseek SEEK_DATA/SEEK_HOLE failed
   | 'ERR_NOWAIT_IO' // the addon's preadNowait (src/util/inline-io.ts): preadv2 failed (HostFile reports it as ERR_VMDK_IO)
   | 'ERR_WRITEBACK_IO' // the addon's writebackStart: sync_file_range failed (copy jobs ignore it: their fsync reports the I/O error)
+  | 'ERR_COPY_RANGE_IO' // the addon's copyFileRange: copy_file_range failed (plain copy jobs report it as ERR_VMDK_IO)
   | 'ERR_QEMU_LOCKED'; // qemu (qemu-img, qemu-nbd, a VM) holds the image with permissions that conflict
 
 export class FileLockError extends VmsealError {
@@ -68,6 +69,12 @@ export interface FileLockOptions {
   record?: { operation?: string; tool?: string };
   /** Keep retrying a busy lock this long (0: fail at once). */
   waitMs?: number;
+  /**
+   * An exclusive lock held by a job covers the disk openings of its own process (see
+   * holdsExclusiveLock; default true). A writer's own lock (src/vmdk/open.ts) does not: a second
+   * writer in the same process is refused like any other.
+   */
+  coversOpens?: boolean;
 }
 
 export interface FileLockHandle {
@@ -216,18 +223,36 @@ export async function acquireFileLock(recordPath: string, options: FileLockOptio
         // the record only feeds other processes' messages; the lock itself is held
       }
     }
-    return makeHandle(recordPath, mode, fd);
+    return makeHandle(recordPath, mode, fd, mode === 'exclusive' && options.coversOpens !== false);
   }
 }
 
-function makeHandle(path: string, mode: 'shared' | 'exclusive', fd: number): FileLockHandle {
+/** Exclusive locks this process holds, by record file (a count: a lock may be taken again after release). */
+const heldHere = new Map<string, number>();
+
+/**
+ * Whether this process holds the lock of `recordPath` exclusively (through acquireFileLock). A
+ * function that opens a disk for writing takes the disk's lock unless its caller already holds it
+ * (a job that locked the disk, then opens it): two open file descriptions of one process conflict.
+ */
+export function holdsExclusiveLock(recordPath: string): boolean {
+  return (heldHere.get(recordPath) ?? 0) > 0;
+}
+
+function makeHandle(path: string, mode: 'shared' | 'exclusive', fd: number, covers: boolean): FileLockHandle {
   let open = true;
+  if (covers) heldHere.set(path, (heldHere.get(path) ?? 0) + 1);
   return {
     path,
     mode,
     release() {
       if (!open) return;
       open = false;
+      if (covers) {
+        const n = (heldHere.get(path) ?? 1) - 1;
+        if (n > 0) heldHere.set(path, n);
+        else heldHere.delete(path);
+      }
       // Unlink only while holding the lock exclusively, so no one can be holding the inode we
       // remove; a shared holder upgrades first, and simply closes if others still hold it.
       const exclusive = mode === 'exclusive' || safeUpgrade(fd);

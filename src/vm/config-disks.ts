@@ -8,6 +8,8 @@ import type { LockerInfo, UnlockOptions } from '../keys/index.js';
 import { decryptVmx, isEncryptedVmx, vmxLockers } from './vmx-crypt.js';
 import { VmxFile } from './vmx-file.js';
 import { findVmx, readVmxFile } from './vmx-io.js';
+import { isMixed } from './all-or-none.js';
+import { readVmJob, type VmJobOperation } from './folder-job.js';
 
 /**
  * The hard disks a .vmx names and the encryption state of each, for `vmseal vm info`.
@@ -59,6 +61,8 @@ export interface VmInfo {
    * when the .vmx is encrypted and no key was given: unknown).
    */
   holdsDiskKey: boolean;
+  /** An interrupted `vm encrypt` / `vm decrypt` of the folder (its job file), until it is finished. */
+  job?: { operation: VmJobOperation; started: string; stepsDone: number; steps: number };
 }
 
 const DISK_KEY = /^((?:scsi|ide|sata|nvme)[0-9]{1,3}:[0-9]{1,3})\.filename$/i;
@@ -140,13 +144,16 @@ export async function inspectVm(dirOrFile: string, options: InspectVmOptions = {
   let file = VmxFile.parse(bytes, vmx);
   const configEncrypted = isEncryptedVmx(file);
   const lockers = configEncrypted ? vmxLockers(file) : [];
+  const pending = await readVmJob(dirname(vmx));
+  const job = pending
+    ? { job: { operation: pending.operation, started: pending.started, stepsDone: pending.steps.filter((s) => s.done).length, steps: pending.steps.length } }
+    : {};
   if (configEncrypted) {
-    if (options.keys === undefined) return { vmx, configEncrypted, lockers, disks: null, encryptedDisks: 0, mixed: false, holdsDiskKey: false };
+    if (options.keys === undefined) return { vmx, configEncrypted, lockers, disks: null, encryptedDisks: 0, mixed: false, holdsDiskKey: false, ...job };
     file = VmxFile.parse((await decryptVmx(bytes, options.keys, vmx)).plain, vmx);
   }
   const disks: VmDisk[] = [];
   for (const d of vmxDisks(file, vmx)) disks.push({ ...d, ...(await diskState(d.path)) });
   const encryptedDisks = disks.filter((d) => d.state === 'vmseal' || d.state === 'vmware').length;
-  const plainDisks = disks.filter((d) => d.state === 'plain').length;
-  return { vmx, configEncrypted, lockers, disks, encryptedDisks, mixed: encryptedDisks > 0 && plainDisks > 0, holdsDiskKey: file.has('dataFileKey') };
+  return { vmx, configEncrypted, lockers, disks, encryptedDisks, mixed: isMixed(disks), holdsDiskKey: file.has('dataFileKey'), ...job };
 }

@@ -31,3 +31,26 @@ export {
 } from './vmx-crypt.js';
 export { findVmx, encryptVmxFile, decryptVmxFile, type EncryptVmxFileResult, type DecryptVmxFileResult } from './vmx-io.js';
 export { inspectVm, vmxDisks, diskState, type VmInfo, type VmDisk, type VmDiskState, type InspectVmOptions } from './config-disks.js';
+// A VM folder's files (disks with their snapshot chains, state files), for the folder jobs and `vm rekey`:
+export {
+  listVmFolder,
+  isQemuVmFolder,
+  inspectQemuVm,
+  type VmFolderFiles,
+  type VmFolderDisk,
+  type VmStateFileEntry,
+  type VmStateFileKind,
+  type ListVmFolderOptions,
+} from './folder-files.js';
+// A VM folder as one unit: vm encrypt / vm decrypt of every file in one journaled job, and the all-or-none rule.
+export {
+  encryptVmFolder,
+  decryptVmFolder,
+  type EncryptVmFolderOptions,
+  type DecryptVmFolderOptions,
+  type VmFolderJobOptions,
+  type VmFolderResult,
+  type VmFolderStepEvent,
+} from './folder-crypt.js';
+export { readVmJob, VM_JOB_NAME, type VmJob, type VmJobStep, type VmJobOperation, type VmJobStepKind } from './folder-job.js';
+export { isMixed, refuseMixed } from './all-or-none.js';

@@ -3,7 +3,7 @@ import { dirname, isAbsolute, resolve } from 'node:path';
 import { ChainDisk, chainError } from './chain.js';
 import type { Descriptor } from './descriptor.js';
 import type { VirtualDisk, VmdkDisk } from './disk.js';
-import { VmdkFormatError } from './errors.js';
+import { VmdkFormatError, interruptedJob, jobOf } from './errors.js';
 import { acquireFileLock, FileLockError, lockRecordPathFor, type FileLockHandle } from '../util/lock.js';
 
 /** Most layers below a top (VMware allows 32 snapshots; qemu has no limit): a bound, not a target. */
@@ -79,7 +79,8 @@ async function lockParent(path: string, child: string): Promise<FileLockHandle> 
  * (src/pipeline/lock.ts), as for any disk. Checks, layer by layer: the parent exists, is a VMDK, is
  * not a layer met before (same inode: a loop), its CID is the child's parentCID (else
  * ERR_VMDK_PARENT_CHANGED: the parent was written after the child was made), the same capacity, and
- * both layers encrypted or both plain. On failure every parent opened is closed; `top` is left to
+ * both layers encrypted or both plain; a parent whose descriptor carries a job line (an unfinished
+ * snapshot commit) is refused with ERR_INTERRUPTED_JOB. On failure every parent opened is closed; `top` is left to
  * the caller.
  */
 export async function openParents(top: VmdkDisk, openLayer: (path: string) => Promise<VmdkDisk>): Promise<VirtualDisk> {
@@ -106,6 +107,9 @@ export async function openParents(top: VmdkDisk, openLayer: (path: string) => Pr
       locks.push(await lockParent(path, child.path));
       const parent = await openLayer(path);
       layers.push(parent);
+      // A snapshot commit of this chain did not finish: the parent is half merged (its CID changed too).
+      const job = jobOf(parent.descriptor);
+      if (job !== undefined) throw interruptedJob(job, path);
       const cid = parent.descriptor?.get('CID')?.toLowerCase();
       if (parent.format !== 'vmdk' || cid === undefined) throw chainError(`the parent ${path} is not a VMDK disk with a CID`, child.path);
       // Compared as numbers: qemu writes CIDs without leading zeros, vmseal with.

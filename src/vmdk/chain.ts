@@ -190,3 +190,21 @@ export class ChainDisk implements VirtualDisk {
 export function chainError(message: string, file: string): VmdkFormatError {
   return new VmdkFormatError('ERR_VMDK_CHAIN', message, { file });
 }
+
+/**
+ * The ranges of [start, end) that `layer` (one layer, opened alone) holds itself — allocated or
+ * zeroed grains, which hide its parent's bytes in a chain; coalesced, in order. A disk without
+ * sparse extents holds every byte. Snapshot commit moves exactly these into the parent.
+ */
+export async function* ownRanges(layer: VirtualDisk, start = 0, end = layer.capacity): AsyncIterable<AllocatedRange> {
+  if (!(layer instanceof VmdkDisk)) {
+    if (end > start) yield { offset: start, length: end - start };
+    return;
+  }
+  let at = start;
+  for await (const h of layer.holeRanges(start, end)) {
+    if (h.offset > at) yield { offset: at, length: h.offset - at };
+    at = h.offset + h.length;
+  }
+  if (end > at) yield { offset: at, length: end - at };
+}

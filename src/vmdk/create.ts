@@ -6,7 +6,7 @@ import { type VirtualDisk, VmdkDisk } from './disk.js';
 import { VmdkFormatError } from './errors.js';
 import { HostFile } from './file.js';
 import { GTES_PER_GT, sparseOverheadSectors } from './sparse-fit.js';
-import { openDisk } from './open.js';
+import { openCreatedDisk } from './open.js';
 import {
   FLAG_NEWLINE_TEST,
   FLAG_RGD,
@@ -129,7 +129,7 @@ export async function createDiskNamed(path: string, options: CreateDiskOptions, 
     } finally {
       await f.close();
     }
-    return openDisk(abs, { format: 'raw' });
+    return openCreatedDisk(abs, { format: 'raw' });
   }
 
   const sectors = capacity / SECTOR;
@@ -198,7 +198,7 @@ export async function createDiskNamed(path: string, options: CreateDiskOptions, 
     }
   }
   // The kind comes from the subformat, never from the name: a VMDK named `.img` is still a VMDK.
-  return fresh(await openDisk(abs, { allowEncrypted: true, format: 'vmdk' }));
+  return fresh(await openCreatedDisk(abs, { allowEncrypted: true, format: 'vmdk' }));
 }
 
 /** A disk createDisk just made keeps the CID it was made with on its first write (VmdkDisk.markCidFresh). */

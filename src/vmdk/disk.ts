@@ -108,6 +108,8 @@ export class VmdkDisk implements VirtualDisk {
   #closed = false;
   #cidUpdated = false;
   #cidUpdate: Promise<void> | undefined;
+  /** Released when the disk closes: the lock openDisk took for a writer (src/vmdk/open.ts). */
+  readonly #onClose: Array<() => void> = [];
 
   constructor(init: VmdkDiskInit) {
     this.path = init.path;
@@ -429,19 +431,28 @@ export class VmdkDisk implements VirtualDisk {
     await this.close();
   }
 
+  /** Run `release` once the disk is closed (after its last write and flush): openDisk's lock of a writer. */
+  holdUntilClose(release: () => void): void {
+    this.#onClose.push(release);
+  }
+
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
     await Promise.allSettled([...this.#inFlight]);
     let first: unknown;
-    for (const e of this.#extents) {
-      try {
-        await e.close();
-      } catch (err) {
-        first ??= err;
+    try {
+      for (const e of this.#extents) {
+        try {
+          await e.close();
+        } catch (err) {
+          first ??= err;
+        }
       }
+      for (const f of this.#hostFiles) await f.close();
+    } finally {
+      for (const release of this.#onClose.splice(0)) release();
     }
-    for (const f of this.#hostFiles) await f.close();
     if (first) throw first;
   }
 }

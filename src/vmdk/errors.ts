@@ -22,6 +22,7 @@ export type VmdkErrorCode =
   | 'ERR_VMDK_CHAIN' // a snapshot chain cannot be assembled: parent missing, loop, too deep, half a parent link, layers disagree
   | 'ERR_VMDK_PARENT_CHANGED' // a snapshot parent's CID is not the child's parentCID: the parent was written after the child was made
   | 'ERR_DISK_ENCRYPTED' // an encrypted disk opened without allowEncrypted
+  | 'ERR_INTERRUPTED_JOB' // a plain disk, or a chain's parent, carries the job line of an unfinished job (snapshot commit): finish it with resume
   | ArgumentErrorCode; // ERR_INVALID_ARGUMENT: a bad argument to an API call
 
 export interface VmdkErrorLocation {
@@ -57,4 +58,24 @@ export function ioError(err: unknown, action: string, file: string): VmdkFormatE
   if (err instanceof VmdkFormatError) return err;
   const code = (err as NodeJS.ErrnoException | undefined)?.code;
   return new VmdkFormatError('ERR_VMDK_IO', `cannot ${action}: ${code ?? String(err)}`, { file, cause: err });
+}
+
+/**
+ * The line an unfinished job leaves in the descriptor of the disk it rewrites (src/disk's
+ * `encryption.job`; a snapshot commit puts it in the parent's descriptor, plain or encrypted).
+ */
+export const JOB_LINE = 'encryption.job';
+
+/** The unfinished job a descriptor names, if any. */
+export function jobOf(d: { get(key: string): string | undefined } | undefined): string | undefined {
+  return d?.get(JOB_LINE);
+}
+
+/** A disk half rewritten by a job that did not finish: refused until `vmseal resume` completes it. */
+export function interruptedJob(job: string, file: string): VmdkFormatError {
+  return new VmdkFormatError(
+    'ERR_INTERRUPTED_JOB',
+    `the disk is in the middle of an interrupted ${job.slice(0, 40)} job; finish it first (vmseal resume on the disk, or on the top of its chain for a snapshot commit)`,
+    { file },
+  );
 }

@@ -2,13 +2,14 @@ import { realpath, stat } from 'node:fs/promises';
 import { isAbsolute, relative, resolve, dirname, extname, sep } from 'node:path';
 import { Descriptor, MAX_DESCRIPTOR_BYTES } from './descriptor.js';
 import { type VirtualDisk, VmdkDisk, type VmdkDiskInit } from './disk.js';
-import { VmdkFormatError } from './errors.js';
+import { VmdkFormatError, interruptedJob, jobOf } from './errors.js';
 import { openParents, parentLink } from './chain-open.js';
 import { type Extent, FlatExtent, ZeroExtent } from './extent.js';
 import { HandlePool, HostFile } from './file.js';
 import { COWD_MAGIC, SECTOR, SESPARSE_MAGIC, SPARSE_MAGIC } from './sparse-header.js';
 import { SparseExtent } from './sparse-extent.js';
 import { expected, expectedOneOf } from '../errors.js';
+import { acquireFileLock, FileLockError, holdsExclusiveLock, lockRecordPathFor } from '../util/lock.js';
 
 export interface OpenDiskOptions {
   /** Open without write access; writes and descriptor updates are refused (default: `false`). */
@@ -24,6 +25,12 @@ export interface OpenDiskOptions {
    * claimed by two entries (time ∝ allocated tables, memory 4 bytes per allocated grain); see docs/format.md.
    */
   check?: 'lazy' | 'full';
+  /**
+   * Open only this file, not the chain it may end (default `false`): a child's parents are neither
+   * opened nor locked and its unallocated grains read as zeros. For jobs that move data between the
+   * layers of a chain (snapshot commit), which lock and check every layer themselves.
+   */
+  layerOnly?: boolean;
 }
 
 /** createType values vmseal reads and writes (plus the VMFS flat aliases below, read only). */
@@ -42,6 +49,19 @@ export const MAX_EXTENTS = 9999;
  * descriptor is a text descriptor; any other `.vmdk` is refused (ERR_VMDK_FORMAT) and anything else is raw.
  */
 export async function openDisk(path: string, options: OpenDiskOptions = {}): Promise<VirtualDisk> {
+  return openDiskWith(path, options, true);
+}
+
+/**
+ * openDisk for createDisk, which opens the disk it just made: not locked as a writer's (the new
+ * file's name is its creator's to guard — a job reserves it — and a job staging an output must not
+ * find a lock file beside it).
+ */
+export function openCreatedDisk(path: string, options: OpenDiskOptions): Promise<VirtualDisk> {
+  return openDiskWith(path, options, false);
+}
+
+async function openDiskWith(path: string, options: OpenDiskOptions, lockWriters: boolean): Promise<VirtualDisk> {
   if (typeof path !== 'string' || path === '' || path.includes('\0')) {
     throw new VmdkFormatError('ERR_INVALID_ARGUMENT', expected('a file path', 'path', path));
   }
@@ -56,14 +76,39 @@ export async function openDisk(path: string, options: OpenDiskOptions = {}): Pro
   if (options.check !== undefined && options.check !== 'lazy' && options.check !== 'full') {
     throw new VmdkFormatError('ERR_INVALID_ARGUMENT', expectedOneOf(['lazy', 'full'], 'options.check', options.check));
   }
+  if (options.layerOnly !== undefined && typeof options.layerOnly !== 'boolean') {
+    throw new VmdkFormatError('ERR_INVALID_ARGUMENT', expected('a boolean', 'options.layerOnly', options.layerOnly));
+  }
   const full = options.check === 'full';
   const abs = resolve(path);
   const top = await openLayer(abs, readOnly, allowEncrypted, options.format, full);
-  if (!(top instanceof VmdkDisk) || parentLink(top.descriptor, abs) === undefined) return top;
+  if (lockWriters && !readOnly && options.layerOnly !== true && top instanceof VmdkDisk) await lockWriter(top, abs);
+  if (options.layerOnly === true || !(top instanceof VmdkDisk) || parentLink(top.descriptor, abs) === undefined) return top;
   try {
     return await openParents(top, (p) => openLayer(p, true, allowEncrypted, undefined, full));
   } catch (err) {
     await top.close();
+    throw err;
+  }
+}
+
+/**
+ * A disk opened for writing holds its vmseal lock (src/util/lock.ts) exclusively until it is closed
+ * — unless this process holds it already (a job that locked the disk, then opens it) — as its
+ * parents are held shared (chain-open.ts): no snapshot commit, in-place job or second writer can
+ * run on the disk or under it meanwhile. On failure the disk is closed.
+ */
+async function lockWriter(top: VmdkDisk, abs: string): Promise<void> {
+  const record = lockRecordPathFor(abs);
+  if (holdsExclusiveLock(record)) return;
+  try {
+    const lock = await acquireFileLock(record, { mode: 'exclusive', coversOpens: false, record: { operation: 'open for writing', tool: 'vmseal' } });
+    top.holdUntilClose(() => lock.release());
+  } catch (err) {
+    await top.close();
+    if (err instanceof FileLockError && err.code === 'ERR_LOCK_BUSY') {
+      throw new FileLockError('ERR_LOCK_BUSY', `cannot open ${abs} for writing: it is ${err.message}`, { file: err.file, holder: err.holder, cause: err });
+    }
     throw err;
   }
 }
@@ -241,6 +286,8 @@ function checkDescriptor(d: Descriptor, file: string, allowEncrypted: boolean): 
   }
   parentLink(d, file); // a half or impossible parent link is refused before any extent is opened
   if (d.isEncrypted() && !allowEncrypted) {
+    const job = jobOf(d);
+    if (job !== undefined && d.get('encryption.format') === undefined) throw interruptedJob(job, file);
     throw new VmdkFormatError('ERR_DISK_ENCRYPTED', `${file} is encrypted; open it with keys`, { file });
   }
 }

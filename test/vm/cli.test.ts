@@ -180,10 +180,10 @@ describe('vmseal vm', () => {
     expect((await readFile(file)).toString()).toBe(`.encoding = "UTF-8"\ndisplayName = "JtR"\n${text.toString()}`);
   });
 
-  it('refuses by exit code: no --config-only 2, already encrypted 5, not encrypted 5, no .vmx 1, VM running 7', async () => {
-    const noFlag = await vmseal(['vm', 'encrypt', vm], env);
+  it('refuses by exit code: --workstation without --config-only 2, already encrypted 5, not encrypted 5, no .vmx 1, VM running 7', async () => {
+    const noFlag = await vmseal(['vm', 'encrypt', vm, '--workstation'], env);
     expect(noFlag.code).toBe(2);
-    expect(expectOneLineError(noFlag)).toContain('Give --config-only to encrypt the .vmx alone');
+    expect(expectOneLineError(noFlag)).toContain('give --config-only with it');
     const notEncrypted = await vmseal(['vm', 'decrypt', vm, '--config-only'], env);
     expect(notEncrypted.code).toBe(5);
     ok(await vmseal(['vm', 'encrypt', vm, '--config-only'], env));

@@ -43,7 +43,12 @@ export async function backupCreate(
   ctx.output.result({ ok: true, command: 'backup create', ...r, seconds });
   ctx.output.line(r.point);
   ctx.output.note(
-    `backed up ${disk}${r.plain ? ' (PLAIN: its chunks hold plaintext)' : ''}: ${r.chunks} chunks, ${r.newChunks} new (${formatBytes(r.newBytes)}), read ${formatBytes(r.bytesRead)} in ${seconds.toFixed(1)} s; history ${r.history}${r.parent ? `, after ${r.parent}` : ''}`,
+    `backed up ${disk}${r.plain ? ' (PLAIN: its chunks hold plaintext)' : ''}: ${r.chunks} chunks, ${r.newChunks} new (${formatBytes(r.newBytes)}), read ${r.chunksRead} chunks (${formatBytes(r.bytesRead)}) in ${seconds.toFixed(1)} s; history ${r.history}${r.parent ? `, after ${r.parent}` : ''}`,
+  );
+  ctx.output.note(
+    r.changeBitmap.used
+      ? `read only the chunks changed since point ${r.changeBitmap.base} (change bitmap of vmseal serve)`
+      : `read every allocated chunk: ${r.changeBitmap.why}`,
   );
 }
 

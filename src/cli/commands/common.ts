@@ -5,7 +5,7 @@ import { access, stat } from 'node:fs/promises';
 import { dirname, extname, resolve } from 'node:path';
 import { inspectDisk } from '../../pipeline/index.js';
 import { describeKeySafe, type LockerInfo } from '../../keys/index.js';
-import { readEncryptionParams } from '../../disk/index.js';
+import { assertNoJournal, readEncryptionParams } from '../../disk/index.js';
 import { CliError, usageError } from '../errors.js';
 import type { Ctx } from '../context.js';
 import type { DiskFormat } from '../parse.js';
@@ -124,4 +124,14 @@ export function lockerText(l: LockerInfo): string {
 /** JSON form of a locker (no secrets exist in a LockerInfo). */
 export function lockerJson(l: LockerInfo): Record<string, unknown> {
   return { ...l };
+}
+
+/** Whether an interrupted job left its journal beside `disk` (a killed snapshot commit may have removed the disk's own files already). */
+export function hasJournal(disk: string): boolean {
+  try {
+    assertNoJournal(disk);
+    return false;
+  } catch {
+    return true;
+  }
 }

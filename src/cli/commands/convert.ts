@@ -3,19 +3,31 @@
  * `vmseal convert DIR OUTDIR --subformat S …` or `vmseal convert --list FILE OUTDIR --subformat S …`.
  */
 import { mkdir, stat } from 'node:fs/promises';
-import { readEncryptionParams } from '../../disk/index.js';
 import type { LockerSpec } from '../../keys/index.js';
-import { convertDisk, type JobResult } from '../../pipeline/index.js';
-import { batchExitCode, defaultJobs, listImagesInDirectory, planBatch, readImageList, runBatch, type BatchItem, type BatchItemResult } from '../batch.js';
+import type { JobResult } from '../../pipeline/index.js';
+import {
+  batchExitCode,
+  defaultJobs,
+  listImagesInDirectory,
+  planBatch,
+  readImageList,
+  runBatch,
+  type BatchItem,
+  type BatchItemResult,
+  type ConvertOne,
+} from '../batch.js';
 import type { Ctx } from '../context.js';
 import { CliError, usageError } from '../errors.js';
 import { ExitCode } from '../exit-codes.js';
 import { throughputText, withHooks, type JobHooks } from '../jobs.js';
 import { batchProgress } from '../batch-progress.js';
+import { BatchPool, batchWorkerScript } from '../batch-pool.js';
+import { KeyDesk } from '../key-bridge.js';
 import { KeySession, withKeys, type KeyCliOptions } from '../key-session.js';
 import { formatBytes, formatDuration, type CipherName, type DiskFormat, type Subformat, type UnitSize } from '../parse.js';
-import { formatOpts, printNotes, requireFreeOutput, requireInputFile, requireRawOutputName, requireWholeSectors } from './common.js';
-import { checkEncryptedSubformat, encryptedOutputSubformat, jobTuning } from './encrypt.js';
+import { convertImage, imageOptions, type ImageKeys } from './convert-image.js';
+import { printNotes, requireFreeOutput, requireInputFile, requireRawOutputName, requireWholeSectors } from './common.js';
+import { checkEncryptedSubformat, encryptedOutputSubformat } from './encrypt.js';
 
 export interface ConvertCliOptions extends KeyCliOptions {
   subformat?: Subformat;
@@ -47,47 +59,16 @@ async function exists(path: string): Promise<boolean> {
   );
 }
 
-async function isEncrypted(path: string, format: DiskFormat | undefined): Promise<boolean> {
-  // A raw image or an unreadable file is "not encrypted" here; the conversion itself reports why it fails.
-  return (await readEncryptionParams(path, formatOpts(format)).catch(() => null)) !== null;
-}
-
-/** Convert one image; shared by the single and the batch forms. */
-async function convertOne(
+/** Convert one image on this thread; shared by the single form and a batch without worker threads. */
+function convertOne(
   ctx: Ctx,
-  keys: KeySession,
+  keys: ImageKeys,
   item: BatchItem,
   opts: ConvertCliOptions,
   newLockers: () => Promise<LockerSpec[]>,
-  progress: string | (() => JobHooks),
+  progress: string | JobHooks,
 ): Promise<JobResult | { skipped: true }> {
-  // Checked here, before keys are asked for, so that a re-run batch says what to do per image. The
-  // two look-ups are independent: run together, an image of a batch waits for one file-system
-  // round trip instead of two (each a hop through libuv's thread pool).
-  const [outputExists, encryptedInput] = await Promise.all([opts.force ? Promise.resolve(false) : exists(item.output), isEncrypted(item.input, opts.format)]);
-  if (outputExists) {
-    if (opts.skipExisting) return { skipped: true };
-    throw new CliError('ERR_OUTPUT_EXISTS', `the output ${item.output} already exists`, {
-      exitCode: ExitCode.FAILURE,
-      hint: 'Choose another output name, add --force to replace it, or --skip-existing to keep it',
-    });
-  }
-  const unlock = encryptedInput
-    ? await keys.unlockOptions(item.input, { usePassphrase: keys.passphraseGiven && !opts.encrypt, ...formatOpts(opts.format) })
-    : undefined;
-  const encrypt = opts.encrypt ? { lockers: await newLockers(), cipher: opts.cipher, unitSize: opts.unitSize, cache: keys.cache } : undefined;
-  return withHooks(ctx, typeof progress === 'string' ? progress : progress(), (hooks) =>
-    convertDisk(item.input, item.output, {
-      ...jobTuning(opts),
-      ...formatOpts(opts.format),
-      signal: hooks.signal,
-      onProgress: hooks.onProgress,
-      ...(opts.subformat !== undefined ? { subformat: opts.subformat } : {}),
-      ...(unlock ? { keys: unlock } : {}),
-      ...(encrypt ? { encrypt } : {}),
-      ...(opts.decrypt ? { decrypt: true } : {}),
-    }),
-  );
+  return withHooks(ctx, progress, (hooks) => convertImage(item, opts, keys, newLockers, hooks));
 }
 
 export async function convertCommand(ctx: Ctx, first: string | undefined, second: string | undefined, opts: ConvertCliOptions): Promise<void> {
@@ -142,6 +123,14 @@ async function convertBatch(ctx: Ctx, dir: string | undefined, listFile: string 
   const items = planBatch(inputs, outDir, opts.subformat);
 
   const jobs = opts.jobs ?? defaultJobs();
+  // More than one job, and more images than jobs: images run in worker threads
+  // (src/cli/batch-pool.ts), so that the JavaScript of N images runs on N cores. The main thread is
+  // one of the N: it converts an image whenever no worker is free (also while they start), and a
+  // batch starts one thread fewer. A thread's start-up is ≈0.2 s of CPU, the cost of some twenty
+  // small images: a batch with no more images than jobs (each job converting one) stays on the main
+  // thread, and so does one job.
+  const script = jobs > 1 && items.length > jobs ? batchWorkerScript() : undefined;
+  const workers = script !== undefined ? jobs - 1 : 0;
   const started = performance.now();
   const outcome = await withKeys(ctx, opts, async (keys) => {
     // One KEK and one recovery passphrase for the whole batch (each image still gets its own DEK):
@@ -149,24 +138,34 @@ async function convertBatch(ctx: Ctx, dir: string | undefined, listFile: string 
     // together wait for the one making them instead of making their own.
     let lockers: Promise<LockerSpec[]> | undefined;
     const newLockers = (): Promise<LockerSpec[]> => (lockers ??= batchLockers(keys));
-    if (opts.encrypt) await newLockers();
+    const desk = script !== undefined ? new KeyDesk(keys, newLockers) : undefined;
+    const pool = desk && script ? new BatchPool(script, workers, { opts: imageOptions(opts), passphraseGiven: keys.passphraseGiven }, desk) : undefined;
+    // With workers, the main thread's own images take their keys through the same desk: a KEK is
+    // then fetched once, whichever thread asks first.
+    const here = desk?.localKeys(keys.passphraseGiven);
+    const hereKeys: ImageKeys = here ?? keys;
+    const hereLockers = here ? () => here.newLockers() : newLockers;
     const progress = batchProgress(ctx);
     try {
-      return await runBatch(
-        items,
-        (item) =>
-          convertOne(ctx, keys, item, opts, newLockers, () => progress.hooks()).then((r) =>
-            'skipped' in r ? { bytes: 0, skipped: true } : { bytes: r.bytesProcessed },
-          ),
-        {
-          signal: ctx.signal,
-          jobs,
-          onDone: (r, i, n) => ctx.output.line(summaryLine(r, i, n)),
-          onNotRun: (item, i, n) => ctx.output.line(`[${i + 1}/${n}] not run ${item.input}: interrupted, its output removed`),
-        },
-      );
+      if (opts.encrypt) await newLockers();
+      // The main thread converts an image too whenever every worker is busy.
+      const convert: ConvertOne = (item, signal) => {
+        const hooks = progress.hooks();
+        return (
+          pool?.tryRun(item, hooks, signal) ??
+          convertOne(ctx, hereKeys, item, opts, hereLockers, hooks).then((r) => ('skipped' in r ? { bytes: 0, skipped: true } : { bytes: r.bytesProcessed }))
+        );
+      };
+      return await runBatch(items, convert, {
+        signal: ctx.signal,
+        jobs,
+        onDone: (r, i, n) => ctx.output.line(summaryLine(r, i, n)),
+        onNotRun: (item, i, n) => ctx.output.line(`[${i + 1}/${n}] not run ${item.input}: interrupted, its output removed`),
+      });
     } finally {
       progress.stop();
+      await pool?.close();
+      here?.close();
     }
   });
   const wallSeconds = (performance.now() - started) / 1000;
@@ -189,6 +188,7 @@ async function convertBatch(ctx: Ctx, dir: string | undefined, listFile: string 
     notRun,
     interrupted: outcome.interrupted,
     jobs,
+    workers,
     bytes: totalBytes,
     seconds: wallSeconds,
     results: outcome.results,

@@ -5,12 +5,13 @@ import { resumeDisk } from '../../pipeline/index.js';
 import type { Ctx } from '../context.js';
 import { throughputText, withHooks } from '../jobs.js';
 import { withKeys, type KeyCliOptions } from '../key-session.js';
-import { formatOpts, requireInputFile } from './common.js';
+import { formatOpts, hasJournal, requireInputFile } from './common.js';
 import { reportRotation } from './rekey.js';
 
 export async function resumeCommand(ctx: Ctx, disk: string, opts: KeyCliOptions & { trustV1Journal?: boolean; format?: 'vmdk' | 'raw' }): Promise<void> {
   ctx.doing = `cannot resume the job on ${disk}`;
-  await requireInputFile(disk, 'the disk');
+  // A killed snapshot commit may have removed the child's files already: its journal is enough.
+  if (!hasJournal(disk)) await requireInputFile(disk, 'the disk');
   const result = await withKeys(ctx, opts, async (keys) => {
     const unlock = await keys.unlockOptions(disk, formatOpts(opts.format));
     return withHooks(ctx, 'resume', (hooks) =>

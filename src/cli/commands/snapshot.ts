@@ -1,15 +1,19 @@
 /**
  * `vmseal snapshot create|list|revert DISK`: snapshot chains of VMDK disks (docs/vmdk.md, "Snapshot
  * chains"). DISK is any layer's path: create adds a child on it, list shows the chain ending at it,
- * revert replaces it (a child) by a new empty one. Encrypted disks need their keys for create and
- * revert (the child's authenticator is made with the DEK); list needs none.
+ * revert replaces it (a child) by a new empty one, commit merges it (a child) into its parent.
+ * Encrypted disks need their keys for create, revert and commit (the child's authenticator, the
+ * parent's data check and the commit journal are made with the DEK); list needs none.
  */
 import { createEncryptedSnapshot, readEncryptionParams, revertEncryptedSnapshot } from '../../disk/index.js';
 import { ChainDisk, createSnapshot, openDisk as openVmdk, revertSnapshot, type VirtualDisk } from '../../vmdk/index.js';
 import { parseEncryption } from '../../disk/params.js';
 import type { Ctx } from '../context.js';
 import { withKeys, type KeyCliOptions } from '../key-session.js';
-import { requireInputFile } from './common.js';
+import { hasJournal, requireInputFile } from './common.js';
+import { commitSnapshot } from '../../pipeline/index.js';
+import { withHooks } from '../jobs.js';
+import type { UnlockOptions } from '../../pipeline/options.js';
 
 export interface SnapshotLayer {
   path: string;
@@ -81,4 +85,27 @@ export async function snapshotRevert(ctx: Ctx, disk: string, opts: KeyCliOptions
     : await revertSnapshot(disk);
   ctx.output.result({ ok: true, command: 'snapshot revert', top });
   ctx.output.line(`Reverted ${top}: the changes since the snapshot are discarded`);
+}
+
+export async function snapshotCommit(ctx: Ctx, disk: string, opts: KeyCliOptions): Promise<void> {
+  ctx.doing = `cannot commit ${disk}`;
+  // A killed commit may have removed the child's files already: its journal is enough to finish it.
+  const journal = hasJournal(disk);
+  if (!journal) await requireInputFile(disk, 'the disk');
+  // The child's own lines (its parent may be half merged by a killed commit): keys only for an encrypted chain.
+  const layer = await openVmdk(disk, { readOnly: true, allowEncrypted: true, layerOnly: true }).catch(() => undefined);
+  const encrypted = layer ? (layer.descriptor?.isEncrypted() ?? false) : journal;
+  await layer?.close();
+  const run = (keys: UnlockOptions | undefined) =>
+    withHooks(ctx, 'snapshot commit', (hooks) => commitSnapshot(disk, { ...(keys ? { keys } : {}), signal: hooks.signal, onProgress: hooks.onProgress }));
+  const done = encrypted ? await withKeys(ctx, opts, async (keys) => run(await keys.unlockOptions(disk))) : await run(undefined);
+  ctx.output.result({
+    ok: true,
+    command: 'snapshot commit',
+    top: done.top,
+    removed: done.removed,
+    bytesMoved: done.bytesMoved,
+    ...(done.resumed ? { resumed: true } : {}),
+  });
+  ctx.output.line(`Committed ${done.removed} into ${done.top}: ${done.top} is the top now`);
 }

@@ -8,7 +8,7 @@
  */
 import { describeKeySafe, type KeyProvider, type LockerSpec, type UnlockOptions } from '../../keys/index.js';
 import { readEncryptionParams } from '../../disk/index.js';
-import { readManifest, startVmTpm, VmError, type VmManifest } from '../../vm/index.js';
+import { listVmFolder, readManifest, refuseMixed, startVmTpm, VmError, type VmManifest } from '../../vm/index.js';
 import { resolve } from 'node:path';
 import type { Ctx } from '../context.js';
 import { withKeys, type KeyCliOptions, type KeySession } from '../key-session.js';
@@ -16,6 +16,8 @@ import { withKeys, type KeyCliOptions, type KeySession } from '../key-session.js
 export interface VmTpmCliOptions extends KeyCliOptions {
   socketDir?: string;
   tools?: boolean;
+  /** Run the vTPM of a VM whose disks are partly encrypted (refused otherwise: all or none). */
+  allowMixed?: boolean;
 }
 
 /**
@@ -74,6 +76,8 @@ export async function vmTpmCommand(ctx: Ctx, dir: string, opts: VmTpmCliOptions)
   };
   await withKeys(ctx, opts, async (keys) => {
     const manifest = await readManifest(dir);
+    // VMware's all-or-none rule: a VM whose disks are partly encrypted is refused before swtpm starts.
+    if (!opts.allowMixed) refuseMixed((await listVmFolder(dir)).disks, 'vm tpm', dir);
     const first = manifest.tpm?.keySafe === undefined;
     const unlock = await unlockFor(manifest, keys);
     const lockers = first && manifest.tpm ? await lockersFor(dir, manifest, keys) : undefined;

@@ -1,31 +1,33 @@
 /**
  * `vmseal vm encrypt|decrypt DIR|FILE.vmx --config-only` and `vmseal vm info DIR|FILE.vmx`: the
- * VMware configuration encryption of a VM (src/vm). Encrypting a VM's disks together with its
- * configuration is not here yet: without --config-only the commands say so.
+ * VMware configuration encryption of a VM (src/vm). Without --config-only, encrypt and decrypt take
+ * the whole VM folder as one job (vm-folder.ts).
  */
+import { dirname } from 'node:path';
 import type { LockerInfo, LockerSpec } from '../../keys/index.js';
-import { VmError, VmxFile, decryptVmxFile, encryptVmxFile, findVmx, inspectVm, isEncryptedVmx, vmxLockers, type VmDisk, type VmInfo } from '../../vm/index.js';
+import {
+  VmError,
+  VmxFile,
+  inspectQemuVm,
+  isQemuVmFolder,
+  decryptVmxFile,
+  encryptVmxFile,
+  findVmx,
+  inspectVm,
+  isEncryptedVmx,
+  vmxLockers,
+  type VmDisk,
+  type VmInfo,
+} from '../../vm/index.js';
 import { readVmxFile } from '../../vm/vmx-io.js';
 import type { Ctx } from '../context.js';
 import { usageError } from '../errors.js';
-import { withKeys, type KeyCliOptions, type KeySession } from '../key-session.js';
+import { withKeys, type KeySession } from '../key-session.js';
 import { lockerJson } from './common.js';
+import { vmDecryptFolderCommand, vmEncryptFolderCommand } from './vm-folder.js';
+import { vmxUnlock, type VmCliOptions } from './vm-keys.js';
 
-export interface VmCliOptions extends KeyCliOptions {
-  configOnly?: boolean;
-  /** encrypt: one passphrase locker in VMware Workstation's construction (PBKDF2-HMAC-SHA-1, 10,000 rounds). */
-  workstation?: boolean;
-}
-
-function requireConfigOnly(opts: VmCliOptions, verb: 'encrypt' | 'decrypt'): void {
-  if (opts.configOnly) return;
-  throw usageError(
-    `vm ${verb} of a whole VM (its disks, state files and .vmx as one job) is not available yet: only the configuration can be ${verb}ed`,
-    verb === 'encrypt'
-      ? 'Give --config-only to encrypt the .vmx alone; encrypt each disk with `vmseal encrypt DISK --in-place`'
-      : 'Give --config-only to decrypt the .vmx alone; decrypt each disk with `vmseal decrypt DISK OUT`',
-  );
-}
+export type { VmCliOptions };
 
 async function readVmx(vmx: string): Promise<VmxFile> {
   return VmxFile.parse(await readVmxFile(vmx), vmx);
@@ -50,7 +52,7 @@ async function workstationLocker(keys: KeySession): Promise<LockerSpec> {
 
 export async function vmEncryptCommand(ctx: Ctx, target: string, opts: VmCliOptions): Promise<void> {
   ctx.doing = `cannot encrypt the VM ${target}`;
-  requireConfigOnly(opts, 'encrypt');
+  if (!opts.configOnly) return vmEncryptFolderCommand(ctx, target, opts);
   if (opts.workstation && (opts.keyProvider !== undefined || opts.keyId !== undefined)) {
     throw usageError('--workstation locks the configuration with a passphrase alone: --key-provider and --key-id cannot be given with it');
   }
@@ -79,16 +81,9 @@ export async function vmEncryptCommand(ctx: Ctx, target: string, opts: VmCliOpti
   }
 }
 
-/** Unlock options for an encrypted .vmx; the passphrase is asked for when only phrase lockers can open it. */
-async function vmxUnlock(keys: KeySession, vmx: string, keySafeLockers: LockerInfo[], keySafe: string, allowPrompt: boolean) {
-  const onlyPhrase = keySafeLockers.every((l) => l.kind === 'passphrase');
-  const usePassphrase = keys.passphraseGiven || (allowPrompt && onlyPhrase);
-  return keys.unlockOptions(vmx, { keySafe, usePassphrase });
-}
-
 export async function vmDecryptCommand(ctx: Ctx, target: string, opts: VmCliOptions): Promise<void> {
   ctx.doing = `cannot decrypt the VM ${target}`;
-  requireConfigOnly(opts, 'decrypt');
+  if (!opts.configOnly) return vmDecryptFolderCommand(ctx, target, opts);
   const vmx = await findVmx(target);
   const file = await readVmx(vmx);
   if (!isEncryptedVmx(file)) throw new VmError('ERR_VMX_NOT_ENCRYPTED', `${vmx} is not encrypted`, { file: vmx });
@@ -133,6 +128,12 @@ export function vmInfoLines(info: VmInfo): string[] {
     lines.push(`Encrypted hard disks: ${encrypted.join(', ')} (${encrypted.length} of ${disks.length}).`);
     if (info.mixed) lines.push('The VM is mixed: some hard disks are encrypted and some are not (VMware requires all or none).');
   }
+  if (info.job) {
+    const j = info.job;
+    lines.push(
+      `An interrupted vm ${j.operation} (started ${j.started}, ${j.stepsDone} of ${j.steps} steps done): run \`vmseal vm ${j.operation} ${dirname(info.vmx)}\` with the same key options to finish it.`,
+    );
+  }
   if (info.holdsDiskKey) lines.push('The configuration holds dataFileKey: VMware Workstation encrypted the disks it names with it.');
   lines.push('', `configuration: ${info.vmx}`);
   for (const l of info.lockers) lines.push(`  config key locked by ${vmxLockerText(l)}`);
@@ -142,6 +143,12 @@ export function vmInfoLines(info: VmInfo): string[] {
 
 export async function vmInfoCommand(ctx: Ctx, target: string, opts: VmCliOptions): Promise<void> {
   ctx.doing = `cannot inspect the VM ${target}`;
+  if (await isQemuVmFolder(target)) {
+    const qemu = await inspectQemuVm(target);
+    ctx.output.result({ ok: true, command: 'vm info', ...qemu });
+    for (const line of vmInfoLines(qemu)) ctx.output.line(line);
+    return;
+  }
   const vmx = await findVmx(target);
   const file = await readVmx(vmx);
   let info: VmInfo;

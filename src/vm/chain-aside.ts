@@ -1,0 +1,162 @@
+/**
+ * A disk's snapshot chain encrypted or decrypted as one: written aside, then moved over the chain.
+ *
+ * No in-place job takes a chain (every layer must end under ONE DEK with layer ids, docs/format.md
+ * version 3), so the new chain is built in a staging folder beside the top, `.<top>.vmseal-chain-<op>/`,
+ * with the same file names:
+ *
+ *   1. the base disk: a copy job (encryptDisk under the VM's lockers / decryptDisk), monolithicSparse;
+ *   2. each child, from the bottom up: a new empty snapshot of the new parent (createEncryptedSnapshot:
+ *      same DEK, its own layer id, the parent's as parentLayerId / the VMDK layer's createSnapshot),
+ *      then the child's OWN data copied into it: the ranges its layer allocates, read through the old
+ *      chain up to that child, written through the new one. Ranges the child does not hold read from
+ *      the parent in both chains, so they are not copied;
+ *   3. every staged file fsynced, then the record `commit` written: from here on the move always
+ *      completes. The files are renamed over the old ones (the base first), the folder fsynced, and
+ *      the staging folder removed.
+ *
+ * A crash before `commit` leaves the old chain untouched (the next run removes the staging folder
+ * and starts again); after it, the next run finishes the renames. Needs room for a copy of the chain.
+ * Layers must be single-file (monolithicSparse): a child's descriptor names its parent by file name,
+ * which the move keeps. The new parents are left mode 0444, as `vmseal snapshot create` leaves them.
+ */
+import { mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import type { KeyCache, LockerSpec, UnlockOptions } from '../keys/index.js';
+import { createEncryptedSnapshot, openDisk } from '../disk/index.js';
+import { decryptDisk, encryptDisk } from '../pipeline/index.js';
+import { ChainDisk, createSnapshot, openDisk as openVmdk, type VirtualDisk } from '../vmdk/index.js';
+import { createFileAtomic, fsyncDir } from '../util/atomic-file.js';
+import { VmError } from './errors.js';
+
+const COMMIT = 'commit';
+/** Bytes copied per read/write of a child's own data. */
+const COPY_BYTES = 4 << 20;
+
+export interface ChainJobOptions {
+  operation: 'encrypt' | 'decrypt';
+  /** encrypt: the VM's lockers. */
+  lockers?: LockerSpec[];
+  /** Opens the chain (decrypt) or the new chain (encrypt). */
+  keys: UnlockOptions;
+  cache?: KeyCache;
+  signal?: AbortSignal;
+}
+
+/**
+ * The staging folder of `operation` for the chain whose top is `top`. The operation is in the name:
+ * a committed folder that an encryption left (its removal lost in a crash) must never be moved over
+ * the chain by a later decryption.
+ */
+export function chainStagePath(top: string, operation: ChainJobOptions['operation']): string {
+  return join(dirname(top), `.${basename(top)}.vmseal-chain-${operation}`);
+}
+
+/** Whether an earlier run of `operation` left a staging folder for the chain of `top`. */
+export async function hasChainStage(top: string, operation: ChainJobOptions['operation']): Promise<boolean> {
+  return exists(chainStagePath(top, operation));
+}
+
+async function exists(path: string): Promise<boolean> {
+  return stat(path).then(
+    () => true,
+    () => false,
+  );
+}
+
+async function fsyncFile(path: string): Promise<void> {
+  const fh = await open(path, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Rename every staged layer over its old file (base first: `order`), then remove the staging folder. */
+async function moveOver(stage: string, order: string[]): Promise<void> {
+  const dir = dirname(stage);
+  const staged = new Set(await readdir(stage));
+  for (const name of order) if (staged.has(name)) await rename(join(stage, name), join(dir, name));
+  await fsyncDir(dir);
+  await rm(stage, { recursive: true, force: true });
+  await fsyncDir(dir);
+}
+
+/** What the copy needs of a disk (a VMDK layer's VirtualDisk, or an EncryptedDisk). */
+type ByteDisk = Pick<VirtualDisk, 'read' | 'write' | 'flush'>;
+
+/** Copy the data `layer` (the top of `from`) holds itself into `to`, through both chains. */
+async function copyOwnData(layer: VirtualDisk, from: ByteDisk, to: ByteDisk, signal: AbortSignal | undefined): Promise<void> {
+  for await (const r of layer.allocatedRanges()) {
+    const end = r.offset + r.length;
+    for (let pos = r.offset; pos < end; pos += COPY_BYTES) {
+      signal?.throwIfAborted();
+      const len = Math.min(COPY_BYTES, end - pos);
+      await to.write(pos, await from.read(pos, len));
+    }
+  }
+  await to.flush();
+}
+
+/** Refuse a chain whose layers are not single files (their extent names would not survive the move). */
+export function checkChainMovable(top: string, layers: string[], files: string[]): void {
+  if (files.length === layers.length) return;
+  throw new VmError(
+    'ERR_VM_SNAPSHOT',
+    `${top} is a snapshot chain whose layers have extent files of their own; vm encrypt and vm decrypt move single-file layers (monolithicSparse) only: convert the chain first, or consolidate the snapshots`,
+    { file: top },
+  );
+}
+
+/**
+ * Encrypt or decrypt the chain `layers` (top first, as listVmFolder gives it) as described above.
+ * A move an earlier run had committed is finished from its record instead (then only `layers[0]`,
+ * the top, is used: the chain may be half moved).
+ */
+export async function runChainJob(layers: string[], options: ChainJobOptions): Promise<void> {
+  const top = layers[0]!;
+  // The other operation's folder is a finished job's (the VM's job file names one operation at a time).
+  await rm(chainStagePath(top, options.operation === 'encrypt' ? 'decrypt' : 'encrypt'), { recursive: true, force: true });
+  const stage = chainStagePath(top, options.operation);
+  const record = join(stage, COMMIT);
+  if (await exists(record)) return moveOver(stage, (JSON.parse(await readFile(record, 'utf8')) as { files: string[] }).files);
+  const bottomUp = [...layers].reverse();
+  const order = bottomUp.map((l) => basename(l));
+  await rm(stage, { recursive: true, force: true });
+  await mkdir(stage, { mode: 0o700 });
+  const { keys, signal } = options;
+  const base = bottomUp[0]!;
+  const stagedBase = join(stage, basename(base));
+  const job = { subformat: 'monolithicSparse' as const, ...(signal ? { signal } : {}) };
+  if (options.operation === 'encrypt') {
+    await encryptDisk(base, stagedBase, { ...job, lockers: options.lockers!, ...(options.cache ? { cache: options.cache } : {}) });
+  } else {
+    await decryptDisk(base, stagedBase, { ...job, keys });
+  }
+  let parent = stagedBase;
+  for (const old of bottomUp.slice(1)) {
+    const name = basename(old);
+    const made = options.operation === 'encrypt' ? await createEncryptedSnapshot(parent, { keys, name }) : await createSnapshot(parent, { name });
+    // The old chain up to this layer (plain, or opened with the keys), and its own layer's ranges.
+    const layerView = await openVmdk(old, { readOnly: true, allowEncrypted: true });
+    try {
+      const from = options.operation === 'encrypt' ? layerView : await openDisk(old, { keys, readOnly: true });
+      const to = options.operation === 'encrypt' ? await openDisk(made, { keys }) : await openVmdk(made);
+      try {
+        const own = layerView instanceof ChainDisk ? layerView.top : layerView;
+        await copyOwnData(own, from, to, signal);
+      } finally {
+        await to.close();
+        if (from !== layerView) await from.close();
+      }
+    } finally {
+      await layerView.close();
+    }
+    parent = made;
+  }
+  for (const name of order) await fsyncFile(join(stage, name));
+  await createFileAtomic(join(stage, COMMIT), Buffer.from(`${JSON.stringify({ files: order })}\n`));
+  await fsyncDir(stage);
+  await moveOver(stage, order);
+}

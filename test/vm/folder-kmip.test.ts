@@ -1,0 +1,73 @@
+// A VM folder encrypted as one unit under a KEK of a real KMIP server (PyKMIP): one KEK for the VM,
+// made on the server once, locks every disk's DEK, the .nvram's file key and the config key; the VM
+// decrypts back to its original bytes through the server.
+import { execFileSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { readEncryptionParams } from '../../src/disk/index.js';
+import { describeKeySafe } from '../../src/keys/index.js';
+import { KmipKeyProvider } from '../../src/kmip/index.js';
+import { decryptVmFolder, encryptVmFolder, inspectVm, readStateFileHeader } from '../../src/vm/index.js';
+import { openDisk } from '../../src/vmdk/index.js';
+import { tempDir } from '../disk/helpers.js';
+import { startPyKmip, type PyKmip } from '../helpers/pykmip.js';
+
+let kms: PyKmip;
+let tmp: ReturnType<typeof tempDir>;
+const providers: KmipKeyProvider[] = [];
+function provider(): KmipKeyProvider {
+  const p = new KmipKeyProvider({ ...kms.providerOptions('vm-kms'), timeoutMs: 5000 });
+  providers.push(p);
+  return p;
+}
+const sha256 = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
+
+async function contentHash(path: string): Promise<string> {
+  const d = await openDisk(path, { readOnly: true });
+  try {
+    return sha256(await d.read(0, d.capacity));
+  } finally {
+    await d.close();
+  }
+}
+
+beforeAll(async () => {
+  tmp = tempDir('vmseal-vm-kmip-');
+  kms = await startPyKmip();
+}, 60_000);
+afterAll(async () => {
+  for (const p of providers) await p.close();
+  await kms?.stop();
+  tmp.cleanup();
+});
+
+describe('vm encrypt DIR with a KMIP provider', () => {
+  it('locks every key of the VM with one KEK of the server, and decrypts back through it', async () => {
+    const vm = join(tmp.dir, 'vm');
+    mkdirSync(vm);
+    const raw = join(tmp.dir, 'd.raw');
+    writeFileSync(raw, Buffer.concat([randomBytes(200_000), Buffer.alloc(848_576)]));
+    execFileSync('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'vmdk', raw, join(vm, 'a.vmdk')]);
+    execFileSync('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'vmdk', raw, join(vm, 'b.vmdk')]);
+    writeFileSync(join(vm, 'k.vmx'), 'displayName = "k"\nscsi0:0.fileName = "a.vmdk"\nscsi0:1.fileName = "b.vmdk"\n');
+    writeFileSync(join(vm, 'k.nvram'), randomBytes(10_000));
+    const before = { a: await contentHash(join(vm, 'a.vmdk')), vmx: sha256(readFileSync(join(vm, 'k.vmx'))), nvram: sha256(readFileSync(join(vm, 'k.nvram'))) };
+
+    const r = await encryptVmFolder(vm, { provider: provider() });
+    expect(r.kek).toMatchObject({ providerId: 'vm-kms' });
+    const kek = r.kek!.keyId;
+    for (const d of ['a.vmdk', 'b.vmdk'])
+      expect(describeKeySafe((await readEncryptionParams(join(vm, d)))!.keySafe).map((l) => [l.providerId, l.keyId])).toEqual([['vm-kms', kek]]);
+    expect(describeKeySafe((await readStateFileHeader(join(vm, 'k.nvram'))).keySafe).map((l) => l.keyId)).toEqual([kek]);
+    const info = await inspectVm(vm, { keys: { providers: [provider()] } });
+    expect(info).toMatchObject({ configEncrypted: true, encryptedDisks: 2 });
+    expect(info.lockers.map((l) => l.keyId)).toEqual([kek]);
+
+    await decryptVmFolder(vm, { keys: { providers: [provider()] } });
+    expect(await contentHash(join(vm, 'a.vmdk'))).toBe(before.a);
+    expect(sha256(readFileSync(join(vm, 'k.vmx')))).toBe(before.vmx);
+    expect(sha256(readFileSync(join(vm, 'k.nvram')))).toBe(before.nvram);
+  }, 60_000);
+});
