@@ -211,6 +211,9 @@ async function main() {
     const inc = [];
     for (let i = 0; i < incRounds; i++) {
       changeChunks(flat, size, changed);
+      // Without the bitmap: `backup create` leaves a baseline `<disk>.vmseal-ctk`, which only
+      // `vmseal serve` updates; the bytes written straight into the extent above would go unseen.
+      clean(`${disk}.vmseal-ctk`);
       spawnSync('sync');
       const r = vmsealJson(env, 'backup', 'create', disk, repo);
       if (r.json.newChunks !== changed) throw new Error(`the incremental backup wrote ${r.json.newChunks} chunks, not ${changed}`);
@@ -240,7 +243,7 @@ async function main() {
         loadNote(loadBefore, loadAfter),
         `Disk: \`vmseal encrypt\` of ${sizeLabel} of random data to an encrypted monolithicFlat disk (local key provider) in ${base === '/dev/shm' ? 'tmpfs (/dev/shm)' : base}; repositories, copies and restored disks in the same folder. Every command is a process spawned by the suite and timed from spawn to exit (start-up included); peak RSS by /usr/bin/time.`,
         `cp, full backup (into a new empty repository, \`backup init\` not timed) and full restore (\`backup restore REPO latest OUT\`: every chunk's hash checked, then written) interleaved over ${rounds} rounds, order reversed every other round, outputs deleted and \`sync\` run before each run; medians. The restored disk's files were compared with the disk's (cmp) once.`,
-        `Incremental: before each of ${incRounds} runs, ${changed} chunks (1 %) of the flat extent overwritten with random bytes (ciphertext changes; the backup never decrypts), then \`backup create\` into the same repository — without a change bitmap (the disk is not served, so it has no \`<disk>.vmseal-ctk\`): it reads and hashes all ${chunks} chunks and writes only the changed ones (checked: newChunks = ${changed}).`,
+        `Incremental: before each of ${incRounds} runs, ${changed} chunks (1 %) of the flat extent overwritten with random bytes (ciphertext changes; the backup never decrypts), then \`backup create\` into the same repository — without the change bitmap (\`<disk>.vmseal-ctk\` deleted before each run: only \`vmseal serve\` records changes in it): it reads and hashes all ${chunks} chunks and writes only the changed ones (checked: newChunks = ${changed}).`,
         `Peak RSS at ${capLabel}: the same ${sizeLabel} of data at the start of a ${capLabel} monolithicSparse disk (\`vmseal encrypt --subformat monolithicSparse\` of the sparse raw file), full backup into a new repository, ${sparseRuns.length} run(s).`,
         'Quick rollback (`backup restore --over`) is not measured: the command is not on main yet.',
       ],
