@@ -50,6 +50,7 @@ const commands = {
   vm: () => import('./commands/vm.js'),
   backup: () => import('./commands/backup.js'),
   vmTpm: () => import('./commands/vm-tpm.js'),
+  vmRekey: () => import('./commands/vm-rekey.js'),
 };
 
 /** `--export NAME=DISK` (repeatable), collected by commander; commands/serve.ts parses each. */
@@ -413,6 +414,8 @@ Examples:
     .option('--listen <host:port>', "TCP address to listen on instead (NBD's port is 10809; 0 picks a free port)")
     .option('--name <name>', 'export name of the one DISK')
     .addOption(new Option('--export <name=disk>', 'serve DISK as export NAME (repeatable)').argParser(collectExport))
+    .option('--vm <dir>', 'serve the disks of the qemu VM folder DIR (vmseal-vm.json) and its UEFI variables as export <name>-vars')
+    .option('--allow-mixed', 'with --vm: serve a VM whose disks are partly encrypted')
     .option('--read-only', 'serve read-only (shared lock: other readers may open the disks)')
     .addOption(
       new Option('--shared <n>', 'connections per export (default: 1 writable, 16 read-only)').argParser((v) =>
@@ -440,6 +443,7 @@ Examples:
   vmseal serve disk-enc.vmdk --socket /run/vm1/nbd.sock
   qemu-system-x86_64 ... -drive file=nbd+unix:///disk-enc?socket=/run/vm1/nbd.sock,format=raw,if=virtio
   vmseal serve --export web=web.vmdk --export db=db.vmdk --listen 127.0.0.1:10809
+  vmseal serve --vm vm1/ --socket /run/vm1/nbd.sock    # vm1's disks, and vm1-vars for -drive if=pflash,unit=1
   vmseal serve disk-enc.vmdk --listen 0.0.0.0:10809 --tls-cert server-cert.pem --tls-key server-key.pem --tls-ca ca-cert.pem`,
   );
   serveCmd.action((disks: string[], opts) => commands.serve().then((m) => m.serveCommand(ctx, disks, opts)));
@@ -519,7 +523,7 @@ Examples:
 
   const vmCommand = program
     .command('vm')
-    .summary("a VM folder as one unit: encrypt, decrypt and inspect its disks, state files and configuration (.vmx, in VMware's construction)")
+    .summary("a VM folder as one unit: encrypt, decrypt, rekey and inspect its disks, state files and configuration (.vmx, in VMware's construction)")
     .description(
       'A VM is the folder of its .vmx (or the .vmx itself). The .vmx is encrypted as VMware does it (Workstation password-protected VMs, vSphere VM Encryption): encryption.keySafe holds the configuration key under its lockers (a key provider, a passphrase), encryption.data the configuration; .encoding, displayName and encryptedVM.guid stay in the clear. Without --config-only, encrypt and decrypt take the whole VM folder as one journaled job: its disks, then its state files (.nvram, .vmsn, .vmem, .vmss), then the .vmx, all under one key-encryption key per VM; an interrupted job is finished by running the same command again. docs/vm.md specifies the formats.',
     );
@@ -566,6 +570,29 @@ Examples:
     .option('--recovery-passphrase', 'open an encrypted .vmx with the passphrase (from --passphrase-file, --passphrase-env, VMSEAL_PASSPHRASE or a prompt)');
   addKeyOptions(vmInfo, false);
   vmInfo.action((target: string, opts) => commands.vm().then((m) => m.vmInfoCommand(ctx, target, opts)));
+  const vmRekey = vmTarget(vmCommand.command('rekey'))
+    .description(
+      "Put the whole VM under a new VM key-encryption key, as one journaled job (a killed run is continued by running it again): --shallow locks the same keys anew (every disk's KeySafe, snapshot layers included, every encrypted state file's header, the vTPM state key, the .vmx's config key); --deep also makes new keys: each disk re-encrypted under a new disk key, state files under new file keys, the .vmx under a new config key (the vTPM state key is rewrapped, not rotated). The new key comes from --key-provider (or --key-id); the current keys open with the providers the files name, or the recovery passphrase.",
+    )
+    .option('--shallow', 'a new VM key-encryption key, the same keys (fast)')
+    .option('--deep', 'new keys for every disk and file too (disks re-encrypted)')
+    .option('--keep-recovery-passphrase', 'deep: lock the new keys with the recovery passphrase too (give it with --passphrase-file …)')
+    .option('--remove-recovery-passphrase', 'deep: drop the recovery passphrase lockers')
+    .option('--allow-mixed', 'rekey a VM whose disks are partly encrypted (the plain ones are left as they are)')
+    .option(
+      '--recovery-passphrase',
+      'open the current keys with the recovery passphrase (from --passphrase-file, --passphrase-env, VMSEAL_PASSPHRASE or a prompt)',
+    );
+  addKeyOptions(vmRekey, true);
+  vmRekey.addHelpText(
+    'after',
+    `
+Examples:
+  vmseal vm rekey ~/vms/web1 --shallow
+  vmseal vm rekey ~/vms/web1 --deep --remove-recovery-passphrase
+  vmseal vm rekey ~/vmware/win11 --shallow --key-provider kmip --kms kms1:5696 --kms-ca ca.pem --kms-cert c.pem --kms-key c.key`,
+  );
+  vmRekey.action((target: string, opts) => commands.vmRekey().then((m) => m.vmRekeyCommand(ctx, target, opts)));
   const backup = program
     .command('backup')
     .summary('ciphertext backups of encrypted disks in a repository folder: no key needed')

@@ -16,6 +16,7 @@ import type { EncryptedDisk } from '../disk/index.js';
 import type { VirtualDisk } from '../vmdk/index.js';
 import type { DiskLock } from '../pipeline/lock.js';
 import { ChangeTracker, generationOf } from '../backup/change-bitmap.js';
+import type { StateFileDisk } from './vars-export.js';
 import type { BlockSizes, Extent } from './codec.js';
 import { ServeError } from './errors.js';
 import { OpGate } from './op-gate.js';
@@ -35,7 +36,8 @@ import {
   PREFERRED_BLOCK,
 } from './protocol.js';
 
-export type ServedDisk = VirtualDisk | EncryptedDisk;
+/** A disk, or a state file served as one (the UEFI variables of a VM: vars-export.ts). */
+export type ServedDisk = VirtualDisk | EncryptedDisk | StateFileDisk;
 
 /** What a disk replacement (replaceDisk) switches the export to: the new disk, opened, and its lock. */
 export interface Replacement<T> {

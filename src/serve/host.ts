@@ -24,6 +24,8 @@ import { tlsServerContext, type ServeTls, type TlsServerContext } from './tls.js
 import { claimControl, type ControlSocket } from './control.js';
 import { privateFolder } from './private-folder.js';
 import { snapshotExport } from './snapshot.js';
+import { openStateFileDisk } from './vars-export.js';
+import { isStateFile } from '../vm/index.js';
 
 export interface ServeDisk {
   path: string;
@@ -217,6 +219,16 @@ async function openExport(spec: ServeDisk, name: string, ctx: OpenContext): Prom
   const shared = checkCount(spec.shared ?? options.shared ?? (readOnly ? DEFAULT_SHARED_READ_ONLY : 1), 'shared');
   const lock: DiskLock = await acquireLock(spec.path, 'serve', readOnly ? 'shared' : 'exclusive');
   try {
+    // A state file (vmseal's container: UEFI variables) is served from memory, rewritten whole on
+    // each write. Its provider being down fails the export: it is not served locked.
+    if (await isStateFile(spec.path)) {
+      return new Export(name, await openStateFileDisk(spec.path, { keys: (await keysOf(options, spec.path)) ?? {}, readOnly }), {
+        readOnly,
+        shared,
+        lock,
+        description: `encrypted state file ${spec.path}`,
+      });
+    }
     const encrypted = (await readEncryptionParams(spec.path)) !== null;
     let keys: UnlockOptions | undefined;
     if (encrypted) keys = await keysOf(options, spec.path);

@@ -18,3 +18,4 @@ export { controlRequest } from './control-client.js';
 export type { ControlCommand, ControlErrorBody, ControlId, ControlReply, ControlRequest } from './control-protocol.js';
 export type { UnlockRetry } from './locked.js';
 export type { ServeTls } from './tls.js';
+export { vmServeDisks } from './vars-export.js';

@@ -22,6 +22,15 @@ import type { UnlockOptions } from '../keys/index.js';
 import { acquireLock, type DiskLock } from '../pipeline/lock.js';
 import { removeNewSnapshot } from '../vmdk/snapshot.js';
 import type { Export, Replacement, ServedDisk } from './export.js';
+import { ServeError } from './errors.js';
+import { StateFileDisk } from './vars-export.js';
+
+/** A state file (UEFI variables) has no layers to snapshot. */
+function refuseStateFile(disk: ServedDisk, name: string): asserts disk is Exclude<ServedDisk, StateFileDisk> {
+  if (disk instanceof StateFileDisk) {
+    throw new ServeError('ERR_SERVE_EXPORT', `export ${name} serves the state file ${disk.path} (UEFI variables), which has no snapshots`);
+  }
+}
 
 export interface LiveSnapshotOptions {
   /** File name of the child (default VMware's `<base>-00000N.vmdk`). */
@@ -43,6 +52,7 @@ export async function snapshotExport(exp: Export, options: LiveSnapshotOptions):
   // The DEK is unlocked before writes are held back: a KDF or a KMS round trip does not stall them.
   // Every layer of a disk shares it, so it fits whichever layer is the top when the replacement runs.
   const current = exp.disk;
+  refuseStateFile(current, exp.name);
   const prepared = await prepareSnapshot(current, current.encrypted ? await options.keysFor(current.path) : undefined);
   try {
     return await exp.replaceDisk((old, oldLock, keepLock) => switchToChild(exp.name, prepared, old, oldLock, keepLock, options));
@@ -60,6 +70,7 @@ async function switchToChild(
   keepLock: (lock: DiskLock | undefined) => void,
   options: LiveSnapshotOptions,
 ): Promise<Replacement<LiveSnapshotResult>> {
+  refuseStateFile(old, name);
   const parent = old.path;
   /** The parent's lock while the child is made and opened: the export's own, or after step 1 a shared one. */
   let parentLock: DiskLock | undefined = oldLock;

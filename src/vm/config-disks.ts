@@ -1,7 +1,7 @@
 import { open, stat } from 'node:fs/promises';
 import { dirname, isAbsolute, join } from 'node:path';
 import { readEncryptionParams } from '../disk/index.js';
-import { MAX_DESCRIPTOR_BYTES } from '../vmdk/index.js';
+import { ChainDisk, MAX_DESCRIPTOR_BYTES, openDisk as openVmdk } from '../vmdk/index.js';
 import { SECTOR, embeddedDescriptorArea } from '../vmdk/sparse-header.js';
 import { readFully } from '../util/file-io.js';
 import type { LockerInfo, UnlockOptions } from '../keys/index.js';
@@ -41,6 +41,12 @@ export interface VmDisk {
   state: VmDiskState;
   /** For unreadable: why. */
   detail?: string;
+  /**
+   * For a snapshot chain (more than one layer): each layer from the top down to the base disk, with
+   * its own state (a chain vmseal made has every layer encrypted under one DEK; a layer that is not
+   * is damage worth seeing).
+   */
+  layers?: Array<{ path: string; state: VmDiskState; detail?: string }>;
 }
 
 export interface VmInfo {
@@ -132,6 +138,26 @@ export async function diskState(path: string): Promise<{ state: VmDiskState; det
   }
 }
 
+/** The layers of the snapshot chain topped by `path` with each one's state; undefined for a single-layer disk. */
+async function chainLayers(path: string): Promise<VmDisk['layers']> {
+  let paths: string[];
+  try {
+    const disk = await openVmdk(path, { readOnly: true, allowEncrypted: true });
+    try {
+      if (!(disk instanceof ChainDisk)) return undefined;
+      paths = disk.layers().map((l) => l.path);
+    } finally {
+      await disk.close();
+    }
+  } catch (err) {
+    // A parent that is missing or damaged: the chain cannot be walked; say so on the disk's own line.
+    return [{ path, state: 'unreadable', detail: `its snapshot chain cannot be opened: ${err instanceof Error ? err.message : String(err)}` }];
+  }
+  const out: NonNullable<VmDisk['layers']> = [];
+  for (const p of paths) out.push({ path: p, ...(await diskState(p)) });
+  return out;
+}
+
 export interface InspectVmOptions {
   /** How to open an encrypted .vmx to list its disks (without it, `disks` is null for an encrypted .vmx). */
   keys?: UnlockOptions;
@@ -153,7 +179,11 @@ export async function inspectVm(dirOrFile: string, options: InspectVmOptions = {
     file = VmxFile.parse((await decryptVmx(bytes, options.keys, vmx)).plain, vmx);
   }
   const disks: VmDisk[] = [];
-  for (const d of vmxDisks(file, vmx)) disks.push({ ...d, ...(await diskState(d.path)) });
+  for (const d of vmxDisks(file, vmx)) {
+    const state = await diskState(d.path);
+    const layers = state.state === 'vmseal' || state.state === 'plain' ? await chainLayers(d.path) : undefined;
+    disks.push({ ...d, ...state, ...(layers ? { layers } : {}) });
+  }
   const encryptedDisks = disks.filter((d) => d.state === 'vmseal' || d.state === 'vmware').length;
   return { vmx, configEncrypted, lockers, disks, encryptedDisks, mixed: isMixed(disks), holdsDiskKey: file.has('dataFileKey'), ...job };
 }

@@ -28,7 +28,7 @@ import { diskState, type VmDiskState } from './config-disks.js';
 import { checkChainMovable, hasChainStage, runChainJob } from './chain-aside.js';
 import { VmError } from './errors.js';
 import { chainOf, listVmFolder, type VmFolderDisk, type VmFolderFiles } from './folder-files.js';
-import { readVmJob, removeVmJob, stepFile, stepPath, writeVmJob, type VmJob, type VmJobOperation, type VmJobStep } from './folder-job.js';
+import { readVmJob, removeVmJob, stepFile, stepPath, vmJobCommand, writeVmJob, type VmJob, type VmJobOperation, type VmJobStep } from './folder-job.js';
 import { decryptStateFile, encryptStateFile, isStateFile, readStateFileHeader } from './state-file.js';
 import { isEncryptedVmx, vmxLockers } from './vmx-crypt.js';
 import { VmxFile } from './vmx-file.js';
@@ -83,7 +83,7 @@ export interface VmFolderResult {
 const LOCK_NAME = '.vmseal-vm';
 
 /** Take the VM folder's lock, after checking that VMware does not run the VM. */
-async function lockFolder(dir: string, vmx: string | undefined, operation: string): Promise<FileLockHandle> {
+export async function lockFolder(dir: string, vmx: string | undefined, operation: string): Promise<FileLockHandle> {
   if (vmx !== undefined) {
     const lck = `${vmx}.lck`;
     if (
@@ -106,7 +106,7 @@ async function lockFolder(dir: string, vmx: string | undefined, operation: strin
 }
 
 /** The .vmx of a listed folder (undefined for a qemu folder). */
-function vmxOf(files: VmFolderFiles): string | undefined {
+export function vmxOf(files: VmFolderFiles): string | undefined {
   return files.kind === 'vmx' ? files.config : undefined;
 }
 
@@ -197,7 +197,7 @@ function planDecrypt(files: VmFolderFiles): VmJobStep[] {
  * (or one an earlier run left staged), 'skipped' when the chain is already done, undefined for a
  * disk without snapshots.
  */
-async function chainStep(path: string, operation: VmJobOperation): Promise<string[] | 'skipped' | undefined> {
+async function chainStep(path: string, operation: 'encrypt' | 'decrypt'): Promise<string[] | 'skipped' | undefined> {
   const doneState: VmDiskState = operation === 'encrypt' ? 'vmseal' : 'plain';
   if (await hasChainStage(path, operation)) return (await chainOf(path, 'plain')).layers;
   const s = await diskState(path);
@@ -206,10 +206,10 @@ async function chainStep(path: string, operation: VmJobOperation): Promise<strin
   return s.state === doneState ? 'skipped' : layers;
 }
 
-function otherJob(dir: string, job: VmJob, operation: VmJobOperation): VmError {
+export function otherJob(dir: string, job: VmJob, operation: VmJobOperation): VmError {
   return new VmError(
     'ERR_VM_JOB',
-    `${dir} has an interrupted vm ${job.operation} (started ${job.started}); finish it first with \`vmseal vm ${job.operation} ${dir}\`, then run vm ${operation}`,
+    `${dir} has an interrupted ${vmJobCommand(job.operation)} (started ${job.started}); finish it first with \`vmseal ${vmJobCommand(job.operation)} ${dir}\`, then run ${vmJobCommand(operation)}`,
     { file: dir },
   );
 }

@@ -30,8 +30,10 @@ export const VM_JOB_VERSION = 1;
 /** A job file lists a few hundred steps at most; anything bigger is not one. */
 const MAX_JOB_BYTES = 1024 * 1024;
 
-export type VmJobOperation = 'encrypt' | 'decrypt';
-export type VmJobStepKind = 'disk' | 'state' | 'config';
+/** `rekey-shallow` and `rekey-deep` are `vm rekey`'s (rekey.ts). */
+export type VmJobOperation = 'encrypt' | 'decrypt' | 'rekey-shallow' | 'rekey-deep';
+/** `tpm`: the vTPM state key in the manifest (vm rekey only). */
+export type VmJobStepKind = 'disk' | 'state' | 'tpm' | 'config';
 
 export interface VmJobStep {
   kind: VmJobStepKind;
@@ -44,7 +46,14 @@ export interface VmJob {
   operation: VmJobOperation;
   started: string;
   kek?: { providerId: string; keyId: string };
+  /** vm rekey --deep: what becomes of recovery-passphrase lockers, fixed by the first run. */
+  recovery?: 'keep' | 'remove';
   steps: VmJobStep[];
+}
+
+/** The command that runs (and finishes) a job of `operation`, for messages. */
+export function vmJobCommand(operation: VmJobOperation): string {
+  return operation === 'rekey-shallow' ? 'vm rekey --shallow' : operation === 'rekey-deep' ? 'vm rekey --deep' : `vm ${operation}`;
 }
 
 export function vmJobPath(dir: string): string {
@@ -69,7 +78,7 @@ function isRecord(v: unknown): v is Record<string, unknown> {
 function checkStep(v: unknown, dir: string): VmJobStep {
   if (!isRecord(v)) throw damaged(dir, 'a step is not an object');
   const { kind, file, done } = v;
-  if (kind !== 'disk' && kind !== 'state' && kind !== 'config') throw damaged(dir, 'a step has an unknown kind');
+  if (kind !== 'disk' && kind !== 'state' && kind !== 'tpm' && kind !== 'config') throw damaged(dir, 'a step has an unknown kind');
   if (typeof file !== 'string' || file.length === 0 || file.includes('\0')) throw damaged(dir, 'a step names no file');
   if (typeof done !== 'boolean') throw damaged(dir, 'a step has no "done"');
   return { kind, file, done };
@@ -95,9 +104,14 @@ export async function readVmJob(dir: string): Promise<VmJob | undefined> {
   if (!isRecord(v) || v.format !== VM_JOB_FORMAT) throw damaged(dir, 'no "format": "vmseal-vm-job"');
   if (typeof v.version !== 'number' || v.version > VM_JOB_VERSION)
     throw damaged(dir, `version ${String(v.version)}; this vmseal reads version ${VM_JOB_VERSION}`);
-  if (v.operation !== 'encrypt' && v.operation !== 'decrypt') throw damaged(dir, 'an unknown operation');
+  if (v.operation !== 'encrypt' && v.operation !== 'decrypt' && v.operation !== 'rekey-shallow' && v.operation !== 'rekey-deep')
+    throw damaged(dir, 'an unknown operation');
   if (typeof v.started !== 'string' || !Array.isArray(v.steps)) throw damaged(dir, 'no "started" or "steps"');
   const job: VmJob = { operation: v.operation, started: v.started, steps: v.steps.map((s) => checkStep(s, dir)) };
+  if (v.recovery !== undefined) {
+    if (v.recovery !== 'keep' && v.recovery !== 'remove') throw damaged(dir, 'a malformed "recovery"');
+    job.recovery = v.recovery;
+  }
   if (v.kek !== undefined) {
     const k = v.kek;
     if (!isRecord(k) || typeof k.providerId !== 'string' || typeof k.keyId !== 'string') throw damaged(dir, 'a malformed "kek"');

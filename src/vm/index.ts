@@ -54,3 +54,5 @@ export {
 } from './folder-crypt.js';
 export { readVmJob, VM_JOB_NAME, type VmJob, type VmJobStep, type VmJobOperation, type VmJobStepKind } from './folder-job.js';
 export { isMixed, refuseMixed } from './all-or-none.js';
+// `vm rekey`: the whole VM onto a new VM KEK, in the folder's one job file:
+export { rekeyVm, type RekeyVmOptions, type RekeyVmResult, type VmRekeyStep, type VmRekeyItemKind } from './rekey.js';

@@ -6,9 +6,9 @@
  *
  *   off  len  field
  *     0    8  magic "VMSEALST"
- *     8    2  version (1)
+ *     8    2  version (2; version 1 is read too)
  *    10    2  flags (0; any other value is refused)
- *    12    4  chunk size (1 MiB = 1048576; version 1 refuses any other)
+ *    12    4  chunk size (1 MiB = 1048576; versions 1 and 2 refuse any other)
  *    16    8  original length of the plain file, bytes (≤ 2^53 - 1)
  *    24   16  file id (random)
  *    40    4  reserved (0)
@@ -18,18 +18,30 @@
  * then the chunks, N = max(1, ceil(length / chunk size)); chunk i holds min(chunk size, length - i·chunk
  * size) bytes of AES-256-GCM ciphertext followed by its 16-byte tag:
  *
+ *   key   (32) = version 2: HKDF-SHA-256(ikm = file key, salt = file id, info = "vmseal state chunks")
+ *                version 1: the file key itself
  *   nonce (12) = file id[0..4] ‖ u64 i
  *   AAD   (41) = SHA-256(header bytes 0..44) ‖ u64 i ‖ u8 (1 for chunk N-1, else 0)
+ *
+ * Why version 2 derives a key per file id: a served UEFI variables file is re-encrypted under the
+ * same file key (its KeySafe unchanged: re-sealing would need every locker, a passphrase included)
+ * on every write, with a new random file id. Only 4 bytes of the id reach the nonce, so under one
+ * GCM key the nonces of thousands of rewrites would collide by the birthday bound (~q²/2^33), and a
+ * repeated GCM nonce gives away the plaintexts' XOR and the authentication key. A key of its own
+ * for each 16-byte file id makes every rewrite a fresh key: no nonce is ever used twice under one.
  *
  * The header hash stops before K and the KeySafe text on purpose: a shallow rekey rewrites only the
  * KeySafe (new lockers, same file key) and must not need the key to recompute every tag. The KeySafe
  * is authenticated by its own lockers' MACs, and a KeySafe of another key fails every chunk's tag.
  */
-import { createHash } from 'node:crypto';
+import { createHash, hkdfSync } from 'node:crypto';
 import { VmError } from './errors.js';
 
 export const STATE_FILE_MAGIC = 'VMSEALST';
-export const STATE_FILE_VERSION = 1;
+/** The version vmseal writes (2: chunk keys derived per file id); version 1 files are read too. */
+export const STATE_FILE_VERSION = 2;
+/** Versions this vmseal reads. */
+const READABLE_VERSIONS: readonly number[] = [1, 2];
 /** Plain bytes per chunk; every chunk but the last holds exactly this many. */
 export const STATE_CHUNK_SIZE = 1 << 20;
 /** Bytes of the GCM tag after each chunk's ciphertext. */
@@ -76,11 +88,11 @@ export function containerSize(length: number, headerBytes: number, chunkSize = S
 }
 
 /** Encode a header. The KeySafe text must be ASCII (KeySafe strings are %-escaped). */
-export function encodeStateHeader(h: { length: number; fileId: Buffer; keySafe: string; chunkSize?: number }): Buffer {
+export function encodeStateHeader(h: { length: number; fileId: Buffer; keySafe: string; chunkSize?: number; version?: number }): Buffer {
   const ks = Buffer.from(h.keySafe, 'latin1');
   const out = Buffer.alloc(STATE_FIXED_HEADER_BYTES + ks.length);
   out.write(STATE_FILE_MAGIC, 0, 'latin1');
-  out.writeUInt16BE(STATE_FILE_VERSION, 8);
+  out.writeUInt16BE(h.version ?? STATE_FILE_VERSION, 8);
   out.writeUInt16BE(0, 10);
   out.writeUInt32BE(h.chunkSize ?? STATE_CHUNK_SIZE, 12);
   out.writeBigUInt64BE(BigInt(h.length), 16);
@@ -103,10 +115,10 @@ export function parseFixedHeader(fixed: Buffer, file: string): { keySafeBytes: n
   if (fixed.length < STATE_FIXED_HEADER_BYTES) throw formatError(file, `it is ${fixed.length} bytes long, shorter than a header (${STATE_FIXED_HEADER_BYTES})`);
   if (fixed.toString('latin1', 0, 8) !== STATE_FILE_MAGIC) throw formatError(file, `its first 8 bytes are not "${STATE_FILE_MAGIC}"`);
   const version = fixed.readUInt16BE(8);
-  if (version !== STATE_FILE_VERSION) {
+  if (!READABLE_VERSIONS.includes(version)) {
     throw new VmError(
       'ERR_VM_STATE_FORMAT',
-      `${file} is a vmseal state file of version ${version}; this vmseal reads version ${STATE_FILE_VERSION}: use a newer vmseal`,
+      `${file} is a vmseal state file of version ${version}; this vmseal reads versions ${READABLE_VERSIONS.join(' and ')}: use a newer vmseal`,
       { file },
     );
   }
@@ -145,6 +157,12 @@ export function parseStateHeader(fixed: Buffer, keySafeBytes: Buffer, file: stri
 /** SHA-256 of the header fields a shallow rekey never changes (bytes 0..44). */
 export function headerHash(header: Buffer): Buffer {
   return createHash('sha256').update(header.subarray(0, HASHED_BYTES)).digest();
+}
+
+/** The AES-256-GCM key of a file's chunks (see the top of this file); the caller wipes it. */
+export function chunkKey(fileKey: Buffer, header: Pick<StateFileHeader, 'version' | 'fileId'>): Buffer {
+  if (header.version === 1) return Buffer.from(fileKey);
+  return Buffer.from(hkdfSync('sha256', fileKey, header.fileId, 'vmseal state chunks', 32));
 }
 
 /** The 12-byte GCM nonce of chunk `index`. */

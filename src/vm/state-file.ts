@@ -16,6 +16,7 @@ import { readFully, writeFully } from '../util/file-io.js';
 import {
   chunkAad,
   chunkCount,
+  chunkKey,
   chunkLength,
   chunkNonce,
   containerSize,
@@ -130,7 +131,40 @@ export async function isStateFile(path: string): Promise<boolean> {
   }
 }
 
-async function unlockFileKey(header: StateFileHeader, keys: UnlockOptions, file: string): Promise<Buffer> {
+/** Chunk `index` of a file: AES-256-GCM ciphertext ‖ tag, under the chunk key `k` (chunkKey). */
+export function sealChunk(k: Buffer, header: StateFileHeader, index: number, plain: Buffer): Buffer {
+  const n = chunkCount(header.length);
+  const c = createCipheriv('aes-256-gcm', k, chunkNonce(header.fileId, index));
+  c.setAAD(chunkAad(header.headerHash, index, index === n - 1));
+  return Buffer.concat([c.update(plain), c.final(), c.getAuthTag()]);
+}
+
+/**
+ * The plaintext of chunk `index` (`sealed` is its ciphertext ‖ tag), or ERR_VM_STATE_AUTH naming
+ * `file` and the chunk. Nothing of a chunk that does not authenticate is returned.
+ */
+export function openChunk(k: Buffer, header: StateFileHeader, index: number, sealed: Buffer, file: string): Buffer {
+  const n = chunkCount(header.length);
+  const len = sealed.length - STATE_TAG_BYTES;
+  const d = createDecipheriv('aes-256-gcm', k, chunkNonce(header.fileId, index));
+  d.setAAD(chunkAad(header.headerHash, index, index === n - 1));
+  d.setAuthTag(sealed.subarray(len));
+  const plain = d.update(sealed.subarray(0, len));
+  try {
+    d.final();
+  } catch {
+    plain.fill(0);
+    throw new VmError(
+      'ERR_VM_STATE_AUTH',
+      `${file}: chunk ${index} of ${n} does not authenticate (modified, truncated, moved, or taken from another file); restore the file from a backup`,
+      { file, chunk: index },
+    );
+  }
+  return plain;
+}
+
+/** The file key of a state file, opened from its KeySafe with `keys` (the caller wipes it). */
+export async function unlockFileKey(header: StateFileHeader, keys: UnlockOptions, file: string): Promise<Buffer> {
   const opened = await unlockKeySafe(header.keySafe, keys);
   if (opened.cipher !== STATE_KEY_CIPHER || opened.key.length !== STATE_KEY_BYTES) {
     wipe(opened.key);
@@ -152,6 +186,7 @@ export async function encryptStateFile(input: string, output: string, options: E
   const mode = checkMode(options.mode);
   const src = await open(input, 'r');
   const key = randomBytes(STATE_KEY_BYTES);
+  let ck: Buffer | undefined;
   try {
     const length = (await src.stat()).size;
     const keySafe = await sealDek(key, { cipher: STATE_KEY_CIPHER, lockers: options.lockers, ...(options.cache ? { cache: options.cache } : {}) });
@@ -160,6 +195,8 @@ export async function encryptStateFile(input: string, output: string, options: E
     const header = parseStateHeader(headerBuf.subarray(0, STATE_FIXED_HEADER_BYTES), headerBuf.subarray(STATE_FIXED_HEADER_BYTES), output);
     const n = chunkCount(length);
     const plain = Buffer.alloc(Math.min(STATE_CHUNK_SIZE, Math.max(length, 1)));
+    ck = chunkKey(key, header);
+    const k = ck;
     await writeAside(output, mode, async (out) => {
       await writeFully(out, headerBuf, 0);
       let pos = header.headerBytes;
@@ -174,9 +211,7 @@ export async function encryptStateFile(input: string, output: string, options: E
             { file: input },
           );
         }
-        const c = createCipheriv('aes-256-gcm', key, chunkNonce(fileId, i));
-        c.setAAD(chunkAad(header.headerHash, i, i === n - 1));
-        const body = Buffer.concat([c.update(plain.subarray(0, len)), c.final(), c.getAuthTag()]);
+        const body = sealChunk(k, header, i, plain.subarray(0, len));
         await writeFully(out, body, pos);
         pos += body.length;
       }
@@ -190,6 +225,7 @@ export async function encryptStateFile(input: string, output: string, options: E
     return header;
   } finally {
     wipe(key);
+    wipe(ck);
     await src.close();
   }
 }
@@ -211,7 +247,9 @@ export async function decryptStateFile(input: string, output: string, options: D
   try {
     const header = await readHeaderFrom(src, input);
     key = await unlockFileKey(header, options.keys, input);
-    const k = key;
+    const k = chunkKey(key, header);
+    wipe(key);
+    key = k;
     const { length } = header;
     const n = chunkCount(length);
     const fileSize = (await src.stat()).size;
@@ -229,20 +267,7 @@ export async function decryptStateFile(input: string, output: string, options: D
             { file: input, chunk: i },
           );
         }
-        const d = createDecipheriv('aes-256-gcm', k, chunkNonce(header.fileId, i));
-        d.setAAD(chunkAad(header.headerHash, i, i === n - 1));
-        d.setAuthTag(sealed.subarray(len, len + STATE_TAG_BYTES));
-        const plain = d.update(sealed.subarray(0, len));
-        try {
-          d.final();
-        } catch {
-          plain.fill(0);
-          throw new VmError(
-            'ERR_VM_STATE_AUTH',
-            `${input}: chunk ${i} of ${n} does not authenticate (modified, truncated, moved, or taken from another file); restore the file from a backup`,
-            { file: input, chunk: i },
-          );
-        }
+        const plain = openChunk(k, header, i, sealed.subarray(0, len + STATE_TAG_BYTES), input);
         await writeFully(out, plain, i * STATE_CHUNK_SIZE);
         plain.fill(0);
         pos += len + STATE_TAG_BYTES;
@@ -282,7 +307,8 @@ export async function rewrapStateFile(path: string, options: RewrapStateFileOpti
       ...(options.remove ? { remove: options.remove } : {}),
       ...(options.cache ? { cache: options.cache } : {}),
     });
-    const headerBuf = encodeStateHeader({ length: header.length, fileId: header.fileId, keySafe });
+    // The version stays: it says how the chunks' key is made from the file key.
+    const headerBuf = encodeStateHeader({ length: header.length, fileId: header.fileId, keySafe, version: header.version });
     const next = parseStateHeader(headerBuf.subarray(0, STATE_FIXED_HEADER_BYTES), headerBuf.subarray(STATE_FIXED_HEADER_BYTES), path);
     const buf = Buffer.alloc(STATE_CHUNK_SIZE);
     await writeAside(path, st.mode & 0o777, async (out) => {

@@ -21,6 +21,7 @@ import { fsyncDir, isTempNameOf, tempName } from '../util/atomic-file.js';
 import { readManifest, resolveInFolder, writeManifest, manifestPath } from './manifest.js';
 import { VmError } from './errors.js';
 import { initTpm, startupClear, stopTpm } from './tpm-control.js';
+import { withParentDeathSignal } from './parent-death.js';
 
 /** swtpm's file of the TPM 2.0 permanent state: its presence means the state exists. */
 export const TPM_STATE_FILE = 'tpm2-00.permall';
@@ -268,7 +269,9 @@ export async function startVmTpm(dir: string, options: StartVmTpmOptions): Promi
     const args = ['socket', '--tpm2', '--tpmstate', `dir=${stateDir},mode=0600`, '--ctrl', `type=unixio,path=${ctrlSocket},mode=0600`];
     args.push('--key', `fd=3,format=binary,mode=${TPM_STATE_CIPHER}`);
     if (dataSocket !== undefined) args.push('--server', `type=unixio,path=${dataSocket},mode=0600`);
-    const proc = spawn(exe, args, { stdio: ['ignore', 'pipe', 'pipe', 'pipe'] });
+    // swtpm must not outlive this process: it holds the state open, and a second start would fail.
+    const run = withParentDeathSignal(exe, args);
+    const proc = spawn(run.command, run.args, { stdio: ['ignore', 'pipe', 'pipe', 'pipe'] });
     child = proc;
     const output = collect(proc, options.log, 'swtpm');
     const exited = exitOf(proc, exe);

@@ -75,7 +75,8 @@ async function lockVmx(path: string, operation: string): Promise<FileLockHandle>
   }
 }
 
-async function rewrite<T>(path: string, operation: string, fn: (bytes: Buffer) => Promise<{ bytes: Buffer; result: T }>): Promise<T> {
+/** Rewrite the .vmx `path` under its lock: `fn` maps the bytes read to the bytes written (atomically, mode kept). */
+export async function rewriteVmxFile<T>(path: string, operation: string, fn: (bytes: Buffer) => Promise<{ bytes: Buffer; result: T }>): Promise<T> {
   const lock = await lockVmx(path, operation);
   try {
     const { bytes, result } = await fn(await readVmxFile(path));
@@ -94,7 +95,7 @@ export interface EncryptVmxFileResult {
 /** Encrypt the .vmx of a VM folder (or the .vmx named) in place. Errors as encryptVmx, plus ERR_VMX_NOT_FOUND, ERR_VMX_BUSY. */
 export async function encryptVmxFile(dirOrFile: string, options: EncryptVmxOptions): Promise<EncryptVmxFileResult> {
   const vmx = await findVmx(dirOrFile);
-  return rewrite(vmx, 'vm encrypt', async (plain) => {
+  return rewriteVmxFile(vmx, 'vm encrypt', async (plain) => {
     const bytes = await encryptVmx(plain, options).catch((err: unknown) => {
       throw withFile(err, vmx);
     });
@@ -116,7 +117,7 @@ export interface DecryptVmxFileResult {
 /** Decrypt the .vmx of a VM folder (or the .vmx named) in place. Errors as decryptVmx, plus ERR_VMX_NOT_FOUND, ERR_VMX_BUSY. */
 export async function decryptVmxFile(dirOrFile: string, options: DecryptVmxOptions): Promise<DecryptVmxFileResult> {
   const vmx = await findVmx(dirOrFile);
-  return rewrite(vmx, 'vm decrypt', async (encrypted) => {
+  return rewriteVmxFile(vmx, 'vm decrypt', async (encrypted) => {
     const r = await decryptVmx(encrypted, options, vmx);
     const holdsDiskKey = VmxFile.parse(r.plain, vmx).has('dataFileKey');
     return { bytes: r.plain, result: { vmx, unlockedBy: r.unlockedBy, lockers: r.lockers, holdsDiskKey } };

@@ -2,7 +2,7 @@
 // a stored file can be changed — each header field, a chunk's bytes, truncation, extra bytes,
 // chunks reordered, a chunk from another file — is refused with a typed error before any plaintext
 // reaches the output's name.
-import { createDecipheriv, createHash, randomBytes } from 'node:crypto';
+import { createDecipheriv, createHash, hkdfSync, randomBytes } from 'node:crypto';
 import { appendFileSync, existsSync, readdirSync, readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -273,15 +273,18 @@ describe('a changed state file is refused', () => {
   });
 
   it('an independent reader of the format in docs/vm.md opens it, and only with the right flag and index', async () => {
-    // node:crypto straight from the spec: nonce = file id[0..4] ‖ u64 index, AAD = SHA-256(header
-    // bytes 0..44) ‖ u64 index ‖ u8 last. The file key comes from the KeySafe in the header.
+    // node:crypto straight from the spec: version 2, chunk key = HKDF-SHA-256(file key, salt = file
+    // id, info "vmseal state chunks"), nonce = file id[0..4] ‖ u64 index, AAD = SHA-256(header bytes
+    // 0..44) ‖ u64 index ‖ u8 last. The file key comes from the KeySafe in the header.
     const b = readFileSync(enc);
+    expect(b.readUInt16BE(8)).toBe(2);
     const opened = await unlockKeySafe(b.toString('latin1', 48, headerBytes), keys());
     expect(opened.cipher).toBe('AES-256');
+    const chunkKey = Buffer.from(hkdfSync('sha256', opened.key, b.subarray(24, 40), 'vmseal state chunks', 32));
     const hash = createHash('sha256').update(b.subarray(0, 44)).digest();
     const open = (i: number, len: number, index: number, last: number): Buffer => {
       const nonce = Buffer.concat([b.subarray(24, 28), u64(index)]);
-      const d = createDecipheriv('aes-256-gcm', opened.key, nonce);
+      const d = createDecipheriv('aes-256-gcm', chunkKey, nonce);
       d.setAAD(Buffer.concat([hash, u64(index), Buffer.from([last])]));
       d.setAuthTag(b.subarray(at(i) + len, at(i) + len + 16));
       return Buffer.concat([d.update(b.subarray(at(i), at(i) + len)), d.final()]);

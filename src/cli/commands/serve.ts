@@ -7,7 +7,8 @@
  * drives it meanwhile through the control socket (default: see controlPathOf).
  */
 import { readFile } from 'node:fs/promises';
-import { serve, type NbdHost, type ServeDisk, type ServeListen, type ServeTls } from '../../serve/index.js';
+import { serve, vmServeDisks, type NbdHost, type ServeDisk, type ServeListen, type ServeTls } from '../../serve/index.js';
+import { isStateFile, readStateFileHeader } from '../../vm/index.js';
 import type { Ctx } from '../context.js';
 import { usageError } from '../errors.js';
 import { withKeys, type KeyCliOptions } from '../key-session.js';
@@ -30,6 +31,9 @@ export interface ServeCliOptions extends KeyCliOptions {
   tlsKey?: string;
   tlsCa?: string;
   control?: string;
+  /** A qemu VM folder: its disks and its UEFI variables (`<name>-vars`). */
+  vm?: string;
+  allowMixed?: boolean;
 }
 
 /** NBD's registered port, used when --listen gives none. */
@@ -45,8 +49,8 @@ export function parseListen(value: string): { host: string; port: number } {
   return { host: (m[1] ?? m[2])!, port };
 }
 
-/** The disks to serve, from DISK arguments, --name and --export. */
-export function serveDisks(disks: readonly string[], opts: Pick<ServeCliOptions, 'name' | 'export'>): ServeDisk[] {
+/** The disks to serve, from DISK arguments, --name and --export, then `more` (those of --vm). */
+export function serveDisks(disks: readonly string[], opts: Pick<ServeCliOptions, 'name' | 'export'>, more: readonly ServeDisk[] = []): ServeDisk[] {
   const out: ServeDisk[] = [];
   if (opts.name !== undefined && (disks.length !== 1 || (opts.export ?? []).length > 0)) {
     throw usageError('--name names the one DISK served', 'With several disks, name each with --export NAME=DISK');
@@ -57,7 +61,8 @@ export function serveDisks(disks: readonly string[], opts: Pick<ServeCliOptions,
     if (eq <= 0 || eq === e.length - 1) throw usageError(`--export ${JSON.stringify(e)} is not NAME=DISK`, 'Give e.g. --export web=web-enc.vmdk');
     out.push({ name: e.slice(0, eq), path: e.slice(eq + 1) });
   }
-  if (out.length === 0) throw usageError('no disk to serve', 'Give DISK arguments or --export NAME=DISK');
+  out.push(...more);
+  if (out.length === 0) throw usageError('no disk to serve', 'Give DISK arguments, --export NAME=DISK or --vm DIR');
   return out;
 }
 
@@ -94,7 +99,8 @@ function untilAborted(signal: AbortSignal): Promise<void> {
 
 export async function serveCommand(ctx: Ctx, disks: string[], opts: ServeCliOptions): Promise<void> {
   ctx.doing = 'cannot serve';
-  const specs = serveDisks(disks, opts);
+  if (opts.allowMixed && opts.vm === undefined) throw usageError('--allow-mixed goes with --vm', 'Give the VM folder with --vm DIR');
+  const specs = serveDisks(disks, opts, opts.vm === undefined ? [] : await vmServeDisks(opts.vm, { allowMixed: opts.allowMixed === true }));
   const listen = listenOf(opts);
   const tls = await readTlsFiles(opts);
   for (const d of specs) await requireInputFile(d.path, 'the disk');
@@ -106,7 +112,9 @@ export async function serveCommand(ctx: Ctx, disks: string[], opts: ServeCliOpti
     const host: NbdHost = await serve({
       disks: specs,
       ...(listen ? { listen } : {}),
-      keys: (path) => keys.unlockOptions(path),
+      // A state file's KeySafe is in its own header, not in a VMDK descriptor: it names the providers.
+      keys: async (path) =>
+        (await isStateFile(path)) ? keys.unlockOptions(path, { keySafe: (await readStateFileHeader(path)).keySafe }) : keys.unlockOptions(path),
       readOnly: opts.readOnly === true,
       ...(opts.shared !== undefined ? { shared: opts.shared } : {}),
       ...(opts.stallTimeout !== undefined ? { stallTimeoutMs: opts.stallTimeout } : {}),

@@ -21,7 +21,7 @@ import { usageError } from '../errors.js';
 import { withKeys, type KeySession } from '../key-session.js';
 import { vmxUnlock, type VmCliOptions } from './vm-keys.js';
 
-const KIND_TEXT: Record<VmFolderStepEvent['kind'], string> = { disk: 'disk', state: 'state file', config: 'configuration' };
+const KIND_TEXT: Record<VmFolderStepEvent['kind'], string> = { disk: 'disk', state: 'state file', tpm: 'vTPM state key', config: 'configuration' };
 
 /** How to open the VM's encrypted parts: the .vmx's own lockers when it is encrypted, else the configured providers. */
 async function folderUnlock(keys: KeySession, target: string): Promise<UnlockOptions> {

@@ -20,6 +20,7 @@ import {
   type VmInfo,
 } from '../../vm/index.js';
 import { readVmxFile } from '../../vm/vmx-io.js';
+import { vmJobCommand } from '../../vm/folder-job.js';
 import type { Ctx } from '../context.js';
 import { usageError } from '../errors.js';
 import { withKeys, type KeySession } from '../key-session.js';
@@ -131,13 +132,21 @@ export function vmInfoLines(info: VmInfo): string[] {
   if (info.job) {
     const j = info.job;
     lines.push(
-      `An interrupted vm ${j.operation} (started ${j.started}, ${j.stepsDone} of ${j.steps} steps done): run \`vmseal vm ${j.operation} ${dirname(info.vmx)}\` with the same key options to finish it.`,
+      `An interrupted ${vmJobCommand(j.operation)} (started ${j.started}, ${j.stepsDone} of ${j.steps} steps done): run \`vmseal ${vmJobCommand(j.operation)} ${dirname(info.vmx)}\` with the same key options to finish it.`,
     );
   }
   if (info.holdsDiskKey) lines.push('The configuration holds dataFileKey: VMware Workstation encrypted the disks it names with it.');
   lines.push('', `configuration: ${info.vmx}`);
   for (const l of info.lockers) lines.push(`  config key locked by ${vmxLockerText(l)}`);
-  for (const d of disks ?? []) lines.push(`${d.device}: ${d.fileName}: ${STATE_TEXT[d.state]}${d.detail !== undefined ? ` (${d.detail})` : ''}`);
+  for (const d of disks ?? []) {
+    lines.push(`${d.device}: ${d.fileName}: ${STATE_TEXT[d.state]}${d.detail !== undefined ? ` (${d.detail})` : ''}`);
+    const layers = d.layers ?? [];
+    for (const [i, l] of layers.entries()) {
+      lines.push(
+        `  snapshot layer ${i + 1} of ${layers.length}${i === 0 ? ' (top)' : i === layers.length - 1 ? ' (base)' : ''}: ${l.path}: ${STATE_TEXT[l.state]}${l.detail !== undefined ? ` (${l.detail})` : ''}`,
+      );
+    }
+  }
   return lines;
 }
 
