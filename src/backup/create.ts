@@ -25,7 +25,8 @@ import {
   type ChunkEntry,
   type PointManifest,
 } from './manifest.js';
-import { CHUNK_SIZE, POINT_ID_RE, newPointId, openRepository, sha256Hex, type Repository } from './repository.js';
+import { CHUNK_SIZE, POINT_ID_RE, newPointId, openRepository, type Repository } from './repository.js';
+import { ChunkWriters } from './chunk-writers.js';
 import { readPoint, readPoints } from './points.js';
 import { isChanged, readChangeBitmap, writeBaseline } from './change-bitmap.js';
 import { parentInLineage, RESTORED_FROM_KEY } from './lineage.js';
@@ -232,8 +233,11 @@ async function backUp(
   /** Fan-out folders that got a new chunk: synced once, before the manifest names their chunks. */
   const written = new Set<string>();
   let done = false;
+  // Hashing and storing run in worker threads (chunk-writers.ts); the reads stay here.
+  const writers = new ChunkWriters(repo);
   const worker = async (): Promise<void> => {
-    const buf = Buffer.allocUnsafe(CHUNK_SIZE);
+    const shared = new SharedArrayBuffer(CHUNK_SIZE);
+    const buf = Buffer.from(shared);
     for (;;) {
       if (o.signal?.aborted) throw abortError(o.signal, `the backup of ${disk.path}`);
       // One generator shared by the workers: next() calls are queued by the generator itself.
@@ -249,8 +253,8 @@ async function backUp(
       bytesRead += data.length;
       chunksRead++;
       if (data.equals(ZERO.subarray(0, data.length))) continue;
-      const hash = sha256Hex(data);
-      if (!(await repo.hasChunk(hash)) && (await repo.putChunk(hash, data))) {
+      const { hash, wrote } = await writers.store(shared, data.length);
+      if (wrote) {
         newChunks++;
         newBytes += data.length;
         written.add(hash.slice(0, 2));
@@ -265,7 +269,12 @@ async function backUp(
       throw err;
     });
   // Wait for every worker to stop before the locks and files are released, then report the first failure.
-  const settled = await Promise.allSettled(Array.from({ length: PARALLEL }, guarded));
+  let settled: PromiseSettledResult<void>[];
+  try {
+    settled = await Promise.allSettled(Array.from({ length: PARALLEL }, guarded));
+  } finally {
+    await writers.close();
+  }
   const failure = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
   if (failure) throw failure.reason;
   entries.sort((a, b) => a[0] - b[0]);

@@ -146,8 +146,13 @@ export class Repository implements RepositoryInfo {
     }
   }
 
+  /** The folder of chunk fan-out folders: a chunk is `<chunkRoot>/<first two hex digits>/<hash>`. */
+  get chunkRoot(): string {
+    return join(this.path, 'chunks');
+  }
+
   chunkPath(hash: string): string {
-    return join(this.path, 'chunks', hash.slice(0, 2), hash);
+    return join(this.chunkRoot, hash.slice(0, 2), hash);
   }
 
   async hasChunk(hash: string): Promise<boolean> {

@@ -1,0 +1,277 @@
+// Ciphertext backups (issue 11 targets), measured as a user runs them: every `vmseal backup …` and
+// `cp` is a whole process spawned by this suite under /usr/bin/time (wall time from spawn to exit,
+// start-up included; peak RSS of the command).
+//  1. a 2 GiB encrypted monolithicFlat disk (`vmseal encrypt` of random data) in tmpfs, repository
+//     in tmpfs: full `backup create` into an empty repository versus `cp` of the disk's two files
+//     into a new folder, and a full `backup restore` of that point, rounds interleaved (order
+//     reversed every other round), outputs deleted and `sync` run before each run, medians;
+//  2. incremental: 1 % of the disk's chunks overwritten (random bytes written straight into the flat
+//     extent: the backup reads ciphertext and never decrypts, so it cannot tell) and `backup create`
+//     again, without a change bitmap (it reads and hashes every chunk, writes only the changed ones);
+//  3. peak RSS of a full backup of the same data in a sparse 16 GiB disk (monolithicSparse), against
+//     the 2 GiB disk's.
+// Quick rollback (`backup restore --over`) is not measured: the command does not exist yet.
+//
+// Run: node bench/run.mjs backup [--quick]
+//   BENCH_BACKUP_MIB=N: the disk's data size in MiB (default 2048; 256 with --quick), for a quick check.
+import { spawnSync } from 'node:child_process';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, rmSync, statfsSync, writeSync } from 'node:fs';
+import { randomFillSync, randomInt } from 'node:crypto';
+import { cpus, loadavg, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { quick, report, fmtMBs } from '../lib.mjs';
+
+const MiB = 1024 * 1024;
+const GiB = 1024 * MiB;
+const CHUNK = MiB; // the repository's chunk size (src/backup/repository.ts CHUNK_SIZE)
+const BIN = fileURLToPath(new URL('../../bin/vmseal.js', import.meta.url));
+
+const envMiB = process.env.BENCH_BACKUP_MIB;
+if (envMiB !== undefined && !/^[1-9][0-9]*$/.test(envMiB)) {
+  console.error(`bench backup: BENCH_BACKUP_MIB must be a positive whole number of MiB, not "${envMiB}"`);
+  process.exit(2);
+}
+const size = (envMiB ? Number(envMiB) : quick ? 256 : 2048) * MiB;
+const sparseCapacity = 8 * size; // 16 GiB for the default 2 GiB
+const rounds = quick ? 3 : 5;
+const incRounds = quick ? 3 : 5;
+
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
+
+/** Spawn `cmd args` under /usr/bin/time: wall seconds from spawn to exit, peak RSS (KiB), stdout. */
+function run(cmd, args, env = process.env) {
+  const t0 = process.hrtime.bigint();
+  const r = spawnSync('/usr/bin/time', ['-f', '%M', cmd, ...args], { encoding: 'utf8', env, maxBuffer: 64 * MiB });
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (exit ${r.status}): ${r.stderr}`);
+  return { seconds, maxRssKiB: Number(r.stderr.trim().split('\n').pop()), stdout: r.stdout };
+}
+
+const vmseal = (env, ...args) => run(process.execPath, [BIN, ...args], env);
+const vmsealJson = (env, ...args) => {
+  const r = vmseal(env, ...args, '--json');
+  return { ...r, json: JSON.parse(r.stdout.trim().split('\n').pop()) };
+};
+
+function writeRandom(path, bytes) {
+  const fd = openSync(path, 'w');
+  const block = Buffer.alloc(16 * MiB);
+  for (let done = 0; done < bytes; done += block.length) {
+    randomFillSync(block);
+    writeSync(fd, block, 0, Math.min(block.length, bytes - done), done);
+  }
+  closeSync(fd);
+}
+
+/** Overwrite `count` distinct whole chunks of the file at `path` (of `bytes` bytes) with random bytes. */
+function changeChunks(path, bytes, count) {
+  const chunks = Math.floor(bytes / CHUNK);
+  const picked = new Set();
+  while (picked.size < count) picked.add(randomInt(chunks));
+  const fd = openSync(path, 'r+');
+  const buf = Buffer.alloc(CHUNK);
+  for (const i of picked) {
+    randomFillSync(buf);
+    writeSync(fd, buf, 0, CHUNK, i * CHUNK);
+  }
+  closeSync(fd);
+}
+
+const filesOf = (dir, stem) =>
+  readdirSync(dir)
+    .filter((f) => f.startsWith(stem))
+    .map((f) => join(dir, f));
+
+const clean = (...paths) => {
+  for (const p of paths) rmSync(p, { recursive: true, force: true });
+};
+
+const summary = (rs) => ({
+  seconds: median(rs.map((r) => r.seconds)),
+  min: Math.min(...rs.map((r) => r.seconds)),
+  max: Math.max(...rs.map((r) => r.seconds)),
+  rss: Math.max(...rs.map((r) => r.maxRssKiB)),
+});
+
+function loadNote(before, after) {
+  const shared = Math.max(before, after) > cpus().length;
+  return `Load average (1 min) ${before.toFixed(1)} at the start and ${after.toFixed(1)} at the end: ${
+    shared
+      ? 'above the core count, other work shared the machine and every figure is slower and noisier than on a quiet one.'
+      : 'within the core count: the suite had the machine to itself.'
+  }`;
+}
+
+function freeBytes(path) {
+  try {
+    const st = statfsSync(path);
+    return st.bavail * st.bsize;
+  } catch {
+    return 0;
+  }
+}
+
+async function main() {
+  // At most: the disk, cp's copy, a repository (+ incremental chunks), a restored disk, and the raw
+  // source while the disk is made: 5 × the data size, with a margin.
+  const needed = 5.5 * size;
+  const base = freeBytes('/dev/shm') > needed ? '/dev/shm' : tmpdir();
+  if (freeBytes(base) < needed) {
+    throw new Error(
+      `bench backup: ${base} has ${(freeBytes(base) / GiB).toFixed(1)} GiB free, the suite needs ${(needed / GiB).toFixed(1)} GiB; free space or set BENCH_BACKUP_MIB lower`,
+    );
+  }
+  const dir = mkdtempSync(join(base, 'vmseal-bench-backup-'));
+  const loadBefore = loadavg()[0];
+  try {
+    const env = { ...process.env, VMSEAL_HOME: join(dir, 'home') };
+    vmseal(env, 'keys', 'init');
+    const raw = join(dir, 'src.raw');
+    writeRandom(raw, size);
+
+    // 3 first (its disk and repository are deleted before the others are made, to bound tmpfs use):
+    // the same data at the start of a sparse disk of 8 × the capacity.
+    spawnSync('truncate', ['-s', String(sparseCapacity), raw]);
+    const sparseDir = join(dir, 'sparse');
+    mkdirSync(sparseDir);
+    const sparse = join(sparseDir, 'disk.vmdk');
+    vmseal(env, 'encrypt', raw, sparse, '--subformat', 'monolithicSparse', '--format', 'raw');
+    spawnSync('truncate', ['-s', String(size), raw]);
+    const sparseRuns = [];
+    for (let i = 0; i < (quick ? 1 : 2); i++) {
+      const repo = join(dir, 'sparse-repo');
+      clean(repo);
+      vmseal(env, 'backup', 'init', repo);
+      spawnSync('sync');
+      const r = vmsealJson(env, 'backup', 'create', sparse, repo);
+      if (r.json.newChunks !== size / CHUNK) throw new Error(`the sparse backup wrote ${r.json.newChunks} chunks, not ${size / CHUNK}`);
+      sparseRuns.push(r);
+      clean(repo);
+    }
+    clean(sparseDir);
+
+    // 1. The flat disk; the raw source is deleted once it is made.
+    const diskDir = join(dir, 'disk');
+    mkdirSync(diskDir);
+    const disk = join(diskDir, 'disk.vmdk');
+    vmseal(env, 'encrypt', raw, disk, '--subformat', 'monolithicFlat', '--format', 'raw');
+    clean(raw);
+    const diskFiles = filesOf(diskDir, 'disk');
+    const flat = diskFiles.find((f) => f.endsWith('-flat.vmdk'));
+    if (!flat) throw new Error(`no flat extent among ${diskFiles.join(', ')}`);
+
+    const repo = join(dir, 'repo');
+    const cpDst = join(dir, 'cp');
+    const out = join(dir, 'restored');
+    const jobs = {
+      cp: () => {
+        clean(cpDst);
+        mkdirSync(cpDst);
+        spawnSync('sync');
+        return run('cp', [...diskFiles, cpDst]);
+      },
+      full: () => {
+        clean(repo);
+        vmseal(env, 'backup', 'init', repo);
+        spawnSync('sync');
+        const r = vmsealJson(env, 'backup', 'create', disk, repo);
+        if (r.json.newChunks !== size / CHUNK) throw new Error(`the full backup wrote ${r.json.newChunks} chunks, not ${size / CHUNK}`);
+        return r;
+      },
+      restore: () => {
+        clean(out);
+        mkdirSync(out);
+        spawnSync('sync');
+        return vmseal(env, 'backup', 'restore', repo, 'latest', join(out, 'disk.vmdk'));
+      },
+    };
+    const runs = { cp: [], full: [], restore: [] };
+    for (let round = 0; round < rounds; round++) {
+      // The restore needs a point: in reversed rounds it restores the previous round's (the same data).
+      const order = round % 2 ? ['restore', 'full', 'cp'] : ['cp', 'full', 'restore'];
+      for (const who of order) runs[who].push(jobs[who]());
+      if (round === 0) {
+        // Not timed: the restored disk's files are the disk's, byte for byte.
+        for (const f of diskFiles) {
+          const name = f.slice(diskDir.length + 1);
+          const cmp = spawnSync('cmp', [f, join(out, name)]);
+          if (cmp.status !== 0) throw new Error(`the restored ${name} differs from the disk's`);
+        }
+      }
+    }
+    clean(cpDst, out);
+
+    // 2. Incremental without a change bitmap, on top of the repository's full point.
+    const changed = Math.max(1, Math.round(size / CHUNK / 100));
+    const inc = [];
+    for (let i = 0; i < incRounds; i++) {
+      changeChunks(flat, size, changed);
+      // Without the bitmap: `backup create` leaves a baseline `<disk>.vmseal-ctk`, which only
+      // `vmseal serve` updates; the bytes written straight into the extent above would go unseen.
+      clean(`${disk}.vmseal-ctk`);
+      spawnSync('sync');
+      const r = vmsealJson(env, 'backup', 'create', disk, repo);
+      if (r.json.newChunks !== changed) throw new Error(`the incremental backup wrote ${r.json.newChunks} chunks, not ${changed}`);
+      inc.push(r);
+    }
+    const loadAfter = loadavg()[0];
+
+    const cp = summary(runs.cp);
+    const full = summary(runs.full);
+    const restore = summary(runs.restore);
+    const incS = summary(inc);
+    const sparseS = summary(sparseRuns);
+    const row = (job, r, bytes, written) => [
+      job,
+      r.seconds.toFixed(3),
+      `${r.min.toFixed(3)}–${r.max.toFixed(3)}`,
+      fmtMBs(bytes / r.seconds),
+      written,
+      Math.round(r.rss / 1024),
+    ];
+    const sizeLabel = size >= GiB ? `${size / GiB} GiB` : `${size / MiB} MiB`;
+    const capLabel = sparseCapacity >= GiB ? `${sparseCapacity / GiB} GiB` : `${sparseCapacity / MiB} MiB`;
+    const chunks = size / CHUNK;
+    report({
+      title: 'Ciphertext backups: vmseal backup vs cp',
+      notes: [
+        loadNote(loadBefore, loadAfter),
+        `Disk: \`vmseal encrypt\` of ${sizeLabel} of random data to an encrypted monolithicFlat disk (local key provider) in ${base === '/dev/shm' ? 'tmpfs (/dev/shm)' : base}; repositories, copies and restored disks in the same folder. Every command is a process spawned by the suite and timed from spawn to exit (start-up included); peak RSS by /usr/bin/time.`,
+        `cp, full backup (into a new empty repository, \`backup init\` not timed) and full restore (\`backup restore REPO latest OUT\`: every chunk's hash checked, then written) interleaved over ${rounds} rounds, order reversed every other round, outputs deleted and \`sync\` run before each run; medians. The restored disk's files were compared with the disk's (cmp) once.`,
+        `Incremental: before each of ${incRounds} runs, ${changed} chunks (1 %) of the flat extent overwritten with random bytes (ciphertext changes; the backup never decrypts), then \`backup create\` into the same repository — without the change bitmap (\`<disk>.vmseal-ctk\` deleted before each run: only \`vmseal serve\` records changes in it): it reads and hashes all ${chunks} chunks and writes only the changed ones (checked: newChunks = ${changed}).`,
+        `Peak RSS at ${capLabel}: the same ${sizeLabel} of data at the start of a ${capLabel} monolithicSparse disk (\`vmseal encrypt --subformat monolithicSparse\` of the sparse raw file), full backup into a new repository, ${sparseRuns.length} run(s).`,
+        'Quick rollback (`backup restore --over`) is not measured: the command is not on main yet.',
+      ],
+      tables: [
+        {
+          caption: `Full backup, incremental and restore of a ${sizeLabel} encrypted disk (seconds: median, min–max; MB/s of the disk's data size)`,
+          columns: ['job', 'seconds', 'min–max', 'MB/s', 'chunks written', 'peak RSS MiB'],
+          rows: [
+            row("`cp` of the disk's files", cp, size, '—'),
+            row('`backup create`, full (empty repository)', full, size, chunks),
+            row('`backup create`, 1 % of chunks changed, no bitmap', incS, size, changed),
+            row('`backup restore` (full)', restore, size, chunks),
+            row(`\`backup create\`, full, ${capLabel} sparse disk, same data`, sparseS, size, chunks),
+          ],
+        },
+      ],
+      ratios: [
+        { name: `full backup vs cp of the disk's files, ${sizeLabel} in tmpfs (throughput)`, value: cp.seconds / full.seconds, target: 0.8 },
+        { name: 'incremental (1 % changed, no bitmap) time / full backup time', value: incS.seconds / full.seconds, target: null },
+        { name: "full restore vs cp of the disk's files (throughput)", value: cp.seconds / restore.seconds, target: null },
+        { name: `200 MiB / peak RSS of a full backup, ${sizeLabel} flat`, value: 200 / (full.rss / 1024), target: 1 },
+        { name: `200 MiB / peak RSS of a full backup, ${capLabel} sparse`, value: 200 / (sparseS.rss / 1024), target: 1 },
+        { name: `peak RSS of a full backup: ${sizeLabel} flat / ${capLabel} sparse`, value: full.rss / sparseS.rss, target: null },
+      ],
+    });
+  } finally {
+    clean(dir);
+  }
+}
+
+await main();
