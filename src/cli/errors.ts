@@ -223,7 +223,7 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
   },
   ERR_SERVE_READ_ONLY: {
     exitCode: ExitCode.USAGE,
-    hint: 'Take the snapshot with `vmseal snapshot create` once no one serves the disk, or serve it writable (without --read-only)',
+    hint: 'Take the snapshot with `vmseal snapshot create` once no one serves the disk, or serve it writable: `vmseal serve DISK`, not `vmseal serve --read-only DISK`',
   },
   ERR_SERVE_CLOSED: { exitCode: ExitCode.FAILURE, hint: 'The server is stopping; start it again to serve the disk' },
   ERR_SERVE_INTERNAL: { exitCode: ExitCode.INTERNAL, hint: "This is a bug in vmseal: please report it with the server's log" },
@@ -270,7 +270,7 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
   ERR_VM_JOB: { exitCode: ExitCode.FAILURE, hint: 'Finish the interrupted job with the command the message names (same key options), then retry' },
   ERR_VM_MIXED: {
     exitCode: ExitCode.FORMAT,
-    hint: 'Encrypt the rest with `vmseal vm encrypt DIR` or decrypt all with `vmseal vm decrypt DIR`, or give --allow-mixed',
+    hint: 'Encrypt the rest with `vmseal vm encrypt DIR` or decrypt all with `vmseal vm decrypt DIR`; to go on anyway, `vmseal vm rekey --allow-mixed …` (`vmseal vm tpm` and `vmseal serve --vm DIR` take it too)',
   },
   // plain failures with something to do
   ERR_OUTPUT_EXISTS: { exitCode: ExitCode.FAILURE, hint: EXISTS_HINT },
