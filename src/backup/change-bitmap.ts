@@ -18,6 +18,7 @@
  *    44   4  zero
  *    48  16  encryption.diskId (zeros for a plain disk)
  *    64  32  SHA-256 of the descriptor text (binds the authenticator, data check, KeySafe, every line)
+ *            and of the disk's files as stat(2) sees them (see fileStamps)
  *    96  16  base repository id (zeros: no base)
  *   112  32  base point id, ASCII, NUL-padded (zeros: no base)
  *   144  32  SHA-256 of bytes [0, 144) and of the bits
@@ -30,9 +31,17 @@
  * of another disk generation (anything changed the descriptor since: an in-place job, a rekey, a
  * snapshot commit or rollback, a qemu write, which draws a new CID) is not used: every chunk then
  * counts as changed. The file is at most 176 bytes + capacity / 8 MiB (2 MiB for 16 TiB).
+ *
+ * A writer that does not draw a new CID (`dd` into a flat extent, a tool that edits the extent
+ * files and leaves the descriptor alone) would otherwise go unseen and the next backup would miss
+ * its changes. So the digest also covers each file of the disk (the descriptor's file and every
+ * extent file) as stat(2) sees it: inode, size, modification and change times in nanoseconds. Any
+ * write to any of them since the bitmap was saved changes the digest, and the next backup then reads
+ * everything. Nothing can set a file's change time back.
  */
 import { createHash } from 'node:crypto';
 import { open, stat } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
 import { writeFileAtomic } from '../util/atomic-file.js';
 import { readFully } from '../util/file-io.js';
 import type { Descriptor } from '../vmdk/index.js';
@@ -84,19 +93,56 @@ export function changeBitmapPath(diskPath: string): string {
 const chunkCount = (capacity: number): number => Math.ceil(capacity / CHUNK_SIZE);
 
 /**
- * The disk's generation, or null for a disk that is not tracked: a raw image (no descriptor, so no
- * CID to tell another writer's changes) and a snapshot child (backups refuse chains).
+ * Whether a disk is tracked at all: not a raw image (no descriptor, so no CID to tell another
+ * writer's changes) and not a snapshot child (backups refuse chains).
  */
-export function generationOf(disk: TrackedDisk): DiskGeneration | null {
+export function isTracked(disk: TrackedDisk): boolean {
   const d = disk.descriptor;
-  if (disk.format !== 'vmdk' || d === undefined) return null;
+  if (disk.format !== 'vmdk' || d === undefined) return false;
   const parent = d.get('parentCID');
-  if (parent !== undefined && parent.toLowerCase() !== 'ffffffff') return null;
+  if (parent !== undefined && parent.toLowerCase() !== 'ffffffff') return false;
   const cid = Number.parseInt(d.get('CID') ?? '', 16);
-  if (!Number.isSafeInteger(cid) || cid < 0 || cid > 0xffffffff) return null;
+  return Number.isSafeInteger(cid) && cid >= 0 && cid <= 0xffffffff;
+}
+
+/**
+ * One line per file of the disk (the descriptor's file, then each extent file once, in descriptor
+ * order): `inode size mtime-ns ctime-ns`. A file that cannot be stat'ed gives its error code, so
+ * that a missing extent is a different generation rather than an exception.
+ */
+async function fileStamps(disk: TrackedDisk): Promise<string> {
+  const folder = dirname(disk.path);
+  const files = [disk.path];
+  for (const e of disk.descriptor?.extents ?? []) {
+    if (e.file === undefined) continue;
+    const f = resolve(folder, e.file);
+    if (!files.includes(f)) files.push(f);
+  }
+  const lines: string[] = [];
+  for (const f of files) {
+    try {
+      const st = await stat(f, { bigint: true });
+      lines.push(`${st.ino} ${st.size} ${st.mtimeNs} ${st.ctimeNs}`);
+    } catch (err) {
+      lines.push(`! ${(err as NodeJS.ErrnoException).code ?? 'error'}`);
+    }
+  }
+  return lines.join('\n');
+}
+
+/** The disk's generation now, or null for a disk that is not tracked (isTracked). */
+export async function generationOf(disk: TrackedDisk): Promise<DiskGeneration | null> {
+  if (!isTracked(disk)) return null;
+  const d = disk.descriptor!;
+  const cid = Number.parseInt(d.get('CID')!, 16);
   const id = d.get('encryption.diskId');
   const diskId = id !== undefined && /^[0-9a-f]{32}$/i.test(id) ? Buffer.from(id, 'hex') : Buffer.alloc(16);
-  return { cid, diskId, digest: createHash('sha256').update(d.toString()).digest() };
+  const digest = createHash('sha256')
+    .update(d.toString())
+    .update('\0')
+    .update(await fileStamps(disk))
+    .digest();
+  return { cid, diskId, digest };
 }
 
 export function sameGeneration(a: DiskGeneration, b: DiskGeneration): boolean {
@@ -129,7 +175,7 @@ function encode(state: number, capacity: number, g: DiskGeneration, base: Change
  * capacity implies.
  */
 export async function readChangeBitmap(disk: TrackedDisk): Promise<{ bitmap: ChangeBitmap } | { why: string }> {
-  const generation = generationOf(disk);
+  const generation = await generationOf(disk);
   if (!generation) return { why: 'the disk is not tracked (a raw image or a snapshot child)' };
   const file = changeBitmapPath(disk.path);
   const size = HEADER + Math.ceil(chunkCount(disk.capacity) / 8);
@@ -165,7 +211,7 @@ export async function readChangeBitmap(disk: TrackedDisk): Promise<{ bitmap: Cha
   }
   const stored: DiskGeneration = { cid: buf.readUInt32LE(40), diskId: Buffer.from(buf.subarray(48, 64)), digest: Buffer.from(buf.subarray(64, 96)) };
   if (!sameGeneration(stored, generation))
-    return { why: `${file} tracks another generation of the disk (its descriptor changed since: a job, rekey or another writer)` };
+    return { why: `${file} tracks another generation of the disk (its descriptor or files changed since: a job, rekey or another writer)` };
   const repo = buf.subarray(96, 112);
   const point = buf.subarray(112, 144).toString('latin1').replace(/\0+$/, '');
   const base = repo.equals(Buffer.alloc(16)) ? null : { repository: repo.toString('hex'), point };
@@ -182,7 +228,7 @@ export function isChanged(bits: Buffer, index: number): boolean {
  * writes meanwhile (the backup holds its lock). Nothing for an untracked disk.
  */
 export async function writeBaseline(disk: TrackedDisk, base: ChangeBase): Promise<void> {
-  const g = generationOf(disk);
+  const g = await generationOf(disk);
   if (!g) return;
   await writeFileAtomic(changeBitmapPath(disk.path), encode(CLEAN, disk.capacity, g, base, Buffer.alloc(Math.ceil(chunkCount(disk.capacity) / 8))));
 }
@@ -202,7 +248,7 @@ export class ChangeTracker {
 
   constructor(disk: TrackedDisk) {
     this.#disk = disk;
-    this.#tracked = generationOf(disk) !== null;
+    this.#tracked = isTracked(disk);
   }
 
   /**
@@ -229,7 +275,7 @@ export class ChangeTracker {
   /** Keep the bits and base of a valid bitmap (changes since its base go on adding up), then mark the file dirty. */
   async #start(): Promise<void> {
     const read = await readChangeBitmap(this.#disk);
-    const g = generationOf(this.#disk)!;
+    const g = (await generationOf(this.#disk))!;
     if ('bitmap' in read) {
       this.#bits = read.bitmap.bits;
       this.#base = read.bitmap.base;
@@ -243,7 +289,7 @@ export class ChangeTracker {
 
   /**
    * Orderly close, after the disk was flushed and closed: the bits are written clean with the
-   * disk's generation `after` its writes (its new CID). Nothing when the disk was not written.
+   * disk's generation `after` its writes (its new CID, its files' times). Nothing when the disk was not written.
    */
   async close(after: DiskGeneration | null): Promise<void> {
     if (!this.#dirty || !after) return;

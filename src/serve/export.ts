@@ -344,11 +344,12 @@ export class Export {
       const oldTracker = this.#tracker;
       this.#tracker = this.readOnly ? undefined : new ChangeTracker(next.disk);
       // Flushed above and unchanged since: closing writes nothing. A failure here loses no data.
-      const after = generationOf(old);
       const closed = await old.close().then(
         () => true,
         () => false,
       );
+      // After the close: the files' times are final (the generation covers them).
+      const after = closed ? await generationOf(old).catch(() => null) : null;
       // The old disk's bits are kept clean (a backup of the frozen layer reads only its changes); a
       // failure leaves the file dirty, which only means that backup reads everything.
       if (closed) await oldTracker?.close(after).catch(() => undefined);
@@ -366,9 +367,10 @@ export class Export {
     let closed = false;
     try {
       if (!this.readOnly) await this.disk.flush();
-      const after = generationOf(this.disk);
       await this.disk.close();
       closed = true;
+      // After the close: the files' times are final (the generation covers them).
+      const after = await generationOf(this.disk).catch(() => null);
       // Only after an orderly flush and close; a failure leaves the file dirty: the next backup reads everything.
       await this.#tracker?.close(after).catch(() => undefined);
     } finally {

@@ -4,7 +4,7 @@
 // generation change of the disk (a shallow rekey here), the bitmap is not used and every allocated
 // chunk is read.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { createBackup, deepRekey, initRepository, shallowRekey } from '../../src/index.js';
 import { readPoint } from '../../src/backup/points.js';
@@ -116,6 +116,36 @@ describe('change bitmap of vmseal serve', () => {
     const second = await createBackup(disk, repo);
     expect(second.changeBitmap).toEqual({ used: true, base: first.point });
     expect(second.chunksRead).toBe(1);
+  });
+
+  it('a write into an extent file that leaves the descriptor alone (dd) makes the next backup read everything', async () => {
+    const disk = await encryptedDisk(tmp.dir, 'dd', { subformat: 'monolithicFlat', capacity: 8 * MiB, content: Buffer.alloc(MiB, 0x44) });
+    const repo = join(tmp.dir, 'repo-dd');
+    await initRepository(repo);
+    const first = await createBackup(disk, repo);
+    const s = await serveChild(disk, 'dd');
+    await writeOverNbd(s.socket, 'dd', [[2 * MiB, 4096]], 0x45);
+    await s.stop('SIGTERM');
+    // The descriptor stays byte for byte as the server left it; only the extent's bytes change.
+    const descriptor = readFileSync(disk);
+    const extent = join(
+      tmp.dir,
+      readdirSync(tmp.dir).find((f) => f.startsWith('dd') && f.endsWith('-flat.vmdk'))!,
+    );
+    const fd = openSync(extent, 'r+');
+    try {
+      writeSync(fd, Buffer.alloc(4096, 0xee), 0, 4096, 6 * MiB);
+    } finally {
+      closeSync(fd);
+    }
+    expect(readFileSync(disk)).toEqual(descriptor);
+    const second = await createBackup(disk, repo);
+    expect(second.changeBitmap.used ? '' : second.changeBitmap.why).toMatch(/another generation/);
+    expect(second.chunksRead).toBe(8);
+    // The chunk written behind vmseal's back is in the point (its hash differs from the first point's).
+    const before = new Map(await chunksOf(repo, first.point));
+    const after = new Map(await chunksOf(repo, second.point));
+    expect(after.get(6 * MiB)).not.toBe(before.get(6 * MiB));
   });
 
   it('after a SIGKILL of the server the bitmap is discarded and every allocated chunk is read', async () => {
