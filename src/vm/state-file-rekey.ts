@@ -7,8 +7,7 @@
 import { randomBytes } from 'node:crypto';
 import { open, stat } from 'node:fs/promises';
 import { sealDek, wipe, type KeyCache, type LockerSpec, type UnlockOptions } from '../keys/index.js';
-import { writeFileAtomic } from '../util/atomic-file.js';
-import { readFully } from '../util/file-io.js';
+import { readFully, writeFully } from '../util/file-io.js';
 import { VmError } from './errors.js';
 import {
   chunkCount,
@@ -24,8 +23,7 @@ import {
   STATE_TAG_BYTES,
   type StateFileHeader,
 } from './state-file-format.js';
-import { openChunk, readStateFileHeader, sealChunk, unlockFileKey } from './state-file.js';
-import { STATE_IMAGE_MAX_BYTES } from './state-file-image.js';
+import { openChunk, readStateFileHeader, sealChunk, unlockFileKey, writeAside } from './state-file.js';
 
 export interface ReencryptStateFileOptions {
   /** Opens the current file key. */
@@ -36,32 +34,23 @@ export interface ReencryptStateFileOptions {
 }
 
 /**
- * Re-encrypt the state file `path` in place under a new file key and file id (format version 2).
- * Files up to STATE_IMAGE_MAX_BYTES are re-encrypted in memory (a .nvram, UEFI variables); larger
- * ones (a .vmem) are refused with ERR_VM_STATE_FORMAT for now: rewrap them (shallow) instead.
+ * Re-encrypt the state file `path` in place under a new file key and file id (format version 2),
+ * one chunk at a time: memory stays at two chunks whatever the file's size (a .vmem of gigabytes).
  */
 export async function reencryptStateFile(path: string, options: ReencryptStateFileOptions): Promise<StateFileHeader> {
   const old = await readStateFileHeader(path);
-  if (old.length > STATE_IMAGE_MAX_BYTES) {
-    throw new VmError(
-      'ERR_VM_STATE_FORMAT',
-      `${path} holds ${old.length} bytes: a deep rekey re-encrypts state files of at most ${STATE_IMAGE_MAX_BYTES} bytes; decrypt and encrypt it again instead`,
-      { file: path },
-    );
-  }
   const mode = (await stat(path)).mode & 0o777;
   const oldKey = await unlockFileKey(old, options.keys, path);
   const newKey = randomBytes(STATE_KEY_BYTES);
   const oldK = chunkKey(oldKey, old);
   wipe(oldKey);
   let newK: Buffer | undefined;
-  const parts: Buffer[] = [];
   try {
     const keySafe = await sealDek(newKey, { cipher: STATE_KEY_CIPHER, lockers: options.lockers, ...(options.cache ? { cache: options.cache } : {}) });
     const headerBuf = encodeStateHeader({ length: old.length, fileId: randomBytes(16), keySafe });
     const next = parseStateHeader(headerBuf.subarray(0, STATE_FIXED_HEADER_BYTES), headerBuf.subarray(STATE_FIXED_HEADER_BYTES), path);
     newK = chunkKey(newKey, next);
-    parts.push(headerBuf);
+    const k = newK;
     const fh = await open(path, 'r');
     try {
       const size = (await fh.stat()).size;
@@ -72,19 +61,24 @@ export async function reencryptStateFile(path: string, options: ReencryptStateFi
         });
       }
       const sealed = Buffer.alloc(Math.min(STATE_CHUNK_SIZE, Math.max(old.length, 1)) + STATE_TAG_BYTES);
-      let pos = old.headerBytes;
-      for (let i = 0; i < chunkCount(old.length); i++) {
-        const len = chunkLength(old.length, i);
-        await readFully(fh, sealed.subarray(0, len + STATE_TAG_BYTES), pos);
-        const plain = openChunk(oldK, old, i, sealed.subarray(0, len + STATE_TAG_BYTES), path);
-        parts.push(sealChunk(newK, next, i, plain));
-        plain.fill(0);
-        pos += len + STATE_TAG_BYTES;
-      }
+      await writeAside(path, mode, async (out) => {
+        await writeFully(out, headerBuf, 0);
+        let from = old.headerBytes;
+        let to = next.headerBytes;
+        for (let i = 0; i < chunkCount(old.length); i++) {
+          const len = chunkLength(old.length, i);
+          await readFully(fh, sealed.subarray(0, len + STATE_TAG_BYTES), from);
+          const plain = openChunk(oldK, old, i, sealed.subarray(0, len + STATE_TAG_BYTES), path);
+          const body = sealChunk(k, next, i, plain);
+          plain.fill(0);
+          await writeFully(out, body, to);
+          from += len + STATE_TAG_BYTES;
+          to += body.length;
+        }
+      });
     } finally {
       await fh.close();
     }
-    await writeFileAtomic(path, Buffer.concat(parts), mode);
     return next;
   } finally {
     wipe(oldK);

@@ -77,7 +77,7 @@ function checkMode(value: unknown): number {
  * Write `target` through a temp file beside it (tempName), fsync it and rename it over `target`; on
  * any failure the temp file is removed and `target` is untouched.
  */
-async function writeAside(target: string, mode: number, fill: (out: FileHandle) => Promise<void>): Promise<void> {
+export async function writeAside(target: string, mode: number, fill: (out: FileHandle) => Promise<void>): Promise<void> {
   const tmp = tempName(target);
   const out = await open(tmp, 'wx', mode);
   try {
