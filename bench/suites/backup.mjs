@@ -10,12 +10,12 @@
 //     again, without a change bitmap (it reads and hashes every chunk, writes only the changed ones);
 //  3. peak RSS of a full backup of the same data in a sparse 16 GiB disk (monolithicSparse), against
 //     the 2 GiB disk's.
-// Quick rollback (`backup restore --over`) is not measured: the command does not exist yet.
+// Quick rollback (`backup restore --over`) and the bitmap-driven incremental are not measured yet.
 //
 // Run: node bench/run.mjs backup [--quick]
 //   BENCH_BACKUP_MIB=N: the disk's data size in MiB (default 2048; 256 with --quick), for a quick check.
 import { spawnSync } from 'node:child_process';
-import { closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, rmSync, statfsSync, writeSync } from 'node:fs';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, statfsSync, writeSync } from 'node:fs';
 import { randomFillSync, randomInt } from 'node:crypto';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -196,11 +196,15 @@ async function main() {
       const order = round % 2 ? ['restore', 'full', 'cp'] : ['cp', 'full', 'restore'];
       for (const who of order) runs[who].push(jobs[who]());
       if (round === 0) {
-        // Not timed: the restored disk's files are the disk's, byte for byte.
+        // Not timed: the restored disk's files are the disk's, byte for byte — except the line a
+        // restore adds to the descriptor to continue the point's history (ddb.vmseal.restoredFrom).
+        const withoutLineage = (file) => readFileSync(file, 'latin1').replace(/^ddb\.vmseal\.restoredFrom = .*\r?\n/m, '');
         for (const f of diskFiles) {
           const name = f.slice(diskDir.length + 1);
-          const cmp = spawnSync('cmp', [f, join(out, name)]);
-          if (cmp.status !== 0) throw new Error(`the restored ${name} differs from the disk's`);
+          const restored = join(out, name);
+          const same =
+            statSync(f).size < 65536 ? withoutLineage(f) === withoutLineage(restored) : spawnSync('cmp', [f, restored]).status === 0;
+          if (!same) throw new Error(`the restored ${name} differs from the disk's`);
         }
       }
     }
@@ -245,7 +249,7 @@ async function main() {
         `cp, full backup (into a new empty repository, \`backup init\` not timed) and full restore (\`backup restore REPO latest OUT\`: every chunk's hash checked, then written) interleaved over ${rounds} rounds, order reversed every other round, outputs deleted and \`sync\` run before each run; medians. The restored disk's files were compared with the disk's (cmp) once.`,
         `Incremental: before each of ${incRounds} runs, ${changed} chunks (1 %) of the flat extent overwritten with random bytes (ciphertext changes; the backup never decrypts), then \`backup create\` into the same repository — without the change bitmap (\`<disk>.vmseal-ctk\` deleted before each run: only \`vmseal serve\` records changes in it): it reads and hashes all ${chunks} chunks and writes only the changed ones (checked: newChunks = ${changed}).`,
         `Peak RSS at ${capLabel}: the same ${sizeLabel} of data at the start of a ${capLabel} monolithicSparse disk (\`vmseal encrypt --subformat monolithicSparse\` of the sparse raw file), full backup into a new repository, ${sparseRuns.length} run(s).`,
-        'Quick rollback (`backup restore --over`) is not measured: the command is not on main yet.',
+        'Quick rollback (`backup restore --over`) and the incremental backup with the serve change bitmap are not in this suite yet (the rollback was measured by hand: "Quick rollback vs full restore" below).',
       ],
       tables: [
         {
