@@ -202,8 +202,7 @@ async function main() {
         for (const f of diskFiles) {
           const name = f.slice(diskDir.length + 1);
           const restored = join(out, name);
-          const same =
-            statSync(f).size < 65536 ? withoutLineage(f) === withoutLineage(restored) : spawnSync('cmp', [f, restored]).status === 0;
+          const same = statSync(f).size < 65536 ? withoutLineage(f) === withoutLineage(restored) : spawnSync('cmp', [f, restored]).status === 0;
           if (!same) throw new Error(`the restored ${name} differs from the disk's`);
         }
       }
