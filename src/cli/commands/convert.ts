@@ -24,23 +24,14 @@ import { batchProgress } from '../batch-progress.js';
 import { BatchPool, batchWorkerScript } from '../batch-pool.js';
 import { KeyDesk } from '../key-bridge.js';
 import { KeySession, withKeys, type KeyCliOptions } from '../key-session.js';
-import { formatBytes, formatDuration, type CipherName, type DiskFormat, type Subformat, type UnitSize } from '../parse.js';
-import { convertImage, imageOptions, type ImageKeys } from './convert-image.js';
+import { formatBytes, formatDuration } from '../parse.js';
+import { convertImage, imageOptions, type ImageConvertOptions, type ImageKeys } from './convert-image.js';
 import { printNotes, requireFreeOutput, requireInputFile, requireRawOutputName, requireWholeSectors } from './common.js';
 import { checkEncryptedSubformat, encryptedOutputSubformat } from './encrypt.js';
 
-export interface ConvertCliOptions extends KeyCliOptions {
-  subformat?: Subformat;
+/** The options of one image's conversion (ImageConvertOptions), the key options, and the batch's own. */
+export interface ConvertCliOptions extends KeyCliOptions, ImageConvertOptions {
   list?: string;
-  format?: DiskFormat;
-  encrypt?: boolean;
-  decrypt?: boolean;
-  cipher: CipherName;
-  unitSize: UnitSize;
-  force?: boolean;
-  skipExisting?: boolean;
-  chunkSize?: number;
-  threads?: number;
   /** Images of a batch converted at once (default: defaultJobs()); ignored for one image. */
   jobs?: number;
 }
