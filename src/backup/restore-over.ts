@@ -27,6 +27,7 @@
 import { basename } from 'node:path';
 import { readEncryptionParams } from '../disk/index.js';
 import { Descriptor, openDisk, type VirtualDisk } from '../vmdk/index.js';
+import { isCommitJournal } from '../pipeline/commit-journal.js';
 import { Journal, journalPathOf, type JournalHeader, type JournalParams } from '../pipeline/journal.js';
 import { acquireLock, NameReservations } from '../pipeline/lock.js';
 import { diskFiles, realDiskPath } from '../pipeline/paths.js';
@@ -110,6 +111,8 @@ export async function restoreBackupOver(repoPath: string, point: string, diskPat
 export async function resumeBackupRestore(diskPath: string, options: { lockWaitMs?: number; signal?: AbortSignal } = {}): Promise<RestoreOverResult | null> {
   if (typeof diskPath !== 'string' || diskPath === '' || diskPath.includes('\0')) throw arg('a file path', 'disk', diskPath);
   const p = await realDiskPath(diskPath);
+  // A snapshot commit's journal lies at the same path: not a rollback, and Journal.open refuses it.
+  if (await isCommitJournal(p)) return null;
   const peek = await Journal.open(p);
   if (!peek) return null;
   const restore = peek.header.operation === JOB ? peek.header.restore : undefined;
