@@ -46,7 +46,9 @@ function openFdsIn(folder: string): number {
   let n = 0;
   for (const fd of readdirSync('/proc/self/fd')) {
     try {
-      if (readlinkSync(`/proc/self/fd/${fd}`).startsWith(folder)) n++;
+      const target = readlinkSync(`/proc/self/fd/${fd}`);
+      // A disk opened for writing also holds its lock file (`<disk>.vmseal-lock`): not an extent handle.
+      if (target.startsWith(folder) && !target.endsWith('.vmseal-lock')) n++;
     } catch {
       // closed between readdir and readlink
     }
