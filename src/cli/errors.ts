@@ -265,7 +265,7 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
   ERR_VM_DISK: { exitCode: ExitCode.FAILURE, hint: '`vmseal vm info DIR` lists each disk of the VM and its state; the message says what to do with this one' },
   ERR_VM_SNAPSHOT: {
     exitCode: ExitCode.FORMAT,
-    hint: 'Convert the chain to monolithicSparse layers, or consolidate the snapshots first (VMware: Delete All Snapshots; qemu-img commit)',
+    hint: 'Convert the layers of the chain to monolithicSparse (vmseal convert), or consolidate the snapshots first (VMware: Delete All Snapshots; qemu-img commit)',
   },
   ERR_VM_JOB: { exitCode: ExitCode.FAILURE, hint: 'Finish the interrupted job with the command the message names (same key options), then retry' },
   ERR_VM_MIXED: {

@@ -168,7 +168,7 @@ async function planEncrypt(files: VmFolderFiles): Promise<VmJobStep[]> {
   const steps: VmJobStep[] = [];
   for (const d of files.disks) {
     if (d.state !== 'plain') continue; // vmseal or vmware: already encrypted (a mixed VM is completed)
-    if (d.layers.length > 1) checkChainMovable(d.path, d.layers, d.files);
+    if (d.layers.length > 1) await checkChainMovable(d.path, d.files);
     else await refuseUnencryptable(d);
     steps.push({ kind: 'disk', file: stepFile(files.dir, d.path), done: false });
   }
@@ -178,12 +178,12 @@ async function planEncrypt(files: VmFolderFiles): Promise<VmJobStep[]> {
   return steps;
 }
 
-function planDecrypt(files: VmFolderFiles): VmJobStep[] {
+async function planDecrypt(files: VmFolderFiles): Promise<VmJobStep[]> {
   checkDisksFor('decrypt', files.disks);
   const steps: VmJobStep[] = [];
   for (const d of files.disks) {
     if (d.state !== 'vmseal') continue;
-    if (d.layers.length > 1) checkChainMovable(d.path, d.layers, d.files);
+    if (d.layers.length > 1) await checkChainMovable(d.path, d.files);
     steps.push({ kind: 'disk', file: stepFile(files.dir, d.path), done: false });
   }
   for (const s of files.stateFiles) if (s.encrypted) steps.push({ kind: 'state', file: stepFile(files.dir, s.path), done: false });
@@ -318,7 +318,7 @@ export async function decryptVmFolder(dirOrFile: string, options: DecryptVmFolde
     const resumed = job !== undefined;
     if (job && job.operation !== 'decrypt') throw otherJob(dir, job, 'decrypt');
     if (!job) {
-      const steps = planDecrypt(await folderOf(dir, keys));
+      const steps = await planDecrypt(await folderOf(dir, keys));
       if (steps.length === 0) throw new VmError('ERR_VMX_NOT_ENCRYPTED', `no file of the VM ${dir} is encrypted`, { file: dir });
       job = { operation: 'decrypt', started: new Date().toISOString(), steps };
       await writeVmJob(dir, job);
