@@ -1,8 +1,9 @@
 /**
  * Exports of a VM's state files: a UEFI variables file kept in vmseal's state-file container
  * (docs/vm.md) is served as a small writable NBD export — qemu's second pflash unit — whose
- * plaintext exists only in this process's memory (src/vm/state-file-image.ts). Every write
- * re-encrypts the file and replaces it atomically, so a crash leaves the old variables or the new.
+ * plaintext exists only in this process's memory (src/vm/state-file-image.ts). A flush (and, unasked,
+ * a timer soon after a write) re-encrypts the file and replaces it atomically, so a crash leaves the
+ * old variables or the new.
  *
  * StateFileDisk gives a StateFileImage the shape export.ts serves (an encrypted disk with a data unit
  * of one byte: no read-modify-write at this level, no holes). `vmServeDisks` turns a qemu VM folder
@@ -45,7 +46,7 @@ export class StateFileDisk {
     return this.#image.read(position, Buffer.from(target.buffer, target.byteOffset, target.byteLength));
   }
 
-  /** Answered once the file holding this write replaced the old one (durable: FUA and FLUSH cost nothing more). */
+  /** Answered once in memory (write-back: durable at the next flush — a FLUSH, or a FUA write's — see state-file-image.ts). */
   writeUnordered(position: number, data: Uint8Array): Promise<void> {
     return this.#image.write(position, data);
   }
