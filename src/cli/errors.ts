@@ -270,7 +270,7 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
   ERR_VM_JOB: { exitCode: ExitCode.FAILURE, hint: 'Finish the interrupted job with the command the message names (same key options), then retry' },
   ERR_VM_MIXED: {
     exitCode: ExitCode.FORMAT,
-    hint: 'Encrypt the rest with `vmseal vm encrypt DIR` or decrypt all with `vmseal vm decrypt DIR`; to go on anyway, `vmseal vm rekey --allow-mixed …` (`vmseal vm tpm` and `vmseal serve --vm DIR` take it too)',
+    hint: 'Encrypt the rest with `vmseal vm encrypt DIR` or decrypt all with `vmseal vm decrypt DIR`; to go on anyway, `vmseal vm rekey --allow-mixed …` (`vmseal vm tpm` and `vmseal serve` take it too)',
   },
   // plain failures with something to do
   ERR_OUTPUT_EXISTS: { exitCode: ExitCode.FAILURE, hint: EXISTS_HINT },
