@@ -12,11 +12,12 @@
 import { basename, resolve } from 'node:path';
 import type { UnlockOptions } from '../keys/index.js';
 import type { AllocatedRange } from '../vmdk/index.js';
-import { diskState, readManifest } from '../vm/index.js';
+import { diskState, readManifest, readStateFileHeader } from '../vm/index.js';
 import { resolveInFolder } from '../vm/manifest.js';
 import { refuseMixed } from '../vm/all-or-none.js';
 import { openStateFileImage, type StateFileImage } from '../vm/state-file-image.js';
 import type { ServeDisk } from './host.js';
+import type { Shape } from './locked.js';
 
 export class StateFileDisk {
   /** Served as encrypted (ExportInfo.encrypted): the file at rest is. */
@@ -67,6 +68,11 @@ export class StateFileDisk {
   close(): Promise<void> {
     return this.#image.close();
   }
+}
+
+/** What a locked state-file export reports (locked.ts): its plain length, from the header (no key needed). */
+export async function stateFileShape(path: string): Promise<Shape> {
+  return { capacity: (await readStateFileHeader(path)).length, sparse: false, subformat: 'vmseal state file' };
 }
 
 /** Open a state file for serving (the caller holds its lock). */
