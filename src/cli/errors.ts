@@ -267,6 +267,10 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
     exitCode: ExitCode.FORMAT,
     hint: 'Convert the layers of the chain to monolithicSparse (vmseal convert), or consolidate the snapshots first (VMware: Delete All Snapshots; qemu-img commit)',
   },
+  ERR_VM_RESUME_PASSPHRASE: {
+    exitCode: ExitCode.USAGE,
+    hint: 'vmseal never stores a passphrase: run the same command as the first run, with --recovery-passphrase (and --passphrase-file F, or type it) exactly when the first run had it',
+  },
   ERR_VM_JOB: { exitCode: ExitCode.FAILURE, hint: 'Finish the interrupted job with the command the message names (same key options), then retry' },
   ERR_VM_MIXED: {
     exitCode: ExitCode.FORMAT,
