@@ -12,13 +12,15 @@
  *      base by a copy job under the new lockers, each child a new snapshot of the new parent — a new
  *      layerId, the parent's as parentLayerId, a new authenticator, CID/parentCID consistent — holding
  *      exactly the grains the old child holds). New KEKs are listed in `keys.json` there;
- *   3. the staged base's descriptor gets the job line `encryption.job = "rekey-deep-chain"`, every
- *      staged file is fsynced, and the journal (chain-rekey-journal.ts) is written in the folder;
+ *   3. every staged layer's descriptor gets the job line `encryption.job = "rekey-deep-chain"` (and is
+ *      fsynced, data included), then the journal (chain-rekey-journal.ts: each layer's descriptor with
+ *      and without the job line) is written in the folder;
  *   4. COMMIT: every layer's lock is taken exclusively and the staged base is renamed over the old
- *      base (folder fsynced). From here every layer of the chain is refused (ERR_INTERRUPTED_JOB: the
- *      base carries the job line, and every opener of a layer opens the base) until the job is done;
- *   5. the other layers are renamed over the old ones, bottom up, the folder fsynced, the base's final
- *      descriptor (no job line) written from the journal, and the staging folder removed.
+ *      base (folder fsynced). From here every layer of the chain is refused (ERR_INTERRUPTED_JOB):
+ *      a moved layer carries the job line, and an old layer's chain reaches a moved one going down
+ *      before any CID that no longer matches (the job line is checked first);
+ *   5. the other layers are renamed over the old ones, bottom up, the folder fsynced, each layer's
+ *      final descriptor (no job line) written from the journal, bottom up, and the folder removed.
  *
  * A job killed before step 4 changed nothing outside its staging folder: the old chain is intact and
  * usable, and the next deep rekey or resume of any layer removes the folder and its new KEKs (a roll
@@ -151,12 +153,15 @@ async function checkMovable(layers: readonly string[]): Promise<void> {
   }
 }
 
-/** Write a layer's whole descriptor; a layer with children is read-only (0444): its write bits come back off. */
-async function writeLayerDescriptor(path: string, bytes: Uint8Array): Promise<void> {
+/**
+ * Write a layer's whole descriptor. A layer with children (`readOnly`) is mode 0444: its write bits
+ * are set for the write and cleared again; the top keeps its mode.
+ */
+async function writeLayerDescriptor(path: string, bytes: Uint8Array, readOnly: boolean): Promise<void> {
   const mode = (await stat(path)).mode & 0o777;
-  await chmod(path, mode | 0o200);
+  if (readOnly) await chmod(path, mode | 0o200);
   await writeDescriptor(await locateDescriptor(path), bytes);
-  await chmod(path, mode & ~0o222);
+  if (readOnly) await chmod(path, mode & ~0o222);
   await fsyncFile(path);
 }
 
@@ -189,17 +194,21 @@ async function rollBack(stage: string, base: string, providers: readonly KeyProv
   await fsyncDir(dirname(stage));
 }
 
-/** Step 5 (idempotent): the other layers moved over the old ones, the base's final descriptor, the folder removed. */
+/**
+ * Step 5 (idempotent): the other layers moved over the old ones (bottom up), each layer's final
+ * descriptor written (bottom up: a layer opens once it and every layer under it are final), the
+ * staging folder removed.
+ */
 async function rollForward(stage: string, h: ChainRekeyHeader): Promise<void> {
   const dir = dirname(stage);
-  for (const name of h.layers.slice(1)) if (await pathExists(join(stage, name))) await rename(join(stage, name), join(dir, name));
+  for (const l of h.layers.slice(1)) if (await pathExists(join(stage, l.name))) await rename(join(stage, l.name), join(dir, l.name));
   await fsyncDir(dir);
-  await writeLayerDescriptor(join(dir, h.layers[0]!), Buffer.from(h.base.final, 'base64'));
+  for (const [i, l] of h.layers.entries()) await writeLayerDescriptor(join(dir, l.name), Buffer.from(l.final, 'base64'), i < h.layers.length - 1);
   await rm(stage, { recursive: true, force: true });
   await fsyncDir(dir);
 }
 
-function resultOf(path: string, h: Pick<ChainRekeyHeader, 'capacity' | 'to' | 'layers'>, bytes: number, started: number, resumed: boolean): JobResult {
+function resultOf(path: string, h: ChainRekeyHeader, bytes: number, started: number, resumed: boolean): JobResult {
   return {
     operation: 'rekey-deep',
     input: path,
@@ -211,7 +220,7 @@ function resultOf(path: string, h: Pick<ChainRekeyHeader, 'capacity' | 'to' | 'l
     encrypted: true,
     diskId: h.to.diskId,
     ...(resumed ? { resumed: true } : {}),
-    notes: [`a snapshot chain of ${h.layers.length} layers (${h.layers.join(', ')}), every layer re-encrypted under the new key`],
+    notes: [`a snapshot chain of ${h.layers.length} layers (${h.layers.map((l) => l.name).join(', ')}), every layer re-encrypted under the new key`],
   };
 }
 
@@ -243,8 +252,9 @@ export async function settleChainRekey(
       return null;
     }
     const h = journal.header;
-    if (h.layers[0] !== basename(base))
-      throw new PipelineError('ERR_JOURNAL', `the chain rekey journal in ${stage} belongs to ${h.layers[0]}, not ${basename(base)}`);
+    if (h.layers[0]!.name !== basename(base)) {
+      throw new PipelineError('ERR_JOURNAL', `the chain rekey journal in ${stage} belongs to ${h.layers[0]!.name}, not ${basename(base)}`);
+    }
     const dek = await unlockDek(h.to as EncryptionParams, h.capacity, newKeys, `${base} (the new key in its chain rekey journal)`);
     try {
       journal.verify(dek);
@@ -252,7 +262,7 @@ export async function settleChainRekey(
       dek.fill(0);
     }
     const locks = await acquireLocks(
-      h.layers.map((n) => join(dirname(base), n)),
+      h.layers.map((l) => join(dirname(base), l.name)),
       'resume (deep rekey of a snapshot chain)',
     );
     try {
@@ -330,21 +340,25 @@ export async function deepRekeyChain(path: string, spec: ChainRekeySpec): Promis
       });
       const stagedBase = staged[0]!;
       const to = (await readEncryptionParams(stagedBase))!;
-      const final = await readDescriptorBytes(await locateDescriptor(stagedBase));
-      const during = Descriptor.parse(final, { file: stagedBase });
-      during.set(LINE.job, CHAIN_REKEY_OPERATION, { after: LINE.keySafe });
+      // Every staged layer carries the job line while the layers move: an old layer above a moved one
+      // reaches it (going down its chain) before any CID that no longer matches.
+      const described: ChainRekeyHeader['layers'] = [];
+      for (const [i, s] of staged.entries()) {
+        const final = await readDescriptorBytes(await locateDescriptor(s));
+        const during = Descriptor.parse(final, { file: s });
+        during.set(LINE.job, CHAIN_REKEY_OPERATION, { after: LINE.keySafe });
+        await writeLayerDescriptor(s, during.toBuffer(), i < staged.length - 1);
+        described.push({ name: basename(s), during: during.toBuffer().toString('base64'), final: final.toString('base64') });
+      }
       header = {
         version: 1,
         operation: CHAIN_REKEY_OPERATION,
-        layers: layers.map((l) => basename(l)),
+        layers: described,
         capacity: view.capacity,
         from,
         to,
         started: new Date().toISOString(),
-        base: { during: during.toBuffer().toString('base64'), final: final.toString('base64') },
       };
-      await writeLayerDescriptor(stagedBase, during.toBuffer());
-      for (const s of staged) await fsyncFile(s);
       await fsyncDir(stage);
       const dek = await unlockDek(to, view.capacity, newKeys, `${stagedBase} (the new key)`);
       try {

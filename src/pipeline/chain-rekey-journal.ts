@@ -18,8 +18,8 @@ import { isPlainFileName, type JournalParams } from './journal.js';
 
 const MAGIC = Buffer.from('VMSCRKY1', 'ascii');
 const HKDF_INFO = 'vmseal chain rekey journal v1';
-/** Two descriptors of at most 64 KiB each (base64) and a bounded list of names: a bound for reading one. */
-const MAX_JOURNAL = 1 << 20;
+/** Two descriptors per layer (a few KiB each, base64): a bound for reading one. */
+const MAX_JOURNAL = 16 << 20;
 /** The journal's name inside the staging folder. */
 export const CHAIN_JOURNAL = 'journal';
 
@@ -28,16 +28,17 @@ export const CHAIN_REKEY_OPERATION = 'rekey-deep-chain';
 export interface ChainRekeyHeader {
   version: 1;
   operation: typeof CHAIN_REKEY_OPERATION;
-  /** The layers' file names, base first (all in the base's folder, the staging folder's parent). */
-  layers: string[];
+  /**
+   * The layers, base first (file names in the base's folder, the staging folder's parent), each with
+   * its new whole descriptor (base64) while the layers move (with the job line) and after.
+   */
+  layers: Array<{ name: string; during: string; final: string }>;
   capacity: number;
   /** The chain's encryption before the job (every layer shares KeySafe and disk id): old KEKs to retire. */
   from: JournalParams;
   /** The new base's final lines: its DEK keys the seal. */
   to: JournalParams;
   started: string;
-  /** The new base's whole descriptor (base64) while the layers move (job line) and after. */
-  base: { during: string; final: string };
 }
 
 function seal(dek: Uint8Array, json: Uint8Array): Buffer {
@@ -112,10 +113,10 @@ export async function readChainJournal(stage: string): Promise<OpenedChainJourna
 
 function checkHeader(h: ChainRekeyHeader, bad: (why: string) => PipelineError): void {
   if (h === null || typeof h !== 'object' || h.version !== 1 || h.operation !== CHAIN_REKEY_OPERATION) throw bad('unknown version or operation');
-  if (!Array.isArray(h.layers) || h.layers.length < 2 || !h.layers.every((f) => typeof f === 'string' && isPlainFileName(f))) {
-    throw bad('the layers are not plain file names in the base folder');
-  }
+  const layerOk = (l: ChainRekeyHeader['layers'][number]): boolean =>
+    l !== null && typeof l === 'object' && typeof l.name === 'string' && isPlainFileName(l.name) && typeof l.during === 'string' && typeof l.final === 'string';
+  if (!Array.isArray(h.layers) || h.layers.length < 2 || !h.layers.every(layerOk))
+    throw bad('the layers are not plain file names in the base folder with descriptors');
   if (!Number.isSafeInteger(h.capacity) || h.capacity <= 0) throw bad('bad capacity');
   if (!h.from || typeof h.from !== 'object' || !h.to || typeof h.to !== 'object') throw bad('no encryption lines');
-  if (!h.base || typeof h.base.during !== 'string' || typeof h.base.final !== 'string') throw bad('no base descriptors');
 }

@@ -3,13 +3,13 @@
 // chain stays one qemu-img opens, and the old key opens nothing any more.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, readdirSync } from 'node:fs';
+import { chmodSync, existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { deepRekey, resumeDisk, verifyDisk } from '../../src/pipeline/index.js';
 import { createEncryptedSnapshot, openDisk, readEncryptionParams } from '../../src/disk/index.js';
 import { describeKeySafe, LocalKeyProvider } from '../../src/keys/index.js';
 import { openDisk as openVmdk, ownRanges } from '../../src/vmdk/index.js';
-import { runChainJob } from '../../src/vm/chain-aside.js';
+import { qemuChain } from './chain-scenarios.js';
 import { phraseLocker, sha256, tempDir } from '../disk/helpers.js';
 
 let tmp: ReturnType<typeof tempDir>;
@@ -17,31 +17,6 @@ beforeAll(() => {
   tmp = tempDir('vmseal-chain-deep-');
 });
 afterAll(() => tmp.cleanup());
-
-/**
- * base ← vm-000001 ← vm-000002 made by qemu-img create -b, written by qemu-io in every layer (the
- * middle one also zeroes a range of the base's data: those grains must keep hiding it), then
- * encrypted by vmseal as one chain under passphrase `phrase`. Returns the layers, base first.
- */
-export async function qemuChain(
-  dir: string,
-  lockers: Parameters<typeof runChainJob>[1]['lockers'],
-  keys: { passphrase?: string; providers?: LocalKeyProvider[] },
-): Promise<string[]> {
-  mkdirSync(dir, { recursive: true });
-  const names = ['vm.vmdk', 'vm-000001.vmdk', 'vm-000002.vmdk'];
-  const [base, mid, top] = names.map((n) => join(dir, n)) as [string, string, string];
-  execFileSync('qemu-img', ['create', '-q', '-f', 'vmdk', '-o', 'subformat=monolithicSparse', base, '8M']);
-  execFileSync('qemu-io', ['-f', 'vmdk', '-c', 'write -P 0x11 0 3M', '-c', 'write -P 0x12 6M 1M', base]);
-  execFileSync('qemu-img', ['create', '-q', '-f', 'vmdk', '-b', names[0]!, '-F', 'vmdk', names[1]!], { cwd: dir });
-  execFileSync('qemu-io', ['-f', 'vmdk', '-c', 'write -P 0x21 1536 3072', '-c', 'write -z 6M 128k', '-c', 'write -P 0x22 2M 2M', mid]);
-  execFileSync('qemu-img', ['create', '-q', '-f', 'vmdk', '-b', names[1]!, '-F', 'vmdk', names[2]!], { cwd: dir });
-  execFileSync('qemu-io', ['-f', 'vmdk', '-c', 'write -P 0x31 1M 64k', '-c', 'write -P 0x32 7M 512k', top]);
-  chmodSync(base, 0o444);
-  chmodSync(mid, 0o444);
-  await runChainJob([top, mid, base], { operation: 'encrypt', lockers: lockers!, keys });
-  return [base, mid, top];
-}
 
 async function plainOf(path: string, keys: object): Promise<string> {
   const d = await openDisk(path, { readOnly: true, keys });
