@@ -11,6 +11,7 @@ import { describeKeySafe, LocalKeyProvider } from '../../src/keys/index.js';
 import { openDisk as openVmdk, ownRanges } from '../../src/vmdk/index.js';
 import { qemuChain } from './chain-scenarios.js';
 import { phraseLocker, sha256, tempDir } from '../disk/helpers.js';
+import { cleanEnv, json, vmseal } from '../cli/run-cli.js';
 
 let tmp: ReturnType<typeof tempDir>;
 beforeAll(() => {
@@ -119,6 +120,7 @@ describe('deep rekey of a snapshot chain', () => {
     expect(await local.keyOwner(newKek)).toBe(after.diskId);
     for (const [i, l] of layers.entries()) expect(await plainOf(l, keys), l).toBe(plain[i]);
     expect(leftovers(dir)).toEqual([]);
+    await local.close();
   });
 
   it('refuses a chain with a branch (naming it), and a rekey in place, before writing anything', async () => {
@@ -141,5 +143,31 @@ describe('deep rekey of a snapshot chain', () => {
     const layers = await qemuChain(dir, [phraseLocker('old')], { passphrase: 'old' });
     expect(await resumeDisk(layers[1]!, { keys: { passphrase: 'old' } })).toBeNull();
     expect(existsSync(layers[2]!)).toBe(true);
+  });
+
+  it('vmseal rekey --deep on a middle layer (CLI): the whole chain, a new KEK, info and verify of every layer fine', async () => {
+    const dir = join(tmp.dir, 'cli');
+    const home = join(tmp.dir, 'home-cli');
+    const local = new LocalKeyProvider({ home });
+    const layers = await qemuChain(dir, [{ kind: 'provider', provider: local }], { providers: [local] });
+    const keys = { providers: [local] };
+    const plain = await Promise.all(layers.map((l) => plainOf(l, keys)));
+    const before = (await readEncryptionParams(layers[0]!))!;
+    await local.close();
+    const env = cleanEnv({ VMSEAL_HOME: home });
+    const r = await vmseal(['rekey', layers[1]!, '--deep', '--json'], env);
+    expect(r.code, r.stderr).toBe(0);
+    expect(json(r).notes.join(' ')).toContain('every layer re-encrypted');
+    for (const [i, l] of layers.entries()) {
+      const v = await vmseal(['verify', l, '--json'], env);
+      expect(v.code, v.stderr).toBe(0);
+      const after = (await readEncryptionParams(l))!;
+      expect(after.diskId).not.toBe(before.diskId);
+      expect(describeKeySafe(after.keySafe)[0]!.keyId).not.toBe(describeKeySafe(before.keySafe)[0]!.keyId);
+      const reopened = new LocalKeyProvider({ home });
+      expect(await plainOf(l, { providers: [reopened] }), l).toBe(plain[i]);
+      await reopened.close();
+    }
+    expect(leftovers(dir)).toEqual([]);
   });
 });
