@@ -41,6 +41,7 @@ import { discardJobKeys } from './job-keys.js';
 import { convertDisk } from './jobs.js';
 import { acquireLock, acquireLocks, releaseLocks, NameReservations } from './lock.js';
 import type { EncryptSpec, JobOptions, JobResult, UnlockOptions } from './options.js';
+import type { Progress } from './progress.js';
 import { cleanStaleStages, fsyncDir, pathExists, readKeyList, writeKeyList } from './staging.js';
 
 const STAGE_SUFFIX = '.vmseal-chain-rekey';
@@ -323,7 +324,8 @@ export async function deepRekeyChain(path: string, spec: ChainRekeySpec): Promis
           const r = await convertDisk(old, made, {
             ...common,
             ...(opts.chunkSize ? { chunkSize: opts.chunkSize } : {}),
-            ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
+            // The base's copy is the bulk of the job's data: reported as the rekey's progress.
+            ...(opts.onProgress ? { onProgress: (p: Progress) => opts.onProgress!({ ...p, operation: 'rekey-deep' }) } : {}),
             keys,
             encrypt,
             subformat: 'monolithicSparse',

@@ -138,6 +138,34 @@ describe('deep rekey of a snapshot chain', () => {
     expect(leftovers(dir)).toEqual([]);
   });
 
+  it('failing after the base is staged: the old chain stands, the KEK made for it is removed, nothing is left', async () => {
+    const dir = join(tmp.dir, 'fail');
+    const local = new LocalKeyProvider({ home: join(tmp.dir, 'home-fail'), scrypt: { n: 16, r: 1, p: 1 } });
+    const layers = await qemuChain(dir, [{ kind: 'provider', provider: local }], { providers: [local] });
+    const plain = await Promise.all(layers.map((l) => plainOf(l, { providers: [local] })));
+    const before = await readEncryptionParams(layers[2]!);
+    const kekCount = (await local.list()).length;
+    // The provider goes down once the base's copy is done: the first child cannot be made.
+    let down = false;
+    const flaky = Object.assign(Object.create(local) as LocalKeyProvider, {
+      getKey: (keyId: string) => (down ? Promise.reject(new Error('provider down')) : local.getKey(keyId)),
+    });
+    const err = await deepRekey(layers[2]!, {
+      keys: { providers: [flaky] },
+      onProgress: (p) => {
+        expect(p.operation).toBe('rekey-deep');
+        if (p.bytesTotal > 0 && p.bytesDone === p.bytesTotal) down = true;
+      },
+    }).catch((e: Error) => e);
+    expect(err).toBeInstanceOf(Error);
+    expect(down).toBe(true);
+    expect((await local.list()).length, 'the KEK made for the new chain is gone').toBe(kekCount);
+    expect(await readEncryptionParams(layers[2]!)).toEqual(before);
+    for (const [i, l] of layers.entries()) expect(await plainOf(l, { providers: [local] }), l).toBe(plain[i]);
+    expect(leftovers(dir)).toEqual([]);
+    await local.close();
+  });
+
   it('resume of a layer whose chain has no pending job returns null', async () => {
     const dir = join(tmp.dir, 'nothing');
     const layers = await qemuChain(dir, [phraseLocker('old')], { passphrase: 'old' });
