@@ -4,9 +4,10 @@
 // any layer finishes it. Either way each layer ends with its plaintext under the new key.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawnSync } from 'node:child_process';
-import { cpSync, existsSync, readdirSync, rmSync } from 'node:fs';
+import { cpSync, existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { openDisk } from '../../src/disk/index.js';
+import { resumeDisk } from '../../src/pipeline/index.js';
 import { qemuChain } from './chain-scenarios.js';
 import { cleanEnv, vmseal } from '../cli/run-cli.js';
 import { bundleFixture } from '../helpers/bundle.js';
@@ -96,6 +97,14 @@ describe('SIGKILL during a deep rekey of a snapshot chain', () => {
         }
         if (refused) refusedAll++;
         if (refused && !byCli) {
+          // A changed journal is not acted on (its seal is keyed from the new DEK).
+          const journal = join(stage, 'journal');
+          const bytes = readFileSync(journal);
+          const changed = Buffer.from(bytes);
+          changed[changed.length - 1] ^= 1; // its seal
+          writeFileSync(journal, changed);
+          await expect(resumeDisk(layers[1]!, { keys: { passphrase: 'new' } })).rejects.toMatchObject({ code: 'ERR_JOURNAL' });
+          writeFileSync(journal, bytes);
           // The CLI finishes it too (by the top's path; the new key as the recovery passphrase).
           byCli = true;
           const cli = await vmseal(['resume', layers[2]!, '--recovery-passphrase'], env);
