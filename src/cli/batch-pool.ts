@@ -20,6 +20,7 @@ import { DescribedFailure, type BatchItem, type ItemError } from './batch.js';
 import type { ImageConvertOptions } from './commands/convert-image.js';
 import type { JobHooks } from './jobs.js';
 import type { KeyDesk, KeyReply, KeyRequest } from './key-bridge.js';
+import { KERNEL_COPY_ENV } from '../pipeline/kernel-copy.js';
 
 /** What a worker is started with (workerData): the image options only, never a key option or secret. */
 export interface WorkerInit {
@@ -38,11 +39,12 @@ export type FromWorker =
   | KeyRequest;
 
 /**
- * The environment variables a worker gets: the layers' tuning switches. Not the rest of the
- * environment, which may hold passphrases (VMSEAL_PASSPHRASE, VMSEAL_HOME_PASSPHRASE, a
- * --passphrase-env variable) that only the main thread's key session reads.
+ * The environment variables a worker gets: the layers' tuning switches, so that an image takes the
+ * same path in a worker as on the main thread (VMSEAL_KERNEL_COPY picks the kernel copy or the
+ * engine). Not the rest of the environment, which may hold passphrases (VMSEAL_PASSPHRASE,
+ * VMSEAL_HOME_PASSPHRASE, a --passphrase-env variable) that only the main thread's key session reads.
  */
-const WORKER_ENV = ['VMSEAL_NATIVE_PATH', 'VMSEAL_INLINE_IO', 'VMSEAL_XTS_IMPL', 'VMSEAL_DEBUG'];
+const WORKER_ENV = ['VMSEAL_NATIVE_PATH', 'VMSEAL_INLINE_IO', 'VMSEAL_XTS_IMPL', 'VMSEAL_DEBUG', KERNEL_COPY_ENV];
 
 /**
  * The built worker script beside this module (dist/cli/batch-worker.js), or undefined when the CLI
