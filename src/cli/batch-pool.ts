@@ -8,7 +8,7 @@
  *
  * Main thread → worker  { type: 'run', item } | { type: 'abort' } | { type: 'close' } | key replies
  * Worker → main thread  { type: 'ready' } (its modules are loaded)
- *                       { type: 'progress', bytesDone, bytesTotal }
+ *                       { type: 'progress', bytesDone, bytesTotal } (at most every 100 ms, never the last)
  *                       { type: 'done', bytes, skipped? } | { type: 'failed', error } | { type: 'not-run' }
  *                       | key requests
  * A worker runs one image at a time. 'abort' (Ctrl-C, SIGTERM) stops its image, which removes its
@@ -105,6 +105,8 @@ class Lane {
         this.running?.hooks.onProgress({ bytesDone: m.bytesDone, bytesTotal: m.bytesTotal });
         return;
       case 'done':
+        // The worker leaves an image's last progress report to this message (batch-worker.ts).
+        this.running?.hooks.onProgress({ bytesDone: m.bytes, bytesTotal: m.bytes });
         this.running?.resolve({ bytes: m.bytes, ...(m.skipped ? { skipped: true } : {}) });
         return;
       case 'failed':
