@@ -10,7 +10,7 @@ export { dataCheckOf } from './data-check.js';
 export { EncryptedDisk } from './encrypted-disk.js';
 export { DiskError } from './errors.js';
 export { generateDek, makeEncryptionParams, reuseCreatedKeys, unlockDek, type KeyCache, type LockerSpec, type UnlockOptions } from './keying.js';
-export { JOURNAL_SUFFIX, assertNoJournal, checkLockers, encryptionOf, readEncryptionParams, unlockInner } from './open.js';
+export { JOURNAL_SUFFIX, assertNoJournal, checkLockers, encryptionOf, openWithDek, readEncryptionParams, unlockInner } from './open.js';
 export {
   DEFAULT_CIPHER,
   DEFAULT_UNIT_SIZE,
