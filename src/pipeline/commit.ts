@@ -185,7 +185,8 @@ async function planCommit(top: string, key: ChainKey): Promise<Plan> {
         throw new DiskError('ERR_INTERRUPTED_JOB', `${top} is in the middle of an interrupted ${enc.job} job; finish it first (vmseal resume)`);
       const given = 'dek' in key ? key.dek : undefined;
       const keys = 'keys' in key ? key.keys : undefined;
-      if (!given && !keys) throw new DiskError('ERR_DISK_ENCRYPTED', `${top} is encrypted (${enc.params.cipher}); give keys (a key provider or passphrase) to commit it`);
+      if (!given && !keys)
+        throw new DiskError('ERR_DISK_ENCRYPTED', `${top} is encrypted (${enc.params.cipher}); give keys (a key provider or passphrase) to commit it`);
       // Every check either way: authenticator, every layer, data check.
       const disk = given ? await openWithDek(chain, enc.params, given) : await unlockInner(chain, enc.params, keys!);
       opened = disk;

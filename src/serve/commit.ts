@@ -110,19 +110,18 @@ async function closeChain(top: string, parent: string, control: ReplaceControl, 
     return await acquireLock(parent, 'serve (snapshot commit)', 'exclusive');
   } catch (err) {
     control.fallback(await reopen().catch(() => undefined));
-    throw new ServeError('ERR_SERVE_EXPORT', `cannot commit ${top}: its parent ${parent} is in use (${(err as Error).message}); the export serves the chain again`, {
-      cause: err,
-    });
+    throw new ServeError(
+      'ERR_SERVE_EXPORT',
+      `cannot commit ${top}: its parent ${parent} is in use (${(err as Error).message}); the export serves the chain again`,
+      {
+        cause: err,
+      },
+    );
   }
 }
 
 /** Step 4: open the committed parent under its lock (held exclusively, so the open takes none of its own), then give the child's lock up. */
-async function openCommitted(
-  parent: string,
-  childLock: DiskLock | undefined,
-  control: ReplaceControl,
-  open: () => Promise<ServedDisk>,
-): Promise<ServedDisk> {
+async function openCommitted(parent: string, childLock: DiskLock | undefined, control: ReplaceControl, open: () => Promise<ServedDisk>): Promise<ServedDisk> {
   let disk: ServedDisk;
   try {
     disk = await open();
@@ -174,6 +173,8 @@ async function saveChanges(name: string, disk: ServedDisk, changes: CarriedChang
   try {
     await writeChangeBitmap(disk, changes.base, changes.bits);
   } catch (err) {
-    log(`export ${name}: the change bitmap ${changeBitmapPath(disk.path)} could not be written (${(err as Error).message}): the next backup reads the whole disk`);
+    log(
+      `export ${name}: the change bitmap ${changeBitmapPath(disk.path)} could not be written (${(err as Error).message}): the next backup reads the whole disk`,
+    );
   }
 }

@@ -344,12 +344,7 @@ export class Export {
    * `keepLock` (undefined: the disk is served unlocked). Replacements run one at a time.
    */
   replaceDisk<T>(
-    change: (
-      disk: ServedDisk,
-      lock: DiskLock | undefined,
-      keepLock: (lock: DiskLock | undefined) => void,
-      control: ReplaceControl,
-    ) => Promise<Replacement<T>>,
+    change: (disk: ServedDisk, lock: DiskLock | undefined, keepLock: (lock: DiskLock | undefined) => void, control: ReplaceControl) => Promise<Replacement<T>>,
   ): Promise<T> {
     const run = this.#replacing.then(async () => {
       if (this.#closed) throw new ServeError('ERR_SERVE_CLOSED', `export ${this.name} was closed: the host is stopping or it was detached`);

@@ -113,7 +113,10 @@ describe('host backup commits its snapshot', () => {
       expect(p1.subarray(0, FIRST).equals(model.subarray(0, FIRST))).toBe(true);
       const present = patterns.map((p, i) => p1.subarray(FIRST + i * BLOCK, FIRST + (i + 1) * BLOCK).equals(p));
       const k = present.indexOf(false) === -1 ? patterns.length : present.indexOf(false);
-      expect(present.slice(k).every((x) => !x), 'point 1 holds a prefix of the writes').toBe(true);
+      expect(
+        present.slice(k).every((x) => !x),
+        'point 1 holds a prefix of the writes',
+      ).toBe(true);
       expect(k, 'writes before the snapshot').toBeGreaterThan(0);
       expect(k, 'writes after the snapshot (into the child)').toBeLessThan(patterns.length);
       const expected1 = Buffer.from(model);

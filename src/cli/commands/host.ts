@@ -136,7 +136,16 @@ export async function hostCommit(ctx: Ctx, name: string, opts: HostCliOptions): 
   const path = controlPathOf(ctx, opts);
   ctx.doing = `cannot commit the snapshot of export ${name}`;
   const info = (await ask(ctx, path, { command: 'commit', name })) as Committed;
-  ctx.output.result({ ok: true, command: 'host commit', control: path, top: info.path, removed: info.removed, bytesMoved: info.bytesMoved, heldMs: info.heldMs, export: info });
+  ctx.output.result({
+    ok: true,
+    command: 'host commit',
+    control: path,
+    top: info.path,
+    removed: info.removed,
+    bytesMoved: info.bytesMoved,
+    heldMs: info.heldMs,
+    export: info,
+  });
   // The new top alone, as `vmseal snapshot commit` prints it.
   ctx.output.line(info.path);
   ctx.output.note(`merged ${info.removed} (${formatBytes(info.bytesMoved)}); writes waited ${info.heldMs} ms`);
