@@ -68,7 +68,7 @@ export async function commitExport(exp: Export, options: LiveCommitOptions): Pro
       const planned = await planHeldCommit(old.path, { dek: prepared.dek });
       try {
         const changes = await carryChanges(planned.parent, planned.top, old.capacity);
-        const parentLock = await closeChain(old.path, planned.parent, control, () => prepared.open(old.path));
+        const parentLock = await closeChain(planned.parent, control, () => prepared.open(old.path));
         let done: CommitResult;
         try {
           done = await planned.run();
@@ -104,19 +104,14 @@ export async function commitExport(exp: Export, options: LiveCommitOptions): Pro
  * exclusively. If it cannot be had, the chain is opened again and served (`reopen`) and the error
  * thrown.
  */
-async function closeChain(top: string, parent: string, control: ReplaceControl, reopen: () => Promise<ServedDisk>): Promise<DiskLock> {
+async function closeChain(parent: string, control: ReplaceControl, reopen: () => Promise<ServedDisk>): Promise<DiskLock> {
   await control.closeOld();
   try {
     return await acquireLock(parent, 'serve (snapshot commit)', 'exclusive');
   } catch (err) {
+    // ERR_DISK_BUSY naming the holder (a backup reading the frozen layer …): the chain is served again.
     control.fallback(await reopen().catch(() => undefined));
-    throw new ServeError(
-      'ERR_SERVE_EXPORT',
-      `cannot commit ${top}: its parent ${parent} is in use (${(err as Error).message}); the export serves the chain again`,
-      {
-        cause: err,
-      },
-    );
+    throw err;
   }
 }
 

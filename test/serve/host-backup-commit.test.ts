@@ -173,7 +173,7 @@ describe('NbdHost.commit', () => {
       // A reader of the frozen parent (a backup of it, another process) keeps the commit out.
       const reader = await acquireLock(disk, 'test reader', 'shared');
       try {
-        await expect(host.commit('vm')).rejects.toMatchObject({ code: 'ERR_SERVE_EXPORT', message: expect.stringMatching(/is in use/) });
+        await expect(host.commit('vm')).rejects.toMatchObject({ code: 'ERR_DISK_BUSY', message: expect.stringMatching(/in use for reading/) });
       } finally {
         await reader.release();
       }
