@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { openDisk, type NbdHost } from '../../src/index.js';
+import { initRepository, openDisk, restoreBackup, type NbdHost } from '../../src/index.js';
 import { acquireLock } from '../../src/pipeline/lock.js';
 import { tempDir } from '../disk/helpers.js';
 import { cleanEnv, json, vmseal } from '../cli/run-cli.js';
@@ -75,7 +75,7 @@ describe('host backup commits its snapshot', () => {
     const repo = join(dir, 'repo');
     const writer = await RawClient.connect(socket);
     try {
-      expect((await vmseal(['backup', 'init', repo], env)).code).toBe(0);
+      await initRepository(repo);
       await writer.go('vm');
       const model = Buffer.alloc(CAPACITY);
       before.copy(model);
@@ -107,8 +107,7 @@ describe('host backup commits its snapshot', () => {
 
       // Point 1 holds the blocks written before the snapshot: a prefix of the writer's sequence.
       const restored1 = join(dir, 'restored1.vmdk');
-      const rr1 = await vmseal(['backup', 'restore', repo, 'p1', restored1], env);
-      expect(rr1.code, rr1.stderr).toBe(0);
+      await restoreBackup(repo, 'p1', restored1);
       const p1 = await plaintextOf(restored1);
       expect(p1.subarray(0, FIRST).equals(model.subarray(0, FIRST))).toBe(true);
       const present = patterns.map((p, i) => p1.subarray(FIRST + i * BLOCK, FIRST + (i + 1) * BLOCK).equals(p));
@@ -141,8 +140,7 @@ describe('host backup commits its snapshot', () => {
       // The served disk and point 2 hold every write.
       expect(sha(await readExport(writer))).toBe(sha(model));
       const restored2 = join(dir, 'restored2.vmdk');
-      const rr2 = await vmseal(['backup', 'restore', repo, 'p2', restored2], env);
-      expect(rr2.code, rr2.stderr).toBe(0);
+      await restoreBackup(repo, 'p2', restored2);
       expect(sha(await plaintextOf(restored2))).toBe(sha(model));
     } finally {
       writer.close();
