@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { openDisk, type NbdHost } from '../../src/index.js';
+import { initRepository, openDisk, type NbdHost } from '../../src/index.js';
 import { acquireLock } from '../../src/pipeline/lock.js';
 import { tempDir } from '../disk/helpers.js';
 import { cleanEnv, json, vmseal } from '../cli/run-cli.js';
@@ -138,7 +138,7 @@ describe('NbdHost.commit', () => {
     expect(readdirSync(dir).filter((f) => /-0000|journal/.test(f))).toEqual([]);
   });
 
-  it('vmseal host commit over the control socket prints the parent', async () => {
+  it('vmseal host commit over the control socket prints the parent; a host backup that fails commits its snapshot back', async () => {
     const dir = sub();
     const disk = await encryptedDisk(dir, 'vm', { subformat: 'monolithicSparse', capacity: 8 * MiB, content: randomBytes(MiB) });
     const control = join(dir, 'ctl', 'serve.sock');
@@ -153,6 +153,16 @@ describe('NbdHost.commit', () => {
       const again = await vmseal(['host', 'commit', 'vm', '--control', control, '--json'], env);
       expect(again.code).toBe(2);
       expect(json(again)).toMatchObject({ ok: false, error: { code: 'ERR_NOT_A_SNAPSHOT' } });
+
+      // A host backup whose backup step fails (a point name it refuses) still commits its snapshot back.
+      const repo = join(dir, 'repo');
+      await initRepository(repo);
+      const b = await vmseal(['host', 'backup', 'vm', repo, '--name', 'latest', '--control', control], env);
+      expect(b.code).toBe(2);
+      expect(b.stderr).toMatch(/the snapshot .*vm-000001\.vmdk was committed back into .*vm\.vmdk/);
+      expect(b.stderr).toMatch(/ERR_INVALID_ARGUMENT|not 'latest'/);
+      expect(host.exports()[0]!.path).toBe(disk);
+      expect(existsSync(join(dir, 'vm-000001.vmdk'))).toBe(false);
     } finally {
       await host.close();
     }
