@@ -223,14 +223,34 @@ export function isChanged(bits: Buffer, index: number): boolean {
   return ((bits[index >> 3]! >> (index & 7)) & 1) === 1;
 }
 
+/** A bitmap of `capacity` bytes' chunks with none marked. */
+export function emptyChangeBits(capacity: number): Buffer {
+  return Buffer.alloc(Math.ceil(chunkCount(capacity) / 8));
+}
+
+/** Mark the chunks of [offset, offset+length) changed in `bits` (of a disk of `capacity` bytes). */
+export function markChanged(bits: Buffer, capacity: number, offset: number, length: number): void {
+  if (length <= 0) return;
+  const last = Math.floor((Math.min(offset + length, capacity) - 1) / CHUNK_SIZE);
+  for (let i = Math.floor(offset / CHUNK_SIZE); i <= last; i++) bits[i >> 3]! |= 1 << (i & 7);
+}
+
+/**
+ * Write a clean bitmap of `disk` as it is now, which nobody writes meanwhile: `bits` are the chunks
+ * changed since `base`. Nothing for an untracked disk.
+ */
+export async function writeChangeBitmap(disk: TrackedDisk, base: ChangeBase | null, bits: Buffer): Promise<void> {
+  const g = await generationOf(disk);
+  if (!g) return;
+  await writeFileAtomic(changeBitmapPath(disk.path), encode(CLEAN, disk.capacity, g, base, bits));
+}
+
 /**
  * Start a new, empty, clean bitmap on the point `base` just committed from `disk`, which nobody
  * writes meanwhile (the backup holds its lock). Nothing for an untracked disk.
  */
-export async function writeBaseline(disk: TrackedDisk, base: ChangeBase): Promise<void> {
-  const g = await generationOf(disk);
-  if (!g) return;
-  await writeFileAtomic(changeBitmapPath(disk.path), encode(CLEAN, disk.capacity, g, base, Buffer.alloc(Math.ceil(chunkCount(disk.capacity) / 8))));
+export function writeBaseline(disk: TrackedDisk, base: ChangeBase): Promise<void> {
+  return writeChangeBitmap(disk, base, emptyChangeBits(disk.capacity));
 }
 
 /**
@@ -267,9 +287,7 @@ export class ChangeTracker {
       await this.#started;
       if (!this.#tracked) return;
     }
-    const bits = this.#bits!;
-    const last = Math.floor((Math.min(offset + length, this.#disk.capacity) - 1) / CHUNK_SIZE);
-    for (let i = Math.floor(offset / CHUNK_SIZE); i <= last; i++) bits[i >> 3]! |= 1 << (i & 7);
+    markChanged(this.#bits!, this.#disk.capacity, offset, length);
   }
 
   /** Keep the bits and base of a valid bitmap (changes since its base go on adding up), then mark the file dirty. */
@@ -280,7 +298,7 @@ export class ChangeTracker {
       this.#bits = read.bitmap.bits;
       this.#base = read.bitmap.base;
     } else {
-      this.#bits = Buffer.alloc(Math.ceil(chunkCount(this.#disk.capacity) / 8));
+      this.#bits = emptyChangeBits(this.#disk.capacity);
       this.#base = null;
     }
     await writeFileAtomic(changeBitmapPath(this.#disk.path), encode(DIRTY, this.#disk.capacity, g, this.#base, null));
