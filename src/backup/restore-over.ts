@@ -34,6 +34,7 @@ import { diskFiles, realDiskPath } from '../pipeline/paths.js';
 import { locateDescriptor, removeStaleDescriptorTemps, writeDescriptor } from '../pipeline/descriptor-io.js';
 import { abortError } from '../pipeline/errors.js';
 import { expected } from '../errors.js';
+import { runWorkers } from '../util/run-workers.js';
 import { allocatedChunks } from './create.js';
 import { BackupError } from './errors.js';
 import { newRestoredFrom, RESTORED_FROM_KEY } from './lineage.js';
@@ -296,15 +297,15 @@ async function rollChunks(
   const grain = layer.grainSize ?? CHUNK_SIZE;
   const offsets = await chunkOffsets(disk, layer);
   let next = 0;
-  let failed = false;
   let written = 0;
   let same = 0;
   let bytes = 0;
   // Each chunk is compared and rewritten by one worker; chunks are disjoint, so their order does not matter.
-  const worker = async (): Promise<void> => {
+  // The first failure stops every worker; all have stopped before the disk is closed.
+  await runWorkers(PARALLEL, async (stopped) => {
     const now = Buffer.allocUnsafe(CHUNK_SIZE);
     const want = Buffer.allocUnsafe(CHUNK_SIZE);
-    while (!failed && next < offsets.length) {
+    while (!stopped() && next < offsets.length) {
       if (signal?.aborted) throw abortError(signal, `the rollback of ${disk.path} (run vmseal resume ${disk.path} to finish it)`);
       const off = offsets[next++]!;
       const len = Math.min(CHUNK_SIZE, layer.capacity - off);
@@ -331,15 +332,6 @@ async function rollChunks(
       }
       written++;
     }
-  };
-  // The first failure stops every worker; all have stopped before the disk is closed.
-  const guarded = (): Promise<void> =>
-    worker().catch((err: unknown) => {
-      failed = true;
-      throw err;
-    });
-  const settled = await Promise.allSettled(Array.from({ length: PARALLEL }, guarded));
-  const failure = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-  if (failure) throw failure.reason;
+  });
   return { written, same, bytes };
 }

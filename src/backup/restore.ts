@@ -26,6 +26,7 @@ import { describeKeySafe, type KeyCache, type LockerSpec } from '../keys/index.j
 import { NameReservations } from '../pipeline/lock.js';
 import { abortError } from '../pipeline/errors.js';
 import { expected } from '../errors.js';
+import { runWorkers } from '../util/run-workers.js';
 import { BackupError } from './errors.js';
 import type { PointLayer, PointManifest } from './manifest.js';
 import { resolvePoint } from './points.js';
@@ -265,10 +266,10 @@ async function writeChunks(
   const block = layer.grainSize ?? FLAT_BLOCK;
   let next = 0;
   let bytes = 0;
-  let failed = false;
-  const worker = async (): Promise<void> => {
+  // The first failure (a bad chunk) stops every worker before the staged disk is closed and removed.
+  await runWorkers(PARALLEL, async (stopped) => {
     const buf = Buffer.allocUnsafe(CHUNK_SIZE);
-    while (!failed && next < layer.chunks.length) {
+    while (!stopped() && next < layer.chunks.length) {
       if (signal?.aborted) throw abortError(signal, `the restore to ${disk.path}`);
       const [off, hash] = layer.chunks[next++]!;
       const data = buf.subarray(0, Math.min(CHUNK_SIZE, layer.capacity - off));
@@ -278,17 +279,7 @@ async function writeChunks(
         bytes += e - s;
       }
     }
-  };
-  // The first failure (a bad chunk) stops every worker before the staged disk is closed and removed.
-  const guarded = (): Promise<void> =>
-    worker().catch((err: unknown) => {
-      failed = true;
-      throw err;
-    });
-  // Wait for every worker to stop before the locks and files are released, then report the first failure.
-  const settled = await Promise.allSettled(Array.from({ length: PARALLEL }, guarded));
-  const failure = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-  if (failure) throw failure.reason;
+  });
   return { chunks: layer.chunks.length, bytes };
 }
 
