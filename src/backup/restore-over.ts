@@ -41,6 +41,7 @@ import { newRestoredFrom, RESTORED_FROM_KEY } from './lineage.js';
 import type { PointLayer, PointManifest } from './manifest.js';
 import { readPoint, resolvePoint } from './points.js';
 import { CHUNK_SIZE, openRepository, sha256Hex, type Repository } from './repository.js';
+import { putChunkKeepingHoles } from './chunk-blocks.js';
 
 export interface RestoreOverOptions {
   /** With point `latest` or a name: look only at this history's points. */
@@ -293,7 +294,6 @@ async function rollChunks(
   signal: AbortSignal | undefined,
 ): Promise<{ written: number; same: number; bytes: number }> {
   const target = new Map<number, string>(layer.chunks);
-  const sparse = layer.grainSize !== null;
   const grain = layer.grainSize ?? CHUNK_SIZE;
   const offsets = await chunkOffsets(disk, layer);
   let next = 0;
@@ -319,17 +319,8 @@ async function rollChunks(
       const data = want.subarray(0, len);
       if (hash === undefined) data.fill(0);
       else await repo.readChunk(hash, data); // checked against its hash before any of it is written
-      // A sparse disk gets the point's allocation: zero grains are holes (see restore.ts), others are written.
-      for (let s = 0; s < len; s += grain) {
-        const e = Math.min(s + grain, len);
-        const block = data.subarray(s, e);
-        if (sparse && block.equals(ZERO.subarray(0, e - s))) {
-          await disk.deallocate(off + s, e - s);
-          continue;
-        }
-        await disk.write(off + s, block);
-        bytes += e - s;
-      }
+      // A sparse disk gets the point's allocation: zero grains become holes, others are written.
+      bytes += await putChunkKeepingHoles(disk, off, data, grain, layer.grainSize !== null ? 'deallocate' : 'write');
       written++;
     }
   });

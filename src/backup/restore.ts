@@ -34,6 +34,7 @@ import { newRestoredFrom, RESTORED_FROM_KEY } from './lineage.js';
 import { rekeyRestored, type RestoreKeys, type RestoreRekey } from './restore-keys.js';
 import { cleanStaleRestoreStages, makeRestoreStage, removeRestoreStage } from './restore-staging.js';
 import { CHUNK_SIZE, openRepository, type Repository } from './repository.js';
+import { FLAT_BLOCK, putChunkKeepingHoles } from './chunk-blocks.js';
 
 export interface RestoreBackupOptions {
   /** With point `latest` or a name: look only at this history's points. */
@@ -72,8 +73,6 @@ export interface RestoreBackupResult {
 }
 
 const PARALLEL = 4;
-/** Zero blocks of this size are not written to flat extents and raw images (they stay host holes). */
-const FLAT_BLOCK = 64 * 1024;
 /** Lines createDisk writes itself: the point's values are set over them after creation. */
 const TEMPLATE_KEYS = new Set(['version', 'CID', 'parentCID', 'createType']);
 
@@ -274,29 +273,8 @@ async function writeChunks(
       const [off, hash] = layer.chunks[next++]!;
       const data = buf.subarray(0, Math.min(CHUNK_SIZE, layer.capacity - off));
       await repo.readChunk(hash, data);
-      for (const [s, e] of nonZeroRuns(data, block)) {
-        await disk.write(off + s, data.subarray(s, e));
-        bytes += e - s;
-      }
+      bytes += await putChunkKeepingHoles(disk, off, data, block, 'skip'); // a new disk: its holes read as zeros
     }
   });
   return { chunks: layer.chunks.length, bytes };
-}
-
-/** [start, end) runs of `data` made of `block`-sized blocks that are not all zeros. */
-function nonZeroRuns(data: Buffer, block: number): Array<[number, number]> {
-  const runs: Array<[number, number]> = [];
-  for (let s = 0; s < data.length; s += block) {
-    const e = Math.min(s + block, data.length);
-    if (isZero(data.subarray(s, e))) continue;
-    const last = runs[runs.length - 1];
-    if (last && last[1] === s) last[1] = e;
-    else runs.push([s, e]);
-  }
-  return runs;
-}
-
-const ZERO_BLOCK = Buffer.alloc(CHUNK_SIZE);
-function isZero(b: Buffer): boolean {
-  return b.equals(ZERO_BLOCK.subarray(0, b.length));
 }
