@@ -320,7 +320,8 @@ async function rollChunks(
       if (hash === undefined) data.fill(0);
       else await repo.readChunk(hash, data); // checked against its hash before any of it is written
       // A sparse disk gets the point's allocation: zero grains become holes, others are written.
-      bytes += await putChunkKeepingHoles(disk, off, data, grain, layer.grainSize !== null ? 'deallocate' : 'write');
+      const put = await putChunkKeepingHoles(disk, off, data, grain, layer.grainSize !== null ? 'deallocate' : 'write');
+      bytes += put; // (not `bytes += await`: that would add to the value read before the other workers' writes)
       written++;
     }
   });

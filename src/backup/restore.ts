@@ -273,7 +273,8 @@ async function writeChunks(
       const [off, hash] = layer.chunks[next++]!;
       const data = buf.subarray(0, Math.min(CHUNK_SIZE, layer.capacity - off));
       await repo.readChunk(hash, data);
-      bytes += await putChunkKeepingHoles(disk, off, data, block, 'skip'); // a new disk: its holes read as zeros
+      const put = await putChunkKeepingHoles(disk, off, data, block, 'skip'); // a new disk: its holes read as zeros
+      bytes += put; // (not `bytes += await`: that would add to the value read before the other workers' writes)
     }
   });
   return { chunks: layer.chunks.length, bytes };
