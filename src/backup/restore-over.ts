@@ -16,7 +16,10 @@
  * The target of every chunk is fixed (the point's, checked by hash before it is written), so the job
  * needs no copy of what it overwrites: resume (resumeBackupRestore, `vmseal resume`) writes "during"
  * again, repeats the whole comparison — the chunks already rolled back now compare equal — and
- * finishes. The disk is locked exclusively (its lock and every file name it has) and the repository
+ * finishes. With a change bitmap of the disk (change-bitmap.ts) that is valid and counts from this
+ * very point, step 3 compares only the chunks it marks: the others are the point's. A resume always
+ * compares every chunk (step 2 changed the disk's generation, so the bitmap no longer applies).
+ * The disk is locked exclusively (its lock and every file name it has) and the repository
  * shared (a prune cannot remove a chunk under the job) for the whole job, and for a resume.
  *
  * The "final" descriptor is the point's, on DISK's extent lines, except two lines: the KeySafe stays
@@ -42,6 +45,7 @@ import type { PointLayer, PointManifest } from './manifest.js';
 import { readPoint, resolvePoint } from './points.js';
 import { CHUNK_SIZE, openRepository, sha256Hex, type Repository } from './repository.js';
 import { putChunkKeepingHoles } from './chunk-blocks.js';
+import { isChanged, readChangeBitmap } from './change-bitmap.js';
 
 export interface RestoreOverOptions {
   /** With point `latest` or a name: look only at this history's points. */
@@ -96,9 +100,9 @@ export async function restoreBackupOver(repoPath: string, point: string, diskPat
         await pending.close();
         throw new BackupError('ERR_INTERRUPTED_JOB', `${p} has an unfinished ${op} job (journal ${journalPathOf(p)}); finish it first (vmseal resume ${p})`);
       }
-      const header = await planRollback(repo, m, layer, p);
+      const { header, changed } = await planRollback(repo, m, layer, p);
       const journal = await Journal.create(p, header, journalKey(repo));
-      return runRollback(p, journal, repo, m, layer, false, options.signal);
+      return runRollback(p, journal, repo, m, layer, false, options.signal, changed);
     });
   } finally {
     repoLock.release();
@@ -179,7 +183,12 @@ async function withDisk<T>(path: string, fn: () => Promise<T>): Promise<T> {
 }
 
 /** Check that the disk is the point's (refused otherwise: ERR_BACKUP_NOT_SAME_DISK) and make the journal's header. */
-async function planRollback(repo: Repository, m: PointManifest, layer: PointLayer, path: string): Promise<JournalHeader> {
+async function planRollback(
+  repo: Repository,
+  m: PointManifest,
+  layer: PointLayer,
+  path: string,
+): Promise<{ header: JournalHeader; changed: Buffer | undefined }> {
   const disk = await openDisk(path, { readOnly: true, allowEncrypted: true, format: 'vmdk' });
   let current: Descriptor;
   try {
@@ -211,7 +220,11 @@ async function planRollback(repo: Repository, m: PointManifest, layer: PointLaye
     const final = finalDescriptor(current, saved, newRestoredFrom(repo.id, m.id));
     const toParams: JournalParams = { ...now, dataCheck: saved.get('encryption.dataCheck') };
     if (toParams.dataCheck === undefined) delete toParams.dataCheck;
-    return {
+    // Read before step 2 changes the disk's generation: the chunks changed since this point, if the bitmap says.
+    const read = await readChangeBitmap(disk);
+    const base = 'bitmap' in read ? read.bitmap.base : null;
+    const changed = 'bitmap' in read && base?.repository === repo.id && base.point === m.id ? read.bitmap.bits : undefined;
+    const header: JournalHeader = {
       version: 2,
       operation: JOB,
       disk: basename(path),
@@ -224,6 +237,7 @@ async function planRollback(repo: Repository, m: PointManifest, layer: PointLaye
       descriptor: { during: during.toBuffer().toString('base64'), final: final.toBuffer().toString('base64') },
       restore: { repository: repo.path, point: m.id },
     };
+    return { header, changed };
   } finally {
     await disk.close();
   }
@@ -250,6 +264,7 @@ async function runRollback(
   layer: PointLayer,
   resumed: boolean,
   signal: AbortSignal | undefined,
+  changed?: Buffer,
 ): Promise<RestoreOverResult> {
   const h = journal.header;
   try {
@@ -264,7 +279,7 @@ async function runRollback(
     let counts: { written: number; same: number; bytes: number };
     try {
       if (disk.capacity !== layer.capacity) throw new BackupError('ERR_BACKUP_NOT_SAME_DISK', `${path} has changed size since the rollback began`);
-      counts = await rollChunks(repo, disk, layer, signal);
+      counts = await rollChunks(repo, disk, layer, signal, changed);
       await disk.flush();
     } finally {
       await disk.close();
@@ -277,8 +292,16 @@ async function runRollback(
   }
 }
 
-/** Offsets of the chunks to compare: those the disk allocates and those the point lists, in order, each once. */
-async function chunkOffsets(disk: VirtualDisk, layer: PointLayer): Promise<number[]> {
+/**
+ * Offsets of the chunks to compare: those the disk allocates and those the point lists, in order,
+ * each once; with a change bitmap counting from the point, only those it marks.
+ */
+async function chunkOffsets(disk: VirtualDisk, layer: PointLayer, changed: Buffer | undefined): Promise<number[]> {
+  if (changed) {
+    const marked: number[] = [];
+    for (let i = 0; i * CHUNK_SIZE < layer.capacity; i++) if (isChanged(changed, i)) marked.push(i * CHUNK_SIZE);
+    return marked;
+  }
   const set = new Set<number>(layer.chunks.map(([off]) => off));
   for await (const off of allocatedChunks(disk)) set.add(off);
   return [...set].sort((a, b) => a - b);
@@ -292,10 +315,11 @@ async function rollChunks(
   disk: VirtualDisk,
   layer: PointLayer,
   signal: AbortSignal | undefined,
+  changed: Buffer | undefined,
 ): Promise<{ written: number; same: number; bytes: number }> {
   const target = new Map<number, string>(layer.chunks);
   const grain = layer.grainSize ?? CHUNK_SIZE;
-  const offsets = await chunkOffsets(disk, layer);
+  const offsets = await chunkOffsets(disk, layer, changed);
   let next = 0;
   let written = 0;
   let same = 0;
