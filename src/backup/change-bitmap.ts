@@ -43,6 +43,7 @@ import { createHash } from 'node:crypto';
 import { open, stat } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { writeFileAtomic } from '../util/atomic-file.js';
+import { runWorkers } from '../util/run-workers.js';
 import { readFully } from '../util/file-io.js';
 import type { Descriptor } from '../vmdk/index.js';
 import { CHUNK_SIZE } from './repository.js';
@@ -105,28 +106,34 @@ export function isTracked(disk: TrackedDisk): boolean {
   return Number.isSafeInteger(cid) && cid >= 0 && cid <= 0xffffffff;
 }
 
+/** stat(2) calls in flight at once for fileStamps: a 16 TiB twoGbMaxExtentSparse disk has 8,193 files. */
+const STAT_PARALLEL = 16;
+
 /**
  * One line per file of the disk (the descriptor's file, then each extent file once, in descriptor
  * order): `inode size mtime-ns ctime-ns`. A file that cannot be stat'ed gives its error code, so
- * that a missing extent is a different generation rather than an exception.
+ * that a missing extent is a different generation rather than an exception. The stats run
+ * STAT_PARALLEL at a time (each is a hop through libuv's pool: one after the other, thousands of
+ * them cost each backup and each clean close seconds); the lines keep the files' order.
  */
 async function fileStamps(disk: TrackedDisk): Promise<string> {
   const folder = dirname(disk.path);
-  const files = [disk.path];
-  for (const e of disk.descriptor?.extents ?? []) {
-    if (e.file === undefined) continue;
-    const f = resolve(folder, e.file);
-    if (!files.includes(f)) files.push(f);
-  }
-  const lines: string[] = [];
-  for (const f of files) {
-    try {
-      const st = await stat(f, { bigint: true });
-      lines.push(`${st.ino} ${st.size} ${st.mtimeNs} ${st.ctimeNs}`);
-    } catch (err) {
-      lines.push(`! ${(err as NodeJS.ErrnoException).code ?? 'error'}`);
+  const files = new Set([disk.path]);
+  for (const e of disk.descriptor?.extents ?? []) if (e.file !== undefined) files.add(resolve(folder, e.file));
+  const list = [...files];
+  const lines: string[] = new Array<string>(list.length);
+  let next = 0;
+  await runWorkers(Math.min(STAT_PARALLEL, list.length), async () => {
+    while (next < list.length) {
+      const i = next++;
+      try {
+        const st = await stat(list[i]!, { bigint: true });
+        lines[i] = `${st.ino} ${st.size} ${st.mtimeNs} ${st.ctimeNs}`;
+      } catch (err) {
+        lines[i] = `! ${(err as NodeJS.ErrnoException).code ?? 'error'}`;
+      }
     }
-  }
+  });
   return lines.join('\n');
 }
 
