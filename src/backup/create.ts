@@ -13,6 +13,7 @@ import { openDisk, type VirtualDisk } from '../vmdk/index.js';
 import { acquireLock } from '../pipeline/lock.js';
 import { abortError } from '../pipeline/errors.js';
 import { expected } from '../errors.js';
+import { runWorkers } from '../util/run-workers.js';
 import { BackupError } from './errors.js';
 import {
   BACKUP_SUBFORMATS,
@@ -235,13 +236,13 @@ async function backUp(
   let done = false;
   // Hashing and storing run in worker threads (chunk-writers.ts); the reads stay here.
   const writers = new ChunkWriters(repo);
-  const worker = async (): Promise<void> => {
+  const worker = async (stopped: () => boolean): Promise<void> => {
     const shared = new SharedArrayBuffer(CHUNK_SIZE);
     const buf = Buffer.from(shared);
     for (;;) {
       if (o.signal?.aborted) throw abortError(o.signal, `the backup of ${disk.path}`);
       // One generator shared by the workers: next() calls are queued by the generator itself.
-      if (done) return;
+      if (done || stopped()) return;
       const n = await offsets.next();
       if (n.done) {
         done = true;
@@ -262,21 +263,12 @@ async function backUp(
       entries.push([off, hash]);
     }
   };
-  // The first failure stops every worker (none goes on reading or storing after the lock is released).
-  const guarded = (): Promise<void> =>
-    worker().catch((err: unknown) => {
-      done = true;
-      throw err;
-    });
-  // Wait for every worker to stop before the locks and files are released, then report the first failure.
-  let settled: PromiseSettledResult<void>[];
+  // Every worker has stopped (none goes on reading or storing) before the threads, files and locks are released.
   try {
-    settled = await Promise.allSettled(Array.from({ length: PARALLEL }, guarded));
+    await runWorkers(PARALLEL, worker);
   } finally {
     await writers.close();
   }
-  const failure = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-  if (failure) throw failure.reason;
   entries.sort((a, b) => a[0] - b[0]);
   await repo.syncChunkFolders(written);
 

@@ -503,9 +503,18 @@ Examples:
     .addOption(hostHome())
     .action((name: string, opts) => commands.host().then((m) => m.hostSnapshot(ctx, name, opts)));
   host
+    .command('commit')
+    .description(
+      "merge the top layer of a served snapshot chain back into its parent, live: writes (and reads) wait while the child's data is copied, then the export serves the parent; prints it",
+    )
+    .argument('<NAME>', 'export name')
+    .addOption(controlOption())
+    .addOption(hostHome())
+    .action((name: string, opts) => commands.host().then((m) => m.hostCommit(ctx, name, opts)));
+  host
     .command('backup')
     .description(
-      'a consistent backup point of a served disk: a live snapshot, then a backup of the frozen layer into REPO (no key needed); prints the point id. The new snapshot child stays: the export is a snapshot chain afterwards',
+      'a consistent backup point of a served disk: a live snapshot, a backup of the frozen layer into REPO (no key needed), then a live commit of the snapshot back into the disk; prints the point id',
     )
     .argument('<NAME>', 'export name')
     .argument('<REPO>', 'repository folder (vmseal backup init)')
