@@ -635,13 +635,17 @@ Examples:
     .action((repo: string, point: string | undefined, opts) => commands.backup().then((m) => m.backupVerify(ctx, repo, point, opts)));
   backup
     .command('prune')
-    .description('keep the newest N points of each history; delete the others and every chunk no remaining point names')
+    .description(
+      'delete the points the rules pick (several rules: every point any of them picks), then every chunk no remaining point names; give at least one rule',
+    )
     .argument('<REPO>', 'repository folder')
     .addOption(
-      new Option('--keep-last <n>', 'points to keep per history')
-        .makeOptionMandatory()
-        .argParser((v) => parseInteger(v, '--keep-last', { min: 1, max: 1_000_000 })),
+      new Option('--keep-last <n>', 'keep the newest N points of each history, delete the others').argParser((v) =>
+        parseInteger(v, '--keep-last', { min: 1, max: 1_000_000 }),
+      ),
     )
+    .option('--before-rekey', "delete the points made under an older disk key than each history's newest encrypted point (after a deep rekey)")
+    .option('--plain', 'delete every plain point (points of plain disks hold plaintext)')
     .addOption(waitOption())
     .action((repo: string, opts) => commands.backup().then((m) => m.backupPrune(ctx, repo, opts)));
   const restore = backup
@@ -676,6 +680,7 @@ Examples:
   vmseal backup list /backups/repo
   vmseal backup verify /backups/repo
   vmseal backup prune /backups/repo --keep-last 7
+  vmseal backup prune /backups/repo --before-rekey
   vmseal backup restore /backups/repo latest restored.vmdk
   vmseal backup restore /backups/repo nightly --over disk-enc.vmdk
   vmseal backup restore /backups/repo nightly site-b.vmdk --rewrap-to kmip --kms kms.site-b:5696 --kms-ca ca.pem --kms-cert c.pem --kms-key k.pem`,

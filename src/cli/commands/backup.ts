@@ -85,9 +85,20 @@ export async function backupVerify(ctx: Ctx, repo: string, point: string | undef
   if (!r.ok) ctx.output.error(`vmseal: ${ctx.doing}: ${r.problems.length} problems found. Restore the damaged chunks from another copy of the repository.`);
 }
 
-export async function backupPrune(ctx: Ctx, repo: string, opts: LockWaitOptions & { keepLast: number }): Promise<void> {
+export async function backupPrune(
+  ctx: Ctx,
+  repo: string,
+  opts: LockWaitOptions & { keepLast?: number; beforeRekey?: boolean; plain?: boolean },
+): Promise<void> {
+  if (opts.keepLast === undefined && opts.beforeRekey !== true && opts.plain !== true)
+    throw usageError('no prune rule given', 'Give --keep-last N, --before-rekey or --plain (or several)');
   ctx.doing = `cannot prune the backup repository ${repo}`;
-  const r = await pruneBackup(repo, { keepLast: opts.keepLast, lockWaitMs: waitMs(opts) });
+  const r = await pruneBackup(repo, {
+    lockWaitMs: waitMs(opts),
+    ...(opts.keepLast !== undefined ? { keepLast: opts.keepLast } : {}),
+    ...(opts.beforeRekey === true ? { beforeRekey: true } : {}),
+    ...(opts.plain === true ? { plain: true } : {}),
+  });
   ctx.output.result({ ok: true, command: 'backup prune', ...r });
   ctx.output.line(`removed ${r.removedPoints.length} points and ${r.removedChunks} chunks (${formatBytes(r.freedBytes)}); ${r.keptPoints} points kept`);
 }
