@@ -13,6 +13,7 @@ export type BackupErrorCode =
   | 'ERR_BACKUP_CHUNK' // a chunk a point names is missing, or its content does not hash to its name
   | 'ERR_BACKUP_NO_POINT' // no point has that id or name (or the repository has no point, for `latest`)
   | 'ERR_BACKUP_NOT_SAME_DISK' // restore --over: the disk is not the one the point was taken of (disk id, subformat, capacity, grain or extent size)
+  | 'ERR_BACKUP_LAST_LOCKER' // rewrap --remove-locker: a point would be left with no locker
   | 'ERR_OUTPUT_EXISTS' // restore: a file of the output disk exists
   | 'ERR_WRONG_PARENT' // create: the layers of an encrypted chain do not belong together (disk id, cipher, unit size, layer ids)
   | 'ERR_INTERRUPTED_JOB' // create, restore --over: the disk is in the middle of an in-place job or a rollback

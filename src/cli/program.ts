@@ -671,6 +671,19 @@ Examples:
     .addOption(waitOption());
   addKeyOptions(restore, false);
   restore.action((repo: string, point: string, out: string | undefined, opts) => commands.backup().then((m) => m.backupRestore(ctx, repo, point, out, opts)));
+  const rewrap = backup
+    .command('rewrap')
+    .description(
+      "remove a locker from every point's KeySafe (after a leaked key-encryption key or passphrase): each manifest is rewritten atomically without it; needs a key that opens the points (another locker's provider, or the recovery passphrase). A point left with no locker is refused before anything changes. The data and disk key stay: after a leak, a deep rekey and prune --before-rekey also remove the old key's points",
+    )
+    .argument('<REPO>', 'repository folder')
+    .requiredOption(
+      '--remove-locker <which>',
+      "the lockers to remove: 'passphrase', 'provider', or a locker's id (a provider locker's key id, a passphrase locker's id)",
+    )
+    .addOption(waitOption());
+  addKeyOptions(rewrap, false);
+  rewrap.action((repo: string, opts) => commands.backup().then((m) => m.backupRewrap(ctx, repo, opts)));
   backup.addHelpText(
     'after',
     `
@@ -681,6 +694,7 @@ Examples:
   vmseal backup verify /backups/repo
   vmseal backup prune /backups/repo --keep-last 7
   vmseal backup prune /backups/repo --before-rekey
+  vmseal backup rewrap /backups/repo --remove-locker passphrase --kms kms:5696 …
   vmseal backup restore /backups/repo latest restored.vmdk
   vmseal backup restore /backups/repo nightly --over disk-enc.vmdk
   vmseal backup restore /backups/repo nightly site-b.vmdk --rewrap-to kmip --kms kms.site-b:5696 --kms-ca ca.pem --kms-cert c.pem --kms-key k.pem`,

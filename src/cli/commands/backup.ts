@@ -10,6 +10,7 @@ import {
   pruneBackup,
   restoreBackup,
   restoreBackupOver,
+  rewrapBackup,
   verifyBackup,
   type RestoreBackupOptions,
 } from '../../backup/index.js';
@@ -164,4 +165,18 @@ async function backupRollback(ctx: Ctx, repo: string, point: string, out: string
   ctx.output.note(
     `rolled ${r.path} back to point ${r.point}: ${r.chunksWritten} chunks written (${formatBytes(r.bytesWritten)}), ${r.chunksSame} unchanged, in ${seconds.toFixed(1)} s`,
   );
+}
+
+/** `backup rewrap REPO --remove-locker WHICH`: every point's KeySafe without those lockers (needs a key that opens them). */
+export async function backupRewrap(ctx: Ctx, repo: string, opts: LockWaitOptions & KeyCliOptions & { removeLocker: string }): Promise<void> {
+  ctx.doing = `cannot rewrap the points of ${repo}`;
+  const r = await withKeys(ctx, opts, (keys) =>
+    rewrapBackup(repo, {
+      removeLocker: opts.removeLocker,
+      keys: (keySafe) => keys.unlockOptions(undefined, { keySafe }),
+      lockWaitMs: waitMs(opts),
+    }),
+  );
+  ctx.output.result({ ok: true, command: 'backup rewrap', ...r });
+  ctx.output.line(`removed ${opts.removeLocker} from ${r.rewrittenPoints.length} points; ${r.unchangedPoints} points had none`);
 }
