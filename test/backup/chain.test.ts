@@ -7,9 +7,9 @@ import { execFileSync } from 'node:child_process';
 import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createBackup, initRepository, restoreBackup, restoreBackupOver, BackupError } from '../../src/backup/index.js';
+import { createBackup, initRepository, restoreBackup, restoreBackupOver, verifyBackup, BackupError } from '../../src/backup/index.js';
 import { createEncryptedSnapshot, openDisk } from '../../src/disk/index.js';
-import { encryptDisk } from '../../src/pipeline/index.js';
+import { commitSnapshot, encryptDisk } from '../../src/pipeline/index.js';
 import { Descriptor, openDisk as openPlainDisk, type VirtualDisk } from '../../src/vmdk/index.js';
 import { chainRecord } from '../../src/backup/chain-point.js';
 import { readPoint } from '../../src/backup/points.js';
@@ -17,6 +17,8 @@ import { openRepository } from '../../src/backup/repository.js';
 import { phraseLocker, sha256, tempDir } from '../disk/helpers.js';
 import { cleanEnv, json, vmseal } from '../cli/run-cli.js';
 import { PASS, run } from './helpers.js';
+
+const MiB = 1 << 20;
 
 let tmp: ReturnType<typeof tempDir>;
 beforeAll(() => {
@@ -64,6 +66,15 @@ describe('backup of a plain chain made by qemu-img (--allow-plain)', () => {
     await restoreBackup(repo, p.point, out);
     execFileSync('qemu-img', ['compare', '-q', top, out]);
     expect(execFileSync('qemu-img', ['info', out], { encoding: 'utf8' })).not.toContain('backing file');
+    // A damaged chain record is a damaged manifest.
+    const file = join(repo, 'points', `${p.point}.json`);
+    const text = readFileSync(file, 'utf8');
+    writeFileSync(file, text.replace('"backedUp":1', '"backedUp":0'));
+    const v = await verifyBackup(repo);
+    expect(v.ok).toBe(false);
+    expect(v.problems[0]!.problem).toContain('chain.backedUp');
+    writeFileSync(file, text);
+    expect((await verifyBackup(repo)).ok).toBe(true);
   });
 });
 
@@ -147,6 +158,23 @@ describe('backup of an encrypted chain (ext4)', () => {
     const over = await vmseal(['backup', 'restore', repo, 'snap', '--over', top], env);
     expect(over.code).toBe(5);
     expect(over.stderr).toContain('snapshot commit');
+
+    // Once the chain is committed, the chain point rolls its base back (the single disk it was taken of).
+    await commitSnapshot(top, { keys: { passphrase: PASS } });
+    const b = await openDisk(base, { keys: { passphrase: PASS } });
+    try {
+      await b.write(20 * MiB, Buffer.alloc(65536, 0x99));
+    } finally {
+      await b.close();
+    }
+    const rolled = await restoreBackupOver(repo, 'snap', base);
+    expect(rolled.chunksWritten).toBe(1);
+    const rb = await openDisk(base, { keys: { passphrase: PASS }, readOnly: true });
+    try {
+      expect(sha256(await rb.read(0, rb.capacity))).toBe(sha256(after));
+    } finally {
+      await rb.close();
+    }
 
     // Layers that do not belong together (another parent layer id) are refused.
     const bad = layers.map((l) => ({ path: l.path, subformat: l.subformat, descriptor: l.descriptor!.clone() }));
