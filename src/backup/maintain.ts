@@ -13,6 +13,8 @@ export interface PointSummary extends Pick<PointManifest, 'id' | 'name' | 'histo
   /** Non-zero chunks the point lists, and how many of them its backup wrote. */
   chunks: number;
   newChunks: number;
+  /** For a point of a snapshot chain's layer: how many layers the chain had up to it (its merged view is stored); else 0. */
+  chainLayers: number;
 }
 
 export function summarize(m: PointManifest): PointSummary {
@@ -29,6 +31,7 @@ export function summarize(m: PointManifest): PointSummary {
     subformat: top.subformat,
     chunks: m.layers.reduce((n, l) => n + l.chunks.length, 0),
     newChunks: m.stats.newChunks,
+    chainLayers: m.chain?.layers.length ?? 0,
   };
 }
 

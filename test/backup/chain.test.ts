@@ -118,6 +118,8 @@ describe('backup of an encrypted chain (ext4)', () => {
     const created = json(await vmseal(['backup', 'create', top, repo, '--name', 'snap', '--json'], env));
     expect(created).toMatchObject({ ok: true, plain: false, history: ofBase.history, parent: ofBase.point });
     expect(created.newChunks).toBeLessThan(created.chunks);
+    const listed = json(await vmseal(['backup', 'list', repo, '--json'], env)).points as Array<{ id: string; chainLayers: number }>;
+    expect(listed.map((p) => p.chainLayers)).toEqual([0, 2]);
 
     const topDec = join(dir, 'top.img');
     expect((await vmseal(['decrypt', top, topDec, '--raw'], keyEnv)).code).toBe(0);

@@ -70,7 +70,9 @@ export async function backupList(ctx: Ctx, repo: string): Promise<void> {
   const r = await listBackups(repo);
   ctx.output.result({ ok: true, command: 'backup list', ...r });
   for (const p of r.points) {
-    const tags = [p.name ? `name ${p.name}` : '', p.plain ? 'PLAIN' : '', `history ${p.history}`].filter(Boolean).join(', ');
+    const tags = [p.name ? `name ${p.name}` : '', p.plain ? 'PLAIN' : '', p.chainLayers ? `chain of ${p.chainLayers} layers` : '', `history ${p.history}`]
+      .filter(Boolean)
+      .join(', ');
     ctx.output.line(`${p.id}  ${p.time}  ${p.subformat} ${formatBytes(p.capacity)}  ${p.chunks} chunks (${p.newChunks} new)  ${tags}  ${p.source}`);
   }
   if (r.points.length === 0) ctx.output.line('no points');
