@@ -80,7 +80,7 @@ describe('backup prune --plain', () => {
     expect(e1.parent).toBe(p2.point);
 
     expect((await pruneBackup(repo, { beforeRekey: true })).removedPoints).toEqual([]);
-    const r = await pruneBackup(repo, { plain: true });
+    const r = json(await vmseal(['backup', 'prune', repo, '--plain', '--json'], cleanEnv({ VMSEAL_HOME: join(dir, 'no-home') })));
     expect(r.removedPoints).toEqual([p1.point, p2.point].sort());
     expect(r.keptPoints).toBe(1);
     expect((await listBackups(repo)).points.map((p) => p.id)).toEqual([e1.point]);
