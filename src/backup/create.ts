@@ -30,7 +30,8 @@ import { CHUNK_SIZE, POINT_ID_RE, newPointId, openRepository, type Repository } 
 import { ChunkWriters } from './chunk-writers.js';
 import { readPoint, readPoints } from './points.js';
 import { isChanged, readChangeBitmap, writeBaseline } from './change-bitmap.js';
-import { parentInLineage, RESTORED_FROM_KEY } from './lineage.js';
+import { parentInLineage } from './lineage.js';
+import { chainLayers, chainLineage, chainRecord, flattenedDescriptor, type PointChain } from './chain-point.js';
 
 export interface CreateBackupOptions {
   /** A name for the point, to restore it by (letters, digits, `.`, `_`, `-`; not `latest`). */
@@ -122,17 +123,18 @@ async function changePlan(
   } catch (err) {
     return { why: `the change bitmap's base point ${b.point} cannot be read: ${(err as Error).message}` };
   }
-  if (base.layers.length !== 1 || base.capacity !== disk.capacity || base.diskId !== diskId || base.plain !== plain) {
+  if (base.layers.length !== 1 || base.chain !== undefined || base.capacity !== disk.capacity || base.diskId !== diskId || base.plain !== plain) {
     return { why: `the change bitmap's base point ${b.point} is not of this disk as it is` };
   }
   return { bits: read.bitmap.bits, base };
 }
 
-function defaultHistory(disk: VirtualDisk, diskId: string | null): string {
-  const uuid = disk.descriptor?.get('ddb.uuid');
+/** The default history of `base` (a single disk, or a chain's base: a chain's points continue its base's history). */
+function defaultHistory(base: VirtualDisk, diskId: string | null): string {
+  const uuid = base.descriptor?.get('ddb.uuid');
   if (uuid !== undefined && HISTORY_RE.test(uuid)) return uuid;
   if (diskId !== null) return diskId;
-  const name = basename(disk.path);
+  const name = basename(base.path);
   return HISTORY_RE.test(name) ? name : 'disk';
 }
 
@@ -189,18 +191,15 @@ async function backUp(
       `${disk.path} is in the middle of an in-place job (${d.get('encryption.job')}); finish it first (vmseal resume)`,
     );
   }
-  const subformat = disk.format === 'raw' ? 'raw' : disk.subformat;
+  // A snapshot chain's layer: its merged view is stored shaped like the chain's base (chain-point.ts).
+  const layers = chainLayers(disk);
+  const shape = layers ? layers[0]! : disk;
+  const chain: PointChain | undefined = layers ? chainRecord(layers) : undefined;
+  const subformat = shape.format === 'raw' ? 'raw' : shape.subformat;
   if (!(BACKUP_SUBFORMATS as readonly string[]).includes(subformat)) {
     throw new BackupError(
       'ERR_BACKUP_UNSUPPORTED',
-      `${disk.path} is a ${subformat} disk, which backups do not store; convert it to monolithicSparse or monolithicFlat first`,
-    );
-  }
-  const parentCid = d?.get('parentCID');
-  if (parentCid !== undefined && parentCid.toLowerCase() !== 'ffffffff') {
-    throw new BackupError(
-      'ERR_BACKUP_UNSUPPORTED',
-      `${disk.path} is a snapshot child (parentCID ${parentCid}); backups of snapshot chains are not supported yet`,
+      `${shape.path} is a ${subformat} disk, which backups do not store; convert it to monolithicSparse or monolithicFlat first`,
     );
   }
   if (disk.capacity === 0 || disk.capacity % 512 !== 0) {
@@ -212,10 +211,10 @@ async function backUp(
   if (params && disk.capacity % params.unitSize !== 0) {
     throw new BackupError('ERR_BACKUP_UNSUPPORTED', `the capacity of ${disk.path} is not a multiple of its ${params.unitSize}-byte data unit`);
   }
-  const history = o.history ?? defaultHistory(disk, params?.diskId ?? null);
+  const history = o.history ?? defaultHistory(shape, params?.diskId ?? null);
   const previous = (await readPoints(repo, { skipDamaged: true })).filter((p) => p.history === history);
   // After a restore, the restored disk's points continue from the point it was restored from (lineage.ts).
-  const parent = parentInLineage(previous, d?.get(RESTORED_FROM_KEY) ?? '', repo.id);
+  const parent = parentInLineage(previous, chainLineage(layers ?? [disk]), repo.id);
 
   const entries: ChunkEntry[] = [];
   let newChunks = 0;
@@ -274,8 +273,10 @@ async function backUp(
 
   const now = new Date();
   const id = newPointId(now);
-  const grainSize = subformat.endsWith('Sparse') ? (disk.grainSize ?? null) : null;
-  const extentSize = subformat.startsWith('twoGbMaxExtent') && d && d.extents.length > 1 ? d.extents[0]!.sectors * 512 : null;
+  const sd = shape.descriptor;
+  const grainSize = subformat.endsWith('Sparse') ? (shape.grainSize ?? null) : null;
+  const extentSize = subformat.startsWith('twoGbMaxExtent') && sd && sd.extents.length > 1 ? sd.extents[0]!.sectors * 512 : null;
+  const descriptor = layers ? flattenedDescriptor(layers).toString() : d ? d.toString() : null;
   const manifest: PointManifest = {
     format: MANIFEST_FORMAT,
     version: MANIFEST_VERSION,
@@ -291,7 +292,8 @@ async function backUp(
     chunkSize: CHUNK_SIZE,
     unitSize: params?.unitSize ?? null,
     diskId: params?.diskId ?? null,
-    layers: [{ subformat: subformat as BackupSubformat, descriptor: d ? d.toString() : null, capacity: disk.capacity, grainSize, extentSize, chunks: entries }],
+    layers: [{ subformat: subformat as BackupSubformat, descriptor, capacity: disk.capacity, grainSize, extentSize, chunks: entries }],
+    ...(chain ? { chain } : {}),
     stats: { chunks: entries.length, newChunks, newBytes },
   };
   await repo.writePointText(id, serializeManifest(manifest));

@@ -39,6 +39,7 @@ import { abortError } from '../pipeline/errors.js';
 import { expected } from '../errors.js';
 import { runWorkers } from '../util/run-workers.js';
 import { allocatedChunks } from './create.js';
+import { chainLayers } from './chain-point.js';
 import { BackupError } from './errors.js';
 import { newRestoredFrom, RESTORED_FROM_KEY } from './lineage.js';
 import type { PointLayer, PointManifest } from './manifest.js';
@@ -192,6 +193,14 @@ async function planRollback(
   const disk = await openDisk(path, { readOnly: true, allowEncrypted: true, format: 'vmdk' });
   let current: Descriptor;
   try {
+    const layers = chainLayers(disk);
+    if (layers) {
+      // The rollback writes the disk's own files: a child's would shadow its parents only in part.
+      throw new BackupError(
+        'ERR_BACKUP_UNSUPPORTED',
+        `${path} is a snapshot layer over ${layers[layers.length - 2]!.path}; a rollback rewrites a single disk in place: commit the chain first (vmseal snapshot commit), or restore the point to a new OUT`,
+      );
+    }
     current = disk.descriptor!;
     if (current.has('encryption.job'))
       throw new BackupError(

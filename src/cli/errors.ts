@@ -249,6 +249,10 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
     exitCode: ExitCode.USAGE,
     hint: 'A rollback in place works only on the disk the point was taken of: restore the point to a new file instead (`vmseal backup restore REPO POINT OUT`)',
   },
+  ERR_BACKUP_LAST_LOCKER: {
+    exitCode: ExitCode.USAGE,
+    hint: 'Every point must keep a locker: add another one to the disk (`vmseal rekey --shallow`), back it up again, and prune the older points (`vmseal backup prune`)',
+  },
   // VM state files, the VM folder manifest, the vTPM
   ERR_VM_STATE_FORMAT: {
     exitCode: ExitCode.FORMAT,
