@@ -273,12 +273,16 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
   ERR_VM_DISK: { exitCode: ExitCode.FAILURE, hint: '`vmseal vm info DIR` lists each disk of the VM and its state; the message says what to do with this one' },
   ERR_VM_SNAPSHOT: {
     exitCode: ExitCode.FORMAT,
-    hint: 'Convert the chain to monolithicSparse layers, or consolidate the snapshots first (VMware: Delete All Snapshots; qemu-img commit)',
+    hint: 'Convert the layers of the chain to monolithicSparse (vmseal convert), or consolidate the snapshots first (VMware: Delete All Snapshots; qemu-img commit)',
+  },
+  ERR_VM_RESUME_PASSPHRASE: {
+    exitCode: ExitCode.USAGE,
+    hint: 'vmseal never stores a passphrase: run the same command as the first run, with --recovery-passphrase (and --passphrase-file F, or type it) exactly when the first run had it',
   },
   ERR_VM_JOB: { exitCode: ExitCode.FAILURE, hint: 'Finish the interrupted job with the command the message names (same key options), then retry' },
   ERR_VM_MIXED: {
     exitCode: ExitCode.FORMAT,
-    hint: 'Encrypt the rest with `vmseal vm encrypt DIR` or decrypt all with `vmseal vm decrypt DIR`; to go on anyway, `vmseal vm rekey --allow-mixed …` (`vmseal vm tpm` and `vmseal serve --vm DIR` take it too)',
+    hint: 'Encrypt the rest with `vmseal vm encrypt DIR` or decrypt all with `vmseal vm decrypt DIR`; to go on anyway, `vmseal vm rekey --allow-mixed …` (`vmseal vm tpm` and `vmseal serve` take it too)',
   },
   // plain failures with something to do
   ERR_OUTPUT_EXISTS: { exitCode: ExitCode.FAILURE, hint: EXISTS_HINT },

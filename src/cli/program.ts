@@ -415,7 +415,7 @@ Examples:
     .option('--name <name>', 'export name of the one DISK')
     .addOption(new Option('--export <name=disk>', 'serve DISK as export NAME (repeatable)').argParser(collectExport))
     .option('--vm <dir>', 'serve the disks of the qemu VM folder DIR (vmseal-vm.json) and its UEFI variables as export <name>-vars')
-    .option('--allow-mixed', 'with --vm: serve a VM whose disks are partly encrypted')
+    .option('--allow-mixed', "serve a VM's disks (--vm, or DISKs that a vmseal-vm.json or .vmx beside them names) although the VM's disks are partly encrypted")
     .option('--read-only', 'serve read-only (shared lock: other readers may open the disks)')
     .addOption(
       new Option('--shared <n>', 'connections per export (default: 1 writable, 16 read-only)').argParser((v) =>

@@ -25,7 +25,7 @@ import { claimControl, type ControlSocket } from './control.js';
 import { privateFolder } from './private-folder.js';
 import { snapshotExport } from './snapshot.js';
 import { commitExport } from './commit.js';
-import { openStateFileDisk } from './vars-export.js';
+import { openStateFileDisk, stateFileShape } from './vars-export.js';
 import { isStateFile } from '../vm/index.js';
 
 export interface ServeDisk {
@@ -232,15 +232,20 @@ async function openExport(spec: ServeDisk, name: string, ctx: OpenContext): Prom
   const shared = checkCount(spec.shared ?? options.shared ?? (readOnly ? DEFAULT_SHARED_READ_ONLY : 1), 'shared');
   const lock: DiskLock = await acquireLock(spec.path, 'serve', readOnly ? 'shared' : 'exclusive');
   try {
-    // A state file (vmseal's container: UEFI variables) is served from memory, rewritten whole on
-    // each write. Its provider being down fails the export: it is not served locked.
+    // A state file (vmseal's container: UEFI variables) is served from memory (vars-export.ts). Its
+    // provider down, it is served locked as a disk is, and unlocked by the same retries and unlock().
     if (await isStateFile(spec.path)) {
-      return new Export(name, await openStateFileDisk(spec.path, { keys: (await keysOf(options, spec.path)) ?? {}, readOnly }), {
-        readOnly,
-        shared,
-        lock,
-        description: `encrypted state file ${spec.path}`,
-      });
+      const keys = (await keysOf(options, spec.path)) ?? {};
+      const open = (k: UnlockOptions) => openStateFileDisk(spec.path, { keys: k, readOnly });
+      try {
+        return new Export(name, await open(keys), { readOnly, shared, lock, description: `encrypted state file ${spec.path}` });
+      } catch (err) {
+        const why = unavailableKey(err);
+        if (!why) throw err;
+        const shape = await stateFileShape(spec.path);
+        const base = { name, path: spec.path, readOnly, shared, lock, keys, why, retry: ctx.retry, log: ctx.log, onUnlocked: ctx.onUnlocked };
+        return new LockedExport({ ...base, open, what: 'encrypted state file' }, shape);
+      }
     }
     const encrypted = (await readEncryptionParams(spec.path)) !== null;
     let keys: UnlockOptions | undefined;

@@ -18,7 +18,7 @@ import type { UnlockOptions } from '../keys/index.js';
 import type { DiskLock } from '../pipeline/lock.js';
 import { openDisk as openVmdk } from '../vmdk/index.js';
 import { ServeError } from './errors.js';
-import { Export, type ExportInfo } from './export.js';
+import { Export, type ExportInfo, type ServedDisk } from './export.js';
 import { describeUnavailable, unavailableKey, type UnavailableKey } from './unavailable.js';
 
 /** What a host maps an export name to: an open export or a locked one. */
@@ -34,8 +34,8 @@ export interface UnlockRetry {
 
 export const DEFAULT_UNLOCK_RETRY: UnlockRetry = { initialMs: 1000, maxMs: 60_000 };
 
-/** The sizes a locked export reports, read from the VMDK layer without a key. */
-interface Shape {
+/** The sizes a locked export reports, read without a key (a VMDK's descriptor, a state file's header). */
+export interface Shape {
   capacity: number;
   sparse: boolean;
   subformat: string;
@@ -55,6 +55,13 @@ export interface LockedExportOptions {
   log(line: string): void;
   /** Put the open export in this one's place (synchronously). */
   onUnlocked(exp: Export): void;
+  /**
+   * Open the disk with `keys` (default: src/disk's openDisk). A state file (UEFI variables,
+   * vars-export.ts) passes its own, so that it is locked and unlocked by the same rule as a disk.
+   */
+  open?: (keys: UnlockOptions) => Promise<ServedDisk>;
+  /** What it is, for its description (default: "encrypted <subformat> disk"). */
+  what?: string;
 }
 
 /** Capacity and subformat of an encrypted disk, from its descriptor and extents (no key needed). */
@@ -79,6 +86,7 @@ export class LockedExport {
   readonly #retry: UnlockRetry;
   readonly #log: (line: string) => void;
   readonly #onUnlocked: (exp: Export) => void;
+  readonly #open: (keys: UnlockOptions) => Promise<ServedDisk>;
   #reason: string;
   /** closed: close() came while locked; released: and the lock is given back. */
   #state: 'locked' | 'unlocked' | 'closed' | 'released' = 'locked';
@@ -98,9 +106,10 @@ export class LockedExport {
     this.#retry = o.retry;
     this.#log = o.log;
     this.#onUnlocked = o.onUnlocked;
+    this.#open = o.open ?? ((keys) => openDisk(o.path, { readOnly: o.readOnly, keys }));
     this.#reason = describeUnavailable(o.why);
     this.#delay = o.retry.initialMs;
-    this.description = `locked encrypted ${shape.subformat} disk ${o.path}`;
+    this.description = `locked ${o.what ?? `encrypted ${shape.subformat} disk`} ${o.path}`;
   }
 
   /** Why it is locked: "key K of provider P unavailable: CAUSE" (no key material). */
@@ -184,7 +193,7 @@ export class LockedExport {
       if (this.#state === 'closed' || this.#state === 'released')
         throw new ServeError('ERR_SERVE_CLOSED', `export ${this.name} was closed: the host is stopping`);
       if (this.#state === 'unlocked') throw new ServeError('ERR_SERVE_NOT_LOCKED', `export ${this.name} is not locked (it was unlocked meanwhile)`);
-      const disk = await openDisk(this.path, { readOnly: this.readOnly, keys });
+      const disk = await this.#open(keys);
       // close() came while the disk was opening: it keeps the lock (and releases it), the disk goes.
       if (this.#state !== 'locked') {
         await disk.close();

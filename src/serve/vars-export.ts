@@ -1,8 +1,9 @@
 /**
  * Exports of a VM's state files: a UEFI variables file kept in vmseal's state-file container
  * (docs/vm.md) is served as a small writable NBD export — qemu's second pflash unit — whose
- * plaintext exists only in this process's memory (src/vm/state-file-image.ts). Every write
- * re-encrypts the file and replaces it atomically, so a crash leaves the old variables or the new.
+ * plaintext exists only in this process's memory (src/vm/state-file-image.ts). A flush (and, unasked,
+ * a timer soon after a write) re-encrypts the file and replaces it atomically, so a crash leaves the
+ * old variables or the new.
  *
  * StateFileDisk gives a StateFileImage the shape export.ts serves (an encrypted disk with a data unit
  * of one byte: no read-modify-write at this level, no holes). `vmServeDisks` turns a qemu VM folder
@@ -11,11 +12,12 @@
 import { basename, resolve } from 'node:path';
 import type { UnlockOptions } from '../keys/index.js';
 import type { AllocatedRange } from '../vmdk/index.js';
-import { diskState, readManifest } from '../vm/index.js';
+import { diskState, readManifest, readStateFileHeader } from '../vm/index.js';
 import { resolveInFolder } from '../vm/manifest.js';
 import { refuseMixed } from '../vm/all-or-none.js';
 import { openStateFileImage, type StateFileImage } from '../vm/state-file-image.js';
 import type { ServeDisk } from './host.js';
+import type { Shape } from './locked.js';
 
 export class StateFileDisk {
   /** Served as encrypted (ExportInfo.encrypted): the file at rest is. */
@@ -45,7 +47,7 @@ export class StateFileDisk {
     return this.#image.read(position, Buffer.from(target.buffer, target.byteOffset, target.byteLength));
   }
 
-  /** Answered once the file holding this write replaced the old one (durable: FUA and FLUSH cost nothing more). */
+  /** Answered once in memory (write-back: durable at the next flush — a FLUSH, or a FUA write's — see state-file-image.ts). */
   writeUnordered(position: number, data: Uint8Array): Promise<void> {
     return this.#image.write(position, data);
   }
@@ -66,6 +68,11 @@ export class StateFileDisk {
   close(): Promise<void> {
     return this.#image.close();
   }
+}
+
+/** What a locked state-file export reports (locked.ts): its plain length, from the header (no key needed). */
+export async function stateFileShape(path: string): Promise<Shape> {
+  return { capacity: (await readStateFileHeader(path)).length, sparse: false, subformat: 'vmseal state file' };
 }
 
 /** Open a state file for serving (the caller holds its lock). */

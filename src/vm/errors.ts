@@ -22,8 +22,9 @@ export type VmErrorCode =
   | 'ERR_VM_TPM_KEY' // the vTPM state does not open with the state key sealed in the manifest
   // A VM folder as one unit (src/vm/folder-*.ts):
   | 'ERR_VM_DISK' // a disk of the VM cannot be processed: missing, unreadable, a raw or streamOptimized disk to encrypt in place, a VMware-encrypted disk to decrypt
-  | 'ERR_VM_SNAPSHOT' // a disk of the VM is a snapshot chain whose layers are not single files (their extent names would not survive the move)
+  | 'ERR_VM_SNAPSHOT' // a disk of the VM is a snapshot chain with a layer the chain job cannot rewrite under the same file names (chain-aside.ts)
   | 'ERR_VM_JOB' // the VM folder's job file is damaged, or an interrupted job of the other operation (or under another key provider) is pending
+  | 'ERR_VM_RESUME_PASSPHRASE' // an interrupted vm encrypt was started with a recovery passphrase and this run gives none (or the reverse): vmseal stores no passphrase, it must be given again
   | 'ERR_VM_MIXED' // the VM is mixed (some disks encrypted, some not) and the command needs all or none (--allow-mixed overrides)
   | ArgumentErrorCode; // ERR_INVALID_ARGUMENT: a bad option or argument
 

@@ -28,6 +28,7 @@ import { diskState, type VmDiskState } from './config-disks.js';
 import { checkChainMovable, hasChainStage, runChainJob } from './chain-aside.js';
 import { VmError } from './errors.js';
 import { chainOf, listVmFolder, type VmFolderDisk, type VmFolderFiles } from './folder-files.js';
+import { makePendingKek, pendingKekName } from './pending-kek.js';
 import { readVmJob, removeVmJob, stepFile, stepPath, vmJobCommand, writeVmJob, type VmJob, type VmJobOperation, type VmJobStep } from './folder-job.js';
 import { decryptStateFile, encryptStateFile, isStateFile, readStateFileHeader } from './state-file.js';
 import { isEncryptedVmx, vmxLockers } from './vmx-crypt.js';
@@ -153,14 +154,26 @@ async function existingLockers(files: VmFolderFiles): Promise<LockerInfo[]> {
   return out.filter((l) => l.kind === 'provider');
 }
 
-/** The VM's KEK: the one given, the one its encrypted parts use under `provider`, else a new one. */
-async function vmKek(files: VmFolderFiles, options: EncryptVmFolderOptions): Promise<{ providerId: string; keyId: string }> {
+function resumePassphrase(dir: string, firstHadOne: boolean): VmError {
+  return new VmError(
+    'ERR_VM_RESUME_PASSPHRASE',
+    firstHadOne
+      ? `the interrupted vm encrypt of ${dir} was started with a recovery passphrase, which vmseal does not store: give it again (--recovery-passphrase, the same passphrase) to finish the job, so that every file of the VM opens with it`
+      : `the interrupted vm encrypt of ${dir} was started without a recovery passphrase: finish it without --recovery-passphrase (add one afterwards with vm rekey), so that every file of the VM has the same lockers`,
+    { file: dir },
+  );
+}
+
+/**
+ * The VM's KEK: the one given, the one its encrypted parts use under `provider`, else a new one —
+ * recorded as pending (its name) in the job file before it is made (pending-kek.ts).
+ */
+async function vmKek(files: VmFolderFiles, options: EncryptVmFolderOptions): Promise<Pick<VmJob, 'kek' | 'kekPending'>> {
   const providerId = options.provider.id;
-  if (options.keyId !== undefined) return { providerId, keyId: options.keyId };
+  if (options.keyId !== undefined) return { kek: { providerId, keyId: options.keyId } };
   const own = (await existingLockers(files)).find((l) => l.providerId === providerId && l.keyId !== undefined);
-  if (own) return { providerId, keyId: own.keyId! };
-  const made = await options.provider.createKey();
-  return { providerId, keyId: made.keyId };
+  if (own) return { kek: { providerId, keyId: own.keyId! } };
+  return { kekPending: { providerId, name: pendingKekName() } };
 }
 
 async function planEncrypt(files: VmFolderFiles): Promise<VmJobStep[]> {
@@ -168,7 +181,7 @@ async function planEncrypt(files: VmFolderFiles): Promise<VmJobStep[]> {
   const steps: VmJobStep[] = [];
   for (const d of files.disks) {
     if (d.state !== 'plain') continue; // vmseal or vmware: already encrypted (a mixed VM is completed)
-    if (d.layers.length > 1) checkChainMovable(d.path, d.layers, d.files);
+    if (d.layers.length > 1) await checkChainMovable(d.path, d.files);
     else await refuseUnencryptable(d);
     steps.push({ kind: 'disk', file: stepFile(files.dir, d.path), done: false });
   }
@@ -178,12 +191,12 @@ async function planEncrypt(files: VmFolderFiles): Promise<VmJobStep[]> {
   return steps;
 }
 
-function planDecrypt(files: VmFolderFiles): VmJobStep[] {
+async function planDecrypt(files: VmFolderFiles): Promise<VmJobStep[]> {
   checkDisksFor('decrypt', files.disks);
   const steps: VmJobStep[] = [];
   for (const d of files.disks) {
     if (d.state !== 'vmseal') continue;
-    if (d.layers.length > 1) checkChainMovable(d.path, d.layers, d.files);
+    if (d.layers.length > 1) await checkChainMovable(d.path, d.files);
     steps.push({ kind: 'disk', file: stepFile(files.dir, d.path), done: false });
   }
   for (const s of files.stateFiles) if (s.encrypted) steps.push({ kind: 'state', file: stepFile(files.dir, s.path), done: false });
@@ -261,14 +274,29 @@ export async function encryptVmFolder(dirOrFile: string, options: EncryptVmFolde
       const files = await folderOf(dir, keys); // again under the lock
       const steps = await planEncrypt(files);
       if (steps.length === 0) throw new VmError('ERR_VMX_ENCRYPTED', `every file of the VM ${dir} is already encrypted`, { file: dir });
-      job = { operation: 'encrypt', started: new Date().toISOString(), kek: await vmKek(files, options), steps };
+      const recoveryPassphrase = (options.recovery ?? []).length > 0;
+      job = {
+        operation: 'encrypt',
+        started: new Date().toISOString(),
+        ...(await vmKek(files, options)),
+        ...(recoveryPassphrase ? { recoveryPassphrase } : {}),
+        steps,
+      };
+      await writeVmJob(dir, job);
+    }
+    // Every file of the VM gets the same lockers: a resume must be given the passphrase again.
+    if ((job.recoveryPassphrase === true) !== (options.recovery ?? []).length > 0) throw resumePassphrase(dir, job.recoveryPassphrase === true);
+    // The new KEK: made (or, after a crash, found) under the name the job file recorded first.
+    if (job.kek === undefined && job.kekPending !== undefined && job.kekPending.providerId === options.provider.id) {
+      job.kek = { providerId: job.kekPending.providerId, keyId: await makePendingKek(options.provider, job.kekPending.name) };
+      delete job.kekPending;
       await writeVmJob(dir, job);
     }
     const kek = job.kek;
     if (kek === undefined || kek.providerId !== options.provider.id || (options.keyId !== undefined && options.keyId !== kek.keyId)) {
       throw new VmError(
         'ERR_VM_JOB',
-        `the interrupted vm encrypt of ${dir} locks its keys with key ${kek?.keyId ?? '?'} of provider ${kek?.providerId ?? '?'}, not ${options.keyId !== undefined ? `key ${options.keyId} ` : ''}of ${options.provider.id}: give the same key options as the first run`,
+        `the interrupted vm encrypt of ${dir} locks its keys with key ${kek?.keyId ?? '(a new one)'} of provider ${kek?.providerId ?? job.kekPending?.providerId ?? '?'}, not ${options.keyId !== undefined ? `key ${options.keyId} ` : ''}of ${options.provider.id}: give the same key options as the first run`,
         { file: dir },
       );
     }
@@ -318,7 +346,7 @@ export async function decryptVmFolder(dirOrFile: string, options: DecryptVmFolde
     const resumed = job !== undefined;
     if (job && job.operation !== 'decrypt') throw otherJob(dir, job, 'decrypt');
     if (!job) {
-      const steps = planDecrypt(await folderOf(dir, keys));
+      const steps = await planDecrypt(await folderOf(dir, keys));
       if (steps.length === 0) throw new VmError('ERR_VMX_NOT_ENCRYPTED', `no file of the VM ${dir} is encrypted`, { file: dir });
       job = { operation: 'decrypt', started: new Date().toISOString(), steps };
       await writeVmJob(dir, job);

@@ -11,6 +11,10 @@
  *     "operation": "encrypt" | "decrypt",
  *     "started": "<ISO time>",
  *     "kek": { "providerId": "local", "keyId": "…" },      encrypt only: the VM's KEK (a reference, no key)
+ *     "recoveryPassphrase": true,                          encrypt: the first run had recovery-passphrase lockers
+ *     "kekPending": { "providerId": "local", "name": "vmseal-vm-kek-<uuid>" },
+ *                                                      encrypt: a new KEK about to be made under this
+ *                                                      name (pending-kek.ts); replaced by "kek" once made
  *     "steps": [ { "kind": "disk" | "state" | "config", "file": "<path>", "done": false }, … ]
  *   }
  *
@@ -46,6 +50,10 @@ export interface VmJob {
   operation: VmJobOperation;
   started: string;
   kek?: { providerId: string; keyId: string };
+  /** A new KEK to be made under `name`, recorded before it is made (pending-kek.ts); absent once `kek` is set. */
+  kekPending?: { providerId: string; name: string };
+  /** vm encrypt: the first run added recovery-passphrase lockers (the passphrase itself is never stored). */
+  recoveryPassphrase?: boolean;
   /** vm rekey --deep: what becomes of recovery-passphrase lockers, fixed by the first run. */
   recovery?: 'keep' | 'remove';
   steps: VmJobStep[];
@@ -116,6 +124,15 @@ export async function readVmJob(dir: string): Promise<VmJob | undefined> {
     const k = v.kek;
     if (!isRecord(k) || typeof k.providerId !== 'string' || typeof k.keyId !== 'string') throw damaged(dir, 'a malformed "kek"');
     job.kek = { providerId: k.providerId, keyId: k.keyId };
+  }
+  if (v.recoveryPassphrase !== undefined) {
+    if (typeof v.recoveryPassphrase !== 'boolean') throw damaged(dir, 'a malformed "recoveryPassphrase"');
+    job.recoveryPassphrase = v.recoveryPassphrase;
+  }
+  if (v.kekPending !== undefined) {
+    const k = v.kekPending;
+    if (!isRecord(k) || typeof k.providerId !== 'string' || typeof k.name !== 'string') throw damaged(dir, 'a malformed "kekPending"');
+    job.kekPending = { providerId: k.providerId, name: k.name };
   }
   return job;
 }

@@ -1,18 +1,25 @@
 /**
  * A small state file (a UEFI variables file) opened for reading and writing in place, for `vmseal
- * serve`: the plaintext lives in memory only, and every write re-encrypts the whole file and
- * replaces it atomically (src/util/atomic-file.ts: temp file beside it, fsync, rename, fsync of the
- * folder). A crash or SIGKILL at any moment leaves the old file or the new one, each complete and
+ * serve`: the plaintext lives in memory only, and a rewrite re-encrypts the whole file and replaces
+ * it atomically (src/util/atomic-file.ts: temp file beside it, fsync, rename, fsync of the folder).
+ * A crash or SIGKILL at any moment leaves the old file or the new one, each complete and
  * authenticated; the plaintext is never written to a file.
+ *
+ * Writes are write-back, as a disk's cache: a write changes the memory and returns; a rewrite holding
+ * it runs at a flush (NBD FLUSH, or a FUA write: export.ts flushes after it), at close, and at the
+ * latest WRITE_BACK_MS after the first write not yet written. Why not a rewrite per write: OVMF
+ * programs its flash one byte at a time, and qemu's pflash device sends each byte to the block layer
+ * as a synchronous 512-byte write — thousands per boot, each of which would wait for a rewrite
+ * (an encryption of the whole file and two fsyncs): a first boot took minutes that way.
  *
  * Each rewrite keeps the file key (so the KeySafe, and with it every locker, stays byte for byte:
  * re-sealing a key needs every locker's secret, a passphrase included) and draws a new random file
  * id, which with format version 2 gives the chunks a key of their own (state-file-format.ts): no GCM
  * nonce is ever used twice under one key, however many times the firmware writes.
  *
- * Writes that arrive while a rewrite runs are committed together by the next one (group commit): a
- * write returns once a rewrite that holds it is durable. A rewrite that fails leaves the file as it
- * was, and the image refuses every later request (its memory no longer matches the file).
+ * Writes that arrive while a rewrite runs are committed together by the next one (group commit). A
+ * rewrite that fails leaves the file as it was, and the image refuses every later request (its memory
+ * no longer matches the file).
  */
 import { randomBytes } from 'node:crypto';
 import { open, readdir, unlink } from 'node:fs/promises';
@@ -42,6 +49,9 @@ import { openChunk, readStateFileHeader, sealChunk, unlockFileKey } from './stat
  */
 export const STATE_IMAGE_MAX_BYTES = 64 * 1024 * 1024;
 
+/** Longest time a write stays in memory only without a flush: what a crash of the server may lose. */
+const WRITE_BACK_MS = 1000;
+
 export interface OpenStateFileImageOptions {
   /** How to open the file's KeySafe. */
   keys: UnlockOptions;
@@ -61,6 +71,10 @@ export class StateFileImage {
   #tail: Promise<void> = Promise.resolve();
   #failed: Error | undefined;
   #closed = false;
+  /** Memory holds writes that no rewrite has taken yet. */
+  #dirty = false;
+  /** The deferred rewrite of those writes (WRITE_BACK_MS). */
+  #timer: NodeJS.Timeout | undefined;
 
   /** Use openStateFileImage(). */
   constructor(path: string, plain: Buffer, fileKey: Buffer, keySafe: string, readOnly: boolean) {
@@ -81,28 +95,39 @@ export class StateFileImage {
     this.#plain.copy(target, 0, offset, offset + target.length);
   }
 
-  /** Change [offset, offset + data.length) and return once a rewrite holding the change is durable. */
+  /**
+   * Change [offset, offset + data.length) in memory; durable after the next flush() (or, unasked,
+   * within WRITE_BACK_MS). A failed earlier rewrite is reported here.
+   */
   async write(offset: number, data: Uint8Array): Promise<void> {
     this.#check('write', offset, data.length);
     if (this.readOnly) throw new VmError('ERR_INVALID_ARGUMENT', `cannot write ${this.path}: it was opened read-only`, { file: this.path });
     this.#plain.set(data, offset);
-    return this.#commit();
+    this.#dirty = true;
+    // A failure of the deferred rewrite is kept in #failed and given to the next request.
+    this.#timer ??= setTimeout(() => void this.#commit().catch(() => undefined), WRITE_BACK_MS).unref();
   }
 
-  /** Every write is durable when it returns: a flush only waits for the rewrite in flight. */
+  /** Every write made before it is durable when it returns. */
   async flush(): Promise<void> {
     if (this.#failed) throw this.#failed;
-    await this.#tail;
+    if (this.#dirty) await this.#commit();
+    else await this.#tail;
     if (this.#failed) throw this.#failed;
   }
 
-  /** Wait for the rewrite in flight, then wipe the plaintext and the key. Safe to call twice. */
+  /** Write what is not written yet, then wipe the plaintext and the key. Safe to call twice. */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    await this.#tail;
-    this.#plain.fill(0);
-    wipe(this.#fileKey);
+    try {
+      if (this.#dirty && !this.#failed) await this.#commit();
+      await this.#tail;
+    } finally {
+      clearTimeout(this.#timer);
+      this.#plain.fill(0);
+      wipe(this.#fileKey);
+    }
   }
 
   #check(op: string, offset: number, length: number): void {
@@ -118,6 +143,9 @@ export class StateFileImage {
     const run = this.#tail.then(() => {
       // From here the writes that come go to the next rewrite: this one encrypts the memory now.
       this.#queued = undefined;
+      this.#dirty = false;
+      clearTimeout(this.#timer);
+      this.#timer = undefined;
       return this.#rewrite();
     });
     this.#queued = run;

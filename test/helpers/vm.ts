@@ -219,19 +219,31 @@ export function killRunningVms(): void {
   for (const child of running) child.kill('SIGKILL');
 }
 
+/** qemu's -drive option syntax: a comma inside a value is written twice. */
+export function driveValue(value: string): string {
+  return value.replace(/,/g, ',,');
+}
+
 /**
  * Boot the guest with `uri` (an NBD URI qemu understands: nbd://…, nbd+unix:///NAME?socket=…) as
- * its virtio root disk and wait until qemu exits, killing it after `timeoutMs`.
+ * its virtio root disk and wait until qemu exits, killing it after `timeoutMs`. `extraArgs` go
+ * before the kernel (a machine type, firmware drives); `memoryMiB`: a UEFI boot needs 512 (OVMF keeps
+ * part of 256 MiB, and the kernel then runs out of memory unpacking Debian's initrd).
  */
-export function bootFromNbd(tools: VmTools, accel: Accel, uri: string, timeoutMs = 180_000): Promise<VmRun> {
-  // qemu's -drive option syntax: a comma inside a value is written twice.
-  const file = uri.replace(/,/g, ',,');
+export function bootFromNbd(
+  tools: VmTools,
+  accel: Accel,
+  uri: string,
+  timeoutMs = 180_000,
+  options: { extraArgs?: string[]; memoryMiB?: number } = {},
+): Promise<VmRun> {
   const args = [
-    ...['-accel', accel, '-m', '256', '-nographic', '-nodefaults', '-serial', 'stdio', '-no-reboot'],
+    ...['-accel', accel, '-m', String(options.memoryMiB ?? 256), '-nographic', '-nodefaults', '-serial', 'stdio', '-no-reboot'],
+    ...(options.extraArgs ?? []),
     ...['-kernel', tools.kernel, '-initrd', tools.initrd],
     ...['-append', 'root=/dev/vda rw init=/init console=ttyS0 quiet panic=-1'],
     // cache=none: the guest's writes go to the server as they are issued, its flushes as FLUSH.
-    ...['-drive', `file=${file},format=raw,if=virtio,cache=none`],
+    ...['-drive', `file=${driveValue(uri)},format=raw,if=virtio,cache=none`],
   ];
   return new Promise((resolve, reject) => {
     const child = spawn(tools.qemu, args, { stdio: ['ignore', 'pipe', 'pipe'] });

@@ -169,8 +169,9 @@ describe('vmseal serve --vm, killed with SIGKILL during writes', () => {
     };
     const server = await start();
     // 200 writes of the whole store, write k filled with byte k (1..200): a torn file would mix bytes.
+    // FUA writes (-f): the export is write-back, a write is durable once flushed (state-file-image.ts).
     const args = ['-f', 'raw'];
-    for (let k = 1; k <= 200; k++) args.push('-c', `write -P ${k} 0 ${VARS_BYTES}`);
+    for (let k = 1; k <= 200; k++) args.push('-c', `write -f -P ${k} 0 ${VARS_BYTES}`);
     const client = spawn('stdbuf', ['-oL', 'qemu-io', ...args, unixUri(socket, 'vm1-vars')], { stdio: ['ignore', 'pipe', 'pipe'] });
     const clientExit = new Promise<void>((done) => client.on('close', () => done()));
     let acked = 0;
@@ -191,7 +192,7 @@ describe('vmseal serve --vm, killed with SIGKILL during writes', () => {
     const got = await decrypted(vars);
     expect(got.length).toBe(VARS_BYTES);
     const k = got[0]!;
-    // Every acknowledged write is durable; the one in flight may or may not be there.
+    // Every acknowledged FUA write is durable; the one in flight may or may not be there.
     expect(k === acked || k === acked + 1).toBe(true);
     expect(got.equals(Buffer.alloc(VARS_BYTES, k))).toBe(true);
 

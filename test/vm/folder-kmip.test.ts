@@ -8,8 +8,9 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readEncryptionParams } from '../../src/disk/index.js';
 import { describeKeySafe } from '../../src/keys/index.js';
+import type { CreateKeyOptions, KeyRef } from '../../src/keys/index.js';
 import { KmipKeyProvider } from '../../src/kmip/index.js';
-import { decryptVmFolder, encryptVmFolder, inspectVm, readStateFileHeader } from '../../src/vm/index.js';
+import { decryptVmFolder, encryptVmFolder, inspectVm, readStateFileHeader, VM_JOB_NAME } from '../../src/vm/index.js';
 import { openDisk } from '../../src/vmdk/index.js';
 import { tempDir } from '../disk/helpers.js';
 import { startPyKmip, type PyKmip } from '../helpers/pykmip.js';
@@ -69,5 +70,33 @@ describe('vm encrypt DIR with a KMIP provider', () => {
     expect(await contentHash(join(vm, 'a.vmdk'))).toBe(before.a);
     expect(sha256(readFileSync(join(vm, 'k.vmx')))).toBe(before.vmx);
     expect(sha256(readFileSync(join(vm, 'k.nvram')))).toBe(before.nvram);
+  }, 60_000);
+
+  it('a run killed right after the KMIP Create is finished with that key, found by its Name (Locate): no second KEK', async () => {
+    /** Dies after the server made the key, before vm encrypt records its id in the job file. */
+    class DiesAfterCreate extends KmipKeyProvider {
+      override async createKey(opts?: CreateKeyOptions): Promise<KeyRef> {
+        await super.createKey(opts);
+        throw new Error('simulated crash after the KMIP Create');
+      }
+    }
+    const vm = join(tmp.dir, 'vm-pending');
+    mkdirSync(vm);
+    const raw = join(tmp.dir, 'p.raw');
+    writeFileSync(raw, randomBytes(1 << 20));
+    execFileSync('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'vmdk', raw, join(vm, 'a.vmdk')]);
+    writeFileSync(join(vm, 'vmseal-vm.json'), JSON.stringify({ format: 'vmseal-vm', version: 1, disks: [{ file: 'a.vmdk' }] }));
+    const dying = new DiesAfterCreate({ ...kms.providerOptions('vm-kms'), timeoutMs: 5000 });
+    providers.push(dying);
+    await expect(encryptVmFolder(vm, { provider: dying })).rejects.toThrow('simulated crash');
+    const { name } = (JSON.parse(readFileSync(join(vm, VM_JOB_NAME), 'utf8')) as { kekPending: { name: string } }).kekPending;
+    const p = provider();
+    const made = await p.locate(name);
+    expect(made).toHaveLength(1);
+
+    const r = await encryptVmFolder(vm, { provider: p });
+    expect(r.kek).toEqual({ providerId: 'vm-kms', keyId: made[0] });
+    expect(await p.locate(name)).toEqual(made);
+    expect(describeKeySafe((await readEncryptionParams(join(vm, 'a.vmdk')))!.keySafe).map((l) => l.keyId)).toEqual(made);
   }, 60_000);
 });

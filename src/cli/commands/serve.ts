@@ -9,6 +9,7 @@
 import { readFile } from 'node:fs/promises';
 import { serve, vmServeDisks, type NbdHost, type ServeDisk, type ServeListen, type ServeTls } from '../../serve/index.js';
 import { isStateFile, readStateFileHeader } from '../../vm/index.js';
+import { refuseMixedVmDisks } from '../../vm/disk-vm.js';
 import type { Ctx } from '../context.js';
 import { usageError } from '../errors.js';
 import { withKeys, type KeyCliOptions } from '../key-session.js';
@@ -99,7 +100,6 @@ function untilAborted(signal: AbortSignal): Promise<void> {
 
 export async function serveCommand(ctx: Ctx, disks: string[], opts: ServeCliOptions): Promise<void> {
   ctx.doing = 'cannot serve';
-  if (opts.allowMixed && opts.vm === undefined) throw usageError('--allow-mixed goes with --vm', 'Give the VM folder with --vm DIR');
   const specs = serveDisks(disks, opts, opts.vm === undefined ? [] : await vmServeDisks(opts.vm, { allowMixed: opts.allowMixed === true }));
   const listen = listenOf(opts);
   const tls = await readTlsFiles(opts);
@@ -109,6 +109,18 @@ export async function serveCommand(ctx: Ctx, disks: string[], opts: ServeCliOpti
     if (!ctx.output.quiet) ctx.output.error(`vmseal: ${line}`);
   };
   await withKeys(ctx, opts, async (keys) => {
+    // The all-or-none rule for disks named one by one, as --vm applies it (docs/vm.md).
+    if (opts.allowMixed !== true) {
+      const vmDisks = new Set((opts.vm === undefined ? [] : await vmServeDisks(opts.vm, { allowMixed: true })).map((d) => d.path));
+      await refuseMixedVmDisks(
+        specs.map((d) => d.path).filter((p) => !vmDisks.has(p)),
+        {
+          command: 'vmseal serve',
+          keys: await keys.unlockOptions(undefined, { usePassphrase: keys.passphraseGiven }),
+          unchecked: (dir, why) => log(`the disks of the VM in ${dir} are not checked for the all-or-none rule: ${why}`),
+        },
+      );
+    }
     const host: NbdHost = await serve({
       disks: specs,
       ...(listen ? { listen } : {}),
