@@ -6,16 +6,16 @@
 // job file is durable), the same call finishes the job, and the VM decrypts to its original bytes.
 import { spawnSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LocalKeyProvider } from '../../src/keys/index.js';
 import { decryptVmFolder, encryptVmFolder, inspectVm, readVmJob, VM_JOB_NAME } from '../../src/vm/index.js';
-import { openDisk } from '../../src/vmdk/index.js';
 import { bundleFixture } from '../helpers/bundle.js';
 import { FULL, full } from '../helpers/points.js';
 import { tempDir } from '../disk/helpers.js';
+import { contentHash, randomRaw, sha256 } from './helpers.js';
 
 let tmp: ReturnType<typeof tempDir>;
 let child: string;
@@ -25,18 +25,6 @@ const original: Record<string, string> = {};
 const DISKS = ['disk0-000001.vmdk', 'data.vmdk'];
 const FILES = ['web.vmx', 'web.nvram'];
 const TIMEOUT = full(120_000, 3_600_000);
-
-const sha256 = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
-
-/** SHA-256 of a plain VMDK's virtual disk. */
-async function contentHash(path: string): Promise<string> {
-  const d = await openDisk(path, { readOnly: true });
-  try {
-    return sha256(await d.read(0, d.capacity));
-  } finally {
-    await d.close();
-  }
-}
 
 function run(op: 'encrypt' | 'decrypt', vm: string, crashAt = 0) {
   const r = spawnSync(process.execPath, [child, op, vm], { env: { ...process.env, CRASH_AT: String(crashAt), KEYSTORE: keystore }, encoding: 'utf8' });
@@ -80,8 +68,7 @@ beforeAll(async () => {
   keystore = join(tmp.dir, 'home');
   template = join(tmp.dir, 'template');
   mkdirSync(template);
-  const raw = join(tmp.dir, 'd.raw');
-  writeFileSync(raw, Buffer.concat([randomBytes(600_000), Buffer.alloc(448_576)]));
+  const raw = randomRaw(join(tmp.dir, 'd.raw'), 600_000);
   execFileSync('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'vmdk', raw, join(template, 'disk0.vmdk')]);
   // disk0 has a snapshot: the .vmx names the child, which holds data of its own.
   execFileSync('qemu-img', ['create', '-q', '-f', 'vmdk', '-b', 'disk0.vmdk', '-F', 'vmdk', join(template, 'disk0-000001.vmdk')]);
