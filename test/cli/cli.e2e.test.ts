@@ -315,7 +315,7 @@ describe('recovery passphrase and error paths (local provider)', () => {
     expect(r.unanswered).toEqual([]);
     expect(r.code, r.transcript).toBe(0);
     expect(r.transcript).not.toContain(typed);
-    expect(r.transcript).toMatch(/encrypt +\[[#-]+\] +\d+% \| [\d.]+ [KMG]?i?B \/ 8.0 MiB \|/);
+    expect(r.transcript).toMatch(/encrypt +\[[#-]+\] +\d+% \| [\d.]+ [KMG]?i?B \/ 8.00 MiB \|/);
     expect(r.transcript).toContain('locked by recovery passphrase');
     const noKeys = cleanEnv({ VMSEAL_HOME: join(work, 'empty-home') });
     const d = await vmsealOnTty(['decrypt', out, join(work, 'tty.img'), '--raw', '--recovery-passphrase'], noKeys, [
