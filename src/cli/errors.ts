@@ -180,9 +180,12 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
   ERR_NOT_A_SNAPSHOT: { exitCode: ExitCode.USAGE, hint: 'Give the top of a snapshot chain (a -00000N child): `vmseal snapshot list DISK` shows the layers' },
   ERR_SNAPSHOT_CHAIN: {
     exitCode: ExitCode.FAILURE,
-    hint: 'Commit the snapshots first (`vmseal snapshot commit TOP` until one layer is left), then run the job again',
+    hint: 'Commit the snapshots first (`vmseal snapshot commit TOP` until one layer is left), or for a deep rekey run it without --in-place (the chain is rebuilt aside); a chain of multi-file layers: convert its top to one disk',
   },
-  ERR_SNAPSHOT_SIBLINGS: { exitCode: ExitCode.USAGE, hint: 'The parent has other snapshots: remove them first (or commit in a copy of the chain)' },
+  ERR_SNAPSHOT_SIBLINGS: {
+    exitCode: ExitCode.USAGE,
+    hint: 'A layer has other snapshots (a branch): remove them first (or work on a copy of the chain)',
+  },
   ERR_SNAPSHOT_HAS_CHILDREN: {
     exitCode: ExitCode.USAGE,
     hint: 'Commit the newest snapshot first (the top of the chain, `vmseal snapshot list`), then this one',

@@ -17,8 +17,8 @@ export type PipelineErrorCode =
   | 'ERR_JOURNAL_MISMATCH' // a re-run of an interrupted in-place job asks for other lockers (or cipher, unit size) than its journal
   | 'ERR_NOT_A_SNAPSHOT' // snapshot commit of a disk without a parent (a chain of one layer): nothing to commit into
   | 'ERR_SNAPSHOT_HAS_CHILDREN' // snapshot commit of a layer that has snapshots of its own (mode 0444): commit the newest first
-  | 'ERR_SNAPSHOT_SIBLINGS' // snapshot commit into a parent that has other snapshots besides the one committed: they would become unreadable
-  | 'ERR_SNAPSHOT_CHAIN' // a job that rewrites a disk's data (deep rekey, encryption in place) given a layer of a snapshot chain: commit the snapshots first
+  | 'ERR_SNAPSHOT_SIBLINGS' // snapshot commit into a parent that has other snapshots besides the one committed (they would become unreadable); a deep rekey of a chain with a branch
+  | 'ERR_SNAPSHOT_CHAIN' // an in-place job (encryption, deep rekey --in-place) given a layer of a snapshot chain, or a chain a deep rekey cannot rebuild (multi-file layers, other folders)
   | ArgumentErrorCode; // ERR_INVALID_ARGUMENT: a bad option
 
 /** The one error class of src/pipeline. */

@@ -74,6 +74,7 @@ import { journalDifferences } from './journal-match.js';
 import { commitSnapshot, type CommitResult } from './commit.js';
 import { isCommitJournal } from './commit-journal.js';
 import { discardJobKeys, jobProviders } from './job-keys.js';
+import { chainNotInPlace, deepRekeyChain, pendingChainRekey, settleChainRekey } from './chain-deep-rekey.js';
 
 /** Set the encryption lines (in their order, right after createType) and the job line on a descriptor. */
 function withLines(base: Descriptor, params: EncryptionParams | null, job: string | undefined): Descriptor {
@@ -535,6 +536,14 @@ export async function deepRekey(path: string, options: DeepRekeyOptions): Promis
   const retire = { ...(retireOldKeys !== undefined ? { retireOldKeys } : {}), ...(destroyOldKeys !== undefined ? { destroyOldKeys } : {}) };
   const rotate = (from: EncryptionParams | null, done: JobResult, providers: UnlockOptions['providers']): Promise<JobResult> =>
     withRotation(p, from, done, providers, { ...retire, cache: cache ?? keys.cache, format: opts.format });
+  // A deep rekey of this disk's snapshot chain that was killed: finished if it had committed (then
+  // this call's work is done), else rolled back and run again below.
+  const pendingBase = await pendingChainRekey(p);
+  if (pendingBase) {
+    const newKeys = keysFromLockers(given, { ...keys, passphrase: undefined }, cache);
+    const settled = await settleChainRekey(p, pendingBase, newKeys, jobProviders(keys, given ?? []));
+    if (settled) return rotate(settled.from, settled.result, newKeys.providers);
+  }
   if (inPlace) {
     // A re-run after a crash continues the journal (with the lockers it fixed: others are refused).
     const existing = await Journal.open(p);
@@ -546,18 +555,25 @@ export async function deepRekey(path: string, options: DeepRekeyOptions): Promis
       if (done) return done;
     }
   }
+  let chain: boolean;
   {
     const stored = await openVmdk(p, { readOnly: true, allowEncrypted: true, ...formatOption(opts.format) });
     try {
-      refuseChain(stored, p, (await stat(p)).mode, 'a deep rekey');
+      chain = stored instanceof ChainDisk || ((await stat(p)).mode & 0o222) === 0;
     } finally {
       await stored.close();
     }
   }
+  if (chain && inPlace) throw chainNotInPlace(p);
   const from = await readEncryptionParams(p, formatOption(opts.format));
   const lockers = given ?? newProviderLockers(p, from, keys);
   const newKeys = keysFromLockers(lockers, { ...keys, passphrase: undefined }, cache);
   const encrypt: EncryptSpec = { lockers, ...(cipher ? { cipher } : {}), ...(unitSize ? { unitSize } : {}), ...(cache ? { cache } : {}) };
+  if (chain) {
+    // Every layer, base to top, under one new DEK (chain-deep-rekey.ts).
+    const done = await deepRekeyChain(p, { keys, newKeys, encrypt, opts, providers: jobProviders(keys, lockers) });
+    return rotate(from, done, newKeys.providers);
+  }
   // Checked under the lock (which also clears a stale lock of a killed run).
   const done = await withDiskLock(p, 'rekey-deep', opts.format, () => finishedEarlier(p, opts.format, newKeys, keys));
   if (done) return alreadyDone('rekey-deep', p, done, await capacityOf(p, opts.format));
@@ -804,6 +820,19 @@ export async function resumeDisk(path: string, options: ResumeOptions = {}): Pro
   // A snapshot commit's journal lies beside the child it merges (which it removes at the end).
   if (await isCommitJournal(p)) return commitAsJob(await commitSnapshot(p, { keys: unlock, signal: opts.signal, onProgress: opts.onProgress }));
   const unlockNew: UnlockOptions = newKeys ? { ...newKeys, ...((newKeys.cache ?? unlock.cache) ? { cache: newKeys.cache ?? unlock.cache } : {}) } : unlock;
+  // A deep rekey of the chain this layer belongs to: finished (committed) or rolled back.
+  const pendingBase = await pendingChainRekey(p);
+  if (pendingBase) {
+    const providers = jobProviders(unlock, []).concat(jobProviders(unlockNew, []));
+    const settled = await settleChainRekey(p, pendingBase, unlockNew, providers);
+    if (!settled) return null;
+    return withRotation(p, settled.from, settled.result, providers, {
+      ...(retireOldKeys !== undefined ? { retireOldKeys } : {}),
+      ...(destroyOldKeys !== undefined ? { destroyOldKeys } : {}),
+      cache: unlock.cache,
+      format: opts.format,
+    });
+  }
   return withDiskLock(p, 'resume', opts.format, async (names) => {
     const journal = await Journal.open(p);
     if (journal) {

@@ -50,7 +50,7 @@ const COMMIT = 'commit.json';
 const KEYS = 'keys.json';
 
 /** The keys listed in a staging folder (none if the list is absent or unreadable). */
-async function readKeyList(stageDir: string): Promise<KeyRef[]> {
+export async function readKeyList(stageDir: string): Promise<KeyRef[]> {
   try {
     const list = JSON.parse(await readFile(join(stageDir, KEYS), 'utf8')) as unknown;
     if (!Array.isArray(list)) return [];
@@ -61,7 +61,7 @@ async function readKeyList(stageDir: string): Promise<KeyRef[]> {
 }
 
 /** Replace the key list durably (an empty list removes the file). */
-async function writeKeyList(stageDir: string, keys: readonly KeyRef[]): Promise<void> {
+export async function writeKeyList(stageDir: string, keys: readonly KeyRef[]): Promise<void> {
   const file = join(stageDir, KEYS);
   if (keys.length === 0) {
     await unlink(file).catch(() => undefined);

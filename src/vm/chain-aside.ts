@@ -8,9 +8,8 @@
  *   1. the base disk: a copy job (encryptDisk under the VM's lockers / decryptDisk), monolithicSparse;
  *   2. each child, from the bottom up: a new empty snapshot of the new parent (createEncryptedSnapshot:
  *      same DEK, its own layer id, the parent's as parentLayerId / the VMDK layer's createSnapshot),
- *      then the child's OWN data copied into it: the ranges its layer allocates, read through the old
- *      chain up to that child, written through the new one. Ranges the child does not hold read from
- *      the parent in both chains, so they are not copied;
+ *      then the child's OWN ranges copied into it (src/pipeline/chain-rebuild.ts, the rule shared with
+ *      the deep rekey of a chain);
  *   3. every staged file fsynced, then the record `commit` written: from here on the move always
  *      completes. The files are renamed over the old ones (the base first), the folder fsynced, and
  *      the staging folder removed.
@@ -20,18 +19,17 @@
  * Layers must be single-file (monolithicSparse): a child's descriptor names its parent by file name,
  * which the move keeps. The new parents are left mode 0444, as `vmseal snapshot create` leaves them.
  */
-import { mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import type { KeyCache, LockerSpec, UnlockOptions } from '../keys/index.js';
 import { createEncryptedSnapshot, openDisk } from '../disk/index.js';
 import { decryptDisk, encryptDisk } from '../pipeline/index.js';
-import { ChainDisk, createSnapshot, openDisk as openVmdk, type VirtualDisk } from '../vmdk/index.js';
+import { fsyncFile, rebuildChain } from '../pipeline/chain-rebuild.js';
+import { createSnapshot, openDisk as openVmdk } from '../vmdk/index.js';
 import { createFileAtomic, fsyncDir } from '../util/atomic-file.js';
 import { VmError } from './errors.js';
 
 const COMMIT = 'commit';
-/** Bytes copied per read/write of a child's own data. */
-const COPY_BYTES = 4 << 20;
 
 export interface ChainJobOptions {
   operation: 'encrypt' | 'decrypt';
@@ -64,15 +62,6 @@ async function exists(path: string): Promise<boolean> {
   );
 }
 
-async function fsyncFile(path: string): Promise<void> {
-  const fh = await open(path, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
-
 /** Rename every staged layer over its old file (base first: `order`), then remove the staging folder. */
 async function moveOver(stage: string, order: string[]): Promise<void> {
   const dir = dirname(stage);
@@ -81,22 +70,6 @@ async function moveOver(stage: string, order: string[]): Promise<void> {
   await fsyncDir(dir);
   await rm(stage, { recursive: true, force: true });
   await fsyncDir(dir);
-}
-
-/** What the copy needs of a disk (a VMDK layer's VirtualDisk, or an EncryptedDisk). */
-type ByteDisk = Pick<VirtualDisk, 'read' | 'write' | 'flush'>;
-
-/** Copy the data `layer` (the top of `from`) holds itself into `to`, through both chains. */
-async function copyOwnData(layer: VirtualDisk, from: ByteDisk, to: ByteDisk, signal: AbortSignal | undefined): Promise<void> {
-  for await (const r of layer.allocatedRanges()) {
-    const end = r.offset + r.length;
-    for (let pos = r.offset; pos < end; pos += COPY_BYTES) {
-      signal?.throwIfAborted();
-      const len = Math.min(COPY_BYTES, end - pos);
-      await to.write(pos, await from.read(pos, len));
-    }
-  }
-  await to.flush();
 }
 
 /** Refuse a chain whose layers are not single files (their extent names would not survive the move). */
@@ -126,35 +99,20 @@ export async function runChainJob(layers: string[], options: ChainJobOptions): P
   await rm(stage, { recursive: true, force: true });
   await mkdir(stage, { mode: 0o700 });
   const { keys, signal } = options;
-  const base = bottomUp[0]!;
-  const stagedBase = join(stage, basename(base));
+  const encrypting = options.operation === 'encrypt';
   const job = { subformat: 'monolithicSparse' as const, ...(signal ? { signal } : {}) };
-  if (options.operation === 'encrypt') {
-    await encryptDisk(base, stagedBase, { ...job, lockers: options.lockers!, ...(options.cache ? { cache: options.cache } : {}) });
-  } else {
-    await decryptDisk(base, stagedBase, { ...job, keys });
-  }
-  let parent = stagedBase;
-  for (const old of bottomUp.slice(1)) {
-    const name = basename(old);
-    const made = options.operation === 'encrypt' ? await createEncryptedSnapshot(parent, { keys, name }) : await createSnapshot(parent, { name });
-    // The old chain up to this layer (plain, or opened with the keys), and its own layer's ranges.
-    const layerView = await openVmdk(old, { readOnly: true, allowEncrypted: true });
-    try {
-      const from = options.operation === 'encrypt' ? layerView : await openDisk(old, { keys, readOnly: true });
-      const to = options.operation === 'encrypt' ? await openDisk(made, { keys }) : await openVmdk(made);
-      try {
-        const own = layerView instanceof ChainDisk ? layerView.top : layerView;
-        await copyOwnData(own, from, to, signal);
-      } finally {
-        await to.close();
-        if (from !== layerView) await from.close();
-      }
-    } finally {
-      await layerView.close();
-    }
-    parent = made;
-  }
+  // The layer-by-layer rule (structure kept, own ranges copied) is the pipeline's (chain-rebuild.ts).
+  await rebuildChain(bottomUp, stage, {
+    makeBase: async (from, to) => {
+      if (encrypting) await encryptDisk(from, to, { ...job, lockers: options.lockers!, ...(options.cache ? { cache: options.cache } : {}) });
+      else await decryptDisk(from, to, { ...job, keys });
+    },
+    makeChild: (parent, name) => (encrypting ? createEncryptedSnapshot(parent, { keys, name }) : createSnapshot(parent, { name })),
+    // The old chain up to this layer (plain, or opened with the keys); the new layer the other way round.
+    openOld: (layer) => (encrypting ? openVmdk(layer, { readOnly: true, allowEncrypted: true }) : openDisk(layer, { keys, readOnly: true })),
+    openNew: (layer) => (encrypting ? openDisk(layer, { keys }) : openVmdk(layer)),
+    signal,
+  });
   for (const name of order) await fsyncFile(join(stage, name));
   await createFileAtomic(join(stage, COMMIT), Buffer.from(`${JSON.stringify({ files: order })}\n`));
   await fsyncDir(stage);

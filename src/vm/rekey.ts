@@ -5,7 +5,8 @@
  *            (every layer of a snapshot chain), each encrypted state file's header, the vTPM state
  *            key in the manifest, the .vmx's config key. The other provider lockers are removed;
  *            recovery-passphrase lockers stay (they lock the same keys).
- *   deep     new keys: each disk re-encrypted under a new DEK (the disk deep rekey, copy mode), each
+ *   deep     new keys: each disk re-encrypted under a new DEK (the disk deep rekey, copy mode; a
+ *            snapshot chain as one job, every layer under one new DEK: docs/pipeline.md), each
  *            state file under a new file key, the .vmx under a new config key, all locked by the new
  *            VM KEK. The vTPM state key is only rewrapped, not rotated (swtpm cannot re-encrypt its
  *            state in place). Recovery-passphrase lockers are kept (re-made with the passphrase given)
@@ -107,14 +108,10 @@ async function itemsOf(files: VmFolderFiles, mode: 'shallow' | 'deep'): Promise<
       throw new VmError('ERR_VM_DISK', `${d.device} (${d.path}) is ${d.state}${d.detail ? ` (${d.detail})` : ''}: the VM cannot be rekeyed as a whole`, {
         file: d.path,
       });
-    } else if (mode === 'deep' && d.layers.length > 1) {
-      throw new VmError(
-        'ERR_VM_SNAPSHOT',
-        `${d.device} (${d.path}) is a snapshot chain of ${d.layers.length} layers: a deep rekey of a snapshot chain is not done yet; consolidate its snapshots, or rekey --shallow`,
-        { file: d.path },
-      );
     } else {
       // Shallow: every layer's KeySafe (each layer's descriptor carries its own copy of the chain's DEK).
+      // Deep: the disk's path only; a snapshot chain is re-encrypted as a whole, every layer under one
+      // new DEK, by the pipeline's journaled chain job (a killed one is finished by the next step's run).
       for (const layer of mode === 'shallow' ? d.layers : [d.path]) items.push({ kind: 'disk', path: layer });
     }
   }

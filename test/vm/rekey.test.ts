@@ -169,7 +169,7 @@ describe('vmseal vm rekey on a qemu VM folder', () => {
     expect(existsSync(join(dir, VM_JOB_NAME))).toBe(false);
   });
 
-  it('--deep: new disk keys and file keys under a new KEK, the vTPM key rewrapped; --deep of a chain is refused', async () => {
+  it('--deep: new disk keys and file keys under a new KEK, the vTPM key rewrapped', async () => {
     const dir = await qemuVm();
     const before = await snapshotOf(dir, ['disk0.vmdk']);
     const r = await vmseal(['vm', 'rekey', dir, '--deep', '--json'], env());
@@ -182,11 +182,45 @@ describe('vmseal vm rekey on a qemu VM folder', () => {
     expect(after.ids[0]).not.toBe(before.ids[0]); // a new DEK: a new disk id
     expect(after.ids[1]).not.toBe(before.ids[1]); // the UEFI variables re-encrypted
     for (const k of after.keks) expect(k).toEqual([newKek]);
+  });
 
-    const chained = await qemuVm({ chain: true });
-    const refused = await vmseal(['vm', 'rekey', chained, '--deep'], env());
-    expect(refused.code).toBe(5);
-    expect(refused.stderr).toContain('is a snapshot chain of 2 layers');
+  it('--deep of a VM whose disk is a snapshot chain: every layer under one new DEK, plaintext kept; a killed run is continued; vm decrypt after', async () => {
+    const dir = await qemuVm({ chain: true });
+    const m = await readManifest(dir);
+    const child = m.disks[1]!.file;
+    const files = ['disk0.vmdk', 'disk1.vmdk', child];
+    const before = await snapshotOf(dir, files);
+
+    // Killed while the chain is being rebuilt (its staging folder exists), then run again.
+    const killed = vmsealChild(['vm', 'rekey', dir, '--deep'], env());
+    const exited = new Promise<void>((done) => killed.on('close', () => done()));
+    const stage = join(dir, '.disk1.vmdk.vmseal-chain-rekey');
+    for (let i = 0; i < 2000 && killed.exitCode === null && !existsSync(stage); i++) await new Promise((r) => setTimeout(r, 5));
+    killed.kill('SIGKILL');
+    await exited;
+    expect(existsSync(join(dir, VM_JOB_NAME)), 'the first run was killed under way').toBe(true);
+
+    const r = await vmseal(['vm', 'rekey', dir, '--deep', '--json'], env());
+    expect(r.code, r.stderr).toBe(0);
+    const out = json(r);
+    const newKek = `${out.kek.providerId}/${out.kek.keyId}`;
+    const after = await snapshotOf(dir, files);
+    expect(after.hashes).toEqual(before.hashes); // every layer's plaintext (the base alone, and the chain)
+    for (const k of after.keks) expect(k).toEqual([newKek]);
+    for (let i = 0; i < 3; i++) expect(after.ids[i]).not.toBe(before.ids[i]);
+    expect(after.ids[1]).toBe(after.ids[2]); // one DEK for the chain
+    expect(existsSync(stage)).toBe(false);
+    expect(existsSync(join(dir, VM_JOB_NAME))).toBe(false);
+
+    const dec = await vmseal(['vm', 'decrypt', dir], env());
+    expect(dec.code, dec.stderr).toBe(0);
+    for (const [i, f] of files.entries()) {
+      const d = await openDisk(join(dir, f), { readOnly: true });
+      const buf = Buffer.alloc(d.capacity);
+      await d.readInto(0, buf);
+      await d.close();
+      expect(sha(buf), `${f} decrypted`).toBe(before.hashes[i]);
+    }
   });
 
   it('a mixed VM is refused with the disks in each state, and rekeyed with --allow-mixed', async () => {
