@@ -40,6 +40,7 @@
         'native/xts_aesni.cc',
         'native/xts_vaes_avx2.cc',
         'native/xts_vaes_avx512.cc',
+        'native/chunk_transfer.cc',
       ],
       'include_dirs': ['native'],
       # GCC 12's AVX-512 intrinsics headers self-initialise a variable (_mm512_undefined_epi32) and
@@ -55,6 +56,7 @@
         'native/fs_extents.cc',
         'native/fs_lock.cc',
         'native/fs_nowait.cc',
+        'native/fs_transfer.cc',
         'native/fs_writeback.cc',
         'native/thread_pool.cc',
       ],

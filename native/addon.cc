@@ -41,10 +41,12 @@
 #define VMSEAL_HAVE_MMAP 0
 #endif
 
+#include "addon_access.h"
 #include "fs_copy.h"
 #include "fs_extents.h"
 #include "fs_lock.h"
 #include "fs_nowait.h"
+#include "fs_transfer.h"
 #include "fs_writeback.h"
 #include "thread_pool.h"
 #include "xts_engine.h"
@@ -939,10 +941,31 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitFileWriteback(env, exports);
   InitFileNowait(env, exports);
   InitFileCopy(env, exports);
+  InitFileTransfer(env, exports);
   return exports;
 }
 
 }  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Lent to the other N-API sources (addon_access.h)
+
+std::shared_ptr<const XtsEngine> CipherEngineArg(Napi::Value value) { return GetCipher(value)->engine; }
+
+std::shared_ptr<uint8_t> NativeOwnedArg(Napi::Value value, const char* argument, size_t* length) {
+  Bytes bytes = GetBytes(value, argument);
+  std::shared_ptr<Block> block = OwningBlock(bytes, bytes.length);
+  if (!block) {
+    Throw(value.Env(), ErrorKind::kType, "ERR_INVALID_ARG_VALUE",
+          Expected("a Uint8Array over memory from allocateBuffer", argument, value));
+  }
+  *length = bytes.length;
+  return std::shared_ptr<uint8_t>(block, bytes.data);  // aliasing: owns the block, points at the view
+}
+
+size_t UnitSizeArg(Napi::Value value) { return GetUnitSize(value); }
+uint64_t UnitNumberArg(Napi::Value value) { return GetUnitNumber(value); }
+
 }  // namespace vmseal
 
 // The module entry point (also per environment: main thread and each worker), guarded like Entry.

@@ -32,6 +32,8 @@ const testFiles = [
   'test/xts/async-detach.test.ts',
   // Native-owned buffers: mmap-backed ones read as zeros and are paged in where first written.
   'test/xts/cipher-buffer-pages.test.ts',
+  // The copy jobs' chunk transfer: a pool thread reads, encrypts and writes a native-owned buffer.
+  'test/xts/transfer.test.ts',
 ];
 const cxx = process.env.CXX || 'g++';
 

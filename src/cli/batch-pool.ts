@@ -8,7 +8,7 @@
  *
  * Main thread → worker  { type: 'run', item } | { type: 'abort' } | { type: 'close' } | key replies
  * Worker → main thread  { type: 'ready' } (its modules are loaded)
- *                       { type: 'progress', bytesDone, bytesTotal }
+ *                       { type: 'progress', bytesDone, bytesTotal } (at most every 100 ms, never the last)
  *                       { type: 'done', bytes, skipped? } | { type: 'failed', error } | { type: 'not-run' }
  *                       | key requests
  * A worker runs one image at a time. 'abort' (Ctrl-C, SIGTERM) stops its image, which removes its
@@ -20,6 +20,7 @@ import { DescribedFailure, type BatchItem, type ItemError } from './batch.js';
 import type { ImageConvertOptions } from './commands/convert-image.js';
 import type { JobHooks } from './jobs.js';
 import type { KeyDesk, KeyReply, KeyRequest } from './key-bridge.js';
+import { KERNEL_COPY_ENV } from '../pipeline/kernel-copy.js';
 
 /** What a worker is started with (workerData): the image options only, never a key option or secret. */
 export interface WorkerInit {
@@ -38,11 +39,12 @@ export type FromWorker =
   | KeyRequest;
 
 /**
- * The environment variables a worker gets: the layers' tuning switches. Not the rest of the
- * environment, which may hold passphrases (VMSEAL_PASSPHRASE, VMSEAL_HOME_PASSPHRASE, a
- * --passphrase-env variable) that only the main thread's key session reads.
+ * The environment variables a worker gets: the layers' tuning switches, so that an image takes the
+ * same path in a worker as on the main thread (VMSEAL_KERNEL_COPY picks the kernel copy or the
+ * engine). Not the rest of the environment, which may hold passphrases (VMSEAL_PASSPHRASE,
+ * VMSEAL_HOME_PASSPHRASE, a --passphrase-env variable) that only the main thread's key session reads.
  */
-const WORKER_ENV = ['VMSEAL_NATIVE_PATH', 'VMSEAL_INLINE_IO', 'VMSEAL_XTS_IMPL', 'VMSEAL_DEBUG'];
+const WORKER_ENV = ['VMSEAL_NATIVE_PATH', 'VMSEAL_INLINE_IO', 'VMSEAL_XTS_IMPL', 'VMSEAL_DEBUG', KERNEL_COPY_ENV];
 
 /**
  * The built worker script beside this module (dist/cli/batch-worker.js), or undefined when the CLI
@@ -103,6 +105,8 @@ class Lane {
         this.running?.hooks.onProgress({ bytesDone: m.bytesDone, bytesTotal: m.bytesTotal });
         return;
       case 'done':
+        // The worker leaves an image's last progress report to this message (batch-worker.ts).
+        this.running?.hooks.onProgress({ bytesDone: m.bytes, bytesTotal: m.bytes });
         this.running?.resolve({ bytes: m.bytes, ...(m.skipped ? { skipped: true } : {}) });
         return;
       case 'failed':

@@ -4,6 +4,7 @@
  * length is a whole number of units; large buffers go to the native thread pool.
  */
 import { XtsCipher } from '../xts/index.js';
+import type { ChunkIo } from '../xts/transfer.js';
 import { DiskError } from './errors.js';
 import { KEY_BYTES, type CipherName, type DataUnitSize } from './params.js';
 import { expected } from '../errors.js';
@@ -16,6 +17,13 @@ export interface DataCipher {
   /** Encrypt `data` in place; its first byte is the start of unit `firstUnit`. */
   encrypt(data: Uint8Array, firstUnit: number): Promise<void>;
   decrypt(data: Uint8Array, firstUnit: number): Promise<void>;
+  /**
+   * Read `io.buffer.length` bytes from `io.fdIn`, encrypt (or decrypt) them in place and write them
+   * to `io.fdOut`, as one job on libuv's pool (src/xts/transfer.ts); `io.buffer` must come from
+   * allocateCipherBuffer and its first byte is the start of unit `firstUnit`. Resolves the bytes
+   * read: fewer than the buffer's length when the input ended (the job fails: a truncated input).
+   */
+  transfer(io: ChunkIo, firstUnit: number, direction: 'encrypt' | 'decrypt'): Promise<number>;
   /** Wipe the key. */
   dispose(): void;
 }
@@ -56,6 +64,10 @@ export function createDataCipher(cipher: CipherName, key: Uint8Array, unitSize: 
       if (data.byteLength === 0) return;
       if (data.byteLength < ASYNC_THRESHOLD) xts.decrypt(data, { unitSize, firstUnit, out: data });
       else await xts.decryptAsync(data, { unitSize, firstUnit, out: data, ...(threads ? { threads } : {}) });
+    },
+    transfer(io, firstUnit, direction) {
+      check(io.buffer);
+      return xts.transferChunk(io, { unitSize, firstUnit, decrypt: direction === 'decrypt' });
     },
     dispose() {
       xts.dispose();

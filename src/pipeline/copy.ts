@@ -57,6 +57,8 @@ import { StagedOutput, cleanStaleStages, pathExists } from './staging.js';
 import { jobProviders } from './job-keys.js';
 import { openOutputWriter } from './output-writer.js';
 import { kernelCopy } from './kernel-copy.js';
+import { ChunkTransfer, TRANSFER_DEPTH, chunkTransferWanted } from './chunk-transfer.js';
+import { onMemoryFs } from './output-files.js';
 
 export interface CopySpec {
   operation: 'encrypt' | 'decrypt' | 'convert' | 'rekey-deep';
@@ -286,7 +288,31 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
         outCipher === null &&
         source.encryption === null &&
         (await kernelCopy({ source: source.stored, target, what, progress: (n) => progress.add(n), ...(opts.signal ? { signal: opts.signal } : {}) }));
-      if (!byKernel) {
+      // A plain input into a plain or newly encrypted flat output on tmpfs, with VMSEAL_CHUNK_TRANSFER=1:
+      // one native job per chunk (chunk-transfer.ts). On a disk the engine's direct writes (O_DIRECT)
+      // and write-behind stay.
+      const transfer =
+        !byKernel && source.encryption === null && (outCipher === null || outCipher === ownCipher) && chunkTransferWanted() && (await onMemoryFs(stage.dir))
+          ? await ChunkTransfer.open({ source: source.stored, target, cipher: outCipher })
+          : null;
+      if (transfer) {
+        try {
+          await runChunks({
+            chunks: chunked(ranges(), chunkSize),
+            chunkSize,
+            depth: Math.min(depth, TRANSFER_DEPTH),
+            ...(opts.signal ? { signal: opts.signal } : {}),
+            what,
+            // The whole chunk (read, encrypt, write) is one native job: nothing is left to write.
+            read: (chunk, buf) => transfer.run(chunk, buf),
+            transform: async () => [],
+            write: (offset, data) => target.write(offset, data),
+            done: (chunk) => progress.add(chunk.length),
+          });
+        } finally {
+          await transfer.close();
+        }
+      } else if (!byKernel) {
         const writer = await openOutputWriter(target, stage.dir);
         try {
           await runChunks({

@@ -28,16 +28,16 @@
  * cache pages is CPU work), and cancellation is checked before each piece, so SIGINT stops a job
  * within one piece's time.
  */
-import { open, stat, type FileHandle } from 'node:fs/promises';
+import { open, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { getSystemErrorName } from 'node:util';
 import { VmdkFormatError, type VirtualDisk } from '../vmdk/index.js';
 import { fileDataRanges } from '../util/file-extents.js';
 import { nativeCopy, type NativeCopy } from '../util/native-copy.js';
 import { nativeWriteback, type NativeWriteback } from '../util/native-writeback.js';
-import { isFlatOutput } from './direct-write.js';
 import { throwIfAborted } from './errors.js';
-import { onMemoryFs, outputFiles, type OutputSegment } from './output-files.js';
+import { flatParts, type FlatPart } from './flat-parts.js';
+import { nativeIoError } from './native-errors.js';
+import { onMemoryFs } from './output-files.js';
 
 /**
  * 0: the kernel copy is off (the engine reads and writes every plain copy); 1: on, also on tmpfs and
@@ -65,17 +65,6 @@ export interface KernelCopyJob {
   writeback?: NativeWriteback | null;
 }
 
-/** A run of a source file that lands in one output file. */
-interface Part {
-  source: OutputSegment;
-  sourcePath: string;
-  target: OutputSegment;
-  targetPath: string;
-  /** Virtual range [start, end). */
-  start: number;
-  end: number;
-}
-
 /**
  * Copy `job.source` into `job.target` in the kernel. True when done (every data range copied and
  * the output files fsynced); false, with nothing written, when the job must go through the engine.
@@ -90,7 +79,7 @@ export async function kernelCopy(job: KernelCopyJob): Promise<boolean> {
   // the kernel copy took 20% less CPU but 1.2-1.3x the engine's wall time.
   const memoryFs = await onMemoryFs(dirname(job.target.path));
   if (memoryFs && setting !== '1') return false;
-  const parts = await plainParts(job.source, job.target);
+  const parts = await flatParts(job.source, job.target);
   if (!parts) return false;
   // On a disk, each piece's writeback is started as soon as it is copied (as write-behind.ts does
   // for the engine), so the device writes while the kernel copies and the final fdatasync finds
@@ -106,43 +95,6 @@ export async function kernelCopy(job: KernelCopyJob): Promise<boolean> {
   } finally {
     await copier.close();
   }
-}
-
-/**
- * The copy as runs of (source file, output file), in virtual order; null when this is not a plain
- * flat copy the kernel can do (sparse or streamOptimized on either side, a snapshot child, a source
- * file shorter than its extent).
- */
-async function plainParts(source: VirtualDisk, target: VirtualDisk): Promise<Part[] | null> {
-  if (!isFlatOutput(target) || source.grainSize !== undefined) return null;
-  const parent = source.descriptor?.get('parentCID');
-  if ((parent !== undefined && parent.toLowerCase() !== 'ffffffff') || source.descriptor?.has('parentFileNameHint')) return null;
-  const src = outputFiles(source);
-  if (!src.segments.every((s) => s.kind === 'FLAT' || s.kind === 'VMFS')) return null;
-  for (const [i, path] of src.files.entries()) {
-    const need = src.segments.reduce((m, s) => (s.file === i ? Math.max(m, s.fileOffset + s.end - s.start) : m), 0);
-    try {
-      if ((await stat(path)).size < need) return null;
-    } catch {
-      return null; // let the engine report it in its own words
-    }
-  }
-  const out = outputFiles(target);
-  const parts: Part[] = [];
-  // Both lists are in virtual order (ZERO extents of the source are absent: they read as zeros).
-  let t = 0;
-  for (const s of src.segments) {
-    let at = s.start;
-    while (at < s.end) {
-      while (t < out.segments.length && out.segments[t].end <= at) t++;
-      const o = out.segments[t];
-      if (o === undefined || o.start > at) return null; // cannot happen: a flat output covers its capacity
-      const end = Math.min(s.end, o.end);
-      parts.push({ source: s, sourcePath: src.files[s.file], target: o, targetPath: out.files[o.file], start: at, end });
-      at = end;
-    }
-  }
-  return parts;
 }
 
 class Copier {
@@ -165,7 +117,7 @@ class Copier {
   }
 
   /** Copy one part's data ranges; false when the kernel refused the very first copy. */
-  async part(p: Part): Promise<boolean> {
+  async part(p: FlatPart): Promise<boolean> {
     const input = await this.#open('in', p.sourcePath, 'r');
     const output = await this.#open('out', p.targetPath, 'r+');
     // File position = virtual offset + base.
@@ -179,7 +131,7 @@ class Copier {
       try {
         ranges = fileDataRanges(input.fd, from + inBase, p.end + inBase, SCAN_BATCH);
       } catch (err) {
-        throw ioError(err, `find the data ranges of bytes ${from + inBase}-${p.end + inBase}`, p.sourcePath);
+        throw nativeIoError(err, `find the data ranges of bytes ${from + inBase}-${p.end + inBase}`, p.sourcePath);
       }
       const last = ranges[ranges.length - 1];
       // A full list leaves the rest unknown: the next scan starts after its last range.
@@ -227,7 +179,7 @@ class Copier {
       try {
         n = await this.#native.copyFileRange(input.fd, v + at + inBase, output.fd, v + at + outBase, length - at);
       } catch (err) {
-        throw ioError(err, `copy ${length - at} bytes at virtual offset ${v + at} from ${this.#in?.path ?? ''}`, this.#out?.path ?? '');
+        throw nativeIoError(err, `copy ${length - at} bytes at virtual offset ${v + at} from ${this.#in?.path ?? ''}`, this.#out?.path ?? '');
       }
       if (n < 0 && probe && at === 0) return -1;
       if (n < 0) {
@@ -288,15 +240,4 @@ async function settleAll(work: Array<Promise<void>>): Promise<void> {
   const results = await Promise.allSettled(work);
   const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
   if (failed) throw failed.reason;
-}
-
-/**
- * A failed native call (ERR_COPY_RANGE_IO, ERR_FS_EXTENTS_IO: `errno` and `syscall`) as the VMDK
- * layer's I/O error, as a failed read or write of the engine would be: the file, what was being
- * done and the errno's name.
- */
-function ioError(err: unknown, action: string, file: string): unknown {
-  const errno = (err as { errno?: unknown }).errno;
-  if (!(err instanceof Error) || typeof errno !== 'number') return err;
-  return new VmdkFormatError('ERR_VMDK_IO', `cannot ${action}: ${getSystemErrorName(-errno)}`, { file, cause: err });
 }

@@ -6,7 +6,7 @@ import { type VirtualDisk, VmdkDisk } from './disk.js';
 import { VmdkFormatError } from './errors.js';
 import { HostFile } from './file.js';
 import { GTES_PER_GT, sparseOverheadSectors } from './sparse-fit.js';
-import { openCreatedDisk } from './open.js';
+import { openCreatedDisk, openCreatedFile } from './open.js';
 import {
   FLAG_NEWLINE_TEST,
   FLAG_RGD,
@@ -126,10 +126,11 @@ export async function createDiskNamed(path: string, options: CreateDiskOptions, 
     const f = await HostFile.create(abs, overwrite);
     try {
       await f.truncate(capacity);
-    } finally {
+    } catch (err) {
       await f.close();
+      throw err;
     }
-    return openCreatedDisk(abs, { format: 'raw' });
+    return openCreatedFile(f, 'raw');
   }
 
   const sectors = capacity / SECTOR;
@@ -162,14 +163,19 @@ export async function createDiskNamed(path: string, options: CreateDiskOptions, 
       const parts = split(capacity, maxExtent);
       const names = extentFileNames(stem, subformat, parts);
       const d = descriptor(parts.map((bytes, i) => extentLine('RW', bytes / SECTOR, 'SPARSE', names[i])));
-      for (let i = 0; i < parts.length; i++) await createSparseFile(join(dir, names[i]), parts[i] / SECTOR, grainSectors, undefined, overwrite);
+      for (let i = 0; i < parts.length; i++) await (await createSparseFile(join(dir, names[i]), parts[i] / SECTOR, grainSectors, undefined, overwrite)).close();
       await writeTextDescriptor(abs, d, overwrite);
       break;
     }
     case 'monolithicSparse': {
       const d = descriptor([extentLine('RW', sectors, 'SPARSE', extentName ?? basename(abs))]);
-      await createSparseFile(abs, sectors, grainSectors, d, overwrite);
-      break;
+      const file = await createSparseFile(abs, sectors, grainSectors, d, overwrite);
+      // A snapshot child is opened with its parents, by name, below.
+      if (parent !== undefined) {
+        await file.close();
+        break;
+      }
+      return fresh(await openCreatedFile(file, 'sparse'));
     }
     case 'streamOptimized': {
       const d = descriptor([extentLine('RW', sectors, 'SPARSE', basename(abs))]);
@@ -333,7 +339,8 @@ async function writeTextDescriptor(path: string, d: Descriptor, overwrite: boole
  * A hosted sparse extent in qemu-img's layout: header, [descriptor], RGD, RGTs, GD, GTs (all tables
  * preallocated, zero), first grain at the next grain boundary. The tables are holes until written.
  */
-async function createSparseFile(path: string, sectors: number, grainSectors: number, d: Descriptor | undefined, overwrite: boolean): Promise<void> {
+/** Write a new sparse extent file; it is returned open (the caller closes it or opens the disk from it). */
+async function createSparseFile(path: string, sectors: number, grainSectors: number, d: Descriptor | undefined, overwrite: boolean): Promise<HostFile> {
   const text = d ? Buffer.from(d.toString(), 'utf8') : undefined;
   const descSectors = text ? embeddedDescriptorSectors(text.length) : 0;
   const gdEntries = gdEntryCount({ capacity: sectors, grainSize: grainSectors, numGTEsPerGT: 512 });
@@ -371,7 +378,9 @@ async function createSparseFile(path: string, sectors: number, grainSectors: num
     await f.writeAt(dirBytes(rgd), rgd * SECTOR);
     await f.writeAt(dirBytes(gd), gd * SECTOR);
     await f.truncate(overHead * SECTOR);
-  } finally {
+    return f;
+  } catch (err) {
     await f.close();
+    throw err;
   }
 }

@@ -2,6 +2,7 @@ import { expected } from '../errors.js';
 import { XtsError, XtsRangeError, XtsTypeError } from './errors.js';
 import { loadNative, type NativeCipherHandle, type NativeXts } from './native.js';
 import { XTS_MAX_UNIT_SIZE, XTS_MIN_UNIT_SIZE, type XtsImplementation } from './constants.js';
+import { runTransfer, type ChunkIo } from './transfer.js';
 import { checkBatch, checkKey, checkOptionsObject, checkOut, checkUint8Array, chooseImplementation } from './validate.js';
 
 export interface XtsCipherOptions {
@@ -142,6 +143,24 @@ export class XtsCipher implements Disposable {
 
   [Symbol.dispose](): void {
     this.dispose();
+  }
+
+  /**
+   * Read `io.buffer.length` bytes from `io.fdIn`, encrypt (or with `decrypt`, decrypt) them in place
+   * and write them to `io.fdOut`, in one job on libuv's pool (src/xts/transfer.ts). For the copy jobs,
+   * through the disk layer's DataCipher; resolves the bytes read (fewer: the input ended).
+   * @internal
+   */
+  transferChunk(io: ChunkIo, options: { unitSize: number; firstUnit: number; decrypt?: boolean }): Promise<number> {
+    try {
+      const handle = this.#live();
+      return runTransfer(io, { handle, unitSize: options.unitSize, firstUnit: options.firstUnit, decrypt: options.decrypt === true }).catch((err: unknown) => {
+        // A failed pread/pwrite keeps its errno and syscall for the caller to name the files.
+        throw typeof (err as { errno?: unknown }).errno === 'number' ? err : adopt(err);
+      });
+    } catch (err) {
+      return Promise.reject(adopt(err));
+    }
   }
 
   #live(): NativeCipherHandle {

@@ -11,7 +11,8 @@ import { VmsealError } from '../errors.js';
  * ERR_XTS_UNIT_NUMBER, ERR_XTS_TWEAK_LENGTH, ERR_XTS_DISPOSED, ERR_XTS_DETACHED (a detached
  * buffer passed in) (TypeError/RangeError); ERR_XTS_IMPL_UNAVAILABLE, ERR_NATIVE_NOT_FOUND,
  * ERR_XTS_CANCELLED, ERR_XTS_NATIVE, ERR_XTS_DETACHED / ERR_XTS_RESIZED (an async call's `out` was
- * transferred / shrunk before the result could be written) (XtsError).
+ * transferred / shrunk before the result could be written) (XtsError); ERR_TRANSFER_IO (a failed
+ * pread/pwrite of transferChunk: a plain Error with `errno` and `syscall`).
  */
 /** Every code the XTS layer (and its native addon) throws. */
 export type XtsErrorCode =
@@ -32,7 +33,9 @@ export type XtsErrorCode =
   | 'ERR_XTS_IMPL_UNAVAILABLE'
   | 'ERR_NATIVE_NOT_FOUND'
   | 'ERR_XTS_CANCELLED'
-  | 'ERR_XTS_NATIVE';
+  | 'ERR_XTS_NATIVE'
+  // transferChunk: a pread or pwrite failed (copy jobs report it as ERR_VMDK_IO naming the files)
+  | 'ERR_TRANSFER_IO';
 
 const XTS_ERROR = Symbol.for('vmseal.XtsError');
 // Marks every vmseal error, including the TypeError/RangeError ones that cannot inherit from

@@ -4,6 +4,7 @@
  */
 import { stat } from 'node:fs/promises';
 import { readEncryptionParams } from '../../disk/index.js';
+import { formatByName } from '../../vmdk/open.js';
 import type { KeyCache, LockerSpec, UnlockOptions } from '../../keys/index.js';
 import { convertDisk, type JobResult } from '../../pipeline/index.js';
 import type { BatchItem } from '../batch.js';
@@ -48,7 +49,11 @@ async function exists(path: string): Promise<boolean> {
 }
 
 async function isEncrypted(path: string, format: DiskFormat | undefined): Promise<boolean> {
-  // A raw image or an unreadable file is "not encrypted" here; the conversion itself reports why it fails.
+  // A file read as a raw image by its name (.img, .raw) or --format raw is never encrypted: known
+  // without opening it, which would cost an image of a batch four file-system round trips (open,
+  // fstat, statfs, close) before its conversion opens it again.
+  if (formatByName(path, format) === 'raw') return false;
+  // An unreadable file is "not encrypted" here; the conversion itself reports why it fails.
   return (await readEncryptionParams(path, formatOpts(format)).catch(() => null)) !== null;
 }
 
@@ -60,11 +65,14 @@ export async function convertImage(
   newLockers: () => Promise<LockerSpec[]>,
   hooks: Pick<JobHooks, 'signal' | 'onProgress'>,
 ): Promise<JobResult | { skipped: true }> {
-  // Checked here, before keys are asked for, so that a re-run batch says what to do per image. The
-  // two look-ups are independent: run together, an image of a batch waits for one file-system
-  // round trip instead of two (each a hop through libuv's thread pool).
-  const [outputExists, encryptedInput] = await Promise.all([opts.force ? Promise.resolve(false) : exists(item.output), isEncrypted(item.input, opts.format)]);
-  if (outputExists) {
+  // An existing output is skipped (--skip-existing), or refused before keys are asked for an
+  // encrypted input (a KMS round trip, a passphrase check), so that a re-run batch says what to do
+  // per image. For a plain input the conversion's own check refuses it with the same code
+  // (ERR_OUTPUT_EXISTS) before it writes anything: looking here too would cost every image one more
+  // file-system round trip. With --skip-existing the two look-ups run together.
+  const skipping = !opts.force && opts.skipExisting === true;
+  const [encryptedInput, existing] = await Promise.all([isEncrypted(item.input, opts.format), skipping ? exists(item.output) : Promise.resolve(false)]);
+  if (existing || (!opts.force && !skipping && encryptedInput && (await exists(item.output)))) {
     if (opts.skipExisting) return { skipped: true };
     throw new CliError('ERR_OUTPUT_EXISTS', `the output ${item.output} already exists`, {
       exitCode: ExitCode.FAILURE,

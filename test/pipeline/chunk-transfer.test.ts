@@ -1,0 +1,230 @@
+// The copy jobs' chunks as native jobs (src/pipeline/chunk-transfer.ts: transferChunk reads,
+// encrypts and writes a chunk on one pool thread): byte-identical plain copies and the same
+// ciphertext as the engine, chunks across extent boundaries and in ZERO extents through the VMDK
+// layer, a truncated input, a full file system, and the whole jobs on tmpfs where copy.ts uses it.
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statfsSync, truncateSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createDisk, openDisk, type VirtualDisk } from '../../src/vmdk/index.js';
+import { createDataCipher } from '../../src/disk/for-pipeline.js';
+import { convertDisk, decryptDisk, encryptDisk } from '../../src/pipeline/index.js';
+import { ChunkTransfer, CHUNK_TRANSFER_ENV } from '../../src/pipeline/chunk-transfer.js';
+import { runChunks } from '../../src/pipeline/engine.js';
+import { chunked, type Span } from '../../src/pipeline/plan.js';
+import { TMPFS_MAGIC } from '../../src/pipeline/output-files.js';
+import { phraseLocker } from '../disk/helpers.js';
+
+const KiB = 1024;
+const MiB = 1 << 20;
+let dir: string;
+
+beforeEach(() => {
+  dir = mkdtempSync(join(tmpdir(), 'vmseal-ctransfer-'));
+});
+afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+/**
+ * A twoGbMaxExtentFlat-style disk of three extents made by hand: 2 MiB in a.bin (at file offset
+ * 0), 1 MiB of ZERO, 3 MiB in b.bin (at file offset 512 bytes). Returns the descriptor and the image.
+ */
+function threeExtents(): [string, Buffer] {
+  const a = randomBytes(2 * MiB);
+  const b = randomBytes(3 * MiB);
+  writeFileSync(join(dir, 'a.bin'), a);
+  writeFileSync(join(dir, 'b.bin'), Buffer.concat([Buffer.alloc(512, 0xee), b]));
+  const desc = join(dir, 'three.vmdk');
+  writeFileSync(
+    desc,
+    [
+      '# Disk DescriptorFile',
+      'version=1',
+      'CID=12345678',
+      'parentCID=ffffffff',
+      'createType="twoGbMaxExtentFlat"',
+      '',
+      '# Extent description',
+      `RW ${(2 * MiB) / 512} FLAT "a.bin" 0`,
+      `RW ${MiB / 512} ZERO`,
+      `RW ${(3 * MiB) / 512} FLAT "b.bin" 1`,
+      '',
+      'ddb.virtualHWVersion = "4"',
+      'ddb.adapterType = "lsilogic"',
+      '',
+    ].join('\n'),
+  );
+  return [desc, Buffer.concat([a, Buffer.alloc(MiB), b])];
+}
+
+async function readAll(disk: VirtualDisk): Promise<Buffer> {
+  const buf = Buffer.alloc(disk.capacity);
+  await disk.readInto(0, buf);
+  return buf;
+}
+
+/** Run `transfer` over the whole capacity in chunks of `chunkSize`, as copy.ts does. */
+async function runAll(transfer: ChunkTransfer, capacity: number, chunkSize: number): Promise<number> {
+  let done = 0;
+  async function* all(): AsyncIterable<Span> {
+    yield { offset: 0, length: capacity };
+  }
+  await runChunks({
+    chunks: chunked(all(), chunkSize),
+    chunkSize,
+    depth: 4,
+    what: 'test transfer',
+    read: (chunk, buf) => transfer.run(chunk, buf),
+    transform: async () => [],
+    write: () => Promise.reject(new Error('nothing is written after a transfer')),
+    done: (chunk) => {
+      done += chunk.length;
+    },
+  });
+  return done;
+}
+
+describe('ChunkTransfer', () => {
+  it('copies a three-extent flat disk byte for byte; chunks across extents or in the ZERO extent go through the VMDK layer', async () => {
+    const [input, image] = threeExtents();
+    const source = await openDisk(input, { readOnly: true });
+    const target = await createDisk(join(dir, 'out.vmdk'), { capacity: source.capacity, subformat: 'monolithicFlat' });
+    const transfer = (await ChunkTransfer.open({ source, target, cipher: null }))!;
+    expect(transfer).not.toBeNull();
+    try {
+      // 768 KiB chunks: some lie in one extent, some cross a boundary, one is in the ZERO extent.
+      expect(await runAll(transfer, source.capacity, 768 * KiB)).toBe(6 * MiB);
+      expect(transfer.nativeBytes).toBeGreaterThan(2 * MiB);
+      expect(transfer.nativeBytes).toBeLessThan(6 * MiB);
+    } finally {
+      await transfer.close();
+    }
+    expect((await readAll(target)).equals(image)).toBe(true);
+    await target.close();
+    await source.close();
+  });
+
+  it('encrypts into the same ciphertext as the data cipher on the whole image', async () => {
+    const [input, image] = threeExtents();
+    const source = await openDisk(input, { readOnly: true });
+    const target = await createDisk(join(dir, 'enc.vmdk'), { capacity: source.capacity, subformat: 'monolithicFlat' });
+    const key = randomBytes(64);
+    const cipher = createDataCipher('aes-256-xts', key, 4096);
+    const transfer = (await ChunkTransfer.open({ source, target, cipher }))!;
+    try {
+      await runAll(transfer, source.capacity, MiB);
+    } finally {
+      await transfer.close();
+    }
+    const want = Buffer.from(image);
+    await cipher.encrypt(want, 0);
+    expect((await readAll(target)).equals(want)).toBe(true);
+    cipher.dispose();
+    await target.close();
+    await source.close();
+  });
+
+  it('reports an input cut short after it was opened as ERR_VMDK_TRUNCATED', async () => {
+    const [input] = threeExtents();
+    const source = await openDisk(input, { readOnly: true });
+    const target = await createDisk(join(dir, 'out.vmdk'), { capacity: source.capacity, subformat: 'monolithicFlat' });
+    const transfer = (await ChunkTransfer.open({ source, target, cipher: null }))!;
+    truncateSync(join(dir, 'b.bin'), MiB);
+    try {
+      await expect(runAll(transfer, source.capacity, MiB)).rejects.toMatchObject({
+        code: 'ERR_VMDK_TRUNCATED',
+        message: expect.stringContaining('b.bin'),
+      });
+    } finally {
+      await transfer.close();
+      await target.close();
+      await source.close();
+    }
+  });
+
+  it('is not used for sparse outputs', async () => {
+    const [input] = threeExtents();
+    const source = await openDisk(input, { readOnly: true });
+    const target = await createDisk(join(dir, 'sparse.vmdk'), { capacity: source.capacity, subformat: 'monolithicSparse' });
+    expect(await ChunkTransfer.open({ source, target, cipher: null })).toBeNull();
+    await target.close();
+    await source.close();
+  });
+});
+
+// A full file system: a 2 MiB tmpfs mounted by the test (CI runs as root).
+const canMount = (() => {
+  if (process.getuid?.() !== 0) return false;
+  const probe = join(tmpdir(), `vmseal-mount-probe-${process.pid}`);
+  mkdirSync(probe, { recursive: true });
+  const r = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', probe]);
+  if (r.status === 0) spawnSync('umount', [probe]);
+  rmSync(probe, { recursive: true, force: true });
+  return r.status === 0;
+})();
+
+describe.skipIf(!canMount)('ChunkTransfer on a full file system', () => {
+  it('reports ENOSPC as ERR_VMDK_IO naming the output file', async () => {
+    const [input] = threeExtents();
+    const mnt = join(dir, 'small');
+    mkdirSync(mnt);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', mnt]);
+    try {
+      const source = await openDisk(input, { readOnly: true });
+      const target = await createDisk(join(mnt, 'out.vmdk'), { capacity: source.capacity, subformat: 'monolithicFlat' });
+      const transfer = (await ChunkTransfer.open({ source, target, cipher: null }))!;
+      try {
+        await expect(runAll(transfer, source.capacity, MiB)).rejects.toMatchObject({
+          code: 'ERR_VMDK_IO',
+          message: expect.stringMatching(/^cannot write \d+ bytes at offset \d+: ENOSPC \(.*out-flat\.vmdk\)$/),
+        });
+      } finally {
+        await transfer.close();
+        await target.close();
+        await source.close();
+      }
+    } finally {
+      execFileSync('umount', [mnt]);
+    }
+  });
+});
+
+// The jobs: copy.ts takes this path for flat outputs on tmpfs with VMSEAL_CHUNK_TRANSFER=1.
+const shm = existsSync('/dev/shm') && statfsSync('/dev/shm').type === TMPFS_MAGIC;
+
+describe.skipIf(!shm)('copy jobs on tmpfs', () => {
+  let folder: string;
+  beforeEach(() => {
+    folder = mkdtempSync(join('/dev/shm', 'vmseal-ctransfer-'));
+  });
+  afterEach(() => {
+    delete process.env[CHUNK_TRANSFER_ENV];
+    rmSync(folder, { recursive: true, force: true });
+  });
+
+  it('encrypt raw → monolithicFlat, decrypt back and convert flat → flat give the input, with or without the native transfer', async () => {
+    const image = randomBytes(9 * MiB + 4096);
+    const raw = join(folder, 'in.raw');
+    writeFileSync(raw, image);
+    const outputs: Buffer[] = [];
+    for (const setting of ['1', undefined]) {
+      if (setting === undefined) delete process.env[CHUNK_TRANSFER_ENV];
+      else process.env[CHUNK_TRANSFER_ENV] = setting;
+      const tag = setting ?? 'off';
+      const enc = join(folder, `enc-${tag}.vmdk`);
+      const r = await encryptDisk(raw, enc, { subformat: 'monolithicFlat', lockers: [phraseLocker('pw')], chunkSize: 2 * MiB });
+      expect(r.bytesProcessed).toBe(image.length);
+      const dec = join(folder, `dec-${tag}.raw`);
+      await decryptDisk(enc, dec, { keys: { passphrase: 'pw' }, subformat: 'raw' });
+      expect(readFileSync(dec).equals(image)).toBe(true);
+      const flat = join(folder, `flat-${tag}.vmdk`);
+      await convertDisk(dec, flat, { subformat: 'monolithicFlat' });
+      const again = join(folder, `again-${tag}.vmdk`);
+      await convertDisk(flat, again);
+      outputs.push(readFileSync(join(folder, `again-${tag}-flat.vmdk`)));
+    }
+    expect(outputs[0]!.equals(image)).toBe(true);
+    expect(outputs[1]!.equals(image)).toBe(true);
+  });
+});
