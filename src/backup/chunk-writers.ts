@@ -9,23 +9,25 @@
  *
  * A job: the chunk's bytes in a SharedArrayBuffer (no copy; the caller does not touch it until the
  * job is answered). The worker hashes them; if `<root>/<xx>/<hash>` is missing it writes the chunk
- * exactly as createFileAtomic (src/util/atomic-file.ts) does with syncFolder false — temp file
- * `<hash>.tmp-<pid>-<12 hex>` created exclusively with mode 0600, written whole, fchmod 0600,
- * fsync, closed, hard-linked to the final name (EEXIST: another writer stored it first: not ours),
- * temp unlinked; no hard links on the file system: exclusive create of the final name instead.
- * The folder fsync stays with the caller (Repository.syncChunkFolders, once per backup, before the
- * manifest names the chunk), so the crash story of docs/backup.md is unchanged.
+ * with createFileAtomicSync (src/util/atomic-file.ts: the steps and temp names of createFileAtomic,
+ * with syncFolder false), its temp name's suffix made on this thread (tempSuffix) and sent with the
+ * job. The folder fsync stays with the caller (Repository.syncChunkFolders, once per backup, before
+ * the manifest names the chunk), so the crash story of docs/backup.md is unchanged.
  *
- * The worker's code is the function `workerMain` below, sent as source text (`eval` worker): it
- * needs no separate file, which works the same from src/ under vitest and from the bundles in dist/.
- * It must therefore use nothing from this module's scope: it gets `require` as its argument.
+ * The worker's code is the function `workerMain` below, sent as source text (`eval` worker) with
+ * the source of createFileAtomicSync and the one function it calls: it needs no separate file, which
+ * works the same from src/ under vitest and from the bundles in dist/. It must therefore use nothing
+ * from this module's scope: it gets `require` and createFileAtomicSync as its arguments.
  *
  * `VMSEAL_BACKUP_CHUNK_THREADS=0` (for vmseal's own tests) stores on the JS thread through
  * Repository.putChunk instead: the crash tests' fault-injecting file layer patches node:fs/promises
- * of the JS thread only, so that is the path they model (the same steps in the same order).
+ * of the JS thread only, so that is the path they model (the same steps in the same order). A
+ * worker thread loads its own node:fs, which that layer cannot reach, and the layer's model of what
+ * is durable (which it rolls the files back to before it kills the process) lives on the JS thread.
  */
 import { Worker } from 'node:worker_threads';
 import { availableParallelism } from 'node:os';
+import { createFileAtomicSync, noHardLinks, tempSuffix } from '../util/atomic-file.js';
 import { sha256Hex, type Repository } from './repository.js';
 
 /** What a worker answers for a job. */
@@ -41,69 +43,25 @@ interface Job {
   root: string;
   buffer: SharedArrayBuffer;
   length: number;
+  /** The temp file's suffix (tempSuffix): `<hash><tmp>`. */
+  tmp: string;
 }
 
 type Answer = { id: number; hash: string; wrote: boolean } | { id: number; error: { message: string; code?: string; name?: string } };
 
 /* v8 ignore start -- runs in the worker, from its source text */
-function workerMain(req: NodeJS.Require): void {
+function workerMain(req: NodeJS.Require, createAtomic: typeof createFileAtomicSync): void {
   const { parentPort } = req('node:worker_threads') as typeof import('node:worker_threads');
-  const { createHash, randomBytes } = req('node:crypto') as typeof import('node:crypto');
+  const { createHash } = req('node:crypto') as typeof import('node:crypto');
   const fs = req('node:fs') as typeof import('node:fs');
   const { join } = req('node:path') as typeof import('node:path');
-  const MODE = 0o600;
-
-  const writeWhole = (fd: number, data: Uint8Array): void => {
-    for (let done = 0; done < data.length;) done += fs.writeSync(fd, data, done, data.length - done);
-  };
-  const writeSynced = (fd: number, data: Uint8Array): void => {
-    writeWhole(fd, data);
-    fs.fchmodSync(fd, MODE); // the umask may have narrowed the mode: set it exactly
-    fs.fsyncSync(fd);
-  };
-  /** createFileAtomic(file, data, 0o600, { syncFolder: false }), synchronously. */
-  const createAtomic = (file: string, data: Uint8Array): boolean => {
-    const tmp = `${file}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`;
-    const fd = fs.openSync(tmp, 'wx', MODE);
-    try {
-      writeSynced(fd, data);
-    } catch (err) {
-      fs.closeSync(fd);
-      fs.rmSync(tmp, { force: true });
-      throw err;
-    }
-    fs.closeSync(fd);
-    try {
-      fs.linkSync(tmp, file);
-      return true;
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code === 'EEXIST') return false;
-      if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EOPNOTSUPP' && code !== 'ENOSYS') throw err;
-      let fd2: number;
-      try {
-        fd2 = fs.openSync(file, 'wx', MODE);
-      } catch (err2) {
-        if ((err2 as NodeJS.ErrnoException).code === 'EEXIST') return false;
-        throw err2;
-      }
-      try {
-        writeSynced(fd2, data);
-      } finally {
-        fs.closeSync(fd2);
-      }
-      return true;
-    } finally {
-      fs.rmSync(tmp, { force: true });
-    }
-  };
 
   parentPort!.on('message', (job: Job) => {
     try {
       const data = new Uint8Array(job.buffer, 0, job.length);
       const hash = createHash('sha256').update(data).digest('hex');
       const file = join(job.root, hash.slice(0, 2), hash);
-      const wrote = fs.statSync(file, { throwIfNoEntry: false })?.isFile() ? false : createAtomic(file, data);
+      const wrote = fs.statSync(file, { throwIfNoEntry: false })?.isFile() ? false : createAtomic(fs, file, data, 0o600, `${file}${job.tmp}`);
       parentPort!.postMessage({ id: job.id, hash, wrote });
     } catch (err) {
       const e = err as NodeJS.ErrnoException;
@@ -113,7 +71,9 @@ function workerMain(req: NodeJS.Require): void {
 }
 /* v8 ignore stop */
 
-const SOURCE = `(${workerMain.toString()})(require);`;
+const SOURCE = `${noHardLinks.toString()}
+const createFileAtomicSync = ${createFileAtomicSync.toString()};
+(${workerMain.toString()})(require, createFileAtomicSync);`;
 
 /** Rebuild a worker's error on this thread (file-system errors keep their `code`, as an awaited fs call's would). */
 function reviveError(e: { message: string; code?: string; name?: string }): Error {
@@ -178,7 +138,7 @@ export class ChunkWriters {
     const id = this.nextId++;
     return new Promise<StoredChunk>((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
-      const job: Job = { id, root: this.root, buffer, length };
+      const job: Job = { id, root: this.root, buffer, length, tmp: tempSuffix() };
       w.postMessage(job);
     });
   }

@@ -13,6 +13,7 @@ import { openDisk, type VirtualDisk } from '../vmdk/index.js';
 import { acquireLock } from '../pipeline/lock.js';
 import { abortError } from '../pipeline/errors.js';
 import { expected } from '../errors.js';
+import { runWorkers } from '../util/run-workers.js';
 import { BackupError } from './errors.js';
 import {
   BACKUP_SUBFORMATS,
@@ -29,7 +30,8 @@ import { CHUNK_SIZE, POINT_ID_RE, newPointId, openRepository, type Repository } 
 import { ChunkWriters } from './chunk-writers.js';
 import { readPoint, readPoints } from './points.js';
 import { isChanged, readChangeBitmap, writeBaseline } from './change-bitmap.js';
-import { parentInLineage, RESTORED_FROM_KEY } from './lineage.js';
+import { parentInLineage } from './lineage.js';
+import { chainLayers, chainLineage, chainRecord, flattenedDescriptor, type PointChain } from './chain-point.js';
 
 export interface CreateBackupOptions {
   /** A name for the point, to restore it by (letters, digits, `.`, `_`, `-`; not `latest`). */
@@ -121,17 +123,18 @@ async function changePlan(
   } catch (err) {
     return { why: `the change bitmap's base point ${b.point} cannot be read: ${(err as Error).message}` };
   }
-  if (base.layers.length !== 1 || base.capacity !== disk.capacity || base.diskId !== diskId || base.plain !== plain) {
+  if (base.layers.length !== 1 || base.chain !== undefined || base.capacity !== disk.capacity || base.diskId !== diskId || base.plain !== plain) {
     return { why: `the change bitmap's base point ${b.point} is not of this disk as it is` };
   }
   return { bits: read.bitmap.bits, base };
 }
 
-function defaultHistory(disk: VirtualDisk, diskId: string | null): string {
-  const uuid = disk.descriptor?.get('ddb.uuid');
+/** The default history of `base` (a single disk, or a chain's base: a chain's points continue its base's history). */
+function defaultHistory(base: VirtualDisk, diskId: string | null): string {
+  const uuid = base.descriptor?.get('ddb.uuid');
   if (uuid !== undefined && HISTORY_RE.test(uuid)) return uuid;
   if (diskId !== null) return diskId;
-  const name = basename(disk.path);
+  const name = basename(base.path);
   return HISTORY_RE.test(name) ? name : 'disk';
 }
 
@@ -188,18 +191,15 @@ async function backUp(
       `${disk.path} is in the middle of an in-place job (${d.get('encryption.job')}); finish it first (vmseal resume)`,
     );
   }
-  const subformat = disk.format === 'raw' ? 'raw' : disk.subformat;
+  // A snapshot chain's layer: its merged view is stored shaped like the chain's base (chain-point.ts).
+  const layers = chainLayers(disk);
+  const shape = layers ? layers[0]! : disk;
+  const chain: PointChain | undefined = layers ? chainRecord(layers) : undefined;
+  const subformat = shape.format === 'raw' ? 'raw' : shape.subformat;
   if (!(BACKUP_SUBFORMATS as readonly string[]).includes(subformat)) {
     throw new BackupError(
       'ERR_BACKUP_UNSUPPORTED',
-      `${disk.path} is a ${subformat} disk, which backups do not store; convert it to monolithicSparse or monolithicFlat first`,
-    );
-  }
-  const parentCid = d?.get('parentCID');
-  if (parentCid !== undefined && parentCid.toLowerCase() !== 'ffffffff') {
-    throw new BackupError(
-      'ERR_BACKUP_UNSUPPORTED',
-      `${disk.path} is a snapshot child (parentCID ${parentCid}); backups of snapshot chains are not supported yet`,
+      `${shape.path} is a ${subformat} disk, which backups do not store; convert it to monolithicSparse or monolithicFlat first`,
     );
   }
   if (disk.capacity === 0 || disk.capacity % 512 !== 0) {
@@ -211,10 +211,10 @@ async function backUp(
   if (params && disk.capacity % params.unitSize !== 0) {
     throw new BackupError('ERR_BACKUP_UNSUPPORTED', `the capacity of ${disk.path} is not a multiple of its ${params.unitSize}-byte data unit`);
   }
-  const history = o.history ?? defaultHistory(disk, params?.diskId ?? null);
+  const history = o.history ?? defaultHistory(shape, params?.diskId ?? null);
   const previous = (await readPoints(repo, { skipDamaged: true })).filter((p) => p.history === history);
   // After a restore, the restored disk's points continue from the point it was restored from (lineage.ts).
-  const parent = parentInLineage(previous, d?.get(RESTORED_FROM_KEY) ?? '', repo.id);
+  const parent = parentInLineage(previous, chainLineage(layers ?? [disk]), repo.id);
 
   const entries: ChunkEntry[] = [];
   let newChunks = 0;
@@ -235,13 +235,13 @@ async function backUp(
   let done = false;
   // Hashing and storing run in worker threads (chunk-writers.ts); the reads stay here.
   const writers = new ChunkWriters(repo);
-  const worker = async (): Promise<void> => {
+  const worker = async (stopped: () => boolean): Promise<void> => {
     const shared = new SharedArrayBuffer(CHUNK_SIZE);
     const buf = Buffer.from(shared);
     for (;;) {
       if (o.signal?.aborted) throw abortError(o.signal, `the backup of ${disk.path}`);
       // One generator shared by the workers: next() calls are queued by the generator itself.
-      if (done) return;
+      if (done || stopped()) return;
       const n = await offsets.next();
       if (n.done) {
         done = true;
@@ -262,28 +262,21 @@ async function backUp(
       entries.push([off, hash]);
     }
   };
-  // The first failure stops every worker (none goes on reading or storing after the lock is released).
-  const guarded = (): Promise<void> =>
-    worker().catch((err: unknown) => {
-      done = true;
-      throw err;
-    });
-  // Wait for every worker to stop before the locks and files are released, then report the first failure.
-  let settled: PromiseSettledResult<void>[];
+  // Every worker has stopped (none goes on reading or storing) before the threads, files and locks are released.
   try {
-    settled = await Promise.allSettled(Array.from({ length: PARALLEL }, guarded));
+    await runWorkers(PARALLEL, worker);
   } finally {
     await writers.close();
   }
-  const failure = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-  if (failure) throw failure.reason;
   entries.sort((a, b) => a[0] - b[0]);
   await repo.syncChunkFolders(written);
 
   const now = new Date();
   const id = newPointId(now);
-  const grainSize = subformat.endsWith('Sparse') ? (disk.grainSize ?? null) : null;
-  const extentSize = subformat.startsWith('twoGbMaxExtent') && d && d.extents.length > 1 ? d.extents[0]!.sectors * 512 : null;
+  const sd = shape.descriptor;
+  const grainSize = subformat.endsWith('Sparse') ? (shape.grainSize ?? null) : null;
+  const extentSize = subformat.startsWith('twoGbMaxExtent') && sd && sd.extents.length > 1 ? sd.extents[0]!.sectors * 512 : null;
+  const descriptor = layers ? flattenedDescriptor(layers).toString() : d ? d.toString() : null;
   const manifest: PointManifest = {
     format: MANIFEST_FORMAT,
     version: MANIFEST_VERSION,
@@ -299,7 +292,8 @@ async function backUp(
     chunkSize: CHUNK_SIZE,
     unitSize: params?.unitSize ?? null,
     diskId: params?.diskId ?? null,
-    layers: [{ subformat: subformat as BackupSubformat, descriptor: d ? d.toString() : null, capacity: disk.capacity, grainSize, extentSize, chunks: entries }],
+    layers: [{ subformat: subformat as BackupSubformat, descriptor, capacity: disk.capacity, grainSize, extentSize, chunks: entries }],
+    ...(chain ? { chain } : {}),
     stats: { chunks: entries.length, newChunks, newBytes },
   };
   await repo.writePointText(id, serializeManifest(manifest));

@@ -16,3 +16,5 @@ export {
   type PruneBackupOptions,
   type PruneBackupResult,
 } from './maintain.js';
+export { rewrapBackup, type RewrapBackupOptions, type RewrapBackupResult } from './rewrap.js';
+export type { PointChain, ChainLayerRecord } from './chain-point.js';

@@ -4,6 +4,7 @@ import { BackupError } from './errors.js';
 import type { PointManifest } from './manifest.js';
 import { readPoint, readPoints, resolvePoint } from './points.js';
 import { CHUNK_SIZE, openRepository } from './repository.js';
+import { pointsToPrune, type PruneRules } from './prune-select.js';
 
 /** What `backup list` shows of a point: the manifest's own fields, and the top layer's chunk counts. */
 export interface PointSummary extends Pick<PointManifest, 'id' | 'name' | 'history' | 'parent' | 'time' | 'plain' | 'source' | 'capacity'> {
@@ -12,6 +13,8 @@ export interface PointSummary extends Pick<PointManifest, 'id' | 'name' | 'histo
   /** Non-zero chunks the point lists, and how many of them its backup wrote. */
   chunks: number;
   newChunks: number;
+  /** For a point of a snapshot chain's layer: how many layers the chain had up to it (its merged view is stored); else 0. */
+  chainLayers: number;
 }
 
 export function summarize(m: PointManifest): PointSummary {
@@ -28,6 +31,7 @@ export function summarize(m: PointManifest): PointSummary {
     subformat: top.subformat,
     chunks: m.layers.reduce((n, l) => n + l.chunks.length, 0),
     newChunks: m.stats.newChunks,
+    chainLayers: m.chain?.layers.length ?? 0,
   };
 }
 
@@ -127,7 +131,14 @@ export async function verifyBackup(repoPath: string, point?: string, options: { 
 
 export interface PruneBackupOptions {
   /** Points to keep in each history, the newest ones (at least 1). */
-  keepLast: number;
+  keepLast?: number;
+  /**
+   * Remove the points of each history made under an older disk key (DEK): those whose disk id is not
+   * that of the history's newest encrypted point (a deep rekey changes it). Plain points stay.
+   */
+  beforeRekey?: boolean;
+  /** Remove every plain point (its chunks are plaintext). */
+  plain?: boolean;
   /** Wait this long for the exclusive repository lock (default: `0`). */
   lockWaitMs?: number;
 }
@@ -139,31 +150,36 @@ export interface PruneBackupResult {
   freedBytes: number;
 }
 
+function checkPruneRules(options: PruneBackupOptions): PruneRules {
+  const bad = (what: string, name: string, value: unknown): BackupError => new BackupError('ERR_INVALID_ARGUMENT', expected(what, name, value));
+  const { keepLast, beforeRekey, plain } = options;
+  if (keepLast !== undefined && (!Number.isSafeInteger(keepLast) || keepLast < 1)) throw bad('a positive integer', 'options.keepLast', keepLast);
+  if (beforeRekey !== undefined && typeof beforeRekey !== 'boolean') throw bad('a boolean', 'options.beforeRekey', beforeRekey);
+  if (plain !== undefined && typeof plain !== 'boolean') throw bad('a boolean', 'options.plain', plain);
+  if (keepLast === undefined && beforeRekey !== true && plain !== true) {
+    throw new BackupError('ERR_INVALID_ARGUMENT', 'prune needs a rule: keepLast (--keep-last N), beforeRekey (--before-rekey) or plain (--plain)');
+  }
+  return { keepLast, beforeRekey, plain };
+}
+
 /**
- * Keep the newest `keepLast` points of each history and delete the others, then every chunk no
- * remaining point names (and temp files of killed writers). Under the exclusive repository lock, so
- * no backup runs meanwhile (a running one may count on a chunk it found present). Crash-safe by its
- * order: manifests are deleted (and their folder synced) before any chunk, so a crash leaves at
- * worst unreferenced chunks, which the next prune deletes. A damaged manifest stops it (its chunks
- * are unknown, so none could be deleted safely): verify names it.
+ * Delete the points the rules pick (prune-select.ts: keepLast, beforeRekey, plain; several rules
+ * remove the union), then every chunk no remaining point names (and temp files of killed writers).
+ * Under the exclusive repository lock, so no backup runs meanwhile (a running one may count on a
+ * chunk it found present). Crash-safe by its order: manifests are deleted (and their folder synced)
+ * before any chunk, so a crash leaves at worst unreferenced chunks, which the next prune deletes. A
+ * damaged manifest stops it (its chunks are unknown, so none could be deleted safely): verify names it.
  */
 export async function pruneBackup(repoPath: string, options: PruneBackupOptions): Promise<PruneBackupResult> {
   if (options === null || typeof options !== 'object') throw new BackupError('ERR_INVALID_ARGUMENT', expected('an object', 'options', options));
-  const keep = options.keepLast;
-  if (!Number.isSafeInteger(keep) || keep < 1) throw new BackupError('ERR_INVALID_ARGUMENT', expected('a positive integer', 'options.keepLast', keep));
+  const rules = checkPruneRules(options);
   const repo = await openRepository(repoPath);
   const lock = await repo.lock('exclusive', 'prune', waitOf(options));
   try {
     const points = await readPoints(repo);
-    const byHistory = new Map<string, PointManifest[]>();
-    for (const p of points) byHistory.set(p.history, [...(byHistory.get(p.history) ?? []), p]);
-    const removed: string[] = [];
-    const kept: PointManifest[] = [];
-    for (const list of byHistory.values()) {
-      // Oldest first (ids sort by time).
-      removed.push(...list.slice(0, Math.max(0, list.length - keep)).map((p) => p.id));
-      kept.push(...list.slice(Math.max(0, list.length - keep)));
-    }
+    const chosen = pointsToPrune(points, rules);
+    const removed = points.filter((p) => chosen.has(p.id)).map((p) => p.id);
+    const kept = points.filter((p) => !chosen.has(p.id));
     for (const id of removed) await repo.removePoint(id);
     if (removed.length > 0) await repo.syncPoints();
     const referenced = new Set<string>();

@@ -1,10 +1,11 @@
 /**
  * The manifest of a backup point: `points/<id>.json`, UTF-8 JSON (docs/backup.md gives every field).
  *
- * A point lists LAYERS, bottom first, so that a snapshot chain (base, then each child) fits the same
- * format: each layer has its own descriptor text (KeySafe included), subformat and chunk list, and
- * the point's disk is the top layer read over those below. Today's writer stores one layer: the
- * whole virtual ciphertext view of a single-layer disk.
+ * A point lists LAYERS, bottom first (each with its descriptor text, KeySafe included, subformat and
+ * chunk list; the point's disk is the top layer read over those below). This version writes one
+ * layer: the whole virtual ciphertext view of the disk — for a layer of a snapshot chain, the
+ * chain's merged view under a flattened descriptor, the real layers being recorded in `chain`
+ * (chain-point.ts) — and restores only one-layer points.
  *
  * Manifests carry no key and no MAC: whoever can write the repository can write a manifest, so
  * repository writers are trusted. The reader still refuses anything that could make a restore write
@@ -13,6 +14,7 @@
  */
 import { Descriptor, MAX_DESCRIPTOR_BYTES } from '../vmdk/index.js';
 import { BackupError } from './errors.js';
+import type { PointChain } from './chain-point.js';
 import { CHUNK_SIZE, POINT_ID_RE, isChunkHash } from './repository.js';
 
 export const MANIFEST_FORMAT = 'vmseal-backup-point';
@@ -70,6 +72,12 @@ export interface PointManifest {
   /** encryption.diskId of an encrypted disk; null for a plain one. */
   diskId: string | null;
   layers: PointLayer[];
+  /**
+   * Present only on a point of a snapshot chain's layer (chain-point.ts): the chain's real layers,
+   * base first, and which one was backed up. `layers` then holds one layer, the chain's merged view
+   * with a flattened descriptor.
+   */
+  chain?: PointChain;
   /** Counts of the backup that made the point: chunks listed, chunks it wrote, bytes it wrote. */
   stats: { chunks: number; newChunks: number; newBytes: number };
 }
@@ -130,6 +138,29 @@ function checkLayer(id: string, l: unknown, i: number): PointLayer {
   return { subformat, descriptor, capacity, grainSize: l.grainSize, extentSize: l.extentSize, chunks: l.chunks as ChunkEntry[] };
 }
 
+/** The `chain` field: 2 to MAX_LAYERS layers of parseable descriptors, `backedUp` the last, over a one-layer point. */
+function checkChain(id: string, c: unknown, layerCount: number): PointChain {
+  if (!isObject(c) || !Array.isArray(c.layers) || c.layers.length < 2 || c.layers.length > MAX_LAYERS) {
+    throw bad(id, `"chain" is not an object with 2 to ${MAX_LAYERS} layers`);
+  }
+  if (layerCount !== 1) throw bad(id, '"chain" is given but "layers" holds more than the merged view');
+  if (c.backedUp !== c.layers.length - 1) throw bad(id, '"chain.backedUp" is not the index of the last layer');
+  const layers = (c.layers as unknown[]).map((l, i) => {
+    const at = `chain.layers[${i}]`;
+    if (!isObject(l) || typeof l.path !== 'string' || typeof l.subformat !== 'string' || typeof l.descriptor !== 'string') {
+      throw bad(id, `${at} is not {path, subformat, descriptor}`);
+    }
+    if (Buffer.byteLength(l.descriptor) > MAX_DESCRIPTOR_BYTES) throw bad(id, `${at}.descriptor is too long`);
+    try {
+      Descriptor.parse(l.descriptor);
+    } catch (err) {
+      throw bad(id, `${at}.descriptor does not parse: ${(err as Error).message}`);
+    }
+    return { path: l.path, subformat: l.subformat, descriptor: l.descriptor };
+  });
+  return { layers, backedUp: layers.length - 1 };
+}
+
 /** Parse and check a manifest read from `points/<id>.json` of the repository `repositoryId`. */
 export function parseManifest(text: string, id: string, repositoryId: string): PointManifest {
   if (text.length > MAX_MANIFEST_BYTES) throw bad(id, `it is larger than ${MAX_MANIFEST_BYTES} bytes`);
@@ -162,6 +193,7 @@ export function parseManifest(text: string, id: string, repositoryId: string): P
     const encrypted = l.descriptor !== null && Descriptor.parse(l.descriptor).isEncrypted();
     if (encrypted === m.plain) throw bad(id, `"plain" is ${String(m.plain)} but a layer's descriptor is ${encrypted ? '' : 'not '}encrypted`);
   }
+  const chain = m.chain === undefined ? undefined : checkChain(id, m.chain, layers.length);
   const s = m.stats;
   if (!isObject(s) || !isCount(s.chunks) || !isCount(s.newChunks) || !isCount(s.newBytes)) throw bad(id, '"stats" is not {chunks, newChunks, newBytes}');
   return {
@@ -180,6 +212,7 @@ export function parseManifest(text: string, id: string, repositoryId: string): P
     unitSize: m.unitSize as number | null,
     diskId: m.diskId as string | null,
     layers,
+    ...(chain ? { chain } : {}),
     stats: { chunks: s.chunks, newChunks: s.newChunks, newBytes: s.newBytes },
   };
 }

@@ -16,7 +16,10 @@
  * The target of every chunk is fixed (the point's, checked by hash before it is written), so the job
  * needs no copy of what it overwrites: resume (resumeBackupRestore, `vmseal resume`) writes "during"
  * again, repeats the whole comparison — the chunks already rolled back now compare equal — and
- * finishes. The disk is locked exclusively (its lock and every file name it has) and the repository
+ * finishes. With a change bitmap of the disk (change-bitmap.ts) that is valid and counts from this
+ * very point, step 3 compares only the chunks it marks: the others are the point's. A resume always
+ * compares every chunk (step 2 changed the disk's generation, so the bitmap no longer applies).
+ * The disk is locked exclusively (its lock and every file name it has) and the repository
  * shared (a prune cannot remove a chunk under the job) for the whole job, and for a resume.
  *
  * The "final" descriptor is the point's, on DISK's extent lines, except two lines: the KeySafe stays
@@ -34,12 +37,16 @@ import { diskFiles, realDiskPath } from '../pipeline/paths.js';
 import { locateDescriptor, removeStaleDescriptorTemps, writeDescriptor } from '../pipeline/descriptor-io.js';
 import { abortError } from '../pipeline/errors.js';
 import { expected } from '../errors.js';
+import { runWorkers } from '../util/run-workers.js';
 import { allocatedChunks } from './create.js';
+import { chainLayers } from './chain-point.js';
 import { BackupError } from './errors.js';
 import { newRestoredFrom, RESTORED_FROM_KEY } from './lineage.js';
 import type { PointLayer, PointManifest } from './manifest.js';
 import { readPoint, resolvePoint } from './points.js';
 import { CHUNK_SIZE, openRepository, sha256Hex, type Repository } from './repository.js';
+import { putChunkKeepingHoles } from './chunk-blocks.js';
+import { isChanged, readChangeBitmap } from './change-bitmap.js';
 
 export interface RestoreOverOptions {
   /** With point `latest` or a name: look only at this history's points. */
@@ -94,9 +101,9 @@ export async function restoreBackupOver(repoPath: string, point: string, diskPat
         await pending.close();
         throw new BackupError('ERR_INTERRUPTED_JOB', `${p} has an unfinished ${op} job (journal ${journalPathOf(p)}); finish it first (vmseal resume ${p})`);
       }
-      const header = await planRollback(repo, m, layer, p);
+      const { header, changed } = await planRollback(repo, m, layer, p);
       const journal = await Journal.create(p, header, journalKey(repo));
-      return runRollback(p, journal, repo, m, layer, false, options.signal);
+      return runRollback(p, journal, repo, m, layer, false, options.signal, changed);
     });
   } finally {
     repoLock.release();
@@ -177,10 +184,23 @@ async function withDisk<T>(path: string, fn: () => Promise<T>): Promise<T> {
 }
 
 /** Check that the disk is the point's (refused otherwise: ERR_BACKUP_NOT_SAME_DISK) and make the journal's header. */
-async function planRollback(repo: Repository, m: PointManifest, layer: PointLayer, path: string): Promise<JournalHeader> {
+async function planRollback(
+  repo: Repository,
+  m: PointManifest,
+  layer: PointLayer,
+  path: string,
+): Promise<{ header: JournalHeader; changed: Buffer | undefined }> {
   const disk = await openDisk(path, { readOnly: true, allowEncrypted: true, format: 'vmdk' });
   let current: Descriptor;
   try {
+    const layers = chainLayers(disk);
+    if (layers) {
+      // The rollback writes the disk's own files: a child's would shadow its parents only in part.
+      throw new BackupError(
+        'ERR_BACKUP_UNSUPPORTED',
+        `${path} is a snapshot layer over ${layers[layers.length - 2]!.path}; a rollback rewrites a single disk in place: commit the chain first (vmseal snapshot commit), or restore the point to a new OUT`,
+      );
+    }
     current = disk.descriptor!;
     if (current.has('encryption.job'))
       throw new BackupError(
@@ -209,7 +229,11 @@ async function planRollback(repo: Repository, m: PointManifest, layer: PointLaye
     const final = finalDescriptor(current, saved, newRestoredFrom(repo.id, m.id));
     const toParams: JournalParams = { ...now, dataCheck: saved.get('encryption.dataCheck') };
     if (toParams.dataCheck === undefined) delete toParams.dataCheck;
-    return {
+    // Read before step 2 changes the disk's generation: the chunks changed since this point, if the bitmap says.
+    const read = await readChangeBitmap(disk);
+    const base = 'bitmap' in read ? read.bitmap.base : null;
+    const changed = 'bitmap' in read && base?.repository === repo.id && base.point === m.id ? read.bitmap.bits : undefined;
+    const header: JournalHeader = {
       version: 2,
       operation: JOB,
       disk: basename(path),
@@ -222,6 +246,7 @@ async function planRollback(repo: Repository, m: PointManifest, layer: PointLaye
       descriptor: { during: during.toBuffer().toString('base64'), final: final.toBuffer().toString('base64') },
       restore: { repository: repo.path, point: m.id },
     };
+    return { header, changed };
   } finally {
     await disk.close();
   }
@@ -248,6 +273,7 @@ async function runRollback(
   layer: PointLayer,
   resumed: boolean,
   signal: AbortSignal | undefined,
+  changed?: Buffer,
 ): Promise<RestoreOverResult> {
   const h = journal.header;
   try {
@@ -262,7 +288,7 @@ async function runRollback(
     let counts: { written: number; same: number; bytes: number };
     try {
       if (disk.capacity !== layer.capacity) throw new BackupError('ERR_BACKUP_NOT_SAME_DISK', `${path} has changed size since the rollback began`);
-      counts = await rollChunks(repo, disk, layer, signal);
+      counts = await rollChunks(repo, disk, layer, signal, changed);
       await disk.flush();
     } finally {
       await disk.close();
@@ -275,8 +301,16 @@ async function runRollback(
   }
 }
 
-/** Offsets of the chunks to compare: those the disk allocates and those the point lists, in order, each once. */
-async function chunkOffsets(disk: VirtualDisk, layer: PointLayer): Promise<number[]> {
+/**
+ * Offsets of the chunks to compare: those the disk allocates and those the point lists, in order,
+ * each once; with a change bitmap counting from the point, only those it marks.
+ */
+async function chunkOffsets(disk: VirtualDisk, layer: PointLayer, changed: Buffer | undefined): Promise<number[]> {
+  if (changed) {
+    const marked: number[] = [];
+    for (let i = 0; i * CHUNK_SIZE < layer.capacity; i++) if (isChanged(changed, i)) marked.push(i * CHUNK_SIZE);
+    return marked;
+  }
   const set = new Set<number>(layer.chunks.map(([off]) => off));
   for await (const off of allocatedChunks(disk)) set.add(off);
   return [...set].sort((a, b) => a - b);
@@ -290,21 +324,21 @@ async function rollChunks(
   disk: VirtualDisk,
   layer: PointLayer,
   signal: AbortSignal | undefined,
+  changed: Buffer | undefined,
 ): Promise<{ written: number; same: number; bytes: number }> {
   const target = new Map<number, string>(layer.chunks);
-  const sparse = layer.grainSize !== null;
   const grain = layer.grainSize ?? CHUNK_SIZE;
-  const offsets = await chunkOffsets(disk, layer);
+  const offsets = await chunkOffsets(disk, layer, changed);
   let next = 0;
-  let failed = false;
   let written = 0;
   let same = 0;
   let bytes = 0;
   // Each chunk is compared and rewritten by one worker; chunks are disjoint, so their order does not matter.
-  const worker = async (): Promise<void> => {
+  // The first failure stops every worker; all have stopped before the disk is closed.
+  await runWorkers(PARALLEL, async (stopped) => {
     const now = Buffer.allocUnsafe(CHUNK_SIZE);
     const want = Buffer.allocUnsafe(CHUNK_SIZE);
-    while (!failed && next < offsets.length) {
+    while (!stopped() && next < offsets.length) {
       if (signal?.aborted) throw abortError(signal, `the rollback of ${disk.path} (run vmseal resume ${disk.path} to finish it)`);
       const off = offsets[next++]!;
       const len = Math.min(CHUNK_SIZE, layer.capacity - off);
@@ -318,28 +352,11 @@ async function rollChunks(
       const data = want.subarray(0, len);
       if (hash === undefined) data.fill(0);
       else await repo.readChunk(hash, data); // checked against its hash before any of it is written
-      // A sparse disk gets the point's allocation: zero grains are holes (see restore.ts), others are written.
-      for (let s = 0; s < len; s += grain) {
-        const e = Math.min(s + grain, len);
-        const block = data.subarray(s, e);
-        if (sparse && block.equals(ZERO.subarray(0, e - s))) {
-          await disk.deallocate(off + s, e - s);
-          continue;
-        }
-        await disk.write(off + s, block);
-        bytes += e - s;
-      }
+      // A sparse disk gets the point's allocation: zero grains become holes, others are written.
+      const put = await putChunkKeepingHoles(disk, off, data, grain, layer.grainSize !== null ? 'deallocate' : 'write');
+      bytes += put; // (not `bytes += await`: that would add to the value read before the other workers' writes)
       written++;
     }
-  };
-  // The first failure stops every worker; all have stopped before the disk is closed.
-  const guarded = (): Promise<void> =>
-    worker().catch((err: unknown) => {
-      failed = true;
-      throw err;
-    });
-  const settled = await Promise.allSettled(Array.from({ length: PARALLEL }, guarded));
-  const failure = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-  if (failure) throw failure.reason;
+  });
   return { written, same, bytes };
 }

@@ -26,6 +26,7 @@ import { describeKeySafe, type KeyCache, type LockerSpec } from '../keys/index.j
 import { NameReservations } from '../pipeline/lock.js';
 import { abortError } from '../pipeline/errors.js';
 import { expected } from '../errors.js';
+import { runWorkers } from '../util/run-workers.js';
 import { BackupError } from './errors.js';
 import type { PointLayer, PointManifest } from './manifest.js';
 import { resolvePoint } from './points.js';
@@ -33,6 +34,7 @@ import { newRestoredFrom, RESTORED_FROM_KEY } from './lineage.js';
 import { rekeyRestored, type RestoreKeys, type RestoreRekey } from './restore-keys.js';
 import { cleanStaleRestoreStages, makeRestoreStage, removeRestoreStage } from './restore-staging.js';
 import { CHUNK_SIZE, openRepository, type Repository } from './repository.js';
+import { FLAT_BLOCK, putChunkKeepingHoles } from './chunk-blocks.js';
 
 export interface RestoreBackupOptions {
   /** With point `latest` or a name: look only at this history's points. */
@@ -71,8 +73,6 @@ export interface RestoreBackupResult {
 }
 
 const PARALLEL = 4;
-/** Zero blocks of this size are not written to flat extents and raw images (they stay host holes). */
-const FLAT_BLOCK = 64 * 1024;
 /** Lines createDisk writes itself: the point's values are set over them after creation. */
 const TEMPLATE_KEYS = new Set(['version', 'CID', 'parentCID', 'createType']);
 
@@ -265,47 +265,17 @@ async function writeChunks(
   const block = layer.grainSize ?? FLAT_BLOCK;
   let next = 0;
   let bytes = 0;
-  let failed = false;
-  const worker = async (): Promise<void> => {
+  // The first failure (a bad chunk) stops every worker before the staged disk is closed and removed.
+  await runWorkers(PARALLEL, async (stopped) => {
     const buf = Buffer.allocUnsafe(CHUNK_SIZE);
-    while (!failed && next < layer.chunks.length) {
+    while (!stopped() && next < layer.chunks.length) {
       if (signal?.aborted) throw abortError(signal, `the restore to ${disk.path}`);
       const [off, hash] = layer.chunks[next++]!;
       const data = buf.subarray(0, Math.min(CHUNK_SIZE, layer.capacity - off));
       await repo.readChunk(hash, data);
-      for (const [s, e] of nonZeroRuns(data, block)) {
-        await disk.write(off + s, data.subarray(s, e));
-        bytes += e - s;
-      }
+      const put = await putChunkKeepingHoles(disk, off, data, block, 'skip'); // a new disk: its holes read as zeros
+      bytes += put; // (not `bytes += await`: that would add to the value read before the other workers' writes)
     }
-  };
-  // The first failure (a bad chunk) stops every worker before the staged disk is closed and removed.
-  const guarded = (): Promise<void> =>
-    worker().catch((err: unknown) => {
-      failed = true;
-      throw err;
-    });
-  // Wait for every worker to stop before the locks and files are released, then report the first failure.
-  const settled = await Promise.allSettled(Array.from({ length: PARALLEL }, guarded));
-  const failure = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-  if (failure) throw failure.reason;
+  });
   return { chunks: layer.chunks.length, bytes };
-}
-
-/** [start, end) runs of `data` made of `block`-sized blocks that are not all zeros. */
-function nonZeroRuns(data: Buffer, block: number): Array<[number, number]> {
-  const runs: Array<[number, number]> = [];
-  for (let s = 0; s < data.length; s += block) {
-    const e = Math.min(s + block, data.length);
-    if (isZero(data.subarray(s, e))) continue;
-    const last = runs[runs.length - 1];
-    if (last && last[1] === s) last[1] = e;
-    else runs.push([s, e]);
-  }
-  return runs;
-}
-
-const ZERO_BLOCK = Buffer.alloc(CHUNK_SIZE);
-function isZero(b: Buffer): boolean {
-  return b.equals(ZERO_BLOCK.subarray(0, b.length));
 }

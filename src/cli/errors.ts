@@ -249,6 +249,10 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
     exitCode: ExitCode.USAGE,
     hint: 'A rollback in place works only on the disk the point was taken of: restore the point to a new file instead (`vmseal backup restore REPO POINT OUT`)',
   },
+  ERR_BACKUP_LAST_LOCKER: {
+    exitCode: ExitCode.USAGE,
+    hint: 'Every point must keep a locker: add another one to the disk (`vmseal rekey --shallow`), back it up again, and prune the older points (`vmseal backup prune`)',
+  },
   // VM state files, the VM folder manifest, the vTPM
   ERR_VM_STATE_FORMAT: {
     exitCode: ExitCode.FORMAT,
@@ -328,6 +332,10 @@ const EXISTS_BY_COMMAND: Record<string, string> = {
  * Hints that depend on the command: a hint may only name options of the command that printed it
  * (`decrypt` has no --in-place, `rekey` no OUT), so the general hint above is replaced here.
  */
+/** A live commit that failed after the export closed its chain (see src/serve/commit.ts). */
+const LOST_DISK_HINT =
+  'If the export has no usable disk now, detach it (vmseal host detach NAME), finish an interrupted commit with vmseal resume CHILD, and attach the disk again';
+
 const BY_COMMAND: Record<string, Record<string, string>> = {
   ERR_SAME_FILE: { encrypt: 'Give an output path other than the input, or use --in-place' },
   ERR_NO_SPACE: {
@@ -340,7 +348,12 @@ const BY_COMMAND: Record<string, Record<string, string>> = {
     convert: 'Write an encrypted disk as monolithicSparse, monolithicFlat or a twoGbMaxExtent subformat, or add --decrypt for a plain copy',
   },
   ERR_SERVE_LISTEN: { serve: 'Choose another --socket path or --listen port, or stop the server that uses it' },
-  ERR_SERVE_EXPORT: { serve: 'Give each disk its own export name with --export NAME=DISK', 'host attach': 'Give the disk another export name with --name' },
+  ERR_SERVE_EXPORT: {
+    serve: 'Give each disk its own export name with --export NAME=DISK',
+    'host attach': 'Give the disk another export name with --name',
+    'host commit': LOST_DISK_HINT,
+    'host backup': LOST_DISK_HINT,
+  },
   ERR_SERVE_CONTROL: {
     serve: 'Stop the other vmseal serve that uses this control socket, or give --control another path (in a folder only you can reach)',
   },
@@ -349,6 +362,9 @@ const BY_COMMAND: Record<string, Record<string, string>> = {
     'host attach': NO_SERVER_HINT,
     'host detach': NO_SERVER_HINT,
     'host unlock': NO_SERVER_HINT,
+    'host snapshot': NO_SERVER_HINT,
+    'host commit': NO_SERVER_HINT,
+    'host backup': NO_SERVER_HINT,
   },
   ERR_SERVE_TLS: { serve: 'Check --tls-cert, --tls-key (the unencrypted PEM key of that certificate) and --tls-ca (PEM)' },
   ERR_SERVE_INSECURE: {

@@ -503,9 +503,18 @@ Examples:
     .addOption(hostHome())
     .action((name: string, opts) => commands.host().then((m) => m.hostSnapshot(ctx, name, opts)));
   host
+    .command('commit')
+    .description(
+      "merge the top layer of a served snapshot chain back into its parent, live: writes (and reads) wait while the child's data is copied, then the export serves the parent; prints it",
+    )
+    .argument('<NAME>', 'export name')
+    .addOption(controlOption())
+    .addOption(hostHome())
+    .action((name: string, opts) => commands.host().then((m) => m.hostCommit(ctx, name, opts)));
+  host
     .command('backup')
     .description(
-      'a consistent backup point of a served disk: a live snapshot, then a backup of the frozen layer into REPO (no key needed); prints the point id. The new snapshot child stays: the export is a snapshot chain afterwards',
+      'a consistent backup point of a served disk: a live snapshot, a backup of the frozen layer into REPO (no key needed), then a live commit of the snapshot back into the disk; prints the point id',
     )
     .argument('<NAME>', 'export name')
     .argument('<REPO>', 'repository folder (vmseal backup init)')
@@ -635,13 +644,17 @@ Examples:
     .action((repo: string, point: string | undefined, opts) => commands.backup().then((m) => m.backupVerify(ctx, repo, point, opts)));
   backup
     .command('prune')
-    .description('keep the newest N points of each history; delete the others and every chunk no remaining point names')
+    .description(
+      'delete the points the rules pick (several rules: every point any of them picks), then every chunk no remaining point names; give at least one rule',
+    )
     .argument('<REPO>', 'repository folder')
     .addOption(
-      new Option('--keep-last <n>', 'points to keep per history')
-        .makeOptionMandatory()
-        .argParser((v) => parseInteger(v, '--keep-last', { min: 1, max: 1_000_000 })),
+      new Option('--keep-last <n>', 'keep the newest N points of each history, delete the others').argParser((v) =>
+        parseInteger(v, '--keep-last', { min: 1, max: 1_000_000 }),
+      ),
     )
+    .option('--before-rekey', "delete the points made under an older disk key than each history's newest encrypted point (after a deep rekey)")
+    .option('--plain', 'delete every plain point (points of plain disks hold plaintext)')
     .addOption(waitOption())
     .action((repo: string, opts) => commands.backup().then((m) => m.backupPrune(ctx, repo, opts)));
   const restore = backup
@@ -667,6 +680,19 @@ Examples:
     .addOption(waitOption());
   addKeyOptions(restore, false);
   restore.action((repo: string, point: string, out: string | undefined, opts) => commands.backup().then((m) => m.backupRestore(ctx, repo, point, out, opts)));
+  const rewrap = backup
+    .command('rewrap')
+    .description(
+      "remove a locker from every point's KeySafe (after a leaked key-encryption key or passphrase): each manifest is rewritten atomically without it; needs a key that opens the points (another locker's provider, or the recovery passphrase). A point left with no locker is refused before anything changes. The data and disk key stay: after a leak, a deep rekey and prune --before-rekey also remove the old key's points",
+    )
+    .argument('<REPO>', 'repository folder')
+    .requiredOption(
+      '--remove-locker <which>',
+      "the lockers to remove: 'passphrase', 'provider', or a locker's id (a provider locker's key id, a passphrase locker's id)",
+    )
+    .addOption(waitOption());
+  addKeyOptions(rewrap, false);
+  rewrap.action((repo: string, opts) => commands.backup().then((m) => m.backupRewrap(ctx, repo, opts)));
   backup.addHelpText(
     'after',
     `
@@ -676,6 +702,8 @@ Examples:
   vmseal backup list /backups/repo
   vmseal backup verify /backups/repo
   vmseal backup prune /backups/repo --keep-last 7
+  vmseal backup prune /backups/repo --before-rekey
+  vmseal backup rewrap /backups/repo --remove-locker passphrase --kms kms:5696 …
   vmseal backup restore /backups/repo latest restored.vmdk
   vmseal backup restore /backups/repo nightly --over disk-enc.vmdk
   vmseal backup restore /backups/repo nightly site-b.vmdk --rewrap-to kmip --kms kms.site-b:5696 --kms-ca ca.pem --kms-cert c.pem --kms-key k.pem`,

@@ -10,7 +10,7 @@ export { dataCheckOf } from './data-check.js';
 export { EncryptedDisk } from './encrypted-disk.js';
 export { DiskError } from './errors.js';
 export { generateDek, makeEncryptionParams, reuseCreatedKeys, unlockDek, type KeyCache, type LockerSpec, type UnlockOptions } from './keying.js';
-export { JOURNAL_SUFFIX, assertNoJournal, checkLockers, encryptionOf, openDisk, readEncryptionParams, unlockInner } from './open.js';
+export { JOURNAL_SUFFIX, assertNoJournal, checkLockers, encryptionOf, openDisk, openWithDek, readEncryptionParams, unlockInner } from './open.js';
 // The deep rekey of a snapshot chain rebuilds its layers with the disk layer's own snapshot rule.
 export { createEncryptedSnapshot } from './snapshot.js';
 export {

@@ -128,6 +128,11 @@ export interface PreparedSnapshot {
   take(disk: VirtualDisk | EncryptedDisk, options: { name?: string; yieldHeldLock: () => Promise<void> }): Promise<string>;
   /** Open the chain ending at `path` for writing with every check of openDisk; an encrypted one with the held DEK. */
   open(path: string): Promise<VirtualDisk | EncryptedDisk>;
+  /**
+   * The held DEK (null for a plain disk), for a server that commits a chain it serves with it
+   * (src/pipeline/commit.ts planHeldCommit, which copies it); wiped by dispose().
+   */
+  readonly dek: Buffer | null;
   /** Wipe the DEK. */
   dispose(): void;
 }
@@ -142,6 +147,7 @@ export async function prepareSnapshot(disk: VirtualDisk | EncryptedDisk, keys: U
     return {
       take: (d, options) => createSnapshot(d.path, { ...(options.name !== undefined ? { name: options.name } : {}), yieldHeldLock: options.yieldHeldLock }),
       open: (path) => openDisk(path),
+      dek: null,
       dispose: () => undefined,
     };
   }
@@ -170,6 +176,7 @@ export async function prepareSnapshot(disk: VirtualDisk | EncryptedDisk, keys: U
         throw err;
       }
     },
+    dek,
     dispose: () => void dek.fill(0),
   };
 }

@@ -26,6 +26,7 @@ import {
   dataCheckOf,
   encryptionLines,
   encryptionOf,
+  openWithDek,
   unlockDek,
   unlockInner,
   type EncryptionParams,
@@ -142,8 +143,15 @@ interface Plan {
   dek: Buffer | null;
 }
 
+/**
+ * How the chain is unlocked: with key options (the CLI), or with its DEK already unlocked (a server
+ * committing the chain it serves unlocks it before holding writes back: no KDF or KMS round trip
+ * while they wait). null: a plain chain.
+ */
+type ChainKey = { keys: UnlockOptions | undefined } | { dek: Buffer | null };
+
 /** Open the chain ending at `top` with every check, refuse what cannot be committed, and make the journal's header. */
-async function planCommit(top: string, keys: UnlockOptions | undefined): Promise<Plan> {
+async function planCommit(top: string, key: ChainKey): Promise<Plan> {
   const chain = await openVmdk(top, { readOnly: true, allowEncrypted: true });
   let opened: { close(): Promise<void> } = chain;
   let dek: Buffer | null = null;
@@ -175,13 +183,17 @@ async function planCommit(top: string, keys: UnlockOptions | undefined): Promise
     if (enc) {
       if (enc.job !== undefined)
         throw new DiskError('ERR_INTERRUPTED_JOB', `${top} is in the middle of an interrupted ${enc.job} job; finish it first (vmseal resume)`);
-      if (!keys) throw new DiskError('ERR_DISK_ENCRYPTED', `${top} is encrypted (${enc.params.cipher}); give keys (a key provider or passphrase) to commit it`);
-      const disk = await unlockInner(chain, enc.params, keys); // every check: authenticator, every layer, data check
+      const given = 'dek' in key ? key.dek : undefined;
+      const keys = 'keys' in key ? key.keys : undefined;
+      if (!given && !keys)
+        throw new DiskError('ERR_DISK_ENCRYPTED', `${top} is encrypted (${enc.params.cipher}); give keys (a key provider or passphrase) to commit it`);
+      // Every check either way: authenticator, every layer, data check.
+      const disk = given ? await openWithDek(chain, enc.params, given) : await unlockInner(chain, enc.params, keys!);
       opened = disk;
       // After the commit the parent holds what the chain reads now: its data check is unit 0 of the chain.
       const unit0 = await disk.read(0, enc.params.unitSize);
       const p = encryptionOf(parentLayer)!.params;
-      dek = await unlockDek(enc.params, chain.capacity, keys, top);
+      dek = given ? Buffer.from(given) : await unlockDek(enc.params, chain.capacity, keys!, top);
       to = { ...p, dataCheck: dataCheckOf(dek, p.diskId, p.unitSize, unit0) };
       for (const [k, v] of encryptionLines(to)) final.set(k, v);
       during.set(JOB_LINE, COMMIT_OPERATION, { after: LINE.keySafe });
@@ -236,17 +248,9 @@ export async function commitSnapshot(path: string, options: CommitSnapshotOption
       if (await isCommitJournal(top)) return await resumeLocked(top, keys, options, names, started);
       throw new DiskError('ERR_INTERRUPTED_JOB', `${top} has an unfinished in-place job (journal ${journalPathOf(top)}); finish it first (vmseal resume)`);
     }
-    const plan = await planCommit(top, keys);
+    const plan = await planCommit(top, { keys });
     try {
-      return await withParentLock(plan.parent, names, async () => {
-        // Nothing may have changed the parent between the plan (under a shared lock) and now.
-        const now = await readDescriptorBytes(await locateDescriptor(plan.parent));
-        if (!now.equals(fromB64(plan.header.descriptor.before))) {
-          throw new PipelineError('ERR_DISK_BUSY', `the parent ${plan.parent} of ${top} changed while the commit was being prepared; run it again`);
-        }
-        await writeCommitJournal(top, plan.header, plan.dek);
-        return runCommit(top, plan.parent, plan.header, options, started, false);
-      });
+      return await withParentLock(plan.parent, names, () => startPlanned(top, plan, options, started));
     } finally {
       plan.dek?.fill(0);
     }
@@ -256,18 +260,93 @@ export async function commitSnapshot(path: string, options: CommitSnapshotOption
   }
 }
 
+/** Steps 1 to 5 of a planned commit; the caller holds both locks and the names of the journal and the parent's files. */
+async function startPlanned(top: string, plan: Plan, options: CommitSnapshotOptions, started: number): Promise<CommitResult> {
+  // Nothing may have changed the parent between the plan (under a shared lock) and now.
+  const now = await readDescriptorBytes(await locateDescriptor(plan.parent));
+  if (!now.equals(fromB64(plan.header.descriptor.before))) {
+    throw new PipelineError('ERR_DISK_BUSY', `the parent ${plan.parent} of ${top} changed while the commit was being prepared; run it again`);
+  }
+  await writeCommitJournal(top, plan.header, plan.dek);
+  return runCommit(top, plan.parent, plan.header, options, started, false);
+}
+
 /** Run `fn` holding the parent's lock and the names of its files exclusively. */
 async function withParentLock<T>(parent: string, names: NameReservations, fn: () => Promise<T>): Promise<T> {
   const lock = await acquireLock(parent, 'snapshot commit (parent)');
   try {
-    const layer = await openVmdk(parent, { readOnly: true, allowEncrypted: true, layerOnly: true });
-    const files = layer.files();
-    await layer.close();
-    await names.reserve(files, 'exclusive');
+    await reserveLayerNames(parent, names);
     return await fn();
   } finally {
     await lock.release();
   }
+}
+
+/** Reserve the names of the files of the layer `path` exclusively. */
+async function reserveLayerNames(path: string, names: NameReservations): Promise<void> {
+  const layer = await openVmdk(path, { readOnly: true, allowEncrypted: true, layerOnly: true });
+  const files = layer.files();
+  await layer.close();
+  await names.reserve(files, 'exclusive');
+}
+
+/** A commit planned on a chain whose locks its caller holds (see planHeldCommit). */
+export interface HeldCommit {
+  /** The child to merge (real path). */
+  readonly top: string;
+  /** Its parent, the top once committed. */
+  readonly parent: string;
+  /**
+   * Steps 1 to 5 of the file comment. The caller holds the top's lock and, by now, the parent's,
+   * both exclusively (src/pipeline/lock.ts acquireLock), and has closed every disk of the chain.
+   */
+  run(): Promise<CommitResult>;
+  /** Wipe the DEK and give the reserved names up (after run, or instead of it). */
+  dispose(): void;
+}
+
+/**
+ * Plan the commit of the chain ending at `path` for a caller that holds the top's lock exclusively
+ * already and keeps it across the commit — a server committing the chain it serves
+ * (src/serve/commit.ts), which must not let another process take the disk between its own close
+ * and reopen. `dek`: the chain's DEK (null for a plain chain), unlocked by the caller; it is checked
+ * against the chain's authenticator. The chain may still be open (read-only opens share its locks);
+ * nothing is written until run(). The same rules and journal as commitSnapshot: a commit killed in
+ * run() leaves the chain refused (ERR_INTERRUPTED_JOB) until resumeDisk or commitSnapshot finishes it.
+ */
+export async function planHeldCommit(path: string, options: { dek: Buffer | null; signal?: AbortSignal; onProgress?: ProgressListener }): Promise<HeldCommit> {
+  const top = await realDiskPath(checkPath(path, 'path'));
+  const started = performance.now();
+  const names = new NameReservations();
+  let plan: Plan | undefined;
+  try {
+    await names.reserve([journalPathOf(top)], 'exclusive');
+    await removeJournalTemps(top);
+    if (await pathExists(journalPathOf(top))) {
+      throw new DiskError('ERR_INTERRUPTED_JOB', `${top} has an unfinished job (journal ${journalPathOf(top)}); finish it first (vmseal resume)`);
+    }
+    plan = await planCommit(top, { dek: options.dek });
+  } catch (err) {
+    names.close();
+    throw err;
+  }
+  const planned = plan;
+  const jobOptions: CommitSnapshotOptions = {
+    ...(options.signal !== undefined ? { signal: options.signal } : {}),
+    ...(options.onProgress !== undefined ? { onProgress: options.onProgress } : {}),
+  };
+  return {
+    top,
+    parent: planned.parent,
+    async run() {
+      await reserveLayerNames(planned.parent, names);
+      return startPlanned(top, planned, jobOptions, started);
+    },
+    dispose() {
+      planned.dek?.fill(0);
+      names.close();
+    },
+  };
 }
 
 /**

@@ -7,6 +7,7 @@
  *   {"id": 3, "command": "detach", "name": "web"}
  *   {"id": 4, "command": "unlock", "name": "web", "passphrase": "…"}
  *   {"id": 5, "command": "snapshot", "name": "web", "snapshotName": "web-before-upgrade.vmdk"}
+ *   {"id": 6, "command": "commit", "name": "web"}
  *
  *   {"id": 1, "ok": true, "result": {…}}
  *   {"id": 2, "ok": false, "error": {"code": "ERR_DISK_BUSY", "message": "…"}}
@@ -22,8 +23,8 @@ export const MAX_REQUEST_BYTES = 64 * 1024;
 /** Longest reply line a client reads (a status of many exports). */
 export const MAX_REPLY_BYTES = 16 * 1024 * 1024;
 
-export type ControlCommand = 'status' | 'attach' | 'detach' | 'unlock' | 'snapshot';
-export const CONTROL_COMMANDS: readonly ControlCommand[] = ['status', 'attach', 'detach', 'unlock', 'snapshot'];
+export type ControlCommand = 'status' | 'attach' | 'detach' | 'unlock' | 'snapshot' | 'commit';
+export const CONTROL_COMMANDS: readonly ControlCommand[] = ['status', 'attach', 'detach', 'unlock', 'snapshot', 'commit'];
 
 export type ControlId = string | number | null;
 
@@ -33,7 +34,9 @@ export type ControlRequest =
   | { id?: ControlId; command: 'detach'; name: string }
   | { id?: ControlId; command: 'unlock'; name: string; passphrase: string }
   /** `snapshotName`: the child's file name (default `<base>-00000N.vmdk`). */
-  | { id?: ControlId; command: 'snapshot'; name: string; snapshotName?: string };
+  | { id?: ControlId; command: 'snapshot'; name: string; snapshotName?: string }
+  /** Merge the top layer of the served chain into its parent, live. */
+  | { id?: ControlId; command: 'commit'; name: string };
 
 /** `code`: a vmseal error code, a Node system error code (ENOENT …), or ERR_SERVE_INTERNAL (the server logs it). */
 export interface ControlErrorBody {

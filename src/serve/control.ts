@@ -19,7 +19,7 @@ import { CONTROL_COMMANDS, LineSplitter, MAX_REQUEST_BYTES, type ControlId, type
 import { privateFolder } from './private-folder.js';
 
 /** What the control socket drives. */
-export type ControlTarget = Pick<NbdHost, 'address' | 'uri' | 'exports' | 'attach' | 'detach' | 'unlock' | 'snapshot'>;
+export type ControlTarget = Pick<NbdHost, 'address' | 'uri' | 'exports' | 'attach' | 'detach' | 'unlock' | 'snapshot' | 'commit'>;
 
 /** Control connections at once; more are answered with an error and closed. */
 const MAX_CONTROL_CONNECTIONS = 16;
@@ -205,6 +205,7 @@ function describe(request: ControlRequest): string {
       return `attach ${request.path}${request.name !== undefined ? ` as ${request.name}` : ''}`;
     case 'detach':
     case 'unlock':
+    case 'commit':
       return `${request.command} ${request.name}`;
     case 'snapshot':
       return `snapshot ${request.name}${request.snapshotName !== undefined ? ` as ${request.snapshotName}` : ''}`;
@@ -234,6 +235,8 @@ async function run(request: ControlRequest, target: ControlTarget): Promise<unkn
       return withUri(await target.unlock(request.name, { passphrase: request.passphrase }));
     case 'snapshot':
       return withUri(await target.snapshot(request.name, request.snapshotName !== undefined ? { name: request.snapshotName } : {}));
+    case 'commit':
+      return withUri(await target.commit(request.name));
   }
 }
 
@@ -283,6 +286,8 @@ function parseRequest(value: unknown): ControlRequest {
       const snapshotName = field('snapshotName', text, 'a non-empty string (a file name)', false);
       return { command: 'snapshot', name: field('name', text, 'a non-empty string', true)!, ...(snapshotName !== undefined ? { snapshotName } : {}) };
     }
+    case 'commit':
+      return { command: 'commit', name: field('name', text, 'a non-empty string', true)! };
     default:
       throw new ServeError('ERR_SERVE_REQUEST', `unknown control command ${describeChoice(r.command)}: send one of ${CONTROL_COMMANDS.join(', ')}`);
   }

@@ -46,6 +46,24 @@ export interface Replacement<T> {
   result: T;
 }
 
+/**
+ * What a replacement that must close the old disk before it opens the new one (a live snapshot
+ * commit: the chain's shared lock on its parent is in the way) may do besides: replaceDisk's fourth
+ * argument.
+ */
+export interface ReplaceControl {
+  /** Hold reads back too (they wait like writes); resolves once those in flight have finished. */
+  holdReads(): Promise<void>;
+  /** Close the old disk now (after holdReads); its lock stays the export's. replaceDisk does not close it again. */
+  closeOld(): Promise<void>;
+  /**
+   * After closeOld: the disk to serve if change() then throws (the old one opened again), or
+   * undefined when none can be opened — every request of the export then fails (EIO) until it is
+   * detached or the host restarted. Not called: the export fails the same way.
+   */
+  fallback(disk: ServedDisk | undefined): void;
+}
+
 /** What `exports()` reports for each export (no key material). */
 export interface ExportInfo {
   name: string;
@@ -92,6 +110,8 @@ export class Export {
   #closed = false;
   /** Which chunks the writes change (`<disk>.vmseal-ctk`, for incremental backups); none when read-only. */
   #tracker: ChangeTracker | undefined;
+  /** Why the export has no usable disk (a replacement closed the old one and could open none): requests fail. */
+  #broken: Error | undefined;
 
   constructor(name: string, disk: ServedDisk, options: { readOnly: boolean; shared: number; lock?: DiskLock; description?: string }) {
     this.name = name;
@@ -168,7 +188,7 @@ export class Export {
   }
 
   async read(offset: number, target: Buffer): Promise<void> {
-    await this.#gate.run('read', () => this.disk.readInto(offset, target));
+    await this.#run('read', () => this.disk.readInto(offset, target));
     this.#bytesRead += target.length;
   }
 
@@ -177,7 +197,7 @@ export class Export {
    * flat disk): a structured read reply sends them as OFFSET_HOLE chunks instead of zeros.
    */
   holes(offset: number, length: number, minimum: number): Promise<Array<{ offset: number; length: number }>> {
-    return this.#gate.run('read', () => this.#holes(offset, length, minimum));
+    return this.#run('read', () => this.#holes(offset, length, minimum));
   }
 
   async #holes(offset: number, length: number, minimum: number): Promise<Array<{ offset: number; length: number }>> {
@@ -220,7 +240,7 @@ export class Export {
    * at least). `data` is given up: on an encrypted disk it is encrypted in place.
    */
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
-    await this.#gate.run('write', async () => {
+    await this.#run('write', async () => {
       await this.#tracker?.mark(offset, data.length);
       await this.#locked(offset, data.length, () => this.#writeOwned(offset, data));
       if (fua) await this.disk.flush();
@@ -238,7 +258,7 @@ export class Export {
    * tells the client that zeroing would mean writing (what was deallocated reads as zeros already).
    */
   zero(offset: number, length: number, opts: { fua: boolean; fast: boolean; noHole?: boolean }): Promise<'done' | 'slow'> {
-    return this.#gate.run('write', () => this.#zero(offset, length, opts));
+    return this.#run('write', () => this.#zero(offset, length, opts));
   }
 
   async #zero(offset: number, length: number, opts: { fua: boolean; fast: boolean; noHole?: boolean }): Promise<'done' | 'slow'> {
@@ -271,7 +291,7 @@ export class Export {
    * reading back as noise, so there a trimmed range keeps its data, which the specification allows.
    */
   trim(offset: number, length: number, fua: boolean): Promise<void> {
-    return this.#gate.run('write', async () => {
+    return this.#run('write', async () => {
       if (this.sparse) await this.#tracker?.mark(offset, length);
       if (this.sparse && length > 0) await this.#locked(offset, length, () => this.disk.deallocate(offset, length));
       if (fua) await this.disk.flush();
@@ -284,12 +304,12 @@ export class Export {
    * completed before it are on the old disk, which the replacement flushed.
    */
   flush(): Promise<void> {
-    return this.#gate.run('read', () => this.disk.flush());
+    return this.#run('read', () => this.disk.flush());
   }
 
   /** base:allocation extents from `offset`: holes of sparse disks are HOLE|ZERO, the rest data. */
   extents(offset: number, length: number, one: boolean): Promise<Extent[]> {
-    return this.#gate.run('read', () => this.#extents(offset, length, one));
+    return this.#run('read', () => this.#extents(offset, length, one));
   }
 
   async #extents(offset: number, length: number, one: boolean): Promise<Extent[]> {
@@ -312,28 +332,49 @@ export class Export {
   }
 
   /**
-   * Replace the disk under the export, live (a snapshot's new top): new writes are held back, the
-   * writes in flight finish and the disk is flushed — it then holds exactly the writes acknowledged
-   * so far, durably — and `change(disk, lock)` runs while reads go on against the old disk. When it
-   * resolves, the reads in flight finish too, the export switches to the new disk and lock and the
-   * old disk is closed (its lock is change's to release or keep); the requests held back then run
-   * against the new disk. When it (or the flush) throws, nothing is switched: the requests held back
-   * run against the old disk, and the error is rethrown; a change that gave the old lock up and had
-   * to take it again hands the new handle to `keepLock` (undefined: the disk is served unlocked).
-   * Replacements run one at a time.
+   * Replace the disk under the export, live (a snapshot's new top, a committed chain's parent): new
+   * writes are held back, the writes in flight finish and the disk is flushed — it then holds exactly
+   * the writes acknowledged so far, durably — and `change(disk, lock, keepLock, control)` runs while
+   * reads go on against the old disk (unless control.holdReads holds them too). When it resolves,
+   * the reads in flight finish too, the export switches to the new disk and lock and the old disk is
+   * closed (its lock is change's to release or keep); the requests held back then run against the
+   * new disk. When it (or the flush) throws, nothing is switched: the requests held back run against
+   * the old disk — or, if change closed it (control.closeOld), against its fallback — and the error
+   * is rethrown; a change that gave the old lock up and had to take it again hands the new handle to
+   * `keepLock` (undefined: the disk is served unlocked). Replacements run one at a time.
    */
   replaceDisk<T>(
-    change: (disk: ServedDisk, lock: DiskLock | undefined, keepLock: (lock: DiskLock | undefined) => void) => Promise<Replacement<T>>,
+    change: (disk: ServedDisk, lock: DiskLock | undefined, keepLock: (lock: DiskLock | undefined) => void, control: ReplaceControl) => Promise<Replacement<T>>,
   ): Promise<T> {
     const run = this.#replacing.then(async () => {
       if (this.#closed) throw new ServeError('ERR_SERVE_CLOSED', `export ${this.name} was closed: the host is stopping or it was detached`);
+      if (this.#broken) throw new ServeError('ERR_SERVE_EXPORT', `export ${this.name} has no usable disk (${this.#broken.message}); detach it`);
       const old = this.#disk;
+      let closing: Promise<boolean> | undefined;
+      // Flushed before and unchanged since: closing writes nothing. A failure here loses no data.
+      const closeOld = (): Promise<boolean> =>
+        (closing ??= old.close().then(
+          () => true,
+          () => false,
+        ));
+      let fallback: ServedDisk | undefined;
+      const control: ReplaceControl = {
+        holdReads: () => this.#gate.close('read'),
+        closeOld: async () => {
+          await this.#gate.close('read');
+          await closeOld();
+        },
+        fallback: (disk) => (fallback = disk),
+      };
       let next: Replacement<T>;
       try {
         await this.#gate.close('write');
         await old.flush();
-        next = await change(old, this.#lock, (lock) => (this.#lock = lock));
+        next = await change(old, this.#lock, (lock) => (this.#lock = lock), control);
         await this.#gate.close('read');
+      } catch (err) {
+        if (closing) this.#switchAfterFailure(fallback, err);
+        throw err;
       } finally {
         // Switched (below) before the waiting requests run: they are microtasks queued by open().
         this.#gate.open();
@@ -343,11 +384,7 @@ export class Export {
       this.#lock = next.lock;
       const oldTracker = this.#tracker;
       this.#tracker = this.readOnly ? undefined : new ChangeTracker(next.disk);
-      // Flushed above and unchanged since: closing writes nothing. A failure here loses no data.
-      const closed = await old.close().then(
-        () => true,
-        () => false,
-      );
+      const closed = await closeOld();
       // After the close: the files' times are final (the generation covers them).
       const after = closed ? await generationOf(old).catch(() => null) : null;
       // The old disk's bits are kept clean (a backup of the frozen layer reads only its changes); a
@@ -359,11 +396,27 @@ export class Export {
     return run;
   }
 
+  /** A change that closed the old disk failed: serve its fallback, or fail every request from now on. */
+  #switchAfterFailure(fallback: ServedDisk | undefined, err: unknown): void {
+    if (fallback) {
+      this.#disk = fallback;
+      this.#tracker = this.readOnly ? undefined : new ChangeTracker(fallback);
+      return;
+    }
+    const why = err instanceof Error ? err.message : String(err);
+    this.#broken = new ServeError('ERR_SERVE_EXPORT', `export ${this.name} lost its disk: ${why}`);
+  }
+
   /** Flush (writable exports), close the disk and release its lock. Safe to call twice. */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
     await this.#replacing;
+    if (this.#broken) {
+      // Its disk was closed by the failed replacement: only the lock is left to release.
+      await this.#lock?.release();
+      return;
+    }
     let closed = false;
     try {
       if (!this.readOnly) await this.disk.flush();
@@ -380,6 +433,14 @@ export class Export {
         await this.#lock?.release();
       }
     }
+  }
+
+  /** Run a request through the gate; a broken export (see ReplaceControl.fallback) fails it. */
+  #run<T>(kind: 'read' | 'write', fn: () => Promise<T>): Promise<T> {
+    return this.#gate.run(kind, () => {
+      if (this.#broken) throw this.#broken;
+      return fn();
+    });
   }
 
   /** The parts of a range that hold data (all of it on a flat or raw disk). */

@@ -24,6 +24,7 @@ import { tlsServerContext, type ServeTls, type TlsServerContext } from './tls.js
 import { claimControl, type ControlSocket } from './control.js';
 import { privateFolder } from './private-folder.js';
 import { snapshotExport } from './snapshot.js';
+import { commitExport } from './commit.js';
 import { openStateFileDisk } from './vars-export.js';
 import { isStateFile } from '../vm/index.js';
 
@@ -124,6 +125,18 @@ export interface NbdHost {
    * export then serves its old disk, unchanged).
    */
   snapshot(name: string, options?: { name?: string }): Promise<ExportInfo & { parent: string }>;
+  /**
+   * Merge the top layer of a served chain (a live snapshot's child) back into its parent, live (see
+   * commit.ts): new writes wait (and reads, while the child's data is copied: a time that grows
+   * with the data written since the snapshot), the journaled commit of `vmseal snapshot commit`
+   * runs, and the export switches to the parent; the child is removed. Resolves with the export's
+   * info (its `path` is the parent), the `removed` child, `bytesMoved` and `heldMs` (how long writes
+   * waited). Rejects as snapshot() does, with ERR_NOT_A_SNAPSHOT when the export serves no chain,
+   * or with the error of the layers below — before the commit's journal is written the export then
+   * serves its chain, unchanged; after it (a full file system), the chain is refused until
+   * `vmseal resume` of the child and the export fails its requests until it is detached.
+   */
+  commit(name: string): Promise<ExportInfo & { removed: string; bytesMoved: number; heldMs: number }>;
   /** Stop listening, answer the requests in flight, flush and close every disk, release the locks. */
   close(): Promise<void>;
 }
@@ -466,6 +479,23 @@ export async function serve(options: ServeOptions): Promise<NbdHost> {
       `no export is named ${typeof name === 'string' ? JSON.stringify(name) : describeValue(name)} (served: ${[...exports.keys()].join(', ') || 'none'})`,
     );
 
+  /** The open, writable export `name` for a change of its layers (`what` it is, and `instead` for a read-only one), else the error. */
+  const layeredExport = (name: unknown, what: string, instead: string): Export => {
+    if (closing) throw new ServeError('ERR_SERVE_CLOSED', `cannot ${what} export ${String(name)}: the host is stopping`);
+    const e = typeof name === 'string' ? exports.get(name) : undefined;
+    if (!e) throw unknown(name);
+    if (e instanceof LockedExport) {
+      throw new ServeError('ERR_SERVE_LOCKED', `cannot ${what} export ${String(name)}: it is locked (${e.reason}); unlock it first (vmseal host unlock)`);
+    }
+    if (e.readOnly) {
+      throw new ServeError(
+        'ERR_SERVE_READ_ONLY',
+        `cannot ${what} export ${String(name)}: it is served read-only (a shared lock: other readers may have the disk open); ${instead} once no one serves it`,
+      );
+    }
+    return e;
+  };
+
   const nbdHost: NbdHost = {
     address: () => ({ ...address }),
     uri: (name) => exportUri(address, name),
@@ -536,24 +566,14 @@ export async function serve(options: ServeOptions): Promise<NbdHost> {
       return (await e.unlock(keys)).info();
     },
     snapshot(name, snapOptions = {}) {
-      if (closing) return Promise.reject(new ServeError('ERR_SERVE_CLOSED', `cannot take a snapshot of export ${String(name)}: the host is stopping`));
       if (snapOptions === null || typeof snapOptions !== 'object') {
         return Promise.reject(new ServeError('ERR_INVALID_ARGUMENT', `Expected an object { name? } for options but received ${describeValue(snapOptions)}`));
       }
-      const e = typeof name === 'string' ? exports.get(name) : undefined;
-      if (!e) return Promise.reject(unknown(name));
-      if (e instanceof LockedExport) {
-        return Promise.reject(
-          new ServeError('ERR_SERVE_LOCKED', `cannot take a snapshot of export ${name}: it is locked (${e.reason}); unlock it first (vmseal host unlock)`),
-        );
-      }
-      if (e.readOnly) {
-        return Promise.reject(
-          new ServeError(
-            'ERR_SERVE_READ_ONLY',
-            `cannot take a snapshot of export ${name}: it is served read-only (a shared lock: other readers may have the disk open); take it with vmseal snapshot create once no one serves it`,
-          ),
-        );
+      let e: Export;
+      try {
+        e = layeredExport(name, 'take a snapshot of', 'take it with vmseal snapshot create');
+      } catch (err) {
+        return Promise.reject(err);
       }
       return track(
         (async () => {
@@ -564,6 +584,21 @@ export async function serve(options: ServeOptions): Promise<NbdHost> {
           });
           log(`export ${name}: snapshot taken: ${done.parent} frozen, serving ${done.top}`);
           return { ...e.info(), parent: done.parent };
+        })(),
+      );
+    },
+    commit(name) {
+      let e: Export;
+      try {
+        e = layeredExport(name, 'commit the snapshot of', 'commit it with vmseal snapshot commit');
+      } catch (err) {
+        return Promise.reject(err);
+      }
+      return track(
+        (async () => {
+          const done = await commitExport(e, { keysFor: (path) => keysOf(options, path), log });
+          log(`export ${name}: snapshot committed: ${done.removed} merged (writes held ${done.heldMs} ms), serving ${done.top}`);
+          return { ...e.info(), removed: done.removed, bytesMoved: done.bytesMoved, heldMs: done.heldMs };
         })(),
       );
     },

@@ -8,7 +8,12 @@ import { basename, dirname } from 'node:path';
  * file or the new one, never a mix; a leftover temp file (`<name>.tmp-<pid>-<random>`) is never read.
  */
 export function tempName(file: string): string {
-  return `${file}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`;
+  return `${file}${tempSuffix()}`;
+}
+
+/** What tempName appends to the file's name: `.tmp-<pid>-<12 hex>`. */
+export function tempSuffix(): string {
+  return `.tmp-${process.pid}-${randomBytes(6).toString('hex')}`;
 }
 
 /** True if `name` (a bare file name in the same folder) is a temp file made by tempName(`file`). */
@@ -78,7 +83,7 @@ export async function createFileAtomic(file: string, data: Uint8Array, mode = 0o
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'EEXIST') return false;
-    if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EOPNOTSUPP' && code !== 'ENOSYS') throw err;
+    if (!noHardLinks(code)) throw err;
     // No hard links on this file system: fall back to an exclusive create of the final name. A crash
     // in the middle can leave a short file, which the reader refuses (it never overwrites it).
     try {
@@ -93,6 +98,73 @@ export async function createFileAtomic(file: string, data: Uint8Array, mode = 0o
   }
   if (options.syncFolder !== false) await fsyncDir(dirname(file));
   return true;
+}
+
+/** Whether a link(2) error says the file system has no hard links (then an exclusive create stands in). */
+export function noHardLinks(code: string | undefined): boolean {
+  return code === 'EPERM' || code === 'ENOTSUP' || code === 'EOPNOTSUPP' || code === 'ENOSYS';
+}
+
+/** The synchronous calls createFileAtomicSync makes: node:fs's, or another implementation of them. */
+export type SyncFileCalls = Pick<typeof import('node:fs'), 'openSync' | 'writeSync' | 'fchmodSync' | 'fsyncSync' | 'closeSync' | 'linkSync' | 'unlinkSync'>;
+
+/**
+ * createFileAtomic(file, data, mode, { syncFolder: false }) with synchronous calls, for a thread
+ * that does nothing else (the backup's chunk writers, chunk-writers.ts): the same steps in the same
+ * order — temp file `tmp` (default tempName(file)) created exclusively, written whole, its mode set
+ * exactly, fsynced, closed, hard-linked to `file` (EEXIST: not written, false), unlinked; without
+ * hard links, an exclusive create of `file` instead. The folder's fsync is the caller's.
+ *
+ * It uses nothing of this module but noHardLinks (its calls come in `fs`), so that a worker can run
+ * it from its source text: chunk-writers.ts sends both functions' source to its threads and passes
+ * `tmp`, made here (tempSuffix), explicitly.
+ */
+export function createFileAtomicSync(fs: SyncFileCalls, file: string, data: Uint8Array, mode: number, tmp: string = tempName(file)): boolean {
+  const writeSynced = (fd: number): void => {
+    for (let done = 0; done < data.length;) done += fs.writeSync(fd, data, done, data.length - done);
+    fs.fchmodSync(fd, mode); // the umask may have narrowed the mode: set it exactly
+    fs.fsyncSync(fd);
+  };
+  const fd = fs.openSync(tmp, 'wx', mode);
+  try {
+    writeSynced(fd);
+  } catch (err) {
+    fs.closeSync(fd);
+    try {
+      fs.unlinkSync(tmp);
+    } catch {
+      // the temp file is never read: a leftover is harmless
+    }
+    throw err;
+  }
+  fs.closeSync(fd);
+  try {
+    fs.linkSync(tmp, file);
+    return true;
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EEXIST') return false;
+    if (!noHardLinks(code)) throw err;
+    let fd2: number;
+    try {
+      fd2 = fs.openSync(file, 'wx', mode);
+    } catch (err2) {
+      if ((err2 as NodeJS.ErrnoException).code === 'EEXIST') return false;
+      throw err2;
+    }
+    try {
+      writeSynced(fd2);
+    } finally {
+      fs.closeSync(fd2);
+    }
+    return true;
+  } finally {
+    try {
+      fs.unlinkSync(tmp);
+    } catch {
+      // as above
+    }
+  }
 }
 
 async function writeExclusive(file: string, data: Uint8Array, mode: number): Promise<void> {

@@ -82,7 +82,7 @@ describe('vmseal host snapshot', () => {
     expect(readFileSync(out).equals(expected)).toBe(true);
   });
 
-  it('host backup: a point of the frozen layer, restored with the writes before it and none after; a chain is refused before any snapshot', async () => {
+  it('host backup: a point of the frozen layer, restored with the writes before it and none after; the snapshot is committed back; a chain is refused before any snapshot', async () => {
     const dir = join(served.dir(), 'backup');
     mkdirSync(dir, { mode: 0o700 });
     const content = random(MiB);
@@ -97,10 +97,12 @@ describe('vmseal host snapshot', () => {
 
     const b = await vmseal(['host', 'backup', 'db', repo, '--name', 'p1', '--control', control, '--json'], env);
     expect(b.code, b.stderr).toBe(0);
-    const top = join(dir, 'db-000001.vmdk');
-    expect(json(b)).toMatchObject({ ok: true, command: 'host backup', name: 'p1', frozen: disk, top, plain: false });
+    // The snapshot's child was merged back: the export serves the disk itself again.
+    expect(json(b)).toMatchObject({ ok: true, command: 'host backup', name: 'p1', frozen: disk, top: disk, plain: false });
+    expect(existsSync(join(dir, 'db-000001.vmdk'))).toBe(false);
     await run('qemu-io', ['-f', 'raw', '-c', `write -P 0x55 ${2 * MiB} 65536`, uri]);
-    // The export is a chain now: refused (exit 5) before a second snapshot is taken.
+    // A chain served (a snapshot taken by hand): refused (exit 5) before a second snapshot is taken.
+    expect((await vmseal(['host', 'snapshot', 'db', '--control', control], env)).code).toBe(0);
     const again = await vmseal(['host', 'backup', 'db', repo, '--control', control], env);
     expect(again.code).toBe(5);
     expect(again.stderr).toMatch(/^vmseal: cannot back up export db: export db serves a snapshot chain .*not supported yet/);
@@ -108,6 +110,7 @@ describe('vmseal host snapshot', () => {
     const missing = await vmseal(['host', 'backup', 'db', join(dir, 'no-repo'), '--control', control], env);
     expect(missing.code).not.toBe(0);
     expect(existsSync(join(dir, 'db-000002.vmdk'))).toBe(false);
+    expect((await vmseal(['host', 'commit', 'db', '--control', control], env)).code).toBe(0);
 
     s.child.kill('SIGTERM');
     expect(await s.exit).toBe(0);

@@ -10,6 +10,7 @@ import {
   pruneBackup,
   restoreBackup,
   restoreBackupOver,
+  rewrapBackup,
   verifyBackup,
   type RestoreBackupOptions,
 } from '../../backup/index.js';
@@ -69,7 +70,9 @@ export async function backupList(ctx: Ctx, repo: string): Promise<void> {
   const r = await listBackups(repo);
   ctx.output.result({ ok: true, command: 'backup list', ...r });
   for (const p of r.points) {
-    const tags = [p.name ? `name ${p.name}` : '', p.plain ? 'PLAIN' : '', `history ${p.history}`].filter(Boolean).join(', ');
+    const tags = [p.name ? `name ${p.name}` : '', p.plain ? 'PLAIN' : '', p.chainLayers ? `chain of ${p.chainLayers} layers` : '', `history ${p.history}`]
+      .filter(Boolean)
+      .join(', ');
     ctx.output.line(`${p.id}  ${p.time}  ${p.subformat} ${formatBytes(p.capacity)}  ${p.chunks} chunks (${p.newChunks} new)  ${tags}  ${p.source}`);
   }
   if (r.points.length === 0) ctx.output.line('no points');
@@ -85,9 +88,20 @@ export async function backupVerify(ctx: Ctx, repo: string, point: string | undef
   if (!r.ok) ctx.output.error(`vmseal: ${ctx.doing}: ${r.problems.length} problems found. Restore the damaged chunks from another copy of the repository.`);
 }
 
-export async function backupPrune(ctx: Ctx, repo: string, opts: LockWaitOptions & { keepLast: number }): Promise<void> {
+export async function backupPrune(
+  ctx: Ctx,
+  repo: string,
+  opts: LockWaitOptions & { keepLast?: number; beforeRekey?: boolean; plain?: boolean },
+): Promise<void> {
+  if (opts.keepLast === undefined && opts.beforeRekey !== true && opts.plain !== true)
+    throw usageError('no prune rule given', 'Give --keep-last N, --before-rekey or --plain (or several)');
   ctx.doing = `cannot prune the backup repository ${repo}`;
-  const r = await pruneBackup(repo, { keepLast: opts.keepLast, lockWaitMs: waitMs(opts) });
+  const r = await pruneBackup(repo, {
+    lockWaitMs: waitMs(opts),
+    ...(opts.keepLast !== undefined ? { keepLast: opts.keepLast } : {}),
+    ...(opts.beforeRekey === true ? { beforeRekey: true } : {}),
+    ...(opts.plain === true ? { plain: true } : {}),
+  });
   ctx.output.result({ ok: true, command: 'backup prune', ...r });
   ctx.output.line(`removed ${r.removedPoints.length} points and ${r.removedChunks} chunks (${formatBytes(r.freedBytes)}); ${r.keptPoints} points kept`);
 }
@@ -153,4 +167,18 @@ async function backupRollback(ctx: Ctx, repo: string, point: string, out: string
   ctx.output.note(
     `rolled ${r.path} back to point ${r.point}: ${r.chunksWritten} chunks written (${formatBytes(r.bytesWritten)}), ${r.chunksSame} unchanged, in ${seconds.toFixed(1)} s`,
   );
+}
+
+/** `backup rewrap REPO --remove-locker WHICH`: every point's KeySafe without those lockers (needs a key that opens them). */
+export async function backupRewrap(ctx: Ctx, repo: string, opts: LockWaitOptions & KeyCliOptions & { removeLocker: string }): Promise<void> {
+  ctx.doing = `cannot rewrap the points of ${repo}`;
+  const r = await withKeys(ctx, opts, (keys) =>
+    rewrapBackup(repo, {
+      removeLocker: opts.removeLocker,
+      keys: (keySafe) => keys.unlockOptions(undefined, { keySafe }),
+      lockWaitMs: waitMs(opts),
+    }),
+  );
+  ctx.output.result({ ok: true, command: 'backup rewrap', ...r });
+  ctx.output.line(`removed ${opts.removeLocker} from ${r.rewrittenPoints.length} points; ${r.unchangedPoints} points had none`);
 }

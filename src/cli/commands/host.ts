@@ -1,5 +1,5 @@
 /**
- * `vmseal host status|attach|detach|unlock|snapshot|backup`: drive a running `vmseal serve` through its control
+ * `vmseal host status|attach|detach|unlock|snapshot|commit|backup`: drive a running `vmseal serve` through its control
  * socket (--control PATH; default `$XDG_RUNTIME_DIR/vmseal/serve.sock`, else `<home>/serve.sock`
  * with home from --home, VMSEAL_HOME or ~/.vmseal — the same rule `vmseal serve` uses).
  * The recovery passphrase of `unlock` is read as everywhere else (file, variable, prompt) and
@@ -129,12 +129,35 @@ export async function hostSnapshot(ctx: Ctx, name: string, opts: HostCliOptions)
   ctx.output.line(info.path);
 }
 
+/** The reply of the control command `commit`. */
+type Committed = ServedExport & { removed: string; bytesMoved: number; heldMs: number };
+
+export async function hostCommit(ctx: Ctx, name: string, opts: HostCliOptions): Promise<void> {
+  const path = controlPathOf(ctx, opts);
+  ctx.doing = `cannot commit the snapshot of export ${name}`;
+  const info = (await ask(ctx, path, { command: 'commit', name })) as Committed;
+  ctx.output.result({
+    ok: true,
+    command: 'host commit',
+    control: path,
+    top: info.path,
+    removed: info.removed,
+    bytesMoved: info.bytesMoved,
+    heldMs: info.heldMs,
+    export: info,
+  });
+  // The new top alone, as `vmseal snapshot commit` prints it.
+  ctx.output.line(info.path);
+  ctx.output.note(`merged ${info.removed} (${formatBytes(info.bytesMoved)}); writes waited ${info.heldMs} ms`);
+}
+
 /**
- * A consistent backup point of a served disk: a live snapshot (through the server), then a backup
- * of the frozen layer from this process — it is read-only from then on, so it needs neither the
- * server nor a key. The child stays (merging it back into its parent is snapshot commit's job, not
- * done here), so the export is a chain afterwards, and backups refuse chains: checked before the
- * snapshot, so that a refused backup leaves no snapshot behind.
+ * A consistent backup point of a served disk: a live snapshot (through the server), a backup of
+ * the frozen layer from this process — it is read-only from then on, so it needs neither the
+ * server nor a key — then a live commit of the child back into it (through the server), so that
+ * the export serves one layer again and the disk's change bitmap counts from the new point.
+ * Backups refuse chains: a chain served before is refused before the snapshot, so that a refused
+ * backup leaves no snapshot behind. A backup that fails is followed by the commit too.
  */
 export async function hostBackup(ctx: Ctx, name: string, repo: string, opts: HostBackupCliOptions): Promise<void> {
   const path = controlPathOf(ctx, opts);
@@ -161,14 +184,39 @@ export async function hostBackup(ctx: Ctx, name: string, repo: string, opts: Hos
   // Unknown, locked and read-only exports are refused by the server with their own codes.
   const snap = (await ask(ctx, path, { command: 'snapshot', name })) as ServedExport & { parent: string };
   ctx.doing = `took the snapshot ${snap.path} of export ${name}, but cannot back up its frozen layer ${snap.parent}`;
-  const r = await createBackup(snap.parent, repo, {
-    lockWaitMs: (opts.wait ?? 0) * 1000,
-    signal: ctx.signal,
-    ...(opts.name !== undefined ? { name: opts.name } : {}),
-    ...(opts.history !== undefined ? { history: opts.history } : {}),
-    ...(opts.allowPlain === true ? { allowPlain: true } : {}),
+  let r: Awaited<ReturnType<typeof createBackup>>;
+  try {
+    r = await createBackup(snap.parent, repo, {
+      lockWaitMs: (opts.wait ?? 0) * 1000,
+      signal: ctx.signal,
+      ...(opts.name !== undefined ? { name: opts.name } : {}),
+      ...(opts.history !== undefined ? { history: opts.history } : {}),
+      ...(opts.allowPlain === true ? { allowPlain: true } : {}),
+    });
+  } catch (err) {
+    // The backup's error is the one to report; the snapshot is merged back all the same (not on
+    // Ctrl-C: the control request would be aborted too), else the export stays a chain.
+    if (!ctx.signal.aborted) {
+      await ask(ctx, path, { command: 'commit', name }).then(
+        () => ctx.output.note(`the snapshot ${snap.path} was committed back into ${snap.parent}`),
+        (e: Error) => ctx.output.note(`the snapshot ${snap.path} could not be committed back (${e.message}): run vmseal host commit ${name}`),
+      );
+    }
+    throw err;
+  }
+  ctx.doing = `backed up export ${name} as point ${r.point}, but cannot commit its snapshot ${snap.path} back into ${snap.parent} (vmseal host commit ${name} retries)`;
+  const done = (await ask(ctx, path, { command: 'commit', name })) as Committed;
+  ctx.output.result({
+    ok: true,
+    command: 'host backup',
+    control: path,
+    ...r,
+    frozen: snap.parent,
+    top: done.path,
+    committed: { removed: done.removed, bytesMoved: done.bytesMoved, heldMs: done.heldMs },
   });
-  ctx.output.result({ ok: true, command: 'host backup', control: path, ...r, frozen: snap.parent, top: snap.path });
   ctx.output.line(r.point);
-  ctx.output.note(`backed up ${snap.parent} (frozen by a live snapshot; export ${name} now serves ${snap.path}): ${r.chunks} chunks, ${r.newChunks} new`);
+  ctx.output.note(
+    `backed up ${snap.parent} (frozen by a live snapshot, committed back: writes waited ${done.heldMs} ms): ${r.chunks} chunks, ${r.newChunks} new, ${r.chunksRead} read`,
+  );
 }
