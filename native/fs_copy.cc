@@ -40,18 +40,15 @@ namespace {
 // Largest length of one call: 64 MiB is ~20–60 ms of copying in memory, far below a second.
 constexpr int64_t kMaxCopyBytes = int64_t{64} << 20;
 
-class CopyWork : public Napi::AsyncWorker {
+class CopyWork : public FileWork {
  public:
   CopyWork(Napi::Env env, int fdIn, int64_t posIn, int fdOut, int64_t posOut, int64_t length)
-      : Napi::AsyncWorker(env, "vmseal.copyFileRange"),
-        deferred_(Napi::Promise::Deferred::New(env)),
+      : FileWork(env, "vmseal.copyFileRange", "ERR_COPY_RANGE_IO", "copy_file_range"),
         fdIn_(fdIn),
         posIn_(posIn),
         fdOut_(fdOut),
         posOut_(posOut),
         length_(length) {}
-
-  Napi::Promise Promise() const { return deferred_.Promise(); }
 
   void Execute() override {
 #if defined(__linux__)
@@ -65,11 +62,11 @@ class CopyWork : public Napi::AsyncWorker {
       }
       if (n == 0) return;  // the source ended
       if (errno == EINTR) continue;
-      if (errno == EXDEV || errno == ENOSYS || errno == EOPNOTSUPP || errno == EINVAL) {
+      if (IsUnsupportedErrno(errno, EXDEV)) {
         if (copied_ == 0) unsupported_ = true;
         return;
       }
-      errno_ = errno;
+      Fail(errno);
       return;
     }
 #else
@@ -77,19 +74,10 @@ class CopyWork : public Napi::AsyncWorker {
 #endif
   }
 
-  void OnOK() override {
-    Napi::Env env = Env();
-    if (errno_ != 0) {
-      deferred_.Reject(SystemError(env, "ERR_COPY_RANGE_IO", "copy_file_range", errno_).Value());
-      return;
-    }
-    deferred_.Resolve(Napi::Number::New(env, unsupported_ ? -1.0 : static_cast<double>(copied_)));
-  }
-
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+ protected:
+  Napi::Value Result(Napi::Env env) override { return Napi::Number::New(env, unsupported_ ? -1.0 : static_cast<double>(copied_)); }
 
  private:
-  Napi::Promise::Deferred deferred_;
   int fdIn_;
   int64_t posIn_;
   int fdOut_;
@@ -97,7 +85,6 @@ class CopyWork : public Napi::AsyncWorker {
   int64_t length_;
   int64_t copied_ = 0;
   bool unsupported_ = false;
-  int errno_ = 0;
 };
 
 Napi::Value CopyFileRange(const Napi::CallbackInfo& info) {
@@ -108,10 +95,7 @@ Napi::Value CopyFileRange(const Napi::CallbackInfo& info) {
   int64_t posOut = IntegerArg(info, 3, "positionOut", 0, kMaxSafeInteger);
   int64_t length = IntegerArg(info, 4, "length", 0, kMaxCopyBytes);
   if (length > kMaxSafeInteger - posIn || length > kMaxSafeInteger - posOut) throw RangeErr(env, "position + length is out of range");
-  auto* work = new CopyWork(env, fdIn, posIn, fdOut, posOut, length);  // deletes itself after OnOK/OnError
-  Napi::Promise promise = work->Promise();
-  work->Queue();
-  return promise;
+  return (new CopyWork(env, fdIn, posIn, fdOut, posOut, length))->Start();  // deletes itself once settled
 }
 
 }  // namespace

@@ -16,10 +16,7 @@
 #include "napi_errors.h"
 
 #include <cerrno>
-#include <cmath>
 #include <cstdint>
-#include <cstring>
-#include <string>
 
 #if defined(__linux__)
 #include <fcntl.h>
@@ -28,12 +25,10 @@
 namespace vmseal {
 namespace {
 
-class WritebackWork : public Napi::AsyncWorker {
+class WritebackWork : public FileWork {
  public:
   WritebackWork(Napi::Env env, int fd, int64_t offset, int64_t length)
-      : Napi::AsyncWorker(env, "vmseal.writebackStart"), deferred_(Napi::Promise::Deferred::New(env)), fd_(fd), offset_(offset), length_(length) {}
-
-  Napi::Promise Promise() const { return deferred_.Promise(); }
+      : FileWork(env, "vmseal.writebackStart", "ERR_WRITEBACK_IO", "sync_file_range"), fd_(fd), offset_(offset), length_(length) {}
 
   void Execute() override {
 #if defined(__linux__)
@@ -43,35 +38,20 @@ class WritebackWork : public Napi::AsyncWorker {
     } while (rc != 0 && errno == EINTR);
     if (rc == 0) {
       started_ = true;
-    } else if (errno == EINVAL || errno == ESPIPE || errno == ENOSYS || errno == EOPNOTSUPP) {
-      started_ = false;
-    } else {
-      errno_ = errno;
+    } else if (!IsUnsupportedErrno(errno, ESPIPE)) {
+      Fail(errno);
     }
-#else
-    started_ = false;
 #endif
   }
 
-  void OnOK() override {
-    Napi::Env env = Env();
-    if (errno_ != 0) {
-      Napi::Error e = SystemError(env, "ERR_WRITEBACK_IO", "sync_file_range", errno_);
-      deferred_.Reject(e.Value());
-      return;
-    }
-    deferred_.Resolve(Napi::Boolean::New(env, started_));
-  }
-
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+ protected:
+  Napi::Value Result(Napi::Env env) override { return Napi::Boolean::New(env, started_); }
 
  private:
-  Napi::Promise::Deferred deferred_;
   int fd_;
   int64_t offset_;
   int64_t length_;
-  bool started_ = false;
-  int errno_ = 0;
+  bool started_ = false;  // stays false where writeback is not supported
 };
 
 Napi::Value WritebackStart(const Napi::CallbackInfo& info) {
@@ -79,10 +59,7 @@ Napi::Value WritebackStart(const Napi::CallbackInfo& info) {
   int fd = FdArg(info, 0);
   int64_t offset = IntegerArg(info, 1, "offset", 0, kMaxSafeInteger);
   int64_t length = IntegerArg(info, 2, "length", 0, kMaxSafeInteger);
-  auto* work = new WritebackWork(env, fd, offset, length);  // deletes itself after OnOK/OnError
-  Napi::Promise promise = work->Promise();
-  work->Queue();
-  return promise;
+  return (new WritebackWork(env, fd, offset, length))->Start();  // deletes itself once settled
 }
 
 }  // namespace

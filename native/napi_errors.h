@@ -7,10 +7,15 @@
 // - a failed system call: Error, the caller's code (ERR_LOCK_IO, ERR_FS_EXTENTS_IO…), `errno` (the
 //   positive errno) and `syscall`; the message is "<syscall> failed: <strerror>".
 // (addon.cc has its own, richer "Expected … but received …" messages for the XTS API.)
+//
+// The calls that run on libuv's thread pool (fs_copy.cc, fs_writeback.cc) also share here the shape
+// of their work (FileWork: a promise, the errno of the system call that failed, the rejection) and
+// the rule of which errnos mean "this platform or file cannot do that" (IsUnsupportedErrno).
 #pragma once
 
 #include <napi.h>
 
+#include <cerrno>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -54,5 +59,52 @@ inline int64_t IntegerArg(const Napi::CallbackInfo& info, size_t i, const char* 
 
 // Argument i as a file descriptor (a non-negative int).
 inline int FdArg(const Napi::CallbackInfo& info, size_t i) { return static_cast<int>(IntegerArg(info, i, "fd", 0, 0x7fffffff)); }
+
+// An errno by which the kernel says it cannot do the call for these files at all (not implemented,
+// a file kind or file system that refuses it), as opposed to an I/O error: the caller then falls
+// back to the plain way. `extra` is one more errno that means the same for this one call (EXDEV for
+// copy_file_range, ESPIPE for sync_file_range), or 0.
+inline bool IsUnsupportedErrno(int err, int extra) {
+  return err == ENOSYS || err == EOPNOTSUPP || err == EINVAL || (extra != 0 && err == extra);
+}
+
+// A call that runs one system call (or a loop of them) on libuv's pool and settles a promise:
+// Execute() (the subclass's, on the pool thread) either records a failed call with Fail(errno) or
+// leaves a result that Result() turns into a JS value on the main thread. A failure rejects with
+// SystemError(code, syscall, errno). Nothing but the subclass's own integers crosses into the pool
+// thread. Start() queues the work, which deletes itself once settled, and returns the promise.
+class FileWork : public Napi::AsyncWorker {
+ public:
+  Napi::Promise Start() {
+    Napi::Promise promise = deferred_.Promise();
+    Queue();
+    return promise;
+  }
+
+ protected:
+  // `code` and `syscall` are string literals (they outlive the work).
+  FileWork(Napi::Env env, const char* resource, const char* code, const char* syscall)
+      : Napi::AsyncWorker(env, resource), deferred_(Napi::Promise::Deferred::New(env)), code_(code), syscall_(syscall) {}
+
+  void Fail(int err) { errno_ = err; }
+  virtual Napi::Value Result(Napi::Env env) = 0;
+
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (errno_ != 0) {
+      deferred_.Reject(SystemError(env, code_, syscall_, errno_).Value());
+      return;
+    }
+    deferred_.Resolve(Result(env));
+  }
+
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  const char* code_;
+  const char* syscall_;
+  int errno_ = 0;
+};
 
 }  // namespace vmseal

@@ -1,7 +1,9 @@
 #!/usr/bin/env node
 // `npm run fuzz`: the long fuzz runs that `npm test` only samples with fixed seeds.
 //  1. the VMDK fuzzer (descriptors, sparse headers and tables) for a time budget: scripts/fuzz-vmdk.mjs;
-//  2. the KeySafe grammar, TTLV decoder and KMIP wire fuzzers with every budget multiplied.
+//  2. the KeySafe grammar, TTLV decoder and KMIP wire fuzzers with every budget multiplied;
+//  3. the crash and kill tests at every crash point, and many-extents at full size
+//     (VMSEAL_TEST_FULL=1: test/helpers/points.ts; `npm test` visits a fixed sample). Takes long.
 // Usage: npm run fuzz [-- --minutes N] [--scale K] [--seed S]   (defaults: 10 minutes of VMDK, ×50, random seed)
 import { spawnSync } from 'node:child_process';
 import { dirname, join } from 'node:path';
@@ -35,7 +37,24 @@ const okProps = run('KeySafe, TTLV and KMIP wire', [vitest, 'run', 'test/keys/ke
   VMSEAL_FUZZ_SCALE: String(scale),
   VMSEAL_FUZZ_SEED: String(seed),
 });
-if (!okVmdk || !okProps) {
+// Every test that samples its crash points or sizes through test/helpers/points.ts.
+const okFull = run(
+  'crash and kill tests at every point (VMSEAL_TEST_FULL=1)',
+  [
+    vitest,
+    'run',
+    '--testTimeout=3600000',
+    'test/pipeline/crash-fs.test.ts',
+    'test/pipeline/sigkill.test.ts',
+    'test/pipeline/single-file-commit.test.ts',
+    'test/pipeline/many-extents.test.ts',
+    'test/vmdk/sparse-crash.test.ts',
+    'test/disk/data-check-crash.test.ts',
+    'test/vm/folder-crash.test.ts',
+  ],
+  { VMSEAL_TEST_FULL: '1' },
+);
+if (!okVmdk || !okProps || !okFull) {
   console.error(`fuzz: FAILED (seed ${seed})`);
   process.exit(1);
 }

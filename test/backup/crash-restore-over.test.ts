@@ -7,13 +7,13 @@ import { spawn, spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createBackup, initRepository, resumeBackupRestore, type BackupError } from '../../src/backup/index.js';
+import { createBackup, initRepository, resumeBackupRestore } from '../../src/backup/index.js';
 import { openDisk } from '../../src/disk/index.js';
 import { resumeDisk } from '../../src/pipeline/index.js';
 import { patternBytes, tempDir } from '../disk/helpers.js';
 import { bundleFixture } from '../helpers/bundle.js';
-import { BIN, cleanEnv, json, vmseal } from '../cli/run-cli.js';
-import { encryptedDisk, PASS, qemuDataBytes } from './helpers.js';
+import { BIN, json, vmseal } from '../cli/run-cli.js';
+import { backupErrorOf, encryptedDisk, noKeyEnv, PASS, qemuDataBytes } from './helpers.js';
 
 const MiB = 1 << 20;
 let tmp: ReturnType<typeof tempDir>;
@@ -22,16 +22,7 @@ beforeAll(() => {
 });
 afterAll(() => tmp.cleanup());
 
-const noKey = (): NodeJS.ProcessEnv => cleanEnv({ VMSEAL_HOME: join(tmp.dir, 'no-home') });
-
-async function errorOf(p: Promise<unknown>): Promise<BackupError> {
-  const err = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(Error);
-  return err as BackupError;
-}
+const noKey = (): NodeJS.ProcessEnv => noKeyEnv(tmp.dir);
 
 describe('a killed rollback', () => {
   let child: string;
@@ -89,8 +80,8 @@ describe('a killed rollback', () => {
       expect(same(changed), `${what}: no journal, so untouched`).toBe(true);
       return 'untouched';
     }
-    expect((await errorOf(openDisk(disk, { keys: { passphrase: PASS } }))).code, what).toBe('ERR_INTERRUPTED_JOB');
-    expect((await errorOf(createBackup(disk, repo))).code, what).toBe('ERR_INTERRUPTED_JOB');
+    expect((await backupErrorOf(openDisk(disk, { keys: { passphrase: PASS } }))).code, what).toBe('ERR_INTERRUPTED_JOB');
+    expect((await backupErrorOf(createBackup(disk, repo))).code, what).toBe('ERR_INTERRUPTED_JOB');
     if (cli) {
       const r = await vmseal(['resume', disk, '--json'], noKey());
       expect(r.code, `${what}: ${r.stderr}`).toBe(0);
@@ -133,7 +124,7 @@ describe('a killed rollback', () => {
     const at = forged.indexOf('"started":"2') + 11;
     forged[at] = forged[at] === 0x32 ? 0x33 : 0x32;
     writeFileSync(journal, forged);
-    expect((await errorOf(resumeBackupRestore(twice))).code).toBe('ERR_JOURNAL');
+    expect((await backupErrorOf(resumeBackupRestore(twice))).code).toBe('ERR_JOURNAL');
     writeFileSync(journal, original);
     expect(await checkAfterKill(twice, 'crash during resume')).toBe('resumed');
     expect(seen.has('resumed')).toBe(true);

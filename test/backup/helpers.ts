@@ -5,7 +5,10 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { expect } from 'vitest';
+import type { BackupError } from '../../src/backup/index.js';
 import { createEncryptedDisk, openDisk } from '../../src/disk/index.js';
+import { cleanEnv } from '../cli/run-cli.js';
 import { phraseLocker } from '../disk/helpers.js';
 
 export const PASS = 'backup-test-passphrase';
@@ -67,4 +70,19 @@ export function descriptorWithoutExtents(text: string): string {
     .split('\n')
     .filter((l) => !/^\s*(RW|RDONLY|NOACCESS)\s/.test(l))
     .join('\n');
+}
+
+/** The error a backup call rejects with (the test fails if it resolves instead). */
+export async function backupErrorOf(p: Promise<unknown>): Promise<BackupError> {
+  const err = await p.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(Error);
+  return err as BackupError;
+}
+
+/** The CLI's environment with an empty keystore under `dir`: only a passphrase can open a disk. */
+export function noKeyEnv(dir: string): NodeJS.ProcessEnv {
+  return cleanEnv({ VMSEAL_HOME: join(dir, 'no-home') });
 }

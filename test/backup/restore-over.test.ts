@@ -7,12 +7,12 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createBackup, initRepository, restoreBackupOver, type BackupError } from '../../src/backup/index.js';
+import { createBackup, initRepository, restoreBackupOver } from '../../src/backup/index.js';
 import { acquireLock } from '../../src/pipeline/lock.js';
 import { encryptDisk } from '../../src/pipeline/index.js';
 import { phraseLocker, patternBytes, sha256, tempDir } from '../disk/helpers.js';
 import { cleanEnv, json, vmseal } from '../cli/run-cli.js';
-import { encryptedDisk, PASS, qemuDataBytes, run } from './helpers.js';
+import { backupErrorOf, encryptedDisk, noKeyEnv, PASS, qemuDataBytes, run } from './helpers.js';
 
 const MiB = 1 << 20;
 let tmp: ReturnType<typeof tempDir>;
@@ -21,7 +21,7 @@ beforeAll(() => {
 });
 afterAll(() => tmp.cleanup());
 
-const noKey = (): NodeJS.ProcessEnv => cleanEnv({ VMSEAL_HOME: join(tmp.dir, 'no-home') });
+const noKey = (): NodeJS.ProcessEnv => noKeyEnv(tmp.dir);
 
 /** The chunk offsets a point lists. */
 function pointChunks(repo: string, point: string): number[] {
@@ -32,15 +32,6 @@ function pointChunks(repo: string, point: string): number[] {
 /** qemu-io writes (ciphertext-view bytes, no key: what a careless tool or a guest's damage does). */
 function qemuWrite(disk: string, at: number, length: number, pattern: number): void {
   execFileSync('qemu-io', ['-f', 'vmdk', '-c', `write -P ${pattern} ${at} ${length}`, disk], { stdio: 'ignore' });
-}
-
-async function errorOf(p: Promise<unknown>): Promise<BackupError> {
-  const err = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(Error);
-  return err as BackupError;
 }
 
 describe('quick rollback of an ext4 disk', () => {
@@ -102,12 +93,12 @@ describe('refusals', () => {
     await initRepository(repo);
     const p = await createBackup(disk, repo);
     const before = sha256(readFileSync(join(dir, 'o-flat.vmdk')));
-    const e = await errorOf(restoreBackupOver(repo, p.point, other));
+    const e = await backupErrorOf(restoreBackupOver(repo, p.point, other));
     expect(e.code).toBe('ERR_BACKUP_NOT_SAME_DISK');
     expect(e.message).toMatch(
       /is not the disk point .* was taken of \(disk id [0-9a-f]{32}, the point's [0-9a-f]{32}\); .*restore the point to a new OUT instead/,
     );
-    expect((await errorOf(restoreBackupOver(repo, p.point, sparse))).message).toMatch(/subformat monolithicSparse, the point's monolithicFlat/);
+    expect((await backupErrorOf(restoreBackupOver(repo, p.point, sparse))).message).toMatch(/subformat monolithicSparse, the point's monolithicFlat/);
     expect(sha256(readFileSync(join(dir, 'o-flat.vmdk')))).toBe(before);
     const cli = await vmseal(['backup', 'restore', repo, p.point, '--over', other], noKey());
     expect(cli.code).toBe(2);
@@ -115,7 +106,7 @@ describe('refusals', () => {
     // The disk is locked for the job: a holder of its lock (here a backup's shared one) keeps it out.
     const held = await acquireLock(disk, 'test', 'shared');
     try {
-      expect((await errorOf(restoreBackupOver(repo, p.point, disk))).code).toBe('ERR_DISK_BUSY');
+      expect((await backupErrorOf(restoreBackupOver(repo, p.point, disk))).code).toBe('ERR_DISK_BUSY');
     } finally {
       await held.release();
     }

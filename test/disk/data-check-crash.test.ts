@@ -1,12 +1,15 @@
 // The unit-0 update protocol under simulated power loss (test/helpers/crash-fs.ts): at every
 // durability-relevant call of three unit-0 writes, un-synced writes are lost (or only the last of
 // each file kept); the disk must then open — one of the data check's slots matches unit 0 — and
-// unit 0 must hold one of the values written, whole.
+// unit 0 must hold one of the values written, whole. `npm test` visits the calls
+// test/helpers/points.ts samples (each kind's first and last, the edges, a few between); `npm run
+// fuzz` every call.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawnSync } from 'node:child_process';
 import { cpSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { bundleFixture } from '../helpers/bundle.js';
+import { crashPoints } from '../helpers/points.js';
 import { createEncryptedDisk, openDisk } from '../../src/disk/index.js';
 import { phraseLocker, tempDir } from './helpers.js';
 
@@ -27,7 +30,13 @@ function run(folder: string, disk: string, crashAt: number, keep: string) {
     env: { ...process.env, CRASH_ROOT: folder, CRASH_AT: String(crashAt), CRASH_KEEP: keep },
     encoding: 'utf8',
   });
-  return { signal: r.signal, status: r.status, stderr: r.stderr, events: Number(/events=(\d+)/.exec(r.stdout)?.[1] ?? 0) };
+  return {
+    signal: r.signal,
+    status: r.status,
+    stderr: r.stderr,
+    events: Number(/events=(\d+)/.exec(r.stdout)?.[1] ?? 0),
+    kinds: /kinds=(\w*)/.exec(r.stdout)?.[1] ?? '',
+  };
 }
 
 describe.each(['monolithicSparse', 'monolithicFlat'] as const)('%s: a power loss during unit-0 writes', (subformat) => {
@@ -45,7 +54,7 @@ describe.each(['monolithicSparse', 'monolithicFlat'] as const)('%s: a power loss
     expect(total.status, total.stderr).toBe(0);
     expect(total.events).toBeGreaterThan(4);
 
-    for (let at = 1; at <= total.events; at++) {
+    for (const at of crashPoints(total.events, { spread: 2, kinds: total.kinds, seed: subformat.length })) {
       const folder = join(tmp.dir, `${subformat}-${keep}-${at}`);
       cpSync(pristine, folder, { recursive: true });
       const r = run(folder, join(folder, name), at, keep);

@@ -42,6 +42,12 @@ interface Durable {
 export interface CrashFs {
   /** Durability-relevant calls seen so far. */
   readonly events: number;
+  /**
+   * Their kinds, one letter a call in order: w write (write, writev, a handle's writeFile), t
+   * truncate, s sync of a file, d sync of a folder, r rename, u unlink, l link, f writeFile, m rm.
+   * test/helpers/points.ts visits the first and last call of each kind.
+   */
+  readonly kinds: string;
 }
 
 export type KeepPolicy = 'none' | 'last';
@@ -58,6 +64,7 @@ function installCrashFs(
   /** Writes since the last fsync of each inode, as functions that apply them to a content. */
   const pending = new Map<number, PendingWrite[]>();
   let events = 0;
+  let kinds = '';
 
   const under = (p: string): boolean => {
     const r = resolve(p);
@@ -107,9 +114,10 @@ function installCrashFs(
     throw new Error('unreachable');
   }
 
-  function tick(relevant: boolean): void {
+  function tick(relevant: boolean, kind: string): void {
     if (!relevant) return;
     events++;
+    kinds += kind;
     if (crashAt > 0 && events >= crashAt) crash();
   }
 
@@ -140,7 +148,7 @@ function installCrashFs(
       const orig = proto[name];
       proto[name] = function (this: { fd: number }, ...args: unknown[]) {
         const rel = tracked.has(this);
-        tick(rel);
+        tick(rel, name === 'truncate' ? 't' : 'w');
         if (rel) {
           const op = describeWrite(name, args);
           if (op) {
@@ -157,7 +165,7 @@ function installCrashFs(
       const orig = proto[name];
       proto[name] = async function (this: { fd: number }, ...args: unknown[]) {
         const rel = tracked.has(this);
-        tick(rel);
+        tick(rel, rel && fstatSync(this.fd).isDirectory() ? 'd' : 's');
         const r = await orig.apply(this, args);
         if (rel) {
           const st = fstatSync(this.fd);
@@ -181,28 +189,28 @@ function installCrashFs(
       touchDir(dirname(resolve(String(from))));
       touchDir(dirname(resolve(String(to))));
     }
-    tick(rel);
+    tick(rel, 'r');
     return origRename(from, to);
   }) as typeof fsp.rename;
   const origUnlink = fsp.unlink;
   fsp.unlink = (async (p: string) => {
     const rel = under(String(p));
     if (rel) touchDir(dirname(resolve(String(p))));
-    tick(rel);
+    tick(rel, 'u');
     return origUnlink(p);
   }) as typeof fsp.unlink;
   const origLink = fsp.link;
   fsp.link = (async (a: string, b: string) => {
     const rel = under(String(b));
     if (rel) touchDir(dirname(resolve(String(b))));
-    tick(rel);
+    tick(rel, 'l');
     return origLink(a, b);
   }) as typeof fsp.link;
   const origWriteFile = fsp.writeFile;
   fsp.writeFile = (async (p: Parameters<typeof fsp.writeFile>[0], d: Parameters<typeof fsp.writeFile>[1], o?: Parameters<typeof fsp.writeFile>[2]) => {
     const rel = typeof p === 'string' && under(p);
     if (rel) touchDir(dirname(resolve(p)));
-    tick(rel);
+    tick(rel, 'f');
     const r = await origWriteFile(p, d, o);
     if (rel) {
       const st = statSync(p);
@@ -218,13 +226,16 @@ function installCrashFs(
     const rel = under(String(p));
     if (rel && existsSync(p) && statSync(p).isDirectory()) touchDir(p);
     if (rel) touchDir(dirname(resolve(String(p))));
-    tick(rel);
+    tick(rel, 'm');
     return origRm(p, o);
   }) as typeof fsp.rm;
 
   return {
     get events() {
       return events;
+    },
+    get kinds() {
+      return kinds;
     },
     patchHandle,
   };

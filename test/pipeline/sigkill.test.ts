@@ -1,11 +1,13 @@
 // Kill an in-place job with SIGKILL at many points of its protocol; running the same call again must
-// finish it with the right data every time.
+// finish it with the right data every time. The points (test/helpers/points.ts): each kind of call's
+// first and last, the run's edges and a few spread between; every call under `npm run fuzz`.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawnSync } from 'node:child_process';
 import { closeSync, openSync, readdirSync, readFileSync, readSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { patternBytes, sha256, tempDir } from '../disk/helpers.js';
 import { bundleFixture } from '../helpers/bundle.js';
+import { crashPoints } from '../helpers/points.js';
 import { diskTemplate, encryptedDisks, opensAs, plainHash, rawInputs } from './helpers.js';
 
 const MiB = 1 << 20;
@@ -33,21 +35,7 @@ function run(op: string, disk: string, killAt?: number) {
     env: { ...process.env, ...(killAt ? { KILL_AT: String(killAt) } : {}) },
     encoding: 'utf8',
   });
-  return { signal: r.signal, status: r.status, stdout: r.stdout, stderr: r.stderr };
-}
-
-/** Kill points spread over the whole run: the first calls, the last ones, and random ones between. */
-function killPoints(total: number, n: number, seed: number): number[] {
-  const pts = new Set<number>([1, 2, 3, total - 2, total - 1, total]);
-  // A job with few I/O calls (n close to total) must not wait for the generator to hit the last
-  // free points: it cycles through a subset, so bound the draws and then fill in order.
-  let x = seed;
-  for (let draws = 0; pts.size < n && draws < 10_000; draws++) {
-    x = (x * 1103515245 + 12345) % 2 ** 31;
-    pts.add(1 + (x % total));
-  }
-  for (let p = 1; pts.size < n && p <= total; p++) pts.add(p);
-  return [...pts].filter((p) => p >= 1 && p <= total).sort((a, b) => a - b);
+  return { signal: r.signal, status: r.status, stdout: r.stdout, stderr: r.stderr, kinds: /kinds=(\w*)/.exec(r.stdout)?.[1] ?? '' };
 }
 
 const scenarios = [
@@ -61,7 +49,7 @@ describe('SIGKILL at any point of a copy job: nothing under the final name until
     const full = run('copy', input('dry'));
     expect(full.status, full.stderr).toBe(0);
     const total = Number(/events=(\d+)/.exec(full.stdout)![1]);
-    for (const point of killPoints(total, 10, 4242)) {
+    for (const point of crashPoints(total, { spread: 4, kinds: full.kinds, seed: 4242 })) {
       const src = input(`kill-${point}`);
       const out = join(dirname(src), 'in.enc.vmdk');
       const killed = run('copy', src, point);
@@ -89,7 +77,7 @@ describe('SIGKILL at any point of a shallow rekey (embedded descriptor), then re
     const full = run('shallow', await prepare('dry'));
     expect(full.status, full.stderr).toBe(0);
     const total = Number(/events=(\d+)/.exec(full.stdout)![1]);
-    for (const point of killPoints(total, Math.min(8, total), 777)) {
+    for (const point of crashPoints(total, { spread: 3, kinds: full.kinds, seed: 777 })) {
       const disk = await prepare(`kill-${point}`);
       expect(run('shallow', disk, point).signal).toBe('SIGKILL');
       const resumed = run('resume', disk);
@@ -114,7 +102,7 @@ describe('SIGKILL at any point of an in-place job, then the same call again', ()
       expect(total).toBeGreaterThan(20);
       expect(await plainHash(dry, s.passphrase)).toBe(sha256(image));
 
-      for (const point of killPoints(total, 12, s.op.length * 7919)) {
+      for (const point of crashPoints(total, { spread: 5, kinds: full.kinds, seed: s.op.length * 7919 })) {
         const disk = copyDisk(`kill-${point}`);
         const killed = run(s.op, disk, point);
         expect(killed.signal, `kill at ${point}: ${killed.stderr}`).toBe('SIGKILL');

@@ -12,6 +12,7 @@ import { openDisk } from '../../src/disk/index.js';
 import { LocalKeyProvider } from '../../src/keys/index.js';
 import { patternBytes, sha256, tempDir } from '../disk/helpers.js';
 import { bundleFixture } from '../helpers/bundle.js';
+import { crashPoints } from '../helpers/points.js';
 import { plainHash, rawInputs } from './helpers.js';
 
 const MiB = 1 << 20;
@@ -49,12 +50,12 @@ function run(how: 'kill' | 'crash', input: string, at = 0, env: Record<string, s
   return { signal: r.signal, status: r.status, stdout: r.stdout, stderr: r.stderr, events: Number(/events=(\d+)/.exec(r.stdout)?.[1] ?? 0) };
 }
 
-/** Every durability-relevant call of a short job, up to `n` of them (the commit is in the last ones). */
-function points(total: number, n: number): number[] {
-  const pts = new Set<number>();
-  for (let p = total; p >= 1 && pts.size < n; p--) pts.add(p);
-  for (const q of [1, 2, 3]) pts.add(Math.max(1, Math.round((q * total) / 4)));
-  return [...pts].sort((a, b) => a - b);
+/**
+ * The last four durability-relevant calls of a short job (they hold the whole commit) and one spread
+ * over the rest (test/helpers/points.ts; every call under `npm run fuzz`).
+ */
+function points(total: number, seed: number): number[] {
+  return crashPoints(total, { first: 0, last: 4, spread: 1, seed });
 }
 
 /**
@@ -90,7 +91,7 @@ describe('single-file output: one rename, no commit record', () => {
         const dry = run(how, dryInput, 0, env);
         expect(dry.status, dry.stderr).toBe(0);
         expect(stages(dirname(dryInput))).toEqual({ names: [], withRecord: [] });
-        for (const point of points(dry.events, 4)) {
+        for (const point of points(dry.events, how.length + keep.length)) {
           const src = input(`at-${point}`);
           const dir = dirname(src);
           const out = join(dir, 'in.one.vmdk');
@@ -117,7 +118,7 @@ describe('single-file output: one rename, no commit record', () => {
     const dry = run('kill', first, 0, { FORCE: '1' });
     expect(dry.status, dry.stderr).toBe(0);
     expect(await plainHash(join(dirname(first), 'in.one.vmdk'), 'pw')).toBe(sha256(image));
-    for (const point of points(dry.events, 4)) {
+    for (const point of points(dry.events, 2)) {
       const src = input(`at-${point}`);
       const out = join(dirname(src), 'in.one.vmdk');
       expect(run('kill', src, 0, { PHRASE: 'old' }).status).toBe(0);
@@ -139,7 +140,7 @@ describe('single-file output: one rename, no commit record', () => {
     const dry = run('kill', dryInput, 0, { KEYSTORE: dryHome });
     expect(dry.status, dry.stderr).toBe(0);
     expect(await providerHash(join(dirname(dryInput), 'in.one.vmdk'), dryHome)).toBe(sha256(image));
-    for (const point of points(dry.events, 4)) {
+    for (const point of points(dry.events, 3)) {
       const src = input(`at-${point}`);
       const dir = dirname(src);
       const home = join(dir, 'home');

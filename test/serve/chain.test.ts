@@ -3,9 +3,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { createEncryptedSnapshot, openDisk } from '../../src/index.js';
+import { createEncryptedSnapshot } from '../../src/index.js';
 import { tempDir } from '../disk/helpers.js';
-import { encryptedDisk, KEYS, random, run, startHost, unixUri } from './helpers.js';
+import { encryptedDisk, KEYS, plaintextOf, random, run, startHost, unixUri } from './helpers.js';
 
 const MiB = 1 << 20;
 let tmp: ReturnType<typeof tempDir>;
@@ -13,15 +13,6 @@ beforeAll(() => {
   tmp = tempDir('vmseal-serve-chain-');
 });
 afterAll(() => tmp?.cleanup());
-
-async function plaintextOf(path: string): Promise<Buffer> {
-  const d = await openDisk(path, { keys: KEYS, readOnly: true });
-  try {
-    return await d.read(0, d.capacity);
-  } finally {
-    await d.close();
-  }
-}
 
 describe('serving a snapshot chain', () => {
   it('serves the top of an encrypted chain: qemu-io reads the parent through it and writes only the top', async () => {

@@ -5,11 +5,21 @@ import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { createEncryptedDisk, serve, type NbdHost, type ServeOptions } from '../../src/index.js';
+import { createEncryptedDisk, openDisk, serve, type NbdHost, type ServeOptions } from '../../src/index.js';
 import { phraseLocker } from '../disk/helpers.js';
 
 export const PASSPHRASE = 'serve-test-passphrase';
 export const KEYS = { passphrase: PASSPHRASE };
+
+/** The plaintext of a disk, read through vmseal with KEYS (after the server released it). */
+export async function plaintextOf(path: string): Promise<Buffer> {
+  const d = await openDisk(path, { keys: KEYS, readOnly: true });
+  try {
+    return await d.read(0, d.capacity);
+  } finally {
+    await d.close();
+  }
+}
 
 const execFileP = promisify(execFile);
 

@@ -3,9 +3,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { openDisk } from '../../src/index.js';
 import { tempDir } from '../disk/helpers.js';
-import { encryptedDisk, KEYS, plainRaw, random, run, startHost, unixUri } from './helpers.js';
+import { encryptedDisk, plainRaw, plaintextOf, random, run, startHost, unixUri } from './helpers.js';
 
 const MiB = 1 << 20;
 let tmp: ReturnType<typeof tempDir>;
@@ -14,16 +13,6 @@ beforeAll(() => {
   tmp = tempDir('vmseal-serve-interop-');
 });
 afterAll(() => tmp?.cleanup());
-
-/** The plaintext of a disk, read through vmseal (after the server released it). */
-async function plaintextOf(path: string): Promise<Buffer> {
-  const d = await openDisk(path, { keys: KEYS, readOnly: true });
-  try {
-    return await d.read(0, d.capacity);
-  } finally {
-    await d.close();
-  }
-}
 
 describe('nbdinfo', () => {
   it('--json reports size, block sizes and capabilities; --map reports the holes of a sparse encrypted disk', async () => {

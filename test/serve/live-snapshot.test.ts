@@ -12,7 +12,7 @@ import { tempDir } from '../disk/helpers.js';
 import { acquireLock } from '../../src/pipeline/lock.js';
 import { acquireFileLock, lockRecordPathFor } from '../../src/util/lock.js';
 import { cleanEnv, vmseal } from '../cli/run-cli.js';
-import { encryptedDisk, KEYS, PASSPHRASE, random, run, startHost, unixUri } from './helpers.js';
+import { encryptedDisk, KEYS, PASSPHRASE, plaintextOf, random, run, startHost, unixUri } from './helpers.js';
 import { CMD, RawClient } from './nbd-client.js';
 
 const KiB = 1024;
@@ -121,15 +121,6 @@ function checkParent(parent: Buffer, before: Buffer, w: WriterLog): void {
   }
   expect(inParent).toBeGreaterThanOrEqual(w.ackedBefore.size);
   expect(inParent).toBeLessThan(BLOCKS);
-}
-
-async function plaintextOf(path: string): Promise<Buffer> {
-  const d = await openDisk(path, { keys: KEYS, readOnly: true });
-  try {
-    return await d.read(0, d.capacity);
-  } finally {
-    await d.close();
-  }
 }
 
 async function readExport(uri: string, dir: string): Promise<Buffer> {

@@ -6,15 +6,16 @@
 // job file is durable), the same call finishes the job, and the VM decrypts to its original bytes.
 import { spawnSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LocalKeyProvider } from '../../src/keys/index.js';
 import { decryptVmFolder, encryptVmFolder, inspectVm, readVmJob, VM_JOB_NAME } from '../../src/vm/index.js';
-import { openDisk } from '../../src/vmdk/index.js';
 import { bundleFixture } from '../helpers/bundle.js';
+import { FULL, full } from '../helpers/points.js';
 import { tempDir } from '../disk/helpers.js';
+import { contentHash, randomRaw, sha256 } from './helpers.js';
 
 let tmp: ReturnType<typeof tempDir>;
 let child: string;
@@ -23,18 +24,7 @@ let keystore: string;
 const original: Record<string, string> = {};
 const DISKS = ['disk0-000001.vmdk', 'data.vmdk'];
 const FILES = ['web.vmx', 'web.nvram'];
-
-const sha256 = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
-
-/** SHA-256 of a plain VMDK's virtual disk. */
-async function contentHash(path: string): Promise<string> {
-  const d = await openDisk(path, { readOnly: true });
-  try {
-    return sha256(await d.read(0, d.capacity));
-  } finally {
-    await d.close();
-  }
-}
+const TIMEOUT = full(120_000, 3_600_000);
 
 function run(op: 'encrypt' | 'decrypt', vm: string, crashAt = 0) {
   const r = spawnSync(process.execPath, [child, op, vm], { env: { ...process.env, CRASH_AT: String(crashAt), KEYSTORE: keystore }, encoding: 'utf8' });
@@ -46,9 +36,11 @@ function run(op: 'encrypt' | 'decrypt', vm: string, crashAt = 0) {
  * Crash points, from the events count when each step was recorded (`ends`): while the job file is
  * first written, in the middle of the first disk, just after each step's record (`all`: every
  * step; `few`: the first and the one before the .vmx), one call before the last step's record, and
- * the last call (the job file's removal).
+ * the last call (the job file's removal). `npm run fuzz` (VMSEAL_TEST_FULL=1, test/helpers/points.ts)
+ * crashes at every call of both jobs.
  */
 function points(ends: number[], total: number, which: 'all' | 'few'): number[] {
+  if (FULL) return Array.from({ length: total }, (_, i) => i + 1);
   const pts = new Set<number>([Math.round(ends[0]! / 2), ends.at(-1)! - 1, total]);
   // The first disk is a snapshot chain: also while its new chain is moved over the old one.
   if (which === 'all') for (const p of [2, ends[0]! - 2, ends[0]! - 5, ends[0]! - 7, ends[0]! - 9]) pts.add(p);
@@ -76,8 +68,7 @@ beforeAll(async () => {
   keystore = join(tmp.dir, 'home');
   template = join(tmp.dir, 'template');
   mkdirSync(template);
-  const raw = join(tmp.dir, 'd.raw');
-  writeFileSync(raw, Buffer.concat([randomBytes(600_000), Buffer.alloc(448_576)]));
+  const raw = randomRaw(join(tmp.dir, 'd.raw'), 600_000);
   execFileSync('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'vmdk', raw, join(template, 'disk0.vmdk')]);
   // disk0 has a snapshot: the .vmx names the child, which holds data of its own.
   execFileSync('qemu-img', ['create', '-q', '-f', 'vmdk', '-b', 'disk0.vmdk', '-F', 'vmdk', join(template, 'disk0-000001.vmdk')]);
@@ -101,7 +92,7 @@ function freshVm(): string {
   return vm;
 }
 
-describe('power loss during vm encrypt DIR, then the same call again', () => {
+describe('power loss during vm encrypt DIR, then the same call again', { timeout: TIMEOUT }, () => {
   it('finishes the job from every crash point; vm info says a job is interrupted until then', async () => {
     const dry = run('encrypt', freshVm());
     expect(dry.status, dry.stderr).toBe(0);
@@ -128,10 +119,10 @@ describe('power loss during vm encrypt DIR, then the same call again', () => {
     // Crashes landed with no step done (in the first disk), after one disk, after both disks, and
     // after the disks and the .nvram (before the .vmx).
     expect([...seen].sort()).toEqual(expect.arrayContaining([0, 1, 2, 3]));
-  }, 120_000);
+  });
 });
 
-describe('power loss during vm decrypt DIR, then the same call again', () => {
+describe('power loss during vm decrypt DIR, then the same call again', { timeout: TIMEOUT }, () => {
   it('finishes the job from every crash point', async () => {
     const encrypted = join(tmp.dir, 'encrypted');
     cpSync(template, encrypted, { recursive: true });
@@ -152,5 +143,5 @@ describe('power loss during vm decrypt DIR, then the same call again', () => {
       expect(again.status, `re-run after a crash at ${point}: ${again.stderr}`).toBe(0);
       await expectOriginal(vm, `after a crash at ${point}`);
     }
-  }, 120_000);
+  });
 });

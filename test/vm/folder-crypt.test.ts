@@ -2,30 +2,19 @@
 // variables) round trip, and the refusals made before anything changes (a missing disk, a raw disk,
 // a VMware-encrypted disk to decrypt, a damaged job file, the other operation's interrupted job).
 import { execFileSync } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { cpSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LocalKeyProvider } from '../../src/keys/index.js';
 import { decryptVmFolder, encryptVmFolder, isStateFile, listVmFolder, VM_JOB_NAME } from '../../src/vm/index.js';
-import { openDisk } from '../../src/vmdk/index.js';
 import { tempDir } from '../disk/helpers.js';
-import { VMWARE_ENCRYPTED_DESCRIPTOR } from './helpers.js';
+import { contentHash, randomRaw, sha256, VMWARE_ENCRYPTED_DESCRIPTOR } from './helpers.js';
 
 let tmp: ReturnType<typeof tempDir>;
 let provider: LocalKeyProvider;
 let template: string;
 let n = 0;
-const sha256 = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
-
-async function contentHash(path: string): Promise<string> {
-  const d = await openDisk(path, { readOnly: true });
-  try {
-    return sha256(await d.read(0, d.capacity));
-  } finally {
-    await d.close();
-  }
-}
 
 function fresh(): string {
   const vm = join(tmp.dir, `vm${n++}`);
@@ -38,8 +27,7 @@ beforeAll(() => {
   provider = new LocalKeyProvider({ home: join(tmp.dir, 'home') });
   template = join(tmp.dir, 'template');
   mkdirSync(template);
-  const raw = join(tmp.dir, 'd.raw');
-  writeFileSync(raw, Buffer.concat([randomBytes(300_000), Buffer.alloc(748_576)]));
+  const raw = randomRaw(join(tmp.dir, 'd.raw'), 300_000);
   execFileSync('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'vmdk', raw, join(template, 'd0.vmdk')]);
   writeFileSync(join(template, 'OVMF_VARS.fd'), randomBytes(540_672));
   writeFileSync(

@@ -2,7 +2,7 @@
 // made on the server once, locks every disk's DEK, the .nvram's file key and the config key; the VM
 // decrypts back to its original bytes through the server.
 import { execFileSync } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -11,9 +11,9 @@ import { describeKeySafe } from '../../src/keys/index.js';
 import type { CreateKeyOptions, KeyRef } from '../../src/keys/index.js';
 import { KmipKeyProvider } from '../../src/kmip/index.js';
 import { decryptVmFolder, encryptVmFolder, inspectVm, readStateFileHeader, VM_JOB_NAME } from '../../src/vm/index.js';
-import { openDisk } from '../../src/vmdk/index.js';
 import { tempDir } from '../disk/helpers.js';
 import { startPyKmip, type PyKmip } from '../helpers/pykmip.js';
+import { contentHash, randomRaw, sha256 } from './helpers.js';
 
 let kms: PyKmip;
 let tmp: ReturnType<typeof tempDir>;
@@ -22,16 +22,6 @@ function provider(): KmipKeyProvider {
   const p = new KmipKeyProvider({ ...kms.providerOptions('vm-kms'), timeoutMs: 5000 });
   providers.push(p);
   return p;
-}
-const sha256 = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
-
-async function contentHash(path: string): Promise<string> {
-  const d = await openDisk(path, { readOnly: true });
-  try {
-    return sha256(await d.read(0, d.capacity));
-  } finally {
-    await d.close();
-  }
 }
 
 beforeAll(async () => {
@@ -48,8 +38,7 @@ describe('vm encrypt DIR with a KMIP provider', () => {
   it('locks every key of the VM with one KEK of the server, and decrypts back through it', async () => {
     const vm = join(tmp.dir, 'vm');
     mkdirSync(vm);
-    const raw = join(tmp.dir, 'd.raw');
-    writeFileSync(raw, Buffer.concat([randomBytes(200_000), Buffer.alloc(848_576)]));
+    const raw = randomRaw(join(tmp.dir, 'd.raw'), 200_000);
     execFileSync('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'vmdk', raw, join(vm, 'a.vmdk')]);
     execFileSync('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'vmdk', raw, join(vm, 'b.vmdk')]);
     writeFileSync(join(vm, 'k.vmx'), 'displayName = "k"\nscsi0:0.fileName = "a.vmdk"\nscsi0:1.fileName = "b.vmdk"\n');

@@ -1,7 +1,7 @@
 // Seeded mutation fuzzing of descriptors, sparse headers, grain directories/tables and stream markers.
 // Property: opening, reading, mapping and writing a mutated image either works or throws a
 // VmdkFormatError — never another exception, a hang, or an unbounded allocation.
-// Budget and seed: VMSEAL_FUZZ_MS (default 20000, split over the properties), VMSEAL_FUZZ_SEED.
+// Budget and seed: VMSEAL_FUZZ_MS (default 6000, split over the properties), VMSEAL_FUZZ_SEED.
 // `node scripts/fuzz-vmdk.mjs` runs this file with a long budget and a random seed.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import fc from 'fast-check';
@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { createDisk, openDisk, Descriptor, VmdkFormatError } from '../../src/vmdk/index.js';
 import { patternData, tempDir } from './helpers.js';
 
-const BUDGET_MS = Number(process.env.VMSEAL_FUZZ_MS ?? 20_000);
+const BUDGET_MS = Number(process.env.VMSEAL_FUZZ_MS ?? 6_000);
 const SEED = Number(process.env.VMSEAL_FUZZ_SEED ?? 20261128);
 const PROPERTIES = 4;
 const perProperty = Math.max(1000, Math.floor(BUDGET_MS / PROPERTIES));

@@ -10,6 +10,7 @@ import { spawnSync } from 'node:child_process';
 import { cpSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { bundleFixture } from '../helpers/bundle.js';
+import { crashPoints } from '../helpers/points.js';
 import { createEncryptedDisk } from '../../src/disk/index.js';
 import { createDisk } from '../../src/vmdk/index.js';
 import { phraseLocker } from '../disk/helpers.js';
@@ -40,22 +41,17 @@ function run(folder: string, disk: string, crashAt: number, keep: string, passph
     stderr: r.stderr,
     flushed: flushed.length ? flushed[flushed.length - 1] : 0,
     events: Number(/events=(\d+)/.exec(r.stdout)?.[1] ?? 0),
+    kinds: /kinds=(\w*)/.exec(r.stdout)?.[1] ?? '',
   };
 }
 
 /**
- * Where to crash: 8 calls spread over the run (the first and the last among them) keep the file well
- * under a minute; VMSEAL_CRASH_SAMPLE=0 crashes at every call (30-40 per case; all pass). Every call
+ * Where to crash (test/helpers/points.ts): the first and last call of each kind, the edges of the
+ * run and a few spread between, the spread seeded per case so the cases together cover more calls;
+ * `npm run fuzz` (VMSEAL_TEST_FULL=1) crashes at every call (30-40 per case; all pass). Every call
  * matters, even with keep 'none' between two syncs: writes already issued when the crash comes may
  * still land, as on a real device.
  */
-function crashPoints(total: number): number[] {
-  const all = Array.from({ length: total }, (_, i) => i + 1);
-  const sample = Number(process.env.VMSEAL_CRASH_SAMPLE ?? 8);
-  if (!sample || sample >= all.length) return all;
-  return [...new Set(Array.from({ length: sample }, (_, i) => all[Math.round((i * (all.length - 1)) / (sample - 1))]))];
-}
-
 const cases = [
   { subformat: 'monolithicSparse', encrypted: false },
   { subformat: 'twoGbMaxExtentSparse', encrypted: false },
@@ -85,7 +81,7 @@ describe.each(cases)('$subformat (encrypted: $encrypted): a power loss while gra
     expect(await crashedDiskProblem(join(full, name), passphrase, BATCHES.length), 'no crash').toBeUndefined();
     rmSync(full, { recursive: true, force: true });
 
-    for (const at of crashPoints(total.events)) {
+    for (const at of crashPoints(total.events, { spread: 3, kinds: total.kinds, seed: tag.length + (keep === 'last' ? 5 : 0) })) {
       const where = `crash point ${at} of ${total.events}`;
       const folder = join(tmp.dir, `${tag}-${at}`);
       cpSync(pristine, folder, { recursive: true });
