@@ -91,7 +91,12 @@ function changeChunks(path, bytes, count) {
  * (qemu-io over its Unix socket in `sockDir`, a 0700 folder), then stop it with SIGTERM: the orderly
  * stop writes the clean change bitmap beside the disk.
  */
+// Each call writes its own byte pattern: a chunk picked by two calls in a row must change again, or a
+// rollback to the point between them would (rightly) find it unchanged.
+let serveWrites = 0;
+
 async function serveWrite(env, disk, sockDir, bytes, count) {
+  const pattern = 1 + (serveWrites++ % 255);
   const chunks = Math.floor(bytes / CHUNK);
   const picked = new Set();
   while (picked.size < count) picked.add(randomInt(chunks));
@@ -112,7 +117,7 @@ async function serveWrite(env, disk, sockDir, bytes, count) {
     exited.then(() => reject(new Error(`vmseal serve stopped before serving: ${said}`)));
   });
   try {
-    const cmds = [...picked].flatMap((i) => ['-c', `write -P ${1 + (i % 250)} ${i * CHUNK} ${CHUNK}`]);
+    const cmds = [...picked].flatMap((i) => ['-c', `write -P ${pattern} ${i * CHUNK} ${CHUNK}`]);
     const r = spawnSync('qemu-io', ['-f', 'raw', `nbd+unix:///${basename(disk, '.vmdk')}?socket=${socket}`, ...cmds], {
       encoding: 'utf8',
       maxBuffer: 64 * MiB,
