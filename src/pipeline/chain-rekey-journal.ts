@@ -9,12 +9,13 @@
  * 32 B): only whoever unlocks the new DEK (the lockers the job was given) wrote a journal that resume
  * acts on. Every name in it is a plain file name in the base's folder.
  */
-import { createHmac, hkdfSync, timingSafeEqual } from 'node:crypto';
-import { open, readFile } from 'node:fs/promises';
+import { timingSafeEqual } from 'node:crypto';
+import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createFileAtomic } from '../util/atomic-file.js';
 import { PipelineError } from './errors.js';
 import { isPlainFileName, type JournalParams } from './journal.js';
+import { encodeSealedJournal, readSealedJournal, sealJournal } from './sealed-journal.js';
 
 const MAGIC = Buffer.from('VMSCRKY1', 'ascii');
 const HKDF_INFO = 'vmseal chain rekey journal v1';
@@ -41,21 +42,12 @@ export interface ChainRekeyHeader {
   started: string;
 }
 
-function seal(dek: Uint8Array, json: Uint8Array): Buffer {
-  const key = Buffer.from(hkdfSync('sha256', dek, Buffer.alloc(0), HKDF_INFO, 32));
-  try {
-    return createHmac('sha256', key).update(json).digest();
-  } finally {
-    key.fill(0);
-  }
-}
+const seal = (dek: Uint8Array, json: Uint8Array): Buffer => sealJournal(dek, HKDF_INFO, json);
 
 /** Write the journal into `stage` (refuses to replace one). `dek`: the new DEK. */
 export async function writeChainJournal(stage: string, header: ChainRekeyHeader, dek: Uint8Array): Promise<void> {
   const json = Buffer.from(JSON.stringify(header), 'utf8');
-  const n = Buffer.alloc(4);
-  n.writeUInt32LE(json.length);
-  const bytes = Buffer.concat([MAGIC, n, json, seal(dek, json)]);
+  const bytes = encodeSealedJournal(MAGIC, json, seal(dek, json));
   if (bytes.length > MAX_JOURNAL)
     throw new PipelineError('ERR_JOURNAL', `the chain rekey journal in ${stage} would be ${bytes.length} bytes (more than ${MAX_JOURNAL})`);
   if (!(await createFileAtomic(join(stage, CHAIN_JOURNAL), bytes, 0o600))) {
@@ -79,24 +71,14 @@ export async function readChainJournal(stage: string): Promise<OpenedChainJourna
     throw err;
   });
   if (!fh) return undefined;
-  let bytes: Buffer;
+  let read: Awaited<ReturnType<typeof readSealedJournal>>;
   try {
-    if ((await fh.stat()).size > MAX_JOURNAL) throw bad('too large');
-    bytes = await readFile(fh);
+    read = await readSealedJournal(fh, MAGIC, MAX_JOURNAL, bad);
   } finally {
     await fh.close();
   }
-  if (bytes.length < MAGIC.length + 4 + 32 || !bytes.subarray(0, MAGIC.length).equals(MAGIC)) throw bad('wrong magic or truncated');
-  const n = bytes.readUInt32LE(MAGIC.length);
-  if (MAGIC.length + 4 + n + 32 !== bytes.length) throw bad('wrong length');
-  const json = bytes.subarray(MAGIC.length + 4, MAGIC.length + 4 + n);
-  const mac = bytes.subarray(MAGIC.length + 4 + n);
-  let header: ChainRekeyHeader;
-  try {
-    header = JSON.parse(json.toString('utf8')) as ChainRekeyHeader;
-  } catch {
-    throw bad('not JSON');
-  }
+  const { json, seal: mac } = read;
+  const header = read.value as ChainRekeyHeader;
   checkHeader(header, bad);
   return {
     header,

@@ -15,12 +15,13 @@
  * only when the disks agree with it (the top names the same parent; the parent's descriptor is one
  * the journal says it had, ignoring the CID), so it does no more than `snapshot commit` itself would.
  */
-import { createHash, createHmac, hkdfSync, timingSafeEqual } from 'node:crypto';
-import { open, readFile, unlink } from 'node:fs/promises';
+import { timingSafeEqual } from 'node:crypto';
+import { open, unlink } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { createFileAtomic, fsyncDir } from '../util/atomic-file.js';
 import { PipelineError } from './errors.js';
 import { isPlainFileName, journalPathOf, type JournalParams } from './journal.js';
+import { encodeSealedJournal, readSealedJournal, sealJournal } from './sealed-journal.js';
 
 const MAGIC = Buffer.from('VMSCMIT1', 'ascii');
 const HKDF_INFO = 'vmseal commit journal v1';
@@ -46,20 +47,7 @@ export interface CommitHeader {
   descriptor: { before: string; during: string; final: string };
 }
 
-/** The seal key of an encrypted chain's commit journal (never stored). */
-function sealKey(dek: Uint8Array): Buffer {
-  return Buffer.from(hkdfSync('sha256', dek, Buffer.alloc(0), HKDF_INFO, 32));
-}
-
-function seal(dek: Uint8Array | null, json: Uint8Array): Buffer {
-  if (!dek) return createHash('sha256').update(json).digest();
-  const key = sealKey(dek);
-  try {
-    return createHmac('sha256', key).update(json).digest();
-  } finally {
-    key.fill(0);
-  }
-}
+const seal = (dek: Uint8Array | null, json: Uint8Array): Buffer => sealJournal(dek, HKDF_INFO, json);
 
 /** True when the file at `journalPathOf(top)` is a commit journal (not an in-place job's). */
 export async function isCommitJournal(top: string): Promise<boolean> {
@@ -77,9 +65,7 @@ export async function isCommitJournal(top: string): Promise<boolean> {
 /** Write the journal of a commit of `top` (refuses to replace one). `dek`: the chain's DEK, null for a plain chain. */
 export async function writeCommitJournal(top: string, header: CommitHeader, dek: Uint8Array | null): Promise<void> {
   const json = Buffer.from(JSON.stringify(header), 'utf8');
-  const n = Buffer.alloc(4);
-  n.writeUInt32LE(json.length);
-  const bytes = Buffer.concat([MAGIC, n, json, seal(dek, json)]);
+  const bytes = encodeSealedJournal(MAGIC, json, seal(dek, json));
   if (bytes.length > MAX_JOURNAL)
     throw new PipelineError('ERR_JOURNAL', `the commit journal of ${top} would be ${bytes.length} bytes (more than ${MAX_JOURNAL})`);
   const path = journalPathOf(top);
@@ -100,24 +86,14 @@ export async function readCommitJournal(top: string): Promise<OpenedCommitJourna
   const bad = (why: string): PipelineError =>
     new PipelineError('ERR_JOURNAL', `the commit journal ${path} is unreadable (${why}); the snapshot commit of ${top} cannot be resumed safely`);
   const fh = await open(path, 'r');
-  let bytes: Buffer;
+  let read: Awaited<ReturnType<typeof readSealedJournal>>;
   try {
-    if ((await fh.stat()).size > MAX_JOURNAL) throw bad('too large');
-    bytes = await readFile(fh);
+    read = await readSealedJournal(fh, MAGIC, MAX_JOURNAL, bad);
   } finally {
     await fh.close();
   }
-  if (bytes.length < MAGIC.length + 4 + 32 || !bytes.subarray(0, MAGIC.length).equals(MAGIC)) throw bad('wrong magic or truncated');
-  const n = bytes.readUInt32LE(MAGIC.length);
-  if (MAGIC.length + 4 + n + 32 !== bytes.length) throw bad('wrong length');
-  const json = bytes.subarray(MAGIC.length + 4, MAGIC.length + 4 + n);
-  const mac = bytes.subarray(MAGIC.length + 4 + n);
-  let header: CommitHeader;
-  try {
-    header = JSON.parse(json.toString('utf8')) as CommitHeader;
-  } catch {
-    throw bad('not JSON');
-  }
+  const { json, seal: mac } = read;
+  const header = read.value as CommitHeader;
   checkHeader(header, bad);
   return {
     header,
