@@ -7,10 +7,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { initRepository, openDisk, restoreBackup } from '../../src/index.js';
+import { initRepository, restoreBackup } from '../../src/index.js';
 import { tempDir } from '../disk/helpers.js';
 import { cleanEnv, json, vmseal } from '../cli/run-cli.js';
-import { encryptedDisk, KEYS, PASSPHRASE, startHost } from './helpers.js';
+import { encryptedDisk, PASSPHRASE, plaintextOf, startHost } from './helpers.js';
 import { CMD, RawClient } from './nbd-client.js';
 
 const KiB = 1024;
@@ -36,15 +36,6 @@ function sub(): string {
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 const chunkOf = (offset: number): number => Math.floor(offset / MiB);
-
-async function plaintextOf(path: string): Promise<Buffer> {
-  const d = await openDisk(path, { keys: KEYS, readOnly: true });
-  try {
-    return await d.read(0, d.capacity);
-  } finally {
-    await d.close();
-  }
-}
 
 /** Everything the export serves, read through NBD. */
 async function readExport(c: RawClient): Promise<Buffer> {

@@ -11,7 +11,7 @@ import { controlRequest, openDisk } from '../../src/index.js';
 import { bundleFixture } from '../helpers/bundle.js';
 import { tempDir } from '../disk/helpers.js';
 import { cleanEnv, vmseal } from '../cli/run-cli.js';
-import { encryptedDisk, KEYS, PASSPHRASE } from './helpers.js';
+import { encryptedDisk, KEYS, PASSPHRASE, plaintextOf } from './helpers.js';
 import { CMD, RawClient } from './nbd-client.js';
 
 const KiB = 1024;
@@ -85,15 +85,6 @@ async function commitIn(killAfter: number): Promise<Run> {
     return { dir, disk, child: snap.path, model, commit, exit, stop: () => server.kill('SIGTERM') };
   } finally {
     c.close();
-  }
-}
-
-async function plaintextOf(path: string): Promise<Buffer> {
-  const d = await openDisk(path, { keys: KEYS, readOnly: true });
-  try {
-    return await d.read(0, d.capacity);
-  } finally {
-    await d.close();
   }
 }
 

@@ -5,11 +5,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { initRepository, openDisk, type NbdHost } from '../../src/index.js';
+import { initRepository, type NbdHost } from '../../src/index.js';
 import { acquireLock } from '../../src/pipeline/lock.js';
 import { tempDir } from '../disk/helpers.js';
 import { cleanEnv, json, vmseal } from '../cli/run-cli.js';
-import { encryptedDisk, KEYS, run, startHost } from './helpers.js';
+import { encryptedDisk, plaintextOf, run, startHost } from './helpers.js';
 import { CMD, RawClient } from './nbd-client.js';
 
 const KiB = 1024;
@@ -38,15 +38,6 @@ async function readAll(c: RawClient, size: number): Promise<Buffer> {
     r.data.copy(out, at);
   }
   return out;
-}
-
-async function plaintextOf(path: string): Promise<Buffer> {
-  const d = await openDisk(path, { keys: KEYS, readOnly: true });
-  try {
-    return await d.read(0, d.capacity);
-  } finally {
-    await d.close();
-  }
 }
 
 describe('NbdHost.commit', () => {
