@@ -13,6 +13,7 @@ import {
   type VirtualDisk,
   type CreateDiskOptions,
 } from '../vmdk/index.js';
+import { isDiskUuid } from '../vmdk/create.js';
 import {
   createDataCipher,
   type DataCipher,
@@ -96,6 +97,12 @@ function inherited(stored: VirtualDisk, opts: OutputOptions, sparseOut: boolean)
   const g = opts.grainSize ?? (sparseOut ? stored.grainSize : undefined);
   if (g !== undefined && (opts.grainSize !== undefined || (g >= 4096 && g <= 1 << 20))) out.grainSize = g;
   return out;
+}
+
+/** The input's ddb.uuid when it is one createVmdk accepts (else the output gets a new one). */
+function keptUuid(stored: VirtualDisk): Pick<CreateDiskOptions, 'uuid'> {
+  const uuid = stored.descriptor?.get('ddb.uuid');
+  return isDiskUuid(uuid) ? { uuid } : {};
 }
 
 async function unitZeroOf(disk: { readInto(position: number, target: Uint8Array): Promise<void> }, unitSize: number): Promise<Buffer> {
@@ -259,6 +266,8 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
         capacity,
         subformat,
         ...inherited(source.stored, opts, sparseOut),
+        // A disk rewritten in place of itself stays the same disk: same ddb.uuid (a backup history, vSphere).
+        ...(spec.replaceInput ? keptUuid(source.stored) : {}),
         descriptorLines: outParams ? encryptionLines(outParams) : [],
       });
       await stage.checkTargets({ force, protect: spec.replaceInput ? [] : sourceFiles, planned });

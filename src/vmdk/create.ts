@@ -33,6 +33,14 @@ export const CREATE_SUBFORMATS: readonly CreateSubformat[] = [
 ];
 export const ADAPTER_TYPES = ['ide', 'buslogic', 'lsilogic', 'legacyESX'] as const;
 
+/** ddb.uuid as VMware and qemu write it: 16 bytes, hex pairs separated by spaces or dashes. */
+const UUID_RE = /^[0-9A-Fa-f]{2}(?:[ -][0-9A-Fa-f]{2}){15}$/;
+
+/** True when `value` is a ddb.uuid createVmdk accepts (`options.uuid`). */
+export function isDiskUuid(value: unknown): value is string {
+  return typeof value === 'string' && UUID_RE.test(value);
+}
+
 export interface CreateDiskOptions {
   /** Virtual size in bytes, a positive multiple of 512. */
   capacity: number;
@@ -46,6 +54,12 @@ export interface CreateDiskOptions {
   grainSize?: number;
   /** Extra descriptor lines placed right after createType (ddb.* keys go into the disk database). */
   descriptorLines?: Array<[key: string, value: string]>;
+  /**
+   * ddb.uuid: 16 bytes in hex pairs separated by spaces or dashes, as VMware writes it (default: 16
+   * random bytes). Given when a disk is rewritten in place of itself, so that it stays the same disk
+   * to whoever tracks it by its uuid (vSphere, a backup history).
+   */
+  uuid?: string;
   /** Largest extent of the twoGbMaxExtent* subformats in bytes: a multiple of 512 (flat) or of the grain size (sparse) (default: 2 GiB). */
   maxExtentSize?: number;
   /** Replace existing files instead of failing with ERR_VMDK_EXISTS (default: `false`). */
@@ -107,6 +121,9 @@ export async function createDiskNamed(path: string, options: CreateDiskOptions, 
   if (!Array.isArray(lines) || lines.some((l) => !Array.isArray(l) || l.length !== 2 || typeof l[0] !== 'string' || typeof l[1] !== 'string')) {
     throw arg('Expected an array of [key, value] string pairs for options.descriptorLines');
   }
+  if (options.uuid !== undefined && !isDiskUuid(options.uuid)) {
+    throw arg(expected('16 bytes as hex pairs separated by spaces or dashes', 'options.uuid', options.uuid));
+  }
   const overwrite = options.overwrite ?? false;
   const parent = options.parent;
   if (parent !== undefined) {
@@ -137,7 +154,7 @@ export async function createDiskNamed(path: string, options: CreateDiskOptions, 
   const grainSectors = grainBytes / SECTOR;
   const dir = dirname(abs);
   const stem = basename(abs, extname(abs));
-  const descriptor = buildDescriptor(subformat, sectors, adapterType, hw, lines, parent);
+  const descriptor = buildDescriptor(subformat, sectors, adapterType, hw, lines, parent, options.uuid);
   const extentLine = (access: string, n: number, type: string, file: string, offset?: number) =>
     `${access} ${n} ${type} "${file}"${offset === undefined ? '' : ` ${offset}`}`;
 
@@ -257,12 +274,13 @@ function buildDescriptor(
   hw: string,
   extra: Array<[string, string]>,
   parent: CreateDiskOptions['parent'],
+  keptUuid: string | undefined,
 ) {
   return (extentLines: string[]): Descriptor => {
     const heads = adapterType === 'ide' ? 16 : 255;
     const cylinders = Math.floor(sectors / (heads * 63));
     const cid = randomBytes(4).toString('hex');
-    const uuid = [...randomBytes(16)].map((b) => b.toString(16).padStart(2, '0')).join(' ');
+    const uuid = keptUuid ?? [...randomBytes(16)].map((b) => b.toString(16).padStart(2, '0')).join(' ');
     const text = [
       '# Disk DescriptorFile',
       'version=1',

@@ -39,6 +39,14 @@ function qemuSource(dir: string, subformat: string): string {
   return p;
 }
 
+/** The ddb.uuid line of a disk's descriptor (embedded in a monolithicSparse file's first KiBs, or a text file). */
+const ddbUuid = (disk: string): string | undefined =>
+  /^ddb\.uuid = "([^"]*)"/m.exec(
+    readFileSync(disk)
+      .subarray(0, 64 * 1024)
+      .toString('latin1'),
+  )?.[1];
+
 const leftovers = (dir: string) => readdirSync(dir).filter((f) => /vmseal-(tmp|journal)|\.lck$|\.tmp$/.test(f));
 
 describe('in-place encryption', () => {
@@ -88,10 +96,14 @@ describe('deep rekey', () => {
         const disk = join(dir, 'enc.vmdk');
         await encryptDisk(plainRaw, disk, { subformat, lockers: [phraseLocker('old')] });
         const before = await readEncryptionParams(disk);
+        const uuidBefore = ddbUuid(disk);
         const r = await deepRekey(disk, { keys: { passphrase: 'old' }, lockers: [phraseLocker('new')], inPlace, unitSize: 4096, chunkSize: 512 * 1024 });
         expect(r).toMatchObject({ operation: 'rekey-deep', encrypted: true });
         const after = await readEncryptionParams(disk);
         expect(after!.diskId).not.toBe(before!.diskId);
+        // The same disk, rewritten: its ddb.uuid (what a backup history and vSphere follow) stays.
+        expect(uuidBefore).toMatch(/^[0-9a-f]{2}( [0-9a-f]{2}){15}$/);
+        expect(ddbUuid(disk)).toBe(uuidBefore);
         expect(after!.unitSize).toBe(4096);
         expect(await plaintextHash(disk, { passphrase: 'new' })).toBe(sha256(image));
         await expect(openDisk(disk, { keys: { passphrase: 'old' } })).rejects.toMatchObject({ code: 'ERR_WRONG_KEY' });

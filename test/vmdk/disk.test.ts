@@ -75,6 +75,8 @@ describe('createDisk / openDisk basics', () => {
     await rejects(createDisk(p, { capacity: 2 ** 46, subformat: 'monolithicSparse' }), 'ERR_INVALID_ARGUMENT');
     await rejects(createDisk(p, { capacity: MiB, descriptorLines: [['CID', '1']] }), 'ERR_INVALID_ARGUMENT');
     await rejects(createDisk(p, { capacity: MiB, descriptorLines: [['k', 'a"b']] }), 'ERR_INVALID_ARGUMENT');
+    await rejects(createDisk(p, { capacity: MiB, uuid: '01 02 03"\nCID=1' }), 'ERR_INVALID_ARGUMENT');
+    await rejects(createDisk(p, { capacity: MiB, uuid: '01 02 03' }), 'ERR_INVALID_ARGUMENT');
     await (await createDisk(p, { capacity: MiB })).close();
     await rejects(createDisk(p, { capacity: MiB }), 'ERR_VMDK_EXISTS');
     await (await createDisk(p, { capacity: 2 * MiB, overwrite: true })).close();
@@ -388,6 +390,14 @@ describe('descriptor updates and the encryption hook', () => {
     expect(tryRun('qemu-img', ['check', p]).status).toBe(0);
     run('qemu-img', ['convert', '-O', 'raw', p, join(dir, 'emb.raw')]);
     expect(readFileSync(join(dir, 'emb.raw')).equals(data)).toBe(true);
+  });
+
+  it('options.uuid is the ddb.uuid qemu reads back', async () => {
+    const p = fresh();
+    const uuid = '60 00 c2 9a 0b 1c 2d 3e-4f 50 61 72 83 94 a5 b6';
+    await (await createDisk(p, { capacity: MiB, subformat: 'monolithicFlat', uuid })).close();
+    expect(readFileSync(p, 'latin1')).toContain(`ddb.uuid = "${uuid}"`);
+    expect(qemuInfo(p)['virtual-size']).toBe(MiB);
   });
 
   it('descriptorLines land right after createType, survive qemu, and make openDisk refuse without allowEncrypted', async () => {
