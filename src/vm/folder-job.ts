@@ -10,10 +10,10 @@
  *     "format": "vmseal-vm-job", "version": 1,
  *     "operation": "encrypt" | "decrypt",
  *     "started": "<ISO time>",
- *     "kek": { "providerId": "local", "keyId": "…" },      encrypt only: the VM's KEK (a reference, no key)
+ *     "kek": { "providerId": "local", "keyId": "…" },      the VM's (new) KEK (a reference, no key)
  *     "recoveryPassphrase": true,                          encrypt: the first run had recovery-passphrase lockers
  *     "kekPending": { "providerId": "local", "name": "vmseal-vm-kek-<uuid>" },
- *                                                      encrypt: a new KEK about to be made under this
+ *                                                      encrypt, rekey: a new KEK about to be made under this
  *                                                      name (pending-kek.ts); replaced by "kek" once made
  *     "steps": [ { "kind": "disk" | "state" | "config", "file": "<path>", "done": false }, … ]
  *   }

@@ -30,6 +30,7 @@ import { lockFolder, otherJob, vmxOf } from './folder-crypt.js';
 import { readVmJob, removeVmJob, stepFile, stepPath, writeVmJob, type VmJob, type VmJobStep } from './folder-job.js';
 import { listVmFolder, type VmFolderFiles } from './folder-files.js';
 import { readManifest } from './manifest.js';
+import { makePendingKek, pendingKekName } from './pending-kek.js';
 import { readStateFileHeader, rewrapStateFile } from './state-file.js';
 import { reencryptStateFile } from './state-file-rekey.js';
 import { rewrapVmTpmKey } from './tpm.js';
@@ -136,10 +137,11 @@ export async function rekeyVm(dir: string, options: RekeyVmOptions): Promise<Rek
     let job: VmJob | undefined = await readVmJob(files.dir);
     const resumed = job !== undefined;
     if (job && job.operation !== operation) throw otherJob(files.dir, job, operation);
-    if (job && (job.kek?.providerId !== provider.id || (options.keyId !== undefined && options.keyId !== job.kek.keyId))) {
+    const jobProvider = job?.kek?.providerId ?? job?.kekPending?.providerId;
+    if (job && (jobProvider !== provider.id || (options.keyId !== undefined && options.keyId !== job.kek?.keyId))) {
       throw new VmError(
         'ERR_VM_JOB',
-        `the interrupted vm rekey of ${files.dir} locks the VM with key ${job.kek?.keyId ?? '?'} of provider ${job.kek?.providerId ?? '?'}, and this run asks for another key: run it again with that provider (and that --key-id or none)`,
+        `the interrupted vm rekey of ${files.dir} locks the VM with key ${job.kek?.keyId ?? '(a new one)'} of provider ${jobProvider ?? '?'}, and this run asks for another key: run it again with that provider (and that --key-id or none)`,
         { file: files.dir },
       );
     }
@@ -163,14 +165,22 @@ export async function rekeyVm(dir: string, options: RekeyVmOptions): Promise<Rek
     if (!job) {
       if (todo.length === 0)
         throw new VmError('ERR_VMX_NOT_ENCRYPTED', `nothing of the VM ${files.dir} is encrypted by vmseal: there is no key to rekey`, { file: files.dir });
-      const keyId = options.keyId ?? (await provider.createKey({ name: `vm ${files.dir}` })).keyId;
       job = {
         operation,
         started: new Date().toISOString(),
-        kek: { providerId: provider.id, keyId },
+        // A new KEK is recorded by name before it is made, so a crash between the two cannot orphan it.
+        ...(options.keyId !== undefined
+          ? { kek: { providerId: provider.id, keyId: options.keyId } }
+          : { kekPending: { providerId: provider.id, name: pendingKekName() } }),
         ...(mode === 'deep' && recovery !== undefined ? { recovery } : {}),
         steps: todo.map((i): VmJobStep => ({ kind: i.kind, file: stepFile(files.dir, i.path), done: false })),
       };
+      await writeVmJob(files.dir, job);
+    }
+    // The new KEK: made (or, after a crash, found) under the name the job file recorded first.
+    if (job.kek === undefined && job.kekPending !== undefined) {
+      job.kek = { providerId: job.kekPending.providerId, keyId: await makePendingKek(provider, job.kekPending.name) };
+      delete job.kekPending;
       await writeVmJob(files.dir, job);
     }
     const record = job;

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { describeKeySafe, LocalKeyProvider, type CreateKeyOptions, type KeyRef } from '../../src/keys/index.js';
 import { readEncryptionParams } from '../../src/disk/index.js';
-import { encryptVmFolder, readStateFileHeader, VM_JOB_NAME } from '../../src/vm/index.js';
+import { encryptVmFolder, readStateFileHeader, rekeyVm, VM_JOB_NAME } from '../../src/vm/index.js';
 import { phraseLocker, tempDir } from '../disk/helpers.js';
 
 let tmp: ReturnType<typeof tempDir>;
@@ -97,5 +97,28 @@ describe('vm encrypt: the VM KEK is recorded before it is made', () => {
       message: expect.stringContaining('was started without a recovery passphrase'),
     });
     await encryptVmFolder(vm3, { provider });
+  });
+});
+
+describe('vm rekey --deep: the new VM KEK is recorded before it is made', () => {
+  it('a run killed right after making the KEK leaves its name in the job file; the next run reuses that key', async () => {
+    const home = join(tmp.dir, 'home4');
+    const vm = vmFolder('vm4');
+    const provider = new LocalKeyProvider({ home });
+    const first = await encryptVmFolder(vm, { provider });
+    await expect(rekeyVm(vm, { mode: 'deep', keys: { providers: [provider] }, provider: new DiesAfterCreate({ home }) })).rejects.toThrow('simulated crash');
+    const job = JSON.parse(readFileSync(join(vm, VM_JOB_NAME), 'utf8')) as { kek?: unknown; kekPending?: { providerId: string; name: string } };
+    expect(job.kek).toBeUndefined();
+    expect(job.kekPending).toMatchObject({ providerId: 'local', name: expect.stringMatching(/^vmseal-vm-kek-[0-9a-f-]{36}$/) });
+    const made = (await provider.list()).filter((k) => k.name === job.kekPending!.name);
+    expect(made).toHaveLength(1);
+
+    const r = await rekeyVm(vm, { mode: 'deep', keys: { providers: [provider] }, provider });
+    expect(r.resumed).toBe(true);
+    expect(r.kek).toEqual({ providerId: 'local', keyId: made[0]!.keyId });
+    // No third key: the old VM KEK and the one the killed run made.
+    expect((await provider.list()).map((k) => k.keyId).sort()).toEqual([first.kek!.keyId, made[0]!.keyId].sort());
+    const lockerKeys = describeKeySafe((await readEncryptionParams(join(vm, 'd0.vmdk')))!.keySafe).map((l) => l.keyId);
+    expect(lockerKeys).toEqual([made[0]!.keyId]);
   });
 });
