@@ -172,7 +172,7 @@ describe('vm encrypt DIR / vm info / vm decrypt DIR', () => {
     await expectPlain(vm);
   }, 60_000);
 
-  it('encrypts a snapshot chain as one disk (every layer under one DEK, layer ids) and decrypts it back; a chain of flat layers is refused', async () => {
+  it('encrypts a snapshot chain as one disk (every layer under one DEK, layer ids) and decrypts it back; a chain over a flat base too', async () => {
     const vm = await freshVm();
     // disk0.vmdk <- disk0-000001.vmdk, the child holding data of its own over part of the parent's.
     const child = join(vm, 'disk0-000001.vmdk');
@@ -199,16 +199,19 @@ describe('vm encrypt DIR / vm info / vm decrypt DIR', () => {
     expect(await sha256File(join(vm, 'web.vmx'))).toBe(vmxPlain);
     expect(await readEncryptionParams(join(vm, 'disk0.vmdk'))).toBeNull();
 
-    // A chain whose layers have extent files of their own cannot be moved by name: refused, nothing changed.
+    // A chain whose base has an extent file of its own (monolithicFlat): the base keeps its subformat.
     const flat = await freshVm();
-    await qemuImg(['create', '-q', '-f', 'vmdk', '-b', 'data.vmdk', '-F', 'vmdk', join(flat, 'data-000001.vmdk')]);
+    const flatChild = join(flat, 'data-000001.vmdk');
+    await qemuImg(['create', '-q', '-f', 'vmdk', '-b', 'data.vmdk', '-F', 'vmdk', flatChild]);
+    await execFileP('qemu-io', ['-c', 'write -P 0x3c 512k 64k', flatChild]);
     await writeFile(join(flat, 'web.vmx'), VMX.replace('"data.vmdk"', '"data-000001.vmdk"'));
-    const r = await vmseal(['vm', 'encrypt', flat, '--json'], env);
-    expect(r.code).toBe(5);
-    const err = JSON.parse(r.stdout);
-    expect(err.error.code).toBe('ERR_VM_SNAPSHOT');
-    expect(err.error.message).toContain('single-file layers');
-    expect(existsSync(join(flat, VM_JOB_NAME))).toBe(false);
+    const flatChainPlain = await contentHash(flatChild);
+    ok(await vmseal(['vm', 'encrypt', flat], env));
+    expect((await readEncryptionParams(join(flat, 'data.vmdk')))!.diskId).toBe((await readEncryptionParams(flatChild))!.diskId);
+    expect(await readFile(join(flat, 'data.vmdk'), 'latin1')).toContain('createType="monolithicFlat"');
+    expect(await contentHash(flatChild)).not.toBe(flatChainPlain);
+    ok(await vmseal(['vm', 'decrypt', flat], env));
+    expect(await contentHash(flatChild)).toBe(flatChainPlain);
     expect(await sha256File(join(flat, 'web.nvram'))).toBe(plain['web.nvram']);
   }, 60_000);
 });
