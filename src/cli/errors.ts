@@ -181,7 +181,7 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
   ERR_NOT_A_SNAPSHOT: { exitCode: ExitCode.USAGE, hint: 'Give the top of a snapshot chain (a -00000N child): `vmseal snapshot list DISK` shows the layers' },
   ERR_SNAPSHOT_CHAIN: {
     exitCode: ExitCode.FAILURE,
-    hint: 'Commit the snapshots first (`vmseal snapshot commit TOP` until one layer is left), or for a deep rekey run it without --in-place (the chain is rebuilt aside); a chain of multi-file layers: convert its top to one disk',
+    hint: 'Commit the snapshots first (`vmseal snapshot commit TOP` until one layer is left); a deep rekey of a chain runs by copy, not in place (`vmseal rekey --deep DISK`: the chain is rebuilt aside); a chain of multi-file layers: convert its top to one disk',
   },
   ERR_SNAPSHOT_SIBLINGS: {
     exitCode: ExitCode.USAGE,
