@@ -26,16 +26,15 @@ import { nativeIoError } from './native-errors.js';
 import type { Span } from './plan.js';
 
 /**
- * 1: the copy jobs use the native transfer where it applies; unset or anything else: the engine
- * reads, encrypts and writes as before. Opt-in because it has not yet been measured faster in wall
- * time: on the loaded 2-core VM (load 15-20, 1 GiB in tmpfs, farm-bench against main) it used 10%
- * less CPU (0.90x, 0.83x of the user time) but its wall time was 1.02x (convert) and 1.06x (encrypt)
- * of main's; a quiet machine must decide (docs/pipeline.md).
+ * Unset (the default) or anything but 0: the copy jobs use the native transfer where it applies; 0:
+ * the engine reads, encrypts and writes each chunk as before. Measured on the quiet 2-core VM
+ * (farm-bench, 9 pairs, 1 GiB raw → encrypted monolithicFlat in tmpfs): 0.90× the wall time and
+ * 0.89× the CPU of the engine, every pair below 0.94× (docs/pipeline.md).
  */
 export const CHUNK_TRANSFER_ENV = 'VMSEAL_CHUNK_TRANSFER';
 
 export function chunkTransferWanted(): boolean {
-  return process.env[CHUNK_TRANSFER_ENV] === '1';
+  return process.env[CHUNK_TRANSFER_ENV] !== '0';
 }
 
 /**

@@ -297,7 +297,7 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
         outCipher === null &&
         source.encryption === null &&
         (await kernelCopy({ source: source.stored, target, what, progress: (n) => progress.add(n), ...(opts.signal ? { signal: opts.signal } : {}) }));
-      // A plain input into a plain or newly encrypted flat output on tmpfs, with VMSEAL_CHUNK_TRANSFER=1:
+      // A plain input into a plain or newly encrypted flat output on tmpfs (unless VMSEAL_CHUNK_TRANSFER=0):
       // one native job per chunk (chunk-transfer.ts). On a disk the engine's direct writes (O_DIRECT)
       // and write-behind stay.
       const transfer =
