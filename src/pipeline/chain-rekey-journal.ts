@@ -10,7 +10,6 @@
  * acts on. Every name in it is a plain file name in the base's folder.
  */
 import { timingSafeEqual } from 'node:crypto';
-import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createFileAtomic } from '../util/atomic-file.js';
 import { PipelineError } from './errors.js';
@@ -66,17 +65,11 @@ export async function readChainJournal(stage: string): Promise<OpenedChainJourna
   const path = join(stage, CHAIN_JOURNAL);
   const bad = (why: string): PipelineError =>
     new PipelineError('ERR_JOURNAL', `the chain rekey journal ${path} is unreadable (${why}); the deep rekey of the chain cannot be resumed safely`);
-  const fh = await open(path, 'r').catch((err: NodeJS.ErrnoException) => {
+  const read = await readSealedJournal(path, MAGIC, MAX_JOURNAL, bad).catch((err: NodeJS.ErrnoException) => {
     if (err.code === 'ENOENT') return undefined;
     throw err;
   });
-  if (!fh) return undefined;
-  let read: Awaited<ReturnType<typeof readSealedJournal>>;
-  try {
-    read = await readSealedJournal(fh, MAGIC, MAX_JOURNAL, bad);
-  } finally {
-    await fh.close();
-  }
+  if (!read) return undefined;
   const { json, seal: mac } = read;
   const header = read.value as ChainRekeyHeader;
   checkHeader(header, bad);

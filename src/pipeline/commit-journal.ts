@@ -85,13 +85,7 @@ export async function readCommitJournal(top: string): Promise<OpenedCommitJourna
   const path = journalPathOf(top);
   const bad = (why: string): PipelineError =>
     new PipelineError('ERR_JOURNAL', `the commit journal ${path} is unreadable (${why}); the snapshot commit of ${top} cannot be resumed safely`);
-  const fh = await open(path, 'r');
-  let read: Awaited<ReturnType<typeof readSealedJournal>>;
-  try {
-    read = await readSealedJournal(fh, MAGIC, MAX_JOURNAL, bad);
-  } finally {
-    await fh.close();
-  }
+  const read = await readSealedJournal(path, MAGIC, MAX_JOURNAL, bad);
   const { json, seal: mac } = read;
   const header = read.value as CommitHeader;
   checkHeader(header, bad);

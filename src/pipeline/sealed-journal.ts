@@ -8,8 +8,7 @@
  * chain) the seal is a SHA-256 checksum of the JSON. Each kind checks its own header's fields.
  */
 import { createHash, createHmac, hkdfSync } from 'node:crypto';
-import type { FileHandle } from 'node:fs/promises';
-import { readFile } from 'node:fs/promises';
+import { open, readFile } from 'node:fs/promises';
 
 const LENGTH_BYTES = 4;
 const SEAL_BYTES = 32;
@@ -33,17 +32,24 @@ export function encodeSealedJournal(magic: Buffer, json: Buffer, seal: Buffer): 
 }
 
 /**
- * Read an open journal of at most `maxBytes` and split it into its JSON text, parsed value and seal;
- * `bad(why)` makes the error thrown for a journal that is not one of this kind (the seal is not checked here).
+ * Read the journal at `path` (at most `maxBytes`) and split it into its JSON text, parsed value and
+ * seal; `bad(why)` makes the error thrown for a journal that is not one of this kind (the seal is not
+ * checked here). A missing file rejects with the system's ENOENT.
  */
 export async function readSealedJournal<E extends Error>(
-  fh: FileHandle,
+  path: string,
   magic: Buffer,
   maxBytes: number,
   bad: (why: string) => E,
 ): Promise<{ json: Buffer; value: unknown; seal: Buffer }> {
-  if ((await fh.stat()).size > maxBytes) throw bad('too large');
-  const bytes = await readFile(fh);
+  const fh = await open(path, 'r');
+  let bytes: Buffer;
+  try {
+    if ((await fh.stat()).size > maxBytes) throw bad('too large');
+    bytes = await readFile(fh);
+  } finally {
+    await fh.close();
+  }
   if (bytes.length < magic.length + LENGTH_BYTES + SEAL_BYTES || !bytes.subarray(0, magic.length).equals(magic)) {
     throw bad('wrong magic or truncated');
   }
