@@ -47,10 +47,10 @@ const vmLocker = (): LockerSpec => ({ kind: 'provider', provider, keyId: vmKek }
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
 /** An encrypted disk of 2 MiB of random data; returns the hash of its content. */
-async function disk(path: string, lockers: LockerSpec[] = [vmLocker()]): Promise<void> {
-  const d = await createEncryptedDisk(path, { capacity: 2 * MiB, subformat: 'monolithicSparse', lockers });
+async function disk(path: string, lockers: LockerSpec[] = [vmLocker()], size = 2 * MiB): Promise<void> {
+  const d = await createEncryptedDisk(path, { capacity: size, subformat: 'monolithicSparse', lockers });
   try {
-    await d.write(0, randomBytes(2 * MiB));
+    await d.write(0, randomBytes(size));
   } finally {
     await d.close();
   }
@@ -322,9 +322,10 @@ describe('rekeyVm on a VMware folder', () => {
 
 describe('vmseal vm rekey killed with SIGKILL', () => {
   it('a second run continues the job with the recorded KEK; every file ends under it, data unchanged', async () => {
-    // Three disks: the kill comes while the job is under way (the journal lists a file done).
+    // Three disks: the kill comes while the job is under way (the journal lists a file done). The two
+    // added disks are larger, so that the job is still running when the first step is marked done.
     const dir = await qemuVm();
-    for (const n of ['disk2.vmdk', 'disk3.vmdk']) await disk(join(dir, n));
+    for (const n of ['disk2.vmdk', 'disk3.vmdk']) await disk(join(dir, n), [vmLocker()], 48 * MiB);
     const m = JSON.parse(readFileSync(join(dir, 'vmseal-vm.json'), 'utf8')) as { disks: Array<{ file: string }> };
     m.disks.push({ file: 'disk2.vmdk' }, { file: 'disk3.vmdk' });
     writeFileSync(join(dir, 'vmseal-vm.json'), JSON.stringify(m));
@@ -335,8 +336,8 @@ describe('vmseal vm rekey killed with SIGKILL', () => {
     const exited = new Promise<void>((done) => child.on('close', () => done()));
     const journalPath = join(dir, VM_JOB_NAME);
     let recorded: { keyId: string; done: number } | undefined;
-    for (let i = 0; i < 600 && child.exitCode === null; i++) {
-      await new Promise((r) => setTimeout(r, 25));
+    for (let i = 0; i < 6000 && child.exitCode === null; i++) {
+      await new Promise((r) => setTimeout(r, 2));
       try {
         const job = JSON.parse(readFileSync(journalPath, 'utf8')) as { kek: { keyId: string }; steps: Array<{ done: boolean }> };
         recorded = { keyId: job.kek.keyId, done: job.steps.filter((st) => st.done).length };
