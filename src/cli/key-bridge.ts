@@ -9,7 +9,7 @@
  *                    → { providerIds, passphrase? }   the providers (and recovery passphrase) that
  *                                                     KeySession.unlockOptions would offer for disk
  *                  { type: 'key', rid, op: 'lockers' }
- *                    → [{ kind: 'provider', providerId, keyId } | { kind: 'passphrase', passphrase }]
+ *                    → [{ kind: 'provider', providerId, keyId } | { kind: 'passphrase', passphrase, rounds? }]
  *                                                     the batch's lockers for new DEKs
  *                  { type: 'key', rid, op: 'kek', providerId, keyId }
  *                    → ArrayBuffer of the 32-byte KEK, transferred (moved, not copied) to the worker
@@ -40,7 +40,7 @@ interface UnlockPlan {
   passphrase?: string | Uint8Array;
 }
 
-type WireLocker = { kind: 'provider'; providerId: string; keyId: string } | { kind: 'passphrase'; passphrase: string | Uint8Array };
+type WireLocker = { kind: 'provider'; providerId: string; keyId: string } | { kind: 'passphrase'; passphrase: string | Uint8Array; rounds?: number };
 
 /** An error as it crosses to another thread: what classify() and reasonOf() look at, no stack, no cause. */
 export interface WireError {
@@ -131,7 +131,7 @@ export class KeyDesk {
       }
       case 'lockers': {
         const lockers: WireLocker[] = (await this.newLockers()).map((l) => {
-          if (l.kind === 'passphrase') return { kind: 'passphrase', passphrase: l.passphrase };
+          if (l.kind === 'passphrase') return { kind: 'passphrase', passphrase: l.passphrase, ...(l.rounds !== undefined ? { rounds: l.rounds } : {}) };
           // The batch made (or was given) its KEK before the first image: a worker never creates keys.
           if (l.keyId === undefined) throw new Error('a batch locker without its key id');
           return { kind: 'provider', providerId: this.offer(l.provider), keyId: l.keyId };

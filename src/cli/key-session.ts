@@ -14,7 +14,16 @@
 import { readFile, stat } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { describeKeySafe, unlockKeySafe, KeyCache, LocalKeyProvider, type KeyProvider, type LockerSpec, type UnlockOptions } from '../keys/index.js';
+import {
+  describeKeySafe,
+  unlockKeySafe,
+  KeyCache,
+  LocalKeyProvider,
+  PHRASE_DEFAULTS,
+  type KeyProvider,
+  type LockerSpec,
+  type UnlockOptions,
+} from '../keys/index.js';
 // Type only: the KMIP client (TTLV codec, TLS connections) is loaded when a KMIP provider is first
 // needed, so that commands using the local keystore or a passphrase do not pay for loading it.
 import type { KmipKeyProvider } from '../kmip/index.js';
@@ -46,6 +55,8 @@ export interface KeyCliOptions {
   recoveryPassphrase?: boolean;
   /** Accept retired key-encryption keys (to restore an old backup after a deep rekey). */
   allowRetiredKey?: boolean;
+  /** PBKDF2 rounds of new passphrase lockers (--pbkdf2-rounds; default: the library's). */
+  pbkdf2Rounds?: number;
 }
 
 /** The keystore folder: --home, else VMSEAL_HOME, else ~/.vmseal (always explicit, never left to a default elsewhere). */
@@ -121,6 +132,8 @@ export class KeySession {
   private localProvider: Promise<LocalKeyProvider> | undefined;
   private readonly kmipProviders = new Map<string, Promise<KmipKeyProvider>>();
   private kmsConfig: Promise<KmsConfig> | undefined;
+  /** Whether the --pbkdf2-rounds warning was printed (once per command: a batch makes a locker per image). */
+  private warnedRounds = false;
 
   constructor(ctx: Ctx, opts: KeyCliOptions) {
     this.ctx = ctx;
@@ -247,7 +260,20 @@ export class KeySession {
       ...(this.opts.passphraseFile !== undefined ? { passphraseFile: this.opts.passphraseFile } : {}),
       ...(this.opts.passphraseEnv !== undefined ? { passphraseEnv: this.opts.passphraseEnv } : {}),
     });
-    return { kind: 'passphrase', passphrase };
+    return this.phraseLocker(passphrase);
+  }
+
+  /** A passphrase locker for `passphrase`, with --pbkdf2-rounds' rounds if given (warned about below the default). */
+  phraseLocker(passphrase: string | Uint8Array): LockerSpec {
+    const rounds = this.opts.pbkdf2Rounds;
+    if (rounds === undefined) return { kind: 'passphrase', passphrase };
+    if (rounds < PHRASE_DEFAULTS.pbkdf2Sha256Rounds && !this.warnedRounds) {
+      this.warnedRounds = true;
+      this.ctx.output.note(
+        `warning: --pbkdf2-rounds ${rounds} is below the default ${PHRASE_DEFAULTS.pbkdf2Sha256Rounds}: the passphrase is that much faster to guess from a copy of the disk`,
+      );
+    }
+    return { kind: 'passphrase', passphrase, rounds };
   }
 
   /** Lockers for a new DEK: a provider locker, plus a recovery passphrase if asked. */

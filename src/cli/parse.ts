@@ -5,6 +5,7 @@
  */
 import { CIPHERS, UNIT_SIZES, canEncryptSubformat, type CipherName, type DataUnitSize } from '../disk/params.js';
 import { usageError } from './errors.js';
+import { KDF_LIMITS } from '../keys/kdf.js';
 
 /** The output formats the CLI accepts for --subformat (VMDK createTypes plus raw). */
 export const SUBFORMATS = ['raw', 'monolithicSparse', 'monolithicFlat', 'twoGbMaxExtentSparse', 'twoGbMaxExtentFlat', 'streamOptimized'] as const;
@@ -167,6 +168,14 @@ export function formatDuration(seconds: number): string {
   const m = Math.floor(seconds / 60);
   const s = Math.round(seconds % 60);
   return `${m} min ${s} s`;
+}
+
+/**
+ * --pbkdf2-rounds: the PBKDF2 rounds of new recovery passphrase lockers, at least
+ * KDF_LIMITS.minChosenPbkdf2Rounds (fewer is refused, not silently raised).
+ */
+export function parsePbkdf2Rounds(value: string): number {
+  return parseInteger(value, '--pbkdf2-rounds', { min: KDF_LIMITS.minChosenPbkdf2Rounds, max: KDF_LIMITS.maxPbkdf2Rounds });
 }
 
 /** A whole number in [min, max] (thread counts, timeouts). */

@@ -17,6 +17,7 @@ import {
   parseInteger,
   parseKeyProvider,
   parseMode,
+  parsePbkdf2Rounds,
   parseSize,
   parseSubformat,
   parseUnitSize,
@@ -111,7 +112,13 @@ function addKeyOptions(cmd: Command, create: boolean): Command {
           parseKeyProvider,
         ),
       )
-      .addOption(new Option('--key-id <id>', 'use this existing key of the provider instead of creating a new one'));
+      .addOption(new Option('--key-id <id>', 'use this existing key of the provider instead of creating a new one'))
+      .addOption(
+        new Option(
+          '--pbkdf2-rounds <n>',
+          'PBKDF2 rounds of new passphrase lockers (default: 600000, --workstation 10000; fewer are faster to guess: a warning is printed)',
+        ).argParser(parsePbkdf2Rounds),
+      );
   }
   return cmd;
 }

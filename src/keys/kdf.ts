@@ -36,6 +36,11 @@ export type PassphraseKdfChoice = 'pbkdf2-sha256' | 'scrypt' | 'workstation';
 
 export const KDF_LIMITS = Object.freeze({
   maxPbkdf2Rounds: 10_000_000,
+  /**
+   * The fewest rounds the CLI's --pbkdf2-rounds accepts for a new locker (NIST SP 800-132's minimum).
+   * Readers still accept any count ≥ 1: the locker records its own.
+   */
+  minChosenPbkdf2Rounds: 1_000,
   maxScryptN: 2 ** 20,
   maxScryptR: 32,
   maxScryptP: 16,

@@ -198,7 +198,7 @@ async function deepRekeyPassphrase(
         'Give a different passphrase with --new-passphrase-file/--new-passphrase-env, or say --keep-recovery-passphrase',
       );
     }
-    return { kind: 'passphrase', passphrase };
+    return keys.phraseLocker(passphrase);
   }
   if (opts.keepRecoveryPassphrase) {
     if (!hadPhrase)
@@ -212,7 +212,7 @@ async function deepRekeyPassphrase(
     ctx.output.note(
       'warning: the recovery passphrase is kept: whoever learned it can open the new disk key too (give --new-passphrase-file instead to rotate it)',
     );
-    return { kind: 'passphrase', passphrase: oldPassphrase };
+    return keys.phraseLocker(oldPassphrase);
   }
   if (opts.addRecoveryPassphrase) return keys.recoveryLocker();
   return undefined;

@@ -1,0 +1,102 @@
+// `--pbkdf2-rounds N`: the PBKDF2 rounds of new passphrase lockers, asked for explicitly (tests and
+// throwaway disks; there is no environment variable for it). The rounds land in the locker, a warning
+// says when they are below the default, fewer than the floor are refused, and without the option the
+// default (600,000) is kept. Run as a user would: the built CLI in a child process.
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { KDF_LIMITS, PHRASE_DEFAULTS } from '../../src/keys/index.js';
+import { patternBytes } from '../disk/helpers.js';
+import { cleanEnv, expectOneLineError, json, vmseal, type CliResult } from './run-cli.js';
+
+const MiB = 1024 * 1024;
+const WARNING = /warning: --pbkdf2-rounds \d+ is below the default 600000/g;
+
+let dir: string;
+let env: NodeJS.ProcessEnv;
+let pwFile: string;
+let newPwFile: string;
+let raw: string;
+
+function ok(r: CliResult): CliResult {
+  if (r.code !== 0) throw new Error(`vmseal exited ${r.code} (${r.signal ?? ''})\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
+  return r;
+}
+
+/** The KDF of the one passphrase locker of `disk`, as `vmseal info --json` describes it. */
+async function phraseKdf(disk: string): Promise<unknown> {
+  const lockers = json(ok(await vmseal(['info', disk, '--json'], env))).encryption.lockers as Array<{ kind: string; kdf?: unknown }>;
+  const phrases = lockers.filter((l) => l.kind === 'passphrase');
+  expect(phrases).toHaveLength(1);
+  return phrases[0]!.kdf;
+}
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'vmseal-rounds-'));
+  env = cleanEnv({ VMSEAL_HOME: join(dir, 'home') });
+  pwFile = join(dir, 'pw.txt');
+  newPwFile = join(dir, 'new-pw.txt');
+  await writeFile(pwFile, 'correct horse battery staple\n', { mode: 0o600 });
+  await writeFile(newPwFile, 'another horse battery staple\n', { mode: 0o600 });
+  raw = join(dir, 'disk.img');
+  const image = Buffer.alloc(MiB);
+  patternBytes(200_000, 3).copy(image, 4096);
+  await writeFile(raw, image);
+});
+
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+/** The KDF of the one passphrase locker in `lockers` (the `lockers` of a --json result). */
+function onlyPhraseKdf(lockers: Array<{ kind: string; kdf?: unknown }>): unknown {
+  const phrases = lockers.filter((l) => l.kind === 'passphrase');
+  expect(phrases).toHaveLength(1);
+  return phrases[0]!.kdf;
+}
+
+describe('--pbkdf2-rounds', () => {
+  it('puts the rounds in the new locker, warns below the default; the passphrase alone opens the disk; a deep rekey takes them too', async () => {
+    const enc = join(dir, 'fast.vmdk');
+    const r = ok(await vmseal(['encrypt', raw, enc, '--recovery-passphrase', '--passphrase-file', pwFile, '--pbkdf2-rounds', '1000', '--json'], env));
+    expect(r.stderr.match(WARNING)).toHaveLength(1);
+    expect(onlyPhraseKdf(json(r).lockers)).toEqual({ name: 'PBKDF2-HMAC-SHA-256', rounds: 1000 });
+    // Without the keystore: only the passphrase locker (1,000 rounds) can open it.
+    const noKeys = cleanEnv({ VMSEAL_HOME: join(dir, 'empty-home') });
+    expect(json(ok(await vmseal(['verify', enc, '--json', '--passphrase-file', pwFile], noKeys))).ok).toBe(true);
+    // The new passphrase of a deep rekey (rekey.ts makes that locker itself).
+    ok(await vmseal(['rekey', enc, '--deep', '--in-place', '--passphrase-file', pwFile, '--new-passphrase-file', newPwFile, '--pbkdf2-rounds', '3000'], env));
+    expect(await phraseKdf(enc)).toEqual({ name: 'PBKDF2-HMAC-SHA-256', rounds: 3000 });
+  });
+
+  it('keeps the default rounds without the option, with no warning', async () => {
+    const r = ok(await vmseal(['encrypt', raw, join(dir, 'default.vmdk'), '--recovery-passphrase', '--passphrase-file', pwFile, '--json'], env));
+    expect(r.stderr).not.toMatch(WARNING);
+    expect(onlyPhraseKdf(json(r).lockers)).toEqual({ name: 'PBKDF2-HMAC-SHA-256', rounds: PHRASE_DEFAULTS.pbkdf2Sha256Rounds });
+  });
+
+  it('refuses fewer rounds than the floor (and more than the limit) as a usage error, writing nothing', async () => {
+    for (const n of [String(KDF_LIMITS.minChosenPbkdf2Rounds - 1), String(KDF_LIMITS.maxPbkdf2Rounds + 1)]) {
+      const out = join(dir, `refused-${n}.vmdk`);
+      const r = await vmseal(['encrypt', raw, out, '--recovery-passphrase', '--passphrase-file', pwFile, '--pbkdf2-rounds', n], env);
+      expect(r.code, r.stderr).toBe(2);
+      expect(expectOneLineError(r)).toContain(`--pbkdf2-rounds "${n}" is not a whole number from 1000 to 10000000`);
+      expect(existsSync(out)).toBe(false);
+    }
+  });
+
+  it('reaches every image of a batch converted by worker threads, with one warning', async () => {
+    const inDir = join(dir, 'batch-in');
+    await mkdir(inDir);
+    // More images than jobs: the batch runs worker threads (convert.ts), whose lockers cross the key bridge.
+    for (const name of ['a.img', 'b.img', 'c.img']) await writeFile(join(inDir, name), patternBytes(MiB, name.charCodeAt(0)));
+    const outDir = join(dir, 'batch-out');
+    const opts = ['--encrypt', '--subformat', 'monolithicSparse', '--jobs', '2', '--recovery-passphrase', '--passphrase-file', pwFile];
+    const r = ok(await vmseal(['convert', inDir, outDir, ...opts, '--pbkdf2-rounds', '2000', '--json'], env));
+    expect(json(r)).toMatchObject({ ok: true, converted: 3, workers: 1 });
+    expect(r.stderr.match(WARNING)).toHaveLength(1);
+    for (const name of ['a.vmdk', 'b.vmdk', 'c.vmdk']) expect(await phraseKdf(join(outDir, name))).toEqual({ name: 'PBKDF2-HMAC-SHA-256', rounds: 2000 });
+  });
+});
