@@ -67,7 +67,7 @@ describe('jobs on an encrypted chain', () => {
     execFileSync('qemu-img', ['create', '-q', '-f', 'vmdk', src, '2M']);
     qemuIo(src, 'write -P 0x17 0 1M');
     const enc = join(work, 'enc.vmdk');
-    ok(await vmseal(['encrypt', src, enc, ...unlock], env));
+    ok(await vmseal(['encrypt', src, enc, ...unlock, '--pbkdf2-rounds', '1000'], env));
     const child = ok(await vmseal(['snapshot', 'create', enc, ...unlock], env)).stdout.trim();
     const d = await openDisk(child, { keys: { passphrase: 'correct horse battery' } });
     await d.write(512 * 1024, Buffer.alloc(8192, 0x5a));
@@ -102,7 +102,7 @@ describe('jobs on an encrypted chain', () => {
     expect(commit).toMatchObject({ top: enc, removed: child });
     expect(existsSync(child)).toBe(false);
     ok(await vmseal(['verify', enc, '--against', childPlain, ...unlock], env));
-    const deep = await vmseal(['rekey', enc, '--deep', '--new-passphrase-file', pw2, ...unlock], env);
+    const deep = await vmseal(['rekey', enc, '--deep', '--new-passphrase-file', pw2, ...unlock, '--pbkdf2-rounds', '1000'], env);
     expect(deep.code, deep.stderr).toBe(0); // one layer left: a deep rekey works again
   });
 });

@@ -28,6 +28,9 @@ const MiB = 1024 * 1024;
 // MBR, 1 MiB gap and a partition of text and binary files with holes).
 const SIZE = 8 * MiB;
 const PASSPHRASE = 'correct horse battery staple';
+// New passphrase lockers at 1,000 PBKDF2 rounds, not 600,000: each costs a fraction of a second to
+// make and again to open (test/cli/pbkdf2-rounds.test.ts checks the option and the default).
+const FAST_KDF = ['--pbkdf2-rounds', '1000'];
 
 let dir: string;
 let home: string;
@@ -175,7 +178,9 @@ describe('recovery passphrase and error paths (local provider)', () => {
     work = join(dir, 'errors');
     await mkdir(work);
     enc = join(work, 'enc.vmdk');
-    const r = json(ok(await vmseal(['encrypt', sources.monolithicSparse!, enc, '--recovery-passphrase', '--passphrase-file', pwFile, '--json'], env)));
+    const r = json(
+      ok(await vmseal(['encrypt', sources.monolithicSparse!, enc, '--recovery-passphrase', '--passphrase-file', pwFile, ...FAST_KDF, '--json'], env)),
+    );
     expect(r.lockers.map((l: { kind: string }) => l.kind)).toEqual(['provider', 'passphrase']);
   });
 
@@ -308,7 +313,7 @@ describe('recovery passphrase and error paths (local provider)', () => {
   it('on a terminal: the passphrase is prompted for twice without echo, and a progress bar is drawn', async () => {
     const out = join(work, 'tty.vmdk');
     const typed = 'typed at the terminal';
-    const r = await vmsealOnTty(['encrypt', sources.raw!, out, '--recovery-passphrase'], env, [
+    const r = await vmsealOnTty(['encrypt', sources.raw!, out, '--recovery-passphrase', ...FAST_KDF], env, [
       ['Enter the new recovery passphrase: ', `${typed}\r`],
       ['Repeat the new recovery passphrase: ', `${typed}\r`],
     ]);
@@ -462,7 +467,12 @@ describe('KMIP key provider (a real PyKMIP server)', () => {
   it('encrypt → info → verify → shallow rekey → deep rekey → decrypt; KMS down → locked, recovery passphrase opens', async () => {
     const enc = join(work, 'enc.vmdk');
     const e = json(
-      ok(await vmseal(['encrypt', sources.monolithicSparse!, enc, '--kms-id', 'pykmip', '--recovery-passphrase', '--passphrase-file', pwFile, '--json'], kenv)),
+      ok(
+        await vmseal(
+          ['encrypt', sources.monolithicSparse!, enc, '--kms-id', 'pykmip', '--recovery-passphrase', '--passphrase-file', pwFile, ...FAST_KDF, '--json'],
+          kenv,
+        ),
+      ),
     );
     expect(e.lockers).toHaveLength(2);
     expect(e.lockers[0]).toMatchObject({ kind: 'provider', providerId: 'pykmip' });
@@ -487,7 +497,7 @@ describe('KMIP key provider (a real PyKMIP server)', () => {
     const refused = await vmseal(['rekey', enc, '--deep'], kenv);
     expect(refused.code).toBe(2);
     expect(expectOneLineError(refused)).toContain('recovery passphrase');
-    json(ok(await vmseal(['rekey', enc, '--deep', '--passphrase-file', pwFile, '--keep-recovery-passphrase', '--json'], kenv)));
+    json(ok(await vmseal(['rekey', enc, '--deep', '--passphrase-file', pwFile, '--keep-recovery-passphrase', ...FAST_KDF, '--json'], kenv)));
     expect(await encryptedHash(enc, kenv)).toBe(expected);
 
     const out = join(work, 'out.img');

@@ -106,7 +106,7 @@ describe('deep rekey with the local key provider', () => {
 describe('deep rekey of a disk with a recovery passphrase', () => {
   it('is refused until the new passphrase is given or keeping the old one is asked for', async () => {
     const env = cleanEnv({ VMSEAL_HOME: join(dir, 'home-phrase') });
-    const { disk } = await encrypted('phrase', env, ['--recovery-passphrase', '--passphrase-file', oldPw]);
+    const { disk } = await encrypted('phrase', env, ['--recovery-passphrase', '--passphrase-file', oldPw, '--pbkdf2-rounds', '1000']);
     const refused = await vmseal(['rekey', disk, '--deep'], env);
     expect(refused.code).toBe(2);
     const line = expectOneLineError(refused);
@@ -114,13 +114,13 @@ describe('deep rekey of a disk with a recovery passphrase', () => {
     expect(line).toContain('--keep-recovery-passphrase');
 
     // A new passphrase: the old one no longer opens the disk, the new one does.
-    ok(await vmseal(['rekey', disk, '--deep', '--new-passphrase-file', newPw], env));
+    ok(await vmseal(['rekey', disk, '--deep', '--new-passphrase-file', newPw, '--pbkdf2-rounds', '1000'], env));
     const noHome = cleanEnv({ VMSEAL_HOME: join(dir, 'empty-home') });
     expect((await vmseal(['verify', disk, '--passphrase-file', oldPw], noHome)).code).toBe(3);
     ok(await vmseal(['verify', disk, '--passphrase-file', newPw], noHome));
 
     // Kept on purpose: it still opens, with a warning.
-    const kept = ok(await vmseal(['rekey', disk, '--deep', '--passphrase-file', newPw, '--keep-recovery-passphrase'], env));
+    const kept = ok(await vmseal(['rekey', disk, '--deep', '--passphrase-file', newPw, '--keep-recovery-passphrase', '--pbkdf2-rounds', '1000'], env));
     expect(kept.stderr).toMatch(/^warning: the recovery passphrase is kept/m);
     ok(await vmseal(['verify', disk, '--passphrase-file', newPw], noHome));
 
