@@ -98,9 +98,12 @@ describe('vmseal vm', () => {
   });
 
   it('encrypt --config-only with the local keystore and a passphrase, then info, then decrypt gives the .vmx back byte for byte with its mode', async () => {
-    const r = ok(await vmseal(['vm', 'encrypt', vm, '--config-only', '--recovery-passphrase', '--passphrase-file', pwFile, '--json'], env));
+    // --pbkdf2-rounds: a passphrase locker at 1,000 rounds is cheap to make and open (and the rounds land in it).
+    const fast = ['--pbkdf2-rounds', '1000'];
+    const r = ok(await vmseal(['vm', 'encrypt', vm, '--config-only', '--recovery-passphrase', '--passphrase-file', pwFile, ...fast, '--json'], env));
     expect(json(r)).toMatchObject({ ok: true, command: 'vm encrypt', vmx: vmxPath, configOnly: true });
     expect(json(r).lockers.map((l: { kind: string }) => l.kind)).toEqual(['provider', 'passphrase']);
+    expect(json(r).lockers[1].kdf).toEqual({ name: 'PBKDF2-HMAC-SHA-256', rounds: 1000 });
     const enc = VmxFile.parse(await vmxBytes());
     expect(enc.lines.map((l) => l.key)).toEqual(['.encoding', 'displayName', 'encryption.keySafe', 'encryption.data']);
     expect((await stat(vmxPath)).mode & 0o777).toBe(0o640);
