@@ -16,7 +16,7 @@ enum class TransferCipher { kNone, kEncrypt, kDecrypt };
 struct TransferRequest {
   int fdIn = -1;
   int64_t positionIn = 0;
-  uint8_t* buffer = nullptr;  // `length` bytes the caller owns for the whole call
+  uint8_t* buffer = nullptr;  // `length` bytes the caller owns for the whole call (scratch: see below)
   size_t length = 0;
   int fdOut = -1;
   int64_t positionOut = 0;
@@ -39,9 +39,10 @@ struct TransferResult {
 };
 
 // pread until `length` bytes (or the input's end), transform in place, pwrite until all is
-// written — in steps of 256 KiB, each read, transformed and written before the next (it stays in
-// the core's cache) —; EINTR is retried and short counts continue. A write that makes no progress
-// is EIO. The fds' file offsets are neither used nor moved.
+// written — in steps of 256 KiB, each read, transformed and written before the next, all through
+// the buffer's first step (it stays in the core's cache) —; EINTR is retried and short counts
+// continue. A write that makes no progress is EIO. The fds' file offsets are neither used nor moved.
+// The buffer is scratch: afterwards its first bytes hold the last step, the rest is untouched.
 TransferResult TransferChunk(const TransferRequest& request);
 
 }  // namespace vmseal
