@@ -58,7 +58,7 @@ import { StagedOutput, cleanStaleStages, pathExists } from './staging.js';
 import { jobProviders } from './job-keys.js';
 import { openOutputWriter } from './output-writer.js';
 import { kernelCopy } from './kernel-copy.js';
-import { ChunkTransfer, TRANSFER_DEPTH, chunkTransferWanted } from './chunk-transfer.js';
+import { ChunkTransfer, TRANSFER_DEPTH, chunkTransferWanted, type ChunkTransferJob } from './chunk-transfer.js';
 import { onMemoryFs } from './output-files.js';
 
 export interface CopySpec {
@@ -297,12 +297,19 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
         outCipher === null &&
         source.encryption === null &&
         (await kernelCopy({ source: source.stored, target, what, progress: (n) => progress.add(n), ...(opts.signal ? { signal: opts.signal } : {}) }));
-      // A plain input into a plain or newly encrypted flat output on tmpfs (unless VMSEAL_CHUNK_TRANSFER=0):
-      // one native job per chunk (chunk-transfer.ts). On a disk the engine's direct writes (O_DIRECT)
-      // and write-behind stay.
+      // A plain input into a plain or newly encrypted flat output, or an encrypted input decrypted
+      // into a plain one, on tmpfs (unless VMSEAL_CHUNK_TRANSFER=0): one native job per chunk
+      // (chunk-transfer.ts). On a disk the engine's direct writes (O_DIRECT) and write-behind stay.
+      // (A deep rekey would need two ciphers in the one job: it stays on the engine.)
+      const transferCipher: Pick<ChunkTransferJob, 'cipher' | 'direction'> | null =
+        source.encryption === null && (outCipher === null || outCipher === ownCipher)
+          ? { cipher: outCipher, direction: 'encrypt' }
+          : source.encryption !== null && outCipher === null
+            ? { cipher: (source.disk as EncryptedDisk).dataCipher, direction: 'decrypt' }
+            : null;
       const transfer =
-        !byKernel && source.encryption === null && (outCipher === null || outCipher === ownCipher) && chunkTransferWanted() && (await onMemoryFs(stage.dir))
-          ? await ChunkTransfer.open({ source: source.stored, target, cipher: outCipher })
+        !byKernel && transferCipher !== null && chunkTransferWanted() && (await onMemoryFs(stage.dir))
+          ? await ChunkTransfer.open({ source: source.stored, plainSource: source.disk, target, ...transferCipher })
           : null;
       if (transfer) {
         try {

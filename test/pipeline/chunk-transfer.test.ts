@@ -2,7 +2,7 @@
 // encrypts and writes a chunk on one pool thread): byte-identical plain copies and the same
 // ciphertext as the engine, chunks across extent boundaries and in ZERO extents through the VMDK
 // layer, a truncated input, a full file system, and the whole jobs on tmpfs where copy.ts uses it.
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statfsSync, truncateSync, writeFileSync } from 'node:fs';
@@ -125,6 +125,37 @@ describe('ChunkTransfer', () => {
     await source.close();
   });
 
+  it('decrypts into the plaintext the data cipher gives; chunks across extents come from the plain source', async () => {
+    // The three extents' bytes taken as ciphertext; the plaintext is their decryption, zeros in the ZERO extent.
+    const [input, stored] = threeExtents();
+    const source = await openDisk(input, { readOnly: true });
+    const target = await createDisk(join(dir, 'dec.vmdk'), { capacity: source.capacity, subformat: 'monolithicFlat' });
+    const cipher = createDataCipher('aes-256-xts', randomBytes(64), 512);
+    const plain = Buffer.from(stored);
+    await cipher.decrypt(plain.subarray(0, 2 * MiB), 0);
+    await cipher.decrypt(plain.subarray(3 * MiB), (3 * MiB) / 512);
+    let layered = 0;
+    const plainSource = {
+      readInto: (position: number, buf: Uint8Array): Promise<void> => {
+        layered += buf.byteLength;
+        buf.set(plain.subarray(position, position + buf.byteLength));
+        return Promise.resolve();
+      },
+    };
+    const transfer = (await ChunkTransfer.open({ source, plainSource, target, cipher, direction: 'decrypt' }))!;
+    try {
+      expect(await runAll(transfer, source.capacity, 768 * KiB)).toBe(6 * MiB);
+      expect(transfer.nativeBytes + layered).toBe(6 * MiB);
+      expect(layered).toBeGreaterThan(0);
+    } finally {
+      await transfer.close();
+    }
+    expect((await readAll(target)).equals(plain)).toBe(true);
+    cipher.dispose();
+    await target.close();
+    await source.close();
+  });
+
   it('reports an input cut short after it was opened as ERR_VMDK_TRUNCATED', async () => {
     const [input] = threeExtents();
     const source = await openDisk(input, { readOnly: true });
@@ -226,5 +257,29 @@ describe.skipIf(!shm)('copy jobs on tmpfs', () => {
     }
     expect(outputs[0]!.equals(image)).toBe(true);
     expect(outputs[1]!.equals(image)).toBe(true);
+  });
+
+  it('decrypts an encrypted flat disk with the native transfer', async () => {
+    const image = randomBytes(5 * MiB);
+    const raw = join(folder, 'in.raw');
+    writeFileSync(raw, image);
+    const enc = join(folder, 'enc.vmdk');
+    await encryptDisk(raw, enc, { subformat: 'monolithicFlat', lockers: [phraseLocker('pw')] });
+    const opened: ChunkTransfer[] = [];
+    // Counts what the real transfer moved: nothing is replaced.
+    const real = ChunkTransfer.open.bind(ChunkTransfer);
+    const spy = vi.spyOn(ChunkTransfer, 'open').mockImplementation(async (job) => {
+      const t = await real(job);
+      if (t) opened.push(t);
+      return t;
+    });
+    try {
+      const dec = join(folder, 'dec.raw');
+      await decryptDisk(enc, dec, { keys: { passphrase: 'pw' }, subformat: 'raw', chunkSize: 2 * MiB });
+      expect(readFileSync(dec).equals(image)).toBe(true);
+    } finally {
+      spy.mockRestore();
+    }
+    expect(opened.map((t) => t.nativeBytes)).toEqual([image.length]);
   });
 });
