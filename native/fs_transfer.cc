@@ -11,7 +11,8 @@
 // `buffer` must be a Uint8Array over memory from allocateBuffer(): the pool thread works on it in
 // place, and only native-owned memory cannot be detached or shrunk under it (see addon.cc,
 // "Native-owned memory"); the call holds the block and the cipher's key schedule until it settles.
-// The caller must not read or write the buffer meanwhile. Resolves:
+// The caller must not read or write the buffer meanwhile; it is scratch: every 256 KiB step goes
+// through its first bytes (chunk_transfer.h), so afterwards it holds no chunk. Resolves:
 //  - `buffer.length` when the chunk was read, transformed and written in full;
 //  - fewer (0 included) when the input ended first: the 256 KiB steps before the one it ended in
 //    were written (chunk_transfer.h), nothing after; the caller reports a truncated input.

@@ -14,7 +14,10 @@ import { loadNative, type NativeCipherHandle } from './native.js';
 export interface ChunkIo {
   fdIn: number;
   positionIn: number;
-  /** From allocateCipherBuffer (or a view into one); its length is the chunk's. */
+  /**
+   * From allocateCipherBuffer (or a view into one); its length is the chunk's. Scratch: every 256 KiB
+   * step goes through its first bytes (kept in the core's cache), so afterwards it holds no chunk.
+   */
   buffer: Uint8Array;
   fdOut: number;
   positionOut: number;
