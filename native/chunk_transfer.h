@@ -10,8 +10,9 @@
 
 namespace vmseal {
 
-// What to do to the bytes between the read and the write.
-enum class TransferCipher { kNone, kEncrypt, kDecrypt };
+// What to do to the bytes between the read and the write. kReencrypt: decrypt with `engine`, then
+// encrypt with `engine2` (a deep rekey: the old DEK's data units, then the new one's).
+enum class TransferCipher { kNone, kEncrypt, kDecrypt, kReencrypt };
 
 struct TransferRequest {
   int fdIn = -1;
@@ -24,6 +25,10 @@ struct TransferRequest {
   const XtsEngine* engine = nullptr;  // required unless cipher is kNone
   size_t unitSize = 0;                // data unit; `length` must be a multiple of it
   uint64_t firstUnit = 0;             // unit number (tweak) of the buffer's first byte
+  // kReencrypt only: the cipher that encrypts after `engine` decrypted, with its own data units.
+  const XtsEngine* engine2 = nullptr;
+  size_t unitSize2 = 0;
+  uint64_t firstUnit2 = 0;
 };
 
 struct TransferResult {

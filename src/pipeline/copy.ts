@@ -300,13 +300,15 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
       // A plain input into a plain or newly encrypted flat output, or an encrypted input decrypted
       // into a plain one, on tmpfs (unless VMSEAL_CHUNK_TRANSFER=0): one native job per chunk
       // (chunk-transfer.ts). On a disk the engine's direct writes (O_DIRECT) and write-behind stay.
-      // (A deep rekey would need two ciphers in the one job: it stays on the engine.)
-      const transferCipher: Pick<ChunkTransferJob, 'cipher' | 'direction'> | null =
+      // A deep rekey in copy mode decrypts and re-encrypts in the same job.
+      const transferCipher: Pick<ChunkTransferJob, 'cipher' | 'direction' | 'cipher2'> | null =
         source.encryption === null && (outCipher === null || outCipher === ownCipher)
           ? { cipher: outCipher, direction: 'encrypt' }
           : source.encryption !== null && outCipher === null
             ? { cipher: (source.disk as EncryptedDisk).dataCipher, direction: 'decrypt' }
-            : null;
+            : source.encryption !== null && outCipher !== null && outCipher === ownCipher
+              ? { cipher: (source.disk as EncryptedDisk).dataCipher, direction: 'reencrypt', cipher2: outCipher }
+              : null;
       const transfer =
         !byKernel && transferCipher !== null && chunkTransferWanted() && (await onMemoryFs(stage.dir))
           ? await ChunkTransfer.open({ source: source.stored, plainSource: source.disk, target, ...transferCipher })
