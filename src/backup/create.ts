@@ -8,7 +8,8 @@
  * names yet (the next backup reuses them; prune removes them if none does).
  */
 import { basename } from 'node:path';
-import { assertNoJournal, readEncryptionParams } from '../disk/index.js';
+import { assertNoJournal } from '../disk/index.js';
+import { encryptionOf } from '../disk/for-pipeline.js';
 import { openDisk, type VirtualDisk } from '../vmdk/index.js';
 import { acquireLock } from '../pipeline/lock.js';
 import { abortError } from '../pipeline/errors.js';
@@ -222,8 +223,9 @@ async function backUp(
     // A manifest records whole sectors (what restore can recreate): a raw image of another size is refused.
     throw new BackupError('ERR_BACKUP_UNSUPPORTED', `${disk.path} has ${disk.capacity} bytes, not a positive whole number of 512-byte sectors`);
   }
-  // The encryption lines are checked (a damaged or foreign set is refused) without any key.
-  const params = encrypted ? await readEncryptionParams(disk.path, { format: disk.format }) : null;
+  // The encryption lines are checked (a damaged or foreign set is refused) without any key, from the
+  // descriptor already open (not by opening the disk's files a second time).
+  const params = encrypted ? (encryptionOf(disk)?.params ?? null) : null;
   if (params && disk.capacity % params.unitSize !== 0) {
     throw new BackupError('ERR_BACKUP_UNSUPPORTED', `the capacity of ${disk.path} is not a multiple of its ${params.unitSize}-byte data unit`);
   }

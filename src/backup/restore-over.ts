@@ -28,7 +28,7 @@
  * and a new `ddb.vmseal.restoredFrom` line makes the next backup continue from the point (lineage.ts).
  */
 import { basename } from 'node:path';
-import { readEncryptionParams } from '../disk/index.js';
+import { encryptionOf } from '../disk/for-pipeline.js';
 import { Descriptor, openDisk, type VirtualDisk } from '../vmdk/index.js';
 import { isCommitJournal } from '../pipeline/commit-journal.js';
 import { Journal, journalPathOf, type JournalHeader, type JournalParams } from '../pipeline/journal.js';
@@ -223,7 +223,7 @@ async function planRollback(
         `${path} is not the disk point ${m.id} was taken of (${differences.join('; ')}); a rollback rewrites the changed chunks of that same disk only: restore the point to a new OUT instead`,
       );
     }
-    const now = await readEncryptionParams(path, { format: 'vmdk' });
+    const now = encryptionOf(disk)?.params ?? null; // from the descriptor already open
     if (!now) throw new BackupError('ERR_BACKUP_NOT_SAME_DISK', `${path} is not encrypted; restore the point to a new OUT instead`);
     const during = current.clone().set('encryption.job', JOB, { after: 'encryption.keySafe' });
     const final = finalDescriptor(current, saved, newRestoredFrom(repo.id, m.id));
