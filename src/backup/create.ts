@@ -31,7 +31,7 @@ import { CHUNK_SIZE, POINT_ID_RE, newPointId, openRepository, type Repository } 
 import { ChunkWriters } from './chunk-writers.js';
 import { readPoint } from './points.js';
 import { entryOf, pointEntries, savePointIndex } from './point-index.js';
-import { isChanged, readChangeBitmap, writeBaseline } from './change-bitmap.js';
+import { generationOf, isChanged, readChangeBitmap, writeBaseline, type DiskGeneration } from './change-bitmap.js';
 import { parentInLineage } from './lineage.js';
 import { chainLayers, chainLineage, chainRecord, flattenedDescriptor, type PointChain } from './chain-point.js';
 
@@ -128,8 +128,9 @@ async function changePlan(
   disk: VirtualDisk,
   diskId: string | null,
   plain: boolean,
+  generation: DiskGeneration | null,
 ): Promise<{ bits: Buffer; base: PointManifest } | { why: string }> {
-  const read = await readChangeBitmap(disk);
+  const read = await readChangeBitmap(disk, generation);
   if (!('bitmap' in read)) return read;
   const b = read.bitmap.base;
   if (b === null) return { why: 'the change bitmap has no base point yet (the next backup starts one)' };
@@ -245,7 +246,10 @@ async function backUp(
   let newBytes = 0;
   let bytesRead = 0;
   let chunksRead = 0;
-  const plan = await changePlan(repo, disk, params?.diskId ?? null, !encrypted);
+  // The disk's generation (its descriptor and files' stat times) is taken once, under its lock: it
+  // checks the bitmap now and stamps the new baseline at the end (reading changes no file's times).
+  const generation = await generationOf(disk);
+  const plan = await changePlan(repo, disk, params?.diskId ?? null, !encrypted, generation);
   let offsets: AsyncIterator<number> | Iterator<number>;
   let toRead = Infinity;
   if ('bits' in plan) {
@@ -328,7 +332,7 @@ async function backUp(
   await savePointIndex(repo, [...known, entryOf(manifest)]);
   // The point is committed and nobody wrote the disk meanwhile (its lock is held): changes now count
   // from this point. A failure leaves the old bitmap, still right about its own base.
-  await writeBaseline(disk, { repository: repo.id, point: id }).catch(() => undefined);
+  await writeBaseline(disk, { repository: repo.id, point: id }, generation).catch(() => undefined);
   const changeBitmap = 'bits' in plan ? { used: true as const, base: plan.base.id } : { used: false as const, why: plan.why };
   return { point: id, name: o.name, history, parent, plain: !encrypted, chunks: entries.length, newChunks, newBytes, bytesRead, chunksRead, changeBitmap };
 }
