@@ -5,7 +5,7 @@ import type { PointManifest } from './manifest.js';
 import { readPoint, readPoints, resolvePoint } from './points.js';
 import { CHUNK_SIZE, openRepository } from './repository.js';
 import { pointsToPrune, type PruneRules } from './prune-select.js';
-import { entryOf, savePointIndex } from './point-index.js';
+import { entryOf, pointIndexLeftovers, savePointIndex } from './point-index.js';
 
 /** What `backup list` shows of a point: the manifest's own fields, and the top layer's chunk counts. */
 export interface PointSummary extends Pick<PointManifest, 'id' | 'name' | 'history' | 'parent' | 'time' | 'plain' | 'source' | 'capacity'> {
@@ -197,7 +197,8 @@ export async function pruneBackup(repoPath: string, options: PruneBackupOptions)
       await repo.removeChunk(h);
       removedChunks++;
     }
-    await repo.removeFiles(leftovers);
+    // Under the exclusive lock nobody writes the index: a temp file beside it is a killed writer's.
+    await repo.removeFiles([...leftovers, ...(await pointIndexLeftovers(repo))]);
     if (removedChunks > 0 || leftovers.length > 0) await repo.syncChunkFolders();
     return { removedPoints: removed.sort(), keptPoints: kept.length, removedChunks, freedBytes };
   } finally {

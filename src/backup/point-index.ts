@@ -20,9 +20,9 @@
  * the new one or (on some file systems) an empty one, and each is handled above. Concurrent writers
  * (backups share the repository lock) may lose each other's entry; the next reader repairs it.
  */
-import { randomBytes } from 'node:crypto';
-import { readFile, rename, unlink, writeFile } from 'node:fs/promises';
+import { readdir, readFile, rename, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { isTempNameOf, tempName } from '../util/atomic-file.js';
 import { Descriptor } from '../vmdk/index.js';
 import { BackupError } from './errors.js';
 import { HISTORY_RE, POINT_NAME_RE, parseManifest, type PointManifest } from './manifest.js';
@@ -114,7 +114,7 @@ export async function writePointIndex(repo: Repository, entries: readonly PointE
     repository: repo.id,
     points: entries.filter((e) => e.line.length <= MAX_LINE).map((e) => [e.id, e.history, e.name, e.line]),
   };
-  const tmp = `${file}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`;
+  const tmp = tempName(file);
   try {
     await writeFile(tmp, `${JSON.stringify(body)}\n`, { mode: 0o600, flag: 'wx' });
     await rename(tmp, file);
@@ -122,6 +122,12 @@ export async function writePointIndex(repo: Repository, entries: readonly PointE
     await unlink(tmp).catch(() => undefined);
     throw err;
   }
+}
+
+/** Leftover temp files of index writers that were killed (`points-index.json.tmp-<pid>-<12 hex>`), as paths. */
+export async function pointIndexLeftovers(repo: Repository): Promise<string[]> {
+  const file = pointIndexPath(repo);
+  return (await readdir(repo.path)).filter((name) => isTempNameOf(file, name)).map((name) => join(repo.path, name));
 }
 
 /** Write the index, ignoring failures (a read-only repository, a full disk): it is only a cache. */

@@ -3,7 +3,7 @@
 // state it is in — missing, damaged, another repository's, older than the manifests (a backup killed
 // before it updated the index), listing points a prune removed — the answer is the manifests' own.
 import { copyFileSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createBackup, initRepository, pruneBackup, restoreBackup } from '../../src/backup/index.js';
 import { parseManifest } from '../../src/backup/manifest.js';
@@ -143,7 +143,10 @@ describe('the point index', () => {
     const p1 = await createBackup(disk, repo, { name: 'keep' });
     const p2 = await createBackup(disk, repo, { name: 'gone' });
     const before = readFileSync(indexPath(repo));
+    const leftover = `${indexPath(repo)}.tmp-999999-0123456789ab`; // an index writer killed before its rename
+    writeFileSync(leftover, '{"format":');
     const pr = await pruneBackup(repo, { keepLast: 1 });
+    expect(readdirSync(repo)).not.toContain(basename(leftover));
     expect(pr.removedPoints).toEqual([p1.point]);
     expect(indexed(repo)).toEqual(fromManifests(repo, id));
     expect(indexed(repo)!.length).toBe(1);
