@@ -410,7 +410,7 @@ async function openExtents(
     if (esx !== undefined || line.type === 'VMFSSPARSE' || line.type === 'SESPARSE') {
       // vmfsSparse and seSparse disks are made of their own extent type only, and never written.
       if (line.type !== esx) throw new VmdkFormatError('ERR_VMDK_FORMAT', `${line.type} extent in a ${subformat} disk`, where);
-      if (!readOnly) throw readOnlySubformatError(subformat, descriptorFile, 'open the disk for writing');
+      if (!readOnly) throw readOnlySubformatError(subformat, descriptorFile);
     } else if ((line.type === 'SPARSE') !== subformat.toLowerCase().includes('sparse') && subformat !== 'streamOptimized') {
       throw new VmdkFormatError('ERR_VMDK_FORMAT', `${line.type} extent in a ${subformat} disk`, where);
     }

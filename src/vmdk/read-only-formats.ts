@@ -13,10 +13,10 @@ export function isReadOnlySubformat(subformat: string): boolean {
 }
 
 /** The refusal of a write to (or a snapshot on) such a disk: says how to get a writable copy. */
-export function readOnlySubformatError(subformat: string, file: string, what = 'write'): VmdkFormatError {
+export function readOnlySubformatError(subformat: string, file: string): VmdkFormatError {
   return new VmdkFormatError(
     'ERR_VMDK_READ_ONLY',
-    `cannot ${what}: vmseal reads ${subformat.slice(0, 40)} disks but does not write them; convert the disk to monolithicSparse first (vmseal convert <disk> <new.vmdk>) and use the copy`,
+    `vmseal reads ${subformat.slice(0, 40)} disks but does not write them or take snapshots on them; convert the disk to monolithicSparse first (vmseal convert <disk> <new.vmdk>) and use the copy`,
     { file },
   );
 }

@@ -130,7 +130,7 @@ export async function createSnapshot(diskPath: string, options: CreateSnapshotOp
       const top = topLayer(disk);
       // An ESX delta disk is never written by vmseal, nor made a parent: its grains (512 B for
       // vmfsSparse) do not fit a hosted sparse child, and its files are vSphere's to manage.
-      if (isReadOnlySubformat(top.subformat)) throw readOnlySubformatError(top.subformat, abs, 'take a snapshot');
+      if (isReadOnlySubformat(top.subformat)) throw readOnlySubformatError(top.subformat, abs);
       plan = planChild(disk, options.descriptorLines);
       layerFiles = top.files();
     }

@@ -189,6 +189,17 @@ describe('vmfsSparse and seSparse chains', () => {
     }
   });
 
+  it('vmseal info shows the chain; vmseal snapshot create on it fails with exit code 1 and says to convert', () => {
+    const info = tryRun(process.execPath, [CLI, 'info', '--json', join(dir, 'snap2.vmdk')]);
+    expect(info.status, info.stderr).toBe(0);
+    const j = JSON.parse(info.stdout) as { subformat: string; chain: Array<{ cid: string }> };
+    expect(j.subformat).toBe('seSparse');
+    expect(j.chain.map((l) => l.cid)).toEqual(['12345678', 'abcdef01', baseCid]);
+    const snap = tryRun(process.execPath, [CLI, 'snapshot', 'create', join(dir, 'snap2.vmdk')]);
+    expect(snap.status).toBe(1);
+    expect(snap.stderr).toMatch(/vmseal reads seSparse disks but does not write them or take snapshots on them; convert the disk to monolithicSparse first/);
+  });
+
   it('a vmfsSparse disk of 512-byte grains without a parent reads as a plain disk (unallocated grains are zeros)', async () => {
     const path = join(dir, 'alone.vmdk');
     const sectors = 3 * 4096 + 100; // three tables and a bit
@@ -211,7 +222,9 @@ describe('never written', () => {
   it('opening for writing is refused with ERR_VMDK_READ_ONLY saying to convert first', async () => {
     const err = await openError(join(dir, 'snap1.vmdk'), false);
     expect(err.code).toBe('ERR_VMDK_READ_ONLY');
-    expect(err.message).toMatch(/does not write them; convert the disk to monolithicSparse first \(vmseal convert/);
+    expect(err.message).toMatch(
+      /vmseal reads vmfsSparse disks but does not write them or take snapshots on them; convert the disk to monolithicSparse first \(vmseal convert/,
+    );
   });
 
   it('a snapshot on a vmfsSparse or seSparse top is refused, the files keep their mode', async () => {
@@ -219,7 +232,7 @@ describe('never written', () => {
       const before = readFileSync(join(dir, top));
       await expect(createSnapshot(join(dir, top))).rejects.toMatchObject({
         code: 'ERR_VMDK_READ_ONLY',
-        message: expect.stringMatching(/cannot take a snapshot/),
+        message: expect.stringMatching(/does not write them or take snapshots on them/),
       });
       expect(readFileSync(join(dir, top)).equals(before)).toBe(true);
       expect(tryRun('test', ['-w', join(dir, top)]).status).toBe(0);
