@@ -189,6 +189,16 @@ describe('vmfsSparse and seSparse chains', () => {
     }
   });
 
+  it('vmseal convert without --subformat writes monolithicSparse of 64 KiB grains (not the ESX subformat or grain)', () => {
+    const out = join(dir, 'out-default.vmdk');
+    const r = tryRun(process.execPath, [CLI, 'convert', join(dir, 'snap2.vmdk'), out]);
+    expect(r.status, r.stderr).toBe(0);
+    const head = readFileSync(out).subarray(0, 512);
+    expect(head.subarray(0, 4).toString('latin1')).toBe('KDMV');
+    expect(Number(head.readBigUInt64LE(20))).toBe(128); // grainSize in sectors
+    expect(sha(qemuRaw(out))).toBe(sha(expected('se')));
+  });
+
   it('vmseal info shows the chain; vmseal snapshot create on it fails with exit code 1 and says to convert', () => {
     const info = tryRun(process.execPath, [CLI, 'info', '--json', join(dir, 'snap2.vmdk')]);
     expect(info.status, info.stderr).toBe(0);
