@@ -218,6 +218,11 @@ export class GrainMapExtent implements Extent {
     if (run) yield run;
   }
 
+  /** check: 'full': decode (and so check) every directory entry and every entry of every table now. */
+  async checkStructure(): Promise<void> {
+    await this.#walk(0, this.size, () => undefined);
+  }
+
   allocated(start: number, end: number): AsyncIterable<ByteRange> {
     return this.#ranges(start, end, (at) => at >= 0);
   }

@@ -442,6 +442,7 @@ async function openExtents(
     }
     if (esx !== undefined) {
       const ext = esx === 'VMFSSPARSE' ? await openCowdExtent(entry.file, subformat) : await openSeSparseExtent(entry.file, subformat);
+      if (fullCheck) await ext.checkStructure();
       if (ext.size !== size) {
         throw new VmdkFormatError(
           'ERR_VMDK_CORRUPT',

@@ -315,6 +315,19 @@ describe('malformed vmfsSparse extents', () => {
   }
 });
 
+describe('check: full', () => {
+  it('finds a bad entry of a table no read touches, at open', async () => {
+    const path = variant('cowd-far-bad', 'vmfsSparse', (b, x) => (b.writeUInt32LE(2, x.tables.get(2)! + 100 * 4), b));
+    const lazy = await openDisk(path, { readOnly: true });
+    await lazy.read(0, 4096);
+    await lazy.close();
+    await expect(openDisk(path, { readOnly: true, check: 'full' })).rejects.toMatchObject({
+      code: 'ERR_VMDK_CORRUPT',
+      message: expect.stringMatching(/grain table entry 100:/),
+    });
+  });
+});
+
 describe('malformed seSparse extents', () => {
   const u64 = (b: Buffer, at: number, v: bigint): Buffer => (b.writeBigUInt64LE(v, at), b);
   const cases: Array<[string, (b: Buffer, x: ReturnType<typeof buildCowd>) => Buffer, string, RegExp]> = [
