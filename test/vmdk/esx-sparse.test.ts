@@ -7,7 +7,7 @@ import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createDisk, createSnapshot, openDisk, ChainDisk, VmdkFormatError, type VirtualDisk } from '../../src/vmdk/index.js';
 import { buildCowd, buildSeSparse, writeEsxDisk, type EsxGrain } from './esx-sparse.js';
-import { MiB, run, tempDir, tryRun } from './helpers.js';
+import { MiB, run, tempDir, tryRun, vmdkinfoSize } from './helpers.js';
 
 const CLI = new URL('../../bin/vmseal.js', import.meta.url).pathname;
 const CAP = 40 * MiB; // 3 tables of either kind
@@ -117,6 +117,9 @@ describe('vmfsSparse and seSparse chains', () => {
     }>;
     expect(info.map((i) => i['format-specific'].data['create-type'])).toEqual(['seSparse', 'vmfsSparse', 'monolithicSparse']);
     expect(info.every((i) => i['virtual-size'] === CAP)).toBe(true);
+    // libvmdk (20200926) reads the COWD layer too; it has no seSparse ("unsupported extent type")
+    expect(vmdkinfoSize(join(dir, 'snap1.vmdk'))).toBe(CAP);
+    expect(run('vmdkinfo', [join(dir, 'snap1.vmdk')])).toMatch(/Disk type:\s+VMFS sparse/);
   });
 
   it('a vmfsSparse child reads its grains over its parent, equal to qemu-img convert', async () => {
