@@ -202,6 +202,31 @@ describe('vmfsSparse and seSparse chains', () => {
     expect(sha(qemuRaw(out))).toBe(sha(expected('se')));
   });
 
+  it('a monolithicSparse child (made by qemu-img) over the ESX layers is written copy-on-write; the ESX files never change', async () => {
+    const top = join(dir, 'qtop.vmdk');
+    run('qemu-img', ['create', '-q', '-f', 'vmdk', '-b', 'snap2.vmdk', '-F', 'vmdk', top]);
+    const before = ['snap1-delta.vmdk', 'snap2-sesparse.vmdk', 'snap1.vmdk', 'snap2.vmdk'].map((f) => sha(readFileSync(join(dir, f))));
+    const want = expected('se');
+    const d = await openDisk(top);
+    try {
+      // a partial grain over COWD data, and one over a seSparse zeroed grain
+      for (const [at, v] of [
+        [5 * COWD_G + 100, 0x77],
+        [3 * 4096 + 10, 0x78],
+      ]) {
+        const data = fill(300, v);
+        await d.write(at, data);
+        data.copy(want, at);
+      }
+      await d.flush();
+      expect(sha(await readAll(d))).toBe(sha(want));
+    } finally {
+      await d.close();
+    }
+    expect(sha(qemuRaw(top))).toBe(sha(want));
+    expect(['snap1-delta.vmdk', 'snap2-sesparse.vmdk', 'snap1.vmdk', 'snap2.vmdk'].map((f) => sha(readFileSync(join(dir, f))))).toEqual(before);
+  });
+
   it('vmseal info shows the chain; vmseal snapshot create on it fails with exit code 1 and says to convert', () => {
     const info = tryRun(process.execPath, [CLI, 'info', '--json', join(dir, 'snap2.vmdk')]);
     expect(info.status, info.stderr).toBe(0);
