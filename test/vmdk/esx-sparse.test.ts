@@ -277,6 +277,18 @@ describe('never written', () => {
     }
   });
 
+  it('vmseal snapshot commit of an ESX top, or into an ESX parent, is refused before anything is written', () => {
+    const files = ['snap1.vmdk', 'snap1-delta.vmdk', 'snap2.vmdk', 'snap2-sesparse.vmdk', 'base.vmdk'];
+    const before = files.map((f) => sha(readFileSync(join(dir, f))));
+    for (const top of ['snap2.vmdk', 'snap1.vmdk']) {
+      const r = tryRun(process.execPath, [CLI, 'snapshot', 'commit', join(dir, top)]);
+      expect(r.status).toBe(1);
+      expect(r.stderr).toMatch(/vmseal reads (vmfsSparse|seSparse) disks but does not write them/);
+      expect(tryRun('test', ['-e', join(dir, `${top}.vmseal-journal`)]).status).toBe(1);
+    }
+    expect(files.map((f) => sha(readFileSync(join(dir, f))))).toEqual(before);
+  });
+
   it('the bare data file of a delta disk is refused, naming the descriptor to open', async () => {
     for (const f of ['snap1-delta.vmdk', 'snap2-sesparse.vmdk']) {
       const err = await openError(join(dir, f));
