@@ -14,6 +14,7 @@ import {
   type CreateDiskOptions,
 } from '../vmdk/index.js';
 import { isDiskUuid } from '../vmdk/create.js';
+import { isReadOnlySubformat } from '../vmdk/read-only-formats.js';
 import {
   createDataCipher,
   type DataCipher,
@@ -83,6 +84,8 @@ const VMFS_ALIASES = new Set(['vmfsThin', 'vmfsPreallocated', 'vmfsEagerZeroedTh
 
 function defaultSubformat(input: string, encrypting: boolean): OutputSubformat {
   if (VMFS_ALIASES.has(input)) return 'vmfs';
+  // vSphere's delta disks are read, never written: their copy is the sparse disk vmseal writes.
+  if (isReadOnlySubformat(input)) return 'monolithicSparse';
   return (encrypting ? encryptedSubformatFor(input) : input) as OutputSubformat;
 }
 
@@ -94,7 +97,9 @@ function inherited(stored: VirtualDisk, opts: OutputOptions, sparseOut: boolean)
   else if (opts.adapterType !== undefined) out.adapterType = opts.adapterType; // let the VMDK layer report the bad value
   const hw = opts.hwVersion ?? d?.get('ddb.virtualHWVersion');
   if (hw !== undefined && (opts.hwVersion !== undefined || /^[1-9][0-9]{0,2}$/.test(String(hw)))) out.hwVersion = hw;
-  const g = opts.grainSize ?? (sparseOut ? stored.grainSize : undefined);
+  // Not the grain of an ESX delta disk (512 B or 4 KiB): a hosted sparse disk of those would need a
+  // directory 16–128 times qemu's; it gets the default 64 KiB.
+  const g = opts.grainSize ?? (sparseOut && !isReadOnlySubformat(stored.subformat) ? stored.grainSize : undefined);
   if (g !== undefined && (opts.grainSize !== undefined || (g >= 4096 && g <= 1 << 20))) out.grainSize = g;
   return out;
 }
