@@ -10,10 +10,17 @@ import { basename, extname, join, resolve } from 'node:path';
 import { classify, CliError, cliReason } from './errors.js';
 import { ExitCode, type ExitCodeValue } from './exit-codes.js';
 import type { Subformat } from './parse.js';
+import { isStagingFolderName } from '../pipeline/staging.js';
 
 export interface BatchItem {
   input: string;
   output: string;
+  /**
+   * The staging folders of its output's name (`.<name>.vmseal-tmp-…`, left by a killed job) that
+   * the batch found when it listed its output folder, once for all its images (stageListing).
+   * Undefined: the image's job lists the folder itself.
+   */
+  stages?: readonly string[];
 }
 
 export interface BatchItemResult {
@@ -222,6 +229,23 @@ export function outputNameFor(input: string, subformat: Subformat): string {
   const ext = extname(name);
   const stem = ext ? name.slice(0, -ext.length) : name;
   return `${stem}${subformat === 'raw' ? '.img' : '.vmdk'}`;
+}
+
+/**
+ * The entries of a batch's output folder that each item's job would look for (staging folders of
+ * its output's name), from ONE listing of the folder: a job that lists the folder itself costs a
+ * batch a listing per image, each as long as the outputs written so far. Items of an unreadable
+ * folder are left to list it themselves.
+ */
+export async function withStageListing(items: readonly BatchItem[], outDir: string): Promise<BatchItem[]> {
+  const entries = await readdir(outDir).catch(() => undefined);
+  if (entries === undefined) return [...items];
+  // Usually none: a batch's folder holds its outputs, and staging folders only while jobs run or after a kill.
+  const stages = entries.filter((e) => isStagingFolderName(e));
+  return items.map((item) => {
+    const name = basename(item.output);
+    return { ...item, stages: stages.filter((e) => isStagingFolderName(e, name)) };
+  });
 }
 
 /** Pair every input with its output in `outDir`; two inputs that would share an output name are an error. */

@@ -59,7 +59,7 @@ import { jobProviders } from './job-keys.js';
 import { openOutputWriter } from './output-writer.js';
 import { kernelCopy } from './kernel-copy.js';
 import { ChunkTransfer, TRANSFER_DEPTH, chunkTransferWanted } from './chunk-transfer.js';
-import { onMemoryFs } from './output-files.js';
+import { FolderCalls, folderFacts } from '../util/inline-fs.js';
 
 export interface CopySpec {
   operation: 'encrypt' | 'decrypt' | 'convert' | 'rekey-deep';
@@ -176,7 +176,7 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
     // A commit of an earlier run on this name that was killed half way is finished first; the keys
     // of one killed before its commit are removed.
     const providers = jobProviders(spec.keys, spec.encrypt?.lockers);
-    await cleanStaleStages(dirname(output), basename(output), names, providers);
+    await cleanStaleStages(dirname(output), basename(output), names, providers, opts.folderEntries);
     const source = await openSource(input, {
       ...formatOption(opts.format),
       ...(spec.keys ? { keys: spec.keys } : {}),
@@ -215,16 +215,20 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
         await names.reserve(sourceFiles, 'shared');
       }
       await names.reserve([...planned, ...replacing.filter((f) => dirname(f) === dirname(output))], 'exclusive');
+      // One statfs of the output folder tells whether its metadata calls run inline (tmpfs) and
+      // how much room it has, for the staging, the free-space check and the choice of copy path.
+      const outFolder = await folderFacts(dirname(output));
+      const calls = new FolderCalls(outFolder.memoryBacked);
       if (!force) {
         for (const f of planned) {
-          if (await pathExists(f))
+          if (await calls.exists(f))
             throw new PipelineError('ERR_OUTPUT_EXISTS', `${f} exists (a file the output needs); give another output name or force to replace it`);
         }
       }
       if (subformat !== 'raw' && RAW_NAMES.test(output))
         notes.push(`${output} is a VMDK (${subformat}) although its name ends like a raw image; commands that read it need --format vmdk`);
       // Checked above: the folder exists, stale stages are cleaned, and (without force) every planned name is free.
-      stage = await StagedOutput.prepare(output, { force, names, providers, checked: true });
+      stage = await StagedOutput.prepare(output, { force, names, providers, checked: true, folder: outFolder });
       const staged = stage;
 
       // The output's encryption: a new DEK, the input's own (copy of an encrypted disk), or none.
@@ -284,7 +288,7 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
       // One sparse file addresses 2 TiB (data plus tables), whatever the capacity: refused before any
       // data is copied, naming twoGbMaxExtentSparse, rather than failing at the grain that passes it.
       if (subformat === 'monolithicSparse' && outGrain !== undefined) checkSparseFileFits(capacity, total, outGrain, output);
-      await ensureSpace(stage.dir, total, `the output ${output}`);
+      await ensureSpace(stage.dir, total, `the output ${output}`, outFolder.freeBytes);
 
       const progress = new ProgressTracker(spec.operation === 'rekey-deep' ? 'rekey-deep' : spec.operation, 'copy', total, opts.onProgress);
       const granularity = outGrain ?? FLAT_ZERO_GRANULARITY;
@@ -301,7 +305,7 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
       // one native job per chunk (chunk-transfer.ts). On a disk the engine's direct writes (O_DIRECT)
       // and write-behind stay.
       const transfer =
-        !byKernel && source.encryption === null && (outCipher === null || outCipher === ownCipher) && chunkTransferWanted() && (await onMemoryFs(stage.dir))
+        !byKernel && source.encryption === null && (outCipher === null || outCipher === ownCipher) && chunkTransferWanted() && outFolder.memoryBacked
           ? await ChunkTransfer.open({ source: source.stored, target, cipher: outCipher })
           : null;
       if (transfer) {

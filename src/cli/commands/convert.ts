@@ -15,6 +15,7 @@ import {
   type BatchItem,
   type BatchItemResult,
   type ConvertOne,
+  withStageListing,
 } from '../batch.js';
 import type { Ctx } from '../context.js';
 import { CliError, usageError } from '../errors.js';
@@ -111,7 +112,9 @@ async function convertBatch(ctx: Ctx, dir: string | undefined, listFile: string 
   if ((await stat(outDir).catch(() => undefined))?.isFile())
     throw usageError(`the output ${outDir} is a file, not a directory`, 'Give a directory for the outputs of a batch');
   await mkdir(outDir, { recursive: true });
-  const items = planBatch(inputs, outDir, opts.subformat);
+  // The output folder is listed once here for the staging folders killed jobs left: each image's
+  // job then looks among these instead of listing the folder again.
+  const items = await withStageListing(planBatch(inputs, outDir, opts.subformat), outDir);
 
   const jobs = opts.jobs ?? defaultJobs();
   // More than one job, and more images than jobs: images run in worker threads
