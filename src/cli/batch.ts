@@ -11,6 +11,7 @@ import { classify, CliError, cliReason } from './errors.js';
 import { ExitCode, type ExitCodeValue } from './exit-codes.js';
 import type { Subformat } from './parse.js';
 import { isStagingFolderName } from '../pipeline/staging.js';
+import { BatchQueue } from './batch-queue.js';
 
 export interface BatchItem {
   input: string;
@@ -65,11 +66,23 @@ export function defaultJobs(): number {
 type Slot = { kind: 'done'; result: BatchItemResult } | { kind: 'not-run' };
 
 /**
- * Run `convertOne` over the items, `jobs` at a time (default 1), taking them in input order. A
- * failure is recorded and the next item runs; an abort stops taking new items, lets the ones in
- * flight clean up after themselves and counts them as not run. `onDone`/`onNotRun` are called in
- * input order whatever order the items finish in (a result waits for the ones before it), so what
- * they print reads as a sequential batch would.
+ * Images converted elsewhere than on this thread (worker threads, src/cli/batch-pool.ts): they take
+ * their images from the same queue and report each one's end through `record`.
+ */
+export interface BatchHelpers {
+  /** Start taking images from `queue`; `record(index, undefined)` marks one an abort stopped. */
+  start(queue: BatchQueue, record: (index: number, result: BatchItemResult | undefined) => void): void;
+  /** Stop the images in flight (Ctrl-C): each then records itself as not run. */
+  abort(): void;
+}
+
+/**
+ * Run `convertOne` over the items, `jobs` at a time on this thread (default 1), taking them in input
+ * order from a queue that `helpers` (worker threads) take from too. A failure is recorded and the
+ * next item runs; an abort stops handing out items, lets the ones in flight clean up after
+ * themselves and counts them as not run. `onDone`/`onNotRun` are called in input order whatever
+ * order the items finish in (a result waits for the ones before it), so what they print reads as a
+ * sequential batch would.
  */
 export async function runBatch(
   items: readonly BatchItem[],
@@ -77,39 +90,70 @@ export async function runBatch(
   opts: {
     signal?: AbortSignal;
     jobs?: number;
+    queue?: BatchQueue;
+    helpers?: BatchHelpers;
     onStart?: (item: BatchItem, index: number, count: number) => void;
     onDone?: (result: BatchItemResult, index: number, count: number) => void;
     onNotRun?: (item: BatchItem, index: number, count: number) => void;
   } = {},
 ): Promise<BatchOutcome> {
   const count = items.length;
+  const queue = opts.queue ?? new BatchQueue(count, 0);
   const slots: Array<Slot | undefined> = new Array<Slot | undefined>(count);
-  let next = 0;
   let reported = 0;
-  let stopped = false;
+  let recorded = 0;
+  /** Set by an abort: how many items were handed out (the batch ends once those are recorded). */
+  let handed: number | undefined;
+  let interrupted = false;
+  let finish: () => void = () => undefined;
+  const finished = new Promise<void>((resolve) => (finish = resolve));
+  const settleIfDone = (): void => {
+    if (recorded >= (handed ?? count)) finish();
+  };
   // Report every finished slot that no earlier unfinished one holds back.
   const flush = (): void => {
-    for (let slot = slots[reported]; slot !== undefined; slot = slots[reported]) {
+    for (let slot = slots[reported]; slot !== undefined && reported < (handed ?? count); slot = slots[reported]) {
       if (slot.kind === 'done') opts.onDone?.(slot.result, reported, count);
       else opts.onNotRun?.(items[reported]!, reported, count);
       reported++;
     }
   };
-  const worker = async (): Promise<void> => {
-    while (next < count && !stopped && opts.signal?.aborted !== true) {
-      const index = next++;
-      const item = items[index]!;
-      opts.onStart?.(item, index, count);
-      const result = await runOne(item, convertOne, opts.signal);
-      if (result === undefined) stopped = true;
-      slots[index] = result === undefined ? { kind: 'not-run' } : { kind: 'done', result };
-      flush();
-    }
+  const record = (index: number, result: BatchItemResult | undefined): void => {
+    if (slots[index] !== undefined) return;
+    if (result === undefined) stop();
+    slots[index] = result === undefined ? { kind: 'not-run' } : { kind: 'done', result };
+    recorded++;
+    flush();
+    settleIfDone();
   };
-  const jobs = Math.max(1, Math.min(opts.jobs ?? 1, count));
-  await Promise.all(Array.from({ length: jobs }, worker));
+  const stop = (): void => {
+    interrupted = true;
+    if (handed !== undefined) return;
+    handed = queue.stop();
+    opts.helpers?.abort();
+    settleIfDone();
+  };
+  const onAbort = (): void => stop();
+  opts.signal?.addEventListener('abort', onAbort, { once: true });
+  if (opts.signal?.aborted === true) stop();
+  try {
+    opts.helpers?.start(queue, record);
+    const local = async (): Promise<void> => {
+      for (let index = queue.take(); index !== undefined; index = queue.take()) {
+        const item = items[index]!;
+        opts.onStart?.(item, index, count);
+        record(index, await runOne(item, convertOne, opts.signal));
+      }
+    };
+    const jobs = Math.max(1, Math.min(opts.jobs ?? 1, count));
+    await Promise.all(Array.from({ length: jobs }, local));
+    settleIfDone();
+    await finished;
+  } finally {
+    opts.signal?.removeEventListener('abort', onAbort);
+  }
   const results = slots.flatMap((s) => (s?.kind === 'done' ? [s.result] : []));
-  return { results, interrupted: stopped || opts.signal?.aborted === true };
+  return { results, interrupted: interrupted || opts.signal?.aborted === true };
 }
 
 /** Why an image failed, as its summary line and the JSON result say it. */
