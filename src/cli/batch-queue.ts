@@ -20,6 +20,8 @@ export class BatchQueue {
   readonly count: number;
   readonly buffer: SharedArrayBuffer;
   readonly #cells: Int32Array;
+  /** What the first stop() returned (later takes move the counter, not the count handed out). */
+  #handed: number | undefined;
 
   /** A queue of `count` images for the main thread and `lanes` workers, or one over a buffer another thread made. */
   constructor(count: number, lanes: number, buffer?: SharedArrayBuffer) {
@@ -48,10 +50,12 @@ export class BatchQueue {
    * take() that races with it either got its index before (counted) or gets none.
    */
   stop(): number {
-    for (;;) {
+    while (this.#handed === undefined) {
       const v = Atomics.load(this.#cells, 0);
-      if (v >= STOPPED) return Math.min(v - STOPPED, this.count);
-      if (Atomics.compareExchange(this.#cells, 0, v, v + STOPPED) === v) return Math.min(v, this.count);
+      // Stopped by another thread's queue over the same buffer: what had been handed out then is not known here.
+      if (v >= STOPPED) this.#handed = this.count;
+      else if (Atomics.compareExchange(this.#cells, 0, v, v + STOPPED) === v) this.#handed = Math.min(v, this.count);
     }
+    return this.#handed;
   }
 }
