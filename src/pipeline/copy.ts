@@ -54,7 +54,7 @@ import { alignedRanges, chunked, lcm, nonZeroRuns, totalLength, type Span } from
 import { ProgressTracker } from './progress.js';
 import { openSource } from './source.js';
 import { ensureSpace } from './space.js';
-import { StagedOutput, cleanStaleStages, pathExists } from './staging.js';
+import { StagedOutput, cleanStaleStages } from './staging.js';
 import { jobProviders } from './job-keys.js';
 import { openOutputWriter } from './output-writer.js';
 import { kernelCopy } from './kernel-copy.js';
@@ -144,10 +144,14 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
   const opts = spec.opts;
   const input = spec.replaceInput ? await realDiskPath(checkPath(spec.input, 'input')) : resolve(checkPath(spec.input, 'input'));
   const output = spec.replaceInput ? input : resolve(checkPath(spec.output, 'output'));
-  if (!spec.replaceInput) await checkOutputName(output);
+  // One statfs of the output folder tells whether its metadata calls run inline (tmpfs) and how
+  // much room it has: for these checks, the staging, the free-space check and the copy path.
+  const outFolder = await folderFacts(dirname(output));
+  const calls = new FolderCalls(outFolder.memoryBacked);
+  if (!spec.replaceInput) await checkOutputName(output, calls);
   // Checked before any lock: the first file a job creates is a lock file beside the output, and its
   // error would name that file instead of the missing folder.
-  if (!(await pathExists(dirname(output))))
+  if (!(await calls.exists(dirname(output))))
     throw new PipelineError('ERR_INVALID_ARGUMENT', `cannot write ${output}: the folder ${dirname(output)} does not exist`);
   // A decrypted output holds the plaintext: private to its owner unless the caller says otherwise.
   const outMode = checkOutputMode(opts.mode) ?? (spec.decrypt ? 0o600 : undefined);
@@ -215,10 +219,6 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
         await names.reserve(sourceFiles, 'shared');
       }
       await names.reserve([...planned, ...replacing.filter((f) => dirname(f) === dirname(output))], 'exclusive');
-      // One statfs of the output folder tells whether its metadata calls run inline (tmpfs) and
-      // how much room it has, for the staging, the free-space check and the choice of copy path.
-      const outFolder = await folderFacts(dirname(output));
-      const calls = new FolderCalls(outFolder.memoryBacked);
       if (!force) {
         for (const f of planned) {
           if (await calls.exists(f))
@@ -326,7 +326,7 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
           await transfer.close();
         }
       } else if (!byKernel) {
-        const writer = await openOutputWriter(target, stage.dir);
+        const writer = await openOutputWriter(target, stage.dir, outFolder.memoryBacked);
         try {
           await runChunks({
             chunks: chunked(ranges(), chunkSize),

@@ -12,8 +12,8 @@
  * On any other file system every call stays on the pool: a disk's metadata can wait for the
  * journal or the device, and nothing here may block the event loop (Ctrl-C is handled there).
  */
-import { mkdirSync, readdirSync, renameSync, rmdirSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
-import { mkdir, readdir, rename, rmdir, stat, statfs, unlink, writeFile } from 'node:fs/promises';
+import { lstatSync, mkdirSync, readdirSync, type Stats, renameSync, rmdirSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { lstat, mkdir, readdir, rename, rmdir, stat, statfs, unlink, writeFile } from 'node:fs/promises';
 import { fsyncDir, fsyncDirSync } from './atomic-file.js';
 import { RAMFS_MAGIC, TMPFS_MAGIC } from './inline-io.js';
 
@@ -81,6 +81,15 @@ export class FolderCalls {
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
       throw err;
+    }
+  }
+
+  /** lstat of `path`, or undefined when it cannot be read (a missing name). */
+  async lstat(path: string): Promise<Stats | undefined> {
+    try {
+      return this.inline ? lstatSync(path) : await lstat(path);
+    } catch {
+      return undefined;
     }
   }
 
