@@ -159,19 +159,6 @@ export async function runBatch(
 /** Why an image failed, as its summary line and the JSON result say it. */
 export type ItemError = NonNullable<BatchItemResult['error']>;
 
-/**
- * An image's failure already described where it ran (a worker thread): `runOne` records it as it
- * is instead of describing the error a second time.
- */
-export class DescribedFailure extends Error {
-  readonly failure: ItemError;
-
-  constructor(failure: ItemError) {
-    super(failure.reason);
-    this.failure = failure;
-  }
-}
-
 /** One item's result, or undefined when an abort (or an interruption) stopped it. */
 async function runOne(item: BatchItem, convertOne: ConvertOne, signal: AbortSignal | undefined): Promise<BatchItemResult | undefined> {
   const started = performance.now();
@@ -180,7 +167,7 @@ async function runOne(item: BatchItem, convertOne: ConvertOne, signal: AbortSign
     const { bytes, skipped } = await convertOne(item, signal);
     return { input: item.input, output: item.output, ok: true, bytes, seconds: seconds(), ...(skipped ? { skipped: true } : {}) };
   } catch (err) {
-    const error = err instanceof DescribedFailure ? err.failure : describeFailure(err, signal);
+    const error = describeFailure(err, signal);
     if (error === undefined) return undefined;
     return { input: item.input, output: item.output, ok: false, bytes: 0, seconds: seconds(), error };
   }
