@@ -104,11 +104,15 @@ export async function commitExport(exp: Export, options: LiveCommitOptions): Pro
   }
 }
 
-/** The chain a served disk reads through (an encrypted disk's inner disk), if it is one. */
-function chainOf(disk: ServedDisk): ChainDisk | undefined {
-  if (disk instanceof ChainDisk) return disk;
-  if (disk instanceof StateFileDisk || !disk.encrypted) return undefined;
-  return disk.innerDisk instanceof ChainDisk ? disk.innerDisk : undefined;
+/**
+ * The chain a served disk reads through (an encrypted disk's inner disk), when reads may go on
+ * through it during the commit: its top must be one file (monolithicSparse, as every live snapshot's
+ * child). A top of many extent files (a qemu-img twoGbMaxExtentSparse child) has handles that its
+ * pool may close and reopen by name (src/vmdk/file.ts), which fails once the commit removed them.
+ */
+function readableChainOf(disk: ServedDisk): ChainDisk | undefined {
+  const chain = disk instanceof ChainDisk ? disk : disk instanceof StateFileDisk || !disk.encrypted ? undefined : disk.innerDisk;
+  return chain instanceof ChainDisk && chain.top.subformat === 'monolithicSparse' ? chain : undefined;
 }
 
 /**
@@ -116,13 +120,14 @@ function chainOf(disk: ServedDisk): ChainDisk | undefined {
  * taken exclusively (the export keeps the child's lock). Reads go on through the chain during the
  * copy of step 3, and read the merged view: the commit writes into the parent only the grains the
  * child holds, which the chain resolves in the child (its files stay open even once removed), and
- * leaves every other grain of the parent as it is. If the lock cannot be had, the chain is closed,
+ * leaves every other grain of the parent as it is (a top of several files: reads wait, see
+ * readableChainOf). If the lock cannot be had, the chain is closed,
  * opened again (with its locks) and served (`reopen`), and the error thrown.
  */
 async function lockParent(old: ServedDisk, parent: string, control: ReplaceControl, reopen: () => Promise<ServedDisk>): Promise<DiskLock> {
-  const chain = chainOf(old);
+  const chain = readableChainOf(old);
   if (chain) chain.releaseParentLock();
-  else await control.closeOld(); // not reached (planHeldCommit found a chain): the lock goes with the disk
+  else await control.closeOld(); // reads wait for the whole commit; the chain's locks go with it
   try {
     return await acquireLock(parent, 'serve (snapshot commit)', 'exclusive');
   } catch (err) {
