@@ -3,12 +3,14 @@
 // view — the same bytes before, during and after the commit. A read is counted as "during the copy"
 // when its reply arrives while the commit's journal exists (it is written before the copy and removed
 // after the child's files): before this change reads waited for the whole commit and none did.
+// A child of several files (whose handles may be reopened by name, which fails once the commit
+// removed them) is still committed with reads held, and a read sent during it gets the merged view.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { tempDir } from '../disk/helpers.js';
-import { encryptedDisk, plaintextOf, startHost } from './helpers.js';
+import { encryptedDisk, plaintextOf, run, startHost } from './helpers.js';
 import { CMD, RawClient } from './nbd-client.js';
 
 const MiB = 1 << 20;
@@ -72,5 +74,36 @@ describe('reads during a live commit', () => {
       await host.close();
     }
     expect((await plaintextOf(disk)).equals(model)).toBe(true);
+  }, 60_000);
+
+  it('a child of several files (qemu-img twoGbMaxExtentSparse) is committed with reads held, as before', async () => {
+    const dir = join(tmp.dir, 'two-gb');
+    mkdirSync(dir, { mode: 0o700 });
+    const [base, child] = ['base.vmdk', 'child.vmdk'].map((f) => join(dir, f));
+    await run('qemu-img', ['create', '-q', '-f', 'vmdk', base, String(8 * MiB)]);
+    await run('qemu-io', ['-f', 'vmdk', '-c', 'write -P 0x11 0 4M', base]);
+    await run('qemu-img', ['create', '-q', '-f', 'vmdk', '-o', 'subformat=twoGbMaxExtentSparse', '-b', base, '-F', 'vmdk', child]);
+    const { host, socket } = await startHost(dir, [{ path: child, name: 'vm' }]);
+    const c = await RawClient.connect(socket);
+    const model = Buffer.alloc(8 * MiB);
+    model.fill(0x11, 0, 4 * MiB);
+    try {
+      await c.go('vm');
+      const data = randomBytes(2 * MiB);
+      expect((await c.request(CMD.WRITE, 3 * MiB, data.length, 0, data)).error).toBe(0);
+      data.copy(model, 3 * MiB);
+      const reading = c.request(CMD.READ, 0, 8 * MiB);
+      const result = await host.commit('vm');
+      expect(result).toMatchObject({ path: base, removed: child, bytesMoved: 2 * MiB });
+      const r = await reading;
+      expect(r.error).toBe(0);
+      expect(r.data.equals(model)).toBe(true);
+      const after = await c.request(CMD.READ, 0, 8 * MiB);
+      expect(after.data.equals(model)).toBe(true);
+    } finally {
+      c.close();
+      await host.close();
+    }
+    expect(existsSync(child)).toBe(false);
   }, 60_000);
 });
