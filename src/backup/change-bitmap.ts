@@ -95,13 +95,13 @@ const chunkCount = (capacity: number): number => Math.ceil(capacity / CHUNK_SIZE
 
 /**
  * Whether a disk is tracked at all: not a raw image (no descriptor, so no CID to tell another
- * writer's changes) and not a snapshot child (backups refuse chains).
+ * writer's changes). The top of a snapshot chain is tracked too: writes land in it only, so its bits
+ * are the changes of the chain's merged view — the view a chain point stores (a backup uses them
+ * only against a point of the same chain: create.ts changePlan).
  */
 export function isTracked(disk: TrackedDisk): boolean {
   const d = disk.descriptor;
   if (disk.format !== 'vmdk' || d === undefined) return false;
-  const parent = d.get('parentCID');
-  if (parent !== undefined && parent.toLowerCase() !== 'ffffffff') return false;
   const cid = Number.parseInt(d.get('CID') ?? '', 16);
   return Number.isSafeInteger(cid) && cid >= 0 && cid <= 0xffffffff;
 }
@@ -183,7 +183,7 @@ function encode(state: number, capacity: number, g: DiskGeneration, base: Change
  */
 export async function readChangeBitmap(disk: TrackedDisk): Promise<{ bitmap: ChangeBitmap } | { why: string }> {
   const generation = await generationOf(disk);
-  if (!generation) return { why: 'the disk is not tracked (a raw image or a snapshot child)' };
+  if (!generation) return { why: 'the disk is not tracked (a raw image)' };
   const file = changeBitmapPath(disk.path);
   const size = HEADER + Math.ceil(chunkCount(disk.capacity) / 8);
   let buf: Buffer;

@@ -31,7 +31,7 @@ import { ChunkWriters } from './chunk-writers.js';
 import { readPoint, readPoints } from './points.js';
 import { isChanged, readChangeBitmap, writeBaseline } from './change-bitmap.js';
 import { parentInLineage } from './lineage.js';
-import { chainLayers, chainLineage, chainRecord, flattenedDescriptor, type PointChain } from './chain-point.js';
+import { chainLayers, chainLineage, chainRecord, flattenedDescriptor, sameChain, type PointChain } from './chain-point.js';
 
 export interface CreateBackupOptions {
   /** A name for the point, to restore it by (letters, digits, `.`, `_`, `-`; not `latest`). */
@@ -104,13 +104,15 @@ function* changedChunks(bits: Buffer, capacity: number): Generator<number> {
 /**
  * The disk's valid change bitmap and the point it counts from: used only when it is clean, tracks the
  * disk's generation now, and its base is a readable point of this repository with the same disk
- * (capacity, disk id, plain or not, one layer). Otherwise why not.
+ * (capacity, disk id, plain or not, one layer) — for a chain's top, a point of the same chain
+ * (sameChain). Otherwise why not.
  */
 async function changePlan(
   repo: Repository,
   disk: VirtualDisk,
   diskId: string | null,
   plain: boolean,
+  chain: PointChain | undefined,
 ): Promise<{ bits: Buffer; base: PointManifest } | { why: string }> {
   const read = await readChangeBitmap(disk);
   if (!('bitmap' in read)) return read;
@@ -123,7 +125,7 @@ async function changePlan(
   } catch (err) {
     return { why: `the change bitmap's base point ${b.point} cannot be read: ${(err as Error).message}` };
   }
-  if (base.layers.length !== 1 || base.chain !== undefined || base.capacity !== disk.capacity || base.diskId !== diskId || base.plain !== plain) {
+  if (base.layers.length !== 1 || !sameChain(base.chain, chain) || base.capacity !== disk.capacity || base.diskId !== diskId || base.plain !== plain) {
     return { why: `the change bitmap's base point ${b.point} is not of this disk as it is` };
   }
   return { bits: read.bitmap.bits, base };
@@ -221,7 +223,7 @@ async function backUp(
   let newBytes = 0;
   let bytesRead = 0;
   let chunksRead = 0;
-  const plan = await changePlan(repo, disk, params?.diskId ?? null, !encrypted);
+  const plan = await changePlan(repo, disk, params?.diskId ?? null, !encrypted, chain);
   let offsets: AsyncIterator<number> | Iterator<number>;
   if ('bits' in plan) {
     // Unchanged chunks are the base point's (its hash, or a hole); only the changed ones are read.

@@ -29,6 +29,7 @@
  * ERR_INTERRUPTED_JOB, exactly like an interrupted `vmseal snapshot commit`: `vmseal resume CHILD`
  * finishes it. The export then fails every request (EIO) until it is detached.
  */
+import { rm } from 'node:fs/promises';
 import { changeBitmapPath, markChanged, readChangeBitmap, writeChangeBitmap, type ChangeBase } from '../backup/change-bitmap.js';
 import { prepareSnapshot } from '../disk/snapshot.js';
 import type { UnlockOptions } from '../keys/index.js';
@@ -64,7 +65,7 @@ export async function commitExport(exp: Export, options: LiveCommitOptions): Pro
   }
   const prepared = await prepareSnapshot(current, current.encrypted ? await options.keysFor(current.path) : undefined);
   try {
-    return await exp.replaceDisk(async (old, childLock, keepLock, control) => {
+    const committed = await exp.replaceDisk(async (old, childLock, keepLock, control) => {
       const held = performance.now();
       if (old instanceof StateFileDisk) throw new ServeError('ERR_SERVE_EXPORT', `export ${exp.name} serves a state file, which has no snapshots`);
       const planned = await planHeldCommit(old.path, { dek: prepared.dek });
@@ -99,6 +100,10 @@ export async function commitExport(exp: Export, options: LiveCommitOptions): Pro
         planned.dispose();
       }
     });
+    // The merged child was tracked (the top of a chain is): its bitmap, written dirty at its first
+    // write and clean at the switch, names files that are gone.
+    await rm(changeBitmapPath(committed.removed), { force: true }).catch(() => undefined);
+    return committed;
   } finally {
     prepared.dispose();
   }

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createBackup, initRepository, pruneBackup, restoreBackup, verifyBackup } from '../../src/backup/index.js';
 import { createEncryptedSnapshot, openDisk, readEncryptionParams } from '../../src/disk/index.js';
+import { sameChain, type PointChain } from '../../src/backup/chain-point.js';
 import { deepRekey } from '../../src/pipeline/index.js';
 import { openDisk as openVmdk } from '../../src/vmdk/index.js';
 import { phraseLocker, sha256, tempDir } from '../disk/helpers.js';
@@ -146,5 +147,25 @@ describe("a chain's deep rekey and its backup history", () => {
     } finally {
       await d.close();
     }
+  });
+});
+
+describe('which chain point a change bitmap may count from (sameChain)', () => {
+  const layer = (path: string, cid: string) => ({
+    path,
+    subformat: 'monolithicSparse',
+    descriptor: `# Disk DescriptorFile\nversion=1\nCID=${cid}\nparentCID=ffffffff\ncreateType="monolithicSparse"\nRW 2048 SPARSE "x.vmdk"\n`,
+  });
+  const chainOf = (...layers: Array<ReturnType<typeof layer>>): PointChain => ({ layers, backedUp: layers.length - 1 });
+  it('the same layers, the ones below the top unchanged; a single disk only with a single disk', () => {
+    const then = chainOf(layer('/d/b.vmdk', 'aa'), layer('/d/t.vmdk', '11'));
+    expect(sameChain(undefined, undefined)).toBe(true);
+    expect(sameChain(then, undefined)).toBe(false);
+    expect(sameChain(undefined, then)).toBe(false);
+    // The top's CID changes with its writes: that is what the bitmap counts.
+    expect(sameChain(then, chainOf(layer('/d/b.vmdk', 'AA'), layer('/d/t.vmdk', '22')))).toBe(true);
+    expect(sameChain(then, chainOf(layer('/d/b.vmdk', 'ab'), layer('/d/t.vmdk', '11')))).toBe(false);
+    expect(sameChain(then, chainOf(layer('/d/c.vmdk', 'aa'), layer('/d/t.vmdk', '11')))).toBe(false);
+    expect(sameChain(then, chainOf(layer('/d/b.vmdk', 'aa'), layer('/d/t.vmdk', '11'), layer('/d/u.vmdk', '33')))).toBe(false);
   });
 });

@@ -123,14 +123,25 @@ describe('host backup of a served chain', () => {
       const r2 = json(b2);
       expect(r2).toMatchObject({ frozen: temporary, top: temporary, committed: { removed: join(dir, 'vm-000003.vmdk') }, parent: r1.point });
       expect((await readPoint(await openRepository(repo), r2.point as string)).chain?.layers.map((l) => l.path)).toEqual([base, child, temporary]);
+      expect(r2.changeBitmap.used).toBe(false); // the served top's bits had no base point yet
       expect(sha(await readExport(writer))).toBe(sha(model));
+
+      // Backup 3 after writes in two chunks: the served top's change bitmap, based on point 2 and
+      // carried through its commit, makes it read those two chunks only.
+      await write(5 * MiB + 4 * KiB, randomBytes(8 * KiB));
+      await write(13 * MiB, randomBytes(4 * KiB));
+      const b3 = await vmseal(['host', 'backup', 'vm', repo, '--name', 'p3', '--control', control, '--json'], env);
+      expect(b3.code, b3.stderr).toBe(0);
+      const r3 = json(b3);
+      expect(r3).toMatchObject({ frozen: temporary, top: temporary, parent: r2.point, changeBitmap: { used: true, base: r2.point }, chunksRead: 2 });
+      expect(existsSync(`${join(dir, 'vm-000003.vmdk')}.vmseal-ctk`)).toBe(false);
 
       writer.close();
       await host.close();
       closed = true;
-      // The chain as the server left it, by qemu-img (ciphertext, no key), equals the restored point 2.
+      // The chain as the server left it, by qemu-img (ciphertext, no key), equals the restored point 3.
       const restored2 = join(dir, 'restored2.vmdk');
-      await restoreBackup(repo, 'p2', restored2);
+      await restoreBackup(repo, 'p3', restored2);
       const chainRaw = join(dir, 'chain.raw');
       const pointRaw = join(dir, 'point.raw');
       await run('qemu-img', ['convert', '-f', 'vmdk', '-O', 'raw', temporary, chainRaw]);
