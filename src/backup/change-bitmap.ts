@@ -46,9 +46,10 @@ import { writeFileAtomic } from '../util/atomic-file.js';
 import { runWorkers } from '../util/run-workers.js';
 import { readFully } from '../util/file-io.js';
 import type { Descriptor } from '../vmdk/index.js';
+import { CHANGE_BITMAP_SUFFIX } from '../pipeline/paths.js';
 import { CHUNK_SIZE } from './repository.js';
 
-export const CHANGE_BITMAP_SUFFIX = '.vmseal-ctk';
+export { CHANGE_BITMAP_SUFFIX };
 const MAGIC = Buffer.from('VMSLCTK\n', 'latin1');
 const VERSION = 1;
 const CLEAN = 1;
