@@ -10,6 +10,12 @@
 import { open, readlink, realpath, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { Descriptor, openDisk as openVmdk } from '../vmdk/index.js';
+
+/**
+ * The suffix of a disk's change bitmap, `<disk>.vmseal-ctk` (its format: src/backup/change-bitmap.ts).
+ * Here so that a job that removes a disk (a snapshot commit removing the child) removes it too.
+ */
+export const CHANGE_BITMAP_SUFFIX = '.vmseal-ctk';
 import { isSparseExtent } from '../vmdk/sparse-header.js';
 import { PipelineError } from './errors.js';
 import { formatOption, type DiskFormat } from './options.js';
