@@ -50,6 +50,7 @@ const commands = {
   host: () => import('./commands/host.js'),
   vm: () => import('./commands/vm.js'),
   backup: () => import('./commands/backup.js'),
+  backupCreate: () => import('./commands/backup-create.js'),
   vmTpm: () => import('./commands/vm-tpm.js'),
   vmRekey: () => import('./commands/vm-rekey.js'),
 };
@@ -670,7 +671,7 @@ function declareBackup(program: Command, ctx: Ctx): void {
     .option('--allow-plain', 'back up a plain disk too (its point is marked plain: its chunks are plaintext)')
     .addOption(formatOption('what DISK'))
     .addOption(waitOption())
-    .action((disk: string, repo: string, opts) => commands.backup().then((m) => m.backupCreate(ctx, disk, repo, opts)));
+    .action((disk: string, repo: string, opts) => commands.backupCreate().then((m) => m.backupCreate(ctx, disk, repo, opts)));
   backup
     .command('list')
     .description('list the points of REPO, oldest first')
