@@ -3,9 +3,9 @@
  */
 import { stat } from 'node:fs/promises';
 import { dirname, extname, resolve } from 'node:path';
-import { inspectDisk } from '../../pipeline/index.js';
-import { describeKeySafe, type LockerInfo } from '../../keys/index.js';
-import { assertNoJournal, readEncryptionParams } from '../../disk/index.js';
+import { inspectDisk } from '../../pipeline/inspect.js';
+import { describeKeySafe, type LockerInfo } from '../../keys/envelope.js';
+import { assertNoJournal, readEncryptionParams } from '../../disk/open.js';
 import { CliError, usageError } from '../errors.js';
 import type { Ctx } from '../context.js';
 import type { DiskFormat } from '../parse.js';
