@@ -46,9 +46,10 @@ import { writeFileAtomic } from '../util/atomic-file.js';
 import { runWorkers } from '../util/run-workers.js';
 import { readFully } from '../util/file-io.js';
 import type { Descriptor } from '../vmdk/index.js';
+import { CHANGE_BITMAP_SUFFIX } from '../pipeline/paths.js';
 import { CHUNK_SIZE } from './repository.js';
 
-export const CHANGE_BITMAP_SUFFIX = '.vmseal-ctk';
+export { CHANGE_BITMAP_SUFFIX };
 const MAGIC = Buffer.from('VMSLCTK\n', 'latin1');
 const VERSION = 1;
 const CLEAN = 1;
@@ -95,13 +96,13 @@ const chunkCount = (capacity: number): number => Math.ceil(capacity / CHUNK_SIZE
 
 /**
  * Whether a disk is tracked at all: not a raw image (no descriptor, so no CID to tell another
- * writer's changes) and not a snapshot child (backups refuse chains).
+ * writer's changes). The top of a snapshot chain is tracked too: writes land in it only, so its bits
+ * are the changes of the chain's merged view — the view a chain point stores (a backup uses them
+ * only against a point of the same chain: create.ts changePlan).
  */
 export function isTracked(disk: TrackedDisk): boolean {
   const d = disk.descriptor;
   if (disk.format !== 'vmdk' || d === undefined) return false;
-  const parent = d.get('parentCID');
-  if (parent !== undefined && parent.toLowerCase() !== 'ffffffff') return false;
   const cid = Number.parseInt(d.get('CID') ?? '', 16);
   return Number.isSafeInteger(cid) && cid >= 0 && cid <= 0xffffffff;
 }
@@ -181,9 +182,10 @@ function encode(state: number, capacity: number, g: DiskGeneration, base: Change
  * it is not used (absent, dirty, damaged, another generation). Reads at most the size the disk's
  * capacity implies.
  */
-export async function readChangeBitmap(disk: TrackedDisk): Promise<{ bitmap: ChangeBitmap } | { why: string }> {
-  const generation = await generationOf(disk);
-  if (!generation) return { why: 'the disk is not tracked (a raw image or a snapshot child)' };
+export async function readChangeBitmap(disk: TrackedDisk, known?: DiskGeneration | null): Promise<{ bitmap: ChangeBitmap } | { why: string }> {
+  // `known`: the disk's generation now, when the caller has it already (its stats need not be taken twice).
+  const generation = known === undefined ? await generationOf(disk) : known;
+  if (!generation) return { why: 'the disk is not tracked (a raw image)' };
   const file = changeBitmapPath(disk.path);
   const size = HEADER + Math.ceil(chunkCount(disk.capacity) / 8);
   let buf: Buffer;
@@ -246,18 +248,19 @@ export function markChanged(bits: Buffer, capacity: number, offset: number, leng
  * Write a clean bitmap of `disk` as it is now, which nobody writes meanwhile: `bits` are the chunks
  * changed since `base`. Nothing for an untracked disk.
  */
-export async function writeChangeBitmap(disk: TrackedDisk, base: ChangeBase | null, bits: Buffer): Promise<void> {
-  const g = await generationOf(disk);
+export async function writeChangeBitmap(disk: TrackedDisk, base: ChangeBase | null, bits: Buffer, known?: DiskGeneration | null): Promise<void> {
+  const g = known === undefined ? await generationOf(disk) : known;
   if (!g) return;
   await writeFileAtomic(changeBitmapPath(disk.path), encode(CLEAN, disk.capacity, g, base, bits));
 }
 
 /**
  * Start a new, empty, clean bitmap on the point `base` just committed from `disk`, which nobody
- * writes meanwhile (the backup holds its lock). Nothing for an untracked disk.
+ * writes meanwhile (the backup holds its lock). Nothing for an untracked disk. `known`: the disk's
+ * generation taken under the same lock (reading the disk changes none of its files' times).
  */
-export function writeBaseline(disk: TrackedDisk, base: ChangeBase): Promise<void> {
-  return writeChangeBitmap(disk, base, emptyChangeBits(disk.capacity));
+export function writeBaseline(disk: TrackedDisk, base: ChangeBase, known?: DiskGeneration | null): Promise<void> {
+  return writeChangeBitmap(disk, base, emptyChangeBits(disk.capacity), known);
 }
 
 /**
@@ -299,8 +302,8 @@ export class ChangeTracker {
 
   /** Keep the bits and base of a valid bitmap (changes since its base go on adding up), then mark the file dirty. */
   async #start(): Promise<void> {
-    const read = await readChangeBitmap(this.#disk);
     const g = (await generationOf(this.#disk))!;
+    const read = await readChangeBitmap(this.#disk, g);
     if ('bitmap' in read) {
       this.#bits = read.bitmap.bits;
       this.#base = read.bitmap.base;

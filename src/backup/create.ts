@@ -8,7 +8,8 @@
  * names yet (the next backup reuses them; prune removes them if none does).
  */
 import { basename } from 'node:path';
-import { assertNoJournal, readEncryptionParams } from '../disk/index.js';
+import { assertNoJournal } from '../disk/index.js';
+import { encryptionOf } from '../disk/for-pipeline.js';
 import { openDisk, type VirtualDisk } from '../vmdk/index.js';
 import { acquireLock } from '../pipeline/lock.js';
 import { abortError } from '../pipeline/errors.js';
@@ -28,10 +29,11 @@ import {
 } from './manifest.js';
 import { CHUNK_SIZE, POINT_ID_RE, newPointId, openRepository, type Repository } from './repository.js';
 import { ChunkWriters } from './chunk-writers.js';
-import { readPoint, readPoints } from './points.js';
-import { isChanged, readChangeBitmap, writeBaseline } from './change-bitmap.js';
+import { readPoint } from './points.js';
+import { entryOf, pointEntries, savePointIndex } from './point-index.js';
+import { generationOf, isChanged, readChangeBitmap, writeBaseline, type DiskGeneration } from './change-bitmap.js';
 import { parentInLineage } from './lineage.js';
-import { chainLayers, chainLineage, chainRecord, flattenedDescriptor, type PointChain } from './chain-point.js';
+import { chainLayers, chainLineage, chainRecord, flattenedDescriptor, sameChain, type PointChain } from './chain-point.js';
 
 export interface CreateBackupOptions {
   /** A name for the point, to restore it by (letters, digits, `.`, `_`, `-`; not `latest`). */
@@ -96,6 +98,21 @@ export async function* allocatedChunks(disk: VirtualDisk): AsyncGenerator<number
 
 const ZERO = Buffer.alloc(CHUNK_SIZE);
 
+/**
+ * Up to this many chunks to read, they are hashed and stored on the JS thread: a worker thread takes
+ * ~0.1 s of CPU to start (Node's bootstrap), about what hashing and storing ~100 chunks here costs.
+ */
+const FEW_CHUNKS = 128;
+
+/** How many chunks a change bitmap marks. */
+function countChanged(bits: Buffer): number {
+  let n = 0;
+  for (let b of bits) {
+    for (; b !== 0; b &= b - 1) n++;
+  }
+  return n;
+}
+
 /** Offsets of the chunks a change bitmap marks, in order. */
 function* changedChunks(bits: Buffer, capacity: number): Generator<number> {
   for (let i = 0; i * CHUNK_SIZE < capacity; i++) if (isChanged(bits, i)) yield i * CHUNK_SIZE;
@@ -104,15 +121,18 @@ function* changedChunks(bits: Buffer, capacity: number): Generator<number> {
 /**
  * The disk's valid change bitmap and the point it counts from: used only when it is clean, tracks the
  * disk's generation now, and its base is a readable point of this repository with the same disk
- * (capacity, disk id, plain or not, one layer). Otherwise why not.
+ * (capacity, disk id, plain or not, one layer) — for a chain's top, a point of the same chain
+ * (sameChain). Otherwise why not.
  */
 async function changePlan(
   repo: Repository,
   disk: VirtualDisk,
   diskId: string | null,
   plain: boolean,
+  generation: DiskGeneration | null,
+  chain: PointChain | undefined,
 ): Promise<{ bits: Buffer; base: PointManifest } | { why: string }> {
-  const read = await readChangeBitmap(disk);
+  const read = await readChangeBitmap(disk, generation);
   if (!('bitmap' in read)) return read;
   const b = read.bitmap.base;
   if (b === null) return { why: 'the change bitmap has no base point yet (the next backup starts one)' };
@@ -123,7 +143,7 @@ async function changePlan(
   } catch (err) {
     return { why: `the change bitmap's base point ${b.point} cannot be read: ${(err as Error).message}` };
   }
-  if (base.layers.length !== 1 || base.chain !== undefined || base.capacity !== disk.capacity || base.diskId !== diskId || base.plain !== plain) {
+  if (base.layers.length !== 1 || !sameChain(base.chain, chain) || base.capacity !== disk.capacity || base.diskId !== diskId || base.plain !== plain) {
     return { why: `the change bitmap's base point ${b.point} is not of this disk as it is` };
   }
   return { bits: read.bitmap.bits, base };
@@ -206,35 +226,48 @@ async function backUp(
     // A manifest records whole sectors (what restore can recreate): a raw image of another size is refused.
     throw new BackupError('ERR_BACKUP_UNSUPPORTED', `${disk.path} has ${disk.capacity} bytes, not a positive whole number of 512-byte sectors`);
   }
-  // The encryption lines are checked (a damaged or foreign set is refused) without any key.
-  const params = encrypted ? await readEncryptionParams(disk.path, { format: disk.format }) : null;
+  // The encryption lines are checked (a damaged or foreign set is refused) without any key, from the
+  // descriptor already open (not by opening the disk's files a second time).
+  const params = encrypted ? (encryptionOf(disk)?.params ?? null) : null;
   if (params && disk.capacity % params.unitSize !== 0) {
     throw new BackupError('ERR_BACKUP_UNSUPPORTED', `the capacity of ${disk.path} is not a multiple of its ${params.unitSize}-byte data unit`);
   }
   const history = o.history ?? defaultHistory(shape, params?.diskId ?? null);
-  const previous = (await readPoints(repo, { skipDamaged: true })).filter((p) => p.history === history);
+  // The point index (point-index.ts) gives every point's history and lineage line without parsing
+  // their manifests; the only manifest read is the change bitmap's base (changePlan).
+  const known = await pointEntries(repo, { skipDamaged: true });
   // After a restore, the restored disk's points continue from the point it was restored from (lineage.ts).
-  const parent = parentInLineage(previous, chainLineage(layers ?? [disk]), repo.id);
+  const parent = parentInLineage(
+    known.filter((p) => p.history === history),
+    chainLineage(layers ?? [disk]),
+    repo.id,
+  );
 
   const entries: ChunkEntry[] = [];
   let newChunks = 0;
   let newBytes = 0;
   let bytesRead = 0;
   let chunksRead = 0;
-  const plan = await changePlan(repo, disk, params?.diskId ?? null, !encrypted);
+  // The disk's generation (its descriptor and files' stat times) is taken once, under its lock: it
+  // checks the bitmap now and stamps the new baseline at the end (reading changes no file's times).
+  const generation = await generationOf(disk);
+  const plan = await changePlan(repo, disk, params?.diskId ?? null, !encrypted, generation, chain);
   let offsets: AsyncIterator<number> | Iterator<number>;
+  let toRead = Infinity;
   if ('bits' in plan) {
     // Unchanged chunks are the base point's (its hash, or a hole); only the changed ones are read.
     for (const e of plan.base.layers[0]!.chunks) if (!isChanged(plan.bits, e[0] / CHUNK_SIZE)) entries.push([e[0], e[1]]);
     offsets = changedChunks(plan.bits, disk.capacity);
+    toRead = countChanged(plan.bits);
   } else {
     offsets = allocatedChunks(disk);
   }
   /** Fan-out folders that got a new chunk: synced once, before the manifest names their chunks. */
   const written = new Set<string>();
   let done = false;
-  // Hashing and storing run in worker threads (chunk-writers.ts); the reads stay here.
-  const writers = new ChunkWriters(repo);
+  // Hashing and storing run in worker threads (chunk-writers.ts); the reads stay here. A few chunks
+  // (a change bitmap's) are stored on this thread: starting the threads costs more than they save.
+  const writers = toRead <= FEW_CHUNKS ? new ChunkWriters(repo, 0) : new ChunkWriters(repo);
   const worker = async (stopped: () => boolean): Promise<void> => {
     const shared = new SharedArrayBuffer(CHUNK_SIZE);
     const buf = Buffer.from(shared);
@@ -297,9 +330,11 @@ async function backUp(
     stats: { chunks: entries.length, newChunks, newBytes },
   };
   await repo.writePointText(id, serializeManifest(manifest));
+  // The index is a cache (point-index.ts): a failure, or a crash before this, is repaired by the next reader.
+  await savePointIndex(repo, [...known, entryOf(manifest)]);
   // The point is committed and nobody wrote the disk meanwhile (its lock is held): changes now count
   // from this point. A failure leaves the old bitmap, still right about its own base.
-  await writeBaseline(disk, { repository: repo.id, point: id }).catch(() => undefined);
+  await writeBaseline(disk, { repository: repo.id, point: id }, generation).catch(() => undefined);
   const changeBitmap = 'bits' in plan ? { used: true as const, base: plan.base.id } : { used: false as const, why: plan.why };
   return { point: id, name: o.name, history, parent, plain: !encrypted, chunks: entries.length, newChunks, newBytes, bytesRead, chunksRead, changeBitmap };
 }

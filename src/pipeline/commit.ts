@@ -33,13 +33,14 @@ import {
   type UnlockOptions,
 } from '../disk/for-pipeline.js';
 import { isTempNameOf } from '../util/atomic-file.js';
+import { isReadOnlySubformat, readOnlySubformatError } from '../vmdk/read-only-formats.js';
 import { expected } from '../errors.js';
 import { COMMIT_OPERATION, isCommitJournal, readCommitJournal, removeCommitJournal, writeCommitJournal, type CommitHeader } from './commit-journal.js';
 import { locateDescriptor, readDescriptorBytes, removeStaleDescriptorTemps, withoutCid, writeDescriptor } from './descriptor-io.js';
 import { PipelineError, abortError } from './errors.js';
 import { journalPathOf } from './journal.js';
 import { acquireLock, NameReservations } from './lock.js';
-import { realDiskPath } from './paths.js';
+import { CHANGE_BITMAP_SUFFIX, realDiskPath } from './paths.js';
 import { checkPath, type UnlockOptions as JobUnlockOptions } from './options.js';
 import { ProgressTracker, type ProgressListener } from './progress.js';
 import { fsyncDir, fsyncPath, pathExists } from './staging.js';
@@ -168,6 +169,11 @@ async function planCommit(top: string, key: ChainKey): Promise<Plan> {
     const hint = chain.top.descriptor!.get('parentFileNameHint')!;
     const parentLayer = chain.layers()[1];
     const parent = parentLayer.path;
+    // Before the journal or the parent's job line: vSphere's delta disks are neither written nor
+    // removed by vmseal (a parent of them would be written, a top of them is vSphere's to consolidate).
+    for (const layer of [chain.top, parentLayer]) {
+      if (isReadOnlySubformat(layer.subformat)) throw readOnlySubformatError(layer.subformat, layer.path);
+    }
     const siblings = await otherChildren(parent, top);
     if (siblings.length > 0) {
       throw new PipelineError(
@@ -420,6 +426,8 @@ async function runCommit(
       if (err.code !== 'ENOENT') throw err;
     });
   }
+  // The child's change bitmap (a served chain's top is tracked) would name files that are gone.
+  await unlink(`${top}${CHANGE_BITMAP_SUFFIX}`).catch(() => undefined);
   await fsyncDir(folder);
   await removeCommitJournal(top);
   return {

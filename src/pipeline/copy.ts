@@ -14,6 +14,7 @@ import {
   type CreateDiskOptions,
 } from '../vmdk/index.js';
 import { isDiskUuid } from '../vmdk/create.js';
+import { isReadOnlySubformat } from '../vmdk/read-only-formats.js';
 import {
   createDataCipher,
   type DataCipher,
@@ -54,12 +55,12 @@ import { alignedRanges, chunked, lcm, nonZeroRuns, totalLength, type Span } from
 import { ProgressTracker } from './progress.js';
 import { openSource } from './source.js';
 import { ensureSpace } from './space.js';
-import { StagedOutput, cleanStaleStages, pathExists } from './staging.js';
+import { StagedOutput, cleanStaleStages } from './staging.js';
 import { jobProviders } from './job-keys.js';
 import { openOutputWriter } from './output-writer.js';
 import { kernelCopy } from './kernel-copy.js';
-import { ChunkTransfer, TRANSFER_DEPTH, chunkTransferWanted } from './chunk-transfer.js';
-import { onMemoryFs } from './output-files.js';
+import { ChunkTransfer, TRANSFER_DEPTH, chunkTransferWanted, type ChunkTransferJob } from './chunk-transfer.js';
+import { FolderCalls, folderFacts } from '../util/inline-fs.js';
 
 export interface CopySpec {
   operation: 'encrypt' | 'decrypt' | 'convert' | 'rekey-deep';
@@ -83,6 +84,8 @@ const VMFS_ALIASES = new Set(['vmfsThin', 'vmfsPreallocated', 'vmfsEagerZeroedTh
 
 function defaultSubformat(input: string, encrypting: boolean): OutputSubformat {
   if (VMFS_ALIASES.has(input)) return 'vmfs';
+  // vSphere's delta disks are read, never written: their copy is the sparse disk vmseal writes.
+  if (isReadOnlySubformat(input)) return 'monolithicSparse';
   return (encrypting ? encryptedSubformatFor(input) : input) as OutputSubformat;
 }
 
@@ -94,7 +97,9 @@ function inherited(stored: VirtualDisk, opts: OutputOptions, sparseOut: boolean)
   else if (opts.adapterType !== undefined) out.adapterType = opts.adapterType; // let the VMDK layer report the bad value
   const hw = opts.hwVersion ?? d?.get('ddb.virtualHWVersion');
   if (hw !== undefined && (opts.hwVersion !== undefined || /^[1-9][0-9]{0,2}$/.test(String(hw)))) out.hwVersion = hw;
-  const g = opts.grainSize ?? (sparseOut ? stored.grainSize : undefined);
+  // Not the grain of an ESX delta disk (512 B or 4 KiB): a hosted sparse disk of those would need a
+  // directory 16–128 times qemu's; it gets the default 64 KiB.
+  const g = opts.grainSize ?? (sparseOut && !isReadOnlySubformat(stored.subformat) ? stored.grainSize : undefined);
   if (g !== undefined && (opts.grainSize !== undefined || (g >= 4096 && g <= 1 << 20))) out.grainSize = g;
   return out;
 }
@@ -144,10 +149,14 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
   const opts = spec.opts;
   const input = spec.replaceInput ? await realDiskPath(checkPath(spec.input, 'input')) : resolve(checkPath(spec.input, 'input'));
   const output = spec.replaceInput ? input : resolve(checkPath(spec.output, 'output'));
-  if (!spec.replaceInput) await checkOutputName(output);
+  // One statfs of the output folder tells whether its metadata calls run inline (tmpfs) and how
+  // much room it has: for these checks, the staging, the free-space check and the copy path.
+  const outFolder = await folderFacts(dirname(output));
+  const calls = new FolderCalls(outFolder.memoryBacked);
+  if (!spec.replaceInput) await checkOutputName(output, calls);
   // Checked before any lock: the first file a job creates is a lock file beside the output, and its
   // error would name that file instead of the missing folder.
-  if (!(await pathExists(dirname(output))))
+  if (!(await calls.exists(dirname(output))))
     throw new PipelineError('ERR_INVALID_ARGUMENT', `cannot write ${output}: the folder ${dirname(output)} does not exist`);
   // A decrypted output holds the plaintext: private to its owner unless the caller says otherwise.
   const outMode = checkOutputMode(opts.mode) ?? (spec.decrypt ? 0o600 : undefined);
@@ -176,7 +185,7 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
     // A commit of an earlier run on this name that was killed half way is finished first; the keys
     // of one killed before its commit are removed.
     const providers = jobProviders(spec.keys, spec.encrypt?.lockers);
-    await cleanStaleStages(dirname(output), basename(output), names, providers);
+    await cleanStaleStages(dirname(output), basename(output), names, providers, opts.folderEntries);
     const source = await openSource(input, {
       ...formatOption(opts.format),
       ...(spec.keys ? { keys: spec.keys } : {}),
@@ -217,14 +226,14 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
       await names.reserve([...planned, ...replacing.filter((f) => dirname(f) === dirname(output))], 'exclusive');
       if (!force) {
         for (const f of planned) {
-          if (await pathExists(f))
+          if (await calls.exists(f))
             throw new PipelineError('ERR_OUTPUT_EXISTS', `${f} exists (a file the output needs); give another output name or force to replace it`);
         }
       }
       if (subformat !== 'raw' && RAW_NAMES.test(output))
         notes.push(`${output} is a VMDK (${subformat}) although its name ends like a raw image; commands that read it need --format vmdk`);
       // Checked above: the folder exists, stale stages are cleaned, and (without force) every planned name is free.
-      stage = await StagedOutput.prepare(output, { force, names, providers, checked: true });
+      stage = await StagedOutput.prepare(output, { force, names, providers, checked: true, folder: outFolder });
       const staged = stage;
 
       // The output's encryption: a new DEK, the input's own (copy of an encrypted disk), or none.
@@ -284,7 +293,7 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
       // One sparse file addresses 2 TiB (data plus tables), whatever the capacity: refused before any
       // data is copied, naming twoGbMaxExtentSparse, rather than failing at the grain that passes it.
       if (subformat === 'monolithicSparse' && outGrain !== undefined) checkSparseFileFits(capacity, total, outGrain, output);
-      await ensureSpace(stage.dir, total, `the output ${output}`);
+      await ensureSpace(stage.dir, total, `the output ${output}`, outFolder.freeBytes);
 
       const progress = new ProgressTracker(spec.operation === 'rekey-deep' ? 'rekey-deep' : spec.operation, 'copy', total, opts.onProgress);
       const granularity = outGrain ?? FLAT_ZERO_GRANULARITY;
@@ -297,12 +306,21 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
         outCipher === null &&
         source.encryption === null &&
         (await kernelCopy({ source: source.stored, target, what, progress: (n) => progress.add(n), ...(opts.signal ? { signal: opts.signal } : {}) }));
-      // A plain input into a plain or newly encrypted flat output on tmpfs (unless VMSEAL_CHUNK_TRANSFER=0):
-      // one native job per chunk (chunk-transfer.ts). On a disk the engine's direct writes (O_DIRECT)
-      // and write-behind stay.
+      // A plain input into a plain or newly encrypted flat output, or an encrypted input decrypted
+      // into a plain one, on tmpfs (unless VMSEAL_CHUNK_TRANSFER=0): one native job per chunk
+      // (chunk-transfer.ts). On a disk the engine's direct writes (O_DIRECT) and write-behind stay.
+      // A deep rekey in copy mode decrypts and re-encrypts in the same job.
+      const transferCipher: Pick<ChunkTransferJob, 'cipher' | 'direction' | 'cipher2'> | null =
+        source.encryption === null && (outCipher === null || outCipher === ownCipher)
+          ? { cipher: outCipher, direction: 'encrypt' }
+          : source.encryption !== null && outCipher === null
+            ? { cipher: (source.disk as EncryptedDisk).dataCipher, direction: 'decrypt' }
+            : source.encryption !== null && outCipher !== null && outCipher === ownCipher
+              ? { cipher: (source.disk as EncryptedDisk).dataCipher, direction: 'reencrypt', cipher2: outCipher }
+              : null;
       const transfer =
-        !byKernel && source.encryption === null && (outCipher === null || outCipher === ownCipher) && chunkTransferWanted() && (await onMemoryFs(stage.dir))
-          ? await ChunkTransfer.open({ source: source.stored, target, cipher: outCipher })
+        !byKernel && transferCipher !== null && chunkTransferWanted() && outFolder.memoryBacked
+          ? await ChunkTransfer.open({ source: source.stored, plainSource: source.disk, target, ...transferCipher })
           : null;
       if (transfer) {
         try {
@@ -322,7 +340,7 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
           await transfer.close();
         }
       } else if (!byKernel) {
-        const writer = await openOutputWriter(target, stage.dir);
+        const writer = await openOutputWriter(target, stage.dir, outFolder.memoryBacked);
         try {
           await runChunks({
             chunks: chunked(ranges(), chunkSize),
