@@ -5,7 +5,7 @@
  */
 import { CIPHERS, UNIT_SIZES, canEncryptSubformat, type CipherName, type DataUnitSize } from '../disk/params.js';
 import { usageError } from './errors.js';
-import { KDF_LIMITS } from '../keys/kdf.js';
+import { KDF_LIMITS } from '../keys/kdf-limits.js';
 
 /** The output formats the CLI accepts for --subformat (VMDK createTypes plus raw). */
 export const SUBFORMATS = ['raw', 'monolithicSparse', 'monolithicFlat', 'twoGbMaxExtentSparse', 'twoGbMaxExtentFlat', 'streamOptimized'] as const;

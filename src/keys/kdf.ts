@@ -2,6 +2,7 @@ import { pbkdf2, scrypt } from 'node:crypto';
 import { KeySafeError, invalidArgument } from './errors.js';
 import { parseDict, serializeDict } from './dict.js';
 import { decodeBase64String } from './base64.js';
+import { KDF_LIMITS } from './kdf-limits.js';
 
 /**
  * The passphrase → KEK derivations of `phrase` lockers, named in the locker's pass2key dict:
@@ -34,23 +35,8 @@ export function phraseKekBytes(kdf: PhraseKdf): number {
 /** The `kdf` choices of a passphrase locker spec. */
 export type PassphraseKdfChoice = 'pbkdf2-sha256' | 'scrypt' | 'workstation';
 
-export const KDF_LIMITS = Object.freeze({
-  maxPbkdf2Rounds: 10_000_000,
-  /**
-   * The fewest rounds the CLI's --pbkdf2-rounds accepts for a new locker (NIST SP 800-132's minimum).
-   * Readers still accept any count ≥ 1: the locker records its own.
-   */
-  minChosenPbkdf2Rounds: 1_000,
-  maxScryptN: 2 ** 20,
-  maxScryptR: 32,
-  maxScryptP: 16,
-  /** 128·N·r bytes is scrypt's memory need. */
-  maxScryptMemory: 512 * 2 ** 20,
-  minSaltBytes: 8,
-  maxSaltBytes: 64,
-  /** Phrase lockers one unlock runs the KDF for (bounds the work a hostile KeySafe can ask for). */
-  maxPhraseLockersTried: 8,
-});
+// In a module of its own (no imports): the CLI's grammar checks --pbkdf2-rounds against it at start-up.
+export { KDF_LIMITS };
 
 /** Defaults of new phrase lockers (docs/keys.md and docs/format.md state the same numbers). */
 export const PHRASE_DEFAULTS = Object.freeze({

@@ -108,6 +108,7 @@ describe('CLI start-up', () => {
       'disk/data-check.ts',
       'keys/dek.ts',
       'keys/errors.ts',
+      'keys/kdf-limits.ts',
       'xts/constants.ts',
       'vmdk/subformats.ts',
       'pipeline/chunk-limits.ts',
