@@ -90,6 +90,7 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
   ERR_NOWAIT_IO: { exitCode: ExitCode.FAILURE },
   ERR_COPY_RANGE_IO: { exitCode: ExitCode.FAILURE },
   ERR_TRANSFER_IO: { exitCode: ExitCode.FAILURE },
+  ERR_BACKUP_CHUNK_IO: { exitCode: ExitCode.FAILURE },
   ERR_DISK_BUSY: { exitCode: ExitCode.BUSY, hint: 'Retry when the other process (vmseal, qemu or a VM) is done; a process that died holds no lock' },
   ERR_KEYSTORE_LOCKED: { exitCode: ExitCode.BUSY, hint: 'Another vmseal process is using the local keystore; retry when it is done' },
   // key server
