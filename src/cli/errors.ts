@@ -427,6 +427,7 @@ const SYSTEM_HINTS: Record<string, string> = {
   ENOTDIR: 'Check the path',
   ENOSPC: "Free some space on the output's file system or write the output elsewhere",
   EROFS: 'Write the output to a writable file system',
+  EFBIG: "A file would exceed the file-size limit (ulimit -f) or the file system's largest file: raise the limit or write the output elsewhere",
   EEXIST: EXISTS_FORCE_HINT,
   EMFILE: 'Raise the open-file limit (ulimit -n)',
   ECONNREFUSED: 'Check that the key server is running and --kms names it',

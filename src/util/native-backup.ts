@@ -72,7 +72,9 @@ export function nativeBackupError(err: unknown): unknown {
   const e = err as { code?: unknown; errno?: unknown; syscall?: unknown; path?: unknown; message?: unknown };
   if (e?.code !== 'ERR_BACKUP_CHUNK_IO' || typeof e.errno !== 'number') return err;
   const name = ERRNO_NAMES.get(e.errno) ?? 'EIO';
-  const out = new Error(`${name}: ${String(e.message)}, ${String(e.syscall)} '${String(e.path)}'`) as NodeJS.ErrnoException;
+  // Node's shape, "ENOSPC: no space left on device, write '/path'", from "<syscall> failed: <strerror>".
+  const why = String(e.message).replace(/^.* failed: /, '');
+  const out = new Error(`${name}: ${why.charAt(0).toLowerCase()}${why.slice(1)}, ${String(e.syscall)} '${String(e.path)}'`) as NodeJS.ErrnoException;
   out.code = name;
   out.errno = -e.errno;
   out.syscall = String(e.syscall);
