@@ -10,13 +10,14 @@
 
 namespace vmseal {
 
-// What to do to the bytes between the read and the write.
-enum class TransferCipher { kNone, kEncrypt, kDecrypt };
+// What to do to the bytes between the read and the write. kReencrypt: decrypt with `engine`, then
+// encrypt with `engine2` (a deep rekey: the old DEK's data units, then the new one's).
+enum class TransferCipher { kNone, kEncrypt, kDecrypt, kReencrypt };
 
 struct TransferRequest {
   int fdIn = -1;
   int64_t positionIn = 0;
-  uint8_t* buffer = nullptr;  // `length` bytes the caller owns for the whole call
+  uint8_t* buffer = nullptr;  // `length` bytes the caller owns for the whole call (scratch: see below)
   size_t length = 0;
   int fdOut = -1;
   int64_t positionOut = 0;
@@ -24,6 +25,10 @@ struct TransferRequest {
   const XtsEngine* engine = nullptr;  // required unless cipher is kNone
   size_t unitSize = 0;                // data unit; `length` must be a multiple of it
   uint64_t firstUnit = 0;             // unit number (tweak) of the buffer's first byte
+  // kReencrypt only: the cipher that encrypts after `engine` decrypted, with its own data units.
+  const XtsEngine* engine2 = nullptr;
+  size_t unitSize2 = 0;
+  uint64_t firstUnit2 = 0;
 };
 
 struct TransferResult {
@@ -39,9 +44,10 @@ struct TransferResult {
 };
 
 // pread until `length` bytes (or the input's end), transform in place, pwrite until all is
-// written — in steps of 256 KiB, each read, transformed and written before the next (it stays in
-// the core's cache) —; EINTR is retried and short counts continue. A write that makes no progress
-// is EIO. The fds' file offsets are neither used nor moved.
+// written — in steps of 256 KiB, each read, transformed and written before the next, all through
+// the buffer's first step (it stays in the core's cache) —; EINTR is retried and short counts
+// continue. A write that makes no progress is EIO. The fds' file offsets are neither used nor moved.
+// The buffer is scratch: afterwards its first bytes hold the last step, the rest is untouched.
 TransferResult TransferChunk(const TransferRequest& request);
 
 }  // namespace vmseal

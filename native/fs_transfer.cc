@@ -1,17 +1,20 @@
 // transferChunk(fdIn, positionIn, buffer, fdOut, positionOut, cipher?, unitSize?, firstUnit?,
-//               decrypt?) -> Promise<number>
+//               decrypt?, cipher2?, unitSize2?, firstUnit2?) -> Promise<number>
 //
 // One chunk of a copy job as one job on libuv's pool (chunk_transfer.cc does the work): pread
 // `buffer.length` bytes at `positionIn` of `fdIn` into `buffer`, XTS-encrypt them in place with
 // `cipher` (data units of `unitSize`, the first one numbered `firstUnit`; `decrypt` true decrypts
-// instead), or leave them as they are when `cipher` is null or undefined, then pwrite them at
+// instead; with `cipher2`, `decrypt` must be true and `cipher2` then encrypts what `cipher` decrypted,
+// in its own units of `unitSize2` numbered from `firstUnit2`: a deep rekey's re-encryption), or
+// leave them as they are when `cipher` is null or undefined, then pwrite them at
 // `positionOut` of `fdOut`. Several calls in flight use both cores with whole jobs; the caller
 // keeps their order, progress and cancellation (src/pipeline/chunk-transfer.ts).
 //
 // `buffer` must be a Uint8Array over memory from allocateBuffer(): the pool thread works on it in
 // place, and only native-owned memory cannot be detached or shrunk under it (see addon.cc,
 // "Native-owned memory"); the call holds the block and the cipher's key schedule until it settles.
-// The caller must not read or write the buffer meanwhile. Resolves:
+// The caller must not read or write the buffer meanwhile; it is scratch: every 256 KiB step goes
+// through its first bytes (chunk_transfer.h), so afterwards it holds no chunk. Resolves:
 //  - `buffer.length` when the chunk was read, transformed and written in full;
 //  - fewer (0 included) when the input ended first: the 256 KiB steps before the one it ended in
 //    were written (chunk_transfer.h), nothing after; the caller reports a truncated input.
@@ -39,14 +42,17 @@ constexpr int64_t kMaxTransferBytes = int64_t{64} << 20;
 
 class TransferWork : public Napi::AsyncWorker {
  public:
-  TransferWork(Napi::Env env, TransferRequest request, std::shared_ptr<uint8_t> buffer, std::shared_ptr<const XtsEngine> engine)
+  TransferWork(Napi::Env env, TransferRequest request, std::shared_ptr<uint8_t> buffer, std::shared_ptr<const XtsEngine> engine,
+               std::shared_ptr<const XtsEngine> engine2)
       : Napi::AsyncWorker(env, "vmseal.transferChunk"),
         deferred_(Napi::Promise::Deferred::New(env)),
         request_(request),
         buffer_(std::move(buffer)),
-        engine_(std::move(engine)) {
+        engine_(std::move(engine)),
+        engine2_(std::move(engine2)) {
     request_.buffer = buffer_.get();
     request_.engine = engine_.get();
+    request_.engine2 = engine2_.get();
   }
 
   Napi::Promise Promise() const { return deferred_.Promise(); }
@@ -58,6 +64,7 @@ class TransferWork : public Napi::AsyncWorker {
     // Every byte is written: the memory and the key schedule can go now, not when Node deletes us.
     buffer_.reset();
     engine_.reset();
+    engine2_.reset();
     if (result_.error != 0) {
       deferred_.Reject(SystemError(env, "ERR_TRANSFER_IO", result_.syscall, result_.error).Value());
       return;
@@ -72,6 +79,7 @@ class TransferWork : public Napi::AsyncWorker {
   TransferRequest request_;
   std::shared_ptr<uint8_t> buffer_;
   std::shared_ptr<const XtsEngine> engine_;
+  std::shared_ptr<const XtsEngine> engine2_;
   TransferResult result_;
 };
 
@@ -89,6 +97,7 @@ Napi::Value TransferChunkCall(const Napi::CallbackInfo& info) {
   const int64_t n = static_cast<int64_t>(length);
   if (n > kMaxSafeInteger - q.positionIn || n > kMaxSafeInteger - q.positionOut) throw RangeErr(env, "position + length is out of range");
   std::shared_ptr<const XtsEngine> engine;
+  std::shared_ptr<const XtsEngine> engine2;
   if (info.Length() > 5 && !info[5].IsNull() && !info[5].IsUndefined()) {
     engine = CipherEngineArg(info[5]);
     q.unitSize = UnitSizeArg(info[6]);
@@ -104,8 +113,24 @@ Napi::Value TransferChunkCall(const Napi::CallbackInfo& info) {
     }
     const uint64_t count = length / q.unitSize;
     if (count > 0 && q.firstUnit > UINT64_MAX - (count - 1)) throw RangeErr(env, "firstUnit + the buffer's units is out of range");
+    if (info.Length() > 9 && !info[9].IsNull() && !info[9].IsUndefined()) {
+      // A second cipher re-encrypts what the first one decrypted (a deep rekey).
+      if (!decrypt) throw TypeErr(env, "decrypt must be true when cipher2 is given (cipher2 encrypts what cipher decrypted)");
+      engine2 = CipherEngineArg(info[9]);
+      q.unitSize2 = UnitSizeArg(info[10]);
+      q.firstUnit2 = UnitNumberArg(info[11]);
+      if (length % q.unitSize2 != 0) {
+        Napi::Error e = Napi::RangeError::New(env, "buffer's length (" + std::to_string(length) + ") is not a multiple of unitSize2 (" +
+                                                       std::to_string(q.unitSize2) + ")");
+        e.Set("code", Napi::String::New(env, "ERR_XTS_LENGTH"));
+        throw e;
+      }
+      const uint64_t count2 = length / q.unitSize2;
+      if (count2 > 0 && q.firstUnit2 > UINT64_MAX - (count2 - 1)) throw RangeErr(env, "firstUnit2 + the buffer's units is out of range");
+      q.cipher = TransferCipher::kReencrypt;
+    }
   }
-  auto* work = new TransferWork(env, q, std::move(buffer), std::move(engine));  // deletes itself after OnOK/OnError
+  auto* work = new TransferWork(env, q, std::move(buffer), std::move(engine), std::move(engine2));  // deletes itself after OnOK/OnError
   Napi::Promise promise = work->Promise();
   work->Queue();
   return promise;

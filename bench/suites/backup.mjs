@@ -15,9 +15,16 @@
 //     `backup create` (reads only the marked chunks); again 1 % written through the server, then
 //     quick rollback `backup restore --over` to that point with the valid bitmap beside the disk;
 //     and 1 % written straight into the flat extent with the bitmap deleted, rollback again.
+//  5. the same with the 16 GiB sparse disk of 3 (2 GiB of data at its start): 1 % of its capacity's
+//     chunks (164 for 16 GiB) written through `vmseal serve` at random offsets over the whole
+//     capacity (most land where nothing was allocated), then `backup create` with the bitmap; the
+//     reference is that disk's own full backup (3), whose time scales with its allocated data.
+//  6. the process floor: `node -e 0` and `vmseal --version`, timed the same way (a CLI command
+//     cannot take less), so that the incremental's ratio can be read against it.
 //
 // Run: node bench/run.mjs backup [--quick]
 //   BENCH_BACKUP_MIB=N: the disk's data size in MiB (default 2048; 256 with --quick), for a quick check.
+//   BENCH_BACKUP_DIR=D: the folder to work in (default /dev/shm when it has room, else the temp folder).
 import { spawn, spawnSync } from 'node:child_process';
 import { closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, statfsSync, writeSync } from 'node:fs';
 import { randomFillSync, randomInt } from 'node:crypto';
@@ -168,7 +175,7 @@ async function main() {
   // At most: the disk, cp's copy, a repository (+ incremental chunks), a restored disk, and the raw
   // source while the disk is made: 5 × the data size, with a margin.
   const needed = 5.5 * size;
-  const base = freeBytes('/dev/shm') > needed ? '/dev/shm' : tmpdir();
+  const base = process.env.BENCH_BACKUP_DIR || (freeBytes('/dev/shm') > needed ? '/dev/shm' : tmpdir());
   if (freeBytes(base) < needed) {
     throw new Error(
       `bench backup: ${base} has ${(freeBytes(base) / GiB).toFixed(1)} GiB free, the suite needs ${(needed / GiB).toFixed(1)} GiB; free space or set BENCH_BACKUP_MIB lower`,
@@ -190,18 +197,42 @@ async function main() {
     const sparse = join(sparseDir, 'disk.vmdk');
     vmseal(env, 'encrypt', raw, sparse, '--subformat', 'monolithicSparse', '--format', 'raw');
     spawnSync('truncate', ['-s', String(size), raw]);
+    const sockDir = join(dir, 'sock');
+    mkdirSync(sockDir, { mode: 0o700 });
     const sparseRuns = [];
+    const sparseRepo = join(dir, 'sparse-repo');
     for (let i = 0; i < (quick ? 1 : 2); i++) {
-      const repo = join(dir, 'sparse-repo');
-      clean(repo);
-      vmseal(env, 'backup', 'init', repo);
+      clean(sparseRepo);
+      vmseal(env, 'backup', 'init', sparseRepo);
       spawnSync('sync');
-      const r = vmsealJson(env, 'backup', 'create', sparse, repo);
+      const r = vmsealJson(env, 'backup', 'create', sparse, sparseRepo);
       if (r.json.newChunks !== size / CHUNK) throw new Error(`the sparse backup wrote ${r.json.newChunks} chunks, not ${size / CHUNK}`);
       sparseRuns.push(r);
-      clean(repo);
     }
-    clean(sparseDir);
+    // 5. The last full backup left a clean, empty bitmap on its point: each round writes 1 % of the
+    // capacity's chunks through the server, and the backup reads only those (its point is the next base).
+    const sparseChanged = Math.max(1, Math.round(sparseCapacity / CHUNK / 100));
+    const sparseBitmap = [];
+    for (let i = 0; i < incRounds; i++) {
+      await serveWrite(env, sparse, sockDir, sparseCapacity, sparseChanged);
+      spawnSync('sync');
+      const b = vmsealJson(env, 'backup', 'create', sparse, sparseRepo);
+      if (!b.json.changeBitmap?.used || b.json.chunksRead !== sparseChanged || b.json.newChunks !== sparseChanged) {
+        throw new Error(
+          `the sparse bitmap backup read ${b.json.chunksRead} chunks and wrote ${b.json.newChunks}, not ${sparseChanged} (${JSON.stringify(b.json.changeBitmap)})`,
+        );
+      }
+      sparseBitmap.push(b);
+    }
+    clean(sparseRepo, sparseDir);
+
+    // 6. The process floor.
+    const floorNode = [];
+    const floorCli = [];
+    for (let i = 0; i < rounds; i++) {
+      floorNode.push(run(process.execPath, ['-e', '0']));
+      floorCli.push(vmseal(env, '--version'));
+    }
 
     // 1. The flat disk; the raw source is deleted once it is made.
     const diskDir = join(dir, 'disk');
@@ -273,8 +304,6 @@ async function main() {
 
     // 4. With the change bitmap (rounds begin with an untimed full read: a rollback rewrites the
     // descriptor, a new generation, so the bitmap starts again from the next backup).
-    const sockDir = join(dir, 'sock');
-    mkdirSync(sockDir, { mode: 0o700 });
     const withBitmap = [];
     const overBitmap = [];
     const overNoBitmap = [];
@@ -312,6 +341,9 @@ async function main() {
     const bitmapS = summary(withBitmap);
     const overBitmapS = summary(overBitmap);
     const overNoBitmapS = summary(overNoBitmap);
+    const sparseBitmapS = summary(sparseBitmap);
+    const floorNodeS = summary(floorNode);
+    const floorCliS = summary(floorCli);
     const row = (job, r, bytes, written) => [
       job,
       r.seconds.toFixed(3),
@@ -331,6 +363,8 @@ async function main() {
         `cp, full backup (into a new empty repository, \`backup init\` not timed) and full restore (\`backup restore REPO latest OUT\`: every chunk's hash checked, then written) interleaved over ${rounds} rounds, order reversed every other round, outputs deleted and \`sync\` run before each run; medians. The restored disk's files were compared with the disk's (cmp) once.`,
         `Incremental: before each of ${incRounds} runs, ${changed} chunks (1 %) of the flat extent overwritten with random bytes (ciphertext changes; the backup never decrypts), then \`backup create\` into the same repository — without the change bitmap (\`<disk>.vmseal-ctk\` deleted before each run: only \`vmseal serve\` records changes in it): it reads and hashes all ${chunks} chunks and writes only the changed ones (checked: newChunks = ${changed}).`,
         `Peak RSS at ${capLabel}: the same ${sizeLabel} of data at the start of a ${capLabel} monolithicSparse disk (\`vmseal encrypt --subformat monolithicSparse\` of the sparse raw file), full backup into a new repository, ${sparseRuns.length} run(s).`,
+        `With the change bitmap at ${capLabel}, ${incRounds} rounds on the ${capLabel} sparse disk above (${sizeLabel} of data at its start), after its last full backup: ${sparseChanged} chunks (1 % of the capacity's ${sparseCapacity / CHUNK} chunks) written through a short-lived \`vmseal serve\` at random offsets over the whole capacity (most where nothing was allocated, so each round allocates ${sparseChanged} MiB more), then \`backup create\` (checked: the bitmap used, chunksRead = newChunks = ${sparseChanged}). Its ratio is to that disk's full backup, which reads its ${sizeLabel} of allocated data: a disk holding ${capLabel} of data would take about ${sparseCapacity / size} times as long to back up in full (not measured: it does not fit in tmpfs beside its repository).`,
+        `Process floor: \`node -e 0\` and \`vmseal --version\`, ${rounds} runs each, timed as the other commands (spawn to exit): no \`vmseal\` command can take less than the second. The incremental's ratio is also given with that floor taken off both times, as what vmseal itself costs beyond starting up.`,
         `With the change bitmap, ${incRounds} rounds: an untimed \`backup create\` (a clean, empty bitmap on its point); ${changed} chunks (1 %) written through a short-lived \`vmseal serve\` of the disk (qemu-io over its Unix socket, then SIGTERM: the orderly stop leaves the bitmap clean), then \`backup create\` (checked: the bitmap used, chunksRead = newChunks = ${changed}) → point P; ${changed} chunks written through the server again, then \`backup restore REPO P --over DISK\` with that valid bitmap beside the disk; then ${changed} chunks overwritten straight in the flat extent and the bitmap deleted, and the rollback to P again (checked: chunksWritten = ${changed} each time). The serve runs are not timed. With the valid bitmap (its base is P) the rollback compares only the chunks it marks; without, every allocated chunk.`,
       ],
       tables: [
@@ -346,6 +380,14 @@ async function main() {
             row('`backup create`, 1 % of chunks changed through `vmseal serve`, with its change bitmap', bitmapS, size, changed),
             row('`backup restore --over` (quick rollback), 1 % changed, valid change bitmap', overBitmapS, size, changed),
             row('`backup restore --over` (quick rollback), 1 % changed, no change bitmap', overNoBitmapS, size, changed),
+            row(
+              `\`backup create\`, ${capLabel} sparse disk, 1 % of its capacity's chunks changed through \`vmseal serve\`, with its change bitmap`,
+              sparseBitmapS,
+              size,
+              sparseChanged,
+            ),
+            row('`node -e 0` (process floor)', floorNodeS, size, '—'),
+            row('`vmseal --version` (CLI floor)', floorCliS, size, '—'),
           ],
         },
       ],
@@ -358,6 +400,16 @@ async function main() {
           name: 'full backup time / incremental time with the change bitmap (1 % changed; target: ≤ 5 % of the full)',
           value: full.seconds / bitmapS.seconds,
           target: 20,
+        },
+        {
+          name: `full backup time / incremental time with the change bitmap, both less the CLI floor (\`vmseal --version\`), ${sizeLabel}`,
+          value: (full.seconds - floorCliS.seconds) / Math.max(0.001, bitmapS.seconds - floorCliS.seconds),
+          target: null,
+        },
+        {
+          name: `full backup time / incremental time with the change bitmap, ${capLabel} sparse disk (${sizeLabel} allocated, 1 % of the capacity's chunks changed)`,
+          value: sparseS.seconds / sparseBitmapS.seconds,
+          target: null,
         },
         {
           name: 'full restore time / quick rollback time, valid bitmap (1 % changed; target: ≤ 25 % of the full)',

@@ -112,6 +112,20 @@ void TestTransfer() {
            "plain transfer wrote other bytes");
   }
 
+  // The buffer is scratch: every step goes through its first 256 KiB (kept in the core's cache), so
+  // the rest of it is never touched — not even faulted in, for a fresh mapping.
+  {
+    const size_t step = size_t{256} << 10;
+    std::vector<uint8_t> buf(length, 0xA5);
+    TransferResult r = TransferChunk(Request(in, 0, buf, out, 0));
+    TCHECK(r.error == 0 && r.bytesRead == length, "scratch transfer: error %d", r.error);
+    bool untouched = true;
+    for (size_t i = step; i < length; ++i) untouched = untouched && buf[i] == 0xA5;
+    TCHECK(untouched, "the transfer wrote past the buffer's first step");
+    std::vector<uint8_t> got = ReadAll(files.out);
+    TCHECK(got.size() >= length && std::memcmp(got.data(), source.data(), length) == 0, "scratch transfer wrote other bytes");
+  }
+
   // Encrypt, then decrypt back, for every implementation: the same as the engine on the whole buffer.
   uint8_t key[64];
   for (int i = 0; i < 64; ++i) key[i] = static_cast<uint8_t>(i * 7 + 3);
@@ -145,6 +159,33 @@ void TestTransfer() {
     got = ReadAll(files.out);
     TCHECK(r.error == 0 && got.size() == 2 * length + 4096 && std::memcmp(got.data() + length + 4096, source.data(), length) == 0,
            "%s decrypt transfer: error %d", vmseal::XtsImplName(impl), r.error);
+  }
+
+  // Re-encrypt (a deep rekey): decrypted with one key in 512-byte units, encrypted with another in
+  // 4 KiB units — the same as the two engines one after the other on the whole buffer.
+  {
+    uint8_t key2[64];
+    for (int i = 0; i < 64; ++i) key2[i] = static_cast<uint8_t>(i * 13 + 1);
+    auto oldEngine = vmseal::CreateXtsEngine(vmseal::AvailableXtsImpls().front(), key, 64);
+    auto newEngine = vmseal::CreateXtsEngine(vmseal::AvailableXtsImpls().front(), key2, 64);
+    std::vector<uint8_t> buf(length);
+    TransferRequest q = Request(in, 0, buf, out, 0);
+    q.cipher = TransferCipher::kReencrypt;
+    q.engine = oldEngine.get();
+    q.unitSize = 512;
+    q.firstUnit = 8;
+    q.engine2 = newEngine.get();
+    q.unitSize2 = 4096;
+    q.firstUnit2 = 1;
+    TransferResult r = TransferChunk(q);
+    TCHECK(r.error == 0 && r.bytesRead == length, "re-encrypt transfer: error %d", r.error);
+    std::vector<uint8_t> want(source.begin(), source.begin() + static_cast<std::ptrdiff_t>(length));
+    oldEngine->DecryptUnits(want.data(), want.data(), 512, length / 512, 8);
+    newEngine->EncryptUnits(want.data(), want.data(), 4096, length / 4096, 1);
+    std::vector<uint8_t> got = ReadAll(files.out);
+    TCHECK(got.size() >= length && std::memcmp(got.data(), want.data(), length) == 0, "re-encrypted bytes differ");
+    q.engine2 = nullptr;
+    TCHECK(TransferChunk(q).error == EINVAL, "re-encrypt without a second engine");
   }
 
   // A short input: the bytes that were there, the call does not fail.

@@ -181,8 +181,9 @@ function encode(state: number, capacity: number, g: DiskGeneration, base: Change
  * it is not used (absent, dirty, damaged, another generation). Reads at most the size the disk's
  * capacity implies.
  */
-export async function readChangeBitmap(disk: TrackedDisk): Promise<{ bitmap: ChangeBitmap } | { why: string }> {
-  const generation = await generationOf(disk);
+export async function readChangeBitmap(disk: TrackedDisk, known?: DiskGeneration | null): Promise<{ bitmap: ChangeBitmap } | { why: string }> {
+  // `known`: the disk's generation now, when the caller has it already (its stats need not be taken twice).
+  const generation = known === undefined ? await generationOf(disk) : known;
   if (!generation) return { why: 'the disk is not tracked (a raw image or a snapshot child)' };
   const file = changeBitmapPath(disk.path);
   const size = HEADER + Math.ceil(chunkCount(disk.capacity) / 8);
@@ -246,18 +247,19 @@ export function markChanged(bits: Buffer, capacity: number, offset: number, leng
  * Write a clean bitmap of `disk` as it is now, which nobody writes meanwhile: `bits` are the chunks
  * changed since `base`. Nothing for an untracked disk.
  */
-export async function writeChangeBitmap(disk: TrackedDisk, base: ChangeBase | null, bits: Buffer): Promise<void> {
-  const g = await generationOf(disk);
+export async function writeChangeBitmap(disk: TrackedDisk, base: ChangeBase | null, bits: Buffer, known?: DiskGeneration | null): Promise<void> {
+  const g = known === undefined ? await generationOf(disk) : known;
   if (!g) return;
   await writeFileAtomic(changeBitmapPath(disk.path), encode(CLEAN, disk.capacity, g, base, bits));
 }
 
 /**
  * Start a new, empty, clean bitmap on the point `base` just committed from `disk`, which nobody
- * writes meanwhile (the backup holds its lock). Nothing for an untracked disk.
+ * writes meanwhile (the backup holds its lock). Nothing for an untracked disk. `known`: the disk's
+ * generation taken under the same lock (reading the disk changes none of its files' times).
  */
-export function writeBaseline(disk: TrackedDisk, base: ChangeBase): Promise<void> {
-  return writeChangeBitmap(disk, base, emptyChangeBits(disk.capacity));
+export function writeBaseline(disk: TrackedDisk, base: ChangeBase, known?: DiskGeneration | null): Promise<void> {
+  return writeChangeBitmap(disk, base, emptyChangeBits(disk.capacity), known);
 }
 
 /**
@@ -299,8 +301,8 @@ export class ChangeTracker {
 
   /** Keep the bits and base of a valid bitmap (changes since its base go on adding up), then mark the file dirty. */
   async #start(): Promise<void> {
-    const read = await readChangeBitmap(this.#disk);
     const g = (await generationOf(this.#disk))!;
+    const read = await readChangeBitmap(this.#disk, g);
     if ('bitmap' in read) {
       this.#bits = read.bitmap.bits;
       this.#base = read.bitmap.base;

@@ -8,7 +8,8 @@
  * names yet (the next backup reuses them; prune removes them if none does).
  */
 import { basename } from 'node:path';
-import { assertNoJournal, readEncryptionParams } from '../disk/index.js';
+import { assertNoJournal } from '../disk/index.js';
+import { encryptionOf } from '../disk/for-pipeline.js';
 import { openDisk, type VirtualDisk } from '../vmdk/index.js';
 import { acquireLock } from '../pipeline/lock.js';
 import { expected } from '../errors.js';
@@ -26,8 +27,9 @@ import {
 } from './manifest.js';
 import { CHUNK_SIZE, POINT_ID_RE, newPointId, openRepository, type Repository } from './repository.js';
 import { storeChunks } from './store-chunks.js';
-import { readPoint, readPoints } from './points.js';
-import { isChanged, readChangeBitmap, writeBaseline } from './change-bitmap.js';
+import { readPoint } from './points.js';
+import { entryOf, pointEntries, savePointIndex } from './point-index.js';
+import { generationOf, isChanged, readChangeBitmap, writeBaseline, type DiskGeneration } from './change-bitmap.js';
 import { parentInLineage } from './lineage.js';
 import { chainLayers, chainLineage, chainRecord, flattenedDescriptor, type PointChain } from './chain-point.js';
 
@@ -89,6 +91,21 @@ export async function* allocatedChunks(disk: VirtualDisk): AsyncGenerator<number
   }
 }
 
+/**
+ * Up to this many chunks to read, they are hashed and stored on the JS thread: a worker thread takes
+ * ~0.1 s of CPU to start (Node's bootstrap), about what hashing and storing ~100 chunks here costs.
+ */
+const FEW_CHUNKS = 128;
+
+/** How many chunks a change bitmap marks. */
+function countChanged(bits: Buffer): number {
+  let n = 0;
+  for (let b of bits) {
+    for (; b !== 0; b &= b - 1) n++;
+  }
+  return n;
+}
+
 /** Offsets of the chunks a change bitmap marks, in order. */
 function* changedChunks(bits: Buffer, capacity: number): Generator<number> {
   for (let i = 0; i * CHUNK_SIZE < capacity; i++) if (isChanged(bits, i)) yield i * CHUNK_SIZE;
@@ -104,8 +121,9 @@ async function changePlan(
   disk: VirtualDisk,
   diskId: string | null,
   plain: boolean,
+  generation: DiskGeneration | null,
 ): Promise<{ bits: Buffer; base: PointManifest } | { why: string }> {
-  const read = await readChangeBitmap(disk);
+  const read = await readChangeBitmap(disk, generation);
   if (!('bitmap' in read)) return read;
   const b = read.bitmap.base;
   if (b === null) return { why: 'the change bitmap has no base point yet (the next backup starts one)' };
@@ -199,27 +217,39 @@ async function backUp(
     // A manifest records whole sectors (what restore can recreate): a raw image of another size is refused.
     throw new BackupError('ERR_BACKUP_UNSUPPORTED', `${disk.path} has ${disk.capacity} bytes, not a positive whole number of 512-byte sectors`);
   }
-  // The encryption lines are checked (a damaged or foreign set is refused) without any key.
-  const params = encrypted ? await readEncryptionParams(disk.path, { format: disk.format }) : null;
+  // The encryption lines are checked (a damaged or foreign set is refused) without any key, from the
+  // descriptor already open (not by opening the disk's files a second time).
+  const params = encrypted ? (encryptionOf(disk)?.params ?? null) : null;
   if (params && disk.capacity % params.unitSize !== 0) {
     throw new BackupError('ERR_BACKUP_UNSUPPORTED', `the capacity of ${disk.path} is not a multiple of its ${params.unitSize}-byte data unit`);
   }
   const history = o.history ?? defaultHistory(shape, params?.diskId ?? null);
-  const previous = (await readPoints(repo, { skipDamaged: true })).filter((p) => p.history === history);
+  // The point index (point-index.ts) gives every point's history and lineage line without parsing
+  // their manifests; the only manifest read is the change bitmap's base (changePlan).
+  const known = await pointEntries(repo, { skipDamaged: true });
   // After a restore, the restored disk's points continue from the point it was restored from (lineage.ts).
-  const parent = parentInLineage(previous, chainLineage(layers ?? [disk]), repo.id);
+  const parent = parentInLineage(
+    known.filter((p) => p.history === history),
+    chainLineage(layers ?? [disk]),
+    repo.id,
+  );
 
   const entries: ChunkEntry[] = [];
   let newChunks = 0;
   let newBytes = 0;
   let bytesRead = 0;
   let chunksRead = 0;
-  const plan = await changePlan(repo, disk, params?.diskId ?? null, !encrypted);
+  // The disk's generation (its descriptor and files' stat times) is taken once, under its lock: it
+  // checks the bitmap now and stamps the new baseline at the end (reading changes no file's times).
+  const generation = await generationOf(disk);
+  const plan = await changePlan(repo, disk, params?.diskId ?? null, !encrypted, generation);
   let offsets: AsyncIterator<number> | Iterator<number>;
+  let toRead = Infinity;
   if ('bits' in plan) {
     // Unchanged chunks are the base point's (its hash, or a hole); only the changed ones are read.
     for (const e of plan.base.layers[0]!.chunks) if (!isChanged(plan.bits, e[0] / CHUNK_SIZE)) entries.push([e[0], e[1]]);
     offsets = changedChunks(plan.bits, disk.capacity);
+    toRead = countChanged(plan.bits);
   } else {
     offsets = allocatedChunks(disk);
   }
@@ -239,7 +269,9 @@ async function backUp(
       entries.push([off, hash]);
     },
   };
-  await storeChunks(repo, disk, offsets, tally, o.signal);
+  // A few chunks (a change bitmap's) are stored on this thread when they do not go natively: starting
+  // the chunk writer threads costs more than they save.
+  await storeChunks(repo, disk, offsets, tally, { signal: o.signal, fewChunks: toRead <= FEW_CHUNKS });
   entries.sort((a, b) => a[0] - b[0]);
   await repo.syncChunkFolders(written);
 
@@ -269,9 +301,11 @@ async function backUp(
     stats: { chunks: entries.length, newChunks, newBytes },
   };
   await repo.writePointText(id, serializeManifest(manifest));
+  // The index is a cache (point-index.ts): a failure, or a crash before this, is repaired by the next reader.
+  await savePointIndex(repo, [...known, entryOf(manifest)]);
   // The point is committed and nobody wrote the disk meanwhile (its lock is held): changes now count
   // from this point. A failure leaves the old bitmap, still right about its own base.
-  await writeBaseline(disk, { repository: repo.id, point: id }).catch(() => undefined);
+  await writeBaseline(disk, { repository: repo.id, point: id }, generation).catch(() => undefined);
   const changeBitmap = 'bits' in plan ? { used: true as const, base: plan.base.id } : { used: false as const, why: plan.why };
   return { point: id, name: o.name, history, parent, plain: !encrypted, chunks: entries.length, newChunks, newBytes, bytesRead, chunksRead, changeBitmap };
 }

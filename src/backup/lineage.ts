@@ -16,8 +16,6 @@
  * points taken without one, as before.
  */
 import { randomBytes } from 'node:crypto';
-import { Descriptor } from '../vmdk/index.js';
-import type { PointManifest } from './manifest.js';
 
 export const RESTORED_FROM_KEY = 'ddb.vmseal.restoredFrom';
 const VALUE_RE = /^([0-9a-f]{32}):([0-9]{8}T[0-9]{9}Z-[0-9a-f]{8}):([0-9a-f]{12})$/;
@@ -38,23 +36,13 @@ export function parseRestoredFrom(value: string | undefined): RestoredFrom | nul
   return m ? { repository: m[1]!, point: m[2]! } : null;
 }
 
-/** The lineage line of a point's top layer ('' when it has none, or no descriptor). */
-function lineOf(p: PointManifest): string {
-  const text = p.layers[p.layers.length - 1]?.descriptor;
-  if (!text) return '';
-  try {
-    return Descriptor.parse(text).get(RESTORED_FROM_KEY) ?? '';
-  } catch {
-    return '';
-  }
-}
-
 /**
  * The parent of a new point of a disk whose lineage line is `line` ('' for none): `history` are the
- * points of its history, oldest first; `repositoryId` the repository's.
+ * points of its history (their ids and lineage lines, point-index.ts), oldest first; `repositoryId`
+ * the repository's.
  */
-export function parentInLineage(history: readonly PointManifest[], line: string, repositoryId: string): string | null {
-  for (let i = history.length - 1; i >= 0; i--) if (lineOf(history[i]!) === line) return history[i]!.id;
+export function parentInLineage(history: readonly { id: string; line: string }[], line: string, repositoryId: string): string | null {
+  for (let i = history.length - 1; i >= 0; i--) if (history[i]!.line === line) return history[i]!.id;
   const from = parseRestoredFrom(line);
   if (from && from.repository === repositoryId && history.some((p) => p.id === from.point)) return from.point;
   // A line of another repository, or of a pruned point: the newest point of the history, as for any disk.

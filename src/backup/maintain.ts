@@ -5,6 +5,7 @@ import type { PointManifest } from './manifest.js';
 import { readPoint, readPoints, resolvePoint } from './points.js';
 import { CHUNK_SIZE, openRepository } from './repository.js';
 import { pointsToPrune, type PruneRules } from './prune-select.js';
+import { entryOf, pointIndexLeftovers, savePointIndex } from './point-index.js';
 
 /** What `backup list` shows of a point: the manifest's own fields, and the top layer's chunk counts. */
 export interface PointSummary extends Pick<PointManifest, 'id' | 'name' | 'history' | 'parent' | 'time' | 'plain' | 'source' | 'capacity'> {
@@ -182,6 +183,9 @@ export async function pruneBackup(repoPath: string, options: PruneBackupOptions)
     const kept = points.filter((p) => !chosen.has(p.id));
     for (const id of removed) await repo.removePoint(id);
     if (removed.length > 0) await repo.syncPoints();
+    // The point index is rebuilt from the manifests just read (a prune killed before this leaves
+    // entries without manifests, which readers drop: point-index.ts).
+    await savePointIndex(repo, kept.map(entryOf));
     const referenced = new Set<string>();
     for (const p of kept) for (const l of p.layers) for (const [, h] of l.chunks) referenced.add(h);
     const { hashes, leftovers } = await repo.scanChunks();
@@ -193,7 +197,8 @@ export async function pruneBackup(repoPath: string, options: PruneBackupOptions)
       await repo.removeChunk(h);
       removedChunks++;
     }
-    await repo.removeFiles(leftovers);
+    // Under the exclusive lock nobody writes the index: a temp file beside it is a killed writer's.
+    await repo.removeFiles([...leftovers, ...(await pointIndexLeftovers(repo))]);
     if (removedChunks > 0 || leftovers.length > 0) await repo.syncChunkFolders();
     return { removedPoints: removed.sort(), keptPoints: kept.length, removedChunks, freedBytes };
   } finally {

@@ -2,6 +2,7 @@
 import { BackupError } from './errors.js';
 import { parseManifest, type PointManifest } from './manifest.js';
 import { POINT_ID_RE, type Repository } from './repository.js';
+import { pointEntries } from './point-index.js';
 
 /** Read one point's manifest, checked (ERR_BACKUP_NO_POINT, ERR_BACKUP_MANIFEST). */
 export async function readPoint(repo: Repository, id: string): Promise<PointManifest> {
@@ -34,7 +35,8 @@ export async function resolvePoint(repo: Repository, spec: string, history?: str
   if (typeof spec !== 'string' || spec === '')
     throw new BackupError('ERR_INVALID_ARGUMENT', 'Expected a point id, name or `latest` for point but received an empty value');
   if (POINT_ID_RE.test(spec)) return readPoint(repo, spec);
-  const all = (await readPoints(repo)).filter((p) => history === undefined || p.history === history);
+  // The index (point-index.ts) picks the point; only its manifest is read.
+  const all = (await pointEntries(repo)).filter((p) => history === undefined || p.history === history);
   const matching = spec === 'latest' ? all : all.filter((p) => p.name === spec);
   const found = matching[matching.length - 1];
   if (!found) {
@@ -44,5 +46,5 @@ export async function resolvePoint(repo: Repository, spec: string, history?: str
       `the backup repository ${repo.path} has ${what}${history === undefined ? '' : ` in history ${JSON.stringify(history)}`}`,
     );
   }
-  return found;
+  return readPoint(repo, found.id);
 }

@@ -5,6 +5,7 @@
  *     REPO/chunks/<xx>/<sha256>   one file per distinct chunk, named by the lowercase hex SHA-256 of its bytes;
  *                                 <xx> = the hash's first byte (256 folders, made by init)
  *     REPO/points/<point id>.json one manifest per backup point (manifest.ts)
+ *     REPO/points-index.json      a cache of each point's history, name and lineage line (point-index.ts)
  *     REPO/lock                   the record file of the repository lock (src/util/lock.ts), present while held
  *
  * Format file: {"format":"vmseal-backup","version":1,"id":<32 hex>,"chunkSize":1048576,"hash":"sha256","created":<ISO time>}.

@@ -1,7 +1,8 @@
 /**
  * `backup restore REPO POINT --over DISK`: quick rollback. DISK must be the disk the point was taken
- * of (same disk id, subformat, capacity, grain and extent sizes); each of its chunks is compared by
- * SHA-256 with the point's, and only the chunks that differ are written (a chunk that is a hole in
+ * of (same disk id, subformat, capacity, grain and extent sizes); each of its chunks is compared with
+ * the point's (by SHA-256, or with a change bitmap byte for byte with the point's hash-checked chunk),
+ * and only the chunks that differ are written (a chunk that is a hole in
  * the point is deallocated in a sparse disk, zeroed in a flat one); then the point's descriptor.
  * No key is needed.
  *
@@ -28,7 +29,7 @@
  * and a new `ddb.vmseal.restoredFrom` line makes the next backup continue from the point (lineage.ts).
  */
 import { basename } from 'node:path';
-import { readEncryptionParams } from '../disk/index.js';
+import { encryptionOf } from '../disk/for-pipeline.js';
 import { Descriptor, openDisk, type VirtualDisk } from '../vmdk/index.js';
 import { isCommitJournal } from '../pipeline/commit-journal.js';
 import { Journal, journalPathOf, type JournalHeader, type JournalParams } from '../pipeline/journal.js';
@@ -223,7 +224,7 @@ async function planRollback(
         `${path} is not the disk point ${m.id} was taken of (${differences.join('; ')}); a rollback rewrites the changed chunks of that same disk only: restore the point to a new OUT instead`,
       );
     }
-    const now = await readEncryptionParams(path, { format: 'vmdk' });
+    const now = encryptionOf(disk)?.params ?? null; // from the descriptor already open
     if (!now) throw new BackupError('ERR_BACKUP_NOT_SAME_DISK', `${path} is not encrypted; restore the point to a new OUT instead`);
     const during = current.clone().set('encryption.job', JOB, { after: 'encryption.keySafe' });
     const final = finalDescriptor(current, saved, newRestoredFrom(repo.id, m.id));
@@ -343,15 +344,27 @@ async function rollChunks(
       const off = offsets[next++]!;
       const len = Math.min(CHUNK_SIZE, layer.capacity - off);
       const cur = now.subarray(0, len);
-      await disk.readInto(off, cur);
       const hash = target.get(off);
-      if (hash === undefined ? cur.equals(ZERO.subarray(0, len)) : sha256Hex(cur) === hash) {
+      const data = want.subarray(0, len);
+      // The point's chunk is checked against its hash (readChunk) before any of it is written.
+      const fetch = (): Promise<void> => (hash === undefined ? Promise.resolve(void data.fill(0)) : repo.readChunk(hash, data));
+      let differs: boolean;
+      if (changed) {
+        // A chunk the bitmap marks most likely differs: the point's chunk is fetched first and compared
+        // byte for byte, one SHA-256 per chunk instead of two (the disk's and the point's).
+        await fetch();
+        await disk.readInto(off, cur);
+        differs = !cur.equals(data);
+      } else {
+        // Most chunks are unchanged: the disk's is hashed, and the point's fetched only if it differs.
+        await disk.readInto(off, cur);
+        differs = hash === undefined ? !cur.equals(ZERO.subarray(0, len)) : sha256Hex(cur) !== hash;
+        if (differs) await fetch();
+      }
+      if (!differs) {
         same++;
         continue;
       }
-      const data = want.subarray(0, len);
-      if (hash === undefined) data.fill(0);
-      else await repo.readChunk(hash, data); // checked against its hash before any of it is written
       // A sparse disk gets the point's allocation: zero grains become holes, others are written.
       const put = await putChunkKeepingHoles(disk, off, data, grain, layer.grainSize !== null ? 'deallocate' : 'write');
       bytes += put; // (not `bytes += await`: that would add to the value read before the other workers' writes)

@@ -26,6 +26,7 @@ import { BackupError } from './errors.js';
 import { serializeManifest, type PointManifest } from './manifest.js';
 import { readPoints } from './points.js';
 import { openRepository } from './repository.js';
+import { entryOf, savePointIndex } from './point-index.js';
 import type { RestoreKeys } from './restore-keys.js';
 
 export interface RewrapBackupOptions {
@@ -122,6 +123,8 @@ export async function rewrapBackup(repoPath: string, options: RewrapBackupOption
       };
       await repo.writePointText(m.id, serializeManifest(rewritten));
     }
+    // A rewrap changes no field the point index keeps; it is rewritten from the manifests read anyway.
+    await savePointIndex(repo, points.map(entryOf));
     return { rewrittenPoints: touched.map((m) => m.id), unchangedPoints: points.length - touched.length };
   } finally {
     lock.release();

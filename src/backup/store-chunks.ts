@@ -73,21 +73,26 @@ async function* batches(offsets: AsyncIterator<number> | Iterator<number>, capac
   if (run) yield run;
 }
 
-/** Store the chunks of `disk` at `offsets` (increasing) into `repo`, reporting each to `tally`. */
+/**
+ * Store the chunks of `disk` at `offsets` (increasing) into `repo`, reporting each to `tally`.
+ * `fewChunks`: the chunks that go through the VMDK layer are stored on the JS thread (no writer
+ * threads to start for a handful of chunks).
+ */
 export async function storeChunks(
   repo: Repository,
   disk: VirtualDisk,
   offsets: AsyncIterator<number> | Iterator<number>,
   tally: StoreTally,
-  signal: AbortSignal | undefined,
+  o: { signal?: AbortSignal | undefined; fewChunks?: boolean } = {},
 ): Promise<void> {
+  const signal = o.signal;
   const native = process.env.VMSEAL_BACKUP_CHUNK_THREADS === '0' ? null : nativeBackup();
   const flat = native ? await openFlatFiles(disk, 'read') : null;
   let writers: ChunkWriters | undefined; // started on the first chunk that needs them
   const buffers: SharedArrayBuffer[] = [];
   /** One chunk through the VMDK layer and a chunk writer thread. */
   const throughLayer = async (off: number): Promise<void> => {
-    writers ??= new ChunkWriters(repo);
+    writers ??= o.fewChunks ? new ChunkWriters(repo, 0) : new ChunkWriters(repo);
     const shared = buffers.pop() ?? new SharedArrayBuffer(CHUNK_SIZE);
     try {
       const data = Buffer.from(shared, 0, Math.min(CHUNK_SIZE, disk.capacity - off));

@@ -296,7 +296,10 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
   },
   ERR_JOURNAL: { exitCode: ExitCode.FAILURE, hint: 'The job journal beside the disk is damaged or belongs to another disk; keep a copy of both and report it' },
   ERR_READ_ONLY: { exitCode: ExitCode.FAILURE, hint: PERMISSIONS_HINT },
-  ERR_VMDK_READ_ONLY: { exitCode: ExitCode.FAILURE, hint: PERMISSIONS_HINT },
+  ERR_VMDK_READ_ONLY: {
+    exitCode: ExitCode.FAILURE,
+    hint: 'Check the file permissions (a layer with snapshots is read-only: write the newest snapshot); a vmfsSparse or seSparse disk is read only: convert it first',
+  },
   ERR_VMDK_IO: { exitCode: ExitCode.FAILURE, hint: 'Check the path and its permissions' },
   // Misuse of an API that the CLI's own checks rule out (it reaching a user is a bug in the CLI).
   // Exit codes as the by-family fallback below gave them before this table covered every code.

@@ -24,6 +24,12 @@ export interface DataCipher {
    * read: fewer than the buffer's length when the input ended (the job fails: a truncated input).
    */
   transfer(io: ChunkIo, firstUnit: number, direction: 'encrypt' | 'decrypt'): Promise<number>;
+  /**
+   * As transfer(), but the chunk (whose first byte is virtual offset `offset`, a whole number of
+   * units of both ciphers) is decrypted with this cipher and encrypted with `into` (another
+   * DataCipher of createDataCipher): a deep rekey's chunk.
+   */
+  reencrypt(io: ChunkIo, offset: number, into: DataCipher): Promise<number>;
   /** Wipe the key. */
   dispose(): void;
 }
@@ -49,7 +55,7 @@ export function createDataCipher(cipher: CipherName, key: Uint8Array, unitSize: 
     }
   };
   const threads = opts.threads;
-  return {
+  const made: DataCipher = {
     cipher,
     unitSize,
     implementation: xts.implementation,
@@ -69,8 +75,28 @@ export function createDataCipher(cipher: CipherName, key: Uint8Array, unitSize: 
       check(io.buffer);
       return xts.transferChunk(io, { unitSize, firstUnit, decrypt: direction === 'decrypt' });
     },
+    reencrypt(io, offset, into) {
+      check(io.buffer);
+      const other = xtsOf.get(into);
+      if (!other) return Promise.reject(new DiskError('ERR_INVALID_ARGUMENT', 'reencrypt() needs a DataCipher made by createDataCipher'));
+      if (io.buffer.byteLength % into.unitSize !== 0 || offset % unitSize !== 0 || offset % into.unitSize !== 0)
+        return Promise.reject(
+          new DiskError('ERR_INVALID_ARGUMENT', expected(`whole units of both ciphers (${unitSize} and ${into.unitSize} bytes)`, 'offset', offset)),
+        );
+      return xts.transferChunk(io, {
+        unitSize,
+        firstUnit: offset / unitSize,
+        decrypt: true,
+        reencryptWith: { cipher: other, unitSize: into.unitSize, firstUnit: offset / into.unitSize },
+      });
+    },
     dispose() {
       xts.dispose();
     },
   };
+  xtsOf.set(made, xts);
+  return made;
 }
+
+/** Each DataCipher's native cipher, for reencrypt() (which needs the other cipher's handle). */
+const xtsOf = new WeakMap<DataCipher, XtsCipher>();

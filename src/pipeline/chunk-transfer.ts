@@ -8,8 +8,10 @@
  * cancellation between chunks; this module is its `read` step, and there is nothing left to write.
  *
  * Used for copies between flat files (flat-parts.ts: raw images, FLAT/VMFS extents) whose input is
- * plain, into a plain or newly encrypted flat output written through the page cache (tmpfs: see
- * copy.ts for why not on a disk). A chunk that does not lie in one (input file, output file) run —
+ * plain, into a plain or newly encrypted flat output, for decryptions of an encrypted flat input
+ * into a plain flat output and for its re-encryption under a new DEK (a deep rekey in copy mode),
+ * written through the page cache (tmpfs: see copy.ts for why not on a
+ * disk). A chunk that does not lie in one (input file, output file) run —
  * across an extent boundary, or in a ZERO extent of the input — goes through the VMDK layer and the
  * data cipher instead, as the engine would do it.
  *
@@ -49,12 +51,21 @@ export const TRANSFER_DEPTH = 2;
 export const MAX_OPEN = 4;
 
 export interface ChunkTransferJob {
-  /** The input's stored bytes (plain: the caller checks). */
+  /** The input's stored bytes: its plaintext, or its ciphertext when `direction` is 'decrypt'. */
   source: VirtualDisk;
+  /** The input's plaintext, for the chunks that go through the layers (default: `source`, for a plain input). */
+  plainSource?: { readInto(position: number, target: Uint8Array): Promise<void> };
   /** The new output, created and empty. */
   target: VirtualDisk;
-  /** Encrypts the output (its first byte of unit n is virtual offset n × unitSize); null: a plain copy. */
+  /**
+   * Encrypts the output ('encrypt': a plain input into a newly encrypted output) or decrypts the
+   * input ('decrypt': an encrypted input into a plain output); the first byte of unit n is virtual
+   * offset n × unitSize. Null: a plain copy.
+   */
   cipher: DataCipher | null;
+  /** 'reencrypt': `cipher` decrypts the input and `cipher2` encrypts the output (a deep rekey). */
+  direction?: 'encrypt' | 'decrypt' | 'reencrypt';
+  cipher2?: DataCipher;
 }
 
 interface OpenFile {
@@ -150,7 +161,12 @@ export class ChunkTransfer {
       const cipher = this.#job.cipher;
       let n: number;
       try {
-        n = cipher ? await cipher.transfer(io, chunk.offset / cipher.unitSize, 'encrypt') : await runTransfer(io);
+        const { direction, cipher2 } = this.#job;
+        n = !cipher
+          ? await runTransfer(io)
+          : direction === 'reencrypt' && cipher2
+            ? await cipher.reencrypt(io, chunk.offset, cipher2)
+            : await cipher.transfer(io, chunk.offset / cipher.unitSize, direction === 'decrypt' ? 'decrypt' : 'encrypt');
       } catch (err) {
         const syscall = (err as { syscall?: unknown }).syscall;
         throw syscall === 'pread'
@@ -180,8 +196,10 @@ export class ChunkTransfer {
 
   /** The engine's way, for a chunk the native call cannot take whole. */
   async #throughLayers(chunk: Span, buf: Buffer): Promise<void> {
-    await this.#job.source.readInto(chunk.offset, buf);
-    const cipher = this.#job.cipher;
+    // The plaintext (an encrypted input's layer decrypts it), then the output's cipher if it has one.
+    await (this.#job.plainSource ?? this.#job.source).readInto(chunk.offset, buf);
+    const { direction, cipher2 } = this.#job;
+    const cipher = direction === 'reencrypt' ? cipher2 : direction === 'decrypt' ? null : this.#job.cipher;
     if (cipher) await cipher.encrypt(buf, chunk.offset / cipher.unitSize);
     await this.#job.target.write(chunk.offset, buf);
   }

@@ -33,6 +33,7 @@ import {
   type UnlockOptions,
 } from '../disk/for-pipeline.js';
 import { isTempNameOf } from '../util/atomic-file.js';
+import { isReadOnlySubformat, readOnlySubformatError } from '../vmdk/read-only-formats.js';
 import { expected } from '../errors.js';
 import { COMMIT_OPERATION, isCommitJournal, readCommitJournal, removeCommitJournal, writeCommitJournal, type CommitHeader } from './commit-journal.js';
 import { locateDescriptor, readDescriptorBytes, removeStaleDescriptorTemps, withoutCid, writeDescriptor } from './descriptor-io.js';
@@ -168,6 +169,11 @@ async function planCommit(top: string, key: ChainKey): Promise<Plan> {
     const hint = chain.top.descriptor!.get('parentFileNameHint')!;
     const parentLayer = chain.layers()[1];
     const parent = parentLayer.path;
+    // Before the journal or the parent's job line: vSphere's delta disks are neither written nor
+    // removed by vmseal (a parent of them would be written, a top of them is vSphere's to consolidate).
+    for (const layer of [chain.top, parentLayer]) {
+      if (isReadOnlySubformat(layer.subformat)) throw readOnlySubformatError(layer.subformat, layer.path);
+    }
     const siblings = await otherChildren(parent, top);
     if (siblings.length > 0) {
       throw new PipelineError(

@@ -14,6 +14,7 @@ import {
   type CreateDiskOptions,
 } from '../vmdk/index.js';
 import { isDiskUuid } from '../vmdk/create.js';
+import { isReadOnlySubformat } from '../vmdk/read-only-formats.js';
 import {
   createDataCipher,
   type DataCipher,
@@ -58,7 +59,7 @@ import { StagedOutput, cleanStaleStages, pathExists } from './staging.js';
 import { jobProviders } from './job-keys.js';
 import { openOutputWriter } from './output-writer.js';
 import { kernelCopy } from './kernel-copy.js';
-import { ChunkTransfer, TRANSFER_DEPTH, chunkTransferWanted } from './chunk-transfer.js';
+import { ChunkTransfer, TRANSFER_DEPTH, chunkTransferWanted, type ChunkTransferJob } from './chunk-transfer.js';
 import { onMemoryFs } from './output-files.js';
 
 export interface CopySpec {
@@ -83,6 +84,8 @@ const VMFS_ALIASES = new Set(['vmfsThin', 'vmfsPreallocated', 'vmfsEagerZeroedTh
 
 function defaultSubformat(input: string, encrypting: boolean): OutputSubformat {
   if (VMFS_ALIASES.has(input)) return 'vmfs';
+  // vSphere's delta disks are read, never written: their copy is the sparse disk vmseal writes.
+  if (isReadOnlySubformat(input)) return 'monolithicSparse';
   return (encrypting ? encryptedSubformatFor(input) : input) as OutputSubformat;
 }
 
@@ -94,7 +97,9 @@ function inherited(stored: VirtualDisk, opts: OutputOptions, sparseOut: boolean)
   else if (opts.adapterType !== undefined) out.adapterType = opts.adapterType; // let the VMDK layer report the bad value
   const hw = opts.hwVersion ?? d?.get('ddb.virtualHWVersion');
   if (hw !== undefined && (opts.hwVersion !== undefined || /^[1-9][0-9]{0,2}$/.test(String(hw)))) out.hwVersion = hw;
-  const g = opts.grainSize ?? (sparseOut ? stored.grainSize : undefined);
+  // Not the grain of an ESX delta disk (512 B or 4 KiB): a hosted sparse disk of those would need a
+  // directory 16–128 times qemu's; it gets the default 64 KiB.
+  const g = opts.grainSize ?? (sparseOut && !isReadOnlySubformat(stored.subformat) ? stored.grainSize : undefined);
   if (g !== undefined && (opts.grainSize !== undefined || (g >= 4096 && g <= 1 << 20))) out.grainSize = g;
   return out;
 }
@@ -297,12 +302,21 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
         outCipher === null &&
         source.encryption === null &&
         (await kernelCopy({ source: source.stored, target, what, progress: (n) => progress.add(n), ...(opts.signal ? { signal: opts.signal } : {}) }));
-      // A plain input into a plain or newly encrypted flat output on tmpfs (unless VMSEAL_CHUNK_TRANSFER=0):
-      // one native job per chunk (chunk-transfer.ts). On a disk the engine's direct writes (O_DIRECT)
-      // and write-behind stay.
+      // A plain input into a plain or newly encrypted flat output, or an encrypted input decrypted
+      // into a plain one, on tmpfs (unless VMSEAL_CHUNK_TRANSFER=0): one native job per chunk
+      // (chunk-transfer.ts). On a disk the engine's direct writes (O_DIRECT) and write-behind stay.
+      // A deep rekey in copy mode decrypts and re-encrypts in the same job.
+      const transferCipher: Pick<ChunkTransferJob, 'cipher' | 'direction' | 'cipher2'> | null =
+        source.encryption === null && (outCipher === null || outCipher === ownCipher)
+          ? { cipher: outCipher, direction: 'encrypt' }
+          : source.encryption !== null && outCipher === null
+            ? { cipher: (source.disk as EncryptedDisk).dataCipher, direction: 'decrypt' }
+            : source.encryption !== null && outCipher !== null && outCipher === ownCipher
+              ? { cipher: (source.disk as EncryptedDisk).dataCipher, direction: 'reencrypt', cipher2: outCipher }
+              : null;
       const transfer =
-        !byKernel && source.encryption === null && (outCipher === null || outCipher === ownCipher) && chunkTransferWanted() && (await onMemoryFs(stage.dir))
-          ? await ChunkTransfer.open({ source: source.stored, target, cipher: outCipher })
+        !byKernel && transferCipher !== null && chunkTransferWanted() && (await onMemoryFs(stage.dir))
+          ? await ChunkTransfer.open({ source: source.stored, plainSource: source.disk, target, ...transferCipher })
           : null;
       if (transfer) {
         try {

@@ -9,8 +9,8 @@ import { acquireFileLock, FileLockError, lockRecordPathFor, type FileLockHandle 
 /** Most layers below a top (VMware allows 32 snapshots; qemu has no limit): a bound, not a target. */
 export const MAX_CHAIN_DEPTH = 255;
 const NO_PARENT = 'ffffffff';
-/** createType values a snapshot child may have (a hosted sparse extent, one file or many). */
-export const CHILD_SUBFORMATS: readonly string[] = ['monolithicSparse', 'twoGbMaxExtentSparse'];
+/** createType values a snapshot child may have: a hosted sparse extent (one file or many), or ESX's delta disks (read only). */
+export const CHILD_SUBFORMATS: readonly string[] = ['monolithicSparse', 'twoGbMaxExtentSparse', 'vmfsSparse', 'seSparse'];
 
 /** A child's link to its parent, as its descriptor states it. */
 export interface ParentLink {

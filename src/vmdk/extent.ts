@@ -10,10 +10,10 @@ export interface ByteRange {
 /**
  * One extent of a disk, addressed in bytes from the extent's start. Implementations: FlatExtent (FLAT,
  * VMFS, raw images), ZeroExtent, SparseExtent (hosted sparse and streamOptimized reading),
- * StreamWriterExtent (streamOptimized writing).
+ * StreamWriterExtent (streamOptimized writing), GrainMapExtent (vmfsSparse and seSparse, read only).
  */
 export interface Extent {
-  readonly kind: 'FLAT' | 'VMFS' | 'ZERO' | 'SPARSE';
+  readonly kind: 'FLAT' | 'VMFS' | 'ZERO' | 'SPARSE' | 'VMFSSPARSE' | 'SESPARSE';
   /** Size in bytes. */
   readonly size: number;
   readonly writable: boolean;

@@ -8,6 +8,9 @@ import { type Extent, FlatExtent, ZeroExtent } from './extent.js';
 import { HandlePool, HostFile } from './file.js';
 import { COWD_MAGIC, SECTOR, SESPARSE_MAGIC, SPARSE_MAGIC } from './sparse-header.js';
 import { SparseExtent } from './sparse-extent.js';
+import { openCowdExtent } from './cowd-extent.js';
+import { openSeSparseExtent } from './sesparse-extent.js';
+import { isReadOnlySubformat, READ_ONLY_SUBFORMATS, readOnlySubformatError } from './read-only-formats.js';
 import { expected, expectedOneOf } from '../errors.js';
 import { acquireFileLock, FileLockError, holdsExclusiveLock, lockRecordPathFor } from '../util/lock.js';
 
@@ -47,6 +50,11 @@ const RAW_EXTENSIONS = new Set(['.raw', '.img']);
 export function formatByName(path: string, format?: 'vmdk' | 'raw'): 'vmdk' | 'raw' | undefined {
   return format ?? (RAW_EXTENSIONS.has(extname(path).toLowerCase()) ? 'raw' : undefined);
 }
+/** The extent type of each read-only ESX subformat (docs/vmdk.md): its only one. */
+const ESX_SPARSE_EXTENTS = new Map<string, 'VMFSSPARSE' | 'SESPARSE'>([
+  ['vmfsSparse', 'VMFSSPARSE'],
+  ['seSparse', 'SESPARSE'],
+]);
 /** Most extent lines a descriptor may have (a twoGbMaxExtent disk of ~20 TiB). */
 export const MAX_EXTENTS = 9999;
 
@@ -152,9 +160,15 @@ async function openLayer(abs: string, readOnly: boolean, allowEncrypted: boolean
     const head = Buffer.alloc(Math.min(SECTOR, main.size));
     await main.readExact(head, 0, 'the first sector');
     const magic = head.length >= 4 ? head.readUInt32LE(0) : -1;
-    if (magic === SPARSE_MAGIC || magic === COWD_MAGIC || magic === SESPARSE_MAGIC) {
-      return await openEmbedded(main, opened, readOnly, allowEncrypted, full);
+    if (magic === COWD_MAGIC || magic === SESPARSE_MAGIC) {
+      // Unlike a hosted sparse extent, these files hold no descriptor: the disk is its text descriptor.
+      throw new VmdkFormatError(
+        'ERR_VMDK_UNSUPPORTED',
+        `this is the data file of a ${magic === COWD_MAGIC ? 'vmfsSparse ("COWD")' : 'seSparse'} disk, which holds no descriptor: open the disk's descriptor file (the small .vmdk that names it on an extent line)`,
+        { file: abs, offset: 0 },
+      );
     }
+    if (magic === SPARSE_MAGIC) return await openEmbedded(main, opened, readOnly, allowEncrypted, full);
     if (looksLikeDescriptor(head)) return await openText(main, opened, readOnly, allowEncrypted, pool, full);
     if (format === 'vmdk' || ext === '.vmdk') {
       throw new VmdkFormatError(
@@ -302,10 +316,10 @@ async function openEmbedded(main: HostFile, opened: HostFile[], readOnly: boolea
 /** Checks common to every descriptor before any extent is opened. */
 function checkDescriptor(d: Descriptor, file: string, allowEncrypted: boolean): void {
   const type = d.createType;
-  if (!(SUPPORTED_SUBFORMATS as readonly string[]).includes(type) && !VMFS_FLAT_ALIASES.has(type)) {
+  if (!(SUPPORTED_SUBFORMATS as readonly string[]).includes(type) && !VMFS_FLAT_ALIASES.has(type) && !isReadOnlySubformat(type)) {
     throw new VmdkFormatError(
       'ERR_VMDK_UNSUPPORTED',
-      `unsupported subformat "${type.slice(0, 40)}" (supported: ${SUPPORTED_SUBFORMATS.join(', ')}; vmfsSparse and seSparse are refused)`,
+      `unsupported subformat "${type.slice(0, 40)}" (supported: ${SUPPORTED_SUBFORMATS.join(', ')}; read only: ${READ_ONLY_SUBFORMATS.join(', ')})`,
       { file },
     );
   }
@@ -385,23 +399,26 @@ async function openExtents(
       case 'FLAT':
       case 'VMFS':
       case 'SPARSE':
-        break;
       case 'VMFSSPARSE':
-        throw new VmdkFormatError('ERR_VMDK_UNSUPPORTED', 'unsupported subformat: VMFSSPARSE (vmfsSparse) extents are not supported', where);
       case 'SESPARSE':
-        throw new VmdkFormatError('ERR_VMDK_UNSUPPORTED', 'unsupported subformat: SESPARSE (seSparse) extents are not supported', where);
+        break;
       default:
         throw new VmdkFormatError('ERR_VMDK_UNSUPPORTED', `unsupported extent type ${line.type.slice(0, 20)}`, where);
     }
     if (line.file === undefined) throw new VmdkFormatError('ERR_VMDK_FORMAT', `${line.type} extent has no file name`, where);
-    if ((line.type === 'SPARSE') !== subformat.toLowerCase().includes('sparse') && subformat !== 'streamOptimized') {
+    const esx = ESX_SPARSE_EXTENTS.get(subformat);
+    if (esx !== undefined || line.type === 'VMFSSPARSE' || line.type === 'SESPARSE') {
+      // vmfsSparse and seSparse disks are made of their own extent type only, and never written.
+      if (line.type !== esx) throw new VmdkFormatError('ERR_VMDK_FORMAT', `${line.type} extent in a ${subformat} disk`, where);
+      if (!readOnly) throw readOnlySubformatError(subformat, descriptorFile);
+    } else if ((line.type === 'SPARSE') !== subformat.toLowerCase().includes('sparse') && subformat !== 'streamOptimized') {
       throw new VmdkFormatError('ERR_VMDK_FORMAT', `${line.type} extent in a ${subformat} disk`, where);
     }
     const full = resolveExtentPath(descriptorFile, line.file, line.line);
     await checkRealPath(descriptorFile, full, line.file, where);
     if (full === descriptorFile)
       throw new VmdkFormatError('ERR_VMDK_EXTENT_FILE', 'an extent of a text descriptor cannot be the descriptor file itself', where);
-    const sparse = line.type === 'SPARSE';
+    const sparse = line.type !== 'FLAT' && line.type !== 'VMFS';
     let entry = byPath.get(full);
     if (entry && (sparse || entry.sparse)) {
       throw new VmdkFormatError('ERR_VMDK_CORRUPT', `extent file ${line.file} is used by two extents, one of them sparse`, where);
@@ -423,7 +440,18 @@ async function openExtents(
       entry = { file, sparse };
       byPath.set(full, entry);
     }
-    if (sparse) {
+    if (esx !== undefined) {
+      const ext = esx === 'VMFSSPARSE' ? await openCowdExtent(entry.file, subformat) : await openSeSparseExtent(entry.file, subformat);
+      if (fullCheck) await ext.checkStructure();
+      if (ext.size !== size) {
+        throw new VmdkFormatError(
+          'ERR_VMDK_CORRUPT',
+          `capacity disagrees: the extent line says ${line.sectors} sectors, the ${subformat} header of ${line.file} ${ext.size / SECTOR}`,
+          where,
+        );
+      }
+      extents.push(ext);
+    } else if (sparse) {
       const ext = await SparseExtent.open(entry.file, { writable: writable && entry.file.writable, whyReadOnly: why });
       if (fullCheck) await ext.checkStructure();
       if (ext.header.capacity !== line.sectors) {

@@ -6,6 +6,7 @@ import { ADAPTER_TYPES, createDiskNamed } from './create.js';
 import type { VirtualDisk } from './disk.js';
 import { VmdkFormatError, ioError } from './errors.js';
 import { openDisk } from './open.js';
+import { isReadOnlySubformat, readOnlySubformatError } from './read-only-formats.js';
 import { expected } from '../errors.js';
 import { acquireFileLock, lockRecordPathFor } from '../util/lock.js';
 
@@ -126,8 +127,12 @@ export async function createSnapshot(diskPath: string, options: CreateSnapshotOp
   try {
     {
       await using disk = await openDisk(abs, { readOnly: true, allowEncrypted: true });
+      const top = topLayer(disk);
+      // An ESX delta disk is never written by vmseal, nor made a parent: its grains (512 B for
+      // vmfsSparse) do not fit a hosted sparse child, and its files are vSphere's to manage.
+      if (isReadOnlySubformat(top.subformat)) throw readOnlySubformatError(top.subformat, abs);
       plan = planChild(disk, options.descriptorLines);
-      layerFiles = topLayer(disk).files();
+      layerFiles = top.files();
     }
     await setWritable(layerFiles, false);
   } finally {

@@ -147,17 +147,25 @@ export class XtsCipher implements Disposable {
 
   /**
    * Read `io.buffer.length` bytes from `io.fdIn`, encrypt (or with `decrypt`, decrypt) them in place
-   * and write them to `io.fdOut`, in one job on libuv's pool (src/xts/transfer.ts). For the copy jobs,
+   * and write them to `io.fdOut`, in one job on libuv's pool (src/xts/transfer.ts); with
+   * `reencryptWith`, decrypt them and encrypt them with that cipher (a deep rekey). For the copy jobs,
    * through the disk layer's DataCipher; resolves the bytes read (fewer: the input ended).
    * @internal
    */
-  transferChunk(io: ChunkIo, options: { unitSize: number; firstUnit: number; decrypt?: boolean }): Promise<number> {
+  transferChunk(
+    io: ChunkIo,
+    options: { unitSize: number; firstUnit: number; decrypt?: boolean; reencryptWith?: { cipher: XtsCipher; unitSize: number; firstUnit: number } },
+  ): Promise<number> {
     try {
       const handle = this.#live();
-      return runTransfer(io, { handle, unitSize: options.unitSize, firstUnit: options.firstUnit, decrypt: options.decrypt === true }).catch((err: unknown) => {
-        // A failed pread/pwrite keeps its errno and syscall for the caller to name the files.
-        throw typeof (err as { errno?: unknown }).errno === 'number' ? err : adopt(err);
-      });
+      const next = options.reencryptWith;
+      const reencrypt = next ? { handle: next.cipher.#live(), unitSize: next.unitSize, firstUnit: next.firstUnit } : undefined;
+      return runTransfer(io, { handle, unitSize: options.unitSize, firstUnit: options.firstUnit, decrypt: options.decrypt === true }, reencrypt).catch(
+        (err: unknown) => {
+          // A failed pread/pwrite keeps its errno and syscall for the caller to name the files.
+          throw typeof (err as { errno?: unknown }).errno === 'number' ? err : adopt(err);
+        },
+      );
     } catch (err) {
       return Promise.reject(adopt(err));
     }

@@ -14,7 +14,10 @@ import { loadNative, type NativeCipherHandle } from './native.js';
 export interface ChunkIo {
   fdIn: number;
   positionIn: number;
-  /** From allocateCipherBuffer (or a view into one); its length is the chunk's. */
+  /**
+   * From allocateCipherBuffer (or a view into one); its length is the chunk's. Scratch: every 256 KiB
+   * step goes through its first bytes (kept in the core's cache), so afterwards it holds no chunk.
+   */
   buffer: Uint8Array;
   fdOut: number;
   positionOut: number;
@@ -32,6 +35,9 @@ interface NativeTransfer {
     unitSize?: number,
     firstUnit?: number,
     decrypt?: boolean,
+    cipher2?: NativeCipherHandle | null,
+    unitSize2?: number,
+    firstUnit2?: number,
   ): Promise<number>;
   readonly TRANSFER_MAX_BYTES: number;
 }
@@ -61,12 +67,39 @@ export function transferMaxBytes(): number {
  * were written: the caller reports a truncated input). Rejects with the
  * addon's error (code ERR_TRANSFER_IO, `errno`, `syscall` "pread" or "pwrite") when a system call
  * failed: the caller names the files. `cipher` (a live handle) encrypts, or with `decrypt` decrypts,
- * units of `unitSize` numbered from `firstUnit`.
+ * units of `unitSize` numbered from `firstUnit`; with `reencrypt`, `cipher` decrypts (whatever
+ * `decrypt` says) and `reencrypt` then encrypts in its own units (a deep rekey).
  */
-export function runTransfer(io: ChunkIo, cipher?: { handle: NativeCipherHandle; unitSize: number; firstUnit: number; decrypt: boolean }): Promise<number> {
+export function runTransfer(io: ChunkIo, cipher?: TransferCipherArgs, reencrypt?: TransferCipherUnits): Promise<number> {
   const native = nativeTransfer();
   if (!native) return Promise.reject(new Error('the native addon has no transferChunk (rebuild it)'));
-  return cipher
-    ? native.transferChunk(io.fdIn, io.positionIn, io.buffer, io.fdOut, io.positionOut, cipher.handle, cipher.unitSize, cipher.firstUnit, cipher.decrypt)
-    : native.transferChunk(io.fdIn, io.positionIn, io.buffer, io.fdOut, io.positionOut);
+  if (!cipher) return native.transferChunk(io.fdIn, io.positionIn, io.buffer, io.fdOut, io.positionOut);
+  const { fdIn, positionIn, buffer, fdOut, positionOut } = io;
+  return reencrypt
+    ? native.transferChunk(
+        fdIn,
+        positionIn,
+        buffer,
+        fdOut,
+        positionOut,
+        cipher.handle,
+        cipher.unitSize,
+        cipher.firstUnit,
+        true,
+        reencrypt.handle,
+        reencrypt.unitSize,
+        reencrypt.firstUnit,
+      )
+    : native.transferChunk(fdIn, positionIn, buffer, fdOut, positionOut, cipher.handle, cipher.unitSize, cipher.firstUnit, cipher.decrypt);
+}
+
+/** A live cipher handle and the data units it works in. */
+export interface TransferCipherUnits {
+  handle: NativeCipherHandle;
+  unitSize: number;
+  firstUnit: number;
+}
+
+export interface TransferCipherArgs extends TransferCipherUnits {
+  decrypt: boolean;
 }

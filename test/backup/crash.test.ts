@@ -3,12 +3,14 @@
 // verifies; the next backup reuses the chunks already there and the point restores the disk.
 // (A crashed restore: crash-restore.test.ts.)
 import { spawnSync, execFileSync } from 'node:child_process';
-import { mkdirSync, rmSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createBackup, initRepository, listBackups, pruneBackup, restoreBackup, verifyBackup } from '../../src/backup/index.js';
 import { patternBytes, tempDir } from '../disk/helpers.js';
 import { bundleFixture } from '../helpers/bundle.js';
+import { parseManifest } from '../../src/backup/manifest.js';
+import { entryOf, POINT_INDEX_FILE } from '../../src/backup/point-index.js';
 import { encryptedDisk } from './helpers.js';
 
 const MiB = 1 << 20;
@@ -45,6 +47,32 @@ function freshRepo(name: string): string {
   return repo;
 }
 
+/**
+ * The point index (a cache, src/backup/point-index.ts) after a crash: absent or empty, or each entry
+ * it has for a manifest that is there is that manifest's (entries of removed manifests are dropped by
+ * readers); and after the next backup it lists exactly the manifests.
+ */
+function indexState(repo: string): { stale: unknown[]; complete: boolean } {
+  const id = (JSON.parse(readFileSync(join(repo, 'vmseal-backup.json'), 'utf8')) as { id: string }).id;
+  const manifests = new Map(
+    readdirSync(join(repo, 'points'))
+      .filter((f) => f.endsWith('.json'))
+      .map((f) => {
+        const e = entryOf(parseManifest(readFileSync(join(repo, 'points', f), 'utf8'), f.slice(0, -5), id));
+        return [e.id, [e.id, e.history, e.name, e.line]] as const;
+      }),
+  );
+  let listed: unknown[][] = [];
+  try {
+    listed = (JSON.parse(readFileSync(join(repo, POINT_INDEX_FILE), 'utf8')) as { points: unknown[][] }).points;
+  } catch {
+    // absent, or empty after the power loss: rebuilt by the next reader
+  }
+  const stale = listed.filter((e) => manifests.has(e[0] as string) && JSON.stringify(manifests.get(e[0] as string)) !== JSON.stringify(e));
+  const complete = JSON.stringify(listed) === JSON.stringify([...manifests.keys()].sort().map((k) => manifests.get(k)));
+  return { stale, complete };
+}
+
 function crashPoints(total: number, n: number): number[] {
   // The first call, the last, and evenly between.
   const pts = new Set<number>([1, total]);
@@ -68,8 +96,12 @@ describe('a crashed backup', () => {
       expect(v.problems, `crash at ${at}`).toEqual([]);
       const before = (await listBackups(repo)).points.length;
       expect(before).toBeLessThanOrEqual(1);
+      expect(indexState(repo).stale, `crash at ${at}`).toEqual([]);
       const again = await createBackup(disk, repo);
       expect(again.chunks).toBe(DATA_CHUNKS);
+      // The point the crashed run committed (if it did) is the parent, whatever the index held.
+      expect(again.parent).toBe(before === 1 ? (await listBackups(repo)).points[0]!.id : null);
+      expect(indexState(repo).complete, `crash at ${at}`).toBe(true);
       // Chunks a crashed run made durable are reused, not written again.
       expect(again.newChunks).toBe(DATA_CHUNKS - v.chunks);
       expect((await verifyBackup(repo)).ok).toBe(true);
@@ -105,10 +137,12 @@ describe('a crashed prune', () => {
       expect(v.problems, `crash at ${at}`).toEqual([]);
       const latest = (await listBackups(repo)).points.at(-1)!;
       expect(latest.source).toBe(disk);
+      expect(indexState(repo).stale, `crash at ${at}`).toEqual([]);
       // Finishing the prune leaves exactly the newest point and its chunks.
       const done = await pruneBackup(repo, { keepLast: 1 });
       expect(done.keptPoints).toBe(1);
       expect((await verifyBackup(repo)).chunks).toBe(DATA_CHUNKS);
+      expect(indexState(repo).complete, `crash at ${at}`).toBe(true);
       rmSync(repo, { recursive: true });
     }
   });

@@ -2,7 +2,7 @@
 // encrypts and writes a chunk on one pool thread): byte-identical plain copies and the same
 // ciphertext as the engine, chunks across extent boundaries and in ZERO extents through the VMDK
 // layer, a truncated input, a full file system, and the whole jobs on tmpfs where copy.ts uses it.
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statfsSync, truncateSync, writeFileSync } from 'node:fs';
@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createDisk, openDisk, type VirtualDisk } from '../../src/vmdk/index.js';
 import { createDataCipher } from '../../src/disk/for-pipeline.js';
-import { convertDisk, decryptDisk, encryptDisk } from '../../src/pipeline/index.js';
+import { convertDisk, decryptDisk, deepRekey, encryptDisk } from '../../src/pipeline/index.js';
 import { ChunkTransfer, CHUNK_TRANSFER_ENV } from '../../src/pipeline/chunk-transfer.js';
 import { runChunks } from '../../src/pipeline/engine.js';
 import { chunked, type Span } from '../../src/pipeline/plan.js';
@@ -125,6 +125,70 @@ describe('ChunkTransfer', () => {
     await source.close();
   });
 
+  it('decrypts into the plaintext the data cipher gives; chunks across extents come from the plain source', async () => {
+    // The three extents' bytes taken as ciphertext; the plaintext is their decryption, zeros in the ZERO extent.
+    const [input, stored] = threeExtents();
+    const source = await openDisk(input, { readOnly: true });
+    const target = await createDisk(join(dir, 'dec.vmdk'), { capacity: source.capacity, subformat: 'monolithicFlat' });
+    const cipher = createDataCipher('aes-256-xts', randomBytes(64), 512);
+    const plain = Buffer.from(stored);
+    await cipher.decrypt(plain.subarray(0, 2 * MiB), 0);
+    await cipher.decrypt(plain.subarray(3 * MiB), (3 * MiB) / 512);
+    let layered = 0;
+    const plainSource = {
+      readInto: (position: number, buf: Uint8Array): Promise<void> => {
+        layered += buf.byteLength;
+        buf.set(plain.subarray(position, position + buf.byteLength));
+        return Promise.resolve();
+      },
+    };
+    const transfer = (await ChunkTransfer.open({ source, plainSource, target, cipher, direction: 'decrypt' }))!;
+    try {
+      expect(await runAll(transfer, source.capacity, 768 * KiB)).toBe(6 * MiB);
+      expect(transfer.nativeBytes + layered).toBe(6 * MiB);
+      expect(layered).toBeGreaterThan(0);
+    } finally {
+      await transfer.close();
+    }
+    expect((await readAll(target)).equals(plain)).toBe(true);
+    cipher.dispose();
+    await target.close();
+    await source.close();
+  });
+
+  it('re-encrypts into what the new cipher gives on the plaintext, chunks across extents included', async () => {
+    const [input, stored] = threeExtents();
+    const source = await openDisk(input, { readOnly: true });
+    const target = await createDisk(join(dir, 'rekeyed.vmdk'), { capacity: source.capacity, subformat: 'monolithicFlat' });
+    const oldCipher = createDataCipher('aes-256-xts', randomBytes(64), 512);
+    const newCipher = createDataCipher('aes-256-xts', randomBytes(64), 4096);
+    const plain = Buffer.from(stored);
+    await oldCipher.decrypt(plain.subarray(0, 2 * MiB), 0);
+    await oldCipher.decrypt(plain.subarray(3 * MiB), (3 * MiB) / 512);
+    const plainSource = {
+      readInto: (position: number, buf: Uint8Array): Promise<void> => {
+        buf.set(plain.subarray(position, position + buf.byteLength));
+        return Promise.resolve();
+      },
+    };
+    const job = { source, plainSource, target, cipher: oldCipher, direction: 'reencrypt' as const, cipher2: newCipher };
+    const transfer = (await ChunkTransfer.open(job))!;
+    try {
+      expect(await runAll(transfer, source.capacity, 768 * KiB)).toBe(6 * MiB);
+      expect(transfer.nativeBytes).toBeGreaterThan(0);
+      expect(transfer.nativeBytes).toBeLessThan(6 * MiB);
+    } finally {
+      await transfer.close();
+    }
+    const want = Buffer.from(plain);
+    await newCipher.encrypt(want, 0);
+    expect((await readAll(target)).equals(want)).toBe(true);
+    oldCipher.dispose();
+    newCipher.dispose();
+    await target.close();
+    await source.close();
+  });
+
   it('reports an input cut short after it was opened as ERR_VMDK_TRUNCATED', async () => {
     const [input] = threeExtents();
     const source = await openDisk(input, { readOnly: true });
@@ -226,5 +290,56 @@ describe.skipIf(!shm)('copy jobs on tmpfs', () => {
     }
     expect(outputs[0]!.equals(image)).toBe(true);
     expect(outputs[1]!.equals(image)).toBe(true);
+  });
+
+  it('decrypts an encrypted flat disk with the native transfer', async () => {
+    const image = randomBytes(5 * MiB);
+    const raw = join(folder, 'in.raw');
+    writeFileSync(raw, image);
+    const enc = join(folder, 'enc.vmdk');
+    await encryptDisk(raw, enc, { subformat: 'monolithicFlat', lockers: [phraseLocker('pw')] });
+    const opened: ChunkTransfer[] = [];
+    // Counts what the real transfer moved: nothing is replaced.
+    const real = ChunkTransfer.open.bind(ChunkTransfer);
+    const spy = vi.spyOn(ChunkTransfer, 'open').mockImplementation(async (job) => {
+      const t = await real(job);
+      if (t) opened.push(t);
+      return t;
+    });
+    try {
+      const dec = join(folder, 'dec.raw');
+      await decryptDisk(enc, dec, { keys: { passphrase: 'pw' }, subformat: 'raw', chunkSize: 2 * MiB });
+      expect(readFileSync(dec).equals(image)).toBe(true);
+    } finally {
+      spy.mockRestore();
+    }
+    expect(opened.map((t) => t.nativeBytes)).toEqual([image.length]);
+  });
+
+  it('re-encrypts a flat disk (deep rekey in copy mode, new unit size) with the native transfer', async () => {
+    const image = randomBytes(5 * MiB);
+    const raw = join(folder, 'in.raw');
+    writeFileSync(raw, image);
+    const enc = join(folder, 'enc.vmdk');
+    await encryptDisk(raw, enc, { subformat: 'monolithicFlat', lockers: [phraseLocker('old')] });
+    const opened: ChunkTransfer[] = [];
+    const real = ChunkTransfer.open.bind(ChunkTransfer);
+    const spy = vi.spyOn(ChunkTransfer, 'open').mockImplementation(async (job) => {
+      const t = await real(job);
+      if (t) opened.push(t);
+      return t;
+    });
+    try {
+      await deepRekey(enc, { keys: { passphrase: 'old' }, lockers: [phraseLocker('new')], unitSize: 4096, chunkSize: 2 * MiB });
+    } finally {
+      spy.mockRestore();
+    }
+    expect(opened.map((t) => t.nativeBytes)).toEqual([image.length]);
+    const dec = join(folder, 'dec.raw');
+    await decryptDisk(enc, dec, { keys: { passphrase: 'new' }, subformat: 'raw' });
+    expect(readFileSync(dec).equals(image)).toBe(true);
+    await expect(decryptDisk(enc, join(folder, 'old.raw'), { keys: { passphrase: 'old' }, subformat: 'raw' })).rejects.toMatchObject({
+      code: expect.any(String),
+    });
   });
 });

@@ -202,7 +202,7 @@ describe('sparse extents', () => {
     expect(e.message).toMatch(/capacity disagrees/);
   });
 
-  it('vmfsSparse (COWD) and seSparse headers are refused as unsupported', async () => {
+  it('the data file of a vmfsSparse (COWD) or seSparse disk opened alone is refused: it holds no descriptor', async () => {
     const cowd = fresh();
     writeFileSync(cowd, Buffer.concat([Buffer.from('COWD'), Buffer.alloc(2044)]));
     await expectError(openDisk(cowd), 'ERR_VMDK_UNSUPPORTED', { file: cowd });
@@ -332,9 +332,11 @@ describe('descriptors and extent files', () => {
       [textDescriptor(['RW 2048 ZERO'], 'CID=87654321\n'), 'ERR_VMDK_FORMAT', 6],
       [textDescriptor(['RW 2048 ZERO'], 'this is not a descriptor line\n'), 'ERR_VMDK_FORMAT', 6],
       [textDescriptor(['RW 2048 ZERO'], 'ddb.x = "unbalanced\n'), 'ERR_VMDK_FORMAT', 6],
-      [textDescriptor(['RW 2048 VMFSSPARSE "a-delta.vmdk"'], '', 'vmfsSparse'), 'ERR_VMDK_UNSUPPORTED', undefined],
-      [textDescriptor(['RW 2048 SESPARSE "a-sesparse.vmdk"'], '', 'seSparse'), 'ERR_VMDK_UNSUPPORTED', undefined],
-      [textDescriptor(['RW 2048 SESPARSE "a-sesparse.vmdk"'], '', 'monolithicFlat'), 'ERR_VMDK_UNSUPPORTED', 8],
+      [textDescriptor(['RW 2048 VMFSSPARSE "a-delta.vmdk"'], '', 'vmfsSparse'), 'ERR_VMDK_READ_ONLY', undefined],
+      [textDescriptor(['RW 2048 SESPARSE "a-sesparse.vmdk"'], '', 'seSparse'), 'ERR_VMDK_READ_ONLY', undefined],
+      [textDescriptor(['RW 2048 SESPARSE "a-sesparse.vmdk"'], '', 'monolithicFlat'), 'ERR_VMDK_FORMAT', 8],
+      [textDescriptor(['RW 2048 FLAT "a-flat.vmdk" 0'], '', 'seSparse'), 'ERR_VMDK_FORMAT', 8],
+      [textDescriptor(['RW 2048 ZERO'], '', 'vmfsRaw'), 'ERR_VMDK_UNSUPPORTED', undefined],
       [textDescriptor(['NOACCESS 2048 ZERO']), 'ERR_VMDK_UNSUPPORTED', 8],
       [textDescriptor([]), 'ERR_VMDK_FORMAT', undefined],
       [textDescriptor(['RW 2048 ZERO']).replace('version=1', 'version=7'), 'ERR_VMDK_FORMAT', 2],

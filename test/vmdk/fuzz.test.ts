@@ -9,10 +9,11 @@ import { readFileSync, writeFileSync, copyFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createDisk, openDisk, Descriptor, VmdkFormatError } from '../../src/vmdk/index.js';
 import { patternData, tempDir } from './helpers.js';
+import { buildCowd, buildSeSparse, writeEsxDisk, type BuiltExtent } from './esx-sparse.js';
 
 const BUDGET_MS = Number(process.env.VMSEAL_FUZZ_MS ?? 6_000);
 const SEED = Number(process.env.VMSEAL_FUZZ_SEED ?? 20261128);
-const PROPERTIES = 4;
+const PROPERTIES = 5;
 const perProperty = Math.max(1000, Math.floor(BUDGET_MS / PROPERTIES));
 const fcOptions = { seed: SEED, numRuns: 1_000_000, interruptAfterTimeLimit: perProperty, markInterruptAsFailure: false, endOnFailure: true };
 
@@ -64,9 +65,8 @@ const mutation = fc.record({
 
 type Mutation = typeof mutation extends fc.Arbitrary<infer T> ? T : never;
 
-function mutate(img: Buffer, m: Mutation): Buffer {
+function mutate(img: Buffer, m: Mutation, hot = hotRanges(img)): Buffer {
   let out = Buffer.from(img);
-  const hot = hotRanges(img);
   for (const e of m.edits) {
     const [a, b] = hot[e.range % hot.length];
     if (b <= a) continue;
@@ -83,7 +83,7 @@ function mutate(img: Buffer, m: Mutation): Buffer {
 async function exercise(path: string, write: boolean): Promise<void> {
   let disk;
   try {
-    disk = await openDisk(path, { allowEncrypted: true });
+    disk = await openDisk(path, { allowEncrypted: true, readOnly: !write });
   } catch (e) {
     expect(e).toBeInstanceOf(VmdkFormatError);
     return;
@@ -145,6 +145,35 @@ describe('fuzz (seeded mutation)', () => {
         fc.asyncProperty(mutation, async (m) => {
           writeFileSync(path, mutate(corpus.stream, m));
           await exercise(path, true);
+        }),
+        fcOptions,
+      );
+    },
+    BUDGET_MS + 60_000,
+  );
+
+  it(
+    'vmfsSparse and seSparse headers, directories and tables (read only)',
+    async () => {
+      const grain = (index: number, n: number) => ({ index, data: patternData(n, index) });
+      const esx: Array<[BuiltExtent, 'vmfsSparse' | 'seSparse']> = [
+        [buildCowd(4096 + 64, 1, [grain(3, 512), grain(4, 512), grain(4095, 512), grain(4096 + 1, 512)]), 'vmfsSparse'],
+        [buildSeSparse(32768 + 64, [grain(1, 4096), grain(2, 4096), { index: 5, zero: 'zero' }, grain(4096, 4096)]), 'seSparse'],
+      ];
+      const paths = esx.map(([built, createType], i) => {
+        const path = join(dir, `m-esx${i}.vmdk`);
+        const capacitySectors = createType === 'vmfsSparse' ? 4096 + 64 : 32768 + 64;
+        return [path, writeEsxDisk(path, built.bytes, { createType, capacitySectors, cid: '1' })];
+      });
+      const hot = ([b]: [BuiltExtent, string]): Array<[number, number]> => [
+        [0, 2048],
+        [b.gdOffset, b.gdOffset + 64],
+        ...[...b.tables.values()].map((t): [number, number] => [t, t + 64]),
+      ];
+      await fc.assert(
+        fc.asyncProperty(fc.nat({ max: 1 }), mutation, async (which, m) => {
+          writeFileSync(paths[which][1], mutate(esx[which][0].bytes, m, hot(esx[which])));
+          await exercise(paths[which][0], false);
         }),
         fcOptions,
       );

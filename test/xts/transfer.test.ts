@@ -157,6 +157,22 @@ describe('transferChunk', () => {
       expect(codeOf(() => raw.transferChunk!(fdIn, 0, allocateCipherBuffer(1000), fdOut, 0, cipher, 512, 0))).toBe('ERR_XTS_LENGTH');
       expect(codeOf(() => raw.transferChunk!(fdIn, 2 ** 53 - 100, buf, fdOut, 0))).toBe('ERR_OUT_OF_RANGE');
       expect(codeOf(() => raw.transferChunk!(fdIn, 0, buf, fdOut, 0, cipher, 512, 2n ** 64n - 2n))).toBe('ERR_OUT_OF_RANGE');
+      // A second cipher (re-encryption): its arguments are checked the same way, and it needs decrypt true.
+      const cipher2 = native.createCipher(randomBytes(64));
+      const good2: unknown[] = [fdIn, 0, buf, fdOut, 0, cipher, 512, 0, true, cipher2, 4096, 0];
+      await expect(raw.transferChunk!(...good2)).resolves.toBe(4096);
+      for (let position = 9; position < good2.length; position++) {
+        for (const g of garbage) {
+          const args = [...good2];
+          args[position] = g;
+          expect(codeOf(() => raw.transferChunk!(...args))).toMatch(/^(ERR_[A-Z_]+|no error)$/);
+        }
+      }
+      expect(codeOf(() => raw.transferChunk!(fdIn, 0, buf, fdOut, 0, cipher, 512, 0, false, cipher2, 4096, 0))).toBe('ERR_INVALID_ARG_TYPE');
+      expect(codeOf(() => raw.transferChunk!(fdIn, 0, allocateCipherBuffer(2048), fdOut, 0, cipher, 512, 0, true, cipher2, 4096, 0))).toBe('ERR_XTS_LENGTH');
+      expect(codeOf(() => raw.transferChunk!(fdIn, 0, buf, fdOut, 0, cipher, 512, 0, true, cipher2, 512, 2n ** 64n - 2n))).toBe('ERR_OUT_OF_RANGE');
+      native.dispose(cipher2);
+      expect(codeOf(() => raw.transferChunk!(...good2))).toBe('ERR_XTS_DISPOSED');
       native.dispose(cipher);
       expect(codeOf(() => raw.transferChunk!(...good))).toBe('ERR_XTS_DISPOSED');
     } finally {

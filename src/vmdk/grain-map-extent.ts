@@ -1,0 +1,283 @@
+import { VmdkFormatError } from './errors.js';
+import type { ByteRange, Extent } from './extent.js';
+import type { HostFile } from './file.js';
+import { readOnlySubformatError } from './read-only-formats.js';
+
+/** A grain with no data in this layer: it reads as zeros alone, as its parent's bytes in a chain. */
+export const GRAIN_HOLE = -1;
+/** A grain marked zero in this layer (hides the parent's bytes). */
+export const GRAIN_ZERO = -2;
+
+/** Bytes of grain tables and directory pages one extent keeps cached (evicted ones are read again). */
+export const TABLE_CACHE_BYTES = 16 << 20;
+/** The grain directory is read in pages of this many bytes, when first used. */
+export const DIRECTORY_PAGE_BYTES = 4096;
+
+/**
+ * The two-level map of an ESX sparse extent (vmfsSparse "COWD", seSparse): a grain directory whose
+ * entries name grain tables, whose entries name grains. Each format decodes its own entries and
+ * checks each one against the file and its header as it is used; this interface is all the reader
+ * below needs. Offsets are bytes.
+ */
+export interface GrainMap {
+  readonly kind: 'VMFSSPARSE' | 'SESPARSE';
+  /** Virtual size of the extent in bytes. */
+  readonly size: number;
+  readonly grainBytes: number;
+  readonly grainsPerTable: number;
+  /** Bytes of one grain table. */
+  readonly tableBytes: number;
+  /** Byte offset of the directory and the size of its entries. */
+  readonly directoryOffset: number;
+  readonly directoryEntryBytes: number;
+  /** Entries the directory holds (at least the tables the capacity needs). */
+  readonly directoryEntries: number;
+  /** File offset of the table a directory entry names, or GRAIN_HOLE when it names none; throws on a bad entry. */
+  tableOffset(entry: Buffer, index: number): number;
+  /** File offset of the grain a table entry names, or GRAIN_HOLE / GRAIN_ZERO; throws on a bad entry. */
+  grainOffset(entry: Buffer, tableAt: number, index: number): number;
+}
+
+/**
+ * A bounded LRU of file blocks (grain tables, directory pages) keyed by offset; concurrent requests
+ * for one block share one read, and a failed read is not kept.
+ */
+class BlockCache {
+  readonly #file: HostFile;
+  readonly #limit: number;
+  readonly #blocks = new Map<number, { read: Promise<Buffer>; length: number }>();
+  #bytes = 0;
+
+  constructor(file: HostFile, limit: number) {
+    this.#file = file;
+    this.#limit = limit;
+  }
+
+  get(offset: number, length: number, what: string): Promise<Buffer> {
+    const hit = this.#blocks.get(offset);
+    if (hit && hit.length === length) {
+      this.#blocks.delete(offset);
+      this.#blocks.set(offset, hit);
+      return hit.read;
+    }
+    if (hit) this.#drop(offset);
+    const block = { read: this.#readBlock(offset, length, what), length };
+    block.read.catch(() => {
+      if (this.#blocks.get(offset) === block) this.#drop(offset);
+    });
+    this.#blocks.set(offset, block);
+    this.#bytes += length;
+    while (this.#bytes > this.#limit && this.#blocks.size > 1) this.#drop(this.#blocks.keys().next().value as number);
+    return block.read;
+  }
+
+  async #readBlock(offset: number, length: number, what: string): Promise<Buffer> {
+    const buf = Buffer.allocUnsafe(length);
+    await this.#file.readExact(buf, offset, what);
+    return buf;
+  }
+
+  #drop(offset: number): void {
+    const b = this.#blocks.get(offset);
+    if (!b) return;
+    this.#blocks.delete(offset);
+    this.#bytes -= b.length;
+  }
+}
+
+/**
+ * A read-only extent over a GrainMap: reads, allocation map and holes, with the directory and the
+ * tables read when first used (time and memory follow the data, not the capacity). Writes are
+ * refused: vmseal does not write these subformats (docs/vmdk.md).
+ */
+export class GrainMapExtent implements Extent {
+  readonly kind: 'VMFSSPARSE' | 'SESPARSE';
+  readonly size: number;
+  readonly writable = false;
+  readonly grainBytes: number;
+  readonly file: HostFile;
+  readonly #map: GrainMap;
+  readonly #cache: BlockCache;
+  readonly #subformat: string;
+
+  constructor(file: HostFile, map: GrainMap, subformat: string, cacheBytes = TABLE_CACHE_BYTES) {
+    this.file = file;
+    this.#map = map;
+    this.kind = map.kind;
+    this.size = map.size;
+    this.grainBytes = map.grainBytes;
+    this.#subformat = subformat;
+    this.#cache = new BlockCache(file, cacheBytes);
+  }
+
+  /** File offset of table `t`, or GRAIN_HOLE. */
+  /** The directory page holding entry `t`, and the index of its first entry. */
+  async #page(t: number): Promise<{ page: Buffer; first: number }> {
+    const m = this.#map;
+    const perPage = DIRECTORY_PAGE_BYTES / m.directoryEntryBytes;
+    const first = Math.floor(t / perPage) * perPage;
+    const count = Math.min(perPage, m.directoryEntries - first);
+    const pageAt = m.directoryOffset + first * m.directoryEntryBytes;
+    return { page: await this.#cache.get(pageAt, count * m.directoryEntryBytes, 'the grain directory'), first };
+  }
+
+  /** File offset of table `t`, or GRAIN_HOLE. */
+  async #table(t: number): Promise<number> {
+    const { page, first } = await this.#page(t);
+    const e = this.#map.directoryEntryBytes;
+    return this.#map.tableOffset(page.subarray((t - first) * e, (t - first + 1) * e), t);
+  }
+
+  /**
+   * The first table at or after `t` (and before `stop`) that exists, else `stop`: a run of empty
+   * directory entries is scanned a page at a time, so mapping a huge, nearly empty disk costs one
+   * cached read per 4 KiB of directory rather than one await per table.
+   */
+  async #nextTable(t: number, stop: number): Promise<number> {
+    const e = this.#map.directoryEntryBytes;
+    while (t < stop) {
+      const { page, first } = await this.#page(t);
+      const pageEnd = Math.min(first + page.length / e, stop);
+      for (; t < pageEnd; t++) {
+        if (this.#map.tableOffset(page.subarray((t - first) * e, (t - first + 1) * e), t) !== GRAIN_HOLE) return t;
+      }
+    }
+    return stop;
+  }
+
+  #loadTable(offset: number): Promise<Buffer> {
+    return this.#cache.get(offset, this.#map.tableBytes, 'a grain table');
+  }
+
+  /**
+   * Walk [start, end) grain by grain (a table without entries as one step): `visit(from, to, at)`
+   * with `at` the file offset of `from`'s byte, GRAIN_HOLE or GRAIN_ZERO.
+   */
+  async #walk(start: number, end: number, visit: (from: number, to: number, at: number) => void): Promise<void> {
+    const m = this.#map;
+    const g = m.grainBytes;
+    const span = g * m.grainsPerTable;
+    const entry = m.tableBytes / m.grainsPerTable;
+    let pos = start;
+    while (pos < end) {
+      const t = Math.floor(pos / span);
+      const tableEnd = Math.min((t + 1) * span, end);
+      const tableAt = await this.#table(t);
+      if (tableAt === GRAIN_HOLE) {
+        visit(pos, tableEnd, GRAIN_HOLE);
+        pos = tableEnd;
+        continue;
+      }
+      const table = await this.#loadTable(tableAt);
+      while (pos < tableEnd) {
+        const grain = Math.floor(pos / g);
+        const inGrain = pos - grain * g;
+        const to = Math.min(pos - inGrain + g, tableEnd);
+        const i = grain - t * m.grainsPerTable;
+        const at = m.grainOffset(table.subarray(i * entry, (i + 1) * entry), tableAt, i);
+        visit(pos, to, at < 0 ? at : at + inGrain);
+        pos = to;
+      }
+    }
+  }
+
+  async readInto(offset: number, target: Uint8Array): Promise<void> {
+    const reads: Array<Promise<void>> = [];
+    // A run of grains that lie one after the other in the file too is read in one call.
+    let runAt = -1;
+    let runFrom = 0;
+    let runTo = 0;
+    const flushRun = (): void => {
+      if (runTo > runFrom) {
+        const part = target.subarray(runFrom - offset, runTo - offset);
+        reads.push(this.file.readExact(part, runAt, 'a grain'));
+      }
+      runTo = runFrom;
+    };
+    await this.#walk(offset, offset + target.length, (from, to, at) => {
+      if (at < 0) {
+        flushRun();
+        target.fill(0, from - offset, to - offset);
+      } else if (runTo > runFrom && runTo === from && runAt + (runTo - runFrom) === at) {
+        runTo = to;
+      } else {
+        flushRun();
+        runAt = at;
+        runFrom = from;
+        runTo = to;
+      }
+    });
+    flushRun();
+    await Promise.all(reads);
+  }
+
+  async write(): Promise<void> {
+    throw readOnlySubformatError(this.#subformat, this.file.path);
+  }
+
+  async *#ranges(start: number, end: number, want: (at: number) => boolean): AsyncIterable<ByteRange> {
+    // Ranges are gathered per table so a walk of a huge disk holds one table's runs at a time.
+    const span = this.#map.grainBytes * this.#map.grainsPerTable;
+    const lastTable = Math.ceil(end / span);
+    let run: ByteRange | undefined;
+    const add = function* (r: ByteRange): Generator<ByteRange> {
+      if (run && run.end === r.start) {
+        run.end = r.end;
+        return;
+      }
+      if (run) yield run;
+      run = r;
+    };
+    for (let pos = start; pos < end;) {
+      const t = Math.floor(pos / span);
+      const next = await this.#nextTable(t, lastTable);
+      if (next > t) {
+        // tables t … next-1 do not exist: all their grains are holes
+        const stop = Math.min(next * span, end);
+        if (want(GRAIN_HOLE)) yield* add({ start: pos, end: stop });
+        pos = stop;
+        continue;
+      }
+      const stop = Math.min((t + 1) * span, end);
+      const found: ByteRange[] = [];
+      await this.#walk(pos, stop, (from, to, at) => {
+        if (!want(at)) return;
+        const last = found[found.length - 1];
+        if (last && last.end === from) last.end = to;
+        else found.push({ start: from, end: to });
+      });
+      for (const r of found) yield* add(r);
+      pos = stop;
+    }
+    if (run) yield run;
+  }
+
+  /** check: 'full': decode (and so check) every directory entry and every entry of every table now. */
+  async checkStructure(): Promise<void> {
+    // Wanting no range, the walk visits (and so checks) every entry and yields nothing.
+    const walk = this.#ranges(0, this.size, () => false)[Symbol.asyncIterator]();
+    await walk.next();
+  }
+
+  allocated(start: number, end: number): AsyncIterable<ByteRange> {
+    return this.#ranges(start, end, (at) => at >= 0);
+  }
+
+  holes(start: number, end: number): AsyncIterable<ByteRange> {
+    return this.#ranges(start, end, (at) => at === GRAIN_HOLE);
+  }
+
+  async flush(): Promise<void> {}
+
+  async close(): Promise<void> {}
+}
+
+/** Whether [a, a + al) and [b, b + bl) overlap. */
+export function overlaps(a: number, al: number, b: number, bl: number): boolean {
+  return a < b + bl && b < a + al;
+}
+
+/** The error of an entry that points outside where it may: names the file, the field and the offset. */
+export function badEntry(file: string, offset: number, message: string): VmdkFormatError {
+  return new VmdkFormatError('ERR_VMDK_CORRUPT', message, { file, offset });
+}
