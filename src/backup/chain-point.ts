@@ -115,3 +115,16 @@ export function flattenedDescriptor(layers: VirtualDisk[]): Descriptor {
   if (line !== '') d.set(RESTORED_FROM_KEY, line);
   return d;
 }
+
+/**
+ * Whether a change bitmap of `now`'s top may count from a point of `then`: both single disks
+ * (undefined), or the same chain — the same layer paths, and every layer below the top with the CID
+ * it had (those layers are read-only while they have a child; a CID differs if one was written or
+ * replaced). The top's own changes are the bitmap's, its generation checked by the bitmap itself.
+ */
+export function sameChain(then: PointChain | undefined, now: PointChain | undefined): boolean {
+  if (then === undefined || now === undefined) return then === now;
+  if (then.layers.length !== now.layers.length || then.backedUp !== now.backedUp) return false;
+  const cid = (l: ChainLayerRecord): string | undefined => Descriptor.parse(l.descriptor).get('CID')?.toLowerCase();
+  return now.layers.every((l, i) => l.path === then.layers[i]!.path && (i === now.backedUp || cid(l) === cid(then.layers[i]!)));
+}

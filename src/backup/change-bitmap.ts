@@ -46,9 +46,10 @@ import { writeFileAtomic } from '../util/atomic-file.js';
 import { runWorkers } from '../util/run-workers.js';
 import { readFully } from '../util/file-io.js';
 import type { Descriptor } from '../vmdk/index.js';
+import { CHANGE_BITMAP_SUFFIX } from '../pipeline/paths.js';
 import { CHUNK_SIZE } from './repository.js';
 
-export const CHANGE_BITMAP_SUFFIX = '.vmseal-ctk';
+export { CHANGE_BITMAP_SUFFIX };
 const MAGIC = Buffer.from('VMSLCTK\n', 'latin1');
 const VERSION = 1;
 const CLEAN = 1;
@@ -95,13 +96,13 @@ const chunkCount = (capacity: number): number => Math.ceil(capacity / CHUNK_SIZE
 
 /**
  * Whether a disk is tracked at all: not a raw image (no descriptor, so no CID to tell another
- * writer's changes) and not a snapshot child (backups refuse chains).
+ * writer's changes). The top of a snapshot chain is tracked too: writes land in it only, so its bits
+ * are the changes of the chain's merged view — the view a chain point stores (a backup uses them
+ * only against a point of the same chain: create.ts changePlan).
  */
 export function isTracked(disk: TrackedDisk): boolean {
   const d = disk.descriptor;
   if (disk.format !== 'vmdk' || d === undefined) return false;
-  const parent = d.get('parentCID');
-  if (parent !== undefined && parent.toLowerCase() !== 'ffffffff') return false;
   const cid = Number.parseInt(d.get('CID') ?? '', 16);
   return Number.isSafeInteger(cid) && cid >= 0 && cid <= 0xffffffff;
 }
@@ -184,7 +185,7 @@ function encode(state: number, capacity: number, g: DiskGeneration, base: Change
 export async function readChangeBitmap(disk: TrackedDisk, known?: DiskGeneration | null): Promise<{ bitmap: ChangeBitmap } | { why: string }> {
   // `known`: the disk's generation now, when the caller has it already (its stats need not be taken twice).
   const generation = known === undefined ? await generationOf(disk) : known;
-  if (!generation) return { why: 'the disk is not tracked (a raw image or a snapshot child)' };
+  if (!generation) return { why: 'the disk is not tracked (a raw image)' };
   const file = changeBitmapPath(disk.path);
   const size = HEADER + Math.ceil(chunkCount(disk.capacity) / 8);
   let buf: Buffer;

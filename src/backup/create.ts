@@ -31,7 +31,7 @@ import { readPoint } from './points.js';
 import { entryOf, pointEntries, savePointIndex } from './point-index.js';
 import { generationOf, isChanged, readChangeBitmap, writeBaseline, type DiskGeneration } from './change-bitmap.js';
 import { parentInLineage } from './lineage.js';
-import { chainLayers, chainLineage, chainRecord, flattenedDescriptor, type PointChain } from './chain-point.js';
+import { chainLayers, chainLineage, chainRecord, flattenedDescriptor, sameChain, type PointChain } from './chain-point.js';
 
 export interface CreateBackupOptions {
   /** A name for the point, to restore it by (letters, digits, `.`, `_`, `-`; not `latest`). */
@@ -114,7 +114,8 @@ function* changedChunks(bits: Buffer, capacity: number): Generator<number> {
 /**
  * The disk's valid change bitmap and the point it counts from: used only when it is clean, tracks the
  * disk's generation now, and its base is a readable point of this repository with the same disk
- * (capacity, disk id, plain or not, one layer). Otherwise why not.
+ * (capacity, disk id, plain or not, one layer) — for a chain's top, a point of the same chain
+ * (sameChain). Otherwise why not.
  */
 async function changePlan(
   repo: Repository,
@@ -122,6 +123,7 @@ async function changePlan(
   diskId: string | null,
   plain: boolean,
   generation: DiskGeneration | null,
+  chain: PointChain | undefined,
 ): Promise<{ bits: Buffer; base: PointManifest } | { why: string }> {
   const read = await readChangeBitmap(disk, generation);
   if (!('bitmap' in read)) return read;
@@ -134,7 +136,7 @@ async function changePlan(
   } catch (err) {
     return { why: `the change bitmap's base point ${b.point} cannot be read: ${(err as Error).message}` };
   }
-  if (base.layers.length !== 1 || base.chain !== undefined || base.capacity !== disk.capacity || base.diskId !== diskId || base.plain !== plain) {
+  if (base.layers.length !== 1 || !sameChain(base.chain, chain) || base.capacity !== disk.capacity || base.diskId !== diskId || base.plain !== plain) {
     return { why: `the change bitmap's base point ${b.point} is not of this disk as it is` };
   }
   return { bits: read.bitmap.bits, base };
@@ -242,7 +244,7 @@ async function backUp(
   // The disk's generation (its descriptor and files' stat times) is taken once, under its lock: it
   // checks the bitmap now and stamps the new baseline at the end (reading changes no file's times).
   const generation = await generationOf(disk);
-  const plan = await changePlan(repo, disk, params?.diskId ?? null, !encrypted, generation);
+  const plan = await changePlan(repo, disk, params?.diskId ?? null, !encrypted, generation, chain);
   let offsets: AsyncIterator<number> | Iterator<number>;
   let toRead = Infinity;
   if ('bits' in plan) {

@@ -1,41 +1,53 @@
 /**
- * The worker threads of a batch: `--jobs N` (N > 1) images run at once, each in one of N worker
- * threads (src/cli/batch-worker.ts) from its first file look-up to its committed output, on the
- * worker's own event loop and heap. A batch of small images costs mostly JavaScript per image
- * (opening, planning, creating and committing the output), and one event loop running N jobs gets
- * no faster than one core; N event loops do. The main thread only hands out images, answers key
+ * The worker threads of a batch: `--jobs N` (N > 1) images run at once, N - 1 of them each in a
+ * worker thread (src/cli/batch-worker.ts) from its first file look-up to its committed output, on
+ * the worker's own event loop and heap, and one on the main thread. A batch of small images costs
+ * mostly JavaScript per image (opening, planning, creating and committing the output), and one
+ * event loop running N jobs gets no faster than one core; N event loops do.
+ *
+ * Every thread takes its next image itself from the batch's shared queue (src/cli/batch-queue.ts):
+ * a worker never waits for the main thread between two images. The main thread answers key
  * requests (src/cli/key-bridge.ts), feeds the progress bar and prints the summary in input order.
  *
- * Main thread → worker  { type: 'run', item } | { type: 'abort' } | { type: 'close' } | key replies
- * Worker → main thread  { type: 'ready' } (its modules are loaded)
+ * Worker → main thread  { type: 'start', index } (it took that image)
  *                       { type: 'progress', bytesDone, bytesTotal } (at most every 100 ms, never the last)
- *                       { type: 'done', bytes, skipped? } | { type: 'failed', error } | { type: 'not-run' }
- *                       | key requests
- * A worker runs one image at a time. 'abort' (Ctrl-C, SIGTERM) stops its image, which removes its
- * staging output and answers 'not-run'; 'close' wipes its keys and lets it exit.
+ *                       { type: 'done', index, bytes, seconds, skipped? } | { type: 'failed', index, seconds, error }
+ *                       | { type: 'not-run', index } | key requests
+ * Main thread → worker  { type: 'go' } | { type: 'abort' } | { type: 'close' } | key replies
+ * The worker gets the images, the queue's buffer and its lane number in workerData; once loaded,
+ * it starts taking images at 'go' (the batch has begun: sent once, not per image). 'abort' (Ctrl-C, SIGTERM: the main thread has
+ * stopped the queue) stops its image, which removes its staging output and answers 'not-run';
+ * 'close' wipes its keys and lets it exit.
  */
 import { existsSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
-import { DescribedFailure, type BatchItem, type ItemError } from './batch.js';
+import type { BatchHelpers, BatchItem, BatchItemResult, ItemError } from './batch.js';
+import type { BatchQueue } from './batch-queue.js';
+import { ExitCode } from './exit-codes.js';
 import type { ImageConvertOptions } from './commands/convert-image.js';
 import type { JobHooks } from './jobs.js';
 import type { KeyDesk, KeyReply, KeyRequest } from './key-bridge.js';
 import { KERNEL_COPY_ENV } from '../pipeline/kernel-copy.js';
 
-/** What a worker is started with (workerData): the image options only, never a key option or secret. */
+/** What a worker is started with (workerData): the image options and the batch's images, never a key option or secret. */
 export interface WorkerInit {
   opts: ImageConvertOptions;
   passphraseGiven: boolean;
+  items: readonly BatchItem[];
+  /** The BatchQueue's buffer, and this worker's lane in it. */
+  queue: SharedArrayBuffer;
+  lane: number;
 }
 
-export type ToWorker = { type: 'run'; item: BatchItem } | { type: 'abort' } | { type: 'close' } | KeyReply;
+export type ToWorker = { type: 'go' } | { type: 'abort' } | { type: 'close' } | KeyReply;
 
 export type FromWorker =
   | { type: 'ready' }
+  | { type: 'start'; index: number }
   | { type: 'progress'; bytesDone: number; bytesTotal: number }
-  | { type: 'done'; bytes: number; skipped?: boolean }
-  | { type: 'failed'; error: ItemError }
-  | { type: 'not-run' }
+  | { type: 'done'; index: number; bytes: number; seconds: number; skipped?: boolean }
+  | { type: 'failed'; index: number; seconds: number; error: ItemError }
+  | { type: 'not-run'; index: number }
   | KeyRequest;
 
 /**
@@ -56,34 +68,33 @@ export function batchWorkerScript(): URL | undefined {
   return url.protocol === 'file:' && existsSync(url) ? url : undefined;
 }
 
-function abortError(): Error {
-  const err = new Error('interrupted');
-  err.name = 'AbortError';
-  return err;
-}
-
-interface Running {
-  resolve: (r: { bytes: number; skipped?: boolean }) => void;
-  reject: (err: unknown) => void;
-  hooks: Pick<JobHooks, 'onProgress'>;
+/** What the pool tells its batch: the images its workers take, and how each ended. */
+export interface PoolEvents {
+  /** A worker took image `index`: the hooks that take its progress (`done` is called when it ends). */
+  started(index: number): Pick<JobHooks, 'onProgress' | 'done'>;
+  /** Image `index` ended: its result, or undefined when an abort stopped it (not run). */
+  ended(index: number, result: BatchItemResult | undefined): void;
 }
 
 /** One worker thread and the image it runs. */
 class Lane {
   readonly worker: Worker;
-  running: Running | undefined;
+  readonly lane: number;
   gone = false;
   /** Set once its modules are loaded ('ready'). */
   ready = false;
-  private readonly onReady: (lane: Lane) => void;
+  /** The image it reported taking, and that image's progress hooks. */
+  current: { index: number; hooks: Pick<JobHooks, 'onProgress' | 'done'> } | undefined;
+  readonly #pool: BatchPool;
 
-  constructor(script: URL, init: WorkerInit, desk: KeyDesk, onReady: (lane: Lane) => void) {
-    this.onReady = onReady;
+  constructor(pool: BatchPool, script: URL, init: WorkerInit, desk: KeyDesk) {
+    this.#pool = pool;
+    this.lane = init.lane;
     const env: Record<string, string> = {};
     for (const name of WORKER_ENV) if (process.env[name] !== undefined) env[name] = process.env[name];
     this.worker = new Worker(script, { workerData: init, env });
     this.worker.on('message', (m: FromWorker) => this.onMessage(m, desk));
-    // A worker that crashed fails its image (an internal error); the pool starts another for the next.
+    // A worker that crashed fails its image (an internal error); the others take its share.
     this.worker.on('error', (err) => this.end(err));
     this.worker.on('exit', (code) => this.end(new Error(`the batch worker thread stopped (exit code ${code})`)));
   }
@@ -92,7 +103,6 @@ class Lane {
     switch (m.type) {
       case 'ready':
         this.ready = true;
-        this.onReady(this);
         return;
       case 'key':
         void desk.answer(m).then(({ reply, transfer }) => {
@@ -101,76 +111,82 @@ class Lane {
           else for (const b of transfer) new Uint8Array(b).fill(0);
         });
         return;
+      case 'start':
+        this.current = { index: m.index, hooks: this.#pool.events?.started(m.index) ?? { onProgress: () => undefined, done: () => undefined } };
+        return;
       case 'progress':
-        this.running?.hooks.onProgress({ bytesDone: m.bytesDone, bytesTotal: m.bytesTotal });
+        this.current?.hooks.onProgress({ bytesDone: m.bytesDone, bytesTotal: m.bytesTotal });
         return;
       case 'done':
         // The worker leaves an image's last progress report to this message (batch-worker.ts).
-        this.running?.hooks.onProgress({ bytesDone: m.bytes, bytesTotal: m.bytes });
-        this.running?.resolve({ bytes: m.bytes, ...(m.skipped ? { skipped: true } : {}) });
+        this.current?.hooks.onProgress({ bytesDone: m.bytes, bytesTotal: m.bytes });
+        this.settle(m.index, { ok: true, bytes: m.bytes, seconds: m.seconds, ...(m.skipped ? { skipped: true } : {}) });
         return;
       case 'failed':
-        this.running?.reject(new DescribedFailure(m.error));
+        this.settle(m.index, { ok: false, bytes: 0, seconds: m.seconds, error: m.error });
         return;
       case 'not-run':
-        this.running?.reject(abortError());
+        this.settle(m.index, undefined);
         return;
     }
   }
 
+  private settle(index: number, outcome: Omit<BatchItemResult, 'input' | 'output'> | undefined): void {
+    const item = this.#pool.items[index]!;
+    if (this.current?.index === index) {
+      this.current.hooks.done();
+      this.current = undefined;
+    }
+    this.#pool.events?.ended(index, outcome === undefined ? undefined : { input: item.input, output: item.output, ...outcome });
+  }
+
   private end(err: Error): void {
+    if (this.gone) return;
     this.gone = true;
-    this.running?.reject(err);
+    // The image it took, even one it had not reported yet, fails with the thread's error.
+    const index = this.current?.index ?? this.#pool.queue.claimedBy(this.lane);
+    if (index === undefined) return;
+    this.settle(index, { ok: false, bytes: 0, seconds: 0, error: internalFailure(err) });
   }
 
   post(m: ToWorker): void {
-    this.worker.postMessage(m);
+    if (!this.gone) this.worker.postMessage(m);
   }
 }
 
-export class BatchPool {
-  /** Workers whose modules are loaded and that run no image. */
-  private readonly idle: Lane[] = [];
+/** A thread's death as an image's failure (an internal error: exit code 70). */
+function internalFailure(err: Error): ItemError {
+  return { code: 'ERR_UNEXPECTED', reason: `internal error: ${err.message}`, exitCode: ExitCode.INTERNAL };
+}
+
+export class BatchPool implements BatchHelpers {
+  readonly items: readonly BatchItem[];
+  readonly queue: BatchQueue;
+  /** The progress hooks of an image a worker took (the batch's bar); none by default. */
+  progress: (() => Pick<JobHooks, 'onProgress' | 'done'>) | undefined;
+  events: PoolEvents | undefined;
   private readonly lanes: Lane[] = [];
 
   /**
-   * Start `size` workers at once: their start-up (≈0.2 s each) overlaps the batch's key set-up and
-   * its first images, which the main thread converts until a worker is ready. A worker that dies is
-   * not replaced: the main thread takes its share.
+   * Start `size` workers at once over the batch's `items` and `queue`: their start-up (≈0.2 s each)
+   * overlaps the batch's key set-up and its first images, which the main thread converts
+   * meanwhile. None takes an image before start().
    */
-  constructor(script: URL, size: number, init: WorkerInit, desk: KeyDesk) {
-    for (let i = 0; i < size; i++) this.lanes.push(new Lane(script, init, desk, (lane) => this.idle.push(lane)));
+  constructor(script: URL, size: number, init: Omit<WorkerInit, 'items' | 'queue' | 'lane'>, desk: KeyDesk, items: readonly BatchItem[], queue: BatchQueue) {
+    this.items = items;
+    this.queue = queue;
+    for (let lane = 0; lane < size; lane++) this.lanes.push(new Lane(this, script, { ...init, items, queue: queue.buffer, lane }, desk));
   }
 
-  /**
-   * Convert one image in an idle worker, or return undefined when no worker is free (the caller
-   * runs it on its own thread). Resolves with its bytes; rejects with a DescribedFailure when it
-   * failed, an AbortError when `signal` stopped it (its output cleaned up), or the worker's own
-   * error if the thread died.
-   */
-  tryRun(
-    item: BatchItem,
-    hooks: Pick<JobHooks, 'onProgress' | 'done'>,
-    signal: AbortSignal | undefined,
-  ): Promise<{ bytes: number; skipped?: boolean }> | undefined {
-    let lane = this.idle.pop();
-    while (lane?.gone === true) lane = this.idle.pop();
-    if (lane === undefined) return undefined;
-    const busy = lane;
-    const onAbort = (): void => {
-      if (!busy.gone) busy.post({ type: 'abort' });
-    };
-    return new Promise<{ bytes: number; skipped?: boolean }>((resolve, reject) => {
-      busy.running = { resolve, reject, hooks };
-      busy.post({ type: 'run', item });
-      signal?.addEventListener('abort', onAbort, { once: true });
-      if (signal?.aborted === true) onAbort();
-    }).finally(() => {
-      signal?.removeEventListener('abort', onAbort);
-      hooks.done();
-      busy.running = undefined;
-      if (!busy.gone) this.idle.push(busy);
-    });
+  /** The batch has begun: the workers take images from the queue and report them to `record`. */
+  start(_queue: BatchQueue, record: (index: number, result: BatchItemResult | undefined) => void): void {
+    this.events = { started: () => this.progress?.() ?? { onProgress: () => undefined, done: () => undefined }, ended: record };
+    for (const l of this.lanes) l.post({ type: 'go' });
+  }
+
+  /** Stop every worker's image in flight (the queue is stopped by the batch): each answers 'not-run'. */
+  abort(): void {
+    for (const l of this.lanes) l.post({ type: 'abort' });
   }
 
   /**
@@ -189,7 +205,6 @@ export class BatchPool {
           : l.worker.terminate().then(() => undefined),
       );
     this.lanes.length = 0;
-    this.idle.length = 0;
     await Promise.all(exits);
   }
 }

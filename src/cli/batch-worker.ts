@@ -1,11 +1,14 @@
 /**
- * A batch worker thread (started by src/cli/batch-pool.ts, which describes the messages): converts
- * the images the main thread hands it, one at a time, and answers each with its outcome. Its keys
+ * A batch worker thread (started by src/cli/batch-pool.ts, which describes the messages): takes
+ * images from the batch's shared queue (src/cli/batch-queue.ts), one at a time, converts each and
+ * reports its outcome. Its keys
  * come from the main thread's key session through the key bridge.
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { describeFailure } from './batch.js';
+import type { BatchItem } from './batch.js';
 import type { FromWorker, ToWorker, WorkerInit } from './batch-pool.js';
+import { BatchQueue } from './batch-queue.js';
 import { convertImage } from './commands/convert-image.js';
 import { outputLimitError } from './jobs.js';
 import { BridgeKeys } from './key-bridge.js';
@@ -23,13 +26,17 @@ if (port === null) throw new Error('src/cli/batch-worker.ts runs as a worker thr
 const init = workerData as WorkerInit;
 const send = (m: FromWorker): void => port.postMessage(m);
 const keys = new BridgeKeys(send, init.passphraseGiven);
+const queue = new BatchQueue(init.items.length, 0, init.queue);
 /** The image being converted, stopped by an 'abort'. */
 let current: AbortController | undefined;
+let running = false;
 
-async function runImage(item: { input: string; output: string }): Promise<void> {
+async function runImage(index: number, item: BatchItem): Promise<void> {
   const controller = new AbortController();
   current = controller;
-  let lastProgress = performance.now();
+  const started = performance.now();
+  const seconds = (): number => (performance.now() - started) / 1000;
+  let lastProgress = started;
   const hooks = {
     signal: controller.signal,
     onProgress: (p: { bytesDone: number; bytesTotal: number }): void => {
@@ -41,19 +48,33 @@ async function runImage(item: { input: string; output: string }): Promise<void> 
   };
   try {
     const r = await convertImage(item, init.opts, keys, () => keys.newLockers(), hooks);
-    send('skipped' in r ? { type: 'done', bytes: 0, skipped: true } : { type: 'done', bytes: r.bytesProcessed });
+    send(
+      'skipped' in r
+        ? { type: 'done', index, bytes: 0, seconds: seconds(), skipped: true }
+        : { type: 'done', index, bytes: r.bytesProcessed, seconds: seconds() },
+    );
   } catch (err) {
     const error = describeFailure(outputLimitError({ command: 'convert' }, err), controller.signal);
-    send(error === undefined ? { type: 'not-run' } : { type: 'failed', error });
+    send(error === undefined ? { type: 'not-run', index } : { type: 'failed', index, seconds: seconds(), error });
   } finally {
     current = undefined;
   }
 }
 
+/** Take images from the batch's queue until none is left (or the batch is stopped). */
+async function takeImages(): Promise<void> {
+  if (running) return;
+  running = true;
+  for (let index = queue.take(init.lane); index !== undefined; index = queue.take(init.lane)) {
+    send({ type: 'start', index });
+    await runImage(index, init.items[index]!);
+  }
+}
+
 port.on('message', (m: ToWorker) => {
   switch (m.type) {
-    case 'run':
-      void runImage(m.item);
+    case 'go':
+      void takeImages();
       return;
     case 'abort': {
       const err = new Error('interrupted');
@@ -70,5 +91,5 @@ port.on('message', (m: ToWorker) => {
       return;
   }
 });
-// Loaded: the main thread may hand this worker images from now on.
+// Loaded: the main thread may stop this worker gracefully ('close') from now on.
 send({ type: 'ready' });

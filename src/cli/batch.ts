@@ -10,10 +10,18 @@ import { basename, extname, join, resolve } from 'node:path';
 import { classify, CliError, cliReason } from './errors.js';
 import { ExitCode, type ExitCodeValue } from './exit-codes.js';
 import type { Subformat } from './parse.js';
+import { isStagingFolderName } from '../pipeline/staging.js';
+import { BatchQueue } from './batch-queue.js';
 
 export interface BatchItem {
   input: string;
   output: string;
+  /**
+   * The staging folders of its output's name (`.<name>.vmseal-tmp-…`, left by a killed job) that
+   * the batch found when it listed its output folder, once for all its images (stageListing).
+   * Undefined: the image's job lists the folder itself.
+   */
+  stages?: readonly string[];
 }
 
 export interface BatchItemResult {
@@ -58,11 +66,23 @@ export function defaultJobs(): number {
 type Slot = { kind: 'done'; result: BatchItemResult } | { kind: 'not-run' };
 
 /**
- * Run `convertOne` over the items, `jobs` at a time (default 1), taking them in input order. A
- * failure is recorded and the next item runs; an abort stops taking new items, lets the ones in
- * flight clean up after themselves and counts them as not run. `onDone`/`onNotRun` are called in
- * input order whatever order the items finish in (a result waits for the ones before it), so what
- * they print reads as a sequential batch would.
+ * Images converted elsewhere than on this thread (worker threads, src/cli/batch-pool.ts): they take
+ * their images from the same queue and report each one's end through `record`.
+ */
+export interface BatchHelpers {
+  /** Start taking images from `queue`; `record(index, undefined)` marks one an abort stopped. */
+  start(queue: BatchQueue, record: (index: number, result: BatchItemResult | undefined) => void): void;
+  /** Stop the images in flight (Ctrl-C): each then records itself as not run. */
+  abort(): void;
+}
+
+/**
+ * Run `convertOne` over the items, `jobs` at a time on this thread (default 1), taking them in input
+ * order from a queue that `helpers` (worker threads) take from too. A failure is recorded and the
+ * next item runs; an abort stops handing out items, lets the ones in flight clean up after
+ * themselves and counts them as not run. `onDone`/`onNotRun` are called in input order whatever
+ * order the items finish in (a result waits for the ones before it), so what they print reads as a
+ * sequential batch would.
  */
 export async function runBatch(
   items: readonly BatchItem[],
@@ -70,56 +90,74 @@ export async function runBatch(
   opts: {
     signal?: AbortSignal;
     jobs?: number;
+    queue?: BatchQueue;
+    helpers?: BatchHelpers;
     onStart?: (item: BatchItem, index: number, count: number) => void;
     onDone?: (result: BatchItemResult, index: number, count: number) => void;
     onNotRun?: (item: BatchItem, index: number, count: number) => void;
   } = {},
 ): Promise<BatchOutcome> {
   const count = items.length;
+  const queue = opts.queue ?? new BatchQueue(count, 0);
   const slots: Array<Slot | undefined> = new Array<Slot | undefined>(count);
-  let next = 0;
   let reported = 0;
-  let stopped = false;
+  let recorded = 0;
+  /** Set by an abort: how many items were handed out (the batch ends once those are recorded). */
+  let handed: number | undefined;
+  let interrupted = false;
+  let finish: () => void = () => undefined;
+  const finished = new Promise<void>((resolve) => (finish = resolve));
+  const settleIfDone = (): void => {
+    if (recorded >= (handed ?? count)) finish();
+  };
   // Report every finished slot that no earlier unfinished one holds back.
   const flush = (): void => {
-    for (let slot = slots[reported]; slot !== undefined; slot = slots[reported]) {
+    for (let slot = slots[reported]; slot !== undefined && reported < (handed ?? count); slot = slots[reported]) {
       if (slot.kind === 'done') opts.onDone?.(slot.result, reported, count);
       else opts.onNotRun?.(items[reported]!, reported, count);
       reported++;
     }
   };
-  const worker = async (): Promise<void> => {
-    while (next < count && !stopped && opts.signal?.aborted !== true) {
-      const index = next++;
-      const item = items[index]!;
-      opts.onStart?.(item, index, count);
-      const result = await runOne(item, convertOne, opts.signal);
-      if (result === undefined) stopped = true;
-      slots[index] = result === undefined ? { kind: 'not-run' } : { kind: 'done', result };
-      flush();
-    }
+  const record = (index: number, result: BatchItemResult | undefined): void => {
+    if (slots[index] !== undefined) return;
+    if (result === undefined) stop();
+    slots[index] = result === undefined ? { kind: 'not-run' } : { kind: 'done', result };
+    recorded++;
+    flush();
+    settleIfDone();
   };
-  const jobs = Math.max(1, Math.min(opts.jobs ?? 1, count));
-  await Promise.all(Array.from({ length: jobs }, worker));
+  const stop = (): void => {
+    interrupted = true;
+    if (handed !== undefined) return;
+    handed = queue.stop();
+    opts.helpers?.abort();
+    settleIfDone();
+  };
+  const onAbort = (): void => stop();
+  opts.signal?.addEventListener('abort', onAbort, { once: true });
+  if (opts.signal?.aborted === true) stop();
+  try {
+    opts.helpers?.start(queue, record);
+    const local = async (): Promise<void> => {
+      for (let index = queue.take(); index !== undefined; index = queue.take()) {
+        const item = items[index]!;
+        opts.onStart?.(item, index, count);
+        record(index, await runOne(item, convertOne, opts.signal));
+      }
+    };
+    const jobs = Math.max(1, Math.min(opts.jobs ?? 1, count));
+    await Promise.all(Array.from({ length: jobs }, local));
+    settleIfDone();
+    await finished;
+  } finally {
+    opts.signal?.removeEventListener('abort', onAbort);
+  }
   const results = slots.flatMap((s) => (s?.kind === 'done' ? [s.result] : []));
-  return { results, interrupted: stopped || opts.signal?.aborted === true };
+  return { results, interrupted: interrupted || opts.signal?.aborted === true };
 }
 
 /** Why an image failed, as its summary line and the JSON result say it. */
 export type ItemError = NonNullable<BatchItemResult['error']>;
-
-/**
- * An image's failure already described where it ran (a worker thread): `runOne` records it as it
- * is instead of describing the error a second time.
- */
-export class DescribedFailure extends Error {
-  readonly failure: ItemError;
-
-  constructor(failure: ItemError) {
-    super(failure.reason);
-    this.failure = failure;
-  }
-}
 
 /** One item's result, or undefined when an abort (or an interruption) stopped it. */
 async function runOne(item: BatchItem, convertOne: ConvertOne, signal: AbortSignal | undefined): Promise<BatchItemResult | undefined> {
@@ -129,7 +167,7 @@ async function runOne(item: BatchItem, convertOne: ConvertOne, signal: AbortSign
     const { bytes, skipped } = await convertOne(item, signal);
     return { input: item.input, output: item.output, ok: true, bytes, seconds: seconds(), ...(skipped ? { skipped: true } : {}) };
   } catch (err) {
-    const error = err instanceof DescribedFailure ? err.failure : describeFailure(err, signal);
+    const error = describeFailure(err, signal);
     if (error === undefined) return undefined;
     return { input: item.input, output: item.output, ok: false, bytes: 0, seconds: seconds(), error };
   }
@@ -222,6 +260,23 @@ export function outputNameFor(input: string, subformat: Subformat): string {
   const ext = extname(name);
   const stem = ext ? name.slice(0, -ext.length) : name;
   return `${stem}${subformat === 'raw' ? '.img' : '.vmdk'}`;
+}
+
+/**
+ * The entries of a batch's output folder that each item's job would look for (staging folders of
+ * its output's name), from ONE listing of the folder: a job that lists the folder itself costs a
+ * batch a listing per image, each as long as the outputs written so far. Items of an unreadable
+ * folder are left to list it themselves.
+ */
+export async function withStageListing(items: readonly BatchItem[], outDir: string): Promise<BatchItem[]> {
+  const entries = await readdir(outDir).catch(() => undefined);
+  if (entries === undefined) return [...items];
+  // Usually none: a batch's folder holds its outputs, and staging folders only while jobs run or after a kill.
+  const stages = entries.filter((e) => isStagingFolderName(e));
+  return items.map((item) => {
+    const name = basename(item.output);
+    return { ...item, stages: stages.filter((e) => isStagingFolderName(e, name)) };
+  });
 }
 
 /** Pair every input with its output in `outDir`; two inputs that would share an output name are an error. */

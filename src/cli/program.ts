@@ -505,9 +505,10 @@ Examples:
   host
     .command('commit')
     .description(
-      "merge the top layer of a served snapshot chain back into its parent, live: writes (and reads) wait while the child's data is copied, then the export serves the parent; prints it",
+      "merge the top layer of a served snapshot chain back into its parent, live: writes wait (reads go on) while the child's data is copied, then the export serves the parent; prints it",
     )
     .argument('<NAME>', 'export name')
+    .option('--all', 'merge the whole chain down, top first, one live commit per layer, until the export serves its base')
     .addOption(controlOption())
     .addOption(hostHome())
     .action((name: string, opts) => commands.host().then((m) => m.hostCommit(ctx, name, opts)));

@@ -31,6 +31,7 @@ import { chmod, mkdir, readdir, realpath, rename, rm, stat } from 'node:fs/promi
 import { basename, dirname, join } from 'node:path';
 import { ChainDisk, Descriptor, openDisk as openVmdk } from '../vmdk/index.js';
 import { MAX_CHAIN_DEPTH, parentPathOf } from '../vmdk/chain-open.js';
+import { isDiskUuid } from '../vmdk/create.js';
 import { createEncryptedSnapshot, LINE, openDisk, readEncryptionParams, unlockDek, type EncryptionParams } from '../disk/for-pipeline.js';
 import { describeKeySafe, type KeyProvider, type KeyRef } from '../keys/index.js';
 import { rebuildChain, fsyncFile } from './chain-rebuild.js';
@@ -47,6 +48,23 @@ import { cleanStaleStages, fsyncDir, pathExists, readKeyList, writeKeyList } fro
 const STAGE_SUFFIX = '.vmseal-chain-rekey';
 /** Most .vmdk files looked at for the children of the chain's layers (a bound, not a target). */
 const MAX_SCANNED = 10_000;
+
+/**
+ * A staged layer's final descriptor with the old layer's ddb.uuid: the rebuilt chain is the same
+ * disk, rewritten in place of itself, so it keeps the identity a backup history (the base's uuid,
+ * docs/backup.md) or vSphere follows it by — as a single disk's deep rekey keeps it (copy.ts). The
+ * base is made by a copy job and each child by createSnapshot, which both draw a new one. A layer
+ * without a valid uuid keeps the one it was given. ddb lines are outside the encryption lines: the
+ * authenticator does not cover them.
+ */
+async function keptIdentity(final: Buffer, staged: string, old: string): Promise<Buffer> {
+  const uuid = Descriptor.parse(await readDescriptorBytes(await locateDescriptor(old)), { file: old }).get('ddb.uuid');
+  if (!isDiskUuid(uuid)) return final;
+  const d = Descriptor.parse(final, { file: staged });
+  if (d.get('ddb.uuid') === uuid) return final;
+  d.set('ddb.uuid', uuid);
+  return d.toBuffer();
+}
 
 /** The staging folder (and journal) of a deep rekey of the chain whose base is `base`. */
 export function chainRekeyStage(base: string): string {
@@ -346,7 +364,7 @@ export async function deepRekeyChain(path: string, spec: ChainRekeySpec): Promis
       // reaches it (going down its chain) before any CID that no longer matches.
       const described: ChainRekeyHeader['layers'] = [];
       for (const [i, s] of staged.entries()) {
-        const final = await readDescriptorBytes(await locateDescriptor(s));
+        const final = await keptIdentity(await readDescriptorBytes(await locateDescriptor(s)), s, layers[i]!);
         const during = Descriptor.parse(final, { file: s });
         during.set(LINE.job, CHAIN_REKEY_OPERATION, { after: LINE.keySafe });
         await writeLayerDescriptor(s, during.toBuffer(), i < staged.length - 1);

@@ -40,7 +40,7 @@ import { locateDescriptor, readDescriptorBytes, removeStaleDescriptorTemps, with
 import { PipelineError, abortError } from './errors.js';
 import { journalPathOf } from './journal.js';
 import { acquireLock, NameReservations } from './lock.js';
-import { realDiskPath } from './paths.js';
+import { CHANGE_BITMAP_SUFFIX, realDiskPath } from './paths.js';
 import { checkPath, type UnlockOptions as JobUnlockOptions } from './options.js';
 import { ProgressTracker, type ProgressListener } from './progress.js';
 import { fsyncDir, fsyncPath, pathExists } from './staging.js';
@@ -426,6 +426,8 @@ async function runCommit(
       if (err.code !== 'ENOENT') throw err;
     });
   }
+  // The child's change bitmap (a served chain's top is tracked) would name files that are gone.
+  await unlink(`${top}${CHANGE_BITMAP_SUFFIX}`).catch(() => undefined);
   await fsyncDir(folder);
   await removeCommitJournal(top);
   return {

@@ -55,12 +55,12 @@ import { alignedRanges, chunked, lcm, nonZeroRuns, totalLength, type Span } from
 import { ProgressTracker } from './progress.js';
 import { openSource } from './source.js';
 import { ensureSpace } from './space.js';
-import { StagedOutput, cleanStaleStages, pathExists } from './staging.js';
+import { StagedOutput, cleanStaleStages } from './staging.js';
 import { jobProviders } from './job-keys.js';
 import { openOutputWriter } from './output-writer.js';
 import { kernelCopy } from './kernel-copy.js';
 import { ChunkTransfer, TRANSFER_DEPTH, chunkTransferWanted, type ChunkTransferJob } from './chunk-transfer.js';
-import { onMemoryFs } from './output-files.js';
+import { FolderCalls, folderFacts } from '../util/inline-fs.js';
 
 export interface CopySpec {
   operation: 'encrypt' | 'decrypt' | 'convert' | 'rekey-deep';
@@ -149,10 +149,14 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
   const opts = spec.opts;
   const input = spec.replaceInput ? await realDiskPath(checkPath(spec.input, 'input')) : resolve(checkPath(spec.input, 'input'));
   const output = spec.replaceInput ? input : resolve(checkPath(spec.output, 'output'));
-  if (!spec.replaceInput) await checkOutputName(output);
+  // One statfs of the output folder tells whether its metadata calls run inline (tmpfs) and how
+  // much room it has: for these checks, the staging, the free-space check and the copy path.
+  const outFolder = await folderFacts(dirname(output));
+  const calls = new FolderCalls(outFolder.memoryBacked);
+  if (!spec.replaceInput) await checkOutputName(output, calls);
   // Checked before any lock: the first file a job creates is a lock file beside the output, and its
   // error would name that file instead of the missing folder.
-  if (!(await pathExists(dirname(output))))
+  if (!(await calls.exists(dirname(output))))
     throw new PipelineError('ERR_INVALID_ARGUMENT', `cannot write ${output}: the folder ${dirname(output)} does not exist`);
   // A decrypted output holds the plaintext: private to its owner unless the caller says otherwise.
   const outMode = checkOutputMode(opts.mode) ?? (spec.decrypt ? 0o600 : undefined);
@@ -181,7 +185,7 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
     // A commit of an earlier run on this name that was killed half way is finished first; the keys
     // of one killed before its commit are removed.
     const providers = jobProviders(spec.keys, spec.encrypt?.lockers);
-    await cleanStaleStages(dirname(output), basename(output), names, providers);
+    await cleanStaleStages(dirname(output), basename(output), names, providers, opts.folderEntries);
     const source = await openSource(input, {
       ...formatOption(opts.format),
       ...(spec.keys ? { keys: spec.keys } : {}),
@@ -222,14 +226,14 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
       await names.reserve([...planned, ...replacing.filter((f) => dirname(f) === dirname(output))], 'exclusive');
       if (!force) {
         for (const f of planned) {
-          if (await pathExists(f))
+          if (await calls.exists(f))
             throw new PipelineError('ERR_OUTPUT_EXISTS', `${f} exists (a file the output needs); give another output name or force to replace it`);
         }
       }
       if (subformat !== 'raw' && RAW_NAMES.test(output))
         notes.push(`${output} is a VMDK (${subformat}) although its name ends like a raw image; commands that read it need --format vmdk`);
       // Checked above: the folder exists, stale stages are cleaned, and (without force) every planned name is free.
-      stage = await StagedOutput.prepare(output, { force, names, providers, checked: true });
+      stage = await StagedOutput.prepare(output, { force, names, providers, checked: true, folder: outFolder });
       const staged = stage;
 
       // The output's encryption: a new DEK, the input's own (copy of an encrypted disk), or none.
@@ -289,7 +293,7 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
       // One sparse file addresses 2 TiB (data plus tables), whatever the capacity: refused before any
       // data is copied, naming twoGbMaxExtentSparse, rather than failing at the grain that passes it.
       if (subformat === 'monolithicSparse' && outGrain !== undefined) checkSparseFileFits(capacity, total, outGrain, output);
-      await ensureSpace(stage.dir, total, `the output ${output}`);
+      await ensureSpace(stage.dir, total, `the output ${output}`, outFolder.freeBytes);
 
       const progress = new ProgressTracker(spec.operation === 'rekey-deep' ? 'rekey-deep' : spec.operation, 'copy', total, opts.onProgress);
       const granularity = outGrain ?? FLAT_ZERO_GRANULARITY;
@@ -315,7 +319,7 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
               ? { cipher: (source.disk as EncryptedDisk).dataCipher, direction: 'reencrypt', cipher2: outCipher }
               : null;
       const transfer =
-        !byKernel && transferCipher !== null && chunkTransferWanted() && (await onMemoryFs(stage.dir))
+        !byKernel && transferCipher !== null && chunkTransferWanted() && outFolder.memoryBacked
           ? await ChunkTransfer.open({ source: source.stored, plainSource: source.disk, target, ...transferCipher })
           : null;
       if (transfer) {
@@ -336,7 +340,7 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
           await transfer.close();
         }
       } else if (!byKernel) {
-        const writer = await openOutputWriter(target, stage.dir);
+        const writer = await openOutputWriter(target, stage.dir, outFolder.memoryBacked);
         try {
           await runChunks({
             chunks: chunked(ranges(), chunkSize),

@@ -14,7 +14,7 @@
  *    writes x-flat.vmdk) refuse each other, and a commit never renames over a file another job
  *    holds. One descriptor per folder, whatever the number of extents.
  */
-import { stat } from 'node:fs/promises';
+import { statSync } from 'node:fs';
 import { basename, dirname, resolve } from 'node:path';
 import { PipelineError } from './errors.js';
 import { acquireFileLock, FileLockError, lockRecordPathFor, type FileLockHandle } from '../util/lock.js';
@@ -37,16 +37,28 @@ export function vmwareLockPathOf(diskPath: string): string {
 
 /** Take the lock of `diskPath` for `operation`, or throw ERR_DISK_BUSY naming the holder (ERR_QEMU_LOCKED for qemu). */
 export async function acquireLock(diskPath: string, operation: string, mode: LockMode = 'exclusive'): Promise<DiskLock> {
-  const vmware = vmwareLockPathOf(diskPath);
-  if (
-    await stat(vmware).then(
-      (s) => s.isDirectory(),
-      () => false,
-    )
-  ) {
-    throw new PipelineError('ERR_DISK_BUSY', `${diskPath} is locked by VMware (the lock folder ${vmware} exists): power off the virtual machine that uses it`);
+  return lockWithRecord(diskPath, lockRecordPathFor(diskPath), operation, mode);
+}
+
+/** Whether VMware's lock folder stands beside the disk. */
+function lockedByVmware(diskPath: string): boolean {
+  // A synchronous stat, like every call of the lock protocol itself (src/util/lock.ts): the lock
+  // files live in the same folder, and a thread-pool trip per disk of a batch costs more than the call.
+  try {
+    return statSync(vmwareLockPathOf(diskPath)).isDirectory();
+  } catch {
+    return false;
   }
-  const recordPath = lockRecordPathFor(diskPath);
+}
+
+/** acquireLock with the record path already worked out (it costs a realpath walk). */
+async function lockWithRecord(diskPath: string, recordPath: string, operation: string, mode: LockMode): Promise<DiskLock> {
+  if (lockedByVmware(diskPath)) {
+    throw new PipelineError(
+      'ERR_DISK_BUSY',
+      `${diskPath} is locked by VMware (the lock folder ${vmwareLockPathOf(diskPath)} exists): power off the virtual machine that uses it`,
+    );
+  }
   let own: FileLockHandle;
   try {
     own = await acquireFileLock(recordPath, { mode, record: { operation, tool: 'vmseal' } });
@@ -96,10 +108,10 @@ export async function acquireLocks(requests: Array<string | LockRequest>, operat
     const prev = byRecord.get(key);
     byRecord.set(key, prev && prev.mode === 'exclusive' ? prev : req);
   }
-  const ordered = [...byRecord.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([, r]) => r);
+  const ordered = [...byRecord.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
   const taken: DiskLock[] = [];
   try {
-    for (const r of ordered) taken.push(await acquireLock(r.path, operation, r.mode));
+    for (const [record, r] of ordered) taken.push(await lockWithRecord(r.path, record, operation, r.mode));
     return taken;
   } catch (err) {
     await releaseLocks(taken);

@@ -62,6 +62,15 @@ export interface OutputOptions {
    * encrypted input, since it holds the plaintext; otherwise the umask decides.
    */
   mode?: number;
+  /**
+   * The entries of the output's folder as the caller listed them before the job (at least those
+   * that start with `.<output name>.vmseal-tmp-`). The job looks there for the staging folders a
+   * killed job left under its output's name, instead of listing the folder itself: a batch lists
+   * its output folder once for all its images, where a listing per image made its cost grow with
+   * the square of its size. A staging folder left after the caller's listing is not seen (the next
+   * job on that name cleans it).
+   */
+  folderEntries?: readonly string[];
 }
 
 export interface JobResult {
@@ -117,6 +126,10 @@ export function checkJobOptions(o: JobOptions | undefined): Required<Pick<JobOpt
     throw new PipelineError('ERR_INVALID_ARGUMENT', expected('a function', 'onProgress', o.onProgress));
   }
   checkFormat(o.format, 'format');
+  const entries = (o as OutputOptions).folderEntries;
+  if (entries !== undefined && (!Array.isArray(entries) || !entries.every((e) => typeof e === 'string'))) {
+    throw new PipelineError('ERR_INVALID_ARGUMENT', expected('an array of file names', 'folderEntries', entries));
+  }
   return { chunkSize, depth };
 }
 

@@ -5,9 +5,9 @@
  * A raw output is one file holding the whole capacity; a VMDK maps through its descriptor's extent
  * lines (ZERO extents hold no file and are left out).
  */
-import { statfs } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import type { VirtualDisk } from '../vmdk/index.js';
+import { folderFacts } from '../util/inline-fs.js';
 
 export interface OutputSegment {
   /** Virtual range [start, end) held by `file`. */
@@ -53,8 +53,7 @@ export function outputFiles(disk: VirtualDisk): OutputFiles {
 }
 
 /** statfs f_type of tmpfs and ramfs: file systems whose page cache is the storage itself. */
-export const TMPFS_MAGIC = 0x01021994;
-export const RAMFS_MAGIC = 0x858458f6;
+export { RAMFS_MAGIC, TMPFS_MAGIC } from '../util/inline-io.js';
 
 /**
  * Whether `path` lies on a memory file system (tmpfs, ramfs). There, writeback has nothing to do
@@ -62,10 +61,5 @@ export const RAMFS_MAGIC = 0x858458f6;
  * treats the folder as a disk, which is always correct, only perhaps slower).
  */
 export async function onMemoryFs(path: string): Promise<boolean> {
-  try {
-    const { type } = await statfs(path);
-    return type === TMPFS_MAGIC || type === RAMFS_MAGIC;
-  } catch {
-    return false;
-  }
+  return (await folderFacts(path)).memoryBacked;
 }

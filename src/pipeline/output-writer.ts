@@ -29,10 +29,13 @@ export interface OutputWriter {
   close(): Promise<void>;
 }
 
-/** `folder`: where the disk's files are (the staging folder), for the file-system check. */
-export async function openOutputWriter(disk: VirtualDisk, folder: string): Promise<OutputWriter> {
+/**
+ * `folder`: where the disk's files are (the staging folder), for the file-system check; `memoryFs`:
+ * that check's answer when the caller already has it (a job's statfs of its output folder).
+ */
+export async function openOutputWriter(disk: VirtualDisk, folder: string, memoryFs?: boolean): Promise<OutputWriter> {
   const flat = isFlatOutput(disk);
-  const path = outputWritePath({ memoryFs: await onMemoryFs(folder), flat, directAvailable: directFlag() !== undefined });
+  const path = outputWritePath({ memoryFs: memoryFs ?? (await onMemoryFs(folder)), flat, directAvailable: directFlag() !== undefined });
   const direct = path === 'direct' ? DirectWriter.open(disk) : null;
   if (direct) return { path, writeConcurrency: DIRECT_WRITE_CONCURRENCY, write: (offset, data) => direct.write(offset, data), close: () => direct.close() };
   const behind = path === 'write-behind' ? WriteBehind.open(disk) : null;

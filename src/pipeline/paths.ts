@@ -7,13 +7,20 @@
  * refused. An output name that is a dangling symbolic link is refused: writing through a planted link
  * is an attack.
  */
-import { lstat, open, readlink, realpath, stat } from 'node:fs/promises';
+import { open, readlink, realpath, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { Descriptor, openDisk as openVmdk } from '../vmdk/index.js';
+
+/**
+ * The suffix of a disk's change bitmap, `<disk>.vmseal-ctk` (its format: src/backup/change-bitmap.ts).
+ * Here so that a job that removes a disk (a snapshot commit removing the child) removes it too.
+ */
+export const CHANGE_BITMAP_SUFFIX = '.vmseal-ctk';
 import { isSparseExtent } from '../vmdk/sparse-header.js';
 import { PipelineError } from './errors.js';
 import { formatOption, type DiskFormat } from './options.js';
 import { pathExists } from './staging.js';
+import { FolderCalls } from '../util/inline-fs.js';
 
 /** The real path of an existing disk's descriptor (or raw image), checked for ambiguous extents. */
 export async function realDiskPath(given: string): Promise<string> {
@@ -79,8 +86,9 @@ async function checkExtentsAgree(given: string, real: string): Promise<void> {
 }
 
 /** Refuse an output name that is a symbolic link to nothing. */
-export async function checkOutputName(output: string): Promise<void> {
-  const st = await lstat(output).catch(() => undefined);
+export async function checkOutputName(output: string, calls: FolderCalls = new FolderCalls(false)): Promise<void> {
+  // Through the caller's folder calls: inline on a memory-backed folder (src/util/inline-fs.ts).
+  const st = await calls.lstat(output);
   if (!st?.isSymbolicLink()) return;
   const target = await readlink(output).catch(() => '?');
   const exists = await stat(output).then(

@@ -1,15 +1,10 @@
 /** Free-space check before a job writes (best effort: where statfs works). */
-import { statfs } from 'node:fs/promises';
 import { PipelineError } from './errors.js';
+import { folderFacts } from '../util/inline-fs.js';
 
 /** Bytes available to this user in the file system holding `dir`, or null when unknown. */
 export async function freeBytes(dir: string): Promise<number | null> {
-  try {
-    const s = await statfs(dir);
-    return Number(s.bavail) * Number(s.bsize);
-  } catch {
-    return null;
-  }
+  return (await folderFacts(dir)).freeBytes;
 }
 
 /** Metadata margin added to every estimate: grain tables, descriptors, file-system overhead. */
@@ -17,8 +12,13 @@ export function withMargin(bytes: number): number {
   return Math.ceil(bytes * 1.01) + (4 << 20);
 }
 
-export async function ensureSpace(dir: string, needed: number, what: string): Promise<void> {
-  const free = await freeBytes(dir);
+/**
+ * Refuse (ERR_NO_SPACE) when `dir` lacks room for `needed` bytes plus the margin. `free`: the bytes
+ * free there as the caller read them moments ago (a job's statfs of its output folder, see
+ * src/util/inline-fs.ts folderFacts), to spare another statfs; without it the folder is asked.
+ */
+export async function ensureSpace(dir: string, needed: number, what: string, free?: number | null): Promise<void> {
+  if (free === undefined) free = await freeBytes(dir);
   if (free === null) return;
   const want = withMargin(needed);
   if (free < want) {

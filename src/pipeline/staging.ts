@@ -34,13 +34,14 @@
  * This saves a batch of small images the record's write and fsync, the staging folder's fsync and
  * the re-fsync of a file the writer has just synced (see `synced`).
  */
-import { chmod, mkdir, open, readdir, readFile, rename, rm, rmdir, stat, unlink, writeFile } from 'node:fs/promises';
+import { chmod, open, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { PipelineError } from './errors.js';
 import { NameReservations } from './lock.js';
 import { fsyncDir } from '../util/atomic-file.js';
+import { FolderCalls, folderFacts, type FolderFacts } from '../util/inline-fs.js';
 import type { KeyProvider, KeyRef } from '../keys/index.js';
 import { discardJobKeys } from './job-keys.js';
 
@@ -48,6 +49,11 @@ const STAGE_INFIX = '.vmseal-tmp-';
 const OWNER = 'owner.json';
 const COMMIT = 'commit.json';
 const KEYS = 'keys.json';
+
+/** Whether a folder entry is a staging folder (of the output `name`, when given): `.<name>.vmseal-tmp-…`. */
+export function isStagingFolderName(entry: string, name?: string): boolean {
+  return name === undefined ? entry.startsWith('.') && entry.includes(STAGE_INFIX) : entry.startsWith(`.${name}${STAGE_INFIX}`);
+}
 
 /** The keys listed in a staging folder (none if the list is absent or unreadable). */
 export async function readKeyList(stageDir: string): Promise<KeyRef[]> {
@@ -102,21 +108,29 @@ export { fsyncDir };
 
 /**
  * Remove staging folders of `name` in `dir` left by jobs that died (rolling a half commit forward).
+ * `listing`: the entries of `dir` as the caller listed them (a batch lists its output folder once
+ * for all its images instead of once per image, which made a batch's cost grow with the square of
+ * its size); without it the folder is listed here.
  * A folder is a dead job's when its name can be reserved; the files a roll-forward renames into
  * place are reserved too, so it never replaces a file another job holds. The keys a dead job created
  * are removed through `providers`; a folder whose keys cannot all be removed keeps its key list (and
  * only that) for a later job.
  */
-export async function cleanStaleStages(dir: string, name: string, held?: NameReservations, providers: readonly KeyProvider[] = []): Promise<string[]> {
-  const prefix = `.${name}${STAGE_INFIX}`;
+export async function cleanStaleStages(
+  dir: string,
+  name: string,
+  held?: NameReservations,
+  providers: readonly KeyProvider[] = [],
+  listing?: readonly string[],
+): Promise<string[]> {
   const removed: string[] = [];
-  let entries: string[];
+  let entries: readonly string[];
   try {
-    entries = await readdir(dir);
+    entries = listing ?? (await readdir(dir));
   } catch {
     return removed;
   }
-  const stale = entries.filter((e) => e.startsWith(prefix));
+  const stale = entries.filter((e) => isStagingFolderName(e, name));
   if (stale.length === 0) return removed;
   // The caller's reservations when it has some (its own names never conflict with themselves).
   const names = held ?? new NameReservations();
@@ -187,12 +201,20 @@ export class StagedOutput {
   readonly stageDir: string;
   /** Where the job creates the disk: the same name, inside the staging folder. */
   readonly stagePath: string;
+  /** The output folder's statfs: memory-backed or not, and its free bytes when the stage was made. */
+  readonly folder: FolderFacts;
   #done = false;
 
   readonly #names: NameReservations;
+  /** Folder metadata calls, inline on a memory-backed folder (src/util/inline-fs.ts). */
+  readonly #calls: FolderCalls;
+  /** The staging folder as checkTargets listed it; the commit reuses that listing (nothing adds a file in between but recordKey, which drops it). */
+  #listed: string[] | undefined;
 
-  private constructor(finalPath: string, stageDir: string, names: NameReservations) {
+  private constructor(finalPath: string, stageDir: string, names: NameReservations, folder: FolderFacts) {
     this.#names = names;
+    this.folder = folder;
+    this.#calls = new FolderCalls(folder.memoryBacked);
     this.finalPath = finalPath;
     this.dir = dirname(finalPath);
     this.name = basename(finalPath);
@@ -202,11 +224,12 @@ export class StagedOutput {
 
   /**
    * Check the final name is free (unless force), clean stale stages of it, make the staging folder
-   * with its name reserved in `names` (the job's reservations) until commit or discard.
+   * with its name reserved in `names` (the job's reservations) until commit or discard. `folder`:
+   * the output folder's statfs if the caller has it (else it is taken here).
    */
   static async prepare(
     output: string,
-    opts: { force?: boolean; names: NameReservations; providers?: readonly KeyProvider[]; checked?: boolean },
+    opts: { force?: boolean; names: NameReservations; providers?: readonly KeyProvider[]; checked?: boolean; folder?: FolderFacts },
   ): Promise<StagedOutput> {
     const finalPath = resolve(output);
     const dir = dirname(finalPath);
@@ -221,27 +244,30 @@ export class StagedOutput {
         throw new PipelineError('ERR_OUTPUT_EXISTS', `${finalPath} exists; give another output name or force to replace it`);
       }
     }
+    const folder = opts.folder ?? (await folderFacts(dir));
+    const calls = new FolderCalls(folder.memoryBacked);
     const stageDir = join(dir, `.${name}${STAGE_INFIX}${process.pid}-${randomBytes(4).toString('hex')}`);
     // Reserved before it exists: a cleaner never sees this folder without its owner's lock.
     await opts.names.reserve([stageDir], 'exclusive');
     try {
-      await mkdir(stageDir, { mode: 0o700 });
-      await writeFile(join(stageDir, OWNER), JSON.stringify({ pid: process.pid, host: hostname(), started: new Date().toISOString() }) + '\n');
+      await calls.mkdir(stageDir, 0o700);
+      await calls.writeFile(join(stageDir, OWNER), JSON.stringify({ pid: process.pid, host: hostname(), started: new Date().toISOString() }) + '\n');
     } catch (err) {
       await rm(stageDir, { recursive: true, force: true });
       opts.names.release(stageDir);
       throw err;
     }
-    return new StagedOutput(finalPath, stageDir, opts.names);
+    return new StagedOutput(finalPath, stageDir, opts.names, folder);
   }
 
   /** Files of the staged disk (names only). */
   async files(): Promise<string[]> {
-    return (await readdir(this.stageDir)).filter((f) => f !== OWNER && f !== COMMIT && f !== KEYS);
+    return (await this.#calls.readdir(this.stageDir)).filter((f) => f !== OWNER && f !== COMMIT && f !== KEYS);
   }
 
   /** List a key the job just created, durably, before it is used (job-keys.ts). */
   async recordKey(ref: KeyRef): Promise<void> {
+    this.#listed = undefined;
     await writeKeyList(this.stageDir, [...(await readKeyList(this.stageDir)), { providerId: ref.providerId, keyId: ref.keyId }]);
   }
 
@@ -252,15 +278,17 @@ export class StagedOutput {
   async checkTargets(opts: { force?: boolean; protect?: string[]; planned?: string[] } = {}): Promise<void> {
     const protect = new Set((opts.protect ?? []).map((p) => resolve(p)));
     const planned = opts.planned && new Set(opts.planned.map((p) => resolve(p)));
-    for (const f of await this.files()) {
+    const entries = await this.#calls.readdir(this.stageDir);
+    for (const f of entries.filter((e) => e !== OWNER && e !== COMMIT && e !== KEYS)) {
       const target = join(this.dir, f);
       // Only names reserved beforehand may be committed: anything else could be another job's file.
       if (planned && !planned.has(target)) throw new PipelineError('ERR_INVALID_ARGUMENT', `internal: the staged output has a file ${f} that was not reserved`);
       if (protect.has(target)) throw new PipelineError('ERR_SAME_FILE', `the output file ${target} would replace a file of the input`);
-      if (!opts.force && (await pathExists(target))) {
+      if (!opts.force && (await this.#calls.exists(target))) {
         throw new PipelineError('ERR_OUTPUT_EXISTS', `${target} exists (a file the output needs); give another output name or force to replace it`);
       }
     }
+    this.#listed = entries;
   }
 
   /**
@@ -276,8 +304,9 @@ export class StagedOutput {
   async commit(
     opts: { replacing?: string[]; deleteFirst?: boolean; beforeRenames?: () => Promise<void>; mode?: number; synced?: boolean } = {},
   ): Promise<void> {
-    // One listing gives both the disk's files and whether the job listed a key (keys.json).
-    const entries = await readdir(this.stageDir);
+    // One listing gives both the disk's files and whether the job listed a key (keys.json); the one
+    // checkTargets made is still true when no key was recorded since (then keys.json is not there).
+    const entries = this.#listed ?? (await this.#calls.readdir(this.stageDir));
     const files = entries.filter((f) => f !== OWNER && f !== COMMIT && f !== KEYS);
     if (!files.includes(this.name)) throw new PipelineError('ERR_INVALID_ARGUMENT', `internal: staged output ${this.stagePath} is missing`);
     for (const f of files) {
@@ -311,11 +340,11 @@ export class StagedOutput {
    */
   async #commitOneFile(): Promise<void> {
     this.#done = true;
-    await rename(this.stagePath, this.finalPath);
-    await fsyncDir(this.dir);
+    await this.#calls.rename(this.stagePath, this.finalPath);
+    await this.#calls.fsyncDir(this.dir);
     // Only owner.json is left: two calls instead of a recursive removal's scan (a stranger's file falls back to it).
-    await unlink(join(this.stageDir, OWNER)).catch(() => undefined);
-    await rmdir(this.stageDir).catch(() => rm(this.stageDir, { recursive: true, force: true }));
+    await this.#calls.unlink(join(this.stageDir, OWNER)).catch(() => undefined);
+    await this.#calls.rmdir(this.stageDir).catch(() => rm(this.stageDir, { recursive: true, force: true }));
     this.#names.release(this.stageDir);
   }
 

@@ -10,16 +10,18 @@
  *     planned on it (src/pipeline/commit.ts planHeldCommit: every check of a CLI commit, the
  *     parent's final descriptor and data check), and the chunks the child holds are added to the
  *     parent's change bitmap, if it has a valid one (see carryChanges);
- *  2. reads wait too, and the chain is closed: its shared lock on the parent is what keeps an
- *     exclusive one out. The export keeps the child's exclusive lock throughout, so no other
- *     process can open the chain for writing meanwhile; the parent's lock is taken exclusively;
+ *  2. the open chain gives up its shared lock on the parent (ChainDisk.releaseParentLock), which
+ *     would keep an exclusive one out, and the parent's lock is taken exclusively. The export keeps
+ *     the child's exclusive lock throughout, so no other process can open the chain for writing;
  *  3. the journaled commit runs (the same code and journal as `vmseal snapshot commit`): the child's
- *     grains are copied into the parent, the parent's descriptor made final, the child removed;
- *  4. the parent is opened with the DEK of step 0, under its lock (the export's from now on); its
- *     change bitmap is written clean; the child's lock is released;
+ *     grains are copied into the parent, the parent's descriptor made final, the child removed.
+ *     Reads go on meanwhile, through the chain still open (see lockParent: they read the merged view);
+ *  4. reads wait too and the chain is closed; the parent is opened with the DEK of step 0, under its
+ *     lock (the export's from now on); its change bitmap is written clean; the child's lock is released;
  *
- * and the requests held back run against the parent. Clients wait for steps 1 to 4: a time that
- * grows with the data written to the child since the snapshot (step 3 copies it).
+ * and the requests held back run against the parent. Writes wait for steps 1 to 4: a time that
+ * grows with the data written to the child since the snapshot (step 3 copies it); reads only for
+ * step 4 and the flush of step 1.
  *
  * Failures: before the journal is written (a reader holds the parent, another snapshot of the
  * parent exists, the key is gone …) the chain is opened again and served, unchanged. Once it is
@@ -27,12 +29,13 @@
  * ERR_INTERRUPTED_JOB, exactly like an interrupted `vmseal snapshot commit`: `vmseal resume CHILD`
  * finishes it. The export then fails every request (EIO) until it is detached.
  */
+import { rm } from 'node:fs/promises';
 import { changeBitmapPath, markChanged, readChangeBitmap, writeChangeBitmap, type ChangeBase } from '../backup/change-bitmap.js';
 import { prepareSnapshot } from '../disk/snapshot.js';
 import type { UnlockOptions } from '../keys/index.js';
 import { planHeldCommit, type CommitResult } from '../pipeline/commit.js';
 import { acquireLock, type DiskLock } from '../pipeline/lock.js';
-import { openDisk as openVmdk, ownRanges } from '../vmdk/index.js';
+import { ChainDisk, openDisk as openVmdk, ownRanges } from '../vmdk/index.js';
 import type { Export, ReplaceControl, Replacement, ServedDisk } from './export.js';
 import { ServeError } from './errors.js';
 import { StateFileDisk } from './vars-export.js';
@@ -62,23 +65,26 @@ export async function commitExport(exp: Export, options: LiveCommitOptions): Pro
   }
   const prepared = await prepareSnapshot(current, current.encrypted ? await options.keysFor(current.path) : undefined);
   try {
-    return await exp.replaceDisk(async (old, childLock, keepLock, control) => {
+    const committed = await exp.replaceDisk(async (old, childLock, keepLock, control) => {
       const held = performance.now();
       if (old instanceof StateFileDisk) throw new ServeError('ERR_SERVE_EXPORT', `export ${exp.name} serves a state file, which has no snapshots`);
       const planned = await planHeldCommit(old.path, { dek: prepared.dek });
       try {
         const changes = await carryChanges(planned.parent, planned.top, old.capacity);
-        const parentLock = await closeChain(planned.parent, control, () => prepared.open(old.path));
+        const parentLock = await lockParent(old, planned.parent, control, () => prepared.open(old.path));
         let done: CommitResult;
         try {
           done = await planned.run();
         } catch (err) {
+          await control.closeOld();
           await parentLock.release();
           // Once the journal is written the chain is refused (ERR_INTERRUPTED_JOB): the export then has no disk.
           control.fallback(await prepared.open(old.path).catch(() => undefined));
           throw err;
         }
         options.log(`export ${exp.name}: committed ${done.removed} into ${done.top} (${done.bytesMoved} bytes)`);
+        // Step 4: reads wait now, and the chain (whose child's files are gone) is closed.
+        await control.closeOld();
         const disk = await openCommitted(planned.parent, childLock, control, async () => {
           try {
             return await prepared.open(planned.parent);
@@ -94,22 +100,44 @@ export async function commitExport(exp: Export, options: LiveCommitOptions): Pro
         planned.dispose();
       }
     });
+    // The merged child was tracked (the top of a chain is): its bitmap, written dirty at its first
+    // write and clean at the switch, names files that are gone.
+    await rm(changeBitmapPath(committed.removed), { force: true }).catch(() => undefined);
+    return committed;
   } finally {
     prepared.dispose();
   }
 }
 
 /**
- * Step 2: hold reads, close the chain (the export keeps the child's lock), take the parent's lock
- * exclusively. If it cannot be had, the chain is opened again and served (`reopen`) and the error
- * thrown.
+ * The chain a served disk reads through (an encrypted disk's inner disk), when reads may go on
+ * through it during the commit: its top must be one file (monolithicSparse, as every live snapshot's
+ * child). A top of many extent files (a qemu-img twoGbMaxExtentSparse child) has handles that its
+ * pool may close and reopen by name (src/vmdk/file.ts), which fails once the commit removed them.
  */
-async function closeChain(parent: string, control: ReplaceControl, reopen: () => Promise<ServedDisk>): Promise<DiskLock> {
-  await control.closeOld();
+function readableChainOf(disk: ServedDisk): ChainDisk | undefined {
+  const chain = disk instanceof ChainDisk ? disk : disk instanceof StateFileDisk || !disk.encrypted ? undefined : disk.innerDisk;
+  return chain instanceof ChainDisk && chain.top.subformat === 'monolithicSparse' ? chain : undefined;
+}
+
+/**
+ * Step 2: the chain gives up its shared lock on the parent, staying open, and the parent's lock is
+ * taken exclusively (the export keeps the child's lock). Reads go on through the chain during the
+ * copy of step 3, and read the merged view: the commit writes into the parent only the grains the
+ * child holds, which the chain resolves in the child (its files stay open even once removed), and
+ * leaves every other grain of the parent as it is (a top of several files: reads wait, see
+ * readableChainOf). If the lock cannot be had, the chain is closed,
+ * opened again (with its locks) and served (`reopen`), and the error thrown.
+ */
+async function lockParent(old: ServedDisk, parent: string, control: ReplaceControl, reopen: () => Promise<ServedDisk>): Promise<DiskLock> {
+  const chain = readableChainOf(old);
+  if (chain) chain.releaseParentLock();
+  else await control.closeOld(); // reads wait for the whole commit; the chain's locks go with it
   try {
     return await acquireLock(parent, 'serve (snapshot commit)', 'exclusive');
   } catch (err) {
     // ERR_DISK_BUSY naming the holder (a backup reading the frozen layer …): the chain is served again.
+    await control.closeOld();
     control.fallback(await reopen().catch(() => undefined));
     throw err;
   }

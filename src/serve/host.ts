@@ -127,8 +127,8 @@ export interface NbdHost {
   snapshot(name: string, options?: { name?: string }): Promise<ExportInfo & { parent: string }>;
   /**
    * Merge the top layer of a served chain (a live snapshot's child) back into its parent, live (see
-   * commit.ts): new writes wait (and reads, while the child's data is copied: a time that grows
-   * with the data written since the snapshot), the journaled commit of `vmseal snapshot commit`
+   * commit.ts): new writes wait (a time that grows with the data written since the snapshot; reads
+   * go on through the chain while the child's data is copied, and wait only for the switch), the journaled commit of `vmseal snapshot commit`
    * runs, and the export switches to the parent; the child is removed. Resolves with the export's
    * info (its `path` is the parent), the `removed` child, `bytesMoved` and `heldMs` (how long writes
    * waited). Rejects as snapshot() does, with ERR_NOT_A_SNAPSHOT when the export serves no chain,

@@ -1,3 +1,4 @@
+import { closeSync, fsyncSync, openSync } from 'node:fs';
 import { open, rename, link, unlink, chmod, stat } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { basename, dirname } from 'node:path';
@@ -38,6 +39,12 @@ async function writeTemp(file: string, data: Uint8Array, mode: number): Promise<
   return tmp;
 }
 
+/** The errors a folder's fsync may give where directories cannot be opened or synced: best effort there. */
+function ignorableDirSyncError(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException).code;
+  return code === 'EISDIR' || code === 'EPERM' || code === 'EINVAL' || code === 'EACCES';
+}
+
 /** fsync a directory so that a rename/link in it is durable. Best effort where directories cannot be opened. */
 export async function fsyncDir(dir: string): Promise<void> {
   let fh;
@@ -45,10 +52,22 @@ export async function fsyncDir(dir: string): Promise<void> {
     fh = await open(dir, 'r');
     await fh.sync();
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code !== 'EISDIR' && code !== 'EPERM' && code !== 'EINVAL' && code !== 'EACCES') throw err;
+    if (!ignorableDirSyncError(err)) throw err;
   } finally {
     await fh?.close();
+  }
+}
+
+/** fsyncDir done synchronously (src/util/inline-fs.ts: a memory-backed folder, where it cannot wait). */
+export function fsyncDirSync(dir: string): void {
+  let fd: number | undefined;
+  try {
+    fd = openSync(dir, 'r');
+    fsyncSync(fd);
+  } catch (err) {
+    if (!ignorableDirSyncError(err)) throw err;
+  } finally {
+    if (fd !== undefined) closeSync(fd);
   }
 }
 

@@ -34,8 +34,8 @@ export const INLINE_IO_MAX = 64 * 1024;
 export const inlineIoSettings = { max: process.env.VMSEAL_INLINE_IO === '0' ? 0 : INLINE_IO_MAX };
 
 /** statfs(2) f_type of the memory-backed file systems (linux/magic.h). */
-const TMPFS_MAGIC = 0x01021994;
-const RAMFS_MAGIC = 0x858458f6;
+export const TMPFS_MAGIC = 0x01021994;
+export const RAMFS_MAGIC = 0x858458f6;
 
 /** Whether `path` lives on a memory-backed file system (tmpfs, ramfs); false when that cannot be told. */
 export async function isMemoryBacked(path: string): Promise<boolean> {

@@ -89,11 +89,11 @@ export function lockRecordPathFor(target: string): string {
   const abs = resolve(target);
   let real: string;
   try {
-    real = realpathSync(abs);
+    real = realpathSync.native(abs);
   } catch {
     // The target does not exist yet (an output): resolve its folder instead.
     try {
-      real = join(realpathSync(dirname(abs)), basename(abs));
+      real = join(realpathSync.native(dirname(abs)), basename(abs));
     } catch {
       real = abs;
     }

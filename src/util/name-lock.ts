@@ -49,7 +49,7 @@ function sleep(ms: number): Promise<void> {
 /** The real path of a folder (the folder itself must exist). */
 function realFolder(folder: string): string {
   try {
-    return realpathSync(resolve(folder));
+    return realpathSync.native(resolve(folder));
   } catch (err) {
     throw new FileLockError('ERR_LOCK_IO', `cannot reserve names in ${folder}: ${(err as Error).message}`, {
       file: join(resolve(folder), NAME_LOCK_FILE),

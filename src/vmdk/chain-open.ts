@@ -135,6 +135,8 @@ export async function openParents(top: VmdkDisk, openLayer: (path: string) => Pr
     throw err;
   }
   let disk: VirtualDisk = layers[layers.length - 1];
-  for (let i = layers.length - 2; i >= 0; i--) disk = new ChainDisk(layers[i], disk, { release: i === 0 ? releaseAll : () => undefined });
+  for (let i = layers.length - 2; i >= 0; i--) {
+    disk = new ChainDisk(layers[i], disk, i === 0 ? { release: releaseAll, releaseParent: () => locks[0]?.release() } : { release: () => undefined });
+  }
   return disk;
 }

@@ -6,6 +6,8 @@ import { Mutex } from './file.js';
 /** What a chain holds besides its layers: the locks taken on the parents, released at close. */
 export interface ChainResources {
   release(): void;
+  /** Release the lock on the top's own parent only, now (see ChainDisk.releaseParentLock). */
+  releaseParent?(): void;
 }
 
 /**
@@ -53,6 +55,17 @@ export class ChainDisk implements VirtualDisk {
   }
   get grainSize(): number | undefined {
     return this.top.grainSize;
+  }
+
+  /**
+   * Give up the shared lock this chain holds on the top's parent, keeping every layer open: for a
+   * caller in this process that then takes the parent's lock exclusively to merge the top into it
+   * (a live snapshot commit, src/serve/commit.ts) while reads go on through the chain — the merge
+   * writes only grains the top holds, which reads resolve in the top. The lock is not taken again:
+   * close the chain afterwards. Only the outermost ChainDisk of a chain holds it.
+   */
+  releaseParentLock(): void {
+    this.#resources.releaseParent?.();
   }
 
   /** The layers from the top down to the base disk. */

@@ -6,7 +6,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { BatchItemResult } from '../../src/cli/batch.js';
 import { BatchPool } from '../../src/cli/batch-pool.js';
+import { BatchQueue } from '../../src/cli/batch-queue.js';
 import { makeCtx } from '../../src/cli/context.js';
 import type { JobProgressEvent } from '../../src/cli/jobs.js';
 import { KeyDesk } from '../../src/cli/key-bridge.js';
@@ -34,25 +36,26 @@ describe('batch worker progress', () => {
       io: { input: new PassThrough(), output: new PassThrough() },
     });
     const desk = new KeyDesk(new KeySession(ctx, { home: join(dir, 'home') }), async () => []);
+    const input = join(dir, 'one.img');
+    await writeFile(input, Buffer.alloc(MiB, 7));
+    await mkdir(join(dir, 'out'));
+    const items = [{ input, output: join(dir, 'out', 'one.vmdk') }];
+    const queue = new BatchQueue(1, 1);
     const pool = new BatchPool(
       SCRIPT,
       1,
       { opts: { cipher: DEFAULT_CIPHER, unitSize: DEFAULT_UNIT_SIZE, subformat: 'monolithicSparse' }, passphraseGiven: false },
       desk,
+      items,
+      queue,
     );
     try {
-      const input = join(dir, 'one.img');
-      await writeFile(input, Buffer.alloc(MiB, 7));
-      await mkdir(join(dir, 'out'));
       const reports: JobProgressEvent[] = [];
-      const hooks = { onProgress: (p: JobProgressEvent) => void reports.push(p), done: () => undefined };
-      let run: Promise<{ bytes: number }> | undefined;
-      const guard = Date.now() + 20_000;
-      while (run === undefined && Date.now() < guard) {
-        run = pool.tryRun({ input, output: join(dir, 'out', 'one.vmdk') }, hooks, undefined);
-        if (run === undefined) await new Promise((r) => setTimeout(r, 10));
-      }
-      expect(await run).toEqual({ bytes: MiB });
+      let dones = 0;
+      pool.progress = () => ({ onProgress: (p: JobProgressEvent) => void reports.push(p), done: () => void dones++ });
+      const run = new Promise<BatchItemResult | undefined>((resolve) => pool.start(queue, (_i, r) => resolve(r)));
+      expect(await run).toMatchObject({ ok: true, bytes: MiB });
+      expect(dones).toBe(1);
       // The job reports the finished chunk and then its end (two events of MiB/MiB): one message says both.
       expect(reports.filter((p) => p.bytesDone >= p.bytesTotal)).toEqual([{ bytesDone: MiB, bytesTotal: MiB }]);
       expect(reports.at(-1)).toEqual({ bytesDone: MiB, bytesTotal: MiB });

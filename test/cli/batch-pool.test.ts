@@ -7,7 +7,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { BatchItemResult } from '../../src/cli/batch.js';
 import { BatchPool } from '../../src/cli/batch-pool.js';
+import { BatchQueue } from '../../src/cli/batch-queue.js';
 import { makeCtx } from '../../src/cli/context.js';
 import { KeyDesk } from '../../src/cli/key-bridge.js';
 import { KeySession } from '../../src/cli/key-session.js';
@@ -25,10 +27,8 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-const noHooks = { onProgress: () => undefined, done: () => undefined };
-
 describe('batch worker pool', () => {
-  it('runs images in ready workers and, on abort, cleans up the images in flight', async () => {
+  it('workers take images from the shared queue themselves and, on abort, clean up the images in flight', async () => {
     const ctx = makeCtx({
       output: new Output({ quiet: true }),
       signal: new AbortController().signal,
@@ -37,47 +37,46 @@ describe('batch worker pool', () => {
     });
     const keys = new KeySession(ctx, { home: join(dir, 'home') });
     const desk = new KeyDesk(keys, async () => []);
+    const out = join(dir, 'out');
+    await mkdir(out);
+    // Two small images, then big ones: the workers take them in input order without the main
+    // thread handing any out; an abort once two big ones are staged stops them and the rest.
+    const names = ['small0', 'small1', 'big0', 'big1', 'big2', 'big3'];
+    for (const n of names) await writeFile(join(dir, `${n}.img`), Buffer.alloc(n.startsWith('big') ? 128 * MiB : MiB, 0x5a));
+    const items = names.map((n) => ({ input: join(dir, `${n}.img`), output: join(out, `${n}.vmdk`) }));
+    const queue = new BatchQueue(items.length, 2);
     const pool = new BatchPool(
       SCRIPT,
       2,
       { opts: { cipher: DEFAULT_CIPHER, unitSize: DEFAULT_UNIT_SIZE, subformat: 'monolithicSparse' }, passphraseGiven: false },
       desk,
+      items,
+      queue,
     );
-    const out = join(dir, 'out');
-    await mkdir(out);
+    const ended = new Map<number, BatchItemResult | undefined>();
+    let handed: number | undefined;
+    let wake = (): void => undefined;
     try {
-      // No worker is ready at once: the caller would convert the image itself.
-      expect(pool.tryRun({ input: 'x', output: 'y' }, noHooks, undefined)).toBeUndefined();
-      const small = join(dir, 'small.img');
-      await writeFile(small, Buffer.alloc(MiB, 3));
-      let first: Promise<{ bytes: number }> | undefined;
-      const guard = Date.now() + 20_000;
-      while (first === undefined && Date.now() < guard) {
-        first = pool.tryRun({ input: small, output: join(out, 'small.vmdk') }, noHooks, undefined);
-        if (first === undefined) await new Promise((r) => setTimeout(r, 10));
-      }
-      expect(first).toBeDefined();
-      expect(await first).toEqual({ bytes: MiB });
-
-      // Two big images in the two workers; abort once both have staging folders.
-      const bigs = ['big0', 'big1'];
-      for (const b of bigs) await writeFile(join(dir, `${b}.img`), Buffer.alloc(128 * MiB, 0x5a));
-      const ac = new AbortController();
-      await new Promise((r) => setTimeout(r, 50)); // let the first worker go back to idle
-      const runs = bigs.map((b) => pool.tryRun({ input: join(dir, `${b}.img`), output: join(out, `${b}.vmdk`) }, noHooks, ac.signal));
-      expect(runs.every((r) => r !== undefined)).toBe(true);
-      const settled = Promise.allSettled(runs as Array<Promise<unknown>>);
+      pool.start(queue, (index, result) => {
+        ended.set(index, result);
+        wake();
+      });
       const staging = async (): Promise<string[]> => (await readdir(out)).filter((n) => n.includes('.vmseal-tmp-'));
-      while ((await staging()).length < 2 && Date.now() < guard) await new Promise((r) => setTimeout(r, 2));
-      ac.abort();
-      const results = await settled;
-      // An image that finished before the abort reached its worker is complete; the others are not run.
-      const aborted = results.filter((r) => r.status === 'rejected');
-      expect(aborted.length).toBeGreaterThanOrEqual(1);
-      for (const r of aborted) expect((r as PromiseRejectedResult).reason).toMatchObject({ name: 'AbortError' });
+      const guard = Date.now() + 30_000;
+      while ((await staging()).filter((n) => n.startsWith('.big')).length < 2 && Date.now() < guard) await new Promise((r) => setTimeout(r, 2));
+      handed = queue.stop();
+      pool.abort();
+      while ([...Array(handed).keys()].some((i) => !ended.has(i)) && Date.now() < guard) await new Promise<void>((r) => (wake = r));
+      // Nothing was taken after the stop, every image handed out ended, and the small ones converted.
+      expect(handed).toBeLessThan(items.length);
+      expect([...ended.keys()].sort()).toEqual([...Array(handed).keys()]);
+      expect(ended.get(0)).toMatchObject({ ok: true, bytes: MiB });
+      expect(ended.get(1)).toMatchObject({ ok: true, bytes: MiB });
+      const notRun = [...ended].filter(([, r]) => r === undefined).map(([i]) => i);
+      expect(notRun.length).toBeGreaterThanOrEqual(1);
       expect(await staging()).toEqual([]);
       const left = (await readdir(out)).filter((n) => !n.startsWith('.')).sort();
-      expect(left).toEqual(['small.vmdk', ...results.flatMap((r, i) => (r.status === 'fulfilled' ? [`${bigs[i]}.vmdk`] : []))].sort());
+      expect(left).toEqual([...ended].flatMap(([i, r]) => (r?.ok ? [`${names[i]}.vmdk`] : [])).sort());
     } finally {
       await pool.close();
       await keys.close();

@@ -9,7 +9,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { BatchItemResult } from '../../src/cli/batch.js';
 import { BatchPool } from '../../src/cli/batch-pool.js';
+import { BatchQueue } from '../../src/cli/batch-queue.js';
 import { makeCtx } from '../../src/cli/context.js';
 import { KeyDesk } from '../../src/cli/key-bridge.js';
 import { KeySession } from '../../src/cli/key-session.js';
@@ -135,18 +137,21 @@ describe('SIGINT during a kernel copy', () => {
     const desk = new KeyDesk(new KeySession(ctx, { home: join(dir, 'home') }), async () => []);
     const saved = process.env[KERNEL_COPY_ENV];
     process.env[KERNEL_COPY_ENV] = '1';
-    const pool = new BatchPool(SCRIPT, 1, { opts: { cipher: DEFAULT_CIPHER, unitSize: DEFAULT_UNIT_SIZE, subformat: 'raw' }, passphraseGiven: false }, desk);
+    const input = join(dir, 'pool-z.img');
+    stripedImage(input, 4 * MiB, 64 * KiB, () => 0);
+    const output = join(dir, 'pool-z-out.img');
+    const queue = new BatchQueue(1, 1);
+    const pool = new BatchPool(
+      SCRIPT,
+      1,
+      { opts: { cipher: DEFAULT_CIPHER, unitSize: DEFAULT_UNIT_SIZE, subformat: 'raw' }, passphraseGiven: false },
+      desk,
+      [{ input, output }],
+      queue,
+    );
     try {
-      const input = join(dir, 'pool-z.img');
-      stripedImage(input, 4 * MiB, 64 * KiB, () => 0);
-      const output = join(dir, 'pool-z-out.img');
-      let run: Promise<{ bytes: number }> | undefined;
-      const guard = Date.now() + 20_000;
-      while (run === undefined && Date.now() < guard) {
-        run = pool.tryRun({ input, output }, { onProgress: () => undefined, done: () => undefined }, undefined);
-        if (run === undefined) await new Promise((r) => setTimeout(r, 10));
-      }
-      expect(await run).toEqual({ bytes: 4 * MiB });
+      const run = new Promise<BatchItemResult | undefined>((resolve) => pool.start(queue, (_i, r) => resolve(r)));
+      expect(await run).toMatchObject({ ok: true, bytes: 4 * MiB });
       expect(await allocated(output)).toBeGreaterThan(0);
     } finally {
       await pool.close();

@@ -82,7 +82,58 @@ describe('vmseal host snapshot', () => {
     expect(readFileSync(out).equals(expected)).toBe(true);
   });
 
-  it('host backup: a point of the frozen layer, restored with the writes before it and none after; the snapshot is committed back; a chain is refused before any snapshot', async () => {
+  it('host commit --all merges a chain of three layers down to the base, live; the client reads every write', async () => {
+    const dir = join(served.dir(), 'commit-all');
+    mkdirSync(dir, { mode: 0o700 });
+    const content = random(MiB);
+    const disk = await encryptedDisk(dir, 'vm', { subformat: 'monolithicSparse', capacity: 4 * MiB, content });
+    const control = join(dir, 'ctl', 'serve.sock');
+    const socket = join(dir, 'nbd.sock');
+    const s = await served.start([disk, '--socket', socket, '--control', control, '--passphrase-file', pwFile], (err) => /^vmseal: control socket /m.test(err));
+    const uri = `nbd+unix:///vm?socket=${socket}`;
+    const [top1, top2] = ['vm-000001.vmdk', 'vm-000002.vmdk'].map((f) => join(dir, f));
+    expect((await vmseal(['host', 'snapshot', 'vm', '--control', control], env)).code).toBe(0);
+    await run('qemu-io', ['-f', 'raw', '-c', `write -P 0x66 ${MiB} 65536`, uri]);
+    expect((await vmseal(['host', 'snapshot', 'vm', '--control', control], env)).code).toBe(0);
+    await run('qemu-io', ['-f', 'raw', '-c', `write -P 0x77 ${2 * MiB} 65536`, uri]);
+
+    const all = await vmseal(['host', 'commit', 'vm', '--all', '--control', control, '--json'], env);
+    expect(all.code, all.stderr).toBe(0);
+    expect(json(all)).toMatchObject({
+      ok: true,
+      command: 'host commit',
+      top: disk,
+      removed: top1,
+      // The second commit copies both writes: the first one's merged into top1, and top1's own.
+      bytesMoved: 3 * 65536,
+      commits: [
+        { removed: top2, top: top1, bytesMoved: 65536 },
+        { removed: top1, top: disk, bytesMoved: 2 * 65536 },
+      ],
+      export: { name: 'vm', path: disk },
+    });
+    expect(existsSync(top1) || existsSync(top2)).toBe(false);
+    expect(statSync(disk).mode & 0o200).not.toBe(0);
+    const read = await run('qemu-io', ['-f', 'raw', '-c', `read -P 0x66 ${MiB} 65536`, '-c', `read -P 0x77 ${2 * MiB} 65536`, uri]);
+    expect(read.match(/read 65536\/65536/g)).toHaveLength(2);
+    // Nothing left to merge: --all on one layer is refused like a plain commit (exit 2).
+    const none = await vmseal(['host', 'commit', 'vm', '--all', '--control', control], env);
+    expect(none.code).toBe(2);
+    expect(none.stderr).toMatch(/^vmseal: cannot commit the snapshot of export vm: /);
+
+    s.child.kill('SIGTERM');
+    expect(await s.exit).toBe(0);
+    const out = join(dir, 'flat.raw');
+    const dec = await vmseal(['decrypt', disk, out, '--raw', '--passphrase-file', pwFile], env);
+    expect(dec.code, dec.stderr).toBe(0);
+    const expected = Buffer.alloc(4 * MiB);
+    content.copy(expected, 0);
+    expected.fill(0x66, MiB, MiB + 65536);
+    expected.fill(0x77, 2 * MiB, 2 * MiB + 65536);
+    expect(readFileSync(out).equals(expected)).toBe(true);
+  });
+
+  it('host backup: a point of the frozen layer, restored with the writes before it and none after; the snapshot is committed back; a served chain is backed up as a chain point', async () => {
     const dir = join(served.dir(), 'backup');
     mkdirSync(dir, { mode: 0o700 });
     const content = random(MiB);
@@ -101,11 +152,12 @@ describe('vmseal host snapshot', () => {
     expect(json(b)).toMatchObject({ ok: true, command: 'host backup', name: 'p1', frozen: disk, top: disk, plain: false });
     expect(existsSync(join(dir, 'db-000001.vmdk'))).toBe(false);
     await run('qemu-io', ['-f', 'raw', '-c', `write -P 0x55 ${2 * MiB} 65536`, uri]);
-    // A chain served (a snapshot taken by hand): refused (exit 5) before a second snapshot is taken.
+    // A chain served (a snapshot taken by hand): backed up as a chain point, its temporary child committed back.
+    const top = join(dir, 'db-000001.vmdk');
     expect((await vmseal(['host', 'snapshot', 'db', '--control', control], env)).code).toBe(0);
-    const again = await vmseal(['host', 'backup', 'db', repo, '--control', control], env);
-    expect(again.code).toBe(5);
-    expect(again.stderr).toMatch(/^vmseal: cannot back up export db: export db serves a snapshot chain .*not supported yet/);
+    const again = await vmseal(['host', 'backup', 'db', repo, '--name', 'p2', '--control', control, '--json'], env);
+    expect(again.code, again.stderr).toBe(0);
+    expect(json(again)).toMatchObject({ ok: true, command: 'host backup', name: 'p2', frozen: top, top });
     expect(existsSync(join(dir, 'db-000002.vmdk'))).toBe(false);
     const missing = await vmseal(['host', 'backup', 'db', join(dir, 'no-repo'), '--control', control], env);
     expect(missing.code).not.toBe(0);

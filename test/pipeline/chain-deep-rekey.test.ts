@@ -48,6 +48,15 @@ async function storedGrain(path: string, offset: number): Promise<string> {
   }
 }
 
+async function uuidOf(path: string): Promise<string | undefined> {
+  const d = await openVmdk(path, { readOnly: true, allowEncrypted: true, layerOnly: true });
+  try {
+    return d.descriptor?.get('ddb.uuid');
+  } finally {
+    await d.close();
+  }
+}
+
 async function codeOf(p: Promise<unknown>): Promise<string | undefined> {
   return p.then(
     () => undefined,
@@ -70,6 +79,8 @@ describe('deep rekey of a snapshot chain', () => {
     const held = [0, 2 << 20, 1 << 20];
     const stored = await Promise.all(layers.map((l, i) => storedGrain(l, held[i]!)));
     const before = await Promise.all(layers.map((l) => readEncryptionParams(l)));
+    const uuids = await Promise.all(layers.map((l) => uuidOf(l)));
+    expect(uuids.every((u) => /^[0-9a-f]{2}( [0-9a-f]{2}|-[0-9a-f]{2}){15}$/i.test(u ?? ''))).toBe(true);
     // The middle layer zeroed part of the base's data at 6M: the chain reads zeros there.
     const mid = await openDisk(layers[1]!, { readOnly: true, keys: old });
     expect((await mid.read(6 << 20, 65536)).every((b) => b === 0)).toBe(true);
@@ -91,6 +102,8 @@ describe('deep rekey of a snapshot chain', () => {
       expect(after.diskId).not.toBe(before[i]!.diskId);
       expect(after.authenticator).not.toBe(before[i]!.authenticator);
       expect((await verifyDisk(l, { keys: nw })).ok).toBe(true);
+      // The same disk rewritten in place of itself: each layer keeps its ddb.uuid (a backup history follows the base's).
+      expect(await uuidOf(l), `ddb.uuid of ${l}`).toBe(uuids[i]);
     }
     const chain = JSON.parse(execFileSync('qemu-img', ['info', '--backing-chain', '--output=json', layers[2]!], { encoding: 'utf8' })) as Array<{
       filename: string;

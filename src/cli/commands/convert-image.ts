@@ -92,6 +92,7 @@ export async function convertImage(
     ...(unlock ? { keys: unlock } : {}),
     ...(encrypt ? { encrypt } : {}),
     ...(opts.decrypt ? { decrypt: true } : {}),
+    ...(item.stages !== undefined ? { folderEntries: item.stages } : {}),
   });
 }
 

@@ -15,6 +15,7 @@ import {
   type BatchItem,
   type BatchItemResult,
   type ConvertOne,
+  withStageListing,
 } from '../batch.js';
 import type { Ctx } from '../context.js';
 import { CliError, usageError } from '../errors.js';
@@ -22,6 +23,7 @@ import { ExitCode } from '../exit-codes.js';
 import { throughputText, withHooks, type JobHooks } from '../jobs.js';
 import { batchProgress } from '../batch-progress.js';
 import { BatchPool, batchWorkerScript } from '../batch-pool.js';
+import { BatchQueue } from '../batch-queue.js';
 import { KeyDesk } from '../key-bridge.js';
 import { KeySession, withKeys, type KeyCliOptions } from '../key-session.js';
 import { formatBytes, formatDuration } from '../parse.js';
@@ -111,13 +113,15 @@ async function convertBatch(ctx: Ctx, dir: string | undefined, listFile: string 
   if ((await stat(outDir).catch(() => undefined))?.isFile())
     throw usageError(`the output ${outDir} is a file, not a directory`, 'Give a directory for the outputs of a batch');
   await mkdir(outDir, { recursive: true });
-  const items = planBatch(inputs, outDir, opts.subformat);
+  // The output folder is listed once here for the staging folders killed jobs left: each image's
+  // job then looks among these instead of listing the folder again.
+  const items = await withStageListing(planBatch(inputs, outDir, opts.subformat), outDir);
 
   const jobs = opts.jobs ?? defaultJobs();
   // More than one job, and more images than jobs: images run in worker threads
   // (src/cli/batch-pool.ts), so that the JavaScript of N images runs on N cores. The main thread is
-  // one of the N: it converts an image whenever no worker is free (also while they start), and a
-  // batch starts one thread fewer. A thread's start-up is ≈0.2 s of CPU, the cost of some twenty
+  // one of the N: it takes images from the same queue as the workers (also while they start), and
+  // a batch starts one thread fewer. A thread's start-up is ≈0.2 s of CPU, the cost of some twenty
   // small images: a batch with no more images than jobs (each job converting one) stays on the main
   // thread, and so does one job.
   const script = jobs > 1 && items.length > jobs ? batchWorkerScript() : undefined;
@@ -130,7 +134,9 @@ async function convertBatch(ctx: Ctx, dir: string | undefined, listFile: string 
     let lockers: Promise<LockerSpec[]> | undefined;
     const newLockers = (): Promise<LockerSpec[]> => (lockers ??= batchLockers(keys));
     const desk = script !== undefined ? new KeyDesk(keys, newLockers) : undefined;
-    const pool = desk && script ? new BatchPool(script, workers, { opts: imageOptions(opts), passphraseGiven: keys.passphraseGiven }, desk) : undefined;
+    const queue = new BatchQueue(items.length, workers);
+    const pool =
+      desk && script ? new BatchPool(script, workers, { opts: imageOptions(opts), passphraseGiven: keys.passphraseGiven }, desk, items, queue) : undefined;
     // With workers, the main thread's own images take their keys through the same desk: a KEK is
     // then fetched once, whichever thread asks first.
     const here = desk?.localKeys(keys.passphraseGiven);
@@ -139,17 +145,17 @@ async function convertBatch(ctx: Ctx, dir: string | undefined, listFile: string 
     const progress = batchProgress(ctx);
     try {
       if (opts.encrypt) await newLockers();
-      // The main thread converts an image too whenever every worker is busy.
-      const convert: ConvertOne = (item, signal) => {
-        const hooks = progress.hooks();
-        return (
-          pool?.tryRun(item, hooks, signal) ??
-          convertOne(ctx, hereKeys, item, opts, hereLockers, hooks).then((r) => ('skipped' in r ? { bytes: 0, skipped: true } : { bytes: r.bytesProcessed }))
+      if (pool) pool.progress = () => progress.hooks();
+      const convert: ConvertOne = (item) =>
+        convertOne(ctx, hereKeys, item, opts, hereLockers, progress.hooks()).then((r) =>
+          'skipped' in r ? { bytes: 0, skipped: true } : { bytes: r.bytesProcessed },
         );
-      };
       return await runBatch(items, convert, {
         signal: ctx.signal,
-        jobs,
+        // With workers the main thread converts one image at a time, as each worker does.
+        jobs: pool ? 1 : jobs,
+        queue,
+        ...(pool ? { helpers: pool } : {}),
         onDone: (r, i, n) => ctx.output.line(summaryLine(r, i, n)),
         onNotRun: (item, i, n) => ctx.output.line(`[${i + 1}/${n}] not run ${item.input}: interrupted, its output removed`),
       });

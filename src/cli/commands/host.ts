@@ -132,32 +132,51 @@ export async function hostSnapshot(ctx: Ctx, name: string, opts: HostCliOptions)
 /** The reply of the control command `commit`. */
 type Committed = ServedExport & { removed: string; bytesMoved: number; heldMs: number };
 
-export async function hostCommit(ctx: Ctx, name: string, opts: HostCliOptions): Promise<void> {
+export interface HostCommitCliOptions extends Pick<HostCliOptions, 'control' | 'home'> {
+  /** Merge every layer down to the base, one live commit per layer. */
+  all?: boolean;
+}
+
+export async function hostCommit(ctx: Ctx, name: string, opts: HostCommitCliOptions): Promise<void> {
   const path = controlPathOf(ctx, opts);
   ctx.doing = `cannot commit the snapshot of export ${name}`;
-  const info = (await ask(ctx, path, { command: 'commit', name })) as Committed;
+  const commits: Committed[] = [];
+  for (;;) {
+    const info = (await ask(ctx, path, { command: 'commit', name })) as Committed;
+    commits.push(info);
+    // --all: one live commit per layer, top first, while the export still serves a chain. Writes
+    // run between the commits, so each one holds them only for its own layer's copy.
+    if (opts.all !== true || (await chainLayers(info.path)).length <= 1) break;
+    ctx.doing = `committed ${commits.map((c) => c.removed).join(', ')} of export ${name}, but cannot commit the next layer (vmseal host commit ${name} --all goes on)`;
+  }
+  const last = commits[commits.length - 1]!;
+  const bytesMoved = commits.reduce((n, c) => n + c.bytesMoved, 0);
   ctx.output.result({
     ok: true,
     command: 'host commit',
     control: path,
-    top: info.path,
-    removed: info.removed,
-    bytesMoved: info.bytesMoved,
-    heldMs: info.heldMs,
-    export: info,
+    top: last.path,
+    removed: last.removed,
+    bytesMoved,
+    heldMs: last.heldMs,
+    ...(opts.all === true ? { commits: commits.map((c) => ({ removed: c.removed, top: c.path, bytesMoved: c.bytesMoved, heldMs: c.heldMs })) } : {}),
+    export: last,
   });
   // The new top alone, as `vmseal snapshot commit` prints it.
-  ctx.output.line(info.path);
-  ctx.output.note(`merged ${info.removed} (${formatBytes(info.bytesMoved)}); writes waited ${info.heldMs} ms`);
+  ctx.output.line(last.path);
+  for (const c of commits) ctx.output.note(`merged ${c.removed} (${formatBytes(c.bytesMoved)}); writes waited ${c.heldMs} ms`);
 }
 
 /**
  * A consistent backup point of a served disk: a live snapshot (through the server), a backup of
  * the frozen layer from this process — it is read-only from then on, so it needs neither the
  * server nor a key — then a live commit of the child back into it (through the server), so that
- * the export serves one layer again and the disk's change bitmap counts from the new point.
- * Backups refuse chains: a chain served before is refused before the snapshot, so that a refused
- * backup leaves no snapshot behind. A backup that fails is followed by the commit too.
+ * the export serves what it served before (one layer: the disk's change bitmap then counts from the
+ * new point).
+ * An export that serves a chain already (a snapshot taken by hand, `vmseal snapshot create` before
+ * serving) works the same way: the frozen layer is then a chain layer, backed up as a chain point
+ * (the chain's merged view, docs/backup.md), and the commit merges the new child back into it, so
+ * the export serves the chain it served before. A backup that fails is followed by the commit too.
  */
 export async function hostBackup(ctx: Ctx, name: string, repo: string, opts: HostBackupCliOptions): Promise<void> {
   const path = controlPathOf(ctx, opts);
@@ -171,13 +190,6 @@ export async function hostBackup(ctx: Ctx, name: string, repo: string, opts: Hos
       throw new BackupError(
         'ERR_BACKUP_PLAIN',
         `export ${name} serves a plain disk (${served.path}): its point would hold plaintext; give --allow-plain to back it up anyway`,
-      );
-    }
-    const layers = await chainLayers(served.path);
-    if (layers.length > 1) {
-      throw new BackupError(
-        'ERR_BACKUP_UNSUPPORTED',
-        `export ${name} serves a snapshot chain (top ${served.path}, ${layers.length} layers): backups of snapshot chains are not supported yet; merge the chain first (stop serving, then vmseal convert of the top)`,
       );
     }
   }
