@@ -52,7 +52,7 @@ export async function run(argv: readonly string[], options: RunOptions = {}): Pr
   ctx.doing = ctx.command === 'vmseal' ? 'usage' : ctx.command;
   try {
     rejectSecretsOnArgv(argv);
-    const program = buildProgram(ctx, streams);
+    const program = buildProgram(ctx, streams, argv);
     await program.parseAsync([...argv], { from: 'user' });
     return ctx.exitCode;
   } catch (err) {

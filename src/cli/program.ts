@@ -7,8 +7,9 @@ import type { Ctx } from './context.js';
 import { MAX_DEFAULT_JOBS, MAX_JOBS } from './batch.js';
 import { usageError } from './errors.js';
 import type { Streams } from './output.js';
-import { DEFAULT_CIPHER, DEFAULT_UNIT_SIZE } from '../disk/params.js';
-import { CHUNK_ALIGN, MAX_CHUNK } from '../pipeline/options.js';
+// Leaf modules only (test/cli/startup.test.ts): this file is loaded by every `vmseal` process.
+import { DEFAULT_CIPHER, DEFAULT_UNIT_SIZE, MAX_UNIT_SIZE } from '../disk/params.js';
+import { MAX_CHUNK } from '../pipeline/chunk-limits.js';
 import {
   CIPHERS,
   ENCRYPTED_SUBFORMATS,
@@ -49,6 +50,7 @@ const commands = {
   host: () => import('./commands/host.js'),
   vm: () => import('./commands/vm.js'),
   backup: () => import('./commands/backup.js'),
+  backupCreate: () => import('./commands/backup-create.js'),
   vmTpm: () => import('./commands/vm-tpm.js'),
   vmRekey: () => import('./commands/vm-rekey.js'),
 };
@@ -129,6 +131,9 @@ function addEncryptionParams(cmd: Command): Command {
     .addOption(new Option('--unit-size <bytes>', `XTS data-unit size: ${UNIT_SIZES.join(' or ')}`).default(DEFAULT_UNIT_SIZE).argParser(parseUnitSize));
 }
 
+// Chunks are whole data units of every unit size a disk may have (the pipeline's CHUNK_ALIGN).
+const CHUNK_ALIGN = MAX_UNIT_SIZE;
+
 function parseChunkSize(v: string): number {
   const n = parseSize(v, '--chunk-size', { min: CHUNK_ALIGN, max: MAX_CHUNK });
   if (n % CHUNK_ALIGN !== 0) throw usageError(`--chunk-size ${JSON.stringify(v)} is not a multiple of ${CHUNK_ALIGN / 1024} KiB`, 'e.g. --chunk-size 8M');
@@ -146,7 +151,12 @@ const formatOption = (what: string, flag = '--format'): Option =>
     parseFormat(v, flag),
   );
 
-export function buildProgram(ctx: Ctx, streams: Streams): Command {
+/**
+ * The command tree of `vmseal`. With `argv`, only the top-level command that argv asks for is
+ * declared when it names one (what commander prints and checks for that command is the same);
+ * without it, or when argv names none, every command is.
+ */
+export function buildProgram(ctx: Ctx, streams: Streams, argv?: readonly string[]): Command {
   const program = new Command('vmseal');
   program
     .description('Encrypt virtual machine disks (VMDK and raw images) the way vSphere VM Encryption does.')
@@ -171,7 +181,14 @@ export function buildProgram(ctx: Ctx, streams: Streams): Command {
       ctx.command = parent && parent !== program ? `${parent.name()} ${action.name()}` : action.name();
       ctx.doing = ctx.command;
     });
+  // Only the command asked for is declared (commander spends most of a short command's set-up
+  // registering options); help, a mistyped command and `help` still see every command.
+  const only = argv === undefined ? undefined : requestedCommand(argv);
+  for (const [name, declare] of DECLARATIONS) if (only === undefined || only === name) declare(program, ctx);
+  return program;
+}
 
+function declareEncrypt(program: Command, ctx: Ctx): void {
   const encrypt = program
     .command('encrypt')
     .summary('encrypt a plain disk image into an encrypted VMDK')
@@ -202,7 +219,9 @@ Examples:
   vmseal encrypt big.vmdk --in-place`,
   );
   encrypt.action((input: string, output: string | undefined, opts) => commands.encrypt().then((m) => m.encryptCommand(ctx, input, output, opts)));
+}
 
+function declareDecrypt(program: Command, ctx: Ctx): void {
   const decrypt = program
     .command('decrypt')
     .summary('decrypt an encrypted VMDK into a plain VMDK or raw image')
@@ -228,7 +247,9 @@ Examples:
   VMSEAL_PASSPHRASE=… vmseal decrypt disk-enc.vmdk disk.img --raw     (KMS gone: use the recovery passphrase)`,
   );
   decrypt.action((input: string, output: string, opts) => commands.decrypt().then((m) => m.decryptCommand(ctx, input, output, opts)));
+}
 
+function declareConvert(program: Command, ctx: Ctx): void {
   const convert = program
     .command('convert')
     .summary('convert images between subformats, optionally encrypting or decrypting; also in batches')
@@ -264,7 +285,9 @@ Examples:
   vmseal convert --list todo.txt out/ --subformat raw --decrypt`,
   );
   convert.action((a: string | undefined, b: string | undefined, opts) => commands.convert().then((m) => m.convertCommand(ctx, a, b, opts)));
+}
 
+function declareRekey(program: Command, ctx: Ctx): void {
   const rekey = program
     .command('rekey')
     .summary('change the key-encryption key (--shallow) or the disk key itself (--deep)')
@@ -316,7 +339,9 @@ Examples:
   vmseal rekey disk-enc.vmdk --deep --passphrase-file old-pw.txt --new-passphrase-file new-pw.txt`,
   );
   rekey.action((disk: string, opts) => commands.rekey().then((m) => m.rekeyCommand(ctx, disk, opts)));
+}
 
+function declareInfo(program: Command, ctx: Ctx): void {
   const info = program
     .command('info')
     .summary('show what a disk image is (like qemu-img info) and whether it can be unlocked now')
@@ -325,7 +350,9 @@ Examples:
     .option('--recovery-passphrase', 'check whether the recovery passphrase unlocks the disk');
   addKeyOptions(info, false);
   info.action((disk: string, opts) => commands.info().then((m) => m.infoCommand(ctx, disk, opts)));
+}
 
+function declareSnapshot(program: Command, ctx: Ctx): void {
   const snapshot = program
     .command('snapshot')
     .summary('take, list, revert and commit snapshots of a VMDK disk (delta disks, as VMware names them)')
@@ -360,7 +387,9 @@ Examples:
     .option('--recovery-passphrase', 'unlock with the recovery passphrase');
   addKeyOptions(snapCommit, false);
   snapCommit.action((disk: string, opts) => commands.snapshot().then((m) => m.snapshotCommit(ctx, disk, opts)));
+}
 
+function declareVerify(program: Command, ctx: Ctx): void {
   const verify = program
     .command('verify')
     .summary('read a whole disk, check its metadata, and compare with a plain image')
@@ -375,7 +404,9 @@ Examples:
     .option('--recovery-passphrase', 'unlock with the recovery passphrase');
   addKeyOptions(verify, false);
   verify.action((disk: string, opts) => commands.verify().then((m) => m.verifyCommand(ctx, disk, opts)));
+}
 
+function declareResume(program: Command, ctx: Ctx): void {
   const resume = program
     .command('resume')
     .summary('finish an interrupted --in-place encrypt or deep rekey')
@@ -388,7 +419,9 @@ Examples:
     .option('--recovery-passphrase', 'unlock with the recovery passphrase');
   addKeyOptions(resume, false);
   resume.action((disk: string, opts) => commands.resume().then((m) => m.resumeCommand(ctx, disk, opts)));
+}
 
+function declareRepair(program: Command, ctx: Ctx): void {
   const repair = program
     .command('repair')
     .summary('repair the metadata of an encrypted disk (--reseal-data-check)')
@@ -402,7 +435,9 @@ Examples:
     .option('--recovery-passphrase', 'unlock with the recovery passphrase');
   addKeyOptions(repair, false);
   repair.action((disk: string, opts) => commands.repair().then((m) => m.repairCommand(ctx, disk, opts)));
+}
 
+function declareServe(program: Command, ctx: Ctx): void {
   const serveCmd = program
     .command('serve')
     .summary('serve disks (encrypted or plain) over NBD to virtual machines and other clients')
@@ -447,7 +482,9 @@ Examples:
   vmseal serve disk-enc.vmdk --listen 0.0.0.0:10809 --tls-cert server-cert.pem --tls-key server-key.pem --tls-ca ca-cert.pem`,
   );
   serveCmd.action((disks: string[], opts) => commands.serve().then((m) => m.serveCommand(ctx, disks, opts)));
+}
 
+function declareHost(program: Command, ctx: Ctx): void {
   const host = program
     .command('host')
     .summary('control a running vmseal serve: status, attach, detach, unlock, snapshot, backup')
@@ -530,7 +567,9 @@ Examples:
     .addOption(controlOption())
     .addOption(hostHome())
     .action((name: string, repo: string, opts) => commands.host().then((m) => m.hostBackup(ctx, name, repo, opts)));
+}
 
+function declareVm(program: Command, ctx: Ctx): void {
   const vmCommand = program
     .command('vm')
     .summary("a VM folder as one unit: encrypt, decrypt, rekey and inspect its disks, state files and configuration (.vmx, in VMware's construction)")
@@ -603,6 +642,9 @@ Examples:
   vmseal vm rekey ~/vmware/win11 --shallow --key-provider kmip --kms kms1:5696 --kms-ca ca.pem --kms-cert c.pem --kms-key c.key`,
   );
   vmRekey.action((target: string, opts) => commands.vmRekey().then((m) => m.vmRekeyCommand(ctx, target, opts)));
+}
+
+function declareBackup(program: Command, ctx: Ctx): void {
   const backup = program
     .command('backup')
     .summary('ciphertext backups of encrypted disks in a repository folder: no key needed')
@@ -630,7 +672,7 @@ Examples:
     .option('--allow-plain', 'back up a plain disk too (its point is marked plain: its chunks are plaintext)')
     .addOption(formatOption('what DISK'))
     .addOption(waitOption())
-    .action((disk: string, repo: string, opts) => commands.backup().then((m) => m.backupCreate(ctx, disk, repo, opts)));
+    .action((disk: string, repo: string, opts) => commands.backupCreate().then((m) => m.backupCreate(ctx, disk, repo, opts)));
   backup
     .command('list')
     .description('list the points of REPO, oldest first')
@@ -709,7 +751,9 @@ Examples:
   vmseal backup restore /backups/repo nightly --over disk-enc.vmdk
   vmseal backup restore /backups/repo nightly site-b.vmdk --rewrap-to kmip --kms kms.site-b:5696 --kms-ca ca.pem --kms-cert c.pem --kms-key k.pem`,
   );
+}
 
+function declareKeys(program: Command, ctx: Ctx): void {
   const keys = program
     .command('keys')
     .summary('manage the local keystore (the embedded key provider)')
@@ -762,7 +806,9 @@ Examples:
     .option('--passphrase-file <file>', 'file holding the backup passphrase')
     .option('--passphrase-env <name>', 'environment variable holding the backup passphrase')
     .action((file: string, opts) => commands.keys().then((m) => m.keysRestore(ctx, file, opts)));
+}
 
+function declareDemo(program: Command, ctx: Ctx): void {
   program
     .command('demo')
     .summary('run the main job on a sample disk: make, encrypt, inspect, decrypt, verify')
@@ -779,7 +825,9 @@ Examples:
     .option('--keep <dir>', "keep the demo's files in DIR (created; must be empty)")
     .addOption(new Option('--home <dir>', 'keystore folder to use (default: VMSEAL_HOME if set, else a temporary one)'))
     .action((opts) => commands.demo().then((m) => m.demoCommand(ctx, opts)));
+}
 
+function declareVmTpm(program: Command, ctx: Ctx): void {
   // `vmseal vm …`: a VM folder as one unit. The group may already have been declared above (the
   // .vmx commands); `vm tpm` joins it either way.
   const vm =
@@ -805,6 +853,38 @@ Examples:
   vmseal vm tpm vm1/ --tools      (then TPM2TOOLS_TCTI=swtpm:path=… tpm2_getrandom 8)`,
   );
   vmTpm.action((dir: string, opts) => commands.vmTpm().then((m) => m.vmTpmCommand(ctx, dir, opts)));
+}
 
-  return program;
+/** Each top-level command's declaration, in the order `vmseal --help` lists them. */
+const DECLARATIONS: readonly (readonly [string, (program: Command, ctx: Ctx) => void])[] = [
+  ['encrypt', declareEncrypt],
+  ['decrypt', declareDecrypt],
+  ['convert', declareConvert],
+  ['rekey', declareRekey],
+  ['info', declareInfo],
+  ['snapshot', declareSnapshot],
+  ['verify', declareVerify],
+  ['resume', declareResume],
+  ['repair', declareRepair],
+  ['serve', declareServe],
+  ['host', declareHost],
+  ['vm', declareVm],
+  ['backup', declareBackup],
+  ['keys', declareKeys],
+  ['demo', declareDemo],
+  ['vm', declareVmTpm],
+];
+
+/**
+ * The top-level command argv runs: its first word, when that names a command (the global options
+ * take no value, so the first word that is not an option is the command). Undefined for anything
+ * else — no command, `help`, a mistyped name, words after `--` — which then needs the whole tree.
+ */
+function requestedCommand(argv: readonly string[]): string | undefined {
+  for (const arg of argv) {
+    if (arg === '--') return undefined;
+    if (arg.startsWith('-')) continue;
+    return DECLARATIONS.some(([name]) => name === arg) ? arg : undefined;
+  }
+  return undefined;
 }

@@ -25,7 +25,8 @@
  */
 import { expectedOneOf } from '../errors.js';
 import { DISK_CIPHERS, dekLength, type DiskCipher } from '../keys/dek.js';
-import { CREATE_SUBFORMATS, type CreateSubformat } from '../vmdk/index.js';
+// The list alone, not the vmdk barrel: the CLI's grammar imports this module at start-up.
+import { CREATE_SUBFORMATS, type CreateSubformat } from '../vmdk/subformats.js';
 import { parseDataCheck } from './data-check.js';
 import { DiskError } from './errors.js';
 

@@ -2,6 +2,7 @@
 import { expected, expectedOneOf } from '../errors.js';
 import { type KeyCache, type LockerSpec, type UnlockOptions, MAX_UNIT_SIZE, type CipherName, type DataUnitSize } from '../disk/for-pipeline.js';
 import type { CreateDiskOptions, CreateSubformat } from '../vmdk/index.js';
+import { DEFAULT_CHUNK, MAX_CHUNK } from './chunk-limits.js';
 import { PipelineError } from './errors.js';
 import type { ProgressListener } from './progress.js';
 import type { KeyRotation } from './retire.js';
@@ -98,14 +99,7 @@ export interface JobResult {
 
 export type { KeyCache, LockerSpec, UnlockOptions };
 
-/**
- * 4 MiB: measured against 8 MiB on the 2-core VM, a 2 GiB encrypt ran faster in tmpfs (every one
- * of 7 interleaved pairs; 32 MiB was slower still: the chunks in flight no longer stay in the
- * caches between read, encrypt and write) and no slower on a disk with O_DIRECT (4 MiB is also the
- * largest request the virtio disk takes in one piece). 2 MiB bought nothing more.
- */
-export const DEFAULT_CHUNK = 4 << 20;
-export const MAX_CHUNK = 256 << 20;
+export { DEFAULT_CHUNK, MAX_CHUNK };
 /** Chunks are whole data units for every unit size a disk may have. */
 export const CHUNK_ALIGN = MAX_UNIT_SIZE;
 

@@ -19,18 +19,10 @@ import {
   serializeSparseHeader,
 } from './sparse-header.js';
 import { StreamWriterExtent } from './stream-writer.js';
+import { CREATE_SUBFORMATS, type CreateSubformat } from './subformats.js';
 import { expected, expectedOneOf } from '../errors.js';
 
-export type CreateSubformat = 'raw' | 'monolithicSparse' | 'monolithicFlat' | 'twoGbMaxExtentSparse' | 'twoGbMaxExtentFlat' | 'streamOptimized' | 'vmfs';
-export const CREATE_SUBFORMATS: readonly CreateSubformat[] = [
-  'raw',
-  'monolithicSparse',
-  'monolithicFlat',
-  'twoGbMaxExtentSparse',
-  'twoGbMaxExtentFlat',
-  'streamOptimized',
-  'vmfs',
-];
+export { CREATE_SUBFORMATS, type CreateSubformat };
 export const ADAPTER_TYPES = ['ide', 'buslogic', 'lsilogic', 'legacyESX'] as const;
 
 /** ddb.uuid as VMware and qemu write it: 16 bytes, hex pairs separated by spaces or dashes. */

@@ -94,4 +94,61 @@ describe('CLI start-up', () => {
     expect(r.code).toBe(0);
     expect(r.builtins).not.toContain('tls');
   });
+
+  it('--version loads only the grammar: no command, no disk layer, no native addon', async () => {
+    const r = await runRecording(['--version']);
+    expect(r.code).toBe(0);
+    const sources = sourcesOf(r.modules);
+    expect(sources.some((s) => s.endsWith('cli/program.ts'))).toBe(true); // the recording works
+    // Below the CLI, only the modules without heavy imports that the grammar needs (src/cli/program.ts).
+    const leaves = [
+      'errors.ts',
+      'disk/params.ts',
+      'disk/errors.ts',
+      'disk/data-check.ts',
+      'keys/dek.ts',
+      'keys/errors.ts',
+      'xts/constants.ts',
+      'vmdk/subformats.ts',
+      'pipeline/chunk-limits.ts',
+    ];
+    const below = sources.filter((s) => s.includes('/src/') && !s.includes('/cli/') && !leaves.some((l) => s.endsWith(`/src/${l}`)));
+    expect(below.map((s) => s.replace(/^.*\/src\//, ''))).toEqual([]);
+    expect(sources.filter((s) => s.includes('/cli/commands/'))).toEqual([]);
+    expect(r.files.filter((f) => f.endsWith('.node'))).toEqual([]);
+    // child_process too: commander loads it for executable subcommands, which vmseal has none of (tsup.config.ts).
+    for (const heavy of ['zlib', 'tls', 'child_process']) expect(r.builtins).not.toContain(heavy);
+  });
+
+  it('info and backup create load their own path only: no serve, vm, kmip, NBD or copy pipeline', async () => {
+    const img = join(dir, 'in.img');
+    writeFileSync(img, Buffer.alloc(1 << 20, 0x5a));
+    const disk = join(dir, 'disk.vmdk');
+    const repo = join(dir, 'repo');
+    for (const args of [
+      ['encrypt', img, disk, '--subformat', 'monolithicFlat'],
+      ['backup', 'init', repo],
+    ]) {
+      const made = await runRecording(args);
+      expect(made.code, made.stderr).toBe(0);
+    }
+    for (const args of [
+      ['info', disk],
+      ['backup', 'create', disk, repo],
+    ]) {
+      const r = await runRecording(args);
+      expect(r.code, r.stderr).toBe(0);
+      const sources = sourcesOf(r.modules);
+      expect(sources.some((s) => s.endsWith('vmdk/open.ts'))).toBe(true); // the recording works
+      expect(sources.filter((s) => /\/src\/(serve|vm|kmip)\//.test(s) || /nbd/i.test(s))).toEqual([]);
+      // Neither needs the copy pipeline, nor backup create the restore and rewrap paths (src/cli/commands/backup-create.ts).
+      expect(sources.filter((s) => /\/src\/(backup\/restore|backup\/rewrap|pipeline\/copy)/.test(s))).toEqual([]);
+    }
+  });
 });
+
+/** The source files of the build's loaded chunks, from their source maps (the chunks have hashed names). */
+function sourcesOf(modules: string[]): string[] {
+  const built = modules.filter((f) => existsSync(`${f}.map`));
+  return built.flatMap((f) => (JSON.parse(readFileSync(`${f}.map`, 'utf8')) as { sources: string[] }).sources);
+}

@@ -4,7 +4,6 @@
  * and restored as the ciphertext it is.
  */
 import {
-  createBackup,
   initRepository,
   listBackups,
   pruneBackup,
@@ -18,51 +17,16 @@ import { usageError } from '../errors.js';
 import type { Ctx } from '../context.js';
 import { ExitCode } from '../exit-codes.js';
 import { withKeys, type KeyCliOptions } from '../key-session.js';
-import { formatBytes, type DiskFormat, type KeyProviderKind } from '../parse.js';
-import { requireInputFile } from './common.js';
-
-export interface LockWaitOptions {
-  /** Seconds to wait for the repository lock (commander gives it parsed). */
-  wait?: number;
-}
-
-const waitMs = (o: LockWaitOptions): number => (o.wait ?? 0) * 1000;
+import { formatBytes, type KeyProviderKind } from '../parse.js';
+import { requireInputFile } from './input-file.js';
+// `backup create` is a module of its own (program.ts imports it alone): see ./backup-create.ts.
+import { waitMs, type LockWaitOptions } from './backup-create.js';
 
 export async function backupInit(ctx: Ctx, repo: string): Promise<void> {
   ctx.doing = `cannot make the backup repository ${repo}`;
   const r = await initRepository(repo);
   ctx.output.result({ ok: true, command: 'backup init', repository: r.path, id: r.id, chunkSize: r.chunkSize });
   ctx.output.line(`backup repository ${r.path} (id ${r.id})`);
-}
-
-export async function backupCreate(
-  ctx: Ctx,
-  disk: string,
-  repo: string,
-  opts: LockWaitOptions & { name?: string; history?: string; allowPlain?: boolean; format?: DiskFormat },
-): Promise<void> {
-  ctx.doing = `cannot back up ${disk}`;
-  await requireInputFile(disk, 'the disk');
-  const started = performance.now();
-  const r = await createBackup(disk, repo, {
-    lockWaitMs: waitMs(opts),
-    signal: ctx.signal,
-    ...(opts.name !== undefined ? { name: opts.name } : {}),
-    ...(opts.history !== undefined ? { history: opts.history } : {}),
-    ...(opts.allowPlain === true ? { allowPlain: true } : {}),
-    ...(opts.format !== undefined ? { format: opts.format } : {}),
-  });
-  const seconds = (performance.now() - started) / 1000;
-  ctx.output.result({ ok: true, command: 'backup create', ...r, seconds });
-  ctx.output.line(r.point);
-  ctx.output.note(
-    `backed up ${disk}${r.plain ? ' (PLAIN: its chunks hold plaintext)' : ''}: ${r.chunks} chunks, ${r.newChunks} new (${formatBytes(r.newBytes)}), read ${r.chunksRead} chunks (${formatBytes(r.bytesRead)}) in ${seconds.toFixed(1)} s; history ${r.history}${r.parent ? `, after ${r.parent}` : ''}`,
-  );
-  ctx.output.note(
-    r.changeBitmap.used
-      ? `read only the chunks changed since point ${r.changeBitmap.base} (change bitmap of vmseal serve)`
-      : `read every allocated chunk: ${r.changeBitmap.why}`,
-  );
 }
 
 export async function backupList(ctx: Ctx, repo: string): Promise<void> {

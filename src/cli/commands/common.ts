@@ -1,35 +1,18 @@
 /**
  * Small checks and texts shared by the commands.
  */
-import { access, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { dirname, extname, resolve } from 'node:path';
-import { inspectDisk } from '../../pipeline/index.js';
-import { describeKeySafe, type LockerInfo } from '../../keys/index.js';
-import { assertNoJournal, readEncryptionParams } from '../../disk/index.js';
+import { inspectDisk } from '../../pipeline/inspect.js';
+import { describeKeySafe, type LockerInfo } from '../../keys/envelope.js';
+import { assertNoJournal, readEncryptionParams } from '../../disk/open.js';
 import { CliError, usageError } from '../errors.js';
 import type { Ctx } from '../context.js';
 import type { DiskFormat } from '../parse.js';
 import { ExitCode } from '../exit-codes.js';
 
-/** IN must exist and be a readable file (checked before keys are made or passphrases asked). */
-export async function requireInputFile(path: string, what = 'the input'): Promise<void> {
-  let isFile = false;
-  try {
-    isFile = (await stat(path)).isFile();
-    await access(path);
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    throw new CliError('ERR_CLI_INPUT', code === 'ENOENT' ? `${what} ${path} does not exist` : `${what} ${path} cannot be read (${code ?? 'error'})`, {
-      exitCode: ExitCode.FAILURE,
-      hint: 'Check the path',
-    });
-  }
-  if (!isFile)
-    throw new CliError('ERR_CLI_INPUT', `${what} ${path} is not a file`, {
-      exitCode: ExitCode.FAILURE,
-      hint: 'Give a disk image file (a VMDK descriptor or a raw image)',
-    });
-}
+// In a module of its own so that a command can check its input without loading the layers below.
+export { requireInputFile } from './input-file.js';
 
 /**
  * A raw image is whole 512-byte sectors, at least one. Checked here because the layers below see

@@ -2,8 +2,8 @@
  * `vmseal info DISK`: what the disk is, like `qemu-img info`, plus its encryption and whether the
  * keys at hand (local keystore, --kms, a given recovery passphrase) unlock it now.
  */
-import { readEncryptionParams } from '../../disk/index.js';
-import { inspectDisk, type DiskInfo } from '../../pipeline/index.js';
+import { readEncryptionParams } from '../../disk/open.js';
+import { inspectDisk, type DiskInfo } from '../../pipeline/inspect.js';
 import type { Ctx } from '../context.js';
 import { withKeys, type KeyCliOptions } from '../key-session.js';
 import { formatBytes, type DiskFormat } from '../parse.js';
