@@ -52,6 +52,7 @@
       'dependencies': ['vmseal_xts_core'],
       'sources': [
         'native/addon.cc',
+        'native/backup_chunks.cc',
         'native/fs_copy.cc',
         'native/fs_extents.cc',
         'native/fs_lock.cc',

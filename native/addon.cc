@@ -42,6 +42,7 @@
 #endif
 
 #include "addon_access.h"
+#include "backup_chunks.h"
 #include "fs_copy.h"
 #include "fs_extents.h"
 #include "fs_lock.h"
@@ -942,6 +943,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitFileNowait(env, exports);
   InitFileCopy(env, exports);
   InitFileTransfer(env, exports);
+  InitBackupChunks(env, exports);
   return exports;
 }
 

@@ -12,9 +12,7 @@ import { assertNoJournal } from '../disk/index.js';
 import { encryptionOf } from '../disk/for-pipeline.js';
 import { openDisk, type VirtualDisk } from '../vmdk/index.js';
 import { acquireLock } from '../pipeline/lock.js';
-import { abortError } from '../pipeline/errors.js';
 import { expected } from '../errors.js';
-import { runWorkers } from '../util/run-workers.js';
 import { BackupError } from './errors.js';
 import {
   BACKUP_SUBFORMATS,
@@ -28,7 +26,7 @@ import {
   type PointManifest,
 } from './manifest.js';
 import { CHUNK_SIZE, POINT_ID_RE, newPointId, openRepository, type Repository } from './repository.js';
-import { ChunkWriters } from './chunk-writers.js';
+import { storeChunks } from './store-chunks.js';
 import { readPoint } from './points.js';
 import { entryOf, pointEntries, savePointIndex } from './point-index.js';
 import { generationOf, isChanged, readChangeBitmap, writeBaseline, type DiskGeneration } from './change-bitmap.js';
@@ -72,9 +70,6 @@ export interface CreateBackupResult {
   changeBitmap: { used: true; base: string } | { used: false; why: string };
 }
 
-/** Chunks read, hashed and stored at once: enough to overlap reads with hashing, bounded memory. */
-const PARALLEL = 8;
-
 function arg(what: string, name: string, value: unknown): BackupError {
   return new BackupError('ERR_INVALID_ARGUMENT', expected(what, name, value));
 }
@@ -95,8 +90,6 @@ export async function* allocatedChunks(disk: VirtualDisk): AsyncGenerator<number
     next = Math.max(next, Math.ceil((r.offset + r.length) / CHUNK_SIZE) * CHUNK_SIZE);
   }
 }
-
-const ZERO = Buffer.alloc(CHUNK_SIZE);
 
 /**
  * Up to this many chunks to read, they are hashed and stored on the JS thread: a worker thread takes
@@ -264,43 +257,23 @@ async function backUp(
   }
   /** Fan-out folders that got a new chunk: synced once, before the manifest names their chunks. */
   const written = new Set<string>();
-  let done = false;
-  // Hashing and storing run in worker threads (chunk-writers.ts); the reads stay here. A few chunks
-  // (a change bitmap's) are stored on this thread: starting the threads costs more than they save.
-  const writers = toRead <= FEW_CHUNKS ? new ChunkWriters(repo, 0) : new ChunkWriters(repo);
-  const worker = async (stopped: () => boolean): Promise<void> => {
-    const shared = new SharedArrayBuffer(CHUNK_SIZE);
-    const buf = Buffer.from(shared);
-    for (;;) {
-      if (o.signal?.aborted) throw abortError(o.signal, `the backup of ${disk.path}`);
-      // One generator shared by the workers: next() calls are queued by the generator itself.
-      if (done || stopped()) return;
-      const n = await offsets.next();
-      if (n.done) {
-        done = true;
-        return;
-      }
-      const off = n.value;
-      const data = buf.subarray(0, Math.min(CHUNK_SIZE, disk.capacity - off));
-      await disk.readInto(off, data);
-      bytesRead += data.length;
+  const tally = {
+    read: (length: number): void => {
+      bytesRead += length;
       chunksRead++;
-      if (data.equals(ZERO.subarray(0, data.length))) continue;
-      const { hash, wrote } = await writers.store(shared, data.length);
+    },
+    stored: (off: number, hash: string, wrote: boolean, length: number): void => {
       if (wrote) {
         newChunks++;
-        newBytes += data.length;
+        newBytes += length;
         written.add(hash.slice(0, 2));
       }
       entries.push([off, hash]);
-    }
+    },
   };
-  // Every worker has stopped (none goes on reading or storing) before the threads, files and locks are released.
-  try {
-    await runWorkers(PARALLEL, worker);
-  } finally {
-    await writers.close();
-  }
+  // A few chunks (a change bitmap's) are stored on this thread when they do not go natively: starting
+  // the chunk writer threads costs more than they save.
+  await storeChunks(repo, disk, offsets, tally, { signal: o.signal, fewChunks: toRead <= FEW_CHUNKS });
   entries.sort((a, b) => a[0] - b[0]);
   await repo.syncChunkFolders(written);
 

@@ -35,6 +35,9 @@ import { rekeyRestored, type RestoreKeys, type RestoreRekey } from './restore-ke
 import { cleanStaleRestoreStages, makeRestoreStage, removeRestoreStage } from './restore-staging.js';
 import { CHUNK_SIZE, openRepository, type Repository } from './repository.js';
 import { FLAT_BLOCK, putChunkKeepingHoles } from './chunk-blocks.js';
+import { openFlatFiles } from './flat-files.js';
+import { chunkRuns, restoreRun } from './restore-chunks.js';
+import { NATIVE_IN_FLIGHT, nativeBackup } from '../util/native-backup.js';
 
 export interface RestoreBackupOptions {
   /** With point `latest` or a name: look only at this history's points. */
@@ -255,7 +258,11 @@ async function moveNoReplace(from: string, to: string): Promise<void> {
   await unlink(from);
 }
 
-/** Write every chunk of `layer` into `disk`, each checked by hash before any of it is written. */
+/**
+ * Write every chunk of `layer` into `disk`, each checked by hash before any of it is written: runs
+ * of chunks that lie in one file of a flat disk as native jobs (restore-chunks.ts), the others
+ * through the VMDK layer.
+ */
 async function writeChunks(
   repo: Repository,
   disk: VirtualDisk,
@@ -263,19 +270,32 @@ async function writeChunks(
   signal: AbortSignal | undefined,
 ): Promise<{ chunks: number; bytes: number }> {
   const block = layer.grainSize ?? FLAT_BLOCK;
-  let next = 0;
+  const flat = layer.grainSize === null && process.env.VMSEAL_BACKUP_CHUNK_THREADS !== '0' ? await openFlatFiles(disk, 'write') : null;
+  const native = flat ? nativeBackup() : null;
   let bytes = 0;
+  const batches = chunkRuns(layer, flat);
   // The first failure (a bad chunk) stops every worker before the staged disk is closed and removed.
-  await runWorkers(PARALLEL, async (stopped) => {
-    const buf = Buffer.allocUnsafe(CHUNK_SIZE);
-    while (!stopped() && next < layer.chunks.length) {
-      if (signal?.aborted) throw abortError(signal, `the restore to ${disk.path}`);
-      const [off, hash] = layer.chunks[next++]!;
-      const data = buf.subarray(0, Math.min(CHUNK_SIZE, layer.capacity - off));
-      await repo.readChunk(hash, data);
-      const put = await putChunkKeepingHoles(disk, off, data, block, 'skip'); // a new disk: its holes read as zeros
-      bytes += put; // (not `bytes += await`: that would add to the value read before the other workers' writes)
-    }
-  });
+  try {
+    await runWorkers(native ? NATIVE_IN_FLIGHT : PARALLEL, async (stopped) => {
+      const buf = Buffer.allocUnsafe(CHUNK_SIZE);
+      for (let n = batches.next(); !n.done && !stopped(); n = batches.next()) {
+        if (signal?.aborted) throw abortError(signal, `the restore to ${disk.path}`);
+        const run = n.value;
+        if (native && run.fd !== null) {
+          const put = await restoreRun(native, repo, run);
+          bytes += put;
+          continue;
+        }
+        for (const [off, hash] of run.chunks) {
+          const data = buf.subarray(0, Math.min(CHUNK_SIZE, layer.capacity - off));
+          await repo.readChunk(hash, data);
+          const put = await putChunkKeepingHoles(disk, off, data, block, 'skip'); // a new disk: its holes read as zeros
+          bytes += put; // (not `bytes += await`: that would add to the value read before the other workers' writes)
+        }
+      }
+    });
+  } finally {
+    await flat?.close();
+  }
   return { chunks: layer.chunks.length, bytes };
 }

@@ -12,6 +12,7 @@ import { ExitCode, type ExitCodeValue } from './exit-codes.js';
 import type { Subformat } from './parse.js';
 import { isStagingFolderName } from '../pipeline/staging.js';
 import { BatchQueue } from './batch-queue.js';
+import { MAX_DEFAULT_JOBS, MAX_JOBS } from './batch-limits.js';
 
 export interface BatchItem {
   input: string;
@@ -52,10 +53,7 @@ const DESCRIPTOR_MAGIC = '# Disk DescriptorFile';
 /** Text descriptors are small; a bigger file is an extent or an image, not a descriptor. */
 const DESCRIPTOR_MAX_BYTES = 64 * 1024;
 
-/** The most images a batch converts at once by default; fewer on a machine with fewer cores. */
-export const MAX_DEFAULT_JOBS = 4;
-/** The bound of --jobs: each job holds its own chunk buffers and file handles. */
-export const MAX_JOBS = 64;
+export { MAX_DEFAULT_JOBS, MAX_JOBS };
 
 /** Images converted at once when --jobs is not given: min(4, cores). */
 export function defaultJobs(): number {

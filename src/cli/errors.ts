@@ -90,6 +90,7 @@ export const BY_CODE: Readonly<Record<ErrorCode, { exitCode: ExitCodeValue; hint
   ERR_NOWAIT_IO: { exitCode: ExitCode.FAILURE },
   ERR_COPY_RANGE_IO: { exitCode: ExitCode.FAILURE },
   ERR_TRANSFER_IO: { exitCode: ExitCode.FAILURE },
+  ERR_BACKUP_CHUNK_IO: { exitCode: ExitCode.FAILURE },
   ERR_DISK_BUSY: { exitCode: ExitCode.BUSY, hint: 'Retry when the other process (vmseal, qemu or a VM) is done; a process that died holds no lock' },
   ERR_KEYSTORE_LOCKED: { exitCode: ExitCode.BUSY, hint: 'Another vmseal process is using the local keystore; retry when it is done' },
   // key server
@@ -429,6 +430,7 @@ const SYSTEM_HINTS: Record<string, string> = {
   ENOTDIR: 'Check the path',
   ENOSPC: "Free some space on the output's file system or write the output elsewhere",
   EROFS: 'Write the output to a writable file system',
+  EFBIG: "A file would exceed the file-size limit (ulimit -f) or the file system's largest file: raise the limit or write the output elsewhere",
   EEXIST: EXISTS_FORCE_HINT,
   EMFILE: 'Raise the open-file limit (ulimit -n)',
   ECONNREFUSED: 'Check that the key server is running and --kms names it',

@@ -4,7 +4,7 @@
  */
 import { Command, Option } from 'commander';
 import type { Ctx } from './context.js';
-import { MAX_DEFAULT_JOBS, MAX_JOBS } from './batch.js';
+import { MAX_DEFAULT_JOBS, MAX_JOBS } from './batch-limits.js';
 import { usageError } from './errors.js';
 import type { Streams } from './output.js';
 // Leaf modules only (test/cli/startup.test.ts): this file is loaded by every `vmseal` process.

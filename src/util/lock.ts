@@ -36,6 +36,7 @@ export type UtilErrorCode =
   | 'ERR_NOWAIT_IO' // the addon's preadNowait (src/util/inline-io.ts): preadv2 failed (HostFile reports it as ERR_VMDK_IO)
   | 'ERR_WRITEBACK_IO' // the addon's writebackStart: sync_file_range failed (copy jobs ignore it: their fsync reports the I/O error)
   | 'ERR_COPY_RANGE_IO' // the addon's copyFileRange: copy_file_range failed (plain copy jobs report it as ERR_VMDK_IO)
+  | 'ERR_BACKUP_CHUNK_IO' // the addon's storeChunks/restoreChunks (src/util/native-backup.ts): a system call failed (backups report it as the node:fs error)
   | 'ERR_QEMU_LOCKED'; // qemu (qemu-img, qemu-nbd, a VM) holds the image with permissions that conflict
 
 export class FileLockError extends VmsealError {
