@@ -15,6 +15,11 @@
 //   this call, 3 the input ended before lengths[i] bytes (the run stops there), 255 not reached —
 //   then the 32-byte SHA-256 (zeros for statuses 0, 3, 255).
 //
+// hashChunks(fdIn, positions, lengths) -> Promise<Buffer>
+//   storeChunks without the store: the same reads, zero check and SHA-256, nothing written; status 1
+//   means hashed. For the quick rollback without a change bitmap (src/backup/restore-over.ts), which
+//   compares every chunk of the disk with the point's.
+//
 // restoreChunks(fdOut, positions, lengths, paths, hashes, block) -> Promise<{bytes, failed, reason, size}>
 //   For chunk i: open paths[i], check that it has exactly lengths[i] bytes, read it whole and check
 //   that its SHA-256 is hashes[32i..32i+32) — all before any byte of it is written — then pwrite its
@@ -171,8 +176,9 @@ std::string FdName(int fd) { return "fd " + std::to_string(fd); }
 
 class StoreWork : public ChunkWork {
  public:
+  // An empty `root` hashes only (hashChunks): nothing is stored, status kPresent means hashed.
   StoreWork(Napi::Env env, int fd, std::vector<int64_t> positions, std::vector<int64_t> lengths, std::string root, std::vector<std::string> tmp)
-      : ChunkWork(env, "vmseal.storeChunks"),
+      : ChunkWork(env, root.empty() ? "vmseal.hashChunks" : "vmseal.storeChunks"),
         fd_(fd),
         positions_(std::move(positions)),
         lengths_(std::move(lengths)),
@@ -201,6 +207,10 @@ class StoreWork : public ChunkWork {
       if (!Sha256(buf, n, out + 1)) {
         Fail(EIO, "EVP_Digest", "sha256");
         return;
+      }
+      if (root_.empty()) {
+        out[0] = kPresent;
+        continue;
       }
       int stored = Store(buf, n, out + 1, tmp_[i]);
       if (stored < 0) return;
@@ -436,6 +446,15 @@ Napi::Value StoreChunks(const Napi::CallbackInfo& info) {
   return (new StoreWork(env, fd, std::move(positions), std::move(lengths), std::move(root), std::move(tmp)))->Start();
 }
 
+Napi::Value HashChunks(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+  std::vector<int64_t> positions = Integers(env, ListArg(info, 1, "positions"), "positions", 0, kMaxSafeInteger);
+  std::vector<int64_t> lengths = Integers(env, ListArg(info, 2, "lengths"), "lengths", 1, kMaxChunkBytes);
+  CheckRun(env, positions, lengths);
+  return (new StoreWork(env, fd, std::move(positions), std::move(lengths), std::string(), {}))->Start();
+}
+
 Napi::Value RestoreChunks(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = FdArg(info, 0);
@@ -456,6 +475,7 @@ Napi::Value RestoreChunks(const Napi::CallbackInfo& info) {
 
 void InitBackupChunks(Napi::Env env, Napi::Object exports) {
   exports.Set("storeChunks", Napi::Function::New(env, StoreChunks, "storeChunks"));
+  exports.Set("hashChunks", Napi::Function::New(env, HashChunks, "hashChunks"));
   exports.Set("restoreChunks", Napi::Function::New(env, RestoreChunks, "restoreChunks"));
   exports.Set("BACKUP_CHUNKS_MAX", Napi::Number::New(env, static_cast<double>(kMaxChunks)));
 }

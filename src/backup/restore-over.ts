@@ -48,6 +48,7 @@ import { readPoint, resolvePoint } from './points.js';
 import { CHUNK_SIZE, openRepository, sha256Hex, type Repository } from './repository.js';
 import { putChunkKeepingHoles } from './chunk-blocks.js';
 import { isChanged, readChangeBitmap } from './change-bitmap.js';
+import { hashFlatChunks } from './hash-disk-chunks.js';
 
 export interface RestoreOverOptions {
   /** With point `latest` or a name: look only at this history's points. */
@@ -330,6 +331,8 @@ async function rollChunks(
   const target = new Map<number, string>(layer.chunks);
   const grain = layer.grainSize ?? CHUNK_SIZE;
   const offsets = await chunkOffsets(disk, layer, changed);
+  // Without a bitmap every chunk is compared: a flat disk's are hashed by the addon on every core first.
+  const current = changed ? null : await hashFlatChunks(disk, offsets, signal);
   let next = 0;
   let written = 0;
   let same = 0;
@@ -357,8 +360,13 @@ async function rollChunks(
         differs = !cur.equals(data);
       } else {
         // Most chunks are unchanged: the disk's is hashed, and the point's fetched only if it differs.
-        await disk.readInto(off, cur);
-        differs = hash === undefined ? !cur.equals(ZERO.subarray(0, len)) : sha256Hex(cur) !== hash;
+        const known = current?.get(off);
+        if (known !== undefined) {
+          differs = known === null ? hash !== undefined : known !== hash;
+        } else {
+          await disk.readInto(off, cur);
+          differs = hash === undefined ? !cur.equals(ZERO.subarray(0, len)) : sha256Hex(cur) !== hash;
+        }
         if (differs) await fetch();
       }
       if (!differs) {

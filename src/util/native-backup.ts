@@ -18,6 +18,11 @@ export interface NativeBackup {
    */
   storeChunks(fdIn: number, positions: number[], lengths: number[], chunkRoot: string, tmpSuffixes: string[]): Promise<Buffer>;
   /**
+   * storeChunks without the store: the same reads, zero check and SHA-256, nothing written; status
+   * STORE_PRESENT means hashed. Absent from binaries that predate it.
+   */
+  hashChunks?(fdIn: number, positions: number[], lengths: number[]): Promise<Buffer>;
+  /**
    * For each chunk i: read the file `paths[i]`, check its length and SHA-256 (`hashes`, 32 bytes per
    * chunk), then write its non-zero `block`s at `positions[i]` of `fdOut`. Stops at the first bad
    * chunk (`failed` its index, `reason`, its `size`), nothing of it written.

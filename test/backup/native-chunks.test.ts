@@ -268,3 +268,38 @@ describe('backups of flat disks through the native path', () => {
     expect(left).toEqual([]);
   });
 });
+
+describe('hashChunks', () => {
+  it('hashes each chunk like storeChunks, marks zero chunks, stores nothing, and refuses bad runs', async () => {
+    const native = nativeBackup()!;
+    const file = join(tmp.dir, 'hash-only.bin');
+    const data = Buffer.concat([randomBytes(1 << 20), Buffer.alloc(1 << 20), randomBytes(4096)]);
+    writeFileSync(file, data);
+    const fd = openSync(file, 'r');
+    try {
+      const r = await native.hashChunks!(fd, [0, 1 << 20, 2 << 20], [1 << 20, 1 << 20, 4096]);
+      expect(r.length).toBe(3 * 33);
+      expect(r[0]).toBe(STORE_PRESENT);
+      expect(r.toString('hex', 1, 33)).toBe(
+        createHash('sha256')
+          .update(data.subarray(0, 1 << 20))
+          .digest('hex'),
+      );
+      expect(r[33]).toBe(STORE_ZERO);
+      expect(r[66]).toBe(STORE_PRESENT);
+      expect(r.toString('hex', 67, 99)).toBe(
+        createHash('sha256')
+          .update(data.subarray(2 << 20))
+          .digest('hex'),
+      );
+      // Past the file's end: the run stops there.
+      const short = await native.hashChunks!(fd, [2 << 20, 3 << 20], [1 << 20, 1 << 20]);
+      expect([short[0], short[33]]).toEqual([STORE_SHORT, STORE_NOT_REACHED]);
+      expect(() => native.hashChunks!(fd, [0], [1, 1])).toThrow(/as many entries/);
+      expect(() => native.hashChunks!(fd, [], [])).toThrow(/1 to/);
+    } finally {
+      closeSync(fd);
+    }
+    expect(readdirSync(tmp.dir).filter((n) => n.startsWith('hash-only'))).toEqual(['hash-only.bin']);
+  });
+});

@@ -4,7 +4,7 @@
 // qemu-io: after the rollback the disk is the point's (ciphertext view, allocation, plaintext hash,
 // e2fsck -fn), and its next backup continues from the point.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createBackup, initRepository, restoreBackupOver } from '../../src/backup/index.js';
@@ -112,4 +112,39 @@ describe('refusals', () => {
     }
     expect((await restoreBackupOver(repo, p.point, disk)).chunksWritten).toBe(0);
   });
+});
+
+describe('a flat disk without a change bitmap', () => {
+  // Its chunks are hashed by the addon (hash-disk-chunks.ts); VMSEAL_BACKUP_NATIVE=0 takes the JS
+  // thread's hash. Both must find the same chunks: one changed in part, one zeroed where the point
+  // has data, one written where the point has a hole.
+  for (const native of [true, false]) {
+    it(`finds exactly the changed chunks and makes the extent the point's again (${native ? 'addon' : 'JS'} hashing)`, async () => {
+      const dir = join(tmp.dir, native ? 'flat-native' : 'flat-js');
+      mkdirSync(dir);
+      const disk = await encryptedDisk(dir, 'd', 'monolithicFlat', 8 * MiB, [{ at: 0, data: patternBytes(6 * MiB, 31) }]);
+      const extent = join(dir, 'd-flat.vmdk');
+      const repo = join(dir, 'repo');
+      await initRepository(repo);
+      const p = await createBackup(disk, repo);
+      const before = sha256(readFileSync(extent));
+      const bytes = readFileSync(extent);
+      bytes.fill(0x5a, 1 * MiB + 4096, 1 * MiB + 8192); // chunk 1: part of it changed
+      bytes.fill(0, 3 * MiB, 4 * MiB); // chunk 3: zeros where the point has data
+      bytes.fill(0xa5, 7 * MiB, 7 * MiB + 512); // chunk 7: data where the point has a hole
+      writeFileSync(extent, bytes);
+      rmSync(`${disk}.vmseal-ctk`, { force: true });
+      const saved = process.env.VMSEAL_BACKUP_NATIVE;
+      if (!native) process.env.VMSEAL_BACKUP_NATIVE = '0';
+      try {
+        const r = await restoreBackupOver(repo, p.point, disk);
+        expect(r.chunksWritten).toBe(3);
+        expect(r.chunksSame).toBe(5);
+      } finally {
+        if (saved === undefined) delete process.env.VMSEAL_BACKUP_NATIVE;
+        else process.env.VMSEAL_BACKUP_NATIVE = saved;
+      }
+      expect(sha256(readFileSync(extent))).toBe(before);
+    });
+  }
 });
