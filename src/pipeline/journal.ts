@@ -42,6 +42,8 @@ import { fsyncDir, pathExists } from './staging.js';
 import { DiskError, JOURNAL_SUFFIX } from '../disk/for-pipeline.js';
 import { NameReservations } from './lock.js';
 import { readFully, writeFully } from '../util/file-io.js';
+// A journal's chunkSize above the jobs' own bound is refused: a corrupt header must not allocate GiBs.
+import { MAX_CHUNK } from './chunk-limits.js';
 export { JOURNAL_SUFFIX };
 const MAGIC_V1 = Buffer.from('VMSJRNL1', 'ascii');
 const MAGIC_V2 = Buffer.from('VMSJRNL2', 'ascii');
@@ -54,8 +56,6 @@ const SLOT_SIZE = 512;
 const SLOT_A = HEADER_AREA;
 const SLOT_B = HEADER_AREA + SLOT_SIZE;
 const COPY_AREA = 69632;
-/** A chunk copy larger than this is refused (the journal's header says chunkSize; a corrupt one must not allocate GiBs). */
-const MAX_CHUNK = 256 << 20;
 
 export const ChunkStatus = { IN_PROGRESS: 1, DONE: 2 } as const;
 export type ChunkStatus = (typeof ChunkStatus)[keyof typeof ChunkStatus];
