@@ -2,14 +2,13 @@ import { VmdkFormatError } from './errors.js';
 import type { ByteRange, Extent } from './extent.js';
 import type { HostFile } from './file.js';
 import { readOnlySubformatError } from './read-only-formats.js';
+import { gtCacheSettings } from './sparse-extent.js';
 
 /** A grain with no data in this layer: it reads as zeros alone, as its parent's bytes in a chain. */
 export const GRAIN_HOLE = -1;
 /** A grain marked zero in this layer (hides the parent's bytes). */
 export const GRAIN_ZERO = -2;
 
-/** Bytes of grain tables and directory pages one extent keeps cached (evicted ones are read again). */
-export const TABLE_CACHE_BYTES = 16 << 20;
 /** The grain directory is read in pages of this many bytes, when first used. */
 export const DIRECTORY_PAGE_BYTES = 4096;
 
@@ -99,8 +98,16 @@ export class GrainMapExtent implements Extent {
   readonly #map: GrainMap;
   readonly #cache: BlockCache;
   readonly #subformat: string;
+  /**
+   * The directory entry that named each table offset met so far. Two entries naming one table, or
+   * more tables than the file can hold, are refused when met: otherwise a few KiB of tables named
+   * again and again would map (and make a copy or backup read) terabytes of "data" and make a full
+   * check walk billions of entries. At most file size / table size entries.
+   */
+  readonly #tableOwners = new Map<number, number>();
 
-  constructor(file: HostFile, map: GrainMap, subformat: string, cacheBytes = TABLE_CACHE_BYTES) {
+  /** Tables and directory pages are cached like a monolithicSparse extent's tables (gtCacheSettings). */
+  constructor(file: HostFile, map: GrainMap, subformat: string, cacheBytes = gtCacheSettings.bytes) {
     this.file = file;
     this.#map = map;
     this.kind = map.kind;
@@ -110,7 +117,6 @@ export class GrainMapExtent implements Extent {
     this.#cache = new BlockCache(file, cacheBytes);
   }
 
-  /** File offset of table `t`, or GRAIN_HOLE. */
   /** The directory page holding entry `t`, and the index of its first entry. */
   async #page(t: number): Promise<{ page: Buffer; first: number }> {
     const m = this.#map;
@@ -124,8 +130,27 @@ export class GrainMapExtent implements Extent {
   /** File offset of table `t`, or GRAIN_HOLE. */
   async #table(t: number): Promise<number> {
     const { page, first } = await this.#page(t);
-    const e = this.#map.directoryEntryBytes;
-    return this.#map.tableOffset(page.subarray((t - first) * e, (t - first + 1) * e), t);
+    const m = this.#map;
+    const e = m.directoryEntryBytes;
+    const at = m.tableOffset(page.subarray((t - first) * e, (t - first + 1) * e), t);
+    if (at === GRAIN_HOLE) return at;
+    const owner = this.#tableOwners.get(at);
+    if (owner === undefined) {
+      if ((this.#tableOwners.size + 1) * m.tableBytes > this.file.size)
+        throw badEntry(
+          this.file.path,
+          m.directoryOffset + t * e,
+          `grain directory entry ${t} names more grain tables than the file can hold (tables claimed twice)`,
+        );
+      this.#tableOwners.set(at, t);
+    } else if (owner !== t) {
+      throw badEntry(
+        this.file.path,
+        m.directoryOffset + t * e,
+        `grain directory entries ${owner} and ${t} both name the grain table at offset ${at} (tables claimed twice)`,
+      );
+    }
+    return at;
   }
 
   /**

@@ -442,7 +442,6 @@ async function openExtents(
     }
     if (esx !== undefined) {
       const ext = esx === 'VMFSSPARSE' ? await openCowdExtent(entry.file, subformat) : await openSeSparseExtent(entry.file, subformat);
-      if (fullCheck) await ext.checkStructure();
       if (ext.size !== size) {
         throw new VmdkFormatError(
           'ERR_VMDK_CORRUPT',
@@ -450,6 +449,7 @@ async function openExtents(
           where,
         );
       }
+      if (fullCheck) await ext.checkStructure();
       extents.push(ext);
     } else if (sparse) {
       const ext = await SparseExtent.open(entry.file, { writable: writable && entry.file.writable, whyReadOnly: why });

@@ -368,6 +368,28 @@ describe('check: full', () => {
   });
 });
 
+describe('grain tables claimed twice', () => {
+  it('two directory entries naming one table are refused, by a full check and by the allocation map', async () => {
+    // Left alone, every entry naming one table would map the whole capacity from one table's grains.
+    const path = variant('cowd-table-twice', 'vmfsSparse', (b, x) => (b.writeUInt32LE(b.readUInt32LE(x.gdOffset), x.gdOffset + 4), b));
+    const claimed = {
+      code: 'ERR_VMDK_CORRUPT',
+      message: expect.stringMatching(/grain directory entries 0 and 1 both name the grain table at offset \d+ \(tables claimed twice\)/),
+    };
+    await expect(openDisk(path, { readOnly: true, check: 'full' })).rejects.toMatchObject(claimed);
+    const d = await openDisk(path, { readOnly: true });
+    try {
+      await expect(
+        (async () => {
+          for await (const r of d.allocatedRanges()) void r;
+        })(),
+      ).rejects.toMatchObject(claimed);
+    } finally {
+      await d.close();
+    }
+  });
+});
+
 describe('malformed seSparse extents', () => {
   const u64 = (b: Buffer, at: number, v: bigint): Buffer => (b.writeBigUInt64LE(v, at), b);
   const cases: Array<[string, (b: Buffer, x: ReturnType<typeof buildCowd>) => Buffer, string, RegExp]> = [
