@@ -298,22 +298,10 @@ describe.skipIf(!shm)('copy jobs on tmpfs', () => {
     writeFileSync(raw, image);
     const enc = join(folder, 'enc.vmdk');
     await encryptDisk(raw, enc, { subformat: 'monolithicFlat', lockers: [phraseLocker('pw')] });
-    const opened: ChunkTransfer[] = [];
-    // Counts what the real transfer moved: nothing is replaced.
-    const real = ChunkTransfer.open.bind(ChunkTransfer);
-    const spy = vi.spyOn(ChunkTransfer, 'open').mockImplementation(async (job) => {
-      const t = await real(job);
-      if (t) opened.push(t);
-      return t;
-    });
-    try {
-      const dec = join(folder, 'dec.raw');
-      await decryptDisk(enc, dec, { keys: { passphrase: 'pw' }, subformat: 'raw', chunkSize: 2 * MiB });
-      expect(readFileSync(dec).equals(image)).toBe(true);
-    } finally {
-      spy.mockRestore();
-    }
-    expect(opened.map((t) => t.nativeBytes)).toEqual([image.length]);
+    const dec = join(folder, 'dec.raw');
+    const moved = await nativeBytesOf(() => decryptDisk(enc, dec, { keys: { passphrase: 'pw' }, subformat: 'raw', chunkSize: 2 * MiB }));
+    expect(readFileSync(dec).equals(image)).toBe(true);
+    expect(moved).toEqual([image.length]);
   });
 
   it('re-encrypts a flat disk (deep rekey in copy mode, new unit size) with the native transfer', async () => {
@@ -322,19 +310,10 @@ describe.skipIf(!shm)('copy jobs on tmpfs', () => {
     writeFileSync(raw, image);
     const enc = join(folder, 'enc.vmdk');
     await encryptDisk(raw, enc, { subformat: 'monolithicFlat', lockers: [phraseLocker('old')] });
-    const opened: ChunkTransfer[] = [];
-    const real = ChunkTransfer.open.bind(ChunkTransfer);
-    const spy = vi.spyOn(ChunkTransfer, 'open').mockImplementation(async (job) => {
-      const t = await real(job);
-      if (t) opened.push(t);
-      return t;
-    });
-    try {
-      await deepRekey(enc, { keys: { passphrase: 'old' }, lockers: [phraseLocker('new')], unitSize: 4096, chunkSize: 2 * MiB });
-    } finally {
-      spy.mockRestore();
-    }
-    expect(opened.map((t) => t.nativeBytes)).toEqual([image.length]);
+    const moved = await nativeBytesOf(() =>
+      deepRekey(enc, { keys: { passphrase: 'old' }, lockers: [phraseLocker('new')], unitSize: 4096, chunkSize: 2 * MiB }),
+    );
+    expect(moved).toEqual([image.length]);
     const dec = join(folder, 'dec.raw');
     await decryptDisk(enc, dec, { keys: { passphrase: 'new' }, subformat: 'raw' });
     expect(readFileSync(dec).equals(image)).toBe(true);
@@ -343,3 +322,20 @@ describe.skipIf(!shm)('copy jobs on tmpfs', () => {
     });
   });
 });
+
+/** Runs `job` and returns the bytes each native transfer it opened moved (the real transfer runs: nothing is replaced). */
+async function nativeBytesOf(job: () => Promise<unknown>): Promise<number[]> {
+  const opened: ChunkTransfer[] = [];
+  const real = ChunkTransfer.open.bind(ChunkTransfer);
+  const spy = vi.spyOn(ChunkTransfer, 'open').mockImplementation(async (spec) => {
+    const t = await real(spec);
+    if (t) opened.push(t);
+    return t;
+  });
+  try {
+    await job();
+  } finally {
+    spy.mockRestore();
+  }
+  return opened.map((t) => t.nativeBytes);
+}

@@ -75,3 +75,20 @@ export async function startHost(
 export function unixUri(socket: string, name: string): string {
   return `nbd+unix:///${name}?socket=${socket}`;
 }
+
+/**
+ * Awaits `job` while `writeNext(i)` writes block i through a client, one block in flight, every
+ * 10 ms, until the job settles or `max` blocks are written: writes that race a live snapshot,
+ * backup or commit. Returns the job's result and how many blocks were written.
+ */
+export async function whileWriting<T>(job: Promise<T>, writeNext: (index: number) => Promise<void>, max: number): Promise<{ result: T; blocks: number }> {
+  let finished = false;
+  void job.finally(() => (finished = true));
+  let blocks = 0;
+  while (!finished && blocks < max) {
+    await writeNext(blocks);
+    blocks++;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  return { result: await job, blocks };
+}

@@ -14,7 +14,7 @@ import { readPoint } from '../../src/backup/points.js';
 import { openRepository } from '../../src/backup/repository.js';
 import { tempDir } from '../disk/helpers.js';
 import { cleanEnv, json, vmseal } from '../cli/run-cli.js';
-import { encryptedDisk, KEYS, PASSPHRASE, plaintextOf, run, startHost } from './helpers.js';
+import { encryptedDisk, KEYS, PASSPHRASE, plaintextOf, run, startHost, whileWriting } from './helpers.js';
 import { CMD, RawClient } from './nbd-client.js';
 
 const KiB = 1024;
@@ -75,16 +75,15 @@ describe('host backup of a served chain', () => {
 
       // Backup 1 while the writer writes block after block, one in flight at a time.
       const patterns: Buffer[] = [];
-      const backup1 = vmseal(['host', 'backup', 'vm', repo, '--name', 'p1', '--control', control, '--json'], env);
-      let finished = false;
-      void backup1.finally(() => (finished = true));
-      while (!finished && patterns.length < MAX_BLOCKS) {
-        const p = randomBytes(BLOCK);
-        await write(FIRST + patterns.length * BLOCK, p);
-        patterns.push(p);
-        await new Promise((r) => setTimeout(r, 10));
-      }
-      const b1 = await backup1;
+      const { result: b1 } = await whileWriting(
+        vmseal(['host', 'backup', 'vm', repo, '--name', 'p1', '--control', control, '--json'], env),
+        async (i) => {
+          const p = randomBytes(BLOCK);
+          await write(FIRST + i * BLOCK, p);
+          patterns.push(p);
+        },
+        MAX_BLOCKS,
+      );
       expect(b1.code, b1.stderr).toBe(0);
       const r1 = json(b1);
       const temporary = join(dir, 'vm-000002.vmdk');

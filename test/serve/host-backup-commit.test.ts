@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { initRepository, restoreBackup } from '../../src/index.js';
 import { tempDir } from '../disk/helpers.js';
 import { cleanEnv, json, vmseal } from '../cli/run-cli.js';
-import { encryptedDisk, PASSPHRASE, plaintextOf, startHost } from './helpers.js';
+import { encryptedDisk, PASSPHRASE, plaintextOf, startHost, whileWriting } from './helpers.js';
 import { CMD, RawClient } from './nbd-client.js';
 
 const KiB = 1024;
@@ -76,16 +76,15 @@ describe('host backup commits its snapshot', () => {
       };
 
       // Backup 1, while the writer writes block after block (one in flight at a time) until the commit is done.
-      const backup1 = vmseal(['host', 'backup', 'vm', repo, '--name', 'p1', '--control', control, '--json'], env);
-      let finished = false;
-      void backup1.finally(() => (finished = true));
-      while (!finished && patterns.length < MAX_BLOCKS) {
-        const p = randomBytes(BLOCK);
-        await write(FIRST + patterns.length * BLOCK, p);
-        patterns.push(p);
-        await new Promise((r) => setTimeout(r, 10));
-      }
-      const b1 = await backup1;
+      const { result: b1 } = await whileWriting(
+        vmseal(['host', 'backup', 'vm', repo, '--name', 'p1', '--control', control, '--json'], env),
+        async (i) => {
+          const p = randomBytes(BLOCK);
+          await write(FIRST + i * BLOCK, p);
+          patterns.push(p);
+        },
+        MAX_BLOCKS,
+      );
       expect(b1.code, b1.stderr).toBe(0);
       const r1 = json(b1);
       expect(r1).toMatchObject({ ok: true, command: 'host backup', name: 'p1', frozen: disk, top: disk, committed: { removed: join(dir, 'vm-000001.vmdk') } });
