@@ -20,7 +20,8 @@
  * the new one or (on some file systems) an empty one, and each is handled above. Concurrent writers
  * (backups share the repository lock) may lose each other's entry; the next reader repairs it.
  */
-import { readdir, readFile, rename, unlink, writeFile } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { open, readdir, rename, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { isTempNameOf, tempName } from '../util/atomic-file.js';
 import { Descriptor } from '../vmdk/index.js';
@@ -83,11 +84,19 @@ function isEntry(e: unknown): e is [string, string, string | null, string] {
 async function readIndexFile(repo: Repository): Promise<Map<string, PointEntry> | null> {
   let text: string;
   try {
-    text = await readFile(pointIndexPath(repo), 'utf8');
+    // Sized before it is read (a huge file is not loaded to be refused); O_NONBLOCK: a FIFO put
+    // in its place does not hang the open, and is no regular file.
+    const h = await open(pointIndexPath(repo), constants.O_RDONLY | constants.O_NONBLOCK);
+    try {
+      const st = await h.stat();
+      if (!st.isFile() || st.size > MAX_INDEX_BYTES) return null;
+      text = await h.readFile('utf8');
+    } finally {
+      await h.close();
+    }
   } catch {
     return null;
   }
-  if (text.length > MAX_INDEX_BYTES) return null;
   let f: unknown;
   try {
     f = JSON.parse(text);

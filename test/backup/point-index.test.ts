@@ -2,7 +2,8 @@
 // finds its parent and `latest` / names resolve from it without parsing every manifest, and whatever
 // state it is in — missing, damaged, another repository's, older than the manifests (a backup killed
 // before it updated the index), listing points a prune removed — the answer is the manifests' own.
-import { copyFileSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { copyFileSync, mkdirSync, readFileSync, readdirSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createBackup, initRepository, pruneBackup, restoreBackup } from '../../src/backup/index.js';
@@ -109,6 +110,9 @@ describe('the point index', () => {
         () => writeFileSync(indexPath(repo), JSON.stringify({ format: 'vmseal-backup-index', version: 1, repository: id, points: [[p2.point, 'h', 'b', 42]] })),
       ],
       ['another version', () => writeFileSync(indexPath(repo), JSON.stringify({ format: 'vmseal-backup-index', version: 2, repository: id, points: [] }))],
+      // Sized before it is read: a huge file is not loaded, and a FIFO does not hang the open.
+      ['larger than 64 MiB', () => (writeFileSync(indexPath(repo), '{'), truncateSync(indexPath(repo), (64 << 20) + 1))],
+      ['a FIFO', () => execFileSync('mkfifo', [indexPath(repo)])],
     ];
     let last = p2.point;
     for (const [what, damage] of states) {
