@@ -26,7 +26,8 @@
 //   runs of `block`-sized blocks that are not all zeros at positions[i] of fdOut (zero blocks are left
 //   alone: a new flat extent reads as zeros there, and stays a host hole). Resolves `bytes` written
 //   and `failed` -1; or, at the first chunk that is missing, of another size or altered, `failed` its
-//   index and `reason` 'missing' | 'size' | 'hash' (`size`: the bytes it has), nothing of it written.
+//   index and `reason` 'missing' | 'type' (not a regular file) | 'size' | 'hash' (`size`: the bytes
+//   it has), nothing of it written.
 //
 // Any failed system call rejects with an Error: `code` ERR_BACKUP_CHUNK_IO, `errno`, `syscall`, and
 // `path` (the chunk or temp file, or the input/output "fd N") — napi_errors.h's shape; a store may
@@ -347,10 +348,21 @@ class RestoreWork : public ChunkWork {
   // Read chunk i whole into buf and check it: false after Fail(); a bad chunk sets failed_.
   bool ReadChunk(size_t i, uint8_t* buf, size_t n) {
     const std::string& path = paths_[i];
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // O_NONBLOCK: a FIFO at a chunk's name must not hang the pool thread in open(); it is no chunk.
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
       if (errno == ENOENT) return Bad(i, "missing", 0);
       return Fail(errno, "open", path);
+    }
+    struct stat st;
+    if (::fstat(fd, &st) != 0) {
+      int err = errno;
+      ::close(fd);
+      return Fail(err, "fstat", path);
+    }
+    if (!S_ISREG(st.st_mode)) {
+      ::close(fd);
+      return Bad(i, "type", 0);
     }
     // One byte more than expected: a longer file is caught by the same read.
     int64_t got = ReadFully(fd, buf, n + 1, 0, path);

@@ -18,6 +18,7 @@
  * no manifest names it and no backup that may count on it (having found it present) is running.
  */
 import { randomBytes, createHash } from 'node:crypto';
+import { constants as fsConstants } from 'node:fs';
 import { mkdir, open, readdir, readFile, rm, stat, unlink } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { createFileAtomic, fsyncDir, writeFileAtomic } from '../util/atomic-file.js';
@@ -182,14 +183,17 @@ export class Repository implements RepositoryInfo {
     const file = this.chunkPath(hash);
     let fh;
     try {
-      fh = await open(file, 'r');
+      // O_NONBLOCK: a FIFO at a chunk's name must not hang the open; it is refused below as no chunk.
+      fh = await open(file, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT')
         throw new BackupError('ERR_BACKUP_CHUNK', `chunk ${hash} is missing from ${this.path}`, { cause: err });
       throw err;
     }
     try {
-      const size = (await fh.stat()).size;
+      const st = await fh.stat();
+      if (!st.isFile()) throw new BackupError('ERR_BACKUP_CHUNK', `chunk ${hash} is not a regular file (${file})`);
+      const size = st.size;
       if (size !== target.length) throw new BackupError('ERR_BACKUP_CHUNK', `chunk ${hash} has ${size} bytes where ${target.length} are expected (${file})`);
       const n = await readFully(fh, target, 0);
       if (n !== target.length) throw new BackupError('ERR_BACKUP_CHUNK', `chunk ${hash} is shorter than ${target.length} bytes (${file})`);

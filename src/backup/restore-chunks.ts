@@ -64,6 +64,7 @@ export async function restoreRun(native: NativeBackup, repo: Repository, run: Ch
   const expected = run.lengths[r.failed]!;
   // The words of Repository.readChunk, which the VMDK-layer path uses.
   if (r.reason === 'missing') throw new BackupError('ERR_BACKUP_CHUNK', `chunk ${hash} is missing from ${repo.path}`);
+  if (r.reason === 'type') throw new BackupError('ERR_BACKUP_CHUNK', `chunk ${hash} is not a regular file (${file})`);
   if (r.reason === 'size')
     throw new BackupError(
       'ERR_BACKUP_CHUNK',

@@ -25,7 +25,7 @@ export interface NativeBackup {
   /**
    * For each chunk i: read the file `paths[i]`, check its length and SHA-256 (`hashes`, 32 bytes per
    * chunk), then write its non-zero `block`s at `positions[i]` of `fdOut`. Stops at the first bad
-   * chunk (`failed` its index, `reason`, its `size`), nothing of it written.
+   * chunk (`failed` its index, `reason`, its `size`), nothing of it written; 'type': not a regular file.
    */
   restoreChunks(
     fdOut: number,
@@ -34,7 +34,7 @@ export interface NativeBackup {
     paths: string[],
     hashes: Buffer,
     block: number,
-  ): Promise<{ bytes: number; failed: number; reason: '' | 'missing' | 'size' | 'hash'; size: number }>;
+  ): Promise<{ bytes: number; failed: number; reason: '' | 'missing' | 'type' | 'size' | 'hash'; size: number }>;
   readonly BACKUP_CHUNKS_MAX: number;
 }
 

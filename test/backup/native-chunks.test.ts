@@ -4,7 +4,7 @@
 // error; a restore refuses a missing, resized or altered chunk before writing any of it and leaves
 // zero blocks as holes; and a backup made natively lists the same chunks as one made through the
 // VMDK layer (VMSEAL_BACKUP_NATIVE=0), chunks across two extents included.
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -239,6 +239,12 @@ describe('backups of flat disks through the native path', () => {
     expect((await backupErrorOf(restoreBackup(repo, p.point, join(dir, 'out.img')))).message).toContain(`has ${MiB - 1} bytes where ${MiB} are expected`);
     rmSync(file);
     expect((await backupErrorOf(restoreBackup(repo, p.point, join(dir, 'out.img')))).message).toContain(`chunk ${hash} is missing`);
+    // A FIFO at the chunk's name: refused, not waited on (the open would block for a writer), on both paths.
+    execFileSync('mkfifo', [file]);
+    for (const native of [undefined, '0'] as const) {
+      const e = await withNative(native, () => backupErrorOf(restoreBackup(repo, p.point, join(dir, 'out.img'))));
+      expect(e.message).toContain(`chunk ${hash} is not a regular file`);
+    }
     expect(existsSync(join(dir, 'out.img'))).toBe(false);
   });
 
