@@ -57,7 +57,7 @@ export const DIRECT_WRITE_CONCURRENCY = 2;
 export type OutputWritePath = 'direct' | 'write-behind' | 'page-cache';
 
 export interface WritePathFacts {
-  /** The output folder is on tmpfs or ramfs (output-files.ts onMemoryFs). */
+  /** The output folder is on tmpfs or ramfs (util/inline-io.ts isMemoryBacked). */
   memoryFs: boolean;
   /** Every data file of the output holds the virtual bytes as they are (raw, FLAT/VMFS extents). */
   flat: boolean;

@@ -37,7 +37,7 @@ import { nativeWriteback, type NativeWriteback } from '../util/native-writeback.
 import { throwIfAborted } from './errors.js';
 import { flatParts, type FlatPart } from './flat-parts.js';
 import { nativeIoError } from './native-errors.js';
-import { onMemoryFs } from './output-files.js';
+import { isMemoryBacked } from '../util/inline-io.js';
 
 /**
  * 0: the kernel copy is off (the engine reads and writes every plain copy); 1: on, also on tmpfs and
@@ -77,7 +77,7 @@ export async function kernelCopy(job: KernelCopyJob): Promise<boolean> {
   // one file holds its inode lock, so the kernel's single copy runs on one core at a time, while
   // the engine's two copies (read, write) run on two; measured under load (docs/performance.md),
   // the kernel copy took 20% less CPU but 1.2-1.3x the engine's wall time.
-  const memoryFs = await onMemoryFs(dirname(job.target.path));
+  const memoryFs = await isMemoryBacked(dirname(job.target.path));
   if (memoryFs && setting !== '1') return false;
   const parts = await flatParts(job.source, job.target);
   if (!parts) return false;

@@ -7,7 +7,6 @@
  */
 import { dirname, resolve } from 'node:path';
 import type { VirtualDisk } from '../vmdk/index.js';
-import { folderFacts } from '../util/inline-fs.js';
 
 export interface OutputSegment {
   /** Virtual range [start, end) held by `file`. */
@@ -50,16 +49,4 @@ export function outputFiles(disk: VirtualDisk): OutputFiles {
     start = end;
   }
   return { files, segments };
-}
-
-/** statfs f_type of tmpfs and ramfs: file systems whose page cache is the storage itself. */
-export { RAMFS_MAGIC, TMPFS_MAGIC } from '../util/inline-io.js';
-
-/**
- * Whether `path` lies on a memory file system (tmpfs, ramfs). There, writeback has nothing to do
- * and O_DIRECT saves no copy, so the copy job uses neither. False when statfs fails (the job then
- * treats the folder as a disk, which is always correct, only perhaps slower).
- */
-export async function onMemoryFs(path: string): Promise<boolean> {
-  return (await folderFacts(path)).memoryBacked;
 }

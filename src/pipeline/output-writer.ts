@@ -8,7 +8,7 @@
  */
 import type { VirtualDisk } from '../vmdk/index.js';
 import { DIRECT_WRITE_CONCURRENCY, DirectWriter, directFlag, isFlatOutput, outputWritePath, type OutputWritePath } from './direct-write.js';
-import { onMemoryFs } from './output-files.js';
+import { isMemoryBacked } from '../util/inline-io.js';
 import { WriteBehind } from './write-behind.js';
 
 /**
@@ -35,7 +35,7 @@ export interface OutputWriter {
  */
 export async function openOutputWriter(disk: VirtualDisk, folder: string, memoryFs?: boolean): Promise<OutputWriter> {
   const flat = isFlatOutput(disk);
-  const path = outputWritePath({ memoryFs: memoryFs ?? (await onMemoryFs(folder)), flat, directAvailable: directFlag() !== undefined });
+  const path = outputWritePath({ memoryFs: memoryFs ?? (await isMemoryBacked(folder)), flat, directAvailable: directFlag() !== undefined });
   const direct = path === 'direct' ? DirectWriter.open(disk) : null;
   if (direct) return { path, writeConcurrency: DIRECT_WRITE_CONCURRENCY, write: (offset, data) => direct.write(offset, data), close: () => direct.close() };
   const behind = path === 'write-behind' ? WriteBehind.open(disk) : null;

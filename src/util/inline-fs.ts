@@ -15,7 +15,7 @@
 import { lstatSync, mkdirSync, readdirSync, type Stats, renameSync, rmdirSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { lstat, mkdir, readdir, rename, rmdir, stat, statfs, unlink, writeFile } from 'node:fs/promises';
 import { fsyncDir, fsyncDirSync } from './atomic-file.js';
-import { RAMFS_MAGIC, TMPFS_MAGIC } from './inline-io.js';
+import { isMemoryFsType } from './inline-io.js';
 
 /** What one statfs of a folder tells: whether it is memory-backed, and the bytes free to this user. */
 export interface FolderFacts {
@@ -28,7 +28,7 @@ export interface FolderFacts {
 export async function folderFacts(dir: string): Promise<FolderFacts> {
   try {
     const s = await statfs(dir);
-    return { memoryBacked: s.type === TMPFS_MAGIC || s.type === RAMFS_MAGIC, freeBytes: Number(s.bavail) * Number(s.bsize) };
+    return { memoryBacked: isMemoryFsType(s.type), freeBytes: Number(s.bavail) * Number(s.bsize) };
   } catch {
     return { memoryBacked: false, freeBytes: null };
   }

@@ -37,11 +37,19 @@ export const inlineIoSettings = { max: process.env.VMSEAL_INLINE_IO === '0' ? 0 
 export const TMPFS_MAGIC = 0x01021994;
 export const RAMFS_MAGIC = 0x858458f6;
 
-/** Whether `path` lives on a memory-backed file system (tmpfs, ramfs); false when that cannot be told. */
+/** Whether a statfs f_type is a memory-backed file system's: its page cache is the storage itself. */
+export function isMemoryFsType(type: number): boolean {
+  return type === TMPFS_MAGIC || type === RAMFS_MAGIC;
+}
+
+/**
+ * Whether `path` lives on a memory-backed file system (tmpfs, ramfs). There, writeback has nothing
+ * to do and O_DIRECT saves no copy. False when statfs fails (the caller then treats it as a disk,
+ * which is always correct, only perhaps slower).
+ */
 export async function isMemoryBacked(path: string): Promise<boolean> {
   try {
-    const { type } = await statfs(path);
-    return type === TMPFS_MAGIC || type === RAMFS_MAGIC;
+    return isMemoryFsType((await statfs(path)).type);
   } catch {
     return false;
   }

@@ -14,7 +14,7 @@ import { convertDisk, decryptDisk, deepRekey, encryptDisk } from '../../src/pipe
 import { ChunkTransfer, CHUNK_TRANSFER_ENV } from '../../src/pipeline/chunk-transfer.js';
 import { runChunks } from '../../src/pipeline/engine.js';
 import { chunked, type Span } from '../../src/pipeline/plan.js';
-import { TMPFS_MAGIC } from '../../src/pipeline/output-files.js';
+import { TMPFS_MAGIC } from '../../src/util/inline-io.js';
 import { phraseLocker } from '../disk/helpers.js';
 
 const KiB = 1024;

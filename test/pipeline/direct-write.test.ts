@@ -9,7 +9,8 @@ import { join } from 'node:path';
 import { createDisk, openDisk } from '../../src/vmdk/index.js';
 import { allocateCipherBuffer } from '../../src/xts/index.js';
 import { DIRECT_ALIGN, DIRECT_WRITE_CONCURRENCY, DirectWriter, isFlatOutput, outputWritePath } from '../../src/pipeline/direct-write.js';
-import { onMemoryFs, outputFiles, TMPFS_MAGIC } from '../../src/pipeline/output-files.js';
+import { outputFiles } from '../../src/pipeline/output-files.js';
+import { isMemoryBacked, TMPFS_MAGIC } from '../../src/util/inline-io.js';
 import { MEMORY_WRITE_CONCURRENCY, openOutputWriter } from '../../src/pipeline/output-writer.js';
 import { decryptDisk, encryptDisk, verifyDisk } from '../../src/index.js';
 
@@ -57,9 +58,9 @@ describe('outputWritePath', () => {
 
   it('knows tmpfs from a disk folder', async () => {
     const shm = shmDir();
-    if (shm) await expect(onMemoryFs(shm)).resolves.toBe(true);
-    if (!diskIsTmpfs()) await expect(onMemoryFs(dir)).resolves.toBe(false);
-    await expect(onMemoryFs(join(dir, 'missing', 'folder'))).resolves.toBe(false); // statfs fails: treated as a disk
+    if (shm) await expect(isMemoryBacked(shm)).resolves.toBe(true);
+    if (!diskIsTmpfs()) await expect(isMemoryBacked(dir)).resolves.toBe(false);
+    await expect(isMemoryBacked(join(dir, 'missing', 'folder'))).resolves.toBe(false); // statfs fails: treated as a disk
   });
 
   it('tells flat outputs (raw, FLAT extents) from sparse ones', async () => {

@@ -14,7 +14,7 @@ import { createDisk, openDisk } from '../../src/vmdk/index.js';
 import { fileDataRanges } from '../../src/util/file-extents.js';
 import { nativeCopy, type NativeCopy } from '../../src/util/native-copy.js';
 import type { NativeWriteback } from '../../src/util/native-writeback.js';
-import { TMPFS_MAGIC } from '../../src/pipeline/output-files.js';
+import { TMPFS_MAGIC } from '../../src/util/inline-io.js';
 
 const KiB = 1024;
 const MiB = 1 << 20;
