@@ -249,7 +249,7 @@ export class KeySession {
   }
 
   /** A passphrase locker with a new recovery passphrase (prompted twice on a terminal). */
-  async recoveryLocker(purpose = 'new recovery passphrase'): Promise<LockerSpec> {
+  async recoveryLocker(purpose = 'new recovery passphrase', kdf?: 'workstation'): Promise<LockerSpec> {
     const passphrase = await readPassphrase({
       purpose,
       confirm: true,
@@ -260,20 +260,25 @@ export class KeySession {
       ...(this.opts.passphraseFile !== undefined ? { passphraseFile: this.opts.passphraseFile } : {}),
       ...(this.opts.passphraseEnv !== undefined ? { passphraseEnv: this.opts.passphraseEnv } : {}),
     });
-    return this.phraseLocker(passphrase);
+    return this.phraseLocker(passphrase, kdf);
   }
 
-  /** A passphrase locker for `passphrase`, with --pbkdf2-rounds' rounds if given (warned about below the default). */
-  phraseLocker(passphrase: string | Uint8Array): LockerSpec {
+  /**
+   * A passphrase locker for `passphrase` (in Workstation's construction with `kdf`), with
+   * --pbkdf2-rounds' rounds if given, warned about below that construction's default.
+   */
+  phraseLocker(passphrase: string | Uint8Array, kdf?: 'workstation'): LockerSpec {
     const rounds = this.opts.pbkdf2Rounds;
-    if (rounds === undefined) return { kind: 'passphrase', passphrase };
-    if (rounds < PHRASE_DEFAULTS.pbkdf2Sha256Rounds && !this.warnedRounds) {
+    const base: LockerSpec = kdf ? { kind: 'passphrase', passphrase, kdf } : { kind: 'passphrase', passphrase };
+    if (rounds === undefined) return base;
+    const fallback = kdf === 'workstation' ? PHRASE_DEFAULTS.workstationRounds : PHRASE_DEFAULTS.pbkdf2Sha256Rounds;
+    if (rounds < fallback && !this.warnedRounds) {
       this.warnedRounds = true;
       this.ctx.output.note(
-        `warning: --pbkdf2-rounds ${rounds} is below the default ${PHRASE_DEFAULTS.pbkdf2Sha256Rounds}: the passphrase is that much faster to guess from a copy of the disk`,
+        `warning: --pbkdf2-rounds ${rounds} is below the default ${fallback}: the passphrase is that much faster to guess from a copy of the disk`,
       );
     }
-    return { kind: 'passphrase', passphrase, rounds };
+    return { ...base, rounds };
   }
 
   /** Lockers for a new DEK: a provider locker, plus a recovery passphrase if asked. */

@@ -148,6 +148,18 @@ describe('vmseal vm', () => {
     expect((await vmxBytes()).toString()).toBe(PLAIN_VMX);
   });
 
+  it("--workstation --pbkdf2-rounds warns only below Workstation's own default of 10,000 rounds", async () => {
+    const above = await vmseal(['vm', 'encrypt', vm, '--config-only', '--workstation', '--passphrase-file', pwFile, '--pbkdf2-rounds', '20000'], env);
+    ok(above);
+    expect(above.stderr).not.toMatch(/below the default/);
+    expect(VmxFile.parse(await vmxBytes()).get('encryption.keySafe')).toMatch(/pass2key%3dPBKDF2%2dHMAC%2dSHA%2d1%3acipher%3dAES%2d256%3arounds%3d20000%3a/);
+    ok(await vmseal(['vm', 'decrypt', vm, '--config-only', '--passphrase-file', pwFile], env));
+    const below = await vmseal(['vm', 'encrypt', vm, '--config-only', '--workstation', '--passphrase-file', pwFile, '--pbkdf2-rounds', '5000'], env);
+    ok(below);
+    expect(below.stderr).toMatch(/warning: --pbkdf2-rounds 5000 is below the default 10000/);
+    ok(await vmseal(['vm', 'decrypt', vm, '--config-only', '--passphrase-file', pwFile], env));
+  });
+
   it('on a terminal, --workstation asks for the new passphrase twice and decrypt asks for it once, never echoing it', async () => {
     const typed = 'typed VM passphrase';
     const e = await vmsealOnTty(['vm', 'encrypt', vm, '--config-only', '--workstation'], env, [

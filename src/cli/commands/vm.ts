@@ -46,9 +46,7 @@ function vmxLockerText(l: LockerInfo): string {
 
 /** One passphrase locker in Workstation's construction (PBKDF2-HMAC-SHA-1, 10,000 rounds, HMAC-SHA-1). */
 async function workstationLocker(keys: KeySession): Promise<LockerSpec> {
-  const spec = await keys.recoveryLocker('new passphrase of the VM');
-  if (spec.kind !== 'passphrase') throw new Error('a passphrase locker was expected');
-  return { ...spec, kdf: 'workstation' };
+  return keys.recoveryLocker('new passphrase of the VM', 'workstation');
 }
 
 export async function vmEncryptCommand(ctx: Ctx, target: string, opts: VmCliOptions): Promise<void> {
