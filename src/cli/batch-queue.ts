@@ -11,7 +11,7 @@
  *              before it reports it
  */
 
-/** Added to the counter by stop(): no image index of a batch is that large (MAX_BATCH below). */
+/** Added to the counter by stop(): no image index of a batch is that large (MAX_BATCH_IMAGES). */
 const STOPPED = 1 << 30;
 /** The most images one batch may have: every index stays below STOPPED. */
 export const MAX_BATCH_IMAGES = STOPPED - 1;

@@ -13,7 +13,7 @@ import type { Ctx } from '../context.js';
 import { resolveHome } from '../key-session.js';
 import { formatBytes } from '../parse.js';
 import { readPassphrase } from '../passphrase.js';
-import { requireInputFile } from './common.js';
+import { requireInputFile } from './input-file.js';
 import { chainLayers } from './snapshot.js';
 
 export interface HostCliOptions {

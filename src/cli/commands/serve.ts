@@ -13,7 +13,7 @@ import { refuseMixedVmDisks } from '../../vm/disk-vm.js';
 import type { Ctx } from '../context.js';
 import { usageError } from '../errors.js';
 import { withKeys, type KeyCliOptions } from '../key-session.js';
-import { requireInputFile } from './common.js';
+import { requireInputFile } from './input-file.js';
 import { controlPathOf } from './host.js';
 
 export interface ServeCliOptions extends KeyCliOptions {
