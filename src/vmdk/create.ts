@@ -65,7 +65,8 @@ export interface CreateDiskOptions {
   parent?: { cid: string; fileNameHint: string };
 }
 
-const DEFAULT_GRAIN = 65536;
+/** Grain of a new sparse disk when none is asked for (qemu-img's). */
+export const DEFAULT_GRAIN = 65536;
 const TWO_GIB = 2 ** 31;
 /** Sectors reserved for an embedded descriptor, like qemu (10 KiB); more when the initial text needs it. */
 const DEFAULT_DESCRIPTOR_SECTORS = 20;
