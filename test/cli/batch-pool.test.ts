@@ -44,10 +44,11 @@ describe('batch worker pool', () => {
     const names = ['small0', 'small1', 'big0', 'big1', 'big2', 'big3'];
     for (const n of names) await writeFile(join(dir, `${n}.img`), Buffer.alloc(n.startsWith('big') ? 128 * MiB : MiB, 0x5a));
     const items = names.map((n) => ({ input: join(dir, `${n}.img`), output: join(out, `${n}.vmdk`) }));
+    // One worker converting two images at once (two lanes of the queue): an abort stops both.
     const queue = new BatchQueue(items.length, 2);
     const pool = new BatchPool(
       SCRIPT,
-      2,
+      [2],
       { opts: { cipher: DEFAULT_CIPHER, unitSize: DEFAULT_UNIT_SIZE, subformat: 'monolithicSparse' }, passphraseGiven: false },
       desk,
       items,
