@@ -28,7 +28,7 @@ import {
 import { CHUNK_SIZE, POINT_ID_RE, newPointId, openRepository, type Repository } from './repository.js';
 import { storeChunks } from './store-chunks.js';
 import { readPoint } from './points.js';
-import { entryOf, pointEntries, savePointIndex } from './point-index.js';
+import { addToPointIndex, entryOf, pointEntries } from './point-index.js';
 import { generationOf, isChanged, readChangeBitmap, writeBaseline, type DiskGeneration } from './change-bitmap.js';
 import { parentInLineage } from './lineage.js';
 import { chainLayers, chainLineage, chainRecord, flattenedDescriptor, sameChain, type PointChain } from './chain-point.js';
@@ -303,8 +303,9 @@ async function backUp(
     stats: { chunks: entries.length, newChunks, newBytes },
   };
   await repo.writePointText(id, serializeManifest(manifest));
-  // The index is a cache (point-index.ts): a failure, or a crash before this, is repaired by the next reader.
-  await savePointIndex(repo, [...known, entryOf(manifest)]);
+  // The index is a cache (point-index.ts): a failure, or a crash before this, is repaired by the next
+  // reader. Added under the index lock to what it holds now, not to `known`: concurrent backups' points stay.
+  await addToPointIndex(repo, entryOf(manifest));
   // The point is committed and nobody wrote the disk meanwhile (its lock is held): changes now count
   // from this point. A failure leaves the old bitmap, still right about its own base.
   await writeBaseline(disk, { repository: repo.id, point: id }, generation).catch(() => undefined);
