@@ -227,8 +227,20 @@ async function backUp(
   }
   const history = o.history ?? defaultHistory(shape, params?.diskId ?? null);
   // The point index (point-index.ts) gives every point's history and lineage line without parsing
-  // their manifests; the only manifest read is the change bitmap's base (changePlan).
-  const known = await pointEntries(repo, { skipDamaged: true });
+  // their manifests; the only manifest read is the change bitmap's base (changePlan). The two are
+  // read at once: each is a chain of calls on libuv's pool (open, stat, read, close…), and neither
+  // needs the other. Both settle before anything goes on (the disk is closed after a failure).
+  // The disk's generation (its descriptor and files' stat times) is taken once, under its lock: it
+  // checks the bitmap now and stamps the new baseline at the end (reading changes no file's times).
+  const planned = (async () => {
+    const generation = await generationOf(disk);
+    return { generation, plan: await changePlan(repo, disk, params?.diskId ?? null, !encrypted, generation, chain) };
+  })();
+  const [knownR, plannedR] = await Promise.allSettled([pointEntries(repo, { skipDamaged: true }), planned]);
+  if (knownR.status === 'rejected') throw knownR.reason;
+  if (plannedR.status === 'rejected') throw plannedR.reason;
+  const known = knownR.value;
+  const { generation, plan } = plannedR.value;
   // After a restore, the restored disk's points continue from the point it was restored from (lineage.ts).
   const parent = parentInLineage(
     known.filter((p) => p.history === history),
@@ -241,10 +253,6 @@ async function backUp(
   let newBytes = 0;
   let bytesRead = 0;
   let chunksRead = 0;
-  // The disk's generation (its descriptor and files' stat times) is taken once, under its lock: it
-  // checks the bitmap now and stamps the new baseline at the end (reading changes no file's times).
-  const generation = await generationOf(disk);
-  const plan = await changePlan(repo, disk, params?.diskId ?? null, !encrypted, generation, chain);
   let offsets: AsyncIterator<number> | Iterator<number>;
   let toRead = Infinity;
   if ('bits' in plan) {
