@@ -262,7 +262,7 @@ interface Collected {
   stale: boolean;
 }
 
-/** The listing of `points/` joined with the index file; points it lacks from `added`, else their manifests. */
+/** The listing of `points/` joined with the index file; the points it lacks from `added`, else from their manifests. */
 async function collect(repo: Repository, options: { skipDamaged?: boolean }, added?: ReadonlyMap<string, PointEntry>): Promise<Collected> {
   const ids = await repo.pointIds();
   const cached = await readIndexFile(repo);
@@ -300,8 +300,9 @@ export async function pointEntries(repo: Repository, options: { skipDamaged?: bo
   const { entries, stale } = await collect(repo, options);
   if (stale) {
     await underIndexLock(repo, 0, async () => {
-      // Read again under the lock: a backup may have added its point since.
-      const again = await collect(repo, { skipDamaged: true });
+      // Read again under the lock: a backup may have added its point since. The entries just read
+      // are reused (they never change once their manifest is written): no manifest is parsed twice.
+      const again = await collect(repo, { skipDamaged: true }, new Map(entries.map((e) => [e.id, e])));
       if (again.stale) await writePointIndex(repo, again.entries).catch(() => undefined);
     });
   }
