@@ -8,7 +8,8 @@ import { basename, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createBackup, initRepository, listBackups, pruneBackup, restoreBackup } from '../../src/backup/index.js';
 import { parseManifest } from '../../src/backup/manifest.js';
-import { entryOf, POINT_INDEX_FILE, POINT_INDEX_VERSION } from '../../src/backup/point-index.js';
+import { entryOf, POINT_INDEX_FILE, POINT_INDEX_LOCK, POINT_INDEX_VERSION } from '../../src/backup/point-index.js';
+import { acquireFileLock } from '../../src/util/lock.js';
 import { summarize } from '../../src/backup/point-summary.js';
 import { resolvePoint } from '../../src/backup/points.js';
 import { openRepository } from '../../src/backup/repository.js';
@@ -223,5 +224,29 @@ describe('the point index', () => {
     for (const [file, text] of saved) writeFileSync(file, text);
     expect(await listBackups(repo)).toEqual(listed);
     expect(indexed(repo)).toEqual(fromManifests(repo, id));
+  });
+
+  it('is written only under the index lock: a reader leaves a held lock alone, a backup waits for it', async () => {
+    const { disk, repo, id } = await setup();
+    const p1 = await createBackup(disk, repo);
+    rmSync(indexPath(repo));
+    const held = await acquireFileLock(join(repo, POINT_INDEX_LOCK), { mode: 'exclusive' });
+    let created: Promise<Awaited<ReturnType<typeof createBackup>>> | undefined;
+    try {
+      // The reader answers from the manifests, and does not write the index while another holds the lock.
+      expect((await listBackups(repo)).points.map((p) => p.id)).toEqual([p1.point]);
+      expect(indexed(repo)).toBeNull();
+      // A backup commits its point, then waits for the lock to add it to the index.
+      created = createBackup(disk, repo);
+      const manifests = (): string[] => readdirSync(join(repo, 'points')).filter((f) => f.endsWith('.json'));
+      for (let i = 0; i < 400 && manifests().length < 2; i++) await new Promise((r) => setTimeout(r, 25));
+      expect(manifests()).toHaveLength(2);
+      expect(indexed(repo)).toBeNull();
+    } finally {
+      held.release();
+    }
+    const p2 = await created!;
+    expect(indexed(repo)).toEqual(fromManifests(repo, id));
+    expect(indexed(repo)!.map((e) => (e as string[])[0])).toEqual([p1.point, p2.point]);
   });
 });
