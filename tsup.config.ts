@@ -1,4 +1,4 @@
-import { readFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { defineConfig, type Options } from 'tsup';
 
 /**
@@ -22,7 +22,7 @@ const commanderLazyChildProcess: NonNullable<Options['esbuildPlugins']>[number] 
   },
 };
 
-// The library ships ESM and CJS with types for each; the CLI is ESM only.
+// The library ships ESM and CJS with types for each; the CLI is one CommonJS script.
 // `shims` gives the CJS build an import.meta.url so the native loader can find the package root.
 export default defineConfig([
   {
@@ -37,19 +37,28 @@ export default defineConfig([
     platform: 'node',
   },
   {
-    // Commands are imported when they run (src/cli/program.ts): their chunks go beside main.js.
+    // One CommonJS file holds the whole CLI (docs/performance.md, "CLI start-up"): Node 20 resolves,
+    // reads, compiles and links each ES module on its own, a cost every `vmseal` process paid for
+    // each of the ~25 chunks a command loaded; one script is read and compiled once, and
+    // src/cli/compile-cache.ts can keep V8's code for it. A command's modules are still evaluated only
+    // when it runs (esbuild turns program.ts's import() of a command into a lazy initialiser).
     // batch-worker.js is the script of a batch's worker threads (src/cli/batch-pool.ts finds it there).
-    entry: { main: 'src/cli/main.ts', 'batch-worker': 'src/cli/batch-worker.ts' },
+    entry: { main: 'src/cli/main.ts', 'batch-worker': 'src/cli/batch-worker.ts', 'code-cache': 'src/cli/code-cache.ts' },
     outDir: 'dist/cli',
-    format: ['esm'],
+    format: ['cjs'],
+    // `.js`, not `.cjs`: bin/vmseal.js, the tests and batch-pool.ts name main.js and batch-worker.js;
+    // dist/cli/package.json (written below) tells Node they are CommonJS.
+    outExtension: () => ({ js: '.js' }),
+    splitting: false,
     sourcemap: true,
     clean: false,
     shims: true,
     target: 'node20',
     platform: 'node',
     noExternal: ['commander'],
-    // commander's CommonJS calls require() for Node's modules, which an ES module does not have.
-    banner: { js: "import { createRequire as __vmsealCreateRequire } from 'node:module'; const require = __vmsealCreateRequire(import.meta.url);" },
     esbuildPlugins: [commanderLazyChildProcess],
+    async onSuccess() {
+      await writeFile('dist/cli/package.json', '{ "type": "commonjs" }\n');
+    },
   },
 ]);
