@@ -48,6 +48,19 @@ describe('cache files', () => {
   });
 });
 
+describe('the build', () => {
+  it('is CommonJS and ASCII only (V8 keeps one-byte source; tsup.config.ts)', () => {
+    expect(JSON.parse(readFileSync(join(DIST, 'package.json'), 'utf8'))).toEqual({ type: 'commonjs' });
+    for (const f of ['main.js', 'batch-worker.js']) {
+      const bytes = readFileSync(join(DIST, f));
+      expect(
+        bytes.findIndex((b) => b > 0x7f),
+        f,
+      ).toBe(-1);
+    }
+  });
+});
+
 describe('the CLI with its code cache', () => {
   it('writes the cache of a command after its first successful run and takes it on the next', async () => {
     const first = await run(['--version']);
