@@ -16,7 +16,11 @@ if (!existsSync(entry)) {
   console.error(`vmseal: the CLI is not built (${entry} missing). Run \`npm install\` or \`npm run build\` in the package folder.`);
   process.exit(70);
 }
-if (process.env.VMSEAL_NO_CODE_CACHE !== '1' && existsSync(loader)) {
+// VMSEAL_DEBUG=1 (or `node --enable-source-maps`): stack traces name the src/*.ts lines. Node's own
+// loader reads dist/cli/main.js.map when source maps are on; a script compiled from the code cache
+// (vm.Script) gets none, so a debug run goes without the cache.
+if (process.env.VMSEAL_DEBUG) process.setSourceMapsEnabled(true);
+if (!process.sourceMapsEnabled && process.env.VMSEAL_NO_CODE_CACHE !== '1' && existsSync(loader)) {
   require(loader).runWithCodeCache(entry);
 } else {
   try {

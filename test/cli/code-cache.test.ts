@@ -6,6 +6,7 @@ import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFile
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { build } from 'esbuild';
 import { cacheFileFor, cacheKey, readCache, writeCache } from '../../src/cli/code-cache.js';
 import { cleanEnv, vmseal } from './run-cli.js';
 
@@ -116,6 +117,17 @@ describe('the CLI with its code cache', () => {
   it('writes nothing for a run that fails (a mistyped command, a file name in its place)', async () => {
     expect((await run(['encrpyt', 'in.img'])).code).toBe(2);
     expect((await run([join(dir, 'disk.img')])).code).toBe(2);
+    expect(caches()).toEqual([]);
+  });
+
+  it('is bypassed by VMSEAL_DEBUG=1, whose stack traces name the TypeScript source (source maps)', async () => {
+    // A stand-in for the CLI that fails at its second line, built as tsup builds the CLI (CommonJS, source map).
+    writeFileSync(join(dir, 'boom.ts'), "export function boom(): never {\n  throw new Error('boom');\n}\nboom();\n");
+    await build({ entryPoints: [join(dir, 'boom.ts')], outfile: main, format: 'cjs', platform: 'node', sourcemap: true, bundle: true, logLevel: 'silent' });
+    const plain = await run([]);
+    expect(plain.stderr).toMatch(/at boom \(.*main\.js:\d+:\d+\)/);
+    const debug = await vmseal([], cleanEnv({ VMSEAL_CLI_ENTRY: main, VMSEAL_DEBUG: '1' }));
+    expect(debug.stderr).toMatch(/at boom \(.*boom\.ts:2:\d+\)/);
     expect(caches()).toEqual([]);
   });
 
