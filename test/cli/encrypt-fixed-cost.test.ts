@@ -64,3 +64,21 @@ describe.skipIf(!hasStrace)('vmseal encrypt and the local keystore', () => {
     expect(verify.status, verify.stderr).toBe(0);
   });
 });
+
+describe('vmseal encrypt and the native addon', () => {
+  it('loads the source build of the addon without node-gyp-build, once', () => {
+    const preload = join(dir, 'record.cjs');
+    const out = join(dir, 'loaded.json');
+    writeFileSync(preload, `process.on('exit', () => require('node:fs').writeFileSync(${JSON.stringify(out)}, JSON.stringify(Object.keys(require.cache))));\n`);
+    const raw = join(dir, 'in.img');
+    writeFileSync(raw, Buffer.alloc(64 * 1024, 3));
+    const r = spawnSync(process.execPath, ['--require', preload, BIN, 'encrypt', raw, join(dir, 'out.vmdk'), '--subformat', 'monolithicFlat'], {
+      env: cleanEnv({ VMSEAL_HOME: join(dir, 'home') }),
+      encoding: 'utf8',
+    });
+    expect(r.status, r.stderr).toBe(0);
+    const loaded = JSON.parse(readFileSync(out, 'utf8')) as string[];
+    expect(loaded.filter((f) => f.endsWith('.node'))).toHaveLength(1);
+    expect(loaded.filter((f) => f.includes('node-gyp-build'))).toEqual([]);
+  });
+});
