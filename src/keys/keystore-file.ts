@@ -34,7 +34,7 @@ import type { BigIntStats } from 'node:fs';
 import { open, readFile, stat } from 'node:fs/promises';
 import { KeyError, type KeyErrorCode } from './errors.js';
 import { writeFileAtomic } from '../util/atomic-file.js';
-import { decodeBase64String } from './base64.js';
+import { canonicalBase64Length, decodeBase64String } from './base64.js';
 import { checkScryptCost, GCM_IV, GCM_TAG } from './keystore-sealing.js';
 
 export interface LocalKeyInfo {
@@ -108,7 +108,7 @@ export function ioError(err: unknown, action: string, file: string): KeyError {
 export const DISK_ID = /^[A-Za-z0-9._-]{1,64}$/;
 export const ISO = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$/;
 export const B64 = (v: unknown, min: number, max: number) =>
-  typeof v === 'string' && ((b) => b !== undefined && b.length >= min && b.length <= max)(decodeBase64String(v));
+  typeof v === 'string' && ((n) => n !== undefined && n >= min && n <= max)(canonicalBase64Length(v));
 
 function validateStore(raw: Buffer, file: string): Store {
   const bad = (field: string): never => {
