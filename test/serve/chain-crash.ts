@@ -343,3 +343,97 @@ export async function checkCommitKills(flavor: Flavor): Promise<void> {
     ).toEqual([]);
   }
 }
+
+/**
+ * Serve a new base in the fixture, write and flush, then ask for a live snapshot; the server kills
+ * itself at the snapshot's `killAt`-th labelled call (0: never). The child is VMware's default name.
+ */
+async function snapshotIn(flavor: Flavor, killAt: number): Promise<Run> {
+  const dir = join(tmp.dir, `${flavor}-snap-${++n}`);
+  mkdirSync(dir, { mode: 0o700 });
+  const before = randomBytes(MiB);
+  const disk = await makeBase(dir, flavor, before);
+  const socket = join(dir, 'nbd.sock');
+  const control = join(dir, 'ctl', 'serve.sock');
+  const server = spawn(process.execPath, [fixture], {
+    env: { ...process.env, DISK: disk, SOCKET: socket, CONTROL: control, KILL_AT: String(killAt), PASSPHRASE: flavor === 'encrypted' ? PASSPHRASE : '' },
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  servers.add(server);
+  let stdout = '';
+  server.stdout.on('data', (d) => (stdout += String(d)));
+  server.stderr.resume();
+  const exit = new Promise<NodeJS.Signals | null>((done) =>
+    server.on('close', (_code, signal) => {
+      servers.delete(server);
+      done(signal);
+    }),
+  );
+  await lineOf(server, () => stdout, /^ready$/m);
+  const model = Buffer.alloc(CAPACITY);
+  before.copy(model);
+  const c = await RawClient.connect(socket);
+  try {
+    await c.go('vm');
+    const data = randomBytes(256 * KiB);
+    expect((await c.request(CMD.WRITE, 2 * MiB, data.length, 0, data)).error).toBe(0);
+    data.copy(model, 2 * MiB);
+    expect((await c.request(CMD.FLUSH, 0, 0)).error).toBe(0);
+    server.stdin.write('arm\n');
+    await lineOf(server, () => stdout, /^armed$/m);
+    const snap = controlRequest(control, { command: 'snapshot', name: 'vm' });
+    snap.catch(() => undefined);
+    let events: string[] = [];
+    if (killAt === 0) {
+      await snap;
+      server.stdin.write('dump\n');
+      events = JSON.parse((await lineOf(server, () => stdout, /^events=.*$/m)).slice('events='.length)) as string[];
+      c.close();
+      server.kill('SIGTERM');
+    } else {
+      await expect(snap).rejects.toThrow();
+    }
+    return { dir, disk, child: join(dir, 'vm-000001.vmdk'), model, reads: 0, mismatches: 0, events, signal: await exit };
+  } finally {
+    c.close();
+  }
+}
+
+/**
+ * Kill the server at every call of a live snapshot: the base keeps every flushed write and is
+ * served again by a restarted `vmseal serve`, or — made read-only for the child before the kill — is
+ * refused for writing; a child left behind is either whole (its chain reads the same content) or
+ * refused with a typed error (ERR_VMDK_FORMAT, ERR_VMDK_CORRUPT: killed while it was being
+ * written) — never served half made. Returns one line per kill point saying which.
+ */
+export async function checkSnapshotKills(flavor: Flavor): Promise<string[]> {
+  const dry = await snapshotIn(flavor, 0);
+  const outcomes: string[] = [];
+  for (let point = 1; point <= dry.events.length; point++) {
+    const label = `${flavor}, snapshot killed at call ${point} (${dry.events[point - 1]})`;
+    const r = await snapshotIn(flavor, point);
+    expect(r.signal, label).toBe('SIGKILL');
+    const env = cleanEnv({ VMSEAL_HOME: join(r.dir, 'home'), VMSEAL_PASSPHRASE: PASSPHRASE });
+    const base = await restartServe(r.disk, r.dir, env, flavor);
+    let baseOutcome = 'served';
+    if (base.served) {
+      expect((await readAll(base.socket)).equals(r.model), `base served again, ${label}`).toBe(true);
+      await base.stop();
+    } else {
+      // Made read-only for the child before the kill: refused for writing (not served), and whole.
+      baseOutcome = 'refused';
+      expect(base.code, label).not.toBe(0);
+      expect(base.stderr, label).toMatch(/read-only/);
+      expect((await plaintext(r.disk, flavor)).equals(r.model), `base content, ${label}`).toBe(true);
+    }
+    let childOutcome = 'no child';
+    if (existsSync(r.child)) {
+      const code = await openCode(r.child, flavor);
+      childOutcome = code ?? 'opens';
+      if (code === undefined) expect((await plaintext(r.child, flavor)).equals(r.model), `child content, ${label}`).toBe(true);
+      else expect(code, label).toMatch(/^ERR_/);
+    }
+    outcomes.push(`${label}: base ${baseOutcome}; child ${childOutcome}`);
+  }
+  return outcomes;
+}
