@@ -14,7 +14,8 @@
  *   4. the parent's descriptor "final" is written (no job line, a new CID, the new data check);
  *   5. the child's files are removed, then the journal.
  * Resume repeats from step 2 (step 3 only while the child's descriptor file exists): every step is
- * idempotent, since the child never changes.
+ * idempotent, since the child never changes — and from step 5 once the parent's descriptor is the
+ * final one, since the parent, whole, may have been opened and written since (see isFinal).
  */
 import { chmod, readdir, realpath, stat, unlink } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
@@ -410,16 +411,18 @@ async function runCommit(
   resumed: boolean,
 ): Promise<CommitResult> {
   const folder = dirname(top);
-  const layer = await openVmdk(parent, { readOnly: true, allowEncrypted: true, layerOnly: true });
-  const parentFiles = layer.files();
-  await layer.close();
-  await makeWritable(parentFiles);
-  await removeStaleDescriptorTemps(parent);
-  const loc = await locateDescriptor(parent);
-  await writeDescriptor(loc, fromB64(h.descriptor.during));
   let moved = 0;
-  if (await pathExists(top)) moved = await copyLayer(top, parent, h.capacity, options);
-  await writeDescriptor(loc, fromB64(h.descriptor.final));
+  if (!(resumed && (await isFinal(parent, h)))) {
+    const layer = await openVmdk(parent, { readOnly: true, allowEncrypted: true, layerOnly: true });
+    const parentFiles = layer.files();
+    await layer.close();
+    await makeWritable(parentFiles);
+    await removeStaleDescriptorTemps(parent);
+    const loc = await locateDescriptor(parent);
+    await writeDescriptor(loc, fromB64(h.descriptor.during));
+    if (await pathExists(top)) moved = await copyLayer(top, parent, h.capacity, options);
+    await writeDescriptor(loc, fromB64(h.descriptor.final));
+  }
   // The descriptor file first: once it is gone, a resume knows the copy was complete.
   for (const f of h.topFiles) {
     await unlink(join(folder, f)).catch((err: NodeJS.ErrnoException) => {
@@ -438,6 +441,24 @@ async function runCommit(
     encrypted: h.to !== null,
     ...(resumed ? { resumed: true } : {}),
   };
+}
+
+/**
+ * Whether steps 2 to 4 are done: the parent's descriptor is the final one (step 4 follows the
+ * copy's flush). The parent is then a whole disk that opens, and may have been written since (a
+ * restarted server serving it: its first write draws a new CID): steps 2 and 3 again would put the
+ * child's older grains back over those writes, and step 4 the journal's data check back over the
+ * disk's. So the final descriptor is recognised by its lines, its CID aside — unless it is still the
+ * "before" one, CID included: a plain chain's descriptors before and after differ only by the CID.
+ * (The parent written while still "before" — opened between steps 1 and 2 — looks like the final one
+ * written since: it is kept as its clients left it rather than mixed with the child's grains.)
+ */
+async function isFinal(parent: string, h: CommitHeader): Promise<boolean> {
+  const now = await readDescriptorBytes(await locateDescriptor(parent)).catch(() => undefined);
+  if (now === undefined) return false;
+  const before = fromB64(h.descriptor.before);
+  if (now.toString('latin1') === before.toString('latin1')) return false;
+  return withoutCid(now) === withoutCid(fromB64(h.descriptor.final));
 }
 
 /** Step 3: copy every range the child holds (as stored: ciphertext stays ciphertext) into the parent. */

@@ -8,7 +8,7 @@ import { chmod, lstat, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { describeValue, expected } from '../errors.js';
-import { openDisk, readEncryptionParams, type EncryptedDisk } from '../disk/index.js';
+import { assertNoJournal, openDisk, readEncryptionParams, type EncryptedDisk } from '../disk/index.js';
 import type { UnlockOptions } from '../keys/index.js';
 import type { VirtualDisk } from '../vmdk/index.js';
 import { acquireLock, type DiskLock } from '../pipeline/lock.js';
@@ -232,6 +232,10 @@ async function openExport(spec: ServeDisk, name: string, ctx: OpenContext): Prom
   const shared = checkCount(spec.shared ?? options.shared ?? (readOnly ? DEFAULT_SHARED_READ_ONLY : 1), 'shared');
   const lock: DiskLock = await acquireLock(spec.path, 'serve', readOnly ? 'shared' : 'exclusive');
   try {
+    // First: a job killed midway (a live commit whose server died …) leaves the chain in states the
+    // opens below would refuse with another error — the parent's CID changed by the commit's final
+    // descriptor — whose advice (give up the child) loses data. The journal says what to do: resume.
+    assertNoJournal(spec.path);
     // A state file (vmseal's container: UEFI variables) is served from memory (vars-export.ts). Its
     // provider down, it is served locked as a disk is, and unlocked by the same retries and unlock().
     if (await isStateFile(spec.path)) {
