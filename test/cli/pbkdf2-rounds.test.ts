@@ -87,6 +87,22 @@ describe('--pbkdf2-rounds', () => {
     }
   });
 
+  it('without --recovery-passphrase (no passphrase locker is made) is a usage error, writing nothing', async () => {
+    const runs: Array<[string, string[]]> = [
+      ['encrypt', ['encrypt', raw, join(dir, 'no-locker.vmdk')]],
+      ['convert --encrypt', ['convert', raw, join(dir, 'no-locker-convert.vmdk'), '--encrypt', '--subformat', 'monolithicSparse']],
+    ];
+    for (const [what, args] of runs) {
+      const r = await vmseal([...args, '--pbkdf2-rounds', '2000'], env);
+      expect(r.code, `${what}: ${r.stderr}`).toBe(2);
+      expect(expectOneLineError(r)).toContain(
+        '--pbkdf2-rounds sets the rounds of a new recovery passphrase locker, and without --recovery-passphrase none is made',
+      );
+      expect(r.stderr).toContain('Add --recovery-passphrase');
+      expect(existsSync(args[2]!)).toBe(false);
+    }
+  });
+
   it('reaches every image of a batch converted by worker threads, with one warning', async () => {
     const inDir = join(dir, 'batch-in');
     await mkdir(inDir);
