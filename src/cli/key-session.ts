@@ -61,17 +61,17 @@ export interface KeyCliOptions {
 
 /** The keystore folder: --home, else VMSEAL_HOME, else ~/.vmseal (always explicit, never left to a default elsewhere). */
 /**
- * `--pbkdf2-rounds` sets the rounds of the recovery passphrase locker that `--recovery-passphrase`
- * makes (encrypt, convert --encrypt); without it no passphrase locker is made and the option would do
- * nothing. Refused up front as a usage error, as cryptsetup refuses an option its action does not use
- * ("Option --pbkdf-force-iterations is not allowed with isLuks action."): silently ignored, it would
- * let the user believe a locker had been made at that cost.
+ * `--pbkdf2-rounds` sets the rounds of the recovery passphrase locker a command makes; when the other
+ * options make none (`makesLocker` false) it would do nothing. Refused up front as a usage error, as
+ * cryptsetup refuses an option its action does not use ("Option --pbkdf-force-iterations is not
+ * allowed with isLuks action."): silently ignored, it would let the user believe a locker had been
+ * made at that cost. `lockerOptions`: the options that would make one, for the message.
  */
-export function checkRoundsHaveLocker(opts: Pick<KeyCliOptions, 'pbkdf2Rounds' | 'recoveryPassphrase'>): void {
-  if (opts.pbkdf2Rounds !== undefined && !opts.recoveryPassphrase) {
+export function checkRoundsHaveLocker(rounds: number | undefined, makesLocker: boolean, lockerOptions: string): void {
+  if (rounds !== undefined && !makesLocker) {
     throw usageError(
-      '--pbkdf2-rounds sets the rounds of a new recovery passphrase locker, and without --recovery-passphrase none is made',
-      'Add --recovery-passphrase (with --passphrase-file F or --passphrase-env NAME), or drop --pbkdf2-rounds',
+      `--pbkdf2-rounds sets the rounds of a new recovery passphrase locker, and without ${lockerOptions} none is made`,
+      `Add ${lockerOptions}, or drop --pbkdf2-rounds`,
     );
   }
 }

@@ -3,7 +3,7 @@
 // says when they are below the default, fewer than the floor are refused, and without the option the
 // default (600,000) is kept. Run as a user would: the built CLI in a child process.
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -87,7 +87,7 @@ describe('--pbkdf2-rounds', () => {
     }
   });
 
-  it('without --recovery-passphrase (no passphrase locker is made) is a usage error, writing nothing', async () => {
+  it('without an option that makes a passphrase locker (encrypt, convert, rekey) is a usage error, writing nothing', async () => {
     const runs: Array<[string, string[]]> = [
       ['encrypt', ['encrypt', raw, join(dir, 'no-locker.vmdk')]],
       ['convert --encrypt', ['convert', raw, join(dir, 'no-locker-convert.vmdk'), '--encrypt', '--subformat', 'monolithicSparse']],
@@ -101,6 +101,19 @@ describe('--pbkdf2-rounds', () => {
       expect(r.stderr).toContain('Add --recovery-passphrase');
       expect(existsSync(args[2]!)).toBe(false);
     }
+    // rekey: a shallow one makes a passphrase locker only with --add-recovery-passphrase, a deep one also with a new or kept passphrase.
+    const disk = join(dir, 'rekey-no-locker.vmdk');
+    ok(await vmseal(['encrypt', raw, disk], env));
+    const before = await readFile(disk);
+    for (const [mode, options] of [
+      ['--shallow', /without --add-recovery-passphrase none is made/],
+      ['--deep', /without --new-passphrase-file, --new-passphrase-env, --keep-recovery-passphrase or --add-recovery-passphrase none is made/],
+    ] as const) {
+      const r = await vmseal(['rekey', disk, mode, '--pbkdf2-rounds', '2000'], env);
+      expect(r.code, `rekey ${mode}: ${r.stderr}`).toBe(2);
+      expect(expectOneLineError(r)).toMatch(options);
+    }
+    expect((await readFile(disk)).equals(before)).toBe(true);
   });
 
   it('reaches every image of a batch converted by worker threads, with one warning', async () => {

@@ -66,7 +66,7 @@ function convertOne(
 
 export async function convertCommand(ctx: Ctx, first: string | undefined, second: string | undefined, opts: ConvertCliOptions): Promise<void> {
   if (opts.encrypt && opts.decrypt) throw usageError('--encrypt and --decrypt contradict each other', 'Give one of them');
-  checkRoundsHaveLocker(opts);
+  checkRoundsHaveLocker(opts.pbkdf2Rounds, opts.recoveryPassphrase === true, '--recovery-passphrase');
   if (opts.force && opts.skipExisting)
     throw usageError('--force and --skip-existing contradict each other', 'Give --force to replace existing outputs, or --skip-existing to keep them');
   if (opts.encrypt) checkEncryptedSubformat(opts.subformat);

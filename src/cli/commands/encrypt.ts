@@ -73,7 +73,7 @@ export function jobTuning(opts: { chunkSize?: number; threads?: number; force?: 
 
 export async function encryptCommand(ctx: Ctx, input: string, output: string | undefined, opts: EncryptCliOptions): Promise<void> {
   ctx.doing = `cannot encrypt ${input}`;
-  checkRoundsHaveLocker(opts);
+  checkRoundsHaveLocker(opts.pbkdf2Rounds, opts.recoveryPassphrase === true, '--recovery-passphrase');
   if (opts.inPlace) {
     if (output !== undefined) throw usageError('--in-place encrypts IN itself: give no OUT', 'Drop OUT, or drop --in-place to write a new image');
     if (opts.subformat !== undefined) throw usageError('--in-place keeps the subformat: --subformat cannot be given with it');
