@@ -87,7 +87,7 @@ describe('--pbkdf2-rounds', () => {
     }
   });
 
-  it('without an option that makes a passphrase locker (encrypt, convert, rekey) is a usage error, writing nothing', async () => {
+  it('without an option that makes a passphrase locker (encrypt, convert, rekey, vm encrypt) is a usage error, writing nothing', async () => {
     const runs: Array<[string, string[]]> = [
       ['encrypt', ['encrypt', raw, join(dir, 'no-locker.vmdk')]],
       ['convert --encrypt', ['convert', raw, join(dir, 'no-locker-convert.vmdk'), '--encrypt', '--subformat', 'monolithicSparse']],
@@ -114,6 +114,16 @@ describe('--pbkdf2-rounds', () => {
       expect(expectOneLineError(r)).toMatch(options);
     }
     expect((await readFile(disk)).equals(before)).toBe(true);
+    // vm encrypt: a passphrase locker only with --recovery-passphrase or --workstation.
+    const vm = join(dir, 'vm-no-locker');
+    await mkdir(vm);
+    const vmx = join(vm, 'test.vmx');
+    const config = '.encoding = "UTF-8"\nconfig.version = "8"\nvirtualHW.version = "18"\ndisplayName = "Test VM"\n';
+    await writeFile(vmx, config);
+    const v = await vmseal(['vm', 'encrypt', vm, '--config-only', '--pbkdf2-rounds', '2000'], env);
+    expect(v.code, v.stderr).toBe(2);
+    expect(expectOneLineError(v)).toContain('without --recovery-passphrase or --workstation none is made');
+    expect(await readFile(vmx, 'utf8')).toBe(config);
   });
 
   it('reaches every image of a batch converted by worker threads, with one warning', async () => {
