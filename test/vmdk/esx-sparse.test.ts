@@ -111,6 +111,15 @@ beforeAll(async () => {
 });
 afterAll(() => cleanup());
 
+/** A vmfsSparse disk `name` of 512-byte grains (ESX's own) without a parent, its grains placed in the file in the order given; and what it reads as. */
+function cowdAlone(name: string, sectors: number, grains: Array<{ index: number; data: Buffer }>): { path: string; want: Buffer } {
+  const path = join(dir, `${name}.vmdk`);
+  writeEsxDisk(path, buildCowd(sectors, 1, grains).bytes, { createType: 'vmfsSparse', capacitySectors: sectors, cid: '00000001' });
+  const want = Buffer.alloc(sectors * 512);
+  for (const g of grains) g.data.copy(want, g.index * 512);
+  return { path, want };
+}
+
 describe('vmfsSparse and seSparse chains', () => {
   it('qemu-img accepts the built files as a chain of the right types', () => {
     const info = JSON.parse(run('qemu-img', ['info', '--output=json', '--backing-chain', join(dir, 'snap2.vmdk')])) as Array<{
@@ -241,15 +250,12 @@ describe('vmfsSparse and seSparse chains', () => {
   });
 
   it('a vmfsSparse disk of 512-byte grains without a parent reads as a plain disk (unallocated grains are zeros)', async () => {
-    const path = join(dir, 'alone.vmdk');
     const sectors = 3 * 4096 + 100; // three tables and a bit
     const grains = [9, 10, 4096, 3 * 4096 + 99, 11].map((index, i) => ({ index, data: fill(512, 0x40 + i) }));
-    writeEsxDisk(path, buildCowd(sectors, 1, grains).bytes, { createType: 'vmfsSparse', capacitySectors: sectors, cid: '00000001' });
+    const { path, want } = cowdAlone('alone', sectors, grains);
     const d = await openDisk(path, { readOnly: true });
     try {
       expect(d).not.toBeInstanceOf(ChainDisk);
-      const want = Buffer.alloc(sectors * 512);
-      for (const g of grains) g.data.copy(want, g.index * 512);
       expect(sha(await readAll(d))).toBe(sha(want));
       expect(sha(qemuRaw(path))).toBe(sha(want));
     } finally {
@@ -421,11 +427,9 @@ describe('grains named twice', () => {
 
   it('a table reloaded after the cache dropped it is counted once: a full file reads whole', async () => {
     // Every grain of table 0 allocated: the grains fill the file, so counting a table twice would refuse it.
-    const path = join(dir, 'cowd-full.vmdk');
     const sectors = 2 * 4096;
     const grains = Array.from({ length: sectors }, (_, index) => ({ index, data: fill(512, index & 0xff) }));
-    writeEsxDisk(path, buildCowd(sectors, 1, grains).bytes, { createType: 'vmfsSparse', capacitySectors: sectors, cid: '00000001' });
-    const want = Buffer.concat(grains.map((g) => g.data));
+    const { path, want } = cowdAlone('cowd-full', sectors, grains);
     gtCacheSettings.bytes = 16384; // one table (and nothing else) fits
     const d = await openDisk(path, { readOnly: true });
     try {
@@ -445,12 +449,9 @@ describe('grains named twice', () => {
 describe('grain reads in flight', () => {
   it('a read of thousands of scattered 512-byte grains keeps at most 8 file reads in flight, and reads them all', async () => {
     // Grains placed in reverse order in the file: no two neighbours are one run, each is its own read.
-    const path = join(dir, 'cowd-scattered.vmdk');
     const sectors = 4096;
     const grains = Array.from({ length: sectors }, (_, i) => ({ index: sectors - 1 - i, data: fill(512, (sectors - 1 - i) % 251) }));
-    writeEsxDisk(path, buildCowd(sectors, 1, grains).bytes, { createType: 'vmfsSparse', capacitySectors: sectors, cid: '00000001' });
-    const want = Buffer.alloc(sectors * 512);
-    for (const g of grains) g.data.copy(want, g.index * 512);
+    const { path, want } = cowdAlone('cowd-scattered', sectors, grains);
     const d = await openDisk(path, { readOnly: true });
     let inFlight = 0;
     let most = 0;
