@@ -21,6 +21,12 @@
 //     reference is that disk's own full backup (3), whose time scales with its allocated data.
 //  6. the process floor: `node -e 0` and `vmseal --version`, timed the same way (a CLI command
 //     cannot take less), so that the incremental's ratio can be read against it.
+//  7. the library, in this one long-running process: the functions the CLI calls (createBackup,
+//     restoreBackup, restoreBackupOver from dist/) on the same flat disk, timed around each call
+//     (no start-up, no module loading after the first round), rounds interleaved, medians: full
+//     backup, incremental without and with the change bitmap, full restore, rollback with and
+//     without the bitmap. The ratios against the same targets then measure the data path alone.
+//     The change bitmap is still made by a short-lived `vmseal serve` process (untimed).
 //
 // Run: node bench/run.mjs backup [--quick]
 //   BENCH_BACKUP_MIB=N: the disk's data size in MiB (default 2048; 256 with --quick), for a quick check.
@@ -31,6 +37,7 @@ import { randomFillSync, randomInt } from 'node:crypto';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { performance } from 'node:perf_hooks';
 import { quick, report, fmtMBs } from '../lib.mjs';
 
 const MiB = 1024 * 1024;
@@ -169,6 +176,73 @@ function freeBytes(path) {
   } catch {
     return 0;
   }
+}
+
+/**
+ * 7. The library rows: the same jobs as the process rows, each one call of the public API in this
+ * process (dist/index.js, what the CLI calls), timed around the call. Every round runs all six, so a
+ * slow spell of a shared machine falls on all of them; the full backup and the full restore swap
+ * order every other round (the restore needs a point: in reversed rounds the previous round's).
+ * A full GC before each timed call (run.mjs passes --expose-gc) keeps one job's garbage off the next.
+ */
+async function libraryRounds({ env, disk, flat, repo, out, sockDir, changed, rounds: n }) {
+  const lib = await import('../../dist/index.js');
+  const gc = globalThis.gc ?? (() => undefined);
+  const timed = async (fn) => {
+    gc();
+    spawnSync('sync');
+    const t0 = performance.now();
+    const result = await fn();
+    return { seconds: (performance.now() - t0) / 1000, maxRssKiB: 0, result };
+  };
+  const check = (what, got, want) => {
+    if (got !== want) throw new Error(`library ${what}: ${got}, not ${want}`);
+  };
+  const jobs = {
+    full: async () => {
+      clean(repo);
+      await lib.initRepository(repo);
+      const r = await timed(() => lib.createBackup(disk, repo));
+      check('full backup newChunks', r.result.newChunks, size / CHUNK);
+      return r;
+    },
+    restore: async () => {
+      clean(out);
+      mkdirSync(out);
+      return timed(() => lib.restoreBackup(repo, 'latest', join(out, 'disk.vmdk')));
+    },
+  };
+  const runs = { full: [], restore: [], inc: [], bitmap: [], overBitmap: [], overNoBitmap: [] };
+  for (let round = 0; round < n; round++) {
+    for (const who of round % 2 ? ['restore', 'full'] : ['full', 'restore']) runs[who].push(await jobs[who]());
+    clean(out);
+    // Incremental without the bitmap: ciphertext changed straight in the extent, bitmap deleted.
+    changeChunks(flat, size, changed);
+    clean(`${disk}.vmseal-ctk`);
+    const inc = await timed(() => lib.createBackup(disk, repo));
+    check('incremental newChunks', inc.result.newChunks, changed);
+    check('incremental bitmap used', inc.result.changeBitmap.used, false);
+    runs.inc.push(inc);
+    // With the bitmap: the last backup left a clean, empty one on its point; write through the server.
+    await serveWrite(env, disk, sockDir, size, changed);
+    const b = await timed(() => lib.createBackup(disk, repo));
+    check('bitmap incremental chunksRead', b.result.chunksRead, changed);
+    check('bitmap incremental newChunks', b.result.newChunks, changed);
+    check('bitmap incremental bitmap used', b.result.changeBitmap.used, true);
+    runs.bitmap.push(b);
+    await serveWrite(env, disk, sockDir, size, changed);
+    const o1 = await timed(() => lib.restoreBackupOver(repo, b.result.point, disk));
+    check('rollback (bitmap) chunksWritten', o1.result.chunksWritten, changed);
+    runs.overBitmap.push(o1);
+    changeChunks(flat, size, changed);
+    clean(`${disk}.vmseal-ctk`);
+    const o2 = await timed(() => lib.restoreBackupOver(repo, b.result.point, disk));
+    check('rollback (no bitmap) chunksWritten', o2.result.chunksWritten, changed);
+    runs.overNoBitmap.push(o2);
+    // A rollback rewrites the descriptor (a new generation): the next round's backups start afresh.
+  }
+  clean(repo, out);
+  return runs;
 }
 
 async function main() {
@@ -331,6 +405,10 @@ async function main() {
       if (r2.json.chunksWritten !== changed) throw new Error(`the rollback (no bitmap) wrote ${r2.json.chunksWritten} chunks, not ${changed}`);
       overNoBitmap.push(r2);
     }
+    clean(repo);
+
+    // 7. The library, in this process (its repository and restored disk replace the process rows').
+    const libRuns = await libraryRounds({ env, disk, flat, repo: join(dir, 'repo-lib'), out, sockDir, changed, rounds });
     const loadAfter = loadavg()[0];
 
     const cp = summary(runs.cp);
@@ -344,6 +422,8 @@ async function main() {
     const sparseBitmapS = summary(sparseBitmap);
     const floorNodeS = summary(floorNode);
     const floorCliS = summary(floorCli);
+    const lib = Object.fromEntries(Object.entries(libRuns).map(([k, v]) => [k, summary(v)]));
+    const libRow = (job, r, written) => [job, r.seconds.toFixed(3), `${r.min.toFixed(3)}–${r.max.toFixed(3)}`, fmtMBs(size / r.seconds), written];
     const row = (job, r, bytes, written) => [
       job,
       r.seconds.toFixed(3),
@@ -365,6 +445,7 @@ async function main() {
         `Peak RSS at ${capLabel}: the same ${sizeLabel} of data at the start of a ${capLabel} monolithicSparse disk (\`vmseal encrypt --subformat monolithicSparse\` of the sparse raw file), full backup into a new repository, ${sparseRuns.length} run(s).`,
         `With the change bitmap at ${capLabel}, ${incRounds} rounds on the ${capLabel} sparse disk above (${sizeLabel} of data at its start), after its last full backup: ${sparseChanged} chunks (1 % of the capacity's ${sparseCapacity / CHUNK} chunks) written through a short-lived \`vmseal serve\` at random offsets over the whole capacity (most where nothing was allocated, so each round allocates ${sparseChanged} MiB more), then \`backup create\` (checked: the bitmap used, chunksRead = newChunks = ${sparseChanged}). Its ratio is to that disk's full backup, which reads its ${sizeLabel} of allocated data: a disk holding ${capLabel} of data would take about ${sparseCapacity / size} times as long to back up in full (not measured: it does not fit in tmpfs beside its repository).`,
         `Process floor: \`node -e 0\` and \`vmseal --version\`, ${rounds} runs each, timed as the other commands (spawn to exit): no \`vmseal\` command can take less than the second. The incremental's ratio is also given with that floor taken off both times, as what vmseal itself costs beyond starting up.`,
+        `Library (in-process) rows: the same jobs on the same flat disk as one call each of the public API (\`createBackup\`, \`restoreBackup\`, \`restoreBackupOver\` from dist/, what the CLI calls) in the suite's own long-running process, timed around the call: no process start-up, no module loading (the first round loads the modules before its first timed call; later rounds find them loaded). ${rounds} rounds, each running all six jobs (full backup into a new repository, full restore of the latest point — these two swap order every other round —, 1 % changed in the extent without the bitmap then \`createBackup\`, 1 % written through a short-lived \`vmseal serve\` (untimed) then \`createBackup\` with the bitmap → P, 1 % through the server then \`restoreBackupOver\` to P with the bitmap, 1 % in the extent with the bitmap deleted then \`restoreBackupOver\` to P), a full GC and \`sync\` before each timed call, the same checks as the process rows; medians. Their ratios, labelled \`library (in-process)\`, measure the data path alone: the difference from the process rows is start-up.`,
         `With the change bitmap, ${incRounds} rounds: an untimed \`backup create\` (a clean, empty bitmap on its point); ${changed} chunks (1 %) written through a short-lived \`vmseal serve\` of the disk (qemu-io over its Unix socket, then SIGTERM: the orderly stop leaves the bitmap clean), then \`backup create\` (checked: the bitmap used, chunksRead = newChunks = ${changed}) → point P; ${changed} chunks written through the server again, then \`backup restore REPO P --over DISK\` with that valid bitmap beside the disk; then ${changed} chunks overwritten straight in the flat extent and the bitmap deleted, and the rollback to P again (checked: chunksWritten = ${changed} each time). The serve runs are not timed. With the valid bitmap (its base is P) the rollback compares only the chunks it marks; without, every allocated chunk.`,
       ],
       tables: [
@@ -390,6 +471,18 @@ async function main() {
             row('`vmseal --version` (CLI floor)', floorCliS, size, '—'),
           ],
         },
+        {
+          caption: `Library (in-process): the same jobs as calls of the public API in one long-running process, ${sizeLabel} flat disk (seconds: median, min–max; MB/s of the disk's data size)`,
+          columns: ['job', 'seconds', 'min–max', 'MB/s', 'chunks written'],
+          rows: [
+            libRow('`createBackup`, full (empty repository)', lib.full, chunks),
+            libRow('`createBackup`, 1 % of chunks changed, no bitmap', lib.inc, changed),
+            libRow('`createBackup`, 1 % of chunks changed through `vmseal serve`, with its change bitmap', lib.bitmap, changed),
+            libRow('`restoreBackup` (full)', lib.restore, chunks),
+            libRow('`restoreBackupOver` (quick rollback), 1 % changed, valid change bitmap', lib.overBitmap, changed),
+            libRow('`restoreBackupOver` (quick rollback), 1 % changed, no change bitmap', lib.overNoBitmap, changed),
+          ],
+        },
       ],
       ratios: [
         { name: `full backup vs cp of the disk's files, ${sizeLabel} in tmpfs (throughput)`, value: cp.seconds / full.seconds, target: 0.8 },
@@ -401,11 +494,17 @@ async function main() {
           value: full.seconds / bitmapS.seconds,
           target: 20,
         },
-        {
-          name: `full backup time / incremental time with the change bitmap, both less the CLI floor (\`vmseal --version\`), ${sizeLabel}`,
-          value: (full.seconds - floorCliS.seconds) / Math.max(0.001, bitmapS.seconds - floorCliS.seconds),
-          target: null,
-        },
+        // Only when the incremental outlasts the floor: on a loaded machine the floor's median can
+        // exceed it, and a difference near zero makes a meaningless ratio (a loaded run printed 4370).
+        ...(bitmapS.seconds > floorCliS.seconds
+          ? [
+              {
+                name: `full backup time / incremental time with the change bitmap, both less the CLI floor (\`vmseal --version\`), ${sizeLabel}`,
+                value: (full.seconds - floorCliS.seconds) / (bitmapS.seconds - floorCliS.seconds),
+                target: null,
+              },
+            ]
+          : []),
         {
           name: `full backup time / incremental time with the change bitmap, ${capLabel} sparse disk (${sizeLabel} allocated, 1 % of the capacity's chunks changed)`,
           value: sparseS.seconds / sparseBitmapS.seconds,
@@ -419,6 +518,27 @@ async function main() {
         {
           name: 'full restore time / quick rollback time, no bitmap (1 % changed; target: ≤ 75 % of the full)',
           value: restore.seconds / overNoBitmapS.seconds,
+          target: 1.33,
+        },
+        {
+          name: `library (in-process): full backup vs cp of the disk's files, ${sizeLabel} (throughput; cp as a process)`,
+          value: cp.seconds / lib.full.seconds,
+          target: 0.8,
+        },
+        { name: 'library (in-process): incremental (1 % changed, no bitmap) time / full backup time', value: lib.inc.seconds / lib.full.seconds, target: null },
+        {
+          name: 'library (in-process): full backup time / incremental time with the change bitmap (1 % changed; target: ≤ 5 % of the full)',
+          value: lib.full.seconds / lib.bitmap.seconds,
+          target: 20,
+        },
+        {
+          name: 'library (in-process): full restore time / quick rollback time, valid bitmap (1 % changed; target: ≤ 25 % of the full)',
+          value: lib.restore.seconds / lib.overBitmap.seconds,
+          target: 4,
+        },
+        {
+          name: 'library (in-process): full restore time / quick rollback time, no bitmap (1 % changed; target: ≤ 75 % of the full)',
+          value: lib.restore.seconds / lib.overNoBitmap.seconds,
           target: 1.33,
         },
         { name: `200 MiB / peak RSS of a full backup, ${sizeLabel} flat`, value: 200 / (full.rss / 1024), target: 1 },

@@ -28,7 +28,7 @@ import {
 import { CHUNK_SIZE, POINT_ID_RE, newPointId, openRepository, type Repository } from './repository.js';
 import { storeChunks } from './store-chunks.js';
 import { readPoint } from './points.js';
-import { entryOf, pointEntries, savePointIndex } from './point-index.js';
+import { addToPointIndex, entryOf, pointEntries } from './point-index.js';
 import { generationOf, isChanged, readChangeBitmap, writeBaseline, type DiskGeneration } from './change-bitmap.js';
 import { parentInLineage } from './lineage.js';
 import { chainLayers, chainLineage, chainRecord, flattenedDescriptor, sameChain, type PointChain } from './chain-point.js';
@@ -227,8 +227,20 @@ async function backUp(
   }
   const history = o.history ?? defaultHistory(shape, params?.diskId ?? null);
   // The point index (point-index.ts) gives every point's history and lineage line without parsing
-  // their manifests; the only manifest read is the change bitmap's base (changePlan).
-  const known = await pointEntries(repo, { skipDamaged: true });
+  // their manifests; the only manifest read is the change bitmap's base (changePlan). The two are
+  // read at once: each is a chain of calls on libuv's pool (open, stat, read, close…), and neither
+  // needs the other. Both settle before anything goes on (the disk is closed after a failure).
+  // The disk's generation (its descriptor and files' stat times) is taken once, under its lock: it
+  // checks the bitmap now and stamps the new baseline at the end (reading changes no file's times).
+  const planned = (async () => {
+    const generation = await generationOf(disk);
+    return { generation, plan: await changePlan(repo, disk, params?.diskId ?? null, !encrypted, generation, chain) };
+  })();
+  const [knownR, plannedR] = await Promise.allSettled([pointEntries(repo, { skipDamaged: true }), planned]);
+  if (knownR.status === 'rejected') throw knownR.reason;
+  if (plannedR.status === 'rejected') throw plannedR.reason;
+  const known = knownR.value;
+  const { generation, plan } = plannedR.value;
   // After a restore, the restored disk's points continue from the point it was restored from (lineage.ts).
   const parent = parentInLineage(
     known.filter((p) => p.history === history),
@@ -241,10 +253,6 @@ async function backUp(
   let newBytes = 0;
   let bytesRead = 0;
   let chunksRead = 0;
-  // The disk's generation (its descriptor and files' stat times) is taken once, under its lock: it
-  // checks the bitmap now and stamps the new baseline at the end (reading changes no file's times).
-  const generation = await generationOf(disk);
-  const plan = await changePlan(repo, disk, params?.diskId ?? null, !encrypted, generation, chain);
   let offsets: AsyncIterator<number> | Iterator<number>;
   let toRead = Infinity;
   if ('bits' in plan) {
@@ -303,8 +311,9 @@ async function backUp(
     stats: { chunks: entries.length, newChunks, newBytes },
   };
   await repo.writePointText(id, serializeManifest(manifest));
-  // The index is a cache (point-index.ts): a failure, or a crash before this, is repaired by the next reader.
-  await savePointIndex(repo, [...known, entryOf(manifest)]);
+  // The index is a cache (point-index.ts): a failure, or a crash before this, is repaired by the next
+  // reader. Added under the index lock to what it holds now, not to `known`: concurrent backups' points stay.
+  await addToPointIndex(repo, entryOf(manifest));
   // The point is committed and nobody wrote the disk meanwhile (its lock is held): changes now count
   // from this point. A failure leaves the old bitmap, still right about its own base.
   await writeBaseline(disk, { repository: repo.id, point: id }, generation).catch(() => undefined);

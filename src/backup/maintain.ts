@@ -5,36 +5,8 @@ import type { PointManifest } from './manifest.js';
 import { readPoint, readPoints, resolvePoint } from './points.js';
 import { CHUNK_SIZE, openRepository } from './repository.js';
 import { pointsToPrune, type PruneRules } from './prune-select.js';
-import { entryOf, pointIndexLeftovers, savePointIndex } from './point-index.js';
-
-/** What `backup list` shows of a point: the manifest's own fields, and the top layer's chunk counts. */
-export interface PointSummary extends Pick<PointManifest, 'id' | 'name' | 'history' | 'parent' | 'time' | 'plain' | 'source' | 'capacity'> {
-  /** The top layer's subformat. */
-  subformat: string;
-  /** Non-zero chunks the point lists, and how many of them its backup wrote. */
-  chunks: number;
-  newChunks: number;
-  /** For a point of a snapshot chain's layer: how many layers the chain had up to it (its merged view is stored); else 0. */
-  chainLayers: number;
-}
-
-export function summarize(m: PointManifest): PointSummary {
-  const top = m.layers[m.layers.length - 1]!;
-  return {
-    id: m.id,
-    name: m.name,
-    history: m.history,
-    parent: m.parent,
-    time: m.time,
-    plain: m.plain,
-    source: m.source,
-    capacity: m.capacity,
-    subformat: top.subformat,
-    chunks: m.layers.reduce((n, l) => n + l.chunks.length, 0),
-    newChunks: m.stats.newChunks,
-    chainLayers: m.chain?.layers.length ?? 0,
-  };
-}
+import { entryOf, pointEntries, pointIndexLeftovers, savePointIndex, summaryOf } from './point-index.js';
+import type { PointSummary } from './point-summary.js';
 
 function waitOf(options: { lockWaitMs?: number }): number {
   const w = options.lockWaitMs ?? 0;
@@ -42,11 +14,17 @@ function waitOf(options: { lockWaitMs?: number }): number {
   return w;
 }
 
-/** Every point of the repository, oldest first (a damaged manifest throws ERR_BACKUP_MANIFEST: run verify). */
+export type { PointSummary } from './point-summary.js';
+
+/**
+ * Every point of the repository, oldest first, from the point index (point-index.ts): only the
+ * manifests it lacks are read (a damaged one of those throws ERR_BACKUP_MANIFEST: run verify, which
+ * reads them all).
+ */
 export async function listBackups(repoPath: string): Promise<{ repository: string; points: PointSummary[] }> {
   const repo = await openRepository(repoPath);
   // No lock: manifests appear and disappear whole (rename, unlink), and a point pruned meanwhile is skipped.
-  return { repository: repo.id, points: (await readPoints(repo)).map(summarize) };
+  return { repository: repo.id, points: (await pointEntries(repo)).map(summaryOf) };
 }
 
 export interface VerifyProblem {

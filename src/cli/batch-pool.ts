@@ -1,22 +1,26 @@
 /**
- * The worker threads of a batch: `--jobs N` (N > 1) images run at once, N - 1 of them each in a
- * worker thread (src/cli/batch-worker.ts) from its first file look-up to its committed output, on
- * the worker's own event loop and heap, and one on the main thread. A batch of small images costs
- * mostly JavaScript per image (opening, planning, creating and committing the output), and one
- * event loop running N jobs gets no faster than one core; N event loops do.
+ * The worker threads of a batch. `--jobs N` images run at once: up to IMAGES_PER_THREAD of them on
+ * the main thread's event loop, the rest in worker threads (src/cli/batch-worker.ts) of up to
+ * IMAGES_PER_THREAD each (planLanes, src/cli/batch.ts), each image from its first file look-up to
+ * its committed output on one thread's event loop and heap. A small image's data path runs on the
+ * thread pool, but most of its CPU time is JavaScript (opening, planning, creating and committing
+ * the output): two images on one loop fill the loop's waits for the pool, and only more threads
+ * run more of that JavaScript at once — at the price of a second module graph and a cold JIT per
+ * thread, which is why the main thread carries the first images and a worker carries several.
  *
  * Every thread takes its next image itself from the batch's shared queue (src/cli/batch-queue.ts):
  * a worker never waits for the main thread between two images. The main thread answers key
  * requests (src/cli/key-bridge.ts), feeds the progress bar and prints the summary in input order.
  *
  * Worker → main thread  { type: 'start', index } (it took that image)
- *                       { type: 'progress', bytesDone, bytesTotal } (at most every 100 ms, never the last)
+ *                       { type: 'progress', index, bytesDone, bytesTotal } (at most every 100 ms per image, never the last)
  *                       { type: 'done', index, bytes, seconds, skipped? } | { type: 'failed', index, seconds, error }
  *                       | { type: 'not-run', index } | key requests
  * Main thread → worker  { type: 'go' } | { type: 'abort' } | { type: 'close' } | key replies
- * The worker gets the images, the queue's buffer and its lane number in workerData; once loaded,
- * it starts taking images at 'go' (the batch has begun: sent once, not per image). 'abort' (Ctrl-C, SIGTERM: the main thread has
- * stopped the queue) stops its image, which removes its staging output and answers 'not-run';
+ * The worker gets the images, the queue's buffer and its lane numbers (one per image it converts
+ * at once) in workerData; once loaded, it starts taking images at 'go' (the batch has begun: sent
+ * once, not per image). 'abort' (Ctrl-C, SIGTERM: the main thread has stopped the queue) stops
+ * its images in flight, each of which removes its staging output and answers 'not-run';
  * 'close' wipes its keys and lets it exit.
  */
 import { existsSync } from 'node:fs';
@@ -34,9 +38,9 @@ export interface WorkerInit {
   opts: ImageConvertOptions;
   passphraseGiven: boolean;
   items: readonly BatchItem[];
-  /** The BatchQueue's buffer, and this worker's lane in it. */
+  /** The BatchQueue's buffer, and this worker's lanes in it: one per image it converts at once. */
   queue: SharedArrayBuffer;
-  lane: number;
+  lanes: number[];
 }
 
 export type ToWorker = { type: 'go' } | { type: 'abort' } | { type: 'close' } | KeyReply;
@@ -44,7 +48,7 @@ export type ToWorker = { type: 'go' } | { type: 'abort' } | { type: 'close' } | 
 export type FromWorker =
   | { type: 'ready' }
   | { type: 'start'; index: number }
-  | { type: 'progress'; bytesDone: number; bytesTotal: number }
+  | { type: 'progress'; index: number; bytesDone: number; bytesTotal: number }
   | { type: 'done'; index: number; bytes: number; seconds: number; skipped?: boolean }
   | { type: 'failed'; index: number; seconds: number; error: ItemError }
   | { type: 'not-run'; index: number }
@@ -76,20 +80,20 @@ export interface PoolEvents {
   ended(index: number, result: BatchItemResult | undefined): void;
 }
 
-/** One worker thread and the image it runs. */
-class Lane {
+/** One worker thread and the images it runs. */
+class WorkerThread {
   readonly worker: Worker;
-  readonly lane: number;
+  readonly lanes: readonly number[];
   gone = false;
   /** Set once its modules are loaded ('ready'). */
   ready = false;
-  /** The image it reported taking, and that image's progress hooks. */
-  current: { index: number; hooks: Pick<JobHooks, 'onProgress' | 'done'> } | undefined;
+  /** The images it reported taking and has not ended, with their progress hooks. */
+  readonly current = new Map<number, Pick<JobHooks, 'onProgress' | 'done'>>();
   readonly #pool: BatchPool;
 
   constructor(pool: BatchPool, script: URL, init: WorkerInit, desk: KeyDesk) {
     this.#pool = pool;
-    this.lane = init.lane;
+    this.lanes = init.lanes;
     const env: Record<string, string> = {};
     for (const name of WORKER_ENV) if (process.env[name] !== undefined) env[name] = process.env[name];
     this.worker = new Worker(script, { workerData: init, env });
@@ -112,14 +116,14 @@ class Lane {
         });
         return;
       case 'start':
-        this.current = { index: m.index, hooks: this.#pool.events?.started(m.index) ?? { onProgress: () => undefined, done: () => undefined } };
+        this.current.set(m.index, this.#pool.events?.started(m.index) ?? { onProgress: () => undefined, done: () => undefined });
         return;
       case 'progress':
-        this.current?.hooks.onProgress({ bytesDone: m.bytesDone, bytesTotal: m.bytesTotal });
+        this.current.get(m.index)?.onProgress({ bytesDone: m.bytesDone, bytesTotal: m.bytesTotal });
         return;
       case 'done':
         // The worker leaves an image's last progress report to this message (batch-worker.ts).
-        this.current?.hooks.onProgress({ bytesDone: m.bytes, bytesTotal: m.bytes });
+        this.current.get(m.index)?.onProgress({ bytesDone: m.bytes, bytesTotal: m.bytes });
         this.settle(m.index, { ok: true, bytes: m.bytes, seconds: m.seconds, ...(m.skipped ? { skipped: true } : {}) });
         return;
       case 'failed':
@@ -133,9 +137,10 @@ class Lane {
 
   private settle(index: number, outcome: Omit<BatchItemResult, 'input' | 'output'> | undefined): void {
     const item = this.#pool.items[index]!;
-    if (this.current?.index === index) {
-      this.current.hooks.done();
-      this.current = undefined;
+    const hooks = this.current.get(index);
+    if (hooks !== undefined) {
+      hooks.done();
+      this.current.delete(index);
     }
     this.#pool.events?.ended(index, outcome === undefined ? undefined : { input: item.input, output: item.output, ...outcome });
   }
@@ -143,10 +148,14 @@ class Lane {
   private end(err: Error): void {
     if (this.gone) return;
     this.gone = true;
-    // The image it took, even one it had not reported yet, fails with the thread's error.
-    const index = this.current?.index ?? this.#pool.queue.claimedBy(this.lane);
-    if (index === undefined) return;
-    this.settle(index, { ok: false, bytes: 0, seconds: 0, error: internalFailure(err) });
+    // The images it took, even ones it had not reported yet, fail with the thread's error (an
+    // image a lane took last and already ended is recorded already: the batch ignores it).
+    const taken = new Set(this.current.keys());
+    for (const lane of this.lanes) {
+      const index = this.#pool.queue.claimedBy(lane);
+      if (index !== undefined) taken.add(index);
+    }
+    for (const index of taken) this.settle(index, { ok: false, bytes: 0, seconds: 0, error: internalFailure(err) });
   }
 
   post(m: ToWorker): void {
@@ -165,28 +174,41 @@ export class BatchPool implements BatchHelpers {
   /** The progress hooks of an image a worker took (the batch's bar); none by default. */
   progress: (() => Pick<JobHooks, 'onProgress' | 'done'>) | undefined;
   events: PoolEvents | undefined;
-  private readonly lanes: Lane[] = [];
+  private readonly threads: WorkerThread[] = [];
 
   /**
-   * Start `size` workers at once over the batch's `items` and `queue`: their start-up (≈0.2 s each)
+   * Start one worker per entry of `lanes` (how many images it converts at once) over the batch's
+   * `items` and `queue`, whose lanes they take in turn: their start-up (≈0.15 s of CPU each)
    * overlaps the batch's key set-up and its first images, which the main thread converts
    * meanwhile. None takes an image before start().
    */
-  constructor(script: URL, size: number, init: Omit<WorkerInit, 'items' | 'queue' | 'lane'>, desk: KeyDesk, items: readonly BatchItem[], queue: BatchQueue) {
+  constructor(
+    script: URL,
+    lanes: readonly number[],
+    init: Omit<WorkerInit, 'items' | 'queue' | 'lanes'>,
+    desk: KeyDesk,
+    items: readonly BatchItem[],
+    queue: BatchQueue,
+  ) {
     this.items = items;
     this.queue = queue;
-    for (let lane = 0; lane < size; lane++) this.lanes.push(new Lane(this, script, { ...init, items, queue: queue.buffer, lane }, desk));
+    let next = 0;
+    for (const n of lanes) {
+      const own = Array.from({ length: n }, (_, i) => next + i);
+      next += n;
+      this.threads.push(new WorkerThread(this, script, { ...init, items, queue: queue.buffer, lanes: own }, desk));
+    }
   }
 
   /** The batch has begun: the workers take images from the queue and report them to `record`. */
   start(_queue: BatchQueue, record: (index: number, result: BatchItemResult | undefined) => void): void {
     this.events = { started: () => this.progress?.() ?? { onProgress: () => undefined, done: () => undefined }, ended: record };
-    for (const l of this.lanes) l.post({ type: 'go' });
+    for (const t of this.threads) t.post({ type: 'go' });
   }
 
   /** Stop every worker's image in flight (the queue is stopped by the batch): each answers 'not-run'. */
   abort(): void {
-    for (const l of this.lanes) l.post({ type: 'abort' });
+    for (const t of this.threads) t.post({ type: 'abort' });
   }
 
   /**
@@ -194,17 +216,17 @@ export class BatchPool implements BatchHelpers {
    * never got an image nor a key: it is stopped at once instead of waited for.
    */
   async close(): Promise<void> {
-    const exits = this.lanes
-      .filter((l) => !l.gone)
-      .map((l) =>
-        l.ready
+    const exits = this.threads
+      .filter((t) => !t.gone)
+      .map((t) =>
+        t.ready
           ? new Promise<void>((resolve) => {
-              l.worker.once('exit', () => resolve());
-              l.post({ type: 'close' });
+              t.worker.once('exit', () => resolve());
+              t.post({ type: 'close' });
             })
-          : l.worker.terminate().then(() => undefined),
+          : t.worker.terminate().then(() => undefined),
       );
-    this.lanes.length = 0;
+    this.threads.length = 0;
     await Promise.all(exits);
   }
 }

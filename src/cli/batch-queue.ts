@@ -6,9 +6,9 @@
  *
  * Layout of the SharedArrayBuffer (Int32, little-endian as the host):
  *   [0]        the next image index to hand out; stop() raises it past any batch size
- *   [1 + k]    1 + the index of the image worker k last took (0: none yet), written right after it
- *              takes it, so that the main thread can fail that image if the worker thread dies
- *              before it reports it
+ *   [1 + k]    1 + the index of the image worker lane k last took (0: none yet), written right
+ *              after it takes it, so that the main thread can fail that image if the worker thread
+ *              dies before it reports it (a worker converting two images at once has two lanes)
  */
 
 /** Added to the counter by stop(): no image index of a batch is that large (MAX_BATCH_IMAGES). */
@@ -23,7 +23,7 @@ export class BatchQueue {
   /** What the first stop() returned (later takes move the counter, not the count handed out). */
   #handed: number | undefined;
 
-  /** A queue of `count` images for the main thread and `lanes` workers, or one over a buffer another thread made. */
+  /** A queue of `count` images for the main thread and `lanes` worker lanes, or one over a buffer another thread made. */
   constructor(count: number, lanes: number, buffer?: SharedArrayBuffer) {
     if (!Number.isSafeInteger(count) || count < 0 || count > MAX_BATCH_IMAGES) throw new RangeError(`a batch of ${count} images`);
     this.count = count;
@@ -39,7 +39,7 @@ export class BatchQueue {
     return index;
   }
 
-  /** The image worker `lane` took last, if any. */
+  /** The image worker lane `lane` took last, if any. */
   claimedBy(lane: number): number | undefined {
     const v = Atomics.load(this.#cells, 1 + lane);
     return v === 0 ? undefined : v - 1;

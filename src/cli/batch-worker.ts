@@ -1,7 +1,7 @@
 /**
- * A batch worker thread (started by src/cli/batch-pool.ts, which describes the messages): takes
- * images from the batch's shared queue (src/cli/batch-queue.ts), one at a time, converts each and
- * reports its outcome. Its keys
+ * A batch worker thread (started by src/cli/batch-pool.ts, which describes the messages): each of
+ * its lanes takes images from the batch's shared queue (src/cli/batch-queue.ts), one at a time,
+ * converts each and reports its outcome. Its keys
  * come from the main thread's key session through the key bridge.
  */
 import { parentPort, workerData } from 'node:worker_threads';
@@ -27,13 +27,13 @@ const init = workerData as WorkerInit;
 const send = (m: FromWorker): void => port.postMessage(m);
 const keys = new BridgeKeys(send, init.passphraseGiven);
 const queue = new BatchQueue(init.items.length, 0, init.queue);
-/** The image being converted, stopped by an 'abort'. */
-let current: AbortController | undefined;
+/** The images being converted (by index), each stopped by an 'abort'. */
+const current = new Map<number, AbortController>();
 let running = false;
 
 async function runImage(index: number, item: BatchItem): Promise<void> {
   const controller = new AbortController();
-  current = controller;
+  current.set(index, controller);
   const started = performance.now();
   const seconds = (): number => (performance.now() - started) / 1000;
   let lastProgress = started;
@@ -43,7 +43,7 @@ async function runImage(index: number, item: BatchItem): Promise<void> {
       const now = performance.now();
       if (now - lastProgress < PROGRESS_INTERVAL_MS || p.bytesDone >= p.bytesTotal) return;
       lastProgress = now;
-      send({ type: 'progress', bytesDone: p.bytesDone, bytesTotal: p.bytesTotal });
+      send({ type: 'progress', index, bytesDone: p.bytesDone, bytesTotal: p.bytesTotal });
     },
   };
   try {
@@ -57,15 +57,13 @@ async function runImage(index: number, item: BatchItem): Promise<void> {
     const error = describeFailure(outputLimitError({ command: 'convert' }, err), controller.signal);
     send(error === undefined ? { type: 'not-run', index } : { type: 'failed', index, seconds: seconds(), error });
   } finally {
-    current = undefined;
+    current.delete(index);
   }
 }
 
-/** Take images from the batch's queue until none is left (or the batch is stopped). */
-async function takeImages(): Promise<void> {
-  if (running) return;
-  running = true;
-  for (let index = queue.take(init.lane); index !== undefined; index = queue.take(init.lane)) {
+/** One lane: take images from the batch's queue, one at a time, until none is left (or the batch is stopped). */
+async function takeImages(lane: number): Promise<void> {
+  for (let index = queue.take(lane); index !== undefined; index = queue.take(lane)) {
     send({ type: 'start', index });
     await runImage(index, init.items[index]!);
   }
@@ -74,12 +72,16 @@ async function takeImages(): Promise<void> {
 port.on('message', (m: ToWorker) => {
   switch (m.type) {
     case 'go':
-      void takeImages();
+      if (running) return;
+      running = true;
+      // Its lanes share this thread's event loop: while one image waits for the thread pool
+      // (reads, XTS, writes), another runs its JavaScript.
+      for (const lane of init.lanes) void takeImages(lane);
       return;
     case 'abort': {
       const err = new Error('interrupted');
       err.name = 'AbortError';
-      current?.abort(err);
+      for (const c of current.values()) c.abort(err);
       return;
     }
     case 'key-reply':

@@ -58,8 +58,8 @@ function indexState(repo: string): { stale: unknown[]; complete: boolean } {
     readdirSync(join(repo, 'points'))
       .filter((f) => f.endsWith('.json'))
       .map((f) => {
-        const e = entryOf(parseManifest(readFileSync(join(repo, 'points', f), 'utf8'), f.slice(0, -5), id));
-        return [e.id, [e.id, e.history, e.name, e.line]] as const;
+        const { id: eid, history, name, line, ...rest } = entryOf(parseManifest(readFileSync(join(repo, 'points', f), 'utf8'), f.slice(0, -5), id));
+        return [eid, [eid, history, name, line, rest]] as const;
       }),
   );
   let listed: unknown[][] = [];

@@ -1,14 +1,16 @@
 // The point index (`REPO/points-index.json`, src/backup/point-index.ts) is a cache: `backup create`
-// finds its parent and `latest` / names resolve from it without parsing every manifest, and whatever
+// finds its parent, `latest` / names resolve and `backup list` lists from it without parsing every manifest, and whatever
 // state it is in — missing, damaged, another repository's, older than the manifests (a backup killed
 // before it updated the index), listing points a prune removed — the answer is the manifests' own.
 import { execFileSync } from 'node:child_process';
 import { copyFileSync, mkdirSync, readFileSync, readdirSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createBackup, initRepository, pruneBackup, restoreBackup } from '../../src/backup/index.js';
+import { createBackup, initRepository, listBackups, pruneBackup, restoreBackup } from '../../src/backup/index.js';
 import { parseManifest } from '../../src/backup/manifest.js';
-import { entryOf, POINT_INDEX_FILE } from '../../src/backup/point-index.js';
+import { entryOf, POINT_INDEX_FILE, POINT_INDEX_LOCK, POINT_INDEX_VERSION } from '../../src/backup/point-index.js';
+import { acquireFileLock } from '../../src/util/lock.js';
+import { summarize } from '../../src/backup/point-summary.js';
 import { resolvePoint } from '../../src/backup/points.js';
 import { openRepository } from '../../src/backup/repository.js';
 import { openDisk } from '../../src/disk/index.js';
@@ -44,7 +46,7 @@ async function setup(): Promise<{ dir: string; disk: string; repo: string; id: s
 
 const indexPath = (repo: string): string => join(repo, POINT_INDEX_FILE);
 
-/** The index file's entries as [id, history, name, line], or null when it is absent. */
+/** The index file's entries as [id, history, name, line, {the rest of the list summary}], or null when it is absent. */
 function indexed(repo: string): unknown[] | null {
   try {
     return (JSON.parse(readFileSync(indexPath(repo), 'utf8')) as { points: unknown[] }).points;
@@ -60,8 +62,8 @@ function fromManifests(repo: string, repoId: string): unknown[] {
     .sort()
     .map((f) => {
       const id = f.slice(0, -5);
-      const e = entryOf(parseManifest(readFileSync(join(repo, 'points', f), 'utf8'), id, repoId));
-      return [e.id, e.history, e.name, e.line];
+      const { id: eid, history, name, line, ...rest } = entryOf(parseManifest(readFileSync(join(repo, 'points', f), 'utf8'), id, repoId));
+      return [eid, history, name, line, rest];
     });
 }
 
@@ -107,9 +109,22 @@ describe('the point index', () => {
       ['another repository', () => copyFileSync(indexPath(other.repo), indexPath(repo))],
       [
         'a bad entry',
-        () => writeFileSync(indexPath(repo), JSON.stringify({ format: 'vmseal-backup-index', version: 1, repository: id, points: [[p2.point, 'h', 'b', 42]] })),
+        () =>
+          writeFileSync(
+            indexPath(repo),
+            JSON.stringify({ format: 'vmseal-backup-index', version: POINT_INDEX_VERSION, repository: id, points: [[p2.point, 'h', 'b', 42, {}]] }),
+          ),
       ],
-      ['another version', () => writeFileSync(indexPath(repo), JSON.stringify({ format: 'vmseal-backup-index', version: 2, repository: id, points: [] }))],
+      [
+        'a bad summary',
+        () => {
+          const points = fromManifests(repo, id) as Array<[string, string, string | null, string, Record<string, unknown>]>;
+          points[0]![4] = { ...points[0]![4], chunks: -1 };
+          writeFileSync(indexPath(repo), JSON.stringify({ format: 'vmseal-backup-index', version: POINT_INDEX_VERSION, repository: id, points }));
+        },
+      ],
+      // Version 1 kept no summaries: its file is rebuilt as the current version.
+      ['version 1', () => writeFileSync(indexPath(repo), JSON.stringify({ format: 'vmseal-backup-index', version: 1, repository: id, points: [] }))],
       // Sized before it is read: a huge file is not loaded, and a FIFO does not hang the open.
       ['larger than 64 MiB', () => (writeFileSync(indexPath(repo), '{'), truncateSync(indexPath(repo), (64 << 20) + 1))],
       ['a FIFO', () => execFileSync('mkfifo', [indexPath(repo)])],
@@ -120,6 +135,9 @@ describe('the point index', () => {
       damage();
       const r = await openRepository(repo);
       expect((await resolvePoint(r, 'a')).name, what).toBe('a');
+      expect(indexed(repo), what).toEqual(fromManifests(repo, id));
+      rmSync(indexPath(repo), { force: true });
+      damage();
       const p = await createBackup(disk, repo);
       expect(p.parent, what).toBe(last);
       last = p.point;
@@ -161,5 +179,74 @@ describe('the point index', () => {
     expect(indexed(repo)).toEqual(fromManifests(repo, id));
     const p3 = await createBackup(disk, repo);
     expect(p3.parent).toBe(p2.point);
+  });
+
+  it('lists the points from the index: a manifest it covers is not read, and the output is the manifests’ own', async () => {
+    const { disk, repo, id, dir } = await setup();
+    const made: string[] = [];
+    for (let i = 0; i < 24; i++) {
+      if (i % 6 === 5) await writeAt(disk, (i % 8) * MiB, patternBytes(MiB, 100 + i));
+      made.push((await createBackup(disk, repo, i % 4 === 0 ? { name: `n${i}` } : i % 4 === 1 ? { history: 'other' } : {})).point);
+    }
+    // A point of a restored disk (a lineage line) and of a plain raw image (another subformat, plain).
+    await restoreBackup(repo, made[0]!, join(dir, 'restored.vmdk'));
+    made.push((await createBackup(join(dir, 'restored.vmdk'), repo)).point);
+    const raw = join(dir, 'plain.raw');
+    writeFileSync(raw, patternBytes(3 * MiB, 9));
+    made.push((await createBackup(raw, repo, { allowPlain: true, format: 'raw' })).point);
+    const manifests = readdirSync(join(repo, 'points'))
+      .sort()
+      .map((f) => summarize(parseManifest(readFileSync(join(repo, 'points', f), 'utf8'), f.slice(0, -5), id)));
+    const listed = await listBackups(repo);
+    expect(listed).toEqual({ repository: id, points: manifests });
+    expect(listed.points.map((p) => p.id)).toEqual(made);
+    // The same fields in the same order (`backup list --json` prints them so).
+    expect(listed.points.map((p) => Object.keys(p))).toEqual(manifests.map((p) => Object.keys(p)));
+    // Every manifest but the newest damaged: the index covers them, so list does not read them (it
+    // used to parse each, and stop at the first with ERR_BACKUP_MANIFEST).
+    const saved = new Map<string, Buffer>();
+    for (const p of made.slice(0, -1)) {
+      const file = join(repo, 'points', `${p}.json`);
+      saved.set(file, readFileSync(file));
+      writeFileSync(file, '{"damaged": tru');
+    }
+    expect(await listBackups(repo)).toEqual(listed);
+    // Stale or missing, it falls back to the manifests: the one it lacks is read and listed…
+    const index = readFileSync(indexPath(repo), 'utf8');
+    const lacking = JSON.parse(index) as { points: unknown[] };
+    lacking.points.pop();
+    writeFileSync(indexPath(repo), JSON.stringify(lacking));
+    expect(await listBackups(repo)).toEqual(listed);
+    expect(readFileSync(indexPath(repo), 'utf8')).toBe(index); // and the index repaired
+    // …and without the index every manifest is read again: a damaged one stops list.
+    rmSync(indexPath(repo));
+    await expect(listBackups(repo)).rejects.toMatchObject({ code: 'ERR_BACKUP_MANIFEST' });
+    for (const [file, text] of saved) writeFileSync(file, text);
+    expect(await listBackups(repo)).toEqual(listed);
+    expect(indexed(repo)).toEqual(fromManifests(repo, id));
+  });
+
+  it('is written only under the index lock: a reader leaves a held lock alone, a backup waits for it', async () => {
+    const { disk, repo, id } = await setup();
+    const p1 = await createBackup(disk, repo);
+    rmSync(indexPath(repo));
+    const held = await acquireFileLock(join(repo, POINT_INDEX_LOCK), { mode: 'exclusive' });
+    let created: Promise<Awaited<ReturnType<typeof createBackup>>> | undefined;
+    try {
+      // The reader answers from the manifests, and does not write the index while another holds the lock.
+      expect((await listBackups(repo)).points.map((p) => p.id)).toEqual([p1.point]);
+      expect(indexed(repo)).toBeNull();
+      // A backup commits its point, then waits for the lock to add it to the index.
+      created = createBackup(disk, repo);
+      const manifests = (): string[] => readdirSync(join(repo, 'points')).filter((f) => f.endsWith('.json'));
+      for (let i = 0; i < 400 && manifests().length < 2; i++) await new Promise((r) => setTimeout(r, 25));
+      expect(manifests()).toHaveLength(2);
+      expect(indexed(repo)).toBeNull();
+    } finally {
+      held.release();
+    }
+    const p2 = await created!;
+    expect(indexed(repo)).toEqual(fromManifests(repo, id));
+    expect(indexed(repo)!.map((e) => (e as string[])[0])).toEqual([p1.point, p2.point]);
   });
 });

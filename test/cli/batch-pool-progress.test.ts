@@ -43,7 +43,7 @@ describe('batch worker progress', () => {
     const queue = new BatchQueue(1, 1);
     const pool = new BatchPool(
       SCRIPT,
-      1,
+      [1],
       { opts: { cipher: DEFAULT_CIPHER, unitSize: DEFAULT_UNIT_SIZE, subformat: 'monolithicSparse' }, passphraseGiven: false },
       desk,
       items,

@@ -44,10 +44,11 @@ describe('batch worker pool', () => {
     const names = ['small0', 'small1', 'big0', 'big1', 'big2', 'big3'];
     for (const n of names) await writeFile(join(dir, `${n}.img`), Buffer.alloc(n.startsWith('big') ? 128 * MiB : MiB, 0x5a));
     const items = names.map((n) => ({ input: join(dir, `${n}.img`), output: join(out, `${n}.vmdk`) }));
+    // One worker converting two images at once (two lanes of the queue): an abort stops both.
     const queue = new BatchQueue(items.length, 2);
     const pool = new BatchPool(
       SCRIPT,
-      2,
+      [2],
       { opts: { cipher: DEFAULT_CIPHER, unitSize: DEFAULT_UNIT_SIZE, subformat: 'monolithicSparse' }, passphraseGiven: false },
       desk,
       items,
@@ -77,6 +78,60 @@ describe('batch worker pool', () => {
       expect(await staging()).toEqual([]);
       const left = (await readdir(out)).filter((n) => !n.startsWith('.')).sort();
       expect(left).toEqual([...ended].flatMap(([i, r]) => (r?.ok ? [`${names[i]}.vmdk`] : [])).sort());
+    } finally {
+      await pool.close();
+      await keys.close();
+    }
+  }, 60_000);
+
+  it('fails every image a worker thread had in flight when the thread dies', async () => {
+    const ctx = makeCtx({
+      output: new Output({ quiet: true }),
+      signal: new AbortController().signal,
+      env: {},
+      io: { input: new PassThrough(), output: new PassThrough() },
+    });
+    const keys = new KeySession(ctx, { home: join(dir, 'home-dies') });
+    const desk = new KeyDesk(keys, async () => []);
+    const out = join(dir, 'out-dies');
+    await mkdir(out);
+    const names = ['slow0', 'slow1', 'slow2'];
+    for (const n of names) await writeFile(join(dir, `${n}.img`), Buffer.alloc(128 * MiB, 0x3c));
+    const items = names.map((n) => ({ input: join(dir, `${n}.img`), output: join(out, `${n}.vmdk`) }));
+    const queue = new BatchQueue(items.length, 2);
+    const pool = new BatchPool(
+      SCRIPT,
+      [2],
+      { opts: { cipher: DEFAULT_CIPHER, unitSize: DEFAULT_UNIT_SIZE, subformat: 'monolithicSparse' }, passphraseGiven: false },
+      desk,
+      items,
+      queue,
+    );
+    const ended = new Map<number, BatchItemResult | undefined>();
+    let wake = (): void => undefined;
+    try {
+      pool.start(queue, (index, result) => {
+        ended.set(index, result);
+        wake();
+      });
+      const staging = async (): Promise<string[]> => (await readdir(out)).filter((n) => n.includes('.vmseal-tmp-'));
+      const guard = Date.now() + 30_000;
+      while ((await staging()).length < 2 && Date.now() < guard) await new Promise((r) => setTimeout(r, 2));
+      // The worker's two lanes each hold an image: the thread goes away under both.
+      queue.stop();
+      const thread = (pool as unknown as { threads: Array<{ worker: { terminate(): Promise<number> } }> }).threads[0]!;
+      await thread.worker.terminate();
+      while ((!ended.has(0) || !ended.has(1)) && Date.now() < guard) {
+        await new Promise<void>((r) => {
+          wake = r;
+          setTimeout(r, 50);
+        });
+      }
+      for (const i of [0, 1]) {
+        expect(ended.get(i)).toMatchObject({ ok: false, error: { code: 'ERR_UNEXPECTED', exitCode: 70 } });
+        expect(ended.get(i)?.error?.reason).toMatch(/internal error: the batch worker thread stopped/);
+      }
+      expect(ended.has(2)).toBe(false);
     } finally {
       await pool.close();
       await keys.close();

@@ -130,12 +130,13 @@ describe('--pbkdf2-rounds', () => {
     const inDir = join(dir, 'batch-in');
     await mkdir(inDir);
     // More images than jobs: the batch runs worker threads (convert.ts), whose lockers cross the key bridge.
-    for (const name of ['a.img', 'b.img', 'c.img']) await writeFile(join(inDir, name), patternBytes(MiB, name.charCodeAt(0)));
+    for (const name of ['a.img', 'b.img', 'c.img', 'd.img']) await writeFile(join(inDir, name), patternBytes(MiB, name.charCodeAt(0)));
     const outDir = join(dir, 'batch-out');
-    const opts = ['--encrypt', '--subformat', 'monolithicSparse', '--jobs', '2', '--recovery-passphrase', '--passphrase-file', pwFile];
+    const opts = ['--encrypt', '--subformat', 'monolithicSparse', '--jobs', '3', '--recovery-passphrase', '--passphrase-file', pwFile];
     const r = ok(await vmseal(['convert', inDir, outDir, ...opts, '--pbkdf2-rounds', '2000', '--json'], env));
-    expect(json(r)).toMatchObject({ ok: true, converted: 3, workers: 1 });
+    expect(json(r)).toMatchObject({ ok: true, converted: 4, workers: 1 });
     expect(r.stderr.match(WARNING)).toHaveLength(1);
-    for (const name of ['a.vmdk', 'b.vmdk', 'c.vmdk']) expect(await phraseKdf(join(outDir, name))).toEqual({ name: 'PBKDF2-HMAC-SHA-256', rounds: 2000 });
+    for (const name of ['a.vmdk', 'b.vmdk', 'c.vmdk', 'd.vmdk'])
+      expect(await phraseKdf(join(outDir, name))).toEqual({ name: 'PBKDF2-HMAC-SHA-256', rounds: 2000 });
   });
 });

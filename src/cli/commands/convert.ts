@@ -8,6 +8,8 @@ import type { JobResult } from '../../pipeline/index.js';
 import {
   batchExitCode,
   defaultJobs,
+  IMAGES_PER_THREAD,
+  planLanes,
   listImagesInDirectory,
   planBatch,
   readImageList,
@@ -119,14 +121,14 @@ async function convertBatch(ctx: Ctx, dir: string | undefined, listFile: string 
   const items = await withStageListing(planBatch(inputs, outDir, opts.subformat), outDir);
 
   const jobs = opts.jobs ?? defaultJobs();
-  // More than one job, and more images than jobs: images run in worker threads
-  // (src/cli/batch-pool.ts), so that the JavaScript of N images runs on N cores. The main thread is
-  // one of the N: it takes images from the same queue as the workers (also while they start), and
-  // a batch starts one thread fewer. A thread's start-up is ≈0.2 s of CPU, the cost of some twenty
-  // small images: a batch with no more images than jobs (each job converting one) stays on the main
-  // thread, and so does one job.
-  const script = jobs > 1 && items.length > jobs ? batchWorkerScript() : undefined;
-  const workers = script !== undefined ? jobs - 1 : 0;
+  // The main thread converts up to IMAGES_PER_THREAD images at once on its own event loop; more
+  // jobs than that run in worker threads (src/cli/batch-pool.ts), so that the JavaScript of the
+  // images runs on more cores. Every thread takes its images from the same queue (the main thread
+  // also while the workers start).
+  const workerScript = jobs > IMAGES_PER_THREAD ? batchWorkerScript() : undefined;
+  const plan = planLanes(jobs, items.length, workerScript !== undefined);
+  const script = plan.workers.length > 0 ? workerScript : undefined;
+  const workers = plan.workers.length;
   const started = performance.now();
   const outcome = await withKeys(ctx, opts, async (keys) => {
     // One KEK and one recovery passphrase for the whole batch (each image still gets its own DEK):
@@ -135,9 +137,13 @@ async function convertBatch(ctx: Ctx, dir: string | undefined, listFile: string 
     let lockers: Promise<LockerSpec[]> | undefined;
     const newLockers = (): Promise<LockerSpec[]> => (lockers ??= batchLockers(keys));
     const desk = script !== undefined ? new KeyDesk(keys, newLockers) : undefined;
-    const queue = new BatchQueue(items.length, workers);
+    // One lane of the queue per image a worker converts at once.
+    const queue = new BatchQueue(
+      items.length,
+      plan.workers.reduce((lanes, n) => lanes + n, 0),
+    );
     const pool =
-      desk && script ? new BatchPool(script, workers, { opts: imageOptions(opts), passphraseGiven: keys.passphraseGiven }, desk, items, queue) : undefined;
+      desk && script ? new BatchPool(script, plan.workers, { opts: imageOptions(opts), passphraseGiven: keys.passphraseGiven }, desk, items, queue) : undefined;
     // With workers, the main thread's own images take their keys through the same desk: a KEK is
     // then fetched once, whichever thread asks first.
     const here = desk?.localKeys(keys.passphraseGiven);
@@ -153,8 +159,7 @@ async function convertBatch(ctx: Ctx, dir: string | undefined, listFile: string 
         );
       return await runBatch(items, convert, {
         signal: ctx.signal,
-        // With workers the main thread converts one image at a time, as each worker does.
-        jobs: pool ? 1 : jobs,
+        jobs: plan.here,
         queue,
         ...(pool ? { helpers: pool } : {}),
         onDone: (r, i, n) => ctx.output.line(summaryLine(r, i, n)),
