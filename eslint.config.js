@@ -31,6 +31,13 @@ export default tseslint.config(
     },
   },
   {
+    // bin/vmseal.js is CommonJS (bin/package.json): an ES-module entry would start Node's ES-module
+    // loader for one file at every `vmseal` (docs/performance.md, "CLI start-up").
+    files: ['bin/**/*.js'],
+    languageOptions: { sourceType: 'commonjs' },
+    rules: { '@typescript-eslint/no-require-imports': 'off' },
+  },
+  {
     files: ['test/**'],
     rules: {
       // Tests index into parsed --json output and reach into objects on purpose.

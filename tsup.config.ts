@@ -1,4 +1,4 @@
-import { readFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { defineConfig, type Options } from 'tsup';
 
 /**
@@ -22,7 +22,22 @@ const commanderLazyChildProcess: NonNullable<Options['esbuildPlugins']>[number] 
   },
 };
 
-// The library ships ESM and CJS with types for each; the CLI is ESM only.
+/**
+ * Escape what non-ASCII text is left in a bundle built with `charset: 'ascii'`: only comments can
+ * hold any, where `\u2192` reads as well as the arrow. The build fails if a line with one does not
+ * look like a comment, rather than changing code.
+ */
+async function asciiComments(file: string): Promise<void> {
+  const text = await readFile(file, 'utf8');
+  const lines = text.split('\n').map((line, i) => {
+    if (!/[^\x00-\x7f]/.test(line)) return line;
+    if (!/^\s*(\/\*\*?|\*|\/\/)/.test(line)) throw new Error(`${file}:${i + 1}: non-ASCII text outside a comment: review tsup.config.ts`);
+    return line.replace(/[^\x00-\x7f]/gu, (c) => `\\u{${c.codePointAt(0)!.toString(16)}}`);
+  });
+  await writeFile(file, lines.join('\n'));
+}
+
+// The library ships ESM and CJS with types for each; the CLI is one CommonJS script.
 // `shims` gives the CJS build an import.meta.url so the native loader can find the package root.
 export default defineConfig([
   {
@@ -37,19 +52,36 @@ export default defineConfig([
     platform: 'node',
   },
   {
-    // Commands are imported when they run (src/cli/program.ts): their chunks go beside main.js.
+    // One CommonJS file holds the whole CLI (docs/performance.md, "CLI start-up"): Node 20 resolves,
+    // reads, compiles and links each ES module on its own, a cost every `vmseal` process paid for
+    // each of the ~25 chunks a command loaded; one script is read and compiled once, and
+    // src/cli/compile-cache.ts can keep V8's code for it. A command's modules are still evaluated only
+    // when it runs (esbuild turns program.ts's import() of a command into a lazy initialiser).
     // batch-worker.js is the script of a batch's worker threads (src/cli/batch-pool.ts finds it there).
-    entry: { main: 'src/cli/main.ts', 'batch-worker': 'src/cli/batch-worker.ts' },
+    entry: { main: 'src/cli/main.ts', 'batch-worker': 'src/cli/batch-worker.ts', 'code-cache': 'src/cli/code-cache.ts' },
     outDir: 'dist/cli',
-    format: ['esm'],
+    format: ['cjs'],
+    // `.js`, not `.cjs`: bin/vmseal.js, the tests and batch-pool.ts name main.js and batch-worker.js;
+    // dist/cli/package.json (written below) tells Node they are CommonJS.
+    outExtension: () => ({ js: '.js' }),
+    splitting: false,
     sourcemap: true,
     clean: false,
     shims: true,
     target: 'node20',
     platform: 'node',
     noExternal: ['commander'],
-    // commander's CommonJS calls require() for Node's modules, which an ES module does not have.
-    banner: { js: "import { createRequire as __vmsealCreateRequire } from 'node:module'; const require = __vmsealCreateRequire(import.meta.url);" },
     esbuildPlugins: [commanderLazyChildProcess],
+    // ASCII only: V8 then holds the 1.3 MB source as one-byte text, decoded and scanned at every
+    // start, instead of converting all of it to UTF-16 because one comment has an arrow or a dash
+    // (−27 M instructions per start). esbuild escapes strings, regular expressions and names; the
+    // comments it keeps (those inside object literals and classes) are escaped in onSuccess.
+    esbuildOptions(options) {
+      options.charset = 'ascii';
+    },
+    async onSuccess() {
+      await writeFile('dist/cli/package.json', '{ "type": "commonjs" }\n');
+      for (const file of ['dist/cli/main.js', 'dist/cli/batch-worker.js']) await asciiComments(file);
+    },
   },
 ]);

@@ -22,13 +22,16 @@ process.stdout.on('error', (err: NodeJS.ErrnoException) => {
 });
 process.on('unhandledRejection', crash);
 
-const code = await run(process.argv.slice(2));
-// Exit explicitly once stdout and stderr are flushed: a finished command must not linger on an
-// idle socket or timer of a layer below (the key cache wipes its keys on 'exit').
-let pending = 2;
-const done = (): void => {
-  pending -= 1;
-  if (pending === 0) process.exit(code);
-};
-process.stdout.write('', done);
-process.stderr.write('', done);
+// No top-level await: the CLI is a CommonJS bundle (tsup.config.ts), and an ES module's await
+// would be the only reason to pay for Node's ES-module loader.
+void run(process.argv.slice(2)).then((code) => {
+  // Exit explicitly once stdout and stderr are flushed: a finished command must not linger on an
+  // idle socket or timer of a layer below (the key cache wipes its keys on 'exit').
+  let pending = 2;
+  const done = (): void => {
+    pending -= 1;
+    if (pending === 0) process.exit(code);
+  };
+  process.stdout.write('', done);
+  process.stderr.write('', done);
+}, crash);

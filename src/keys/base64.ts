@@ -71,3 +71,17 @@ export function decodeBase64String(text: string): Buffer | undefined {
   if (!/^[A-Za-z0-9+/]*={0,2}$/.test(text)) return undefined;
   return decodeBase64Bytes(Buffer.from(text, 'ascii'));
 }
+
+/** Canonical base64 text: whole groups, the last one padded, the bits padding discards zero. */
+const CANONICAL = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$/;
+
+/**
+ * The length decodeBase64String would decode `text` to, or undefined where it refuses the text —
+ * without decoding it: the keystore's validation checks every wrapped key of every read this way
+ * (one regular expression each, no Buffer), since a keystore gains a key with every disk encrypted.
+ */
+export function canonicalBase64Length(text: string): number | undefined {
+  if (text.length === 0 || text.length % 4 !== 0 || !CANONICAL.test(text)) return undefined;
+  const pad = text.endsWith('==') ? 2 : text.endsWith('=') ? 1 : 0;
+  return (text.length / 4) * 3 - pad;
+}

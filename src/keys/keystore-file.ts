@@ -30,10 +30,11 @@
  * The AAD binds each wrapped KEK to its id, so swapping two entries' `wrapped` is detected. Every write
  * is atomic (temp file, fsync, rename, fsync directory) under the lock file.
  */
+import type { BigIntStats } from 'node:fs';
 import { open, readFile, stat } from 'node:fs/promises';
 import { KeyError, type KeyErrorCode } from './errors.js';
 import { writeFileAtomic } from '../util/atomic-file.js';
-import { decodeBase64String } from './base64.js';
+import { canonicalBase64Length, decodeBase64String } from './base64.js';
 import { checkScryptCost, GCM_IV, GCM_TAG } from './keystore-sealing.js';
 
 export interface LocalKeyInfo {
@@ -107,7 +108,7 @@ export function ioError(err: unknown, action: string, file: string): KeyError {
 export const DISK_ID = /^[A-Za-z0-9._-]{1,64}$/;
 export const ISO = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$/;
 export const B64 = (v: unknown, min: number, max: number) =>
-  typeof v === 'string' && ((b) => b !== undefined && b.length >= min && b.length <= max)(decodeBase64String(v));
+  typeof v === 'string' && ((n) => n !== undefined && n >= min && n <= max)(canonicalBase64Length(v));
 
 function validateStore(raw: Buffer, file: string): Store {
   const bad = (field: string): never => {
@@ -158,17 +159,51 @@ function validateStore(raw: Buffer, file: string): Store {
 }
 
 /**
- * Read and validate keystore.json; undefined if it does not exist. Mode and size are taken from the
- * open handle, so they describe the very file that is read.
+ * What tells one version of keystore.json from another without reading it: every write replaces the
+ * file by a rename (a new inode), and the inode's change time moves with any other change (a write
+ * in place, a chmod, a rename over it), so a file with the same identity holds the same bytes.
  */
-export async function readStoreFile(file: string): Promise<Store | undefined> {
+export interface StoreFileId {
+  dev: bigint;
+  ino: bigint;
+  size: bigint;
+  mtimeNs: bigint;
+  ctimeNs: bigint;
+  mode: number;
+}
+
+function fileId(st: BigIntStats): StoreFileId {
+  return { dev: st.dev, ino: st.ino, size: st.size, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs, mode: Number(st.mode) };
+}
+
+export function sameStoreFile(a: StoreFileId, b: StoreFileId): boolean {
+  return a.dev === b.dev && a.ino === b.ino && a.size === b.size && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs && a.mode === b.mode;
+}
+
+/** The identity of keystore.json as it is now; undefined if it does not exist. */
+export async function statStoreFile(file: string): Promise<StoreFileId | undefined> {
+  try {
+    return fileId(await stat(file, { bigint: true }));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw ioError(err, 'read the keystore', file);
+  }
+}
+
+/**
+ * Read and validate keystore.json, with the identity of the file read; undefined if it does not
+ * exist. Mode and size are taken from the open handle, so they describe the very file that is read.
+ */
+export async function readStoreFileWithId(file: string): Promise<{ store: Store; id: StoreFileId } | undefined> {
   let raw: Buffer;
+  let id: StoreFileId;
   try {
     const fh = await open(file, 'r');
     try {
-      const st = await fh.stat();
-      checkPrivate(st.mode, file, 'keystore file', 0o600, 'ERR_KEYSTORE_PERMISSIONS');
-      if (st.size > MAX_STORE_BYTES)
+      const st = await fh.stat({ bigint: true });
+      id = fileId(st);
+      checkPrivate(id.mode, file, 'keystore file', 0o600, 'ERR_KEYSTORE_PERMISSIONS');
+      if (st.size > BigInt(MAX_STORE_BYTES))
         throw new KeyError('ERR_KEYSTORE_CORRUPT', `the keystore is ${st.size} bytes; at most ${MAX_STORE_BYTES} are accepted`, { file });
       raw = await fh.readFile();
     } finally {
@@ -178,11 +213,16 @@ export async function readStoreFile(file: string): Promise<Store | undefined> {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw ioError(err, 'read the keystore', file);
   }
-  return validateStore(raw, file);
+  return { store: validateStore(raw, file), id };
 }
 
-/** Write keystore.json atomically (mode 0600). */
-export async function writeStoreFile(file: string, store: Store): Promise<void> {
+/** Read and validate keystore.json; undefined if it does not exist. */
+export async function readStoreFile(file: string): Promise<Store | undefined> {
+  return (await readStoreFileWithId(file))?.store;
+}
+
+/** Write keystore.json atomically (mode 0600); returns the identity of the file written (see StoreFileId). */
+export async function writeStoreFile(file: string, store: Store): Promise<StoreFileId | undefined> {
   // Version 2 only when a key needs it: a version-1 keystore stays readable by an older vmseal.
   store.version = store.keys.some((k) => k.diskId !== undefined || k.state === 'retired') ? 2 : 1;
   try {
@@ -190,6 +230,7 @@ export async function writeStoreFile(file: string, store: Store): Promise<void> 
   } catch (err) {
     throw ioError(err, 'write the keystore', file);
   }
+  return statStoreFile(file);
 }
 
 /** Read master.key: "vmseal-master-key-v1 <base64 of 32 bytes>\n", mode 0600 (the caller wipes the key). */

@@ -15,12 +15,15 @@ import {
   checkPrivate,
   ioError,
   readMasterKeyFile,
-  readStoreFile,
+  readStoreFileWithId,
+  sameStoreFile,
+  statStoreFile,
   writeStoreFile,
   type KeyEntry,
   type LocalKeyInfo,
   type MasterSpec,
   type Store,
+  type StoreFileId,
 } from './keystore-file.js';
 import { readBackup, writeBackup, type BackupEntry } from './keystore-backup.js';
 
@@ -73,6 +76,13 @@ export class LocalKeyProvider implements KeyProvider {
   private master: Buffer | undefined;
   /** The master key being derived or read, so that concurrent first uses wait for one derivation. */
   private masterPending: Promise<Buffer> | undefined;
+  /**
+   * The keystore as this provider last read or wrote it, with the identity of that file: a read
+   * finds the file unchanged by one stat instead of reading and validating it again (an encrypt
+   * creates its KEK, then fetches it to seal the DEK). Never handed to a change: modify() reads the
+   * file afresh under the lock.
+   */
+  private snapshot: { store: Store; id: StoreFileId } | undefined;
   readonly allowRetired: boolean;
 
   constructor(options: LocalKeyProviderOptions = {}) {
@@ -152,11 +162,11 @@ export class LocalKeyProvider implements KeyProvider {
       throw invalidArgument(expected('a string of at most 256 characters', 'name', name));
     }
     const diskId = opts.diskId === undefined ? undefined : checkDiskId(opts.diskId);
-    await this.init();
     const keyId = randomUUID();
     const kek = randomBytes(32);
     try {
-      await this.modify(async (store, master) => {
+      // One read of the keystore, under the lock (created there if absent), rather than an init() first.
+      await this.modify(true, async (store, master) => {
         store.keys.push({
           keyId,
           name,
@@ -200,7 +210,7 @@ export class LocalKeyProvider implements KeyProvider {
    */
   async retireKey(keyId: string): Promise<void> {
     checkKeyId(keyId);
-    await this.modify(async (store) => {
+    await this.modify(false, async (store) => {
       const e = findEntry(store, keyId, this.keystorePath);
       if (e.state === 'destroyed')
         throw new KeyError('ERR_KEYSTORE_KEY_DESTROYED', `key '${keyId}' was destroyed`, { keyId, providerId: this.id, file: this.keystorePath });
@@ -213,7 +223,7 @@ export class LocalKeyProvider implements KeyProvider {
   /** Destroy a KEK: its wrapped material is removed from the keystore; the entry remains as a tombstone. */
   async destroyKey(keyId: string): Promise<void> {
     checkKeyId(keyId);
-    await this.modify(async (store) => {
+    await this.modify(false, async (store) => {
       const e = findEntry(store, keyId, this.keystorePath);
       if (e.state === 'destroyed') throw new KeyError('ERR_KEYSTORE_KEY_DESTROYED', `key '${keyId}' was already destroyed`, { keyId, providerId: this.id });
       e.state = 'destroyed';
@@ -230,7 +240,7 @@ export class LocalKeyProvider implements KeyProvider {
    */
   async discardKey(keyId: string): Promise<void> {
     checkKeyId(keyId);
-    await this.modify(async (store) => {
+    await this.modify(false, async (store) => {
       store.keys = store.keys.filter((k) => k.keyId !== keyId);
     });
   }
@@ -283,8 +293,7 @@ export class LocalKeyProvider implements KeyProvider {
     let added = 0;
     let unchanged = 0;
     try {
-      await this.init();
-      await this.modify(async (store, master) => {
+      await this.modify(true, async (store, master) => {
         added = 0;
         unchanged = 0;
         for (const b of entries) {
@@ -331,6 +340,7 @@ export class LocalKeyProvider implements KeyProvider {
     this.master = undefined;
     this.passphrase?.fill(0);
     this.passphrase = undefined;
+    this.snapshot = undefined;
   }
 
   // ---- internals ----
@@ -445,15 +455,25 @@ export class LocalKeyProvider implements KeyProvider {
     return master;
   }
 
-  /** Read and validate keystore.json; undefined if absent and !required. */
-  private async readStore(required: true): Promise<Store>;
-  private async readStore(required: boolean): Promise<Store | undefined>;
-  private async readStore(required: boolean): Promise<Store | undefined> {
-    await this.checkHome();
-    const store = await readStoreFile(this.keystorePath);
-    if (store === undefined && required)
+  /**
+   * Read and validate keystore.json; undefined if absent and !required. `fresh`: read the file even
+   * if it is the one of the snapshot (a change works on its own copy, read under the lock).
+   * `homeChecked`: the caller has just checked the folder.
+   */
+  private async readStore(required: true, opts?: { fresh?: boolean; homeChecked?: boolean }): Promise<Store>;
+  private async readStore(required: boolean, opts?: { fresh?: boolean; homeChecked?: boolean }): Promise<Store | undefined>;
+  private async readStore(required: boolean, opts: { fresh?: boolean; homeChecked?: boolean } = {}): Promise<Store | undefined> {
+    if (!opts.homeChecked) await this.checkHome();
+    const known = this.snapshot;
+    if (known && !opts.fresh) {
+      const id = await statStoreFile(this.keystorePath);
+      if (id && sameStoreFile(id, known.id)) return known.store;
+    }
+    const read = await readStoreFileWithId(this.keystorePath);
+    this.snapshot = read && !opts.fresh ? read : undefined;
+    if (read === undefined && required)
       throw new KeyError('ERR_KEYSTORE_MISSING', 'there is no keystore (create a key or run init first)', { file: this.keystorePath });
-    return store;
+    return read?.store;
   }
 
   private async openStore(): Promise<Store> {
@@ -463,14 +483,21 @@ export class LocalKeyProvider implements KeyProvider {
   }
 
   private async writeStore(store: Store): Promise<void> {
-    await writeStoreFile(this.keystorePath, store);
+    this.snapshot = undefined;
+    const id = await writeStoreFile(this.keystorePath, store);
+    // Written under the lock: the file is this store until another process takes the lock.
+    if (id) this.snapshot = { store, id };
   }
 
-  /** Read-modify-write under the lock file. */
-  private async modify(change: (store: Store, master: Buffer) => Promise<void>): Promise<void> {
+  /**
+   * Read-modify-write under the lock file. `create`: a missing keystore is created first (as init()
+   * does), in the same locked section.
+   */
+  private async modify(create: boolean, change: (store: Store, master: Buffer) => Promise<void>): Promise<void> {
     await this.ensureHome();
     await withFileLock(this.lockPath, this.lockTimeoutMs, async () => {
-      const store = await this.readStore(true);
+      let store = await this.readStore(!create, { fresh: true, homeChecked: true });
+      if (store === undefined) store = await this.createStore();
       const master = await this.unlockMaster(store);
       await change(store, master);
       await this.writeStore(store);

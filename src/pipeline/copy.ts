@@ -7,13 +7,14 @@ import { basename, dirname, extname, resolve } from 'node:path';
 import {
   createDisk as createVmdk,
   openDisk as openVmdk,
+  ChainDisk,
   plannedDiskFiles,
   checkSparseFileFits,
   ADAPTER_TYPES,
   type VirtualDisk,
   type CreateDiskOptions,
 } from '../vmdk/index.js';
-import { isDiskUuid } from '../vmdk/create.js';
+import { DEFAULT_GRAIN, isDiskUuid } from '../vmdk/create.js';
 import { isReadOnlySubformat } from '../vmdk/read-only-formats.js';
 import {
   createDataCipher,
@@ -53,7 +54,7 @@ import {
 } from './options.js';
 import { alignedRanges, chunked, lcm, nonZeroRuns, totalLength, type Span } from './plan.js';
 import { ProgressTracker } from './progress.js';
-import { openSource } from './source.js';
+import { openSource, unlockSource, type Source } from './source.js';
 import { ensureSpace } from './space.js';
 import { StagedOutput, cleanStaleStages } from './staging.js';
 import { jobProviders } from './job-keys.js';
@@ -144,6 +145,23 @@ export async function markDescriptor(path: string, job: string | undefined): Pro
   }
 }
 
+/**
+ * Whether a convert of the locked encrypted `source` can copy its ciphertext unchanged (each unit's
+ * XTS tweak is its unit number in the virtual disk, so the same bytes at the same offset decrypt the
+ * same in any subformat) with no key: not for a snapshot-chain layer (a standalone copy needs a new
+ * layer id, so a new authenticator); flat into flat (every unit copied); sparse into sparse when each
+ * output grain lies within one input grain (input holes stay holes); flat into sparse only without
+ * keys (every unit becomes a grain; with the keys the units whose plaintext is zero are left out).
+ * Sparse into flat is never one: the input's holes must become encrypted zeros.
+ */
+function ciphertextCopy(source: Source, sparseOut: boolean, outGrain: number | undefined, haveKeys: boolean): boolean {
+  if (source.encryption === null || source.encryption.layerId !== undefined || source.stored instanceof ChainDisk) return false;
+  const inGrain = source.stored.grainSize;
+  if (!sparseOut) return inGrain === undefined;
+  if (inGrain !== undefined) return inGrain % (outGrain ?? DEFAULT_GRAIN) === 0;
+  return !haveKeys;
+}
+
 export async function runCopy(spec: CopySpec): Promise<JobResult> {
   const { chunkSize: requestedChunk, depth } = checkJobOptions(spec.opts);
   const opts = spec.opts;
@@ -186,12 +204,16 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
     // of one killed before its commit are removed.
     const providers = jobProviders(spec.keys, spec.encrypt?.lockers);
     await cleanStaleStages(dirname(output), basename(output), names, providers, opts.folderEntries);
-    const source = await openSource(input, {
+    // A convert that keeps the encryption may copy the ciphertext as it is (ciphertextCopy below):
+    // the input is opened locked and unlocked only if the copy needs its plaintext.
+    const keepsEncryption = spec.operation === 'convert' && spec.encrypt === undefined && spec.decrypt !== true;
+    let source = await openSource(input, {
       ...formatOption(opts.format),
       ...(spec.keys ? { keys: spec.keys } : {}),
       encrypted: spec.requireInput === 'plain' ? 'refuse' : 'decrypt',
       plain: spec.requireInput === 'encrypted' ? 'refuse' : 'read',
       ...(opts.threads ? { threads: opts.threads } : {}),
+      ...(keepsEncryption ? { unlock: 'later' as const } : {}),
     });
     let stage: StagedOutput | undefined;
     let out: VirtualDisk | undefined;
@@ -210,6 +232,21 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
         );
       }
       checkOutputKind(output, subformat);
+      const sparseOut = /sparse|streamOptimized/i.test(subformat);
+      // An encrypted input converted with its encryption: its ciphertext is copied as it is when the
+      // output can hold it unchanged (no key needed), else it is unlocked and re-encrypted.
+      const cipherCopy =
+        source.locked === true && ciphertextCopy(source, sparseOut, inherited(source.stored, opts, sparseOut).grainSize, spec.keys !== undefined);
+      if (source.locked && !cipherCopy) {
+        source = await unlockSource(
+          source,
+          { ...(spec.keys ? { keys: spec.keys } : {}), ...(opts.threads ? { threads: opts.threads } : {}) },
+          {
+            name: input,
+            why: sparseOut ? '' : ' (its holes become encrypted zeros in a flat output, which needs the DEK)',
+          },
+        );
+      }
       const sourceFiles = source.stored.files().map((f) => resolve(f));
       if (!spec.replaceInput && sourceFiles.includes(output)) throw new PipelineError('ERR_SAME_FILE', `the output ${output} is a file of the input`);
       const force = opts.force === true || spec.replaceInput === true;
@@ -260,6 +297,11 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
         } finally {
           dek.fill(0);
         }
+      } else if (cipherCopy) {
+        // Same DEK, disk id, format version and lines: the authenticator binds none of the
+        // descriptor's layout (cipher, unit size, capacity, disk id, version), and the data check's
+        // unit 0 is copied byte for byte, so both stay valid as they are (docs/format.md).
+        outParams = source.encryption;
       } else if (source.encryption && !spec.decrypt) {
         const encrypted = source.disk as EncryptedDisk;
         // Same DEK and disk id: a version-2 check is recomputed (it leaves out a pending value); a
@@ -270,7 +312,6 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
         outParams = { ...own, ...(check !== undefined ? { dataCheck: check } : {}) };
         outCipher = encrypted.dataCipher;
       }
-      const sparseOut = /sparse|streamOptimized/i.test(subformat);
       out = await createVmdk(stage.stagePath, {
         capacity,
         subformat,
@@ -284,7 +325,8 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
       // What to process: everything for a flat encrypted output (holes become encrypted zeros),
       // else the input's data-backed ranges, rounded out to the output grain and the data units.
       const outGrain = out.grainSize;
-      const fullCopy = outParams !== null && outGrain === undefined;
+      // A ciphertext copy of a flat input copies every unit: which of them hold zeros is not known without the key.
+      const fullCopy = (outParams !== null && outGrain === undefined) || (cipherCopy && source.stored.grainSize === undefined);
       const align = lcm(lcm(outParams?.unitSize ?? 512, source.encryption?.unitSize ?? 512), outGrain ?? 512);
       const chunkSize = Math.ceil(requestedChunk / align) * align;
       const ranges = (): AsyncIterable<Span> =>
@@ -304,14 +346,14 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
       // cannot copy between these files, goes through the engine.
       const byKernel =
         outCipher === null &&
-        source.encryption === null &&
+        (source.encryption === null || cipherCopy) &&
         (await kernelCopy({ source: source.stored, target, what, progress: (n) => progress.add(n), ...(opts.signal ? { signal: opts.signal } : {}) }));
       // A plain input into a plain or newly encrypted flat output, or an encrypted input decrypted
       // into a plain one, on tmpfs (unless VMSEAL_CHUNK_TRANSFER=0): one native job per chunk
       // (chunk-transfer.ts). On a disk the engine's direct writes (O_DIRECT) and write-behind stay.
       // A deep rekey in copy mode decrypts and re-encrypts in the same job.
       const transferCipher: Pick<ChunkTransferJob, 'cipher' | 'direction' | 'cipher2'> | null =
-        source.encryption === null && (outCipher === null || outCipher === ownCipher)
+        (source.encryption === null || cipherCopy) && (outCipher === null || outCipher === ownCipher)
           ? { cipher: outCipher, direction: 'encrypt' }
           : source.encryption !== null && outCipher === null
             ? { cipher: (source.disk as EncryptedDisk).dataCipher, direction: 'decrypt' }
@@ -351,13 +393,15 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
             what,
             read: (chunk, buf) => disk.readInto(chunk.offset, buf),
             async transform(chunk, buf) {
-              // All-zero grains are left out of sparse and plain outputs: they read as zeros anyway.
-              const pieces: Piece[] = fullCopy
-                ? [{ offset: chunk.offset, data: buf }]
-                : nonZeroRuns(buf, chunk.offset, granularity).map((r) => ({
-                    offset: r.offset,
-                    data: buf.subarray(r.offset - chunk.offset, r.offset - chunk.offset + r.length),
-                  }));
+              // All-zero grains are left out of sparse and plain outputs: they read as zeros anyway
+              // (not ciphertext: an all-zero unit of ciphertext does not decrypt to zeros).
+              const pieces: Piece[] =
+                fullCopy || cipherCopy
+                  ? [{ offset: chunk.offset, data: buf }]
+                  : nonZeroRuns(buf, chunk.offset, granularity).map((r) => ({
+                      offset: r.offset,
+                      data: buf.subarray(r.offset - chunk.offset, r.offset - chunk.offset + r.length),
+                    }));
               if (outCipher) for (const p of pieces) await outCipher.encrypt(p.data, p.offset / unit);
               return pieces;
             },

@@ -12,6 +12,11 @@ export interface Source {
   encryption: EncryptionParams | null;
   /** The disk holding the input's stored bytes (ciphertext for an encrypted input). */
   stored: VirtualDisk;
+  /**
+   * True for an encrypted input opened with `unlock: 'later'` and not unlocked yet: `disk` is then
+   * the ciphertext (`stored`); unlockSource() gives the plaintext view.
+   */
+  locked?: boolean;
   close(): Promise<void>;
 }
 
@@ -29,6 +34,11 @@ export interface OpenSourceOptions {
   format?: 'vmdk' | 'raw';
   /** Sparse structure checks (the VMDK layer's openDisk `check`): 'full' for verify. */
   check?: 'lazy' | 'full';
+  /**
+   * 'later': an encrypted input is returned locked (its ciphertext, no keys needed), for a job that
+   * may copy the ciphertext as it is and unlock only if it must (unlockSource). Default 'now'.
+   */
+  unlock?: 'now' | 'later';
 }
 
 export async function openSource(path: string, opts: OpenSourceOptions): Promise<Source> {
@@ -54,13 +64,33 @@ export async function openSource(path: string, opts: OpenSourceOptions): Promise
     if (opts.encrypted === 'refuse') {
       throw new DiskError('ERR_DISK_ENCRYPTED', `${path} is already encrypted (${enc.params.cipher}); use rekey to change its keys, or convert to copy it`);
     }
-    if (!opts.keys) {
-      throw new DiskError('ERR_DISK_ENCRYPTED', `${path} is encrypted (${enc.params.cipher}); give keys (a key provider or passphrase) to read it`);
-    }
-    const disk = await unlockInner(stored, enc.params, opts.keys, opts.threads ? { threads: opts.threads } : {});
-    return { disk, encryption: enc.params, stored, close: () => disk.close() };
+    const locked: Source = { disk: stored, encryption: enc.params, stored, locked: true, close: () => stored.close() };
+    if (opts.unlock === 'later') return locked;
+    return await unlockSource(locked, opts, { name: path });
   } catch (err) {
     await stored.close().catch(() => undefined);
     throw err;
   }
+}
+
+/**
+ * The plaintext view of a source opened locked (openSource's `unlock: 'later'`): the keys unlock
+ * it, its authenticator and data check are verified. An unlocked or plain source is returned as is.
+ * On failure the caller still owns (and closes) `source`.
+ */
+export async function unlockSource(
+  source: Source,
+  opts: Pick<OpenSourceOptions, 'keys' | 'threads'>,
+  say: { name?: string; why?: string } = {},
+): Promise<Source> {
+  if (!source.locked || source.encryption === null) return source;
+  const { stored, encryption } = source;
+  if (!opts.keys) {
+    throw new DiskError(
+      'ERR_DISK_ENCRYPTED',
+      `${say.name ?? stored.path} is encrypted (${encryption.cipher}); give keys (a key provider or passphrase) to read it${say.why ?? ''}`,
+    );
+  }
+  const disk = await unlockInner(stored, encryption, opts.keys, opts.threads ? { threads: opts.threads } : {});
+  return { disk, encryption, stored, close: () => disk.close() };
 }

@@ -18,6 +18,7 @@ import {
   gtSectors,
   serializeSparseHeader,
 } from './sparse-header.js';
+import { SparseExtent } from './sparse-extent.js';
 import { StreamWriterExtent } from './stream-writer.js';
 import { CREATE_SUBFORMATS, type CreateSubformat } from './subformats.js';
 import { expected, expectedOneOf } from '../errors.js';
@@ -64,7 +65,8 @@ export interface CreateDiskOptions {
   parent?: { cid: string; fileNameHint: string };
 }
 
-const DEFAULT_GRAIN = 65536;
+/** Grain of a new sparse disk when none is asked for (qemu-img's). */
+export const DEFAULT_GRAIN = 65536;
 const TWO_GIB = 2 ** 31;
 /** Sectors reserved for an embedded descriptor, like qemu (10 KiB); more when the initial text needs it. */
 const DEFAULT_DESCRIPTOR_SECTORS = 20;
@@ -172,19 +174,22 @@ export async function createDiskNamed(path: string, options: CreateDiskOptions, 
       const parts = split(capacity, maxExtent);
       const names = extentFileNames(stem, subformat, parts);
       const d = descriptor(parts.map((bytes, i) => extentLine('RW', bytes / SECTOR, 'SPARSE', names[i])));
-      for (let i = 0; i < parts.length; i++) await (await createSparseFile(join(dir, names[i]), parts[i] / SECTOR, grainSectors, undefined, overwrite)).close();
+      for (let i = 0; i < parts.length; i++)
+        await (await createSparseFile(join(dir, names[i]), parts[i] / SECTOR, grainSectors, undefined, overwrite)).file.close();
       await writeTextDescriptor(abs, d, overwrite);
       break;
     }
     case 'monolithicSparse': {
       const d = descriptor([extentLine('RW', sectors, 'SPARSE', extentName ?? basename(abs))]);
-      const file = await createSparseFile(abs, sectors, grainSectors, d, overwrite);
+      const made = await createSparseFile(abs, sectors, grainSectors, d, overwrite);
       // A snapshot child is opened with its parents, by name, below.
       if (parent !== undefined) {
-        await file.close();
+        await made.file.close();
         break;
       }
-      return fresh(await openCreatedFile(file, 'sparse'));
+      // Opened from the directories just written, not by reading them back (2 × 2 MiB at 16 TiB).
+      const extent = await SparseExtent.created(made.file, made.header, made.gd, made.rgd, { writable: true, whyReadOnly: 'the disk was opened read-only' });
+      return fresh(await openCreatedFile(made.file, 'sparse', extent));
     }
     case 'streamOptimized': {
       const d = descriptor([extentLine('RW', sectors, 'SPARSE', basename(abs))]);
@@ -347,10 +352,18 @@ async function writeTextDescriptor(path: string, d: Descriptor, overwrite: boole
 
 /**
  * A hosted sparse extent in qemu-img's layout: header, [descriptor], RGD, RGTs, GD, GTs (all tables
- * preallocated, zero), first grain at the next grain boundary. The tables are holes until written.
+ * preallocated, zero), first grain at the next grain boundary. The tables are holes until written;
+ * the two directories must be written (qemu cannot allocate a table for a GD entry of 0), once each.
+ * Returned open with the header and directories as written (the caller closes the file or opens the
+ * disk from them).
  */
-/** Write a new sparse extent file; it is returned open (the caller closes it or opens the disk from it). */
-async function createSparseFile(path: string, sectors: number, grainSectors: number, d: Descriptor | undefined, overwrite: boolean): Promise<HostFile> {
+async function createSparseFile(
+  path: string,
+  sectors: number,
+  grainSectors: number,
+  d: Descriptor | undefined,
+  overwrite: boolean,
+): Promise<{ file: HostFile; header: SparseHeader; gd: Uint32Array; rgd: Uint32Array }> {
   const text = d ? Buffer.from(d.toString(), 'utf8') : undefined;
   const descSectors = text ? embeddedDescriptorSectors(text.length) : 0;
   const gdEntries = gdEntryCount({ capacity: sectors, grainSize: grainSectors, numGTEsPerGT: 512 });
@@ -374,23 +387,35 @@ async function createSparseFile(path: string, sectors: number, grainSectors: num
     uncleanShutdown: 0,
     compressAlgorithm: 0,
   };
-  const dirBytes = (first: number) => {
-    const b = Buffer.alloc(gdSec * SECTOR);
-    for (let i = 0; i < gdEntries; i++) b.writeUInt32LE(first + gdSec + i * gtSec, i * 4);
-    return b;
+  // Each directory lists its tables in order right after it; written from the entries' own memory,
+  // padded to whole sectors (little-endian: the byte order of every platform Node runs on; checked).
+  const directory = (first: number) => {
+    const padded = new Uint32Array((gdSec * SECTOR) / 4);
+    for (let i = 0; i < gdEntries; i++) padded[i] = first + gdSec + i * gtSec;
+    return { entries: padded.subarray(0, gdEntries), bytes: leView(padded) };
   };
+  const rgdDir = directory(rgd);
+  const gdDir = directory(gd);
   const f = await HostFile.create(path, overwrite);
   try {
     const head = Buffer.alloc((1 + descSectors) * SECTOR);
     serializeSparseHeader(header).copy(head, 0);
     if (text) head.set(text, SECTOR);
     await f.writeAt(head, 0);
-    await f.writeAt(dirBytes(rgd), rgd * SECTOR);
-    await f.writeAt(dirBytes(gd), gd * SECTOR);
+    await f.writeAt(rgdDir.bytes, rgd * SECTOR);
+    await f.writeAt(gdDir.bytes, gd * SECTOR);
     await f.truncate(overHead * SECTOR);
-    return f;
+    return { file: f, header, gd: gdDir.entries, rgd: rgdDir.entries };
   } catch (err) {
     await f.close();
     throw err;
   }
+}
+
+/** The little-endian bytes of u32 entries: their own memory on a little-endian host, else a swapped copy. */
+function leView(a: Uint32Array): Uint8Array {
+  if (new Uint8Array(new Uint16Array([1]).buffer)[0] === 1) return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+  const b = Buffer.alloc(a.byteLength);
+  for (let i = 0; i < a.length; i++) b.writeUInt32LE(a[i], i * 4);
+  return b;
 }

@@ -85,9 +85,9 @@ export function openCreatedDisk(path: string, options: OpenDiskOptions): Promise
  * of the trips of a small image's conversion, and would open whatever file had taken the name
  * meanwhile. The file is not in a handle pool (it is the disk's only one). On failure it is closed.
  */
-export async function openCreatedFile(file: HostFile, kind: 'sparse' | 'raw'): Promise<VmdkDisk> {
+export async function openCreatedFile(file: HostFile, kind: 'sparse' | 'raw', extent?: SparseExtent): Promise<VmdkDisk> {
   try {
-    return kind === 'raw' ? openRaw(file, false) : await openEmbedded(file, [file], false, true, false);
+    return kind === 'raw' ? openRaw(file, false) : await openEmbedded(file, [file], false, true, false, extent);
   } catch (err) {
     await file.close();
     throw err;
@@ -260,8 +260,16 @@ async function openText(main: HostFile, opened: HostFile[], readOnly: boolean, a
   });
 }
 
-async function openEmbedded(main: HostFile, opened: HostFile[], readOnly: boolean, allowEncrypted: boolean, full: boolean): Promise<VmdkDisk> {
-  const sparse = await SparseExtent.open(main, { writable: !readOnly, whyReadOnly: 'the disk was opened read-only' });
+/** `created`: the extent of a file create.ts has just written (its directories are not read back). */
+async function openEmbedded(
+  main: HostFile,
+  opened: HostFile[],
+  readOnly: boolean,
+  allowEncrypted: boolean,
+  full: boolean,
+  created?: SparseExtent,
+): Promise<VmdkDisk> {
+  const sparse = created ?? (await SparseExtent.open(main, { writable: !readOnly, whyReadOnly: 'the disk was opened read-only' }));
   if (full) await sparse.checkStructure();
   const area = sparse.descriptorArea;
   let descriptor: Descriptor | undefined;

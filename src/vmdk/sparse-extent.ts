@@ -3,6 +3,7 @@ import { inflate as inflateCb } from 'node:zlib';
 import { VmdkFormatError } from './errors.js';
 import { type ByteRange, type Extent, readOnlyError } from './extent.js';
 import { type HostFile, Mutex } from './file.js';
+import { TableRuns } from './table-runs.js';
 import {
   FLAG_COMPRESSED,
   FLAG_RGD,
@@ -46,20 +47,14 @@ interface Interval {
   what: string;
 }
 
-/** The file's data ranges (bytes) over the table area at open; from `knownUntil` on, unknown (data). */
-interface DataRanges {
-  starts: Float64Array;
-  ends: Float64Array;
-  knownUntil: number;
-}
-
 /** What open() learnt about the metadata, for the checks made when tables are first read. */
 interface OpenedLayout {
   /** Header, embedded descriptor, GD and RGD, sorted. */
   fixed: Interval[];
-  /** Sorted start sectors of every grain table and redundant grain table listed at open. */
-  tables: Uint32Array;
-  dataRanges: DataRanges;
+  /** Every grain table and redundant grain table listed at open. */
+  tables: TableRuns;
+  /** Per GD entry, 1 when the table may hold data (see SparseExtent.#mayHold). */
+  mayHold: Uint8Array;
 }
 
 /** A Uint32Array that grows by doubling (grain start sectors collected while validating). */
@@ -114,10 +109,13 @@ export class SparseExtent implements Extent {
   readonly #cacheLimit: number;
   readonly #mutex = new Mutex();
   readonly #fixedMeta: Interval[];
-  readonly #tableSectors: Uint32Array;
-  readonly #dataRanges: DataRanges;
-  /** Per GD entry: 1 once the table was taken into memory (the hole snapshot no longer applies). */
-  readonly #seen: Uint8Array;
+  readonly #tableSectors: TableRuns;
+  /**
+   * Per GD entry: 1 when the table may hold data — its entry is set and it did not lie in a hole of
+   * the file at open, or it was taken into memory since (read, or allocated by a write). 0: absent or
+   * all zeros. Computed once at open; scans of the directory skip the zeros with a native indexOf.
+   */
+  readonly #mayHold: Uint8Array;
   #zeros: Buffer | undefined;
   #nextFree: number;
   #lastGrain: { index: number; data: Buffer } | undefined;
@@ -138,8 +136,7 @@ export class SparseExtent implements Extent {
   ) {
     this.#fixedMeta = layout.fixed;
     this.#tableSectors = layout.tables;
-    this.#dataRanges = layout.dataRanges;
-    this.#seen = new Uint8Array(gd.length);
+    this.#mayHold = layout.mayHold;
     this.file = file;
     this.header = header;
     this.size = header.capacity * SECTOR;
@@ -188,11 +185,6 @@ export class SparseExtent implements Extent {
     if (header.gdOffset === -1) header = await readFooter(file, header);
     const gdEntries = gdEntryCount(header);
     const gdBytes = gdEntries * 4;
-    const gdSec = Math.ceil(gdBytes / SECTOR);
-    const gtSec = gtSectors(header);
-    const fixed: Interval[] = [{ start: 0, end: 1, what: 'the header' }];
-    if (header.descriptorSize > 0)
-      fixed.push({ start: header.descriptorOffset, end: header.descriptorOffset + header.descriptorSize, what: 'the embedded descriptor' });
 
     const readDirectory = async (sector: number, what: string, fieldOffset: number): Promise<Uint32Array> => {
       const at = sector * SECTOR;
@@ -202,75 +194,80 @@ export class SparseExtent implements Extent {
           offset: fieldOffset,
         });
       }
-      const buf = Buffer.alloc(gdBytes);
-      await file.readExact(buf, at, what);
-      fixed.push({ start: sector, end: sector + gdSec, what });
-      return u32View(buf);
+      // Read straight into the entries' memory: one read and no copy (the directory of a 16 TiB disk is 2 MiB).
+      const dir = new Uint32Array(gdEntries);
+      await file.readExact(new Uint8Array(dir.buffer), at, what);
+      if (!LITTLE_ENDIAN) swap32(dir);
+      return dir;
     };
     const gd = await readDirectory(header.gdOffset, 'the grain directory', 56);
     let rgd: Uint32Array | undefined;
     if (header.flags & FLAG_RGD && header.rgdOffset !== 0) rgd = await readDirectory(header.rgdOffset, 'the redundant grain directory', 48);
+    return SparseExtent.#assemble(file, header, gd, rgd, opts, false);
+  }
 
-    // Tables: inside the file (entry by entry, so the error names the entry), then no overlaps.
+  /**
+   * The extent of a sparse file this process has just created (src/vmdk/create.ts) from the
+   * directories it wrote, without reading them back: every table is a hole of the new file, none is
+   * read, and the layout was built here, so the checks of open() are not repeated.
+   */
+  static created(file: HostFile, header: SparseHeader, gd: Uint32Array, rgd: Uint32Array | undefined, opts: SparseOpenOptions): Promise<SparseExtent> {
+    return SparseExtent.#assemble(file, header, gd, rgd, opts, true);
+  }
+
+  /**
+   * What open() learns from the directories, in one pass over each: the checks (every table inside
+   * the file, no table overlapping another or the header, descriptor or directories), the sorted
+   * table sectors, and which tables may hold data (those in holes of the file cannot). `fresh`: the
+   * directories were just written by create.ts, the file's table area is all holes.
+   */
+  static async #assemble(
+    file: HostFile,
+    header: SparseHeader,
+    gd: Uint32Array,
+    rgd: Uint32Array | undefined,
+    opts: SparseOpenOptions,
+    fresh: boolean,
+  ): Promise<SparseExtent> {
+    const path = file.path;
+    const gdSec = Math.ceil((gd.length * 4) / SECTOR);
+    const gtSec = gtSectors(header);
     const gtBytes = header.numGTEsPerGT * 4;
+    const fixed: Interval[] = [{ start: 0, end: 1, what: 'the header' }];
+    if (header.descriptorSize > 0)
+      fixed.push({ start: header.descriptorOffset, end: header.descriptorOffset + header.descriptorSize, what: 'the embedded descriptor' });
+    fixed.push({ start: header.gdOffset, end: header.gdOffset + gdSec, what: 'the grain directory' });
+    if (rgd) fixed.push({ start: header.rgdOffset, end: header.rgdOffset + gdSec, what: 'the redundant grain directory' });
+
+    // Tables: inside the file (the error names the entry), collected as runs in one pass per
+    // directory (table-runs.ts), then no overlaps — per run, not per table.
     const dirs: Array<{ dir: Uint32Array; name: string; at: number }> = [{ dir: gd, name: 'grain', at: header.gdOffset * SECTOR }];
     if (rgd) dirs.push({ dir: rgd, name: 'redundant grain', at: header.rgdOffset * SECTOR });
-    let total = 0;
-    for (const { dir, name, at } of dirs) {
-      // No more distinct tables than the file can hold (checked before anything per table is allocated).
-      let count = 0;
-      for (let i = 0; i < dir.length; i++) if (dir[i] !== 0) count++;
-      if (count > Math.floor(file.size / (gtSec * SECTOR))) {
-        throw new VmdkFormatError('ERR_VMDK_CORRUPT', `${name} directory lists ${count} tables, more than the file can hold (tables claimed twice)`, {
-          file: path,
-          offset: at,
-        });
-      }
-      for (let i = 0; i < dir.length; i++) {
-        const s = dir[i];
-        if (s !== 0 && s * SECTOR + gtBytes > file.size) {
-          throw new VmdkFormatError('ERR_VMDK_CORRUPT', `${name} table ${i} at sector ${s} extends past the end of the file`, {
-            file: path,
-            offset: at + i * 4,
-          });
-        }
-      }
-      total += count;
-    }
-    const tables = new Uint32Array(total);
-    let k = 0;
-    for (const { dir } of dirs) for (let i = 0; i < dir.length; i++) if (dir[i] !== 0) tables[k++] = dir[i];
-    tables.sort();
-    const nameTable = (sector: number): string => {
-      for (const { dir, name } of dirs) {
-        const i = dir.indexOf(sector);
-        if (i >= 0) return `${name} table ${i}`;
-      }
-      return `a table at sector ${sector}`;
-    };
-    const overlap = (a: { start: number; what: string }, b: Interval): VmdkFormatError =>
-      new VmdkFormatError('ERR_VMDK_CORRUPT', `${a.what} (sector ${a.start}) overlaps ${b.what} (sectors ${b.start}-${b.end - 1})`, {
+    // An entry s is inside the file when s·512 + gtBytes ≤ size, i.e. s + gtSec ≤ this (fractional) sector.
+    const limit = fresh ? Infinity : (file.size - gtBytes) / SECTOR + gtSec;
+    const collected = TableRuns.collect(
+      dirs.map((d) => d.dir),
+      gtSec,
+      limit,
+    );
+    if (!(collected instanceof TableRuns)) {
+      const { name, at } = dirs[collected.dir];
+      throw new VmdkFormatError('ERR_VMDK_CORRUPT', `${name} table ${collected.index} at sector ${collected.sector} extends past the end of the file`, {
         file: path,
-        offset: a.start * SECTOR,
+        offset: at + collected.index * 4,
       });
-    for (let i = 1; i < tables.length; i++) {
-      if (tables[i] < tables[i - 1] + gtSec) {
-        throw overlap({ start: tables[i], what: nameTable(tables[i]) }, { start: tables[i - 1], end: tables[i - 1] + gtSec, what: nameTable(tables[i - 1]) });
-      }
     }
-    fixed.sort((a, b) => a.start - b.start);
-    for (let i = 1; i < fixed.length; i++) if (fixed[i].start < fixed[i - 1].end) throw overlap(fixed[i], fixed[i - 1]);
-    for (const m of fixed) {
-      const t = tableAt(tables, gtSec, m.start, m.end - m.start);
-      if (t !== undefined) throw overlap({ start: t, what: nameTable(t) }, m);
-    }
+    const tables = collected;
+    if (!fresh) checkLayout(path, dirs, tables, file.size, fixed);
+    else fixed.sort((a, b) => a.start - b.start);
 
-    // Where the tables lie in holes of the file (qemu-img preallocates them as holes): such a table
-    // can only read as zeros and is never read.
-    let dataRanges: DataRanges = { starts: new Float64Array(0), ends: new Float64Array(0), knownUntil: 0 };
-    if (tables.length > 0) {
-      const lo = tables[0] * SECTOR;
-      const hi = (tables[tables.length - 1] + gtSec) * SECTOR;
+    // Which tables may hold data: those that do not lie wholly in a hole of the file (qemu-img
+    // preallocates them as holes; such a table can only read as zeros and is never read).
+    const mayHold = new Uint8Array(gd.length);
+    if (!fresh && tables.tableCount > 0) {
+      // A new file (fresh) has nothing written yet: every table is a hole.
+      const lo = tables.start * SECTOR;
+      const hi = tables.end * SECTOR;
       const ranges = await file.dataRanges(lo, hi, dataRangeSettings.max);
       const starts = new Float64Array(ranges.length);
       const ends = new Float64Array(ranges.length);
@@ -278,12 +275,12 @@ export class SparseExtent implements Extent {
         starts[i] = s;
         ends[i] = s + len;
       });
-      dataRanges = { starts, ends, knownUntil: ranges.length >= dataRangeSettings.max ? ends[ends.length - 1] : hi };
+      tables.markData(0, mayHold, starts, ends, ranges.length >= dataRangeSettings.max ? ends[ends.length - 1] : hi, SECTOR);
     }
 
     let nextFree = Math.max(Math.ceil(file.size / SECTOR), header.overHead, fixed[fixed.length - 1].end);
-    if (tables.length > 0) nextFree = Math.max(nextFree, tables[tables.length - 1] + gtSec);
-    return new SparseExtent(file, header, gd, rgd, nextFree, opts, { fixed, tables, dataRanges });
+    nextFree = Math.max(nextFree, tables.end);
+    return new SparseExtent(file, header, gd, rgd, nextFree, opts, { fixed, tables, mayHold });
   }
 
   /**
@@ -296,8 +293,7 @@ export class SparseExtent implements Extent {
     const step = this.compressed ? 1 : this.header.grainSize;
     const maxGrains = Math.floor(this.file.size / (step * SECTOR)) + 1;
     const grains = new U32List();
-    for (let gti = 0; gti < this.#gd.length; gti++) {
-      if (!this.#mayHoldData(gti)) continue;
+    for (let gti = this.#nextMayHold(0, this.#gd.length); gti < this.#gd.length; gti = this.#nextMayHold(gti + 1, this.#gd.length)) {
       const table = await this.#table(gti);
       if (!table) continue;
       for (let e = 0; e < n; e++) {
@@ -326,7 +322,7 @@ export class SparseExtent implements Extent {
   #remember(index: number, table: Uint32Array): void {
     // From now on this table's contents come from memory or the file, never from the hole snapshot
     // taken at open (a write may have filled the hole since).
-    this.#seen[index] = 1;
+    this.#mayHold[index] = 1;
     this.#cache.delete(index);
     this.#cache.set(index, table);
     if (this.#cache.size > this.#cacheLimit) {
@@ -339,10 +335,13 @@ export class SparseExtent implements Extent {
 
   /** False when table `index` is absent or known to be all zeros without reading it (a hole at open). */
   #mayHoldData(index: number): boolean {
-    const sector = this.#gd[index];
-    if (sector === 0) return false;
-    if (this.#seen[index] || this.#cache.has(index)) return true;
-    return !inHole(this.#dataRanges, sector * SECTOR, this.#gtBytes);
+    return this.#mayHold[index] === 1;
+  }
+
+  /** The first table index ≥ `from` that may hold data, or `end` (a native scan over #mayHold). */
+  #nextMayHold(from: number, end: number): number {
+    const i = this.#mayHold.indexOf(1, from);
+    return i < 0 || i > end ? end : i;
   }
 
   /** The grain table `index` (undefined when its GD entry is 0), read and checked on first use. */
@@ -401,7 +400,7 @@ export class SparseExtent implements Extent {
       }
       let what: string | undefined;
       for (const m of this.#fixedMeta) if (m.start < s + step && s < m.end) what = m.what;
-      const t = what === undefined ? tableAt(this.#tableSectors, gtSectors(h), s, step) : undefined;
+      const t = what === undefined ? this.#tableSectors.tableAt(s, step) : undefined;
       if (t !== undefined) what = `the grain table at sector ${t}`;
       if (what !== undefined) {
         throw new VmdkFormatError('ERR_VMDK_CORRUPT', `grain ${g} (sector ${s}) points into ${what}`, { file: path, offset });
@@ -562,10 +561,14 @@ export class SparseExtent implements Extent {
     let runStart = -1;
     let runEnd = -1;
     while (g < gEnd) {
+      // Only tables that may hold data are read: a 16 TiB disk made by qemu-img lists 524,288, in
+      // holes, skipped here by one native scan rather than one test each.
+      const next = this.#nextMayHold(Math.floor(g / n), Math.ceil(gEnd / n));
+      if (next * n > g) g = Math.min(next * n, gEnd);
+      if (g >= gEnd) break;
       const gti = Math.floor(g / n);
       const tableEnd = Math.min((gti + 1) * n, gEnd);
-      // Only tables that may hold data are read: a 16 TiB disk made by qemu-img lists 524,288, in holes.
-      const table = this.#mayHoldData(gti) ? await this.#table(gti) : undefined;
+      const table = await this.#table(gti);
       if (table) {
         for (; g < tableEnd; g++) {
           const s = table[g - gti * n];
@@ -970,31 +973,42 @@ async function readFooter(file: HostFile, header: SparseHeader): Promise<SparseH
   return { ...header, gdOffset: footer.gdOffset, rgdOffset: footer.rgdOffset, flags: footer.flags };
 }
 
-/** The start of a table (sorted starts, each `gtSec` long) overlapping sectors [s, s + len), if any. */
-function tableAt(tables: Uint32Array, gtSec: number, s: number, len: number): number | undefined {
-  // The last table starting before s + len is the only candidate (tables do not overlap each other).
-  let lo = 0;
-  let hi = tables.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1;
-    if (tables[mid] < s + len) lo = mid + 1;
-    else hi = mid;
+/**
+ * The checks of the table layout: no more tables than the file can hold, no table overlapping
+ * another, nor the header, the descriptor or a directory (`fixed`, sorted here).
+ */
+function checkLayout(path: string, dirs: Array<{ dir: Uint32Array; name: string; at: number }>, tables: TableRuns, fileSize: number, fixed: Interval[]): void {
+  const gtSec = tables.gtSec;
+  if (tables.tableCount > Math.floor(fileSize / (gtSec * SECTOR))) {
+    throw new VmdkFormatError('ERR_VMDK_CORRUPT', `the directories list ${tables.tableCount} tables, more than the file can hold (tables claimed twice)`, {
+      file: path,
+      offset: dirs[0].at,
+    });
   }
-  if (lo === 0) return undefined;
-  const t = tables[lo - 1];
-  return t + gtSec > s ? t : undefined;
-}
-
-/** True when bytes [at, at + len) lie wholly in a hole of the file as seen at open. */
-function inHole(r: DataRanges, at: number, len: number): boolean {
-  if (at + len > r.knownUntil) return false;
-  // The last data range starting before at + len decides (ranges are sorted and disjoint).
-  let lo = 0;
-  let hi = r.starts.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1;
-    if (r.starts[mid] < at + len) lo = mid + 1;
-    else hi = mid;
+  const nameTable = (sector: number): string => {
+    for (const { dir, name } of dirs) {
+      const i = dir.indexOf(sector);
+      if (i >= 0) return `${name} table ${i}`;
+    }
+    return `a table at sector ${sector}`;
+  };
+  const overlap = (a: { start: number; what: string }, b: Interval): VmdkFormatError =>
+    new VmdkFormatError('ERR_VMDK_CORRUPT', `${a.what} (sector ${a.start}) overlaps ${b.what} (sectors ${b.start}-${b.end - 1})`, {
+      file: path,
+      offset: a.start * SECTOR,
+    });
+  const clash = tables.overlap();
+  if (clash) {
+    // Run b starts inside run a: its first table overlaps the table of a it starts in.
+    const b = tables.run(clash.b).start;
+    const a = tables.run(clash.a);
+    const t = a.start + Math.min(a.count - 1, Math.floor((b - a.start) / gtSec)) * gtSec;
+    throw overlap({ start: b, what: nameTable(b) }, { start: t, end: t + gtSec, what: nameTable(t) });
   }
-  return lo === 0 || r.ends[lo - 1] <= at;
+  fixed.sort((a, b) => a.start - b.start);
+  for (let i = 1; i < fixed.length; i++) if (fixed[i].start < fixed[i - 1].end) throw overlap(fixed[i], fixed[i - 1]);
+  for (const m of fixed) {
+    const t = tables.tableAt(m.start, m.end - m.start);
+    if (t !== undefined) throw overlap({ start: t, what: nameTable(t) }, m);
+  }
 }

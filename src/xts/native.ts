@@ -3,6 +3,7 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { XtsError } from './errors.js';
 import { findPackageRoot } from '../util/package-root.js';
+import { requireAddonIn } from '../util/native-addon.js';
 
 export { findPackageRoot };
 import { XTS_KEY_BYTES_128, XTS_KEY_BYTES_256, XTS_MAX_THREADS, XTS_MAX_UNIT_SIZE, XTS_MIN_UNIT_SIZE } from './constants.js';
@@ -76,8 +77,7 @@ export function loadAddon(source: { path?: string; root?: string }): NativeXts {
     const root = source.root;
     if (!root) throw loadFailure('the package root (package.json named "vmseal") was not found above ' + fileURLToPath(import.meta.url), undefined);
     try {
-      const nodeGypBuild = requireFromHere('node-gyp-build') as (dir: string) => unknown;
-      addon = nodeGypBuild(root) as NativeXts;
+      addon = requireAddonIn(root) as NativeXts;
     } catch (err) {
       const message = (err as Error).message ?? String(err);
       const detail = message.startsWith('No native build was found')

@@ -231,6 +231,28 @@ describe('property tests', () => {
     );
   });
 
+  it('canonicalBase64Length accepts exactly what decodeBase64String decodes, and gives its length', async () => {
+    const { canonicalBase64Length, decodeBase64String } = await import('../../src/keys/base64.js');
+    const same = (s: string): void => {
+      expect(canonicalBase64Length(s)).toBe(decodeBase64String(s)?.length);
+    };
+    // Canonical encodings, then the same with one character changed (padding bits, '=' placement, alphabet).
+    const b64ish = fc.string({ unit: fc.constantFrom(...'ABQgwEIcz09+/=-_ \n'), maxLength: 16 });
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 70 }), fc.nat(), fc.constantFrom(...'AQgwEIcz09+/=-_ \n'), (bytes, at, ch) => {
+        const text = Buffer.from(bytes).toString('base64');
+        same(text);
+        if (text.length > 0) {
+          const i = at % text.length;
+          same(text.slice(0, i) + ch + text.slice(i + 1));
+        }
+      }),
+      fuzzParams(103, 3000),
+    );
+    fc.assert(fc.property(b64ish, same), fuzzParams(104, 3000));
+    fc.assert(fc.property(fc.string({ maxLength: 24 }), same), fuzzParams(105, 1000));
+  });
+
   it('dicts: serialize → parse is the identity for any values', () => {
     const name = fc.stringMatching(/^[A-Za-z][A-Za-z0-9]{0,7}$/);
     fc.assert(

@@ -243,6 +243,24 @@ describe('LocalKeyProvider (key file mode)', () => {
     for (const [i, p] of providers.entries()) expect((await check.getKey(refs[i]!.keyId)).equals(await p.getKey(refs[i]!.keyId))).toBe(true);
   });
 
+  it('a provider that keeps the keystore it wrote sees every change another process makes to it', async () => {
+    const a = new LocalKeyProvider({ home });
+    const b = new LocalKeyProvider({ home });
+    const ref = await a.createKey({ name: 'disk' });
+    (await a.getKey(ref.keyId)).fill(0); // served from what `a` wrote
+    await b.retireKey(ref.keyId);
+    await expect(a.getKey(ref.keyId)).rejects.toMatchObject({ code: 'ERR_KEY_RETIRED' });
+    const other = await b.createKey({ name: 'other' });
+    expect((await a.list()).map((k) => k.keyId)).toEqual([ref.keyId, other.keyId]);
+    await b.destroyKey(other.keyId);
+    await expect(a.getKey(other.keyId)).rejects.toMatchObject({ code: 'ERR_KEYSTORE_KEY_DESTROYED' });
+    // A keystore replaced by another one (another master key) no longer opens with `a`'s.
+    rmSync(home, { recursive: true, force: true });
+    mkdirSync(home, { mode: 0o700 });
+    await new LocalKeyProvider({ home }).init();
+    await expect(a.getKey(ref.keyId)).rejects.toMatchObject({ code: 'ERR_KEYSTORE_MASTER_KEY' });
+  });
+
   it('validates its arguments', async () => {
     expect(() => new LocalKeyProvider({ home, id: 'bad id!' })).toThrowError(/for id/);
     expect(() => new LocalKeyProvider({ home, passphrase: '' })).toThrowError(/passphrase/);

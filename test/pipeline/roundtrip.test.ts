@@ -146,7 +146,11 @@ describe('convert', () => {
     const enc = join(tmp.dir, 'refuse-enc.vmdk');
     await encryptDisk(plainRaw, enc, { lockers: [phraseLocker('pw')] });
     await expect(encryptDisk(enc, join(tmp.dir, 'x1.vmdk'), { lockers: [phraseLocker('pw')] })).rejects.toMatchObject({ code: 'ERR_DISK_ENCRYPTED' });
-    await expect(convertDisk(enc, join(tmp.dir, 'x2.vmdk'))).rejects.toMatchObject({ code: 'ERR_DISK_ENCRYPTED' });
+    // A convert that keeps the encryption copies the ciphertext without keys where it can
+    // (ciphertext-convert.test.ts); into a flat output a sparse input's holes need the DEK.
+    const encSparse = join(tmp.dir, 'refuse-enc-sparse.vmdk');
+    await encryptDisk(plainRaw, encSparse, { subformat: 'monolithicSparse', lockers: [phraseLocker('pw')] });
+    await expect(convertDisk(encSparse, join(tmp.dir, 'x2.vmdk'), { subformat: 'monolithicFlat' })).rejects.toMatchObject({ code: 'ERR_DISK_ENCRYPTED' });
     await expect(decryptDisk(plainRaw, join(tmp.dir, 'x3.raw'), { keys: { passphrase: 'pw' } })).rejects.toMatchObject({ code: 'ERR_NOT_ENCRYPTED' });
     await expect(convertDisk(plainRaw, join(tmp.dir, 'x4.raw'), { decrypt: true })).rejects.toMatchObject({ code: 'ERR_NOT_ENCRYPTED' });
     expect(readdirSync(tmp.dir).filter((f) => /^x\d/.test(f) || f.includes('vmseal-tmp') || f.endsWith('.lck'))).toEqual([]);
