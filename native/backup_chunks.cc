@@ -47,6 +47,7 @@
 #include <string>
 #include <vector>
 
+#include "io_fully.h"
 #include "napi_errors.h"
 
 #if defined(__linux__) || defined(__APPLE__)
@@ -96,81 +97,29 @@ void Hex(const uint8_t* hash, char out[2 * kHashBytes + 1]) {
   out[2 * kHashBytes] = '\0';
 }
 
-// A failed system call: what the rejection carries.
-struct Failure {
-  int err = 0;
-  const char* syscall = "";
-  std::string path;
-};
-
-class ChunkWork : public Napi::AsyncWorker {
- public:
-  Napi::Promise Start() {
-    Napi::Promise promise = deferred_.Promise();
-    Queue();
-    return promise;
-  }
-
+// The jobs of this file: FileWork (napi_errors.h) with code ERR_BACKUP_CHUNK_IO, every failure
+// naming its own system call and file (`path`), and the whole-range reads and writes of io_fully.h.
+class ChunkWork : public FileWork {
  protected:
-  ChunkWork(Napi::Env env, const char* resource) : Napi::AsyncWorker(env, resource), deferred_(Napi::Promise::Deferred::New(env)) {}
-
-  bool Fail(int err, const char* syscall, std::string path) {
-    failure_ = {err, syscall, std::move(path)};
-    return false;
-  }
-
-  virtual Napi::Value Result(Napi::Env env) = 0;
-
-  void OnOK() override {
-    Napi::Env env = Env();
-    if (failure_.err != 0) {
-      Napi::Error e = SystemError(env, "ERR_BACKUP_CHUNK_IO", failure_.syscall, failure_.err);
-      e.Set("path", Napi::String::New(env, failure_.path));
-      deferred_.Reject(e.Value());
-      return;
-    }
-    deferred_.Resolve(Result(env));
-  }
-
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+  ChunkWork(Napi::Env env, const char* resource)
+      : FileWork(env, resource, "ERR_BACKUP_CHUNK_IO", "") {}
 
 #if VMSEAL_POSIX_FILES
-  // pread up to `n` bytes at `pos`, looping on short counts and EINTR: the bytes read (fewer when the
-  // file ended), or -1 after Fail().
+  // pread up to `n` bytes at `pos`: the bytes read (fewer when the file ended), or -1 after Fail().
   int64_t ReadFully(int fd, uint8_t* p, size_t n, int64_t pos, const std::string& what) {
-    size_t done = 0;
-    while (done < n) {
-      ssize_t r = ::pread(fd, p + done, n - done, static_cast<off_t>(pos + static_cast<int64_t>(done)));
-      if (r > 0) {
-        done += static_cast<size_t>(r);
-        continue;
-      }
-      if (r == 0) break;
-      if (errno == EINTR) continue;
-      Fail(errno, "pread", what);
+    const IoResult r = PreadFully(fd, p, n, pos);
+    if (r.error != 0) {
+      Fail(r.error, "pread", what);
       return -1;
     }
-    return static_cast<int64_t>(done);
+    return static_cast<int64_t>(r.done);
   }
 
   bool WriteFully(int fd, const uint8_t* p, size_t n, int64_t pos, const std::string& what) {
-    size_t done = 0;
-    while (done < n) {
-      ssize_t w = ::pwrite(fd, p + done, n - done, static_cast<off_t>(pos + static_cast<int64_t>(done)));
-      if (w > 0) {
-        done += static_cast<size_t>(w);
-        continue;
-      }
-      if (w < 0 && errno == EINTR) continue;
-      return Fail(w < 0 ? errno : EIO, "pwrite", what);
-    }
-    return true;
+    const IoResult r = PwriteFully(fd, p, n, pos);
+    return r.error == 0 || Fail(r.error, "pwrite", what);
   }
 #endif
-
- private:
-  Napi::Promise::Deferred deferred_;
-  Failure failure_;
 };
 
 std::string FdName(int fd) { return "fd " + std::to_string(fd); }

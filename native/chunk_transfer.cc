@@ -8,8 +8,9 @@
 #include <cerrno>
 #include <numeric>
 
+#include "io_fully.h"
+
 #if defined(__unix__) || defined(__APPLE__)
-#include <unistd.h>
 #define VMSEAL_HAVE_PREAD 1
 #else
 #define VMSEAL_HAVE_PREAD 0
@@ -74,20 +75,11 @@ TransferResult TransferChunk(const TransferRequest& q) {
   size_t done = 0;
   while (done < q.length) {
     const size_t len = std::min(step, q.length - done);
-    size_t got = 0;
-    while (got < len) {
-      ssize_t n = ::pread(q.fdIn, p + got, len - got, static_cast<off_t>(q.positionIn + static_cast<int64_t>(done + got)));
-      if (n > 0) {
-        got += static_cast<size_t>(n);
-        continue;
-      }
-      if (n == 0) break;  // the input ended
-      if (errno == EINTR) continue;
-      return Failed(errno, "pread", done + got);
-    }
-    if (got < len) {
+    const IoResult got = PreadFully(q.fdIn, p, len, q.positionIn + static_cast<int64_t>(done));
+    if (got.error != 0) return Failed(got.error, "pread", done + got.done);
+    if (got.done < len) {  // the input ended
       TransferResult r;
-      r.bytesRead = done + got;
+      r.bytesRead = done + got.done;
       return r;
     }
     if (q.cipher != TransferCipher::kNone) {
@@ -97,17 +89,8 @@ TransferResult TransferChunk(const TransferRequest& q) {
       else q.engine->DecryptUnits(p, p, q.unitSize, count, first);
       if (q.cipher == TransferCipher::kReencrypt) q.engine2->EncryptUnits(p, p, q.unitSize2, len / q.unitSize2, q.firstUnit2 + done / q.unitSize2);
     }
-    size_t put = 0;
-    while (put < len) {
-      ssize_t n = ::pwrite(q.fdOut, p + put, len - put, static_cast<off_t>(q.positionOut + static_cast<int64_t>(done + put)));
-      if (n > 0) {
-        put += static_cast<size_t>(n);
-        continue;
-      }
-      if (n == 0) return Failed(EIO, "pwrite", done + len);  // no progress and no error: never loop on it
-      if (errno == EINTR) continue;
-      return Failed(errno, "pwrite", done + len);
-    }
+    const IoResult put = PwriteFully(q.fdOut, p, len, q.positionOut + static_cast<int64_t>(done));
+    if (put.error != 0) return Failed(put.error, "pwrite", done + len);
     done += len;
   }
   TransferResult r;

@@ -83,6 +83,24 @@ class TransferWork : public Napi::AsyncWorker {
   TransferResult result_;
 };
 
+// chunk_transfer.cc's UnitsValid with the JS errors: whole data units of `unitSize` in the buffer,
+// and unit numbers from `firstUnit` that stay below 2^64. `n` ("" or "2") names the cipher's
+// arguments (unitSize, firstUnit or unitSize2, firstUnit2).
+void CheckUnits(Napi::Env env, size_t length, size_t unitSize, uint64_t firstUnit,
+                const std::string& n) {
+  if (length % unitSize != 0) {
+    Napi::Error e = Napi::RangeError::New(
+        env, "buffer's length (" + std::to_string(length) + ") is not a multiple of unitSize" + n +
+                 " (" + std::to_string(unitSize) + ")");
+    e.Set("code", Napi::String::New(env, "ERR_XTS_LENGTH"));
+    throw e;
+  }
+  const uint64_t count = length / unitSize;
+  if (count > 0 && firstUnit > UINT64_MAX - (count - 1)) {
+    throw RangeErr(env, "firstUnit" + n + " + the buffer's units is out of range");
+  }
+}
+
 Napi::Value TransferChunkCall(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   TransferRequest q;
@@ -105,28 +123,14 @@ Napi::Value TransferChunkCall(const Napi::CallbackInfo& info) {
     if (info.Length() > 8 && !info[8].IsUndefined() && !info[8].IsBoolean()) throw TypeErr(env, "decrypt must be a boolean");
     const bool decrypt = info.Length() > 8 && info[8].IsBoolean() && info[8].As<Napi::Boolean>().Value();
     q.cipher = decrypt ? TransferCipher::kDecrypt : TransferCipher::kEncrypt;
-    if (length % q.unitSize != 0) {
-      Napi::Error e = Napi::RangeError::New(env, "buffer's length (" + std::to_string(length) + ") is not a multiple of unitSize (" +
-                                                     std::to_string(q.unitSize) + ")");
-      e.Set("code", Napi::String::New(env, "ERR_XTS_LENGTH"));
-      throw e;
-    }
-    const uint64_t count = length / q.unitSize;
-    if (count > 0 && q.firstUnit > UINT64_MAX - (count - 1)) throw RangeErr(env, "firstUnit + the buffer's units is out of range");
+    CheckUnits(env, length, q.unitSize, q.firstUnit, "");
     if (info.Length() > 9 && !info[9].IsNull() && !info[9].IsUndefined()) {
       // A second cipher re-encrypts what the first one decrypted (a deep rekey).
       if (!decrypt) throw TypeErr(env, "decrypt must be true when cipher2 is given (cipher2 encrypts what cipher decrypted)");
       engine2 = CipherEngineArg(info[9]);
       q.unitSize2 = UnitSizeArg(info[10]);
       q.firstUnit2 = UnitNumberArg(info[11]);
-      if (length % q.unitSize2 != 0) {
-        Napi::Error e = Napi::RangeError::New(env, "buffer's length (" + std::to_string(length) + ") is not a multiple of unitSize2 (" +
-                                                       std::to_string(q.unitSize2) + ")");
-        e.Set("code", Napi::String::New(env, "ERR_XTS_LENGTH"));
-        throw e;
-      }
-      const uint64_t count2 = length / q.unitSize2;
-      if (count2 > 0 && q.firstUnit2 > UINT64_MAX - (count2 - 1)) throw RangeErr(env, "firstUnit2 + the buffer's units is out of range");
+      CheckUnits(env, length, q.unitSize2, q.firstUnit2, "2");
       q.cipher = TransferCipher::kReencrypt;
     }
   }

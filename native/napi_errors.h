@@ -8,8 +8,9 @@
 //   positive errno) and `syscall`; the message is "<syscall> failed: <strerror>".
 // (addon.cc has its own, richer "Expected … but received …" messages for the XTS API.)
 //
-// The calls that run on libuv's thread pool (fs_copy.cc, fs_writeback.cc) also share here the shape
-// of their work (FileWork: a promise, the errno of the system call that failed, the rejection) and
+// The calls that run on libuv's thread pool (fs_copy.cc, fs_writeback.cc, backup_chunks.cc) also
+// share here the shape of their work (FileWork: a promise, the errno of the system call that failed
+// — and for backup_chunks.cc which call and which file —, the rejection) and
 // the rule of which errnos mean "this platform or file cannot do that" (IsUnsupportedErrno).
 #pragma once
 
@@ -20,6 +21,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <utility>
 
 namespace vmseal {
 
@@ -71,8 +73,9 @@ inline bool IsUnsupportedErrno(int err, int extra) {
 // A call that runs one system call (or a loop of them) on libuv's pool and settles a promise:
 // Execute() (the subclass's, on the pool thread) either records a failed call with Fail(errno) or
 // leaves a result that Result() turns into a JS value on the main thread. A failure rejects with
-// SystemError(code, syscall, errno). Nothing but the subclass's own integers crosses into the pool
-// thread. Start() queues the work, which deletes itself once settled, and returns the promise.
+// SystemError(code, syscall, errno), plus `path` when the failure named one. Nothing but the
+// subclass's own data crosses into the pool thread. Start() queues the work, which deletes itself
+// once settled, and returns the promise.
 class FileWork : public Napi::AsyncWorker {
  public:
   Napi::Promise Start() {
@@ -87,12 +90,24 @@ class FileWork : public Napi::AsyncWorker {
       : Napi::AsyncWorker(env, resource), deferred_(Napi::Promise::Deferred::New(env)), code_(code), syscall_(syscall) {}
 
   void Fail(int err) { errno_ = err; }
+  // A failure of another system call than the default one, about `path` (set as the error's
+  // `path`): for the jobs that run several calls on several files (backup_chunks.cc). Returns false
+  // for `return Fail(…)` in a step that reports success as true. `syscall` is a string literal.
+  bool Fail(int err, const char* syscall, std::string path) {
+    errno_ = err;
+    syscall_ = syscall;
+    path_ = std::move(path);
+    hasPath_ = true;
+    return false;
+  }
   virtual Napi::Value Result(Napi::Env env) = 0;
 
   void OnOK() override {
     Napi::Env env = Env();
     if (errno_ != 0) {
-      deferred_.Reject(SystemError(env, code_, syscall_, errno_).Value());
+      Napi::Error e = SystemError(env, code_, syscall_, errno_);
+      if (hasPath_) e.Set("path", Napi::String::New(env, path_));
+      deferred_.Reject(e.Value());
       return;
     }
     deferred_.Resolve(Result(env));
@@ -105,6 +120,8 @@ class FileWork : public Napi::AsyncWorker {
   const char* code_;
   const char* syscall_;
   int errno_ = 0;
+  std::string path_;
+  bool hasPath_ = false;
 };
 
 }  // namespace vmseal

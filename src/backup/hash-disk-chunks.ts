@@ -1,6 +1,6 @@
 /**
  * The SHA-256 of a flat disk's chunks, read and hashed by the addon (hashChunks: one job on libuv's
- * pool per run of chunks, NATIVE_IN_FLIGHT runs at once, so every core hashes and no chunk byte
+ * pool per run of chunks (chunk-runs.ts), NATIVE_IN_FLIGHT runs at once, so every core hashes and no chunk byte
  * crosses into JavaScript). The quick rollback without a change bitmap (restore-over.ts) compares
  * every chunk of the disk with the point's; on the JS thread that hashing ran on one core.
  *
@@ -10,10 +10,10 @@
  */
 import type { VirtualDisk } from '../vmdk/index.js';
 import { abortError } from '../pipeline/errors.js';
-import { NATIVE_IN_FLIGHT, NATIVE_RUN, STORE_PRESENT, STORE_ZERO, nativeBackup, nativeBackupError } from '../util/native-backup.js';
+import { NATIVE_IN_FLIGHT, STORE_PRESENT, STORE_ZERO, nativeBackup, nativeBackupError } from '../util/native-backup.js';
 import { runWorkers } from '../util/run-workers.js';
+import { chunkRuns } from './chunk-runs.js';
 import { openFlatFiles } from './flat-files.js';
-import { CHUNK_SIZE } from './repository.js';
 
 /** Per chunk offset: its SHA-256 (hex), or null when it is all zeros. Null when the path does not apply. */
 export async function hashFlatChunks(
@@ -27,42 +27,23 @@ export async function hashFlatChunks(
   const flat = await openFlatFiles(disk, 'read');
   if (!flat) return null;
   const known = new Map<number, string | null>();
-  let next = 0;
+  const runs = chunkRuns(offsets[Symbol.iterator](), (off) => off, disk.capacity, flat);
   try {
     await runWorkers(NATIVE_IN_FLIGHT, async (stopped) => {
-      while (!stopped() && next < offsets.length) {
+      for (let n = await runs.next(); !n.done && !stopped(); n = await runs.next()) {
         if (signal?.aborted) throw abortError(signal, `the rollback of ${disk.path} (run vmseal resume ${disk.path} to finish it)`);
-        // A run: consecutive offsets held by the same file, at most NATIVE_RUN of them.
-        let fd = -1;
-        const run: number[] = [];
-        const positions: number[] = [];
-        const lengths: number[] = [];
-        while (next < offsets.length && run.length < NATIVE_RUN) {
-          const off = offsets[next]!;
-          const length = Math.min(CHUNK_SIZE, disk.capacity - off);
-          const at = flat.locate(off, length);
-          if (at === null) {
-            if (run.length === 0) next++; // left to the VMDK layer
-            break;
-          }
-          if (run.length > 0 && at.fd !== fd) break;
-          fd = at.fd;
-          run.push(off);
-          positions.push(at.position);
-          lengths.push(length);
-          next++;
-        }
-        if (run.length === 0) continue;
+        const run = n.value;
+        if (run.fd === null) continue; // left to the VMDK layer
         let result: Buffer;
         try {
-          result = await hashChunks(fd, positions, lengths);
+          result = await hashChunks(run.fd, run.positions, run.lengths);
         } catch (err) {
           throw nativeBackupError(err);
         }
-        for (let i = 0; i < run.length; i++) {
+        for (let i = 0; i < run.chunks.length; i++) {
           const status = result[i * 33]!;
-          if (status === STORE_ZERO) known.set(run[i]!, null);
-          else if (status === STORE_PRESENT) known.set(run[i]!, result.toString('hex', i * 33 + 1, i * 33 + 33));
+          if (status === STORE_ZERO) known.set(run.chunks[i]!, null);
+          else if (status === STORE_PRESENT) known.set(run.chunks[i]!, result.toString('hex', i * 33 + 1, i * 33 + 33));
           else break; // the file ended early: the rest of the run goes through the VMDK layer
         }
       }

@@ -1,49 +1,18 @@
 /**
  * The native data path of a restore to a new flat disk (restore.ts): runs of up to NATIVE_RUN chunks that
- * lie in one file of the staged disk, each one job of the addon (native/backup_chunks.cc,
+ * lie in one file of the staged disk (cut by chunk-runs.ts), each one job of the addon (native/backup_chunks.cc,
  * restoreChunks): every chunk file read, its length and SHA-256 checked before any of it is
  * written, then its non-zero 64 KiB blocks written at its place in the file (zero blocks stay host
  * holes, as putChunkKeepingHoles(…, 'skip') leaves them). No chunk byte crosses into JavaScript.
  */
-import { NATIVE_RUN, nativeBackupError, type NativeBackup } from '../util/native-backup.js';
+import { nativeBackupError, type NativeBackup } from '../util/native-backup.js';
+import type { ChunkRun } from './chunk-runs.js';
 import { FLAT_BLOCK } from './chunk-blocks.js';
 import { BackupError } from './errors.js';
-import type { FlatFiles } from './flat-files.js';
-import type { PointLayer } from './manifest.js';
-import { CHUNK_SIZE, type Repository } from './repository.js';
-
-/** Chunks of a layer, in order; `fd` and `positions` when they lie in one file of the flat disk. */
-export interface ChunkRun {
-  chunks: Array<[number, string]>;
-  fd: number | null;
-  positions: number[];
-  lengths: number[];
-}
-
-/** The layer's chunks cut into native runs (one file, at most NATIVE_RUN) and single chunks for the VMDK layer. */
-export function* chunkRuns(layer: PointLayer, flat: FlatFiles | null): Generator<ChunkRun> {
-  let run: ChunkRun | null = null;
-  for (const [off, hash] of layer.chunks) {
-    const length = Math.min(CHUNK_SIZE, layer.capacity - off);
-    const at = flat?.locate(off, length) ?? null;
-    if (run && (at === null || at.fd !== run.fd || run.chunks.length === NATIVE_RUN)) {
-      yield run;
-      run = null;
-    }
-    if (at === null) {
-      yield { chunks: [[off, hash]], fd: null, positions: [], lengths: [] };
-      continue;
-    }
-    run ??= { chunks: [], fd: at.fd, positions: [], lengths: [] };
-    run.chunks.push([off, hash]);
-    run.positions.push(at.position);
-    run.lengths.push(length);
-  }
-  if (run) yield run;
-}
+import type { Repository } from './repository.js';
 
 /** Restore one native run; returns the bytes written. A missing, resized or altered chunk is ERR_BACKUP_CHUNK. */
-export async function restoreRun(native: NativeBackup, repo: Repository, run: ChunkRun): Promise<number> {
+export async function restoreRun(native: NativeBackup, repo: Repository, run: ChunkRun<[number, string]>): Promise<number> {
   const hashes = Buffer.from(run.chunks.map(([, h]) => h).join(''), 'hex');
   let r: Awaited<ReturnType<NativeBackup['restoreChunks']>>;
   try {

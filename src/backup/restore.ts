@@ -36,7 +36,8 @@ import { cleanStaleRestoreStages, makeRestoreStage, removeRestoreStage } from '.
 import { CHUNK_SIZE, openRepository, type Repository } from './repository.js';
 import { FLAT_BLOCK, putChunkKeepingHoles } from './chunk-blocks.js';
 import { openFlatFiles } from './flat-files.js';
-import { chunkRuns, restoreRun } from './restore-chunks.js';
+import { chunkRuns } from './chunk-runs.js';
+import { restoreRun } from './restore-chunks.js';
 import { NATIVE_IN_FLIGHT, nativeBackup } from '../util/native-backup.js';
 
 export interface RestoreBackupOptions {
@@ -273,12 +274,12 @@ async function writeChunks(
   const flat = layer.grainSize === null && process.env.VMSEAL_BACKUP_CHUNK_THREADS !== '0' ? await openFlatFiles(disk, 'write') : null;
   const native = flat ? nativeBackup() : null;
   let bytes = 0;
-  const batches = chunkRuns(layer, flat);
+  const batches = chunkRuns(layer.chunks[Symbol.iterator](), ([off]) => off, layer.capacity, flat);
   // The first failure (a bad chunk) stops every worker before the staged disk is closed and removed.
   try {
     await runWorkers(native ? NATIVE_IN_FLIGHT : PARALLEL, async (stopped) => {
       const buf = Buffer.allocUnsafe(CHUNK_SIZE);
-      for (let n = batches.next(); !n.done && !stopped(); n = batches.next()) {
+      for (let n = await batches.next(); !n.done && !stopped(); n = await batches.next()) {
         if (signal?.aborted) throw abortError(signal, `the restore to ${disk.path}`);
         const run = n.value;
         if (native && run.fd !== null) {

@@ -4,7 +4,7 @@
  * chunk:
  *
  * - **Native runs** (flat disks: raw images, FLAT/VMFS extents; flat-files.ts): up to NATIVE_RUN
- *   chunks lying in one file are one job of the addon (native/backup_chunks.cc, on libuv's pool):
+ *   chunks lying in one file (chunk-runs.ts) are one job of the addon (native/backup_chunks.cc, on libuv's pool):
  *   pread, zero check, SHA-256, chunk file written (temp, fsync, link) — no byte through
  *   JavaScript, no hop back to the event loop per step. NATIVE_IN_FLIGHT runs at once keep every
  *   core hashing.
@@ -21,18 +21,10 @@ import type { VirtualDisk } from '../vmdk/index.js';
 import { abortError } from '../pipeline/errors.js';
 import { runWorkers } from '../util/run-workers.js';
 import { tempSuffix } from '../util/atomic-file.js';
-import {
-  NATIVE_IN_FLIGHT,
-  NATIVE_RUN,
-  nativeBackup,
-  nativeBackupError,
-  STORE_PRESENT,
-  STORE_WRITTEN,
-  STORE_ZERO,
-  type NativeBackup,
-} from '../util/native-backup.js';
+import { NATIVE_IN_FLIGHT, nativeBackup, nativeBackupError, STORE_PRESENT, STORE_WRITTEN, STORE_ZERO, type NativeBackup } from '../util/native-backup.js';
+import { chunkRuns, type ChunkRun } from './chunk-runs.js';
 import { ChunkWriters } from './chunk-writers.js';
-import { openFlatFiles, type FlatFiles } from './flat-files.js';
+import { openFlatFiles } from './flat-files.js';
 import { CHUNK_SIZE, type Repository } from './repository.js';
 
 /** Chunks read, hashed and stored at once through the VMDK layer: reads overlap hashing, memory bounded. */
@@ -46,31 +38,6 @@ export interface StoreTally {
   read(length: number): void;
   /** A non-zero chunk at `off` is stored under `hash` (`wrote`: by this backup). */
   stored(off: number, hash: string, wrote: boolean, length: number): void;
-}
-
-type Batch = { kind: 'native'; fd: number; offsets: number[]; positions: number[]; lengths: number[] } | { kind: 'layer'; offset: number };
-
-/** The offsets cut into native runs (consecutive chunks of one file) and single chunks for the VMDK layer. */
-async function* batches(offsets: AsyncIterator<number> | Iterator<number>, capacity: number, flat: FlatFiles | null): AsyncGenerator<Batch> {
-  let run: Extract<Batch, { kind: 'native' }> | null = null;
-  for (let n = await offsets.next(); !n.done; n = await offsets.next()) {
-    const off = n.value;
-    const length = Math.min(CHUNK_SIZE, capacity - off);
-    const at = flat?.locate(off, length) ?? null;
-    if (run && (at === null || at.fd !== run.fd || run.offsets.length === NATIVE_RUN)) {
-      yield run;
-      run = null;
-    }
-    if (at === null) {
-      yield { kind: 'layer', offset: off };
-      continue;
-    }
-    run ??= { kind: 'native', fd: at.fd, offsets: [], positions: [], lengths: [] };
-    run.offsets.push(off);
-    run.positions.push(at.position);
-    run.lengths.push(length);
-  }
-  if (run) yield run;
 }
 
 /**
@@ -105,7 +72,7 @@ export async function storeChunks(
       buffers.push(shared);
     }
   };
-  const source = batches(offsets, disk.capacity, flat);
+  const source = chunkRuns(offsets, (off) => off, disk.capacity, flat);
   let done = false;
   // Every worker has stopped (none goes on reading or storing) before the threads, files and locks are released.
   try {
@@ -120,7 +87,7 @@ export async function storeChunks(
           return;
         }
         const b = n.value;
-        if (b.kind === 'layer') await throughLayer(b.offset);
+        if (b.fd === null) await throughLayer(b.chunks[0]!);
         else await nativeRun(native!, repo, b, tally, throughLayer);
       }
     });
@@ -134,27 +101,27 @@ export async function storeChunks(
 async function nativeRun(
   native: NativeBackup,
   repo: Repository,
-  b: Extract<Batch, { kind: 'native' }>,
+  b: ChunkRun<number>,
   tally: StoreTally,
   throughLayer: (off: number) => Promise<void>,
 ): Promise<void> {
-  const tmp = b.offsets.map(() => tempSuffix());
+  const tmp = b.chunks.map(() => tempSuffix());
   let result: Buffer;
   try {
-    result = await native.storeChunks(b.fd, b.positions, b.lengths, repo.chunkRoot, tmp);
+    result = await native.storeChunks(b.fd!, b.positions, b.lengths, repo.chunkRoot, tmp);
   } catch (err) {
     throw nativeBackupError(err);
   }
-  for (let i = 0; i < b.offsets.length; i++) {
+  for (let i = 0; i < b.chunks.length; i++) {
     const status = result[i * 33]!;
     const length = b.lengths[i]!;
     if (status === STORE_ZERO) {
       tally.read(length);
     } else if (status === STORE_PRESENT || status === STORE_WRITTEN) {
       tally.read(length);
-      tally.stored(b.offsets[i]!, result.toString('hex', i * 33 + 1, i * 33 + 33), status === STORE_WRITTEN, length);
+      tally.stored(b.chunks[i]!, result.toString('hex', i * 33 + 1, i * 33 + 33), status === STORE_WRITTEN, length);
     } else {
-      for (let j = i; j < b.offsets.length; j++) await throughLayer(b.offsets[j]!);
+      for (let j = i; j < b.chunks.length; j++) await throughLayer(b.chunks[j]!);
       return;
     }
   }

@@ -60,6 +60,22 @@ export interface KeyCliOptions {
 }
 
 /** The keystore folder: --home, else VMSEAL_HOME, else ~/.vmseal (always explicit, never left to a default elsewhere). */
+/**
+ * `--pbkdf2-rounds` sets the rounds of the recovery passphrase locker a command makes; when the other
+ * options make none (`makesLocker` false) it would do nothing. Refused up front as a usage error, as
+ * cryptsetup refuses an option its action does not use ("Option --pbkdf-force-iterations is not
+ * allowed with isLuks action."): silently ignored, it would let the user believe a locker had been
+ * made at that cost. `lockerOptions`: the options that would make one, for the message.
+ */
+export function checkRoundsHaveLocker(rounds: number | undefined, makesLocker: boolean, lockerOptions: string): void {
+  if (rounds !== undefined && !makesLocker) {
+    throw usageError(
+      `--pbkdf2-rounds sets the rounds of a new recovery passphrase locker, and without ${lockerOptions} none is made`,
+      `Add ${lockerOptions}, or drop --pbkdf2-rounds`,
+    );
+  }
+}
+
 export function resolveHome(home: string | undefined, env: NodeJS.ProcessEnv): string {
   if (home !== undefined) return home;
   const fromEnv = env.VMSEAL_HOME;

@@ -10,6 +10,7 @@ import type { Streams } from './output.js';
 // Leaf modules only (test/cli/startup.test.ts): this file is loaded by every `vmseal` process.
 import { DEFAULT_CIPHER, DEFAULT_UNIT_SIZE, MAX_UNIT_SIZE } from '../disk/params.js';
 import { MAX_CHUNK } from '../pipeline/chunk-limits.js';
+import { DEFAULT_ROUNDS } from '../keys/kdf-limits.js';
 import {
   CIPHERS,
   ENCRYPTED_SUBFORMATS,
@@ -118,7 +119,7 @@ function addKeyOptions(cmd: Command, create: boolean): Command {
       .addOption(
         new Option(
           '--pbkdf2-rounds <n>',
-          'PBKDF2 rounds of new passphrase lockers (default: 600000, --workstation 10000; fewer are faster to guess: a warning is printed)',
+          `PBKDF2 rounds of new passphrase lockers (default: ${DEFAULT_ROUNDS.pbkdf2Sha256}, --workstation ${DEFAULT_ROUNDS.workstation}; fewer are faster to guess: a warning is printed)`,
         ).argParser(parsePbkdf2Rounds),
       );
   }

@@ -16,3 +16,10 @@ export const KDF_LIMITS = Object.freeze({
   /** Phrase lockers one unlock runs the KDF for (bounds the work a hostile KeySafe can ask for). */
   maxPhraseLockersTried: 8,
 });
+
+/**
+ * Default PBKDF2 rounds of new phrase lockers: PBKDF2-HMAC-SHA-256 (OWASP's 2023 figure) and
+ * Workstation's construction (what Workstation itself writes). Here, import-free, so that the CLI's
+ * help (src/cli/program.ts, loaded by every process) prints the numbers PHRASE_DEFAULTS (kdf.ts) uses.
+ */
+export const DEFAULT_ROUNDS = Object.freeze({ pbkdf2Sha256: 600_000, workstation: 10_000 });

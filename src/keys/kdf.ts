@@ -2,7 +2,7 @@ import { pbkdf2, scrypt } from 'node:crypto';
 import { KeySafeError, invalidArgument } from './errors.js';
 import { parseDict, serializeDict } from './dict.js';
 import { decodeBase64String } from './base64.js';
-import { KDF_LIMITS } from './kdf-limits.js';
+import { DEFAULT_ROUNDS, KDF_LIMITS } from './kdf-limits.js';
 
 /**
  * The passphrase → KEK derivations of `phrase` lockers, named in the locker's pass2key dict:
@@ -41,9 +41,9 @@ export { KDF_LIMITS };
 /** Defaults of new phrase lockers (docs/keys.md and docs/format.md state the same numbers). */
 export const PHRASE_DEFAULTS = Object.freeze({
   kdf: 'pbkdf2-sha256' as PassphraseKdfChoice,
-  pbkdf2Sha256Rounds: 600_000,
+  pbkdf2Sha256Rounds: DEFAULT_ROUNDS.pbkdf2Sha256,
   scrypt: Object.freeze({ n: 2 ** 17, r: 8, p: 1 }),
-  workstationRounds: 10_000,
+  workstationRounds: DEFAULT_ROUNDS.workstation,
   saltBytes: 16,
 });
 

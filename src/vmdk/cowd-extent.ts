@@ -1,6 +1,6 @@
 import { VmdkFormatError } from './errors.js';
 import type { HostFile } from './file.js';
-import { GRAIN_HOLE, GrainMapExtent, badEntry, overlaps, type GrainMap } from './grain-map-extent.js';
+import { GRAIN_HOLE, GrainMapExtent, badEntry, overlaps, readEsxHeader, type GrainMap } from './grain-map-extent.js';
 import { COWD_MAGIC, MAX_GD_ENTRIES, MAX_GRAIN_SECTORS, SECTOR } from './sparse-header.js';
 
 /**
@@ -123,6 +123,10 @@ class CowdMap implements GrainMap {
     return this.#check(sector, TABLE_BYTES, `grain directory entry ${index}: the grain table`, this.directoryOffset + index * 4);
   }
 
+  namesGrain(entry: Buffer): boolean {
+    return entry.readUInt32LE(0) !== 0;
+  }
+
   grainOffset(entry: Buffer, tableAt: number, index: number): number {
     const sector = entry.readUInt32LE(0);
     if (sector === 0) return GRAIN_HOLE;
@@ -137,15 +141,6 @@ class CowdMap implements GrainMap {
 
 /** Open a COWD extent file (read-only): header checked now, directory and tables when first used. */
 export async function openCowdExtent(file: HostFile, subformat: string): Promise<GrainMapExtent> {
-  const buf = Buffer.alloc(COWD_HEADER_BYTES);
-  await file.readAt(buf.subarray(0, Math.min(file.size, COWD_HEADER_BYTES)), 0);
-  if (file.size >= 4 && buf.readUInt32LE(0) !== COWD_MAGIC) parseCowdHeader(buf, file.path, file.size); // wrong magic
-  if (file.size < COWD_HEADER_BYTES) {
-    throw new VmdkFormatError('ERR_VMDK_TRUNCATED', `file ends inside the vmfsSparse header (${file.size} of ${COWD_HEADER_BYTES} bytes)`, {
-      file: file.path,
-      offset: file.size,
-    });
-  }
-  const h = parseCowdHeader(buf, file.path, file.size);
+  const h = await readEsxHeader(file, COWD_HEADER_BYTES, { value: COWD_MAGIC, bytes: 4 }, 'vmfsSparse header', parseCowdHeader);
   return new GrainMapExtent(file, new CowdMap(file, h), subformat);
 }

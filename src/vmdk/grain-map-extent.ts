@@ -3,6 +3,7 @@ import type { ByteRange, Extent } from './extent.js';
 import type { HostFile } from './file.js';
 import { readOnlySubformatError } from './read-only-formats.js';
 import { gtCacheSettings } from './sparse-extent.js';
+import { runWorkers } from '../util/run-workers.js';
 
 /** A grain with no data in this layer: it reads as zeros alone, as its parent's bytes in a chain. */
 export const GRAIN_HOLE = -1;
@@ -11,6 +12,13 @@ export const GRAIN_ZERO = -2;
 
 /** The grain directory is read in pages of this many bytes, when first used. */
 export const DIRECTORY_PAGE_BYTES = 4096;
+
+/**
+ * Grain reads of one readInto in flight at once: twice libuv's default pool of 4 threads, so the
+ * pool never waits on JavaScript to hand it the next read, while a read of many scattered grains
+ * (up to the caller's buffer / 512 bytes of them) no longer queues them all at once.
+ */
+const READS_IN_FLIGHT = 8;
 
 /**
  * The two-level map of an ESX sparse extent (vmfsSparse "COWD", seSparse): a grain directory whose
@@ -35,6 +43,8 @@ export interface GrainMap {
   tableOffset(entry: Buffer, index: number): number;
   /** File offset of the grain a table entry names, or GRAIN_HOLE / GRAIN_ZERO; throws on a bad entry. */
   grainOffset(entry: Buffer, tableAt: number, index: number): number;
+  /** Whether a table entry names a grain of the file (not a hole or a zeroed grain); nothing checked. */
+  namesGrain(entry: Buffer): boolean;
 }
 
 /**
@@ -105,6 +115,18 @@ export class GrainMapExtent implements Extent {
    * check walk billions of entries. At most file size / table size entries.
    */
   readonly #tableOwners = new Map<number, number>();
+  /**
+   * The tables counted so far (each once, however often the cache reloads it), and the grains they
+   * name. Grains named twice (every entry of a table naming one grain, or tables naming each
+   * other's grains) would map up to grainsPerTable × grain / table size (128× for 512-byte COWD
+   * grains) more "data" than the file holds; no valid file names more grains than fit in it, so more
+   * is refused when met. This bounds the harm, not each duplicate: finding every grain named twice
+   * would need a mark per grain-sized piece of the file (memory ∝ file size, and for COWD grains of
+   * several sectors, which may start at any sector, overlaps too), while a few duplicates in a file
+   * with room to spare cost no more reading than the file's own size.
+   */
+  readonly #countedTables = new Set<number>();
+  #grainsNamed = 0;
 
   /** Tables and directory pages are cached like a monolithicSparse extent's tables (gtCacheSettings). */
   constructor(file: HostFile, map: GrainMap, subformat: string, cacheBytes = gtCacheSettings.bytes) {
@@ -170,8 +192,24 @@ export class GrainMapExtent implements Extent {
     return stop;
   }
 
-  #loadTable(offset: number): Promise<Buffer> {
-    return this.#cache.get(offset, this.#map.tableBytes, 'a grain table');
+  /** The table at `offset` (of directory entry `t`), its grains counted against the file's size when first loaded. */
+  async #loadTable(offset: number, t: number): Promise<Buffer> {
+    const m = this.#map;
+    const table = await this.#cache.get(offset, m.tableBytes, 'a grain table');
+    if (this.#countedTables.has(offset)) return table;
+    const entry = m.tableBytes / m.grainsPerTable;
+    let named = 0;
+    for (let i = 0; i < m.grainsPerTable; i++) if (m.namesGrain(table.subarray(i * entry, (i + 1) * entry))) named++;
+    if ((this.#grainsNamed + named) * m.grainBytes > this.file.size) {
+      throw badEntry(
+        this.file.path,
+        m.directoryOffset + t * m.directoryEntryBytes,
+        `grain directory entry ${t}: its table brings the grains named to ${this.#grainsNamed + named} of ${m.grainBytes} bytes, more than the ${this.file.size}-byte file holds (grains named twice)`,
+      );
+    }
+    this.#countedTables.add(offset);
+    this.#grainsNamed += named;
+    return table;
   }
 
   /**
@@ -193,7 +231,7 @@ export class GrainMapExtent implements Extent {
         pos = tableEnd;
         continue;
       }
-      const table = await this.#loadTable(tableAt);
+      const table = await this.#loadTable(tableAt, t);
       while (pos < tableEnd) {
         const grain = Math.floor(pos / g);
         const inGrain = pos - grain * g;
@@ -207,16 +245,14 @@ export class GrainMapExtent implements Extent {
   }
 
   async readInto(offset: number, target: Uint8Array): Promise<void> {
-    const reads: Array<Promise<void>> = [];
+    // The file ranges to read: [file offset, start in target, end in target].
+    const runs: Array<[number, number, number]> = [];
     // A run of grains that lie one after the other in the file too is read in one call.
     let runAt = -1;
     let runFrom = 0;
     let runTo = 0;
     const flushRun = (): void => {
-      if (runTo > runFrom) {
-        const part = target.subarray(runFrom - offset, runTo - offset);
-        reads.push(this.file.readExact(part, runAt, 'a grain'));
-      }
+      if (runTo > runFrom) runs.push([runAt, runFrom - offset, runTo - offset]);
       runTo = runFrom;
     };
     await this.#walk(offset, offset + target.length, (from, to, at) => {
@@ -233,7 +269,17 @@ export class GrainMapExtent implements Extent {
       }
     });
     flushRun();
-    await Promise.all(reads);
+    // READS_IN_FLIGHT at a time: a large read of scattered 512-byte grains is tens of thousands of
+    // runs, which at once would queue as many requests on libuv's pool (and hold a promise each)
+    // for no gain. After a failed read no other starts, and the call settles only once none is
+    // still writing into `target`.
+    let next = 0;
+    await runWorkers(Math.min(READS_IN_FLIGHT, runs.length), async (stopped) => {
+      while (!stopped() && next < runs.length) {
+        const [at, from, to] = runs[next++]!;
+        await this.file.readExact(target.subarray(from, to), at, 'a grain');
+      }
+    });
   }
 
   async write(): Promise<void> {
@@ -295,6 +341,32 @@ export class GrainMapExtent implements Extent {
   async flush(): Promise<void> {}
 
   async close(): Promise<void> {}
+}
+
+/**
+ * Read and parse the header of an ESX sparse extent, the `bytes` at the start of `file`. `magic`:
+ * the little-endian u32 or u64 (high half 0) it starts with. A file with another magic is reported
+ * as such by `parse` (which checks the magic first) even when it is too short for the header; a
+ * file with the magic that ends inside the header is ERR_VMDK_TRUNCATED naming `name`.
+ */
+export async function readEsxHeader<H>(
+  file: HostFile,
+  bytes: number,
+  magic: { value: number; bytes: 4 | 8 },
+  name: string,
+  parse: (buf: Buffer, file: string, fileSize: number) => H,
+): Promise<H> {
+  const buf = Buffer.alloc(bytes);
+  await file.readAt(buf.subarray(0, Math.min(file.size, bytes)), 0);
+  const hasMagic = buf.readUInt32LE(0) === magic.value && (magic.bytes === 4 || buf.readUInt32LE(4) === 0);
+  if (file.size >= magic.bytes && !hasMagic) parse(buf, file.path, file.size); // throws: wrong magic
+  if (file.size < bytes) {
+    throw new VmdkFormatError('ERR_VMDK_TRUNCATED', `file ends inside the ${name} (${file.size} of ${bytes} bytes)`, {
+      file: file.path,
+      offset: file.size,
+    });
+  }
+  return parse(buf, file.path, file.size);
 }
 
 /** Whether [a, a + al) and [b, b + bl) overlap. */

@@ -1,7 +1,7 @@
 import { VmdkFormatError } from './errors.js';
 import type { HostFile } from './file.js';
-import { GRAIN_HOLE, GRAIN_ZERO, GrainMapExtent, badEntry, overlaps, type GrainMap } from './grain-map-extent.js';
-import { SECTOR, SESPARSE_MAGIC } from './sparse-header.js';
+import { GRAIN_HOLE, GRAIN_ZERO, GrainMapExtent, badEntry, overlaps, readEsxHeader, type GrainMap } from './grain-map-extent.js';
+import { SECTOR, SESPARSE_MAGIC, u64 } from './sparse-header.js';
 
 /**
  * The seSparse extent (`SESPARSE` extent lines, createType `seSparse`): ESXi's "space-efficient"
@@ -83,11 +83,7 @@ function isZero(buf: Buffer): boolean {
 export function parseSeSparseHeader(buf: Buffer, file: string, fileSize: number): SeSparseHeader {
   const at = (field: (typeof FIELDS)[number]) => ({ file, offset: FIELDS.indexOf(field) * 8 });
   const raw = (field: (typeof FIELDS)[number]): bigint => buf.readBigUInt64LE(FIELDS.indexOf(field) * 8);
-  const num = (field: (typeof FIELDS)[number]): number => {
-    const v = raw(field);
-    if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new VmdkFormatError('ERR_VMDK_LIMIT', `seSparse header field ${field} is ${v}, beyond 2^53`, at(field));
-    return Number(v);
-  };
+  const num = (field: (typeof FIELDS)[number]): number => u64(buf, FIELDS.indexOf(field) * 8, field, file, 0, 'seSparse header');
   if (raw('magic') !== BigInt(SESPARSE_MAGIC))
     throw new VmdkFormatError('ERR_VMDK_FORMAT', 'wrong magic: expected a seSparse const header (0xcafebabe)', at('magic'));
   if (raw('version') !== VERSION) {
@@ -221,6 +217,10 @@ class SeSparseMap implements GrainMap {
     return offset;
   }
 
+  namesGrain(entry: Buffer): boolean {
+    return entry.readUInt32LE(4) >>> 28 === 3; // allocated
+  }
+
   grainOffset(entry: Buffer, tableAt: number, index: number): number {
     const lo = entry.readUInt32LE(0);
     const hi = entry.readUInt32LE(4);
@@ -254,16 +254,7 @@ class SeSparseMap implements GrainMap {
 
 /** Open a seSparse extent file (read-only): both headers checked now, directory and tables when first used. */
 export async function openSeSparseExtent(file: HostFile, subformat: string): Promise<GrainMapExtent> {
-  const buf = Buffer.alloc(SECTOR);
-  await file.readAt(buf.subarray(0, Math.min(file.size, SECTOR)), 0);
-  if (file.size >= 8 && buf.readBigUInt64LE(0) !== BigInt(SESPARSE_MAGIC)) parseSeSparseHeader(buf, file.path, file.size); // wrong magic
-  if (file.size < SECTOR) {
-    throw new VmdkFormatError('ERR_VMDK_TRUNCATED', `file ends inside the seSparse const header (${file.size} of ${SECTOR} bytes)`, {
-      file: file.path,
-      offset: file.size,
-    });
-  }
-  const h = parseSeSparseHeader(buf, file.path, file.size);
+  const h = await readEsxHeader(file, SECTOR, { value: SESPARSE_MAGIC, bytes: 8 }, 'seSparse const header', parseSeSparseHeader);
   const vol = Buffer.alloc(SECTOR);
   await file.readExact(vol, h.volatileHeaderOffset * SECTOR, 'the seSparse volatile header');
   checkSeSparseVolatileHeader(vol, file.path, h.volatileHeaderOffset * SECTOR);

@@ -57,10 +57,14 @@ export interface SparseHeader {
   compressAlgorithm: number;
 }
 
-function u64(buf: Buffer, at: number, field: string, file: string, base: number): number {
+/**
+ * The u64 header field at `at` as a number, or ERR_VMDK_LIMIT past 2^53 (no real disk comes near).
+ * `header` names the header in the message: monolithicSparse's here, seSparse's too.
+ */
+export function u64(buf: Buffer, at: number, field: string, file: string, base: number, header = 'sparse header'): number {
   const v = buf.readBigUInt64LE(at);
   if (v > BigInt(Number.MAX_SAFE_INTEGER)) {
-    throw new VmdkFormatError('ERR_VMDK_LIMIT', `sparse header field ${field} is ${v}, beyond 2^53`, { file, offset: base + at });
+    throw new VmdkFormatError('ERR_VMDK_LIMIT', `${header} field ${field} is ${v}, beyond 2^53`, { file, offset: base + at });
   }
   return Number(v);
 }

@@ -3,7 +3,7 @@
 // exit codes and hints, and the server stopped with SIGTERM leaves a chain that opens with the data.
 import { beforeAll, describe, expect, it } from 'vitest';
 import { existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { json, vmseal } from './run-cli.js';
 import { serveFixture } from './serve-process.js';
 import { encryptedDisk, random, run } from '../serve/helpers.js';
@@ -17,16 +17,40 @@ beforeAll(() => {
   pwFile = served.pwFile();
 });
 
+/**
+ * A served disk of its own: an encrypted monolithicSparse disk `name` of 4 MiB (random content in
+ * its first MiB) in `folder`, served by a `vmseal serve` child on a Unix socket with a control
+ * socket. `stop()` ends the server with SIGTERM, which must exit 0.
+ */
+async function serveDisk(folder: string, name: string) {
+  const dir = join(served.dir(), folder);
+  mkdirSync(dir, { mode: 0o700 });
+  const content = random(MiB);
+  const disk = await encryptedDisk(dir, name, { subformat: 'monolithicSparse', capacity: 4 * MiB, content });
+  const control = join(dir, 'ctl', 'serve.sock');
+  const socket = join(dir, 'nbd.sock');
+  const s = await served.start([disk, '--socket', socket, '--control', control, '--passphrase-file', pwFile], (err) => /^vmseal: control socket /m.test(err));
+  const stop = async (): Promise<void> => {
+    s.child.kill('SIGTERM');
+    expect(await s.exit).toBe(0);
+  };
+  return { dir, content, disk, control, uri: `nbd+unix:///${name}?socket=${socket}`, stop };
+}
+
+/** `disk` decrypts to `content` (its first MiB) with `writes` ([pattern byte, offset] of 64 KiB each) over zeros. */
+async function expectDecrypted(dir: string, disk: string, content: Buffer, writes: Array<[number, number]>): Promise<void> {
+  const out = join(dir, `${basename(disk, '.vmdk')}.raw`);
+  const dec = await vmseal(['decrypt', disk, out, '--raw', '--passphrase-file', pwFile], env);
+  expect(dec.code, dec.stderr).toBe(0);
+  const expected = Buffer.alloc(4 * MiB);
+  content.copy(expected, 0);
+  for (const [pattern, at] of writes) expected.fill(pattern, at, at + 65536);
+  expect(readFileSync(out).equals(expected)).toBe(true);
+}
+
 describe('vmseal host snapshot', () => {
   it('switches a served encrypted disk to a new child twice, printing each new top; the client reads and writes on', async () => {
-    const dir = join(served.dir(), 'snap');
-    mkdirSync(dir, { mode: 0o700 });
-    const content = random(MiB);
-    const disk = await encryptedDisk(dir, 'vm', { subformat: 'monolithicSparse', capacity: 4 * MiB, content });
-    const control = join(dir, 'ctl', 'serve.sock');
-    const socket = join(dir, 'nbd.sock');
-    const s = await served.start([disk, '--socket', socket, '--control', control, '--passphrase-file', pwFile], (err) => /^vmseal: control socket /m.test(err));
-    const uri = `nbd+unix:///vm?socket=${socket}`;
+    const { dir, content, disk, control, uri, stop } = await serveDisk('snap', 'vm');
     await run('qemu-io', ['-f', 'raw', '-c', `write -P 0x11 ${MiB} 65536`, uri]);
 
     const first = await vmseal(['host', 'snapshot', 'vm', '--control', control], env);
@@ -66,31 +90,19 @@ describe('vmseal host snapshot', () => {
     expect(taken.stderr).toMatch(/^vmseal: cannot take a snapshot of export vm: /);
     expect(json(await vmseal(['host', 'status', '--control', control, '--json'], env)).exports[0].path).toBe(top2);
 
-    s.child.kill('SIGTERM');
-    expect(await s.exit).toBe(0);
+    await stop();
     const list = await vmseal(['snapshot', 'list', top2], env);
     expect(list.code, list.stderr).toBe(0);
     expect(list.stdout).toMatch(new RegExp(`^top: +${top2} .*\\nlayer 1: ${top1} .*\\nbase: +${disk} `));
-    const out = join(dir, 'flat.raw');
-    const dec = await vmseal(['decrypt', top2, out, '--raw', '--passphrase-file', pwFile], env);
-    expect(dec.code, dec.stderr).toBe(0);
-    const expected = Buffer.alloc(4 * MiB);
-    content.copy(expected, 0);
-    expected.fill(0x11, MiB, MiB + 65536);
-    expected.fill(0x22, 2 * MiB, 2 * MiB + 65536);
-    expected.fill(0x33, 3 * MiB, 3 * MiB + 65536);
-    expect(readFileSync(out).equals(expected)).toBe(true);
+    await expectDecrypted(dir, top2, content, [
+      [0x11, MiB],
+      [0x22, 2 * MiB],
+      [0x33, 3 * MiB],
+    ]);
   });
 
   it('host commit --all merges a chain of three layers down to the base, live; the client reads every write', async () => {
-    const dir = join(served.dir(), 'commit-all');
-    mkdirSync(dir, { mode: 0o700 });
-    const content = random(MiB);
-    const disk = await encryptedDisk(dir, 'vm', { subformat: 'monolithicSparse', capacity: 4 * MiB, content });
-    const control = join(dir, 'ctl', 'serve.sock');
-    const socket = join(dir, 'nbd.sock');
-    const s = await served.start([disk, '--socket', socket, '--control', control, '--passphrase-file', pwFile], (err) => /^vmseal: control socket /m.test(err));
-    const uri = `nbd+unix:///vm?socket=${socket}`;
+    const { dir, content, disk, control, uri, stop } = await serveDisk('commit-all', 'vm');
     const [top1, top2] = ['vm-000001.vmdk', 'vm-000002.vmdk'].map((f) => join(dir, f));
     expect((await vmseal(['host', 'snapshot', 'vm', '--control', control], env)).code).toBe(0);
     await run('qemu-io', ['-f', 'raw', '-c', `write -P 0x66 ${MiB} 65536`, uri]);
@@ -121,29 +133,17 @@ describe('vmseal host snapshot', () => {
     expect(none.code).toBe(2);
     expect(none.stderr).toMatch(/^vmseal: cannot commit the snapshot of export vm: /);
 
-    s.child.kill('SIGTERM');
-    expect(await s.exit).toBe(0);
-    const out = join(dir, 'flat.raw');
-    const dec = await vmseal(['decrypt', disk, out, '--raw', '--passphrase-file', pwFile], env);
-    expect(dec.code, dec.stderr).toBe(0);
-    const expected = Buffer.alloc(4 * MiB);
-    content.copy(expected, 0);
-    expected.fill(0x66, MiB, MiB + 65536);
-    expected.fill(0x77, 2 * MiB, 2 * MiB + 65536);
-    expect(readFileSync(out).equals(expected)).toBe(true);
+    await stop();
+    await expectDecrypted(dir, disk, content, [
+      [0x66, MiB],
+      [0x77, 2 * MiB],
+    ]);
   });
 
   it('host backup: a point of the frozen layer, restored with the writes before it and none after; the snapshot is committed back; a served chain is backed up as a chain point', async () => {
-    const dir = join(served.dir(), 'backup');
-    mkdirSync(dir, { mode: 0o700 });
-    const content = random(MiB);
-    const disk = await encryptedDisk(dir, 'db', { subformat: 'monolithicSparse', capacity: 4 * MiB, content });
+    const { dir, content, disk, control, uri, stop } = await serveDisk('backup', 'db');
     const repo = join(dir, 'repo');
     expect((await vmseal(['backup', 'init', repo], env)).code).toBe(0);
-    const control = join(dir, 'ctl', 'serve.sock');
-    const socket = join(dir, 'nbd.sock');
-    const s = await served.start([disk, '--socket', socket, '--control', control, '--passphrase-file', pwFile], (err) => /^vmseal: control socket /m.test(err));
-    const uri = `nbd+unix:///db?socket=${socket}`;
     await run('qemu-io', ['-f', 'raw', '-c', `write -P 0x44 ${MiB} 65536`, uri]);
 
     const b = await vmseal(['host', 'backup', 'db', repo, '--name', 'p1', '--control', control, '--json'], env);
@@ -164,17 +164,10 @@ describe('vmseal host snapshot', () => {
     expect(existsSync(join(dir, 'db-000002.vmdk'))).toBe(false);
     expect((await vmseal(['host', 'commit', 'db', '--control', control], env)).code).toBe(0);
 
-    s.child.kill('SIGTERM');
-    expect(await s.exit).toBe(0);
+    await stop();
     const restored = join(dir, 'restored.vmdk');
     const r = await vmseal(['backup', 'restore', repo, 'p1', restored], env);
     expect(r.code, r.stderr).toBe(0);
-    const out = join(dir, 'restored.raw');
-    const dec = await vmseal(['decrypt', restored, out, '--raw', '--passphrase-file', pwFile], env);
-    expect(dec.code, dec.stderr).toBe(0);
-    const expected = Buffer.alloc(4 * MiB);
-    content.copy(expected, 0);
-    expected.fill(0x44, MiB, MiB + 65536);
-    expect(readFileSync(out).equals(expected)).toBe(true);
+    await expectDecrypted(dir, restored, content, [[0x44, MiB]]);
   });
 });

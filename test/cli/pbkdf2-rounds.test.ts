@@ -3,7 +3,7 @@
 // says when they are below the default, fewer than the floor are refused, and without the option the
 // default (600,000) is kept. Run as a user would: the built CLI in a child process.
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -85,6 +85,45 @@ describe('--pbkdf2-rounds', () => {
       expect(expectOneLineError(r)).toContain(`--pbkdf2-rounds "${n}" is not a whole number from 1000 to 10000000`);
       expect(existsSync(out)).toBe(false);
     }
+  });
+
+  it('without an option that makes a passphrase locker (encrypt, convert, rekey, vm encrypt) is a usage error, writing nothing', async () => {
+    const runs: Array<[string, string[]]> = [
+      ['encrypt', ['encrypt', raw, join(dir, 'no-locker.vmdk')]],
+      ['convert --encrypt', ['convert', raw, join(dir, 'no-locker-convert.vmdk'), '--encrypt', '--subformat', 'monolithicSparse']],
+    ];
+    for (const [what, args] of runs) {
+      const r = await vmseal([...args, '--pbkdf2-rounds', '2000'], env);
+      expect(r.code, `${what}: ${r.stderr}`).toBe(2);
+      expect(expectOneLineError(r)).toContain(
+        '--pbkdf2-rounds sets the rounds of a new recovery passphrase locker, and without --recovery-passphrase none is made',
+      );
+      expect(r.stderr).toContain('Add --recovery-passphrase');
+      expect(existsSync(args[2]!)).toBe(false);
+    }
+    // rekey: a shallow one makes a passphrase locker only with --add-recovery-passphrase, a deep one also with a new or kept passphrase.
+    const disk = join(dir, 'rekey-no-locker.vmdk');
+    ok(await vmseal(['encrypt', raw, disk], env));
+    const before = await readFile(disk);
+    for (const [mode, options] of [
+      ['--shallow', /without --add-recovery-passphrase none is made/],
+      ['--deep', /without --new-passphrase-file, --new-passphrase-env, --keep-recovery-passphrase or --add-recovery-passphrase none is made/],
+    ] as const) {
+      const r = await vmseal(['rekey', disk, mode, '--pbkdf2-rounds', '2000'], env);
+      expect(r.code, `rekey ${mode}: ${r.stderr}`).toBe(2);
+      expect(expectOneLineError(r)).toMatch(options);
+    }
+    expect((await readFile(disk)).equals(before)).toBe(true);
+    // vm encrypt: a passphrase locker only with --recovery-passphrase or --workstation.
+    const vm = join(dir, 'vm-no-locker');
+    await mkdir(vm);
+    const vmx = join(vm, 'test.vmx');
+    const config = '.encoding = "UTF-8"\nconfig.version = "8"\nvirtualHW.version = "18"\ndisplayName = "Test VM"\n';
+    await writeFile(vmx, config);
+    const v = await vmseal(['vm', 'encrypt', vm, '--config-only', '--pbkdf2-rounds', '2000'], env);
+    expect(v.code, v.stderr).toBe(2);
+    expect(expectOneLineError(v)).toContain('without --recovery-passphrase or --workstation none is made');
+    expect(await readFile(vmx, 'utf8')).toBe(config);
   });
 
   it('reaches every image of a batch converted by worker threads, with one warning', async () => {

@@ -1,11 +1,13 @@
 // vmfsSparse ("COWD") and seSparse disks, as vSphere writes them for snapshots: read as plain disks
 // and as layers of a chain, equal to what qemu-img reads, copied out by `vmseal convert`, never
 // written; malformed headers and tables give typed errors.
-import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { describe, it, expect, beforeAll, afterAll, vi } from 'vitest';
 import { createHash } from 'node:crypto';
 import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createDisk, createSnapshot, openDisk, ChainDisk, VmdkFormatError, type VirtualDisk } from '../../src/vmdk/index.js';
+import { HostFile } from '../../src/vmdk/file.js';
+import { GT_CACHE_BYTES, gtCacheSettings } from '../../src/vmdk/sparse-extent.js';
 import { buildCowd, buildSeSparse, writeEsxDisk, type EsxGrain } from './esx-sparse.js';
 import { MiB, run, tempDir, tryRun, vmdkinfoSize } from './helpers.js';
 
@@ -108,6 +110,15 @@ beforeAll(async () => {
   });
 });
 afterAll(() => cleanup());
+
+/** A vmfsSparse disk `name` of 512-byte grains (ESX's own) without a parent, its grains placed in the file in the order given; and what it reads as. */
+function cowdAlone(name: string, sectors: number, grains: Array<{ index: number; data: Buffer }>): { path: string; want: Buffer } {
+  const path = join(dir, `${name}.vmdk`);
+  writeEsxDisk(path, buildCowd(sectors, 1, grains).bytes, { createType: 'vmfsSparse', capacitySectors: sectors, cid: '00000001' });
+  const want = Buffer.alloc(sectors * 512);
+  for (const g of grains) g.data.copy(want, g.index * 512);
+  return { path, want };
+}
 
 describe('vmfsSparse and seSparse chains', () => {
   it('qemu-img accepts the built files as a chain of the right types', () => {
@@ -239,15 +250,12 @@ describe('vmfsSparse and seSparse chains', () => {
   });
 
   it('a vmfsSparse disk of 512-byte grains without a parent reads as a plain disk (unallocated grains are zeros)', async () => {
-    const path = join(dir, 'alone.vmdk');
     const sectors = 3 * 4096 + 100; // three tables and a bit
     const grains = [9, 10, 4096, 3 * 4096 + 99, 11].map((index, i) => ({ index, data: fill(512, 0x40 + i) }));
-    writeEsxDisk(path, buildCowd(sectors, 1, grains).bytes, { createType: 'vmfsSparse', capacitySectors: sectors, cid: '00000001' });
+    const { path, want } = cowdAlone('alone', sectors, grains);
     const d = await openDisk(path, { readOnly: true });
     try {
       expect(d).not.toBeInstanceOf(ChainDisk);
-      const want = Buffer.alloc(sectors * 512);
-      for (const g of grains) g.data.copy(want, g.index * 512);
       expect(sha(await readAll(d))).toBe(sha(want));
       expect(sha(qemuRaw(path))).toBe(sha(want));
     } finally {
@@ -368,6 +376,11 @@ describe('check: full', () => {
   });
 });
 
+/** Walk the whole allocation map of `d` (which decodes every directory and table entry it meets). */
+async function mapAll(d: VirtualDisk): Promise<void> {
+  for await (const r of d.allocatedRanges()) void r;
+}
+
 describe('grain tables claimed twice', () => {
   it('two directory entries naming one table are refused, by a full check and by the allocation map', async () => {
     // Left alone, every entry naming one table would map the whole capacity from one table's grains.
@@ -379,12 +392,84 @@ describe('grain tables claimed twice', () => {
     await expect(openDisk(path, { readOnly: true, check: 'full' })).rejects.toMatchObject(claimed);
     const d = await openDisk(path, { readOnly: true });
     try {
-      await expect(
-        (async () => {
-          for await (const r of d.allocatedRanges()) void r;
-        })(),
-      ).rejects.toMatchObject(claimed);
+      await expect(mapAll(d)).rejects.toMatchObject(claimed);
     } finally {
+      await d.close();
+    }
+  });
+});
+
+describe('grains named twice', () => {
+  it('a table whose entries all name one grain maps more than the file holds: refused on read, by a full check and by the allocation map', async () => {
+    // Left alone, 4096 entries naming one 4 KiB grain would read 16 MiB of "data" from a file of 100 KiB.
+    const path = variant('cowd-grain-twice', 'vmfsSparse', (b, x) => {
+      const table = x.tables.get(0)!;
+      const sector = x.grains.get(5)! / 512;
+      for (let i = 0; i < 4096; i++) b.writeUInt32LE(sector, table + i * 4);
+      return b;
+    });
+    const named = {
+      code: 'ERR_VMDK_CORRUPT',
+      message: expect.stringMatching(/grain directory entry 0: .*more than the \d+-byte file holds \(grains named twice\)/),
+    };
+    await expect(openDisk(path, { readOnly: true, check: 'full' })).rejects.toMatchObject(named);
+    const d = await openDisk(path, { readOnly: true });
+    try {
+      await expect(d.read(0, 4096)).rejects.toMatchObject(named);
+      await expect(mapAll(d)).rejects.toMatchObject(named);
+    } finally {
+      await d.close();
+    }
+  });
+
+  it('a table reloaded after the cache dropped it is counted once: a full file reads whole', async () => {
+    // Every grain of table 0 allocated: the grains fill the file, so counting a table twice would refuse it.
+    const sectors = 2 * 4096;
+    const grains = Array.from({ length: sectors }, (_, index) => ({ index, data: fill(512, index & 0xff) }));
+    const { path, want } = cowdAlone('cowd-full', sectors, grains);
+    gtCacheSettings.bytes = 16384; // one table (and nothing else) fits
+    const d = await openDisk(path, { readOnly: true });
+    try {
+      // Alternating tables: each read reloads the table the one before it dropped.
+      const span = 4096 * 512;
+      for (let i = 0; i < 6; i++) {
+        const at = (i % 2) * span;
+        expect((await d.read(at, span)).equals(want.subarray(at, at + span))).toBe(true);
+      }
+    } finally {
+      gtCacheSettings.bytes = GT_CACHE_BYTES;
+      await d.close();
+    }
+  });
+});
+
+describe('grain reads in flight', () => {
+  it('a read of thousands of scattered 512-byte grains keeps at most 8 file reads in flight, and reads them all', async () => {
+    // Grains placed in reverse order in the file: no two neighbours are one run, each is its own read.
+    const sectors = 4096;
+    const grains = Array.from({ length: sectors }, (_, i) => ({ index: sectors - 1 - i, data: fill(512, (sectors - 1 - i) % 251) }));
+    const { path, want } = cowdAlone('cowd-scattered', sectors, grains);
+    const d = await openDisk(path, { readOnly: true });
+    let inFlight = 0;
+    let most = 0;
+    let reads = 0;
+    const real = HostFile.prototype.readExact;
+    const spy = vi.spyOn(HostFile.prototype, 'readExact').mockImplementation(async function (this: HostFile, ...args) {
+      inFlight++;
+      reads++;
+      most = Math.max(most, inFlight);
+      try {
+        await real.apply(this, args);
+      } finally {
+        inFlight--;
+      }
+    });
+    try {
+      expect((await d.read(0, sectors * 512)).equals(want)).toBe(true);
+      expect(reads).toBeGreaterThanOrEqual(sectors);
+      expect(most).toBeLessThanOrEqual(8);
+    } finally {
+      spy.mockRestore();
       await d.close();
     }
   });

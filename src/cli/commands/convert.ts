@@ -27,7 +27,7 @@ import { batchProgress } from '../batch-progress.js';
 import { BatchPool, batchWorkerScript } from '../batch-pool.js';
 import { BatchQueue } from '../batch-queue.js';
 import { KeyDesk } from '../key-bridge.js';
-import { KeySession, withKeys, type KeyCliOptions } from '../key-session.js';
+import { KeySession, checkRoundsHaveLocker, withKeys, type KeyCliOptions } from '../key-session.js';
 import { formatBytes, formatDuration } from '../parse.js';
 import { convertImage, imageOptions, type ImageConvertOptions, type ImageKeys } from './convert-image.js';
 import { printNotes, requireFreeOutput, requireInputFile, requireRawOutputName, requireWholeSectors } from './common.js';
@@ -68,6 +68,7 @@ function convertOne(
 
 export async function convertCommand(ctx: Ctx, first: string | undefined, second: string | undefined, opts: ConvertCliOptions): Promise<void> {
   if (opts.encrypt && opts.decrypt) throw usageError('--encrypt and --decrypt contradict each other', 'Give one of them');
+  checkRoundsHaveLocker(opts.pbkdf2Rounds, opts.recoveryPassphrase === true, '--recovery-passphrase');
   if (opts.force && opts.skipExisting)
     throw usageError('--force and --skip-existing contradict each other', 'Give --force to replace existing outputs, or --skip-existing to keep them');
   if (opts.encrypt) checkEncryptedSubformat(opts.subformat);

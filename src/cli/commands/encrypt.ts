@@ -6,7 +6,7 @@ import { encryptDisk, encryptInPlace, inspectDisk, type JobResult } from '../../
 import type { Ctx } from '../context.js';
 import { usageError } from '../errors.js';
 import { throughputText, withHooks } from '../jobs.js';
-import { withKeys, type KeyCliOptions } from '../key-session.js';
+import { checkRoundsHaveLocker, withKeys, type KeyCliOptions } from '../key-session.js';
 import type { CipherName, DiskFormat, Subformat, UnitSize } from '../parse.js';
 import { formatOpts, lockersOf, lockerJson, lockerText, printNotes, requireFreeOutput, requireInputFile, requireWholeSectors } from './common.js';
 
@@ -73,6 +73,7 @@ export function jobTuning(opts: { chunkSize?: number; threads?: number; force?: 
 
 export async function encryptCommand(ctx: Ctx, input: string, output: string | undefined, opts: EncryptCliOptions): Promise<void> {
   ctx.doing = `cannot encrypt ${input}`;
+  checkRoundsHaveLocker(opts.pbkdf2Rounds, opts.recoveryPassphrase === true, '--recovery-passphrase');
   if (opts.inPlace) {
     if (output !== undefined) throw usageError('--in-place encrypts IN itself: give no OUT', 'Drop OUT, or drop --in-place to write a new image');
     if (opts.subformat !== undefined) throw usageError('--in-place keeps the subformat: --subformat cannot be given with it');

@@ -8,7 +8,7 @@ import type { Ctx } from '../context.js';
 import { CliError, usageError } from '../errors.js';
 import { ExitCode } from '../exit-codes.js';
 import { throughputText, withHooks } from '../jobs.js';
-import { MIN_RECOVERY_PASSPHRASE, withKeys, type KeyCliOptions, type KeySession } from '../key-session.js';
+import { MIN_RECOVERY_PASSPHRASE, checkRoundsHaveLocker, withKeys, type KeyCliOptions, type KeySession } from '../key-session.js';
 import { readPassphrase } from '../passphrase.js';
 import type { CipherName, UnitSize } from '../parse.js';
 import { formatOpts, lockerJson, lockersOf, lockerText, requireInputFile } from './common.js';
@@ -68,6 +68,11 @@ export async function rekeyCommand(ctx: Ctx, disk: string, opts: RekeyCliOptions
       'A shallow rekey takes the new passphrase from --passphrase-file with --add-recovery-passphrase',
     );
   }
+  checkRoundsHaveLocker(
+    opts.pbkdf2Rounds,
+    newPhraseGiven || opts.keepRecoveryPassphrase === true || opts.addRecoveryPassphrase === true,
+    opts.deep ? '--new-passphrase-file, --new-passphrase-env, --keep-recovery-passphrase or --add-recovery-passphrase' : '--add-recovery-passphrase',
+  );
   if (opts.newPassphraseFile !== undefined && opts.newPassphraseEnv !== undefined)
     throw usageError('--new-passphrase-file and --new-passphrase-env were both given', 'Give only one source of the new passphrase');
   if (opts.keepRecoveryPassphrase && (newPhraseGiven || opts.removeRecoveryPassphrase)) {

@@ -23,7 +23,7 @@ import { readVmxFile } from '../../vm/vmx-io.js';
 import { vmJobCommand } from '../../vm/folder-job.js';
 import type { Ctx } from '../context.js';
 import { usageError } from '../errors.js';
-import { withKeys, type KeySession } from '../key-session.js';
+import { checkRoundsHaveLocker, withKeys, type KeySession } from '../key-session.js';
 import { lockerJson } from './common.js';
 import { vmDecryptFolderCommand, vmEncryptFolderCommand } from './vm-folder.js';
 import { vmxUnlock, type VmCliOptions } from './vm-keys.js';
@@ -51,6 +51,7 @@ async function workstationLocker(keys: KeySession): Promise<LockerSpec> {
 
 export async function vmEncryptCommand(ctx: Ctx, target: string, opts: VmCliOptions): Promise<void> {
   ctx.doing = `cannot encrypt the VM ${target}`;
+  checkRoundsHaveLocker(opts.pbkdf2Rounds, opts.workstation === true || opts.recoveryPassphrase === true, '--recovery-passphrase or --workstation');
   if (!opts.configOnly) return vmEncryptFolderCommand(ctx, target, opts);
   if (opts.workstation && (opts.keyProvider !== undefined || opts.keyId !== undefined)) {
     throw usageError('--workstation locks the configuration with a passphrase alone: --key-provider and --key-id cannot be given with it');
