@@ -7,15 +7,12 @@ import { basename, dirname, extname, resolve } from 'node:path';
 import {
   createDisk as createVmdk,
   openDisk as openVmdk,
-  ChainDisk,
   plannedDiskFiles,
   checkSparseFileFits,
-  ADAPTER_TYPES,
   type VirtualDisk,
   type CreateDiskOptions,
 } from '../vmdk/index.js';
-import { DEFAULT_GRAIN, isDiskUuid } from '../vmdk/create.js';
-import { isReadOnlySubformat } from '../vmdk/read-only-formats.js';
+import { isDiskUuid } from '../vmdk/create.js';
 import {
   createDataCipher,
   type DataCipher,
@@ -29,7 +26,6 @@ import {
   LINE,
   UNENCRYPTABLE_SUBFORMATS,
   checkEncryptionChoice,
-  encryptedSubformatFor,
   encryptionLines,
   type EncryptionParams,
   dataCheckOf,
@@ -49,12 +45,13 @@ import {
   type JobOptions,
   type JobResult,
   type OutputOptions,
-  type OutputSubformat,
   type UnlockOptions,
 } from './options.js';
 import { alignedRanges, chunked, lcm, nonZeroRuns, totalLength, type Span } from './plan.js';
 import { ProgressTracker } from './progress.js';
-import { openSource, unlockSource, type Source } from './source.js';
+import { openSource, unlockSource } from './source.js';
+import { copiesCiphertext } from './ciphertext-copy.js';
+import { inherited, isSparseOutput, outputSubformat } from './output-shape.js';
 import { ensureSpace } from './space.js';
 import { StagedOutput, cleanStaleStages } from './staging.js';
 import { jobProviders } from './job-keys.js';
@@ -81,30 +78,6 @@ export interface CopySpec {
 
 const FLAT_ZERO_GRANULARITY = 64 * 1024;
 const RAW_NAMES = /\.(img|raw)$/i;
-const VMFS_ALIASES = new Set(['vmfsThin', 'vmfsPreallocated', 'vmfsEagerZeroedThick']);
-
-function defaultSubformat(input: string, encrypting: boolean): OutputSubformat {
-  if (VMFS_ALIASES.has(input)) return 'vmfs';
-  // vSphere's delta disks are read, never written: their copy is the sparse disk vmseal writes.
-  if (isReadOnlySubformat(input)) return 'monolithicSparse';
-  return (encrypting ? encryptedSubformatFor(input) : input) as OutputSubformat;
-}
-
-function inherited(stored: VirtualDisk, opts: OutputOptions, sparseOut: boolean): Pick<CreateDiskOptions, 'adapterType' | 'hwVersion' | 'grainSize'> {
-  const d = stored.descriptor;
-  const out: Pick<CreateDiskOptions, 'adapterType' | 'hwVersion' | 'grainSize'> = {};
-  const adapter = opts.adapterType ?? d?.get('ddb.adapterType');
-  if (adapter !== undefined && (ADAPTER_TYPES as readonly string[]).includes(adapter)) out.adapterType = adapter as CreateDiskOptions['adapterType'];
-  else if (opts.adapterType !== undefined) out.adapterType = opts.adapterType; // let the VMDK layer report the bad value
-  const hw = opts.hwVersion ?? d?.get('ddb.virtualHWVersion');
-  if (hw !== undefined && (opts.hwVersion !== undefined || /^[1-9][0-9]{0,2}$/.test(String(hw)))) out.hwVersion = hw;
-  // Not the grain of an ESX delta disk (512 B or 4 KiB): a hosted sparse disk of those would need a
-  // directory 16–128 times qemu's; it gets the default 64 KiB.
-  const g = opts.grainSize ?? (sparseOut && !isReadOnlySubformat(stored.subformat) ? stored.grainSize : undefined);
-  if (g !== undefined && (opts.grainSize !== undefined || (g >= 4096 && g <= 1 << 20))) out.grainSize = g;
-  return out;
-}
-
 /** The input's ddb.uuid when it is one createVmdk accepts (else the output gets a new one). */
 function keptUuid(stored: VirtualDisk): Pick<CreateDiskOptions, 'uuid'> {
   const uuid = stored.descriptor?.get('ddb.uuid');
@@ -143,23 +116,6 @@ export async function markDescriptor(path: string, job: string | undefined): Pro
   } finally {
     await d.close();
   }
-}
-
-/**
- * Whether a convert of the locked encrypted `source` can copy its ciphertext unchanged (each unit's
- * XTS tweak is its unit number in the virtual disk, so the same bytes at the same offset decrypt the
- * same in any subformat) with no key: not for a snapshot-chain layer (a standalone copy needs a new
- * layer id, so a new authenticator); flat into flat (every unit copied); sparse into sparse when each
- * output grain lies within one input grain (input holes stay holes); flat into sparse only without
- * keys (every unit becomes a grain; with the keys the units whose plaintext is zero are left out).
- * Sparse into flat is never one: the input's holes must become encrypted zeros.
- */
-function ciphertextCopy(source: Source, sparseOut: boolean, outGrain: number | undefined, haveKeys: boolean): boolean {
-  if (source.encryption === null || source.encryption.layerId !== undefined || source.stored instanceof ChainDisk) return false;
-  const inGrain = source.stored.grainSize;
-  if (!sparseOut) return inGrain === undefined;
-  if (inGrain !== undefined) return inGrain % (outGrain ?? DEFAULT_GRAIN) === 0;
-  return !haveKeys;
 }
 
 export async function runCopy(spec: CopySpec): Promise<JobResult> {
@@ -204,7 +160,7 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
     // of one killed before its commit are removed.
     const providers = jobProviders(spec.keys, spec.encrypt?.lockers);
     await cleanStaleStages(dirname(output), basename(output), names, providers, opts.folderEntries);
-    // A convert that keeps the encryption may copy the ciphertext as it is (ciphertextCopy below):
+    // A convert that keeps the encryption may copy the ciphertext as it is (copiesCiphertext below):
     // the input is opened locked and unlocked only if the copy needs its plaintext.
     const keepsEncryption = spec.operation === 'convert' && spec.encrypt === undefined && spec.decrypt !== true;
     let source = await openSource(input, {
@@ -222,7 +178,7 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
     try {
       const capacity = source.disk.capacity;
       const encrypting = spec.encrypt !== undefined || (source.encryption !== null && !spec.decrypt);
-      const subformat = opts.subformat ?? defaultSubformat(source.stored.subformat, encrypting);
+      const subformat = outputSubformat(source.stored, opts, encrypting);
       if (encrypting && UNENCRYPTABLE_SUBFORMATS.has(subformat)) {
         throw new PipelineError(
           'ERR_UNSUPPORTED_OUTPUT',
@@ -232,11 +188,11 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
         );
       }
       checkOutputKind(output, subformat);
-      const sparseOut = /sparse|streamOptimized/i.test(subformat);
+      const sparseOut = isSparseOutput(subformat);
       // An encrypted input converted with its encryption: its ciphertext is copied as it is when the
-      // output can hold it unchanged (no key needed), else it is unlocked and re-encrypted.
-      const cipherCopy =
-        source.locked === true && ciphertextCopy(source, sparseOut, inherited(source.stored, opts, sparseOut).grainSize, spec.keys !== undefined);
+      // output can hold it unchanged (no key needed; the rule convertNeedsKeys tells callers), else
+      // it is unlocked and re-encrypted.
+      const cipherCopy = copiesCiphertext(source, subformat, opts, spec.keys !== undefined);
       if (source.locked && !cipherCopy) {
         source = await unlockSource(
           source,

@@ -9,6 +9,7 @@ export {
   type DecryptDiskOptions,
   type ConvertDiskOptions,
 } from './jobs.js';
+export { convertNeedsKeys } from './ciphertext-copy.js';
 export type { JobOptions, JobResult, EncryptSpec, OutputOptions, OutputSubformat, DiskFormat } from './options.js';
 export type { Progress, Operation, Phase, ProgressListener } from './progress.js';
 export {

@@ -1,12 +1,13 @@
 /**
  * One image's conversion, the same whether it runs on the main thread (one image, `--jobs 1`) or
- * in a batch worker thread: the output-exists check, the keys it needs, and the pipeline job.
+ * in a batch worker thread: the output-exists check, the keys it needs (none for a ciphertext copy),
+ * and the pipeline job.
  */
 import { stat } from 'node:fs/promises';
 import { readEncryptionParams } from '../../disk/index.js';
 import { formatByName } from '../../vmdk/open.js';
 import type { KeyCache, LockerSpec, UnlockOptions } from '../../keys/index.js';
-import { convertDisk, type JobResult } from '../../pipeline/index.js';
+import { convertDisk, convertNeedsKeys, type JobResult } from '../../pipeline/index.js';
 import type { BatchItem } from '../batch.js';
 import { CliError } from '../errors.js';
 import { ExitCode } from '../exit-codes.js';
@@ -79,7 +80,18 @@ export async function convertImage(
       hint: 'Choose another output name, add --force to replace it, or --skip-existing to keep it',
     });
   }
-  const unlock = encryptedInput
+  // Keys are asked for (a passphrase prompt, a KMS round trip) only when the job will use them: a
+  // convert that keeps the encryption and copies the ciphertext as it is needs none, so it runs with
+  // the KMS down or no passphrase at hand. convertNeedsKeys is the job's own rule, so the two agree.
+  const needsKeys =
+    encryptedInput &&
+    (opts.encrypt === true ||
+      (await convertNeedsKeys(item.input, {
+        ...formatOpts(opts.format),
+        ...(opts.subformat !== undefined ? { subformat: opts.subformat } : {}),
+        ...(opts.decrypt ? { decrypt: true } : {}),
+      })));
+  const unlock = needsKeys
     ? await keys.unlockOptions(item.input, { usePassphrase: keys.passphraseGiven && !opts.encrypt, ...formatOpts(opts.format) })
     : undefined;
   const encrypt = opts.encrypt ? { lockers: await newLockers(), cipher: opts.cipher, unitSize: opts.unitSize, cache: keys.cache } : undefined;
