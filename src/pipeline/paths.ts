@@ -9,7 +9,7 @@
  */
 import { open, readlink, realpath, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
-import { Descriptor, openDisk as openVmdk } from '../vmdk/index.js';
+import { Descriptor } from '../vmdk/index.js';
 
 /**
  * The suffix of a disk's change bitmap, `<disk>.vmseal-ctk` (its format: src/backup/change-bitmap.ts).
@@ -18,8 +18,7 @@ import { Descriptor, openDisk as openVmdk } from '../vmdk/index.js';
 export const CHANGE_BITMAP_SUFFIX = '.vmseal-ctk';
 import { isSparseExtent } from '../vmdk/sparse-header.js';
 import { PipelineError } from './errors.js';
-import { formatOption, type DiskFormat } from './options.js';
-import { pathExists } from './staging.js';
+import type { DiskFormat } from './options.js';
 import { FolderCalls } from '../util/inline-fs.js';
 
 /** The real path of an existing disk's descriptor (or raw image), checked for ambiguous extents. */
@@ -105,19 +104,27 @@ export async function checkOutputName(output: string, calls: FolderCalls = new F
 
 /**
  * The files of an existing disk (descriptor and extents), whose names a job reserves before it
- * rewrites, replaces or removes them: none when `path` does not exist, just `path` when it cannot
- * be opened as a disk (the job's own open reports why).
+ * rewrites, replaces or removes them: none when `path` does not exist; `path` and the files its text
+ * descriptor's extent lines name (beside it, as qemu resolves them); just `path` for a one-file disk
+ * (a sparse file with its descriptor inside, a raw image) or a file that is no descriptor. Read from
+ * the descriptor alone, never by opening the disk: the disk may be corrupt or huge (a 16 TiB sparse
+ * disk's grain directories are megabytes), and the files are what is wanted, not the data. Only the
+ * disk's own files: a snapshot's parent, which opening would reach, is another disk.
  */
 export async function diskFiles(path: string, format: DiskFormat | undefined): Promise<string[]> {
-  if (!(await pathExists(path))) return [];
+  const st = await stat(path).catch((err: NodeJS.ErrnoException) => (err.code === 'ENOENT' ? undefined : Promise.reject(err)));
+  if (!st) return [];
+  // A file larger than any text descriptor is a one-file disk (sparse or raw): not read at all.
+  if (format === 'raw' || !st.isFile() || st.size > MAX_TEXT_DESCRIPTOR) return [path];
+  const head = await readHead(path, MAX_TEXT_DESCRIPTOR + 1);
+  if (!head || head.length > MAX_TEXT_DESCRIPTOR || isSparseExtent(head)) return [path];
+  let d: Descriptor;
   try {
-    const d = await openVmdk(path, { readOnly: true, allowEncrypted: true, ...formatOption(format) });
-    try {
-      return d.files();
-    } finally {
-      await d.close();
-    }
+    d = Descriptor.parse(head, { file: path });
   } catch {
-    return [path];
+    return [path]; // not a descriptor: the job's own open reports what it is
   }
+  const files = new Set([resolve(path)]);
+  for (const e of d.extents) if (e.file !== undefined) files.add(resolve(dirname(path), e.file));
+  return [...files];
 }
