@@ -65,15 +65,14 @@ export interface KeyCliOptions {
  * options make none (`makesLocker` false) it would do nothing. Refused up front as a usage error, as
  * cryptsetup refuses an option its action does not use ("Option --pbkdf-force-iterations is not
  * allowed with isLuks action."): silently ignored, it would let the user believe a locker had been
- * made at that cost. `lockerOptions`: the options that would make one, for the message.
+ * made at that cost. `lockerOptions`: the options that would make one, for the message; or, where no
+ * option would (`vm rekey`, a `vm tpm` whose state key exists), why none is made and what to do.
  */
-export function checkRoundsHaveLocker(rounds: number | undefined, makesLocker: boolean, lockerOptions: string): void {
-  if (rounds !== undefined && !makesLocker) {
-    throw usageError(
-      `--pbkdf2-rounds sets the rounds of a new recovery passphrase locker, and without ${lockerOptions} none is made`,
-      `Add ${lockerOptions}, or drop --pbkdf2-rounds`,
-    );
-  }
+export function checkRoundsHaveLocker(rounds: number | undefined, makesLocker: boolean, lockerOptions: string | { why: string; hint: string }): void {
+  if (rounds === undefined || makesLocker) return;
+  const lead = '--pbkdf2-rounds sets the rounds of a new recovery passphrase locker';
+  if (typeof lockerOptions !== 'string') throw usageError(`${lead}, and ${lockerOptions.why}`, lockerOptions.hint);
+  throw usageError(`${lead}, and without ${lockerOptions} none is made`, `Add ${lockerOptions}, or drop --pbkdf2-rounds`);
 }
 
 export function resolveHome(home: string | undefined, env: NodeJS.ProcessEnv): string {

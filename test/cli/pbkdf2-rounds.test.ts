@@ -1,7 +1,8 @@
 // `--pbkdf2-rounds N`: the PBKDF2 rounds of new passphrase lockers, asked for explicitly (tests and
 // throwaway disks; there is no environment variable for it). The rounds land in the locker, a warning
 // says when they are below the default, fewer than the floor are refused, and without the option the
-// default (600,000) is kept. Run as a user would: the built CLI in a child process.
+// default (600,000) is kept; where a command would make no passphrase locker it is a usage error. Run
+// as a user would: the built CLI in a child process.
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -124,6 +125,37 @@ describe('--pbkdf2-rounds', () => {
     expect(v.code, v.stderr).toBe(2);
     expect(expectOneLineError(v)).toContain('without --recovery-passphrase or --workstation none is made');
     expect(await readFile(vmx, 'utf8')).toBe(config);
+  });
+
+  it('vm rekey (which makes no locker with chosen rounds) and vm tpm (a locker only at the first start, with --recovery-passphrase) refuse it as a usage error, writing nothing', async () => {
+    const vm = join(dir, 'vm-rounds');
+    await mkdir(vm);
+    const vmx = join(vm, 'test.vmx');
+    const config = '.encoding = "UTF-8"\nconfig.version = "8"\nvirtualHW.version = "18"\ndisplayName = "Rounds VM"\n';
+    await writeFile(vmx, config);
+    // vm rekey: a shallow rekey keeps the passphrase lockers, a deep one re-makes a kept passphrase at the default rounds.
+    for (const mode of [['--shallow'], ['--deep', '--keep-recovery-passphrase', '--passphrase-file', pwFile], ['--deep', '--remove-recovery-passphrase']]) {
+      const r = await vmseal(['vm', 'rekey', vm, ...mode, '--pbkdf2-rounds', '2000'], env);
+      expect(r.code, `vm rekey ${mode.join(' ')}: ${r.stderr}`).toBe(2);
+      expect(expectOneLineError(r)).toContain(
+        '--pbkdf2-rounds sets the rounds of a new recovery passphrase locker, and vm rekey makes none with chosen rounds',
+      );
+      expect(r.stderr).toContain('Drop --pbkdf2-rounds');
+    }
+    expect(await readFile(vmx, 'utf8')).toBe(config);
+    // vm tpm without --recovery-passphrase: refused before the manifest is even read.
+    const t = await vmseal(['vm', 'tpm', vm, '--pbkdf2-rounds', '2000'], env);
+    expect(t.code, t.stderr).toBe(2);
+    expect(expectOneLineError(t)).toContain('without --recovery-passphrase none is made');
+    // vm tpm with --recovery-passphrase once the state key exists: the passphrase unlocks it, no locker is made.
+    const manifest = JSON.stringify({ format: 'vmseal-vm', version: 1, tpm: { state: 'tpm', keySafe: 'vmware:key/made-at-the-first-start' } });
+    await writeFile(join(vm, 'vmseal-vm.json'), manifest);
+    const later = await vmseal(['vm', 'tpm', vm, '--recovery-passphrase', '--passphrase-file', pwFile, '--pbkdf2-rounds', '2000'], env);
+    expect(later.code, later.stderr).toBe(2);
+    expect(expectOneLineError(later)).toContain(`the vTPM state key of ${vm} exists already`);
+    expect(later.stderr).toContain('Drop --pbkdf2-rounds');
+    expect(await readFile(join(vm, 'vmseal-vm.json'), 'utf8')).toBe(manifest);
+    expect(existsSync(join(vm, 'tpm'))).toBe(false);
   });
 
   it('reaches every image of a batch converted by worker threads, with one warning', async () => {

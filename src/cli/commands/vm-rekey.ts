@@ -5,7 +5,7 @@
 import { rekeyVm, type VmRekeyStep } from '../../vm/index.js';
 import type { Ctx } from '../context.js';
 import { usageError } from '../errors.js';
-import { withKeys, type KeyCliOptions } from '../key-session.js';
+import { checkRoundsHaveLocker, withKeys, type KeyCliOptions } from '../key-session.js';
 
 export interface VmRekeyCliOptions extends KeyCliOptions {
   shallow?: boolean;
@@ -33,6 +33,12 @@ export async function vmRekeyCommand(ctx: Ctx, dir: string, opts: VmRekeyCliOpti
       'A shallow rekey keeps the keys, and so their passphrase lockers',
     );
   }
+  // No locker of vm rekey takes chosen rounds: a shallow rekey keeps the passphrase lockers as they
+  // are, and a deep one with --keep-recovery-passphrase re-makes them at the default rounds.
+  checkRoundsHaveLocker(opts.pbkdf2Rounds, false, {
+    why: 'vm rekey makes none with chosen rounds (a shallow rekey keeps the passphrase lockers; --keep-recovery-passphrase re-makes them with the default rounds)',
+    hint: 'Drop --pbkdf2-rounds',
+  });
   const mode = opts.shallow ? 'shallow' : 'deep';
   const result = await withKeys(ctx, opts, async (keys) => {
     const unlock = await keys.unlockOptions(undefined, { usePassphrase: keys.passphraseGiven || opts.keepRecoveryPassphrase === true });

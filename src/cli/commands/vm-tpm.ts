@@ -11,7 +11,7 @@ import { readEncryptionParams } from '../../disk/index.js';
 import { listVmFolder, readManifest, refuseMixed, startVmTpm, VmError, type VmManifest } from '../../vm/index.js';
 import { resolve } from 'node:path';
 import type { Ctx } from '../context.js';
-import { withKeys, type KeyCliOptions, type KeySession } from '../key-session.js';
+import { checkRoundsHaveLocker, withKeys, type KeyCliOptions, type KeySession } from '../key-session.js';
 
 export interface VmTpmCliOptions extends KeyCliOptions {
   socketDir?: string;
@@ -74,8 +74,14 @@ export async function vmTpmCommand(ctx: Ctx, dir: string, opts: VmTpmCliOptions)
   const log = (line: string): void => {
     if (!ctx.output.quiet) ctx.output.error(`vmseal: ${line}`);
   };
+  // A passphrase locker is made only at the first start (no state key yet), with --recovery-passphrase.
+  checkRoundsHaveLocker(opts.pbkdf2Rounds, opts.recoveryPassphrase === true, '--recovery-passphrase');
   await withKeys(ctx, opts, async (keys) => {
     const manifest = await readManifest(dir);
+    checkRoundsHaveLocker(opts.pbkdf2Rounds, manifest.tpm?.keySafe === undefined, {
+      why: `the vTPM state key of ${dir} exists already: --recovery-passphrase unlocks it, and no locker is made`,
+      hint: 'Drop --pbkdf2-rounds (the rounds are chosen at the first start)',
+    });
     // VMware's all-or-none rule: a VM whose disks are partly encrypted is refused before swtpm starts.
     if (!opts.allowMixed) refuseMixed((await listVmFolder(dir)).disks, 'vm tpm', dir);
     const first = manifest.tpm?.keySafe === undefined;
