@@ -82,15 +82,13 @@ export async function convertImage(
   }
   // Keys are asked for (a passphrase prompt, a KMS round trip) only when the job will use them: a
   // convert that keeps the encryption and copies the ciphertext as it is needs none, so it runs with
-  // the KMS down or no passphrase at hand. convertNeedsKeys is the job's own rule, so the two agree.
+  // the KMS down or no passphrase at hand. convertNeedsKeys is the job's own rule, so the two agree;
+  // it is not asked (it opens the input) when --encrypt or --decrypt say the answer: keys, always.
   const needsKeys =
     encryptedInput &&
     (opts.encrypt === true ||
-      (await convertNeedsKeys(item.input, {
-        ...formatOpts(opts.format),
-        ...(opts.subformat !== undefined ? { subformat: opts.subformat } : {}),
-        ...(opts.decrypt ? { decrypt: true } : {}),
-      })));
+      opts.decrypt === true ||
+      (await convertNeedsKeys(item.input, { ...formatOpts(opts.format), ...(opts.subformat !== undefined ? { subformat: opts.subformat } : {}) })));
   const unlock = needsKeys
     ? await keys.unlockOptions(item.input, { usePassphrase: keys.passphraseGiven && !opts.encrypt, ...formatOpts(opts.format) })
     : undefined;
