@@ -9,6 +9,7 @@ export { createDataCipher, type DataCipher } from './cipher.js';
 export { dataCheckOf } from './data-check.js';
 export { EncryptedDisk } from './encrypted-disk.js';
 export { DiskError } from './errors.js';
+export { jobLineError } from './interrupted-job.js';
 export { generateDek, makeEncryptionParams, reuseCreatedKeys, unlockDek, type KeyCache, type LockerSpec, type UnlockOptions } from './keying.js';
 export { JOURNAL_SUFFIX, assertNoJournal, checkLockers, encryptionOf, openDisk, openWithDek, readEncryptionParams, unlockInner } from './open.js';
 // The deep rekey of a snapshot chain rebuilds its layers with the disk layer's own snapshot rule.

@@ -12,6 +12,7 @@ import { createDataCipher, type DataCipherOptions } from './cipher.js';
 import { DataCheckKey, dataCheckOf, parseDataCheck } from './data-check.js';
 import { EncryptedDisk, type DataCheckState } from './encrypted-disk.js';
 import { DiskError } from './errors.js';
+import { jobLineError, journalJobError } from './interrupted-job.js';
 import { bindingOf, generateDek, makeEncryptionParams, unlockDek, type KeyCache, type LockerSpec, type UnlockOptions } from './keying.js';
 import { verifyAuthenticator } from '../keys/index.js';
 import { backUnitZero, checkDataCheck } from './unit-zero.js';
@@ -34,14 +35,10 @@ import {
 /** The journal an in-place job keeps beside a disk (src/pipeline); while it exists the disk is mid-job. */
 export const JOURNAL_SUFFIX = '.vmseal-journal';
 
-/** Refuse a disk whose in-place job (encrypt, rekey) did not finish: its data or descriptor is half converted. */
+/** Refuse a disk whose journaled job (encrypt, rekey, rollback in place; a snapshot commit of it) did not finish: its data or descriptor is half converted. */
 export function assertNoJournal(path: string): void {
-  if (existsSync(resolve(path) + JOURNAL_SUFFIX)) {
-    throw new DiskError(
-      'ERR_INTERRUPTED_JOB',
-      `${path} is in the middle of an interrupted in-place job (journal ${resolve(path) + JOURNAL_SUFFIX}); finish it first (vmseal resume, or run the same command again)`,
-    );
-  }
+  const journal = resolve(path) + JOURNAL_SUFFIX;
+  if (existsSync(journal)) throw journalJobError(path, journal);
 }
 
 export interface OpenDiskOptions {
@@ -150,12 +147,7 @@ export async function openDisk(path: string, options: OpenDiskOptions = {}): Pro
       }
       return inner;
     }
-    if (enc.job !== undefined) {
-      throw new DiskError(
-        'ERR_INTERRUPTED_JOB',
-        `${path} is in the middle of an interrupted ${enc.job} job; finish it first (vmseal resume, or run the same command again)`,
-      );
-    }
+    if (enc.job !== undefined) throw jobLineError(path, enc.job);
     if (keys === undefined) {
       throw new DiskError('ERR_DISK_ENCRYPTED', `${path} is encrypted (${enc.params.cipher}); give keys (a key provider or passphrase) to open it`);
     }

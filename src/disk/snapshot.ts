@@ -6,6 +6,7 @@ import { ChainDisk, createSnapshot, openDisk as openVmdk, revertSnapshot, type V
 import type { EncryptedDisk } from './encrypted-disk.js';
 import { dataCheckOf } from './data-check.js';
 import { DiskError } from './errors.js';
+import { jobLineError } from './interrupted-job.js';
 import { unlockDek, type UnlockOptions } from './keying.js';
 import { layered } from './layers.js';
 import { assertNoJournal, encryptionOf, openDisk, openWithDek, unlockInner } from './open.js';
@@ -36,8 +37,7 @@ async function childLinesOf(
   try {
     const enc = encryptionOf(inner);
     if (!enc) throw new DiskError('ERR_NOT_ENCRYPTED', `${path} is not encrypted; take a plain snapshot without keys`);
-    if (enc.job !== undefined)
-      throw new DiskError('ERR_INTERRUPTED_JOB', `${path} is in the middle of an interrupted ${enc.job} job; finish it first (vmseal resume)`);
+    if (enc.job !== undefined) throw jobLineError(path, enc.job);
     opened = await unlockInner(inner, enc.params, keys); // every check, the layers' included
     const dek = await unlockDek(enc.params, inner.capacity, keys, path);
     try {
@@ -169,7 +169,7 @@ export async function prepareSnapshot(disk: VirtualDisk | EncryptedDisk, keys: U
       try {
         const enc = encryptionOf(inner);
         if (!enc) throw new DiskError('ERR_NOT_ENCRYPTED', `${path} is not encrypted`);
-        if (enc.job !== undefined) throw new DiskError('ERR_INTERRUPTED_JOB', `${path} is in the middle of an interrupted ${enc.job} job`);
+        if (enc.job !== undefined) throw jobLineError(path, enc.job);
         return await openWithDek(inner, enc.params, dek);
       } catch (err) {
         await inner.close().catch(() => undefined);

@@ -3,7 +3,16 @@
  * through an EncryptedDisk). The source is always opened read-only: jobs never modify their input.
  */
 import { openDisk as openVmdk, type VirtualDisk } from '../vmdk/index.js';
-import { DiskError, EncryptedDisk, assertNoJournal, encryptionOf, unlockInner, type UnlockOptions, type EncryptionParams } from '../disk/for-pipeline.js';
+import {
+  DiskError,
+  EncryptedDisk,
+  assertNoJournal,
+  encryptionOf,
+  jobLineError,
+  unlockInner,
+  type UnlockOptions,
+  type EncryptionParams,
+} from '../disk/for-pipeline.js';
 
 export interface Source {
   /** Reads give plaintext (decrypted when the input is encrypted). */
@@ -51,12 +60,7 @@ export async function openSource(path: string, opts: OpenSourceOptions): Promise
   });
   try {
     const enc = encryptionOf(stored);
-    if (enc?.job !== undefined && !opts.allowJob) {
-      throw new DiskError(
-        'ERR_INTERRUPTED_JOB',
-        `${path} is in the middle of an interrupted ${enc.job} job; finish it first (vmseal resume, or run the same command again)`,
-      );
-    }
+    if (enc?.job !== undefined && !opts.allowJob) throw jobLineError(path, enc.job);
     if (!enc) {
       if (opts.plain === 'refuse') throw new DiskError('ERR_NOT_ENCRYPTED', `${path} is not encrypted`);
       return { disk: stored, encryption: null, stored, close: () => stored.close() };

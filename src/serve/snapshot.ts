@@ -6,9 +6,12 @@
  *
  *  0. (before writes are held back) an encrypted disk's DEK is unlocked with the host's keys
  *     (src/disk prepareSnapshot): the open disk keeps none;
- *  1. the child is made on the open disk (PreparedSnapshot.take: same DEK, a new layer id): the
- *     parent is made 0444 under the export's own exclusive lock, which is then traded for a shared
- *     one — the child's open takes a shared lock on its parent, which an exclusive one refuses;
+ *  1. the child is made on the open disk (PreparedSnapshot.take: same DEK, a new layer id), under
+ *     the export's own exclusive lock: written aside under a temporary name, the parent made 0444,
+ *     the child renamed into place (a server killed before the rename leaves a temporary file that
+ *     the next open of the parent for writing undoes: src/vmdk/pending-snapshot.ts). The lock is then
+ *     traded for a shared one — the child's open takes a shared lock on its parent, which an
+ *     exclusive one refuses;
  *  2. the child's lock is taken (exclusive, with qemu's lock bytes);
  *  3. the chain ending at the child is opened with that DEK (its checks: CIDs, layer ids,
  *     authenticators), and holds its own shared lock on the parent from then on;

@@ -90,6 +90,28 @@ export async function createDisk(path: string, options: CreateDiskOptions): Prom
  * (src/vmdk/snapshot.ts) says its final name.
  */
 export async function createDiskNamed(path: string, options: CreateDiskOptions, extentName: string | undefined): Promise<VirtualDisk> {
+  const made = await makeDisk(path, options, extentName);
+  // The kind comes from the subformat, never from the name: a VMDK named `.img` is still a VMDK.
+  return typeof made === 'string' ? fresh(await openCreatedDisk(made, { allowEncrypted: true, format: 'vmdk' })) : made;
+}
+
+/**
+ * The file of a new, empty monolithicSparse snapshot child (`options.parent` required), written and
+ * fsynced but not opened: opening it opens its parents and takes their shared locks, which the
+ * caller — createSnapshot, holding the parent's lock exclusively while it makes the child aside
+ * under a temporary name (`extentName` the final one, as for createDiskNamed) — would conflict with.
+ */
+export async function createChildFile(path: string, options: CreateDiskOptions, extentName: string | undefined): Promise<void> {
+  if (options === null || typeof options !== 'object') throw arg(expected('an object', 'options', options));
+  if (options.parent === undefined || (options.subformat ?? 'monolithicSparse') !== 'monolithicSparse') {
+    throw arg('createChildFile makes a monolithicSparse snapshot child: options.parent is required');
+  }
+  const made = await makeDisk(path, options, extentName);
+  if (typeof made !== 'string') await made.close();
+}
+
+/** createDiskNamed's files: the disk open for writing, or its path when it is to be opened by name (its extents written and closed). */
+async function makeDisk(path: string, options: CreateDiskOptions, extentName: string | undefined): Promise<VirtualDisk | string> {
   if (typeof path !== 'string' || path === '' || path.includes('\0')) throw arg(expected('a file path', 'path', path));
   if (options === null || typeof options !== 'object') throw arg(expected('an object', 'options', options));
   const { capacity } = options;
@@ -182,9 +204,14 @@ export async function createDiskNamed(path: string, options: CreateDiskOptions, 
     case 'monolithicSparse': {
       const d = descriptor([extentLine('RW', sectors, 'SPARSE', extentName ?? basename(abs))]);
       const made = await createSparseFile(abs, sectors, grainSectors, d, overwrite);
-      // A snapshot child is opened with its parents, by name, below.
+      // A snapshot child is opened with its parents, by name, below; fsynced first, so that it is
+      // whole on disk before anything (createSnapshot's rename) makes it a layer of a chain.
       if (parent !== undefined) {
-        await made.file.close();
+        try {
+          await made.file.sync();
+        } finally {
+          await made.file.close();
+        }
         break;
       }
       // Opened from the directories just written, not by reading them back (2 × 2 MiB at 16 TiB).
@@ -217,8 +244,7 @@ export async function createDiskNamed(path: string, options: CreateDiskOptions, 
       }
     }
   }
-  // The kind comes from the subformat, never from the name: a VMDK named `.img` is still a VMDK.
-  return fresh(await openCreatedDisk(abs, { allowEncrypted: true, format: 'vmdk' }));
+  return abs;
 }
 
 /** A disk createDisk just made keeps the CID it was made with on its first write (VmdkDisk.markCidFresh). */

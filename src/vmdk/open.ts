@@ -4,6 +4,7 @@ import { Descriptor, MAX_DESCRIPTOR_BYTES } from './descriptor.js';
 import { type VirtualDisk, VmdkDisk, type VmdkDiskInit } from './disk.js';
 import { VmdkFormatError, interruptedJob, jobOf } from './errors.js';
 import { openParents, parentLink } from './chain-open.js';
+import { undoUnfinishedSnapshot } from './pending-snapshot.js';
 import { type Extent, FlatExtent, ZeroExtent } from './extent.js';
 import { HandlePool, HostFile } from './file.js';
 import { COWD_MAGIC, SECTOR, SESPARSE_MAGIC, SPARSE_MAGIC } from './sparse-header.js';
@@ -114,6 +115,9 @@ async function openDiskWith(path: string, options: OpenDiskOptions, lockWriters:
   }
   const full = options.check === 'full';
   const abs = resolve(path);
+  // A snapshot of this disk that a crash cut short made it read-only for a child that never came:
+  // undone first (pending-snapshot.ts), so that the disk opens for writing without a manual step.
+  if (!readOnly) await undoUnfinishedSnapshot(abs, () => layerFilesOf(abs, options.format));
   const top = await openLayer(abs, readOnly, allowEncrypted, options.format, full);
   if (lockWriters && !readOnly && options.layerOnly !== true && top instanceof VmdkDisk) await lockWriter(top, abs);
   if (options.layerOnly === true || !(top instanceof VmdkDisk) || parentLink(top.descriptor, abs) === undefined) return top;
@@ -143,6 +147,16 @@ async function lockWriter(top: VmdkDisk, abs: string): Promise<void> {
       throw new FileLockError('ERR_LOCK_BUSY', `cannot open ${abs} for writing: it is ${err.message}`, { file: err.file, holder: err.holder, cause: err });
     }
     throw err;
+  }
+}
+
+/** The files of the layer `abs` (its descriptor and extents), read from it opened read-only (encrypted or not: only its files are asked). */
+async function layerFilesOf(abs: string, formatOption: 'vmdk' | 'raw' | undefined): Promise<string[]> {
+  const layer = await openLayer(abs, true, true, formatOption, false);
+  try {
+    return layer.files();
+  } finally {
+    await layer.close();
   }
 }
 

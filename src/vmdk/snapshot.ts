@@ -1,13 +1,15 @@
-import { chmod, open, rename, rm, stat } from 'node:fs/promises';
+import { rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, extname, join, relative, resolve } from 'node:path';
 import { ChainDisk, chainError } from './chain.js';
 import { parentLink, parentPathOf } from './chain-open.js';
-import { ADAPTER_TYPES, createDiskNamed } from './create.js';
+import { ADAPTER_TYPES, createChildFile, createDiskNamed } from './create.js';
 import type { VirtualDisk } from './disk.js';
 import { VmdkFormatError, ioError } from './errors.js';
 import { openDisk } from './open.js';
+import { pendingChildPath, setWritable, undoUnfinishedSnapshot } from './pending-snapshot.js';
 import { isReadOnlySubformat, readOnlySubformatError } from './read-only-formats.js';
 import { expected } from '../errors.js';
+import { fsyncDir } from '../util/atomic-file.js';
 import { acquireFileLock, lockRecordPathFor } from '../util/lock.js';
 
 export interface CreateSnapshotOptions {
@@ -19,9 +21,10 @@ export interface CreateSnapshotOptions {
    * The caller holds the disk's vmseal lock exclusively already (a server taking a snapshot of the
    * disk it serves; src/disk, which locks before it rewrites the descriptor), so it is not taken
    * again (that would conflict with the caller's own). Called where createSnapshot would release its
-   * own lock: after the disk is made read-only, before the child is made — whose opening takes a
-   * shared lock on its parent, which the caller's exclusive one would refuse. The caller releases or
-   * downgrades its lock there.
+   * own lock: once the child is in place, before anyone opens it — the child's chain takes a shared
+   * lock on its parent, which the caller's exclusive one would refuse. The caller releases or
+   * downgrades its lock there; if this throws, the snapshot is taken back (child removed, disk
+   * writable again).
    */
   yieldHeldLock?: () => Promise<void>;
 }
@@ -57,19 +60,6 @@ function checkName(name: unknown, diskPath: string): string {
 /** The layer at the top of `disk` (the disk itself when it is not a chain). */
 function topLayer(disk: VirtualDisk): VirtualDisk {
   return disk instanceof ChainDisk ? disk.top : disk;
-}
-
-/** Set the write bits of `files` off (children exist) or back from their group and others' read bits. */
-async function setWritable(files: string[], writable: boolean): Promise<void> {
-  for (const f of files) {
-    try {
-      const mode = (await stat(f)).mode & 0o777;
-      const w = mode | ((mode & 0o444) >> 1);
-      await chmod(f, writable ? w : mode & ~0o222);
-    } catch (err) {
-      throw ioError(err, writable ? 'make the file writable again' : 'make the file read-only', f);
-    }
-  }
 }
 
 interface ChildPlan {
@@ -108,23 +98,38 @@ function planChild(disk: VirtualDisk, descriptorLines: Array<[string, string]> |
 /**
  * Take a snapshot of the disk at `diskPath` (a base disk or the top of a chain): make a new empty
  * monolithicSparse child on it and return the child's path. From then on the disk is a read-only
- * layer: its files get mode 0444 (before the child exists, so it is never writable while it has one)
- * and the child is what is written. Holds the disk's vmseal lock exclusively meanwhile.
+ * layer (its files get mode 0444) and the child is what is written. Under the disk's vmseal lock,
+ * held exclusively throughout (docs/vmdk.md, "Making and reverting snapshots"):
+ *
+ *  1. the disk is read (its CID, its files), and a snapshot of it that a crash cut short is undone
+ *     (pending-snapshot.ts);
+ *  2. the child is written aside, under its temporary name beside the disk (its extent line naming
+ *     the final name), fsynced, and the folder fsynced: the marker of an unfinished snapshot is
+ *     durable before anything else changes;
+ *  3. the disk's files are made read-only (before the child exists: a layer is never writable while
+ *     it has a child);
+ *  4. the child is renamed to its final name and the folder fsynced: the snapshot is made.
+ *
+ * A crash before 4 leaves the temporary file, which the next writable open, serve or snapshot of the
+ * disk removes, making the disk writable again; after 4, a whole child. The child is not opened
+ * here: its chain's open takes a shared lock on the disk, which the exclusive one refuses — the lock
+ * is released (or yielded to a caller holding it, who trades it for a shared one) after step 4.
  */
 export async function createSnapshot(diskPath: string, options: CreateSnapshotOptions = {}): Promise<string> {
   if (typeof diskPath !== 'string' || diskPath === '' || diskPath.includes('\0')) {
     throw new VmdkFormatError('ERR_INVALID_ARGUMENT', expected('a file path', 'diskPath', diskPath));
   }
   const abs = resolve(diskPath);
+  const dir = dirname(abs);
   const childPath = options.name === undefined ? await nextSnapshotName(abs) : checkName(options.name, abs);
-  // Exclusive while the CID is read and the files made read-only: no other vmseal writer has the disk
-  // open then, and none can open it for writing afterwards (mode 0444). Released (or yielded by the
-  // caller who holds it) before the child is made, whose opening takes the shared lock of its parent.
   const held = options.yieldHeldLock;
   const lock = held ? undefined : await acquireFileLock(lockRecordPathFor(abs), { mode: 'exclusive', record: { operation: 'snapshot create' } });
-  let plan: ChildPlan;
-  let layerFiles: string[];
+  let layerFiles: string[] = [];
+  let makesReadOnly = false;
+  /** The child's temporary file while it exists (until the rename). */
+  let temp: string | undefined;
   try {
+    let plan: ChildPlan;
     {
       await using disk = await openDisk(abs, { readOnly: true, allowEncrypted: true });
       const top = topLayer(disk);
@@ -134,21 +139,14 @@ export async function createSnapshot(diskPath: string, options: CreateSnapshotOp
       plan = planChild(disk, options.descriptorLines);
       layerFiles = top.files();
     }
-    await setWritable(layerFiles, false);
-  } finally {
-    lock?.release();
-  }
-  if (held) {
-    try {
-      await held();
-    } catch (err) {
-      await setWritable(layerFiles, true).catch(() => undefined);
-      throw err;
-    }
-  }
-  try {
-    const child = await createDiskNamed(
-      childPath,
+    const files = layerFiles;
+    await undoUnfinishedSnapshot(abs, async () => files, true);
+    // Checked before the rename, which would replace a file of that name.
+    if (await exists(childPath)) throw new VmdkFormatError('ERR_VMDK_EXISTS', 'file already exists: give the snapshot another name', { file: childPath });
+    makesReadOnly = ((await stat(abs)).mode & 0o222) !== 0;
+    temp = pendingChildPath(abs, makesReadOnly);
+    await createChildFile(
+      temp,
       {
         capacity: plan.capacity,
         subformat: 'monolithicSparse',
@@ -156,14 +154,36 @@ export async function createSnapshot(diskPath: string, options: CreateSnapshotOp
         adapterType: plan.adapterType,
         hwVersion: plan.hwVersion,
         descriptorLines: options.descriptorLines,
-        parent: { cid: plan.cid, fileNameHint: relative(dirname(childPath), abs) },
+        parent: { cid: plan.cid, fileNameHint: relative(dir, abs) },
       },
-      undefined,
+      basename(childPath),
     );
-    await child.close();
+    await fsyncDir(dir);
+    if (makesReadOnly) await setWritable(layerFiles, false);
+    await rename(temp, childPath).catch((err: unknown) => {
+      throw ioError(err, 'put the snapshot in place', childPath);
+    });
+    temp = undefined;
+    await fsyncDir(dir);
   } catch (err) {
-    await setWritable(layerFiles, true).catch(() => undefined);
+    if (temp !== undefined) {
+      // Undone in the crash-safe order: the layer writable, then the marker removed.
+      if (makesReadOnly) await setWritable(layerFiles, true).catch(() => undefined);
+      await rm(temp, { force: true }).catch(() => undefined);
+    }
     throw err;
+  } finally {
+    lock?.release();
+  }
+  if (held) {
+    try {
+      await held();
+    } catch (err) {
+      // The caller cannot use the child: the snapshot is taken back (child first, then the write bits).
+      await rm(childPath, { force: true }).catch(() => undefined);
+      if (makesReadOnly) await setWritable(layerFiles, true).catch(() => undefined);
+      throw err;
+    }
   }
   return childPath;
 }
@@ -233,21 +253,12 @@ export async function revertSnapshot(topPath: string, options: Pick<CreateSnapsh
     await rename(temp, abs).catch((err: unknown) => {
       throw ioError(err, 'replace the snapshot', abs);
     });
-    await syncFolder(dirname(abs));
+    await fsyncDir(dirname(abs));
     return abs;
   } catch (err) {
     await rm(temp, { force: true }).catch(() => undefined);
     throw err;
   } finally {
     lock.release();
-  }
-}
-
-async function syncFolder(dir: string): Promise<void> {
-  const fh = await open(dir, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
   }
 }
