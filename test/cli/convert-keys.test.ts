@@ -76,7 +76,7 @@ beforeAll(async () => {
     ok(await vmseal(['encrypt', raw, disks[`local${name}`], '--subformat', subformat, '--key-provider', 'local', ...phrase], keysEnv));
   }
   // From here on the KMS address refuses connections, until a test starts the server again.
-  await kms.stopNode(0, { graceMs: 0 });
+  await kms.stopNode(0);
 }, 60_000);
 
 afterAll(async () => {
@@ -123,7 +123,7 @@ describe('convert of an encrypted disk keeping its encryption, without keys', ()
       for (const name of ['out-kmsFlat-monolithicFlat.vmdk', 'out-kmsFlat-monolithicSparse.vmdk', 'out-kmsSparse-monolithicSparse.vmdk'])
         expect((await plaintext(join(dir, name), keysEnv)).equals(source), name).toBe(true);
     } finally {
-      await kms!.stopNode(0, { graceMs: 0 });
+      await kms!.stopNode(0);
     }
   });
 
