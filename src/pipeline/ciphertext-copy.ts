@@ -34,11 +34,13 @@ export function copiesCiphertext(source: Source, subformat: string, opts: Output
 /**
  * Whether `convertDisk(input, output, options)` needs `keys` (to unlock the input): true for an
  * encrypted input that is decrypted, re-encrypted under a new DEK, or converted into an output that
- * cannot hold its ciphertext unchanged (see copiesCiphertext); false for a plain input and for a
- * ciphertext copy — which is what the job does when it is given no keys (a flat input converted
- * into a sparse output with keys is decrypted instead, to leave out its zero units). `options` are
- * convertDisk's (`keys` is ignored). Opens the input without keys, reading its metadata only;
- * errors are the job's own (an unreadable input, an interrupted job on it, ...).
+ * cannot hold its ciphertext unchanged (see copiesCiphertext), and for a flat input converted into a
+ * sparse output — the job copies its ciphertext when given no keys, but then every unit becomes an
+ * allocated grain, zeros included: a "sparse" output as large as the disk, not what a caller who
+ * has the keys wants; with them the units whose plaintext is zero are left out. False for a plain
+ * input and for a ciphertext copy that keys would not change (flat → flat, sparse → sparse).
+ * `options` are convertDisk's (`keys` is ignored). Opens the input without keys, reading its
+ * metadata only; errors are the job's own (an unreadable input, an interrupted job on it, ...).
  */
 export async function convertNeedsKeys(input: string, options: ConvertDiskOptions = {}): Promise<boolean> {
   const source = await openSource(resolve(checkPath(input, 'input')), {
@@ -50,7 +52,7 @@ export async function convertNeedsKeys(input: string, options: ConvertDiskOption
   try {
     if (source.encryption === null) return false;
     if (options.encrypt !== undefined || options.decrypt === true) return true;
-    return !copiesCiphertext(source, outputSubformat(source.stored, options, true), options, false);
+    return !copiesCiphertext(source, outputSubformat(source.stored, options, true), options, true);
   } finally {
     await source.close();
   }

@@ -286,7 +286,7 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
       // Said, because whoever converts flat to sparse expects the zeros to go (they do with the keys).
       if (cipherCopy && sparseOut && source.stored.grainSize === undefined)
         notes.push(
-          `the ciphertext of the flat ${input} was copied as it is: every data unit is an allocated grain of ${output}, zeros included (which units hold zeros is not known without the key); to leave them out, convert with the keys and a new DEK (--encrypt)`,
+          `the ciphertext of the flat ${input} was copied as it is: every data unit is an allocated grain of ${output}, zeros included (which units hold zeros is not known without the key); to leave them out, convert with the input's keys`,
         );
       const align = lcm(lcm(outParams?.unitSize ?? 512, source.encryption?.unitSize ?? 512), outGrain ?? 512);
       const chunkSize = Math.ceil(requestedChunk / align) * align;

@@ -36,7 +36,6 @@ describe('convertNeedsKeys', () => {
   it.each([
     ['flat', 'monolithicFlat', undefined, false],
     ['flat', 'twoGbMaxExtentFlat', undefined, false],
-    ['flat', 'monolithicSparse', undefined, false],
     ['sparse', 'monolithicSparse', undefined, false],
     ['sparse', 'monolithicSparse', 16384, false],
     ['sparse4k', 'monolithicSparse', undefined, false],
@@ -54,6 +53,14 @@ describe('convertNeedsKeys', () => {
     } else {
       expect(await job).toMatchObject({ encrypted: true });
     }
+  });
+
+  it('flat → sparse: true (keys leave the zero units out), though a job without keys still copies the ciphertext', async () => {
+    expect(await convertNeedsKeys(enc.flat!, { subformat: 'monolithicSparse' })).toBe(true);
+    const out = join(dir, 'out-flat-monolithicSparse-nokeys.vmdk');
+    const result = await convertDisk(enc.flat!, out, { subformat: 'monolithicSparse' });
+    expect(result).toMatchObject({ encrypted: true });
+    expect((result.notes ?? []).some((n) => n.includes('every data unit is an allocated grain'))).toBe(true);
   });
 
   it('is false for a plain input, true to decrypt or re-encrypt an encrypted one', async () => {
