@@ -346,8 +346,13 @@ export async function startPyKmip(options: StartPyKmipOptions = {}): Promise<PyK
       try {
         // detached: the server becomes the leader of its own process group (like setsid), so that
         // a signal to -pid reaches its manager and policy-monitor children too.
+        // TMPDIR in the server's folder: Python's multiprocessing makes a pymp-* folder there that a
+        // killed server (graceMs 0) never removes; stop() removes it with the folder.
+        const serverTmp = path.join(dir, 'tmp');
+        mkdirSync(serverTmp, { recursive: true });
         child = spawn(PYTHON, [PYKMIP_SERVER, '-f', node.conf, '-l', node.logFile], {
           cwd: dir,
+          env: { ...process.env, TMPDIR: serverTmp },
           detached: true,
           stdio: ['ignore', out, out],
         });

@@ -63,7 +63,8 @@ describe.skipIf(!tools)('vmseal vm tpm killed with SIGKILL', () => {
     const dir = join(tmp.dir, 'vm');
     mkdirSync(dir);
     writeFileSync(join(dir, 'vmseal-vm.json'), JSON.stringify({ format: 'vmseal-vm', version: 1, tpm: { state: 'tpm' } }));
-    const env = cleanEnv({ VMSEAL_HOME: join(tmp.dir, 'home') });
+    // The vTPM's socket folder goes under XDG_RUNTIME_DIR: in tmp, so the killed run's folder is removed with it.
+    const env = cleanEnv({ VMSEAL_HOME: join(tmp.dir, 'home'), XDG_RUNTIME_DIR: tmp.dir });
     const stateArg = `dir=${join(dir, 'tpm')},`;
     const first = await startTpm(dir, env);
     const swtpm = pidsWith(stateArg).filter((p) => p !== first.pid);
