@@ -386,50 +386,53 @@ std::string PathArg(const Napi::CallbackInfo& info, size_t i, const char* name) 
   return s;
 }
 
-// Positions and lengths of a run: as many as each other, and position + length exact as a JS number.
-void CheckRun(Napi::Env env, const std::vector<int64_t>& positions, const std::vector<int64_t>& lengths) {
-  if (positions.size() != lengths.size()) throw RangeErr(env, "positions and lengths must have as many entries");
-  for (size_t k = 0; k < positions.size(); k++)
-    if (lengths[k] > kMaxSafeInteger - positions[k]) throw RangeErr(env, "position + length is out of range");
+// The arguments every call starts with: a file descriptor, then the positions and lengths of a run
+// of chunks — as many as each other, and position + length exact as a JS number.
+struct RunArgs {
+  int fd;
+  std::vector<int64_t> positions;
+  std::vector<int64_t> lengths;
+};
+
+RunArgs ReadRunArgs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  // A braced initialiser evaluates in order: the errors come as before, fd first.
+  RunArgs run{FdArg(info, 0), Integers(env, ListArg(info, 1, "positions"), "positions", 0, kMaxSafeInteger),
+              Integers(env, ListArg(info, 2, "lengths"), "lengths", 1, kMaxChunkBytes)};
+  if (run.positions.size() != run.lengths.size()) throw RangeErr(env, "positions and lengths must have as many entries");
+  for (size_t k = 0; k < run.positions.size(); k++)
+    if (run.lengths[k] > kMaxSafeInteger - run.positions[k]) throw RangeErr(env, "position + length is out of range");
+  return run;
 }
 
 Napi::Value StoreChunks(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  int fd = FdArg(info, 0);
-  std::vector<int64_t> positions = Integers(env, ListArg(info, 1, "positions"), "positions", 0, kMaxSafeInteger);
-  std::vector<int64_t> lengths = Integers(env, ListArg(info, 2, "lengths"), "lengths", 1, kMaxChunkBytes);
-  CheckRun(env, positions, lengths);
+  RunArgs run = ReadRunArgs(info);
   std::string root = PathArg(info, 3, "chunkRoot");
   std::vector<std::string> tmp = Strings(env, ListArg(info, 4, "tmpSuffixes"), "tmpSuffixes");
-  if (tmp.size() != positions.size()) throw RangeErr(env, "tmpSuffixes must have one entry per chunk");
+  if (tmp.size() != run.positions.size()) throw RangeErr(env, "tmpSuffixes must have one entry per chunk");
   for (const std::string& s : tmp)
     if (s.empty() || s.find('/') != std::string::npos) throw TypeErr(env, "tmpSuffixes must hold non-empty names without '/'");
-  return (new StoreWork(env, fd, std::move(positions), std::move(lengths), std::move(root), std::move(tmp)))->Start();
+  return (new StoreWork(env, run.fd, std::move(run.positions), std::move(run.lengths), std::move(root), std::move(tmp)))->Start();
 }
 
 Napi::Value HashChunks(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  int fd = FdArg(info, 0);
-  std::vector<int64_t> positions = Integers(env, ListArg(info, 1, "positions"), "positions", 0, kMaxSafeInteger);
-  std::vector<int64_t> lengths = Integers(env, ListArg(info, 2, "lengths"), "lengths", 1, kMaxChunkBytes);
-  CheckRun(env, positions, lengths);
-  return (new StoreWork(env, fd, std::move(positions), std::move(lengths), std::string(), {}))->Start();
+  RunArgs run = ReadRunArgs(info);
+  return (new StoreWork(env, run.fd, std::move(run.positions), std::move(run.lengths), std::string(), {}))->Start();
 }
 
 Napi::Value RestoreChunks(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  int fd = FdArg(info, 0);
-  std::vector<int64_t> positions = Integers(env, ListArg(info, 1, "positions"), "positions", 0, kMaxSafeInteger);
-  std::vector<int64_t> lengths = Integers(env, ListArg(info, 2, "lengths"), "lengths", 1, kMaxChunkBytes);
-  CheckRun(env, positions, lengths);
+  RunArgs run = ReadRunArgs(info);
   std::vector<std::string> paths = Strings(env, ListArg(info, 3, "paths"), "paths");
-  if (paths.size() != positions.size()) throw RangeErr(env, "paths must have one entry per chunk");
+  if (paths.size() != run.positions.size()) throw RangeErr(env, "paths must have one entry per chunk");
   if (info.Length() <= 4 || !info[4].IsBuffer()) throw TypeErr(env, "hashes must be a Buffer");
   Napi::Buffer<uint8_t> h = info[4].As<Napi::Buffer<uint8_t>>();
-  if (h.Length() != positions.size() * kHashBytes) throw RangeErr(env, "hashes must hold 32 bytes per chunk");
+  if (h.Length() != run.positions.size() * kHashBytes) throw RangeErr(env, "hashes must hold 32 bytes per chunk");
   std::vector<uint8_t> hashes(h.Data(), h.Data() + h.Length());
   int64_t block = IntegerArg(info, 5, "block", 512, kMaxChunkBytes);
-  return (new RestoreWork(env, fd, std::move(positions), std::move(lengths), std::move(paths), std::move(hashes), block))->Start();
+  return (new RestoreWork(env, run.fd, std::move(run.positions), std::move(run.lengths), std::move(paths), std::move(hashes), block))->Start();
 }
 
 }  // namespace
