@@ -334,8 +334,8 @@ export class VmdkDisk implements VirtualDisk {
   }
 
   /**
-   * Watch this disk's changes (see ChangeWatcher); one watcher per disk, kept until it is closed.
-   * False when it has one already.
+   * @internal Watch this disk's changes (see ChangeWatcher): the backup layer's trackChanges. One
+   * watcher per disk, kept until it is closed; false when it has one already.
    */
   watchChanges(watcher: ChangeWatcher): boolean {
     this.#checkOpen();
