@@ -14,7 +14,9 @@ import {
   initRepository,
   openDisk,
   openPlainDisk,
+  resealDataCheck,
   restoreBackupOver,
+  revertEncryptedSnapshot,
   shallowRekey,
 } from '../../src/index.js';
 import { readPoint } from '../../src/backup/points.js';
@@ -145,5 +147,23 @@ describe('library writers invalidate a clean change bitmap', () => {
     await child.close();
     await commitSnapshot(top, { keys });
     await expectFullRead(disk, repo, 'commit');
+  });
+
+  it('a snapshot revert of a top with a valid bitmap', async () => {
+    const disk = await encryptedDisk(tmp.dir, 'revert', 'monolithicSparse', 8 * MiB, [{ at: 0, data: Buffer.alloc(2 * MiB, 0xb1) }]);
+    const top = await createEncryptedSnapshot(disk, { keys });
+    const child = await openDisk(top, { keys });
+    await child.write(5 * MiB, Buffer.alloc(4096, 0xb2));
+    await child.close();
+    const repo = await baseline(top, 'revert');
+    await revertEncryptedSnapshot(top, { keys });
+    await expectFullRead(top, repo, 'revert');
+  });
+
+  it('a data check resealed (resealDataCheck)', async () => {
+    const disk = await encryptedDisk(tmp.dir, 'reseal', 'monolithicFlat', 4 * MiB, [{ at: 0, data: Buffer.alloc(MiB, 0xc1) }]);
+    const repo = await baseline(disk, 'reseal');
+    await resealDataCheck(disk, { keys });
+    await expectFullRead(disk, repo, 'reseal');
   });
 });
