@@ -1,8 +1,9 @@
 /**
  * A fault-injecting file layer for crash tests (test-only). SIGKILL leaves the page cache intact, so a
  * job with no fsync at all passes every kill test; this layer simulates a power loss instead. Installed
- * in a child process, it patches node:fs/promises (FileHandle methods, rename, unlink, link, writeFile,
- * rm) and keeps a model of what is durable:
+ * in a child process, it patches every durability-relevant call (test/helpers/file-calls.ts:
+ * FileHandle methods, rename, unlink, link, writeFile, rm, and their synchronous node:fs forms, which
+ * vmseal uses on a memory-backed folder) and keeps a model of what is durable:
  *
  *   - the durable content of each file (by inode): its content when first seen, replaced by the
  *     current content at each completed fsync/fdatasync of a descriptor of that file;
@@ -18,21 +19,9 @@
  * of each file reaches the disk: the device reordered it ahead of earlier ones). 'last' catches a
  * missing fsync between two writes of the same file, which a later fsync of that file would hide.
  */
-import {
-  promises as fsp,
-  readlinkSync,
-  readdirSync,
-  readFileSync,
-  statSync,
-  fstatSync,
-  writeFileSync,
-  unlinkSync,
-  mkdirSync,
-  chmodSync,
-  existsSync,
-} from 'node:fs';
-import { syncBuiltinESMExports } from 'node:module';
+import fs, { readdirSync, readFileSync, realpathSync, statSync, fstatSync, mkdirSync, chmodSync, existsSync } from 'node:fs';
 import { dirname, join, resolve, sep } from 'node:path';
+import { interceptFileCalls, pathOfFd, type FileCall } from './file-calls.js';
 
 interface Durable {
   content: Buffer;
@@ -53,12 +42,10 @@ export interface CrashFs {
 export type KeepPolicy = 'none' | 'last';
 type PendingWrite = (content: Buffer) => Buffer;
 
-function installCrashFs(
-  rootDir: string,
-  crashAt: number,
-  keep: KeepPolicy,
-): CrashFs & { patchHandle: (proto: Record<string, (...a: unknown[]) => unknown>) => void } {
+async function installCrashFs(rootDir: string, crashAt: number, keep: KeepPolicy): Promise<CrashFs> {
   const root = resolve(rootDir);
+  // Descriptors name their files by real path (/proc/self/fd): a root reached through a symlink is seen under both names.
+  const realRoot = existsSync(root) ? realpathSync(root) : root;
   const data = new Map<number, Durable>();
   const dirs = new Map<string, Map<string, number>>();
   /** Writes since the last fsync of each inode, as functions that apply them to a content. */
@@ -68,7 +55,7 @@ function installCrashFs(
 
   const under = (p: string): boolean => {
     const r = resolve(p);
-    return r === root || r.startsWith(root + sep);
+    return [root, realRoot].some((top) => r === top || r.startsWith(top + sep));
   };
 
   /** Regular files of a folder, name → inode (content snapshotted for inodes not yet known). */
@@ -95,18 +82,21 @@ function installCrashFs(
     dirs.set(d, listing(d));
   }
 
+  /** The calls that write files; set once the calls are intercepted (the layer's own writes are not counted). */
+  let raw: Pick<typeof fs, 'writeFileSync' | 'unlinkSync'> = fs;
+
   function crash(): never {
     for (const [dir, entries] of dirs) {
       mkdirSync(dir, { recursive: true });
       for (const name of readdirSync(dir)) {
         const st = statSync(join(dir, name), { throwIfNoEntry: false });
-        if (st?.isFile() && !entries.has(name)) unlinkSync(join(dir, name));
+        if (st?.isFile() && !entries.has(name)) raw.unlinkSync(join(dir, name));
       }
       for (const [name, ino] of entries) {
         const d = data.get(ino) ?? { content: Buffer.alloc(0), mode: 0o600 };
         const late = pending.get(ino) ?? [];
         const content = keep === 'last' && late.length > 0 ? late[late.length - 1](d.content) : d.content;
-        writeFileSync(join(dir, name), content);
+        raw.writeFileSync(join(dir, name), content);
         chmodSync(join(dir, name), d.mode);
       }
     }
@@ -122,113 +112,98 @@ function installCrashFs(
   }
 
   const fdPath = (fd: number): string => `/proc/self/fd/${fd}`;
+  /** FileHandles of files and folders under the root (opened through fs/promises). */
   const tracked = new WeakSet<object>();
 
-  const origOpen = fsp.open;
-  fsp.open = (async (path: Parameters<typeof fsp.open>[0], flags?: string | number, mode?: number) => {
-    const p = String(path);
-    // Every open (reads too) first snapshots the folder, so a file that existed before is known
-    // with its content; only a file this open creates starts with nothing durable.
-    if (under(p)) touchDir(dirname(resolve(p)));
-    const existed = under(p) && existsSync(p);
-    const fh = await origOpen(path, flags as string, mode);
-    if (under(p)) {
-      const st = fstatSync(fh.fd);
-      if (st.isFile()) {
-        tracked.add(fh);
-        if (!data.has(st.ino)) data.set(st.ino, { content: existed ? readFileSync(fdPath(fh.fd)) : Buffer.alloc(0), mode: st.mode & 0o7777 });
-      }
-      if (st.isDirectory()) tracked.add(fh);
-    }
-    return fh;
-  }) as typeof fsp.open;
-
-  const patchHandle = (proto: Record<string, (...a: unknown[]) => unknown>): void => {
-    for (const name of ['write', 'writev', 'writeFile', 'truncate'] as const) {
-      const orig = proto[name];
-      proto[name] = function (this: { fd: number }, ...args: unknown[]) {
-        const rel = tracked.has(this);
-        tick(rel, name === 'truncate' ? 't' : 'w');
-        if (rel) {
-          const op = describeWrite(name, args);
-          if (op) {
-            const ino = fstatSync(this.fd).ino;
-            const list = pending.get(ino) ?? [];
-            list.push(op);
-            pending.set(ino, list);
-          }
-        }
-        return orig.apply(this, args);
-      };
-    }
-    for (const name of ['sync', 'datasync'] as const) {
-      const orig = proto[name];
-      proto[name] = async function (this: { fd: number }, ...args: unknown[]) {
-        const rel = tracked.has(this);
-        tick(rel, rel && fstatSync(this.fd).isDirectory() ? 'd' : 's');
-        const r = await orig.apply(this, args);
-        if (rel) {
-          const st = fstatSync(this.fd);
-          if (st.isFile()) {
-            data.set(st.ino, { content: readFileSync(fdPath(this.fd)), mode: st.mode & 0o7777 });
-            pending.delete(st.ino);
-          } else if (st.isDirectory()) {
-            const dir = resolve(readlinkFd(this.fd));
-            dirs.set(dir, listing(dir));
-          }
-        }
-        return r;
-      };
-    }
+  /** A file opened under the root: known from now on, with its content if it existed before this open. */
+  const opened = (fd: number, existed: boolean): boolean => {
+    const st = fstatSync(fd);
+    if (st.isFile() && !data.has(st.ino)) data.set(st.ino, { content: existed ? readFileSync(fdPath(fd)) : Buffer.alloc(0), mode: st.mode & 0o7777 });
+    return st.isFile() || st.isDirectory();
   };
 
-  const origRename = fsp.rename;
-  fsp.rename = (async (from: string, to: string) => {
-    const rel = under(String(from)) || under(String(to));
-    if (rel) {
-      touchDir(dirname(resolve(String(from))));
-      touchDir(dirname(resolve(String(to))));
-    }
-    tick(rel, 'r');
-    return origRename(from, to);
-  }) as typeof fsp.rename;
-  const origUnlink = fsp.unlink;
-  fsp.unlink = (async (p: string) => {
-    const rel = under(String(p));
-    if (rel) touchDir(dirname(resolve(String(p))));
-    tick(rel, 'u');
-    return origUnlink(p);
-  }) as typeof fsp.unlink;
-  const origLink = fsp.link;
-  fsp.link = (async (a: string, b: string) => {
-    const rel = under(String(b));
-    if (rel) touchDir(dirname(resolve(String(b))));
-    tick(rel, 'l');
-    return origLink(a, b);
-  }) as typeof fsp.link;
-  const origWriteFile = fsp.writeFile;
-  fsp.writeFile = (async (p: Parameters<typeof fsp.writeFile>[0], d: Parameters<typeof fsp.writeFile>[1], o?: Parameters<typeof fsp.writeFile>[2]) => {
-    const rel = typeof p === 'string' && under(p);
-    if (rel) touchDir(dirname(resolve(p)));
-    tick(rel, 'f');
-    const r = await origWriteFile(p, d, o);
-    if (rel) {
+  /** Whether a handle call is on a file or folder under the root (a bare descriptor: by the path it names now). */
+  const modelled = (call: Extract<FileCall, { on: 'handle' }>): boolean =>
+    call.handle !== undefined ? tracked.has(call.handle) : under(pathOfFd(call.fd).replace(/ \(deleted\)$/, ''));
+
+  raw = await interceptFileCalls({
+    // Every open (reads too) first snapshots the folder, so a file that existed before is known
+    // with its content; only a file this open creates starts with nothing durable.
+    open(path) {
+      if (!under(path)) return undefined;
+      touchDir(dirname(resolve(path)));
+      const existed = existsSync(path);
+      return (fd, handle) => {
+        if (opened(fd, existed) && handle) tracked.add(handle);
+      };
+    },
+    before(call) {
+      if (call.on === 'handle') {
+        const rel = modelled(call);
+        if (call.name === 'sync' || call.name === 'datasync') {
+          tick(rel, rel && fstatSync(call.fd).isDirectory() ? 'd' : 's');
+          return;
+        }
+        tick(rel, call.name === 'truncate' ? 't' : 'w');
+        const op = rel ? describeWrite(call.name, call.args) : null;
+        if (op) {
+          const ino = fstatSync(call.fd).ino;
+          const list = pending.get(ino) ?? [];
+          list.push(op);
+          pending.set(ino, list);
+        }
+        return;
+      }
+      const [first, second] = call.paths;
+      if (call.name === 'rename') {
+        const rel = under(first) || under(second);
+        if (rel) {
+          touchDir(dirname(resolve(first)));
+          touchDir(dirname(resolve(second)));
+        }
+        tick(rel, 'r');
+      } else if (call.name === 'link') {
+        const rel = under(second);
+        if (rel) touchDir(dirname(resolve(second)));
+        tick(rel, 'l');
+      } else if (call.name === 'unlink') {
+        const rel = under(first);
+        if (rel) touchDir(dirname(resolve(first)));
+        tick(rel, 'u');
+      } else if (call.name === 'writeFile') {
+        const rel = typeof call.args[0] === 'string' && under(first);
+        if (rel) touchDir(dirname(resolve(first)));
+        tick(rel, 'f');
+      } else {
+        const rel = under(first);
+        if (rel && existsSync(first) && statSync(first).isDirectory()) touchDir(first);
+        if (rel) touchDir(dirname(resolve(first)));
+        tick(rel, 'm');
+      }
+    },
+    after(call) {
+      if (call.on === 'handle') {
+        if ((call.name !== 'sync' && call.name !== 'datasync') || !modelled(call)) return;
+        const st = fstatSync(call.fd);
+        if (st.isFile()) {
+          data.set(st.ino, { content: readFileSync(fdPath(call.fd)), mode: st.mode & 0o7777 });
+          pending.delete(st.ino);
+        } else if (st.isDirectory()) {
+          const dir = resolve(pathOfFd(call.fd));
+          dirs.set(dir, listing(dir));
+        }
+        return;
+      }
+      if (call.name !== 'writeFile' || typeof call.args[0] !== 'string' || !under(call.args[0])) return;
+      const p = call.args[0];
       const st = statSync(p);
+      const o = call.args[2];
       const flushed = typeof o === 'object' && o !== null && (o as { flush?: boolean }).flush === true;
       // Without flush the content is not durable; a file created here has nothing durable yet.
       if (flushed) data.set(st.ino, { content: readFileSync(p), mode: st.mode & 0o7777 });
       else if (!data.has(st.ino)) data.set(st.ino, { content: Buffer.alloc(0), mode: st.mode & 0o7777 });
-    }
-    return r;
-  }) as typeof fsp.writeFile;
-  const origRm = fsp.rm;
-  fsp.rm = (async (p: string, o?: Parameters<typeof fsp.rm>[1]) => {
-    const rel = under(String(p));
-    if (rel && existsSync(p) && statSync(p).isDirectory()) touchDir(p);
-    if (rel) touchDir(dirname(resolve(String(p))));
-    tick(rel, 'm');
-    return origRm(p, o);
-  }) as typeof fsp.rm;
+    },
+  });
 
   return {
     get events() {
@@ -237,7 +212,6 @@ function installCrashFs(
     get kinds() {
       return kinds;
     },
-    patchHandle,
   };
 }
 
@@ -278,17 +252,10 @@ function describeWrite(name: string, args: unknown[]): PendingWrite | null {
   return null;
 }
 
-/** The path a descriptor was opened with (as the kernel knows it now). */
-function readlinkFd(fd: number): string {
-  return readlinkSync(`/proc/self/fd/${fd}`);
-}
-
-/** Install the layer: patches fs/promises and the FileHandle prototype; call before the job's modules run their I/O. */
+/**
+ * Install the layer: patches fs/promises, the FileHandle prototype and the synchronous node:fs calls
+ * (file-calls.ts); call before the job's modules run their I/O.
+ */
 export async function installCrashLayer(rootDir: string, crashAt: number, keep: KeepPolicy = 'none'): Promise<CrashFs> {
-  const layer = installCrashFs(rootDir, crashAt, keep);
-  const probe = await fsp.open(process.execPath, 'r');
-  layer.patchHandle(Object.getPrototypeOf(probe));
-  await probe.close();
-  syncBuiltinESMExports();
-  return layer;
+  return installCrashFs(rootDir, crashAt, keep);
 }
