@@ -93,6 +93,11 @@ function handleArgs(args: unknown[]): unknown[] {
   return args.slice(1);
 }
 
+/** A path call's paths: [from, to] for rename and link, [path] otherwise. */
+function pathsOf(name: PathCallName, args: unknown[]): string[] {
+  return name === 'rename' || name === 'link' ? [String(args[0]), String(args[1])] : [String(args[0])];
+}
+
 /**
  * Patch every durability-relevant call of this process — FileHandle methods, fs/promises functions
  * and the synchronous node:fs calls — to run `hooks` around it. Call before the code under test is
@@ -139,8 +144,7 @@ export async function interceptFileCalls(hooks: FileCallHooks): Promise<Pick<typ
   }
   for (const name of ['rename', 'link', 'unlink', 'writeFile', 'rm'] as const) {
     const orig = fsp[name] as (...a: unknown[]) => Promise<unknown>;
-    const paths = (args: unknown[]) => (name === 'rename' || name === 'link' ? [String(args[0]), String(args[1])] : [String(args[0])]);
-    (fsp as Record<string, unknown>)[name] = (...args: unknown[]) => around({ on: 'path', name, paths: paths(args), args }, () => orig(...args));
+    (fsp as Record<string, unknown>)[name] = (...args: unknown[]) => around({ on: 'path', name, paths: pathsOf(name, args), args }, () => orig(...args));
   }
 
   if (hooks.open) {
@@ -180,8 +184,7 @@ export async function interceptFileCalls(hooks: FileCallHooks): Promise<Pick<typ
     ['rmSync', 'rm'],
   ] as const) {
     const orig = sync[syncName]!;
-    const paths = (args: unknown[]) => (name === 'rename' || name === 'link' ? [String(args[0]), String(args[1])] : [String(args[0])]);
-    sync[syncName] = (...args: unknown[]) => around({ on: 'path', name, paths: paths(args), args }, () => orig(...args));
+    sync[syncName] = (...args: unknown[]) => around({ on: 'path', name, paths: pathsOf(name, args), args }, () => orig(...args));
   }
   // writeFileSync takes a path or a descriptor: the path form is fs/promises writeFile's, the descriptor form a handle's.
   const origWriteFileSync = fs.writeFileSync;
