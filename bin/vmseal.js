@@ -20,8 +20,11 @@ if (!existsSync(entry)) {
 // loader reads dist/cli/main.js.map when source maps are on; a script compiled from the code cache
 // (vm.Script) gets none, so a debug run goes without the cache.
 if (process.env.VMSEAL_DEBUG) process.setSourceMapsEnabled(true);
-if (!process.sourceMapsEnabled && process.env.VMSEAL_NO_CODE_CACHE !== '1' && existsSync(loader)) {
-  require(loader).runWithCodeCache(entry);
+// Whether to use the cache (not with source maps, nor VMSEAL_NO_CODE_CACHE=1) is the loader's rule
+// (codeCacheWanted), the same for the batch's worker threads.
+const codeCache = existsSync(loader) ? require(loader) : undefined;
+if (codeCache !== undefined && codeCache.codeCacheWanted()) {
+  codeCache.runWithCodeCache(entry);
 } else {
   try {
     require(entry);
