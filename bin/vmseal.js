@@ -23,6 +23,9 @@ if (process.env.VMSEAL_DEBUG) process.setSourceMapsEnabled(true);
 // Whether to use the cache (not with source maps, nor VMSEAL_NO_CODE_CACHE=1) is the loader's rule
 // (codeCacheWanted), the same for the batch's worker threads.
 const codeCache = existsSync(loader) ? require(loader) : undefined;
+// V8's tiering for a short CLI process (src/cli/v8-tiering.ts), set before the CLI is compiled:
+// the code caches are made and taken under the same flags.
+if (codeCache !== undefined) codeCache.useCliTiering();
 if (codeCache !== undefined && codeCache.codeCacheWanted()) {
   codeCache.runWithCodeCache(entry);
 } else {

@@ -25,6 +25,9 @@ import { createRequire, Module } from 'node:module';
 import { dirname, join } from 'node:path';
 import { Script } from 'node:vm';
 
+// The V8 flags the CLI's caches are made and used with: bin/vmseal.js sets them before compiling.
+export { useCliTiering } from './v8-tiering.js';
+
 const MAGIC = 'vmseal-code-cache 1';
 
 /** What the header says of the script: its size, modification time and inode. */
