@@ -145,8 +145,11 @@ export class HostFile {
     }
   }
 
-  /** Create a new file (fails if it exists unless `overwrite`). */
-  static async create(path: string, overwrite: boolean): Promise<HostFile> {
+  /**
+   * Create a new file (fails if it exists unless `overwrite`). `memoryBacked`: whether its folder is
+   * on tmpfs or ramfs, when the caller knows (else a statfs of the new file tells).
+   */
+  static async create(path: string, overwrite: boolean, memoryBacked?: boolean): Promise<HostFile> {
     let fh: FileHandle;
     try {
       fh = await open(path, overwrite ? 'w+' : 'wx+');
@@ -156,7 +159,7 @@ export class HostFile {
       }
       throw ioError(err, 'create', path);
     }
-    return new HostFile(path, fh, 0, true, undefined, undefined, await isMemoryBacked(path));
+    return new HostFile(path, fh, 0, true, undefined, undefined, memoryBacked ?? (await isMemoryBacked(path)));
   }
 
   /** True when the OS handle is open and no call is using it (the pool may close it). */
