@@ -21,12 +21,13 @@ if (!existsSync(entry)) {
 // (vm.Script) gets none, so a debug run goes without the cache.
 if (process.env.VMSEAL_DEBUG) process.setSourceMapsEnabled(true);
 // Whether to use the cache (not with source maps, nor VMSEAL_NO_CODE_CACHE=1) is the loader's rule
-// (codeCacheWanted), the same for the batch's worker threads.
+// (codeCacheWanted), the same for the batch's worker threads. (A loader without these functions is
+// an older build's, named by VMSEAL_CLI_ENTRY: it runs without the cache.)
 const codeCache = existsSync(loader) ? require(loader) : undefined;
 // V8's tiering for a short CLI process (src/cli/v8-tiering.ts), set before the CLI is compiled:
 // the code caches are made and taken under the same flags.
-if (codeCache !== undefined) codeCache.useCliTiering();
-if (codeCache !== undefined && codeCache.codeCacheWanted()) {
+if (typeof codeCache?.useCliTiering === 'function') codeCache.useCliTiering();
+if (typeof codeCache?.codeCacheWanted === 'function' && codeCache.codeCacheWanted()) {
   codeCache.runWithCodeCache(entry);
 } else {
   try {
