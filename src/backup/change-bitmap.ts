@@ -1,9 +1,9 @@
 /**
- * The changed-chunk bitmap of a served disk, `<disk>.vmseal-ctk`: which 1 MiB chunks (CHUNK_SIZE,
- * the backup's chunks) of the virtual disk changed since a backup point (its BASE), so that the next
- * `backup create` reads only those. `vmseal serve` keeps it (ChangeTracker, one per writable
- * export); `backup create` reads it (readChangeBitmap) and, once its point is committed, starts a
- * new one on that point (writeBaseline).
+ * The changed-chunk bitmap of a disk, `<disk>.vmseal-ctk`: which 1 MiB chunks (CHUNK_SIZE, the
+ * backup's chunks) of the virtual disk changed since a backup point (its BASE), so that the next
+ * `backup create` reads only those. A writer keeps it (ChangeTracker, attached by trackChanges:
+ * every writable export of `vmseal serve`, and library writers that ask); `backup create` reads it
+ * (readChangeBitmap) and, once its point is committed, starts a new one on that point (writeBaseline).
  *
  * File format (version 1, little-endian, docs/backup.md gives the same table):
  *
@@ -46,6 +46,7 @@ import { writeFileAtomic } from '../util/atomic-file.js';
 import { runWorkers } from '../util/run-workers.js';
 import { readFully } from '../util/file-io.js';
 import type { Descriptor } from '../vmdk/index.js';
+import type { ChangeWatcher } from '../vmdk/disk.js';
 import { CHANGE_BITMAP_SUFFIX } from '../pipeline/paths.js';
 import { CHUNK_SIZE } from './repository.js';
 
@@ -264,11 +265,14 @@ export function writeBaseline(disk: TrackedDisk, base: ChangeBase, known?: DiskG
 }
 
 /**
- * What a writer of the disk (a writable export of `vmseal serve`) keeps: bits set in memory; the
- * file made dirty once, before the first write after opening; made clean with the bits at close().
- * A disk that is not tracked (generationOf null) gets a tracker that does nothing.
+ * What a writer of the disk keeps (trackChanges attaches one to the disk: src/backup/track-changes.ts,
+ * for a library writer and each writable export of `vmseal serve` alike): bits set in memory; the
+ * file made dirty once, before the first change after opening; made clean with the bits once the
+ * disk is closed, still under its writer's lock. The disk layer calls it (ChangeWatcher of
+ * src/vmdk/disk.ts) before every change of content or descriptor, whichever object the write came
+ * through (an EncryptedDisk, a ChainDisk, the layer itself), so no write escapes the bits.
  */
-export class ChangeTracker {
+export class ChangeTracker implements ChangeWatcher {
   readonly #disk: TrackedDisk;
   #tracked: boolean;
   #bits: Buffer | undefined;
@@ -282,15 +286,17 @@ export class ChangeTracker {
   }
 
   /**
-   * Mark [offset, offset+length) changed; resolves once the file says dirty (durably), so call it
-   * before the write it announces. Only the first call after opening writes the file.
+   * Mark [offset, offset+length) changed (length 0: a descriptor change, nothing to mark); resolves
+   * once the file says dirty (durably), so call it before the change it announces. Only the first
+   * call after opening writes the file.
    */
-  async mark(offset: number, length: number): Promise<void> {
-    if (!this.#tracked || length <= 0) return;
+  async beforeChange(offset: number, length: number): Promise<void> {
+    if (!this.#tracked) return;
     if (!this.#dirty) {
-      // A file that cannot be written (a folder the server may not create files in) does not fail
-      // the client's write: the disk goes untracked. A clean bitmap left from before stays harmless,
-      // since the write draws a new CID (src/vmdk/disk.ts) first, so its generation no longer matches.
+      // A file that cannot be written (a folder the writer may not create files in) does not fail
+      // the write: the disk goes untracked. A clean bitmap left from before stays harmless, since
+      // the write draws a new CID (src/vmdk/disk.ts) and changes the files' times, so its
+      // generation no longer matches.
       this.#started ??= this.#start().catch(() => {
         this.#tracked = false;
       });
@@ -316,12 +322,18 @@ export class ChangeTracker {
   }
 
   /**
-   * Orderly close, after the disk was flushed and closed: the bits are written clean with the
-   * disk's generation `after` its writes (its new CID, its files' times). Nothing when the disk was not written.
+   * The disk was flushed and closed in order: the bits are written clean with the disk's generation
+   * after its writes (its new CID, its files' final times). Nothing when the disk was not changed.
+   * A failure leaves the file dirty, which only means that the next backup reads everything.
    */
-  async close(after: DiskGeneration | null): Promise<void> {
-    if (!this.#dirty || !after) return;
+  async afterClose(): Promise<void> {
+    if (!this.#dirty) return;
     this.#dirty = false;
-    await writeFileAtomic(changeBitmapPath(this.#disk.path), encode(CLEAN, this.#disk.capacity, after, this.#base, this.#bits!));
+    try {
+      const after = await generationOf(this.#disk);
+      if (after) await writeFileAtomic(changeBitmapPath(this.#disk.path), encode(CLEAN, this.#disk.capacity, after, this.#base, this.#bits!));
+    } catch {
+      // Left dirty: see above.
+    }
   }
 }

@@ -15,8 +15,8 @@
 import type { EncryptedDisk } from '../disk/index.js';
 import type { VirtualDisk } from '../vmdk/index.js';
 import type { DiskLock } from '../pipeline/lock.js';
-import { ChangeTracker, generationOf } from '../backup/change-bitmap.js';
-import type { StateFileDisk } from './vars-export.js';
+import { trackChanges } from '../backup/index.js';
+import { StateFileDisk } from './vars-export.js';
 import type { BlockSizes, Extent } from './codec.js';
 import { ServeError } from './errors.js';
 import { OpGate } from './op-gate.js';
@@ -108,8 +108,6 @@ export class Export {
   /** The replacement in progress (they run one at a time; close() waits for it). */
   #replacing: Promise<unknown> = Promise.resolve();
   #closed = false;
-  /** Which chunks the writes change (`<disk>.vmseal-ctk`, for incremental backups); none when read-only. */
-  #tracker: ChangeTracker | undefined;
   /** Why the export has no usable disk (a replacement closed the old one and could open none): requests fail. */
   #broken: Error | undefined;
 
@@ -120,7 +118,16 @@ export class Export {
     this.shared = options.shared;
     this.#lock = options.lock;
     this.#description = options.description;
-    this.#tracker = this.readOnly ? undefined : new ChangeTracker(disk);
+    this.#trackChanges(disk);
+  }
+
+  /**
+   * Keep the disk's change bitmap (`<disk>.vmseal-ctk`, for incremental backups) while it is served
+   * writable: the backup layer's trackChanges marks every write before it reaches the disk and writes
+   * the bits clean when the disk is closed in order. A state file has none.
+   */
+  #trackChanges(disk: ServedDisk): void {
+    if (!this.readOnly && !(disk instanceof StateFileDisk)) trackChanges(disk);
   }
 
   /** NBD_INFO_DESCRIPTION: the one given, else what the disk served now is. */
@@ -241,7 +248,6 @@ export class Export {
    */
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
     await this.#run('write', async () => {
-      await this.#tracker?.mark(offset, data.length);
       await this.#locked(offset, data.length, () => this.#writeOwned(offset, data));
       if (fua) await this.disk.flush();
     });
@@ -262,7 +268,6 @@ export class Export {
   }
 
   async #zero(offset: number, length: number, opts: { fua: boolean; fast: boolean; noHole?: boolean }): Promise<'done' | 'slow'> {
-    await this.#tracker?.mark(offset, length);
     // Under the range lock: a write that came before this one may allocate a grain in the range.
     const result = await this.#locked(offset, length, async () => {
       if (this.sparse && !opts.noHole && length > 0) await this.disk.deallocate(offset, length);
@@ -292,7 +297,6 @@ export class Export {
    */
   trim(offset: number, length: number, fua: boolean): Promise<void> {
     return this.#run('write', async () => {
-      if (this.sparse) await this.#tracker?.mark(offset, length);
       if (this.sparse && length > 0) await this.#locked(offset, length, () => this.disk.deallocate(offset, length));
       if (fua) await this.disk.flush();
     });
@@ -382,14 +386,10 @@ export class Export {
       // Not reached when change() threw.
       this.#disk = next.disk;
       this.#lock = next.lock;
-      const oldTracker = this.#tracker;
-      this.#tracker = this.readOnly ? undefined : new ChangeTracker(next.disk);
-      const closed = await closeOld();
-      // After the close: the files' times are final (the generation covers them).
-      const after = closed ? await generationOf(old).catch(() => null) : null;
-      // The old disk's bits are kept clean (a backup of the frozen layer reads only its changes); a
-      // failure leaves the file dirty, which only means that backup reads everything.
-      if (closed) await oldTracker?.close(after).catch(() => undefined);
+      this.#trackChanges(next.disk);
+      // Closing the old disk writes its bits clean (a backup of the frozen layer reads only its
+      // changes); a failure leaves the file dirty, which only means that backup reads everything.
+      await closeOld();
       return next.result;
     });
     this.#replacing = run.catch(() => undefined);
@@ -400,7 +400,7 @@ export class Export {
   #switchAfterFailure(fallback: ServedDisk | undefined, err: unknown): void {
     if (fallback) {
       this.#disk = fallback;
-      this.#tracker = this.readOnly ? undefined : new ChangeTracker(fallback);
+      this.#trackChanges(fallback);
       return;
     }
     const why = err instanceof Error ? err.message : String(err);
@@ -420,12 +420,9 @@ export class Export {
     let closed = false;
     try {
       if (!this.readOnly) await this.disk.flush();
+      // An orderly close writes the change bitmap clean; a failure leaves it dirty: the next backup reads everything.
       await this.disk.close();
       closed = true;
-      // After the close: the files' times are final (the generation covers them).
-      const after = await generationOf(this.disk).catch(() => null);
-      // Only after an orderly flush and close; a failure leaves the file dirty: the next backup reads everything.
-      await this.#tracker?.close(after).catch(() => undefined);
     } finally {
       try {
         if (!closed) await this.disk.close();

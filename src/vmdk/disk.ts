@@ -59,6 +59,19 @@ export interface VirtualDisk {
   [Symbol.asyncDispose](): Promise<void>;
 }
 
+/**
+ * What watches a disk's changes (the backup layer's change tracking, src/backup/change-bitmap.ts):
+ * told before every change of the disk's content or descriptor, so that it can record the change
+ * durably before it happens, and once the disk is closed, before the lock its opener took is released
+ * (nobody else can have written the files in between).
+ */
+export interface ChangeWatcher {
+  /** Before [position, position+length) changes (length 0: the descriptor only). The change waits for it; a rejection fails it. */
+  beforeChange(position: number, length: number): Promise<void>;
+  /** After an orderly close (every file closed without error), before the opener's lock is released. Must not reject. */
+  afterClose(): Promise<void>;
+}
+
 export interface VmdkDiskInit {
   path: string;
   format: 'vmdk' | 'raw';
@@ -108,6 +121,7 @@ export class VmdkDisk implements VirtualDisk {
   #closed = false;
   #cidUpdated = false;
   #cidUpdate: Promise<void> | undefined;
+  #watcher: ChangeWatcher | undefined;
   /** Released when the disk closes: the lock openDisk took for a writer (src/vmdk/open.ts). */
   readonly #onClose: Array<() => void> = [];
 
@@ -211,7 +225,7 @@ export class VmdkDisk implements VirtualDisk {
     this.#checkRange(position, data.length, 'write');
     if (data.length === 0) return;
     // Tracked from here on, the CID update included: close() waits for it all.
-    await this.#track(this.#newCidOnce().then(() => this.#writeExtents(position, data)));
+    await this.#track(this.#beforeChange(position, data.length).then(() => this.#writeExtents(position, data)));
   }
 
   async #writeExtents(position: number, data: Uint8Array): Promise<void> {
@@ -291,7 +305,8 @@ export class VmdkDisk implements VirtualDisk {
     this.#checkRange(position, length, 'deallocate');
     const out: AllocatedRange[] = [];
     if (length === 0) return out;
-    await this.#track(this.#newCidOnce());
+    // Only a range with sparse extents can change; a flat one is left as it is (the watcher need not mark it).
+    await this.#track(this.#canDeallocate(position, position + length) ? this.#beforeChange(position, length) : this.#newCidOnce());
     // A hole in a snapshot child reads the parent's data, not zeros: in a child only zeroed-grain
     // entries deallocate (src/vmdk/chain.ts).
     const parent = this.#descriptor?.get('parentCID');
@@ -310,6 +325,29 @@ export class VmdkDisk implements VirtualDisk {
       }
     }
     return out;
+  }
+
+  /** Whether [start, end) touches an extent whose grains can be deallocated. */
+  #canDeallocate(start: number, end: number): boolean {
+    for (let i = this.#extentAt(start); i < this.#extents.length && this.#starts[i] < end; i++) if (this.#extents[i].zeroGrains) return true;
+    return false;
+  }
+
+  /**
+   * @internal Watch this disk's changes (see ChangeWatcher): the backup layer's trackChanges. One
+   * watcher per disk, kept until it is closed; false when it has one already.
+   */
+  watchChanges(watcher: ChangeWatcher): boolean {
+    this.#checkOpen();
+    if (this.#watcher) return false;
+    this.#watcher = watcher;
+    return true;
+  }
+
+  /** Before a change of content: the watcher first (it must see the disk as it was: its CID too), then the new CID. */
+  #beforeChange(position: number, length: number): Promise<void> {
+    const w = this.#watcher;
+    return w ? w.beforeChange(position, length).then(() => this.#newCidOnce()) : this.#newCidOnce();
   }
 
   /**
@@ -383,6 +421,7 @@ export class VmdkDisk implements VirtualDisk {
       });
     }
     if (this.readOnly) throw new VmdkFormatError('ERR_VMDK_READ_ONLY', 'cannot update the descriptor: the disk was opened read-only', { file: this.path });
+    await this.#watcher?.beforeChange(0, 0);
     await this.#descriptorMutex.run(async () => {
       const before = this.#descriptor!;
       const copy = before.clone();
@@ -450,6 +489,8 @@ export class VmdkDisk implements VirtualDisk {
         }
       }
       for (const f of this.#hostFiles) await f.close();
+      // Still under the opener's lock: the files' state the watcher records is this writer's last.
+      if (first === undefined) await this.#watcher?.afterClose();
     } finally {
       for (const release of this.#onClose.splice(0)) release();
     }

@@ -104,6 +104,37 @@ describe('change bitmap of vmseal serve', () => {
     expect(await chunksOf(other, none.point)).toEqual(await chunksOf(other, full.point));
   });
 
+  it('marks the chunks of WRITE_ZEROES and TRIM too', async () => {
+    const disk = await encryptedDisk(tmp.dir, 'zeroes', { subformat: 'monolithicSparse', capacity: 32 * MiB, content: Buffer.alloc(12 * MiB, 0x6b) });
+    const repo = join(tmp.dir, 'repo-zeroes');
+    await initRepository(repo);
+    const first = await createBackup(disk, repo);
+    const s = await serveChild(disk, 'zeroes');
+    // Zeros over chunk 5 (may unmap: its whole grains deallocated) and part of chunk 7; chunk 9 trimmed.
+    await run('qemu-io', [
+      '-f',
+      'raw',
+      '-c',
+      `write -z -u ${5 * MiB} ${MiB}`,
+      '-c',
+      `write -z ${7 * MiB + 4096} 8192`,
+      '-c',
+      `discard ${9 * MiB} ${MiB}`,
+      '-c',
+      'flush',
+      `nbd+unix:///zeroes?socket=${s.socket}`,
+    ]);
+    await s.stop('SIGTERM');
+    const second = await createBackup(disk, repo);
+    expect(second.changeBitmap).toEqual({ used: true, base: first.point });
+    expect(second.chunksRead).toBe(3);
+    expect(second.chunks).toBe(10); // chunks 5 and 9 are holes now
+    const other = join(tmp.dir, 'repo-zeroes-full');
+    await initRepository(other);
+    const full = await createBackup(disk, other);
+    expect(await chunksOf(repo, second.point)).toEqual(await chunksOf(other, full.point));
+  });
+
   it('works on a flat disk too (descriptor in a text file)', async () => {
     const disk = await encryptedDisk(tmp.dir, 'flat', { subformat: 'monolithicFlat', capacity: 8 * MiB, content: Buffer.alloc(MiB, 0x19) });
     const repo = join(tmp.dir, 'repo-flat');
