@@ -24,9 +24,9 @@ if (process.env.VMSEAL_DEBUG) process.setSourceMapsEnabled(true);
 // (codeCacheWanted), the same for the batch's worker threads. (A loader without these functions is
 // an older build's, named by VMSEAL_CLI_ENTRY: it runs without the cache.)
 const codeCache = existsSync(loader) ? require(loader) : undefined;
-// V8's tiering for a short CLI process (src/cli/v8-tiering.ts), set before the CLI is compiled:
-// the code caches are made and taken under the same flags.
-if (typeof codeCache?.useCliTiering === 'function') codeCache.useCliTiering();
+// V8's tiering for a batch (src/cli/v8-tiering.ts), set before the CLI is compiled: a batch's
+// code cache (main.js.convert-batch.cache) is made and taken under the same flags.
+if (typeof codeCache?.useBatchTiering === 'function') codeCache.useBatchTiering();
 if (typeof codeCache?.codeCacheWanted === 'function' && codeCache.codeCacheWanted()) {
   codeCache.runWithCodeCache(entry);
 } else {

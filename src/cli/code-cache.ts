@@ -25,8 +25,10 @@ import { createRequire, Module } from 'node:module';
 import { dirname, join } from 'node:path';
 import { Script } from 'node:vm';
 
-// The V8 flags the CLI's caches are made and used with: bin/vmseal.js sets them before compiling.
-export { useCliTiering } from './v8-tiering.js';
+import { isBatchCommandLine } from './v8-tiering.js';
+
+// A batch runs V8 with other flags, set by bin/vmseal.js before compiling: its cache is its own.
+export { useBatchTiering } from './v8-tiering.js';
 
 const MAGIC = 'vmseal-code-cache 1';
 
@@ -100,12 +102,13 @@ export type CacheUse = 'used' | 'rejected' | 'missing';
 
 /**
  * The cache file of a run with arguments `argv`: `<file>.<command>.cache`, the command being the
- * first argument that is not an option and looks like a command name ("vmseal" when there is none).
+ * first argument that is not an option and looks like a command name ("vmseal" when there is none);
+ * `convert-batch` for a batch, which runs under other V8 flags (src/cli/v8-tiering.ts).
  */
-export function cacheFileFor(file: string, argv: readonly string[]): string {
+export function cacheFileFor(file: string, argv: readonly string[], isBatch: (argv: readonly string[]) => boolean = isBatchCommandLine): string {
   const word = argv.find((a) => !a.startsWith('-'));
   const command = word === undefined ? 'vmseal' : /^[a-z][a-z0-9-]{0,31}$/.test(word) ? word : 'other';
-  return `${file}.${command}.cache`;
+  return `${file}.${command === 'convert' && isBatch(argv) ? 'convert-batch' : command}.cache`;
 }
 
 /**

@@ -164,17 +164,17 @@ describe("a batch's worker threads with their code cache", () => {
 
   it('write batch-worker.js.cache when the batch succeeds, and take it in the next batch', async () => {
     await batch(16);
-    expect(caches().sort()).toEqual(['batch-worker.js.cache', 'main.js.convert.cache']);
+    expect(caches().sort()).toEqual(['batch-worker.js.cache', 'main.js.convert-batch.cache']);
     const file = join(cli, 'batch-worker.js.cache');
     expect(readCache(file, cacheKey(join(cli, 'batch-worker.js')))).toBeDefined();
     const made = statSync(file).ino;
-    const mainMade = statSync(join(cli, 'main.js.convert.cache')).ino;
+    const mainMade = statSync(join(cli, 'main.js.convert-batch.cache')).ino;
     await batch(16);
     // Neither rewritten (a missing or rejected cache is replaced by a new file): the worker and the
     // main thread took theirs — V8 rejects a cache made under other flags (src/cli/v8-tiering.ts).
     expect(statSync(file).ino).toBe(made);
-    expect(statSync(join(cli, 'main.js.convert.cache')).ino).toBe(mainMade);
-    expect(caches().sort()).toEqual(['batch-worker.js.cache', 'main.js.convert.cache']);
+    expect(statSync(join(cli, 'main.js.convert-batch.cache')).ino).toBe(mainMade);
+    expect(caches().sort()).toEqual(['batch-worker.js.cache', 'main.js.convert-batch.cache']);
   });
 
   it('run without a worker cache that V8 rejects, and replace it', async () => {
