@@ -20,8 +20,15 @@ if (!existsSync(entry)) {
 // loader reads dist/cli/main.js.map when source maps are on; a script compiled from the code cache
 // (vm.Script) gets none, so a debug run goes without the cache.
 if (process.env.VMSEAL_DEBUG) process.setSourceMapsEnabled(true);
-if (!process.sourceMapsEnabled && process.env.VMSEAL_NO_CODE_CACHE !== '1' && existsSync(loader)) {
-  require(loader).runWithCodeCache(entry);
+// Whether to use the cache (not with source maps, nor VMSEAL_NO_CODE_CACHE=1) is the loader's rule
+// (codeCacheWanted), the same for the batch's worker threads. (A loader without these functions is
+// an older build's, named by VMSEAL_CLI_ENTRY: it runs without the cache.)
+const codeCache = existsSync(loader) ? require(loader) : undefined;
+// V8's tiering for a batch (src/cli/v8-tiering.ts), set before the CLI is compiled: a batch's
+// code cache (main.js.convert-batch.cache) is made and taken under the same flags.
+if (typeof codeCache?.useBatchTiering === 'function') codeCache.useBatchTiering();
+if (typeof codeCache?.codeCacheWanted === 'function' && codeCache.codeCacheWanted()) {
+  codeCache.runWithCodeCache(entry);
 } else {
   try {
     require(entry);

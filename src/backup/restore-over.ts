@@ -39,6 +39,7 @@ import { locateDescriptor, removeStaleDescriptorTemps, writeDescriptor } from '.
 import { abortError } from '../pipeline/errors.js';
 import { expected } from '../errors.js';
 import { runWorkers } from '../util/run-workers.js';
+import { WorkQueue } from '../util/work-queue.js';
 import { allocatedChunks } from './create.js';
 import { chainLayers } from './chain-point.js';
 import { BackupError } from './errors.js';
@@ -318,8 +319,11 @@ async function chunkOffsets(disk: VirtualDisk, layer: PointLayer, changed: Buffe
   return [...set].sort((a, b) => a - b);
 }
 
-/** Chunks compared at once: reads of the disk and the repository overlap with hashing, memory stays bounded. */
+/** Chunks compared or rewritten at once: reads of the disk and the repository overlap, memory stays bounded. */
 const PARALLEL = 4;
+
+/** A chunk to look at: its offset, and the disk's hash of it when the addon hashed it (null: all zeros). */
+type Candidate = [offset: number, hash: string | null | undefined];
 
 async function rollChunks(
   repo: Repository,
@@ -331,20 +335,35 @@ async function rollChunks(
   const target = new Map<number, string>(layer.chunks);
   const grain = layer.grainSize ?? CHUNK_SIZE;
   const offsets = await chunkOffsets(disk, layer, changed);
-  // Without a bitmap every chunk is compared: a flat disk's are hashed by the addon on every core first.
-  const current = changed ? null : await hashFlatChunks(disk, offsets, signal);
-  let next = 0;
   let written = 0;
   let same = 0;
   let bytes = 0;
-  // Each chunk is compared and rewritten by one worker; chunks are disjoint, so their order does not matter.
-  // The first failure stops every worker; all have stopped before the disk is closed.
-  await runWorkers(PARALLEL, async (stopped) => {
+  // Without a bitmap every chunk is compared: a flat disk's are hashed by the addon on every core, and
+  // a chunk whose hash differs from the point's is queued for the rewriting workers as soon as its run
+  // is hashed, so that the rewrites overlap the hashing of the rest (most chunks compare equal and
+  // never reach the queue). Chunks the addon did not hash (sparse disks, the bitmap's chunks) are
+  // queued unhashed and compared by the workers. Every write comes after the journal's "during"
+  // descriptor (runRollback) and targets a chunk of the point checked by hash, whatever the order:
+  // a crash at any moment leaves a job that resume repeats from the start.
+  const queue = new WorkQueue<Candidate>();
+  const found = (off: number, hash: string | null | undefined): void => {
+    if (hash !== undefined && (hash ?? undefined) === target.get(off)) same++;
+    else queue.push([off, hash]);
+  };
+  const findCandidates = async (stopped: () => boolean): Promise<void> => {
+    try {
+      const hashed = !changed && (await hashFlatChunks(disk, offsets, found, { signal, stopped }));
+      if (!hashed) for (const off of offsets) queue.push([off, undefined]);
+    } finally {
+      queue.end();
+    }
+  };
+  const rewrite = async (stopped: () => boolean): Promise<void> => {
     const now = Buffer.allocUnsafe(CHUNK_SIZE);
     const want = Buffer.allocUnsafe(CHUNK_SIZE);
-    while (!stopped() && next < offsets.length) {
+    for (let c = await queue.take(); c !== undefined && !stopped(); c = await queue.take()) {
       if (signal?.aborted) throw abortError(signal, `the rollback of ${disk.path} (run vmseal resume ${disk.path} to finish it)`);
-      const off = offsets[next++]!;
+      const [off, known] = c;
       const len = Math.min(CHUNK_SIZE, layer.capacity - off);
       const cur = now.subarray(0, len);
       const hash = target.get(off);
@@ -352,7 +371,10 @@ async function rollChunks(
       // The point's chunk is checked against its hash (readChunk) before any of it is written.
       const fetch = (): Promise<void> => (hash === undefined ? Promise.resolve(void data.fill(0)) : repo.readChunk(hash, data));
       let differs: boolean;
-      if (changed) {
+      if (known !== undefined) {
+        differs = true; // found() queues only the hashed chunks that differ
+        await fetch();
+      } else if (changed) {
         // A chunk the bitmap marks most likely differs: the point's chunk is fetched first and compared
         // byte for byte, one SHA-256 per chunk instead of two (the disk's and the point's).
         await fetch();
@@ -360,13 +382,8 @@ async function rollChunks(
         differs = !cur.equals(data);
       } else {
         // Most chunks are unchanged: the disk's is hashed, and the point's fetched only if it differs.
-        const known = current?.get(off);
-        if (known !== undefined) {
-          differs = known === null ? hash !== undefined : known !== hash;
-        } else {
-          await disk.readInto(off, cur);
-          differs = hash === undefined ? !cur.equals(ZERO.subarray(0, len)) : sha256Hex(cur) !== hash;
-        }
+        await disk.readInto(off, cur);
+        differs = hash === undefined ? !cur.equals(ZERO.subarray(0, len)) : sha256Hex(cur) !== hash;
         if (differs) await fetch();
       }
       if (!differs) {
@@ -378,6 +395,15 @@ async function rollChunks(
       bytes += put; // (not `bytes += await`: that would add to the value read before the other workers' writes)
       written++;
     }
+  };
+  // One worker finds the candidates, the others rewrite them; chunks are disjoint, so their order does
+  // not matter. The first failure stops every worker (the finder's end() wakes the idle rewriters);
+  // all have stopped before the disk is closed.
+  let finderStarted = false;
+  await runWorkers(1 + PARALLEL, (stopped) => {
+    if (finderStarted) return rewrite(stopped);
+    finderStarted = true;
+    return findCandidates(stopped);
   });
   return { written, same, bytes };
 }

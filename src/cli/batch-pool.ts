@@ -24,9 +24,11 @@
  * 'close' wipes its keys and lets it exit.
  */
 import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import type { BatchHelpers, BatchItem, BatchItemResult, ItemError } from './batch.js';
 import type { BatchQueue } from './batch-queue.js';
+import { workerSourceWithCodeCache } from './code-cache.js';
 import { ExitCode } from './exit-codes.js';
 import type { ImageConvertOptions } from './commands/convert-image.js';
 import type { JobHooks } from './jobs.js';
@@ -80,6 +82,17 @@ export interface PoolEvents {
   ended(index: number, result: BatchItemResult | undefined): void;
 }
 
+/**
+ * How a worker starts: batch-worker.js compiled with its V8 code cache (src/cli/code-cache.ts,
+ * `batch-worker.js.cache` beside it) when the CLI runs with caches, else the script as Node loads it.
+ * The cache spares each worker's start the compilation of the 0.4 MB script and of the functions
+ * its images run (docs/performance.md, "One thread per core").
+ */
+interface WorkerScript {
+  url: URL;
+  cachedSource: string | undefined;
+}
+
 /** One worker thread and the images it runs. */
 class WorkerThread {
   readonly worker: Worker;
@@ -91,12 +104,15 @@ class WorkerThread {
   readonly current = new Map<number, Pick<JobHooks, 'onProgress' | 'done'>>();
   readonly #pool: BatchPool;
 
-  constructor(pool: BatchPool, script: URL, init: WorkerInit, desk: KeyDesk) {
+  constructor(pool: BatchPool, script: WorkerScript, init: WorkerInit, desk: KeyDesk) {
     this.#pool = pool;
     this.lanes = init.lanes;
     const env: Record<string, string> = {};
     for (const name of WORKER_ENV) if (process.env[name] !== undefined) env[name] = process.env[name];
-    this.worker = new Worker(script, { workerData: init, env });
+    this.worker =
+      script.cachedSource !== undefined
+        ? new Worker(script.cachedSource, { eval: true, workerData: init, env })
+        : new Worker(script.url, { workerData: init, env });
     this.worker.on('message', (m: FromWorker) => this.onMessage(m, desk));
     // A worker that crashed fails its image (an internal error); the others take its share.
     this.worker.on('error', (err) => this.end(err));
@@ -192,11 +208,12 @@ export class BatchPool implements BatchHelpers {
   ) {
     this.items = items;
     this.queue = queue;
+    const start: WorkerScript = { url: script, cachedSource: workerSourceWithCodeCache(fileURLToPath(script)) };
     let next = 0;
     for (const n of lanes) {
       const own = Array.from({ length: n }, (_, i) => next + i);
       next += n;
-      this.threads.push(new WorkerThread(this, script, { ...init, items, queue: queue.buffer, lanes: own }, desk));
+      this.threads.push(new WorkerThread(this, start, { ...init, items, queue: queue.buffer, lanes: own }, desk));
     }
   }
 

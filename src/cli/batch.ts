@@ -55,9 +55,16 @@ const DESCRIPTOR_MAX_BYTES = 64 * 1024;
 
 export { MAX_DEFAULT_JOBS, MAX_JOBS };
 
-/** Images converted at once when --jobs is not given: min(4, cores). */
-export function defaultJobs(): number {
-  return Math.min(MAX_DEFAULT_JOBS, availableParallelism());
+/**
+ * Images converted at once when --jobs is not given: IMAGES_PER_THREAD per core, at most
+ * MAX_DEFAULT_JOBS — 4 on two cores or more (two threads, two images each: planLanes), 2 on one.
+ * A small image's JavaScript keeps its thread's event loop busy: one loop with two images leaves
+ * the second core to the thread pool and V8's helpers, and `--jobs 1` waits on the pool most of
+ * the time. Measured on 2 cores (docs/performance.md, "One thread per core"): 2 images on the main
+ * thread 1.25–1.38× the throughput of `--jobs 1`, 2 threads of 2 images each ≈1.6×.
+ */
+export function defaultJobs(cores = availableParallelism()): number {
+  return Math.min(MAX_DEFAULT_JOBS, IMAGES_PER_THREAD * Math.max(1, cores));
 }
 
 /**

@@ -20,10 +20,15 @@
  * folder is not writable (a read-only install) nothing is written and the CLI runs as without a
  * cache. Nothing of this may fail a command: every error here is ignored.
  */
-import { readFileSync, renameSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, renameSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { createRequire, Module } from 'node:module';
-import { dirname } from 'node:path';
+import { dirname, join } from 'node:path';
 import { Script } from 'node:vm';
+
+import { isBatchCommandLine } from './v8-tiering.js';
+
+// A batch runs V8 with other flags, set by bin/vmseal.js before compiling: its cache is its own.
+export { useBatchTiering } from './v8-tiering.js';
 
 const MAGIC = 'vmseal-code-cache 1';
 
@@ -50,9 +55,11 @@ export function readCache(cacheFile: string, key: string): Buffer | undefined {
  * Replace `cacheFile` by a temp file renamed over it: a reader sees the old cache or the new one,
  * never half of one. Not util/atomic-file.ts: a cache needs no fsync (a torn or lost file is a miss),
  * and that module loads node:crypto, which `vmseal --version` would then pay for at every start.
+ * `writer` names the temp file: the process id, and the thread's too where several threads of one
+ * process may write the same cache (a batch's workers).
  */
-export function writeCache(cacheFile: string, key: string, data: Buffer): void {
-  const tmp = `${cacheFile}.tmp-${process.pid}`;
+export function writeCache(cacheFile: string, key: string, data: Buffer, writer = String(process.pid)): void {
+  const tmp = `${cacheFile}.tmp-${writer}`;
   try {
     writeFileSync(tmp, Buffer.concat([Buffer.from(`${key}\n`), data]), { flag: 'wx', mode: 0o644 });
     renameSync(tmp, cacheFile);
@@ -65,24 +72,51 @@ export function writeCache(cacheFile: string, key: string, data: Buffer): void {
   }
 }
 
+/**
+ * Whether scripts run with their code cache: not when source maps are on (VMSEAL_DEBUG=1 or
+ * `node --enable-source-maps`: a script compiled through vm.Script gets no source map, and a debug
+ * run wants stack traces that name src/*.ts) nor with VMSEAL_NO_CODE_CACHE=1.
+ */
+export function codeCacheWanted(): boolean {
+  return !process.sourceMapsEnabled && process.env.VMSEAL_NO_CODE_CACHE !== '1';
+}
+
+/**
+ * The source of a worker thread that runs the build's CommonJS script `file` with its code cache
+ * (`<file>.cache`, made by the first worker that exits with code 0, as a command's is), for
+ * `new Worker(source, { eval: true })`; undefined when the cache is not wanted or this module's
+ * build (code-cache.js) is not beside `file`: the worker then runs `file` itself. Decided on the
+ * starting thread, whose environment a worker does not get in full.
+ */
+export function workerSourceWithCodeCache(file: string): string | undefined {
+  const loader = join(dirname(file), 'code-cache.js');
+  if (!codeCacheWanted() || !existsSync(loader)) return undefined;
+  return [
+    "const { threadId } = require('node:worker_threads');",
+    `require(${JSON.stringify(loader)}).runWithCodeCache(${JSON.stringify(file)}, ${JSON.stringify(`${file}.cache`)}, \`\${process.pid}-\${threadId}\`);`,
+  ].join('\n');
+}
+
 /** How a script was loaded: whether V8 took the cache (for tests and VMSEAL_DEBUG). */
 export type CacheUse = 'used' | 'rejected' | 'missing';
 
 /**
  * The cache file of a run with arguments `argv`: `<file>.<command>.cache`, the command being the
- * first argument that is not an option and looks like a command name ("vmseal" when there is none).
+ * first argument that is not an option and looks like a command name ("vmseal" when there is none);
+ * `convert-batch` for a batch, which runs under other V8 flags (src/cli/v8-tiering.ts).
  */
-export function cacheFileFor(file: string, argv: readonly string[]): string {
+export function cacheFileFor(file: string, argv: readonly string[], isBatch: (argv: readonly string[]) => boolean = isBatchCommandLine): string {
   const word = argv.find((a) => !a.startsWith('-'));
   const command = word === undefined ? 'vmseal' : /^[a-z][a-z0-9-]{0,31}$/.test(word) ? word : 'other';
-  return `${file}.${command}.cache`;
+  return `${file}.${command === 'convert' && isBatch(argv) ? 'convert-batch' : command}.cache`;
 }
 
 /**
  * Load `file` as Node's CommonJS loader would (module, exports, require, __filename, __dirname),
- * compiled with the code cache in `cacheFile` (default: cacheFileFor this process's arguments).
+ * compiled with the code cache in `cacheFile` (default: cacheFileFor this process's arguments);
+ * `writer` as for writeCache.
  */
-export function runWithCodeCache(file: string, cacheFile = cacheFileFor(file, process.argv.slice(2))): CacheUse {
+export function runWithCodeCache(file: string, cacheFile = cacheFileFor(file, process.argv.slice(2)), writer = String(process.pid)): CacheUse {
   const source = readFileSync(file, 'utf8');
   let key: string | undefined;
   let cached: Buffer | undefined;
@@ -100,7 +134,7 @@ export function runWithCodeCache(file: string, cacheFile = cacheFileFor(file, pr
     process.once('exit', (code) => {
       if (code !== 0) return;
       try {
-        writeCache(cacheFile, made, script.createCachedData());
+        writeCache(cacheFile, made, script.createCachedData(), writer);
       } catch {
         // the cache is an optimisation only
       }

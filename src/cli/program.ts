@@ -275,10 +275,9 @@ function declareConvert(program: Command, ctx: Ctx): void {
     .option('--recovery-passphrase', 'with --encrypt: also lock with a recovery passphrase; otherwise: unlock with it')
     .option('--skip-existing', 'keep outputs that already exist and convert only the others (to re-run a batch)')
     .addOption(
-      new Option(
-        '--jobs <n>',
-        `images of a batch converted at once, 1 to ${MAX_JOBS} (default: ${MAX_DEFAULT_JOBS}, or the number of cores if fewer)`,
-      ).argParser((v) => parseInteger(v, '--jobs', { min: 1, max: MAX_JOBS })),
+      new Option('--jobs <n>', `images of a batch converted at once, 1 to ${MAX_JOBS} (default: ${MAX_DEFAULT_JOBS}; 2 on a 1-core machine)`).argParser((v) =>
+        parseInteger(v, '--jobs', { min: 1, max: MAX_JOBS }),
+      ),
     );
   addEncryptionParams(convert);
   addKeyOptions(convert, true);

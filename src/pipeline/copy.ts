@@ -271,6 +271,8 @@ export async function runCopy(spec: CopySpec): Promise<JobResult> {
       out = await createVmdk(stage.stagePath, {
         capacity,
         subformat,
+        // The staging folder is a new folder in the output's: on the file system the job's statfs saw.
+        memoryBacked: outFolder.memoryBacked,
         ...inherited(source.stored, opts, sparseOut),
         // A disk rewritten in place of itself stays the same disk: same ddb.uuid (a backup history, vSphere).
         ...(spec.replaceInput ? keptUuid(source.stored) : {}),

@@ -44,8 +44,9 @@ export async function acquireLock(diskPath: string, operation: string, mode: Loc
 function lockedByVmware(diskPath: string): boolean {
   // A synchronous stat, like every call of the lock protocol itself (src/util/lock.ts): the lock
   // files live in the same folder, and a thread-pool trip per disk of a batch costs more than the call.
+  // A missing folder (the usual answer) is no exception: Node builds one with a stack trace for it.
   try {
-    return statSync(vmwareLockPathOf(diskPath)).isDirectory();
+    return statSync(vmwareLockPathOf(diskPath), { throwIfNoEntry: false })?.isDirectory() ?? false;
   } catch {
     return false;
   }

@@ -36,7 +36,7 @@
  */
 import { chmod, open, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
-import { hostname } from 'node:os';
+import { hostName } from '../util/host-name.js';
 import { randomBytes } from 'node:crypto';
 import { PipelineError } from './errors.js';
 import { NameReservations } from './lock.js';
@@ -251,7 +251,7 @@ export class StagedOutput {
     await opts.names.reserve([stageDir], 'exclusive');
     try {
       await calls.mkdir(stageDir, 0o700);
-      await calls.writeFile(join(stageDir, OWNER), JSON.stringify({ pid: process.pid, host: hostname(), started: new Date().toISOString() }) + '\n');
+      await calls.writeFile(join(stageDir, OWNER), JSON.stringify({ pid: process.pid, host: hostName(), started: new Date().toISOString() }) + '\n');
     } catch (err) {
       await rm(stageDir, { recursive: true, force: true });
       opts.names.release(stageDir);

@@ -19,7 +19,7 @@
  * The fd is O_CLOEXEC, so a child process never inherits (and keeps alive) a lock.
  */
 import { ftruncateSync, readFileSync, realpathSync, statSync, unlinkSync, writeSync } from 'node:fs';
-import { hostname } from 'node:os';
+import { hostName } from './host-name.js';
 import { basename, dirname, join, resolve } from 'node:path';
 import { VmsealError } from '../errors.js';
 import { nativeFileLocks } from './native-lock.js';
@@ -106,7 +106,7 @@ export function describeHolder(holder: LockHolder): string {
   if (holder.kind === 'shared') return 'another process (for reading)';
   const r = holder.record;
   if (!r) return 'another process';
-  const where = r.host === hostname() ? '' : ` on ${r.host}`;
+  const where = r.host === hostName() ? '' : ` on ${r.host}`;
   return `${r.tool} (pid ${r.pid}${where}, ${r.operation} since ${r.started})`;
 }
 
@@ -212,7 +212,7 @@ export async function acquireFileLock(recordPath: string, options: FileLockOptio
     if (mode === 'exclusive') {
       const record: LockRecord = {
         pid: process.pid,
-        host: hostname(),
+        host: hostName(),
         operation: options.record?.operation ?? 'lock',
         started: new Date().toISOString(),
         tool: options.record?.tool ?? 'vmseal',

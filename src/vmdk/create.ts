@@ -58,6 +58,13 @@ export interface CreateDiskOptions {
   /** Replace existing files instead of failing with ERR_VMDK_EXISTS (default: `false`). */
   overwrite?: boolean;
   /**
+   * Whether the folder the files are made in is memory-backed (tmpfs, ramfs), when the caller
+   * knows it (a job's one statfs of its output folder): spares each new file the statfs that
+   * decides its inline I/O (src/util/inline-io.ts). Default: each file asks.
+   * @internal
+   */
+  memoryBacked?: boolean;
+  /**
    * Make a snapshot child (monolithicSparse or twoGbMaxExtentSparse only): `parentCID` is `cid`, the
    * parent's CID now, and `parentFileNameHint` is `fileNameHint` (relative to the child's folder).
    * createSnapshot (src/vmdk/snapshot.ts) checks the parent and fills these in.
@@ -140,7 +147,11 @@ async function makeDisk(path: string, options: CreateDiskOptions, extentName: st
   if (options.uuid !== undefined && !isDiskUuid(options.uuid)) {
     throw arg(expected('16 bytes as hex pairs separated by spaces or dashes', 'options.uuid', options.uuid));
   }
-  const overwrite = options.overwrite ?? false;
+  if (options.memoryBacked !== undefined && typeof options.memoryBacked !== 'boolean') {
+    throw arg(expected('a boolean', 'options.memoryBacked', options.memoryBacked));
+  }
+  // How every file of the disk is made: replacing an existing one or not, and what its folder is.
+  const how: NewFile = { overwrite: options.overwrite ?? false, memoryBacked: options.memoryBacked };
   const parent = options.parent;
   if (parent !== undefined) {
     if (subformat !== 'monolithicSparse' && subformat !== 'twoGbMaxExtentSparse') {
@@ -156,7 +167,7 @@ async function makeDisk(path: string, options: CreateDiskOptions, extentName: st
   const abs = resolve(path);
 
   if (subformat === 'raw') {
-    const f = await HostFile.create(abs, overwrite);
+    const f = await HostFile.create(abs, how.overwrite, how.memoryBacked);
     try {
       await f.truncate(capacity);
     } catch (err) {
@@ -180,30 +191,29 @@ async function makeDisk(path: string, options: CreateDiskOptions, extentName: st
       const name = extentFileNames(stem, subformat, [capacity])[0];
       // qemu accepts an offset on FLAT lines only; VMware writes VMFS lines without one.
       const d = descriptor([subformat === 'vmfs' ? extentLine('RW', sectors, 'VMFS', name) : extentLine('RW', sectors, 'FLAT', name, 0)]);
-      await createFlatFile(join(dir, name), capacity, overwrite);
-      await writeTextDescriptor(abs, d, overwrite);
+      await createFlatFile(join(dir, name), capacity, how);
+      await writeTextDescriptor(abs, d, how);
       break;
     }
     case 'twoGbMaxExtentFlat': {
       const parts = split(capacity, maxExtent);
       const names = extentFileNames(stem, subformat, parts);
       const d = descriptor(parts.map((bytes, i) => extentLine('RW', bytes / SECTOR, 'FLAT', names[i], 0)));
-      for (let i = 0; i < parts.length; i++) await createFlatFile(join(dir, names[i]), parts[i], overwrite);
-      await writeTextDescriptor(abs, d, overwrite);
+      for (let i = 0; i < parts.length; i++) await createFlatFile(join(dir, names[i]), parts[i], how);
+      await writeTextDescriptor(abs, d, how);
       break;
     }
     case 'twoGbMaxExtentSparse': {
       const parts = split(capacity, maxExtent);
       const names = extentFileNames(stem, subformat, parts);
       const d = descriptor(parts.map((bytes, i) => extentLine('RW', bytes / SECTOR, 'SPARSE', names[i])));
-      for (let i = 0; i < parts.length; i++)
-        await (await createSparseFile(join(dir, names[i]), parts[i] / SECTOR, grainSectors, undefined, overwrite)).file.close();
-      await writeTextDescriptor(abs, d, overwrite);
+      for (let i = 0; i < parts.length; i++) await (await createSparseFile(join(dir, names[i]), parts[i] / SECTOR, grainSectors, undefined, how)).file.close();
+      await writeTextDescriptor(abs, d, how);
       break;
     }
     case 'monolithicSparse': {
       const d = descriptor([extentLine('RW', sectors, 'SPARSE', extentName ?? basename(abs))]);
-      const made = await createSparseFile(abs, sectors, grainSectors, d, overwrite);
+      const made = await createSparseFile(abs, sectors, grainSectors, d, how);
       // A snapshot child is opened with its parents, by name, below; fsynced first, so that it is
       // whole on disk before anything (createSnapshot's rename) makes it a layer of a chain.
       if (parent !== undefined) {
@@ -223,7 +233,7 @@ async function makeDisk(path: string, options: CreateDiskOptions, extentName: st
       checkSparseCapacity(sectors, grainSectors, DEFAULT_DESCRIPTOR_SECTORS);
       const text = Buffer.from(d.toString(), 'utf8');
       const descSectors = embeddedDescriptorSectors(text.length);
-      const file = await HostFile.create(abs, overwrite);
+      const file = await HostFile.create(abs, how.overwrite, how.memoryBacked);
       try {
         const ext = await StreamWriterExtent.create(file, sectors, grainSectors, text, descSectors);
         return fresh(
@@ -358,8 +368,14 @@ function checkSparseCapacity(sectors: number, grainSectors: number, descriptorSe
   }
 }
 
-async function createFlatFile(path: string, bytes: number, overwrite: boolean): Promise<void> {
-  const f = await HostFile.create(path, overwrite);
+/** How makeDisk makes each of a disk's files (CreateDiskOptions.overwrite and .memoryBacked). */
+interface NewFile {
+  overwrite: boolean;
+  memoryBacked: boolean | undefined;
+}
+
+async function createFlatFile(path: string, bytes: number, how: NewFile): Promise<void> {
+  const f = await HostFile.create(path, how.overwrite, how.memoryBacked);
   try {
     await f.truncate(bytes);
   } finally {
@@ -367,8 +383,8 @@ async function createFlatFile(path: string, bytes: number, overwrite: boolean): 
   }
 }
 
-async function writeTextDescriptor(path: string, d: Descriptor, overwrite: boolean): Promise<void> {
-  const f = await HostFile.create(path, overwrite);
+async function writeTextDescriptor(path: string, d: Descriptor, how: NewFile): Promise<void> {
+  const f = await HostFile.create(path, how.overwrite, how.memoryBacked);
   try {
     await f.writeAt(d.toBuffer(), 0);
   } finally {
@@ -388,7 +404,7 @@ async function createSparseFile(
   sectors: number,
   grainSectors: number,
   d: Descriptor | undefined,
-  overwrite: boolean,
+  how: NewFile,
 ): Promise<{ file: HostFile; header: SparseHeader; gd: Uint32Array; rgd: Uint32Array }> {
   const text = d ? Buffer.from(d.toString(), 'utf8') : undefined;
   const descSectors = text ? embeddedDescriptorSectors(text.length) : 0;
@@ -422,7 +438,7 @@ async function createSparseFile(
   };
   const rgdDir = directory(rgd);
   const gdDir = directory(gd);
-  const f = await HostFile.create(path, overwrite);
+  const f = await HostFile.create(path, how.overwrite, how.memoryBacked);
   try {
     const head = Buffer.alloc((1 + descSectors) * SECTOR);
     serializeSparseHeader(header).copy(head, 0);

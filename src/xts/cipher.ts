@@ -190,9 +190,14 @@ export class XtsCipher implements Disposable {
     return out;
   }
 
-  #batchAsync(encrypt: boolean, data: Uint8Array, options: XtsAsyncBatchOptions): Promise<Uint8Array> {
-    // The stack of this call, attached to a failure that surfaces later from the thread pool.
-    const callSite = new Error('async XTS call');
+  /**
+   * An async method that awaits the native promise, so that a failure's call site is captured only
+   * when there is a failure: V8's async stack trace of an Error made after the await names the
+   * functions awaiting this call (the caller, and its callers in the pipeline). A stack captured
+   * eagerly at every call (as before) cost ≈4 µs per call on the event loop for a path that almost
+   * never fails.
+   */
+  async #batchAsync(encrypt: boolean, data: Uint8Array, options: XtsAsyncBatchOptions): Promise<Uint8Array> {
     let out: Uint8Array;
     let pending: Promise<void>;
     try {
@@ -203,18 +208,20 @@ export class XtsCipher implements Disposable {
       const run = encrypt ? this.#native.encryptAsync : this.#native.decryptAsync;
       pending = run(handle, data, checked.unitSize, checked.firstUnit, out, checked.threads);
     } catch (err) {
-      return Promise.reject(adopt(err));
+      throw adopt(err);
     }
-    return pending.then(
-      () => out,
-      (err: unknown) => {
-        const adopted = adopt(err);
-        if (adopted instanceof Error && callSite.stack) {
-          adopted.stack = `${adopted.stack ?? String(adopted)}\n    --- called from ---\n${callSite.stack.split('\n').slice(1).join('\n')}`;
-        }
-        throw adopted;
-      },
-    );
+    try {
+      await pending;
+    } catch (err) {
+      const adopted = adopt(err);
+      // Made here, after the await: its stack is the chain of async callers waiting for this call.
+      const callSite = new Error('async XTS call');
+      if (adopted instanceof Error && callSite.stack) {
+        adopted.stack = `${adopted.stack ?? String(adopted)}\n    --- called from ---\n${callSite.stack.split('\n').slice(1).join('\n')}`;
+      }
+      throw adopted;
+    }
+    return out;
   }
 
   #unit(encrypt: boolean, data: Uint8Array, tweak: Uint8Array, out: Uint8Array | undefined): Uint8Array {

@@ -7,7 +7,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createBackup, initRepository, restoreBackupOver } from '../../src/backup/index.js';
+import { createBackup, initRepository, restoreBackupOver, resumeBackupRestore } from '../../src/backup/index.js';
 import { acquireLock } from '../../src/pipeline/lock.js';
 import { encryptDisk } from '../../src/pipeline/index.js';
 import { phraseLocker, patternBytes, sha256, tempDir } from '../disk/helpers.js';
@@ -147,4 +147,53 @@ describe('a flat disk without a change bitmap', () => {
       expect(sha256(readFileSync(extent))).toBe(before);
     });
   }
+});
+
+describe('a flat disk of several native runs without a change bitmap', () => {
+  // The addon hashes runs of 16 chunks; each chunk that differs is rewritten as soon as its run is
+  // hashed, while the later runs are still being hashed (restore-over.ts rollChunks). Changes in
+  // every run, the first and the last chunk included, all end up the point's.
+  it('rewrites the chunks that differ in every run, and a failed rewrite stops the job, refused until resume finishes it', async () => {
+    const dir = join(tmp.dir, 'flat-runs');
+    mkdirSync(dir);
+    const size = 40 * MiB; // runs of 16, 16 and 8 chunks
+    const disk = await encryptedDisk(dir, 'd', 'monolithicFlat', size, [{ at: 0, data: patternBytes(size, 41) }]);
+    const extent = join(dir, 'd-flat.vmdk');
+    const repo = join(dir, 'repo');
+    await initRepository(repo);
+    const p = await createBackup(disk, repo);
+    const before = readFileSync(extent);
+    const changedChunks = [0, 5, 15, 16, 17, 31, 32, 39];
+    const damage = (): void => {
+      const bytes = Buffer.from(before);
+      for (const c of changedChunks) bytes.fill(c + 1, c * MiB + 512, c * MiB + 1024);
+      writeFileSync(extent, bytes);
+      rmSync(`${disk}.vmseal-ctk`, { force: true });
+    };
+    damage();
+    const r = await restoreBackupOver(repo, p.point, disk);
+    expect(r.chunksWritten).toBe(changedChunks.length);
+    expect(r.chunksSame).toBe(40 - changedChunks.length);
+    expect(r.bytesWritten).toBe(changedChunks.length * MiB);
+    expect(readFileSync(extent).equals(before)).toBe(true);
+
+    // The point's copy of the last chunk is missing: its rewrite fails (ERR_BACKUP_CHUNK) and stops the
+    // job, which stays journaled — the disk is refused until resume finishes it with the chunk back.
+    damage();
+    const m = JSON.parse(readFileSync(join(repo, 'points', `${p.point}.json`), 'utf8')) as { layers: Array<{ chunks: Array<[number, string]> }> };
+    const lastHash = m.layers[0]!.chunks.find(([off]) => off === 39 * MiB)![1];
+    const chunkFile = join(repo, 'chunks', lastHash.slice(0, 2), lastHash);
+    const saved = readFileSync(chunkFile);
+    rmSync(chunkFile);
+    const err = await backupErrorOf(restoreBackupOver(repo, p.point, disk));
+    expect(err.code).toBe('ERR_BACKUP_CHUNK');
+    expect(err.message).toContain(lastHash);
+    expect(existsSync(`${disk}.vmseal-journal`)).toBe(true);
+    expect((await backupErrorOf(createBackup(disk, repo))).code).toBe('ERR_INTERRUPTED_JOB');
+    writeFileSync(chunkFile, saved);
+    const resumed = await resumeBackupRestore(disk);
+    expect(resumed?.resumed).toBe(true);
+    expect(existsSync(`${disk}.vmseal-journal`)).toBe(false);
+    expect(readFileSync(extent).equals(before)).toBe(true);
+  });
 });

@@ -1,8 +1,27 @@
 // How a batch spreads its --jobs over threads (planLanes, src/cli/batch.ts): up to two images at
 // once on the main thread's event loop, more in worker threads of up to two each, and no worker
-// for a batch one loop carries or one with no more images than jobs.
+// for a batch one loop carries or one with no more images than jobs; and the default --jobs
+// (defaultJobs): two images per core, at most MAX_DEFAULT_JOBS.
 import { describe, expect, it } from 'vitest';
-import { IMAGES_PER_THREAD, planLanes } from '../../src/cli/batch.js';
+import { defaultJobs, IMAGES_PER_THREAD, MAX_DEFAULT_JOBS, planLanes } from '../../src/cli/batch.js';
+
+describe('defaultJobs', () => {
+  it('is two images per core, at most MAX_DEFAULT_JOBS', () => {
+    expect(MAX_DEFAULT_JOBS).toBe(4);
+    expect(defaultJobs(1)).toBe(2);
+    expect(defaultJobs(2)).toBe(4);
+    expect(defaultJobs(3)).toBe(4);
+    expect(defaultJobs(64)).toBe(4);
+    // A machine that reports no core count still converts.
+    expect(defaultJobs(0)).toBe(2);
+  });
+
+  it('gives a batch one thread per core on a 2-core machine: the main thread and one worker, two images each', () => {
+    expect(planLanes(defaultJobs(2), 200, true)).toEqual({ here: 2, workers: [2] });
+    // One core: both images on the main thread's loop, no worker.
+    expect(planLanes(defaultJobs(1), 200, true)).toEqual({ here: 2, workers: [] });
+  });
+});
 
 describe('planLanes', () => {
   it('keeps up to IMAGES_PER_THREAD images on the main thread, without a worker', () => {

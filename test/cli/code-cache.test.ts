@@ -1,16 +1,18 @@
 // The CLI's V8 code cache (src/cli/code-cache.ts): the built CLI, copied into a temp folder and run
 // through bin/vmseal.js (VMSEAL_CLI_ENTRY), writes one cache per command after a successful run,
-// takes it on the next run, and never runs the code of another build nor fails because of a cache.
+// takes it on the next run, and never runs the code of another build nor fails because of a cache;
+// a batch's worker threads keep theirs (batch-worker.js.cache) the same way.
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
-import { cacheFileFor, cacheKey, readCache, writeCache } from '../../src/cli/code-cache.js';
+import { cacheFileFor, cacheKey, readCache, workerSourceWithCodeCache, writeCache } from '../../src/cli/code-cache.js';
 import { cleanEnv, vmseal } from './run-cli.js';
 
 const DIST = fileURLToPath(new URL('../../dist/cli/', import.meta.url));
+const NATIVE = fileURLToPath(new URL('../../build/Release/vmseal_xts.node', import.meta.url));
 
 let dir: string;
 let cli: string;
@@ -136,5 +138,67 @@ describe('the CLI with its code cache', () => {
     expect(r.stdout.trim()).toBe('0.1.0');
     expect(caches()).toEqual([]);
     expect(existsSync(join(cli, 'main.js.vmseal.cache'))).toBe(false);
+  });
+});
+
+describe("a batch's worker threads with their code cache", () => {
+  /**
+   * A batch of `n` 4 MiB raw images converted with --jobs 4 (the main thread and one worker of two).
+   * A worker still loading when the main thread has converted every image is stopped, not waited
+   * for, and writes no cache: the batches here are long enough for the worker to take images.
+   */
+  async function batch(n: number, env: Record<string, string> = {}) {
+    if (!existsSync(join(cli, 'batch-worker.js'))) copyFileSync(join(DIST, 'batch-worker.js'), join(cli, 'batch-worker.js'));
+    const input = join(dir, 'in');
+    mkdirSync(input, { recursive: true });
+    for (let i = 0; i < n; i++) if (!existsSync(join(input, `d${i}.img`))) writeFileSync(join(input, `d${i}.img`), Buffer.alloc(4 << 20, i + 1));
+    const out = join(dir, `out-${Math.random().toString(36).slice(2)}`);
+    const r = await vmseal(
+      ['convert', input, out, '--subformat', 'monolithicSparse', '--jobs', '4', '--json'],
+      cleanEnv({ VMSEAL_CLI_ENTRY: main, VMSEAL_HOME: join(dir, 'home'), VMSEAL_NATIVE_PATH: NATIVE, ...env }),
+    );
+    expect(r.code, r.stderr).toBe(0);
+    const result = JSON.parse(r.stdout) as { workers: number; converted: number };
+    expect(result).toMatchObject({ workers: 1, converted: n });
+  }
+
+  it('write batch-worker.js.cache when the batch succeeds, and take it in the next batch', async () => {
+    await batch(16);
+    expect(caches().sort()).toEqual(['batch-worker.js.cache', 'main.js.convert-batch.cache']);
+    const file = join(cli, 'batch-worker.js.cache');
+    expect(readCache(file, cacheKey(join(cli, 'batch-worker.js')))).toBeDefined();
+    const made = statSync(file).ino;
+    const mainMade = statSync(join(cli, 'main.js.convert-batch.cache')).ino;
+    await batch(16);
+    // Neither rewritten (a missing or rejected cache is replaced by a new file): the worker and the
+    // main thread took theirs — V8 rejects a cache made under other flags (src/cli/v8-tiering.ts).
+    expect(statSync(file).ino).toBe(made);
+    expect(statSync(join(cli, 'main.js.convert-batch.cache')).ino).toBe(mainMade);
+    expect(caches().sort()).toEqual(['batch-worker.js.cache', 'main.js.convert-batch.cache']);
+  });
+
+  it('run without a worker cache that V8 rejects, and replace it', async () => {
+    await batch(16);
+    const file = join(cli, 'batch-worker.js.cache');
+    const bytes = readFileSync(file);
+    const header = bytes.indexOf(0x0a) + 1;
+    writeFileSync(file, Buffer.concat([bytes.subarray(0, header), Buffer.alloc(bytes.length - header, 0x5a)]));
+    const before = statSync(file).ino;
+    await batch(16);
+    expect(statSync(file).ino).not.toBe(before);
+    expect(readCache(file, cacheKey(join(cli, 'batch-worker.js')))?.equals(Buffer.alloc(bytes.length - header, 0x5a))).toBe(false);
+  });
+
+  it('are neither read nor written with VMSEAL_NO_CODE_CACHE=1', async () => {
+    await batch(6, { VMSEAL_NO_CODE_CACHE: '1' });
+    expect(caches()).toEqual([]);
+  });
+
+  it('is the worker source only where the loader is beside the script and caches are wanted', () => {
+    const worker = join(cli, 'batch-worker.js');
+    const source = workerSourceWithCodeCache(worker);
+    expect(source).toContain(JSON.stringify(join(cli, 'code-cache.js')));
+    expect(source).toContain(JSON.stringify(`${worker}.cache`));
+    expect(workerSourceWithCodeCache(join(dir, 'elsewhere', 'batch-worker.js'))).toBeUndefined();
   });
 });

@@ -1,7 +1,7 @@
 // Inline I/O (src/util/inline-io.ts, native/fs_nowait.cc): small reads and writes done on the event
 // loop when they cannot wait for a device, and HostFile's use of them.
 import { describe, it, expect, beforeAll, afterAll, afterEach, vi } from 'vitest';
-import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, statfsSync, statSync, writeFileSync } from 'node:fs';
 import { randomBytes, randomInt } from 'node:crypto';
 import { open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -207,6 +207,61 @@ describe('HostFile inline I/O', () => {
     }
   });
 
+  /** Count the size changes and syncs that go through a FileHandle (the thread pool). */
+  async function poolMetadataCalls(): Promise<{ truncate: number; sync: number; datasync: number }> {
+    const probe = await open(process.execPath, 'r');
+    type Fn = (...a: unknown[]) => unknown;
+    const proto = Object.getPrototypeOf(probe) as { truncate: Fn; sync: Fn; datasync: Fn };
+    await probe.close();
+    const calls = { truncate: 0, sync: 0, datasync: 0 };
+    for (const name of ['truncate', 'sync', 'datasync'] as const) {
+      const real = proto[name];
+      vi.spyOn(proto, name).mockImplementation(function (this: unknown, ...a: unknown[]) {
+        calls[name]++;
+        return real.apply(this, a);
+      });
+    }
+    return calls;
+  }
+
+  it('grows and syncs a tmpfs file without the thread pool; shrinks it, and syncs other files, through it', async () => {
+    if (!shmDir) return;
+    const path = join(shmDir, 'grown.bin');
+    const file = await HostFile.create(path, false);
+    try {
+      const calls = await poolMetadataCalls();
+      await file.truncate(3 * 65536);
+      await file.writeAt(Buffer.alloc(4096, 0xcd), 65536);
+      await file.datasync();
+      await file.sync();
+      expect(calls).toEqual({ truncate: 0, sync: 0, datasync: 0 });
+      expect(statSync(path).size).toBe(3 * 65536);
+      expect(file.size).toBe(3 * 65536);
+      await file.truncate(65536 + 4096); // shrinking frees pages: through the pool
+      expect(calls.truncate).toBe(1);
+      expect(statSync(path).size).toBe(65536 + 4096);
+      expect(
+        readFileSync(path)
+          .subarray(65536)
+          .every((b) => b === 0xcd),
+      ).toBe(true);
+    } finally {
+      await file.close();
+    }
+    vi.restoreAllMocks();
+    if (tmpOnTmpfs) return;
+    const onDisk = await HostFile.create(join(dir, 'grown.bin'), false);
+    try {
+      const calls = await poolMetadataCalls();
+      await onDisk.truncate(65536);
+      await onDisk.datasync();
+      await onDisk.sync();
+      expect(calls).toEqual({ truncate: 1, sync: 1, datasync: 1 });
+    } finally {
+      await onDisk.close();
+    }
+  });
+
   it('sends everything through the pool when inline I/O is turned off (VMSEAL_INLINE_IO=0)', async () => {
     if (!shmDir) return;
     const file = await HostFile.open(join(shmDir, 'data.bin'), true);
@@ -218,6 +273,11 @@ describe('HostFile inline I/O', () => {
       expect(small.equals(data.subarray(8192, 12288))).toBe(true);
       await file.writeAt(small, 8192);
       expect(calls).toEqual({ reads: 1, writes: 1 });
+      vi.restoreAllMocks();
+      const metadata = await poolMetadataCalls();
+      await file.truncate(SIZE + 65536);
+      await file.sync();
+      expect(metadata).toEqual({ truncate: 1, sync: 1, datasync: 0 });
     } finally {
       inlineIoSettings.max = INLINE_IO_MAX;
       await file.close();

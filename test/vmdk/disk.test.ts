@@ -77,6 +77,8 @@ describe('createDisk / openDisk basics', () => {
     await rejects(createDisk(p, { capacity: MiB, descriptorLines: [['k', 'a"b']] }), 'ERR_INVALID_ARGUMENT');
     await rejects(createDisk(p, { capacity: MiB, uuid: '01 02 03"\nCID=1' }), 'ERR_INVALID_ARGUMENT');
     await rejects(createDisk(p, { capacity: MiB, uuid: '01 02 03' }), 'ERR_INVALID_ARGUMENT');
+    // The internal file-system hint of a job's staging folder (a boolean or nothing).
+    await rejects(createDisk(p, { capacity: MiB, memoryBacked: 'yes' as never }), 'ERR_INVALID_ARGUMENT');
     await (await createDisk(p, { capacity: MiB })).close();
     await rejects(createDisk(p, { capacity: MiB }), 'ERR_VMDK_EXISTS');
     await (await createDisk(p, { capacity: 2 * MiB, overwrite: true })).close();
