@@ -41,7 +41,7 @@ export async function backupCreate(
   );
   ctx.output.note(
     r.changeBitmap.used
-      ? `read only the chunks changed since point ${r.changeBitmap.base} (change bitmap of vmseal serve)`
+      ? `read only the chunks changed since point ${r.changeBitmap.base} (its change bitmap, kept by vmseal serve or a trackChanges writer)`
       : `read every allocated chunk: ${r.changeBitmap.why}`,
   );
 }
