@@ -378,29 +378,8 @@ export class HostFile {
   }
 
   /** Make every write since the last sync durable, including writes through handles closed since. */
-  async sync(): Promise<void> {
-    await Promise.all([...this.#closing]);
-    const inline = this.#inlineHandle();
-    if (inline !== undefined) {
-      this.#dirty = false;
-      try {
-        fsyncSync(inline.fd);
-      } catch (err) {
-        throw ioError(err, 'flush to stable storage', this.path);
-      }
-    } else if (this.#fh) {
-      await this.#use(async (fh) => {
-        this.#dirty = false;
-        try {
-          await fh.sync();
-        } catch (err) {
-          throw ioError(err, 'flush to stable storage', this.path);
-        }
-      });
-    }
-    const err = this.#syncError;
-    this.#syncError = undefined;
-    if (err) throw err;
+  sync(): Promise<void> {
+    return this.#flush(false);
   }
 
   /** The ranges of [start, end) holding data (SEEK_DATA/SEEK_HOLE; see src/util/file-extents.ts). */
@@ -419,23 +398,30 @@ export class HostFile {
    * necessarily. Like sync(), it covers writes through handles the pool closed since (they were
    * fsynced before closing; a failure of that is reported here).
    */
-  async datasync(): Promise<void> {
+  datasync(): Promise<void> {
+    return this.#flush(true);
+  }
+
+  /** sync() and datasync(): inline on a memory-backed host file, else through the pooled handle. */
+  async #flush(dataOnly: boolean): Promise<void> {
     await Promise.all([...this.#closing]);
+    const what = dataOnly ? 'flush data to stable storage' : 'flush to stable storage';
     const inline = this.#inlineHandle();
     if (inline !== undefined) {
       this.#dirty = false;
       try {
-        fdatasyncSync(inline.fd);
+        if (dataOnly) fdatasyncSync(inline.fd);
+        else fsyncSync(inline.fd);
       } catch (err) {
-        throw ioError(err, 'flush data to stable storage', this.path);
+        throw ioError(err, what, this.path);
       }
     } else if (this.#fh) {
       await this.#use(async (fh) => {
         this.#dirty = false;
         try {
-          await fh.datasync();
+          await (dataOnly ? fh.datasync() : fh.sync());
         } catch (err) {
-          throw ioError(err, 'flush data to stable storage', this.path);
+          throw ioError(err, what, this.path);
         }
       });
     }
