@@ -2,13 +2,14 @@
 // file layer drops every write and folder entry that no fsync covered) leaves a repository that
 // verifies; the next backup reuses the chunks already there and the point restores the disk.
 // (A crashed restore: crash-restore.test.ts.)
-import { spawnSync, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createBackup, initRepository, listBackups, pruneBackup, restoreBackup, verifyBackup } from '../../src/backup/index.js';
 import { patternBytes, tempDir } from '../disk/helpers.js';
 import { bundleFixture } from '../helpers/bundle.js';
+import { runCrashChild } from '../helpers/crash-run.js';
 import { parseManifest } from '../../src/backup/manifest.js';
 import { entryOf, POINT_INDEX_FILE } from '../../src/backup/point-index.js';
 import { encryptedDisk } from './helpers.js';
@@ -34,11 +35,7 @@ afterAll(() => {
 
 function run(op: 'create' | 'prune', repo: string, crashAt: number, keep: string) {
   const args = op === 'create' ? [disk, repo] : [repo];
-  const r = spawnSync(process.execPath, [child, op, ...args], {
-    env: { ...process.env, CRASH_ROOT: repo, CRASH_AT: String(crashAt), CRASH_KEEP: keep },
-    encoding: 'utf8',
-  });
-  return { signal: r.signal, status: r.status, stderr: r.stderr, events: Number(/events=(\d+)/.exec(r.stdout)?.[1] ?? 0) };
+  return runCrashChild(child, [op, ...args], { root: repo, crashAt, keep });
 }
 
 function freshRepo(name: string): string {

@@ -5,10 +5,10 @@
 // test/helpers/points.ts samples (each kind's first and last, the edges, a few between); `npm run
 // fuzz` every call.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { spawnSync } from 'node:child_process';
 import { cpSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { bundleFixture } from '../helpers/bundle.js';
+import { runCrashChild } from '../helpers/crash-run.js';
 import { crashPoints } from '../helpers/points.js';
 import { createEncryptedDisk, openDisk } from '../../src/disk/index.js';
 import { phraseLocker, tempDir } from './helpers.js';
@@ -26,17 +26,7 @@ afterAll(() => {
 });
 
 function run(folder: string, disk: string, crashAt: number, keep: string) {
-  const r = spawnSync(process.execPath, [child, disk], {
-    env: { ...process.env, CRASH_ROOT: folder, CRASH_AT: String(crashAt), CRASH_KEEP: keep },
-    encoding: 'utf8',
-  });
-  return {
-    signal: r.signal,
-    status: r.status,
-    stderr: r.stderr,
-    events: Number(/events=(\d+)/.exec(r.stdout)?.[1] ?? 0),
-    kinds: /kinds=(\w*)/.exec(r.stdout)?.[1] ?? '',
-  };
+  return runCrashChild(child, [disk], { root: folder, crashAt, keep });
 }
 
 describe.each(['monolithicSparse', 'monolithicFlat'] as const)('%s: a power loss during unit-0 writes', (subformat) => {

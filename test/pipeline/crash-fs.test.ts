@@ -11,6 +11,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync
 import { join, dirname } from 'node:path';
 import { patternBytes, sha256, tempDir } from '../disk/helpers.js';
 import { bundleFixture } from '../helpers/bundle.js';
+import { runCrashChild } from '../helpers/crash-run.js';
 import { crashPoints } from '../helpers/points.js';
 import { diskTemplate, encryptedDisks, opensAs, plainHash, rawInputs } from './helpers.js';
 
@@ -38,18 +39,7 @@ const KEEP = ['none', 'last'] as const;
 let keep: (typeof KEEP)[number] = 'none';
 
 function run(op: string, disk: string, crashAt = 0, env: Record<string, string> = {}) {
-  const r = spawnSync(process.execPath, [child, op, disk, String(CHUNK)], {
-    env: { ...process.env, CRASH_ROOT: dirname(disk), CRASH_AT: String(crashAt), CRASH_KEEP: keep, ...env },
-    encoding: 'utf8',
-  });
-  return {
-    signal: r.signal,
-    status: r.status,
-    stdout: r.stdout,
-    stderr: r.stderr,
-    events: Number(/events=(\d+)/.exec(r.stdout)?.[1] ?? 0),
-    kinds: /kinds=(\w*)/.exec(r.stdout)?.[1] ?? '',
-  };
+  return runCrashChild(child, [op, disk, String(CHUNK)], { root: dirname(disk), crashAt, keep, env });
 }
 
 describe('the fault-injecting file layer', () => {

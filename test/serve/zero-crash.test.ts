@@ -3,10 +3,10 @@
 // the last of each file kept); the disk must then pass `qemu-img check`, open (data check), and
 // every grain must read one of the values it had — old data, zeros or new data, whole — never noise.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawnSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, mkdtempSync, rmSync, statfsSync } from 'node:fs';
 import { join } from 'node:path';
 import { bundleFixture } from '../helpers/bundle.js';
+import { runCrashChild } from '../helpers/crash-run.js';
 import { createEncryptedDisk, openDisk } from '../../src/disk/index.js';
 import { phraseLocker, tempDir } from '../disk/helpers.js';
 import { run as runTool } from './helpers.js';
@@ -25,17 +25,7 @@ afterAll(() => {
 });
 
 function run(folder: string, disk: string, crashAt: number, keep: string) {
-  const r = spawnSync(process.execPath, [child, disk], {
-    env: { ...process.env, CRASH_ROOT: folder, CRASH_AT: String(crashAt), CRASH_KEEP: keep },
-    encoding: 'utf8',
-  });
-  return {
-    signal: r.signal,
-    status: r.status,
-    stderr: r.stderr,
-    events: Number(/events=(\d+)/.exec(r.stdout)?.[1] ?? 0),
-    kinds: /kinds=(\w*)/.exec(r.stdout)?.[1] ?? '',
-  };
+  return runCrashChild(child, [disk], { root: folder, crashAt, keep });
 }
 
 /** A folder on a tmpfs, where the disk's small writes run inline (synchronous calls), or undefined without one. */

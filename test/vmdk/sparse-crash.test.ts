@@ -6,10 +6,10 @@
 // reads back exactly, and every grain reads as one of the states the batches since then left —
 // never bytes no write put there (a grain-table entry pointing at a grain whose data was lost).
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { spawnSync } from 'node:child_process';
 import { cpSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { bundleFixture } from '../helpers/bundle.js';
+import { runCrashChild } from '../helpers/crash-run.js';
 import { crashPoints } from '../helpers/points.js';
 import { createEncryptedDisk } from '../../src/disk/index.js';
 import { createDisk } from '../../src/vmdk/index.js';
@@ -30,19 +30,9 @@ afterAll(() => {
 });
 
 function run(folder: string, disk: string, crashAt: number, keep: string, passphrase: string | undefined) {
-  const r = spawnSync(process.execPath, [child, disk, ...(passphrase ? [passphrase] : [])], {
-    env: { ...process.env, CRASH_ROOT: folder, CRASH_AT: String(crashAt), CRASH_KEEP: keep },
-    encoding: 'utf8',
-  });
+  const r = runCrashChild(child, [disk, ...(passphrase ? [passphrase] : [])], { root: folder, crashAt, keep });
   const flushed = [...r.stdout.matchAll(/flushed=(\d+)/g)].map((m) => Number(m[1]));
-  return {
-    signal: r.signal,
-    status: r.status,
-    stderr: r.stderr,
-    flushed: flushed.length ? flushed[flushed.length - 1] : 0,
-    events: Number(/events=(\d+)/.exec(r.stdout)?.[1] ?? 0),
-    kinds: /kinds=(\w*)/.exec(r.stdout)?.[1] ?? '',
-  };
+  return { ...r, flushed: flushed.length ? flushed[flushed.length - 1] : 0 };
 }
 
 /**
