@@ -2,7 +2,7 @@
  * Boot a real Linux VM (qemu-system-x86_64) whose root disk is an NBD export, for tests.
  *
  *   const tools = findVmTools();                 // throws: which Debian package is missing
- *   const accel = await probeAccel(tools.qemu);  // 'kvm', 'tcg' or null (neither works here)
+ *   const accel = await probeAccel(tools);       // 'kvm' (if a guest really runs under it), 'tcg' or null
  *   const guest = await makeGuestImage(join(dir, 'guest.raw'));
  *   const run = await bootFromNbd(tools, accel, 'nbd+unix:///guest?socket=/…/s.sock');
  *   expect(run.code).toBe(0); …
@@ -25,6 +25,7 @@ import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { accessSync, constants, existsSync, readdirSync, readFileSync } from 'node:fs';
 import { chmod, copyFile, mkdir, mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 
@@ -148,10 +149,74 @@ function accelWorks(qemu: string, accel: Accel): Promise<boolean> {
   });
 }
 
-/** KVM when /dev/kvm is usable, else TCG (emulation, ~15 s for this guest); null if neither starts. */
-export async function probeAccel(qemu: string): Promise<Accel | null> {
-  if (existsSync('/dev/kvm') && (await accelWorks(qemu, 'kvm'))) return 'kvm';
-  return (await accelWorks(qemu, 'tcg')) ? 'tcg' : null;
+/** How long a guest under KVM may take to reach its "no root" panic before KVM counts as unusable here. */
+const KVM_PROBE_MS = 20_000;
+
+/** The machine and firmware a test will boot (a UEFI test: q35 and OVMF), for the KVM probe to boot the same. */
+export interface ProbeMachine {
+  /** OVMF's code (pflash unit 0, read-only) and a variables template (copied: unit 1 is written). */
+  uefi?: { code: string; varsTemplate: string };
+}
+
+/**
+ * Does a guest actually run under KVM here? Some hosts (nested virtualisation) expose a /dev/kvm
+ * with which qemu starts, yet a real guest does not run: SeaBIOS's kernel boot hangs after "Booting
+ * from ROM...", OVMF stops with "KVM internal error. Suberror: 1 ... emulation failure" (seen on
+ * 2026-12-06). So the probe boots the tests' kernel itself, with no initrd and no root disk: it must
+ * print its "Kernel panic" (no root to mount) and qemu exit (panic=-1 with -no-reboot) within
+ * KVM_PROBE_MS — about a second when KVM works.
+ */
+async function kvmRunsGuest(tools: VmTools, machine: ProbeMachine): Promise<boolean> {
+  const dir = await mkdtemp(join(tmpdir(), 'vmseal-kvm-probe-'));
+  try {
+    const firmware: string[] = [];
+    if (machine.uefi) {
+      const vars = join(dir, 'vars.fd');
+      await copyFile(machine.uefi.varsTemplate, vars);
+      firmware.push(
+        ...['-machine', 'q35'],
+        ...['-drive', `if=pflash,unit=0,format=raw,readonly=on,file=${driveValue(machine.uefi.code)}`],
+        ...['-drive', `if=pflash,unit=1,format=raw,file=${driveValue(vars)}`],
+      );
+    }
+    const args = [
+      ...['-accel', 'kvm', '-m', machine.uefi ? '512' : '256', '-nographic', '-nodefaults', '-serial', 'stdio', '-no-reboot'],
+      ...firmware,
+      ...['-kernel', tools.kernel, '-append', 'console=ttyS0 panic=-1'],
+    ];
+    return await new Promise<boolean>((resolve) => {
+      const child = spawn(tools.qemu, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      const keep = (d: Buffer) => {
+        out = (out + String(d)).slice(-64 * 1024);
+      };
+      child.stdout.on('data', keep);
+      child.stderr.on('data', keep);
+      const timer = setTimeout(() => child.kill('SIGKILL'), KVM_PROBE_MS);
+      child.on('error', () => {
+        clearTimeout(timer);
+        resolve(false);
+      });
+      child.on('close', (code) => {
+        clearTimeout(timer);
+        resolve(code === 0 && out.includes('Kernel panic'));
+      });
+    });
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * KVM when /dev/kvm runs a real guest here (the same machine and firmware as the test's), else TCG
+ * (emulation, ~15 s for this guest); null if qemu starts with neither.
+ */
+export async function probeAccel(tools: VmTools, machine: ProbeMachine = {}): Promise<Accel | null> {
+  if (existsSync('/dev/kvm') && (await accelWorks(tools.qemu, 'kvm'))) {
+    if (await kvmRunsGuest(tools, machine)) return 'kvm';
+    console.warn('vm: /dev/kvm is present but a guest does not run under KVM here: the VM tests use TCG (emulation)');
+  }
+  return (await accelWorks(tools.qemu, 'tcg')) ? 'tcg' : null;
 }
 
 export interface GuestImage {

@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ChildProcess } from 'node:child_process';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { cleanEnv, json, qemuImg, vmseal, vmsealChild, type CliResult } from '../cli/run-cli.js';
 import {
   bootFromNbd,
@@ -47,7 +47,7 @@ try {
   toolsError = e;
 }
 // Missing tools: run, and fail with the packages to install (accel is then irrelevant).
-const accel: Accel | null = tools ? await probeAccel(tools.qemu) : 'tcg';
+const accel: Accel | null = tools ? await probeAccel(tools) : 'tcg';
 if (accel === null) console.warn('vm-boot: skipped: qemu-system-x86_64 starts neither with KVM (/dev/kvm) nor with TCG here');
 
 /** The test waits this long for `vmseal: serving NAME on URI` on its stderr. */
@@ -116,12 +116,18 @@ describe.skipIf(accel === null)('a qemu VM boots from an encrypted disk served b
     env = cleanEnv({ VMSEAL_HOME: join(dir, 'home'), XDG_RUNTIME_DIR: undefined });
   });
 
-  afterAll(async () => {
+  // After each test: a server a failed test left running still holds the control socket the next
+  // variant's server needs (it would be refused, hiding the next variant's own result).
+  afterEach(async () => {
     if (server && server.exitCode === null && server.signalCode === null) {
       server.kill('SIGKILL');
       await exitOf(server, 10_000);
     }
+    server = undefined;
     killRunningVms();
+  });
+
+  afterAll(async () => {
     if (dir) await rm(dir, { recursive: true, force: true });
   });
 

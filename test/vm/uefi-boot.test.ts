@@ -58,7 +58,7 @@ try {
   tools = undefined;
   toolsError = e;
 }
-const accel: Accel | null = tools ? await probeAccel(tools.qemu) : 'tcg';
+const accel: Accel | null = tools ? await probeAccel(tools, { uefi: { code: OVMF_CODE, varsTemplate: OVMF_VARS } }) : 'tcg';
 if (accel === null) console.warn('uefi-boot: skipped: qemu-system-x86_64 starts neither with KVM (/dev/kvm) nor with TCG here');
 
 describe.skipIf(accel === null)('a UEFI VM (OVMF) boots with its disk and its variables served by `vmseal serve --vm`', () => {
