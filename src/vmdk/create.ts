@@ -4,7 +4,7 @@ import { Descriptor, MAX_DESCRIPTOR_BYTES } from './descriptor.js';
 import { ChainDisk } from './chain.js';
 import { type VirtualDisk, VmdkDisk } from './disk.js';
 import { VmdkFormatError } from './errors.js';
-import { HostFile } from './file.js';
+import { HostFile, type NewFile } from './file.js';
 import { GTES_PER_GT, sparseOverheadSectors } from './sparse-fit.js';
 import { openCreatedDisk, openCreatedFile } from './open.js';
 import {
@@ -167,7 +167,7 @@ async function makeDisk(path: string, options: CreateDiskOptions, extentName: st
   const abs = resolve(path);
 
   if (subformat === 'raw') {
-    const f = await HostFile.create(abs, how.overwrite, how.memoryBacked);
+    const f = await HostFile.create(abs, how);
     try {
       await f.truncate(capacity);
     } catch (err) {
@@ -233,7 +233,7 @@ async function makeDisk(path: string, options: CreateDiskOptions, extentName: st
       checkSparseCapacity(sectors, grainSectors, DEFAULT_DESCRIPTOR_SECTORS);
       const text = Buffer.from(d.toString(), 'utf8');
       const descSectors = embeddedDescriptorSectors(text.length);
-      const file = await HostFile.create(abs, how.overwrite, how.memoryBacked);
+      const file = await HostFile.create(abs, how);
       try {
         const ext = await StreamWriterExtent.create(file, sectors, grainSectors, text, descSectors);
         return fresh(
@@ -368,14 +368,8 @@ function checkSparseCapacity(sectors: number, grainSectors: number, descriptorSe
   }
 }
 
-/** How makeDisk makes each of a disk's files (CreateDiskOptions.overwrite and .memoryBacked). */
-interface NewFile {
-  overwrite: boolean;
-  memoryBacked: boolean | undefined;
-}
-
 async function createFlatFile(path: string, bytes: number, how: NewFile): Promise<void> {
-  const f = await HostFile.create(path, how.overwrite, how.memoryBacked);
+  const f = await HostFile.create(path, how);
   try {
     await f.truncate(bytes);
   } finally {
@@ -384,7 +378,7 @@ async function createFlatFile(path: string, bytes: number, how: NewFile): Promis
 }
 
 async function writeTextDescriptor(path: string, d: Descriptor, how: NewFile): Promise<void> {
-  const f = await HostFile.create(path, how.overwrite, how.memoryBacked);
+  const f = await HostFile.create(path, how);
   try {
     await f.writeAt(d.toBuffer(), 0);
   } finally {
@@ -438,7 +432,7 @@ async function createSparseFile(
   };
   const rgdDir = directory(rgd);
   const gdDir = directory(gd);
-  const f = await HostFile.create(path, how.overwrite, how.memoryBacked);
+  const f = await HostFile.create(path, how);
   try {
     const head = Buffer.alloc((1 + descSectors) * SECTOR);
     serializeSparseHeader(header).copy(head, 0);

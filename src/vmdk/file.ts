@@ -80,6 +80,12 @@ interface FileIdentity {
   ino: bigint;
 }
 
+/** How a new host file is made (createDisk's overwrite and memoryBacked options). */
+export interface NewFile {
+  overwrite: boolean;
+  memoryBacked?: boolean | undefined;
+}
+
 /**
  * One host file with positional I/O that loops over short reads/writes (one syscall per call in the
  * normal case) and turns OS errors into VmdkFormatError. Several calls may be in flight at once.
@@ -146,10 +152,11 @@ export class HostFile {
   }
 
   /**
-   * Create a new file (fails if it exists unless `overwrite`). `memoryBacked`: whether its folder is
-   * on tmpfs or ramfs, when the caller knows (else a statfs of the new file tells).
+   * Create a new file (fails if it exists unless `how.overwrite`). `how.memoryBacked`: whether its
+   * folder is on tmpfs or ramfs, when the caller knows (else a statfs of the new file tells).
    */
-  static async create(path: string, overwrite: boolean, memoryBacked?: boolean): Promise<HostFile> {
+  static async create(path: string, how: NewFile): Promise<HostFile> {
+    const { overwrite, memoryBacked } = how;
     let fh: FileHandle;
     try {
       fh = await open(path, overwrite ? 'w+' : 'wx+');

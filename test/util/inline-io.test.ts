@@ -227,7 +227,7 @@ describe('HostFile inline I/O', () => {
   it('grows and syncs a tmpfs file without the thread pool; shrinks it, and syncs other files, through it', async () => {
     if (!shmDir) return;
     const path = join(shmDir, 'grown.bin');
-    const file = await HostFile.create(path, false);
+    const file = await HostFile.create(path, { overwrite: false });
     try {
       const calls = await poolMetadataCalls();
       await file.truncate(3 * 65536);
@@ -250,7 +250,7 @@ describe('HostFile inline I/O', () => {
     }
     vi.restoreAllMocks();
     if (tmpOnTmpfs) return;
-    const onDisk = await HostFile.create(join(dir, 'grown.bin'), false);
+    const onDisk = await HostFile.create(join(dir, 'grown.bin'), { overwrite: false });
     try {
       const calls = await poolMetadataCalls();
       await onDisk.truncate(65536);
