@@ -27,18 +27,24 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
+/** A quiet CLI context's key session (its own keystore folder), the desk workers ask for keys, and a new output folder. */
+async function poolSetup(home: string, outName: string): Promise<{ keys: KeySession; desk: KeyDesk; out: string }> {
+  const ctx = makeCtx({
+    output: new Output({ quiet: true }),
+    signal: new AbortController().signal,
+    env: {},
+    io: { input: new PassThrough(), output: new PassThrough() },
+  });
+  const keys = new KeySession(ctx, { home: join(dir, home) });
+  const desk = new KeyDesk(keys, async () => []);
+  const out = join(dir, outName);
+  await mkdir(out);
+  return { keys, desk, out };
+}
+
 describe('batch worker pool', () => {
   it('workers take images from the shared queue themselves and, on abort, clean up the images in flight', async () => {
-    const ctx = makeCtx({
-      output: new Output({ quiet: true }),
-      signal: new AbortController().signal,
-      env: {},
-      io: { input: new PassThrough(), output: new PassThrough() },
-    });
-    const keys = new KeySession(ctx, { home: join(dir, 'home') });
-    const desk = new KeyDesk(keys, async () => []);
-    const out = join(dir, 'out');
-    await mkdir(out);
+    const { keys, desk, out } = await poolSetup('home', 'out');
     // Two small images, then big ones: the workers take them in input order without the main
     // thread handing any out; an abort once two big ones are staged stops them and the rest.
     const names = ['small0', 'small1', 'big0', 'big1', 'big2', 'big3'];
@@ -85,16 +91,7 @@ describe('batch worker pool', () => {
   }, 60_000);
 
   it('fails every image a worker thread had in flight when the thread dies', async () => {
-    const ctx = makeCtx({
-      output: new Output({ quiet: true }),
-      signal: new AbortController().signal,
-      env: {},
-      io: { input: new PassThrough(), output: new PassThrough() },
-    });
-    const keys = new KeySession(ctx, { home: join(dir, 'home-dies') });
-    const desk = new KeyDesk(keys, async () => []);
-    const out = join(dir, 'out-dies');
-    await mkdir(out);
+    const { keys, desk, out } = await poolSetup('home-dies', 'out-dies');
     const names = ['slow0', 'slow1', 'slow2'];
     for (const n of names) await writeFile(join(dir, `${n}.img`), Buffer.alloc(128 * MiB, 0x3c));
     const items = names.map((n) => ({ input: join(dir, `${n}.img`), output: join(out, `${n}.vmdk`) }));
