@@ -9,7 +9,8 @@
  * 64 `-` when there is none), so that every update rewrites the same bytes of the descriptor and an
  * embedded descriptor changes in one sector.
  */
-import { createHmac, hkdfSync } from 'node:crypto';
+import { createHmac } from 'node:crypto';
+import { hkdfSha256 } from '../util/hkdf.js';
 import { expected } from '../errors.js';
 import { DiskError } from './errors.js';
 
@@ -48,7 +49,7 @@ export class DataCheckKey {
   #key: Buffer;
 
   constructor(dek: Uint8Array) {
-    this.#key = Buffer.from(hkdfSync('sha256', dek, Buffer.alloc(0), HKDF_INFO, 32));
+    this.#key = hkdfSha256(dek, HKDF_INFO, 32);
   }
 
   /**

@@ -1,4 +1,5 @@
-import { createHmac, hkdfSync, timingSafeEqual } from 'node:crypto';
+import { createHmac, timingSafeEqual } from 'node:crypto';
+import { hkdfSha256 } from '../util/hkdf.js';
 import { expected } from '../errors.js';
 import { KeyError, invalidArgument } from './errors.js';
 import { checkDiskCipher, dekLength, type DiskCipher } from './dek.js';
@@ -94,7 +95,7 @@ function checkDek(dek: unknown, cipher: DiskCipher): Buffer {
 function tag(dek: Buffer, params: BindingParams): Buffer {
   const message = encodeBindingParams(params);
   checkDek(dek, params.cipher);
-  const key = Buffer.from(hkdfSync('sha256', dek, Buffer.alloc(0), LABEL, 32));
+  const key = hkdfSha256(dek, LABEL, 32);
   try {
     return createHmac('sha256', key).update(message).digest();
   } finally {

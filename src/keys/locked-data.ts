@@ -1,4 +1,5 @@
-import { createCipheriv, createDecipheriv, createHash, createHmac, hkdfSync, randomBytes, timingSafeEqual, type Hash } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHash, createHmac, randomBytes, timingSafeEqual, type Hash } from 'node:crypto';
+import { hkdfSha256 } from '../util/hkdf.js';
 import { ETM_MAC_NAME, MAC_BYTES, type MacName } from './keysafe.js';
 
 /**
@@ -44,7 +45,7 @@ export { ETM_MAC_NAME };
 
 /** The encryption and MAC keys of an encrypt-then-MAC locker (the caller wipes them). */
 function etmKeys(kek: Buffer): { enc: Buffer; mac: Buffer } {
-  const derive = (purpose: string): Buffer => Buffer.from(hkdfSync('sha256', kek, Buffer.alloc(0), `vmseal locker ${ETM_MAC_NAME} ${purpose}`, 32));
+  const derive = (purpose: string): Buffer => hkdfSha256(kek, `vmseal locker ${ETM_MAC_NAME} ${purpose}`, 32);
   return { enc: derive('encryption'), mac: derive('authentication') };
 }
 

@@ -34,7 +34,8 @@
  * rekey. Keys appear only wrapped: the header holds KeySafe strings, never raw keys.
  */
 import { open, readdir, rename, unlink, type FileHandle } from 'node:fs/promises';
-import { createHash, createHmac, hkdfSync, timingSafeEqual } from 'node:crypto';
+import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
+import { hkdfSha256 } from '../util/hkdf.js';
 import { basename, dirname, join } from 'node:path';
 import { PipelineError } from './errors.js';
 import { fsyncDir, pathExists } from './staging.js';
@@ -126,7 +127,7 @@ const sha256 = (b: Uint8Array): Buffer => createHash('sha256').update(b).digest(
 
 /** The journal's MAC key, derived from the DEK of its target lines (never stored). */
 export function journalMacKey(dek: Uint8Array): Buffer {
-  return Buffer.from(hkdfSync('sha256', dek, Buffer.alloc(0), HKDF_INFO, 32));
+  return hkdfSha256(dek, HKDF_INFO, 32);
 }
 
 /** Version 2: HMAC-SHA-256 with the journal key; version 1: plain SHA-256 (no key). */

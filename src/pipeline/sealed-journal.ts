@@ -7,7 +7,8 @@
  * 32 B), so only whoever unlocks the DEK wrote a journal that resume acts on; without a DEK (a plain
  * chain) the seal is a SHA-256 checksum of the JSON. Each kind checks its own header's fields.
  */
-import { createHash, createHmac, hkdfSync } from 'node:crypto';
+import { createHash, createHmac } from 'node:crypto';
+import { hkdfSha256 } from '../util/hkdf.js';
 import { open, readFile } from 'node:fs/promises';
 
 const LENGTH_BYTES = 4;
@@ -16,7 +17,7 @@ const SEAL_BYTES = 32;
 /** The seal of `json`: keyed by `dek` under `label`, or a checksum when there is no key. */
 export function sealJournal(dek: Uint8Array | null, label: string, json: Uint8Array): Buffer {
   if (!dek) return createHash('sha256').update(json).digest();
-  const key = Buffer.from(hkdfSync('sha256', dek, Buffer.alloc(0), label, 32));
+  const key = hkdfSha256(dek, label, 32);
   try {
     return createHmac('sha256', key).update(json).digest();
   } finally {

@@ -34,7 +34,8 @@
  * KeySafe (new lockers, same file key) and must not need the key to recompute every tag. The KeySafe
  * is authenticated by its own lockers' MACs, and a KeySafe of another key fails every chunk's tag.
  */
-import { createHash, hkdfSync } from 'node:crypto';
+import { createHash } from 'node:crypto';
+import { hkdfSha256 } from '../util/hkdf.js';
 import { VmError } from './errors.js';
 
 export const STATE_FILE_MAGIC = 'VMSEALST';
@@ -162,7 +163,7 @@ export function headerHash(header: Buffer): Buffer {
 /** The AES-256-GCM key of a file's chunks (see the top of this file); the caller wipes it. */
 export function chunkKey(fileKey: Buffer, header: Pick<StateFileHeader, 'version' | 'fileId'>): Buffer {
   if (header.version === 1) return Buffer.from(fileKey);
-  return Buffer.from(hkdfSync('sha256', fileKey, header.fileId, 'vmseal state chunks', 32));
+  return hkdfSha256(fileKey, 'vmseal state chunks', 32, header.fileId);
 }
 
 /** The 12-byte GCM nonce of chunk `index`. */
