@@ -1,6 +1,6 @@
 import { expected } from '../errors.js';
 import { XtsError, XtsRangeError, XtsTypeError } from './errors.js';
-import { loadNative, type NativeCipherHandle, type NativeXts } from './native.js';
+import { availableImplementations, loadNative, type NativeCipherHandle, type NativeXts } from './native.js';
 import { XTS_MAX_UNIT_SIZE, XTS_MIN_UNIT_SIZE, type XtsImplementation } from './constants.js';
 import { runTransfer, type ChunkIo } from './transfer.js';
 import { checkBatch, checkKey, checkOptionsObject, checkOut, checkUint8Array, chooseImplementation } from './validate.js';
@@ -79,7 +79,7 @@ export class XtsCipher implements Disposable {
     checkKey(key);
     const opts = options === undefined ? {} : checkOptionsObject(options, 'options', 'an object');
     const native = loadNative();
-    const implementation = chooseImplementation(opts.implementation, native.info().available);
+    const implementation = chooseImplementation(opts.implementation, availableImplementations());
     try {
       this.#handle = native.createCipher(key, implementation);
     } catch (err) {

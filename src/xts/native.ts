@@ -59,6 +59,18 @@ export function loadNative(): NativeXts {
   return cached;
 }
 
+let availableCached: readonly string[] | undefined;
+
+/**
+ * The implementations this CPU and OS run, fastest first (the addon's info().available), asked
+ * once: neither the CPU nor the loaded binary changes while the process runs, and info() builds a
+ * fresh report of every CPU flag on each call (≈3 µs), which every new cipher paid.
+ */
+export function availableImplementations(): readonly string[] {
+  availableCached ??= Object.freeze([...loadNative().info().available]);
+  return availableCached;
+}
+
 /**
  * Load and check an addon binary: `path` names an explicit .node file (VMSEAL_NATIVE_PATH; the
  * sanitizer build uses it); otherwise node-gyp-build looks in <root>/prebuilds/<platform>-<arch>/

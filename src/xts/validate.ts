@@ -26,12 +26,13 @@ export function checkUint8Array(value: unknown, argument: string, what = 'a Uint
   return value;
 }
 
+const KEY_WHAT = `a Uint8Array of ${XTS_KEY_BYTES_128} bytes (XTS-AES-128) or ${XTS_KEY_BYTES_256} bytes (XTS-AES-256)`;
+
 export function checkKey(key: unknown): Uint8Array {
-  const what = `a Uint8Array of ${XTS_KEY_BYTES_128} bytes (XTS-AES-128) or ${XTS_KEY_BYTES_256} bytes (XTS-AES-256)`;
-  checkUint8Array(key, 'key', what);
+  checkUint8Array(key, 'key', KEY_WHAT);
   const k = key as Uint8Array;
   if (k.byteLength !== XTS_KEY_BYTES_128 && k.byteLength !== XTS_KEY_BYTES_256) {
-    throw new XtsRangeError('ERR_XTS_KEY_LENGTH', expected(what, 'key', k));
+    throw new XtsRangeError('ERR_XTS_KEY_LENGTH', expected(KEY_WHAT, 'key', k));
   }
   // Key1 = Key2 makes XTS degenerate (IEEE 1619-2018 §5.1 forbids it). No early exit.
   const half = k.byteLength / 2;
