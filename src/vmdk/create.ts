@@ -226,7 +226,7 @@ async function makeDisk(path: string, options: CreateDiskOptions, extentName: st
       }
       // Opened from the directories just written, not by reading them back (2 × 2 MiB at 16 TiB).
       const extent = await SparseExtent.created(made.file, made.header, made.gd, made.rgd, { writable: true, whyReadOnly: 'the disk was opened read-only' });
-      return fresh(await openCreatedFile(made.file, 'sparse', extent));
+      return fresh(await openCreatedFile(made.file, 'sparse', extent, d));
     }
     case 'streamOptimized': {
       const d = descriptor([extentLine('RW', sectors, 'SPARSE', basename(abs))]);

@@ -86,9 +86,9 @@ export function openCreatedDisk(path: string, options: OpenDiskOptions): Promise
  * of the trips of a small image's conversion, and would open whatever file had taken the name
  * meanwhile. The file is not in a handle pool (it is the disk's only one). On failure it is closed.
  */
-export async function openCreatedFile(file: HostFile, kind: 'sparse' | 'raw', extent?: SparseExtent): Promise<VmdkDisk> {
+export async function openCreatedFile(file: HostFile, kind: 'sparse' | 'raw', extent?: SparseExtent, descriptor?: Descriptor): Promise<VmdkDisk> {
   try {
-    return kind === 'raw' ? openRaw(file, false) : await openEmbedded(file, [file], false, true, false, extent);
+    return kind === 'raw' ? openRaw(file, false) : await openEmbedded(file, [file], false, true, false, extent && { extent, descriptor });
   } catch (err) {
     await file.close();
     throw err;
@@ -274,20 +274,25 @@ async function openText(main: HostFile, opened: HostFile[], readOnly: boolean, a
   });
 }
 
-/** `created`: the extent of a file create.ts has just written (its directories are not read back). */
+/**
+ * `created`: a file create.ts has just written, its extent (the directories are not read back) and
+ * the descriptor it wrote into it (not read back and parsed again either).
+ */
 async function openEmbedded(
   main: HostFile,
   opened: HostFile[],
   readOnly: boolean,
   allowEncrypted: boolean,
   full: boolean,
-  created?: SparseExtent,
+  created?: { extent: SparseExtent; descriptor: Descriptor | undefined },
 ): Promise<VmdkDisk> {
-  const sparse = created ?? (await SparseExtent.open(main, { writable: !readOnly, whyReadOnly: 'the disk was opened read-only' }));
+  const sparse = created?.extent ?? (await SparseExtent.open(main, { writable: !readOnly, whyReadOnly: 'the disk was opened read-only' }));
   if (full) await sparse.checkStructure();
   const area = sparse.descriptorArea;
   let descriptor: Descriptor | undefined;
-  if (area) {
+  if (area && created?.descriptor) {
+    descriptor = created.descriptor.named(main.path);
+  } else if (area) {
     const bytes = Buffer.alloc(area.size);
     await main.readExact(bytes, area.offset, 'the embedded descriptor');
     if (bytes[0] !== 0) descriptor = Descriptor.parse(bytes, { file: main.path });
