@@ -74,14 +74,22 @@ function checkParams(params: BindingParams): Array<[string, string]> {
 
 /** The canonical byte encoding of the parameters (exported for tests and docs). */
 export function encodeBindingParams(params: BindingParams): Buffer {
-  const parts: Buffer[] = [Buffer.from(LABEL + '\0', 'ascii')];
-  for (const [name, value] of checkParams(params)) {
-    const v = Buffer.from(value, 'utf8');
-    const len = Buffer.alloc(4);
-    len.writeUInt32BE(v.length);
-    parts.push(Buffer.from(name + '\0', 'ascii'), len, v);
+  const fields = checkParams(params);
+  // Sized first and written into one buffer: a disk's batch job binds it once per image, and the
+  // three small buffers per field plus their concatenation were most of the encoding's time.
+  let size = LABEL.length + 1;
+  for (const [name, value] of fields) size += name.length + 1 + 4 + Buffer.byteLength(value, 'utf8');
+  const out = Buffer.allocUnsafe(size); // every byte is written below
+  let at = out.write(LABEL, 0, 'latin1');
+  out[at++] = 0;
+  for (const [name, value] of fields) {
+    at += out.write(name, at, 'latin1'); // names are ASCII: the fixed four and [a-zA-Z][a-zA-Z0-9]*
+    out[at++] = 0;
+    const length = Buffer.byteLength(value, 'utf8');
+    at = out.writeUInt32BE(length, at);
+    at += out.write(value, at, 'utf8');
   }
-  return Buffer.concat(parts);
+  return out;
 }
 
 function checkDek(dek: unknown, cipher: DiskCipher): Buffer {

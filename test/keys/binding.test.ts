@@ -29,6 +29,29 @@ describe('binding authenticator', () => {
     }
   });
 
+  it('encodes extra fields as the spec says: sorted by name, UTF-8 values with their byte length', () => {
+    // Built from docs/format.md's words, field by field, apart from the encoder.
+    const field = (name: string, value: string): Buffer => {
+      const v = Buffer.from(value, 'utf8');
+      const n = Buffer.alloc(4);
+      n.writeUInt32BE(v.length);
+      return Buffer.concat([Buffer.from(`${name}\0`, 'ascii'), n, v]);
+    };
+    const extra = { zeta: 'ünïcödé 💾', empty: '', formatVersion: '2', long: 'x'.repeat(70000) };
+    const wanted = Buffer.concat([
+      Buffer.from('vmseal binding v1\0', 'ascii'),
+      field('cipher', 'aes-256-xts'),
+      field('dataUnitSize', '512'),
+      field('capacity', '10737418240'),
+      field('diskId', 'disk-A'),
+      field('empty', ''),
+      field('formatVersion', '2'),
+      field('long', 'x'.repeat(70000)),
+      field('zeta', 'ünïcödé 💾'),
+    ]);
+    expect(encodeBindingParams({ ...params, extra }).equals(wanted)).toBe(true);
+  });
+
   it('is descriptor-safe: "v1." and 43 base64url characters', () => {
     const a = computeAuthenticator(generateDek(), params);
     expect(a).toMatch(/^v1\.[A-Za-z0-9_-]{43}$/);
