@@ -32,10 +32,17 @@ function isAlnum(c: number): boolean {
 
 /** Escape a string's UTF-8 bytes: alphanumerics as they are, every other byte as %xx (lowercase). */
 export function escapeBytes(bytes: Uint8Array): string {
-  let out = '';
-  for (const b of bytes) out += isAlnum(b) ? String.fromCharCode(b) : '%' + HEX[b >> 4] + HEX[b & 15];
-  return out;
+  // Each byte as the character of the same code (latin1), then the non-alphanumerics replaced by
+  // their escapes: the regular expression walks the text natively, where a loop of string
+  // concatenations cost ≈20 µs for the locked data of each new disk's KeySafe.
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('latin1').replace(NOT_ALNUM, escapeChar);
 }
+
+const NOT_ALNUM = /[^A-Za-z0-9]/g;
+const escapeChar = (c: string): string => {
+  const b = c.charCodeAt(0);
+  return '%' + HEX[b >> 4]! + HEX[b & 15]!;
+};
 
 /** The wire spelling vmseal writes for a value: the literal tokens for null and '', else escaped UTF-8. */
 export function encodeField(value: string | null): string {

@@ -1,7 +1,7 @@
 import { describe, it, expect } from 'vitest';
 import fc from 'fast-check';
 import { KeySafe, KeySafeError, KEYSAFE_LIMITS, type KeyLocator } from '../../src/keys/index.js';
-import { encodeField, decodeField } from '../../src/keys/escape.js';
+import { encodeField, decodeField, escapeBytes } from '../../src/keys/escape.js';
 import { parseDict, serializeDict, parseKeyDict, serializeKeyDict } from '../../src/keys/dict.js';
 import { makeList, makePair, makeFqidLocator, makePhraseLocator } from '../../src/keys/keysafe.js';
 import { vectors, esc } from './helpers.js';
@@ -73,6 +73,16 @@ describe('escaping', () => {
     expect(decodeField('%3cVMWARE%2dNULL%3e', 0, 'f').value).toBeNull();
     expect(decodeField('%3cVMWARE%2dEMPTYSTRING%3e', 0, 'f').value).toBe('');
     expect(decodeField('%c3%a5', 0, 'f').value).toBe('å');
+  });
+
+  it('escapes each of the 256 byte values by the rule, also inside a view of a larger buffer', () => {
+    const all = Buffer.alloc(258);
+    for (let b = 0; b < 256; b++) all[b + 1] = b;
+    const view = all.subarray(1, 257);
+    const alnum = (b: number): boolean => (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5a) || (b >= 0x61 && b <= 0x7a);
+    const wanted = [...view].map((b) => (alnum(b) ? String.fromCharCode(b) : `%${b.toString(16).padStart(2, '0')}`)).join('');
+    expect(escapeBytes(view)).toBe(wanted);
+    expect(escapeBytes(new Uint8Array(0))).toBe('');
   });
 
   it('dict values: %, :, = and non-printables escaped; + and / literal', () => {
