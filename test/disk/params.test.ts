@@ -27,6 +27,23 @@ describe('descriptor value rules', () => {
   ])('refuses %j', (value, why) => {
     expect(unsafeValueReason(value)).toContain(why);
   });
+  it('judges every character code as the rule says, naming the first bad one', () => {
+    const codes = [...Array.from({ length: 0x180 }, (_, c) => c), 0x2028, 0xd800, 0xfeff, 0xffff];
+    for (const c of codes) {
+      const ch = String.fromCharCode(c);
+      const wanted =
+        c < 0x21 || c > 0x7e
+          ? `it contains the character code ${c} at index 2 (printable ASCII only)`
+          : c === 0x22
+            ? `it contains '"' at index 2`
+            : c === 0x3d
+              ? `it contains '=' at index 2`
+              : null;
+      expect(unsafeValueReason(`ab${ch}c=`), `code ${c}`).toBe(wanted ?? "it contains '=' at index 4");
+      expect(unsafeValueReason(`ab${ch}cd`), `code ${c}`).toBe(wanted);
+    }
+  });
+
   it('accepts KeySafe-like text', () => {
     expect(unsafeValueReason('vmware:key/list/(pair/(fqid/%3cVMWARE%2dNULL%3e/local/k1,HMAC%2dSHA%2d256,abc%2b%3d))')).toBeNull();
     expect(unsafeValueReason('cid-lowercase-is-fine')).toBeNull();
