@@ -26,13 +26,16 @@ import { FileLockError } from './lock.js';
 import { nativeFileLocks } from './native-lock.js';
 
 export const NAME_LOCK_FILE = '.vmseal-lock';
-const SLOTS = 2 ** 52;
+/** 2^52 slots: the low 20 bits of the hash's first 32-bit word above its second word. */
+const HIGH_WORD_MASK = 2 ** 20 - 1;
 
 /** The byte of the folder's record file that stands for `name`. */
 export function nameLockOffset(name: string): number {
   const h = createHash('sha256').update(name, 'utf8').digest();
-  // 8 bytes as a BigInt, reduced to a safe integer; byte 0 is left out of every name's range.
-  return Number(h.readBigUInt64BE(0) % BigInt(SLOTS)) + 1;
+  // The first 8 bytes (big-endian) modulo 2^52, plus 1: byte 0 is left out of every name's range.
+  // Their low 52 bits are the high word's low 20 bits and the low word, which a double holds
+  // exactly: no BigInt to make for every name a job reserves or releases.
+  return (h.readUInt32BE(0) & HIGH_WORD_MASK) * 2 ** 32 + h.readUInt32BE(4) + 1;
 }
 
 export type NameLockMode = 'shared' | 'exclusive';

@@ -1,6 +1,7 @@
 // Name reservations (src/util/name-lock.ts): one record file per folder, one byte-range OFD lock per
 // name; readers share, a writer excludes; all or none; held only by a live open file description.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { createHash } from 'node:crypto';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -51,6 +52,15 @@ function holdInChild(folder: string, name: string, mode: 'shared' | 'exclusive')
 }
 
 describe('name reservations', () => {
+  it('place a name at 1 + the first 8 bytes of its SHA-256 modulo 2^52, as every vmseal process must', () => {
+    // The byte is shared with other processes (other vmseal versions too): spelled out here with BigInt.
+    const spec = (name: string): number => Number(createHash('sha256').update(name, 'utf8').digest().readBigUInt64BE(0) % 2n ** 52n) + 1;
+    const names = ['', 'a', 'x.vmdk', 'x-flat.vmdk', 'é', 'disk-s001.vmdk', '.x.vmdk.vmseal-tmp-1-00ff'];
+    for (let i = 0; i < 500; i++) names.push(`image-${i}.vmdk`);
+    for (const name of names) expect(nameLockOffset(name), name).toBe(spec(name));
+    expect(nameLockOffset('x.vmdk')).toBe(1855225226417246);
+  });
+
   it('derive a stable offset from the name, never byte 0', () => {
     expect(nameLockOffset('x-flat.vmdk')).toBe(nameLockOffset('x-flat.vmdk'));
     expect(nameLockOffset('x-flat.vmdk')).not.toBe(nameLockOffset('x.vmdk'));
