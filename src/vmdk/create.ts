@@ -312,8 +312,10 @@ function buildDescriptor(
   return (extentLines: string[]): Descriptor => {
     const heads = adapterType === 'ide' ? 16 : 255;
     const cylinders = Math.floor(sectors / (heads * 63));
-    const cid = randomBytes(4).toString('hex');
-    const uuid = keptUuid ?? [...randomBytes(16)].map((b) => b.toString(16).padStart(2, '0')).join(' ');
+    // One call for both: the CID (4 bytes as 8 hex digits) and the UUID (16 as hex pairs and spaces).
+    const random = randomBytes(keptUuid === undefined ? 20 : 4);
+    const cid = random.toString('hex', 0, 4);
+    const uuid = keptUuid ?? random.toString('hex', 4, 20).match(/../g)!.join(' ');
     const text = [
       '# Disk DescriptorFile',
       'version=1',
@@ -343,7 +345,8 @@ function buildDescriptor(
       if (d.has(key)) throw arg(`options.descriptorLines sets "${key}", which vmseal writes itself`);
       d.set(key, value);
     }
-    if (d.toBuffer().length > MAX_DESCRIPTOR_BYTES) throw new VmdkFormatError('ERR_VMDK_LIMIT', `descriptor would exceed ${MAX_DESCRIPTOR_BYTES} bytes`);
+    if (Buffer.byteLength(d.toString(), 'utf8') > MAX_DESCRIPTOR_BYTES)
+      throw new VmdkFormatError('ERR_VMDK_LIMIT', `descriptor would exceed ${MAX_DESCRIPTOR_BYTES} bytes`);
     return d;
   };
 }

@@ -51,6 +51,22 @@ describe('createDisk (monolithicSparse)', () => {
     }
   });
 
+  it('gives each new disk its own random CID (8 hex digits) and UUID (16 hex pairs and spaces)', async () => {
+    const ids = [];
+    for (const name of ['id-a.vmdk', 'id-b.vmdk']) {
+      const disk = await createDisk(join(dir, name), { capacity: 4 << 20 });
+      const d = (disk as VirtualDisk & { descriptor: Descriptor }).descriptor;
+      ids.push({ cid: d.get('CID'), uuid: d.get('ddb.uuid') });
+      await disk.close();
+    }
+    for (const { cid, uuid } of ids) {
+      expect(cid).toMatch(/^[0-9a-f]{8}$/);
+      expect(uuid).toMatch(/^[0-9a-f]{2}( [0-9a-f]{2}){15}$/);
+    }
+    expect(ids[0]!.cid).not.toBe(ids[1]!.cid);
+    expect(ids[0]!.uuid).not.toBe(ids[1]!.uuid);
+  });
+
   it('refuses a descriptor line an open would refuse (an encoding other than UTF-8)', async () => {
     const path = join(dir, 'latin1.vmdk');
     await expect(createDisk(path, { capacity: 4 << 20, descriptorLines: [['encoding', 'latin1']] })).rejects.toMatchObject({
