@@ -85,6 +85,7 @@ export function openCreatedDisk(path: string, options: OpenDiskOptions): Promise
  * name cost five trips through libuv's pool (close, stat, open, fstat, statfs) per new disk, a tenth
  * of the trips of a small image's conversion, and would open whatever file had taken the name
  * meanwhile. The file is not in a handle pool (it is the disk's only one). On failure it is closed.
+ * A sparse disk's `extent` and `descriptor` are the ones createDisk wrote, so neither is read back.
  */
 export async function openCreatedFile(file: HostFile, kind: 'sparse' | 'raw', extent?: SparseExtent, descriptor?: Descriptor): Promise<VmdkDisk> {
   try {
