@@ -43,11 +43,14 @@ const HASH_BYTES = 32;
 const MAX_OKM_BYTES = 255 * HASH_BYTES;
 /** RFC 5869 §2.2: a missing salt is HashLen zero bytes (never written to, so sharing it is safe). */
 const NO_SALT = Buffer.alloc(HASH_BYTES);
-/** The one-byte block counters 1 … 255, made once. */
-const COUNTERS = Array.from({ length: 256 }, (_, i) => Buffer.of(i));
+/** The counter of the first block, the only one a 32-byte key needs. */
+const FIRST_BLOCK = Buffer.of(1);
 
 function expandBlock(prk: Buffer, previous: Buffer | undefined, info: string | Uint8Array, i: number): Buffer {
   const hmac = createHmac('sha256', prk);
   if (previous !== undefined) hmac.update(previous);
-  return hmac.update(info).update(COUNTERS[i]!).digest();
+  return hmac
+    .update(info)
+    .update(i === 1 ? FIRST_BLOCK : Buffer.of(i))
+    .digest();
 }

@@ -105,6 +105,7 @@ describe('CLI start-up', () => {
       'disk/params.ts',
       'disk/errors.ts',
       'disk/data-check.ts',
+      'util/hkdf.ts', // data-check's key derivation: node:crypto only
       'keys/dek.ts',
       'keys/errors.ts',
       'keys/kdf-limits.ts',
