@@ -1,4 +1,4 @@
-import { fdatasyncSync, fsyncSync, ftruncateSync } from 'node:fs';
+import { fdatasyncSync, fstatSync, fsyncSync, ftruncateSync } from 'node:fs';
 import { open, stat, type FileHandle } from 'node:fs/promises';
 import { VmdkFormatError, ioError } from './errors.js';
 import { writeFully } from '../util/file-io.js';
@@ -140,11 +140,14 @@ export class HostFile {
     await pool?.reserve();
     const fh = await openHandle(path, writable);
     try {
-      const st = await fh.stat({ bigint: true });
+      // Where the file lives first: on tmpfs or ramfs its fstat then runs inline, one thread-pool
+      // round trip less per opened file (a batch opens each image's source this way).
+      const memoryBacked = await isMemoryBacked(path);
+      const st = memoryBacked && inlineIoSettings.max > 0 ? fstatSync(fh.fd, { bigint: true }) : await fh.stat({ bigint: true });
       if (!st.isFile() && !st.isBlockDevice()) {
         throw new VmdkFormatError('ERR_VMDK_EXTENT_FILE', 'not a regular file', { file: path });
       }
-      return new HostFile(path, fh, Number(st.size), writable, pool, { dev: st.dev, ino: st.ino }, st.isFile() && (await isMemoryBacked(path)));
+      return new HostFile(path, fh, Number(st.size), writable, pool, { dev: st.dev, ino: st.ino }, st.isFile() && memoryBacked);
     } catch (err) {
       await fh.close().catch(() => {});
       throw ioError(err, 'stat', path);
