@@ -16,9 +16,9 @@
  *                       { type: 'progress', index, bytesDone, bytesTotal } (at most every 100 ms per image, never the last)
  *                       { type: 'done', index, bytes, seconds, skipped? } | { type: 'failed', index, seconds, error }
  *                       | { type: 'not-run', index } | key requests
- * Main thread → worker  { type: 'go' } | { type: 'abort' } | { type: 'close' } | key replies
  * Main thread → worker  { type: 'init', init } (first: its images, the queue's buffer and its lane
  *                       numbers — one per image it converts at once — and the image options)
+ *                       { type: 'go' } | { type: 'abort' } | { type: 'close' } | key replies
  * A worker is started by src/cli/batch-worker-start.ts, early (before the CLI is compiled) or by the
  * pool; it loads and says 'ready' before it has its 'init'. It starts taking images at 'go' (the
  * batch has begun: sent once, not per image). 'abort' (Ctrl-C, SIGTERM: the main thread has stopped
