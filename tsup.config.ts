@@ -57,8 +57,14 @@ export default defineConfig([
     // each of the ~25 chunks a command loaded; one script is read and compiled once, and
     // src/cli/compile-cache.ts can keep V8's code for it. A command's modules are still evaluated only
     // when it runs (esbuild turns program.ts's import() of a command into a lazy initialiser).
-    // batch-worker.js is the script of a batch's worker threads (src/cli/batch-pool.ts finds it there).
-    entry: { main: 'src/cli/main.ts', 'batch-worker': 'src/cli/batch-worker.ts', 'code-cache': 'src/cli/code-cache.ts' },
+    // batch-worker.js is the script of a batch's worker threads (src/cli/batch-pool.ts finds it there);
+    // bin/vmseal.js loads code-cache.js at every start, and batch-worker-start.js for a batch only.
+    entry: {
+      main: 'src/cli/main.ts',
+      'batch-worker': 'src/cli/batch-worker.ts',
+      'code-cache': 'src/cli/code-cache.ts',
+      'batch-worker-start': 'src/cli/batch-worker-start.ts',
+    },
     outDir: 'dist/cli',
     format: ['cjs'],
     // `.js`, not `.cjs`: bin/vmseal.js, the tests and batch-pool.ts name main.js and batch-worker.js;
@@ -81,7 +87,7 @@ export default defineConfig([
     },
     async onSuccess() {
       await writeFile('dist/cli/package.json', '{ "type": "commonjs" }\n');
-      for (const file of ['dist/cli/main.js', 'dist/cli/batch-worker.js']) await asciiComments(file);
+      for (const file of ['dist/cli/main.js', 'dist/cli/batch-worker.js', 'dist/cli/batch-worker-start.js']) await asciiComments(file);
     },
   },
 ]);

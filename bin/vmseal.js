@@ -27,6 +27,12 @@ const codeCache = existsSync(loader) ? require(loader) : undefined;
 // V8's tiering for a batch (src/cli/v8-tiering.ts), set before the CLI is compiled: a batch's
 // code cache (main.js.convert-batch.cache) is made and taken under the same flags.
 if (typeof codeCache?.useBatchTiering === 'function') codeCache.useBatchTiering();
+// A batch's worker threads start now, on the other cores, while this thread compiles and starts the
+// CLI; the batch claims them (src/cli/batch-worker-start.ts). Loaded for a batch's command line only.
+const workerStart = join(dirname(entry), 'batch-worker-start.js');
+if (typeof codeCache?.isBatchCommandLine === 'function' && codeCache.isBatchCommandLine(process.argv.slice(2)) && existsSync(workerStart)) {
+  require(workerStart).prestartBatchWorkers(dirname(entry));
+}
 if (typeof codeCache?.codeCacheWanted === 'function' && codeCache.codeCacheWanted()) {
   codeCache.runWithCodeCache(entry);
 } else {

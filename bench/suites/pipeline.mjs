@@ -473,7 +473,7 @@ async function main() {
     rmSync(dir, { recursive: true, force: true });
     if (ddir) rmSync(ddir, { recursive: true, force: true });
   }
-  const batch = batchJobs(base, quick ? 2 : 3);
+  const batch = batchJobs(base, quick ? 2 : 5);
   ratios.push(batch.ratio);
   const loadAfter = loadavg()[0];
   const columns = ['job', 'median s', 'min–max s', 'MB/s (median)', 'peak RSS MiB'];

@@ -1,7 +1,7 @@
 /**
  * The worker threads of a batch. `--jobs N` images run at once: up to IMAGES_PER_THREAD of them on
  * the main thread's event loop, the rest in worker threads (src/cli/batch-worker.ts) of up to
- * IMAGES_PER_THREAD each (planLanes, src/cli/batch.ts), each image from its first file look-up to
+ * IMAGES_PER_THREAD each (planLanes, src/cli/batch-lanes.ts), each image from its first file look-up to
  * its committed output on one thread's event loop and heap. A small image's data path runs on the
  * thread pool, but most of its CPU time is JavaScript (opening, planning, creating and committing
  * the output): two images on one loop fill the loop's waits for the pool, and only more threads
@@ -16,26 +16,27 @@
  *                       { type: 'progress', index, bytesDone, bytesTotal } (at most every 100 ms per image, never the last)
  *                       { type: 'done', index, bytes, seconds, skipped? } | { type: 'failed', index, seconds, error }
  *                       | { type: 'not-run', index } | key requests
- * Main thread → worker  { type: 'go' } | { type: 'abort' } | { type: 'close' } | key replies
- * The worker gets the images, the queue's buffer and its lane numbers (one per image it converts
- * at once) in workerData; once loaded, it starts taking images at 'go' (the batch has begun: sent
- * once, not per image). 'abort' (Ctrl-C, SIGTERM: the main thread has stopped the queue) stops
- * its images in flight, each of which removes its staging output and answers 'not-run';
- * 'close' wipes its keys and lets it exit.
+ * Main thread → worker  { type: 'init', init } (first: its images, the queue's buffer and its lane
+ *                       numbers — one per image it converts at once — and the image options)
+ *                       { type: 'go' } | { type: 'abort' } | { type: 'close' } | key replies
+ * A worker is started by src/cli/batch-worker-start.ts, early (before the CLI is compiled) or by the
+ * pool; it loads and says 'ready' before it has its 'init'. It starts taking images at 'go' (the
+ * batch has begun: sent once, not per image). 'abort' (Ctrl-C, SIGTERM: the main thread has stopped
+ * the queue) stops its images in flight, each of which removes its staging output and answers
+ * 'not-run'; 'close' wipes its keys and lets it exit.
  */
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import type { BatchHelpers, BatchItem, BatchItemResult, ItemError } from './batch.js';
 import type { BatchQueue } from './batch-queue.js';
-import { workerSourceWithCodeCache } from './code-cache.js';
+import { BATCH_WORKER_FILE, StartedWorker } from './batch-worker-start.js';
 import { ExitCode } from './exit-codes.js';
 import type { ImageConvertOptions } from './commands/convert-image.js';
 import type { JobHooks } from './jobs.js';
 import type { KeyDesk, KeyReply, KeyRequest } from './key-bridge.js';
-import { KERNEL_COPY_ENV } from '../pipeline/kernel-copy.js';
 
-/** What a worker is started with (workerData): the image options and the batch's images, never a key option or secret. */
+/** What a worker is given ('init'): the image options and the batch's images, never a key option or secret. */
 export interface WorkerInit {
   opts: ImageConvertOptions;
   passphraseGiven: boolean;
@@ -45,7 +46,7 @@ export interface WorkerInit {
   lanes: number[];
 }
 
-export type ToWorker = { type: 'go' } | { type: 'abort' } | { type: 'close' } | KeyReply;
+export type ToWorker = { type: 'init'; init: WorkerInit } | { type: 'go' } | { type: 'abort' } | { type: 'close' } | KeyReply;
 
 export type FromWorker =
   | { type: 'ready' }
@@ -57,20 +58,12 @@ export type FromWorker =
   | KeyRequest;
 
 /**
- * The environment variables a worker gets: the layers' tuning switches, so that an image takes the
- * same path in a worker as on the main thread (VMSEAL_KERNEL_COPY picks the kernel copy or the
- * engine). Not the rest of the environment, which may hold passphrases (VMSEAL_PASSPHRASE,
- * VMSEAL_HOME_PASSPHRASE, a --passphrase-env variable) that only the main thread's key session reads.
- */
-const WORKER_ENV = ['VMSEAL_NATIVE_PATH', 'VMSEAL_INLINE_IO', 'VMSEAL_XTS_IMPL', 'VMSEAL_DEBUG', KERNEL_COPY_ENV];
-
-/**
  * The built worker script beside this module (dist/cli/batch-worker.js), or undefined when the CLI
  * runs from its TypeScript sources (in-process tests), where the batch runs its images on the main
  * thread instead.
  */
 export function batchWorkerScript(): URL | undefined {
-  const url = new URL('./batch-worker.js', import.meta.url);
+  const url = new URL(`./${BATCH_WORKER_FILE}`, import.meta.url);
   return url.protocol === 'file:' && existsSync(url) ? url : undefined;
 }
 
@@ -80,17 +73,6 @@ export interface PoolEvents {
   started(index: number): Pick<JobHooks, 'onProgress' | 'done'>;
   /** Image `index` ended: its result, or undefined when an abort stopped it (not run). */
   ended(index: number, result: BatchItemResult | undefined): void;
-}
-
-/**
- * How a worker starts: batch-worker.js compiled with its V8 code cache (src/cli/code-cache.ts,
- * `batch-worker.js.cache` beside it) when the CLI runs with caches, else the script as Node loads it.
- * The cache spares each worker's start the compilation of the 0.4 MB script and of the functions
- * its images run (docs/performance.md, "One thread per core").
- */
-interface WorkerScript {
-  url: URL;
-  cachedSource: string | undefined;
 }
 
 /** One worker thread and the images it runs. */
@@ -104,19 +86,17 @@ class WorkerThread {
   readonly current = new Map<number, Pick<JobHooks, 'onProgress' | 'done'>>();
   readonly #pool: BatchPool;
 
-  constructor(pool: BatchPool, script: WorkerScript, init: WorkerInit, desk: KeyDesk) {
+  /** `started`: a worker started early (batch-worker-start.ts) or by the pool; what it said so far is replayed. */
+  constructor(pool: BatchPool, started: StartedWorker, init: WorkerInit, desk: KeyDesk) {
     this.#pool = pool;
     this.lanes = init.lanes;
-    const env: Record<string, string> = {};
-    for (const name of WORKER_ENV) if (process.env[name] !== undefined) env[name] = process.env[name];
-    this.worker =
-      script.cachedSource !== undefined
-        ? new Worker(script.cachedSource, { eval: true, workerData: init, env })
-        : new Worker(script.url, { workerData: init, env });
-    this.worker.on('message', (m: FromWorker) => this.onMessage(m, desk));
-    // A worker that crashed fails its image (an internal error); the others take its share.
-    this.worker.on('error', (err) => this.end(err));
-    this.worker.on('exit', (code) => this.end(new Error(`the batch worker thread stopped (exit code ${code})`)));
+    this.worker = started.adopt({
+      message: (m) => this.onMessage(m as FromWorker, desk),
+      // A worker that crashed fails its image (an internal error); the others take its share.
+      error: (err) => this.end(err),
+      exit: (code) => this.end(new Error(`the batch worker thread stopped (exit code ${code})`)),
+    });
+    this.post({ type: 'init', init });
   }
 
   private onMessage(m: FromWorker, desk: KeyDesk): void {
@@ -193,9 +173,10 @@ export class BatchPool implements BatchHelpers {
   private readonly threads: WorkerThread[] = [];
 
   /**
-   * Start one worker per entry of `lanes` (how many images it converts at once) over the batch's
-   * `items` and `queue`, whose lanes they take in turn: their start-up (≈0.15 s of CPU each)
-   * overlaps the batch's key set-up and its first images, which the main thread converts
+   * One worker per entry of `lanes` (how many images it converts at once) over the batch's `items`
+   * and `queue`, whose lanes they take in turn: the ones started early (`early`, claimed by the
+   * batch from src/cli/batch-worker-start.ts) first, then new ones, whose start-up (≈0.15 s of CPU
+   * each) overlaps the batch's key set-up and its first images, which the main thread converts
    * meanwhile. None takes an image before start().
    */
   constructor(
@@ -205,15 +186,16 @@ export class BatchPool implements BatchHelpers {
     desk: KeyDesk,
     items: readonly BatchItem[],
     queue: BatchQueue,
+    early: readonly StartedWorker[] = [],
   ) {
     this.items = items;
     this.queue = queue;
-    const start: WorkerScript = { url: script, cachedSource: workerSourceWithCodeCache(fileURLToPath(script)) };
     let next = 0;
-    for (const n of lanes) {
+    for (const [t, n] of lanes.entries()) {
       const own = Array.from({ length: n }, (_, i) => next + i);
       next += n;
-      this.threads.push(new WorkerThread(this, start, { ...init, items, queue: queue.buffer, lanes: own }, desk));
+      const started = early[t] ?? new StartedWorker(fileURLToPath(script));
+      this.threads.push(new WorkerThread(this, started, { ...init, items, queue: queue.buffer, lanes: own }, desk));
     }
   }
 

@@ -1,10 +1,11 @@
 /**
- * A batch worker thread (started by src/cli/batch-pool.ts, which describes the messages): each of
+ * A batch worker thread (started by src/cli/batch-worker-start.ts, early or by its pool,
+ * src/cli/batch-pool.ts, which describes the messages): once given its images ('init'), each of
  * its lanes takes images from the batch's shared queue (src/cli/batch-queue.ts), one at a time,
- * converts each and reports its outcome. Its keys
- * come from the main thread's key session through the key bridge.
+ * converts each and reports its outcome. Its keys come from the main thread's key session through
+ * the key bridge.
  */
-import { parentPort, workerData } from 'node:worker_threads';
+import { parentPort } from 'node:worker_threads';
 import { describeFailure } from './batch.js';
 import type { BatchItem } from './batch.js';
 import type { FromWorker, ToWorker, WorkerInit } from './batch-pool.js';
@@ -23,15 +24,19 @@ const PROGRESS_INTERVAL_MS = 100;
 
 const port = parentPort;
 if (port === null) throw new Error('src/cli/batch-worker.ts runs as a worker thread of a batch only');
-const init = workerData as WorkerInit;
 const send = (m: FromWorker): void => port.postMessage(m);
-const keys = new BridgeKeys(send, init.passphraseGiven);
-const queue = new BatchQueue(init.items.length, 0, init.queue);
+interface Batch {
+  init: WorkerInit;
+  queue: BatchQueue;
+  keys: BridgeKeys;
+}
+/** Its batch, once given ('init'): the images, the options, the shared queue and the keys. */
+let batch: Batch | undefined;
 /** The images being converted (by index), each stopped by an 'abort'. */
 const current = new Map<number, AbortController>();
 let running = false;
 
-async function runImage(index: number, item: BatchItem): Promise<void> {
+async function runImage({ init, keys }: Batch, index: number, item: BatchItem): Promise<void> {
   const controller = new AbortController();
   current.set(index, controller);
   const started = performance.now();
@@ -62,21 +67,26 @@ async function runImage(index: number, item: BatchItem): Promise<void> {
 }
 
 /** One lane: take images from the batch's queue, one at a time, until none is left (or the batch is stopped). */
-async function takeImages(lane: number): Promise<void> {
+async function takeImages(b: Batch, lane: number): Promise<void> {
+  const { init, queue } = b;
   for (let index = queue.take(lane); index !== undefined; index = queue.take(lane)) {
     send({ type: 'start', index });
-    await runImage(index, init.items[index]!);
+    await runImage(b, index, init.items[index]!);
   }
 }
 
 port.on('message', (m: ToWorker) => {
   switch (m.type) {
+    case 'init':
+      if (batch !== undefined) return;
+      batch = { init: m.init, queue: new BatchQueue(m.init.items.length, 0, m.init.queue), keys: new BridgeKeys(send, m.init.passphraseGiven) };
+      return;
     case 'go':
-      if (running) return;
+      if (running || batch === undefined) return;
       running = true;
       // Its lanes share this thread's event loop: while one image waits for the thread pool
       // (reads, XTS, writes), another runs its JavaScript.
-      for (const lane of init.lanes) void takeImages(lane);
+      for (const lane of batch.init.lanes) void takeImages(batch, lane);
       return;
     case 'abort': {
       const err = new Error('interrupted');
@@ -85,10 +95,10 @@ port.on('message', (m: ToWorker) => {
       return;
     }
     case 'key-reply':
-      keys.onReply(m);
+      batch?.keys.onReply(m);
       return;
     case 'close':
-      keys.close();
+      batch?.keys.close();
       port.close();
       return;
   }

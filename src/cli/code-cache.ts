@@ -28,7 +28,8 @@ import { Script } from 'node:vm';
 import { isBatchCommandLine } from './v8-tiering.js';
 
 // A batch runs V8 with other flags, set by bin/vmseal.js before compiling: its cache is its own.
-export { useBatchTiering } from './v8-tiering.js';
+// bin/vmseal.js also starts a batch's worker threads early (src/cli/batch-worker-start.ts).
+export { isBatchCommandLine, useBatchTiering } from './v8-tiering.js';
 
 const MAGIC = 'vmseal-code-cache 1';
 

@@ -44,11 +44,36 @@ function folderExists(path: string): boolean {
   }
 }
 
+/**
+ * The public built-in modules a batch's CLI loads, loaded before the budget is raised: Node's
+ * embedded code cache of a built-in is made under V8's default flags, so one first loaded after the
+ * change is compiled from source (with its internal modules). Loading these first saved ≈6 ms of
+ * a batch's start (a 2-image batch, 30 pairs: 65 against 71 ms). A module missing here costs that
+ * time, no more: test/cli/v8-tiering.test.ts checks that a batch loads none after the change.
+ */
+export const BATCH_BUILTINS = [
+  'crypto',
+  'diagnostics_channel',
+  'fs/promises',
+  // for the process's output streams when they are pipes or terminals
+  'net',
+  'os',
+  'perf_hooks',
+  'process',
+  'stream',
+  'stream/promises',
+  'string_decoder',
+  'worker_threads',
+  'zlib',
+];
+
 /** Raise V8's interrupt budget for a batch's command line; false when not a batch or node's command line set one (kept). */
 export function useBatchTiering(argv: readonly string[] = process.argv.slice(2), execArgv: readonly string[] = process.execArgv): boolean {
   if (execArgv.some((a) => /^--interrupt[-_]budget(=|$)/.test(a)) || !isBatchCommandLine(argv)) return false;
-  // node:v8 only here: every command's start loads this module (through code-cache.js).
-  const v8 = createRequire(import.meta.url)('node:v8') as typeof import('node:v8');
+  // node:v8 and the batch's built-ins only here: every command's start loads this module (through code-cache.js).
+  const load = createRequire(import.meta.url);
+  for (const name of BATCH_BUILTINS) load(`node:${name}`);
+  const v8 = load('node:v8') as typeof import('node:v8');
   v8.setFlagsFromString(`--interrupt-budget=${BATCH_INTERRUPT_BUDGET}`);
   return true;
 }

@@ -1,9 +1,10 @@
-// How a batch spreads its --jobs over threads (planLanes, src/cli/batch.ts): up to two images at
+// How a batch spreads its --jobs over threads (planLanes, src/cli/batch-lanes.ts): up to two images at
 // once on the main thread's event loop, more in worker threads of up to two each, and no worker
 // for a batch one loop carries or one with no more images than jobs; and the default --jobs
 // (defaultJobs): two images per core, at most MAX_DEFAULT_JOBS.
 import { describe, expect, it } from 'vitest';
-import { defaultJobs, IMAGES_PER_THREAD, MAX_DEFAULT_JOBS, planLanes } from '../../src/cli/batch.js';
+import { MAX_DEFAULT_JOBS } from '../../src/cli/batch-limits.js';
+import { defaultJobs, IMAGES_PER_THREAD, planLanes } from '../../src/cli/batch-lanes.js';
 
 describe('defaultJobs', () => {
   it('is two images per core, at most MAX_DEFAULT_JOBS', () => {

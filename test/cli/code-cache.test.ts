@@ -54,7 +54,7 @@ describe('cache files', () => {
 describe('the build', () => {
   it('is CommonJS and ASCII only (V8 keeps one-byte source; tsup.config.ts)', () => {
     expect(JSON.parse(readFileSync(join(DIST, 'package.json'), 'utf8'))).toEqual({ type: 'commonjs' });
-    for (const f of ['main.js', 'batch-worker.js']) {
+    for (const f of ['main.js', 'batch-worker.js', 'batch-worker-start.js']) {
       const bytes = readFileSync(join(DIST, f));
       expect(
         bytes.findIndex((b) => b > 0x7f),
@@ -145,10 +145,11 @@ describe("a batch's worker threads with their code cache", () => {
   /**
    * A batch of `n` 4 MiB raw images converted with --jobs 4 (the main thread and one worker of two).
    * A worker still loading when the main thread has converted every image is stopped, not waited
-   * for, and writes no cache: the batches here are long enough for the worker to take images.
+   * for, and writes no cache: the batches here are long enough for the worker to take images, and
+   * it starts while the CLI loads, as in a real build (batch-worker-start.js beside main.js).
    */
   async function batch(n: number, env: Record<string, string> = {}) {
-    if (!existsSync(join(cli, 'batch-worker.js'))) copyFileSync(join(DIST, 'batch-worker.js'), join(cli, 'batch-worker.js'));
+    for (const f of ['batch-worker.js', 'batch-worker-start.js']) if (!existsSync(join(cli, f))) copyFileSync(join(DIST, f), join(cli, f));
     const input = join(dir, 'in');
     mkdirSync(input, { recursive: true });
     for (let i = 0; i < n; i++) if (!existsSync(join(input, `d${i}.img`))) writeFileSync(join(input, `d${i}.img`), Buffer.alloc(4 << 20, i + 1));

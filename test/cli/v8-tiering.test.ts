@@ -20,8 +20,11 @@ beforeEach(() => {
 });
 afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
-/** Run the CLI under `node ...nodeArgs`; resolves to its exit code and the V8 flags it set, in order. */
-function runRecordingFlags(args: string[], nodeArgs: string[] = []): Promise<{ code: number | null; stderr: string; flags: string[] }> {
+/**
+ * Run the CLI under `node ...nodeArgs`; resolves to its exit code, the V8 flags it set, in order,
+ * and the public built-in modules the main thread loaded after it first set one.
+ */
+function runRecordingFlags(args: string[], nodeArgs: string[] = []): Promise<{ code: number | null; stderr: string; flags: string[]; lateBuiltins: string[] }> {
   const preload = join(dir, 'record.cjs');
   const out = join(dir, 'flags.json');
   rmSync(out, { force: true });
@@ -30,8 +33,12 @@ function runRecordingFlags(args: string[], nodeArgs: string[] = []): Promise<{ c
     `const v8 = require('node:v8');
 const set = v8.setFlagsFromString;
 const flags = [];
-v8.setFlagsFromString = (f) => { flags.push(f); return set(f); };
-process.on('exit', () => require('node:fs').writeFileSync(${JSON.stringify(out)}, JSON.stringify(flags)));\n`,
+let loadedBefore;
+v8.setFlagsFromString = (f) => { flags.push(f); loadedBefore ??= process.moduleLoadList.length; return set(f); };
+process.on('exit', () => {
+  const late = loadedBefore === undefined ? [] : process.moduleLoadList.slice(loadedBefore).filter((m) => /^NativeModule (?!internal\\/)/.test(m));
+  require('node:fs').writeFileSync(${JSON.stringify(out)}, JSON.stringify({ flags, late }));
+});\n`,
   );
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [...nodeArgs, '--require', preload, BIN, ...args], {
@@ -41,7 +48,10 @@ process.on('exit', () => require('node:fs').writeFileSync(${JSON.stringify(out)}
     let stderr = '';
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stderr, flags: existsSync(out) ? (JSON.parse(readFileSync(out, 'utf8')) as string[]) : [] }));
+    child.on('close', (code) => {
+      const seen = existsSync(out) ? (JSON.parse(readFileSync(out, 'utf8')) as { flags: string[]; late: string[] }) : { flags: [], late: [] };
+      resolve({ code, stderr, flags: seen.flags, lateBuiltins: seen.late });
+    });
   });
 }
 
@@ -50,6 +60,8 @@ describe("a batch's V8 tiering", () => {
     const batch = await runRecordingFlags(['convert', join(dir, 'in'), join(dir, 'out'), '--subformat', 'monolithicSparse', '--encrypt', '--jobs', '4']);
     expect(batch.code, batch.stderr).toBe(0);
     expect(batch.flags).toEqual([`--interrupt-budget=${BATCH_INTERRUPT_BUDGET}`]);
+    // Node's cached code of a built-in is rejected under the new flag: the batch's are loaded before it (BATCH_BUILTINS).
+    expect(batch.lateBuiltins).toEqual([]);
     expect((await runRecordingFlags(['--version'])).flags).toEqual([]);
     const one = await runRecordingFlags(['convert', join(dir, 'in', 'd0.img'), join(dir, 'one.vmdk'), '--subformat', 'monolithicSparse']);
     expect(one.code, one.stderr).toBe(0);

@@ -3,13 +3,11 @@
  * `vmseal convert DIR OUTDIR --subformat S …` or `vmseal convert --list FILE OUTDIR --subformat S …`.
  */
 import { mkdir, stat } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
 import type { LockerSpec } from '../../keys/index.js';
 import type { JobResult } from '../../pipeline/index.js';
 import {
   batchExitCode,
-  defaultJobs,
-  IMAGES_PER_THREAD,
-  planLanes,
   listImagesInDirectory,
   planBatch,
   readImageList,
@@ -25,6 +23,8 @@ import { ExitCode } from '../exit-codes.js';
 import { throughputText, withHooks, type JobHooks } from '../jobs.js';
 import { batchProgress } from '../batch-progress.js';
 import { BatchPool, batchWorkerScript } from '../batch-pool.js';
+import { defaultJobs, IMAGES_PER_THREAD, planLanes } from '../batch-lanes.js';
+import { claimPrestartedWorkers } from '../batch-worker-start.js';
 import { BatchQueue } from '../batch-queue.js';
 import { KeyDesk } from '../key-bridge.js';
 import { KeySession, checkRoundsHaveLocker, withKeys, type KeyCliOptions } from '../key-session.js';
@@ -129,6 +129,8 @@ async function convertBatch(ctx: Ctx, dir: string | undefined, listFile: string 
   const plan = planLanes(jobs, items.length, workerScript !== undefined);
   const script = plan.workers.length > 0 ? workerScript : undefined;
   const workers = plan.workers.length;
+  // The workers bin/vmseal.js started while the CLI loaded, as many as the plan takes (the others stop).
+  const early = claimPrestartedWorkers(workers, script && fileURLToPath(script));
   const started = performance.now();
   const outcome = await withKeys(ctx, opts, async (keys) => {
     // One KEK and one recovery passphrase for the whole batch (each image still gets its own DEK):
@@ -143,7 +145,9 @@ async function convertBatch(ctx: Ctx, dir: string | undefined, listFile: string 
       plan.workers.reduce((lanes, n) => lanes + n, 0),
     );
     const pool =
-      desk && script ? new BatchPool(script, plan.workers, { opts: imageOptions(opts), passphraseGiven: keys.passphraseGiven }, desk, items, queue) : undefined;
+      desk && script
+        ? new BatchPool(script, plan.workers, { opts: imageOptions(opts), passphraseGiven: keys.passphraseGiven }, desk, items, queue, early)
+        : undefined;
     // With workers, the main thread's own images take their keys through the same desk: a KEK is
     // then fetched once, whichever thread asks first.
     const here = desk?.localKeys(keys.passphraseGiven);
