@@ -84,15 +84,15 @@ describe("a batch's worker threads start while the CLI loads", () => {
     const four = await runRecordingWorkers(batchArgs(input, join(dir, 'out4'), '--jobs', '4'));
     expect(four.code, four.stderr).toBe(0);
     expect(JSON.parse(four.stdout)).toMatchObject({ images: 8, converted: 8, workers: 1 });
-    expect(four.workers).toEqual([{ by: 'batch-worker-start.js', terminated: false }]);
+    // Made by the loader only: the pool took it instead of making its own. (Whether it was stopped
+    // at the end depends on the load: a worker still loading when the main thread has converted
+    // every image is stopped, not waited for.)
+    expect(four.workers.map((w) => w.by)).toEqual(['batch-worker-start.js']);
 
     const six = await runRecordingWorkers(batchArgs(input, join(dir, 'out6'), '--jobs=6'));
     expect(six.code, six.stderr).toBe(0);
     expect(JSON.parse(six.stdout)).toMatchObject({ images: 8, converted: 8, workers: 2 });
-    expect(six.workers).toEqual([
-      { by: 'batch-worker-start.js', terminated: false },
-      { by: 'batch-worker-start.js', terminated: false },
-    ]);
+    expect(six.workers.map((w) => w.by)).toEqual(['batch-worker-start.js', 'batch-worker-start.js']);
   });
 
   it('stops the early workers a small batch does not need, and starts none for --jobs 1', async () => {
