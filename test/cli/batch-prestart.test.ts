@@ -5,18 +5,24 @@
 // batch-worker-start.js, or the CLI's main.js) and whether it was stopped.
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { once } from 'node:events';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { claimPrestartedWorkers, jobsOnCommandLine, prestartBatchWorkers, StartedWorker } from '../../src/cli/batch-worker-start.js';
+import { claimPrestartedWorkers, jobsOnCommandLine, prestartBatchWorkers, sizeBatchThreadPool, StartedWorker } from '../../src/cli/batch-worker-start.js';
 import { BIN, cleanEnv } from './run-cli.js';
 
 let dir: string;
+// prestartBatchWorkers sizes this process's thread pool through its environment: put it back.
+const poolSize = process.env.UV_THREADPOOL_SIZE;
 beforeEach(() => {
   dir = mkdtempSync(join(tmpdir(), 'vmseal-batch-prestart-'));
 });
-afterEach(() => rmSync(dir, { recursive: true, force: true }));
+afterEach(() => {
+  rmSync(dir, { recursive: true, force: true });
+  if (poolSize === undefined) delete process.env.UV_THREADPOOL_SIZE;
+  else process.env.UV_THREADPOOL_SIZE = poolSize;
+});
 
 function images(folder: string, count: number): string {
   const path = join(dir, folder);
@@ -31,6 +37,8 @@ interface Run {
   stderr: string;
   /** Each worker thread the process made: the CLI script that constructed it, and whether it was stopped. */
   workers: { by: 'batch-worker-start.js' | 'main.js' | 'other'; terminated: boolean }[];
+  /** UV_THREADPOOL_SIZE in the process's environment at its exit. */
+  pool: string | undefined;
 }
 
 /** Run the built CLI with a preload that wraps worker_threads.Worker to record who makes each one. */
@@ -52,11 +60,11 @@ wt.Worker = class extends Base {
   }
   terminate() { this.record.terminated = true; return super.terminate(); }
 };
-process.on('exit', () => require('node:fs').writeFileSync(${JSON.stringify(out)}, JSON.stringify(made)));\n`,
+process.on('exit', () => require('node:fs').writeFileSync(${JSON.stringify(out)}, JSON.stringify({ made, pool: process.env.UV_THREADPOOL_SIZE })));\n`,
   );
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, ['--require', preload, BIN, ...args], {
-      env: cleanEnv({ VMSEAL_HOME: join(dir, 'home') }),
+      env: cleanEnv({ VMSEAL_HOME: join(dir, 'home'), UV_THREADPOOL_SIZE: undefined }),
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let stdout = '';
@@ -64,7 +72,10 @@ process.on('exit', () => require('node:fs').writeFileSync(${JSON.stringify(out)}
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr, workers: existsSync(out) ? (JSON.parse(readFileSync(out, 'utf8')) as Run['workers']) : [] }));
+    child.on('close', (code) => {
+      const seen = existsSync(out) ? (JSON.parse(readFileSync(out, 'utf8')) as { made: Run['workers']; pool?: string }) : { made: [] };
+      resolve({ code, stdout, stderr, workers: seen.made, pool: seen.pool });
+    });
   });
 }
 
@@ -88,6 +99,9 @@ describe("a batch's worker threads start while the CLI loads", () => {
     // at the end depends on the load: a worker still loading when the main thread has converted
     // every image is stopped, not waited for.)
     expect(four.workers.map((w) => w.by)).toEqual(['batch-worker-start.js']);
+    // One thread-pool thread per core below libuv's default of 4 (sizeBatchThreadPool).
+    const cores = availableParallelism();
+    expect(four.pool).toBe(cores < 4 ? String(cores) : undefined);
 
     const six = await runRecordingWorkers(batchArgs(input, join(dir, 'out6'), '--jobs=6'));
     expect(six.code, six.stderr).toBe(0);
@@ -104,6 +118,7 @@ describe("a batch's worker threads start while the CLI loads", () => {
     const one = await runRecordingWorkers(batchArgs(images('in1', 4), join(dir, 'out1'), '--jobs', '1'));
     expect(one.code, one.stderr).toBe(0);
     expect(one.workers).toEqual([]);
+    expect(one.pool).toBeUndefined();
   });
 
   it('exits with the usage error of a batch command line at once, its early worker left behind', async () => {
@@ -157,6 +172,20 @@ describe('prestartBatchWorkers and claimPrestartedWorkers', () => {
     }
     expect(prestartBatchWorkers(cli, ['convert', dir, join(dir, 'out'), '--jobs', '4'], 2)).toBe(1);
     expect(claimPrestartedWorkers(1, join(dir, 'elsewhere', 'batch-worker.js'))).toEqual([]);
+  });
+});
+
+describe('sizeBatchThreadPool', () => {
+  it("gives a batch's pool one thread per core below libuv's 4, and keeps a size the user set", () => {
+    const sized = (cores: number, env: NodeJS.ProcessEnv = {}): string | undefined => {
+      sizeBatchThreadPool(cores, env);
+      return env.UV_THREADPOOL_SIZE;
+    };
+    expect(sized(2)).toBe('2');
+    expect(sized(3)).toBe('3');
+    expect(sized(4)).toBeUndefined();
+    expect(sized(16)).toBeUndefined();
+    expect(sized(2, { UV_THREADPOOL_SIZE: '8' })).toBe('8');
   });
 });
 
