@@ -250,11 +250,20 @@ interface JournalKeys {
 }
 
 async function runJournal(path: string, journal: Journal, keys: JournalKeys, opts: JobOptions, resumed: boolean): Promise<JobResult> {
+  // Every way out closes the journal's file and wipes its key: a journal refused before the job
+  // starts (a failed authentication, another disk's journal, a disk that will not open) too.
+  try {
+    return await continueJournal(path, journal, keys, opts, resumed);
+  } finally {
+    await journal.close();
+  }
+}
+
+async function continueJournal(path: string, journal: Journal, keys: JournalKeys, opts: JobOptions, resumed: boolean): Promise<JobResult> {
   const h = journal.header;
   if (h.disk !== basename(path)) throw new PipelineError('ERR_JOURNAL', `the journal ${journal.path} belongs to ${h.disk}, not ${basename(path)}`);
   if (h.operation === 'restore-over') {
     // A rollback from a backup repository is finished by src/backup (resumeBackupRestore), above this layer.
-    await journal.close();
     throw new DiskError(
       'ERR_INTERRUPTED_JOB',
       `${path} is in the middle of a rollback to backup point ${h.restore?.point ?? '?'}; finish it with \`vmseal resume ${path}\` (resumeBackupRestore)`,
@@ -345,7 +354,6 @@ async function runJournal(path: string, journal: Journal, keys: JournalKeys, opt
     oldCipher?.dispose();
     newCipher?.dispose();
     await stored.close().catch(() => undefined);
-    await journal.close();
   }
 }
 

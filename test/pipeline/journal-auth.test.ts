@@ -3,7 +3,7 @@
 // outside the disk's folder, and a version-1 journal that does not match the disk are refused.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawnSync } from 'node:child_process';
-import { readFileSync, rmSync, writeFileSync, existsSync, appendFileSync } from 'node:fs';
+import { readFileSync, readdirSync, readlinkSync, rmSync, writeFileSync, existsSync, appendFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { resumeDisk } from '../../src/pipeline/index.js';
@@ -30,6 +30,19 @@ afterAll(() => {
   tmp.cleanup();
   rmSync(child, { force: true });
 });
+
+/** How many of this process's file descriptors are open on `path` (a refused journal must leave none). */
+function openDescriptorsOn(path: string): number {
+  let n = 0;
+  for (const fd of readdirSync('/proc/self/fd')) {
+    try {
+      if (readlinkSync(`/proc/self/fd/${fd}`) === path) n++;
+    } catch {
+      // closed while we looked (the listing's own descriptor)
+    }
+  }
+  return n;
+}
 
 /** A copy of the plain disk whose in-place encryption was killed half way: its journal is left. */
 function interrupted(name: string): string {
@@ -100,6 +113,8 @@ describe('journal authentication (version 2)', () => {
     expect(err?.code).toBe('ERR_JOURNAL');
     expect(err?.message).toMatch(/authentication/);
     expect(readFileSync(disk).equals(before), 'the descriptor is untouched').toBe(true);
+    // The refused journal's file is closed (and its key wiped), not left to the garbage collector.
+    expect(openDescriptorsOn(`${disk}.vmseal-journal`)).toBe(0);
   });
 
   it('a forged version-1 journal naming an extent outside the folder is refused', async () => {
@@ -142,6 +157,7 @@ describe('version-1 journals', () => {
     const err = await errorOf(resumeDisk(disk, { keys: { passphrase: 'pw' } }));
     expect(err?.code).toBe('ERR_JOURNAL');
     expect(err?.message).toContain('--trust-v1-journal');
+    expect(openDescriptorsOn(`${disk}.vmseal-journal`)).toBe(0);
     await resumeDisk(disk, { keys: { passphrase: 'pw' }, trustV1Journal: true });
     expect(await plainHash(disk, 'pw')).toBe(sha256(image));
   });
