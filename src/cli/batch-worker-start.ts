@@ -116,7 +116,13 @@ export function prestartBatchWorkers(cliDir: string, argv: readonly string[] = p
   if (!existsSync(script)) return 0;
   const { workers } = planLanes(jobs ?? defaultJobs(cores), Number.MAX_SAFE_INTEGER, true);
   if (workers.length > 0) sizeBatchThreadPool(cores);
-  const started = workers.map(() => new StartedWorker(script));
+  const started: StartedWorker[] = [];
+  try {
+    for (let i = 0; i < workers.length; i++) started.push(new StartedWorker(script));
+  } catch {
+    // Best effort: a worker that cannot start now (a thread or memory limit) is left to the batch,
+    // whose pool starts it when it needs it and reports why it failed.
+  }
   for (const w of started) w.worker.unref();
   (globalThis as Slot)[PRESTARTED] = started;
   return started.length;
