@@ -64,7 +64,6 @@ export const BATCH_BUILTINS = [
   'stream/promises',
   'string_decoder',
   'worker_threads',
-  'zlib',
 ];
 
 /** Raise V8's interrupt budget for a batch's command line; false when not a batch or node's command line set one (kept). */

@@ -1,6 +1,5 @@
-import { promisify } from 'node:util';
-import { inflate as inflateCb } from 'node:zlib';
 import { VmdkFormatError } from './errors.js';
+import { inflateGrain } from './grain-zlib.js';
 import { type ByteRange, type Extent, readOnlyError } from './extent.js';
 import { type HostFile, Mutex } from './file.js';
 import { TableRuns } from './table-runs.js';
@@ -15,8 +14,6 @@ import {
   gtSectors,
   parseSparseHeader,
 } from './sparse-header.js';
-
-const inflate = promisify(inflateCb) as (buf: Uint8Array, opts: object) => Promise<Buffer>;
 
 /** Grain tables kept in memory at most (bytes); more are re-read from the file when needed. */
 export const GT_CACHE_BYTES = 16 << 20;
@@ -529,7 +526,7 @@ export class SparseExtent implements Extent {
     }
     let data: Buffer;
     try {
-      data = await inflate(zdata, { maxOutputLength: this.grainBytes });
+      data = await inflateGrain(zdata, this.grainBytes);
     } catch (err) {
       throw new VmdkFormatError('ERR_VMDK_CORRUPT', `compressed grain ${g} does not inflate (${(err as Error).message})`, {
         file: path,

@@ -1,6 +1,5 @@
-import { promisify } from 'node:util';
-import { constants as zc, deflate as deflateCb } from 'node:zlib';
 import { VmdkFormatError } from './errors.js';
+import { deflateGrain } from './grain-zlib.js';
 import type { ByteRange, Extent } from './extent.js';
 import { type HostFile, Mutex } from './file.js';
 import {
@@ -18,8 +17,6 @@ import {
   metadataMarker,
   serializeSparseHeader,
 } from './sparse-header.js';
-
-const deflate = promisify(deflateCb) as (buf: Uint8Array, opts: object) => Promise<Buffer>;
 
 /** zlib level for streamOptimized grains: 1 (fastest); encrypted data does not compress anyway. */
 export const STREAM_DEFLATE_LEVEL = 1;
@@ -177,7 +174,7 @@ export class StreamWriterExtent implements Extent {
   /** Compress finished grains (in parallel) and append them, with GTs as each table is completed. */
   async #emit(grains: Array<{ index: number; data: Uint8Array }>): Promise<void> {
     const stored = grains.filter((g) => !isZero(g.data, this.#zeros));
-    const compressed = await Promise.all(stored.map((g) => deflate(g.data, { level: STREAM_DEFLATE_LEVEL, strategy: zc.Z_DEFAULT_STRATEGY })));
+    const compressed = await Promise.all(stored.map((g) => deflateGrain(g.data, STREAM_DEFLATE_LEVEL)));
     const parts: Buffer[] = [];
     let partsStart = this.#writePos;
     const flushParts = async () => {
