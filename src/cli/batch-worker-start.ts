@@ -14,7 +14,7 @@
  * than jobs). What one says or does before it is claimed is kept and replayed to its pool
  * (StartedWorker), so a pool sees the same events from an early worker as from one it started.
  *
- * The loader's bundle (dist/cli/batch-start.js) and the CLI's (dist/cli/main.js) each hold a copy of
+ * The loader's bundle (dist/cli/batch-worker-start.js) and the CLI's (dist/cli/main.js) each hold a copy of
  * this module; they meet in one process-wide slot (PRESTARTED). A worker is given its images in an
  * 'init' message, never in workerData, so that an early one and a late one start alike.
  */
@@ -26,6 +26,7 @@ import { defaultJobs, planLanes } from './batch-lanes.js';
 import { MAX_JOBS } from './batch-limits.js';
 import { workerSourceWithCodeCache } from './code-cache.js';
 import { isBatchCommandLine } from './v8-tiering.js';
+import { wholeNumberIn } from './whole-number.js';
 import { KERNEL_COPY_ENV } from '../pipeline/kernel-copy.js';
 
 /**
@@ -99,8 +100,8 @@ export function jobsOnCommandLine(argv: readonly string[]): number | 'invalid' |
     else if (a.startsWith('--jobs=')) value = a.slice('--jobs='.length);
   }
   if (value === undefined) return undefined;
-  const n = /^\s*\d+\s*$/.test(value) ? Number(value) : Number.NaN;
-  return Number.isSafeInteger(n) && n >= 1 && n <= MAX_JOBS ? n : 'invalid';
+  // The rule program.ts's --jobs parser (parseInteger) applies.
+  return wholeNumberIn(value, { min: 1, max: MAX_JOBS }) ?? 'invalid';
 }
 
 /**

@@ -5,6 +5,7 @@
  */
 import { CIPHERS, UNIT_SIZES, canEncryptSubformat, type CipherName, type DataUnitSize } from '../disk/params.js';
 import { usageError } from './errors.js';
+import { wholeNumberIn } from './whole-number.js';
 import { KDF_LIMITS } from '../keys/kdf-limits.js';
 
 /** The output formats the CLI accepts for --subformat (VMDK createTypes plus raw). */
@@ -180,8 +181,8 @@ export function parsePbkdf2Rounds(value: string): number {
 
 /** A whole number in [min, max] (thread counts, timeouts). */
 export function parseInteger(value: string, option: string, bounds: { min: number; max: number }): number {
-  const n = /^\s*\d+\s*$/.test(value) ? Number(value) : Number.NaN;
-  if (!Number.isSafeInteger(n) || n < bounds.min || n > bounds.max) {
+  const n = wholeNumberIn(value, bounds);
+  if (n === undefined) {
     throw usageError(
       `${option} ${quoteForMessage(value)} is not a whole number from ${bounds.min} to ${bounds.max}`,
       `Give ${option} a whole number from ${bounds.min} to ${bounds.max}`,
