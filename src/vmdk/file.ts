@@ -2,7 +2,7 @@ import { fdatasyncSync, fstatSync, fsyncSync, ftruncateSync } from 'node:fs';
 import { open, stat, type FileHandle } from 'node:fs/promises';
 import { VmdkFormatError, ioError } from './errors.js';
 import { writeFully } from '../util/file-io.js';
-import { inlineIoSettings, isMemoryBacked, readInline, writeInline } from '../util/inline-io.js';
+import { inlineIoSettings, inlineMetadataCalls, isMemoryBacked, readInline, writeInline } from '../util/inline-io.js';
 import { type DataRange, fileDataRanges } from '../util/file-extents.js';
 import { expected } from '../errors.js';
 
@@ -143,7 +143,7 @@ export class HostFile {
       // Where the file lives first: on tmpfs or ramfs its fstat then runs inline, one thread-pool
       // round trip less per opened file (a batch opens each image's source this way).
       const memoryBacked = await isMemoryBacked(path);
-      const st = memoryBacked && inlineIoSettings.max > 0 ? fstatSync(fh.fd, { bigint: true }) : await fh.stat({ bigint: true });
+      const st = inlineMetadataCalls(memoryBacked) ? fstatSync(fh.fd, { bigint: true }) : await fh.stat({ bigint: true });
       if (!st.isFile() && !st.isBlockDevice()) {
         throw new VmdkFormatError('ERR_VMDK_EXTENT_FILE', 'not a regular file', { file: path });
       }
@@ -359,7 +359,7 @@ export class HostFile {
    */
   #inlineHandle(): FileHandle | undefined {
     const fh = this.#fh;
-    return fh !== undefined && this.#memoryBacked && inlineIoSettings.max > 0 && this.#closing.size === 0 ? fh : undefined;
+    return fh !== undefined && inlineMetadataCalls(this.#memoryBacked) && this.#closing.size === 0 ? fh : undefined;
   }
 
   async truncate(length: number): Promise<void> {
