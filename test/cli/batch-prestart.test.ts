@@ -3,14 +3,13 @@
 // CLI; the batch claims them and stops the ones its plan does not take. The built CLI runs with a
 // preload that records, for every worker thread, which script constructed it (the loader's
 // batch-worker-start.js, or the CLI's main.js) and whether it was stopped.
-import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { once } from 'node:events';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { claimPrestartedWorkers, jobsOnCommandLine, prestartBatchWorkers, sizeBatchThreadPool, StartedWorker } from '../../src/cli/batch-worker-start.js';
-import { BIN, cleanEnv } from './run-cli.js';
+import { cleanEnv, vmseal } from './run-cli.js';
 
 let dir: string;
 // prestartBatchWorkers sizes this process's thread pool through its environment: put it back.
@@ -42,7 +41,7 @@ interface Run {
 }
 
 /** Run the built CLI with a preload that wraps worker_threads.Worker to record who makes each one. */
-function runRecordingWorkers(args: string[]): Promise<Run> {
+async function runRecordingWorkers(args: string[]): Promise<Run> {
   const preload = join(dir, 'record.cjs');
   const out = join(dir, 'workers.json');
   rmSync(out, { force: true });
@@ -62,21 +61,9 @@ wt.Worker = class extends Base {
 };
 process.on('exit', () => require('node:fs').writeFileSync(${JSON.stringify(out)}, JSON.stringify({ made, pool: process.env.UV_THREADPOOL_SIZE })));\n`,
   );
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--require', preload, BIN, ...args], {
-      env: cleanEnv({ VMSEAL_HOME: join(dir, 'home'), UV_THREADPOOL_SIZE: undefined }),
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('error', reject);
-    child.on('close', (code) => {
-      const seen = existsSync(out) ? (JSON.parse(readFileSync(out, 'utf8')) as { made: Run['workers']; pool?: string }) : { made: [] };
-      resolve({ code, stdout, stderr, workers: seen.made, pool: seen.pool });
-    });
-  });
+  const r = await vmseal(args, cleanEnv({ VMSEAL_HOME: join(dir, 'home'), UV_THREADPOOL_SIZE: undefined }), { nodeArgs: ['--require', preload] });
+  const seen = existsSync(out) ? (JSON.parse(readFileSync(out, 'utf8')) as { made: Run['workers']; pool?: string }) : { made: [] };
+  return { code: r.code, stdout: r.stdout, stderr: r.stderr, workers: seen.made, pool: seen.pool };
 }
 
 const batchArgs = (input: string, output: string, ...more: string[]): string[] => [

@@ -35,10 +35,13 @@ export function cleanEnv(extra: Record<string, string | undefined> = {}): NodeJS
   return env;
 }
 
-/** Run the CLI to completion; stdin is /dev/null (never a terminal). */
-export function vmseal(args: string[], env: NodeJS.ProcessEnv, opts: { timeoutMs?: number } = {}): Promise<CliResult> {
+/**
+ * Run the CLI to completion; stdin is /dev/null (never a terminal). `nodeArgs` go to node before
+ * the CLI's script (`--require PRELOAD`, V8 flags).
+ */
+export function vmseal(args: string[], env: NodeJS.ProcessEnv, opts: { timeoutMs?: number; nodeArgs?: string[] } = {}): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), BIN, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += String(d)));

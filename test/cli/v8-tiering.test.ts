@@ -3,14 +3,13 @@
 // image's convert among them, keep V8's defaults, and a budget given on node's command line is
 // kept. The built CLI runs with a preload that records every v8.setFlagsFromString call. (That the
 // code caches stay valid under it: code-cache.test.ts.)
-import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { cacheFileFor } from '../../src/cli/code-cache.js';
 import { BATCH_INTERRUPT_BUDGET, isBatchCommandLine, useBatchTiering } from '../../src/cli/v8-tiering.js';
-import { BIN, cleanEnv } from './run-cli.js';
+import { cleanEnv, vmseal } from './run-cli.js';
 
 let dir: string;
 beforeEach(() => {
@@ -24,7 +23,10 @@ afterEach(() => rmSync(dir, { recursive: true, force: true }));
  * Run the CLI under `node ...nodeArgs`; resolves to its exit code, the V8 flags it set, in order,
  * and the public built-in modules the main thread loaded after it first set one.
  */
-function runRecordingFlags(args: string[], nodeArgs: string[] = []): Promise<{ code: number | null; stderr: string; flags: string[]; lateBuiltins: string[] }> {
+async function runRecordingFlags(
+  args: string[],
+  nodeArgs: string[] = [],
+): Promise<{ code: number | null; stderr: string; flags: string[]; lateBuiltins: string[] }> {
   const preload = join(dir, 'record.cjs');
   const out = join(dir, 'flags.json');
   rmSync(out, { force: true });
@@ -40,19 +42,9 @@ process.on('exit', () => {
   require('node:fs').writeFileSync(${JSON.stringify(out)}, JSON.stringify({ flags, late }));
 });\n`,
   );
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [...nodeArgs, '--require', preload, BIN, ...args], {
-      env: cleanEnv({ VMSEAL_HOME: join(dir, 'home') }),
-      stdio: ['ignore', 'ignore', 'pipe'],
-    });
-    let stderr = '';
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('error', reject);
-    child.on('close', (code) => {
-      const seen = existsSync(out) ? (JSON.parse(readFileSync(out, 'utf8')) as { flags: string[]; late: string[] }) : { flags: [], late: [] };
-      resolve({ code, stderr, flags: seen.flags, lateBuiltins: seen.late });
-    });
-  });
+  const r = await vmseal(args, cleanEnv({ VMSEAL_HOME: join(dir, 'home') }), { nodeArgs: [...nodeArgs, '--require', preload] });
+  const seen = existsSync(out) ? (JSON.parse(readFileSync(out, 'utf8')) as { flags: string[]; late: string[] }) : { flags: [], late: [] };
+  return { code: r.code, stderr: r.stderr, flags: seen.flags, lateBuiltins: seen.late };
 }
 
 describe("a batch's V8 tiering", () => {
